@@ -1,0 +1,322 @@
+"""The client SDK: build and sign requests, call the gateway over mTLS, verify answers.
+
+    async with FedgateClient.from_federation(fed_dir, MemberId("police.gd.afc")) as client:
+        request = client.new_request(
+            officer=officer, case=case, legal_document=doc, target="bank.icbc",
+            purpose="紧急止付", urgency=common_pb2.URGENCY_EMERGENCY,
+            action=bank_pb2.StopPaymentOrder(...),
+        )
+        answer = await client.submit(request)   # verified Answer, or raises FedgateError
+
+Every answer is checked before it is returned: the agency's signature against the
+registry, the binding to the request sent (request hash, id, responder), the
+gateway's countersignature, and the receipt's inclusion proof against the log's
+signed checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+from google.protobuf.message import Message
+
+from fedgate import merkle
+from fedgate.actions import new_request_id
+from fedgate.checkpoint import open_checkpoint
+from fedgate.envelope import (
+    Domain,
+    Signer,
+    decode_request,
+    decode_response,
+    sign_envelope,
+    verify_countersignature,
+    verify_envelope,
+    verify_response_binding,
+)
+from fedgate.errors import FedgateError, SignatureInvalid, VerificationError
+from fedgate.note import NoteVerifier
+from fedgate.registry import Registry
+from fedgate.status import error_from_rpc
+from fedgate.tls import MemberCredentials, channel_credentials, channel_options
+from fedgate.types import KeyId, MemberId
+from fedgate.v1 import (
+    common_pb2,
+    envelope_pb2,
+    gateway_service_pb2,
+    gateway_service_pb2_grpc,
+    request_pb2,
+    ticket_pb2,
+)
+
+__all__ = ["GATEWAY_ID", "Answer", "FedgateClient", "verify_signed_response"]
+
+GATEWAY_ID = MemberId("gateway")
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A verified answer: the decoded response and the signed bundle it came in."""
+
+    response: request_pb2.Response
+    signed: envelope_pb2.SignedResponse
+
+    @property
+    def receipt(self) -> envelope_pb2.AuditReceipt:
+        return self.signed.receipt
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """What ``submit`` returns: an answer, or a ticket for a manual answer."""
+
+    answer: Answer | None
+    ticket: ticket_pb2.Ticket | None
+
+
+def verify_signed_response(
+    signed: envelope_pb2.SignedResponse,
+    *,
+    request_body: bytes,
+    request_id: str,
+    target: str,
+    registry: Registry,
+    gateway_id: MemberId = GATEWAY_ID,
+) -> Answer:
+    """Check everything about a signed response; raises a ``FedgateError`` naming what failed."""
+    response = decode_response(signed.response.body)
+    answered_at = response.answered_at.ToDatetime(tzinfo=UTC)
+    member, agency_key = registry.signing_key(KeyId(signed.response.key_id), at=answered_at)
+    if member.id != target:
+        raise SignatureInvalid(f"the answer is signed by {member.id}, the request went to {target}")
+    verify_envelope(signed.response, agency_key, Domain.RESPONSE)
+    verify_response_binding(
+        response, request_body=request_body, request_id=request_id, responder=target
+    )
+    receipt = signed.receipt
+    gateway_member, gateway_key = registry.signing_key(
+        KeyId(signed.countersignature.key_id), at=datetime.now(UTC)
+    )
+    if gateway_member.id != gateway_id:
+        raise SignatureInvalid(f"the countersignature is by {gateway_member.id}, not the gateway")
+    verify_countersignature(
+        signed.response, signed.countersignature, gateway_key, leaf_index=receipt.leaf_index
+    )
+    checkpoint = open_checkpoint(
+        receipt.checkpoint, NoteVerifier(name=receipt.log_origin, public_key=gateway_key)
+    )
+    if checkpoint.origin != receipt.log_origin or checkpoint.size != receipt.tree_size:
+        raise VerificationError("the receipt's checkpoint is not for its log origin and tree size")
+    merkle.verify_inclusion(
+        receipt.leaf_hash,
+        receipt.leaf_index,
+        receipt.tree_size,
+        list(receipt.inclusion_proof),
+        checkpoint.root_hash,
+    )
+    return Answer(response=response, signed=signed)
+
+
+class FedgateClient:
+    """A member's connection to the gateway. Use as an async context manager."""
+
+    def __init__(
+        self,
+        *,
+        credentials: MemberCredentials,
+        registry: Registry,
+        gateway_endpoint: str,
+        gateway_id: MemberId = GATEWAY_ID,
+    ) -> None:
+        self.credentials = credentials
+        self.registry = registry
+        self.gateway_id = gateway_id
+        self._signer = Signer.from_key(credentials.signing_key)
+        self._channel = grpc.aio.secure_channel(
+            gateway_endpoint,
+            channel_credentials(credentials),
+            options=channel_options(gateway_id),
+        )
+        self._stub = gateway_service_pb2_grpc.GatewayServiceStub(self._channel)
+        self._sent: dict[str, tuple[bytes, str]] = {}
+
+    @classmethod
+    def from_federation(
+        cls, directory: Path, member_id: MemberId, *, endpoint: str | None = None
+    ) -> FedgateClient:
+        """Credentials and registry from a federation directory; the gateway's endpoint from
+        the registry unless given."""
+        registry = Registry.load_dir(directory)
+        credentials = MemberCredentials.load(directory, member_id)
+        gateway = registry.member(GATEWAY_ID)
+        return cls(
+            credentials=credentials,
+            registry=registry,
+            gateway_endpoint=endpoint or gateway.endpoint,
+        )
+
+    async def __aenter__(self) -> FedgateClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close(None)
+
+    @property
+    def member_id(self) -> MemberId:
+        return self.credentials.member_id
+
+    def new_request(
+        self,
+        *,
+        action: Message,
+        officer: common_pb2.Person,
+        target: str,
+        case: common_pb2.CaseInfo,
+        legal_document: common_pb2.LegalDocument,
+        purpose: str,
+        urgency: common_pb2.Urgency.ValueType = common_pb2.URGENCY_ROUTINE,
+        second_officer: common_pb2.Person | None = None,
+        deadline: timedelta = timedelta(hours=24),
+        original_request_id: str = "",
+        action_name: str | None = None,
+    ) -> request_pb2.Request:
+        """A fresh request (new UUIDv7 id, nonce, issued-at now) carrying ``action``.
+
+        ``action_name`` picks the oneof field when several take the same message type."""
+        now = datetime.now(UTC)
+        request = request_pb2.Request(
+            request_id=new_request_id(),
+            nonce=os.urandom(16),
+            requesting_agency=self.member_id,
+            officer=officer,
+            case=case,
+            legal_document=legal_document,
+            urgency=urgency,
+            purpose=purpose,
+            target_agency=target,
+            original_request_id=original_request_id,
+        )
+        request.issued_at.FromDatetime(now)
+        request.answer_deadline.FromDatetime(now + deadline)
+        if second_officer is not None:
+            request.second_officer.CopyFrom(second_officer)
+        field = action_name or _field_for(action)
+        getattr(request, field).CopyFrom(action)
+        return request
+
+    def sign(self, request: request_pb2.Request) -> envelope_pb2.SignedEnvelope:
+        """Serialize once and sign; remembers the bytes so the answer can be checked."""
+        body = request.SerializeToString()
+        self._sent[request.request_id] = (body, request.target_agency)
+        return sign_envelope(body, self._signer, Domain.REQUEST)
+
+    async def submit(
+        self, request: request_pb2.Request | envelope_pb2.SignedEnvelope, *, timeout: float = 15.0
+    ) -> Submitted:
+        """Send one request; returns the verified answer or a ticket. Raises ``FedgateError``."""
+        envelope = self.sign(request) if isinstance(request, request_pb2.Request) else request
+        try:
+            reply = await self._stub.Submit(
+                gateway_service_pb2.SubmitRequest(envelope=envelope), timeout=timeout
+            )
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        if reply.HasField("ticket"):
+            return Submitted(answer=None, ticket=reply.ticket)
+        return Submitted(answer=self._verify(reply.response, envelope), ticket=None)
+
+    async def ask(self, request: request_pb2.Request, *, timeout: float = 15.0) -> Answer:
+        """Submit and insist on an immediate answer (raises if the agency queued it)."""
+        submitted = await self.submit(request, timeout=timeout)
+        if submitted.answer is None:
+            raise FedgateError(f"{request.target_agency} queued the request for its staff")
+        return submitted.answer
+
+    async def get_ticket(
+        self, ticket_id: str, *, timeout: float = 10.0
+    ) -> tuple[ticket_pb2.Ticket, Answer | None]:
+        """A ticket's state, and the verified answer once there is one."""
+        try:
+            reply = await self._stub.GetTicket(
+                gateway_service_pb2.GetTicketRequest(ticket_id=ticket_id), timeout=timeout
+            )
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        answer = self._verify_ticket_answer(reply.response) if reply.HasField("response") else None
+        return reply.ticket, answer
+
+    async def watch_ticket(
+        self, ticket_id: str
+    ) -> AsyncIterator[tuple[ticket_pb2.Ticket, Answer | None]]:
+        """Follow a ticket until it is answered or expires."""
+        call = self._stub.WatchTicket(gateway_service_pb2.WatchTicketRequest(ticket_id=ticket_id))
+        try:
+            async for update in call:
+                answer = (
+                    self._verify_ticket_answer(update.response)
+                    if update.HasField("response")
+                    else None
+                )
+                yield update.ticket, answer
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+
+    def _verify_ticket_answer(self, signed: envelope_pb2.SignedResponse) -> Answer:
+        response = decode_response(signed.response.body)
+        sent = self._sent.get(response.request_id)
+        if sent is None:
+            raise VerificationError(
+                f"no record of sending request {response.request_id}: cannot check its answer"
+                " (fetch tickets from the process that submitted them)"
+            )
+        return verify_signed_response(
+            signed,
+            request_body=sent[0],
+            request_id=response.request_id,
+            target=sent[1],
+            registry=self.registry,
+            gateway_id=self.gateway_id,
+        )
+
+    def _verify(
+        self, signed: envelope_pb2.SignedResponse, envelope: envelope_pb2.SignedEnvelope
+    ) -> Answer:
+        request = decode_request(envelope.body)
+        return verify_signed_response(
+            signed,
+            request_body=envelope.body,
+            request_id=request.request_id,
+            target=request.target_agency,
+            registry=self.registry,
+            gateway_id=self.gateway_id,
+        )
+
+    def remember(self, request_body: bytes) -> None:
+        """Register a request sent elsewhere so its ticket answers can be verified here."""
+        request = decode_request(request_body)
+        self._sent[request.request_id] = (request_body, request.target_agency)
+
+
+def _field_for(action: Message) -> str:
+    name = type(action).DESCRIPTOR.name
+    matches = [
+        f.name
+        for f in request_pb2.Request.DESCRIPTOR.oneofs_by_name["action"].fields
+        if f.message_type is not None and f.message_type.name == name
+    ]
+    if len(matches) != 1:
+        raise FedgateError(f"cannot tell which action a {name} is for: pass action_name")
+    return matches[0]
