@@ -12,7 +12,7 @@ from typing import NoReturn
 
 import grpc
 from google.protobuf import duration_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from fedgate import errors
@@ -28,6 +28,7 @@ __all__ = [
 ]
 
 ERROR_DOMAIN = "fedgate"
+_DETAILS_KEY = "grpc-status-details-bin"
 
 
 def _all_error_classes() -> dict[str, type[FedgateError]]:
@@ -82,15 +83,28 @@ def error_detail(error: FedgateError) -> fedgate_status_pb2.ErrorDetail:
     return detail
 
 
+def _status_from_metadata(exc: grpc.RpcError) -> status_pb2.Status | None:
+    trailing = getattr(exc, "trailing_metadata", None)
+    metadata = trailing() if callable(trailing) else None
+    for key, value in metadata or ():
+        if key == _DETAILS_KEY and isinstance(value, bytes):
+            status = status_pb2.Status()
+            status.ParseFromString(value)
+            return status
+    return None
+
+
 def error_from_rpc(exc: grpc.RpcError) -> FedgateError:
-    """Rebuild the fedgate error a server raised from a failed call's status."""
-    code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+    """Rebuild the fedgate error a server raised from a failed call (sync or aio)."""
+    code_fn = getattr(exc, "code", None)
+    details_fn = getattr(exc, "details", None)
+    code = code_fn() if callable(code_fn) else grpc.StatusCode.UNKNOWN
+    details = details_fn() if callable(details_fn) else None
     message = details or code.name
     reason: str | None = None
     violations: list[FieldViolation] = []
     retry_after = 1.0
-    status = rpc_status.from_call(exc) if isinstance(exc, grpc.Call) else None
+    status = _status_from_metadata(exc)
     if status is not None:
         for any_detail in status.details:
             if any_detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
@@ -115,6 +129,3 @@ def error_from_rpc(exc: grpc.RpcError) -> FedgateError:
     if issubclass(cls, errors.InvalidArgument):
         return cls(message, violations=tuple(violations), reason=reason)
     return cls(message, reason=reason)
-
-
-_ = code_pb2  # imported so the google.rpc code enum is registered for status decoding
