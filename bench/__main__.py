@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-MODULES: tuple[str, ...] = ()
+MODULES: tuple[str, ...] = ("bench_policy",)
 RESULTS = Path(__file__).with_name("results.json")
 
 

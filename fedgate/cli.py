@@ -11,7 +11,7 @@ from fedgate.errors import FedgateError
 
 __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 
-COMMAND_MODULES: tuple[str, ...] = ("pki", "registry")
+COMMAND_MODULES: tuple[str, ...] = ("pki", "registry", "policy")
 """Modules under ``fedgate.commands``; each has ``register(subparsers)``."""
 
 
