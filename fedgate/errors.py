@@ -103,7 +103,9 @@ class InvalidArgument(FedgateError):
         self.violations = violations
 
     @classmethod
-    def for_fields(cls, violations: list[FieldViolation] | tuple[FieldViolation, ...]) -> InvalidArgument:
+    def for_fields(
+        cls, violations: list[FieldViolation] | tuple[FieldViolation, ...]
+    ) -> InvalidArgument:
         """One error listing every violation, its message naming the fields."""
         fields = ", ".join(v.field for v in violations)
         first = violations[0].description if violations else ""
