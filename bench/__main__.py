@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-MODULES: tuple[str, ...] = ("bench_policy",)
+MODULES: tuple[str, ...] = ("bench_policy", "bench_backends")
 RESULTS = Path(__file__).with_name("results.json")
 
 
