@@ -27,8 +27,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Protocol
 
+from fedgate import actions
 from fedgate.errors import PolicyDenied
+from fedgate.federation import DEFAULT_MEMBERS, MemberKind
 from fedgate.types import MemberId
+from fedgate.v1 import common_pb2
 from gateway._policy_index import (
     PolicyConfigError,
     PolicyIndex,
@@ -59,61 +62,22 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-MEMBER_KINDS: Final = frozenset({"police", "bank", "carrier", "central_bank", "auditor", "gateway"})
+MEMBER_KINDS: Final = frozenset(kind.value for kind in MemberKind)
 ROLES: Final = frozenset(
-    {
-        "police_investigator",
-        "police_duty_officer",
-        "centre_supervisor",
-        "bank_staff",
-        "carrier_staff",
-        "central_bank_analyst",
-        "auditor",
-    }
+    actions.role_name(value)
+    for value in common_pb2.Role.values()
+    if value != common_pb2.ROLE_UNSPECIFIED
 )
-BANK_QUERIES: Final = ("account_holder", "transactions", "accounts_by_id", "login_records")
-BANK_ORDERS: Final = (
-    "stop_payment",
-    "stop_payment_release",
-    "stop_payment_extend",
-    "freeze",
-    "freeze_release",
-    "freeze_renew",
-    "monitor_start",
-    "monitor_stop",
-)
-CARRIER_QUERIES: Final = ("subscriber", "number_status", "sim_count", "call_records", "location")
-CARRIER_ORDERS: Final = ("number_suspend", "number_block", "number_restore", "sms_block")
-AGENCY_REPORTS: Final = (
-    "case_report",
-    "abnormal_account_opening",
-    "case_linked_account",
-    "abnormal_event",
-    "early_warning",
-)
-PERSONAL_DATA_ACTIONS: Final = frozenset(
-    {*BANK_QUERIES, *BANK_ORDERS, *CARRIER_QUERIES, *CARRIER_ORDERS, "ticket_read"}
+"""The roles of ``fedgate.v1.Role``, in the policy vocabulary (``police_investigator`` ...)."""
+PERSONAL_DATA_ACTIONS: Final = (
+    actions.PERSONAL_DATA_ACTIONS | actions.ORDER_ACTIONS | {"ticket_read"}
 )
 """Queries, orders and answers that touch a person's data."""
-ACTIONS: Final = frozenset(
-    {*PERSONAL_DATA_ACTIONS, *AGENCY_REPORTS, "aggregate_stats", "audit_read", "audit_read_own"}
-)
+ACTIONS: Final = actions.ACTIONS | {"audit_read", "audit_read_own", "ticket_read"}
+"""Every action a policy line may name: the request actions plus log and ticket reads."""
 
 DEFAULT_MEMBER_KINDS: Final[Mapping[MemberId, str]] = MappingProxyType(
-    {
-        MemberId("police.gd.afc"): "police",
-        MemberId("police.gz.unit"): "police",
-        MemberId("bank.icbc"): "bank",
-        MemberId("bank.ccb"): "bank",
-        MemberId("bank.abc"): "bank",
-        MemberId("bank.gzrcb"): "bank",
-        MemberId("carrier.cmcc"): "carrier",
-        MemberId("carrier.cucc"): "carrier",
-        MemberId("carrier.ctcc"): "carrier",
-        MemberId("pboc.gz"): "central_bank",
-        MemberId("audit.office"): "auditor",
-        MemberId("gateway"): "gateway",
-    }
+    {spec.id: spec.kind.value for spec in DEFAULT_MEMBERS}
 )
 """The default federation's members and their kinds (tests, CLI, development setups)."""
 
