@@ -13,7 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-MODULES: tuple[str, ...] = ("bench_policy", "bench_backends")
+MODULES: tuple[str, ...] = (
+    "bench_policy",
+    "bench_backends",
+    "bench_node",
+    "bench_pipeline",
+)
 RESULTS = Path(__file__).with_name("results.json")
 
 

@@ -27,7 +27,7 @@ import grpc
 from google.protobuf.message import Message
 
 from fedgate import merkle
-from fedgate.actions import new_request_id
+from fedgate.actions import REPORT_ACTIONS, new_request_id
 from fedgate.checkpoint import open_checkpoint
 from fedgate.envelope import (
     Domain,
@@ -87,16 +87,24 @@ def verify_signed_response(
     target: str,
     registry: Registry,
     gateway_id: MemberId = GATEWAY_ID,
+    responder: str | None = None,
 ) -> Answer:
-    """Check everything about a signed response; raises a ``FedgateError`` naming what failed."""
+    """Check everything about a signed response; raises a ``FedgateError`` naming what failed.
+
+    ``responder`` is who must have signed the answer: the target (the default), or the gateway
+    for agency reports, which the gateway itself acknowledges (``gateway.alerts``)."""
+    expected = target if responder is None else responder
     response = decode_response(signed.response.body)
     answered_at = response.answered_at.ToDatetime(tzinfo=UTC)
     member, agency_key = registry.signing_key(KeyId(signed.response.key_id), at=answered_at)
-    if member.id != target:
-        raise SignatureInvalid(f"the answer is signed by {member.id}, the request went to {target}")
+    if member.id != expected:
+        raise SignatureInvalid(
+            f"the answer is signed by {member.id}, but must be signed by {expected} "
+            f"(the request went to {target})"
+        )
     verify_envelope(signed.response, agency_key, Domain.RESPONSE)
     verify_response_binding(
-        response, request_body=request_body, request_id=request_id, responder=target
+        response, request_body=request_body, request_id=request_id, responder=expected
     )
     receipt = signed.receipt
     gateway_member, gateway_key = registry.signing_key(
@@ -295,6 +303,7 @@ class FedgateClient:
         self, signed: envelope_pb2.SignedResponse, envelope: envelope_pb2.SignedEnvelope
     ) -> Answer:
         request = decode_request(envelope.body)
+        is_report = request.WhichOneof("action") in REPORT_ACTIONS
         return verify_signed_response(
             signed,
             request_body=envelope.body,
@@ -302,6 +311,7 @@ class FedgateClient:
             target=request.target_agency,
             registry=self.registry,
             gateway_id=self.gateway_id,
+            responder=self.gateway_id if is_report else None,
         )
 
     def remember(self, request_body: bytes) -> None:

@@ -1,0 +1,329 @@
+"""Pipeline efficiency: client → gateway (full pipeline, mTLS, durable audit) → agency node,
+against client → a bare pass-through mTLS gRPC proxy → the same node, side by side in one run.
+
+Three processes besides the client: the agency node, the gateway and the proxy (each its own
+interpreter, as in production). The client, in this process, sends pre-signed account-holder
+queries with ``CONCURRENCY`` in flight; phases alternate proxy / gateway so that drift in the
+machine's state hits both alike.
+
+- ``gateway_qps``, ``proxy_qps``: completed calls per second at the same concurrency.
+- ``pipeline_efficiency_ratio``: gateway_qps / proxy_qps (goal ≥ 0.7).
+- ``pipeline_added_p50_ms``, ``pipeline_added_p99_ms``: at half the gateway's peak rate
+  (open loop, requests sent on a fixed schedule), the gateway's latency percentile minus the
+  proxy's (goal: p99 added ≤ 5 ms).
+
+The proxy parses the ``SubmitRequest``, forwards the envelope as a ``HandleRequest`` and wraps
+the node's answer: the least any relay between these two services must do. The node signs an
+answer without further checks, so that the relay in front of it is what is measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import multiprocessing.connection
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from fedgate.actions import new_request_id
+from fedgate.envelope import Domain, Signer, decode_request, request_hash, sign_envelope
+from fedgate.pki import init_federation
+from fedgate.testing import valid_request
+from fedgate.tls import MemberCredentials, channel_credentials, channel_options, server_credentials
+from fedgate.types import MemberId
+from fedgate.v1 import (
+    agency_service_pb2,
+    envelope_pb2,
+    gateway_service_pb2,
+    request_pb2,
+)
+
+__all__ = ["run"]
+
+BANK = MemberId("bank.icbc")
+POLICE = MemberId("police.gd.afc")
+GATEWAY = MemberId("gateway")
+CONCURRENCY = 16
+_SUBMIT = "/fedgate.v1.GatewayService/Submit"
+_HANDLE = "/fedgate.v1.AgencyService/Handle"
+
+
+# -- the three servers (each in its own process) ---------------------------------------------
+
+
+async def _serve_node(fed: Path) -> tuple[grpc.aio.Server, int]:
+    creds = MemberCredentials.load(fed, BANK)
+    signer = Signer.from_key(creds.signing_key)
+
+    async def handle(raw: bytes, context: Any) -> bytes:
+        envelope = agency_service_pb2.HandleRequest.FromString(raw).envelope
+        request = decode_request(envelope.body)
+        response = request_pb2.Response(
+            request_id=request.request_id,
+            request_hash=request_hash(envelope.body),
+            responder=BANK,
+            status=request_pb2.RESPONSE_STATUS_OK,
+        )
+        response.answered_at.FromDatetime(datetime.now(UTC))
+        holder = response.account_holder
+        holder.account_number = request.account_holder.account_number
+        holder.account_name = "张伟"
+        holder.status = "normal"
+        signed = sign_envelope(response.SerializeToString(), signer, Domain.RESPONSE)
+        return agency_service_pb2.HandleResponse(response=signed).SerializeToString()
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "fedgate.v1.AgencyService", {"Handle": grpc.unary_unary_rpc_method_handler(handle)}
+            ),
+        )
+    )
+    port = server.add_secure_port("127.0.0.1:0", server_credentials(creds))
+    await server.start()
+    return server, port
+
+
+async def _serve_proxy(fed: Path, node: str) -> tuple[grpc.aio.Server, int]:
+    creds = MemberCredentials.load(fed, GATEWAY)
+    channel = grpc.aio.secure_channel(
+        node, channel_credentials(creds), options=channel_options(BANK)
+    )
+    forward = channel.unary_unary(_HANDLE, None, None)
+
+    async def submit(raw: bytes, context: Any) -> bytes:
+        envelope = gateway_service_pb2.SubmitRequest.FromString(raw).envelope
+        handle = agency_service_pb2.HandleRequest(envelope=envelope)
+        reply = agency_service_pb2.HandleResponse.FromString(
+            await forward(handle.SerializeToString(), timeout=10)
+        )
+        signed = envelope_pb2.SignedResponse(response=reply.response)
+        return gateway_service_pb2.SubmitResponse(response=signed).SerializeToString()
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "fedgate.v1.GatewayService", {"Submit": grpc.unary_unary_rpc_method_handler(submit)}
+            ),
+        )
+    )
+    port = server.add_secure_port("127.0.0.1:0", server_credentials(creds))
+    await server.start()
+    return server, port
+
+
+async def _child_main(kind: str, fed: Path, state: Path, node: str, conn: Any) -> None:
+    stop: Callable[[], Any]
+    if kind == "node":
+        server, port = await _serve_node(fed)
+        stop = lambda: server.stop(None)  # noqa: E731
+    elif kind == "proxy":
+        server, port = await _serve_proxy(fed, node)
+        stop = lambda: server.stop(None)  # noqa: E731
+    else:
+        from gateway.config import GatewayConfig
+        from gateway.server import Gateway
+
+        config = GatewayConfig.from_mapping(
+            {
+                "federation": {"dir": str(fed), "reload_interval_s": 0},
+                "pipeline": {"state_dir": str(state)},
+                "server": {"listen": "127.0.0.1:0"},
+                "routing": {"endpoints": {BANK: node}},
+                "quotas": {
+                    "officer_per_minute": 1e9,
+                    "officer_burst": 10**9,
+                    "member_per_minute": 1e9,
+                    "member_burst": 10**9,
+                },
+            },
+            env={},
+        )
+        gateway = await Gateway.start(config)
+        port = gateway.port
+        stop = lambda: gateway.stop(1.0)  # noqa: E731
+    conn.send(port)
+    await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+    await stop()
+
+
+def _child(kind: str, fed: str, state: str, node: str, conn: Any) -> None:
+    asyncio.run(_child_main(kind, Path(fed), Path(state), node, conn))
+
+
+class _Process:
+    def __init__(self, kind: str, fed: Path, state: Path, node: str = "") -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._process = ctx.Process(
+            target=_child, args=(kind, str(fed), str(state), node, child), daemon=True
+        )
+        self._process.start()
+        if not self._conn.poll(60):
+            raise RuntimeError(f"the {kind} process did not start")
+        self.endpoint = f"127.0.0.1:{self._conn.recv()}"
+
+    def stop(self) -> None:
+        self._conn.send("stop")
+        self._process.join(10)
+        if self._process.is_alive():
+            self._process.kill()
+
+
+# -- the client ------------------------------------------------------------------------------
+
+
+class _Envelopes:
+    """Fresh signed account-holder queries (new id and nonce each), made ahead of a phase."""
+
+    def __init__(self, fed: Path) -> None:
+        self._signer = Signer.from_key(MemberCredentials.load(fed, POLICE).signing_key)
+        self._template = valid_request("account_holder", now=datetime.now(UTC))
+
+    def make(self, count: int) -> list[bytes]:
+        now = datetime.now(UTC)
+        request = request_pb2.Request()
+        request.CopyFrom(self._template)
+        request.issued_at.FromDatetime(now)
+        request.answer_deadline.FromDatetime(now + timedelta(hours=1))
+        out = []
+        for _ in range(count):
+            request.request_id = new_request_id()
+            request.nonce = os.urandom(16)
+            envelope = sign_envelope(request.SerializeToString(), self._signer, Domain.REQUEST)
+            out.append(gateway_service_pb2.SubmitRequest(envelope=envelope).SerializeToString())
+        return out
+
+
+def _channel(fed: Path, endpoint: str) -> grpc.aio.Channel:
+    creds = MemberCredentials.load(fed, POLICE)
+    return grpc.aio.secure_channel(
+        endpoint, channel_credentials(creds), options=channel_options(GATEWAY)
+    )
+
+
+async def _closed_loop(
+    channel: grpc.aio.Channel, bodies: list[bytes], seconds: float
+) -> tuple[int, float]:
+    """Calls completed and the time taken, with ``CONCURRENCY`` in flight."""
+    call = channel.unary_unary(_SUBMIT, None, None)
+    queue = iter(bodies)
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        for body in queue:
+            if time.perf_counter() >= deadline:
+                return
+            await call(body, timeout=10)
+            done += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    return done, time.perf_counter() - started
+
+
+async def _open_loop(
+    channel: grpc.aio.Channel, bodies: list[bytes], rate: float, seconds: float
+) -> list[float]:
+    """Latencies (ms) of calls sent every 1/rate seconds for ``seconds``."""
+    call = channel.unary_unary(_SUBMIT, None, None)
+    latencies: list[float] = []
+    tasks: list[asyncio.Task[None]] = []
+
+    async def one(body: bytes) -> None:
+        started = time.perf_counter()
+        await call(body, timeout=10)
+        latencies.append((time.perf_counter() - started) * 1000)
+
+    count = min(len(bodies), int(rate * seconds))
+    begin = time.perf_counter()
+    for i in range(count):
+        delay = begin + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(bodies[i])))
+    await asyncio.gather(*tasks)
+    return latencies
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _measure(
+    quick: bool, fed: Path, gateway: str, proxy: str
+) -> dict[str, tuple[float, str]]:
+    envelopes = _Envelopes(fed)
+    rounds, seconds = (2, 2.0) if quick else (4, 5.0)
+    per_phase = int(seconds * 6000)
+    via_gateway, via_proxy = _channel(fed, gateway), _channel(fed, proxy)
+    try:
+        for channel in (via_proxy, via_gateway):  # warm up connections and caches
+            await _closed_loop(channel, envelopes.make(200), 0.5)
+        totals = {"gateway": [0, 0.0], "proxy": [0, 0.0]}
+        for _ in range(rounds):
+            for name, channel in (("proxy", via_proxy), ("gateway", via_gateway)):
+                done, took = await _closed_loop(channel, envelopes.make(per_phase), seconds)
+                totals[name][0] += done
+                totals[name][1] += took
+        gateway_qps = totals["gateway"][0] / totals["gateway"][1]
+        proxy_qps = totals["proxy"][0] / totals["proxy"][1]
+        rate = gateway_qps / 2
+        latency_s = 3.0 if quick else 8.0
+        proxy_ms = await _open_loop(
+            via_proxy, envelopes.make(int(rate * latency_s) + 1), rate, latency_s
+        )
+        gateway_ms = await _open_loop(
+            via_gateway, envelopes.make(int(rate * latency_s) + 1), rate, latency_s
+        )
+    finally:
+        await via_gateway.close(None)
+        await via_proxy.close(None)
+    return {
+        "pipeline_efficiency_ratio": (gateway_qps / proxy_qps, "ratio"),
+        "pipeline_added_p50_ms": (
+            _percentile(gateway_ms, 0.50) - _percentile(proxy_ms, 0.50),
+            "ms",
+        ),
+        "pipeline_added_p99_ms": (
+            _percentile(gateway_ms, 0.99) - _percentile(proxy_ms, 0.99),
+            "ms",
+        ),
+        "gateway_qps": (gateway_qps, "req/s"),
+        "proxy_qps": (proxy_qps, "req/s"),
+    }
+
+
+def run(quick: bool) -> dict[str, tuple[float, str]]:
+    """Measure both paths side by side; see the module docstring for the figures."""
+    with tempfile.TemporaryDirectory(prefix="fedgate-bench-pipeline-") as tmp:
+        root = Path(tmp)
+        fed = init_federation(root / "fed", now=datetime.now(UTC) - timedelta(hours=1))
+        node = _Process("node", fed, root / "node")
+        proxy = gateway = None
+        try:
+            proxy = _Process("proxy", fed, root / "proxy", node.endpoint)
+            gateway = _Process("gateway", fed, root / "gateway", node.endpoint)
+            return asyncio.run(_measure(quick, fed, gateway.endpoint, proxy.endpoint))
+        finally:
+            for process in (gateway, proxy, node):
+                if process is not None:
+                    process.stop()
+
+
+if __name__ == "__main__":
+    for figure, (value, unit) in run(quick=True).items():
+        print(f"{figure}: {value:.6g} {unit}")

@@ -1,0 +1,452 @@
+"""Test helpers: realistic, valid identifiers and one valid ``Request`` per action.
+
+Everything here passes ``gateway.validation.validate_request`` by construction; tests start
+from a valid request and break exactly the thing they test. Identifiers carry real check
+digits (Luhn, GB 11643) and sit in the target's issuer or number ranges, so a bank's card
+goes to that bank and a carrier's number to that carrier.
+
+>>> from datetime import UTC, datetime
+>>> request = valid_request("stop_payment", now=datetime.now(UTC))
+>>> request.target_agency
+'bank.icbc'
+
+Not for production code: nothing here is random enough to be a real nonce source except
+``new_nonce``, and the values are synthetic.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import date, datetime, timedelta
+
+from fedgate.actions import (
+    ACTIONS,
+    BANK_ACTIONS,
+    CARRIER_ACTIONS,
+    REPORT_ACTIONS,
+    new_request_id,
+)
+from fedgate.v1 import bank_pb2, carrier_pb2, common_pb2, report_pb2, request_pb2
+from fedgate.validate import (
+    BANK_BINS,
+    CARRIER_PREFIXES,
+    luhn_check_digit,
+    resident_id_check_digit,
+)
+
+__all__ = [
+    "DEFAULT_BANK",
+    "DEFAULT_CARRIER",
+    "DEFAULT_POLICE",
+    "card_number",
+    "case_number",
+    "mobile_number",
+    "new_nonce",
+    "officer",
+    "resident_id",
+    "second_officer",
+    "supervisor_approval",
+    "valid_request",
+]
+
+DEFAULT_POLICE = "police.gd.afc"
+DEFAULT_BANK = "bank.icbc"
+DEFAULT_CARRIER = "carrier.cmcc"
+
+_CITING_ACTIONS = frozenset(
+    {
+        "stop_payment_release",
+        "stop_payment_extend",
+        "freeze_release",
+        "freeze_renew",
+        "monitor_stop",
+    }
+)
+"""Actions that cite an earlier order in ``Request.original_request_id``."""
+
+_SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何林罗高"
+_GIVEN = (
+    "伟",
+    "芳",
+    "娜",
+    "秀英",
+    "敏",
+    "静",
+    "丽",
+    "强",
+    "磊",
+    "军",
+    "洋",
+    "勇",
+    "艳",
+    "杰",
+    "涛",
+)
+_LEGAL_KIND: dict[str, common_pb2.LegalDocumentKind.ValueType] = {
+    "stop_payment": common_pb2.LEGAL_DOCUMENT_KIND_STOP_PAYMENT_NOTICE,
+    "stop_payment_extend": common_pb2.LEGAL_DOCUMENT_KIND_STOP_PAYMENT_NOTICE,
+    "stop_payment_release": common_pb2.LEGAL_DOCUMENT_KIND_RELEASE_NOTICE,
+    "freeze": common_pb2.LEGAL_DOCUMENT_KIND_CASE_FILING_DECISION,
+    "freeze_renew": common_pb2.LEGAL_DOCUMENT_KIND_CASE_FILING_DECISION,
+    "freeze_release": common_pb2.LEGAL_DOCUMENT_KIND_RELEASE_NOTICE,
+    "call_records": common_pb2.LEGAL_DOCUMENT_KIND_EVIDENCE_NOTICE,
+    "location": common_pb2.LEGAL_DOCUMENT_KIND_EVIDENCE_NOTICE,
+    "number_suspend": common_pb2.LEGAL_DOCUMENT_KIND_COUNTERMEASURE_ORDER,
+    "number_block": common_pb2.LEGAL_DOCUMENT_KIND_COUNTERMEASURE_ORDER,
+    "number_restore": common_pb2.LEGAL_DOCUMENT_KIND_RELEASE_NOTICE,
+    "sms_block": common_pb2.LEGAL_DOCUMENT_KIND_COUNTERMEASURE_ORDER,
+}
+_DOC_PREFIX: dict[common_pb2.LegalDocumentKind.ValueType, str] = {
+    common_pb2.LEGAL_DOCUMENT_KIND_CASE_FILING_DECISION: "穗公(反诈)立字",
+    common_pb2.LEGAL_DOCUMENT_KIND_QUERY_NOTICE: "穗公(反诈)查字",
+    common_pb2.LEGAL_DOCUMENT_KIND_STOP_PAYMENT_NOTICE: "穗公(反诈)止字",
+    common_pb2.LEGAL_DOCUMENT_KIND_FREEZE_NOTICE: "穗公(反诈)冻字",
+    common_pb2.LEGAL_DOCUMENT_KIND_RELEASE_NOTICE: "穗公(反诈)解字",
+    common_pb2.LEGAL_DOCUMENT_KIND_EVIDENCE_NOTICE: "穗公(反诈)证字",
+    common_pb2.LEGAL_DOCUMENT_KIND_COUNTERMEASURE_ORDER: "穗公(反诈)反制字",
+    common_pb2.LEGAL_DOCUMENT_KIND_AGENCY_REPORT: "报告",
+}
+
+
+# ----------------------------------------------------------------------------- identifiers
+
+
+def card_number(bank: str = DEFAULT_BANK, serial: int = 0, *, length: int = 19) -> str:
+    """A card number of ``bank`` (a key of ``BANK_BINS``) with a Luhn check digit.
+
+    Distinct ``serial`` values give distinct numbers. Raises ``KeyError`` for an unknown bank
+    and ``ValueError`` when ``length`` is outside 16..19 or ``serial`` does not fit.
+    """
+    if not 16 <= length <= 19:
+        raise ValueError("length must be 16..19")
+    prefix = BANK_BINS[bank][0]
+    width = length - len(prefix) - 1
+    if not 0 <= serial < 10**width:
+        raise ValueError(f"serial {serial} does not fit in {width} digits")
+    # An affine map modulo 10**width (multiplier coprime to 10): distinct serials, distinct
+    # numbers, and digits that look like an account rather than a counter.
+    body = prefix + f"{(serial * 7_654_321 + 3_141_592_653) % 10**width:0{width}d}"
+    return body + luhn_check_digit(body)
+
+
+def mobile_number(carrier: str = DEFAULT_CARRIER, serial: int = 0) -> str:
+    """An 11-digit mobile number in ``carrier``'s ranges (a key of ``CARRIER_PREFIXES``).
+
+    The three-digit prefix cycles through the carrier's ranges with ``serial``.
+    """
+    prefixes = CARRIER_PREFIXES[carrier]
+    prefix = prefixes[serial % len(prefixes)]
+    return prefix + f"{(12_345_678 + serial * 7_919) % 10**8:08d}"
+
+
+def resident_id(serial: int = 0, *, born: date = date(1988, 5, 17), region: str = "440106") -> str:
+    """A GB 11643 resident ID number (18 characters, correct check character)."""
+    first17 = f"{region}{born:%Y%m%d}{serial % 1000:03d}"
+    return first17 + resident_id_check_digit(first17)
+
+
+def case_number(
+    serial: int = 1, *, when: date = date(2026, 1, 1), organ: str = "440100000000"
+) -> str:
+    """A police case number: ``A`` + organ code + ``YYYYMM`` + 5-digit serial."""
+    return f"A{organ}{when:%Y%m}{serial % 100_000:05d}"
+
+
+def new_nonce() -> bytes:
+    """16 fresh random bytes."""
+    return os.urandom(16)
+
+
+def _name(serial: int) -> str:
+    return _SURNAMES[serial % len(_SURNAMES)] + _GIVEN[(serial // 3) % len(_GIVEN)]
+
+
+def officer(
+    serial: int = 0,
+    *,
+    role: common_pb2.Role.ValueType = common_pb2.ROLE_POLICE_INVESTIGATOR,
+) -> common_pb2.Person:
+    """A police officer with badge number, name, resident ID number and mobile phone."""
+    return common_pb2.Person(
+        id=f"440100{123 + serial:03d}",
+        name=_name(serial),
+        id_number=resident_id(serial, born=date(1985, 3, 9)),
+        phone=mobile_number("carrier.cmcc", 100 + serial),
+        role=role,
+    )
+
+
+def second_officer(serial: int = 1) -> common_pb2.Person:
+    """A second officer (协查人) whose badge number differs from ``officer(0)``'s."""
+    return officer(serial + 1000)
+
+
+def supervisor_approval(now: datetime, serial: int = 0) -> common_pb2.Approval:
+    """A centre supervisor's approval for a bulk freeze."""
+    approval = common_pb2.Approval(
+        approver=officer(500 + serial, role=common_pb2.ROLE_CENTRE_SUPERVISOR),
+        document_number=f"粤公反诈审〔{now.year}〕{serial + 1:04d}号",
+    )
+    approval.approved_at.FromDatetime(now - timedelta(hours=1))
+    return approval
+
+
+# ----------------------------------------------------------------------------- requests
+
+
+def _default_target(action: str) -> str:
+    if action in BANK_ACTIONS:
+        return DEFAULT_BANK
+    if action in CARRIER_ACTIONS:
+        return DEFAULT_CARRIER
+    return DEFAULT_POLICE
+
+
+def _window(window: common_pb2.TimeWindow, now: datetime, days: int = 30) -> None:
+    window.start.FromDatetime(now - timedelta(days=days))
+    window.end.FromDatetime(now)
+
+
+def _money(money: common_pb2.Money, minor_units: int) -> None:
+    money.currency = "CNY"
+    money.minor_units = minor_units
+
+
+def valid_request(
+    action: str,
+    *,
+    now: datetime,
+    requesting_agency: str | None = None,
+    target: str | None = None,
+    serial: int = 0,
+    account_number: str | None = None,
+    phone_number: str | None = None,
+    original_request_id: str | None = None,
+    urgency: common_pb2.Urgency.ValueType | None = None,
+    case: str | None = None,
+) -> request_pb2.Request:
+    """A request for ``action`` that passes validation at ``now``.
+
+    Defaults: police ``police.gd.afc`` asks ``bank.icbc`` (bank actions) or ``carrier.cmcc``
+    (carrier actions); reports go from ``bank.icbc`` to ``police.gd.afc``. ``serial`` varies
+    every identifier; ``account_number`` / ``phone_number`` override the action's subject
+    (default: a number of the target); ``original_request_id`` is the cited order for
+    releases, extensions, renewals and monitor stops (default: a fresh id). Each call has a
+    fresh request id (UUIDv7 at ``now``) and nonce. Raises ``ValueError`` for an unknown action.
+    """
+    if action not in ACTIONS:
+        raise ValueError(f"unknown action {action!r}")
+    is_report = action in REPORT_ACTIONS
+    target = target or _default_target(action)
+    requester = requesting_agency or (DEFAULT_BANK if is_report else DEFAULT_POLICE)
+    bank = target if target in BANK_BINS else DEFAULT_BANK
+    carrier = target if target in CARRIER_PREFIXES else DEFAULT_CARRIER
+    account = account_number or card_number(bank, serial)
+    phone = phone_number or mobile_number(carrier, serial)
+    now_ms = int(now.timestamp() * 1000)
+
+    request = request_pb2.Request(
+        request_id=new_request_id(now_ms),
+        nonce=new_nonce(),
+        requesting_agency=requester,
+        target_agency=target,
+        purpose=_PURPOSE.get(action, "核查电信网络诈骗案件涉案线索"),
+    )
+    request.issued_at.FromDatetime(now)
+    request.answer_deadline.FromDatetime(now + timedelta(hours=24))
+    if is_report:
+        request.officer.CopyFrom(
+            common_pb2.Person(
+                id=f"{requester.rsplit('.', 1)[-1]}-staff-{serial % 1000:03d}",
+                name=_name(serial + 7),
+                role=_staff_role(requester),
+            )
+        )
+        request.urgency = common_pb2.URGENCY_URGENT if urgency is None else urgency
+        request.case.case_type = common_pb2.CASE_TYPE_TELECOM_FRAUD
+        request.case.reason = "客户疑似遭受电信网络诈骗"
+        kind = common_pb2.LEGAL_DOCUMENT_KIND_AGENCY_REPORT
+        if case is not None:
+            request.case.case_number = case
+    else:
+        request.officer.CopyFrom(officer(serial % 100))
+        emergency = action == "stop_payment"
+        default_urgency = common_pb2.URGENCY_EMERGENCY if emergency else common_pb2.URGENCY_ROUTINE
+        request.urgency = default_urgency if urgency is None else urgency
+        request.case.case_number = case or case_number(serial + 1, when=now.date())
+        request.case.case_type = common_pb2.CASE_TYPE_TELECOM_FRAUD
+        request.case.reason = "受害人被冒充客服诱导转账"
+        kind = _LEGAL_KIND.get(action, common_pb2.LEGAL_DOCUMENT_KIND_QUERY_NOTICE)
+        if action in ("call_records", "location"):
+            request.second_officer.CopyFrom(second_officer(serial % 100))
+    request.legal_document.kind = kind
+    request.legal_document.number = f"{_DOC_PREFIX[kind]}〔{now.year}〕{serial + 1:05d}号"
+    request.legal_document.issued_at.FromDatetime(now - timedelta(hours=2))
+    if action in _CITING_ACTIONS:
+        request.original_request_id = original_request_id or new_request_id(now_ms - 3_600_000)
+
+    _fill_action(request, action, now=now, account=account, phone=phone, serial=serial)
+    return request
+
+
+_PURPOSE: dict[str, str] = {
+    "stop_payment": "受害人报案，资金正在转移，申请紧急止付",
+    "freeze": "已立案，冻结涉案账户资金以便返还受害人",
+    "call_records": "调取涉案号码通话记录以查明作案人员",
+    "location": "定位涉案号码以抓捕嫌疑人",
+}
+
+
+def _staff_role(member: str) -> common_pb2.Role.ValueType:
+    if member.startswith("carrier."):
+        return common_pb2.ROLE_CARRIER_STAFF
+    return common_pb2.ROLE_BANK_STAFF
+
+
+def _fill_action(
+    request: request_pb2.Request,
+    action: str,
+    *,
+    now: datetime,
+    account: str,
+    phone: str,
+    serial: int,
+) -> None:
+    """Set ``request``'s action to a valid ``action`` message."""
+    ts = now - timedelta(minutes=20)
+    if action == "account_holder":
+        request.account_holder.CopyFrom(bank_pb2.AccountHolderQuery(account_number=account))
+    elif action == "transactions":
+        request.transactions.account_number = account
+        _window(request.transactions.window, now)
+        request.transactions.page.page_size = 100
+    elif action == "accounts_by_id":
+        request.accounts_by_id.id_number = resident_id(serial + 10)
+    elif action == "login_records":
+        request.login_records.account_number = account
+        _window(request.login_records.window, now, days=7)
+    elif action == "stop_payment":
+        order = request.stop_payment
+        order.account_number = account
+        order.account_name = _name(serial + 3)
+        order.payer_account = card_number("bank.ccb", serial + 1)
+        order.payer_name = _name(serial + 4)
+        order.payer_bank = "bank.ccb"
+        _money(order.amount, 4_980_000)
+        order.transfer_time.FromDatetime(ts)
+        order.victim_application = f"SQ{now:%Y%m%d}{serial:04d}"
+    elif action == "stop_payment_release":
+        request.stop_payment_release.account_number = account
+        request.stop_payment_release.reason = "经核查资金与案件无关"
+    elif action == "stop_payment_extend":
+        request.stop_payment_extend.account_number = account
+        request.stop_payment_extend.reason = "案件尚在侦查，需延长止付"
+    elif action == "freeze":
+        order_f = request.freeze
+        order_f.account_number = account
+        order_f.account_name = _name(serial + 3)
+        order_f.method = bank_pb2.FREEZE_METHOD_FIXED_AMOUNT
+        _money(order_f.amount, 4_980_000)
+        order_f.start.FromDatetime(now)
+        order_f.end.FromDatetime(now + timedelta(days=90))
+        order_f.duty_phone = "020-83113110"
+        order_f.bulk_count = 1
+    elif action == "freeze_release":
+        request.freeze_release.account_number = account
+        request.freeze_release.reason = "经查明资金与案件无关"
+    elif action == "freeze_renew":
+        request.freeze_renew.account_number = account
+        request.freeze_renew.end.FromDatetime(now + timedelta(days=120))
+    elif action == "monitor_start":
+        request.monitor_start.account_number = account
+        request.monitor_start.until.FromDatetime(now + timedelta(days=30))
+    elif action == "monitor_stop":
+        request.monitor_stop.account_number = account
+    elif action == "aggregate_stats":
+        request.aggregate_stats.metric = "stop_payments"
+        _window(request.aggregate_stats.window, now, days=90)
+    elif action == "subscriber":
+        request.subscriber.CopyFrom(carrier_pb2.SubscriberQuery(phone_number=phone))
+    elif action == "number_status":
+        request.number_status.phone_number = phone
+    elif action == "sim_count":
+        request.sim_count.id_number = resident_id(serial + 20)
+    elif action == "call_records":
+        request.call_records.phone_number = phone
+        _window(request.call_records.window, now, days=14)
+        request.call_records.include_sms = True
+        request.call_records.page.page_size = 200
+    elif action == "location":
+        request.location.phone_number = phone
+        request.location.at.FromDatetime(now - timedelta(minutes=5))
+    elif action in ("number_suspend", "number_block", "number_restore"):
+        sub = getattr(request, action)
+        sub.phone_number = phone
+        sub.reason = "该号码用于冒充客服实施诈骗" if action != "number_restore" else "申诉核查属实"
+    elif action == "sms_block":
+        request.sms_block.sender = f"10690{serial:06d}"
+        request.sms_block.reason = "发送仿冒银行的诈骗短信"
+    else:
+        _fill_report(request, action, now=now, ts=ts, phone=phone, serial=serial)
+
+
+def _fill_report(
+    request: request_pb2.Request,
+    action: str,
+    *,
+    now: datetime,
+    ts: datetime,
+    phone: str,
+    serial: int,
+) -> None:
+    account = card_number(DEFAULT_BANK, serial + 50)
+    if action == "case_report":
+        report = report_pb2.CaseReport(
+            reference=f"ICBC-GZ-{now:%Y%m%d}-{serial:04d}",
+            victim_name=_name(serial + 5),
+            victim_phone=mobile_number("carrier.cucc", serial),
+            accounts=[account],
+            phone_numbers=[phone],
+            description="客户来电称被冒充公检法人员诱导转账",
+        )
+        _money(report.amount, 1_200_000)
+        request.case_report.CopyFrom(report)
+    elif action == "abnormal_account_opening":
+        opening = request.abnormal_account_opening
+        opening.account_number = account
+        opening.id_number = resident_id(serial + 30, born=date(2000, 2, 11))
+        opening.name = _name(serial + 6)
+        opening.opened_at.FromDatetime(ts)
+        opening.indicator = "同一身份证一日内于三家网点开卡"
+    elif action == "case_linked_account":
+        request.case_linked_account.account_number = account
+        request.case_linked_account.name = _name(serial + 8)
+        request.case_linked_account.case_number = case_number(serial + 1, when=now.date())
+        request.case_linked_account.indicator = "收到多名受害人转账后快速转出"
+    elif action == "abnormal_event":
+        request.abnormal_event.event_code = "E101"
+        request.abnormal_event.subject = account
+        request.abnormal_event.time.FromDatetime(ts)
+        request.abnormal_event.description = "夜间大额频繁转出"
+    elif action == "early_warning":
+        request.early_warning.subject = phone
+        request.early_warning.name = _name(serial + 9)
+        request.early_warning.flagged = mobile_number("carrier.ctcc", serial + 99)
+        request.early_warning.contact_time.FromDatetime(ts)
+        request.early_warning.risk_level = 4
+    elif action == "monitored_transaction":
+        pushed = request.monitored_transaction
+        pushed.account_number = account
+        pushed.monitor_request_id = str(uuid.UUID(new_request_id(int(now.timestamp() * 1000))))
+        tx = pushed.transaction
+        tx.transaction_id = f"T{now:%Y%m%d}{serial:08d}"
+        tx.time.FromDatetime(ts)
+        tx.direction = "out"
+        _money(tx.amount, 2_000_000)
+        tx.counterparty_account = card_number("bank.abc", serial + 2)
+        tx.counterparty_name = _name(serial + 10)
+        tx.counterparty_bank = "bank.abc"
+        tx.channel = "mobile"
+    else:  # pragma: no cover - ACTIONS is checked above
+        raise ValueError(f"unknown action {action!r}")

@@ -1,0 +1,35 @@
+"""The gateway's audit log: a transparency log of every exchange, its stores and witnesses.
+
+``AuditLog`` (group commit, signed checkpoints, receipts) writes through an ``AuditStore``:
+``open_sqlite_store`` (embedded) or ``open_pg_store`` (shared by several instances, one shard
+each). ``Witness`` and ``WitnessServicer`` are what witnesses run; ``GrpcWitnessClient`` is how
+the log reaches them. ``AuditServicer`` serves the log to auditors and agencies.
+"""
+
+from __future__ import annotations
+
+from gateway.audit.log import AuditLog, Receipt
+from gateway.audit.pg_store import open_pg_store
+from gateway.audit.sqlite_store import open_sqlite_store
+from gateway.audit.store import AuditStore, SearchQuery
+from gateway.audit.witness import (
+    GrpcWitnessClient,
+    Witness,
+    WitnessClient,
+    WitnessConflict,
+    WitnessServicer,
+)
+
+__all__ = [
+    "AuditLog",
+    "AuditStore",
+    "GrpcWitnessClient",
+    "Receipt",
+    "SearchQuery",
+    "Witness",
+    "WitnessClient",
+    "WitnessConflict",
+    "WitnessServicer",
+    "open_pg_store",
+    "open_sqlite_store",
+]

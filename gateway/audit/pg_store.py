@@ -1,0 +1,524 @@
+"""The shared audit store: PostgreSQL, for several gateway instances, one shard each.
+
+All shards live in one schema (default ``fedgate_audit``) in tables keyed by origin, so an
+auditor verifies every shard from one database. Append-only is enforced by row triggers that
+raise on UPDATE and DELETE, statement triggers that raise on TRUNCATE, and by revoking UPDATE,
+DELETE and TRUNCATE from PUBLIC. Run the gateway as a role that is not the tables' owner and
+holds only ``INSERT, SELECT`` (and ``USAGE`` on the ``cosigned`` id sequence): an owner or
+superuser can still disable triggers, which ``fedgate audit verify`` then catches.
+
+A writer holds a session advisory lock on its shard, so a second instance configured with the
+same origin is refused instead of interleaving leaves.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from fedgate.errors import AuditUnavailable
+from gateway.audit.store import (
+    CommitBatch,
+    IndexedRow,
+    SearchQuery,
+    StoredLog,
+    StoredRow,
+    ThreadedStore,
+    normalized_subjects,
+)
+
+__all__ = ["DEFAULT_SCHEMA", "SCHEMA_VERSION", "PgDatabase", "list_origins", "open_pg_store"]
+
+DEFAULT_SCHEMA = "fedgate_audit"
+SCHEMA_VERSION = "1"
+_DDL_LOCK = 0x66656467  # "fedg": serializes schema creation across instances
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS shards (
+    origin TEXT PRIMARY KEY,
+    schema_version TEXT NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS leaves (
+    origin TEXT NOT NULL,
+    idx BIGINT NOT NULL CHECK (idx >= 0),
+    leaf BYTEA NOT NULL,
+    leaf_hash BYTEA NOT NULL,
+    leg SMALLINT NOT NULL,
+    request_id TEXT NOT NULL,
+    time_us BIGINT NOT NULL,
+    requesting_agency TEXT NOT NULL,
+    officer_id TEXT NOT NULL,
+    case_number TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target_agency TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    request_leaf_index BIGINT NOT NULL,
+    PRIMARY KEY (origin, idx)
+);
+CREATE TABLE IF NOT EXISTS subjects (
+    origin TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    idx BIGINT NOT NULL,
+    PRIMARY KEY (origin, subject, idx)
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    origin TEXT NOT NULL,
+    size BIGINT NOT NULL,
+    note TEXT NOT NULL,
+    PRIMARY KEY (origin, size)
+);
+CREATE TABLE IF NOT EXISTS cosigned (
+    id BIGSERIAL PRIMARY KEY,
+    origin TEXT NOT NULL,
+    size BIGINT NOT NULL,
+    note TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS leaves_request_id ON leaves (origin, request_id)
+    WHERE request_id <> '';
+CREATE INDEX IF NOT EXISTS leaves_officer ON leaves (origin, officer_id) WHERE officer_id <> '';
+CREATE INDEX IF NOT EXISTS leaves_case ON leaves (origin, case_number) WHERE case_number <> '';
+CREATE INDEX IF NOT EXISTS leaves_requesting ON leaves (origin, requesting_agency);
+CREATE INDEX IF NOT EXISTS leaves_target ON leaves (origin, target_agency);
+CREATE INDEX IF NOT EXISTS leaves_time ON leaves (origin, time_us);
+CREATE INDEX IF NOT EXISTS subjects_idx ON subjects (origin, idx);
+CREATE INDEX IF NOT EXISTS cosigned_origin ON cosigned (origin, id);
+CREATE OR REPLACE FUNCTION fedgate_audit_append_only() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'the audit log is append-only: % on % refused', TG_OP, TG_TABLE_NAME;
+END
+$$;
+"""
+_TABLES = ("shards", "leaves", "subjects", "checkpoints", "cosigned")
+# Fixed text: table names come from the constant tuple above, never from input.
+_TRIGGERS = (
+    "".join(
+        f"CREATE OR REPLACE TRIGGER {t}_append_only BEFORE UPDATE OR DELETE ON {t}"
+        " FOR EACH ROW EXECUTE FUNCTION fedgate_audit_append_only();\n"
+        f"CREATE OR REPLACE TRIGGER {t}_no_truncate BEFORE TRUNCATE ON {t}"
+        " FOR EACH STATEMENT EXECUTE FUNCTION fedgate_audit_append_only();\n"
+        for t in _TABLES
+    )
+    + f"REVOKE UPDATE, DELETE, TRUNCATE ON {', '.join(_TABLES)} FROM PUBLIC;\n"
+)
+
+_INSERT_LEAF = (
+    "INSERT INTO leaves (origin, idx, leaf, leaf_hash, leg, request_id, time_us,"
+    " requesting_agency, officer_id, case_number, action, target_agency, outcome, reason,"
+    " request_leaf_index) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
+_COLUMNS = (
+    "leg, request_id, time_us, requesting_agency, officer_id, case_number, action,"
+    " target_agency, outcome, reason"
+)
+_FILTERS: tuple[tuple[str, str], ...] = (
+    ("officer_id", "officer_id = %s"),
+    ("case_number", "case_number = %s"),
+    ("action", "action = %s"),
+    ("outcome", "outcome = %s"),
+    ("request_id", "request_id = %s"),
+)
+
+
+def _connect(dsn: str, schema: str) -> psycopg.Connection[Any]:
+    conn = psycopg.connect(dsn, autocommit=True)
+    try:
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+class PgDatabase:
+    """One shard in PostgreSQL (``LogDatabase``). Not thread-safe: one thread per instance.
+    Raises ``AuditUnavailable`` for every database failure; a broken connection is reopened
+    on the next call (a writer retakes its shard lock)."""
+
+    def __init__(
+        self, dsn: str, *, origin: str, schema: str = DEFAULT_SCHEMA, writer: bool
+    ) -> None:
+        self._dsn = dsn
+        self._origin = origin
+        self._schema = schema
+        self._writer = writer
+        self._conn: psycopg.Connection[Any] | None = None
+        try:
+            self._conn = self._open()
+        except psycopg.Error as exc:
+            raise self._error("open the store", exc) from exc
+
+    def _open(self) -> psycopg.Connection[Any]:
+        conn = _connect(self._dsn, self._schema)
+        try:
+            if self._writer:
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_DDL_LOCK,))
+                    conn.execute(_DDL)
+                    conn.execute(_TRIGGERS)
+                key = f"{self._schema}/{self._origin}"
+                row = conn.execute(
+                    "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,)
+                ).fetchone()
+                if row is None or not row[0]:
+                    raise AuditUnavailable(
+                        f"another gateway instance is writing the audit shard {self._origin!r}: "
+                        "each instance needs its own origin"
+                    )
+                conn.execute(
+                    "INSERT INTO shards (origin, schema_version) VALUES (%s, %s)"
+                    " ON CONFLICT (origin) DO NOTHING",
+                    (self._origin, SCHEMA_VERSION),
+                )
+            else:
+                row = conn.execute(
+                    "SELECT 1 FROM shards WHERE origin = %s", (self._origin,)
+                ).fetchone()
+                if row is None:
+                    raise AuditUnavailable(
+                        f"no audit shard {self._origin!r} in schema {self._schema!r}"
+                    )
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _c(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = self._open()
+        return self._conn
+
+    @property
+    def origin(self) -> str:
+        return self._origin
+
+    def _error(self, what: str, exc: psycopg.Error) -> AuditUnavailable:
+        return AuditUnavailable(f"audit shard {self._origin!r} (PostgreSQL): cannot {what}: {exc}")
+
+    def load(self) -> StoredLog:
+        o = (self._origin,)
+        try:
+            conn = self._c()
+            hashes = [
+                bytes(r[0])
+                for r in conn.execute(
+                    "SELECT leaf_hash FROM leaves WHERE origin = %s ORDER BY idx", o
+                )
+            ]
+            next_index = self.next_index()
+            cp = conn.execute(
+                "SELECT size, note FROM checkpoints WHERE origin = %s ORDER BY size DESC LIMIT 1", o
+            ).fetchone()
+            co = conn.execute(
+                "SELECT size, note FROM cosigned WHERE origin = %s ORDER BY id DESC LIMIT 1", o
+            ).fetchone()
+        except psycopg.Error as exc:
+            raise self._error("load the log", exc) from exc
+        return StoredLog(
+            origin=self._origin,
+            leaf_hashes=hashes,
+            leaf_count=len(hashes),
+            next_index=next_index,
+            checkpoint=None if cp is None else cp[1],
+            checkpoint_size=0 if cp is None else cp[0],
+            cosigned=None if co is None else co[1],
+            cosigned_size=0 if co is None else co[0],
+        )
+
+    def commit(self, batch: CommitBatch) -> None:
+        o = self._origin
+        leaves = [
+            (
+                o,
+                n.index,
+                n.data,
+                n.leaf_hash,
+                c[0],
+                c[1],
+                c[2],
+                c[3],
+                c[4],
+                c[5],
+                c[6],
+                c[7],
+                c[8],
+                c[9],
+                c[11],
+            )
+            for n in batch.leaves
+            for c in (n.columns,)
+        ]
+        subjects = [
+            (o, s, n.index)
+            for n in batch.leaves
+            if n.columns[10]
+            for s in normalized_subjects(n.columns[10])
+        ]
+        start = batch.leaves[0].index if batch.leaves else batch.size
+        try:
+            conn = self._c()
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves WHERE origin = %s", (o,))
+                row = cur.fetchone()
+                if row is None or row[0] != start:
+                    raise AuditUnavailable(
+                        f"audit shard {o!r}: the batch starts at index {start} but the "
+                        f"database's next index is {None if row is None else row[0]}"
+                    )
+                if leaves:
+                    cur.executemany(_INSERT_LEAF, leaves)
+                if subjects:
+                    cur.executemany(
+                        "INSERT INTO subjects (origin, subject, idx) VALUES (%s, %s, %s)", subjects
+                    )
+                cur.execute(
+                    "INSERT INTO checkpoints (origin, size, note) VALUES (%s, %s, %s)",
+                    (o, batch.size, batch.checkpoint),
+                )
+        except psycopg.Error as exc:
+            raise self._error("commit a batch", exc) from exc
+
+    def add_cosigned(self, size: int, note: str) -> None:
+        try:
+            self._c().execute(
+                "INSERT INTO cosigned (origin, size, note) VALUES (%s, %s, %s)",
+                (self._origin, size, note),
+            )
+        except psycopg.Error as exc:
+            raise self._error("store a cosigned checkpoint", exc) from exc
+
+    def leaves(self, start: int, stop: int) -> list[bytes]:
+        try:
+            return [
+                bytes(r[0])
+                for r in self._c().execute(
+                    "SELECT leaf FROM leaves WHERE origin = %s AND idx >= %s AND idx < %s"
+                    " ORDER BY idx",
+                    (self._origin, start, stop),
+                )
+            ]
+        except psycopg.Error as exc:
+            raise self._error("read entries", exc) from exc
+
+    def leaf_hashes(self, start: int, stop: int) -> list[bytes]:
+        try:
+            return [
+                bytes(r[0])
+                for r in self._c().execute(
+                    "SELECT leaf_hash FROM leaves WHERE origin = %s AND idx >= %s AND idx < %s"
+                    " ORDER BY idx",
+                    (self._origin, start, stop),
+                )
+            ]
+        except psycopg.Error as exc:
+            raise self._error("read leaf hashes", exc) from exc
+
+    def leaf_rows(self, start: int, stop: int) -> list[tuple[int, bytes, bytes]]:
+        try:
+            return [
+                (int(r[0]), bytes(r[1]), bytes(r[2]))
+                for r in self._c().execute(
+                    "SELECT idx, leaf, leaf_hash FROM leaves WHERE origin = %s AND idx >= %s"
+                    " AND idx < %s ORDER BY idx",
+                    (self._origin, start, stop),
+                )
+            ]
+        except psycopg.Error as exc:
+            raise self._error("read entries", exc) from exc
+
+    def rows(self, start: int, stop: int) -> list[StoredRow]:
+        params = (self._origin, start, stop)
+        try:
+            conn = self._c()
+            subjects: dict[int, list[str]] = {}
+            for idx, subject in conn.execute(
+                "SELECT idx, subject FROM subjects WHERE origin = %s AND idx >= %s AND idx < %s"
+                ' ORDER BY idx, subject COLLATE "C"',
+                params,
+            ):
+                subjects.setdefault(idx, []).append(subject)
+            out: list[StoredRow] = []
+            empty: tuple[str, ...] = ()
+            for r in conn.execute(
+                f"SELECT idx, leaf, leaf_hash, {_COLUMNS}, request_leaf_index FROM leaves"  # noqa: S608 - constant columns
+                " WHERE origin = %s AND idx >= %s AND idx < %s ORDER BY idx",
+                params,
+            ):
+                s = subjects.get(r[0])
+                out.append(
+                    (
+                        r[0],
+                        bytes(r[1]),
+                        bytes(r[2]),
+                        (
+                            r[3],
+                            r[4],
+                            r[5],
+                            r[6],
+                            r[7],
+                            r[8],
+                            r[9],
+                            r[10],
+                            r[11],
+                            r[12],
+                            empty if s is None else tuple(s),
+                            r[13],
+                        ),
+                    )
+                )
+            return out
+        except psycopg.Error as exc:
+            raise self._error("read rows", exc) from exc
+
+    def next_index(self) -> int:
+        try:
+            row = (
+                self._c()
+                .execute(
+                    "SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves WHERE origin = %s",
+                    (self._origin,),
+                )
+                .fetchone()
+            )
+        except psycopg.Error as exc:
+            raise self._error("count entries", exc) from exc
+        return 0 if row is None else int(row[0])
+
+    def checkpoint(self, size: int) -> str | None:
+        try:
+            row = (
+                self._c()
+                .execute(
+                    "SELECT note FROM checkpoints WHERE origin = %s AND size = %s",
+                    (self._origin, size),
+                )
+                .fetchone()
+            )
+        except psycopg.Error as exc:
+            raise self._error("read a checkpoint", exc) from exc
+        return None if row is None else str(row[0])
+
+    def checkpoints(self) -> list[tuple[int, str]]:
+        try:
+            return [
+                (int(r[0]), str(r[1]))
+                for r in self._c().execute(
+                    "SELECT size, note FROM checkpoints WHERE origin = %s ORDER BY size",
+                    (self._origin,),
+                )
+            ]
+        except psycopg.Error as exc:
+            raise self._error("read checkpoints", exc) from exc
+
+    def cosigned_checkpoints(self) -> list[tuple[int, str]]:
+        try:
+            return [
+                (int(r[0]), str(r[1]))
+                for r in self._c().execute(
+                    "SELECT size, note FROM cosigned WHERE origin = %s ORDER BY id",
+                    (self._origin,),
+                )
+            ]
+        except psycopg.Error as exc:
+            raise self._error("read cosigned checkpoints", exc) from exc
+
+    def search(self, query: SearchQuery) -> list[IndexedRow]:
+        where = ["origin = %s", "idx > %s"]
+        params: list[object] = [self._origin, query.after_index]
+        for name, fragment in _FILTERS:
+            value = getattr(query, name)
+            if value:
+                where.append(fragment)
+                params.append(value)
+        for member in (query.member, query.visible_to):
+            if member:
+                where.append("(requesting_agency = %s OR target_agency = %s)")
+                params += [member, member]
+        if query.subject:
+            where.append("idx IN (SELECT idx FROM subjects WHERE origin = %s AND subject = %s)")
+            params += [self._origin, query.subject]
+        if query.since_us is not None:
+            where.append("time_us >= %s")
+            params.append(query.since_us)
+        if query.until_us is not None:
+            where.append("time_us < %s")
+            params.append(query.until_us)
+        params.append(query.limit)
+        statement = (
+            f"SELECT idx, {_COLUMNS}, request_leaf_index FROM leaves"  # noqa: S608 - fixed fragments
+            f" WHERE {' AND '.join(where)} ORDER BY idx LIMIT %s"
+        )
+        try:
+            conn = self._c()
+            hits = conn.execute(statement.encode(), params).fetchall()
+            out: list[IndexedRow] = []
+            for r in hits:
+                subjects = tuple(
+                    str(s)
+                    for (s,) in conn.execute(
+                        "SELECT subject FROM subjects WHERE origin = %s AND idx = %s"
+                        ' ORDER BY subject COLLATE "C"',
+                        (self._origin, r[0]),
+                    )
+                )
+                out.append(
+                    IndexedRow(
+                        r[0],
+                        (
+                            r[1],
+                            r[2],
+                            r[3],
+                            r[4],
+                            r[5],
+                            r[6],
+                            r[7],
+                            r[8],
+                            r[9],
+                            r[10],
+                            subjects,
+                            r[11],
+                        ),
+                    )
+                )
+            return out
+        except psycopg.Error as exc:
+            raise self._error("search", exc) from exc
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def list_origins(dsn: str, *, schema: str = DEFAULT_SCHEMA) -> list[str]:
+    """The origins of every shard in ``schema``; raises ``AuditUnavailable``."""
+    try:
+        with _connect(dsn, schema) as conn:
+            return [str(r[0]) for r in conn.execute("SELECT origin FROM shards ORDER BY origin")]
+    except psycopg.Error as exc:
+        raise AuditUnavailable(f"cannot list audit shards in PostgreSQL: {exc}") from exc
+
+
+async def open_pg_store(
+    dsn: str, *, origin: str, state_path: Path, schema: str = DEFAULT_SCHEMA
+) -> ThreadedStore:
+    """The PostgreSQL ``AuditStore`` for shard ``origin``.
+
+    ``state_path`` is the local file where this instance's log records the last checkpoint it
+    signed (rollback tripwire). Raises ``AuditUnavailable`` when the database cannot be
+    reached or another instance holds the shard.
+    """
+    return await ThreadedStore.open(
+        lambda: PgDatabase(dsn, origin=origin, schema=schema, writer=True),
+        lambda: PgDatabase(dsn, origin=origin, schema=schema, writer=False),
+        name="audit-pg",
+        state_path=state_path,
+    )

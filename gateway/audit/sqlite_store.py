@@ -1,0 +1,516 @@
+"""The embedded audit store: one SQLite file per log shard.
+
+WAL journal with ``synchronous=FULL`` (a commit is on disk when it returns), append-only
+enforced by triggers that abort any UPDATE or DELETE of leaves, subjects and checkpoints, and a
+lock file so that only one process writes a shard. Readers (the AuditService, ``fedgate audit``)
+may read while the gateway writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import IO
+
+from fedgate.errors import AuditUnavailable
+from gateway.audit.store import (
+    CommitBatch,
+    IndexedRow,
+    SearchQuery,
+    StoredLog,
+    StoredRow,
+    ThreadedStore,
+    normalized_subjects,
+)
+
+__all__ = ["SCHEMA_VERSION", "SqliteDatabase", "default_state_path", "open_sqlite_store"]
+
+SCHEMA_VERSION = "1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS leaves (
+    idx INTEGER PRIMARY KEY CHECK (idx >= 0),
+    leaf BLOB NOT NULL,
+    leaf_hash BLOB NOT NULL,
+    leg INTEGER NOT NULL,
+    request_id TEXT NOT NULL,
+    time_us INTEGER NOT NULL,
+    requesting_agency TEXT NOT NULL,
+    officer_id TEXT NOT NULL,
+    case_number TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target_agency TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    request_leaf_index INTEGER NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS subjects (
+    subject TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    PRIMARY KEY (subject, idx)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (size INTEGER PRIMARY KEY, note TEXT NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS cosigned (
+    id INTEGER PRIMARY KEY,
+    size INTEGER NOT NULL,
+    note TEXT NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS leaves_request_id ON leaves (request_id) WHERE request_id <> '';
+CREATE INDEX IF NOT EXISTS leaves_officer ON leaves (officer_id) WHERE officer_id <> '';
+CREATE INDEX IF NOT EXISTS leaves_case ON leaves (case_number) WHERE case_number <> '';
+CREATE INDEX IF NOT EXISTS leaves_requesting ON leaves (requesting_agency);
+CREATE INDEX IF NOT EXISTS leaves_target ON leaves (target_agency);
+CREATE INDEX IF NOT EXISTS leaves_time ON leaves (time_us);
+CREATE INDEX IF NOT EXISTS subjects_idx ON subjects (idx);
+"""
+
+_APPEND_ONLY_TABLES = ("meta", "leaves", "subjects", "checkpoints", "cosigned")
+# Trigger text is fixed: table names come from the constant tuple above, never from input.
+_TRIGGERS = "".join(
+    f"CREATE TRIGGER IF NOT EXISTS {t}_no_{op.lower()} BEFORE {op} ON {t} BEGIN "
+    f"SELECT RAISE(ABORT, 'the audit log is append-only: {op} on {t} refused'); END;\n"
+    for t in _APPEND_ONLY_TABLES
+    for op in ("UPDATE", "DELETE")
+)
+
+_INSERT_LEAF = (
+    "INSERT INTO leaves (idx, leaf, leaf_hash, leg, request_id, time_us, requesting_agency,"
+    " officer_id, case_number, action, target_agency, outcome, reason, request_leaf_index)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_COLUMNS = (
+    "leg, request_id, time_us, requesting_agency, officer_id, case_number, action,"
+    " target_agency, outcome, reason"
+)
+
+# Search filters: fixed SQL fragments chosen by which fields are set; values are parameters.
+_FILTERS: tuple[tuple[str, str], ...] = (
+    ("officer_id", "officer_id = ?"),
+    ("case_number", "case_number = ?"),
+    ("action", "action = ?"),
+    ("outcome", "outcome = ?"),
+    ("request_id", "request_id = ?"),
+)
+
+
+_CHECKPOINT_EVERY_BYTES = 8 << 20
+"""Copy the WAL into the database (on a background thread) after about this much was written."""
+
+
+class _WalCheckpointer:
+    """Copies the WAL into the main database on its own thread and connection, so commits never
+    pay for it (the writer's automatic checkpoints are off). PASSIVE: never blocks the writer."""
+
+    def __init__(self, uri: str) -> None:
+        self._uri = uri
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="audit-wal-checkpoint", daemon=True)
+        self._thread.start()
+
+    def request(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        con = sqlite3.connect(self._uri, uri=True, isolation_level=None, timeout=10.0)
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                if self._stop:
+                    return
+                with contextlib.suppress(sqlite3.Error):
+                    con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        finally:
+            con.close()
+
+    def stop(self) -> None:
+        self._stop = True
+        self._wake.set()
+        self._thread.join()
+
+
+def default_state_path(path: Path) -> Path:
+    """Where the log keeps its last-signed-checkpoint file for the database at ``path``."""
+    return path.with_name(path.name + ".state")
+
+
+class SqliteDatabase:
+    """One shard in one SQLite file (``LogDatabase``). Not thread-safe: use it on the thread
+    that opened it. Raises ``AuditUnavailable`` for every database failure."""
+
+    def __init__(self, path: Path, *, origin: str | None, writer: bool) -> None:
+        """Open ``path``. A writer creates the file and schema if needed, takes the shard's
+        lock file and checks (or records) ``origin``; a reader needs an existing log and
+        ``origin=None`` accepts whatever origin it holds."""
+        self.path = Path(path)
+        self._lock: IO[bytes] | None = None
+        self._checkpointer: _WalCheckpointer | None = None
+        self._unflushed = 0
+        try:
+            if writer:
+                self._lock = _take_lock(self.path)
+                uri = f"{self.path.resolve().as_uri()}?mode=rwc"
+            else:
+                if not self.path.exists():
+                    raise AuditUnavailable(f"no audit log database at {self.path}")
+                uri = f"{self.path.resolve().as_uri()}?mode=rw"
+            self._con = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10.0)
+            con = self._con
+            con.execute("PRAGMA busy_timeout = 10000")
+            con.execute("PRAGMA synchronous = FULL")
+            con.execute("PRAGMA cache_size = -32768")
+            if writer:
+                mode = con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise AuditUnavailable(f"{self.path}: cannot switch to WAL (got {mode})")
+                con.executescript(_SCHEMA + _TRIGGERS)
+                con.execute("PRAGMA wal_autocheckpoint = 0")
+                self._checkpointer = _WalCheckpointer(uri)
+            self._origin = self._check_origin(origin, create=writer)
+        except sqlite3.Error as exc:
+            self._release()
+            raise AuditUnavailable(f"cannot open the audit log {self.path}: {exc}") from exc
+        except BaseException:
+            self._release()
+            raise
+
+    def _check_origin(self, origin: str | None, *, create: bool) -> str:
+        con = self._con
+        rows = dict(con.execute("SELECT key, value FROM meta").fetchall())
+        stored = rows.get("origin")
+        if stored is None:
+            if not create or origin is None:
+                raise AuditUnavailable(f"{self.path} is not a fedgate audit log (no origin)")
+            con.execute("BEGIN IMMEDIATE")
+            con.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?)",
+                [("origin", origin), ("schema_version", SCHEMA_VERSION)],
+            )
+            con.execute("COMMIT")
+            return origin
+        if origin is not None and stored != origin:
+            raise AuditUnavailable(
+                f"{self.path} holds the log shard {stored!r}, not {origin!r}: each shard has "
+                "its own database"
+            )
+        return str(stored)
+
+    def _release(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
+        con = getattr(self, "_con", None)
+        if con is not None:
+            with contextlib.suppress(sqlite3.Error):
+                con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            con.close()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    @property
+    def origin(self) -> str:
+        return self._origin
+
+    def _error(self, what: str, exc: sqlite3.Error) -> AuditUnavailable:
+        return AuditUnavailable(f"audit log {self.path}: cannot {what}: {exc}")
+
+    def load(self) -> StoredLog:
+        try:
+            con = self._con
+            hashes = [r[0] for r in con.execute("SELECT leaf_hash FROM leaves ORDER BY idx")]
+            next_index = self.next_index()
+            cp = con.execute(
+                "SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1"
+            ).fetchone()
+            co = con.execute("SELECT size, note FROM cosigned ORDER BY id DESC LIMIT 1").fetchone()
+        except sqlite3.Error as exc:
+            raise self._error("load the log", exc) from exc
+        return StoredLog(
+            origin=self._origin,
+            leaf_hashes=hashes,
+            leaf_count=len(hashes),
+            next_index=next_index,
+            checkpoint=None if cp is None else cp[1],
+            checkpoint_size=0 if cp is None else cp[0],
+            cosigned=None if co is None else co[1],
+            cosigned_size=0 if co is None else co[0],
+        )
+
+    def commit(self, batch: CommitBatch) -> None:
+        leaves = [
+            (
+                n.index,
+                n.data,
+                n.leaf_hash,
+                c[0],
+                c[1],
+                c[2],
+                c[3],
+                c[4],
+                c[5],
+                c[6],
+                c[7],
+                c[8],
+                c[9],
+                c[11],
+            )
+            for n in batch.leaves
+            for c in (n.columns,)
+        ]
+        subjects = [
+            (s, n.index)
+            for n in batch.leaves
+            if n.columns[10]
+            for s in normalized_subjects(n.columns[10])
+        ]
+        con = self._con
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                start = batch.leaves[0].index if batch.leaves else batch.size
+                (next_index,) = con.execute(
+                    "SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves"
+                ).fetchone()
+                if next_index != start:
+                    raise AuditUnavailable(
+                        f"audit log {self.path}: the batch starts at index {start} but the "
+                        f"database's next index is {next_index}; another process wrote to it"
+                    )
+                con.executemany(_INSERT_LEAF, leaves)
+                if subjects:
+                    con.executemany("INSERT INTO subjects (subject, idx) VALUES (?, ?)", subjects)
+                con.execute(
+                    "INSERT INTO checkpoints (size, note) VALUES (?, ?)",
+                    (batch.size, batch.checkpoint),
+                )
+                con.execute("COMMIT")
+            except BaseException:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise self._error("commit a batch", exc) from exc
+        self._unflushed += sum(len(n.data) for n in batch.leaves) + len(batch.checkpoint)
+        if self._unflushed >= _CHECKPOINT_EVERY_BYTES and self._checkpointer is not None:
+            self._unflushed = 0
+            self._checkpointer.request()
+
+    def add_cosigned(self, size: int, note: str) -> None:
+        try:
+            self._con.execute("BEGIN IMMEDIATE")
+            self._con.execute("INSERT INTO cosigned (size, note) VALUES (?, ?)", (size, note))
+            self._con.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._con.in_transaction:
+                self._con.execute("ROLLBACK")
+            raise self._error("store a cosigned checkpoint", exc) from exc
+
+    def leaves(self, start: int, stop: int) -> list[bytes]:
+        try:
+            return [
+                r[0]
+                for r in self._con.execute(
+                    "SELECT leaf FROM leaves WHERE idx >= ? AND idx < ? ORDER BY idx",
+                    (start, stop),
+                )
+            ]
+        except sqlite3.Error as exc:
+            raise self._error("read entries", exc) from exc
+
+    def leaf_hashes(self, start: int, stop: int) -> list[bytes]:
+        try:
+            return [
+                r[0]
+                for r in self._con.execute(
+                    "SELECT leaf_hash FROM leaves WHERE idx >= ? AND idx < ? ORDER BY idx",
+                    (start, stop),
+                )
+            ]
+        except sqlite3.Error as exc:
+            raise self._error("read leaf hashes", exc) from exc
+
+    def leaf_rows(self, start: int, stop: int) -> list[tuple[int, bytes, bytes]]:
+        try:
+            return self._con.execute(
+                "SELECT idx, leaf, leaf_hash FROM leaves WHERE idx >= ? AND idx < ? ORDER BY idx",
+                (start, stop),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise self._error("read entries", exc) from exc
+
+    def rows(self, start: int, stop: int) -> list[StoredRow]:
+        try:
+            con = self._con
+            subjects: dict[int, list[str]] = {}
+            for idx, subject in con.execute(
+                "SELECT idx, subject FROM subjects WHERE idx >= ? AND idx < ?"
+                " ORDER BY idx, subject",
+                (start, stop),
+            ):
+                subjects.setdefault(idx, []).append(subject)
+            out: list[StoredRow] = []
+            empty: tuple[str, ...] = ()
+            for r in con.execute(
+                f"SELECT idx, leaf, leaf_hash, {_COLUMNS}, request_leaf_index FROM leaves"  # noqa: S608 - constant columns
+                " WHERE idx >= ? AND idx < ? ORDER BY idx",
+                (start, stop),
+            ):
+                s = subjects.get(r[0])
+                out.append(
+                    (
+                        r[0],
+                        r[1],
+                        r[2],
+                        (
+                            r[3],
+                            r[4],
+                            r[5],
+                            r[6],
+                            r[7],
+                            r[8],
+                            r[9],
+                            r[10],
+                            r[11],
+                            r[12],
+                            empty if s is None else tuple(s),
+                            r[13],
+                        ),
+                    )
+                )
+            return out
+        except sqlite3.Error as exc:
+            raise self._error("read rows", exc) from exc
+
+    def next_index(self) -> int:
+        try:
+            (n,) = self._con.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves").fetchone()
+        except sqlite3.Error as exc:
+            raise self._error("count entries", exc) from exc
+        return int(n)
+
+    def checkpoint(self, size: int) -> str | None:
+        try:
+            row = self._con.execute(
+                "SELECT note FROM checkpoints WHERE size = ?", (size,)
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise self._error("read a checkpoint", exc) from exc
+        return None if row is None else str(row[0])
+
+    def checkpoints(self) -> list[tuple[int, str]]:
+        try:
+            return list(self._con.execute("SELECT size, note FROM checkpoints ORDER BY size"))
+        except sqlite3.Error as exc:
+            raise self._error("read checkpoints", exc) from exc
+
+    def cosigned_checkpoints(self) -> list[tuple[int, str]]:
+        try:
+            return list(self._con.execute("SELECT size, note FROM cosigned ORDER BY id"))
+        except sqlite3.Error as exc:
+            raise self._error("read cosigned checkpoints", exc) from exc
+
+    def search(self, query: SearchQuery) -> list[IndexedRow]:
+        where = ["idx > ?"]
+        params: list[object] = [query.after_index]
+        for name, fragment in _FILTERS:
+            value = getattr(query, name)
+            if value:
+                where.append(fragment)
+                params.append(value)
+        if query.member:
+            where.append("(requesting_agency = ? OR target_agency = ?)")
+            params += [query.member, query.member]
+        if query.visible_to:
+            where.append("(requesting_agency = ? OR target_agency = ?)")
+            params += [query.visible_to, query.visible_to]
+        if query.subject:
+            where.append("idx IN (SELECT idx FROM subjects WHERE subject = ?)")
+            params.append(query.subject)
+        if query.since_us is not None:
+            where.append("time_us >= ?")
+            params.append(query.since_us)
+        if query.until_us is not None:
+            where.append("time_us < ?")
+            params.append(query.until_us)
+        params.append(query.limit)
+        sql = (
+            f"SELECT idx, {_COLUMNS}, request_leaf_index FROM leaves"  # noqa: S608 - fixed fragments
+            f" WHERE {' AND '.join(where)} ORDER BY idx LIMIT ?"
+        )
+        try:
+            con = self._con
+            hits = con.execute(sql, params).fetchall()
+            out: list[IndexedRow] = []
+            for r in hits:
+                subjects = tuple(
+                    s
+                    for (s,) in con.execute(
+                        "SELECT subject FROM subjects WHERE idx = ? ORDER BY subject", (r[0],)
+                    )
+                )
+                out.append(
+                    IndexedRow(
+                        r[0],
+                        (
+                            r[1],
+                            r[2],
+                            r[3],
+                            r[4],
+                            r[5],
+                            r[6],
+                            r[7],
+                            r[8],
+                            r[9],
+                            r[10],
+                            subjects,
+                            r[11],
+                        ),
+                    )
+                )
+            return out
+        except sqlite3.Error as exc:
+            raise self._error("search", exc) from exc
+
+    def close(self) -> None:
+        self._release()
+
+
+def _take_lock(path: Path) -> IO[bytes]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = path.with_name(path.name + ".lock")
+    f = open(lock_path, "ab")  # noqa: SIM115 - held until close
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        f.close()
+        raise AuditUnavailable(
+            f"the audit log {path} is open for writing in another process (lock {lock_path})"
+        ) from exc
+    with contextlib.suppress(OSError):
+        os.chmod(lock_path, 0o600)
+    return f
+
+
+async def open_sqlite_store(
+    path: Path, *, origin: str, state_path: Path | None = None
+) -> ThreadedStore:
+    """The SQLite ``AuditStore`` for ``path`` (created if missing) and log shard ``origin``.
+
+    The log's state file defaults to ``<path>.state`` beside the database. Raises
+    ``AuditUnavailable`` if the file cannot be opened, holds another origin or is being
+    written by another process.
+    """
+    path = Path(path)
+    return await ThreadedStore.open(
+        lambda: SqliteDatabase(path, origin=origin, writer=True),
+        lambda: SqliteDatabase(path, origin=origin, writer=False),
+        name="audit-sqlite",
+        state_path=state_path if state_path is not None else default_state_path(path),
+    )

@@ -1,0 +1,477 @@
+"""The gateway's configuration: one TOML file, every value overridable from the environment.
+
+    [server]     listen, max_receive_bytes, grace_period_s
+    [federation] dir, member_id, reload_interval_s
+    [pipeline]   state_dir, clock_skew_s, replay_window_s
+    [audit]      origin, path, keep_response_bodies
+    [routing]    timeout_s, max_attempts, retry_backoff_s, breaker_failures, breaker_reset_s,
+                 endpoints (member id -> host:port, overriding the registry)
+    [policy]     dir, reload_interval_ms
+    [quotas]     passed as is to ``gateway.quotas.QuotaConfig.from_mapping``
+    [tickets]    path, poll_interval_s
+    [alerts]     path, keep
+    [telemetry]  prometheus_listen (loopback host:port, empty = off), log_level, log_json
+
+An environment variable ``FEDGATE_GATEWAY__<SECTION>__<KEY>`` replaces one value; its text is
+read as a TOML value when it parses as one (``5``, ``true``, ``{ "bank.icbc" = "..." }``) and
+as a plain string otherwise. Relative paths are relative to the config file's folder. Every
+mistake raises ``ConfigError`` naming the option.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import grpc
+
+from fedgate.envelope import MAX_BODY_BYTES
+from fedgate.errors import FedgateError
+
+__all__ = [
+    "ENV_PREFIX",
+    "AlertsConfig",
+    "AuditConfig",
+    "ConfigError",
+    "FederationConfig",
+    "GatewayConfig",
+    "PipelineConfig",
+    "PolicyConfig",
+    "RoutingConfig",
+    "ServerConfig",
+    "TelemetryConfig",
+    "TicketsConfig",
+]
+
+ENV_PREFIX = "FEDGATE_GATEWAY__"
+
+
+class ConfigError(FedgateError):
+    """The configuration is missing, malformed or inconsistent; the message names the option."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "CONFIG_INVALID"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    listen: str = "127.0.0.1:50051"
+    max_receive_bytes: int = 4 * MAX_BODY_BYTES
+    """gRPC's own cut-off. Bodies over 1 MiB but under this reach the pipeline and are refused
+    there, audited; anything larger is refused by gRPC before the application sees it."""
+    grace_period_s: float = 10.0
+    """How long a shutdown waits for in-flight requests."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FederationConfig:
+    dir: Path
+    """The federation directory: registry.json, trust/, members/<member_id>/."""
+    member_id: str = "gateway"
+    reload_interval_s: float = 5.0
+    """How often registry.json is checked for a new signed version (0: never)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PipelineConfig:
+    state_dir: Path
+    clock_skew_s: float = 300.0
+    replay_window_s: float = 900.0
+    """How long request ids and nonces are remembered; at least twice the skew."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditConfig:
+    origin: str = "fedgate.example/gateway/shard-0"
+    path: Path | None = None
+    """The SQLite audit store; default ``<state_dir>/audit.sqlite``."""
+    keep_response_bodies: bool = True
+    """Keep each agency's signed response envelope in its response leg, so that auditors can
+    check the agency's signature offline (``fedgate audit verify``, evidence bundles). Turn
+    off to keep only the response hash and signature."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoutingConfig:
+    timeout_s: float = 10.0
+    """Deadline for one call to an agency node when the caller sets none (or a longer one)."""
+    max_attempts: int = 3
+    """Attempts for idempotent reads on a transient failure; orders are sent once."""
+    retry_backoff_s: float = 0.05
+    breaker_failures: int = 5
+    """Consecutive failures that open a node's circuit breaker."""
+    breaker_reset_s: float = 5.0
+    """How long an open breaker refuses before letting one trial call through."""
+    endpoints: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PolicyConfig:
+    dir: Path | None = None
+    """Folder with model.conf and policy.csv; default the policies/ shipped with fedgate."""
+    reload_interval_ms: float = 1000.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TicketsConfig:
+    path: Path | None = None
+    """Default ``<state_dir>/tickets.sqlite``."""
+    poll_interval_s: float = 1.0
+    """How often WatchTicket asks the agency node for news."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlertsConfig:
+    path: Path | None = None
+    """Default ``<state_dir>/alerts.sqlite``."""
+    keep: int = 100_000
+    """Alerts kept for resuming subscribers; older ones are dropped."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TelemetryConfig:
+    prometheus_listen: str = ""
+    """``127.0.0.1:9464`` serves /metrics there; empty turns it off. Loopback only."""
+    log_level: str = "INFO"
+    log_json: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayConfig:
+    federation: FederationConfig
+    pipeline: PipelineConfig
+    server: ServerConfig = field(default_factory=ServerConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    quotas: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    tickets: TicketsConfig = field(default_factory=TicketsConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+
+    @property
+    def audit_path(self) -> Path:
+        return self.audit.path or self.pipeline.state_dir / "audit.sqlite"
+
+    @property
+    def replay_path(self) -> Path:
+        return self.pipeline.state_dir / "replay.sqlite"
+
+    @property
+    def rules_path(self) -> Path:
+        return self.pipeline.state_dir / "rules.sqlite"
+
+    @property
+    def tickets_path(self) -> Path:
+        return self.tickets.path or self.pipeline.state_dir / "tickets.sqlite"
+
+    @property
+    def alerts_path(self) -> Path:
+        return self.alerts.path or self.pipeline.state_dir / "alerts.sqlite"
+
+    @classmethod
+    def load(cls, path: Path, *, env: Mapping[str, str] | None = None) -> GatewayConfig:
+        """Read ``path`` (TOML), apply ``env`` overrides (default ``os.environ``), validate."""
+        try:
+            doc = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read the gateway config {path}: {exc.strerror}") from exc
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+        return cls.from_mapping(doc, base_dir=Path(path).resolve().parent, env=env)
+
+    @classmethod
+    def from_mapping(
+        cls,
+        doc: Mapping[str, Any],
+        *,
+        base_dir: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> GatewayConfig:
+        """Build from parsed TOML (a mapping of sections), with ``env`` overrides applied."""
+        merged = _apply_env(doc, os.environ if env is None else env)
+        base = base_dir or Path.cwd()
+        unknown = set(merged) - _SECTIONS
+        if unknown:
+            raise ConfigError(
+                f"unknown config section(s) {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(sorted(_SECTIONS))}"
+            )
+        s = _Section(merged, "server", base)
+        server = ServerConfig(
+            listen=s.text("listen", _DS.listen),
+            max_receive_bytes=s.integer("max_receive_bytes", _DS.max_receive_bytes),
+            grace_period_s=s.number("grace_period_s", _DS.grace_period_s),
+        )
+        s.done()
+        f = _Section(merged, "federation", base)
+        federation = FederationConfig(
+            dir=f.path("dir", None),
+            member_id=f.text("member_id", "gateway"),
+            reload_interval_s=f.number("reload_interval_s", 5.0),
+        )
+        f.done()
+        p = _Section(merged, "pipeline", base)
+        pipeline = PipelineConfig(
+            state_dir=p.path("state_dir", None),
+            clock_skew_s=p.number("clock_skew_s", 300.0),
+            replay_window_s=p.number("replay_window_s", 900.0),
+        )
+        p.done()
+        a = _Section(merged, "audit", base)
+        audit = AuditConfig(
+            origin=a.text("origin", _DA.origin),
+            path=a.optional_path("path"),
+            keep_response_bodies=a.boolean("keep_response_bodies", True),
+        )
+        a.done()
+        r = _Section(merged, "routing", base)
+        routing = RoutingConfig(
+            timeout_s=r.number("timeout_s", _DR.timeout_s),
+            max_attempts=r.integer("max_attempts", _DR.max_attempts),
+            retry_backoff_s=r.number("retry_backoff_s", _DR.retry_backoff_s),
+            breaker_failures=r.integer("breaker_failures", _DR.breaker_failures),
+            breaker_reset_s=r.number("breaker_reset_s", _DR.breaker_reset_s),
+            endpoints=MappingProxyType(r.string_map("endpoints")),
+        )
+        r.done()
+        po = _Section(merged, "policy", base)
+        policy = PolicyConfig(
+            dir=po.optional_path("dir"),
+            reload_interval_ms=po.number("reload_interval_ms", 1000.0),
+        )
+        po.done()
+        t = _Section(merged, "tickets", base)
+        tickets = TicketsConfig(
+            path=t.optional_path("path"),
+            poll_interval_s=t.number("poll_interval_s", _DT.poll_interval_s),
+        )
+        t.done()
+        al = _Section(merged, "alerts", base)
+        alerts = AlertsConfig(path=al.optional_path("path"), keep=al.integer("keep", _DAL.keep))
+        al.done()
+        te = _Section(merged, "telemetry", base)
+        telemetry = TelemetryConfig(
+            prometheus_listen=te.text("prometheus_listen", ""),
+            log_level=te.text("log_level", "INFO").upper(),
+            log_json=te.boolean("log_json", True),
+        )
+        te.done()
+        quotas = merged.get("quotas", {})
+        if not isinstance(quotas, Mapping):
+            raise ConfigError("[quotas] must be a table")
+        config = cls(
+            federation=federation,
+            pipeline=pipeline,
+            server=server,
+            audit=audit,
+            routing=routing,
+            policy=policy,
+            quotas=MappingProxyType(dict(quotas)),
+            tickets=tickets,
+            alerts=alerts,
+            telemetry=telemetry,
+        )
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` naming the first option that is out of range."""
+        _host_port(self.server.listen, "server.listen")
+        if self.server.max_receive_bytes < MAX_BODY_BYTES + 1024:
+            raise ConfigError(
+                f"server.max_receive_bytes must be at least {MAX_BODY_BYTES + 1024} (the 1 MiB "
+                f"body limit plus the envelope), got {self.server.max_receive_bytes}"
+            )
+        _positive(self.server.grace_period_s, "server.grace_period_s", allow_zero=True)
+        if not self.federation.member_id:
+            raise ConfigError("federation.member_id must not be empty")
+        _positive(self.federation.reload_interval_s, "federation.reload_interval_s", True)
+        _positive(self.pipeline.clock_skew_s, "pipeline.clock_skew_s")
+        if self.pipeline.replay_window_s < 2 * self.pipeline.clock_skew_s:
+            raise ConfigError(
+                f"pipeline.replay_window_s ({self.pipeline.replay_window_s}) must be at least "
+                f"twice pipeline.clock_skew_s ({self.pipeline.clock_skew_s}): a request id must "
+                "be remembered for as long as its issued-at can pass the freshness check"
+            )
+        if not self.audit.origin or "\n" in self.audit.origin:
+            raise ConfigError("audit.origin must be one non-empty line")
+        _positive(self.routing.timeout_s, "routing.timeout_s")
+        if not 1 <= self.routing.max_attempts <= 10:
+            raise ConfigError(
+                f"routing.max_attempts must be 1..10, got {self.routing.max_attempts}"
+            )
+        _positive(self.routing.retry_backoff_s, "routing.retry_backoff_s", allow_zero=True)
+        if self.routing.breaker_failures < 1:
+            raise ConfigError("routing.breaker_failures must be at least 1")
+        _positive(self.routing.breaker_reset_s, "routing.breaker_reset_s")
+        for member, endpoint in self.routing.endpoints.items():
+            _host_port(endpoint, f"routing.endpoints.{member}")
+        _positive(self.policy.reload_interval_ms, "policy.reload_interval_ms", allow_zero=True)
+        _positive(self.tickets.poll_interval_s, "tickets.poll_interval_s")
+        if self.alerts.keep < 1:
+            raise ConfigError("alerts.keep must be at least 1")
+        if self.telemetry.prometheus_listen:
+            host, _ = _host_port(self.telemetry.prometheus_listen, "telemetry.prometheus_listen")
+            if not _is_loopback(host):
+                raise ConfigError(
+                    f"telemetry.prometheus_listen must be a loopback address (metrics are not "
+                    f"authenticated), got {host!r}"
+                )
+        if self.telemetry.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ConfigError(f"telemetry.log_level {self.telemetry.log_level!r} is not a level")
+
+
+_DS, _DA, _DR = ServerConfig(), AuditConfig(), RoutingConfig()
+_DT, _DAL = TicketsConfig(), AlertsConfig()
+
+_SECTIONS = frozenset(
+    {
+        "server",
+        "federation",
+        "pipeline",
+        "audit",
+        "routing",
+        "policy",
+        "quotas",
+        "tickets",
+        "alerts",
+        "telemetry",
+    }
+)
+
+
+def _apply_env(doc: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    merged: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in doc.items()}
+    for name, raw in sorted(env.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        if len(parts) < 2 or not all(parts):
+            raise ConfigError(f"{name}: expected {ENV_PREFIX}<SECTION>__<KEY>")
+        section = merged.setdefault(parts[0], {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"{name}: [{parts[0]}] is not a table")
+        for key in parts[1:-1]:
+            nested = section.setdefault(key, {})
+            if not isinstance(nested, dict):
+                raise ConfigError(f"{name}: {parts[0]}.{key} is not a table")
+            section = nested
+        section[parts[-1]] = _env_value(raw)
+    return merged
+
+
+def _env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+@dataclass(slots=True)
+class _Section:
+    doc: Mapping[str, Any]
+    name: str
+    base: Path
+    seen: set[str] = field(default_factory=set)
+
+    def _table(self) -> Mapping[str, Any]:
+        table = self.doc.get(self.name, {})
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"[{self.name}] must be a table")
+        return table
+
+    def _get(self, key: str) -> Any:
+        self.seen.add(key)
+        return self._table().get(key)
+
+    def text(self, key: str, default: str) -> str:
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            raise ConfigError(f"{self.name}.{key} must be a string, got {value!r}")
+        return value
+
+    def number(self, key: str, default: float) -> float:
+        value = self._get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{self.name}.{key} must be a number, got {value!r}")
+        return float(value)
+
+    def integer(self, key: str, default: int) -> int:
+        value = self._get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{self.name}.{key} must be an integer, got {value!r}")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self.name}.{key} must be true or false, got {value!r}")
+        return value
+
+    def optional_path(self, key: str) -> Path | None:
+        value = self.text(key, "")
+        if not value:
+            return None
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.base / path
+
+    def path(self, key: str, default: Path | None) -> Path:
+        path = self.optional_path(key) or default
+        if path is None:
+            raise ConfigError(f"{self.name}.{key} is required")
+        return path
+
+    def string_map(self, key: str) -> dict[str, str]:
+        value = self._get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise ConfigError(f"{self.name}.{key} must be a table of strings")
+        return dict(value)
+
+    def done(self) -> None:
+        unknown = set(self._table()) - self.seen
+        if unknown:
+            raise ConfigError(
+                f"unknown option(s) {', '.join(f'{self.name}.{k}' for k in sorted(unknown))}"
+            )
+
+
+def _positive(value: float, option: str, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = "at least 0" if allow_zero else "greater than 0"
+        raise ConfigError(f"{option} must be {bound}, got {value}")
+
+
+def _host_port(value: str, option: str) -> tuple[str, int]:
+    host, sep, port_text = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(f"{option} must be host:port, got {value!r}")
+    return host, int(port_text)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

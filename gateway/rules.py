@@ -1,0 +1,546 @@
+"""Stateful business rules that the Casbin policy cannot express (pipeline stage 6).
+
+``BusinessRules.check`` runs after the policy allowed a request; ``record_outcome`` runs after
+the target agency answered an order with ``RESPONSE_STATUS_OK``. State lives in SQLite (WAL,
+``synchronous=FULL``: a lost record of an executed stop-payment would let a third one through).
+
+Every rule has a stable id (``RULES``); a refusal is a ``BusinessRuleViolated`` whose ``rule``
+is that id and whose message starts with ``RULE <id>:``.
+
+Decisions, where the domain leaves room:
+
+- "The same account may be stopped at most twice": the count per (bank, account) is the
+  executed stop-payments plus the executed extensions, over all time. The proto says an
+  extension "counts as a stop-payment", and the bank node counts the same way. An original may
+  be extended once (a second extension would be a third stop anyway).
+- A stop-payment runs 48 hours from execution (when ``record_outcome`` is called); an extension
+  adds 48 hours to its current end. A release ends it.
+- A freeze order freezes one account; ``bulk_count`` (0 → 1) is the size of the batch it
+  belongs to. The cumulative count of a case is the executed freeze orders recorded for the
+  case number plus this order's ``bulk_count``; a batch sent as many orders therefore errs
+  toward asking for approval, never away from it.
+- A bulk approval MUST come from someone other than the requesting officer.
+- Freeze renewals need the case-filing decision too (a renewal is a new freeze period).
+- ``check`` reserves nothing: two concurrent orders on one account may both pass it. The agency
+  node enforces the same limits when it executes, and ``record_outcome`` is idempotent by
+  request id. Reserving here would block a legitimate retry whenever a bank refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Final
+
+from google.protobuf.descriptor import EnumDescriptor
+
+from fedgate.errors import AuditUnavailable, RuleViolated
+from fedgate.v1 import common_pb2, request_pb2
+from gateway._fields import mask
+
+__all__ = [
+    "BULK_CASE_THRESHOLD",
+    "BULK_ORDER_THRESHOLD",
+    "FREEZE_MAX",
+    "RULES",
+    "STOP_PAYMENT_DURATION",
+    "BusinessRuleViolated",
+    "BusinessRules",
+]
+
+_log = logging.getLogger(__name__)
+
+STOP_PAYMENT_DURATION: Final = timedelta(hours=48)
+FREEZE_MAX: Final = timedelta(days=183)
+"""Six months, the longest a deposit may be frozen by one order or renewal."""
+_STOP_PAYMENT_MAX = 2
+_STOP_US: Final = STOP_PAYMENT_DURATION // timedelta(microseconds=1)
+
+
+BULK_ORDER_THRESHOLD: Final = 200
+"""Accounts in one freeze order from which a supervisor's approval is required."""
+BULK_CASE_THRESHOLD: Final = 500
+"""Accounts frozen in one case from which a supervisor's approval is required."""
+
+
+RULES: Final[dict[str, str]] = {
+    "stop_payment.max_two_per_account": "an account may be stopped at most twice at one bank "
+    "(extensions count)",
+    "stop_payment_release.cites_executed_stop": "a release cites an executed, unreleased "
+    "stop-payment on the same account at the same bank",
+    "stop_payment_extend.cites_stop_in_force": "an extension cites a stop-payment still in force "
+    "on the same account at the same bank",
+    "stop_payment_extend.once_per_original": "a stop-payment may be extended once",
+    "freeze.requires_case_filing_decision": "freezes and renewals cite a case-filing decision",
+    "freeze.max_six_months": "a freeze lasts at most 183 days",
+    "freeze.bulk_requires_approval": f"≥ {BULK_ORDER_THRESHOLD} accounts in one order or "
+    f"≥ {BULK_CASE_THRESHOLD} in one case need a centre supervisor's approval",
+    "freeze_renew.cites_freeze_in_force": "a renewal cites a freeze still in force on the same "
+    "account at the same bank",
+    "freeze_renew.max_six_months": "a renewal ends at most 183 days from now",
+    "freeze_release.cites_freeze": "a release cites an executed, unreleased freeze on the same "
+    "account at the same bank",
+    "call_records.requires_second_officer": "call records need a second officer",
+    "location.requires_second_officer": "location needs a second officer",
+    "monitor_stop.cites_monitor_start": "a monitor stop cites a monitor_start not yet stopped, "
+    "on the same account at the same bank",
+}
+"""Every rule id with a one-line statement (for docs, ``fedgate policy explain`` and audits)."""
+
+_POLICE_ROLES: Final = frozenset(
+    {
+        common_pb2.ROLE_POLICE_INVESTIGATOR,
+        common_pb2.ROLE_POLICE_DUTY_OFFICER,
+        common_pb2.ROLE_CENTRE_SUPERVISOR,
+    }
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS stop_payments (
+    request_id  TEXT PRIMARY KEY,
+    bank        TEXT NOT NULL,
+    account     TEXT NOT NULL,
+    start_us    INTEGER NOT NULL,
+    end_us      INTEGER NOT NULL,
+    extended_by TEXT,
+    released_us INTEGER
+);
+CREATE INDEX IF NOT EXISTS stop_payments_by_account ON stop_payments (bank, account);
+CREATE TABLE IF NOT EXISTS freezes (
+    request_id  TEXT PRIMARY KEY,
+    bank        TEXT NOT NULL,
+    account     TEXT NOT NULL,
+    case_number TEXT NOT NULL,
+    start_us    INTEGER NOT NULL,
+    end_us      INTEGER NOT NULL,
+    released_us INTEGER
+);
+CREATE INDEX IF NOT EXISTS freezes_by_case ON freezes (case_number);
+CREATE TABLE IF NOT EXISTS monitors (
+    request_id TEXT PRIMARY KEY,
+    bank       TEXT NOT NULL,
+    account    TEXT NOT NULL,
+    until_us   INTEGER NOT NULL,
+    stopped_us INTEGER
+);
+"""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _us(at: datetime) -> int:
+    return (at - _EPOCH) // timedelta(microseconds=1)
+
+
+def _iso(us: int) -> str:
+    return (
+        (_EPOCH + timedelta(microseconds=us)).isoformat(timespec="seconds").replace("+00:00", "Z")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Order:
+    """An executed order as recorded: what it is on, and until when."""
+
+    request_id: str
+    bank: str
+    account: str
+    end_us: int
+    """The stop-payment's or freeze's end, or the monitor's ``until``."""
+    closed_us: int | None
+    """When it was released (stop-payment, freeze) or stopped (monitor)."""
+    extended_by: str | None = None
+
+
+_ORDER_QUERIES: Final[dict[str, str]] = {
+    "stop-payment": "SELECT request_id, bank, account, end_us, released_us, extended_by"
+    " FROM stop_payments WHERE request_id = ?",
+    "freeze": "SELECT request_id, bank, account, end_us, released_us, NULL"
+    " FROM freezes WHERE request_id = ?",
+    "monitor": "SELECT request_id, bank, account, until_us, stopped_us, NULL"
+    " FROM monitors WHERE request_id = ?",
+}
+
+
+class BusinessRuleViolated(RuleViolated):
+    """A business rule refused the request; ``rule`` is its stable id (a key of ``RULES``)."""
+
+    def __init__(self, rule: str, detail: str) -> None:
+        super().__init__(f"RULE {rule}: {detail}")
+        self.rule = rule
+
+
+class BusinessRules:
+    """The rules of ``RULES`` over the state of executed orders. Thread-safe.
+
+    ``check`` MUST refuse every request that breaks a rule, naming the rule. ``record_outcome``
+    MUST be durable before it returns. Database failures raise ``AuditUnavailable``: the gateway
+    fails closed rather than decide without the state a rule depends on.
+    """
+
+    def __init__(self, *, connection: sqlite3.Connection) -> None:
+        self._db = connection
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, path: Path) -> BusinessRules:
+        """Open (creating if needed) the rules database at ``path``."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA busy_timeout=5000")
+            db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise AuditUnavailable(f"cannot open the business-rules state {path}: {exc}") from exc
+        return cls(connection=db)
+
+    def close(self) -> None:
+        """Close the database; the object is unusable afterwards."""
+        with self._lock:
+            self._db.close()
+
+    # ------------------------------------------------------------------------- checks
+
+    def check(self, request: request_pb2.Request, *, action: str, now: datetime) -> None:
+        """Raise ``BusinessRuleViolated`` if the validated ``request`` for ``action`` breaks a rule.
+
+        ``now`` is timezone-aware. Actions without rules return at once, without I/O.
+        """
+        rule_check = _CHECKS.get(action)
+        if rule_check is None:
+            return
+        try:
+            with self._lock:
+                rule_check(self, request, now)
+        except sqlite3.Error as exc:
+            raise AuditUnavailable(f"business-rules state unreadable: {exc}") from exc
+
+    def _order(self, kind: str, request_id: str) -> _Order | None:
+        row = self._db.execute(_ORDER_QUERIES[kind], (request_id,)).fetchone()
+        return None if row is None else _Order(*row)
+
+    def _cited(self, rule: str, kind: str, request: request_pb2.Request, account: str) -> _Order:
+        """The order cited by ``original_request_id``, on ``account`` at the target, else refuse."""
+        cited = request.original_request_id
+        order = self._order(kind, cited)
+        if order is None:
+            raise BusinessRuleViolated(rule, f"{cited} is not an executed {kind}")
+        if (order.bank, order.account) != (request.target_agency, account):
+            raise BusinessRuleViolated(
+                rule,
+                f"{kind} {cited} is on account {mask(order.account)} at {order.bank}, "
+                f"not {mask(account)} at {request.target_agency}",
+            )
+        return order
+
+    def _refuse_third_stop(self, bank: str, account: str) -> None:
+        stops, extensions = self._db.execute(
+            "SELECT COUNT(*), COUNT(extended_by) FROM stop_payments WHERE bank = ? AND account = ?",
+            (bank, account),
+        ).fetchone()
+        if stops + extensions >= _STOP_PAYMENT_MAX:
+            counted = f"{stops} stop-payment(s)"
+            if extensions:
+                counted += f" and {extensions} extension(s)"
+            raise BusinessRuleViolated(
+                "stop_payment.max_two_per_account",
+                f"account {mask(account)} at {bank} has already been stopped twice ({counted})",
+            )
+
+    def _check_stop_payment(self, request: request_pb2.Request, now: datetime) -> None:
+        self._refuse_third_stop(request.target_agency, request.stop_payment.account_number)
+
+    def _check_stop_release(self, request: request_pb2.Request, now: datetime) -> None:
+        rule = "stop_payment_release.cites_executed_stop"
+        order = self._cited(
+            rule, "stop-payment", request, request.stop_payment_release.account_number
+        )
+        if order.closed_us is not None:
+            raise BusinessRuleViolated(
+                rule, f"stop-payment {order.request_id} was released at {_iso(order.closed_us)}"
+            )
+
+    def _check_stop_extend(self, request: request_pb2.Request, now: datetime) -> None:
+        rule = "stop_payment_extend.cites_stop_in_force"
+        account = request.stop_payment_extend.account_number
+        order = self._cited(rule, "stop-payment", request, account)
+        if order.closed_us is not None:
+            raise BusinessRuleViolated(
+                rule, f"stop-payment {order.request_id} was released at {_iso(order.closed_us)}"
+            )
+        if order.end_us <= _us(now):
+            raise BusinessRuleViolated(
+                rule, f"stop-payment {order.request_id} expired at {_iso(order.end_us)}"
+            )
+        if order.extended_by is not None:
+            raise BusinessRuleViolated(
+                "stop_payment_extend.once_per_original",
+                f"stop-payment {order.request_id} was already extended by {order.extended_by}",
+            )
+        self._refuse_third_stop(request.target_agency, account)
+
+    def _check_case_filing(self, request: request_pb2.Request, action: str) -> None:
+        kind = request.legal_document.kind
+        if kind != common_pb2.LEGAL_DOCUMENT_KIND_CASE_FILING_DECISION:
+            raise BusinessRuleViolated(
+                "freeze.requires_case_filing_decision",
+                f"{action} must cite a case-filing decision (立案决定书), "
+                f"not {_name_of(common_pb2.LegalDocumentKind.DESCRIPTOR, kind)}",
+            )
+
+    def _check_freeze(self, request: request_pb2.Request, now: datetime) -> None:
+        order = request.freeze
+        self._check_case_filing(request, "freeze")
+        span = order.end.ToDatetime(tzinfo=UTC) - order.start.ToDatetime(tzinfo=UTC)
+        if span > FREEZE_MAX:
+            raise BusinessRuleViolated(
+                "freeze.max_six_months",
+                f"the freeze lasts {span.total_seconds() / 86400:g} days; at most 183 (6 months)",
+            )
+        accounts = max(1, order.bulk_count)
+        (recorded,) = self._db.execute(
+            "SELECT COUNT(*) FROM freezes WHERE case_number = ?", (request.case.case_number,)
+        ).fetchone()
+        if accounts >= BULK_ORDER_THRESHOLD:
+            why = f"{accounts} accounts in one order (≥ {BULK_ORDER_THRESHOLD})"
+        elif recorded + accounts >= BULK_CASE_THRESHOLD:
+            why = (
+                f"case {request.case.case_number} would reach {recorded + accounts} frozen "
+                f"accounts (≥ {BULK_CASE_THRESHOLD})"
+            )
+        else:
+            return
+        missing = _approval_problem(request)
+        if missing is not None:
+            raise BusinessRuleViolated(
+                "freeze.bulk_requires_approval",
+                f"{why} need a centre supervisor's approval: {missing}",
+            )
+
+    def _check_freeze_renew(self, request: request_pb2.Request, now: datetime) -> None:
+        self._check_case_filing(request, "freeze_renew")
+        rule = "freeze_renew.cites_freeze_in_force"
+        order = self._cited(rule, "freeze", request, request.freeze_renew.account_number)
+        if order.closed_us is not None:
+            raise BusinessRuleViolated(
+                rule, f"freeze {order.request_id} was released at {_iso(order.closed_us)}"
+            )
+        if order.end_us <= _us(now):
+            raise BusinessRuleViolated(
+                rule, f"freeze {order.request_id} lapsed at {_iso(order.end_us)}"
+            )
+        end = request.freeze_renew.end.ToDatetime(tzinfo=UTC)
+        if end - now > FREEZE_MAX:
+            raise BusinessRuleViolated(
+                "freeze_renew.max_six_months",
+                f"the new end is {(end - now).total_seconds() / 86400:.1f} days from now; "
+                "at most 183 (6 months)",
+            )
+
+    def _check_freeze_release(self, request: request_pb2.Request, now: datetime) -> None:
+        rule = "freeze_release.cites_freeze"
+        order = self._cited(rule, "freeze", request, request.freeze_release.account_number)
+        if order.closed_us is not None:
+            raise BusinessRuleViolated(
+                rule, f"freeze {order.request_id} was released at {_iso(order.closed_us)}"
+            )
+
+    def _check_monitor_stop(self, request: request_pb2.Request, now: datetime) -> None:
+        rule = "monitor_stop.cites_monitor_start"
+        order = self._cited(rule, "monitor", request, request.monitor_stop.account_number)
+        if order.closed_us is not None:
+            raise BusinessRuleViolated(
+                rule, f"monitor {order.request_id} was stopped at {_iso(order.closed_us)}"
+            )
+
+    def _check_second_officer(self, request: request_pb2.Request, now: datetime) -> None:
+        action = request.WhichOneof("action")
+        second = request.second_officer
+        if not request.HasField("second_officer") or not second.id or not second.name.strip():
+            problem = "second_officer with a badge number and a name is required"
+        elif second.id == request.officer.id:
+            problem = "second_officer must be another officer than officer"
+        elif second.role not in _POLICE_ROLES:
+            problem = "second_officer must act under a police role"
+        else:
+            return
+        raise BusinessRuleViolated(f"{action}.requires_second_officer", problem)
+
+    # ------------------------------------------------------------------------- outcomes
+
+    def record_outcome(
+        self,
+        request: request_pb2.Request,
+        *,
+        action: str,
+        status: int,
+        now: datetime,
+    ) -> None:
+        """Remember an order the target executed (``status`` is ``RESPONSE_STATUS_OK``).
+
+        Other statuses and actions without state are ignored. Idempotent by request id; durable
+        when it returns. Raises ``AuditUnavailable`` when the state cannot be written.
+        """
+        if status != request_pb2.RESPONSE_STATUS_OK or action not in _RECORDERS:
+            return
+        try:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    _RECORDERS[action](self._db, request, _us(now))
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise AuditUnavailable(f"business-rules state not written: {exc}") from exc
+
+
+def _name_of(enum: EnumDescriptor, value: int) -> str:
+    known = enum.values_by_number.get(value)
+    return known.name if known is not None else f"unknown value {value}"
+
+
+def _approval_problem(request: request_pb2.Request) -> str | None:
+    """What is wrong with the freeze's supervisor approval, or ``None`` if it is sufficient."""
+    if not request.freeze.HasField("approval"):
+        return "freeze.approval is missing"
+    approval = request.freeze.approval
+    approver = approval.approver
+    if approver.role != common_pb2.ROLE_CENTRE_SUPERVISOR:
+        role = _name_of(common_pb2.Role.DESCRIPTOR, approver.role)
+        return f"approver acts as {role}, not ROLE_CENTRE_SUPERVISOR"
+    if not approver.id or not approver.name.strip():
+        return "approver needs a badge number and a name"
+    if approver.id == request.officer.id:
+        return "the requesting officer cannot approve their own order"
+    if not approval.document_number.strip():
+        return "approval.document_number is missing"
+    return None
+
+
+def _record_stop(db: sqlite3.Connection, request: request_pb2.Request, now_us: int) -> None:
+    db.execute(
+        "INSERT OR IGNORE INTO stop_payments (request_id, bank, account, start_us, end_us)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (
+            request.request_id,
+            request.target_agency,
+            request.stop_payment.account_number,
+            now_us,
+            now_us + _STOP_US,
+        ),
+    )
+
+
+def _record_stop_extend(db: sqlite3.Connection, request: request_pb2.Request, now_us: int) -> None:
+    cursor = db.execute(
+        "UPDATE stop_payments SET extended_by = ?, end_us = end_us + ?"
+        " WHERE request_id = ? AND extended_by IS NULL",
+        (request.request_id, _STOP_US, request.original_request_id),
+    )
+    _warn_if_missing(cursor, request)
+
+
+def _record_stop_release(db: sqlite3.Connection, request: request_pb2.Request, now_us: int) -> None:
+    cursor = db.execute(
+        "UPDATE stop_payments SET released_us = ? WHERE request_id = ? AND released_us IS NULL",
+        (now_us, request.original_request_id),
+    )
+    _warn_if_missing(cursor, request)
+
+
+def _record_freeze(db: sqlite3.Connection, request: request_pb2.Request, now_us: int) -> None:
+    order = request.freeze
+    db.execute(
+        "INSERT OR IGNORE INTO freezes (request_id, bank, account, case_number, start_us, end_us)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (
+            request.request_id,
+            request.target_agency,
+            order.account_number,
+            request.case.case_number,
+            order.start.ToMicroseconds(),
+            order.end.ToMicroseconds(),
+        ),
+    )
+
+
+def _record_freeze_renew(db: sqlite3.Connection, request: request_pb2.Request, now_us: int) -> None:
+    cursor = db.execute(
+        "UPDATE freezes SET end_us = ? WHERE request_id = ? AND released_us IS NULL",
+        (request.freeze_renew.end.ToMicroseconds(), request.original_request_id),
+    )
+    _warn_if_missing(cursor, request)
+
+
+def _record_freeze_release(
+    db: sqlite3.Connection, request: request_pb2.Request, now_us: int
+) -> None:
+    cursor = db.execute(
+        "UPDATE freezes SET released_us = ? WHERE request_id = ? AND released_us IS NULL",
+        (now_us, request.original_request_id),
+    )
+    _warn_if_missing(cursor, request)
+
+
+def _record_monitor(db: sqlite3.Connection, request: request_pb2.Request, now_us: int) -> None:
+    db.execute(
+        "INSERT OR IGNORE INTO monitors (request_id, bank, account, until_us) VALUES (?, ?, ?, ?)",
+        (
+            request.request_id,
+            request.target_agency,
+            request.monitor_start.account_number,
+            request.monitor_start.until.ToMicroseconds(),
+        ),
+    )
+
+
+def _record_monitor_stop(db: sqlite3.Connection, request: request_pb2.Request, now_us: int) -> None:
+    cursor = db.execute(
+        "UPDATE monitors SET stopped_us = ? WHERE request_id = ? AND stopped_us IS NULL",
+        (now_us, request.original_request_id),
+    )
+    _warn_if_missing(cursor, request)
+
+
+def _warn_if_missing(cursor: sqlite3.Cursor, request: request_pb2.Request) -> None:
+    # Replaying an outcome changes nothing (idempotent); an unknown original means the agency
+    # executed something the gateway did not check, which an operator should look at.
+    if cursor.rowcount == 0:
+        _log.warning(
+            "outcome of %s cites %s, which is unknown or already closed here",
+            request.request_id,
+            request.original_request_id,
+        )
+
+
+_CHECKS: Final[dict[str, Callable[[BusinessRules, request_pb2.Request, datetime], None]]] = {
+    "stop_payment": BusinessRules._check_stop_payment,
+    "stop_payment_release": BusinessRules._check_stop_release,
+    "stop_payment_extend": BusinessRules._check_stop_extend,
+    "freeze": BusinessRules._check_freeze,
+    "freeze_renew": BusinessRules._check_freeze_renew,
+    "freeze_release": BusinessRules._check_freeze_release,
+    "monitor_stop": BusinessRules._check_monitor_stop,
+    "call_records": BusinessRules._check_second_officer,
+    "location": BusinessRules._check_second_officer,
+}
+
+_RECORDERS: Final[dict[str, Callable[[sqlite3.Connection, request_pb2.Request, int], None]]] = {
+    "stop_payment": _record_stop,
+    "stop_payment_extend": _record_stop_extend,
+    "stop_payment_release": _record_stop_release,
+    "freeze": _record_freeze,
+    "freeze_renew": _record_freeze_renew,
+    "freeze_release": _record_freeze_release,
+    "monitor_start": _record_monitor,
+    "monitor_stop": _record_monitor_stop,
+}

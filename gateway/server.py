@@ -1,0 +1,353 @@
+"""The gateway process: builds the pipeline from its configuration and serves it over mTLS.
+
+One gRPC (asyncio) server on one port serves ``GatewayService``, ``AlertService``,
+``grpc.health.v1.Health`` and server reflection, with client certificates from the federation
+CA required (``fedgate.tls.server_credentials``). ``Gateway.start`` returns a running gateway;
+``stop`` marks it NOT_SERVING, refuses new calls and drains the calls in flight for up to the
+grace period before closing the audit log and the state databases.
+
+The member registry is re-read when ``registry.json`` changes (every
+``federation.reload_interval_s``), so a revocation takes effect without a restart.
+
+    python -m gateway.server --config gateway.toml
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from fedgate.envelope import Signer
+from fedgate.errors import FedgateError
+from fedgate.note import NoteSigner
+from fedgate.pki import FederationLayout
+from fedgate.registry import Registry
+from fedgate.tls import MemberCredentials, server_credentials
+from fedgate.types import MemberId
+from fedgate.v1 import alert_service_pb2
+from gateway.alerts import AlertHub, AlertServicer
+from gateway.audit.log import AuditLog
+from gateway.audit.sqlite_store import open_sqlite_store
+from gateway.audit.store import AuditStore
+from gateway.config import ConfigError, GatewayConfig
+from gateway.pipeline import Pipeline
+from gateway.policy import ReloadingDecider, load_default_decider
+from gateway.quotas import QuotaConfig, Quotas
+from gateway.replay import ReplayCache
+from gateway.routing import NodeRouter
+from gateway.rules import BusinessRules
+from gateway.service import SERVICE_NAME, GatewayServicer
+from gateway.telemetry import GatewayTelemetry, PrometheusEndpoint, configure_logging
+from gateway.tickets import Tickets, TicketStore
+
+__all__ = ["SERVICE_NAMES", "Gateway", "main", "run_gateway"]
+
+_log = logging.getLogger(__name__)
+
+ALERT_SERVICE_NAME = alert_service_pb2.DESCRIPTOR.services_by_name["AlertService"].full_name
+SERVICE_NAMES = (SERVICE_NAME, ALERT_SERVICE_NAME)
+"""The fedgate services a gateway serves (besides health and reflection)."""
+
+
+def _registry_stamp(path: Path) -> tuple[int, int, int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (-1, -1, -1)
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+@dataclass(slots=True)
+class _Parts:
+    audit: AuditLog
+    replay: ReplayCache
+    rules: BusinessRules
+    tickets: Tickets
+    alerts: AlertHub
+    router: NodeRouter
+
+
+class Gateway:
+    """A running gateway. Build with ``await Gateway.start(config)``; stop with ``stop()``."""
+
+    def __init__(
+        self,
+        *,
+        config: GatewayConfig,
+        server: grpc.aio.Server,
+        port: int,
+        pipeline: Pipeline,
+        parts: _Parts,
+        health: health_aio.HealthServicer,
+        decider: ReloadingDecider,
+        prometheus: PrometheusEndpoint | None,
+        prometheus_port: int | None,
+    ) -> None:
+        self.config = config
+        self.port = port
+        self.pipeline = pipeline
+        self.prometheus_port = prometheus_port
+        self._server = server
+        self._parts = parts
+        self._health = health
+        self._decider = decider
+        self._prometheus = prometheus
+        self._reload_task: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+
+    @property
+    def audit(self) -> AuditLog:
+        return self._parts.audit
+
+    @property
+    def endpoint(self) -> str:
+        host = self.config.server.listen.rpartition(":")[0]
+        return f"{host}:{self.port}"
+
+    @classmethod
+    async def start(
+        cls,
+        config: GatewayConfig,
+        *,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+        audit_store: AuditStore | None = None,
+    ) -> Gateway:
+        """Open every store, build the pipeline and start serving on ``server.listen``.
+
+        ``audit_store`` replaces the SQLite store named by the config (tests inject failing
+        stores through this seam). Raises ``FedgateError`` (``ConfigError``,
+        ``RegistryError``, ``AuditUnavailable``) when something cannot be opened.
+        """
+        fed = config.federation
+        member_id = MemberId(fed.member_id)
+        registry = Registry.load_dir(fed.dir)
+        credentials = MemberCredentials.load(fed.dir, member_id)
+        registry.member(member_id)
+        signer = Signer.from_key(credentials.signing_key)
+        prometheus: PrometheusEndpoint | None = None
+        if config.telemetry.prometheus_listen and meter_provider is None:
+            reader = InMemoryMetricReader()
+            meter_provider = MeterProvider(metric_readers=[reader])
+            host, _, port_text = config.telemetry.prometheus_listen.rpartition(":")
+            prometheus = PrometheusEndpoint(reader=reader, host=host, port=int(port_text))
+        telemetry = GatewayTelemetry(tracer_provider=tracer_provider, meter_provider=meter_provider)
+        state = config.pipeline.state_dir
+        state.mkdir(parents=True, exist_ok=True)
+        members = {m.id: m.kind.value for m in registry.members()}
+        decider = load_default_decider(
+            config.policy.dir,
+            members=members,
+            check_interval_ms=config.policy.reload_interval_ms,
+        )
+        store = audit_store or await open_sqlite_store(
+            config.audit_path, origin=config.audit.origin
+        )
+        audit = await AuditLog.open(
+            store=store,
+            origin=config.audit.origin,
+            signer=NoteSigner(name=config.audit.origin, private_key=credentials.signing_key),
+        )
+        window = timedelta(seconds=config.pipeline.replay_window_s)
+        replay = ReplayCache.open(config.replay_path, window=window)
+        rules = BusinessRules.open(config.rules_path)
+        quotas = Quotas(QuotaConfig.from_mapping(config.quotas))
+        endpoints = dict(config.routing.endpoints)
+        holder: dict[str, Registry] = {"registry": registry}
+
+        def endpoint_of(target: MemberId) -> str:
+            return endpoints.get(target) or holder["registry"].member(target).endpoint
+
+        router = NodeRouter(
+            credentials=credentials,
+            endpoint_of=endpoint_of,
+            config=config.routing,
+            max_message_bytes=config.server.max_receive_bytes,
+        )
+        tickets = Tickets(
+            store=TicketStore.open(config.tickets_path),
+            router=router,
+            poll_interval_s=config.tickets.poll_interval_s,
+            node_timeout_s=config.routing.timeout_s,
+        )
+        alerts = AlertHub.open(config.alerts_path, keep=config.alerts.keep)
+        pipeline = Pipeline(
+            registry=registry,
+            decider=decider,
+            replay=replay,
+            rules=rules,
+            quotas=quotas,
+            audit=audit,
+            router=router,
+            tickets=tickets,
+            alerts=alerts,
+            signer=signer,
+            gateway_id=member_id,
+            origin=config.audit.origin,
+            clock_skew=timedelta(seconds=config.pipeline.clock_skew_s),
+            telemetry=telemetry,
+            keep_response_bodies=config.audit.keep_response_bodies,
+        )
+        parts = _Parts(audit, replay, rules, tickets, alerts, router)
+        limit = config.server.max_receive_bytes
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+            ]
+        )
+        server.add_generic_rpc_handlers(
+            (
+                GatewayServicer(pipeline=pipeline, tickets=tickets).handler(),
+                AlertServicer(hub=alerts, authenticate=pipeline.authenticate).handler(),
+            )
+        )
+        health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        reflection.enable_server_reflection(
+            (
+                *SERVICE_NAMES,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        port = server.add_secure_port(config.server.listen, server_credentials(credentials))
+        if port == 0:
+            raise ConfigError(f"server.listen {config.server.listen} could not be bound")
+        await server.start()
+        for name in ("", *SERVICE_NAMES):
+            await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        prometheus_port = await prometheus.start() if prometheus is not None else None
+        gateway = cls(
+            config=config,
+            server=server,
+            port=port,
+            pipeline=pipeline,
+            parts=parts,
+            health=health,
+            decider=decider,
+            prometheus=prometheus,
+            prometheus_port=prometheus_port,
+        )
+        if fed.reload_interval_s > 0:
+            gateway._reload_task = asyncio.create_task(gateway._watch_registry(holder))
+        _log.info(
+            "gateway serving",
+            extra={"fields": {"endpoint": gateway.endpoint, "origin": config.audit.origin}},
+        )
+        return gateway
+
+    async def _watch_registry(self, holder: dict[str, Registry]) -> None:
+        path = FederationLayout(self.config.federation.dir).registry
+        stamp = _registry_stamp(path)
+        while True:
+            await asyncio.sleep(self.config.federation.reload_interval_s)
+            current = _registry_stamp(path)
+            if current == stamp:
+                continue
+            stamp = current
+            self.reload_registry(holder)
+
+    def reload_registry(self, holder: dict[str, Registry] | None = None) -> bool:
+        """Load registry.json again; keep the current one if the new one does not verify."""
+        try:
+            registry = Registry.load_dir(self.config.federation.dir)
+        except Exception:
+            _log.exception(
+                "registry reload failed; keeping serial %s", self.pipeline.registry.serial
+            )
+            return False
+        if registry.serial < self.pipeline.registry.serial:
+            _log.error("registry.json went back to serial %s; ignored", registry.serial)
+            return False
+        self.pipeline.registry = registry
+        if holder is not None:
+            holder["registry"] = registry
+        self._decider.set_members({m.id: m.kind.value for m in registry.members()})
+        _log.info("registry reloaded", extra={"fields": {"serial": registry.serial}})
+        return True
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting calls, drain the ones in flight (``grace`` seconds, default from the
+        config), then close every store. Idempotent."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        if self._reload_task is not None:
+            self._reload_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reload_task
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(self.config.server.grace_period_s if grace is None else grace)
+        if self._prometheus is not None:
+            await self._prometheus.stop()
+        parts = self._parts
+        await parts.router.close()
+        await parts.audit.close()
+        parts.replay.close()
+        parts.rules.close()
+        parts.tickets.close()
+        parts.alerts.close()
+
+    async def wait_for_termination(self) -> None:
+        await self._server.wait_for_termination()
+
+
+async def run_gateway(config: GatewayConfig) -> None:
+    """Run a gateway until SIGINT or SIGTERM, then shut down gracefully."""
+    gateway = await Gateway.start(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        _log.info("shutting down: draining calls in flight")
+        await gateway.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m gateway.server --config FILE``; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="fedgate-gateway", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, required=True, help="the gateway's TOML file")
+    args = parser.parse_args(argv)
+    try:
+        config = GatewayConfig.load(args.config)
+    except ConfigError as exc:
+        print(f"fedgate gateway: {exc.message}", file=sys.stderr)
+        return 2
+    configure_logging(config.telemetry.log_level, json_logs=config.telemetry.log_json)
+    try:
+        asyncio.run(run_gateway(config))
+    except FedgateError as exc:
+        print(f"fedgate gateway: {exc.message}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        _log.exception("the gateway stopped on an error")
+        print(f"fedgate gateway: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

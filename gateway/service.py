@@ -1,0 +1,178 @@
+"""``GatewayService``: the police-facing gRPC service, a thin shell over the pipeline.
+
+Requests are taken as raw bytes (no deserializer in the method handlers) so that a malformed
+message is refused by the pipeline's decode stage, with its reason and an audit entry, instead
+of by gRPC before the application sees it. Every ``FedgateError`` leaves through
+``fedgate.status.abort_with``; in streams, per-item failures are ``ErrorDetail``s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+from google.protobuf.message import Message
+
+from fedgate.envelope import decode_request
+from fedgate.errors import DecodeError, FedgateError, InvalidArgument
+from fedgate.status import abort_with, error_detail
+from fedgate.tls import peer_member_id
+from fedgate.types import MemberId
+from fedgate.v1 import envelope_pb2, gateway_service_pb2
+from gateway.pipeline import PeerSource, Pipeline
+from gateway.tickets import Tickets
+
+__all__ = ["MAX_BATCH", "SERVICE_NAME", "GatewayServicer"]
+
+SERVICE_NAME = gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
+MAX_BATCH = 64
+_DEADLINE_MARGIN_S = 0.05
+"""Time kept back from the caller's deadline so that a refusal reaches it before it gives up."""
+
+_M = TypeVar("_M", bound=Message)
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _parse(cls: type[_M], raw: bytes) -> _M:
+    try:
+        return cls.FromString(raw)
+    except ProtobufDecodeError as exc:
+        raise DecodeError(f"the message is not a well-formed {cls.DESCRIPTOR.full_name}") from exc
+
+
+_PEER_CACHE_SIZE = 1024
+_peer_cache: dict[tuple[tuple[object, ...], tuple[object, ...]], tuple[MemberId, bytes]] = {}
+
+
+def _peer_of(context: Context) -> tuple[MemberId, bytes]:
+    """``peer_member_id``, remembered per (certificate, TLS version) as the auth context
+    reports them: the answer depends on nothing else, and parsing the certificate on every
+    call costs more than the rest of the transport stage."""
+    auth = context.auth_context()
+    key = (tuple(auth.get("x509_pem_cert", ())), tuple(auth.get("ssl_tls_version", ())))
+    found = _peer_cache.get(key)
+    if found is None:
+        found = peer_member_id(context)
+        if len(_peer_cache) >= _PEER_CACHE_SIZE:
+            _peer_cache.clear()
+        _peer_cache[key] = found
+    return found
+
+
+def _peer(context: Context) -> PeerSource:
+    return lambda: _peer_of(context)
+
+
+def _remaining(context: Context) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else max(0.0, remaining - _DEADLINE_MARGIN_S)
+
+
+class GatewayServicer:
+    """Submit, SubmitBatch, GetTicket and WatchTicket over one ``Pipeline``."""
+
+    def __init__(self, *, pipeline: Pipeline, tickets: Tickets) -> None:
+        self._pipeline = pipeline
+        self._tickets = tickets
+
+    def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
+        """The method handlers, to add to a server with ``add_generic_rpc_handlers``."""
+        ser: Callable[[Message], bytes] = lambda m: m.SerializeToString()  # noqa: E731
+        return grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                "Submit": grpc.unary_unary_rpc_method_handler(self.Submit, response_serializer=ser),
+                "SubmitBatch": grpc.unary_stream_rpc_method_handler(
+                    self.SubmitBatch, response_serializer=ser
+                ),
+                "GetTicket": grpc.unary_unary_rpc_method_handler(
+                    self.GetTicket, response_serializer=ser
+                ),
+                "WatchTicket": grpc.unary_stream_rpc_method_handler(
+                    self.WatchTicket, response_serializer=ser
+                ),
+            },
+        )
+
+    async def Submit(self, raw: bytes, context: Context) -> gateway_service_pb2.SubmitResponse:
+        try:
+            return await self._pipeline.submit(
+                raw, peer=_peer(context), remaining_s=_remaining(context)
+            )
+        except FedgateError as error:
+            await abort_with(context, error)
+
+    async def SubmitBatch(
+        self, raw: bytes, context: Context
+    ) -> AsyncIterator[gateway_service_pb2.SubmitBatchResponse]:
+        try:
+            self._pipeline.authenticate(_peer(context))
+            batch = _parse(gateway_service_pb2.SubmitBatchRequest, raw)
+            if not 1 <= len(batch.envelopes) <= MAX_BATCH:
+                raise InvalidArgument(
+                    f"a batch holds 1 to {MAX_BATCH} envelopes, got {len(batch.envelopes)}"
+                )
+        except FedgateError as error:
+            await abort_with(context, error)
+        results: asyncio.Queue[gateway_service_pb2.SubmitBatchResponse] = asyncio.Queue()
+        remaining = _remaining(context)
+
+        async def one(envelope: envelope_pb2.SignedEnvelope) -> None:
+            out = gateway_service_pb2.SubmitBatchResponse()
+            try:
+                decoded = decode_request(envelope.body)
+                out.request_id, out.target_agency = decoded.request_id, decoded.target_agency
+            except FedgateError:
+                pass  # the pipeline refuses it below, with the reason
+            try:
+                raw_one = gateway_service_pb2.SubmitRequest(envelope=envelope).SerializeToString()
+                reply = await self._pipeline.submit(
+                    raw_one, peer=_peer(context), remaining_s=remaining
+                )
+                if reply.HasField("ticket"):
+                    out.ticket.CopyFrom(reply.ticket)
+                else:
+                    out.response.CopyFrom(reply.response)
+            except FedgateError as error:
+                out.error.CopyFrom(error_detail(error))
+            await results.put(out)
+
+        tasks = [asyncio.create_task(one(e)) for e in batch.envelopes]
+        try:
+            for _ in tasks:
+                yield await results.get()
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def GetTicket(
+        self, raw: bytes, context: Context
+    ) -> gateway_service_pb2.GetTicketResponse:
+        try:
+            member = self._pipeline.authenticate(_peer(context))
+            request = _parse(gateway_service_pb2.GetTicketRequest, raw)
+            ticket, signed = await self._tickets.get(request.ticket_id, caller=member.id)
+        except FedgateError as error:
+            await abort_with(context, error)
+        reply = gateway_service_pb2.GetTicketResponse(ticket=ticket)
+        if signed is not None:
+            reply.response.CopyFrom(signed)
+        return reply
+
+    async def WatchTicket(
+        self, raw: bytes, context: Context
+    ) -> AsyncIterator[gateway_service_pb2.WatchTicketResponse]:
+        try:
+            member = self._pipeline.authenticate(_peer(context))
+            request = _parse(gateway_service_pb2.WatchTicketRequest, raw)
+            async for ticket, signed in self._tickets.watch(request.ticket_id, caller=member.id):
+                update = gateway_service_pb2.WatchTicketResponse(ticket=ticket)
+                if signed is not None:
+                    update.response.CopyFrom(signed)
+                yield update
+        except FedgateError as error:
+            await abort_with(context, error)

@@ -1,0 +1,253 @@
+"""Audit entries: one canonical encoding, strict decoding, searchable columns."""
+
+from __future__ import annotations
+
+import struct
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedgate.audit_entry import (
+    DECISIONS,
+    ENTRY_MAGIC,
+    RESPONSE_STATUSES,
+    AuditEntry,
+    EntryKind,
+    EventEntry,
+    RequestLeg,
+    ResponseLeg,
+    columns_of,
+    decode_entry,
+    encode_entry,
+    entry_columns,
+    fields_of,
+    index_columns,
+    searchable,
+    with_request,
+    with_request_columns,
+)
+from fedgate.errors import InvalidArgument, VerificationError
+
+AT = datetime(2026, 11, 27, 10, 0, 0, 123456, tzinfo=UTC)
+
+REQUEST = RequestLeg(
+    envelope=b"\x0a\x03abc\x12\x10key",
+    peer="police.gd.afc",
+    peer_cert_sha256="ab" * 32,
+    received_at=AT,
+    decision="allowed",
+    rule="p, police_investigator, police, stop_payment, bank, allow",
+    request_id="01937a5e-0000-7000-8000-000000000001",
+    requesting_agency="police.gd.afc",
+    officer_id="440100123",
+    case_number="A44010020261100001",
+    action="stop_payment",
+    target_agency="bank.icbc",
+    subjects=("6222021234567890128", "440106198805170012"),
+)
+RESPONSE = ResponseLeg(
+    request_id=REQUEST.request_id,
+    request_leaf_index=41,
+    responder="bank.icbc",
+    received_at=AT + timedelta(seconds=1),
+    status="ok",
+    response_hash=b"\x11" * 32,
+    responder_signature=b"\x22" * 64,
+    responder_key_id="00" * 16,
+    detail="",
+    response_envelope=b"\x0a\x01x",
+)
+EVENT = EventEntry(
+    kind="identifier_reveal",
+    actor="staff-007",
+    member="bank.icbc",
+    at=AT,
+    detail=(("ticket", "T-1"), ("field", "身份证号")),
+)
+
+texts = st.text(max_size=30)
+times = st.datetimes(
+    min_value=datetime(1970, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
+)
+requests = st.builds(
+    RequestLeg,
+    envelope=st.binary(max_size=200),
+    peer=texts,
+    peer_cert_sha256=st.sampled_from(["", "0f" * 32]),
+    received_at=times,
+    decision=st.sampled_from(sorted(DECISIONS)),
+    rule=texts,
+    request_id=texts,
+    requesting_agency=texts,
+    officer_id=texts,
+    case_number=texts,
+    action=texts,
+    target_agency=texts,
+    subjects=st.lists(texts, max_size=4).map(tuple),
+)
+responses = st.builds(
+    ResponseLeg,
+    request_id=texts,
+    request_leaf_index=st.integers(0, 2**63 - 1),
+    responder=texts,
+    received_at=times,
+    status=st.sampled_from(sorted(RESPONSE_STATUSES)),
+    response_hash=st.sampled_from([b"", b"\x01" * 32]),
+    responder_signature=st.sampled_from([b"", b"\x02" * 64]),
+    responder_key_id=texts,
+    detail=texts,
+    response_envelope=st.binary(max_size=100),
+)
+events = st.builds(
+    EventEntry,
+    kind=texts,
+    actor=texts,
+    member=texts,
+    at=times,
+    detail=st.lists(st.tuples(texts, texts), max_size=4).map(tuple),
+)
+entries = st.one_of(requests, responses, events)
+
+
+class TestEncoding:
+    @pytest.mark.parametrize(
+        "entry", [REQUEST, RESPONSE, EVENT], ids=["request", "response", "event"]
+    )
+    def test_round_trip(self, entry: AuditEntry) -> None:
+        data = encode_entry(entry)
+        assert data.startswith(ENTRY_MAGIC + b"\x01")
+        assert decode_entry(data) == entry
+        assert encode_entry(decode_entry(data)) == data
+
+    @given(entries)
+    @settings(max_examples=300)
+    def test_every_entry_round_trips_canonically(self, entry: AuditEntry) -> None:
+        data = encode_entry(entry)
+        assert decode_entry(data) == entry
+        assert encode_entry(decode_entry(data)) == data
+
+    def test_the_same_instant_in_another_zone_encodes_the_same(self) -> None:
+        cst = timezone(timedelta(hours=8))
+        other = RequestLeg(**{**_fields(REQUEST), "received_at": AT.astimezone(cst)})
+        assert encode_entry(other) == encode_entry(REQUEST)
+
+    def test_values_that_cannot_be_recorded_faithfully_are_refused(self) -> None:
+        naive = AT.replace(tzinfo=None)
+        with pytest.raises(InvalidArgument, match="timezone-aware"):
+            encode_entry(RequestLeg(**{**_fields(REQUEST), "received_at": naive}))
+        with pytest.raises(InvalidArgument, match="decision"):
+            encode_entry(RequestLeg(**{**_fields(REQUEST), "decision": "maybe"}))
+        with pytest.raises(InvalidArgument, match="status"):
+            encode_entry(ResponseLeg(**{**_fields(RESPONSE), "status": "great"}))
+        with pytest.raises(InvalidArgument, match="response_hash"):
+            encode_entry(ResponseLeg(**{**_fields(RESPONSE), "response_hash": b"\x01"}))
+        with pytest.raises(InvalidArgument, match="peer_cert_sha256"):
+            encode_entry(RequestLeg(**{**_fields(REQUEST), "peer_cert_sha256": "AB" * 32}))
+        with pytest.raises(InvalidArgument, match="Unicode"):
+            encode_entry(EventEntry(**{**_fields(EVENT), "actor": "\ud800"}))
+
+
+def _fields(entry: AuditEntry) -> dict[str, object]:
+    return {name: getattr(entry, name) for name in entry.__slots__}  # type: ignore[union-attr]
+
+
+class TestDecodingIsStrict:
+    @pytest.mark.parametrize(
+        "entry", [REQUEST, RESPONSE, EVENT], ids=["request", "response", "event"]
+    )
+    def test_every_truncation_and_extension_is_refused(self, entry: AuditEntry) -> None:
+        data = encode_entry(entry)
+        for cut in range(len(data)):
+            with pytest.raises(VerificationError):
+                decode_entry(data[:cut])
+        with pytest.raises(VerificationError, match="trailing"):
+            decode_entry(data + b"\x00")
+
+    def test_header_version_and_kind_are_checked(self) -> None:
+        data = encode_entry(EVENT)
+        with pytest.raises(VerificationError, match="header"):
+            decode_entry(b"x" + data[1:])
+        with pytest.raises(VerificationError, match="version 2"):
+            decode_entry(data[:16] + b"\x02" + data[17:])
+        with pytest.raises(VerificationError, match="kind 9"):
+            decode_entry(data[:17] + b"\x09" + data[18:])
+
+    def test_field_contents_are_checked(self) -> None:
+        data = encode_entry(REQUEST)
+        with pytest.raises(VerificationError, match="decision"):
+            decode_entry(data.replace(b"allowed", b"allowee"))
+        with pytest.raises(VerificationError, match="UTF-8"):
+            decode_entry(data.replace(b"police.gd.afc", b"police.gd.af\xff"))
+        with pytest.raises(VerificationError, match="hex"):
+            decode_entry(data.replace(b"ab" * 32, b"zz" * 32))
+        raw = encode_entry(RESPONSE)
+        with pytest.raises(VerificationError, match="status"):
+            decode_entry(raw.replace(b"\x00\x00\x00\x02ok", b"\x00\x00\x00\x02no"))
+
+    def test_a_length_prefix_past_the_end_is_refused(self) -> None:
+        data = bytearray(encode_entry(EVENT))
+        data[18:22] = struct.pack(">I", 1 << 30)
+        with pytest.raises(VerificationError, match="past the end"):
+            decode_entry(bytes(data))
+
+    @given(st.binary(max_size=300))
+    @settings(max_examples=300)
+    def test_arbitrary_bytes_raise_only_verification_errors(self, data: bytes) -> None:
+        try:
+            entry = decode_entry(ENTRY_MAGIC + b"\x01" + data)
+        except VerificationError:
+            return
+        assert encode_entry(entry) == ENTRY_MAGIC + b"\x01" + data
+
+    @given(entries, st.data())
+    @settings(max_examples=200)
+    def test_every_bit_flip_is_refused_or_decodes_to_another_entry(
+        self, entry: AuditEntry, data: st.DataObject
+    ) -> None:
+        raw = encode_entry(entry)
+        bit = data.draw(st.integers(0, 8 * len(raw) - 1))
+        flipped = bytearray(raw)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        try:
+            other = decode_entry(bytes(flipped))
+        except VerificationError:
+            return
+        assert other != entry
+        assert encode_entry(other) == bytes(flipped)
+
+
+class TestSearchColumns:
+    def test_columns_of_the_leaf_equal_the_columns_of_the_entry(self) -> None:
+        for entry in (REQUEST, RESPONSE, EVENT):
+            assert index_columns(encode_entry(entry)) == columns_of(searchable(entry))
+            assert fields_of(columns_of(searchable(entry))) == searchable(entry)
+
+    @given(entries)
+    @settings(max_examples=200)
+    def test_columns_agree_for_any_entry(self, entry: AuditEntry) -> None:
+        assert index_columns(encode_entry(entry)) == columns_of(searchable(entry))
+        assert entry_columns(entry) == columns_of(searchable(entry))
+
+    def test_a_response_leg_takes_its_requests_search_fields(self) -> None:
+        request, response = searchable(REQUEST), searchable(RESPONSE)
+        joined = with_request(response, request)
+        assert joined.leg == EntryKind.RESPONSE
+        assert joined.outcome == "ok"
+        assert (joined.case_number, joined.officer_id, joined.subjects) == (
+            REQUEST.case_number,
+            REQUEST.officer_id,
+            REQUEST.subjects,
+        )
+        assert columns_of(joined) == with_request_columns(columns_of(response), columns_of(request))
+
+    def test_event_fields(self) -> None:
+        fields = searchable(EVENT)
+        assert (fields.leg, fields.action, fields.officer_id, fields.requesting_agency) == (
+            EntryKind.EVENT,
+            "identifier_reveal",
+            "staff-007",
+            "bank.icbc",
+        )
+        assert fields.reason == "ticket=T-1; field=身份证号"

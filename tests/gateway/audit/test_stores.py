@@ -1,0 +1,98 @@
+"""Both audit stores: what goes in comes back, search filters, one writer per shard."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+import psycopg
+import pytest
+
+from fedgate.audit_entry import EventEntry, time_to_micros
+from fedgate.errors import AuditUnavailable
+from gateway.audit.pg_store import PgDatabase, list_origins, open_pg_store
+from gateway.audit.store import SearchQuery
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from conftest import LogFactory, PgTarget
+
+ORIGIN = "fedgate.test/gateway/shard-0"
+
+
+class TestSearch:
+    async def test_each_filter(self, logs: LogFactory) -> None:
+        fed = logs.fed
+        log = await logs.open()
+        first = fed.request()
+        r = await log.append(first)
+        await log.append(fed.response(first, r.index, status="not_found"))
+        fed.now += timedelta(minutes=5)
+        second = fed.request(decision="refused")
+        await log.append(second)
+        await log.append(
+            EventEntry(kind="console_login", actor="staff-1", member="bank.ccb", at=fed.now)
+        )
+
+        async def hits(**kw: object) -> list[int]:
+            return [h.index for h in await log.search(SearchQuery(**kw))]  # type: ignore[arg-type]
+
+        assert await hits() == [0, 1, 2, 3]
+        assert await hits(officer_id=first.officer_id) == [0, 1]
+        assert await hits(case_number=second.case_number) == [2]
+        assert await hits(subject=first.subjects[0]) == [0, 1]
+        assert await hits(outcome="refused") == [2]
+        assert await hits(outcome="not_found") == [1]
+        assert await hits(action="console_login") == [3]
+        assert await hits(member="bank.ccb") == [3]
+        assert await hits(member="bank.icbc") == [0, 1, 2]
+        assert await hits(request_id=first.request_id) == [0, 1]
+        assert await hits(visible_to="bank.ccb") == [3]
+        assert await hits(since_us=time_to_micros(fed.now)) == [2, 3]
+        assert await hits(until_us=time_to_micros(fed.now)) == [0, 1]
+        assert await hits(after_index=1, limit=1) == [2]
+        response = (await log.search(SearchQuery(after_index=0, limit=1)))[0]
+        assert response.columns[11] == 0
+        assert response.columns[10] == first.subjects
+
+
+class TestPostgres:
+    async def test_tables_live_in_the_shard_schema(
+        self, pg: PgTarget, pg_dsn: str, tmp_path: Path
+    ) -> None:
+        store = await open_pg_store(
+            pg.dsn, origin=ORIGIN, schema=pg.schema, state_path=tmp_path / "s"
+        )
+        try:
+            with psycopg.connect(pg_dsn, autocommit=True) as conn:
+                tables = {
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT table_name FROM information_schema.tables"
+                        " WHERE table_schema = current_schema()"
+                    )
+                }
+            assert {"leaves", "subjects", "checkpoints", "cosigned", "shards"} <= tables
+            assert list_origins(pg.dsn, schema=pg.schema) == [ORIGIN]
+        finally:
+            await store.close()
+
+    async def test_shards_are_independent_and_readers_need_an_existing_shard(
+        self, pg: PgTarget, tmp_path: Path
+    ) -> None:
+        a = await open_pg_store(pg.dsn, origin="o/a", schema=pg.schema, state_path=tmp_path / "a")
+        b = await open_pg_store(pg.dsn, origin="o/b", schema=pg.schema, state_path=tmp_path / "b")
+        await a.close()
+        await b.close()
+        assert list_origins(pg.dsn, schema=pg.schema) == ["o/a", "o/b"]
+        with pytest.raises(AuditUnavailable, match="no audit shard"):
+            PgDatabase(pg.dsn, origin="o/c", schema=pg.schema, writer=False)
+
+    async def test_an_unreachable_server_is_audit_unavailable(self, tmp_path: Path) -> None:
+        with pytest.raises(AuditUnavailable, match="PostgreSQL"):
+            await open_pg_store(
+                "postgresql://postgres@127.0.0.1:1/none?connect_timeout=1",
+                origin=ORIGIN,
+                state_path=tmp_path / "s",
+            )

@@ -1,0 +1,77 @@
+"""The gateway configuration: TOML, environment overrides, and errors that name the option."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, GatewayConfig
+
+MINIMAL = """
+[federation]
+dir = "fed"
+
+[pipeline]
+state_dir = "state"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+class TestGatewayConfig:
+    def test_defaults_and_relative_paths(self, tmp_path: Path) -> None:
+        config = GatewayConfig.load(write(tmp_path, MINIMAL), env={})
+        assert config.federation.dir == tmp_path / "fed"
+        assert config.pipeline.clock_skew_s == 300.0
+        assert config.audit_path == tmp_path / "state" / "audit.sqlite"
+        assert config.server.listen == "127.0.0.1:50051"
+        assert config.audit.keep_response_bodies is True
+
+    def test_environment_overrides_any_value(self, tmp_path: Path) -> None:
+        env = {
+            "FEDGATE_GATEWAY__PIPELINE__CLOCK_SKEW_S": "60",
+            "FEDGATE_GATEWAY__SERVER__LISTEN": "127.0.0.1:6000",
+            "FEDGATE_GATEWAY__ROUTING__ENDPOINTS": '{ "bank.icbc" = "127.0.0.1:7000" }',
+            "FEDGATE_GATEWAY__QUOTAS__OFFICER_BURST": "3",
+            "FEDGATE_GATEWAY__TELEMETRY__LOG_JSON": "false",
+            "UNRELATED": "x",
+        }
+        config = GatewayConfig.load(write(tmp_path, MINIMAL), env=env)
+        assert config.pipeline.clock_skew_s == 60.0
+        assert config.server.listen == "127.0.0.1:6000"
+        assert config.routing.endpoints == {"bank.icbc": "127.0.0.1:7000"}
+        assert config.quotas["officer_burst"] == 3
+        assert config.telemetry.log_json is False
+
+    @pytest.mark.parametrize(
+        ("extra", "option"),
+        [
+            ("[server]\nlisten = 'nowhere'\n", "server.listen"),
+            ("[server]\nlistn = '127.0.0.1:1'\n", "server.listn"),
+            ("[routing]\ntimeout_s = 'soon'\n", "routing.timeout_s"),
+            ("[routing]\nmax_attempts = 0\n", "routing.max_attempts"),
+            ("[telemetry]\nprometheus_listen = '0.0.0.0:9464'\n", "telemetry.prometheus_listen"),
+            ("[extra]\nx = 1\n", "extra"),
+        ],
+    )
+    def test_mistakes_name_the_option(self, tmp_path: Path, extra: str, option: str) -> None:
+        with pytest.raises(ConfigError, match=option.replace(".", r"\.")):
+            GatewayConfig.load(write(tmp_path, MINIMAL + extra), env={})
+
+    def test_replay_window_must_cover_twice_the_skew(self, tmp_path: Path) -> None:
+        env = {"FEDGATE_GATEWAY__PIPELINE__REPLAY_WINDOW_S": "400"}
+        with pytest.raises(ConfigError, match=r"pipeline\.replay_window_s"):
+            GatewayConfig.load(write(tmp_path, MINIMAL), env=env)
+
+    def test_required_options(self, tmp_path: Path) -> None:
+        with pytest.raises(ConfigError, match=r"federation\.dir is required"):
+            GatewayConfig.load(write(tmp_path, "[pipeline]\nstate_dir = 's'\n"), env={})
+
+    def test_missing_file(self, tmp_path: Path) -> None:
+        with pytest.raises(ConfigError, match="cannot read"):
+            GatewayConfig.load(tmp_path / "absent.toml", env={})

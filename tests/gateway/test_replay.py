@@ -1,0 +1,195 @@
+"""Tests for gateway.replay: freshness, replays refused (also after a restart and under races)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from fedgate.actions import new_request_id
+from fedgate.errors import AuditUnavailable, FedgateError, Replayed, Stale
+from gateway.replay import ReplayCache, describe_span
+
+NOW = datetime(2026, 3, 14, 9, 26, 53, tzinfo=UTC)
+SKEW = timedelta(minutes=5)
+WINDOW = timedelta(minutes=10)
+
+
+def rid() -> str:
+    return new_request_id(int(NOW.timestamp() * 1000))
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "replay.sqlite"
+
+
+@pytest.fixture
+def cache(path: Path) -> Iterator[ReplayCache]:
+    c = ReplayCache.open(path, window=WINDOW)
+    yield c
+    c.close()
+
+
+class TestFreshness:
+    @pytest.mark.parametrize("offset", [timedelta(0), SKEW, -SKEW, timedelta(seconds=-299)])
+    def test_within_the_skew(self, cache: ReplayCache, offset: timedelta) -> None:
+        cache.check_freshness(NOW + offset, now=NOW, skew=SKEW)
+
+    def test_too_old(self, cache: ReplayCache) -> None:
+        issued = NOW - timedelta(minutes=7, seconds=12)
+        with pytest.raises(Stale, match=r"^issued_at is 7m12s in the past; allowed skew is 5m$"):
+            cache.check_freshness(issued, now=NOW, skew=SKEW)
+
+    def test_too_new(self, cache: ReplayCache) -> None:
+        issued = NOW + timedelta(minutes=6)
+        with pytest.raises(Stale, match=r"^issued_at is 6m in the future; allowed skew is 5m$"):
+            cache.check_freshness(issued, now=NOW, skew=SKEW)
+
+    def test_just_past_the_skew(self, cache: ReplayCache) -> None:
+        with pytest.raises(Stale, match="in the past"):
+            cache.check_freshness(NOW - SKEW - timedelta(microseconds=1), now=NOW, skew=SKEW)
+
+    def test_a_skew_beyond_the_window_is_refused(self, cache: ReplayCache) -> None:
+        with pytest.raises(ValueError, match="exceeds the replay window"):
+            cache.check_freshness(NOW, now=NOW, skew=WINDOW + timedelta(seconds=1))
+
+    @pytest.mark.parametrize(
+        ("span", "text"),
+        [
+            (timedelta(minutes=7, seconds=12), "7m12s"),
+            (timedelta(minutes=5), "5m"),
+            (timedelta(hours=2, minutes=3, seconds=4), "2h3m"),
+            (timedelta(days=1, hours=2), "1d2h"),
+            (timedelta(seconds=40), "40s"),
+            (timedelta(milliseconds=500), "0.5s"),
+            (-timedelta(minutes=6), "6m"),
+        ],
+    )
+    def test_describe_span(self, span: timedelta, text: str) -> None:
+        assert describe_span(span) == text
+
+
+class TestReplay:
+    def test_a_new_request_passes_and_its_replay_is_refused(self, cache: ReplayCache) -> None:
+        request_id, nonce = rid(), os.urandom(16)
+        cache.check_and_remember(request_id, nonce, NOW, now=NOW)
+        with pytest.raises(Replayed, match=rf"^request id {request_id} and its nonce were"):
+            cache.check_and_remember(request_id, nonce, NOW, now=NOW + timedelta(seconds=1))
+
+    def test_a_reused_request_id_is_named(self, cache: ReplayCache) -> None:
+        request_id = rid()
+        cache.check_and_remember(request_id, os.urandom(16), NOW, now=NOW)
+        with pytest.raises(Replayed, match=rf"^request id {request_id} was already used$"):
+            cache.check_and_remember(request_id, os.urandom(16), NOW, now=NOW)
+
+    def test_a_reused_nonce_is_named(self, cache: ReplayCache) -> None:
+        nonce = os.urandom(16)
+        cache.check_and_remember(rid(), nonce, NOW, now=NOW)
+        other = rid()
+        with pytest.raises(Replayed, match=rf"^the nonce of request {other} was already used"):
+            cache.check_and_remember(other, nonce, NOW, now=NOW)
+
+    def test_a_refused_request_leaves_nothing_behind(self, cache: ReplayCache) -> None:
+        nonce = os.urandom(16)
+        cache.check_and_remember(rid(), nonce, NOW, now=NOW)
+        other = rid()
+        with pytest.raises(Replayed):
+            cache.check_and_remember(other, nonce, NOW, now=NOW)
+        cache.check_and_remember(other, os.urandom(16), NOW, now=NOW)  # its id was not kept
+
+    def test_replay_refused_after_a_restart(self, path: Path) -> None:
+        request_id, nonce = rid(), os.urandom(16)
+        first = ReplayCache.open(path, window=WINDOW)
+        first.check_and_remember(request_id, nonce, NOW, now=NOW)
+        first.close()
+        again = ReplayCache.open(path, window=WINDOW)
+        try:
+            with pytest.raises(Replayed, match="request id"):
+                again.check_and_remember(request_id, nonce, NOW, now=NOW + timedelta(minutes=1))
+        finally:
+            again.close()
+
+    def test_older_than_the_window_is_stale_not_remembered(self, cache: ReplayCache) -> None:
+        with pytest.raises(Stale, match="older than the replay window"):
+            cache.check_and_remember(
+                rid(), os.urandom(16), NOW - WINDOW - timedelta(seconds=1), now=NOW
+            )
+        assert cache.stored_keys() == 0
+
+    def test_entries_are_kept_for_the_window_then_pruned(self, cache: ReplayCache) -> None:
+        request_id, nonce = rid(), os.urandom(16)
+        cache.check_and_remember(request_id, nonce, NOW, now=NOW)
+        late = NOW + WINDOW - timedelta(seconds=1)
+        with pytest.raises(Replayed):
+            cache.check_and_remember(request_id, nonce, NOW, now=late)
+        cache.check_and_remember(rid(), os.urandom(16), late, now=late)
+        assert cache.stored_keys() == 4
+        after = NOW + WINDOW + timedelta(seconds=31)
+        cache.check_and_remember(rid(), os.urandom(16), after, now=after)
+        assert cache.stored_keys() == 4  # the first pair is gone, two pairs remain
+
+    def test_a_closed_cache_fails_closed(self, path: Path) -> None:
+        c = ReplayCache.open(path, window=WINDOW)
+        c.close()
+        with pytest.raises(AuditUnavailable, match="replay cache unavailable"):
+            c.check_and_remember(rid(), os.urandom(16), NOW, now=NOW)
+
+    def test_an_unopenable_path_fails_closed(self, tmp_path: Path) -> None:
+        (tmp_path / "dir.sqlite").mkdir()
+        with pytest.raises(AuditUnavailable, match="cannot open the replay cache"):
+            ReplayCache.open(tmp_path / "dir.sqlite")
+
+    def test_synchronous_must_be_full_or_normal(self, path: Path) -> None:
+        with pytest.raises(ValueError, match="FULL or NORMAL"):
+            ReplayCache.open(path, synchronous="OFF")  # type: ignore[arg-type]
+
+
+def race(calls: list[tuple[ReplayCache, str, bytes]]) -> list[FedgateError | None]:
+    """Run every call at once from its own thread; the error (or None) of each."""
+    barrier = threading.Barrier(len(calls))
+    results: list[FedgateError | None] = [None] * len(calls)
+
+    def run(i: int, cache: ReplayCache, request_id: str, nonce: bytes) -> None:
+        barrier.wait()
+        try:
+            cache.check_and_remember(request_id, nonce, NOW, now=NOW)
+        except FedgateError as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i, *call)) for i, call in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+class TestConcurrency:
+    def test_identical_concurrent_requests_exactly_one_passes(self, cache: ReplayCache) -> None:
+        for _ in range(5):
+            request_id, nonce = rid(), os.urandom(16)
+            results = race([(cache, request_id, nonce)] * 16)
+            assert sum(r is None for r in results) == 1
+            assert all(isinstance(r, Replayed) for r in results if r is not None)
+        assert cache.stored_keys() == 2 * 5
+
+    def test_distinct_concurrent_requests_all_pass(self, cache: ReplayCache) -> None:
+        calls = [(cache, rid(), os.urandom(16)) for _ in range(32)]
+        assert race(calls) == [None] * 32
+        assert cache.stored_keys() == 64
+
+    def test_two_caches_on_one_file_agree(self, path: Path) -> None:
+        a, b = ReplayCache.open(path, window=WINDOW), ReplayCache.open(path, window=WINDOW)
+        try:
+            request_id, nonce = rid(), os.urandom(16)
+            results = race([(a, request_id, nonce), (b, request_id, nonce)] * 4)
+            assert sum(r is None for r in results) == 1
+            assert all(isinstance(r, Replayed) for r in results if r is not None)
+        finally:
+            a.close()
+            b.close()

@@ -1,0 +1,510 @@
+"""Tests for gateway.rules: every business rule, allowed and refused, over a real SQLite state."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from fedgate.errors import AuditUnavailable, RuleViolated
+from fedgate.testing import card_number, officer, supervisor_approval, valid_request
+from fedgate.v1 import common_pb2, request_pb2
+from gateway.rules import (
+    BULK_CASE_THRESHOLD,
+    BULK_ORDER_THRESHOLD,
+    RULES,
+    BusinessRules,
+    BusinessRuleViolated,
+)
+from gateway.validation import mask, validate_request
+
+NOW = datetime(2026, 3, 14, 9, 26, 53, tzinfo=UTC)
+OK = request_pb2.RESPONSE_STATUS_OK
+HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
+CASE = "A44010000000020260300042"
+# A card with a Luhn digit but no federation bank's prefix: valid at any target bank.
+NEUTRAL_CARD = "9558801234567890128"
+
+
+@pytest.fixture
+def rules(tmp_path: Path) -> Iterator[BusinessRules]:
+    r = BusinessRules.open(tmp_path / "state" / "rules.sqlite")
+    yield r
+    r.close()
+
+
+def request(action: str, *, now: datetime = NOW, **kwargs: object) -> request_pb2.Request:
+    """A valid request (checked by the validator, so the rules see what the pipeline sees)."""
+    r = valid_request(action, now=now, **kwargs)  # type: ignore[arg-type]
+    validate_request(r, now=now)
+    return r
+
+
+def allowed(rules: BusinessRules, r: request_pb2.Request, *, now: datetime = NOW) -> None:
+    rules.check(r, action=str(r.WhichOneof("action")), now=now)
+
+
+def refused(
+    rules: BusinessRules, r: request_pb2.Request, rule: str, *, now: datetime = NOW
+) -> BusinessRuleViolated:
+    with pytest.raises(BusinessRuleViolated, match=rf"^RULE {rule}: ") as caught:
+        allowed(rules, r, now=now)
+    assert caught.value.rule == rule
+    assert rule in RULES
+    assert isinstance(caught.value, RuleViolated)
+    assert caught.value.reason == "RULE_VIOLATED"
+    return caught.value
+
+
+def executed(
+    rules: BusinessRules, action: str, *, now: datetime = NOW, **kwargs: object
+) -> request_pb2.Request:
+    """Check, then record as answered OK: an order the agency carried out."""
+    r = request(action, now=now, **kwargs)
+    allowed(rules, r, now=now)
+    rules.record_outcome(r, action=action, status=OK, now=now)
+    return r
+
+
+class TestStopPaymentMaxTwoPerAccount:
+    def test_two_allowed_third_refused(self, rules: BusinessRules) -> None:
+        executed(rules, "stop_payment")
+        executed(rules, "stop_payment", now=NOW + HOUR)
+        third = request("stop_payment", now=NOW + 2 * HOUR)
+        account = third.stop_payment.account_number
+        error = refused(rules, third, "stop_payment.max_two_per_account", now=NOW + 2 * HOUR)
+        assert error.message == (
+            f"RULE stop_payment.max_two_per_account: account {mask(account)} at bank.icbc "
+            "has already been stopped twice (2 stop-payment(s))"
+        )
+        assert account not in error.message
+
+    def test_expired_stops_still_count(self, rules: BusinessRules) -> None:
+        executed(rules, "stop_payment")
+        executed(rules, "stop_payment", now=NOW + 3 * DAY)
+        later = NOW + 30 * DAY
+        refused(
+            rules, request("stop_payment", now=later), "stop_payment.max_two_per_account", now=later
+        )
+
+    def test_an_extension_counts_as_a_stop(self, rules: BusinessRules) -> None:
+        original = executed(rules, "stop_payment")
+        executed(
+            rules, "stop_payment_extend", now=NOW + HOUR, original_request_id=original.request_id
+        )
+        error = refused(
+            rules,
+            request("stop_payment", now=NOW + 2 * HOUR),
+            "stop_payment.max_two_per_account",
+            now=NOW + 2 * HOUR,
+        )
+        assert "1 stop-payment(s) and 1 extension(s)" in error.message
+
+    def test_counted_per_account_and_bank(self, rules: BusinessRules) -> None:
+        executed(rules, "stop_payment")
+        executed(rules, "stop_payment")
+        allowed(rules, request("stop_payment", serial=1))
+        allowed(rules, request("stop_payment", target="bank.ccb"))
+
+    def test_refused_answers_do_not_count(self, rules: BusinessRules) -> None:
+        for status in (
+            request_pb2.RESPONSE_STATUS_REFUSED,
+            request_pb2.RESPONSE_STATUS_PENDING,
+            request_pb2.RESPONSE_STATUS_INVALID,
+        ):
+            r = request("stop_payment")
+            rules.record_outcome(r, action="stop_payment", status=status, now=NOW)
+        executed(rules, "stop_payment")
+        allowed(rules, request("stop_payment"))
+
+    def test_recording_twice_counts_once(self, rules: BusinessRules) -> None:
+        r = executed(rules, "stop_payment")
+        rules.record_outcome(r, action="stop_payment", status=OK, now=NOW + HOUR)
+        allowed(rules, request("stop_payment"))
+
+    def test_the_count_survives_a_restart(self, tmp_path: Path) -> None:
+        path = tmp_path / "rules.sqlite"
+        first = BusinessRules.open(path)
+        executed(first, "stop_payment")
+        executed(first, "stop_payment")
+        first.close()
+        again = BusinessRules.open(path)
+        try:
+            refused(again, request("stop_payment"), "stop_payment.max_two_per_account")
+        finally:
+            again.close()
+
+
+class TestStopPaymentRelease:
+    RULE = "stop_payment_release.cites_executed_stop"
+
+    def test_release_of_an_executed_stop(self, rules: BusinessRules) -> None:
+        original = executed(rules, "stop_payment")
+        allowed(rules, request("stop_payment_release", original_request_id=original.request_id))
+
+    def test_release_of_an_unknown_order(self, rules: BusinessRules) -> None:
+        r = request("stop_payment_release")
+        error = refused(rules, r, self.RULE)
+        assert f"{r.original_request_id} is not an executed stop-payment" in error.message
+
+    def test_release_on_another_account(self, rules: BusinessRules) -> None:
+        original = executed(rules, "stop_payment")
+        r = request("stop_payment_release", serial=1, original_request_id=original.request_id)
+        error = refused(rules, r, self.RULE)
+        assert mask(original.stop_payment.account_number) in error.message
+        assert original.stop_payment.account_number not in error.message
+
+    def test_release_at_another_bank(self, rules: BusinessRules) -> None:
+        original = executed(rules, "stop_payment", account_number=NEUTRAL_CARD)
+        r = request(
+            "stop_payment_release",
+            target="bank.ccb",
+            account_number=NEUTRAL_CARD,
+            original_request_id=original.request_id,
+        )
+        assert "at bank.icbc, not" in refused(rules, r, self.RULE).message
+
+    def test_release_twice(self, rules: BusinessRules) -> None:
+        original = executed(rules, "stop_payment")
+        executed(rules, "stop_payment_release", original_request_id=original.request_id)
+        r = request("stop_payment_release", original_request_id=original.request_id)
+        assert "was released at" in refused(rules, r, self.RULE).message
+
+    def test_a_stop_payment_is_not_a_freeze(self, rules: BusinessRules) -> None:
+        original = executed(rules, "stop_payment")
+        r = request("freeze_release", original_request_id=original.request_id)
+        refused(rules, r, "freeze_release.cites_freeze")
+
+
+class TestStopPaymentExtend:
+    RULE = "stop_payment_extend.cites_stop_in_force"
+
+    def test_extend_a_stop_in_force(self, rules: BusinessRules) -> None:
+        original = executed(rules, "stop_payment")
+        later = NOW + 47 * HOUR
+        r = request("stop_payment_extend", now=later, original_request_id=original.request_id)
+        allowed(rules, r, now=later)
+
+    def test_a_stop_payment_expires_after_48_hours(self, rules: BusinessRules) -> None:
+        original = executed(rules, "stop_payment")
+        later = NOW + 48 * HOUR
+        r = request("stop_payment_extend", now=later, original_request_id=original.request_id)
+        assert "expired at 2026-03-16T09:26:53Z" in refused(rules, r, self.RULE, now=later).message
+
+    def test_extend_a_released_stop(self, rules: BusinessRules) -> None:
+        original = executed(rules, "stop_payment")
+        executed(rules, "stop_payment_release", original_request_id=original.request_id)
+        r = request("stop_payment_extend", original_request_id=original.request_id)
+        assert "was released" in refused(rules, r, self.RULE).message
+
+    def test_extend_an_unknown_order(self, rules: BusinessRules) -> None:
+        refused(rules, request("stop_payment_extend"), self.RULE)
+
+    def test_extend_on_another_account(self, rules: BusinessRules) -> None:
+        original = executed(rules, "stop_payment")
+        r = request("stop_payment_extend", serial=2, original_request_id=original.request_id)
+        refused(rules, r, self.RULE)
+
+    def test_extended_once_only(self, rules: BusinessRules) -> None:
+        original = executed(rules, "stop_payment")
+        first = executed(
+            rules, "stop_payment_extend", now=NOW + HOUR, original_request_id=original.request_id
+        )
+        r = request(
+            "stop_payment_extend", now=NOW + 2 * HOUR, original_request_id=original.request_id
+        )
+        error = refused(rules, r, "stop_payment_extend.once_per_original", now=NOW + 2 * HOUR)
+        assert first.request_id in error.message
+
+    def test_an_extension_adds_48_hours(self, rules: BusinessRules) -> None:
+        original = executed(rules, "stop_payment")
+        executed(
+            rules, "stop_payment_extend", now=NOW + HOUR, original_request_id=original.request_id
+        )
+        # 60 h after execution the original would have lapsed; extended, it is still in force
+        # (so the once-per-original rule, not the in-force rule, is what refuses).
+        later = NOW + 60 * HOUR
+        r = request("stop_payment_extend", now=later, original_request_id=original.request_id)
+        refused(rules, r, "stop_payment_extend.once_per_original", now=later)
+        lapsed = NOW + 96 * HOUR
+        r = request("stop_payment_extend", now=lapsed, original_request_id=original.request_id)
+        refused(rules, r, self.RULE, now=lapsed)
+
+    def test_extension_refused_when_the_account_was_stopped_twice(
+        self, rules: BusinessRules
+    ) -> None:
+        original = executed(rules, "stop_payment")
+        executed(rules, "stop_payment", now=NOW + HOUR)
+        r = request(
+            "stop_payment_extend", now=NOW + 2 * HOUR, original_request_id=original.request_id
+        )
+        refused(rules, r, "stop_payment.max_two_per_account", now=NOW + 2 * HOUR)
+
+
+class TestFreezeCaseFilingDecision:
+    RULE = "freeze.requires_case_filing_decision"
+
+    def test_freeze_with_a_case_filing_decision(self, rules: BusinessRules) -> None:
+        allowed(rules, request("freeze"))
+
+    @pytest.mark.parametrize(
+        "kind",
+        [
+            common_pb2.LEGAL_DOCUMENT_KIND_FREEZE_NOTICE,
+            common_pb2.LEGAL_DOCUMENT_KIND_QUERY_NOTICE,
+            common_pb2.LEGAL_DOCUMENT_KIND_STOP_PAYMENT_NOTICE,
+        ],
+    )
+    def test_freeze_without_one(self, rules: BusinessRules, kind: int) -> None:
+        r = request("freeze")
+        r.legal_document.kind = kind  # type: ignore[assignment]
+        error = refused(rules, r, self.RULE)
+        assert "立案决定书" in error.message
+
+    def test_renewal_without_one(self, rules: BusinessRules) -> None:
+        original = executed(rules, "freeze")
+        r = request("freeze_renew", original_request_id=original.request_id)
+        r.legal_document.kind = common_pb2.LEGAL_DOCUMENT_KIND_FREEZE_NOTICE
+        refused(rules, r, self.RULE)
+
+
+class TestFreezeMaxSixMonths:
+    def test_183_days(self, rules: BusinessRules) -> None:
+        r = request("freeze")
+        r.freeze.end.FromDatetime(NOW + timedelta(days=183))
+        allowed(rules, r)
+
+    def test_184_days(self, rules: BusinessRules) -> None:
+        r = request("freeze")
+        r.freeze.end.FromDatetime(NOW + timedelta(days=184))
+        error = refused(rules, r, "freeze.max_six_months")
+        assert "lasts 184 days; at most 183" in error.message
+
+
+class TestFreezeBulkRequiresApproval:
+    RULE = "freeze.bulk_requires_approval"
+
+    def bulk(self, count: int, *, serial: int = 0) -> request_pb2.Request:
+        r = request("freeze", serial=serial)
+        r.freeze.bulk_count = count
+        return r
+
+    def test_below_the_order_threshold(self, rules: BusinessRules) -> None:
+        allowed(rules, self.bulk(BULK_ORDER_THRESHOLD - 1))
+
+    def test_at_the_order_threshold_without_approval(self, rules: BusinessRules) -> None:
+        error = refused(rules, self.bulk(BULK_ORDER_THRESHOLD), self.RULE)
+        assert "200 accounts in one order" in error.message
+        assert "freeze.approval is missing" in error.message
+
+    def test_with_a_supervisors_approval(self, rules: BusinessRules) -> None:
+        r = self.bulk(BULK_ORDER_THRESHOLD)
+        r.freeze.approval.CopyFrom(supervisor_approval(NOW))
+        allowed(rules, r)
+
+    def test_approval_by_an_investigator(self, rules: BusinessRules) -> None:
+        r = self.bulk(250)
+        r.freeze.approval.CopyFrom(supervisor_approval(NOW))
+        r.freeze.approval.approver.role = common_pb2.ROLE_POLICE_INVESTIGATOR
+        assert "not ROLE_CENTRE_SUPERVISOR" in refused(rules, r, self.RULE).message
+
+    def test_approval_by_the_requesting_officer(self, rules: BusinessRules) -> None:
+        r = self.bulk(250)
+        r.freeze.approval.CopyFrom(supervisor_approval(NOW))
+        r.freeze.approval.approver.id = r.officer.id
+        assert "cannot approve their own order" in refused(rules, r, self.RULE).message
+
+    def test_approval_without_a_document_number(self, rules: BusinessRules) -> None:
+        r = self.bulk(250)
+        r.freeze.approval.CopyFrom(supervisor_approval(NOW))
+        r.freeze.approval.document_number = ""
+        assert "document_number" in refused(rules, r, self.RULE).message
+
+    def test_cumulative_in_one_case(self, rules: BusinessRules) -> None:
+        recorded = 310
+        for i in range(recorded):
+            executed(rules, "freeze", serial=i, case=CASE)
+        below = self.bulk(BULK_CASE_THRESHOLD - recorded - 1, serial=999)
+        below.case.case_number = CASE
+        allowed(rules, below)
+        reaching = self.bulk(BULK_CASE_THRESHOLD - recorded, serial=999)
+        reaching.case.case_number = CASE
+        error = refused(rules, reaching, self.RULE)
+        assert f"case {CASE} would reach 500 frozen accounts" in error.message
+        reaching.freeze.approval.CopyFrom(supervisor_approval(NOW))
+        allowed(rules, reaching)
+        other_case = self.bulk(BULK_CASE_THRESHOLD - recorded, serial=999)
+        allowed(rules, other_case)
+
+
+class TestFreezeRenew:
+    RULE = "freeze_renew.cites_freeze_in_force"
+
+    def test_renew_a_freeze_in_force(self, rules: BusinessRules) -> None:
+        original = executed(rules, "freeze")
+        allowed(rules, request("freeze_renew", original_request_id=original.request_id))
+
+    def test_renew_an_unknown_freeze(self, rules: BusinessRules) -> None:
+        refused(rules, request("freeze_renew"), self.RULE)
+
+    def test_renew_a_lapsed_freeze(self, rules: BusinessRules) -> None:
+        original = executed(rules, "freeze")  # ends 90 days after NOW
+        later = NOW + timedelta(days=91)
+        r = request("freeze_renew", now=later, original_request_id=original.request_id)
+        assert "lapsed at" in refused(rules, r, self.RULE, now=later).message
+
+    def test_renew_a_released_freeze(self, rules: BusinessRules) -> None:
+        original = executed(rules, "freeze")
+        executed(rules, "freeze_release", original_request_id=original.request_id)
+        r = request("freeze_renew", original_request_id=original.request_id)
+        assert "was released" in refused(rules, r, self.RULE).message
+
+    def test_renew_on_another_account(self, rules: BusinessRules) -> None:
+        original = executed(rules, "freeze")
+        r = request("freeze_renew", serial=3, original_request_id=original.request_id)
+        refused(rules, r, self.RULE)
+
+    def test_new_end_at_most_183_days_ahead(self, rules: BusinessRules) -> None:
+        original = executed(rules, "freeze")
+        r = request("freeze_renew", original_request_id=original.request_id)
+        r.freeze_renew.end.FromDatetime(NOW + timedelta(days=183))
+        allowed(rules, r)
+        r.freeze_renew.end.FromDatetime(NOW + timedelta(days=184))
+        refused(rules, r, "freeze_renew.max_six_months")
+
+    def test_a_renewal_moves_the_end(self, rules: BusinessRules) -> None:
+        original = executed(rules, "freeze")  # ends at NOW + 90 days
+        executed(rules, "freeze_renew", original_request_id=original.request_id)  # NOW + 120
+        later = NOW + timedelta(days=100)
+        allowed(
+            rules,
+            request("freeze_renew", now=later, original_request_id=original.request_id),
+            now=later,
+        )
+
+
+class TestFreezeRelease:
+    RULE = "freeze_release.cites_freeze"
+
+    def test_release_an_executed_freeze(self, rules: BusinessRules) -> None:
+        original = executed(rules, "freeze")
+        allowed(rules, request("freeze_release", original_request_id=original.request_id))
+
+    def test_release_a_lapsed_freeze_is_allowed(self, rules: BusinessRules) -> None:
+        original = executed(rules, "freeze")
+        later = NOW + timedelta(days=100)
+        r = request("freeze_release", now=later, original_request_id=original.request_id)
+        allowed(rules, r, now=later)
+
+    def test_release_an_unknown_freeze(self, rules: BusinessRules) -> None:
+        refused(rules, request("freeze_release"), self.RULE)
+
+    def test_release_twice(self, rules: BusinessRules) -> None:
+        original = executed(rules, "freeze")
+        executed(rules, "freeze_release", original_request_id=original.request_id)
+        r = request("freeze_release", original_request_id=original.request_id)
+        refused(rules, r, self.RULE)
+
+    def test_release_at_another_bank(self, rules: BusinessRules) -> None:
+        original = executed(rules, "freeze", account_number=NEUTRAL_CARD)
+        r = request(
+            "freeze_release",
+            target="bank.abc",
+            account_number=NEUTRAL_CARD,
+            original_request_id=original.request_id,
+        )
+        assert "at bank.icbc, not" in refused(rules, r, self.RULE).message
+
+
+class TestSecondOfficer:
+    @pytest.mark.parametrize("action", ["call_records", "location"])
+    def test_with_a_second_officer(self, rules: BusinessRules, action: str) -> None:
+        allowed(rules, request(action))
+
+    @pytest.mark.parametrize("action", ["call_records", "location"])
+    def test_without_one(self, rules: BusinessRules, action: str) -> None:
+        r = request(action)
+        r.ClearField("second_officer")
+        refused(rules, r, f"{action}.requires_second_officer")
+
+    @pytest.mark.parametrize("action", ["call_records", "location"])
+    def test_the_same_officer_twice(self, rules: BusinessRules, action: str) -> None:
+        r = request(action)
+        r.second_officer.CopyFrom(r.officer)
+        error = refused(rules, r, f"{action}.requires_second_officer")
+        assert "another officer" in error.message
+
+    def test_a_second_officer_must_be_police(self, rules: BusinessRules) -> None:
+        r = request("call_records")
+        r.second_officer.CopyFrom(officer(77, role=common_pb2.ROLE_BANK_STAFF))
+        refused(rules, r, "call_records.requires_second_officer")
+
+    def test_a_second_officer_without_a_name(self, rules: BusinessRules) -> None:
+        r = request("location")
+        r.second_officer.name = ""
+        refused(rules, r, "location.requires_second_officer")
+
+
+class TestMonitorStop:
+    RULE = "monitor_stop.cites_monitor_start"
+
+    def test_stop_a_started_monitor(self, rules: BusinessRules) -> None:
+        start = executed(rules, "monitor_start")
+        allowed(rules, request("monitor_stop", original_request_id=start.request_id))
+
+    def test_stop_an_unknown_monitor(self, rules: BusinessRules) -> None:
+        refused(rules, request("monitor_stop"), self.RULE)
+
+    def test_stop_twice(self, rules: BusinessRules) -> None:
+        start = executed(rules, "monitor_start")
+        executed(rules, "monitor_stop", original_request_id=start.request_id)
+        r = request("monitor_stop", original_request_id=start.request_id)
+        assert "was stopped at" in refused(rules, r, self.RULE).message
+
+    def test_stop_on_another_account(self, rules: BusinessRules) -> None:
+        start = executed(rules, "monitor_start")
+        r = request(
+            "monitor_stop",
+            account_number=card_number("bank.icbc", 4),
+            original_request_id=start.request_id,
+        )
+        refused(rules, r, self.RULE)
+
+
+class TestStateAndFailures:
+    def test_every_rule_is_catalogued(self) -> None:
+        assert all(rule.count(".") == 1 for rule in RULES)
+        assert all(RULES.values())
+
+    @pytest.mark.parametrize(
+        "action", ["account_holder", "subscriber", "number_suspend", "case_report", "monitor_start"]
+    )
+    def test_actions_without_rules_need_no_state(self, tmp_path: Path, action: str) -> None:
+        closed = BusinessRules.open(tmp_path / "rules.sqlite")
+        closed.close()
+        allowed(closed, request(action))
+
+    def test_unreadable_state_fails_closed(self, tmp_path: Path) -> None:
+        closed = BusinessRules.open(tmp_path / "rules.sqlite")
+        closed.close()
+        with pytest.raises(AuditUnavailable, match="business-rules state unreadable"):
+            allowed(closed, request("stop_payment"))
+        with pytest.raises(AuditUnavailable, match="not written"):
+            closed.record_outcome(
+                request("stop_payment"), action="stop_payment", status=OK, now=NOW
+            )
+
+    def test_an_unopenable_path_fails_closed(self, tmp_path: Path) -> None:
+        (tmp_path / "dir.sqlite").mkdir()
+        with pytest.raises(AuditUnavailable, match="cannot open"):
+            BusinessRules.open(tmp_path / "dir.sqlite")
+
+    def test_an_outcome_citing_an_unknown_order_is_logged(
+        self, rules: BusinessRules, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        r = request("stop_payment_release")
+        rules.record_outcome(r, action="stop_payment_release", status=OK, now=NOW)
+        assert r.original_request_id in caplog.text

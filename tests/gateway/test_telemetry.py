@@ -1,0 +1,239 @@
+"""Telemetry: one trace spans the gateway's stages and the agency node; metrics carry units;
+the Prometheus endpoint serves them; JSON logs mask personal identifiers."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+import pytest_asyncio
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from fedgate.client import FedgateClient
+from fedgate.types import MemberId
+from gateway.config import PipelineConfig, TelemetryConfig
+from gateway.server import Gateway
+from gateway.telemetry import (
+    GatewayTelemetry,
+    JsonLogFormatter,
+    PrometheusEndpoint,
+    mask_identifiers,
+    render_prometheus,
+)
+
+if TYPE_CHECKING:
+    from conftest import GatewayHarness
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+STAGES = [
+    "transport",
+    "decode",
+    "signature",
+    "freshness",
+    "validation",
+    "authorization",
+    "quotas",
+    "audit_request",
+    "route",
+    "response_check",
+    "audit_response",
+    "countersign",
+]
+
+
+@dataclasses.dataclass
+class Observed:
+    harness: GatewayHarness
+    spans: InMemorySpanExporter
+    metrics: InMemoryMetricReader
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def observed(
+    gw_federation: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    harness_factory: Callable[..., Awaitable[GatewayHarness]],
+) -> AsyncIterator[Observed]:
+    start_harness = harness_factory
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    h = await start_harness(
+        gw_federation,
+        tmp_path_factory.mktemp("telemetry"),
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+    )
+    try:
+        yield Observed(h, exporter, reader)
+    finally:
+        await h.close()
+        tracer_provider.shutdown()
+        meter_provider.shutdown()
+
+
+def _metric(reader: InMemoryMetricReader, name: str):  # type: ignore[no-untyped-def]
+    data = reader.get_metrics_data()
+    assert data is not None
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name == name:
+                    return metric
+    raise AssertionError(f"no metric {name}")
+
+
+class TestTraces:
+    async def test_one_trace_spans_every_stage_and_the_node(self, observed: Observed) -> None:
+        h = observed.harness
+        observed.spans.clear()
+        assert (await h.client().submit(h.request())).answer is not None
+        spans = observed.spans.get_finished_spans()
+        root = next(s for s in spans if s.name == "gateway.Submit")
+        assert root.kind == SpanKind.SERVER
+        trace_id = root.context.trace_id
+        names = [s.name for s in spans if s.context.trace_id == trace_id]
+        for stage in STAGES:
+            assert f"gateway.stage.{stage}" in names, stage
+        node = next(s for s in spans if s.name == "node.Handle")
+        assert node.context.trace_id == trace_id
+        route = next(s for s in spans if s.name == "gateway.stage.route")
+        assert node.parent is not None
+        assert node.parent.span_id == route.context.span_id
+        assert h.node.metadata[-1]["traceparent"].split("-")[1] == f"{trace_id:032x}"
+
+    async def test_spans_carry_no_personal_data(self, observed: Observed) -> None:
+        h = observed.harness
+        observed.spans.clear()
+        request = h.request()
+        await h.client().submit(request)
+        account = request.account_holder.account_number
+        for span in observed.spans.get_finished_spans():
+            assert account not in json.dumps(dict(span.attributes or {}))
+
+
+class TestMetrics:
+    async def test_request_duration_by_action_target_and_outcome(self, observed: Observed) -> None:
+        h = observed.harness
+        await h.client().submit(h.request())
+        metric = _metric(observed.metrics, "fedgate.gateway.request.duration")
+        assert metric.unit == "s"
+        attributes = [dict(p.attributes or {}) for p in metric.data.data_points]
+        assert {
+            "fedgate.action": "account_holder",
+            "fedgate.target": "bank.icbc",
+            "fedgate.outcome": "ok",
+        } in attributes
+
+    async def test_refusals_by_reason_and_audit_latency(self, observed: Observed) -> None:
+        h = observed.harness
+        envelope = h.sign(h.request())
+        envelope.signature = bytes(64)
+        await h.refusal(envelope)
+        refusals = _metric(observed.metrics, "fedgate.gateway.refusals")
+        assert refusals.unit == "{refusal}"
+        points = {
+            (p.attributes or {}).get("fedgate.reason"): p.value for p in refusals.data.data_points
+        }
+        assert points.get("SIGNATURE_INVALID", 0) >= 1
+        latency = _metric(observed.metrics, "fedgate.gateway.audit.append.duration")
+        assert latency.unit == "s"
+        legs = {(p.attributes or {}).get("fedgate.audit.leg") for p in latency.data.data_points}
+        assert legs == {"request", "response"}
+
+
+class TestPrometheus:
+    async def test_text_format_has_units_and_buckets(self) -> None:
+        reader = InMemoryMetricReader()
+        provider = MeterProvider(metric_readers=[reader])
+        telemetry = GatewayTelemetry(meter_provider=provider)
+        telemetry.record_request(0.003, action="account_holder", target="bank.icbc", outcome="ok")
+        telemetry.record_refusal(reason="STALE", stage="freshness")
+        text = render_prometheus(reader.get_metrics_data())
+        provider.shutdown()
+        assert "# TYPE fedgate_gateway_request_duration_seconds histogram" in text
+        assert (
+            'fedgate_gateway_request_duration_seconds_bucket{fedgate_action="account_holder"'
+            in text
+        )
+        assert 'le="+Inf"} 1' in text
+        assert "# TYPE fedgate_gateway_refusals_total counter" in text
+        assert (
+            'fedgate_gateway_refusals_total{fedgate_reason="STALE",fedgate_stage="freshness"} 1'
+            in text
+        )
+
+    async def test_configured_gateway_serves_metrics_on_loopback(
+        self, observed: Observed, tmp_path: Path
+    ) -> None:
+        h = observed.harness
+        config = dataclasses.replace(
+            h.config(),
+            pipeline=PipelineConfig(state_dir=tmp_path / "state"),
+            telemetry=TelemetryConfig(prometheus_listen="127.0.0.1:0"),
+        )
+        gateway = await Gateway.start(config)
+        try:
+            async with FedgateClient.from_federation(
+                h.federation, MemberId("police.gd.afc"), endpoint=gateway.endpoint
+            ) as client:
+                assert (await client.submit(h.request())).answer is not None
+            assert gateway.prometheus_port
+            reader, writer = await asyncio.open_connection("127.0.0.1", gateway.prometheus_port)
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            await writer.drain()
+            reply = (await reader.read()).decode()
+            writer.close()
+        finally:
+            await gateway.stop(0.5)
+        assert reply.startswith("HTTP/1.1 200 OK")
+        assert "fedgate_gateway_request_duration_seconds_count" in reply
+        assert "fedgate_gateway_audit_append_duration_seconds_bucket" in reply
+
+    async def test_unknown_path_is_not_found(self) -> None:
+        endpoint = PrometheusEndpoint(reader=InMemoryMetricReader(), host="127.0.0.1")
+        port = await endpoint.start()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /secrets HTTP/1.1\r\n\r\n")
+            reply = (await reader.read()).decode()
+            writer.close()
+        finally:
+            await endpoint.stop()
+        assert reply.startswith("HTTP/1.1 404")
+
+
+class TestLogs:
+    async def test_identifiers_are_masked(self) -> None:
+        text = mask_identifiers(
+            "card 6222020031492469742, phone 13812345678, id 44010619880517001X"
+        )
+        assert "6222020031492469742" not in text
+        assert "13812345678" not in text
+        assert "44010619880517001X" not in text
+        assert "138****5678" in text
+
+    async def test_json_lines_mask_messages_and_fields(self) -> None:
+        record = logging.LogRecord(
+            "gateway", logging.INFO, __file__, 1, "asked about %s", ("13812345678",), None
+        )
+        record.fields = {"account": "6222020031492469742", "peer": "police.gd.afc"}
+        line = json.loads(JsonLogFormatter().format(record))
+        assert line["message"] == "asked about 138****5678"
+        assert line["fields"]["account"] == "6222***********9742"
+        assert line["fields"]["peer"] == "police.gd.afc"
+        assert line["level"] == "INFO"
