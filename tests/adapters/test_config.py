@@ -1,0 +1,102 @@
+"""Node configuration: TOML with relative paths, environment overrides, checked options."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from adapters.config import ActionMode, NodeConfig, load_config
+from fedgate.errors import InvalidArgument
+from fedgate.types import MemberId
+
+FILE = """
+member = "bank.icbc"
+federation = "../fed"
+state = "state/icbc"
+staff = ["icbc.zhang", "icbc.li"]
+
+[backend]
+kind = "reference"
+path = "data/bank.icbc.sqlite"
+
+[actions]
+default = "automatic"
+transactions = "manual"
+
+[queue]
+deadline_minutes = 60
+reminder_minutes = 5
+"""
+
+_BASE = 'member = "bank.icbc"\nfederation = "f"\nstate = "s"\n'
+
+
+class TestLoadConfig:
+    def test_a_file_with_relative_paths(self, tmp_path: Path) -> None:
+        path = tmp_path / "conf" / "node.toml"
+        path.parent.mkdir()
+        path.write_text(FILE, encoding="utf-8")
+        config = load_config(path, env={})
+        assert config.member_id == "bank.icbc"
+        assert config.federation_dir == (tmp_path / "fed").resolve()
+        assert config.state_dir == (tmp_path / "conf" / "state" / "icbc").resolve()
+        assert config.backend_path == (tmp_path / "conf" / "data" / "bank.icbc.sqlite").resolve()
+        assert config.staff == ("icbc.zhang", "icbc.li")
+        assert config.mode_of("transactions") is ActionMode.MANUAL
+        assert config.mode_of("account_holder") is ActionMode.AUTOMATIC
+        assert config.queue_deadline == timedelta(hours=1)
+        assert config.reminder == timedelta(minutes=5)
+        assert config.listen is None
+
+    def test_environment_overrides_the_file(self, tmp_path: Path) -> None:
+        path = tmp_path / "node.toml"
+        path.write_text(FILE, encoding="utf-8")
+        env = {
+            "FEDGATE_NODE_LISTEN": "127.0.0.1:6000",
+            "FEDGATE_NODE_STAFF": "icbc.wu, icbc.zhao",
+            "FEDGATE_NODE_MODE_ACCOUNT_HOLDER": "manual",
+            "FEDGATE_NODE_DEFAULT_MODE": "manual",
+            "FEDGATE_NODE_QUEUE_DEADLINE_MINUTES": "30",
+        }
+        config = load_config(path, env=env)
+        assert config.listen == "127.0.0.1:6000"
+        assert config.staff == ("icbc.wu", "icbc.zhao")
+        assert config.mode_of("account_holder") is ActionMode.MANUAL
+        assert config.mode_of("freeze") is ActionMode.MANUAL
+        assert config.queue_deadline == timedelta(minutes=30)
+
+    def test_to_toml_reads_back(self, tmp_path: Path) -> None:
+        config = NodeConfig(
+            member_id=MemberId("bank.ccb"),
+            federation_dir=tmp_path / "fed",
+            state_dir=tmp_path / "state",
+            listen="127.0.0.1:0",
+            staff=("ccb.wang",),
+            backend_path=tmp_path / "ccb.sqlite",
+            modes={"freeze": ActionMode.MANUAL},
+            reminder=timedelta(minutes=10),
+        )
+        path = tmp_path / "node.toml"
+        path.write_text(config.to_toml(), encoding="utf-8")
+        assert load_config(path, env={}) == config
+
+    @pytest.mark.parametrize(
+        ("text", "message"),
+        [
+            ('federation = "f"\nstate = "s"', "member is required"),
+            ('member = "Bank!"\nfederation = "f"\nstate = "s"', "invalid member id"),
+            ('member = "bank.icbc"\nstate = "s"', "federation is required"),
+            (_BASE + '[actions]\nteleport = "manual"', "unknown action"),
+            (_BASE + '[actions]\nfreeze = "maybe"', "use 'automatic' or 'manual'"),
+            ('member = "bank.icbc"\nfederation = "f"\nstate = "s"\nstaff = ["x"]', "staff id"),
+            (_BASE + "[queue]\nreminder_minutes = 2000", "reminder"),
+            ("member = ", "not valid TOML"),
+        ],
+    )
+    def test_bad_options_are_named(self, tmp_path: Path, text: str, message: str) -> None:
+        path = tmp_path / "node.toml"
+        path.write_text(text, encoding="utf-8")
+        with pytest.raises(InvalidArgument, match=message):
+            load_config(path, env={})

@@ -1,0 +1,288 @@
+"""The staff console in a real browser (Debian's chromium driven by Playwright) against a real
+bank node: a query from the police appears live, a staff member claims and confirms it, and the
+police side gets the signed answer; another bank's staff see nothing; Chinese renders.
+
+Playwright's sync API runs in one dedicated thread (one browser for the module); the tests'
+event loop keeps serving the node and the console meanwhile. Screenshots of each page go to
+``tests/artifacts/screenshots/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from adapters.console_node import start_staff_console
+from fedgate.v1 import request_pb2
+from fedgate.web.app import Console
+from fedgate.web.auth import Role, ScryptParams, UserStore
+from fedgate.web.serve import EmbeddedServer
+from fedgate.web.text import mask_identifier
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
+PASSWORD = "correct horse battery"
+FAST = ScryptParams(n=2**10, r=8, p=1)
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="chromium not found at /usr/bin/chromium: run scripts/install-browser.sh",
+    ),
+]
+
+_T = TypeVar("_T")
+
+
+class BrowserThread:
+    """Playwright's sync API confined to one thread; ``run`` awaits a step done there."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chromium")
+        self._playwright: Any = None
+        self.browser: Any = None
+
+    def _launch(self) -> None:
+        from playwright.sync_api import sync_playwright
+
+        self._playwright = sync_playwright().start()
+        self.browser = self._playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+
+    def _close(self) -> None:
+        self.browser.close()
+        self._playwright.stop()
+
+    def start(self) -> None:
+        self._pool.submit(self._launch).result()
+
+    def stop(self) -> None:
+        self._pool.submit(self._close).result()
+        self._pool.shutdown()
+
+    async def run(self, step: Callable[..., _T], *args: Any) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, step, *args)
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[BrowserThread]:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    thread = BrowserThread()
+    thread.start()
+    yield thread
+    thread.stop()
+
+
+def add_staff(state_dir: Path, member: str, *users: str) -> None:
+    store = UserStore.in_state_dir(state_dir)
+    for user in users:
+        store.add_user(
+            user, member_id=member, display_name="张三", role=Role.STAFF, password=PASSWORD,
+            params=FAST,
+        )  # fmt: skip
+    store.close()
+
+
+# -- steps run in the browser thread -------------------------------------------------------------
+
+
+def new_page(browser: Any, *, javascript: bool = True) -> Any:
+    context = browser.new_context(
+        locale="zh-CN", viewport={"width": 1366, "height": 860}, java_script_enabled=javascript
+    )
+    return context.new_page()
+
+
+def login(page: Any, url: str, user: str) -> None:
+    page.goto(f"{url}/login")
+    page.fill("#user", user)
+    page.fill("#password", PASSWORD)
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"{url}/")
+
+
+def shot(page: Any, name: str) -> None:
+    page.screenshot(path=str(SHOTS / name), full_page=True)
+
+
+class TestStaffConsoleInTheBrowser:
+    async def test_staff_answer_a_police_query(
+        self, chromium: BrowserThread, bank_node: Any, kit: Any
+    ) -> None:
+        icbc = await bank_node("bank.icbc", manual={"account_holder"})
+        ccb = await bank_node("bank.ccb", manual={"account_holder"}, staff=("ccb.zhao",))
+        add_staff(Path(icbc.config.state_dir), "bank.icbc", "icbc.zhang")
+        add_staff(Path(ccb.config.state_dir), "bank.ccb", "ccb.zhao")
+        icbc_web = await start_staff_console(icbc, poll_seconds=0.3)
+        ccb_web = await start_staff_console(ccb, poll_seconds=0.3)
+        page = await chromium.run(new_page, chromium.browser)
+        try:
+            url = icbc_web.url
+
+            def open_empty_queue() -> str:
+                page.goto(f"{url}/")
+                shot(page, "staff-login.png")
+                login(page, url, "icbc.zhang")
+                page.evaluate("() => { window.fedgateMarker = 'no reload'; }")
+                shot(page, "staff-queue-empty.png")
+                return str(page.inner_text("#queue tbody"))
+
+            assert "队列为空" in await chromium.run(open_empty_queue)
+
+            # The police submit a query; it appears on the open page by itself.
+            _, hop = kit.hop_into("bank.icbc")
+            request = kit.request("account_holder")
+            request.account_holder.account_number = hop.to_account
+            envelope = kit.sign(request)
+            link = kit.link(icbc)
+            assert (await link.handle(envelope)).HasField("queued")
+            rid = request.request_id
+
+            def see_it_arrive() -> tuple[str, str, str]:
+                page.wait_for_selector(f"#row-{rid}", timeout=10_000)
+                marker = page.evaluate("() => window.fedgateMarker")
+                first = page.inner_text(f"#row-{rid} .countdown")
+                page.wait_for_function(
+                    "([sel, text]) => document.querySelector(sel).textContent !== text",
+                    arg=[f"#row-{rid} .countdown", first],
+                    timeout=5_000,
+                )
+                second = page.inner_text(f"#row-{rid} .countdown")
+                shot(page, "staff-queue.png")
+                return str(marker), str(page.inner_text(f"#row-{rid}")), f"{first}|{second}"
+
+            marker, row, countdowns = await chromium.run(see_it_arrive)
+            assert marker == "no reload"
+            assert mask_identifier(hop.to_account) in row
+            assert hop.to_account not in row
+            assert "主体查询" in row
+            first, second = countdowns.split("|")
+            assert first.startswith("剩余 ")
+            assert first != second
+
+            def claim_and_confirm() -> tuple[str, str]:
+                page.click(f"#claim-{rid}")
+                page.wait_for_url(f"{url}/items/{rid}?notice=claimed")
+                shot(page, "staff-item.png")
+                details = str(page.inner_text("main"))
+                page.click("#confirm")
+                page.wait_for_url(f"{url}/?notice=answered")
+                shot(page, "staff-answered.png")
+                page.goto(f"{url}/history")
+                shot(page, "staff-history.png")
+                return details, str(page.inner_text("main"))
+
+            details, history = await chromium.run(claim_and_confirm)
+            assert hop.to_account in details
+            assert hop.to_name in details
+            assert request.case.case_number in history
+
+            result = await link.get_result(rid)
+            response = kit.verify_signed(envelope, result.response)
+            assert response.status == request_pb2.RESPONSE_STATUS_OK
+            assert response.answered_by == "icbc.zhang"
+            assert response.account_holder.account_name == hop.to_name
+
+            # Another bank's staff, even without JavaScript, see an empty queue and no query.
+            def other_bank() -> tuple[str, str]:
+                other = new_page(chromium.browser, javascript=False)
+                login(other, ccb_web.url, "ccb.zhao")
+                queue = str(other.inner_text("main"))
+                shot(other, "staff-other-bank.png")
+                other.goto(f"{ccb_web.url}/items/{rid}")
+                missing = str(other.inner_text("main"))
+                other.context.close()
+                return queue, missing
+
+            queue, missing = await chromium.run(other_bank)
+            assert "队列为空" in queue
+            assert "没有这个页面或记录" in missing
+
+            def english() -> str:
+                page.goto(f"{url}/?lang=en")
+                shot(page, "staff-queue-en.png")
+                return str(page.inner_text("header"))
+
+            assert "Staff console" in await chromium.run(english)
+        finally:
+            await chromium.run(lambda: page.context.close())
+            await icbc_web.stop()
+            await ccb_web.stop()
+
+    async def test_chinese_text_renders_with_a_cjk_font(
+        self, chromium: BrowserThread, tmp_path: Path
+    ) -> None:
+        users = UserStore.in_state_dir(tmp_path)
+        shell = Console(
+            title_key="app.staff_title",
+            member_id="bank.icbc",
+            role=Role.STAFF,
+            users=users,
+            state_dir=tmp_path,
+        )
+        server = EmbeddedServer(shell.build([]))
+        await server.start()
+
+        def measure() -> dict[str, Any]:
+            page = new_page(chromium.browser)
+            page.goto(f"{server.url}/login")
+            heading = page.locator("h1")
+            shot(page, "cjk-login.png")
+            real = heading.screenshot(path=str(SHOTS / "cjk-heading.png"))
+            # The same heading in code points no font has: what missing glyphs look like.
+            page.evaluate(
+                "() => { const h = document.querySelector('h1');"
+                " h.textContent = '\\u{10FFFD}'.repeat([...h.textContent].length); }"
+            )
+            tofu = heading.screenshot()
+            glyphs = page.evaluate(
+                """() => {
+                  const font = getComputedStyle(document.body).fontFamily;
+                  const draw = (text) => {
+                    const canvas = document.createElement('canvas');
+                    canvas.width = 64; canvas.height = 64;
+                    const ctx = canvas.getContext('2d');
+                    ctx.font = '48px ' + font;
+                    ctx.fillStyle = '#000';
+                    ctx.fillText(text, 4, 52);
+                    const data = ctx.getImageData(0, 0, 64, 64).data;
+                    let inked = 0;
+                    for (let i = 3; i < data.length; i += 4) if (data[i] > 0) inked++;
+                    return {inked, url: canvas.toDataURL()};
+                  };
+                  return {zhong: draw('中'), wen: draw('文'), tofu: draw('\\u{10FFFD}')};
+                }"""
+            )
+            page.context.close()
+            return {"real": real, "tofu": tofu, "glyphs": glyphs}
+
+        try:
+            seen = await chromium.run(measure)
+        finally:
+            await server.stop()
+            users.close()
+        glyphs = seen["glyphs"]
+        assert seen["real"] != seen["tofu"], "the Chinese heading renders as missing glyphs"
+        # Two different characters drawn in the page's font look different, and neither looks
+        # like a missing glyph; both actually put ink on the canvas.
+        assert glyphs["zhong"]["url"] != glyphs["wen"]["url"]
+        assert glyphs["zhong"]["url"] != glyphs["tofu"]["url"]
+        assert glyphs["wen"]["url"] != glyphs["tofu"]["url"]
+        assert glyphs["zhong"]["inked"] > 100
+        assert glyphs["wen"]["inked"] > 100
