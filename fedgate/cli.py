@@ -11,7 +11,16 @@ from fedgate.errors import FedgateError
 
 __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 
-COMMAND_MODULES: tuple[str, ...] = ("pki", "registry", "policy")
+COMMAND_MODULES: tuple[str, ...] = (
+    "pki",
+    "registry",
+    "policy",
+    "staff",
+    "query",
+    "order",
+    "ticket",
+    "up",
+)
 """Modules under ``fedgate.commands``; each has ``register(subparsers)``."""
 
 

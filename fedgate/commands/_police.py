@@ -1,0 +1,640 @@
+"""What the police commands share: options, value parsing, sending, and exit codes.
+
+``fedgate query …`` and ``fedgate order …`` subcommands are :class:`ActionCommand` values: the
+options of their action and a function that builds the action message. This module adds the
+request header options (officer, case, legal document, urgency, purpose, deadline), signs the
+request as the member, keeps a copy of the signed envelope (so that a ticket's answer can be
+verified later, by another process), submits it and prints the verified outcome.
+
+The CLI checks syntax only (times, amounts, choices); the gateway validates the request and
+its refusal names each bad field, which is printed.
+
+Exit codes (stable, for scripts):
+
+==  =======================================================================================
+ 0  the agency answered OK
+ 1  the agency answered REFUSED, NOT_FOUND, INVALID or EXPIRED (or a ticket expired)
+ 2  usage or local error (bad option, missing credentials, unwritable state)
+ 3  refused by the gateway: policy, business rule, validation, quota, replay, signature
+ 4  unavailable: the gateway, the agency or the audit log could not serve the request
+ 5  the answer FAILED VERIFICATION (forged or bound to another request): do not act on it
+10  queued for the agency's staff: a ticket was issued, follow it with ``fedgate ticket``
+==  =======================================================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import enum
+import functools
+import os
+import re
+import sys
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from fedgate.actions import target_kind_of
+from fedgate.client import Answer, FedgateClient
+from fedgate.errors import (
+    AgencyFault,
+    AgencyUnavailable,
+    AuditUnavailable,
+    DecodeError,
+    Expired,
+    FedgateError,
+    InvalidArgument,
+    LogInconsistent,
+    RegistryError,
+)
+from fedgate.registry import Registry
+from fedgate.render import CST, Outcome, render_json, render_text, request_document
+from fedgate.types import MemberId
+from fedgate.v1 import common_pb2, envelope_pb2, request_pb2
+from fedgate.validate import bank_of_card, carrier_of_mobile
+
+__all__ = [
+    "CITING_ACTIONS",
+    "DEFAULT_FEDERATION",
+    "DEFAULT_MEMBER",
+    "EXIT_CODES_EPILOG",
+    "ActionCommand",
+    "ExitCode",
+    "PoliceParser",
+    "SentStore",
+    "add_connection_options",
+    "answer_outcome",
+    "emit",
+    "exit_code_for_refusal",
+    "exit_code_for_status",
+    "failure_outcome",
+    "local_error",
+    "money",
+    "open_client",
+    "parse_amount",
+    "parse_duration",
+    "parse_request_id",
+    "parse_time",
+    "register_group",
+    "sent_store",
+    "timestamp",
+]
+
+DEFAULT_FEDERATION = "state/federation"
+DEFAULT_MEMBER = "police.gd.afc"
+CITING_ACTIONS = frozenset(
+    {
+        "stop_payment_release",
+        "stop_payment_extend",
+        "freeze_release",
+        "freeze_renew",
+        "monitor_stop",
+    }
+)
+"""Actions that cite the original order (``--original`` is required)."""
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    AGENCY_DECLINED = 1
+    USAGE = 2
+    REFUSED = 3
+    UNAVAILABLE = 4
+    VERIFICATION_FAILED = 5
+    QUEUED = 10
+
+
+EXIT_CODES_EPILOG = """\
+exit codes:
+   0  the agency answered OK
+   1  the agency answered REFUSED, NOT_FOUND, INVALID or EXPIRED (or the ticket expired)
+   2  usage or local error (bad option, missing credentials, unwritable state)
+   3  refused by the gateway: policy, business rule, validation, quota, replay, signature
+   4  unavailable: the gateway, the agency or the audit log could not serve the request
+   5  the answer FAILED VERIFICATION (forged or mis-bound): do not act on it
+  10  queued for the agency's staff: follow the ticket with `fedgate ticket watch ID`
+
+times: ISO 8601 (2026-11-27T10:00:00+08:00; without an offset China Standard Time is meant),
+`now`, or relative to now (-30d, +2h, -15m, +90s, -1w). Amounts: yuan, up to 2 decimals.
+environment: FEDGATE_FEDERATION, FEDGATE_MEMBER, FEDGATE_SENT_DIR, FEDGATE_OFFICER_ID,
+FEDGATE_OFFICER_NAME, FEDGATE_OFFICER_ROLE, FEDGATE_OFFICER_PHONE, FEDGATE_OFFICER_ID_NUMBER.
+"""
+
+_ROLES: dict[str, common_pb2.Role.ValueType] = {
+    "investigator": common_pb2.ROLE_POLICE_INVESTIGATOR,
+    "duty_officer": common_pb2.ROLE_POLICE_DUTY_OFFICER,
+    "supervisor": common_pb2.ROLE_CENTRE_SUPERVISOR,
+    "analyst": common_pb2.ROLE_CENTRAL_BANK_ANALYST,
+}
+_CASE_TYPES: dict[str, common_pb2.CaseType.ValueType] = {
+    "telecom_fraud": common_pb2.CASE_TYPE_TELECOM_FRAUD,
+    "aiding_cybercrime": common_pb2.CASE_TYPE_AIDING_CYBERCRIME,
+    "concealing_proceeds": common_pb2.CASE_TYPE_CONCEALING_PROCEEDS,
+    "other": common_pb2.CASE_TYPE_OTHER,
+}
+_DOC_KINDS: dict[str, common_pb2.LegalDocumentKind.ValueType] = {
+    "case_filing": common_pb2.LEGAL_DOCUMENT_KIND_CASE_FILING_DECISION,
+    "query_notice": common_pb2.LEGAL_DOCUMENT_KIND_QUERY_NOTICE,
+    "stop_payment_notice": common_pb2.LEGAL_DOCUMENT_KIND_STOP_PAYMENT_NOTICE,
+    "freeze_notice": common_pb2.LEGAL_DOCUMENT_KIND_FREEZE_NOTICE,
+    "release_notice": common_pb2.LEGAL_DOCUMENT_KIND_RELEASE_NOTICE,
+    "evidence_notice": common_pb2.LEGAL_DOCUMENT_KIND_EVIDENCE_NOTICE,
+    "countermeasure_order": common_pb2.LEGAL_DOCUMENT_KIND_COUNTERMEASURE_ORDER,
+}
+_URGENCIES: dict[str, common_pb2.Urgency.ValueType] = {
+    "routine": common_pb2.URGENCY_ROUTINE,
+    "urgent": common_pb2.URGENCY_URGENT,
+    "emergency": common_pb2.URGENCY_EMERGENCY,
+}
+
+# ----------------------------------------------------------------------------- parsing
+
+_RELATIVE = re.compile(r"([+-])(\d+)([smhdw])")
+_DURATION = re.compile(r"(?:\d+[smhdw])+")
+_DURATION_PART = re.compile(r"(\d+)([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_AMOUNT = re.compile(r"[0-9]+(?:\.[0-9]{1,2})?")
+_MAX_INT64 = 2**63 - 1
+_NEGATIVE_VALUE = re.compile(r"^-\d+$|^-\d*\.\d+$|^-\d+[smhdw]$")
+
+
+def parse_time(text: str, *, now: datetime | None = None) -> datetime:
+    """A timezone-aware time from ISO 8601, ``now`` or ``±N[smhdw]`` relative to now.
+
+    ISO times without an offset are China Standard Time. Raises ``ArgumentTypeError``."""
+    now = now or datetime.now(UTC)
+    value = text.strip()
+    if value == "now":
+        return now
+    relative = _RELATIVE.fullmatch(value)
+    if relative is not None:
+        sign, count, unit = relative.groups()
+        delta = timedelta(**{_UNITS[unit]: int(count)})
+        return now + delta if sign == "+" else now - delta
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a time: use ISO 8601 (2026-11-27T10:00:00+08:00), now, or -30d"
+        ) from exc
+    return parsed if parsed.utcoffset() is not None else parsed.replace(tzinfo=CST)
+
+
+def parse_duration(text: str) -> timedelta:
+    """``24h``, ``30m``, ``1d12h``, ``2w`` as a positive ``timedelta``; ``ArgumentTypeError``."""
+    value = text.strip()
+    if _DURATION.fullmatch(value) is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 24h, 30m or 1d12h")
+    total = timedelta()
+    for count, unit in _DURATION_PART.findall(value):
+        total += timedelta(**{_UNITS[unit]: int(count)})
+    if total <= timedelta():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive duration")
+    return total
+
+
+def parse_amount(text: str) -> int:
+    """An amount in yuan (``1234.56``, at most 2 decimals) as fen; ``ArgumentTypeError``."""
+    value = text.strip()
+    if _AMOUNT.fullmatch(value) is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an amount in yuan: digits with at most 2 decimals, e.g. 1234.56"
+        )
+    try:
+        fen = int(Decimal(value) * 100)
+    except InvalidOperation as exc:  # pragma: no cover - the pattern admits only decimals
+        raise argparse.ArgumentTypeError(f"{text!r} is not an amount") from exc
+    if fen > _MAX_INT64:
+        raise argparse.ArgumentTypeError(f"{text!r} is too large an amount")
+    return fen
+
+
+def parse_request_id(text: str) -> str:
+    """A request or ticket id in canonical UUID form; ``ArgumentTypeError`` otherwise."""
+    try:
+        value = str(uuid.UUID(text.strip()))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a request id (a UUID)") from exc
+    return value
+
+
+def timestamp(at: datetime) -> Timestamp:
+    """``at`` as a protobuf ``Timestamp``."""
+    ts = Timestamp()
+    ts.FromDatetime(at)
+    return ts
+
+
+def money(fen: int, currency: str = "CNY") -> common_pb2.Money:
+    """``fen`` minor units of ``currency``."""
+    return common_pb2.Money(currency=currency, minor_units=fen)
+
+
+# ----------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True, slots=True)
+class ActionCommand:
+    """One ``query``/``order`` subcommand: its action, its options and the action builder.
+
+    ``subject`` returns the card or mobile number the target agency is inferred from when
+    ``--target`` is not given (None: ``--target`` is required)."""
+
+    name: str
+    action: str
+    help: str
+    arguments: Callable[[argparse._ActionsContainer], None]
+    build: Callable[[argparse.Namespace], Message]
+    subject: Callable[[argparse.Namespace], str | None] | None = None
+    urgency: str = "routine"
+    doc_kind: str = "query_notice"
+
+
+def add_connection_options(parser: argparse.ArgumentParser, *, timeout: float | None) -> None:
+    """``--federation``, ``--member``, ``--endpoint``, ``--sent-dir``, ``--json``, ``--timeout``."""
+    group = parser.add_argument_group("connection")
+    group.add_argument(
+        "--federation",
+        type=Path,
+        metavar="DIR",
+        help=f"federation directory (default: $FEDGATE_FEDERATION or {DEFAULT_FEDERATION})",
+    )
+    group.add_argument(
+        "--member", help=f"act as this member (default: $FEDGATE_MEMBER or {DEFAULT_MEMBER})"
+    )
+    group.add_argument(
+        "--endpoint", metavar="HOST:PORT", help="gateway address (default: from the registry)"
+    )
+    group.add_argument(
+        "--sent-dir",
+        type=Path,
+        metavar="DIR",
+        help="where signed requests are kept (default: $FEDGATE_SENT_DIR or sent/ next to the"
+        " federation directory)",
+    )
+    group.add_argument("--json", action="store_true", help="print one JSON object")
+    shown = "none" if timeout is None else f"{timeout:g}"
+    group.add_argument(
+        "--timeout", type=float, default=timeout, metavar="SECONDS", help=f"(default {shown})"
+    )
+
+
+def _add_request_options(parser: argparse.ArgumentParser, command: ActionCommand) -> None:
+    target = parser.add_argument_group("target and officer")
+    inferred = " (default: from the card's or number's issuer)" if command.subject else ""
+    target.add_argument(
+        "--target", metavar="MEMBER", required=command.subject is None, help=f"agency{inferred}"
+    )
+    target.add_argument("--officer-id", help="badge number 警号 ($FEDGATE_OFFICER_ID)")
+    target.add_argument("--officer-name", help="name ($FEDGATE_OFFICER_NAME)")
+    target.add_argument(
+        "--officer-role", choices=sorted(_ROLES), help="role ($FEDGATE_OFFICER_ROLE, investigator)"
+    )
+    target.add_argument("--officer-phone", help="phone ($FEDGATE_OFFICER_PHONE)")
+    target.add_argument("--officer-id-number", help="resident ID ($FEDGATE_OFFICER_ID_NUMBER)")
+    target.add_argument("--second-officer-id", help="second officer 协查人 badge number")
+    target.add_argument("--second-officer-name", help="second officer's name")
+    target.add_argument("--second-officer-phone", help="second officer's phone")
+
+    case = parser.add_argument_group("case and legal document")
+    case.add_argument("--case", metavar="CASE_NUMBER", help="case number 案件编号")
+    case.add_argument(
+        "--case-type", choices=sorted(_CASE_TYPES), default="telecom_fraud", help="(telecom_fraud)"
+    )
+    case.add_argument("--case-reason", metavar="TEXT", help="案由, the reason of the case")
+    case.add_argument(
+        "--doc-kind",
+        choices=sorted(_DOC_KINDS),
+        default=command.doc_kind,
+        help=f"({command.doc_kind})",
+    )
+    case.add_argument("--doc-number", metavar="TEXT", help="文书号 as printed on the document")
+    case.add_argument("--doc-issued", type=parse_time, metavar="TIME", help="when it was issued")
+    case.add_argument(
+        "--urgency",
+        choices=sorted(_URGENCIES),
+        default=command.urgency,
+        help=f"({command.urgency})",
+    )
+    case.add_argument("--purpose", metavar="TEXT", help="why the data is needed (required)")
+    case.add_argument(
+        "--deadline", type=parse_duration, default=timedelta(hours=24), help="answer due in (24h)"
+    )
+    case.add_argument(
+        "--original",
+        type=parse_request_id,
+        metavar="REQUEST_ID",
+        required=command.action in CITING_ACTIONS,
+        help="the original order this one cites",
+    )
+    case.add_argument(
+        "--dry-run", action="store_true", help="print the signed request as JSON; do not send it"
+    )
+
+
+class PoliceParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that takes ``-30d`` (a relative time) as a value, as it takes
+    ``-5``, instead of as an unknown option."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = _NEGATIVE_VALUE
+
+
+def register_group(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    *,
+    name: str,
+    help: str,
+    description: str,
+    commands: tuple[ActionCommand, ...],
+) -> None:
+    """Add ``fedgate <name> <command>`` for each of ``commands``."""
+    formatter = argparse.RawDescriptionHelpFormatter
+    group = subparsers.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=EXIT_CODES_EPILOG,
+        formatter_class=formatter,
+    )
+    sub = group.add_subparsers(
+        dest=f"{name}_command", required=True, metavar="COMMAND", parser_class=PoliceParser
+    )
+    for command in commands:
+        parser = sub.add_parser(
+            command.name,
+            help=command.help,
+            description=f"{command.help} (action {command.action})",
+            epilog=EXIT_CODES_EPILOG,
+            formatter_class=formatter,
+        )
+        command.arguments(parser.add_argument_group(f"{command.name} options"))
+        _add_request_options(parser, command)
+        add_connection_options(parser, timeout=15.0)
+        parser.set_defaults(func=functools.partial(_run_action, command))
+
+
+# ----------------------------------------------------------------------------- state
+
+
+class SentStore:
+    """Signed request envelopes this member sent, one file ``<request id>.bin`` each (0600).
+
+    The client keeps sent bytes in memory only; a ticket's answer is bound to those exact
+    bytes, so a later ``fedgate ticket`` reads them from here to verify the answer."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def path(self, request_id: str) -> Path:
+        return self.directory / f"{parse_request_id(request_id)}.bin"
+
+    def save(self, request_id: str, envelope: envelope_pb2.SignedEnvelope) -> Path:
+        """Write atomically; raises ``OSError``."""
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = self.path(request_id)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(envelope.SerializeToString())
+        os.replace(tmp, path)
+        return path
+
+    def load(self, request_id: str) -> bytes | None:
+        """The request body sent under ``request_id``, or None if it was not kept here.
+
+        Raises ``DecodeError`` when the file is not a signed request with that id."""
+        path = self.path(request_id)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        envelope = envelope_pb2.SignedEnvelope()
+        request = request_pb2.Request()
+        try:
+            envelope.ParseFromString(raw)
+            request.ParseFromString(envelope.body)
+        except Exception as exc:  # protobuf raises its own DecodeError (a subclass of Exception)
+            raise DecodeError(f"{path} is not a signed request") from exc
+        if request.request_id != parse_request_id(request_id):
+            raise DecodeError(f"{path} holds request {request.request_id!r}, not {request_id}")
+        return envelope.body
+
+
+def _federation(args: argparse.Namespace) -> Path:
+    return Path(args.federation or os.environ.get("FEDGATE_FEDERATION") or DEFAULT_FEDERATION)
+
+
+def sent_store(args: argparse.Namespace) -> SentStore:
+    """The sent-request store for these options."""
+    chosen = args.sent_dir or os.environ.get("FEDGATE_SENT_DIR")
+    return SentStore(Path(chosen) if chosen else _federation(args).parent / "sent")
+
+
+def open_client(args: argparse.Namespace) -> FedgateClient:
+    """A client for ``--member`` of ``--federation``; raises ``RegistryError``. Call it inside
+    a running event loop (the gRPC channel binds to it)."""
+    member = MemberId(args.member or os.environ.get("FEDGATE_MEMBER") or DEFAULT_MEMBER)
+    try:
+        return FedgateClient.from_federation(_federation(args), member, endpoint=args.endpoint)
+    except OSError as exc:
+        raise RegistryError(f"cannot load the federation: {exc}") from exc
+
+
+# ----------------------------------------------------------------------------- outcomes
+
+
+def exit_code_for_status(status: request_pb2.ResponseStatus.ValueType) -> ExitCode:
+    """The exit code for a verified answer with ``status``."""
+    if status == request_pb2.RESPONSE_STATUS_OK:
+        return ExitCode.OK
+    if status == request_pb2.RESPONSE_STATUS_PENDING:
+        return ExitCode.QUEUED
+    return ExitCode.AGENCY_DECLINED
+
+
+_UNAVAILABLE_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+
+def exit_code_for_refusal(error: FedgateError) -> ExitCode:
+    """The exit code for an error the gateway returned (not one raised locally)."""
+    if isinstance(error, Expired):
+        return ExitCode.AGENCY_DECLINED
+    if isinstance(error, AgencyUnavailable | AgencyFault | AuditUnavailable | LogInconsistent):
+        return ExitCode.UNAVAILABLE
+    if error.code in _UNAVAILABLE_CODES:
+        return ExitCode.UNAVAILABLE
+    return ExitCode.REFUSED
+
+
+_KIND = {
+    ExitCode.AGENCY_DECLINED: "expired",
+    ExitCode.UNAVAILABLE: "unavailable",
+    ExitCode.REFUSED: "refused",
+}
+
+
+def failure_outcome(error: Exception, request_id: str) -> Outcome:
+    """What a failed submit/get/watch means: an error rebuilt from the gateway's status is a
+    refusal or an outage; anything raised locally is a failed verification of the answer."""
+    if isinstance(error, FedgateError) and isinstance(error.__cause__, grpc.RpcError):
+        code = exit_code_for_refusal(error)
+        return Outcome(_KIND[code], code, request_id, error=error)
+    return Outcome("verification_failed", ExitCode.VERIFICATION_FAILED, request_id, error=error)
+
+
+def answer_outcome(answer: Answer, *, hints: tuple[str, ...] = ()) -> Outcome:
+    """The outcome of a verified answer."""
+    code = exit_code_for_status(answer.response.status)
+    return Outcome("answered", code, answer.response.request_id, answer=answer, hints=hints)
+
+
+def emit(
+    args: argparse.Namespace,
+    outcome: Outcome,
+    registry: Registry | None = None,
+    *,
+    stream: bool = False,
+) -> int:
+    """Print ``outcome`` (text, or JSON with ``--json``; one line each when ``stream``)."""
+    if args.json:
+        print(render_json(outcome, registry=registry, indent=None if stream else 2), flush=True)
+    else:
+        out, err = render_text(outcome, registry=registry)
+        sys.stdout.write(out)
+        sys.stdout.flush()
+        sys.stderr.write(err)
+    return outcome.exit_code
+
+
+def local_error(args: argparse.Namespace, error: Exception) -> int:
+    """Print a local error (exit code 2)."""
+    return emit(args, Outcome("error", ExitCode.USAGE, error=error))
+
+
+# ----------------------------------------------------------------------------- sending
+
+
+def _env(value: str | None, name: str) -> str:
+    return value or os.environ.get(name, "")
+
+
+def _person(args: argparse.Namespace) -> common_pb2.Person:
+    role = _env(args.officer_role, "FEDGATE_OFFICER_ROLE") or "investigator"
+    if role not in _ROLES:
+        raise InvalidArgument(f"officer role {role!r} is not one of {', '.join(sorted(_ROLES))}")
+    return common_pb2.Person(
+        id=_env(args.officer_id, "FEDGATE_OFFICER_ID"),
+        name=_env(args.officer_name, "FEDGATE_OFFICER_NAME"),
+        phone=_env(args.officer_phone, "FEDGATE_OFFICER_PHONE"),
+        id_number=_env(args.officer_id_number, "FEDGATE_OFFICER_ID_NUMBER"),
+        role=_ROLES[role],
+    )
+
+
+def _second_officer(args: argparse.Namespace) -> common_pb2.Person | None:
+    if not (args.second_officer_id or args.second_officer_name):
+        return None
+    return common_pb2.Person(
+        id=args.second_officer_id or "",
+        name=args.second_officer_name or "",
+        phone=args.second_officer_phone or "",
+        role=common_pb2.ROLE_POLICE_INVESTIGATOR,
+    )
+
+
+def _target(command: ActionCommand, args: argparse.Namespace) -> str:
+    if args.target:
+        return str(args.target)
+    subject = command.subject(args) if command.subject is not None else None
+    kind = target_kind_of(command.action)
+    found = None
+    if subject:
+        found = bank_of_card(subject) if kind == "bank" else carrier_of_mobile(subject)
+    if found is None:
+        what = "card number of a federation bank" if kind == "bank" else "mobile number"
+        raise InvalidArgument(f"--target is required: {subject or 'the subject'} is not a {what}")
+    return found
+
+
+def _legal_document(args: argparse.Namespace) -> common_pb2.LegalDocument:
+    doc = common_pb2.LegalDocument(kind=_DOC_KINDS[args.doc_kind], number=args.doc_number or "")
+    if args.doc_issued is not None:
+        doc.issued_at.FromDatetime(args.doc_issued)
+    return doc
+
+
+def _run_action(command: ActionCommand, args: argparse.Namespace) -> int:
+    return asyncio.run(_send(command, args))
+
+
+async def _send(command: ActionCommand, args: argparse.Namespace) -> int:
+    try:
+        action = command.build(args)
+        target = _target(command, args)
+        officer = _person(args)
+        client = open_client(args)
+    except (FedgateError, ValueError) as exc:  # protobuf refuses out-of-range integers
+        return local_error(args, exc)
+    async with client:
+        request = client.new_request(
+            action=action,
+            action_name=command.action,
+            officer=officer,
+            second_officer=_second_officer(args),
+            target=target,
+            case=common_pb2.CaseInfo(
+                case_number=args.case or "",
+                case_type=_CASE_TYPES[args.case_type],
+                reason=args.case_reason or "",
+            ),
+            legal_document=_legal_document(args),
+            purpose=args.purpose or "",
+            urgency=_URGENCIES[args.urgency],
+            deadline=args.deadline,
+            original_request_id=args.original or "",
+        )
+        envelope = client.sign(request)
+        if args.dry_run:
+            print(request_document(request, envelope))
+            return ExitCode.OK
+        try:
+            sent_store(args).save(request.request_id, envelope)
+        except OSError as exc:
+            return local_error(args, exc)
+        try:
+            submitted = await client.submit(envelope, timeout=args.timeout)
+        except (FedgateError, ValueError) as exc:
+            return emit(args, failure_outcome(exc, request.request_id), client.registry)
+        if submitted.answer is not None:
+            return emit(args, answer_outcome(submitted.answer), client.registry)
+        assert submitted.ticket is not None
+        hint = f"follow it: fedgate ticket watch {submitted.ticket.ticket_id}"
+        queued = Outcome(
+            "queued",
+            ExitCode.QUEUED,
+            request.request_id,
+            ticket=submitted.ticket,
+            hints=(hint + " (same --federation and --member)",),
+        )
+        return emit(args, queued, client.registry)
