@@ -1,0 +1,160 @@
+"""``fedgate up``, ``fedgate down`` and ``fedgate demo``: a whole federation on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from fedgate.errors import FedgateError
+from fedgate.scenario import run_scenario
+from fedgate.up import (
+    Federation,
+    demo_password,
+    prepare_state,
+    start,
+    stop,
+    stop_pids,
+    wait_healthy,
+)
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    up = subparsers.add_parser(
+        "up",
+        help="start a whole federation on loopback and run the demo scenario",
+        description="Create a state directory if there is none (PKI, registry, seeded banks and"
+        " carriers), start the gateway and every agency node, wait until all are healthy, print"
+        " the members and consoles, and run the demo scenario. Ctrl-C stops everything.",
+    )
+    up.add_argument(
+        "--state", type=Path, default=Path("state"), help="state directory (default: state)"
+    )
+    up.add_argument("--no-scenario", action="store_true", help="just run the federation")
+    up.add_argument(
+        "--background",
+        action="store_true",
+        help="leave it running and return (stop with `fedgate down`)",
+    )
+    up.set_defaults(func=_up)
+
+    down = subparsers.add_parser(
+        "down", help="stop a federation started with `fedgate up --background`"
+    )
+    down.add_argument(
+        "--state", type=Path, default=Path("state"), help="state directory (default: state)"
+    )
+    down.set_defaults(func=_down)
+
+    demo = subparsers.add_parser(
+        "demo",
+        help="smoke test: a fresh federation in a temporary directory, the scenario, then stop",
+        description="Exit 0 only if every member became healthy, every scenario step succeeded"
+        " and the audit log verified.",
+    )
+    demo.set_defaults(func=_demo)
+
+
+def _print_table(federation: Federation) -> None:
+    print(f"\n{'MEMBER':<15} {'KIND':<13} {'gRPC ENDPOINT':<17} {'CONSOLE':<24} NAME")
+    consoles = {spec.member: spec.console for spec in federation.processes}
+    for member in federation.registry.members():
+        console = consoles.get(member.id)
+        url = f"http://{console}/" if console else ""
+        running = member.id in consoles
+        endpoint = member.endpoint if running else "(not started)"
+        name = f"{member.name_zh} / {member.name_en}"
+        print(f"{member.id:<15} {member.kind.value:<13} {endpoint:<17} {url:<24} {name}")
+    staff = [s for s in federation.processes if s.console]
+    if staff:
+        example = staff[0]
+        user = f"{example.member.split('.', 1)[1]}.zhang"
+        print(
+            f"\nStaff consoles: log in as <agency>.zhang (e.g. {user} at http://{example.console}/)"
+            f" with the demo password {demo_password(federation.state)!r}"
+            f" (kept in {federation.state / 'demo-password'})."
+        )
+    print(f"Logs: {federation.state / 'logs'}/   Federation: {federation.federation_dir}/\n")
+
+
+async def _bring_up(state: Path) -> tuple[Federation, list[subprocess.Popen[bytes]]]:
+    started = time.monotonic()
+    federation = prepare_state(state, progress=lambda line: print(f"  {line}"))
+    print(f"starting {len(federation.processes)} processes …")
+    children = start(federation)
+    try:
+        await wait_healthy(federation, children, progress=print)
+    except BaseException:
+        stop(children)
+        raise
+    print(f"federation up in {time.monotonic() - started:.1f} s")
+    _print_table(federation)
+    return federation, children
+
+
+async def _scenario(federation: Federation) -> bool:
+    result = await run_scenario(
+        federation_dir=federation.federation_dir,
+        world=federation.world,
+        state=federation.state,
+        audit_db=federation.audit_db,
+    )
+    return result.ok
+
+
+def _up(args: argparse.Namespace) -> int:
+    state: Path = args.state.resolve()
+    federation, children = asyncio.run(_bring_up(state))
+    ok = True
+    try:
+        if not args.no_scenario:
+            ok = asyncio.run(_scenario(federation))
+        if args.background:
+            print(f"running in the background; stop with: fedgate down --state {args.state}")
+            return 0 if ok else 1
+        print("The federation keeps running. Press Ctrl-C to stop every process.")
+        signal.signal(signal.SIGTERM, _interrupt)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if not args.background:
+            print("\nstopping …")
+            stop(children)
+            (state / "pids.json").unlink(missing_ok=True)
+            print("stopped.")
+    return 0 if ok else 1
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _down(args: argparse.Namespace) -> int:
+    count = stop_pids(args.state.resolve())
+    print(f"stopped {count} processes" if count else f"no federation running from {args.state}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="fedgate-demo-") as tmp:
+        state = Path(tmp)
+        try:
+            federation, children = asyncio.run(_bring_up(state))
+        except FedgateError as exc:
+            print(f"fedgate demo: the federation did not come up: {exc.message}", file=sys.stderr)
+            return 1
+        try:
+            ok = asyncio.run(_scenario(federation))
+        finally:
+            stop(children)
+        print("fedgate demo:", "OK" if ok else "FAILED")
+        return 0 if ok else 1

@@ -1,0 +1,222 @@
+"""The demo scenario a newcomer follows: a victim calls, the money is stopped, the number cut.
+
+1. The victim's report: who, which account, how much, which number called them.
+2. An emergency stop-payment on the first mule account, at the bank that received the money.
+3. The registered owner of the number that called the victim, at its carrier.
+4. The suspension of that number.
+5. ``fedgate audit verify`` over the gateway's log.
+
+Each answer is printed as the police side receives it: verified signature, binding, the
+gateway's countersignature and the audit receipt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from fedgate.client import Answer, FedgateClient
+from fedgate.errors import FedgateError
+from fedgate.render import Outcome, render_text
+from fedgate.synth import FraudChain, World
+from fedgate.types import MemberId
+from fedgate.v1 import bank_pb2, carrier_pb2, common_pb2, request_pb2
+from fedgate.validate import resident_id_check_digit
+
+__all__ = ["ScenarioResult", "run_scenario"]
+
+POLICE = MemberId("police.gd.afc")
+
+
+@dataclass(frozen=True, slots=True)
+class ScenarioResult:
+    """Which steps passed; ``ok`` only if all did."""
+
+    steps: tuple[tuple[str, bool], ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(passed for _, passed in self.steps)
+
+
+def _officer() -> common_pb2.Person:
+    first17 = "44010619850312041"
+    return common_pb2.Person(
+        id="440100123",
+        name="李明",
+        id_number=first17 + resident_id_check_digit(first17),
+        phone="13800138000",
+        role=common_pb2.ROLE_POLICE_INVESTIGATOR,
+    )
+
+
+def _case(chain: FraudChain, when: str) -> common_pb2.CaseInfo:
+    return common_pb2.CaseInfo(
+        case_number=f"A440100000000{when}{chain.index + 1:05d}",
+        case_type=common_pb2.CASE_TYPE_TELECOM_FRAUD,
+        reason="冒充客服诈骗 / impersonating customer service",
+    )
+
+
+def _mask(value: str) -> str:
+    return value if len(value) <= 7 else value[:3] + "*" * (len(value) - 7) + value[-4:]
+
+
+def _pick_chain(world: World, state: Path) -> FraudChain:
+    """A chain the scenario has not used yet in this world (each run stops a new account)."""
+    marker = state / "scenario-runs"
+    runs = int(marker.read_text()) if marker.exists() else 0
+    marker.write_text(str(runs + 1))
+    return world.chains[runs % len(world.chains)]
+
+
+def _show(
+    title: str, answer: Answer | None, error: FedgateError | None, client: FedgateClient
+) -> bool:
+    print(f"\n── {title}")
+    if answer is not None:
+        outcome = Outcome(kind="answered", exit_code=0, answer=answer)
+    else:
+        outcome = Outcome(kind="refused", exit_code=3, error=error)
+    out, err = render_text(outcome, registry=client.registry)
+    print(out, end="")
+    if err:
+        print(err, end="", file=sys.stderr)
+    return answer is not None and answer.response.status == request_pb2.RESPONSE_STATUS_OK
+
+
+async def _ask(
+    client: FedgateClient, request: request_pb2.Request
+) -> tuple[Answer | None, FedgateError | None]:
+    try:
+        return await client.ask(request), None
+    except FedgateError as exc:
+        return None, exc
+
+
+async def run_scenario(
+    *, federation_dir: Path, world: World, state: Path, audit_db: Path, endpoint: str | None = None
+) -> ScenarioResult:
+    """Run the five steps against a running federation; print each; return what passed."""
+    chain = _pick_chain(world, state)
+    victim, hop = chain.victim, chain.hops[0]
+    caller = chain.fraud_numbers[0]
+    when = f"{world.now:%Y%m}"
+    steps: list[tuple[str, bool]] = []
+    print("\n══ Scenario: a fraud victim calls the anti-fraud centre")
+    print(
+        f"  victim {victim.name[0]}** ({_mask(victim.phone)}) was called by {_mask(caller.number)}"
+        f" ({caller.carrier_id}) posing as customer service, then transferred"
+        f" ¥{hop.amount_minor / 100:,.2f} from {_mask(victim.account_number)} ({victim.bank_id})"
+        f" to {_mask(hop.to_account)} ({hop.to_bank}) at {hop.ts:%H:%M:%S} UTC."
+    )
+    officer = _officer()
+    case = _case(chain, when)
+    async with FedgateClient.from_federation(federation_dir, POLICE, endpoint=endpoint) as client:
+        stop = bank_pb2.StopPaymentOrder(
+            account_number=hop.to_account,
+            account_name=hop.to_name,
+            payer_account=victim.account_number,
+            payer_name=victim.name,
+            payer_bank=victim.bank_id,
+            amount=common_pb2.Money(currency=hop.currency, minor_units=hop.amount_minor),
+            victim_application=f"报案回执 {case.case_number}",
+        )
+        stop.transfer_time.FromDatetime(hop.ts)
+        request = client.new_request(
+            action=stop,
+            officer=officer,
+            target=hop.to_bank,
+            case=case,
+            legal_document=common_pb2.LegalDocument(
+                kind=common_pb2.LEGAL_DOCUMENT_KIND_STOP_PAYMENT_NOTICE, number=f"止付〔{when}〕1号"
+            ),
+            purpose="紧急止付被骗资金 / emergency stop-payment of the victim's money",
+            urgency=common_pb2.URGENCY_EMERGENCY,
+            deadline=timedelta(minutes=30),
+        )
+        answer, error = await _ask(client, request)
+        steps.append(
+            (
+                "stop-payment",
+                _show(f"1. Emergency stop-payment at {hop.to_bank}", answer, error, client),
+            )
+        )
+
+        notice = common_pb2.LegalDocument(
+            kind=common_pb2.LEGAL_DOCUMENT_KIND_QUERY_NOTICE, number=f"查询〔{when}〕1号"
+        )
+        request = client.new_request(
+            action=carrier_pb2.SubscriberQuery(phone_number=caller.number),
+            officer=officer,
+            target=caller.carrier_id,
+            case=case,
+            legal_document=notice,
+            purpose="查明诈骗电话实名登记人 / who registered the number that called the victim",
+            urgency=common_pb2.URGENCY_URGENT,
+        )
+        answer, error = await _ask(client, request)
+        steps.append(
+            (
+                "subscriber",
+                _show(
+                    f"2. Registered owner of the calling number at {caller.carrier_id}",
+                    answer,
+                    error,
+                    client,
+                ),
+            )
+        )
+
+        request = client.new_request(
+            action=carrier_pb2.NumberSuspendOrder(
+                phone_number=caller.number, reason="涉嫌电信网络诈骗 / used in telecom fraud"
+            ),
+            officer=officer,
+            target=caller.carrier_id,
+            case=case,
+            legal_document=common_pb2.LegalDocument(
+                kind=common_pb2.LEGAL_DOCUMENT_KIND_COUNTERMEASURE_ORDER,
+                number=f"反制〔{when}〕1号",
+            ),
+            purpose="停机涉诈号码 / suspend the fraud number",
+            urgency=common_pb2.URGENCY_URGENT,
+        )
+        answer, error = await _ask(client, request)
+        steps.append(
+            (
+                "suspend",
+                _show(
+                    f"3. Suspension of the calling number at {caller.carrier_id}",
+                    answer,
+                    error,
+                    client,
+                ),
+            )
+        )
+
+    print("\n── 4. fedgate audit verify: every entry, signature, checkpoint and proof")
+    command = [
+        sys.executable,
+        "-m",
+        "fedgate.cli",
+        "audit",
+        "verify",
+        "--db",
+        str(audit_db),
+        "--federation",
+        str(federation_dir),
+    ]
+    print("  $ fedgate audit verify --db", audit_db, "--federation", federation_dir)
+    verifier = await asyncio.create_subprocess_exec(*command)
+    steps.append(("audit verify", await verifier.wait() == 0))
+    print(
+        "\n══ Scenario",
+        "succeeded" if all(p for _, p in steps) else "FAILED",
+        "·",
+        ", ".join(f"{name} {'✓' if passed else '✗'}" for name, passed in steps),
+    )
+    return ScenarioResult(steps=tuple(steps))

@@ -1,0 +1,387 @@
+"""A whole federation on one machine: state directory, processes, health, and the demo scenario.
+
+``fedgate up`` (what ``make run`` calls) prepares a state directory when there is none (PKI and
+member registry, seeded reference backends, one config file per process, demo console
+accounts), starts the gateway and every agency node as separate processes on loopback, waits
+until each health check is serving, prints the members, endpoints and consoles, and runs the
+scenario in ``fedgate.scenario``. ``fedgate down`` stops a federation started in the
+background; ``fedgate demo`` does all of it in a temporary directory and exits 0 only if every
+step and the final audit verification succeeded.
+
+State directory layout::
+
+    federation/          PKI and registry (fedgate pki init)
+    world/               seeded bank and carrier databases, world.json (the planted fraud chains)
+    gateway/             gateway.toml and the gateway's state (audit log, replay cache, ...)
+    nodes/<member>/      node.toml and the node's state (answers, staff queue, console users)
+    logs/<member>.log    each process's output
+    pids.json            the processes of a federation started with --background
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from fedgate.errors import FedgateError
+from fedgate.federation import MemberKind
+from fedgate.pki import FederationLayout, init_federation
+from fedgate.registry import Member, Registry
+from fedgate.synth import World, load_world, seed_world
+from fedgate.tls import MemberCredentials, channel_credentials, channel_options
+from fedgate.types import MemberId
+from fedgate.web.auth import Role, UserStore
+
+__all__ = [
+    "DEMO_PASSWORD_FILE",
+    "Federation",
+    "ProcessSpec",
+    "console_port",
+    "demo_password",
+    "prepare_state",
+    "start",
+    "stop",
+    "wait_healthy",
+]
+
+DEMO_PASSWORD_FILE = "demo-password"  # noqa: S105 - a file name, not a password
+"""File in the state directory holding the demo console accounts' password (generated, 0600)."""
+
+WORLD_MAX_AGE = timedelta(hours=12)
+"""A world older than this is reseeded: stop-payments need a recent victim transfer."""
+
+Progress = Callable[[str], None]
+
+
+def console_port(endpoint: str) -> int:
+    """A node's staff console listens 1000 ports above its gRPC port."""
+    return int(endpoint.rsplit(":", 1)[1]) + 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSpec:
+    """One process of the federation."""
+
+    member: MemberId
+    kind: MemberKind
+    argv: tuple[str, ...]
+    endpoint: str
+    console: str | None
+    log: Path
+
+
+@dataclass(frozen=True, slots=True)
+class Federation:
+    """A prepared state directory."""
+
+    state: Path
+    registry: Registry
+    world: World
+    processes: tuple[ProcessSpec, ...]
+
+    @property
+    def federation_dir(self) -> Path:
+        return self.state / "federation"
+
+    @property
+    def audit_db(self) -> Path:
+        return self.state / "gateway" / "audit.sqlite"
+
+
+def demo_password(state: Path) -> str:
+    """The state directory's demo console password, generated on first use (never a constant)."""
+    path = state / DEMO_PASSWORD_FILE
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(secrets.token_urlsafe(12) + "\n")
+    return path.read_text(encoding="utf-8").strip()
+
+
+def _staff_id(member: MemberId) -> str:
+    return f"{member.split('.', 1)[1]}.zhang"
+
+
+def _agency_members(registry: Registry) -> list[Member]:
+    return [m for m in registry.members() if m.kind in (MemberKind.BANK, MemberKind.CARRIER)]
+
+
+def _write_gateway_config(state: Path, registry: Registry) -> Path:
+    directory = state / "gateway"
+    directory.mkdir(parents=True, exist_ok=True)
+    gateway = registry.member(MemberId("gateway"))
+    config = directory / "gateway.toml"
+    config.write_text(
+        "\n".join(
+            [
+                "# written by `fedgate up`; every value can be overridden by",
+                "# FEDGATE_GATEWAY__<SECTION>__<KEY> environment variables",
+                "[server]",
+                f'listen = "{gateway.endpoint}"',
+                "",
+                "[federation]",
+                'dir = "../federation"',
+                "",
+                "[pipeline]",
+                'state_dir = "."',
+                "",
+                "[audit]",
+                'origin = "fedgate.local/gateway/shard-0"',
+                "",
+                "[telemetry]",
+                'log_level = "INFO"',
+                "",
+            ]
+        ),
+        encoding="utf-8",
+    )
+    return config
+
+
+def _write_node_config(state: Path, member: Member, world: World) -> Path:
+    directory = state / "nodes" / member.id
+    directory.mkdir(parents=True, exist_ok=True)
+    manual = "transactions" if member.kind is MemberKind.BANK else "call_records"
+    config = directory / "node.toml"
+    config.write_text(
+        "\n".join(
+            [
+                "# written by `fedgate up`; FEDGATE_NODE_* environment variables override it",
+                f'member = "{member.id}"',
+                'federation = "../../federation"',
+                'state = "."',
+                f'staff = ["{_staff_id(member.id)}"]',
+                "",
+                "[backend]",
+                'kind = "reference"',
+                f'path = "{world.database(member.id)}"',
+                "",
+                "[actions]",
+                'default = "automatic"',
+                f'{manual} = "manual"   # answered by stationed staff in the console',
+                "",
+            ]
+        ),
+        encoding="utf-8",
+    )
+    users = UserStore.in_state_dir(directory)
+    try:
+        if users.get(_staff_id(member.id)) is None:
+            users.add_user(
+                _staff_id(member.id),
+                member_id=member.id,
+                display_name="张三 (demo)",
+                role=Role.STAFF,
+                password=demo_password(state),
+            )
+    finally:
+        users.close()
+    return config
+
+
+def _world_usable(world_dir: Path) -> World | None:
+    if not (world_dir / "world.json").exists():
+        return None
+    world = load_world(world_dir)
+    if datetime.now(UTC) - world.now > WORLD_MAX_AGE:
+        return None
+    return world
+
+
+def prepare_state(state: Path, *, progress: Progress = print) -> Federation:
+    """Create what is missing in ``state`` and return the federation it describes."""
+    state.mkdir(parents=True, exist_ok=True)
+    federation_dir = state / "federation"
+    if not FederationLayout(federation_dir).registry.exists():
+        progress(f"creating the federation's PKI and member registry in {federation_dir}")
+        init_federation(federation_dir)
+    registry = Registry.load_dir(federation_dir)
+    world_dir = state / "world"
+    world = _world_usable(world_dir)
+    if world is None:
+        seed = int(time.time()) % 100_000
+        progress(
+            f"seeding the banks' and carriers' reference databases in {world_dir} (seed {seed})"
+        )
+        world_dir.mkdir(parents=True, exist_ok=True)
+        for old in world_dir.glob("*.sqlite*"):
+            old.unlink()
+        world = seed_world(world_dir, seed=seed, fraud_chains=8, progress=progress)
+    processes = [
+        ProcessSpec(
+            member=MemberId("gateway"),
+            kind=MemberKind.GATEWAY,
+            argv=(
+                sys.executable,
+                "-m",
+                "gateway.server",
+                "--config",
+                str(_write_gateway_config(state, registry)),
+            ),
+            endpoint=registry.member(MemberId("gateway")).endpoint,
+            console=None,
+            log=state / "logs" / "gateway.log",
+        )
+    ]
+    for member in _agency_members(registry):
+        config = _write_node_config(state, member, world)
+        console = f"127.0.0.1:{console_port(member.endpoint)}"
+        processes.append(
+            ProcessSpec(
+                member=member.id,
+                kind=member.kind,
+                argv=(
+                    sys.executable,
+                    "-m",
+                    "adapters",
+                    "--config",
+                    str(config),
+                    "--console",
+                    console,
+                ),
+                endpoint=member.endpoint,
+                console=console,
+                log=state / "logs" / f"{member.id}.log",
+            )
+        )
+    return Federation(state=state, registry=registry, world=world, processes=tuple(processes))
+
+
+def start(federation: Federation) -> list[subprocess.Popen[bytes]]:
+    """Start every process, each in its own process group, output to its log file."""
+    children: list[subprocess.Popen[bytes]] = []
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    try:
+        for spec in federation.processes:
+            spec.log.parent.mkdir(parents=True, exist_ok=True)
+            with spec.log.open("ab") as log:
+                children.append(
+                    subprocess.Popen(  # noqa: S603 - our own interpreter and modules
+                        spec.argv,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        env=env,
+                        start_new_session=True,
+                    )
+                )
+    except OSError:
+        stop(children)
+        raise
+    (federation.state / "pids.json").write_text(
+        json.dumps(
+            {str(s.member): c.pid for s, c in zip(federation.processes, children, strict=True)}
+        ),
+        encoding="utf-8",
+    )
+    return children
+
+
+def stop(children: Sequence[subprocess.Popen[bytes]], *, grace: float = 8.0) -> None:
+    """SIGTERM every child, wait up to ``grace`` seconds, then SIGKILL what is left."""
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def stop_pids(state: Path, *, grace: float = 8.0) -> int:
+    """Stop a federation started in the background; returns how many processes were signalled."""
+    pids_file = state / "pids.json"
+    if not pids_file.exists():
+        return 0
+    pids: dict[str, int] = json.loads(pids_file.read_text(encoding="utf-8"))
+    alive = []
+    for pid in pids.values():
+        try:
+            os.kill(pid, signal.SIGTERM)
+            alive.append(pid)
+        except ProcessLookupError:
+            continue
+    deadline = time.monotonic() + grace
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if _exists(p)]
+        time.sleep(0.1)
+    for pid in alive:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+    pids_file.unlink()
+    return len(pids)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return waited == 0
+
+
+async def _serving(endpoint: str, server: MemberId, creds: MemberCredentials) -> bool:
+    async with grpc.aio.secure_channel(
+        endpoint, channel_credentials(creds), options=channel_options(server)
+    ) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+        except grpc.RpcError:
+            return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+async def wait_healthy(
+    federation: Federation,
+    children: Sequence[subprocess.Popen[bytes]],
+    *,
+    timeout: float = 60.0,
+    progress: Progress = print,
+) -> None:
+    """Wait until every process reports SERVING; raises ``FedgateError`` naming the laggard."""
+    gateway_creds = MemberCredentials.load(federation.federation_dir, MemberId("gateway"))
+    police_creds = MemberCredentials.load(federation.federation_dir, MemberId("police.gd.afc"))
+    pending = {spec.member: spec for spec in federation.processes}
+    deadline = time.monotonic() + timeout
+    while pending:
+        for spec, child in zip(federation.processes, children, strict=True):
+            if spec.member in pending and child.poll() is not None:
+                raise FedgateError(
+                    f"{spec.member} exited with status {child.returncode} while starting;"
+                    f" see {spec.log}"
+                )
+        for member, spec in list(pending.items()):
+            creds = police_creds if spec.kind is MemberKind.GATEWAY else gateway_creds
+            if await _serving(spec.endpoint, member, creds):
+                progress(f"  {member:<14} serving on {spec.endpoint}")
+                del pending[member]
+        if pending and time.monotonic() > deadline:
+            names = ", ".join(sorted(pending))
+            raise FedgateError(
+                f"not serving after {timeout:.0f} s: {names}; see {federation.state}/logs"
+            )
+        if pending:
+            await asyncio.sleep(0.3)
