@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "order",
     "ticket",
     "up",
+    "audit",
 )
 """Modules under ``fedgate.commands``; each has ``register(subparsers)``."""
 
