@@ -18,6 +18,7 @@ __all__ = [
     "ACTIONS",
     "BANK_ACTIONS",
     "CARRIER_ACTIONS",
+    "CITING_ACTIONS",
     "IDEMPOTENT_READS",
     "ORDER_ACTIONS",
     "PERSONAL_DATA_ACTIONS",
@@ -58,6 +59,17 @@ REPORT_ACTIONS: Final = frozenset(
         "monitored_transaction",
     }
 )
+
+CITING_ACTIONS: Final = frozenset(
+    {
+        "stop_payment_release",
+        "stop_payment_extend",
+        "freeze_release",
+        "freeze_renew",
+        "monitor_stop",
+    }
+)
+"""Actions that MUST cite the original order in ``Request.original_request_id``."""
 
 BANK_ACTIONS: Final = BANK_QUERIES | BANK_ORDERS
 CARRIER_ACTIONS: Final = CARRIER_QUERIES | CARRIER_ORDERS

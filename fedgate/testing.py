@@ -24,6 +24,7 @@ from fedgate.actions import (
     ACTIONS,
     BANK_ACTIONS,
     CARRIER_ACTIONS,
+    CITING_ACTIONS,
     REPORT_ACTIONS,
     new_request_id,
 )
@@ -54,16 +55,6 @@ DEFAULT_POLICE = "police.gd.afc"
 DEFAULT_BANK = "bank.icbc"
 DEFAULT_CARRIER = "carrier.cmcc"
 
-_CITING_ACTIONS = frozenset(
-    {
-        "stop_payment_release",
-        "stop_payment_extend",
-        "freeze_release",
-        "freeze_renew",
-        "monitor_stop",
-    }
-)
-"""Actions that cite an earlier order in ``Request.original_request_id``."""
 
 _SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何林罗高"
 _GIVEN = (
@@ -283,7 +274,7 @@ def valid_request(
     request.legal_document.kind = kind
     request.legal_document.number = f"{_DOC_PREFIX[kind]}〔{now.year}〕{serial + 1:05d}号"
     request.legal_document.issued_at.FromDatetime(now - timedelta(hours=2))
-    if action in _CITING_ACTIONS:
+    if action in CITING_ACTIONS:
         request.original_request_id = original_request_id or new_request_id(now_ms - 3_600_000)
 
     _fill_action(request, action, now=now, account=account, phone=phone, serial=serial)

@@ -22,22 +22,12 @@ from typing import Any, Final
 
 from google.protobuf.message import Message
 
-from fedgate.actions import REPORT_ACTIONS
+from fedgate.actions import CITING_ACTIONS, REPORT_ACTIONS
 from fedgate.v1 import bank_pb2, carrier_pb2, common_pb2, report_pb2, request_pb2
 from gateway._fields import CLOCK_TOLERANCE, MAX_NAME, WINDOW_AHEAD, Fields, mask
 
 __all__ = ["CITING_ACTIONS", "mask", "subjects_of", "validate_request"]
 
-CITING_ACTIONS: Final = frozenset(
-    {
-        "stop_payment_release",
-        "stop_payment_extend",
-        "freeze_release",
-        "freeze_renew",
-        "monitor_stop",
-    }
-)
-"""Actions that MUST cite the original order in ``Request.original_request_id``."""
 
 _MAX_FREE_TEXT = 2000
 _MAX_LIST = 1000

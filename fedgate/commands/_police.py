@@ -43,7 +43,7 @@ import grpc
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from fedgate.actions import target_kind_of
+from fedgate.actions import CITING_ACTIONS, target_kind_of
 from fedgate.client import Answer, FedgateClient
 from fedgate.errors import (
     AgencyFault,
@@ -91,16 +91,6 @@ __all__ = [
 
 DEFAULT_FEDERATION = "state/federation"
 DEFAULT_MEMBER = "police.gd.afc"
-CITING_ACTIONS = frozenset(
-    {
-        "stop_payment_release",
-        "stop_payment_extend",
-        "freeze_release",
-        "freeze_renew",
-        "monitor_stop",
-    }
-)
-"""Actions that cite the original order (``--original`` is required)."""
 
 
 class ExitCode(enum.IntEnum):
