@@ -18,6 +18,7 @@ MODULES: tuple[str, ...] = (
     "bench_backends",
     "bench_node",
     "bench_pipeline",
+    "bench_audit",
 )
 RESULTS = Path(__file__).with_name("results.json")
 

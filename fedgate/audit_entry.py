@@ -362,7 +362,8 @@ def _check_fingerprint(value: str) -> None:
 
 # -- decoding ------------------------------------------------------------------------------------
 
-_FIELD_COUNTS = {int(EntryKind.REQUEST): 13, int(EntryKind.RESPONSE): 10, int(EntryKind.EVENT): 5}
+_REQUEST, _RESPONSE, _EVENT = int(EntryKind.REQUEST), int(EntryKind.RESPONSE), int(EntryKind.EVENT)
+_FIELD_COUNTS = {_REQUEST: 13, _RESPONSE: 10, _EVENT: 5}
 _MIN_US = time_to_micros(datetime.min.replace(tzinfo=UTC))
 _MAX_US = time_to_micros(datetime.max.replace(tzinfo=UTC))
 
@@ -414,9 +415,10 @@ def _string_list(raw: bytes, what: str) -> tuple[str, ...]:
 def _parse(data: bytes) -> tuple[int, tuple[Any, ...]]:
     """The kind and the validated field values of a leaf, in the dataclass's field order
     (times as microseconds)."""
-    if len(data) > MAX_ENTRY_BYTES:
-        raise VerificationError(f"audit entry is {len(data)} bytes, over {MAX_ENTRY_BYTES}")
-    if len(data) < _HEADER_SIZE or not data.startswith(ENTRY_MAGIC):
+    size = len(data)
+    if size > MAX_ENTRY_BYTES:
+        raise VerificationError(f"audit entry is {size} bytes, over {MAX_ENTRY_BYTES}")
+    if size < _HEADER_SIZE or not data.startswith(ENTRY_MAGIC):
         raise VerificationError("malformed audit entry: no fedgate-audit/v1 header")
     version = data[_HEADER_SIZE - 2]
     if version != ENTRY_VERSION:
@@ -427,9 +429,9 @@ def _parse(data: bytes) -> tuple[int, tuple[Any, ...]]:
         raise VerificationError(f"audit entry kind {kind} is unknown")
     f = _split(data, _HEADER_SIZE, count, "audit entry")
     try:
-        if kind == EntryKind.REQUEST:
+        if kind == _REQUEST:
             return kind, _request_values(f)
-        if kind == EntryKind.RESPONSE:
+        if kind == _RESPONSE:
             return kind, _response_values(f)
         return kind, _event_values(f)
     except UnicodeDecodeError as exc:
@@ -519,9 +521,9 @@ def entry_link(data: bytes) -> tuple[int, str, int]:
     validating it exactly as ``decode_entry`` does but building no objects (bulk verification).
     Raises ``VerificationError``."""
     kind, v = _parse(data)
-    if kind == EntryKind.REQUEST:
+    if kind == _REQUEST:
         return kind, v[6], -1
-    if kind == EntryKind.RESPONSE:
+    if kind == _RESPONSE:
         return kind, v[0], v[1]
     return kind, "", -1
 

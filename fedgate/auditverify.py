@@ -25,6 +25,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import multiprocessing
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -188,6 +189,7 @@ class _Checker:
         sha = hashlib.sha256
         link = entry_link
         request_ids: dict[int, str] = {}
+        request_kind, response_kind = int(EntryKind.REQUEST), int(EntryKind.RESPONSE)
         expect = start
         failure: Failure | None = None
         for idx, data, stored_hash in self.source.leaf_rows(start, stop):
@@ -206,9 +208,9 @@ class _Checker:
             except VerificationError as exc:
                 failure = Failure(f"entry {idx} does not decode: {exc.message}", idx)
                 break
-            if kind == EntryKind.REQUEST:
+            if kind == request_kind:
                 request_ids[idx] = request_id
-            elif kind == EntryKind.RESPONSE and request_ids.get(r) != request_id:
+            elif kind == response_kind and request_ids.get(r) != request_id:
                 request = self._request_at(r, {}) if r < idx else None
                 if request is None or request[0] != EntryKind.REQUEST or request[1] != request_id:
                     failure = Failure(
@@ -365,7 +367,10 @@ def _results(
         finally:
             checker.source.close()
         return
-    context = multiprocessing.get_context("forkserver")
+    # fork starts workers instantly, but is only safe in a single-threaded process (the CLI);
+    # elsewhere (a server, a test runner with threads) use a clean forkserver.
+    single = threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if single else "forkserver")
     with concurrent.futures.ProcessPoolExecutor(
         max_workers=options.jobs,
         mp_context=context,

@@ -3,7 +3,8 @@
 ``AuditLog`` (group commit, signed checkpoints, receipts) writes through an ``AuditStore``:
 ``open_sqlite_store`` (embedded) or ``open_pg_store`` (shared by several instances, one shard
 each). ``Witness`` and ``WitnessServicer`` are what witnesses run; ``GrpcWitnessClient`` is how
-the log reaches them. ``AuditServicer`` serves the log to auditors and agencies.
+the log reaches them. ``gateway.audit.service.AuditServicer`` serves the log to auditors and
+agencies (imported from its module: it pulls in the policy engine).
 """
 
 from __future__ import annotations

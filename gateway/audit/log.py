@@ -445,9 +445,7 @@ class AuditLog:
         await writer
         witnesses.cancel()
         state.cancel()
-        for task in (witnesses, state):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(witnesses, state, return_exceptions=True)
         try:
             await self._write_state()
         finally:
@@ -610,21 +608,27 @@ class AuditLog:
             size, note = self._size, self._checkpoint
             if size == self._published_size and self._published is not None:
                 continue
-            results = await asyncio.gather(*(self._ask(w, size, note) for w in self._witnesses))
-            lines = [sig for sig in results if sig is not None]
-            if not lines:
-                continue
-            cosigned = add_signatures(note, lines)
             try:
-                await self._store.add_cosigned(size, cosigned)
-            except FedgateError as exc:
-                logger.error(
-                    "audit log %s: cannot store a cosigned checkpoint: %s",
-                    self._origin,
-                    exc.message,
+                await self._gather_cosignatures(size, note)
+            except Exception:  # keep witnessing; one bad round must not end the task
+                logger.exception(
+                    "audit log %s: witness round for size %d failed", self._origin, size
                 )
-            if size >= self._published_size:
-                self._published, self._published_size = cosigned, size
+
+    async def _gather_cosignatures(self, size: int, note: str) -> None:
+        results = await asyncio.gather(*(self._ask(w, size, note) for w in self._witnesses))
+        lines = [sig for sig in results if sig is not None]
+        if not lines:
+            return
+        cosigned = add_signatures(note, lines)
+        try:
+            await self._store.add_cosigned(size, cosigned)
+        except FedgateError as exc:
+            logger.error(
+                "audit log %s: cannot store a cosigned checkpoint: %s", self._origin, exc.message
+            )
+        if size >= self._published_size:
+            self._published, self._published_size = cosigned, size
 
     async def _ask(self, witness: WitnessClient, size: int, note: str) -> NoteSignature | None:
         name = witness.verifier.name

@@ -107,11 +107,12 @@ _TRIGGERS = (
     + f"REVOKE UPDATE, DELETE, TRUNCATE ON {', '.join(_TABLES)} FROM PUBLIC;\n"
 )
 
-_INSERT_LEAF = (
-    "INSERT INTO leaves (origin, idx, leaf, leaf_hash, leg, request_id, time_us,"
-    " requesting_agency, officer_id, case_number, action, target_agency, outcome, reason,"
-    " request_leaf_index) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+_COPY_LEAVES = (
+    "COPY leaves (origin, idx, leaf, leaf_hash, leg, request_id, time_us, requesting_agency,"
+    " officer_id, case_number, action, target_agency, outcome, reason, request_leaf_index)"
+    " FROM STDIN"
 )
+_COPY_SUBJECTS = "COPY subjects (origin, subject, idx) FROM STDIN"
 _COLUMNS = (
     "leg, request_id, time_us, requesting_agency, officer_id, case_number, action,"
     " target_agency, outcome, reason"
@@ -273,12 +274,15 @@ class PgDatabase:
                         f"audit shard {o!r}: the batch starts at index {start} but the "
                         f"database's next index is {None if row is None else row[0]}"
                     )
+                # COPY: about twice as fast as a pipelined executemany for a batch.
                 if leaves:
-                    cur.executemany(_INSERT_LEAF, leaves)
+                    with cur.copy(_COPY_LEAVES) as copy:
+                        for row in leaves:
+                            copy.write_row(row)
                 if subjects:
-                    cur.executemany(
-                        "INSERT INTO subjects (origin, subject, idx) VALUES (%s, %s, %s)", subjects
-                    )
+                    with cur.copy(_COPY_SUBJECTS) as copy:
+                        for row in subjects:
+                            copy.write_row(row)
                 cur.execute(
                     "INSERT INTO checkpoints (origin, size, note) VALUES (%s, %s, %s)",
                     (o, batch.size, batch.checkpoint),

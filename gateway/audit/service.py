@@ -10,6 +10,9 @@ checked against the member registry. Who sees what:
 - a member allowed ``audit_read_own`` on itself sees the entries it requested or answered;
 - anyone else gets PERMISSION_DENIED.
 
+``GetEntry`` and ``ExportEvidence`` return the leaf bytes as stored, signed envelopes included:
+whoever may see an entry may check its signatures.
+
 The policy decides when a ``decider_fn`` is given (``gateway.policy`` rules ``audit_read`` and
 ``audit_read_own``); without one, the registry role ``auditor`` sees everything and every other
 member its own entries.

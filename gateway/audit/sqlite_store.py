@@ -159,7 +159,7 @@ class SqliteDatabase:
             else:
                 if not self.path.exists():
                     raise AuditUnavailable(f"no audit log database at {self.path}")
-                uri = f"{self.path.resolve().as_uri()}?mode=rw"
+                uri = f"{self.path.resolve().as_uri()}?mode=ro"
             self._con = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10.0)
             con = self._con
             con.execute("PRAGMA busy_timeout = 10000")
@@ -202,13 +202,15 @@ class SqliteDatabase:
         return str(stored)
 
     def _release(self) -> None:
+        writer = self._checkpointer is not None
         if self._checkpointer is not None:
             self._checkpointer.stop()
             self._checkpointer = None
         con = getattr(self, "_con", None)
         if con is not None:
-            with contextlib.suppress(sqlite3.Error):
-                con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            if writer:
+                with contextlib.suppress(sqlite3.Error):
+                    con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             con.close()
         if self._lock is not None:
             self._lock.close()
