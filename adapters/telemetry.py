@@ -1,20 +1,17 @@
 """Telemetry of the agency nodes, declared once: tracer, meter, attribute keys, JSON logs.
 
-Personal identifiers never reach a log line in clear: ``mask`` keeps the first three and the
-last four characters of card, ID and phone numbers, and ``JsonFormatter`` writes one JSON
-object per line with whatever ``extra={"fields": {...}}`` a call passes.
+Personal identifiers never reach a log line in clear: ``mask`` and the JSON formatter come from
+``fedgate.logs``, shared with the gateway.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
-from collections.abc import Mapping
-from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Final
 
 from opentelemetry import metrics, trace
+
+from fedgate.logs import configure_logging, mask
 
 __all__ = [
     "ATTR_ACTION",
@@ -23,7 +20,6 @@ __all__ = [
     "ATTR_OUTCOME",
     "ATTR_REQUESTING_AGENCY",
     "ATTR_REQUEST_ID",
-    "JsonFormatter",
     "configure_logging",
     "log_event",
     "logger",
@@ -50,45 +46,6 @@ ATTR_MODE: Final = "fedgate.mode"
 ATTR_OUTCOME: Final = "fedgate.outcome"
 
 logger: Final = logging.getLogger("fedgate.adapters")
-
-
-def mask(value: str) -> str:
-    """``6222021234567890123`` → ``622************0123``; short values are fully masked."""
-    if len(value) <= 7:
-        return "*" * len(value)
-    return value[:3] + "*" * (len(value) - 7) + value[-4:]
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per record: time, level, logger, message and the record's fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, Mapping):
-            doc.update(fields)
-        span = trace.get_current_span().get_span_context()
-        if span.is_valid:
-            doc["trace_id"] = format(span.trace_id, "032x")
-            doc["span_id"] = format(span.span_id, "016x")
-        if record.exc_info:
-            doc["error"] = self.formatException(record.exc_info)
-        return json.dumps(doc, ensure_ascii=False, default=str)
-
-
-def configure_logging(level: int = logging.INFO) -> None:
-    """Send the ``fedgate`` loggers to stderr as JSON lines (for node processes)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger("fedgate")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
 
 
 def log_event(message: str, level: int = logging.INFO, /, **fields: object) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from fedgate.client import Answer, FedgateClient
 from fedgate.errors import FedgateError
+from fedgate.logs import mask
 from fedgate.render import Outcome, render_text
 from fedgate.synth import FraudChain, World
 from fedgate.types import MemberId
@@ -59,10 +60,6 @@ def _case(chain: FraudChain, when: str) -> common_pb2.CaseInfo:
         case_type=common_pb2.CASE_TYPE_TELECOM_FRAUD,
         reason="冒充客服诈骗 / impersonating customer service",
     )
-
-
-def _mask(value: str) -> str:
-    return value if len(value) <= 7 else value[:3] + "*" * (len(value) - 7) + value[-4:]
 
 
 def _pick_chain(world: World, state: Path) -> FraudChain:
@@ -108,10 +105,10 @@ async def run_scenario(
     steps: list[tuple[str, bool]] = []
     print("\n══ Scenario: a fraud victim calls the anti-fraud centre")
     print(
-        f"  victim {victim.name[0]}** ({_mask(victim.phone)}) was called by {_mask(caller.number)}"
+        f"  victim {victim.name[0]}** ({mask(victim.phone)}) was called by {mask(caller.number)}"
         f" ({caller.carrier_id}) posing as customer service, then transferred"
-        f" ¥{hop.amount_minor / 100:,.2f} from {_mask(victim.account_number)} ({victim.bank_id})"
-        f" to {_mask(hop.to_account)} ({hop.to_bank}) at {hop.ts:%H:%M:%S} UTC."
+        f" ¥{hop.amount_minor / 100:,.2f} from {mask(victim.account_number)} ({victim.bank_id})"
+        f" to {mask(hop.to_account)} ({hop.to_bank}) at {hop.ts:%H:%M:%S} UTC."
     )
     officer = _officer()
     case = _case(chain, when)

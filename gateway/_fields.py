@@ -15,6 +15,7 @@ from google.protobuf.message import Message
 
 from fedgate.errors import InvalidArgument
 from fedgate.federation import check_member_id
+from fedgate.logs import mask
 from fedgate.v1 import common_pb2
 from fedgate.validate import (
     BANK_BINS,
@@ -53,20 +54,6 @@ _PERSON_ID = re.compile(r"[A-Za-z0-9._-]{3,32}")
 # A mainland landline: area code (0 + 2-3 digits), optional hyphen, 7-8 digit local number.
 _LANDLINE = re.compile(r"0[1-9]\d{1,2}-?[2-9]\d{6,7}")
 _ROLES = frozenset(common_pb2.Role.values()) - {common_pb2.ROLE_UNSPECIFIED}
-
-
-def mask(value: str) -> str:
-    """``value`` with its middle hidden: ``6222021234567891234`` → ``622****1234``.
-
-    Keeps the first 3 and last 4 characters of values of 11 characters or more (cards, mobiles,
-    ID numbers), 2 and 2 of 8 to 10 characters, and nothing of shorter ones.
-    """
-    n = len(value)
-    if n >= 11:
-        return f"{value[:3]}****{value[-4:]}"
-    if n >= 8:
-        return f"{value[:2]}****{value[-2:]}"
-    return "****"
 
 
 def uuid_valid(value: str, *, version: int | None = None) -> bool:

@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import logging
 import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any, Final
 
 from opentelemetry import context as otel_context
@@ -35,6 +32,8 @@ from opentelemetry.sdk.metrics.export import (
     Sum,
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from fedgate.logs import JsonLogFormatter, configure_logging, mask_identifiers
 
 __all__ = [
     "ATTR_ACTION",
@@ -282,73 +281,3 @@ class PrometheusEndpoint:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
-
-
-# -- JSON logs with masked identifiers ------------------------------------------------------
-
-_IDENTIFIER: Final = re.compile(r"(?<![0-9A-Za-z])(\d{17}[\dXx]|\d{11,19})(?![0-9A-Za-z])")
-
-
-def _mask_one(match: re.Match[str]) -> str:
-    value = match.group(1)
-    if len(value) <= 11:
-        return value[:3] + "*" * (len(value) - 7) + value[-4:]
-    return value[:4] + "*" * (len(value) - 8) + value[-4:]
-
-
-def mask_identifiers(text: str) -> str:
-    """Mask resident ID numbers, card numbers and mobile numbers in ``text``
-    (``13812345678`` → ``138****5678``; ``6222021234567890123`` → ``6222***********0123``)."""
-    return _IDENTIFIER.sub(_mask_one, text)
-
-
-def _masked(value: object) -> object:
-    if isinstance(value, str):
-        return mask_identifiers(value)
-    if isinstance(value, Mapping):
-        return {str(k): _masked(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_masked(v) for v in value]
-    if value is None or isinstance(value, bool | int | float):
-        return value
-    return mask_identifiers(str(value))
-
-
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object per record: time, level, logger, message, ``fields`` (from
-    ``extra={"fields": {...}}``), trace id; every string masked by ``mask_identifiers``."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, object] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": mask_identifiers(record.getMessage()),
-        }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, Mapping):
-            doc["fields"] = _masked(fields)
-        span_context = trace.get_current_span().get_span_context()
-        if span_context.is_valid:
-            doc["trace_id"] = format(span_context.trace_id, "032x")
-            doc["span_id"] = format(span_context.span_id, "016x")
-        if record.exc_info:
-            doc["exception"] = mask_identifiers(self.formatException(record.exc_info))
-        return json.dumps(doc, ensure_ascii=False)
-
-
-def configure_logging(level: str = "INFO", *, json_logs: bool = True) -> None:
-    """Send the root logger to stderr, as JSON lines (masked) or plain masked text."""
-    handler = logging.StreamHandler()
-    if json_logs:
-        handler.setFormatter(JsonLogFormatter())
-    else:
-        handler.setFormatter(_MaskedTextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-
-
-class _MaskedTextFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return mask_identifiers(super().format(record))

@@ -5,18 +5,16 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Final
 
+from fedgate.logs import mask
+
 __all__ = ["BEIJING", "format_money", "format_time", "mask_identifier"]
 
 BEIJING: Final = timezone(timedelta(hours=8), "CST")
 """China Standard Time (UTC+8, no daylight saving): the time zone pages show."""
 
 
-def mask_identifier(value: str) -> str:
-    """``6222021234567890123`` → ``622************0123`` (first 3, last 4); values of 7
-    characters or fewer are masked entirely."""
-    if len(value) <= 7:
-        return "*" * len(value)
-    return value[:3] + "*" * (len(value) - 7) + value[-4:]
+mask_identifier = mask
+"""Masks one identifier for display (``fedgate.logs.mask``)."""
 
 
 def format_time(at: datetime | None) -> str:

@@ -234,6 +234,6 @@ class TestLogs:
         record.fields = {"account": "6222020031492469742", "peer": "police.gd.afc"}
         line = json.loads(JsonLogFormatter().format(record))
         assert line["message"] == "asked about 138****5678"
-        assert line["fields"]["account"] == "6222***********9742"
+        assert line["fields"]["account"] == "622****9742"
         assert line["fields"]["peer"] == "police.gd.afc"
         assert line["level"] == "INFO"
