@@ -19,9 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from enum import StrEnum
-from typing import Protocol
+from typing import Final, Protocol
 
 __all__ = [
+    "AGGREGATE_METRICS",
     "FREEZE_MAX",
     "STOP_PAYMENT_DURATION",
     "STOP_PAYMENT_MAX_PER_ACCOUNT",
@@ -29,6 +30,7 @@ __all__ = [
     "AccountHolder",
     "AccountSummary",
     "AccountType",
+    "AggregateStats",
     "Channel",
     "CoreBanking",
     "Direction",
@@ -259,6 +261,20 @@ class MonitorState:
     active: bool
 
 
+AGGREGATE_METRICS: Final = ("stop_payments", "freezes", "frozen_amount", "accounts_flagged")
+"""Figures the central bank may ask for: counts and totals only, never a person."""
+
+
+@dataclass(frozen=True, slots=True)
+class AggregateStats:
+    """An aggregate figure over a window: how many events, and their total where it has one."""
+
+    metric: str
+    count: int
+    total_minor: int
+    currency: str = "CNY"
+
+
 class CoreBanking(Protocol):
     """What a bank's node needs from core banking. Methods are blocking and thread-safe."""
 
@@ -345,6 +361,11 @@ class CoreBanking(Protocol):
 
     def monitored_accounts(self) -> tuple[MonitorState, ...]:
         """The monitors in force now."""
+        ...
+
+    def aggregate_stats(self, metric: str, start: datetime, end: datetime) -> AggregateStats:
+        """An aggregate figure (one of ``AGGREGATE_METRICS``) for [start, end); no personal
+        data. ``InvalidArgument`` for an unknown metric."""
         ...
 
     def new_transactions_since(self, account_number: str, after_id: int) -> tuple[Transaction, ...]:

@@ -30,7 +30,7 @@ from fedgate.actions import BANK_ACTIONS
 from fedgate.errors import FieldViolation, InvalidArgument
 from fedgate.registry import Registry
 from fedgate.tls import MemberCredentials
-from fedgate.v1 import bank_pb2, request_pb2
+from fedgate.v1 import bank_pb2, common_pb2, request_pb2
 
 __all__ = ["BankAgency", "BankNode"]
 
@@ -79,12 +79,13 @@ class BankAgency:
             "freeze_renew": self._freeze_renew,
             "monitor_start": self._monitor_start,
             "monitor_stop": self._monitor_stop,
+            "aggregate_stats": self._aggregate_stats,
         }
         assert set(self._handlers) <= BANK_ACTIONS
 
     @property
     def actions(self) -> frozenset[str]:
-        """Every bank action but ``aggregate_stats``, which ``CoreBanking`` does not offer."""
+        """Every bank action."""
         return frozenset(self._handlers)
 
     def answer(self, request: request_pb2.Request, *, now: datetime) -> request_pb2.Response:
@@ -243,6 +244,22 @@ class BankAgency:
             start_after_id=state.start_after_id,
         )
         return request_pb2.Response(status=OK, monitor=convert.monitor_pb(state))
+
+    def _aggregate_stats(self, request: request_pb2.Request, now: datetime) -> request_pb2.Response:
+        q = request.aggregate_stats
+        stats = self.core.aggregate_stats(
+            q.metric,
+            _time(q.window, "start", "aggregate_stats.window.start"),
+            _time(q.window, "end", "aggregate_stats.window.end"),
+        )
+        return request_pb2.Response(
+            status=OK,
+            aggregate_stats=bank_pb2.AggregateStatsResult(
+                metric=stats.metric,
+                count=stats.count,
+                total=common_pb2.Money(currency=stats.currency, minor_units=stats.total_minor),
+            ),
+        )
 
     def _monitor_stop(self, request: request_pb2.Request, now: datetime) -> request_pb2.Response:
         account = request.monitor_stop.account_number

@@ -20,9 +20,11 @@ from adapters._sqlite import Database, decode_page_token, encode_page_token, fro
 from adapters.bank import _orders
 from adapters.bank._schema import INDEXES, TABLES
 from adapters.bank.backend import (
+    AGGREGATE_METRICS,
     AccountHolder,
     AccountSummary,
     AccountType,
+    AggregateStats,
     Channel,
     Direction,
     FreezeMethod,
@@ -35,7 +37,7 @@ from adapters.bank.backend import (
     Transaction,
     TransactionPage,
 )
-from fedgate.errors import NotFound, RuleViolated
+from fedgate.errors import FieldViolation, InvalidArgument, NotFound, RuleViolated
 from fedgate.validate import (
     BANK_BINS,
     FieldChecker,
@@ -406,6 +408,46 @@ class ReferenceBank:
                 (account_number, now_us, until_us, last_id, now_us, now_us),
             )
             return self._monitor(conn, account_number, now_us)
+
+    def aggregate_stats(self, metric: str, start: datetime, end: datetime) -> AggregateStats:
+        """Counts and totals over [start, end): never a name or a number."""
+        if metric not in AGGREGATE_METRICS:
+            raise InvalidArgument.for_fields(
+                [
+                    FieldViolation(
+                        "aggregate_stats.metric",
+                        f"unknown metric {metric!r}; one of {', '.join(AGGREGATE_METRICS)}",
+                    )
+                ]
+            )
+        lo, hi = to_us(start), to_us(end)
+        with self._db.read() as conn:
+            if metric == "accounts_flagged":
+                row = conn.execute(
+                    "SELECT COUNT(*), 0 FROM (SELECT account_number FROM stop_payments"
+                    " WHERE start_ts >= ? AND start_ts < ? UNION SELECT account_number"
+                    " FROM freezes WHERE start_ts >= ? AND start_ts < ?)",
+                    (lo, hi, lo, hi),
+                ).fetchone()
+            elif metric == "frozen_amount":
+                row = conn.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(amount), 0) FROM freezes WHERE start_ts < ?"
+                    " AND end_ts >= ? AND (released_ts IS NULL OR released_ts >= ?)",
+                    (hi, hi, hi),
+                ).fetchone()
+            elif metric == "stop_payments":
+                row = conn.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(amount), 0) FROM stop_payments"
+                    " WHERE start_ts >= ? AND start_ts < ?",
+                    (lo, hi),
+                ).fetchone()
+            else:
+                row = conn.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(amount), 0) FROM freezes"
+                    " WHERE start_ts >= ? AND start_ts < ?",
+                    (lo, hi),
+                ).fetchone()
+        return AggregateStats(metric=metric, count=int(row[0]), total_minor=int(row[1]))
 
     def monitor_stop(self, account_number: str, *, now: datetime) -> MonitorState:
         """Stop live monitoring; ``RuleViolated`` if the account is not being monitored."""

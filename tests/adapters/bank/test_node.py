@@ -117,13 +117,23 @@ class TestBankQueries:
         assert times == sorted(times)
         assert all(r.device_id and r.ip for r in result.records)
 
-    async def test_an_action_the_bank_does_not_serve_is_invalid(
+    async def test_aggregate_stats_count_without_personal_data(
         self, kit: Any, bank_node: Any
     ) -> None:
         node = await bank_node("bank.icbc")
         response = await ask(kit, node, kit.request("aggregate_stats"))
+        assert response.status == OK
+        assert response.aggregate_stats.metric == "stop_payments"
+        assert response.aggregate_stats.count >= 0
+        assert response.aggregate_stats.total.currency == "CNY"
+
+    async def test_an_unknown_metric_is_invalid(self, kit: Any, bank_node: Any) -> None:
+        node = await bank_node("bank.icbc")
+        request = kit.request("aggregate_stats")
+        request.aggregate_stats.metric = "balances_by_name"
+        response = await ask(kit, node, request)
         assert response.status == INVALID
-        assert "aggregate_stats" in response.detail
+        assert "metric" in response.detail
 
 
 def _fresh(kit: Any, request: request_pb2.Request) -> request_pb2.Request:

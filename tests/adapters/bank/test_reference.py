@@ -473,6 +473,30 @@ class TestStopPayment:
         assert results.count(True) == 2
 
 
+class TestAggregateStats:
+    def test_counts_and_totals_follow_orders(
+        self, world: World, open_bank: Callable[[str], ReferenceBank]
+    ) -> None:
+        hop = _first_hop(world)
+        bank = open_bank(hop.to_bank)
+        window = (NOW - timedelta(days=1), NOW + timedelta(days=1))
+        before = bank.aggregate_stats("stop_payments", *window)
+        bank.stop_payment(_stop_order(hop), now=NOW)
+        after = bank.aggregate_stats("stop_payments", *window)
+        assert after.count == before.count + 1
+        assert after.total_minor == before.total_minor + hop.amount_minor
+        flagged = bank.aggregate_stats("accounts_flagged", *window)
+        assert flagged.count >= 1
+        assert flagged.total_minor == 0
+
+    def test_unknown_metric_names_the_field(
+        self, world: World, open_bank: Callable[[str], ReferenceBank]
+    ) -> None:
+        bank = open_bank(_first_hop(world).to_bank)
+        with pytest.raises(InvalidArgument, match="aggregate_stats.metric"):
+            bank.aggregate_stats("names", NOW - timedelta(days=1), NOW)
+
+
 class TestFreeze:
     def test_fixed_amount(self, world: World, open_bank: Callable[[str], ReferenceBank]) -> None:
         hop = _first_hop(world)
