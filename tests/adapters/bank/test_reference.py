@@ -493,7 +493,7 @@ class TestAggregateStats:
         self, world: World, open_bank: Callable[[str], ReferenceBank]
     ) -> None:
         bank = open_bank(_first_hop(world).to_bank)
-        with pytest.raises(InvalidArgument, match="aggregate_stats.metric"):
+        with pytest.raises(InvalidArgument, match=r"aggregate_stats\.metric"):
             bank.aggregate_stats("names", NOW - timedelta(days=1), NOW)
 
 
