@@ -12,7 +12,8 @@ State directory layout::
 
     federation/          PKI and registry (fedgate pki init)
     world/               seeded bank and carrier databases, world.json (the planted fraud chains)
-    gateway/             gateway.toml and the gateway's state (audit log, replay cache, ...)
+    gateway/             gateway.toml and the gateway's state (audit log, replay cache, ...,
+                         the auditor console's users)
     nodes/<member>/      node.toml and the node's state (answers, staff queue, console users)
     logs/<member>.log    each process's output
     pids.json            the processes of a federation started with --background
@@ -25,6 +26,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -46,6 +48,7 @@ from fedgate.types import MemberId
 from fedgate.web.auth import Role, UserStore
 
 __all__ = [
+    "DEMO_AUDITOR",
     "DEMO_PASSWORD_FILE",
     "Federation",
     "ProcessSpec",
@@ -60,6 +63,10 @@ __all__ = [
 DEMO_PASSWORD_FILE = "demo-password"  # noqa: S105 - a file name, not a password
 """File in the state directory holding the demo console accounts' password (generated, 0600)."""
 
+DEMO_AUDITOR = "audit.wang"
+"""The demo auditor account (member ``audit.office``) of the gateway's auditor console."""
+DEMO_AUDITOR_MEMBER = MemberId("audit.office")
+
 WORLD_MAX_AGE = timedelta(hours=12)
 """A world older than this is reseeded: stop-payments need a recent victim transfer."""
 
@@ -67,7 +74,8 @@ Progress = Callable[[str], None]
 
 
 def console_port(endpoint: str) -> int:
-    """A node's staff console listens 1000 ports above its gRPC port."""
+    """A process's web console (a node's staff console, the gateway's auditor console) listens
+    1000 ports above its gRPC port."""
     return int(endpoint.rsplit(":", 1)[1]) + 1000
 
 
@@ -144,10 +152,25 @@ def _write_gateway_config(state: Path, registry: Registry) -> Path:
                 "[telemetry]",
                 'log_level = "INFO"',
                 "",
+                "[console]",
+                f'listen = "127.0.0.1:{console_port(gateway.endpoint)}"   # the auditor console',
+                "",
             ]
         ),
         encoding="utf-8",
     )
+    users = UserStore.in_state_dir(directory)
+    try:
+        if users.get(DEMO_AUDITOR) is None:
+            users.add_user(
+                DEMO_AUDITOR,
+                member_id=DEMO_AUDITOR_MEMBER,
+                display_name="王审计 (demo)",
+                role=Role.AUDITOR,
+                password=demo_password(state),
+            )
+    finally:
+        users.close()
     return config
 
 
@@ -232,7 +255,7 @@ def prepare_state(state: Path, *, progress: Progress = print) -> Federation:
                 str(_write_gateway_config(state, registry)),
             ),
             endpoint=registry.member(MemberId("gateway")).endpoint,
-            console=None,
+            console=f"127.0.0.1:{console_port(registry.member(MemberId('gateway')).endpoint)}",
             log=state / "logs" / "gateway.log",
         )
     ]
@@ -260,8 +283,32 @@ def prepare_state(state: Path, *, progress: Progress = print) -> Federation:
     return Federation(state=state, registry=registry, world=world, processes=tuple(processes))
 
 
+def _port_in_use(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, int(port)))
+        except OSError:
+            return True
+    return False
+
+
 def start(federation: Federation) -> list[subprocess.Popen[bytes]]:
-    """Start every process, each in its own process group, output to its log file."""
+    """Start every process, each in its own process group, output to its log file.
+
+    Raises ``FedgateError`` before starting anything when a port is taken (most often by a
+    federation that is still running)."""
+    busy = [
+        address
+        for spec in federation.processes
+        for address in (spec.endpoint, spec.console)
+        if address is not None and _port_in_use(address)
+    ]
+    if busy:
+        raise FedgateError(
+            f"port(s) already in use: {', '.join(busy)}. Is another federation running?"
+            " Stop it with `fedgate down --state DIR` (or Ctrl-C in its terminal)."
+        )
     children: list[subprocess.Popen[bytes]] = []
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     try:

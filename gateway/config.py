@@ -11,6 +11,8 @@
     [tickets]    path, poll_interval_s
     [alerts]     path, keep
     [telemetry]  prometheus_listen (loopback host:port, empty = off), log_level, log_json
+    [console]    listen (the auditor web console's host:port, empty = off), users_dir,
+                 secure_cookies
 
 An environment variable ``FEDGATE_GATEWAY__<SECTION>__<KEY>`` replaces one value; its text is
 read as a TOML value when it parses as one (``5``, ``true``, ``{ "bank.icbc" = "..." }``) and
@@ -39,6 +41,7 @@ __all__ = [
     "AlertsConfig",
     "AuditConfig",
     "ConfigError",
+    "ConsoleConfig",
     "FederationConfig",
     "GatewayConfig",
     "PipelineConfig",
@@ -143,6 +146,17 @@ class TelemetryConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ConsoleConfig:
+    listen: str = ""
+    """The auditor web console's ``host:port`` (plain HTTP); empty turns it off. Loopback
+    only unless ``secure_cookies`` says a TLS-terminating proxy is in front."""
+    users_dir: Path | None = None
+    """Where ``users.sqlite`` (``fedgate audit add-user --state``) is; default the state dir."""
+    secure_cookies: bool = False
+    """Mark cookies Secure (``__Host-``): set when browsers reach the console over HTTPS."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GatewayConfig:
     federation: FederationConfig
     pipeline: PipelineConfig
@@ -154,10 +168,15 @@ class GatewayConfig:
     tickets: TicketsConfig = field(default_factory=TicketsConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
 
     @property
     def audit_path(self) -> Path:
         return self.audit.path or self.pipeline.state_dir / "audit.sqlite"
+
+    @property
+    def console_users_dir(self) -> Path:
+        return self.console.users_dir or self.pipeline.state_dir
 
     @property
     def replay_path(self) -> Path:
@@ -263,6 +282,13 @@ class GatewayConfig:
             log_json=te.boolean("log_json", True),
         )
         te.done()
+        co = _Section(merged, "console", base)
+        console = ConsoleConfig(
+            listen=co.text("listen", ""),
+            users_dir=co.optional_path("users_dir"),
+            secure_cookies=co.boolean("secure_cookies", False),
+        )
+        co.done()
         quotas = merged.get("quotas", {})
         if not isinstance(quotas, Mapping):
             raise ConfigError("[quotas] must be a table")
@@ -277,6 +303,7 @@ class GatewayConfig:
             tickets=tickets,
             alerts=alerts,
             telemetry=telemetry,
+            console=console,
         )
         config.validate()
         return config
@@ -324,6 +351,14 @@ class GatewayConfig:
                     f"telemetry.prometheus_listen must be a loopback address (metrics are not "
                     f"authenticated), got {host!r}"
                 )
+        if self.console.listen:
+            host, _ = _host_port(self.console.listen, "console.listen")
+            if not _is_loopback(host) and not self.console.secure_cookies:
+                raise ConfigError(
+                    f"console.listen must be a loopback address (the console speaks plain "
+                    f"HTTP), got {host!r}; put it behind an HTTPS proxy and set "
+                    "console.secure_cookies = true to serve it elsewhere"
+                )
         if self.telemetry.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigError(f"telemetry.log_level {self.telemetry.log_level!r} is not a level")
 
@@ -343,6 +378,7 @@ _SECTIONS = frozenset(
         "tickets",
         "alerts",
         "telemetry",
+        "console",
     }
 )
 

@@ -9,6 +9,9 @@ grace period before closing the audit log and the state databases.
 The member registry is re-read when ``registry.json`` changes (every
 ``federation.reload_interval_s``), so a revocation takes effect without a restart.
 
+With ``console.listen`` set, the auditor web console (``gateway.console``) is served in the same
+event loop, over the same audit log; its logins, reveals and exports are entries of that log.
+
     python -m gateway.server --config gateway.toml
 """
 
@@ -48,6 +51,7 @@ from gateway.audit.log import AuditLog
 from gateway.audit.sqlite_store import open_sqlite_store
 from gateway.audit.store import AuditStore
 from gateway.config import ConfigError, GatewayConfig
+from gateway.console import RunningAuditorConsole, start_auditor_console
 from gateway.pipeline import Pipeline
 from gateway.policy import ReloadingDecider, load_default_decider
 from gateway.quotas import QuotaConfig, Quotas
@@ -112,6 +116,12 @@ class Gateway:
         self._prometheus = prometheus
         self._reload_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
+        self.console: RunningAuditorConsole | None = None
+
+    @property
+    def console_url(self) -> str | None:
+        """The auditor console's URL, when it is served."""
+        return self.console.url if self.console is not None else None
 
     @property
     def audit(self) -> AuditLog:
@@ -250,9 +260,32 @@ class Gateway:
         )
         if fed.reload_interval_s > 0:
             gateway._reload_task = asyncio.create_task(gateway._watch_registry(holder))
+        if config.console.listen:
+            host, _, console_port = config.console.listen.rpartition(":")
+            try:
+                gateway.console = await start_auditor_console(
+                    log=audit,
+                    audit_db=config.audit_path,
+                    registry=lambda: pipeline.registry,
+                    state_dir=state,
+                    users_dir=config.console_users_dir,
+                    host=host.strip("[]"),
+                    port=int(console_port),
+                    member_id=member_id,
+                    secure_cookies=config.console.secure_cookies,
+                )
+            except BaseException:
+                await gateway.stop(0)
+                raise
         _log.info(
             "gateway serving",
-            extra={"fields": {"endpoint": gateway.endpoint, "origin": config.audit.origin}},
+            extra={
+                "fields": {
+                    "endpoint": gateway.endpoint,
+                    "origin": config.audit.origin,
+                    "console": gateway.console_url or "",
+                }
+            },
         )
         return gateway
 
@@ -296,6 +329,10 @@ class Gateway:
             self._reload_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reload_task
+        if self.console is not None:
+            # First, so that no console event is appended once the log starts closing.
+            await self.console.stop()
+            self.console = None
         await self._health.enter_graceful_shutdown()
         await self._server.stop(self.config.server.grace_period_s if grace is None else grace)
         if self._prometheus is not None:

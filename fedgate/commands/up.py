@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 
 from fedgate.errors import FedgateError
+from fedgate.federation import MemberKind
 from fedgate.scenario import run_scenario
 from fedgate.up import (
+    DEMO_AUDITOR,
     Federation,
     demo_password,
     prepare_state,
@@ -72,7 +74,7 @@ def _print_table(federation: Federation) -> None:
         endpoint = member.endpoint if running else "(not started)"
         name = f"{member.name_zh} / {member.name_en}"
         print(f"{member.id:<15} {member.kind.value:<13} {endpoint:<17} {url:<24} {name}")
-    staff = [s for s in federation.processes if s.console]
+    staff = [s for s in federation.processes if s.console and s.kind is not MemberKind.GATEWAY]
     if staff:
         example = staff[0]
         user = f"{example.member.split('.', 1)[1]}.zhang"
@@ -80,6 +82,12 @@ def _print_table(federation: Federation) -> None:
             f"\nStaff consoles: log in as <agency>.zhang (e.g. {user} at http://{example.console}/)"
             f" with the demo password {demo_password(federation.state)!r}"
             f" (kept in {federation.state / 'demo-password'})."
+        )
+    auditor = next((s for s in federation.processes if s.kind is MemberKind.GATEWAY), None)
+    if auditor is not None and auditor.console:
+        print(
+            f"Auditor console: log in as {DEMO_AUDITOR} (audit.office) at"
+            f" http://{auditor.console}/ with the same demo password."
         )
     print(f"Logs: {federation.state / 'logs'}/   Federation: {federation.federation_dir}/\n")
 

@@ -1,0 +1,511 @@
+"""The auditor console: the web pages auditors review the audit log with, served by the gateway.
+
+Only auditor accounts (``fedgate audit add-user``) of members that hold the ``auditor`` role in
+the member registry may log in, and only while the member is in good standing (the registry is
+read on every request, so a revocation ends sessions at once). Pages:
+
+- ``/`` search by officer, member, case number, subject identifier (exact), action, outcome,
+  kind of entry and time, newest first, paged (``LogInsights.newest``: indexed columns only);
+- ``/entries/{index}`` the whole exchange of an entry: the signed request decoded, the decision
+  and matched rule, the signed response, the receipt, with the signature and inclusion checks
+  run on every view (``gateway._console_exchange``); identifiers masked until revealed;
+- ``POST /entries/{index}/reveal`` reveal one masked field, ``POST /entries/{index}/evidence``
+  download the evidence bundle (``gateway.audit.service.export_evidence``);
+- ``/log`` the latest checkpoint, witness cosignatures and the console's consistency check;
+- ``/charts`` requests per day by member and by action, refusals by reason (inline SVG);
+- ``/flags`` patterns worth a closer look (``gateway._console_flags``).
+
+Contract:
+
+- Identifier values MUST be masked on every page until the auditor reveals one field of one
+  entry with a CSRF-checked POST; the reveal MUST be appended to the audit log (which entry and
+  which field, never the value) before anything is shown, and lasts ``REVEAL_FOR`` for that
+  session only.
+- Every login, failure, lock-out, logout, reveal and evidence export MUST be in the audit log
+  before it takes effect (the shell's audit hook appends ``EventEntry``s to the real log); if it
+  cannot be written, nothing is done.
+- Every page is ``Cache-Control: no-store`` (the shell's headers).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.types import ASGIApp
+
+from fedgate.actions import ACTIONS
+from fedgate.audit_entry import EventEntry, micros_to_time
+from fedgate.errors import FieldViolation, InvalidArgument, NotFound, VerificationError
+from fedgate.registry import Registry
+from fedgate.web.app import AuditHook, Console, Page
+from fedgate.web.auth import Role, UserStore
+from fedgate.web.serve import EmbeddedServer
+from fedgate.web.session import Session
+from fedgate.web.text import BEIJING
+from gateway._console_charts import OTHER, day_chart, reason_chart
+from gateway._console_exchange import load_exchange
+from gateway._console_flags import (
+    FOLLOW_UP,
+    REFUSALS_MINIMUM,
+    VOLUME_FACTOR,
+    VOLUME_MINIMUM,
+    WORK_END,
+    WORK_START,
+    find_flags,
+)
+from gateway._console_search import (
+    EVENT_KINDS,
+    MAX_TEXT,
+    OUTCOMES,
+    PAGE_SIZE,
+    SearchForm,
+    input_time,
+    result_row,
+)
+from gateway._console_state import LogWatch
+from gateway.audit.insights import GROUPINGS, LogInsights, TimeWindow, day_start_us
+from gateway.audit.log import AuditLog
+from gateway.audit.service import export_evidence
+
+__all__ = [
+    "AUDITOR_ROLE",
+    "PAGE_SIZE",
+    "REVEAL_FOR",
+    "AuditorConsole",
+    "RunningAuditorConsole",
+    "start_auditor_console",
+]
+
+_logger = logging.getLogger("fedgate.gateway.console")
+
+AUDITOR_ROLE: Final = "auditor"
+"""The registry role a member needs for its auditor accounts to log in."""
+REVEAL_FOR: Final = timedelta(minutes=10)
+WINDOWS: Final = (1, 7, 30, 90)
+"""The time windows (days) the charts and flags offer."""
+DEFAULT_DAYS: Final = 30
+
+
+class _Grants:
+    """Which masked fields each session has revealed, until when (in memory: a restart
+    masks everything again)."""
+
+    def __init__(self, clock: Callable[[], datetime]) -> None:
+        self._clock = clock
+        self._until: dict[tuple[str, int, str], float] = {}
+
+    def add(self, sid: str, leg: int, key: str) -> None:
+        now = self._clock().timestamp()
+        self._until = {k: u for k, u in self._until.items() if u > now}
+        self._until[(sid, leg, key)] = now + REVEAL_FOR.total_seconds()
+
+    def of(self, sid: str) -> set[tuple[int, str]]:
+        now = self._clock().timestamp()
+        return {(leg, key) for (s, leg, key), u in self._until.items() if s == sid and u > now}
+
+
+class _AuditorShell(Console):
+    """The shell with one more condition on every session: the account's member must hold the
+    ``auditor`` role in the current registry (so a login of any other member is refused and
+    audited as ``console_login_refused``, and a revocation ends its sessions)."""
+
+    def __init__(self, *, allowed: Callable[[str], bool], **options: Any) -> None:
+        super().__init__(**options)
+        self._allowed = allowed
+
+    def _session_ok(self, session: Session) -> bool:
+        return super()._session_ok(session) and self._allowed(session.member_id)
+
+
+def _label(page: Page, prefix: str, key: str) -> str:
+    """A catalogued label for ``key`` (``prefix.key``), else the key itself."""
+    try:
+        return page.t(f"{prefix}.{key}")
+    except KeyError:
+        return key
+
+
+def action_label(page: Page, action: str) -> str:
+    """An action's or a console event's name in the page's language."""
+    for prefix in ("action", "event"):
+        try:
+            return page.t(f"{prefix}.{action}")
+        except KeyError:
+            continue
+    return action or "—"
+
+
+class AuditorConsole:
+    """The auditor console over one audit log: ``app`` is its ASGI application.
+
+    ``registry`` returns the current member registry; ``audit_hook`` defaults to appending
+    each console event to ``log`` itself.
+    """
+
+    def __init__(
+        self,
+        *,
+        log: AuditLog,
+        insights: LogInsights,
+        registry: Callable[[], Registry],
+        users: UserStore,
+        state_dir: Path,
+        member_id: str = "gateway",
+        audit_hook: AuditHook | None = None,
+        clock: Callable[[], datetime] | None = None,
+        secure_cookies: bool = False,
+        session_key: bytes | None = None,
+    ) -> None:
+        self._log = log
+        self._insights = insights
+        self._registry = registry
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._grants = _Grants(self._clock)
+        self._watch = LogWatch(
+            log=log, insights=insights, registry=registry, state_dir=state_dir, clock=self._clock
+        )
+        self.shell = _AuditorShell(
+            allowed=self.is_auditor_member,
+            title_key="app.auditor_title",
+            member_id=member_id,
+            role=Role.AUDITOR,
+            users=users,
+            state_dir=state_dir,
+            audit_hook=audit_hook or self._append,
+            clock=self._clock,
+            secure_cookies=secure_cookies,
+            any_member=True,
+            nav=(
+                ("/", "audit.nav.search"),
+                ("/log", "audit.nav.log"),
+                ("/charts", "audit.nav.charts"),
+                ("/flags", "audit.nav.flags"),
+            ),
+            session_key=session_key,
+        )
+        s = self.shell
+        self.app: ASGIApp = s.build(
+            [
+                s.page_route("/", self._search_page),
+                s.page_route("/entries/{index:int}", self._entry_page),
+                s.action_route("/entries/{index:int}/reveal", self._reveal),
+                s.action_route("/entries/{index:int}/evidence", self._evidence),
+                s.page_route("/log", self._log_page),
+                s.page_route("/charts", self._charts_page),
+                s.page_route("/flags", self._flags_page),
+            ]
+        )
+
+    async def _append(self, entry: EventEntry) -> None:
+        await self._log.append(entry)
+
+    def is_auditor_member(self, member_id: str) -> bool:
+        """Whether ``member_id`` is in good standing and holds the auditor role now."""
+        registry = self._registry()
+        member = registry.find(member_id)
+        return (
+            member is not None
+            and registry.revocation_of(member_id) is None
+            and AUDITOR_ROLE in member.roles
+        )
+
+    def _member_label(self, page: Page, member_id: str) -> str:
+        if member_id == OTHER:
+            return page.t("chart.other")
+        member = self._registry().find(member_id)
+        if member is None:
+            return member_id or "—"
+        return f"{member.name_en if page.lang == 'en' else member.name_zh} ({member_id})"
+
+    # ------------------------------------------------------------------ search
+
+    def _search_values(self, page: Page) -> dict[str, Any]:
+        registry = self._registry()
+        return {
+            "members": sorted((m.id, self._member_label(page, m.id)) for m in registry.entries),
+            "actions": sorted(((a, action_label(page, a)) for a in ACTIONS), key=lambda p: p[1]),
+            "events": [(e, action_label(page, e)) for e in EVENT_KINDS],
+            "outcomes": [(o, page.t(f"outcome.{o}")) for o in OUTCOMES],
+            "kinds": [(k, page.t(f"kind.{k}")) for k in ("request", "response", "event")],
+            "action_label": lambda a: action_label(page, a),
+            "log_size": self._log.size,
+            "page_size": PAGE_SIZE,
+        }
+
+    async def _search_page(self, request: Request, page: Page) -> Response:
+        params = dict(request.query_params)
+        try:
+            form = SearchForm.parse(params)
+        except InvalidArgument as exc:
+            return self.shell.render(
+                page,
+                "audit_search.html",
+                status=400,
+                title=page.t("audit.search.title"),
+                form={k: str(v)[:MAX_TEXT] for k, v in params.items()},
+                problem="; ".join(f"{v.field}: {v.description}" for v in exc.violations),
+                rows=(),
+                searched=True,
+                older="",
+                newest="",
+                **self._search_values(page),
+            )
+        hits = await self._insights.newest(form.query, before_index=form.before, leg=form.leg)
+        rows = [result_row(h) for h in hits[:PAGE_SIZE]]
+        kept = {k: v for k, v in form.values.items() if v and k != "before"}
+        older = ""
+        if len(hits) > PAGE_SIZE and rows:
+            older = "/?" + urlencode({**kept, "before": rows[-1].index})
+        newest = "/?" + urlencode(kept) if form.before is not None else ""
+        return self.shell.render(
+            page,
+            "audit_search.html",
+            title=page.t("audit.search.title"),
+            form=form.values,
+            problem="",
+            rows=rows,
+            searched=bool(kept) or form.before is not None,
+            older=older,
+            newest=newest,
+            **self._search_values(page),
+        )
+
+    # ------------------------------------------------------------------ one exchange
+
+    async def _entry_page(self, request: Request, page: Page) -> Response:
+        index = int(request.path_params["index"])
+        try:
+            view = await load_exchange(
+                self._log,
+                self._insights,
+                self._registry(),
+                index,
+                t=page.t,
+                lang=page.lang,
+                revealed=self._grants.of(page.session.sid),
+            )
+        except VerificationError as exc:
+            _logger.error("audit entry %d does not decode: %s", index, exc.message)
+            return self.shell.error_page(page, 500, page.t("entry.damaged"))
+        return self.shell.render(
+            page,
+            "audit_entry.html",
+            title=page.t("entry.title", index=index),
+            view=view,
+            action_name=action_label(page, view.action),
+            registry_label=lambda m: self._member_label(page, m),
+        )
+
+    async def _reveal(self, request: Request, page: Page) -> Response:
+        index = int(request.path_params["index"])
+        key = page.field("field")
+        leg_text = page.field("leg")
+        view = await load_exchange(
+            self._log, self._insights, self._registry(), index, t=page.t, lang=page.lang
+        )
+        leg = int(leg_text) if leg_text.isdigit() else -1
+        if (leg, key) not in view.revealable:
+            raise InvalidArgument.for_fields(
+                [FieldViolation("field", f"entry {leg_text[:20]} has no masked field {key[:60]!r}")]
+            )
+        session = page.session
+        await self.shell.audit(
+            "console_reveal",
+            actor=session.user_id,
+            member=session.member_id,
+            entry=str(leg),
+            field=key,
+            request_id=view.request_id,
+        )
+        self._grants.add(session.sid, leg, key)
+        anchor = f"f-{leg}-{key.replace('.', '-')}"
+        return RedirectResponse(f"/entries/{index}?notice=revealed#{anchor}", status_code=303)
+
+    async def _evidence(self, request: Request, page: Page) -> Response:
+        index = int(request.path_params["index"])
+        if not 0 <= index < self._log.size:
+            raise NotFound(f"no entry {index}: the log has {self._log.size} entries")
+        session = page.session
+        await self.shell.audit(
+            "console_export", actor=session.user_id, member=session.member_id, entry=str(index)
+        )
+        bundle = await export_evidence(self._log, index)
+        name = f"fedgate-evidence-{index}.json"
+        return Response(
+            bundle,
+            media_type="application/json",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
+
+    # ------------------------------------------------------------------ the log
+
+    async def _log_page(self, request: Request, page: Page) -> Response:
+        state = await self._watch.state()
+        return self.shell.render(
+            page,
+            "audit_log.html",
+            title=page.t("audit.log.title"),
+            state=state,
+            root=state.checkpoint.root_hash.hex() if state.checkpoint is not None else "",
+        )
+
+    # ------------------------------------------------------------------ charts and flags
+
+    def _window(self, request: Request) -> tuple[int, date, TimeWindow]:
+        raw = request.query_params.get("days", "")
+        days = int(raw) if raw.isdigit() and int(raw) in WINDOWS else DEFAULT_DAYS
+        today = self._clock().astimezone(BEIJING).date()
+        first = today - timedelta(days=days - 1)
+        return days, first, TimeWindow(day_start_us(first), day_start_us(today + timedelta(1)))
+
+    async def _charts_page(self, request: Request, page: Page) -> Response:
+        days, first, window = self._window(request)
+        by = request.query_params.get("by", "requester")
+        by = by if by in GROUPINGS[:2] else "requester"
+
+        def bar_title(day: date, name: str, count: int) -> str:
+            return page.t("chart.bar", day=day.isoformat(), name=name, count=count)
+
+        members = day_chart(
+            await self._insights.per_day(window, by),
+            first=first,
+            days=days,
+            label=lambda k: self._member_label(page, k),
+            title=bar_title,
+        )
+        actions = day_chart(
+            await self._insights.per_day(window, "action"),
+            first=first,
+            days=days,
+            label=lambda k: page.t("chart.other") if k == OTHER else action_label(page, k),
+            title=bar_title,
+        )
+        refusals = reason_chart(
+            await self._insights.refusals(window), label=lambda k: _label(page, "reason", k)
+        )
+        return self.shell.render(
+            page,
+            "audit_charts.html",
+            title=page.t("audit.charts.title"),
+            days=days,
+            windows=WINDOWS,
+            by=by,
+            first=first,
+            members=members,
+            actions=actions,
+            refusals=refusals,
+        )
+
+    def _search_link(self, **values: object) -> str:
+        return "/?" + urlencode({k: v for k, v in values.items() if v})
+
+    def _day_link(self, member: str, officer: str, day: date, **more: str) -> str:
+        start = datetime.combine(day, datetime.min.time(), BEIJING)
+        return self._search_link(
+            member=member,
+            officer=officer,
+            since=input_time(start),
+            until=input_time(start + timedelta(days=1)),
+            **more,
+        )
+
+    async def _flags_page(self, request: Request, page: Page) -> Response:
+        days, _, window = self._window(request)
+        flags = await find_flags(self._insights, window, now=self._clock())
+        return self.shell.render(
+            page,
+            "audit_flags.html",
+            title=page.t("audit.flags.title"),
+            days=days,
+            windows=WINDOWS,
+            flags=flags,
+            day_link=self._day_link,
+            micros=micros_to_time,
+            case_link=lambda case: self._search_link(case=case),
+            member_label=lambda m: self._member_label(page, m),
+            thresholds={
+                "factor": f"{VOLUME_FACTOR:g}",
+                "minimum": VOLUME_MINIMUM,
+                "start": f"{WORK_START:02d}:00",
+                "end": f"{WORK_END:02d}:00",
+                "follow_days": FOLLOW_UP.days,
+                "refusals": REFUSALS_MINIMUM,
+            },
+        )
+
+
+class RunningAuditorConsole:
+    """An auditor console being served: its ``url``; ``stop`` it before closing the log."""
+
+    def __init__(
+        self,
+        server: EmbeddedServer,
+        users: UserStore,
+        insights: LogInsights,
+        console: AuditorConsole,
+    ) -> None:
+        self.server = server
+        self.console = console
+        self._users = users
+        self._insights = insights
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    async def stop(self) -> None:
+        try:
+            await self.server.stop()
+        finally:
+            self._users.close()
+            await self._insights.close()
+
+
+async def start_auditor_console(
+    *,
+    log: AuditLog,
+    audit_db: Path,
+    registry: Callable[[], Registry],
+    state_dir: Path,
+    users_dir: Path | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    member_id: str = "gateway",
+    secure_cookies: bool = False,
+    clock: Callable[[], datetime] | None = None,
+) -> RunningAuditorConsole:
+    """Serve the auditor console of ``log`` (kept in the SQLite file ``audit_db``) on
+    ``host:port`` in the running loop (``port`` 0: any free port). Accounts come from
+    ``users.sqlite`` in ``users_dir`` (default ``state_dir``, where ``fedgate audit add-user
+    --state`` writes). Raises ``AgencyUnavailable`` when the address cannot be bound,
+    ``AuditUnavailable`` when the database cannot be read."""
+    insights = await LogInsights.open(audit_db)
+    users: UserStore | None = None
+    try:
+        users = UserStore.in_state_dir(users_dir or state_dir)
+        console = AuditorConsole(
+            log=log,
+            insights=insights,
+            registry=registry,
+            users=users,
+            state_dir=state_dir,
+            member_id=member_id,
+            clock=clock,
+            secure_cookies=secure_cookies,
+        )
+        server = EmbeddedServer(console.app, host=host, port=port)
+        await server.start()
+    except BaseException:
+        if users is not None:
+            users.close()
+        await insights.close()
+        raise
+    _logger.info("auditor console at %s", server.url)
+    return RunningAuditorConsole(server, users, insights, console)
