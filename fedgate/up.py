@@ -15,6 +15,7 @@ State directory layout::
     gateway/             gateway.toml and the gateway's state (audit log, replay cache, ...,
                          the auditor console's users)
     nodes/<member>/      node.toml and the node's state (answers, staff queue, console users)
+    witnesses/<member>/  the log witnesses' state (pboc.gz, audit.office)
     logs/<member>.log    each process's output
     pids.json            the processes of a federation started with --background
 """
@@ -66,6 +67,9 @@ DEMO_PASSWORD_FILE = "demo-password"  # noqa: S105 - a file name, not a password
 DEMO_AUDITOR = "audit.wang"
 """The demo auditor account (member ``audit.office``) of the gateway's auditor console."""
 DEMO_AUDITOR_MEMBER = MemberId("audit.office")
+
+LOG_ORIGIN = "fedgate.local/gateway/shard-0"
+"""The origin (log name) of the development gateway's audit log shard."""
 
 WORLD_MAX_AGE = timedelta(hours=12)
 """A world older than this is reseeded: stop-payments need a recent victim transfer."""
@@ -123,6 +127,10 @@ def _staff_id(member: MemberId) -> str:
     return f"{member.split('.', 1)[1]}.zhang"
 
 
+def _witnesses(registry: Registry) -> list[Member]:
+    return [m for m in registry.members() if "witness" in m.roles]
+
+
 def _agency_members(registry: Registry) -> list[Member]:
     return [m for m in registry.members() if m.kind in (MemberKind.BANK, MemberKind.CARRIER)]
 
@@ -147,7 +155,8 @@ def _write_gateway_config(state: Path, registry: Registry) -> Path:
                 'state_dir = "."',
                 "",
                 "[audit]",
-                'origin = "fedgate.local/gateway/shard-0"',
+                f'origin = "{LOG_ORIGIN}"',
+                "witnesses = [" + ", ".join(f'"{w.id}"' for w in _witnesses(registry)) + "]",
                 "",
                 "[telemetry]",
                 'log_level = "INFO"',
@@ -259,6 +268,29 @@ def prepare_state(state: Path, *, progress: Progress = print) -> Federation:
             log=state / "logs" / "gateway.log",
         )
     ]
+    for member in _witnesses(registry):
+        processes.append(
+            ProcessSpec(
+                member=member.id,
+                kind=member.kind,
+                argv=(
+                    sys.executable,
+                    "-m",
+                    "adapters.witness",
+                    "--federation",
+                    str(federation_dir),
+                    "--member",
+                    member.id,
+                    "--state",
+                    str(state / "witnesses" / member.id),
+                    "--origin",
+                    LOG_ORIGIN,
+                ),
+                endpoint=member.endpoint,
+                console=None,
+                log=state / "logs" / f"{member.id}.log",
+            )
+        )
     for member in _agency_members(registry):
         config = _write_node_config(state, member, world)
         console = f"127.0.0.1:{console_port(member.endpoint)}"

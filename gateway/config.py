@@ -98,6 +98,9 @@ class AuditConfig:
     """Keep each agency's signed response envelope in its response leg, so that auditors can
     check the agency's signature offline (``fedgate audit verify``, evidence bundles). Turn
     off to keep only the response hash and signature."""
+    witnesses: tuple[str, ...] = ()
+    """Members (with the ``witness`` role) asked to cosign each new checkpoint, at their registry
+    endpoint or ``[routing] endpoints``. Appends never wait for them."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -248,6 +251,7 @@ class GatewayConfig:
             origin=a.text("origin", _DA.origin),
             path=a.optional_path("path"),
             keep_response_bodies=a.boolean("keep_response_bodies", True),
+            witnesses=tuple(a.string_list("witnesses")),
         )
         a.done()
         r = _Section(merged, "routing", base)
@@ -471,6 +475,14 @@ class _Section:
         if path is None:
             raise ConfigError(f"{self.name}.{key} is required")
         return path
+
+    def string_list(self, key: str) -> list[str]:
+        value = self._get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{self.name}.{key} must be a list of non-empty strings")
+        return list(value)
 
     def string_map(self, key: str) -> dict[str, str]:
         value = self._get(key)

@@ -38,18 +38,21 @@ from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from fedgate.checkpoint import CosignatureVerifier
 from fedgate.envelope import Signer
 from fedgate.errors import FedgateError
+from fedgate.keys import public_key_from_raw
 from fedgate.note import NoteSigner
 from fedgate.pki import FederationLayout
 from fedgate.registry import Registry
-from fedgate.tls import MemberCredentials, server_credentials
+from fedgate.tls import MemberCredentials, channel_credentials, channel_options, server_credentials
 from fedgate.types import MemberId
 from fedgate.v1 import alert_service_pb2
 from gateway.alerts import AlertHub, AlertServicer
 from gateway.audit.log import AuditLog
 from gateway.audit.sqlite_store import open_sqlite_store
 from gateway.audit.store import AuditStore
+from gateway.audit.witness import GrpcWitnessClient
 from gateway.config import ConfigError, GatewayConfig
 from gateway.console import RunningAuditorConsole, start_auditor_console
 from gateway.pipeline import Pipeline
@@ -87,6 +90,32 @@ class _Parts:
     tickets: Tickets
     alerts: AlertHub
     router: NodeRouter
+    witness_channels: tuple[grpc.aio.Channel, ...] = ()
+
+
+def _witness_clients(
+    config: GatewayConfig,
+    registry: Registry,
+    credentials: MemberCredentials,
+    endpoints: dict[str, str],
+) -> tuple[tuple[grpc.aio.Channel, ...], list[GrpcWitnessClient]]:
+    """An mTLS channel and a cosignature-checking client for each configured witness."""
+    channels: list[grpc.aio.Channel] = []
+    clients: list[GrpcWitnessClient] = []
+    for name in config.audit.witnesses:
+        witness = registry.member(MemberId(name))
+        if "witness" not in witness.roles:
+            raise ConfigError(f"audit.witnesses: {name} does not hold the witness role")
+        key = max(witness.signing_keys, key=lambda k: k.not_before)
+        channel = grpc.aio.secure_channel(
+            endpoints.get(name) or witness.endpoint,
+            channel_credentials(credentials),
+            options=channel_options(witness.id),
+        )
+        channels.append(channel)
+        verifier = CosignatureVerifier(name=name, public_key=public_key_from_raw(key.public_key))
+        clients.append(GrpcWitnessClient(channel, verifier=verifier))
+    return tuple(channels), clients
 
 
 class Gateway:
@@ -171,16 +200,18 @@ class Gateway:
         store = audit_store or await open_sqlite_store(
             config.audit_path, origin=config.audit.origin
         )
+        endpoints = dict(config.routing.endpoints)
+        witness_channels, witnesses = _witness_clients(config, registry, credentials, endpoints)
         audit = await AuditLog.open(
             store=store,
             origin=config.audit.origin,
             signer=NoteSigner(name=config.audit.origin, private_key=credentials.signing_key),
+            witnesses=witnesses,
         )
         window = timedelta(seconds=config.pipeline.replay_window_s)
         replay = ReplayCache.open(config.replay_path, window=window)
         rules = BusinessRules.open(config.rules_path)
         quotas = Quotas(QuotaConfig.from_mapping(config.quotas))
-        endpoints = dict(config.routing.endpoints)
         holder: dict[str, Registry] = {"registry": registry}
 
         def endpoint_of(target: MemberId) -> str:
@@ -216,7 +247,7 @@ class Gateway:
             telemetry=telemetry,
             keep_response_bodies=config.audit.keep_response_bodies,
         )
-        parts = _Parts(audit, replay, rules, tickets, alerts, router)
+        parts = _Parts(audit, replay, rules, tickets, alerts, router, witness_channels)
         limit = config.server.max_receive_bytes
         server = grpc.aio.server(
             options=[
@@ -340,6 +371,8 @@ class Gateway:
         parts = self._parts
         await parts.router.close()
         await parts.audit.close()
+        for channel in parts.witness_channels:
+            await channel.close(None)
         parts.replay.close()
         parts.rules.close()
         parts.tickets.close()

@@ -24,6 +24,7 @@ class TestPrepareState:
         assert "gateway" in members
         assert {"bank.icbc", "bank.ccb", "bank.abc", "bank.gzrcb"} <= members
         assert {"carrier.cmcc", "carrier.cucc", "carrier.ctcc"} <= members
+        assert {"pboc.gz", "audit.office"} <= members  # the log's witnesses
         assert (tmp_path / "state" / "gateway" / "gateway.toml").exists()
         assert (tmp_path / "state" / "nodes" / "bank.icbc" / "node.toml").exists()
         assert any("seeding" in line for line in lines)
@@ -60,5 +61,8 @@ class TestDemo:
         assert "federation up in" in result.stdout
         assert "Scenario succeeded" in result.stdout
         assert "audit verify ✓" in result.stdout
+        cosigned = next(line for line in result.stdout.splitlines() if "cosigned" in line)
+        assert "pboc.gz" in cosigned
+        assert "audit.office" in cosigned
         assert "fedgate demo: OK" in result.stdout
         assert _leftovers("fedgate-demo-") == []

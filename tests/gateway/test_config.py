@@ -31,6 +31,12 @@ class TestGatewayConfig:
         assert config.audit_path == tmp_path / "state" / "audit.sqlite"
         assert config.server.listen == "127.0.0.1:50051"
         assert config.audit.keep_response_bodies is True
+        assert config.audit.witnesses == ()
+
+    def test_witnesses(self, tmp_path: Path) -> None:
+        text = MINIMAL + "[audit]\nwitnesses = ['pboc.gz', 'audit.office']\n"
+        config = GatewayConfig.load(write(tmp_path, text), env={})
+        assert config.audit.witnesses == ("pboc.gz", "audit.office")
 
     def test_environment_overrides_any_value(self, tmp_path: Path) -> None:
         env = {
@@ -57,6 +63,7 @@ class TestGatewayConfig:
             ("[routing]\nmax_attempts = 0\n", "routing.max_attempts"),
             ("[telemetry]\nprometheus_listen = '0.0.0.0:9464'\n", "telemetry.prometheus_listen"),
             ("[extra]\nx = 1\n", "extra"),
+            ("[audit]\nwitnesses = 'pboc.gz'\n", "audit.witnesses"),
         ],
     )
     def test_mistakes_name_the_option(self, tmp_path: Path, extra: str, option: str) -> None:

@@ -1,0 +1,164 @@
+"""A witness node: the central bank's branch or the audit office cosigning the gateway's log.
+
+    python -m adapters.witness --federation DIR --member pboc.gz --state DIR
+
+The node serves ``WitnessService`` (plus health and reflection) on the member's registry
+endpoint over mTLS, and answers only the gateway's certificate. It knows each log by its origin
+and checks checkpoints with the gateway members' keys from the registry under that origin, as
+auditors do (``fedgate.evidence.log_verifiers``). Its state (the last checkpoint it cosigned per
+origin) lives in ``<state>/witness.json``; see ``gateway.audit.witness`` for the contract.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from adapters.staff import require_peer
+from fedgate.errors import FedgateError, InvalidArgument
+from fedgate.evidence import log_verifiers
+from fedgate.logs import configure_logging
+from fedgate.registry import Registry
+from fedgate.status import abort_with
+from fedgate.tls import MemberCredentials, server_credentials
+from fedgate.types import MemberId
+from fedgate.v1 import audit_service_pb2, audit_service_pb2_grpc
+from gateway.audit.witness import Witness, WitnessServicer
+
+__all__ = ["WITNESS_ROLE", "WitnessNode", "main"]
+
+WITNESS_ROLE = "witness"
+GATEWAY = MemberId("gateway")
+_log = logging.getLogger("fedgate.witness")
+
+
+class _GatewayOnly(WitnessServicer):
+    """``WitnessServicer`` that refuses every caller but the gateway's registered certificate."""
+
+    def __init__(self, witness: Witness, registry: Registry) -> None:
+        super().__init__(witness)
+        self._registry = registry
+
+    async def AddCheckpoint(
+        self,
+        request: audit_service_pb2.AddCheckpointRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> audit_service_pb2.AddCheckpointResponse:
+        try:
+            require_peer(context, self._registry, GATEWAY)
+        except FedgateError as exc:
+            await abort_with(context, exc)
+        return await super().AddCheckpoint(request, context)
+
+
+class WitnessNode:
+    """A running witness: ``start``, then ``stop``."""
+
+    def __init__(
+        self,
+        *,
+        federation: Path,
+        member: MemberId,
+        state: Path,
+        origins: Sequence[str],
+        listen: str | None = None,
+    ) -> None:
+        self.registry = Registry.load_dir(federation)
+        record = self.registry.member(member)
+        if WITNESS_ROLE not in record.roles:
+            raise InvalidArgument(f"{member} does not hold the witness role in the registry")
+        self.member = member
+        self.credentials = MemberCredentials.load(federation, member)
+        state.mkdir(parents=True, exist_ok=True)
+        logs = {}
+        for origin in origins:
+            verifiers = log_verifiers(self.registry, origin)
+            if not verifiers:
+                raise InvalidArgument("the registry lists no gateway key to check the log with")
+            logs[origin] = verifiers[-1]
+        self.witness = Witness(
+            name=member,
+            private_key=self.credentials.signing_key,
+            state_path=state / "witness.json",
+            logs=logs,
+        )
+        self.listen = listen or record.endpoint
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        server = grpc.aio.server()
+        audit_service_pb2_grpc.add_WitnessServiceServicer_to_server(
+            _GatewayOnly(self.witness, self.registry), server
+        )
+        health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        names = (
+            audit_service_pb2.DESCRIPTOR.services_by_name["WitnessService"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(names, server)
+        server.add_secure_port(self.listen, server_credentials(self.credentials))
+        await server.start()
+        self._server = server
+        _log.info("witness %s serving on %s", self.member, self.listen)
+
+    async def stop(self, grace: float = 2.0) -> None:
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+
+
+async def _serve(node: WitnessNode) -> None:
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await node.start()
+    try:
+        await stopping.wait()
+    finally:
+        await node.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m adapters.witness", description="Run a log witness for a federation member."
+    )
+    parser.add_argument("--federation", type=Path, required=True, help="federation directory")
+    parser.add_argument("--member", required=True, help="the witness member, e.g. pboc.gz")
+    parser.add_argument("--state", type=Path, required=True, help="the witness's state directory")
+    parser.add_argument(
+        "--origin", action="append", required=True, help="a log origin to witness (repeatable)"
+    )
+    parser.add_argument("--listen", help="host:port (default: the member's registry endpoint)")
+    args = parser.parse_args(argv)
+    configure_logging()
+    try:
+        node = WitnessNode(
+            federation=args.federation,
+            member=MemberId(args.member),
+            state=args.state,
+            origins=args.origin,
+            listen=args.listen,
+        )
+        asyncio.run(_serve(node))
+    except FedgateError as exc:
+        print(f"fedgate witness: error: {exc.message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

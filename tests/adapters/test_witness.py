@@ -1,0 +1,116 @@
+"""The witness node: cosigns the gateway's checkpoints over mTLS, for the gateway only."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from adapters.witness import WitnessNode
+from fedgate.checkpoint import Checkpoint, CosignatureVerifier, sign_checkpoint
+from fedgate.errors import InvalidArgument, LogInconsistent, PermissionRefused
+from fedgate.keys import public_key_from_raw
+from fedgate.merkle import EMPTY_ROOT, MerkleTree, leaf_hash
+from fedgate.note import NoteSigner
+from fedgate.registry import Registry
+from fedgate.status import error_from_rpc
+from fedgate.tls import MemberCredentials, channel_credentials, channel_options
+from fedgate.types import MemberId
+from fedgate.v1 import audit_service_pb2, audit_service_pb2_grpc
+from gateway.audit.witness import GrpcWitnessClient
+
+ORIGIN = "fedgate.test/gateway/shard-0"
+PBOC = MemberId("pboc.gz")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def witness(fed_dir: Path, tmp_path: Path) -> AsyncIterator[WitnessNode]:
+    node = WitnessNode(
+        federation=fed_dir,
+        member=PBOC,
+        state=tmp_path / "witness",
+        origins=[ORIGIN],
+        listen=f"127.0.0.1:{_free_port()}",
+    )
+    await node.start()
+    yield node
+    await node.stop(0)
+
+
+def _client(
+    fed_dir: Path, node: WitnessNode, caller: str
+) -> tuple[grpc.aio.Channel, GrpcWitnessClient]:
+    creds = MemberCredentials.load(fed_dir, MemberId(caller))
+    channel = grpc.aio.secure_channel(
+        node.listen, channel_credentials(creds), options=channel_options(PBOC)
+    )
+    key = Registry.load_dir(fed_dir).member(PBOC).signing_keys[-1]
+    verifier = CosignatureVerifier(name=PBOC, public_key=public_key_from_raw(key.public_key))
+    return channel, GrpcWitnessClient(channel, verifier=verifier)
+
+
+def _note(fed_dir: Path, tree: MerkleTree) -> str:
+    gateway = MemberCredentials.load(fed_dir, MemberId("gateway"))
+    signer = NoteSigner(name=ORIGIN, private_key=gateway.signing_key)
+    return sign_checkpoint(Checkpoint(ORIGIN, tree.size, tree.root()), signer)
+
+
+class TestWitnessNode:
+    async def test_cosigns_a_consistent_log_for_the_gateway(
+        self, fed_dir: Path, witness: WitnessNode
+    ) -> None:
+        channel, client = _client(fed_dir, witness, "gateway")
+        async with channel:
+            tree = MerkleTree()
+            for i in range(5):
+                tree.append(leaf_hash(b"entry %d" % i))
+            sig = await client.add_checkpoint(0, [], _note(fed_dir, tree))
+            assert sig.name == PBOC
+            old = tree.size
+            tree.append(leaf_hash(b"entry 5"))
+            proof = tree.consistency_proof(old)
+            again = await client.add_checkpoint(old, proof, _note(fed_dir, tree))
+            assert again.name == PBOC
+
+    async def test_refuses_a_forked_log(self, fed_dir: Path, witness: WitnessNode) -> None:
+        channel, client = _client(fed_dir, witness, "gateway")
+        async with channel:
+            tree = MerkleTree()
+            tree.append(leaf_hash(b"a"))
+            await client.add_checkpoint(0, [], _note(fed_dir, tree))
+            fork = MerkleTree()
+            fork.append(leaf_hash(b"b"))
+            fork.append(leaf_hash(b"c"))
+            with pytest.raises(LogInconsistent):
+                await client.add_checkpoint(1, fork.consistency_proof(1), _note(fed_dir, fork))
+
+    async def test_only_the_gateway_may_ask(self, fed_dir: Path, witness: WitnessNode) -> None:
+        creds = MemberCredentials.load(fed_dir, MemberId("police.gd.afc"))
+        tree = MerkleTree()
+        async with grpc.aio.secure_channel(
+            witness.listen, channel_credentials(creds), options=channel_options(PBOC)
+        ) as channel:
+            stub = audit_service_pb2_grpc.WitnessServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.AddCheckpoint(
+                    audit_service_pb2.AddCheckpointRequest(checkpoint=_note(fed_dir, tree))
+                )
+        assert isinstance(error_from_rpc(info.value), PermissionRefused)
+        assert tree.root() == EMPTY_ROOT
+
+    def test_a_member_without_the_witness_role_cannot_run_one(
+        self, fed_dir: Path, tmp_path: Path
+    ) -> None:
+        with pytest.raises(InvalidArgument, match="witness role"):
+            WitnessNode(
+                federation=fed_dir, member=MemberId("bank.icbc"), state=tmp_path, origins=[ORIGIN]
+            )
