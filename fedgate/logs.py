@@ -31,7 +31,7 @@ def mask(value: str) -> str:
         return f"{value[:3]}****{value[-4:]}"
     if n >= 8:
         return f"{value[:2]}****{value[-2:]}"
-    return "****" if value else ""
+    return "****"
 
 
 def mask_identifiers(text: str) -> str:
