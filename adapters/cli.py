@@ -53,10 +53,12 @@ async def serve(node: AgencyNode, *, console: str | None = None) -> None:
     running = None
     try:
         if console is not None:
-            from adapters.console_node import start_staff_console
+            from adapters.console_node import gateway_audit_hook, start_staff_console
 
             host, _, port = console.rpartition(":")
-            running = await start_staff_console(node, host=host, port=int(port))
+            running = await start_staff_console(
+                node, host=host, port=int(port), audit_hook=gateway_audit_hook(node)
+            )
             _log.info("staff console at %s", running.url)
         await stopping.wait()
     finally:

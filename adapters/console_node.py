@@ -31,6 +31,7 @@ from adapters.node import AgencyBackend, AgencyNode
 from adapters.queue import ANSWERED, OPEN_STATES, Entry
 from adapters.staff import QueueHost
 from fedgate.actions import IDEMPOTENT_READS, ORDER_ACTIONS
+from fedgate.audit_entry import EventEntry
 from fedgate.envelope import decode_request, decode_response
 from fedgate.errors import (
     FieldViolation,
@@ -283,6 +284,20 @@ class RunningConsole:
     async def stop(self) -> None:
         await self.server.stop()
         self._users.close()
+
+
+def gateway_audit_hook(node: AgencyNode) -> AuditHook:
+    """An audit hook that appends each console event to the gateway's audit log, signed by the
+    agency (``EventService``). If the gateway cannot log it, the hook raises and the console
+    refuses the action it was auditing: nothing happens unlogged."""
+
+    async def record(entry: EventEntry) -> None:
+        await node.report_sender().client.record_event(
+            kind=entry.kind, actor=entry.actor, at=entry.at, detail=entry.detail
+        )
+        log.info("console event %s by %s recorded in the audit log", entry.kind, entry.actor)
+
+    return record
 
 
 async def start_staff_console(

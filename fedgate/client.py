@@ -17,7 +17,7 @@ signed checkpoint.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,6 +48,8 @@ from fedgate.types import KeyId, MemberId
 from fedgate.v1 import (
     common_pb2,
     envelope_pb2,
+    event_service_pb2,
+    event_service_pb2_grpc,
     gateway_service_pb2,
     gateway_service_pb2_grpc,
     request_pb2,
@@ -151,6 +153,7 @@ class FedgateClient:
             options=channel_options(gateway_id),
         )
         self._stub = gateway_service_pb2_grpc.GatewayServiceStub(self._channel)
+        self._events = event_service_pb2_grpc.EventServiceStub(self._channel)
         self._sent: dict[str, tuple[bytes, str]] = {}
 
     @classmethod
@@ -313,6 +316,49 @@ class FedgateClient:
             gateway_id=self.gateway_id,
             responder=self.gateway_id if is_report else None,
         )
+
+    async def record_event(
+        self,
+        *,
+        kind: str,
+        actor: str,
+        at: datetime,
+        detail: Sequence[tuple[str, str]] = (),
+        timeout: float = 5.0,
+    ) -> envelope_pb2.AuditReceipt:
+        """Sign an audited event of this member (a console login, a staff answer) and append it
+        to the gateway's log; returns the receipt once its inclusion proof has been checked
+        against the log's signed checkpoint. Raises ``FedgateError``."""
+        event = event_service_pb2.AuditEvent(
+            kind=kind,
+            actor=actor,
+            member=self.member_id,
+            detail=[event_service_pb2.EventDetail(key=k, value=v) for k, v in detail],
+        )
+        event.at.FromDatetime(at)
+        envelope = sign_envelope(event.SerializeToString(), self._signer, Domain.EVENT)
+        try:
+            reply = await self._events.RecordEvent(
+                event_service_pb2.RecordEventRequest(event=envelope), timeout=timeout
+            )
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        receipt = reply.receipt
+        _, gateway_key = self.registry.signing_key(
+            KeyId(self.registry.member(self.gateway_id).signing_keys[-1].key_id),
+            at=datetime.now(UTC),
+        )
+        checkpoint = open_checkpoint(
+            receipt.checkpoint, NoteVerifier(name=receipt.log_origin, public_key=gateway_key)
+        )
+        merkle.verify_inclusion(
+            receipt.leaf_hash,
+            receipt.leaf_index,
+            receipt.tree_size,
+            list(receipt.inclusion_proof),
+            checkpoint.root_hash,
+        )
+        return receipt
 
     def remember(self, request_body: bytes) -> None:
         """Register a request sent elsewhere so its ticket answers can be verified here."""

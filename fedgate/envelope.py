@@ -49,6 +49,7 @@ class Domain(Enum):
     REQUEST = b"fedgate/v1/request\n"
     RESPONSE = b"fedgate/v1/response\n"
     COUNTERSIGNATURE = b"fedgate/v1/countersignature\n"
+    EVENT = b"fedgate/v1/event\n"
 
 
 @dataclass(frozen=True, slots=True)

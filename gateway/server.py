@@ -47,14 +47,22 @@ from fedgate.pki import FederationLayout
 from fedgate.registry import Registry
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options, server_credentials
 from fedgate.types import MemberId
-from fedgate.v1 import alert_service_pb2
+from fedgate.v1 import (
+    alert_service_pb2,
+    audit_service_pb2,
+    audit_service_pb2_grpc,
+    event_service_pb2,
+    event_service_pb2_grpc,
+)
 from gateway.alerts import AlertHub, AlertServicer
 from gateway.audit.log import AuditLog
+from gateway.audit.service import AuditServicer
 from gateway.audit.sqlite_store import open_sqlite_store
 from gateway.audit.store import AuditStore
 from gateway.audit.witness import GrpcWitnessClient
 from gateway.config import ConfigError, GatewayConfig
 from gateway.console import RunningAuditorConsole, start_auditor_console
+from gateway.events import EventServicer
 from gateway.pipeline import Pipeline
 from gateway.policy import ReloadingDecider, load_default_decider
 from gateway.quotas import QuotaConfig, Quotas
@@ -70,7 +78,9 @@ __all__ = ["SERVICE_NAMES", "Gateway", "main", "run_gateway"]
 _log = logging.getLogger(__name__)
 
 ALERT_SERVICE_NAME = alert_service_pb2.DESCRIPTOR.services_by_name["AlertService"].full_name
-SERVICE_NAMES = (SERVICE_NAME, ALERT_SERVICE_NAME)
+AUDIT_SERVICE_NAME = audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name
+EVENT_SERVICE_NAME = event_service_pb2.DESCRIPTOR.services_by_name["EventService"].full_name
+SERVICE_NAMES = (SERVICE_NAME, ALERT_SERVICE_NAME, AUDIT_SERVICE_NAME, EVENT_SERVICE_NAME)
 """The fedgate services a gateway serves (besides health and reflection)."""
 
 
@@ -260,6 +270,17 @@ class Gateway:
                 GatewayServicer(pipeline=pipeline, tickets=tickets).handler(),
                 AlertServicer(hub=alerts, authenticate=pipeline.authenticate).handler(),
             )
+        )
+        audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
+            AuditServicer(audit, lambda: pipeline.registry, lambda: decider), server
+        )
+        event_service_pb2_grpc.add_EventServiceServicer_to_server(
+            EventServicer(
+                log=audit,
+                registry=lambda: pipeline.registry,
+                skew=timedelta(seconds=config.pipeline.clock_skew_s),
+            ),
+            server,
         )
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
