@@ -34,6 +34,7 @@ from fedgate.audit_entry import (
 )
 from fedgate.auditverify import LogSource, VerifyOptions, VerifyReport, verify_log
 from fedgate.checkpoint import parse_checkpoint
+from fedgate.commands.users import add_user_parser
 from fedgate.errors import InvalidArgument, NotFound, VerificationError
 from fedgate.evidence import build_bundle, log_verifiers, verify_bundle, witness_verifiers
 from fedgate.merkle import MerkleTree
@@ -41,6 +42,7 @@ from fedgate.note import NoteVerifier, parse_note
 from fedgate.registry import Registry
 from fedgate.tlogproof import TlogProof
 from fedgate.v1 import envelope_pb2, request_pb2
+from fedgate.web.auth import Role
 from gateway.audit.store import IndexedRow, SearchQuery
 
 __all__ = ["register"]
@@ -59,6 +61,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
     )
     sub = group.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
+    add_user_parser(sub, Role.AUDITOR)
 
     verify = sub.add_parser(
         "verify",

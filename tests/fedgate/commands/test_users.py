@@ -69,3 +69,35 @@ class TestAddUser:
         argv = ["--state", str(tmp_path), "--member", "bank.icbc", "--user", "icbc.li"]
         with pytest.raises(InvalidArgument, match="password"):
             run("staff", Role.STAFF, [*argv, "--name", "李四", "--password-stdin"])
+
+
+class TestWiredIntoTheCli:
+    @pytest.mark.parametrize(
+        ("group", "member", "user", "role"),
+        [
+            ("staff", "bank.icbc", "icbc.wu", Role.STAFF),
+            ("audit", "audit.office", "audit.zhao", Role.AUDITOR),
+        ],
+    )
+    def test_fedgate_group_add_user(
+        self,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        group: str,
+        member: str,
+        user: str,
+        role: Role,
+    ) -> None:
+        from fedgate.cli import main
+        from fedgate.web.auth import UserStore
+
+        monkeypatch.setattr("sys.stdin", io.StringIO("correct horse battery\n"))
+        argv = [group, "add-user", "--state", str(tmp_path), "--member", member]
+        assert main([*argv, "--user", user, "--name", "测试", "--password-stdin"]) == 0
+        store = UserStore.in_state_dir(tmp_path)
+        try:
+            account = store.get(user)
+            assert account is not None
+            assert account.role is role
+        finally:
+            store.close()
