@@ -347,14 +347,8 @@ class Pipeline:
         request = self._req(x)
         issued_at = request.issued_at.ToDatetime(tzinfo=UTC)
         self._replay.check_freshness(issued_at, now=x.received_at, skew=self._skew)
-        # The cache fsyncs before it returns: off the event loop, so other requests go on.
-        await asyncio.to_thread(
-            self._replay.check_and_remember,
-            request.request_id,
-            request.nonce,
-            issued_at,
-            now=x.received_at,
-        )
+        # The cache fsyncs before it returns, off the event loop, one job per batch of requests.
+        await self._replay.remember(request.request_id, request.nonce, issued_at, now=x.received_at)
 
     # stage 6
     def _authorize(self, x: _Exchange) -> None:

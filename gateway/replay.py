@@ -25,13 +25,17 @@ Atomicity: the id and the nonce are inserted by one statement (both or neither),
 transaction under one committer per process and SQLite's write lock across processes sharing the
 file: of two identical requests exactly one passes, even within one batch.
 
-Cost: concurrent callers (the pipeline calls from worker threads) are group-committed: whoever
-holds the commit lock writes every queued entry in one transaction, so N concurrent requests
-share one fsync instead of queueing for N.
+Cost: concurrent callers are group-committed: whoever holds the commit lock writes every queued
+entry in one transaction, so N concurrent requests share one fsync instead of queueing for N.
+On the event loop, ``remember`` goes further: the entries of concurrent requests are handed to
+the cache's own thread in one job per batch (one thread hop, one transaction, one fsync), and
+their futures are resolved together, instead of one worker thread and one wake-up per request.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
 import sqlite3
 import threading
@@ -111,6 +115,10 @@ class ReplayCache:
         self._queue_lock = threading.Lock()  # guards _queue only, held for an append or a swap
         self._queue: list[_Pending] = []
         self._next_prune_us = 0
+        # ``remember``: entries waiting for the next job on the committer thread (event loop only)
+        self._waiting: list[tuple[_Pending, int, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._committer: concurrent.futures.ThreadPoolExecutor | None = None
 
     @classmethod
     def open(
@@ -140,6 +148,9 @@ class ReplayCache:
 
     def close(self) -> None:
         """Close the database; the cache is unusable afterwards."""
+        if self._committer is not None:
+            self._committer.shutdown(wait=True)
+            self._committer = None
         with self._commit_lock:
             self._db.close()
 
@@ -172,18 +183,8 @@ class ReplayCache:
         Raises ``Stale`` when ``issued_at`` is older than the window (call ``check_freshness``
         first; this is the cache's own guard).
         """
-        issued_us = _us(issued_at)
         now_us = _us(now)
-        if issued_us + self._window_us < now_us:
-            raise Stale(
-                f"issued_at is older than the replay window ({describe_span(self._window)})"
-            )
-        entry = _Pending(
-            request_id=request_id,
-            id_key=_ID_KEY + request_id.encode(),
-            nonce_key=_NONCE_KEY + nonce,
-            expires_us=issued_us + self._window_us,
-        )
+        entry = self._entry(request_id, nonce, issued_at, now_us)
         with self._queue_lock:
             self._queue.append(entry)
         # Group commit: whoever holds the commit lock commits every queued entry in one
@@ -193,6 +194,83 @@ class ReplayCache:
                 self._commit_queued(now_us)
         if entry.error is not None:
             raise entry.error
+
+    async def remember(
+        self, request_id: str, nonce: bytes, issued_at: datetime, *, now: datetime
+    ) -> None:
+        """``check_and_remember`` for callers on an event loop, with the same contract (atomic;
+        durable before it returns; ``Replayed``, ``Stale``, ``AuditUnavailable``).
+
+        The entries of concurrent callers are committed by one job on the cache's own thread.
+        A caller that is cancelled leaves its entry to be committed all the same.
+        """
+        now_us = _us(now)
+        entry = self._entry(request_id, nonce, issued_at, now_us)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._waiting.append((entry, now_us, future))
+        if self._flusher is None:
+            self._flusher = loop.create_task(self._flush(), name="replay-commit")
+        await future
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                entries = [b[0] for b in batch]
+                now_us = max(b[1] for b in batch)
+                if self._committer is None:
+                    self._committer = concurrent.futures.ThreadPoolExecutor(
+                        1, thread_name_prefix="replay-commit"
+                    )
+                try:
+                    await loop.run_in_executor(
+                        self._committer, self._commit_entries, entries, now_us
+                    )
+                except BaseException as exc:
+                    # Fail closed: nobody of this batch is told its entry is remembered.
+                    for _, _, future in batch:
+                        if not future.done():
+                            error = AuditUnavailable("replay cache: the commit was interrupted")
+                            error.__cause__ = exc
+                            future.set_exception(error)
+                    raise
+                for entry, _, future in batch:
+                    if future.done():
+                        continue
+                    if entry.error is not None:
+                        future.set_exception(entry.error)
+                    else:
+                        future.set_result(None)
+        finally:
+            self._flusher = None
+            for _, _, future in self._waiting:  # only left behind if this task was cancelled
+                if not future.done():
+                    future.set_exception(AuditUnavailable("replay cache: the commit was stopped"))
+            self._waiting = []
+
+    def _commit_entries(self, entries: list[_Pending], now_us: int) -> None:
+        """On the committer thread: queue ``entries`` and commit them (with whatever else is
+        queued by synchronous callers) unless another committer already did."""
+        with self._queue_lock:
+            self._queue.extend(entries)
+        with self._commit_lock:
+            if not all(e.done for e in entries):
+                self._commit_queued(now_us)
+
+    def _entry(self, request_id: str, nonce: bytes, issued_at: datetime, now_us: int) -> _Pending:
+        issued_us = _us(issued_at)
+        if issued_us + self._window_us < now_us:
+            raise Stale(
+                f"issued_at is older than the replay window ({describe_span(self._window)})"
+            )
+        return _Pending(
+            request_id=request_id,
+            id_key=_ID_KEY + request_id.encode(),
+            nonce_key=_NONCE_KEY + nonce,
+            expires_us=issued_us + self._window_us,
+        )
 
     def _commit_queued(self, now_us: int) -> None:
         with self._queue_lock:

@@ -6,6 +6,11 @@ last checkpoint the log signed, signs ONE checkpoint for the batch and commits t
 searchable columns and that checkpoint in ONE transaction; then it resolves every caller with
 its receipt. After the commit, background tasks record the last signed checkpoint in a small
 state file (rollback tripwire) and gather witness cosignatures; appends never wait for either.
+
+The state file is written at most once every ``state_interval_ms`` (and at close): it is a
+rollback detector, not the durability mechanism (the store's commit is), so it only has to
+never lead the database and lag it by little. Writing it after every batch (temp file, two
+fsyncs, rename) cost more than the batch's own commit under load.
 """
 
 from __future__ import annotations
@@ -132,7 +137,11 @@ class Receipt:
         return f"Receipt(origin={self.origin!r}, index={self.index}, tree_size={self.tree_size})"
 
     def to_proto(self, *, request_leaf_index: int) -> envelope_pb2.AuditReceipt:
-        """The wire ``AuditReceipt`` for this entry (the response leg) and its request leg."""
+        """The wire ``AuditReceipt`` for this entry (the response leg) and its request leg.
+
+        ``leaf_hash`` is filled in from the log's tree for receipts made by ``append`` (no need
+        to encode the entry again), and left empty otherwise.
+        """
         return envelope_pb2.AuditReceipt(
             log_origin=self.origin,
             request_leaf_index=request_leaf_index,
@@ -141,6 +150,7 @@ class Receipt:
             inclusion_proof=list(self.inclusion_proof),
             checkpoint=self.checkpoint,
             tlog_proof=self.tlog_proof,
+            leaf_hash=self._prover.leaf_hash_at(self.index) if self._prover is not None else b"",
         )
 
 
@@ -211,9 +221,13 @@ class AuditLog:
     - Appends MUST NOT wait for witnesses; cosignatures are gathered in the background and
       ``latest_checkpoint`` carries whatever was gathered for the latest size.
 
-    The state file holds the last signed checkpoint note, replaced atomically after commits (it
-    may lag the database by the batches committed while it was being written, never lead it).
-    If it is lost, write the latest witness-cosigned checkpoint note into it.
+    The state file holds the last signed checkpoint note, replaced atomically after commits, at
+    most once every ``state_interval_ms`` and at close. It MUST NOT lead the database (it is
+    written only after the commit of the checkpoint it holds); it may lag it by about one
+    interval, so a database rolled back by less than that is not caught at open: witnesses
+    (which cosign from their own copy of the last size) catch that, and a restored backup is
+    older than any interval. If it is lost, write the latest witness-cosigned checkpoint note
+    into it.
     """
 
     def __init__(
@@ -230,6 +244,7 @@ class AuditLog:
         witnesses: Sequence[WitnessClient],
         published: str | None,
         published_size: int,
+        state_interval_ms: float = 100.0,
     ) -> None:
         self._store = store
         self._origin = origin
@@ -241,6 +256,8 @@ class AuditLog:
         self._signed = (tree.size, tree.root())
         self._state_path = state_path
         self._state_written: str | None = None
+        self._state_interval = state_interval_ms / 1000.0
+        self._state_inflight: asyncio.Future[None] | None = None
         self._max_batch = max_batch
         self._max_wait = max_wait_ms / 1000.0
         self._witnesses = tuple(witnesses)
@@ -269,18 +286,21 @@ class AuditLog:
         max_wait_ms: float = 2.0,
         witnesses: Sequence[WitnessClient] = (),
         state_path: Path | None = None,
+        state_interval_ms: float = 100.0,
     ) -> AuditLog:
         """Load the shard, check it against the state file, and start the writer.
 
         ``state_path`` defaults to the store's (``<db>.state`` for SQLite) and is required
-        for stores without one. Raises ``LogInconsistent`` when the store is behind or forked
-        from the last checkpoint this log signed, ``AuditUnavailable`` when it cannot be read,
-        ``ValueError`` for bad options.
+        for stores without one; it is rewritten at most every ``state_interval_ms``. Raises
+        ``LogInconsistent`` when the store is behind or forked from the last checkpoint this log
+        signed, ``AuditUnavailable`` when it cannot be read, ``ValueError`` for bad options.
         """
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         if max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must not be negative, got {max_wait_ms}")
+        if state_interval_ms < 0:
+            raise ValueError(f"state_interval_ms must not be negative, got {state_interval_ms}")
         path = state_path if state_path is not None else store.state_path
         if path is None:
             raise ValueError("state_path is required: this store has no default location")
@@ -312,6 +332,7 @@ class AuditLog:
             witnesses=witnesses,
             published=stored.cosigned,
             published_size=stored.cosigned_size,
+            state_interval_ms=state_interval_ms,
         )
         if stored.cosigned is not None:
             for w in log._witnesses:
@@ -446,6 +467,8 @@ class AuditLog:
         witnesses.cancel()
         state.cancel()
         await asyncio.gather(witnesses, state, return_exceptions=True)
+        if self._state_inflight is not None:
+            await asyncio.gather(self._state_inflight, return_exceptions=True)
         try:
             await self._write_state()
         finally:
@@ -582,7 +605,13 @@ class AuditLog:
         note = self._checkpoint
         if note == self._state_written:
             return
-        await asyncio.to_thread(write_atomically, self._state_path, note.encode("utf-8"))
+        write = asyncio.get_running_loop().run_in_executor(
+            None, write_atomically, self._state_path, note.encode("utf-8")
+        )
+        self._state_inflight = write
+        # Shielded: a write cut off by close() still finishes on its thread, and close() waits
+        # for it, so an older note can never replace the newer one close() writes.
+        await asyncio.shield(write)
         self._state_written = note
 
     async def _run_state(self) -> None:
@@ -598,6 +627,8 @@ class AuditLog:
                     self._state_path,
                     exc,
                 )
+            # Coalesce: the batches committed meanwhile are recorded by the next write.
+            await asyncio.sleep(self._state_interval)
 
     async def _run_witnesses(self) -> None:
         if not self._witnesses:

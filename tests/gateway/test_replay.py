@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 from collections.abc import Iterator
@@ -193,3 +194,57 @@ class TestConcurrency:
         finally:
             a.close()
             b.close()
+
+
+class TestRememberOnTheEventLoop:
+    """``remember``: the same contract as ``check_and_remember``, one commit job per batch."""
+
+    async def test_identical_concurrent_requests_exactly_one_passes(
+        self, cache: ReplayCache
+    ) -> None:
+        request_id, nonce = rid(), os.urandom(16)
+        results = await asyncio.gather(
+            *(cache.remember(request_id, nonce, NOW, now=NOW) for _ in range(16)),
+            return_exceptions=True,
+        )
+        assert sum(r is None for r in results) == 1
+        assert all(isinstance(r, Replayed) for r in results if r is not None)
+        assert cache.stored_keys() == 2
+
+    async def test_distinct_concurrent_requests_all_pass_and_survive_a_restart(
+        self, path: Path
+    ) -> None:
+        cache = ReplayCache.open(path, window=WINDOW)
+        calls = [(rid(), os.urandom(16)) for _ in range(32)]
+        results = await asyncio.gather(
+            *(cache.remember(r, n, NOW, now=NOW) for r, n in calls), return_exceptions=True
+        )
+        assert results == [None] * 32
+        cache.close()
+        reopened = ReplayCache.open(path, window=WINDOW)
+        try:
+            with pytest.raises(Replayed, match="already used"):
+                await reopened.remember(calls[7][0], calls[7][1], NOW, now=NOW)
+        finally:
+            reopened.close()
+
+    async def test_it_agrees_with_synchronous_callers(self, cache: ReplayCache) -> None:
+        request_id, nonce = rid(), os.urandom(16)
+        cache.check_and_remember(request_id, nonce, NOW, now=NOW)
+        with pytest.raises(Replayed, match=f"request id {request_id} and its nonce"):
+            await cache.remember(request_id, nonce, NOW, now=NOW)
+
+    async def test_older_than_the_window_is_stale(self, cache: ReplayCache) -> None:
+        with pytest.raises(Stale, match="older than the replay window"):
+            await cache.remember(rid(), os.urandom(16), NOW - 2 * WINDOW, now=NOW)
+        assert cache.stored_keys() == 0
+
+    async def test_a_failing_database_fails_every_caller_closed(self, path: Path) -> None:
+        cache = ReplayCache.open(path, window=WINDOW)
+        cache._db.close()  # the database goes away under the cache
+        results = await asyncio.gather(
+            *(cache.remember(rid(), os.urandom(16), NOW, now=NOW) for _ in range(4)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, AuditUnavailable) for r in results)
+        cache.close()

@@ -109,6 +109,7 @@ class TestReceipts:
         assert proto.leaf_index == 0
         assert proto.tlog_proof == receipt.tlog_proof
         assert list(proto.inclusion_proof) == list(receipt.inclusion_proof)
+        assert proto.leaf_hash == leaf_hash(encode_entry(entry))
 
     async def test_indices_are_consecutive_and_the_log_resumes_after_reopening(
         self, logs: LogFactory
@@ -333,6 +334,40 @@ class TestRefusingToSign:
         with pytest.raises(ValueError, match="state_path is required"):
             await AuditLog.open(store=seam, origin=ORIGIN, signer=fed.log_signer())
         await seam.close()
+
+
+class TestStateFile:
+    """The rollback tripwire: written after commits, at most once per interval, and at close."""
+
+    async def test_it_never_leads_the_database_and_is_current_after_close(
+        self, sqlite_logs: LogFactory
+    ) -> None:
+        log = await sqlite_logs.open(state_interval_ms=60_000.0)
+        await log.append(sqlite_logs.fed.request())
+        for _ in range(100):
+            if sqlite_logs.state.exists():
+                break
+            await asyncio.sleep(0.01)
+        first = open_checkpoint(sqlite_logs.state.read_text("utf-8"), log.verifier)
+        await asyncio.gather(*(log.append(sqlite_logs.fed.request()) for _ in range(5)))
+        await asyncio.sleep(0.05)
+        lagging = open_checkpoint(sqlite_logs.state.read_text("utf-8"), log.verifier)
+        assert first.size <= lagging.size <= log.size == 6
+        assert lagging.size < 6  # coalesced: the next write waits for the interval
+        await log.close()
+        current = open_checkpoint(sqlite_logs.state.read_text("utf-8"), log.verifier)
+        assert current.size == 6
+
+    async def test_a_negative_interval_is_refused(self, sqlite_logs: LogFactory) -> None:
+        store = await sqlite_logs.store()
+        with pytest.raises(ValueError, match="state_interval_ms must not be negative"):
+            await AuditLog.open(
+                store=store,
+                origin=ORIGIN,
+                signer=sqlite_logs.fed.log_signer(),
+                state_interval_ms=-1.0,
+            )
+        await store.close()
 
 
 class TestWitnessing:
