@@ -30,8 +30,10 @@ __all__ = ["MAX_BATCH", "SERVICE_NAME", "GatewayServicer"]
 
 SERVICE_NAME = gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
 MAX_BATCH = 64
-_DEADLINE_MARGIN_S = 0.05
-"""Time kept back from the caller's deadline so that a refusal reaches it before it gives up."""
+_DEADLINE_MARGIN_S = (0.05, 0.25)
+"""Time kept back from the caller's deadline (a fifth of it, within these bounds, in seconds) so
+that a refusal, logged durably first, reaches the caller before it gives up even when the
+machine is busy."""
 
 _M = TypeVar("_M", bound=Message)
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -69,7 +71,10 @@ def _peer(context: Context) -> PeerSource:
 
 def _remaining(context: Context) -> float | None:
     remaining = context.time_remaining()
-    return None if remaining is None else max(0.0, remaining - _DEADLINE_MARGIN_S)
+    if remaining is None:
+        return None
+    low, high = _DEADLINE_MARGIN_S
+    return max(0.0, remaining - min(high, max(low, remaining / 5)))
 
 
 class GatewayServicer:
