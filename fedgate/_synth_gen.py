@@ -446,8 +446,11 @@ def _chain(b: _Builder, index: int) -> FraudChain:
         other = rng.choice(b.people)
         if other.phones and other is not victim:
             ts = b.now_us - rng.randrange(1, 24 * 60) * _MIN_US
-            b.call(caller, other.phones[0], ts, "voice", rng.randint(5, 90),
-                   (cells[0], b.home_cell(other)))  # fmt: skip
+            duration, callee_cell = rng.randint(5, 90), b.home_cell(other)
+            # Not the fraudster's own SIM (it would call itself); the draws above are made all
+            # the same, so that every other row of a seeded world stays as it was.
+            if other is not fraudster:
+                b.call(caller, other.phones[0], ts, "voice", duration, (cells[0], callee_cell))
     # The victim's transfer, then the mules forwarding most of it, bank to bank.
     amount = min(victim_acct.balance * rng.randint(50, 95) // 100 // 10_000 * 10_000, 50_000_000)
     hops: list[Hop] = []

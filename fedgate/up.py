@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import secrets
 import signal
 import socket
@@ -32,7 +33,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -40,7 +41,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fedgate.errors import FedgateError
-from fedgate.federation import MemberKind
+from fedgate.federation import DEFAULT_MEMBERS, MemberKind
 from fedgate.pki import FederationLayout, init_federation
 from fedgate.registry import Member, Registry
 from fedgate.synth import World, load_world, seed_world
@@ -233,13 +234,36 @@ def _world_usable(world_dir: Path) -> World | None:
     return world
 
 
-def prepare_state(state: Path, *, progress: Progress = print) -> Federation:
-    """Create what is missing in ``state`` and return the federation it describes."""
+def _free_ports(count: int) -> list[int]:
+    """``count`` ports that are free, each with its console port (+1000) free too, below the
+    kernel's ephemeral range (32768 and up) so no outgoing connection can take one meanwhile."""
+    rng = random.SystemRandom()
+    chosen: list[int] = []
+    while len(chosen) < count:
+        port = rng.randrange(20000, 31000)
+        if port in chosen or port + 1000 in chosen or port - 1000 in chosen:
+            continue
+        if not _port_in_use(f"127.0.0.1:{port}") and not _port_in_use(f"127.0.0.1:{port + 1000}"):
+            chosen.append(port)
+    return chosen
+
+
+def prepare_state(
+    state: Path, *, progress: Progress = print, free_ports: bool = False
+) -> Federation:
+    """Create what is missing in ``state`` and return the federation it describes.
+
+    A new federation gets the default ports (50051 and up) unless ``free_ports``, which picks
+    free ones (``fedgate demo`` and tests, which must not collide with a running federation)."""
     state.mkdir(parents=True, exist_ok=True)
     federation_dir = state / "federation"
     if not FederationLayout(federation_dir).registry.exists():
         progress(f"creating the federation's PKI and member registry in {federation_dir}")
-        init_federation(federation_dir)
+        members = list(DEFAULT_MEMBERS)
+        if free_ports:
+            ports = _free_ports(len(members))
+            members = [replace(m, port=p) for m, p in zip(members, ports, strict=True)]
+        init_federation(federation_dir, members=members)
     registry = Registry.load_dir(federation_dir)
     world_dir = state / "world"
     world = _world_usable(world_dir)

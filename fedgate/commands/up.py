@@ -92,9 +92,13 @@ def _print_table(federation: Federation) -> None:
     print(f"Logs: {federation.state / 'logs'}/   Federation: {federation.federation_dir}/\n")
 
 
-async def _bring_up(state: Path) -> tuple[Federation, list[subprocess.Popen[bytes]]]:
+async def _bring_up(
+    state: Path, *, free_ports: bool = False
+) -> tuple[Federation, list[subprocess.Popen[bytes]]]:
     started = time.monotonic()
-    federation = prepare_state(state, progress=lambda line: print(f"  {line}"))
+    federation = prepare_state(
+        state, progress=lambda line: print(f"  {line}"), free_ports=free_ports
+    )
     print(f"starting {len(federation.processes)} processes …")
     children = start(federation)
     try:
@@ -156,7 +160,7 @@ def _demo(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="fedgate-demo-") as tmp:
         state = Path(tmp)
         try:
-            federation, children = asyncio.run(_bring_up(state))
+            federation, children = asyncio.run(_bring_up(state, free_ports=True))
         except FedgateError as exc:
             print(f"fedgate demo: the federation did not come up: {exc.message}", file=sys.stderr)
             return 1
