@@ -298,7 +298,10 @@ class BusinessRules:
     def _check_freeze(self, request: request_pb2.Request, now: datetime) -> None:
         order = request.freeze
         self._check_case_filing(request, "freeze")
-        span = order.end.ToDatetime(tzinfo=UTC) - order.start.ToDatetime(tzinfo=UTC)
+        # The bank freezes when it executes (now), whatever ``start`` says (validation refuses a
+        # future start), so six months are counted from the later of the two.
+        start = max(order.start.ToDatetime(tzinfo=UTC), now)
+        span = order.end.ToDatetime(tzinfo=UTC) - start
         if span > FREEZE_MAX:
             raise BusinessRuleViolated(
                 "freeze.max_six_months",

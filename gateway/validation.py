@@ -151,6 +151,9 @@ def _freeze(f: Fields, p: str, a: bank_pb2.FreezeOrder) -> None:
         f.money(f"{p}.amount", a, "amount")
     start = f.time(f"{p}.start", a, "start")
     end = f.time(f"{p}.end", a, "end")
+    if start is not None and start > f.now + CLOCK_TOLERANCE:
+        # Banks execute a freeze at once; a scheduled freeze would start early, unannounced.
+        f.bad(f"{p}.start", "must not be in the future: the bank freezes when it executes")
     if start is not None and end is not None and end <= start:
         f.bad(f"{p}.end", "must be after freeze.start")
     elif end is not None and end <= f.now:

@@ -277,6 +277,12 @@ class TestFreezeMaxSixMonths:
         r.freeze.end.FromDatetime(NOW + timedelta(days=183))
         allowed(rules, r)
 
+    def test_counted_from_execution_not_from_an_earlier_start(self, rules: BusinessRules) -> None:
+        r = request("freeze")
+        r.freeze.start.FromDatetime(NOW - timedelta(days=10))
+        r.freeze.end.FromDatetime(NOW + timedelta(days=180))
+        allowed(rules, r)
+
     def test_184_days(self, rules: BusinessRules) -> None:
         r = request("freeze")
         r.freeze.end.FromDatetime(NOW + timedelta(days=184))
