@@ -16,6 +16,7 @@ from fedgate.v1 import request_pb2
 
 __all__ = [
     "ACTIONS",
+    "AGGREGATE_METRICS",
     "BANK_ACTIONS",
     "CARRIER_ACTIONS",
     "CITING_ACTIONS",
@@ -59,6 +60,9 @@ REPORT_ACTIONS: Final = frozenset(
         "monitored_transaction",
     }
 )
+
+AGGREGATE_METRICS: Final = ("stop_payments", "freezes", "frozen_amount", "accounts_flagged")
+"""The figures ``aggregate_stats`` may ask a bank for: counts and totals, never a person."""
 
 CITING_ACTIONS: Final = frozenset(
     {

@@ -22,7 +22,7 @@ from typing import Any, Final
 
 from google.protobuf.message import Message
 
-from fedgate.actions import CITING_ACTIONS, REPORT_ACTIONS
+from fedgate.actions import AGGREGATE_METRICS, CITING_ACTIONS, REPORT_ACTIONS
 from fedgate.v1 import bank_pb2, carrier_pb2, common_pb2, report_pb2, request_pb2
 from gateway._fields import CLOCK_TOLERANCE, MAX_NAME, WINDOW_AHEAD, Fields, mask
 
@@ -37,7 +37,6 @@ _MAX_TRANSFER_AGE = timedelta(days=30)
 _MAX_MONITOR = timedelta(days=90)
 _SENDER = re.compile(r"[0-9A-Za-z]{3,20}")
 _EVENT_CODE = re.compile(r"[A-Za-z0-9_-]{1,32}")
-_METRICS = frozenset({"stop_payments", "freezes", "frozen_amount", "accounts_flagged"})
 _DIRECTIONS = frozenset({"in", "out"})
 
 _URGENCIES: Final = frozenset(common_pb2.Urgency.values()) - {common_pb2.URGENCY_UNSPECIFIED}
@@ -184,8 +183,8 @@ def _monitor_start(f: Fields, p: str, a: bank_pb2.MonitorStartOrder) -> None:
 
 
 def _aggregate_stats(f: Fields, p: str, a: bank_pb2.AggregateStatsQuery) -> None:
-    if a.metric not in _METRICS:
-        f.bad(f"{p}.metric", f"must be one of {', '.join(sorted(_METRICS))}")
+    if a.metric not in AGGREGATE_METRICS:
+        f.bad(f"{p}.metric", f"must be one of {', '.join(sorted(AGGREGATE_METRICS))}")
     f.window(f"{p}.window", a, "window")
 
 

@@ -19,10 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from enum import StrEnum
-from typing import Final, Protocol
+from typing import Protocol
 
 __all__ = [
-    "AGGREGATE_METRICS",
     "FREEZE_MAX",
     "STOP_PAYMENT_DURATION",
     "STOP_PAYMENT_MAX_PER_ACCOUNT",
@@ -259,10 +258,6 @@ class MonitorState:
     until: datetime
     start_after_id: int
     active: bool
-
-
-AGGREGATE_METRICS: Final = ("stop_payments", "freezes", "frozen_amount", "accounts_flagged")
-"""Figures the central bank may ask for: counts and totals only, never a person."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,6 @@ from adapters._sqlite import Database, decode_page_token, encode_page_token, fro
 from adapters.bank import _orders
 from adapters.bank._schema import INDEXES, TABLES
 from adapters.bank.backend import (
-    AGGREGATE_METRICS,
     AccountHolder,
     AccountSummary,
     AccountType,
@@ -37,6 +36,7 @@ from adapters.bank.backend import (
     Transaction,
     TransactionPage,
 )
+from fedgate.actions import AGGREGATE_METRICS
 from fedgate.errors import FieldViolation, InvalidArgument, NotFound, RuleViolated
 from fedgate.validate import (
     BANK_BINS,
