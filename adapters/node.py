@@ -77,9 +77,22 @@ from fedgate.v1 import (
     staff_service_pb2_grpc,
 )
 
-__all__ = ["GATEWAY_ID", "AgencyBackend", "AgencyNode", "utc_now"]
+__all__ = ["GATEWAY_ID", "AgencyBackend", "AgencyNode", "open_reference_backend", "utc_now"]
 
 _T = TypeVar("_T")
+
+
+def open_reference_backend(config: NodeConfig, factory: Callable[[Path], _T]) -> _T:
+    """The reference backend at ``backend.path``, built by ``factory``; ``InvalidArgument``
+    naming the option when the path is missing or the database unusable."""
+    if config.backend_path is None:
+        raise InvalidArgument("backend.path is required for the reference backend")
+    try:
+        return factory(config.backend_path)
+    except ValueError as exc:
+        raise InvalidArgument(f"backend.path: {exc}") from exc
+
+
 Context = grpc.aio.ServicerContext[Any, Any]
 Background = Callable[["AgencyNode"], Coroutine[Any, Any, None]]
 

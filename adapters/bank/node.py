@@ -25,7 +25,7 @@ from adapters.bank import convert
 from adapters.bank.backend import CoreBanking, FreezeMethod, FreezeOrder, StopPaymentOrder
 from adapters.bank.monitor import MONITOR_FILE, MonitorLedger, MonitorPusher
 from adapters.config import NodeConfig
-from adapters.node import AgencyNode, utc_now
+from adapters.node import AgencyNode, open_reference_backend, utc_now
 from fedgate.actions import BANK_ACTIONS
 from fedgate.errors import FieldViolation, InvalidArgument
 from fedgate.registry import Registry
@@ -314,16 +314,11 @@ class BankNode(AgencyNode):
         credentials = MemberCredentials.load(config.federation_dir, config.member_id)
         owns = core is None
         if core is None:
-            if config.backend_path is None:
-                raise InvalidArgument("backend.path is required for the reference bank backend")
             from adapters.bank.reference import ReferenceBank
 
-            try:
-                core = ReferenceBank(
-                    path=config.backend_path, bank_id=config.member_id, clock=clock
-                )
-            except ValueError as exc:
-                raise InvalidArgument(f"backend.path: {exc}") from exc
+            core = open_reference_backend(
+                config, lambda path: ReferenceBank(path=path, bank_id=config.member_id, clock=clock)
+            )
         return cls(
             config=config,
             registry=registry,

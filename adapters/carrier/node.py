@@ -24,7 +24,7 @@ from adapters.carrier.backend import (
     SubscriberSystem,
 )
 from adapters.config import NodeConfig
-from adapters.node import AgencyNode, utc_now
+from adapters.node import AgencyNode, open_reference_backend, utc_now
 from fedgate.actions import CARRIER_ACTIONS
 from fedgate.errors import FieldViolation, InvalidArgument
 from fedgate.registry import Registry
@@ -242,16 +242,12 @@ class CarrierNode(AgencyNode):
         credentials = MemberCredentials.load(config.federation_dir, config.member_id)
         owns = core is None
         if core is None:
-            if config.backend_path is None:
-                raise InvalidArgument("backend.path is required for the reference carrier backend")
             from adapters.carrier.reference import ReferenceCarrier
 
-            try:
-                core = ReferenceCarrier(
-                    path=config.backend_path, carrier_id=config.member_id, clock=clock
-                )
-            except ValueError as exc:
-                raise InvalidArgument(f"backend.path: {exc}") from exc
+            core = open_reference_backend(
+                config,
+                lambda path: ReferenceCarrier(path=path, carrier_id=config.member_id, clock=clock),
+            )
         return cls(
             config=config,
             registry=registry,
