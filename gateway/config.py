@@ -2,7 +2,7 @@
 
     [server]     listen, max_receive_bytes, grace_period_s
     [federation] dir, member_id, reload_interval_s
-    [pipeline]   state_dir, clock_skew_s, replay_window_s
+    [pipeline]   state_dir, clock_skew_s, replay_window_s, replay_synchronous
     [audit]      origin, path, keep_response_bodies
     [routing]    timeout_s, max_attempts, retry_backoff_s, breaker_failures, breaker_reset_s,
                  endpoints (member id -> host:port, overriding the registry)
@@ -87,6 +87,10 @@ class PipelineConfig:
     clock_skew_s: float = 300.0
     replay_window_s: float = 900.0
     """How long request ids and nonces are remembered; at least twice the skew."""
+    replay_synchronous: str = "normal"
+    """``"normal"`` or ``"full"``: the replay cache's SQLite ``synchronous`` setting. With
+    ``"normal"`` what a power loss takes from the cache is rebuilt from the audit log at
+    start-up (``gateway.replay``); ``"full"`` adds an fsync to every request."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -244,6 +248,7 @@ class GatewayConfig:
             state_dir=p.path("state_dir", None),
             clock_skew_s=p.number("clock_skew_s", 300.0),
             replay_window_s=p.number("replay_window_s", 900.0),
+            replay_synchronous=p.text("replay_synchronous", "normal"),
         )
         p.done()
         a = _Section(merged, "audit", base)
@@ -330,6 +335,11 @@ class GatewayConfig:
                 f"pipeline.replay_window_s ({self.pipeline.replay_window_s}) must be at least "
                 f"twice pipeline.clock_skew_s ({self.pipeline.clock_skew_s}): a request id must "
                 "be remembered for as long as its issued-at can pass the freshness check"
+            )
+        if self.pipeline.replay_synchronous not in ("normal", "full"):
+            raise ConfigError(
+                f'pipeline.replay_synchronous must be "normal" or "full", '
+                f"got {self.pipeline.replay_synchronous!r}"
             )
         if not self.audit.origin or "\n" in self.audit.origin:
             raise ConfigError("audit.origin must be one non-empty line")

@@ -12,14 +12,34 @@ insists on twice the skew, which also covers a request that arrives ``skew`` ear
 ``check_and_remember`` refuses an ``issued_at`` older than the window itself, so an entry that
 could have been pruned can never be needed.
 
-Durability: SQLite in WAL mode with ``synchronous=FULL``, so every remembered id is fsynced to
-the WAL before ``check_and_remember`` returns. ``NORMAL`` would skip that fsync and survive a
-process crash, but not a power loss or kernel crash: the last commits could vanish and a request
-captured just before could be replayed right after the machine comes back, within its skew. The
-gateway promises "never seen within the window" across restarts, so ``FULL`` is the default;
-``synchronous="NORMAL"`` is offered for deployments that accept that risk. Measured on the
-2-core development VM: FULL about 250-350 µs per check one at a time (one fsync each), about
-170 µs per check with 8-32 concurrent callers (group commit); NORMAL about 100-130 µs.
+Durability: SQLite in WAL mode. With ``synchronous=FULL`` every remembered id is fsynced to the
+WAL before ``check_and_remember`` returns. The gateway runs it with ``synchronous=NORMAL``
+(``[pipeline] replay_synchronous``, default ``"normal"``): a commit then survives a crash of
+the process but not a power loss or kernel crash, and it saves an fsync in series on every
+request. What NORMAL can lose, ``rebuild_from_audit`` puts back at start-up, before the gateway
+serves, from the request legs the audit log holds for the window. Why that keeps the promise
+"never seen within the window" across power losses:
+
+- A request can have an effect (be forwarded to a node, or an agency report be delivered) only
+  after its request leg is durable in the audit log (stage 8 precedes stage 9; the audit store
+  commits with ``synchronous=FULL``). So every request that was ever acted upon is in the log,
+  and its leg carries the envelope as received: its request id, nonce and issued-at.
+- Every request leg received within ``window + skew`` of now is read back, so every id whose
+  cache entry could still be live (it expires at ``issued_at + window`` and
+  ``issued_at <= received_at + skew``) is remembered again, with the same expiry.
+- A request whose ids were remembered but whose leg never became durable (power lost between
+  stage 4 and stage 8, or the log failing) had no effect; accepting it once more is harmless,
+  and that once is then remembered and logged like any other request.
+- Refused requests have request legs too. Those refused at stages 5-7 (validation,
+  authorization, quotas) had their ids remembered at stage 4 and are remembered again: a replay
+  MUST stay refused even if the quota or rule that stopped the original no longer would. Those
+  refused before stage 4 recorded anything (``_NOT_REMEMBERED``: authentication, decoding,
+  signature, staleness, replay) are skipped, so the rebuilt cache holds what the lost one held
+  and nothing more; a refusal whose reason is ambiguous is remembered (the safe side).
+
+Measured on the 2-core development VM: FULL about 250-350 µs per check one at a time (one fsync
+each), about 170 µs per check with 8-32 concurrent callers (group commit); NORMAL about
+100-130 µs.
 
 Atomicity: the id and the nonce are inserted by one statement (both or neither), in a
 transaction under one committer per process and SQLite's write lock across processes sharing the
@@ -39,14 +59,33 @@ import concurrent.futures
 import logging
 import sqlite3
 import threading
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final, Literal
 
-from fedgate.errors import AuditUnavailable, FedgateError, Replayed, Stale
+from google.protobuf.message import DecodeError as ProtobufDecodeError
 
-__all__ = ["ReplayCache", "describe_span"]
+from fedgate.audit_entry import RequestLeg, decode_entry
+from fedgate.envelope import decode_request
+from fedgate.errors import (
+    AuditUnavailable,
+    AuthenticationError,
+    DecodeError,
+    FedgateError,
+    KeyNotValid,
+    PeerMismatch,
+    Replayed,
+    SignatureInvalid,
+    Stale,
+    UnknownKey,
+)
+from fedgate.v1 import envelope_pb2
+from gateway.audit.sqlite_store import SqliteDatabase
+
+__all__ = ["Rebuilt", "ReplayCache", "SeenRequest", "describe_span", "rebuild_from_audit"]
 
 _log = logging.getLogger(__name__)
 
@@ -64,6 +103,29 @@ CREATE TABLE IF NOT EXISTS seen (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS seen_by_expiry ON seen (expires_us);
 """
+
+# A rebuilt key keeps the later of the two expiries (the cache may already hold it).
+_RESTORE = (
+    "INSERT INTO seen (key, expires_us) VALUES (?, ?)"
+    " ON CONFLICT (key) DO UPDATE SET expires_us = max(expires_us, excluded.expires_us)"
+)
+
+_NOT_REMEMBERED: Final = frozenset(
+    e.reason
+    for e in (
+        AuthenticationError,  # stage 1 (no envelope is kept then) and stage 3
+        SignatureInvalid,
+        UnknownKey,
+        KeyNotValid,
+        PeerMismatch,
+        DecodeError,  # stage 2
+        Stale,  # stage 4, before anything is remembered
+        Replayed,  # stage 4: nothing of the refused request is remembered (both keys or neither)
+    )
+)
+"""Refusal reasons raised before stage 4 remembers a request's ids. Every reason here MUST be
+one the pipeline raises only before ``remember`` commits; a reason raised both before and after
+(``INVALID_ARGUMENT``, ``MEMBER_REFUSED``) MUST NOT be listed."""
 
 
 def _us(at: datetime) -> int:
@@ -84,6 +146,26 @@ def describe_span(span: timedelta) -> str:
     return "".join(shown[:2])
 
 
+@dataclass(frozen=True, slots=True)
+class SeenRequest:
+    """A request's identifiers as read back from its audit request leg."""
+
+    request_id: str
+    nonce: bytes
+    issued_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Rebuilt:
+    """What ``rebuild_from_audit`` did: request legs read from the window, requests whose id and
+    nonce are held again (the others had expired, or were refused before stage 4), and how
+    long it took."""
+
+    legs: int
+    remembered: int
+    seconds: float
+
+
 @dataclass(slots=True)
 class _Pending:
     """One request's keys waiting for the next group commit, and what became of them."""
@@ -100,9 +182,13 @@ class ReplayCache:
     """Refuses any request id or nonce seen within the window; survives restarts.
 
     ``check_and_remember`` MUST be atomic (two identical concurrent requests: exactly one passes)
-    and MUST be durable before it returns. Entries expire ``window`` after their ``issued_at``
-    and are pruned every 30 seconds of ``now``. Thread-safe. SQLite failures raise
-    ``AuditUnavailable``: the gateway refuses work rather than forget what it has seen.
+    and MUST be committed before it returns: durable across power loss with
+    ``synchronous="FULL"``, across a process crash with ``"NORMAL"``. A cache opened with
+    ``"NORMAL"`` MUST be rebuilt (``rebuild_from_audit``) from the audit log the pipeline writes
+    before its first check after every start (see the module docstring). Entries expire
+    ``window`` after their ``issued_at`` and are pruned every 30 seconds of ``now``.
+    Thread-safe. SQLite failures raise ``AuditUnavailable``: the gateway refuses work rather
+    than forget what it has seen.
     """
 
     def __init__(self, *, connection: sqlite3.Connection, window: timedelta) -> None:
@@ -128,7 +214,8 @@ class ReplayCache:
         window: timedelta = timedelta(minutes=10),
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
     ) -> ReplayCache:
-        """Open (creating if needed) the cache at ``path``; see the module docstring on ``FULL``."""
+        """Open (creating if needed) the cache at ``path``; see the module docstring on
+        ``synchronous`` (``"NORMAL"`` MUST go with ``rebuild_from_audit`` at start-up)."""
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError("synchronous must be FULL or NORMAL")
         try:
@@ -320,11 +407,102 @@ class ReplayCache:
         except sqlite3.Error as exc:  # the batch is committed; pruning waits for the next turn
             _log.warning("replay cache: pruning failed: %s", exc)
 
+    def restore(self, seen: Iterable[SeenRequest], *, now: datetime) -> int:
+        """Remember every request of ``seen`` again, in one transaction, without refusing any.
+
+        A key already held keeps the later expiry; requests older than the window are skipped.
+        Returns how many requests were restored. For start-up, before any check (not batched
+        with concurrent callers). Raises ``AuditUnavailable``.
+        """
+        now_us = _us(now)
+        rows: list[tuple[bytes, int]] = []
+        count = 0
+        for s in seen:
+            expires_us = _us(s.issued_at) + self._window_us
+            if expires_us < now_us or not s.request_id or not s.nonce:
+                continue
+            rows.append((_ID_KEY + s.request_id.encode(), expires_us))
+            rows.append((_NONCE_KEY + s.nonce, expires_us))
+            count += 1
+        with self._commit_lock:
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    db.executemany(_RESTORE, rows)
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise AuditUnavailable(f"replay cache: cannot restore entries: {exc}") from exc
+        return count
+
     def stored_keys(self) -> int:
         """Request ids plus nonces held, expired ones not yet pruned included."""
         with self._commit_lock:
             (count,) = self._db.execute("SELECT COUNT(*) FROM seen").fetchone()
         return int(count)
+
+
+def rebuild_from_audit(
+    cache: ReplayCache,
+    audit_db: Path,
+    *,
+    origin: str,
+    skew: timedelta,
+    now: datetime | None = None,
+) -> Rebuilt:
+    """Remember again the ids of every request logged in ``audit_db`` within the window.
+
+    Reads the request legs received at or after ``now - window - skew`` (through the store's
+    time index, so only the window is read), skips those refused before stage 4 and those
+    already expired, and restores the rest with ``ReplayCache.restore``. ``audit_db`` MUST be
+    the log the gateway's pipeline appends to (log shard ``origin``), and nothing may be
+    checked against ``cache`` until this returns. Blocking: run it off the event loop. Raises
+    ``AuditUnavailable`` if the log cannot be read or holds a malformed leg (fail closed: the
+    gateway does not serve with a replay cache it cannot vouch for).
+    """
+    started = time.perf_counter()
+    now = now or datetime.now(UTC)
+    since_us = _us(now - cache.window - skew)
+    legs = 0
+    seen: list[SeenRequest] = []
+    db = SqliteDatabase(audit_db, origin=origin, writer=False)
+    try:
+        for leaf in db.request_legs_since(since_us):
+            legs += 1
+            request = _seen_request(leaf, audit_db)
+            if request is not None:
+                seen.append(request)
+    finally:
+        db.close()
+    remembered = cache.restore(seen, now=now)
+    return Rebuilt(legs=legs, remembered=remembered, seconds=time.perf_counter() - started)
+
+
+def _seen_request(leaf: bytes, audit_db: Path) -> SeenRequest | None:
+    """The identifiers of a request leg whose ids stage 4 may have remembered, else ``None``."""
+    try:
+        leg = decode_entry(leaf)
+    except FedgateError as exc:
+        raise AuditUnavailable(f"audit log {audit_db}: a request leg is malformed: {exc}") from exc
+    if not isinstance(leg, RequestLeg):
+        raise AuditUnavailable(f"audit log {audit_db}: a leaf indexed as a request leg is not one")
+    if leg.decision != "allowed" and leg.rule.partition(":")[0] in _NOT_REMEMBERED:
+        return None
+    try:
+        envelope = envelope_pb2.SignedEnvelope.FromString(leg.envelope)
+        request = decode_request(envelope.body)
+    except (ProtobufDecodeError, DecodeError):
+        return None  # stage 2 refused it: nothing was remembered
+    if not request.request_id or not request.nonce or not request.HasField("issued_at"):
+        return None  # stage 2 refused it
+    return SeenRequest(
+        request_id=request.request_id,
+        nonce=request.nonce,
+        issued_at=request.issued_at.ToDatetime(tzinfo=UTC),
+    )
 
 
 def _replayed(request_id: str, id_seen: bool, nonce_seen: bool) -> Replayed:

@@ -66,7 +66,7 @@ from gateway.events import EventServicer
 from gateway.pipeline import Pipeline
 from gateway.policy import ReloadingDecider, load_default_decider
 from gateway.quotas import QuotaConfig, Quotas
-from gateway.replay import ReplayCache
+from gateway.replay import ReplayCache, rebuild_from_audit
 from gateway.routing import NodeRouter
 from gateway.rules import BusinessRules
 from gateway.service import SERVICE_NAME, GatewayServicer
@@ -128,6 +128,51 @@ def _witness_clients(
     return tuple(channels), clients
 
 
+async def _open_replay_cache(config: GatewayConfig, audit: AuditLog) -> ReplayCache:
+    """The replay cache, rebuilt from the audit log's window before anything is checked.
+
+    Always rebuilt, whatever ``replay_synchronous``: with ``"normal"`` a power loss may have
+    taken the last commits (``gateway.replay`` argues why the log has them all). Closes the
+    audit log and the cache if that fails: the gateway MUST NOT serve without the rebuild.
+    """
+    pipeline = config.pipeline
+    try:
+        replay = ReplayCache.open(
+            config.replay_path,
+            window=timedelta(seconds=pipeline.replay_window_s),
+            synchronous="FULL" if pipeline.replay_synchronous == "full" else "NORMAL",
+        )
+    except BaseException:
+        await audit.close()
+        raise
+    try:
+        rebuilt = await asyncio.to_thread(
+            rebuild_from_audit,
+            replay,
+            config.audit_path,
+            origin=config.audit.origin,
+            skew=timedelta(seconds=pipeline.clock_skew_s),
+        )
+    except BaseException:
+        replay.close()
+        await audit.close()
+        raise
+    _log.info(
+        "replay cache rebuilt from the audit log: %d requests from %d request legs in %.1f ms",
+        rebuilt.remembered,
+        rebuilt.legs,
+        rebuilt.seconds * 1000,
+        extra={
+            "fields": {
+                "requests": rebuilt.remembered,
+                "request_legs": rebuilt.legs,
+                "ms": round(rebuilt.seconds * 1000, 1),
+            }
+        },
+    )
+    return replay
+
+
 class Gateway:
     """A running gateway. Build with ``await Gateway.start(config)``; stop with ``stop()``."""
 
@@ -183,8 +228,10 @@ class Gateway:
         """Open every store, build the pipeline and start serving on ``server.listen``.
 
         ``audit_store`` replaces the SQLite store named by the config (tests inject failing
-        stores through this seam). Raises ``FedgateError`` (``ConfigError``,
-        ``RegistryError``, ``AuditUnavailable``) when something cannot be opened.
+        stores through this seam); it MUST keep its database at ``config.audit_path``, which
+        the replay cache is rebuilt from before the gateway serves. Raises ``FedgateError``
+        (``ConfigError``, ``RegistryError``, ``AuditUnavailable``) when something cannot be
+        opened.
         """
         fed = config.federation
         member_id = MemberId(fed.member_id)
@@ -218,8 +265,7 @@ class Gateway:
             signer=NoteSigner(name=config.audit.origin, private_key=credentials.signing_key),
             witnesses=witnesses,
         )
-        window = timedelta(seconds=config.pipeline.replay_window_s)
-        replay = ReplayCache.open(config.replay_path, window=window)
+        replay = await _open_replay_cache(config, audit)
         rules = BusinessRules.open(config.rules_path)
         quotas = Quotas(QuotaConfig.from_mapping(config.quotas))
         holder: dict[str, Registry] = {"registry": registry}

@@ -32,6 +32,7 @@ class TestGatewayConfig:
         assert config.server.listen == "127.0.0.1:50051"
         assert config.audit.keep_response_bodies is True
         assert config.audit.witnesses == ()
+        assert config.pipeline.replay_synchronous == "normal"
 
     def test_witnesses(self, tmp_path: Path) -> None:
         text = MINIMAL + "[audit]\nwitnesses = ['pboc.gz', 'audit.office']\n"
@@ -69,6 +70,14 @@ class TestGatewayConfig:
     def test_mistakes_name_the_option(self, tmp_path: Path, extra: str, option: str) -> None:
         with pytest.raises(ConfigError, match=option.replace(".", r"\.")):
             GatewayConfig.load(write(tmp_path, MINIMAL + extra), env={})
+
+    def test_replay_synchronous_full(self, tmp_path: Path) -> None:
+        env = {"FEDGATE_GATEWAY__PIPELINE__REPLAY_SYNCHRONOUS": "full"}
+        config = GatewayConfig.load(write(tmp_path, MINIMAL), env=env)
+        assert config.pipeline.replay_synchronous == "full"
+        env = {"FEDGATE_GATEWAY__PIPELINE__REPLAY_SYNCHRONOUS": "off"}
+        with pytest.raises(ConfigError, match=r"pipeline\.replay_synchronous must be"):
+            GatewayConfig.load(write(tmp_path, MINIMAL), env=env)
 
     def test_replay_window_must_cover_twice_the_skew(self, tmp_path: Path) -> None:
         env = {"FEDGATE_GATEWAY__PIPELINE__REPLAY_WINDOW_S": "400"}

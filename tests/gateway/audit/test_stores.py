@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -11,6 +13,7 @@ import pytest
 from fedgate.audit_entry import EventEntry, time_to_micros
 from fedgate.errors import AuditUnavailable
 from gateway.audit.pg_store import PgDatabase, list_origins, open_pg_store
+from gateway.audit.sqlite_store import SqliteDatabase
 from gateway.audit.store import SearchQuery
 
 if TYPE_CHECKING:
@@ -96,3 +99,23 @@ class TestPostgres:
                 origin=ORIGIN,
                 state_path=tmp_path / "s",
             )
+
+
+class TestSqlitePages:
+    def test_a_new_database_has_2_kib_pages_and_every_index(self, tmp_path: Path) -> None:
+        path = tmp_path / "new.sqlite"
+        SqliteDatabase(path, origin="o", writer=True).close()
+        with contextlib.closing(sqlite3.connect(path)) as con:
+            assert con.execute("PRAGMA page_size").fetchone()[0] == 2048
+            names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        assert {"leaves_time", "leaves_request_id", "subjects_idx"} <= names
+
+    def test_an_existing_database_keeps_its_page_size(self, tmp_path: Path) -> None:
+        path = tmp_path / "old.sqlite"
+        with contextlib.closing(sqlite3.connect(path)) as con:
+            con.execute("PRAGMA page_size = 4096")
+            con.execute("CREATE TABLE older (x INTEGER)")
+            con.commit()
+        SqliteDatabase(path, origin="o", writer=True).close()
+        with contextlib.closing(sqlite3.connect(path)) as con:
+            assert con.execute("PRAGMA page_size").fetchone()[0] == 4096
