@@ -1,5 +1,6 @@
 """The audit log: durable appends with group commit, checkpoint latency, full verification,
-proof sizes.
+proof sizes. Units are plain (``appends/s``, ``entries/s``, ``ms``, ``bytes``); what each figure
+counts is said here and in the progress lines on stderr.
 
 Appends: ``c`` concurrent appenders each run exchanges as the gateway does, a request leg then
 its response leg, on a fresh store (receipts compute their proofs on first use, which the
@@ -143,13 +144,13 @@ def _append_figures(
             rate, latencies = asyncio.run(_appends(open_store(Path(tmp)), signer, c, exchanges[c]))
         figures[f"audit_appends_per_s_{store}_c{c}"] = (
             rate,
-            f"durable appends/s, {c} appenders, {2 * exchanges[c]} appends",
+            "appends/s",
         )
         figures[f"audit_append_p99_ms_{store}_c{c}"] = (_p99_ms(latencies), "ms")
         print(f"  {store} c{c}: {rate:,.0f}/s p99 {_p99_ms(latencies):.1f} ms", file=sys.stderr)
     figures[f"audit_appends_per_s_{store}"] = (
         figures[f"audit_appends_per_s_{store}_c256"][0],
-        "durable appends/s at 256 appenders (group commit)",
+        "appends/s",
     )
     return figures
 
@@ -258,11 +259,13 @@ def _verify_figures(quick: bool) -> dict[str, tuple[float, str]]:
                 raise AssertionError(f"the benchmark log does not verify: {report.failure}")
             rate = report.entries / report.seconds
             print(
-                f"  verified {report.entries:,} in {report.seconds:.1f} s ({what})", file=sys.stderr
+                f"  verified {report.entries:,} in {report.seconds:.1f} s ({label}, {jobs} workers,"
+                f" {what})",
+                file=sys.stderr,
             )
             figures[name] = (
                 rate,
-                f"entries/s, {label}, {jobs} worker processes, signatures excluded, {what}",
+                "entries/s",
             )
     return figures
 
@@ -366,8 +369,7 @@ def _signature_figures(quick: bool) -> dict[str, tuple[float, str]]:
     return {
         "audit_verify_signatures_per_s": (
             2 * exchanges / report.seconds,
-            f"entries/s with request and response signatures (and the index) checked, {jobs} "
-            f"worker processes, {2 * exchanges} entries",
+            "entries/s",
         )
     }
 
@@ -388,12 +390,12 @@ def _proof_figures() -> dict[str, tuple[float, str]]:
     ).marshal()
     consistency = len(tree.consistency_proof(size // 2 + 1, size))
     return {
-        "audit_inclusion_proof_bytes_1m": (float(32 * worst), "bytes (largest of sampled leaves)"),
+        "audit_inclusion_proof_bytes_1m": (float(32 * worst), "bytes"),
         "audit_consistency_proof_bytes_1m": (
             float(32 * consistency),
-            "bytes (from size 500,001 to 1,000,000)",
+            "bytes",
         ),
-        "audit_tlog_proof_bytes_1m": (float(len(tlog.encode())), "bytes of .tlog-proof text"),
+        "audit_tlog_proof_bytes_1m": (float(len(tlog.encode())), "bytes"),
     }
 
 
@@ -402,7 +404,7 @@ def run(quick: bool) -> dict[str, tuple[float, str]]:
     figures.update(_append_figures("sqlite", _sqlite_opener, quick))
     figures["audit_checkpoint_p99_ms"] = (
         figures["audit_append_p99_ms_sqlite_c16"][0],
-        "ms from append to a receipt with a signed checkpoint, p99 at 16 appenders (SQLite)",
+        "ms",
     )
     figures.update(_pg_figures(quick))
     figures.update(_verify_figures(quick))
