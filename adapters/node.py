@@ -292,10 +292,20 @@ class AgencyNode:
             return False
         self._registry_stamp = stamp
         try:
-            self._registry = Registry.load_dir(Path(self.config.federation_dir))
+            registry = Registry.load_dir(Path(self.config.federation_dir))
         except FedgateError as exc:
             telemetry.log_event("new registry refused", logging.ERROR, error=exc.message)
             return False
+        if registry.serial < self._registry.serial:
+            # An older signed registry could bring back a revoked member or key.
+            telemetry.log_event(
+                "older registry refused",
+                logging.ERROR,
+                serial=registry.serial,
+                current=self._registry.serial,
+            )
+            return False
+        self._registry = registry
         telemetry.log_event("registry reloaded", serial=self._registry.serial)
         return True
 

@@ -4,6 +4,7 @@ executed once and returned byte-identical, trace context is continued, health is
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -238,5 +239,30 @@ class TestRegistryReload:
             error = await refused(kit.link(node).handle(kit.sign(again, member="police.gz.unit")))
             assert error.code() == grpc.StatusCode.PERMISSION_DENIED
             assert "revoked" in (error.details() or "")
+        finally:
+            await node.stop(grace=None)
+
+    async def test_an_older_registry_is_refused(
+        self, fed_dir: Path, world: Any, tmp_path: Path
+    ) -> None:
+        fed = tmp_path / "fed"
+        shutil.copytree(fed_dir, fed)
+        before = (fed / "registry.json").read_bytes()
+        revoke_member(fed, MemberId("police.gz.unit"), reason="compromised")
+        config = NodeConfig(
+            member_id=MemberId("bank.icbc"),
+            federation_dir=fed,
+            state_dir=tmp_path / "state",
+            listen="127.0.0.1:0",
+            backend_path=world.database("bank.icbc"),
+        )
+        node = BankNode.open(config)
+        try:
+            assert not node.reload_registry()
+            # Restoring the older, validly signed registry would un-revoke the member.
+            (fed / "registry.json").write_bytes(before)
+            os.utime(fed / "registry.json", ns=(1, 1))  # surely a different stamp
+            assert not node.reload_registry()
+            assert node.registry.revocation_of("police.gz.unit") is not None
         finally:
             await node.stop(grace=None)
