@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -77,9 +77,17 @@ from fedgate.v1 import (
     staff_service_pb2_grpc,
 )
 
-__all__ = ["GATEWAY_ID", "AgencyBackend", "AgencyNode", "open_reference_backend", "utc_now"]
+__all__ = [
+    "GATEWAY_ID",
+    "AgencyBackend",
+    "AgencyNode",
+    "CoreNode",
+    "open_reference_backend",
+    "utc_now",
+]
 
 _T = TypeVar("_T")
+_C = TypeVar("_C")
 
 
 def open_reference_backend(config: NodeConfig, factory: Callable[[Path], _T]) -> _T:
@@ -565,6 +573,59 @@ class AgencyNode:
             kind=SpanKind.SERVER,
             attributes={telemetry.ATTR_MEMBER: self.member_id},
         )
+
+
+class CoreNode(AgencyNode, Generic[_C]):
+    """An agency node answering from one backend system, ``core`` (core banking, a subscriber
+    system). ``open`` builds it from its configuration; a core it opened itself (the reference
+    backend) is the node's and is closed by ``stop``. Subclasses pass ``backend`` built on
+    ``core`` and say how to open their reference backend."""
+
+    def __init__(self, *, core: _C, owns_core: bool = False, **kwargs: Any) -> None:
+        self.core = core
+        self._owns_core = owns_core
+        super().__init__(**kwargs)
+
+    @classmethod
+    def reference_backend(
+        cls, path: Path, *, config: NodeConfig, clock: Callable[[], datetime]
+    ) -> _C:
+        """The reference backend on the database at ``path``; ``ValueError`` if unusable."""
+        raise NotImplementedError
+
+    @classmethod
+    def open(
+        cls,
+        config: NodeConfig,
+        *,
+        core: _C | None = None,
+        clock: Callable[[], datetime] = utc_now,
+        **kwargs: Any,
+    ) -> Self:
+        """A node from its configuration; opens the reference backend at ``backend.path``
+        unless ``core`` is given. Raises ``InvalidArgument`` naming the option."""
+        registry = Registry.load_dir(config.federation_dir)
+        credentials = MemberCredentials.load(config.federation_dir, config.member_id)
+        owns = core is None
+        if core is None:
+            core = open_reference_backend(
+                config, lambda path: cls.reference_backend(path, config=config, clock=clock)
+            )
+        return cls(
+            config=config,
+            registry=registry,
+            credentials=credentials,
+            core=core,
+            clock=clock,
+            owns_core=owns,
+            **kwargs,
+        )
+
+    async def stop(self, grace: float | None = 1.0) -> None:
+        await super().stop(grace)
+        close = getattr(self.core, "close", None)
+        if self._owns_core and callable(close):
+            close()
 
 
 def _handle_response(entry: Entry) -> agency_service_pb2.HandleResponse:

@@ -12,7 +12,7 @@ metadata is trusted as far as the agency's certificate is.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
@@ -97,7 +97,9 @@ class StaffServicer(staff_service_pb2_grpc.StaffServiceServicer):
             raise PermissionRefused(f"{staff_id} is not stationed staff of {self._host.member_id}")
         return staff_id
 
-    async def _call(self, context: Context, work: Callable[[str], Any]) -> Any:
+    async def _call(self, context: Context, work: Callable[[str], Awaitable[_T]]) -> _T:
+        """``work(staff_id)`` for an authorised staff member after expiring overdue items;
+        any error aborts the call with its status."""
         try:
             staff_id = self._staff_id(context)
             await self._host.expire_due()
@@ -124,8 +126,7 @@ class StaffServicer(staff_service_pb2_grpc.StaffServiceServicer):
                 items=[e.queue_item() for e in entries], next_page_token=token
             )
 
-        result: staff_service_pb2.ListQueueResponse = await self._call(context, work)
-        return result
+        return await self._call(context, work)
 
     async def ClaimQueueItem(
         self, request: staff_service_pb2.ClaimQueueItemRequest, context: Context
@@ -136,8 +137,7 @@ class StaffServicer(staff_service_pb2_grpc.StaffServiceServicer):
             )
             return staff_service_pb2.ClaimQueueItemResponse(item=entry.queue_item())
 
-        result: staff_service_pb2.ClaimQueueItemResponse = await self._call(context, work)
-        return result
+        return await self._call(context, work)
 
     async def ReleaseQueueItem(
         self, request: staff_service_pb2.ReleaseQueueItemRequest, context: Context
@@ -148,8 +148,7 @@ class StaffServicer(staff_service_pb2_grpc.StaffServiceServicer):
             )
             return staff_service_pb2.ReleaseQueueItemResponse(item=entry.queue_item())
 
-        result: staff_service_pb2.ReleaseQueueItemResponse = await self._call(context, work)
-        return result
+        return await self._call(context, work)
 
     async def AnswerQueueItem(
         self, request: staff_service_pb2.AnswerQueueItemRequest, context: Context
@@ -162,8 +161,7 @@ class StaffServicer(staff_service_pb2_grpc.StaffServiceServicer):
             signed = await self._answer(request.request_id, staff_id, request.answer)
             return staff_service_pb2.AnswerQueueItemResponse(response=signed)
 
-        result: staff_service_pb2.AnswerQueueItemResponse = await self._call(context, work)
-        return result
+        return await self._call(context, work)
 
     async def RejectQueueItem(
         self, request: staff_service_pb2.RejectQueueItemRequest, context: Context
@@ -180,8 +178,7 @@ class StaffServicer(staff_service_pb2_grpc.StaffServiceServicer):
             signed = await self._answer(request.request_id, staff_id, refusal)
             return staff_service_pb2.RejectQueueItemResponse(response=signed)
 
-        result: staff_service_pb2.RejectQueueItemResponse = await self._call(context, work)
-        return result
+        return await self._call(context, work)
 
     async def _answer(
         self, request_id: str, staff_id: str, answer: request_pb2.Response

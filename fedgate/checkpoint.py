@@ -17,21 +17,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from fedgate.errors import VerificationError
-from fedgate.keys import public_key_from_raw, raw_public_key
 from fedgate.merkle import HASH_SIZE, MAX_TREE_SIZE
 from fedgate.note import (
     NoteSignature,
     NoteSigner,
     NoteVerifier,
+    SignerKey,
+    VerifierKey,
     b64decode_strict,
-    check_key_name,
-    format_vkey,
-    key_hash_for,
     parse_note,
-    parse_vkey,
     sign_note,
     verify_note,
 )
@@ -148,16 +144,11 @@ def cosignature_message(checkpoint_body: str, timestamp: int) -> bytes:
     return f"cosignature/v1\ntime {timestamp}\n{checkpoint_body}".encode()
 
 
-class CosignatureSigner:
+class CosignatureSigner(SignerKey):
     """A witness key producing timestamped Ed25519 cosignatures (signature type 0x04)."""
 
-    __slots__ = ("_private_key", "key_hash", "name")
-
-    def __init__(self, *, name: str, private_key: Ed25519PrivateKey) -> None:
-        check_key_name(name)
-        self.name = name
-        self._private_key = private_key
-        self.key_hash = key_hash_for(name, ALG_COSIGNATURE_V1, raw_public_key(private_key))
+    __slots__ = ()
+    ALG = ALG_COSIGNATURE_V1
 
     def cosign(self, checkpoint_body: str, *, timestamp: int) -> NoteSignature:
         """Cosign a checkpoint body (the note text) at ``timestamp`` (POSIX seconds).
@@ -180,30 +171,12 @@ class CosignatureSigner:
         """The verifier for this cosigner's key."""
         return CosignatureVerifier(name=self.name, public_key=self._private_key.public_key())
 
-    def __repr__(self) -> str:
-        return f"CosignatureSigner(name={self.name!r}, key_hash={self.key_hash.hex()})"
 
-
-class CosignatureVerifier:
+class CosignatureVerifier(VerifierKey):
     """Verifies one witness's timestamped Ed25519 cosignatures (signature type 0x04)."""
 
-    __slots__ = ("_public_key", "key_hash", "name", "public_key_bytes")
-
-    def __init__(self, *, name: str, public_key: Ed25519PublicKey) -> None:
-        check_key_name(name)
-        self.name = name
-        self._public_key = public_key
-        self.public_key_bytes = raw_public_key(public_key)
-        self.key_hash = key_hash_for(name, ALG_COSIGNATURE_V1, self.public_key_bytes)
-
-    @classmethod
-    def from_vkey(cls, vkey: str) -> CosignatureVerifier:
-        """Parse ``<name>+<hex key hash>+<base64(0x04 || pubkey)>``; ``ValueError`` if malformed."""
-        name, _, raw = parse_vkey(vkey, ALG_COSIGNATURE_V1)
-        return cls(name=name, public_key=public_key_from_raw(raw))
-
-    def vkey(self) -> str:
-        return format_vkey(self.name, self.key_hash, ALG_COSIGNATURE_V1, self.public_key_bytes)
+    __slots__ = ()
+    ALG = ALG_COSIGNATURE_V1
 
     def verify(self, checkpoint_body: str, sig: NoteSignature) -> int:
         """Verify ``sig`` over ``checkpoint_body`` and return its timestamp.
@@ -231,9 +204,6 @@ class CosignatureVerifier:
         except InvalidSignature as exc:
             raise VerificationError(f"invalid cosignature by {self.name}") from exc
         return timestamp
-
-    def __repr__(self) -> str:
-        return f"CosignatureVerifier({self.vkey()!r})"
 
 
 def cosignatures_in(note: str, verifiers: Sequence[CosignatureVerifier]) -> dict[str, int]:

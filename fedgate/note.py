@@ -18,6 +18,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar, Self
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -34,6 +35,8 @@ __all__ = [
     "NoteSignature",
     "NoteSigner",
     "NoteVerifier",
+    "SignerKey",
+    "VerifierKey",
     "add_signatures",
     "b64decode_strict",
     "check_key_name",
@@ -132,16 +135,62 @@ def format_vkey(name: str, key_hash: bytes, alg: int, public_key: bytes) -> str:
     return f"{name}+{key_hash.hex()}+{encoded}"
 
 
-class NoteSigner:
-    """Signs note texts with an Ed25519 key under a key name (signature type 0x01)."""
+class SignerKey:
+    """A named Ed25519 private key of signature type ``ALG``, with its key hash.
+
+    The shared part of ``NoteSigner`` (0x01) and ``checkpoint.CosignatureSigner`` (0x04);
+    subclasses set ``ALG`` and add signing and ``verifier``.
+    """
 
     __slots__ = ("_private_key", "key_hash", "name")
+    ALG: ClassVar[int]
 
     def __init__(self, *, name: str, private_key: Ed25519PrivateKey) -> None:
         check_key_name(name)
         self.name = name
         self._private_key = private_key
-        self.key_hash = key_hash_for(name, ALG_ED25519, raw_public_key(private_key))
+        self.key_hash = key_hash_for(name, self.ALG, raw_public_key(private_key))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, key_hash={self.key_hash.hex()})"
+
+
+class VerifierKey:
+    """A named Ed25519 public key of signature type ``ALG``: key hash and vkey.
+
+    The shared part of ``NoteVerifier`` (0x01) and ``checkpoint.CosignatureVerifier`` (0x04);
+    subclasses set ``ALG`` and add ``verify``.
+    """
+
+    __slots__ = ("_public_key", "key_hash", "name", "public_key_bytes")
+    ALG: ClassVar[int]
+
+    def __init__(self, *, name: str, public_key: Ed25519PublicKey) -> None:
+        check_key_name(name)
+        self.name = name
+        self._public_key = public_key
+        self.public_key_bytes = raw_public_key(public_key)
+        self.key_hash = key_hash_for(name, self.ALG, self.public_key_bytes)
+
+    @classmethod
+    def from_vkey(cls, vkey: str) -> Self:
+        """Parse ``<name>+<hex key hash>+<base64(ALG || pubkey)>``; ``ValueError`` if malformed
+        (including a vkey of another signature type)."""
+        name, _, raw = parse_vkey(vkey, cls.ALG)
+        return cls(name=name, public_key=public_key_from_raw(raw))
+
+    def vkey(self) -> str:
+        return format_vkey(self.name, self.key_hash, self.ALG, self.public_key_bytes)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.vkey()!r})"
+
+
+class NoteSigner(SignerKey):
+    """Signs note texts with an Ed25519 key under a key name (signature type 0x01)."""
+
+    __slots__ = ()
+    ALG = ALG_ED25519
 
     def sign(self, message: bytes) -> bytes:
         """The raw 64-byte Ed25519 signature over ``message`` (without the key hash)."""
@@ -151,30 +200,12 @@ class NoteSigner:
         """The verifier for this signer's key."""
         return NoteVerifier(name=self.name, public_key=self._private_key.public_key())
 
-    def __repr__(self) -> str:
-        return f"NoteSigner(name={self.name!r}, key_hash={self.key_hash.hex()})"
 
-
-class NoteVerifier:
+class NoteVerifier(VerifierKey):
     """Verifies Ed25519 note signatures (type 0x01) of one named key."""
 
-    __slots__ = ("_public_key", "key_hash", "name", "public_key_bytes")
-
-    def __init__(self, *, name: str, public_key: Ed25519PublicKey) -> None:
-        check_key_name(name)
-        self.name = name
-        self._public_key = public_key
-        self.public_key_bytes = raw_public_key(public_key)
-        self.key_hash = key_hash_for(name, ALG_ED25519, self.public_key_bytes)
-
-    @classmethod
-    def from_vkey(cls, vkey: str) -> NoteVerifier:
-        """Parse ``<name>+<hex key hash>+<base64(0x01 || pubkey)>``; ``ValueError`` if malformed."""
-        name, _, raw = parse_vkey(vkey, ALG_ED25519)
-        return cls(name=name, public_key=public_key_from_raw(raw))
-
-    def vkey(self) -> str:
-        return format_vkey(self.name, self.key_hash, ALG_ED25519, self.public_key_bytes)
+    __slots__ = ()
+    ALG = ALG_ED25519
 
     def verify(self, message: bytes, signature: bytes) -> bool:
         """Whether ``signature`` (raw, without the key hash) is valid over ``message``."""
@@ -185,9 +216,6 @@ class NoteVerifier:
         except InvalidSignature:
             return False
         return True
-
-    def __repr__(self) -> str:
-        return f"NoteVerifier({self.vkey()!r})"
 
 
 @dataclass(frozen=True, slots=True)

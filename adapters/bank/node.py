@@ -25,7 +25,7 @@ from adapters.bank import convert
 from adapters.bank.backend import CoreBanking, FreezeMethod, FreezeOrder, StopPaymentOrder
 from adapters.bank.monitor import MONITOR_FILE, MonitorLedger, MonitorPusher
 from adapters.config import NodeConfig
-from adapters.node import AgencyNode, open_reference_backend, utc_now
+from adapters.node import AgencyNode, CoreNode, utc_now
 from fedgate.actions import BANK_ACTIONS
 from fedgate.errors import FieldViolation, InvalidArgument
 from fedgate.registry import Registry
@@ -51,6 +51,11 @@ def _time(parent: Any, name: str, path: str) -> datetime:
         raise _invalid(path, "is required")
     stamp: timestamp_pb2.Timestamp = getattr(parent, name)
     return stamp.ToDatetime(tzinfo=UTC)
+
+
+def _window(window: Any, path: str) -> tuple[datetime, datetime]:
+    """A required time window's start and end; ``path`` names the window in errors."""
+    return _time(window, "start", f"{path}.start"), _time(window, "end", f"{path}.end")
 
 
 def _cited(request: request_pb2.Request) -> str:
@@ -105,8 +110,7 @@ class BankAgency:
         q = request.transactions
         page = self.core.transactions(
             q.account_number,
-            _time(q.window, "start", "transactions.window.start"),
-            _time(q.window, "end", "transactions.window.end"),
+            *_window(q.window, "transactions.window"),
             page_size=q.page.page_size or _DEFAULT_PAGE,
             page_token=q.page.page_token,
         )
@@ -138,8 +142,7 @@ class BankAgency:
         q = request.login_records
         records = self.core.login_records(
             q.account_number,
-            _time(q.window, "start", "login_records.window.start"),
-            _time(q.window, "end", "login_records.window.end"),
+            *_window(q.window, "login_records.window"),
         )
         return request_pb2.Response(
             status=OK,
@@ -249,8 +252,7 @@ class BankAgency:
         q = request.aggregate_stats
         stats = self.core.aggregate_stats(
             q.metric,
-            _time(q.window, "start", "aggregate_stats.window.start"),
-            _time(q.window, "end", "aggregate_stats.window.end"),
+            *_window(q.window, "aggregate_stats.window"),
         )
         return request_pb2.Response(
             status=OK,
@@ -268,7 +270,7 @@ class BankAgency:
         return request_pb2.Response(status=OK, monitor=convert.monitor_pb(state))
 
 
-class BankNode(AgencyNode):
+class BankNode(CoreNode[CoreBanking]):
     """The agency node of a bank: ``BankAgency`` answers, plus the monitoring push task."""
 
     def __init__(
@@ -282,11 +284,11 @@ class BankNode(AgencyNode):
         owns_core: bool = False,
         **kwargs: Any,
     ) -> None:
-        self.core = core
-        self._owns_core = owns_core
         self.ledger = MonitorLedger(Path(config.state_dir) / MONITOR_FILE)
         self.agency = BankAgency(core, ledger=self.ledger)
         super().__init__(
+            core=core,
+            owns_core=owns_core,
             config=config,
             registry=registry,
             credentials=credentials,
@@ -300,34 +302,12 @@ class BankNode(AgencyNode):
         )
 
     @classmethod
-    def open(
-        cls,
-        config: NodeConfig,
-        *,
-        core: CoreBanking | None = None,
-        clock: Callable[[], datetime] = utc_now,
-        **kwargs: Any,
-    ) -> BankNode:
-        """A bank node from its configuration; opens the reference backend at
-        ``backend.path`` unless ``core`` is given. Raises ``InvalidArgument`` naming the option."""
-        registry = Registry.load_dir(config.federation_dir)
-        credentials = MemberCredentials.load(config.federation_dir, config.member_id)
-        owns = core is None
-        if core is None:
-            from adapters.bank.reference import ReferenceBank
+    def reference_backend(
+        cls, path: Path, *, config: NodeConfig, clock: Callable[[], datetime]
+    ) -> CoreBanking:
+        from adapters.bank.reference import ReferenceBank
 
-            core = open_reference_backend(
-                config, lambda path: ReferenceBank(path=path, bank_id=config.member_id, clock=clock)
-            )
-        return cls(
-            config=config,
-            registry=registry,
-            credentials=credentials,
-            core=core,
-            clock=clock,
-            owns_core=owns,
-            **kwargs,
-        )
+        return ReferenceBank(path=path, bank_id=config.member_id, clock=clock)
 
     async def push_monitored(self) -> int:
         """One delivery round of monitored transactions; how many were delivered."""
@@ -336,9 +316,6 @@ class BankNode(AgencyNode):
     async def stop(self, grace: float | None = 1.0) -> None:
         await super().stop(grace)
         self.ledger.close()
-        close = getattr(self.core, "close", None)
-        if self._owns_core and callable(close):
-            close()
 
 
 async def _monitor_loop(node: AgencyNode) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from google.protobuf import timestamp_pb2
@@ -24,11 +25,9 @@ from adapters.carrier.backend import (
     SubscriberSystem,
 )
 from adapters.config import NodeConfig
-from adapters.node import AgencyNode, open_reference_backend, utc_now
+from adapters.node import CoreNode
 from fedgate.actions import CARRIER_ACTIONS
 from fedgate.errors import FieldViolation, InvalidArgument
-from fedgate.registry import Registry
-from fedgate.tls import MemberCredentials
 from fedgate.v1 import carrier_pb2, request_pb2
 
 __all__ = ["CarrierAgency", "CarrierNode"]
@@ -204,62 +203,16 @@ class CarrierAgency:
         )
 
 
-class CarrierNode(AgencyNode):
+class CarrierNode(CoreNode[SubscriberSystem]):
     """The agency node of a carrier (``CarrierAgency`` on the shared runtime)."""
 
-    def __init__(
-        self,
-        *,
-        config: NodeConfig,
-        registry: Registry,
-        credentials: MemberCredentials,
-        core: SubscriberSystem,
-        owns_core: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        self.core = core
-        self._owns_core = owns_core
-        super().__init__(
-            config=config,
-            registry=registry,
-            credentials=credentials,
-            backend=CarrierAgency(core),
-            **kwargs,
-        )
+    def __init__(self, *, core: SubscriberSystem, **kwargs: Any) -> None:
+        super().__init__(core=core, backend=CarrierAgency(core), **kwargs)
 
     @classmethod
-    def open(
-        cls,
-        config: NodeConfig,
-        *,
-        core: SubscriberSystem | None = None,
-        clock: Callable[[], datetime] = utc_now,
-        **kwargs: Any,
-    ) -> CarrierNode:
-        """A carrier node from its configuration; opens the reference backend at
-        ``backend.path`` unless ``core`` is given. Raises ``InvalidArgument`` naming the option."""
-        registry = Registry.load_dir(config.federation_dir)
-        credentials = MemberCredentials.load(config.federation_dir, config.member_id)
-        owns = core is None
-        if core is None:
-            from adapters.carrier.reference import ReferenceCarrier
+    def reference_backend(
+        cls, path: Path, *, config: NodeConfig, clock: Callable[[], datetime]
+    ) -> SubscriberSystem:
+        from adapters.carrier.reference import ReferenceCarrier
 
-            core = open_reference_backend(
-                config,
-                lambda path: ReferenceCarrier(path=path, carrier_id=config.member_id, clock=clock),
-            )
-        return cls(
-            config=config,
-            registry=registry,
-            credentials=credentials,
-            core=core,
-            clock=clock,
-            owns_core=owns,
-            **kwargs,
-        )
-
-    async def stop(self, grace: float | None = 1.0) -> None:
-        await super().stop(grace)
-        close = getattr(self.core, "close", None)
-        if self._owns_core and callable(close):
-            close()
+        return ReferenceCarrier(path=path, carrier_id=config.member_id, clock=clock)

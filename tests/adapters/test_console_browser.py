@@ -9,11 +9,8 @@ event loop keeps serving the node and the console meanwhile. Screenshots of each
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -24,69 +21,10 @@ from fedgate.web.auth import Role, ScryptParams, UserStore
 from fedgate.web.serve import EmbeddedServer
 from fedgate.web.text import mask_identifier
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-SHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
 PASSWORD = "correct horse battery"
 FAST = ScryptParams(n=2**10, r=8, p=1)
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason="chromium not found at /usr/bin/chromium: run scripts/install-browser.sh",
-    ),
-]
-
-_T = TypeVar("_T")
-
-
-class BrowserThread:
-    """Playwright's sync API confined to one thread; ``run`` awaits a step done there."""
-
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chromium")
-        self._playwright: Any = None
-        self.browser: Any = None
-
-    def _launch(self) -> None:
-        from playwright.sync_api import sync_playwright
-
-        self._playwright = sync_playwright().start()
-        self.browser = self._playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-
-    def _close(self) -> None:
-        self.browser.close()
-        self._playwright.stop()
-
-    def start(self) -> None:
-        self._pool.submit(self._launch).result()
-
-    def stop(self) -> None:
-        self._pool.submit(self._close).result()
-        self._pool.shutdown()
-
-    async def run(self, step: Callable[..., _T], *args: Any) -> _T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, step, *args)
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[BrowserThread]:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    thread = BrowserThread()
-    thread.start()
-    yield thread
-    thread.stop()
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # the chromium fixture skips if it is missing
 
 
 def add_staff(state_dir: Path, member: str, *users: str) -> None:
@@ -117,13 +55,9 @@ def login(page: Any, url: str, user: str) -> None:
     page.wait_for_url(f"{url}/")
 
 
-def shot(page: Any, name: str) -> None:
-    page.screenshot(path=str(SHOTS / name), full_page=True)
-
-
 class TestStaffConsoleInTheBrowser:
     async def test_staff_answer_a_police_query(
-        self, chromium: BrowserThread, bank_node: Any, kit: Any
+        self, chromium: Any, bank_node: Any, kit: Any
     ) -> None:
         icbc = await bank_node("bank.icbc", manual={"account_holder"})
         ccb = await bank_node("bank.ccb", manual={"account_holder"}, staff=("ccb.zhao",))
@@ -137,10 +71,10 @@ class TestStaffConsoleInTheBrowser:
 
             def open_empty_queue() -> str:
                 page.goto(f"{url}/")
-                shot(page, "staff-login.png")
+                chromium.shot(page, "staff-login.png")
                 login(page, url, "icbc.zhang")
                 page.evaluate("() => { window.fedgateMarker = 'no reload'; }")
-                shot(page, "staff-queue-empty.png")
+                chromium.shot(page, "staff-queue-empty.png")
                 return str(page.inner_text("#queue tbody"))
 
             assert "队列为空" in await chromium.run(open_empty_queue)
@@ -164,7 +98,7 @@ class TestStaffConsoleInTheBrowser:
                     timeout=5_000,
                 )
                 second = page.inner_text(f"#row-{rid} .countdown")
-                shot(page, "staff-queue.png")
+                chromium.shot(page, "staff-queue.png")
                 return str(marker), str(page.inner_text(f"#row-{rid}")), f"{first}|{second}"
 
             marker, row, countdowns = await chromium.run(see_it_arrive)
@@ -179,13 +113,13 @@ class TestStaffConsoleInTheBrowser:
             def claim_and_confirm() -> tuple[str, str]:
                 page.click(f"#claim-{rid}")
                 page.wait_for_url(f"{url}/items/{rid}?notice=claimed")
-                shot(page, "staff-item.png")
+                chromium.shot(page, "staff-item.png")
                 details = str(page.inner_text("main"))
                 page.click("#confirm")
                 page.wait_for_url(f"{url}/?notice=answered")
-                shot(page, "staff-answered.png")
+                chromium.shot(page, "staff-answered.png")
                 page.goto(f"{url}/history")
-                shot(page, "staff-history.png")
+                chromium.shot(page, "staff-history.png")
                 return details, str(page.inner_text("main"))
 
             details, history = await chromium.run(claim_and_confirm)
@@ -204,7 +138,7 @@ class TestStaffConsoleInTheBrowser:
                 other = new_page(chromium.browser, javascript=False)
                 login(other, ccb_web.url, "ccb.zhao")
                 queue = str(other.inner_text("main"))
-                shot(other, "staff-other-bank.png")
+                chromium.shot(other, "staff-other-bank.png")
                 other.goto(f"{ccb_web.url}/items/{rid}")
                 missing = str(other.inner_text("main"))
                 other.context.close()
@@ -216,7 +150,7 @@ class TestStaffConsoleInTheBrowser:
 
             def english() -> str:
                 page.goto(f"{url}/?lang=en")
-                shot(page, "staff-queue-en.png")
+                chromium.shot(page, "staff-queue-en.png")
                 return str(page.inner_text("header"))
 
             assert "Staff console" in await chromium.run(english)
@@ -226,7 +160,7 @@ class TestStaffConsoleInTheBrowser:
             await ccb_web.stop()
 
     async def test_chinese_text_renders_with_a_cjk_font(
-        self, chromium: BrowserThread, tmp_path: Path
+        self, chromium: Any, tmp_path: Path
     ) -> None:
         users = UserStore.in_state_dir(tmp_path)
         shell = Console(
@@ -243,8 +177,8 @@ class TestStaffConsoleInTheBrowser:
             page = new_page(chromium.browser)
             page.goto(f"{server.url}/login")
             heading = page.locator("h1")
-            shot(page, "cjk-login.png")
-            real = heading.screenshot(path=str(SHOTS / "cjk-heading.png"))
+            chromium.shot(page, "cjk-login.png")
+            real = heading.screenshot(path=str(chromium.shots / "cjk-heading.png"))
             # The same heading in code points no font has: what missing glyphs look like.
             page.evaluate(
                 "() => { const h = document.querySelector('h1');"

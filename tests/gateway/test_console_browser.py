@@ -14,12 +14,11 @@ import asyncio
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -44,73 +43,12 @@ from gateway.config import (
 )
 from gateway.server import Gateway
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-SHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
 PASSWORD = "correct horse battery"
 FAST = ScryptParams(n=2**10, r=8, p=1)
 POLICE = MemberId("police.gd.afc")
 BANK = MemberId("bank.icbc")
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason="chromium not found at /usr/bin/chromium: run scripts/install-browser.sh",
-    ),
-]
-
-_T = TypeVar("_T")
-
-
-class BrowserThread:
-    """Playwright's sync API confined to one thread; ``run`` awaits a step done there."""
-
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chromium")
-        self._playwright: Any = None
-        self.browser: Any = None
-
-    def _launch(self) -> None:
-        from playwright.sync_api import sync_playwright
-
-        self._playwright = sync_playwright().start()
-        self.browser = self._playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-
-    def _close(self) -> None:
-        self.browser.close()
-        self._playwright.stop()
-
-    async def run(self, step: Callable[..., _T], *args: Any) -> _T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, step, *args)
-
-    @classmethod
-    def started(cls) -> BrowserThread:
-        thread = cls()
-        thread._pool.submit(thread._launch).result()
-        return thread
-
-    def stop(self) -> None:
-        self._pool.submit(self._close).result()
-        self._pool.shutdown()
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[BrowserThread]:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    thread = BrowserThread.started()
-    yield thread
-    thread.stop()
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # the chromium fixture skips if it is missing
 
 
 @dataclass
@@ -180,13 +118,9 @@ def new_page(browser: Any, *, lang: str = "zh-CN") -> Any:
     return context.new_page()
 
 
-def shot(page: Any, name: str) -> None:
-    page.screenshot(path=str(SHOTS / name), full_page=True)
-
-
 class TestAuditorConsoleInTheBrowser:
     async def test_an_auditor_finds_verifies_reveals_and_exports_an_exchange(
-        self, chromium: BrowserThread, centre: Centre, tmp_path: Path
+        self, chromium: Any, centre: Centre, tmp_path: Path
     ) -> None:
         # The police ask the bank who holds an account; the answer comes back verified.
         hop = next(h for c in centre.world.chains for h in c.hops if h.to_bank == BANK)
@@ -208,19 +142,19 @@ class TestAuditorConsoleInTheBrowser:
         def log_in_and_search() -> dict[str, str]:
             page.goto(f"{url}/")
             page.wait_for_url(f"{url}/login?next=/")
-            shot(page, "audit-login.png")
+            chromium.shot(page, "audit-login.png")
             page.fill("#user", "audit.wang")
             page.fill("#password", PASSWORD)
             page.keyboard.press("Enter")
             page.wait_for_url(f"{url}/")
-            shot(page, "audit-search.png")
+            chromium.shot(page, "audit-search.png")
             overview = page.inner_text("main")
             # Keyboard only: focus the case field, type, Enter.
             page.focus("#s-case")
             page.keyboard.type(case)
             page.keyboard.press("Enter")
             page.wait_for_selector("#results")
-            shot(page, "audit-search-case.png")
+            chromium.shot(page, "audit-search-case.png")
             return {"overview": overview, "results": page.inner_text("#results")}
 
         found = await chromium.run(log_in_and_search)
@@ -236,11 +170,11 @@ class TestAuditorConsoleInTheBrowser:
         def open_exchange() -> dict[str, str]:
             page.click(f"#open-{request_leaf}")
             page.wait_for_url(f"{url}/entries/{request_leaf}")
-            shot(page, "audit-entry.png")
+            chromium.shot(page, "audit-entry.png")
             before = page.inner_text("main")
             page.click(f"#reveal-{request_leaf}-action-account_number")
             page.wait_for_url(f"{url}/entries/{request_leaf}?notice=revealed*")
-            shot(page, "audit-entry-revealed.png")
+            chromium.shot(page, "audit-entry-revealed.png")
             revealed = page.inner_text(f"#leg-{request_leaf}")
             with page.expect_download() as download:
                 page.click("#download")
@@ -273,12 +207,12 @@ class TestAuditorConsoleInTheBrowser:
             for path, name in (("/log", "audit-log.png"), ("/charts?days=7", "audit-charts.png"),
                                ("/flags", "audit-flags.png")):  # fmt: skip
                 page.goto(f"{url}{path}")
-                shot(page, name)
+                chromium.shot(page, name)
                 texts[path] = page.inner_text("main")
             page.goto(f"{url}/charts?days=7")
             texts["bars"] = str(page.locator("svg rect.bar").count())
             page.goto(f"{url}/entries/{response_leaf}?lang=en")
-            shot(page, "audit-entry-en.png")
+            chromium.shot(page, "audit-entry-en.png")
             texts["english"] = page.inner_text("main")
             return texts
 
