@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from fedgate.errors import AuditUnavailable, InvalidArgument
+from gateway.audit._rows import COLUMNS, SearchSql, add_filters, group_subjects, indexed_row
 from gateway.audit.store import IndexedRow, SearchQuery
 
 __all__ = [
@@ -118,19 +119,22 @@ class CaseWithoutOrder:
 GROUPINGS: Final = ("requester", "target", "action")
 """What ``per_day`` can group request legs by: requesting member, target member, action."""
 
-_ROW = (
-    "idx, leg, request_id, time_us, requesting_agency, officer_id, case_number, action,"
-    " target_agency, outcome, reason, request_leaf_index"
-)
+_ROW = f"idx, {COLUMNS}, request_leaf_index"
 # Search filters: fixed fragments chosen by which fields are set; values are parameters. The
 # ``<> ''`` terms let SQLite use the store's partial indexes (``WHERE officer_id <> ''`` ...):
 # it cannot tell that a bound parameter is not empty.
-_FILTERS: Final[tuple[tuple[str, str], ...]] = (
-    ("officer_id", "officer_id = ? AND officer_id <> ''"),
-    ("case_number", "case_number = ? AND case_number <> ''"),
-    ("action", "action = ?"),
-    ("outcome", "outcome = ?"),
-    ("request_id", "request_id = ? AND request_id <> ''"),
+_SEARCH: Final = SearchSql(
+    fields=(
+        ("officer_id", "officer_id = ? AND officer_id <> ''"),
+        ("case_number", "case_number = ? AND case_number <> ''"),
+        ("action", "action = ?"),
+        ("outcome", "outcome = ?"),
+        ("request_id", "request_id = ? AND request_id <> ''"),
+    ),
+    member="(requesting_agency = ? OR target_agency = ?)",
+    subject="idx IN (SELECT idx FROM subjects WHERE subject = ?)",
+    since="time_us >= ?",
+    until="time_us < ?",
 )
 _DAY = f"((time_us + {CST_OFFSET_US}) / {US_PER_DAY})"
 _HOUR = f"(((time_us + {CST_OFFSET_US}) / {US_PER_HOUR}) % 24)"
@@ -275,24 +279,7 @@ class LogInsights:
         if leg:
             where.append("leg = ?")
             params.append(leg)
-        for name, fragment in _FILTERS:
-            value = getattr(query, name)
-            if value:
-                where.append(fragment)
-                params.append(value)
-        for member in (query.member, query.visible_to):
-            if member:
-                where.append("(requesting_agency = ? OR target_agency = ?)")
-                params += [member, member]
-        if query.subject:
-            where.append("idx IN (SELECT idx FROM subjects WHERE subject = ?)")
-            params.append(query.subject)
-        if query.since_us is not None:
-            where.append("time_us >= ?")
-            params.append(query.since_us)
-        if query.until_us is not None:
-            where.append("time_us < ?")
-            params.append(query.until_us)
+        add_filters(query, _SEARCH, where, params)
         params.append(query.limit)
         sql = (
             f"SELECT {_ROW} FROM leaves"  # noqa: S608 - fixed fragments
@@ -301,15 +288,15 @@ class LogInsights:
         hits = await self._rows("search", sql, tuple(params))
         if not hits:
             return []
-        found: dict[int, list[str]] = {}
-        for idx, subject in await self._rows(
-            "read subjects",
-            "SELECT idx, subject FROM subjects WHERE idx IN (SELECT value FROM json_each(?))"
-            " ORDER BY idx, subject",
-            (json.dumps([h[0] for h in hits]),),
-        ):
-            found.setdefault(idx, []).append(subject)
-        return [IndexedRow(h[0], (*h[1:11], tuple(found.get(h[0], ())), h[11])) for h in hits]
+        found = group_subjects(
+            await self._rows(
+                "read subjects",
+                "SELECT idx, subject FROM subjects WHERE idx IN (SELECT value FROM json_each(?))"
+                " ORDER BY idx, subject",
+                (json.dumps([h[0] for h in hits]),),
+            )
+        )
+        return [indexed_row(h, tuple(found.get(h[0], ()))) for h in hits]
 
     async def checkpoint_before(self, size: int) -> tuple[int, str] | None:
         """The signed checkpoint stored just before size ``size`` (size and note), if any."""

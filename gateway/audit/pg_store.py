@@ -20,6 +20,7 @@ import psycopg
 from psycopg import sql
 
 from fedgate.errors import AuditUnavailable
+from gateway.audit import _rows
 from gateway.audit.store import (
     CommitBatch,
     IndexedRow,
@@ -27,7 +28,6 @@ from gateway.audit.store import (
     StoredLog,
     StoredRow,
     ThreadedStore,
-    normalized_subjects,
 )
 
 __all__ = ["DEFAULT_SCHEMA", "SCHEMA_VERSION", "PgDatabase", "list_origins", "open_pg_store"]
@@ -107,22 +107,27 @@ _TRIGGERS = (
     + f"REVOKE UPDATE, DELETE, TRUNCATE ON {', '.join(_TABLES)} FROM PUBLIC;\n"
 )
 
-_COPY_LEAVES = (
-    "COPY leaves (origin, idx, leaf, leaf_hash, leg, request_id, time_us, requesting_agency,"
-    " officer_id, case_number, action, target_agency, outcome, reason, request_leaf_index)"
-    " FROM STDIN"
+# The origin goes last: each row is the shared ``_rows.leaf_values`` tuple plus ``(origin,)``.
+_COPY_LEAVES = f"COPY leaves ({_rows.LEAF_COLUMNS}, origin) FROM STDIN"
+_COPY_SUBJECTS = "COPY subjects (subject, idx, origin) FROM STDIN"
+_SELECT_ROWS = (
+    f"SELECT {_rows.LEAF_COLUMNS} FROM leaves"  # noqa: S608 - constant columns
+    " WHERE origin = %s AND idx >= %s AND idx < %s ORDER BY idx"
 )
-_COPY_SUBJECTS = "COPY subjects (origin, subject, idx) FROM STDIN"
-_COLUMNS = (
-    "leg, request_id, time_us, requesting_agency, officer_id, case_number, action,"
-    " target_agency, outcome, reason"
-)
-_FILTERS: tuple[tuple[str, str], ...] = (
-    ("officer_id", "officer_id = %s"),
-    ("case_number", "case_number = %s"),
-    ("action", "action = %s"),
-    ("outcome", "outcome = %s"),
-    ("request_id", "request_id = %s"),
+_SELECT_HITS = f"SELECT idx, {_rows.COLUMNS}, request_leaf_index FROM leaves"  # noqa: S608 - constant
+# Search filters: fixed SQL fragments chosen by which fields are set; values are parameters.
+_SEARCH = _rows.SearchSql(
+    fields=(
+        ("officer_id", "officer_id = %s"),
+        ("case_number", "case_number = %s"),
+        ("action", "action = %s"),
+        ("outcome", "outcome = %s"),
+        ("request_id", "request_id = %s"),
+    ),
+    member="(requesting_agency = %s OR target_agency = %s)",
+    subject="idx IN (SELECT idx FROM subjects WHERE origin = %s AND subject = %s)",
+    since="time_us >= %s",
+    until="time_us < %s",
 )
 
 
@@ -223,46 +228,13 @@ class PgDatabase:
             ).fetchone()
         except psycopg.Error as exc:
             raise self._error("load the log", exc) from exc
-        return StoredLog(
-            origin=self._origin,
-            leaf_hashes=hashes,
-            leaf_count=len(hashes),
-            next_index=next_index,
-            checkpoint=None if cp is None else cp[1],
-            checkpoint_size=0 if cp is None else cp[0],
-            cosigned=None if co is None else co[1],
-            cosigned_size=0 if co is None else co[0],
-        )
+        return _rows.stored_log(self._origin, hashes, next_index, cp, co)
 
     def commit(self, batch: CommitBatch) -> None:
         o = self._origin
-        leaves = [
-            (
-                o,
-                n.index,
-                n.data,
-                n.leaf_hash,
-                c[0],
-                c[1],
-                c[2],
-                c[3],
-                c[4],
-                c[5],
-                c[6],
-                c[7],
-                c[8],
-                c[9],
-                c[11],
-            )
-            for n in batch.leaves
-            for c in (n.columns,)
-        ]
-        subjects = [
-            (o, s, n.index)
-            for n in batch.leaves
-            if n.columns[10]
-            for s in normalized_subjects(n.columns[10])
-        ]
+        key = (o,)
+        leaves = _rows.leaf_values(batch.leaves)
+        subjects = _rows.subject_values(batch.leaves)
         start = batch.leaves[0].index if batch.leaves else batch.size
         try:
             conn = self._c()
@@ -277,12 +249,12 @@ class PgDatabase:
                 # COPY: about twice as fast as a pipelined executemany for a batch.
                 if leaves:
                     with cur.copy(_COPY_LEAVES) as copy:
-                        for row in leaves:
-                            copy.write_row(row)
+                        for leaf in leaves:
+                            copy.write_row(leaf + key)
                 if subjects:
                     with cur.copy(_COPY_SUBJECTS) as copy:
-                        for row in subjects:
-                            copy.write_row(row)
+                        for subject in subjects:
+                            copy.write_row(subject + key)
                 cur.execute(
                     "INSERT INTO checkpoints (origin, size, note) VALUES (%s, %s, %s)",
                     (o, batch.size, batch.checkpoint),
@@ -299,31 +271,28 @@ class PgDatabase:
         except psycopg.Error as exc:
             raise self._error("store a cosigned checkpoint", exc) from exc
 
-    def leaves(self, start: int, stop: int) -> list[bytes]:
+    def _blobs(self, what: str, statement: str, start: int, stop: int) -> list[bytes]:
         try:
-            return [
-                bytes(r[0])
-                for r in self._c().execute(
-                    "SELECT leaf FROM leaves WHERE origin = %s AND idx >= %s AND idx < %s"
-                    " ORDER BY idx",
-                    (self._origin, start, stop),
-                )
-            ]
+            return [bytes(r[0]) for r in self._c().execute(statement, (self._origin, start, stop))]
         except psycopg.Error as exc:
-            raise self._error("read entries", exc) from exc
+            raise self._error(what, exc) from exc
+
+    def leaves(self, start: int, stop: int) -> list[bytes]:
+        return self._blobs(
+            "read entries",
+            "SELECT leaf FROM leaves WHERE origin = %s AND idx >= %s AND idx < %s ORDER BY idx",
+            start,
+            stop,
+        )
 
     def leaf_hashes(self, start: int, stop: int) -> list[bytes]:
-        try:
-            return [
-                bytes(r[0])
-                for r in self._c().execute(
-                    "SELECT leaf_hash FROM leaves WHERE origin = %s AND idx >= %s AND idx < %s"
-                    " ORDER BY idx",
-                    (self._origin, start, stop),
-                )
-            ]
-        except psycopg.Error as exc:
-            raise self._error("read leaf hashes", exc) from exc
+        return self._blobs(
+            "read leaf hashes",
+            "SELECT leaf_hash FROM leaves WHERE origin = %s AND idx >= %s AND idx < %s"
+            " ORDER BY idx",
+            start,
+            stop,
+        )
 
     def leaf_rows(self, start: int, stop: int) -> list[tuple[int, bytes, bytes]]:
         try:
@@ -342,43 +311,15 @@ class PgDatabase:
         params = (self._origin, start, stop)
         try:
             conn = self._c()
-            subjects: dict[int, list[str]] = {}
-            for idx, subject in conn.execute(
-                "SELECT idx, subject FROM subjects WHERE origin = %s AND idx >= %s AND idx < %s"
-                ' ORDER BY idx, subject COLLATE "C"',
-                params,
-            ):
-                subjects.setdefault(idx, []).append(subject)
-            out: list[StoredRow] = []
-            empty: tuple[str, ...] = ()
-            for r in conn.execute(
-                f"SELECT idx, leaf, leaf_hash, {_COLUMNS}, request_leaf_index FROM leaves"  # noqa: S608 - constant columns
-                " WHERE origin = %s AND idx >= %s AND idx < %s ORDER BY idx",
-                params,
-            ):
-                s = subjects.get(r[0])
-                out.append(
-                    (
-                        r[0],
-                        bytes(r[1]),
-                        bytes(r[2]),
-                        (
-                            r[3],
-                            r[4],
-                            r[5],
-                            r[6],
-                            r[7],
-                            r[8],
-                            r[9],
-                            r[10],
-                            r[11],
-                            r[12],
-                            empty if s is None else tuple(s),
-                            r[13],
-                        ),
-                    )
+            subjects = _rows.group_subjects(
+                conn.execute(
+                    "SELECT idx, subject FROM subjects WHERE origin = %s AND idx >= %s"
+                    ' AND idx < %s ORDER BY idx, subject COLLATE "C"',
+                    params,
                 )
-            return out
+            )
+            # psycopg reads bytea as ``bytes``: the rows need no conversion.
+            return _rows.stored_rows(conn.execute(_SELECT_ROWS, params), subjects)
         except psycopg.Error as exc:
             raise self._error("read rows", exc) from exc
 
@@ -410,89 +351,47 @@ class PgDatabase:
             raise self._error("read a checkpoint", exc) from exc
         return None if row is None else str(row[0])
 
-    def checkpoints(self) -> list[tuple[int, str]]:
+    def _notes(self, what: str, statement: str) -> list[tuple[int, str]]:
         try:
-            return [
-                (int(r[0]), str(r[1]))
-                for r in self._c().execute(
-                    "SELECT size, note FROM checkpoints WHERE origin = %s ORDER BY size",
-                    (self._origin,),
-                )
-            ]
+            return [(int(r[0]), str(r[1])) for r in self._c().execute(statement, (self._origin,))]
         except psycopg.Error as exc:
-            raise self._error("read checkpoints", exc) from exc
+            raise self._error(what, exc) from exc
+
+    def checkpoints(self) -> list[tuple[int, str]]:
+        return self._notes(
+            "read checkpoints",
+            "SELECT size, note FROM checkpoints WHERE origin = %s ORDER BY size",
+        )
 
     def cosigned_checkpoints(self) -> list[tuple[int, str]]:
-        try:
-            return [
-                (int(r[0]), str(r[1]))
-                for r in self._c().execute(
-                    "SELECT size, note FROM cosigned WHERE origin = %s ORDER BY id",
-                    (self._origin,),
-                )
-            ]
-        except psycopg.Error as exc:
-            raise self._error("read cosigned checkpoints", exc) from exc
+        return self._notes(
+            "read cosigned checkpoints",
+            "SELECT size, note FROM cosigned WHERE origin = %s ORDER BY id",
+        )
 
     def search(self, query: SearchQuery) -> list[IndexedRow]:
         where = ["origin = %s", "idx > %s"]
         params: list[object] = [self._origin, query.after_index]
-        for name, fragment in _FILTERS:
-            value = getattr(query, name)
-            if value:
-                where.append(fragment)
-                params.append(value)
-        for member in (query.member, query.visible_to):
-            if member:
-                where.append("(requesting_agency = %s OR target_agency = %s)")
-                params += [member, member]
-        if query.subject:
-            where.append("idx IN (SELECT idx FROM subjects WHERE origin = %s AND subject = %s)")
-            params += [self._origin, query.subject]
-        if query.since_us is not None:
-            where.append("time_us >= %s")
-            params.append(query.since_us)
-        if query.until_us is not None:
-            where.append("time_us < %s")
-            params.append(query.until_us)
+        _rows.add_filters(query, _SEARCH, where, params, scope=(self._origin,))
         params.append(query.limit)
-        statement = (
-            f"SELECT idx, {_COLUMNS}, request_leaf_index FROM leaves"  # noqa: S608 - fixed fragments
-            f" WHERE {' AND '.join(where)} ORDER BY idx LIMIT %s"
-        )
+        statement = f"{_SELECT_HITS} WHERE {' AND '.join(where)} ORDER BY idx LIMIT %s"
         try:
             conn = self._c()
             hits = conn.execute(statement.encode(), params).fetchall()
-            out: list[IndexedRow] = []
-            for r in hits:
-                subjects = tuple(
-                    str(s)
-                    for (s,) in conn.execute(
-                        "SELECT subject FROM subjects WHERE origin = %s AND idx = %s"
-                        ' ORDER BY subject COLLATE "C"',
-                        (self._origin, r[0]),
-                    )
+            return [
+                _rows.indexed_row(
+                    r,
+                    tuple(
+                        str(s)
+                        for (s,) in conn.execute(
+                            "SELECT subject FROM subjects WHERE origin = %s AND idx = %s"
+                            ' ORDER BY subject COLLATE "C"',
+                            (self._origin, r[0]),
+                        )
+                    ),
                 )
-                out.append(
-                    IndexedRow(
-                        r[0],
-                        (
-                            r[1],
-                            r[2],
-                            r[3],
-                            r[4],
-                            r[5],
-                            r[6],
-                            r[7],
-                            r[8],
-                            r[9],
-                            r[10],
-                            subjects,
-                            r[11],
-                        ),
-                    )
-                )
-            return out
+                for r in hits
+            ]
         except psycopg.Error as exc:
             raise self._error("search", exc) from exc
 

@@ -24,6 +24,7 @@ from typing import IO
 
 from fedgate.audit_entry import EntryKind
 from fedgate.errors import AuditUnavailable
+from gateway.audit import _rows
 from gateway.audit.store import (
     CommitBatch,
     IndexedRow,
@@ -31,7 +32,6 @@ from gateway.audit.store import (
     StoredLog,
     StoredRow,
     ThreadedStore,
-    normalized_subjects,
 )
 
 __all__ = ["SCHEMA_VERSION", "SqliteDatabase", "default_state_path", "open_sqlite_store"]
@@ -86,22 +86,28 @@ _TRIGGERS = "".join(
 )
 
 _INSERT_LEAF = (
-    "INSERT INTO leaves (idx, leaf, leaf_hash, leg, request_id, time_us, requesting_agency,"
-    " officer_id, case_number, action, target_agency, outcome, reason, request_leaf_index)"
+    f"INSERT INTO leaves ({_rows.LEAF_COLUMNS})"  # noqa: S608 - constant columns
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_COLUMNS = (
-    "leg, request_id, time_us, requesting_agency, officer_id, case_number, action,"
-    " target_agency, outcome, reason"
+_SELECT_ROWS = (
+    f"SELECT {_rows.LEAF_COLUMNS} FROM leaves"  # noqa: S608 - constant columns
+    " WHERE idx >= ? AND idx < ? ORDER BY idx"
 )
+_SELECT_HITS = f"SELECT idx, {_rows.COLUMNS}, request_leaf_index FROM leaves"  # noqa: S608 - constant
 
 # Search filters: fixed SQL fragments chosen by which fields are set; values are parameters.
-_FILTERS: tuple[tuple[str, str], ...] = (
-    ("officer_id", "officer_id = ?"),
-    ("case_number", "case_number = ?"),
-    ("action", "action = ?"),
-    ("outcome", "outcome = ?"),
-    ("request_id", "request_id = ?"),
+_SEARCH = _rows.SearchSql(
+    fields=(
+        ("officer_id", "officer_id = ?"),
+        ("case_number", "case_number = ?"),
+        ("action", "action = ?"),
+        ("outcome", "outcome = ?"),
+        ("request_id", "request_id = ?"),
+    ),
+    member="(requesting_agency = ? OR target_agency = ?)",
+    subject="idx IN (SELECT idx FROM subjects WHERE subject = ?)",
+    since="time_us >= ?",
+    until="time_us < ?",
 )
 
 
@@ -251,44 +257,11 @@ class SqliteDatabase:
             co = con.execute("SELECT size, note FROM cosigned ORDER BY id DESC LIMIT 1").fetchone()
         except sqlite3.Error as exc:
             raise self._error("load the log", exc) from exc
-        return StoredLog(
-            origin=self._origin,
-            leaf_hashes=hashes,
-            leaf_count=len(hashes),
-            next_index=next_index,
-            checkpoint=None if cp is None else cp[1],
-            checkpoint_size=0 if cp is None else cp[0],
-            cosigned=None if co is None else co[1],
-            cosigned_size=0 if co is None else co[0],
-        )
+        return _rows.stored_log(self._origin, hashes, next_index, cp, co)
 
     def commit(self, batch: CommitBatch) -> None:
-        leaves = [
-            (
-                n.index,
-                n.data,
-                n.leaf_hash,
-                c[0],
-                c[1],
-                c[2],
-                c[3],
-                c[4],
-                c[5],
-                c[6],
-                c[7],
-                c[8],
-                c[9],
-                c[11],
-            )
-            for n in batch.leaves
-            for c in (n.columns,)
-        ]
-        subjects = [
-            (s, n.index)
-            for n in batch.leaves
-            if n.columns[10]
-            for s in normalized_subjects(n.columns[10])
-        ]
+        leaves = _rows.leaf_values(batch.leaves)
+        subjects = _rows.subject_values(batch.leaves)
         con = self._con
         try:
             con.execute("BEGIN IMMEDIATE")
@@ -331,29 +304,27 @@ class SqliteDatabase:
                 self._con.execute("ROLLBACK")
             raise self._error("store a cosigned checkpoint", exc) from exc
 
-    def leaves(self, start: int, stop: int) -> list[bytes]:
+    def _blobs(self, what: str, sql: str, start: int, stop: int) -> list[bytes]:
         try:
-            return [
-                r[0]
-                for r in self._con.execute(
-                    "SELECT leaf FROM leaves WHERE idx >= ? AND idx < ? ORDER BY idx",
-                    (start, stop),
-                )
-            ]
+            return [r[0] for r in self._con.execute(sql, (start, stop))]
         except sqlite3.Error as exc:
-            raise self._error("read entries", exc) from exc
+            raise self._error(what, exc) from exc
+
+    def leaves(self, start: int, stop: int) -> list[bytes]:
+        return self._blobs(
+            "read entries",
+            "SELECT leaf FROM leaves WHERE idx >= ? AND idx < ? ORDER BY idx",
+            start,
+            stop,
+        )
 
     def leaf_hashes(self, start: int, stop: int) -> list[bytes]:
-        try:
-            return [
-                r[0]
-                for r in self._con.execute(
-                    "SELECT leaf_hash FROM leaves WHERE idx >= ? AND idx < ? ORDER BY idx",
-                    (start, stop),
-                )
-            ]
-        except sqlite3.Error as exc:
-            raise self._error("read leaf hashes", exc) from exc
+        return self._blobs(
+            "read leaf hashes",
+            "SELECT leaf_hash FROM leaves WHERE idx >= ? AND idx < ? ORDER BY idx",
+            start,
+            stop,
+        )
 
     def leaf_rows(self, start: int, stop: int) -> list[tuple[int, bytes, bytes]]:
         try:
@@ -367,43 +338,14 @@ class SqliteDatabase:
     def rows(self, start: int, stop: int) -> list[StoredRow]:
         try:
             con = self._con
-            subjects: dict[int, list[str]] = {}
-            for idx, subject in con.execute(
-                "SELECT idx, subject FROM subjects WHERE idx >= ? AND idx < ?"
-                " ORDER BY idx, subject",
-                (start, stop),
-            ):
-                subjects.setdefault(idx, []).append(subject)
-            out: list[StoredRow] = []
-            empty: tuple[str, ...] = ()
-            for r in con.execute(
-                f"SELECT idx, leaf, leaf_hash, {_COLUMNS}, request_leaf_index FROM leaves"  # noqa: S608 - constant columns
-                " WHERE idx >= ? AND idx < ? ORDER BY idx",
-                (start, stop),
-            ):
-                s = subjects.get(r[0])
-                out.append(
-                    (
-                        r[0],
-                        r[1],
-                        r[2],
-                        (
-                            r[3],
-                            r[4],
-                            r[5],
-                            r[6],
-                            r[7],
-                            r[8],
-                            r[9],
-                            r[10],
-                            r[11],
-                            r[12],
-                            empty if s is None else tuple(s),
-                            r[13],
-                        ),
-                    )
+            subjects = _rows.group_subjects(
+                con.execute(
+                    "SELECT idx, subject FROM subjects WHERE idx >= ? AND idx < ?"
+                    " ORDER BY idx, subject",
+                    (start, stop),
                 )
-            return out
+            )
+            return _rows.stored_rows(con.execute(_SELECT_ROWS, (start, stop)), subjects)
         except sqlite3.Error as exc:
             raise self._error("read rows", exc) from exc
 
@@ -438,62 +380,24 @@ class SqliteDatabase:
     def search(self, query: SearchQuery) -> list[IndexedRow]:
         where = ["idx > ?"]
         params: list[object] = [query.after_index]
-        for name, fragment in _FILTERS:
-            value = getattr(query, name)
-            if value:
-                where.append(fragment)
-                params.append(value)
-        if query.member:
-            where.append("(requesting_agency = ? OR target_agency = ?)")
-            params += [query.member, query.member]
-        if query.visible_to:
-            where.append("(requesting_agency = ? OR target_agency = ?)")
-            params += [query.visible_to, query.visible_to]
-        if query.subject:
-            where.append("idx IN (SELECT idx FROM subjects WHERE subject = ?)")
-            params.append(query.subject)
-        if query.since_us is not None:
-            where.append("time_us >= ?")
-            params.append(query.since_us)
-        if query.until_us is not None:
-            where.append("time_us < ?")
-            params.append(query.until_us)
+        _rows.add_filters(query, _SEARCH, where, params)
         params.append(query.limit)
-        sql = (
-            f"SELECT idx, {_COLUMNS}, request_leaf_index FROM leaves"  # noqa: S608 - fixed fragments
-            f" WHERE {' AND '.join(where)} ORDER BY idx LIMIT ?"
-        )
+        sql = f"{_SELECT_HITS} WHERE {' AND '.join(where)} ORDER BY idx LIMIT ?"
         try:
             con = self._con
             hits = con.execute(sql, params).fetchall()
-            out: list[IndexedRow] = []
-            for r in hits:
-                subjects = tuple(
-                    s
-                    for (s,) in con.execute(
-                        "SELECT subject FROM subjects WHERE idx = ? ORDER BY subject", (r[0],)
-                    )
+            return [
+                _rows.indexed_row(
+                    r,
+                    tuple(
+                        s
+                        for (s,) in con.execute(
+                            "SELECT subject FROM subjects WHERE idx = ? ORDER BY subject", (r[0],)
+                        )
+                    ),
                 )
-                out.append(
-                    IndexedRow(
-                        r[0],
-                        (
-                            r[1],
-                            r[2],
-                            r[3],
-                            r[4],
-                            r[5],
-                            r[6],
-                            r[7],
-                            r[8],
-                            r[9],
-                            r[10],
-                            subjects,
-                            r[11],
-                        ),
-                    )
-                )
-            return out
+                for r in hits
+            ]
         except sqlite3.Error as exc:
             raise self._error("search", exc) from exc
 

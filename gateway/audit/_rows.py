@@ -1,0 +1,185 @@
+"""Row <-> value mapping shared by the audit stores, and the search filters they build.
+
+Both databases keep the same columns for a leaf; only the SQL dialect (placeholders, the
+PostgreSQL ``origin`` key) differs, and that stays in each store. What is here is the part that
+is the same: which value goes in which column on the way in, how a result row becomes a
+``StoredRow``, ``IndexedRow`` or ``StoredLog`` on the way out, and which ``SearchQuery`` fields
+add which fixed SQL fragment. The mappers index tuples explicitly: they run once per leaf on
+the commit and verification paths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fedgate.auditverify import normalized_subjects
+from gateway.audit.store import IndexedRow, NewLeaf, SearchQuery, StoredLog, StoredRow
+
+__all__ = [
+    "COLUMNS",
+    "LEAF_COLUMNS",
+    "LeafValues",
+    "SearchSql",
+    "add_filters",
+    "group_subjects",
+    "indexed_row",
+    "leaf_values",
+    "stored_log",
+    "stored_rows",
+    "subject_values",
+]
+
+COLUMNS = (
+    "leg, request_id, time_us, requesting_agency, officer_id, case_number, action,"
+    " target_agency, outcome, reason"
+)
+"""The searchable columns ``IndexColumns[0:10]``, in that order."""
+
+LEAF_COLUMNS = f"idx, leaf, leaf_hash, {COLUMNS}, request_leaf_index"
+"""A stored leaf's columns, in ``LeafValues`` and ``stored_rows`` order."""
+
+LeafValues = tuple[int, bytes, bytes, int, str, int, str, str, str, str, str, str, str, int]
+"""One leaf's values in ``LEAF_COLUMNS`` order (the subjects go in their own table)."""
+
+
+def leaf_values(leaves: Sequence[NewLeaf]) -> list[LeafValues]:
+    """The ``LEAF_COLUMNS`` values of each leaf of a batch."""
+    return [
+        (
+            n.index,
+            n.data,
+            n.leaf_hash,
+            c[0],
+            c[1],
+            c[2],
+            c[3],
+            c[4],
+            c[5],
+            c[6],
+            c[7],
+            c[8],
+            c[9],
+            c[11],
+        )
+        for n in leaves
+        for c in (n.columns,)
+    ]
+
+
+def subject_values(leaves: Sequence[NewLeaf]) -> list[tuple[str, int]]:
+    """``(subject, idx)`` for every normalized subject of every leaf of a batch."""
+    return [
+        (s, n.index) for n in leaves if n.columns[10] for s in normalized_subjects(n.columns[10])
+    ]
+
+
+def group_subjects(rows: Iterable[Sequence[Any]]) -> dict[int, list[str]]:
+    """``(idx, subject)`` rows, already in order, grouped by leaf index."""
+    subjects: dict[int, list[str]] = {}
+    for idx, subject in rows:
+        subjects.setdefault(idx, []).append(subject)
+    return subjects
+
+
+def stored_rows(rows: Iterable[Sequence[Any]], subjects: dict[int, list[str]]) -> list[StoredRow]:
+    """``StoredRow``s of ``SELECT {LEAF_COLUMNS}`` rows, with their grouped subjects."""
+    out: list[StoredRow] = []
+    empty: tuple[str, ...] = ()
+    for r in rows:
+        s = subjects.get(r[0])
+        out.append(
+            (
+                r[0],
+                r[1],
+                r[2],
+                (
+                    r[3],
+                    r[4],
+                    r[5],
+                    r[6],
+                    r[7],
+                    r[8],
+                    r[9],
+                    r[10],
+                    r[11],
+                    r[12],
+                    empty if s is None else tuple(s),
+                    r[13],
+                ),
+            )
+        )
+    return out
+
+
+def indexed_row(r: Sequence[Any], subjects: tuple[str, ...]) -> IndexedRow:
+    """The ``IndexedRow`` of a ``SELECT idx, {COLUMNS}, request_leaf_index`` row."""
+    return IndexedRow(
+        r[0], (r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], subjects, r[11])
+    )
+
+
+def stored_log(
+    origin: str,
+    hashes: list[bytes],
+    next_index: int,
+    checkpoint: Sequence[Any] | None,
+    cosigned: Sequence[Any] | None,
+) -> StoredLog:
+    """The ``StoredLog`` of the leaf hashes and the latest ``(size, note)`` rows, if any."""
+    return StoredLog(
+        origin=origin,
+        leaf_hashes=hashes,
+        leaf_count=len(hashes),
+        next_index=next_index,
+        checkpoint=None if checkpoint is None else checkpoint[1],
+        checkpoint_size=0 if checkpoint is None else checkpoint[0],
+        cosigned=None if cosigned is None else cosigned[1],
+        cosigned_size=0 if cosigned is None else cosigned[0],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SearchSql:
+    """One dialect's fixed SQL fragments for the filters of a ``SearchQuery``.
+
+    ``fields`` pairs a string field with a fragment taking its value; ``member`` takes the member
+    twice (requesting or target); ``subject`` takes the ``scope`` values given to ``add_filters``
+    then the subject; ``since`` and ``until`` take a time in microseconds.
+    """
+
+    fields: tuple[tuple[str, str], ...]
+    member: str
+    subject: str
+    since: str
+    until: str
+
+
+def add_filters(
+    query: SearchQuery,
+    sql: SearchSql,
+    where: list[str],
+    params: list[object],
+    *,
+    scope: tuple[object, ...] = (),
+) -> None:
+    """Append the fragments and parameters of ``query``'s filters (not its paging) in place."""
+    for name, fragment in sql.fields:
+        value = getattr(query, name)
+        if value:
+            where.append(fragment)
+            params.append(value)
+    for member in (query.member, query.visible_to):
+        if member:
+            where.append(sql.member)
+            params += [member, member]
+    if query.subject:
+        where.append(sql.subject)
+        params += [*scope, query.subject]
+    if query.since_us is not None:
+        where.append(sql.since)
+        params.append(query.since_us)
+    if query.until_us is not None:
+        where.append(sql.until)
+        params.append(query.until_us)
