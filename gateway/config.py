@@ -3,7 +3,8 @@
     [server]     listen, max_receive_bytes, grace_period_s
     [federation] dir, member_id, reload_interval_s
     [pipeline]   state_dir, clock_skew_s, replay_window_s, replay_synchronous
-    [audit]      origin, path, keep_response_bodies
+    [audit]      origin, store ("sqlite" | "postgres"), path (SQLite), dsn and schema
+                 (PostgreSQL), state_path, keep_response_bodies, witnesses
     [routing]    timeout_s, max_attempts, retry_backoff_s, breaker_failures, breaker_reset_s,
                  endpoints (member id -> host:port, overriding the registry)
     [policy]     dir, reload_interval_ms
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,6 +37,7 @@ import grpc
 
 from fedgate.envelope import MAX_BODY_BYTES
 from fedgate.errors import FedgateError
+from gateway.audit.pg_store import DEFAULT_SCHEMA
 
 __all__ = [
     "ENV_PREFIX",
@@ -96,8 +99,22 @@ class PipelineConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AuditConfig:
     origin: str = "fedgate.example/gateway/shard-0"
+    """This instance's log shard. Instances sharing a PostgreSQL database MUST each have
+    their own (the store refuses a second writer on one shard)."""
+    store: str = "sqlite"
+    """``"sqlite"`` (one file, the embedded default) or ``"postgres"`` (a shard in a database
+    that several gateway instances share). The auditor console needs ``"sqlite"`` for now."""
     path: Path | None = None
     """The SQLite audit store; default ``<state_dir>/audit.sqlite``."""
+    dsn: str = field(default="", repr=False)
+    """PostgreSQL connection string (libpq), required with ``store = "postgres"``. It may hold
+    a password: kept out of ``repr`` and logs; prefer ``FEDGATE_GATEWAY__AUDIT__DSN``."""
+    schema: str = DEFAULT_SCHEMA
+    """The PostgreSQL schema holding every shard."""
+    state_path: Path | None = None
+    """Where the log records the last checkpoint it signed (its rollback tripwire); a local
+    file of this instance. Default ``<path>.state`` beside the SQLite file, or
+    ``<state_dir>/audit-<origin>.state`` (origin made file-safe) for PostgreSQL."""
     keep_response_bodies: bool = True
     """Keep each agency's signed response envelope in its response leg, so that auditors can
     check the agency's signature offline (``fedgate audit verify``, evidence bundles). Turn
@@ -182,6 +199,14 @@ class GatewayConfig:
         return self.audit.path or self.pipeline.state_dir / "audit.sqlite"
 
     @property
+    def audit_state_path(self) -> Path | None:
+        """The log's state file; ``None`` leaves it to the SQLite store (``<db>.state``)."""
+        if self.audit.state_path is not None or self.audit.store != "postgres":
+            return self.audit.state_path
+        slug = _UNSAFE_IN_FILE_NAME.sub("-", self.audit.origin).strip("-.") or "shard"
+        return self.pipeline.state_dir / f"audit-{slug}.state"
+
+    @property
     def console_users_dir(self) -> Path:
         return self.console.users_dir or self.pipeline.state_dir
 
@@ -254,7 +279,11 @@ class GatewayConfig:
         a = _Section(merged, "audit", base)
         audit = AuditConfig(
             origin=a.text("origin", _DA.origin),
+            store=a.text("store", _DA.store),
             path=a.optional_path("path"),
+            dsn=a.text("dsn", ""),
+            schema=a.text("schema", _DA.schema),
+            state_path=a.optional_path("state_path"),
             keep_response_bodies=a.boolean("keep_response_bodies", True),
             witnesses=tuple(a.string_list("witnesses")),
         )
@@ -343,6 +372,7 @@ class GatewayConfig:
             )
         if not self.audit.origin or "\n" in self.audit.origin:
             raise ConfigError("audit.origin must be one non-empty line")
+        self._validate_audit_store()
         _positive(self.routing.timeout_s, "routing.timeout_s")
         if not 1 <= self.routing.max_attempts <= 10:
             raise ConfigError(
@@ -376,8 +406,37 @@ class GatewayConfig:
         if self.telemetry.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigError(f"telemetry.log_level {self.telemetry.log_level!r} is not a level")
 
+    def _validate_audit_store(self) -> None:
+        audit = self.audit
+        if audit.store not in ("sqlite", "postgres"):
+            raise ConfigError(f'audit.store must be "sqlite" or "postgres", got {audit.store!r}')
+        if audit.store == "sqlite":
+            # A DSN here means the operator believes the log is shared: say it is not.
+            if audit.dsn:
+                raise ConfigError('audit.dsn is set but audit.store is "sqlite"')
+            return
+        if not audit.dsn.strip():
+            raise ConfigError('audit.dsn is required with audit.store = "postgres"')
+        if audit.path is not None:
+            raise ConfigError(
+                'audit.path names a SQLite file; not used with audit.store = "postgres"'
+            )
+        if not _SCHEMA_NAME.fullmatch(audit.schema):
+            raise ConfigError(
+                f"audit.schema must be a plain PostgreSQL name (letters, digits, _; at most 63), "
+                f"got {audit.schema!r}"
+            )
+        if self.console.listen:
+            # ``gateway.audit.insights`` reads the SQLite file directly.
+            raise ConfigError(
+                "console.listen: the auditor console needs the SQLite store for now (audit.store "
+                '= "postgres"); serve it from an instance on SQLite or leave console.listen empty'
+            )
+
 
 _DS, _DA, _DR = ServerConfig(), AuditConfig(), RoutingConfig()
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_UNSAFE_IN_FILE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 _DT, _DAL = TicketsConfig(), AlertsConfig()
 
 _SECTIONS = frozenset(

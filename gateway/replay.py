@@ -64,7 +64,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
@@ -83,9 +83,15 @@ from fedgate.errors import (
     UnknownKey,
 )
 from fedgate.v1 import envelope_pb2
-from gateway.audit.sqlite_store import SqliteDatabase
 
-__all__ = ["Rebuilt", "ReplayCache", "SeenRequest", "describe_span", "rebuild_from_audit"]
+__all__ = [
+    "Rebuilt",
+    "ReplayCache",
+    "RequestLegSource",
+    "SeenRequest",
+    "describe_span",
+    "rebuild_from_audit",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -144,6 +150,17 @@ def describe_span(span: timedelta) -> str:
     parts = [(days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")]
     shown = [f"{n}{unit}" for n, unit in parts if n]
     return "".join(shown[:2])
+
+
+class RequestLegSource(Protocol):
+    """Where ``rebuild_from_audit`` reads the recent request legs of one log shard: a reader of
+    either audit store (``SqliteDatabase``, ``PgDatabase``)."""
+
+    def request_legs_since(self, since_us: int) -> Iterable[bytes]:
+        """The leaves of the request legs received at or after ``since_us`` (microseconds since
+        the epoch), in any order, read through the store's time index; raises
+        ``AuditUnavailable``."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -447,48 +464,48 @@ class ReplayCache:
 
 def rebuild_from_audit(
     cache: ReplayCache,
-    audit_db: Path,
+    source: RequestLegSource,
     *,
     origin: str,
     skew: timedelta,
     now: datetime | None = None,
 ) -> Rebuilt:
-    """Remember again the ids of every request logged in ``audit_db`` within the window.
+    """Remember again the ids of every request logged in ``source`` within the window.
 
     Reads the request legs received at or after ``now - window - skew`` (through the store's
     time index, so only the window is read), skips those refused before stage 4 and those
-    already expired, and restores the rest with ``ReplayCache.restore``. ``audit_db`` MUST be
-    the log the gateway's pipeline appends to (log shard ``origin``), and nothing may be
-    checked against ``cache`` until this returns. Blocking: run it off the event loop. Raises
-    ``AuditUnavailable`` if the log cannot be read or holds a malformed leg (fail closed: the
-    gateway does not serve with a replay cache it cannot vouch for).
+    already expired, and restores the rest with ``ReplayCache.restore``. ``source`` MUST read
+    the log the gateway's pipeline appends to (log shard ``origin``, named in errors), and
+    nothing may be checked against ``cache`` until this returns. Blocking: run it off the event
+    loop. Raises ``AuditUnavailable`` if the log cannot be read or holds a malformed leg (fail
+    closed: the gateway does not serve with a replay cache it cannot vouch for).
     """
     started = time.perf_counter()
     now = now or datetime.now(UTC)
     since_us = _us(now - cache.window - skew)
     legs = 0
     seen: list[SeenRequest] = []
-    db = SqliteDatabase(audit_db, origin=origin, writer=False)
-    try:
-        for leaf in db.request_legs_since(since_us):
-            legs += 1
-            request = _seen_request(leaf, audit_db)
-            if request is not None:
-                seen.append(request)
-    finally:
-        db.close()
+    for leaf in source.request_legs_since(since_us):
+        legs += 1
+        request = _seen_request(leaf, origin)
+        if request is not None:
+            seen.append(request)
     remembered = cache.restore(seen, now=now)
     return Rebuilt(legs=legs, remembered=remembered, seconds=time.perf_counter() - started)
 
 
-def _seen_request(leaf: bytes, audit_db: Path) -> SeenRequest | None:
+def _seen_request(leaf: bytes, origin: str) -> SeenRequest | None:
     """The identifiers of a request leg whose ids stage 4 may have remembered, else ``None``."""
     try:
         leg = decode_entry(leaf)
     except FedgateError as exc:
-        raise AuditUnavailable(f"audit log {audit_db}: a request leg is malformed: {exc}") from exc
+        raise AuditUnavailable(
+            f"audit shard {origin!r}: a request leg is malformed: {exc}"
+        ) from exc
     if not isinstance(leg, RequestLeg):
-        raise AuditUnavailable(f"audit log {audit_db}: a leaf indexed as a request leg is not one")
+        raise AuditUnavailable(
+            f"audit shard {origin!r}: a leaf indexed as a request leg is not one"
+        )
     if leg.decision != "allowed" and leg.rule.partition(":")[0] in _NOT_REMEMBERED:
         return None
     try:

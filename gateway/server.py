@@ -9,8 +9,14 @@ grace period before closing the audit log and the state databases.
 The member registry is re-read when ``registry.json`` changes (every
 ``federation.reload_interval_s``), so a revocation takes effect without a restart.
 
+The audit log is one shard (``audit.origin``) in SQLite (``audit.store = "sqlite"``, the
+default) or in a PostgreSQL database that several gateway instances share, each with its own
+origin (``audit.store = "postgres"``). Either way the replay cache is rebuilt from that shard
+before the gateway serves.
+
 With ``console.listen`` set, the auditor web console (``gateway.console``) is served in the same
 event loop, over the same audit log; its logins, reveals and exports are entries of that log.
+It needs the SQLite store for now (the configuration refuses it with PostgreSQL).
 
     python -m gateway.server --config gateway.toml
 """
@@ -56,8 +62,9 @@ from fedgate.v1 import (
 )
 from gateway.alerts import AlertHub, AlertServicer
 from gateway.audit.log import AuditLog
+from gateway.audit.pg_store import PgDatabase, open_pg_store
 from gateway.audit.service import AuditServicer
-from gateway.audit.sqlite_store import open_sqlite_store
+from gateway.audit.sqlite_store import SqliteDatabase, open_sqlite_store
 from gateway.audit.store import AuditStore
 from gateway.audit.witness import GrpcWitnessClient
 from gateway.config import ConfigError, GatewayConfig
@@ -66,7 +73,7 @@ from gateway.events import EventServicer
 from gateway.pipeline import Pipeline
 from gateway.policy import ReloadingDecider, load_default_decider
 from gateway.quotas import QuotaConfig, Quotas
-from gateway.replay import ReplayCache, rebuild_from_audit
+from gateway.replay import Rebuilt, ReplayCache, rebuild_from_audit
 from gateway.routing import NodeRouter
 from gateway.rules import BusinessRules
 from gateway.service import SERVICE_NAME, GatewayServicer
@@ -128,6 +135,40 @@ def _witness_clients(
     return tuple(channels), clients
 
 
+async def _open_audit_store(config: GatewayConfig) -> AuditStore:
+    """The writer store of this instance's shard, as configured; raises ``AuditUnavailable``."""
+    audit = config.audit
+    if audit.store == "postgres":
+        state_path = config.audit_state_path
+        if state_path is None:  # the config always names one for PostgreSQL
+            raise ConfigError('audit.state_path is required with audit.store = "postgres"')
+        return await open_pg_store(
+            audit.dsn, origin=audit.origin, schema=audit.schema, state_path=state_path
+        )
+    return await open_sqlite_store(
+        config.audit_path, origin=audit.origin, state_path=config.audit_state_path
+    )
+
+
+def _rebuild_replay(config: GatewayConfig, replay: ReplayCache) -> Rebuilt:
+    """Rebuild ``replay`` from the configured shard through a reader of its own (blocking)."""
+    audit = config.audit
+    source: SqliteDatabase | PgDatabase
+    if audit.store == "postgres":
+        source = PgDatabase(audit.dsn, origin=audit.origin, schema=audit.schema, writer=False)
+    else:
+        source = SqliteDatabase(config.audit_path, origin=audit.origin, writer=False)
+    try:
+        return rebuild_from_audit(
+            replay,
+            source,
+            origin=audit.origin,
+            skew=timedelta(seconds=config.pipeline.clock_skew_s),
+        )
+    finally:
+        source.close()
+
+
 async def _open_replay_cache(config: GatewayConfig, audit: AuditLog) -> ReplayCache:
     """The replay cache, rebuilt from the audit log's window before anything is checked.
 
@@ -146,13 +187,7 @@ async def _open_replay_cache(config: GatewayConfig, audit: AuditLog) -> ReplayCa
         await audit.close()
         raise
     try:
-        rebuilt = await asyncio.to_thread(
-            rebuild_from_audit,
-            replay,
-            config.audit_path,
-            origin=config.audit.origin,
-            skew=timedelta(seconds=pipeline.clock_skew_s),
-        )
+        rebuilt = await asyncio.to_thread(_rebuild_replay, config, replay)
     except BaseException:
         replay.close()
         await audit.close()
@@ -227,12 +262,13 @@ class Gateway:
     ) -> Gateway:
         """Open every store, build the pipeline and start serving on ``server.listen``.
 
-        ``audit_store`` replaces the SQLite store named by the config (tests inject failing
-        stores through this seam); it MUST keep its database at ``config.audit_path``, which
-        the replay cache is rebuilt from before the gateway serves. Raises ``FedgateError``
-        (``ConfigError``, ``RegistryError``, ``AuditUnavailable``) when something cannot be
-        opened.
+        ``audit_store`` replaces the store named by ``[audit]`` (tests inject failing stores
+        through this seam); it MUST keep the shard the config names (the SQLite file at
+        ``config.audit_path``, or ``audit.origin`` at ``audit.dsn``), which the replay cache is
+        rebuilt from before the gateway serves. Raises ``FedgateError`` (``ConfigError``,
+        ``RegistryError``, ``AuditUnavailable``) when something cannot be opened.
         """
+        config.validate()
         fed = config.federation
         member_id = MemberId(fed.member_id)
         registry = Registry.load_dir(fed.dir)
@@ -254,9 +290,7 @@ class Gateway:
             members=members,
             check_interval_ms=config.policy.reload_interval_ms,
         )
-        store = audit_store or await open_sqlite_store(
-            config.audit_path, origin=config.audit.origin
-        )
+        store = audit_store or await _open_audit_store(config)
         endpoints = dict(config.routing.endpoints)
         witness_channels, witnesses = _witness_clients(config, registry, credentials, endpoints)
         audit = await AuditLog.open(
@@ -264,6 +298,7 @@ class Gateway:
             origin=config.audit.origin,
             signer=NoteSigner(name=config.audit.origin, private_key=credentials.signing_key),
             witnesses=witnesses,
+            state_path=config.audit_state_path,
         )
         replay = await _open_replay_cache(config, audit)
         rules = BusinessRules.open(config.rules_path)

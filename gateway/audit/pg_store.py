@@ -13,12 +13,14 @@ same origin is refused instead of interleaving leaves.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from fedgate.audit_entry import EntryKind
 from fedgate.errors import AuditUnavailable
 from gateway.audit import _rows
 from gateway.audit.store import (
@@ -115,6 +117,10 @@ _SELECT_ROWS = (
     " WHERE origin = %s AND idx >= %s AND idx < %s ORDER BY idx"
 )
 _SELECT_HITS = f"SELECT idx, {_rows.COLUMNS}, request_leaf_index FROM leaves"  # noqa: S608 - constant
+# Found through ``leaves_time (origin, time_us)``: only the window's rows are read.
+_REQUEST_LEGS_SINCE = (
+    "SELECT leaf FROM leaves WHERE origin = %s AND time_us >= %s AND leg = %s AND request_id <> ''"
+)
 # Search filters: fixed SQL fragments chosen by which fields are set; values are parameters.
 _SEARCH = _rows.SearchSql(
     fields=(
@@ -394,6 +400,22 @@ class PgDatabase:
             ]
         except psycopg.Error as exc:
             raise self._error("search", exc) from exc
+
+    def request_legs_since(self, since_us: int) -> Iterator[bytes]:
+        """The leaves of the request legs received at or after ``since_us`` (microseconds since
+        the epoch), in no particular order, streamed in chunks through a server-side cursor
+        on the ``leaves_time`` index (only the window is read, however long the log). Raises
+        ``AuditUnavailable``."""
+        params = (self._origin, since_us, int(EntryKind.REQUEST))
+        try:
+            conn = self._c()
+            with conn.transaction(), conn.cursor(name="request_legs_since") as cur:
+                cur.itersize = 512
+                cur.execute(_REQUEST_LEGS_SINCE, params)
+                for (leaf,) in cur:
+                    yield bytes(leaf)
+        except psycopg.Error as exc:
+            raise self._error("read the recent request legs", exc) from exc
 
     def close(self) -> None:
         if self._conn is not None:

@@ -1,5 +1,6 @@
 """Gateway fixtures: a session PKI, a real gateway on loopback mTLS with a real SQLite audit
-log, and a small test agency node (``StubNode``) that can be told to misbehave.
+log (or a PostgreSQL shard, with ``start_harness(audit=...)``), and a small test agency node
+(``StubNode``) that can be told to misbehave.
 
 ``GatewayHarness`` plays the police side: it builds valid requests, submits them through the
 ``FedgateClient`` or as raw envelopes (to tamper with them), and reads the audit log back.
@@ -48,9 +49,11 @@ from fedgate.v1 import (
     request_pb2,
     ticket_pb2,
 )
+from gateway.audit.pg_store import open_pg_store
 from gateway.audit.sqlite_store import open_sqlite_store
 from gateway.audit.store import AuditStore, CommitBatch, IndexedRow, SearchQuery, StoredLog
 from gateway.config import (
+    AuditConfig,
     FederationConfig,
     GatewayConfig,
     PipelineConfig,
@@ -338,12 +341,15 @@ class GatewayHarness:
     meter_provider: Any = None
     clients: dict[str, FedgateClient] = field(default_factory=dict)
     serial: int = 0
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    """The ``[audit]`` section: SQLite by default."""
 
     def config(self, *, listen: str = "127.0.0.1:0") -> GatewayConfig:
         return GatewayConfig(
             federation=FederationConfig(dir=self.federation, reload_interval_s=0.1),
             pipeline=PipelineConfig(state_dir=self.state_dir),
             server=ServerConfig(listen=listen, grace_period_s=2.0),
+            audit=self.audit,
             routing=RoutingConfig(
                 timeout_s=5.0,
                 breaker_failures=1000,
@@ -356,6 +362,20 @@ class GatewayHarness:
     @property
     def endpoint(self) -> str:
         return self.gateway.endpoint
+
+    async def open_store(self) -> FlakyStore:
+        """The store ``[audit]`` names (SQLite or PostgreSQL), made able to fail."""
+        config = self.config()
+        audit = config.audit
+        if audit.store == "postgres":
+            state_path = config.audit_state_path
+            assert state_path is not None
+            return FlakyStore(
+                await open_pg_store(
+                    audit.dsn, origin=audit.origin, schema=audit.schema, state_path=state_path
+                )
+            )
+        return FlakyStore(await open_sqlite_store(config.audit_path, origin=audit.origin))
 
     def client(self, member: str = POLICE) -> FedgateClient:
         client = self.clients.get(member)
@@ -419,11 +439,7 @@ class GatewayHarness:
             await client.close()
         self.clients.clear()
         await self.gateway.stop()
-        self.store = FlakyStore(
-            await open_sqlite_store(
-                self.state_dir / "audit.sqlite", origin=self.config().audit.origin
-            )
-        )
+        self.store = await self.open_store()
         self.gateway = await Gateway.start(
             self.config(),
             audit_store=self.store,
@@ -445,8 +461,10 @@ async def start_harness(
     quotas: dict[str, Any] | None = None,
     tracer_provider: trace.TracerProvider | None = None,
     meter_provider: Any = None,
+    audit: AuditConfig | None = None,
 ) -> GatewayHarness:
-    """A private copy of ``federation``, a stub bank node and a gateway in front of it."""
+    """A private copy of ``federation``, a stub bank node and a gateway in front of it
+    (``audit``: another ``[audit]`` section, e.g. a PostgreSQL shard)."""
     fed = tmp / "fed"
     shutil.copytree(federation, fed)
     node = StubNode(fed, tracer_provider=tracer_provider)
@@ -462,11 +480,10 @@ async def start_harness(
         quotas=quotas or {"officer_per_minute": 60, "officer_burst": 5},
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
+        audit=audit or AuditConfig(),
     )
     config = harness.config()
-    harness.store = FlakyStore(
-        await open_sqlite_store(config.audit_path, origin=config.audit.origin)
-    )
+    harness.store = await harness.open_store()
     harness.gateway = await Gateway.start(
         config,
         audit_store=harness.store,

@@ -91,3 +91,54 @@ class TestGatewayConfig:
     def test_missing_file(self, tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match="cannot read"):
             GatewayConfig.load(tmp_path / "absent.toml", env={})
+
+
+class TestAuditStoreConfig:
+    def test_sqlite_is_the_default(self, tmp_path: Path) -> None:
+        config = GatewayConfig.load(write(tmp_path, MINIMAL), env={})
+        assert config.audit.store == "sqlite"
+        assert config.audit_state_path is None  # the SQLite store's own <db>.state
+
+    def test_postgres_with_the_dsn_from_the_environment(self, tmp_path: Path) -> None:
+        text = MINIMAL + "[audit]\nstore = 'postgres'\norigin = 'fedgate.cn/gateway/shard-2'\n"
+        dsn = "postgresql://gateway:secret@db.internal:5432/fedgate"
+        env = {"FEDGATE_GATEWAY__AUDIT__DSN": dsn}
+        config = GatewayConfig.load(write(tmp_path, text), env=env)
+        assert config.audit.dsn == dsn
+        assert config.audit.schema == "fedgate_audit"
+        assert config.audit_state_path == (
+            tmp_path / "state" / "audit-fedgate.cn-gateway-shard-2.state"
+        )
+        assert "secret" not in repr(config)
+
+    def test_explicit_schema_and_state_path(self, tmp_path: Path) -> None:
+        text = MINIMAL + (
+            "[audit]\nstore = 'postgres'\ndsn = 'host=db'\nschema = 'audit_2'\n"
+            "state_path = 'local/shard.state'\n"
+        )
+        config = GatewayConfig.load(write(tmp_path, text), env={})
+        assert config.audit.schema == "audit_2"
+        assert config.audit_state_path == tmp_path / "local" / "shard.state"
+
+    @pytest.mark.parametrize(
+        ("audit", "message"),
+        [
+            ("store = 'mysql'", r'audit\.store must be "sqlite" or "postgres"'),
+            ("store = 'postgres'", r"audit\.dsn is required"),
+            ("store = 'postgres'\ndsn = ' '", r"audit\.dsn is required"),
+            ("dsn = 'host=db'", r'audit\.dsn is set but audit\.store is "sqlite"'),
+            ("store = 'postgres'\ndsn = 'host=db'\npath = 'a.sqlite'", r"audit\.path names"),
+            ("store = 'postgres'\ndsn = 'host=db'\nschema = 'a;b'", r"audit\.schema must be"),
+            ("store = 'postgres'\ndsn = 'host=db'\nschema = ''", r"audit\.schema must be"),
+        ],
+    )
+    def test_mistakes_name_the_option(self, tmp_path: Path, audit: str, message: str) -> None:
+        with pytest.raises(ConfigError, match=message):
+            GatewayConfig.load(write(tmp_path, f"{MINIMAL}[audit]\n{audit}\n"), env={})
+
+    def test_the_console_needs_sqlite(self, tmp_path: Path) -> None:
+        text = MINIMAL + (
+            "[audit]\nstore = 'postgres'\ndsn = 'host=db'\n[console]\nlisten = '127.0.0.1:8080'\n"
+        )
+        with pytest.raises(ConfigError, match="the auditor console needs the SQLite store"):
+            GatewayConfig.load(write(tmp_path, text), env={})

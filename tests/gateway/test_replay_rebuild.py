@@ -24,7 +24,7 @@ from fedgate.note import NoteSigner
 from fedgate.v1 import envelope_pb2, request_pb2
 from gateway.audit import sqlite_store
 from gateway.audit.log import AuditLog
-from gateway.audit.sqlite_store import open_sqlite_store
+from gateway.audit.sqlite_store import SqliteDatabase, open_sqlite_store
 from gateway.replay import ReplayCache, SeenRequest, rebuild_from_audit
 
 if TYPE_CHECKING:
@@ -82,7 +82,11 @@ def cache(tmp_path: Path) -> Iterator[ReplayCache]:
 
 
 def rebuild(cache: ReplayCache, tmp_path: Path) -> Any:
-    return rebuild_from_audit(cache, tmp_path / "audit.sqlite", origin=ORIGIN, skew=SKEW, now=NOW)
+    db = SqliteDatabase(tmp_path / "audit.sqlite", origin=ORIGIN, writer=False)
+    try:
+        return rebuild_from_audit(cache, db, origin=ORIGIN, skew=SKEW, now=NOW)
+    finally:
+        db.close()
 
 
 class TestRebuildFromAudit:

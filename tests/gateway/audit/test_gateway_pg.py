@@ -1,0 +1,194 @@
+"""A gateway whose audit shard is in PostgreSQL (``[audit] store = "postgres"``): it answers
+with verifiable receipts, rebuilds its replay cache from the shard after a power loss, its
+shard passes ``fedgate audit verify --pg``, and instances with different origins on one
+database keep their own shards. Also ``request_legs_since`` on both stores."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psycopg
+import pytest
+from psycopg import sql
+
+from fedgate.audit_entry import EntryKind, decode_entry, encode_entry, entry_kind
+from fedgate.client import FedgateClient
+from fedgate.commands.audit import register
+from fedgate.errors import AuditUnavailable
+from fedgate.types import MemberId
+from gateway.audit import pg_store
+from gateway.audit.pg_store import PgDatabase, list_origins
+from gateway.audit.sqlite_store import SqliteDatabase
+from gateway.config import AuditConfig, PipelineConfig
+from gateway.replay import RequestLegSource
+from gateway.server import Gateway
+
+ORIGIN = "fedgate.test/gateway/shard-0"  # the ``logs`` fixture's
+SHARD_A = "fedgate.test/gateway/shard-a"
+SHARD_B = "fedgate.test/gateway/shard-b"
+POLICE = MemberId("police.gd.afc")
+
+
+def run_audit(argv: Sequence[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    parser = argparse.ArgumentParser(prog="fedgate")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["audit", *argv])
+    code: int = args.func(args)
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def pg_audit(pg: Any, origin: str) -> AuditConfig:
+    return AuditConfig(store="postgres", dsn=pg.dsn, schema=pg.schema, origin=origin)
+
+
+class TestGatewayOnPostgres:
+    async def test_answers_rebuilds_its_replay_cache_from_the_shard_and_verifies(
+        self,
+        pg: Any,
+        harness_factory: Callable[..., Any],
+        gw_federation: Path,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        h = await harness_factory(gw_federation, tmp_path, audit=pg_audit(pg, SHARD_A))
+        try:
+            answer = await h.client().ask(h.request("account_holder"))  # receipt verified
+            assert answer.receipt.log_origin == SHARD_A
+            envelope = h.sign(h.request("account_holder"))
+            assert (await h.client().submit(envelope)).answer is not None
+            forwarded = len(h.node.received)
+            # A power loss takes the whole replay cache; the PostgreSQL shard keeps every leg.
+            await h.gateway.stop()
+            replay = h.state_dir / "replay.sqlite"
+            for f in (replay, replay.with_name("replay.sqlite-wal")):
+                f.unlink(missing_ok=True)
+            await h.restart()
+            refusal = await h.refusal(envelope)
+            assert (refusal.code, refusal.error.reason) == (
+                grpc.StatusCode.ALREADY_EXISTS,
+                "REPLAYED",
+            )
+            assert len(h.node.received) == forwarded
+            assert (h.state_dir / "audit-fedgate.test-gateway-shard-a.state").exists()
+            assert not (h.state_dir / "audit.sqlite").exists()
+        finally:
+            await h.close()
+        code, out = run_audit(
+            [
+                "verify",
+                "--pg",
+                pg.dsn,
+                "--schema",
+                pg.schema,
+                "--origin",
+                SHARD_A,
+                "--federation",
+                str(h.federation),
+            ],
+            capsys,
+        )
+        assert code == 0, out
+        assert "2 allowed requests, 2 responses verified" in out
+
+    async def test_instances_with_their_own_origins_keep_their_own_shards(
+        self,
+        pg: Any,
+        harness_factory: Callable[..., Any],
+        gw_federation: Path,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        a = await harness_factory(gw_federation, tmp_path / "a", audit=pg_audit(pg, SHARD_A))
+        # The second instance opens its shard itself, from its configuration alone.
+        config_b = dataclasses.replace(
+            a.config(),
+            audit=pg_audit(pg, SHARD_B),
+            pipeline=PipelineConfig(state_dir=tmp_path / "b"),
+        )
+        b = await Gateway.start(config_b)
+        client_b = FedgateClient.from_federation(a.federation, POLICE, endpoint=b.endpoint)
+        try:
+            await a.client().ask(a.request("account_holder"))
+            for _ in range(2):
+                answer = await client_b.ask(a.request("account_holder"))
+                assert answer.receipt.log_origin == SHARD_B
+            assert (a.gateway.audit.size, b.audit.size) == (2, 4)
+            same_origin = dataclasses.replace(
+                config_b, pipeline=PipelineConfig(state_dir=tmp_path / "c")
+            )
+            with pytest.raises(AuditUnavailable, match="each instance needs its own origin"):
+                await Gateway.start(same_origin)
+        finally:
+            await client_b.close()
+            await b.stop(0.5)
+            await a.close()
+        assert list_origins(pg.dsn, schema=pg.schema) == [SHARD_A, SHARD_B]
+        code, out = run_audit(
+            ["verify", "--pg", pg.dsn, "--schema", pg.schema, "--federation", str(a.federation)],
+            capsys,
+        )
+        assert code == 0, out
+        assert SHARD_A in out
+        assert SHARD_B in out
+
+
+def reader(logs: Any) -> SqliteDatabase | PgDatabase:
+    if logs.kind == "sqlite":
+        return SqliteDatabase(logs.db, origin=ORIGIN, writer=False)
+    assert logs.pg is not None
+    return PgDatabase(logs.pg.dsn, origin=ORIGIN, schema=logs.pg.schema, writer=False)
+
+
+class TestRequestLegsSince:
+    async def test_only_the_request_legs_of_the_window(self, logs: Any) -> None:
+        fed = logs.fed
+        log = await logs.open()
+        start = fed.now
+        old = fed.request()
+        old_receipt = await log.append(old)
+        await log.append(fed.response(old, old_receipt.index))
+        fed.now = start + timedelta(minutes=20)
+        recent = [fed.request(), fed.request(decision="refused")]
+        for leg in recent:
+            await log.append(leg)
+        await log.append(fed.response(recent[0], 2))
+        db: RequestLegSource = reader(logs)
+        try:
+            since = int((start + timedelta(minutes=10)).timestamp() * 1_000_000)
+            found = sorted(db.request_legs_since(since))
+            everything = list(db.request_legs_since(0))
+        finally:
+            db.close()  # type: ignore[attr-defined]
+        assert found == sorted(encode_entry(leg) for leg in recent)
+        assert len(everything) == 3
+        assert {entry_kind(decode_entry(leaf)) for leaf in everything} == {EntryKind.REQUEST}
+
+    def test_postgres_reads_the_window_through_the_time_index(self, pg: Any) -> None:
+        PgDatabase(pg.dsn, origin=ORIGIN, schema=pg.schema, writer=True).close()
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(pg.schema)))
+            # A long shard (one request leg per microsecond), of which the window is the end.
+            conn.execute(
+                "INSERT INTO leaves (origin, idx, leaf, leaf_hash, leg, request_id, time_us,"
+                " requesting_agency, officer_id, case_number, action, target_agency, outcome,"
+                " reason, request_leaf_index)"
+                " SELECT %s, i, '\\x00', '\\x00', 1, 'r' || i, i, '', '', '', '', '', '', '', -1"
+                " FROM generate_series(0, 19999) AS i",
+                (ORIGIN,),
+            )
+            conn.execute("ANALYZE leaves")
+            plan = "\n".join(
+                str(row[0])
+                for row in conn.execute(
+                    b"EXPLAIN " + pg_store._REQUEST_LEGS_SINCE.encode(),
+                    (ORIGIN, 19_990, int(EntryKind.REQUEST)),
+                )
+            )
+        assert "leaves_time" in plan, plan
