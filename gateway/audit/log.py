@@ -7,16 +7,15 @@ searchable columns and that checkpoint in ONE transaction; then it resolves ever
 its receipt. After the commit, background tasks record the last signed checkpoint in a small
 state file (rollback tripwire) and gather witness cosignatures; appends never wait for either.
 
-The state file is written at most once every ``state_interval_ms`` (and at close): it is a
-rollback detector, not the durability mechanism (the store's commit is), so it only has to
-never lead the database and lag it by little. Writing it after every batch (temp file, two
-fsyncs, rename) cost more than the batch's own commit under load.
+The state file is written at most once every ``state_interval_ms`` (and at close): writing it
+after every batch (temp file, two fsyncs, rename) cost more than the batch's own commit under
+load. The receipt value is in ``_receipt``, the checks at open and the state file in ``_state``,
+witness cosigning in ``_witnessing``; this module is the group commit and the public surface.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +30,7 @@ from fedgate.audit_entry import (
     index_columns,
     with_request_columns,
 )
-from fedgate.checkpoint import Checkpoint, cosignatures_in, parse_checkpoint, sign_checkpoint
+from fedgate.checkpoint import Checkpoint, sign_checkpoint
 from fedgate.errors import (
     AuditUnavailable,
     FedgateError,
@@ -41,11 +40,12 @@ from fedgate.errors import (
     VerificationError,
 )
 from fedgate.merkle import MerkleTree, leaf_hash
-from fedgate.note import NoteSignature, NoteSigner, NoteVerifier, add_signatures, parse_note
-from fedgate.tlogproof import TlogProof
-from fedgate.v1 import envelope_pb2
+from fedgate.note import NoteSigner, NoteVerifier
+from gateway.audit._receipt import Receipt
+from gateway.audit._state import StateFile, check_state_file, rebuild_tree
+from gateway.audit._witnessing import Witnessing
 from gateway.audit.store import AuditStore, CommitBatch, IndexedRow, NewLeaf, SearchQuery
-from gateway.audit.witness import WitnessClient, WitnessConflict, write_atomically
+from gateway.audit.witness import WitnessClient
 
 __all__ = ["AuditLog", "Receipt"]
 
@@ -53,154 +53,9 @@ logger = logging.getLogger(__name__)
 
 _RECENT_REQUESTS = 1 << 16
 """Request legs whose columns are kept in memory to complete their response legs."""
-_WITNESS_TIMEOUT_S = 10.0
 
 _Result = tuple[int, int, str]
 _Pending = tuple[bytes, bytes, IndexColumns, "asyncio.Future[_Result]"]
-
-
-class Receipt:
-    """Proof that an entry is in the log: its index, the inclusion proof in the tree of
-    ``tree_size`` leaves, the checkpoint signed for that size, and the same as C2SP
-    ``tlog-proof`` text.
-
-    An immutable value. Receipts made by ``AuditLog.append`` compute ``inclusion_proof`` and
-    ``tlog_proof`` on first use (most request-leg receipts are never read, and the proof is
-    the largest part of an append's cost); the log's tree keeps every past size, so the
-    result does not depend on when it is computed.
-    """
-
-    __slots__ = ("_proof", "_prover", "_tlog", "checkpoint", "index", "origin", "tree_size")
-
-    def __init__(
-        self,
-        *,
-        origin: str,
-        index: int,
-        tree_size: int,
-        inclusion_proof: tuple[bytes, ...],
-        checkpoint: str,
-        tlog_proof: str,
-    ) -> None:
-        self.origin = origin
-        self.index = index
-        self.tree_size = tree_size
-        self.checkpoint = checkpoint
-        self._proof: tuple[bytes, ...] | None = tuple(inclusion_proof)
-        self._tlog: str | None = tlog_proof
-        self._prover: MerkleTree | None = None
-
-    @classmethod
-    def _lazy(
-        cls, *, origin: str, index: int, tree_size: int, checkpoint: str, tree: MerkleTree
-    ) -> Receipt:
-        r = cls.__new__(cls)
-        r.origin = origin
-        r.index = index
-        r.tree_size = tree_size
-        r.checkpoint = checkpoint
-        r._proof = None
-        r._tlog = None
-        r._prover = tree
-        return r
-
-    @property
-    def inclusion_proof(self) -> tuple[bytes, ...]:
-        if self._proof is None:
-            assert self._prover is not None
-            self._proof = tuple(self._prover.inclusion_proof(self.index, self.tree_size))
-        return self._proof
-
-    @property
-    def tlog_proof(self) -> str:
-        if self._tlog is None:
-            self._tlog = TlogProof(
-                index=self.index, proof=self.inclusion_proof, checkpoint_note=self.checkpoint
-            ).marshal()
-        return self._tlog
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Receipt):
-            return NotImplemented
-        return (self.origin, self.index, self.tree_size, self.checkpoint, self.inclusion_proof) == (
-            other.origin,
-            other.index,
-            other.tree_size,
-            other.checkpoint,
-            other.inclusion_proof,
-        )
-
-    def __hash__(self) -> int:
-        return hash((self.origin, self.index, self.tree_size, self.checkpoint))
-
-    def __repr__(self) -> str:
-        return f"Receipt(origin={self.origin!r}, index={self.index}, tree_size={self.tree_size})"
-
-    def to_proto(self, *, request_leaf_index: int) -> envelope_pb2.AuditReceipt:
-        """The wire ``AuditReceipt`` for this entry (the response leg) and its request leg.
-
-        ``leaf_hash`` is filled in from the log's tree for receipts made by ``append`` (no need
-        to encode the entry again), and left empty otherwise.
-        """
-        return envelope_pb2.AuditReceipt(
-            log_origin=self.origin,
-            request_leaf_index=request_leaf_index,
-            leaf_index=self.index,
-            tree_size=self.tree_size,
-            inclusion_proof=list(self.inclusion_proof),
-            checkpoint=self.checkpoint,
-            tlog_proof=self.tlog_proof,
-            leaf_hash=self._prover.leaf_hash_at(self.index) if self._prover is not None else b"",
-        )
-
-
-def _rebuild(
-    stored_origin: str,
-    origin: str,
-    hashes: list[bytes],
-    count: int,
-    next_index: int,
-    checkpoint: str | None,
-    checkpoint_size: int,
-) -> MerkleTree:
-    """The tree of the stored leaf hashes, checked against the stored latest checkpoint."""
-    if stored_origin != origin:
-        raise AuditUnavailable(f"the audit store holds shard {stored_origin!r}, not {origin!r}")
-    if count != next_index:
-        raise LogInconsistent(
-            f"the audit store holds {count} leaves but its highest index is {next_index - 1}: "
-            "rows were deleted; run `fedgate audit verify`. Refusing to sign"
-        )
-    try:
-        tree = MerkleTree.from_leaf_hashes(hashes)
-    except ValueError as exc:
-        raise LogInconsistent(f"the audit store holds a damaged leaf hash: {exc}") from exc
-    if checkpoint is None:
-        if tree.size:
-            raise LogInconsistent(
-                f"the audit store holds {tree.size} leaves but no checkpoint. Refusing to sign"
-            )
-        return tree
-    try:
-        cp = parse_checkpoint(parse_note(checkpoint).text)
-    except VerificationError as exc:
-        raise LogInconsistent(f"the stored latest checkpoint is malformed: {exc.message}") from exc
-    if cp.origin != origin or cp.size != checkpoint_size:
-        raise LogInconsistent(
-            f"the stored checkpoint at size {checkpoint_size} is for {cp.origin!r} size "
-            f"{cp.size}, not {origin!r} size {checkpoint_size}. Refusing to sign"
-        )
-    if cp.size != tree.size:
-        raise LogInconsistent(
-            f"the audit store holds {tree.size} leaves but its latest checkpoint covers "
-            f"{cp.size}. Refusing to sign"
-        )
-    if tree.root() != cp.root_hash:
-        raise LogInconsistent(
-            f"the stored leaves do not hash to the root of the latest stored checkpoint (size "
-            f"{cp.size}): the database was altered; run `fedgate audit verify`. Refusing to sign"
-        )
-    return tree
 
 
 class AuditLog:
@@ -254,22 +109,20 @@ class AuditLog:
         self._size = tree.size
         self._checkpoint = checkpoint
         self._signed = (tree.size, tree.root())
-        self._state_path = state_path
-        self._state_written: str | None = None
-        self._state_interval = state_interval_ms / 1000.0
-        self._state_inflight: asyncio.Future[None] | None = None
+        self._state = StateFile(state_path, origin=origin, interval_s=state_interval_ms / 1000.0)
         self._max_batch = max_batch
         self._max_wait = max_wait_ms / 1000.0
-        self._witnesses = tuple(witnesses)
-        self._witness_sizes: dict[str, int] = {}
-        self._witness_errors: dict[str, str] = {}
-        self._published = published
-        self._published_size = published_size
+        self._witnessing = Witnessing(
+            origin=origin,
+            store=store,
+            witnesses=witnesses,
+            tree=lambda: self._tree,
+            published=published,
+            published_size=published_size,
+        )
         self._pending: list[_Pending] = []
         self._oldest = 0.0
         self._wake = asyncio.Event()
-        self._state_wake = asyncio.Event()
-        self._witness_wake = asyncio.Event()
         self._broken: str | None = None
         self._closing = False
         self._recent: dict[int, IndexColumns] = {}
@@ -305,7 +158,7 @@ class AuditLog:
         if path is None:
             raise ValueError("state_path is required: this store has no default location")
         stored = await store.load()
-        tree = _rebuild(
+        tree = rebuild_tree(
             stored.origin,
             origin,
             stored.leaf_hashes,
@@ -314,7 +167,7 @@ class AuditLog:
             stored.checkpoint,
             stored.checkpoint_size,
         )
-        await asyncio.to_thread(_check_state_file, path, origin, tree)
+        await asyncio.to_thread(check_state_file, path, origin, tree)
         checkpoint = stored.checkpoint
         if checkpoint is None:
             # A new log starts with a signed checkpoint of the empty tree.
@@ -335,21 +188,21 @@ class AuditLog:
             state_interval_ms=state_interval_ms,
         )
         if stored.cosigned is not None:
-            for w in log._witnesses:
-                with contextlib.suppress(VerificationError):
-                    if w.verifier.name in cosignatures_in(stored.cosigned, [w.verifier]):
-                        log._witness_sizes[w.verifier.name] = stored.cosigned_size
+            log._witnessing.seed(stored.cosigned, stored.cosigned_size)
         log._start()
         return log
 
     def _start(self) -> None:
         self._tasks = [
             asyncio.create_task(self._run_writer(), name="audit-writer"),
-            asyncio.create_task(self._run_state(), name="audit-state"),
-            asyncio.create_task(self._run_witnesses(), name="audit-witnesses"),
+            asyncio.create_task(self._state.run(lambda: self._checkpoint), name="audit-state"),
+            asyncio.create_task(
+                self._witnessing.run(lambda: (self._size, self._checkpoint)),
+                name="audit-witnesses",
+            ),
         ]
-        self._state_wake.set()
-        self._witness_wake.set()
+        self._state.wake.set()
+        self._witnessing.wake.set()
 
     # -- public surface ----------------------------------------------------------------------
 
@@ -370,21 +223,23 @@ class AuditLog:
     @property
     def witness_errors(self) -> dict[str, str]:
         """The last error of each witness that failed to cosign, by witness name."""
-        return dict(self._witness_errors)
+        return dict(self._witnessing.errors)
 
     def latest_checkpoint(self) -> str:
         """The latest signed checkpoint, with the cosignatures gathered for it so far."""
-        if self._published is not None and self._published_size == self._size:
-            return self._published
+        w = self._witnessing
+        if w.published is not None and w.published_size == self._size:
+            return w.published
         return self._checkpoint
 
     def latest_cosigned_checkpoint(self) -> str | None:
         """The newest checkpoint that carries witness cosignatures, if any."""
-        return self._published
+        return self._witnessing.published
 
     def latest_cosigned_size(self) -> int:
         """The size of ``latest_cosigned_checkpoint`` (0 if none)."""
-        return self._published_size if self._published is not None else 0
+        w = self._witnessing
+        return w.published_size if w.published is not None else 0
 
     def leaf_hash(self, index: int) -> bytes:
         """The leaf hash of entry ``index``; ``NotFound`` beyond the log."""
@@ -467,10 +322,9 @@ class AuditLog:
         witnesses.cancel()
         state.cancel()
         await asyncio.gather(witnesses, state, return_exceptions=True)
-        if self._state_inflight is not None:
-            await asyncio.gather(self._state_inflight, return_exceptions=True)
+        await self._state.drain()
         try:
-            await self._write_state()
+            await self._state.write(self._checkpoint)
         finally:
             await self._store.close()
 
@@ -545,8 +399,8 @@ class AuditLog:
             future = p[3]
             if not future.done():
                 future.set_result((start + i, size, note))
-        self._state_wake.set()
-        self._witness_wake.set()
+        self._state.wake.set()
+        self._witnessing.wake.set()
 
     def _fail(self, batch: list[_Pending], exc: BaseException) -> None:
         logger.error(
@@ -576,7 +430,7 @@ class AuditLog:
     async def _recover(self) -> None:
         """Reload the tree from the store after a failed commit; it must extend what we signed."""
         stored = await self._store.load()
-        tree = _rebuild(
+        tree = rebuild_tree(
             stored.origin,
             self._origin,
             stored.leaf_hashes,
@@ -598,139 +452,3 @@ class AuditLog:
             self._checkpoint = stored.checkpoint
         self._signed = (tree.size, tree.root())
         self._broken = None
-
-    # -- background: state file and witnesses ------------------------------------------------
-
-    async def _write_state(self) -> None:
-        note = self._checkpoint
-        if note == self._state_written:
-            return
-        write = asyncio.get_running_loop().run_in_executor(
-            None, write_atomically, self._state_path, note.encode("utf-8")
-        )
-        self._state_inflight = write
-        # Shielded: a write cut off by close() still finishes on its thread, and close() waits
-        # for it, so an older note can never replace the newer one close() writes.
-        await asyncio.shield(write)
-        self._state_written = note
-
-    async def _run_state(self) -> None:
-        while True:
-            await self._state_wake.wait()
-            self._state_wake.clear()
-            try:
-                await self._write_state()
-            except OSError as exc:
-                logger.error(
-                    "audit log %s: cannot write the state file %s: %s",
-                    self._origin,
-                    self._state_path,
-                    exc,
-                )
-            # Coalesce: the batches committed meanwhile are recorded by the next write.
-            await asyncio.sleep(self._state_interval)
-
-    async def _run_witnesses(self) -> None:
-        if not self._witnesses:
-            return
-        while True:
-            await self._witness_wake.wait()
-            self._witness_wake.clear()
-            size, note = self._size, self._checkpoint
-            if size == self._published_size and self._published is not None:
-                continue
-            try:
-                await self._gather_cosignatures(size, note)
-            except Exception:  # keep witnessing; one bad round must not end the task
-                logger.exception(
-                    "audit log %s: witness round for size %d failed", self._origin, size
-                )
-
-    async def _gather_cosignatures(self, size: int, note: str) -> None:
-        results = await asyncio.gather(*(self._ask(w, size, note) for w in self._witnesses))
-        lines = [sig for sig in results if sig is not None]
-        if not lines:
-            return
-        cosigned = add_signatures(note, lines)
-        try:
-            await self._store.add_cosigned(size, cosigned)
-        except FedgateError as exc:
-            logger.error(
-                "audit log %s: cannot store a cosigned checkpoint: %s", self._origin, exc.message
-            )
-        if size >= self._published_size:
-            self._published, self._published_size = cosigned, size
-
-    async def _ask(self, witness: WitnessClient, size: int, note: str) -> NoteSignature | None:
-        name = witness.verifier.name
-        old = self._witness_sizes.get(name, 0)
-        body = parse_note(note).text
-        for _ in range(2):
-            if old > size:
-                self._witness_errors[name] = (
-                    f"witness {name} has cosigned size {old}, more than this log's {size}: the "
-                    "log was rolled back"
-                )
-                logger.error("audit log %s: %s", self._origin, self._witness_errors[name])
-                return None
-            try:
-                proof = self._tree.consistency_proof(old, size)
-                sig = await asyncio.wait_for(
-                    witness.add_checkpoint(old, proof, note), _WITNESS_TIMEOUT_S
-                )
-                witness.verifier.verify(body, sig)
-            except WitnessConflict as exc:
-                old = exc.size
-                continue
-            except (FedgateError, TimeoutError, OSError) as exc:
-                message = exc.message if isinstance(exc, FedgateError) else repr(exc)
-                self._witness_errors[name] = message
-                logger.warning(
-                    "audit log %s: witness %s did not cosign size %d: %s",
-                    self._origin,
-                    name,
-                    size,
-                    message,
-                )
-                return None
-            self._witness_sizes[name] = size
-            self._witness_errors.pop(name, None)
-            return sig
-        return None
-
-
-def _check_state_file(path: Path, origin: str, tree: MerkleTree) -> None:
-    """Refuse (``LogInconsistent``) a store behind or forked from the last signed checkpoint."""
-    try:
-        note = path.read_text("utf-8")
-    except FileNotFoundError:
-        if tree.size:
-            raise LogInconsistent(
-                f"the audit log state file {path} is missing but the store holds {tree.size} "
-                "entries: cannot tell whether the database was rolled back. Copy the state "
-                "file with the database, or write the latest witness-cosigned checkpoint note "
-                "into it. Refusing to sign"
-            ) from None
-        return
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LogInconsistent(f"cannot read the audit log state file {path}: {exc}") from exc
-    try:
-        cp = parse_checkpoint(parse_note(note).text)
-    except VerificationError as exc:
-        raise LogInconsistent(
-            f"the audit log state file {path} is not a checkpoint note: {exc.message}"
-        ) from exc
-    if cp.origin != origin:
-        raise LogInconsistent(f"the state file {path} is for log {cp.origin!r}, not {origin!r}")
-    if cp.size > tree.size:
-        raise LogInconsistent(
-            f"the audit store holds {tree.size} entries but this log already signed a checkpoint "
-            f"of size {cp.size} (state file {path}): the database was restored from an older "
-            "copy or truncated. Refusing to sign"
-        )
-    if tree.root(cp.size) != cp.root_hash:
-        raise LogInconsistent(
-            f"the audit store's first {cp.size} entries do not match the checkpoint this log "
-            f"signed at that size (state file {path}): the database was replaced or altered. "
-            "Refusing to sign"
-        )

@@ -1,0 +1,159 @@
+"""How the pipeline writes an exchange into the audit log, failing closed.
+
+``AuditLegs`` appends request and response legs (any failure of the log is
+``AuditUnavailable``), logs refusals and missing answers before their errors are returned, and
+makes the wire receipts of the legs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from fedgate import merkle
+from fedgate.audit_entry import AuditEntry, ResponseLeg, encode_entry
+from fedgate.errors import AuditUnavailable, FedgateError
+from fedgate.types import MemberId
+from fedgate.v1 import envelope_pb2, request_pb2
+from gateway._exchange import Exchange
+from gateway.audit.log import AuditLog, Receipt
+from gateway.telemetry import GatewayTelemetry
+from gateway.tickets import PendingRequest
+
+__all__ = ["AuditLegs"]
+
+# The pipeline's own logger: operators configure it by that name.
+_log = logging.getLogger("gateway.pipeline")
+
+
+class AuditLegs:
+    """The pipeline's writer of audit legs."""
+
+    def __init__(
+        self,
+        *,
+        audit: AuditLog,
+        telemetry: GatewayTelemetry,
+        keep_response_bodies: bool,
+        now: Callable[[], datetime],
+    ) -> None:
+        self._audit = audit
+        self._telemetry = telemetry
+        self._keep_bodies = keep_response_bodies
+        self._now = now
+
+    async def append(self, entry: AuditEntry, leg: str) -> Receipt:
+        """Append durably; any failure of the log is ``AuditUnavailable`` (fail closed)."""
+        started = time.perf_counter()
+        try:
+            return await self._audit.append(entry)
+        except AuditUnavailable:
+            raise
+        except Exception as exc:
+            _log.exception("audit append of the %s leg failed", leg)
+            raise AuditUnavailable(
+                f"the audit log cannot record the {leg} leg, so the gateway refuses the work"
+            ) from exc
+        finally:
+            self._telemetry.record_audit_append(time.perf_counter() - started, leg=leg)
+
+    async def refuse(self, x: Exchange, error: FedgateError) -> FedgateError:
+        """Log the refusal as a request leg; returns the error to raise (``AuditUnavailable``
+        if even that cannot be logged)."""
+        self._telemetry.record_refusal(reason=error.reason, stage=x.stage)
+        _log.info(
+            "refused at %s: %s",
+            x.stage,
+            error.reason,
+            extra={"fields": {"peer": x.peer, "reason": error.reason, "stage": x.stage}},
+        )
+        leg = x.request_leg(decision="refused", rule=f"{error.reason}: {error.message}")
+        try:
+            await self.append(leg, "request")
+        except AuditUnavailable as exc:
+            return exc
+        return error
+
+    async def no_answer(
+        self, pending: PendingRequest, status: str, error: FedgateError, stage: str
+    ) -> FedgateError:
+        """Log a response leg ``status`` without an answer; returns the error to raise
+        (``AuditUnavailable`` if even that cannot be logged)."""
+        self._telemetry.record_refusal(reason=error.reason, stage=stage)
+        leg = ResponseLeg(
+            request_id=pending.request_id,
+            request_leaf_index=pending.request_leaf_index,
+            responder=pending.target,
+            received_at=self._now(),
+            status=status,
+            response_hash=b"",
+            responder_signature=b"",
+            detail=f"{error.reason}: {error.message}",
+        )
+        try:
+            await self.append(leg, "response")
+        except AuditUnavailable as exc:
+            return exc
+        return error
+
+    async def record_expiry(self, pending: PendingRequest, *, detail: str) -> None:
+        """Log a response leg ``expired`` without an answer; raises ``AuditUnavailable``."""
+        leg = ResponseLeg(
+            request_id=pending.request_id,
+            request_leaf_index=pending.request_leaf_index,
+            responder=pending.target,
+            received_at=self._now(),
+            status="expired",
+            response_hash=b"",
+            responder_signature=b"",
+            detail=detail,
+        )
+        await self.append(leg, "response")
+
+    def answer_leg(
+        self,
+        pending: PendingRequest,
+        answer: envelope_pb2.SignedEnvelope,
+        responder: MemberId,
+        received_at: datetime,
+        status: str,
+        why: request_pb2.Response | FedgateError,
+    ) -> ResponseLeg:
+        """The response leg of ``answer``, with ``why``'s detail."""
+        signature = answer.signature if len(answer.signature) == 64 else b""
+        detail = why.detail if isinstance(why, request_pb2.Response) else f"{why.reason}: {why}"
+        return ResponseLeg(
+            request_id=pending.request_id,
+            request_leaf_index=pending.request_leaf_index,
+            responder=responder,
+            received_at=received_at,
+            status=status,
+            response_hash=hashlib.sha256(answer.body).digest(),
+            responder_signature=signature,
+            responder_key_id=answer.key_id,
+            detail=detail,
+            response_envelope=answer.SerializeToString() if self._keep_bodies else b"",
+        )
+
+    def request_receipt(self, x: Exchange) -> envelope_pb2.AuditReceipt:
+        """The request leg's receipt on the wire, made on first need (tickets, alerts)."""
+        if x.request_receipt_proto is None:
+            assert x.request_receipt is not None
+            assert x.request_entry is not None
+            x.request_receipt_proto = self.receipt_proto(
+                x.request_receipt, x.request_entry, x.request_receipt.index
+            )
+        return x.request_receipt_proto
+
+    @staticmethod
+    def receipt_proto(
+        receipt: Receipt, entry: AuditEntry, request_leaf_index: int
+    ) -> envelope_pb2.AuditReceipt:
+        """``receipt`` on the wire, with the leaf hash of ``entry`` if the receipt lacks it."""
+        proto = receipt.to_proto(request_leaf_index=request_leaf_index)
+        if not proto.leaf_hash:
+            proto.leaf_hash = merkle.leaf_hash(encode_entry(entry))
+        return proto

@@ -1,0 +1,71 @@
+"""One exchange as the pipeline sees it: what it has learned about a request so far.
+
+``Exchange`` is filled in stage by stage (peer, envelope, request, action, the request leg and
+its receipt); ``stage`` names the stage an exchange is in, for refusals and telemetry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+
+from fedgate.audit_entry import RequestLeg
+from fedgate.registry import Member
+from fedgate.v1 import envelope_pb2, request_pb2
+from gateway.audit.log import Receipt
+from gateway.telemetry import GatewayTelemetry
+from gateway.validation import subjects_of
+
+__all__ = ["Exchange", "stage"]
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What the pipeline has learned about one request so far."""
+
+    received_at: datetime
+    stage: str = "transport"
+    peer: str = ""
+    cert_sha256: str = ""
+    member: Member | None = None
+    envelope_bytes: bytes = b""
+    envelope: envelope_pb2.SignedEnvelope | None = None
+    request: request_pb2.Request | None = None
+    action: str = ""
+    rule: str = ""
+    request_entry: RequestLeg | None = None
+    request_receipt: Receipt | None = None
+    request_receipt_proto: envelope_pb2.AuditReceipt | None = None
+
+    def request_leg(self, *, decision: str, rule: str) -> RequestLeg:
+        r = self.request
+        return RequestLeg(
+            envelope=self.envelope_bytes,
+            peer=self.peer,
+            peer_cert_sha256=self.cert_sha256,
+            received_at=self.received_at,
+            decision=decision,
+            rule=rule,
+            request_id=r.request_id if r is not None else "",
+            requesting_agency=r.requesting_agency if r is not None else "",
+            officer_id=r.officer.id if r is not None else "",
+            case_number=r.case.case_number if r is not None else "",
+            action=self.action,
+            target_agency=r.target_agency if r is not None else "",
+            subjects=subjects_of(r) if r is not None else (),
+        )
+
+    def req(self) -> request_pb2.Request:
+        """The decoded request; only after stage 2."""
+        assert self.request is not None, "stage order: the request is decoded at stage 2"
+        return self.request
+
+
+@contextmanager
+def stage(x: Exchange, telemetry: GatewayTelemetry, name: str) -> Iterator[None]:
+    """Mark ``x`` as at stage ``name`` and trace the stage."""
+    x.stage = name
+    with telemetry.stage(name):
+        yield

@@ -1,0 +1,185 @@
+"""Stages 9–12 of an exchange: forward to the target's node, check, log and countersign.
+
+``Forwarder.forward`` sends an allowed request (its request leg already durable) to the target's
+node; a node that cannot answer now queues it and the requester gets a ticket. ``finish`` checks
+an answer (now or later, by ticket), logs its response leg and countersigns it. A node that is
+unreachable or misbehaves is logged as a response leg before the error is returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from fedgate.actions import ORDER_ACTIONS
+from fedgate.audit_entry import ResponseLeg
+from fedgate.envelope import Signer, countersign, decode_request
+from fedgate.errors import AgencyFault, AgencyUnavailable
+from fedgate.registry import Registry
+from fedgate.types import MemberId
+from fedgate.v1 import agency_service_pb2, envelope_pb2, gateway_service_pb2, request_pb2
+from gateway._audit_legs import AuditLegs
+from gateway._exchange import Exchange, stage
+from gateway.routing import NodeRouter, check_response
+from gateway.rules import BusinessRules
+from gateway.telemetry import GatewayTelemetry
+from gateway.tickets import PendingRequest, Tickets
+
+__all__ = ["Forwarder"]
+
+_STATUS_NAMES: dict[int, str] = {
+    request_pb2.RESPONSE_STATUS_OK: "ok",
+    request_pb2.RESPONSE_STATUS_REFUSED: "refused",
+    request_pb2.RESPONSE_STATUS_NOT_FOUND: "not_found",
+    request_pb2.RESPONSE_STATUS_PENDING: "pending",
+    request_pb2.RESPONSE_STATUS_EXPIRED: "expired",
+    request_pb2.RESPONSE_STATUS_INVALID: "invalid",
+}
+_NO_RECEIPT = envelope_pb2.AuditReceipt()
+
+
+class Forwarder:
+    """Stages 9–12 for requests to agency nodes, and 10–12 for answers fetched by ticket."""
+
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        router: NodeRouter,
+        tickets: Tickets,
+        rules: BusinessRules,
+        legs: AuditLegs,
+        signer: Signer,
+        origin: str,
+        telemetry: GatewayTelemetry,
+        now: Callable[[], datetime],
+    ) -> None:
+        self._registry = registry
+        self._router = router
+        self._tickets = tickets
+        self._rules = rules
+        self._legs = legs
+        self._signer = signer
+        self._origin = origin
+        self._telemetry = telemetry
+        self._now = now
+
+    async def forward(
+        self, x: Exchange, remaining_s: float | None
+    ) -> gateway_service_pb2.SubmitResponse:
+        """Stage 9 onwards for ``x``, whose request leg is durable: the checked, logged and
+        countersigned answer, or a ticket. Raises ``AgencyUnavailable``/``AgencyFault`` (logged
+        as response legs first) or ``AuditUnavailable``."""
+        request, receipt = x.req(), x.request_receipt
+        assert receipt is not None
+        assert x.envelope is not None
+        target = MemberId(request.target_agency)
+        pending = PendingRequest(
+            request_id=request.request_id,
+            requester=MemberId(x.peer),
+            target=target,
+            action=x.action,
+            request_body=x.envelope.body,
+            request_leaf_index=receipt.index,
+            request_receipt=_NO_RECEIPT,  # made only if the request is queued (see below)
+            deadline=request.answer_deadline.ToDatetime(tzinfo=UTC),
+        )
+        handle = agency_service_pb2.HandleRequest(
+            envelope=x.envelope, log_origin=self._origin, leaf_index=receipt.index
+        )
+        try:
+            with stage(x, self._telemetry, "route"):
+                reply = await self._router.handle(
+                    target,
+                    handle,
+                    action=x.action,
+                    timeout=self._router.timeout_for(remaining_s),
+                    metadata=self._telemetry.outgoing_metadata(),
+                )
+                if reply.WhichOneof("outcome") is None:
+                    raise AgencyFault(f"{target} sent neither an answer nor a queue receipt")
+        except AgencyUnavailable as error:
+            raise await self._legs.no_answer(pending, "unavailable", error, x.stage) from None
+        except AgencyFault as error:
+            raise await self._legs.no_answer(pending, "node_fault", error, x.stage) from None
+        if reply.HasField("queued"):
+            return await self._open_ticket(x, pending, reply.queued)
+        signed, _ = await self.finish(pending, reply.response, responder=target)
+        return gateway_service_pb2.SubmitResponse(response=signed)
+
+    async def _open_ticket(
+        self, x: Exchange, pending: PendingRequest, queued: agency_service_pb2.Queued
+    ) -> gateway_service_pb2.SubmitResponse:
+        deadline = (
+            queued.deadline.ToDatetime(tzinfo=UTC)
+            if queued.HasField("deadline")
+            else pending.deadline
+        )
+        pending = replace(pending, deadline=deadline, request_receipt=self._legs.request_receipt(x))
+        with stage(x, self._telemetry, "audit_response"):
+            leg = ResponseLeg(
+                request_id=pending.request_id,
+                request_leaf_index=pending.request_leaf_index,
+                responder=pending.target,
+                received_at=self._now(),
+                status="pending",
+                response_hash=b"",
+                responder_signature=b"",
+                detail=f"queued for staff; due {pending.deadline.isoformat(timespec='seconds')}",
+            )
+            await self._legs.append(leg, "response")
+        ticket = self._tickets.open(pending)
+        return gateway_service_pb2.SubmitResponse(ticket=ticket)
+
+    async def finish(
+        self,
+        pending: PendingRequest,
+        answer: envelope_pb2.SignedEnvelope,
+        *,
+        responder: MemberId,
+    ) -> tuple[envelope_pb2.SignedResponse, str]:
+        """Stages 10–12: check ``answer`` from ``responder``, log it, countersign it; returns it
+        with its audit status. Raises ``AgencyFault`` (logged) or ``AuditUnavailable``."""
+        received_at = self._now()
+        try:
+            with self._telemetry.stage("response_check"):
+                response = check_response(
+                    answer,
+                    registry=self._registry,
+                    request_body=pending.request_body,
+                    request_id=pending.request_id,
+                    target=responder,
+                    action=pending.action,
+                    now=received_at,
+                )
+        except AgencyFault as error:
+            self._telemetry.record_refusal(reason=error.reason, stage="response_check")
+            leg = self._legs.answer_leg(
+                pending, answer, responder, received_at, "node_fault", error
+            )
+            await self._legs.append(leg, "response")
+            raise
+        status = _STATUS_NAMES.get(response.status, "invalid")
+        with self._telemetry.stage("audit_response"):
+            leg = self._legs.answer_leg(pending, answer, responder, received_at, status, response)
+            receipt = await self._legs.append(leg, "response")
+        with self._telemetry.stage("countersign"):
+            signed = envelope_pb2.SignedResponse(
+                response=answer,
+                countersignature=countersign(answer, self._signer, leaf_index=receipt.index),
+                receipt=self._legs.receipt_proto(receipt, leg, pending.request_leaf_index),
+            )
+        if pending.action in ORDER_ACTIONS and response.status == request_pb2.RESPONSE_STATUS_OK:
+            # Durable (fsync) before the answer is returned: off the event loop. If it cannot be
+            # written the caller gets AuditUnavailable: the gateway fails closed rather than let
+            # a later order pass a limit this one counts towards.
+            await asyncio.to_thread(
+                self._rules.record_outcome,
+                decode_request(pending.request_body),
+                action=pending.action,
+                status=response.status,
+                now=received_at,
+            )
+        return signed, status

@@ -1,0 +1,87 @@
+"""Agency reports: the gateway acknowledges them itself, logs them and streams them on.
+
+A report (target: a police member) stops at stage 9: ``Reports.deliver`` signs the gateway's
+own acknowledgement, finishes it like any answer (response leg, countersignature) and then
+publishes the report to the police member's alert stream (``gateway.alerts``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from fedgate.envelope import Domain, Signer, request_hash, sign_envelope
+from fedgate.types import MemberId
+from fedgate.v1 import gateway_service_pb2, report_pb2, request_pb2
+from gateway._audit_legs import AuditLegs
+from gateway._exchange import Exchange, stage
+from gateway._forwarding import Forwarder
+from gateway.alerts import Alert, AlertHub
+from gateway.telemetry import GatewayTelemetry
+from gateway.tickets import PendingRequest
+
+__all__ = ["Reports"]
+
+
+class Reports:
+    """Delivers agency reports to the police member they are for."""
+
+    def __init__(
+        self,
+        *,
+        forwarder: Forwarder,
+        alerts: AlertHub,
+        legs: AuditLegs,
+        signer: Signer,
+        gateway_id: MemberId,
+        origin: str,
+        telemetry: GatewayTelemetry,
+        now: Callable[[], datetime],
+    ) -> None:
+        self._forwarder = forwarder
+        self._alerts = alerts
+        self._legs = legs
+        self._signer = signer
+        self._gateway_id = gateway_id
+        self._origin = origin
+        self._telemetry = telemetry
+        self._now = now
+
+    async def deliver(self, x: Exchange) -> gateway_service_pb2.SubmitResponse:
+        """Acknowledge, log and publish the report in ``x`` (its request leg is durable)."""
+        request, receipt, envelope = x.req(), x.request_receipt, x.envelope
+        assert receipt is not None
+        assert envelope is not None
+        request_receipt = self._legs.request_receipt(x)
+        pending = PendingRequest(
+            request_id=request.request_id,
+            requester=MemberId(x.peer),
+            target=MemberId(request.target_agency),
+            action=x.action,
+            request_body=envelope.body,
+            request_leaf_index=receipt.index,
+            request_receipt=request_receipt,
+            deadline=request.answer_deadline.ToDatetime(tzinfo=UTC),
+        )
+        with stage(x, self._telemetry, "route"):
+            ack = request_pb2.Response(
+                request_id=request.request_id,
+                request_hash=request_hash(envelope.body),
+                responder=self._gateway_id,
+                status=request_pb2.RESPONSE_STATUS_OK,
+                report_ack=report_pb2.ReportAck(reference=f"{self._origin}#{receipt.index}"),
+            )
+            ack.answered_at.FromDatetime(self._now())
+            signed_ack = sign_envelope(ack.SerializeToString(), self._signer, Domain.RESPONSE)
+        signed, _ = await self._forwarder.finish(pending, signed_ack, responder=self._gateway_id)
+        await self._alerts.publish(
+            Alert(
+                target=pending.target,
+                source=pending.requester,
+                kind=x.action,
+                received_at=x.received_at,
+                report=envelope,
+                receipt=request_receipt,
+            )
+        )
+        return gateway_service_pb2.SubmitResponse(response=signed)
