@@ -18,64 +18,37 @@ Contract:
   (``NOT_FOUND``, ``REFUSED``, ``INVALID``), not gRPC errors.
 - Manual actions are queued for staff with a deadline (the request's, else the configured
   default) and a reminder; an item not answered by its deadline gets a signed ``EXPIRED`` answer.
+
+The node is built from three parts: ``adapters._answering`` (handling a forwarded request and the
+staff queue's upkeep), ``adapters._lifecycle`` (state lock, server, background tasks) and this
+module (construction, reports to police, telemetry, ``CoreNode``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import fcntl
-import logging
-import os
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from dataclasses import replace
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Generic, Protocol, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import grpc
 from google.protobuf.message import Message
-from grpc_health.v1 import _async as health_aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, Tracer, TracerProvider
 
 from adapters import telemetry
+from adapters._answering import AgencyBackend
+from adapters._lifecycle import Background, NodeLifecycle
 from adapters._sqlite import utc_now
-from adapters.agency_service import AgencyServicer
-from adapters.answers import bind_response, outcome_of_error, sign_response
-from adapters.config import ActionMode, NodeConfig
-from adapters.queue import ANSWERED, Entry, RequestStore
+from adapters.config import NodeConfig
 from adapters.reports import ReportSender
-from adapters.staff import StaffServicer
-from fedgate.actions import action_of
 from fedgate.client import GATEWAY_ID, Submitted
-from fedgate.envelope import Domain, Signer, decode_request, request_hash, verify_envelope
-from fedgate.errors import (
-    AgencyUnavailable,
-    FedgateError,
-    InvalidArgument,
-    NotFound,
-    PeerMismatch,
-    PermissionRefused,
-    RegistryError,
-    Replayed,
-    RuleViolated,
-)
-from fedgate.pki import FederationLayout
+from fedgate.envelope import Signer
+from fedgate.errors import InvalidArgument, RegistryError
 from fedgate.registry import Registry
-from fedgate.tls import MemberCredentials, server_credentials
-from fedgate.types import KeyId, MemberId, RequestId
-from fedgate.v1 import (
-    agency_service_pb2,
-    agency_service_pb2_grpc,
-    common_pb2,
-    envelope_pb2,
-    request_pb2,
-    staff_service_pb2,
-    staff_service_pb2_grpc,
-)
+from fedgate.tls import MemberCredentials
+from fedgate.types import MemberId
+from fedgate.v1 import common_pb2
 
 __all__ = [
     "GATEWAY_ID",
@@ -102,22 +75,9 @@ def open_reference_backend(config: NodeConfig, factory: Callable[[Path], _T]) ->
 
 
 Context = grpc.aio.ServicerContext[Any, Any]
-Background = Callable[["AgencyNode"], Coroutine[Any, Any, None]]
 
 
-class AgencyBackend(Protocol):
-    """One agency kind's answers. ``answer`` blocks (it runs in a worker thread) and returns a
-    ``Response`` with ``status`` and the result set; the runtime binds and signs it. It raises
-    ``NotFound``, ``RuleViolated`` or ``InvalidArgument`` for answers the agency gives as
-    refusals, ``AgencyUnavailable`` when it cannot answer now."""
-
-    @property
-    def actions(self) -> frozenset[str]: ...
-
-    def answer(self, request: request_pb2.Request, *, now: datetime) -> request_pb2.Response: ...
-
-
-class AgencyNode:
+class AgencyNode(NodeLifecycle):
     """An agency node; serving between ``start`` and ``stop`` (a stopped node is not started
     again: build a new one on the same state directory). Build with ``from_config``.
 
@@ -144,7 +104,7 @@ class AgencyNode:
             )
         self.config = config
         self._registry = registry
-        self._registry_stamp: tuple[int, int, int] | None = None
+        self._registry_stamp = None
         self.credentials = credentials
         self.backend = backend
         self.gateway_id = gateway_id
@@ -162,13 +122,13 @@ class AgencyNode:
         )
         self._background = tuple(background)
         self._tick_s = tick_s
-        self._store: RequestStore | None = None
-        self._server: grpc.aio.Server | None = None
-        self._health: health_aio.HealthServicer | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._lock_fd: int | None = None
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-        self._reports: ReportSender | None = None
+        self._store = None
+        self._server = None
+        self._health = None
+        self._tasks = []
+        self._lock_fd = None
+        self._locks = {}
+        self._reports = None
         self.port = 0
 
     @classmethod
@@ -181,290 +141,12 @@ class AgencyNode:
             config=config, registry=registry, credentials=credentials, backend=backend, **kwargs
         )
 
-    # ------------------------------------------------------------------ QueueHost
-
-    @property
-    def member_id(self) -> MemberId:
-        return self.config.member_id
-
-    @property
-    def registry(self) -> Registry:
-        return self._registry
-
-    @property
-    def staff(self) -> frozenset[str]:
-        return frozenset(self.config.staff)
-
-    @property
-    def store(self) -> RequestStore:
-        if self._store is None:
-            raise AgencyUnavailable(f"the node of {self.member_id} is not started")
-        return self._store
-
-    @property
-    def signer(self) -> Signer:
-        return self._signer
-
-    def now(self) -> datetime:
-        return self._clock()
-
-    def sign(self, response: request_pb2.Response) -> bytes:
-        return sign_response(response, self._signer)
-
-    async def run_blocking(self, fn: Callable[[], _T]) -> _T:
-        return await asyncio.to_thread(fn)
-
-    # ------------------------------------------------------------------ lifecycle
-
-    @property
-    def endpoint(self) -> str:
-        """Where to reach the node on loopback (the bound port, also when listening on 0)."""
-        return f"127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        """Open the state, bind the port and serve. Raises ``AgencyUnavailable`` if another
-        process holds the state directory or the address cannot be bound."""
-        state = Path(self.config.state_dir)
-        self._lock_state(state)
-        self.reload_registry()  # remember the file the registry was loaded from
-        try:
-            self._store = RequestStore.in_state_dir(state)
-            await self._serve()
-        except BaseException:
-            await self.stop(grace=None)
-            raise
-        self._tasks = [asyncio.create_task(self._housekeeping())]
-        self._tasks += [asyncio.create_task(job(self)) for job in self._background]
-
-    async def _serve(self) -> None:
-        server = grpc.aio.server()
-        agency_service_pb2_grpc.add_AgencyServiceServicer_to_server(AgencyServicer(self), server)
-        staff_service_pb2_grpc.add_StaffServiceServicer_to_server(StaffServicer(self), server)
-        self._health = health_aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        names = (
-            agency_service_pb2.DESCRIPTOR.services_by_name["AgencyService"].full_name,
-            staff_service_pb2.DESCRIPTOR.services_by_name["StaffService"].full_name,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        )
-        reflection.enable_server_reflection(names, server)
-        listen = self.config.listen or self._registry.member(self.member_id).endpoint
-        try:
-            self.port = server.add_secure_port(listen, server_credentials(self.credentials))
-        except RuntimeError as exc:
-            raise AgencyUnavailable(f"cannot listen on {listen}: {exc}") from exc
-        await server.start()
-        self._server = server
-        for name in ("", *names[:2]):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        host = listen.rsplit(":", 1)[0]
-        telemetry.log_event("node serving", member=self.member_id, endpoint=f"{host}:{self.port}")
-
-    async def stop(self, grace: float | None = 1.0) -> None:
-        """Stop serving and background work; close the state."""
-        if self._health is not None:
-            await self._health.enter_graceful_shutdown()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
-        if self._server is not None:
-            await self._server.stop(grace)
-            self._server = None
-        if self._reports is not None:
-            await self._reports.close()
-            self._reports = None
-        if self._store is not None:
-            self._store.close()
-            self._store = None
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-
-    def reload_registry(self) -> bool:
-        """Re-read ``registry.json`` if it changed (so revocations apply without a restart);
-        a registry that does not verify is refused and the current one kept. Returns whether
-        a new registry was taken."""
-        path = FederationLayout(Path(self.config.federation_dir)).registry
-        try:
-            stat = path.stat()
-        except OSError:
-            return False
-        stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-        if self._registry_stamp is None:
-            self._registry_stamp = stamp
-        if stamp == self._registry_stamp:
-            return False
-        self._registry_stamp = stamp
-        try:
-            registry = Registry.load_dir(Path(self.config.federation_dir))
-        except FedgateError as exc:
-            telemetry.log_event("new registry refused", logging.ERROR, error=exc.message)
-            return False
-        if registry.serial < self._registry.serial:
-            # An older signed registry could bring back a revoked member or key.
-            telemetry.log_event(
-                "older registry refused",
-                logging.ERROR,
-                serial=registry.serial,
-                current=self._registry.serial,
-            )
-            return False
-        self._registry = registry
-        telemetry.log_event("registry reloaded", serial=self._registry.serial)
-        return True
-
-    async def wait_for_termination(self) -> None:
-        if self._server is not None:
-            await self._server.wait_for_termination()
-
     async def __aenter__(self) -> AgencyNode:
         await self.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-    def _lock_state(self, state: Path) -> None:
-        state.mkdir(parents=True, exist_ok=True)
-        fd = os.open(state / "node.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            raise AgencyUnavailable(
-                f"another node process is using the state directory {state}"
-            ) from exc
-        self._lock_fd = fd
-
-    async def _housekeeping(self) -> None:
-        while True:
-            try:
-                await self.run_blocking(self.reload_registry)
-                await self.expire_due()
-                await self.send_reminders()
-            except FedgateError as exc:
-                telemetry.log_event("housekeeping failed", logging.ERROR, error=exc.message)
-            await asyncio.sleep(self._tick_s)
-
-    # ------------------------------------------------------------------ AgencyService
-
-    async def handle(
-        self, envelope: envelope_pb2.SignedEnvelope, *, log_origin: str = "", leaf_index: int = 0
-    ) -> agency_service_pb2.HandleResponse:
-        """Answer or queue one forwarded request (see the module contract). Raises
-        ``FedgateError`` when the request is not acceptable or the backend is unavailable."""
-        request = self.verify_request(envelope)
-        action = action_of(request)
-        rid = RequestId(request.request_id)
-        rhash = request_hash(envelope.body)
-        async with self._exclusive(rid):
-            existing = await self.run_blocking(lambda: self.store.get(rid))
-            if existing is not None:
-                if existing.request_hash != rhash:
-                    raise Replayed(f"request id {rid} was already used for another request")
-                return _handle_response(existing)
-            received = self.now()
-            base = Entry(
-                request_id=rid,
-                request_hash=rhash,
-                envelope=envelope.SerializeToString(),
-                action=action,
-                manual=False,
-                state=ANSWERED,
-                received_at=received,
-                deadline=None,
-                remind_at=None,
-                claimed_by="",
-                answered_by="",
-                answered_at=None,
-                response=None,
-                log_origin=log_origin,
-                leaf_index=leaf_index,
-            )
-            if action in self.backend.actions and self.config.mode_of(action) is ActionMode.MANUAL:
-                deadline = self._deadline(request, received)
-                remind = max(received, deadline - self.config.reminder)
-                entry = await self.run_blocking(
-                    lambda: self.store.enqueue(
-                        replace(base, manual=True, deadline=deadline, remind_at=remind)
-                    )
-                )
-                return _handle_response(entry)
-            response = await self.run_blocking(lambda: self._automatic(request, action, envelope))
-            answered_at = self.now()
-            signed = self.sign(
-                bind_response(
-                    response,
-                    request_id=rid,
-                    request_body=envelope.body,
-                    responder=self.member_id,
-                    answered_at=answered_at,
-                )
-            )
-            entry = await self.run_blocking(
-                lambda: self.store.record_answer(
-                    replace(base, answered_at=answered_at, response=signed)
-                )
-            )
-            return _handle_response(entry)
-
-    def _automatic(
-        self, request: request_pb2.Request, action: str, envelope: envelope_pb2.SignedEnvelope
-    ) -> request_pb2.Response:
-        if action not in self.backend.actions:
-            return request_pb2.Response(
-                status=request_pb2.RESPONSE_STATUS_INVALID,
-                detail=f"{self.member_id} does not serve the action {action}",
-            )
-        try:
-            return self.backend.answer(request, now=self.now())
-        except (NotFound, RuleViolated, InvalidArgument) as exc:
-            status, detail = outcome_of_error(exc)
-            return request_pb2.Response(status=status, detail=detail)
-
-    def _deadline(self, request: request_pb2.Request, received: datetime) -> datetime:
-        if request.HasField("answer_deadline"):
-            return request.answer_deadline.ToDatetime(tzinfo=UTC)
-        return received + self.config.queue_deadline
-
-    def verify_request(self, envelope: envelope_pb2.SignedEnvelope) -> request_pb2.Request:
-        """Decode and verify a forwarded envelope; raises the ``FedgateError`` naming what fails."""
-        request = decode_request(envelope.body)
-        if not request.request_id:
-            raise InvalidArgument("request_id is empty")
-        if not request.HasField("issued_at"):
-            raise InvalidArgument("issued_at is missing")
-        signer, key = self._registry.signing_key(
-            KeyId(envelope.key_id), at=request.issued_at.ToDatetime(tzinfo=UTC)
-        )
-        verify_envelope(envelope, key, Domain.REQUEST)
-        if signer.id != request.requesting_agency:
-            raise PeerMismatch(
-                f"the request names {request.requesting_agency!r} but is signed by {signer.id}"
-            )
-        if request.target_agency != self.member_id:
-            raise PermissionRefused(
-                f"the request is for {request.target_agency!r}; this node is {self.member_id}"
-            )
-        return request
-
-    async def get_result(self, request_id: str) -> agency_service_pb2.GetResultResponse:
-        """The state and answer of a request; ``NotFound`` if this node never accepted it."""
-        await self.expire_due()
-        entry = await self.run_blocking(lambda: self.store.get(request_id))
-        if entry is None:
-            raise NotFound(f"{self.member_id} has no request {request_id}")
-        reply = agency_service_pb2.GetResultResponse(state=entry.state)  # type: ignore[arg-type]
-        if entry.deadline is not None:
-            reply.deadline.FromDatetime(entry.deadline)
-        signed = entry.signed_response
-        if signed is not None:
-            reply.response.CopyFrom(signed)
-        return reply
 
     # ------------------------------------------------------------------ reports to police
 
@@ -497,70 +179,6 @@ class AgencyNode:
         return await self.report_sender().send(
             target=target, report=report, case=case, reference=reference, **options
         )
-
-    # ------------------------------------------------------------------ queue upkeep
-
-    async def expire_due(self) -> tuple[Entry, ...]:
-        """Answer EXPIRED, signed, for every queued item past its deadline (by the clock)."""
-        now = self.now()
-
-        def sign(entry: Entry) -> bytes:
-            body = entry.request_envelope.body
-            assert entry.deadline is not None
-            expired = request_pb2.Response(
-                status=request_pb2.RESPONSE_STATUS_EXPIRED,
-                detail=f"{self.member_id}'s staff did not answer before the deadline "
-                f"{entry.deadline.isoformat(timespec='seconds')}",
-            )
-            return self.sign(
-                bind_response(
-                    expired,
-                    request_id=entry.request_id,
-                    request_body=body,
-                    responder=self.member_id,
-                    answered_at=now,
-                )
-            )
-
-        expired = await self.run_blocking(lambda: self.store.expire_due(now, sign))
-        for entry in expired:
-            telemetry.log_event(
-                "queued request expired",
-                member=self.member_id,
-                request_id=entry.request_id,
-                action=entry.action,
-            )
-        return expired
-
-    async def send_reminders(self) -> tuple[Entry, ...]:
-        """Log a reminder, once, for each open item whose reminder time has come."""
-        due = await self.run_blocking(lambda: self.store.due_reminders(self.now()))
-        for entry in due:
-            assert entry.deadline is not None
-            telemetry.log_event(
-                "queued request due soon",
-                logging.WARNING,
-                member=self.member_id,
-                request_id=entry.request_id,
-                action=entry.action,
-                claimed_by=entry.claimed_by,
-                deadline=entry.deadline.isoformat(timespec="seconds"),
-            )
-        return due
-
-    @contextlib.asynccontextmanager
-    async def _exclusive(self, request_id: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(request_id, (asyncio.Lock(), 0))
-        self._locks[request_id] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[request_id]
-            if users == 1:
-                del self._locks[request_id]
-            else:
-                self._locks[request_id] = (lock, users - 1)
 
     # ------------------------------------------------------------------ telemetry
 
@@ -626,13 +244,3 @@ class CoreNode(AgencyNode, Generic[_C]):
         close = getattr(self.core, "close", None)
         if self._owns_core and callable(close):
             close()
-
-
-def _handle_response(entry: Entry) -> agency_service_pb2.HandleResponse:
-    signed = entry.signed_response
-    if signed is not None:
-        return agency_service_pb2.HandleResponse(response=signed)
-    queued = agency_service_pb2.Queued(request_id=entry.request_id)
-    assert entry.deadline is not None
-    queued.deadline.FromDatetime(entry.deadline)
-    return agency_service_pb2.HandleResponse(queued=queued)

@@ -20,46 +20,51 @@ Exit codes (stable, for scripts):
  5  the answer FAILED VERIFICATION (forged or bound to another request): do not act on it
 10  queued for the agency's staff: a ticket was issued, follow it with ``fedgate ticket``
 ==  =======================================================================================
+
+The parts live in private modules and are re-exported here: ``_exit`` (exit codes, outcomes,
+printing), ``_parse`` (option values), ``_sent`` (the sent-request store); this module holds the
+command table machinery, the connection options and the sending.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import enum
 import functools
 import os
-import re
-import sys
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
-import grpc
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from fedgate.actions import CITING_ACTIONS, target_kind_of
-from fedgate.client import Answer, FedgateClient
-from fedgate.errors import (
-    AgencyFault,
-    AgencyUnavailable,
-    AuditUnavailable,
-    DecodeError,
-    Expired,
-    FedgateError,
-    InvalidArgument,
-    LogInconsistent,
-    RegistryError,
+from fedgate.client import FedgateClient
+from fedgate.commands._exit import (
+    EXIT_CODES_EPILOG,
+    ExitCode,
+    answer_outcome,
+    emit,
+    exit_code_for_refusal,
+    exit_code_for_status,
+    failure_outcome,
+    local_error,
 )
-from fedgate.registry import Registry
-from fedgate.render import CST, Outcome, render_json, render_text, request_document
+from fedgate.commands._parse import (
+    PoliceParser,
+    money,
+    parse_amount,
+    parse_duration,
+    parse_request_id,
+    parse_time,
+    timestamp,
+)
+from fedgate.commands._sent import SentStore
+from fedgate.errors import FedgateError, InvalidArgument, RegistryError
+from fedgate.render import Outcome, request_document
 from fedgate.types import MemberId
-from fedgate.v1 import common_pb2, envelope_pb2, request_pb2
+from fedgate.v1 import common_pb2
 from fedgate.validate import bank_of_card, carrier_of_mobile
 
 __all__ = [
@@ -92,33 +97,6 @@ __all__ = [
 DEFAULT_FEDERATION = "state/federation"
 DEFAULT_MEMBER = "police.gd.afc"
 
-
-class ExitCode(enum.IntEnum):
-    OK = 0
-    AGENCY_DECLINED = 1
-    USAGE = 2
-    REFUSED = 3
-    UNAVAILABLE = 4
-    VERIFICATION_FAILED = 5
-    QUEUED = 10
-
-
-EXIT_CODES_EPILOG = """\
-exit codes:
-   0  the agency answered OK
-   1  the agency answered REFUSED, NOT_FOUND, INVALID or EXPIRED (or the ticket expired)
-   2  usage or local error (bad option, missing credentials, unwritable state)
-   3  refused by the gateway: policy, business rule, validation, quota, replay, signature
-   4  unavailable: the gateway, the agency or the audit log could not serve the request
-   5  the answer FAILED VERIFICATION (forged or mis-bound): do not act on it
-  10  queued for the agency's staff: follow the ticket with `fedgate ticket watch ID`
-
-times: ISO 8601 (2026-11-27T10:00:00+08:00; without an offset China Standard Time is meant),
-`now`, or relative to now (-30d, +2h, -15m, +90s, -1w). Amounts: yuan, up to 2 decimals.
-environment: FEDGATE_FEDERATION, FEDGATE_MEMBER, FEDGATE_SENT_DIR, FEDGATE_OFFICER_ID,
-FEDGATE_OFFICER_NAME, FEDGATE_OFFICER_ROLE, FEDGATE_OFFICER_PHONE, FEDGATE_OFFICER_ID_NUMBER.
-"""
-
 _ROLES: dict[str, common_pb2.Role.ValueType] = {
     "investigator": common_pb2.ROLE_POLICE_INVESTIGATOR,
     "duty_officer": common_pb2.ROLE_POLICE_DUTY_OFFICER,
@@ -145,89 +123,6 @@ _URGENCIES: dict[str, common_pb2.Urgency.ValueType] = {
     "urgent": common_pb2.URGENCY_URGENT,
     "emergency": common_pb2.URGENCY_EMERGENCY,
 }
-
-# ----------------------------------------------------------------------------- parsing
-
-_RELATIVE = re.compile(r"([+-])(\d+)([smhdw])")
-_DURATION = re.compile(r"(?:\d+[smhdw])+")
-_DURATION_PART = re.compile(r"(\d+)([smhdw])")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-_AMOUNT = re.compile(r"[0-9]+(?:\.[0-9]{1,2})?")
-_MAX_INT64 = 2**63 - 1
-_NEGATIVE_VALUE = re.compile(r"^-\d+$|^-\d*\.\d+$|^-\d+[smhdw]$")
-
-
-def parse_time(text: str, *, now: datetime | None = None) -> datetime:
-    """A timezone-aware time from ISO 8601, ``now`` or ``±N[smhdw]`` relative to now.
-
-    ISO times without an offset are China Standard Time. Raises ``ArgumentTypeError``."""
-    now = now or datetime.now(UTC)
-    value = text.strip()
-    if value == "now":
-        return now
-    relative = _RELATIVE.fullmatch(value)
-    if relative is not None:
-        sign, count, unit = relative.groups()
-        delta = timedelta(**{_UNITS[unit]: int(count)})
-        return now + delta if sign == "+" else now - delta
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a time: use ISO 8601 (2026-11-27T10:00:00+08:00), now, or -30d"
-        ) from exc
-    return parsed if parsed.utcoffset() is not None else parsed.replace(tzinfo=CST)
-
-
-def parse_duration(text: str) -> timedelta:
-    """``24h``, ``30m``, ``1d12h``, ``2w`` as a positive ``timedelta``; ``ArgumentTypeError``."""
-    value = text.strip()
-    if _DURATION.fullmatch(value) is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 24h, 30m or 1d12h")
-    total = timedelta()
-    for count, unit in _DURATION_PART.findall(value):
-        total += timedelta(**{_UNITS[unit]: int(count)})
-    if total <= timedelta():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive duration")
-    return total
-
-
-def parse_amount(text: str) -> int:
-    """An amount in yuan (``1234.56``, at most 2 decimals) as fen; ``ArgumentTypeError``."""
-    value = text.strip()
-    if _AMOUNT.fullmatch(value) is None:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not an amount in yuan: digits with at most 2 decimals, e.g. 1234.56"
-        )
-    try:
-        fen = int(Decimal(value) * 100)
-    except InvalidOperation as exc:  # pragma: no cover - the pattern admits only decimals
-        raise argparse.ArgumentTypeError(f"{text!r} is not an amount") from exc
-    if fen > _MAX_INT64:
-        raise argparse.ArgumentTypeError(f"{text!r} is too large an amount")
-    return fen
-
-
-def parse_request_id(text: str) -> str:
-    """A request or ticket id in canonical UUID form; ``ArgumentTypeError`` otherwise."""
-    try:
-        value = str(uuid.UUID(text.strip()))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a request id (a UUID)") from exc
-    return value
-
-
-def timestamp(at: datetime) -> Timestamp:
-    """``at`` as a protobuf ``Timestamp``."""
-    ts = Timestamp()
-    ts.FromDatetime(at)
-    return ts
-
-
-def money(fen: int, currency: str = "CNY") -> common_pb2.Money:
-    """``fen`` minor units of ``currency``."""
-    return common_pb2.Money(currency=currency, minor_units=fen)
-
 
 # ----------------------------------------------------------------------------- options
 
@@ -331,15 +226,6 @@ def _add_request_options(parser: argparse.ArgumentParser, command: ActionCommand
     )
 
 
-class PoliceParser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` that takes ``-30d`` (a relative time) as a value, as it takes
-    ``-5``, instead of as an unknown option."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._negative_number_matcher = _NEGATIVE_VALUE
-
-
 def register_group(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
     *,
@@ -374,51 +260,7 @@ def register_group(
         parser.set_defaults(func=functools.partial(_run_action, command))
 
 
-# ----------------------------------------------------------------------------- state
-
-
-class SentStore:
-    """Signed request envelopes this member sent, one file ``<request id>.bin`` each (0600).
-
-    The client keeps sent bytes in memory only; a ticket's answer is bound to those exact
-    bytes, so a later ``fedgate ticket`` reads them from here to verify the answer."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-
-    def path(self, request_id: str) -> Path:
-        return self.directory / f"{parse_request_id(request_id)}.bin"
-
-    def save(self, request_id: str, envelope: envelope_pb2.SignedEnvelope) -> Path:
-        """Write atomically; raises ``OSError``."""
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = self.path(request_id)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(envelope.SerializeToString())
-        os.replace(tmp, path)
-        return path
-
-    def load(self, request_id: str) -> bytes | None:
-        """The request body sent under ``request_id``, or None if it was not kept here.
-
-        Raises ``DecodeError`` when the file is not a signed request with that id."""
-        path = self.path(request_id)
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        envelope = envelope_pb2.SignedEnvelope()
-        request = request_pb2.Request()
-        try:
-            envelope.ParseFromString(raw)
-            request.ParseFromString(envelope.body)
-        except Exception as exc:  # protobuf raises its own DecodeError (a subclass of Exception)
-            raise DecodeError(f"{path} is not a signed request") from exc
-        if request.request_id != parse_request_id(request_id):
-            raise DecodeError(f"{path} holds request {request.request_id!r}, not {request_id}")
-        return envelope.body
+# ----------------------------------------------------------------------------- connection
 
 
 def _federation(args: argparse.Namespace) -> Path:
@@ -439,87 +281,6 @@ def open_client(args: argparse.Namespace) -> FedgateClient:
         return FedgateClient.from_federation(_federation(args), member, endpoint=args.endpoint)
     except OSError as exc:
         raise RegistryError(f"cannot load the federation: {exc}") from exc
-
-
-# ----------------------------------------------------------------------------- outcomes
-
-
-def exit_code_for_status(status: request_pb2.ResponseStatus.ValueType) -> ExitCode:
-    """The exit code for a verified answer with ``status``."""
-    if status == request_pb2.RESPONSE_STATUS_OK:
-        return ExitCode.OK
-    if status == request_pb2.RESPONSE_STATUS_PENDING:
-        return ExitCode.QUEUED
-    return ExitCode.AGENCY_DECLINED
-
-
-_UNAVAILABLE_CODES = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.UNIMPLEMENTED,
-        grpc.StatusCode.CANCELLED,
-        grpc.StatusCode.DATA_LOSS,
-    }
-)
-
-
-def exit_code_for_refusal(error: FedgateError) -> ExitCode:
-    """The exit code for an error the gateway returned (not one raised locally)."""
-    if isinstance(error, Expired):
-        return ExitCode.AGENCY_DECLINED
-    if isinstance(error, AgencyUnavailable | AgencyFault | AuditUnavailable | LogInconsistent):
-        return ExitCode.UNAVAILABLE
-    if error.code in _UNAVAILABLE_CODES:
-        return ExitCode.UNAVAILABLE
-    return ExitCode.REFUSED
-
-
-_KIND = {
-    ExitCode.AGENCY_DECLINED: "expired",
-    ExitCode.UNAVAILABLE: "unavailable",
-    ExitCode.REFUSED: "refused",
-}
-
-
-def failure_outcome(error: Exception, request_id: str) -> Outcome:
-    """What a failed submit/get/watch means: an error rebuilt from the gateway's status is a
-    refusal or an outage; anything raised locally is a failed verification of the answer."""
-    if isinstance(error, FedgateError) and isinstance(error.__cause__, grpc.RpcError):
-        code = exit_code_for_refusal(error)
-        return Outcome(_KIND[code], code, request_id, error=error)
-    return Outcome("verification_failed", ExitCode.VERIFICATION_FAILED, request_id, error=error)
-
-
-def answer_outcome(answer: Answer, *, hints: tuple[str, ...] = ()) -> Outcome:
-    """The outcome of a verified answer."""
-    code = exit_code_for_status(answer.response.status)
-    return Outcome("answered", code, answer.response.request_id, answer=answer, hints=hints)
-
-
-def emit(
-    args: argparse.Namespace,
-    outcome: Outcome,
-    registry: Registry | None = None,
-    *,
-    stream: bool = False,
-) -> int:
-    """Print ``outcome`` (text, or JSON with ``--json``; one line each when ``stream``)."""
-    if args.json:
-        print(render_json(outcome, registry=registry, indent=None if stream else 2), flush=True)
-    else:
-        out, err = render_text(outcome, registry=registry)
-        sys.stdout.write(out)
-        sys.stdout.flush()
-        sys.stderr.write(err)
-    return outcome.exit_code
-
-
-def local_error(args: argparse.Namespace, error: Exception) -> int:
-    """Print a local error (exit code 2)."""
-    return emit(args, Outcome("error", ExitCode.USAGE, error=error))
 
 
 # ----------------------------------------------------------------------------- sending

@@ -1,0 +1,297 @@
+"""Answering a forwarded request, at most once: the part of an agency node between a verified
+envelope and a durable, signed answer (or a queue acknowledgement for staff).
+
+Contract (the rest of the node's is in ``adapters.node``):
+
+- A request id MUST be executed at most once: concurrent and repeated deliveries wait for the
+  first and get the same signed answer bytes (or the same queue acknowledgement); the answer is
+  durable (``adapters.queue``) before it is returned. The same id with another body is refused
+  (``REPLAYED``).
+- Every answer MUST be signed with the agency's key and bound to the request by its hash;
+  backend refusals (``NotFound``, ``RuleViolated``, ``InvalidArgument``) are signed answers
+  (``NOT_FOUND``, ``REFUSED``, ``INVALID``), not gRPC errors.
+- Manual actions are queued for staff with a deadline (the request's, else the configured
+  default) and a reminder; an item not answered by its deadline gets a signed ``EXPIRED`` answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Protocol, TypeVar
+
+from adapters import telemetry
+from adapters.answers import bind_response, outcome_of_error, sign_response
+from adapters.config import ActionMode, NodeConfig
+from adapters.queue import ANSWERED, Entry, RequestStore
+from fedgate.actions import action_of
+from fedgate.envelope import Domain, Signer, decode_request, request_hash, verify_envelope
+from fedgate.errors import (
+    AgencyUnavailable,
+    InvalidArgument,
+    NotFound,
+    PeerMismatch,
+    PermissionRefused,
+    Replayed,
+    RuleViolated,
+)
+from fedgate.registry import Registry
+from fedgate.types import KeyId, MemberId, RequestId
+from fedgate.v1 import agency_service_pb2, envelope_pb2, request_pb2
+
+__all__ = ["AgencyBackend", "AnsweringNode"]
+
+_T = TypeVar("_T")
+
+
+class AgencyBackend(Protocol):
+    """One agency kind's answers. ``answer`` blocks (it runs in a worker thread) and returns a
+    ``Response`` with ``status`` and the result set; the runtime binds and signs it. It raises
+    ``NotFound``, ``RuleViolated`` or ``InvalidArgument`` for answers the agency gives as
+    refusals, ``AgencyUnavailable`` when it cannot answer now."""
+
+    @property
+    def actions(self) -> frozenset[str]: ...
+
+    def answer(self, request: request_pb2.Request, *, now: datetime) -> request_pb2.Response: ...
+
+
+class AnsweringNode:
+    """Handling of forwarded requests and upkeep of the staff queue; a base of
+    ``adapters.node.AgencyNode`` only, which sets every attribute declared here. Implements
+    ``adapters.staff.QueueHost``."""
+
+    config: NodeConfig
+    backend: AgencyBackend
+    _registry: Registry
+    _clock: Callable[[], datetime]
+    _signer: Signer
+    _store: RequestStore | None
+    _locks: dict[str, tuple[asyncio.Lock, int]]
+
+    # ------------------------------------------------------------------ QueueHost
+
+    @property
+    def member_id(self) -> MemberId:
+        return self.config.member_id
+
+    @property
+    def registry(self) -> Registry:
+        return self._registry
+
+    @property
+    def staff(self) -> frozenset[str]:
+        return frozenset(self.config.staff)
+
+    @property
+    def store(self) -> RequestStore:
+        if self._store is None:
+            raise AgencyUnavailable(f"the node of {self.member_id} is not started")
+        return self._store
+
+    @property
+    def signer(self) -> Signer:
+        return self._signer
+
+    def now(self) -> datetime:
+        return self._clock()
+
+    def sign(self, response: request_pb2.Response) -> bytes:
+        return sign_response(response, self._signer)
+
+    async def run_blocking(self, fn: Callable[[], _T]) -> _T:
+        return await asyncio.to_thread(fn)
+
+    # ------------------------------------------------------------------ AgencyService
+
+    async def handle(
+        self, envelope: envelope_pb2.SignedEnvelope, *, log_origin: str = "", leaf_index: int = 0
+    ) -> agency_service_pb2.HandleResponse:
+        """Answer or queue one forwarded request (see the module contract). Raises
+        ``FedgateError`` when the request is not acceptable or the backend is unavailable."""
+        request = self.verify_request(envelope)
+        action = action_of(request)
+        rid = RequestId(request.request_id)
+        rhash = request_hash(envelope.body)
+        async with self._exclusive(rid):
+            existing = await self.run_blocking(lambda: self.store.get(rid))
+            if existing is not None:
+                if existing.request_hash != rhash:
+                    raise Replayed(f"request id {rid} was already used for another request")
+                return _handle_response(existing)
+            received = self.now()
+            base = Entry(
+                request_id=rid,
+                request_hash=rhash,
+                envelope=envelope.SerializeToString(),
+                action=action,
+                manual=False,
+                state=ANSWERED,
+                received_at=received,
+                deadline=None,
+                remind_at=None,
+                claimed_by="",
+                answered_by="",
+                answered_at=None,
+                response=None,
+                log_origin=log_origin,
+                leaf_index=leaf_index,
+            )
+            if action in self.backend.actions and self.config.mode_of(action) is ActionMode.MANUAL:
+                deadline = self._deadline(request, received)
+                remind = max(received, deadline - self.config.reminder)
+                entry = await self.run_blocking(
+                    lambda: self.store.enqueue(
+                        replace(base, manual=True, deadline=deadline, remind_at=remind)
+                    )
+                )
+                return _handle_response(entry)
+            response = await self.run_blocking(lambda: self._automatic(request, action, envelope))
+            answered_at = self.now()
+            signed = self.sign(
+                bind_response(
+                    response,
+                    request_id=rid,
+                    request_body=envelope.body,
+                    responder=self.member_id,
+                    answered_at=answered_at,
+                )
+            )
+            entry = await self.run_blocking(
+                lambda: self.store.record_answer(
+                    replace(base, answered_at=answered_at, response=signed)
+                )
+            )
+            return _handle_response(entry)
+
+    def _automatic(
+        self, request: request_pb2.Request, action: str, envelope: envelope_pb2.SignedEnvelope
+    ) -> request_pb2.Response:
+        if action not in self.backend.actions:
+            return request_pb2.Response(
+                status=request_pb2.RESPONSE_STATUS_INVALID,
+                detail=f"{self.member_id} does not serve the action {action}",
+            )
+        try:
+            return self.backend.answer(request, now=self.now())
+        except (NotFound, RuleViolated, InvalidArgument) as exc:
+            status, detail = outcome_of_error(exc)
+            return request_pb2.Response(status=status, detail=detail)
+
+    def _deadline(self, request: request_pb2.Request, received: datetime) -> datetime:
+        if request.HasField("answer_deadline"):
+            return request.answer_deadline.ToDatetime(tzinfo=UTC)
+        return received + self.config.queue_deadline
+
+    def verify_request(self, envelope: envelope_pb2.SignedEnvelope) -> request_pb2.Request:
+        """Decode and verify a forwarded envelope; raises the ``FedgateError`` naming what fails."""
+        request = decode_request(envelope.body)
+        if not request.request_id:
+            raise InvalidArgument("request_id is empty")
+        if not request.HasField("issued_at"):
+            raise InvalidArgument("issued_at is missing")
+        signer, key = self._registry.signing_key(
+            KeyId(envelope.key_id), at=request.issued_at.ToDatetime(tzinfo=UTC)
+        )
+        verify_envelope(envelope, key, Domain.REQUEST)
+        if signer.id != request.requesting_agency:
+            raise PeerMismatch(
+                f"the request names {request.requesting_agency!r} but is signed by {signer.id}"
+            )
+        if request.target_agency != self.member_id:
+            raise PermissionRefused(
+                f"the request is for {request.target_agency!r}; this node is {self.member_id}"
+            )
+        return request
+
+    async def get_result(self, request_id: str) -> agency_service_pb2.GetResultResponse:
+        """The state and answer of a request; ``NotFound`` if this node never accepted it."""
+        await self.expire_due()
+        entry = await self.run_blocking(lambda: self.store.get(request_id))
+        if entry is None:
+            raise NotFound(f"{self.member_id} has no request {request_id}")
+        reply = agency_service_pb2.GetResultResponse(state=entry.state)  # type: ignore[arg-type]
+        if entry.deadline is not None:
+            reply.deadline.FromDatetime(entry.deadline)
+        signed = entry.signed_response
+        if signed is not None:
+            reply.response.CopyFrom(signed)
+        return reply
+
+    # ------------------------------------------------------------------ queue upkeep
+
+    async def expire_due(self) -> tuple[Entry, ...]:
+        """Answer EXPIRED, signed, for every queued item past its deadline (by the clock)."""
+        now = self.now()
+
+        def sign(entry: Entry) -> bytes:
+            body = entry.request_envelope.body
+            assert entry.deadline is not None
+            expired = request_pb2.Response(
+                status=request_pb2.RESPONSE_STATUS_EXPIRED,
+                detail=f"{self.member_id}'s staff did not answer before the deadline "
+                f"{entry.deadline.isoformat(timespec='seconds')}",
+            )
+            return self.sign(
+                bind_response(
+                    expired,
+                    request_id=entry.request_id,
+                    request_body=body,
+                    responder=self.member_id,
+                    answered_at=now,
+                )
+            )
+
+        expired = await self.run_blocking(lambda: self.store.expire_due(now, sign))
+        for entry in expired:
+            telemetry.log_event(
+                "queued request expired",
+                member=self.member_id,
+                request_id=entry.request_id,
+                action=entry.action,
+            )
+        return expired
+
+    async def send_reminders(self) -> tuple[Entry, ...]:
+        """Log a reminder, once, for each open item whose reminder time has come."""
+        due = await self.run_blocking(lambda: self.store.due_reminders(self.now()))
+        for entry in due:
+            assert entry.deadline is not None
+            telemetry.log_event(
+                "queued request due soon",
+                logging.WARNING,
+                member=self.member_id,
+                request_id=entry.request_id,
+                action=entry.action,
+                claimed_by=entry.claimed_by,
+                deadline=entry.deadline.isoformat(timespec="seconds"),
+            )
+        return due
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, request_id: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(request_id, (asyncio.Lock(), 0))
+        self._locks[request_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[request_id]
+            if users == 1:
+                del self._locks[request_id]
+            else:
+                self._locks[request_id] = (lock, users - 1)
+
+
+def _handle_response(entry: Entry) -> agency_service_pb2.HandleResponse:
+    signed = entry.signed_response
+    if signed is not None:
+        return agency_service_pb2.HandleResponse(response=signed)
+    queued = agency_service_pb2.Queued(request_id=entry.request_id)
+    assert entry.deadline is not None
+    queued.deadline.FromDatetime(entry.deadline)
+    return agency_service_pb2.HandleResponse(queued=queued)
