@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_BANK",
     "DEFAULT_CARRIER",
     "DEFAULT_POLICE",
+    "LEGAL_KIND",
     "card_number",
     "case_number",
     "mobile_number",
@@ -74,7 +75,7 @@ _GIVEN = (
     "杰",
     "涛",
 )
-_LEGAL_KIND: dict[str, common_pb2.LegalDocumentKind.ValueType] = {
+LEGAL_KIND: dict[str, common_pb2.LegalDocumentKind.ValueType] = {
     "stop_payment": common_pb2.LEGAL_DOCUMENT_KIND_STOP_PAYMENT_NOTICE,
     "stop_payment_extend": common_pb2.LEGAL_DOCUMENT_KIND_STOP_PAYMENT_NOTICE,
     "stop_payment_release": common_pb2.LEGAL_DOCUMENT_KIND_RELEASE_NOTICE,
@@ -88,6 +89,7 @@ _LEGAL_KIND: dict[str, common_pb2.LegalDocumentKind.ValueType] = {
     "number_restore": common_pb2.LEGAL_DOCUMENT_KIND_RELEASE_NOTICE,
     "sms_block": common_pb2.LEGAL_DOCUMENT_KIND_COUNTERMEASURE_ORDER,
 }
+"""The legal document each action cites (a query notice for the rest)."""
 _DOC_PREFIX: dict[common_pb2.LegalDocumentKind.ValueType, str] = {
     common_pb2.LEGAL_DOCUMENT_KIND_CASE_FILING_DECISION: "穗公(反诈)立字",
     common_pb2.LEGAL_DOCUMENT_KIND_QUERY_NOTICE: "穗公(反诈)查字",
@@ -268,7 +270,7 @@ def valid_request(
         request.case.case_number = case or case_number(serial + 1, when=now.date())
         request.case.case_type = common_pb2.CASE_TYPE_TELECOM_FRAUD
         request.case.reason = "受害人被冒充客服诱导转账"
-        kind = _LEGAL_KIND.get(action, common_pb2.LEGAL_DOCUMENT_KIND_QUERY_NOTICE)
+        kind = LEGAL_KIND.get(action, common_pb2.LEGAL_DOCUMENT_KIND_QUERY_NOTICE)
         if action in ("call_records", "location"):
             request.second_officer.CopyFrom(second_officer(serial % 100))
     request.legal_document.kind = kind

@@ -35,7 +35,14 @@ from fedgate.audit_entry import AuditEntry, RequestLeg, ResponseLeg, decode_entr
 from fedgate.client import Answer, FedgateClient
 from fedgate.errors import FedgateError, InvalidArgument, NotFound, RuleViolated
 from fedgate.synth import FraudChain, FraudNumber, Hop, World
-from fedgate.testing import case_number, mobile_number, officer, resident_id, second_officer
+from fedgate.testing import (
+    LEGAL_KIND,
+    case_number,
+    mobile_number,
+    officer,
+    resident_id,
+    second_officer,
+)
 from fedgate.types import MemberId
 from fedgate.v1 import bank_pb2, carrier_pb2, common_pb2, request_pb2
 from gateway.config import (
@@ -60,21 +67,6 @@ REFUSED = request_pb2.RESPONSE_STATUS_REFUSED
 DOC = common_pb2.LegalDocumentKind
 DUTY_PHONE = "020-83113110"
 
-_KIND: dict[str, DOC.ValueType] = {
-    "stop_payment": common_pb2.LEGAL_DOCUMENT_KIND_STOP_PAYMENT_NOTICE,
-    "stop_payment_extend": common_pb2.LEGAL_DOCUMENT_KIND_STOP_PAYMENT_NOTICE,
-    "stop_payment_release": common_pb2.LEGAL_DOCUMENT_KIND_RELEASE_NOTICE,
-    "freeze": common_pb2.LEGAL_DOCUMENT_KIND_CASE_FILING_DECISION,
-    "freeze_renew": common_pb2.LEGAL_DOCUMENT_KIND_CASE_FILING_DECISION,
-    "freeze_release": common_pb2.LEGAL_DOCUMENT_KIND_RELEASE_NOTICE,
-    "call_records": common_pb2.LEGAL_DOCUMENT_KIND_EVIDENCE_NOTICE,
-    "location": common_pb2.LEGAL_DOCUMENT_KIND_EVIDENCE_NOTICE,
-    "number_suspend": common_pb2.LEGAL_DOCUMENT_KIND_COUNTERMEASURE_ORDER,
-    "number_block": common_pb2.LEGAL_DOCUMENT_KIND_COUNTERMEASURE_ORDER,
-    "number_restore": common_pb2.LEGAL_DOCUMENT_KIND_RELEASE_NOTICE,
-    "sms_block": common_pb2.LEGAL_DOCUMENT_KIND_COUNTERMEASURE_ORDER,
-}
-"""The legal document each action cites (a query notice for the rest)."""
 _DOC_PREFIX: dict[DOC.ValueType, str] = {
     common_pb2.LEGAL_DOCUMENT_KIND_CASE_FILING_DECISION: "穗公(反诈)立字",
     common_pb2.LEGAL_DOCUMENT_KIND_QUERY_NOTICE: "穗公(反诈)查字",
@@ -174,7 +166,9 @@ class E2E:
         self.serial += 1
         now = datetime.now(UTC)
         kind = (
-            _KIND.get(name, common_pb2.LEGAL_DOCUMENT_KIND_QUERY_NOTICE) if kind is None else kind
+            LEGAL_KIND.get(name, common_pb2.LEGAL_DOCUMENT_KIND_QUERY_NOTICE)
+            if kind is None
+            else kind
         )
         document = common_pb2.LegalDocument(
             kind=kind,
