@@ -103,7 +103,7 @@ class AuditConfig:
     their own (the store refuses a second writer on one shard)."""
     store: str = "sqlite"
     """``"sqlite"`` (one file, the embedded default) or ``"postgres"`` (a shard in a database
-    that several gateway instances share). The auditor console needs ``"sqlite"`` for now."""
+    that several gateway instances share). The auditor console reads either."""
     path: Path | None = None
     """The SQLite audit store; default ``<state_dir>/audit.sqlite``."""
     dsn: str = field(default="", repr=False)
@@ -425,12 +425,6 @@ class GatewayConfig:
             raise ConfigError(
                 f"audit.schema must be a plain PostgreSQL name (letters, digits, _; at most 63), "
                 f"got {audit.schema!r}"
-            )
-        if self.console.listen:
-            # ``gateway.audit.insights`` reads the SQLite file directly.
-            raise ConfigError(
-                "console.listen: the auditor console needs the SQLite store for now (audit.store "
-                '= "postgres"); serve it from an instance on SQLite or leave console.listen empty'
             )
 
 

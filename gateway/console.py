@@ -70,7 +70,7 @@ from gateway._console_search import (
     result_row,
 )
 from gateway._console_state import LogWatch
-from gateway.audit.insights import GROUPINGS, LogInsights, TimeWindow, day_start_us
+from gateway.audit.insights import GROUPINGS, LogInsights, PgShard, TimeWindow, day_start_us
 from gateway.audit.log import AuditLog
 from gateway.audit.service import export_evidence
 
@@ -471,7 +471,7 @@ class RunningAuditorConsole:
 async def start_auditor_console(
     *,
     log: AuditLog,
-    audit_db: Path,
+    audit_db: Path | PgShard,
     registry: Callable[[], Registry],
     state_dir: Path,
     users_dir: Path | None = None,
@@ -481,7 +481,8 @@ async def start_auditor_console(
     secure_cookies: bool = False,
     clock: Callable[[], datetime] | None = None,
 ) -> RunningAuditorConsole:
-    """Serve the auditor console of ``log`` (kept in the SQLite file ``audit_db``) on
+    """Serve the auditor console of ``log`` (kept in the SQLite file or PostgreSQL shard
+    ``audit_db``) on
     ``host:port`` in the running loop (``port`` 0: any free port). Accounts come from
     ``users.sqlite`` in ``users_dir`` (default ``state_dir``, where ``fedgate audit add-user
     --state`` writes). Raises ``AgencyUnavailable`` when the address cannot be bound,

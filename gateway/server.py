@@ -15,8 +15,8 @@ origin (``audit.store = "postgres"``). Either way the replay cache is rebuilt fr
 before the gateway serves.
 
 With ``console.listen`` set, the auditor web console (``gateway.console``) is served in the same
-event loop, over the same audit log; its logins, reveals and exports are entries of that log.
-It needs the SQLite store for now (the configuration refuses it with PostgreSQL).
+event loop, over the same audit log (either store); its logins, reveals and exports are entries
+of that log.
 
     python -m gateway.server --config gateway.toml
 """
@@ -61,6 +61,7 @@ from fedgate.v1 import (
     event_service_pb2_grpc,
 )
 from gateway.alerts import AlertHub, AlertServicer
+from gateway.audit.insights import PgShard
 from gateway.audit.log import AuditLog
 from gateway.audit.pg_store import PgDatabase, open_pg_store
 from gateway.audit.service import AuditServicer
@@ -148,6 +149,14 @@ async def _open_audit_store(config: GatewayConfig) -> AuditStore:
     return await open_sqlite_store(
         config.audit_path, origin=audit.origin, state_path=config.audit_state_path
     )
+
+
+def _console_source(config: GatewayConfig) -> Path | PgShard:
+    """Where the auditor console reads this instance's shard: the SQLite file or PostgreSQL."""
+    audit = config.audit
+    if audit.store == "postgres":
+        return PgShard(dsn=audit.dsn, origin=audit.origin, schema=audit.schema)
+    return config.audit_path
 
 
 def _rebuild_replay(config: GatewayConfig, replay: ReplayCache) -> Rebuilt:
@@ -398,7 +407,7 @@ class Gateway:
             try:
                 gateway.console = await start_auditor_console(
                     log=audit,
-                    audit_db=config.audit_path,
+                    audit_db=_console_source(config),
                     registry=lambda: pipeline.registry,
                     state_dir=state,
                     users_dir=config.console_users_dir,

@@ -1,4 +1,4 @@
-"""Read-only queries over the SQLite audit store for the auditor console.
+"""Read-only queries over an audit shard (SQLite or PostgreSQL) for the auditor console.
 
 ``AuditLog.search`` pages oldest first; an auditor's list wants the newest first, and the
 console's charts and pattern flags need counts per day, per officer and per refusal reason.
@@ -7,13 +7,17 @@ officer, case, request id, members, time and subjects), aggregating in SQL with 
 it never reads or decodes a leaf. Days are China Standard Time days (UTC+8).
 
 It opens its own read-only connection to the shard's database on its own thread, so the
-gateway's writer and the log's reader never wait for the console.
+gateway's writer and the log's reader never wait for the console. Both stores get the same
+queries (``_statements``); on PostgreSQL they take ``%s`` placeholders, are scoped to the
+shard's origin (every table there is keyed by it), compare text in byte order like SQLite
+(``COLLATE "C"``) and spell two things their own way (lists, the refusal's reason code).
 
 Contract:
 
-- It MUST NOT write: the connection is opened ``mode=ro``.
-- SQL text is fixed; every value is a parameter (lists go in as one JSON parameter read with
-  ``json_each``). Database errors raise ``AuditUnavailable``.
+- It MUST NOT write: the SQLite connection is opened ``mode=ro``; every PostgreSQL
+  transaction is READ ONLY (``default_transaction_read_only``).
+- SQL text is fixed; every value is a parameter (lists go in as one parameter: JSON read with
+  ``json_each`` on SQLite, an array on PostgreSQL). Database errors raise ``AuditUnavailable``.
 """
 
 from __future__ import annotations
@@ -22,14 +26,17 @@ import asyncio
 import concurrent.futures
 import json
 import sqlite3
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar
+
+import psycopg
 
 from fedgate.errors import AuditUnavailable, InvalidArgument
 from gateway.audit._rows import COLUMNS, SearchSql, add_filters, group_subjects, indexed_row
+from gateway.audit.pg_store import DEFAULT_SCHEMA, connect_reader
 from gateway.audit.store import IndexedRow, SearchQuery
 
 __all__ = [
@@ -40,6 +47,7 @@ __all__ = [
     "DayCount",
     "LogInsights",
     "OfficerDay",
+    "PgShard",
     "ReasonCount",
     "TimeWindow",
     "day_of",
@@ -119,100 +127,267 @@ class CaseWithoutOrder:
 GROUPINGS: Final = ("requester", "target", "action")
 """What ``per_day`` can group request legs by: requesting member, target member, action."""
 
+
+@dataclass(frozen=True, slots=True)
+class PgShard:
+    """An audit shard in PostgreSQL: ``dsn`` (libpq; left out of ``repr``, it may hold a
+    password), the shard's ``origin`` and the ``schema`` holding every shard."""
+
+    dsn: str = field(repr=False)
+    origin: str
+    schema: str = DEFAULT_SCHEMA
+
+
 _ROW = f"idx, {COLUMNS}, request_leaf_index"
-# Search filters: fixed fragments chosen by which fields are set; values are parameters. The
-# ``<> ''`` terms let SQLite use the store's partial indexes (``WHERE officer_id <> ''`` ...):
-# it cannot tell that a bound parameter is not empty.
-_SEARCH: Final = SearchSql(
-    fields=(
-        ("officer_id", "officer_id = ? AND officer_id <> ''"),
-        ("case_number", "case_number = ? AND case_number <> ''"),
-        ("action", "action = ?"),
-        ("outcome", "outcome = ?"),
-        ("request_id", "request_id = ? AND request_id <> ''"),
-    ),
-    member="(requesting_agency = ? OR target_agency = ?)",
-    subject="idx IN (SELECT idx FROM subjects WHERE subject = ?)",
-    since="time_us >= ?",
-    until="time_us < ?",
-)
 _DAY = f"((time_us + {CST_OFFSET_US}) / {US_PER_DAY})"
 _HOUR = f"(((time_us + {CST_OFFSET_US}) / {US_PER_HOUR}) % 24)"
-_PER_DAY_SQL: Final = {
-    name: (
-        f"SELECT {_DAY} AS d, {column}, count(*) FROM leaves"  # noqa: S608 - constant columns
-        " WHERE leg = 1 AND time_us >= ? AND time_us < ?"
-        f" GROUP BY d, {column} ORDER BY d, {column}"
-    )
-    for name, column in (
-        ("requester", "requesting_agency"),
-        ("target", "target_agency"),
-        ("action", "action"),
-    )
+_COLUMN_OF: Final = {
+    "requester": "requesting_agency",
+    "target": "target_agency",
+    "action": "action",
 }
-_REFUSALS_SQL: Final = (
-    "SELECT CASE leg WHEN 1 THEN substr(reason, 1, instr(reason || ':', ':') - 1)"
-    " ELSE 'AGENCY_REFUSED' END AS code, count(*) AS n FROM leaves"
-    " WHERE outcome = 'refused' AND leg IN (1, 2) AND time_us >= ? AND time_us < ?"
-    " GROUP BY code ORDER BY n DESC, code"
-)
-_OFFICER_DAYS_SQL: Final = (
-    f"SELECT requesting_agency, officer_id, {_DAY} AS d, count(*), min(idx) FROM leaves"  # noqa: S608 - constant
-    " WHERE leg = 1 AND officer_id <> '' AND time_us >= ? AND time_us < ?"
-    " AND action IN (SELECT value FROM json_each(?))"
-    " GROUP BY requesting_agency, officer_id, d ORDER BY d, requesting_agency, officer_id"
-)
-_OFF_HOURS_SQL: Final = (
-    f"SELECT requesting_agency, officer_id, {_DAY} AS d, count(*), min(idx) FROM leaves"  # noqa: S608 - constant
-    " WHERE leg = 1 AND officer_id <> '' AND time_us >= ? AND time_us < ?"
-    " AND action IN (SELECT value FROM json_each(?))"
-    f" AND ({_HOUR} < ? OR {_HOUR} >= ?)"
-    " GROUP BY requesting_agency, officer_id, d ORDER BY d DESC, requesting_agency, officer_id"
-    " LIMIT ?"
-)
-_REFUSAL_DAYS_SQL: Final = (
-    f"SELECT requesting_agency, officer_id, {_DAY} AS d, count(*), min(idx) FROM leaves"  # noqa: S608 - constant
-    " WHERE outcome = 'refused' AND leg IN (1, 2) AND officer_id <> ''"
-    " AND time_us >= ? AND time_us < ?"
-    " GROUP BY requesting_agency, officer_id, d HAVING count(*) >= ?"
-    " ORDER BY d DESC, requesting_agency, officer_id LIMIT ?"
-)
-_WITHOUT_ORDER_SQL: Final = (
-    "SELECT q.case_number, q.requesting_agency, q.officer_id, count(*), min(q.idx),"
-    " min(q.time_us), max(q.time_us) FROM leaves AS q"
-    " WHERE q.leg = 1 AND q.outcome = 'allowed' AND q.case_number <> ''"
-    " AND q.time_us >= ? AND q.time_us < ?"
-    " AND q.action IN (SELECT value FROM json_each(?))"
-    " AND NOT EXISTS (SELECT 1 FROM leaves AS o WHERE o.case_number = q.case_number"
-    " AND o.case_number <> '' AND o.leg = 1 AND o.outcome = 'allowed'"
-    " AND o.action IN (SELECT value FROM json_each(?))"
-    " AND o.time_us > q.time_us AND o.time_us <= q.time_us + ?)"
-    " GROUP BY q.case_number, q.requesting_agency, q.officer_id"
-    " ORDER BY min(q.time_us) DESC LIMIT ?"
-)
 
 
-def _json(values: Collection[str]) -> str:
-    return json.dumps(sorted(values))
+@dataclass(frozen=True, slots=True)
+class _Statements:
+    """One store's queries (see ``_statements``) and placeholder ``p``. On PostgreSQL the first
+    parameter of each is the shard's origin (``where`` starts the list's filters with it)."""
+
+    p: str
+    where: tuple[str, ...]
+    search: SearchSql
+    subjects: str
+    checkpoint_before: str
+    per_day: dict[str, str]
+    refusals: str
+    officer_days: str
+    off_hours: str
+    refusal_days: str
+    without_order: str
+
+
+def _statements(*, pg: bool) -> _Statements:
+    """The queries in SQLite's dialect, or in PostgreSQL's: origin-scoped, text ordered
+    byte-wise as in SQLite, ``= ANY`` for lists, ``split_part`` for the reason code, and
+    ``%s`` placeholders (``_pg_text``)."""
+    o = "origin = ? AND " if pg else ""
+    c = ' COLLATE "C"' if pg else ""
+    listed = " = ANY(?)" if pg else " IN (SELECT value FROM json_each(?))"
+    code = (
+        "split_part(reason, ':', 1)" if pg else "substr(reason, 1, instr(reason || ':', ':') - 1)"
+    )
+    officer_day = (
+        f"SELECT requesting_agency, officer_id, {_DAY} AS d, count(*), min(idx) FROM leaves"  # noqa: S608 - constant
+        f" WHERE {o}leg = 1 AND officer_id <> '' AND time_us >= ? AND time_us < ?"
+        f" AND action{listed}"
+    )
+    statements = _Statements(
+        p="?",
+        where=("origin = ?",) if pg else (),
+        # Search filters: fixed fragments chosen by which fields are set; values are parameters.
+        # The ``<> ''`` terms let the stores use their partial indexes (``WHERE officer_id <>
+        # ''`` ...): SQLite cannot tell that a bound parameter is not empty.
+        search=SearchSql(
+            fields=(
+                ("officer_id", "officer_id = ? AND officer_id <> ''"),
+                ("case_number", "case_number = ? AND case_number <> ''"),
+                ("action", "action = ?"),
+                ("outcome", "outcome = ?"),
+                ("request_id", "request_id = ? AND request_id <> ''"),
+            ),
+            member="(requesting_agency = ? OR target_agency = ?)",
+            subject=f"idx IN (SELECT idx FROM subjects WHERE {o}subject = ?)",  # noqa: S608
+            since="time_us >= ?",
+            until="time_us < ?",
+        ),
+        subjects=(
+            f"SELECT idx, subject FROM subjects WHERE {o}idx{listed}"  # noqa: S608 - constant
+            f" ORDER BY idx, subject{c}"
+        ),
+        checkpoint_before=(
+            f"SELECT size, note FROM checkpoints WHERE {o}size < ?"  # noqa: S608 - constant
+            " ORDER BY size DESC LIMIT 1"
+        ),
+        per_day={
+            name: (
+                f"SELECT {_DAY} AS d, {column}, count(*) FROM leaves"  # noqa: S608 - constant columns
+                f" WHERE {o}leg = 1 AND time_us >= ? AND time_us < ?"
+                f" GROUP BY d, {column} ORDER BY d, {column}{c}"
+            )
+            for name, column in _COLUMN_OF.items()
+        },
+        refusals=(
+            f"SELECT CASE leg WHEN 1 THEN {code}"  # noqa: S608 - constant
+            f" ELSE 'AGENCY_REFUSED' END{c} AS code, count(*) AS n FROM leaves"
+            f" WHERE {o}outcome = 'refused' AND leg IN (1, 2) AND time_us >= ? AND time_us < ?"
+            " GROUP BY code ORDER BY n DESC, code"
+        ),
+        officer_days=(
+            f"{officer_day} GROUP BY requesting_agency, officer_id, d"
+            f" ORDER BY d, requesting_agency{c}, officer_id{c}"
+        ),
+        off_hours=(
+            f"{officer_day} AND ({_HOUR} < ? OR {_HOUR} >= ?)"
+            " GROUP BY requesting_agency, officer_id, d"
+            f" ORDER BY d DESC, requesting_agency{c}, officer_id{c} LIMIT ?"
+        ),
+        refusal_days=(
+            f"SELECT requesting_agency, officer_id, {_DAY} AS d, count(*), min(idx) FROM leaves"  # noqa: S608 - constant
+            f" WHERE {o}outcome = 'refused' AND leg IN (1, 2) AND officer_id <> ''"
+            " AND time_us >= ? AND time_us < ?"
+            " GROUP BY requesting_agency, officer_id, d HAVING count(*) >= ?"
+            f" ORDER BY d DESC, requesting_agency{c}, officer_id{c} LIMIT ?"
+        ),
+        without_order=(
+            "SELECT q.case_number, q.requesting_agency, q.officer_id, count(*), min(q.idx),"  # noqa: S608
+            " min(q.time_us), max(q.time_us) FROM leaves AS q"
+            f" WHERE {'q.' if pg else ''}{o}q.leg = 1 AND q.outcome = 'allowed'"
+            " AND q.case_number <> '' AND q.time_us >= ? AND q.time_us < ?"
+            f" AND q.action{listed}"
+            " AND NOT EXISTS (SELECT 1 FROM leaves AS o WHERE"
+            f"{' o.origin = q.origin AND' if pg else ''} o.case_number = q.case_number"
+            " AND o.case_number <> '' AND o.leg = 1 AND o.outcome = 'allowed'"
+            f" AND o.action{listed}"
+            " AND o.time_us > q.time_us AND o.time_us <= q.time_us + ?)"
+            " GROUP BY q.case_number, q.requesting_agency, q.officer_id"
+            " ORDER BY min(q.time_us) DESC LIMIT ?"
+        ),
+    )
+    if not pg:
+        return statements
+    return _Statements(
+        p="%s",
+        where=tuple(_pg_text(w) for w in statements.where),
+        search=SearchSql(
+            fields=tuple((n, _pg_text(f)) for n, f in statements.search.fields),
+            member=_pg_text(statements.search.member),
+            subject=_pg_text(statements.search.subject),
+            since=_pg_text(statements.search.since),
+            until=_pg_text(statements.search.until),
+        ),
+        subjects=_pg_text(statements.subjects),
+        checkpoint_before=_pg_text(statements.checkpoint_before),
+        per_day={k: _pg_text(v) for k, v in statements.per_day.items()},
+        refusals=_pg_text(statements.refusals),
+        officer_days=_pg_text(statements.officer_days),
+        off_hours=_pg_text(statements.off_hours),
+        refusal_days=_pg_text(statements.refusal_days),
+        without_order=_pg_text(statements.without_order),
+    )
+
+
+def _pg_text(statement: str) -> str:
+    """A constant SQLite statement (``?`` placeholders, no ``?`` anywhere else) in psycopg's
+    form: ``%s`` placeholders and ``%`` (modulo) doubled."""
+    return statement.replace("%", "%%").replace("?", "%s")
+
+
+_SQLITE: Final = _statements(pg=False)
+_PG: Final = _statements(pg=True)
+
+
+class _Reader(Protocol):
+    """One read-only connection, used on the insights thread only."""
+
+    def fetch(self, what: str, statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """The rows of ``statement``; raises ``AuditUnavailable`` naming ``what`` failed."""
+        ...
+
+    def listed(self, values: Iterable[object]) -> object:
+        """The one parameter standing for a list of values."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class _SqliteReader:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        if not path.exists():
+            raise AuditUnavailable(f"no audit log database at {path}")
+        uri = f"{path.resolve().as_uri()}?mode=ro"
+        try:
+            con = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10.0)
+            con.execute("PRAGMA busy_timeout = 10000")
+            con.execute("SELECT 1 FROM leaves LIMIT 1").fetchall()
+        except sqlite3.Error as exc:
+            raise AuditUnavailable(f"cannot read the audit log {path}: {exc}") from exc
+        self._con = con
+
+    def fetch(self, what: str, statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        try:
+            return self._con.execute(statement, params).fetchall()
+        except sqlite3.Error as exc:
+            raise AuditUnavailable(f"audit log {self.path}: cannot {what}: {exc}") from exc
+
+    def listed(self, values: Iterable[object]) -> object:
+        return json.dumps(list(values))
+
+    def close(self) -> None:
+        self._con.close()
+
+
+class _PgReader:
+    """A broken connection is reopened on the next query."""
+
+    def __init__(self, shard: PgShard) -> None:
+        self._shard = shard
+        self._conn: psycopg.Connection[Any] | None = None
+        try:
+            self._conn = self._open()
+        except psycopg.Error as exc:
+            raise self._error("read the audit log", exc) from exc
+
+    def _open(self) -> psycopg.Connection[Any]:
+        s = self._shard
+        return connect_reader(s.dsn, origin=s.origin, schema=s.schema)
+
+    def _error(self, what: str, exc: psycopg.Error) -> AuditUnavailable:
+        return AuditUnavailable(
+            f"audit shard {self._shard.origin!r} (PostgreSQL): cannot {what}: {exc}"
+        )
+
+    def fetch(self, what: str, statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        try:
+            if self._conn is None or self._conn.closed or self._conn.broken:
+                if self._conn is not None:
+                    self._conn.close()
+                self._conn = self._open()
+            return self._conn.execute(statement.encode(), params).fetchall()
+        except psycopg.Error as exc:
+            raise self._error(what, exc) from exc
+
+    def listed(self, values: Iterable[object]) -> object:
+        return list(values)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 class LogInsights:
-    """Newest-first pages and aggregates over one SQLite audit shard (see the module doc).
+    """Newest-first pages and aggregates over one audit shard (see the module doc).
 
-    Build with ``await LogInsights.open(path)``; ``close`` when done.
+    Build with ``await LogInsights.open(source)``; ``close`` when done.
     """
 
-    def __init__(self, path: Path, pool: concurrent.futures.ThreadPoolExecutor) -> None:
-        self.path = path
+    def __init__(self, source: Path | PgShard, pool: concurrent.futures.ThreadPoolExecutor) -> None:
+        self.source = source
         self._pool = pool
-        self._con: sqlite3.Connection | None = None
+        self._reader: _Reader | None = None
         self._closed = False
+        self._scope: tuple[object, ...] = ()
+        self._sql = _SQLITE
+        if isinstance(source, PgShard):
+            self._sql, self._scope = _PG, (source.origin,)
 
     @classmethod
-    async def open(cls, path: Path) -> LogInsights:
-        """Open ``path`` read-only. Raises ``AuditUnavailable`` when it is not an audit log."""
+    async def open(cls, source: Path | PgShard) -> LogInsights:
+        """Open the SQLite file ``source``, or the PostgreSQL shard, read-only. Raises
+        ``AuditUnavailable`` when it is not an audit log or cannot be reached."""
         pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="audit-insights")
-        insights = cls(Path(path), pool)
+        insights = cls(source if isinstance(source, PgShard) else Path(source), pool)
         try:
             await insights._run(insights._connect)
         except BaseException:
@@ -221,16 +396,8 @@ class LogInsights:
         return insights
 
     def _connect(self) -> None:
-        if not self.path.exists():
-            raise AuditUnavailable(f"no audit log database at {self.path}")
-        uri = f"{self.path.resolve().as_uri()}?mode=ro"
-        try:
-            con = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10.0)
-            con.execute("PRAGMA busy_timeout = 10000")
-            con.execute("SELECT 1 FROM leaves LIMIT 1").fetchall()
-        except sqlite3.Error as exc:
-            raise AuditUnavailable(f"cannot read the audit log {self.path}: {exc}") from exc
-        self._con = con
+        source = self.source
+        self._reader = _PgReader(source) if isinstance(source, PgShard) else _SqliteReader(source)
 
     async def _run(self, fn: Callable[[], T]) -> T:
         if self._closed:
@@ -238,21 +405,25 @@ class LogInsights:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
 
     async def _rows(self, what: str, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """The rows of ``sql``; on PostgreSQL the shard's origin goes before ``params``."""
+
         def run() -> list[tuple[Any, ...]]:
-            if self._con is None:
+            if self._reader is None:
                 raise AuditUnavailable("the audit log insights are closed")
-            try:
-                return self._con.execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
-                raise AuditUnavailable(f"audit log {self.path}: cannot {what}: {exc}") from exc
+            return self._reader.fetch(what, sql, self._scope + params)
 
         return await self._run(run)
 
+    def _listed(self, values: Iterable[object]) -> object:
+        if self._reader is None:
+            raise AuditUnavailable("the audit log insights are closed")
+        return self._reader.listed(values)
+
     async def close(self) -> None:
         def shut() -> None:
-            if self._con is not None:
-                self._con.close()
-                self._con = None
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
 
         if self._closed:
             return
@@ -271,47 +442,39 @@ class LogInsights:
         ``before_index`` when given, at most ``query.limit``; ``leg`` (1, 2, 3) keeps one kind."""
         if not 1 <= query.limit <= _MAX_ROWS + 1:
             raise InvalidArgument(f"limit must be 1 to {_MAX_ROWS + 1}, got {query.limit}")
-        where: list[str] = []
+        q = self._sql
+        where: list[str] = list(q.where)
         params: list[object] = []
         if before_index is not None:
-            where.append("idx < ?")
+            where.append(f"idx < {q.p}")
             params.append(before_index)
         if leg:
-            where.append("leg = ?")
+            where.append(f"leg = {q.p}")
             params.append(leg)
-        add_filters(query, _SEARCH, where, params)
+        add_filters(query, q.search, where, params, scope=self._scope)
         params.append(query.limit)
         sql = (
             f"SELECT {_ROW} FROM leaves"  # noqa: S608 - fixed fragments
-            f"{' WHERE ' + ' AND '.join(where) if where else ''} ORDER BY idx DESC LIMIT ?"
+            f"{' WHERE ' + ' AND '.join(where) if where else ''} ORDER BY idx DESC LIMIT {q.p}"
         )
         hits = await self._rows("search", sql, tuple(params))
         if not hits:
             return []
         found = group_subjects(
-            await self._rows(
-                "read subjects",
-                "SELECT idx, subject FROM subjects WHERE idx IN (SELECT value FROM json_each(?))"
-                " ORDER BY idx, subject",
-                (json.dumps([h[0] for h in hits]),),
-            )
+            await self._rows("read subjects", q.subjects, (self._listed([h[0] for h in hits]),))
         )
         return [indexed_row(h, tuple(found.get(h[0], ()))) for h in hits]
 
     async def checkpoint_before(self, size: int) -> tuple[int, str] | None:
         """The signed checkpoint stored just before size ``size`` (size and note), if any."""
-        rows = await self._rows(
-            "read checkpoints",
-            "SELECT size, note FROM checkpoints WHERE size < ? ORDER BY size DESC LIMIT 1",
-            (size,),
-        )
+        rows = await self._rows("read checkpoints", self._sql.checkpoint_before, (size,))
         return (int(rows[0][0]), str(rows[0][1])) if rows else None
 
     # -- charts --------------------------------------------------------------------------------
 
     async def per_day(self, window: TimeWindow, by: str) -> list[DayCount]:
         """Request legs per China-time day grouped ``by`` one of ``GROUPINGS``."""
-        sql = _PER_DAY_SQL.get(by)
+        sql = self._sql.per_day.get(by)
         if sql is None:
             raise InvalidArgument(f"group by one of {', '.join(GROUPINGS)}, not {by!r}")
         rows = await self._rows("count per day", sql, (window.since_us, window.until_us))
@@ -320,7 +483,9 @@ class LogInsights:
     async def refusals(self, window: TimeWindow) -> list[ReasonCount]:
         """Refusals by stable reason: the gateway's (request legs, the code before the colon of
         the rule) and the agencies' (response legs with status ``refused``)."""
-        rows = await self._rows("count refusals", _REFUSALS_SQL, (window.since_us, window.until_us))
+        rows = await self._rows(
+            "count refusals", self._sql.refusals, (window.since_us, window.until_us)
+        )
         return [ReasonCount(code or "UNKNOWN", n) for code, n in rows]
 
     # -- pattern flags -------------------------------------------------------------------------
@@ -329,8 +494,8 @@ class LogInsights:
         """Request legs of ``actions`` per officer per day."""
         rows = await self._rows(
             "count per officer",
-            _OFFICER_DAYS_SQL,
-            (window.since_us, window.until_us, _json(actions)),
+            self._sql.officer_days,
+            (window.since_us, window.until_us, self._listed(sorted(actions))),
         )
         return [_officer_day(r) for r in rows]
 
@@ -341,8 +506,15 @@ class LogInsights:
         time), per officer per day, latest day first."""
         rows = await self._rows(
             "count off-hours requests",
-            _OFF_HOURS_SQL,
-            (window.since_us, window.until_us, _json(actions), start_hour, end_hour, _MAX_ROWS),
+            self._sql.off_hours,
+            (
+                window.since_us,
+                window.until_us,
+                self._listed(sorted(actions)),
+                start_hour,
+                end_hour,
+                _MAX_ROWS,
+            ),
         )
         return [_officer_day(r) for r in rows]
 
@@ -350,7 +522,7 @@ class LogInsights:
         """Officer-days with at least ``minimum`` refusals (by the gateway or the agency)."""
         rows = await self._rows(
             "count refusals per officer",
-            _REFUSAL_DAYS_SQL,
+            self._sql.refusal_days,
             (window.since_us, window.until_us, minimum, _MAX_ROWS),
         )
         return [_officer_day(r) for r in rows]
@@ -367,12 +539,12 @@ class LogInsights:
         same case came within ``within_us``, per case and officer, latest first."""
         rows = await self._rows(
             "find queries without orders",
-            _WITHOUT_ORDER_SQL,
+            self._sql.without_order,
             (
                 window.since_us,
                 window.until_us,
-                _json(queries),
-                _json(orders),
+                self._listed(sorted(queries)),
+                self._listed(sorted(orders)),
                 within_us,
                 _MAX_ROWS,
             ),

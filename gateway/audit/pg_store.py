@@ -32,7 +32,14 @@ from gateway.audit.store import (
     ThreadedStore,
 )
 
-__all__ = ["DEFAULT_SCHEMA", "SCHEMA_VERSION", "PgDatabase", "list_origins", "open_pg_store"]
+__all__ = [
+    "DEFAULT_SCHEMA",
+    "SCHEMA_VERSION",
+    "PgDatabase",
+    "connect_reader",
+    "list_origins",
+    "open_pg_store",
+]
 
 DEFAULT_SCHEMA = "fedgate_audit"
 SCHEMA_VERSION = "1"
@@ -142,6 +149,24 @@ def _connect(dsn: str, schema: str) -> psycopg.Connection[Any]:
     try:
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
         conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def connect_reader(
+    dsn: str, *, origin: str, schema: str = DEFAULT_SCHEMA
+) -> psycopg.Connection[Any]:
+    """An autocommit connection to shard ``origin`` of ``schema`` whose every transaction is
+    READ ONLY (it creates nothing, not even the schema). Raises ``psycopg.Error``, and
+    ``AuditUnavailable`` when there is no such shard."""
+    conn = psycopg.connect(dsn, autocommit=True)
+    try:
+        conn.execute("SET default_transaction_read_only = on")
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        if conn.execute("SELECT 1 FROM shards WHERE origin = %s", (origin,)).fetchone() is None:
+            raise AuditUnavailable(f"no audit shard {origin!r} in schema {schema!r}")
     except BaseException:
         conn.close()
         raise

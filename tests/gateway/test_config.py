@@ -136,9 +136,9 @@ class TestAuditStoreConfig:
         with pytest.raises(ConfigError, match=message):
             GatewayConfig.load(write(tmp_path, f"{MINIMAL}[audit]\n{audit}\n"), env={})
 
-    def test_the_console_needs_sqlite(self, tmp_path: Path) -> None:
+    def test_the_console_reads_a_postgres_store_too(self, tmp_path: Path) -> None:
         text = MINIMAL + (
             "[audit]\nstore = 'postgres'\ndsn = 'host=db'\n[console]\nlisten = '127.0.0.1:8080'\n"
         )
-        with pytest.raises(ConfigError, match="the auditor console needs the SQLite store"):
-            GatewayConfig.load(write(tmp_path, text), env={})
+        config = GatewayConfig.load(write(tmp_path, text), env={})
+        assert (config.audit.store, config.console.listen) == ("postgres", "127.0.0.1:8080")
