@@ -27,7 +27,9 @@ RESULTS = Path(__file__).with_name("results.json")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="a short run (under two minutes)")
-    parser.add_argument("--only", nargs="*", default=None, help="run only these modules")
+    parser.add_argument(
+        "--only", nargs="*", choices=MODULES, default=None, help="run only these modules"
+    )
     args = parser.parse_args(argv)
     results: dict[str, dict[str, float | str]] = {}
     for name in MODULES:

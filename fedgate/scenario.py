@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from fedgate.client import Answer, FedgateClient
+from fedgate.client import FedgateClient
+from fedgate.commands._exit import ExitCode, answer_outcome, failure_outcome
 from fedgate.errors import FedgateError
 from fedgate.logs import mask
-from fedgate.render import Outcome, render_text
+from fedgate.render import render_text
 from fedgate.synth import FraudChain, World
 from fedgate.types import MemberId
 from fedgate.v1 import bank_pb2, carrier_pb2, common_pb2, request_pb2
@@ -70,28 +71,19 @@ def _pick_chain(world: World, state: Path) -> FraudChain:
     return world.chains[runs % len(world.chains)]
 
 
-def _show(
-    title: str, answer: Answer | None, error: FedgateError | None, client: FedgateClient
-) -> bool:
+async def _step(client: FedgateClient, title: str, request: request_pb2.Request) -> bool:
+    """Submit ``request`` and print the outcome as ``fedgate query``/``order`` would; True if
+    the verified answer is OK."""
     print(f"\n── {title}")
-    if answer is not None:
-        outcome = Outcome(kind="answered", exit_code=0, answer=answer)
-    else:
-        outcome = Outcome(kind="refused", exit_code=3, error=error)
+    try:
+        outcome = answer_outcome(await client.ask(request))
+    except (FedgateError, ValueError) as exc:
+        outcome = failure_outcome(exc, request.request_id)
     out, err = render_text(outcome, registry=client.registry)
     print(out, end="")
     if err:
         print(err, end="", file=sys.stderr)
-    return answer is not None and answer.response.status == request_pb2.RESPONSE_STATUS_OK
-
-
-async def _ask(
-    client: FedgateClient, request: request_pb2.Request
-) -> tuple[Answer | None, FedgateError | None]:
-    try:
-        return await client.ask(request), None
-    except FedgateError as exc:
-        return None, exc
+    return outcome.exit_code == ExitCode.OK
 
 
 async def run_scenario(
@@ -135,13 +127,8 @@ async def run_scenario(
             urgency=common_pb2.URGENCY_EMERGENCY,
             deadline=timedelta(minutes=30),
         )
-        answer, error = await _ask(client, request)
-        steps.append(
-            (
-                "stop-payment",
-                _show(f"1. Emergency stop-payment at {hop.to_bank}", answer, error, client),
-            )
-        )
+        title = f"1. Emergency stop-payment at {hop.to_bank}"
+        steps.append(("stop-payment", await _step(client, title, request)))
 
         notice = common_pb2.LegalDocument(
             kind=common_pb2.LEGAL_DOCUMENT_KIND_QUERY_NOTICE, number=f"查询〔{when}〕1号"
@@ -155,18 +142,8 @@ async def run_scenario(
             purpose="查明诈骗电话实名登记人 / who registered the number that called the victim",
             urgency=common_pb2.URGENCY_URGENT,
         )
-        answer, error = await _ask(client, request)
-        steps.append(
-            (
-                "subscriber",
-                _show(
-                    f"2. Registered owner of the calling number at {caller.carrier_id}",
-                    answer,
-                    error,
-                    client,
-                ),
-            )
-        )
+        title = f"2. Registered owner of the calling number at {caller.carrier_id}"
+        steps.append(("subscriber", await _step(client, title, request)))
 
         request = client.new_request(
             action=carrier_pb2.NumberSuspendOrder(
@@ -182,18 +159,8 @@ async def run_scenario(
             purpose="停机涉诈号码 / suspend the fraud number",
             urgency=common_pb2.URGENCY_URGENT,
         )
-        answer, error = await _ask(client, request)
-        steps.append(
-            (
-                "suspend",
-                _show(
-                    f"3. Suspension of the calling number at {caller.carrier_id}",
-                    answer,
-                    error,
-                    client,
-                ),
-            )
-        )
+        title = f"3. Suspension of the calling number at {caller.carrier_id}"
+        steps.append(("suspend", await _step(client, title, request)))
 
     print("\n── 4. fedgate audit verify: every entry, signature, checkpoint and proof")
     command = [
@@ -210,10 +177,11 @@ async def run_scenario(
     print("  $ fedgate audit verify --db", audit_db, "--federation", federation_dir)
     verifier = await asyncio.create_subprocess_exec(*command)
     steps.append(("audit verify", await verifier.wait() == 0))
+    result = ScenarioResult(steps=tuple(steps))
     print(
         "\n══ Scenario",
-        "succeeded" if all(p for _, p in steps) else "FAILED",
+        "succeeded" if result.ok else "FAILED",
         "·",
         ", ".join(f"{name} {'✓' if passed else '✗'}" for name, passed in steps),
     )
-    return ScenarioResult(steps=tuple(steps))
+    return result

@@ -56,9 +56,11 @@ __all__ = [
     "ProcessSpec",
     "console_port",
     "demo_password",
+    "demo_staff_id",
     "prepare_state",
     "start",
     "stop",
+    "stop_pids",
     "wait_healthy",
 ]
 
@@ -124,7 +126,8 @@ def demo_password(state: Path) -> str:
     return path.read_text(encoding="utf-8").strip()
 
 
-def _staff_id(member: MemberId) -> str:
+def demo_staff_id(member: MemberId) -> str:
+    """The demo staff account of an agency's console (``bank.icbc`` -> ``icbc.zhang``)."""
     return f"{member.split('.', 1)[1]}.zhang"
 
 
@@ -196,7 +199,7 @@ def _write_node_config(state: Path, member: Member, world: World) -> Path:
                 f'member = "{member.id}"',
                 'federation = "../../federation"',
                 'state = "."',
-                f'staff = ["{_staff_id(member.id)}"]',
+                f'staff = ["{demo_staff_id(member.id)}"]',
                 "",
                 "[backend]",
                 'kind = "reference"',
@@ -212,9 +215,9 @@ def _write_node_config(state: Path, member: Member, world: World) -> Path:
     )
     users = UserStore.in_state_dir(directory)
     try:
-        if users.get(_staff_id(member.id)) is None:
+        if users.get(demo_staff_id(member.id)) is None:
             users.add_user(
-                _staff_id(member.id),
+                demo_staff_id(member.id),
                 member_id=member.id,
                 display_name="张三 (demo)",
                 role=Role.STAFF,

@@ -76,6 +76,8 @@ __all__ = [
     "ExitCode",
     "PoliceParser",
     "SentStore",
+    "account_of",
+    "account_option",
     "add_connection_options",
     "answer_outcome",
     "emit",
@@ -89,6 +91,8 @@ __all__ = [
     "parse_duration",
     "parse_request_id",
     "parse_time",
+    "phone_of",
+    "phone_option",
     "register_group",
     "sent_store",
     "timestamp",
@@ -142,6 +146,26 @@ class ActionCommand:
     subject: Callable[[argparse.Namespace], str | None] | None = None
     urgency: str = "routine"
     doc_kind: str = "query_notice"
+
+
+def account_option(group: argparse._ActionsContainer) -> None:
+    """``--account``, the subject of most bank actions."""
+    group.add_argument("--account", required=True, help="card or account number 账号")
+
+
+def phone_option(group: argparse._ActionsContainer) -> None:
+    """``--phone``, the subject of most carrier actions."""
+    group.add_argument("--phone", required=True, help="11-digit mobile number 号码")
+
+
+def account_of(args: argparse.Namespace) -> str | None:
+    """The ``subject`` of an action with :func:`account_option`."""
+    return str(args.account)
+
+
+def phone_of(args: argparse.Namespace) -> str | None:
+    """The ``subject`` of an action with :func:`phone_option`."""
+    return str(args.phone)
 
 
 def add_connection_options(parser: argparse.ArgumentParser, *, timeout: float | None) -> None:

@@ -16,7 +16,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,6 +40,7 @@ from fedgate.evidence import build_bundle, log_verifiers, verify_bundle, witness
 from fedgate.merkle import MerkleTree
 from fedgate.note import NoteVerifier, parse_note
 from fedgate.registry import Registry
+from fedgate.render import CST
 from fedgate.tlogproof import TlogProof
 from fedgate.v1 import envelope_pb2, request_pb2
 from fedgate.web.auth import Role
@@ -47,8 +48,6 @@ from gateway.audit.store import IndexedRow, SearchQuery
 
 __all__ = ["register"]
 
-CST = timezone(timedelta(hours=8), "CST")
-"""Times typed without an offset are China Standard Time."""
 PROGRESS_CHUNK = 20_000
 _LEGS = {EntryKind.REQUEST: "request", EntryKind.RESPONSE: "response", EntryKind.EVENT: "event"}
 

@@ -18,9 +18,13 @@ import argparse
 
 from fedgate.commands._police import (
     ActionCommand,
+    account_of,
+    account_option,
     money,
     parse_amount,
     parse_time,
+    phone_of,
+    phone_option,
     register_group,
     timestamp,
 )
@@ -35,28 +39,16 @@ _METHODS = {
 }
 
 
-def _account(group: argparse._ActionsContainer) -> None:
-    group.add_argument("--account", required=True, help="card or account number 账号")
-
-
 def _account_reason(group: argparse._ActionsContainer) -> None:
-    _account(group)
+    account_option(group)
     group.add_argument("--reason", default="", help="why")
 
 
 def _phone_reason(group: argparse._ActionsContainer) -> None:
-    group.add_argument("--phone", required=True, help="11-digit mobile number 号码")
+    phone_option(group)
     group.add_argument(
         "--reason", required=True, help="why (told to the subscriber, who may appeal)"
     )
-
-
-def _account_of(args: argparse.Namespace) -> str | None:
-    return str(args.account)
-
-
-def _phone_of(args: argparse.Namespace) -> str | None:
-    return str(args.phone)
 
 
 # ----------------------------------------------------------------------------- stop-payment
@@ -137,12 +129,12 @@ def _freeze(args: argparse.Namespace) -> bank_pb2.FreezeOrder:
 
 
 def _freeze_renew_args(group: argparse._ActionsContainer) -> None:
-    _account(group)
+    account_option(group)
     group.add_argument("--end", type=parse_time, required=True, metavar="TIME", help="new end")
 
 
 def _monitor_start_args(group: argparse._ActionsContainer) -> None:
-    _account(group)
+    account_option(group)
     group.add_argument("--until", type=parse_time, required=True, metavar="TIME", help="e.g. +30d")
 
 
@@ -165,7 +157,7 @@ COMMANDS: tuple[ActionCommand, ...] = (
         "emergency stop-payment on a receiving account 紧急止付",
         _stop_payment_args,
         _stop_payment,
-        _account_of,
+        account_of,
         urgency="emergency",
         doc_kind="stop_payment_notice",
     ),
@@ -175,7 +167,7 @@ COMMANDS: tuple[ActionCommand, ...] = (
         "release a stop-payment 解除止付",
         _account_reason,
         lambda a: bank_pb2.StopPaymentReleaseOrder(account_number=a.account, reason=a.reason),
-        _account_of,
+        account_of,
         doc_kind="release_notice",
     ),
     ActionCommand(
@@ -184,7 +176,7 @@ COMMANDS: tuple[ActionCommand, ...] = (
         "extend a stop-payment by 48 hours 延长止付",
         _account_reason,
         lambda a: bank_pb2.StopPaymentExtendOrder(account_number=a.account, reason=a.reason),
-        _account_of,
+        account_of,
         urgency="urgent",
         doc_kind="stop_payment_notice",
     ),
@@ -194,7 +186,7 @@ COMMANDS: tuple[ActionCommand, ...] = (
         "freeze funds (needs the case-filing decision) 冻结",
         _freeze_args,
         _freeze,
-        _account_of,
+        account_of,
         urgency="urgent",
         doc_kind="case_filing",
     ),
@@ -204,7 +196,7 @@ COMMANDS: tuple[ActionCommand, ...] = (
         "release a freeze 解除冻结",
         _account_reason,
         lambda a: bank_pb2.FreezeReleaseOrder(account_number=a.account, reason=a.reason),
-        _account_of,
+        account_of,
         doc_kind="release_notice",
     ),
     ActionCommand(
@@ -213,7 +205,7 @@ COMMANDS: tuple[ActionCommand, ...] = (
         "renew a freeze before it lapses 续冻",
         _freeze_renew_args,
         lambda a: bank_pb2.FreezeRenewOrder(account_number=a.account, end=timestamp(a.end)),
-        _account_of,
+        account_of,
         doc_kind="case_filing",
     ),
     ActionCommand(
@@ -222,15 +214,15 @@ COMMANDS: tuple[ActionCommand, ...] = (
         "push an account's new transactions to police 动态查询",
         _monitor_start_args,
         lambda a: bank_pb2.MonitorStartOrder(account_number=a.account, until=timestamp(a.until)),
-        _account_of,
+        account_of,
     ),
     ActionCommand(
         "monitor-stop",
         "monitor_stop",
         "stop live monitoring of an account",
-        _account,
+        account_option,
         lambda a: bank_pb2.MonitorStopOrder(account_number=a.account),
-        _account_of,
+        account_of,
     ),
     ActionCommand(
         "number-suspend",
@@ -238,7 +230,7 @@ COMMANDS: tuple[ActionCommand, ...] = (
         "suspend a number used in fraud 停机",
         _phone_reason,
         lambda a: carrier_pb2.NumberSuspendOrder(phone_number=a.phone, reason=a.reason),
-        _phone_of,
+        phone_of,
         urgency="urgent",
         doc_kind="countermeasure_order",
     ),
@@ -248,7 +240,7 @@ COMMANDS: tuple[ActionCommand, ...] = (
         "block a number (calls and SMS) 封停",
         _phone_reason,
         lambda a: carrier_pb2.NumberBlockOrder(phone_number=a.phone, reason=a.reason),
-        _phone_of,
+        phone_of,
         urgency="urgent",
         doc_kind="countermeasure_order",
     ),
@@ -258,7 +250,7 @@ COMMANDS: tuple[ActionCommand, ...] = (
         "restore a suspended or blocked number 复机",
         _phone_reason,
         lambda a: carrier_pb2.NumberRestoreOrder(phone_number=a.phone, reason=a.reason),
-        _phone_of,
+        phone_of,
         doc_kind="release_notice",
     ),
     ActionCommand(

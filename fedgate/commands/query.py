@@ -15,18 +15,19 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime
 
-from fedgate.commands._police import ActionCommand, parse_time, register_group, timestamp
+from fedgate.commands._police import (
+    ActionCommand,
+    account_of,
+    account_option,
+    parse_time,
+    phone_of,
+    phone_option,
+    register_group,
+    timestamp,
+)
 from fedgate.v1 import bank_pb2, carrier_pb2, common_pb2
 
 __all__ = ["COMMANDS", "register"]
-
-
-def _account(group: argparse._ActionsContainer) -> None:
-    group.add_argument("--account", required=True, help="card or account number 账号")
-
-
-def _phone(group: argparse._ActionsContainer) -> None:
-    group.add_argument("--phone", required=True, help="11-digit mobile number 号码")
 
 
 def _id_number(group: argparse._ActionsContainer) -> None:
@@ -56,19 +57,11 @@ def _page(args: argparse.Namespace) -> common_pb2.PageRequest | None:
     return common_pb2.PageRequest(page_size=args.page_size or 0, page_token=args.page_token or "")
 
 
-def _account_of(args: argparse.Namespace) -> str | None:
-    return str(args.account)
-
-
-def _phone_of(args: argparse.Namespace) -> str | None:
-    return str(args.phone)
-
-
 # ----------------------------------------------------------------------------- bank
 
 
 def _account_window_args(group: argparse._ActionsContainer) -> None:
-    _account(group)
+    account_option(group)
     _window_options(group)
 
 
@@ -97,7 +90,7 @@ def _aggregate_args(group: argparse._ActionsContainer) -> None:
 
 
 def _call_records_args(group: argparse._ActionsContainer) -> None:
-    _phone(group)
+    phone_option(group)
     _window_options(group)
     group.add_argument("--sms", action="store_true", help="include SMS records")
     _page_options(group)
@@ -113,7 +106,7 @@ def _call_records(args: argparse.Namespace) -> carrier_pb2.CallRecordsQuery:
 
 
 def _location_args(group: argparse._ActionsContainer) -> None:
-    _phone(group)
+    phone_option(group)
     group.add_argument("--at", type=parse_time, default="now", metavar="TIME", help="(now)")
 
 
@@ -122,9 +115,9 @@ COMMANDS: tuple[ActionCommand, ...] = (
         "account-holder",
         "account_holder",
         "who holds an account 主体查询",
-        _account,
+        account_option,
         lambda a: bank_pb2.AccountHolderQuery(account_number=a.account),
-        _account_of,
+        account_of,
     ),
     ActionCommand(
         "transactions",
@@ -132,7 +125,7 @@ COMMANDS: tuple[ActionCommand, ...] = (
         "an account's transactions in a window 交易明细查询",
         _transactions_args,
         _transactions,
-        _account_of,
+        account_of,
     ),
     ActionCommand(
         "accounts-by-id",
@@ -147,7 +140,7 @@ COMMANDS: tuple[ActionCommand, ...] = (
         "an account's device, IP and login records",
         _account_window_args,
         lambda a: bank_pb2.LoginRecordsQuery(account_number=a.account, window=_window(a)),
-        _account_of,
+        account_of,
     ),
     ActionCommand(
         "aggregate-stats",
@@ -160,17 +153,17 @@ COMMANDS: tuple[ActionCommand, ...] = (
         "subscriber",
         "subscriber",
         "the registered owner of a number 机主查询",
-        _phone,
+        phone_option,
         lambda a: carrier_pb2.SubscriberQuery(phone_number=a.phone),
-        _phone_of,
+        phone_of,
     ),
     ActionCommand(
         "number-status",
         "number_status",
         "a number's status",
-        _phone,
+        phone_option,
         lambda a: carrier_pb2.NumberStatusQuery(phone_number=a.phone),
-        _phone_of,
+        phone_of,
     ),
     ActionCommand(
         "sim-count",
@@ -185,7 +178,7 @@ COMMANDS: tuple[ActionCommand, ...] = (
         "call (and SMS) records in a window; needs a second officer 通话记录",
         _call_records_args,
         _call_records,
-        _phone_of,
+        phone_of,
         doc_kind="evidence_notice",
     ),
     ActionCommand(
@@ -194,7 +187,7 @@ COMMANDS: tuple[ActionCommand, ...] = (
         "the serving cell of a number at a time; needs a second officer 位置",
         _location_args,
         lambda a: carrier_pb2.LocationQuery(phone_number=a.phone, at=timestamp(a.at)),
-        _phone_of,
+        phone_of,
         doc_kind="evidence_notice",
     ),
 )

@@ -50,11 +50,7 @@ def _dir_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def _show(args: argparse.Namespace) -> int:
-    try:
-        registry = Registry.load_dir(args.dir)
-    except FedgateError as exc:
-        print(f"fedgate: error: {exc.message}", file=sys.stderr)
-        return 2
+    registry = Registry.load_dir(args.dir)  # a FedgateError is printed by ``cli.main``, exit 2
     if args.json:
         print(json.dumps(json.loads(registry.to_payload()), indent=2, ensure_ascii=False))
         return 0

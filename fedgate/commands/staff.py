@@ -306,10 +306,6 @@ def _page(token: str) -> common_pb2.PageRequest:
     return common_pb2.PageRequest(page_size=500, page_token=token)
 
 
-def _state_name(state: int) -> str:
-    return ticket_pb2.TicketState.Name(state).removeprefix("TICKET_STATE_").lower()  # type: ignore[arg-type]
-
-
 def _when(item: staff_service_pb2.QueueItem, field: str) -> str:
     if not item.HasField(field):  # type: ignore[arg-type]
         return ""
@@ -327,7 +323,7 @@ def _item_row(item: staff_service_pb2.QueueItem) -> tuple[str, ...]:
         item.case.case_number,
         urgency or "",
         _when(item, "deadline"),
-        _state_name(item.state),
+        _enum_name(item, "state", "TICKET_STATE_"),
         item.claimed_by,
     )
 

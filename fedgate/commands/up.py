@@ -18,6 +18,7 @@ from fedgate.up import (
     DEMO_AUDITOR,
     Federation,
     demo_password,
+    demo_staff_id,
     prepare_state,
     start,
     stop,
@@ -77,7 +78,7 @@ def _print_table(federation: Federation) -> None:
     staff = [s for s in federation.processes if s.console and s.kind is not MemberKind.GATEWAY]
     if staff:
         example = staff[0]
-        user = f"{example.member.split('.', 1)[1]}.zhang"
+        user = demo_staff_id(example.member)
         print(
             f"\nStaff consoles: log in as <agency>.zhang (e.g. {user} at http://{example.console}/)"
             f" with the demo password {demo_password(federation.state)!r}"

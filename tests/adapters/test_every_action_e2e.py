@@ -253,6 +253,18 @@ class E2E:
                 found.append(entry)
         return found
 
+    async def number_order(
+        self,
+        request: request_pb2.Request,
+        number: str,
+        kind: carrier_pb2.NumberOrderKind.ValueType,
+        status: str,
+    ) -> carrier_pb2.NumberOrderResult:
+        """``ok`` for a carrier order, insisting on its subject, kind and resulting status."""
+        result = (await self.ok(request)).number_order
+        assert (result.subject, result.kind, result.status) == (number, kind, status)
+        return result
+
     # -- orders used by several tests ----------------------------------------------------------
 
     def stop_payment(self, hop: Hop, **changes: str) -> request_pb2.Request:
@@ -767,11 +779,8 @@ class TestCarrierOrders:
             target=carrier,
             urgency=common_pb2.URGENCY_URGENT,
         )
-        result = (await e2e.ok(suspend)).number_order
-        assert (result.subject, result.kind, result.status) == (
-            number.number,
-            carrier_pb2.NUMBER_ORDER_KIND_SUSPEND,
-            "suspended",
+        result = await e2e.number_order(
+            suspend, number.number, carrier_pb2.NUMBER_ORDER_KIND_SUSPEND, "suspended"
         )
         status = e2e.request(
             "number_status",
@@ -787,11 +796,8 @@ class TestCarrierOrders:
             carrier_pb2.NumberRestoreOrder(phone_number=number.number, reason="申诉核查属实"),
             target=carrier,
         )
-        restored = (await e2e.ok(restore)).number_order
-        assert (restored.subject, restored.kind, restored.status) == (
-            number.number,
-            carrier_pb2.NUMBER_ORDER_KIND_RESTORE,
-            "active",
+        await e2e.number_order(
+            restore, number.number, carrier_pb2.NUMBER_ORDER_KIND_RESTORE, "active"
         )
         truth = e2e.carrier(carrier).core.number_status(number.number)
         assert (truth.state.value, truth.order_ref) == ("active", restore.request_id)
@@ -803,12 +809,7 @@ class TestCarrierOrders:
             carrier_pb2.NumberBlockOrder(phone_number=number.number, reason="涉诈号码，予以封停"),
             target=number.carrier_id,
         )
-        result = (await e2e.ok(block)).number_order
-        assert (result.subject, result.kind, result.status) == (
-            number.number,
-            carrier_pb2.NUMBER_ORDER_KIND_BLOCK,
-            "blocked",
-        )
+        await e2e.number_order(block, number.number, carrier_pb2.NUMBER_ORDER_KIND_BLOCK, "blocked")
         truth = e2e.carrier(number.carrier_id).core.number_status(number.number)
         assert (truth.state.value, truth.order_ref) == ("blocked", block.request_id)
 
@@ -819,11 +820,8 @@ class TestCarrierOrders:
             carrier_pb2.SmsBlockOrder(sender=number.number, reason="发送仿冒银行的诈骗短信"),
             target=number.carrier_id,
         )
-        result = (await e2e.ok(block)).number_order
-        assert (result.subject, result.kind, result.status) == (
-            number.number,
-            carrier_pb2.NUMBER_ORDER_KIND_BLOCK,
-            "sms_blocked",
+        result = await e2e.number_order(
+            block, number.number, carrier_pb2.NUMBER_ORDER_KIND_BLOCK, "sms_blocked"
         )
         assert abs(when(result.effective_at) - datetime.now(UTC)) < timedelta(seconds=30)
 
