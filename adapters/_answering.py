@@ -43,7 +43,7 @@ from fedgate.registry import Registry
 from fedgate.types import KeyId, MemberId, RequestId
 from fedgate.v1 import agency_service_pb2, envelope_pb2, request_pb2
 
-__all__ = ["AgencyBackend", "AnsweringNode"]
+__all__ = ["AgencyBackend", "AnsweringNode", "ask_backend"]
 
 _T = TypeVar("_T")
 
@@ -58,6 +58,18 @@ class AgencyBackend(Protocol):
     def actions(self) -> frozenset[str]: ...
 
     def answer(self, request: request_pb2.Request, *, now: datetime) -> request_pb2.Response: ...
+
+
+def ask_backend(
+    backend: AgencyBackend, request: request_pb2.Request, *, now: datetime
+) -> request_pb2.Response:
+    """``backend``'s answer, its refusals (``NotFound``, ``RuleViolated``, ``InvalidArgument``)
+    turned into the unsigned ``Response`` that says so; anything else propagates."""
+    try:
+        return backend.answer(request, now=now)
+    except (NotFound, RuleViolated, InvalidArgument) as exc:
+        status, detail = outcome_of_error(exc)
+        return request_pb2.Response(status=status, detail=detail)
 
 
 class AnsweringNode:
@@ -176,11 +188,7 @@ class AnsweringNode:
                 status=request_pb2.RESPONSE_STATUS_INVALID,
                 detail=f"{self.member_id} does not serve the action {action}",
             )
-        try:
-            return self.backend.answer(request, now=self.now())
-        except (NotFound, RuleViolated, InvalidArgument) as exc:
-            status, detail = outcome_of_error(exc)
-            return request_pb2.Response(status=status, detail=detail)
+        return ask_backend(self.backend, request, now=self.now())
 
     def _deadline(self, request: request_pb2.Request, received: datetime) -> datetime:
         if request.HasField("answer_deadline"):

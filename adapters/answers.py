@@ -16,10 +16,13 @@ from fedgate.errors import FedgateError, FieldViolation, InvalidArgument, NotFou
 from fedgate.v1 import request_pb2
 
 __all__ = [
+    "MAX_REASON",
     "STAFF_STATUSES",
     "bind_response",
     "check_result",
+    "check_staff_status",
     "outcome_of_error",
+    "refusal",
     "sign_response",
 ]
 
@@ -33,6 +36,9 @@ STAFF_STATUSES = frozenset(
     }
 )
 """The statuses a staff member may answer with (PENDING and EXPIRED are the node's)."""
+
+MAX_REASON = 500
+"""The longest reason a staff member may give when rejecting a request."""
 
 _MAX_DETAIL = 2000
 
@@ -84,6 +90,25 @@ def check_result(action: str, response: request_pb2.Response) -> None:
         raise InvalidArgument.for_fields(
             [FieldViolation("answer.detail", f"say why, in 1 to {_MAX_DETAIL} characters")]
         )
+
+
+def check_staff_status(answer: request_pb2.Response) -> None:
+    """Refuse a staff answer whose status is not one of ``STAFF_STATUSES`` (``InvalidArgument``)."""
+    if answer.status not in STAFF_STATUSES:
+        raise InvalidArgument.for_fields(
+            [FieldViolation("answer.status", "answer OK, REFUSED, NOT_FOUND or INVALID")]
+        )
+
+
+def refusal(reason: str) -> request_pb2.Response:
+    """A staff member's REFUSED answer saying why; ``InvalidArgument`` (field ``reason``) unless
+    the stripped reason has 1 to ``MAX_REASON`` characters."""
+    reason = reason.strip()
+    if not 1 <= len(reason) <= MAX_REASON:
+        raise InvalidArgument.for_fields(
+            [FieldViolation("reason", f"say why, in 1 to {MAX_REASON} characters")]
+        )
+    return request_pb2.Response(status=request_pb2.RESPONSE_STATUS_REFUSED, detail=reason)
 
 
 def outcome_of_error(error: FedgateError) -> tuple[request_pb2.ResponseStatus.ValueType, str]:

@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
+from adapters.answers import MAX_REASON
 from fedgate.actions import RESULT_FIELD
 from fedgate.errors import FieldViolation, InvalidArgument, RuleViolated
 from fedgate.types import MemberId, RequestId
@@ -58,7 +59,6 @@ EXPIRING = timedelta(minutes=15)
 
 WAITING = ticket_pb2.TICKET_STATE_WAITING
 CLAIMED = ticket_pb2.TICKET_STATE_CLAIMED
-_MAX_REASON = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,7 +423,7 @@ class StaffConsole:
         try:
             if outcome == "not_found":
                 detail = page.field("detail")
-                if not 1 <= len(detail) <= _MAX_REASON:
+                if not 1 <= len(detail) <= MAX_REASON:
                     raise InvalidArgument.for_fields(
                         [FieldViolation("detail", page.t("item.not_found_hint"))]
                     )
@@ -452,7 +452,7 @@ class StaffConsole:
     async def _reject(self, request: Request, page: Page) -> Response:
         rid = request.path_params["rid"]
         reason = page.field("reason")
-        if not 1 <= len(reason) <= _MAX_REASON:
+        if not 1 <= len(reason) <= MAX_REASON:
             problem = page.t("item.reject_reason")
             return await self._item_page(
                 request,

@@ -25,21 +25,16 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from adapters.answers import STAFF_STATUSES, bind_response, check_result, outcome_of_error
+from adapters._answering import ask_backend
+from adapters.answers import check_staff_status, refusal
 from adapters.console import Preview, QueueCase, StaffConsole
 from adapters.node import AgencyBackend, AgencyNode
 from adapters.queue import ANSWERED, OPEN_STATES, Entry
-from adapters.staff import QueueHost
+from adapters.staff import QueueHost, answer_claimed
 from fedgate.actions import IDEMPOTENT_READS, ORDER_ACTIONS
 from fedgate.audit_entry import EventEntry
 from fedgate.envelope import decode_request, decode_response
-from fedgate.errors import (
-    FieldViolation,
-    InvalidArgument,
-    NotFound,
-    PermissionRefused,
-    RuleViolated,
-)
+from fedgate.errors import InvalidArgument, NotFound, PermissionRefused, RuleViolated
 from fedgate.types import MemberId
 from fedgate.v1 import bank_pb2, carrier_pb2, request_pb2
 from fedgate.web.app import AuditHook, log_audit_hook
@@ -58,7 +53,6 @@ log = logging.getLogger("fedgate.adapters.console")
 
 _MAX_OPEN = 2000
 _HISTORY_SCAN = 5000
-_MAX_REASON = 500
 
 
 class ConsoleHost(QueueHost, Protocol):
@@ -175,11 +169,7 @@ class NodeStaffQueue:
         host = self._host
 
         def run() -> request_pb2.Response:
-            try:
-                return host.backend.answer(request, now=host.now())
-            except (NotFound, RuleViolated, InvalidArgument) as exc:
-                status, detail = outcome_of_error(exc)
-                return request_pb2.Response(status=status, detail=detail)
+            return ask_backend(host.backend, request, now=host.now())
 
         return await host.run_blocking(run)
 
@@ -190,31 +180,19 @@ class NodeStaffQueue:
             request = decode_request(entry.request_envelope.body)
             if entry.action not in host.backend.actions:
                 raise InvalidArgument(f"{self.member_id}'s system does not serve {entry.action}")
-            try:
-                return host.backend.answer(request, now=host.now())
-            except (NotFound, RuleViolated, InvalidArgument) as exc:
-                status, detail = outcome_of_error(exc)
-                return request_pb2.Response(status=status, detail=detail)
+            return ask_backend(host.backend, request, now=host.now())
 
         return await self._answer(request_id, staff_id, decide)
 
     async def answer(
         self, request_id: str, staff_id: str, answer: request_pb2.Response
     ) -> QueueCase:
-        if answer.status not in STAFF_STATUSES:
-            raise InvalidArgument.for_fields(
-                [FieldViolation("answer.status", "answer OK, REFUSED, NOT_FOUND or INVALID")]
-            )
+        check_staff_status(answer)
         return await self._answer(request_id, staff_id, lambda _: answer)
 
     async def reject(self, request_id: str, staff_id: str, reason: str) -> QueueCase:
-        reason = reason.strip()
-        if not 1 <= len(reason) <= _MAX_REASON:
-            raise InvalidArgument.for_fields(
-                [FieldViolation("reason", f"say why, in 1 to {_MAX_REASON} characters")]
-            )
-        refusal = request_pb2.Response(status=request_pb2.RESPONSE_STATUS_REFUSED, detail=reason)
-        return await self._answer(request_id, staff_id, lambda _: refusal)
+        refused = refusal(reason)
+        return await self._answer(request_id, staff_id, lambda _: refused)
 
     async def _answer(
         self,
@@ -223,27 +201,8 @@ class NodeStaffQueue:
         decide: Callable[[Entry], request_pb2.Response],
     ) -> QueueCase:
         self._staff(staff_id)
-        host = self._host
-        await host.expire_due()
-
-        def sign(entry: Entry) -> bytes:
-            answer = decide(entry)
-            check_result(entry.action, answer)
-            assert entry.answered_at is not None
-            body = entry.request_envelope.body
-            bound = bind_response(
-                answer,
-                request_id=entry.request_id,
-                request_body=body,
-                responder=host.member_id,
-                answered_at=entry.answered_at,
-                answered_by=staff_id,
-            )
-            return host.sign(bound)
-
-        now = host.now()
-        entry = await host.run_blocking(lambda: host.store.answer(request_id, staff_id, sign, now))
-        return _case(entry)
+        await self._host.expire_due()
+        return _case(await answer_claimed(self._host, request_id, staff_id, decide))
 
     async def history(self, staff_id: str, *, limit: int = 200) -> Sequence[QueueCase]:
         host = self._host

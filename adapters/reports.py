@@ -15,14 +15,7 @@ import grpc
 from google.protobuf.message import Message
 
 from fedgate.client import GATEWAY_ID, FedgateClient, Submitted
-from fedgate.errors import (
-    AgencyFault,
-    AgencyUnavailable,
-    AuditUnavailable,
-    Expired,
-    FedgateError,
-    QuotaExceeded,
-)
+from fedgate.errors import AgencyUnavailable, FedgateError, QuotaExceeded
 from fedgate.federation import MemberKind
 from fedgate.registry import Registry
 from fedgate.tls import MemberCredentials
@@ -39,12 +32,13 @@ _ROLE = {
 
 
 def is_transient(error: FedgateError) -> bool:
-    """Whether sending again later may succeed (the gateway or its log was unavailable)."""
-    if isinstance(error, AgencyUnavailable | AgencyFault | AuditUnavailable | Expired):
-        return True
-    if isinstance(error, QuotaExceeded):
-        return True
-    return error.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    """Whether sending again later may succeed: over quota, or the gateway or its log was
+    unavailable or too slow (``AgencyUnavailable``, ``AgencyFault``, ``AuditUnavailable`` and
+    ``Expired`` carry these codes)."""
+    return isinstance(error, QuotaExceeded) or error.code in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    )
 
 
 class ReportSender:

@@ -18,23 +18,16 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
-from adapters.answers import STAFF_STATUSES, bind_response, check_result
+from adapters.answers import bind_response, check_result, check_staff_status, refusal
 from adapters.queue import OPEN_STATES, Entry, RequestStore
-from fedgate.envelope import decode_request
-from fedgate.errors import (
-    AuthenticationError,
-    FedgateError,
-    FieldViolation,
-    InvalidArgument,
-    PermissionRefused,
-)
+from fedgate.errors import AuthenticationError, FedgateError, PermissionRefused
 from fedgate.registry import Registry
 from fedgate.status import abort_with
 from fedgate.tls import peer_member_id
 from fedgate.types import MemberId
 from fedgate.v1 import envelope_pb2, request_pb2, staff_service_pb2, staff_service_pb2_grpc
 
-__all__ = ["STAFF_METADATA", "QueueHost", "StaffServicer", "require_peer"]
+__all__ = ["STAFF_METADATA", "QueueHost", "StaffServicer", "answer_claimed", "require_peer"]
 
 STAFF_METADATA = "x-fedgate-staff"
 """The call metadata key that carries the staff member's id."""
@@ -79,6 +72,38 @@ def require_peer(context: Context, registry: Registry, expected: MemberId) -> No
     if member != expected:
         raise PermissionRefused(f"{member} may not call this service: only {expected} may")
     registry.check_certificate(member, cert_der)
+
+
+async def answer_claimed(
+    host: QueueHost,
+    request_id: str,
+    staff_id: str,
+    decide: Callable[[Entry], request_pb2.Response],
+) -> Entry:
+    """Answer a query ``staff_id`` holds: inside the store's answer transaction (after the claim
+    is checked) ``decide(entry)`` gives the answer, which is checked against the action, bound to
+    the request and signed with the agency key. The answered entry, its signed response set.
+
+    Raises what ``RequestStore.answer`` raises (``NotFound``, ``RuleViolated``), and
+    ``InvalidArgument`` for an answer that does not fit the action.
+    """
+
+    def sign(entry: Entry) -> bytes:
+        answer = decide(entry)
+        check_result(entry.action, answer)
+        assert entry.answered_at is not None
+        bound = bind_response(
+            answer,
+            request_id=entry.request_id,
+            request_body=entry.request_envelope.body,
+            responder=host.member_id,
+            answered_at=entry.answered_at,
+            answered_by=staff_id,
+        )
+        return host.sign(bound)
+
+    now = host.now()
+    return await host.run_blocking(lambda: host.store.answer(request_id, staff_id, sign, now))
 
 
 class StaffServicer(staff_service_pb2_grpc.StaffServiceServicer):
@@ -154,10 +179,7 @@ class StaffServicer(staff_service_pb2_grpc.StaffServiceServicer):
         self, request: staff_service_pb2.AnswerQueueItemRequest, context: Context
     ) -> staff_service_pb2.AnswerQueueItemResponse:
         async def work(staff_id: str) -> staff_service_pb2.AnswerQueueItemResponse:
-            if request.answer.status not in STAFF_STATUSES:
-                raise InvalidArgument.for_fields(
-                    [FieldViolation("answer.status", "answer OK, REFUSED, NOT_FOUND or INVALID")]
-                )
+            check_staff_status(request.answer)
             signed = await self._answer(request.request_id, staff_id, request.answer)
             return staff_service_pb2.AnswerQueueItemResponse(response=signed)
 
@@ -167,15 +189,7 @@ class StaffServicer(staff_service_pb2_grpc.StaffServiceServicer):
         self, request: staff_service_pb2.RejectQueueItemRequest, context: Context
     ) -> staff_service_pb2.RejectQueueItemResponse:
         async def work(staff_id: str) -> staff_service_pb2.RejectQueueItemResponse:
-            reason = request.reason.strip()
-            if not 1 <= len(reason) <= 500:
-                raise InvalidArgument.for_fields(
-                    [FieldViolation("reason", "say why, in 1 to 500 characters")]
-                )
-            refusal = request_pb2.Response(
-                status=request_pb2.RESPONSE_STATUS_REFUSED, detail=reason
-            )
-            signed = await self._answer(request.request_id, staff_id, refusal)
+            signed = await self._answer(request.request_id, staff_id, refusal(request.reason))
             return staff_service_pb2.RejectQueueItemResponse(response=signed)
 
         return await self._call(context, work)
@@ -183,23 +197,6 @@ class StaffServicer(staff_service_pb2_grpc.StaffServiceServicer):
     async def _answer(
         self, request_id: str, staff_id: str, answer: request_pb2.Response
     ) -> envelope_pb2.SignedEnvelope:
-        host = self._host
-
-        def sign(entry: Entry) -> bytes:
-            check_result(entry.action, answer)
-            assert entry.answered_at is not None
-            body = entry.request_envelope.body
-            bound = bind_response(
-                answer,
-                request_id=decode_request(body).request_id,
-                request_body=body,
-                responder=host.member_id,
-                answered_at=entry.answered_at,
-                answered_by=staff_id,
-            )
-            return host.sign(bound)
-
-        now = host.now()
-        entry = await host.run_blocking(lambda: host.store.answer(request_id, staff_id, sign, now))
+        entry = await answer_claimed(self._host, request_id, staff_id, lambda _: answer)
         assert entry.signed_response is not None
         return entry.signed_response

@@ -53,7 +53,7 @@ from fedgate.web.auth import Role, User, UserStore
 from fedgate.web.headers import SecurityHeadersMiddleware
 from fedgate.web.i18n import LANGUAGES, choose_language, field_label, translate
 from fedgate.web.session import Session, SessionCodec, load_secret_key
-from fedgate.web.text import format_time, mask_identifier
+from fedgate.web.text import format_time, mask_identifier, mask_text
 
 __all__ = [
     "LANG_COOKIE",
@@ -151,6 +151,7 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["when"] = format_time
     env.filters["mask"] = mask_identifier
+    env.filters["mask_text"] = mask_text
     return env
 
 

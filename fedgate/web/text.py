@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Final
 
-from fedgate.logs import mask
+from fedgate.logs import mask, mask_identifiers
 
-__all__ = ["BEIJING", "format_money", "format_time", "mask_identifier"]
+__all__ = ["BEIJING", "format_money", "format_time", "mask_identifier", "mask_text"]
 
 BEIJING: Final = timezone(timedelta(hours=8), "CST")
 """China Standard Time (UTC+8, no daylight saving): the time zone pages show."""
@@ -15,6 +15,9 @@ BEIJING: Final = timezone(timedelta(hours=8), "CST")
 
 mask_identifier = mask
 """Masks one identifier for display (``fedgate.logs.mask``)."""
+
+mask_text = mask_identifiers
+"""Masks every ID, card and mobile number inside free text (``fedgate.logs.mask_identifiers``)."""
 
 
 def format_time(at: datetime | None) -> str:

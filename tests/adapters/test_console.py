@@ -262,6 +262,29 @@ class TestItemPage:
         assert "操作未完成" in queue.text
         assert "icbc.zhang 已认领" in queue.text
 
+    async def test_free_text_is_masked_for_anyone_but_the_claimant(self, setup: Setup) -> None:
+        case = setup.queue.add("account_holder")
+        case.request.case.reason = "受害人 13812345678 被诱导转账"
+        case.request.purpose = "核查 6222021234567891234 的资金去向"
+        await setup.zhang.post(f"/items/{case.request_id}/claim")
+        colleague = await setup.li.get(f"/items/{case.request_id}")
+        assert "13812345678" not in colleague.text
+        assert "6222021234567891234" not in colleague.text
+        assert "138****5678" in colleague.text
+        claimant = await setup.zhang.get(f"/items/{case.request_id}")
+        assert "13812345678" in claimant.text
+
+    async def test_history_masks_numbers_in_answer_details(self, setup: Setup) -> None:
+        case = setup.queue.add("account_holder")
+        await setup.zhang.post(f"/items/{case.request_id}/claim")
+        await setup.zhang.get(f"/items/{case.request_id}")
+        await setup.zhang.post(
+            f"/items/{case.request_id}/reject", reason="账户 6222021234567891234 已销户"
+        )
+        page = await setup.zhang.get("/history")
+        assert "622****1234" in page.text
+        assert "6222021234567891234" not in page.text
+
     async def test_confirm_sends_the_backend_answer(self, setup: Setup) -> None:
         case = setup.queue.add("account_holder")
         await setup.zhang.post(f"/items/{case.request_id}/claim")
