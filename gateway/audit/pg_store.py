@@ -124,6 +124,11 @@ _SELECT_ROWS = (
     " WHERE origin = %s AND idx >= %s AND idx < %s ORDER BY idx"
 )
 _SELECT_HITS = f"SELECT idx, {_rows.COLUMNS}, request_leaf_index FROM leaves"  # noqa: S608 - constant
+# The subjects of a page of hits, in one query.
+_SELECT_HIT_SUBJECTS = (
+    "SELECT idx, subject FROM subjects WHERE origin = %s AND idx = ANY(%s)"
+    ' ORDER BY idx, subject COLLATE "C"'
+)
 # Found through ``leaves_time (origin, time_us)``: only the window's rows are read.
 _REQUEST_LEGS_SINCE = (
     "SELECT leaf FROM leaves WHERE origin = %s AND time_us >= %s AND leg = %s AND request_id <> ''"
@@ -409,20 +414,12 @@ class PgDatabase:
         try:
             conn = self._c()
             hits = conn.execute(statement.encode(), params).fetchall()
-            return [
-                _rows.indexed_row(
-                    r,
-                    tuple(
-                        str(s)
-                        for (s,) in conn.execute(
-                            "SELECT subject FROM subjects WHERE origin = %s AND idx = %s"
-                            ' ORDER BY subject COLLATE "C"',
-                            (self._origin, r[0]),
-                        )
-                    ),
-                )
-                for r in hits
-            ]
+            if not hits:
+                return []
+            found = _rows.group_subjects(
+                conn.execute(_SELECT_HIT_SUBJECTS, (self._origin, [r[0] for r in hits]))
+            )
+            return [_rows.indexed_row(r, tuple(found.get(r[0], ()))) for r in hits]
         except psycopg.Error as exc:
             raise self._error("search", exc) from exc
 

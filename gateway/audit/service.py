@@ -33,6 +33,7 @@ import grpc.aio
 from fedgate.audit_entry import EntryKind, micros_to_time
 from fedgate.errors import FedgateError, InvalidArgument, NotFound, PermissionRefused
 from fedgate.evidence import build_bundle
+from fedgate.logs import mask
 from fedgate.registry import Member, Registry
 from fedgate.status import abort_with
 from fedgate.tls import peer_member_id
@@ -42,7 +43,7 @@ from gateway.audit.log import AuditLog
 from gateway.audit.store import IndexedRow, SearchQuery
 from gateway.policy import PolicyDecider, PolicyRequest
 
-__all__ = ["MAX_PAGE_SIZE", "Access", "AuditServicer", "export_evidence", "mask_subject"]
+__all__ = ["MAX_PAGE_SIZE", "Access", "AuditServicer", "export_evidence"]
 
 MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 100
@@ -53,11 +54,6 @@ class Access(Enum):
     ALL = "all"
     OWN = "own"
     NONE = "none"
-
-
-def mask_subject(value: str) -> str:
-    """All but the last four characters replaced by ``*``."""
-    return "*" * max(0, len(value) - 4) + value[-4:]
 
 
 async def export_evidence(log: AuditLog, index: int) -> bytes:
@@ -153,9 +149,7 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
     ) -> audit_service_pb2.AuditEntrySummary:
         c = row.columns
         involved = member.id in (c[3], c[7])
-        subjects = (
-            list(c[10]) if involved or access is Access.OWN else [mask_subject(s) for s in c[10]]
-        )
+        subjects = list(c[10]) if involved or access is Access.OWN else [mask(s) for s in c[10]]
         summary = audit_service_pb2.AuditEntrySummary(
             leaf_index=row.index,
             leg=c[0],  # type: ignore[arg-type]  # EntryLeg numbers are EntryKind's

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import sqlite3
 import threading
@@ -94,6 +95,11 @@ _SELECT_ROWS = (
     " WHERE idx >= ? AND idx < ? ORDER BY idx"
 )
 _SELECT_HITS = f"SELECT idx, {_rows.COLUMNS}, request_leaf_index FROM leaves"  # noqa: S608 - constant
+# The subjects of a page of hits, in one query (the indices go in as one JSON parameter).
+_SELECT_HIT_SUBJECTS = (
+    "SELECT idx, subject FROM subjects WHERE idx IN (SELECT value FROM json_each(?))"
+    " ORDER BY idx, subject"
+)
 
 # Search filters: fixed SQL fragments chosen by which fields are set; values are parameters.
 _SEARCH = _rows.SearchSql(
@@ -386,18 +392,12 @@ class SqliteDatabase:
         try:
             con = self._con
             hits = con.execute(sql, params).fetchall()
-            return [
-                _rows.indexed_row(
-                    r,
-                    tuple(
-                        s
-                        for (s,) in con.execute(
-                            "SELECT subject FROM subjects WHERE idx = ? ORDER BY subject", (r[0],)
-                        )
-                    ),
-                )
-                for r in hits
-            ]
+            if not hits:
+                return []
+            found = _rows.group_subjects(
+                con.execute(_SELECT_HIT_SUBJECTS, (json.dumps([r[0] for r in hits]),))
+            )
+            return [_rows.indexed_row(r, tuple(found.get(r[0], ()))) for r in hits]
         except sqlite3.Error as exc:
             raise self._error("search", exc) from exc
 

@@ -15,6 +15,7 @@ import pytest_asyncio
 from fedgate.audit_entry import EventEntry
 from fedgate.checkpoint import open_checkpoint
 from fedgate.evidence import verify_bundle
+from fedgate.logs import mask
 from fedgate.merkle import leaf_hash, verify_consistency, verify_inclusion
 from fedgate.registry import Registry
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options, server_credentials
@@ -98,9 +99,7 @@ class TestVisibility:
         assert [e.leaf_index for e in response.entries] == list(range(7))
         first = response.entries[0]
         assert first.leg == audit_service_pb2.ENTRY_LEG_REQUEST
-        assert first.subjects[0].endswith(service.subjects[0][-4:])
-        assert first.subjects[0] != service.subjects[0]
-        assert "*" in first.subjects[0]
+        assert first.subjects[0] == mask(service.subjects[0]) != service.subjects[0]
 
     async def test_an_agency_sees_its_own_exchanges_in_the_clear(self, service: Service) -> None:
         stub = service.stub("bank.icbc")

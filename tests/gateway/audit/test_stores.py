@@ -58,6 +58,13 @@ class TestSearch:
         response = (await log.search(SearchQuery(after_index=0, limit=1)))[0]
         assert response.columns[11] == 0
         assert response.columns[10] == first.subjects
+        every = await log.search(SearchQuery())
+        assert [h.columns[10] for h in every] == [
+            first.subjects,
+            first.subjects,
+            second.subjects,
+            (),
+        ]
 
 
 class TestPostgres:
