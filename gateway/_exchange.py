@@ -34,6 +34,7 @@ class Exchange:
     envelope: envelope_pb2.SignedEnvelope | None = None
     request: request_pb2.Request | None = None
     action: str = ""
+    issued_at: datetime | None = None
     rule: str = ""
     request_entry: RequestLeg | None = None
     request_receipt: Receipt | None = None
@@ -61,6 +62,11 @@ class Exchange:
         """The decoded request; only after stage 2."""
         assert self.request is not None, "stage order: the request is decoded at stage 2"
         return self.request
+
+    def issued(self) -> datetime:
+        """The request's issued-at; only after stage 2."""
+        assert self.issued_at is not None, "stage order: issued_at is read at stage 2"
+        return self.issued_at
 
 
 @contextmanager

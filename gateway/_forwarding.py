@@ -100,24 +100,21 @@ class Forwarder:
                 )
                 if reply.WhichOneof("outcome") is None:
                     raise AgencyFault(f"{target} sent neither an answer nor a queue receipt")
+                if reply.HasField("queued"):
+                    deadline = _queued_deadline(target, reply.queued, pending.deadline)
         except AgencyUnavailable as error:
             raise await self._legs.no_answer(pending, "unavailable", error, x.stage) from None
         except AgencyFault as error:
             raise await self._legs.no_answer(pending, "node_fault", error, x.stage) from None
         if reply.HasField("queued"):
-            return await self._open_ticket(x, pending, reply.queued)
+            return await self._open_ticket(x, replace(pending, deadline=deadline))
         signed, _ = await self.finish(pending, reply.response, responder=target)
         return gateway_service_pb2.SubmitResponse(response=signed)
 
     async def _open_ticket(
-        self, x: Exchange, pending: PendingRequest, queued: agency_service_pb2.Queued
+        self, x: Exchange, pending: PendingRequest
     ) -> gateway_service_pb2.SubmitResponse:
-        deadline = (
-            queued.deadline.ToDatetime(tzinfo=UTC)
-            if queued.HasField("deadline")
-            else pending.deadline
-        )
-        pending = replace(pending, deadline=deadline, request_receipt=self._legs.request_receipt(x))
+        pending = replace(pending, request_receipt=self._legs.request_receipt(x))
         with stage(x, self._telemetry, "audit_response"):
             leg = ResponseLeg(
                 request_id=pending.request_id,
@@ -183,3 +180,16 @@ class Forwarder:
                 now=received_at,
             )
         return signed, status
+
+
+def _queued_deadline(
+    target: MemberId, queued: agency_service_pb2.Queued, default: datetime
+) -> datetime:
+    """The deadline a node queued a request with (``default`` if it gave none); raises
+    ``AgencyFault`` for one that is not a valid time."""
+    if not queued.HasField("deadline"):
+        return default
+    try:
+        return queued.deadline.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as exc:
+        raise AgencyFault(f"{target} queued the request with an invalid deadline") from exc

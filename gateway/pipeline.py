@@ -57,7 +57,7 @@ from fedgate.errors import (
     PeerMismatch,
     PolicyDenied,
 )
-from fedgate.registry import Member, Registry
+from fedgate.registry import Member, Registry, cert_fingerprint
 from fedgate.types import KeyId, MemberId
 from fedgate.v1 import envelope_pb2, gateway_service_pb2
 from gateway._audit_legs import AuditLegs
@@ -66,7 +66,7 @@ from gateway._forwarding import Forwarder
 from gateway._reports import Reports
 from gateway.alerts import AlertHub
 from gateway.audit.log import AuditLog
-from gateway.policy import PolicyDecider, PolicyRequest
+from gateway.policy import PolicyDecider, PolicyRequest, authorize
 from gateway.quotas import Quotas
 from gateway.replay import ReplayCache
 from gateway.routing import NodeRouter
@@ -146,9 +146,14 @@ class Pipeline:
     # -- the Submit path ------------------------------------------------------------------
 
     async def submit(
-        self, raw: bytes, *, peer: PeerSource, remaining_s: float | None
+        self,
+        raw: bytes | envelope_pb2.SignedEnvelope,
+        *,
+        peer: PeerSource,
+        remaining_s: float | None,
     ) -> gateway_service_pb2.SubmitResponse:
-        """Run one serialized ``SubmitRequest`` through the pipeline. Raises ``FedgateError``."""
+        """Run one serialized ``SubmitRequest`` (or an envelope of a batch from ``open_batch``)
+        through the pipeline. Raises ``FedgateError``."""
         x = Exchange(received_at=self._now())
         started = time.perf_counter()
         outcome = "ok"
@@ -173,7 +178,7 @@ class Pipeline:
     async def _run(
         self,
         x: Exchange,
-        raw: bytes,
+        raw: bytes | envelope_pb2.SignedEnvelope,
         peer: PeerSource,
         remaining_s: float | None,
         span: trace.Span,
@@ -218,6 +223,33 @@ class Pipeline:
             return await self._reports.deliver(x)
         return await self._forwarder.forward(x, remaining_s)
 
+    async def open_batch(
+        self, raw: bytes, *, peer: PeerSource, max_envelopes: int
+    ) -> list[envelope_pb2.SignedEnvelope]:
+        """Stages 1–2 for a serialized ``SubmitBatchRequest``: its envelopes, each to go through
+        ``submit``. A refusal (``AuthenticationError``, ``MemberRefused``, ``DecodeError``,
+        ``InvalidArgument`` for a count outside 1 to ``max_envelopes``) is logged as a request
+        leg first, as for ``submit``."""
+        x = Exchange(received_at=self._now())
+        try:
+            with stage(x, self._telemetry, "transport"):
+                x.member = self.authenticate(peer, x)
+            with stage(x, self._telemetry, "decode"):
+                try:
+                    batch = gateway_service_pb2.SubmitBatchRequest.FromString(raw)
+                except ProtobufDecodeError as exc:
+                    x.envelope_bytes = raw if len(raw) <= _KEEP_ENVELOPE_LIMIT else b""
+                    raise DecodeError(
+                        "the message is not a well-formed SubmitBatchRequest"
+                    ) from exc
+                if not 1 <= len(batch.envelopes) <= max_envelopes:
+                    raise InvalidArgument(
+                        f"a batch holds 1 to {max_envelopes} envelopes, got {len(batch.envelopes)}"
+                    )
+        except FedgateError as error:
+            raise await self._legs.refuse(x, error) from None
+        return list(batch.envelopes)
+
     def _metric_target(self, x: Exchange) -> str:
         target = x.request.target_agency if x.request is not None else ""
         return target if target and self.registry.find(target) is not None else "unknown"
@@ -229,31 +261,35 @@ class Pipeline:
         member_id, cert_der = peer()
         if x is not None:
             x.peer = member_id
-            x.cert_sha256 = hashlib.sha256(cert_der).hexdigest()
+            x.cert_sha256 = cert_fingerprint(cert_der)
         return self.registry.check_certificate(member_id, cert_der)
 
     # stage 2
-    def _decode(self, x: Exchange, raw: bytes) -> None:
-        try:
-            submit = gateway_service_pb2.SubmitRequest.FromString(raw)
-        except ProtobufDecodeError as exc:
-            # Keep what arrived (bounded) so the refusal can be examined.
-            x.envelope_bytes = raw if len(raw) <= _KEEP_ENVELOPE_LIMIT else b""
-            raise DecodeError("the message is not a well-formed SubmitRequest") from exc
-        if not submit.HasField("envelope"):
-            raise InvalidArgument.for_fields(
-                [FieldViolation("envelope", "required: the signed request")]
-            )
-        x.envelope = submit.envelope
-        size = len(submit.envelope.body)
+    def _decode(self, x: Exchange, raw: bytes | envelope_pb2.SignedEnvelope) -> None:
+        if isinstance(raw, envelope_pb2.SignedEnvelope):
+            envelope = raw  # from ``open_batch``: parsed once, with its batch
+        else:
+            try:
+                submit = gateway_service_pb2.SubmitRequest.FromString(raw)
+            except ProtobufDecodeError as exc:
+                # Keep what arrived (bounded) so the refusal can be examined.
+                x.envelope_bytes = raw if len(raw) <= _KEEP_ENVELOPE_LIMIT else b""
+                raise DecodeError("the message is not a well-formed SubmitRequest") from exc
+            if not submit.HasField("envelope"):
+                raise InvalidArgument.for_fields(
+                    [FieldViolation("envelope", "required: the signed request")]
+                )
+            envelope = submit.envelope
+        x.envelope = envelope
+        size = len(envelope.body)
         if size > MAX_BODY_BYTES:
-            digest = hashlib.sha256(submit.envelope.body).hexdigest()
+            digest = hashlib.sha256(envelope.body).hexdigest()
             raise DecodeError(
                 f"Request body is {size} bytes; the limit is {MAX_BODY_BYTES} "
                 f"(body sha256 {digest}, not kept in the log)"
             )
-        x.envelope_bytes = submit.envelope.SerializeToString()
-        x.request = decode_request(submit.envelope.body)
+        x.envelope_bytes = envelope.SerializeToString()
+        x.request = decode_request(envelope.body)
         action = x.request.WhichOneof("action")
         x.action = action or ""
         missing = [
@@ -268,13 +304,18 @@ class Pipeline:
         ]
         if missing:
             raise InvalidArgument.for_fields(missing)
+        try:
+            x.issued_at = x.request.issued_at.ToDatetime(tzinfo=UTC)
+        except (ValueError, OverflowError) as exc:  # out of range; stages 3 and 4 need a time
+            raise InvalidArgument.for_fields(
+                [FieldViolation("issued_at", "not a valid timestamp")]
+            ) from exc
 
     # stage 3
     def _verify_signature(self, x: Exchange) -> None:
         request, envelope = x.req(), x.envelope
         assert envelope is not None
-        issued_at = request.issued_at.ToDatetime(tzinfo=UTC)
-        owner, key = self.registry.signing_key(KeyId(envelope.key_id), at=issued_at)
+        owner, key = self.registry.signing_key(KeyId(envelope.key_id), at=x.issued())
         if owner.id != x.peer:
             raise PeerMismatch(
                 f"the request is signed with a key of {owner.id}, but the TLS peer is {x.peer}"
@@ -288,8 +329,7 @@ class Pipeline:
 
     # stage 4
     async def _check_freshness(self, x: Exchange) -> None:
-        request = x.req()
-        issued_at = request.issued_at.ToDatetime(tzinfo=UTC)
+        request, issued_at = x.req(), x.issued()
         self._replay.check_freshness(issued_at, now=x.received_at, skew=self._skew)
         # The cache fsyncs before it returns, off the event loop, one job per batch of requests.
         await self._replay.remember(request.request_id, request.nonce, issued_at, now=x.received_at)
@@ -302,7 +342,8 @@ class Pipeline:
         if role not in member.roles:
             raise PolicyDenied(f"role {role} is not granted to member {member.id} in the registry")
         target = self.registry.find(request.target_agency)
-        decision = self._decider.decide(
+        decision = authorize(
+            self._decider,
             PolicyRequest(
                 role=role,
                 member=member.id,
@@ -310,13 +351,8 @@ class Pipeline:
                 action=x.action,
                 target=MemberId(request.target_agency),
                 target_kind=target.kind.value if target is not None else "",
-            )
+            ),
         )
-        if not decision.allowed:
-            raise PolicyDenied(
-                f"{role} at {member.id} may not {x.action} at {request.target_agency}: "
-                f"{decision.explanation}"
-            )
         self.registry.member(request.target_agency)  # the target must be in good standing
         self._rules.check(request, action=x.action, now=x.received_at)
         x.rule = ", ".join(decision.rule) if decision.rule else decision.explanation

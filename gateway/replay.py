@@ -515,11 +515,11 @@ def _seen_request(leaf: bytes, origin: str) -> SeenRequest | None:
         return None  # stage 2 refused it: nothing was remembered
     if not request.request_id or not request.nonce or not request.HasField("issued_at"):
         return None  # stage 2 refused it
-    return SeenRequest(
-        request_id=request.request_id,
-        nonce=request.nonce,
-        issued_at=request.issued_at.ToDatetime(tzinfo=UTC),
-    )
+    try:
+        issued_at = request.issued_at.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        return None  # stage 2 refused it (not a valid timestamp): nothing was remembered
+    return SeenRequest(request_id=request.request_id, nonce=request.nonce, issued_at=issued_at)
 
 
 def _replayed(request_id: str, id_seen: bool, nonce_seen: bool) -> Replayed:

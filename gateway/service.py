@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError as ProtobufDecodeError
 from google.protobuf.message import Message
 
 from fedgate.envelope import decode_request
-from fedgate.errors import DecodeError, FedgateError, InvalidArgument
+from fedgate.errors import DecodeError, FedgateError
 from fedgate.status import abort_with, error_detail
 from fedgate.tls import peer_member_id
 from fedgate.types import MemberId
@@ -115,12 +115,9 @@ class GatewayServicer:
         self, raw: bytes, context: Context
     ) -> AsyncIterator[gateway_service_pb2.SubmitBatchResponse]:
         try:
-            self._pipeline.authenticate(_peer(context))
-            batch = _parse(gateway_service_pb2.SubmitBatchRequest, raw)
-            if not 1 <= len(batch.envelopes) <= MAX_BATCH:
-                raise InvalidArgument(
-                    f"a batch holds 1 to {MAX_BATCH} envelopes, got {len(batch.envelopes)}"
-                )
+            envelopes = await self._pipeline.open_batch(
+                raw, peer=_peer(context), max_envelopes=MAX_BATCH
+            )
         except FedgateError as error:
             await abort_with(context, error)
         results: asyncio.Queue[gateway_service_pb2.SubmitBatchResponse] = asyncio.Queue()
@@ -134,9 +131,8 @@ class GatewayServicer:
             except FedgateError:
                 pass  # the pipeline refuses it below, with the reason
             try:
-                raw_one = gateway_service_pb2.SubmitRequest(envelope=envelope).SerializeToString()
                 reply = await self._pipeline.submit(
-                    raw_one, peer=_peer(context), remaining_s=remaining
+                    envelope, peer=_peer(context), remaining_s=remaining
                 )
                 if reply.HasField("ticket"):
                     out.ticket.CopyFrom(reply.ticket)
@@ -146,7 +142,7 @@ class GatewayServicer:
                 out.error.CopyFrom(error_detail(error))
             await results.put(out)
 
-        tasks = [asyncio.create_task(one(e)) for e in batch.envelopes]
+        tasks = [asyncio.create_task(one(e)) for e in envelopes]
         try:
             for _ in tasks:
                 yield await results.get()

@@ -117,7 +117,8 @@ class StubNode:
 
     ``ok`` signed OK answer · ``bad_signature`` a flipped signature bit · ``other_hash`` bound
     to another request · ``queue`` queued for staff (answer with ``answer``/``expire``) ·
-    ``slow`` sleeps ``delay_s`` first · ``refuse`` fails the call with PERMISSION_DENIED.
+    ``slow`` sleeps ``delay_s`` first · ``refuse`` fails the call with PERMISSION_DENIED ·
+    ``bad_deadline`` queued with a deadline that is not a valid time.
     """
 
     def __init__(
@@ -248,6 +249,10 @@ class _StubServicer(agency_service_pb2_grpc.AgencyServiceServicer):
                 node.queued[decoded.request_id] = QueuedItem(request_body=body)
                 queued = agency_service_pb2.Queued(request_id=decoded.request_id)
                 queued.deadline.FromDatetime(datetime.now(UTC) + timedelta(hours=24))
+                return agency_service_pb2.HandleResponse(queued=queued)
+            if mode == "bad_deadline":
+                queued = agency_service_pb2.Queued(request_id=decoded.request_id)
+                queued.deadline.seconds = 2**62
                 return agency_service_pb2.HandleResponse(queued=queued)
             answer = node.sign_answer(body)
             if mode == "bad_signature":

@@ -157,6 +157,17 @@ class TestFreshness:
         entry = await assert_refused(harness, refusal, SC.FAILED_PRECONDITION, "STALE")
         assert ("future" if offset > timedelta(0) else "past") in entry.rule
 
+    @pytest.mark.parametrize(("seconds", "nanos"), [(2**62, 0), (-(2**40), 0), (10**9, -1)])
+    async def test_issued_at_that_is_not_a_timestamp(
+        self, harness: GatewayHarness, seconds: int, nanos: int
+    ) -> None:
+        request = harness.request()
+        request.issued_at.seconds, request.issued_at.nanos = seconds, nanos
+        refusal = await harness.refusal(resign(harness, request))
+        await assert_refused(harness, refusal, SC.INVALID_ARGUMENT, "INVALID_ARGUMENT")
+        assert isinstance(refusal.error, InvalidArgument)
+        assert [v.field for v in refusal.error.violations] == ["issued_at"]
+
 
 def _bad_card(r: request_pb2.Request) -> None:
     number = r.account_holder.account_number
@@ -328,7 +339,7 @@ class TestAgencyFaults:
         assert isinstance(entry, ResponseLeg)
         assert entry.status == "unavailable"
 
-    @pytest.mark.parametrize("mode", ["bad_signature", "other_hash", "refuse"])
+    @pytest.mark.parametrize("mode", ["bad_signature", "other_hash", "refuse", "bad_deadline"])
     async def test_node_answering_wrongly_is_a_node_fault(
         self, harness: GatewayHarness, mode: str
     ) -> None:

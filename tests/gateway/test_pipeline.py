@@ -141,6 +141,31 @@ class TestBatch:
         assert by_kind["error"].error.reason == "SIGNATURE_INVALID"
         assert by_kind["error"].error.code == grpc.StatusCode.UNAUTHENTICATED.value[0]
 
+    @pytest.mark.parametrize(
+        ("member", "count", "code", "reason"),
+        [
+            ("police.gd.afc", 0, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"),
+            ("police.gd.afc", 65, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"),
+            ("carrier.ctcc", 1, grpc.StatusCode.PERMISSION_DENIED, "MEMBER_REFUSED"),
+        ],
+    )
+    async def test_a_refused_batch_is_logged(
+        self, harness: GatewayHarness, member: str, count: int, code: grpc.StatusCode, reason: str
+    ) -> None:
+        envelope = harness.sign(harness.request())
+        before = harness.gateway.audit.size
+        async with channel_as(harness, member) as channel:
+            stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
+            batch = gateway_service_pb2.SubmitBatchRequest(envelopes=[envelope] * count)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                _ = [item async for item in stub.SubmitBatch(batch)]
+        assert info.value.code() == code
+        assert harness.gateway.audit.size == before + 1
+        entry = await harness.last_entry()
+        assert isinstance(entry, RequestLeg)
+        assert (entry.peer, entry.decision) == (member, "refused")
+        assert entry.rule.startswith(f"{reason}: ")
+
 
 class TestServer:
     async def test_health_reports_every_service_serving(self, harness: GatewayHarness) -> None:

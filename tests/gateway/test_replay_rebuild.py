@@ -166,6 +166,24 @@ class TestRebuildFromAudit:
         await audit.append(entry)
         assert rebuild(cache, tmp_path).remembered == 0
 
+    @pytest.mark.parametrize("seconds", [2**62, -(2**40)])
+    async def test_an_issued_at_out_of_range_is_skipped(
+        self, audit: AuditLog, cache: ReplayCache, tmp_path: Path, seconds: int
+    ) -> None:
+        # A hostile request refused at stage 2; it must not stop the gateway from starting.
+        request = request_pb2.Request(request_id="r", nonce=b"n" * 16)
+        request.issued_at.seconds = seconds
+        envelope = envelope_pb2.SignedEnvelope(body=request.SerializeToString())
+        entry, _, _ = leg(
+            received_at=NOW,
+            decision="refused",
+            rule="INVALID_ARGUMENT: issued_at: not a valid timestamp",
+            envelope=envelope.SerializeToString(),
+        )
+        await audit.append(entry)
+        rebuilt = rebuild(cache, tmp_path)
+        assert (rebuilt.legs, rebuilt.remembered) == (1, 0)
+
     async def test_only_request_legs_of_the_window_are_read(
         self, audit: AuditLog, cache: ReplayCache, tmp_path: Path
     ) -> None:
