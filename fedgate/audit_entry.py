@@ -76,7 +76,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _HEADER_SIZE = len(ENTRY_MAGIC) + 2
 _SHA256_SIZE = 32
 _SIGNATURE_SIZE = 64
-_HEX = frozenset("0123456789abcdef")
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 _MAX_INDEX = (1 << 63) - 1
 
@@ -356,7 +355,7 @@ def encode_entry(entry: AuditEntry) -> bytes:
 
 
 def _check_fingerprint(value: str) -> None:
-    if value and (len(value) != 2 * _SHA256_SIZE or not set(value) <= _HEX):
+    if value and _FINGERPRINT.fullmatch(value) is None:
         raise InvalidArgument("peer_cert_sha256 must be 64 lowercase hex digits or empty")
 
 

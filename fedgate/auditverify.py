@@ -43,7 +43,7 @@ from fedgate.audit_entry import (
     with_request_columns,
 )
 from fedgate.checkpoint import Checkpoint, CosignatureVerifier, parse_checkpoint
-from fedgate.errors import FedgateError, VerificationError
+from fedgate.errors import VerificationError
 from fedgate.evidence import HistoricalKeys, check_request_leg, check_response_leg
 from fedgate.merkle import HASH_SIZE, MerkleTree, verify_consistency
 from fedgate.note import NoteVerifier, verify_note
@@ -549,18 +549,15 @@ def verify_log(
         return report(Failure("the log has no signed checkpoint"), 0, {})
     checks = _TreeChecks(checkpoints)
     spans = [(a, min(a + options.chunk, total)) for a in range(0, total, options.chunk)]
-    try:
-        for result in _results(open_source, options, spans):
-            failure = checks.extend(result.hashes)
-            if counts is not None:
-                counts.add(result.counts)
-            failure = failure or result.failure
-            if failure is not None:
-                return report(failure, checks.tree.size, {})
-            if progress is not None:
-                progress(checks.tree.size, total, time.monotonic() - t0)
-    except FedgateError:
-        raise
+    for result in _results(open_source, options, spans):
+        failure = checks.extend(result.hashes)
+        if counts is not None:
+            counts.add(result.counts)
+        failure = failure or result.failure
+        if failure is not None:
+            return report(failure, checks.tree.size, {})
+        if progress is not None:
+            progress(checks.tree.size, total, time.monotonic() - t0)
     tree = checks.tree
     if checks.next < len(checkpoints):
         cp = checkpoints[checks.next]

@@ -24,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf.message import Message
 
 from fedgate import merkle
@@ -39,7 +40,7 @@ from fedgate.envelope import (
     verify_envelope,
     verify_response_binding,
 )
-from fedgate.errors import FedgateError, SignatureInvalid, VerificationError
+from fedgate.errors import DecodeError, FedgateError, SignatureInvalid, VerificationError
 from fedgate.note import NoteVerifier
 from fedgate.registry import Registry
 from fedgate.status import error_from_rpc
@@ -97,7 +98,10 @@ def verify_signed_response(
     for agency reports, which the gateway itself acknowledges (``gateway.alerts``)."""
     expected = target if responder is None else responder
     response = decode_response(signed.response.body)
-    answered_at = response.answered_at.ToDatetime(tzinfo=UTC)
+    try:
+        answered_at = response.answered_at.ToDatetime(tzinfo=UTC)
+    except ValueError as exc:  # out-of-range seconds or nanos in an unverified body
+        raise DecodeError(f"the response's answered_at is not a valid time: {exc}") from exc
     member, agency_key = registry.signing_key(KeyId(signed.response.key_id), at=answered_at)
     if member.id != expected:
         raise SignatureInvalid(
@@ -117,11 +121,20 @@ def verify_signed_response(
     verify_countersignature(
         signed.response, signed.countersignature, gateway_key, leaf_index=receipt.leaf_index
     )
+    _verify_receipt(receipt, gateway_key)
+    return Answer(response=response, signed=signed)
+
+
+def _verify_receipt(receipt: envelope_pb2.AuditReceipt, gateway_key: Ed25519PublicKey) -> None:
+    """The receipt's checkpoint is signed by the gateway for its origin and tree size, and its
+    inclusion proof leads from the leaf hash to that checkpoint's root."""
     checkpoint = open_checkpoint(
-        receipt.checkpoint, NoteVerifier(name=receipt.log_origin, public_key=gateway_key)
+        receipt.checkpoint,
+        NoteVerifier(name=receipt.log_origin, public_key=gateway_key),
+        origin=receipt.log_origin,
     )
-    if checkpoint.origin != receipt.log_origin or checkpoint.size != receipt.tree_size:
-        raise VerificationError("the receipt's checkpoint is not for its log origin and tree size")
+    if checkpoint.size != receipt.tree_size:
+        raise VerificationError("the receipt's checkpoint is not for its tree size")
     merkle.verify_inclusion(
         receipt.leaf_hash,
         receipt.leaf_index,
@@ -129,7 +142,6 @@ def verify_signed_response(
         list(receipt.inclusion_proof),
         checkpoint.root_hash,
     )
-    return Answer(response=response, signed=signed)
 
 
 class FedgateClient:
@@ -348,16 +360,7 @@ class FedgateClient:
             KeyId(self.registry.member(self.gateway_id).signing_keys[-1].key_id),
             at=datetime.now(UTC),
         )
-        checkpoint = open_checkpoint(
-            receipt.checkpoint, NoteVerifier(name=receipt.log_origin, public_key=gateway_key)
-        )
-        merkle.verify_inclusion(
-            receipt.leaf_hash,
-            receipt.leaf_index,
-            receipt.tree_size,
-            list(receipt.inclusion_proof),
-            checkpoint.root_hash,
-        )
+        _verify_receipt(receipt, gateway_key)
         return receipt
 
     def remember(self, request_body: bytes) -> None:

@@ -19,7 +19,6 @@ member id. Keys are judged at the time they signed (a key revoked later still ve
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from google.protobuf import timestamp_pb2
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from fedgate.audit_entry import EventEntry, RequestLeg, ResponseLeg, decode_entry
@@ -40,7 +40,7 @@ from fedgate.errors import (
 )
 from fedgate.federation import MemberKind
 from fedgate.keys import public_key_from_raw
-from fedgate.note import NoteVerifier
+from fedgate.note import NoteVerifier, b64decode_strict
 from fedgate.registry import Member, Registry
 from fedgate.tlogproof import TlogProof, parse_tlog_proof, verify_tlog_proof
 from fedgate.types import KeyId
@@ -124,6 +124,15 @@ def _envelope(raw: bytes, what: str) -> envelope_pb2.SignedEnvelope:
     return env
 
 
+def _signed_at(stamp: timestamp_pb2.Timestamp, what: str) -> datetime:
+    # A crafted body can carry a timestamp no datetime holds; that is a bad message, not a crash
+    # of the auditor's verification (refused requests are checked too).
+    try:
+        return stamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as exc:
+        raise VerificationError(f"the signed {what} is not a valid time: {exc}") from exc
+
+
 def check_request_leg(leg: RequestLeg, keys: HistoricalKeys) -> str:
     """Check the signed request in a request leg; returns the signing member's id.
 
@@ -135,7 +144,7 @@ def check_request_leg(leg: RequestLeg, keys: HistoricalKeys) -> str:
     try:
         env = _envelope(leg.envelope, "the request envelope")
         request = decode_request(env.body)
-        at = request.issued_at.ToDatetime(tzinfo=UTC)
+        at = _signed_at(request.issued_at, "issued_at")
         member, key = keys.key_at(env.key_id, at)
         verify_envelope(env, key, Domain.REQUEST)
     except VerificationError:
@@ -176,7 +185,7 @@ def check_response_leg(
     try:
         env = _envelope(leg.response_envelope, "the response envelope")
         response = decode_response(env.body)
-        at = response.answered_at.ToDatetime(tzinfo=UTC)
+        at = _signed_at(response.answered_at, "answered_at")
         member, key = keys.key_at(env.key_id, at)
         verify_envelope(env, key, Domain.RESPONSE)
     except VerificationError:
@@ -258,12 +267,14 @@ def _parse_bundle(data: bytes) -> tuple[str, int, list[tuple[int, bytes, TlogPro
             i = e["index"]
             if not isinstance(i, int):
                 raise ValueError("an entry index is not an integer")
-            leaf = base64.b64decode(e["entry"], validate=True)
-            proof = parse_tlog_proof(e["tlog_proof"])
+            leaf, proof_text = e["entry"], e["tlog_proof"]
+            if not isinstance(leaf, str) or not isinstance(proof_text, str):
+                raise ValueError(f"entry {i}: entry and tlog_proof must be strings")
+            proof = parse_tlog_proof(proof_text)
             if proof.index != i:
                 raise ValueError(f"entry {i} carries a proof for index {proof.index}")
-            entries.append((i, leaf, proof))
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError, binascii.Error) as exc:
+            entries.append((i, b64decode_strict(leaf), proof))
+    except (ValueError, KeyError, TypeError) as exc:  # UnicodeDecodeError, binascii.Error too
         raise VerificationError(f"malformed evidence bundle: {exc}") from exc
     return origin, index, entries
 
@@ -284,7 +295,6 @@ def verify_bundle(data: bytes, registry: Registry) -> BundleReport:
     checkpoint: Checkpoint | None = None
     notes: set[str] = set()
     decoded: dict[int, RequestLeg | ResponseLeg | EventEntry] = {}
-    raw: dict[int, bytes] = {}
     for i, leaf, proof in entries:
         cp = _verify_inclusion(proof, leaf, verifiers, origin, i)
         if checkpoint is None or cp.size > checkpoint.size:
@@ -294,14 +304,14 @@ def verify_bundle(data: bytes, registry: Registry) -> BundleReport:
             decoded[i] = decode_entry(leaf)
         except VerificationError as exc:
             raise VerificationError(f"entry {i}: {exc.message}") from exc
-        raw[i] = leaf
         checks.append(f"entry {i} is in the log {origin} at tree size {cp.size}")
     if index not in decoded:
         raise VerificationError(f"the bundle does not contain entry {index}")
     assert checkpoint is not None
     witnesses: set[str] = set()
+    witness_keys = witness_verifiers(registry)
     for note in notes:
-        witnesses |= set(cosignatures_in(note, witness_verifiers(registry)))
+        witnesses |= set(cosignatures_in(note, witness_keys))
     if witnesses:
         checks.append(f"checkpoint cosigned by {', '.join(sorted(witnesses))}")
     keys = HistoricalKeys(registry)

@@ -21,7 +21,6 @@ Contract:
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import json
@@ -38,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from fedgate.errors import InvalidArgument, KeyNotValid, MemberRefused, RegistryError, UnknownKey
 from fedgate.federation import MemberKind, check_member_id
 from fedgate.keys import key_id_of, public_key_from_raw
+from fedgate.note import b64decode_strict
 from fedgate.types import KeyId, MemberId
 
 __all__ = [
@@ -403,13 +403,9 @@ def _b64decode_strict(value: object, what: str) -> bytes:
     if not isinstance(value, str):
         raise RegistryError(f"{what} is not a base64 string: {_RESIGN_HINT}")
     try:
-        raw = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise RegistryError(f"{what} is not valid base64: {_RESIGN_HINT}") from exc
-    # Unused low bits of the last character are ignored by the decoder; insist they are zero.
-    if base64.b64encode(raw).decode("ascii") != value:
-        raise RegistryError(f"{what} is not canonical base64: {_RESIGN_HINT}")
-    return raw
+        return b64decode_strict(value)
+    except ValueError as exc:
+        raise RegistryError(f"{what} is {exc}: {_RESIGN_HINT}") from exc
 
 
 def _check_key(member: Member, key: SigningKey) -> None:

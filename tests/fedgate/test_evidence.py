@@ -7,7 +7,7 @@ import base64
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,7 +17,14 @@ from fedgate.audit_entry import RequestLeg, ResponseLeg, encode_entry
 from fedgate.checkpoint import Checkpoint, CosignatureSigner, sign_checkpoint
 from fedgate.envelope import Domain, Signer, sign_envelope
 from fedgate.errors import KeyNotValid, UnknownKey, VerificationError
-from fedgate.evidence import HistoricalKeys, build_bundle, log_verifiers, verify_bundle
+from fedgate.evidence import (
+    HistoricalKeys,
+    build_bundle,
+    check_request_leg,
+    check_response_leg,
+    log_verifiers,
+    verify_bundle,
+)
 from fedgate.keys import key_id_of, load_private_key
 from fedgate.merkle import MerkleTree, leaf_hash
 from fedgate.note import NoteSigner, add_signatures
@@ -208,6 +215,15 @@ class TestVerifyBundle:
             with pytest.raises(VerificationError, match=why):
                 verify_bundle(bad, registry)
 
+    def test_bundle_fields_of_the_wrong_type_are_refused(
+        self, good: bytes, registry: Registry
+    ) -> None:
+        for field, value in (("tlog_proof", 5), ("entry", ["x"]), ("entry", "not base64!")):
+            doc = json.loads(good)
+            doc["entries"][0][field] = value
+            with pytest.raises(VerificationError, match="malformed evidence bundle"):
+                verify_bundle(json.dumps(doc).encode(), registry)
+
     def test_without_cosignatures_it_still_verifies(
         self, fed_dir: Path, registry: Registry
     ) -> None:
@@ -247,3 +263,22 @@ class TestHistoricalKeys:
     def test_log_keys_are_the_gateways_under_the_origin(self, registry: Registry) -> None:
         verifiers = log_verifiers(registry, ORIGIN)
         assert [v.name for v in verifiers] == [ORIGIN]
+
+
+class TestCheckLegs:
+    def test_a_signed_time_out_of_range_is_a_verification_error(
+        self, fed_dir: Path, registry: Registry
+    ) -> None:
+        x = exchange(fed_dir, registry, at=datetime.now(UTC), request_index=5)
+        request = valid_request("stop_payment", now=datetime.now(UTC), serial=4)
+        request.issued_at.seconds = 1 << 62
+        envelope = sign_envelope(request.SerializeToString(), _key(fed_dir, POLICE), Domain.REQUEST)
+        leg = replace(x.request, envelope=envelope.SerializeToString(), decision="refused")
+        with pytest.raises(VerificationError, match="issued_at is not a valid time"):
+            check_request_leg(leg, HistoricalKeys(registry))
+        response = request_pb2.Response(request_id=x.response.request_id, responder=BANK)
+        response.answered_at.nanos = 1 << 30
+        answer = sign_envelope(response.SerializeToString(), _key(fed_dir, BANK), Domain.RESPONSE)
+        bad = replace(x.response, response_envelope=answer.SerializeToString())
+        with pytest.raises(VerificationError, match="answered_at is not a valid time"):
+            check_response_leg(bad, HistoricalKeys(registry), request_body=None)

@@ -211,7 +211,7 @@ class TestRegistryTamper:
         last = alphabet.index(text[-3])
         doc["payload"] = text[:-3] + alphabet[last | 1] + "=="
         assert base64.b64decode(doc["payload"]) == registry.to_payload()
-        with pytest.raises(RegistryError, match="not canonical base64"):
+        with pytest.raises(RegistryError, match="not canonical standard base64"):
             _load_bytes(small_federation_dir, canonical_json(doc) + b"\n")
 
     def test_not_json_refused(self, federation_dir: Path) -> None:
