@@ -42,6 +42,7 @@ from fedgate.federation import (
     member_server_name,
     member_uri,
 )
+from fedgate.files import write_atomically
 from fedgate.keys import generate_signing_key, key_id_of, load_private_key, raw_public_key
 from fedgate.keys import save_private_key as save_signing_key
 from fedgate.registry import (
@@ -474,25 +475,8 @@ def _secure_tree(root: Path) -> None:
 
 def _write(path: Path, data: bytes, *, private: bool = False) -> None:
     """Atomically replace ``path`` (0600 if private, else 0644), creating 0700 directories."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomically(path, data, mode=0o600 if private else 0o644)
 
 
 def _write_registry(layout: FederationLayout, registry: Registry, admin: Ed25519PrivateKey) -> None:
     _write(layout.registry, sign_registry(registry, admin))
-    dir_fd = os.open(layout.root, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -28,11 +28,11 @@ from typing import Final
 from fedgate.checkpoint import Checkpoint, cosignatures_in, open_checkpoint
 from fedgate.errors import FedgateError, VerificationError
 from fedgate.evidence import log_verifiers, witness_verifiers
+from fedgate.files import write_atomically
 from fedgate.merkle import verify_consistency
 from fedgate.registry import Registry
 from gateway.audit.insights import LogInsights
 from gateway.audit.log import AuditLog
-from gateway.audit.witness import write_atomically
 
 __all__ = [
     "SEEN_FILE",

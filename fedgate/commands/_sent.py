@@ -3,11 +3,11 @@ later, by another process."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from fedgate.commands._parse import parse_request_id
 from fedgate.errors import DecodeError
+from fedgate.files import write_atomically
 from fedgate.v1 import envelope_pb2, request_pb2
 
 __all__ = ["SentStore"]
@@ -27,13 +27,8 @@ class SentStore:
 
     def save(self, request_id: str, envelope: envelope_pb2.SignedEnvelope) -> Path:
         """Write atomically; raises ``OSError``."""
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = self.path(request_id)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(envelope.SerializeToString())
-        os.replace(tmp, path)
+        write_atomically(path, envelope.SerializeToString())
         return path
 
     def load(self, request_id: str) -> bytes | None:

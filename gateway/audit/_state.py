@@ -16,9 +16,9 @@ from pathlib import Path
 
 from fedgate.checkpoint import parse_checkpoint
 from fedgate.errors import AuditUnavailable, LogInconsistent, VerificationError
+from fedgate.files import write_atomically
 from fedgate.merkle import MerkleTree
 from fedgate.note import parse_note
-from gateway.audit.witness import write_atomically
 
 __all__ = ["StateFile", "check_state_file", "rebuild_tree"]
 

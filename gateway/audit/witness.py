@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
-import os
 import re
 import threading
 import time
@@ -48,6 +46,7 @@ from fedgate.errors import (
     SignatureInvalid,
     VerificationError,
 )
+from fedgate.files import write_atomically
 from fedgate.merkle import EMPTY_ROOT, HASH_SIZE, verify_consistency
 from fedgate.note import NoteSignature, NoteVerifier, parse_note
 from fedgate.status import abort_with, error_from_rpc
@@ -60,7 +59,6 @@ __all__ = [
     "WitnessClient",
     "WitnessConflict",
     "WitnessServicer",
-    "write_atomically",
 ]
 
 STATE_FORMAT = "fedgate-witness-state/v1"
@@ -90,28 +88,6 @@ class WitnessClient(Protocol):
     async def add_checkpoint(
         self, old_size: int, proof: Sequence[bytes], note: str
     ) -> NoteSignature: ...
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data``: temp file, fsync, rename, fsync of the directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 @dataclass(frozen=True, slots=True)
