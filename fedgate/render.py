@@ -17,7 +17,7 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import json_format
@@ -32,7 +32,7 @@ from fedgate.errors import FedgateError, VerificationError
 from fedgate.keys import public_key_from_raw
 from fedgate.note import parse_note
 from fedgate.registry import Registry
-from fedgate.types import MemberId
+from fedgate.types import CHINA_TIME, MemberId
 from fedgate.v1 import common_pb2, envelope_pb2, request_pb2, ticket_pb2
 
 __all__ = [
@@ -45,10 +45,11 @@ __all__ = [
     "render_json",
     "render_text",
     "request_document",
+    "table",
     "verification_of",
 ]
 
-CST = timezone(timedelta(hours=8), "CST")
+CST = CHINA_TIME
 """China Standard Time: times are shown in it, and times typed without an offset mean it."""
 
 _LABELS: dict[str, str] = {
@@ -219,7 +220,8 @@ def _pad(text: str, width: int) -> str:
     return text + " " * max(0, width - _width(text))
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:
+    """Left-aligned columns as lines, measured in display width (CJK characters count two)."""
     widths = [_width(h) for h in headers]
     for row in rows:
         widths = [max(w, _width(c)) for w, c in zip(widths, row, strict=True)]
@@ -255,7 +257,7 @@ def _result_lines(result: Message) -> list[str]:
         columns: list[Any] = list(fd.message_type.fields)
         headers = [_label(c.name) for c in columns]
         rows = [[_scalar(c, getattr(item, c.name)) for c in columns] for item in items]
-        lines += _table(headers, rows, indent="    ")
+        lines += table(headers, rows, indent="    ")
     return lines
 
 

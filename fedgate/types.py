@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import NewType
+from datetime import timedelta, timezone
+from typing import Final, NewType
 
-__all__ = ["CaseNumber", "KeyId", "MemberId", "OfficerId", "RequestId"]
+__all__ = ["CHINA_TIME", "CaseNumber", "KeyId", "MemberId", "OfficerId", "RequestId"]
 
 MemberId = NewType("MemberId", str)
 """A federation member, e.g. ``bank.icbc`` or ``police.gd.afc``."""
@@ -20,3 +21,6 @@ CaseNumber = NewType("CaseNumber", str)
 
 OfficerId = NewType("OfficerId", str)
 """A police officer's badge number (警号)."""
+
+CHINA_TIME: Final = timezone(timedelta(hours=8), "CST")
+"""China Standard Time (UTC+8, no daylight saving): the time zone people read times in."""

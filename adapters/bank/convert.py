@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, time
 
 from google.protobuf import timestamp_pb2
 
@@ -16,6 +16,7 @@ from adapters.bank.backend import (
     StopPaymentOutcome,
     Transaction,
 )
+from fedgate.types import CHINA_TIME
 from fedgate.v1 import bank_pb2, common_pb2
 
 __all__ = [
@@ -32,7 +33,6 @@ __all__ = [
     "transaction_pb",
 ]
 
-CHINA_TIME = timezone(timedelta(hours=8), "CST")
 """Dates the bank records (e.g. an account's opening day) start at midnight China time."""
 
 

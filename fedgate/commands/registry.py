@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from fedgate.errors import FedgateError, RegistryError
 from fedgate.pki import FederationLayout
 from fedgate.registry import Registry, SigningKey, cert_fingerprint
+from fedgate.render import table
 
 __all__ = ["register"]
 
@@ -126,8 +127,4 @@ def _time(at: datetime) -> str:
 
 
 def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
-    """Print left-aligned columns; the last column is not padded (it may hold Chinese text)."""
-    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header) - 1)]
-    for row in (header, *rows):
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-        print("  ".join([*cells, row[-1]]).rstrip())
+    print("\n".join(table(header, rows, indent="")))

@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import unicodedata
-from collections.abc import Sequence
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ from fedgate.envelope import decode_request, decode_response
 from fedgate.errors import FedgateError, FieldViolation, InvalidArgument
 from fedgate.federation import check_member_id
 from fedgate.registry import Registry
+from fedgate.render import table
 from fedgate.status import error_from_rpc
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options
 from fedgate.types import MemberId
@@ -183,7 +182,7 @@ def _queue(args: argparse.Namespace) -> int:
         rows = [_item_row(i) for i in items]
         header = ("REQUEST ID", "ACTION", "FROM", "OFFICER", "CASE", "URGENCY", "DEADLINE",
                   "STATE", "CLAIMED BY")  # fmt: skip
-        print(_table(header, rows))
+        print("\n".join(table(header, rows, indent="")))
         return 0
 
     return _run(args, work)
@@ -360,16 +359,3 @@ def _print_signed(signed: envelope_pb2.SignedEnvelope) -> None:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"  {key:<{width}}  {value}")
-
-
-def _width(text: str) -> int:
-    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(_width(r[i]) for r in (header, *rows)) for i in range(len(header))]
-    lines = []
-    for row in (header, *rows):
-        cells = [cell + " " * (widths[i] - _width(cell)) for i, cell in enumerate(row)]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Final
 
 from fedgate.logs import mask, mask_identifiers
+from fedgate.types import CHINA_TIME
 
 __all__ = ["BEIJING", "format_money", "format_time", "mask_identifier", "mask_text"]
 
-BEIJING: Final = timezone(timedelta(hours=8), "CST")
+BEIJING: Final = CHINA_TIME
 """China Standard Time (UTC+8, no daylight saving): the time zone pages show."""
 
 
