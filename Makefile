@@ -61,6 +61,7 @@ lint: setup ## ruff format --check, ruff check, mypy --strict, buf lint
 	@$(BIN)/ruff format --check .
 	@$(BIN)/ruff check .
 	@$(BIN)/mypy $(PACKAGES)
+	@$(BIN)/lint-imports
 	@cd protos && ../$(BUF) lint
 
 fmt: setup ## format the code

@@ -6,7 +6,7 @@ The node serves ``WitnessService`` (plus health and reflection) on the member's 
 endpoint over mTLS, and answers only the gateway's certificate. It knows each log by its origin
 and checks checkpoints with the gateway members' keys from the registry under that origin, as
 auditors do (``fedgate.evidence.log_verifiers``). Its state (the last checkpoint it cosigned per
-origin) lives in ``<state>/witness.json``; see ``gateway.audit.witness`` for the contract.
+origin) lives in ``<state>/witness.json``; see ``fedgate.witness`` for the contract.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from fedgate.status import abort_with
 from fedgate.tls import MemberCredentials, server_credentials
 from fedgate.types import MemberId
 from fedgate.v1 import audit_service_pb2, audit_service_pb2_grpc
-from gateway.audit.witness import Witness, WitnessServicer
+from fedgate.witness import Witness, WitnessServicer
 
 __all__ = ["WITNESS_ROLE", "WitnessNode", "main"]
 

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from adapters.bank.reference import ReferenceBank
-from fedgate.synth import seed_bank_bulk
+from adapters.synth import seed_bank_bulk
 
 __all__ = ["run"]
 

@@ -57,16 +57,16 @@ import grpc.aio
 from adapters.bank.backend import Direction
 from adapters.bank.reference import ReferenceBank
 from adapters.config import ActionMode, NodeConfig
+from adapters.synth import World, seed_world
+from adapters.up import Federation, ProcessSpec, start, stop, wait_healthy
 from fedgate.client import FedgateClient
 from fedgate.envelope import Domain, Signer, sign_envelope
 from fedgate.federation import MemberKind
 from fedgate.pki import init_federation
 from fedgate.registry import Registry
-from fedgate.synth import World, seed_world
 from fedgate.testing import card_number, valid_request
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options
 from fedgate.types import MemberId
-from fedgate.up import Federation, ProcessSpec, start, stop, wait_healthy
 from fedgate.v1 import gateway_service_pb2, request_pb2
 
 __all__ = ["run"]

@@ -22,9 +22,9 @@ import grpc
 from adapters.bank.backend import Direction
 from adapters.bank.node import BankNode
 from adapters.config import ActionMode, NodeConfig
+from adapters.synth import seed_world
 from fedgate.envelope import Domain, Signer, sign_envelope
 from fedgate.pki import init_federation
-from fedgate.synth import seed_world
 from fedgate.testing import valid_request
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options
 from fedgate.types import MemberId

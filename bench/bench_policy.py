@@ -13,8 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from gateway._policy_index import SyntheticPolicy, synthetic_policy
 from gateway.policy import CasbinDecider, IndexedDecider, PolicyRequest, default_policy_dir
+from gateway.policy._index import SyntheticPolicy, synthetic_policy
 
 __all__ = ["run"]
 

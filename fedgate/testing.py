@@ -1,6 +1,6 @@
 """Test helpers: realistic, valid identifiers and one valid ``Request`` per action.
 
-Everything here passes ``gateway.validation.validate_request`` by construction; tests start
+Everything here passes ``gateway.pipeline.validation.validate_request`` by construction; tests start
 from a valid request and break exactly the thing they test. Identifiers carry real check
 digits (Luhn, GB 11643) and sit in the target's issuer or number ranges, so a bank's card
 goes to that bank and a carrier's number to that carrier.

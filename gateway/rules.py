@@ -41,7 +41,7 @@ from google.protobuf.descriptor import EnumDescriptor
 
 from fedgate.errors import AuditUnavailable, RuleViolated
 from fedgate.v1 import common_pb2, request_pb2
-from gateway._fields import mask
+from gateway.pipeline._fields import mask
 
 __all__ = [
     "BULK_CASE_THRESHOLD",

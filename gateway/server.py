@@ -60,6 +60,7 @@ from fedgate.v1 import (
     event_service_pb2,
     event_service_pb2_grpc,
 )
+from fedgate.witness import GrpcWitnessClient
 from gateway.alerts import AlertHub, AlertServicer
 from gateway.audit.insights import PgShard
 from gateway.audit.log import AuditLog
@@ -67,7 +68,6 @@ from gateway.audit.pg_store import PgDatabase, open_pg_store
 from gateway.audit.service import AuditServicer
 from gateway.audit.sqlite_store import SqliteDatabase, open_sqlite_store
 from gateway.audit.store import AuditStore
-from gateway.audit.witness import GrpcWitnessClient
 from gateway.config import ConfigError, GatewayConfig
 from gateway.console import RunningAuditorConsole, start_auditor_console
 from gateway.events import EventServicer

@@ -1,4 +1,4 @@
-"""A reference core-banking backend on SQLite, filled by ``fedgate.synth``.
+"""A reference core-banking backend on SQLite, filled by ``adapters.synth``.
 
 It implements :class:`adapters.bank.backend.CoreBanking` with the business rules
 of stop-payments and freezes, so the demo and the tests exercise real queries

@@ -1,4 +1,4 @@
-"""A reference carrier subscriber system on SQLite, filled by ``fedgate.synth``.
+"""A reference carrier subscriber system on SQLite, filled by ``adapters.synth``.
 
 It implements :class:`adapters.carrier.backend.SubscriberSystem`. Safe to call
 from several threads (one connection each; orders run under ``BEGIN IMMEDIATE``).

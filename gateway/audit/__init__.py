@@ -9,17 +9,17 @@ agencies (imported from its module: it pulls in the policy engine).
 
 from __future__ import annotations
 
-from gateway.audit.log import AuditLog, Receipt
-from gateway.audit.pg_store import open_pg_store
-from gateway.audit.sqlite_store import open_sqlite_store
-from gateway.audit.store import AuditStore, SearchQuery
-from gateway.audit.witness import (
+from fedgate.witness import (
     GrpcWitnessClient,
     Witness,
     WitnessClient,
     WitnessConflict,
     WitnessServicer,
 )
+from gateway.audit.log import AuditLog, Receipt
+from gateway.audit.pg_store import open_pg_store
+from gateway.audit.sqlite_store import open_sqlite_store
+from gateway.audit.store import AuditStore, SearchQuery
 
 __all__ = [
     "AuditLog",

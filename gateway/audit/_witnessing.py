@@ -18,8 +18,8 @@ from fedgate.checkpoint import cosignatures_in
 from fedgate.errors import FedgateError, VerificationError
 from fedgate.merkle import MerkleTree
 from fedgate.note import NoteSignature, add_signatures, parse_note
+from fedgate.witness import WitnessClient, WitnessConflict
 from gateway.audit.store import AuditStore
-from gateway.audit.witness import WitnessClient, WitnessConflict
 
 __all__ = ["Witnessing"]
 

@@ -41,11 +41,11 @@ from fedgate.errors import (
 )
 from fedgate.merkle import MerkleTree, leaf_hash
 from fedgate.note import NoteSigner, NoteVerifier
+from fedgate.witness import WitnessClient
 from gateway.audit._receipt import Receipt
 from gateway.audit._state import StateFile, check_state_file, rebuild_tree
 from gateway.audit._witnessing import Witnessing
 from gateway.audit.store import AuditStore, CommitBatch, IndexedRow, NewLeaf, SearchQuery
-from gateway.audit.witness import WitnessClient
 
 __all__ = ["AuditLog", "Receipt"]
 

@@ -18,6 +18,7 @@ from adapters.carrier.node import CarrierNode
 from adapters.config import ActionMode, NodeConfig
 from adapters.node import AgencyNode
 from adapters.staff import STAFF_METADATA
+from adapters.synth import FraudChain, Hop, World, seed_world
 from fedgate.envelope import (
     Domain,
     Signer,
@@ -28,7 +29,6 @@ from fedgate.envelope import (
 )
 from fedgate.pki import init_federation
 from fedgate.registry import Registry
-from fedgate.synth import FraudChain, Hop, World, seed_world
 from fedgate.testing import valid_request
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options
 from fedgate.types import KeyId, MemberId

@@ -30,11 +30,11 @@ from adapters.carrier.backend import SubscriberSystem
 from adapters.carrier.node import CarrierNode
 from adapters.config import ActionMode, NodeConfig
 from adapters.node import AgencyNode
+from adapters.synth import FraudChain, FraudNumber, Hop, World
 from fedgate.actions import RESULT_FIELD, new_request_id
 from fedgate.audit_entry import AuditEntry, RequestLeg, ResponseLeg, decode_entry
 from fedgate.client import Answer, FedgateClient
 from fedgate.errors import FedgateError, InvalidArgument, NotFound, RuleViolated
-from fedgate.synth import FraudChain, FraudNumber, Hop, World
 from fedgate.testing import (
     LEGAL_KIND,
     case_number,

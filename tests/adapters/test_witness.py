@@ -20,7 +20,7 @@ from fedgate.status import error_from_rpc
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options
 from fedgate.types import MemberId
 from fedgate.v1 import audit_service_pb2, audit_service_pb2_grpc
-from gateway.audit.witness import GrpcWitnessClient
+from fedgate.witness import GrpcWitnessClient
 
 ORIGIN = "fedgate.test/gateway/shard-0"
 PBOC = MemberId("pboc.gz")

@@ -30,8 +30,6 @@ from fedgate.v1 import request_pb2
 from fedgate.web.auth import Role, ScryptParams, UserStore
 from fedgate.web.headers import CSP
 from fedgate.web.text import BEIJING, mask_identifier
-from gateway._console_charts import MAX_SERIES, OTHER, day_chart, reason_chart
-from gateway._console_state import SEEN_FILE
 from gateway.audit.insights import DayCount, LogInsights, ReasonCount
 from gateway.audit.log import AuditLog
 from gateway.audit.sqlite_store import open_sqlite_store
@@ -44,6 +42,8 @@ from gateway.config import (
     ServerConfig,
 )
 from gateway.console import PAGE_SIZE, AuditorConsole
+from gateway.console._charts import MAX_SERIES, OTHER, day_chart, reason_chart
+from gateway.console._state import SEEN_FILE
 from gateway.server import Gateway
 
 ORIGIN = "fedgate.test/gateway/shard-0"

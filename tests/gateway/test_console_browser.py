@@ -24,10 +24,10 @@ import pytest
 
 from adapters.bank.node import BankNode
 from adapters.config import NodeConfig
+from adapters.synth import World, seed_world
 from fedgate.audit_entry import EventEntry, decode_entry
 from fedgate.client import FedgateClient
 from fedgate.errors import FedgateError
-from fedgate.synth import World, seed_world
 from fedgate.testing import valid_request
 from fedgate.types import MemberId
 from fedgate.v1 import request_pb2

@@ -13,10 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedgate.commands import policy as policy_command
 from fedgate.errors import PolicyDenied, RegistryError
 from fedgate.types import MemberId
-from gateway._policy_index import SyntheticPolicy, load_policy_source, synthetic_policy
 from gateway.policy import (
     ACTIONS,
     DEFAULT_MEMBER_KINDS,
@@ -32,6 +30,8 @@ from gateway.policy import (
     default_policy_dir,
     load_default_decider,
 )
+from gateway.policy import cli as policy_command
+from gateway.policy._index import SyntheticPolicy, load_policy_source, synthetic_policy
 
 POLICIES = default_policy_dir()
 MODEL = POLICIES / "model.conf"

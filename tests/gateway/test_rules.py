@@ -11,6 +11,7 @@ import pytest
 from fedgate.errors import AuditUnavailable, RuleViolated
 from fedgate.testing import card_number, officer, supervisor_approval, valid_request
 from fedgate.v1 import common_pb2, request_pb2
+from gateway.pipeline.validation import mask, validate_request
 from gateway.rules import (
     BULK_CASE_THRESHOLD,
     BULK_ORDER_THRESHOLD,
@@ -18,7 +19,6 @@ from gateway.rules import (
     BusinessRules,
     BusinessRuleViolated,
 )
-from gateway.validation import mask, validate_request
 
 NOW = datetime(2026, 3, 14, 9, 26, 53, tzinfo=UTC)
 OK = request_pb2.RESPONSE_STATUS_OK

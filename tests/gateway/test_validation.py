@@ -1,4 +1,4 @@
-"""Tests for gateway.validation: valid requests pass, each invalid field is named, nothing leaks."""
+"""Tests for gateway.pipeline.validation: valid requests pass, bad fields are named, no leaks."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from fedgate.validate import (
     resident_id_check_digit,
     resident_id_valid,
 )
-from gateway.validation import CITING_ACTIONS, mask, subjects_of, validate_request
+from gateway.pipeline.validation import CITING_ACTIONS, mask, subjects_of, validate_request
 
 NOW = datetime(2026, 3, 14, 9, 26, 53, tzinfo=UTC)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from gateway._policy_index import SELF, load_policy_source
 from gateway.policy import (
     ACTIONS,
     DEFAULT_MEMBER_KINDS,
@@ -18,6 +17,7 @@ from gateway.policy import (
     default_policy_dir,
     load_truth_table,
 )
+from gateway.policy._index import SELF, load_policy_source
 
 POLICIES = default_policy_dir()
 TABLES = sorted((POLICIES / "tests").glob("*.csv"))

@@ -25,8 +25,8 @@ from adapters.bank.backend import (
     Transaction,
 )
 from adapters.bank.reference import ReferenceBank
+from adapters.synth import Hop, World, seed_world
 from fedgate.errors import AgencyUnavailable, InvalidArgument, NotFound, RuleViolated
-from fedgate.synth import Hop, World, seed_world
 from fedgate.validate import luhn_check_digit
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)

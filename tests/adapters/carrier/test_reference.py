@@ -19,8 +19,8 @@ from adapters.carrier.backend import (
     SubscriberSystem,
 )
 from adapters.carrier.reference import ReferenceCarrier
+from adapters.synth import World, seed_world
 from fedgate.errors import InvalidArgument, NotFound, RuleViolated
-from fedgate.synth import World, seed_world
 from fedgate.validate import CARRIER_PREFIXES
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)

@@ -33,6 +33,7 @@ from adapters.bank.node import BankNode
 from adapters.carrier.node import CarrierNode
 from adapters.config import ActionMode, NodeConfig
 from adapters.node import AgencyNode
+from adapters.synth import World, seed_world
 from fedgate.actions import RESULT_FIELD, action_of
 from fedgate.checkpoint import Checkpoint, CosignatureSigner, sign_checkpoint
 from fedgate.commands import order, query, ticket
@@ -50,7 +51,6 @@ from fedgate.merkle import MerkleTree, leaf_hash
 from fedgate.note import NoteSigner, add_signatures
 from fedgate.pki import FederationLayout
 from fedgate.status import rpc_status_of
-from fedgate.synth import World, seed_world
 from fedgate.tls import MemberCredentials, server_credentials
 from fedgate.types import MemberId
 from fedgate.v1 import (

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from google.protobuf import json_format
 
+from adapters.synth import Hop
 from fedgate.commands import staff as staff_command
 from fedgate.commands._police import ExitCode
-from fedgate.synth import Hop
 from fedgate.testing import card_number, case_number, mobile_number
 from fedgate.v1 import bank_pb2
 

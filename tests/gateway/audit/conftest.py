@@ -26,11 +26,11 @@ from fedgate.registry import Registry
 from fedgate.testing import card_number, valid_request
 from fedgate.types import MemberId
 from fedgate.v1 import envelope_pb2, request_pb2
+from fedgate.witness import Witness
 from gateway.audit.log import AuditLog
 from gateway.audit.pg_store import open_pg_store
 from gateway.audit.sqlite_store import open_sqlite_store
 from gateway.audit.store import AuditStore
-from gateway.audit.witness import Witness
 
 DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 ORIGIN = "fedgate.test/gateway/shard-0"

@@ -13,10 +13,10 @@ import pytest
 
 from fedgate.audit_entry import AuditEntry, RequestLeg, encode_entry
 from fedgate.auditverify import VerifyOptions, verify_log
-from fedgate.commands.audit import register
 from fedgate.errors import NotFound
 from fedgate.evidence import log_verifiers, witness_verifiers
 from fedgate.tlogproof import parse_tlog_proof, verify_tlog_proof
+from gateway.audit.cli import register
 from gateway.audit.sqlite_store import SqliteDatabase
 
 if TYPE_CHECKING:

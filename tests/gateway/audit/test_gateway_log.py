@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from fedgate.commands.audit import register
 from fedgate.envelope import Domain, Signer, sign_envelope
 from fedgate.keys import generate_signing_key
 from fedgate.v1 import envelope_pb2
+from gateway.audit.cli import register
 
 
 def run_audit(argv: Sequence[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:

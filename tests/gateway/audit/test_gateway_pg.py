@@ -19,10 +19,10 @@ from psycopg import sql
 
 from fedgate.audit_entry import EntryKind, decode_entry, encode_entry, entry_kind
 from fedgate.client import FedgateClient
-from fedgate.commands.audit import register
 from fedgate.errors import AuditUnavailable
 from fedgate.types import MemberId
 from gateway.audit import pg_store
+from gateway.audit.cli import register
 from gateway.audit.pg_store import PgDatabase, list_origins
 from gateway.audit.sqlite_store import SqliteDatabase
 from gateway.config import AuditConfig, PipelineConfig

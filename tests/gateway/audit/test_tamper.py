@@ -13,8 +13,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from fedgate.commands.audit import register
 from fedgate.errors import AuditUnavailable
+from gateway.audit.cli import register
 from gateway.audit.pg_store import PgDatabase
 from gateway.audit.sqlite_store import SqliteDatabase
 from gateway.audit.store import CommitBatch

@@ -22,7 +22,7 @@ from fedgate.errors import (
 from fedgate.merkle import MerkleTree, leaf_hash
 from fedgate.note import NoteSigner, add_signatures
 from fedgate.v1 import audit_service_pb2_grpc
-from gateway.audit.witness import GrpcWitnessClient, Witness, WitnessConflict, WitnessServicer
+from fedgate.witness import GrpcWitnessClient, Witness, WitnessConflict, WitnessServicer
 
 if TYPE_CHECKING:
     from conftest import Fed

@@ -20,8 +20,8 @@ from fedgate.errors import AgencyFault, AgencyUnavailable
 from fedgate.registry import Registry
 from fedgate.types import MemberId
 from fedgate.v1 import agency_service_pb2, envelope_pb2, gateway_service_pb2, request_pb2
-from gateway._audit_legs import AuditLegs
-from gateway._exchange import Exchange, stage
+from gateway.pipeline._audit_legs import AuditLegs
+from gateway.pipeline._exchange import Exchange, stage
 from gateway.routing import NodeRouter, check_response
 from gateway.rules import BusinessRules
 from gateway.telemetry import GatewayTelemetry

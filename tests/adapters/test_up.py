@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fedgate.up import console_port, demo_password, prepare_state
+from adapters.up import console_port, demo_password, prepare_state
 
 
 def _leftovers(marker: str) -> list[str]:

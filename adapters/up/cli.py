@@ -11,10 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fedgate.errors import FedgateError
-from fedgate.federation import MemberKind
-from fedgate.scenario import run_scenario
-from fedgate.up import (
+from adapters.up import (
     DEMO_AUDITOR,
     Federation,
     demo_password,
@@ -25,6 +22,9 @@ from fedgate.up import (
     stop_pids,
     wait_healthy,
 )
+from adapters.up.scenario import run_scenario
+from fedgate.errors import FedgateError
+from fedgate.federation import MemberKind
 
 __all__ = ["register"]
 

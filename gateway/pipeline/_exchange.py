@@ -15,8 +15,8 @@ from fedgate.audit_entry import RequestLeg
 from fedgate.registry import Member
 from fedgate.v1 import envelope_pb2, request_pb2
 from gateway.audit.log import Receipt
+from gateway.pipeline.validation import subjects_of
 from gateway.telemetry import GatewayTelemetry
-from gateway.validation import subjects_of
 
 __all__ = ["Exchange", "stage"]
 

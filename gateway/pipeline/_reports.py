@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 from fedgate.envelope import Domain, Signer, request_hash, sign_envelope
 from fedgate.types import MemberId
 from fedgate.v1 import gateway_service_pb2, report_pb2, request_pb2
-from gateway._audit_legs import AuditLegs
-from gateway._exchange import Exchange, stage
-from gateway._forwarding import Forwarder
 from gateway.alerts import Alert, AlertHub
+from gateway.pipeline._audit_legs import AuditLegs
+from gateway.pipeline._exchange import Exchange, stage
+from gateway.pipeline._forwarding import Forwarder
 from gateway.telemetry import GatewayTelemetry
 from gateway.tickets import PendingRequest
 

@@ -25,8 +25,8 @@ from typing import Any
 
 from adapters.bank._schema import create_bank_database
 from adapters.carrier._schema import create_carrier_database
-from fedgate._synth_bulk import BulkBank, seed_bank_bulk
-from fedgate._synth_gen import FraudChain, FraudNumber, Hop, Victim, WorldRows, build_rows
+from adapters.synth._bulk import BulkBank, seed_bank_bulk
+from adapters.synth._gen import FraudChain, FraudNumber, Hop, Victim, WorldRows, build_rows
 from fedgate.validate import BANK_BINS, CARRIER_PREFIXES
 
 __all__ = [

@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from adapters.synth import FraudChain, World
 from fedgate.client import FedgateClient
 from fedgate.commands._exit import ExitCode, answer_outcome, failure_outcome
 from fedgate.errors import FedgateError
 from fedgate.logs import mask
 from fedgate.render import render_text
-from fedgate.synth import FraudChain, World
 from fedgate.types import MemberId
 from fedgate.v1 import bank_pb2, carrier_pb2, common_pb2, request_pb2
 from fedgate.validate import resident_id_check_digit

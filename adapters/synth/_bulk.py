@@ -3,7 +3,7 @@
 Millions of rows are streamed straight into SQLite (``executemany``, indexes
 built after the load); identifiers are derived from the row number so they are
 unique without bookkeeping, and still pass the validators. Less varied than
-:func:`fedgate.synth.seed_world`, and without fraud chains.
+:func:`adapters.synth.seed_world`, and without fraud chains.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from faker import Faker
 
 from adapters._sqlite import to_us
 from adapters.bank._schema import AccountRow, CustomerRow, TransactionRow, create_bank_database
-from fedgate._synth_gen import GD_REGIONS, card_number, resident_id
+from adapters.synth._gen import GD_REGIONS, card_number, resident_id
 from fedgate.validate import BANK_BINS, CARRIER_PREFIXES
 
 __all__ = ["BulkBank", "seed_bank_bulk"]

@@ -60,12 +60,13 @@ from fedgate.errors import (
 from fedgate.registry import Member, Registry, cert_fingerprint
 from fedgate.types import KeyId, MemberId
 from fedgate.v1 import envelope_pb2, gateway_service_pb2
-from gateway._audit_legs import AuditLegs
-from gateway._exchange import Exchange, stage
-from gateway._forwarding import Forwarder
-from gateway._reports import Reports
 from gateway.alerts import AlertHub
 from gateway.audit.log import AuditLog
+from gateway.pipeline._audit_legs import AuditLegs
+from gateway.pipeline._exchange import Exchange, stage
+from gateway.pipeline._forwarding import Forwarder
+from gateway.pipeline._reports import Reports
+from gateway.pipeline.validation import validate_request
 from gateway.policy import PolicyDecider, PolicyRequest, authorize
 from gateway.quotas import Quotas
 from gateway.replay import ReplayCache
@@ -73,11 +74,10 @@ from gateway.routing import NodeRouter
 from gateway.rules import BusinessRules
 from gateway.telemetry import ATTR_ACTION, ATTR_PEER, ATTR_TARGET, GatewayTelemetry
 from gateway.tickets import PendingRequest, Tickets
-from gateway.validation import validate_request
 
 __all__ = ["PeerSource", "Pipeline"]
 
-_log = logging.getLogger(__name__)
+_log = logging.getLogger("gateway.pipeline")
 
 PeerSource = Callable[[], tuple[MemberId, bytes]]
 """Returns the TLS peer's member id and certificate (DER); raises ``AuthenticationError``."""

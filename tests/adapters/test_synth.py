@@ -1,4 +1,4 @@
-"""Tests for fedgate.synth: a deterministic, valid and self-consistent synthetic world."""
+"""Tests for adapters.synth: a deterministic, valid and self-consistent synthetic world."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from fedgate.synth import World, load_world, seed_bank_bulk, seed_world
+from adapters.synth import World, load_world, seed_bank_bulk, seed_world
 from fedgate.validate import (
     bank_card_valid,
     bank_of_card,

@@ -18,8 +18,8 @@ from fedgate.audit_entry import AuditEntry, ResponseLeg, encode_entry
 from fedgate.errors import AuditUnavailable, FedgateError
 from fedgate.types import MemberId
 from fedgate.v1 import envelope_pb2, request_pb2
-from gateway._exchange import Exchange
 from gateway.audit.log import AuditLog, Receipt
+from gateway.pipeline._exchange import Exchange
 from gateway.telemetry import GatewayTelemetry
 from gateway.tickets import PendingRequest
 

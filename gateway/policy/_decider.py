@@ -32,7 +32,7 @@ from fedgate.errors import PolicyDenied
 from fedgate.federation import DEFAULT_MEMBERS, MemberKind
 from fedgate.types import MemberId
 from fedgate.v1 import common_pb2
-from gateway._policy_index import (
+from gateway.policy._index import (
     PolicyConfigError,
     PolicyIndex,
     PolicySource,
@@ -60,7 +60,7 @@ __all__ = [
     "load_truth_table",
 ]
 
-_log = logging.getLogger(__name__)
+_log = logging.getLogger("gateway.policy")
 
 MEMBER_KINDS: Final = frozenset(kind.value for kind in MemberKind)
 ROLES: Final = frozenset(

@@ -51,10 +51,10 @@ from fedgate.tlogproof import TlogProof
 from fedgate.v1 import common_pb2, envelope_pb2, request_pb2
 from fedgate.web.protoview import FieldView, TableView, describe, enum_name
 from fedgate.web.text import BEIJING
-from gateway._console_state import verify_checkpoint
 from gateway.audit.insights import LogInsights
 from gateway.audit.log import AuditLog
 from gateway.audit.store import SearchQuery
+from gateway.console._state import verify_checkpoint
 
 __all__ = [
     "Check",

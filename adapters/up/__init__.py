@@ -4,7 +4,7 @@
 member registry, seeded reference backends, one config file per process, demo console
 accounts), starts the gateway and every agency node as separate processes on loopback, waits
 until each health check is serving, prints the members, endpoints and consoles, and runs the
-scenario in ``fedgate.scenario``. ``fedgate down`` stops a federation started in the
+scenario in ``adapters.up.scenario``. ``fedgate down`` stops a federation started in the
 background; ``fedgate demo`` does all of it in a temporary directory and exits 0 only if every
 step and the final audit verification succeeded.
 
@@ -40,11 +40,11 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from adapters.synth import World, load_world, seed_world
 from fedgate.errors import FedgateError
 from fedgate.federation import DEFAULT_MEMBERS, MemberKind
 from fedgate.pki import FederationLayout, init_federation
 from fedgate.registry import Member, Registry
-from fedgate.synth import World, load_world, seed_world
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options
 from fedgate.types import MemberId
 from fedgate.web.auth import Role, UserStore

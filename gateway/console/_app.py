@@ -8,12 +8,12 @@ read on every request, so a revocation ends sessions at once). Pages:
   kind of entry and time, newest first, paged (``LogInsights.newest``: indexed columns only);
 - ``/entries/{index}`` the whole exchange of an entry: the signed request decoded, the decision
   and matched rule, the signed response, the receipt, with the signature and inclusion checks
-  run on every view (``gateway._console_exchange``); identifiers masked until revealed;
+  run on every view (``gateway.console._exchange``); identifiers masked until revealed;
 - ``POST /entries/{index}/reveal`` reveal one masked field, ``POST /entries/{index}/evidence``
   download the evidence bundle (``gateway.audit.service.export_evidence``);
 - ``/log`` the latest checkpoint, witness cosignatures and the console's consistency check;
 - ``/charts`` requests per day by member and by action, refusals by reason (inline SVG);
-- ``/flags`` patterns worth a closer look (``gateway._console_flags``).
+- ``/flags`` patterns worth a closer look (``gateway.console._flags``).
 
 Contract:
 
@@ -49,9 +49,12 @@ from fedgate.web.auth import Role, UserStore
 from fedgate.web.serve import EmbeddedServer
 from fedgate.web.session import Session
 from fedgate.web.text import BEIJING
-from gateway._console_charts import OTHER, day_chart, reason_chart
-from gateway._console_exchange import load_exchange
-from gateway._console_flags import (
+from gateway.audit.insights import GROUPINGS, LogInsights, PgShard, TimeWindow, day_start_us
+from gateway.audit.log import AuditLog
+from gateway.audit.service import export_evidence
+from gateway.console._charts import OTHER, day_chart, reason_chart
+from gateway.console._exchange import load_exchange
+from gateway.console._flags import (
     FOLLOW_UP,
     REFUSALS_MINIMUM,
     VOLUME_FACTOR,
@@ -60,7 +63,7 @@ from gateway._console_flags import (
     WORK_START,
     find_flags,
 )
-from gateway._console_search import (
+from gateway.console._search import (
     EVENT_KINDS,
     MAX_TEXT,
     OUTCOMES,
@@ -69,10 +72,7 @@ from gateway._console_search import (
     input_time,
     result_row,
 )
-from gateway._console_state import LogWatch
-from gateway.audit.insights import GROUPINGS, LogInsights, PgShard, TimeWindow, day_start_us
-from gateway.audit.log import AuditLog
-from gateway.audit.service import export_evidence
+from gateway.console._state import LogWatch
 
 __all__ = [
     "AUDITOR_ROLE",

@@ -24,7 +24,7 @@ from google.protobuf.message import Message
 
 from fedgate.actions import AGGREGATE_METRICS, CITING_ACTIONS, REPORT_ACTIONS
 from fedgate.v1 import bank_pb2, carrier_pb2, common_pb2, report_pb2, request_pb2
-from gateway._fields import CLOCK_TOLERANCE, MAX_NAME, WINDOW_AHEAD, Fields, mask
+from gateway.pipeline._fields import CLOCK_TOLERANCE, MAX_NAME, WINDOW_AHEAD, Fields, mask
 
 __all__ = ["CITING_ACTIONS", "mask", "subjects_of", "validate_request"]
 

@@ -1,4 +1,4 @@
-"""Per-kind field checks shared by ``gateway.validation``: cards, mobiles, IDs, times, money.
+"""Per-kind field checks for ``gateway.pipeline.validation``: cards, mobiles, IDs, times, money.
 
 ``Fields`` wraps ``fedgate.validate.FieldChecker`` with the request's clock and target, so each
 check records at most one violation for its path and masks identifiers in what it says.

@@ -1,0 +1,24 @@
+"""The auditor web console, served in the gateway's loop.
+
+``_app`` is the Starlette application and its pages; ``_search``, ``_exchange``, ``_state``,
+``_charts`` and ``_flags`` are the pages' parts (search, one verified exchange, the log's state,
+charts, anomaly flags).
+"""
+
+from gateway.console._app import (
+    AUDITOR_ROLE,
+    PAGE_SIZE,
+    REVEAL_FOR,
+    AuditorConsole,
+    RunningAuditorConsole,
+    start_auditor_console,
+)
+
+__all__ = [
+    "AUDITOR_ROLE",
+    "PAGE_SIZE",
+    "REVEAL_FOR",
+    "AuditorConsole",
+    "RunningAuditorConsole",
+    "start_auditor_console",
+]
