@@ -16,9 +16,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature
-
 from fedgate.errors import VerificationError
+from fedgate.keys import sign_bytes, verify_bytes
 from fedgate.merkle import HASH_SIZE, MAX_TREE_SIZE
 from fedgate.note import (
     NoteSignature,
@@ -160,7 +159,7 @@ class CosignatureSigner(SignerKey):
         if not 0 <= timestamp <= MAX_TIMESTAMP:
             raise ValueError(f"cosignature timestamp {timestamp} is outside [0, 2^63 - 1]")
         parse_checkpoint(checkpoint_body)
-        signature = self._private_key.sign(cosignature_message(checkpoint_body, timestamp))
+        signature = sign_bytes(self._private_key, cosignature_message(checkpoint_body, timestamp))
         return NoteSignature(
             name=self.name,
             key_hash=self.key_hash,
@@ -197,12 +196,9 @@ class CosignatureVerifier(VerifierKey):
         if timestamp > MAX_TIMESTAMP:
             raise VerificationError(f"cosignature of {self.name} has timestamp above 2^63 - 1")
         parse_checkpoint(checkpoint_body)
-        try:
-            self._public_key.verify(
-                sig.signature[_TIMESTAMP_SIZE:], cosignature_message(checkpoint_body, timestamp)
-            )
-        except InvalidSignature as exc:
-            raise VerificationError(f"invalid cosignature by {self.name}") from exc
+        message = cosignature_message(checkpoint_body, timestamp)
+        if not verify_bytes(self._public_key, sig.signature[_TIMESTAMP_SIZE:], message):
+            raise VerificationError(f"invalid cosignature by {self.name}")
         return timestamp
 
 

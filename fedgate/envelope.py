@@ -16,12 +16,11 @@ import struct
 from dataclasses import dataclass
 from enum import Enum
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from fedgate.errors import DecodeError, ResponseBindingError, SignatureInvalid
-from fedgate.keys import key_id_of
+from fedgate.keys import key_id_of, sign_bytes, verify_bytes
 from fedgate.types import KeyId
 from fedgate.v1 import envelope_pb2, request_pb2
 
@@ -64,7 +63,7 @@ class Signer:
         return cls(key=key, key_id=key_id_of(key))
 
     def sign(self, domain: Domain, body: bytes) -> bytes:
-        return self.key.sign(domain.value + body)
+        return sign_bytes(self.key, domain.value + body)
 
 
 def sign_envelope(body: bytes, signer: Signer, domain: Domain) -> envelope_pb2.SignedEnvelope:
@@ -86,12 +85,10 @@ def verify_envelope(
         raise SignatureInvalid(f"envelope key id {envelope.key_id!r} is not the signer's key")
     if len(envelope.signature) != 64:
         raise SignatureInvalid(f"signature must be 64 bytes, got {len(envelope.signature)}")
-    try:
-        public_key.verify(envelope.signature, domain.value + envelope.body)
-    except InvalidSignature as exc:
+    if not verify_bytes(public_key, envelope.signature, domain.value + envelope.body):
         raise SignatureInvalid(
             f"{domain.name.lower()} signature does not verify over the body as received"
-        ) from exc
+        )
 
 
 def request_hash(body: bytes) -> bytes:
@@ -156,7 +153,7 @@ def countersign(
     """The gateway's countersignature on an agency's signed response logged at ``leaf_index``."""
     return envelope_pb2.Countersignature(
         key_id=signer.key_id,
-        signature=signer.key.sign(_countersigned_message(response, leaf_index)),
+        signature=sign_bytes(signer.key, _countersigned_message(response, leaf_index)),
     )
 
 
@@ -170,7 +167,6 @@ def verify_countersignature(
     """Raises ``SignatureInvalid`` unless the gateway countersigned this response at this index."""
     if countersignature.key_id != key_id_of(gateway_key):
         raise SignatureInvalid("countersignature key id is not the gateway's key")
-    try:
-        gateway_key.verify(countersignature.signature, _countersigned_message(response, leaf_index))
-    except InvalidSignature as exc:
-        raise SignatureInvalid("gateway countersignature does not verify") from exc
+    message = _countersigned_message(response, leaf_index)
+    if not verify_bytes(gateway_key, countersignature.signature, message):
+        raise SignatureInvalid("gateway countersignature does not verify")

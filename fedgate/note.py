@@ -20,11 +20,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Self
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from fedgate.errors import VerificationError
-from fedgate.keys import public_key_from_raw, raw_public_key
+from fedgate.keys import public_key_from_raw, raw_public_key, sign_bytes, verify_bytes
 
 __all__ = [
     "ALG_ED25519",
@@ -52,7 +51,6 @@ ALG_ED25519 = 0x01
 SIGNATURE_PREFIX = "\u2014 "  # EM DASH, SPACE
 KEY_HASH_SIZE = 4
 MAX_SIGNATURES = 100  # the spec asks for at least 16; golang.org/x/mod stops at 100 too
-_ED25519_SIGNATURE_SIZE = 64
 _HEX8 = re.compile(r"[0-9a-fA-F]{8}")
 
 
@@ -194,7 +192,7 @@ class NoteSigner(SignerKey):
 
     def sign(self, message: bytes) -> bytes:
         """The raw 64-byte Ed25519 signature over ``message`` (without the key hash)."""
-        return self._private_key.sign(message)
+        return sign_bytes(self._private_key, message)
 
     def verifier(self) -> NoteVerifier:
         """The verifier for this signer's key."""
@@ -209,13 +207,7 @@ class NoteVerifier(VerifierKey):
 
     def verify(self, message: bytes, signature: bytes) -> bool:
         """Whether ``signature`` (raw, without the key hash) is valid over ``message``."""
-        if len(signature) != _ED25519_SIGNATURE_SIZE:
-            return False
-        try:
-            self._public_key.verify(signature, message)
-        except InvalidSignature:
-            return False
-        return True
+        return verify_bytes(self._public_key, signature, message)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,13 +30,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from fedgate.errors import InvalidArgument, KeyNotValid, MemberRefused, RegistryError, UnknownKey
 from fedgate.federation import MemberKind, check_member_id
-from fedgate.keys import key_id_of, public_key_from_raw
+from fedgate.keys import key_id_of, public_key_from_raw, sign_bytes, verify_bytes
 from fedgate.note import b64decode_strict
 from fedgate.types import KeyId, MemberId
 
@@ -320,13 +319,11 @@ class Registry:
             )
         payload = _b64decode_strict(doc["payload"], f"{source} payload")
         signature = _b64decode_strict(doc["signature"], f"{source} signature")
-        try:
-            admin_public_key.verify(signature, REGISTRY_DOMAIN + payload)
-        except InvalidSignature as exc:
+        if not verify_bytes(admin_public_key, signature, REGISTRY_DOMAIN + payload):
             raise RegistryError(
                 f"{source} signature does not verify with {ADMIN_PUBLIC_KEY_FILE}: the file was "
                 f"altered or signed by another administrator; {_RESIGN_HINT}"
-            ) from exc
+            )
         if data != _wrapper_bytes(doc):
             # The signed part is intact but the wrapper was edited: refuse anyway, so that a
             # changed byte anywhere in the file is noticed.
@@ -370,7 +367,9 @@ def sign_registry(registry: Registry, admin_key: Ed25519PrivateKey) -> bytes:
             "format": REGISTRY_FORMAT,
             "key_id": key_id_of(admin_key),
             "payload": base64.b64encode(payload).decode("ascii"),
-            "signature": base64.b64encode(admin_key.sign(REGISTRY_DOMAIN + payload)).decode(),
+            "signature": base64.b64encode(
+                sign_bytes(admin_key, REGISTRY_DOMAIN + payload)
+            ).decode(),
         }
     )
 
