@@ -2,7 +2,7 @@
 
     [server]     listen, max_receive_bytes, grace_period_s
     [federation] dir, member_id, reload_interval_s
-    [pipeline]   state_dir, clock_skew_s, replay_window_s, replay_synchronous
+    [pipeline]   state_dir, clock_skew_s, replay_window_s, replay_store, replay_synchronous
     [audit]      origin, store ("sqlite" | "postgres"), path (SQLite), dsn and schema
                  (PostgreSQL), state_path, keep_response_bodies, witnesses
     [routing]    timeout_s, max_attempts, retry_backoff_s, breaker_failures, breaker_reset_s,
@@ -90,8 +90,11 @@ class PipelineConfig:
     clock_skew_s: float = 300.0
     replay_window_s: float = 900.0
     """How long request ids and nonces are remembered; at least twice the skew."""
+    replay_store: str = "memory"
+    """``"memory"`` (default: no fsync or thread of its own, rebuilt from the audit log at every
+    start) or ``"sqlite"`` (``replay.sqlite`` in the state directory); see ``gateway.replay``."""
     replay_synchronous: str = "normal"
-    """``"normal"`` or ``"full"``: the replay cache's SQLite ``synchronous`` setting. With
+    """``"normal"`` or ``"full"``: the SQLite replay cache's ``synchronous`` setting. With
     ``"normal"`` what a power loss takes from the cache is rebuilt from the audit log at
     start-up (``gateway.replay``); ``"full"`` adds an fsync to every request."""
 
@@ -273,6 +276,7 @@ class GatewayConfig:
             state_dir=p.path("state_dir", None),
             clock_skew_s=p.number("clock_skew_s", 300.0),
             replay_window_s=p.number("replay_window_s", 900.0),
+            replay_store=p.text("replay_store", "memory"),
             replay_synchronous=p.text("replay_synchronous", "normal"),
         )
         p.done()
@@ -364,6 +368,11 @@ class GatewayConfig:
                 f"pipeline.replay_window_s ({self.pipeline.replay_window_s}) must be at least "
                 f"twice pipeline.clock_skew_s ({self.pipeline.clock_skew_s}): a request id must "
                 "be remembered for as long as its issued-at can pass the freshness check"
+            )
+        if self.pipeline.replay_store not in ("memory", "sqlite"):
+            raise ConfigError(
+                f'pipeline.replay_store must be "memory" or "sqlite", '
+                f"got {self.pipeline.replay_store!r}"
             )
         if self.pipeline.replay_synchronous not in ("normal", "full"):
             raise ConfigError(

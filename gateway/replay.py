@@ -45,6 +45,13 @@ Atomicity: the id and the nonce are inserted by one statement (both or neither),
 transaction under one committer per process and SQLite's write lock across processes sharing the
 file: of two identical requests exactly one passes, even within one batch.
 
+In memory: ``MemoryReplayCache`` keeps the same promise with no store of its own. It is rebuilt
+from the audit log at every start by the same ``rebuild_from_audit`` (the argument above does
+not depend on the cache having kept anything), so it needs no fsync, no thread and no commit per
+request. It is the gateway's default (``[pipeline] replay_store = "memory"``); the SQLite cache
+stays for a deployment that wants the cache on disk. Neither is shared between processes: several
+gateway instances need the shared store of the scale-out design.
+
 Cost: concurrent callers are group-committed: whoever holds the commit lock writes every queued
 entry in one transaction, so N concurrent requests share one fsync instead of queueing for N.
 On the event loop, ``remember`` goes further: the entries of concurrent requests are handed to
@@ -56,6 +63,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import heapq
 import logging
 import sqlite3
 import threading
@@ -85,8 +93,10 @@ from fedgate.errors import (
 from fedgate.v1 import envelope_pb2
 
 __all__ = [
+    "MemoryReplayCache",
     "Rebuilt",
     "ReplayCache",
+    "ReplayStore",
     "RequestLegSource",
     "SeenRequest",
     "describe_span",
@@ -136,6 +146,23 @@ one the pipeline raises only before ``remember`` commits; a reason raised both b
 
 def _us(at: datetime) -> int:
     return (at - _EPOCH) // timedelta(microseconds=1)
+
+
+def _check_freshness(
+    issued_at: datetime, *, now: datetime, skew: timedelta, window: timedelta
+) -> None:
+    if skew > window:
+        raise ValueError(f"skew {skew} exceeds the replay window {window}")
+    age = now - issued_at
+    if age > skew:
+        raise Stale(
+            f"issued_at is {describe_span(age)} in the past; allowed skew is {describe_span(skew)}"
+        )
+    if -age > skew:
+        raise Stale(
+            f"issued_at is {describe_span(age)} in the future; "
+            f"allowed skew is {describe_span(skew)}"
+        )
 
 
 def describe_span(span: timedelta) -> str:
@@ -264,19 +291,7 @@ class ReplayCache:
         Raises ``ValueError`` if ``skew`` exceeds the window: ids would be forgotten while the
         requests carrying them were still fresh.
         """
-        if skew > self._window:
-            raise ValueError(f"skew {skew} exceeds the replay window {self._window}")
-        age = now - issued_at
-        if age > skew:
-            raise Stale(
-                f"issued_at is {describe_span(age)} in the past; "
-                f"allowed skew is {describe_span(skew)}"
-            )
-        if -age > skew:
-            raise Stale(
-                f"issued_at is {describe_span(age)} in the future; "
-                f"allowed skew is {describe_span(skew)}"
-            )
+        _check_freshness(issued_at, now=now, skew=skew, window=self._window)
 
     def check_and_remember(
         self, request_id: str, nonce: bytes, issued_at: datetime, *, now: datetime
@@ -462,8 +477,127 @@ class ReplayCache:
         return int(count)
 
 
+class ReplayStore(Protocol):
+    """What the pipeline and the start-up rebuild need of a replay cache."""
+
+    @property
+    def window(self) -> timedelta: ...
+
+    def check_freshness(self, issued_at: datetime, *, now: datetime, skew: timedelta) -> None: ...
+
+    async def remember(
+        self, request_id: str, nonce: bytes, issued_at: datetime, *, now: datetime
+    ) -> None: ...
+
+    def restore(self, seen: Iterable[SeenRequest], *, now: datetime) -> int: ...
+
+    def stored_keys(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class MemoryReplayCache:
+    """Refuses any request id or nonce seen within the window; held in memory only.
+
+    Same contract as ``ReplayCache`` except durability: it MUST be rebuilt with
+    ``rebuild_from_audit`` from the audit log the pipeline writes before its first check after
+    every start (the module docstring argues why the log holds every id that matters).
+    ``check_and_remember`` is atomic under one lock: of two identical requests exactly one
+    passes. Entries expire ``window`` after their ``issued_at`` and are pruned every 30 seconds
+    of ``now``, oldest first, so memory is bounded by the requests of one window.
+    """
+
+    def __init__(self, *, window: timedelta) -> None:
+        if window <= timedelta(0):
+            raise ValueError("window must be positive")
+        self._window = window
+        self._window_us = window // timedelta(microseconds=1)
+        self._lock = threading.Lock()
+        self._seen: dict[bytes, int] = {}  # key -> expires_us
+        self._expiries: list[tuple[int, bytes]] = []  # min-heap of (expires_us, key)
+        self._next_prune_us = 0
+
+    @property
+    def window(self) -> timedelta:
+        return self._window
+
+    def close(self) -> None:
+        """Forget everything (nothing to flush)."""
+        with self._lock:
+            self._seen.clear()
+            self._expiries.clear()
+
+    def check_freshness(self, issued_at: datetime, *, now: datetime, skew: timedelta) -> None:
+        """As ``ReplayCache.check_freshness``."""
+        _check_freshness(issued_at, now=now, skew=skew, window=self._window)
+
+    def check_and_remember(
+        self, request_id: str, nonce: bytes, issued_at: datetime, *, now: datetime
+    ) -> None:
+        """Remember ``request_id`` and ``nonce``; raise ``Replayed`` if either was seen.
+
+        Nothing is remembered when ``Replayed`` or ``Stale`` is raised.
+        """
+        now_us = _us(now)
+        issued_us = _us(issued_at)
+        if issued_us + self._window_us < now_us:
+            raise Stale(
+                f"issued_at is older than the replay window ({describe_span(self._window)})"
+            )
+        id_key = _ID_KEY + request_id.encode()
+        nonce_key = _NONCE_KEY + nonce
+        expires_us = issued_us + self._window_us
+        with self._lock:
+            id_seen = id_key in self._seen
+            nonce_seen = nonce_key in self._seen
+            if id_seen or nonce_seen:
+                raise _replayed(request_id, id_seen, nonce_seen)
+            self._add(id_key, expires_us)
+            self._add(nonce_key, expires_us)
+            if now_us >= self._next_prune_us:
+                self._prune(now_us)
+
+    async def remember(
+        self, request_id: str, nonce: bytes, issued_at: datetime, *, now: datetime
+    ) -> None:
+        """``check_and_remember`` for callers on an event loop: no I/O, so no thread hop."""
+        self.check_and_remember(request_id, nonce, issued_at, now=now)
+
+    def restore(self, seen: Iterable[SeenRequest], *, now: datetime) -> int:
+        """Remember every request of ``seen`` again without refusing any (see ``ReplayCache``)."""
+        now_us = _us(now)
+        count = 0
+        with self._lock:
+            for s in seen:
+                expires_us = _us(s.issued_at) + self._window_us
+                if expires_us < now_us or not s.request_id or not s.nonce:
+                    continue
+                for key in (_ID_KEY + s.request_id.encode(), _NONCE_KEY + s.nonce):
+                    if self._seen.get(key, -1) < expires_us:
+                        self._add(key, expires_us)
+                count += 1
+        return count
+
+    def stored_keys(self) -> int:
+        """Request ids plus nonces held, expired ones not yet pruned included."""
+        with self._lock:
+            return len(self._seen)
+
+    def _add(self, key: bytes, expires_us: int) -> None:
+        self._seen[key] = expires_us
+        heapq.heappush(self._expiries, (expires_us, key))
+
+    def _prune(self, now_us: int) -> None:
+        self._next_prune_us = now_us + _PRUNE_EVERY // timedelta(microseconds=1)
+        heap = self._expiries
+        while heap and heap[0][0] < now_us:
+            expires_us, key = heapq.heappop(heap)
+            if self._seen.get(key) == expires_us:  # not renewed by a later restore
+                del self._seen[key]
+
+
 def rebuild_from_audit(
-    cache: ReplayCache,
+    cache: ReplayStore,
     source: RequestLegSource,
     *,
     origin: str,

@@ -74,7 +74,13 @@ from gateway.events import EventServicer
 from gateway.pipeline import Pipeline
 from gateway.policy import ReloadingDecider, load_default_decider
 from gateway.quotas import QuotaConfig, Quotas
-from gateway.replay import Rebuilt, ReplayCache, rebuild_from_audit
+from gateway.replay import (
+    MemoryReplayCache,
+    Rebuilt,
+    ReplayCache,
+    ReplayStore,
+    rebuild_from_audit,
+)
 from gateway.routing import NodeRouter
 from gateway.rules import BusinessRules
 from gateway.service import SERVICE_NAME, GatewayServicer
@@ -103,7 +109,7 @@ def _registry_stamp(path: Path) -> tuple[int, int, int]:
 @dataclass(slots=True)
 class _Parts:
     audit: AuditLog
-    replay: ReplayCache
+    replay: ReplayStore
     rules: BusinessRules
     tickets: Tickets
     alerts: AlertHub
@@ -159,7 +165,7 @@ def _console_source(config: GatewayConfig) -> Path | PgShard:
     return config.audit_path
 
 
-def _rebuild_replay(config: GatewayConfig, replay: ReplayCache) -> Rebuilt:
+def _rebuild_replay(config: GatewayConfig, replay: ReplayStore) -> Rebuilt:
     """Rebuild ``replay`` from the configured shard through a reader of its own (blocking)."""
     audit = config.audit
     source: SqliteDatabase | PgDatabase
@@ -178,7 +184,7 @@ def _rebuild_replay(config: GatewayConfig, replay: ReplayCache) -> Rebuilt:
         source.close()
 
 
-async def _open_replay_cache(config: GatewayConfig, audit: AuditLog) -> ReplayCache:
+async def _open_replay_cache(config: GatewayConfig, audit: AuditLog) -> ReplayStore:
     """The replay cache, rebuilt from the audit log's window before anything is checked.
 
     Always rebuilt, whatever ``replay_synchronous``: with ``"normal"`` a power loss may have
@@ -186,12 +192,17 @@ async def _open_replay_cache(config: GatewayConfig, audit: AuditLog) -> ReplayCa
     audit log and the cache if that fails: the gateway MUST NOT serve without the rebuild.
     """
     pipeline = config.pipeline
+    window = timedelta(seconds=pipeline.replay_window_s)
+    replay: ReplayStore
     try:
-        replay = ReplayCache.open(
-            config.replay_path,
-            window=timedelta(seconds=pipeline.replay_window_s),
-            synchronous="FULL" if pipeline.replay_synchronous == "full" else "NORMAL",
-        )
+        if pipeline.replay_store == "memory":
+            replay = MemoryReplayCache(window=window)
+        else:
+            replay = ReplayCache.open(
+                config.replay_path,
+                window=window,
+                synchronous="FULL" if pipeline.replay_synchronous == "full" else "NORMAL",
+            )
     except BaseException:
         await audit.close()
         raise

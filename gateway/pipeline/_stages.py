@@ -69,7 +69,7 @@ from gateway.pipeline._reports import Reports
 from gateway.pipeline.validation import validate_request
 from gateway.policy import PolicyDecider, PolicyRequest, authorize
 from gateway.quotas import Quotas
-from gateway.replay import ReplayCache
+from gateway.replay import ReplayStore
 from gateway.routing import NodeRouter
 from gateway.rules import BusinessRules
 from gateway.telemetry import ATTR_ACTION, ATTR_PEER, ATTR_TARGET, GatewayTelemetry
@@ -94,7 +94,7 @@ class Pipeline:
         *,
         registry: Registry,
         decider: PolicyDecider,
-        replay: ReplayCache,
+        replay: ReplayStore,
         rules: BusinessRules,
         quotas: Quotas,
         audit: AuditLog,

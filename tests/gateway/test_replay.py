@@ -13,7 +13,7 @@ import pytest
 
 from fedgate.actions import new_request_id
 from fedgate.errors import AuditUnavailable, FedgateError, Replayed, Stale
-from gateway.replay import ReplayCache, describe_span
+from gateway.replay import MemoryReplayCache, ReplayCache, describe_span
 
 NOW = datetime(2026, 3, 14, 9, 26, 53, tzinfo=UTC)
 SKEW = timedelta(minutes=5)
@@ -29,10 +29,15 @@ def path(tmp_path: Path) -> Path:
     return tmp_path / "state" / "replay.sqlite"
 
 
-@pytest.fixture
-def cache(path: Path) -> Iterator[ReplayCache]:
-    c = ReplayCache.open(path, window=WINDOW)
-    yield c
+@pytest.fixture(params=["sqlite", "memory"])
+def cache(path: Path, request: pytest.FixtureRequest) -> Iterator[ReplayCache]:
+    """Both caches keep the same contract; only the SQLite one survives a restart by itself."""
+    c: ReplayCache | MemoryReplayCache
+    if request.param == "sqlite":
+        c = ReplayCache.open(path, window=WINDOW)
+    else:
+        c = MemoryReplayCache(window=WINDOW)
+    yield c  # type: ignore[misc]
     c.close()
 
 
@@ -248,3 +253,35 @@ class TestRememberOnTheEventLoop:
         )
         assert all(isinstance(r, AuditUnavailable) for r in results)
         cache.close()
+
+
+class TestMemoryCache:
+    def test_restore_keeps_the_later_expiry_and_refuses_replays_after(self) -> None:
+        from gateway.replay import SeenRequest
+
+        cache = MemoryReplayCache(window=WINDOW)
+        request_id, nonce = rid(), os.urandom(16)
+        seen = [SeenRequest(request_id=request_id, nonce=nonce, issued_at=NOW)]
+        assert cache.restore(seen, now=NOW) == 1
+        assert cache.restore(seen, now=NOW) == 1  # idempotent
+        assert cache.stored_keys() == 2
+        with pytest.raises(Replayed, match=r"request id .* and its nonce"):
+            cache.check_and_remember(request_id, nonce, NOW, now=NOW)
+
+    def test_restore_skips_what_has_expired(self) -> None:
+        from gateway.replay import SeenRequest
+
+        cache = MemoryReplayCache(window=WINDOW)
+        old = NOW - WINDOW - timedelta(seconds=1)
+        seen = [SeenRequest(request_id=rid(), nonce=os.urandom(16), issued_at=old)]
+        assert cache.restore(seen, now=NOW) == 0
+        assert cache.stored_keys() == 0
+
+    def test_memory_is_bounded_by_one_window(self) -> None:
+        cache = MemoryReplayCache(window=WINDOW)
+        for minute in range(0, 60, 1):
+            at = NOW + timedelta(minutes=minute)
+            for _ in range(10):
+                cache.check_and_remember(rid(), os.urandom(16), at, now=at)
+        # at most one window (10 min) plus one pruning interval of requests are held
+        assert cache.stored_keys() <= 2 * 10 * 11
