@@ -25,6 +25,11 @@ RESULTS = Path(__file__).with_name("results.json")
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["profile"]:  # `python -m bench profile`: the per-component CPU table
+        from bench.profile import main as profile_main
+
+        return profile_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="a short run (under two minutes)")
     parser.add_argument(

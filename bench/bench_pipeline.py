@@ -179,6 +179,7 @@ class _Process:
         if not self._conn.poll(60):
             raise RuntimeError(f"the {kind} process did not start")
         self.endpoint = f"127.0.0.1:{self._conn.recv()}"
+        self.pid = self._process.pid
 
     def cpu_seconds(self) -> float:
         """CPU time the process has used so far (user + system, all threads)."""

@@ -1,0 +1,149 @@
+"""``python -m bench profile``: where the gateway's CPU goes, per request, by component.
+
+Runs the pipeline benchmark's set-up (agency node, gateway, bare proxy, each its own process),
+drives the gateway closed-loop while ``py-spy`` samples it, and prints a table: each component's
+share of the samples times the gateway's measured CPU per request (from the process's own CPU
+time), beside the proxy's CPU per request for the same load. This is the script behind the
+breakdown in ``docs/benchmarks.md``.
+
+A sample is charged to the innermost frame that belongs to a known component (so time in the
+event loop called from the pipeline counts as event loop); C code (libsodium, SQLite, gRPC's
+core) is charged to the Python frame that called it. Threads are sampled only while active (a
+thread blocked in fsync counts as active, so the audit writer's share includes its waits for the
+disk: the figures apportion the measured CPU by samples, they are not per-function counters). gRPC's Cython core has no Python frames: its
+time is charged to the asyncio callback that runs it (``event loop``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from bench.bench_pipeline import _channel, _closed_loop, _Envelopes, _Process
+from fedgate.pki import init_federation
+from fedgate.render import table
+
+__all__ = ["COMPONENTS", "main"]
+
+COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("telemetry (OpenTelemetry)", ("opentelemetry/", "gateway/telemetry.py")),
+    ("Ed25519 (sign, verify)", ("nacl/", "fedgate/keys.py", "cryptography/")),
+    ("replay cache", ("gateway/replay.py",)),
+    (
+        "audit log (encode, commit, tree, checkpoint)",
+        (
+            "gateway/audit/",
+            "fedgate/audit_entry.py",
+            "fedgate/merkle.py",
+            "fedgate/note.py",
+            "fedgate/checkpoint.py",
+            "sqlite3/",
+        ),
+    ),
+    ("policy and rules", ("gateway/policy/", "gateway/rules.py", "gateway/quotas.py")),
+    ("validation", ("gateway/pipeline/validation.py", "gateway/pipeline/_fields.py", "validate")),
+    ("protobuf", ("google/protobuf/",)),
+    ("gRPC (Python side)", ("grpc/", "grpc_")),
+    ("event loop (asyncio)", ("asyncio/",)),
+    ("pipeline glue (gateway)", ("gateway/",)),
+)
+OTHER = "other"
+
+
+def _component(stack: str) -> str:
+    """The component of the innermost frame that belongs to one (py-spy raw: root;…;leaf)."""
+    for frame in reversed(stack.split(";")):
+        for name, needles in COMPONENTS:
+            if any(needle in frame for needle in needles):
+                return name
+    return OTHER
+
+
+def _read_raw(path: Path) -> tuple[Counter[str], Counter[str]]:
+    """Samples per component and per innermost frame from a py-spy ``--format raw`` file."""
+    counts: Counter[str] = Counter()
+    leaves: Counter[str] = Counter()
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            counts[_component(stack)] += int(count)
+            leaves[stack.rsplit(";", 1)[-1]] += int(count)
+    return counts, leaves
+
+
+async def _drive(fed: Path, endpoint: str, seconds: float) -> int:
+    envelopes = _Envelopes(fed)
+    channel = _channel(fed, endpoint)
+    try:
+        await _closed_loop(channel, envelopes.make(200), 0.5)  # warm up
+        done, _ = await _closed_loop(channel, envelopes.make(int(seconds * 4000)), seconds)
+    finally:
+        await channel.close(None)
+    return done
+
+
+def profile(seconds: float, top: int = 0) -> list[list[str]]:
+    """Run, sample, and return the table's rows (and print the ``top`` hottest frames)."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(py_spy).exists():
+        raise SystemExit("py-spy is not installed: run `make setup` (it is a dev dependency)")
+    with tempfile.TemporaryDirectory(prefix="fedgate-bench-profile-") as tmp:
+        root = Path(tmp)
+        fed = init_federation(root / "fed", now=datetime.now(UTC) - timedelta(hours=1))
+        node = _Process("node", fed, root / "node")
+        proxy = gateway = None
+        try:
+            proxy = _Process("proxy", fed, root / "proxy", node.endpoint)
+            gateway = _Process("gateway", fed, root / "gateway", node.endpoint)
+            before = proxy.cpu_seconds()
+            proxy_done = asyncio.run(_drive(fed, proxy.endpoint, seconds))
+            proxy_us = (proxy.cpu_seconds() - before) / proxy_done * 1e6
+            raw = root / "gateway.raw"
+            command = [py_spy, "record", "--pid", str(gateway.pid), "--format", "raw"]
+            command += ["--rate", "200", "--nonblocking", "--output", str(raw)]
+            sampler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            before = gateway.cpu_seconds()
+            done = asyncio.run(_drive(fed, gateway.endpoint, seconds))
+            gateway_us = (gateway.cpu_seconds() - before) / done * 1e6
+            sampler.send_signal(signal.SIGINT)  # py-spy writes its file when interrupted
+            _, errors = sampler.communicate(timeout=30)
+            if not raw.exists():
+                raise SystemExit(f"py-spy recorded nothing: {errors.decode(errors='replace')}")
+            counts, leaves = _read_raw(raw)
+        finally:
+            for process in (gateway, proxy, node):
+                if process is not None:
+                    process.stop()
+    total = sum(counts.values()) or 1
+    for frame, n in leaves.most_common(top):
+        print(f"{100 * n / total:5.1f} %  {frame}")
+    rows = [
+        [name, f"{gateway_us * n / total:,.0f}", f"{100 * n / total:.0f} %"]
+        for name, n in counts.most_common()
+    ]
+    rows.append(["gateway, all components", f"{gateway_us:,.0f}", "100 %"])
+    rows.append(["bare mTLS proxy, same load", f"{proxy_us:,.0f}", ""])
+    rows.append(["pipeline_cpu_ratio (proxy ÷ gateway)", f"{proxy_us / gateway_us:.2f}", ""])
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench profile", description=__doc__)
+    parser.add_argument("--seconds", type=float, default=10.0, help="load time per side")
+    parser.add_argument("--top", type=int, default=0, help="also print the N hottest frames")
+    args = parser.parse_args(argv)
+    rows = profile(args.seconds, args.top)
+    print("\n".join(table(["component", "CPU µs per request", "share"], rows)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
