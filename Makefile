@@ -68,8 +68,8 @@ fmt: setup ## format the code
 	@$(BIN)/ruff format .
 	@$(BIN)/ruff check --fix .
 
-bench: setup ## run the benchmarks (QUICK=1 for a short run); writes bench/results.json
-	@$(PY) -m bench $(if $(QUICK),--quick,)
+bench: setup ## run the benchmarks (QUICK=1 short, SOAK=1 the 10-minute soak); writes bench/results.json
+	@$(PY) -m bench $(if $(QUICK),--quick,) $(if $(SOAK),--soak,)
 
 clean: ## remove the venv, generated stubs, caches and local state
 	rm -rf $(VENV) $(TOOLS) fedgate/v1 .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info $(STATE)

@@ -33,11 +33,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="a short run (under two minutes)")
     parser.add_argument(
+        "--soak",
+        action="store_true",
+        help="only the soak: the whole federation at 70 %% of its peak for ten minutes",
+    )
+    parser.add_argument(
         "--only", nargs="*", choices=MODULES, default=None, help="run only these modules"
     )
     args = parser.parse_args(argv)
     results: dict[str, dict[str, float | str]] = {}
-    for name in MODULES:
+    if args.only or args.soak:  # a partial run updates the figures it measured, keeps the rest
+        try:
+            results = json.loads(RESULTS.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            results = {}
+    for name in ("soak",) if args.soak else MODULES:
         if args.only and name not in args.only:
             continue
         print(f"# {name}{' (quick)' if args.quick else ''}", file=sys.stderr, flush=True)

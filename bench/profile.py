@@ -6,12 +6,12 @@ share of the samples times the gateway's measured CPU per request (from the proc
 time), beside the proxy's CPU per request for the same load. This is the script behind the
 breakdown in ``docs/benchmarks.md``.
 
-A sample is charged to the innermost frame that belongs to a known component (so time in the
-event loop called from the pipeline counts as event loop); C code (libsodium, SQLite, gRPC's
-core) is charged to the Python frame that called it. Threads are sampled only while active (a
-thread blocked in fsync counts as active, so the audit writer's share includes its waits for the
-disk: the figures apportion the measured CPU by samples, they are not per-function counters). gRPC's Cython core has no Python frames: its
-time is charged to the asyncio callback that runs it (``event loop``).
+A sample is charged to the innermost frame that belongs to a known component (so time in the event
+loop called from the pipeline counts as event loop); C code (libsodium, SQLite, gRPC's core) is
+charged to the Python frame that called it. Threads are sampled only while active (a thread blocked
+in fsync counts as active, so the audit writer's share includes its waits for the disk: the figures
+apportion the measured CPU by samples, they are not per-function counters). gRPC's Cython core has
+no Python frames: its time is charged to the asyncio callback that runs it (``event loop``).
 """
 
 from __future__ import annotations

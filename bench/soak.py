@@ -1,0 +1,260 @@
+"""``make bench SOAK=1``: the whole federation at 70 % of its measured peak for ten minutes.
+
+The federation is the one ``fedgate up`` starts (gateway, four banks, three carriers, two
+witnesses, each its own process) in a temporary directory on free ports. The client, in this
+process, signs queries as ``police.gd.afc``: ``account_holder`` at every bank and ``subscriber``
+at every carrier, over accounts and numbers that exist in the seeded world.
+
+1. Peak: closed loop with ``CONCURRENCY`` in flight for ``PEAK_S`` seconds.
+2. Soak: open loop at 70 % of that peak for ``FEDGATE_SOAK_SECONDS`` (default 600), requests
+   sent on a fixed schedule. Every answer must be a signed OK; anything else (a gRPC error, a
+   refusal, another status) is an error.
+3. Memory: the resident set (``VmRSS``) of the gateway and of every node, sampled every five
+   seconds. Growth is measured from the end of the warm-up (the first fifth of the soak) to the
+   end; the figure for the nodes is the largest of them.
+
+- ``soak_errors`` (goal 0), ``soak_requests``, ``soak_rate_per_s``, ``soak_peak_per_s``;
+- ``soak_gateway_rss_growth_pct``, ``soak_nodes_rss_growth_pct`` (goal ≤ 5 each).
+
+The gateway's quotas are raised through its environment (``FEDGATE_GATEWAY__QUOTAS__…``): the
+default quotas would rightly refuse a sustained load from one officer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import sqlite3
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import grpc.aio
+
+from adapters.up import prepare_state, start, stop, wait_healthy
+from fedgate.envelope import Domain, Signer, decode_response, sign_envelope
+from fedgate.federation import MemberKind
+from fedgate.registry import Registry
+from fedgate.testing import valid_request
+from fedgate.tls import MemberCredentials, channel_credentials, channel_options
+from fedgate.types import MemberId
+from fedgate.v1 import envelope_pb2, gateway_service_pb2, request_pb2
+
+__all__ = ["run"]
+
+POLICE = MemberId("police.gd.afc")
+GATEWAY = MemberId("gateway")
+CONCURRENCY = 16
+PEAK_S = 15.0
+SHARE_OF_PEAK = 0.7
+SAMPLE_EVERY_S = 5.0
+_SUBMIT = "/fedgate.v1.GatewayService/Submit"
+_QUOTAS = {
+    "FEDGATE_GATEWAY__QUOTAS__OFFICER_PER_MINUTE": "1000000000",
+    "FEDGATE_GATEWAY__QUOTAS__OFFICER_BURST": "1000000000",
+    "FEDGATE_GATEWAY__QUOTAS__MEMBER_PER_MINUTE": "1000000000",
+    "FEDGATE_GATEWAY__QUOTAS__MEMBER_BURST": "1000000000",
+}
+
+
+def _say(message: str) -> None:
+    print(f"#   {message}", file=sys.stderr, flush=True)
+
+
+def _column(database: Path, query: str, limit: int) -> list[str]:
+    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        return [row[0] for row in conn.execute(query, (limit,))]
+    finally:
+        conn.close()
+
+
+class _Requests:
+    """Freshly signed queries (new id and nonce each), round robin over banks and carriers."""
+
+    def __init__(self, fed: Path, targets: list[tuple[str, str, list[str]]]) -> None:
+        self._signer = Signer.from_key(MemberCredentials.load(fed, POLICE).signing_key)
+        self._targets = targets
+        self._rng = random.Random(7)
+        self._serial = 0
+
+    def make(self, count: int) -> list[bytes]:
+        now = datetime.now(UTC)
+        out = []
+        for _ in range(count):
+            self._serial += 1
+            target, action, subjects = self._targets[self._serial % len(self._targets)]
+            subject = self._rng.choice(subjects)
+            request = valid_request(
+                action,
+                now=now,
+                target=target,
+                serial=self._serial,
+                account_number=subject if action == "account_holder" else None,
+                phone_number=subject if action == "subscriber" else None,
+            )
+            request.answer_deadline.FromDatetime(now + timedelta(minutes=30))
+            envelope = sign_envelope(request.SerializeToString(), self._signer, Domain.REQUEST)
+            out.append(gateway_service_pb2.SubmitRequest(envelope=envelope).SerializeToString())
+        return out
+
+
+def _is_ok(raw: bytes) -> bool:
+    reply = gateway_service_pb2.SubmitResponse.FromString(raw)
+    if not reply.HasField("response"):
+        return False
+    signed: envelope_pb2.SignedEnvelope = reply.response.response
+    return decode_response(signed.body).status == request_pb2.RESPONSE_STATUS_OK
+
+
+async def _peak(call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes], requests: _Requests) -> float:
+    bodies = iter(requests.make(int(PEAK_S * 1500)))
+    done = 0
+    deadline = time.perf_counter() + PEAK_S
+
+    async def worker() -> None:
+        nonlocal done
+        for body in bodies:
+            if time.perf_counter() >= deadline:
+                return
+            await call(body, timeout=30)
+            done += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    return done / (time.perf_counter() - started)
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+async def _soak(
+    call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes],
+    requests: _Requests,
+    rate: float,
+    seconds: float,
+    pids: dict[str, int],
+) -> tuple[int, int, dict[str, list[int]]]:
+    errors = 0
+    sent = 0
+    samples: dict[str, list[int]] = {name: [] for name in pids}
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(body: bytes) -> None:
+        nonlocal errors
+        try:
+            if not _is_ok(await call(body, timeout=30)):
+                errors += 1
+        except grpc.aio.AioRpcError:
+            errors += 1
+
+    begin = time.perf_counter()
+    next_sample = begin
+    batch: list[bytes] = []
+    total = int(rate * seconds)
+    for i in range(total):
+        if not batch:
+            batch = requests.make(min(500, total - i))
+            batch.reverse()
+        now = time.perf_counter()
+        if now >= next_sample:
+            for name, pid in pids.items():
+                samples[name].append(_rss_kib(pid))
+            next_sample += SAMPLE_EVERY_S
+            _say(f"{now - begin:5.0f} s: {sent} sent, {errors} errors")
+        delay = begin + i / rate - now
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.create_task(one(batch.pop()))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        sent += 1
+    await asyncio.gather(*tasks)
+    for name, pid in pids.items():
+        samples[name].append(_rss_kib(pid))
+    return sent, errors, samples
+
+
+def _growth_pct(series: list[int]) -> float:
+    """Growth from the end of the warm-up (the first fifth of the samples) to the end."""
+    after_warmup = series[max(1, len(series) // 5)]
+    return (series[-1] - after_warmup) / after_warmup * 100
+
+
+def run(quick: bool) -> dict[str, tuple[float, str]]:
+    """The soak; ``quick`` shortens it to 60 s (a smoke run, not the figure)."""
+    seconds = float(os.environ.get("FEDGATE_SOAK_SECONDS", "60" if quick else "600"))
+    os.environ.update(_QUOTAS)
+    with tempfile.TemporaryDirectory(prefix="fedgate-bench-soak-") as tmp:
+        federation = prepare_state(Path(tmp) / "state", progress=_say, free_ports=True)
+        world = federation.world
+        targets: list[tuple[str, str, list[str]]] = []
+        for bank in world.banks:
+            accounts = _column(
+                world.database(bank),
+                "SELECT account_number FROM accounts WHERE status = 'active' LIMIT ?",
+                500,
+            )
+            targets.append((bank, "account_holder", accounts))
+        for carrier in world.carriers:
+            numbers = _column(
+                world.database(carrier),
+                "SELECT number FROM subscribers WHERE state = 'active' LIMIT ?",
+                500,
+            )
+            targets.append((carrier, "subscriber", numbers))
+        children = start(federation)
+        try:
+            asyncio.run(wait_healthy(federation, children, timeout=90, progress=_say))
+            pids = {
+                str(spec.member): child.pid
+                for spec, child in zip(federation.processes, children, strict=True)
+                if spec.kind in (MemberKind.GATEWAY, MemberKind.BANK, MemberKind.CARRIER)
+            }
+            return asyncio.run(_measure(federation.federation_dir, targets, seconds, pids))
+        finally:
+            stop(children)
+
+
+async def _measure(
+    fed: Path, targets: list[tuple[str, str, list[str]]], seconds: float, pids: dict[str, int]
+) -> dict[str, tuple[float, str]]:
+    gateway = next(iter(pids))
+    creds = MemberCredentials.load(fed, POLICE)
+    endpoint = Registry.load_dir(fed).member(GATEWAY).endpoint
+    channel = grpc.aio.secure_channel(
+        endpoint, channel_credentials(creds), options=channel_options(GATEWAY)
+    )
+    try:
+        call = channel.unary_unary(_SUBMIT, None, None)
+        requests = _Requests(fed, targets)
+        _say(f"measuring the peak for {PEAK_S:.0f} s ({CONCURRENCY} in flight)")
+        peak = await _peak(call, requests)
+        rate = SHARE_OF_PEAK * peak
+        _say(f"peak {peak:.0f} req/s; soaking at {rate:.0f} req/s for {seconds:.0f} s")
+        sent, errors, samples = await _soak(call, requests, rate, seconds, pids)
+    finally:
+        await channel.close(None)
+    nodes = [name for name in samples if name != gateway]
+    return {
+        "soak_peak_per_s": (peak, "req/s"),
+        "soak_rate_per_s": (rate, "req/s"),
+        "soak_seconds": (seconds, "s"),
+        "soak_requests": (float(sent), "requests"),
+        "soak_errors": (float(errors), "errors"),
+        "soak_gateway_rss_growth_pct": (_growth_pct(samples[gateway]), "%"),
+        "soak_nodes_rss_growth_pct": (max(_growth_pct(samples[n]) for n in nodes), "%"),
+    }
+
+
+if __name__ == "__main__":
+    for figure, (value, unit) in run(quick=True).items():
+        print(f"{figure}: {value:.6g} {unit}")
