@@ -1,11 +1,12 @@
 """The reference bank at scale: holder lookups and 30-day window queries.
 
-Builds one bank with 1,000,000 accounts and 10,000,000 postings (quick: 100,000 and
-1,000,000) through the generator's bulk path, once, and keeps it under the system's
-temporary directory for later runs. ``bank_build_s`` is reported only by a run that built the
-database (a figure read from an earlier run is not this run's measurement). ``bank_holder_lookups_per_s`` is sequential ``account_holder`` calls
-on random accounts; ``bank_window_query_p99_ms`` is the 99th percentile latency of the first
-page (100 postings) of a random account's transactions in a random 30-day window.
+Builds one bank with 1,000,000 accounts and 10,000,000 postings (quick: 100,000 and 1,000,000)
+through the generator's bulk path, once, and keeps it under the system's temporary directory for
+later runs. ``bank_build_s`` is reported only by a run that built the database (a figure read from
+an earlier run is not this run's measurement). ``bank_holder_lookups_per_s`` is sequential
+``account_holder`` calls on random accounts; ``bank_window_query_p99_ms`` is the 99th percentile
+latency of the first page (100 postings) of a random account's transactions in a random 30-day
+window.
 """
 
 from __future__ import annotations
