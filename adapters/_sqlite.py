@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fedgate.errors import AgencyUnavailable, FieldViolation, InvalidArgument
+from fedgate.storage import Schema, open_sqlite, prepare_sqlite
 
 __all__ = [
     "Database",
@@ -97,7 +98,9 @@ class _Held:
 
 
 class Database:
-    """One SQLite file opened with one connection per thread (WAL, full sync).
+    """One SQLite file opened with one connection per thread (``fedgate.storage.open_sqlite``),
+    holding ``schema``: created, checked or migrated on construction (a store of a newer or
+    unknown version raises ``StoreVersionError``).
 
     Use :meth:`read` for queries and :meth:`write` for a transaction that takes
     the write lock up front (``BEGIN IMMEDIATE``), so read-check-write sequences
@@ -109,12 +112,21 @@ class Database:
     connection is held under its own lock while in use and ``close`` waits for it.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, schema: Schema) -> None:
         self._path = path
         self._local = threading.local()
         self._all: list[_Held] = []
         self._lock = threading.Lock()
         self._closed = False
+        try:
+            with self._use() as conn:
+                prepare_sqlite(conn, schema, where=path)
+        except sqlite3.Error as exc:
+            self.close()
+            raise AgencyUnavailable(f"cannot open {schema.store} {path}: {exc}") from exc
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def path(self) -> Path:
@@ -127,16 +139,13 @@ class Database:
         with self._lock:
             if self._closed:
                 raise AgencyUnavailable("backend database is closed")
-            conn = sqlite3.connect(
-                self._path, isolation_level=None, check_same_thread=False, timeout=10.0
-            )
+            try:
+                conn = open_sqlite(self._path)
+            except (OSError, sqlite3.Error) as exc:
+                raise AgencyUnavailable(f"backend database {self._path}: {exc}") from exc
             held = _Held(conn)
             self._all.append(held)
         self._local.held = held
-        with held.lock:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
         return held
 
     @contextmanager

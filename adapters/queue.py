@@ -25,6 +25,7 @@ from pathlib import Path
 from adapters._sqlite import Database, decode_page_token, encode_page_token, from_us, to_us
 from fedgate.envelope import decode_request
 from fedgate.errors import FieldViolation, InvalidArgument, NotFound, RuleViolated
+from fedgate.storage import Schema
 from fedgate.types import RequestId
 from fedgate.v1 import envelope_pb2, staff_service_pb2, ticket_pb2
 
@@ -81,6 +82,8 @@ BEGIN
     SELECT RAISE(ABORT, 'requests are never deleted');
 END;
 """
+
+_STORE = Schema(store="node request store", version=1, create=_SCHEMA, legacy_table="requests")
 
 _COLUMNS = (
     "request_id, request_hash, envelope, action, manual, state, received_us, deadline_us,"
@@ -178,9 +181,7 @@ class RequestStore:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = Database(path)
-        with self._db.read() as conn:
-            conn.executescript(_SCHEMA)
+        self._db = Database(path, schema=_STORE)
 
     @classmethod
     def in_state_dir(cls, state_dir: Path) -> RequestStore:

@@ -27,6 +27,7 @@ string (the ``google.rpc.ErrorInfo`` reason). Handlers raise these; one place
     ├── AgencyFault                UNAVAILABLE (node answered wrongly)
     ├── AuditUnavailable           UNAVAILABLE (log cannot be written)
     ├── LogInconsistent            FAILED_PRECONDITION (refuse to sign/cosign)
+    ├── StoreVersionError          FAILED_PRECONDITION (a store's schema version is refused)
     └── VerificationError          DATA_LOSS (audit verification failed)
 """
 
@@ -60,6 +61,7 @@ __all__ = [
     "RuleViolated",
     "SignatureInvalid",
     "Stale",
+    "StoreVersionError",
     "UnknownKey",
     "VerificationError",
 ]
@@ -224,3 +226,10 @@ class LogInconsistent(FedgateError):
 class VerificationError(FedgateError):
     code = grpc.StatusCode.DATA_LOSS
     reason = "VERIFICATION_FAILED"
+
+
+class StoreVersionError(FedgateError):
+    """A store's database is of a newer or unknown schema version, or is another store's."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "STORE_VERSION"

@@ -35,6 +35,7 @@ from fedgate.audit_entry import micros_to_time, time_to_micros
 from fedgate.errors import AuditUnavailable, FedgateError
 from fedgate.registry import Member
 from fedgate.status import abort_with
+from fedgate.storage import Schema, open_store
 from fedgate.tls import peer_member_id
 from fedgate.types import MemberId
 from fedgate.v1 import alert_service_pb2, envelope_pb2
@@ -55,6 +56,7 @@ CREATE TABLE IF NOT EXISTS alerts (
 );
 CREATE INDEX IF NOT EXISTS alerts_by_target ON alerts (target, sequence);
 """
+_STORE = Schema(store="alert store", version=1, create=_SCHEMA, legacy_table="alerts")
 _PAGE = 100
 
 
@@ -83,15 +85,7 @@ class AlertHub:
     @classmethod
     def open(cls, path: Path, *, keep: int = 100_000) -> AlertHub:
         """Open or create the alert store; raises ``AuditUnavailable`` if it is unusable."""
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise AuditUnavailable(f"cannot open the alert store {path}: {exc}") from exc
-        return cls(db, keep=keep)
+        return cls(open_store(path, _STORE, error=AuditUnavailable), keep=keep)
 
     def close(self) -> None:
         with self._lock:

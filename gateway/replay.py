@@ -90,6 +90,7 @@ from fedgate.errors import (
     Stale,
     UnknownKey,
 )
+from fedgate.storage import Schema, open_store
 from fedgate.v1 import envelope_pb2
 
 __all__ = [
@@ -119,6 +120,7 @@ CREATE TABLE IF NOT EXISTS seen (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS seen_by_expiry ON seen (expires_us);
 """
+_STORE = Schema(store="replay cache", version=1, create=_SCHEMA, legacy_table="seen")
 
 # A rebuilt key keeps the later of the two expiries (the cache may already hold it).
 _RESTORE = (
@@ -262,15 +264,7 @@ class ReplayCache:
         ``synchronous`` (``"NORMAL"`` MUST go with ``rebuild_from_audit`` at start-up)."""
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError("synchronous must be FULL or NORMAL")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA synchronous={synchronous}")
-            db.execute("PRAGMA busy_timeout=5000")
-            db.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise AuditUnavailable(f"cannot open the replay cache {path}: {exc}") from exc
+        db = open_store(path, _STORE, error=AuditUnavailable, synchronous=synchronous)
         return cls(connection=db, window=window)
 
     @property

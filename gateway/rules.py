@@ -40,8 +40,9 @@ from typing import Final
 from google.protobuf.descriptor import EnumDescriptor
 
 from fedgate.errors import AuditUnavailable, RuleViolated
+from fedgate.logs import mask
+from fedgate.storage import Schema, open_store
 from fedgate.v1 import common_pb2, request_pb2
-from gateway.pipeline._fields import mask
 
 __all__ = [
     "BULK_CASE_THRESHOLD",
@@ -129,6 +130,9 @@ CREATE TABLE IF NOT EXISTS monitors (
     stopped_us INTEGER
 );
 """
+_STORE = Schema(
+    store="business-rules state", version=1, create=_SCHEMA, legacy_table="stop_payments"
+)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -190,16 +194,7 @@ class BusinessRules:
     @classmethod
     def open(cls, path: Path) -> BusinessRules:
         """Open (creating if needed) the rules database at ``path``."""
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA busy_timeout=5000")
-            db.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise AuditUnavailable(f"cannot open the business-rules state {path}: {exc}") from exc
-        return cls(connection=db)
+        return cls(connection=open_store(path, _STORE, error=AuditUnavailable))
 
     def close(self) -> None:
         """Close the database; the object is unusable afterwards."""

@@ -31,6 +31,7 @@ from typing import Protocol
 from fedgate.audit_entry import micros_to_time, time_to_micros
 from fedgate.envelope import decode_response
 from fedgate.errors import AgencyUnavailable, AuditUnavailable, Expired, NotFound
+from fedgate.storage import Schema, open_store
 from fedgate.types import MemberId
 from fedgate.v1 import envelope_pb2, ticket_pb2
 from gateway.routing import NodeRouter
@@ -59,6 +60,7 @@ CREATE TABLE IF NOT EXISTS tickets (
     updated_us INTEGER NOT NULL
 )
 """
+_STORE = Schema(store="ticket store", version=1, create=_SCHEMA, legacy_table="tickets")
 _COLUMNS = (
     "ticket_id, requester, target, action, request_body, request_leaf_index, request_receipt, "
     "deadline_us, state, signed_response, detail"
@@ -125,15 +127,7 @@ class TicketStore:
     @classmethod
     def open(cls, path: Path) -> TicketStore:
         """Open or create the store; raises ``AuditUnavailable`` if the file is unusable."""
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise AuditUnavailable(f"cannot open the ticket store {path}: {exc}") from exc
-        return cls(db)
+        return cls(open_store(path, _STORE, error=AuditUnavailable))
 
     def close(self) -> None:
         with self._lock:

@@ -13,8 +13,11 @@ from itertools import islice
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
+from fedgate.storage import Schema, prepare_sqlite
+
 __all__ = [
     "INDEXES",
+    "SCHEMA",
     "TABLES",
     "AccountRow",
     "CustomerRow",
@@ -117,6 +120,10 @@ CREATE INDEX IF NOT EXISTS logins_account_ts ON logins(account_number, ts);
 CREATE INDEX IF NOT EXISTS stop_payments_account ON stop_payments(account_number);
 CREATE INDEX IF NOT EXISTS freezes_account ON freezes(account_number);
 """
+
+SCHEMA = Schema(
+    store="reference bank database", version=1, create=TABLES + INDEXES, legacy_table="accounts"
+)
 
 
 class CustomerRow(NamedTuple):
@@ -231,5 +238,6 @@ def create_bank_database(
         say(f"{bank_id}: building indexes")
         conn.executescript(INDEXES)
         conn.execute("PRAGMA journal_mode=WAL")
+        prepare_sqlite(conn, SCHEMA, where=path)
     finally:
         conn.close()

@@ -29,6 +29,7 @@ from adapters.bank.backend import CoreBanking
 from adapters.bank.convert import transaction_pb
 from adapters.reports import ReportSender, is_transient
 from fedgate.errors import FedgateError
+from fedgate.storage import Schema
 from fedgate.types import MemberId
 from fedgate.v1 import common_pb2, report_pb2
 
@@ -47,6 +48,7 @@ CREATE TABLE IF NOT EXISTS watches (
     stopped INTEGER NOT NULL DEFAULT 0
 );
 """
+_STORE = Schema(store="bank monitor ledger", version=1, create=_SCHEMA, legacy_table="watches")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +68,7 @@ class MonitorLedger:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = Database(path)
-        with self._db.read() as conn:
-            conn.executescript(_SCHEMA)
+        self._db = Database(path, schema=_STORE)
 
     def close(self) -> None:
         self._db.close()

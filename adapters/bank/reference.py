@@ -18,7 +18,7 @@ from typing import Any
 
 from adapters._sqlite import Database, decode_page_token, encode_page_token, from_us, to_us, utc_now
 from adapters.bank import _orders
-from adapters.bank._schema import INDEXES, TABLES
+from adapters.bank._schema import SCHEMA
 from adapters.bank.backend import (
     AccountHolder,
     AccountSummary,
@@ -97,9 +97,7 @@ class ReferenceBank:
             raise ValueError(f"bank_id {bank_id!r} is not one of {sorted(BANK_BINS)}")
         self._bank_id = bank_id
         self._clock = clock
-        self._db = Database(path)
-        with self._db.read() as conn:
-            conn.executescript(TABLES + INDEXES)
+        self._db = Database(path, schema=SCHEMA)
         with self._db.write() as conn:
             conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('bank_id', ?)", (bank_id,))
             (stored,) = conn.execute("SELECT value FROM meta WHERE key = 'bank_id'").fetchone()

@@ -10,8 +10,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
+from fedgate.storage import Schema, prepare_sqlite
+
 __all__ = [
     "INDEXES",
+    "SCHEMA",
     "TABLES",
     "CellRow",
     "LocationRow",
@@ -78,6 +81,13 @@ CREATE INDEX IF NOT EXISTS subscribers_id_number ON subscribers(id_number);
 CREATE INDEX IF NOT EXISTS records_number_ts ON records(number, ts);
 CREATE INDEX IF NOT EXISTS locations_number_ts ON locations(number, ts);
 """
+
+SCHEMA = Schema(
+    store="reference carrier database",
+    version=1,
+    create=TABLES + INDEXES,
+    legacy_table="subscribers",
+)
 
 
 class SubscriberRow(NamedTuple):
@@ -149,5 +159,6 @@ def create_carrier_database(
         conn.execute("COMMIT")
         conn.executescript(INDEXES)
         conn.execute("PRAGMA journal_mode=WAL")
+        prepare_sqlite(conn, SCHEMA, where=path)
     finally:
         conn.close()

@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import Any
 
 from adapters._sqlite import Database, decode_page_token, encode_page_token, from_us, to_us, utc_now
-from adapters.carrier._schema import INDEXES, TABLES
+from adapters.carrier._schema import SCHEMA
 from adapters.carrier.backend import (
     LOCATION_MAX_AGE,
     CallDirection,
@@ -85,9 +85,7 @@ class ReferenceCarrier:
             raise ValueError(f"carrier_id {carrier_id!r} is not one of {sorted(CARRIER_PREFIXES)}")
         self._carrier_id = carrier_id
         self._clock = clock
-        self._db = Database(path)
-        with self._db.read() as conn:
-            conn.executescript(TABLES + INDEXES)
+        self._db = Database(path, schema=SCHEMA)
         with self._db.write() as conn:
             conn.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('carrier_id', ?)", (carrier_id,)

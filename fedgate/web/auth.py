@@ -40,6 +40,7 @@ from fedgate.errors import (
     PermissionRefused,
 )
 from fedgate.federation import check_member_id
+from fedgate.storage import Schema, open_store
 from fedgate.types import MemberId
 
 __all__ = [
@@ -152,6 +153,7 @@ CREATE TABLE IF NOT EXISTS users (
     created_us INTEGER NOT NULL
 );
 """
+_STORE = Schema(store="console user store", version=1, create=_SCHEMA, legacy_table="users")
 
 
 def _us(at: datetime) -> int:
@@ -167,17 +169,9 @@ class UserStore:
         self._path = Path(path)
         self._clock = clock or (lambda: datetime.now(UTC))
         self._lock = threading.Lock()
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.execute("PRAGMA busy_timeout=5000")
-            self._conn.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise FedgateError(
-                f"cannot open the user store {self._path}: {exc}", reason=_UNAVAILABLE
-            ) from exc
+        self._conn = open_store(
+            self._path, _STORE, error=lambda message: FedgateError(message, reason=_UNAVAILABLE)
+        )
         os.chmod(self._path, 0o600)
 
     @classmethod

@@ -35,8 +35,10 @@ from typing import Any, Final, Protocol, TypeVar
 import psycopg
 
 from fedgate.errors import AuditUnavailable, InvalidArgument
+from fedgate.storage import open_sqlite, prepare_sqlite
 from gateway.audit._rows import COLUMNS, SearchSql, add_filters, group_subjects, indexed_row
 from gateway.audit.pg_store import DEFAULT_SCHEMA, connect_reader
+from gateway.audit.sqlite_store import AUDIT_SCHEMA
 from gateway.audit.store import IndexedRow, SearchQuery
 
 __all__ = [
@@ -305,13 +307,19 @@ class _SqliteReader:
         self.path = path
         if not path.exists():
             raise AuditUnavailable(f"no audit log database at {path}")
-        uri = f"{path.resolve().as_uri()}?mode=ro"
         try:
-            con = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10.0)
-            con.execute("PRAGMA busy_timeout = 10000")
-            con.execute("SELECT 1 FROM leaves LIMIT 1").fetchall()
+            con = open_sqlite(path, read_only=True)
         except sqlite3.Error as exc:
             raise AuditUnavailable(f"cannot read the audit log {path}: {exc}") from exc
+        try:
+            prepare_sqlite(con, AUDIT_SCHEMA, where=path, writable=False)
+            con.execute("SELECT 1 FROM leaves LIMIT 1").fetchall()
+        except sqlite3.Error as exc:
+            con.close()
+            raise AuditUnavailable(f"cannot read the audit log {path}: {exc}") from exc
+        except BaseException:
+            con.close()
+            raise
         self._con = con
 
     def fetch(self, what: str, statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:

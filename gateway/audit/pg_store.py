@@ -22,6 +22,7 @@ from psycopg import sql
 
 from fedgate.audit_entry import EntryKind
 from fedgate.errors import AuditUnavailable
+from fedgate.storage import Schema, prepare_postgres
 from gateway.audit import _rows
 from gateway.audit.store import (
     CommitBatch,
@@ -33,6 +34,7 @@ from gateway.audit.store import (
 )
 
 __all__ = [
+    "AUDIT_SCHEMA",
     "DEFAULT_SCHEMA",
     "SCHEMA_VERSION",
     "PgDatabase",
@@ -115,6 +117,9 @@ _TRIGGERS = (
     )
     + f"REVOKE UPDATE, DELETE, TRUNCATE ON {', '.join(_TABLES)} FROM PUBLIC;\n"
 )
+AUDIT_SCHEMA = Schema(
+    store="audit log", version=int(SCHEMA_VERSION), create=_DDL + _TRIGGERS, legacy_table="shards"
+)
 
 # The origin goes last: each row is the shared ``_rows.leaf_values`` tuple plus ``(origin,)``.
 _COPY_LEAVES = f"COPY leaves ({_rows.LEAF_COLUMNS}, origin) FROM STDIN"
@@ -170,12 +175,18 @@ def connect_reader(
     try:
         conn.execute("SET default_transaction_read_only = on")
         conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        prepare_postgres(conn, AUDIT_SCHEMA, where=_where(schema), writable=False)
         if conn.execute("SELECT 1 FROM shards WHERE origin = %s", (origin,)).fetchone() is None:
             raise AuditUnavailable(f"no audit shard {origin!r} in schema {schema!r}")
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def _where(schema: str) -> str:
+    """A store's name in messages (never the DSN: it may hold a password)."""
+    return f"PostgreSQL schema {schema!r}"
 
 
 class PgDatabase:
@@ -190,6 +201,7 @@ class PgDatabase:
         self._origin = origin
         self._schema = schema
         self._writer = writer
+        self._where = _where(schema)
         self._conn: psycopg.Connection[Any] | None = None
         try:
             self._conn = self._open()
@@ -202,8 +214,7 @@ class PgDatabase:
             if self._writer:
                 with conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_DDL_LOCK,))
-                    conn.execute(_DDL)
-                    conn.execute(_TRIGGERS)
+                    prepare_postgres(conn, AUDIT_SCHEMA, where=self._where)
                 key = f"{self._schema}/{self._origin}"
                 row = conn.execute(
                     "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,)
@@ -219,6 +230,7 @@ class PgDatabase:
                     (self._origin, SCHEMA_VERSION),
                 )
             else:
+                prepare_postgres(conn, AUDIT_SCHEMA, where=self._where, writable=False)
                 row = conn.execute(
                     "SELECT 1 FROM shards WHERE origin = %s", (self._origin,)
                 ).fetchone()

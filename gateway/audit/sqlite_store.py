@@ -25,6 +25,7 @@ from typing import IO
 
 from fedgate.audit_entry import EntryKind
 from fedgate.errors import AuditUnavailable
+from fedgate.storage import Schema, open_sqlite, prepare_sqlite
 from gateway.audit import _rows
 from gateway.audit.store import (
     CommitBatch,
@@ -35,7 +36,13 @@ from gateway.audit.store import (
     ThreadedStore,
 )
 
-__all__ = ["SCHEMA_VERSION", "SqliteDatabase", "default_state_path", "open_sqlite_store"]
+__all__ = [
+    "AUDIT_SCHEMA",
+    "SCHEMA_VERSION",
+    "SqliteDatabase",
+    "default_state_path",
+    "open_sqlite_store",
+]
 
 SCHEMA_VERSION = "1"
 
@@ -84,6 +91,12 @@ _TRIGGERS = "".join(
     f"SELECT RAISE(ABORT, 'the audit log is append-only: {op} on {t} refused'); END;\n"
     for t in _APPEND_ONLY_TABLES
     for op in ("UPDATE", "DELETE")
+)
+AUDIT_SCHEMA = Schema(
+    store="audit log",
+    version=int(SCHEMA_VERSION),
+    create=_SCHEMA + _TRIGGERS,
+    legacy_table="leaves",
 )
 
 _INSERT_LEAF = (
@@ -182,25 +195,15 @@ class SqliteDatabase:
         try:
             if writer:
                 self._lock = _take_lock(self.path)
-                uri = f"{self.path.resolve().as_uri()}?mode=rwc"
-            else:
-                if not self.path.exists():
-                    raise AuditUnavailable(f"no audit log database at {self.path}")
-                uri = f"{self.path.resolve().as_uri()}?mode=ro"
-            self._con = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10.0)
+            elif not self.path.exists():
+                raise AuditUnavailable(f"no audit log database at {self.path}")
+            self._con = open_sqlite(self.path, read_only=not writer, page_size=_PAGE_SIZE)
             con = self._con
-            con.execute("PRAGMA busy_timeout = 10000")
-            con.execute("PRAGMA synchronous = FULL")
             con.execute("PRAGMA cache_size = -32768")
+            prepare_sqlite(con, AUDIT_SCHEMA, where=self.path, writable=writer)
             if writer:
-                # Before anything creates the file's first page; a no-op on an existing database.
-                con.execute(f"PRAGMA page_size = {_PAGE_SIZE}")
-                mode = con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    raise AuditUnavailable(f"{self.path}: cannot switch to WAL (got {mode})")
-                con.executescript(_SCHEMA + _TRIGGERS)
                 con.execute("PRAGMA wal_autocheckpoint = 0")
-                self._checkpointer = _WalCheckpointer(uri)
+                self._checkpointer = _WalCheckpointer(f"{self.path.resolve().as_uri()}?mode=rw")
             self._origin = self._check_origin(origin, create=writer)
         except sqlite3.Error as exc:
             self._release()

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from fedgate.audit_entry import EventEntry, RequestLeg, ResponseLeg, time_to_micros
-from fedgate.errors import AuditUnavailable, InvalidArgument
+from fedgate.errors import AuditUnavailable, InvalidArgument, StoreVersionError
 from fedgate.web.text import BEIJING
 from gateway.audit.insights import (
     CaseWithoutOrder,
@@ -230,7 +230,7 @@ class TestOpening:
         with pytest.raises(AuditUnavailable, match="no audit log database"):
             await LogInsights.open(tmp_path / "none.sqlite")
         (tmp_path / "other.sqlite").write_bytes(b"")
-        with pytest.raises(AuditUnavailable, match="cannot read"):
+        with pytest.raises(StoreVersionError, match=r"other\.sqlite is not a fedgate audit log"):
             await LogInsights.open(tmp_path / "other.sqlite")
 
     async def test_it_never_writes(self, sqlite_logs: LogFactory) -> None:

@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 
 from fedgate.audit_entry import AuditEntry, EventEntry, RequestLeg, ResponseLeg, time_to_micros
-from fedgate.errors import AuditUnavailable
+from fedgate.errors import AuditUnavailable, StoreVersionError
 from fedgate.web.auth import Role, ScryptParams, UserStore
 from gateway.audit.insights import LogInsights, PgShard, TimeWindow
 from gateway.audit.log import AuditLog
@@ -204,7 +204,7 @@ class TestSameAnswersAsSqlite:
 
 class TestOpeningAShard:
     async def test_a_missing_shard_and_an_unreachable_database(self, pg: PgTarget) -> None:
-        with pytest.raises(AuditUnavailable, match="cannot read the audit log"):
+        with pytest.raises(StoreVersionError, match=r"PostgreSQL schema .* is not a fedgate audit"):
             await LogInsights.open(PgShard(pg.dsn, ORIGIN, pg.schema))  # no tables yet
         with pytest.raises(AuditUnavailable, match="PostgreSQL"):
             await LogInsights.open(PgShard("postgresql://nobody@127.0.0.1:1/none", ORIGIN))

@@ -1,0 +1,132 @@
+"""Every store checks its schema version on open (``fedgate.storage``): a store written by a newer
+fedgate, or another store's file, is refused with a message naming the file and the versions."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from adapters.bank.monitor import MonitorLedger
+from adapters.bank.reference import ReferenceBank
+from adapters.carrier.reference import ReferenceCarrier
+from adapters.queue import RequestStore
+from fedgate.errors import StoreVersionError
+from fedgate.storage import VERSION_TABLE
+from fedgate.web.auth import UserStore
+from gateway.alerts import AlertHub
+from gateway.audit.pg_store import PgDatabase
+from gateway.audit.sqlite_store import SqliteDatabase
+from gateway.replay import ReplayCache
+from gateway.rules import BusinessRules
+from gateway.tickets import TicketStore
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+STORES: dict[str, tuple[str, Callable[[Path], _Closable]]] = {
+    "replay": ("replay cache", ReplayCache.open),
+    "rules": ("business-rules state", BusinessRules.open),
+    "tickets": ("ticket store", TicketStore.open),
+    "alerts": ("alert store", AlertHub.open),
+    "users": ("console user store", UserStore),
+    "node-queue": ("node request store", RequestStore),
+    "monitors": ("bank monitor ledger", MonitorLedger),
+    "bank": ("reference bank database", lambda p: ReferenceBank(path=p, bank_id="bank.icbc")),
+    "carrier": (
+        "reference carrier database",
+        lambda p: ReferenceCarrier(path=p, carrier_id="carrier.cmcc"),
+    ),
+    "audit": ("audit log", lambda p: SqliteDatabase(p, origin="test/log", writer=True)),
+}
+
+
+def _stored_version(path: Path, store: str) -> int:
+    con = sqlite3.connect(path)
+    try:
+        (version,) = con.execute(
+            f"SELECT version FROM {VERSION_TABLE} WHERE store = ?", (store,)
+        ).fetchone()
+    finally:
+        con.close()
+    return int(version)
+
+
+@pytest.mark.parametrize("name", sorted(STORES))
+class TestEverySqliteStore:
+    def test_records_its_version_and_reopens(self, tmp_path: Path, name: str) -> None:
+        store, open_ = STORES[name]
+        path = tmp_path / f"{name}.sqlite"
+        open_(path).close()
+        assert _stored_version(path, store) == 1
+        open_(path).close()
+
+    def test_refuses_a_newer_version_naming_file_and_versions(
+        self, tmp_path: Path, name: str
+    ) -> None:
+        store, open_ = STORES[name]
+        path = tmp_path / f"{name}.sqlite"
+        open_(path).close()
+        con = sqlite3.connect(path)
+        with con:
+            con.execute(f"UPDATE {VERSION_TABLE} SET version = 7 WHERE store = ?", (store,))
+        con.close()
+        with pytest.raises(
+            StoreVersionError,
+            match=rf"{path}: {store} schema version 7 is newer than this fedgate supports "
+            r"\(version 1\)",
+        ):
+            open_(path)
+        assert _stored_version(path, store) == 7
+
+    def test_refuses_another_stores_file(self, tmp_path: Path, name: str) -> None:
+        _store, open_ = STORES[name]
+        other_name = "tickets" if name != "tickets" else "rules"
+        other_store, open_other = STORES[other_name]
+        path = tmp_path / "other.sqlite"
+        open_other(path).close()
+        with pytest.raises(StoreVersionError, match=rf"holds the {other_store}, not a fedgate"):
+            open_(path)
+
+
+@pytest.fixture
+def pg_dsn() -> Iterator[str]:
+    dsn = os.environ.get("FEDGATE_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+    try:
+        admin = psycopg.connect(dsn, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError:
+        pytest.skip("PostgreSQL not reachable at 127.0.0.1:5432 (or set FEDGATE_PG_DSN)")
+    schema = f"versions_test_{uuid.uuid4().hex[:12]}"
+    try:
+        yield f"{dsn}|{schema}"
+    finally:
+        admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+        admin.close()
+
+
+@pytest.mark.postgres
+def test_postgres_audit_store_refuses_a_newer_version(pg_dsn: str) -> None:
+    dsn, schema = pg_dsn.split("|")
+    PgDatabase(dsn, origin="test/log", schema=schema, writer=True).close()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("UPDATE {}.{} SET version = 9").format(
+                sql.Identifier(schema), sql.Identifier(VERSION_TABLE)
+            )
+        )
+    for writer in (True, False):
+        with pytest.raises(
+            StoreVersionError,
+            match=rf"PostgreSQL schema '{schema}': audit log schema version 9 is newer than "
+            r"this fedgate supports \(version 1\)",
+        ):
+            PgDatabase(dsn, origin="test/log", schema=schema, writer=writer)
