@@ -40,6 +40,7 @@ from fedgate.errors import (
     RuleViolated,
 )
 from fedgate.registry import Registry
+from fedgate.trust import TrustHolder
 from fedgate.types import KeyId, MemberId, RequestId
 from fedgate.v1 import agency_service_pb2, envelope_pb2, request_pb2
 
@@ -79,7 +80,7 @@ class AnsweringNode:
 
     config: NodeConfig
     backend: AgencyBackend
-    _registry: Registry
+    _trust: TrustHolder
     _clock: Callable[[], datetime]
     _signer: Signer
     _store: RequestStore | None
@@ -93,7 +94,8 @@ class AnsweringNode:
 
     @property
     def registry(self) -> Registry:
-        return self._registry
+        """The registry in force now (the node's one ``TrustHolder``)."""
+        return self._trust.registry
 
     @property
     def staff(self) -> frozenset[str]:
@@ -202,7 +204,7 @@ class AnsweringNode:
             raise InvalidArgument("request_id is empty")
         if not request.HasField("issued_at"):
             raise InvalidArgument("issued_at is missing")
-        signer, key = self._registry.signing_key(
+        signer, key = self.registry.signing_key(
             KeyId(envelope.key_id), at=request.issued_at.ToDatetime(tzinfo=UTC)
         )
         verify_envelope(envelope, key, Domain.REQUEST)

@@ -58,6 +58,7 @@ from fedgate.errors import (
     PolicyDenied,
 )
 from fedgate.registry import Member, Registry, cert_fingerprint
+from fedgate.trust import TrustHolder
 from fedgate.types import KeyId, MemberId
 from fedgate.v1 import envelope_pb2, gateway_service_pb2
 from gateway.alerts import AlertHub
@@ -92,7 +93,7 @@ class Pipeline:
     def __init__(
         self,
         *,
-        registry: Registry,
+        trust: TrustHolder,
         decider: PolicyDecider,
         replay: ReplayCache,
         rules: BusinessRules,
@@ -109,7 +110,7 @@ class Pipeline:
         keep_response_bodies: bool = True,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self.registry = registry
+        self._trust = trust
         self._decider = decider
         self._replay = replay
         self._rules = rules
@@ -121,7 +122,7 @@ class Pipeline:
             audit=audit, telemetry=telemetry, keep_response_bodies=keep_response_bodies, now=now
         )
         self._forwarder = Forwarder(
-            registry=registry,
+            trust=trust,
             router=router,
             tickets=tickets,
             rules=rules,
@@ -142,6 +143,16 @@ class Pipeline:
             now=now,
         )
         tickets.bind(self)
+
+    @property
+    def trust(self) -> TrustHolder:
+        """The process's one holder of the current registry."""
+        return self._trust
+
+    @property
+    def registry(self) -> Registry:
+        """The registry in force now (from the process's one ``TrustHolder``)."""
+        return self._trust.registry
 
     # -- the Submit path ------------------------------------------------------------------
 
