@@ -67,6 +67,7 @@ from gateway.pipeline._audit_legs import AuditLegs
 from gateway.pipeline._exchange import Exchange, stage
 from gateway.pipeline._forwarding import Forwarder
 from gateway.pipeline._reports import Reports
+from gateway.pipeline._undo import check_undo
 from gateway.pipeline.validation import validate_request
 from gateway.policy import PolicyDecider, PolicyRequest, authorize
 from gateway.quotas import Quotas
@@ -113,6 +114,7 @@ class Pipeline:
         self._trust = trust
         self._decider = decider
         self._replay = replay
+        self._audit = audit
         self._rules = rules
         self._quotas = quotas
         self._skew = clock_skew
@@ -209,7 +211,7 @@ class Pipeline:
                 span.set_attribute(ATTR_ACTION, x.action)
                 span.set_attribute(ATTR_TARGET, x.req().target_agency)
             with stage(x, self._telemetry, "authorization"):
-                self._authorize(x)
+                await self._authorize(x)
             with stage(x, self._telemetry, "quotas"):
                 self._check_quotas(x)
         except FedgateError as error:
@@ -346,13 +348,14 @@ class Pipeline:
         await self._replay.remember(request.request_id, request.nonce, issued_at, now=x.received_at)
 
     # stage 6
-    def _authorize(self, x: Exchange) -> None:
+    async def _authorize(self, x: Exchange) -> None:
         request, member = x.req(), x.member
         assert member is not None
+        registry = self.registry  # one registry for the whole decision
         role = role_name(request.officer.role)
         if role not in member.roles:
             raise PolicyDenied(f"role {role} is not granted to member {member.id} in the registry")
-        target = self.registry.find(request.target_agency)
+        target = registry.find(request.target_agency)
         decision = authorize(
             self._decider,
             PolicyRequest(
@@ -364,8 +367,10 @@ class Pipeline:
                 target_kind=target.kind.value if target is not None else "",
             ),
         )
-        self.registry.member(request.target_agency)  # the target must be in good standing
+        registry.member(request.target_agency)  # the target must be in good standing
         self._rules.check(request, action=x.action, now=x.received_at)
+        # Only the ordering unit (or a member above it) may undo an order, found in the log.
+        await check_undo(self._audit, registry, request, x.action)
         x.rule = ", ".join(decision.rule) if decision.rule else decision.explanation
 
     # stage 7
