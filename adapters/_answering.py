@@ -39,7 +39,9 @@ from fedgate.errors import (
     Replayed,
     RuleViolated,
 )
+from fedgate.orders import UNDOES, undo_problem
 from fedgate.registry import Registry
+from fedgate.trust import TrustHolder
 from fedgate.types import KeyId, MemberId, RequestId
 from fedgate.v1 import agency_service_pb2, envelope_pb2, request_pb2
 
@@ -79,7 +81,7 @@ class AnsweringNode:
 
     config: NodeConfig
     backend: AgencyBackend
-    _registry: Registry
+    _trust: TrustHolder
     _clock: Callable[[], datetime]
     _signer: Signer
     _store: RequestStore | None
@@ -93,7 +95,8 @@ class AnsweringNode:
 
     @property
     def registry(self) -> Registry:
-        return self._registry
+        """The registry in force now (the node's one ``TrustHolder``)."""
+        return self._trust.registry
 
     @property
     def staff(self) -> frozenset[str]:
@@ -153,7 +156,9 @@ class AnsweringNode:
                 log_origin=log_origin,
                 leaf_index=leaf_index,
             )
-            if action in self.backend.actions and self.config.mode_of(action) is ActionMode.MANUAL:
+            refused = await self.run_blocking(lambda: self._undo_refusal(request, action))
+            manual = self.config.mode_of(action) is ActionMode.MANUAL
+            if refused is None and action in self.backend.actions and manual:
                 deadline = self._deadline(request, received)
                 remind = max(received, deadline - self.config.reminder)
                 entry = await self.run_blocking(
@@ -162,7 +167,11 @@ class AnsweringNode:
                     )
                 )
                 return _handle_response(entry)
-            response = await self.run_blocking(lambda: self._automatic(request, action, envelope))
+            response = (
+                refused
+                if refused is not None
+                else await self.run_blocking(lambda: self._automatic(request, action, envelope))
+            )
             answered_at = self.now()
             signed = self.sign(
                 bind_response(
@@ -179,6 +188,32 @@ class AnsweringNode:
                 )
             )
             return _handle_response(entry)
+
+    def _undo_refusal(
+        self, request: request_pb2.Request, action: str
+    ) -> request_pb2.Response | None:
+        """A REFUSED answer for an undo (release, extension, renewal, stop, restore) that does
+        not cite an order this node executed, or whose sender is neither the member that gave
+        the order nor one above it (``fedgate.orders``); ``None`` otherwise. The gateway checks
+        the same in its log; this is the agency's own check of what it executed, and by whom."""
+        if action not in UNDOES:
+            return None
+        cited = self.store.get(RequestId(request.original_request_id))
+        original: request_pb2.Request | None = None
+        if cited is not None:
+            answer = cited.signed_response
+            if answer is not None and _executed(answer):
+                original = decode_request(cited.request_envelope.body)
+        problem = undo_problem(request, original, self.registry)
+        if problem is None:
+            return None
+        message = problem.message
+        if original is None:
+            message = f"{request.original_request_id} is not an order {self.member_id} executed"
+        telemetry.log_event("undo refused", logging.WARNING, rule=problem.rule, action=action)
+        return request_pb2.Response(
+            status=request_pb2.RESPONSE_STATUS_REFUSED, detail=f"RULE {problem.rule}: {message}"
+        )
 
     def _automatic(
         self, request: request_pb2.Request, action: str, envelope: envelope_pb2.SignedEnvelope
@@ -202,7 +237,7 @@ class AnsweringNode:
             raise InvalidArgument("request_id is empty")
         if not request.HasField("issued_at"):
             raise InvalidArgument("issued_at is missing")
-        signer, key = self._registry.signing_key(
+        signer, key = self.registry.signing_key(
             KeyId(envelope.key_id), at=request.issued_at.ToDatetime(tzinfo=UTC)
         )
         verify_envelope(envelope, key, Domain.REQUEST)
@@ -303,3 +338,8 @@ def _handle_response(entry: Entry) -> agency_service_pb2.HandleResponse:
     assert entry.deadline is not None
     queued.deadline.FromDatetime(entry.deadline)
     return agency_service_pb2.HandleResponse(queued=queued)
+
+
+def _executed(answer: envelope_pb2.SignedEnvelope) -> bool:
+    """Whether this node's own stored answer said the order was done (``RESPONSE_STATUS_OK``)."""
+    return request_pb2.Response.FromString(answer.body).status == request_pb2.RESPONSE_STATUS_OK

@@ -100,7 +100,7 @@ class NodeLifecycle(AnsweringNode):
             reflection.SERVICE_NAME,
         )
         reflection.enable_server_reflection(names, server)
-        listen = self.config.listen or self._registry.member(self.member_id).endpoint
+        listen = self.config.listen or self.registry.member(self.member_id).endpoint
         try:
             self.port = server.add_secure_port(listen, server_credentials(self.credentials))
         except RuntimeError as exc:
@@ -155,17 +155,15 @@ class NodeLifecycle(AnsweringNode):
         except FedgateError as exc:
             telemetry.log_event("new registry refused", logging.ERROR, error=exc.message)
             return False
-        if registry.serial < self._registry.serial:
-            # An older signed registry could bring back a revoked member or key.
+        current = self.registry.serial
+        # One swap for every reader (re-verification, the report sender, the staff service);
+        # an older signed registry could bring back a revoked member or key, so it is refused.
+        if not self._trust.swap(registry):
             telemetry.log_event(
-                "older registry refused",
-                logging.ERROR,
-                serial=registry.serial,
-                current=self._registry.serial,
+                "older registry refused", logging.ERROR, serial=registry.serial, current=current
             )
             return False
-        self._registry = registry
-        telemetry.log_event("registry reloaded", serial=self._registry.serial)
+        telemetry.log_event("registry reloaded", serial=registry.serial)
         return True
 
     async def wait_for_termination(self) -> None:

@@ -47,6 +47,7 @@ from fedgate.envelope import Signer
 from fedgate.errors import InvalidArgument, RegistryError
 from fedgate.registry import Registry
 from fedgate.tls import MemberCredentials
+from fedgate.trust import TrustHolder
 from fedgate.types import MemberId
 from fedgate.v1 import common_pb2
 
@@ -103,7 +104,7 @@ class AgencyNode(NodeLifecycle):
                 f"credentials are {credentials.member_id}'s, the config is for {config.member_id}"
             )
         self.config = config
-        self._registry = registry
+        self._trust = TrustHolder(registry)
         self._registry_stamp = None
         self.credentials = credentials
         self.backend = backend
@@ -154,11 +155,11 @@ class AgencyNode(NodeLifecycle):
         """The node's connection to the gateway for agency reports (made on first use)."""
         if self._reports is None:
             endpoint = (
-                self.config.gateway_endpoint or self._registry.member(self.gateway_id).endpoint
+                self.config.gateway_endpoint or self.registry.member(self.gateway_id).endpoint
             )
             self._reports = ReportSender(
                 credentials=self.credentials,
-                registry=self._registry,
+                registry=self._trust,
                 gateway_endpoint=endpoint,
                 gateway_id=self.gateway_id,
             )

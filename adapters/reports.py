@@ -19,6 +19,7 @@ from fedgate.errors import AgencyUnavailable, FedgateError, QuotaExceeded
 from fedgate.federation import MemberKind
 from fedgate.registry import Registry
 from fedgate.tls import MemberCredentials
+from fedgate.trust import TrustHolder
 from fedgate.types import MemberId
 from fedgate.v1 import common_pb2
 
@@ -48,11 +49,12 @@ class ReportSender:
         self,
         *,
         credentials: MemberCredentials,
-        registry: Registry,
+        registry: Registry | TrustHolder,
         gateway_endpoint: str,
         gateway_id: MemberId = GATEWAY_ID,
     ) -> None:
-        member = registry.member(credentials.member_id)
+        current = registry.registry if isinstance(registry, TrustHolder) else registry
+        member = current.member(credentials.member_id)
         role = _ROLE.get(member.kind)
         if role is None:
             raise AgencyUnavailable(f"{member.id} ({member.kind}) does not send agency reports")

@@ -71,6 +71,7 @@ CITING_ACTIONS: Final = frozenset(
         "freeze_release",
         "freeze_renew",
         "monitor_stop",
+        "number_restore",
     }
 )
 """Actions that MUST cite the original order in ``Request.original_request_id``."""

@@ -45,6 +45,7 @@ from fedgate.note import NoteVerifier
 from fedgate.registry import Registry
 from fedgate.status import error_from_rpc
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options
+from fedgate.trust import TrustHolder
 from fedgate.types import KeyId, MemberId
 from fedgate.v1 import (
     common_pb2,
@@ -151,12 +152,13 @@ class FedgateClient:
         self,
         *,
         credentials: MemberCredentials,
-        registry: Registry,
+        registry: Registry | TrustHolder,
         gateway_endpoint: str,
         gateway_id: MemberId = GATEWAY_ID,
     ) -> None:
         self.credentials = credentials
-        self.registry = registry
+        # A holder (an agency node's) is read at each verification, so a reload counts at once.
+        self._trust = registry if isinstance(registry, TrustHolder) else TrustHolder(registry)
         self.gateway_id = gateway_id
         self._signer = Signer.from_key(credentials.signing_key)
         self._channel = grpc.aio.secure_channel(
@@ -182,6 +184,11 @@ class FedgateClient:
             registry=registry,
             gateway_endpoint=endpoint or gateway.endpoint,
         )
+
+    @property
+    def registry(self) -> Registry:
+        """The registry answers are verified with, now."""
+        return self._trust.registry
 
     async def __aenter__(self) -> FedgateClient:
         return self

@@ -90,9 +90,17 @@ class MemberSpec:
     kind: MemberKind
     roles: tuple[str, ...]
     port: int
+    parent: MemberId | None = None
+    """The supervising police member (a city unit's provincial centre), or ``None``."""
 
     def __post_init__(self) -> None:
         check_member_id(self.id)
+        if self.parent is not None:
+            check_member_id(self.parent)
+            if self.kind != MemberKind.POLICE or self.parent == self.id:
+                raise InvalidArgument(
+                    f"member {self.id}: only a police member has a parent, and not itself"
+                )
         if not self.name_zh.strip() or not self.name_en.strip():
             raise InvalidArgument(f"member {self.id}: name_zh and name_en must not be empty")
         if not isinstance(self.kind, MemberKind):
@@ -111,9 +119,23 @@ class MemberSpec:
 
 
 def _spec(
-    member_id: str, name_zh: str, name_en: str, kind: MemberKind, roles: tuple[str, ...], port: int
+    member_id: str,
+    name_zh: str,
+    name_en: str,
+    kind: MemberKind,
+    roles: tuple[str, ...],
+    port: int,
+    parent: str | None = None,
 ) -> MemberSpec:
-    return MemberSpec(MemberId(member_id), name_zh, name_en, kind, roles, port)
+    return MemberSpec(
+        MemberId(member_id),
+        name_zh,
+        name_en,
+        kind,
+        roles,
+        port,
+        MemberId(parent) if parent is not None else None,
+    )
 
 
 _P, _B, _C = MemberKind.POLICE, MemberKind.BANK, MemberKind.CARRIER
@@ -136,6 +158,7 @@ DEFAULT_MEMBERS: tuple[MemberSpec, ...] = (
         _P,
         ("police_investigator", "police_duty_officer"),
         50053,
+        parent="police.gd.afc",
     ),
     _spec("bank.icbc", "中国工商银行", "Industrial and Commercial Bank of China", _B, _BANK, 50054),
     _spec("bank.ccb", "中国建设银行", "China Construction Bank", _B, _BANK, 50055),

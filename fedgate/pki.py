@@ -232,6 +232,9 @@ def revoke_key(directory: Path, key_id: KeyId, *, reason: str, now: datetime | N
 
 
 def _revoke(directory: Path, subject: str, kind: str, reason: str, now: datetime | None) -> None:
+    # Registry times are whole seconds: a revocation made now is dated at the next whole second
+    # (never the one before), so nothing signed earlier in this second looks signed after it.
+    at = _now(now) if now is not None else _ceil_second(datetime.now(UTC))
     now = _now(now)
     if not reason.strip():
         raise InvalidArgument("a revocation needs a reason")
@@ -241,11 +244,11 @@ def _revoke(directory: Path, subject: str, kind: str, reason: str, now: datetime
         if kind == "member":
             if registry.find(subject) is None:
                 raise NotFound(f"no member {subject!r} in the registry")
-            revocation = Revocation(subject, "member", now, reason.strip())
+            revocation = Revocation(subject, "member", at, reason.strip())
         else:
             if not any(k.key_id == subject for m in registry.entries for k in m.signing_keys):
                 raise NotFound(f"no signing key {subject!r} in the registry")
-            revocation = Revocation(subject, "key", now, reason.strip())
+            revocation = Revocation(subject, "key", at, reason.strip())
         if registry.revocation_of(subject) is not None:
             raise InvalidArgument(f"{kind} {subject} is already revoked")
         updated = Registry(
@@ -260,6 +263,11 @@ def _now(now: datetime | None) -> datetime:
     if now.tzinfo is None:
         raise InvalidArgument(f"now must be timezone-aware, got {now.isoformat()}")
     return now.astimezone(UTC)
+
+
+def _ceil_second(at: datetime) -> datetime:
+    floor = at.replace(microsecond=0)
+    return floor if floor == at else floor + timedelta(seconds=1)
 
 
 def _check_validity(validity_days: int) -> None:
@@ -363,6 +371,7 @@ def _new_member(
         endpoint=spec.endpoint,
         cert_fingerprint=cert_fingerprint(cert.public_bytes(serialization.Encoding.DER)),
         signing_keys=(*previous, key),
+        parent=spec.parent,
     )
 
 

@@ -16,6 +16,10 @@ Contract:
   canonical form and base64 fields in their canonical encoding, so no edit passes unnoticed.
 - A revoked member MUST be refused by ``member``, ``signing_key`` and ``check_certificate``;
   a revoked key, or a key used outside its validity window, MUST be refused by ``signing_key``.
+- The police hierarchy: a member's optional ``parent`` (its supervising member, e.g. a city unit
+  under the provincial centre) MUST name another listed police member, and parents MUST NOT form
+  a cycle; ``is_same_or_above`` answers who may undo whose orders. A member without a parent
+  is written without the field, so registries signed before the hierarchy still verify.
 """
 
 from __future__ import annotations
@@ -114,6 +118,8 @@ class Member:
     endpoint: str
     cert_fingerprint: str
     signing_keys: tuple[SigningKey, ...]
+    parent: MemberId | None = None
+    """The supervising member (police only), e.g. the provincial centre of a city unit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +165,7 @@ class Registry:
                 if k.key_id in keys:
                     raise RegistryError(f"signing key {k.key_id} is listed twice in the registry")
                 keys[k.key_id] = (m, k)
+        _check_hierarchy(members)
         revoked: dict[str, Revocation] = {}
         for r in self.revocations:
             known = members if r.kind == "member" else keys
@@ -194,6 +201,20 @@ class Registry:
                 f"member {m.id} was revoked at {_format_time(revocation.at)}: {revocation.reason}"
             )
         return m
+
+    def ancestors(self, member_id: str) -> tuple[MemberId, ...]:
+        """The members above ``member_id`` (its parent, the parent's parent, …), nearest first;
+        empty for an unknown member or one without a parent."""
+        chain: list[MemberId] = []
+        m = self._members.get(MemberId(member_id))
+        while m is not None and m.parent is not None:
+            chain.append(m.parent)
+            m = self._members.get(m.parent)
+        return tuple(chain)
+
+    def is_same_or_above(self, member_id: str, of: str) -> bool:
+        """Whether ``member_id`` is ``of`` or a member above it in the police hierarchy."""
+        return member_id == of or MemberId(member_id) in self.ancestors(of)
 
     def members(self) -> tuple[Member, ...]:
         """Every member in good standing, in registry order."""
@@ -418,8 +439,30 @@ def _check_key(member: Member, key: SigningKey) -> None:
         raise RegistryError(f"signing key {key.key_id} of {member.id} has an empty validity window")
 
 
+def _check_hierarchy(members: Mapping[MemberId, Member]) -> None:
+    for m in members.values():
+        if m.parent is None:
+            continue
+        parent = members.get(m.parent)
+        if parent is None:
+            raise RegistryError(f"member {m.id} names parent {m.parent!r}, which is not listed")
+        if m.kind != MemberKind.POLICE or parent.kind != MemberKind.POLICE:
+            raise RegistryError(
+                f"member {m.id} names parent {m.parent}: only police members form a hierarchy"
+            )
+        seen = {m.id}
+        up: Member | None = parent
+        while up is not None:
+            if up.id in seen:
+                raise RegistryError(f"the parents of member {m.id} form a cycle")
+            seen.add(up.id)
+            up = members.get(up.parent) if up.parent is not None else None
+
+
 def _member_to_json(m: Member) -> dict[str, object]:
+    extra: dict[str, object] = {} if m.parent is None else {"parent": m.parent}
     return {
+        **extra,
         "id": m.id,
         "name_zh": m.name_zh,
         "name_en": m.name_en,
@@ -460,6 +503,7 @@ def _member_from_json(value: object) -> Member:
         endpoint=r.text("endpoint"),
         cert_fingerprint=fingerprint,
         signing_keys=tuple(_key_from_json(k, member_id) for k in r.items("signing_keys")),
+        parent=check_member_id(r.text("parent")) if r.has("parent") else None,
     )
 
 
@@ -499,6 +543,9 @@ class _Reader:
         if key not in self.doc:
             raise RegistryError(f"registry {self.where} is missing the field {key!r}")
         return self.doc[key]
+
+    def has(self, key: str) -> bool:
+        return isinstance(self.doc, dict) and key in self.doc
 
     @staticmethod
     def as_str(value: object, where: str) -> str:

@@ -52,6 +52,7 @@ from fedgate.note import NoteSigner
 from fedgate.pki import FederationLayout
 from fedgate.registry import Registry
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options, server_credentials
+from fedgate.trust import TrustHolder
 from fedgate.types import MemberId
 from fedgate.v1 import (
     alert_service_pb2,
@@ -323,10 +324,10 @@ class Gateway:
         replay = await _open_replay_cache(config, audit)
         rules = BusinessRules.open(config.rules_path)
         quotas = Quotas(QuotaConfig.from_mapping(config.quotas))
-        holder: dict[str, Registry] = {"registry": registry}
+        trust = TrustHolder(registry)
 
         def endpoint_of(target: MemberId) -> str:
-            return endpoints.get(target) or holder["registry"].member(target).endpoint
+            return endpoints.get(target) or trust.registry.member(target).endpoint
 
         router = NodeRouter(
             credentials=credentials,
@@ -342,7 +343,7 @@ class Gateway:
         )
         alerts = AlertHub.open(config.alerts_path, keep=config.alerts.keep)
         pipeline = Pipeline(
-            registry=registry,
+            trust=trust,
             decider=decider,
             replay=replay,
             rules=rules,
@@ -373,12 +374,12 @@ class Gateway:
             )
         )
         audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
-            AuditServicer(audit, lambda: pipeline.registry, lambda: decider), server
+            AuditServicer(audit, trust, lambda: decider), server
         )
         event_service_pb2_grpc.add_EventServiceServicer_to_server(
             EventServicer(
                 log=audit,
-                registry=lambda: pipeline.registry,
+                registry=trust,
                 skew=timedelta(seconds=config.pipeline.clock_skew_s),
             ),
             server,
@@ -412,14 +413,14 @@ class Gateway:
             prometheus_port=prometheus_port,
         )
         if fed.reload_interval_s > 0:
-            gateway._reload_task = asyncio.create_task(gateway._watch_registry(holder))
+            gateway._reload_task = asyncio.create_task(gateway._watch_registry())
         if config.console.listen:
             host, _, console_port = config.console.listen.rpartition(":")
             try:
                 gateway.console = await start_auditor_console(
                     log=audit,
                     audit_db=_console_source(config),
-                    registry=lambda: pipeline.registry,
+                    registry=trust,
                     state_dir=state,
                     users_dir=config.console_users_dir,
                     host=host.strip("[]"),
@@ -442,7 +443,7 @@ class Gateway:
         )
         return gateway
 
-    async def _watch_registry(self, holder: dict[str, Registry]) -> None:
+    async def _watch_registry(self) -> None:
         path = FederationLayout(self.config.federation.dir).registry
         stamp = _registry_stamp(path)
         while True:
@@ -451,23 +452,15 @@ class Gateway:
             if current == stamp:
                 continue
             stamp = current
-            self.reload_registry(holder)
+            self.reload_registry()
 
-    def reload_registry(self, holder: dict[str, Registry] | None = None) -> bool:
-        """Load registry.json again; keep the current one if the new one does not verify."""
-        try:
-            registry = Registry.load_dir(self.config.federation.dir)
-        except Exception:
-            _log.exception(
-                "registry reload failed; keeping serial %s", self.pipeline.registry.serial
-            )
+    def reload_registry(self) -> bool:
+        """Load registry.json again and put it in force for every component at once (the one
+        ``TrustHolder``); keep the current one if the new one does not verify or is older."""
+        trust = self.pipeline.trust
+        if not trust.reload(self.config.federation.dir):
             return False
-        if registry.serial < self.pipeline.registry.serial:
-            _log.error("registry.json went back to serial %s; ignored", registry.serial)
-            return False
-        self.pipeline.registry = registry
-        if holder is not None:
-            holder["registry"] = registry
+        registry = trust.registry
         self._decider.set_members({m.id: m.kind.value for m in registry.members()})
         _log.info("registry reloaded", extra={"fields": {"serial": registry.serial}})
         return True

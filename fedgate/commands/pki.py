@@ -50,6 +50,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     issue.add_argument("--name-en", help="English name")
     issue.add_argument("--roles", nargs="+", help="roles (default: the kind's usual roles)")
     issue.add_argument("--port", type=int, help="loopback port (default: next free one)")
+    issue.add_argument(
+        "--parent",
+        help="police only: the supervising member, e.g. police.gd.afc (default: unchanged)",
+    )
     issue.add_argument("--validity-days", type=int, default=365, help="key lifetime (default 365)")
     issue.set_defaults(func=_issue)
 
@@ -108,7 +112,10 @@ def _issue(args: argparse.Namespace) -> int:
         if port is None:
             ports = [_port(m.endpoint) for m in registry.entries]
             port = _port(existing.endpoint) if existing else max(ports, default=50050) + 1
-        spec = MemberSpec(member_id, name_zh, name_en, kind, roles, port)
+        parent = (
+            check_member_id(args.parent) if args.parent else (existing.parent if existing else None)
+        )
+        spec = MemberSpec(member_id, name_zh, name_en, kind, roles, port, parent)
         issue_member(args.dir, spec, validity_days=args.validity_days)
         member = Registry.load_dir(args.dir).member(member_id)
     except FedgateError as exc:

@@ -17,7 +17,7 @@ from fedgate.actions import ORDER_ACTIONS
 from fedgate.audit_entry import ResponseLeg
 from fedgate.envelope import Signer, countersign, decode_request
 from fedgate.errors import AgencyFault, AgencyUnavailable
-from fedgate.registry import Registry
+from fedgate.trust import TrustHolder
 from fedgate.types import MemberId
 from fedgate.v1 import agency_service_pb2, envelope_pb2, gateway_service_pb2, request_pb2
 from gateway.pipeline._audit_legs import AuditLegs
@@ -46,7 +46,7 @@ class Forwarder:
     def __init__(
         self,
         *,
-        registry: Registry,
+        trust: TrustHolder,
         router: NodeRouter,
         tickets: Tickets,
         rules: BusinessRules,
@@ -56,7 +56,7 @@ class Forwarder:
         telemetry: GatewayTelemetry,
         now: Callable[[], datetime],
     ) -> None:
-        self._registry = registry
+        self._trust = trust
         self._router = router
         self._tickets = tickets
         self._rules = rules
@@ -144,7 +144,7 @@ class Forwarder:
             with self._telemetry.stage("response_check"):
                 response = check_response(
                     answer,
-                    registry=self._registry,
+                    registry=self._trust.registry,
                     request_body=pending.request_body,
                     request_id=pending.request_id,
                     target=responder,

@@ -58,6 +58,7 @@ from fedgate.errors import (
     PolicyDenied,
 )
 from fedgate.registry import Member, Registry, cert_fingerprint
+from fedgate.trust import TrustHolder
 from fedgate.types import KeyId, MemberId
 from fedgate.v1 import envelope_pb2, gateway_service_pb2
 from gateway.alerts import AlertHub
@@ -66,6 +67,7 @@ from gateway.pipeline._audit_legs import AuditLegs
 from gateway.pipeline._exchange import Exchange, stage
 from gateway.pipeline._forwarding import Forwarder
 from gateway.pipeline._reports import Reports
+from gateway.pipeline._undo import check_undo
 from gateway.pipeline.validation import validate_request
 from gateway.policy import PolicyDecider, PolicyRequest, authorize
 from gateway.quotas import Quotas
@@ -92,7 +94,7 @@ class Pipeline:
     def __init__(
         self,
         *,
-        registry: Registry,
+        trust: TrustHolder,
         decider: PolicyDecider,
         replay: ReplayStore,
         rules: BusinessRules,
@@ -109,9 +111,10 @@ class Pipeline:
         keep_response_bodies: bool = True,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self.registry = registry
+        self._trust = trust
         self._decider = decider
         self._replay = replay
+        self._audit = audit
         self._rules = rules
         self._quotas = quotas
         self._skew = clock_skew
@@ -121,7 +124,7 @@ class Pipeline:
             audit=audit, telemetry=telemetry, keep_response_bodies=keep_response_bodies, now=now
         )
         self._forwarder = Forwarder(
-            registry=registry,
+            trust=trust,
             router=router,
             tickets=tickets,
             rules=rules,
@@ -142,6 +145,16 @@ class Pipeline:
             now=now,
         )
         tickets.bind(self)
+
+    @property
+    def trust(self) -> TrustHolder:
+        """The process's one holder of the current registry."""
+        return self._trust
+
+    @property
+    def registry(self) -> Registry:
+        """The registry in force now (from the process's one ``TrustHolder``)."""
+        return self._trust.registry
 
     # -- the Submit path ------------------------------------------------------------------
 
@@ -198,7 +211,7 @@ class Pipeline:
                 span.set_attribute(ATTR_ACTION, x.action)
                 span.set_attribute(ATTR_TARGET, x.req().target_agency)
             with stage(x, self._telemetry, "authorization"):
-                self._authorize(x)
+                await self._authorize(x)
             with stage(x, self._telemetry, "quotas"):
                 self._check_quotas(x)
         except FedgateError as error:
@@ -335,13 +348,14 @@ class Pipeline:
         await self._replay.remember(request.request_id, request.nonce, issued_at, now=x.received_at)
 
     # stage 6
-    def _authorize(self, x: Exchange) -> None:
+    async def _authorize(self, x: Exchange) -> None:
         request, member = x.req(), x.member
         assert member is not None
+        registry = self.registry  # one registry for the whole decision
         role = role_name(request.officer.role)
         if role not in member.roles:
             raise PolicyDenied(f"role {role} is not granted to member {member.id} in the registry")
-        target = self.registry.find(request.target_agency)
+        target = registry.find(request.target_agency)
         decision = authorize(
             self._decider,
             PolicyRequest(
@@ -353,8 +367,10 @@ class Pipeline:
                 target_kind=target.kind.value if target is not None else "",
             ),
         )
-        self.registry.member(request.target_agency)  # the target must be in good standing
+        registry.member(request.target_agency)  # the target must be in good standing
         self._rules.check(request, action=x.action, now=x.received_at)
+        # Only the ordering unit (or a member above it) may undo an order, found in the log.
+        await check_undo(self._audit, registry, request, x.action)
         x.rule = ", ".join(decision.rule) if decision.rule else decision.explanation
 
     # stage 7

@@ -93,7 +93,8 @@ def _header(f: Fields, request: request_pb2.Request, action: str | None) -> None
             f.bad("original_request_id", "must cite an earlier request, not this one")
     elif request.original_request_id:
         f.bad(
-            "original_request_id", "only releases, extensions, renewals and monitor stops cite one"
+            "original_request_id",
+            "only releases, extensions, renewals, monitor stops and restores cite one",
         )
 
 

@@ -795,6 +795,7 @@ class TestCarrierOrders:
             "number_restore",
             carrier_pb2.NumberRestoreOrder(phone_number=number.number, reason="申诉核查属实"),
             target=carrier,
+            original_request_id=suspend.request_id,
         )
         await e2e.number_order(
             restore, number.number, carrier_pb2.NUMBER_ORDER_KIND_RESTORE, "active"

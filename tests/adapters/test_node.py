@@ -233,8 +233,11 @@ class TestRegistryReload:
             envelope = kit.sign(request, member="police.gz.unit")
             assert (await kit.link(node).handle(envelope)).HasField("response")
             assert not node.reload_registry()
+            sender = node.report_sender()  # made before the reload: must see the new registry
             revoke_member(fed, MemberId("police.gz.unit"), reason="compromised")
             assert node.reload_registry()
+            assert sender.client.registry is node.registry
+            assert sender.client.registry.revocation_of("police.gz.unit") is not None
             again = kit.request("account_holder", requesting_agency="police.gz.unit")
             error = await refused(kit.link(node).handle(kit.sign(again, member="police.gz.unit")))
             assert error.code() == grpc.StatusCode.PERMISSION_DENIED

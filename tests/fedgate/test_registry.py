@@ -264,6 +264,47 @@ class TestRegistryConsistency:
             Registry(2, federation_registry.issued_at, (broken,))
 
 
+class TestPoliceHierarchy:
+    def test_the_city_unit_is_under_the_provincial_centre(
+        self, federation_registry: Registry
+    ) -> None:
+        r = federation_registry
+        assert r.member(MemberId("police.gz.unit")).parent == "police.gd.afc"
+        assert r.ancestors("police.gz.unit") == ("police.gd.afc",)
+        assert r.is_same_or_above("police.gd.afc", "police.gz.unit")
+        assert r.is_same_or_above("police.gz.unit", "police.gz.unit")
+        assert not r.is_same_or_above("police.gz.unit", "police.gd.afc")
+        assert not r.is_same_or_above("bank.icbc", "police.gz.unit")
+
+    def test_parent_round_trips_and_is_absent_when_unset(
+        self, federation_registry: Registry
+    ) -> None:
+        payload = federation_registry.to_payload()
+        assert Registry.from_payload(payload) == federation_registry
+        members = json.loads(payload)["members"]
+        with_parent = {m["id"]: m.get("parent") for m in members if "parent" in m}
+        assert with_parent == {"police.gz.unit": "police.gd.afc"}
+
+    @pytest.mark.parametrize(
+        ("member", "parent", "message"),
+        [
+            ("police.gz.unit", "police.nowhere", "which is not listed"),
+            ("police.gz.unit", "bank.icbc", "only police members form a hierarchy"),
+            ("bank.ccb", "police.gd.afc", "only police members form a hierarchy"),
+            ("police.gd.afc", "police.gz.unit", "form a cycle"),
+        ],
+    )
+    def test_a_bad_hierarchy_is_refused(
+        self, federation_registry: Registry, member: str, parent: str, message: str
+    ) -> None:
+        entries = tuple(
+            replace(m, parent=MemberId(parent)) if m.id == member else m
+            for m in federation_registry.entries
+        )
+        with pytest.raises(RegistryError, match=message):
+            Registry(2, federation_registry.issued_at, entries)
+
+
 class TestSigningKey:
     def test_valid_key_resolves_and_verifies(
         self, federation_dir: Path, federation_registry: Registry

@@ -209,6 +209,64 @@ class TestStopPayment:
         assert released.status == OK
         assert not released.stop_payment.in_force
 
+    @pytest.mark.parametrize(
+        ("orderer", "undoer", "action", "refusal"),
+        [
+            ("police.gd.afc", "police.gz.unit", "stop_payment_release", "ordering unit"),
+            ("police.gd.afc", "police.gz.unit", "stop_payment_extend", "ordering unit"),
+            ("police.gz.unit", "police.gd.afc", "stop_payment_release", None),
+            ("police.gz.unit", "police.gz.unit", "stop_payment_extend", None),
+            ("police.gd.afc", "police.gd.afc", "stop_payment_release", None),
+        ],
+    )
+    async def test_only_the_ordering_unit_or_one_above_it_may_undo(
+        self,
+        kit: Any,
+        bank_node: Any,
+        orderer: str,
+        undoer: str,
+        action: str,
+        refusal: str | None,
+    ) -> None:
+        """Defence in depth: the node checks who gave the order it executed (issue 10, item 2)."""
+        _, hop = kit.hop_into("bank.icbc")
+        node = await bank_node("bank.icbc")
+
+        async def send(request: Any, member: str) -> Any:
+            envelope = kit.sign(request, member)
+            return kit.verify(envelope, await kit.link(node).handle(envelope))
+
+        order = kit.stop_request(hop)
+        order.requesting_agency = orderer
+        assert (await send(order, orderer)).status == OK
+        undo = kit.request(action, requesting_agency=undoer, original_request_id=order.request_id)
+        getattr(undo, action).account_number = hop.to_account
+        response = await send(undo, undoer)
+        if refusal is None:
+            assert response.status == OK, response.detail
+            return
+        assert response.status == REFUSED
+        assert response.detail == (
+            f"RULE undo.by_ordering_unit_or_above: stop_payment {order.request_id} was ordered "
+            f"by {orderer}: only {orderer} or a member above it (none) may "
+            f"{action.replace('_', ' ')} it, not {undoer}"
+        )
+
+    async def test_an_undo_citing_an_order_on_another_account_is_refused(
+        self, kit: Any, bank_node: Any
+    ) -> None:
+        _, hop = kit.hop_into("bank.icbc")
+        node = await bank_node("bank.icbc")
+        order = kit.stop_request(hop)
+        assert (await ask(kit, node, order)).status == OK
+        release = kit.request("stop_payment_release", original_request_id=order.request_id)
+        release.stop_payment_release.account_number = card_number("bank.icbc", 999)
+        response = await ask(kit, node, release)
+        assert response.status == REFUSED
+        assert response.detail.startswith(
+            f"RULE undo.cites_original_order: stop_payment {order.request_id} is on "
+        )
+
     async def test_release_of_a_stop_payment_that_does_not_exist_is_refused(
         self, kit: Any, bank_node: Any
     ) -> None:
@@ -218,7 +276,10 @@ class TestStopPayment:
         release.stop_payment_release.account_number = hop.to_account
         response = await ask(kit, node, release)
         assert response.status == REFUSED
-        assert "no such stop-payment" in response.detail
+        assert response.detail == (
+            f"RULE undo.cites_original_order: {release.original_request_id} is not an order "
+            "bank.icbc executed"
+        )
 
 
 class TestFreeze:

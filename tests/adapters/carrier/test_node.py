@@ -107,7 +107,12 @@ class TestCarrierOrders:
         assert "it is suspended" in again.detail
         block = kit.request("number_block", target=fraud.carrier_id, phone_number=fraud.number)
         assert (await kit.ask(node, block)).number_order.status == "blocked"
-        restore = kit.request("number_restore", target=fraud.carrier_id, phone_number=fraud.number)
+        restore = kit.request(
+            "number_restore",
+            target=fraud.carrier_id,
+            phone_number=fraud.number,
+            original_request_id=block.request_id,
+        )
         assert (await kit.ask(node, restore)).number_order.status == "active"
         status = kit.request("number_status", target=fraud.carrier_id, phone_number=fraud.number)
         assert (await kit.ask(node, status)).number_status.status == "active"
