@@ -22,6 +22,7 @@ from fedgate.errors import (
     Expired,
     FedgateError,
     LogInconsistent,
+    StoreVersionError,
 )
 from fedgate.registry import Registry
 from fedgate.render import Outcome, render_json, render_text
@@ -92,7 +93,10 @@ def exit_code_for_refusal(error: FedgateError) -> ExitCode:
     """The exit code for an error the gateway returned (not one raised locally)."""
     if isinstance(error, Expired):
         return ExitCode.AGENCY_DECLINED
-    if isinstance(error, AgencyUnavailable | AgencyFault | AuditUnavailable | LogInconsistent):
+    if isinstance(
+        error,
+        AgencyUnavailable | AgencyFault | AuditUnavailable | LogInconsistent | StoreVersionError,
+    ):
         return ExitCode.UNAVAILABLE
     if error.code in _UNAVAILABLE_CODES:
         return ExitCode.UNAVAILABLE

@@ -241,7 +241,16 @@ BUILD_CASES: list[tuple[tuple[str, ...], str, str, dict[str, Any]]] = [
         {"phone_number": PHONE_CUCC, "reason": "冒充客服诈骗"},
     ),
     (
-        ("order", "number-restore", "--phone", PHONE_CMCC, "--reason", "申诉核查属实"),
+        (
+            "order",
+            "number-restore",
+            "--phone",
+            PHONE_CMCC,
+            "--reason",
+            "申诉核查属实",
+            "--original",
+            ORIGINAL,
+        ),
         "number_restore",
         "carrier.cmcc",
         {"phone_number": PHONE_CMCC, "reason": "申诉核查属实"},
@@ -589,6 +598,7 @@ EXPECTED_REFUSAL_CODES: dict[type[FedgateError], ExitCode] = {
     errors.AgencyFault: ExitCode.UNAVAILABLE,
     errors.AuditUnavailable: ExitCode.UNAVAILABLE,
     errors.LogInconsistent: ExitCode.UNAVAILABLE,
+    errors.StoreVersionError: ExitCode.UNAVAILABLE,
     errors.VerificationError: ExitCode.UNAVAILABLE,
 }
 
