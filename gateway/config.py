@@ -92,7 +92,9 @@ class PipelineConfig:
     """How long request ids and nonces are remembered; at least twice the skew."""
     replay_store: str = "memory"
     """``"memory"`` (default: no fsync or thread of its own, rebuilt from the audit log at every
-    start) or ``"sqlite"`` (``replay.sqlite`` in the state directory); see ``gateway.replay``."""
+    start), ``"sqlite"`` (``replay.sqlite`` in the state directory), or ``"postgres"`` (shared
+    by every gateway instance on ``audit.dsn``, in the schema ``<audit.schema>_replay``; needs
+    ``audit.store = "postgres"``); see ``gateway.replay``."""
     replay_synchronous: str = "normal"
     """``"normal"`` or ``"full"``: the SQLite replay cache's ``synchronous`` setting. With
     ``"normal"`` what a power loss takes from the cache is rebuilt from the audit log at
@@ -212,6 +214,12 @@ class GatewayConfig:
     @property
     def console_users_dir(self) -> Path:
         return self.console.users_dir or self.pipeline.state_dir
+
+    @property
+    def replay_schema(self) -> str:
+        """The PostgreSQL schema of the shared replay cache: the audit schema's name plus
+        ``_replay`` (a schema holds one store)."""
+        return f"{self.audit.schema}_replay"
 
     @property
     def replay_path(self) -> Path:
@@ -369,10 +377,15 @@ class GatewayConfig:
                 f"twice pipeline.clock_skew_s ({self.pipeline.clock_skew_s}): a request id must "
                 "be remembered for as long as its issued-at can pass the freshness check"
             )
-        if self.pipeline.replay_store not in ("memory", "sqlite"):
+        if self.pipeline.replay_store not in ("memory", "sqlite", "postgres"):
             raise ConfigError(
-                f'pipeline.replay_store must be "memory" or "sqlite", '
+                f'pipeline.replay_store must be "memory", "sqlite" or "postgres", '
                 f"got {self.pipeline.replay_store!r}"
+            )
+        if self.pipeline.replay_store == "postgres" and self.audit.store != "postgres":
+            raise ConfigError(
+                'pipeline.replay_store = "postgres" shares the audit store\'s database: set '
+                'audit.store = "postgres" (and audit.dsn) as well'
             )
         if self.pipeline.replay_synchronous not in ("normal", "full"):
             raise ConfigError(

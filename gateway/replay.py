@@ -49,8 +49,16 @@ In memory: ``MemoryReplayCache`` keeps the same promise with no store of its own
 from the audit log at every start by the same ``rebuild_from_audit`` (the argument above does
 not depend on the cache having kept anything), so it needs no fsync, no thread and no commit per
 request. It is the gateway's default (``[pipeline] replay_store = "memory"``); the SQLite cache
-stays for a deployment that wants the cache on disk. Neither is shared between processes: several
-gateway instances need the shared store of the scale-out design.
+stays for a deployment that wants the cache on disk. Neither is shared between processes.
+
+Shared: ``PgReplayCache`` keeps the ids in PostgreSQL, one row per request with a unique
+constraint on the request id and one on the nonce, so that several gateway processes and hosts
+on one database refuse each other's replays. A request is remembered by one ``INSERT … ON
+CONFLICT DO NOTHING``: both keys or neither, committed (PostgreSQL's synchronous commit) before
+``remember`` returns; of two identical requests sent to two instances at once exactly one row is
+inserted, the other waits for that commit and is refused. Each instance also restores the ids of
+its own audit shard at start-up (``rebuild_from_audit``), which covers a database restored from
+a backup older than the log.
 
 Cost: concurrent callers are group-committed: whoever holds the commit lock writes every queued
 entry in one transaction, so N concurrent requests share one fsync instead of queueing for N.
@@ -72,9 +80,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Final, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
+import psycopg
 from google.protobuf.message import DecodeError as ProtobufDecodeError
+from psycopg import sql as psql
 
 from fedgate.audit_entry import RequestLeg, decode_entry
 from fedgate.envelope import decode_request
@@ -90,11 +100,12 @@ from fedgate.errors import (
     Stale,
     UnknownKey,
 )
-from fedgate.storage import Schema, open_store
+from fedgate.storage import Schema, open_store, prepare_postgres
 from fedgate.v1 import envelope_pb2
 
 __all__ = [
     "MemoryReplayCache",
+    "PgReplayCache",
     "Rebuilt",
     "ReplayCache",
     "ReplayStore",
@@ -588,6 +599,162 @@ class MemoryReplayCache:
             expires_us, key = heapq.heappop(heap)
             if self._seen.get(key) == expires_us:  # not renewed by a later restore
                 del self._seen[key]
+
+
+_PG_STORE = Schema(
+    store="shared replay cache",
+    version=1,
+    create="""
+CREATE TABLE IF NOT EXISTS replay_requests (
+    request_key BYTEA NOT NULL UNIQUE,
+    nonce_key   BYTEA NOT NULL UNIQUE,
+    expires_us  BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS replay_requests_by_expiry ON replay_requests (expires_us);
+""",
+)
+_PG_REMEMBER = (
+    "INSERT INTO replay_requests (request_key, nonce_key, expires_us) VALUES (%s, %s, %s)"
+    " ON CONFLICT DO NOTHING"
+)
+_PG_SEEN = (
+    "SELECT EXISTS (SELECT 1 FROM replay_requests WHERE request_key = %s),"
+    " EXISTS (SELECT 1 FROM replay_requests WHERE nonce_key = %s)"
+)
+_PG_LOCK: Final = 0x66656467_72706C79  # "fedg" "rply": serialises schema set-up between openers
+
+
+class PgReplayCache:
+    """Refuses any request id or nonce seen within the window by any gateway on the database.
+
+    ``remember`` MUST be atomic across processes and hosts (one row per request, unique request
+    id and unique nonce: exactly one of two identical requests is inserted) and committed before
+    it returns. Database failures raise ``AuditUnavailable``: fail closed. Concurrent callers
+    use ``connections`` connections in turn; rows expire ``window`` after ``issued_at`` and are
+    deleted every 30 seconds of ``now`` by whichever instance notices first.
+    """
+
+    def __init__(self, *, dsn: str, schema: str, window: timedelta, connections: int = 4) -> None:
+        if window <= timedelta(0):
+            raise ValueError("window must be positive")
+        if connections < 1:
+            raise ValueError("connections must be at least 1")
+        self._dsn = dsn
+        self._schema = schema
+        self._window = window
+        self._window_us = window // timedelta(microseconds=1)
+        self._size = connections
+        self._pool: asyncio.Queue[psycopg.AsyncConnection[Any]] | None = None
+        self._opened: list[psycopg.AsyncConnection[Any]] = []
+        self._next_prune_us = 0
+        self._sync = self._connect_sync()
+
+    def _connect_sync(self) -> psycopg.Connection[Any]:
+        try:
+            conn = psycopg.connect(self._dsn, autocommit=True)
+            conn.execute(
+                psql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(psql.Identifier(self._schema))
+            )
+            conn.execute(psql.SQL("SET search_path TO {}").format(psql.Identifier(self._schema)))
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_LOCK,))
+                prepare_postgres(conn, _PG_STORE, where=f"PostgreSQL schema {self._schema!r}")
+        except psycopg.Error as exc:
+            raise AuditUnavailable(f"shared replay cache unavailable: {exc}") from exc
+        return conn
+
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        if self._pool is None:
+            self._pool = asyncio.Queue()
+        if self._pool.empty() and len(self._opened) < self._size:
+            conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
+            await conn.execute(
+                psql.SQL("SET search_path TO {}").format(psql.Identifier(self._schema))
+            )
+            self._opened.append(conn)
+            return conn
+        return await self._pool.get()
+
+    @property
+    def window(self) -> timedelta:
+        return self._window
+
+    def close(self) -> None:
+        """Close the connections; the cache is unusable afterwards."""
+        self._sync.close()
+        # The async connections belong to the loop that opened them; closing their sockets
+        # from here is safe once that loop no longer uses them.
+        for conn in self._opened:
+            conn.pgconn.finish()
+        self._opened.clear()
+
+    def check_freshness(self, issued_at: datetime, *, now: datetime, skew: timedelta) -> None:
+        """As ``ReplayCache.check_freshness``."""
+        _check_freshness(issued_at, now=now, skew=skew, window=self._window)
+
+    async def remember(
+        self, request_id: str, nonce: bytes, issued_at: datetime, *, now: datetime
+    ) -> None:
+        """Remember ``request_id`` and ``nonce`` in the shared table; raise ``Replayed`` if
+        either was seen by any instance (nothing is remembered then), ``Stale`` when older than
+        the window, ``AuditUnavailable`` when the database fails."""
+        now_us = _us(now)
+        issued_us = _us(issued_at)
+        if issued_us + self._window_us < now_us:
+            raise Stale(
+                f"issued_at is older than the replay window ({describe_span(self._window)})"
+            )
+        id_key = _ID_KEY + request_id.encode()
+        nonce_key = _NONCE_KEY + nonce
+        conn = await self._connection()
+        try:
+            cursor = await conn.execute(
+                _PG_REMEMBER, (id_key, nonce_key, issued_us + self._window_us)
+            )
+            inserted = cursor.rowcount == 1
+            if not inserted:
+                row = await (await conn.execute(_PG_SEEN, (id_key, nonce_key))).fetchone()
+            if now_us >= self._next_prune_us:
+                self._next_prune_us = now_us + _PRUNE_EVERY // timedelta(microseconds=1)
+                await conn.execute("DELETE FROM replay_requests WHERE expires_us < %s", (now_us,))
+        except psycopg.Error as exc:
+            await conn.close()
+            self._opened.remove(conn)
+            raise AuditUnavailable(f"shared replay cache unavailable: {exc}") from exc
+        except BaseException:
+            await conn.close()
+            self._opened.remove(conn)
+            raise
+        assert self._pool is not None
+        self._pool.put_nowait(conn)
+        if not inserted:
+            id_seen, nonce_seen = (bool(row[0]), bool(row[1])) if row else (False, False)
+            raise _replayed(request_id, id_seen, nonce_seen)
+
+    def restore(self, seen: Iterable[SeenRequest], *, now: datetime) -> int:
+        """Insert the ids of ``seen`` that no row holds yet (start-up, before any check)."""
+        now_us = _us(now)
+        rows = [
+            (_ID_KEY + s.request_id.encode(), _NONCE_KEY + s.nonce, expires_us)
+            for s in seen
+            if s.request_id
+            and s.nonce
+            and (expires_us := _us(s.issued_at) + self._window_us) >= now_us
+        ]
+        try:
+            with self._sync.cursor() as cursor, self._sync.transaction():
+                cursor.executemany(_PG_REMEMBER, rows)
+        except psycopg.Error as exc:
+            raise AuditUnavailable(f"shared replay cache: cannot restore entries: {exc}") from exc
+        return len(rows)
+
+    def stored_keys(self) -> int:
+        """Request ids plus nonces held by every instance, expired ones not yet pruned included."""
+        try:
+            row = self._sync.execute("SELECT COUNT(*) FROM replay_requests").fetchone()
+        except psycopg.Error as exc:
+            raise AuditUnavailable(f"shared replay cache unavailable: {exc}") from exc
+        return 2 * int(row[0]) if row else 0
 
 
 def rebuild_from_audit(

@@ -77,6 +77,7 @@ from gateway.policy import ReloadingDecider, load_default_decider
 from gateway.quotas import QuotaConfig, Quotas
 from gateway.replay import (
     MemoryReplayCache,
+    PgReplayCache,
     Rebuilt,
     ReplayCache,
     ReplayStore,
@@ -198,6 +199,11 @@ async def _open_replay_cache(config: GatewayConfig, audit: AuditLog) -> ReplaySt
     try:
         if pipeline.replay_store == "memory":
             replay = MemoryReplayCache(window=window)
+        elif pipeline.replay_store == "postgres":
+            dsn, schema = config.audit.dsn, config.replay_schema
+            replay = await asyncio.to_thread(
+                lambda: PgReplayCache(dsn=dsn, schema=schema, window=window)
+            )
         else:
             replay = ReplayCache.open(
                 config.replay_path,

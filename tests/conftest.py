@@ -12,14 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psycopg
 import pytest
+from psycopg import sql
 
 REQUIRE_SERVICES = os.environ.get("FEDGATE_REQUIRE_SERVICES") == "1"
+DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -97,3 +102,38 @@ def chromium() -> Iterator[BrowserThread]:
     thread.start()
     yield thread
     thread.stop()
+
+
+# -- PostgreSQL: a schema of its own per test ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PgTarget:
+    dsn: str
+    schema: str
+
+
+@pytest.fixture
+def pg() -> Iterator[PgTarget]:
+    """A unique, empty schema on the test PostgreSQL, dropped afterwards."""
+    dsn = os.environ.get("FEDGATE_PG_DSN", DEFAULT_PG_DSN)
+    try:
+        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError:
+        pytest.skip(
+            "PostgreSQL not reachable at 127.0.0.1:5432: start it (pg_ctlcluster <ver> main "
+            "start) or set FEDGATE_PG_DSN"
+        )
+    schema = f"audit_test_{uuid.uuid4().hex[:12]}"
+    try:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        yield PgTarget(dsn, schema)
+    finally:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+        conn.close()
+
+
+@pytest.fixture
+def pg_dsn(pg: PgTarget) -> str:
+    """The DSN of ``pg`` with its unique schema as search path."""
+    return f"{pg.dsn}?options=-csearch_path%3D{pg.schema}"

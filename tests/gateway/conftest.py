@@ -348,11 +348,13 @@ class GatewayHarness:
     serial: int = 0
     audit: AuditConfig = field(default_factory=AuditConfig)
     """The ``[audit]`` section: SQLite by default."""
+    replay_store: str = "memory"
+    """``[pipeline] replay_store``."""
 
     def config(self, *, listen: str = "127.0.0.1:0") -> GatewayConfig:
         return GatewayConfig(
             federation=FederationConfig(dir=self.federation, reload_interval_s=0.1),
-            pipeline=PipelineConfig(state_dir=self.state_dir),
+            pipeline=PipelineConfig(state_dir=self.state_dir, replay_store=self.replay_store),
             server=ServerConfig(listen=listen, grace_period_s=2.0),
             audit=self.audit,
             routing=RoutingConfig(
@@ -467,6 +469,7 @@ async def start_harness(
     tracer_provider: trace.TracerProvider | None = None,
     meter_provider: Any = None,
     audit: AuditConfig | None = None,
+    replay_store: str = "memory",
 ) -> GatewayHarness:
     """A private copy of ``federation``, a stub bank node and a gateway in front of it
     (``audit``: another ``[audit]`` section, e.g. a PostgreSQL shard)."""
@@ -486,6 +489,7 @@ async def start_harness(
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
         audit=audit or AuditConfig(),
+        replay_store=replay_store,
     )
     config = harness.config()
     harness.store = await harness.open_store()

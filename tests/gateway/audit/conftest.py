@@ -1,20 +1,17 @@
-"""Audit log fixtures: a session PKI, signed exchanges, a PostgreSQL schema per test, and
-helpers that open a log over either store."""
+"""Audit log fixtures: a session PKI, signed exchanges, and helpers that open a log over either
+store (the PostgreSQL schema per test, ``pg``, is in ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
 import hashlib
-import os
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import psycopg
 import pytest
 import pytest_asyncio
-from psycopg import sql
 
 from fedgate.audit_entry import RequestLeg, ResponseLeg
 from fedgate.checkpoint import CosignatureVerifier
@@ -32,43 +29,13 @@ from gateway.audit.pg_store import open_pg_store
 from gateway.audit.sqlite_store import open_sqlite_store
 from gateway.audit.store import AuditStore
 
-DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+if TYPE_CHECKING:
+    from conftest import PgTarget
+
 ORIGIN = "fedgate.test/gateway/shard-0"
 POLICE = MemberId("police.gd.afc")
 BANK = MemberId("bank.icbc")
 WITNESSES = (MemberId("pboc.gz"), MemberId("audit.office"))
-
-
-@dataclass(frozen=True, slots=True)
-class PgTarget:
-    dsn: str
-    schema: str
-
-
-@pytest.fixture
-def pg() -> Iterator[PgTarget]:
-    """A unique, empty schema on the test PostgreSQL, dropped afterwards."""
-    dsn = os.environ.get("FEDGATE_PG_DSN", DEFAULT_PG_DSN)
-    try:
-        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError:
-        pytest.skip(
-            "PostgreSQL not reachable at 127.0.0.1:5432: start it (pg_ctlcluster <ver> main "
-            "start) or set FEDGATE_PG_DSN"
-        )
-    schema = f"audit_test_{uuid.uuid4().hex[:12]}"
-    try:
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-        yield PgTarget(dsn, schema)
-    finally:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
-        conn.close()
-
-
-@pytest.fixture
-def pg_dsn(pg: PgTarget) -> str:
-    """The DSN of ``pg`` with its unique schema as search path."""
-    return f"{pg.dsn}?options=-csearch_path%3D{pg.schema}"
 
 
 @dataclass

@@ -6,6 +6,7 @@ database keep their own shards. Also ``request_legs_since`` on both stores."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -19,7 +20,7 @@ from psycopg import sql
 
 from fedgate.audit_entry import EntryKind, decode_entry, encode_entry, entry_kind
 from fedgate.client import FedgateClient
-from fedgate.errors import AuditUnavailable
+from fedgate.errors import AuditUnavailable, FedgateError
 from fedgate.types import MemberId
 from gateway.audit import pg_store
 from gateway.audit.cli import register
@@ -137,6 +138,49 @@ class TestGatewayOnPostgres:
         assert code == 0, out
         assert SHARD_A in out
         assert SHARD_B in out
+
+    async def test_one_request_sent_to_two_instances_at_once_runs_once(
+        self,
+        pg: Any,
+        harness_factory: Callable[..., Any],
+        gw_federation: Path,
+        tmp_path: Path,
+    ) -> None:
+        """With ``replay_store = "postgres"`` the instances share request ids and nonces."""
+        a = await harness_factory(
+            gw_federation, tmp_path / "a", audit=pg_audit(pg, SHARD_A), replay_store="postgres"
+        )
+        config_b = dataclasses.replace(
+            a.config(),
+            audit=pg_audit(pg, SHARD_B),
+            pipeline=PipelineConfig(state_dir=tmp_path / "b", replay_store="postgres"),
+        )
+        b = await Gateway.start(config_b)
+        client_b = FedgateClient.from_federation(a.federation, POLICE, endpoint=b.endpoint)
+        try:
+            for _ in range(3):
+                envelope = a.sign(a.request("account_holder"))
+                before = len(a.node.received)
+                outcomes = await asyncio.gather(
+                    a.client().submit(envelope),
+                    client_b.submit(envelope),
+                    return_exceptions=True,
+                )
+                answered = [o for o in outcomes if not isinstance(o, BaseException)]
+                refused = [o for o in outcomes if isinstance(o, FedgateError)]
+                assert len(answered) == 1, outcomes
+                assert [e.reason for e in refused] == ["REPLAYED"]
+                assert len(a.node.received) == before + 1
+        finally:
+            await client_b.close()
+            await b.stop(0.5)
+            await a.close()
+            with psycopg.connect(pg.dsn, autocommit=True) as admin:
+                admin.execute(
+                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                        sql.Identifier(f"{pg.schema}_replay")
+                    )
+                )
 
 
 def reader(logs: Any) -> SqliteDatabase | PgDatabase:
