@@ -292,7 +292,8 @@ class Gateway:
         config.validate()
         fed = config.federation
         member_id = MemberId(fed.member_id)
-        registry = Registry.load_dir(fed.dir)
+        trust = TrustHolder.load(fed.dir)
+        registry = trust.registry
         credentials = MemberCredentials.load(fed.dir, member_id)
         registry.member(member_id)
         signer = Signer.from_key(credentials.signing_key)
@@ -324,7 +325,6 @@ class Gateway:
         replay = await _open_replay_cache(config, audit)
         rules = BusinessRules.open(config.rules_path)
         quotas = Quotas(QuotaConfig.from_mapping(config.quotas))
-        trust = TrustHolder(registry)
 
         def endpoint_of(target: MemberId) -> str:
             return endpoints.get(target) or trust.registry.member(target).endpoint
