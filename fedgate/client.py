@@ -222,6 +222,7 @@ class FedgateClient:
         deadline: timedelta = timedelta(hours=24),
         original_request_id: str = "",
         action_name: str | None = None,
+        approval_request_id: str = "",
     ) -> request_pb2.Request:
         """A fresh request (new UUIDv7 id, nonce, issued-at now) carrying ``action``.
 
@@ -238,6 +239,7 @@ class FedgateClient:
             purpose=purpose,
             target_agency=target,
             original_request_id=original_request_id,
+            approval_request_id=approval_request_id,
         )
         request.issued_at.FromDatetime(now)
         request.answer_deadline.FromDatetime(now + deadline)
