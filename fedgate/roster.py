@@ -54,6 +54,7 @@ __all__ = [
     "Roster",
     "development_officers",
     "load_rosters",
+    "officers_from_json",
     "roster_path",
     "sign_roster",
 ]
@@ -272,6 +273,19 @@ def load_rosters(
             continue
         rosters[member_id] = roster
     return rosters, problems
+
+
+def officers_from_json(data: bytes, *, source: str = "officers") -> tuple[Officer, ...]:
+    """Officers from a JSON list of objects with the fields of a roster's ``officers``
+    (``id``, ``name``, ``unit``, ``roles``, ``valid_from``, ``valid_to`` as UTC ``…Z`` times);
+    raises ``RegistryError`` naming what is wrong."""
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RegistryError(f"{source} is not UTF-8 JSON: {exc}") from exc
+    if not isinstance(doc, list):
+        raise RegistryError(f"{source} must be a JSON list of officers")
+    return tuple(_officer_from_json(o) for o in doc)
 
 
 def _officer_from_json(value: object) -> Officer:

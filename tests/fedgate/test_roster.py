@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import shutil
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from fedgate.commands import pki as pki_command
 from fedgate.errors import FedgateError, RegistryError
 from fedgate.keys import load_private_key
 from fedgate.pki import (
@@ -156,3 +158,72 @@ def _spec(member: MemberId):  # type: ignore[no-untyped-def]
     from fedgate.federation import DEFAULT_MEMBERS
 
     return next(m for m in DEFAULT_MEMBERS if m.id == member)
+
+
+class TestRosterCommand:
+    def _run(self, argv: list[str]) -> int:
+        parser = argparse.ArgumentParser(prog="fedgate")
+        pki_command.register(parser.add_subparsers(dest="command", required=True))
+        args = parser.parse_args(argv)
+        code: int = args.func(args)
+        return code
+
+    def test_signs_the_officers_given(
+        self, copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        officers = tmp_path / "officers.json"
+        officers.write_text(
+            json.dumps(
+                [
+                    {
+                        "id": "440100888",
+                        "name": "周涛",
+                        "unit": "广州市公安局反诈中心",
+                        "roles": ["police_investigator"],
+                        "valid_from": "2026-01-01T00:00:00Z",
+                        "valid_to": "2030-01-01T00:00:00Z",
+                    }
+                ]
+            )
+        )
+        argv = ["pki", "roster", "--dir", str(copy), "--member", GZ, "--officers", str(officers)]
+        assert self._run(argv) == 0
+        assert (
+            "signed the roster of police.gz.unit: 1 officers, serial 2" in capsys.readouterr().out
+        )
+        roster = _load(copy, GZ)
+        assert [o.id for o in roster.officers] == ["440100888"]
+
+    @pytest.mark.parametrize(
+        ("member", "content", "message"),
+        [
+            ("bank.icbc", "[]", "only police publish rosters"),
+            (GZ, "{}", "must be a JSON list of officers"),
+            (GZ, '[{"id": "x"}]', "is missing the field 'name'"),
+        ],
+    )
+    def test_bad_input_is_refused_and_changes_nothing(
+        self,
+        copy: Path,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+        member: str,
+        content: str,
+        message: str,
+    ) -> None:
+        before = roster_path(copy, GZ).read_bytes()
+        officers = tmp_path / "officers.json"
+        officers.write_text(content)
+        argv = [
+            "pki",
+            "roster",
+            "--dir",
+            str(copy),
+            "--member",
+            member,
+            "--officers",
+            str(officers),
+        ]
+        assert self._run(argv) == 2
+        assert message in capsys.readouterr().err
+        assert roster_path(copy, GZ).read_bytes() == before
