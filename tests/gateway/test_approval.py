@@ -4,6 +4,7 @@ and a bulk freeze must cite one that covers it; a self-asserted approval counts 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +12,10 @@ import grpc
 import pytest
 
 from fedgate.audit_entry import RequestLeg, ResponseLeg
+from fedgate.federation import DEFAULT_MEMBERS, MemberKind, MemberSpec
+from fedgate.pki import init_federation
 from fedgate.testing import officer, supervisor_approval
+from fedgate.types import MemberId
 from fedgate.v1 import common_pb2, request_pb2
 
 if TYPE_CHECKING:
@@ -212,3 +216,57 @@ class TestABulkFreeze:
             await _refused(h, order, f"{RULE}: {BULK}: {problem}")
             return
         await _refused(h, _bulk_freeze(h, case_number, cited), f"{RULE}: {BULK}: {problem}")
+
+
+SHENZHEN = MemberSpec(
+    MemberId("police.sz.unit"),
+    "深圳市公安局反诈中心",
+    "Shenzhen Municipal Anti-Fraud Unit",
+    MemberKind.POLICE,
+    ("police_investigator", "police_duty_officer", "centre_supervisor"),
+    50063,
+    MemberId("police.gd.afc"),
+)
+
+
+class TestWhoseApprovalCounts:
+    async def test_only_the_ordering_member_or_one_above_it(
+        self,
+        harness_factory: Callable[..., Any],
+        tmp_path_factory: pytest.TempPathFactory,
+    ) -> None:
+        fed = init_federation(
+            tmp_path_factory.mktemp("approval-fed") / "fed",
+            members=(*DEFAULT_MEMBERS, SHENZHEN),
+            now=datetime.now(UTC) - timedelta(days=1),
+        )
+        h = await harness_factory(fed, tmp_path_factory.mktemp("approval-gw"))
+        try:
+            case_number = h.request().case.case_number
+            approval = h.request("approval", case=case_number, requesting_agency="police.sz.unit")
+            submitted = await h.client("police.sz.unit").submit(approval)
+            assert submitted.answer is not None
+            # A neighbouring unit's supervisor approves nothing for police.gz.unit ...
+            order = _bulk_freeze(h, case_number, approval.request_id)
+            order.requesting_agency = "police.gz.unit"
+            refusal = await h.refusal(h.sign(order, "police.gz.unit"), member="police.gz.unit")
+            message = (
+                f"{RULE}: {BULK}: approval {approval.request_id} was given by police.sz.unit, "
+                "which is neither police.gz.unit nor a member above it"
+            )
+            assert (refusal.error.reason, refusal.error.message) == ("RULE_VIOLATED", message)
+            entry = await h.last_entry()
+            assert isinstance(entry, RequestLeg)
+            assert entry.rule == f"RULE_VIOLATED: {message}"
+            # ... nor for the provincial centre above it; but for itself it does.
+            above = _bulk_freeze(h, case_number, approval.request_id)
+            refusal = await h.refusal(h.sign(above))
+            assert refusal.error.message == (
+                f"{RULE}: {BULK}: approval {approval.request_id} was given by police.sz.unit, "
+                "which is neither police.gd.afc nor a member above it"
+            )
+            own = _bulk_freeze(h, case_number, approval.request_id)
+            own.requesting_agency = "police.sz.unit"
+            assert (await h.client("police.sz.unit").submit(own)).answer is not None
+        finally:
+            await h.close()
