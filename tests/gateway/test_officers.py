@@ -114,6 +114,24 @@ class TestRoster:
         await _refused(harness, request, GD, message)
 
 
+class TestQuotasCountRealOfficers:
+    async def test_an_invented_officer_is_refused_before_any_quota(
+        self, harness: GatewayHarness
+    ) -> None:
+        """The harness allows 5 requests per officer at once; an officer who is not on the
+        roster never reaches the quotas, so every attempt is the same roster refusal."""
+        for _ in range(7):
+            request = harness.request()
+            request.officer.CopyFrom(_person("440100455", INVESTIGATOR))
+            await _refused(
+                harness,
+                request,
+                GD,
+                "officer '440100455' is not on the officer roster of police.gd.afc "
+                "(roster serial 1)",
+            )
+
+
 class TestRosterChanges:
     async def test_validity_window_and_rollback(
         self, harness_factory: Callable[..., Any], gw_federation: Path, tmp_path: Path
