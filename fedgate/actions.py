@@ -17,9 +17,11 @@ from fedgate.v1 import request_pb2
 __all__ = [
     "ACTIONS",
     "AGGREGATE_METRICS",
+    "APPROVAL_ACTIONS",
     "BANK_ACTIONS",
     "CARRIER_ACTIONS",
     "CITING_ACTIONS",
+    "GATEWAY_ANSWERED",
     "IDEMPOTENT_READS",
     "ORDER_ACTIONS",
     "PERSONAL_DATA_ACTIONS",
@@ -79,7 +81,11 @@ CITING_ACTIONS: Final = frozenset(
 BANK_ACTIONS: Final = BANK_QUERIES | BANK_ORDERS
 CARRIER_ACTIONS: Final = CARRIER_QUERIES | CARRIER_ORDERS
 ORDER_ACTIONS: Final = BANK_ORDERS | CARRIER_ORDERS
-ACTIONS: Final = BANK_ACTIONS | CARRIER_ACTIONS | REPORT_ACTIONS
+APPROVAL_ACTIONS: Final = frozenset({"approval"})
+"""Police → gateway: a centre supervisor's approval, answered by the gateway itself."""
+GATEWAY_ANSWERED: Final = REPORT_ACTIONS | APPROVAL_ACTIONS
+"""Actions the gateway answers (and signs the answer of) itself."""
+ACTIONS: Final = BANK_ACTIONS | CARRIER_ACTIONS | REPORT_ACTIONS | APPROVAL_ACTIONS
 
 PERSONAL_DATA_ACTIONS: Final = (BANK_QUERIES - {"aggregate_stats"}) | CARRIER_QUERIES
 """Queries that return personal data: rate-limited, never for auditors."""
@@ -111,6 +117,7 @@ RESULT_FIELD: Final[dict[str, str]] = {
     "number_restore": "number_order",
     "sms_block": "number_order",
     **dict.fromkeys(REPORT_ACTIONS, "report_ack"),
+    "approval": "approval",
 }
 """For each action, the ``Response.result`` field that answers it."""
 
@@ -124,13 +131,15 @@ def action_of(request: request_pb2.Request) -> str:
 
 
 def target_kind_of(action: str) -> str:
-    """The member kind that serves ``action``: bank, carrier or police."""
+    """The member kind that serves ``action``: bank, carrier, police or gateway."""
     if action in BANK_ACTIONS:
         return "bank"
     if action in CARRIER_ACTIONS:
         return "carrier"
     if action in REPORT_ACTIONS:
         return "police"
+    if action in APPROVAL_ACTIONS:
+        return "gateway"
     raise InvalidArgument(f"unknown action {action!r}")
 
 

@@ -8,6 +8,7 @@ A federation directory looks like this (``FederationLayout`` names each path)::
     members/<id>/tls.pem  tls.key        member TLS certificate (EC P-256) and key, 0600
     members/<id>/signing.key  .pub       member Ed25519 signing key, 0600
     registry.json                        member registry signed by the administrator
+    rosters/<member>.json                a police member's officer roster, signed by the member
 
 Contract:
 
@@ -30,14 +31,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fedgate.errors import InvalidArgument, NotFound, RegistryError
+from fedgate.errors import FedgateError, InvalidArgument, NotFound, RegistryError
 from fedgate.federation import (
     DEFAULT_MEMBERS,
+    MemberKind,
     MemberSpec,
     member_server_name,
     member_uri,
@@ -54,6 +57,7 @@ from fedgate.registry import (
     load_admin_public_key,
     sign_registry,
 )
+from fedgate.roster import Officer, Roster, development_officers, roster_path, sign_roster
 from fedgate.types import KeyId, MemberId
 
 __all__ = [
@@ -65,6 +69,7 @@ __all__ = [
     "issue_member",
     "revoke_key",
     "revoke_member",
+    "sign_member_roster",
 ]
 
 CA_VALIDITY = timedelta(days=3650)
@@ -149,8 +154,18 @@ def init_federation(
         entries = tuple(
             _new_member(layout, spec, ca_key, ca_cert, now, until, ()) for spec in members
         )
+        registry = Registry(1, now, entries, ())
+        for spec in members:
+            if spec.kind == MemberKind.POLICE:
+                officers = development_officers(
+                    unit=spec.name_zh,
+                    supervisors="centre_supervisor" in spec.roles,
+                    valid_from=now,
+                    valid_to=until,
+                )
+                _write_roster(layout, Roster(spec.id, 1, now, officers), registry)
         _secure_tree(layout.root)
-        _write_registry(layout, Registry(1, now, entries, ()), admin_key)
+        _write_registry(layout, registry, admin_key)
     return layout.root
 
 
@@ -208,10 +223,35 @@ def issue_member(
             if existing is not None
             else (*registry.entries, member)
         )
+        updated = Registry(registry.serial + 1, now, entries, registry.revocations)
+        if spec.kind == MemberKind.POLICE:
+            # The member's roster, signed again with its new key (a new member starts empty).
+            _write_roster(layout, _next_roster(layout, registry, spec.id, now), updated)
         _secure_tree(layout.root)
-        _write_registry(
-            layout, Registry(registry.serial + 1, now, entries, registry.revocations), admin_key
-        )
+        _write_registry(layout, updated, admin_key)
+
+
+def sign_member_roster(
+    directory: Path,
+    member_id: MemberId,
+    officers: Sequence[Officer],
+    *,
+    now: datetime | None = None,
+) -> Roster:
+    """Sign ``officers`` as the police member's new roster (serial one above the current one)
+    with the member's signing key in ``directory`` and write ``rosters/<member>.json``.
+    Raises ``InvalidArgument`` for a member that is not police, ``RegistryError`` when the
+    registry or the member's key cannot be used."""
+    now = _now(now)
+    layout = FederationLayout(Path(directory))
+    with _locked(layout):
+        registry = Registry.load_dir(layout.root, now=now)
+        member = registry.member(member_id)
+        if member.kind != MemberKind.POLICE:
+            raise InvalidArgument(f"{member_id} is a {member.kind}: only police publish rosters")
+        roster = replace(_next_roster(layout, registry, member_id, now), officers=tuple(officers))
+        _write_roster(layout, roster, registry)
+    return roster
 
 
 def revoke_member(
@@ -485,6 +525,31 @@ def _secure_tree(root: Path) -> None:
 def _write(path: Path, data: bytes, *, private: bool = False) -> None:
     """Atomically replace ``path`` (0600 if private, else 0644), creating 0700 directories."""
     write_atomically(path, data, mode=0o600 if private else 0o644)
+
+
+def _next_roster(
+    layout: FederationLayout, registry: Registry, member_id: MemberId, now: datetime
+) -> Roster:
+    """The member's current roster (if it verifies) with the next serial, issued ``now``."""
+    member = registry.find(member_id)
+    try:
+        if member is None:
+            raise NotFound(f"no member {member_id}")
+        current = Roster.carried_forward(
+            roster_path(layout.root, member_id).read_bytes(), member=member
+        )
+    except (OSError, ValueError, KeyError, InvalidSignature, FedgateError):
+        return Roster(member_id, 1, now, ())
+    return Roster(member_id, current.serial + 1, now, current.officers)
+
+
+def _write_roster(layout: FederationLayout, roster: Roster, registry: Registry) -> None:
+    """Sign ``roster`` with its member's newest signing key and write it."""
+    key = load_private_key(layout.signing_key(roster.member))
+    member = next(m for m in registry.entries if m.id == roster.member)
+    if key_id_of(key) != member.signing_keys[-1].key_id:
+        raise RegistryError(f"{layout.signing_key(roster.member)} is not {roster.member}'s key")
+    _write(roster_path(layout.root, roster.member), sign_roster(roster, key))
 
 
 def _write_registry(layout: FederationLayout, registry: Registry, admin: Ed25519PrivateKey) -> None:

@@ -22,6 +22,7 @@ from datetime import date, datetime, timedelta
 
 from fedgate.actions import (
     ACTIONS,
+    APPROVAL_ACTIONS,
     BANK_ACTIONS,
     CARRIER_ACTIONS,
     CITING_ACTIONS,
@@ -189,6 +190,8 @@ def supervisor_approval(now: datetime, serial: int = 0) -> common_pb2.Approval:
 
 
 def _default_target(action: str) -> str:
+    if action in APPROVAL_ACTIONS:
+        return "gateway"
     if action in BANK_ACTIONS:
         return DEFAULT_BANK
     if action in CARRIER_ACTIONS:
@@ -263,7 +266,12 @@ def valid_request(
         if case is not None:
             request.case.case_number = case
     else:
-        request.officer.CopyFrom(officer(serial % 100))
+        if action in APPROVAL_ACTIONS:  # a centre supervisor on the roster (440100600-699)
+            request.officer.CopyFrom(
+                officer(477 + serial % 100, role=common_pb2.ROLE_CENTRE_SUPERVISOR)
+            )
+        else:
+            request.officer.CopyFrom(officer(serial % 100))
         emergency = action == "stop_payment"
         default_urgency = common_pb2.URGENCY_EMERGENCY if emergency else common_pb2.URGENCY_ROUTINE
         request.urgency = default_urgency if urgency is None else urgency
@@ -308,7 +316,13 @@ def _fill_action(
 ) -> None:
     """Set ``request``'s action to a valid ``action`` message."""
     ts = now - timedelta(minutes=20)
-    if action == "account_holder":
+    if action == "approval":
+        grant = request.approval
+        grant.actions.append("freeze")
+        grant.max_count = 1000
+        grant.expires_at.FromDatetime(now + timedelta(days=7))
+        grant.document_number = f"粤公反诈审〔{now.year}〕{serial + 1:04d}号"
+    elif action == "account_holder":
         request.account_holder.CopyFrom(bank_pb2.AccountHolderQuery(account_number=account))
     elif action == "transactions":
         request.transactions.account_number = account

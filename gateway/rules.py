@@ -302,25 +302,33 @@ class BusinessRules:
                 "freeze.max_six_months",
                 f"the freeze lasts {span.total_seconds() / 86400:g} days; at most 183 (6 months)",
             )
-        accounts = max(1, order.bulk_count)
-        (recorded,) = self._db.execute(
-            "SELECT COUNT(*) FROM freezes WHERE case_number = ?", (request.case.case_number,)
-        ).fetchone()
+        # Whether the freeze needs a supervisor's approval is ``approval_needed``; the approval
+        # itself is an exchange in the audit log, checked by the pipeline (never the
+        # self-asserted FreezeOrder.approval).
+
+    def approval_needed(self, request: request_pb2.Request, *, action: str) -> str | None:
+        """Why ``request`` needs a centre supervisor's approval (rule
+        ``freeze.bulk_requires_approval``), or ``None``. Raises ``AuditUnavailable`` when the
+        state cannot be read."""
+        if action != "freeze":
+            return None
+        accounts = max(1, request.freeze.bulk_count)
         if accounts >= BULK_ORDER_THRESHOLD:
-            why = f"{accounts} accounts in one order (≥ {BULK_ORDER_THRESHOLD})"
-        elif recorded + accounts >= BULK_CASE_THRESHOLD:
-            why = (
+            return f"{accounts} accounts in one order (≥ {BULK_ORDER_THRESHOLD})"
+        try:
+            with self._lock:
+                (recorded,) = self._db.execute(
+                    "SELECT COUNT(*) FROM freezes WHERE case_number = ?",
+                    (request.case.case_number,),
+                ).fetchone()
+        except sqlite3.Error as exc:
+            raise AuditUnavailable(f"business-rules state unreadable: {exc}") from exc
+        if recorded + accounts >= BULK_CASE_THRESHOLD:
+            return (
                 f"case {request.case.case_number} would reach {recorded + accounts} frozen "
                 f"accounts (≥ {BULK_CASE_THRESHOLD})"
             )
-        else:
-            return
-        missing = _approval_problem(request)
-        if missing is not None:
-            raise BusinessRuleViolated(
-                "freeze.bulk_requires_approval",
-                f"{why} need a centre supervisor's approval: {missing}",
-            )
+        return None
 
     def _check_freeze_renew(self, request: request_pb2.Request, now: datetime) -> None:
         self._check_case_filing(request, "freeze_renew")
@@ -404,24 +412,6 @@ class BusinessRules:
 def _name_of(enum: EnumDescriptor, value: int) -> str:
     known = enum.values_by_number.get(value)
     return known.name if known is not None else f"unknown value {value}"
-
-
-def _approval_problem(request: request_pb2.Request) -> str | None:
-    """What is wrong with the freeze's supervisor approval, or ``None`` if it is sufficient."""
-    if not request.freeze.HasField("approval"):
-        return "freeze.approval is missing"
-    approval = request.freeze.approval
-    approver = approval.approver
-    if approver.role != common_pb2.ROLE_CENTRE_SUPERVISOR:
-        role = _name_of(common_pb2.Role.DESCRIPTOR, approver.role)
-        return f"approver acts as {role}, not ROLE_CENTRE_SUPERVISOR"
-    if not approver.id or not approver.name.strip():
-        return "approver needs a badge number and a name"
-    if approver.id == request.officer.id:
-        return "the requesting officer cannot approve their own order"
-    if not approval.document_number.strip():
-        return "approval.document_number is missing"
-    return None
 
 
 def _record_stop(db: sqlite3.Connection, request: request_pb2.Request, now_us: int) -> None:

@@ -51,6 +51,7 @@ from fedgate.keys import public_key_from_raw
 from fedgate.note import NoteSigner
 from fedgate.pki import FederationLayout
 from fedgate.registry import Registry
+from fedgate.roster import ROSTERS_DIR
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options, server_credentials
 from fedgate.trust import TrustHolder
 from fedgate.types import MemberId
@@ -106,6 +107,14 @@ def _registry_stamp(path: Path) -> tuple[int, int, int]:
     except OSError:
         return (-1, -1, -1)
     return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _trust_stamp(directory: Path) -> tuple[tuple[str, int, int, int], ...]:
+    """What changes when ``registry.json`` or a roster in ``rosters/`` is replaced."""
+    files = [FederationLayout(directory).registry]
+    with contextlib.suppress(OSError):
+        files += sorted((directory / ROSTERS_DIR).glob("*.json"))
+    return tuple((p.name, *_registry_stamp(p)) for p in files)
 
 
 @dataclass(slots=True)
@@ -298,7 +307,8 @@ class Gateway:
         config.validate()
         fed = config.federation
         member_id = MemberId(fed.member_id)
-        registry = Registry.load_dir(fed.dir)
+        trust = TrustHolder.load(fed.dir)
+        registry = trust.registry
         credentials = MemberCredentials.load(fed.dir, member_id)
         registry.member(member_id)
         signer = Signer.from_key(credentials.signing_key)
@@ -330,7 +340,6 @@ class Gateway:
         replay = await _open_replay_cache(config, audit)
         rules = BusinessRules.open(config.rules_path)
         quotas = Quotas(QuotaConfig.from_mapping(config.quotas))
-        trust = TrustHolder(registry)
 
         def endpoint_of(target: MemberId) -> str:
             return endpoints.get(target) or trust.registry.member(target).endpoint
@@ -419,7 +428,9 @@ class Gateway:
             prometheus_port=prometheus_port,
         )
         if fed.reload_interval_s > 0:
-            gateway._reload_task = asyncio.create_task(gateway._watch_registry())
+            # Stamp now, so that a change made right after start-up is not missed.
+            stamp = _trust_stamp(fed.dir)
+            gateway._reload_task = asyncio.create_task(gateway._watch_registry(stamp))
         if config.console.listen:
             host, _, console_port = config.console.listen.rpartition(":")
             try:
@@ -449,27 +460,35 @@ class Gateway:
         )
         return gateway
 
-    async def _watch_registry(self) -> None:
-        path = FederationLayout(self.config.federation.dir).registry
-        stamp = _registry_stamp(path)
+    async def _watch_registry(self, stamp: tuple[tuple[str, int, int, int], ...]) -> None:
+        directory = self.config.federation.dir
         while True:
             await asyncio.sleep(self.config.federation.reload_interval_s)
-            current = _registry_stamp(path)
+            current = await asyncio.to_thread(_trust_stamp, directory)
             if current == stamp:
                 continue
             stamp = current
-            self.reload_registry()
+            # Verifying the registry and every roster is CPU work: off the event loop.
+            if await asyncio.to_thread(self.pipeline.trust.reload, directory):
+                self._registry_reloaded()
 
     def reload_registry(self) -> bool:
         """Load registry.json again and put it in force for every component at once (the one
         ``TrustHolder``); keep the current one if the new one does not verify or is older."""
-        trust = self.pipeline.trust
-        if not trust.reload(self.config.federation.dir):
+        if not self.pipeline.trust.reload(self.config.federation.dir):
             return False
+        self._registry_reloaded()
+        return True
+
+    def _registry_reloaded(self) -> None:
+        trust = self.pipeline.trust
         registry = trust.registry
         self._decider.set_members({m.id: m.kind.value for m in registry.members()})
-        _log.info("registry reloaded", extra={"fields": {"serial": registry.serial}})
-        return True
+        rosters = {m: r.serial for m, r in trust.rosters.items()}
+        _log.info(
+            "registry reloaded",
+            extra={"fields": {"serial": registry.serial, "rosters": rosters}},
+        )
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, drain the ones in flight (``grace`` seconds, default from the

@@ -39,8 +39,8 @@ from pathlib import Path
 
 from google.protobuf.message import Message
 
-from fedgate.actions import CITING_ACTIONS, target_kind_of
-from fedgate.client import FedgateClient
+from fedgate.actions import CITING_ACTIONS, ORDER_ACTIONS, target_kind_of
+from fedgate.client import GATEWAY_ID, FedgateClient
 from fedgate.commands._exit import (
     EXIT_CODES_EPILOG,
     ExitCode,
@@ -201,7 +201,10 @@ def _add_request_options(parser: argparse.ArgumentParser, command: ActionCommand
     target = parser.add_argument_group("target and officer")
     inferred = " (default: from the card's or number's issuer)" if command.subject else ""
     target.add_argument(
-        "--target", metavar="MEMBER", required=command.subject is None, help=f"agency{inferred}"
+        "--target",
+        metavar="MEMBER",
+        required=command.subject is None and target_kind_of(command.action) != "gateway",
+        help=f"agency{inferred}",
     )
     target.add_argument("--officer-id", help="badge number 警号 ($FEDGATE_OFFICER_ID)")
     target.add_argument("--officer-name", help="name ($FEDGATE_OFFICER_NAME)")
@@ -245,6 +248,13 @@ def _add_request_options(parser: argparse.ArgumentParser, command: ActionCommand
         required=command.action in CITING_ACTIONS,
         help="the original order this one cites",
     )
+    if command.action in ORDER_ACTIONS:
+        case.add_argument(
+            "--approval",
+            type=parse_request_id,
+            metavar="REQUEST_ID",
+            help="the supervisor's approval exchange (`fedgate order approval`) this order cites",
+        )
     case.add_argument(
         "--dry-run", action="store_true", help="print the signed request as JSON; do not send it"
     )
@@ -343,6 +353,8 @@ def _target(command: ActionCommand, args: argparse.Namespace) -> str:
         return str(args.target)
     subject = command.subject(args) if command.subject is not None else None
     kind = target_kind_of(command.action)
+    if kind == "gateway":
+        return GATEWAY_ID
     found = None
     if subject:
         found = bank_of_card(subject) if kind == "bank" else carrier_of_mobile(subject)
@@ -388,6 +400,7 @@ async def _send(command: ActionCommand, args: argparse.Namespace) -> int:
             urgency=_URGENCIES[args.urgency],
             deadline=args.deadline,
             original_request_id=args.original or "",
+            approval_request_id=getattr(args, "approval", None) or "",
         )
         envelope = client.sign(request)
         if args.dry_run:

@@ -28,7 +28,7 @@ from fedgate.commands._police import (
     register_group,
     timestamp,
 )
-from fedgate.v1 import bank_pb2, carrier_pb2, common_pb2
+from fedgate.v1 import approval_pb2, bank_pb2, carrier_pb2, common_pb2
 from fedgate.validate import bank_of_card
 
 __all__ = ["COMMANDS", "register"]
@@ -96,7 +96,9 @@ def _freeze_args(group: argparse._ActionsContainer) -> None:
     group.add_argument("--end", type=parse_time, required=True, metavar="TIME", help="e.g. +90d")
     group.add_argument("--duty-phone", required=True, help="24-hour duty phone 值班电话")
     group.add_argument("--bulk-count", type=int, default=1, help="accounts in this order (1)")
-    group.add_argument("--approver-id", help="approving supervisor's badge number (bulk)")
+    group.add_argument(
+        "--approver-id", help="deprecated, not trusted: cite the approval with --approval"
+    )
     group.add_argument("--approver-name", help="approving supervisor's name")
     group.add_argument("--approval-doc", help="审批表号 approval document number")
     group.add_argument("--approved-at", type=parse_time, metavar="TIME", help="when approved")
@@ -138,6 +140,38 @@ def _monitor_start_args(group: argparse._ActionsContainer) -> None:
     group.add_argument("--until", type=parse_time, required=True, metavar="TIME", help="e.g. +30d")
 
 
+# ----------------------------------------------------------------------------- approval
+
+
+def _approval_args(group: argparse._ActionsContainer) -> None:
+    group.add_argument(
+        "--actions", nargs="+", default=["freeze"], help="order actions approved (freeze)"
+    )
+    group.add_argument(
+        "--max-count", type=int, required=True, help="most accounts one approved order covers"
+    )
+    group.add_argument(
+        "--max-amount", type=parse_amount, metavar="YUAN", help="largest amount one order freezes"
+    )
+    group.add_argument("--currency", default="CNY", help="ISO 4217 code (CNY)")
+    group.add_argument(
+        "--expires", type=parse_time, required=True, metavar="TIME", help="e.g. +7d (≤ 30 days)"
+    )
+    group.add_argument("--approval-doc", required=True, help="审批表号 approval document number")
+
+
+def _approval(args: argparse.Namespace) -> approval_pb2.ApprovalGrant:
+    grant = approval_pb2.ApprovalGrant(
+        actions=args.actions,
+        max_count=args.max_count,
+        expires_at=timestamp(args.expires),
+        document_number=args.approval_doc,
+    )
+    if args.max_amount is not None:
+        grant.max_amount.CopyFrom(money(args.max_amount, args.currency))
+    return grant
+
+
 # ----------------------------------------------------------------------------- carrier
 
 
@@ -151,6 +185,15 @@ def _sender_of(args: argparse.Namespace) -> str | None:
 
 
 COMMANDS: tuple[ActionCommand, ...] = (
+    ActionCommand(
+        "approval",
+        "approval",
+        "a centre supervisor's approval of orders in a case (cite it with --approval) 审批",
+        _approval_args,
+        _approval,
+        None,
+        doc_kind="case_filing",
+    ),
     ActionCommand(
         "stop-payment",
         "stop_payment",

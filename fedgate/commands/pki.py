@@ -8,8 +8,16 @@ from pathlib import Path
 
 from fedgate.errors import FedgateError, InvalidArgument
 from fedgate.federation import DEFAULT_ROLES, MemberKind, MemberSpec, check_member_id
-from fedgate.pki import FederationLayout, init_federation, issue_member, revoke_key, revoke_member
+from fedgate.pki import (
+    FederationLayout,
+    init_federation,
+    issue_member,
+    revoke_key,
+    revoke_member,
+    sign_member_roster,
+)
 from fedgate.registry import Registry
+from fedgate.roster import officers_from_json, roster_path
 from fedgate.types import KeyId
 
 __all__ = ["register"]
@@ -68,6 +76,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     which.add_argument("--key", help="signing key id to revoke")
     revoke.add_argument("--reason", required=True, help="why (kept in the registry)")
     revoke.set_defaults(func=_revoke)
+
+    roster = sub.add_parser(
+        "roster",
+        help="sign a police member's officer roster",
+        description="Sign a police member's officer roster with the member's signing key (serial "
+        "one above the current one) and write rosters/<member>.json. OFFICERS is a JSON list of "
+        '{"id", "name", "unit", "roles", "valid_from", "valid_to"} (times as UTC ...Z).',
+    )
+    _dir_argument(roster)
+    roster.add_argument("--member", required=True, help="police member id, e.g. police.gz.unit")
+    roster.add_argument("--officers", type=Path, required=True, help="JSON file of officers")
+    roster.set_defaults(func=_roster)
 
 
 def _dir_argument(parser: argparse.ArgumentParser) -> None:
@@ -141,6 +161,24 @@ def _revoke(args: argparse.Namespace) -> int:
     except FedgateError as exc:
         return _error(exc)
     print(f"revoked {what}; registry serial is now {serial}: distribute registry.json")
+    return 0
+
+
+def _roster(args: argparse.Namespace) -> int:
+    try:
+        member_id = check_member_id(args.member)
+        try:
+            data = args.officers.read_bytes()
+        except OSError as exc:
+            raise InvalidArgument(f"--officers: cannot read {args.officers}: {exc}") from exc
+        officers = officers_from_json(data, source=str(args.officers))
+        signed = sign_member_roster(args.dir, member_id, officers)
+    except FedgateError as exc:
+        return _error(exc)
+    print(
+        f"signed the roster of {member_id}: {len(signed.officers)} officers, serial "
+        f"{signed.serial}: distribute {roster_path(args.dir, member_id)}"
+    )
     return 0
 
 

@@ -47,7 +47,7 @@ from typing import Any
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 from opentelemetry import trace
 
-from fedgate.actions import ACTIONS, REPORT_ACTIONS, role_name
+from fedgate.actions import ACTIONS, APPROVAL_ACTIONS, REPORT_ACTIONS, role_name
 from fedgate.envelope import MAX_BODY_BYTES, Domain, Signer, decode_request, verify_envelope
 from fedgate.errors import (
     DecodeError,
@@ -63,9 +63,11 @@ from fedgate.types import KeyId, MemberId
 from fedgate.v1 import envelope_pb2, gateway_service_pb2
 from gateway.alerts import AlertHub
 from gateway.audit.log import AuditLog
+from gateway.pipeline._approvals import Approvals, check_approval
 from gateway.pipeline._audit_legs import AuditLegs
 from gateway.pipeline._exchange import Exchange, stage
 from gateway.pipeline._forwarding import Forwarder
+from gateway.pipeline._officers import check_officers
 from gateway.pipeline._reports import Reports
 from gateway.pipeline._undo import check_undo
 from gateway.pipeline.validation import validate_request
@@ -137,6 +139,15 @@ class Pipeline:
         self._reports = Reports(
             forwarder=self._forwarder,
             alerts=alerts,
+            legs=self._legs,
+            signer=signer,
+            gateway_id=gateway_id,
+            origin=origin,
+            telemetry=telemetry,
+            now=now,
+        )
+        self._approvals = Approvals(
+            forwarder=self._forwarder,
             legs=self._legs,
             signer=signer,
             gateway_id=gateway_id,
@@ -234,6 +245,8 @@ class Pipeline:
     ) -> gateway_service_pb2.SubmitResponse:
         if x.action in REPORT_ACTIONS:
             return await self._reports.deliver(x)
+        if x.action in APPROVAL_ACTIONS:
+            return await self._approvals.grant(x)
         return await self._forwarder.forward(x, remaining_s)
 
     async def open_batch(
@@ -351,10 +364,13 @@ class Pipeline:
     async def _authorize(self, x: Exchange) -> None:
         request, member = x.req(), x.member
         assert member is not None
-        registry = self.registry  # one registry for the whole decision
+        trust = self._trust.trust  # one registry and roster snapshot for the whole decision
+        registry = trust.registry
         role = role_name(request.officer.role)
         if role not in member.roles:
             raise PolicyDenied(f"role {role} is not granted to member {member.id} in the registry")
+        # A police member's officers must be on its signed roster, with the role they assert.
+        check_officers(trust, member, request, at=x.received_at)
         target = registry.find(request.target_agency)
         decision = authorize(
             self._decider,
@@ -371,6 +387,12 @@ class Pipeline:
         self._rules.check(request, action=x.action, now=x.received_at)
         # Only the ordering unit (or a member above it) may undo an order, found in the log.
         await check_undo(self._audit, registry, request, x.action)
+        # A bulk order cites a supervisor's approval exchange, found in the log.
+        why = self._rules.approval_needed(request, action=x.action)
+        if why is not None:
+            await check_approval(
+                self._audit, registry, request, action=x.action, why=why, now=x.received_at
+            )
         x.rule = ", ".join(decision.rule) if decision.rule else decision.explanation
 
     # stage 7

@@ -22,8 +22,8 @@ from typing import Any, Final
 
 from google.protobuf.message import Message
 
-from fedgate.actions import AGGREGATE_METRICS, CITING_ACTIONS, REPORT_ACTIONS
-from fedgate.v1 import bank_pb2, carrier_pb2, common_pb2, report_pb2, request_pb2
+from fedgate.actions import AGGREGATE_METRICS, CITING_ACTIONS, ORDER_ACTIONS, REPORT_ACTIONS
+from fedgate.v1 import approval_pb2, bank_pb2, carrier_pb2, common_pb2, report_pb2, request_pb2
 from gateway.pipeline._fields import CLOCK_TOLERANCE, MAX_NAME, WINDOW_AHEAD, Fields, mask
 
 __all__ = ["CITING_ACTIONS", "mask", "subjects_of", "validate_request"]
@@ -38,6 +38,8 @@ _MAX_MONITOR = timedelta(days=90)
 _SENDER = re.compile(r"[0-9A-Za-z]{3,20}")
 _EVENT_CODE = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _DIRECTIONS = frozenset({"in", "out"})
+_MAX_APPROVED_ACTIONS = 8
+GATEWAY_TARGET = "gateway"
 
 _URGENCIES: Final = frozenset(common_pb2.Urgency.values()) - {common_pb2.URGENCY_UNSPECIFIED}
 _CASE_TYPES: Final = frozenset(common_pb2.CaseType.values()) - {common_pb2.CASE_TYPE_UNSPECIFIED}
@@ -87,6 +89,11 @@ def _header(f: Fields, request: request_pb2.Request, action: str | None) -> None
         elif deadline - issued_at > _MAX_DEADLINE:
             f.bad("answer_deadline", "must be at most 30 days after issued_at")
 
+    if request.approval_request_id:
+        if action not in ORDER_ACTIONS:
+            f.bad("approval_request_id", "only orders cite an approval")
+        else:
+            f.uuid("approval_request_id", request.approval_request_id)
     if action in CITING_ACTIONS:
         f.uuid("original_request_id", request.original_request_id)
         if request.original_request_id and request.original_request_id == request.request_id:
@@ -165,6 +172,26 @@ def _freeze(f: Fields, p: str, a: bank_pb2.FreezeOrder) -> None:
         f.person(f"{p}.approval.approver", a.approval.approver)
         f.text(f"{p}.approval.document_number", a.approval.document_number, limit=MAX_NAME)
         f.past(f"{p}.approval.approved_at", a.approval, "approved_at", required=False)
+
+
+def _approval(f: Fields, p: str, a: approval_pb2.ApprovalGrant) -> None:
+    if f.target != GATEWAY_TARGET:
+        f.bad("target_agency", f"an approval is sent to the gateway ({GATEWAY_TARGET!r})")
+    if not 1 <= len(a.actions) <= _MAX_APPROVED_ACTIONS:
+        f.bad(f"{p}.actions", f"1 to {_MAX_APPROVED_ACTIONS} order actions")
+    for i, name in enumerate(a.actions):
+        if name not in ORDER_ACTIONS:
+            f.bad(f"{p}.actions[{i}]", "not an order action (e.g. freeze)")
+    if not 1 <= a.max_count <= _MAX_BULK:
+        f.bad(f"{p}.max_count", f"must be 1 to {_MAX_BULK}")
+    if a.HasField("max_amount"):
+        f.money(f"{p}.max_amount", a, "max_amount")
+    expires = f.time(f"{p}.expires_at", a, "expires_at")
+    if expires is not None and expires <= f.now:
+        f.bad(f"{p}.expires_at", "must be in the future")
+    elif expires is not None and expires - f.now > _MAX_DEADLINE:
+        f.bad(f"{p}.expires_at", "must be at most 30 days ahead")
+    f.text(f"{p}.document_number", a.document_number, limit=MAX_NAME)
 
 
 def _freeze_renew(f: Fields, p: str, a: bank_pb2.FreezeRenewOrder) -> None:
@@ -320,6 +347,7 @@ _ACTION_CHECKS: Final[dict[str, Callable[[Fields, str, Any], None]]] = {
     "abnormal_event": _abnormal_event,
     "early_warning": _early_warning,
     "monitored_transaction": _monitored_transaction,
+    "approval": _approval,
 }
 
 
@@ -375,6 +403,7 @@ _SUBJECT_FIELDS: Final[dict[str, tuple[str, ...]]] = {
     "abnormal_event": ("subject",),
     "early_warning": ("subject", "flagged"),
     "monitored_transaction": ("account_number", "transaction.counterparty_account"),
+    "approval": (),
 }
 
 

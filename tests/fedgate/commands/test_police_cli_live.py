@@ -180,6 +180,32 @@ class TestLiveOrder:
         assert run.code == ExitCode.REFUSED
         assert "POLICY_DENIED" in run.err
 
+    def test_a_bulk_freeze_cites_a_supervisors_approval(
+        self, police: Callable[..., Run], live_federation: LiveFederation
+    ) -> None:
+        hop = _hops_into(live_federation, "bank.icbc")[3]
+        freeze = (
+            *("order", "freeze", "--account", hop.to_account, "--name", hop.to_name),
+            *("--method", "receive-only", "--end", "+90d", "--duty-phone", "020-83113110"),
+            *("--bulk-count", "250", "--doc-kind", "case_filing"),
+        )
+        refused = police(*freeze)
+        assert refused.code == ExitCode.REFUSED
+        assert "freeze.bulk_requires_approval" in refused.err
+        assert "cite the approval exchange in approval_request_id" in refused.err
+        approval = police(
+            *("order", "approval", "--max-count", "300", "--expires", "+7d"),
+            *("--approval-doc", "粤公反诈审〔2026〕0001号", "--json"),
+            *("--officer-id", "440100600", "--officer-role", "supervisor"),
+        )
+        assert approval.code == ExitCode.OK, approval.out + approval.err
+        doc = approval.json()
+        assert doc["verification"]["signed_by"] == "gateway"
+        approval_id = doc["response"]["approval"]["approval_request_id"]
+        approved = police(*freeze, "--approval", approval_id)
+        assert approved.code != ExitCode.REFUSED, approved.out + approved.err
+        assert "freeze.bulk_requires_approval" not in approved.err
+
     def test_suspend_a_number(
         self, police: Callable[..., Run], live_federation: LiveFederation
     ) -> None:
