@@ -21,6 +21,7 @@ from pathlib import Path
 
 from adapters.bank.reference import ReferenceBank
 from adapters.synth import seed_bank_bulk
+from fedgate.testing import percentile
 
 __all__ = ["run"]
 
@@ -94,9 +95,8 @@ def run(quick: bool) -> dict[str, tuple[float, str]]:
             t0 = time.perf_counter()
             bank.transactions(number, end - span, end, page_size=100, page_token="")
             latencies.append(time.perf_counter() - t0)
-    latencies.sort()
-    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-    p50 = latencies[len(latencies) // 2]
+    p99 = percentile(latencies, 0.99)
+    p50 = percentile(latencies, 0.5)
     return {
         "bank_build_s": (build_s, "s"),
         "bank_holder_lookups_per_s": (lookups_per_s, "1/s"),

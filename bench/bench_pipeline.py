@@ -36,7 +36,7 @@ import grpc.aio
 from fedgate.actions import new_request_id
 from fedgate.envelope import Domain, Signer, decode_request, request_hash, sign_envelope
 from fedgate.pki import init_federation
-from fedgate.testing import valid_request
+from fedgate.testing import percentile, valid_request
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options, server_credentials
 from fedgate.types import MemberId
 from fedgate.v1 import (
@@ -258,11 +258,6 @@ async def _open_loop(
     return latencies
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 async def _measure(
     quick: bool, fed: Path, gateway: str, proxy: str
 ) -> dict[str, tuple[float, str]]:
@@ -295,11 +290,11 @@ async def _measure(
     return {
         "pipeline_efficiency_ratio": (gateway_qps / proxy_qps, "ratio"),
         "pipeline_added_p50_ms": (
-            _percentile(gateway_ms, 0.50) - _percentile(proxy_ms, 0.50),
+            percentile(gateway_ms, 0.50) - percentile(proxy_ms, 0.50),
             "ms",
         ),
         "pipeline_added_p99_ms": (
-            _percentile(gateway_ms, 0.99) - _percentile(proxy_ms, 0.99),
+            percentile(gateway_ms, 0.99) - percentile(proxy_ms, 0.99),
             "ms",
         ),
         "gateway_qps": (gateway_qps, "req/s"),

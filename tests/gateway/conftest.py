@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import shutil
-import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -32,7 +31,7 @@ from fedgate.errors import AuditUnavailable, FedgateError
 from fedgate.pki import init_federation, revoke_member
 from fedgate.registry import Registry
 from fedgate.status import error_from_rpc
-from fedgate.testing import valid_request
+from fedgate.testing import free_port, valid_request
 from fedgate.tls import (
     MemberCredentials,
     channel_credentials,
@@ -91,14 +90,6 @@ def other_ca_federation(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     members = tuple(m for m in DEFAULT_MEMBERS if m.id in ("gateway", "police.gd.afc"))
     return init_federation(tmp_path_factory.mktemp("other-ca") / "fed", members=members)
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound and released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 # -- the test agency node --------------------------------------------------------------------
