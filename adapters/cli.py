@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m adapters", description="Run one fedgate agency node."
     )
     parser.add_argument(
-        "--config", type=Path, help="the node's TOML file (FEDGATE_NODE_* variables override it)"
+        "--config", type=Path, help="the node's TOML file (FEDGATE_NODE__* variables override it)"
     )
     parser.add_argument(
         "--console", metavar="HOST:PORT", help="also serve the staff web console there"

@@ -59,6 +59,7 @@ from adapters.config import ActionMode, NodeConfig
 from adapters.synth import World, seed_world
 from adapters.up import Federation, ProcessSpec, start, stop, wait_healthy
 from fedgate.client import FedgateClient
+from fedgate.config import dump_toml
 from fedgate.envelope import Domain, Signer, sign_envelope
 from fedgate.federation import MemberKind
 from fedgate.pki import init_federation
@@ -176,27 +177,21 @@ def _write_configs(root: Path, fed: Path, world: World) -> tuple[ProcessSpec, Pr
     node_dir.mkdir()
     gateway_toml = gateway_dir / "gateway.toml"
     gateway_toml.write_text(
-        "\n".join(
-            [
-                "[server]",
-                f'listen = "{gateway_endpoint}"',
-                "[federation]",
-                f'dir = "{fed}"',
-                "[pipeline]",
-                'state_dir = "."',
-                "[audit]",
-                'origin = "fedgate.local/bench/shard-0"',
-                "[routing]",
-                f'endpoints = {{ "{BANK}" = "{node_endpoint}" }}',
-                "[quotas]",
-                "officer_per_minute = 6000",
-                "officer_burst = 1000",
-                "member_per_minute = 600000",
-                "member_burst = 10000",
-                "[telemetry]",
-                'log_level = "INFO"',
-                "",
-            ]
+        dump_toml(
+            {
+                "server": {"listen": gateway_endpoint},
+                "federation": {"dir": fed},
+                "pipeline": {"state_dir": "."},
+                "audit": {"origin": "fedgate.local/bench/shard-0"},
+                "routing": {"endpoints": {BANK: node_endpoint}},
+                "quotas": {
+                    "officer_per_minute": 6000,
+                    "officer_burst": 1000,
+                    "member_per_minute": 600000,
+                    "member_burst": 10000,
+                },
+                "telemetry": {"log_level": "INFO"},
+            }
         ),
         encoding="utf-8",
     )
