@@ -108,7 +108,24 @@ class _Parts:
     tickets: Tickets
     alerts: AlertHub
     router: NodeRouter
-    witness_channels: tuple[grpc.aio.Channel, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Identity:
+    member_id: MemberId
+    registry: Registry
+    credentials: MemberCredentials
+    signer: Signer
+
+
+def _load_identity(config: GatewayConfig) -> _Identity:
+    """Step 1: the registry and this gateway's own credentials (nothing to close)."""
+    fed = config.federation
+    member_id = MemberId(fed.member_id)
+    registry = Registry.load_dir(fed.dir)
+    credentials = MemberCredentials.load(fed.dir, member_id)
+    registry.member(member_id)
+    return _Identity(member_id, registry, credentials, Signer.from_key(credentials.signing_key))
 
 
 def _witness_clients(
@@ -116,9 +133,10 @@ def _witness_clients(
     registry: Registry,
     credentials: MemberCredentials,
     endpoints: dict[str, str],
-) -> tuple[tuple[grpc.aio.Channel, ...], list[GrpcWitnessClient]]:
-    """An mTLS channel and a cosignature-checking client for each configured witness."""
-    channels: list[grpc.aio.Channel] = []
+    resources: contextlib.AsyncExitStack,
+) -> list[GrpcWitnessClient]:
+    """An mTLS channel (closed by ``resources``) and a cosignature-checking client for each
+    configured witness."""
     clients: list[GrpcWitnessClient] = []
     for name in config.audit.witnesses:
         witness = registry.member(MemberId(name))
@@ -130,10 +148,10 @@ def _witness_clients(
             channel_credentials(credentials),
             options=channel_options(witness.id),
         )
-        channels.append(channel)
+        resources.push_async_callback(channel.close, None)
         verifier = CosignatureVerifier(name=name, public_key=public_key_from_raw(key.public_key))
         clients.append(GrpcWitnessClient(channel, verifier=verifier))
-    return tuple(channels), clients
+    return clients
 
 
 async def _open_audit_store(config: GatewayConfig) -> AuditStore:
@@ -178,29 +196,24 @@ def _rebuild_replay(config: GatewayConfig, replay: ReplayCache) -> Rebuilt:
         source.close()
 
 
-async def _open_replay_cache(config: GatewayConfig, audit: AuditLog) -> ReplayCache:
-    """The replay cache, rebuilt from the audit log's window before anything is checked.
+async def _open_replay_cache(
+    config: GatewayConfig, resources: contextlib.AsyncExitStack
+) -> ReplayCache:
+    """The replay cache (closed by ``resources``), rebuilt from the audit log's window before
+    anything is checked.
 
     Always rebuilt, whatever ``replay_synchronous``: with ``"normal"`` a power loss may have
-    taken the last commits (``gateway.replay`` argues why the log has them all). Closes the
-    audit log and the cache if that fails: the gateway MUST NOT serve without the rebuild.
+    taken the last commits (``gateway.replay`` argues why the log has them all). If that fails
+    the start fails: the gateway MUST NOT serve without the rebuild.
     """
     pipeline = config.pipeline
-    try:
-        replay = ReplayCache.open(
-            config.replay_path,
-            window=timedelta(seconds=pipeline.replay_window_s),
-            synchronous="FULL" if pipeline.replay_synchronous == "full" else "NORMAL",
-        )
-    except BaseException:
-        await audit.close()
-        raise
-    try:
-        rebuilt = await asyncio.to_thread(_rebuild_replay, config, replay)
-    except BaseException:
-        replay.close()
-        await audit.close()
-        raise
+    replay = ReplayCache.open(
+        config.replay_path,
+        window=timedelta(seconds=pipeline.replay_window_s),
+        synchronous="FULL" if pipeline.replay_synchronous == "full" else "NORMAL",
+    )
+    resources.callback(replay.close)
+    rebuilt = await asyncio.to_thread(_rebuild_replay, config, replay)
     _log.info(
         "replay cache rebuilt from the audit log: %d requests from %d request legs in %.1f ms",
         rebuilt.remembered,
@@ -217,6 +230,109 @@ async def _open_replay_cache(config: GatewayConfig, audit: AuditLog) -> ReplayCa
     return replay
 
 
+async def _open_parts(
+    config: GatewayConfig,
+    identity: _Identity,
+    holder: dict[str, Registry],
+    resources: contextlib.AsyncExitStack,
+    *,
+    audit_store: AuditStore | None,
+) -> _Parts:
+    """Steps 2-4: the audit log (with its witnesses), the replay cache rebuilt from it, the rules,
+    tickets and alerts stores and the router; each closed by ``resources``."""
+    store = audit_store or await _open_audit_store(config)
+    endpoints = dict(config.routing.endpoints)
+    try:
+        witnesses = _witness_clients(
+            config, identity.registry, identity.credentials, endpoints, resources
+        )
+        audit = await AuditLog.open(
+            store=store,
+            origin=config.audit.origin,
+            signer=NoteSigner(
+                name=config.audit.origin, private_key=identity.credentials.signing_key
+            ),
+            witnesses=witnesses,
+            state_path=config.audit_state_path,
+        )
+    except BaseException:
+        await store.close()
+        raise
+    resources.push_async_callback(audit.close)
+    replay = await _open_replay_cache(config, resources)
+    rules = BusinessRules.open(config.rules_path)
+    resources.callback(rules.close)
+
+    def endpoint_of(target: MemberId) -> str:
+        return endpoints.get(target) or holder["registry"].member(target).endpoint
+
+    router = NodeRouter(
+        credentials=identity.credentials,
+        endpoint_of=endpoint_of,
+        config=config.routing,
+        max_message_bytes=config.server.max_receive_bytes,
+    )
+    resources.push_async_callback(router.close)
+    ticket_store = TicketStore.open(config.tickets_path)
+    tickets = Tickets(
+        store=ticket_store,
+        router=router,
+        poll_interval_s=config.tickets.poll_interval_s,
+        node_timeout_s=config.routing.timeout_s,
+    )
+    resources.callback(tickets.close)
+    alerts = AlertHub.open(config.alerts_path, keep=config.alerts.keep)
+    resources.callback(alerts.close)
+    return _Parts(audit, replay, rules, tickets, alerts, router)
+
+
+def _grpc_server(
+    config: GatewayConfig, pipeline: Pipeline, parts: _Parts, decider: ReloadingDecider
+) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
+    """Step 5: the gRPC server with every service, health and reflection (not yet bound)."""
+    limit = config.server.max_receive_bytes
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+        ]
+    )
+    server.add_generic_rpc_handlers(
+        (
+            GatewayServicer(pipeline=pipeline, tickets=parts.tickets).handler(),
+            AlertServicer(hub=parts.alerts, authenticate=pipeline.authenticate).handler(),
+        )
+    )
+    audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
+        AuditServicer(parts.audit, lambda: pipeline.registry, lambda: decider), server
+    )
+    event_service_pb2_grpc.add_EventServiceServicer_to_server(
+        EventServicer(
+            log=parts.audit,
+            registry=lambda: pipeline.registry,
+            skew=timedelta(seconds=config.pipeline.clock_skew_s),
+        ),
+        server,
+    )
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (
+            *SERVICE_NAMES,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    return server, health
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 class Gateway:
     """A running gateway. Build with ``await Gateway.start(config)``; stop with ``stop()``."""
 
@@ -230,7 +346,7 @@ class Gateway:
         parts: _Parts,
         health: health_aio.HealthServicer,
         decider: ReloadingDecider,
-        prometheus: PrometheusEndpoint | None,
+        resources: contextlib.AsyncExitStack,
         prometheus_port: int | None,
     ) -> None:
         self.config = config
@@ -241,7 +357,7 @@ class Gateway:
         self._parts = parts
         self._health = health
         self._decider = decider
-        self._prometheus = prometheus
+        self._resources = resources
         self._reload_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self.console: RunningAuditorConsole | None = None
@@ -276,149 +392,23 @@ class Gateway:
         ``config.audit_path``, or ``audit.origin`` at ``audit.dsn``), which the replay cache is
         rebuilt from before the gateway serves. Raises ``FedgateError`` (``ConfigError``,
         ``RegistryError``, ``AuditUnavailable``) when something cannot be opened.
+
+        A start that fails at any step MUST leave nothing behind: every store, channel, port and
+        thread opened by the earlier steps is closed, in the reverse order, before it raises.
         """
         config.validate()
-        fed = config.federation
-        member_id = MemberId(fed.member_id)
-        registry = Registry.load_dir(fed.dir)
-        credentials = MemberCredentials.load(fed.dir, member_id)
-        registry.member(member_id)
-        signer = Signer.from_key(credentials.signing_key)
-        prometheus: PrometheusEndpoint | None = None
-        if config.telemetry.prometheus_listen and meter_provider is None:
-            reader = InMemoryMetricReader()
-            meter_provider = MeterProvider(metric_readers=[reader])
-            host, _, port_text = config.telemetry.prometheus_listen.rpartition(":")
-            prometheus = PrometheusEndpoint(reader=reader, host=host, port=int(port_text))
-        telemetry = GatewayTelemetry(tracer_provider=tracer_provider, meter_provider=meter_provider)
-        state = config.pipeline.state_dir
-        state.mkdir(parents=True, exist_ok=True)
-        members = {m.id: m.kind.value for m in registry.members()}
-        decider = load_default_decider(
-            config.policy.dir,
-            members=members,
-            check_interval_ms=config.policy.reload_interval_ms,
-        )
-        store = audit_store or await _open_audit_store(config)
-        endpoints = dict(config.routing.endpoints)
-        witness_channels, witnesses = _witness_clients(config, registry, credentials, endpoints)
-        audit = await AuditLog.open(
-            store=store,
-            origin=config.audit.origin,
-            signer=NoteSigner(name=config.audit.origin, private_key=credentials.signing_key),
-            witnesses=witnesses,
-            state_path=config.audit_state_path,
-        )
-        replay = await _open_replay_cache(config, audit)
-        rules = BusinessRules.open(config.rules_path)
-        quotas = Quotas(QuotaConfig.from_mapping(config.quotas))
-        holder: dict[str, Registry] = {"registry": registry}
-
-        def endpoint_of(target: MemberId) -> str:
-            return endpoints.get(target) or holder["registry"].member(target).endpoint
-
-        router = NodeRouter(
-            credentials=credentials,
-            endpoint_of=endpoint_of,
-            config=config.routing,
-            max_message_bytes=config.server.max_receive_bytes,
-        )
-        tickets = Tickets(
-            store=TicketStore.open(config.tickets_path),
-            router=router,
-            poll_interval_s=config.tickets.poll_interval_s,
-            node_timeout_s=config.routing.timeout_s,
-        )
-        alerts = AlertHub.open(config.alerts_path, keep=config.alerts.keep)
-        pipeline = Pipeline(
-            registry=registry,
-            decider=decider,
-            replay=replay,
-            rules=rules,
-            quotas=quotas,
-            audit=audit,
-            router=router,
-            tickets=tickets,
-            alerts=alerts,
-            signer=signer,
-            gateway_id=member_id,
-            origin=config.audit.origin,
-            clock_skew=timedelta(seconds=config.pipeline.clock_skew_s),
-            telemetry=telemetry,
-            keep_response_bodies=config.audit.keep_response_bodies,
-        )
-        parts = _Parts(audit, replay, rules, tickets, alerts, router, witness_channels)
-        limit = config.server.max_receive_bytes
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
-            ]
-        )
-        server.add_generic_rpc_handlers(
-            (
-                GatewayServicer(pipeline=pipeline, tickets=tickets).handler(),
-                AlertServicer(hub=alerts, authenticate=pipeline.authenticate).handler(),
+        identity = _load_identity(config)
+        async with contextlib.AsyncExitStack() as resources:
+            gateway = await cls._start(
+                config,
+                identity,
+                resources,
+                tracer_provider=tracer_provider,
+                meter_provider=meter_provider,
+                audit_store=audit_store,
             )
-        )
-        audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
-            AuditServicer(audit, lambda: pipeline.registry, lambda: decider), server
-        )
-        event_service_pb2_grpc.add_EventServiceServicer_to_server(
-            EventServicer(
-                log=audit,
-                registry=lambda: pipeline.registry,
-                skew=timedelta(seconds=config.pipeline.clock_skew_s),
-            ),
-            server,
-        )
-        health = health_aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        reflection.enable_server_reflection(
-            (
-                *SERVICE_NAMES,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
-        )
-        port = server.add_secure_port(config.server.listen, server_credentials(credentials))
-        if port == 0:
-            raise ConfigError(f"server.listen {config.server.listen} could not be bound")
-        await server.start()
-        for name in ("", *SERVICE_NAMES):
-            await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        prometheus_port = await prometheus.start() if prometheus is not None else None
-        gateway = cls(
-            config=config,
-            server=server,
-            port=port,
-            pipeline=pipeline,
-            parts=parts,
-            health=health,
-            decider=decider,
-            prometheus=prometheus,
-            prometheus_port=prometheus_port,
-        )
-        if fed.reload_interval_s > 0:
-            gateway._reload_task = asyncio.create_task(gateway._watch_registry(holder))
-        if config.console.listen:
-            host, _, console_port = config.console.listen.rpartition(":")
-            try:
-                gateway.console = await start_auditor_console(
-                    log=audit,
-                    audit_db=_console_source(config),
-                    registry=lambda: pipeline.registry,
-                    state_dir=state,
-                    users_dir=config.console_users_dir,
-                    host=host.strip("[]"),
-                    port=int(console_port),
-                    member_id=member_id,
-                    secure_cookies=config.console.secure_cookies,
-                )
-            except BaseException:
-                await gateway.stop(0)
-                raise
+            # Started: from now on ``stop`` owns the resources.
+            gateway._resources = resources.pop_all()
         _log.info(
             "gateway serving",
             extra={
@@ -429,6 +419,98 @@ class Gateway:
                 }
             },
         )
+        return gateway
+
+    @classmethod
+    async def _start(
+        cls,
+        config: GatewayConfig,
+        identity: _Identity,
+        resources: contextlib.AsyncExitStack,
+        *,
+        tracer_provider: trace.TracerProvider | None,
+        meter_provider: metrics.MeterProvider | None,
+        audit_store: AuditStore | None,
+    ) -> Gateway:
+        """The steps of ``start``; each registers what it opens with ``resources``."""
+        prometheus: PrometheusEndpoint | None = None
+        if config.telemetry.prometheus_listen and meter_provider is None:
+            reader = InMemoryMetricReader()
+            meter_provider = MeterProvider(metric_readers=[reader])
+            host, _, port_text = config.telemetry.prometheus_listen.rpartition(":")
+            prometheus = PrometheusEndpoint(reader=reader, host=host, port=int(port_text))
+        telemetry = GatewayTelemetry(tracer_provider=tracer_provider, meter_provider=meter_provider)
+        config.pipeline.state_dir.mkdir(parents=True, exist_ok=True)
+        decider = load_default_decider(
+            config.policy.dir,
+            members={m.id: m.kind.value for m in identity.registry.members()},
+            check_interval_ms=config.policy.reload_interval_ms,
+        )
+        holder: dict[str, Registry] = {"registry": identity.registry}
+        parts = await _open_parts(config, identity, holder, resources, audit_store=audit_store)
+        pipeline = Pipeline(
+            registry=identity.registry,
+            decider=decider,
+            replay=parts.replay,
+            rules=parts.rules,
+            quotas=Quotas(QuotaConfig.from_mapping(config.quotas)),
+            audit=parts.audit,
+            router=parts.router,
+            tickets=parts.tickets,
+            alerts=parts.alerts,
+            signer=identity.signer,
+            gateway_id=identity.member_id,
+            origin=config.audit.origin,
+            clock_skew=timedelta(seconds=config.pipeline.clock_skew_s),
+            telemetry=telemetry,
+            keep_response_bodies=config.audit.keep_response_bodies,
+        )
+        server, health = _grpc_server(config, pipeline, parts, decider)
+        try:
+            port = server.add_secure_port(
+                config.server.listen, server_credentials(identity.credentials)
+            )
+        except RuntimeError as exc:  # grpcio's "Failed to bind": say which option
+            raise ConfigError(
+                f"server.listen {config.server.listen} could not be bound (in use?)"
+            ) from exc
+        if port == 0:
+            raise ConfigError(f"server.listen {config.server.listen} could not be bound")
+        await server.start()
+        resources.push_async_callback(server.stop, 0)
+        for name in ("", *SERVICE_NAMES):
+            await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        prometheus_port: int | None = None
+        if prometheus is not None:
+            prometheus_port = await prometheus.start()
+            resources.push_async_callback(prometheus.stop)
+        gateway = cls(
+            config=config,
+            server=server,
+            port=port,
+            pipeline=pipeline,
+            parts=parts,
+            health=health,
+            decider=decider,
+            resources=resources,
+            prometheus_port=prometheus_port,
+        )
+        if config.federation.reload_interval_s > 0:
+            gateway._reload_task = asyncio.create_task(gateway._watch_registry(holder))
+            resources.push_async_callback(_cancel, gateway._reload_task)
+        if config.console.listen:
+            host, _, console_port = config.console.listen.rpartition(":")
+            gateway.console = await start_auditor_console(
+                log=parts.audit,
+                audit_db=_console_source(config),
+                registry=lambda: pipeline.registry,
+                state_dir=config.pipeline.state_dir,
+                users_dir=config.console_users_dir,
+                host=host.strip("[]"),
+                port=int(console_port),
+                member_id=identity.member_id,
+                secure_cookies=config.console.secure_cookies,
+            )
         return gateway
 
     async def _watch_registry(self, holder: dict[str, Registry]) -> None:
@@ -463,31 +545,20 @@ class Gateway:
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, drain the ones in flight (``grace`` seconds, default from the
-        config), then close every store. Idempotent."""
+        config), then close every store, channel and port in the reverse order of opening.
+        Idempotent."""
         if self._stopped.is_set():
             return
         self._stopped.set()
         if self._reload_task is not None:
-            self._reload_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reload_task
+            await _cancel(self._reload_task)
         if self.console is not None:
             # First, so that no console event is appended once the log starts closing.
             await self.console.stop()
             self.console = None
         await self._health.enter_graceful_shutdown()
         await self._server.stop(self.config.server.grace_period_s if grace is None else grace)
-        if self._prometheus is not None:
-            await self._prometheus.stop()
-        parts = self._parts
-        await parts.router.close()
-        await parts.audit.close()
-        for channel in parts.witness_channels:
-            await channel.close(None)
-        parts.replay.close()
-        parts.rules.close()
-        parts.tickets.close()
-        parts.alerts.close()
+        await self._resources.aclose()
 
     async def wait_for_termination(self) -> None:
         await self._server.wait_for_termination()
