@@ -98,6 +98,10 @@ class NodeConfig:
     queue_deadline: timedelta = DEFAULT_QUEUE_DEADLINE
     reminder: timedelta = DEFAULT_REMINDER
     monitor_poll_s: float = _DEFAULT_MONITOR_POLL_S
+    otlp_endpoint: str = ""
+    """``[telemetry] otlp_endpoint``: an OTLP/gRPC collector for the node's spans; empty: off."""
+    prometheus_listen: str = ""
+    """``[telemetry] prometheus_listen``: loopback ``host:port`` serving /metrics; empty: off."""
 
     def __post_init__(self) -> None:
         check_member_id(self.member_id)
@@ -114,6 +118,13 @@ class NodeConfig:
             )
         if self.monitor_poll_s <= 0:
             raise InvalidArgument("monitor.poll_seconds must be positive")
+        if self.prometheus_listen and not self.prometheus_listen.startswith(
+            ("127.", "localhost:", "[::1]:")
+        ):
+            raise InvalidArgument(
+                "telemetry.prometheus_listen must be a loopback address (metrics are not "
+                f"authenticated), got {self.prometheus_listen!r}"
+            )
         if self.backend_kind != "reference":
             raise InvalidArgument(
                 f"backend.kind {self.backend_kind!r}: only 'reference' is built in"
@@ -143,6 +154,10 @@ class NodeConfig:
                     "reminder_minutes": self.reminder / timedelta(minutes=1),
                 },
                 "monitor": {"poll_seconds": self.monitor_poll_s},
+                "telemetry": {
+                    "otlp_endpoint": self.otlp_endpoint,
+                    "prometheus_listen": self.prometheus_listen,
+                },
             }
         )
 
@@ -168,6 +183,12 @@ class _Monitor:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class _Telemetry:
+    otlp_endpoint: str = ""
+    prometheus_listen: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class _NodeFile:
     member: str
     federation: Path
@@ -179,6 +200,7 @@ class _NodeFile:
     actions: Mapping[str, str] = field(default_factory=dict)
     queue: _Queue = field(default_factory=_Queue)
     monitor: _Monitor = field(default_factory=_Monitor)
+    telemetry: _Telemetry = field(default_factory=_Telemetry)
 
 
 def load_config(path: Path | None, *, env: Mapping[str, str] | None = None) -> NodeConfig:
@@ -209,6 +231,8 @@ def load_config(path: Path | None, *, env: Mapping[str, str] | None = None) -> N
         queue_deadline=timedelta(minutes=f.queue.deadline_minutes),
         reminder=timedelta(minutes=f.queue.reminder_minutes),
         monitor_poll_s=f.monitor.poll_seconds,
+        otlp_endpoint=f.telemetry.otlp_endpoint,
+        prometheus_listen=f.telemetry.prometheus_listen,
     )
 
 

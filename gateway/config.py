@@ -11,7 +11,8 @@
     [quotas]     passed as is to ``gateway.quotas.QuotaConfig.from_mapping``
     [tickets]    path, poll_interval_s
     [alerts]     path, keep
-    [telemetry]  prometheus_listen (loopback host:port, empty = off), log_level, log_json
+    [telemetry]  prometheus_listen (loopback host:port, empty = off), otlp_endpoint (host:port of
+                 an OTLP/gRPC collector, empty = off), log_level, log_json
     [console]    listen (the auditor web console's host:port, empty = off), users_dir,
                  secure_cookies
 
@@ -156,6 +157,9 @@ class AlertsConfig:
 class TelemetryConfig:
     prometheus_listen: str = ""
     """``127.0.0.1:9464`` serves /metrics there; empty turns it off. Loopback only."""
+    otlp_endpoint: str = ""
+    """``host:port`` of an OpenTelemetry collector (OTLP over plaintext gRPC, typically a local
+    agent) that receives the gateway's spans; empty (the default) exports no traces."""
     log_level: str = "INFO"
     log_json: bool = True
 

@@ -41,14 +41,13 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry import metrics, trace
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from fedgate.checkpoint import CosignatureVerifier
 from fedgate.envelope import Signer
 from fedgate.errors import FedgateError
 from fedgate.keys import public_key_from_raw
 from fedgate.note import NoteSigner
+from fedgate.otel import Exporters, client_interceptors, server_interceptors
 from fedgate.pki import FederationLayout
 from fedgate.registry import Registry
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options, server_credentials
@@ -78,7 +77,7 @@ from gateway.replay import Rebuilt, ReplayCache, rebuild_from_audit
 from gateway.routing import NodeRouter
 from gateway.rules import BusinessRules
 from gateway.service import SERVICE_NAME, GatewayServicer
-from gateway.telemetry import GatewayTelemetry, PrometheusEndpoint, configure_logging
+from gateway.telemetry import GatewayTelemetry, configure_logging
 from gateway.tickets import Tickets, TicketStore
 
 __all__ = ["SERVICE_NAMES", "Gateway", "main", "run_gateway"]
@@ -237,6 +236,7 @@ async def _open_parts(
     resources: contextlib.AsyncExitStack,
     *,
     audit_store: AuditStore | None,
+    tracer_provider: trace.TracerProvider | None,
 ) -> _Parts:
     """Steps 2-4: the audit log (with its witnesses), the replay cache rebuilt from it, the rules,
     tickets and alerts stores and the router; each closed by ``resources``."""
@@ -271,6 +271,7 @@ async def _open_parts(
         endpoint_of=endpoint_of,
         config=config.routing,
         max_message_bytes=config.server.max_receive_bytes,
+        interceptors=client_interceptors(tracer_provider),
     )
     resources.push_async_callback(router.close)
     ticket_store = TicketStore.open(config.tickets_path)
@@ -287,15 +288,21 @@ async def _open_parts(
 
 
 def _grpc_server(
-    config: GatewayConfig, pipeline: Pipeline, parts: _Parts, decider: ReloadingDecider
+    config: GatewayConfig,
+    pipeline: Pipeline,
+    parts: _Parts,
+    decider: ReloadingDecider,
+    tracer_provider: trace.TracerProvider | None,
 ) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
-    """Step 5: the gRPC server with every service, health and reflection (not yet bound)."""
+    """Step 5: the gRPC server with every service, health and reflection (not yet bound), and
+    OpenTelemetry's interceptor continuing callers' traces when tracing is on."""
     limit = config.server.max_receive_bytes
     server = grpc.aio.server(
+        interceptors=server_interceptors(tracer_provider),
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
-        ]
+        ],
     )
     server.add_generic_rpc_handlers(
         (
@@ -433,12 +440,17 @@ class Gateway:
         audit_store: AuditStore | None,
     ) -> Gateway:
         """The steps of ``start``; each registers what it opens with ``resources``."""
-        prometheus: PrometheusEndpoint | None = None
-        if config.telemetry.prometheus_listen and meter_provider is None:
-            reader = InMemoryMetricReader()
-            meter_provider = MeterProvider(metric_readers=[reader])
-            host, _, port_text = config.telemetry.prometheus_listen.rpartition(":")
-            prometheus = PrometheusEndpoint(reader=reader, host=host, port=int(port_text))
+        prometheus_port: int | None = None
+        if config.telemetry.otlp_endpoint or config.telemetry.prometheus_listen:
+            exporters = Exporters.start(
+                service="fedgate-gateway",
+                otlp_endpoint=config.telemetry.otlp_endpoint,
+                prometheus_listen=config.telemetry.prometheus_listen,
+            )
+            resources.callback(exporters.shutdown)  # last: flushes the spans of the drain
+            tracer_provider = tracer_provider or exporters.tracer_provider
+            meter_provider = meter_provider or exporters.meter_provider
+            prometheus_port = exporters.metrics_port
         telemetry = GatewayTelemetry(tracer_provider=tracer_provider, meter_provider=meter_provider)
         config.pipeline.state_dir.mkdir(parents=True, exist_ok=True)
         decider = load_default_decider(
@@ -447,7 +459,14 @@ class Gateway:
             check_interval_ms=config.policy.reload_interval_ms,
         )
         holder: dict[str, Registry] = {"registry": identity.registry}
-        parts = await _open_parts(config, identity, holder, resources, audit_store=audit_store)
+        parts = await _open_parts(
+            config,
+            identity,
+            holder,
+            resources,
+            audit_store=audit_store,
+            tracer_provider=tracer_provider,
+        )
         pipeline = Pipeline(
             registry=identity.registry,
             decider=decider,
@@ -465,7 +484,7 @@ class Gateway:
             telemetry=telemetry,
             keep_response_bodies=config.audit.keep_response_bodies,
         )
-        server, health = _grpc_server(config, pipeline, parts, decider)
+        server, health = _grpc_server(config, pipeline, parts, decider, tracer_provider)
         try:
             port = server.add_secure_port(
                 config.server.listen, server_credentials(identity.credentials)
@@ -480,10 +499,6 @@ class Gateway:
         resources.push_async_callback(server.stop, 0)
         for name in ("", *SERVICE_NAMES):
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        prometheus_port: int | None = None
-        if prometheus is not None:
-            prometheus_port = await prometheus.start()
-            resources.push_async_callback(prometheus.stop)
         gateway = cls(
             config=config,
             server=server,
