@@ -13,7 +13,7 @@ PROTOS := $(shell find protos -name '*.proto')
 STATE ?= state
 PACKAGES := fedgate gateway adapters policies bench
 
-.PHONY: help setup protos run demo test lint fmt bench clean
+.PHONY: help setup browser protos run demo test lint fmt bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -54,7 +54,10 @@ run: setup ## bring up a whole federation on loopback and run the demo scenario
 demo: setup ## smoke test: fresh federation in a temp dir, scenario, audit verify, stop
 	@$(BIN)/fedgate demo
 
-test: setup ## run the whole test suite
+browser: ## install chromium and a CJK font for the browser tests when missing (Debian; root)
+	@scripts/install-browser.sh || echo "==> without them the browser tests are skipped, each saying why"
+
+test: setup browser ## run the whole test suite
 	@$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: setup ## ruff format --check, ruff check, mypy --strict, buf lint

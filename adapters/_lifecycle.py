@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.trace import TracerProvider
 
 from adapters import telemetry
 from adapters._answering import AnsweringNode
@@ -26,6 +27,7 @@ from adapters.queue import RequestStore
 from adapters.reports import ReportSender
 from adapters.staff import StaffServicer
 from fedgate.errors import AgencyUnavailable, FedgateError
+from fedgate.otel import server_interceptors
 from fedgate.pki import FederationLayout
 from fedgate.registry import Registry
 from fedgate.tls import MemberCredentials, server_credentials
@@ -49,6 +51,7 @@ class NodeLifecycle(AnsweringNode):
     attribute declared here."""
 
     credentials: MemberCredentials
+    tracer_provider: TracerProvider | None
     port: int
     _registry_stamp: tuple[int, int, int] | None
     _background: tuple[Background, ...]
@@ -86,7 +89,7 @@ class NodeLifecycle(AnsweringNode):
         self._tasks += [asyncio.create_task(job(self._node)) for job in self._background]
 
     async def _serve(self) -> None:
-        server = grpc.aio.server()
+        server = grpc.aio.server(interceptors=server_interceptors(self.tracer_provider))
         agency_service_pb2_grpc.add_AgencyServiceServicer_to_server(
             AgencyServicer(self._node), server
         )

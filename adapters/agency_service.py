@@ -91,7 +91,7 @@ def _log_handled(
     started: float,
     span: trace.Span,
 ) -> None:
-    elapsed_ms = (time.perf_counter() - started) * 1000
+    elapsed_s = time.perf_counter() - started
     fields: dict[str, object] = {"member": node.member_id, "outcome": outcome}
     try:
         request = decode_request(envelope.body)
@@ -109,10 +109,10 @@ def _log_handled(
     except FedgateError:
         action = ""
     span.set_attribute(telemetry.ATTR_OUTCOME, outcome)
-    telemetry.request_duration.record(
-        elapsed_ms, {telemetry.ATTR_ACTION: action, telemetry.ATTR_OUTCOME: outcome}
+    node.metrics.request_duration.record(
+        elapsed_s, {telemetry.ATTR_ACTION: action, telemetry.ATTR_OUTCOME: outcome}
     )
-    telemetry.log_event("request handled", duration_ms=round(elapsed_ms, 2), **fields)
+    telemetry.log_event("request handled", duration_s=round(elapsed_s, 5), **fields)
 
 
 def _subject(request: request_pb2.Request, action: str) -> str:

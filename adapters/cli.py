@@ -15,12 +15,14 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from adapters.config import NodeConfig, load_config
 from adapters.node import AgencyNode, utc_now
 from adapters.telemetry import configure_logging
 from fedgate.errors import FedgateError, InvalidArgument
 from fedgate.federation import MemberKind
+from fedgate.otel import Exporters
 from fedgate.registry import Registry
 
 __all__ = ["build_node", "main", "serve"]
@@ -28,18 +30,21 @@ __all__ = ["build_node", "main", "serve"]
 _log = logging.getLogger("fedgate.node")
 
 
-def build_node(config: NodeConfig, *, clock: Callable[[], datetime] = utc_now) -> AgencyNode:
-    """The node for ``config``'s member, by its kind in the registry. Raises ``FedgateError``."""
+def build_node(
+    config: NodeConfig, *, clock: Callable[[], datetime] = utc_now, **providers: Any
+) -> AgencyNode:
+    """The node for ``config``'s member, by its kind in the registry; ``providers`` are
+    ``tracer_provider`` and ``meter_provider``. Raises ``FedgateError``."""
     registry = Registry.load_dir(config.federation_dir)
     kind = registry.member(config.member_id).kind
     if kind is MemberKind.BANK:
         from adapters.bank.node import BankNode
 
-        return BankNode.open(config, clock=clock)
+        return BankNode.open(config, clock=clock, **providers)
     if kind is MemberKind.CARRIER:
         from adapters.carrier.node import CarrierNode
 
-        return CarrierNode.open(config, clock=clock)
+        return CarrierNode.open(config, clock=clock, **providers)
     raise InvalidArgument(f"member {config.member_id} is a {kind}: no agency node serves it")
 
 
@@ -72,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m adapters", description="Run one fedgate agency node."
     )
     parser.add_argument(
-        "--config", type=Path, help="the node's TOML file (FEDGATE_NODE_* variables override it)"
+        "--config", type=Path, help="the node's TOML file (FEDGATE_NODE__* variables override it)"
     )
     parser.add_argument(
         "--console", metavar="HOST:PORT", help="also serve the staff web console there"
@@ -80,9 +85,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging()
     try:
-        node = build_node(load_config(args.config))
+        config = load_config(args.config)
+    except FedgateError as exc:
+        print(f"fedgate node: error: {exc.message}", file=sys.stderr)
+        return 2
+    try:
+        exporters = Exporters.start(
+            service="fedgate-node",
+            otlp_endpoint=config.otlp_endpoint,
+            prometheus_listen=config.prometheus_listen,
+        )
+    except OSError as exc:
+        print(f"fedgate node: error: telemetry.prometheus_listen: {exc}", file=sys.stderr)
+        return 2
+    try:
+        node = build_node(
+            config,
+            tracer_provider=exporters.tracer_provider,
+            meter_provider=exporters.meter_provider,
+        )
         asyncio.run(serve(node, console=args.console))
     except FedgateError as exc:
         print(f"fedgate node: error: {exc.message}", file=sys.stderr)
         return 2
+    finally:
+        exporters.shutdown()  # flushes the spans of the last requests
     return 0

@@ -24,10 +24,11 @@ A node's file looks like this (paths relative to the file's directory)::
     [monitor]
     poll_seconds = 2.0                   # how often monitored accounts are checked
 
-Environment overrides (``FEDGATE_NODE_`` prefix): ``MEMBER``, ``FEDERATION``, ``STATE``,
-``LISTEN``, ``STAFF`` (comma-separated), ``GATEWAY_ENDPOINT``, ``BACKEND_KIND``,
-``BACKEND_PATH``, ``DEFAULT_MODE``, ``MODE_<ACTION>`` (e.g. ``FEDGATE_NODE_MODE_TRANSACTIONS=
-manual``), ``QUEUE_DEADLINE_MINUTES``, ``QUEUE_REMINDER_MINUTES``, ``MONITOR_POLL_SECONDS``.
+Read by the one rule of ``fedgate.config``: ``FEDGATE_NODE__<KEY>`` or
+``FEDGATE_NODE__<SECTION>__<KEY>`` replaces one value, read as a TOML value when it parses as
+one: ``FEDGATE_NODE__LISTEN=127.0.0.1:6000``, ``FEDGATE_NODE__STAFF='["icbc.wu"]'``,
+``FEDGATE_NODE__ACTIONS__TRANSACTIONS=manual``, ``FEDGATE_NODE__QUEUE__DEADLINE_MINUTES=30``.
+Unknown options are refused by name.
 
 Staff accounts are identified by the id in the ``x-fedgate-staff`` metadata of a call made with
 the agency's own member certificate; the web console (a later issue) adds per-staff passwords.
@@ -36,15 +37,14 @@ the agency's own member certificate; the web console (a later issue) adds per-st
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 from fedgate.actions import ACTIONS
+from fedgate.config import ConfigError, build, dump_toml, read_toml, with_env
 from fedgate.errors import InvalidArgument
 from fedgate.federation import check_member_id
 from fedgate.types import MemberId
@@ -58,9 +58,11 @@ __all__ = [
     "load_config",
 ]
 
-ENV_PREFIX = "FEDGATE_NODE_"
+ENV_PREFIX = "FEDGATE_NODE__"
 DEFAULT_QUEUE_DEADLINE = timedelta(hours=24)
 DEFAULT_REMINDER = timedelta(minutes=15)
+_DEFAULT_BACKEND = "reference"
+_DEFAULT_MONITOR_POLL_S = 2.0
 _STAFF_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
@@ -89,13 +91,17 @@ class NodeConfig:
     listen: str | None = None
     staff: tuple[str, ...] = ()
     gateway_endpoint: str | None = None
-    backend_kind: str = "reference"
+    backend_kind: str = _DEFAULT_BACKEND
     backend_path: Path | None = None
     default_mode: ActionMode = ActionMode.AUTOMATIC
     modes: Mapping[str, ActionMode] = field(default_factory=dict)
     queue_deadline: timedelta = DEFAULT_QUEUE_DEADLINE
     reminder: timedelta = DEFAULT_REMINDER
-    monitor_poll_s: float = 2.0
+    monitor_poll_s: float = _DEFAULT_MONITOR_POLL_S
+    otlp_endpoint: str = ""
+    """``[telemetry] otlp_endpoint``: an OTLP/gRPC collector for the node's spans; empty: off."""
+    prometheus_listen: str = ""
+    """``[telemetry] prometheus_listen``: loopback ``host:port`` serving /metrics; empty: off."""
 
     def __post_init__(self) -> None:
         check_member_id(self.member_id)
@@ -112,6 +118,13 @@ class NodeConfig:
             )
         if self.monitor_poll_s <= 0:
             raise InvalidArgument("monitor.poll_seconds must be positive")
+        if self.prometheus_listen and not self.prometheus_listen.startswith(
+            ("127.", "localhost:", "[::1]:")
+        ):
+            raise InvalidArgument(
+                "telemetry.prometheus_listen must be a loopback address (metrics are not "
+                f"authenticated), got {self.prometheus_listen!r}"
+            )
         if self.backend_kind != "reference":
             raise InvalidArgument(
                 f"backend.kind {self.backend_kind!r}: only 'reference' is built in"
@@ -123,134 +136,104 @@ class NodeConfig:
 
     def to_toml(self) -> str:
         """The configuration as a TOML file that ``load_config`` reads back (absolute paths)."""
-        lines = [
-            f"member = {_q(self.member_id)}",
-            f"federation = {_q(str(self.federation_dir))}",
-            f"state = {_q(str(self.state_dir))}",
-            f"staff = [{', '.join(_q(s) for s in self.staff)}]",
-        ]
-        if self.listen is not None:
-            lines.append(f"listen = {_q(self.listen)}")
-        if self.gateway_endpoint is not None:
-            lines.append(f"gateway_endpoint = {_q(self.gateway_endpoint)}")
-        lines += ["", "[backend]", f"kind = {_q(self.backend_kind)}"]
-        if self.backend_path is not None:
-            lines.append(f"path = {_q(str(self.backend_path))}")
-        lines += ["", "[actions]", f"default = {_q(self.default_mode.value)}"]
-        lines += [f"{action} = {_q(mode.value)}" for action, mode in sorted(self.modes.items())]
-        lines += [
-            "",
-            "[queue]",
-            f"deadline_minutes = {self.queue_deadline.total_seconds() / 60!r}",
-            f"reminder_minutes = {self.reminder.total_seconds() / 60!r}",
-            "",
-            "[monitor]",
-            f"poll_seconds = {self.monitor_poll_s!r}",
-            "",
-        ]
-        return "\n".join(lines)
+        return dump_toml(
+            {
+                "member": self.member_id,
+                "federation": self.federation_dir,
+                "state": self.state_dir,
+                "listen": self.listen,
+                "staff": self.staff,
+                "gateway_endpoint": self.gateway_endpoint,
+                "backend": {"kind": self.backend_kind, "path": self.backend_path},
+                "actions": {
+                    "default": self.default_mode.value,
+                    **{action: mode.value for action, mode in sorted(self.modes.items())},
+                },
+                "queue": {
+                    "deadline_minutes": self.queue_deadline / timedelta(minutes=1),
+                    "reminder_minutes": self.reminder / timedelta(minutes=1),
+                },
+                "monitor": {"poll_seconds": self.monitor_poll_s},
+                "telemetry": {
+                    "otlp_endpoint": self.otlp_endpoint,
+                    "prometheus_listen": self.prometheus_listen,
+                },
+            }
+        )
 
 
-def _q(value: str) -> str:
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
+# The file's shape (``fedgate.config`` reads it); its defaults are ``NodeConfig``'s constants.
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Backend:
+    kind: str = _DEFAULT_BACKEND
+    path: Path | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Queue:
+    deadline_minutes: float = DEFAULT_QUEUE_DEADLINE / timedelta(minutes=1)
+    reminder_minutes: float = DEFAULT_REMINDER / timedelta(minutes=1)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Monitor:
+    poll_seconds: float = _DEFAULT_MONITOR_POLL_S
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Telemetry:
+    otlp_endpoint: str = ""
+    prometheus_listen: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _NodeFile:
+    member: str
+    federation: Path
+    state: Path
+    listen: str | None = None
+    staff: tuple[str, ...] = ()
+    gateway_endpoint: str | None = None
+    backend: _Backend = field(default_factory=_Backend)
+    actions: Mapping[str, str] = field(default_factory=dict)
+    queue: _Queue = field(default_factory=_Queue)
+    monitor: _Monitor = field(default_factory=_Monitor)
+    telemetry: _Telemetry = field(default_factory=_Telemetry)
 
 
 def load_config(path: Path | None, *, env: Mapping[str, str] | None = None) -> NodeConfig:
     """Read ``path`` (optional when the environment gives everything) and apply overrides.
 
-    Raises ``InvalidArgument`` naming the option when a value is missing or malformed.
+    Raises ``ConfigError`` (an ``InvalidArgument``) naming the option when a value is missing
+    or malformed.
     """
-    env = os.environ if env is None else env
-    doc: dict[str, Any] = {}
-    base = Path.cwd()
-    if path is not None:
-        try:
-            doc = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise InvalidArgument(f"cannot read the node configuration {path}: {exc}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise InvalidArgument(f"{path} is not valid TOML: {exc}") from exc
-        base = Path(path).resolve().parent
-    backend = _table(doc, "backend")
-    actions = dict(_table(doc, "actions"))
-    queue = _table(doc, "queue")
-    monitor = _table(doc, "monitor")
-
-    def pick(env_key: str, value: object) -> object:
-        return env.get(ENV_PREFIX + env_key, value)
-
-    member = _text(pick("MEMBER", doc.get("member")), "member")
-    federation = _path(pick("FEDERATION", doc.get("federation")), "federation", base)
-    state = _path(pick("STATE", doc.get("state")), "state", base)
-    listen = pick("LISTEN", doc.get("listen"))
-    gateway_endpoint = pick("GATEWAY_ENDPOINT", doc.get("gateway_endpoint"))
-    staff_value = pick("STAFF", doc.get("staff", []))
-    if isinstance(staff_value, str):
-        staff_value = [s.strip() for s in staff_value.split(",") if s.strip()]
-    if not isinstance(staff_value, list) or not all(isinstance(s, str) for s in staff_value):
-        raise InvalidArgument("staff must be a list of staff ids")
-    backend_path = pick("BACKEND_PATH", backend.get("path"))
-    default_mode = _mode(pick("DEFAULT_MODE", actions.pop("default", "automatic")), "default")
-    modes = {name: _mode(value, name) for name, value in actions.items()}
-    for key, value in env.items():
-        if key.startswith(ENV_PREFIX + "MODE_"):
-            name = key.removeprefix(ENV_PREFIX + "MODE_").lower()
-            modes[name] = _mode(value, name)
+    doc = {} if path is None else read_toml(path, what="the node configuration")
+    base = Path.cwd() if path is None else Path(path).resolve().parent
+    merged = with_env(doc, os.environ if env is None else env, ENV_PREFIX)
+    f = build(_NodeFile, merged, base=base)
+    actions = dict(f.actions)
+    default_mode = _mode(actions.pop("default", ActionMode.AUTOMATIC), "default")
+    if not f.member.strip():
+        raise ConfigError("member is required (a non-empty string)")
     return NodeConfig(
-        member_id=check_member_id(member),
-        federation_dir=federation,
-        state_dir=state,
-        listen=None if listen is None else _text(listen, "listen"),
-        staff=tuple(staff_value),
-        gateway_endpoint=(
-            None if gateway_endpoint is None else _text(gateway_endpoint, "gateway_endpoint")
-        ),
-        backend_kind=_text(pick("BACKEND_KIND", backend.get("kind", "reference")), "backend.kind"),
-        backend_path=None if backend_path is None else _path(backend_path, "backend.path", base),
+        member_id=check_member_id(f.member.strip()),
+        federation_dir=f.federation,
+        state_dir=f.state,
+        listen=f.listen,
+        staff=f.staff,
+        gateway_endpoint=f.gateway_endpoint,
+        backend_kind=f.backend.kind,
+        backend_path=f.backend.path,
         default_mode=default_mode,
-        modes=modes,
-        queue_deadline=timedelta(
-            minutes=_number(
-                pick("QUEUE_DEADLINE_MINUTES", queue.get("deadline_minutes", 1440)),
-                "queue.deadline_minutes",
-            )
-        ),
-        reminder=timedelta(
-            minutes=_number(
-                pick("QUEUE_REMINDER_MINUTES", queue.get("reminder_minutes", 15)),
-                "queue.reminder_minutes",
-            )
-        ),
-        monitor_poll_s=_number(
-            pick("MONITOR_POLL_SECONDS", monitor.get("poll_seconds", 2.0)), "monitor.poll_seconds"
-        ),
+        modes={name: _mode(value, name) for name, value in actions.items()},
+        queue_deadline=timedelta(minutes=f.queue.deadline_minutes),
+        reminder=timedelta(minutes=f.queue.reminder_minutes),
+        monitor_poll_s=f.monitor.poll_seconds,
+        otlp_endpoint=f.telemetry.otlp_endpoint,
+        prometheus_listen=f.telemetry.prometheus_listen,
     )
-
-
-def _table(doc: Mapping[str, Any], name: str) -> Mapping[str, Any]:
-    value = doc.get(name, {})
-    if not isinstance(value, dict):
-        raise InvalidArgument(f"[{name}] must be a table")
-    return value
-
-
-def _text(value: object, option: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidArgument(f"{option} is required (a non-empty string)")
-    return value.strip()
-
-
-def _path(value: object, option: str, base: Path) -> Path:
-    path = Path(_text(value, option)).expanduser()
-    return path if path.is_absolute() else (base / path).resolve()
-
-
-def _number(value: object, option: str) -> float:
-    try:
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError) as exc:
-        raise InvalidArgument(f"{option} must be a number, got {value!r}") from exc
 
 
 def _mode(value: object, action: str) -> ActionMode:

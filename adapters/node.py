@@ -33,8 +33,8 @@ from typing import Any, Generic, Self, TypeVar
 
 import grpc
 from google.protobuf.message import Message
-from opentelemetry import propagate
-from opentelemetry.trace import SpanKind, Tracer, TracerProvider
+from opentelemetry.metrics import MeterProvider
+from opentelemetry.trace import Tracer, TracerProvider
 
 from adapters import telemetry
 from adapters._answering import AgencyBackend
@@ -95,6 +95,7 @@ class AgencyNode(NodeLifecycle):
         backend: AgencyBackend,
         clock: Callable[[], datetime] = utc_now,
         tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
         background: Sequence[Background] = (),
         gateway_id: MemberId = GATEWAY_ID,
         tick_s: float = 1.0,
@@ -116,6 +117,8 @@ class AgencyNode(NodeLifecycle):
             raise RegistryError(
                 f"the signing key of {config.member_id} is registered to {owner.id}"
             )
+        self.tracer_provider = tracer_provider
+        self.metrics = telemetry.NodeMetrics(meter_provider)
         self._tracer: Tracer = (
             tracer_provider.get_tracer("fedgate.adapters")
             if tracer_provider is not None
@@ -184,13 +187,10 @@ class AgencyNode(NodeLifecycle):
     # ------------------------------------------------------------------ telemetry
 
     def span(self, name: str, context: Context) -> Any:
-        """A server span continuing the W3C trace context in the call's metadata."""
-        carrier = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        """The node's span of one call, under the gRPC instrumentation's server span (which
+        continues the gateway's trace: ``fedgate.otel.server_interceptors``)."""
         return self._tracer.start_as_current_span(
-            name,
-            context=propagate.extract(carrier),
-            kind=SpanKind.SERVER,
-            attributes={telemetry.ATTR_MEMBER: self.member_id},
+            name, attributes={telemetry.ATTR_MEMBER: self.member_id}
         )
 
 

@@ -1,4 +1,8 @@
-"""Telemetry of the agency nodes, declared once: tracer, meter, attribute keys, JSON logs.
+"""Telemetry of the agency nodes, declared once: tracer, instruments, attribute keys, JSON logs.
+
+Each node gets its providers from ``fedgate.otel.Exporters`` (``[telemetry]`` in its config):
+``NodeMetrics`` is built from the node's own ``MeterProvider`` so its instruments record for
+real; durations are in seconds.
 
 Personal identifiers never reach a log line in clear: ``mask`` and the JSON formatter come from
 ``fedgate.logs``, shared with the gateway.
@@ -12,6 +16,7 @@ from typing import Final
 from opentelemetry import metrics, trace
 
 from fedgate.logs import configure_logging, mask
+from fedgate.otel import SECONDS_BUCKETS
 
 __all__ = [
     "ATTR_ACTION",
@@ -20,23 +25,30 @@ __all__ = [
     "ATTR_OUTCOME",
     "ATTR_REQUESTING_AGENCY",
     "ATTR_REQUEST_ID",
+    "NodeMetrics",
     "configure_logging",
     "log_event",
     "logger",
     "mask",
-    "meter",
-    "request_duration",
     "tracer",
 ]
 
 tracer: Final = trace.get_tracer("fedgate.adapters")
-meter: Final = metrics.get_meter("fedgate.adapters")
 
-request_duration: Final = meter.create_histogram(
-    "fedgate.node.request.duration",
-    unit="ms",
-    description="Time from a forwarded request's arrival to the node's signed answer or ack.",
-)
+
+class NodeMetrics:
+    """A node's instruments, from its ``meter_provider`` (the global one when none is given)."""
+
+    def __init__(self, meter_provider: metrics.MeterProvider | None = None) -> None:
+        meter = (meter_provider or metrics.get_meter_provider()).get_meter("fedgate.adapters")
+        self.request_duration = meter.create_histogram(
+            "fedgate.node.request.duration",
+            unit="s",
+            description="Time from a forwarded request's arrival to the node's signed answer "
+            "or ack.",
+            explicit_bucket_boundaries_advisory=SECONDS_BUCKETS,
+        )
+
 
 ATTR_MEMBER: Final = "fedgate.member"
 ATTR_ACTION: Final = "fedgate.action"

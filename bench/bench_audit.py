@@ -23,7 +23,6 @@ import functools
 import hashlib
 import os
 import random
-import statistics
 import sys
 import tempfile
 import time
@@ -49,6 +48,7 @@ from fedgate.auditverify import LogSource, VerifyOptions, verify_log
 from fedgate.checkpoint import Checkpoint, sign_checkpoint
 from fedgate.merkle import MerkleTree, leaf_hash
 from fedgate.note import NoteSigner
+from fedgate.testing import percentile
 from fedgate.tlogproof import TlogProof
 from gateway.audit.log import AuditLog
 from gateway.audit.sqlite_store import SqliteDatabase, open_sqlite_store
@@ -130,7 +130,7 @@ async def _appends(
 
 
 def _p99_ms(latencies: list[float]) -> float:
-    return statistics.quantiles(latencies, n=100)[98] * 1000
+    return percentile(latencies, 0.99) * 1000
 
 
 def _append_figures(

@@ -32,7 +32,8 @@ before the first order and stops after the last answer.
 - ``stop_payment_e2e_unloaded_p50_ms`` / ``_p99_ms``: the same orders with no other traffic.
 - ``background_load_achieved_per_s``: background answers received per second while loaded.
 
-Percentiles are nearest-rank: in quick mode (100 orders a side) p99 is the slowest order.
+Percentiles are nearest-rank (``fedgate.testing.percentile``): in quick mode (100 orders a
+side) p99 is the second slowest order.
 Any refused order or background query fails the run.
 """
 
@@ -41,9 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import socket
 import sqlite3
-import statistics
 import sys
 import tempfile
 import time
@@ -60,11 +59,12 @@ from adapters.config import ActionMode, NodeConfig
 from adapters.synth import World, seed_world
 from adapters.up import Federation, ProcessSpec, start, stop, wait_healthy
 from fedgate.client import FedgateClient
+from fedgate.config import dump_toml
 from fedgate.envelope import Domain, Signer, sign_envelope
 from fedgate.federation import MemberKind
 from fedgate.pki import init_federation
 from fedgate.registry import Registry
-from fedgate.testing import card_number, valid_request
+from fedgate.testing import card_number, free_port, percentile, valid_request
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options
 from fedgate.types import MemberId
 from fedgate.v1 import gateway_service_pb2, request_pb2
@@ -169,42 +169,29 @@ def _order(victim: _Victim, serial: int) -> request_pb2.Request:
     return request
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
 def _write_configs(root: Path, fed: Path, world: World) -> tuple[ProcessSpec, ProcessSpec]:
-    gateway_endpoint = f"127.0.0.1:{_free_port()}"
-    node_endpoint = f"127.0.0.1:{_free_port()}"
+    gateway_endpoint = f"127.0.0.1:{free_port()}"
+    node_endpoint = f"127.0.0.1:{free_port()}"
     gateway_dir, node_dir = root / "gateway", root / "node"
     gateway_dir.mkdir()
     node_dir.mkdir()
     gateway_toml = gateway_dir / "gateway.toml"
     gateway_toml.write_text(
-        "\n".join(
-            [
-                "[server]",
-                f'listen = "{gateway_endpoint}"',
-                "[federation]",
-                f'dir = "{fed}"',
-                "[pipeline]",
-                'state_dir = "."',
-                "[audit]",
-                'origin = "fedgate.local/bench/shard-0"',
-                "[routing]",
-                f'endpoints = {{ "{BANK}" = "{node_endpoint}" }}',
-                "[quotas]",
-                "officer_per_minute = 6000",
-                "officer_burst = 1000",
-                "member_per_minute = 600000",
-                "member_burst = 10000",
-                "[telemetry]",
-                'log_level = "INFO"',
-                "",
-            ]
+        dump_toml(
+            {
+                "server": {"listen": gateway_endpoint},
+                "federation": {"dir": fed},
+                "pipeline": {"state_dir": "."},
+                "audit": {"origin": "fedgate.local/bench/shard-0"},
+                "routing": {"endpoints": {BANK: node_endpoint}},
+                "quotas": {
+                    "officer_per_minute": 6000,
+                    "officer_burst": 1000,
+                    "member_per_minute": 600000,
+                    "member_burst": 10000,
+                },
+                "telemetry": {"log_level": "INFO"},
+            }
         ),
         encoding="utf-8",
     )
@@ -331,11 +318,6 @@ async def _orders(client: FedgateClient, requests: list[request_pb2.Request]) ->
     return latencies
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 async def _measure(
     fed: Path, endpoint: str, victims: list[_Victim], accounts: list[str], phases: int
 ) -> dict[str, tuple[float, str]]:
@@ -379,10 +361,10 @@ async def _measure(
         await background.close()
     achieved = sum(x.answered for x in loads) / sum(x.seconds for x in loads)
     return {
-        "stop_payment_e2e_p50_ms": (statistics.median(loaded), "ms"),
-        "stop_payment_e2e_p99_ms": (_percentile(loaded, 0.99), "ms"),
-        "stop_payment_e2e_unloaded_p50_ms": (statistics.median(unloaded), "ms"),
-        "stop_payment_e2e_unloaded_p99_ms": (_percentile(unloaded, 0.99), "ms"),
+        "stop_payment_e2e_p50_ms": (percentile(loaded, 0.5), "ms"),
+        "stop_payment_e2e_p99_ms": (percentile(loaded, 0.99), "ms"),
+        "stop_payment_e2e_unloaded_p50_ms": (percentile(unloaded, 0.5), "ms"),
+        "stop_payment_e2e_unloaded_p99_ms": (percentile(unloaded, 0.99), "ms"),
         "background_load_achieved_per_s": (achieved, "requests/s"),
     }
 

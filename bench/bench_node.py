@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import statistics
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -25,7 +24,7 @@ from adapters.config import ActionMode, NodeConfig
 from adapters.synth import seed_world
 from fedgate.envelope import Domain, Signer, sign_envelope
 from fedgate.pki import init_federation
-from fedgate.testing import valid_request
+from fedgate.testing import percentile, valid_request
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options
 from fedgate.types import MemberId
 from fedgate.v1 import agency_service_pb2, agency_service_pb2_grpc, request_pb2
@@ -45,11 +44,6 @@ def _accounts(database: Path, count: int) -> list[str]:
     finally:
         conn.close()
     return [number for (number,) in rows]
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def _measure(quick: bool, root: Path) -> dict[str, tuple[float, str]]:
@@ -142,10 +136,10 @@ async def _measure(quick: bool, root: Path) -> dict[str, tuple[float, str]]:
         await channel.close(None)
         await node.stop(grace=None)
     return {
-        "node_stop_payment_p50_ms": (statistics.median(latencies), "ms"),
-        "node_stop_payment_p99_ms": (_percentile(latencies, 0.99), "ms"),
+        "node_stop_payment_p50_ms": (percentile(latencies, 0.5), "ms"),
+        "node_stop_payment_p99_ms": (percentile(latencies, 0.99), "ms"),
         "node_account_holder_per_s": (per_s, "requests/s"),
-        "node_queue_enqueue_p50_ms": (statistics.median(enqueue), "ms"),
+        "node_queue_enqueue_p50_ms": (percentile(enqueue, 0.5), "ms"),
     }
 
 

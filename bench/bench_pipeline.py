@@ -41,7 +41,7 @@ import grpc.aio
 from fedgate.actions import new_request_id
 from fedgate.envelope import Domain, Signer, decode_request, request_hash, sign_envelope
 from fedgate.pki import init_federation
-from fedgate.testing import valid_request
+from fedgate.testing import percentile, valid_request
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options, server_credentials
 from fedgate.types import MemberId
 from fedgate.v1 import (
@@ -271,11 +271,6 @@ async def _open_loop(
     return latencies
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 async def _measure(
     quick: bool, fed: Path, gateway_process: _Process, proxy_process: _Process
 ) -> dict[str, tuple[float, str]]:
@@ -318,11 +313,11 @@ async def _measure(
         "gateway_cpu_us_per_request": (gateway_cpu_us, "us"),
         "proxy_cpu_us_per_request": (proxy_cpu_us, "us"),
         "pipeline_added_p50_ms": (
-            _percentile(gateway_ms, 0.50) - _percentile(proxy_ms, 0.50),
+            percentile(gateway_ms, 0.50) - percentile(proxy_ms, 0.50),
             "ms",
         ),
         "pipeline_added_p99_ms": (
-            _percentile(gateway_ms, 0.99) - _percentile(proxy_ms, 0.99),
+            percentile(gateway_ms, 0.99) - percentile(proxy_ms, 0.99),
             "ms",
         ),
         "gateway_qps": (gateway_qps, "req/s"),

@@ -6,7 +6,8 @@ string (the ``google.rpc.ErrorInfo`` reason). Handlers raise these; one place
 
     FedgateError
     ├── InvalidArgument            INVALID_ARGUMENT   (field violations)
-    │   └── DecodeError            malformed or oversized message
+    │   ├── DecodeError            malformed or oversized message
+    │   └── ConfigError            a process's configuration (names the option)
     ├── AuthenticationError        UNAUTHENTICATED
     │   ├── SignatureInvalid       bad signature, wrong key, wrong domain
     │   ├── UnknownKey             key id not in the registry
@@ -42,6 +43,7 @@ __all__ = [
     "AgencyUnavailable",
     "AuditUnavailable",
     "AuthenticationError",
+    "ConfigError",
     "DecodeError",
     "Expired",
     "FedgateError",
@@ -118,6 +120,13 @@ class DecodeError(InvalidArgument):
     """The bytes are not a well-formed message of the expected type, or too large."""
 
     reason = "MALFORMED"
+
+
+class ConfigError(InvalidArgument):
+    """A configuration file or variable is missing, malformed or inconsistent; the message names
+    the option (``server.listen``)."""
+
+    reason = "CONFIG_INVALID"
 
 
 class AuthenticationError(FedgateError):

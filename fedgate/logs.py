@@ -13,9 +13,7 @@ import logging
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Final
-
-from opentelemetry import trace
+from typing import Any, Final
 
 __all__ = ["JsonLogFormatter", "configure_logging", "mask", "mask_identifiers"]
 
@@ -65,8 +63,8 @@ class JsonLogFormatter(logging.Formatter):
         fields = getattr(record, "fields", None)
         if isinstance(fields, Mapping):
             doc["fields"] = _masked(fields)
-        span_context = trace.get_current_span().get_span_context()
-        if span_context.is_valid:
+        span_context = _current_span_context()
+        if span_context is not None:
             doc["trace_id"] = format(span_context.trace_id, "032x")
             doc["span_id"] = format(span_context.span_id, "016x")
         if record.exc_info:
@@ -89,3 +87,14 @@ def configure_logging(level: str | int = "INFO", *, json_logs: bool = True) -> N
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+def _current_span_context() -> Any:
+    """The current span's context when OpenTelemetry is installed and a span is recording
+    (the gateway and nodes); ``None`` in the SDK, which does not depend on it."""
+    try:
+        from opentelemetry import trace
+    except ImportError:
+        return None
+    context = trace.get_current_span().get_span_context()
+    return context if context.is_valid else None

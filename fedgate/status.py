@@ -13,7 +13,6 @@ from typing import NoReturn
 import grpc
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 from fedgate import errors
 from fedgate.errors import FedgateError, FieldViolation
@@ -67,8 +66,11 @@ async def abort_with(
     context: grpc.aio.ServicerContext[object, object], error: FedgateError
 ) -> NoReturn:
     """Abort the call with ``error`` mapped to a rich status."""
-    status = rpc_status.to_status(rpc_status_of(error))
-    await context.abort(status.code, status.details, trailing_metadata=status.trailing_metadata)
+    status = rpc_status_of(error)
+    # The rich status travels in the standard trailer (what grpcio-status would write), so the
+    # SDK needs no package beyond grpcio and the google.rpc messages.
+    trailer = ((_DETAILS_KEY, status.SerializeToString()),)
+    await context.abort(error.code, error.message, trailing_metadata=trailer)
     raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
 

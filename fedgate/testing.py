@@ -16,8 +16,11 @@ Not for production code: nothing here is random enough to be a real nonce source
 
 from __future__ import annotations
 
+import math
 import os
+import socket
 import uuid
+from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 
 from fedgate.actions import (
@@ -44,9 +47,11 @@ __all__ = [
     "LEGAL_KIND",
     "card_number",
     "case_number",
+    "free_port",
     "mobile_number",
     "new_nonce",
     "officer",
+    "percentile",
     "resident_id",
     "second_officer",
     "supervisor_approval",
@@ -104,6 +109,30 @@ _DOC_PREFIX: dict[common_pb2.LegalDocumentKind.ValueType, str] = {
 
 
 # ----------------------------------------------------------------------------- identifiers
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that was free a moment ago (bound to port 0, then released), for a
+    child process or a config that needs a port number before anything listens. Another process
+    may take it in between: where a server can bind port 0 and report its port, prefer that."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The nearest-rank ``q``-quantile of ``values`` (``0 < q <= 1``): the smallest value with at
+    least ``q`` of all values at or below it; ``percentile(v, 1.0)`` is the maximum.
+
+    Raises ``ValueError`` for no values or ``q`` outside ``(0, 1]``."""
+    if not values:
+        raise ValueError("percentile of no values")
+    if not 0 < q <= 1:
+        raise ValueError(f"q must be in (0, 1], got {q}")
+    ordered = sorted(values)
+    # The epsilon keeps 0.07 * 100 (7.000000000000001) from rounding up a rank.
+    return ordered[max(0, math.ceil(q * len(ordered) - 1e-9) - 1)]
 
 
 def card_number(bank: str = DEFAULT_BANK, serial: int = 0, *, length: int = 19) -> str:

@@ -11,14 +11,16 @@
     [quotas]     passed as is to ``gateway.quotas.QuotaConfig.from_mapping``
     [tickets]    path, poll_interval_s
     [alerts]     path, keep
-    [telemetry]  prometheus_listen (loopback host:port, empty = off), log_level, log_json
+    [telemetry]  prometheus_listen (loopback host:port, empty = off), otlp_endpoint (host:port of
+                 an OTLP/gRPC collector, empty = off), log_level, log_json
     [console]    listen (the auditor web console's host:port, empty = off), users_dir,
                  secure_cookies
 
-An environment variable ``FEDGATE_GATEWAY__<SECTION>__<KEY>`` replaces one value; its text is
-read as a TOML value when it parses as one (``5``, ``true``, ``{ "bank.icbc" = "..." }``) and
-as a plain string otherwise. Relative paths are relative to the config file's folder. Every
-mistake raises ``ConfigError`` naming the option.
+Read by the one rule of ``fedgate.config``: defaults are the dataclass fields below; an
+environment variable ``FEDGATE_GATEWAY__<SECTION>__<KEY>`` replaces one value (its text read as
+a TOML value when it parses as one: ``5``, ``true``, ``{ "bank.icbc" = "..." }``); relative
+paths are relative to the config file's folder; every mistake, unknown options included,
+raises ``ConfigError`` naming the option. Adding an option is adding a field.
 """
 
 from __future__ import annotations
@@ -26,17 +28,14 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import grpc
-
+from fedgate.config import ConfigError, build, read_toml, with_env
 from fedgate.envelope import MAX_BODY_BYTES
-from fedgate.errors import FedgateError
 from gateway.audit.pg_store import DEFAULT_SCHEMA
 
 __all__ = [
@@ -56,13 +55,6 @@ __all__ = [
 ]
 
 ENV_PREFIX = "FEDGATE_GATEWAY__"
-
-
-class ConfigError(FedgateError):
-    """The configuration is missing, malformed or inconsistent; the message names the option."""
-
-    code = grpc.StatusCode.FAILED_PRECONDITION
-    reason = "CONFIG_INVALID"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -170,6 +162,9 @@ class AlertsConfig:
 class TelemetryConfig:
     prometheus_listen: str = ""
     """``127.0.0.1:9464`` serves /metrics there; empty turns it off. Loopback only."""
+    otlp_endpoint: str = ""
+    """``host:port`` of an OpenTelemetry collector (OTLP over plaintext gRPC, typically a local
+    agent) that receives the gateway's spans; empty (the default) exports no traces."""
     log_level: str = "INFO"
     log_json: bool = True
 
@@ -240,12 +235,7 @@ class GatewayConfig:
     @classmethod
     def load(cls, path: Path, *, env: Mapping[str, str] | None = None) -> GatewayConfig:
         """Read ``path`` (TOML), apply ``env`` overrides (default ``os.environ``), validate."""
-        try:
-            doc = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read the gateway config {path}: {exc.strerror}") from exc
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+        doc = read_toml(path, what="the gateway config")
         return cls.from_mapping(doc, base_dir=Path(path).resolve().parent, env=env)
 
     @classmethod
@@ -256,104 +246,14 @@ class GatewayConfig:
         base_dir: Path | None = None,
         env: Mapping[str, str] | None = None,
     ) -> GatewayConfig:
-        """Build from parsed TOML (a mapping of sections), with ``env`` overrides applied."""
-        merged = _apply_env(doc, os.environ if env is None else env)
-        base = base_dir or Path.cwd()
-        unknown = set(merged) - _SECTIONS
-        if unknown:
-            raise ConfigError(
-                f"unknown config section(s) {', '.join(sorted(unknown))}; "
-                f"known: {', '.join(sorted(_SECTIONS))}"
-            )
-        s = _Section(merged, "server", base)
-        server = ServerConfig(
-            listen=s.text("listen", _DS.listen),
-            max_receive_bytes=s.integer("max_receive_bytes", _DS.max_receive_bytes),
-            grace_period_s=s.number("grace_period_s", _DS.grace_period_s),
-        )
-        s.done()
-        f = _Section(merged, "federation", base)
-        federation = FederationConfig(
-            dir=f.path("dir", None),
-            member_id=f.text("member_id", "gateway"),
-            reload_interval_s=f.number("reload_interval_s", 5.0),
-        )
-        f.done()
-        p = _Section(merged, "pipeline", base)
-        pipeline = PipelineConfig(
-            state_dir=p.path("state_dir", None),
-            clock_skew_s=p.number("clock_skew_s", 300.0),
-            replay_window_s=p.number("replay_window_s", 900.0),
-            replay_store=p.text("replay_store", "memory"),
-            replay_synchronous=p.text("replay_synchronous", "normal"),
-        )
-        p.done()
-        a = _Section(merged, "audit", base)
-        audit = AuditConfig(
-            origin=a.text("origin", _DA.origin),
-            store=a.text("store", _DA.store),
-            path=a.optional_path("path"),
-            dsn=a.text("dsn", ""),
-            schema=a.text("schema", _DA.schema),
-            state_path=a.optional_path("state_path"),
-            keep_response_bodies=a.boolean("keep_response_bodies", True),
-            witnesses=tuple(a.string_list("witnesses")),
-        )
-        a.done()
-        r = _Section(merged, "routing", base)
-        routing = RoutingConfig(
-            timeout_s=r.number("timeout_s", _DR.timeout_s),
-            max_attempts=r.integer("max_attempts", _DR.max_attempts),
-            retry_backoff_s=r.number("retry_backoff_s", _DR.retry_backoff_s),
-            breaker_failures=r.integer("breaker_failures", _DR.breaker_failures),
-            breaker_reset_s=r.number("breaker_reset_s", _DR.breaker_reset_s),
-            endpoints=MappingProxyType(r.string_map("endpoints")),
-        )
-        r.done()
-        po = _Section(merged, "policy", base)
-        policy = PolicyConfig(
-            dir=po.optional_path("dir"),
-            reload_interval_ms=po.number("reload_interval_ms", 1000.0),
-        )
-        po.done()
-        t = _Section(merged, "tickets", base)
-        tickets = TicketsConfig(
-            path=t.optional_path("path"),
-            poll_interval_s=t.number("poll_interval_s", _DT.poll_interval_s),
-        )
-        t.done()
-        al = _Section(merged, "alerts", base)
-        alerts = AlertsConfig(path=al.optional_path("path"), keep=al.integer("keep", _DAL.keep))
-        al.done()
-        te = _Section(merged, "telemetry", base)
-        telemetry = TelemetryConfig(
-            prometheus_listen=te.text("prometheus_listen", ""),
-            log_level=te.text("log_level", "INFO").upper(),
-            log_json=te.boolean("log_json", True),
-        )
-        te.done()
-        co = _Section(merged, "console", base)
-        console = ConsoleConfig(
-            listen=co.text("listen", ""),
-            users_dir=co.optional_path("users_dir"),
-            secure_cookies=co.boolean("secure_cookies", False),
-        )
-        co.done()
-        quotas = merged.get("quotas", {})
-        if not isinstance(quotas, Mapping):
-            raise ConfigError("[quotas] must be a table")
-        config = cls(
-            federation=federation,
-            pipeline=pipeline,
-            server=server,
-            audit=audit,
-            routing=routing,
-            policy=policy,
-            quotas=MappingProxyType(dict(quotas)),
-            tickets=tickets,
-            alerts=alerts,
-            telemetry=telemetry,
-            console=console,
+        """Build from parsed TOML (a mapping of sections), with ``env`` overrides applied
+        (``fedgate.config``: each section is read into its dataclass, whose fields hold the
+        defaults)."""
+        merged = with_env(doc, os.environ if env is None else env, ENV_PREFIX)
+        config = build(cls, merged, base=base_dir or Path.cwd())
+        config = replace(
+            config,
+            telemetry=replace(config.telemetry, log_level=config.telemetry.log_level.upper()),
         )
         config.validate()
         return config
@@ -450,141 +350,8 @@ class GatewayConfig:
             )
 
 
-_DS, _DA, _DR = ServerConfig(), AuditConfig(), RoutingConfig()
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _UNSAFE_IN_FILE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
-_DT, _DAL = TicketsConfig(), AlertsConfig()
-
-_SECTIONS = frozenset(
-    {
-        "server",
-        "federation",
-        "pipeline",
-        "audit",
-        "routing",
-        "policy",
-        "quotas",
-        "tickets",
-        "alerts",
-        "telemetry",
-        "console",
-    }
-)
-
-
-def _apply_env(doc: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
-    merged: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in doc.items()}
-    for name, raw in sorted(env.items()):
-        if not name.startswith(ENV_PREFIX):
-            continue
-        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
-        if len(parts) < 2 or not all(parts):
-            raise ConfigError(f"{name}: expected {ENV_PREFIX}<SECTION>__<KEY>")
-        section = merged.setdefault(parts[0], {})
-        if not isinstance(section, dict):
-            raise ConfigError(f"{name}: [{parts[0]}] is not a table")
-        for key in parts[1:-1]:
-            nested = section.setdefault(key, {})
-            if not isinstance(nested, dict):
-                raise ConfigError(f"{name}: {parts[0]}.{key} is not a table")
-            section = nested
-        section[parts[-1]] = _env_value(raw)
-    return merged
-
-
-def _env_value(raw: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
-
-
-@dataclass(slots=True)
-class _Section:
-    doc: Mapping[str, Any]
-    name: str
-    base: Path
-    seen: set[str] = field(default_factory=set)
-
-    def _table(self) -> Mapping[str, Any]:
-        table = self.doc.get(self.name, {})
-        if not isinstance(table, Mapping):
-            raise ConfigError(f"[{self.name}] must be a table")
-        return table
-
-    def _get(self, key: str) -> Any:
-        self.seen.add(key)
-        return self._table().get(key)
-
-    def text(self, key: str, default: str) -> str:
-        value = self._get(key)
-        if value is None:
-            return default
-        if not isinstance(value, str):
-            raise ConfigError(f"{self.name}.{key} must be a string, got {value!r}")
-        return value
-
-    def number(self, key: str, default: float) -> float:
-        value = self._get(key)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{self.name}.{key} must be a number, got {value!r}")
-        return float(value)
-
-    def integer(self, key: str, default: int) -> int:
-        value = self._get(key)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{self.name}.{key} must be an integer, got {value!r}")
-        return value
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self._get(key)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            raise ConfigError(f"{self.name}.{key} must be true or false, got {value!r}")
-        return value
-
-    def optional_path(self, key: str) -> Path | None:
-        value = self.text(key, "")
-        if not value:
-            return None
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else self.base / path
-
-    def path(self, key: str, default: Path | None) -> Path:
-        path = self.optional_path(key) or default
-        if path is None:
-            raise ConfigError(f"{self.name}.{key} is required")
-        return path
-
-    def string_list(self, key: str) -> list[str]:
-        value = self._get(key)
-        if value is None:
-            return []
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise ConfigError(f"{self.name}.{key} must be a list of non-empty strings")
-        return list(value)
-
-    def string_map(self, key: str) -> dict[str, str]:
-        value = self._get(key)
-        if value is None:
-            return {}
-        if not isinstance(value, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-        ):
-            raise ConfigError(f"{self.name}.{key} must be a table of strings")
-        return dict(value)
-
-    def done(self) -> None:
-        unknown = set(self._table()) - self.seen
-        if unknown:
-            raise ConfigError(
-                f"unknown option(s) {', '.join(f'{self.name}.{k}' for k in sorted(unknown))}"
-            )
 
 
 def _positive(value: float, option: str, allow_zero: bool = False) -> None:

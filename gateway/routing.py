@@ -115,8 +115,10 @@ class NodeRouter:
         config: RoutingConfig,
         max_message_bytes: int,
         clock: Callable[[], float] = time.monotonic,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     ) -> None:
         self._credentials = channel_credentials(credentials)
+        self._interceptors = list(interceptors)
         self._endpoint_of = endpoint_of
         self._config = config
         self._max_bytes = max_message_bytes
@@ -148,7 +150,9 @@ class NodeRouter:
                 ("grpc.min_reconnect_backoff_ms", 100),
                 ("grpc.max_reconnect_backoff_ms", 1000),
             ]
-            channel = grpc.aio.secure_channel(endpoint, self._credentials, options=options)
+            channel = grpc.aio.secure_channel(
+                endpoint, self._credentials, options=options, interceptors=self._interceptors
+            )
             self._channels[(target, endpoint)] = channel
         return agency_service_pb2_grpc.AgencyServiceStub(channel)
 

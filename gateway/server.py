@@ -41,14 +41,13 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry import metrics, trace
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from fedgate.checkpoint import CosignatureVerifier
 from fedgate.envelope import Signer
 from fedgate.errors import FedgateError
 from fedgate.keys import public_key_from_raw
 from fedgate.note import NoteSigner
+from fedgate.otel import Exporters, client_interceptors, server_interceptors
 from fedgate.pki import FederationLayout
 from fedgate.registry import Registry
 from fedgate.roster import ROSTERS_DIR
@@ -87,7 +86,7 @@ from gateway.replay import (
 from gateway.routing import NodeRouter
 from gateway.rules import BusinessRules
 from gateway.service import SERVICE_NAME, GatewayServicer
-from gateway.telemetry import GatewayTelemetry, PrometheusEndpoint, configure_logging
+from gateway.telemetry import GatewayTelemetry, configure_logging
 from gateway.tickets import Tickets, TicketStore
 
 __all__ = ["SERVICE_NAMES", "Gateway", "main", "run_gateway"]
@@ -109,13 +108,13 @@ def _registry_stamp(path: Path) -> tuple[int, int, int]:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
+
 def _trust_stamp(directory: Path) -> tuple[tuple[str, int, int, int], ...]:
     """What changes when ``registry.json`` or a roster in ``rosters/`` is replaced."""
     files = [FederationLayout(directory).registry]
     with contextlib.suppress(OSError):
         files += sorted((directory / ROSTERS_DIR).glob("*.json"))
     return tuple((p.name, *_registry_stamp(p)) for p in files)
-
 
 @dataclass(slots=True)
 class _Parts:
@@ -125,7 +124,29 @@ class _Parts:
     tickets: Tickets
     alerts: AlertHub
     router: NodeRouter
-    witness_channels: tuple[grpc.aio.Channel, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Identity:
+    member_id: MemberId
+    trust: TrustHolder
+    credentials: MemberCredentials
+    signer: Signer
+
+    @property
+    def registry(self) -> Registry:
+        return self.trust.registry
+
+
+def _load_identity(config: GatewayConfig) -> _Identity:
+    """Step 1: the registry with the officer rosters (the one ``TrustHolder`` every component
+    reads) and this gateway's own credentials (nothing to close)."""
+    fed = config.federation
+    member_id = MemberId(fed.member_id)
+    trust = TrustHolder.load(fed.dir)
+    credentials = MemberCredentials.load(fed.dir, member_id)
+    trust.registry.member(member_id)
+    return _Identity(member_id, trust, credentials, Signer.from_key(credentials.signing_key))
 
 
 def _witness_clients(
@@ -133,9 +154,10 @@ def _witness_clients(
     registry: Registry,
     credentials: MemberCredentials,
     endpoints: dict[str, str],
-) -> tuple[tuple[grpc.aio.Channel, ...], list[GrpcWitnessClient]]:
-    """An mTLS channel and a cosignature-checking client for each configured witness."""
-    channels: list[grpc.aio.Channel] = []
+    resources: contextlib.AsyncExitStack,
+) -> list[GrpcWitnessClient]:
+    """An mTLS channel (closed by ``resources``) and a cosignature-checking client for each
+    configured witness."""
     clients: list[GrpcWitnessClient] = []
     for name in config.audit.witnesses:
         witness = registry.member(MemberId(name))
@@ -147,10 +169,10 @@ def _witness_clients(
             channel_credentials(credentials),
             options=channel_options(witness.id),
         )
-        channels.append(channel)
+        resources.push_async_callback(channel.close, None)
         verifier = CosignatureVerifier(name=name, public_key=public_key_from_raw(key.public_key))
         clients.append(GrpcWitnessClient(channel, verifier=verifier))
-    return tuple(channels), clients
+    return clients
 
 
 async def _open_audit_store(config: GatewayConfig) -> AuditStore:
@@ -195,39 +217,34 @@ def _rebuild_replay(config: GatewayConfig, replay: ReplayStore) -> Rebuilt:
         source.close()
 
 
-async def _open_replay_cache(config: GatewayConfig, audit: AuditLog) -> ReplayStore:
-    """The replay cache, rebuilt from the audit log's window before anything is checked.
+async def _open_replay_cache(
+    config: GatewayConfig, resources: contextlib.AsyncExitStack
+) -> ReplayStore:
+    """The replay cache (closed by ``resources``), rebuilt from the audit log's window before
+    anything is checked.
 
     Always rebuilt, whatever ``replay_synchronous``: with ``"normal"`` a power loss may have
-    taken the last commits (``gateway.replay`` argues why the log has them all). Closes the
-    audit log and the cache if that fails: the gateway MUST NOT serve without the rebuild.
+    taken the last commits (``gateway.replay`` argues why the log has them all). If that fails
+    the start fails: the gateway MUST NOT serve without the rebuild.
     """
     pipeline = config.pipeline
     window = timedelta(seconds=pipeline.replay_window_s)
     replay: ReplayStore
-    try:
-        if pipeline.replay_store == "memory":
-            replay = MemoryReplayCache(window=window)
-        elif pipeline.replay_store == "postgres":
-            dsn, schema = config.audit.dsn, config.replay_schema
-            replay = await asyncio.to_thread(
-                lambda: PgReplayCache(dsn=dsn, schema=schema, window=window)
-            )
-        else:
-            replay = ReplayCache.open(
-                config.replay_path,
-                window=window,
-                synchronous="FULL" if pipeline.replay_synchronous == "full" else "NORMAL",
-            )
-    except BaseException:
-        await audit.close()
-        raise
-    try:
-        rebuilt = await asyncio.to_thread(_rebuild_replay, config, replay)
-    except BaseException:
-        replay.close()
-        await audit.close()
-        raise
+    if pipeline.replay_store == "memory":
+        replay = MemoryReplayCache(window=window)
+    elif pipeline.replay_store == "postgres":
+        dsn, schema = config.audit.dsn, config.replay_schema
+        replay = await asyncio.to_thread(
+            lambda: PgReplayCache(dsn=dsn, schema=schema, window=window)
+        )
+    else:
+        replay = ReplayCache.open(
+            config.replay_path,
+            window=window,
+            synchronous="FULL" if pipeline.replay_synchronous == "full" else "NORMAL",
+        )
+    resources.callback(replay.close)
+    rebuilt = await asyncio.to_thread(_rebuild_replay, config, replay)
     _log.info(
         "replay cache rebuilt from the audit log: %d requests from %d request legs in %.1f ms",
         rebuilt.remembered,
@@ -244,6 +261,117 @@ async def _open_replay_cache(config: GatewayConfig, audit: AuditLog) -> ReplaySt
     return replay
 
 
+async def _open_parts(
+    config: GatewayConfig,
+    identity: _Identity,
+    resources: contextlib.AsyncExitStack,
+    *,
+    audit_store: AuditStore | None,
+    tracer_provider: trace.TracerProvider | None,
+) -> _Parts:
+    """Steps 2-4: the audit log (with its witnesses), the replay cache rebuilt from it, the rules,
+    tickets and alerts stores and the router; each closed by ``resources``."""
+    store = audit_store or await _open_audit_store(config)
+    endpoints = dict(config.routing.endpoints)
+    try:
+        witnesses = _witness_clients(
+            config, identity.registry, identity.credentials, endpoints, resources
+        )
+        audit = await AuditLog.open(
+            store=store,
+            origin=config.audit.origin,
+            signer=NoteSigner(
+                name=config.audit.origin, private_key=identity.credentials.signing_key
+            ),
+            witnesses=witnesses,
+            state_path=config.audit_state_path,
+        )
+    except BaseException:
+        await store.close()
+        raise
+    resources.push_async_callback(audit.close)
+    replay = await _open_replay_cache(config, resources)
+    rules = BusinessRules.open(config.rules_path)
+    resources.callback(rules.close)
+
+    def endpoint_of(target: MemberId) -> str:
+        return endpoints.get(target) or identity.trust.registry.member(target).endpoint
+
+    router = NodeRouter(
+        credentials=identity.credentials,
+        endpoint_of=endpoint_of,
+        config=config.routing,
+        max_message_bytes=config.server.max_receive_bytes,
+        interceptors=client_interceptors(tracer_provider),
+    )
+    resources.push_async_callback(router.close)
+    ticket_store = TicketStore.open(config.tickets_path)
+    tickets = Tickets(
+        store=ticket_store,
+        router=router,
+        poll_interval_s=config.tickets.poll_interval_s,
+        node_timeout_s=config.routing.timeout_s,
+    )
+    resources.callback(tickets.close)
+    alerts = AlertHub.open(config.alerts_path, keep=config.alerts.keep)
+    resources.callback(alerts.close)
+    return _Parts(audit, replay, rules, tickets, alerts, router)
+
+
+def _grpc_server(
+    config: GatewayConfig,
+    pipeline: Pipeline,
+    parts: _Parts,
+    decider: ReloadingDecider,
+    tracer_provider: trace.TracerProvider | None,
+    trust: TrustHolder,
+) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
+    """Step 5: the gRPC server with every service, health and reflection (not yet bound), and
+    OpenTelemetry's interceptor continuing callers' traces when tracing is on."""
+    limit = config.server.max_receive_bytes
+    server = grpc.aio.server(
+        interceptors=server_interceptors(tracer_provider),
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+        ],
+    )
+    server.add_generic_rpc_handlers(
+        (
+            GatewayServicer(pipeline=pipeline, tickets=parts.tickets).handler(),
+            AlertServicer(hub=parts.alerts, authenticate=pipeline.authenticate).handler(),
+        )
+    )
+    audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
+        AuditServicer(parts.audit, trust, lambda: decider), server
+    )
+    event_service_pb2_grpc.add_EventServiceServicer_to_server(
+        EventServicer(
+            log=parts.audit,
+            registry=trust,
+            skew=timedelta(seconds=config.pipeline.clock_skew_s),
+        ),
+        server,
+    )
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (
+            *SERVICE_NAMES,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    return server, health
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 class Gateway:
     """A running gateway. Build with ``await Gateway.start(config)``; stop with ``stop()``."""
 
@@ -257,7 +385,7 @@ class Gateway:
         parts: _Parts,
         health: health_aio.HealthServicer,
         decider: ReloadingDecider,
-        prometheus: PrometheusEndpoint | None,
+        resources: contextlib.AsyncExitStack,
         prometheus_port: int | None,
     ) -> None:
         self.config = config
@@ -268,7 +396,7 @@ class Gateway:
         self._parts = parts
         self._health = health
         self._decider = decider
-        self._prometheus = prometheus
+        self._resources = resources
         self._reload_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self.console: RunningAuditorConsole | None = None
@@ -303,151 +431,23 @@ class Gateway:
         ``config.audit_path``, or ``audit.origin`` at ``audit.dsn``), which the replay cache is
         rebuilt from before the gateway serves. Raises ``FedgateError`` (``ConfigError``,
         ``RegistryError``, ``AuditUnavailable``) when something cannot be opened.
+
+        A start that fails at any step MUST leave nothing behind: every store, channel, port and
+        thread opened by the earlier steps is closed, in the reverse order, before it raises.
         """
         config.validate()
-        fed = config.federation
-        member_id = MemberId(fed.member_id)
-        trust = TrustHolder.load(fed.dir)
-        registry = trust.registry
-        credentials = MemberCredentials.load(fed.dir, member_id)
-        registry.member(member_id)
-        signer = Signer.from_key(credentials.signing_key)
-        prometheus: PrometheusEndpoint | None = None
-        if config.telemetry.prometheus_listen and meter_provider is None:
-            reader = InMemoryMetricReader()
-            meter_provider = MeterProvider(metric_readers=[reader])
-            host, _, port_text = config.telemetry.prometheus_listen.rpartition(":")
-            prometheus = PrometheusEndpoint(reader=reader, host=host, port=int(port_text))
-        telemetry = GatewayTelemetry(tracer_provider=tracer_provider, meter_provider=meter_provider)
-        state = config.pipeline.state_dir
-        state.mkdir(parents=True, exist_ok=True)
-        members = {m.id: m.kind.value for m in registry.members()}
-        decider = load_default_decider(
-            config.policy.dir,
-            members=members,
-            check_interval_ms=config.policy.reload_interval_ms,
-        )
-        store = audit_store or await _open_audit_store(config)
-        endpoints = dict(config.routing.endpoints)
-        witness_channels, witnesses = _witness_clients(config, registry, credentials, endpoints)
-        audit = await AuditLog.open(
-            store=store,
-            origin=config.audit.origin,
-            signer=NoteSigner(name=config.audit.origin, private_key=credentials.signing_key),
-            witnesses=witnesses,
-            state_path=config.audit_state_path,
-        )
-        replay = await _open_replay_cache(config, audit)
-        rules = BusinessRules.open(config.rules_path)
-        quotas = Quotas(QuotaConfig.from_mapping(config.quotas))
-
-        def endpoint_of(target: MemberId) -> str:
-            return endpoints.get(target) or trust.registry.member(target).endpoint
-
-        router = NodeRouter(
-            credentials=credentials,
-            endpoint_of=endpoint_of,
-            config=config.routing,
-            max_message_bytes=config.server.max_receive_bytes,
-        )
-        tickets = Tickets(
-            store=TicketStore.open(config.tickets_path),
-            router=router,
-            poll_interval_s=config.tickets.poll_interval_s,
-            node_timeout_s=config.routing.timeout_s,
-        )
-        alerts = AlertHub.open(config.alerts_path, keep=config.alerts.keep)
-        pipeline = Pipeline(
-            trust=trust,
-            decider=decider,
-            replay=replay,
-            rules=rules,
-            quotas=quotas,
-            audit=audit,
-            router=router,
-            tickets=tickets,
-            alerts=alerts,
-            signer=signer,
-            gateway_id=member_id,
-            origin=config.audit.origin,
-            clock_skew=timedelta(seconds=config.pipeline.clock_skew_s),
-            telemetry=telemetry,
-            keep_response_bodies=config.audit.keep_response_bodies,
-        )
-        parts = _Parts(audit, replay, rules, tickets, alerts, router, witness_channels)
-        limit = config.server.max_receive_bytes
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
-            ]
-        )
-        server.add_generic_rpc_handlers(
-            (
-                GatewayServicer(pipeline=pipeline, tickets=tickets).handler(),
-                AlertServicer(hub=alerts, authenticate=pipeline.authenticate).handler(),
+        identity = _load_identity(config)
+        async with contextlib.AsyncExitStack() as resources:
+            gateway = await cls._start(
+                config,
+                identity,
+                resources,
+                tracer_provider=tracer_provider,
+                meter_provider=meter_provider,
+                audit_store=audit_store,
             )
-        )
-        audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
-            AuditServicer(audit, trust, lambda: decider), server
-        )
-        event_service_pb2_grpc.add_EventServiceServicer_to_server(
-            EventServicer(
-                log=audit,
-                registry=trust,
-                skew=timedelta(seconds=config.pipeline.clock_skew_s),
-            ),
-            server,
-        )
-        health = health_aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        reflection.enable_server_reflection(
-            (
-                *SERVICE_NAMES,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
-        )
-        port = server.add_secure_port(config.server.listen, server_credentials(credentials))
-        if port == 0:
-            raise ConfigError(f"server.listen {config.server.listen} could not be bound")
-        await server.start()
-        for name in ("", *SERVICE_NAMES):
-            await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        prometheus_port = await prometheus.start() if prometheus is not None else None
-        gateway = cls(
-            config=config,
-            server=server,
-            port=port,
-            pipeline=pipeline,
-            parts=parts,
-            health=health,
-            decider=decider,
-            prometheus=prometheus,
-            prometheus_port=prometheus_port,
-        )
-        if fed.reload_interval_s > 0:
-            # Stamp now, so that a change made right after start-up is not missed.
-            stamp = _trust_stamp(fed.dir)
-            gateway._reload_task = asyncio.create_task(gateway._watch_registry(stamp))
-        if config.console.listen:
-            host, _, console_port = config.console.listen.rpartition(":")
-            try:
-                gateway.console = await start_auditor_console(
-                    log=audit,
-                    audit_db=_console_source(config),
-                    registry=trust,
-                    state_dir=state,
-                    users_dir=config.console_users_dir,
-                    host=host.strip("[]"),
-                    port=int(console_port),
-                    member_id=member_id,
-                    secure_cookies=config.console.secure_cookies,
-                )
-            except BaseException:
-                await gateway.stop(0)
-                raise
+            # Started: from now on ``stop`` owns the resources.
+            gateway._resources = resources.pop_all()
         _log.info(
             "gateway serving",
             extra={
@@ -458,6 +458,108 @@ class Gateway:
                 }
             },
         )
+        return gateway
+
+    @classmethod
+    async def _start(
+        cls,
+        config: GatewayConfig,
+        identity: _Identity,
+        resources: contextlib.AsyncExitStack,
+        *,
+        tracer_provider: trace.TracerProvider | None,
+        meter_provider: metrics.MeterProvider | None,
+        audit_store: AuditStore | None,
+    ) -> Gateway:
+        """The steps of ``start``; each registers what it opens with ``resources``."""
+        prometheus_port: int | None = None
+        if config.telemetry.otlp_endpoint or config.telemetry.prometheus_listen:
+            exporters = Exporters.start(
+                service="fedgate-gateway",
+                otlp_endpoint=config.telemetry.otlp_endpoint,
+                prometheus_listen=config.telemetry.prometheus_listen,
+            )
+            resources.callback(exporters.shutdown)  # last: flushes the spans of the drain
+            tracer_provider = tracer_provider or exporters.tracer_provider
+            meter_provider = meter_provider or exporters.meter_provider
+            prometheus_port = exporters.metrics_port
+        telemetry = GatewayTelemetry(tracer_provider=tracer_provider, meter_provider=meter_provider)
+        config.pipeline.state_dir.mkdir(parents=True, exist_ok=True)
+        decider = load_default_decider(
+            config.policy.dir,
+            members={m.id: m.kind.value for m in identity.registry.members()},
+            check_interval_ms=config.policy.reload_interval_ms,
+        )
+        parts = await _open_parts(
+            config,
+            identity,
+            resources,
+            audit_store=audit_store,
+            tracer_provider=tracer_provider,
+        )
+        pipeline = Pipeline(
+            trust=identity.trust,
+            decider=decider,
+            replay=parts.replay,
+            rules=parts.rules,
+            quotas=Quotas(QuotaConfig.from_mapping(config.quotas)),
+            audit=parts.audit,
+            router=parts.router,
+            tickets=parts.tickets,
+            alerts=parts.alerts,
+            signer=identity.signer,
+            gateway_id=identity.member_id,
+            origin=config.audit.origin,
+            clock_skew=timedelta(seconds=config.pipeline.clock_skew_s),
+            telemetry=telemetry,
+            keep_response_bodies=config.audit.keep_response_bodies,
+        )
+        server, health = _grpc_server(
+            config, pipeline, parts, decider, tracer_provider, identity.trust
+        )
+        try:
+            port = server.add_secure_port(
+                config.server.listen, server_credentials(identity.credentials)
+            )
+        except RuntimeError as exc:  # grpcio's "Failed to bind": say which option
+            raise ConfigError(
+                f"server.listen {config.server.listen} could not be bound (in use?)"
+            ) from exc
+        if port == 0:
+            raise ConfigError(f"server.listen {config.server.listen} could not be bound")
+        await server.start()
+        resources.push_async_callback(server.stop, 0)
+        for name in ("", *SERVICE_NAMES):
+            await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        gateway = cls(
+            config=config,
+            server=server,
+            port=port,
+            pipeline=pipeline,
+            parts=parts,
+            health=health,
+            decider=decider,
+            resources=resources,
+            prometheus_port=prometheus_port,
+        )
+        if config.federation.reload_interval_s > 0:
+            # Stamp now, so that a change made right after start-up is not missed.
+            stamp = _trust_stamp(config.federation.dir)
+            gateway._reload_task = asyncio.create_task(gateway._watch_registry(stamp))
+            resources.push_async_callback(_cancel, gateway._reload_task)
+        if config.console.listen:
+            host, _, console_port = config.console.listen.rpartition(":")
+            gateway.console = await start_auditor_console(
+                log=parts.audit,
+                audit_db=_console_source(config),
+                registry=identity.trust,
+                state_dir=config.pipeline.state_dir,
+                users_dir=config.console_users_dir,
+                host=host.strip("[]"),
+                port=int(console_port),
+                member_id=identity.member_id,
+                secure_cookies=config.console.secure_cookies,
+            )
         return gateway
 
     async def _watch_registry(self, stamp: tuple[tuple[str, int, int, int], ...]) -> None:
@@ -492,31 +594,20 @@ class Gateway:
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, drain the ones in flight (``grace`` seconds, default from the
-        config), then close every store. Idempotent."""
+        config), then close every store, channel and port in the reverse order of opening.
+        Idempotent."""
         if self._stopped.is_set():
             return
         self._stopped.set()
         if self._reload_task is not None:
-            self._reload_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reload_task
+            await _cancel(self._reload_task)
         if self.console is not None:
             # First, so that no console event is appended once the log starts closing.
             await self.console.stop()
             self.console = None
         await self._health.enter_graceful_shutdown()
         await self._server.stop(self.config.server.grace_period_s if grace is None else grace)
-        if self._prometheus is not None:
-            await self._prometheus.stop()
-        parts = self._parts
-        await parts.router.close()
-        await parts.audit.close()
-        for channel in parts.witness_channels:
-            await channel.close(None)
-        parts.replay.close()
-        parts.rules.close()
-        parts.tickets.close()
-        parts.alerts.close()
+        await self._resources.aclose()
 
     async def wait_for_termination(self) -> None:
         await self._server.wait_for_termination()

@@ -41,6 +41,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from adapters.synth import World, load_world, seed_world
+from fedgate.config import dump_toml
 from fedgate.errors import FedgateError
 from fedgate.federation import DEFAULT_MEMBERS, MemberKind
 from fedgate.pki import FederationLayout, init_federation
@@ -145,30 +146,18 @@ def _write_gateway_config(state: Path, registry: Registry) -> Path:
     gateway = registry.member(MemberId("gateway"))
     config = directory / "gateway.toml"
     config.write_text(
-        "\n".join(
-            [
-                "# written by `fedgate up`; every value can be overridden by",
-                "# FEDGATE_GATEWAY__<SECTION>__<KEY> environment variables",
-                "[server]",
-                f'listen = "{gateway.endpoint}"',
-                "",
-                "[federation]",
-                'dir = "../federation"',
-                "",
-                "[pipeline]",
-                'state_dir = "."',
-                "",
-                "[audit]",
-                f'origin = "{LOG_ORIGIN}"',
-                "witnesses = [" + ", ".join(f'"{w.id}"' for w in _witnesses(registry)) + "]",
-                "",
-                "[telemetry]",
-                'log_level = "INFO"',
-                "",
-                "[console]",
-                f'listen = "127.0.0.1:{console_port(gateway.endpoint)}"   # the auditor console',
-                "",
-            ]
+        dump_toml(
+            {
+                "server": {"listen": gateway.endpoint},
+                "federation": {"dir": "../federation"},
+                "pipeline": {"state_dir": "."},
+                "audit": {"origin": LOG_ORIGIN, "witnesses": [w.id for w in _witnesses(registry)]},
+                "telemetry": {"log_level": "INFO"},
+                # the auditor console
+                "console": {"listen": f"127.0.0.1:{console_port(gateway.endpoint)}"},
+            },
+            header="written by `fedgate up`; every value can be overridden by\n"
+            "FEDGATE_GATEWAY__<SECTION>__<KEY> environment variables",
         ),
         encoding="utf-8",
     )
@@ -193,23 +182,18 @@ def _write_node_config(state: Path, member: Member, world: World) -> Path:
     manual = "transactions" if member.kind is MemberKind.BANK else "call_records"
     config = directory / "node.toml"
     config.write_text(
-        "\n".join(
-            [
-                "# written by `fedgate up`; FEDGATE_NODE_* environment variables override it",
-                f'member = "{member.id}"',
-                'federation = "../../federation"',
-                'state = "."',
-                f'staff = ["{demo_staff_id(member.id)}"]',
-                "",
-                "[backend]",
-                'kind = "reference"',
-                f'path = "{world.database(member.id)}"',
-                "",
-                "[actions]",
-                'default = "automatic"',
-                f'{manual} = "manual"   # answered by stationed staff in the console',
-                "",
-            ]
+        dump_toml(
+            {
+                "member": member.id,
+                "federation": "../../federation",
+                "state": ".",
+                "staff": [demo_staff_id(member.id)],
+                "backend": {"kind": "reference", "path": world.database(member.id)},
+                "actions": {"default": "automatic", manual: "manual"},
+            },
+            header="written by `fedgate up`; FEDGATE_NODE__<KEY> or\n"
+            f"FEDGATE_NODE__<SECTION>__<KEY> variables override it; {manual} is answered\n"
+            "by stationed staff in the console",
         ),
         encoding="utf-8",
     )

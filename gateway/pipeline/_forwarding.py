@@ -96,7 +96,6 @@ class Forwarder:
                     handle,
                     action=x.action,
                     timeout=self._router.timeout_for(remaining_s),
-                    metadata=self._telemetry.outgoing_metadata(),
                 )
                 if reply.WhichOneof("outcome") is None:
                     raise AgencyFault(f"{target} sent neither an answer nor a queue receipt")

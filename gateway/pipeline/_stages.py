@@ -181,7 +181,8 @@ class Pipeline:
         x = Exchange(received_at=self._now())
         started = time.perf_counter()
         outcome = "ok"
-        with self._telemetry.span("gateway.Submit", kind=trace.SpanKind.SERVER) as span:
+        # INTERNAL: the gRPC instrumentation's interceptor makes the SERVER span around it.
+        with self._telemetry.span("gateway.Submit") as span:
             try:
                 reply = await self._run(x, raw, peer, remaining_s, span)
                 if reply.HasField("ticket"):

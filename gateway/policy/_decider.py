@@ -4,8 +4,9 @@ The policy is data (``policies/model.conf`` and ``policies/policy.csv``): Casbin
 domains, deny by default, explicit ``deny`` lines that win. Three deciders share one seam:
 
 - ``CasbinDecider`` asks pycasbin itself (the reference);
-- ``IndexedDecider`` compiles the same files into a dict index, O(1) per decision, and MUST give
-  the same ``allowed`` and ``rule`` as ``CasbinDecider`` for every request;
+- ``IndexedDecider`` compiles the policy pycasbin loaded (``build_enforcer``) into a dict index,
+  O(1) per decision, and MUST give the same ``allowed`` and ``rule`` as ``CasbinDecider`` for
+  every request;
 - ``ReloadingDecider`` wraps either and reloads when the files change. It MUST keep the last good
   policy when a reload fails, and MUST deny everything while no policy has ever loaded.
 
@@ -36,8 +37,8 @@ from gateway.policy._index import (
     PolicyConfigError,
     PolicyIndex,
     PolicySource,
+    build_enforcer,
     load_policy_source,
-    new_casbin_model,
 )
 
 __all__ = [
@@ -186,9 +187,8 @@ class CasbinDecider:
     """
 
     def __init__(self, *, source: PolicySource, members: Mapping[MemberId, str]) -> None:
-        self._source = source
         self._members = dict(members)
-        self._enforcer = _build_enforcer(source, self._members)
+        self._enforcer = build_enforcer(source, self._members)
         self._lock = threading.Lock()  # enforce_ex mutates the enforcer's function map
         self._index: PolicyIndex | None = None
 
@@ -222,25 +222,8 @@ class CasbinDecider:
 
     def _explain(self, req: PolicyRequest) -> str:
         if self._index is None:
-            self._index = PolicyIndex(self._source, self._members)
+            self._index = PolicyIndex(self._enforcer, self._members)
         return self._index.explain_no_match(req.role, req.member, req.action, req.target)
-
-
-def _build_enforcer(source: PolicySource, members: Mapping[MemberId, str]) -> Any:
-    import casbin
-
-    model = new_casbin_model(source.model_text, where=source.model_path)
-    links = [[member, kind] for member, kind in members.items()]
-    model["p"]["p"].policy = [[ln.sub, ln.dom, ln.act, ln.obj, ln.eft] for ln in source.lines]
-    model["g"]["g"].policy = [list(link) for link in source.g]
-    model["g"]["g2"].policy = [*(list(link) for link in source.g2), *links]
-    model["g"]["g3"].policy = [*(list(link) for link in source.g3), *links]
-    try:
-        enforcer = casbin.Enforcer(model)
-        enforcer.build_role_links()
-    except Exception as exc:  # pycasbin's bare RuntimeError/TypeError
-        raise PolicyConfigError(f"{source.model_path}: pycasbin refused the model: {exc}") from exc
-    return enforcer
 
 
 _DECISION_CACHE_LIMIT = 65_536
@@ -260,7 +243,8 @@ class IndexedDecider:
                 f"use CasbinDecider for {source.matcher!r}"
             )
         self._members = dict(members)
-        self._index = PolicyIndex(source, self._members)
+        # Derived from pycasbin's own reading of the files (the single source of truth).
+        self._index = PolicyIndex(build_enforcer(source, self._members), self._members)
         # Sound because the index never changes: a new policy means a new decider.
         self._cache: dict[PolicyRequest, Decision] = {}
 

@@ -1,17 +1,22 @@
-"""Policy files as validated data, and the compiled index behind ``IndexedDecider``.
+"""Policy files as validated data, the pycasbin enforcer they load into, and the index behind
+``IndexedDecider``.
 
-``load_policy_source`` reads ``model.conf`` and ``policy.csv`` once, checks them strictly (a typo
-must fail the load, never silently drop a deny line) and returns a ``PolicySource`` that both
-deciders build from. ``PolicyIndex`` compiles a source whose matcher has the one supported shape
-into nested dicts and reproduces pycasbin's answer, including which rule ``enforce_ex`` reports:
-the first matching deny line if any, otherwise the last matching allow line.
+pycasbin is the single source of truth. ``load_policy_source`` reads ``model.conf`` and
+``policy.csv`` once and checks them strictly (a typo must fail the load, never silently drop a
+deny line). ``build_enforcer`` loads that text into a ``casbin.Enforcer`` with pycasbin's own
+model parser and policy-line reader (``casbin.persist.load_policy_line``) and MUST refuse a policy
+pycasbin reads differently from the strict check. ``PolicyIndex`` is then derived from the loaded
+enforcer (its policy, its grouping policies, its role managers' hierarchy depth), for a model
+whose matcher has the one supported shape, and reproduces ``enforce_ex``: the first matching
+deny line if any, otherwise the last matching allow line. ``tests/gateway/test_policy.py``
+compares the two on random requests (hypothesis) and random policies.
 """
 
 from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,13 +28,13 @@ __all__ = [
     "ALLOW",
     "CANONICAL_MATCHER",
     "DENY",
-    "MAX_HIERARCHY_LEVEL",
     "SELF",
     "PolicyConfigError",
     "PolicyIndex",
     "PolicyLine",
     "PolicySource",
     "SyntheticPolicy",
+    "build_enforcer",
     "load_policy_source",
     "synthetic_policy",
 ]
@@ -38,9 +43,6 @@ ALLOW = "allow"
 DENY = "deny"
 SELF = "self"
 """A policy target meaning "the requesting member itself" (``r.obj == r.dom``)."""
-
-MAX_HIERARCHY_LEVEL = 10
-"""pycasbin's default role manager follows at most this many levels (distance 0..9)."""
 
 CANONICAL_MATCHER = (
     "r_act == p_act && g(r_sub, p_sub, r_dom) && g3(r_dom, p_dom) && "
@@ -84,6 +86,7 @@ class PolicySource:
     model_path: Path
     policy_path: Path
     model_text: str
+    policy_text: str
     matcher: str
     lines: tuple[PolicyLine, ...]
     g: tuple[tuple[str, str, str], ...]
@@ -103,11 +106,13 @@ def load_policy_source(model: Path, policy: Path) -> PolicySource:
     """Read and validate both files. Raises ``PolicyConfigError`` naming the file and line."""
     model_text = _read(model)
     matcher = _check_model(model, model_text)
-    lines, g, g2, g3 = _parse_policy(policy, _read(policy))
+    policy_text = _read(policy)
+    lines, g, g2, g3 = _parse_policy(policy, policy_text)
     return PolicySource(
         model_path=model,
         policy_path=policy,
         model_text=model_text,
+        policy_text=policy_text,
         matcher=matcher,
         lines=lines,
         g=g,
@@ -133,6 +138,45 @@ def new_casbin_model(text: str, *, where: Path) -> Any:
         return casbin.Enforcer.new_model(text=text)
     except Exception as exc:  # pycasbin raises bare RuntimeError/KeyError/IndexError here
         raise PolicyConfigError(f"{where}: invalid Casbin model: {exc}") from exc
+
+
+def build_enforcer(source: PolicySource, members: Mapping[MemberId, str]) -> Any:
+    """A ``casbin.Enforcer`` holding ``source`` as pycasbin reads it, plus the registry's
+    member -> kind links (``g2`` and ``g3``). Raises ``PolicyConfigError`` if pycasbin refuses
+    the model or reads a line differently from ``load_policy_source``'s strict check."""
+    import casbin
+    from casbin.persist.adapter import load_policy_line
+
+    model = new_casbin_model(source.model_text, where=source.model_path)
+    for raw in source.policy_text.splitlines():
+        load_policy_line(raw.strip(), model)  # pycasbin's FileAdapter reads each line so
+    read = {
+        "p": [tuple(rule) for rule in model["p"]["p"].policy],
+        "g": [tuple(rule) for rule in model["g"]["g"].policy],
+        "g2": [tuple(rule) for rule in model["g"]["g2"].policy],
+        "g3": [tuple(rule) for rule in model["g"]["g3"].policy],
+    }
+    checked = {
+        "p": [line.rule[1:] for line in source.lines],
+        "g": list(source.g),
+        "g2": list(source.g2),
+        "g3": list(source.g3),
+    }
+    if read != checked:  # fail closed: the enforcer must hold exactly what was checked
+        differ = sorted(key for key in read if read[key] != checked[key])
+        raise PolicyConfigError(
+            f"{source.policy_path}: pycasbin reads the {', '.join(differ)} lines differently "
+            "from the policy check; refusing the policy"
+        )
+    links = [[member, kind] for member, kind in members.items()]
+    model["g"]["g2"].policy.extend(list(link) for link in links)
+    model["g"]["g3"].policy.extend(list(link) for link in links)
+    try:
+        enforcer = casbin.Enforcer(model)
+        enforcer.build_role_links()
+    except Exception as exc:  # pycasbin's bare RuntimeError/TypeError
+        raise PolicyConfigError(f"{source.model_path}: pycasbin refused the model: {exc}") from exc
+    return enforcer
 
 
 def _check_model(path: Path, text: str) -> str:
@@ -208,11 +252,13 @@ def _parse_policy(
 
 
 class _Graph:
-    """Directed links with pycasbin's reachability: distance 0..MAX_HIERARCHY_LEVEL-1."""
+    """Directed links with pycasbin's reachability: distance 0..``levels`` - 1, where ``levels``
+    is the role manager's ``max_hierarchy_level``."""
 
-    __slots__ = ("_next",)
+    __slots__ = ("_levels", "_next")
 
-    def __init__(self, links: Iterable[tuple[str, str]]) -> None:
+    def __init__(self, links: Iterable[Sequence[str]], *, levels: int) -> None:
+        self._levels = levels
         self._next: dict[str, set[str]] = {}
         for child, parent in links:
             self._next.setdefault(child, set()).add(parent)
@@ -220,7 +266,7 @@ class _Graph:
     def closure(self, start: str) -> frozenset[str]:
         seen = {start}
         frontier = {start}
-        for _ in range(MAX_HIERARCHY_LEVEL - 1):
+        for _ in range(self._levels - 1):
             frontier = {p for node in frontier for p in self._next.get(node, ())} - seen
             if not frontier:
                 break
@@ -233,13 +279,17 @@ _CACHE_LIMIT = 65_536
 
 
 class PolicyIndex:
-    """``act -> sub -> dom -> obj -> (first deny, last allow)`` plus memoised closures."""
+    """``act -> sub -> dom -> obj -> (first deny, last allow)`` plus memoised closures, derived
+    from a loaded ``casbin.Enforcer`` (``build_enforcer``): its ``p`` lines in pycasbin's order,
+    its ``g``/``g2``/``g3`` links (member links included) and its role managers' depth."""
 
-    def __init__(self, source: PolicySource, members: Mapping[MemberId, str]) -> None:
-        self._lines = source.lines
+    def __init__(self, enforcer: Any, members: Mapping[MemberId, str]) -> None:
+        self._lines = tuple(
+            PolicyLine(i, *rule) for i, rule in enumerate(enforcer.get_named_policy("p"))
+        )
         self._table: dict[str, dict[str, dict[str, dict[str, _Cell]]]] = {}
         self._allows: dict[str, dict[str, list[PolicyLine]]] = {}
-        for line in source.lines:
+        for line in self._lines:
             if line.eft == ALLOW:
                 self._allows.setdefault(line.act, {}).setdefault(line.sub, []).append(line)
             subs = self._table.setdefault(line.act, {})
@@ -253,13 +303,18 @@ class PolicyIndex:
                     cell[0] = line.index
             else:
                 cell[1] = line.index
-        links: list[tuple[str, str]] = list(members.items())
+        levels = {
+            ptype: int(enforcer.get_named_role_manager(ptype).max_hierarchy_level)
+            for ptype in ("g", "g2", "g3")
+        }
         domains: dict[str, list[tuple[str, str]]] = {}
-        for user, role, domain in source.g:
+        for user, role, domain in enforcer.get_named_grouping_policy("g"):
             domains.setdefault(domain, []).append((user, role))
-        self._roles = {domain: _Graph(pairs) for domain, pairs in domains.items()}
-        self._g2 = _Graph([*source.g2, *links])
-        self._g3 = _Graph([*source.g3, *links])
+        self._roles = {
+            domain: _Graph(pairs, levels=levels["g"]) for domain, pairs in domains.items()
+        }
+        self._g2 = _Graph(enforcer.get_named_grouping_policy("g2"), levels=levels["g2"])
+        self._g3 = _Graph(enforcer.get_named_grouping_policy("g3"), levels=levels["g3"])
         self._target_kinds: dict[str, frozenset[str]] = {m: self._g2.closure(m) for m in members}
         self._member_kinds: dict[str, frozenset[str]] = {m: self._g3.closure(m) for m in members}
         self._role_cache: dict[tuple[str, str], frozenset[str]] = {}

@@ -54,11 +54,12 @@ class TestLoadConfig:
         path = tmp_path / "node.toml"
         path.write_text(FILE, encoding="utf-8")
         env = {
-            "FEDGATE_NODE_LISTEN": "127.0.0.1:6000",
-            "FEDGATE_NODE_STAFF": "icbc.wu, icbc.zhao",
-            "FEDGATE_NODE_MODE_ACCOUNT_HOLDER": "manual",
-            "FEDGATE_NODE_DEFAULT_MODE": "manual",
-            "FEDGATE_NODE_QUEUE_DEADLINE_MINUTES": "30",
+            "FEDGATE_NODE__LISTEN": "127.0.0.1:6000",
+            "FEDGATE_NODE__STAFF": '["icbc.wu", "icbc.zhao"]',
+            "FEDGATE_NODE__ACTIONS__ACCOUNT_HOLDER": "manual",
+            "FEDGATE_NODE__ACTIONS__DEFAULT": "manual",
+            "FEDGATE_NODE__QUEUE__DEADLINE_MINUTES": "30",
+            "FEDGATE_NODE_LISTEN": "ignored: not the prefix",
         }
         config = load_config(path, env=env)
         assert config.listen == "127.0.0.1:6000"
@@ -82,6 +83,13 @@ class TestLoadConfig:
         path.write_text(config.to_toml(), encoding="utf-8")
         assert load_config(path, env={}) == config
 
+    def test_to_toml_quotes_awkward_paths(self, tmp_path: Path) -> None:
+        odd = tmp_path / 'a "quoted" \\ dir'
+        config = NodeConfig(member_id=MemberId("bank.ccb"), federation_dir=odd, state_dir=odd)
+        path = tmp_path / "node.toml"
+        path.write_text(config.to_toml(), encoding="utf-8")
+        assert load_config(path, env={}).federation_dir == odd
+
     @pytest.mark.parametrize(
         ("text", "message"),
         [
@@ -93,6 +101,13 @@ class TestLoadConfig:
             ('member = "bank.icbc"\nfederation = "f"\nstate = "s"\nstaff = ["x"]', "staff id"),
             (_BASE + "[queue]\nreminder_minutes = 2000", "reminder"),
             ("member = ", "not valid TOML"),
+            (_BASE + "[queue]\ndeadline_minuts = 5", r"unknown option\(s\) queue\.deadline_minuts"),
+            (_BASE + "lisen = '127.0.0.1:1'", "lisen"),
+            (_BASE + "staff = 'icbc.wu'", "staff must be a list"),
+            (
+                _BASE + "[monitor]\npoll_seconds = 'often'",
+                r"monitor\.poll_seconds must be a number",
+            ),
         ],
     )
     def test_bad_options_are_named(self, tmp_path: Path, text: str, message: str) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,17 +15,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from adapters.config import ActionMode, NodeConfig
+from fedgate.testing import free_port
 from fedgate.types import MemberId
 from fedgate.v1 import request_pb2, staff_service_pb2, ticket_pb2
 
 ZHANG = (("x-fedgate-staff", "icbc.zhang"),)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class NodeProcess:
@@ -63,7 +56,7 @@ class NodeProcess:
 async def node_process(
     kit: Any, fed_dir: Path, world: Any, tmp_path: Path
 ) -> AsyncIterator[tuple[NodeProcess, str]]:
-    endpoint = f"127.0.0.1:{_free_port()}"
+    endpoint = f"127.0.0.1:{free_port()}"
     config = NodeConfig(
         member_id=MemberId("bank.icbc"),
         federation_dir=fed_dir,

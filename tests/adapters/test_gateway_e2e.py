@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from google.protobuf import json_format
 from adapters.bank.backend import Direction
 from fedgate.client import FedgateClient
 from fedgate.commands import staff as staff_command
+from fedgate.testing import free_port
 from fedgate.types import MemberId
 from fedgate.v1 import bank_pb2, request_pb2, ticket_pb2
 from gateway.config import (
@@ -33,9 +33,7 @@ from gateway.server import Gateway
 async def federation(
     fed_dir: Path, bank_node: Any, tmp_path: Path
 ) -> AsyncIterator[tuple[Any, FedgateClient]]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        listen = f"127.0.0.1:{s.getsockname()[1]}"
+    listen = f"127.0.0.1:{free_port()}"
     node = await bank_node("bank.icbc", manual={"transactions"}, gateway_endpoint=listen)
     config = GatewayConfig(
         federation=FederationConfig(dir=fed_dir),

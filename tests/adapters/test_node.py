@@ -185,10 +185,15 @@ class TestTelemetryAndHealth:
         metadata = (("traceparent", f"00-{trace_id}-{parent_id}-01"),)
         envelope = kit.sign(kit.request("account_holder"))
         await kit.link(node).handle(envelope, metadata=metadata)
-        (span,) = [s for s in exporter.get_finished_spans() if s.name == "AgencyService/Handle"]
+        spans = exporter.get_finished_spans()
+        (span,) = [s for s in spans if s.name == "AgencyService/Handle"]
         assert format(span.context.trace_id, "032x") == trace_id
+        # under the gRPC instrumentation's server span, whose parent is the caller's span
+        (server,) = [s for s in spans if s.name == "/fedgate.v1.AgencyService/Handle"]
         assert span.parent is not None
-        assert format(span.parent.span_id, "016x") == parent_id
+        assert span.parent.span_id == server.context.span_id
+        assert server.parent is not None
+        assert format(server.parent.span_id, "016x") == parent_id
         assert span.attributes is not None
         assert span.attributes["fedgate.action"] == "account_holder"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-import time
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -88,11 +87,9 @@ class TestSeedWorld:
             seed_world(tmp_path, **kwargs)  # type: ignore[arg-type]
 
     @pytest.mark.slow
-    def test_default_size_is_fast(self, tmp_path: Path) -> None:
-        # CPU time, not wall time: the suite shares its cores with other work.
-        started = time.process_time()
+    def test_default_size(self, tmp_path: Path) -> None:
+        # How long it takes is a benchmark figure (synth_world_default_s), not a test.
         world = seed_world(tmp_path, now=NOW)
-        assert time.process_time() - started < 10
         assert world.counts.accounts >= 4 * 2000
 
 

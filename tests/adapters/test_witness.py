@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from fedgate.merkle import EMPTY_ROOT, MerkleTree, leaf_hash
 from fedgate.note import NoteSigner
 from fedgate.registry import Registry
 from fedgate.status import error_from_rpc
+from fedgate.testing import free_port
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options
 from fedgate.types import MemberId
 from fedgate.v1 import audit_service_pb2, audit_service_pb2_grpc
@@ -26,12 +26,6 @@ ORIGIN = "fedgate.test/gateway/shard-0"
 PBOC = MemberId("pboc.gz")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 async def witness(fed_dir: Path, tmp_path: Path) -> AsyncIterator[WitnessNode]:
     node = WitnessNode(
@@ -39,7 +33,7 @@ async def witness(fed_dir: Path, tmp_path: Path) -> AsyncIterator[WitnessNode]:
         member=PBOC,
         state=tmp_path / "witness",
         origins=[ORIGIN],
-        listen=f"127.0.0.1:{_free_port()}",
+        listen=f"127.0.0.1:{free_port()}",
     )
     await node.start()
     yield node

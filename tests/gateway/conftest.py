@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import shutil
-import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -29,10 +28,11 @@ from fedgate.audit_entry import AuditEntry, decode_entry
 from fedgate.client import FedgateClient
 from fedgate.envelope import Domain, Signer, decode_request, request_hash, sign_envelope
 from fedgate.errors import AuditUnavailable, FedgateError
+from fedgate.otel import server_interceptors
 from fedgate.pki import init_federation, revoke_member
 from fedgate.registry import Registry
 from fedgate.status import error_from_rpc
-from fedgate.testing import valid_request
+from fedgate.testing import free_port, valid_request
 from fedgate.tls import (
     MemberCredentials,
     channel_credentials,
@@ -62,7 +62,6 @@ from gateway.config import (
     TicketsConfig,
 )
 from gateway.server import Gateway
-from gateway.telemetry import extract_context
 
 POLICE = MemberId("police.gd.afc")
 POLICE_GZ = MemberId("police.gz.unit")
@@ -91,14 +90,6 @@ def other_ca_federation(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     members = tuple(m for m in DEFAULT_MEMBERS if m.id in ("gateway", "police.gd.afc"))
     return init_federation(tmp_path_factory.mktemp("other-ca") / "fed", members=members)
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound and released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 # -- the test agency node --------------------------------------------------------------------
@@ -141,11 +132,12 @@ class StubNode:
         """Set whenever a request arrives (clear it before waiting)."""
         provider = tracer_provider or trace.get_tracer_provider()
         self.tracer = provider.get_tracer("tests.stub-node")
+        self._tracer_provider = tracer_provider
         self._server: grpc.aio.Server | None = None
         self.port = 0
 
     async def start(self, port: int = 0) -> int:
-        server = grpc.aio.server()
+        server = grpc.aio.server(interceptors=server_interceptors(self._tracer_provider))
         agency_service_pb2_grpc.add_AgencyServiceServicer_to_server(_StubServicer(self), server)
         self.port = server.add_secure_port(
             f"127.0.0.1:{port}", server_credentials(self.credentials)
@@ -222,9 +214,7 @@ class _StubServicer(agency_service_pb2_grpc.AgencyServiceServicer):
     ) -> agency_service_pb2.HandleResponse:
         node = self.node
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
-        with node.tracer.start_as_current_span(
-            "node.Handle", context=extract_context(tuple(metadata.items()))
-        ):
+        with node.tracer.start_as_current_span("node.Handle"):  # under the interceptor's span
             self._check(context)
             envelope = request.envelope
             body = envelope.body

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import shutil
@@ -31,7 +32,13 @@ from gateway.policy import (
     load_default_decider,
 )
 from gateway.policy import cli as policy_command
-from gateway.policy._index import SyntheticPolicy, load_policy_source, synthetic_policy
+from gateway.policy._index import (
+    PolicyIndex,
+    SyntheticPolicy,
+    build_enforcer,
+    load_policy_source,
+    synthetic_policy,
+)
 
 POLICIES = default_policy_dir()
 MODEL = POLICIES / "model.conf"
@@ -379,6 +386,90 @@ class TestIndexedDecider:
         decider = IndexedDecider.from_files(MODEL, POLICY)
         r = req("bank_staff", "bank.icbc", "audit_read_own", "bank.ccb")
         assert decider.decide(r) is decider.decide(r)
+
+
+_NAMES = st.sampled_from(["r0", "r1", "r2", "r3"])
+_MEMBERS = {
+    MemberId("police.a"): "police",
+    MemberId("police.b"): "police",
+    MemberId("bank.a"): "bank",
+    MemberId("carrier.a"): "carrier",
+}
+_DOMS = st.sampled_from(["police", "bank", "police.a", "police.b", "bank.a"])
+_OBJS = st.sampled_from(["bank", "carrier", "agency", "bank.a", "carrier.a", "self", "police"])
+_LINES = st.tuples(
+    _NAMES, _DOMS, st.sampled_from(["a1", "a2"]), _OBJS, st.sampled_from(["allow", "allow", "deny"])
+)
+_LINKS = st.tuples(_NAMES, _NAMES, st.sampled_from(["police.a", "police.b", "bank.a"]))
+
+
+class TestPycasbinIsTheSource:
+    """The index is derived from the enforcer pycasbin loaded; pycasbin decides what is right."""
+
+    def test_the_index_reads_the_enforcers_policy_not_the_files(self, tmp_path: Path) -> None:
+        path = write_policy(tmp_path, "p, r1, police, a, bank, allow\n")
+        source = load_policy_source(MODEL, path)
+        enforcer = build_enforcer(source, SMALL_MEMBERS)
+        enforcer.add_policy("r1", "police", "a", "bank", "deny")  # only pycasbin knows this line
+        index = PolicyIndex(enforcer, SMALL_MEMBERS)
+        matched = index.match("r1", "police.a", "a", "bank.a")
+        assert matched is not None
+        assert matched.rule == ("p", "r1", "police", "a", "bank", "deny")
+        assert enforcer.enforce_ex("r1", "police.a", "a", "bank.a")[0] is False
+
+    @pytest.mark.parametrize("levels", [2, 4])
+    def test_the_role_depth_is_the_role_managers(self, tmp_path: Path, levels: int) -> None:
+        chain = "".join(f"g, r{i}, r{i + 1}, police.a\n" for i in range(4))
+        path = write_policy(tmp_path, chain + "p, r4, police, a, bank, allow\n")
+        enforcer = build_enforcer(load_policy_source(MODEL, path), SMALL_MEMBERS)
+        enforcer.get_role_manager().max_hierarchy_level = levels
+        index = PolicyIndex(enforcer, SMALL_MEMBERS)
+        for start in range(5):
+            allowed = enforcer.enforce_ex(f"r{start}", "police.a", "a", "bank.a")[0]
+            assert (index.match(f"r{start}", "police.a", "a", "bank.a") is not None) == allowed
+            assert allowed is (4 - start < levels)
+
+    def test_a_policy_pycasbin_reads_differently_is_refused(self, tmp_path: Path) -> None:
+        path = write_policy(tmp_path, "p, r1, police, a, bank, allow\n")
+        source = load_policy_source(MODEL, path)
+        sneaky = dataclasses.replace(
+            source, policy_text=source.policy_text + "p, r1, police, a, bank, deny\n"
+        )
+        with pytest.raises(PolicyConfigError, match="pycasbin reads the p lines differently"):
+            build_enforcer(sneaky, SMALL_MEMBERS)
+
+    @given(
+        lines=st.lists(_LINES, min_size=1, max_size=12),
+        links=st.lists(_LINKS, max_size=6),
+        groups=st.lists(st.sampled_from(["bank", "carrier", "police"]), max_size=3, unique=True),
+        request_=st.tuples(
+            _NAMES,
+            st.sampled_from(sorted(_MEMBERS)),
+            st.sampled_from(["a1", "a2"]),
+            st.sampled_from(sorted(_MEMBERS)),
+        ),
+    )
+    @settings(max_examples=150, deadline=None)
+    def test_random_policies_and_requests_agree_with_pycasbin(
+        self,
+        tmp_path_factory: pytest.TempPathFactory,
+        lines: list[tuple[str, ...]],
+        links: list[tuple[str, str, str]],
+        groups: list[str],
+        request_: tuple[str, str, str, str],
+    ) -> None:
+        text = "".join(f"g2, {kind}, agency\n" for kind in groups)
+        text += "".join(f"g, {u}, {r}, {d}\n" for u, r, d in links)
+        text += "".join(f"p, {', '.join(line)}\n" for line in lines)
+        path = write_policy(tmp_path_factory.mktemp("random-policy"), text)
+        enforcer = build_enforcer(load_policy_source(MODEL, path), _MEMBERS)
+        role, member, action, target = request_
+        allowed, rule = enforcer.enforce_ex(role, member, action, target)
+        matched = PolicyIndex(enforcer, _MEMBERS).match(role, member, action, target)
+        assert (matched is not None and matched.eft == "allow") == bool(allowed)
+        assert (matched.rule[1:] if matched is not None else None) == (
+            tuple(rule) if rule else None
+        )
 
 
 SmallSynthetic = tuple[SyntheticPolicy, CasbinDecider, IndexedDecider]

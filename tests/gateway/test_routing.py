@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 
+from fedgate.actions import ORDER_ACTIONS
 from fedgate.envelope import Domain, Signer, request_hash, sign_envelope
-from fedgate.errors import AgencyFault
+from fedgate.errors import AgencyFault, AgencyUnavailable
 from fedgate.keys import generate_signing_key
 from fedgate.registry import Registry
 from fedgate.testing import valid_request
-from fedgate.tls import MemberCredentials
+from fedgate.tls import MemberCredentials, server_credentials
 from fedgate.types import MemberId
-from fedgate.v1 import request_pb2
-from gateway.routing import BreakerState, CircuitBreaker, check_response
+from fedgate.v1 import agency_service_pb2, agency_service_pb2_grpc, request_pb2
+from gateway.config import RoutingConfig
+from gateway.routing import BreakerState, CircuitBreaker, NodeRouter, check_response
 
 
 class Clock:
@@ -127,3 +132,107 @@ class TestCheckResponse:
         envelope = sign_envelope(response.SerializeToString(), signer, Domain.RESPONSE)
         with pytest.raises(AgencyFault, match="freeze result"):
             self._check(registry, envelope, body, request)
+
+
+class _FlakyNode(agency_service_pb2_grpc.AgencyServiceServicer):
+    """A real AgencyService that fails ``failures`` calls with ``code``, then answers."""
+
+    def __init__(self, failures: int, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE):
+        self.failures = failures
+        self.code = code
+        self.calls = 0
+
+    async def _maybe_fail(self, context: Any) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            await context.abort(self.code, "the node is not there")
+
+    async def Handle(self, request: Any, context: Any) -> agency_service_pb2.HandleResponse:
+        await self._maybe_fail(context)
+        return agency_service_pb2.HandleResponse(response=request.envelope)
+
+    async def GetResult(self, request: Any, context: Any) -> agency_service_pb2.GetResultResponse:
+        await self._maybe_fail(context)
+        return agency_service_pb2.GetResultResponse()
+
+
+@pytest.fixture
+async def flaky(
+    gw_federation: Path,
+) -> AsyncIterator[Callable[..., Awaitable[tuple[_FlakyNode, NodeRouter]]]]:
+    servers: list[grpc.aio.Server] = []
+    routers: list[NodeRouter] = []
+
+    async def start(failures: int, **routing: Any) -> tuple[_FlakyNode, NodeRouter]:
+        node = _FlakyNode(failures, routing.pop("code", grpc.StatusCode.UNAVAILABLE))
+        server = grpc.aio.server()
+        agency_service_pb2_grpc.add_AgencyServiceServicer_to_server(node, server)
+        bank = MemberCredentials.load(gw_federation, MemberId("bank.icbc"))
+        port = server.add_secure_port("127.0.0.1:0", server_credentials(bank))
+        await server.start()
+        servers.append(server)
+        settings = {"max_attempts": 3, "retry_backoff_s": 0.01, "breaker_failures": 100}
+        router = NodeRouter(
+            credentials=MemberCredentials.load(gw_federation, MemberId("gateway")),
+            endpoint_of=lambda _: f"127.0.0.1:{port}",
+            config=RoutingConfig(**{**settings, **routing}),
+            max_message_bytes=1 << 22,
+        )
+        routers.append(router)
+        return node, router
+
+    yield start
+    for router in routers:
+        await router.close()
+    for server in servers:
+        await server.stop(0)
+
+
+def _handle() -> agency_service_pb2.HandleRequest:
+    return agency_service_pb2.HandleRequest(log_origin="test/log", leaf_index=1)
+
+
+BANK = MemberId("bank.icbc")
+
+
+class TestRetries:
+    async def test_a_read_is_retried_up_to_max_attempts(self, flaky: Any) -> None:
+        node, router = await flaky(failures=10)
+        with pytest.raises(AgencyUnavailable, match=r"bank\.icbc is unreachable"):
+            await router.handle(BANK, _handle(), action="account_holder", timeout=5)
+        assert node.calls == 3
+
+    async def test_a_read_succeeds_on_a_later_attempt(self, flaky: Any) -> None:
+        node, router = await flaky(failures=2)
+        await router.handle(BANK, _handle(), action="transactions", timeout=5)
+        assert node.calls == 3
+
+    @pytest.mark.parametrize("order", sorted(ORDER_ACTIONS))
+    async def test_orders_are_never_retried(self, flaky: Any, order: str) -> None:
+        node, router = await flaky(failures=1)
+        with pytest.raises(AgencyUnavailable):
+            await router.handle(BANK, _handle(), action=order, timeout=5)
+        assert node.calls == 1
+
+    async def test_a_node_error_is_a_fault_and_not_retried(self, flaky: Any) -> None:
+        node, router = await flaky(failures=1, code=grpc.StatusCode.PERMISSION_DENIED)
+        with pytest.raises(AgencyFault, match="PERMISSION_DENIED"):
+            await router.handle(BANK, _handle(), action="account_holder", timeout=5)
+        assert node.calls == 1
+
+    async def test_no_retry_when_the_backoff_would_pass_the_deadline(self, flaky: Any) -> None:
+        node, router = await flaky(failures=10, retry_backoff_s=30.0)
+        with pytest.raises(AgencyUnavailable):
+            await router.handle(BANK, _handle(), action="account_holder", timeout=2)
+        assert node.calls == 1
+
+    async def test_result_lookups_are_reads_and_retried(self, flaky: Any) -> None:
+        node, router = await flaky(failures=2)
+        await router.get_result(BANK, "req-1", timeout=5)
+        assert node.calls == 3
+
+    async def test_max_attempts_one_means_no_retry(self, flaky: Any) -> None:
+        node, router = await flaky(failures=10, max_attempts=1)
+        with pytest.raises(AgencyUnavailable):
+            await router.handle(BANK, _handle(), action="account_holder", timeout=5)
+        assert node.calls == 1

@@ -7,9 +7,10 @@ import asyncio
 import dataclasses
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import pytest_asyncio
@@ -21,16 +22,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from fedgate.client import FedgateClient
+from fedgate.otel import Exporters
 from fedgate.types import MemberId
 from gateway.config import PipelineConfig, TelemetryConfig
 from gateway.server import Gateway
-from gateway.telemetry import (
-    GatewayTelemetry,
-    JsonLogFormatter,
-    PrometheusEndpoint,
-    mask_identifiers,
-    render_prometheus,
-)
+from gateway.telemetry import GatewayTelemetry, JsonLogFormatter, mask_identifiers
 
 if TYPE_CHECKING:
     from conftest import GatewayHarness
@@ -103,8 +99,12 @@ class TestTraces:
         observed.spans.clear()
         assert (await h.client().submit(h.request())).answer is not None
         spans = observed.spans.get_finished_spans()
-        root = next(s for s in spans if s.name == "gateway.Submit")
-        assert root.kind == SpanKind.SERVER
+        submit = next(s for s in spans if s.name == "gateway.Submit")
+        by_id = {s.context.span_id: s for s in spans}
+        # the gRPC instrumentation's server span is the root, around the pipeline's span
+        assert submit.parent is not None
+        root = by_id[submit.parent.span_id]
+        assert (root.kind, root.name) == (SpanKind.SERVER, "/fedgate.v1.GatewayService/Submit")
         trace_id = root.context.trace_id
         names = [s.name for s in spans if s.context.trace_id == trace_id]
         for stage in STAGES:
@@ -112,8 +112,22 @@ class TestTraces:
         node = next(s for s in spans if s.name == "node.Handle")
         assert node.context.trace_id == trace_id
         route = next(s for s in spans if s.name == "gateway.stage.route")
-        assert node.parent is not None
-        assert node.parent.span_id == route.context.span_id
+
+        def ancestors(span: Any) -> list[Any]:
+            chain = []
+            while span.parent is not None and span.parent.span_id in by_id:
+                span = by_id[span.parent.span_id]
+                chain.append(span)
+            return chain
+
+        # route -> instrumented client call -> instrumented server call -> node.Handle
+        kinds = [(s.kind, s.name) for s in ancestors(node)[:3]]
+        assert kinds == [
+            (SpanKind.SERVER, "/fedgate.v1.AgencyService/Handle"),
+            (SpanKind.CLIENT, "/fedgate.v1.AgencyService/Handle"),
+            (SpanKind.INTERNAL, "gateway.stage.route"),
+        ]
+        assert ancestors(node)[2] is route
         assert h.node.metadata[-1]["traceparent"].split("-")[1] == f"{trace_id:032x}"
 
     async def test_spans_carry_no_personal_data(self, observed: Observed) -> None:
@@ -157,24 +171,27 @@ class TestMetrics:
 
 
 class TestPrometheus:
-    async def test_text_format_has_units_and_buckets(self) -> None:
-        reader = InMemoryMetricReader()
-        provider = MeterProvider(metric_readers=[reader])
-        telemetry = GatewayTelemetry(meter_provider=provider)
-        telemetry.record_request(0.003, action="account_holder", target="bank.icbc", outcome="ok")
-        telemetry.record_refusal(reason="STALE", stage="freshness")
-        text = render_prometheus(reader.get_metrics_data())
-        provider.shutdown()
+    async def test_exporter_text_has_units_and_buckets(self) -> None:
+        exporters = Exporters.start(service="test", prometheus_listen="127.0.0.1:0")
+        try:
+            telemetry = GatewayTelemetry(meter_provider=exporters.meter_provider)
+            telemetry.record_request(
+                0.003, action="account_holder", target="bank.icbc", outcome="ok"
+            )
+            telemetry.record_refusal(reason="STALE", stage="freshness")
+            assert exporters.metrics_port
+            status, text = await _get(exporters.metrics_port, "/metrics")
+        finally:
+            exporters.shutdown()
+        assert status == 200
         assert "# TYPE fedgate_gateway_request_duration_seconds histogram" in text
-        assert (
-            'fedgate_gateway_request_duration_seconds_bucket{fedgate_action="account_holder"'
-            in text
+        assert 'fedgate_action="account_holder"' in text
+        assert re.search(
+            r'_bucket\{fedgate_action="account_holder"[^}]*le="\+Inf"[^}]*\} 1\.0', text
         )
-        assert 'le="+Inf"} 1' in text
         assert "# TYPE fedgate_gateway_refusals_total counter" in text
-        assert (
-            'fedgate_gateway_refusals_total{fedgate_reason="STALE",fedgate_stage="freshness"} 1'
-            in text
+        assert re.search(
+            r'_total\{fedgate_reason="STALE",fedgate_stage="freshness"[^}]*\} 1\.0', text
         )
 
     async def test_configured_gateway_serves_metrics_on_loopback(
@@ -193,28 +210,27 @@ class TestPrometheus:
             ) as client:
                 assert (await client.submit(h.request())).answer is not None
             assert gateway.prometheus_port
-            reader, writer = await asyncio.open_connection("127.0.0.1", gateway.prometheus_port)
-            writer.write(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            await writer.drain()
-            reply = (await reader.read()).decode()
-            writer.close()
+            port = gateway.prometheus_port
+            status, reply = await _get(port, "/metrics")
         finally:
             await gateway.stop(0.5)
-        assert reply.startswith("HTTP/1.1 200 OK")
+        assert status == 200
         assert "fedgate_gateway_request_duration_seconds_count" in reply
         assert "fedgate_gateway_audit_append_duration_seconds_bucket" in reply
+        with pytest.raises(OSError):  # stopped with the gateway
+            await _get(port, "/metrics")
 
-    async def test_unknown_path_is_not_found(self) -> None:
-        endpoint = PrometheusEndpoint(reader=InMemoryMetricReader(), host="127.0.0.1")
-        port = await endpoint.start()
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"GET /secrets HTTP/1.1\r\n\r\n")
-            reply = (await reader.read()).decode()
-            writer.close()
-        finally:
-            await endpoint.stop()
-        assert reply.startswith("HTTP/1.1 404")
+
+async def _get(port: int, path: str) -> tuple[int, str]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
+        await writer.drain()
+        reply = (await asyncio.wait_for(reader.read(), timeout=10)).decode()
+    finally:
+        writer.close()
+    head, _, body = reply.partition("\r\n\r\n")
+    return int(head.split()[1]), body
 
 
 class TestLogs:

@@ -5,8 +5,8 @@ node has it, an expired query is DEADLINE_EXCEEDED, and only the requester may r
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -115,6 +115,19 @@ class TestGetTicket:
         assert answer is not None
 
 
+async def until(condition: Callable[[], bool], watcher: asyncio.Future[Any]) -> None:
+    """Wait (at most 10 s, checking every 10 ms) until ``condition`` holds; fail at once if
+    ``watcher`` ended first."""
+    for _ in range(1000):
+        if condition():
+            return
+        if watcher.done():
+            watcher.result()
+            raise AssertionError("the stream ended before the expected state")
+        await asyncio.sleep(0.01)
+    raise AssertionError("the expected state never came")
+
+
 class TestWatchTicket:
     async def test_stream_follows_the_ticket_to_its_answer(self, queueing: GatewayHarness) -> None:
         ticket = await open_ticket(queueing)
@@ -128,9 +141,10 @@ class TestWatchTicket:
             raise AssertionError("the stream ended without an answer")
 
         watcher = asyncio.ensure_future(follow())
-        await asyncio.sleep(0.2)
+        # each change only once the stream has shown the state before it: no fixed sleeps
+        await until(lambda: seen == [ticket_pb2.TICKET_STATE_WAITING], watcher)
         queueing.node.claim(ticket.ticket_id)
-        await asyncio.sleep(0.2)
+        await until(lambda: seen[-1] == ticket_pb2.TICKET_STATE_CLAIMED, watcher)
         queueing.node.answer(ticket.ticket_id)
         response = await asyncio.wait_for(watcher, timeout=5)
         assert response.status == request_pb2.RESPONSE_STATUS_OK
@@ -151,7 +165,7 @@ class TestWatchTicket:
                 states.append(state.state)
 
         watcher = asyncio.ensure_future(follow())
-        await asyncio.sleep(0.1)
+        await until(lambda: states == [ticket_pb2.TICKET_STATE_WAITING], watcher)
         queueing.node.expire(ticket.ticket_id)
         with pytest.raises(Expired):
             await asyncio.wait_for(watcher, timeout=5)

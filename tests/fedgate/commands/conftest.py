@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent import futures
@@ -51,6 +50,7 @@ from fedgate.merkle import MerkleTree, leaf_hash
 from fedgate.note import NoteSigner, add_signatures
 from fedgate.pki import FederationLayout
 from fedgate.status import rpc_status_of
+from fedgate.testing import free_port
 from fedgate.tls import MemberCredentials, server_credentials
 from fedgate.types import MemberId
 from fedgate.v1 import (
@@ -377,19 +377,13 @@ class LiveFederation:
     nodes: dict[str, Any]
 
 
-def _free_listen() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
-
-
 @pytest.fixture(scope="module")
 def live_federation(
     federation_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveFederation]:
     state = tmp_path_factory.mktemp("live")
     world = seed_world(state / "world", seed=11, customers_per_bank=30, fraud_chains=4)
-    listen = _free_listen()
+    listen = f"127.0.0.1:{free_port()}"
     loop = _LoopThread()
     nodes: dict[str, AgencyNode] = {}
     gateway: Gateway | None = None

@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import re
-import socket
 import stat
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
@@ -42,7 +41,14 @@ from fedgate.envelope import Domain, decode_request, verify_envelope
 from fedgate.errors import FedgateError, FieldViolation
 from fedgate.registry import Registry
 from fedgate.render import CST, Outcome, format_money, format_time, render_json, render_text
-from fedgate.testing import card_number, case_number, mobile_number, resident_id, valid_request
+from fedgate.testing import (
+    card_number,
+    case_number,
+    free_port,
+    mobile_number,
+    resident_id,
+    valid_request,
+)
 from fedgate.types import KeyId
 from fedgate.v1 import (
     bank_pb2,
@@ -984,9 +990,7 @@ def _raiser(error: FedgateError) -> Callable[[bytes], Any]:
 
 @pytest.fixture
 def unused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_port()
 
 
 # ----------------------------------------------------------------------------- tickets
