@@ -108,13 +108,13 @@ def _registry_stamp(path: Path) -> tuple[int, int, int]:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
-
 def _trust_stamp(directory: Path) -> tuple[tuple[str, int, int, int], ...]:
     """What changes when ``registry.json`` or a roster in ``rosters/`` is replaced."""
     files = [FederationLayout(directory).registry]
     with contextlib.suppress(OSError):
         files += sorted((directory / ROSTERS_DIR).glob("*.json"))
     return tuple((p.name, *_registry_stamp(p)) for p in files)
+
 
 @dataclass(slots=True)
 class _Parts:
