@@ -51,6 +51,7 @@ from fedgate.keys import public_key_from_raw
 from fedgate.note import NoteSigner
 from fedgate.pki import FederationLayout
 from fedgate.registry import Registry
+from fedgate.status import ErrorInterceptor
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options, server_credentials
 from fedgate.trust import TrustHolder
 from fedgate.types import MemberId
@@ -368,10 +369,11 @@ class Gateway:
         parts = _Parts(audit, replay, rules, tickets, alerts, router, witness_channels)
         limit = config.server.max_receive_bytes
         server = grpc.aio.server(
+            interceptors=[ErrorInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
-            ]
+            ],
         )
         server.add_generic_rpc_handlers(
             (

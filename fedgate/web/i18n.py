@@ -399,6 +399,7 @@ _AUDIT_UI: dict[str, tuple[str, str]] = {
     "outcome.invalid": ("请求无效", "invalid"),
     "outcome.node_fault": ("节点故障", "node fault"),
     "outcome.unavailable": ("不可达", "unavailable"),
+    "outcome.gateway_fault": ("网关故障", "gateway fault"),
     # one exchange
     "entry.title": ("第 {index} 条记录", "Entry {index}"),
     "entry.heading": ("第 {index} 条记录", "Entry {index}"),

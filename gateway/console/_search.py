@@ -47,6 +47,7 @@ OUTCOMES: Final = (
     "invalid",
     "node_fault",
     "unavailable",
+    "gateway_fault",
 )
 EVENT_KINDS: Final = (
     "console_login",

@@ -99,6 +99,29 @@ class AuditLegs:
             return exc
         return error
 
+    async def gateway_fault(self, x: Exchange, error: FedgateError) -> FedgateError:
+        """Log a ``gateway_fault`` response leg for ``x`` (its request leg is durable) after an
+        unexpected error; returns the error to raise (``AuditUnavailable`` if even that cannot
+        be logged)."""
+        self._telemetry.record_refusal(reason=error.reason, stage=x.stage)
+        request, receipt = x.req(), x.request_receipt
+        assert receipt is not None
+        leg = ResponseLeg(
+            request_id=request.request_id,
+            request_leaf_index=receipt.index,
+            responder=request.target_agency,
+            received_at=self._now(),
+            status="gateway_fault",
+            response_hash=b"",
+            responder_signature=b"",
+            detail=f"{error.reason}: {error.message} (at stage {x.stage})",
+        )
+        try:
+            await self.append(leg, "response")
+        except AuditUnavailable as exc:
+            return exc
+        return error
+
     async def record_expiry(self, pending: PendingRequest, *, detail: str) -> None:
         """Log a response leg ``expired`` without an answer; raises ``AuditUnavailable``."""
         leg = ResponseLeg(

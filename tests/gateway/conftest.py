@@ -133,6 +133,8 @@ class StubNode:
         self.credentials = MemberCredentials.load(federation, member)
         self.signer = Signer.from_key(self.credentials.signing_key)
         self.mode = "ok"
+        self.modes: dict[str, str] = {}
+        """Per request id, a mode other than ``mode`` (one item of a batch misbehaving)."""
         self.delay_s = 0.0
         self.received: list[request_pb2.Request] = []
         self.metadata: list[dict[str, str]] = []
@@ -240,7 +242,7 @@ class _StubServicer(agency_service_pb2_grpc.AgencyServiceServicer):
             node.received.append(decoded)
             node.metadata.append(metadata)
             node.arrived.set()
-            mode = node.mode
+            mode = node.modes.get(decoded.request_id, node.mode)
             if mode == "refuse":
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, "the node refuses")
             if mode == "slow":
