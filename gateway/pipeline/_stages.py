@@ -404,6 +404,12 @@ class Pipeline:
         """``AnswerFinisher.record_expiry`` for tickets."""
         await self._legs.record_expiry(pending, detail=detail)
 
+    async def record_refused_read(
+        self, *, ticket_id: str, caller: MemberId, owner: MemberId | None
+    ) -> None:
+        """``AnswerFinisher.record_refused_read`` for tickets."""
+        await self._legs.record_refused_ticket_read(ticket_id=ticket_id, caller=caller, owner=owner)
+
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
     """Collect the outcome of an exchange whose caller went away (no unretrieved errors)."""
