@@ -19,7 +19,15 @@ from opentelemetry import trace
 
 __all__ = ["JsonLogFormatter", "configure_logging", "mask", "mask_identifiers"]
 
-_IDENTIFIER: Final = re.compile(r"(?<![0-9A-Za-z])(\d{17}[\dXx]|\d{11,19})(?![0-9A-Za-z])")
+_SEPARATOR: Final = "[ \\-\u00a0\u2009\u3000]"
+_IDENTIFIER: Final = re.compile(
+    rf"(?<![0-9A-Za-z])(\d(?:{_SEPARATOR}?\d){{10,}}(?:{_SEPARATOR}?[Xx])?)(?![0-9A-Za-z])"
+)
+"""Eleven digits or more, in one run or in groups split by single spaces or hyphens (``6222
+0212 3456 7891 234``, ``138-1234-5678``), a resident ID's final ``X`` included; no upper bound
+(a 20-digit account is masked too). A false alarm (a long number that is no identifier) is
+masked as well: hiding too much is the safe side."""
+_SEPARATORS: Final = re.compile(_SEPARATOR)
 
 
 def mask(value: str) -> str:
@@ -35,8 +43,10 @@ def mask(value: str) -> str:
 
 
 def mask_identifiers(text: str) -> str:
-    """``text`` with every resident ID, card and mobile number in it masked by ``mask``."""
-    return _IDENTIFIER.sub(lambda m: mask(m.group(1)), text)
+    """``text`` with every resident ID, card and mobile number in it masked by ``mask``, also
+    when written in groups (the separators are dropped: ``6222 0212 3456 7891 234`` →
+    ``622****1234``) or longer than any real one."""
+    return _IDENTIFIER.sub(lambda m: mask(_SEPARATORS.sub("", m.group(1))), text)
 
 
 def _masked(value: object) -> object:

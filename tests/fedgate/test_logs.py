@@ -6,6 +6,7 @@ import json
 import logging
 import re
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -50,6 +51,44 @@ class TestMaskIdentifiers:
 
     def test_other_numbers_stay(self) -> None:
         assert mask_identifiers("took 1234 ms, 5 retries") == "took 1234 ms, 5 retries"
+        for text in ("at 2026-12-04 18:14:14", "2026-11-22 14:03", "sha 0a12345678901b"):
+            assert mask_identifiers(text) == text
+
+    @pytest.mark.parametrize(
+        ("text", "masked"),
+        [
+            ("no account 6222 0212 3456 7891 234 here", "no account 622****1234 here"),
+            ("no account 6222-0212-3456-7891-234", "no account 622****1234"),
+            ("call 138 1234 5678.", "call 138****5678."),
+            ("call 138-1234-5678", "call 138****5678"),
+            ("id 4401 0619 8805 1700 1X", "id 440****001X"),
+            ("id 440106 19880517 001x ok", "id 440****001x ok"),
+            ("acct 62220212345678901234567", "acct 622****4567"),
+            ("acct 6222\u00a00212\u00a03456\u00a07891", "acct 622****7891"),
+        ],
+    )
+    def test_grouped_and_overlong_identifiers(self, text: str, masked: str) -> None:
+        assert mask_identifiers(text) == masked
+
+    @given(
+        st.from_regex(r"\A(62\d{14,28}|1[3-9]\d{9}|\d{17}[\dX])\Z"),
+        st.sampled_from([" ", "-", "\u00a0"]),
+        st.lists(st.integers(min_value=1, max_value=6), min_size=1, max_size=8),
+    )
+    def test_no_grouped_identifier_survives(
+        self, value: str, separator: str, cuts: list[int]
+    ) -> None:
+        groups, rest = [], value
+        for cut in cuts:
+            if len(rest) <= cut:
+                break
+            groups.append(rest[:cut])
+            rest = rest[cut:]
+        written = separator.join([*groups, rest])
+        masked = mask_identifiers(f"账号 {written} 查无")
+        assert value not in masked.replace(separator, "")
+        digits = re.sub(r"\D", "", masked)
+        assert len(digits) <= 7, masked
 
 
 class TestJsonLogFormatter:
