@@ -45,6 +45,7 @@ from adapters.reports import ReportSender
 from fedgate.client import GATEWAY_ID, Submitted
 from fedgate.envelope import Signer
 from fedgate.errors import InvalidArgument, RegistryError
+from fedgate.logs import masked_span
 from fedgate.registry import Registry
 from fedgate.tls import MemberCredentials
 from fedgate.trust import TrustHolder
@@ -186,7 +187,8 @@ class AgencyNode(NodeLifecycle):
     def span(self, name: str, context: Context) -> Any:
         """A server span continuing the W3C trace context in the call's metadata."""
         carrier = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
-        return self._tracer.start_as_current_span(
+        return masked_span(
+            self._tracer,
             name,
             context=propagate.extract(carrier),
             kind=SpanKind.SERVER,

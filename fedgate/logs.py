@@ -3,21 +3,31 @@
 Card numbers, resident ID numbers and phone numbers never reach a log line, a trace or a page
 in clear unless a person with the right to see them asks: ``mask`` hides the middle of one
 value, ``mask_identifiers`` every such value inside a text, and ``JsonLogFormatter`` applies
-the latter to every string it writes.
+the latter to every string it writes. ``masked_span`` is a tracer span whose exceptions are
+recorded with identifiers masked (the SDK's own recording copies the message in clear).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
-from collections.abc import Mapping
+import traceback
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 
 from opentelemetry import trace
 
-__all__ = ["JsonLogFormatter", "configure_logging", "mask", "mask_identifiers"]
+__all__ = [
+    "JsonLogFormatter",
+    "configure_logging",
+    "mask",
+    "mask_identifiers",
+    "masked_span",
+    "record_masked_exception",
+]
 
 _SEPARATOR: Final = "[ \\-\u00a0\u2009\u3000]"
 _IDENTIFIER: Final = re.compile(
@@ -99,3 +109,33 @@ def configure_logging(level: str | int = "INFO", *, json_logs: bool = True) -> N
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+def record_masked_exception(span: trace.Span, exc: BaseException) -> None:
+    """Record ``exc`` on ``span`` as the SDK would (an ``exception`` event, ERROR status), with
+    every identifier in its message and stack trace masked."""
+    if not span.is_recording():
+        return
+    message = mask_identifiers(str(exc))
+    span.add_event(
+        "exception",
+        {
+            "exception.type": type(exc).__qualname__,
+            "exception.message": message,
+            "exception.stacktrace": mask_identifiers("".join(traceback.format_exception(exc))),
+        },
+    )
+    span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {message}"))
+
+
+@contextlib.contextmanager
+def masked_span(tracer: trace.Tracer, name: str, **kwargs: Any) -> Iterator[trace.Span]:
+    """``tracer.start_as_current_span(name, **kwargs)``, its exceptions recorded masked."""
+    with tracer.start_as_current_span(
+        name, record_exception=False, set_status_on_exception=False, **kwargs
+    ) as span:
+        try:
+            yield span
+        except Exception as exc:
+            record_masked_exception(span, exc)
+            raise

@@ -33,7 +33,7 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from fedgate.logs import JsonLogFormatter, configure_logging, mask_identifiers
+from fedgate.logs import JsonLogFormatter, configure_logging, mask_identifiers, masked_span
 
 __all__ = [
     "ATTR_ACTION",
@@ -122,8 +122,8 @@ class GatewayTelemetry:
         parent: otel_context.Context | None = None,
     ) -> Iterator[trace.Span]:
         """A span that is current for the block; exceptions are recorded on it."""
-        with self.tracer.start_as_current_span(
-            name, context=parent, kind=kind, attributes=dict(attributes or {})
+        with masked_span(
+            self.tracer, name, context=parent, kind=kind, attributes=dict(attributes or {})
         ) as span:
             yield span
 
@@ -135,8 +135,8 @@ class GatewayTelemetry:
         if not trace.get_current_span().is_recording():
             yield trace.INVALID_SPAN
             return
-        with self.tracer.start_as_current_span(
-            f"gateway.stage.{name}", attributes={ATTR_STAGE: name}
+        with masked_span(
+            self.tracer, f"gateway.stage.{name}", attributes={ATTR_STAGE: name}
         ) as span:
             yield span
 

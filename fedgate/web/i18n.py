@@ -444,6 +444,7 @@ _AUDIT_UI: dict[str, tuple[str, str]] = {
     "entry.at": ("时间", "At"),
     "entry.details": ("详情", "Details"),
     "entry.reveal": ("显示", "Reveal"),
+    "entry.reveal_reason": ("显示理由（必填，记入审计日志）", "Why (required, audited)"),
     "entry.reveal_label": ("显示{field}（将记入审计日志）", "Reveal {field} (audited)"),
     "entry.revealed": ("已显示 · 已审计", "revealed · audited"),
     "entry.revealed_title": (

@@ -18,7 +18,7 @@ from google.protobuf.message import Message
 
 from fedgate.errors import FieldViolation, InvalidArgument
 from fedgate.web.i18n import field_label, translate
-from fedgate.web.text import BEIJING, format_money, format_time, mask_identifier
+from fedgate.web.text import BEIJING, format_money, format_time, mask_identifier, mask_text
 
 __all__ = [
     "IDENTIFIER_FIELDS",
@@ -132,7 +132,7 @@ def _scalar_text(field: FieldDescriptor, value: Any, lang: str, reveal: bool) ->
         return _EMPTY
     if field.name in IDENTIFIER_FIELDS and not reveal:
         return mask_identifier(text)
-    return text
+    return text if reveal else mask_text(text)  # free text may hold identifiers too
 
 
 def _message_text(message: Message, lang: str, reveal: bool) -> str:

@@ -68,6 +68,7 @@ __all__ = [
     "REVEAL_EVENT",
     "Access",
     "AuditServicer",
+    "check_reveal_reason",
     "export_evidence",
 ]
 
@@ -283,7 +284,7 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
         try:
             member, access = self._caller(context)
             visible_to = self._entry_reader(member, access)
-            reason = _reveal_reason(request.reason)
+            reason = check_reveal_reason(request.reason)
             row = await _row(self._log, request.leaf_index, visible_to=visible_to)
             if row is None:
                 raise NotFound(f"no entry {request.leaf_index} visible to {member.id}")
@@ -366,7 +367,7 @@ def _bounded(text: str) -> str:
     return text if len(text) <= MAX_REVEAL_REASON else text[: MAX_REVEAL_REASON - 1] + "…"
 
 
-def _reveal_reason(reason: str) -> str:
+def check_reveal_reason(reason: str) -> str:
     """The reason for a reveal, as logged (identifiers in it masked); ``InvalidArgument``
     naming ``reason`` when it is missing or too short."""
     text = reason.strip()

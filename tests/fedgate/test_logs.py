@@ -9,8 +9,12 @@ import re
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
-from fedgate.logs import JsonLogFormatter, mask, mask_identifiers
+from fedgate.logs import JsonLogFormatter, mask, mask_identifiers, masked_span
 
 
 class TestMask:
@@ -107,3 +111,24 @@ class TestJsonLogFormatter:
         assert line["message"] == "phone 138****5678"
         assert line["fields"] == {"ids": ["440****0013"], "n": 3}
         assert "6222021234567890123" not in line["exception"]
+
+
+class TestMaskedSpan:
+    def test_an_exception_is_recorded_with_identifiers_masked(self) -> None:
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        tracer = provider.get_tracer("test")
+        with pytest.raises(ValueError, match="6222"), masked_span(tracer, "work"):
+            raise ValueError("no account 6222 0212 3456 7891 234 for 440106198805170013")
+        (span,) = exporter.get_finished_spans()
+        (event,) = span.events
+        assert event.name == "exception"
+        attributes = dict(event.attributes or {})
+        assert attributes["exception.type"] == "ValueError"
+        assert attributes["exception.message"] == "no account 622****1234 for 440****0013"
+        recorded = " ".join(str(v) for v in attributes.values())
+        recorded += str(span.status.description)
+        assert "6222 0212" not in recorded
+        assert "440106198805170013" not in recorded
+        assert span.status.status_code == StatusCode.ERROR
