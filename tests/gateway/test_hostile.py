@@ -146,6 +146,20 @@ class TestFreshness:
         await assert_refused(harness, refusal, SC.ALREADY_EXISTS, "REPLAYED")
         assert len(harness.node.received) == seen
 
+    @pytest.mark.parametrize("reuse", ["request_id", "nonce"])
+    async def test_a_reused_request_id_or_nonce_is_replayed(
+        self, harness: GatewayHarness, reuse: str
+    ) -> None:
+        first = harness.request()
+        assert (await harness.client().submit(harness.sign(first))).answer is not None
+        second = harness.request()
+        setattr(second, reuse, getattr(first, reuse))
+        seen = len(harness.node.received)
+        refusal = await harness.refusal(resign(harness, second))
+        entry = await assert_refused(harness, refusal, SC.ALREADY_EXISTS, "REPLAYED")
+        assert entry.request_id == second.request_id
+        assert len(harness.node.received) == seen
+
     @pytest.mark.parametrize("offset", [timedelta(minutes=-6), timedelta(minutes=6)])
     async def test_stale_or_future_issued_at(
         self, harness: GatewayHarness, offset: timedelta
