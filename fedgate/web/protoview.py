@@ -29,6 +29,7 @@ __all__ = [
     "describe",
     "enum_name",
     "form_fields",
+    "mask_tree",
     "parse_form",
     "subjects",
 ]
@@ -366,3 +367,20 @@ def _set(message: Message, field: FieldDescriptor, raw: str, get: Callable[[str]
         raise _Unreadable("at most 500 characters")
     else:
         setattr(message, name, raw)
+
+
+_NAME_FIELDS: Final = frozenset({"name", "holder_name", "account_name", "owner_name"})
+
+
+def mask_tree(value: Any, key: str = "") -> Any:
+    """``value`` (JSON-like) with identifier and name fields masked and every string's
+    identifiers masked."""
+    if isinstance(value, dict):
+        return {k: mask_tree(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_tree(v, key) for v in value]
+    if isinstance(value, str):
+        if key in IDENTIFIER_FIELDS or key in _NAME_FIELDS:
+            return mask_identifier(value) if value else value
+        return mask_text(value)
+    return value

@@ -1,9 +1,9 @@
 """Masked views of audit entries, for readers who were no party to an exchange.
 
-``masked_view`` renders one entry as JSON in which every identifier is hidden: the fields that
-hold one (``fedgate.web.protoview.IDENTIFIER_FIELDS``) and people's names by ``mask``, every
-other string (free text: a refusal's rule, an agency's ``detail``, a case's reason) by
-``mask_identifiers``. The leaf bytes themselves are never altered (their hash is the proof).
+``masked_view`` renders one entry as JSON in which every identifier is hidden
+(``fedgate.web.protoview.mask_tree``: identifier and name fields by ``mask``, every other string,
+free text such as a refusal's rule or an agency's ``detail``, by ``mask_identifiers``). The
+leaf bytes themselves are never altered (their hash is the proof).
 
 - A masked view MUST NOT contain any identifier ``mask_identifiers`` would mask, in any field.
 """
@@ -19,27 +19,10 @@ from google.protobuf.message import DecodeError as ProtobufDecodeError
 from fedgate.audit_entry import AuditEntry, EventEntry, RequestLeg, ResponseLeg
 from fedgate.envelope import decode_request, decode_response
 from fedgate.errors import FedgateError
-from fedgate.logs import mask, mask_identifiers
 from fedgate.v1 import envelope_pb2
-from fedgate.web.protoview import IDENTIFIER_FIELDS
+from fedgate.web.protoview import mask_tree
 
-__all__ = ["mask_tree", "masked_view"]
-
-_NAME_FIELDS = frozenset({"name", "holder_name", "account_name", "owner_name"})
-
-
-def mask_tree(value: Any, key: str = "") -> Any:
-    """``value`` (JSON-like) with identifier and name fields masked and every string's
-    identifiers masked."""
-    if isinstance(value, dict):
-        return {k: mask_tree(v, k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [mask_tree(v, key) for v in value]
-    if isinstance(value, str):
-        if key in IDENTIFIER_FIELDS or key in _NAME_FIELDS:
-            return mask(value) if value else value
-        return mask_identifiers(value)
-    return value
+__all__ = ["masked_view"]
 
 
 def _body(envelope_bytes: bytes, *, response: bool) -> dict[str, Any] | None:

@@ -7,7 +7,7 @@ the log's checkpoint key is each signing key of the registry's gateway members, 
 log's origin as key name, unless ``--log-key VKEY`` names it; witnesses are the members with
 the ``witness`` role, under their member id.
 
-``search`` and ``show`` print identifiers masked (``gateway.audit._masked.mask_tree``): a
+``search`` and ``show`` print identifiers masked (``fedgate.web.protoview.mask_tree``): a
 terminal is a page like any other. Identifiers in full come only through an audited reveal
 (``AuditService.RevealEntry``, the auditor console), which this offline reader cannot log.
 """
@@ -48,7 +48,7 @@ from fedgate.render import CST
 from fedgate.tlogproof import TlogProof
 from fedgate.v1 import envelope_pb2, request_pb2
 from fedgate.web.auth import Role
-from gateway.audit._masked import mask_tree
+from fedgate.web.protoview import mask_tree
 from gateway.audit.store import IndexedRow, SearchQuery
 
 __all__ = ["register"]
