@@ -175,6 +175,17 @@ class TestRecordEvent:
         assert error.reason == "AUDIT_UNAVAILABLE"
         await _record(harness, envelope)  # not a replay: the first copy was never logged
 
+    async def test_a_refusal_that_cannot_be_logged_is_audit_unavailable(
+        self, harness: GatewayHarness
+    ) -> None:
+        envelope = _signed(harness, _event(kind="Bad Kind!"))
+        harness.store.failing = True
+        try:
+            error = await _send(harness, envelope)
+        finally:
+            harness.store.failing = False
+        assert error.reason == "AUDIT_UNAVAILABLE"
+
     @pytest.mark.parametrize(("seconds", "nanos"), [(2**62, 0), (-(2**40), 0), (10**9, -1)])
     async def test_an_event_time_out_of_range_names_the_field(
         self, harness: GatewayHarness, seconds: int, nanos: int
@@ -226,3 +237,34 @@ class TestAuditServiceOnTheGateway:
         everyone = await search("audit.office")
         assert everyone
         assert set(await search("bank.ccb")) <= {"bank.ccb"}
+
+    async def test_a_reveal_shows_nothing_when_it_cannot_be_logged(
+        self, harness: GatewayHarness
+    ) -> None:
+        await harness.client().submit(harness.request())
+        index = harness.gateway.audit.size - 2  # the request leg
+        creds = MemberCredentials.load(harness.federation, MemberId("audit.office"))
+        async with grpc.aio.secure_channel(
+            harness.endpoint,
+            channel_credentials(creds),
+            options=channel_options(MemberId("gateway")),
+        ) as channel:
+            stub = audit_service_pb2_grpc.AuditServiceStub(channel)
+            harness.store.failing = True
+            try:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.RevealEntry(
+                        audit_service_pb2.RevealEntryRequest(
+                            leaf_index=index, reason="checking the account holder query"
+                        )
+                    )
+            finally:
+                harness.store.failing = False
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert error_from_rpc(caught.value).reason == "AUDIT_UNAVAILABLE"
+            revealed = await stub.RevealEntry(
+                audit_service_pb2.RevealEntryRequest(
+                    leaf_index=index, reason="checking the account holder query"
+                )
+            )
+            assert revealed.entry == await harness.gateway.audit.get_entry(index)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from fedgate.audit_entry import EventEntry, ResponseLeg
-from fedgate.errors import Expired, NotFound
+from fedgate.errors import AuditUnavailable, Expired, NotFound
 from fedgate.v1 import request_pb2, ticket_pb2
 
 if TYPE_CHECKING:
@@ -134,6 +134,17 @@ class TestGetTicket:
         assert isinstance(entry, EventEntry)
         assert entry.kind == "ticket_read_refused"
         assert dict(entry.detail)["owner"] == "none"
+
+    async def test_a_probe_that_cannot_be_logged_is_audit_unavailable(
+        self, queueing: GatewayHarness
+    ) -> None:
+        ticket = await open_ticket(queueing)
+        queueing.store.failing = True
+        try:
+            with pytest.raises(AuditUnavailable):
+                await queueing.client("police.gz.unit").get_ticket(ticket.ticket_id)
+        finally:
+            queueing.store.failing = False
 
     async def test_tickets_survive_a_gateway_restart(self, queueing: GatewayHarness) -> None:
         client = queueing.client()
