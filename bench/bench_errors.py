@@ -47,8 +47,8 @@ async def _measure(rounds: int, per_round: int) -> tuple[float, float]:
             grpc.aio.insecure_channel(f"127.0.0.1:{mapped_port}") as b,
         ):
             calls = {
-                "plain": a.unary_unary("/bench.Echo/Call"),
-                "mapped": b.unary_unary("/bench.Echo/Call"),
+                "plain": a.unary_unary("/bench.Echo/Call", None, None),
+                "mapped": b.unary_unary("/bench.Echo/Call", None, None),
             }
             for call in calls.values():  # warm up both channels
                 for _ in range(50):
