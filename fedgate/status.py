@@ -173,9 +173,11 @@ def trace_id_of(metadata: Sequence[tuple[str, str | bytes]] | None = None) -> st
     return secrets.token_hex(16)
 
 
-def internal_error(trace_id: str) -> FedgateError:
-    """The ``INTERNAL`` error a caller sees for a bug: the trace id only, no internal text."""
-    return FedgateError(f"internal error; trace id {trace_id}")
+def internal_error(trace_id: str, *, stage: str = "") -> FedgateError:
+    """The ``INTERNAL`` error a caller sees for a bug: where (a pipeline stage, if given) and the
+    trace id, no internal text."""
+    where = f" at stage {stage}" if stage else ""
+    return FedgateError(f"internal error{where}; trace id {trace_id}")
 
 
 def log_unexpected(where: str, trace_id: str) -> None:

@@ -117,7 +117,7 @@ class AuditLegs:
             status="gateway_fault",
             response_hash=b"",
             responder_signature=b"",
-            detail=f"{error.reason}: {error.message} (at stage {x.stage})",
+            detail=f"{error.reason}: {error.message}",
         )
         try:
             await self.append(leg, "response")

@@ -224,7 +224,7 @@ class Pipeline:
         except Exception as exc:  # a bug must still fail closed, and be logged as a refusal
             trace_id = trace_id_of()
             log_unexpected(f"pipeline stage {x.stage}", trace_id)
-            raise await self._legs.refuse(x, internal_error(trace_id)) from exc
+            raise await self._legs.refuse(x, internal_error(trace_id, stage=x.stage)) from exc
         with stage(x, self._telemetry, "audit_request"):
             x.request_entry = x.request_leg(decision="allowed", rule=x.rule)
             x.request_receipt = await self._legs.append(x.request_entry, "request")
@@ -246,7 +246,8 @@ class Pipeline:
         except Exception as exc:  # a bug after the request leg: INTERNAL, and its leg
             trace_id = trace_id_of()
             log_unexpected(f"pipeline stage {x.stage}", trace_id)
-            raise await self._legs.gateway_fault(x, internal_error(trace_id)) from exc
+            error = internal_error(trace_id, stage=x.stage)
+            raise await self._legs.gateway_fault(x, error) from exc
 
     async def open_batch(
         self, raw: bytes, *, peer: PeerSource, max_envelopes: int

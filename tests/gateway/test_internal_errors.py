@@ -59,7 +59,9 @@ class TestAfterStageSeven:
         assert refusal.code == grpc.StatusCode.INTERNAL
         assert refusal.error.reason == "INTERNAL"
         assert not _INTERNAL_TEXT.search(refusal.error.message), refusal.error.message
-        trace_id = re.fullmatch(r"internal error; trace id ([0-9a-f]{32})", refusal.error.message)
+        trace_id = re.fullmatch(
+            r"internal error at stage [a-z_]+; trace id ([0-9a-f]{32})", refusal.error.message
+        )
         assert trace_id is not None, refusal.error.message
         legs = await _legs_of(harness, request.request_id)
         assert [type(leg).__name__ for leg in legs] == ["RequestLeg", "ResponseLeg", "ResponseLeg"]
@@ -70,7 +72,8 @@ class TestAfterStageSeven:
         assert pending.status == "pending"
         assert isinstance(fault, ResponseLeg)
         assert fault.status == "gateway_fault"
-        assert fault.detail.startswith(f"INTERNAL: internal error; trace id {trace_id.group(1)}")
+        assert fault.detail == f"INTERNAL: {refusal.error.message}"
+        assert trace_id.group(1) in fault.detail
         assert not _INTERNAL_TEXT.search(fault.detail)
 
     async def test_batch_with_one_failing_item_returns_its_error(
