@@ -30,6 +30,7 @@ from fedgate.errors import AgencyUnavailable, FedgateError
 from fedgate.otel import server_interceptors
 from fedgate.pki import FederationLayout
 from fedgate.registry import Registry
+from fedgate.status import ErrorInterceptor
 from fedgate.tls import MemberCredentials, server_credentials
 from fedgate.v1 import (
     agency_service_pb2,
@@ -89,7 +90,9 @@ class NodeLifecycle(AnsweringNode):
         self._tasks += [asyncio.create_task(job(self._node)) for job in self._background]
 
     async def _serve(self) -> None:
-        server = grpc.aio.server(interceptors=server_interceptors(self.tracer_provider))
+        server = grpc.aio.server(
+            interceptors=[*server_interceptors(self.tracer_provider), ErrorInterceptor()]
+        )
         agency_service_pb2_grpc.add_AgencyServiceServicer_to_server(
             AgencyServicer(self._node), server
         )

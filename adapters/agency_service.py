@@ -3,7 +3,8 @@
 Every call must come from the gateway's registered certificate (``require_peer``); each
 ``Handle`` runs in a server span continuing the gateway's W3C trace context, is logged as one
 JSON line with the subject's identifiers masked, and is timed in ``request_duration``. Errors
-reach the caller only through ``fedgate.status.abort_with``.
+reach the caller only through ``fedgate.status``: ``abort_with`` here, the server's
+``ErrorInterceptor`` for anything unexpected.
 """
 
 from __future__ import annotations
@@ -52,9 +53,8 @@ class AgencyServicer(agency_service_pb2_grpc.AgencyServiceServicer):
             except FedgateError as exc:
                 outcome = exc.reason.lower()
                 await abort_with(context, exc)
-            except Exception as exc:  # a bug: say so without leaking its text to the caller
-                telemetry.logger.exception("request failed", extra={"fields": {}})
-                await abort_with(context, _internal(exc))
+            # Anything else is a bug: the server's ErrorInterceptor maps it (INTERNAL, a trace
+            # id, no internal text) and logs it; the outcome here stays "error".
             finally:
                 _log_handled(node, request.envelope, outcome, started, span)
 
@@ -68,13 +68,6 @@ class AgencyServicer(agency_service_pb2_grpc.AgencyServiceServicer):
                 return await node.get_result(request.request_id)
             except FedgateError as exc:
                 await abort_with(context, exc)
-            except Exception as exc:  # a bug: say so without leaking its text to the caller
-                telemetry.logger.exception("result lookup failed", extra={"fields": {}})
-                await abort_with(context, _internal(exc))
-
-
-def _internal(exc: Exception) -> FedgateError:
-    return FedgateError(f"the agency node failed ({type(exc).__name__}); see its log")
 
 
 def _outcome(reply: agency_service_pb2.HandleResponse) -> str:

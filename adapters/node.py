@@ -45,6 +45,7 @@ from adapters.reports import ReportSender
 from fedgate.client import GATEWAY_ID, Submitted
 from fedgate.envelope import Signer
 from fedgate.errors import InvalidArgument, RegistryError
+from fedgate.logs import masked_span
 from fedgate.registry import Registry
 from fedgate.tls import MemberCredentials
 from fedgate.trust import TrustHolder
@@ -188,10 +189,9 @@ class AgencyNode(NodeLifecycle):
 
     def span(self, name: str, context: Context) -> Any:
         """The node's span of one call, under the gRPC instrumentation's server span (which
-        continues the gateway's trace: ``fedgate.otel.server_interceptors``)."""
-        return self._tracer.start_as_current_span(
-            name, attributes={telemetry.ATTR_MEMBER: self.member_id}
-        )
+        continues the gateway's trace: ``fedgate.otel.server_interceptors``), its exceptions
+        recorded with identifiers masked."""
+        return masked_span(self._tracer, name, attributes={telemetry.ATTR_MEMBER: self.member_id})
 
 
 class CoreNode(AgencyNode, Generic[_C]):

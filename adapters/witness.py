@@ -30,7 +30,7 @@ from fedgate.errors import FedgateError, InvalidArgument
 from fedgate.evidence import log_verifiers
 from fedgate.logs import configure_logging
 from fedgate.registry import Registry
-from fedgate.status import abort_with
+from fedgate.status import ErrorInterceptor, abort_with
 from fedgate.tls import MemberCredentials, server_credentials
 from fedgate.types import MemberId
 from fedgate.v1 import audit_service_pb2, audit_service_pb2_grpc
@@ -97,7 +97,7 @@ class WitnessNode:
         self._server: grpc.aio.Server | None = None
 
     async def start(self) -> None:
-        server = grpc.aio.server()
+        server = grpc.aio.server(interceptors=[ErrorInterceptor()])
         audit_service_pb2_grpc.add_WitnessServiceServicer_to_server(
             _GatewayOnly(self.witness, self.registry), server
         )

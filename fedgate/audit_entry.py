@@ -66,7 +66,17 @@ MAX_ENTRY_BYTES = 4 << 20
 
 DECISIONS = frozenset({"allowed", "refused"})
 RESPONSE_STATUSES = frozenset(
-    {"ok", "refused", "not_found", "pending", "expired", "invalid", "node_fault", "unavailable"}
+    {
+        "ok",
+        "refused",
+        "not_found",
+        "pending",
+        "expired",
+        "invalid",
+        "node_fault",
+        "unavailable",
+        "gateway_fault",
+    }
 )
 
 _U32 = struct.Struct(">I")

@@ -3,21 +3,43 @@
 Card numbers, resident ID numbers and phone numbers never reach a log line, a trace or a page
 in clear unless a person with the right to see them asks: ``mask`` hides the middle of one
 value, ``mask_identifiers`` every such value inside a text, and ``JsonLogFormatter`` applies
-the latter to every string it writes.
+the latter to every string it writes. ``masked_span`` is a tracer span whose exceptions are
+recorded with identifiers masked (the SDK's own recording copies the message in clear).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
-from collections.abc import Mapping
+import traceback
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-__all__ = ["JsonLogFormatter", "configure_logging", "mask", "mask_identifiers"]
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span, Tracer
 
-_IDENTIFIER: Final = re.compile(r"(?<![0-9A-Za-z])(\d{17}[\dXx]|\d{11,19})(?![0-9A-Za-z])")
+__all__ = [
+    "JsonLogFormatter",
+    "configure_logging",
+    "current_span_context",
+    "mask",
+    "mask_identifiers",
+    "masked_span",
+    "record_masked_exception",
+]
+
+_SEPARATOR: Final = "[ \\-\u00a0\u2009\u3000]"
+_IDENTIFIER: Final = re.compile(
+    rf"(?<![0-9A-Za-z])(\d(?:{_SEPARATOR}?\d){{10,}}(?:{_SEPARATOR}?[Xx])?)(?![0-9A-Za-z])"
+)
+"""Eleven digits or more, in one run or in groups split by single spaces or hyphens (``6222
+0212 3456 7891 234``, ``138-1234-5678``), a resident ID's final ``X`` included; no upper bound
+(a 20-digit account is masked too). A false alarm (a long number that is no identifier) is
+masked as well: hiding too much is the safe side."""
+_SEPARATORS: Final = re.compile(_SEPARATOR)
 
 
 def mask(value: str) -> str:
@@ -33,8 +55,10 @@ def mask(value: str) -> str:
 
 
 def mask_identifiers(text: str) -> str:
-    """``text`` with every resident ID, card and mobile number in it masked by ``mask``."""
-    return _IDENTIFIER.sub(lambda m: mask(m.group(1)), text)
+    """``text`` with every resident ID, card and mobile number in it masked by ``mask``, also
+    when written in groups (the separators are dropped: ``6222 0212 3456 7891 234`` →
+    ``622****1234``) or longer than any real one."""
+    return _IDENTIFIER.sub(lambda m: mask(_SEPARATORS.sub("", m.group(1))), text)
 
 
 def _masked(value: object) -> object:
@@ -63,7 +87,7 @@ class JsonLogFormatter(logging.Formatter):
         fields = getattr(record, "fields", None)
         if isinstance(fields, Mapping):
             doc["fields"] = _masked(fields)
-        span_context = _current_span_context()
+        span_context = current_span_context()
         if span_context is not None:
             doc["trace_id"] = format(span_context.trace_id, "032x")
             doc["span_id"] = format(span_context.span_id, "016x")
@@ -89,7 +113,7 @@ def configure_logging(level: str | int = "INFO", *, json_logs: bool = True) -> N
     root.setLevel(level)
 
 
-def _current_span_context() -> Any:
+def current_span_context() -> Any:
     """The current span's context when OpenTelemetry is installed and a span is recording
     (the gateway and nodes); ``None`` in the SDK, which does not depend on it."""
     try:
@@ -98,3 +122,36 @@ def _current_span_context() -> Any:
         return None
     context = trace.get_current_span().get_span_context()
     return context if context.is_valid else None
+
+
+def record_masked_exception(span: Span, exc: BaseException) -> None:
+    """Record ``exc`` on ``span`` as the SDK would (an ``exception`` event, ERROR status), with
+    every identifier in its message and stack trace masked. (OpenTelemetry is imported here, not
+    at the top: the SDK alone does not depend on it.)"""
+    from opentelemetry import trace
+
+    if not span.is_recording():
+        return
+    message = mask_identifiers(str(exc))
+    span.add_event(
+        "exception",
+        {
+            "exception.type": type(exc).__qualname__,
+            "exception.message": message,
+            "exception.stacktrace": mask_identifiers("".join(traceback.format_exception(exc))),
+        },
+    )
+    span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {message}"))
+
+
+@contextlib.contextmanager
+def masked_span(tracer: Tracer, name: str, **kwargs: Any) -> Iterator[Span]:
+    """``tracer.start_as_current_span(name, **kwargs)``, its exceptions recorded masked."""
+    with tracer.start_as_current_span(
+        name, record_exception=False, set_status_on_exception=False, **kwargs
+    ) as span:
+        try:
+            yield span
+        except Exception as exc:
+            record_masked_exception(span, exc)
+            raise

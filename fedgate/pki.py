@@ -45,7 +45,7 @@ from fedgate.federation import (
     member_server_name,
     member_uri,
 )
-from fedgate.files import write_atomically
+from fedgate.files import read_private_file, write_atomically
 from fedgate.keys import generate_signing_key, key_id_of, load_private_key, raw_public_key
 from fedgate.keys import save_private_key as save_signing_key
 from fedgate.registry import (
@@ -376,7 +376,7 @@ def _open(layout: FederationLayout, now: datetime) -> tuple[Registry, Ed25519Pri
 
 def _load_ca_key(layout: FederationLayout) -> ec.EllipticCurvePrivateKey:
     try:
-        key = serialization.load_pem_private_key(layout.ca_key.read_bytes(), password=None)
+        key = serialization.load_pem_private_key(read_private_file(layout.ca_key), password=None)
     except (OSError, ValueError) as exc:
         raise RegistryError(f"cannot load the federation CA key {layout.ca_key}: {exc}") from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey):

@@ -4,26 +4,44 @@ Servers raise ``FedgateError`` subclasses; ``abort_with`` turns one into a gRPC
 status with an ``ErrorInfo`` (stable reason, domain ``fedgate``), a
 ``BadRequest`` listing field violations, and a ``RetryInfo`` for quota refusals.
 Clients call ``error_from_rpc`` to get the same error class back.
+
+``ErrorInterceptor`` is the one server-side boundary every gRPC server of fedgate (gateway,
+agency nodes, witnesses) installs: a ``FedgateError`` that escapes a handler leaves as its
+status; anything else leaves as ``INTERNAL`` with no internal text, only a trace id, and is
+logged with that trace id.
+
+- A handler's unexpected exception MUST NOT reach the caller's status message (no exception
+  text, no class name): only ``internal error; trace id <id>``.
+- The same trace id MUST be in the error log line, so an operator finds the cause.
 """
 
 from __future__ import annotations
 
-from typing import NoReturn
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, NoReturn
 
 import grpc
+import grpc.aio
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from fedgate import errors
 from fedgate.errors import FedgateError, FieldViolation
+from fedgate.logs import current_span_context
 from fedgate.v1 import status_pb2 as fedgate_status_pb2
 
 __all__ = [
     "ERROR_DOMAIN",
+    "ErrorInterceptor",
     "abort_with",
     "error_detail",
     "error_from_rpc",
+    "internal_error",
+    "log_unexpected",
     "rpc_status_of",
+    "trace_id_of",
 ]
 
 ERROR_DOMAIN = "fedgate"
@@ -131,3 +149,113 @@ def error_from_rpc(exc: grpc.RpcError) -> FedgateError:
     if issubclass(cls, errors.InvalidArgument):
         return cls(message, violations=tuple(violations), reason=reason)
     return cls(message, reason=reason)
+
+
+# -- the server-side boundary ----------------------------------------------------------------
+
+_log = logging.getLogger("fedgate.status")
+_Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def trace_id_of(metadata: Sequence[tuple[str, str | bytes]] | None = None) -> str:
+    """The current trace id (32 hex digits): the current span's, else the caller's W3C
+    ``traceparent`` in ``metadata``, else a fresh random one (to tie a log line to an error)."""
+    span_context = current_span_context()
+    if span_context is not None:
+        return format(span_context.trace_id, "032x")
+    for key, value in metadata or ():
+        if key == "traceparent" and isinstance(value, str):
+            parts = value.split("-")
+            if len(parts) == 4 and len(parts[1]) == 32 and parts[1] != "0" * 32:
+                try:
+                    int(parts[1], 16)
+                except ValueError:
+                    break
+                return parts[1].lower()
+    return secrets.token_hex(16)
+
+
+def internal_error(trace_id: str, *, stage: str = "") -> FedgateError:
+    """The ``INTERNAL`` error a caller sees for a bug: where (a pipeline stage, if given) and the
+    trace id, no internal text."""
+    where = f" at stage {stage}" if stage else ""
+    return FedgateError(f"internal error{where}; trace id {trace_id}")
+
+
+def log_unexpected(where: str, trace_id: str) -> None:
+    """Log the exception being handled, with ``trace_id``, at ERROR (masked by the formatter)."""
+    _log.exception(
+        "unexpected error in %s (trace id %s)",
+        where,
+        trace_id,
+        extra={"fields": {"where": where, "trace_id": trace_id}},
+    )
+
+
+async def _map_error(
+    exc: Exception, context: _Context, details: grpc.HandlerCallDetails
+) -> NoReturn:
+    if isinstance(exc, FedgateError):
+        await abort_with(context, exc)
+    trace_id = trace_id_of(details.invocation_metadata)
+    log_unexpected(details.method, trace_id)
+    await abort_with(context, internal_error(trace_id))
+
+
+def _wrap_unary(behavior: Any, details: grpc.HandlerCallDetails) -> Any:
+    async def wrapped(request: Any, context: _Context) -> Any:
+        try:
+            return await behavior(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await _map_error(exc, context, details)
+
+    return wrapped
+
+
+def _wrap_stream(behavior: Any, details: grpc.HandlerCallDetails) -> Any:
+    async def wrapped(request: Any, context: _Context) -> AsyncIterator[Any]:
+        try:
+            result = behavior(request, context)
+            if hasattr(result, "__aiter__"):
+                async for item in result:
+                    yield item
+            else:  # a handler writing with ``context.write`` and returning nothing
+                await result
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await _map_error(exc, context, details)
+
+    return wrapped
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Maps whatever a handler raises, once: ``FedgateError`` → its status, anything else →
+    ``INTERNAL`` with a trace id and no internal text (logged with the same trace id)."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        d = handler_call_details
+        kw: dict[str, Any] = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(_wrap_unary(handler.unary_unary, d), **kw)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(_wrap_stream(handler.unary_stream, d), **kw)
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(_wrap_unary(handler.stream_unary, d), **kw)
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                _wrap_stream(handler.stream_stream, d), **kw
+            )
+        return handler  # pragma: no cover - grpc has no fifth kind

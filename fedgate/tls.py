@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedgate.errors import AuthenticationError, InvalidArgument, MemberRefused, RegistryError
 from fedgate.federation import MEMBER_URI_PREFIX, check_member_id, member_server_name
+from fedgate.files import read_private_file
 from fedgate.keys import key_id_of, load_private_key
 from fedgate.pki import FederationLayout
 from fedgate.types import KeyId, MemberId
@@ -132,7 +133,7 @@ class MemberCredentials:
         """
         layout = FederationLayout(Path(directory))
         cert_pem = _read(layout.tls_cert(member_id), member_id)
-        key_pem = _read(layout.tls_key(member_id), member_id)
+        key_pem = _read(layout.tls_key(member_id), member_id, private=True)
         ca_pem = _read(layout.trust_ca, member_id)
         try:
             signing_key = load_private_key(layout.signing_key(member_id))
@@ -202,9 +203,11 @@ def _as_list(value: object) -> list[bytes]:
     return []
 
 
-def _read(path: Path, member_id: MemberId) -> bytes:
+def _read(path: Path, member_id: MemberId, *, private: bool = False) -> bytes:
     try:
-        return path.read_bytes()
+        return read_private_file(path) if private else path.read_bytes()
+    except PermissionError as exc:
+        raise RegistryError(f"cannot load the credentials of {member_id}: {exc}") from exc
     except OSError as exc:
         raise RegistryError(
             f"cannot read {path} for {member_id}: {exc.strerror or exc}; issue the member with "

@@ -51,6 +51,7 @@ from fedgate.otel import Exporters, client_interceptors, server_interceptors
 from fedgate.pki import FederationLayout
 from fedgate.registry import Registry
 from fedgate.roster import ROSTERS_DIR
+from fedgate.status import ErrorInterceptor
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options, server_credentials
 from fedgate.trust import TrustHolder
 from fedgate.types import MemberId
@@ -330,7 +331,8 @@ def _grpc_server(
     OpenTelemetry's interceptor continuing callers' traces when tracing is on."""
     limit = config.server.max_receive_bytes
     server = grpc.aio.server(
-        interceptors=server_interceptors(tracer_provider),
+        # OpenTelemetry's outermost (the span is current), then the one error boundary.
+        interceptors=[*server_interceptors(tracer_provider), ErrorInterceptor()],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),

@@ -19,7 +19,7 @@ from google.protobuf.message import Message
 
 from fedgate.envelope import decode_request
 from fedgate.errors import DecodeError, FedgateError
-from fedgate.status import abort_with, error_detail
+from fedgate.status import abort_with, error_detail, internal_error, log_unexpected, trace_id_of
 from fedgate.tls import peer_member_id
 from fedgate.types import MemberId
 from fedgate.v1 import envelope_pb2, gateway_service_pb2
@@ -140,6 +140,10 @@ class GatewayServicer:
                     out.response.CopyFrom(reply.response)
             except FedgateError as error:
                 out.error.CopyFrom(error_detail(error))
+            except Exception:  # never leave the stream waiting for an item that died
+                trace_id = trace_id_of()
+                log_unexpected("SubmitBatch item", trace_id)
+                out.error.CopyFrom(error_detail(internal_error(trace_id)))
             await results.put(out)
 
         tasks = [asyncio.create_task(one(e)) for e in envelopes]

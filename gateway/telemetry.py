@@ -24,7 +24,7 @@ from typing import Final
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 
-from fedgate.logs import JsonLogFormatter, configure_logging, mask_identifiers
+from fedgate.logs import JsonLogFormatter, configure_logging, mask_identifiers, masked_span
 from fedgate.otel import SECONDS_BUCKETS
 
 __all__ = [
@@ -93,8 +93,8 @@ class GatewayTelemetry:
         parent: otel_context.Context | None = None,
     ) -> Iterator[trace.Span]:
         """A span that is current for the block; exceptions are recorded on it."""
-        with self.tracer.start_as_current_span(
-            name, context=parent, kind=kind, attributes=dict(attributes or {})
+        with masked_span(
+            self.tracer, name, context=parent, kind=kind, attributes=dict(attributes or {})
         ) as span:
             yield span
 
@@ -106,8 +106,8 @@ class GatewayTelemetry:
         if not trace.get_current_span().is_recording():
             yield trace.INVALID_SPAN
             return
-        with self.tracer.start_as_current_span(
-            f"gateway.stage.{name}", attributes={ATTR_STAGE: name}
+        with masked_span(
+            self.tracer, f"gateway.stage.{name}", attributes={ATTR_STAGE: name}
         ) as span:
             yield span
 

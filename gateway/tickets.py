@@ -8,7 +8,9 @@ streams each change.
 Contract:
 
 - Only the member that submitted the request MAY read its ticket; anyone else gets
-  ``NotFound`` (the ticket's existence is not revealed).
+  ``NotFound`` (the ticket's existence is not revealed to the caller). Every such refusal MUST
+  be in the audit log first (``AnswerFinisher.record_refused_read``, an event naming the caller,
+  the ticket id and its owner if it exists), or the caller gets ``AuditUnavailable``.
 - An answer fetched from the node MUST go through the same checks as a direct answer before it
   is returned (``AnswerFinisher.finish``: response check, durable response leg, countersignature
   and receipt); a ticket is marked answered only after that.
@@ -114,6 +116,13 @@ class AnswerFinisher(Protocol):
 
     async def record_expiry(self, pending: PendingRequest, *, detail: str) -> None:
         """Log a response leg ``expired`` without an answer; raises ``AuditUnavailable``."""
+        ...
+
+    async def record_refused_read(
+        self, *, ticket_id: str, caller: MemberId, owner: MemberId | None
+    ) -> None:
+        """Log that ``caller`` asked for a ticket that is not its own (``owner``: whose it is,
+        ``None`` if there is no such ticket); raises ``AuditUnavailable``."""
         ...
 
 
@@ -236,12 +245,24 @@ class Tickets:
             raise NotFound(f"{caller} has no ticket {ticket_id!r}")
         return record
 
+    async def _owned_logged(self, ticket_id: str, caller: MemberId) -> TicketRecord:
+        """``_owned``, logging a refusal (a probe of another member's ticket) first."""
+        record = self._store.get(ticket_id)
+        if record is None or record.pending.requester != caller:
+            await self._require_finisher().record_refused_read(
+                ticket_id=ticket_id,
+                caller=caller,
+                owner=record.pending.requester if record is not None else None,
+            )
+            raise NotFound(f"{caller} has no ticket {ticket_id[:80]!r}")
+        return record
+
     async def get(
         self, ticket_id: str, *, caller: MemberId
     ) -> tuple[ticket_pb2.Ticket, envelope_pb2.SignedResponse | None]:
         """The ticket and its answer if there is one. Raises ``NotFound``, ``Expired``,
         ``AgencyUnavailable``, ``AgencyFault`` or ``AuditUnavailable``."""
-        record = await self._refresh(self._owned(ticket_id, caller))
+        record = await self._refresh(await self._owned_logged(ticket_id, caller))
         return record.ticket(), record.signed_response
 
     async def watch(
@@ -249,7 +270,7 @@ class Tickets:
     ) -> AsyncIterator[tuple[ticket_pb2.Ticket, envelope_pb2.SignedResponse | None]]:
         """The ticket now and at each change, until answered; raises ``Expired`` after yielding
         the expired ticket. A node that cannot be reached for a while is asked again later."""
-        record = self._owned(ticket_id, caller)
+        record = await self._owned_logged(ticket_id, caller)
         last_state: int | None = None
         while True:
             try:

@@ -47,6 +47,7 @@ from fedgate.v1 import (
     ticket_pb2,
 )
 from fedgate.web.auth import Role
+from fedgate.web.protoview import mask_tree
 
 __all__ = ["STAFF_METADATA", "register"]
 
@@ -193,7 +194,12 @@ def _show(args: argparse.Namespace) -> int:
         for state in (s for name, s in _STATES.items() if name != "open"):
             for item in _list(session, state):
                 if item.request_id == args.request_id:
-                    print(json.dumps(_item_json(item, full=True), ensure_ascii=False, indent=2))
+                    doc = _item_json(item, full=True)
+                    if item.claimed_by != args.staff:
+                        # As on the staff console: identifiers in clear only to the holder of
+                        # the claim (a claim is audited), masked for everyone else.
+                        doc = mask_tree(doc)
+                    print(json.dumps(doc, ensure_ascii=False, indent=2))
                     return 0
         print(f"fedgate: no queued request {args.request_id} at {args.member}", file=sys.stderr)
         return 1

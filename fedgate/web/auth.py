@@ -11,6 +11,8 @@ Contract:
   invalidating existing accounts. Checks compare in constant time.
 - After ``MAX_FAILURES`` wrong passwords in a row an account MUST be locked for ``LOCKOUT``;
   while locked even the right password is refused (``PermissionRefused`` ``LOCKED_OUT``).
+  Concurrent attempts MUST NOT get past the limit: at most ``MAX_FAILURES`` passwords are
+  checked per lock-out, however many arrive at once (the count and the lock are one transaction).
 - An unknown user and a wrong password MUST look the same to the caller (same error, a hash is
   computed either way), so the login form does not reveal which accounts exist.
 """
@@ -255,7 +257,13 @@ class UserStore:
 
     def verify_login(self, user_id: str, password: str) -> User:
         """The account if ``password`` is right. Raises ``AuthenticationError`` for a wrong
-        password or unknown user, ``PermissionRefused`` (reason ``LOCKED_OUT``) while locked."""
+        password or unknown user, ``PermissionRefused`` (reason ``LOCKED_OUT``) while locked.
+
+        Each attempt is counted as a failure *before* its password is checked, in the same
+        transaction that checks the lock, and the attempt that reaches ``MAX_FAILURES`` locks
+        the account before checking: however many attempts arrive at once, at most
+        ``MAX_FAILURES`` passwords are checked per lock-out. A right password then clears the
+        counter and the lock."""
         now_us = _us(self._clock())
         with self._tx() as conn:
             row = conn.execute(
@@ -263,9 +271,41 @@ class UserStore:
                 " FROM users WHERE user_id = ?",
                 (user_id,),
             ).fetchone()
+            if row is not None and row[5] <= now_us:
+                attempt = row[4] + 1
+                if attempt >= MAX_FAILURES:
+                    conn.execute(
+                        "UPDATE users SET failed = 0, locked_until_us = ? WHERE user_id = ?",
+                        (now_us + int(LOCKOUT.total_seconds() * 1_000_000), user_id),
+                    )
+                else:
+                    conn.execute(
+                        "UPDATE users SET failed = ? WHERE user_id = ?", (attempt, user_id)
+                    )
         if row is None:
             verify_password(password, _DUMMY_HASH)
             raise AuthenticationError("wrong user or password", reason="BAD_CREDENTIALS")
+        member, name, role, encoded, _, locked_until = row
+        if locked_until > now_us:
+            raise PermissionRefused(
+                f"the account {user_id} is locked after {MAX_FAILURES} failed logins; try again"
+                " later or ask an administrator",
+                reason="LOCKED_OUT",
+            )
+        if verify_password(password, encoded):
+            with self._tx() as conn:
+                conn.execute(
+                    "UPDATE users SET failed = 0, locked_until_us = 0 WHERE user_id = ?",
+                    (user_id,),
+                )
+            return User(user_id, MemberId(member), name, Role(role))
+        if attempt >= MAX_FAILURES:
+            raise PermissionRefused(
+                f"the account {user_id} is now locked for {int(LOCKOUT.total_seconds() // 60)}"
+                f" minutes after {MAX_FAILURES} failed logins",
+                reason="LOCKED_OUT",
+            )
+        raise AuthenticationError("wrong user or password", reason="BAD_CREDENTIALS")
         member, name, role, encoded, _, locked_until = row
         if locked_until > now_us:
             raise PermissionRefused(

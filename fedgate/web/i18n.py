@@ -399,6 +399,7 @@ _AUDIT_UI: dict[str, tuple[str, str]] = {
     "outcome.invalid": ("请求无效", "invalid"),
     "outcome.node_fault": ("节点故障", "node fault"),
     "outcome.unavailable": ("不可达", "unavailable"),
+    "outcome.gateway_fault": ("网关故障", "gateway fault"),
     # one exchange
     "entry.title": ("第 {index} 条记录", "Entry {index}"),
     "entry.heading": ("第 {index} 条记录", "Entry {index}"),
@@ -443,6 +444,7 @@ _AUDIT_UI: dict[str, tuple[str, str]] = {
     "entry.at": ("时间", "At"),
     "entry.details": ("详情", "Details"),
     "entry.reveal": ("显示", "Reveal"),
+    "entry.reveal_reason": ("显示理由（必填，记入审计日志）", "Why (required, audited)"),
     "entry.reveal_label": ("显示{field}（将记入审计日志）", "Reveal {field} (audited)"),
     "entry.revealed": ("已显示 · 已审计", "revealed · audited"),
     "entry.revealed_title": (

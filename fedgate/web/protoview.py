@@ -18,7 +18,7 @@ from google.protobuf.message import Message
 
 from fedgate.errors import FieldViolation, InvalidArgument
 from fedgate.web.i18n import field_label, translate
-from fedgate.web.text import BEIJING, format_money, format_time, mask_identifier
+from fedgate.web.text import BEIJING, format_money, format_time, mask_identifier, mask_text
 
 __all__ = [
     "IDENTIFIER_FIELDS",
@@ -29,6 +29,7 @@ __all__ = [
     "describe",
     "enum_name",
     "form_fields",
+    "mask_tree",
     "parse_form",
     "subjects",
 ]
@@ -132,7 +133,7 @@ def _scalar_text(field: FieldDescriptor, value: Any, lang: str, reveal: bool) ->
         return _EMPTY
     if field.name in IDENTIFIER_FIELDS and not reveal:
         return mask_identifier(text)
-    return text
+    return text if reveal else mask_text(text)  # free text may hold identifiers too
 
 
 def _message_text(message: Message, lang: str, reveal: bool) -> str:
@@ -366,3 +367,20 @@ def _set(message: Message, field: FieldDescriptor, raw: str, get: Callable[[str]
         raise _Unreadable("at most 500 characters")
     else:
         setattr(message, name, raw)
+
+
+_NAME_FIELDS: Final = frozenset({"name", "holder_name", "account_name", "owner_name"})
+
+
+def mask_tree(value: Any, key: str = "") -> Any:
+    """``value`` (JSON-like) with identifier and name fields masked and every string's
+    identifiers masked."""
+    if isinstance(value, dict):
+        return {k: mask_tree(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_tree(v, key) for v in value]
+    if isinstance(value, str):
+        if key in IDENTIFIER_FIELDS or key in _NAME_FIELDS:
+            return mask_identifier(value) if value else value
+        return mask_text(value)
+    return value

@@ -6,6 +6,10 @@ federation directory (``--federation DIR``: ``trust/`` and ``registry.json``, no
 the log's checkpoint key is each signing key of the registry's gateway members, under the
 log's origin as key name, unless ``--log-key VKEY`` names it; witnesses are the members with
 the ``witness`` role, under their member id.
+
+``search`` and ``show`` print identifiers masked (``fedgate.web.protoview.mask_tree``): a
+terminal is a page like any other. Identifiers in full come only through an audited reveal
+(``AuditService.RevealEntry``, the auditor console), which this offline reader cannot log.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from fedgate.render import CST
 from fedgate.tlogproof import TlogProof
 from fedgate.v1 import envelope_pb2, request_pb2
 from fedgate.web.auth import Role
+from fedgate.web.protoview import mask_tree
 from gateway.audit.store import IndexedRow, SearchQuery
 
 __all__ = ["register"]
@@ -332,7 +337,9 @@ def _search(args: argparse.Namespace) -> int:
             "reason": c[9],
             "subjects": list(c[10]),
         }
-        rows.append(row)
+        # What reaches a terminal is masked like every other page: identifiers in full only
+        # through an audited reveal (AuditService.RevealEntry, the auditor console).
+        rows.append(mask_tree(row))
     if args.json:
         for row in rows:
             print(json.dumps(row, ensure_ascii=False))
@@ -432,7 +439,7 @@ def _show(args: argparse.Namespace) -> int:
         source.close()
     if not leaves:
         raise NotFound(f"no entry {args.index} in the log")
-    view = _entry_view(args.index, leaves[0])
+    view = mask_tree(_entry_view(args.index, leaves[0]))
     if args.json:
         print(json.dumps(view, ensure_ascii=False, indent=1))
         return 0

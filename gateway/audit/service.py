@@ -10,8 +10,18 @@ checked against the member registry. Who sees what:
 - a member allowed ``audit_read_own`` on itself sees the entries it requested or answered;
 - anyone else gets PERMISSION_DENIED.
 
-``GetEntry`` and ``ExportEvidence`` return the leaf bytes as stored, signed envelopes included:
-whoever may see an entry may check its signatures.
+Identifiers reach a reader who was no party to an exchange only through an audited reveal:
+
+- summaries MUST have their subjects masked and their free text (``reason``: a refusal's rule,
+  an agency's ``detail``) passed through ``mask_identifiers`` for such a reader;
+- ``GetEntry`` MUST return the leaf bytes (signed envelopes included) only to a party to the
+  entry (its requesting or target member); anyone else gets ``masked`` with a masked JSON view
+  and the leaf hash;
+- ``RevealEntry`` MUST refuse a reason shorter than ``MIN_REVEAL_REASON`` characters
+  (``INVALID_ARGUMENT`` naming ``reason``) and MUST log an ``audit_reveal`` event (who, which
+  entry, why) before it returns the entry in full; if that cannot be logged, nothing is shown;
+- ``ExportEvidence`` by a non-party MUST log an ``audit_export`` event first (the bundle holds
+  the leaf bytes), as the console does.
 
 The policy decides when a ``decider_fn`` is given (``gateway.policy`` rules ``audit_read`` and
 ``audit_read_own``); without one, the registry role ``auditor`` sees everything and every other
@@ -24,30 +34,51 @@ import base64
 import binascii
 import hashlib
 from collections.abc import Callable
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
 import grpc
 import grpc.aio
 
-from fedgate.audit_entry import EntryKind, micros_to_time
-from fedgate.errors import FedgateError, InvalidArgument, NotFound, PermissionRefused
+from fedgate.audit_entry import EntryKind, EventEntry, decode_entry, micros_to_time
+from fedgate.errors import (
+    FedgateError,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    PermissionRefused,
+)
 from fedgate.evidence import build_bundle
-from fedgate.logs import mask
+from fedgate.logs import mask, mask_identifiers
 from fedgate.registry import Member, Registry
 from fedgate.status import abort_with
 from fedgate.tls import peer_member_id
 from fedgate.types import MemberId
 from fedgate.v1 import audit_service_pb2, audit_service_pb2_grpc
+from gateway.audit._masked import masked_view
 from gateway.audit.log import AuditLog
 from gateway.audit.store import IndexedRow, SearchQuery
 from gateway.policy import PolicyDecider, PolicyRequest
 
-__all__ = ["MAX_PAGE_SIZE", "Access", "AuditServicer", "export_evidence"]
+__all__ = [
+    "EXPORT_EVENT",
+    "MAX_PAGE_SIZE",
+    "MIN_REVEAL_REASON",
+    "REVEAL_EVENT",
+    "Access",
+    "AuditServicer",
+    "check_reveal_reason",
+    "export_evidence",
+]
 
 MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 100
 AUDITOR_ROLE = "auditor"
+MIN_REVEAL_REASON = 10
+MAX_REVEAL_REASON = 256
+REVEAL_EVENT = "audit_reveal"
+EXPORT_EVENT = "audit_export"
 
 
 class Access(Enum):
@@ -148,8 +179,8 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
         self, row: IndexedRow, member: Member, access: Access
     ) -> audit_service_pb2.AuditEntrySummary:
         c = row.columns
-        involved = member.id in (c[3], c[7])
-        subjects = list(c[10]) if involved or access is Access.OWN else [mask(s) for s in c[10]]
+        clear = member.id in (c[3], c[7]) or access is Access.OWN
+        subjects = list(c[10]) if clear else [mask(s) for s in c[10]]
         summary = audit_service_pb2.AuditEntrySummary(
             leaf_index=row.index,
             leg=c[0],  # type: ignore[arg-type]  # EntryLeg numbers are EntryKind's
@@ -161,7 +192,7 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
             target_agency=c[7],
             subjects=subjects,
             outcome=c[8],
-            reason=c[9],
+            reason=c[9] if clear else mask_identifiers(c[9]),
         )
         summary.time.FromDatetime(micros_to_time(c[2]))
         return summary
@@ -232,10 +263,50 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
             if row is None:
                 raise NotFound(f"no entry {request.leaf_index} visible to {member.id}")
             data = await self._log.get_entry(request.leaf_index)
+            summary = self._summary(row, member, access)
+            reply = audit_service_pb2.GetEntryResponse(
+                summary=summary, leaf_hash=self._log.leaf_hash(request.leaf_index)
+            )
+            if _party(row, member) or access is Access.OWN:
+                reply.entry = data
+            else:
+                reply.masked = True
+                reply.masked_view = masked_view(decode_entry(data))
         except FedgateError as exc:
             await abort_with(context, exc)
-        return audit_service_pb2.GetEntryResponse(
-            entry=data, summary=self._summary(row, member, access)
+        return reply
+
+    async def RevealEntry(
+        self,
+        request: audit_service_pb2.RevealEntryRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> audit_service_pb2.RevealEntryResponse:
+        try:
+            member, access = self._caller(context)
+            visible_to = self._entry_reader(member, access)
+            reason = check_reveal_reason(request.reason)
+            row = await _row(self._log, request.leaf_index, visible_to=visible_to)
+            if row is None:
+                raise NotFound(f"no entry {request.leaf_index} visible to {member.id}")
+            receipt = await self._log.append(
+                EventEntry(
+                    kind=REVEAL_EVENT,
+                    actor=member.id,
+                    member=member.id,
+                    at=datetime.now(UTC),
+                    detail=(
+                        ("entry", str(request.leaf_index)),
+                        ("reason", reason),
+                        ("via", "AuditService"),
+                    ),
+                )
+            )
+            data = await self._log.get_entry(request.leaf_index)
+            summary = self._summary(row, member, Access.OWN)
+        except FedgateError as exc:
+            await abort_with(context, exc)
+        return audit_service_pb2.RevealEntryResponse(
+            entry=data, summary=summary, reveal_leaf_index=receipt.index
         )
 
     async def SearchEntries(
@@ -265,12 +336,52 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
         try:
             member, access = self._caller(context)
             visible_to = self._entry_reader(member, access)
-            if await _row(self._log, request.leaf_index, visible_to=visible_to) is None:
+            row = await _row(self._log, request.leaf_index, visible_to=visible_to)
+            if row is None:
                 raise NotFound(f"no entry {request.leaf_index} visible to {member.id}")
+            if not _party(row, member) and access is not Access.OWN:
+                detail = [("entry", str(request.leaf_index)), ("via", "AuditService")]
+                if request.reason.strip():
+                    detail.append(("reason", _bounded(mask_identifiers(request.reason.strip()))))
+                await self._log.append(
+                    EventEntry(
+                        kind=EXPORT_EVENT,
+                        actor=member.id,
+                        member=member.id,
+                        at=datetime.now(UTC),
+                        detail=tuple(detail),
+                    )
+                )
             bundle = await export_evidence(self._log, request.leaf_index)
         except FedgateError as exc:
             await abort_with(context, exc)
         return audit_service_pb2.ExportEvidenceResponse(bundle=bundle)
+
+
+def _party(row: IndexedRow, member: Member) -> bool:
+    """Whether ``member`` requested or answered the entry (or, for an event, is its member)."""
+    return member.id in (row.columns[3], row.columns[7])
+
+
+def _bounded(text: str) -> str:
+    return text if len(text) <= MAX_REVEAL_REASON else text[: MAX_REVEAL_REASON - 1] + "…"
+
+
+def check_reveal_reason(reason: str) -> str:
+    """The reason for a reveal, as logged (identifiers in it masked); ``InvalidArgument``
+    naming ``reason`` when it is missing or too short."""
+    text = reason.strip()
+    if len(text) < MIN_REVEAL_REASON:
+        raise InvalidArgument.for_fields(
+            [
+                FieldViolation(
+                    "reason",
+                    f"say why the identifiers are needed (at least {MIN_REVEAL_REASON} "
+                    "characters); the reveal is logged with it",
+                )
+            ]
+        )
+    return _bounded(mask_identifiers(text))
 
 
 def _fingerprint(request: audit_service_pb2.SearchEntriesRequest) -> str:

@@ -18,9 +18,10 @@ read on every request, so a revocation ends sessions at once). Pages:
 Contract:
 
 - Identifier values MUST be masked on every page until the auditor reveals one field of one
-  entry with a CSRF-checked POST; the reveal MUST be appended to the audit log (which entry and
-  which field, never the value) before anything is shown, and lasts ``REVEAL_FOR`` for that
-  session only.
+  entry with a CSRF-checked POST that says why (``reason``, at least ``MIN_REVEAL_REASON``
+  characters, else ``INVALID_ARGUMENT`` and nothing revealed); the reveal MUST be appended to
+  the audit log (which entry, which field and why, never the value) before anything is shown,
+  and lasts ``REVEAL_FOR`` for that session only.
 - Every login, failure, lock-out, logout, reveal and evidence export MUST be in the audit log
   before it takes effect (the shell's audit hook appends ``EventEntry``s to the real log); if it
   cannot be written, nothing is done.
@@ -51,7 +52,7 @@ from fedgate.web.session import Session
 from fedgate.web.text import BEIJING
 from gateway.audit.insights import GROUPINGS, LogInsights, PgShard, TimeWindow, day_start_us
 from gateway.audit.log import AuditLog
-from gateway.audit.service import export_evidence
+from gateway.audit.service import check_reveal_reason, export_evidence
 from gateway.console._charts import OTHER, day_chart, reason_chart
 from gateway.console._exchange import load_exchange
 from gateway.console._flags import (
@@ -315,6 +316,7 @@ class AuditorConsole:
             raise InvalidArgument.for_fields(
                 [FieldViolation("field", f"entry {leg_text[:20]} has no masked field {key[:60]!r}")]
             )
+        reason = check_reveal_reason(page.field("reason"))
         session = page.session
         await self.shell.audit(
             "console_reveal",
@@ -323,6 +325,7 @@ class AuditorConsole:
             entry=str(leg),
             field=key,
             request_id=view.request_id,
+            reason=reason,
         )
         self._grants.add(session.sid, leg, key)
         anchor = f"f-{leg}-{key.replace('.', '-')}"

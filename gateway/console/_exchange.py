@@ -12,7 +12,9 @@ answer) — or the event alone. The checks are the real ones, run on every page 
   with the gateway's keys from the registry (not the log's own idea of its key), and the
   witness cosignatures on that checkpoint.
 
-Identifier values (account, ID and phone numbers, wherever they appear) are masked unless their
+Identifier values (account, ID and phone numbers, wherever they appear: identifier fields, and
+inside free text such as a refusal's rule, an agency's detail, a case's reason or an event's
+details) are masked unless their
 ``(leaf index, field key)`` is in ``revealed``; ``ExchangeView.revealable`` lists every pair
 that could be revealed, so a reveal request can be checked against it.
 """
@@ -50,7 +52,7 @@ from fedgate.registry import Registry
 from fedgate.tlogproof import TlogProof
 from fedgate.v1 import common_pb2, envelope_pb2, request_pb2
 from fedgate.web.protoview import FieldView, TableView, describe, enum_name
-from fedgate.web.text import BEIJING
+from fedgate.web.text import BEIJING, mask_text
 from gateway.audit.insights import LogInsights
 from gateway.audit.log import AuditLog
 from gateway.audit.store import SearchQuery
@@ -191,6 +193,11 @@ class _Builder:
         show = (index, key) in self.revealed
         return Shown(label, clear if show else masked, key, not show, show, True)
 
+    def text(self, index: int, key: str, label: str, text: str, *, mono: bool = False) -> Shown:
+        """A free-text value: masked (and revealable) when identifiers are written in it."""
+        masked = mask_text(text)
+        return self._shown(index, label, masked or "—", text or "—", key, masked != text, mono)
+
 
 def _fact(label: str, text: str, *, mono: bool = False) -> Shown:
     return Shown(label, text or "—", mono=mono)
@@ -216,7 +223,7 @@ def _request_views(
     t = b.t
     decision = [
         _fact(t("entry.decision"), t(f"outcome.{leg.decision}")),
-        _fact(t("entry.rule"), leg.rule, mono=True),
+        b.text(index, "rule", t("entry.rule"), leg.rule, mono=True),
     ]
     facts = [
         _fact(t("entry.received_at"), _when(leg.received_at)),
@@ -255,13 +262,15 @@ def _request_views(
             _fact(t("entry.target_agency"), r.target_agency),
             _fact(t("item.case"), r.case.case_number, mono=True),
             _fact(t("item.case_type"), t(f"case_type.{case_type}")),
-            _fact(t("item.case_reason"), r.case.reason),
-            _fact(
+            b.text(index, "case.reason", t("item.case_reason"), r.case.reason),
+            b.text(
+                index,
+                "legal_document",
                 t("item.legal_document"),
                 f"{t(f'legal_document.{legal}')} {r.legal_document.number}",
             ),
             _fact(t("queue.col.urgency"), t(f"urgency.{int(r.urgency)}")),
-            _fact(t("item.purpose"), r.purpose),
+            b.text(index, "purpose", t("item.purpose"), r.purpose),
             _fact(t("item.deadline"), _when(_ts(r, "answer_deadline"))),
             *(
                 [_fact(t("entry.original_request"), r.original_request_id, mono=True)]
@@ -293,7 +302,7 @@ def _response_views(
         _fact(t("entry.responder"), leg.responder),
         _fact(t("entry.received_at"), _when(leg.received_at)),
         _fact(t("entry.status"), t(f"outcome.{leg.status}")),
-        *([_fact(t("field.detail"), leg.detail)] if leg.detail else []),
+        *([b.text(index, "detail", t("field.detail"), leg.detail)] if leg.detail else []),
         _fact(t("entry.response_hash"), leg.response_hash.hex()[:32] or "—", mono=True),
     ]
     checks: list[Check] = []
@@ -333,15 +342,19 @@ def _response_views(
     return tuple(facts), tuple(sections), checks
 
 
-def _event_views(b: _Builder, leg: EventEntry) -> tuple[tuple[Shown, ...], tuple[Section, ...]]:
+def _event_views(
+    b: _Builder, index: int, leg: EventEntry
+) -> tuple[tuple[Shown, ...], tuple[Section, ...]]:
     t = b.t
     facts = [
         _fact(t("entry.event_kind"), leg.kind, mono=True),
-        _fact(t("entry.actor"), leg.actor),
+        b.text(index, "actor", t("entry.actor"), leg.actor),
         _fact(t("entry.member"), leg.member),
         _fact(t("entry.at"), _when(leg.at)),
     ]
-    details = tuple(Shown(k, v, mono=True) for k, v in leg.detail)
+    details = tuple(
+        b.text(index, f"detail.{n}", k, v, mono=True) for n, (k, v) in enumerate(leg.detail)
+    )
     return tuple(facts), (Section(t("entry.details"), details),) if details else ()
 
 
@@ -416,7 +429,7 @@ async def load_exchange(
             kind, at, outcome = "response", e.received_at, e.status
             request_id = request_id or e.request_id
         else:
-            facts, sections = _event_views(b, e)
+            facts, sections = _event_views(b, i, e)
             checks = []
             kind, at, outcome = "event", e.at, e.kind
         proof_text = ""

@@ -13,6 +13,7 @@ from typing import Final
 
 from fedgate.audit_entry import EntryKind, micros_to_time, time_to_micros
 from fedgate.errors import FieldViolation, InvalidArgument
+from fedgate.logs import mask_identifiers
 from fedgate.web.text import BEIJING, mask_identifier
 from gateway.audit.store import IndexedRow, SearchQuery
 
@@ -47,6 +48,7 @@ OUTCOMES: Final = (
     "invalid",
     "node_fault",
     "unavailable",
+    "gateway_fault",
 )
 EVENT_KINDS: Final = (
     "console_login",
@@ -154,7 +156,8 @@ class ResultRow:
 def result_row(hit: IndexedRow) -> ResultRow:
     c = hit.columns
     kind = _KIND_NAMES.get(c[0], "event")
-    reason = c[9] if len(c[9]) <= 90 else c[9][:88] + "…"
+    text = mask_identifiers(c[9])  # free text: an agency's detail, a refusal's rule
+    reason = text if len(text) <= 90 else text[:88] + "…"
     return ResultRow(
         index=hit.index,
         time=micros_to_time(c[2]),

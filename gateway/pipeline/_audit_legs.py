@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from fedgate import merkle
-from fedgate.audit_entry import AuditEntry, ResponseLeg, encode_entry
+from fedgate.audit_entry import AuditEntry, EventEntry, ResponseLeg, encode_entry
 from fedgate.errors import AuditUnavailable, FedgateError
 from fedgate.types import MemberId
 from fedgate.v1 import envelope_pb2, request_pb2
@@ -23,7 +23,10 @@ from gateway.pipeline._exchange import Exchange
 from gateway.telemetry import GatewayTelemetry
 from gateway.tickets import PendingRequest
 
-__all__ = ["AuditLegs"]
+__all__ = ["TICKET_READ_REFUSED", "AuditLegs"]
+
+TICKET_READ_REFUSED = "ticket_read_refused"
+"""The event kind of a refused ticket read (another member's ticket, or none)."""
 
 # The pipeline's own logger: operators configure it by that name.
 _log = logging.getLogger("gateway.pipeline")
@@ -99,6 +102,29 @@ class AuditLegs:
             return exc
         return error
 
+    async def gateway_fault(self, x: Exchange, error: FedgateError) -> FedgateError:
+        """Log a ``gateway_fault`` response leg for ``x`` (its request leg is durable) after an
+        unexpected error; returns the error to raise (``AuditUnavailable`` if even that cannot
+        be logged)."""
+        self._telemetry.record_refusal(reason=error.reason, stage=x.stage)
+        request, receipt = x.req(), x.request_receipt
+        assert receipt is not None
+        leg = ResponseLeg(
+            request_id=request.request_id,
+            request_leaf_index=receipt.index,
+            responder=request.target_agency,
+            received_at=self._now(),
+            status="gateway_fault",
+            response_hash=b"",
+            responder_signature=b"",
+            detail=f"{error.reason}: {error.message}",
+        )
+        try:
+            await self.append(leg, "response")
+        except AuditUnavailable as exc:
+            return exc
+        return error
+
     async def record_expiry(self, pending: PendingRequest, *, detail: str) -> None:
         """Log a response leg ``expired`` without an answer; raises ``AuditUnavailable``."""
         leg = ResponseLeg(
@@ -112,6 +138,29 @@ class AuditLegs:
             detail=detail,
         )
         await self.append(leg, "response")
+
+    async def record_refused_ticket_read(
+        self, *, ticket_id: str, caller: MemberId, owner: MemberId | None
+    ) -> None:
+        """Log a ``ticket_read_refused`` event: ``caller`` asked for a ticket not its own
+        (``owner``, or ``none`` when no such ticket exists); raises ``AuditUnavailable``."""
+        self._telemetry.record_refusal(reason="NOT_FOUND", stage="ticket")
+        _log.info(
+            "ticket read refused",
+            extra={"fields": {"peer": caller, "owner": owner or "none"}},
+        )
+        event = EventEntry(
+            kind=TICKET_READ_REFUSED,
+            actor=caller,
+            member=caller,
+            at=self._now(),
+            detail=(
+                ("ticket_id", ticket_id if len(ticket_id) <= 128 else ticket_id[:127] + "…"),
+                ("owner", owner or "none"),
+                ("reason", "NOT_FOUND"),
+            ),
+        )
+        await self.append(event, "event")
 
     def answer_leg(
         self,

@@ -25,7 +25,11 @@ Contract:
   nothing forwarded or returned.
 - Once the request leg is durable the exchange MUST run to its end (answer checked and logged,
   or its absence logged) even if the caller cancels: a node may have executed an order.
-- Errors are ``FedgateError`` subclasses; the service maps them with ``fedgate.status``.
+- Errors are ``FedgateError`` subclasses; the service maps them with ``fedgate.status``. An
+  unexpected exception MUST leave as ``INTERNAL`` without its text (a trace id instead, the same
+  as in the error log line): at stages 1–7 logged as a refusal, after the request leg as a
+  ``gateway_fault`` response leg (also when an earlier leg, a ticket's ``pending`` or even the
+  answer, is in: the log then shows the caller never got what it records).
 
 Agency reports (target: a police member) stop at stage 9: the gateway acknowledges them itself
 and streams them to the police member (``gateway.alerts``).
@@ -58,6 +62,7 @@ from fedgate.errors import (
     PolicyDenied,
 )
 from fedgate.registry import Member, Registry, cert_fingerprint
+from fedgate.status import internal_error, log_unexpected, trace_id_of
 from fedgate.trust import TrustHolder
 from fedgate.types import KeyId, MemberId
 from fedgate.v1 import envelope_pb2, gateway_service_pb2
@@ -229,9 +234,9 @@ class Pipeline:
         except FedgateError as error:
             raise await self._legs.refuse(x, error) from None
         except Exception as exc:  # a bug must still fail closed, and be logged as a refusal
-            _log.exception("unexpected error at pipeline stage %s", x.stage)
-            internal = FedgateError(f"internal error at stage {x.stage}")
-            raise await self._legs.refuse(x, internal) from exc
+            trace_id = trace_id_of()
+            log_unexpected(f"pipeline stage {x.stage}", trace_id)
+            raise await self._legs.refuse(x, internal_error(trace_id, stage=x.stage)) from exc
         with stage(x, self._telemetry, "audit_request"):
             x.request_entry = x.request_leg(decision="allowed", rule=x.rule)
             x.request_receipt = await self._legs.append(x.request_entry, "request")
@@ -244,11 +249,19 @@ class Pipeline:
     async def _after_request_leg(
         self, x: Exchange, remaining_s: float | None
     ) -> gateway_service_pb2.SubmitResponse:
-        if x.action in REPORT_ACTIONS:
-            return await self._reports.deliver(x)
-        if x.action in APPROVAL_ACTIONS:
-            return await self._approvals.grant(x)
-        return await self._forwarder.forward(x, remaining_s)
+        try:
+            if x.action in REPORT_ACTIONS:
+                return await self._reports.deliver(x)
+            if x.action in APPROVAL_ACTIONS:
+                return await self._approvals.grant(x)
+            return await self._forwarder.forward(x, remaining_s)
+        except FedgateError:
+            raise
+        except Exception as exc:  # a bug after the request leg: INTERNAL, and its leg
+            trace_id = trace_id_of()
+            log_unexpected(f"pipeline stage {x.stage}", trace_id)
+            error = internal_error(trace_id, stage=x.stage)
+            raise await self._legs.gateway_fault(x, error) from exc
 
     async def open_batch(
         self, raw: bytes, *, peer: PeerSource, max_envelopes: int
@@ -414,6 +427,12 @@ class Pipeline:
     async def record_expiry(self, pending: PendingRequest, *, detail: str) -> None:
         """``AnswerFinisher.record_expiry`` for tickets."""
         await self._legs.record_expiry(pending, detail=detail)
+
+    async def record_refused_read(
+        self, *, ticket_id: str, caller: MemberId, owner: MemberId | None
+    ) -> None:
+        """``AnswerFinisher.record_refused_read`` for tickets."""
+        await self._legs.record_refused_ticket_read(ticket_id=ticket_id, caller=caller, owner=owner)
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from adapters.bank.node import BankNode
+from adapters.bank.reference import ReferenceBank
 from adapters.config import NodeConfig
 from fedgate.envelope import Domain, sign_envelope
 from fedgate.errors import AgencyUnavailable
@@ -274,3 +276,36 @@ class TestRegistryReload:
             assert node.registry.revocation_of("police.gz.unit") is not None
         finally:
             await node.stop(grace=None)
+
+
+class _FailingCore:
+    """The reference core banking system, except that ``account_holder`` breaks (a bug)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def account_holder(self, account_number: str) -> Any:
+        raise RuntimeError(f"core db /srv/core.sqlite is locked while reading {account_number}")
+
+
+class TestUnexpectedErrors:
+    """Issue 10, item 8: a bug in a node leaves as INTERNAL with a trace id, nothing more."""
+
+    async def test_a_failing_backend_is_internal_without_its_text(
+        self, kit: Any, bank_node: Any, world: Any, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        core = _FailingCore(ReferenceBank(path=world.database("bank.icbc"), bank_id="bank.icbc"))
+        node = await bank_node("bank.icbc", core=core)
+        request = kit.request("account_holder")
+        error = await refused(kit.link(node).handle(kit.sign(request)))
+        assert error.code() == grpc.StatusCode.INTERNAL
+        details = error.details() or ""
+        match = re.fullmatch(r"internal error; trace id ([0-9a-f]{32})", details)
+        assert match is not None, details
+        for leaked in ("RuntimeError", "sqlite", "locked", request.account_holder.account_number):
+            assert leaked not in details
+        logged = [r for r in caplog.records if match.group(1) in r.getMessage()]
+        assert logged, "the error is logged with the same trace id"

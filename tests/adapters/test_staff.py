@@ -14,6 +14,7 @@ from google.protobuf import json_format
 
 from adapters.staff import STAFF_METADATA
 from fedgate.commands import staff as staff_command
+from fedgate.logs import mask
 from fedgate.v1 import bank_pb2, request_pb2, staff_service_pb2, ticket_pb2
 
 ZHANG = (("x-fedgate-staff", "icbc.zhang"),)
@@ -225,14 +226,17 @@ class TestStaffCommand:
         assert "REQUEST ID" in table
         assert "account_holder" in table
 
+        account = request.account_holder.account_number
         assert await _run(["staff", "show", request.request_id, *common]) == 0
-        shown = json.loads(capsys.readouterr().out)
-        assert shown["request"]["account_holder"] == {
-            "account_number": request.account_holder.account_number
-        }
+        shown = json.loads(capsys.readouterr().out)  # not claimed: identifiers masked
+        assert shown["request"]["account_holder"] == {"account_number": mask(account)}
+        assert request.officer.phone not in json.dumps(shown)
 
         assert await _run(["staff", "claim", request.request_id, *common]) == 0
         assert "claimed" in capsys.readouterr().out
+        assert await _run(["staff", "show", request.request_id, *common]) == 0
+        shown = json.loads(capsys.readouterr().out)  # claimed by this staff member: in clear
+        assert shown["request"]["account_holder"] == {"account_number": account}
         result = bank_pb2.AccountHolderResult(
             account_number=request.account_holder.account_number, account_name="李四"
         )

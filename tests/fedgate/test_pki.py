@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import stat
+import threading
 from datetime import UTC, datetime, timedelta
 from ipaddress import ip_address
 from pathlib import Path
@@ -23,9 +25,11 @@ from fedgate.federation import (
     MemberSpec,
     check_member_id,
 )
-from fedgate.keys import key_id_of, load_private_key
+from fedgate.files import write_atomically
+from fedgate.keys import generate_signing_key, key_id_of, load_private_key, save_private_key
 from fedgate.pki import FederationLayout, init_federation, issue_member, revoke_key, revoke_member
 from fedgate.registry import Registry, cert_fingerprint, load_admin_public_key
+from fedgate.tls import MemberCredentials
 from fedgate.types import KeyId, MemberId
 
 BOC = MemberSpec(
@@ -311,3 +315,63 @@ class TestPkiCommand:
     def test_revoke_needs_exactly_one_subject(self, tmp_path: Path) -> None:
         with pytest.raises(SystemExit):
             _run(["pki", "revoke", "--dir", str(tmp_path), "--reason", "r"])
+
+
+class TestPrivateKeyFiles:
+    """Issue 10, item 9: keys are 0600 from the moment they exist; readable keys are refused."""
+
+    def test_a_key_written_over_a_readable_file_never_lands_in_it(self, tmp_path: Path) -> None:
+        path = tmp_path / "signing.key"
+        path.write_bytes(b"old")
+        path.chmod(0o644)
+        old_inode = path.stat().st_ino
+        save_private_key(generate_signing_key(), path)
+        # A new file, created 0600, replaced the readable one: the key was never in a 0644 file.
+        assert path.stat().st_ino != old_inode
+        assert _mode(path) == 0o600
+        assert load_private_key(path) is not None
+
+    def test_a_leftover_temporary_file_is_not_reused(self, tmp_path: Path) -> None:
+        path = tmp_path / "key.pem"
+        for leftover in tmp_path.glob(".key.pem.*"):
+            leftover.unlink()
+        write_atomically(path, b"first", mode=0o600)
+        tmp = next(iter(tmp_path.glob(".key.pem.*")), None)
+        assert tmp is None
+        stale = tmp_path / f".key.pem.{os.getpid()}.{threading.get_ident()}.tmp"
+        stale.write_bytes(b"x")
+        stale.chmod(0o666)
+        write_atomically(path, b"second", mode=0o600)
+        assert path.read_bytes() == b"second"
+        assert _mode(path) == 0o600  # not the leftover's 0666
+
+    @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o602])
+    def test_a_signing_key_others_may_read_is_refused(self, tmp_path: Path, mode: int) -> None:
+        path = tmp_path / "signing.key"
+        save_private_key(generate_signing_key(), path)
+        path.chmod(mode)
+        with pytest.raises(PermissionError, match=r"unprotected private key file .*chmod 600"):
+            load_private_key(path)
+
+    @pytest.mark.parametrize("which", ["signing", "tls"])
+    def test_member_credentials_refuse_readable_keys(
+        self, mutable_federation: Path, which: str
+    ) -> None:
+        layout = FederationLayout(mutable_federation)
+        member = MemberId("police.gd.afc")
+        path = layout.signing_key(member) if which == "signing" else layout.tls_key(member)
+        path.chmod(0o644)
+        with pytest.raises(RegistryError, match=r"unprotected private key file .*0644"):
+            MemberCredentials.load(mutable_federation, member)
+        path.chmod(0o600)
+        assert MemberCredentials.load(mutable_federation, member).member_id == member
+
+    def test_a_readable_ca_key_is_refused_when_issuing(self, mutable_federation: Path) -> None:
+        FederationLayout(mutable_federation).ca_key.chmod(0o640)
+        with pytest.raises(RegistryError, match="unprotected private key file"):
+            issue_member(mutable_federation, BOC)
+
+    def test_a_readable_admin_key_is_refused_when_revoking(self, mutable_federation: Path) -> None:
+        FederationLayout(mutable_federation).admin_key.chmod(0o644)
+        with pytest.raises(RegistryError, match="unprotected private key file"):
+            revoke_member(mutable_federation, MemberId("bank.ccb"), reason="test")

@@ -9,7 +9,13 @@ import pytest
 
 from fedgate import errors
 from fedgate.errors import FedgateError, FieldViolation
-from fedgate.status import abort_with, error_detail, error_from_rpc, rpc_status_of
+from fedgate.status import (
+    ErrorInterceptor,
+    abort_with,
+    error_detail,
+    error_from_rpc,
+    rpc_status_of,
+)
 
 CASES: list[FedgateError] = [
     errors.SignatureInvalid("bad signature"),
@@ -84,3 +90,78 @@ class TestInBand:
         status = rpc_status_of(errors.PolicyDenied("nope"))
         assert status.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
         assert len(status.details) == 1
+
+
+class TestErrorInterceptor:
+    """``ErrorInterceptor`` on a real server: handlers raise, callers see one mapping."""
+
+    @pytest.fixture
+    async def port(self) -> AsyncIterator[int]:
+        async def unary(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+            if request == b"fedgate":
+                raise errors.Replayed("seen before")
+            if request == b"ok":
+                return b"fine"
+            raise RuntimeError("db at /srv/secret.sqlite, card 6222021234567890123")
+
+        async def stream(
+            request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+        ) -> AsyncIterator[bytes]:
+            yield b"first"
+            raise KeyError("internal-key-name")
+
+        handler = grpc.method_handlers_generic_handler(
+            "test.Boom",
+            {
+                "Unary": grpc.unary_unary_rpc_method_handler(unary),
+                "Stream": grpc.unary_stream_rpc_method_handler(stream),
+            },
+        )
+        server = grpc.aio.server(interceptors=[ErrorInterceptor()])
+        server.add_generic_rpc_handlers((handler,))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        yield port
+        await server.stop(None)
+
+    async def test_unexpected_error_is_internal_without_text(
+        self, port: int, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await channel.unary_unary("/test.Boom/Unary")(
+                    b"bug", metadata=(("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01"),)
+                )
+        error = info.value
+        assert error.code() == grpc.StatusCode.INTERNAL
+        assert error.details() == f"internal error; trace id {trace_id}"
+        assert error_from_rpc(error).reason == "INTERNAL"
+        logged = [r for r in caplog.records if r.name == "fedgate.status"]
+        assert logged, "the error is logged"
+        assert trace_id in logged[-1].getMessage()
+        assert logged[-1].exc_info is not None
+
+    async def test_fedgate_error_keeps_its_status(self, port: int) -> None:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await channel.unary_unary("/test.Boom/Unary")(b"fedgate")
+            assert await channel.unary_unary("/test.Boom/Unary")(b"ok") == b"fine"
+        assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert error_from_rpc(info.value).reason == "REPLAYED"
+
+    async def test_stream_failing_midway_is_internal(self, port: int) -> None:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_stream("/test.Boom/Stream")(b"")
+            got: list[bytes] = []
+
+            async def drain() -> None:
+                async for item in call:
+                    got.append(item)
+
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await drain()
+        assert got == [b"first"]
+        assert info.value.code() == grpc.StatusCode.INTERNAL
+        assert "internal-key-name" not in (info.value.details() or "")
+        assert "KeyError" not in (info.value.details() or "")

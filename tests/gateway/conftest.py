@@ -109,7 +109,10 @@ class StubNode:
     ``ok`` signed OK answer · ``bad_signature`` a flipped signature bit · ``other_hash`` bound
     to another request · ``queue`` queued for staff (answer with ``answer``/``expire``) ·
     ``slow`` sleeps ``delay_s`` first · ``refuse`` fails the call with PERMISSION_DENIED ·
-    ``bad_deadline`` queued with a deadline that is not a valid time.
+    ``bad_deadline`` queued with a deadline that is not a valid time · ``other_request_id`` an
+    answer naming another request · ``wrong_result`` a result of another action ·
+    ``not_an_answer`` status PENDING · ``unsigned`` no signature · ``garbage_answer`` a signed
+    body that is no Response · ``empty_reply`` neither an answer nor a queue receipt.
     """
 
     def __init__(
@@ -124,6 +127,8 @@ class StubNode:
         self.credentials = MemberCredentials.load(federation, member)
         self.signer = Signer.from_key(self.credentials.signing_key)
         self.mode = "ok"
+        self.modes: dict[str, str] = {}
+        """Per request id, a mode other than ``mode`` (one item of a batch misbehaving)."""
         self.delay_s = 0.0
         self.received: list[request_pb2.Request] = []
         self.metadata: list[dict[str, str]] = []
@@ -230,7 +235,7 @@ class _StubServicer(agency_service_pb2_grpc.AgencyServiceServicer):
             node.received.append(decoded)
             node.metadata.append(metadata)
             node.arrived.set()
-            mode = node.mode
+            mode = node.modes.get(decoded.request_id, node.mode)
             if mode == "refuse":
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, "the node refuses")
             if mode == "slow":
@@ -244,8 +249,24 @@ class _StubServicer(agency_service_pb2_grpc.AgencyServiceServicer):
                 queued = agency_service_pb2.Queued(request_id=decoded.request_id)
                 queued.deadline.seconds = 2**62
                 return agency_service_pb2.HandleResponse(queued=queued)
+            if mode == "empty_reply":
+                return agency_service_pb2.HandleResponse()
+            if mode == "garbage_answer":
+                garbage = sign_envelope(b"\xff\xfe\xfd", node.signer, Domain.RESPONSE)
+                return agency_service_pb2.HandleResponse(response=garbage)
             answer = node.sign_answer(body)
-            if mode == "bad_signature":
+            if mode in ("other_request_id", "wrong_result", "not_an_answer"):
+                response = request_pb2.Response.FromString(answer.body)
+                if mode == "other_request_id":
+                    response.request_id = "01890a5d-ac96-774b-bcce-b302099a8057"
+                elif mode == "wrong_result":
+                    response.subscriber.SetInParent()
+                else:
+                    response.status = request_pb2.RESPONSE_STATUS_PENDING
+                answer = sign_envelope(response.SerializeToString(), node.signer, Domain.RESPONSE)
+            elif mode == "unsigned":
+                answer.signature = b""
+            elif mode == "bad_signature":
                 sig = bytearray(answer.signature)
                 sig[0] ^= 1
                 answer.signature = bytes(sig)

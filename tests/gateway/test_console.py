@@ -104,6 +104,7 @@ class Bench:
         decision: str = "allowed",
         reason: str = "POLICY_DENIED: no rule allows it",
         status: str | None = "ok",
+        detail: str = "不符合协查条件",
     ) -> tuple[int, int | None, request_pb2.Request]:
         """A signed request (and the target's signed answer) logged as the gateway would."""
         self.serial += 1
@@ -146,7 +147,7 @@ class Bench:
             status=request_pb2.RESPONSE_STATUS_OK
             if status == "ok"
             else request_pb2.RESPONSE_STATUS_REFUSED,
-            detail="" if status == "ok" else "不符合协查条件",
+            detail="" if status == "ok" else detail,
         )
         response.answered_at.FromDatetime(at + timedelta(seconds=1))
         if status == "ok" and action == "account_holder":
@@ -379,6 +380,19 @@ class TestSearch:
         assert mask_identifier(account) in rows
         assert account not in rows
 
+    async def test_identifiers_in_free_text_are_masked_in_the_list(self, auditor: Bench) -> None:
+        """Issue 10: an agency's detail ("no account 6222 …") reached the search page."""
+        case = "A4401000000202612990001"
+        for written in ("6222 0212 3456 7891 234", "6222-0212-3456-7891-234"):
+            await auditor.exchange(
+                case=case, status="refused", detail=f"no account {written} at this bank"
+            )
+        page = await auditor.client.get(f"/?case={case}&kind=response")
+        rows = page.text.split('id="results"', 1)[1]
+        assert "no account 622****1234 at this bank" in rows
+        assert "6222 0212" not in rows
+        assert "6222-0212" not in rows
+
     async def test_a_bad_time_is_explained(self, auditor: Bench) -> None:
         page = await auditor.client.get("/?since=yesterday&case=A1")
         assert page.status_code == 400
@@ -421,7 +435,11 @@ class TestEntry:
         page = await auditor.client.get(f"/entries/{target}")
         field_id = f"reveal-{target}-action-account_number"
         assert field_id in page.text
-        field = {"leg": str(target), "field": "action.account_number"}
+        field = {
+            "leg": str(target),
+            "field": "action.account_number",
+            "reason": "case A4401 needs the account",
+        }
         response = await auditor.client.post(
             f"/entries/{target}/reveal", data={"csrf": form_token(page.text), **field}
         )
@@ -432,6 +450,7 @@ class TestEntry:
         assert (event.actor, event.member) == ("audit.wang", "audit.office")
         assert detail["entry"] == str(target)
         assert detail["field"] == "action.account_number"
+        assert detail["reason"] == "case A4401 needs the account"
         assert account not in repr(event)
         shown = await auditor.client.get(f"/entries/{target}?notice=revealed")
         assert account in shown.text
@@ -459,7 +478,12 @@ class TestEntry:
         token = form_token((await auditor.client.get(f"/entries/{target}")).text)
         await auditor.client.post(
             f"/entries/{target}/reveal",
-            data={"csrf": token, "leg": str(target), "field": "action.account_number"},
+            data={
+                "csrf": token,
+                "leg": str(target),
+                "field": "action.account_number",
+                "reason": "checking the stop order",
+            },
         )
         assert account in (await auditor.client.get(f"/entries/{target}")).text
         auditor.clock.now += timedelta(minutes=11)
@@ -487,10 +511,57 @@ class TestEntry:
         )
         for leg, name in wrong:
             response = await auditor.client.post(
-                f"/entries/{target}/reveal", data={"csrf": token, "leg": leg, "field": name}
+                f"/entries/{target}/reveal",
+                data={"csrf": token, "leg": leg, "field": name, "reason": "a good reason here"},
             )
             assert response.status_code == 400
         assert await auditor.events("console_reveal") == []
+
+    async def test_free_text_is_masked_and_revealable(self, auditor: Bench) -> None:
+        written = "6222 0212 3456 7891 234"
+        _, answer, _ = await auditor.exchange(
+            status="refused", detail=f"no account {written} at this bank"
+        )
+        assert answer is not None
+        page = await auditor.client.get(f"/entries/{answer}")
+        assert written not in page.text
+        assert "no account 622****1234 at this bank" in page.text
+        field_id = f"reveal-{answer}-detail"
+        assert field_id in page.text
+        response = await auditor.client.post(
+            f"/entries/{answer}/reveal",
+            data={
+                "csrf": form_token(page.text),
+                "leg": str(answer),
+                "field": "detail",
+                "reason": "the bank says the account is unknown",
+            },
+        )
+        assert response.status_code == 303
+        (event,) = await auditor.events("console_reveal")
+        assert dict(event.detail)["field"] == "detail"
+        assert written in (await auditor.client.get(f"/entries/{answer}")).text
+
+    @pytest.mark.parametrize("reason", ["", "   ", "why not"])
+    async def test_a_reveal_without_a_reason_is_refused_and_nothing_shown(
+        self, auditor: Bench, reason: str
+    ) -> None:
+        account = card_number("bank.icbc", 35)
+        target, _, _ = await auditor.exchange(account=account, status=None)
+        token = form_token((await auditor.client.get(f"/entries/{target}")).text)
+        response = await auditor.client.post(
+            f"/entries/{target}/reveal",
+            data={
+                "csrf": token,
+                "leg": str(target),
+                "field": "action.account_number",
+                "reason": reason,
+            },
+        )
+        assert response.status_code == 400
+        assert "reason" in response.text
+        assert await auditor.events("console_reveal") == []
+        assert account not in (await auditor.client.get(f"/entries/{target}")).text
 
     async def test_a_request_refused_for_its_signature_is_shown_as_such(
         self, auditor: Bench

@@ -172,6 +172,9 @@ class TestAuditorConsoleInTheBrowser:
             page.wait_for_url(f"{url}/entries/{request_leaf}")
             chromium.shot(page, "audit-entry.png")
             before = page.inner_text("main")
+            page.fill(
+                f"#reason-{request_leaf}-action-account_number", "case file review, stop order"
+            )
             page.click(f"#reveal-{request_leaf}-action-account_number")
             page.wait_for_url(f"{url}/entries/{request_leaf}?notice=revealed*")
             chromium.shot(page, "audit-entry-revealed.png")

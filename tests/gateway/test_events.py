@@ -13,6 +13,7 @@ from fedgate.envelope import Domain, Signer, sign_envelope
 from fedgate.errors import (
     InvalidArgument,
     PeerMismatch,
+    Replayed,
     SignatureInvalid,
     Stale,
 )
@@ -22,10 +23,11 @@ from fedgate.types import MemberId
 from fedgate.v1 import (
     audit_service_pb2,
     audit_service_pb2_grpc,
+    envelope_pb2,
     event_service_pb2,
     event_service_pb2_grpc,
 )
-from gateway.events import check_event
+from gateway.events import REFUSED_KIND, check_event
 
 if TYPE_CHECKING:
     from conftest import GatewayHarness
@@ -56,6 +58,33 @@ async def _send(harness: GatewayHarness, envelope: object, *, caller: str = BANK
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.RecordEvent(event_service_pb2.RecordEventRequest(event=envelope))
     return error_from_rpc(info.value)
+
+
+def _signed(
+    harness: GatewayHarness, event: event_service_pb2.AuditEvent, member: str = BANK
+) -> envelope_pb2.SignedEnvelope:
+    creds = MemberCredentials.load(harness.federation, MemberId(member))
+    return sign_envelope(
+        event.SerializeToString(), Signer.from_key(creds.signing_key), Domain.EVENT
+    )
+
+
+async def _record(harness: GatewayHarness, envelope: envelope_pb2.SignedEnvelope) -> None:
+    creds = MemberCredentials.load(harness.federation, MemberId(BANK))
+    async with grpc.aio.secure_channel(
+        harness.endpoint, channel_credentials(creds), options=channel_options(MemberId("gateway"))
+    ) as channel:
+        stub = event_service_pb2_grpc.EventServiceStub(channel)
+        await stub.RecordEvent(event_service_pb2.RecordEventRequest(event=envelope))
+
+
+async def _assert_refusal_logged(harness: GatewayHarness, reason: str, kind: str) -> None:
+    entry = await harness.last_entry()
+    assert isinstance(entry, EventEntry)
+    assert (entry.kind, entry.member) == (REFUSED_KIND, BANK)
+    detail = dict(entry.detail)
+    assert detail["reason"] == reason
+    assert detail["event_kind"] == kind
 
 
 @pytest.mark.asyncio(loop_scope="module")
@@ -99,18 +128,74 @@ class TestRecordEvent:
         error = await _send(harness, envelope)
         assert isinstance(error, SignatureInvalid)
 
-    async def test_nothing_is_logged_for_a_refusal(self, harness: GatewayHarness) -> None:
+    async def test_a_refusal_is_logged_as_such(self, harness: GatewayHarness) -> None:
         size = harness.gateway.audit.size
-        creds = MemberCredentials.load(harness.federation, MemberId(BANK))
-        envelope = sign_envelope(
-            _event(kind="Bad Kind!").SerializeToString(),
-            Signer.from_key(creds.signing_key),
-            Domain.EVENT,
-        )
+        envelope = _signed(harness, _event(kind="Bad Kind!"))
         error = await _send(harness, envelope)
         assert isinstance(error, InvalidArgument)
         assert [v.field for v in error.violations] == ["kind"]
-        assert harness.gateway.audit.size == size
+        assert harness.gateway.audit.size == size + 1
+        await _assert_refusal_logged(harness, "INVALID_ARGUMENT", "Bad Kind!")
+
+    async def test_the_same_event_twice_is_replayed_and_logged(
+        self, harness: GatewayHarness
+    ) -> None:
+        envelope = _signed(harness, _event(kind="console_claim"))
+        await _record(harness, envelope)
+        size = harness.gateway.audit.size
+        error = await _send(harness, envelope)
+        assert isinstance(error, Replayed)
+        assert harness.gateway.audit.size == size + 1
+        await _assert_refusal_logged(harness, "REPLAYED", "console_claim")
+
+    async def test_the_same_content_signed_again_is_replayed(self, harness: GatewayHarness) -> None:
+        event = _event(kind="console_answer")
+        await _record(harness, _signed(harness, event))
+        again = event_service_pb2.AuditEvent()
+        again.CopyFrom(event)
+        error = await _send(harness, _signed(harness, again))
+        assert isinstance(error, Replayed)
+
+    async def test_a_replay_after_a_gateway_restart_is_refused(
+        self, harness: GatewayHarness
+    ) -> None:
+        envelope = _signed(harness, _event(kind="console_logout"))
+        await _record(harness, envelope)
+        await harness.restart()
+        error = await _send(harness, envelope)
+        assert isinstance(error, Replayed)
+
+    async def test_an_event_logged_nowhere_may_be_sent_again(self, harness: GatewayHarness) -> None:
+        envelope = _signed(harness, _event(kind="console_reveal"))
+        harness.store.failing = True
+        try:
+            error = await _send(harness, envelope)
+        finally:
+            harness.store.failing = False
+        assert error.reason == "AUDIT_UNAVAILABLE"
+        await _record(harness, envelope)  # not a replay: the first copy was never logged
+
+    async def test_a_refusal_that_cannot_be_logged_is_audit_unavailable(
+        self, harness: GatewayHarness
+    ) -> None:
+        envelope = _signed(harness, _event(kind="Bad Kind!"))
+        harness.store.failing = True
+        try:
+            error = await _send(harness, envelope)
+        finally:
+            harness.store.failing = False
+        assert error.reason == "AUDIT_UNAVAILABLE"
+
+    @pytest.mark.parametrize(("seconds", "nanos"), [(2**62, 0), (-(2**40), 0), (10**9, -1)])
+    async def test_an_event_time_out_of_range_names_the_field(
+        self, harness: GatewayHarness, seconds: int, nanos: int
+    ) -> None:
+        event = _event()
+        event.at.seconds, event.at.nanos = seconds, nanos
+        error = await _send(harness, _signed(harness, event))
+        assert isinstance(error, InvalidArgument)
+        assert [v.field for v in error.violations] == ["at"]
+        await _assert_refusal_logged(harness, "INVALID_ARGUMENT", "console_login")
 
 
 class TestCheckEvent:
@@ -152,3 +237,34 @@ class TestAuditServiceOnTheGateway:
         everyone = await search("audit.office")
         assert everyone
         assert set(await search("bank.ccb")) <= {"bank.ccb"}
+
+    async def test_a_reveal_shows_nothing_when_it_cannot_be_logged(
+        self, harness: GatewayHarness
+    ) -> None:
+        await harness.client().submit(harness.request())
+        index = harness.gateway.audit.size - 2  # the request leg
+        creds = MemberCredentials.load(harness.federation, MemberId("audit.office"))
+        async with grpc.aio.secure_channel(
+            harness.endpoint,
+            channel_credentials(creds),
+            options=channel_options(MemberId("gateway")),
+        ) as channel:
+            stub = audit_service_pb2_grpc.AuditServiceStub(channel)
+            harness.store.failing = True
+            try:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.RevealEntry(
+                        audit_service_pb2.RevealEntryRequest(
+                            leaf_index=index, reason="checking the account holder query"
+                        )
+                    )
+            finally:
+                harness.store.failing = False
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert error_from_rpc(caught.value).reason == "AUDIT_UNAVAILABLE"
+            revealed = await stub.RevealEntry(
+                audit_service_pb2.RevealEntryRequest(
+                    leaf_index=index, reason="checking the account holder query"
+                )
+            )
+            assert revealed.entry == await harness.gateway.audit.get_entry(index)

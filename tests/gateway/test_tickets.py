@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from fedgate.audit_entry import ResponseLeg
-from fedgate.errors import Expired, NotFound
+from fedgate.audit_entry import EventEntry, ResponseLeg
+from fedgate.errors import AuditUnavailable, Expired, NotFound
 from fedgate.v1 import request_pb2, ticket_pb2
 
 if TYPE_CHECKING:
@@ -99,6 +99,52 @@ class TestGetTicket:
             await queueing.client("police.gz.unit").get_ticket(ticket.ticket_id)
         with pytest.raises(NotFound):
             await queueing.client("bank.icbc").get_ticket(ticket.ticket_id)
+
+    async def test_a_probe_of_another_members_ticket_is_logged(
+        self, queueing: GatewayHarness
+    ) -> None:
+        ticket = await open_ticket(queueing)
+        for prober in ("police.gz.unit", "bank.icbc"):
+            with pytest.raises(NotFound) as refused:
+                await queueing.client(prober).get_ticket(ticket.ticket_id)
+            assert "police.gd.afc" not in refused.value.message  # the owner is not revealed
+            entry = await queueing.last_entry()
+            assert isinstance(entry, EventEntry)
+            assert (entry.kind, entry.actor, entry.member) == (
+                "ticket_read_refused",
+                prober,
+                prober,
+            )
+            assert dict(entry.detail) == {
+                "ticket_id": ticket.ticket_id,
+                "owner": "police.gd.afc",
+                "reason": "NOT_FOUND",
+            }
+
+    async def test_a_watch_of_a_ticket_that_does_not_exist_is_logged(
+        self, queueing: GatewayHarness
+    ) -> None:
+        async def follow() -> None:
+            async for _ in queueing.client("police.gz.unit").watch_ticket("no-such-ticket"):
+                pass
+
+        with pytest.raises(NotFound):
+            await follow()
+        entry = await queueing.last_entry()
+        assert isinstance(entry, EventEntry)
+        assert entry.kind == "ticket_read_refused"
+        assert dict(entry.detail)["owner"] == "none"
+
+    async def test_a_probe_that_cannot_be_logged_is_audit_unavailable(
+        self, queueing: GatewayHarness
+    ) -> None:
+        ticket = await open_ticket(queueing)
+        queueing.store.failing = True
+        try:
+            with pytest.raises(AuditUnavailable):
+                await queueing.client("police.gz.unit").get_ticket(ticket.ticket_id)
+        finally:
+            queueing.store.failing = False
 
     async def test_tickets_survive_a_gateway_restart(self, queueing: GatewayHarness) -> None:
         client = queueing.client()

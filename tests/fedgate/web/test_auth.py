@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import stat
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -166,6 +169,33 @@ class TestUserStore:
         assert still.value.reason == "LOCKED_OUT"
         clock.now += timedelta(seconds=2)
         assert store.verify_login("icbc.zhang", "correct horse").user_id == "icbc.zhang"
+
+    def test_concurrent_wrong_passwords_check_at_most_the_limit(self, store: UserStore) -> None:
+        """30 wrong passwords at once (issue 10): exactly ``MAX_FAILURES`` are checked (wrong
+        password, the last of them locking the account), every other one is refused as locked,
+        and the right password is then refused too."""
+        attempts = 30
+        barrier = threading.Barrier(attempts)
+
+        def attempt() -> str:
+            barrier.wait()
+            try:
+                store.verify_login("icbc.zhang", "wrong horse")
+            except PermissionRefused as exc:
+                return "now locked" if "is now locked" in exc.message else "locked"
+            except AuthenticationError as exc:
+                return exc.reason
+            return "logged in"
+
+        with ThreadPoolExecutor(max_workers=attempts) as pool:
+            outcomes = Counter(pool.map(lambda _: attempt(), range(attempts)))
+        assert outcomes == {
+            "BAD_CREDENTIALS": MAX_FAILURES - 1,
+            "now locked": 1,
+            "locked": attempts - MAX_FAILURES,
+        }
+        with pytest.raises(PermissionRefused, match="locked"):
+            store.verify_login("icbc.zhang", "correct horse")
 
     def test_a_success_resets_the_counter(self, store: UserStore) -> None:
         for _ in range(MAX_FAILURES - 1):

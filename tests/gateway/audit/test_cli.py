@@ -15,6 +15,7 @@ from fedgate.audit_entry import AuditEntry, RequestLeg, encode_entry
 from fedgate.auditverify import VerifyOptions, verify_log
 from fedgate.errors import NotFound
 from fedgate.evidence import log_verifiers, witness_verifiers
+from fedgate.logs import mask
 from fedgate.tlogproof import parse_tlog_proof, verify_tlog_proof
 from gateway.audit.cli import register
 from gateway.audit.sqlite_store import SqliteDatabase
@@ -72,16 +73,24 @@ class TestInspecting:
         assert [r["index"] for r in rows] == [0, 1, 2, 3]
         assert rows[1]["leg"] == "response"
         assert rows[1]["case_number"] == rows[0]["case_number"]
+        assert rows[0]["subjects"] == [mask(entries[0].subjects[0])]  # masked on a terminal
+        assert entries[0].subjects[0] not in out
 
     async def test_show_decodes_the_signed_request(
         self, logs: LogFactory, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        await two_exchanges(logs)
+        entries = await two_exchanges(logs)
         code, out = run_audit(["show", *logs.source_args(), "0", "--json"], capsys)
         view = json.loads(out)
         assert code == 0
         assert view["kind"] == "RequestLeg"
         assert view["envelope"]["body"]["requesting_agency"] == "police.gd.afc"
+        officer = view["envelope"]["body"]["officer"]
+        assert "****" in officer["id_number"]
+        assert "****" in officer["phone"]
+        first = entries[0]
+        assert isinstance(first, RequestLeg)
+        assert view["subjects"] == [mask(s) for s in first.subjects]
         code, out = run_audit(["show", *logs.source_args(), "1"], capsys)
         assert code == 0
         assert "ResponseLeg" in out

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -12,15 +13,18 @@ import grpc.aio
 import pytest
 import pytest_asyncio
 
-from fedgate.audit_entry import EventEntry
+from fedgate.audit_entry import EventEntry, RequestLeg, ResponseLeg, decode_entry
 from fedgate.checkpoint import open_checkpoint
+from fedgate.envelope import decode_request
+from fedgate.errors import InvalidArgument
 from fedgate.evidence import verify_bundle
 from fedgate.logs import mask
 from fedgate.merkle import leaf_hash, verify_consistency, verify_inclusion
 from fedgate.registry import Registry
+from fedgate.status import error_from_rpc
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options, server_credentials
 from fedgate.types import MemberId
-from fedgate.v1 import audit_service_pb2, audit_service_pb2_grpc, common_pb2
+from fedgate.v1 import audit_service_pb2, audit_service_pb2_grpc, common_pb2, envelope_pb2
 from gateway.audit.log import AuditLog
 from gateway.audit.service import AuditServicer
 from gateway.policy import IndexedDecider, PolicyDecider, default_policy_dir
@@ -206,8 +210,127 @@ class TestPaging:
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
     async def test_entry_bytes_are_the_leaf(self, service: Service) -> None:
-        response = await service.stub("audit.office").GetEntry(
+        response = await service.stub("bank.ccb").GetEntry(
             audit_service_pb2.GetEntryRequest(leaf_index=6)
         )
         assert response.entry == await service.log.get_entry(6)
+        assert not response.masked
         assert response.summary.leg == audit_service_pb2.ENTRY_LEG_EVENT
+
+
+class TestMasksAndReveal:
+    """Issue 10, item 7: no identifier reaches a non-party but through an audited reveal."""
+
+    async def test_an_auditor_gets_a_masked_entry_and_its_leaf_hash(self, service: Service) -> None:
+        size = service.log.size
+        response = await service.stub("audit.office").GetEntry(
+            audit_service_pb2.GetEntryRequest(leaf_index=0)
+        )
+        assert response.masked
+        assert response.entry == b""
+        assert response.leaf_hash == leaf_hash(await service.log.get_entry(0))
+        view = json.loads(response.masked_view)
+        assert view["leg"] == "request"
+        assert view["request"]["stop_payment"]["account_number"] == mask(service.subjects[0])
+        assert service.subjects[0] not in response.masked_view
+        leg = decode_entry(await service.log.get_entry(0))
+        assert isinstance(leg, RequestLeg)
+        sent = decode_request(envelope_pb2.SignedEnvelope.FromString(leg.envelope).body)
+        for clear in (sent.officer.id_number, sent.officer.phone, sent.officer.name):
+            assert clear
+            assert clear not in response.masked_view
+        assert response.summary.subjects[0] == mask(service.subjects[0])
+        assert service.log.size == size  # reading a masked entry is no reveal
+
+    async def test_a_party_gets_the_leaf_bytes(self, service: Service) -> None:
+        response = await service.stub("bank.icbc").GetEntry(
+            audit_service_pb2.GetEntryRequest(leaf_index=0)
+        )
+        assert not response.masked
+        assert response.entry == await service.log.get_entry(0)
+
+    @pytest.mark.parametrize("reason", ["", "   ", "because"])
+    async def test_a_reveal_needs_a_reason(self, service: Service, reason: str) -> None:
+        size = service.log.size
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await service.stub("audit.office").RevealEntry(
+                audit_service_pb2.RevealEntryRequest(leaf_index=0, reason=reason)
+            )
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        error = error_from_rpc(caught.value)
+        assert isinstance(error, InvalidArgument)
+        assert [v.field for v in error.violations] == ["reason"]
+        assert service.log.size == size
+
+    async def test_a_reveal_is_logged_before_the_entry_is_returned(self, service: Service) -> None:
+        size = service.log.size
+        reply = await service.stub("audit.office").RevealEntry(
+            audit_service_pb2.RevealEntryRequest(
+                leaf_index=0, reason="case 2026-0042: court asked for account 6222 0212 3456 7891"
+            )
+        )
+        assert reply.entry == await service.log.get_entry(0)
+        assert reply.summary.subjects[0] == service.subjects[0]
+        assert service.log.size == size + 1
+        assert reply.reveal_leaf_index == size
+        event = decode_entry(await service.log.get_entry(size))
+        assert isinstance(event, EventEntry)
+        assert (event.kind, event.actor, event.member) == (
+            "audit_reveal",
+            "audit.office",
+            "audit.office",
+        )
+        detail = dict(event.detail)
+        assert detail["entry"] == "0"
+        assert detail["reason"] == "case 2026-0042: court asked for account 622****7891"
+
+    async def test_no_reveal_of_an_entry_one_may_not_see(self, service: Service) -> None:
+        size = service.log.size
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await service.stub("bank.ccb").RevealEntry(
+                audit_service_pb2.RevealEntryRequest(leaf_index=0, reason="just curious, really")
+            )
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        assert service.log.size == size
+
+    async def test_free_text_is_masked_in_summaries(self, service: Service) -> None:
+        response = replace(
+            await _response_of(service, 0), detail="no account 6222-0212-3456-7891-234 here"
+        )
+        index = (await service.log.append(response)).index
+        auditor = await service.stub("audit.office").SearchEntries(
+            audit_service_pb2.SearchEntriesRequest(outcome=response.status)
+        )
+        (hit,) = [e for e in auditor.entries if e.leaf_index == index]
+        assert hit.reason == "no account 622****1234 here"
+        party = await service.stub("bank.icbc").SearchEntries(
+            audit_service_pb2.SearchEntriesRequest(outcome=response.status)
+        )
+        (mine,) = [e for e in party.entries if e.leaf_index == index]
+        assert mine.reason == "no account 6222-0212-3456-7891-234 here"
+        masked = await service.stub("audit.office").GetEntry(
+            audit_service_pb2.GetEntryRequest(leaf_index=index)
+        )
+        assert "6222" not in masked.masked_view
+        assert "622****1234" in masked.masked_view
+
+    async def test_an_export_by_a_non_party_is_logged_first(self, service: Service) -> None:
+        size = service.log.size
+        await service.stub("audit.office").ExportEvidence(
+            audit_service_pb2.ExportEvidenceRequest(leaf_index=2, reason="annual review")
+        )
+        assert service.log.size == size + 1
+        event = decode_entry(await service.log.get_entry(size))
+        assert isinstance(event, EventEntry)
+        assert event.kind == "audit_export"
+        assert dict(event.detail)["reason"] == "annual review"
+        await service.stub("bank.icbc").ExportEvidence(
+            audit_service_pb2.ExportEvidenceRequest(leaf_index=2)
+        )
+        assert service.log.size == size + 1  # a party exports its own exchange unlogged
+
+
+async def _response_of(service: Service, request_index: int) -> ResponseLeg:
+    entry = decode_entry(await service.log.get_entry(request_index + 1))
+    assert isinstance(entry, ResponseLeg)
+    return entry
