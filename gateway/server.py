@@ -85,6 +85,7 @@ from gateway.replay import (
 )
 from gateway.routing import NodeRouter
 from gateway.rules import BusinessRules
+from gateway.rules_rebuild import rebuild_rules
 from gateway.service import SERVICE_NAME, GatewayServicer
 from gateway.telemetry import GatewayTelemetry, PrometheusEndpoint, configure_logging
 from gateway.tickets import Tickets, TicketStore
@@ -167,14 +168,42 @@ def _console_source(config: GatewayConfig) -> Path | PgShard:
     return config.audit_path
 
 
+def _shard_reader(config: GatewayConfig) -> SqliteDatabase | PgDatabase:
+    """A reader of the configured shard, of its own (blocking)."""
+    audit = config.audit
+    if audit.store == "postgres":
+        return PgDatabase(audit.dsn, origin=audit.origin, schema=audit.schema, writer=False)
+    return SqliteDatabase(config.audit_path, origin=audit.origin, writer=False)
+
+
+def _rebuild_rules(config: GatewayConfig) -> BusinessRules:
+    """The business-rule state, rebuilt in memory from the configured shard (blocking).
+
+    Never read from a file (``gateway.rules_rebuild``): the gateway MUST NOT serve with a state
+    that could miss an executed order the log holds.
+    """
+    rules = BusinessRules.in_memory()
+    source = _shard_reader(config)
+    try:
+        rebuilt = rebuild_rules(rules, source, origin=config.audit.origin)
+    except BaseException:
+        rules.close()
+        raise
+    finally:
+        source.close()
+    _log.info(
+        "business-rule state rebuilt from the audit log: %d executed orders in %.1f ms",
+        rebuilt.orders,
+        rebuilt.seconds * 1000,
+        extra={"fields": {"orders": rebuilt.orders, "ms": round(rebuilt.seconds * 1000, 1)}},
+    )
+    return rules
+
+
 def _rebuild_replay(config: GatewayConfig, replay: ReplayStore) -> Rebuilt:
     """Rebuild ``replay`` from the configured shard through a reader of its own (blocking)."""
     audit = config.audit
-    source: SqliteDatabase | PgDatabase
-    if audit.store == "postgres":
-        source = PgDatabase(audit.dsn, origin=audit.origin, schema=audit.schema, writer=False)
-    else:
-        source = SqliteDatabase(config.audit_path, origin=audit.origin, writer=False)
+    source = _shard_reader(config)
     try:
         return rebuild_from_audit(
             replay,
@@ -328,7 +357,12 @@ class Gateway:
             state_path=config.audit_state_path,
         )
         replay = await _open_replay_cache(config, audit)
-        rules = BusinessRules.open(config.rules_path)
+        try:
+            rules = await asyncio.to_thread(_rebuild_rules, config)
+        except BaseException:
+            replay.close()
+            await audit.close()
+            raise
         quotas = Quotas(QuotaConfig.from_mapping(config.quotas))
         trust = TrustHolder(registry)
 
