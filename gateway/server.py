@@ -264,6 +264,17 @@ async def _open_replay_cache(config: GatewayConfig, audit: AuditLog) -> ReplaySt
     return replay
 
 
+async def _close_parts(parts: _Parts) -> None:
+    await parts.router.close()
+    await parts.audit.close()
+    for channel in parts.witness_channels:
+        await channel.close(None)
+    parts.replay.close()
+    parts.rules.close()
+    parts.tickets.close()
+    parts.alerts.close()
+
+
 class Gateway:
     """A running gateway. Build with ``await Gateway.start(config)``; stop with ``stop()``."""
 
@@ -290,6 +301,7 @@ class Gateway:
         self._decider = decider
         self._prometheus = prometheus
         self._reload_task: asyncio.Task[None] | None = None
+        self._reconcile_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self.console: RunningAuditorConsole | None = None
 
@@ -398,7 +410,14 @@ class Gateway:
             clock_skew=timedelta(seconds=config.pipeline.clock_skew_s),
             telemetry=telemetry,
             keep_response_bodies=config.audit.keep_response_bodies,
+            reconcile_timeout_s=config.routing.timeout_s,
         )
+        try:
+            # Before serving: nothing is in flight, so every open request leg was cut off.
+            await pipeline.reconciler.run_once(grace=timedelta(0))
+        except BaseException:
+            await _close_parts(_Parts(audit, replay, rules, tickets, alerts, router))
+            raise
         parts = _Parts(audit, replay, rules, tickets, alerts, router, witness_channels)
         limit = config.server.max_receive_bytes
         server = grpc.aio.server(
@@ -454,6 +473,15 @@ class Gateway:
         )
         if fed.reload_interval_s > 0:
             gateway._reload_task = asyncio.create_task(gateway._watch_registry())
+        if config.pipeline.reconcile_interval_s > 0:
+            gateway._reconcile_task = asyncio.create_task(
+                pipeline.reconciler.run(
+                    interval_s=config.pipeline.reconcile_interval_s,
+                    # An exchange may still be waiting for its node for the routing timeout.
+                    grace=timedelta(seconds=2 * config.routing.timeout_s + 5),
+                ),
+                name="reconcile",
+            )
         if config.console.listen:
             host, _, console_port = config.console.listen.rpartition(":")
             try:
@@ -511,10 +539,11 @@ class Gateway:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        if self._reload_task is not None:
-            self._reload_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reload_task
+        for task in (self._reload_task, self._reconcile_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.console is not None:
             # First, so that no console event is appended once the log starts closing.
             await self.console.stop()
@@ -523,15 +552,7 @@ class Gateway:
         await self._server.stop(self.config.server.grace_period_s if grace is None else grace)
         if self._prometheus is not None:
             await self._prometheus.stop()
-        parts = self._parts
-        await parts.router.close()
-        await parts.audit.close()
-        for channel in parts.witness_channels:
-            await channel.close(None)
-        parts.replay.close()
-        parts.rules.close()
-        parts.tickets.close()
-        parts.alerts.close()
+        await _close_parts(self._parts)
 
     async def wait_for_termination(self) -> None:
         await self._server.wait_for_termination()

@@ -66,6 +66,7 @@ from gateway.audit.log import AuditLog
 from gateway.pipeline._audit_legs import AuditLegs
 from gateway.pipeline._exchange import Exchange, stage
 from gateway.pipeline._forwarding import Forwarder
+from gateway.pipeline._reconcile import Reconciler
 from gateway.pipeline._reports import Reports
 from gateway.pipeline._undo import check_undo
 from gateway.pipeline.validation import validate_request
@@ -109,6 +110,7 @@ class Pipeline:
         clock_skew: timedelta,
         telemetry: GatewayTelemetry,
         keep_response_bodies: bool = True,
+        reconcile_timeout_s: float = 5.0,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._trust = trust
@@ -144,6 +146,16 @@ class Pipeline:
             telemetry=telemetry,
             now=now,
         )
+        self.reconciler = Reconciler(
+            audit=audit,
+            router=router,
+            tickets=tickets,
+            forwarder=self._forwarder,
+            legs=self._legs,
+            node_timeout_s=reconcile_timeout_s,
+            now=now,
+        )
+        """Writes the missing response legs of exchanges cut off by a crash (``_reconcile``)."""
         tickets.bind(self)
 
     @property
