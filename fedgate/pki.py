@@ -21,6 +21,7 @@ Contract:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import ipaddress
 import os
@@ -46,10 +47,12 @@ from fedgate.files import write_atomically
 from fedgate.keys import generate_signing_key, key_id_of, load_private_key, raw_public_key
 from fedgate.keys import save_private_key as save_signing_key
 from fedgate.registry import (
+    WITNESS_ROLE,
     Member,
     Registry,
     Revocation,
     SigningKey,
+    WitnessPolicy,
     cert_fingerprint,
     load_admin_public_key,
     sign_registry,
@@ -150,7 +153,9 @@ def init_federation(
             _new_member(layout, spec, ca_key, ca_cert, now, until, ()) for spec in members
         )
         _secure_tree(layout.root)
-        _write_registry(layout, Registry(1, now, entries, ()), admin_key)
+        witnesses = tuple(spec.id for spec in members if WITNESS_ROLE in spec.roles)
+        policy = WitnessPolicy(quorum=1, witnesses=witnesses) if witnesses else None
+        _write_registry(layout, Registry(1, now, entries, (), witness_policy=policy), admin_key)
     return layout.root
 
 
@@ -210,7 +215,11 @@ def issue_member(
         )
         _secure_tree(layout.root)
         _write_registry(
-            layout, Registry(registry.serial + 1, now, entries, registry.revocations), admin_key
+            layout,
+            dataclasses.replace(
+                registry, serial=registry.serial + 1, issued_at=now, entries=entries
+            ),
+            admin_key,
         )
 
 
@@ -251,8 +260,11 @@ def _revoke(directory: Path, subject: str, kind: str, reason: str, now: datetime
             revocation = Revocation(subject, "key", at, reason.strip())
         if registry.revocation_of(subject) is not None:
             raise InvalidArgument(f"{kind} {subject} is already revoked")
-        updated = Registry(
-            registry.serial + 1, now, registry.entries, (*registry.revocations, revocation)
+        updated = dataclasses.replace(
+            registry,
+            serial=registry.serial + 1,
+            issued_at=now,
+            revocations=(*registry.revocations, revocation),
         )
         _write_registry(layout, updated, admin_key)
 
