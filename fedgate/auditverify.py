@@ -557,6 +557,9 @@ def verify_log(
     if not checkpoints:
         return report(Failure("the log has no signed checkpoint"), 0, {})
     checks = _TreeChecks(checkpoints)
+    failure = checks.extend(b"")  # the checkpoint of the empty tree, signed when a log starts
+    if failure is not None:
+        return report(failure, 0, {})
     spans = [(a, min(a + options.chunk, total)) for a in range(0, total, options.chunk)]
     for result in _results(open_source, options, spans):
         failure = checks.extend(result.hashes)
