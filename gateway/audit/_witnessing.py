@@ -137,16 +137,18 @@ class Witnessing:
         if not lines:
             return
         cosigned = add_signatures(note, lines)
+        # Published before it is stored: the cosignatures are valid whether or not the store
+        # keeps them, and callers waiting for a cosigned checkpoint need not wait for an fsync.
+        if size >= self.published_size:
+            self.published, self.published_size = cosigned, size
+            async with self.published_changed:
+                self.published_changed.notify_all()
         try:
             await self._store.add_cosigned(size, cosigned)
         except FedgateError as exc:
             logger.error(
                 "audit log %s: cannot store a cosigned checkpoint: %s", self._origin, exc.message
             )
-        if size >= self.published_size:
-            self.published, self.published_size = cosigned, size
-            async with self.published_changed:
-                self.published_changed.notify_all()
 
     async def _ask(self, witness: WitnessClient, size: int, note: str) -> NoteSignature | None:
         name = witness.verifier.name
