@@ -31,6 +31,7 @@ from fedgate.v1 import envelope_pb2
 __all__ = [
     "CosignedReceipt",
     "check_log_against",
+    "compare_log",
     "open_log_checkpoint",
     "verify_cosigned_receipt",
 ]
@@ -64,7 +65,19 @@ def check_log_against(
     hash to the checkpoint's root. Witness signatures are checked by the caller (policy or the
     one witness asked). Returns the checkpoint.
     """
-    cp = open_log_checkpoint(note, origin=origin, log_keys=log_keys)
+    return compare_log(
+        open_log_checkpoint(note, origin=origin, log_keys=log_keys),
+        size=size,
+        root_at=root_at,
+        source=source,
+    )
+
+
+def compare_log(
+    cp: Checkpoint, *, size: int, root_at: Callable[[int], bytes], source: str
+) -> Checkpoint:
+    """``check_log_against`` for a checkpoint whose signatures the caller already trusts (e.g.
+    a witness's latest view, whose cosignature was checked): size and root only."""
     if cp.size > size:
         raise VerificationError(
             f"the log holds {size} entries but {source} cosigned a checkpoint of size {cp.size}: "

@@ -230,10 +230,6 @@ class GatewayConfig:
         return self.pipeline.state_dir / "replay.sqlite"
 
     @property
-    def rules_path(self) -> Path:
-        return self.pipeline.state_dir / "rules.sqlite"
-
-    @property
     def tickets_path(self) -> Path:
         return self.tickets.path or self.pipeline.state_dir / "tickets.sqlite"
 

@@ -169,7 +169,7 @@ class AuditLog:
         )
         await asyncio.to_thread(check_state_file, path, origin, tree)
         # The state file can be restored together with the database; the witnesses cannot.
-        views = await check_witness_views(witnesses, origin, tree, signer.verifier())
+        views = await check_witness_views(witnesses, origin, tree)
         checkpoint = stored.checkpoint
         if checkpoint is None:
             # A new log starts with a signed checkpoint of the empty tree.
