@@ -28,7 +28,7 @@ import multiprocessing
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -43,6 +43,7 @@ from fedgate.audit_entry import (
     with_request_columns,
 )
 from fedgate.checkpoint import Checkpoint, CosignatureVerifier, parse_checkpoint
+from fedgate.cosigned import check_log_against
 from fedgate.errors import VerificationError
 from fedgate.evidence import HistoricalKeys, check_request_leg, check_response_leg
 from fedgate.merkle import HASH_SIZE, MerkleTree, verify_consistency
@@ -142,6 +143,8 @@ class VerifyReport:
     seconds: float
     failure: Failure | None = None
     verified_entries: int = field(default=0)
+    witnessed: tuple[tuple[str, int], ...] = ()
+    """Each outside cosigned checkpoint the log was compared with: its source and size."""
 
     @property
     def ok(self) -> bool:
@@ -510,8 +513,14 @@ def verify_log(
     witnesses: Sequence[CosignatureVerifier] = (),
     options: VerifyOptions = VerifyOptions(),
     progress: Callable[[int, int, float], None] | None = None,
+    witnessed: Sequence[tuple[str, str]] = (),
 ) -> VerifyReport:
     """Verify a whole shard; the report's ``failure`` is the first problem, if any.
+
+    ``witnessed`` are (source, note) checkpoints the witnesses cosigned, from outside the log
+    (fetched from them, or a file): the log MUST NOT be smaller than or inconsistent with any
+    of them (``fedgate.cosigned.check_log_against``), or it was rolled back. Their witness
+    signatures are the caller's to check.
 
     ``open_source`` must be picklable when ``options.jobs > 1`` (workers open their own
     connection). ``progress(done, total, elapsed_s)`` is called after each chunk. Raises
@@ -548,6 +557,9 @@ def verify_log(
     if not checkpoints:
         return report(Failure("the log has no signed checkpoint"), 0, {})
     checks = _TreeChecks(checkpoints)
+    failure = checks.extend(b"")  # the checkpoint of the empty tree, signed when a log starts
+    if failure is not None:
+        return report(failure, 0, {})
     spans = [(a, min(a + options.chunk, total)) for a in range(0, total, options.chunk)]
     for result in _results(open_source, options, spans):
         failure = checks.extend(result.hashes)
@@ -582,4 +594,21 @@ def verify_log(
             {},
         )
     witness_counts, failure = _check_cosigned(cosigned_rows, tree, origin, log_keys, witnesses)
-    return report(failure, tree.size, witness_counts)
+    if failure is not None:
+        return report(failure, tree.size, witness_counts)
+    compared: list[tuple[str, int]] = []
+    for source_name, note in witnessed:
+        try:
+            cp = check_log_against(
+                note,
+                origin=origin,
+                log_keys=log_keys,
+                size=tree.size,
+                root_at=tree.root,
+                source=source_name,
+            )
+        except VerificationError as exc:
+            return report(Failure(exc.message, index=tree.size), tree.size, witness_counts)
+        compared.append((source_name, cp.size))
+    done = report(None, tree.size, witness_counts)
+    return replace(done, witnessed=tuple(compared))

@@ -42,6 +42,7 @@ __all__ = [
     "open_checkpoint",
     "parse_checkpoint",
     "sign_checkpoint",
+    "verify_cosignatures",
 ]
 
 ALG_COSIGNATURE_V1 = 0x04
@@ -225,4 +226,31 @@ def cosignatures_in(note: str, verifiers: Sequence[CosignatureVerifier]) -> dict
             continue
         if timestamp > found.get(sig.name, -1):
             found[sig.name] = timestamp
+    return found
+
+
+def verify_cosignatures(note: str, verifiers: Sequence[CosignatureVerifier]) -> dict[str, int]:
+    """Witness name -> timestamp of each cosignature in ``note`` from ``verifiers``, with
+    signed-note semantics: a signature by a known key (name and key hash of a verifier) that
+    does not verify is an error, never "counts for nothing".
+
+    Lines from unknown keys are ignored (the log's own signature among them). Raises
+    ``VerificationError`` if the note is malformed, its text is not a checkpoint, or a known
+    witness's cosignature fails.
+    """
+    parsed = parse_note(note)
+    parse_checkpoint(parsed.text)
+    by_key = {(v.name, v.key_hash): v for v in verifiers}
+    found: dict[str, int] = {}
+    for sig in parsed.signatures:
+        verifier = by_key.get((sig.name, sig.key_hash))
+        if verifier is None:
+            continue
+        try:
+            timestamp = verifier.verify(parsed.text, sig)
+        except VerificationError as exc:
+            raise VerificationError(
+                f"the cosignature of witness {sig.name} does not verify: {exc.message}"
+            ) from exc
+        found[sig.name] = max(timestamp, found.get(sig.name, -1))
     return found

@@ -11,7 +11,8 @@
 Every answer is checked before it is returned: the agency's signature against the
 registry, the binding to the request sent (request hash, id, responder), the
 gateway's countersignature, and the receipt's inclusion proof against the log's
-signed checkpoint.
+signed checkpoint. ``cosign_receipt`` upgrades a receipt with a witness-cosigned checkpoint
+and a consistency proof (see ``docs/audit.md``, "Receipts").
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from google.protobuf.message import Message
 from fedgate import merkle
 from fedgate.actions import GATEWAY_ANSWERED, new_request_id
 from fedgate.checkpoint import open_checkpoint
+from fedgate.cosigned import verify_cosigned_receipt
 from fedgate.envelope import (
     Domain,
     Signer,
@@ -48,6 +50,8 @@ from fedgate.tls import MemberCredentials, channel_credentials, channel_options
 from fedgate.trust import TrustHolder
 from fedgate.types import KeyId, MemberId
 from fedgate.v1 import (
+    audit_service_pb2,
+    audit_service_pb2_grpc,
     common_pb2,
     envelope_pb2,
     event_service_pb2,
@@ -168,6 +172,7 @@ class FedgateClient:
         )
         self._stub = gateway_service_pb2_grpc.GatewayServiceStub(self._channel)
         self._events = event_service_pb2_grpc.EventServiceStub(self._channel)
+        self._audit = audit_service_pb2_grpc.AuditServiceStub(self._channel)
         self._sent: dict[str, tuple[bytes, str]] = {}
 
     @classmethod
@@ -276,6 +281,36 @@ class FedgateClient:
         if submitted.answer is None:
             raise FedgateError(f"{request.target_agency} queued the request for its staff")
         return submitted.answer
+
+    async def cosign_receipt(
+        self, receipt: envelope_pb2.AuditReceipt, *, wait_s: float = 2.0, timeout: float = 10.0
+    ) -> envelope_pb2.AuditReceipt:
+        """The receipt upgraded with a witness-cosigned checkpoint covering it and the
+        consistency proof from its own checkpoint (``AuditService.GetCosignedCheckpoint``; the
+        gateway waits up to ``wait_s``, at most 5 s, for its witnesses), verified against the
+        registry's witness policy (``fedgate.cosigned.verify_cosigned_receipt``).
+
+        Receipts come back from the gateway before the witnesses cosign (they work in the
+        background, so answers never wait for them); a police system that must hold
+        witnessed proof upgrades the receipts it keeps. Raises ``AuditUnavailable`` when the
+        witnesses have not cosigned in time (ask again), ``VerificationError`` when the
+        upgrade does not verify.
+        """
+        try:
+            reply = await self._audit.GetCosignedCheckpoint(
+                audit_service_pb2.GetCosignedCheckpointRequest(
+                    tree_size=receipt.tree_size, wait_ms=int(wait_s * 1000)
+                ),
+                timeout=timeout,
+            )
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        upgraded = envelope_pb2.AuditReceipt()
+        upgraded.CopyFrom(receipt)
+        upgraded.cosigned_checkpoint = reply.checkpoint
+        upgraded.cosigned_consistency_proof[:] = list(reply.consistency_proof)
+        verify_cosigned_receipt(upgraded, self.registry)
+        return upgraded
 
     async def get_ticket(
         self, ticket_id: str, *, timeout: float = 10.0

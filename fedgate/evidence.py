@@ -30,7 +30,7 @@ from google.protobuf import timestamp_pb2
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from fedgate.audit_entry import EventEntry, RequestLeg, ResponseLeg, decode_entry
-from fedgate.checkpoint import Checkpoint, CosignatureVerifier, cosignatures_in
+from fedgate.checkpoint import Checkpoint, CosignatureVerifier, verify_cosignatures
 from fedgate.envelope import Domain, decode_request, decode_response, verify_envelope
 from fedgate.errors import (
     FedgateError,
@@ -53,6 +53,7 @@ __all__ = [
     "build_bundle",
     "check_request_leg",
     "check_response_leg",
+    "check_witness_policy",
     "log_verifiers",
     "verify_bundle",
     "witness_verifiers",
@@ -308,17 +309,42 @@ def verify_bundle(data: bytes, registry: Registry) -> BundleReport:
     if index not in decoded:
         raise VerificationError(f"the bundle does not contain entry {index}")
     assert checkpoint is not None
-    witnesses: set[str] = set()
-    witness_keys = witness_verifiers(registry)
-    for note in notes:
-        witnesses |= set(cosignatures_in(note, witness_keys))
-    if witnesses:
-        checks.append(f"checkpoint cosigned by {', '.join(sorted(witnesses))}")
+    witnesses = _check_witnesses(notes, registry)
+    checks.append(f"checkpoint cosigned by {', '.join(sorted(witnesses))}")
     keys = HistoricalKeys(registry)
     for i, entry in sorted(decoded.items()):
         checks.extend(_check_entry(i, entry, decoded, keys))
     kinds = tuple((i, type(e).__name__) for i, e in sorted(decoded.items()))
     return BundleReport(origin, index, checkpoint, tuple(sorted(witnesses)), kinds, tuple(checks))
+
+
+def check_witness_policy(note: str, registry: Registry) -> set[str]:
+    """The witnesses whose cosignatures on ``note`` verify, if they meet the registry's
+    witness policy (``Registry.effective_witness_policy``).
+
+    A cosignature by a known witness key that does not verify is an error (signed-note
+    semantics), and so is a checkpoint cosigned by fewer witnesses than the policy requires,
+    or a federation without any witness. Raises ``VerificationError``.
+    """
+    policy = registry.effective_witness_policy()
+    if policy is None:
+        raise VerificationError("the registry names no witness: no checkpoint can be trusted")
+    try:
+        cosigners = set(verify_cosignatures(note, witness_verifiers(registry)))
+    except VerificationError as exc:
+        raise VerificationError(f"checkpoint: {exc.message}") from exc
+    shortfall = policy.shortfall(cosigners)
+    if shortfall is not None:
+        raise VerificationError(f"the checkpoint is {shortfall}")
+    return cosigners & set(policy.witnesses)
+
+
+def _check_witnesses(notes: set[str], registry: Registry) -> set[str]:
+    """Every checkpoint of the bundle must meet the witness policy; returns who cosigned."""
+    witnesses: set[str] = set()
+    for note in sorted(notes):
+        witnesses |= check_witness_policy(note, registry)
+    return witnesses
 
 
 def _verify_inclusion(

@@ -22,6 +22,7 @@ Contract:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import ipaddress
 import os
@@ -49,10 +50,12 @@ from fedgate.files import read_private_file, write_atomically
 from fedgate.keys import generate_signing_key, key_id_of, load_private_key, raw_public_key
 from fedgate.keys import save_private_key as save_signing_key
 from fedgate.registry import (
+    WITNESS_ROLE,
     Member,
     Registry,
     Revocation,
     SigningKey,
+    WitnessPolicy,
     cert_fingerprint,
     load_admin_public_key,
     sign_registry,
@@ -154,7 +157,9 @@ def init_federation(
         entries = tuple(
             _new_member(layout, spec, ca_key, ca_cert, now, until, ()) for spec in members
         )
-        registry = Registry(1, now, entries, ())
+        witnesses = tuple(spec.id for spec in members if WITNESS_ROLE in spec.roles)
+        policy = WitnessPolicy(quorum=1, witnesses=witnesses) if witnesses else None
+        registry = Registry(1, now, entries, (), witness_policy=policy)
         for spec in members:
             if spec.kind == MemberKind.POLICE:
                 officers = development_officers(
@@ -223,7 +228,7 @@ def issue_member(
             if existing is not None
             else (*registry.entries, member)
         )
-        updated = Registry(registry.serial + 1, now, entries, registry.revocations)
+        updated = replace(registry, serial=registry.serial + 1, issued_at=now, entries=entries)
         if spec.kind == MemberKind.POLICE:
             # The member's roster, signed again with its new key (a new member starts empty).
             _write_roster(layout, _next_roster(layout, registry, spec.id, now), updated)
@@ -291,8 +296,11 @@ def _revoke(directory: Path, subject: str, kind: str, reason: str, now: datetime
             revocation = Revocation(subject, "key", at, reason.strip())
         if registry.revocation_of(subject) is not None:
             raise InvalidArgument(f"{kind} {subject} is already revoked")
-        updated = Registry(
-            registry.serial + 1, now, registry.entries, (*registry.revocations, revocation)
+        updated = dataclasses.replace(
+            registry,
+            serial=registry.serial + 1,
+            issued_at=now,
+            revocations=(*registry.revocations, revocation),
         )
         _write_registry(layout, updated, admin_key)
 

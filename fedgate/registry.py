@@ -28,7 +28,7 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -49,10 +49,12 @@ __all__ = [
     "REGISTRY_DOMAIN",
     "REGISTRY_FILE",
     "REGISTRY_FORMAT",
+    "WITNESS_ROLE",
     "Member",
     "Registry",
     "Revocation",
     "SigningKey",
+    "WitnessPolicy",
     "canonical_json",
     "cert_fingerprint",
     "load_admin_public_key",
@@ -132,6 +134,41 @@ class Revocation:
     reason: str
 
 
+WITNESS_ROLE = "witness"
+
+
+@dataclass(frozen=True, slots=True)
+class WitnessPolicy:
+    """How many of which witnesses must cosign a checkpoint before it counts: ``quorum`` of
+    ``witnesses`` (member ids holding the ``witness`` role). Bundles, receipts and log views
+    cosigned by fewer are refused (``fedgate.evidence``, ``fedgate.client``)."""
+
+    quorum: int
+    witnesses: tuple[MemberId, ...]
+
+    def __post_init__(self) -> None:
+        if len(set(self.witnesses)) != len(self.witnesses):
+            raise RegistryError(f"witness_policy lists a witness twice: {list(self.witnesses)}")
+        if not 1 <= self.quorum <= len(self.witnesses):
+            raise RegistryError(
+                f"witness_policy quorum {self.quorum} is not between 1 and the "
+                f"{len(self.witnesses)} witnesses it names"
+            )
+
+    def shortfall(self, cosigners: Iterable[str]) -> str | None:
+        """Why a checkpoint cosigned by ``cosigners`` (names) is below the policy, or ``None``."""
+        counted = sorted(set(cosigners) & set(self.witnesses))
+        if len(counted) >= self.quorum:
+            return None
+        return (
+            f"cosigned by {len(counted)} of the witnesses the policy names "
+            f"({', '.join(counted) or 'none'}); the witness policy requires {self}"
+        )
+
+    def __str__(self) -> str:
+        return f"{self.quorum} of {len(self.witnesses)} ({', '.join(self.witnesses)})"
+
+
 @dataclass(frozen=True, slots=True)
 class Registry:
     """A verified member registry. ``entries`` lists every member, revoked ones included;
@@ -145,6 +182,9 @@ class Registry:
     issued_at: datetime
     entries: tuple[Member, ...]
     revocations: tuple[Revocation, ...] = ()
+    witness_policy: WitnessPolicy | None = None
+    """Which witnesses must cosign (``None`` in registries signed before it existed: see
+    ``effective_witness_policy``)."""
     _members: dict[MemberId, Member] = field(init=False, repr=False, compare=False)
     _keys: dict[KeyId, tuple[Member, SigningKey]] = field(init=False, repr=False, compare=False)
     _revoked: dict[str, Revocation] = field(init=False, repr=False, compare=False)
@@ -174,6 +214,13 @@ class Registry:
             if r.at.tzinfo is None:
                 raise RegistryError(f"revocation of {r.subject} has a naive time")
             revoked.setdefault(r.subject, r)
+        if self.witness_policy is not None:
+            for w in self.witness_policy.witnesses:
+                listed = members.get(w)
+                if listed is None or WITNESS_ROLE not in listed.roles:
+                    raise RegistryError(
+                        f"witness_policy names {w!r}, which is not a member with the witness role"
+                    )
         object.__setattr__(self, "_members", members)
         object.__setattr__(self, "_keys", keys)
         object.__setattr__(self, "_revoked", revoked)
@@ -263,6 +310,14 @@ class Registry:
             )
         return m
 
+    def effective_witness_policy(self) -> WitnessPolicy | None:
+        """The registry's witness policy; for a registry without one, 1 of every member with the
+        witness role; ``None`` only when the federation has no witness at all."""
+        if self.witness_policy is not None:
+            return self.witness_policy
+        witnesses = tuple(m.id for m in self.entries if WITNESS_ROLE in m.roles)
+        return WitnessPolicy(quorum=1, witnesses=witnesses) if witnesses else None
+
     # -- encoding --------------------------------------------------------------------------
 
     def to_payload(self) -> bytes:
@@ -282,6 +337,17 @@ class Registry:
                     }
                     for r in self.revocations
                 ],
+                # Only when set: registries signed before the field existed keep their bytes.
+                **(
+                    {}
+                    if self.witness_policy is None
+                    else {
+                        "witness_policy": {
+                            "quorum": self.witness_policy.quorum,
+                            "witnesses": list(self.witness_policy.witnesses),
+                        }
+                    }
+                ),
             }
         )
 
@@ -301,6 +367,7 @@ class Registry:
                 issued_at=r.time("issued_at"),
                 entries=tuple(_member_from_json(m) for m in r.items("members")),
                 revocations=tuple(_revocation_from_json(v) for v in r.items("revocations")),
+                witness_policy=_policy_from_json(doc.get("witness_policy")),
             )
         except InvalidArgument as exc:
             raise RegistryError(f"registry payload is malformed: {exc.message}") from exc
@@ -514,6 +581,19 @@ def _key_from_json(value: object, member_id: MemberId) -> SigningKey:
         public_key=_b64decode_strict(r.text("public_key"), f"member {member_id} public_key"),
         not_before=r.time("not_before"),
         not_after=r.time("not_after"),
+    )
+
+
+def _policy_from_json(value: object) -> WitnessPolicy | None:
+    if value is None:
+        return None
+    r = _Reader(value, "witness_policy")
+    return WitnessPolicy(
+        quorum=r.integer("quorum"),
+        witnesses=tuple(
+            check_member_id(_Reader.as_str(w, "witness_policy witnesses"))
+            for w in r.items("witnesses")
+        ),
     )
 
 

@@ -37,6 +37,7 @@ from fedgate.checkpoint import (
     CosignatureVerifier,
     open_checkpoint,
     parse_checkpoint,
+    verify_cosignatures,
 )
 from fedgate.errors import (
     FedgateError,
@@ -48,7 +49,7 @@ from fedgate.errors import (
 )
 from fedgate.files import write_atomically
 from fedgate.merkle import EMPTY_ROOT, HASH_SIZE, verify_consistency
-from fedgate.note import NoteSignature, NoteVerifier, parse_note
+from fedgate.note import NoteSignature, NoteVerifier, add_signatures, parse_note
 from fedgate.status import abort_with, error_from_rpc
 from fedgate.v1 import audit_service_pb2, audit_service_pb2_grpc
 
@@ -88,6 +89,12 @@ class WitnessClient(Protocol):
     async def add_checkpoint(
         self, old_size: int, proof: Sequence[bytes], note: str
     ) -> NoteSignature: ...
+
+    async def latest_checkpoint(self, origin: str) -> str | None:
+        """The latest checkpoint the witness cosigned for ``origin``, with its cosignature
+        checked (``None`` if it never cosigned one). Raises ``VerificationError`` for an
+        answer that is not cosigned by this witness's key, ``FedgateError`` otherwise."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +237,21 @@ class Witness:
         """``add_checkpoint_sync`` on a worker thread; the witness is also a ``WitnessClient``."""
         return await asyncio.to_thread(self.add_checkpoint_sync, old_size, list(proof), note)
 
+    def latest_note(self, origin: str) -> str | None:
+        """The last checkpoint cosigned for ``origin`` as a note with this witness's
+        cosignature (made now, over the same checkpoint), or ``None``."""
+        seen = self._seen.get(origin)
+        if seen is None:
+            return None
+        text = parse_note(seen.checkpoint).text
+        return add_signatures(
+            seen.checkpoint, [self._cosigner.cosign(text, timestamp=int(self._clock()))]
+        )
+
+    async def latest_checkpoint(self, origin: str) -> str | None:
+        """``latest_note``; the witness is also a ``WitnessClient``."""
+        return self.latest_note(origin)
+
 
 class WitnessServicer(audit_service_pb2_grpc.WitnessServiceServicer):
     """``WitnessService`` over a ``Witness``. Errors go out as rich statuses."""
@@ -249,6 +271,19 @@ class WitnessServicer(audit_service_pb2_grpc.WitnessServiceServicer):
         except FedgateError as exc:
             await abort_with(context, exc)
         return audit_service_pb2.AddCheckpointResponse(cosignature=sig.line().rstrip("\n"))
+
+    async def GetLatestCheckpoint(
+        self,
+        request: audit_service_pb2.GetLatestCheckpointRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> audit_service_pb2.GetLatestCheckpointResponse:
+        note = self._witness.latest_note(request.origin)
+        if note is None:
+            await abort_with(
+                context,
+                NotFound(f"witness {self._witness.name} never cosigned {request.origin!r}"),
+            )
+        return audit_service_pb2.GetLatestCheckpointResponse(checkpoint=note)
 
 
 class GrpcWitnessClient:
@@ -293,3 +328,16 @@ class GrpcWitnessClient:
             ) from exc
         self._verifier.verify(text, sig)
         return sig
+
+    async def latest_checkpoint(self, origin: str) -> str | None:
+        request = audit_service_pb2.GetLatestCheckpointRequest(origin=origin)
+        try:
+            response = await self._stub.GetLatestCheckpoint(request, timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise error_from_rpc(exc) from exc
+        name = self._verifier.name
+        if name not in verify_cosignatures(response.checkpoint, [self._verifier]):
+            raise VerificationError(f"witness {name} answered a checkpoint it did not cosign")
+        return response.checkpoint

@@ -2,7 +2,8 @@
 
     [server]     listen, max_receive_bytes, grace_period_s
     [federation] dir, member_id, reload_interval_s
-    [pipeline]   state_dir, clock_skew_s, replay_window_s, replay_store, replay_synchronous
+    [pipeline]   state_dir, clock_skew_s, replay_window_s, replay_store, replay_synchronous,
+                 reconcile_interval_s
     [audit]      origin, store ("sqlite" | "postgres"), path (SQLite), dsn and schema
                  (PostgreSQL), state_path, keep_response_bodies, witnesses
     [routing]    timeout_s, max_attempts, retry_backoff_s, breaker_failures, breaker_reset_s,
@@ -91,6 +92,9 @@ class PipelineConfig:
     """``"normal"`` or ``"full"``: the SQLite replay cache's ``synchronous`` setting. With
     ``"normal"`` what a power loss takes from the cache is rebuilt from the audit log at
     start-up (``gateway.replay``); ``"full"`` adds an fsync to every request."""
+    reconcile_interval_s: float = 30.0
+    """How often request legs left without a response leg are reconciled with their node
+    (besides once at start-up, before serving); 0 turns the periodic pass off."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -221,10 +225,6 @@ class GatewayConfig:
         return self.pipeline.state_dir / "replay.sqlite"
 
     @property
-    def rules_path(self) -> Path:
-        return self.pipeline.state_dir / "rules.sqlite"
-
-    @property
     def tickets_path(self) -> Path:
         return self.tickets.path or self.pipeline.state_dir / "tickets.sqlite"
 
@@ -271,6 +271,7 @@ class GatewayConfig:
             raise ConfigError("federation.member_id must not be empty")
         _positive(self.federation.reload_interval_s, "federation.reload_interval_s", True)
         _positive(self.pipeline.clock_skew_s, "pipeline.clock_skew_s")
+        _positive(self.pipeline.reconcile_interval_s, "pipeline.reconcile_interval_s", True)
         if self.pipeline.replay_window_s < 2 * self.pipeline.clock_skew_s:
             raise ConfigError(
                 f"pipeline.replay_window_s ({self.pipeline.replay_window_s}) must be at least "

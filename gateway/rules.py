@@ -1,8 +1,12 @@
 """Stateful business rules that the Casbin policy cannot express (pipeline stage 6).
 
 ``BusinessRules.check`` runs after the policy allowed a request; ``record_outcome`` runs after
-the target agency answered an order with ``RESPONSE_STATUS_OK``. State lives in SQLite (WAL,
-``synchronous=FULL``: a lost record of an executed stop-payment would let a third one through).
+the target agency answered an order with ``RESPONSE_STATUS_OK``. The state is a projection of
+the audit log (``gateway.rules_rebuild``): the gateway keeps it in memory
+(``BusinessRules.in_memory``) and rebuilds it from the response legs of executed orders at every
+start, so no file can be lost, locked or restored behind the log's back (a lost record of an
+executed stop-payment would let a third one through). ``BusinessRules.open`` keeps it in a
+SQLite file instead (WAL, ``synchronous=FULL``), for tools and tests.
 
 Every rule has a stable id (``RULES``); a refusal is a ``BusinessRuleViolated`` whose ``rule``
 is that id and whose message starts with ``RULE <id>:``.
@@ -190,6 +194,13 @@ class BusinessRules:
     def __init__(self, *, connection: sqlite3.Connection) -> None:
         self._db = connection
         self._lock = threading.Lock()
+
+    @classmethod
+    def in_memory(cls) -> BusinessRules:
+        """An empty state in memory, to be filled by ``gateway.rules_rebuild`` at start-up."""
+        db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        db.executescript(_SCHEMA)
+        return cls(connection=db)
 
     @classmethod
     def open(cls, path: Path) -> BusinessRules:

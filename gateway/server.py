@@ -86,6 +86,7 @@ from gateway.replay import (
 )
 from gateway.routing import NodeRouter
 from gateway.rules import BusinessRules
+from gateway.rules_rebuild import rebuild_rules
 from gateway.service import SERVICE_NAME, GatewayServicer
 from gateway.telemetry import GatewayTelemetry, configure_logging
 from gateway.tickets import Tickets, TicketStore
@@ -199,14 +200,42 @@ def _console_source(config: GatewayConfig) -> Path | PgShard:
     return config.audit_path
 
 
+def _shard_reader(config: GatewayConfig) -> SqliteDatabase | PgDatabase:
+    """A reader of the configured shard, of its own (blocking)."""
+    audit = config.audit
+    if audit.store == "postgres":
+        return PgDatabase(audit.dsn, origin=audit.origin, schema=audit.schema, writer=False)
+    return SqliteDatabase(config.audit_path, origin=audit.origin, writer=False)
+
+
+def _rebuild_rules(config: GatewayConfig) -> BusinessRules:
+    """The business-rule state, rebuilt in memory from the configured shard (blocking).
+
+    Never read from a file (``gateway.rules_rebuild``): the gateway MUST NOT serve with a state
+    that could miss an executed order the log holds.
+    """
+    rules = BusinessRules.in_memory()
+    source = _shard_reader(config)
+    try:
+        rebuilt = rebuild_rules(rules, source, origin=config.audit.origin)
+    except BaseException:
+        rules.close()
+        raise
+    finally:
+        source.close()
+    _log.info(
+        "business-rule state rebuilt from the audit log: %d executed orders in %.1f ms",
+        rebuilt.orders,
+        rebuilt.seconds * 1000,
+        extra={"fields": {"orders": rebuilt.orders, "ms": round(rebuilt.seconds * 1000, 1)}},
+    )
+    return rules
+
+
 def _rebuild_replay(config: GatewayConfig, replay: ReplayStore) -> Rebuilt:
     """Rebuild ``replay`` from the configured shard through a reader of its own (blocking)."""
     audit = config.audit
-    source: SqliteDatabase | PgDatabase
-    if audit.store == "postgres":
-        source = PgDatabase(audit.dsn, origin=audit.origin, schema=audit.schema, writer=False)
-    else:
-        source = SqliteDatabase(config.audit_path, origin=audit.origin, writer=False)
+    source = _shard_reader(config)
     try:
         return rebuild_from_audit(
             replay,
@@ -292,7 +321,7 @@ async def _open_parts(
         raise
     resources.push_async_callback(audit.close)
     replay = await _open_replay_cache(config, resources)
-    rules = BusinessRules.open(config.rules_path)
+    rules = await asyncio.to_thread(_rebuild_rules, config)
     resources.callback(rules.close)
 
     def endpoint_of(target: MemberId) -> str:
@@ -400,6 +429,7 @@ class Gateway:
         self._decider = decider
         self._resources = resources
         self._reload_task: asyncio.Task[None] | None = None
+        self._reconcile_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self.console: RunningAuditorConsole | None = None
 
@@ -515,7 +545,10 @@ class Gateway:
             clock_skew=timedelta(seconds=config.pipeline.clock_skew_s),
             telemetry=telemetry,
             keep_response_bodies=config.audit.keep_response_bodies,
+            reconcile_timeout_s=config.routing.timeout_s,
         )
+        # Before serving: nothing is in flight, so every open request leg was cut off.
+        await pipeline.reconciler.run_once(grace=timedelta(0))
         server, health = _grpc_server(
             config, pipeline, parts, decider, tracer_provider, identity.trust
         )
@@ -549,6 +582,16 @@ class Gateway:
             stamp = _trust_stamp(config.federation.dir)
             gateway._reload_task = asyncio.create_task(gateway._watch_registry(stamp))
             resources.push_async_callback(_cancel, gateway._reload_task)
+        if config.pipeline.reconcile_interval_s > 0:
+            gateway._reconcile_task = asyncio.create_task(
+                pipeline.reconciler.run(
+                    interval_s=config.pipeline.reconcile_interval_s,
+                    # An exchange may still be waiting for its node for the routing timeout.
+                    grace=timedelta(seconds=2 * config.routing.timeout_s + 5),
+                ),
+                name="reconcile",
+            )
+            resources.push_async_callback(_cancel, gateway._reconcile_task)
         if config.console.listen:
             host, _, console_port = config.console.listen.rpartition(":")
             gateway.console = await start_auditor_console(
@@ -601,8 +644,9 @@ class Gateway:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        if self._reload_task is not None:
-            await _cancel(self._reload_task)
+        for task in (self._reload_task, self._reconcile_task):
+            if task is not None:
+                await _cancel(task)
         if self.console is not None:
             # First, so that no console event is appended once the log starts closing.
             await self.console.stop()

@@ -14,19 +14,66 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 
-from fedgate.checkpoint import cosignatures_in
-from fedgate.errors import FedgateError, VerificationError
+from fedgate.checkpoint import cosignatures_in, parse_checkpoint
+from fedgate.cosigned import compare_log
+from fedgate.errors import FedgateError, LogInconsistent, VerificationError
 from fedgate.merkle import MerkleTree
 from fedgate.note import NoteSignature, add_signatures, parse_note
 from fedgate.witness import WitnessClient, WitnessConflict
 from gateway.audit.store import AuditStore
 
-__all__ = ["Witnessing"]
+__all__ = ["Witnessing", "check_witness_views"]
 
 # The log's own logger: operators configure it by that name.
 logger = logging.getLogger("gateway.audit.log")
 
 _WITNESS_TIMEOUT_S = 10.0
+_VIEW_TIMEOUT_S = 5.0
+
+
+async def check_witness_views(
+    witnesses: Sequence[WitnessClient], origin: str, tree: MerkleTree
+) -> dict[str, int]:
+    """Compare the stored tree with each witness's latest cosigned checkpoint (at open).
+
+    A witness that cosigned a larger size, or another root at its size, proves the store was
+    rolled back or rewritten even when the state file was restored with it: raises
+    ``LogInconsistent``. A witness that cannot be asked now is logged and skipped (the
+    witnesses catch a rollback anyway when they are next asked to cosign). Returns the size
+    each answering witness had cosigned.
+    """
+
+    async def ask(w: WitnessClient) -> tuple[str, str | BaseException | None]:
+        try:
+            return w.verifier.name, await asyncio.wait_for(
+                w.latest_checkpoint(origin), _VIEW_TIMEOUT_S
+            )
+        except (FedgateError, TimeoutError, OSError) as exc:
+            return w.verifier.name, exc
+
+    views: dict[str, int] = {}
+    for name, view in await asyncio.gather(*(ask(w) for w in witnesses)):
+        if isinstance(view, BaseException):
+            logger.warning(
+                "audit log %s: cannot ask witness %s for its latest checkpoint: %s",
+                origin,
+                name,
+                view,
+            )
+            continue
+        if view is None:
+            continue
+        try:
+            # The witness's cosignature was checked by its client, and a witness cosigns only
+            # checkpoints signed by the log: no log key is needed (it may have been rotated).
+            cp = parse_checkpoint(parse_note(view).text)
+            if cp.origin != origin:
+                raise VerificationError(f"witness {name} answered for the log {cp.origin!r}")
+            compare_log(cp, size=tree.size, root_at=tree.root, source=f"witness {name}")
+        except VerificationError as exc:
+            raise LogInconsistent(f"{exc.message}. Refusing to sign") from exc
+        views[name] = cp.size
+    return views
 
 
 class Witnessing:
@@ -52,6 +99,8 @@ class Witnessing:
         self.published = published
         self.published_size = published_size
         self.wake = asyncio.Event()
+        self.published_changed = asyncio.Condition()
+        """Notified whenever ``published`` changes."""
         self._origin = origin
         self._store = store
         self._tree = tree
@@ -86,14 +135,18 @@ class Witnessing:
         if not lines:
             return
         cosigned = add_signatures(note, lines)
+        # Published before it is stored: the cosignatures are valid whether or not the store
+        # keeps them, and callers waiting for a cosigned checkpoint need not wait for an fsync.
+        if size >= self.published_size:
+            self.published, self.published_size = cosigned, size
+            async with self.published_changed:
+                self.published_changed.notify_all()
         try:
             await self._store.add_cosigned(size, cosigned)
         except FedgateError as exc:
             logger.error(
                 "audit log %s: cannot store a cosigned checkpoint: %s", self._origin, exc.message
             )
-        if size >= self.published_size:
-            self.published, self.published_size = cosigned, size
 
     async def _ask(self, witness: WitnessClient, size: int, note: str) -> NoteSignature | None:
         name = witness.verifier.name

@@ -15,6 +15,7 @@ terminal is a page like any other. Identifiers in full come only through an audi
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
 import json
 import os
@@ -24,6 +25,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import grpc
+import grpc.aio
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
@@ -37,18 +40,28 @@ from fedgate.audit_entry import (
     time_to_micros,
 )
 from fedgate.auditverify import LogSource, VerifyOptions, VerifyReport, verify_log
-from fedgate.checkpoint import parse_checkpoint
+from fedgate.checkpoint import CosignatureVerifier, parse_checkpoint
 from fedgate.commands.users import add_user_parser
-from fedgate.errors import InvalidArgument, NotFound, VerificationError
-from fedgate.evidence import build_bundle, log_verifiers, verify_bundle, witness_verifiers
+from fedgate.errors import FedgateError, InvalidArgument, NotFound, VerificationError
+from fedgate.evidence import (
+    build_bundle,
+    check_witness_policy,
+    log_verifiers,
+    verify_bundle,
+    witness_verifiers,
+)
+from fedgate.keys import public_key_from_raw
 from fedgate.merkle import MerkleTree
 from fedgate.note import NoteVerifier, parse_note
 from fedgate.registry import Registry
 from fedgate.render import CST
 from fedgate.tlogproof import TlogProof
+from fedgate.tls import MemberCredentials, channel_credentials, channel_options
+from fedgate.types import MemberId
 from fedgate.v1 import envelope_pb2, request_pb2
 from fedgate.web.auth import Role
 from fedgate.web.protoview import mask_tree
+from fedgate.witness import GrpcWitnessClient
 from gateway.audit.store import IndexedRow, SearchQuery
 
 __all__ = ["register"]
@@ -88,6 +101,31 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="worker processes (default: 1, or every CPU for big logs)",
     )
     verify.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    verify.add_argument(
+        "--checkpoint",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a checkpoint note cosigned by the witnesses (meeting the registry's witness "
+        "policy); the log must not be smaller than or inconsistent with it (repeatable)",
+    )
+    verify.add_argument(
+        "--from-witnesses",
+        action="store_true",
+        help="ask the witness policy's witnesses for the latest checkpoint each cosigned, and "
+        "compare the log with every one (needs --member credentials in --federation)",
+    )
+    verify.add_argument(
+        "--member", default="audit.office", help="whose TLS credentials ask the witnesses"
+    )
+    verify.add_argument(
+        "--witness-endpoint",
+        action="append",
+        default=[],
+        metavar="ID=HOST:PORT",
+        help="a witness's endpoint, overriding the registry (repeatable)",
+    )
     verify.set_defaults(func=_verify)
 
     search = sub.add_parser("search", help="find entries by officer, member, case, subject...")
@@ -229,17 +267,90 @@ def _verify(args: argparse.Namespace) -> int:
             chunk=PROGRESS_CHUNK,
         )
         progress = None if args.quiet else _progress
+        try:
+            witnessed = _witnessed(args, registry, origin)
+        except VerificationError as exc:
+            print(f"FAILED: {exc.message}")
+            print(f"fedgate audit verify: {origin}: {exc.message}", file=sys.stderr)
+            status = 1
+            continue
         report = verify_log(
             opener,
             log_keys=_log_keys(args, registry, origin),
             witnesses=witnesses,
             options=options,
             progress=progress,
+            witnessed=witnessed,
         )
         _print_report(report)
         if not report.ok:
             status = 1
     return status
+
+
+def _witnessed(args: argparse.Namespace, registry: Registry, origin: str) -> list[tuple[str, str]]:
+    """The cosigned checkpoints to compare the log with: ``--checkpoint`` files (each must
+    meet the witness policy) and, with ``--from-witnesses``, each witness's latest view.
+    Raises ``VerificationError``."""
+    found: list[tuple[str, str]] = []
+    for path in args.checkpoint:
+        try:
+            note = path.read_text("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise VerificationError(f"cannot read the checkpoint {path}: {exc}") from exc
+        try:
+            check_witness_policy(note, registry)
+        except VerificationError as exc:
+            raise VerificationError(f"{path}: {exc.message}") from exc
+        found.append((f"the witnesses ({path})", note))
+    if args.from_witnesses:
+        found += asyncio.run(_ask_witnesses(args, registry, origin))
+    return found
+
+
+async def _ask_witnesses(
+    args: argparse.Namespace, registry: Registry, origin: str
+) -> list[tuple[str, str]]:
+    policy = registry.effective_witness_policy()
+    if policy is None:
+        raise VerificationError("the registry names no witness to ask")
+    try:
+        endpoints = dict(item.split("=", 1) for item in args.witness_endpoint)
+    except ValueError as exc:
+        raise InvalidArgument("--witness-endpoint must be ID=HOST:PORT") from exc
+    credentials = MemberCredentials.load(args.federation, MemberId(args.member))
+    views: list[tuple[str, str]] = []
+    problems: list[str] = []
+    for name in policy.witnesses:
+        witness = registry.member(name)
+        key = max(witness.signing_keys, key=lambda k: k.not_before)
+        channel = grpc.aio.secure_channel(
+            endpoints.get(name) or witness.endpoint,
+            channel_credentials(credentials),
+            options=channel_options(witness.id),
+        )
+        client = GrpcWitnessClient(
+            channel,
+            verifier=CosignatureVerifier(name=name, public_key=public_key_from_raw(key.public_key)),
+            timeout_s=5.0,
+        )
+        try:
+            note = await client.latest_checkpoint(origin)
+        except FedgateError as exc:
+            problems.append(f"{name}: {exc.message}")
+            continue
+        finally:
+            await channel.close(None)
+        if note is None:
+            problems.append(f"{name} never cosigned {origin}")
+            continue
+        views.append((f"witness {name}", note))
+    if len(views) < policy.quorum:
+        raise VerificationError(
+            f"{len(views)} witness(es) gave their latest checkpoint; the witness policy requires "
+            f"{policy}: {'; '.join(problems)}"
+        )
+    return views
 
 
 def _progress(done: int, total: int, elapsed: float) -> None:
@@ -271,6 +382,8 @@ def _print_report(r: VerifyReport) -> None:
             f"{s.refused_unverifiable} unverifiable; {s.responses_without_envelope} response "
             f"legs without a signed response; {s.node_faults_unverifiable} node faults"
         )
+    for source, size in r.witnessed:
+        print(f"  witnessed    size {size} cosigned by {source}: the log extends it")
     print(f"  time         {r.seconds:.2f} s ({rate:,.0f} entries/s)")
     if r.failure is None:
         print("OK")

@@ -44,7 +44,7 @@ from fedgate.note import NoteSigner, NoteVerifier
 from fedgate.witness import WitnessClient
 from gateway.audit._receipt import Receipt
 from gateway.audit._state import StateFile, check_state_file, rebuild_tree
-from gateway.audit._witnessing import Witnessing
+from gateway.audit._witnessing import Witnessing, check_witness_views
 from gateway.audit.store import AuditStore, CommitBatch, IndexedRow, NewLeaf, SearchQuery
 
 __all__ = ["AuditLog", "Receipt"]
@@ -168,6 +168,8 @@ class AuditLog:
             stored.checkpoint_size,
         )
         await asyncio.to_thread(check_state_file, path, origin, tree)
+        # The state file can be restored together with the database; the witnesses cannot.
+        views = await check_witness_views(witnesses, origin, tree)
         checkpoint = stored.checkpoint
         if checkpoint is None:
             # A new log starts with a signed checkpoint of the empty tree.
@@ -189,6 +191,7 @@ class AuditLog:
         )
         if stored.cosigned is not None:
             log._witnessing.seed(stored.cosigned, stored.cosigned_size)
+        log._witnessing.sizes.update(views)
         log._start()
         return log
 
@@ -240,6 +243,32 @@ class AuditLog:
         """The size of ``latest_cosigned_checkpoint`` (0 if none)."""
         w = self._witnessing
         return w.published_size if w.published is not None else 0
+
+    async def cosigned_covering(self, size: int, *, timeout_s: float) -> tuple[str, int]:
+        """The newest cosigned checkpoint of at least ``size`` entries and its size, waiting
+        up to ``timeout_s`` for the witnesses (they cosign in the background after commits).
+
+        Raises ``AuditUnavailable`` when none covers ``size`` in time (no witness, or none
+        answering), ``NotFound`` when ``size`` is beyond the log.
+        """
+        if size > self._size:
+            raise NotFound(f"no tree of size {size}: the log has {self._size} entries")
+        w = self._witnessing
+
+        def covered() -> bool:
+            return w.published is not None and w.published_size >= size
+
+        async with w.published_changed:
+            try:
+                await asyncio.wait_for(w.published_changed.wait_for(covered), timeout_s)
+            except TimeoutError:
+                errors = "; ".join(f"{k}: {v}" for k, v in sorted(w.errors.items()))
+                raise AuditUnavailable(
+                    f"the witnesses have not cosigned a checkpoint covering size {size} yet"
+                    + (f" ({errors})" if errors else "")
+                ) from None
+        assert w.published is not None
+        return w.published, w.published_size
 
     def leaf_hash(self, index: int) -> bytes:
         """The leaf hash of entry ``index``; ``NotFound`` beyond the log."""

@@ -73,6 +73,8 @@ __all__ = [
 ]
 
 MAX_PAGE_SIZE = 500
+MAX_COSIGN_WAIT_MS = 5_000
+"""The longest ``GetCosignedCheckpoint`` waits for the witnesses to cosign."""
 DEFAULT_PAGE_SIZE = 100
 AUDITOR_ROLE = "auditor"
 MIN_REVEAL_REASON = 10
@@ -356,6 +358,28 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
         except FedgateError as exc:
             await abort_with(context, exc)
         return audit_service_pb2.ExportEvidenceResponse(bundle=bundle)
+
+    async def GetCosignedCheckpoint(
+        self,
+        request: audit_service_pb2.GetCosignedCheckpointRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> audit_service_pb2.GetCosignedCheckpointResponse:
+        try:
+            self._caller(context)
+            log = self._log
+            if not 0 < request.tree_size <= log.size:
+                raise InvalidArgument(
+                    f"tree_size must be between 1 and the log's size {log.size}, "
+                    f"got {request.tree_size}"
+                )
+            wait_s = min(request.wait_ms, MAX_COSIGN_WAIT_MS) / 1000.0
+            note, size = await log.cosigned_covering(request.tree_size, timeout_s=wait_s)
+            proof = log.consistency_proof(request.tree_size, size)
+        except FedgateError as exc:
+            await abort_with(context, exc)
+        return audit_service_pb2.GetCosignedCheckpointResponse(
+            checkpoint=note, tree_size=size, consistency_proof=proof
+        )
 
 
 def _party(row: IndexedRow, member: Member) -> bool:

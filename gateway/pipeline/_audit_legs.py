@@ -23,10 +23,14 @@ from gateway.pipeline._exchange import Exchange
 from gateway.telemetry import GatewayTelemetry
 from gateway.tickets import PendingRequest
 
-__all__ = ["TICKET_READ_REFUSED", "AuditLegs"]
+__all__ = ["RECONCILED", "TICKET_READ_REFUSED", "AuditLegs"]
 
 TICKET_READ_REFUSED = "ticket_read_refused"
 """The event kind of a refused ticket read (another member's ticket, or none)."""
+
+RECONCILED = "reconciled: "
+"""The start of the ``detail`` of every response leg written by reconciliation (``_reconcile``):
+the answer was fetched from the node after the exchange that forwarded it was cut off."""
 
 # The pipeline's own logger: operators configure it by that name.
 _log = logging.getLogger("gateway.pipeline")
@@ -170,10 +174,15 @@ class AuditLegs:
         received_at: datetime,
         status: str,
         why: request_pb2.Response | FedgateError,
+        *,
+        reconciled: bool = False,
     ) -> ResponseLeg:
-        """The response leg of ``answer``, with ``why``'s detail."""
+        """The response leg of ``answer``, with ``why``'s detail (marked ``RECONCILED`` when
+        the answer was fetched from the node after the exchange was cut off)."""
         signature = answer.signature if len(answer.signature) == 64 else b""
         detail = why.detail if isinstance(why, request_pb2.Response) else f"{why.reason}: {why}"
+        if reconciled:
+            detail = f"{RECONCILED}{detail}"
         return ResponseLeg(
             request_id=pending.request_id,
             request_leaf_index=pending.request_leaf_index,

@@ -135,9 +135,11 @@ class Forwarder:
         answer: envelope_pb2.SignedEnvelope,
         *,
         responder: MemberId,
+        reconciled: bool = False,
     ) -> tuple[envelope_pb2.SignedResponse, str]:
         """Stages 10–12: check ``answer`` from ``responder``, log it, countersign it; returns it
-        with its audit status. Raises ``AgencyFault`` (logged) or ``AuditUnavailable``."""
+        with its audit status. ``reconciled`` marks the response leg as written by
+        reconciliation. Raises ``AgencyFault`` (logged) or ``AuditUnavailable``."""
         received_at = self._now()
         try:
             with self._telemetry.stage("response_check"):
@@ -153,13 +155,15 @@ class Forwarder:
         except AgencyFault as error:
             self._telemetry.record_refusal(reason=error.reason, stage="response_check")
             leg = self._legs.answer_leg(
-                pending, answer, responder, received_at, "node_fault", error
+                pending, answer, responder, received_at, "node_fault", error, reconciled=reconciled
             )
             await self._legs.append(leg, "response")
             raise
         status = _STATUS_NAMES.get(response.status, "invalid")
         with self._telemetry.stage("audit_response"):
-            leg = self._legs.answer_leg(pending, answer, responder, received_at, status, response)
+            leg = self._legs.answer_leg(
+                pending, answer, responder, received_at, status, response, reconciled=reconciled
+            )
             receipt = await self._legs.append(leg, "response")
         with self._telemetry.stage("countersign"):
             signed = envelope_pb2.SignedResponse(

@@ -73,6 +73,7 @@ from gateway.pipeline._audit_legs import AuditLegs
 from gateway.pipeline._exchange import Exchange, stage
 from gateway.pipeline._forwarding import Forwarder
 from gateway.pipeline._officers import check_officers
+from gateway.pipeline._reconcile import Reconciler
 from gateway.pipeline._reports import Reports
 from gateway.pipeline._undo import check_undo
 from gateway.pipeline.validation import validate_request
@@ -116,6 +117,7 @@ class Pipeline:
         clock_skew: timedelta,
         telemetry: GatewayTelemetry,
         keep_response_bodies: bool = True,
+        reconcile_timeout_s: float = 5.0,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._trust = trust
@@ -160,6 +162,16 @@ class Pipeline:
             telemetry=telemetry,
             now=now,
         )
+        self.reconciler = Reconciler(
+            audit=audit,
+            router=router,
+            tickets=tickets,
+            forwarder=self._forwarder,
+            legs=self._legs,
+            node_timeout_s=reconcile_timeout_s,
+            now=now,
+        )
+        """Writes the missing response legs of exchanges cut off by a crash (``_reconcile``)."""
         tickets.bind(self)
 
     @property

@@ -18,6 +18,7 @@ from fedgate.checkpoint import (
     open_checkpoint,
     parse_checkpoint,
     sign_checkpoint,
+    verify_cosignatures,
 )
 from fedgate.errors import VerificationError
 from fedgate.keys import raw_public_key
@@ -360,3 +361,30 @@ class TestCosignaturesIn:
         note = sign_note("not\na checkpoint\n", [log_signer()])
         with pytest.raises(VerificationError, match="malformed checkpoint"):
             cosignatures_in(note, [w.verifier()])
+
+
+class TestVerifyCosignatures:
+    """Signed-note semantics: a bad signature by a known witness key is an error."""
+
+    def test_valid_cosignatures_are_returned_and_unknown_keys_ignored(self) -> None:
+        log = log_signer()
+        w1, w2, stranger = witness("w1"), witness("w2"), witness("x")
+        cp = Checkpoint(origin=log.name, size=7, root_hash=ROOT)
+        body = cp.marshal()
+        note = add_signatures(
+            sign_checkpoint(cp, log),
+            [w1.cosign(body, timestamp=100), w2.cosign(body, timestamp=200),
+             stranger.cosign(body, timestamp=400)],
+        )  # fmt: skip
+        assert verify_cosignatures(note, [w1.verifier(), w2.verifier()]) == {"w1": 100, "w2": 200}
+
+    def test_a_known_witness_whose_cosignature_fails_is_an_error(self) -> None:
+        log, w1, w3 = log_signer(), witness("w1"), witness("w3")
+        cp = Checkpoint(origin=log.name, size=7, root_hash=ROOT)
+        forged = NoteSignature(w3.name, w3.key_hash, (300).to_bytes(8, "big") + bytes(64))
+        note = add_signatures(
+            sign_checkpoint(cp, log), [w1.cosign(cp.marshal(), timestamp=1), forged]
+        )
+        assert cosignatures_in(note, [w1.verifier(), w3.verifier()]) == {"w1": 1}
+        with pytest.raises(VerificationError, match="cosignature of witness w3 does not verify"):
+            verify_cosignatures(note, [w1.verifier(), w3.verifier()])

@@ -16,7 +16,7 @@ import pytest
 from fedgate.audit_entry import RequestLeg, ResponseLeg, encode_entry
 from fedgate.checkpoint import Checkpoint, CosignatureSigner, sign_checkpoint
 from fedgate.envelope import Domain, Signer, sign_envelope
-from fedgate.errors import KeyNotValid, UnknownKey, VerificationError
+from fedgate.errors import KeyNotValid, RegistryError, UnknownKey, VerificationError
 from fedgate.evidence import (
     HistoricalKeys,
     build_bundle,
@@ -29,7 +29,7 @@ from fedgate.keys import key_id_of, load_private_key
 from fedgate.merkle import MerkleTree, leaf_hash
 from fedgate.note import NoteSigner, add_signatures
 from fedgate.pki import FederationLayout, init_federation, revoke_key
-from fedgate.registry import Registry
+from fedgate.registry import Registry, WitnessPolicy
 from fedgate.testing import card_number, valid_request
 from fedgate.types import MemberId
 from fedgate.v1 import request_pb2
@@ -224,11 +224,68 @@ class TestVerifyBundle:
             with pytest.raises(VerificationError, match="malformed evidence bundle"):
                 verify_bundle(json.dumps(doc).encode(), registry)
 
-    def test_without_cosignatures_it_still_verifies(
+
+class TestWitnessPolicy:
+    """Signed-note semantics for cosignatures, and the registry's k-of-n witness policy."""
+
+    def test_the_default_federation_requires_1_of_its_2_witnesses(self, registry: Registry) -> None:
+        assert registry.witness_policy == WitnessPolicy(
+            quorum=1, witnesses=(MemberId("pboc.gz"), MemberId("audit.office"))
+        )
+
+    def test_a_bundle_without_cosignatures_is_refused(
         self, fed_dir: Path, registry: Registry
     ) -> None:
         x = exchange(fed_dir, registry, at=datetime.now(UTC), request_index=5)
-        assert verify_bundle(bundle_for(fed_dir, x, cosign=False), registry).witnesses == ()
+        with pytest.raises(VerificationError, match="cosigned by 0 of the witnesses"):
+            verify_bundle(bundle_for(fed_dir, x, cosign=False), registry)
+
+    def test_an_altered_cosignature_by_a_known_witness_is_an_error(
+        self, good: bytes, registry: Registry
+    ) -> None:
+        doc = json.loads(good)
+        for entry in doc["entries"]:
+            lines = entry["tlog_proof"].split("\n")
+            at = next(i for i, line in enumerate(lines) if line.startswith("— pboc.gz "))
+            name, key_and_sig = lines[at].rsplit(" ", 1)
+            raw = bytearray(base64.b64decode(key_and_sig))
+            raw[-1] ^= 1
+            lines[at] = f"{name} {base64.b64encode(bytes(raw)).decode()}"
+            entry["tlog_proof"] = "\n".join(lines)
+        with pytest.raises(VerificationError, match=r"cosignature of witness pboc\.gz does not"):
+            verify_bundle(json.dumps(doc).encode(), registry)
+
+    def test_one_cosignature_is_below_a_2_of_2_policy(
+        self, fed_dir: Path, good: bytes, registry: Registry
+    ) -> None:
+        strict = replace(
+            registry,
+            witness_policy=WitnessPolicy(
+                quorum=2, witnesses=(MemberId("pboc.gz"), MemberId("audit.office"))
+            ),
+        )
+        assert verify_bundle(good, registry).witnesses == ("pboc.gz",)
+        with pytest.raises(VerificationError, match="requires 2 of 2"):
+            verify_bundle(good, strict)
+
+    def test_a_policy_naming_a_member_without_the_witness_role_is_refused(
+        self, registry: Registry
+    ) -> None:
+        with pytest.raises(RegistryError, match="not a member with the witness role"):
+            replace(registry, witness_policy=WitnessPolicy(quorum=1, witnesses=(BANK,)))
+        with pytest.raises(RegistryError, match="quorum 3"):
+            WitnessPolicy(quorum=3, witnesses=(MemberId("pboc.gz"), MemberId("audit.office")))
+
+    def test_the_policy_is_signed_and_survives_a_reissue(
+        self, fed_dir: Path, tmp_path: Path
+    ) -> None:
+        fed = tmp_path / "fed"
+        shutil.copytree(fed_dir, fed)
+        revoke_key(fed, key_id_of(_key(fed, POLICE).key), reason="test")
+        reloaded = Registry.load_dir(fed)
+        assert reloaded.serial == 2
+        assert reloaded.witness_policy is not None
+        assert reloaded.witness_policy.quorum == 1
 
 
 class TestHistoricalKeys:

@@ -65,6 +65,7 @@ class TestGatewayConfig:
             ("[telemetry]\nprometheus_listen = '0.0.0.0:9464'\n", "telemetry.prometheus_listen"),
             ("[extra]\nx = 1\n", "extra"),
             ("[audit]\nwitnesses = 'pboc.gz'\n", "audit.witnesses"),
+            ("reconcile_interval_s = -1\n", "pipeline.reconcile_interval_s"),
         ],
     )
     def test_mistakes_name_the_option(self, tmp_path: Path, extra: str, option: str) -> None:

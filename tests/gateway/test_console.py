@@ -4,6 +4,7 @@ reveals, evidence bundles, the log's state, charts and flags; and the gateway se
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import shutil
@@ -30,6 +31,7 @@ from fedgate.v1 import request_pb2
 from fedgate.web.auth import Role, ScryptParams, UserStore
 from fedgate.web.headers import CSP
 from fedgate.web.text import BEIJING, mask_identifier
+from fedgate.witness import Witness
 from gateway.audit.insights import DayCount, LogInsights, ReasonCount
 from gateway.audit.log import AuditLog
 from gateway.audit.sqlite_store import open_sqlite_store
@@ -198,10 +200,18 @@ async def open_bench(fed: Path, tmp: Path) -> Bench:
     clock = Clock()
     key = load_private_key(FederationLayout(fed).signing_key(MemberId("gateway")))
     db = tmp / "audit.sqlite"
+    log_signer = NoteSigner(name=ORIGIN, private_key=key)
+    witness = Witness(
+        name="pboc.gz",
+        private_key=load_private_key(FederationLayout(fed).signing_key(MemberId("pboc.gz"))),
+        state_path=tmp / "witness-pboc",
+        logs={ORIGIN: log_signer.verifier()},
+    )
     log = await AuditLog.open(
         store=await open_sqlite_store(db, origin=ORIGIN),
         origin=ORIGIN,
-        signer=NoteSigner(name=ORIGIN, private_key=key),
+        signer=log_signer,
+        witnesses=[witness],
     )
     insights = await LogInsights.open(db)
     users = UserStore.in_state_dir(tmp, clock=clock)
@@ -626,6 +636,10 @@ class TestEvidence:
         self, auditor: Bench
     ) -> None:
         target, answer, _ = await auditor.exchange()
+        for _ in range(500):  # the default witness policy: 1 of 2 witnesses cosigned
+            if auditor.log.latest_cosigned_size() == auditor.log.size:
+                break
+            await asyncio.sleep(0.01)
         token = form_token((await auditor.client.get(f"/entries/{target}")).text)
         response = await auditor.client.post(f"/entries/{target}/evidence", data={"csrf": token})
         assert response.status_code == 200

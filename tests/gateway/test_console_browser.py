@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -25,6 +26,7 @@ import pytest
 from adapters.bank.node import BankNode
 from adapters.config import NodeConfig
 from adapters.synth import World, seed_world
+from adapters.witness import WitnessNode
 from fedgate.audit_entry import EventEntry, decode_entry
 from fedgate.client import FedgateClient
 from fedgate.errors import FedgateError
@@ -34,6 +36,7 @@ from fedgate.v1 import request_pb2
 from fedgate.web.auth import Role, ScryptParams, UserStore
 from fedgate.web.text import mask_identifier
 from gateway.config import (
+    AuditConfig,
     ConsoleConfig,
     FederationConfig,
     GatewayConfig,
@@ -47,6 +50,7 @@ PASSWORD = "correct horse battery"
 FAST = ScryptParams(n=2**10, r=8, p=1)
 POLICE = MemberId("police.gd.afc")
 BANK = MemberId("bank.icbc")
+PBOC = MemberId("pboc.gz")
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]  # the chromium fixture skips if it is missing
 
@@ -90,12 +94,27 @@ async def centre(gw_federation: Path, tmp_path: Path) -> AsyncIterator[Centre]:
         password=PASSWORD, params=FAST,
     )  # fmt: skip
     users.close()
+    # The central bank's witness: evidence bundles must meet the witness policy (1 of 2).
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        witness_listen = f"127.0.0.1:{s.getsockname()[1]}"
+    witness = WitnessNode(
+        federation=fed,
+        member=PBOC,
+        state=tmp_path / "pboc",
+        origins=[AuditConfig().origin],
+        listen=witness_listen,
+    )
+    await witness.start()
     gateway = await Gateway.start(
         GatewayConfig(
             federation=FederationConfig(dir=fed, reload_interval_s=0),
             pipeline=PipelineConfig(state_dir=state),
             server=ServerConfig(listen="127.0.0.1:0", grace_period_s=0.5),
-            routing=RoutingConfig(timeout_s=5.0, endpoints={BANK: node.endpoint}),
+            audit=AuditConfig(witnesses=(PBOC,)),
+            routing=RoutingConfig(
+                timeout_s=5.0, endpoints={BANK: node.endpoint, PBOC: witness_listen}
+            ),
             console=ConsoleConfig(listen="127.0.0.1:0"),
         )
     )
@@ -106,6 +125,7 @@ async def centre(gw_federation: Path, tmp_path: Path) -> AsyncIterator[Centre]:
         await police.close()
         await gateway.stop(0.5)
         await node.stop(grace=None)
+        await witness.stop(0)
 
 
 # -- steps run in the browser thread -------------------------------------------------------------
@@ -135,6 +155,8 @@ class TestAuditorConsoleInTheBrowser:
             refused.officer.CopyFrom(request.officer)
             with pytest.raises(FedgateError):
                 await centre.police.ask(refused)
+        audit = centre.gateway.audit
+        await audit.cosigned_covering(audit.size, timeout_s=10.0)
         url = centre.url
         bundle_path = tmp_path / "bundle.json"
         page = await chromium.run(new_page, chromium.browser)

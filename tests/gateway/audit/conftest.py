@@ -3,6 +3,7 @@ store (the PostgreSQL schema per test, ``pg``, is in ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -166,7 +167,11 @@ class LogFactory:
             self.pg.dsn, origin=ORIGIN, schema=self.pg.schema, state_path=self.state
         )
 
-    async def open(self, **kwargs: object) -> AuditLog:
+    async def open(self, *, witnessed: bool = False, **kwargs: object) -> AuditLog:
+        """A log over this store; ``witnessed``: with the central bank's witness (the default
+        federation's witness policy is 1 of 2), see ``cosigned``."""
+        if witnessed:
+            kwargs["witnesses"] = [self.fed.witness(WITNESSES[0], self.tmp / "witness-pboc")]
         log = await AuditLog.open(
             store=await self.store(),
             origin=ORIGIN,
@@ -175,6 +180,18 @@ class LogFactory:
         )
         self.opened.append(log)
         return log
+
+    @staticmethod
+    async def cosigned(log: AuditLog, *, timeout_s: float = 10.0) -> str:
+        """Wait until the witnesses cosigned the log's latest checkpoint; returns that note."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while log.latest_cosigned_size() != log.size:
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"not cosigned at size {log.size}: {log.witness_errors}")
+            await asyncio.sleep(0.01)
+        note = log.latest_cosigned_checkpoint()
+        assert note is not None
+        return note
 
     def source_args(self) -> list[str]:
         """The ``fedgate audit`` arguments naming this log."""

@@ -37,7 +37,7 @@ def run_audit(argv: Sequence[str], capsys: pytest.CaptureFixture[str]) -> tuple[
 
 async def two_exchanges(logs: LogFactory) -> list[AuditEntry]:
     fed = logs.fed
-    log = await logs.open()
+    log = await logs.open(witnessed=True)
     entries: list[AuditEntry] = []
     for _ in range(2):
         request = fed.request()
@@ -45,6 +45,7 @@ async def two_exchanges(logs: LogFactory) -> list[AuditEntry]:
         response = fed.response(request, receipt.index)
         await log.append(response)
         entries += [request, response]
+    await logs.cosigned(log)
     await log.close()
     return entries
 

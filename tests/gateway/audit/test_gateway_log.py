@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -12,9 +13,16 @@ from typing import Any
 import pytest
 
 from fedgate.envelope import Domain, Signer, sign_envelope
-from fedgate.keys import generate_signing_key
+from fedgate.keys import generate_signing_key, load_private_key
+from fedgate.note import NoteSigner
+from fedgate.pki import FederationLayout
+from fedgate.types import MemberId
 from fedgate.v1 import envelope_pb2
+from fedgate.witness import Witness
 from gateway.audit.cli import register
+from gateway.audit.log import AuditLog
+from gateway.audit.sqlite_store import open_sqlite_store
+from gateway.config import AuditConfig
 
 
 def run_audit(argv: Sequence[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -24,6 +32,34 @@ def run_audit(argv: Sequence[str], capsys: pytest.CaptureFixture[str]) -> tuple[
     code: int = args.func(args)
     out = capsys.readouterr()
     return code, out.out + out.err
+
+
+async def _cosign_latest(federation: Path, db: Path) -> None:
+    """Open the log again with the central bank's witness and wait for its cosignature."""
+    layout = FederationLayout(federation)
+    log_key = load_private_key(layout.signing_key(MemberId("gateway")))
+    origin = AuditConfig().origin
+    signer = NoteSigner(name=origin, private_key=log_key)
+    witness = Witness(
+        name="pboc.gz",
+        private_key=load_private_key(layout.signing_key(MemberId("pboc.gz"))),
+        state_path=db.parent / "witness-pboc",
+        logs={origin: signer.verifier()},
+    )
+    log = await AuditLog.open(
+        store=await open_sqlite_store(db, origin=origin),
+        origin=origin,
+        signer=signer,
+        witnesses=[witness],
+    )
+    try:
+        for _ in range(500):
+            if log.latest_cosigned_size() == log.size:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"not cosigned: {log.witness_errors}")
+    finally:
+        await log.close()
 
 
 class TestTheGatewaysLog:
@@ -60,7 +96,18 @@ class TestTheGatewaysLog:
         code, out = run_audit(["export", "--db", str(db), "1", "--out", str(bundle)], capsys)
         assert code == 0, out
         assert [e["index"] for e in json.loads(bundle.read_text())["entries"]] == [0, 1]
+        # This gateway has no witness: its checkpoints are below the witness policy.
+        code, out = run_audit(
+            ["verify-bundle", str(bundle), "--federation", str(h.federation)], capsys
+        )
+        assert code == 1
+        assert "the witness policy requires 1 of 2 (pboc.gz, audit.office)" in out
+
+        await _cosign_latest(h.federation, db)
+        code, out = run_audit(["export", "--db", str(db), "1", "--out", str(bundle)], capsys)
+        assert code == 0, out
         code, out = run_audit(
             ["verify-bundle", str(bundle), "--federation", str(h.federation)], capsys
         )
         assert code == 0, out
+        assert "cosigned by pboc.gz" in out

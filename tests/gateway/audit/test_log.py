@@ -407,21 +407,13 @@ class TestWitnessing:
                 break
             await asyncio.sleep(0.02)
         await log.close()
-        # An attacker replaces database and state file with a two-entry fork.
+        # An attacker replaces database and state file with a fresh log: the witness's latest
+        # view (size 4) refuses it at open, before anything is signed.
         db.unlink()
         (tmp_path / "a.sqlite.state").unlink()
-        log = await AuditLog.open(
-            store=await open_sqlite_store(db, origin=ORIGIN),
-            origin=ORIGIN,
-            signer=fed.log_signer(),
-            witnesses=[witness],
-        )
-        for _ in range(2):
-            await log.append(fed.request())
-        for _ in range(100):
-            if "pboc.gz" in log.witness_errors:
-                break
-            await asyncio.sleep(0.02)
-        assert "rolled back" in log.witness_errors["pboc.gz"]
-        assert cosignatures_in(log.latest_checkpoint(), [witness.verifier]) == {}
-        await log.close()
+        store = await open_sqlite_store(db, origin=ORIGIN)
+        with pytest.raises(LogInconsistent, match="rolled back or truncated"):
+            await AuditLog.open(
+                store=store, origin=ORIGIN, signer=fed.log_signer(), witnesses=[witness]
+            )
+        await store.close()

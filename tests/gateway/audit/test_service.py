@@ -56,7 +56,7 @@ async def _serve(
     logs: LogFactory, decider_fn: Callable[[], PolicyDecider] | None
 ) -> AsyncIterator[Service]:
     fed = logs.fed
-    log = await logs.open()
+    log = await logs.open(witnessed=True)
     subjects = []
     for _ in range(3):
         request = fed.request()
@@ -66,6 +66,7 @@ async def _serve(
     await log.append(
         EventEntry(kind="console_login", actor="staff-7", member="bank.ccb", at=datetime.now(UTC))
     )
+    await logs.cosigned(log)
     server = grpc.aio.server()
     registry = Registry.load_dir(fed.dir)
     audit_service_pb2_grpc.add_AuditServiceServicer_to_server(

@@ -1,0 +1,114 @@
+"""The business-rule state as a projection of the audit log, rebuilt at start-up.
+
+Every order the rules count (stop-payments and their extensions and releases, freezes, renewals
+and releases, monitors) reaches the state only through ``BusinessRules.record_outcome``, after
+its response leg ``ok`` is durable in the log (stage 11 before the outcome is recorded; a leg
+reconciled after a crash is an ``ok`` response leg like any other). So the log holds every
+outcome the state ever held, and ``rebuild_rules`` replays them, in log order, into an empty
+state: a state file lost, locked or restored from an old copy can no longer let a third
+stop-payment through, because there is no such file (``BusinessRules.in_memory``).
+
+The response legs are found through the search index (action and outcome), and each one's
+request leg is read back for the order's fields: only orders are read, however long the log.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+
+from fedgate.actions import ORDER_ACTIONS
+from fedgate.audit_entry import EntryKind, RequestLeg, decode_entry, micros_to_time
+from fedgate.envelope import decode_request
+from fedgate.errors import AuditUnavailable, FedgateError
+from fedgate.v1 import envelope_pb2, request_pb2
+from gateway.audit.store import IndexedRow, SearchQuery
+from gateway.rules import BusinessRules
+
+__all__ = ["OrderSource", "RulesRebuilt", "rebuild_rules"]
+
+_PAGE: Final = 5_000
+
+
+class OrderSource(Protocol):
+    """A reader of one log shard (``SqliteDatabase``, ``PgDatabase``)."""
+
+    def search(self, query: SearchQuery) -> list[IndexedRow]: ...
+
+    def leaves(self, start: int, stop: int) -> list[bytes]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RulesRebuilt:
+    """What ``rebuild_rules`` did: executed orders replayed and how long it took."""
+
+    orders: int
+    seconds: float
+
+
+def _executed(source: OrderSource) -> list[IndexedRow]:
+    """The ``ok`` response legs of every order action, in log order."""
+    rows: list[IndexedRow] = []
+    for action in sorted(ORDER_ACTIONS):
+        after = -1
+        while True:
+            page = source.search(
+                SearchQuery(action=action, outcome="ok", after_index=after, limit=_PAGE)
+            )
+            rows += [r for r in page if r.columns[0] == EntryKind.RESPONSE]
+            if len(page) < _PAGE:
+                break
+            after = page[-1].index
+    rows.sort(key=lambda r: r.index)
+    return rows
+
+
+def _request_of(source: OrderSource, row: IndexedRow, origin: str) -> request_pb2.Request:
+    index = row.columns[11]
+    found: Sequence[bytes] = source.leaves(index, index + 1)
+    if not found:
+        raise AuditUnavailable(
+            f"audit shard {origin!r}: entry {row.index} answers request entry {index}, "
+            "which is missing"
+        )
+    try:
+        leg = decode_entry(found[0])
+        if not isinstance(leg, RequestLeg) or leg.request_id != row.columns[1]:
+            raise AuditUnavailable(
+                f"audit shard {origin!r}: entry {index} is not the request leg of {row.columns[1]}"
+            )
+        envelope = envelope_pb2.SignedEnvelope.FromString(leg.envelope)
+        return decode_request(envelope.body)
+    except (FedgateError, ProtobufDecodeError) as exc:
+        if isinstance(exc, AuditUnavailable):
+            raise
+        raise AuditUnavailable(
+            f"audit shard {origin!r}: the request leg {index} of an executed order is "
+            f"unreadable: {exc}"
+        ) from exc
+
+
+def rebuild_rules(rules: BusinessRules, source: OrderSource, *, origin: str) -> RulesRebuilt:
+    """Record again, in log order, every order the log shows executed (response leg ``ok``).
+
+    ``source`` MUST read the shard the pipeline appends to, and nothing may be checked against
+    ``rules`` until this returns. Each outcome is recorded at the time of its response leg, as
+    it was the first time. Blocking: run it off the event loop. Raises ``AuditUnavailable``
+    when the log cannot be read or an executed order's request leg is unreadable (fail closed:
+    the gateway does not decide limits on a state it cannot vouch for).
+    """
+    started = time.perf_counter()
+    rows = _executed(source)
+    for row in rows:
+        request = _request_of(source, row, origin)
+        rules.record_outcome(
+            request,
+            action=row.columns[6],
+            status=request_pb2.RESPONSE_STATUS_OK,
+            now=micros_to_time(row.columns[2]),
+        )
+    return RulesRebuilt(orders=len(rows), seconds=time.perf_counter() - started)
