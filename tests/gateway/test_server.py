@@ -99,7 +99,9 @@ class TestPartialStart:
         def refuse(*_: Any, **__: Any) -> Any:
             raise AuditUnavailable(f"{step} refused by the test")
 
-        monkeypatch.setattr(getattr(server_module, step), "open", refuse)
+        # The rule state is rebuilt from the log in memory (``in_memory``); the others open files.
+        opener = "in_memory" if step == "BusinessRules" else "open"
+        monkeypatch.setattr(getattr(server_module, step), opener, refuse)
         with pytest.raises(AuditUnavailable, match=f"{step} refused by the test"):
             await Gateway.start(_config(gw_federation, state))
         assert _open_files_under(state) == []
