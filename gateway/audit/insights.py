@@ -27,7 +27,7 @@ import concurrent.futures
 import json
 import sqlite3
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar
@@ -35,7 +35,8 @@ from typing import Any, Final, Protocol, TypeVar
 import psycopg
 
 from fedgate.errors import AuditUnavailable, InvalidArgument
-from gateway.audit._rows import COLUMNS, SearchSql, add_filters, group_subjects, indexed_row
+from gateway.audit import _search
+from gateway.audit._rows import group_subjects, indexed_row
 from gateway.audit.pg_store import DEFAULT_SCHEMA, connect_reader
 from gateway.audit.store import IndexedRow, SearchQuery
 
@@ -138,7 +139,6 @@ class PgShard:
     schema: str = DEFAULT_SCHEMA
 
 
-_ROW = f"idx, {COLUMNS}, request_leaf_index"
 _DAY = f"((time_us + {CST_OFFSET_US}) / {US_PER_DAY})"
 _HOUR = f"(((time_us + {CST_OFFSET_US}) / {US_PER_HOUR}) % 24)"
 _COLUMN_OF: Final = {
@@ -154,8 +154,6 @@ class _Statements:
     parameter of each is the shard's origin (``where`` starts the list's filters with it)."""
 
     p: str
-    where: tuple[str, ...]
-    search: SearchSql
     subjects: str
     checkpoint_before: str
     per_day: dict[str, str]
@@ -183,23 +181,9 @@ def _statements(*, pg: bool) -> _Statements:
     )
     statements = _Statements(
         p="?",
-        where=("origin = ?",) if pg else (),
         # Search filters: fixed fragments chosen by which fields are set; values are parameters.
         # The ``<> ''`` terms let the stores use their partial indexes (``WHERE officer_id <>
         # ''`` ...): SQLite cannot tell that a bound parameter is not empty.
-        search=SearchSql(
-            fields=(
-                ("officer_id", "officer_id = ? AND officer_id <> ''"),
-                ("case_number", "case_number = ? AND case_number <> ''"),
-                ("action", "action = ?"),
-                ("outcome", "outcome = ?"),
-                ("request_id", "request_id = ? AND request_id <> ''"),
-            ),
-            member="(requesting_agency = ? OR target_agency = ?)",
-            subject=f"idx IN (SELECT idx FROM subjects WHERE {o}subject = ?)",  # noqa: S608
-            since="time_us >= ?",
-            until="time_us < ?",
-        ),
         subjects=(
             f"SELECT idx, subject FROM subjects WHERE {o}idx{listed}"  # noqa: S608 - constant
             f" ORDER BY idx, subject{c}"
@@ -257,14 +241,6 @@ def _statements(*, pg: bool) -> _Statements:
         return statements
     return _Statements(
         p="%s",
-        where=tuple(_pg_text(w) for w in statements.where),
-        search=SearchSql(
-            fields=tuple((n, _pg_text(f)) for n, f in statements.search.fields),
-            member=_pg_text(statements.search.member),
-            subject=_pg_text(statements.search.subject),
-            since=_pg_text(statements.search.since),
-            until=_pg_text(statements.search.until),
-        ),
         subjects=_pg_text(statements.subjects),
         checkpoint_before=_pg_text(statements.checkpoint_before),
         per_day={k: _pg_text(v) for k, v in statements.per_day.items()},
@@ -442,26 +418,34 @@ class LogInsights:
         ``before_index`` when given, at most ``query.limit``; ``leg`` (1, 2, 3) keeps one kind."""
         if not 1 <= query.limit <= _MAX_ROWS + 1:
             raise InvalidArgument(f"limit must be 1 to {_MAX_ROWS + 1}, got {query.limit}")
-        q = self._sql
-        where: list[str] = list(q.where)
-        params: list[object] = []
-        if before_index is not None:
-            where.append(f"idx < {q.p}")
-            params.append(before_index)
-        if leg:
-            where.append(f"leg = {q.p}")
-            params.append(leg)
-        add_filters(query, q.search, where, params, scope=self._scope)
-        params.append(query.limit)
-        sql = (
-            f"SELECT {_ROW} FROM leaves"  # noqa: S608 - fixed fragments
-            f"{' WHERE ' + ' AND '.join(where) if where else ''} ORDER BY idx DESC LIMIT {q.p}"
+        query = replace(
+            query, after_index=-1, before_index=before_index, leg=leg, newest_first=True
         )
-        hits = await self._rows("search", sql, tuple(params))
+        dialect = _search.PG if self._scope else _search.SQLITE
+
+        def run() -> list[tuple[Any, ...]]:
+            reader = self._reader
+            if reader is None:
+                raise AuditUnavailable("the audit log insights are closed")
+
+            def fetch(statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+                return reader.fetch("search", statement, params)
+
+            lo, hi = 0, None
+            if query.since_us is not None or query.until_us is not None:
+                lo, hi = _search.time_bounds(
+                    fetch, dialect, self._scope, query.since_us, query.until_us
+                )
+            statement, params = _search.search_statement(query, dialect, self._scope, lo=lo, hi=hi)
+            return fetch(statement, params)
+
+        hits = await self._run(run)
         if not hits:
             return []
         found = group_subjects(
-            await self._rows("read subjects", q.subjects, (self._listed([h[0] for h in hits]),))
+            await self._rows(
+                "read subjects", self._sql.subjects, (self._listed([h[0] for h in hits]),)
+            )
         )
         return [indexed_row(h, tuple(found.get(h[0], ()))) for h in hits]
 

@@ -22,7 +22,7 @@ from psycopg import sql
 
 from fedgate.audit_entry import EntryKind
 from fedgate.errors import AuditUnavailable
-from gateway.audit import _rows
+from gateway.audit import _rows, _search
 from gateway.audit.store import (
     CommitBatch,
     IndexedRow,
@@ -87,13 +87,31 @@ CREATE TABLE IF NOT EXISTS cosigned (
     size BIGINT NOT NULL,
     note TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS leaves_request_id ON leaves (origin, request_id)
+CREATE TABLE IF NOT EXISTS time_blocks (
+    origin TEXT NOT NULL,
+    block BIGINT NOT NULL,
+    min_us BIGINT NOT NULL,
+    max_us BIGINT NOT NULL,
+    PRIMARY KEY (origin, block)
+);
+DROP INDEX IF EXISTS leaves_request_id;
+DROP INDEX IF EXISTS leaves_officer;
+DROP INDEX IF EXISTS leaves_case;
+DROP INDEX IF EXISTS leaves_requesting;
+DROP INDEX IF EXISTS leaves_target;
+CREATE INDEX IF NOT EXISTS leaves_request_id_idx ON leaves (origin, request_id, idx)
     WHERE request_id <> '';
-CREATE INDEX IF NOT EXISTS leaves_officer ON leaves (origin, officer_id) WHERE officer_id <> '';
-CREATE INDEX IF NOT EXISTS leaves_case ON leaves (origin, case_number) WHERE case_number <> '';
-CREATE INDEX IF NOT EXISTS leaves_requesting ON leaves (origin, requesting_agency);
-CREATE INDEX IF NOT EXISTS leaves_target ON leaves (origin, target_agency);
+CREATE INDEX IF NOT EXISTS leaves_officer_idx ON leaves (origin, officer_id, idx)
+    WHERE officer_id <> '';
+CREATE INDEX IF NOT EXISTS leaves_case_idx ON leaves (origin, case_number, idx)
+    WHERE case_number <> '';
+CREATE INDEX IF NOT EXISTS leaves_requesting_idx ON leaves (origin, requesting_agency, idx);
+CREATE INDEX IF NOT EXISTS leaves_target_idx ON leaves (origin, target_agency, idx);
+CREATE INDEX IF NOT EXISTS leaves_action_idx ON leaves (origin, action, idx);
+CREATE INDEX IF NOT EXISTS leaves_outcome_idx ON leaves (origin, outcome, idx);
 CREATE INDEX IF NOT EXISTS leaves_time ON leaves (origin, time_us);
+CREATE INDEX IF NOT EXISTS time_blocks_min ON time_blocks (origin, min_us);
+CREATE INDEX IF NOT EXISTS time_blocks_max ON time_blocks (origin, max_us);
 CREATE INDEX IF NOT EXISTS subjects_idx ON subjects (origin, idx);
 CREATE INDEX IF NOT EXISTS cosigned_origin ON cosigned (origin, id);
 CREATE OR REPLACE FUNCTION fedgate_audit_append_only() RETURNS trigger
@@ -103,7 +121,7 @@ BEGIN
 END
 $$;
 """
-_TABLES = ("shards", "leaves", "subjects", "checkpoints", "cosigned")
+_TABLES = ("shards", "leaves", "subjects", "checkpoints", "cosigned", "time_blocks")
 # Fixed text: table names come from the constant tuple above, never from input.
 _TRIGGERS = (
     "".join(
@@ -123,7 +141,6 @@ _SELECT_ROWS = (
     f"SELECT {_rows.LEAF_COLUMNS} FROM leaves"  # noqa: S608 - constant columns
     " WHERE origin = %s AND idx >= %s AND idx < %s ORDER BY idx"
 )
-_SELECT_HITS = f"SELECT idx, {_rows.COLUMNS}, request_leaf_index FROM leaves"  # noqa: S608 - constant
 # The subjects of a page of hits, in one query.
 _SELECT_HIT_SUBJECTS = (
     "SELECT idx, subject FROM subjects WHERE origin = %s AND idx = ANY(%s)"
@@ -133,19 +150,11 @@ _SELECT_HIT_SUBJECTS = (
 _REQUEST_LEGS_SINCE = (
     "SELECT leaf FROM leaves WHERE origin = %s AND time_us >= %s AND leg = %s AND request_id <> ''"
 )
-# Search filters: fixed SQL fragments chosen by which fields are set; values are parameters.
-_SEARCH = _rows.SearchSql(
-    fields=(
-        ("officer_id", "officer_id = %s"),
-        ("case_number", "case_number = %s"),
-        ("action", "action = %s"),
-        ("outcome", "outcome = %s"),
-        ("request_id", "request_id = %s"),
-    ),
-    member="(requesting_agency = %s OR target_agency = %s)",
-    subject="idx IN (SELECT idx FROM subjects WHERE origin = %s AND subject = %s)",
-    since="time_us >= %s",
-    until="time_us < %s",
+# The time block of each complete block of 256 leaves (``_search.time_bounds``).
+_INSERT_TIME_BLOCK = (
+    "INSERT INTO time_blocks (origin, block, min_us, max_us)"
+    " SELECT %s, %s, MIN(time_us), MAX(time_us) FROM leaves"
+    " WHERE origin = %s AND idx >= %s AND idx < %s"
 )
 
 
@@ -291,6 +300,9 @@ class PgDatabase:
                     with cur.copy(_COPY_SUBJECTS) as copy:
                         for subject in subjects:
                             copy.write_row(subject + key)
+                for block in range(start // _search.BLOCK, batch.size // _search.BLOCK):
+                    lo = block * _search.BLOCK
+                    cur.execute(_INSERT_TIME_BLOCK, (o, block, o, lo, lo + _search.BLOCK))
                 cur.execute(
                     "INSERT INTO checkpoints (origin, size, note) VALUES (%s, %s, %s)",
                     (o, batch.size, batch.checkpoint),
@@ -405,19 +417,23 @@ class PgDatabase:
             "SELECT size, note FROM cosigned WHERE origin = %s ORDER BY id",
         )
 
+    def _fetch(self, statement: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
+        return self._c().execute(statement.encode(), params).fetchall()
+
     def search(self, query: SearchQuery) -> list[IndexedRow]:
-        where = ["origin = %s", "idx > %s"]
-        params: list[object] = [self._origin, query.after_index]
-        _rows.add_filters(query, _SEARCH, where, params, scope=(self._origin,))
-        params.append(query.limit)
-        statement = f"{_SELECT_HITS} WHERE {' AND '.join(where)} ORDER BY idx LIMIT %s"
+        scope = (self._origin,)
         try:
-            conn = self._c()
-            hits = conn.execute(statement.encode(), params).fetchall()
+            lo, hi = 0, None
+            if query.since_us is not None or query.until_us is not None:
+                lo, hi = _search.time_bounds(
+                    self._fetch, _search.PG, scope, query.since_us, query.until_us
+                )
+            statement, params = _search.search_statement(query, _search.PG, scope, lo=lo, hi=hi)
+            hits = self._fetch(statement, params)
             if not hits:
                 return []
             found = _rows.group_subjects(
-                conn.execute(_SELECT_HIT_SUBJECTS, (self._origin, [r[0] for r in hits]))
+                self._c().execute(_SELECT_HIT_SUBJECTS, (self._origin, [r[0] for r in hits]))
             )
             return [_rows.indexed_row(r, tuple(found.get(r[0], ()))) for r in hits]
         except psycopg.Error as exc:

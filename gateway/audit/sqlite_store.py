@@ -25,7 +25,7 @@ from typing import IO
 
 from fedgate.audit_entry import EntryKind
 from fedgate.errors import AuditUnavailable
-from gateway.audit import _rows
+from gateway.audit import _rows, _search
 from gateway.audit.store import (
     CommitBatch,
     IndexedRow,
@@ -75,9 +75,18 @@ CREATE INDEX IF NOT EXISTS leaves_requesting ON leaves (requesting_agency);
 CREATE INDEX IF NOT EXISTS leaves_target ON leaves (target_agency);
 CREATE INDEX IF NOT EXISTS leaves_time ON leaves (time_us);
 CREATE INDEX IF NOT EXISTS subjects_idx ON subjects (idx);
+CREATE INDEX IF NOT EXISTS leaves_action ON leaves (action);
+CREATE INDEX IF NOT EXISTS leaves_outcome ON leaves (outcome);
+CREATE TABLE IF NOT EXISTS time_blocks (
+    block INTEGER PRIMARY KEY,
+    min_us INTEGER NOT NULL,
+    max_us INTEGER NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS time_blocks_min ON time_blocks (min_us);
+CREATE INDEX IF NOT EXISTS time_blocks_max ON time_blocks (max_us);
 """
 
-_APPEND_ONLY_TABLES = ("meta", "leaves", "subjects", "checkpoints", "cosigned")
+_APPEND_ONLY_TABLES = ("meta", "leaves", "subjects", "checkpoints", "cosigned", "time_blocks")
 # Trigger text is fixed: table names come from the constant tuple above, never from input.
 _TRIGGERS = "".join(
     f"CREATE TRIGGER IF NOT EXISTS {t}_no_{op.lower()} BEFORE {op} ON {t} BEGIN "
@@ -94,26 +103,15 @@ _SELECT_ROWS = (
     f"SELECT {_rows.LEAF_COLUMNS} FROM leaves"  # noqa: S608 - constant columns
     " WHERE idx >= ? AND idx < ? ORDER BY idx"
 )
-_SELECT_HITS = f"SELECT idx, {_rows.COLUMNS}, request_leaf_index FROM leaves"  # noqa: S608 - constant
 # The subjects of a page of hits, in one query (the indices go in as one JSON parameter).
 _SELECT_HIT_SUBJECTS = (
     "SELECT idx, subject FROM subjects WHERE idx IN (SELECT value FROM json_each(?))"
     " ORDER BY idx, subject"
 )
-
-# Search filters: fixed SQL fragments chosen by which fields are set; values are parameters.
-_SEARCH = _rows.SearchSql(
-    fields=(
-        ("officer_id", "officer_id = ?"),
-        ("case_number", "case_number = ?"),
-        ("action", "action = ?"),
-        ("outcome", "outcome = ?"),
-        ("request_id", "request_id = ?"),
-    ),
-    member="(requesting_agency = ? OR target_agency = ?)",
-    subject="idx IN (SELECT idx FROM subjects WHERE subject = ?)",
-    since="time_us >= ?",
-    until="time_us < ?",
+# The time block of each complete block of 256 leaves (``_search.time_bounds``).
+_INSERT_TIME_BLOCK = (
+    "INSERT INTO time_blocks (block, min_us, max_us)"
+    " SELECT ?, MIN(time_us), MAX(time_us) FROM leaves WHERE idx >= ? AND idx < ?"
 )
 
 
@@ -284,6 +282,9 @@ class SqliteDatabase:
                 con.executemany(_INSERT_LEAF, leaves)
                 if subjects:
                     con.executemany("INSERT INTO subjects (subject, idx) VALUES (?, ?)", subjects)
+                for block in range(start // _search.BLOCK, batch.size // _search.BLOCK):
+                    lo = block * _search.BLOCK
+                    con.execute(_INSERT_TIME_BLOCK, (block, lo, lo + _search.BLOCK))
                 con.execute(
                     "INSERT INTO checkpoints (size, note) VALUES (?, ?)",
                     (batch.size, batch.checkpoint),
@@ -383,13 +384,17 @@ class SqliteDatabase:
         except sqlite3.Error as exc:
             raise self._error("read cosigned checkpoints", exc) from exc
 
+    def _fetch(self, statement: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
+        return self._con.execute(statement, params).fetchall()
+
     def search(self, query: SearchQuery) -> list[IndexedRow]:
-        where = ["idx > ?"]
-        params: list[object] = [query.after_index]
-        _rows.add_filters(query, _SEARCH, where, params)
-        params.append(query.limit)
-        sql = f"{_SELECT_HITS} WHERE {' AND '.join(where)} ORDER BY idx LIMIT ?"
         try:
+            lo, hi = 0, None
+            if query.since_us is not None or query.until_us is not None:
+                lo, hi = _search.time_bounds(
+                    self._fetch, _search.SQLITE, (), query.since_us, query.until_us
+                )
+            sql, params = _search.search_statement(query, _search.SQLITE, (), lo=lo, hi=hi)
             con = self._con
             hits = con.execute(sql, params).fetchall()
             if not hits:

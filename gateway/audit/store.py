@@ -93,9 +93,12 @@ class IndexedRow:
 class SearchQuery:
     """Filters (empty matches anything), a time window in microseconds, visibility and paging.
 
-    ``member`` matches the requesting or the target member; ``visible_to`` restricts the hits
-    the same way, for callers that may only see their own exchanges. Hits have indices above
-    ``after_index``, oldest first, at most ``limit``.
+    ``member`` matches the requesting or the target member, ``target`` the target member only;
+    ``visible_to`` restricts the hits the same way as ``member``, for callers that may only see
+    their own exchanges; ``leg`` (1, 2, 3; 0: any) keeps one kind of entry. Hits have indices
+    above ``after_index`` and below ``before_index`` (when given), oldest first (newest first
+    with ``newest_first``), at most ``limit``. Every combination is answered through an index
+    (``gateway.audit._search``): keyset paging, never an offset.
     """
 
     officer_id: str = ""
@@ -110,6 +113,10 @@ class SearchQuery:
     visible_to: str = ""
     after_index: int = -1
     limit: int = 100
+    target: str = ""
+    leg: int = 0
+    before_index: int | None = None
+    newest_first: bool = False
 
 
 class LogDatabase(Protocol):
