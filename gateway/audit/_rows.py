@@ -119,16 +119,17 @@ def indexed_row(r: Sequence[Any], subjects: tuple[str, ...]) -> IndexedRow:
 
 def stored_log(
     origin: str,
-    hashes: list[bytes],
+    edge_hashes: list[bytes],
+    tile_count: int,
     next_index: int,
     checkpoint: Sequence[Any] | None,
     cosigned: Sequence[Any] | None,
 ) -> StoredLog:
-    """The ``StoredLog`` of the leaf hashes and the latest ``(size, note)`` rows, if any."""
+    """The ``StoredLog`` of the edge's leaf hashes and the latest ``(size, note)`` rows."""
     return StoredLog(
         origin=origin,
-        leaf_hashes=hashes,
-        leaf_count=len(hashes),
+        edge_hashes=edge_hashes,
+        tile_count=tile_count,
         next_index=next_index,
         checkpoint=None if checkpoint is None else checkpoint[1],
         checkpoint_size=0 if checkpoint is None else checkpoint[0],

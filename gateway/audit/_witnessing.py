@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 
 from fedgate.checkpoint import cosignatures_in
 from fedgate.errors import FedgateError, VerificationError
-from fedgate.merkle import MerkleTree
 from fedgate.note import NoteSignature, add_signatures, parse_note
+from fedgate.tiles import TiledTree
 from fedgate.witness import WitnessClient, WitnessConflict
 from gateway.audit.store import AuditStore
 
@@ -42,7 +42,7 @@ class Witnessing:
         origin: str,
         store: AuditStore,
         witnesses: Sequence[WitnessClient],
-        tree: Callable[[], MerkleTree],
+        tree: Callable[[], TiledTree],
         published: str | None,
         published_size: int,
     ) -> None:

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from fedgate.audit_entry import (
     AuditEntry,
@@ -39,8 +40,9 @@ from fedgate.errors import (
     NotFound,
     VerificationError,
 )
-from fedgate.merkle import MerkleTree, leaf_hash
+from fedgate.merkle import leaf_hash
 from fedgate.note import NoteSigner, NoteVerifier
+from fedgate.tiles import TiledTree
 from fedgate.witness import WitnessClient
 from gateway.audit._receipt import Receipt
 from gateway.audit._state import StateFile, check_state_file, rebuild_tree
@@ -54,8 +56,21 @@ logger = logging.getLogger(__name__)
 _RECENT_REQUESTS = 1 << 16
 """Request legs whose columns are kept in memory to complete their response legs."""
 
+T = TypeVar("T")
 _Result = tuple[int, int, str]
 _Pending = tuple[bytes, bytes, IndexColumns, "asyncio.Future[_Result]"]
+
+
+def _from_tiles(compute: Callable[[], T]) -> T:
+    """``compute()`` over the tiled tree; a tile missing from the store is ``AuditUnavailable``.
+
+    Proofs read the few tiles their cache lacks from the store, blocking (one indexed read
+    each, on the store's tile connection): recent entries, which receipts prove, are cached.
+    """
+    try:
+        return compute()
+    except LookupError as exc:
+        raise AuditUnavailable(f"the audit store cannot give a proof: {exc}") from exc
 
 
 class AuditLog:
@@ -91,7 +106,7 @@ class AuditLog:
         store: AuditStore,
         origin: str,
         signer: NoteSigner,
-        tree: MerkleTree,
+        tree: TiledTree,
         checkpoint: str,
         state_path: Path,
         max_batch: int,
@@ -158,15 +173,7 @@ class AuditLog:
         if path is None:
             raise ValueError("state_path is required: this store has no default location")
         stored = await store.load()
-        tree = rebuild_tree(
-            stored.origin,
-            origin,
-            stored.leaf_hashes,
-            stored.leaf_count,
-            stored.next_index,
-            stored.checkpoint,
-            stored.checkpoint_size,
-        )
+        tree = await asyncio.to_thread(rebuild_tree, stored, origin, store.read_tiles)
         await asyncio.to_thread(check_state_file, path, origin, tree)
         checkpoint = stored.checkpoint
         if checkpoint is None:
@@ -245,7 +252,7 @@ class AuditLog:
         """The leaf hash of entry ``index``; ``NotFound`` beyond the log."""
         if not 0 <= index < self._size:
             raise NotFound(f"no entry {index}: the log has {self._size} entries")
-        return self._tree.leaf_hash_at(index)
+        return _from_tiles(lambda: self._tree.leaf_hash_at(index))
 
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
         """The inclusion proof of entry ``index`` in the tree of ``size`` entries.
@@ -254,7 +261,7 @@ class AuditLog:
         """
         if not 0 <= index < size <= self._size:
             raise NotFound(f"no entry {index} in a tree of size {size} (log size {self._size})")
-        return self._tree.inclusion_proof(index, size)
+        return _from_tiles(lambda: self._tree.inclusion_proof(index, size))
 
     def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
         """The consistency proof from ``old_size`` to ``new_size``; ``NotFound`` unless
@@ -263,7 +270,7 @@ class AuditLog:
             raise NotFound(
                 f"no consistency proof from {old_size} to {new_size} (log size {self._size})"
             )
-        return self._tree.consistency_proof(old_size, new_size)
+        return _from_tiles(lambda: self._tree.consistency_proof(old_size, new_size))
 
     async def get_entry(self, index: int) -> bytes:
         """The canonical leaf bytes of entry ``index``; ``NotFound`` beyond the log."""
@@ -377,13 +384,13 @@ class AuditLog:
             if self._broken is not None:
                 await self._recover()
             start = self._size
-            self._tree.extend([p[1] for p in batch])
+            tiles = self._tree.extend([p[1] for p in batch])
             size = self._tree.size
             root = self._tree.root()
             self._check_consistent(size)
             note = sign_checkpoint(Checkpoint(self._origin, size, root), self._signer)
             leaves = [NewLeaf(start + i, p[0], p[1], p[2]) for i, p in enumerate(batch)]
-            await self._store.commit(CommitBatch(leaves, size, note))
+            await self._store.commit(CommitBatch(leaves, size, note, tiles))
         except Exception as exc:
             self._broken = str(exc)
             self._fail(batch, exc)
@@ -430,15 +437,7 @@ class AuditLog:
     async def _recover(self) -> None:
         """Reload the tree from the store after a failed commit; it must extend what we signed."""
         stored = await self._store.load()
-        tree = rebuild_tree(
-            stored.origin,
-            self._origin,
-            stored.leaf_hashes,
-            stored.leaf_count,
-            stored.next_index,
-            stored.checkpoint,
-            stored.checkpoint_size,
-        )
+        tree = await asyncio.to_thread(rebuild_tree, stored, self._origin, self._store.read_tiles)
         signed_size, signed_root = self._signed
         if tree.size < signed_size or tree.root(signed_size) != signed_root:
             raise LogInconsistent(

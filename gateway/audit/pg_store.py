@@ -110,6 +110,13 @@ CREATE INDEX IF NOT EXISTS leaves_target_idx ON leaves (origin, target_agency, i
 CREATE INDEX IF NOT EXISTS leaves_action_idx ON leaves (origin, action, idx);
 CREATE INDEX IF NOT EXISTS leaves_outcome_idx ON leaves (origin, outcome, idx);
 CREATE INDEX IF NOT EXISTS leaves_time ON leaves (origin, time_us);
+CREATE TABLE IF NOT EXISTS tiles (
+    origin TEXT NOT NULL,
+    level SMALLINT NOT NULL CHECK (level >= 0),
+    idx BIGINT NOT NULL CHECK (idx >= 0),
+    data BYTEA NOT NULL CHECK (length(data) = 8192),
+    PRIMARY KEY (origin, level, idx)
+);
 CREATE INDEX IF NOT EXISTS time_blocks_min ON time_blocks (origin, min_us);
 CREATE INDEX IF NOT EXISTS time_blocks_max ON time_blocks (origin, max_us);
 CREATE INDEX IF NOT EXISTS subjects_idx ON subjects (origin, idx);
@@ -121,7 +128,7 @@ BEGIN
 END
 $$;
 """
-_TABLES = ("shards", "leaves", "subjects", "checkpoints", "cosigned", "time_blocks")
+_TABLES = ("shards", "leaves", "subjects", "checkpoints", "cosigned", "time_blocks", "tiles")
 # Fixed text: table names come from the constant tuple above, never from input.
 _TRIGGERS = (
     "".join(
@@ -258,13 +265,13 @@ class PgDatabase:
         o = (self._origin,)
         try:
             conn = self._c()
-            hashes = [
-                bytes(r[0])
-                for r in conn.execute(
-                    "SELECT leaf_hash FROM leaves WHERE origin = %s ORDER BY idx", o
-                )
-            ]
             next_index = self.next_index()
+            edge = next_index - next_index % _search.BLOCK
+            hashes = self.leaf_hashes(edge, next_index)
+            row = conn.execute(
+                "SELECT COALESCE(MAX(idx) + 1, 0) FROM tiles WHERE origin = %s AND level = 0", o
+            ).fetchone()
+            tile_count = 0 if row is None else int(row[0])
             cp = conn.execute(
                 "SELECT size, note FROM checkpoints WHERE origin = %s ORDER BY size DESC LIMIT 1", o
             ).fetchone()
@@ -273,7 +280,7 @@ class PgDatabase:
             ).fetchone()
         except psycopg.Error as exc:
             raise self._error("load the log", exc) from exc
-        return _rows.stored_log(self._origin, hashes, next_index, cp, co)
+        return _rows.stored_log(self._origin, hashes, tile_count, next_index, cp, co)
 
     def commit(self, batch: CommitBatch) -> None:
         o = self._origin
@@ -300,6 +307,10 @@ class PgDatabase:
                     with cur.copy(_COPY_SUBJECTS) as copy:
                         for subject in subjects:
                             copy.write_row(subject + key)
+                if batch.tiles:
+                    with cur.copy("COPY tiles (origin, level, idx, data) FROM STDIN") as copy:
+                        for tile in batch.tiles:
+                            copy.write_row(key + tile)
                 for block in range(start // _search.BLOCK, batch.size // _search.BLOCK):
                     lo = block * _search.BLOCK
                     cur.execute(_INSERT_TIME_BLOCK, (o, block, o, lo, lo + _search.BLOCK))
@@ -341,6 +352,20 @@ class PgDatabase:
             start,
             stop,
         )
+
+    def tiles(self, level: int, start: int, stop: int) -> list[tuple[int, bytes]]:
+        """The stored full tiles ``(index, data)`` of ``level`` in ``[start, stop)``, in order."""
+        try:
+            return [
+                (int(r[0]), bytes(r[1]))
+                for r in self._c().execute(
+                    "SELECT idx, data FROM tiles WHERE origin = %s AND level = %s AND idx >= %s"
+                    " AND idx < %s ORDER BY idx",
+                    (self._origin, level, start, stop),
+                )
+            ]
+        except psycopg.Error as exc:
+            raise self._error("read tiles", exc) from exc
 
     def leaf_rows(self, start: int, stop: int) -> list[tuple[int, bytes, bytes]]:
         try:

@@ -82,11 +82,25 @@ CREATE TABLE IF NOT EXISTS time_blocks (
     min_us INTEGER NOT NULL,
     max_us INTEGER NOT NULL
 ) STRICT;
+CREATE TABLE IF NOT EXISTS tiles (
+    level INTEGER NOT NULL CHECK (level >= 0),
+    idx INTEGER NOT NULL CHECK (idx >= 0),
+    data BLOB NOT NULL CHECK (length(data) = 8192),
+    PRIMARY KEY (level, idx)
+) STRICT;
 CREATE INDEX IF NOT EXISTS time_blocks_min ON time_blocks (min_us);
 CREATE INDEX IF NOT EXISTS time_blocks_max ON time_blocks (max_us);
 """
 
-_APPEND_ONLY_TABLES = ("meta", "leaves", "subjects", "checkpoints", "cosigned", "time_blocks")
+_APPEND_ONLY_TABLES = (
+    "meta",
+    "leaves",
+    "subjects",
+    "checkpoints",
+    "cosigned",
+    "time_blocks",
+    "tiles",
+)
 # Trigger text is fixed: table names come from the constant tuple above, never from input.
 _TRIGGERS = "".join(
     f"CREATE TRIGGER IF NOT EXISTS {t}_no_{op.lower()} BEFORE {op} ON {t} BEGIN "
@@ -253,15 +267,19 @@ class SqliteDatabase:
     def load(self) -> StoredLog:
         try:
             con = self._con
-            hashes = [r[0] for r in con.execute("SELECT leaf_hash FROM leaves ORDER BY idx")]
             next_index = self.next_index()
+            edge = next_index - next_index % _search.BLOCK
+            hashes = self.leaf_hashes(edge, next_index)
+            (tile_count,) = con.execute(
+                "SELECT COALESCE(MAX(idx) + 1, 0) FROM tiles WHERE level = 0"
+            ).fetchone()
             cp = con.execute(
                 "SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1"
             ).fetchone()
             co = con.execute("SELECT size, note FROM cosigned ORDER BY id DESC LIMIT 1").fetchone()
         except sqlite3.Error as exc:
             raise self._error("load the log", exc) from exc
-        return _rows.stored_log(self._origin, hashes, next_index, cp, co)
+        return _rows.stored_log(self._origin, hashes, int(tile_count), next_index, cp, co)
 
     def commit(self, batch: CommitBatch) -> None:
         leaves = _rows.leaf_values(batch.leaves)
@@ -282,6 +300,10 @@ class SqliteDatabase:
                 con.executemany(_INSERT_LEAF, leaves)
                 if subjects:
                     con.executemany("INSERT INTO subjects (subject, idx) VALUES (?, ?)", subjects)
+                if batch.tiles:
+                    con.executemany(
+                        "INSERT INTO tiles (level, idx, data) VALUES (?, ?, ?)", batch.tiles
+                    )
                 for block in range(start // _search.BLOCK, batch.size // _search.BLOCK):
                     lo = block * _search.BLOCK
                     con.execute(_INSERT_TIME_BLOCK, (block, lo, lo + _search.BLOCK))
@@ -332,6 +354,16 @@ class SqliteDatabase:
             start,
             stop,
         )
+
+    def tiles(self, level: int, start: int, stop: int) -> list[tuple[int, bytes]]:
+        """The stored full tiles ``(index, data)`` of ``level`` in ``[start, stop)``, in order."""
+        try:
+            return self._con.execute(
+                "SELECT idx, data FROM tiles WHERE level = ? AND idx >= ? AND idx < ? ORDER BY idx",
+                (level, start, stop),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise self._error("read tiles", exc) from exc
 
     def leaf_rows(self, start: int, stop: int) -> list[tuple[int, bytes, bytes]]:
         try:
