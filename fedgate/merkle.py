@@ -17,6 +17,7 @@ from fedgate.errors import VerificationError
 __all__ = [
     "EMPTY_ROOT",
     "HASH_SIZE",
+    "CompactRange",
     "MerkleProofs",
     "MerkleTree",
     "consistency_proof_size",
@@ -113,6 +114,16 @@ class MerkleProofs:
         proof = [] if seed_index == 0 else [self._node(shift, seed_index)]
         proof.extend(self._path(shift, seed_index, n))
         return proof
+
+    def frontier(self, size: int) -> list[bytes]:
+        """The complete subtrees of the tree at ``size``, largest first (``CompactRange``)."""
+        m = self._check_size(size, "size")
+        nodes, start = [], 0
+        for h in range(m.bit_length() - 1, -1, -1):
+            if m >> h & 1:
+                nodes.append(self._node(h, start >> h))
+                start += 1 << h
+        return nodes
 
     def _check_size(self, size: int | None, name: str) -> int:
         if size is None:
@@ -256,6 +267,48 @@ class MerkleTree(MerkleProofs):
 
     def _node(self, level: int, index: int) -> bytes:
         return bytes(self._levels[level][index * HASH_SIZE : (index + 1) * HASH_SIZE])
+
+
+class CompactRange:
+    """The right frontier of a tree: one hash per complete subtree of its size's binary
+    decomposition (at most 64), so a root costs ``O(log n)`` memory however many leaves were
+    appended. For streaming verification: append every leaf hash, ask the root at each size
+    a checkpoint names.
+    """
+
+    __slots__ = ("_hashes", "_heights", "size")
+
+    def __init__(self, size: int = 0, nodes: Sequence[bytes] = ()) -> None:
+        """The range of ``size`` leaves whose complete subtrees, largest first, are ``nodes``
+        (``MerkleProofs.frontier(size)``); raises ``ValueError`` when they do not fit."""
+        heights = [h for h in range(size.bit_length() - 1, -1, -1) if size >> h & 1]
+        if len(nodes) != len(heights) or any(len(n) != HASH_SIZE for n in nodes):
+            raise ValueError(f"a range of {size} leaves has {len(heights)} 32-byte nodes")
+        self.size = size
+        self._heights = heights
+        self._hashes = list(nodes)
+
+    def append(self, leaf_hash: bytes) -> None:
+        """Append one leaf hash (32 bytes, unchecked: callers hash it themselves)."""
+        heights, hashes = self._heights, self._hashes
+        h, height = leaf_hash, 0
+        while heights and heights[-1] == height:
+            heights.pop()
+            h = _sha256(_NODE_PREFIX + hashes.pop() + h).digest()
+            height += 1
+        heights.append(height)
+        hashes.append(h)
+        self.size += 1
+
+    def root(self) -> bytes:
+        """The Merkle tree hash of the leaves appended so far."""
+        hashes = self._hashes
+        if not hashes:
+            return EMPTY_ROOT
+        acc = hashes[-1]
+        for h in reversed(hashes[:-1]):
+            acc = _sha256(_NODE_PREFIX + h + acc).digest()
+        return acc
 
 
 def inclusion_proof_size(index: int, size: int) -> int:

@@ -37,10 +37,10 @@ from fedgate.checkpoint import parse_checkpoint
 from fedgate.commands.users import add_user_parser
 from fedgate.errors import InvalidArgument, NotFound, VerificationError
 from fedgate.evidence import build_bundle, log_verifiers, verify_bundle, witness_verifiers
-from fedgate.merkle import MerkleTree
 from fedgate.note import NoteVerifier, parse_note
 from fedgate.registry import Registry
 from fedgate.render import CST
+from fedgate.tiles import TILE_WIDTH, TiledTree
 from fedgate.tlogproof import TlogProof
 from fedgate.v1 import envelope_pb2, request_pb2
 from fedgate.web.auth import Role
@@ -83,6 +83,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="worker processes (default: 1, or every CPU for big logs)",
     )
     verify.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    verify.add_argument(
+        "--from",
+        dest="start",
+        type=int,
+        default=0,
+        metavar="N",
+        help="verify entries from N on, starting from the stored tiles checked against the "
+        "newest signed checkpoint at or before N (default: the whole log)",
+    )
     verify.set_defaults(func=_verify)
 
     search = sub.add_parser("search", help="find entries by officer, member, case, subject...")
@@ -162,7 +171,9 @@ def _federation_argument(parser: argparse.ArgumentParser, *, required: bool) -> 
 class _Source(LogSource, Protocol):
     def search(self, query: SearchQuery) -> list[IndexedRow]: ...
 
-    def leaf_hashes(self, start: int, stop: int) -> list[bytes]: ...
+    def checkpoint(self, size: int) -> str | None: ...
+
+    def cosigned_covering(self, index: int) -> tuple[int, str] | None: ...
 
 
 def _sources(args: argparse.Namespace) -> list[Callable[[], _Source]]:
@@ -207,6 +218,8 @@ def _log_keys(args: argparse.Namespace, registry: Registry, origin: str) -> list
 
 
 def _verify(args: argparse.Namespace) -> int:
+    if args.start < 0:
+        raise InvalidArgument("--from must be an entry number, 0 or more")
     registry = Registry.load_dir(args.federation)
     witnesses = witness_verifiers(registry)
     status = 0
@@ -230,6 +243,7 @@ def _verify(args: argparse.Namespace) -> int:
             witnesses=witnesses,
             options=options,
             progress=progress,
+            start=args.start,
         )
         _print_report(report)
         if not report.ok:
@@ -446,31 +460,40 @@ def _show(args: argparse.Namespace) -> int:
 # -- prove and export ------------------------------------------------------------------------
 
 
-def _tree_and_checkpoint(source: _Source, size: int, covering: int) -> tuple[MerkleTree, str, int]:
-    """The tree rebuilt from the stored leaves, and the checkpoint to prove against: the one
-    stored at ``size``, else the latest cosigned one covering entry ``covering``, else the
-    latest."""
-    leaves_total = source.next_index()
-    tree = MerkleTree()
-    for start in range(0, leaves_total, 10 * PROGRESS_CHUNK):
-        tree.extend(source.leaf_hashes(start, start + 10 * PROGRESS_CHUNK))
-    checkpoints = source.checkpoints()
-    if not checkpoints:
-        raise NotFound("the log has no checkpoint")
-    if size:
-        stored = dict(checkpoints).get(size)
-        if stored is None:
-            raise NotFound(f"the log signed no checkpoint at size {size}")
-        note = stored
-    else:
-        size, note = checkpoints[-1]
-        for co_size, co_note in reversed(source.cosigned_checkpoints()):
-            if co_size > covering:
-                size, note = co_size, co_note
-                break
-    if size > tree.size or tree.root(size) != parse_checkpoint(parse_note(note).text).root_hash:
+def _tree_and_checkpoint(source: _Source, size: int, covering: int) -> tuple[TiledTree, str, int]:
+    """The tree read from the stored tiles (only the few a proof needs are read), and the
+    checkpoint to prove against: the one stored at ``size``, else the newest cosigned one
+    covering entry ``covering``, else the latest; each an indexed lookup. The tiles are checked
+    against that checkpoint's root before use."""
+    total = source.next_index()
+    try:
+        tree = TiledTree.open(
+            size=total,
+            leaf_hashes=source.leaf_hashes(total - total % TILE_WIDTH, total),
+            read=source.tiles,
+        )
+    except ValueError as exc:
         raise VerificationError(
-            f"the stored entries do not match the checkpoint of size {size}: run "
+            f"the log's tiles are incomplete ({exc}): migrate it with `fedgate audit migrate`"
+        ) from exc
+    if size:
+        note = source.checkpoint(size)
+        if note is None:
+            raise NotFound(f"the log signed no checkpoint at size {size}")
+    else:
+        found = source.cosigned_covering(covering) or source.checkpoint_at_or_before(total)
+        if found is None:
+            raise NotFound("the log has no checkpoint")
+        size, note = found
+    try:
+        matches = size <= tree.size and tree.root(size) == (
+            parse_checkpoint(parse_note(note).text).root_hash
+        )
+    except LookupError:
+        matches = False
+    if not matches:
+        raise VerificationError(
+            f"the stored tiles do not match the checkpoint of size {size}: run "
             "`fedgate audit verify`"
         )
     return tree, note, size

@@ -121,6 +121,7 @@ CREATE INDEX IF NOT EXISTS time_blocks_min ON time_blocks (origin, min_us);
 CREATE INDEX IF NOT EXISTS time_blocks_max ON time_blocks (origin, max_us);
 CREATE INDEX IF NOT EXISTS subjects_idx ON subjects (origin, idx);
 CREATE INDEX IF NOT EXISTS cosigned_origin ON cosigned (origin, id);
+CREATE INDEX IF NOT EXISTS cosigned_size ON cosigned (origin, size);
 CREATE OR REPLACE FUNCTION fedgate_audit_append_only() RETURNS trigger
     LANGUAGE plpgsql AS $$
 BEGIN
@@ -441,6 +442,55 @@ class PgDatabase:
             "read cosigned checkpoints",
             "SELECT size, note FROM cosigned WHERE origin = %s ORDER BY id",
         )
+
+    def _notes_of(
+        self, what: str, statement: str, params: tuple[int, ...]
+    ) -> list[tuple[int, str]]:
+        try:
+            return [
+                (int(r[0]), str(r[1]))
+                for r in self._c().execute(statement, (self._origin, *params))
+            ]
+        except psycopg.Error as exc:
+            raise self._error(what, exc) from exc
+
+    def checkpoints_in(self, lo: int, hi: int) -> list[tuple[int, str]]:
+        """The checkpoints with ``lo < size <= hi``, by size (one primary-key range)."""
+        return self._notes_of(
+            "read checkpoints",
+            "SELECT size, note FROM checkpoints WHERE origin = %s AND size > %s AND size <= %s"
+            " ORDER BY size",
+            (lo, hi),
+        )
+
+    def checkpoint_at_or_before(self, size: int) -> tuple[int, str] | None:
+        """The checkpoint with the greatest size at most ``size`` (one primary-key lookup)."""
+        rows = self._notes_of(
+            "read a checkpoint",
+            "SELECT size, note FROM checkpoints WHERE origin = %s AND size <= %s"
+            " ORDER BY size DESC LIMIT 1",
+            (size,),
+        )
+        return rows[0] if rows else None
+
+    def cosigned_in(self, lo: int, hi: int) -> list[tuple[int, str]]:
+        """The cosigned checkpoints with ``lo < size <= hi``, by size (``cosigned_size``)."""
+        return self._notes_of(
+            "read cosigned checkpoints",
+            "SELECT size, note FROM cosigned WHERE origin = %s AND size > %s AND size <= %s"
+            " ORDER BY size, id",
+            (lo, hi),
+        )
+
+    def cosigned_covering(self, index: int) -> tuple[int, str] | None:
+        """The newest cosigned checkpoint whose tree holds entry ``index`` (one lookup)."""
+        rows = self._notes_of(
+            "read a cosigned checkpoint",
+            "SELECT size, note FROM cosigned WHERE origin = %s AND size > %s"
+            " ORDER BY size DESC LIMIT 1",
+            (index,),
+        )
+        return rows[0] if rows else None
 
     def _fetch(self, statement: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
         return self._c().execute(statement.encode(), params).fetchall()

@@ -75,6 +75,7 @@ CREATE INDEX IF NOT EXISTS leaves_requesting ON leaves (requesting_agency);
 CREATE INDEX IF NOT EXISTS leaves_target ON leaves (target_agency);
 CREATE INDEX IF NOT EXISTS leaves_time ON leaves (time_us);
 CREATE INDEX IF NOT EXISTS subjects_idx ON subjects (idx);
+CREATE INDEX IF NOT EXISTS cosigned_size ON cosigned (size);
 CREATE INDEX IF NOT EXISTS leaves_action ON leaves (action);
 CREATE INDEX IF NOT EXISTS leaves_outcome ON leaves (outcome);
 CREATE TABLE IF NOT EXISTS time_blocks (
@@ -323,6 +324,15 @@ class SqliteDatabase:
             self._unflushed = 0
             self._checkpointer.request()
 
+    def checkpoint_wal(self) -> None:
+        """Copy the WAL into the database and truncate it, waiting for readers: bulk writers
+        (migration, imports) call it as they go so the WAL stays bounded. Raises
+        ``AuditUnavailable``."""
+        try:
+            self._con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error as exc:
+            raise self._error("checkpoint the WAL", exc) from exc
+
     def add_cosigned(self, size: int, note: str) -> None:
         try:
             self._con.execute("BEGIN IMMEDIATE")
@@ -415,6 +425,46 @@ class SqliteDatabase:
             return list(self._con.execute("SELECT size, note FROM cosigned ORDER BY id"))
         except sqlite3.Error as exc:
             raise self._error("read cosigned checkpoints", exc) from exc
+
+    def _notes(self, what: str, sql: str, params: tuple[int, ...]) -> list[tuple[int, str]]:
+        try:
+            return [(int(r[0]), str(r[1])) for r in self._con.execute(sql, params)]
+        except sqlite3.Error as exc:
+            raise self._error(what, exc) from exc
+
+    def checkpoints_in(self, lo: int, hi: int) -> list[tuple[int, str]]:
+        """The checkpoints with ``lo < size <= hi``, by size (one primary-key range)."""
+        return self._notes(
+            "read checkpoints",
+            "SELECT size, note FROM checkpoints WHERE size > ? AND size <= ? ORDER BY size",
+            (lo, hi),
+        )
+
+    def checkpoint_at_or_before(self, size: int) -> tuple[int, str] | None:
+        """The checkpoint with the greatest size at most ``size`` (one primary-key lookup)."""
+        rows = self._notes(
+            "read a checkpoint",
+            "SELECT size, note FROM checkpoints WHERE size <= ? ORDER BY size DESC LIMIT 1",
+            (size,),
+        )
+        return rows[0] if rows else None
+
+    def cosigned_in(self, lo: int, hi: int) -> list[tuple[int, str]]:
+        """The cosigned checkpoints with ``lo < size <= hi``, by size (index ``cosigned_size``)."""
+        return self._notes(
+            "read cosigned checkpoints",
+            "SELECT size, note FROM cosigned WHERE size > ? AND size <= ? ORDER BY size, id",
+            (lo, hi),
+        )
+
+    def cosigned_covering(self, index: int) -> tuple[int, str] | None:
+        """The newest cosigned checkpoint whose tree holds entry ``index`` (one lookup)."""
+        rows = self._notes(
+            "read a cosigned checkpoint",
+            "SELECT size, note FROM cosigned WHERE size > ? ORDER BY size DESC LIMIT 1",
+            (index,),
+        )
+        return rows[0] if rows else None
 
     def _fetch(self, statement: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
         return self._con.execute(statement, params).fetchall()
