@@ -162,6 +162,11 @@ class _Statements:
     off_hours: str
     refusal_days: str
     without_order: str
+    rollup_per_day: str
+    rollup_refusals: str
+    rollup_officer_days: str
+    rollup_off_hours: str
+    rollup_refusal_days: str
 
 
 def _statements(*, pg: bool) -> _Statements:
@@ -179,8 +184,35 @@ def _statements(*, pg: bool) -> _Statements:
         f" WHERE {o}leg = 1 AND officer_id <> '' AND time_us >= ? AND time_us < ?"
         f" AND action{listed}"
     )
+    officer_sums = "SELECT member, officer, day AS d, CAST(sum(n) AS BIGINT), min(first_idx)"
+    officer_rollup = (
+        f"{officer_sums} FROM rollup_officer"
+        f" WHERE {o}day >= ? AND day < ? AND leg = 1 AND action{listed}"
+    )
     statements = _Statements(
         p="?",
+        rollup_per_day=(
+            f"SELECT day, key, n FROM rollup_day WHERE {o}dim = ? AND day >= ? AND day < ?"  # noqa: S608 - constant
+            f" ORDER BY day, key{c}"
+        ),
+        rollup_refusals=(
+            "SELECT key AS code, CAST(sum(n) AS BIGINT) AS n FROM rollup_day"  # noqa: S608 - constant
+            f" WHERE {o}dim = 'refusal' AND day >= ? AND day < ?"
+            f" GROUP BY key ORDER BY n DESC, key{c}"
+        ),
+        rollup_officer_days=(
+            f"{officer_rollup} GROUP BY member, officer, day ORDER BY d, member{c}, officer{c}"
+        ),
+        rollup_off_hours=(
+            f"{officer_rollup} AND (hour < ? OR hour >= ?) GROUP BY member, officer, day"
+            f" ORDER BY d DESC, member{c}, officer{c} LIMIT ?"
+        ),
+        rollup_refusal_days=(
+            f"{officer_sums} FROM rollup_officer"
+            f" WHERE {o}day >= ? AND day < ? AND outcome = 'refused' AND leg IN (1, 2)"
+            " GROUP BY member, officer, day HAVING sum(n) >= ?"
+            f" ORDER BY d DESC, member{c}, officer{c} LIMIT ?"
+        ),
         # Search filters: fixed fragments chosen by which fields are set; values are parameters.
         # The ``<> ''`` terms let the stores use their partial indexes (``WHERE officer_id <>
         # ''`` ...): SQLite cannot tell that a bound parameter is not empty.
@@ -249,6 +281,11 @@ def _statements(*, pg: bool) -> _Statements:
         off_hours=_pg_text(statements.off_hours),
         refusal_days=_pg_text(statements.refusal_days),
         without_order=_pg_text(statements.without_order),
+        rollup_per_day=_pg_text(statements.rollup_per_day),
+        rollup_refusals=_pg_text(statements.rollup_refusals),
+        rollup_officer_days=_pg_text(statements.rollup_officer_days),
+        rollup_off_hours=_pg_text(statements.rollup_off_hours),
+        rollup_refusal_days=_pg_text(statements.rollup_refusal_days),
     )
 
 
@@ -348,8 +385,15 @@ class LogInsights:
     Build with ``await LogInsights.open(source)``; ``close`` when done.
     """
 
-    def __init__(self, source: Path | PgShard, pool: concurrent.futures.ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        source: Path | PgShard,
+        pool: concurrent.futures.ThreadPoolExecutor,
+        *,
+        rollups: bool = True,
+    ) -> None:
         self.source = source
+        self._rollups = rollups
         self._pool = pool
         self._reader: _Reader | None = None
         self._closed = False
@@ -359,11 +403,14 @@ class LogInsights:
             self._sql, self._scope = _PG, (source.origin,)
 
     @classmethod
-    async def open(cls, source: Path | PgShard) -> LogInsights:
-        """Open the SQLite file ``source``, or the PostgreSQL shard, read-only. Raises
-        ``AuditUnavailable`` when it is not an audit log or cannot be reached."""
+    async def open(cls, source: Path | PgShard, *, rollups: bool = True) -> LogInsights:
+        """Open the SQLite file ``source``, or the PostgreSQL shard, read-only. Charts and
+        flags over whole China-time days read the rollups (``_rollups``) unless ``rollups``
+        is false; other windows aggregate the leaves. Raises ``AuditUnavailable`` when it is
+        not an audit log or cannot be reached."""
         pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="audit-insights")
-        insights = cls(source if isinstance(source, PgShard) else Path(source), pool)
+        path = source if isinstance(source, PgShard) else Path(source)
+        insights = cls(path, pool, rollups=rollups)
         try:
             await insights._run(insights._connect)
         except BaseException:
@@ -456,31 +503,54 @@ class LogInsights:
 
     # -- charts --------------------------------------------------------------------------------
 
+    def _days(self, window: TimeWindow) -> tuple[int, int] | None:
+        """``[first, stop)`` day numbers when ``window`` is whole China-time days and the
+        rollups are on; ``None`` otherwise (aggregate the leaves)."""
+        since, until = window.since_us + CST_OFFSET_US, window.until_us + CST_OFFSET_US
+        if not self._rollups or since % US_PER_DAY or until % US_PER_DAY:
+            return None
+        return since // US_PER_DAY, until // US_PER_DAY
+
     async def per_day(self, window: TimeWindow, by: str) -> list[DayCount]:
         """Request legs per China-time day grouped ``by`` one of ``GROUPINGS``."""
         sql = self._sql.per_day.get(by)
         if sql is None:
             raise InvalidArgument(f"group by one of {', '.join(GROUPINGS)}, not {by!r}")
-        rows = await self._rows("count per day", sql, (window.since_us, window.until_us))
+        days = self._days(window)
+        if days is not None:
+            rows = await self._rows("count per day", self._sql.rollup_per_day, (by, *days))
+        else:
+            rows = await self._rows("count per day", sql, (window.since_us, window.until_us))
         return [DayCount(_EPOCH_DAY + timedelta(days=d), key, n) for d, key, n in rows]
 
     async def refusals(self, window: TimeWindow) -> list[ReasonCount]:
         """Refusals by stable reason: the gateway's (request legs, the code before the colon of
         the rule) and the agencies' (response legs with status ``refused``)."""
-        rows = await self._rows(
-            "count refusals", self._sql.refusals, (window.since_us, window.until_us)
-        )
+        days = self._days(window)
+        if days is not None:
+            rows = await self._rows("count refusals", self._sql.rollup_refusals, days)
+        else:
+            rows = await self._rows(
+                "count refusals", self._sql.refusals, (window.since_us, window.until_us)
+            )
         return [ReasonCount(code or "UNKNOWN", n) for code, n in rows]
 
     # -- pattern flags -------------------------------------------------------------------------
 
     async def officer_days(self, window: TimeWindow, actions: Collection[str]) -> list[OfficerDay]:
         """Request legs of ``actions`` per officer per day."""
-        rows = await self._rows(
-            "count per officer",
-            self._sql.officer_days,
-            (window.since_us, window.until_us, self._listed(sorted(actions))),
-        )
+        days = self._days(window)
+        listed = self._listed(sorted(actions))
+        if days is not None:
+            rows = await self._rows(
+                "count per officer", self._sql.rollup_officer_days, (*days, listed)
+            )
+        else:
+            rows = await self._rows(
+                "count per officer",
+                self._sql.officer_days,
+                (window.since_us, window.until_us, listed),
+            )
         return [_officer_day(r) for r in rows]
 
     async def off_hours(
@@ -488,27 +558,37 @@ class LogInsights:
     ) -> list[OfficerDay]:
         """Request legs of ``actions`` before ``start_hour`` or from ``end_hour`` on (China
         time), per officer per day, latest day first."""
-        rows = await self._rows(
-            "count off-hours requests",
-            self._sql.off_hours,
-            (
-                window.since_us,
-                window.until_us,
-                self._listed(sorted(actions)),
-                start_hour,
-                end_hour,
-                _MAX_ROWS,
-            ),
-        )
+        days = self._days(window)
+        listed = self._listed(sorted(actions))
+        if days is not None:
+            rows = await self._rows(
+                "count off-hours requests",
+                self._sql.rollup_off_hours,
+                (*days, listed, start_hour, end_hour, _MAX_ROWS),
+            )
+        else:
+            rows = await self._rows(
+                "count off-hours requests",
+                self._sql.off_hours,
+                (window.since_us, window.until_us, listed, start_hour, end_hour, _MAX_ROWS),
+            )
         return [_officer_day(r) for r in rows]
 
     async def refusal_days(self, window: TimeWindow, *, minimum: int) -> list[OfficerDay]:
         """Officer-days with at least ``minimum`` refusals (by the gateway or the agency)."""
-        rows = await self._rows(
-            "count refusals per officer",
-            self._sql.refusal_days,
-            (window.since_us, window.until_us, minimum, _MAX_ROWS),
-        )
+        days = self._days(window)
+        if days is not None:
+            rows = await self._rows(
+                "count refusals per officer",
+                self._sql.rollup_refusal_days,
+                (*days, minimum, _MAX_ROWS),
+            )
+        else:
+            rows = await self._rows(
+                "count refusals per officer",
+                self._sql.refusal_days,
+                (window.since_us, window.until_us, minimum, _MAX_ROWS),
+            )
         return [_officer_day(r) for r in rows]
 
     async def without_order(

@@ -22,7 +22,7 @@ from psycopg import sql
 
 from fedgate.audit_entry import EntryKind
 from fedgate.errors import AuditUnavailable
-from gateway.audit import _rows, _search
+from gateway.audit import _rollups, _rows, _search
 from gateway.audit.store import (
     CommitBatch,
     IndexedRow,
@@ -166,6 +166,9 @@ _INSERT_TIME_BLOCK = (
 )
 
 
+_ROLLUP_DAY, _ROLLUP_OFFICER = _rollups.upserts(pg=True)
+
+
 def _connect(dsn: str, schema: str) -> psycopg.Connection[Any]:
     conn = psycopg.connect(dsn, autocommit=True)
     try:
@@ -220,6 +223,7 @@ class PgDatabase:
                 with conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_DDL_LOCK,))
                     conn.execute(_DDL)
+                    conn.execute(_rollups.DDL_PG)
                     conn.execute(_TRIGGERS)
                 key = f"{self._schema}/{self._origin}"
                 row = conn.execute(
@@ -304,6 +308,10 @@ class PgDatabase:
                     with cur.copy(_COPY_LEAVES) as copy:
                         for leaf in leaves:
                             copy.write_row(leaf + key)
+                cur.executemany(_ROLLUP_DAY, [key + r for r in _rollups.day_rows(batch.leaves)])
+                cur.executemany(
+                    _ROLLUP_OFFICER, [key + r for r in _rollups.officer_rows(batch.leaves)]
+                )
                 if subjects:
                     with cur.copy(_COPY_SUBJECTS) as copy:
                         for subject in subjects:

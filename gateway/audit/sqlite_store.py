@@ -25,7 +25,7 @@ from typing import IO
 
 from fedgate.audit_entry import EntryKind
 from fedgate.errors import AuditUnavailable
-from gateway.audit import _rows, _search
+from gateway.audit import _rollups, _rows, _search
 from gateway.audit.store import (
     CommitBatch,
     IndexedRow,
@@ -130,6 +130,8 @@ _INSERT_TIME_BLOCK = (
 )
 
 
+_ROLLUP_DAY, _ROLLUP_OFFICER = _rollups.upserts(pg=False)
+
 _PAGE_SIZE = 2048
 """Page size of databases this module creates (applies only before the first table exists)."""
 
@@ -211,7 +213,7 @@ class SqliteDatabase:
                 mode = con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                 if str(mode).lower() != "wal":
                     raise AuditUnavailable(f"{self.path}: cannot switch to WAL (got {mode})")
-                con.executescript(_SCHEMA + _TRIGGERS)
+                con.executescript(_SCHEMA + _rollups.DDL_SQLITE + _TRIGGERS)
                 con.execute("PRAGMA wal_autocheckpoint = 0")
                 self._checkpointer = _WalCheckpointer(uri)
             self._origin = self._check_origin(origin, create=writer)
@@ -299,6 +301,8 @@ class SqliteDatabase:
                         f"database's next index is {next_index}; another process wrote to it"
                     )
                 con.executemany(_INSERT_LEAF, leaves)
+                con.executemany(_ROLLUP_DAY, _rollups.day_rows(batch.leaves))
+                con.executemany(_ROLLUP_OFFICER, _rollups.officer_rows(batch.leaves))
                 if subjects:
                     con.executemany("INSERT INTO subjects (subject, idx) VALUES (?, ?)", subjects)
                 if batch.tiles:
