@@ -15,7 +15,11 @@ thousands of rows:
 
 Days and hours are China Standard Time (UTC+8), as in ``insights``. The rollups are a
 projection of the log: ``fedgate audit migrate`` rebuilds them for a log written without them,
-and they are not append-only (counts are added to). SQL text is fixed; values are parameters.
+and they are not append-only (counts are added to). ``projection_state`` says what they cover:
+every entry from ``rollups_from`` on (the size when a writer first opened the log with
+rollups), and the entries before it up to ``rollups_backfilled`` (``migrate`` moves it on
+chunk by chunk, each chunk in one transaction, so a stopped migration resumes without counting
+anything twice). SQL text is fixed; values are parameters.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ _CST_US: Final = 8 * _US_PER_HOUR
 DIMENSIONS: Final = ("requester", "target", "action", "refusal")
 
 DDL_SQLITE: Final = """
+CREATE TABLE IF NOT EXISTS projection_state (name TEXT PRIMARY KEY, value INTEGER NOT NULL) STRICT;
 CREATE TABLE IF NOT EXISTS rollup_day (
     day INTEGER NOT NULL,
     dim TEXT NOT NULL,
@@ -54,6 +59,12 @@ CREATE TABLE IF NOT EXISTS rollup_officer (
 """
 
 DDL_PG: Final = """
+CREATE TABLE IF NOT EXISTS projection_state (
+    origin TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value BIGINT NOT NULL,
+    PRIMARY KEY (origin, name)
+);
 CREATE TABLE IF NOT EXISTS rollup_day (
     origin TEXT NOT NULL,
     day INTEGER NOT NULL,

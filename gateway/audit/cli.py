@@ -44,6 +44,7 @@ from fedgate.tiles import TILE_WIDTH, TiledTree
 from fedgate.tlogproof import TlogProof
 from fedgate.v1 import envelope_pb2, request_pb2
 from fedgate.web.auth import Role
+from gateway.audit._migrate import migrate
 from gateway.audit.store import IndexedRow, SearchQuery
 
 __all__ = ["register"]
@@ -93,6 +94,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "newest signed checkpoint at or before N (default: the whole log)",
     )
     verify.set_defaults(func=_verify)
+
+    migrate = sub.add_parser(
+        "migrate",
+        help="move a log written before tiles to the tiled layout (gateway stopped)",
+        description="Verify the log (entries against every signed checkpoint), add the C2SP "
+        "tiles, time blocks and console rollups it lacks (resumable, the SQLite WAL kept "
+        "bounded), then verify it again, tiles included. Exit 1 if either verification fails.",
+    )
+    _store_arguments(migrate)
+    _federation_argument(migrate, required=True)
+    migrate.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    migrate.set_defaults(func=_migrate_command)
 
     search = sub.add_parser("search", help="find entries by officer, member, case, subject...")
     _store_arguments(search)
@@ -291,6 +304,74 @@ def _print_report(r: VerifyReport) -> None:
     )
     print(f"FAILED at {where}: {r.failure.message}")
     print(f"fedgate audit verify: {r.origin}: {r.failure.message}", file=sys.stderr)
+
+
+# -- migrate ---------------------------------------------------------------------------------
+
+
+def _writer(args: argparse.Namespace, origin: str) -> Any:
+    if args.db is not None:
+        from gateway.audit.sqlite_store import SqliteDatabase
+
+        return SqliteDatabase(args.db, origin=origin, writer=True)
+    from gateway.audit.pg_store import PgDatabase
+
+    return PgDatabase(args.pg, origin=origin, schema=args.schema, writer=True)
+
+
+def _chunk_done(db: Any, quiet: bool, done: int, total: int) -> None:
+    if hasattr(db, "checkpoint_wal"):
+        db.checkpoint_wal()  # keep the WAL bounded (SQLite)
+    if not quiet:
+        print(f"migrated {done}/{total} entries", file=sys.stderr, flush=True)
+
+
+def _migrate_command(args: argparse.Namespace) -> int:
+    registry = Registry.load_dir(args.federation)
+    witnesses = witness_verifiers(registry)
+    progress = None if args.quiet else _progress
+    for opener in _sources(args):
+        probe = opener()
+        try:
+            origin, total = probe.origin, probe.next_index()
+        finally:
+            probe.close()
+        keys = _log_keys(args, registry, origin)
+        jobs = min(os.cpu_count() or 1, 8) if total >= 200_000 else 1
+        before = verify_log(
+            opener,
+            log_keys=keys,
+            witnesses=witnesses,
+            options=VerifyOptions(check_index=False, check_tiles=False, jobs=jobs),
+            progress=progress,
+        )
+        print(f"before migrating {origin}:")
+        _print_report(before)
+        if not before.ok:
+            print(f"fedgate audit migrate: {origin} does not verify: nothing changed")
+            return 1
+        db = _writer(args, origin)
+        try:
+            result = migrate(db, after_chunk=functools.partial(_chunk_done, db, args.quiet))
+        finally:
+            db.close()
+        print(
+            f"migrated {origin}: {result.entries} entries, {result.tiles_added} tiles, "
+            f"{result.blocks_added} time blocks, rollups of {result.rollups_backfilled} entries "
+            "added"
+        )
+        after = verify_log(
+            opener,
+            log_keys=keys,
+            witnesses=witnesses,
+            options=VerifyOptions(check_index=False, jobs=jobs),
+            progress=progress,
+        )
+        print(f"after migrating {origin}:")
+        _print_report(after)
+        if not after.ok:
+            return 1
+    return 0
 
 
 # -- search and show ---------------------------------------------------------------------------

@@ -13,7 +13,7 @@ same origin is refused instead of interleaving leaves.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from gateway.audit import _rollups, _rows, _search
 from gateway.audit.store import (
     CommitBatch,
     IndexedRow,
+    NewLeaf,
     SearchQuery,
     StoredLog,
     StoredRow,
@@ -238,6 +239,14 @@ class PgDatabase:
                     "INSERT INTO shards (origin, schema_version) VALUES (%s, %s)"
                     " ON CONFLICT (origin) DO NOTHING",
                     (self._origin, SCHEMA_VERSION),
+                )
+                # Rollups cover every entry committed from now on; older ones: ``migrate``.
+                conn.execute(
+                    "INSERT INTO projection_state (origin, name, value) SELECT %s, 'rollups_from',"
+                    " COALESCE(MAX(idx) + 1, 0) FROM leaves WHERE origin = %s"
+                    " UNION ALL SELECT %s, 'rollups_backfilled', 0"
+                    " ON CONFLICT (origin, name) DO NOTHING",
+                    (self._origin, self._origin, self._origin),
                 )
             else:
                 row = conn.execute(
@@ -499,6 +508,70 @@ class PgDatabase:
             (index,),
         )
         return rows[0] if rows else None
+
+    def migration_state(self) -> tuple[int, int, int, int]:
+        """``(full level-0 tiles, time blocks, rollups_from, rollups_backfilled)``: what the
+        tiled layout and the projections already cover (``migrate``). Raises
+        ``AuditUnavailable``."""
+        o = (self._origin,)
+        try:
+            conn = self._c()
+            tiles = conn.execute(
+                "SELECT COALESCE(MAX(idx) + 1, 0) FROM tiles WHERE origin = %s AND level = 0", o
+            ).fetchone()
+            blocks = conn.execute(
+                "SELECT COALESCE(MAX(block) + 1, 0) FROM time_blocks WHERE origin = %s", o
+            ).fetchone()
+            state = dict(
+                conn.execute(
+                    "SELECT name, value FROM projection_state WHERE origin = %s", o
+                ).fetchall()
+            )
+        except psycopg.Error as exc:
+            raise self._error("read the migration state", exc) from exc
+        assert tiles is not None
+        assert blocks is not None
+        return (
+            int(tiles[0]),
+            int(blocks[0]),
+            int(state["rollups_from"]),
+            int(state["rollups_backfilled"]),
+        )
+
+    def migrate_chunk(
+        self,
+        tiles: Sequence[tuple[int, int, bytes]],
+        blocks: range,
+        rollups: range,
+    ) -> None:
+        """In one transaction: add ``tiles``, the time blocks ``blocks``, and the rollups of the
+        entries ``rollups`` (then recorded as backfilled up to its stop). For ``migrate``."""
+        o = self._origin
+        key = (o,)
+        try:
+            conn = self._c()
+            with conn.transaction(), conn.cursor() as cur:
+                if tiles:
+                    with cur.copy("COPY tiles (origin, level, idx, data) FROM STDIN") as copy:
+                        for tile in tiles:
+                            copy.write_row(key + tile)
+                for block in blocks:
+                    lo = block * _search.BLOCK
+                    cur.execute(_INSERT_TIME_BLOCK, (o, block, o, lo, lo + _search.BLOCK))
+                if rollups:
+                    rows = [
+                        NewLeaf(r[0], b"", b"", r[3])
+                        for r in self.rows(rollups.start, rollups.stop)
+                    ]
+                    cur.executemany(_ROLLUP_DAY, [key + r for r in _rollups.day_rows(rows)])
+                    cur.executemany(_ROLLUP_OFFICER, [key + r for r in _rollups.officer_rows(rows)])
+                    cur.execute(
+                        "UPDATE projection_state SET value = %s"
+                        " WHERE origin = %s AND name = 'rollups_backfilled'",
+                        (rollups.stop, o),
+                    )
+        except psycopg.Error as exc:
+            raise self._error("migrate", exc) from exc
 
     def _fetch(self, statement: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
         return self._c().execute(statement.encode(), params).fetchall()

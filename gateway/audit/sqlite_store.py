@@ -19,7 +19,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -29,6 +29,7 @@ from gateway.audit import _rollups, _rows, _search
 from gateway.audit.store import (
     CommitBatch,
     IndexedRow,
+    NewLeaf,
     SearchQuery,
     StoredLog,
     StoredRow,
@@ -217,6 +218,13 @@ class SqliteDatabase:
                 con.execute("PRAGMA wal_autocheckpoint = 0")
                 self._checkpointer = _WalCheckpointer(uri)
             self._origin = self._check_origin(origin, create=writer)
+            if writer:
+                # Rollups cover every entry committed from now on; older ones: ``migrate``.
+                con.execute(
+                    "INSERT INTO projection_state (name, value) VALUES ('rollups_from', ?),"
+                    " ('rollups_backfilled', 0) ON CONFLICT (name) DO NOTHING",
+                    (self.next_index(),),
+                )
         except sqlite3.Error as exc:
             self._release()
             raise AuditUnavailable(f"cannot open the audit log {self.path}: {exc}") from exc
@@ -327,6 +335,58 @@ class SqliteDatabase:
         if self._unflushed >= _CHECKPOINT_EVERY_BYTES and self._checkpointer is not None:
             self._unflushed = 0
             self._checkpointer.request()
+
+    def migration_state(self) -> tuple[int, int, int, int]:
+        """``(full level-0 tiles, time blocks, rollups_from, rollups_backfilled)``: what the
+        tiled layout and the projections already cover (``migrate``). Raises
+        ``AuditUnavailable``."""
+        try:
+            con = self._con
+            (tiles,) = con.execute(
+                "SELECT COALESCE(MAX(idx) + 1, 0) FROM tiles WHERE level = 0"
+            ).fetchone()
+            (blocks,) = con.execute(
+                "SELECT COALESCE(MAX(block) + 1, 0) FROM time_blocks"
+            ).fetchone()
+            state = dict(con.execute("SELECT name, value FROM projection_state").fetchall())
+        except sqlite3.Error as exc:
+            raise self._error("read the migration state", exc) from exc
+        return int(tiles), int(blocks), int(state["rollups_from"]), int(state["rollups_backfilled"])
+
+    def migrate_chunk(
+        self,
+        tiles: Sequence[tuple[int, int, bytes]],
+        blocks: range,
+        rollups: range,
+    ) -> None:
+        """In one transaction: add ``tiles``, the time blocks ``blocks``, and the rollups of the
+        entries ``rollups`` (then recorded as backfilled up to its stop). For ``migrate``."""
+        con = self._con
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                con.executemany("INSERT INTO tiles (level, idx, data) VALUES (?, ?, ?)", tiles)
+                for block in blocks:
+                    lo = block * _search.BLOCK
+                    con.execute(_INSERT_TIME_BLOCK, (block, lo, lo + _search.BLOCK))
+                if rollups:
+                    rows = [
+                        NewLeaf(r[0], b"", b"", r[3])
+                        for r in self.rows(rollups.start, rollups.stop)
+                    ]
+                    con.executemany(_ROLLUP_DAY, _rollups.day_rows(rows))
+                    con.executemany(_ROLLUP_OFFICER, _rollups.officer_rows(rows))
+                    con.execute(
+                        "UPDATE projection_state SET value = ? WHERE name = 'rollups_backfilled'",
+                        (rollups.stop,),
+                    )
+                con.execute("COMMIT")
+            except BaseException:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise self._error("migrate", exc) from exc
 
     def checkpoint_wal(self) -> None:
         """Copy the WAL into the database and truncate it, waiting for readers: bulk writers
