@@ -60,6 +60,7 @@ from fedgate.v1 import (
     event_service_pb2,
     event_service_pb2_grpc,
 )
+from fedgate.web.serve import EmbeddedServer
 from fedgate.witness import GrpcWitnessClient
 from gateway.alerts import AlertHub, AlertServicer
 from gateway.audit.insights import PgShard
@@ -68,6 +69,7 @@ from gateway.audit.pg_store import PgDatabase, open_pg_store
 from gateway.audit.service import AuditServicer
 from gateway.audit.sqlite_store import SqliteDatabase, open_sqlite_store
 from gateway.audit.store import AuditStore
+from gateway.audit.tileserver import tile_app
 from gateway.config import ConfigError, GatewayConfig
 from gateway.console import RunningAuditorConsole, start_auditor_console
 from gateway.events import EventServicer
@@ -245,6 +247,7 @@ class Gateway:
         self._reload_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self.console: RunningAuditorConsole | None = None
+        self.tiles: EmbeddedServer | None = None
 
     @property
     def console_url(self) -> str | None:
@@ -402,6 +405,17 @@ class Gateway:
         )
         if fed.reload_interval_s > 0:
             gateway._reload_task = asyncio.create_task(gateway._watch_registry(holder))
+        if config.audit.tiles_listen:
+            host, _, tiles_port = config.audit.tiles_listen.rpartition(":")
+            gateway.tiles = EmbeddedServer(
+                tile_app(audit), host=host.strip("[]"), port=int(tiles_port)
+            )
+            try:
+                await gateway.tiles.start()
+            except BaseException:
+                gateway.tiles = None
+                await gateway.stop(0)
+                raise
         if config.console.listen:
             host, _, console_port = config.console.listen.rpartition(":")
             try:
@@ -475,6 +489,9 @@ class Gateway:
             # First, so that no console event is appended once the log starts closing.
             await self.console.stop()
             self.console = None
+        if self.tiles is not None:
+            await self.tiles.stop()
+            self.tiles = None
         await self._health.enter_graceful_shutdown()
         await self._server.stop(self.config.server.grace_period_s if grace is None else grace)
         if self._prometheus is not None:

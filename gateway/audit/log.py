@@ -40,9 +40,9 @@ from fedgate.errors import (
     NotFound,
     VerificationError,
 )
-from fedgate.merkle import leaf_hash
+from fedgate.merkle import HASH_SIZE, leaf_hash
 from fedgate.note import NoteSigner, NoteVerifier
-from fedgate.tiles import TiledTree
+from fedgate.tiles import TILE_HEIGHT, TILE_WIDTH, TiledTree, encode_bundle
 from fedgate.witness import WitnessClient
 from gateway.audit._receipt import Receipt
 from gateway.audit._state import StateFile, check_state_file, rebuild_tree
@@ -280,6 +280,28 @@ class AuditLog:
         if not found:
             raise AuditUnavailable(f"entry {index} is missing from the audit store")
         return found[0]
+
+    async def tile(self, level: int, index: int, width: int = TILE_WIDTH) -> bytes | None:
+        """The first ``width`` hashes of C2SP tile ``(level, index)``, if the log has them:
+        a full tile from the store, the right edge from memory. ``None`` otherwise."""
+        full = (self._size >> (TILE_HEIGHT * level)) // TILE_WIDTH
+        if index < full:
+            found = await self._store.tiles(level, index, index + 1)
+            if not found:
+                raise AuditUnavailable(f"tile {level}/{index} is missing from the audit store")
+            return found[0][1][: width * HASH_SIZE]
+        return self._tree.tile(level, index, width) if index == full else None
+
+    async def entry_bundle(self, index: int, width: int = TILE_WIDTH) -> bytes | None:
+        """The C2SP entry bundle of entries ``[256 * index, 256 * index + width)``, if the log
+        has them all; ``None`` otherwise."""
+        start = index * TILE_WIDTH
+        if start + width > self._size:
+            return None
+        leaves = await self._store.leaves(start, start + width)
+        if len(leaves) != width:
+            raise AuditUnavailable(f"entries {start}..{start + width - 1} are missing")
+        return encode_bundle(leaves)
 
     async def checkpoint_at(self, size: int) -> str | None:
         """The checkpoint the log signed at exactly ``size`` entries, if one was."""
