@@ -146,6 +146,7 @@ def write_log(
             batches += 1
             if batches % 20 == 0:
                 db.checkpoint_wal()
+                write_atomically(default_state_path(path), note.encode("utf-8"))
                 if progress:
                     print(
                         f"  {tree.size:,} entries written ({time.perf_counter() - started:.0f} s)",

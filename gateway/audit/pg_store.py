@@ -168,6 +168,10 @@ _INSERT_TIME_BLOCK = (
 
 
 _ROLLUP_DAY, _ROLLUP_OFFICER = _rollups.upserts(pg=True)
+_ROLLUP_COLUMNS = (
+    f"SELECT idx, {_rows.COLUMNS} FROM leaves"  # noqa: S608 - constant columns
+    " WHERE origin = %s AND idx >= %s AND idx < %s ORDER BY idx"
+)
 
 
 def _connect(dsn: str, schema: str) -> psycopg.Connection[Any]:
@@ -509,6 +513,11 @@ class PgDatabase:
         )
         return rows[0] if rows else None
 
+    def _rollup_leaves(self, span: range) -> list[NewLeaf]:
+        """The entries of ``span`` with only what the rollups read (no leaf bytes)."""
+        rows = self._c().execute(_ROLLUP_COLUMNS, (self._origin, span.start, span.stop))
+        return [NewLeaf(r[0], b"", b"", (*r[1:], (), -1)) for r in rows]
+
     def migration_state(self) -> tuple[int, int, int, int]:
         """``(full level-0 tiles, time blocks, rollups_from, rollups_backfilled)``: what the
         tiled layout and the projections already cover (``migrate``). Raises
@@ -559,10 +568,7 @@ class PgDatabase:
                     lo = block * _search.BLOCK
                     cur.execute(_INSERT_TIME_BLOCK, (o, block, o, lo, lo + _search.BLOCK))
                 if rollups:
-                    rows = [
-                        NewLeaf(r[0], b"", b"", r[3])
-                        for r in self.rows(rollups.start, rollups.stop)
-                    ]
+                    rows = self._rollup_leaves(rollups)
                     cur.executemany(_ROLLUP_DAY, [key + r for r in _rollups.day_rows(rows)])
                     cur.executemany(_ROLLUP_OFFICER, [key + r for r in _rollups.officer_rows(rows)])
                     cur.execute(

@@ -132,8 +132,14 @@ _INSERT_TIME_BLOCK = (
 
 
 _ROLLUP_DAY, _ROLLUP_OFFICER = _rollups.upserts(pg=False)
+_ROLLUP_COLUMNS = (
+    f"SELECT idx, {_rows.COLUMNS} FROM leaves"  # noqa: S608 - constant columns
+    " WHERE idx >= ? AND idx < ? ORDER BY idx"
+)
 
 _PAGE_SIZE = 2048
+_CACHE_KIB = 65_536
+"""The writer's page cache: the index pages a commit touches stay in memory on a big log."""
 """Page size of databases this module creates (applies only before the first table exists)."""
 
 # The time index finds the window without reading older rows (see ``request_legs_since``).
@@ -207,7 +213,7 @@ class SqliteDatabase:
             con = self._con
             con.execute("PRAGMA busy_timeout = 10000")
             con.execute("PRAGMA synchronous = FULL")
-            con.execute("PRAGMA cache_size = -32768")
+            con.execute(f"PRAGMA cache_size = {-_CACHE_KIB if writer else -32768}")
             if writer:
                 # Before anything creates the file's first page; a no-op on an existing database.
                 con.execute(f"PRAGMA page_size = {_PAGE_SIZE}")
@@ -370,10 +376,7 @@ class SqliteDatabase:
                     lo = block * _search.BLOCK
                     con.execute(_INSERT_TIME_BLOCK, (block, lo, lo + _search.BLOCK))
                 if rollups:
-                    rows = [
-                        NewLeaf(r[0], b"", b"", r[3])
-                        for r in self.rows(rollups.start, rollups.stop)
-                    ]
+                    rows = self._rollup_leaves(rollups)
                     con.executemany(_ROLLUP_DAY, _rollups.day_rows(rows))
                     con.executemany(_ROLLUP_OFFICER, _rollups.officer_rows(rows))
                     con.execute(
@@ -387,6 +390,11 @@ class SqliteDatabase:
                 raise
         except sqlite3.Error as exc:
             raise self._error("migrate", exc) from exc
+
+    def _rollup_leaves(self, span: range) -> list[NewLeaf]:
+        """The entries of ``span`` with only what the rollups read (no leaf bytes)."""
+        rows = self._con.execute(_ROLLUP_COLUMNS, (span.start, span.stop))
+        return [NewLeaf(r[0], b"", b"", (*r[1:], (), -1)) for r in rows]
 
     def checkpoint_wal(self) -> None:
         """Copy the WAL into the database and truncate it, waiting for readers: bulk writers
