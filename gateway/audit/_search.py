@@ -110,7 +110,9 @@ def time_bounds(
         return lo, None
     late = fetch(
         dialect.text(
-            f"SELECT 1 FROM leaves WHERE {s}idx >= ? AND time_us < ? LIMIT 1"  # noqa: S608
+            # ``+time_us``: read the open block by primary key (at most 255 rows), never
+            # the time index from the log's start.
+            f"SELECT 1 FROM leaves WHERE {s}idx >= ? AND +time_us < ? LIMIT 1"  # noqa: S608
         ),
         (*scope, edge, until_us),
     )
