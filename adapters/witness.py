@@ -16,7 +16,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +26,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from adapters.staff import require_peer
-from fedgate.errors import FedgateError, InvalidArgument
+from fedgate.checkpoint import parse_checkpoint
+from fedgate.errors import FedgateError, InvalidArgument, VerificationError
 from fedgate.evidence import log_verifiers
 from fedgate.logs import configure_logging
+from fedgate.note import parse_note
 from fedgate.registry import Registry
 from fedgate.status import ErrorInterceptor, abort_with
+from fedgate.tileclient import Fetch, http_fetcher
 from fedgate.tls import MemberCredentials, server_credentials
 from fedgate.types import MemberId
 from fedgate.v1 import audit_service_pb2, audit_service_pb2_grpc
@@ -44,11 +47,17 @@ _log = logging.getLogger("fedgate.witness")
 
 
 class _GatewayOnly(WitnessServicer):
-    """``WitnessServicer`` that refuses every caller but the gateway's registered certificate."""
+    """``WitnessServicer`` that refuses every caller but the gateway's registered certificate.
 
-    def __init__(self, witness: Witness, registry: Registry) -> None:
+    For a log whose C2SP tiles it can fetch (``tiles``: origin to fetcher), it ignores the
+    consistency proof the gateway pushes and computes its own from the tiles."""
+
+    def __init__(
+        self, witness: Witness, registry: Registry, tiles: Mapping[str, Fetch] | None = None
+    ) -> None:
         super().__init__(witness)
         self._registry = registry
+        self._tiles = dict(tiles or {})
 
     async def AddCheckpoint(
         self,
@@ -59,7 +68,23 @@ class _GatewayOnly(WitnessServicer):
             require_peer(context, self._registry, GATEWAY)
         except FedgateError as exc:
             await abort_with(context, exc)
-        return await super().AddCheckpoint(request, context)
+        fetch = self._tiles.get(_origin_of(request.checkpoint))
+        if fetch is None:
+            return await super().AddCheckpoint(request, context)
+        try:
+            sig = await asyncio.to_thread(
+                self._witness.add_checkpoint_from_tiles_sync, request.checkpoint, fetch
+            )
+        except FedgateError as exc:
+            await abort_with(context, exc)
+        return audit_service_pb2.AddCheckpointResponse(cosignature=sig.line().rstrip("\n"))
+
+
+def _origin_of(note: str) -> str:
+    try:
+        return parse_checkpoint(parse_note(note).text).origin
+    except VerificationError:
+        return ""  # not a checkpoint: the plain path refuses it with the reason
 
 
 class WitnessNode:
@@ -73,7 +98,10 @@ class WitnessNode:
         state: Path,
         origins: Sequence[str],
         listen: str | None = None,
+        tiles: Mapping[str, str] | None = None,
     ) -> None:
+        """``tiles`` maps an origin to the URL prefix of its C2SP tiles (``audit.tiles_listen``
+        of the gateway): checkpoints of that log are then checked from its tiles."""
         self.registry = Registry.load_dir(federation)
         record = self.registry.member(member)
         if WITNESS_ROLE not in record.roles:
@@ -94,12 +122,16 @@ class WitnessNode:
             logs=logs,
         )
         self.listen = listen or record.endpoint
+        unknown = sorted(set(tiles or {}) - set(origins))
+        if unknown:
+            raise InvalidArgument(f"--tiles names origins not witnessed: {', '.join(unknown)}")
+        self.tiles = {o: http_fetcher(url) for o, url in (tiles or {}).items()}
         self._server: grpc.aio.Server | None = None
 
     async def start(self) -> None:
         server = grpc.aio.server(interceptors=[ErrorInterceptor()])
         audit_service_pb2_grpc.add_WitnessServiceServicer_to_server(
-            _GatewayOnly(self.witness, self.registry), server
+            _GatewayOnly(self.witness, self.registry, self.tiles), server
         )
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -143,7 +175,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--origin", action="append", required=True, help="a log origin to witness (repeatable)"
     )
     parser.add_argument("--listen", help="host:port (default: the member's registry endpoint)")
+    parser.add_argument(
+        "--tiles",
+        action="append",
+        default=[],
+        metavar="ORIGIN=URL",
+        help="check this log's checkpoints from its C2SP tiles at URL (repeatable)",
+    )
     args = parser.parse_args(argv)
+    tiles = dict(t.split("=", 1) for t in args.tiles if "=" in t)
+    if len(tiles) != len(args.tiles):
+        parser.error("--tiles takes ORIGIN=URL")
     configure_logging()
     try:
         node = WitnessNode(
@@ -152,6 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             state=args.state,
             origins=args.origin,
             listen=args.listen,
+            tiles=tiles,
         )
         asyncio.run(_serve(node))
     except FedgateError as exc:

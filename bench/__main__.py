@@ -19,6 +19,7 @@ MODULES: tuple[str, ...] = (
     "bench_node",
     "bench_pipeline",
     "bench_audit",
+    "bench_scale",
     "bench_e2e",
     "bench_errors",
 )

@@ -35,10 +35,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bench._biglog import write_log
 from fedgate.actions import new_request_id
 from fedgate.audit_entry import (
-    AuditEntry,
-    IndexColumns,
     RequestLeg,
     ResponseLeg,
     columns_of,
@@ -51,6 +50,7 @@ from fedgate.checkpoint import Checkpoint, sign_checkpoint
 from fedgate.merkle import MerkleTree, leaf_hash
 from fedgate.note import NoteSigner
 from fedgate.testing import percentile
+from fedgate.tiles import TiledTree
 from fedgate.tlogproof import TlogProof
 from gateway.audit.log import AuditLog
 from gateway.audit.sqlite_store import SqliteDatabase, open_sqlite_store
@@ -197,38 +197,10 @@ def _pg_figures(quick: bool) -> dict[str, tuple[float, str]]:
         admin.close()
 
 
-def _write_log(path: Path, signer: NoteSigner, entries: int, batch: int) -> MerkleTree:
-    """A log of ``entries`` exchanges' legs written straight to the store in big batches."""
-    db = SqliteDatabase(path, origin=ORIGIN, writer=True)
-    tree = MerkleTree()
-    make = _Entries(7)
-    db.commit(CommitBatch((), 0, sign_checkpoint(Checkpoint(ORIGIN, 0, tree.root()), signer)))
-    while tree.size < entries:
-        leaves: list[NewLeaf] = []
-        while len(leaves) < batch and tree.size + len(leaves) < entries:
-            index = tree.size + len(leaves)
-            request = make.request()
-            pair: list[tuple[AuditEntry, IndexColumns]] = [
-                (request, columns_of(searchable(request)))
-            ]
-            if tree.size + len(leaves) + 1 < entries:
-                response = make.response(request, index)
-                pair.append(
-                    (
-                        response,
-                        with_request_columns(
-                            columns_of(searchable(response)), columns_of(searchable(request))
-                        ),
-                    )
-                )
-            for entry, columns in pair:
-                data = encode_entry(entry)
-                leaves.append(NewLeaf(tree.size + len(leaves), data, leaf_hash(data), columns))
-        tree.extend(n.leaf_hash for n in leaves)
-        note = sign_checkpoint(Checkpoint(ORIGIN, tree.size, tree.root()), signer)
-        db.commit(CommitBatch(leaves, tree.size, note))
-    db.close()
-    return tree
+def _write_log(path: Path, signer: NoteSigner, entries: int, batch: int) -> None:
+    """A log of ``entries`` exchanges' legs written straight to the store in big batches (tiles
+    and all, as the gateway writes it: ``bench._biglog``)."""
+    write_log(path, entries, signer=signer, batch=batch)
 
 
 def _verify_figures(quick: bool) -> dict[str, tuple[float, str]]:
@@ -295,7 +267,7 @@ def _signature_figures(quick: bool) -> dict[str, tuple[float, str]]:
             name=ORIGIN, private_key=load_private_key(layout.signing_key(MemberId("gateway")))
         )
         now = datetime.now(UTC)
-        tree = MerkleTree()
+        tree = TiledTree(size=0, edge=[b""], read=lambda level, start, stop: [])
         leaves: list[NewLeaf] = []
         for i in range(exchanges):
             account = card_number("bank.icbc", i)
@@ -348,12 +320,13 @@ def _signature_figures(quick: bool) -> dict[str, tuple[float, str]]:
         store.commit(
             CommitBatch((), 0, sign_checkpoint(Checkpoint(ORIGIN, 0, tree.root()), signer))
         )
-        tree.extend(n.leaf_hash for n in leaves)
+        tiles = tree.extend(n.leaf_hash for n in leaves)
         store.commit(
             CommitBatch(
                 leaves,
                 tree.size,
                 sign_checkpoint(Checkpoint(ORIGIN, tree.size, tree.root()), signer),
+                tiles,
             )
         )
         store.close()

@@ -5,9 +5,11 @@ Nothing read from the store is trusted. The checks, which stop at the first fail
 - every checkpoint the log stored is signed by the log's key, for this origin and its size;
 - entries are numbered 0..n-1 without gaps, each entry's bytes hash to its stored leaf hash and
   decode strictly, and each response leg names an earlier request leg of the same request;
-- the Merkle root recomputed from the entries equals every stored checkpoint's root, and
-  successive checkpoints are consistent (RFC 9162 proofs); no checkpoint is beyond the entries
-  (truncation) and no entry is outside every checkpoint;
+- the Merkle root recomputed from the entries equals every stored checkpoint's root (so
+  successive checkpoints are consistent: their roots come from one sequence of entries); no
+  checkpoint is beyond the entries (truncation) and no entry is outside every checkpoint;
+- every C2SP tile the store holds equals the tile recomputed from the entries, and no tile lies
+  beyond them (proofs and tile clients are served from the tiles);
 - each cosigned checkpoint matches the log and every cosignature on it verifies with a
   witness key from the registry;
 - optionally, each entry's search-index row equals what the entry says (``check_index``);
@@ -16,14 +18,17 @@ Nothing read from the store is trusted. The checks, which stop at the first fail
   Refused requests and node faults are counted, not failed: a bad signature is a reason to
   refuse a request, and an agency answer the gateway rejected is logged as a node fault.
 
-Entry checks run in worker processes over chunks of the log (``jobs``); the tree is built in
-this process from the leaf hashes the workers return.
+Entry checks run in worker processes over chunks of the log (``jobs``); this process folds the
+leaf hashes the workers return into a compact range and recomputed tiles, reading checkpoints
+chunk by chunk: memory stays constant however long the log.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import hashlib
+import itertools
 import multiprocessing
 import threading
 import time
@@ -46,9 +51,10 @@ from fedgate.checkpoint import Checkpoint, CosignatureVerifier, parse_checkpoint
 from fedgate.cosigned import check_log_against
 from fedgate.errors import VerificationError
 from fedgate.evidence import HistoricalKeys, check_request_leg, check_response_leg
-from fedgate.merkle import HASH_SIZE, MerkleTree, verify_consistency
+from fedgate.merkle import HASH_SIZE, CompactRange
 from fedgate.note import NoteVerifier, verify_note
 from fedgate.registry import Registry
+from fedgate.tiles import TILE_HEIGHT, TILE_WIDTH, TiledTree, edge_of, tile_path
 
 __all__ = [
     "Failure",
@@ -84,9 +90,15 @@ class LogSource(Protocol):
 
     def leaf_rows(self, start: int, stop: int) -> list[tuple[int, bytes, bytes]]: ...
 
-    def checkpoints(self) -> list[tuple[int, str]]: ...
+    def leaf_hashes(self, start: int, stop: int) -> list[bytes]: ...
 
-    def cosigned_checkpoints(self) -> list[tuple[int, str]]: ...
+    def tiles(self, level: int, start: int, stop: int) -> list[tuple[int, bytes]]: ...
+
+    def checkpoints_in(self, lo: int, hi: int) -> list[tuple[int, str]]: ...
+
+    def checkpoint_at_or_before(self, size: int) -> tuple[int, str] | None: ...
+
+    def cosigned_in(self, lo: int, hi: int) -> list[tuple[int, str]]: ...
 
     def close(self) -> None: ...
 
@@ -100,6 +112,8 @@ class VerifyOptions:
     federation: Path | None = None
     jobs: int = 1
     chunk: int = 20_000
+    check_tiles: bool = True
+    """Off only for a log written before tiles (``fedgate audit migrate`` verifies it first)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,6 +376,8 @@ def _check_in_worker(span: tuple[int, int]) -> _ChunkResult:
 def _results(
     open_source: Callable[[], LogSource], options: VerifyOptions, spans: list[tuple[int, int]]
 ) -> Iterator[_ChunkResult]:
+    """Chunk results in order. At most ``2 * jobs`` chunks are in flight, so memory does not
+    grow with the log (``pool.map`` would queue every finished chunk's hashes)."""
     if options.jobs <= 1 or len(spans) <= 1:
         checker = _Checker(open_source, options.federation, options.check_index)
         try:
@@ -380,130 +396,255 @@ def _results(
         initializer=_init_worker,
         initargs=(open_source, options.federation, options.check_index),
     ) as pool:
-        yield from pool.map(_check_in_worker, spans)
+        pending: collections.deque[concurrent.futures.Future[_ChunkResult]] = collections.deque()
+        todo = iter(spans)
+        for span in itertools.islice(todo, 2 * options.jobs):
+            pending.append(pool.submit(_check_in_worker, span))
+        while pending:
+            result = pending.popleft().result()
+            for span in itertools.islice(todo, 1):
+                pending.append(pool.submit(_check_in_worker, span))
+            yield result
 
 
 # -- the whole log ---------------------------------------------------------------------------
 
 
-def _open_checkpoints(
-    rows: list[tuple[int, str]], origin: str, verifiers: Sequence[NoteVerifier]
-) -> tuple[list[Checkpoint], Failure | None]:
-    out: list[Checkpoint] = []
-    for size, note in rows:
-        try:
-            parsed, _ = verify_note(note, verifiers)
-            cp = parse_checkpoint(parsed.text)
-        except VerificationError as exc:
-            return out, Failure(
-                f"checkpoint at size {size} is not signed by the log's key: {exc.message}",
-                size=size,
-            )
-        if cp.origin != origin or cp.size != size:
-            return out, Failure(
-                f"checkpoint stored at size {size} is for {cp.origin!r} size {cp.size}: it was "
-                "replaced",
-                size=size,
-            )
-        out.append(cp)
-    return out, None
-
-
-class _TreeChecks:
-    """Builds the tree from chunk hashes and checks the checkpoints as it goes."""
-
-    def __init__(self, checkpoints: list[Checkpoint]) -> None:
-        self.tree = MerkleTree()
-        self.checkpoints = checkpoints
-        self.next = 0
-        self.prev: Checkpoint | None = None
-
-    def extend(self, hashes: bytes) -> Failure | None:
-        self.tree.extend(hashes[i : i + HASH_SIZE] for i in range(0, len(hashes), HASH_SIZE))
-        tree = self.tree
-        while self.next < len(self.checkpoints) and self.checkpoints[self.next].size <= tree.size:
-            cp = self.checkpoints[self.next]
-            lo = self.prev.size if self.prev is not None else 0
-            root = tree.root(cp.size)
-            if root != cp.root_hash:
-                if cp.size - lo == 1:
-                    what = f"entry {lo} does not match"
-                else:
-                    what = (
-                        f"entries {lo}..{cp.size - 1} do not match (one of them is the first "
-                        "bad entry)"
-                    )
-                return Failure(
-                    f"{what} the checkpoint of size {cp.size} the log signed: altered, replaced, "
-                    "reordered or deleted",
-                    index=lo,
-                    size=cp.size,
-                )
-            if self.prev is not None:
-                try:
-                    proof = tree.consistency_proof(self.prev.size, cp.size)
-                    verify_consistency(
-                        self.prev.size, cp.size, proof, self.prev.root_hash, cp.root_hash
-                    )
-                except VerificationError as exc:
-                    return Failure(
-                        f"checkpoints of sizes {self.prev.size} and {cp.size} are not "
-                        f"consistent: {exc.message}",
-                        size=cp.size,
-                    )
-            self.prev = cp
-            self.next += 1
-        return None
+def _open_checkpoint(
+    size: int, note: str, origin: str, verifiers: Sequence[NoteVerifier]
+) -> tuple[Checkpoint | None, Failure | None]:
+    try:
+        parsed, _ = verify_note(note, verifiers)
+        cp = parse_checkpoint(parsed.text)
+    except VerificationError as exc:
+        return None, Failure(
+            f"checkpoint at size {size} is not signed by the log's key: {exc.message}", size=size
+        )
+    if cp.origin != origin or cp.size != size:
+        return None, Failure(
+            f"checkpoint stored at size {size} is for {cp.origin!r} size {cp.size}: it was "
+            "replaced",
+            size=size,
+        )
+    return cp, None
 
 
 def _check_cosigned(
-    rows: list[tuple[int, str]],
-    tree: MerkleTree,
+    size: int,
+    note: str,
+    root: bytes,
     origin: str,
     log_keys: Sequence[NoteVerifier],
     witnesses: Sequence[CosignatureVerifier],
-) -> tuple[dict[str, int], Failure | None]:
-    counts: dict[str, int] = {}
+    counts: dict[str, int],
+) -> Failure | None:
+    """One cosigned checkpoint against the root recomputed at its size."""
     log_ids = {(v.name, v.key_hash) for v in log_keys}
     by_id = {(w.name, w.key_hash): w for w in witnesses}
-    for size, note in rows:
+    try:
+        parsed, _ = verify_note(note, log_keys)
+        cp = parse_checkpoint(parsed.text)
+    except VerificationError as exc:
+        return Failure(
+            f"cosigned checkpoint at size {size} is not signed by the log: {exc.message}",
+            size=size,
+        )
+    if cp.origin != origin or cp.size != size:
+        return Failure(
+            f"cosigned checkpoint stored at size {size} is for {cp.origin!r} size {cp.size}",
+            size=size,
+        )
+    if root != cp.root_hash:
+        return Failure(f"cosigned checkpoint at size {size} does not match the entries", size=size)
+    for sig in parsed.signatures:
+        key = (sig.name, sig.key_hash)
+        if key in log_ids:
+            continue
+        witness = by_id.get(key)
+        if witness is None:
+            return Failure(
+                f"cosigned checkpoint at size {size} carries a signature by an unknown key "
+                f"{sig.name}+{sig.key_hash.hex()}",
+                size=size,
+            )
         try:
-            parsed, _ = verify_note(note, log_keys)
-            cp = parse_checkpoint(parsed.text)
+            witness.verify(parsed.text, sig)
         except VerificationError as exc:
-            return counts, Failure(
-                f"cosigned checkpoint at size {size} is not signed by the log: {exc.message}",
-                size=size,
-            )
-        if cp.origin != origin or cp.size != size or size > tree.size:
-            return counts, Failure(
-                f"cosigned checkpoint stored at size {size} is for {cp.origin!r} size {cp.size} "
-                f"(the log has {tree.size} entries)",
-                size=size,
-            )
-        if tree.root(size) != cp.root_hash:
-            return counts, Failure(
-                f"cosigned checkpoint at size {size} does not match the entries", size=size
-            )
-        for sig in parsed.signatures:
-            key = (sig.name, sig.key_hash)
-            if key in log_ids:
+            return Failure(f"cosigned checkpoint at size {size}: {exc.message}", size=size)
+        counts[sig.name] = counts.get(sig.name, 0) + 1
+    return None
+
+
+class _Stream:
+    """The tree state while the entries stream past: a ``CompactRange`` for roots, a
+    ``TiledTree`` recomputing the tiles the entries complete (checked against the stored ones),
+    and the checkpoints and cosigned checkpoints of each chunk, read chunk by chunk."""
+
+    def __init__(
+        self,
+        source: LogSource,
+        *,
+        origin: str,
+        log_keys: Sequence[NoteVerifier],
+        witnesses: Sequence[CosignatureVerifier],
+        start: int,
+        frontier: list[bytes],
+        edge: list[bytes],
+        check_tiles: bool = True,
+    ) -> None:
+        self.source = source
+        self.check_tiles = check_tiles
+        self.origin = origin
+        self.log_keys = log_keys
+        self.witnesses = witnesses
+        self.range = CompactRange(start, frontier)
+        self.tiles = TiledTree(size=start, edge=edge, read=_no_read)
+        self.checkpoints = 0
+        self.cosigned = 0
+        self.witness_counts: dict[str, int] = {}
+        self.last_signed = start
+        self.last_root = self.range.root()
+
+    def _root_at(self, size: int, hashes: list[bytes], at: list[int]) -> bytes:
+        while self.range.size < size:
+            self.range.append(hashes[at[0]])
+            at[0] += 1
+        return self.range.root()
+
+    def extend(self, lo: int, hashes: bytes) -> Failure | None:
+        """Entries ``[lo, lo + n)`` given by their ``n`` leaf hashes."""
+        leaf = [hashes[i : i + HASH_SIZE] for i in range(0, len(hashes), HASH_SIZE)]
+        hi = lo + len(leaf)
+        notes = [(size, 0, note) for size, note in self.source.checkpoints_in(lo - (lo == 0), hi)]
+        notes += [(size, 1, note) for size, note in self.source.cosigned_in(lo - (lo == 0), hi)]
+        notes.sort(key=lambda n: (n[0], n[1]))
+        at = [0]
+        for size, cosigned, note in notes:
+            root = self._root_at(size, leaf, at)
+            if cosigned:
+                self.cosigned += 1
+                failure = _check_cosigned(
+                    size, note, root, self.origin, self.log_keys, self.witnesses,
+                    self.witness_counts,
+                )  # fmt: skip
+                if failure is not None:
+                    return failure
                 continue
-            witness = by_id.get(key)
-            if witness is None:
-                return counts, Failure(
-                    f"cosigned checkpoint at size {size} carries a signature by an unknown key "
-                    f"{sig.name}+{sig.key_hash.hex()}",
+            cp, failure = _open_checkpoint(size, note, self.origin, self.log_keys)
+            if failure is not None:
+                return failure
+            assert cp is not None
+            if root != cp.root_hash:
+                low = self.last_signed
+                if size - low == 1:
+                    what = f"entry {low} does not match"
+                else:
+                    what = (
+                        f"entries {low}..{size - 1} do not match (one of them is the first bad "
+                        "entry)"
+                    )
+                return Failure(
+                    f"{what} the checkpoint of size {size} the log signed: altered, replaced, "
+                    "reordered or deleted",
+                    index=low,
                     size=size,
                 )
-            try:
-                witness.verify(parsed.text, sig)
-            except VerificationError as exc:
-                return counts, Failure(
-                    f"cosigned checkpoint at size {size}: {exc.message}", size=size
-                )
-            counts[sig.name] = counts.get(sig.name, 0) + 1
-    return counts, None
+            self.checkpoints += 1
+            self.last_signed = size
+        while at[0] < len(leaf):
+            self.range.append(leaf[at[0]])
+            at[0] += 1
+        if not self.check_tiles:
+            return None
+        return self._check_tiles(self.tiles.extend(leaf))
+
+    def _check_tiles(self, done: list[tuple[int, int, bytes]]) -> Failure | None:
+        by_level: dict[int, list[tuple[int, bytes]]] = {}
+        for level, index, data in done:
+            by_level.setdefault(level, []).append((index, data))
+        for level, made in by_level.items():
+            stored = dict(self.source.tiles(level, made[0][0], made[-1][0] + 1))
+            for index, data in made:
+                if stored.get(index) != data:
+                    first = index << (TILE_HEIGHT * (level + 1))
+                    what = "is missing" if index not in stored else "does not match the entries"
+                    return Failure(
+                        f"the stored tile {tile_path(level, index)} {what}: proofs and tile "
+                        "clients would be served a wrong tree",
+                        index=first,
+                    )
+        return None
+
+    def finish(self, total: int) -> Failure | None:
+        """After the last entry: nothing signed beyond it, nothing of it unsigned, no tile
+        stored beyond it."""
+        beyond = self.source.checkpoints_in(total, _NO_END) + self.source.cosigned_in(
+            total, _NO_END
+        )
+        if beyond:
+            size = min(b[0] for b in beyond)
+            return Failure(
+                f"the log was truncated: the checkpoint of size {size} covers entries up to "
+                f"{size - 1} but the store ends at {total}",
+                index=total,
+                size=size,
+            )
+        if self.checkpoints == 0 and self.range.size == 0:
+            return Failure("the log has no signed checkpoint")
+        if total > self.last_signed:
+            return Failure(
+                f"entries {self.last_signed}..{total - 1} are not covered by any signed checkpoint",
+                index=self.last_signed,
+            )
+        level = 0
+        while self.check_tiles and total >> (TILE_HEIGHT * level):
+            full = (total >> (TILE_HEIGHT * level)) // TILE_WIDTH
+            if self.source.tiles(level, full, _NO_END):
+                return Failure(f"the store holds tiles of level {level} beyond its entries")
+            level += 1
+        return None
+
+
+_NO_END = 1 << 62
+
+
+def _no_read(level: int, start: int, stop: int) -> list[tuple[int, bytes]]:
+    raise LookupError("verification recomputes tiles; it never reads them back")
+
+
+def _start_state(
+    source: LogSource, start: int, origin: str, log_keys: Sequence[NoteVerifier]
+) -> tuple[int, list[bytes], list[bytes], Failure | None]:
+    """Where ``verify --from start`` begins: the newest checkpoint at or before ``start``, the
+    complete subtrees and partial tiles at its size, read from the stored tiles and checked
+    against its signed root (so the tiles before it are trusted only as far as that root)."""
+    found = source.checkpoint_at_or_before(start)
+    if found is None:
+        return 0, [], [b""], None
+    size, note = found
+    cp, failure = _open_checkpoint(size, note, origin, log_keys)
+    if failure is not None:
+        return 0, [], [], failure
+    assert cp is not None
+    try:
+        edge_start = size - size % TILE_WIDTH
+        edge = edge_of(size, source.leaf_hashes(edge_start, size), source.tiles)
+        tree = TiledTree(size=size, edge=edge, read=source.tiles)
+        frontier = tree.frontier(size)
+    except (ValueError, LookupError) as exc:
+        return 0, [], [], Failure(f"cannot start at size {size}: {exc}", size=size)
+    if CompactRange(size, frontier).root() != cp.root_hash:
+        return (
+            0,
+            [],
+            [],
+            Failure(
+                f"the stored tiles up to size {size} do not match the checkpoint the log signed "
+                "at that size: run the whole verification",
+                size=size,
+            ),
+        )
+    return size, frontier, edge, None
 
 
 def verify_log(
@@ -514,13 +655,20 @@ def verify_log(
     options: VerifyOptions = VerifyOptions(),
     progress: Callable[[int, int, float], None] | None = None,
     witnessed: Sequence[tuple[str, str]] = (),
+    start: int = 0,
 ) -> VerifyReport:
-    """Verify a whole shard; the report's ``failure`` is the first problem, if any.
+    """Verify a shard, from entry ``start`` on (0: the whole log); the report's ``failure`` is
+    the first problem, if any.
+
+    Memory does not grow with the log: entries stream past in chunks, roots come from a compact
+    range, checkpoints are read chunk by chunk. From ``start > 0``, the tree before it is taken
+    from the stored tiles, checked against the newest signed checkpoint at or before ``start``.
 
     ``witnessed`` are (source, note) checkpoints the witnesses cosigned, from outside the log
     (fetched from them, or a file): the log MUST NOT be smaller than or inconsistent with any
     of them (``fedgate.cosigned.check_log_against``), or it was rolled back. Their witness
-    signatures are the caller's to check.
+    signatures are the caller's to check; the roots at their sizes are read from the stored
+    tiles, which the verification has just checked.
 
     ``open_source`` must be picklable when ``options.jobs > 1`` (workers open their own
     connection). ``progress(done, total, elapsed_s)`` is called after each chunk. Raises
@@ -528,74 +676,77 @@ def verify_log(
     """
     t0 = time.monotonic()
     source = open_source()
+    counts = SignatureCounts() if options.federation is not None else None
     try:
         origin = source.origin
         total = source.next_index()
-        cp_rows = source.checkpoints()
-        cosigned_rows = source.cosigned_checkpoints()
+        begin, frontier, edge = 0, list[bytes](), [b""]
+        failure: Failure | None = None
+        if start > 0:
+            begin, frontier, edge, failure = _start_state(source, start, origin, log_keys)
+        stream = _Stream(
+            source,
+            origin=origin,
+            log_keys=log_keys,
+            witnesses=witnesses,
+            start=begin,
+            frontier=frontier,
+            edge=edge or [b""],
+            check_tiles=options.check_tiles,
+        )
+
+        def report(failure: Failure | None) -> VerifyReport:
+            return VerifyReport(
+                origin=origin,
+                entries=total,
+                checkpoints=stream.checkpoints,
+                cosigned=stream.cosigned,
+                witnesses=tuple(sorted(stream.witness_counts.items())),
+                signatures=counts,
+                index_checked=options.check_index,
+                seconds=time.monotonic() - t0,
+                failure=failure,
+                verified_entries=stream.range.size - begin,
+            )
+
+        if failure is not None:
+            return report(failure)
+        spans = [(a, min(a + options.chunk, total)) for a in range(begin, total, options.chunk)]
+        if not spans:
+            failure = stream.extend(begin, b"")
+            return report(failure or stream.finish(total))
+        for result in _results(open_source, options, spans):
+            failure = stream.extend(result.start, result.hashes)
+            if counts is not None:
+                counts.add(result.counts)
+            failure = failure or result.failure
+            if failure is not None:
+                return report(failure)
+            if progress is not None:
+                progress(stream.range.size, total, time.monotonic() - t0)
+        failure = stream.finish(total)
+        if failure is not None or not witnessed:
+            return report(failure)
+        compared, failure = _compare_witnessed(source, total, witnessed, origin, log_keys)
+        return replace(report(failure), witnessed=tuple(compared))
     finally:
         source.close()
-    counts = SignatureCounts() if options.federation is not None else None
 
-    def report(failure: Failure | None, done: int, witness_counts: dict[str, int]) -> VerifyReport:
-        return VerifyReport(
-            origin=origin,
-            entries=total,
-            checkpoints=len(cp_rows),
-            cosigned=len(cosigned_rows),
-            witnesses=tuple(sorted(witness_counts.items())),
-            signatures=counts,
-            index_checked=options.check_index,
-            seconds=time.monotonic() - t0,
-            failure=failure,
-            verified_entries=done,
-        )
 
-    checkpoints, failure = _open_checkpoints(cp_rows, origin, log_keys)
-    if failure is not None:
-        return report(failure, 0, {})
-    if not checkpoints:
-        return report(Failure("the log has no signed checkpoint"), 0, {})
-    checks = _TreeChecks(checkpoints)
-    failure = checks.extend(b"")  # the checkpoint of the empty tree, signed when a log starts
-    if failure is not None:
-        return report(failure, 0, {})
-    spans = [(a, min(a + options.chunk, total)) for a in range(0, total, options.chunk)]
-    for result in _results(open_source, options, spans):
-        failure = checks.extend(result.hashes)
-        if counts is not None:
-            counts.add(result.counts)
-        failure = failure or result.failure
-        if failure is not None:
-            return report(failure, checks.tree.size, {})
-        if progress is not None:
-            progress(checks.tree.size, total, time.monotonic() - t0)
-    tree = checks.tree
-    if checks.next < len(checkpoints):
-        cp = checkpoints[checks.next]
-        return report(
-            Failure(
-                f"the log was truncated: the checkpoint of size {cp.size} covers entries up to "
-                f"{cp.size - 1} but the store ends at {tree.size}",
-                index=tree.size,
-                size=cp.size,
-            ),
-            tree.size,
-            {},
-        )
-    if tree.size > checkpoints[-1].size:
-        return report(
-            Failure(
-                f"entries {checkpoints[-1].size}..{tree.size - 1} are not covered by any signed "
-                "checkpoint",
-                index=checkpoints[-1].size,
-            ),
-            tree.size,
-            {},
-        )
-    witness_counts, failure = _check_cosigned(cosigned_rows, tree, origin, log_keys, witnesses)
-    if failure is not None:
-        return report(failure, tree.size, witness_counts)
+def _compare_witnessed(
+    source: LogSource,
+    size: int,
+    witnessed: Sequence[tuple[str, str]],
+    origin: str,
+    log_keys: Sequence[NoteVerifier],
+) -> tuple[list[tuple[str, int]], Failure | None]:
+    """Compare a verified log of ``size`` entries with checkpoints the witnesses cosigned."""
+    try:
+        edge_start = size - size % TILE_WIDTH
+        edge = edge_of(size, source.leaf_hashes(edge_start, size), source.tiles)
+        tree = TiledTree(size=size, edge=edge, read=source.tiles)
+    except (ValueError, LookupError) as exc:
+        return [], Failure(f"cannot read the tree at size {size}: {exc}", size=size)
     compared: list[tuple[str, int]] = []
     for source_name, note in witnessed:
         try:
@@ -603,12 +754,11 @@ def verify_log(
                 note,
                 origin=origin,
                 log_keys=log_keys,
-                size=tree.size,
+                size=size,
                 root_at=tree.root,
                 source=source_name,
             )
         except VerificationError as exc:
-            return report(Failure(exc.message, index=tree.size), tree.size, witness_counts)
+            return compared, Failure(exc.message, index=size)
         compared.append((source_name, cp.size))
-    done = report(None, tree.size, witness_counts)
-    return replace(done, witnessed=tuple(compared))
+    return compared, None

@@ -17,6 +17,8 @@ from fedgate.errors import VerificationError
 __all__ = [
     "EMPTY_ROOT",
     "HASH_SIZE",
+    "CompactRange",
+    "MerkleProofs",
     "MerkleTree",
     "consistency_proof_size",
     "inclusion_proof_size",
@@ -59,7 +61,118 @@ def root_of(leaf_hashes: Sequence[bytes]) -> bytes:
     return node_hash(root_of(leaf_hashes[:k]), root_of(leaf_hashes[k:]))
 
 
-class MerkleTree:
+class MerkleProofs:
+    """Roots and RFC 9162 proofs of a tree at any size up to ``size``, from its complete nodes.
+
+    A subclass says where complete subtree hashes come from: ``_node(level, index)`` is the hash
+    of leaves ``[index * 2^level, (index + 1) * 2^level)``, asked only for subtrees complete at
+    the current size. ``MerkleTree`` keeps every node in memory; ``fedgate.tiles.TiledTree``
+    reads them from C2SP tiles. Every operation takes ``O(log size)`` node lookups.
+    """
+
+    __slots__ = ()
+
+    @property
+    def size(self) -> int:
+        """The number of leaves."""
+        raise NotImplementedError
+
+    def _node(self, level: int, index: int) -> bytes:
+        raise NotImplementedError
+
+    def root(self, size: int | None = None) -> bytes:
+        """The root hash at ``size`` leaves (default: now); ``ValueError`` if beyond the tree."""
+        m = self._check_size(size, "size")
+        return self._range_hash(0, m)
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
+        """The RFC 9162 inclusion proof of leaf ``index`` in the tree at ``size`` leaves.
+
+        Raises ``ValueError`` unless ``0 <= index < size <= self.size``.
+        """
+        m = self._check_size(size, "size")
+        if not 0 <= index < m:
+            raise ValueError(f"leaf index {index} out of range for tree size {m}")
+        return self._path(0, index, m)
+
+    def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[bytes]:
+        """The RFC 9162 consistency proof from ``old_size`` to ``new_size`` (default: now).
+
+        Empty when ``old_size`` is 0 or equal to ``new_size``. Raises ``ValueError`` unless
+        ``0 <= old_size <= new_size <= self.size``.
+        """
+        n = self._check_size(new_size, "new_size")
+        if not 0 <= old_size <= n:
+            raise ValueError(f"old_size {old_size} out of range for new_size {n}")
+        if old_size in (0, n):
+            return []
+        # The old tree's rightmost complete subtree (level = trailing zeros of old_size) is the
+        # seed; its path up the new tree is the rest of the proof. A power-of-two old tree is
+        # its own seed, which the verifier already holds as the old root.
+        shift = (old_size & -old_size).bit_length() - 1
+        seed_index = (old_size >> shift) - 1
+        proof = [] if seed_index == 0 else [self._node(shift, seed_index)]
+        proof.extend(self._path(shift, seed_index, n))
+        return proof
+
+    def frontier(self, size: int) -> list[bytes]:
+        """The complete subtrees of the tree at ``size``, largest first (``CompactRange``)."""
+        m = self._check_size(size, "size")
+        nodes, start = [], 0
+        for h in range(m.bit_length() - 1, -1, -1):
+            if m >> h & 1:
+                nodes.append(self._node(h, start >> h))
+                start += 1 << h
+        return nodes
+
+    def _check_size(self, size: int | None, name: str) -> int:
+        if size is None:
+            return self.size
+        if not 0 <= size <= self.size:
+            raise ValueError(f"{name} {size} out of range: the tree has {self.size} leaves")
+        return size
+
+    def _range_hash(self, start: int, stop: int) -> bytes:
+        """MTH of leaves ``[start, stop)``, where ``start`` is aligned as in the RFC recursion.
+
+        The range is covered left to right by maximal complete subtrees (sizes decreasing), which
+        are folded right to left: exactly the RFC 6962 split at the largest power of two.
+        """
+        if start == stop:
+            return EMPTY_ROOT
+        nodes: list[bytes] = []
+        while start < stop:
+            width = stop - start
+            level = width.bit_length() - 1
+            if start:
+                level = min(level, (start & -start).bit_length() - 1)
+            nodes.append(self._node(level, start >> level))
+            start += 1 << level
+        acc = nodes.pop()
+        while nodes:
+            acc = _sha256(_NODE_PREFIX + nodes.pop() + acc).digest()
+        return acc
+
+    def _path(self, level: int, index: int, size: int) -> list[bytes]:
+        """Sibling hashes from complete node (level, index) up to the root of the tree at size."""
+        proof: list[bytes] = []
+        while True:
+            last = (size - 1) >> level  # index of the rightmost (maybe partial) node here
+            if last == 0:
+                return proof
+            sibling = index ^ 1
+            if sibling < index:
+                proof.append(self._node(level, sibling))
+            elif sibling <= last:
+                # A right sibling can run past the tree's right edge: hash what exists of it.
+                lo = sibling << level
+                proof.append(self._range_hash(lo, min(lo + (1 << level), size)))
+            # else: no right sibling; the node is promoted unchanged (RFC 6962 split).
+            index >>= 1
+            level += 1
+
+
+class MerkleTree(MerkleProofs):
     """Append-only tree keeping every complete subtree hash, level by level.
 
     ``levels[k][i]`` is the hash of leaves ``[i*2^k, (i+1)*2^k)``; each level is stored as one
@@ -152,89 +265,50 @@ class MerkleTree:
             raise ValueError(f"leaf index {index} out of range for tree size {self._size}")
         return bytes(self._levels[0][index * HASH_SIZE : (index + 1) * HASH_SIZE])
 
-    def root(self, size: int | None = None) -> bytes:
-        """The root hash at ``size`` leaves (default: now); ``ValueError`` if beyond the tree."""
-        m = self._check_size(size, "size")
-        return self._range_hash(0, m)
-
-    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
-        """The RFC 9162 inclusion proof of leaf ``index`` in the tree at ``size`` leaves.
-
-        Raises ``ValueError`` unless ``0 <= index < size <= self.size``.
-        """
-        m = self._check_size(size, "size")
-        if not 0 <= index < m:
-            raise ValueError(f"leaf index {index} out of range for tree size {m}")
-        return self._path(0, index, m)
-
-    def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[bytes]:
-        """The RFC 9162 consistency proof from ``old_size`` to ``new_size`` (default: now).
-
-        Empty when ``old_size`` is 0 or equal to ``new_size``. Raises ``ValueError`` unless
-        ``0 <= old_size <= new_size <= self.size``.
-        """
-        n = self._check_size(new_size, "new_size")
-        if not 0 <= old_size <= n:
-            raise ValueError(f"old_size {old_size} out of range for new_size {n}")
-        if old_size in (0, n):
-            return []
-        # The old tree's rightmost complete subtree (level = trailing zeros of old_size) is the
-        # seed; its path up the new tree is the rest of the proof. A power-of-two old tree is
-        # its own seed, which the verifier already holds as the old root.
-        shift = (old_size & -old_size).bit_length() - 1
-        seed_index = (old_size >> shift) - 1
-        proof = [] if seed_index == 0 else [self._node(shift, seed_index)]
-        proof.extend(self._path(shift, seed_index, n))
-        return proof
-
-    def _check_size(self, size: int | None, name: str) -> int:
-        if size is None:
-            return self._size
-        if not 0 <= size <= self._size:
-            raise ValueError(f"{name} {size} out of range: the tree has {self._size} leaves")
-        return size
-
     def _node(self, level: int, index: int) -> bytes:
         return bytes(self._levels[level][index * HASH_SIZE : (index + 1) * HASH_SIZE])
 
-    def _range_hash(self, start: int, stop: int) -> bytes:
-        """MTH of leaves ``[start, stop)``, where ``start`` is aligned as in the RFC recursion.
 
-        The range is covered left to right by maximal complete subtrees (sizes decreasing), which
-        are folded right to left: exactly the RFC 6962 split at the largest power of two.
-        """
-        if start == stop:
+class CompactRange:
+    """The right frontier of a tree: one hash per complete subtree of its size's binary
+    decomposition (at most 64), so a root costs ``O(log n)`` memory however many leaves were
+    appended. For streaming verification: append every leaf hash, ask the root at each size
+    a checkpoint names.
+    """
+
+    __slots__ = ("_hashes", "_heights", "size")
+
+    def __init__(self, size: int = 0, nodes: Sequence[bytes] = ()) -> None:
+        """The range of ``size`` leaves whose complete subtrees, largest first, are ``nodes``
+        (``MerkleProofs.frontier(size)``); raises ``ValueError`` when they do not fit."""
+        heights = [h for h in range(size.bit_length() - 1, -1, -1) if size >> h & 1]
+        if len(nodes) != len(heights) or any(len(n) != HASH_SIZE for n in nodes):
+            raise ValueError(f"a range of {size} leaves has {len(heights)} 32-byte nodes")
+        self.size = size
+        self._heights = heights
+        self._hashes = list(nodes)
+
+    def append(self, leaf_hash: bytes) -> None:
+        """Append one leaf hash (32 bytes, unchecked: callers hash it themselves)."""
+        heights, hashes = self._heights, self._hashes
+        h, height = leaf_hash, 0
+        while heights and heights[-1] == height:
+            heights.pop()
+            h = _sha256(_NODE_PREFIX + hashes.pop() + h).digest()
+            height += 1
+        heights.append(height)
+        hashes.append(h)
+        self.size += 1
+
+    def root(self) -> bytes:
+        """The Merkle tree hash of the leaves appended so far."""
+        hashes = self._hashes
+        if not hashes:
             return EMPTY_ROOT
-        nodes: list[bytes] = []
-        while start < stop:
-            width = stop - start
-            level = width.bit_length() - 1
-            if start:
-                level = min(level, (start & -start).bit_length() - 1)
-            nodes.append(self._node(level, start >> level))
-            start += 1 << level
-        acc = nodes.pop()
-        while nodes:
-            acc = _sha256(_NODE_PREFIX + nodes.pop() + acc).digest()
+        acc = hashes[-1]
+        for h in reversed(hashes[:-1]):
+            acc = _sha256(_NODE_PREFIX + h + acc).digest()
         return acc
-
-    def _path(self, level: int, index: int, size: int) -> list[bytes]:
-        """Sibling hashes from complete node (level, index) up to the root of the tree at size."""
-        proof: list[bytes] = []
-        while True:
-            last = (size - 1) >> level  # index of the rightmost (maybe partial) node here
-            if last == 0:
-                return proof
-            sibling = index ^ 1
-            if sibling < index:
-                proof.append(self._node(level, sibling))
-            elif sibling <= last:
-                # A right sibling can run past the tree's right edge: hash what exists of it.
-                lo = sibling << level
-                proof.append(self._range_hash(lo, min(lo + (1 << level), size)))
-            # else: no right sibling; the node is promoted unchanged (RFC 6962 split).
-            index >>= 1
-            level += 1
 
 
 def inclusion_proof_size(index: int, size: int) -> int:

@@ -51,6 +51,7 @@ from fedgate.files import write_atomically
 from fedgate.merkle import EMPTY_ROOT, HASH_SIZE, verify_consistency
 from fedgate.note import NoteSignature, NoteVerifier, add_signatures, parse_note
 from fedgate.status import abort_with, error_from_rpc
+from fedgate.tileclient import Fetch, TileReader
 from fedgate.v1 import audit_service_pb2, audit_service_pb2_grpc
 
 __all__ = [
@@ -230,6 +231,33 @@ class Witness:
             self._write_state(seen)
             self._seen = seen
             return self._cosigner.cosign(text, timestamp=int(self._clock()))
+
+    def add_checkpoint_from_tiles_sync(self, note: str, fetch: Fetch) -> NoteSignature:
+        """Check and cosign ``note`` with a consistency proof this witness computes itself from
+        the log's C2SP tiles (``fetch``), from the last size it cosigned: it trusts no proof
+        the log sends. Raises as ``add_checkpoint_sync``, and ``VerificationError`` when the
+        tiles served do not hash to the checkpoint's root (a bad server, not a fork)."""
+        try:
+            cp = parse_checkpoint(parse_note(note).text)
+        except VerificationError as exc:
+            raise InvalidArgument(f"not a checkpoint note: {exc.message}") from exc
+        verifier = self._logs.get(cp.origin)
+        if verifier is None:
+            raise NotFound(f"witness {self.name} does not witness the log {cp.origin!r}")
+        try:
+            open_checkpoint(note, verifier, origin=cp.origin)
+        except VerificationError as exc:
+            raise SignatureInvalid(
+                f"checkpoint of {cp.origin} is not signed by the log's key: {exc.message}"
+            ) from exc
+        last_size, _ = self.last_cosigned(cp.origin)
+        proof: list[bytes] = []
+        if 0 < last_size <= cp.size:
+            # The tree at the new size, checked against its signed root; the proof is then
+            # checked against the root this witness cosigned before, in add_checkpoint_sync.
+            reader = TileReader(fetch, cp)
+            proof = reader.tree.consistency_proof(last_size, cp.size)
+        return self.add_checkpoint_sync(last_size, proof, note)
 
     async def add_checkpoint(
         self, old_size: int, proof: Sequence[bytes], note: str

@@ -123,6 +123,10 @@ class AuditConfig:
     witnesses: tuple[str, ...] = ()
     """Members (with the ``witness`` role) asked to cosign each new checkpoint, at their registry
     endpoint or ``[routing] endpoints``. Appends never wait for them."""
+    tiles_listen: str = ""
+    """``host:port`` serving the log read-only as C2SP tiles (checkpoint, tiles, entry
+    bundles) for witnesses and auditors; empty = off. Plain HTTP on a loopback address: the
+    entries hold personal data, so reach it through an authenticating proxy."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -325,6 +329,13 @@ class GatewayConfig:
                     f"console.listen must be a loopback address (the console speaks plain "
                     f"HTTP), got {host!r}; put it behind an HTTPS proxy and set "
                     "console.secure_cookies = true to serve it elsewhere"
+                )
+        if self.audit.tiles_listen:
+            host, _ = _host_port(self.audit.tiles_listen, "audit.tiles_listen")
+            if not _is_loopback(host):
+                raise ConfigError(
+                    f"audit.tiles_listen must be a loopback address (the tiles hold personal "
+                    f"data and are served over plain HTTP), got {host!r}"
                 )
         if self.telemetry.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigError(f"telemetry.log_level {self.telemetry.log_level!r} is not a level")

@@ -62,6 +62,7 @@ from fedgate.v1 import (
     event_service_pb2,
     event_service_pb2_grpc,
 )
+from fedgate.web.serve import EmbeddedServer
 from fedgate.witness import GrpcWitnessClient
 from gateway.alerts import AlertHub, AlertServicer
 from gateway.audit.insights import PgShard
@@ -70,6 +71,7 @@ from gateway.audit.pg_store import PgDatabase, open_pg_store
 from gateway.audit.service import AuditServicer
 from gateway.audit.sqlite_store import SqliteDatabase, open_sqlite_store
 from gateway.audit.store import AuditStore
+from gateway.audit.tileserver import tile_app
 from gateway.config import ConfigError, GatewayConfig
 from gateway.console import RunningAuditorConsole, start_auditor_console
 from gateway.events import EventServicer
@@ -432,6 +434,7 @@ class Gateway:
         self._reconcile_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self.console: RunningAuditorConsole | None = None
+        self.tiles: EmbeddedServer | None = None
 
     @property
     def console_url(self) -> str | None:
@@ -592,6 +595,14 @@ class Gateway:
                 name="reconcile",
             )
             resources.push_async_callback(_cancel, gateway._reconcile_task)
+        if config.audit.tiles_listen:
+            host, _, tiles_port = config.audit.tiles_listen.rpartition(":")
+            tiles = EmbeddedServer(
+                tile_app(parts.audit), host=host.strip("[]"), port=int(tiles_port)
+            )
+            await tiles.start()
+            resources.push_async_callback(tiles.stop)  # before the log it reads closes
+            gateway.tiles = tiles
         if config.console.listen:
             host, _, console_port = config.console.listen.rpartition(":")
             gateway.console = await start_auditor_console(

@@ -6,7 +6,7 @@ use); ``Receipt(...)`` builds one from parts already known, e.g. read back from 
 
 from __future__ import annotations
 
-from fedgate.merkle import MerkleTree
+from fedgate.tiles import TiledTree
 from fedgate.tlogproof import TlogProof
 from fedgate.v1 import envelope_pb2
 
@@ -42,11 +42,11 @@ class Receipt:
         self.checkpoint = checkpoint
         self._proof: tuple[bytes, ...] | None = tuple(inclusion_proof)
         self._tlog: str | None = tlog_proof
-        self._prover: MerkleTree | None = None
+        self._prover: TiledTree | None = None
 
     @classmethod
     def _lazy(
-        cls, *, origin: str, index: int, tree_size: int, checkpoint: str, tree: MerkleTree
+        cls, *, origin: str, index: int, tree_size: int, checkpoint: str, tree: TiledTree
     ) -> Receipt:
         r = cls.__new__(cls)
         r.origin = origin

@@ -1,28 +1,25 @@
-"""Row <-> value mapping shared by the audit stores, and the search filters they build.
+"""Row <-> value mapping shared by the audit stores.
 
 Both databases keep the same columns for a leaf; only the SQL dialect (placeholders, the
 PostgreSQL ``origin`` key) differs, and that stays in each store. What is here is the part that
 is the same: which value goes in which column on the way in, how a result row becomes a
-``StoredRow``, ``IndexedRow`` or ``StoredLog`` on the way out, and which ``SearchQuery`` fields
-add which fixed SQL fragment. The mappers index tuples explicitly: they run once per leaf on
-the commit and verification paths.
+``StoredRow``, ``IndexedRow`` or ``StoredLog`` on the way out (the search query is in
+``_search``). The mappers index tuples explicitly: they run once per leaf on the commit and
+verification paths.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from fedgate.auditverify import normalized_subjects
-from gateway.audit.store import IndexedRow, NewLeaf, SearchQuery, StoredLog, StoredRow
+from gateway.audit.store import IndexedRow, NewLeaf, StoredLog, StoredRow
 
 __all__ = [
     "COLUMNS",
     "LEAF_COLUMNS",
     "LeafValues",
-    "SearchSql",
-    "add_filters",
     "group_subjects",
     "indexed_row",
     "leaf_values",
@@ -122,64 +119,20 @@ def indexed_row(r: Sequence[Any], subjects: tuple[str, ...]) -> IndexedRow:
 
 def stored_log(
     origin: str,
-    hashes: list[bytes],
+    edge_hashes: list[bytes],
+    tile_count: int,
     next_index: int,
     checkpoint: Sequence[Any] | None,
     cosigned: Sequence[Any] | None,
 ) -> StoredLog:
-    """The ``StoredLog`` of the leaf hashes and the latest ``(size, note)`` rows, if any."""
+    """The ``StoredLog`` of the edge's leaf hashes and the latest ``(size, note)`` rows."""
     return StoredLog(
         origin=origin,
-        leaf_hashes=hashes,
-        leaf_count=len(hashes),
+        edge_hashes=edge_hashes,
+        tile_count=tile_count,
         next_index=next_index,
         checkpoint=None if checkpoint is None else checkpoint[1],
         checkpoint_size=0 if checkpoint is None else checkpoint[0],
         cosigned=None if cosigned is None else cosigned[1],
         cosigned_size=0 if cosigned is None else cosigned[0],
     )
-
-
-@dataclass(frozen=True, slots=True)
-class SearchSql:
-    """One dialect's fixed SQL fragments for the filters of a ``SearchQuery``.
-
-    ``fields`` pairs a string field with a fragment taking its value; ``member`` takes the member
-    twice (requesting or target); ``subject`` takes the ``scope`` values given to ``add_filters``
-    then the subject; ``since`` and ``until`` take a time in microseconds.
-    """
-
-    fields: tuple[tuple[str, str], ...]
-    member: str
-    subject: str
-    since: str
-    until: str
-
-
-def add_filters(
-    query: SearchQuery,
-    sql: SearchSql,
-    where: list[str],
-    params: list[object],
-    *,
-    scope: tuple[object, ...] = (),
-) -> None:
-    """Append the fragments and parameters of ``query``'s filters (not its paging) in place."""
-    for name, fragment in sql.fields:
-        value = getattr(query, name)
-        if value:
-            where.append(fragment)
-            params.append(value)
-    for member in (query.member, query.visible_to):
-        if member:
-            where.append(sql.member)
-            params += [member, member]
-    if query.subject:
-        where.append(sql.subject)
-        params += [*scope, query.subject]
-    if query.since_us is not None:
-        where.append(sql.since)
-        params.append(query.since_us)
-    if query.until_us is not None:
-        where.append(sql.until)
-        params.append(query.until_us)

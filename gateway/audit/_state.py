@@ -1,10 +1,11 @@
 """What the audit log checks at open, and the state file it keeps as a rollback tripwire.
 
-``rebuild_tree`` rebuilds the Merkle tree from the store's leaf hashes and checks it against the
-store's latest checkpoint; ``check_state_file`` checks that tree against the last checkpoint the
-log recorded in its state file. ``StateFile`` rewrites that file in the background after
-commits, at most once an interval: it is a rollback detector, not the durability mechanism (the
-store's commit is), so it only has to never lead the database and lag it by little.
+``rebuild_tree`` opens the tiled Merkle tree from the store's tiles and right edge and checks it
+against the store's latest checkpoint; ``check_state_file`` checks that tree against the last
+checkpoint the log recorded in its state file. ``StateFile`` rewrites that file in the
+background after commits, at most once an interval: it is a rollback detector, not the
+durability mechanism (the store's commit is), so it only has to never lead the database and lag
+it by little.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from pathlib import Path
 from fedgate.checkpoint import parse_checkpoint
 from fedgate.errors import AuditUnavailable, LogInconsistent, VerificationError
 from fedgate.files import write_atomically
-from fedgate.merkle import MerkleTree
 from fedgate.note import parse_note
+from fedgate.tiles import TILE_WIDTH, TiledTree, TileRead
+from gateway.audit.store import StoredLog
 
 __all__ = ["StateFile", "check_state_file", "rebuild_tree"]
 
@@ -26,27 +28,34 @@ __all__ = ["StateFile", "check_state_file", "rebuild_tree"]
 logger = logging.getLogger("gateway.audit.log")
 
 
-def rebuild_tree(
-    stored_origin: str,
-    origin: str,
-    hashes: list[bytes],
-    count: int,
-    next_index: int,
-    checkpoint: str | None,
-    checkpoint_size: int,
-) -> MerkleTree:
-    """The tree of the stored leaf hashes, checked against the stored latest checkpoint."""
-    if stored_origin != origin:
-        raise AuditUnavailable(f"the audit store holds shard {stored_origin!r}, not {origin!r}")
-    if count != next_index:
+def rebuild_tree(stored: StoredLog, origin: str, read: TileRead) -> TiledTree:
+    """The tree of the stored tiles and right edge, checked against the stored latest checkpoint.
+
+    Reads the edge (at most 255 tiles per level) whatever the log's length; the full check of
+    every leaf against the tiles is ``fedgate audit verify``'s.
+    """
+    if stored.origin != origin:
+        raise AuditUnavailable(f"the audit store holds shard {stored.origin!r}, not {origin!r}")
+    next_index = stored.next_index
+    full = next_index // TILE_WIDTH
+    if stored.tile_count < full:
+        raise AuditUnavailable(
+            f"the audit store holds {next_index} entries but tiles for only "
+            f"{stored.tile_count * TILE_WIDTH}: it was written before tiles. Run `fedgate audit "
+            "migrate` on it (the gateway stopped), then start again"
+        )
+    if stored.tile_count > full or len(stored.edge_hashes) != next_index % TILE_WIDTH:
         raise LogInconsistent(
-            f"the audit store holds {count} leaves but its highest index is {next_index - 1}: "
-            "rows were deleted; run `fedgate audit verify`. Refusing to sign"
+            f"the audit store's tiles and leaves disagree on its size (highest index "
+            f"{next_index - 1}, {stored.tile_count} full tiles, {len(stored.edge_hashes)} of the "
+            f"last {next_index % TILE_WIDTH} leaves): rows were deleted; run `fedgate audit "
+            "verify`. Refusing to sign"
         )
     try:
-        tree = MerkleTree.from_leaf_hashes(hashes)
+        tree = TiledTree.open(size=next_index, leaf_hashes=stored.edge_hashes, read=read)
     except ValueError as exc:
-        raise LogInconsistent(f"the audit store holds a damaged leaf hash: {exc}") from exc
+        raise LogInconsistent(f"the audit store holds damaged tiles: {exc}") from exc
+    checkpoint, checkpoint_size = stored.checkpoint, stored.checkpoint_size
     if checkpoint is None:
         if tree.size:
             raise LogInconsistent(
@@ -67,7 +76,7 @@ def rebuild_tree(
             f"the audit store holds {tree.size} leaves but its latest checkpoint covers "
             f"{cp.size}. Refusing to sign"
         )
-    if tree.root() != cp.root_hash:
+    if _root(tree) != cp.root_hash:
         raise LogInconsistent(
             f"the stored leaves do not hash to the root of the latest stored checkpoint (size "
             f"{cp.size}): the database was altered; run `fedgate audit verify`. Refusing to sign"
@@ -75,7 +84,14 @@ def rebuild_tree(
     return tree
 
 
-def check_state_file(path: Path, origin: str, tree: MerkleTree) -> None:
+def _root(tree: TiledTree, size: int | None = None) -> bytes:
+    try:
+        return tree.root(size)
+    except LookupError as exc:
+        raise LogInconsistent(f"the audit store lacks a tile: {exc}. Refusing to sign") from exc
+
+
+def check_state_file(path: Path, origin: str, tree: TiledTree) -> None:
     """Refuse (``LogInconsistent``) a store behind or forked from the last signed checkpoint."""
     try:
         note = path.read_text("utf-8")
@@ -104,7 +120,7 @@ def check_state_file(path: Path, origin: str, tree: MerkleTree) -> None:
             f"of size {cp.size} (state file {path}): the database was restored from an older "
             "copy or truncated. Refusing to sign"
         )
-    if tree.root(cp.size) != cp.root_hash:
+    if _root(tree, cp.size) != cp.root_hash:
         raise LogInconsistent(
             f"the audit store's first {cp.size} entries do not match the checkpoint this log "
             f"signed at that size (state file {path}): the database was replaced or altered. "

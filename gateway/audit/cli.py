@@ -51,10 +51,10 @@ from fedgate.evidence import (
     witness_verifiers,
 )
 from fedgate.keys import public_key_from_raw
-from fedgate.merkle import MerkleTree
 from fedgate.note import NoteVerifier, parse_note
 from fedgate.registry import Registry
 from fedgate.render import CST
+from fedgate.tiles import TILE_WIDTH, TiledTree
 from fedgate.tlogproof import TlogProof
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options
 from fedgate.types import MemberId
@@ -62,6 +62,7 @@ from fedgate.v1 import envelope_pb2, request_pb2
 from fedgate.web.auth import Role
 from fedgate.web.protoview import mask_tree
 from fedgate.witness import GrpcWitnessClient
+from gateway.audit._migrate import migrate
 from gateway.audit.store import IndexedRow, SearchQuery
 
 __all__ = ["register"]
@@ -126,7 +127,28 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="ID=HOST:PORT",
         help="a witness's endpoint, overriding the registry (repeatable)",
     )
+    verify.add_argument(
+        "--from",
+        dest="start",
+        type=int,
+        default=0,
+        metavar="N",
+        help="verify entries from N on, starting from the stored tiles checked against the "
+        "newest signed checkpoint at or before N (default: the whole log)",
+    )
     verify.set_defaults(func=_verify)
+
+    migrate = sub.add_parser(
+        "migrate",
+        help="move a log written before tiles to the tiled layout (gateway stopped)",
+        description="Verify the log (entries against every signed checkpoint), add the C2SP "
+        "tiles, time blocks and console rollups it lacks (resumable, the SQLite WAL kept "
+        "bounded), then verify it again, tiles included. Exit 1 if either verification fails.",
+    )
+    _store_arguments(migrate)
+    _federation_argument(migrate, required=True)
+    migrate.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    migrate.set_defaults(func=_migrate_command)
 
     search = sub.add_parser("search", help="find entries by officer, member, case, subject...")
     _store_arguments(search)
@@ -205,7 +227,9 @@ def _federation_argument(parser: argparse.ArgumentParser, *, required: bool) -> 
 class _Source(LogSource, Protocol):
     def search(self, query: SearchQuery) -> list[IndexedRow]: ...
 
-    def leaf_hashes(self, start: int, stop: int) -> list[bytes]: ...
+    def checkpoint(self, size: int) -> str | None: ...
+
+    def cosigned_covering(self, index: int) -> tuple[int, str] | None: ...
 
 
 def _sources(args: argparse.Namespace) -> list[Callable[[], _Source]]:
@@ -250,6 +274,8 @@ def _log_keys(args: argparse.Namespace, registry: Registry, origin: str) -> list
 
 
 def _verify(args: argparse.Namespace) -> int:
+    if args.start < 0:
+        raise InvalidArgument("--from must be an entry number, 0 or more")
     registry = Registry.load_dir(args.federation)
     witnesses = witness_verifiers(registry)
     status = 0
@@ -281,6 +307,7 @@ def _verify(args: argparse.Namespace) -> int:
             options=options,
             progress=progress,
             witnessed=witnessed,
+            start=args.start,
         )
         _print_report(report)
         if not report.ok:
@@ -395,6 +422,74 @@ def _print_report(r: VerifyReport) -> None:
     )
     print(f"FAILED at {where}: {r.failure.message}")
     print(f"fedgate audit verify: {r.origin}: {r.failure.message}", file=sys.stderr)
+
+
+# -- migrate ---------------------------------------------------------------------------------
+
+
+def _writer(args: argparse.Namespace, origin: str) -> Any:
+    if args.db is not None:
+        from gateway.audit.sqlite_store import SqliteDatabase
+
+        return SqliteDatabase(args.db, origin=origin, writer=True)
+    from gateway.audit.pg_store import PgDatabase
+
+    return PgDatabase(args.pg, origin=origin, schema=args.schema, writer=True)
+
+
+def _chunk_done(db: Any, quiet: bool, done: int, total: int) -> None:
+    if hasattr(db, "checkpoint_wal"):
+        db.checkpoint_wal()  # keep the WAL bounded (SQLite)
+    if not quiet:
+        print(f"migrated {done}/{total} entries", file=sys.stderr, flush=True)
+
+
+def _migrate_command(args: argparse.Namespace) -> int:
+    registry = Registry.load_dir(args.federation)
+    witnesses = witness_verifiers(registry)
+    progress = None if args.quiet else _progress
+    for opener in _sources(args):
+        probe = opener()
+        try:
+            origin, total = probe.origin, probe.next_index()
+        finally:
+            probe.close()
+        keys = _log_keys(args, registry, origin)
+        jobs = min(os.cpu_count() or 1, 8) if total >= 200_000 else 1
+        before = verify_log(
+            opener,
+            log_keys=keys,
+            witnesses=witnesses,
+            options=VerifyOptions(check_index=False, check_tiles=False, jobs=jobs),
+            progress=progress,
+        )
+        print(f"before migrating {origin}:")
+        _print_report(before)
+        if not before.ok:
+            print(f"fedgate audit migrate: {origin} does not verify: nothing changed")
+            return 1
+        db = _writer(args, origin)
+        try:
+            result = migrate(db, after_chunk=functools.partial(_chunk_done, db, args.quiet))
+        finally:
+            db.close()
+        print(
+            f"migrated {origin}: {result.entries} entries, {result.tiles_added} tiles, "
+            f"{result.blocks_added} time blocks, rollups of {result.rollups_backfilled} entries "
+            "added"
+        )
+        after = verify_log(
+            opener,
+            log_keys=keys,
+            witnesses=witnesses,
+            options=VerifyOptions(check_index=False, jobs=jobs),
+            progress=progress,
+        )
+        print(f"after migrating {origin}:")
+        _print_report(after)
+        if not after.ok:
+            return 1
+    return 0
 
 
 # -- search and show ---------------------------------------------------------------------------
@@ -566,31 +661,40 @@ def _show(args: argparse.Namespace) -> int:
 # -- prove and export ------------------------------------------------------------------------
 
 
-def _tree_and_checkpoint(source: _Source, size: int, covering: int) -> tuple[MerkleTree, str, int]:
-    """The tree rebuilt from the stored leaves, and the checkpoint to prove against: the one
-    stored at ``size``, else the latest cosigned one covering entry ``covering``, else the
-    latest."""
-    leaves_total = source.next_index()
-    tree = MerkleTree()
-    for start in range(0, leaves_total, 10 * PROGRESS_CHUNK):
-        tree.extend(source.leaf_hashes(start, start + 10 * PROGRESS_CHUNK))
-    checkpoints = source.checkpoints()
-    if not checkpoints:
-        raise NotFound("the log has no checkpoint")
-    if size:
-        stored = dict(checkpoints).get(size)
-        if stored is None:
-            raise NotFound(f"the log signed no checkpoint at size {size}")
-        note = stored
-    else:
-        size, note = checkpoints[-1]
-        for co_size, co_note in reversed(source.cosigned_checkpoints()):
-            if co_size > covering:
-                size, note = co_size, co_note
-                break
-    if size > tree.size or tree.root(size) != parse_checkpoint(parse_note(note).text).root_hash:
+def _tree_and_checkpoint(source: _Source, size: int, covering: int) -> tuple[TiledTree, str, int]:
+    """The tree read from the stored tiles (only the few a proof needs are read), and the
+    checkpoint to prove against: the one stored at ``size``, else the newest cosigned one
+    covering entry ``covering``, else the latest; each an indexed lookup. The tiles are checked
+    against that checkpoint's root before use."""
+    total = source.next_index()
+    try:
+        tree = TiledTree.open(
+            size=total,
+            leaf_hashes=source.leaf_hashes(total - total % TILE_WIDTH, total),
+            read=source.tiles,
+        )
+    except ValueError as exc:
         raise VerificationError(
-            f"the stored entries do not match the checkpoint of size {size}: run "
+            f"the log's tiles are incomplete ({exc}): migrate it with `fedgate audit migrate`"
+        ) from exc
+    if size:
+        note = source.checkpoint(size)
+        if note is None:
+            raise NotFound(f"the log signed no checkpoint at size {size}")
+    else:
+        found = source.cosigned_covering(covering) or source.checkpoint_at_or_before(total)
+        if found is None:
+            raise NotFound("the log has no checkpoint")
+        size, note = found
+    try:
+        matches = size <= tree.size and tree.root(size) == (
+            parse_checkpoint(parse_note(note).text).root_hash
+        )
+    except LookupError:
+        matches = False
+    if not matches:
+        raise VerificationError(
+            f"the stored tiles do not match the checkpoint of size {size}: run "
             "`fedgate audit verify`"
         )
     return tree, note, size

@@ -27,7 +27,7 @@ import concurrent.futures
 import json
 import sqlite3
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar
@@ -36,7 +36,8 @@ import psycopg
 
 from fedgate.errors import AuditUnavailable, InvalidArgument
 from fedgate.storage import open_sqlite, prepare_sqlite
-from gateway.audit._rows import COLUMNS, SearchSql, add_filters, group_subjects, indexed_row
+from gateway.audit import _search
+from gateway.audit._rows import group_subjects, indexed_row
 from gateway.audit.pg_store import DEFAULT_SCHEMA, connect_reader
 from gateway.audit.sqlite_store import AUDIT_SCHEMA
 from gateway.audit.store import IndexedRow, SearchQuery
@@ -140,7 +141,6 @@ class PgShard:
     schema: str = DEFAULT_SCHEMA
 
 
-_ROW = f"idx, {COLUMNS}, request_leaf_index"
 _DAY = f"((time_us + {CST_OFFSET_US}) / {US_PER_DAY})"
 _HOUR = f"(((time_us + {CST_OFFSET_US}) / {US_PER_HOUR}) % 24)"
 _COLUMN_OF: Final = {
@@ -156,8 +156,6 @@ class _Statements:
     parameter of each is the shard's origin (``where`` starts the list's filters with it)."""
 
     p: str
-    where: tuple[str, ...]
-    search: SearchSql
     subjects: str
     checkpoint_before: str
     per_day: dict[str, str]
@@ -166,6 +164,11 @@ class _Statements:
     off_hours: str
     refusal_days: str
     without_order: str
+    rollup_per_day: str
+    rollup_refusals: str
+    rollup_officer_days: str
+    rollup_off_hours: str
+    rollup_refusal_days: str
 
 
 def _statements(*, pg: bool) -> _Statements:
@@ -183,25 +186,38 @@ def _statements(*, pg: bool) -> _Statements:
         f" WHERE {o}leg = 1 AND officer_id <> '' AND time_us >= ? AND time_us < ?"
         f" AND action{listed}"
     )
+    officer_sums = "SELECT member, officer, day AS d, CAST(sum(n) AS BIGINT), min(first_idx)"
+    officer_rollup = (
+        f"{officer_sums} FROM rollup_officer"
+        f" WHERE {o}day >= ? AND day < ? AND leg = 1 AND action{listed}"
+    )
     statements = _Statements(
         p="?",
-        where=("origin = ?",) if pg else (),
+        rollup_per_day=(
+            f"SELECT day, key, n FROM rollup_day WHERE {o}dim = ? AND day >= ? AND day < ?"  # noqa: S608 - constant
+            f" ORDER BY day, key{c}"
+        ),
+        rollup_refusals=(
+            "SELECT key AS code, CAST(sum(n) AS BIGINT) AS n FROM rollup_day"  # noqa: S608 - constant
+            f" WHERE {o}dim = 'refusal' AND day >= ? AND day < ?"
+            f" GROUP BY key ORDER BY n DESC, key{c}"
+        ),
+        rollup_officer_days=(
+            f"{officer_rollup} GROUP BY member, officer, day ORDER BY d, member{c}, officer{c}"
+        ),
+        rollup_off_hours=(
+            f"{officer_rollup} AND (hour < ? OR hour >= ?) GROUP BY member, officer, day"
+            f" ORDER BY d DESC, member{c}, officer{c} LIMIT ?"
+        ),
+        rollup_refusal_days=(
+            f"{officer_sums} FROM rollup_officer"
+            f" WHERE {o}day >= ? AND day < ? AND outcome = 'refused' AND leg IN (1, 2)"
+            " GROUP BY member, officer, day HAVING sum(n) >= ?"
+            f" ORDER BY d DESC, member{c}, officer{c} LIMIT ?"
+        ),
         # Search filters: fixed fragments chosen by which fields are set; values are parameters.
         # The ``<> ''`` terms let the stores use their partial indexes (``WHERE officer_id <>
         # ''`` ...): SQLite cannot tell that a bound parameter is not empty.
-        search=SearchSql(
-            fields=(
-                ("officer_id", "officer_id = ? AND officer_id <> ''"),
-                ("case_number", "case_number = ? AND case_number <> ''"),
-                ("action", "action = ?"),
-                ("outcome", "outcome = ?"),
-                ("request_id", "request_id = ? AND request_id <> ''"),
-            ),
-            member="(requesting_agency = ? OR target_agency = ?)",
-            subject=f"idx IN (SELECT idx FROM subjects WHERE {o}subject = ?)",  # noqa: S608
-            since="time_us >= ?",
-            until="time_us < ?",
-        ),
         subjects=(
             f"SELECT idx, subject FROM subjects WHERE {o}idx{listed}"  # noqa: S608 - constant
             f" ORDER BY idx, subject{c}"
@@ -259,14 +275,6 @@ def _statements(*, pg: bool) -> _Statements:
         return statements
     return _Statements(
         p="%s",
-        where=tuple(_pg_text(w) for w in statements.where),
-        search=SearchSql(
-            fields=tuple((n, _pg_text(f)) for n, f in statements.search.fields),
-            member=_pg_text(statements.search.member),
-            subject=_pg_text(statements.search.subject),
-            since=_pg_text(statements.search.since),
-            until=_pg_text(statements.search.until),
-        ),
         subjects=_pg_text(statements.subjects),
         checkpoint_before=_pg_text(statements.checkpoint_before),
         per_day={k: _pg_text(v) for k, v in statements.per_day.items()},
@@ -275,6 +283,11 @@ def _statements(*, pg: bool) -> _Statements:
         off_hours=_pg_text(statements.off_hours),
         refusal_days=_pg_text(statements.refusal_days),
         without_order=_pg_text(statements.without_order),
+        rollup_per_day=_pg_text(statements.rollup_per_day),
+        rollup_refusals=_pg_text(statements.rollup_refusals),
+        rollup_officer_days=_pg_text(statements.rollup_officer_days),
+        rollup_off_hours=_pg_text(statements.rollup_off_hours),
+        rollup_refusal_days=_pg_text(statements.rollup_refusal_days),
     )
 
 
@@ -380,8 +393,15 @@ class LogInsights:
     Build with ``await LogInsights.open(source)``; ``close`` when done.
     """
 
-    def __init__(self, source: Path | PgShard, pool: concurrent.futures.ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        source: Path | PgShard,
+        pool: concurrent.futures.ThreadPoolExecutor,
+        *,
+        rollups: bool = True,
+    ) -> None:
         self.source = source
+        self._rollups = rollups
         self._pool = pool
         self._reader: _Reader | None = None
         self._closed = False
@@ -391,11 +411,14 @@ class LogInsights:
             self._sql, self._scope = _PG, (source.origin,)
 
     @classmethod
-    async def open(cls, source: Path | PgShard) -> LogInsights:
-        """Open the SQLite file ``source``, or the PostgreSQL shard, read-only. Raises
-        ``AuditUnavailable`` when it is not an audit log or cannot be reached."""
+    async def open(cls, source: Path | PgShard, *, rollups: bool = True) -> LogInsights:
+        """Open the SQLite file ``source``, or the PostgreSQL shard, read-only. Charts and
+        flags over whole China-time days read the rollups (``_rollups``) unless ``rollups``
+        is false; other windows aggregate the leaves. Raises ``AuditUnavailable`` when it is
+        not an audit log or cannot be reached."""
         pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="audit-insights")
-        insights = cls(source if isinstance(source, PgShard) else Path(source), pool)
+        path = source if isinstance(source, PgShard) else Path(source)
+        insights = cls(path, pool, rollups=rollups)
         try:
             await insights._run(insights._connect)
         except BaseException:
@@ -450,26 +473,34 @@ class LogInsights:
         ``before_index`` when given, at most ``query.limit``; ``leg`` (1, 2, 3) keeps one kind."""
         if not 1 <= query.limit <= _MAX_ROWS + 1:
             raise InvalidArgument(f"limit must be 1 to {_MAX_ROWS + 1}, got {query.limit}")
-        q = self._sql
-        where: list[str] = list(q.where)
-        params: list[object] = []
-        if before_index is not None:
-            where.append(f"idx < {q.p}")
-            params.append(before_index)
-        if leg:
-            where.append(f"leg = {q.p}")
-            params.append(leg)
-        add_filters(query, q.search, where, params, scope=self._scope)
-        params.append(query.limit)
-        sql = (
-            f"SELECT {_ROW} FROM leaves"  # noqa: S608 - fixed fragments
-            f"{' WHERE ' + ' AND '.join(where) if where else ''} ORDER BY idx DESC LIMIT {q.p}"
+        query = replace(
+            query, after_index=-1, before_index=before_index, leg=leg, newest_first=True
         )
-        hits = await self._rows("search", sql, tuple(params))
+        dialect = _search.PG if self._scope else _search.SQLITE
+
+        def run() -> list[tuple[Any, ...]]:
+            reader = self._reader
+            if reader is None:
+                raise AuditUnavailable("the audit log insights are closed")
+
+            def fetch(statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+                return reader.fetch("search", statement, params)
+
+            lo, hi = 0, None
+            if query.since_us is not None or query.until_us is not None:
+                lo, hi = _search.time_bounds(
+                    fetch, dialect, self._scope, query.since_us, query.until_us
+                )
+            statement, params = _search.search_statement(query, dialect, self._scope, lo=lo, hi=hi)
+            return fetch(statement, params)
+
+        hits = await self._run(run)
         if not hits:
             return []
         found = group_subjects(
-            await self._rows("read subjects", q.subjects, (self._listed([h[0] for h in hits]),))
+            await self._rows(
+                "read subjects", self._sql.subjects, (self._listed([h[0] for h in hits]),)
+            )
         )
         return [indexed_row(h, tuple(found.get(h[0], ()))) for h in hits]
 
@@ -480,31 +511,54 @@ class LogInsights:
 
     # -- charts --------------------------------------------------------------------------------
 
+    def _days(self, window: TimeWindow) -> tuple[int, int] | None:
+        """``[first, stop)`` day numbers when ``window`` is whole China-time days and the
+        rollups are on; ``None`` otherwise (aggregate the leaves)."""
+        since, until = window.since_us + CST_OFFSET_US, window.until_us + CST_OFFSET_US
+        if not self._rollups or since % US_PER_DAY or until % US_PER_DAY:
+            return None
+        return since // US_PER_DAY, until // US_PER_DAY
+
     async def per_day(self, window: TimeWindow, by: str) -> list[DayCount]:
         """Request legs per China-time day grouped ``by`` one of ``GROUPINGS``."""
         sql = self._sql.per_day.get(by)
         if sql is None:
             raise InvalidArgument(f"group by one of {', '.join(GROUPINGS)}, not {by!r}")
-        rows = await self._rows("count per day", sql, (window.since_us, window.until_us))
+        days = self._days(window)
+        if days is not None:
+            rows = await self._rows("count per day", self._sql.rollup_per_day, (by, *days))
+        else:
+            rows = await self._rows("count per day", sql, (window.since_us, window.until_us))
         return [DayCount(_EPOCH_DAY + timedelta(days=d), key, n) for d, key, n in rows]
 
     async def refusals(self, window: TimeWindow) -> list[ReasonCount]:
         """Refusals by stable reason: the gateway's (request legs, the code before the colon of
         the rule) and the agencies' (response legs with status ``refused``)."""
-        rows = await self._rows(
-            "count refusals", self._sql.refusals, (window.since_us, window.until_us)
-        )
+        days = self._days(window)
+        if days is not None:
+            rows = await self._rows("count refusals", self._sql.rollup_refusals, days)
+        else:
+            rows = await self._rows(
+                "count refusals", self._sql.refusals, (window.since_us, window.until_us)
+            )
         return [ReasonCount(code or "UNKNOWN", n) for code, n in rows]
 
     # -- pattern flags -------------------------------------------------------------------------
 
     async def officer_days(self, window: TimeWindow, actions: Collection[str]) -> list[OfficerDay]:
         """Request legs of ``actions`` per officer per day."""
-        rows = await self._rows(
-            "count per officer",
-            self._sql.officer_days,
-            (window.since_us, window.until_us, self._listed(sorted(actions))),
-        )
+        days = self._days(window)
+        listed = self._listed(sorted(actions))
+        if days is not None:
+            rows = await self._rows(
+                "count per officer", self._sql.rollup_officer_days, (*days, listed)
+            )
+        else:
+            rows = await self._rows(
+                "count per officer",
+                self._sql.officer_days,
+                (window.since_us, window.until_us, listed),
+            )
         return [_officer_day(r) for r in rows]
 
     async def off_hours(
@@ -512,27 +566,37 @@ class LogInsights:
     ) -> list[OfficerDay]:
         """Request legs of ``actions`` before ``start_hour`` or from ``end_hour`` on (China
         time), per officer per day, latest day first."""
-        rows = await self._rows(
-            "count off-hours requests",
-            self._sql.off_hours,
-            (
-                window.since_us,
-                window.until_us,
-                self._listed(sorted(actions)),
-                start_hour,
-                end_hour,
-                _MAX_ROWS,
-            ),
-        )
+        days = self._days(window)
+        listed = self._listed(sorted(actions))
+        if days is not None:
+            rows = await self._rows(
+                "count off-hours requests",
+                self._sql.rollup_off_hours,
+                (*days, listed, start_hour, end_hour, _MAX_ROWS),
+            )
+        else:
+            rows = await self._rows(
+                "count off-hours requests",
+                self._sql.off_hours,
+                (window.since_us, window.until_us, listed, start_hour, end_hour, _MAX_ROWS),
+            )
         return [_officer_day(r) for r in rows]
 
     async def refusal_days(self, window: TimeWindow, *, minimum: int) -> list[OfficerDay]:
         """Officer-days with at least ``minimum`` refusals (by the gateway or the agency)."""
-        rows = await self._rows(
-            "count refusals per officer",
-            self._sql.refusal_days,
-            (window.since_us, window.until_us, minimum, _MAX_ROWS),
-        )
+        days = self._days(window)
+        if days is not None:
+            rows = await self._rows(
+                "count refusals per officer",
+                self._sql.rollup_refusal_days,
+                (*days, minimum, _MAX_ROWS),
+            )
+        else:
+            rows = await self._rows(
+                "count refusals per officer",
+                self._sql.refusal_days,
+                (window.since_us, window.until_us, minimum, _MAX_ROWS),
+            )
         return [_officer_day(r) for r in rows]
 
     async def without_order(

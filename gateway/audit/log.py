@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from fedgate.audit_entry import (
     AuditEntry,
@@ -39,8 +40,9 @@ from fedgate.errors import (
     NotFound,
     VerificationError,
 )
-from fedgate.merkle import MerkleTree, leaf_hash
+from fedgate.merkle import HASH_SIZE, leaf_hash
 from fedgate.note import NoteSigner, NoteVerifier
+from fedgate.tiles import TILE_HEIGHT, TILE_WIDTH, TiledTree, encode_bundle
 from fedgate.witness import WitnessClient
 from gateway.audit._receipt import Receipt
 from gateway.audit._state import StateFile, check_state_file, rebuild_tree
@@ -54,8 +56,21 @@ logger = logging.getLogger(__name__)
 _RECENT_REQUESTS = 1 << 16
 """Request legs whose columns are kept in memory to complete their response legs."""
 
+T = TypeVar("T")
 _Result = tuple[int, int, str]
 _Pending = tuple[bytes, bytes, IndexColumns, "asyncio.Future[_Result]"]
+
+
+def _from_tiles(compute: Callable[[], T]) -> T:
+    """``compute()`` over the tiled tree; a tile missing from the store is ``AuditUnavailable``.
+
+    Proofs read the few tiles their cache lacks from the store, blocking (one indexed read
+    each, on the store's tile connection): recent entries, which receipts prove, are cached.
+    """
+    try:
+        return compute()
+    except LookupError as exc:
+        raise AuditUnavailable(f"the audit store cannot give a proof: {exc}") from exc
 
 
 class AuditLog:
@@ -91,7 +106,7 @@ class AuditLog:
         store: AuditStore,
         origin: str,
         signer: NoteSigner,
-        tree: MerkleTree,
+        tree: TiledTree,
         checkpoint: str,
         state_path: Path,
         max_batch: int,
@@ -158,15 +173,7 @@ class AuditLog:
         if path is None:
             raise ValueError("state_path is required: this store has no default location")
         stored = await store.load()
-        tree = rebuild_tree(
-            stored.origin,
-            origin,
-            stored.leaf_hashes,
-            stored.leaf_count,
-            stored.next_index,
-            stored.checkpoint,
-            stored.checkpoint_size,
-        )
+        tree = await asyncio.to_thread(rebuild_tree, stored, origin, store.read_tiles)
         await asyncio.to_thread(check_state_file, path, origin, tree)
         # The state file can be restored together with the database; the witnesses cannot.
         views = await check_witness_views(witnesses, origin, tree)
@@ -274,7 +281,7 @@ class AuditLog:
         """The leaf hash of entry ``index``; ``NotFound`` beyond the log."""
         if not 0 <= index < self._size:
             raise NotFound(f"no entry {index}: the log has {self._size} entries")
-        return self._tree.leaf_hash_at(index)
+        return _from_tiles(lambda: self._tree.leaf_hash_at(index))
 
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
         """The inclusion proof of entry ``index`` in the tree of ``size`` entries.
@@ -283,7 +290,7 @@ class AuditLog:
         """
         if not 0 <= index < size <= self._size:
             raise NotFound(f"no entry {index} in a tree of size {size} (log size {self._size})")
-        return self._tree.inclusion_proof(index, size)
+        return _from_tiles(lambda: self._tree.inclusion_proof(index, size))
 
     def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
         """The consistency proof from ``old_size`` to ``new_size``; ``NotFound`` unless
@@ -292,7 +299,7 @@ class AuditLog:
             raise NotFound(
                 f"no consistency proof from {old_size} to {new_size} (log size {self._size})"
             )
-        return self._tree.consistency_proof(old_size, new_size)
+        return _from_tiles(lambda: self._tree.consistency_proof(old_size, new_size))
 
     async def get_entry(self, index: int) -> bytes:
         """The canonical leaf bytes of entry ``index``; ``NotFound`` beyond the log."""
@@ -302,6 +309,28 @@ class AuditLog:
         if not found:
             raise AuditUnavailable(f"entry {index} is missing from the audit store")
         return found[0]
+
+    async def tile(self, level: int, index: int, width: int = TILE_WIDTH) -> bytes | None:
+        """The first ``width`` hashes of C2SP tile ``(level, index)``, if the log has them:
+        a full tile from the store, the right edge from memory. ``None`` otherwise."""
+        full = (self._size >> (TILE_HEIGHT * level)) // TILE_WIDTH
+        if index < full:
+            found = await self._store.tiles(level, index, index + 1)
+            if not found:
+                raise AuditUnavailable(f"tile {level}/{index} is missing from the audit store")
+            return found[0][1][: width * HASH_SIZE]
+        return self._tree.tile(level, index, width) if index == full else None
+
+    async def entry_bundle(self, index: int, width: int = TILE_WIDTH) -> bytes | None:
+        """The C2SP entry bundle of entries ``[256 * index, 256 * index + width)``, if the log
+        has them all; ``None`` otherwise."""
+        start = index * TILE_WIDTH
+        if start + width > self._size:
+            return None
+        leaves = await self._store.leaves(start, start + width)
+        if len(leaves) != width:
+            raise AuditUnavailable(f"entries {start}..{start + width - 1} are missing")
+        return encode_bundle(leaves)
 
     async def checkpoint_at(self, size: int) -> str | None:
         """The checkpoint the log signed at exactly ``size`` entries, if one was."""
@@ -406,13 +435,13 @@ class AuditLog:
             if self._broken is not None:
                 await self._recover()
             start = self._size
-            self._tree.extend([p[1] for p in batch])
+            tiles = self._tree.extend([p[1] for p in batch])
             size = self._tree.size
             root = self._tree.root()
             self._check_consistent(size)
             note = sign_checkpoint(Checkpoint(self._origin, size, root), self._signer)
             leaves = [NewLeaf(start + i, p[0], p[1], p[2]) for i, p in enumerate(batch)]
-            await self._store.commit(CommitBatch(leaves, size, note))
+            await self._store.commit(CommitBatch(leaves, size, note, tiles))
         except Exception as exc:
             self._broken = str(exc)
             self._fail(batch, exc)
@@ -459,15 +488,7 @@ class AuditLog:
     async def _recover(self) -> None:
         """Reload the tree from the store after a failed commit; it must extend what we signed."""
         stored = await self._store.load()
-        tree = rebuild_tree(
-            stored.origin,
-            self._origin,
-            stored.leaf_hashes,
-            stored.leaf_count,
-            stored.next_index,
-            stored.checkpoint,
-            stored.checkpoint_size,
-        )
+        tree = await asyncio.to_thread(rebuild_tree, stored, self._origin, self._store.read_tiles)
         signed_size, signed_root = self._signed
         if tree.size < signed_size or tree.root(signed_size) != signed_root:
             raise LogInconsistent(

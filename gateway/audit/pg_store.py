@@ -13,7 +13,7 @@ same origin is refused instead of interleaving leaves.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,11 @@ from psycopg import sql
 from fedgate.audit_entry import EntryKind
 from fedgate.errors import AuditUnavailable
 from fedgate.storage import Schema, prepare_postgres
-from gateway.audit import _rows
+from gateway.audit import _rollups, _rows, _search
 from gateway.audit.store import (
     CommitBatch,
     IndexedRow,
+    NewLeaf,
     SearchQuery,
     StoredLog,
     StoredRow,
@@ -89,15 +90,41 @@ CREATE TABLE IF NOT EXISTS cosigned (
     size BIGINT NOT NULL,
     note TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS leaves_request_id ON leaves (origin, request_id)
+CREATE TABLE IF NOT EXISTS time_blocks (
+    origin TEXT NOT NULL,
+    block BIGINT NOT NULL,
+    min_us BIGINT NOT NULL,
+    max_us BIGINT NOT NULL,
+    PRIMARY KEY (origin, block)
+);
+DROP INDEX IF EXISTS leaves_request_id;
+DROP INDEX IF EXISTS leaves_officer;
+DROP INDEX IF EXISTS leaves_case;
+DROP INDEX IF EXISTS leaves_requesting;
+DROP INDEX IF EXISTS leaves_target;
+CREATE INDEX IF NOT EXISTS leaves_request_id_idx ON leaves (origin, request_id, idx)
     WHERE request_id <> '';
-CREATE INDEX IF NOT EXISTS leaves_officer ON leaves (origin, officer_id) WHERE officer_id <> '';
-CREATE INDEX IF NOT EXISTS leaves_case ON leaves (origin, case_number) WHERE case_number <> '';
-CREATE INDEX IF NOT EXISTS leaves_requesting ON leaves (origin, requesting_agency);
-CREATE INDEX IF NOT EXISTS leaves_target ON leaves (origin, target_agency);
+CREATE INDEX IF NOT EXISTS leaves_officer_idx ON leaves (origin, officer_id, idx)
+    WHERE officer_id <> '';
+CREATE INDEX IF NOT EXISTS leaves_case_idx ON leaves (origin, case_number, idx)
+    WHERE case_number <> '';
+CREATE INDEX IF NOT EXISTS leaves_requesting_idx ON leaves (origin, requesting_agency, idx);
+CREATE INDEX IF NOT EXISTS leaves_target_idx ON leaves (origin, target_agency, idx);
+CREATE INDEX IF NOT EXISTS leaves_action_idx ON leaves (origin, action, idx);
+CREATE INDEX IF NOT EXISTS leaves_outcome_idx ON leaves (origin, outcome, idx);
 CREATE INDEX IF NOT EXISTS leaves_time ON leaves (origin, time_us);
+CREATE TABLE IF NOT EXISTS tiles (
+    origin TEXT NOT NULL,
+    level SMALLINT NOT NULL CHECK (level >= 0),
+    idx BIGINT NOT NULL CHECK (idx >= 0),
+    data BYTEA NOT NULL CHECK (length(data) = 8192),
+    PRIMARY KEY (origin, level, idx)
+);
+CREATE INDEX IF NOT EXISTS time_blocks_min ON time_blocks (origin, min_us);
+CREATE INDEX IF NOT EXISTS time_blocks_max ON time_blocks (origin, max_us);
 CREATE INDEX IF NOT EXISTS subjects_idx ON subjects (origin, idx);
 CREATE INDEX IF NOT EXISTS cosigned_origin ON cosigned (origin, id);
+CREATE INDEX IF NOT EXISTS cosigned_size ON cosigned (origin, size);
 CREATE OR REPLACE FUNCTION fedgate_audit_append_only() RETURNS trigger
     LANGUAGE plpgsql AS $$
 BEGIN
@@ -105,7 +132,7 @@ BEGIN
 END
 $$;
 """
-_TABLES = ("shards", "leaves", "subjects", "checkpoints", "cosigned")
+_TABLES = ("shards", "leaves", "subjects", "checkpoints", "cosigned", "time_blocks", "tiles")
 # Fixed text: table names come from the constant tuple above, never from input.
 _TRIGGERS = (
     "".join(
@@ -118,7 +145,10 @@ _TRIGGERS = (
     + f"REVOKE UPDATE, DELETE, TRUNCATE ON {', '.join(_TABLES)} FROM PUBLIC;\n"
 )
 AUDIT_SCHEMA = Schema(
-    store="audit log", version=int(SCHEMA_VERSION), create=_DDL + _TRIGGERS, legacy_table="shards"
+    store="audit log",
+    version=int(SCHEMA_VERSION),
+    create=_DDL + _rollups.DDL_PG + _TRIGGERS,
+    legacy_table="shards",
 )
 
 # The origin goes last: each row is the shared ``_rows.leaf_values`` tuple plus ``(origin,)``.
@@ -128,7 +158,6 @@ _SELECT_ROWS = (
     f"SELECT {_rows.LEAF_COLUMNS} FROM leaves"  # noqa: S608 - constant columns
     " WHERE origin = %s AND idx >= %s AND idx < %s ORDER BY idx"
 )
-_SELECT_HITS = f"SELECT idx, {_rows.COLUMNS}, request_leaf_index FROM leaves"  # noqa: S608 - constant
 # The subjects of a page of hits, in one query.
 _SELECT_HIT_SUBJECTS = (
     "SELECT idx, subject FROM subjects WHERE origin = %s AND idx = ANY(%s)"
@@ -138,19 +167,18 @@ _SELECT_HIT_SUBJECTS = (
 _REQUEST_LEGS_SINCE = (
     "SELECT leaf FROM leaves WHERE origin = %s AND time_us >= %s AND leg = %s AND request_id <> ''"
 )
-# Search filters: fixed SQL fragments chosen by which fields are set; values are parameters.
-_SEARCH = _rows.SearchSql(
-    fields=(
-        ("officer_id", "officer_id = %s"),
-        ("case_number", "case_number = %s"),
-        ("action", "action = %s"),
-        ("outcome", "outcome = %s"),
-        ("request_id", "request_id = %s"),
-    ),
-    member="(requesting_agency = %s OR target_agency = %s)",
-    subject="idx IN (SELECT idx FROM subjects WHERE origin = %s AND subject = %s)",
-    since="time_us >= %s",
-    until="time_us < %s",
+# The time block of each complete block of 256 leaves (``_search.time_bounds``).
+_INSERT_TIME_BLOCK = (
+    "INSERT INTO time_blocks (origin, block, min_us, max_us)"
+    " SELECT %s, %s, MIN(time_us), MAX(time_us) FROM leaves"
+    " WHERE origin = %s AND idx >= %s AND idx < %s"
+)
+
+
+_ROLLUP_DAY, _ROLLUP_OFFICER = _rollups.upserts(pg=True)
+_ROLLUP_COLUMNS = (
+    f"SELECT idx, {_rows.COLUMNS} FROM leaves"  # noqa: S608 - constant columns
+    " WHERE origin = %s AND idx >= %s AND idx < %s ORDER BY idx"
 )
 
 
@@ -229,6 +257,14 @@ class PgDatabase:
                     " ON CONFLICT (origin) DO NOTHING",
                     (self._origin, SCHEMA_VERSION),
                 )
+                # Rollups cover every entry committed from now on; older ones: ``migrate``.
+                conn.execute(
+                    "INSERT INTO projection_state (origin, name, value) SELECT %s, 'rollups_from',"
+                    " COALESCE(MAX(idx) + 1, 0) FROM leaves WHERE origin = %s"
+                    " UNION ALL SELECT %s, 'rollups_backfilled', 0"
+                    " ON CONFLICT (origin, name) DO NOTHING",
+                    (self._origin, self._origin, self._origin),
+                )
             else:
                 prepare_postgres(conn, AUDIT_SCHEMA, where=self._where, writable=False)
                 row = conn.execute(
@@ -261,13 +297,13 @@ class PgDatabase:
         o = (self._origin,)
         try:
             conn = self._c()
-            hashes = [
-                bytes(r[0])
-                for r in conn.execute(
-                    "SELECT leaf_hash FROM leaves WHERE origin = %s ORDER BY idx", o
-                )
-            ]
             next_index = self.next_index()
+            edge = next_index - next_index % _search.BLOCK
+            hashes = self.leaf_hashes(edge, next_index)
+            row = conn.execute(
+                "SELECT COALESCE(MAX(idx) + 1, 0) FROM tiles WHERE origin = %s AND level = 0", o
+            ).fetchone()
+            tile_count = 0 if row is None else int(row[0])
             cp = conn.execute(
                 "SELECT size, note FROM checkpoints WHERE origin = %s ORDER BY size DESC LIMIT 1", o
             ).fetchone()
@@ -276,7 +312,7 @@ class PgDatabase:
             ).fetchone()
         except psycopg.Error as exc:
             raise self._error("load the log", exc) from exc
-        return _rows.stored_log(self._origin, hashes, next_index, cp, co)
+        return _rows.stored_log(self._origin, hashes, tile_count, next_index, cp, co)
 
     def commit(self, batch: CommitBatch) -> None:
         o = self._origin
@@ -299,10 +335,21 @@ class PgDatabase:
                     with cur.copy(_COPY_LEAVES) as copy:
                         for leaf in leaves:
                             copy.write_row(leaf + key)
+                cur.executemany(_ROLLUP_DAY, [key + r for r in _rollups.day_rows(batch.leaves)])
+                cur.executemany(
+                    _ROLLUP_OFFICER, [key + r for r in _rollups.officer_rows(batch.leaves)]
+                )
                 if subjects:
                     with cur.copy(_COPY_SUBJECTS) as copy:
                         for subject in subjects:
                             copy.write_row(subject + key)
+                if batch.tiles:
+                    with cur.copy("COPY tiles (origin, level, idx, data) FROM STDIN") as copy:
+                        for tile in batch.tiles:
+                            copy.write_row(key + tile)
+                for block in range(start // _search.BLOCK, batch.size // _search.BLOCK):
+                    lo = block * _search.BLOCK
+                    cur.execute(_INSERT_TIME_BLOCK, (o, block, o, lo, lo + _search.BLOCK))
                 cur.execute(
                     "INSERT INTO checkpoints (origin, size, note) VALUES (%s, %s, %s)",
                     (o, batch.size, batch.checkpoint),
@@ -341,6 +388,20 @@ class PgDatabase:
             start,
             stop,
         )
+
+    def tiles(self, level: int, start: int, stop: int) -> list[tuple[int, bytes]]:
+        """The stored full tiles ``(index, data)`` of ``level`` in ``[start, stop)``, in order."""
+        try:
+            return [
+                (int(r[0]), bytes(r[1]))
+                for r in self._c().execute(
+                    "SELECT idx, data FROM tiles WHERE origin = %s AND level = %s AND idx >= %s"
+                    " AND idx < %s ORDER BY idx",
+                    (self._origin, level, start, stop),
+                )
+            ]
+        except psycopg.Error as exc:
+            raise self._error("read tiles", exc) from exc
 
     def leaf_rows(self, start: int, stop: int) -> list[tuple[int, bytes, bytes]]:
         try:
@@ -417,19 +478,138 @@ class PgDatabase:
             "SELECT size, note FROM cosigned WHERE origin = %s ORDER BY id",
         )
 
-    def search(self, query: SearchQuery) -> list[IndexedRow]:
-        where = ["origin = %s", "idx > %s"]
-        params: list[object] = [self._origin, query.after_index]
-        _rows.add_filters(query, _SEARCH, where, params, scope=(self._origin,))
-        params.append(query.limit)
-        statement = f"{_SELECT_HITS} WHERE {' AND '.join(where)} ORDER BY idx LIMIT %s"
+    def _notes_of(
+        self, what: str, statement: str, params: tuple[int, ...]
+    ) -> list[tuple[int, str]]:
+        try:
+            return [
+                (int(r[0]), str(r[1]))
+                for r in self._c().execute(statement, (self._origin, *params))
+            ]
+        except psycopg.Error as exc:
+            raise self._error(what, exc) from exc
+
+    def checkpoints_in(self, lo: int, hi: int) -> list[tuple[int, str]]:
+        """The checkpoints with ``lo < size <= hi``, by size (one primary-key range)."""
+        return self._notes_of(
+            "read checkpoints",
+            "SELECT size, note FROM checkpoints WHERE origin = %s AND size > %s AND size <= %s"
+            " ORDER BY size",
+            (lo, hi),
+        )
+
+    def checkpoint_at_or_before(self, size: int) -> tuple[int, str] | None:
+        """The checkpoint with the greatest size at most ``size`` (one primary-key lookup)."""
+        rows = self._notes_of(
+            "read a checkpoint",
+            "SELECT size, note FROM checkpoints WHERE origin = %s AND size <= %s"
+            " ORDER BY size DESC LIMIT 1",
+            (size,),
+        )
+        return rows[0] if rows else None
+
+    def cosigned_in(self, lo: int, hi: int) -> list[tuple[int, str]]:
+        """The cosigned checkpoints with ``lo < size <= hi``, by size (``cosigned_size``)."""
+        return self._notes_of(
+            "read cosigned checkpoints",
+            "SELECT size, note FROM cosigned WHERE origin = %s AND size > %s AND size <= %s"
+            " ORDER BY size, id",
+            (lo, hi),
+        )
+
+    def cosigned_covering(self, index: int) -> tuple[int, str] | None:
+        """The newest cosigned checkpoint whose tree holds entry ``index`` (one lookup)."""
+        rows = self._notes_of(
+            "read a cosigned checkpoint",
+            "SELECT size, note FROM cosigned WHERE origin = %s AND size > %s"
+            " ORDER BY size DESC LIMIT 1",
+            (index,),
+        )
+        return rows[0] if rows else None
+
+    def _rollup_leaves(self, span: range) -> list[NewLeaf]:
+        """The entries of ``span`` with only what the rollups read (no leaf bytes)."""
+        rows = self._c().execute(_ROLLUP_COLUMNS, (self._origin, span.start, span.stop))
+        return [NewLeaf(r[0], b"", b"", (*r[1:], (), -1)) for r in rows]
+
+    def migration_state(self) -> tuple[int, int, int, int]:
+        """``(full level-0 tiles, time blocks, rollups_from, rollups_backfilled)``: what the
+        tiled layout and the projections already cover (``migrate``). Raises
+        ``AuditUnavailable``."""
+        o = (self._origin,)
         try:
             conn = self._c()
-            hits = conn.execute(statement.encode(), params).fetchall()
+            tiles = conn.execute(
+                "SELECT COALESCE(MAX(idx) + 1, 0) FROM tiles WHERE origin = %s AND level = 0", o
+            ).fetchone()
+            blocks = conn.execute(
+                "SELECT COALESCE(MAX(block) + 1, 0) FROM time_blocks WHERE origin = %s", o
+            ).fetchone()
+            state = dict(
+                conn.execute(
+                    "SELECT name, value FROM projection_state WHERE origin = %s", o
+                ).fetchall()
+            )
+        except psycopg.Error as exc:
+            raise self._error("read the migration state", exc) from exc
+        assert tiles is not None
+        assert blocks is not None
+        return (
+            int(tiles[0]),
+            int(blocks[0]),
+            int(state["rollups_from"]),
+            int(state["rollups_backfilled"]),
+        )
+
+    def migrate_chunk(
+        self,
+        tiles: Sequence[tuple[int, int, bytes]],
+        blocks: range,
+        rollups: range,
+    ) -> None:
+        """In one transaction: add ``tiles``, the time blocks ``blocks``, and the rollups of the
+        entries ``rollups`` (then recorded as backfilled up to its stop). For ``migrate``."""
+        o = self._origin
+        key = (o,)
+        try:
+            conn = self._c()
+            with conn.transaction(), conn.cursor() as cur:
+                if tiles:
+                    with cur.copy("COPY tiles (origin, level, idx, data) FROM STDIN") as copy:
+                        for tile in tiles:
+                            copy.write_row(key + tile)
+                for block in blocks:
+                    lo = block * _search.BLOCK
+                    cur.execute(_INSERT_TIME_BLOCK, (o, block, o, lo, lo + _search.BLOCK))
+                if rollups:
+                    rows = self._rollup_leaves(rollups)
+                    cur.executemany(_ROLLUP_DAY, [key + r for r in _rollups.day_rows(rows)])
+                    cur.executemany(_ROLLUP_OFFICER, [key + r for r in _rollups.officer_rows(rows)])
+                    cur.execute(
+                        "UPDATE projection_state SET value = %s"
+                        " WHERE origin = %s AND name = 'rollups_backfilled'",
+                        (rollups.stop, o),
+                    )
+        except psycopg.Error as exc:
+            raise self._error("migrate", exc) from exc
+
+    def _fetch(self, statement: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
+        return self._c().execute(statement.encode(), params).fetchall()
+
+    def search(self, query: SearchQuery) -> list[IndexedRow]:
+        scope = (self._origin,)
+        try:
+            lo, hi = 0, None
+            if query.since_us is not None or query.until_us is not None:
+                lo, hi = _search.time_bounds(
+                    self._fetch, _search.PG, scope, query.since_us, query.until_us
+                )
+            statement, params = _search.search_statement(query, _search.PG, scope, lo=lo, hi=hi)
+            hits = self._fetch(statement, params)
             if not hits:
                 return []
             found = _rows.group_subjects(
-                conn.execute(_SELECT_HIT_SUBJECTS, (self._origin, [r[0] for r in hits]))
+                self._c().execute(_SELECT_HIT_SUBJECTS, (self._origin, [r[0] for r in hits]))
             )
             return [_rows.indexed_row(r, tuple(found.get(r[0], ()))) for r in hits]
         except psycopg.Error as exc:

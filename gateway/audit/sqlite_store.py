@@ -19,17 +19,18 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
 from fedgate.audit_entry import EntryKind
 from fedgate.errors import AuditUnavailable
 from fedgate.storage import Schema, open_sqlite, prepare_sqlite
-from gateway.audit import _rows
+from gateway.audit import _rollups, _rows, _search
 from gateway.audit.store import (
     CommitBatch,
     IndexedRow,
+    NewLeaf,
     SearchQuery,
     StoredLog,
     StoredRow,
@@ -82,9 +83,33 @@ CREATE INDEX IF NOT EXISTS leaves_requesting ON leaves (requesting_agency);
 CREATE INDEX IF NOT EXISTS leaves_target ON leaves (target_agency);
 CREATE INDEX IF NOT EXISTS leaves_time ON leaves (time_us);
 CREATE INDEX IF NOT EXISTS subjects_idx ON subjects (idx);
+CREATE INDEX IF NOT EXISTS cosigned_size ON cosigned (size);
+CREATE INDEX IF NOT EXISTS leaves_action ON leaves (action);
+CREATE INDEX IF NOT EXISTS leaves_outcome ON leaves (outcome);
+CREATE TABLE IF NOT EXISTS time_blocks (
+    block INTEGER PRIMARY KEY,
+    min_us INTEGER NOT NULL,
+    max_us INTEGER NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS tiles (
+    level INTEGER NOT NULL CHECK (level >= 0),
+    idx INTEGER NOT NULL CHECK (idx >= 0),
+    data BLOB NOT NULL CHECK (length(data) = 8192),
+    PRIMARY KEY (level, idx)
+) STRICT;
+CREATE INDEX IF NOT EXISTS time_blocks_min ON time_blocks (min_us);
+CREATE INDEX IF NOT EXISTS time_blocks_max ON time_blocks (max_us);
 """
 
-_APPEND_ONLY_TABLES = ("meta", "leaves", "subjects", "checkpoints", "cosigned")
+_APPEND_ONLY_TABLES = (
+    "meta",
+    "leaves",
+    "subjects",
+    "checkpoints",
+    "cosigned",
+    "time_blocks",
+    "tiles",
+)
 # Trigger text is fixed: table names come from the constant tuple above, never from input.
 _TRIGGERS = "".join(
     f"CREATE TRIGGER IF NOT EXISTS {t}_no_{op.lower()} BEFORE {op} ON {t} BEGIN "
@@ -95,7 +120,7 @@ _TRIGGERS = "".join(
 AUDIT_SCHEMA = Schema(
     store="audit log",
     version=int(SCHEMA_VERSION),
-    create=_SCHEMA + _TRIGGERS,
+    create=_SCHEMA + _rollups.DDL_SQLITE + _TRIGGERS,
     legacy_table="leaves",
 )
 
@@ -107,30 +132,27 @@ _SELECT_ROWS = (
     f"SELECT {_rows.LEAF_COLUMNS} FROM leaves"  # noqa: S608 - constant columns
     " WHERE idx >= ? AND idx < ? ORDER BY idx"
 )
-_SELECT_HITS = f"SELECT idx, {_rows.COLUMNS}, request_leaf_index FROM leaves"  # noqa: S608 - constant
 # The subjects of a page of hits, in one query (the indices go in as one JSON parameter).
 _SELECT_HIT_SUBJECTS = (
     "SELECT idx, subject FROM subjects WHERE idx IN (SELECT value FROM json_each(?))"
     " ORDER BY idx, subject"
 )
-
-# Search filters: fixed SQL fragments chosen by which fields are set; values are parameters.
-_SEARCH = _rows.SearchSql(
-    fields=(
-        ("officer_id", "officer_id = ?"),
-        ("case_number", "case_number = ?"),
-        ("action", "action = ?"),
-        ("outcome", "outcome = ?"),
-        ("request_id", "request_id = ?"),
-    ),
-    member="(requesting_agency = ? OR target_agency = ?)",
-    subject="idx IN (SELECT idx FROM subjects WHERE subject = ?)",
-    since="time_us >= ?",
-    until="time_us < ?",
+# The time block of each complete block of 256 leaves (``_search.time_bounds``).
+_INSERT_TIME_BLOCK = (
+    "INSERT INTO time_blocks (block, min_us, max_us)"
+    " SELECT ?, MIN(time_us), MAX(time_us) FROM leaves WHERE idx >= ? AND idx < ?"
 )
 
 
+_ROLLUP_DAY, _ROLLUP_OFFICER = _rollups.upserts(pg=False)
+_ROLLUP_COLUMNS = (
+    f"SELECT idx, {_rows.COLUMNS} FROM leaves"  # noqa: S608 - constant columns
+    " WHERE idx >= ? AND idx < ? ORDER BY idx"
+)
+
 _PAGE_SIZE = 2048
+_CACHE_KIB = 65_536
+"""The writer's page cache: the index pages a commit touches stay in memory on a big log."""
 """Page size of databases this module creates (applies only before the first table exists)."""
 
 # The time index finds the window without reading older rows (see ``request_legs_since``).
@@ -199,12 +221,19 @@ class SqliteDatabase:
                 raise AuditUnavailable(f"no audit log database at {self.path}")
             self._con = open_sqlite(self.path, read_only=not writer, page_size=_PAGE_SIZE)
             con = self._con
-            con.execute("PRAGMA cache_size = -32768")
+            con.execute(f"PRAGMA cache_size = {-_CACHE_KIB if writer else -32768}")
             prepare_sqlite(con, AUDIT_SCHEMA, where=self.path, writable=writer)
             if writer:
                 con.execute("PRAGMA wal_autocheckpoint = 0")
                 self._checkpointer = _WalCheckpointer(f"{self.path.resolve().as_uri()}?mode=rw")
             self._origin = self._check_origin(origin, create=writer)
+            if writer:
+                # Rollups cover every entry committed from now on; older ones: ``migrate``.
+                con.execute(
+                    "INSERT INTO projection_state (name, value) VALUES ('rollups_from', ?),"
+                    " ('rollups_backfilled', 0) ON CONFLICT (name) DO NOTHING",
+                    (self.next_index(),),
+                )
         except sqlite3.Error as exc:
             self._release()
             raise AuditUnavailable(f"cannot open the audit log {self.path}: {exc}") from exc
@@ -258,15 +287,19 @@ class SqliteDatabase:
     def load(self) -> StoredLog:
         try:
             con = self._con
-            hashes = [r[0] for r in con.execute("SELECT leaf_hash FROM leaves ORDER BY idx")]
             next_index = self.next_index()
+            edge = next_index - next_index % _search.BLOCK
+            hashes = self.leaf_hashes(edge, next_index)
+            (tile_count,) = con.execute(
+                "SELECT COALESCE(MAX(idx) + 1, 0) FROM tiles WHERE level = 0"
+            ).fetchone()
             cp = con.execute(
                 "SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1"
             ).fetchone()
             co = con.execute("SELECT size, note FROM cosigned ORDER BY id DESC LIMIT 1").fetchone()
         except sqlite3.Error as exc:
             raise self._error("load the log", exc) from exc
-        return _rows.stored_log(self._origin, hashes, next_index, cp, co)
+        return _rows.stored_log(self._origin, hashes, int(tile_count), next_index, cp, co)
 
     def commit(self, batch: CommitBatch) -> None:
         leaves = _rows.leaf_values(batch.leaves)
@@ -285,8 +318,17 @@ class SqliteDatabase:
                         f"database's next index is {next_index}; another process wrote to it"
                     )
                 con.executemany(_INSERT_LEAF, leaves)
+                con.executemany(_ROLLUP_DAY, _rollups.day_rows(batch.leaves))
+                con.executemany(_ROLLUP_OFFICER, _rollups.officer_rows(batch.leaves))
                 if subjects:
                     con.executemany("INSERT INTO subjects (subject, idx) VALUES (?, ?)", subjects)
+                if batch.tiles:
+                    con.executemany(
+                        "INSERT INTO tiles (level, idx, data) VALUES (?, ?, ?)", batch.tiles
+                    )
+                for block in range(start // _search.BLOCK, batch.size // _search.BLOCK):
+                    lo = block * _search.BLOCK
+                    con.execute(_INSERT_TIME_BLOCK, (block, lo, lo + _search.BLOCK))
                 con.execute(
                     "INSERT INTO checkpoints (size, note) VALUES (?, ?)",
                     (batch.size, batch.checkpoint),
@@ -302,6 +344,69 @@ class SqliteDatabase:
         if self._unflushed >= _CHECKPOINT_EVERY_BYTES and self._checkpointer is not None:
             self._unflushed = 0
             self._checkpointer.request()
+
+    def migration_state(self) -> tuple[int, int, int, int]:
+        """``(full level-0 tiles, time blocks, rollups_from, rollups_backfilled)``: what the
+        tiled layout and the projections already cover (``migrate``). Raises
+        ``AuditUnavailable``."""
+        try:
+            con = self._con
+            (tiles,) = con.execute(
+                "SELECT COALESCE(MAX(idx) + 1, 0) FROM tiles WHERE level = 0"
+            ).fetchone()
+            (blocks,) = con.execute(
+                "SELECT COALESCE(MAX(block) + 1, 0) FROM time_blocks"
+            ).fetchone()
+            state = dict(con.execute("SELECT name, value FROM projection_state").fetchall())
+        except sqlite3.Error as exc:
+            raise self._error("read the migration state", exc) from exc
+        return int(tiles), int(blocks), int(state["rollups_from"]), int(state["rollups_backfilled"])
+
+    def migrate_chunk(
+        self,
+        tiles: Sequence[tuple[int, int, bytes]],
+        blocks: range,
+        rollups: range,
+    ) -> None:
+        """In one transaction: add ``tiles``, the time blocks ``blocks``, and the rollups of the
+        entries ``rollups`` (then recorded as backfilled up to its stop). For ``migrate``."""
+        con = self._con
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                con.executemany("INSERT INTO tiles (level, idx, data) VALUES (?, ?, ?)", tiles)
+                for block in blocks:
+                    lo = block * _search.BLOCK
+                    con.execute(_INSERT_TIME_BLOCK, (block, lo, lo + _search.BLOCK))
+                if rollups:
+                    rows = self._rollup_leaves(rollups)
+                    con.executemany(_ROLLUP_DAY, _rollups.day_rows(rows))
+                    con.executemany(_ROLLUP_OFFICER, _rollups.officer_rows(rows))
+                    con.execute(
+                        "UPDATE projection_state SET value = ? WHERE name = 'rollups_backfilled'",
+                        (rollups.stop,),
+                    )
+                con.execute("COMMIT")
+            except BaseException:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise self._error("migrate", exc) from exc
+
+    def _rollup_leaves(self, span: range) -> list[NewLeaf]:
+        """The entries of ``span`` with only what the rollups read (no leaf bytes)."""
+        rows = self._con.execute(_ROLLUP_COLUMNS, (span.start, span.stop))
+        return [NewLeaf(r[0], b"", b"", (*r[1:], (), -1)) for r in rows]
+
+    def checkpoint_wal(self) -> None:
+        """Copy the WAL into the database and truncate it, waiting for readers: bulk writers
+        (migration, imports) call it as they go so the WAL stays bounded. Raises
+        ``AuditUnavailable``."""
+        try:
+            self._con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error as exc:
+            raise self._error("checkpoint the WAL", exc) from exc
 
     def add_cosigned(self, size: int, note: str) -> None:
         try:
@@ -334,6 +439,16 @@ class SqliteDatabase:
             start,
             stop,
         )
+
+    def tiles(self, level: int, start: int, stop: int) -> list[tuple[int, bytes]]:
+        """The stored full tiles ``(index, data)`` of ``level`` in ``[start, stop)``, in order."""
+        try:
+            return self._con.execute(
+                "SELECT idx, data FROM tiles WHERE level = ? AND idx >= ? AND idx < ? ORDER BY idx",
+                (level, start, stop),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise self._error("read tiles", exc) from exc
 
     def leaf_rows(self, start: int, stop: int) -> list[tuple[int, bytes, bytes]]:
         try:
@@ -386,13 +501,57 @@ class SqliteDatabase:
         except sqlite3.Error as exc:
             raise self._error("read cosigned checkpoints", exc) from exc
 
-    def search(self, query: SearchQuery) -> list[IndexedRow]:
-        where = ["idx > ?"]
-        params: list[object] = [query.after_index]
-        _rows.add_filters(query, _SEARCH, where, params)
-        params.append(query.limit)
-        sql = f"{_SELECT_HITS} WHERE {' AND '.join(where)} ORDER BY idx LIMIT ?"
+    def _notes(self, what: str, sql: str, params: tuple[int, ...]) -> list[tuple[int, str]]:
         try:
+            return [(int(r[0]), str(r[1])) for r in self._con.execute(sql, params)]
+        except sqlite3.Error as exc:
+            raise self._error(what, exc) from exc
+
+    def checkpoints_in(self, lo: int, hi: int) -> list[tuple[int, str]]:
+        """The checkpoints with ``lo < size <= hi``, by size (one primary-key range)."""
+        return self._notes(
+            "read checkpoints",
+            "SELECT size, note FROM checkpoints WHERE size > ? AND size <= ? ORDER BY size",
+            (lo, hi),
+        )
+
+    def checkpoint_at_or_before(self, size: int) -> tuple[int, str] | None:
+        """The checkpoint with the greatest size at most ``size`` (one primary-key lookup)."""
+        rows = self._notes(
+            "read a checkpoint",
+            "SELECT size, note FROM checkpoints WHERE size <= ? ORDER BY size DESC LIMIT 1",
+            (size,),
+        )
+        return rows[0] if rows else None
+
+    def cosigned_in(self, lo: int, hi: int) -> list[tuple[int, str]]:
+        """The cosigned checkpoints with ``lo < size <= hi``, by size (index ``cosigned_size``)."""
+        return self._notes(
+            "read cosigned checkpoints",
+            "SELECT size, note FROM cosigned WHERE size > ? AND size <= ? ORDER BY size, id",
+            (lo, hi),
+        )
+
+    def cosigned_covering(self, index: int) -> tuple[int, str] | None:
+        """The newest cosigned checkpoint whose tree holds entry ``index`` (one lookup)."""
+        rows = self._notes(
+            "read a cosigned checkpoint",
+            "SELECT size, note FROM cosigned WHERE size > ? ORDER BY size DESC LIMIT 1",
+            (index,),
+        )
+        return rows[0] if rows else None
+
+    def _fetch(self, statement: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
+        return self._con.execute(statement, params).fetchall()
+
+    def search(self, query: SearchQuery) -> list[IndexedRow]:
+        try:
+            lo, hi = 0, None
+            if query.since_us is not None or query.until_us is not None:
+                lo, hi = _search.time_bounds(
+                    self._fetch, _search.SQLITE, (), query.since_us, query.until_us
+                )
+            sql, params = _search.search_statement(query, _search.SQLITE, (), lo=lo, hi=hi)
             con = self._con
             hits = con.execute(sql, params).fetchall()
             if not hits:

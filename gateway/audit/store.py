@@ -56,24 +56,30 @@ class NewLeaf:
 
 @dataclass(frozen=True, slots=True)
 class CommitBatch:
-    """Leaves ``[start, start + len(leaves))`` and the checkpoint signed for the new size."""
+    """Leaves ``[start, start + len(leaves))``, the checkpoint signed for the new size, and the
+    C2SP tiles ``(level, index, 8192 bytes)`` those leaves completed."""
 
     leaves: Sequence[NewLeaf]
     size: int
     checkpoint: str
+    tiles: Sequence[tuple[int, int, bytes]] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class StoredLog:
-    """What a log needs to resume: every leaf hash in order and the latest checkpoints.
+    """What a log needs to resume, read in a few indexed lookups whatever the log's length:
+    its right edge and the latest checkpoints.
 
-    ``leaf_count`` counts the stored leaves and ``next_index`` is one past the highest index;
-    they differ when rows were deleted behind the database's back.
+    ``next_index`` is one past the highest stored index; ``edge_hashes`` are the stored leaf
+    hashes of indices from ``next_index - next_index % 256`` on, in order (fewer than the
+    ``next_index % 256`` expected when rows were deleted behind the database's back);
+    ``tile_count`` is one past the highest full level-0 tile stored (less than
+    ``next_index // 256`` for a log written before tiles: ``fedgate audit migrate``).
     """
 
     origin: str
-    leaf_hashes: list[bytes]
-    leaf_count: int
+    edge_hashes: list[bytes]
+    tile_count: int
     next_index: int
     checkpoint: str | None
     checkpoint_size: int
@@ -93,9 +99,12 @@ class IndexedRow:
 class SearchQuery:
     """Filters (empty matches anything), a time window in microseconds, visibility and paging.
 
-    ``member`` matches the requesting or the target member; ``visible_to`` restricts the hits
-    the same way, for callers that may only see their own exchanges. Hits have indices above
-    ``after_index``, oldest first, at most ``limit``.
+    ``member`` matches the requesting or the target member, ``target`` the target member only;
+    ``visible_to`` restricts the hits the same way as ``member``, for callers that may only see
+    their own exchanges; ``leg`` (1, 2, 3; 0: any) keeps one kind of entry. Hits have indices
+    above ``after_index`` and below ``before_index`` (when given), oldest first (newest first
+    with ``newest_first``), at most ``limit``. Every combination is answered through an index
+    (``gateway.audit._search``): keyset paging, never an offset.
     """
 
     officer_id: str = ""
@@ -110,6 +119,10 @@ class SearchQuery:
     visible_to: str = ""
     after_index: int = -1
     limit: int = 100
+    target: str = ""
+    leg: int = 0
+    before_index: int | None = None
+    newest_first: bool = False
 
 
 class LogDatabase(Protocol):
@@ -127,6 +140,8 @@ class LogDatabase(Protocol):
     def leaves(self, start: int, stop: int) -> list[bytes]: ...
 
     def leaf_hashes(self, start: int, stop: int) -> list[bytes]: ...
+
+    def tiles(self, level: int, start: int, stop: int) -> list[tuple[int, bytes]]: ...
 
     def leaf_rows(self, start: int, stop: int) -> list[tuple[int, bytes, bytes]]: ...
 
@@ -167,30 +182,39 @@ class AuditStore(Protocol):
 
     async def search(self, query: SearchQuery) -> list[IndexedRow]: ...
 
+    def read_tiles(self, level: int, start: int, stop: int) -> list[tuple[int, bytes]]:
+        """The stored full tiles ``(index, data)`` of ``level`` in ``[start, stop)``. Blocking:
+        the log's tree calls it from the event loop for the few tiles a proof needs that its
+        cache does not hold (one indexed read on its own connection)."""
+        ...
+
+    async def tiles(self, level: int, start: int, stop: int) -> list[tuple[int, bytes]]: ...
+
     async def close(self) -> None: ...
 
 
 class ThreadedStore:
     """An ``AuditStore`` over two connections of a ``LogDatabase``, each on its own thread.
 
-    The writer connection (loads, commits, cosigned checkpoints) and the reader connection
-    (entries, checkpoints, search) are opened on their threads by ``open``; reads never queue
-    behind a commit.
+    The writer connection (loads, commits, cosigned checkpoints), the reader connection
+    (entries, checkpoints, search) and the tile connection (the tiles a proof needs) are opened
+    on their threads by ``open``; reads never queue behind a commit, proofs never behind a
+    search.
     """
 
     def __init__(
         self,
         writer: LogDatabase,
         reader: LogDatabase,
-        writer_pool: concurrent.futures.ThreadPoolExecutor,
-        reader_pool: concurrent.futures.ThreadPoolExecutor,
+        tiler: LogDatabase,
+        pools: tuple[concurrent.futures.ThreadPoolExecutor, ...],
         *,
         state_path: Path | None,
     ) -> None:
         self._writer = writer
         self._reader = reader
-        self._writer_pool = writer_pool
-        self._reader_pool = reader_pool
+        self._tiler = tiler
+        self._writer_pool, self._reader_pool, self._tile_pool = pools
         self._state_path = state_path
 
     @classmethod
@@ -202,22 +226,24 @@ class ThreadedStore:
         name: str,
         state_path: Path | None,
     ) -> ThreadedStore:
-        """Open the writer first (it creates the schema), then the reader."""
+        """Open the writer first (it creates the schema), then the readers."""
         loop = asyncio.get_running_loop()
-        writer_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"{name}-w")
-        reader_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"{name}-r")
+        pools = tuple(
+            concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"{name}-{role}")
+            for role in ("w", "r", "t")
+        )
+        opened: list[tuple[LogDatabase, concurrent.futures.ThreadPoolExecutor]] = []
         try:
-            writer = await loop.run_in_executor(writer_pool, open_writer)
-            try:
-                reader = await loop.run_in_executor(reader_pool, open_reader)
-            except BaseException:
-                await loop.run_in_executor(writer_pool, writer.close)
-                raise
+            for pool, opener in zip(pools, (open_writer, open_reader, open_reader), strict=True):
+                opened.append((await loop.run_in_executor(pool, opener), pool))
         except BaseException:
-            writer_pool.shutdown(wait=False)
-            reader_pool.shutdown(wait=False)
+            for db, pool in reversed(opened):
+                await loop.run_in_executor(pool, db.close)
+            for pool in pools:
+                pool.shutdown(wait=False)
             raise
-        return cls(writer, reader, writer_pool, reader_pool, state_path=state_path)
+        (writer, _), (reader, _), (tiler, _) = opened
+        return cls(writer, reader, tiler, pools, state_path=state_path)
 
     @property
     def origin(self) -> str:
@@ -251,12 +277,23 @@ class ThreadedStore:
     async def search(self, query: SearchQuery) -> list[IndexedRow]:
         return await self._r(lambda: self._reader.search(query))
 
+    def read_tiles(self, level: int, start: int, stop: int) -> list[tuple[int, bytes]]:
+        return self._tile_pool.submit(self._tiler.tiles, level, start, stop).result()
+
+    async def tiles(self, level: int, start: int, stop: int) -> list[tuple[int, bytes]]:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._tile_pool, self._tiler.tiles, level, start, stop
+        )
+
     async def close(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
             try:
+                await loop.run_in_executor(self._tile_pool, self._tiler.close)
                 await self._r(self._reader.close)
             finally:
                 await self._w(self._writer.close)
         finally:
+            self._tile_pool.shutdown(wait=True)
             self._reader_pool.shutdown(wait=True)
             self._writer_pool.shutdown(wait=True)

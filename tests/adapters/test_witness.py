@@ -7,6 +7,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from adapters.witness import WitnessNode
 from fedgate.checkpoint import Checkpoint, CosignatureVerifier, sign_checkpoint
@@ -17,9 +21,11 @@ from fedgate.note import NoteSigner
 from fedgate.registry import Registry
 from fedgate.status import error_from_rpc
 from fedgate.testing import free_port
+from fedgate.tiles import TiledTree, partial_width, tile_path
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options
 from fedgate.types import MemberId
 from fedgate.v1 import audit_service_pb2, audit_service_pb2_grpc
+from fedgate.web.serve import EmbeddedServer
 from fedgate.witness import GrpcWitnessClient
 
 ORIGIN = "fedgate.test/gateway/shard-0"
@@ -107,4 +113,84 @@ class TestWitnessNode:
         with pytest.raises(InvalidArgument, match="witness role"):
             WitnessNode(
                 federation=fed_dir, member=MemberId("bank.icbc"), state=tmp_path, origins=[ORIGIN]
+            )
+
+
+class _StaticTiles:
+    """A C2SP tile server for a sequence of leaf hashes (what a log would serve at its size)."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+
+    def publish(self, hashes: list[bytes]) -> None:
+        tree = TiledTree(size=0, edge=[b""], read=lambda level, a, b: [])
+        for level, index, data in tree.extend(hashes):
+            self.files[tile_path(level, index)] = data
+        size, level = len(hashes), 0
+        while size >> (8 * level):
+            width = partial_width(level, size)
+            if width:
+                index = (size >> (8 * level)) // 256
+                self.files[tile_path(level, index, width)] = tree.tile(level, index, width) or b""
+            level += 1
+
+    def app(self) -> Starlette:
+        async def serve(request: Request) -> Response:
+            data = self.files.get(request.path_params["path"])
+            return Response(data, status_code=200) if data else Response(status_code=404)
+
+        return Starlette(routes=[Route("/{path:path}", serve)])
+
+
+class TestWitnessFromTiles:
+    async def test_checks_the_log_from_its_tiles_not_the_pushed_proof(
+        self, fed_dir: Path, tmp_path: Path
+    ) -> None:
+        tiles = _StaticTiles()
+        server = EmbeddedServer(tiles.app())
+        await server.start()
+        node = WitnessNode(
+            federation=fed_dir,
+            member=PBOC,
+            state=tmp_path / "witness",
+            origins=[ORIGIN],
+            listen=f"127.0.0.1:{free_port()}",
+            tiles={ORIGIN: server.url},
+        )
+        await node.start()
+        try:
+            channel, client = _client(fed_dir, node, "gateway")
+            async with channel:
+                hashes = [leaf_hash(b"entry %d" % i) for i in range(300)]
+                tree = MerkleTree.from_leaf_hashes(hashes)
+                tiles.publish(hashes)
+                await client.add_checkpoint(0, [], _note(fed_dir, tree))
+                hashes += [leaf_hash(b"entry %d" % i) for i in range(300, 700)]
+                tree = MerkleTree.from_leaf_hashes(hashes)
+                tiles.publish(hashes)
+                # No proof pushed at all: the witness computes its own from the tiles.
+                sig = await client.add_checkpoint(300, [], _note(fed_dir, tree))
+                assert sig.name == PBOC
+                assert node.witness.last_cosigned(ORIGIN)[0] == 700
+                fork = [leaf_hash(b"other %d" % i) for i in range(800)]
+                tiles.publish(fork)
+                with pytest.raises(LogInconsistent, match="not consistent"):
+                    await client.add_checkpoint(
+                        700, [], _note(fed_dir, MerkleTree.from_leaf_hashes(fork))
+                    )
+                assert node.witness.last_cosigned(ORIGIN)[0] == 700
+        finally:
+            await node.stop(0)
+            await server.stop()
+
+    def test_tiles_for_an_origin_it_does_not_witness_are_refused(
+        self, fed_dir: Path, tmp_path: Path
+    ) -> None:
+        with pytest.raises(InvalidArgument, match="not witnessed"):
+            WitnessNode(
+                federation=fed_dir,
+                member=PBOC,
+                state=tmp_path / "w",
+                origins=[ORIGIN],
+                tiles={"other.example/log": "http://127.0.0.1:1"},
             )

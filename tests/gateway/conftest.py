@@ -329,6 +329,12 @@ class FlakyStore:
     async def search(self, query: SearchQuery) -> list[IndexedRow]:
         return await self.inner.search(query)
 
+    def read_tiles(self, level: int, start: int, stop: int) -> list[tuple[int, bytes]]:
+        return self.inner.read_tiles(level, start, stop)
+
+    async def tiles(self, level: int, start: int, stop: int) -> list[tuple[int, bytes]]:
+        return await self.inner.tiles(level, start, stop)
+
     async def close(self) -> None:
         await self.inner.close()
 

@@ -14,6 +14,7 @@ from fedgate.web.text import BEIJING
 from gateway.audit.insights import (
     CaseWithoutOrder,
     LogInsights,
+    PgShard,
     TimeWindow,
     day_of,
     day_start_us,
@@ -24,6 +25,7 @@ from gateway.audit.store import SearchQuery
 if TYPE_CHECKING:
     from conftest import LogFactory
 
+ORIGIN_OF_LOGS = "fedgate.test/gateway/shard-0"
 T0 = datetime(2026, 11, 20, 4, 0, tzinfo=UTC)  # 12:00 China time
 ALL = TimeWindow(0, time_to_micros(T0 + timedelta(days=30)))
 
@@ -256,3 +258,73 @@ class TestDays:
         assert day_start_us(date(2026, 11, 21)) == time_to_micros(
             datetime(2026, 11, 20, 16, 0, tzinfo=UTC)
         )
+
+
+class TestRollups:
+    """Whole-day windows read the rollups kept at commit; they MUST give what aggregating the
+    leaves gives, on both stores."""
+
+    async def test_same_answers_as_the_leaves(self, logs: LogFactory) -> None:
+        log = await logs.open(max_batch=7)
+        china = T0.astimezone(BEIJING)
+        appends = []
+        for i in range(120):
+            at = china.replace(hour=0) + timedelta(hours=5 * i + i % 3, minutes=i)
+            refused = i % 7 == 0
+            appends.append(
+                leg(
+                    at,
+                    officer=f"o{i % 5}",
+                    member=("police.gd.afc", "police.gz.unit")[i % 2],
+                    action=("account_holder", "stop_payment", "transactions")[i % 3],
+                    target=("bank.icbc", "bank.ccb")[i % 2],
+                    decision="refused" if refused else "allowed",
+                    rule=("POLICY_DENIED: no", "QUOTA_EXCEEDED: x")[i % 2] if refused else "p",
+                    rid=f"r{i}",
+                )
+            )
+        for request in appends:
+            receipt = await log.append(request)
+            if request.request_id in ("r3", "r10", "r17"):
+                await log.append(
+                    ResponseLeg(
+                        request.request_id, receipt.index, request.target_agency,
+                        request.received_at, "refused", b"", b"", detail="no",
+                    )
+                )  # fmt: skip
+        source = (
+            logs.db
+            if logs.kind == "sqlite"
+            else PgShard(
+                logs.pg.dsn,
+                ORIGIN_OF_LOGS,
+                logs.pg.schema,  # type: ignore[union-attr]
+            )
+        )
+        fast = await LogInsights.open(source)
+        slow = await LogInsights.open(source, rollups=False)
+        try:
+            first = day_of(time_to_micros(T0))
+            for days in (1, 3, 30):
+                window = TimeWindow(
+                    day_start_us(first + timedelta(days=1)),
+                    day_start_us(first + timedelta(days=1 + days)),
+                )
+                for by in ("requester", "target", "action"):
+                    assert await fast.per_day(window, by) == await slow.per_day(window, by)
+                assert await fast.refusals(window) == await slow.refusals(window)
+                actions = {"account_holder", "transactions"}
+                assert await fast.officer_days(window, actions) == await slow.officer_days(
+                    window, actions
+                )
+                assert await fast.off_hours(
+                    window, actions, start_hour=8, end_hour=18
+                ) == await slow.off_hours(window, actions, start_hour=8, end_hour=18)
+                assert await fast.refusal_days(window, minimum=1) == await slow.refusal_days(
+                    window, minimum=1
+                )
+            assert await fast.per_day(window, "action")  # the windows were not empty
+            assert await fast.refusals(window)
+        finally:
+            await fast.close()
+            await slow.close()

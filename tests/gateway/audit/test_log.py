@@ -65,6 +65,12 @@ class _Seam:
     async def search(self, query: SearchQuery) -> list[IndexedRow]:
         return await self.inner.search(query)
 
+    def read_tiles(self, level: int, start: int, stop: int) -> list[tuple[int, bytes]]:
+        return self.inner.read_tiles(level, start, stop)
+
+    async def tiles(self, level: int, start: int, stop: int) -> list[tuple[int, bytes]]:
+        return await self.inner.tiles(level, start, stop)
+
     async def close(self) -> None:
         await self.inner.close()
 
@@ -245,7 +251,7 @@ class TestGroupCommit:
         assert all("disk full" in str(r) for r in results)
         assert log.size == 1
         assert log.latest_checkpoint() == checkpoint
-        assert (await seam.load()).leaf_count == 1
+        assert (await seam.load()).next_index == 1
         seam.fail_commits = False
         receipt = await log.append(fed.request())
         assert (receipt.index, receipt.tree_size) == (1, 2)

@@ -1,31 +1,22 @@
-"""The shared row mapping of the audit stores: values in, rows out, search filters."""
+"""The shared row mapping of the audit stores: values in, rows out."""
 
 from __future__ import annotations
 
 from fedgate.audit_entry import IndexColumns
 from gateway.audit._rows import (
-    SearchSql,
-    add_filters,
     group_subjects,
     indexed_row,
     leaf_values,
     stored_rows,
     subject_values,
 )
-from gateway.audit.store import IndexedRow, NewLeaf, SearchQuery
+from gateway.audit.store import IndexedRow, NewLeaf
 
 COLUMNS: IndexColumns = (
     1, "req-1", 1_700_000_000_000_000, "police.sh", "officer-7", "case-9", "query_account",
     "bank.icbc", "allowed", "", ("acct:1", "acct:2"), -1,
 )  # fmt: skip
 NO_SUBJECTS: IndexColumns = (*COLUMNS[:10], (), 4)
-SQL = SearchSql(
-    fields=(("officer_id", "officer_id = ?"), ("outcome", "outcome = ?")),
-    member="member(?, ?)",
-    subject="subject(?, ?)",
-    since="since(?)",
-    until="until(?)",
-)
 
 
 class TestRowMapping:
@@ -44,25 +35,3 @@ class TestRowMapping:
     def test_indexed_row_puts_the_subjects_before_the_request_index(self) -> None:
         hit = (4, *COLUMNS[:10], COLUMNS[11])
         assert indexed_row(hit, COLUMNS[10]) == IndexedRow(4, COLUMNS)
-
-
-class TestAddFilters:
-    def test_no_filter_adds_nothing(self) -> None:
-        where: list[str] = ["idx > ?"]
-        params: list[object] = [-1]
-        add_filters(SearchQuery(), SQL, where, params)
-        assert (where, params) == (["idx > ?"], [-1])
-
-    def test_every_filter_in_order_with_the_scope_before_the_subject(self) -> None:
-        where: list[str] = []
-        params: list[object] = []
-        query = SearchQuery(
-            officer_id="o", outcome="refused", member="m", visible_to="v", subject="s",
-            since_us=1, until_us=2,
-        )  # fmt: skip
-        add_filters(query, SQL, where, params, scope=("origin",))
-        assert where == [
-            "officer_id = ?", "outcome = ?", "member(?, ?)", "member(?, ?)", "subject(?, ?)",
-            "since(?)", "until(?)",
-        ]  # fmt: skip
-        assert params == ["o", "refused", "m", "m", "v", "v", "origin", "s", 1, 2]

@@ -45,7 +45,7 @@ class Attacker:
             assert logs.pg is not None
             self.pg = psycopg.connect(logs.pg.dsn, autocommit=True)
             self.pg.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(logs.pg.schema)))
-            for table in ("leaves", "subjects", "checkpoints", "cosigned"):
+            for table in ("leaves", "subjects", "checkpoints", "cosigned", "tiles"):
                 self.pg.execute(
                     sql.SQL("ALTER TABLE {} DISABLE TRIGGER USER").format(sql.Identifier(table))
                 )

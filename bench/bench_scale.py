@@ -1,0 +1,158 @@
+"""The audit log at national scale: a 10 M-entry log (200 k with ``--quick``) built once and kept
+in ``bench/.cache/`` (git-ignored) between runs; building it is resumable.
+
+- ``audit_startup_s_10m``, ``audit_rss_mb_10m``: ``AuditLog.open`` in a fresh process (peak RSS
+  right after opening);
+- ``audit_prove_ms_10m``: one inclusion plus one consistency proof at random points, read from
+  the store's tiles (median; ``_p99`` too);
+- ``audit_search_p99_ms_10m``: first pages (51 rows) of searches by officer, case, request id,
+  target, action, outcome and a one-hour and a one-day time window (p99 over 140 searches);
+- ``console_charts_ms_10m``: the console's charts for a 30-day window (three per-day charts and
+  the refusal reasons), from the rollups;
+- ``audit_appends_per_s_sqlite_10m`` and ``audit_appends_per_s_sqlite_empty``: 256 appenders
+  on the big log and on an empty one in the same process, and their ratio
+  ``audit_appends_ratio_10m``. Each run appends its exchanges to the cached log.
+
+``BENCH_SCALE_ENTRIES`` overrides the size (for measuring a partly built log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from bench._biglog import write_log
+from fedgate.errors import AuditUnavailable
+from gateway.audit._migrate import migrate
+from gateway.audit.insights import LogInsights, TimeWindow, day_of, day_start_us
+from gateway.audit.sqlite_store import SqliteDatabase
+from gateway.audit.store import SearchQuery
+
+__all__ = ["run"]
+
+CACHE = Path(__file__).with_name(".cache")
+
+
+def _searches(db: SqliteDatabase) -> list[float]:
+    """Seconds per first page of each search kind, on values taken from the log."""
+    rng = random.Random(3)
+    size = db.next_index()
+    samples = [
+        db.search(SearchQuery(after_index=rng.randrange(size) - 1, limit=1))[0] for _ in range(20)
+    ]
+    last = samples[0].columns[2]
+    queries: list[SearchQuery] = []
+    for hit in samples:
+        c = hit.columns
+        queries += [
+            SearchQuery(officer_id=c[4], limit=51),
+            SearchQuery(case_number=c[5], limit=51),
+            SearchQuery(request_id=c[1], limit=51),
+            SearchQuery(target=c[7], limit=51),
+            SearchQuery(action=c[6], limit=51),
+            SearchQuery(outcome=c[8], limit=51),
+            SearchQuery(since_us=c[2], until_us=c[2] + 3_600_000_000, limit=51),
+        ]
+        last = max(last, c[2])
+    queries += [
+        SearchQuery(since_us=last - 86_400_000_000, until_us=last, limit=51, newest_first=True)
+        for _ in range(20)
+    ]
+    times = []
+    for q in queries:
+        t0 = time.perf_counter()
+        db.search(q)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+async def _charts(path: Path) -> float:
+    insights = await LogInsights.open(path)
+    try:
+        today = day_of(int(datetime.now(UTC).timestamp() * 1_000_000))
+        window = TimeWindow(
+            day_start_us(today - timedelta(days=29)), day_start_us(today + timedelta(days=1))
+        )
+        runs = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for by in ("requester", "target", "action"):
+                await insights.per_day(window, by)
+            await insights.refusals(window)
+            runs.append(time.perf_counter() - t0)
+        return statistics.median(runs)
+    finally:
+        await insights.close()
+
+
+def run(quick: bool) -> dict[str, tuple[float, str]]:
+    entries = int(os.environ.get("BENCH_SCALE_ENTRIES", 200_000 if quick else 10_000_000))
+    path = CACHE / ("audit-200k.sqlite" if quick else "audit-10m.sqlite")
+    CACHE.mkdir(exist_ok=True)
+    try:
+        started = time.perf_counter()
+        built = write_log(path, entries, progress=True)
+        db = SqliteDatabase(path, origin=None, writer=True)
+        try:
+            done = migrate(db, after_chunk=lambda _d, _t: db.checkpoint_wal())
+            db.checkpoint_wal()
+        finally:
+            db.close()
+        prepared = time.perf_counter() - started
+    except AuditUnavailable as exc:
+        print(
+            f"  the scale log is not available ({exc.message}); no scale figures", file=sys.stderr
+        )
+        return {}
+    print(
+        f"  scale log {path.name}: {entries:,} entries ready ({built:.0f} s writing, "
+        f"{prepared:.0f} s with catch-up of {done.rollups_backfilled:,} entries' rollups)",
+        file=sys.stderr,
+    )
+    probe = subprocess.run(
+        [sys.executable, "-m", "bench._scale_probe", str(path), "1000" if quick else "5000"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=1800,
+    )
+    p = json.loads(probe.stdout.strip().splitlines()[-1])
+    reader = SqliteDatabase(path, origin=None, writer=False)
+    try:
+        searches = _searches(reader)
+    finally:
+        reader.close()
+    charts = asyncio.run(_charts(path))
+    search_p99 = statistics.quantiles(searches, n=100)[98] * 1000
+    print(
+        f"  at {int(p['size']):,} entries: start-up {p['startup_s']:.2f} s, RSS "
+        f"{p['rss_mb']:.0f} MB, proof {p['prove_ms']:.2f} ms, search p99 {search_p99:.1f} ms, "
+        f"charts {charts * 1000:.0f} ms, appends {p['appends_big']:,.0f}/s vs "
+        f"{p['appends_empty']:,.0f}/s empty",
+        file=sys.stderr,
+    )
+    return {
+        "audit_scale_log_entries": (p["size"], "entries"),
+        "audit_startup_s_10m": (p["startup_s"], "s"),
+        "audit_rss_mb_10m": (p["rss_mb"], "MB"),
+        "audit_prove_ms_10m": (p["prove_ms"], "ms"),
+        "audit_prove_p99_ms_10m": (p["prove_p99_ms"], "ms"),
+        "audit_search_p99_ms_10m": (search_p99, "ms"),
+        "console_charts_ms_10m": (charts * 1000, "ms"),
+        "audit_appends_per_s_sqlite_10m": (p["appends_big"], "appends/s"),
+        "audit_appends_per_s_sqlite_empty": (p["appends_empty"], "appends/s"),
+        "audit_appends_ratio_10m": (p["appends_big"] / p["appends_empty"], "ratio"),
+    }
+
+
+if __name__ == "__main__":
+    for name, (value, unit) in run("--quick" in sys.argv).items():
+        print(f"{name}: {value:.6g} {unit}")

@@ -1,0 +1,172 @@
+"""The log's tree in C2SP tiles in both stores: what the stores hold is what the spec says, a
+reopened log proves from tiles, a tampered tile is refused (at open, by ``verify``, by
+``prove``), and ``verify --from N`` starts from the tiles checked against a signed checkpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import TYPE_CHECKING
+
+import pytest
+
+from fedgate.checkpoint import parse_checkpoint
+from fedgate.errors import LogInconsistent, VerificationError
+from fedgate.merkle import root_of, verify_consistency, verify_inclusion
+from fedgate.note import parse_note
+from gateway.audit.log import AuditLog
+from gateway.audit.pg_store import PgDatabase
+from gateway.audit.sqlite_store import SqliteDatabase
+from tests.gateway.audit.test_tamper import Attacker, flip, run_audit
+
+if TYPE_CHECKING:
+    from conftest import LogFactory
+
+ORIGIN = "fedgate.test/gateway/shard-0"
+SIZE = 700  # two full level-0 tiles and a partial one of 188; a partial level-1 tile of 2
+
+
+async def _fill(logs: LogFactory, count: int = SIZE) -> None:
+    log = await logs.open(max_batch=64)
+    fed = logs.fed
+    await asyncio.gather(*(log.append(fed.request()) for _ in range(count)))
+    await log.close()
+
+
+def _reader(logs: LogFactory) -> SqliteDatabase | PgDatabase:
+    if logs.kind == "sqlite":
+        return SqliteDatabase(logs.db, origin=None, writer=False)
+    assert logs.pg is not None
+    return PgDatabase(logs.pg.dsn, origin=ORIGIN, schema=logs.pg.schema, writer=False)
+
+
+def _root(note: str) -> bytes:
+    return parse_checkpoint(parse_note(note).text).root_hash
+
+
+class TestStoredTiles:
+    async def test_the_store_holds_the_full_tiles_the_spec_defines(self, logs: LogFactory) -> None:
+        await _fill(logs)
+        db = _reader(logs)
+        try:
+            hashes = db.leaf_hashes(0, SIZE)
+            tiles = db.tiles(0, 0, 100)
+            assert [i for i, _ in tiles] == [0, 1]
+            for n, data in tiles:
+                # tile n at level 0: MTH(D[n*256 + i : n*256 + i + 1]) = the leaf hashes
+                assert data == b"".join(
+                    root_of(hashes[n * 256 + i : n * 256 + i + 1]) for i in range(256)
+                )
+            assert db.tiles(1, 0, 10) == []  # the level-1 tile is partial: never stored
+            stored = db.load()
+            assert stored.tile_count == 2
+            assert stored.edge_hashes == hashes[512:]
+        finally:
+            db.close()
+
+    async def test_a_reopened_log_proves_from_its_tiles(self, logs: LogFactory) -> None:
+        await _fill(logs)
+        log = await logs.open()
+        root = _root(log.latest_checkpoint())
+        db = _reader(logs)
+        try:
+            hashes = db.leaf_hashes(0, SIZE)
+        finally:
+            db.close()
+        assert root == root_of(hashes)
+        for size in (255, 256, 257, 511, 512, 513, SIZE):
+            at = root_of(hashes[:size])
+            for index in {0, 255 % size, 256 % size, size - 1}:
+                proof = log.inclusion_proof(index, size)
+                verify_inclusion(hashes[index], index, size, proof, at)
+            for old in (1, 255, 256, 300):
+                if old <= size:
+                    proof = log.consistency_proof(old, size)
+                    verify_consistency(old, size, proof, root_of(hashes[:old]), at)
+        receipt = await log.append(logs.fed.request())
+        verify_inclusion(
+            log.leaf_hash(receipt.index),
+            receipt.index,
+            receipt.tree_size,
+            list(receipt.inclusion_proof),
+            _root(receipt.checkpoint),
+        )
+
+
+class TestATamperedTile:
+    @pytest.fixture
+    async def tampered(self, logs: LogFactory) -> LogFactory:
+        await _fill(logs)
+        attacker = Attacker(logs)
+        try:
+            data = bytes(attacker.run("SELECT data FROM tiles WHERE level = 0 AND idx = 0")[0][0])
+            attacker.run(
+                "UPDATE tiles SET data = ? WHERE level = 0 AND idx = 0", (flip(data, 100),)
+            )
+        finally:
+            attacker.close()
+        return logs
+
+    async def test_the_log_refuses_to_open(self, tampered: LogFactory) -> None:
+        store = await tampered.store()
+        try:
+            with pytest.raises(LogInconsistent, match="do not hash to the root"):
+                await AuditLog.open(store=store, origin=ORIGIN, signer=tampered.fed.log_signer())
+        finally:
+            await store.close()
+
+    async def test_verify_names_the_tile(
+        self, tampered: LogFactory, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        code, out = run_audit(
+            ["verify", *tampered.source_args(), "--federation", str(tampered.fed.dir),
+             "--no-signatures"],
+            capsys,
+        )  # fmt: skip
+        assert code == 1, out
+        assert "the stored tile tile/0/000 does not match the entries" in out
+
+    async def test_prove_refuses(
+        self, tampered: LogFactory, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        with pytest.raises(VerificationError, match="stored tiles do not match the checkpoint"):
+            run_audit(["prove", *tampered.source_args(), "3"], capsys)
+
+
+class TestVerifyFrom:
+    async def test_from_n_checks_only_what_follows_the_checkpoint_before_n(
+        self, logs: LogFactory, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        await _fill(logs)
+        attacker = Attacker(logs)
+        try:
+            leaf = flip(bytes(attacker.run("SELECT leaf FROM leaves WHERE idx = 100")[0][0]), 50)
+            attacker.run(
+                "UPDATE leaves SET leaf = ?, leaf_hash = ? WHERE idx = 100",
+                (leaf, hashlib.sha256(b"\x00" + leaf).digest()),
+            )
+        finally:
+            attacker.close()
+        args = ["verify", *logs.source_args(), "--federation", str(logs.fed.dir), "--no-signatures"]
+        code, out = run_audit(args, capsys)
+        assert code == 1
+        assert "do not match (one of them is the first bad entry) the checkpoint" in out
+        code, out = run_audit([*args, "--from", "600"], capsys)
+        assert code == 0, out
+        verified = int(out.split("entries")[1].split()[0])
+        assert 0 < verified <= 100 + 64  # from the checkpoint at or before 600 on
+
+    async def test_from_n_fails_on_what_follows(
+        self, logs: LogFactory, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        await _fill(logs)
+        attacker = Attacker(logs)
+        try:
+            leaf = flip(bytes(attacker.run("SELECT leaf FROM leaves WHERE idx = 650")[0][0]), 50)
+            attacker.run("UPDATE leaves SET leaf = ? WHERE idx = 650", (leaf,))
+        finally:
+            attacker.close()
+        args = ["verify", *logs.source_args(), "--federation", str(logs.fed.dir), "--no-signatures"]
+        code, out = run_audit([*args, "--from", "600"], capsys)
+        assert code == 1
+        assert "entry 650 was altered" in out
