@@ -664,7 +664,8 @@ class Gateway:
             self.console = None
         await self._health.enter_graceful_shutdown()
         await self._server.stop(self.config.server.grace_period_s if grace is None else grace)
-        await self._resources.aclose()
+        await self._resources.aclose()  # the tile server included
+        self.tiles = None
 
     async def wait_for_termination(self) -> None:
         await self._server.wait_for_termination()

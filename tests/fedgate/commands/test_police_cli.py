@@ -267,6 +267,12 @@ BUILD_CASES: list[tuple[tuple[str, ...], str, str, dict[str, Any]]] = [
         "carrier.ctcc",
         {"sender": "10690000001", "reason": "仿冒银行短信"},
     ),
+    (
+        _argv("order approval --max-count 5 --expires +7d --approval-doc SP2026-1"),
+        "approval",
+        "gateway",
+        {"actions": ["freeze"], "max_count": 5, "document_number": "SP2026-1"},
+    ),
 ]
 
 
@@ -583,6 +589,7 @@ class TestUsageErrors:
 EXPECTED_REFUSAL_CODES: dict[type[FedgateError], ExitCode] = {
     errors.FedgateError: ExitCode.UNAVAILABLE,  # INTERNAL
     errors.InvalidArgument: ExitCode.REFUSED,
+    errors.ConfigError: ExitCode.REFUSED,
     errors.DecodeError: ExitCode.REFUSED,
     errors.AuthenticationError: ExitCode.REFUSED,
     errors.SignatureInvalid: ExitCode.REFUSED,
