@@ -32,7 +32,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -546,7 +545,7 @@ def _next_roster(
         current = Roster.carried_forward(
             roster_path(layout.root, member_id).read_bytes(), member=member
         )
-    except (OSError, ValueError, KeyError, InvalidSignature, FedgateError):
+    except (OSError, ValueError, KeyError, TypeError, FedgateError):
         return Roster(member_id, 1, now, ())
     return Roster(member_id, current.serial + 1, now, current.officers)
 

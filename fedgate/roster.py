@@ -20,7 +20,7 @@ Contract:
 
 - Loading MUST verify the signature over the payload bytes exactly as stored, with a key the
   registry gives the member named in the payload (``Registry.signing_key``: not revoked, valid
-  at ``issued_at``), before the payload is trusted; the wrapper MUST be canonical.
+  at ``issued_at``); an unverified payload is never parsed; the wrapper MUST be canonical.
 - An officer id appears once; every officer has at least one role and ``valid_from < valid_to``.
 - ``TrustHolder`` refuses a roster whose serial is lower than the one in force (rollback).
 """
@@ -34,14 +34,13 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedgate.errors import FedgateError, RegistryError
+from fedgate.errors import FedgateError, RegistryError, UnknownKey
 from fedgate.federation import MemberKind
-from fedgate.keys import key_id_of, public_key_from_raw
+from fedgate.keys import key_id_of, public_key_from_raw, sign_bytes, verify_bytes
 from fedgate.note import b64decode_strict
-from fedgate.registry import Member, Registry, canonical_json
+from fedgate.registry import Member, Registry, SigningKey, canonical_json
 from fedgate.registry import _format_time as format_time
 from fedgate.registry import _Reader as Reader
 from fedgate.types import KeyId, MemberId
@@ -183,18 +182,21 @@ class Roster:
             signature = b64decode_strict(doc["signature"])
         except ValueError as exc:
             raise RegistryError(f"{source}: {exc}: {_HINT}") from exc
-        # Parse only to learn who claims to have signed and when; nothing is trusted before
-        # the signature verifies with that member's registered key.
+        key_id = KeyId(doc["key_id"])
+        listed = _listed_key(registry, key_id)
+        if listed is None:
+            raise UnknownKey(f"{source} is signed with key {key_id!r}, not in the member registry")
+        if not verify_bytes(
+            public_key_from_raw(listed.public_key), signature, ROSTER_DOMAIN + payload
+        ):
+            raise RegistryError(f"{source} signature does not verify: {_HINT}")
+        # Verified: now parse, and check the key was its member's, valid and not revoked.
         claimed = cls.from_payload(payload)
-        owner, key = registry.signing_key(KeyId(doc["key_id"]), at=claimed.issued_at)
+        owner, _ = registry.signing_key(key_id, at=claimed.issued_at)
         if owner.id != claimed.member:
             raise RegistryError(
                 f"{source} is the roster of {claimed.member} but is signed by {owner.id}'s key"
             )
-        try:
-            key.verify(signature, ROSTER_DOMAIN + payload)
-        except InvalidSignature as exc:
-            raise RegistryError(f"{source} signature does not verify: {_HINT}") from exc
         if data != canonical_json(doc) + b"\n":
             raise RegistryError(f"{source} was edited outside fedgate: {_HINT}")
         return replace(claimed, key_id=KeyId(doc["key_id"]))
@@ -206,11 +208,12 @@ class Roster:
         but its officers and serial carry over to the roster signed with the new key)."""
         doc = json.loads(data.decode("utf-8"))
         payload = b64decode_strict(doc["payload"])
+        signature = b64decode_strict(doc["signature"])
         for key in member.signing_keys:
-            if key.key_id == doc["key_id"]:
-                public_key_from_raw(key.public_key).verify(
-                    b64decode_strict(doc["signature"]), ROSTER_DOMAIN + payload
-                )
+            public = public_key_from_raw(key.public_key)
+            if key.key_id == doc["key_id"] and verify_bytes(
+                public, signature, ROSTER_DOMAIN + payload
+            ):
                 roster = cls.from_payload(payload)
                 if roster.member == member.id:
                     return roster
@@ -237,7 +240,7 @@ def sign_roster(roster: Roster, key: Ed25519PrivateKey) -> bytes:
                 "format": ROSTER_FORMAT,
                 "key_id": key_id_of(key),
                 "payload": base64.b64encode(payload).decode("ascii"),
-                "signature": base64.b64encode(key.sign(ROSTER_DOMAIN + payload)).decode(),
+                "signature": base64.b64encode(sign_bytes(key, ROSTER_DOMAIN + payload)).decode(),
             }
         )
         + b"\n"
@@ -286,6 +289,14 @@ def officers_from_json(data: bytes, *, source: str = "officers") -> tuple[Office
     if not isinstance(doc, list):
         raise RegistryError(f"{source} must be a JSON list of officers")
     return tuple(_officer_from_json(o) for o in doc)
+
+
+def _listed_key(registry: Registry, key_id: KeyId) -> SigningKey | None:
+    for member in registry.entries:
+        for key in member.signing_keys:
+            if key.key_id == key_id:
+                return key
+    return None
 
 
 def _officer_from_json(value: object) -> Officer:
