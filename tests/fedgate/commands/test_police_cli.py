@@ -262,6 +262,12 @@ BUILD_CASES: list[tuple[tuple[str, ...], str, str, dict[str, Any]]] = [
         {"phone_number": PHONE_CMCC, "reason": "申诉核查属实"},
     ),
     (
+        _argv("order approval --max-count 300 --expires +7d --approval-doc 粤公反诈审〔2026〕1号"),
+        "approval",
+        "gateway",
+        {"actions": ["freeze"], "max_count": 300, "document_number": "粤公反诈审〔2026〕1号"},
+    ),
+    (
         _argv("order sms-block --sender 10690000001 --reason 仿冒银行短信 --target carrier.ctcc"),
         "sms_block",
         "carrier.ctcc",
@@ -433,6 +439,15 @@ class TestBuiltRequest:
         verify_envelope(envelope, key, Domain.REQUEST)
         assert decode_request(envelope.body) == request
         assert not sent_dir.exists(), "a dry run sends nothing and keeps nothing"
+
+    def test_an_order_cites_its_approval(self, cli: Callable[..., Run]) -> None:
+        argv, *_ = next(c for c in BUILD_CASES if c[1] == "freeze")
+        request, _ = _dry_run(cli, *argv, "--approval", ORIGINAL)
+        assert request.approval_request_id == ORIGINAL
+        query, *_ = next(c for c in BUILD_CASES if c[1] == "account_holder")
+        run = cli(*query, *HEADER, "--dry-run", "--approval", ORIGINAL)
+        assert run.code != 0
+        assert "unrecognized arguments: --approval" in run.err
 
     def test_header_from_options(self, cli: Callable[..., Run]) -> None:
         request, _ = _dry_run(
