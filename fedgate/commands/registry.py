@@ -62,6 +62,7 @@ def _show(args: argparse.Namespace) -> int:
         (
             m.id,
             m.kind.value,
+            m.parent or "-",
             m.endpoint,
             "REVOKED" if registry.revocation_of(m.id) else "active",
             ",".join(m.roles),
@@ -69,7 +70,7 @@ def _show(args: argparse.Namespace) -> int:
         )
         for m in registry.entries
     ]
-    _table(("MEMBER", "KIND", "ENDPOINT", "STATUS", "ROLES", "NAME"), members)
+    _table(("MEMBER", "KIND", "UNDER", "ENDPOINT", "STATUS", "ROLES", "NAME"), members)
     print()
     keys = [
         (m.id, k.key_id, _time(k.not_before), _time(k.not_after), _key_status(registry, k, now))

@@ -512,6 +512,8 @@ class TestRegistryCommand:
         assert "registry serial 1" in out
         assert "police.gd.afc" in out
         assert "广东省公安厅反诈中心 / Guangdong Provincial Anti-Fraud Centre" in out
+        city = next(line for line in out.splitlines() if line.startswith("police.gz.unit "))
+        assert city.split()[:3] == ["police.gz.unit", "police", "police.gd.afc"]
 
     def test_show_json(self, federation_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
         assert _run(["registry", "show", "--dir", str(federation_dir), "--json"]) == 0
