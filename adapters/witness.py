@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -31,10 +32,11 @@ from fedgate.errors import FedgateError, InvalidArgument, VerificationError
 from fedgate.evidence import log_verifiers
 from fedgate.logs import configure_logging
 from fedgate.note import parse_note
-from fedgate.registry import Registry
+from fedgate.registry import REGISTRY_FILE, Registry
 from fedgate.status import ErrorInterceptor, abort_with
 from fedgate.tileclient import Fetch, http_fetcher
 from fedgate.tls import MemberCredentials, server_credentials
+from fedgate.trust import TrustHolder
 from fedgate.types import MemberId
 from fedgate.v1 import audit_service_pb2, audit_service_pb2_grpc
 from fedgate.witness import Witness, WitnessServicer
@@ -53,10 +55,10 @@ class _GatewayOnly(WitnessServicer):
     consistency proof the gateway pushes and computes its own from the tiles."""
 
     def __init__(
-        self, witness: Witness, registry: Registry, tiles: Mapping[str, Fetch] | None = None
+        self, witness: Witness, trust: TrustHolder, tiles: Mapping[str, Fetch] | None = None
     ) -> None:
         super().__init__(witness)
-        self._registry = registry
+        self._trust = trust
         self._tiles = dict(tiles or {})
 
     async def AddCheckpoint(
@@ -65,7 +67,7 @@ class _GatewayOnly(WitnessServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> audit_service_pb2.AddCheckpointResponse:
         try:
-            require_peer(context, self._registry, GATEWAY)
+            require_peer(context, self._trust.registry, GATEWAY)
         except FedgateError as exc:
             await abort_with(context, exc)
         fetch = self._tiles.get(_origin_of(request.checkpoint))
@@ -99,10 +101,14 @@ class WitnessNode:
         origins: Sequence[str],
         listen: str | None = None,
         tiles: Mapping[str, str] | None = None,
+        reload_interval_s: float = 2.0,
     ) -> None:
         """``tiles`` maps an origin to the URL prefix of its C2SP tiles (``audit.tiles_listen``
         of the gateway): checkpoints of that log are then checked from its tiles."""
-        self.registry = Registry.load_dir(federation)
+        self._federation = federation
+        self._trust = TrustHolder(Registry.load_dir(federation))
+        self._reload_interval_s = reload_interval_s
+        self._reload_task: asyncio.Task[None] | None = None
         record = self.registry.member(member)
         if WITNESS_ROLE not in record.roles:
             raise InvalidArgument(f"{member} does not hold the witness role in the registry")
@@ -128,10 +134,30 @@ class WitnessNode:
         self.tiles = {o: http_fetcher(url) for o, url in (tiles or {}).items()}
         self._server: grpc.aio.Server | None = None
 
+    @property
+    def registry(self) -> Registry:
+        """The registry in force now (reloaded when ``registry.json`` changes)."""
+        return self._trust.registry
+
+    def reload_registry(self) -> bool:
+        """Load ``registry.json`` again (a revoked gateway certificate is refused at once);
+        keeps the current one if the file does not verify or is older."""
+        return self._trust.reload(self._federation)
+
+    async def _watch_registry(self) -> None:
+        path = self._federation / REGISTRY_FILE
+        stamp = _stamp(path)
+        while True:
+            await asyncio.sleep(self._reload_interval_s)
+            current = _stamp(path)
+            if current != stamp:
+                stamp = current
+                await asyncio.to_thread(self.reload_registry)
+
     async def start(self) -> None:
         server = grpc.aio.server(interceptors=[ErrorInterceptor()])
         audit_service_pb2_grpc.add_WitnessServiceServicer_to_server(
-            _GatewayOnly(self.witness, self.registry, self.tiles), server
+            _GatewayOnly(self.witness, self._trust, self.tiles), server
         )
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -144,12 +170,27 @@ class WitnessNode:
         server.add_secure_port(self.listen, server_credentials(self.credentials))
         await server.start()
         self._server = server
+        if self._reload_interval_s > 0:
+            self._reload_task = asyncio.create_task(self._watch_registry())
         _log.info("witness %s serving on %s", self.member, self.listen)
 
     async def stop(self, grace: float = 2.0) -> None:
+        if self._reload_task is not None:
+            self._reload_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reload_task
+            self._reload_task = None
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    try:
+        st = path.stat()
+    except OSError:
+        return (-1, -1, -1)
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 async def _serve(node: WitnessNode) -> None:

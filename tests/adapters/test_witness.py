@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import shutil
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,10 +17,11 @@ from starlette.routing import Route
 
 from adapters.witness import WitnessNode
 from fedgate.checkpoint import Checkpoint, CosignatureVerifier, sign_checkpoint
-from fedgate.errors import InvalidArgument, LogInconsistent, PermissionRefused
+from fedgate.errors import InvalidArgument, LogInconsistent, MemberRefused, PermissionRefused
 from fedgate.keys import public_key_from_raw
 from fedgate.merkle import EMPTY_ROOT, MerkleTree, leaf_hash
 from fedgate.note import NoteSigner
+from fedgate.pki import revoke_member
 from fedgate.registry import Registry
 from fedgate.status import error_from_rpc
 from fedgate.testing import free_port
@@ -106,6 +110,36 @@ class TestWitnessNode:
                 )
         assert isinstance(error_from_rpc(info.value), PermissionRefused)
         assert tree.root() == EMPTY_ROOT
+
+    async def test_a_revoked_gateway_is_refused_without_a_restart(
+        self, fed_dir: Path, tmp_path: Path
+    ) -> None:
+        fed = Path(shutil.copytree(fed_dir, tmp_path / "fed"))
+        node = WitnessNode(
+            federation=fed,
+            member=PBOC,
+            state=tmp_path / "witness",
+            origins=[ORIGIN],
+            listen=f"127.0.0.1:{_free_port()}",
+            reload_interval_s=0.05,
+        )
+        await node.start()
+        try:
+            channel, client = _client(fed, node, "gateway")
+            async with channel:
+                tree = MerkleTree()
+                tree.append(leaf_hash(b"a"))
+                await client.add_checkpoint(0, [], _note(fed, tree))
+                revoke_member(fed, MemberId("gateway"), reason="gateway compromised (test)")
+                for _ in range(100):  # the witness's watcher takes the new registry
+                    if node.registry.revocation_of("gateway") is not None:
+                        break
+                    await asyncio.sleep(0.05)
+                tree.append(leaf_hash(b"b"))
+                with pytest.raises(MemberRefused, match="revoked"):
+                    await client.add_checkpoint(1, tree.consistency_proof(1), _note(fed, tree))
+        finally:
+            await node.stop(0)
 
     def test_a_member_without_the_witness_role_cannot_run_one(
         self, fed_dir: Path, tmp_path: Path
