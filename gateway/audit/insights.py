@@ -184,7 +184,7 @@ def _statements(*, pg: bool) -> _Statements:
     officer_day = (
         f"SELECT requesting_agency, officer_id, {_DAY} AS d, count(*), min(idx) FROM leaves"  # noqa: S608 - constant
         f" WHERE {o}leg = 1 AND officer_id <> '' AND time_us >= ? AND time_us < ?"
-        f" AND action{listed}"
+        f" AND outcome = 'allowed' AND action{listed}"
     )
     officer_sums = "SELECT member, officer, day AS d, CAST(sum(n) AS BIGINT), min(first_idx)"
     officer_rollup = (

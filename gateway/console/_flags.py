@@ -11,6 +11,10 @@ Four patterns, all computed from the audit log's searchable columns (``LogInsigh
 - **refusals**: at least ``REFUSALS_MINIMUM`` refusals (by the gateway or the agency) for one
   officer in one day.
 
+Volume and off-hours count *allowed* requests only: since the gateway checks every police officer
+against the member's signed roster, those are real officers' requests; a refused request (an
+officer not on the roster, say) counts towards the refusals flag under the badge it named.
+
 A flag is a reason to read the entries, not a finding: each links to the search that shows them.
 """
 

@@ -177,14 +177,22 @@ class TestAggregates:
             for hour, minute in ((6, 59), (7, 0), (20, 59), (21, 0), (23, 10)):
                 await log.append(leg(china.replace(hour=hour, minute=minute)))
             await log.append(leg(china, action="stop_payment"))
+            # Refused requests (e.g. naming an officer not on the member's roster) are not an
+            # officer's queries: only allowed ones, whose officers the roster vouches for, count.
+            for hour in (3, 4, 5, 12):
+                await log.append(
+                    leg(china.replace(hour=hour), officer="o-fake", decision="refused",
+                        rule="POLICY_DENIED: officer 'o-fake' is not on the officer roster")
+                )  # fmt: skip
             days = await insights.officer_days(ALL, {"account_holder"})
             assert [(d.day, d.count, d.first_index) for d in days] == [(date(2026, 11, 20), 5, 0)]
             off = await insights.off_hours(ALL, {"account_holder"}, start_hour=7, end_hour=21)
             assert [(d.officer_id, d.count, d.first_index) for d in off] == [("440100123", 3, 0)]
             for _ in range(3):
                 await log.append(leg(china, officer="o9", decision="refused", rule="STALE: x"))
-            assert [d.officer_id for d in await insights.refusal_days(ALL, minimum=3)] == ["o9"]
-            assert await insights.refusal_days(ALL, minimum=4) == []
+            refusals = await insights.refusal_days(ALL, minimum=3)
+            assert [d.officer_id for d in refusals] == ["o-fake", "o9"]
+            assert [d.officer_id for d in await insights.refusal_days(ALL, minimum=4)] == ["o-fake"]
         finally:
             await insights.close()
 
