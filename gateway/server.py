@@ -176,6 +176,18 @@ def _witness_clients(
         resources.push_async_callback(channel.close, None)
         verifier = CosignatureVerifier(name=name, public_key=public_key_from_raw(key.public_key))
         clients.append(GrpcWitnessClient(channel, verifier=verifier))
+    policy = registry.effective_witness_policy()
+    if policy is not None and len(set(config.audit.witnesses) & set(policy.witnesses)) < (
+        policy.quorum
+    ):
+        # Not fatal (a development gateway may run without witnesses), but nothing it logs can
+        # then be proved to the registry's witness policy: say so where operators look.
+        _log.warning(
+            "audit.witnesses (%s) cannot meet the registry's witness policy %s: evidence "
+            "bundles and cosigned receipts of this log will be refused",
+            ", ".join(config.audit.witnesses) or "none",
+            policy,
+        )
     return clients
 
 

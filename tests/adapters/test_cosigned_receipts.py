@@ -14,7 +14,7 @@ import pytest
 from adapters.witness import WitnessNode
 from fedgate.client import FedgateClient
 from fedgate.cosigned import verify_cosigned_receipt
-from fedgate.errors import VerificationError
+from fedgate.errors import InvalidArgument, VerificationError
 from fedgate.registry import Registry
 from fedgate.types import MemberId
 from fedgate.v1 import envelope_pb2
@@ -119,3 +119,16 @@ class TestCosignedReceipts:
         bad_cosignature.cosigned_checkpoint = "\n".join(lines)
         with pytest.raises(VerificationError, match="does not verify"):
             verify_cosigned_receipt(bad_cosignature, registry)
+
+    async def test_a_tree_size_beyond_the_log_is_a_clear_invalid_argument(
+        self, kit: Any, witnessed: tuple[Gateway, FedgateClient]
+    ) -> None:
+        gateway, client = witnessed
+        _, hop = kit.hop_into("bank.icbc")
+        answer = await client.ask(kit.stop_request(hop))
+        for size in (0, gateway.audit.size + 5):
+            beyond = envelope_pb2.AuditReceipt()
+            beyond.CopyFrom(answer.receipt)
+            beyond.tree_size = size
+            with pytest.raises(InvalidArgument, match="tree_size must be between 1 and"):
+                await client.cosign_receipt(beyond, wait_s=0.1)

@@ -18,7 +18,7 @@ from fedgate.errors import AgencyUnavailable, AuditUnavailable, RuleViolated
 from fedgate.evidence import HistoricalKeys, check_response_leg
 from fedgate.registry import Registry
 from fedgate.types import MemberId
-from fedgate.v1 import request_pb2
+from fedgate.v1 import request_pb2, ticket_pb2
 from gateway.audit.sqlite_store import SqliteDatabase, open_sqlite_store
 from gateway.audit.store import AuditStore, CommitBatch, IndexedRow, SearchQuery, StoredLog
 from gateway.config import (
@@ -81,7 +81,7 @@ async def start_gateway(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         listen = f"127.0.0.1:{s.getsockname()[1]}"
-    node = await bank_node("bank.icbc", gateway_endpoint=listen)
+    node = await bank_node("bank.icbc", manual={"transactions"}, gateway_endpoint=listen)
     config = GatewayConfig(
         federation=FederationConfig(dir=fed_dir),
         pipeline=PipelineConfig(state_dir=tmp_path / "gateway"),
@@ -199,6 +199,29 @@ class TestReconciledAtStartUp:
         response_leg = legs[1][1]
         assert response_leg.status == "unavailable"
         assert response_leg.detail.startswith("reconciled: bank.icbc never received")
+        assert _verify_log(config, fed_dir) == 0
+
+    async def test_a_request_queued_for_staff_gets_a_pending_leg_and_a_ticket(
+        self, kit: Any, fed_dir: Path, start_gateway: tuple[Start, GatewayConfig]
+    ) -> None:
+        start, config = start_gateway
+        _, client = await start(cut_off=True)
+        _, hop = kit.hop_into("bank.icbc")
+        queued = kit.request("transactions")
+        queued.transactions.account_number = hop.to_account
+        with pytest.raises(AuditUnavailable):
+            await client.submit(queued)
+        assert [type(e) for _, e in _legs_of(config, queued.request_id)] == [RequestLeg]
+
+        _, client = await start()
+        legs = _legs_of(config, queued.request_id)
+        assert [type(e) for _, e in legs] == [RequestLeg, ResponseLeg]
+        assert legs[1][1].status == "pending"
+        assert legs[1][1].detail.startswith("reconciled: queued for staff")
+        # The police system follows it by ticket: the ticket id is the request id.
+        ticket, answer = await client.get_ticket(queued.request_id)
+        assert ticket.state == ticket_pb2.TICKET_STATE_WAITING
+        assert answer is None
         assert _verify_log(config, fed_dir) == 0
 
 

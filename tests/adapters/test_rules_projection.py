@@ -3,6 +3,7 @@ a restarted gateway still refuses a third stop-payment on an account stopped twi
 
 from __future__ import annotations
 
+import logging
 import socket
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -100,3 +101,13 @@ class TestRulesRebuiltFromTheLog:
                 await client.ask(kit.stop_request(hop))
         finally:
             locker.close()
+
+
+class TestWitnessPolicyAtStartUp:
+    async def test_a_gateway_whose_witnesses_cannot_meet_the_policy_says_so(
+        self, start_gateway: tuple[Start, GatewayConfig], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        start, _ = start_gateway
+        with caplog.at_level(logging.WARNING, logger="gateway.server"):
+            await start()
+        assert "cannot meet the registry's witness policy 1 of 2" in caplog.text
