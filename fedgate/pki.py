@@ -71,6 +71,7 @@ __all__ = [
     "issue_member",
     "revoke_key",
     "revoke_member",
+    "set_witness_policy",
     "sign_member_roster",
 ]
 
@@ -270,6 +271,21 @@ def revoke_key(directory: Path, key_id: KeyId, *, reason: str, now: datetime | N
     """Revoke one signing key and re-sign the registry. Raises ``NotFound`` for an unknown key
     and ``InvalidArgument`` for an empty reason or a key already revoked."""
     _revoke(directory, key_id, "key", reason, now)
+
+
+def set_witness_policy(
+    directory: Path, policy: WitnessPolicy, *, now: datetime | None = None
+) -> None:
+    """Replace the registry's witness policy and re-sign it. Raises ``RegistryError`` for a
+    policy naming a member without the witness role or a quorum out of range."""
+    now = _now(now)
+    layout = FederationLayout(Path(directory))
+    with _locked(layout):
+        registry, admin_key = _open(layout, now)
+        updated = dataclasses.replace(
+            registry, serial=registry.serial + 1, issued_at=now, witness_policy=policy
+        )
+        _write_registry(layout, updated, admin_key)
 
 
 # -- private helpers -------------------------------------------------------------------------

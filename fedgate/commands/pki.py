@@ -1,4 +1,5 @@
-"""``fedgate pki``: create a federation, issue or re-issue members, revoke members and keys."""
+"""``fedgate pki``: create a federation, issue or re-issue members, revoke members and keys,
+set the witness policy."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from fedgate.pki import (
     issue_member,
     revoke_key,
     revoke_member,
+    set_witness_policy,
     sign_member_roster,
 )
-from fedgate.registry import Registry
+from fedgate.registry import Registry, WitnessPolicy
 from fedgate.roster import officers_from_json, roster_path
 from fedgate.types import KeyId
 
@@ -88,6 +90,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     roster.add_argument("--member", required=True, help="police member id, e.g. police.gz.unit")
     roster.add_argument("--officers", type=Path, required=True, help="JSON file of officers")
     roster.set_defaults(func=_roster)
+    policy = sub.add_parser(
+        "witness-policy",
+        help="set how many of which witnesses must cosign the log's checkpoints",
+        description="Set the registry's witness policy: QUORUM of the named witnesses (members "
+        "with the witness role) must cosign a checkpoint for evidence bundles, cosigned "
+        "receipts and `fedgate audit verify --checkpoint` to accept it.",
+    )
+    _dir_argument(policy)
+    policy.add_argument("--quorum", type=int, required=True, help="k: cosignatures required")
+    policy.add_argument(
+        "--witness", action="append", required=True, help="a witness member id (repeatable)"
+    )
+    policy.set_defaults(func=_witness_policy)
 
 
 def _dir_argument(parser: argparse.ArgumentParser) -> None:
@@ -185,3 +200,16 @@ def _roster(args: argparse.Namespace) -> int:
 def _port(endpoint: str) -> int:
     _, _, port = endpoint.rpartition(":")
     return int(port) if port.isdigit() else 0
+
+
+def _witness_policy(args: argparse.Namespace) -> int:
+    try:
+        chosen = WitnessPolicy(
+            quorum=args.quorum, witnesses=tuple(check_member_id(w) for w in args.witness)
+        )
+        set_witness_policy(args.dir, chosen)
+        registry = Registry.load_dir(args.dir)
+    except FedgateError as exc:
+        return _error(exc)
+    print(f"registry serial {registry.serial}: witness policy {registry.witness_policy}")
+    return 0

@@ -57,6 +57,9 @@ def _show(args: argparse.Namespace) -> int:
         return 0
     now = datetime.now(UTC)
     print(f"registry serial {registry.serial}, issued {_time(registry.issued_at)}")
+    policy = registry.effective_witness_policy()
+    explicit = "" if registry.witness_policy is not None else " (default: none in the registry)"
+    print(f"witness policy {policy or 'none: no witness'}{explicit}")
     print()
     members = [
         (

@@ -302,6 +302,25 @@ class TestPkiCommand:
         assert "serial is now 5" in capsys.readouterr().out
         assert _run(["registry", "verify", "--dir", d]) == 0
 
+    def test_witness_policy(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        d = str(tmp_path / "fed")
+        assert _run(["pki", "init", "--dir", d]) == 0
+        assert _run(["registry", "show", "--dir", d]) == 0
+        assert "witness policy 1 of 2 (pboc.gz, audit.office)" in capsys.readouterr().out
+        assert _run(["pki", "witness-policy", "--dir", d, "--quorum", "2",
+                     "--witness", "pboc.gz", "--witness", "audit.office"]) == 0  # fmt: skip
+        assert "serial 2: witness policy 2 of 2" in capsys.readouterr().out
+        policy = Registry.load_dir(Path(d)).witness_policy
+        assert policy is not None
+        assert policy.quorum == 2
+        assert _run(["pki", "witness-policy", "--dir", d, "--quorum", "1",
+                     "--witness", "bank.icbc"]) == 2  # fmt: skip
+        assert "not a member with the witness role" in capsys.readouterr().err
+        assert _run(["pki", "witness-policy", "--dir", d, "--quorum", "3",
+                     "--witness", "pboc.gz"]) == 2  # fmt: skip
+        assert "quorum 3 is not between 1 and the 1 witnesses" in capsys.readouterr().err
+        assert Registry.load_dir(Path(d)).serial == 2
+
     def test_errors_exit_2(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         d = str(tmp_path / "fed")
         assert _run(["pki", "init", "--dir", d]) == 0
