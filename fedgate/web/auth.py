@@ -13,6 +13,8 @@ Contract:
   while locked even the right password is refused (``PermissionRefused`` ``LOCKED_OUT``).
   Concurrent attempts MUST NOT get past the limit: at most ``MAX_FAILURES`` passwords are
   checked per lock-out, however many arrive at once (the count and the lock are one transaction).
+- The store's files (the database and its ``-wal`` and ``-shm``, which hold password hashes)
+  MUST be readable by the owner only (0600) from the moment they exist.
 - An unknown user and a wrong password MUST look the same to the caller (same error, a hash is
   computed either way), so the login form does not reveal which accounts exist.
 """
@@ -158,6 +160,22 @@ CREATE TABLE IF NOT EXISTS users (
 _STORE = Schema(store="console user store", version=1, create=_SCHEMA, legacy_table="users")
 
 
+def _owner_only(path: Path) -> None:
+    """Create ``path`` 0600 before SQLite opens it (SQLite gives its ``-wal`` and ``-shm``
+    files, which hold password hashes too, the database file's mode), and narrow the files of a
+    store made before that to 0600."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if file.exists():
+                os.chmod(file, 0o600)
+    except OSError as exc:
+        raise FedgateError(
+            f"cannot open the user store {path}: {exc}", reason=_UNAVAILABLE
+        ) from exc
+
+
 def _us(at: datetime) -> int:
     return int(at.timestamp() * 1_000_000)
 
@@ -171,10 +189,10 @@ class UserStore:
         self._path = Path(path)
         self._clock = clock or (lambda: datetime.now(UTC))
         self._lock = threading.Lock()
+        _owner_only(self._path)
         self._conn = open_store(
             self._path, _STORE, error=lambda message: FedgateError(message, reason=_UNAVAILABLE)
         )
-        os.chmod(self._path, 0o600)
 
     @classmethod
     def in_state_dir(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import stat
 import threading
 from collections import Counter
@@ -206,3 +207,36 @@ class TestUserStore:
             with pytest.raises(AuthenticationError):
                 store.verify_login("icbc.zhang", "wrong horse")
         assert store.verify_login("icbc.zhang", "correct horse").user_id == "icbc.zhang"
+
+
+class TestFiles:
+    def test_every_file_of_the_store_is_owner_only(self, tmp_path: Path) -> None:
+        """SQLite gives -wal and -shm the database's mode when it creates them: a store made
+        0644 (umask 022) then chmod-ed left its WAL, with password hashes, world-readable."""
+        old = os.umask(0o022)
+        try:
+            store = UserStore.in_state_dir(tmp_path)
+            store.add_user(
+                "icbc.zhang",
+                member_id="bank.icbc",
+                display_name="张三",
+                role=Role.STAFF,
+                password="correct horse",
+                params=FAST,
+            )
+        finally:
+            os.umask(old)
+        files = sorted(tmp_path.glob(USERS_FILE + "*"))
+        assert {f.name for f in files} >= {USERS_FILE, USERS_FILE + "-wal"}
+        for f in files:
+            assert stat.S_IMODE(f.stat().st_mode) == 0o600, f.name
+        store.close()
+
+    def test_an_older_stores_files_are_narrowed(self, tmp_path: Path) -> None:
+        store = UserStore.in_state_dir(tmp_path)
+        store.close()
+        for f in tmp_path.glob(USERS_FILE + "*"):
+            f.chmod(0o644)
+        UserStore.in_state_dir(tmp_path).close()
+        for f in tmp_path.glob(USERS_FILE + "*"):
+            assert stat.S_IMODE(f.stat().st_mode) == 0o600, f.name
