@@ -2,7 +2,10 @@
 
 :func:`open_sqlite` is the only place a fedgate process opens an SQLite file: WAL journal,
 ``synchronous`` FULL unless the caller names NORMAL, a busy timeout, foreign keys enforced, no
-implicit transactions (``isolation_level=None``; stores say ``BEGIN`` themselves).
+implicit transactions (``isolation_level=None``; stores say ``BEGIN`` themselves). A new file
+MUST be created readable by its owner only (0600): stores hold personal data (request
+envelopes, answers, identifiers), and SQLite gives the ``-wal`` and ``-shm`` files the mode of
+the database file.
 
 :func:`prepare_sqlite` and :func:`prepare_postgres` check a store's schema version on open. Each
 store declares a :class:`Schema`: its name, the version this code writes, the DDL creating that
@@ -26,6 +29,7 @@ carries no database driver.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -77,6 +81,7 @@ def open_sqlite(
         uri = f"{path.resolve().as_uri()}?mode=ro"
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # born owner-only, WAL too
         uri = f"{path.resolve().as_uri()}?mode=rwc"
     seconds = busy_timeout.total_seconds()
     con = sqlite3.connect(

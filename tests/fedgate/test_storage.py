@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sqlite3
+import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,6 +84,20 @@ class TestOpenSqlite:
             assert con.isolation_level is None
         finally:
             con.close()
+
+    def test_a_new_store_and_its_wal_are_owner_only(self, tmp_path: Path) -> None:
+        old = os.umask(0o022)
+        try:
+            con = open_sqlite(tmp_path / "store.sqlite")
+            con.execute("CREATE TABLE t (x)")
+            con.execute("INSERT INTO t VALUES ('440106198805170013')")
+            files = sorted(tmp_path.glob("store.sqlite*"))
+            assert {f.name for f in files} >= {"store.sqlite", "store.sqlite-wal"}
+            for f in files:
+                assert stat.S_IMODE(f.stat().st_mode) == 0o600, f.name
+            con.close()
+        finally:
+            os.umask(old)
 
     def test_normal_sync_on_request(self, tmp_path: Path) -> None:
         con = open_sqlite(tmp_path / "a.sqlite", synchronous="NORMAL")
