@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 SDK_ONLY = {"fedgate", "grpcio", "protobuf", "cryptography", "cffi", "pycparser"}
-SDK_ONLY |= {"googleapis-common-protos", "pip", "setuptools", "typing-extensions"}  # grpcio's
+SDK_ONLY |= {"googleapis-common-protos", "pynacl", "pip", "setuptools", "typing-extensions"}
 NOT_IN_THE_SDK = {"pycasbin", "opentelemetry-sdk", "starlette", "psycopg", "faker", "jinja2"}
 
 QUERY = """

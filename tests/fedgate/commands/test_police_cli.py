@@ -606,6 +606,7 @@ EXPECTED_REFUSAL_CODES: dict[type[FedgateError], ExitCode] = {
     errors.InvalidArgument: ExitCode.REFUSED,
     errors.ConfigError: ExitCode.REFUSED,
     errors.DecodeError: ExitCode.REFUSED,
+    errors.ConfigError: ExitCode.REFUSED,
     errors.AuthenticationError: ExitCode.REFUSED,
     errors.SignatureInvalid: ExitCode.REFUSED,
     errors.UnknownKey: ExitCode.REFUSED,
