@@ -6,6 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+# Imported here, not only where it decides: without the [gateway] extra this module fails to
+# import, so `fedgate` leaves the group out instead of offering a command that cannot run.
+import casbin  # noqa: F401
+
 from gateway.policy import (
     DEFAULT_MEMBER_KINDS,
     CasbinDecider,

@@ -139,3 +139,13 @@ async def test_the_installed_sdk_queries_a_federation(
     answer = json.loads(out.decode().strip().splitlines()[-1])
     assert answer["responder"] == "bank.icbc"
     assert answer["leaf"] > 0
+
+
+def test_the_police_cli_runs_without_the_sides(sdk_python: Path) -> None:
+    fedgate = sdk_python.parent / "fedgate"
+    usage = _run([str(fedgate), "--help"], timeout=60)
+    for group in ("query", "order", "ticket", "registry"):
+        assert group in usage
+    # the gateway's and the nodes' groups need their extras: absent, not broken
+    for side in ("policy", "audit"):
+        assert f"    {side} " not in usage
