@@ -290,15 +290,15 @@ async def _open_replay_cache(
     resources.callback(replay.close)
     rebuilt = await asyncio.to_thread(_rebuild_replay, config, replay)
     _log.info(
-        "replay cache rebuilt from the audit log: %d requests from %d request legs in %.1f ms",
+        "replay cache rebuilt from the audit log: %d requests from %d request legs in %.4f s",
         rebuilt.remembered,
         rebuilt.legs,
-        rebuilt.seconds * 1000,
+        rebuilt.seconds,
         extra={
             "fields": {
                 "requests": rebuilt.remembered,
                 "request_legs": rebuilt.legs,
-                "ms": round(rebuilt.seconds * 1000, 1),
+                "seconds": round(rebuilt.seconds, 4),
             }
         },
     )
