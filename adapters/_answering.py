@@ -39,6 +39,7 @@ from fedgate.errors import (
     Replayed,
     RuleViolated,
 )
+from fedgate.fanout import addressed_to
 from fedgate.orders import UNDOES, undo_problem
 from fedgate.registry import Registry
 from fedgate.trust import TrustHolder
@@ -245,7 +246,7 @@ class AnsweringNode:
             raise PeerMismatch(
                 f"the request names {request.requesting_agency!r} but is signed by {signer.id}"
             )
-        if request.target_agency != self.member_id:
+        if not addressed_to(request, self.member_id, self.registry):
             raise PermissionRefused(
                 f"the request is for {request.target_agency!r}; this node is {self.member_id}"
             )
