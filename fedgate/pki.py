@@ -38,11 +38,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fedgate.errors import InvalidArgument, NotFound, RegistryError
 from fedgate.federation import (
     DEFAULT_MEMBERS,
+    MemberKind,
     MemberSpec,
     member_server_name,
     member_uri,
 )
 from fedgate.files import write_atomically
+from fedgate.validate import BANK_BINS
 from fedgate.keys import generate_signing_key, key_id_of, load_private_key, raw_public_key
 from fedgate.keys import save_private_key as save_signing_key
 from fedgate.registry import (
@@ -372,6 +374,7 @@ def _new_member(
         cert_fingerprint=cert_fingerprint(cert.public_bytes(serialization.Encoding.DER)),
         signing_keys=(*previous, key),
         parent=spec.parent,
+        issuer_prefixes=BANK_BINS.get(spec.id, ()) if spec.kind == MemberKind.BANK else (),
     )
 
 
