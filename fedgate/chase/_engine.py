@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -94,6 +94,7 @@ class ChaseEngine:
         self._on_event = on_event or (lambda _node: None)
         self._now = now
         self._accounts: dict[str, _Account] = {}
+        self._leaves: dict[tuple[str, datetime, int, str], ChaseNode] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._report: ChaseReport | None = None
         self._ends_at = 0.0
@@ -180,10 +181,17 @@ class ChaseEngine:
         """Follow ``inflow`` of traced money to ``account``: a dead end, or a visit."""
 
         def leaf(kind: NodeKind, bank: str) -> ChaseNode:
-            return self._add(
+            # One leaf per debit: more traced money found along it later adds to the same leaf.
+            key = (inflow.payer, inflow.time, inflow.amount, account)
+            found = self._leaves.get(key)
+            if found is not None:
+                found.traced_in += inflow.traced
+                return found
+            node = self._leaves[key] = self._add(
                 kind, parent=parent, bank=bank, account=account, name=name,
                 traced_in=inflow.traced, at=at,
             )  # fmt: skip
+            return node
 
         if channel in _CASH_CHANNELS or not account:
             node = leaf(NodeKind.CASH, "")
@@ -217,7 +225,16 @@ class ChaseEngine:
     async def _visit(self, state: _Account, inflow: Inflow) -> None:
         node = state.node
         async with state.lock:
-            state.inflows.append(inflow)
+            # More traced money along a transfer already known (a merge upstream found more):
+            # the same inflow, with the sum traced.
+            for n, known in enumerate(state.inflows):
+                if (known.payer, known.time, known.amount) == (
+                    inflow.payer, inflow.time, inflow.amount,
+                ):  # fmt: skip
+                    state.inflows[n] = replace(known, traced=known.traced + inflow.traced)
+                    break
+            else:
+                state.inflows.append(inflow)
             node.traced_in += inflow.traced
             if state.postings is None or (state.window_start and inflow.time < state.window_start):
                 postings = await self._transactions(state, inflow.time)
