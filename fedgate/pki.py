@@ -44,7 +44,6 @@ from fedgate.federation import (
     member_uri,
 )
 from fedgate.files import write_atomically
-from fedgate.validate import BANK_BINS
 from fedgate.keys import generate_signing_key, key_id_of, load_private_key, raw_public_key
 from fedgate.keys import save_private_key as save_signing_key
 from fedgate.registry import (
@@ -57,6 +56,7 @@ from fedgate.registry import (
     sign_registry,
 )
 from fedgate.types import KeyId, MemberId
+from fedgate.validate import BANK_BINS
 
 __all__ = [
     "CA_VALIDITY",

@@ -5,8 +5,6 @@ much of each victim's money; the chase must stop exactly those, and no innocent 
 from __future__ import annotations
 
 import asyncio
-import shutil
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -83,13 +81,6 @@ def truth_holdings(chain: FraudChain) -> dict[str, int]:
     return {h.account: h.amount_minor for h in chain.holdings}
 
 
-@pytest.fixture
-def world_copy(world_template: World, tmp_path: Path) -> World:
-    copy = tmp_path / "world"
-    shutil.copytree(world_template.directory, copy)
-    return replace(world_template, directory=copy)
-
-
 class TestAgainstTheTruth:
     @pytest.mark.parametrize("seed", SEEDS)
     async def test_stops_exactly_the_accounts_holding_the_money(
@@ -116,11 +107,11 @@ class TestAgainstTheTruth:
                     assert holder.stopped
 
     async def test_a_branch_leaving_the_federation_is_reported(
-        self, fed_dir: Path, world_copy: World, tmp_path: Path
+        self, fed_dir: Path, world: World, tmp_path: Path
     ) -> None:
-        chain = next(c for c in world_copy.chains if any(d.kind == "outside" for d in c.dead_ends))
+        chain = next(c for c in world.chains if any(d.kind == "outside" for d in c.dead_ends))
         (gone,) = [d for d in chain.dead_ends if d.kind == "outside"]
-        async with live_federation(fed_dir, world_copy, tmp_path / "live") as live:
+        async with live_federation(fed_dir, world, tmp_path / "live") as live:
             report = await chase(live, chain)
         (node,) = [n for n in report.nodes if n.kind == NodeKind.OUTSIDE]
         assert node.outcome == Outcome.LEFT
@@ -134,12 +125,12 @@ class TestAgainstTheTruth:
 
 class TestBusinessRules:
     async def test_an_account_stopped_twice_is_reported_not_retried(
-        self, fed_dir: Path, world_copy: World, tmp_path: Path
+        self, fed_dir: Path, world: World, tmp_path: Path
     ) -> None:
-        chain = world_copy.chains[0]
+        chain = world.chains[0]
         hop = chain.hops[1]  # mule 2 still holds traced money (truth), stop it twice first
         assert hop.to_account in truth_holdings(chain)
-        async with live_federation(fed_dir, world_copy, tmp_path / "live") as live:
+        async with live_federation(fed_dir, world, tmp_path / "live") as live:
             auth = authority(40)
             for _ in range(2):
                 order = bank_pb2.StopPaymentOrder(
@@ -184,11 +175,11 @@ class TestBusinessRules:
 
 class TestFaults:
     async def test_a_bank_down_for_a_moment_is_waited_for(
-        self, fed_dir: Path, world_copy: World, tmp_path: Path
+        self, fed_dir: Path, world: World, tmp_path: Path
     ) -> None:
-        chain = world_copy.chains[0]
+        chain = world.chains[0]
         down = chain.hops[1].to_bank
-        async with live_federation(fed_dir, world_copy, tmp_path / "live", timeout_s=1.0) as live:
+        async with live_federation(fed_dir, world, tmp_path / "live", timeout_s=1.0) as live:
             await live.stop_node(down)
 
             async def come_back() -> None:
@@ -201,11 +192,11 @@ class TestFaults:
         assert stopped_holdings(report) == truth_holdings(chain)
 
     async def test_a_bank_down_for_good_is_reported_and_the_rest_stopped(
-        self, fed_dir: Path, world_copy: World, tmp_path: Path
+        self, fed_dir: Path, world: World, tmp_path: Path
     ) -> None:
-        chain = world_copy.chains[0]
+        chain = world.chains[0]
         down = chain.hops[-1].to_bank
-        async with live_federation(fed_dir, world_copy, tmp_path / "live", timeout_s=0.5) as live:
+        async with live_federation(fed_dir, world, tmp_path / "live", timeout_s=0.5) as live:
             await live.stop_node(down)
             report = await chase(live, chain, deadline_s=3.0, retry_s=0.2)
         unreachable = [n for n in report.nodes if n.outcome == Outcome.UNREACHABLE]
@@ -240,10 +231,10 @@ async def request_legs(live: Live) -> list[RequestLeg]:
 
 
 async def test_every_exchange_is_linked_into_one_tree(
-    fed_dir: Path, world_copy: World, tmp_path: Path
+    fed_dir: Path, world: World, tmp_path: Path
 ) -> None:
-    chain = world_copy.chains[0]
-    async with live_federation(fed_dir, world_copy, tmp_path / "live") as live:
+    chain = world.chains[0]
+    async with live_federation(fed_dir, world, tmp_path / "live") as live:
         report = await chase(live, chain)
         legs = await request_legs(live)
     ours = [request_of(leg) for leg in legs if request_of(leg).chase_id == report.chase_id]
