@@ -23,6 +23,7 @@ from adapters.synth import World
 from fedgate.client import FedgateClient
 from fedgate.types import MemberId
 from gateway.config import (
+    ConsoleConfig,
     FederationConfig,
     GatewayConfig,
     PipelineConfig,
@@ -110,6 +111,7 @@ async def live_federation(
     down: tuple[str, ...] = (),
     timeout_s: float = 5.0,
     quotas: dict[str, int] | None = None,
+    console: bool = False,
 ) -> AsyncIterator[Live]:
     members = (*world.banks, *world.carriers)
     live: Live | None = None
@@ -134,6 +136,7 @@ async def live_federation(
                 ),
                 quotas=quotas or {"officer_burst": 2000, "officer_per_minute": 6000},
                 tickets=TicketsConfig(poll_interval_s=0.05),
+                **({"console": ConsoleConfig(listen="127.0.0.1:0")} if console else {}),
             )
         )
         police = FedgateClient.from_federation(fed_dir, POLICE, endpoint=gateway.endpoint)
