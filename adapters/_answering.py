@@ -44,7 +44,7 @@ from fedgate.orders import UNDOES, undo_problem
 from fedgate.registry import Registry
 from fedgate.trust import TrustHolder
 from fedgate.types import KeyId, MemberId, RequestId
-from fedgate.v1 import agency_service_pb2, envelope_pb2, request_pb2
+from fedgate.v1 import agency_service_pb2, common_pb2, envelope_pb2, request_pb2
 
 __all__ = ["AgencyBackend", "AnsweringNode", "ask_backend"]
 
@@ -158,7 +158,8 @@ class AnsweringNode:
                 leaf_index=leaf_index,
             )
             refused = await self.run_blocking(lambda: self._undo_refusal(request, action))
-            manual = self.config.mode_of(action) is ActionMode.MANUAL
+            chase = bool(request.chase_id) and request.urgency == common_pb2.URGENCY_EMERGENCY
+            manual = self.config.mode_of(action, chase=chase) is ActionMode.MANUAL
             if refused is None and action in self.backend.actions and manual:
                 deadline = self._deadline(request, received)
                 remind = max(received, deadline - self.config.reminder)

@@ -93,6 +93,10 @@ class NodeConfig:
     backend_path: Path | None = None
     default_mode: ActionMode = ActionMode.AUTOMATIC
     modes: Mapping[str, ActionMode] = field(default_factory=dict)
+    chase_mode: ActionMode = ActionMode.AUTOMATIC
+    """Who answers an emergency request of a chase (``chase_id`` set, urgency EMERGENCY):
+    automatic by default, whatever the action's own mode, because the chase is the emergency
+    stop-payment workflow (紧急止付) that banks answer by machine; ``[actions] chase``."""
     queue_deadline: timedelta = DEFAULT_QUEUE_DEADLINE
     reminder: timedelta = DEFAULT_REMINDER
     monitor_poll_s: float = 2.0
@@ -117,8 +121,11 @@ class NodeConfig:
                 f"backend.kind {self.backend_kind!r}: only 'reference' is built in"
             )
 
-    def mode_of(self, action: str) -> ActionMode:
-        """Whether ``action`` is answered automatically or by staff."""
+    def mode_of(self, action: str, *, chase: bool = False) -> ActionMode:
+        """Whether ``action`` is answered automatically or by staff (``chase``: the request is
+        an emergency request of a chase, see ``chase_mode``)."""
+        if chase:
+            return self.chase_mode
         return self.modes.get(action, self.default_mode)
 
     def to_toml(self) -> str:
@@ -137,6 +144,7 @@ class NodeConfig:
         if self.backend_path is not None:
             lines.append(f"path = {_q(str(self.backend_path))}")
         lines += ["", "[actions]", f"default = {_q(self.default_mode.value)}"]
+        lines.append(f"chase = {_q(self.chase_mode.value)}")
         lines += [f"{action} = {_q(mode.value)}" for action, mode in sorted(self.modes.items())]
         lines += [
             "",
@@ -192,6 +200,7 @@ def load_config(path: Path | None, *, env: Mapping[str, str] | None = None) -> N
         raise InvalidArgument("staff must be a list of staff ids")
     backend_path = pick("BACKEND_PATH", backend.get("path"))
     default_mode = _mode(pick("DEFAULT_MODE", actions.pop("default", "automatic")), "default")
+    chase_mode = _mode(pick("CHASE_MODE", actions.pop("chase", "automatic")), "chase")
     modes = {name: _mode(value, name) for name, value in actions.items()}
     for key, value in env.items():
         if key.startswith(ENV_PREFIX + "MODE_"):
@@ -210,6 +219,7 @@ def load_config(path: Path | None, *, env: Mapping[str, str] | None = None) -> N
         backend_path=None if backend_path is None else _path(backend_path, "backend.path", base),
         default_mode=default_mode,
         modes=modes,
+        chase_mode=chase_mode,
         queue_deadline=timedelta(
             minutes=_number(
                 pick("QUEUE_DEADLINE_MINUTES", queue.get("deadline_minutes", 1440)),

@@ -42,7 +42,7 @@ from fedgate.logs import mask
 from fedgate.render import format_money
 from fedgate.v1 import common_pb2
 
-__all__ = ["register", "render_node", "render_summary"]
+__all__ = ["LiveTree", "register", "render_node", "render_summary"]
 
 _MARK = {
     Outcome.STOPPED: "stopped ✓",
@@ -136,7 +136,7 @@ async def _chase(args: argparse.Namespace, out: TextIO) -> int:
             ),
             victim_application=args.application,
         )
-        live = _LiveTree(out, unmasked=args.show_accounts) if not args.json else None
+        live = LiveTree(out, unmasked=args.show_accounts) if not args.json else None
         engine = ChaseEngine(
             client=client,
             authority=authority,
@@ -221,7 +221,7 @@ def render_summary(report: ChaseReport) -> list[str]:
     ]
 
 
-class _LiveTree:
+class LiveTree:
     """Prints each node once it has an outcome, indented under its parent; again if more
     traced money reaches it later (a merge)."""
 

@@ -53,6 +53,7 @@ class Live:
     nodes: dict[str, AgencyNode]
     ports: dict[str, int]
     _hangers: list[_Hanger] = field(default_factory=list)
+    bank_transactions: ActionMode = ActionMode.AUTOMATIC
 
     def node_config(self, member: str) -> NodeConfig:
         return NodeConfig(
@@ -63,11 +64,11 @@ class Live:
             staff=(f"{member.split('.')[1]}.zhang",),
             backend_path=self.world.database(member),
             default_mode=ActionMode.AUTOMATIC,
-            modes={
-                ("transactions" if member.startswith("bank.") else "call_records"): (
-                    ActionMode.AUTOMATIC
-                )
-            },
+            modes=(
+                {"transactions": self.bank_transactions}
+                if member.startswith("bank.")
+                else {"call_records": ActionMode.AUTOMATIC}
+            ),
             monitor_poll_s=3600.0,
         )
 
@@ -112,6 +113,7 @@ async def live_federation(
     timeout_s: float = 5.0,
     quotas: dict[str, int] | None = None,
     console: bool = False,
+    bank_transactions: ActionMode = ActionMode.AUTOMATIC,
 ) -> AsyncIterator[Live]:
     members = (*world.banks, *world.carriers)
     live: Live | None = None
@@ -140,7 +142,7 @@ async def live_federation(
             )
         )
         police = FedgateClient.from_federation(fed_dir, POLICE, endpoint=gateway.endpoint)
-        live = Live(fed_dir, state, world, gateway, police, {}, ports, hangers)
+        live = Live(fed_dir, state, world, gateway, police, {}, ports, hangers, bank_transactions)
         for member in members:
             if member not in silent and member not in down:
                 await live.start_node(member)

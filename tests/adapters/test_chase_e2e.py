@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from adapters.config import ActionMode
 from adapters.synth import FraudChain, World, seed_world
 from fedgate.audit_entry import RequestLeg, decode_entry
 from fedgate.chase import (
@@ -259,3 +260,30 @@ async def test_every_exchange_is_linked_into_one_tree(
             assert r.transactions.account_number in accounts
         else:
             assert r.request_id in stops
+
+
+async def test_banks_answer_a_chase_by_machine_even_where_staff_answer_queries(
+    fed_dir: Path, world: World, tmp_path: Path
+) -> None:
+    """``fedgate up`` leaves transactions queries to bank staff; a chase's emergency queries
+    are answered at once (``NodeConfig.chase_mode``), a routine query still gets a ticket."""
+    chain = world.chains[0]
+    async with live_federation(
+        fed_dir, world, tmp_path / "live", bank_transactions=ActionMode.MANUAL
+    ) as live:
+        report = await chase(live, chain)
+        assert stopped_holdings(report) == truth_holdings(chain)
+        auth = authority(70)
+        query = bank_pb2.TransactionsQuery(account_number=chain.hops[0].to_account)
+        query.window.start.FromDatetime(chain.hops[0].ts - timedelta(minutes=1))
+        query.window.end.FromDatetime(datetime.now(UTC))
+        routine = live.police.new_request(
+            action=query,
+            officer=auth.officer,
+            target=chain.hops[0].to_bank,
+            case=auth.case,
+            legal_document=auth.query_document,
+            purpose="核查涉案账户交易明细",
+        )
+        submitted = await live.police.submit(routine)
+        assert submitted.ticket is not None
