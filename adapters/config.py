@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from fedgate.actions import ACTIONS
+from fedgate.chase import CHASE_ACTIONS
 from fedgate.errors import InvalidArgument
 from fedgate.federation import check_member_id
 from fedgate.types import MemberId
@@ -94,9 +95,11 @@ class NodeConfig:
     default_mode: ActionMode = ActionMode.AUTOMATIC
     modes: Mapping[str, ActionMode] = field(default_factory=dict)
     chase_mode: ActionMode = ActionMode.AUTOMATIC
-    """Who answers an emergency request of a chase (``chase_id`` set, urgency EMERGENCY):
-    automatic by default, whatever the action's own mode, because the chase is the emergency
-    stop-payment workflow (紧急止付) that banks answer by machine; ``[actions] chase``."""
+    """Who answers an emergency request of a chase (``chase_id`` set, urgency EMERGENCY, one
+    of the chase's actions, ``CHASE_ACTIONS``): automatic by default, whatever the action's own
+    mode, because the chase is the emergency stop-payment workflow (紧急止付) that banks answer
+    by machine; ``[actions] chase``. Other actions keep their own mode even in a chase, so a
+    workflow link never takes a query past the staff who must answer it."""
     queue_deadline: timedelta = DEFAULT_QUEUE_DEADLINE
     reminder: timedelta = DEFAULT_REMINDER
     monitor_poll_s: float = 2.0
@@ -124,7 +127,7 @@ class NodeConfig:
     def mode_of(self, action: str, *, chase: bool = False) -> ActionMode:
         """Whether ``action`` is answered automatically or by staff (``chase``: the request is
         an emergency request of a chase, see ``chase_mode``)."""
-        if chase:
+        if chase and action in CHASE_ACTIONS:
             return self.chase_mode
         return self.modes.get(action, self.default_mode)
 

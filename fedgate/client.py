@@ -16,6 +16,7 @@ signed checkpoint.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from google.protobuf.message import Message
 
 from fedgate import merkle
 from fedgate.actions import REPORT_ACTIONS, new_request_id
-from fedgate.checkpoint import open_checkpoint
+from fedgate.checkpoint import Checkpoint, open_checkpoint
 from fedgate.envelope import (
     Domain,
     Signer,
@@ -42,6 +43,7 @@ from fedgate.envelope import (
 )
 from fedgate.errors import DecodeError, FedgateError, SignatureInvalid, VerificationError
 from fedgate.fanout import resolve_targets
+from fedgate.keys import raw_public_key
 from fedgate.note import NoteVerifier
 from fedgate.registry import Registry
 from fedgate.status import error_from_detail, error_from_rpc
@@ -139,13 +141,24 @@ def verify_signed_response(
     return Answer(response=response, signed=signed)
 
 
+@functools.lru_cache(maxsize=64)
+def _open_checkpoint(note: str, origin: str, gateway_key: bytes) -> Checkpoint:
+    """``open_checkpoint`` remembered for the exact same note, origin and key: the answers of
+    one fan-out (and of one group commit) share a checkpoint, and checking the same bytes
+    against the same key again can only give the same result. Raises as ``open_checkpoint``
+    (failures are not remembered)."""
+    return open_checkpoint(
+        note,
+        NoteVerifier(name=origin, public_key=Ed25519PublicKey.from_public_bytes(gateway_key)),
+        origin=origin,
+    )
+
+
 def _verify_receipt(receipt: envelope_pb2.AuditReceipt, gateway_key: Ed25519PublicKey) -> None:
     """The receipt's checkpoint is signed by the gateway for its origin and tree size, and its
     inclusion proof leads from the leaf hash to that checkpoint's root."""
-    checkpoint = open_checkpoint(
-        receipt.checkpoint,
-        NoteVerifier(name=receipt.log_origin, public_key=gateway_key),
-        origin=receipt.log_origin,
+    checkpoint = _open_checkpoint(
+        receipt.checkpoint, receipt.log_origin, raw_public_key(gateway_key)
     )
     if checkpoint.size != receipt.tree_size:
         raise VerificationError("the receipt's checkpoint is not for its tree size")

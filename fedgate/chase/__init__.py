@@ -6,7 +6,7 @@ tracing rule is ``trace`` (lowest intermediate balance, the holder's own money s
 explains the rule and why.
 """
 
-from fedgate.chase._engine import ChaseEngine
+from fedgate.chase._engine import CHASE_ACTIONS, ChaseEngine
 from fedgate.chase._model import (
     Authority,
     ChaseNode,
@@ -18,6 +18,7 @@ from fedgate.chase._model import (
 from fedgate.chase._trace import Inflow, Posting, Traced, trace
 
 __all__ = [
+    "CHASE_ACTIONS",
     "Authority",
     "ChaseEngine",
     "ChaseNode",

@@ -46,7 +46,10 @@ from fedgate.errors import AgencyUnavailable, FedgateError, RuleViolated
 from fedgate.logs import mask
 from fedgate.v1 import bank_pb2, common_pb2, request_pb2
 
-__all__ = ["ChaseEngine"]
+__all__ = ["CHASE_ACTIONS", "ChaseEngine"]
+
+CHASE_ACTIONS = frozenset({"transactions", "stop_payment"})
+"""The actions a chase sends (agency nodes answer these by machine when a chase sends them)."""
 
 _CASH_CHANNELS = frozenset({"atm", "counter"})
 _STOP_LIMIT_RULE = "stop_payment.max_two_per_account"
