@@ -483,9 +483,10 @@ def _chain(b: _Builder, index: int) -> FraudChain:
     first -= first % 1_000_000  # banks record whole seconds
     # The fraudster: one identity holding several SIMs bought through an agent.
     fraudster = b.person("fraudster", min_age=20, max_age=45)
-    carrier = rng.choice(b.carriers)
+    # Fraudsters' SIMs at each carrier in turn, so that every carrier has a planted number.
+    carrier = b.carriers[(index - 1) % len(b.carriers)]
     sims = [b.phone(fraudster, carrier) for _ in range(rng.randint(3, 6))]
-    fraud_numbers = tuple(FraudNumber(n, carrier) for n in sims[: rng.randint(1, 2)])
+    fraud_numbers = tuple(FraudNumber(n, carrier) for n in sims[:2])  # two numbers call the victim
     victim_phone = victim.phones[0]
     duration = rng.randint(300, 1500)
     call_ts = first - (duration + rng.randint(60, 300)) * 1_000_000
@@ -539,8 +540,9 @@ def _money_trail(
     """The victim's transfer and where the money goes: a main line of 3-5 mules a few minutes
     apart; mule 1 splits part off to a side account, which cashes some out at an ATM and
     merges the rest back into mule 3; mules spend a little of their own money (a meal, a
-    transfer to a friend) before forwarding; one pays a merchant; odd chains end with a
-    transfer to a bank outside the federation. Events run in time order, so the ledger's
+    transfer to a friend) before forwarding; a mule in the middle pays a merchant; odd chains
+    end with a transfer to a bank outside the federation, even ones with the last mule holding
+    all it received. Events run in time order, so the ledger's
     own-money-first rule gives the truth."""
     rng = b.rng
     n = rng.randint(3, 5)
@@ -550,11 +552,12 @@ def _money_trail(
         mules.append(_mule(b, src.bank))
         src = mules[-1]
     side = _mule(b, mules[0].bank)
+    opening = {a.number: a.balance for a in (*mules, side)}
     times = [first]
     for _ in range(n - 1):
         times.append(times[-1] + rng.randint(150, 420) * 1_000_000)
-    merchant_at = rng.randrange(1, n)  # the mule (0-based, not the first) paying a merchant
-    outside = chain % 2 == 1 or rng.random() < 0.3
+    merchant_at = rng.randrange(1, n - 1) if n > 2 else 1  # a mule in the middle pays one
+    outside = chain % 2 == 1  # odd chains end outside; even ones end with all the money held
     innocents: list[str] = []
     dead: list[DeadEnd] = []
     events: list[tuple[int, int, str, int]] = []  # ts, order, kind, mule index
@@ -597,8 +600,8 @@ def _money_trail(
                 amt = amt // 1_000 * 1_000
             hop_to(i, ts, amt)
             last_amount = amt
-        elif kind == "own":  # the mule's own small spending: covered by its own money
-            own = mule.balance - mule.traced
+        elif kind == "own":  # the mule's own small spending: out of its opening balance
+            own = min(mule.balance - mule.traced, opening[mule.number])
             if own < 2_000:
                 continue
             spend = rng.randint(own // 10, own * 8 // 10) // 100 * 100
