@@ -21,6 +21,7 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
     from gateway.pipeline._stages import PeerSource, Pipeline
 
 __all__ = ["run_fan_out"]
+
+_log = logging.getLogger("gateway.pipeline")
 
 FanOutResponse = gateway_service_pb2.FanOutResponse
 
@@ -103,6 +106,9 @@ async def run_fan_out(
             )
         except FedgateError as error:
             out.error.CopyFrom(error_detail(error))
+        except Exception:  # a bug must still end this member's item, and fail closed
+            _log.exception("fan-out to %s failed", target)
+            out.error.CopyFrom(error_detail(FedgateError(f"internal error asking {target}")))
         await results.put(out)
 
     # The exchanges are not cancelled when the caller goes away: a member that answered must

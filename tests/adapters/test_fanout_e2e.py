@@ -185,3 +185,36 @@ async def test_a_widened_set_breaks_the_signature(
         assert isinstance(leg, RequestLeg)
         assert leg.decision == "refused"
         # the only leg: nothing was forwarded to any member
+
+
+async def test_every_member_refused_refuses_the_request(
+    fed_dir: Path, world: World, tmp_path: Path
+) -> None:
+    """A bank query to every carrier: nobody may be asked, so the request is refused as a
+    whole (logged as a refused request leg) with the first member's reason."""
+    async with live_federation(fed_dir, world, tmp_path / "live") as live:
+        request = fan_request(
+            live.police,
+            bank_pb2.AccountsByIdQuery(id_number=world.chains[0].victim.id_number),
+            targets=request_pb2.TargetSet(group=request_pb2.TARGET_GROUP_ALL_CARRIERS),
+        )
+        with pytest.raises((PolicyDenied, InvalidArgument)):
+            await collect(live.police, request)
+        (leg,) = await legs_of(live, request.request_id)
+        assert isinstance(leg, RequestLeg)
+        assert leg.decision == "refused"
+
+
+async def test_an_unknown_member_in_the_list_is_refused_alone(
+    fed_dir: Path, world: World, tmp_path: Path
+) -> None:
+    async with live_federation(fed_dir, world, tmp_path / "live") as live:
+        request = fan_request(
+            live.police,
+            bank_pb2.AccountsByIdQuery(id_number=world.chains[0].victim.id_number),
+            targets=request_pb2.TargetSet(members=["bank.icbc", "bank.nowhere"]),
+        )
+        items = {i.target: i for i in await collect(live.police, request)}
+        assert items["bank.icbc"].answer is not None
+        assert items["bank.nowhere"].error is not None
+        assert "bank.nowhere" in items["bank.nowhere"].error.message
