@@ -151,7 +151,7 @@ async def _admit(
                 with stage(xt, telemetry, "validation"):
                     validate_request(xt.req(), now=x.received_at)
                 with stage(xt, telemetry, "authorization"):
-                    pipeline._authorize(xt)
+                    await pipeline._authorize(xt)
                 with stage(xt, telemetry, "quotas"):
                     pipeline._check_quotas(xt)
             except FedgateError as error:
@@ -168,6 +168,10 @@ async def _admit(
         x.rule = "fan-out; " + "; ".join(decisions)
     except FedgateError as error:
         raise await pipeline._legs.refuse(x, error) from None
+    except Exception as exc:  # a bug must still fail closed, and be logged as a refusal
+        _log.exception("unexpected error at fan-out stage %s", x.stage)
+        internal = FedgateError(f"internal error at stage {x.stage}")
+        raise await pipeline._legs.refuse(x, internal) from exc
     with stage(x, telemetry, "audit_request"):
         x.request_entry = x.request_leg(decision="allowed", rule=x.rule)
         x.request_receipt = await pipeline._legs.append(x.request_entry, "request")
