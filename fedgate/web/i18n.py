@@ -416,6 +416,15 @@ _AUDIT_UI: dict[str, tuple[str, str]] = {
     "chase.request": ("请求", "request"),
     "chase.receipt": ("答复收据", "receipt"),
     "chase.no_answer": ("无答复", "no answer"),
+    "chase.result.transactions": ("{count} 笔交易，转出 {out}", "{count} transactions, {out} out"),
+    "chase.result.stopped": (
+        "止付生效，执行时余额 {balance}，第 {count} 次止付",
+        "stop-payment in force, balance {balance}, stop number {count}",
+    ),
+    "chase.result.not_stopped": (
+        "止付未生效，余额 {balance}",
+        "stop-payment not in force, balance {balance}",
+    ),
     "entry.download": ("下载证据包", "Download evidence bundle"),
     "entry.masked_note": (
         "账号、证件号和电话号码默认隐藏；逐项点击“显示”查看，每次查看都记入审计日志。",

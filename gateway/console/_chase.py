@@ -41,6 +41,10 @@ class ChaseStep:
     response_index: int | None = None
     status: str = ""
     result: str = ""
+    """Free text (a refusal's rule, a response's detail), shown as is."""
+    result_key: str = ""
+    """A catalogued summary of the answer (``chase.result.*``) with ``result_args``."""
+    result_args: dict[str, object] = field(default_factory=dict)
     children: list[ChaseStep] = field(default_factory=list)
 
 
@@ -78,25 +82,26 @@ def _subject(request: request_pb2.Request) -> tuple[str, str]:
     return "", ""
 
 
-def _result(leg: ResponseLeg) -> str:
+def _result(leg: ResponseLeg) -> tuple[str, str, dict[str, object]]:
+    """(free text, catalogue key, its arguments) summarising an answer."""
     if not leg.response_envelope:
-        return leg.detail
+        return leg.detail, "", {}
     try:
         body = envelope_pb2.SignedEnvelope.FromString(leg.response_envelope).body
         response = decode_response(body)
     except Exception:
-        return leg.detail
+        return leg.detail, "", {}
     kind = response.WhichOneof("result")
     if kind == "stop_payment":
         stop = response.stop_payment
-        state = "in force" if stop.in_force else "not in force"
-        return f"stop-payment {state}, balance {_money(stop.balance)}, count {stop.stop_count}"
+        key = "chase.result.stopped" if stop.in_force else "chase.result.not_stopped"
+        return "", key, {"balance": _money(stop.balance), "count": stop.stop_count}
     if kind == "transactions":
         txs = response.transactions.transactions
         out = sum(t.amount.minor_units for t in txs if t.direction == "out")
         moved = _money(common_pb2.Money(currency="CNY", minor_units=out))
-        return f"{len(txs)} transactions, {moved} out"
-    return response.detail
+        return "", "chase.result.transactions", {"count": len(txs), "out": moved}
+    return response.detail, "", {}
 
 
 async def chase_of(log: AuditLog, index: int) -> tuple[str, str] | None:
@@ -165,7 +170,7 @@ async def load_chase(log: AuditLog, insights: LogInsights, index: int) -> ChaseV
         if step is not None and step.response_index is None:
             step.response_index = response_index
             step.status = answer.status
-            step.result = _result(answer)
+            step.result, step.result_key, step.result_args = _result(answer)
     roots: list[ChaseStep] = []
     for step in sorted(steps.values(), key=lambda s: s.index):
         parent = steps.get(step.parent_request_id)

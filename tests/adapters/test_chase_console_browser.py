@@ -85,7 +85,7 @@ async def test_an_auditor_sees_the_chase_as_a_tree(
             assert node.stop_leaf_index is not None
             (step,) = [s for s in stops if mask(node.account) in s["text"]]
             assert f"#{node.stop_leaf_index}" in step["text"]  # its receipt
-            assert "stop-payment in force" in step["text"]
+            assert "止付生效" in step["text"]
             assert "¥" in step["text"]  # the amount cited
     for account in (n.account for n in accounts):
         assert account not in main  # masked
