@@ -100,6 +100,7 @@ class ChaseEngine:
         self._leaves: dict[tuple[str, datetime, int, str], ChaseNode] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._report: ChaseReport | None = None
+        self._transfer: VictimTransfer | None = None
         self._ends_at = 0.0
 
     async def run(self, transfer: VictimTransfer, *, chase_id: str | None = None) -> ChaseReport:
@@ -112,6 +113,7 @@ class ChaseEngine:
             traced_minor=transfer.amount_minor,
         )
         self._report = report
+        self._transfer = transfer
         inflow = Inflow(
             payer=transfer.payer_account,
             time=transfer.time,
@@ -387,6 +389,11 @@ class ChaseEngine:
         posting_index = max(inflows, key=lambda i: state.inflows[inflows[i]].traced)
         credit = state.postings[posting_index]
         payer_bank = self._client.registry.bank_of_account(credit.counterparty)
+        victim = self._transfer
+        if victim is not None and credit.counterparty == victim.payer_account:
+            cited_bank = victim.payer_bank  # the victim's own transfer: as the victim reported it
+        else:
+            cited_bank = payer_bank.id if payer_bank is not None else credit.counterparty_bank
         report = self._report
         assert report is not None
         order = bank_pb2.StopPaymentOrder(
@@ -394,7 +401,7 @@ class ChaseEngine:
             account_name=node.name,
             payer_account=credit.counterparty,
             payer_name=credit.counterparty_name,
-            payer_bank=payer_bank.id if payer_bank is not None else credit.counterparty_bank,
+            payer_bank=cited_bank,
             amount=common_pb2.Money(currency=report.currency, minor_units=credit.amount),
             victim_application=self._authority.victim_application,
         )

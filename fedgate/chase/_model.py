@@ -86,10 +86,6 @@ class ChaseNode:
     stop_leaf_index: int | None = None
     parent_request_id: str = ""
 
-    @property
-    def depth_key(self) -> tuple[int | None, int]:
-        return (self.parent_id, self.node_id)
-
     def to_json(self, *, unmasked: bool = False) -> dict[str, Any]:
         return {
             "id": self.node_id,
