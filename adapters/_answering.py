@@ -39,11 +39,12 @@ from fedgate.errors import (
     Replayed,
     RuleViolated,
 )
+from fedgate.fanout import addressed_to
 from fedgate.orders import UNDOES, undo_problem
 from fedgate.registry import Registry
 from fedgate.trust import TrustHolder
 from fedgate.types import KeyId, MemberId, RequestId
-from fedgate.v1 import agency_service_pb2, envelope_pb2, request_pb2
+from fedgate.v1 import agency_service_pb2, common_pb2, envelope_pb2, request_pb2
 
 __all__ = ["AgencyBackend", "AnsweringNode", "ask_backend"]
 
@@ -157,7 +158,8 @@ class AnsweringNode:
                 leaf_index=leaf_index,
             )
             refused = await self.run_blocking(lambda: self._undo_refusal(request, action))
-            manual = self.config.mode_of(action) is ActionMode.MANUAL
+            chase = bool(request.chase_id) and request.urgency == common_pb2.URGENCY_EMERGENCY
+            manual = self.config.mode_of(action, chase=chase) is ActionMode.MANUAL
             if refused is None and action in self.backend.actions and manual:
                 deadline = self._deadline(request, received)
                 remind = max(received, deadline - self.config.reminder)
@@ -245,7 +247,7 @@ class AnsweringNode:
             raise PeerMismatch(
                 f"the request names {request.requesting_agency!r} but is signed by {signer.id}"
             )
-        if request.target_agency != self.member_id:
+        if not addressed_to(request, self.member_id, self.registry):
             raise PermissionRefused(
                 f"the request is for {request.target_agency!r}; this node is {self.member_id}"
             )

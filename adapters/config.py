@@ -44,6 +44,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from fedgate.actions import ACTIONS
+from fedgate.chase import CHASE_ACTIONS
 from fedgate.config import ConfigError, build, dump_toml, read_toml, with_env
 from fedgate.errors import InvalidArgument
 from fedgate.federation import check_member_id
@@ -95,6 +96,12 @@ class NodeConfig:
     backend_path: Path | None = None
     default_mode: ActionMode = ActionMode.AUTOMATIC
     modes: Mapping[str, ActionMode] = field(default_factory=dict)
+    chase_mode: ActionMode = ActionMode.AUTOMATIC
+    """Who answers an emergency request of a chase (``chase_id`` set, urgency EMERGENCY, one
+    of the chase's actions, ``CHASE_ACTIONS``): automatic by default, whatever the action's own
+    mode, because the chase is the emergency stop-payment workflow (紧急止付) that banks answer
+    by machine; ``[actions] chase``. Other actions keep their own mode even in a chase, so a
+    workflow link never takes a query past the staff who must answer it."""
     queue_deadline: timedelta = DEFAULT_QUEUE_DEADLINE
     reminder: timedelta = DEFAULT_REMINDER
     monitor_poll_s: float = _DEFAULT_MONITOR_POLL_S
@@ -130,8 +137,11 @@ class NodeConfig:
                 f"backend.kind {self.backend_kind!r}: only 'reference' is built in"
             )
 
-    def mode_of(self, action: str) -> ActionMode:
-        """Whether ``action`` is answered automatically or by staff."""
+    def mode_of(self, action: str, *, chase: bool = False) -> ActionMode:
+        """Whether ``action`` is answered automatically or by staff (``chase``: the request is
+        an emergency request of a chase, see ``chase_mode``)."""
+        if chase and action in CHASE_ACTIONS:
+            return self.chase_mode
         return self.modes.get(action, self.default_mode)
 
     def to_toml(self) -> str:
@@ -147,6 +157,7 @@ class NodeConfig:
                 "backend": {"kind": self.backend_kind, "path": self.backend_path},
                 "actions": {
                     "default": self.default_mode.value,
+                    "chase": self.chase_mode.value,
                     **{action: mode.value for action, mode in sorted(self.modes.items())},
                 },
                 "queue": {
@@ -217,6 +228,7 @@ def load_config(path: Path | None, *, env: Mapping[str, str] | None = None) -> N
     default_mode = _mode(actions.pop("default", ActionMode.AUTOMATIC), "default")
     if not f.member.strip():
         raise ConfigError("member is required (a non-empty string)")
+    chase_mode = _mode(actions.pop("chase", ActionMode.AUTOMATIC), "chase")
     return NodeConfig(
         member_id=check_member_id(f.member.strip()),
         federation_dir=f.federation,
@@ -233,6 +245,7 @@ def load_config(path: Path | None, *, env: Mapping[str, str] | None = None) -> N
         monitor_poll_s=f.monitor.poll_seconds,
         otlp_endpoint=f.telemetry.otlp_endpoint,
         prometheus_listen=f.telemetry.prometheus_listen,
+        chase_mode=chase_mode,
     )
 
 

@@ -22,6 +22,7 @@ MODULES: tuple[str, ...] = (
     "bench_scale",
     "bench_e2e",
     "bench_errors",
+    "bench_chase",
 )
 RESULTS = Path(__file__).with_name("results.json")
 

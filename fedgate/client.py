@@ -17,6 +17,7 @@ and a consistency proof (see ``docs/audit.md``, "Receipts").
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from google.protobuf.message import Message
 
 from fedgate import merkle
 from fedgate.actions import GATEWAY_ANSWERED, new_request_id
-from fedgate.checkpoint import open_checkpoint
+from fedgate.checkpoint import Checkpoint, open_checkpoint
 from fedgate.cosigned import verify_cosigned_receipt
 from fedgate.envelope import (
     Domain,
@@ -43,9 +44,11 @@ from fedgate.envelope import (
     verify_response_binding,
 )
 from fedgate.errors import DecodeError, FedgateError, SignatureInvalid, VerificationError
+from fedgate.fanout import resolve_targets
+from fedgate.keys import raw_public_key
 from fedgate.note import NoteVerifier
 from fedgate.registry import Registry
-from fedgate.status import error_from_rpc
+from fedgate.status import error_from_detail, error_from_rpc
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options
 from fedgate.trust import TrustHolder
 from fedgate.types import KeyId, MemberId
@@ -62,7 +65,7 @@ from fedgate.v1 import (
     ticket_pb2,
 )
 
-__all__ = ["GATEWAY_ID", "Answer", "FedgateClient", "verify_signed_response"]
+__all__ = ["GATEWAY_ID", "Answer", "FanOutItem", "FedgateClient", "verify_signed_response"]
 
 GATEWAY_ID = MemberId("gateway")
 
@@ -77,6 +80,18 @@ class Answer:
     @property
     def receipt(self) -> envelope_pb2.AuditReceipt:
         return self.signed.receipt
+
+
+@dataclass(frozen=True, slots=True)
+class FanOutItem:
+    """One member's outcome in a fan-out: exactly one of ``answer`` (verified), ``ticket``,
+    ``error`` or ``no_answer`` (why the member was silent by the deadline)."""
+
+    target: MemberId
+    answer: Answer | None = None
+    ticket: ticket_pb2.Ticket | None = None
+    error: FedgateError | None = None
+    no_answer: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,13 +145,24 @@ def verify_signed_response(
     return Answer(response=response, signed=signed)
 
 
+@functools.lru_cache(maxsize=64)
+def _open_checkpoint(note: str, origin: str, gateway_key: bytes) -> Checkpoint:
+    """``open_checkpoint`` remembered for the exact same note, origin and key: the answers of
+    one fan-out (and of one group commit) share a checkpoint, and checking the same bytes
+    against the same key again can only give the same result. Raises as ``open_checkpoint``
+    (failures are not remembered)."""
+    return open_checkpoint(
+        note,
+        NoteVerifier(name=origin, public_key=Ed25519PublicKey.from_public_bytes(gateway_key)),
+        origin=origin,
+    )
+
+
 def _verify_receipt(receipt: envelope_pb2.AuditReceipt, gateway_key: Ed25519PublicKey) -> None:
     """The receipt's checkpoint is signed by the gateway for its origin and tree size, and its
     inclusion proof leads from the leaf hash to that checkpoint's root."""
-    checkpoint = open_checkpoint(
-        receipt.checkpoint,
-        NoteVerifier(name=receipt.log_origin, public_key=gateway_key),
-        origin=receipt.log_origin,
+    checkpoint = _open_checkpoint(
+        receipt.checkpoint, receipt.log_origin, raw_public_key(gateway_key)
     )
     if checkpoint.size != receipt.tree_size:
         raise VerificationError("the receipt's checkpoint is not for its tree size")
@@ -228,10 +254,15 @@ class FedgateClient:
         original_request_id: str = "",
         action_name: str | None = None,
         approval_request_id: str = "",
+        targets: request_pb2.TargetSet | None = None,
+        chase_id: str = "",
+        parent_request_id: str = "",
     ) -> request_pb2.Request:
         """A fresh request (new UUIDv7 id, nonce, issued-at now) carrying ``action``.
 
-        ``action_name`` picks the oneof field when several take the same message type."""
+        ``action_name`` picks the oneof field when several take the same message type.
+        ``targets`` addresses a fan-out (``target`` must then be empty); ``chase_id`` and
+        ``parent_request_id`` are the workflow link."""
         now = datetime.now(UTC)
         request = request_pb2.Request(
             request_id=new_request_id(),
@@ -243,6 +274,8 @@ class FedgateClient:
             urgency=urgency,
             purpose=purpose,
             target_agency=target,
+            chase_id=chase_id,
+            parent_request_id=parent_request_id,
             original_request_id=original_request_id,
             approval_request_id=approval_request_id,
         )
@@ -250,6 +283,8 @@ class FedgateClient:
         request.answer_deadline.FromDatetime(now + deadline)
         if second_officer is not None:
             request.second_officer.CopyFrom(second_officer)
+        if targets is not None:
+            request.target_set.CopyFrom(targets)
         field = action_name or _field_for(action)
         getattr(request, field).CopyFrom(action)
         return request
@@ -274,6 +309,64 @@ class FedgateClient:
         if reply.HasField("ticket"):
             return Submitted(answer=None, ticket=reply.ticket)
         return Submitted(answer=self._verify(reply.response, envelope), ticket=None)
+
+    async def fan_out(
+        self, request: request_pb2.Request, *, timeout: float = 15.0
+    ) -> AsyncIterator[FanOutItem]:
+        """Send one request to the members of its ``target_set``; yields each member's outcome
+        as it arrives, every answer verified as for ``submit`` with that member as responder,
+        and ends with a ``no_answer`` for every member the gateway never reported. Raises
+        ``FedgateError`` when the gateway refuses the request as a whole, and
+        ``VerificationError`` for an item naming a member outside the set or twice."""
+        targets = resolve_targets(request, self.registry)
+        envelope = self.sign(request)
+        seen: set[str] = set()
+        try:
+            stream = self._stub.FanOut(
+                gateway_service_pb2.FanOutRequest(envelope=envelope), timeout=timeout
+            )
+            async for item in stream:
+                target = MemberId(item.target_agency)
+                if target not in targets or target in seen:
+                    raise VerificationError(
+                        f"the gateway reported an outcome for {target!r}, which is not a member "
+                        "of the fan-out still awaited"
+                    )
+                seen.add(target)
+                yield self._fan_out_item(target, item, envelope, request.request_id)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        for target in targets:
+            if target not in seen:
+                yield FanOutItem(
+                    target=target, no_answer=f"no answer from {target} by the deadline"
+                )
+
+    def _fan_out_item(
+        self,
+        target: MemberId,
+        item: gateway_service_pb2.FanOutResponse,
+        envelope: envelope_pb2.SignedEnvelope,
+        request_id: str,
+    ) -> FanOutItem:
+        kind = item.WhichOneof("outcome")
+        if kind == "response":
+            answer = verify_signed_response(
+                item.response,
+                request_body=envelope.body,
+                request_id=request_id,
+                target=target,
+                registry=self.registry,
+                gateway_id=self.gateway_id,
+            )
+            return FanOutItem(target=target, answer=answer)
+        if kind == "ticket":
+            return FanOutItem(target=target, ticket=item.ticket)
+        if kind == "error":
+            return FanOutItem(target=target, error=error_from_detail(item.error))
+        if kind == "no_answer":
+            return FanOutItem(target=target, no_answer=item.no_answer.detail)
+        raise VerificationError(f"the gateway sent an empty outcome for {target}")
 
     async def ask(self, request: request_pb2.Request, *, timeout: float = 15.0) -> Answer:
         """Submit and insist on an immediate answer (raises if the agency queued it)."""

@@ -61,6 +61,7 @@ from fedgate.registry import (
 )
 from fedgate.roster import Officer, Roster, development_officers, roster_path, sign_roster
 from fedgate.types import KeyId, MemberId
+from fedgate.validate import BANK_BINS
 
 __all__ = [
     "CA_VALIDITY",
@@ -435,6 +436,7 @@ def _new_member(
         cert_fingerprint=cert_fingerprint(cert.public_bytes(serialization.Encoding.DER)),
         signing_keys=(*previous, key),
         parent=spec.parent,
+        issuer_prefixes=BANK_BINS.get(spec.id, ()) if spec.kind == MemberKind.BANK else (),
     )
 
 

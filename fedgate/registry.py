@@ -122,6 +122,8 @@ class Member:
     signing_keys: tuple[SigningKey, ...]
     parent: MemberId | None = None
     """The supervising member (police only), e.g. the provincial centre of a city unit."""
+    issuer_prefixes: tuple[str, ...] = ()
+    """For a bank: the issuer prefixes (BINs) of its card numbers; empty otherwise."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +272,17 @@ class Registry:
     def members_of_kind(self, kind: MemberKind) -> tuple[Member, ...]:
         """The members in good standing of one kind, in registry order."""
         return tuple(m for m in self.members() if m.kind == kind)
+
+    def bank_of_account(self, account_number: str) -> Member | None:
+        """The bank in good standing whose issuer prefix (longest match) starts the account
+        number, or ``None`` when no member issues it (the money left the federation)."""
+        best: Member | None = None
+        best_len = 0
+        for m in self.members_of_kind(MemberKind.BANK):
+            for prefix in m.issuer_prefixes:
+                if len(prefix) > best_len and account_number.startswith(prefix):
+                    best, best_len = m, len(prefix)
+        return best
 
     def signing_key(self, key_id: KeyId, *, at: datetime) -> tuple[Member, Ed25519PublicKey]:
         """The member owning ``key_id`` and the key, if it may sign at ``at``.
@@ -546,6 +559,8 @@ def _member_to_json(m: Member) -> dict[str, object]:
             }
             for k in m.signing_keys
         ],
+        # Only when present, so that registries without prefixes keep their exact bytes.
+        **({"issuer_prefixes": list(m.issuer_prefixes)} if m.issuer_prefixes else {}),
     }
 
 
@@ -571,7 +586,18 @@ def _member_from_json(value: object) -> Member:
         cert_fingerprint=fingerprint,
         signing_keys=tuple(_key_from_json(k, member_id) for k in r.items("signing_keys")),
         parent=check_member_id(r.text("parent")) if r.has("parent") else None,
+        issuer_prefixes=_issuer_prefixes(value, member_id),
     )
+
+
+def _issuer_prefixes(value: object, member_id: MemberId) -> tuple[str, ...]:
+    raw = value.get("issuer_prefixes", []) if isinstance(value, dict) else []
+    if not isinstance(raw, list):
+        raise RegistryError(f"member {member_id} issuer_prefixes is not a list")
+    prefixes = tuple(_Reader.as_str(v, f"member {member_id} issuer_prefixes") for v in raw)
+    if any(not p.isascii() or not p.isdigit() or not 1 <= len(p) <= 11 for p in prefixes):
+        raise RegistryError(f"member {member_id} issuer_prefixes must be 1 to 11 digits each")
+    return prefixes
 
 
 def _key_from_json(value: object, member_id: MemberId) -> SigningKey:

@@ -37,6 +37,7 @@ __all__ = [
     "ErrorInterceptor",
     "abort_with",
     "error_detail",
+    "error_from_detail",
     "error_from_rpc",
     "internal_error",
     "log_unexpected",
@@ -259,3 +260,17 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 _wrap_stream(handler.stream_stream, d), **kw
             )
         return handler  # pragma: no cover - grpc has no fifth kind
+
+
+def error_from_detail(detail: fedgate_status_pb2.ErrorDetail) -> FedgateError:
+    """Rebuild the fedgate error an in-band ``ErrorDetail`` carries (streams, batches)."""
+    cls = _all_error_classes().get(detail.reason, None)
+    if cls is None:
+        error = FedgateError(detail.message, reason=detail.reason or "UNKNOWN")
+        return error
+    if issubclass(cls, errors.QuotaExceeded):
+        return cls(detail.message, retry_after_s=1.0, reason=detail.reason)
+    if issubclass(cls, errors.InvalidArgument):
+        violations = tuple(FieldViolation(v.field, v.description) for v in detail.field_errors)
+        return cls(detail.message, violations=violations, reason=detail.reason)
+    return cls(detail.message, reason=detail.reason)

@@ -78,7 +78,7 @@ def _remaining(context: Context) -> float | None:
 
 
 class GatewayServicer:
-    """Submit, SubmitBatch, GetTicket and WatchTicket over one ``Pipeline``."""
+    """Submit, SubmitBatch, FanOut, GetTicket and WatchTicket over one ``Pipeline``."""
 
     def __init__(self, *, pipeline: Pipeline, tickets: Tickets) -> None:
         self._pipeline = pipeline
@@ -93,6 +93,9 @@ class GatewayServicer:
                 "Submit": grpc.unary_unary_rpc_method_handler(self.Submit, response_serializer=ser),
                 "SubmitBatch": grpc.unary_stream_rpc_method_handler(
                     self.SubmitBatch, response_serializer=ser
+                ),
+                "FanOut": grpc.unary_stream_rpc_method_handler(
+                    self.FanOut, response_serializer=ser
                 ),
                 "GetTicket": grpc.unary_unary_rpc_method_handler(
                     self.GetTicket, response_serializer=ser
@@ -153,6 +156,17 @@ class GatewayServicer:
         finally:
             for task in tasks:
                 task.cancel()
+
+    async def FanOut(
+        self, raw: bytes, context: Context
+    ) -> AsyncIterator[gateway_service_pb2.FanOutResponse]:
+        try:
+            async for item in self._pipeline.fan_out(
+                raw, peer=_peer(context), remaining_s=_remaining(context)
+            ):
+                yield item
+        except FedgateError as error:
+            await abort_with(context, error)
 
     async def GetTicket(
         self, raw: bytes, context: Context

@@ -9,9 +9,15 @@ numbers in the right carrier's ranges, card numbers with the banks' issuer
 prefixes and Luhn digits.
 
 A fraud chain: the fraudster's number calls and texts the victim; minutes
-later the victim transfers money to mule 1 at another bank, who forwards most
-of it within minutes to mule 2 at a third bank, and so on for 3-5 hops. Each
-transfer is recorded by both banks; each call by both carriers.
+later the victim transfers money to mule 1 at another bank, who forwards it
+within minutes to mule 2 at a third bank, and so on for 3-5 hops. Like real
+ones, the chains split (mule 1 sends part to a side account), merge (the side
+account sends most of it on to mule 3), cash out at an ATM, pay a merchant and
+leave the federation (a card of a bank that is no member); the mules spend a
+little of their own money on the way. ``world.json`` says, per chain, which
+accounts hold how much of the victim's money at the end (own money spent first,
+the rule of ``docs/chase.md``). Each transfer between member banks is recorded
+by both banks; each call by both carriers.
 """
 
 from __future__ import annotations
@@ -26,14 +32,25 @@ from typing import Any
 from adapters.bank._schema import create_bank_database
 from adapters.carrier._schema import create_carrier_database
 from adapters.synth._bulk import BulkBank, seed_bank_bulk
-from adapters.synth._gen import FraudChain, FraudNumber, Hop, Victim, WorldRows, build_rows
+from adapters.synth._gen import (
+    DeadEnd,
+    FraudChain,
+    FraudNumber,
+    Holding,
+    Hop,
+    Victim,
+    WorldRows,
+    build_rows,
+)
 from fedgate.validate import BANK_BINS, CARRIER_PREFIXES
 
 __all__ = [
     "WORLD_FILE",
     "BulkBank",
+    "DeadEnd",
     "FraudChain",
     "FraudNumber",
+    "Holding",
     "Hop",
     "Victim",
     "World",
@@ -92,6 +109,8 @@ def _chain_json(chain: FraudChain) -> dict[str, Any]:
     out["first_contact"] = chain.first_contact.isoformat()
     for hop in out["hops"]:
         hop["ts"] = hop["ts"].isoformat()
+    for end in out["dead_ends"]:
+        end["ts"] = end["ts"].isoformat()
     return out
 
 
@@ -105,6 +124,12 @@ def load_world(directory: Path) -> World:
             fraud_numbers=tuple(FraudNumber(**n) for n in c["fraud_numbers"]),
             first_contact=datetime.fromisoformat(c["first_contact"]),
             hops=tuple(Hop(**{**h, "ts": datetime.fromisoformat(h["ts"])}) for h in c["hops"]),
+            holdings=tuple(Holding(**h) for h in c.get("holdings", ())),
+            dead_ends=tuple(
+                DeadEnd(**{**d, "ts": datetime.fromisoformat(d["ts"])})
+                for d in c.get("dead_ends", ())
+            ),
+            innocents=tuple(c.get("innocents", ())),
         )
         for c in body["chains"]
     )

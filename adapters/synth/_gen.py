@@ -7,6 +7,7 @@ Produces database rows (see ``adapters.*._schema``) and the chains' truth.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,8 +29,10 @@ __all__ = [
     "GD_REGIONS",
     "BankRows",
     "CarrierRows",
+    "DeadEnd",
     "FraudChain",
     "FraudNumber",
+    "Holding",
     "Hop",
     "Victim",
     "WorldRows",
@@ -132,12 +135,44 @@ class Hop:
 
 
 @dataclass(frozen=True, slots=True)
+class Holding:
+    """An account at a member bank still holding a victim's money at the end of the world."""
+
+    bank: str
+    account: str
+    name: str
+    amount_minor: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadEnd:
+    """Victim's money that left the banks' reach: ``kind`` is ``cash`` (ATM), ``merchant`` or
+    ``outside`` (a bank outside the federation); ``amount_minor`` is the victim's money in it."""
+
+    kind: str
+    from_bank: str
+    from_account: str
+    to_account: str
+    amount_minor: int
+    ts: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class FraudChain:
+    """A planted chain. ``hops`` is its main line (victim → mule 1 → … → last mule); the
+    chain also splits, merges, cashes out, pays merchants and leaves the federation, and the
+    mules spend a little of their own money on the way. ``holdings`` says which accounts hold
+    how much of the victim's money at the end (own money spent first: ``docs/chase.md``);
+    ``innocents`` are accounts that received only the mules' own money."""
+
     index: int
     victim: Victim
     fraud_numbers: tuple[FraudNumber, ...]
     first_contact: datetime
     hops: tuple[Hop, ...]
+    holdings: tuple[Holding, ...] = ()
+    dead_ends: tuple[DeadEnd, ...] = ()
+    innocents: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -183,6 +218,8 @@ class _Account:
     person: _Person
     balance: int
     victim: bool = False
+    traced: int = 0
+    """The part of ``balance`` that is a victim's money (the chase's rule: own money first)."""
 
 
 class _Builder:
@@ -270,9 +307,26 @@ class _Builder:
                            channel, acct.balance, memo)
         )  # fmt: skip
 
-    def transfer(self, src: _Account, dst: _Account, ts: int, amount: int, memo: str) -> None:
+    def spend(self, acct: _Account, amount: int) -> int:
+        """Take ``amount`` out of ``acct``'s ledger, own money first; returns the traced part."""
+        own = acct.balance - acct.traced
+        from_traced = min(acct.traced, amount - min(own, amount))
+        acct.traced -= from_traced
+        return from_traced
+
+    def transfer(
+        self, src: _Account, dst: _Account, ts: int, amount: int, memo: str,
+        traced: int | None = None,
+    ) -> int:  # fmt: skip
+        """Move money between two accounts of the world; returns the traced part moved
+        (``traced``: all of it is a victim's money, for the victim's own transfer)."""
+        part = self.spend(src, amount)
+        if traced is not None:
+            part = traced
         self.post(src, ts, "out", amount, (dst.number, dst.person.name, dst.bank), "mobile", memo)
         self.post(dst, ts, "in", amount, (src.number, src.person.name, src.bank), "mobile", memo)
+        dst.traced += part
+        return part
 
     # ------------------------------------------------------------------ calls
 
@@ -429,9 +483,10 @@ def _chain(b: _Builder, index: int) -> FraudChain:
     first -= first % 1_000_000  # banks record whole seconds
     # The fraudster: one identity holding several SIMs bought through an agent.
     fraudster = b.person("fraudster", min_age=20, max_age=45)
-    carrier = rng.choice(b.carriers)
+    # Fraudsters' SIMs at each carrier in turn, so that every carrier has a planted number.
+    carrier = b.carriers[(index - 1) % len(b.carriers)]
     sims = [b.phone(fraudster, carrier) for _ in range(rng.randint(3, 6))]
-    fraud_numbers = tuple(FraudNumber(n, carrier) for n in sims[: rng.randint(1, 2)])
+    fraud_numbers = tuple(FraudNumber(n, carrier) for n in sims[:2])  # two numbers call the victim
     victim_phone = victim.phones[0]
     duration = rng.randint(300, 1500)
     call_ts = first - (duration + rng.randint(60, 300)) * 1_000_000
@@ -451,33 +506,154 @@ def _chain(b: _Builder, index: int) -> FraudChain:
             # the same, so that every other row of a seeded world stays as it was.
             if other is not fraudster:
                 b.call(caller, other.phones[0], ts, "voice", duration, (cells[0], callee_cell))
-    # The victim's transfer, then the mules forwarding most of it, bank to bank.
-    amount = min(victim_acct.balance * rng.randint(50, 95) // 100 // 10_000 * 10_000, 50_000_000)
-    hops: list[Hop] = []
-    src, ts = victim_acct, first
-    device = f"{rng.getrandbits(64):016x}"
-    ip = f"{rng.choice(_IP_PREFIXES)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
-    for n in range(1, rng.randint(3, 5) + 1):
-        bank = rng.choice([x for x in b.banks if x != src.bank])
-        mule = b.person("mule", min_age=18, max_age=30)
-        b.phone(mule)
-        opened = b.now.date() - timedelta(days=rng.randint(3, 30))
-        dst = b.account(mule, bank, opened=opened, kind="class_ii",
-                        balance=rng.randint(0, 300) * 100)  # fmt: skip
-        b.transfer(src, dst, ts, amount, "转账" if n == 1 else rng.choice(("货款", "往来款")))
-        hops.append(Hop(n, src.bank, src.number, src.person.name, dst.bank, dst.number,
-                        mule.name, amount, "CNY", _dt(ts)))  # fmt: skip
-        for k in range(2):  # mules log in from one shared phone
-            b.bank_rows[bank].logins.append(
-                LoginRow(dst.number, ts + (k * 2 - 1) * rng.randint(20, 90) * 1_000_000,
-                         device, ip, "mobile")
-            )  # fmt: skip
-        src = dst
-        ts += rng.randint(60, 420) * 1_000_000
-        amount = amount * rng.randint(85, 98) // 100 // 1_000 * 1_000
     truth_victim = Victim(victim.name, victim.id_number, victim_phone[0], victim_phone[1],
                           victim_acct.number, victim_acct.bank)  # fmt: skip
-    return FraudChain(index, truth_victim, fraud_numbers, _dt(call_ts - 10 * _MIN_US), tuple(hops))
+    amount = min(victim_acct.balance * rng.randint(50, 95) // 100 // 10_000 * 10_000, 50_000_000)
+    hops, holdings, dead_ends, innocents = _money_trail(b, victim_acct, first, amount, index)
+    return FraudChain(
+        index, truth_victim, fraud_numbers, _dt(call_ts - 10 * _MIN_US), tuple(hops),
+        holdings, dead_ends, innocents,
+    )  # fmt: skip
+
+
+_OUTSIDE_BANKS = (("622588", "招商银行"), ("622155", "平安银行"), ("621483", "招商银行"))
+"""Issuers outside the federation (no member's prefix): a hop there leaves the federation."""
+
+
+def _outside_card(prefix: str, rng: random.Random) -> str:
+    return card_number(prefix, rng.randrange(10**12))
+
+
+def _mule(b: _Builder, exclude: str) -> _Account:
+    rng = b.rng
+    bank = rng.choice([x for x in b.banks if x != exclude])
+    mule = b.person("mule", min_age=18, max_age=30)
+    b.phone(mule)
+    opened = b.now.date() - timedelta(days=rng.randint(3, 30))
+    return b.account(mule, bank, opened=opened, kind="class_ii",
+                     balance=rng.randint(50, 300) * 100)  # fmt: skip
+
+
+def _money_trail(
+    b: _Builder, victim_acct: _Account, first: int, amount: int, chain: int
+) -> tuple[list[Hop], tuple[Holding, ...], tuple[DeadEnd, ...], tuple[str, ...]]:
+    """The victim's transfer and where the money goes: a main line of 3-5 mules a few minutes
+    apart; mule 1 splits part off to a side account, which cashes some out at an ATM and
+    merges the rest back into mule 3; mules spend a little of their own money (a meal, a
+    transfer to a friend) before forwarding; a mule in the middle pays a merchant; odd chains
+    end with a transfer to a bank outside the federation, even ones with the last mule holding
+    all it received. Events run in time order, so the ledger's
+    own-money-first rule gives the truth."""
+    rng = b.rng
+    n = rng.randint(3, 5)
+    mules: list[_Account] = []
+    src = victim_acct
+    for _ in range(n):
+        mules.append(_mule(b, src.bank))
+        src = mules[-1]
+    side = _mule(b, mules[0].bank)
+    opening = {a.number: a.balance for a in (*mules, side)}
+    times = [first]
+    for _ in range(n - 1):
+        times.append(times[-1] + rng.randint(150, 420) * 1_000_000)
+    merchant_at = rng.randrange(1, n - 1) if n > 2 else 1  # a mule in the middle pays one
+    outside = chain % 2 == 1  # odd chains end outside; even ones end with all the money held
+    innocents: list[str] = []
+    dead: list[DeadEnd] = []
+    events: list[tuple[int, int, str, int]] = []  # ts, order, kind, mule index
+    for i in range(n):
+        events.append((times[i], 0, "receive", i))
+        events.append((times[i] + rng.randint(20, 50) * 1_000_000, 1, "own", i))
+        if i == merchant_at:
+            events.append((times[i] + rng.randint(100, 140) * 1_000_000, 3, "merchant", i))
+    events.append((times[1] + rng.randint(10, 60) * 1_000_000, 2, "split", 0))
+    events.append((times[1] + rng.randint(120, 200) * 1_000_000, 2, "cash", 0))
+    events.append((times[2] + rng.randint(30, 90) * 1_000_000, 4, "merge", 0))
+    if outside:
+        events.append((times[-1] + rng.randint(120, 240) * 1_000_000, 5, "outside", n - 1))
+    events.sort()
+    hops: list[Hop] = []
+
+    def hop_to(i: int, ts: int, amt: int) -> None:
+        source = victim_acct if i == 0 else mules[i - 1]
+        memo = "转账" if i == 0 else rng.choice(("货款", "往来款"))
+        b.transfer(source, mules[i], ts, amt, memo, traced=amt if i == 0 else None)
+        hops.append(Hop(i + 1, source.bank, source.number, source.person.name, mules[i].bank,
+                        mules[i].number, mules[i].person.name, amt, "CNY", _dt(ts)))  # fmt: skip
+        for k in range(2):  # mules log in from one shared phone
+            b.bank_rows[mules[i].bank].logins.append(
+                LoginRow(mules[i].number, ts + (k * 2 - 1) * rng.randint(20, 90) * 1_000_000,
+                         device, ip, "mobile")
+            )  # fmt: skip
+
+    device = f"{rng.getrandbits(64):016x}"
+    ip = f"{rng.choice(_IP_PREFIXES)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+    last_amount = amount
+    for ts, _, kind, i in events:
+        mule = mules[i]
+        if kind == "receive":
+            if i == 0:
+                amt = amount
+            else:
+                prev = mules[i - 1]
+                amt = min(prev.traced * rng.randint(55, 75) // 100, last_amount * 98 // 100)
+                amt = amt // 1_000 * 1_000
+            hop_to(i, ts, amt)
+            last_amount = amt
+        elif kind == "own":  # the mule's own small spending: out of its opening balance
+            own = min(mule.balance - mule.traced, opening[mule.number])
+            if own < 2_000:
+                continue
+            spend = rng.randint(own // 10, own * 8 // 10) // 100 * 100
+            if rng.random() < 0.5:
+                friends = [a for a in b.accounts if a.person.role == "customer" and not a.victim
+                           and a.bank != mule.bank]  # fmt: skip
+                friend = friends[rng.randrange(len(friends))]
+                b.transfer(mule, friend, ts, spend, rng.choice(("还钱", "红包", "饭钱")))
+                innocents.append(friend.number)
+            else:
+                b.spend(mule, spend)
+                inst, inst_account, label = rng.choice(_PAYMENT_INSTITUTIONS)
+                b.post(mule, ts, "out", spend, (inst_account, inst, label), "third_party",
+                       rng.choice(_MERCHANTS))  # fmt: skip
+        elif kind == "merchant":
+            amt = mule.traced * rng.randint(5, 12) // 100 // 100 * 100
+            if amt > 0:
+                part = b.spend(mule, amt)
+                inst, inst_account, label = rng.choice(_PAYMENT_INSTITUTIONS)
+                b.post(mule, ts, "out", amt, (inst_account, inst, label), "third_party",
+                       rng.choice(_MERCHANTS))  # fmt: skip
+                if part > 0:
+                    dead.append(DeadEnd("merchant", mule.bank, mule.number, inst_account, part,
+                                        _dt(ts)))  # fmt: skip
+        elif kind == "split":  # after forwarding, mule 1 sends most of what is left aside
+            amt = mule.traced * rng.randint(60, 80) // 100 // 1_000 * 1_000
+            b.transfer(mule, side, ts, amt, rng.choice(("货款", "往来款")))
+        elif kind == "cash":
+            amt = side.traced * rng.randint(30, 60) // 100 // 10_000 * 10_000
+            if amt > 0:
+                part = b.spend(side, amt)
+                b.post(side, ts, "out", amt, ("", "", ""), "atm", "ATM取款")
+                if part > 0:
+                    dead.append(DeadEnd("cash", side.bank, side.number, "", part, _dt(ts)))
+        elif kind == "merge":  # the side account sends most of the rest on to mule 3
+            amt = side.traced * rng.randint(85, 95) // 100 // 1_000 * 1_000
+            b.transfer(side, mules[2], ts, amt, rng.choice(("货款", "往来款")))
+        elif kind == "outside":
+            prefix, bank_name = rng.choice(_OUTSIDE_BANKS)
+            number = b._unique(functools.partial(_outside_card, prefix, rng))
+            amt = mule.traced * rng.randint(40, 70) // 100 // 1_000 * 1_000
+            if amt > 0:
+                part = b.spend(mule, amt)
+                name = b.fake.name()
+                b.post(mule, ts, "out", amt, (number, name, bank_name), "mobile", "转账")
+                if part > 0:
+                    dead.append(DeadEnd("outside", mule.bank, mule.number, number, part, _dt(ts)))
+    holdings = tuple(
+        Holding(a.bank, a.number, a.person.name, a.traced) for a in (*mules, side) if a.traced > 0
+    )
+    held_innocents = {h.account for h in holdings}
+    return hops, holdings, tuple(dead), tuple(x for x in innocents if x not in held_innocents)
 
 
 def _dt(us: int) -> datetime:

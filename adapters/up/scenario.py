@@ -1,7 +1,9 @@
 """The demo scenario a newcomer follows: a victim calls, the money is stopped, the number cut.
 
 1. The victim's report: who, which account, how much, which number called them.
-2. An emergency stop-payment on the first mule account, at the bank that received the money.
+2. The chase (``fedgate.chase``): from the victim's transfer, hop by hop across the banks,
+   every account still holding the victim's money stopped, branches in parallel, dead ends
+   (cash, merchants, banks outside the federation) reported; printed live as a tree.
 3. The registered owner of the number that called the victim, at its carrier.
 4. The suspension of that number.
 5. ``fedgate audit verify`` over the gateway's log.
@@ -15,17 +17,18 @@ from __future__ import annotations
 import asyncio
 import sys
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 from adapters.synth import FraudChain, World
+from fedgate.chase import Authority, ChaseEngine, VictimTransfer
 from fedgate.client import FedgateClient
 from fedgate.commands._exit import ExitCode, answer_outcome, failure_outcome
+from fedgate.commands.chase import LiveTree, render_summary
 from fedgate.errors import FedgateError
 from fedgate.logs import mask
 from fedgate.render import render_text
 from fedgate.types import MemberId
-from fedgate.v1 import bank_pb2, carrier_pb2, common_pb2, request_pb2
+from fedgate.v1 import carrier_pb2, common_pb2, request_pb2
 from fedgate.validate import resident_id_check_digit
 
 __all__ = ["ScenarioResult", "run_scenario"]
@@ -86,6 +89,48 @@ async def _step(client: FedgateClient, title: str, request: request_pb2.Request)
     return outcome.exit_code == ExitCode.OK
 
 
+async def _chase(
+    client: FedgateClient,
+    title: str,
+    chain: FraudChain,
+    officer: common_pb2.Person,
+    case: common_pb2.CaseInfo,
+    when: str,
+) -> bool:
+    """Run the chase, printing the tree live and the summary; True if every account holding
+    the victim's money was stopped."""
+    print(f"\n── {title}")
+    victim, hop = chain.victim, chain.hops[0]
+    authority = Authority(
+        officer=officer,
+        case=case,
+        query_document=common_pb2.LegalDocument(
+            kind=common_pb2.LEGAL_DOCUMENT_KIND_QUERY_NOTICE, number=f"查询〔{when}〕2号"
+        ),
+        stop_document=common_pb2.LegalDocument(
+            kind=common_pb2.LEGAL_DOCUMENT_KIND_STOP_PAYMENT_NOTICE, number=f"止付〔{when}〕1号"
+        ),
+        victim_application=f"报案回执 {case.case_number}",
+    )
+    transfer = VictimTransfer(
+        payer_account=victim.account_number,
+        payer_name=victim.name,
+        payer_bank=victim.bank_id,
+        payee_account=hop.to_account,
+        payee_name=hop.to_name,
+        amount_minor=hop.amount_minor,
+        currency=hop.currency,
+        time=hop.ts,
+    )
+    tree = LiveTree(sys.stdout, unmasked=False)
+    report = await ChaseEngine(client=client, authority=authority, on_event=tree.update).run(
+        transfer
+    )
+    for line in render_summary(report):
+        print(line)
+    return bool(report.stopped) and report.unresolved_minor == 0
+
+
 async def run_scenario(
     *, federation_dir: Path, world: World, state: Path, audit_db: Path, endpoint: str | None = None
 ) -> ScenarioResult:
@@ -105,30 +150,8 @@ async def run_scenario(
     officer = _officer()
     case = _case(chain, when)
     async with FedgateClient.from_federation(federation_dir, POLICE, endpoint=endpoint) as client:
-        stop = bank_pb2.StopPaymentOrder(
-            account_number=hop.to_account,
-            account_name=hop.to_name,
-            payer_account=victim.account_number,
-            payer_name=victim.name,
-            payer_bank=victim.bank_id,
-            amount=common_pb2.Money(currency=hop.currency, minor_units=hop.amount_minor),
-            victim_application=f"报案回执 {case.case_number}",
-        )
-        stop.transfer_time.FromDatetime(hop.ts)
-        request = client.new_request(
-            action=stop,
-            officer=officer,
-            target=hop.to_bank,
-            case=case,
-            legal_document=common_pb2.LegalDocument(
-                kind=common_pb2.LEGAL_DOCUMENT_KIND_STOP_PAYMENT_NOTICE, number=f"止付〔{when}〕1号"
-            ),
-            purpose="紧急止付被骗资金 / emergency stop-payment of the victim's money",
-            urgency=common_pb2.URGENCY_EMERGENCY,
-            deadline=timedelta(minutes=30),
-        )
-        title = f"1. Emergency stop-payment at {hop.to_bank}"
-        steps.append(("stop-payment", await _step(client, title, request)))
+        title = "1. The chase: follow the money from the victim's transfer and stop it"
+        steps.append(("chase", await _chase(client, title, chain, officer, case, when)))
 
         notice = common_pb2.LegalDocument(
             kind=common_pb2.LEGAL_DOCUMENT_KIND_QUERY_NOTICE, number=f"查询〔{when}〕1号"

@@ -404,6 +404,28 @@ _AUDIT_UI: dict[str, tuple[str, str]] = {
     "entry.title": ("第 {index} 条记录", "Entry {index}"),
     "entry.heading": ("第 {index} 条记录", "Entry {index}"),
     "entry.same_case": ("同案记录 {case}", "Same case {case}"),
+    # a chase (fund-flow workflow) as a tree
+    "chase.open": ("资金追查链路", "Chase tree"),
+    "chase.title": ("资金追查", "Fund-flow chase"),
+    "chase.heading": ("资金追查 {chase}", "Chase {chase}"),
+    "chase.summary": (
+        "案件 {case} · 共 {steps} 次交换，按工作流链接（追查编号、上级请求）连成树。",
+        "Case {case} · {steps} exchanges, linked into a tree by their workflow links (chase id,"
+        " parent request).",
+    ),
+    "chase.truncated": ("本案记录过多，仅显示部分。", "The case has too many entries; part shown."),
+    "chase.request": ("请求", "request"),
+    "chase.receipt": ("答复收据", "receipt"),
+    "chase.no_answer": ("无答复", "no answer"),
+    "chase.result.transactions": ("{count} 笔交易，转出 {out}", "{count} transactions, {out} out"),
+    "chase.result.stopped": (
+        "止付生效，执行时余额 {balance}，第 {count} 次止付",
+        "stop-payment in force, balance {balance}, stop number {count}",
+    ),
+    "chase.result.not_stopped": (
+        "止付未生效，余额 {balance}",
+        "stop-payment not in force, balance {balance}",
+    ),
     "entry.download": ("下载证据包", "Download evidence bundle"),
     "entry.masked_note": (
         "账号、证件号和电话号码默认隐藏；逐项点击“显示”查看，每次查看都记入审计日志。",

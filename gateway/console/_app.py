@@ -11,6 +11,8 @@ read on every request, so a revocation ends sessions at once). Pages:
   run on every view (``gateway.console._exchange``); identifiers masked until revealed;
 - ``POST /entries/{index}/reveal`` reveal one masked field, ``POST /entries/{index}/evidence``
   download the evidence bundle (``gateway.audit.service.export_evidence``);
+- ``/chases/{index}`` the chase the exchange at ``index`` belongs to, as the tree its workflow
+  links draw (``gateway.console._chase``): each exchange, its receipt, its amounts;
 - ``/log`` the latest checkpoint, witness cosignatures and the console's consistency check;
 - ``/charts`` requests per day by member and by action, refusals by reason (inline SVG);
 - ``/flags`` patterns worth a closer look (``gateway.console._flags``).
@@ -54,6 +56,7 @@ from gateway.audit.insights import GROUPINGS, LogInsights, PgShard, TimeWindow, 
 from gateway.audit.log import AuditLog
 from gateway.audit.service import check_reveal_reason, export_evidence
 from gateway.console._charts import OTHER, day_chart, reason_chart
+from gateway.console._chase import chase_of, load_chase
 from gateway.console._exchange import load_exchange
 from gateway.console._flags import (
     FOLLOW_UP,
@@ -196,6 +199,7 @@ class AuditorConsole:
             [
                 s.page_route("/", self._search_page),
                 s.page_route("/entries/{index:int}", self._entry_page),
+                s.page_route("/chases/{index:int}", self._chase_page),
                 s.action_route("/entries/{index:int}/reveal", self._reveal),
                 s.action_route("/entries/{index:int}/evidence", self._evidence),
                 s.page_route("/log", self._log_page),
@@ -295,13 +299,30 @@ class AuditorConsole:
         except VerificationError as exc:
             _logger.error("audit entry %d does not decode: %s", index, exc.message)
             return self.shell.error_page(page, 500, page.t("entry.damaged"))
+        in_chase = await chase_of(self._log, index)
         return self.shell.render(
             page,
             "audit_entry.html",
             title=page.t("entry.title", index=index),
             view=view,
+            chase_url=f"/chases/{index}" if in_chase is not None else "",
             action_name=action_label(page, view.action),
             registry_label=lambda m: self._member_label(page, m),
+        )
+
+    async def _chase_page(self, request: Request, page: Page) -> Response:
+        index = int(request.path_params["index"])
+        if not 0 <= index < self._log.size:
+            raise NotFound(f"no entry {index}: the log has {self._log.size} entries")
+        chase = await load_chase(self._log, self._insights, index)
+        if chase is None:
+            raise NotFound(f"entry {index} is not part of a chase")
+        return self.shell.render(
+            page,
+            "audit_chase.html",
+            title=page.t("chase.title"),
+            chase=chase,
+            action_label=lambda a: action_label(page, a),
         )
 
     async def _reveal(self, request: Request, page: Page) -> Response:

@@ -110,6 +110,10 @@ class Forwarder:
         signed, _ = await self.finish(pending, reply.response, responder=target)
         return gateway_service_pb2.SubmitResponse(response=signed)
 
+    def node_timeout(self, remaining_s: float | None) -> float:
+        """How long a node is waited for, given the caller's remaining time."""
+        return self._router.timeout_for(remaining_s)
+
     async def _open_ticket(
         self, x: Exchange, pending: PendingRequest
     ) -> gateway_service_pb2.SubmitResponse:

@@ -44,7 +44,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -71,6 +71,7 @@ from gateway.audit.log import AuditLog
 from gateway.pipeline._approvals import Approvals, check_approval
 from gateway.pipeline._audit_legs import AuditLegs
 from gateway.pipeline._exchange import Exchange, stage
+from gateway.pipeline._fanout import run_fan_out
 from gateway.pipeline._forwarding import Forwarder
 from gateway.pipeline._officers import check_officers
 from gateway.pipeline._reconcile import Reconciler
@@ -301,6 +302,13 @@ class Pipeline:
         except FedgateError as error:
             raise await self._legs.refuse(x, error) from None
         return list(batch.envelopes)
+
+    def fan_out(
+        self, raw: bytes, *, peer: PeerSource, remaining_s: float | None
+    ) -> AsyncIterator[gateway_service_pb2.FanOutResponse]:
+        """Run a serialized ``FanOutRequest`` (``gateway.pipeline._fanout``): one item per
+        member as it completes. Raises ``FedgateError`` (logged) when wholly refused."""
+        return run_fan_out(self, raw, peer=peer, remaining_s=remaining_s)
 
     def _metric_target(self, x: Exchange) -> str:
         target = x.request.target_agency if x.request is not None else ""

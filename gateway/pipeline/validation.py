@@ -94,6 +94,18 @@ def _header(f: Fields, request: request_pb2.Request, action: str | None) -> None
             f.bad("approval_request_id", "only orders cite an approval")
         else:
             f.uuid("approval_request_id", request.approval_request_id)
+    if request.HasField("target_set"):
+        f.bad("target_set", "a request to a set of members is sent with GatewayService.FanOut")
+    # The workflow link (a chase and the request that led to this one) is optional.
+    if request.chase_id:
+        f.uuid("chase_id", request.chase_id)
+    if request.parent_request_id:
+        f.uuid("parent_request_id", request.parent_request_id)
+        if request.parent_request_id == request.request_id:
+            f.bad("parent_request_id", "must name an earlier request, not this one")
+        if not request.chase_id:
+            f.bad("chase_id", "required with parent_request_id: the workflow the link is in")
+
     if action in CITING_ACTIONS:
         f.uuid("original_request_id", request.original_request_id)
         if request.original_request_id and request.original_request_id == request.request_id:

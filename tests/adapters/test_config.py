@@ -115,3 +115,38 @@ class TestLoadConfig:
         path.write_text(text, encoding="utf-8")
         with pytest.raises(InvalidArgument, match=message):
             load_config(path, env={})
+
+
+class TestChaseMode:
+    """A chase's emergency requests are answered by machine unless ``[actions] chase`` says
+    staff (issue 11): the mode of the action itself does not apply to them."""
+
+    def test_automatic_by_default_even_where_staff_answer(self, tmp_path: Path) -> None:
+        path = tmp_path / "node.toml"
+        path.write_text(FILE, encoding="utf-8")
+        config = load_config(path, env={})
+        assert config.mode_of("transactions") is ActionMode.MANUAL
+        assert config.mode_of("transactions", chase=True) is ActionMode.AUTOMATIC
+        # only the chase's own actions: a workflow link takes nothing else past the staff
+        config = NodeConfig(
+            member_id=MemberId("carrier.cmcc"), federation_dir=tmp_path, state_dir=tmp_path,
+            modes={"call_records": ActionMode.MANUAL},
+        )  # fmt: skip
+        assert config.mode_of("call_records", chase=True) is ActionMode.MANUAL
+
+    def test_staff_when_the_file_says_so(self, tmp_path: Path) -> None:
+        path = tmp_path / "node.toml"
+        path.write_text(
+            FILE.replace('default = "automatic"', 'default = "automatic"\nchase = "manual"')
+        )
+        config = load_config(path, env={})
+        assert config.chase_mode is ActionMode.MANUAL
+        assert config.mode_of("stop_payment", chase=True) is ActionMode.MANUAL
+        path.write_text(config.to_toml(), encoding="utf-8")
+        assert load_config(path, env={}) == config
+
+    def test_a_bad_mode_is_named(self, tmp_path: Path) -> None:
+        path = tmp_path / "node.toml"
+        path.write_text(_BASE + '[actions]\nchase = "sometimes"\n', encoding="utf-8")
+        with pytest.raises(InvalidArgument, match="chase"):
+            load_config(path, env={})

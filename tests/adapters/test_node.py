@@ -92,6 +92,20 @@ class TestEnvelopeVerification:
         assert error.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "this node is bank.icbc" in (error.details() or "")
 
+    async def test_a_fan_out_is_answered_only_by_its_members(
+        self, kit: Any, bank_node: Any
+    ) -> None:
+        """A fan-out (``target_set``) reaches a node only if the node is in the signed set."""
+        node = await bank_node("bank.icbc")
+        request = kit.request("accounts_by_id", target="bank.icbc")
+        request.target_agency = ""
+        request.target_set.members.extend(["bank.ccb", "bank.abc"])
+        error = await refused(kit.link(node).handle(kit.sign(request)))
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+        request.target_set.members.append("bank.icbc")
+        reply = await kit.link(node).handle(kit.sign(request))
+        assert reply.HasField("response")
+
     async def test_an_unknown_key_is_refused(self, kit: Any, bank_node: Any) -> None:
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 

@@ -61,6 +61,9 @@ class TestDemo:
         assert "federation up in" in result.stdout
         assert "Scenario succeeded" in result.stdout
         assert "audit verify ✓" in result.stdout
+        assert "chase ✓" in result.stdout  # every account holding the victim's money stopped
+        assert "stopped ✓" in result.stdout
+        assert "  stopped     ¥" in result.stdout
         cosigned = next(line for line in result.stdout.splitlines() if "cosigned" in line)
         assert "pboc.gz" in cosigned
         assert "audit.office" in cosigned

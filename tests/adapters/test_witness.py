@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -120,7 +119,7 @@ class TestWitnessNode:
             member=PBOC,
             state=tmp_path / "witness",
             origins=[ORIGIN],
-            listen=f"127.0.0.1:{_free_port()}",
+            listen=f"127.0.0.1:{free_port()}",
             reload_interval_s=0.05,
         )
         await node.start()

@@ -529,3 +529,38 @@ class TestRegistryCommand:
         out = capsys.readouterr().out
         assert "REVOKED" in out
         assert "test revocation" in out
+
+
+class TestIssuerPrefixes:
+    """Banks' issuer prefixes (BINs) are in the signed registry: the chase finds a
+    counterparty's bank there, and a card no member issues is outside the federation."""
+
+    def test_each_bank_lists_its_bins(self, federation_registry: Registry) -> None:
+        from fedgate.validate import BANK_BINS
+
+        for bank, bins in BANK_BINS.items():
+            member = federation_registry.member(bank)
+            assert member.issuer_prefixes == bins
+
+    def test_bank_of_account_by_longest_prefix(self, federation_registry: Registry) -> None:
+        from fedgate.testing import card_number
+
+        for bank in ("bank.icbc", "bank.ccb", "bank.abc", "bank.gzrcb"):
+            found = federation_registry.bank_of_account(card_number(bank, 3))
+            assert found is not None
+            assert found.id == bank
+        assert federation_registry.bank_of_account("6259650000000000000") is None
+        assert federation_registry.bank_of_account("") is None
+
+    def test_prefixes_survive_the_signed_round_trip(self, federation_registry: Registry) -> None:
+        again = Registry.from_payload(federation_registry.to_payload())
+        assert again.member("bank.ccb").issuer_prefixes == ("621700", "622700", "436742")
+        assert again.member("carrier.cmcc").issuer_prefixes == ()
+
+    def test_malformed_prefixes_are_refused(self, federation_registry: Registry) -> None:
+        import json
+
+        doc = json.loads(federation_registry.to_payload())
+        doc["members"][3]["issuer_prefixes"] = ["62a"]
+        with pytest.raises(RegistryError, match="issuer_prefixes"):
+            Registry.from_payload(json.dumps(doc).encode())

@@ -736,3 +736,43 @@ class TestFactory:
     def test_unknown_action(self) -> None:
         with pytest.raises(ValueError, match="unknown action"):
             valid_request("teleport", now=NOW)
+
+
+class TestWorkflowLink:
+    """``chase_id`` and ``parent_request_id`` (issue 11) are optional, well formed when set;
+    a fan-out's ``target_set`` belongs on ``GatewayService.FanOut``, not ``Submit``."""
+
+    def test_a_linked_request_is_valid(self) -> None:
+        request = valid_request("transactions", now=NOW)
+        request.chase_id = str(uuid.uuid4())
+        request.parent_request_id = str(uuid.uuid4())
+        validate_request(request, now=NOW)
+
+    @pytest.mark.parametrize(
+        ("chase", "parent", "fields"),
+        [
+            ("not-a-uuid", "", ["chase_id"]),
+            ("", "", []),
+            (None, "x", ["parent_request_id"]),
+            ("", None, ["chase_id"]),
+            (None, "self", ["parent_request_id"]),
+        ],
+    )
+    def test_malformed_links_are_named(
+        self, chase: str | None, parent: str | None, fields: list[str]
+    ) -> None:
+        request = valid_request("stop_payment", now=NOW)
+        request.chase_id = str(uuid.uuid4()) if chase is None else chase
+        if parent == "self":
+            request.parent_request_id = request.request_id
+        else:
+            request.parent_request_id = str(uuid.uuid4()) if parent is None else parent
+        if not fields:
+            validate_request(request, now=NOW)
+            return
+        assert fields_of(violations(request)) == fields
+
+    def test_a_target_set_is_not_for_submit(self) -> None:
+        request = valid_request("accounts_by_id", now=NOW)
+        request.target_set.group = request_pb2.TARGET_GROUP_ALL_BANKS
+        assert fields_of(violations(request)) == ["target_set"]

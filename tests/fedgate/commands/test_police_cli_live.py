@@ -38,6 +38,15 @@ def _hops_into(live: LiveFederation, bank: str) -> list[Hop]:
     return [h for c in live.world.chains for h in c.hops if h.to_bank == bank]
 
 
+def _accounts_at(live: LiveFederation, bank: str) -> list[tuple[str, str]]:
+    """(account, holder) of every chain account at ``bank``: the main lines' mules first, then
+    the other accounts holding a victim's money (split-off side accounts)."""
+    found = [(h.to_account, h.to_name) for h in _hops_into(live, bank)]
+    for chain in live.world.chains:
+        found += [(h.account, h.name) for h in chain.holdings if h.bank == bank]
+    return list(dict.fromkeys(found))
+
+
 def _fraud_number(live: LiveFederation, carrier: str) -> str:
     return next(
         n.number for c in live.world.chains for n in c.fraud_numbers if n.carrier_id == carrier
@@ -159,9 +168,9 @@ class TestLiveOrder:
     def test_freeze_needs_a_case_filing_decision(
         self, police: Callable[..., Run], live_federation: LiveFederation
     ) -> None:
-        hop = _hops_into(live_federation, "bank.icbc")[2]
+        account, name = _accounts_at(live_federation, "bank.icbc")[2]
         run = police(
-            *("order", "freeze", "--account", hop.to_account, "--name", hop.to_name),
+            *("order", "freeze", "--account", account, "--name", name),
             *("--method", "receive-only", "--end", "+90d", "--duty-phone", "020-83113110"),
             *("--doc-kind", "query_notice"),
         )
@@ -171,9 +180,9 @@ class TestLiveOrder:
     def test_duty_officer_may_not_freeze(
         self, police: Callable[..., Run], live_federation: LiveFederation
     ) -> None:
-        hop = _hops_into(live_federation, "bank.icbc")[2]
+        account, name = _accounts_at(live_federation, "bank.icbc")[2]
         run = police(
-            *("order", "freeze", "--account", hop.to_account, "--name", hop.to_name),
+            *("order", "freeze", "--account", account, "--name", name),
             *("--method", "receive-only", "--end", "+90d", "--duty-phone", "020-83113110"),
             *("--officer-role", "duty_officer"),
         )
