@@ -20,11 +20,13 @@ __all__ = [
     "BANK_ACTIONS",
     "CARRIER_ACTIONS",
     "CITING_ACTIONS",
+    "GATEWAY_ANSWERED",
     "IDEMPOTENT_READS",
     "ORDER_ACTIONS",
     "PERSONAL_DATA_ACTIONS",
     "REPORT_ACTIONS",
     "RESULT_FIELD",
+    "RISKLIST_ACTIONS",
     "action_of",
     "new_request_id",
     "role_name",
@@ -61,6 +63,12 @@ REPORT_ACTIONS: Final = frozenset(
     }
 )
 
+RISKLIST_ACTIONS: Final = frozenset({"risk_list_add", "risk_list_extend", "risk_list_remove"})
+"""Changes to the shared risk list: addressed to the gateway, which answers them itself."""
+
+GATEWAY_ANSWERED: Final = REPORT_ACTIONS | RISKLIST_ACTIONS
+"""Actions the gateway answers itself (signed by the gateway, not by an agency)."""
+
 AGGREGATE_METRICS: Final = ("stop_payments", "freezes", "frozen_amount", "accounts_flagged")
 """The figures ``aggregate_stats`` may ask a bank for: counts and totals, never a person."""
 
@@ -79,7 +87,7 @@ CITING_ACTIONS: Final = frozenset(
 BANK_ACTIONS: Final = BANK_QUERIES | BANK_ORDERS
 CARRIER_ACTIONS: Final = CARRIER_QUERIES | CARRIER_ORDERS
 ORDER_ACTIONS: Final = BANK_ORDERS | CARRIER_ORDERS
-ACTIONS: Final = BANK_ACTIONS | CARRIER_ACTIONS | REPORT_ACTIONS
+ACTIONS: Final = BANK_ACTIONS | CARRIER_ACTIONS | REPORT_ACTIONS | RISKLIST_ACTIONS
 
 PERSONAL_DATA_ACTIONS: Final = (BANK_QUERIES - {"aggregate_stats"}) | CARRIER_QUERIES
 """Queries that return personal data: rate-limited, never for auditors."""
@@ -111,6 +119,7 @@ RESULT_FIELD: Final[dict[str, str]] = {
     "number_restore": "number_order",
     "sms_block": "number_order",
     **dict.fromkeys(REPORT_ACTIONS, "report_ack"),
+    **dict.fromkeys(RISKLIST_ACTIONS, "risk_list_change"),
 }
 """For each action, the ``Response.result`` field that answers it."""
 
@@ -124,13 +133,15 @@ def action_of(request: request_pb2.Request) -> str:
 
 
 def target_kind_of(action: str) -> str:
-    """The member kind that serves ``action``: bank, carrier or police."""
+    """The member kind that serves ``action``: bank, carrier, police or gateway."""
     if action in BANK_ACTIONS:
         return "bank"
     if action in CARRIER_ACTIONS:
         return "carrier"
     if action in REPORT_ACTIONS:
         return "police"
+    if action in RISKLIST_ACTIONS:
+        return "gateway"
     raise InvalidArgument(f"unknown action {action!r}")
 
 

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf.message import Message
 
 from fedgate import merkle
-from fedgate.actions import REPORT_ACTIONS, new_request_id
+from fedgate.actions import GATEWAY_ANSWERED, new_request_id
 from fedgate.checkpoint import open_checkpoint
 from fedgate.envelope import (
     Domain,
@@ -325,7 +325,7 @@ class FedgateClient:
         self, signed: envelope_pb2.SignedResponse, envelope: envelope_pb2.SignedEnvelope
     ) -> Answer:
         request = decode_request(envelope.body)
-        is_report = request.WhichOneof("action") in REPORT_ACTIONS
+        is_report = request.WhichOneof("action") in GATEWAY_ANSWERED
         return verify_signed_response(
             signed,
             request_body=envelope.body,

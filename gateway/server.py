@@ -51,6 +51,7 @@ from fedgate.keys import public_key_from_raw
 from fedgate.note import NoteSigner
 from fedgate.pki import FederationLayout
 from fedgate.registry import Registry
+from fedgate.risklist import risklist_origin
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options, server_credentials
 from fedgate.trust import TrustHolder
 from fedgate.types import MemberId
@@ -60,6 +61,7 @@ from fedgate.v1 import (
     audit_service_pb2_grpc,
     event_service_pb2,
     event_service_pb2_grpc,
+    risklist_pb2_grpc,
 )
 from fedgate.witness import GrpcWitnessClient
 from gateway.alerts import AlertHub, AlertServicer
@@ -83,6 +85,8 @@ from gateway.replay import (
     ReplayStore,
     rebuild_from_audit,
 )
+from gateway.risklist import SERVICE_NAME as RISKLIST_SERVICE_NAME
+from gateway.risklist import RiskListLog, RiskListServicer
 from gateway.routing import NodeRouter
 from gateway.rules import BusinessRules
 from gateway.service import SERVICE_NAME, GatewayServicer
@@ -96,7 +100,13 @@ _log = logging.getLogger(__name__)
 ALERT_SERVICE_NAME = alert_service_pb2.DESCRIPTOR.services_by_name["AlertService"].full_name
 AUDIT_SERVICE_NAME = audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name
 EVENT_SERVICE_NAME = event_service_pb2.DESCRIPTOR.services_by_name["EventService"].full_name
-SERVICE_NAMES = (SERVICE_NAME, ALERT_SERVICE_NAME, AUDIT_SERVICE_NAME, EVENT_SERVICE_NAME)
+SERVICE_NAMES = (
+    SERVICE_NAME,
+    ALERT_SERVICE_NAME,
+    AUDIT_SERVICE_NAME,
+    EVENT_SERVICE_NAME,
+    RISKLIST_SERVICE_NAME,
+)
 """The fedgate services a gateway serves (besides health and reflection)."""
 
 
@@ -116,6 +126,7 @@ class _Parts:
     tickets: Tickets
     alerts: AlertHub
     router: NodeRouter
+    risklist: RiskListLog
     witness_channels: tuple[grpc.aio.Channel, ...] = ()
 
 
@@ -348,6 +359,14 @@ class Gateway:
             node_timeout_s=config.routing.timeout_s,
         )
         alerts = AlertHub.open(config.alerts_path, keep=config.alerts.keep)
+        list_origin = risklist_origin(config.audit.origin)
+        risklist = RiskListLog.open(
+            config.risklist_path,
+            origin=list_origin,
+            signer=NoteSigner(name=list_origin, private_key=credentials.signing_key),
+            witnesses=witnesses,
+        )
+        risklist.start()
         pipeline = Pipeline(
             trust=trust,
             decider=decider,
@@ -364,8 +383,9 @@ class Gateway:
             clock_skew=timedelta(seconds=config.pipeline.clock_skew_s),
             telemetry=telemetry,
             keep_response_bodies=config.audit.keep_response_bodies,
+            risklist=risklist,
         )
-        parts = _Parts(audit, replay, rules, tickets, alerts, router, witness_channels)
+        parts = _Parts(audit, replay, rules, tickets, alerts, router, risklist, witness_channels)
         limit = config.server.max_receive_bytes
         server = grpc.aio.server(
             options=[
@@ -389,6 +409,9 @@ class Gateway:
                 skew=timedelta(seconds=config.pipeline.clock_skew_s),
             ),
             server,
+        )
+        risklist_pb2_grpc.add_RiskListServiceServicer_to_server(
+            RiskListServicer(log=risklist, authenticate=pipeline.authenticate), server
         )
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -492,6 +515,7 @@ class Gateway:
         parts = self._parts
         await parts.router.close()
         await parts.audit.close()
+        await parts.risklist.close()
         for channel in parts.witness_channels:
             await channel.close(None)
         parts.replay.close()

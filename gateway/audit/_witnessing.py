@@ -13,20 +13,26 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from fedgate.checkpoint import cosignatures_in
 from fedgate.errors import FedgateError, VerificationError
 from fedgate.merkle import MerkleTree
 from fedgate.note import NoteSignature, add_signatures, parse_note
 from fedgate.witness import WitnessClient, WitnessConflict
-from gateway.audit.store import AuditStore
 
-__all__ = ["Witnessing"]
+__all__ = ["CosignedStore", "Witnessing"]
 
 # The log's own logger: operators configure it by that name.
 logger = logging.getLogger("gateway.audit.log")
 
 _WITNESS_TIMEOUT_S = 10.0
+
+
+class CosignedStore(Protocol):
+    """Where cosigned checkpoints are kept (an ``AuditStore``, or the risk list's store)."""
+
+    async def add_cosigned(self, size: int, note: str) -> None: ...
 
 
 class Witnessing:
@@ -40,7 +46,7 @@ class Witnessing:
         self,
         *,
         origin: str,
-        store: AuditStore,
+        store: CosignedStore,
         witnesses: Sequence[WitnessClient],
         tree: Callable[[], MerkleTree],
         published: str | None,
