@@ -285,6 +285,10 @@ class Gateway:
         return self._parts.audit
 
     @property
+    def risklist(self) -> RiskListLog:
+        return self._parts.risklist
+
+    @property
     def endpoint(self) -> str:
         host = self.config.server.listen.rpartition(":")[0]
         return f"{host}:{self.port}"
