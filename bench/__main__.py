@@ -20,6 +20,7 @@ MODULES: tuple[str, ...] = (
     "bench_pipeline",
     "bench_audit",
     "bench_e2e",
+    "bench_risklist",
 )
 RESULTS = Path(__file__).with_name("results.json")
 

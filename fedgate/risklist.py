@@ -355,8 +355,7 @@ class RiskIndex:
 
     def listed(self, category: int, value: str, now_us: int) -> bool:
         """True if ``value`` (canonical form) is listed under ``category`` and not expired."""
-        expires = self._by_category[category].get(value)
-        return expires is not None and expires > now_us
+        return self._by_category[category].get(value, 0) > now_us
 
     def count(self, category: int, now_us: int) -> int:
         """Entries of ``category`` in force at ``now_us``."""
