@@ -30,16 +30,19 @@ _log = logging.getLogger("fedgate.node")
 
 def build_node(config: NodeConfig, *, clock: Callable[[], datetime] = utc_now) -> AgencyNode:
     """The node for ``config``'s member, by its kind in the registry. Raises ``FedgateError``."""
+    from adapters.risklist.node import Countermeasures
+
     registry = Registry.load_dir(config.federation_dir)
     kind = registry.member(config.member_id).kind
+    jobs = Countermeasures(config).jobs(kind)
     if kind is MemberKind.BANK:
         from adapters.bank.node import BankNode
 
-        return BankNode.open(config, clock=clock)
+        return BankNode.open(config, clock=clock, background=jobs)
     if kind is MemberKind.CARRIER:
         from adapters.carrier.node import CarrierNode
 
-        return CarrierNode.open(config, clock=clock)
+        return CarrierNode.open(config, clock=clock, background=jobs)
     raise InvalidArgument(f"member {config.member_id} is a {kind}: no agency node serves it")
 
 

@@ -24,10 +24,21 @@ A node's file looks like this (paths relative to the file's directory)::
     [monitor]
     poll_seconds = 2.0                   # how often monitored accounts are checked
 
+    [risklist]                           # the shared risk list (docs/countermeasures.md)
+    follow = true                        # keep a verified replica (state/risklist.sqlite)
+    origin = "fedgate.example/gateway/shard-0/risklist"   # the list log's origin
+    min_cosignatures = 0                 # witness cosignatures a checkpoint must carry
+    warn = "police.gd.afc"               # the police member early warnings go to
+    warning_window_minutes = 1440        # at most one warning per person in this window
+    feed_per_second = 0                  # carrier: calls/SMS per second from the world (0: off)
+    feed_max = 0                         # carrier: stop after this many events (bounded)
+
 Environment overrides (``FEDGATE_NODE_`` prefix): ``MEMBER``, ``FEDERATION``, ``STATE``,
 ``LISTEN``, ``STAFF`` (comma-separated), ``GATEWAY_ENDPOINT``, ``BACKEND_KIND``,
 ``BACKEND_PATH``, ``DEFAULT_MODE``, ``MODE_<ACTION>`` (e.g. ``FEDGATE_NODE_MODE_TRANSACTIONS=
-manual``), ``QUEUE_DEADLINE_MINUTES``, ``QUEUE_REMINDER_MINUTES``, ``MONITOR_POLL_SECONDS``.
+manual``), ``QUEUE_DEADLINE_MINUTES``, ``QUEUE_REMINDER_MINUTES``, ``MONITOR_POLL_SECONDS``,
+``RISKLIST_FOLLOW`` (``true``/``false``), ``RISKLIST_ORIGIN``, ``RISKLIST_FEED_PER_SECOND``,
+``RISKLIST_FEED_MAX``.
 
 Staff accounts are identified by the id in the ``x-fedgate-staff`` metadata of a call made with
 the agency's own member certificate; the web console (a later issue) adds per-staff passwords.
@@ -96,6 +107,13 @@ class NodeConfig:
     queue_deadline: timedelta = DEFAULT_QUEUE_DEADLINE
     reminder: timedelta = DEFAULT_REMINDER
     monitor_poll_s: float = 2.0
+    risklist_follow: bool = False
+    risklist_origin: str = ""
+    risklist_min_cosignatures: int = 0
+    warn_police: str = "police.gd.afc"
+    warning_window: timedelta = timedelta(hours=24)
+    feed_per_s: float = 0.0
+    feed_max: int = 0
 
     def __post_init__(self) -> None:
         check_member_id(self.member_id)
@@ -112,6 +130,15 @@ class NodeConfig:
             )
         if self.monitor_poll_s <= 0:
             raise InvalidArgument("monitor.poll_seconds must be positive")
+        if self.risklist_follow and not self.risklist_origin:
+            raise InvalidArgument("risklist.origin is required when risklist.follow is true")
+        check_member_id(self.warn_police)
+        if self.warning_window <= timedelta(0):
+            raise InvalidArgument("risklist.warning_window_minutes must be positive")
+        if self.feed_per_s < 0 or self.feed_max < 0 or self.risklist_min_cosignatures < 0:
+            raise InvalidArgument(
+                "risklist.feed_per_second, feed_max and min_cosignatures must not be negative"
+            )
         if self.backend_kind != "reference":
             raise InvalidArgument(
                 f"backend.kind {self.backend_kind!r}: only 'reference' is built in"
@@ -147,6 +174,15 @@ class NodeConfig:
             "[monitor]",
             f"poll_seconds = {self.monitor_poll_s!r}",
             "",
+            "[risklist]",
+            f"follow = {'true' if self.risklist_follow else 'false'}",
+            f"origin = {_q(self.risklist_origin)}",
+            f"min_cosignatures = {self.risklist_min_cosignatures}",
+            f"warn = {_q(self.warn_police)}",
+            f"warning_window_minutes = {self.warning_window.total_seconds() / 60!r}",
+            f"feed_per_second = {self.feed_per_s!r}",
+            f"feed_max = {self.feed_max}",
+            "",
         ]
         return "\n".join(lines)
 
@@ -176,6 +212,7 @@ def load_config(path: Path | None, *, env: Mapping[str, str] | None = None) -> N
     actions = dict(_table(doc, "actions"))
     queue = _table(doc, "queue")
     monitor = _table(doc, "monitor")
+    risklist = _table(doc, "risklist")
 
     def pick(env_key: str, value: object) -> object:
         return env.get(ENV_PREFIX + env_key, value)
@@ -225,7 +262,33 @@ def load_config(path: Path | None, *, env: Mapping[str, str] | None = None) -> N
         monitor_poll_s=_number(
             pick("MONITOR_POLL_SECONDS", monitor.get("poll_seconds", 2.0)), "monitor.poll_seconds"
         ),
+        risklist_follow=_flag(pick("RISKLIST_FOLLOW", risklist.get("follow", False)), "follow"),
+        risklist_origin=str(pick("RISKLIST_ORIGIN", risklist.get("origin", ""))),
+        risklist_min_cosignatures=int(
+            _number(risklist.get("min_cosignatures", 0), "risklist.min_cosignatures")
+        ),
+        warn_police=str(risklist.get("warn", "police.gd.afc")),
+        warning_window=timedelta(
+            minutes=_number(
+                risklist.get("warning_window_minutes", 1440), "risklist.warning_window_minutes"
+            )
+        ),
+        feed_per_s=_number(
+            pick("RISKLIST_FEED_PER_SECOND", risklist.get("feed_per_second", 0)),
+            "risklist.feed_per_second",
+        ),
+        feed_max=int(
+            _number(pick("RISKLIST_FEED_MAX", risklist.get("feed_max", 0)), "risklist.feed_max")
+        ),
     )
+
+
+def _flag(value: object, option: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+        return value.lower() in ("true", "1")
+    raise InvalidArgument(f"risklist.{option} must be true or false, got {value!r}")
 
 
 def _table(doc: Mapping[str, Any], name: str) -> Mapping[str, Any]:

@@ -52,6 +52,8 @@ class Follower:
         self._retry_s = retry_s
         self._task: asyncio.Task[None] | None = None
         self._applied = asyncio.Condition()
+        self.synced = asyncio.Event()
+        """Set once the gateway has said the replica holds the whole list (and stays set)."""
         self.last_refusal: str | None = None
         self.last_error: str | None = None
 
@@ -117,5 +119,7 @@ class Follower:
             _log.error("risk list: batch from %d refused: %s", batch.first_index, exc.message)
             raise
         self.last_error = None
+        if not batch.changes:
+            self.synced.set()
         async with self._applied:
             self._applied.notify_all()

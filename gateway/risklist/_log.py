@@ -273,8 +273,10 @@ class RiskListLog:
     def read(self, start: int, stop: int) -> tuple[list[bytes], str]:
         """Leaves ``start``..``stop`` and the checkpoint note of size ``stop`` (cosigned when
         the witnesses cosigned it). Blocking: run it on a worker thread."""
-        leaves = self._store.leaves(start, stop)
+        leaves = self._store.leaves(start, stop) if stop > start else []
         note = self._store.checkpoint(stop)
+        if note is None and stop == 0:
+            note = self._checkpoint  # the empty list's checkpoint is signed, never stored
         if note is None or len(leaves) != stop - start:
             raise AuditUnavailable(f"risk list {self.origin}: changes {start}..{stop} unreadable")
         return leaves, note

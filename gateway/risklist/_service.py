@@ -1,8 +1,9 @@
 """``RiskListService``: members follow the risk list's log, batch by verifiable batch.
 
 ``Follow(from_index)`` sends the changes after the follower's size in batches, each with the
-signed checkpoint at its end and the consistency proof from the follower's size, then waits for
-new changes and sends them as they are committed. Any member in good standing (mTLS certificate
+signed checkpoint at its end and the consistency proof from the follower's size; once the
+follower holds everything, one empty batch with the current checkpoint says so; then new changes
+are sent as they are committed. Any member in good standing (mTLS certificate
 in the registry) may follow: the list is shared with the whole federation.
 """
 
@@ -55,8 +56,18 @@ class RiskListServicer(risklist_pb2_grpc.RiskListServiceServicer):
             await abort_with(context, error)
         size = request.from_index
         count = min(request.max_batch or DEFAULT_BATCH, MAX_BATCH)
+        told_synced = False
         while True:
             if size >= self._log.size:
+                if not told_synced:
+                    # One empty batch with the current checkpoint: "you hold all there is".
+                    told_synced = True
+                    try:
+                        _, note = await asyncio.to_thread(self._log.read, size, size)
+                    except FedgateError as error:
+                        await abort_with(context, error)
+                    yield risklist_pb2.FollowResponse(first_index=size, checkpoint=note)
+                    continue
                 await self._log.wait_beyond(size)
             stop = min(self._log.size, size + count)
             proof = self._log.consistency_proof(size, stop)
