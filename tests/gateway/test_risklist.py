@@ -70,13 +70,16 @@ class TestChanges:
         assert result.list_index == size
         entry = result.change.entry
         assert (entry.value, entry.issuing_agency) == (number, "police.gd.afc")
-        assert entry.case_number and entry.legal_basis.startswith("countermeasure_order ")
+        assert entry.case_number
+        assert entry.legal_basis.startswith("countermeasure_order ")
         ttl = entry.expires_at.ToDatetime(tzinfo=UTC) - entry.added_at.ToDatetime(tzinfo=UTC)
         assert ttl == timedelta(days=90)
         # the exchange is in the audit log, both legs
         request_leg, response_leg = await harness.entries(before)
-        assert isinstance(request_leg, RequestLeg) and isinstance(response_leg, ResponseLeg)
-        assert request_leg.action == "risk_list_add" and request_leg.target_agency == "gateway"
+        assert isinstance(request_leg, RequestLeg)
+        assert isinstance(response_leg, ResponseLeg)
+        assert request_leg.action == "risk_list_add"
+        assert request_leg.target_agency == "gateway"
         assert "risk_list.police_case" in request_leg.rule
         assert response_leg.status == "ok"
         # and the change is the leaf at that index of the list's own, signed log
@@ -95,7 +98,8 @@ class TestChanges:
             harness, member="bank.icbc", category=R.RISK_CATEGORY_BANK_ACCOUNT, value=account
         )
         change = await ok(harness, request, "bank.icbc")
-        assert change.entry.issuing_agency == "bank.icbc" and not change.entry.case_number
+        assert change.entry.issuing_agency == "bank.icbc"
+        assert not change.entry.case_number
 
     async def test_a_bank_may_not_list_another_banks_account(self, harness: GatewayHarness) -> None:
         request = risk(
@@ -109,7 +113,8 @@ class TestChanges:
         assert isinstance(refusal.error, PolicyDenied)
         assert "risk_list.bank_own_accounts" in refusal.error.message
         entry = await harness.last_entry()
-        assert isinstance(entry, RequestLeg) and entry.decision == "refused"
+        assert isinstance(entry, RequestLeg)
+        assert entry.decision == "refused"
 
     async def test_a_bank_may_not_list_a_number(self, harness: GatewayHarness) -> None:
         request = risk(harness, member="bank.icbc", value=mobile_number("carrier.cmcc", 504))
@@ -247,7 +252,8 @@ class TestListLog:
         assert log.size == 2
         await log.close()
         reopened = RiskListLog.open(path, origin=signer.name, signer=signer)
-        assert reopened.size == 2 and len(reopened.entries()) >= 1
+        assert reopened.size == 2
+        assert len(reopened.entries()) >= 1
         await reopened.close()
         # a leaf slipped in behind the log's back (triggers dropped first, as an attacker would)
         import sqlite3

@@ -265,6 +265,7 @@ class TestRefusals:
                 await asyncio.sleep(0.05)
         finally:
             await f.stop()
-        assert f.last_refusal is not None and "cosignatures" in f.last_refusal
+        assert f.last_refusal is not None
+        assert "cosignatures" in f.last_refusal
         assert f.replica.size == 2
         f.replica.close()

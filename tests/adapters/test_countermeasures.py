@@ -1,0 +1,226 @@
+"""Countermeasures end to end over real gRPC: police list numbers and accounts at a real gateway;
+a carrier node follows the list, blocks listed callers in its call/SMS feed and warns police of
+likely victims (de-duplicated); a bank holds a transfer to a listed account, reports it, and
+releases it when the list says so or the hold expires."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+
+from adapters.bank.holds import HoldState, Transfer, TransferGuard, hold_warning
+from adapters.bank.node import BankNode
+from adapters.carrier.node import CarrierNode
+from adapters.config import NodeConfig
+from adapters.risklist.node import Countermeasures, warning_case
+from adapters.synth import World
+from fedgate.client import FedgateClient
+from fedgate.federation import MemberKind
+from fedgate.risklist import risklist_origin
+from fedgate.testing import valid_request
+from fedgate.tls import MemberCredentials, channel_credentials, channel_options
+from fedgate.types import MemberId
+from fedgate.v1 import alert_service_pb2, alert_service_pb2_grpc, request_pb2, risklist_pb2
+from gateway.config import (
+    AuditConfig,
+    FederationConfig,
+    GatewayConfig,
+    PipelineConfig,
+    ServerConfig,
+)
+from gateway.server import Gateway
+
+POLICE = MemberId("police.gd.afc")
+R = risklist_pb2
+
+
+@dataclass
+class Centre:
+    gateway: Gateway
+    police: FedgateClient
+    fed: Path
+
+    async def list(self, category: int, value: str, **fields: object) -> None:
+        request = valid_request("risk_list_add", now=datetime.now(UTC), serial=len(value))
+        request.risk_list_add.category = category
+        request.risk_list_add.value = value
+        answer = await self.police.ask(request)
+        assert answer.response.status == request_pb2.RESPONSE_STATUS_OK, answer.response.detail
+
+    async def remove(self, category: int, value: str) -> None:
+        request = valid_request("risk_list_remove", now=datetime.now(UTC))
+        request.risk_list_remove.category = category
+        request.risk_list_remove.value = value
+        answer = await self.police.ask(request)
+        assert answer.response.status == request_pb2.RESPONSE_STATUS_OK, answer.response.detail
+
+    async def alerts(self, count: int, timeout: float = 20.0) -> list[request_pb2.Request]:
+        """The first ``count`` early warnings on the police member's alert stream."""
+        creds = MemberCredentials.load(self.fed, POLICE)
+        out: list[request_pb2.Request] = []
+        async with grpc.aio.secure_channel(
+            self.gateway.endpoint,
+            channel_credentials(creds),
+            options=channel_options(MemberId("gateway")),
+        ) as channel:
+            stub = alert_service_pb2_grpc.AlertServiceStub(channel)
+            call = stub.SubscribeAlerts(
+                alert_service_pb2.SubscribeAlertsRequest(kinds=["early_warning"])
+            )
+            async with asyncio.timeout(timeout):
+                async for alert in call:
+                    out.append(request_pb2.Request.FromString(alert.report.body))
+                    if len(out) >= count:
+                        break
+            call.cancel()
+        return out
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+async def centre(fed_dir: Path, tmp_path: Path) -> AsyncIterator[Centre]:
+    config = GatewayConfig(
+        federation=FederationConfig(dir=fed_dir),
+        pipeline=PipelineConfig(state_dir=tmp_path / "gateway"),
+        server=ServerConfig(listen=f"127.0.0.1:{_port()}", grace_period_s=1.0),
+        audit=AuditConfig(),
+    )
+    gateway = await Gateway.start(config)
+    police = FedgateClient.from_federation(fed_dir, POLICE, endpoint=gateway.endpoint)
+    try:
+        yield Centre(gateway, police, fed_dir)
+    finally:
+        await police.close()
+        await gateway.stop(0.5)
+
+
+def _node_config(
+    member: str, fed_dir: Path, world: World, tmp_path: Path, centre: Centre, **kw: object
+) -> NodeConfig:
+    return NodeConfig(
+        member_id=MemberId(member),
+        federation_dir=fed_dir,
+        state_dir=tmp_path / "state" / member,
+        listen="127.0.0.1:0",
+        backend_path=world.database(member),
+        gateway_endpoint=centre.gateway.endpoint,
+        risklist_follow=True,
+        risklist_origin=risklist_origin(AuditConfig().origin),
+        monitor_poll_s=3600.0,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+class TestCarrierInterception:
+    async def test_listed_callers_are_blocked_and_their_victims_warned_once(
+        self, centre: Centre, fed_dir: Path, world: World, tmp_path: Path
+    ) -> None:
+        fraud = sorted({n.number for c in world.chains for n in c.fraud_numbers})
+        for number in fraud:
+            await centre.list(R.RISK_CATEGORY_PHONE_NUMBER, number)
+        config = _node_config(
+            "carrier.cmcc",
+            fed_dir,
+            world,
+            tmp_path,
+            centre,
+            feed_per_s=400.0,
+            feed_max=1200,
+        )
+        cm = Countermeasures(config)
+        node = CarrierNode.open(config, background=cm.jobs(MemberKind.CARRIER))
+        await node.start()
+        try:
+            counts: list[tuple[str, str, int, int, int]] = []
+            async with asyncio.timeout(30):
+                while True:  # the whole bounded feed has run and every warning went out
+                    await asyncio.sleep(0.2)
+                    if cm.interceptor is None:
+                        continue
+                    counts = cm.interceptor.daily_counts()
+                    if sum(c[2] for c in counts) >= 1200 and not cm.unsent:
+                        break
+            seen = sum(c[2] for c in counts)
+            blocked = sum(c[3] for c in counts)
+            warned = sum(c[4] for c in counts)
+            assert seen == 1200
+            assert blocked > 0, counts
+            assert 0 < warned == cm.sent
+            assert warned < blocked + 100  # de-duplicated: far fewer warnings than fraud events
+            warnings = await centre.alerts(warned)
+            subjects = [w.early_warning.subject for w in warnings]
+            assert len(subjects) == len(set(subjects)), "one warning per person and window"
+            for w in warnings:
+                assert w.requesting_agency == "carrier.cmcc"
+                assert w.early_warning.flagged in fraud
+                assert w.early_warning.name  # police need to know whom to call
+        finally:
+            await node.stop(grace=None)
+
+
+class TestBankHold:
+    async def test_a_transfer_to_a_listed_account_is_held_reported_and_released(
+        self, centre: Centre, fed_dir: Path, world: World, tmp_path: Path
+    ) -> None:
+        mule = world.chains[0].hops[0].to_account
+        victim = world.chains[0].victim
+        await centre.list(R.RISK_CATEGORY_BANK_ACCOUNT, mule)
+        bank = victim.bank_id
+        config = _node_config(bank, fed_dir, world, tmp_path, centre)
+        cm = Countermeasures(config)
+        node = BankNode.open(config, background=cm.jobs(MemberKind.BANK))
+        await node.start()
+        try:
+            await asyncio.wait_for(cm.ready.wait(), 10)
+            assert cm.replica is not None
+            assert cm.follower is not None
+            await cm.follower.wait_for_size(centre.gateway.risklist.size, timeout=10)
+            guard = TransferGuard(index=cm.replica.index, path=tmp_path / "holds.sqlite")
+            now = datetime.now(UTC)
+
+            def transfer(tid: str, to: str) -> Transfer:
+                return Transfer(tid, victim.account_number, victim.name, to, 500_000, "CNY", now)
+
+            assert guard.check(transfer("T-ok", world.chains[1].victim.account_number)) is None
+            hold = guard.check(transfer("T-1", mule))
+            assert hold is not None
+            assert hold.state == HoldState.HELD
+            short = TransferGuard(
+                index=cm.replica.index, path=tmp_path / "short.sqlite", hold_for=timedelta(0)
+            )
+            assert short.check(transfer("T-2", mule)) is not None
+            # reported to police through the gateway
+            await node.send_report(
+                target=POLICE, report=hold_warning(hold), case=warning_case(), reference="H-1"
+            )
+            (warning,) = await centre.alerts(1)
+            assert warning.early_warning.flagged == mule
+            assert warning.early_warning.subject == victim.account_number
+            # still listed: the hold stays; the short hold expires on its own
+            assert guard.sweep() == []
+            (expired,) = short.sweep()
+            assert expired.state == HoldState.RELEASED_EXPIRED
+            # the list says so: removed at the gateway, followed, released
+            await centre.remove(R.RISK_CATEGORY_BANK_ACCOUNT, mule)
+            await cm.follower.wait_for_size(centre.gateway.risklist.size, timeout=10)
+            (released,) = guard.sweep()
+            assert released.state == HoldState.RELEASED_DELISTED
+            assert released.transfer.transfer_id == "T-1"
+            assert [h.state for h in guard.holds()] == [HoldState.RELEASED_DELISTED]
+            guard.close()
+            short.close()
+        finally:
+            await node.stop(grace=None)
