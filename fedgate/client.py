@@ -16,6 +16,7 @@ signed checkpoint.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ from fedgate.tls import MemberCredentials, channel_credentials, channel_options
 from fedgate.trust import TrustHolder
 from fedgate.types import KeyId, MemberId
 from fedgate.v1 import (
+    alert_service_pb2,
+    alert_service_pb2_grpc,
     common_pb2,
     envelope_pb2,
     event_service_pb2,
@@ -168,6 +171,7 @@ class FedgateClient:
         )
         self._stub = gateway_service_pb2_grpc.GatewayServiceStub(self._channel)
         self._events = event_service_pb2_grpc.EventServiceStub(self._channel)
+        self._alerts = alert_service_pb2_grpc.AlertServiceStub(self._channel)
         self._sent: dict[str, tuple[bytes, str]] = {}
 
     @classmethod
@@ -369,6 +373,31 @@ class FedgateClient:
         )
         _verify_receipt(receipt, gateway_key)
         return receipt
+
+    async def alerts(
+        self, *, kinds: Sequence[str] = (), after: int = 0, idle_s: float | None = None
+    ) -> AsyncIterator[alert_service_pb2.SubscribeAlertsResponse]:
+        """The reports addressed to this member after sequence ``after`` (``kinds``: only these
+        actions), as the gateway streams them; with ``idle_s``, the stream ends once nothing
+        has come for that long. The reports are yielded as received: check their signatures.
+        Raises ``FedgateError``."""
+        call = self._alerts.SubscribeAlerts(
+            alert_service_pb2.SubscribeAlertsRequest(kinds=list(kinds), after_sequence=after)
+        )
+        try:
+            while True:
+                try:
+                    alert = await asyncio.wait_for(call.read(), idle_s)
+                except TimeoutError:
+                    return
+                if alert is grpc.aio.EOF:  # type: ignore[attr-defined]
+                    return
+                assert isinstance(alert, alert_service_pb2.SubscribeAlertsResponse)
+                yield alert
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        finally:
+            call.cancel()
 
     def remember(self, request_body: bytes) -> None:
         """Register a request sent elsewhere so its ticket answers can be verified here."""

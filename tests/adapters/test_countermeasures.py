@@ -21,7 +21,18 @@ from adapters.carrier.node import CarrierNode
 from adapters.config import NodeConfig
 from adapters.risklist.node import Countermeasures, warning_case
 from adapters.synth import World
+from fedgate.audit_entry import EventEntry, decode_entry
+from fedgate.cli import main as cli_main
 from fedgate.client import FedgateClient
+from fedgate.dissuasion import (
+    Outcome,
+    TaskState,
+    TaskStore,
+    claim,
+    pull_warnings,
+    record_contact,
+)
+from fedgate.errors import PermissionRefused
 from fedgate.federation import MemberKind
 from fedgate.risklist import risklist_origin
 from fedgate.testing import valid_request
@@ -167,8 +178,70 @@ class TestCarrierInterception:
                 assert w.requesting_agency == "carrier.cmcc"
                 assert w.early_warning.flagged in fraud
                 assert w.early_warning.name  # police need to know whom to call
+            await self._dissuade(centre, tmp_path, warnings)
         finally:
             await node.stop(grace=None)
+
+    async def _dissuade(
+        self, centre: Centre, tmp_path: Path, warnings: list[request_pb2.Request]
+    ) -> None:
+        """The warnings become dissuasion tasks at the police member; an officer claims one and
+        records the contact, both logged in the gateway's audit log first."""
+        store = TaskStore(tmp_path / "tasks.sqlite")
+        result = await pull_warnings(centre.police, store, wait_s=0.5)
+        assert len(result.new) == len(warnings)
+        assert result.refused == 0
+        again = await pull_warnings(centre.police, store, wait_s=0.3)
+        assert (again.new, again.known) == ((), 0)  # the cursor moved on; nothing twice
+        task = store.tasks(state=TaskState.OPEN)[0]
+        assert task.deadline - task.received_at == timedelta(minutes=10)
+        before = centre.gateway.audit.size
+        claimed = await claim(centre.police, store, task.task_id, officer="440100123")
+        assert claimed.state == TaskState.CLAIMED
+        with pytest.raises(PermissionRefused):
+            await claim(centre.police, store, task.task_id, officer="440100999")
+        with pytest.raises(PermissionRefused):
+            await record_contact(
+                centre.police, store, task.task_id, officer="440100999", outcome=Outcome.REACHED
+            )
+        tried = await record_contact(
+            centre.police, store, task.task_id, officer="440100123", outcome=Outcome.NOT_REACHED
+        )
+        assert tried.state == TaskState.CLAIMED  # try again
+        done = await record_contact(
+            centre.police, store, task.task_id, officer="440100123", outcome=Outcome.PERSUADED
+        )
+        assert done.state == TaskState.CLOSED
+        assert done.contacted_in_time
+        events = [
+            decode_entry(await centre.gateway.audit.get_entry(i))
+            for i in range(before, centre.gateway.audit.size)
+        ]
+        kinds = [
+            (e.kind, dict(e.detail).get("outcome", "")) for e in events if isinstance(e, EventEntry)
+        ]
+        assert kinds == [
+            ("dissuasion_claimed", ""),
+            ("dissuasion_contact", "not_reached"),
+            ("dissuasion_contact", "persuaded"),
+        ]
+        assert all(task.subject not in repr(e) for e in events)  # no number in the events
+        ((_, count, in_time, persuaded, paid),) = store.stats()
+        assert (count, in_time, persuaded, paid) == (len(warnings), 1, 1, 0)
+        store.close()
+        # the same through the CLI
+        common = ["--federation", str(centre.fed), "--endpoint", centre.gateway.endpoint,
+                  "--tasks", str(tmp_path / "tasks.sqlite")]  # fmt: skip
+        second = next(t for t in TaskStore(tmp_path / "tasks.sqlite").tasks(state=TaskState.OPEN))
+        officer = ["--officer", "440100124"]
+        for argv in (
+            ["warn", "claim", second.task_id, *officer, *common],
+            ["warn", "record", second.task_id, *officer, "--outcome", "already_paid", *common],
+            ["warn", "list", "--state", "closed", *common],
+        ):
+            assert await asyncio.to_thread(cli_main, argv) == 0, argv
+        stats = TaskStore(tmp_path / "tasks.sqlite").stats()
+        assert [row[1:] for row in stats] == [(len(warnings), 2, 1, 1)]
 
 
 class TestBankHold:
