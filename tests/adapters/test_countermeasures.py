@@ -6,12 +6,16 @@ releases it when the list says so or the hold expires."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
+from asyncio.subprocess import PIPE, STDOUT
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import dns.asyncresolver
+import dns.resolver
 import grpc
 import pytest
 
@@ -19,7 +23,11 @@ from adapters.bank.holds import HoldState, Transfer, TransferGuard, hold_warning
 from adapters.bank.node import BankNode
 from adapters.carrier.node import CarrierNode
 from adapters.config import NodeConfig
+from adapters.risklist import Follower, Replica
 from adapters.risklist.node import Countermeasures, warning_case
+from adapters.risklist.replica import ReplicaKeys
+from adapters.risklist.rpz import DEFAULT_ZONE
+from adapters.risklist.rpz import main as rpz_main
 from adapters.synth import World
 from fedgate.audit_entry import EventEntry, decode_entry
 from fedgate.cli import main as cli_main
@@ -34,6 +42,7 @@ from fedgate.dissuasion import (
 )
 from fedgate.errors import PermissionRefused
 from fedgate.federation import MemberKind
+from fedgate.registry import Registry
 from fedgate.risklist import risklist_origin
 from fedgate.testing import valid_request
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options
@@ -297,3 +306,121 @@ class TestBankHold:
             short.close()
         finally:
             await node.stop(grace=None)
+
+
+UNBOUND = shutil.which("unbound") or "/usr/sbin/unbound"
+
+
+# Both names resolve from this zone, served inside the same Unbound (no outside network); the
+# listed one must still be refused: RPZ, not a missing record, is what answers NXDOMAIN.
+_EXAMPLE_ZONE = """$ORIGIN example.
+$TTL 60
+@ SOA ns.example. hostmaster.example. 1 300 60 86400 60
+@ NS ns.example.
+ns A 192.0.2.1
+shop A 192.0.2.10
+fake-bank-refund A 192.0.2.66
+pay.fake-bank-refund A 192.0.2.67
+"""
+
+
+def _unbound_conf(root: Path, port: int, zone: Path) -> str:
+    (root / "example.zone").write_text(_EXAMPLE_ZONE)
+    return f"""server:
+    interface: 127.0.0.1
+    port: {port}
+    do-ip6: no
+    do-daemonize: no
+    use-syslog: no
+    logfile: ""
+    verbosity: 1
+    username: ""
+    chroot: ""
+    directory: "{root}"
+    pidfile: "{root}/unbound.pid"
+    access-control: 127.0.0.0/8 allow
+    module-config: "respip validator iterator"
+auth-zone:
+    name: "example."
+    zonefile: "{root}/example.zone"
+    for-downstream: no
+    for-upstream: yes
+    fallback-enabled: no
+rpz:
+    name: "{DEFAULT_ZONE}."
+    zonefile: "{zone}"
+    rpz-log: yes
+"""
+
+
+class TestDomainBlocking:
+    async def test_a_listed_domain_is_refused_by_a_real_resolver_loading_the_rpz(
+        self, centre: Centre, fed_dir: Path, tmp_path: Path
+    ) -> None:
+        # the cyberspace administration lists a phishing domain through the gateway
+        cac = FedgateClient.from_federation(
+            fed_dir, MemberId("regulator.gdcac"), endpoint=centre.gateway.endpoint
+        )
+        request = valid_request(
+            "risk_list_add", now=datetime.now(UTC), requesting_agency="regulator.gdcac"
+        )
+        request.risk_list_add.category = R.RISK_CATEGORY_DOMAIN
+        request.risk_list_add.value = "Fake-Bank-Refund.example"
+        try:
+            answer = await cac.ask(request)
+        finally:
+            await cac.close()
+        assert answer.response.status == request_pb2.RESPONSE_STATUS_OK, answer.response.detail
+        # a member's verified replica follows the list; the zone is written from it
+        keys = ReplicaKeys.from_registry(
+            Registry.load_dir(fed_dir), origin=risklist_origin(AuditConfig().origin)
+        )
+        follower = Follower(
+            replica=Replica.open(tmp_path / "replica.sqlite", keys=keys),
+            endpoint=centre.gateway.endpoint,
+            credentials=MemberCredentials.load(fed_dir, MemberId("regulator.gdcac")),
+        )
+        follower.start()
+        try:
+            await follower.wait_for_size(centre.gateway.risklist.size, timeout=10)
+        finally:
+            await follower.stop()
+            follower.replica.close()
+        zone = tmp_path / "risklist.rpz"
+        assert rpz_main(["--replica", str(tmp_path / "replica.sqlite"), "--out", str(zone)]) == 0
+        text = zone.read_text()
+        assert "fake-bank-refund.example CNAME ." in text
+        assert "*.fake-bank-refund.example CNAME ." in text
+        # a real Unbound on loopback loads it
+        port = _port()
+        conf = tmp_path / "unbound.conf"
+        conf.write_text(_unbound_conf(tmp_path, port, zone))
+        check = await asyncio.create_subprocess_exec(
+            UNBOUND + "-checkconf", str(conf), stdout=PIPE, stderr=STDOUT
+        )
+        checked, _ = await check.communicate()
+        assert check.returncode == 0, checked.decode(errors="replace")
+        proc = await asyncio.create_subprocess_exec(
+            UNBOUND, "-d", "-c", str(conf), stdout=PIPE, stderr=STDOUT
+        )
+        try:
+            resolver = dns.asyncresolver.Resolver(configure=False)
+            resolver.nameservers = ["127.0.0.1"]
+            resolver.port = port
+            resolver.lifetime = 2.0
+            answer_ok = None
+            for _ in range(50):  # until Unbound listens (bounded: 5 s)
+                try:
+                    answer_ok = await resolver.resolve("shop.example", "A")
+                    break
+                except (dns.resolver.LifetimeTimeout, dns.resolver.NoNameservers):
+                    await asyncio.sleep(0.1)
+            assert answer_ok is not None, "unbound did not answer"
+            assert [r.address for r in answer_ok] == ["192.0.2.10"]
+            for name in ("fake-bank-refund.example", "pay.fake-bank-refund.example"):
+                with pytest.raises(dns.resolver.NXDOMAIN):
+                    await resolver.resolve(name, "A")
+        finally:
+            proc.terminate()
+            out, _ = await asyncio.wait_for(proc.communicate(), 10)
+        assert b"rpz: applied" in out, out.decode(errors="replace")
