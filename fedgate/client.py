@@ -58,6 +58,8 @@ from fedgate.v1 import (
     gateway_service_pb2,
     gateway_service_pb2_grpc,
     request_pb2,
+    risklist_pb2,
+    risklist_pb2_grpc,
     ticket_pb2,
 )
 
@@ -172,6 +174,7 @@ class FedgateClient:
         self._stub = gateway_service_pb2_grpc.GatewayServiceStub(self._channel)
         self._events = event_service_pb2_grpc.EventServiceStub(self._channel)
         self._alerts = alert_service_pb2_grpc.AlertServiceStub(self._channel)
+        self._risklist = risklist_pb2_grpc.RiskListServiceStub(self._channel)
         self._sent: dict[str, tuple[bytes, str]] = {}
 
     @classmethod
@@ -373,6 +376,17 @@ class FedgateClient:
         )
         _verify_receipt(receipt, gateway_key)
         return receipt
+
+    async def risk_checkpoint(self, *, timeout: float = 5.0) -> str:
+        """The risk list's latest checkpoint note, with the witness cosignatures gathered so
+        far (check it with ``fedgate.risklist``). Raises ``FedgateError``."""
+        try:
+            reply = await self._risklist.GetRiskCheckpoint(
+                risklist_pb2.GetRiskCheckpointRequest(), timeout=timeout
+            )
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        return reply.checkpoint
 
     async def alerts(
         self, *, kinds: Sequence[str] = (), after: int = 0, idle_s: float | None = None

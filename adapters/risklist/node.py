@@ -93,7 +93,8 @@ class Countermeasures:
 
         assert isinstance(node, CoreNode)
         await self.ready.wait()
-        assert self.replica is not None and self.follower is not None
+        assert self.replica is not None
+        assert self.follower is not None
         await self.follower.synced.wait()  # never intercept against a list not yet caught up
         config = self.config
         carrier: SubscriberSystem = node.core

@@ -231,6 +231,18 @@ async def _sleep(seconds: float) -> None:
     await asyncio.sleep(seconds)
 
 
+def sample_leaves(count: int) -> list[bytes]:
+    """``count`` valid ADD changes of distinct numbers, as leaves."""
+    out = []
+    for i in range(count):
+        change = R.RiskListChange(kind=R.RISK_CHANGE_KIND_ADD, reason="test")
+        change.entry.category = R.RISK_CATEGORY_PHONE_NUMBER
+        change.entry.value = mobile_number("carrier.cucc", 900 + i)
+        change.entry.expires_at.FromDatetime(datetime.now(UTC) + timedelta(days=1))
+        out.append(change.SerializeToString())
+    return out
+
+
 def signer_of(h: GatewayHarness) -> NoteSigner:
     from fedgate.tls import MemberCredentials
     from fedgate.types import MemberId
@@ -246,7 +258,7 @@ class TestListLog:
         signer = signer_of(harness)
         path = tmp_path / "risklist.sqlite"
         log = RiskListLog.open(path, origin=signer.name, signer=signer)
-        leaves, _ = harness.gateway.risklist.read(0, 2)
+        leaves = sample_leaves(2)
         for leaf in leaves:
             await log.change(lambda _, leaf=leaf: decode_change(leaf))
         assert log.size == 2
@@ -271,7 +283,7 @@ class TestListLog:
         signer = signer_of(harness)
         path = tmp_path / "ro.sqlite"
         log = RiskListLog.open(path, origin=signer.name, signer=signer)
-        leaves, _ = harness.gateway.risklist.read(0, 1)
+        leaves = sample_leaves(1)
         await log.change(lambda _: decode_change(leaves[0]))
         await log.close()
         db = sqlite3.connect(path)
@@ -280,3 +292,64 @@ class TestListLog:
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             db.execute("UPDATE checkpoints SET note = 'x'")
         db.close()
+
+
+class TestWitnessed:
+    async def test_the_witnesses_cosign_the_list_log_and_refuse_a_rollback(
+        self, harness: GatewayHarness, tmp_path: Path
+    ) -> None:
+        from fedgate.checkpoint import cosignatures_in
+        from fedgate.keys import generate_signing_key
+        from fedgate.witness import Witness
+
+        signer = signer_of(harness)
+        witnesses = [
+            Witness(
+                name=name,
+                private_key=generate_signing_key(),
+                state_path=tmp_path / f"{name}.json",
+                logs={signer.name: signer.verifier()},
+            )
+            for name in ("pboc.gz", "audit.office")
+        ]
+        path = tmp_path / "witnessed.sqlite"
+        log = RiskListLog.open(path, origin=signer.name, signer=signer, witnesses=witnesses)
+        log.start()
+        leaves = sample_leaves(2)
+        try:
+            for leaf in leaves:
+                await log.change(lambda _, leaf=leaf: decode_change(leaf))
+            verifiers = [w.verifier for w in witnesses]
+            for _ in range(100):
+                if len(cosignatures_in(log.latest_checkpoint(), verifiers)) == 2:
+                    break
+                await _sleep(0.05)
+            note = log.latest_checkpoint()
+            assert sorted(cosignatures_in(note, verifiers)) == ["audit.office", "pboc.gz"]
+            assert note.startswith(f"{signer.name}\n2\n")
+        finally:
+            await log.close()
+        # the store restored from an older copy: the witnesses remember size 2 and refuse
+        import shutil
+        import sqlite3
+
+        older = tmp_path / "older.sqlite"
+        shutil.copy(path, older)
+        db = sqlite3.connect(older)
+        db.execute("DROP TRIGGER leaves_no_delete")
+        db.execute("DROP TRIGGER checkpoints_no_delete")
+        db.execute("DELETE FROM leaves WHERE idx = 1")
+        db.execute("DELETE FROM checkpoints WHERE size = 2")
+        db.execute("DELETE FROM cosigned")
+        db.commit()
+        db.close()
+        rolled = RiskListLog.open(older, origin=signer.name, signer=signer, witnesses=witnesses)
+        rolled.start()
+        try:
+            for _ in range(100):
+                if len(rolled.witness_errors) == 2:
+                    break
+                await _sleep(0.05)
+            assert all("rolled back" in e for e in rolled.witness_errors.values())
+        finally:
+            await rolled.close()
