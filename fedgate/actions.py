@@ -19,6 +19,7 @@ __all__ = [
     "AGGREGATE_METRICS",
     "BANK_ACTIONS",
     "CARRIER_ACTIONS",
+    "CARRIER_AGGREGATE_METRICS",
     "CITING_ACTIONS",
     "GATEWAY_ANSWERED",
     "IDEMPOTENT_READS",
@@ -71,6 +72,10 @@ GATEWAY_ANSWERED: Final = REPORT_ACTIONS | RISKLIST_ACTIONS
 
 AGGREGATE_METRICS: Final = ("stop_payments", "freezes", "frozen_amount", "accounts_flagged")
 """The figures ``aggregate_stats`` may ask a bank for: counts and totals, never a person."""
+
+CARRIER_AGGREGATE_METRICS: Final = ("calls_intercepted", "sms_intercepted", "early_warnings")
+"""The figures ``aggregate_stats`` may ask a carrier for (the telecom regulator's interception
+statistics): counts of events, never a number."""
 
 CITING_ACTIONS: Final = frozenset(
     {

@@ -24,14 +24,18 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Final
 
-from fedgate.errors import AgencyUnavailable
+from fedgate.errors import AgencyUnavailable, InvalidArgument
 from fedgate.risklist import RiskIndex, micros
 from fedgate.v1 import report_pb2, risklist_pb2
 
-__all__ = ["CallEvent", "Interceptor", "Verdict", "world_feed"]
+__all__ = ["COUNTS_FILE", "CallEvent", "InterceptionStats", "Interceptor", "Verdict", "world_feed"]
+
+COUNTS_FILE = "interceptions.sqlite"
+"""The daily interception counts in a carrier node's state directory."""
 
 PHONE = risklist_pb2.RISK_CATEGORY_PHONE_NUMBER
 DEFAULT_WINDOW = timedelta(hours=24)
@@ -101,6 +105,44 @@ CREATE TABLE IF NOT EXISTS interception_counts (
     PRIMARY KEY (day, kind)
 );
 """
+
+
+class InterceptionStats:
+    """The stored daily counts, read for ``aggregate_stats`` (the telecom regulator's figures).
+
+    ``total`` adds up the UTC days the window touches, first and last day included:
+    ``calls_intercepted`` (blocked voice calls), ``sms_intercepted`` (blocked SMS),
+    ``early_warnings`` (warnings raised)."""
+
+    _SQL: Final = {
+        "calls_intercepted": "SELECT coalesce(sum(blocked), 0) FROM interception_counts "
+        "WHERE kind = 'voice' AND day >= ? AND day <= ?",
+        "sms_intercepted": "SELECT coalesce(sum(blocked), 0) FROM interception_counts "
+        "WHERE kind = 'sms' AND day >= ? AND day <= ?",
+        "early_warnings": "SELECT coalesce(sum(warned), 0) FROM interception_counts "
+        "WHERE day >= ? AND day <= ?",
+    }
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def total(self, metric: str, first: date, last: date) -> int:
+        """Raises ``InvalidArgument`` for an unknown metric, ``AgencyUnavailable`` when the
+        counts cannot be read."""
+        statement = self._SQL.get(metric)
+        if statement is None:
+            raise InvalidArgument(f"aggregate_stats.metric: {metric!r} is not a carrier figure")
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self._path)
+            try:
+                db.executescript(_SCHEMA)
+                (count,) = db.execute(statement, (first.isoformat(), last.isoformat())).fetchone()
+            finally:
+                db.close()
+        except (OSError, sqlite3.Error) as exc:
+            raise AgencyUnavailable(f"cannot read the interception counts: {exc}") from exc
+        return int(count)
 
 
 class Interceptor:

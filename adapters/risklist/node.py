@@ -16,7 +16,7 @@ from pathlib import Path
 
 from adapters._lifecycle import Background
 from adapters.carrier.backend import SubscriberSystem
-from adapters.carrier.intercept import CallEvent, Interceptor, world_feed
+from adapters.carrier.intercept import COUNTS_FILE, CallEvent, Interceptor, world_feed
 from adapters.config import NodeConfig
 from adapters.node import AgencyNode, CoreNode
 from adapters.reports import is_transient
@@ -31,7 +31,6 @@ __all__ = ["REPLICA_FILE", "Countermeasures", "warning_case"]
 
 _log = logging.getLogger("adapters.risklist")
 REPLICA_FILE = "risklist.sqlite"
-COUNTS_FILE = "interceptions.sqlite"
 _TICK_S = 0.2
 _MAX_UNSENT = 10_000
 

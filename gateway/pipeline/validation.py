@@ -22,10 +22,17 @@ from typing import Any, Final
 
 from google.protobuf.message import Message
 
-from fedgate.actions import AGGREGATE_METRICS, CITING_ACTIONS, REPORT_ACTIONS, RISKLIST_ACTIONS
+from fedgate.actions import (
+    AGGREGATE_METRICS,
+    CARRIER_AGGREGATE_METRICS,
+    CITING_ACTIONS,
+    REPORT_ACTIONS,
+    RISKLIST_ACTIONS,
+)
 from fedgate.errors import InvalidArgument
 from fedgate.risklist import CATEGORY_NAMES, MAX_TTL, canonical_value
 from fedgate.v1 import bank_pb2, carrier_pb2, common_pb2, report_pb2, request_pb2, risklist_pb2
+from fedgate.validate import CARRIER_PREFIXES
 from gateway.pipeline._fields import CLOCK_TOLERANCE, MAX_NAME, WINDOW_AHEAD, Fields, mask
 
 __all__ = ["CITING_ACTIONS", "mask", "subjects_of", "validate_request"]
@@ -189,8 +196,10 @@ def _monitor_start(f: Fields, p: str, a: bank_pb2.MonitorStartOrder) -> None:
 
 
 def _aggregate_stats(f: Fields, p: str, a: bank_pb2.AggregateStatsQuery) -> None:
-    if a.metric not in AGGREGATE_METRICS:
-        f.bad(f"{p}.metric", f"must be one of {', '.join(sorted(AGGREGATE_METRICS))}")
+    # A carrier serves its interception statistics; a bank its order figures.
+    metrics = CARRIER_AGGREGATE_METRICS if f.target in CARRIER_PREFIXES else AGGREGATE_METRICS
+    if a.metric not in metrics:
+        f.bad(f"{p}.metric", f"must be one of {', '.join(sorted(metrics))}")
     f.window(f"{p}.window", a, "window")
 
 

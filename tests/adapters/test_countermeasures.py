@@ -40,19 +40,26 @@ from fedgate.dissuasion import (
     pull_warnings,
     record_contact,
 )
-from fedgate.errors import PermissionRefused
+from fedgate.errors import PermissionRefused, PolicyDenied
 from fedgate.federation import MemberKind
 from fedgate.registry import Registry
 from fedgate.risklist import risklist_origin
 from fedgate.testing import valid_request
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options
 from fedgate.types import MemberId
-from fedgate.v1 import alert_service_pb2, alert_service_pb2_grpc, request_pb2, risklist_pb2
+from fedgate.v1 import (
+    alert_service_pb2,
+    alert_service_pb2_grpc,
+    common_pb2,
+    request_pb2,
+    risklist_pb2,
+)
 from gateway.config import (
     AuditConfig,
     FederationConfig,
     GatewayConfig,
     PipelineConfig,
+    RoutingConfig,
     ServerConfig,
 )
 from gateway.server import Gateway
@@ -66,6 +73,8 @@ class Centre:
     gateway: Gateway
     police: FedgateClient
     fed: Path
+    listen: dict[str, str]
+    """Where the nodes the gateway routes to will listen."""
 
     async def list(self, category: int, value: str, **fields: object) -> None:
         request = valid_request("risk_list_add", now=datetime.now(UTC), serial=len(value))
@@ -112,16 +121,18 @@ def _port() -> int:
 
 @pytest.fixture
 async def centre(fed_dir: Path, tmp_path: Path) -> AsyncIterator[Centre]:
+    listen = {"carrier.cmcc": f"127.0.0.1:{_port()}"}
     config = GatewayConfig(
         federation=FederationConfig(dir=fed_dir),
         pipeline=PipelineConfig(state_dir=tmp_path / "gateway"),
         server=ServerConfig(listen=f"127.0.0.1:{_port()}", grace_period_s=1.0),
         audit=AuditConfig(),
+        routing=RoutingConfig(endpoints={MemberId(m): e for m, e in listen.items()}),
     )
     gateway = await Gateway.start(config)
     police = FedgateClient.from_federation(fed_dir, POLICE, endpoint=gateway.endpoint)
     try:
-        yield Centre(gateway, police, fed_dir)
+        yield Centre(gateway, police, fed_dir, listen)
     finally:
         await police.close()
         await gateway.stop(0.5)
@@ -134,7 +145,7 @@ def _node_config(
         member_id=MemberId(member),
         federation_dir=fed_dir,
         state_dir=tmp_path / "state" / member,
-        listen="127.0.0.1:0",
+        listen=centre.listen.get(member, "127.0.0.1:0"),
         backend_path=world.database(member),
         gateway_endpoint=centre.gateway.endpoint,
         risklist_follow=True,
@@ -188,8 +199,52 @@ class TestCarrierInterception:
                 assert w.early_warning.flagged in fraud
                 assert w.early_warning.name  # police need to know whom to call
             await self._dissuade(centre, tmp_path, warnings)
+            await self._regulator_figures(centre, fed_dir, counts)
         finally:
             await node.stop(grace=None)
+
+    async def _regulator_figures(
+        self, centre: Centre, fed_dir: Path, counts: list[tuple[str, str, int, int, int]]
+    ) -> None:
+        """The telecom regulator receives the carrier's interception statistics (counts)."""
+        regulator = FedgateClient.from_federation(
+            fed_dir, MemberId("regulator.gdca"), endpoint=centre.gateway.endpoint
+        )
+        expected = {
+            "calls_intercepted": sum(c[3] for c in counts if c[1] == "voice"),
+            "sms_intercepted": sum(c[3] for c in counts if c[1] == "sms"),
+            "early_warnings": sum(c[4] for c in counts),
+        }
+        try:
+            for metric, count in expected.items():
+                request = valid_request(
+                    "aggregate_stats",
+                    now=datetime.now(UTC),
+                    requesting_agency="regulator.gdca",
+                    target="carrier.cmcc",
+                )
+                request.officer.role = common_pb2.ROLE_REGULATOR_STAFF
+                request.aggregate_stats.metric = metric
+                answer = await regulator.ask(request)
+                assert answer.response.status == request_pb2.RESPONSE_STATUS_OK
+                assert answer.response.aggregate_stats.count == count, metric
+            # the cyberspace administration may not ask a carrier
+            other = FedgateClient.from_federation(
+                fed_dir, MemberId("regulator.gdcac"), endpoint=centre.gateway.endpoint
+            )
+            request = valid_request(
+                "aggregate_stats",
+                now=datetime.now(UTC),
+                requesting_agency="regulator.gdcac",
+                target="carrier.cmcc",
+            )
+            request.officer.role = common_pb2.ROLE_REGULATOR_STAFF
+            request.aggregate_stats.metric = "calls_intercepted"
+            with pytest.raises(PolicyDenied):
+                await other.ask(request)
+            await other.close()
+        finally:
+            await regulator.close()
 
     async def _dissuade(
         self, centre: Centre, tmp_path: Path, warnings: list[request_pb2.Request]
