@@ -72,7 +72,7 @@ from gateway.audit.service import AuditServicer
 from gateway.audit.sqlite_store import SqliteDatabase, open_sqlite_store
 from gateway.audit.store import AuditStore
 from gateway.config import ConfigError, GatewayConfig
-from gateway.console import RunningAuditorConsole, start_auditor_console
+from gateway.console import Countermeasures, RunningAuditorConsole, start_auditor_console
 from gateway.events import EventServicer
 from gateway.pipeline import Pipeline
 from gateway.policy import ReloadingDecider, load_default_decider
@@ -86,7 +86,7 @@ from gateway.replay import (
     rebuild_from_audit,
 )
 from gateway.risklist import SERVICE_NAME as RISKLIST_SERVICE_NAME
-from gateway.risklist import RiskListLog, RiskListServicer
+from gateway.risklist import CentreStats, RiskListLog, RiskListServicer
 from gateway.routing import NodeRouter
 from gateway.rules import BusinessRules
 from gateway.service import SERVICE_NAME, GatewayServicer
@@ -127,6 +127,7 @@ class _Parts:
     alerts: AlertHub
     router: NodeRouter
     risklist: RiskListLog
+    stats: CentreStats
     witness_channels: tuple[grpc.aio.Channel, ...] = ()
 
 
@@ -389,7 +390,10 @@ class Gateway:
             keep_response_bodies=config.audit.keep_response_bodies,
             risklist=risklist,
         )
-        parts = _Parts(audit, replay, rules, tickets, alerts, router, risklist, witness_channels)
+        stats = CentreStats(state / "countermeasure-stats.sqlite")
+        parts = _Parts(
+            audit, replay, rules, tickets, alerts, router, risklist, stats, witness_channels
+        )
         limit = config.server.max_receive_bytes
         server = grpc.aio.server(
             options=[
@@ -460,6 +464,9 @@ class Gateway:
                     port=int(console_port),
                     member_id=member_id,
                     secure_cookies=config.console.secure_cookies,
+                    countermeasures=Countermeasures(
+                        stats=parts.stats, audit=audit, risklist=risklist
+                    ),
                 )
             except BaseException:
                 await gateway.stop(0)
@@ -520,6 +527,7 @@ class Gateway:
         await parts.router.close()
         await parts.audit.close()
         await parts.risklist.close()
+        parts.stats.close()
         for channel in parts.witness_channels:
             await channel.close(None)
         parts.replay.close()

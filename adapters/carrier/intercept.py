@@ -12,8 +12,8 @@ texting subscribers, and now and then a subscriber calling a fraud number back.
   victim: an ``EarlyWarning`` is produced for them, at most ONE per subscriber per ``window``
   (default 24 hours), however many calls they get.
 
-Counts are kept per UTC day in the node's state (SQLite), so the statistics outlive restarts;
-they hold numbers of events only, never a number or a name.
+Counts are kept per day (China Standard Time) in the node's state (SQLite), so the statistics
+outlive restarts; they hold numbers of events only, never a number or a name.
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Final
 
 from fedgate.errors import AgencyUnavailable, InvalidArgument
 from fedgate.risklist import RiskIndex, micros
+from fedgate.types import CHINA_TIME
 from fedgate.v1 import report_pb2, risklist_pb2
 
 __all__ = ["COUNTS_FILE", "CallEvent", "InterceptionStats", "Interceptor", "Verdict", "world_feed"]
@@ -110,7 +111,7 @@ CREATE TABLE IF NOT EXISTS interception_counts (
 class InterceptionStats:
     """The stored daily counts, read for ``aggregate_stats`` (the telecom regulator's figures).
 
-    ``total`` adds up the UTC days the window touches, first and last day included:
+    ``total`` adds up the days (China time) the window touches, first and last day included:
     ``calls_intercepted`` (blocked voice calls), ``sms_intercepted`` (blocked SMS),
     ``early_warnings`` (warnings raised)."""
 
@@ -180,7 +181,7 @@ class Interceptor:
     def process(self, event: CallEvent) -> Verdict:
         """Block or pass one event; count it; maybe warn (see the contract)."""
         at_us = micros(event.at)
-        day = event.at.astimezone(UTC).date().isoformat()
+        day = event.at.astimezone(CHINA_TIME).date().isoformat()
         blocked = self._listed(event.caller, at_us)
         victim, flagged = "", ""
         if blocked and self._is_subscriber(event.callee):

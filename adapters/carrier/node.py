@@ -29,6 +29,7 @@ from adapters.config import NodeConfig
 from adapters.node import CoreNode
 from fedgate.actions import CARRIER_ACTIONS
 from fedgate.errors import FieldViolation, InvalidArgument
+from fedgate.types import CHINA_TIME
 from fedgate.v1 import bank_pb2, carrier_pb2, request_pb2
 
 __all__ = ["CarrierAgency", "CarrierNode"]
@@ -108,8 +109,8 @@ class CarrierAgency:
     def _aggregate_stats(self, request: request_pb2.Request, now: datetime) -> request_pb2.Response:
         assert self._stats is not None
         q = request.aggregate_stats
-        start = q.window.start.ToDatetime(tzinfo=UTC).date()
-        end = q.window.end.ToDatetime(tzinfo=UTC).date()
+        start = q.window.start.ToDatetime(tzinfo=UTC).astimezone(CHINA_TIME).date()
+        end = q.window.end.ToDatetime(tzinfo=UTC).astimezone(CHINA_TIME).date()
         count = self._stats.total(q.metric, start, end)
         return request_pb2.Response(
             status=OK,

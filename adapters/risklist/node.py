@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,6 +33,8 @@ __all__ = ["REPLICA_FILE", "Countermeasures", "warning_case"]
 _log = logging.getLogger("adapters.risklist")
 REPLICA_FILE = "risklist.sqlite"
 _TICK_S = 0.2
+_REPORT_S = 5.0
+"""How often a carrier sends the centre its interception counts (when they changed)."""
 _MAX_UNSENT = 10_000
 
 
@@ -53,6 +56,8 @@ class Countermeasures:
         self.ready = asyncio.Event()
         self.unsent: list[report_pb2.EarlyWarning] = []
         self.sent = 0
+        self.reported: dict[tuple[str, str], tuple[int, int, int]] = {}
+        """The interception counts the centre has acknowledged, per (day, kind)."""
 
     def jobs(self, kind: MemberKind) -> tuple[Background, ...]:
         """The background jobs for a node of ``kind`` (empty when not following the list)."""
@@ -128,6 +133,7 @@ class Countermeasures:
             per_second=config.feed_per_s,
         )
         pending: CallEvent | None = next(feed, None)
+        next_report = time.monotonic() + _REPORT_S
         while pending is not None:
             now = datetime.now(UTC)
             while pending is not None and pending.at <= now:
@@ -137,10 +143,38 @@ class Countermeasures:
                 pending = next(feed, None)
             await asyncio.to_thread(interceptor.flush)
             await self._send_warnings(node)
+            if time.monotonic() >= next_report:
+                await self._report_counts(node, interceptor)
+                next_report = time.monotonic() + _REPORT_S
             await asyncio.sleep(_TICK_S)
         while self.unsent:  # the feed is over: deliver what is left
             await self._send_warnings(node)
             await asyncio.sleep(1.0)
+        await self._report_counts(node, interceptor)
+
+    async def _report_counts(self, node: AgencyNode, interceptor: Interceptor) -> None:
+        """Send the centre the daily counts that changed, as audited events (counts only)."""
+        rows = await asyncio.to_thread(interceptor.daily_counts)
+        for day, kind, seen, blocked, warned in rows:
+            if self.reported.get((day, kind)) == (seen, blocked, warned):
+                continue
+            try:
+                await node.report_sender().client.record_event(
+                    kind="interception_counts",
+                    actor=f"{node.member_id}.node",
+                    at=datetime.now(UTC),
+                    detail=[
+                        ("day", day),
+                        ("kind", kind),
+                        ("seen", str(seen)),
+                        ("blocked", str(blocked)),
+                        ("warned", str(warned)),
+                    ],
+                )
+            except FedgateError as exc:
+                _log.warning("risk list: interception counts not reported: %s", exc.message)
+                return  # again next round
+            self.reported[(day, kind)] = (seen, blocked, warned)
 
     async def _send_warnings(self, node: AgencyNode) -> None:
         while self.unsent:

@@ -200,8 +200,26 @@ class TestCarrierInterception:
                 assert w.early_warning.name  # police need to know whom to call
             await self._dissuade(centre, tmp_path, warnings)
             await self._regulator_figures(centre, fed_dir, counts)
+            await self._counts_reach_the_centre(centre, counts)
         finally:
             await node.stop(grace=None)
+
+    async def _counts_reach_the_centre(
+        self, centre: Centre, counts: list[tuple[str, str, int, int, int]]
+    ) -> None:
+        """The carrier reports its daily counts to the centre as audited events."""
+        latest: dict[tuple[str, str], str] = {}
+        async with asyncio.timeout(20):
+            while True:
+                for i in range(centre.gateway.audit.size):
+                    entry = decode_entry(await centre.gateway.audit.get_entry(i))
+                    if isinstance(entry, EventEntry) and entry.kind == "interception_counts":
+                        assert entry.member == "carrier.cmcc"
+                        d = dict(entry.detail)
+                        latest[(d["day"], d["kind"])] = d["blocked"]
+                if latest == {(c[0], c[1]): str(c[3]) for c in counts}:
+                    break
+                await asyncio.sleep(0.5)
 
     async def _regulator_figures(
         self, centre: Centre, fed_dir: Path, counts: list[tuple[str, str, int, int, int]]
