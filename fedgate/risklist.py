@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from fedgate.checkpoint import Checkpoint, CosignatureVerifier, parse_checkpoint
-from fedgate.errors import InvalidArgument, LogInconsistent, VerificationError
+from fedgate.errors import InvalidArgument, LogInconsistent, NotCosigned, VerificationError
 from fedgate.merkle import EMPTY_ROOT, HASH_SIZE, leaf_hash, node_hash, verify_consistency
 from fedgate.note import NoteVerifier, parse_note, verify_note
 from fedgate.v1 import risklist_pb2
@@ -289,7 +289,7 @@ def verify_batch(
         )
     cosigned = _cosigners(checkpoint, witness_verifiers)
     if len(cosigned) < min_cosignatures:
-        raise VerificationError(
+        raise NotCosigned(
             f"risk list checkpoint of size {cp.size} has {len(cosigned)} witness cosignatures, "
             f"fewer than the {min_cosignatures} required"
         )

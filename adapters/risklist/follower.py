@@ -5,7 +5,9 @@ The follower asks for the changes after the replica's size, verifies and applies
 unreachable, so a member that was offline catches up from where it stopped. A batch that fails
 verification is refused and nothing of it is applied; the refusal is kept in ``last_refusal``
 and logged, and the follower asks again later (the replica refuses anything that does not
-verify, however often it is offered).
+verify, however often it is offered). A checkpoint without the witness cosignatures the
+replica requires (``NotCosigned``) is not a refusal: the follower asks again shortly, by which
+time the gateway serves the cosigned checkpoint.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import grpc
 import grpc.aio
 
 from adapters.risklist.replica import Replica
-from fedgate.errors import FedgateError
+from fedgate.errors import FedgateError, NotCosigned
 from fedgate.status import error_from_rpc
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options
 from fedgate.types import MemberId
@@ -55,6 +57,7 @@ class Follower:
         self.synced = asyncio.Event()
         """Set once the gateway has said the replica holds the whole list (and stays set)."""
         self.last_refusal: str | None = None
+        self.waiting_for_witnesses: str | None = None
         self.last_error: str | None = None
 
     def start(self) -> None:
@@ -80,6 +83,10 @@ class Follower:
                 await self._follow()
             except asyncio.CancelledError:
                 raise
+            except NotCosigned:
+                await asyncio.sleep(self._retry_s[0])
+                pause = self._retry_s[0]
+                continue
             except FedgateError as exc:
                 self.last_error = exc.message
                 _log.warning("risk list: following the gateway failed: %s", exc.message)
@@ -114,10 +121,15 @@ class Follower:
                 checkpoint=batch.checkpoint,
                 consistency_proof=list(batch.consistency_proof),
             )
+        except NotCosigned as exc:
+            # Not an attack: the witnesses have not cosigned yet. Ask again shortly.
+            self.waiting_for_witnesses = exc.message
+            raise
         except FedgateError as exc:
             self.last_refusal = exc.message
             _log.error("risk list: batch from %d refused: %s", batch.first_index, exc.message)
             raise
+        self.waiting_for_witnesses = None
         self.last_error = None
         if not batch.changes:
             self.synced.set()

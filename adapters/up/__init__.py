@@ -219,6 +219,7 @@ def _write_node_config(state: Path, member: Member, world: World) -> Path:
                 "[risklist]   # the shared risk list, replicated and verified (countermeasures)",
                 "follow = true",
                 f'origin = "{RISKLIST_ORIGIN}"',
+                "min_cosignatures = 1   # apply a change once a witness has cosigned it",
                 *(
                     [f"feed_per_second = {FEED_PER_SECOND}", f"feed_max = {FEED_MAX}"]
                     if member.kind is MemberKind.CARRIER

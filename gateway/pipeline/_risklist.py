@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from functools import partial
 
 from fedgate.envelope import Domain, Signer, request_hash, sign_envelope
+from fedgate.errors import FedgateError
 from fedgate.types import MemberId
 from fedgate.v1 import gateway_service_pb2, request_pb2, risklist_pb2
 from gateway.pipeline._audit_legs import AuditLegs
@@ -76,6 +77,10 @@ class RiskListChanges:
             except ChangeRefused as refused:
                 answer.status = refused.status
                 answer.detail = refused.message
+            except FedgateError as error:
+                # The list's log could not take the change: nothing was listed. Say so in the
+                # audit log (a response leg without an answer) and fail closed.
+                raise await self._legs.no_answer(pending, "unavailable", error, x.stage) from None
             else:
                 answer.status = request_pb2.RESPONSE_STATUS_OK
                 answer.risk_list_change.CopyFrom(

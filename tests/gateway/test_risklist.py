@@ -4,9 +4,10 @@ answered by the gateway; extension, removal and expiry."""
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
@@ -353,3 +354,29 @@ class TestWitnessed:
             assert all("rolled back" in e for e in rolled.witness_errors.values())
         finally:
             await rolled.close()
+
+
+class TestListLogDown:
+    async def test_a_change_the_list_log_cannot_take_is_refused_and_logged(
+        self, gw_federation: Path, tmp_path: Path, harness_factory: Any
+    ) -> None:
+        from fedgate.errors import AuditUnavailable
+
+        h = await harness_factory(gw_federation, tmp_path)
+        try:
+            # the risk list's database goes away under the gateway
+            h.gateway.risklist._store._db.close()
+            before = h.gateway.audit.size
+            request = risk(h, value=mobile_number("carrier.cucc", 601))
+            with pytest.raises(AuditUnavailable):
+                await h.client().submit(request)
+            request_leg, response_leg = await h.entries(before)
+            assert isinstance(request_leg, RequestLeg)
+            assert request_leg.decision == "allowed"
+            assert isinstance(response_leg, ResponseLeg)
+            assert response_leg.status == "unavailable"
+            assert "AUDIT_UNAVAILABLE" in response_leg.detail
+            assert h.gateway.risklist.size == 0
+        finally:
+            h.gateway.risklist._store._db = sqlite3.connect(":memory:")
+            await h.close()

@@ -5,10 +5,13 @@ offline catches up; forged, rolled-back and forked batches are refused and chang
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import grpc
+import grpc.aio
 import pytest
 
 from adapters.risklist import Follower, Replica
@@ -20,9 +23,9 @@ from fedgate.merkle import MerkleTree, leaf_hash
 from fedgate.note import NoteSigner, add_signatures, parse_note
 from fedgate.registry import Registry
 from fedgate.testing import mobile_number
-from fedgate.tls import MemberCredentials
+from fedgate.tls import MemberCredentials, channel_credentials, channel_options
 from fedgate.types import MemberId
-from fedgate.v1 import request_pb2, risklist_pb2
+from fedgate.v1 import request_pb2, risklist_pb2, risklist_pb2_grpc
 
 if TYPE_CHECKING:
     from conftest import GatewayHarness
@@ -139,6 +142,39 @@ def _gateway_signer(h: GatewayHarness) -> NoteSigner:
     return NoteSigner(name=h.gateway.risklist.origin, private_key=creds.signing_key)
 
 
+class TestWhoMayFollow:
+    async def test_a_revoked_member_may_not_follow(
+        self, harness: GatewayHarness, tmp_path: Path
+    ) -> None:
+        f = follower(harness, tmp_path / "revoked.sqlite", member="carrier.ctcc")
+        f.start()
+        try:
+            for _ in range(100):
+                if f.last_error:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await f.stop()
+        assert f.last_error is not None
+        assert "revoked" in f.last_error
+        assert f.replica.size == 0
+        f.replica.close()
+
+    async def test_following_from_beyond_the_list_is_refused(self, harness: GatewayHarness) -> None:
+        creds = MemberCredentials.load(harness.federation, MemberId("bank.abc"))
+        async with grpc.aio.secure_channel(
+            harness.endpoint,
+            channel_credentials(creds),
+            options=channel_options(MemberId("gateway")),
+        ) as channel:
+            stub = risklist_pb2_grpc.RiskListServiceStub(channel)
+            call = stub.Follow(risklist_pb2.FollowRequest(from_index=10**9))
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call.read()
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "never had" in (caught.value.details() or "")
+
+
 class TestRefusals:
     """Every bad batch raises and leaves the replica (disk and memory) exactly as it was."""
 
@@ -244,18 +280,15 @@ class TestRefusals:
             )
         self._unchanged(replica, 2, tmp_path / "r.sqlite", harness)
 
-    async def test_a_follower_refuses_a_batch_and_keeps_its_list(
+    async def test_a_follower_refuses_a_forged_list_and_keeps_its_own(
         self, harness: GatewayHarness, tmp_path: Path
     ) -> None:
-        # a replica ahead of this gateway (it followed another history): the gateway says so,
-        # and nothing is applied
         replica = await self._replica(harness, tmp_path, 2)
         replica.close()
         f = follower(harness, tmp_path / "r.sqlite")
-        f.replica.keys = ReplicaKeys(
-            origin=f.replica.keys.origin,
-            log_verifiers=(_gateway_signer(harness).verifier(),),
-            min_cosignatures=1,  # demand a witness cosignature the harness gateway lacks
+        impostor = NoteSigner(name=f.replica.keys.origin, private_key=generate_signing_key())
+        f.replica.keys = ReplicaKeys(  # this member trusts another gateway key
+            origin=f.replica.keys.origin, log_verifiers=(impostor.verifier(),)
         )
         f.start()
         try:
@@ -266,6 +299,24 @@ class TestRefusals:
         finally:
             await f.stop()
         assert f.last_refusal is not None
-        assert "cosignatures" in f.last_refusal
         assert f.replica.size == 2
+        f.replica.close()
+
+    async def test_a_follower_waits_for_the_witnesses_it_requires(
+        self, harness: GatewayHarness, tmp_path: Path
+    ) -> None:
+        f = follower(harness, tmp_path / "w.sqlite")
+        f.replica.keys = replace(f.replica.keys, min_cosignatures=1)  # none cosign here
+        f.start()
+        try:
+            for _ in range(100):
+                if f.waiting_for_witnesses:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await f.stop()
+        assert f.waiting_for_witnesses is not None
+        assert "cosignatures" in f.waiting_for_witnesses
+        assert f.last_refusal is None  # not an attack: nothing applied, nothing alarmed
+        assert f.replica.size == 0
         f.replica.close()
