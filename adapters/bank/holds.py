@@ -11,6 +11,10 @@ looks the receiving account up in the local risk list replica (in memory) and:
   (removed after an appeal, or lapsed), or when the hold itself expires (``hold_for``,
   24 hours by default: the bank may delay settlement, not confiscate);
 - a transfer to an account not listed passes (``check`` returns ``None``).
+
+``TransferPath`` is the reference core's transfer path with the guard in it: ``send`` settles a
+transfer (posts it on the payer's account) only if the guard lets it through; ``sweep`` settles
+the holds the guard releases. A held transfer is not posted: the money stays on the account.
 """
 
 from __future__ import annotations
@@ -23,11 +27,22 @@ from enum import StrEnum
 from pathlib import Path
 
 from adapters._sqlite import from_us, to_us
-from fedgate.errors import AgencyUnavailable
+from adapters.bank.backend import Direction, Transaction
+from adapters.bank.reference import ReferenceBank
+from fedgate.errors import AgencyUnavailable, RuleViolated
 from fedgate.risklist import RiskIndex
 from fedgate.v1 import report_pb2, risklist_pb2
+from fedgate.validate import bank_of_card
 
-__all__ = ["DEFAULT_HOLD", "Hold", "HoldState", "Transfer", "TransferGuard", "hold_warning"]
+__all__ = [
+    "DEFAULT_HOLD",
+    "Hold",
+    "HoldState",
+    "Transfer",
+    "TransferGuard",
+    "TransferPath",
+    "hold_warning",
+]
 
 ACCOUNT = risklist_pb2.RISK_CATEGORY_BANK_ACCOUNT
 DEFAULT_HOLD = timedelta(hours=24)
@@ -200,3 +215,39 @@ class TransferGuard:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+class TransferPath:
+    """Outgoing transfers of ``core`` (the reference bank) through ``guard``."""
+
+    def __init__(self, *, core: ReferenceBank, guard: TransferGuard) -> None:
+        self._core = core
+        self._guard = guard
+
+    def _settle(self, t: Transfer) -> Transaction:
+        return self._core.record_transaction(
+            t.from_account,
+            direction=Direction.OUT,
+            amount_minor=t.amount_minor,
+            counterparty_account=t.to_account,
+            counterparty_name="",
+            counterparty_bank=bank_of_card(t.to_account) or "",
+            memo=f"transfer {t.transfer_id}",
+            ts=t.at,
+        )
+
+    def send(self, transfer: Transfer, *, now: datetime | None = None) -> Hold | Transaction:
+        """The hold, if the receiving account is listed; else the posted transaction."""
+        hold = self._guard.check(transfer, now=now)
+        return hold if hold is not None else self._settle(transfer)
+
+    def sweep(self, *, now: datetime | None = None) -> list[tuple[Hold, Transaction | None]]:
+        """Release what the guard releases and post it; ``None`` where posting was refused
+        (e.g. the account was stopped or frozen meanwhile: the money stays)."""
+        out: list[tuple[Hold, Transaction | None]] = []
+        for hold in self._guard.sweep(now=now):
+            try:
+                out.append((hold, self._settle(hold.transfer)))
+            except RuleViolated:
+                out.append((hold, None))
+        return out

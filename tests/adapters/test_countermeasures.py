@@ -19,7 +19,14 @@ import dns.resolver
 import grpc
 import pytest
 
-from adapters.bank.holds import HoldState, Transfer, TransferGuard, hold_warning
+from adapters.bank.holds import (
+    Hold,
+    HoldState,
+    Transfer,
+    TransferGuard,
+    TransferPath,
+    hold_warning,
+)
 from adapters.bank.node import BankNode
 from adapters.carrier.node import CarrierNode
 from adapters.config import NodeConfig
@@ -344,15 +351,30 @@ class TestBankHold:
             assert cm.follower is not None
             await cm.follower.wait_for_size(centre.gateway.risklist.size, timeout=10)
             guard = TransferGuard(index=cm.replica.index, path=tmp_path / "holds.sqlite")
+            path = TransferPath(core=node.core, guard=guard)
             now = datetime.now(UTC)
 
-            def transfer(tid: str, to: str) -> Transfer:
-                return Transfer(tid, victim.account_number, victim.name, to, 500_000, "CNY", now)
+            def transfer(tid: str, to: str, minor: int = 500) -> Transfer:
+                return Transfer(tid, victim.account_number, victim.name, to, minor, "CNY", now)
 
-            assert guard.check(transfer("T-ok", world.chains[1].victim.account_number)) is None
-            hold = guard.check(transfer("T-1", mule))
-            assert hold is not None
+            def posted() -> list[str]:
+                page = node.core.transactions(
+                    victim.account_number,
+                    now - timedelta(minutes=1),
+                    now + timedelta(minutes=1),
+                    page_size=100,
+                    page_token="",
+                )
+                return [t.memo for t in page.transactions]
+
+            other = world.chains[1].victim.account_number
+            ok = path.send(transfer("T-ok", other))
+            assert not isinstance(ok, Hold)  # not listed: posted at once
+            assert posted() == ["transfer T-ok"]
+            hold = path.send(transfer("T-1", mule))
+            assert isinstance(hold, Hold)
             assert hold.state == HoldState.HELD
+            assert posted() == ["transfer T-ok"]  # held: the money has not left
             short = TransferGuard(
                 index=cm.replica.index, path=tmp_path / "short.sqlite", hold_for=timedelta(0)
             )
@@ -365,15 +387,18 @@ class TestBankHold:
             assert warning.early_warning.flagged == mule
             assert warning.early_warning.subject == victim.account_number
             # still listed: the hold stays; the short hold expires on its own
-            assert guard.sweep() == []
+            assert path.sweep() == []
             (expired,) = short.sweep()
             assert expired.state == HoldState.RELEASED_EXPIRED
-            # the list says so: removed at the gateway, followed, released
+            # the list says so: removed at the gateway, followed, released and posted
             await centre.remove(R.RISK_CATEGORY_BANK_ACCOUNT, mule)
             await cm.follower.wait_for_size(centre.gateway.risklist.size, timeout=10)
-            (released,) = guard.sweep()
+            ((released, tx),) = path.sweep()
             assert released.state == HoldState.RELEASED_DELISTED
             assert released.transfer.transfer_id == "T-1"
+            assert tx is not None
+            assert tx.counterparty_account == mule
+            assert posted() == ["transfer T-ok", "transfer T-1"]
             assert [h.state for h in guard.holds()] == [HoldState.RELEASED_DELISTED]
             guard.close()
             short.close()
