@@ -388,6 +388,23 @@ class FedgateClient:
             raise error_from_rpc(exc) from exc
         return reply.checkpoint
 
+    async def follow_risklist(
+        self, *, from_index: int = 0, max_batch: int = 0
+    ) -> AsyncIterator[risklist_pb2.FollowResponse]:
+        """The risk list's changes from ``from_index`` on, batch by batch, as the gateway sends
+        them (verify each with ``fedgate.risklist.verify_batch``); the stream goes on until
+        the caller stops. Raises ``FedgateError``."""
+        call = self._risklist.Follow(
+            risklist_pb2.FollowRequest(from_index=from_index, max_batch=max_batch)
+        )
+        try:
+            async for batch in call:
+                yield batch
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        finally:
+            call.cancel()
+
     async def alerts(
         self, *, kinds: Sequence[str] = (), after: int = 0, idle_s: float | None = None
     ) -> AsyncIterator[alert_service_pb2.SubscribeAlertsResponse]:

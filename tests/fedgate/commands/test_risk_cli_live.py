@@ -53,6 +53,19 @@ class TestRiskCli:
         assert again.code == ExitCode.AGENCY_DECLINED
         assert "NOT_FOUND" in again.out
 
+    def test_verify_replays_the_whole_list(
+        self, police: Callable[..., Run], cli: Callable[..., Run], live_federation: LiveFederation
+    ) -> None:
+        number = mobile_number("carrier.cucc", 4343)
+        run = police("risk", "add", "--category", "phone", "--value", number, "--reason", "x")
+        assert run.code == ExitCode.OK, run.out + run.err
+        run = cli("risk", "verify", "--endpoint", live_federation.endpoint)
+        assert run.code == ExitCode.OK, run.out + run.err
+        assert "change(s) verified" in run.out
+        assert "phone" in run.out
+        assert run.out.rstrip().endswith("OK")
+        assert number not in run.out
+
     def test_a_bad_domain_names_the_field(self, police: Callable[..., Run]) -> None:
         run = police(
             "risk", "add", "--category", "domain", "--value", "not a domain", "--reason", "x"
