@@ -390,7 +390,12 @@ class Gateway:
             keep_response_bodies=config.audit.keep_response_bodies,
             risklist=risklist,
         )
-        stats = CentreStats(state / "countermeasure-stats.sqlite")
+
+        def member_kind(member: str) -> str:
+            found = pipeline.registry.find(member)
+            return found.kind.value if found is not None else ""
+
+        stats = CentreStats(state / "countermeasure-stats.sqlite", member_kind=member_kind)
         parts = _Parts(
             audit, replay, rules, tickets, alerts, router, risklist, stats, witness_channels
         )

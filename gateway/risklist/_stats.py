@@ -4,13 +4,14 @@ A projection of the two logs, kept incrementally in its own small SQLite file (t
 stores are not touched): ``catch_up`` reads the audit entries and the risk list changes
 appended since its cursors and adds them up per day (China Standard Time, as the console):
 
-- ``intercepted`` (keys ``voice``, ``sms``): the blocked calls and SMS that carriers report as
+- ``intercepted`` (keys ``voice``, ``sms``): the blocked calls and SMS that carriers (and only
+  carriers) report as
   audited ``interception_counts`` events (absolute per carrier, day and kind: the latest
   report of each wins, so a repeated report never counts twice);
 - ``listed`` (keys: the categories): risk list additions;
 - ``warnings`` (key: the reporting member): early warnings the gateway delivered to police;
-- ``dissuasion`` (keys ``contacted_in_time``, ``persuaded``, ``already_paid``): from the
-  police's ``dissuasion_contact`` events.
+- ``dissuasion`` (keys ``contacted_in_time``, ``persuaded``, ``already_paid``): from police
+  members' ``dissuasion_contact`` events (any member may record events; only these count).
 
 It is rebuilt from the logs when its file is lost (the cursors start again at 0).
 """
@@ -21,6 +22,7 @@ import asyncio
 import sqlite3
 import threading
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Final
@@ -59,7 +61,10 @@ def _us(at: datetime) -> int:
 class CentreStats:
     """Daily countermeasure counts (see the module). Thread-safe."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, member_kind: Callable[[str], str]) -> None:
+        """``member_kind`` gives a member's kind from the registry (``""`` if unknown): only
+        carriers' interception counts and police members' dissuasion events are counted."""
+        self._kind = member_kind
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -118,14 +123,14 @@ class CentreStats:
                     counts[(day, "warnings", entry.requesting_agency)] += 1
             elif isinstance(entry, EventEntry):
                 detail = dict(entry.detail)
-                if entry.kind == "dissuasion_contact":
+                if entry.kind == "dissuasion_contact" and self._kind(entry.member) == "police":
                     day = day_of(_us(entry.at)).isoformat()
                     outcome = detail.get("outcome", "")
                     if detail.get("within_deadline") == "yes" and outcome != "not_reached":
                         counts[(day, "dissuasion", "contacted_in_time")] += 1
                     if outcome in ("persuaded", "already_paid"):
                         counts[(day, "dissuasion", outcome)] += 1
-                elif entry.kind == "interception_counts":
+                elif entry.kind == "interception_counts" and self._kind(entry.member) == "carrier":
                     kind, day_text = detail.get("kind", ""), detail.get("day", "")
                     if kind in ("voice", "sms") and detail.get("blocked", "").isdigit():
                         reports[(entry.member, day_text, kind)] = int(detail["blocked"])

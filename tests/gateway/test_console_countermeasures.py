@@ -62,7 +62,13 @@ async def centre(federation: Path, tmp_path: Path) -> AsyncIterator[Centre]:
     risklist = RiskListLog.open(
         tmp_path / "risklist.sqlite", origin=origin, signer=NoteSigner(name=origin, private_key=key)
     )
-    stats = CentreStats(tmp_path / "stats.sqlite")
+    registry = Registry.load_dir(federation)
+
+    def kind(member: str) -> str:
+        found = registry.find(member)
+        return found.kind.value if found is not None else ""
+
+    stats = CentreStats(tmp_path / "stats.sqlite", member_kind=kind)
     insights = await LogInsights.open(db)
     users = UserStore.in_state_dir(tmp_path)
     users.add_user(
@@ -73,7 +79,6 @@ async def centre(federation: Path, tmp_path: Path) -> AsyncIterator[Centre]:
         password=PASSWORD,
         params=ScryptParams(n=2**10, r=8, p=1),
     )
-    registry = Registry.load_dir(federation)
     console = AuditorConsole(
         log=log,
         insights=insights,
@@ -139,6 +144,14 @@ async def _fill(c: Centre, now: datetime) -> None:
                 at=now,
                 detail=(("day", day), ("kind", "voice"), ("seen", "100"), ("blocked", blocked)),
             )
+        )
+    # a bank may record events, but its "interception counts" and "contacts" count for nothing
+    for kind, detail in (
+        ("interception_counts", (("day", day), ("kind", "voice"), ("blocked", "1000"))),
+        ("dissuasion_contact", (("outcome", "persuaded"), ("within_deadline", "yes"))),
+    ):
+        await c.log.append(
+            EventEntry(kind=kind, actor="x", member="bank.icbc", at=now, detail=detail)
         )
     for outcome, in_time in (("persuaded", "yes"), ("not_reached", "yes"), ("reached", "no")):
         await c.log.append(
