@@ -123,6 +123,7 @@ class Replica:
         for leaf in leaves:
             tree.append(leaf_hash(leaf))
         if tree.size != state.size or tree.root() != state.root:
+            db.close()
             raise LogInconsistent(
                 f"risk list replica {path}: {tree.size} stored changes do not match its state of "
                 f"size {state.size}; restore it or delete it to copy the list afresh"

@@ -129,6 +129,7 @@ class RiskListLog:
         origin: str,
         signer: NoteSigner,
         leaves: Sequence[bytes],
+        tree: MerkleTree,
         checkpoint: str,
         witnesses: Sequence[WitnessClient],
         cosigned: str | None,
@@ -136,7 +137,7 @@ class RiskListLog:
         self._store = store
         self.origin = origin
         self._signer = signer
-        self._tree = MerkleTree.from_leaf_hashes(leaf_hash(x) for x in leaves)
+        self._tree = tree
         self._edge = CompactRange()
         for i in range(self._tree.size):
             self._edge.append(self._tree.leaf_hash_at(i))
@@ -170,7 +171,25 @@ class RiskListLog:
         """Open (or create) the log at ``path``; raises ``AuditUnavailable`` when the store is
         unusable and ``LogInconsistent`` when its leaves do not match its last checkpoint."""
         store = _Store(path)
-        leaves, note, cosigned = store.load()
+        try:
+            return cls._open(store, origin=origin, signer=signer, witnesses=witnesses)
+        except BaseException:
+            store.close()
+            raise
+
+    @classmethod
+    def _open(
+        cls,
+        store: _Store,
+        *,
+        origin: str,
+        signer: NoteSigner,
+        witnesses: Sequence[WitnessClient],
+    ) -> RiskListLog:
+        try:
+            leaves, note, cosigned = store.load()
+        except sqlite3.Error as exc:
+            raise AuditUnavailable(f"cannot read the risk list store: {exc}") from exc
         tree = MerkleTree.from_leaf_hashes(leaf_hash(x) for x in leaves)
         if note is None:
             if leaves:
@@ -195,6 +214,7 @@ class RiskListLog:
             origin=origin,
             signer=signer,
             leaves=leaves,
+            tree=tree,
             checkpoint=note,
             witnesses=witnesses,
             cosigned=cosigned,

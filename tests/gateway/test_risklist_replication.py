@@ -320,3 +320,26 @@ class TestRefusals:
         assert f.last_refusal is None  # not an attack: nothing applied, nothing alarmed
         assert f.replica.size == 0
         f.replica.close()
+
+
+class TestReplicaAtRest:
+    async def test_a_replica_whose_changes_were_tampered_with_does_not_open(
+        self, harness: GatewayHarness, tmp_path: Path
+    ) -> None:
+        import sqlite3
+
+        while harness.gateway.risklist.size < 2:
+            await add(harness, 90 + harness.gateway.risklist.size)
+        path = tmp_path / "t.sqlite"
+        replica = Replica.open(path, keys=keys(harness))
+        leaves, note, proof = _batch(harness, 0, 2)
+        replica.apply(first_index=0, leaves=leaves, checkpoint=note, consistency_proof=proof)
+        replica.close()
+        db = sqlite3.connect(path)
+        change = risklist_pb2.RiskListChange.FromString(leaves[1])
+        change.entry.value = mobile_number("carrier.cucc", 9997)
+        db.execute("UPDATE changes SET data = ? WHERE idx = 1", (change.SerializeToString(),))
+        db.commit()
+        db.close()
+        with pytest.raises(LogInconsistent, match="do not match its state"):
+            Replica.open(path, keys=keys(harness))
