@@ -8,7 +8,8 @@ Contract:
 - a verified batch is committed in ONE transaction (changes, entries and the new state with the
   checkpoint it was verified against; WAL, ``synchronous=FULL``) before the in-memory index sees
   it, so a crash leaves the replica at the old or the new size, never between;
-- at open, the stored changes MUST hash to the stored state's root, or ``LogInconsistent``.
+- at open, the stored changes MUST hash to the stored state's root, or ``LogInconsistent``; the
+  in-memory index is rebuilt from those changes (the ``entries`` table is for SQL readers only).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from fedgate.risklist import (
     ListState,
     RiskIndex,
     VerifiedBatch,
+    decode_change,
     micros,
     verify_batch,
 )
@@ -110,7 +112,6 @@ class Replica:
             db.executescript(_SCHEMA)
             row = db.execute("SELECT size, edge, root, checkpoint FROM state").fetchone()
             leaves = [bytes(r[0]) for r in db.execute("SELECT data FROM changes ORDER BY idx")]
-            entries = db.execute("SELECT category, value, expires_us FROM entries").fetchall()
         except (OSError, sqlite3.Error) as exc:
             raise AgencyUnavailable(f"cannot open the risk list replica {path}: {exc}") from exc
         if row is None:
@@ -128,9 +129,11 @@ class Replica:
                 f"risk list replica {path}: {tree.size} stored changes do not match its state of "
                 f"size {state.size}; restore it or delete it to copy the list afresh"
             )
+        # The index is rebuilt from the verified changes, never read from the ``entries`` table
+        # (kept for SQL readers): a row changed behind the replica's back cannot list or unlist.
         index = RiskIndex()
-        for category, value, expires_us in entries:
-            index.put(category, value, expires_us)
+        for leaf in leaves:
+            index.apply(decode_change(leaf))
         return cls(db, keys=keys, state=state, index=index)
 
     @property

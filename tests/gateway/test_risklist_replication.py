@@ -343,3 +343,23 @@ class TestReplicaAtRest:
         db.close()
         with pytest.raises(LogInconsistent, match="do not match its state"):
             Replica.open(path, keys=keys(harness))
+
+    async def test_the_index_comes_from_the_verified_changes_not_the_entries_table(
+        self, harness: GatewayHarness, tmp_path: Path
+    ) -> None:
+        import sqlite3
+
+        number = await add(harness, 95)
+        path = tmp_path / "e.sqlite"
+        replica = Replica.open(path, keys=keys(harness))
+        size = harness.gateway.risklist.size
+        leaves, note, proof = _batch(harness, 0, size)
+        replica.apply(first_index=0, leaves=leaves, checkpoint=note, consistency_proof=proof)
+        replica.close()
+        db = sqlite3.connect(path)
+        db.execute("DELETE FROM entries")  # someone unlists everything behind the replica's back
+        db.commit()
+        db.close()
+        again = Replica.open(path, keys=keys(harness))
+        assert again.listed(R.RISK_CATEGORY_PHONE_NUMBER, number)
+        again.close()
