@@ -23,7 +23,6 @@ day (warnings, contacted within the deadline, persuaded, already paid): counts o
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -35,11 +34,13 @@ from typing import Final
 from fedgate.client import FedgateClient
 from fedgate.envelope import Domain, decode_request, verify_envelope
 from fedgate.errors import FedgateError, InvalidArgument, NotFound, PermissionRefused
+from fedgate.storage import Schema, open_store
 from fedgate.types import KeyId
 from fedgate.v1 import alert_service_pb2
 
 __all__ = [
     "FIRST_CONTACT",
+    "STORE",
     "Outcome",
     "PullResult",
     "Task",
@@ -118,6 +119,7 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 CREATE TABLE IF NOT EXISTS cursor (id INTEGER PRIMARY KEY CHECK (id = 1), sequence INTEGER);
 """
+STORE = Schema(store="dissuasion task store", version=1, create=_SCHEMA)
 _COLUMNS = (
     "SELECT task_id, sequence, source_agency, subject, name, flagged, risk_level, received_us, "
     "deadline_us, state, officer, outcome, contacted_us FROM tasks"
@@ -137,11 +139,7 @@ class TaskStore:
     """The police side's dissuasion tasks (SQLite, WAL, ``synchronous=FULL``)."""
 
     def __init__(self, path: Path, *, first_contact: timedelta = FIRST_CONTACT) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_store(path, STORE, error=FedgateError)
         self._lock = threading.Lock()
         self.first_contact = first_contact
 

@@ -31,11 +31,13 @@ from adapters.bank.backend import Direction, Transaction
 from adapters.bank.reference import ReferenceBank
 from fedgate.errors import AgencyUnavailable, RuleViolated
 from fedgate.risklist import RiskIndex
+from fedgate.storage import Schema, open_store
 from fedgate.v1 import report_pb2, risklist_pb2
 from fedgate.validate import bank_of_card
 
 __all__ = [
     "DEFAULT_HOLD",
+    "STORE",
     "Hold",
     "HoldState",
     "Transfer",
@@ -65,6 +67,7 @@ CREATE INDEX IF NOT EXISTS holds_by_state ON holds (state);
 """
 
 
+STORE = Schema(store="transfer holds", version=1, create=_SCHEMA)
 _ALL_SQL = (
     "SELECT transfer_id, from_account, from_name, to_account, amount_minor, currency, at_us, "
     "held_us, expires_us, state, released_us FROM holds ORDER BY held_us"
@@ -122,14 +125,7 @@ class TransferGuard:
         self._accounts = index.table(ACCOUNT)
         self._hold_for = hold_for
         self._lock = threading.Lock()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise AgencyUnavailable(f"cannot open the transfer holds {path}: {exc}") from exc
+        self._db = open_store(path, STORE, error=AgencyUnavailable)
 
     def check(self, transfer: Transfer, *, now: datetime | None = None) -> Hold | None:
         """Hold ``transfer`` if its receiving account is listed; ``None`` if it may settle."""

@@ -30,6 +30,7 @@ from typing import Final
 
 from fedgate.errors import AgencyUnavailable, InvalidArgument
 from fedgate.risklist import RiskIndex, micros
+from fedgate.storage import Schema, open_sqlite, open_store
 from fedgate.types import CHINA_TIME
 from fedgate.v1 import report_pb2, risklist_pb2
 
@@ -74,7 +75,7 @@ def world_feed(
 ) -> Iterator[CallEvent]:
     """``count`` events from ``start``, ``per_second`` on average, from the carrier's reference
     database at ``database`` and the world's ``fraud_numbers``. Deterministic for a seed."""
-    db = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    db = open_sqlite(database, read_only=True)
     try:
         subscribers = [r[0] for r in db.execute("SELECT number FROM subscribers ORDER BY number")]
     finally:
@@ -107,6 +108,8 @@ CREATE TABLE IF NOT EXISTS interception_counts (
 );
 """
 
+STORE = Schema(store="interception counts", version=1, create=_SCHEMA)
+
 
 class InterceptionStats:
     """The stored daily counts, read for ``aggregate_stats`` (the telecom regulator's figures).
@@ -133,16 +136,13 @@ class InterceptionStats:
         statement = self._SQL.get(metric)
         if statement is None:
             raise InvalidArgument(f"aggregate_stats.metric: {metric!r} is not a carrier figure")
+        db = open_store(self._path, STORE, error=AgencyUnavailable)
         try:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self._path)
-            try:
-                db.executescript(_SCHEMA)
-                (count,) = db.execute(statement, (first.isoformat(), last.isoformat())).fetchone()
-            finally:
-                db.close()
-        except (OSError, sqlite3.Error) as exc:
+            (count,) = db.execute(statement, (first.isoformat(), last.isoformat())).fetchone()
+        except sqlite3.Error as exc:
             raise AgencyUnavailable(f"cannot read the interception counts: {exc}") from exc
+        finally:
+            db.close()
         return int(count)
 
 
@@ -167,13 +167,7 @@ class Interceptor:
         self._warned: dict[str, int] = {}
         self._pending: Counter[tuple[str, str, str]] = Counter()
         self._lock = threading.Lock()
-        try:
-            counts_path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(counts_path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise AgencyUnavailable(f"cannot open {counts_path}: {exc}") from exc
+        self._db = open_store(counts_path, STORE, error=AgencyUnavailable)
 
     def _listed(self, number: str, at_us: int) -> bool:
         return self._phones.get(number, 0) > at_us

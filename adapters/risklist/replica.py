@@ -36,9 +36,10 @@ from fedgate.risklist import (
     micros,
     verify_batch,
 )
+from fedgate.storage import Schema, open_store
 from fedgate.v1 import risklist_pb2
 
-__all__ = ["Replica", "ReplicaKeys"]
+__all__ = ["STORE", "Replica", "ReplicaKeys"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS changes (idx INTEGER PRIMARY KEY, data BLOB NOT NULL);
@@ -56,6 +57,8 @@ CREATE TABLE IF NOT EXISTS state (
     checkpoint TEXT NOT NULL
 );
 """
+
+STORE = Schema(store="risk list replica", version=1, create=_SCHEMA)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,16 +107,13 @@ class Replica:
     def open(cls, path: Path, *, keys: ReplicaKeys) -> Replica:
         """Open or create the replica at ``path``; raises ``AgencyUnavailable`` when the file is
         unusable and ``LogInconsistent`` when its changes do not match its state."""
+        db = open_store(path, STORE, error=AgencyUnavailable)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.executescript(_SCHEMA)
             row = db.execute("SELECT size, edge, root, checkpoint FROM state").fetchone()
             leaves = [bytes(r[0]) for r in db.execute("SELECT data FROM changes ORDER BY idx")]
-        except (OSError, sqlite3.Error) as exc:
-            raise AgencyUnavailable(f"cannot open the risk list replica {path}: {exc}") from exc
+        except sqlite3.Error as exc:
+            db.close()
+            raise AgencyUnavailable(f"cannot read the risk list replica {path}: {exc}") from exc
         if row is None:
             state = ListState.empty()
         else:

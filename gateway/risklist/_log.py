@@ -30,11 +30,12 @@ from fedgate.errors import AuditUnavailable, LogInconsistent, VerificationError
 from fedgate.merkle import MerkleTree, leaf_hash
 from fedgate.note import NoteSigner
 from fedgate.risklist import CompactRange, decode_change
+from fedgate.storage import Schema, open_store
 from fedgate.v1 import risklist_pb2
 from fedgate.witness import WitnessClient
 from gateway.audit._witnessing import Witnessing
 
-__all__ = ["EntryKey", "RiskListLog"]
+__all__ = ["STORE", "EntryKey", "RiskListLog"]
 
 EntryKey = tuple[int, str]
 """(category, canonical value): how the list names an entry."""
@@ -53,6 +54,8 @@ CREATE TRIGGER IF NOT EXISTS checkpoints_no_delete BEFORE DELETE ON checkpoints
   BEGIN SELECT RAISE(ABORT, 'risk list checkpoints are append-only'); END;
 """
 
+STORE = Schema(store="risk list log", version=1, create=_SCHEMA)
+
 Builder = Callable[[dict[EntryKey, risklist_pb2.RiskListChange]], risklist_pb2.RiskListChange]
 
 
@@ -60,14 +63,7 @@ class _Store:
     """The risk list's SQLite file; one connection, used from worker threads under a lock."""
 
     def __init__(self, path: Path) -> None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise AuditUnavailable(f"cannot open the risk list store {path}: {exc}") from exc
+        self._db = open_store(path, STORE, error=AuditUnavailable)
         self._lock = threading.Lock()
 
     def load(self) -> tuple[list[bytes], str | None, str | None]:

@@ -19,7 +19,6 @@ It is rebuilt from the logs when its file is lost (the cursors start again at 0)
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -30,12 +29,13 @@ from typing import Final
 from fedgate.audit_entry import EventEntry, RequestLeg, decode_entry
 from fedgate.errors import AuditUnavailable, VerificationError
 from fedgate.risklist import CATEGORY_NAMES, decode_change
+from fedgate.storage import Schema, open_store
 from fedgate.v1 import risklist_pb2
 from gateway.audit.insights import DayCount, day_of
 from gateway.audit.log import AuditLog
 from gateway.risklist._log import RiskListLog
 
-__all__ = ["METRICS", "CentreStats"]
+__all__ = ["METRICS", "STORE", "CentreStats"]
 
 METRICS: Final = ("intercepted", "listed", "warnings", "dissuasion")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -53,6 +53,8 @@ CREATE TABLE IF NOT EXISTS reported (
 );
 """
 
+STORE = Schema(store="countermeasure statistics", version=1, create=_SCHEMA)
+
 
 def _us(at: datetime) -> int:
     return (at - _EPOCH) // timedelta(microseconds=1)
@@ -65,15 +67,8 @@ class CentreStats:
         """``member_kind`` gives a member's kind from the registry (``""`` if unknown): only
         carriers' interception counts and police members' dissuasion events are counted."""
         self._kind = member_kind
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise AuditUnavailable(
-                f"cannot open the countermeasure statistics {path}: {exc}"
-            ) from exc
+        # A projection, rebuilt from the logs if lost: NORMAL durability is enough.
+        self._db = open_store(path, STORE, error=AuditUnavailable, synchronous="NORMAL")
         self._lock = threading.Lock()
         self._catching_up = asyncio.Lock()
 
