@@ -4,7 +4,8 @@
 signed checkpoint at its end and the consistency proof from the follower's size; once the
 follower holds everything, one empty batch with the current checkpoint says so; then new changes
 are sent as they are committed. Any member in good standing (mTLS certificate
-in the registry) may follow: the list is shared with the whole federation.
+in the registry) may follow: the list is shared with the whole federation; a member revoked while
+following is cut off before its next batch.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ class RiskListServicer(risklist_pb2_grpc.RiskListServiceServicer):
             stop = min(self._log.size, size + count)
             proof = self._log.consistency_proof(size, stop)
             try:
+                # A member revoked while following gets nothing more (the registry in force).
+                self._authenticate(lambda: peer_member_id(context))
                 leaves, note = await asyncio.to_thread(self._log.read, size, stop)
             except FedgateError as error:
                 await abort_with(context, error)

@@ -8,7 +8,7 @@ import asyncio
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
@@ -159,6 +159,35 @@ class TestWhoMayFollow:
         assert "revoked" in f.last_error
         assert f.replica.size == 0
         f.replica.close()
+
+    async def test_a_member_revoked_while_following_is_cut_off(
+        self, gw_federation: Path, tmp_path: Path, harness_factory: Any
+    ) -> None:
+        from fedgate.pki import revoke_member
+
+        h = await harness_factory(gw_federation, tmp_path)
+        try:
+            f = follower(h, tmp_path / "gz.sqlite", member="bank.gzrcb")
+            f.start()
+            try:
+                first = await add(h, 200)
+                await f.wait_for_size(h.gateway.risklist.size, timeout=10)
+                assert f.replica.listed(R.RISK_CATEGORY_PHONE_NUMBER, first)
+                revoke_member(h.federation, MemberId("bank.gzrcb"), reason="left (test)")
+                assert h.gateway.reload_registry()
+                second = await add(h, 201)
+                for _ in range(100):
+                    if f.last_error and "revoked" in f.last_error:
+                        break
+                    await asyncio.sleep(0.05)
+                assert f.last_error is not None
+                assert "revoked" in f.last_error
+                assert not f.replica.listed(R.RISK_CATEGORY_PHONE_NUMBER, second)
+            finally:
+                await f.stop()
+                f.replica.close()
+        finally:
+            await h.close()
 
     async def test_following_from_beyond_the_list_is_refused(self, harness: GatewayHarness) -> None:
         creds = MemberCredentials.load(harness.federation, MemberId("bank.abc"))
