@@ -35,16 +35,19 @@ def build_node(
 ) -> AgencyNode:
     """The node for ``config``'s member, by its kind in the registry; ``providers`` are
     ``tracer_provider`` and ``meter_provider``. Raises ``FedgateError``."""
+    from adapters.risklist.node import Countermeasures
+
     registry = Registry.load_dir(config.federation_dir)
     kind = registry.member(config.member_id).kind
+    jobs = Countermeasures(config).jobs(kind)
     if kind is MemberKind.BANK:
         from adapters.bank.node import BankNode
 
-        return BankNode.open(config, clock=clock, **providers)
+        return BankNode.open(config, clock=clock, background=jobs, **providers)
     if kind is MemberKind.CARRIER:
         from adapters.carrier.node import CarrierNode
 
-        return CarrierNode.open(config, clock=clock, **providers)
+        return CarrierNode.open(config, clock=clock, background=jobs, **providers)
     raise InvalidArgument(f"member {config.member_id} is a {kind}: no agency node serves it")
 
 

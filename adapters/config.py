@@ -24,6 +24,15 @@ A node's file looks like this (paths relative to the file's directory)::
     [monitor]
     poll_seconds = 2.0                   # how often monitored accounts are checked
 
+    [risklist]                           # the shared risk list (docs/countermeasures.md)
+    follow = true                        # keep a verified replica (state/risklist.sqlite)
+    origin = "fedgate.example/gateway/shard-0/risklist"   # the list log's origin
+    min_cosignatures = 0                 # witness cosignatures a checkpoint must carry
+    warn = "police.gd.afc"               # the police member early warnings go to
+    warning_window_minutes = 1440        # at most one warning per person in this window
+    feed_per_second = 0                  # carrier: calls/SMS per second from the world (0: off)
+    feed_max = 0                         # carrier: stop after this many events (bounded)
+
 Read by the one rule of ``fedgate.config``: ``FEDGATE_NODE__<KEY>`` or
 ``FEDGATE_NODE__<SECTION>__<KEY>`` replaces one value, read as a TOML value when it parses as
 one: ``FEDGATE_NODE__LISTEN=127.0.0.1:6000``, ``FEDGATE_NODE__STAFF='["icbc.wu"]'``,
@@ -109,6 +118,13 @@ class NodeConfig:
     """``[telemetry] otlp_endpoint``: an OTLP/gRPC collector for the node's spans; empty: off."""
     prometheus_listen: str = ""
     """``[telemetry] prometheus_listen``: loopback ``host:port`` serving /metrics; empty: off."""
+    risklist_follow: bool = False
+    risklist_origin: str = ""
+    risklist_min_cosignatures: int = 0
+    warn_police: str = "police.gd.afc"
+    warning_window: timedelta = timedelta(hours=24)
+    feed_per_s: float = 0.0
+    feed_max: int = 0
 
     def __post_init__(self) -> None:
         check_member_id(self.member_id)
@@ -131,6 +147,15 @@ class NodeConfig:
             raise InvalidArgument(
                 "telemetry.prometheus_listen must be a loopback address (metrics are not "
                 f"authenticated), got {self.prometheus_listen!r}"
+            )
+        if self.risklist_follow and not self.risklist_origin:
+            raise InvalidArgument("risklist.origin is required when risklist.follow is true")
+        check_member_id(self.warn_police)
+        if self.warning_window <= timedelta(0):
+            raise InvalidArgument("risklist.warning_window_minutes must be positive")
+        if self.feed_per_s < 0 or self.feed_max < 0 or self.risklist_min_cosignatures < 0:
+            raise InvalidArgument(
+                "risklist.feed_per_second, feed_max and min_cosignatures must not be negative"
             )
         if self.backend_kind != "reference":
             raise InvalidArgument(
@@ -165,6 +190,15 @@ class NodeConfig:
                     "reminder_minutes": self.reminder / timedelta(minutes=1),
                 },
                 "monitor": {"poll_seconds": self.monitor_poll_s},
+                "risklist": {
+                    "follow": self.risklist_follow,
+                    "origin": self.risklist_origin,
+                    "min_cosignatures": self.risklist_min_cosignatures,
+                    "warn": self.warn_police,
+                    "warning_window_minutes": self.warning_window / timedelta(minutes=1),
+                    "feed_per_second": self.feed_per_s,
+                    "feed_max": self.feed_max,
+                },
                 "telemetry": {
                     "otlp_endpoint": self.otlp_endpoint,
                     "prometheus_listen": self.prometheus_listen,
@@ -194,6 +228,17 @@ class _Monitor:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class _RiskList:
+    follow: bool = False
+    origin: str = ""
+    min_cosignatures: int = 0
+    warn: str = "police.gd.afc"
+    warning_window_minutes: float = 1440.0
+    feed_per_second: float = 0.0
+    feed_max: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class _Telemetry:
     otlp_endpoint: str = ""
     prometheus_listen: str = ""
@@ -212,6 +257,7 @@ class _NodeFile:
     queue: _Queue = field(default_factory=_Queue)
     monitor: _Monitor = field(default_factory=_Monitor)
     telemetry: _Telemetry = field(default_factory=_Telemetry)
+    risklist: _RiskList = field(default_factory=_RiskList)
 
 
 def load_config(path: Path | None, *, env: Mapping[str, str] | None = None) -> NodeConfig:
@@ -246,6 +292,13 @@ def load_config(path: Path | None, *, env: Mapping[str, str] | None = None) -> N
         otlp_endpoint=f.telemetry.otlp_endpoint,
         prometheus_listen=f.telemetry.prometheus_listen,
         chase_mode=chase_mode,
+        risklist_follow=f.risklist.follow,
+        risklist_origin=f.risklist.origin,
+        risklist_min_cosignatures=f.risklist.min_cosignatures,
+        warn_police=f.risklist.warn,
+        warning_window=timedelta(minutes=f.risklist.warning_window_minutes),
+        feed_per_s=f.risklist.feed_per_second,
+        feed_max=f.risklist.feed_max,
     )
 
 

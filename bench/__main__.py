@@ -23,6 +23,7 @@ MODULES: tuple[str, ...] = (
     "bench_e2e",
     "bench_errors",
     "bench_chase",
+    "bench_risklist",
 )
 RESULTS = Path(__file__).with_name("results.json")
 

@@ -20,6 +20,7 @@ __all__ = [
     "APPROVAL_ACTIONS",
     "BANK_ACTIONS",
     "CARRIER_ACTIONS",
+    "CARRIER_AGGREGATE_METRICS",
     "CITING_ACTIONS",
     "GATEWAY_ANSWERED",
     "IDEMPOTENT_READS",
@@ -27,6 +28,7 @@ __all__ = [
     "PERSONAL_DATA_ACTIONS",
     "REPORT_ACTIONS",
     "RESULT_FIELD",
+    "RISKLIST_ACTIONS",
     "action_of",
     "new_request_id",
     "role_name",
@@ -63,8 +65,15 @@ REPORT_ACTIONS: Final = frozenset(
     }
 )
 
+RISKLIST_ACTIONS: Final = frozenset({"risk_list_add", "risk_list_extend", "risk_list_remove"})
+"""Changes to the shared risk list: addressed to the gateway, which answers them itself."""
+
 AGGREGATE_METRICS: Final = ("stop_payments", "freezes", "frozen_amount", "accounts_flagged")
 """The figures ``aggregate_stats`` may ask a bank for: counts and totals, never a person."""
+
+CARRIER_AGGREGATE_METRICS: Final = ("calls_intercepted", "sms_intercepted", "early_warnings")
+"""The figures ``aggregate_stats`` may ask a carrier for (the telecom regulator's interception
+statistics): counts of events, never a number."""
 
 CITING_ACTIONS: Final = frozenset(
     {
@@ -83,9 +92,11 @@ CARRIER_ACTIONS: Final = CARRIER_QUERIES | CARRIER_ORDERS
 ORDER_ACTIONS: Final = BANK_ORDERS | CARRIER_ORDERS
 APPROVAL_ACTIONS: Final = frozenset({"approval"})
 """Police → gateway: a centre supervisor's approval, answered by the gateway itself."""
-GATEWAY_ANSWERED: Final = REPORT_ACTIONS | APPROVAL_ACTIONS
+GATEWAY_ANSWERED: Final = REPORT_ACTIONS | APPROVAL_ACTIONS | RISKLIST_ACTIONS
 """Actions the gateway answers (and signs the answer of) itself."""
-ACTIONS: Final = BANK_ACTIONS | CARRIER_ACTIONS | REPORT_ACTIONS | APPROVAL_ACTIONS
+ACTIONS: Final = (
+    BANK_ACTIONS | CARRIER_ACTIONS | REPORT_ACTIONS | APPROVAL_ACTIONS | RISKLIST_ACTIONS
+)
 
 PERSONAL_DATA_ACTIONS: Final = (BANK_QUERIES - {"aggregate_stats"}) | CARRIER_QUERIES
 """Queries that return personal data: rate-limited, never for auditors."""
@@ -118,6 +129,7 @@ RESULT_FIELD: Final[dict[str, str]] = {
     "sms_block": "number_order",
     **dict.fromkeys(REPORT_ACTIONS, "report_ack"),
     "approval": "approval",
+    **dict.fromkeys(RISKLIST_ACTIONS, "risk_list_change"),
 }
 """For each action, the ``Response.result`` field that answers it."""
 
@@ -138,7 +150,7 @@ def target_kind_of(action: str) -> str:
         return "carrier"
     if action in REPORT_ACTIONS:
         return "police"
-    if action in APPROVAL_ACTIONS:
+    if action in APPROVAL_ACTIONS or action in RISKLIST_ACTIONS:
         return "gateway"
     raise InvalidArgument(f"unknown action {action!r}")
 

@@ -28,6 +28,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "order",
     "ticket",
     "chase",
+    "risk",
+    "warn",
 )
 """Modules under ``fedgate.commands``; each has ``register(subparsers)``."""
 

@@ -17,6 +17,7 @@ and a consistency proof (see ``docs/audit.md``, "Receipts").
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 from collections.abc import AsyncIterator, Sequence
@@ -53,6 +54,8 @@ from fedgate.tls import MemberCredentials, channel_credentials, channel_options
 from fedgate.trust import TrustHolder
 from fedgate.types import KeyId, MemberId
 from fedgate.v1 import (
+    alert_service_pb2,
+    alert_service_pb2_grpc,
     audit_service_pb2,
     audit_service_pb2_grpc,
     common_pb2,
@@ -62,6 +65,8 @@ from fedgate.v1 import (
     gateway_service_pb2,
     gateway_service_pb2_grpc,
     request_pb2,
+    risklist_pb2,
+    risklist_pb2_grpc,
     ticket_pb2,
 )
 
@@ -199,6 +204,8 @@ class FedgateClient:
         self._stub = gateway_service_pb2_grpc.GatewayServiceStub(self._channel)
         self._events = event_service_pb2_grpc.EventServiceStub(self._channel)
         self._audit = audit_service_pb2_grpc.AuditServiceStub(self._channel)
+        self._alerts = alert_service_pb2_grpc.AlertServiceStub(self._channel)
+        self._risklist = risklist_pb2_grpc.RiskListServiceStub(self._channel)
         self._sent: dict[str, tuple[bytes, str]] = {}
 
     @classmethod
@@ -499,6 +506,59 @@ class FedgateClient:
         )
         _verify_receipt(receipt, gateway_key)
         return receipt
+
+    async def risk_checkpoint(self, *, timeout: float = 5.0) -> str:
+        """The risk list's latest checkpoint note, with the witness cosignatures gathered so
+        far (check it with ``fedgate.risklist``). Raises ``FedgateError``."""
+        try:
+            reply = await self._risklist.GetRiskCheckpoint(
+                risklist_pb2.GetRiskCheckpointRequest(), timeout=timeout
+            )
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        return reply.checkpoint
+
+    async def follow_risklist(
+        self, *, from_index: int = 0, max_batch: int = 0
+    ) -> AsyncIterator[risklist_pb2.FollowResponse]:
+        """The risk list's changes from ``from_index`` on, batch by batch, as the gateway sends
+        them (verify each with ``fedgate.risklist.verify_batch``); the stream goes on until
+        the caller stops. Raises ``FedgateError``."""
+        call = self._risklist.Follow(
+            risklist_pb2.FollowRequest(from_index=from_index, max_batch=max_batch)
+        )
+        try:
+            async for batch in call:
+                yield batch
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        finally:
+            call.cancel()
+
+    async def alerts(
+        self, *, kinds: Sequence[str] = (), after: int = 0, idle_s: float | None = None
+    ) -> AsyncIterator[alert_service_pb2.SubscribeAlertsResponse]:
+        """The reports addressed to this member after sequence ``after`` (``kinds``: only these
+        actions), as the gateway streams them; with ``idle_s``, the stream ends once nothing
+        has come for that long. The reports are yielded as received: check their signatures.
+        Raises ``FedgateError``."""
+        call = self._alerts.SubscribeAlerts(
+            alert_service_pb2.SubscribeAlertsRequest(kinds=list(kinds), after_sequence=after)
+        )
+        try:
+            while True:
+                try:
+                    alert = await asyncio.wait_for(call.read(), idle_s)
+                except TimeoutError:
+                    return
+                if alert is grpc.aio.EOF:  # type: ignore[attr-defined]
+                    return
+                assert isinstance(alert, alert_service_pb2.SubscribeAlertsResponse)
+                yield alert
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        finally:
+            call.cancel()
 
     def remember(self, request_body: bytes) -> None:
         """Register a request sent elsewhere so its ticket answers can be verified here."""

@@ -30,6 +30,7 @@ string (the ``google.rpc.ErrorInfo`` reason). Handlers raise these; one place
     ├── LogInconsistent            FAILED_PRECONDITION (refuse to sign/cosign)
     ├── StoreVersionError          FAILED_PRECONDITION (a store's schema version is refused)
     └── VerificationError          DATA_LOSS (audit verification failed)
+        └── NotCosigned            a checkpoint lacks the witness cosignatures required (yet)
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ __all__ = [
     "KeyNotValid",
     "LogInconsistent",
     "MemberRefused",
+    "NotCosigned",
     "NotFound",
     "PeerMismatch",
     "PermissionRefused",
@@ -242,3 +244,10 @@ class StoreVersionError(FedgateError):
 
     code = grpc.StatusCode.FAILED_PRECONDITION
     reason = "STORE_VERSION"
+
+
+class NotCosigned(VerificationError):
+    """A checkpoint does not (yet) carry the witness cosignatures required: not a forgery,
+    the witnesses may simply not have cosigned it; ask again later."""
+
+    reason = "NOT_COSIGNED"

@@ -45,6 +45,8 @@ class MemberKind(StrEnum):
     CENTRAL_BANK = "central_bank"
     AUDITOR = "auditor"
     GATEWAY = "gateway"
+    TELECOM_REGULATOR = "telecom_regulator"
+    CYBERSPACE_ADMIN = "cyberspace_admin"
 
 
 DEFAULT_ROLES: Mapping[MemberKind, tuple[str, ...]] = {
@@ -54,6 +56,8 @@ DEFAULT_ROLES: Mapping[MemberKind, tuple[str, ...]] = {
     MemberKind.CENTRAL_BANK: ("central_bank_analyst", "witness"),
     MemberKind.AUDITOR: ("auditor", "witness"),
     MemberKind.GATEWAY: ("gateway",),
+    MemberKind.TELECOM_REGULATOR: ("regulator_staff",),
+    MemberKind.CYBERSPACE_ADMIN: ("regulator_staff",),
 }
 """Roles a new member of each kind gets when the administrator names none."""
 
@@ -183,6 +187,23 @@ DEFAULT_MEMBERS: tuple[MemberSpec, ...] = (
         ("auditor", "witness"),
         50062,
     ),
+    _spec(
+        "regulator.gdca",
+        "广东省通信管理局",
+        "Guangdong Communications Administration (telecom regulator)",
+        MemberKind.TELECOM_REGULATOR,
+        ("regulator_staff",),
+        50063,
+    ),
+    _spec(
+        "regulator.gdcac",
+        "广东省互联网信息办公室",
+        "Guangdong Cyberspace Administration",
+        MemberKind.CYBERSPACE_ADMIN,
+        ("regulator_staff",),
+        50064,
+    ),
 )
 """The development federation that ``fedgate pki init`` creates: one gateway, two police units,
-four banks, three carriers, the central bank's provincial branch and an audit office."""
+four banks, three carriers, the central bank's provincial branch, an audit office, the telecom
+regulator (通管局) and the cyberspace administration (网信办)."""

@@ -30,9 +30,10 @@ from fedgate.actions import (
     CARRIER_ACTIONS,
     CITING_ACTIONS,
     REPORT_ACTIONS,
+    RISKLIST_ACTIONS,
     new_request_id,
 )
-from fedgate.v1 import bank_pb2, carrier_pb2, common_pb2, report_pb2, request_pb2
+from fedgate.v1 import bank_pb2, carrier_pb2, common_pb2, report_pb2, request_pb2, risklist_pb2
 from fedgate.validate import (
     BANK_BINS,
     CARRIER_PREFIXES,
@@ -94,6 +95,9 @@ LEGAL_KIND: dict[str, common_pb2.LegalDocumentKind.ValueType] = {
     "number_block": common_pb2.LEGAL_DOCUMENT_KIND_COUNTERMEASURE_ORDER,
     "number_restore": common_pb2.LEGAL_DOCUMENT_KIND_RELEASE_NOTICE,
     "sms_block": common_pb2.LEGAL_DOCUMENT_KIND_COUNTERMEASURE_ORDER,
+    "risk_list_add": common_pb2.LEGAL_DOCUMENT_KIND_COUNTERMEASURE_ORDER,
+    "risk_list_extend": common_pb2.LEGAL_DOCUMENT_KIND_COUNTERMEASURE_ORDER,
+    "risk_list_remove": common_pb2.LEGAL_DOCUMENT_KIND_RELEASE_NOTICE,
 }
 """The legal document each action cites (a query notice for the rest)."""
 _DOC_PREFIX: dict[common_pb2.LegalDocumentKind.ValueType, str] = {
@@ -225,6 +229,8 @@ def _default_target(action: str) -> str:
         return DEFAULT_BANK
     if action in CARRIER_ACTIONS:
         return DEFAULT_CARRIER
+    if action in RISKLIST_ACTIONS:
+        return "gateway"
     return DEFAULT_POLICE
 
 
@@ -265,6 +271,8 @@ def valid_request(
     is_report = action in REPORT_ACTIONS
     target = target or _default_target(action)
     requester = requesting_agency or (DEFAULT_BANK if is_report else DEFAULT_POLICE)
+    # A bank, carrier or regulator changing the risk list writes as its staff, without a case.
+    staff_header = is_report or (action in RISKLIST_ACTIONS and not requester.startswith("police."))
     bank = target if target in BANK_BINS else DEFAULT_BANK
     carrier = target if target in CARRIER_PREFIXES else DEFAULT_CARRIER
     account = account_number or card_number(bank, serial)
@@ -280,7 +288,7 @@ def valid_request(
     )
     request.issued_at.FromDatetime(now)
     request.answer_deadline.FromDatetime(now + timedelta(hours=24))
-    if is_report:
+    if staff_header:
         request.officer.CopyFrom(
             common_pb2.Person(
                 id=f"{requester.rsplit('.', 1)[-1]}-staff-{serial % 1000:03d}",
@@ -329,6 +337,8 @@ _PURPOSE: dict[str, str] = {
 
 
 def _staff_role(member: str) -> common_pb2.Role.ValueType:
+    if member.startswith("regulator."):
+        return common_pb2.ROLE_REGULATOR_STAFF
     if member.startswith("carrier."):
         return common_pb2.ROLE_CARRIER_STAFF
     return common_pb2.ROLE_BANK_STAFF
@@ -484,5 +494,10 @@ def _fill_report(
         tx.counterparty_name = _name(serial + 10)
         tx.counterparty_bank = "bank.abc"
         tx.channel = "mobile"
+    elif action in RISKLIST_ACTIONS:
+        change = getattr(request, action)
+        change.category = risklist_pb2.RISK_CATEGORY_PHONE_NUMBER
+        change.value = phone
+        change.reason = "冒充客服诈骗来电号码" if action != "risk_list_remove" else "申诉核实，误列"
     else:  # pragma: no cover - ACTIONS is checked above
         raise ValueError(f"unknown action {action!r}")

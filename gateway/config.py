@@ -233,6 +233,12 @@ class GatewayConfig:
         return self.tickets.path or self.pipeline.state_dir / "tickets.sqlite"
 
     @property
+    def risklist_path(self) -> Path:
+        """The risk list's log (``<state_dir>/risklist.sqlite``); its origin is
+        ``<audit.origin>/risklist``."""
+        return self.pipeline.state_dir / "risklist.sqlite"
+
+    @property
     def alerts_path(self) -> Path:
         return self.alerts.path or self.pipeline.state_dir / "alerts.sqlite"
 

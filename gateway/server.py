@@ -50,6 +50,7 @@ from fedgate.note import NoteSigner
 from fedgate.otel import Exporters, client_interceptors, server_interceptors
 from fedgate.pki import FederationLayout
 from fedgate.registry import Registry
+from fedgate.risklist import risklist_origin
 from fedgate.roster import ROSTERS_DIR
 from fedgate.status import ErrorInterceptor
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options, server_credentials
@@ -61,6 +62,7 @@ from fedgate.v1 import (
     audit_service_pb2_grpc,
     event_service_pb2,
     event_service_pb2_grpc,
+    risklist_pb2_grpc,
 )
 from fedgate.web.serve import EmbeddedServer
 from fedgate.witness import GrpcWitnessClient
@@ -73,7 +75,7 @@ from gateway.audit.sqlite_store import SqliteDatabase, open_sqlite_store
 from gateway.audit.store import AuditStore
 from gateway.audit.tileserver import tile_app
 from gateway.config import ConfigError, GatewayConfig
-from gateway.console import RunningAuditorConsole, start_auditor_console
+from gateway.console import Countermeasures, RunningAuditorConsole, start_auditor_console
 from gateway.events import EventServicer
 from gateway.pipeline import Pipeline
 from gateway.policy import ReloadingDecider, load_default_decider
@@ -86,6 +88,8 @@ from gateway.replay import (
     ReplayStore,
     rebuild_from_audit,
 )
+from gateway.risklist import SERVICE_NAME as RISKLIST_SERVICE_NAME
+from gateway.risklist import CentreStats, RiskListLog, RiskListServicer
 from gateway.routing import NodeRouter
 from gateway.rules import BusinessRules
 from gateway.rules_rebuild import rebuild_rules
@@ -100,7 +104,13 @@ _log = logging.getLogger(__name__)
 ALERT_SERVICE_NAME = alert_service_pb2.DESCRIPTOR.services_by_name["AlertService"].full_name
 AUDIT_SERVICE_NAME = audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name
 EVENT_SERVICE_NAME = event_service_pb2.DESCRIPTOR.services_by_name["EventService"].full_name
-SERVICE_NAMES = (SERVICE_NAME, ALERT_SERVICE_NAME, AUDIT_SERVICE_NAME, EVENT_SERVICE_NAME)
+SERVICE_NAMES = (
+    SERVICE_NAME,
+    ALERT_SERVICE_NAME,
+    AUDIT_SERVICE_NAME,
+    EVENT_SERVICE_NAME,
+    RISKLIST_SERVICE_NAME,
+)
 """The fedgate services a gateway serves (besides health and reflection)."""
 
 
@@ -128,6 +138,8 @@ class _Parts:
     tickets: Tickets
     alerts: AlertHub
     router: NodeRouter
+    risklist: RiskListLog
+    stats: CentreStats
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,7 +371,25 @@ async def _open_parts(
     resources.callback(tickets.close)
     alerts = AlertHub.open(config.alerts_path, keep=config.alerts.keep)
     resources.callback(alerts.close)
-    return _Parts(audit, replay, rules, tickets, alerts, router)
+    list_origin = risklist_origin(config.audit.origin)
+    risklist = RiskListLog.open(
+        config.risklist_path,
+        origin=list_origin,
+        signer=NoteSigner(name=list_origin, private_key=identity.credentials.signing_key),
+        witnesses=witnesses,
+    )
+    risklist.start()
+    resources.push_async_callback(risklist.close)
+
+    def member_kind(member: str) -> str:
+        found = identity.trust.registry.find(member)
+        return found.kind.value if found is not None else ""
+
+    stats = CentreStats(
+        config.pipeline.state_dir / "countermeasure-stats.sqlite", member_kind=member_kind
+    )
+    resources.callback(stats.close)
+    return _Parts(audit, replay, rules, tickets, alerts, router, risklist, stats)
 
 
 def _grpc_server(
@@ -389,6 +419,9 @@ def _grpc_server(
     )
     audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
         AuditServicer(parts.audit, trust, lambda: decider), server
+    )
+    risklist_pb2_grpc.add_RiskListServiceServicer_to_server(
+        RiskListServicer(log=parts.risklist, authenticate=pipeline.authenticate), server
     )
     event_service_pb2_grpc.add_EventServiceServicer_to_server(
         EventServicer(
@@ -456,6 +489,10 @@ class Gateway:
     @property
     def audit(self) -> AuditLog:
         return self._parts.audit
+
+    @property
+    def risklist(self) -> RiskListLog:
+        return self._parts.risklist
 
     @property
     def endpoint(self) -> str:
@@ -561,6 +598,7 @@ class Gateway:
             telemetry=telemetry,
             keep_response_bodies=config.audit.keep_response_bodies,
             reconcile_timeout_s=config.routing.timeout_s,
+            risklist=parts.risklist,
         )
         # Before serving: nothing is in flight, so every open request leg was cut off.
         await pipeline.reconciler.run_once(grace=timedelta(0))
@@ -627,6 +665,9 @@ class Gateway:
                 port=int(console_port),
                 member_id=identity.member_id,
                 secure_cookies=config.console.secure_cookies,
+                countermeasures=Countermeasures(
+                    stats=parts.stats, audit=parts.audit, risklist=parts.risklist
+                ),
             )
         return gateway
 

@@ -43,6 +43,7 @@ PUBLIC = {
         "PAGE_SIZE",
         "REVEAL_FOR",
         "AuditorConsole",
+        "Countermeasures",
         "RunningAuditorConsole",
         "start_auditor_console",
     },

@@ -3,6 +3,7 @@ fedgate, or another store's file, is refused with a message naming the file and 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import uuid
@@ -14,23 +15,53 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from adapters.bank.holds import TransferGuard
 from adapters.bank.monitor import MonitorLedger
 from adapters.bank.reference import ReferenceBank
+from adapters.carrier.intercept import Interceptor
 from adapters.carrier.reference import ReferenceCarrier
 from adapters.queue import RequestStore
+from adapters.risklist.replica import Replica, ReplicaKeys
+from fedgate.dissuasion import TaskStore
 from fedgate.errors import StoreVersionError
+from fedgate.keys import generate_signing_key
+from fedgate.note import NoteSigner
+from fedgate.risklist import RiskIndex
 from fedgate.storage import VERSION_TABLE
 from fedgate.web.auth import UserStore
 from gateway.alerts import AlertHub
 from gateway.audit.pg_store import PgDatabase
 from gateway.audit.sqlite_store import SqliteDatabase
 from gateway.replay import ReplayCache
+from gateway.risklist import CentreStats, RiskListLog
 from gateway.rules import BusinessRules
 from gateway.tickets import TicketStore
 
 
 class _Closable(Protocol):
     def close(self) -> None: ...
+
+
+_NO_KEYS = ReplicaKeys(origin="test/risklist", log_verifiers=())
+
+
+class _SyncClosing:
+    """An object with an async ``close`` closed synchronously (a fresh loop)."""
+
+    def __init__(self, inner: RiskListLog) -> None:
+        self._inner = inner
+
+    def close(self) -> None:
+        asyncio.run(self._inner.close())
+
+
+def _risklist_log(path: Path) -> _Closable:
+    signer = NoteSigner(name="test/risklist", private_key=generate_signing_key())
+    return _SyncClosing(RiskListLog.open(path, origin=signer.name, signer=signer))
+
+
+def _interceptor(path: Path) -> _Closable:
+    return Interceptor(index=RiskIndex(), is_subscriber=bool, name_of=str, counts_path=path)
 
 
 STORES: dict[str, tuple[str, Callable[[Path], _Closable]]] = {
@@ -47,6 +78,12 @@ STORES: dict[str, tuple[str, Callable[[Path], _Closable]]] = {
         lambda p: ReferenceCarrier(path=p, carrier_id="carrier.cmcc"),
     ),
     "audit": ("audit log", lambda p: SqliteDatabase(p, origin="test/log", writer=True)),
+    "risklist": ("risk list log", _risklist_log),
+    "risklist-stats": ("countermeasure statistics", lambda p: CentreStats(p, member_kind=str)),
+    "replica": ("risk list replica", lambda p: Replica.open(p, keys=_NO_KEYS)),
+    "interceptions": ("interception counts", _interceptor),
+    "holds": ("transfer holds", lambda p: TransferGuard(index=RiskIndex(), path=p)),
+    "dissuasion": ("dissuasion task store", TaskStore),
 }
 
 

@@ -294,7 +294,7 @@ class BankNode(CoreNode[CoreBanking]):
             credentials=credentials,
             backend=self.agency,
             clock=clock,
-            background=(_monitor_loop,),
+            background=(_monitor_loop, *kwargs.pop("background", ())),
             **kwargs,
         )
         self.pusher = MonitorPusher(

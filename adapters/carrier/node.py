@@ -24,11 +24,13 @@ from adapters.carrier.backend import (
     RecordKind,
     SubscriberSystem,
 )
+from adapters.carrier.intercept import COUNTS_FILE, InterceptionStats
 from adapters.config import NodeConfig
 from adapters.node import CoreNode
 from fedgate.actions import CARRIER_ACTIONS
 from fedgate.errors import FieldViolation, InvalidArgument
-from fedgate.v1 import carrier_pb2, request_pb2
+from fedgate.types import CHINA_TIME
+from fedgate.v1 import bank_pb2, carrier_pb2, request_pb2
 
 __all__ = ["CarrierAgency", "CarrierNode"]
 
@@ -74,8 +76,9 @@ def _record_pb(record: CallRecord) -> carrier_pb2.CallRecord:
 class CarrierAgency:
     """Answers carrier actions from ``core``; blocking, thread-safe as the backend is."""
 
-    def __init__(self, core: SubscriberSystem) -> None:
+    def __init__(self, core: SubscriberSystem, *, stats: InterceptionStats | None = None) -> None:
         self.core = core
+        self._stats = stats
         self._handlers: dict[str, Callable[[request_pb2.Request, datetime], request_pb2.Response]]
         self._handlers = {
             "subscriber": self._subscriber,
@@ -89,6 +92,8 @@ class CarrierAgency:
             "sms_block": self._sms_block,
         }
         assert set(self._handlers) == CARRIER_ACTIONS
+        if stats is not None:  # the telecom regulator's interception statistics
+            self._handlers["aggregate_stats"] = self._aggregate_stats
 
     @property
     def actions(self) -> frozenset[str]:
@@ -100,6 +105,17 @@ class CarrierAgency:
         if handler is None:
             raise InvalidArgument(f"{self.core.carrier_id} does not serve {action}")
         return handler(request, now)
+
+    def _aggregate_stats(self, request: request_pb2.Request, now: datetime) -> request_pb2.Response:
+        assert self._stats is not None
+        q = request.aggregate_stats
+        start = q.window.start.ToDatetime(tzinfo=UTC).astimezone(CHINA_TIME).date()
+        end = q.window.end.ToDatetime(tzinfo=UTC).astimezone(CHINA_TIME).date()
+        count = self._stats.total(q.metric, start, end)
+        return request_pb2.Response(
+            status=OK,
+            aggregate_stats=bank_pb2.AggregateStatsResult(metric=q.metric, count=count),
+        )
 
     def _subscriber(self, request: request_pb2.Request, now: datetime) -> request_pb2.Response:
         s = self.core.subscriber(request.subscriber.phone_number)
@@ -207,7 +223,9 @@ class CarrierNode(CoreNode[SubscriberSystem]):
     """The agency node of a carrier (``CarrierAgency`` on the shared runtime)."""
 
     def __init__(self, *, core: SubscriberSystem, **kwargs: Any) -> None:
-        super().__init__(core=core, backend=CarrierAgency(core), **kwargs)
+        config: NodeConfig = kwargs["config"]
+        stats = InterceptionStats(Path(config.state_dir) / COUNTS_FILE)
+        super().__init__(core=core, backend=CarrierAgency(core, stats=stats), **kwargs)
 
     @classmethod
     def reference_backend(

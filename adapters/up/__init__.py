@@ -46,6 +46,7 @@ from fedgate.errors import FedgateError
 from fedgate.federation import DEFAULT_MEMBERS, MemberKind
 from fedgate.pki import FederationLayout, init_federation
 from fedgate.registry import Member, Registry
+from fedgate.risklist import risklist_origin
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options
 from fedgate.types import MemberId
 from fedgate.web.auth import Role, UserStore
@@ -74,6 +75,12 @@ DEMO_AUDITOR_MEMBER = MemberId("audit.office")
 
 LOG_ORIGIN = "fedgate.local/gateway/shard-0"
 """The origin (log name) of the development gateway's audit log shard."""
+RISKLIST_ORIGIN = risklist_origin(LOG_ORIGIN)
+"""The origin of the development gateway's risk list log (witnessed like the audit log)."""
+FEED_PER_SECOND = 20.0
+FEED_MAX = 20_000
+"""Each carrier's call/SMS feed in the development federation: 20 events a second, at most
+20,000 (about 17 minutes), generated from the world."""
 
 WORLD_MAX_AGE = timedelta(hours=12)
 """A world older than this is reseeded: stop-payments need a recent victim transfer."""
@@ -190,6 +197,18 @@ def _write_node_config(state: Path, member: Member, world: World) -> Path:
                 "staff": [demo_staff_id(member.id)],
                 "backend": {"kind": "reference", "path": world.database(member.id)},
                 "actions": {"default": "automatic", manual: "manual"},
+                # The shared risk list, replicated and verified (countermeasures); a change is
+                # applied once a witness has cosigned it.
+                "risklist": {
+                    "follow": True,
+                    "origin": RISKLIST_ORIGIN,
+                    "min_cosignatures": 1,
+                    **(
+                        {"feed_per_second": FEED_PER_SECOND, "feed_max": FEED_MAX}
+                        if member.kind is MemberKind.CARRIER
+                        else {}
+                    ),
+                },
             },
             header="written by `fedgate up`; FEDGATE_NODE__<KEY> or\n"
             f"FEDGATE_NODE__<SECTION>__<KEY> variables override it; {manual} is answered\n"
@@ -296,6 +315,8 @@ def prepare_state(
                     str(state / "witnesses" / member.id),
                     "--origin",
                     LOG_ORIGIN,
+                    "--origin",
+                    RISKLIST_ORIGIN,
                 ),
                 endpoint=member.endpoint,
                 console=None,

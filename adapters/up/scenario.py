@@ -6,7 +6,9 @@
    (cash, merchants, banks outside the federation) reported; printed live as a tree.
 3. The registered owner of the number that called the victim, at its carrier.
 4. The suspension of that number.
-5. ``fedgate audit verify`` over the gateway's log.
+4. The calling number on the shared risk list (``adapters.up.countermeasures``).
+5. Its calls intercepted at the carriers; the early warning reaching the police as a task.
+6. ``fedgate audit verify`` over the gateway's log.
 
 Each answer is printed as the police side receives it: verified signature, binding, the
 gateway's countersignature and the audit receipt.
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adapters.synth import FraudChain, World
+from adapters.up.countermeasures import run_countermeasures
 from fedgate.chase import Authority, ChaseEngine, VictimTransfer
 from fedgate.client import FedgateClient
 from fedgate.commands._exit import ExitCode, answer_outcome, failure_outcome
@@ -134,7 +137,7 @@ async def _chase(
 async def run_scenario(
     *, federation_dir: Path, world: World, state: Path, audit_db: Path, endpoint: str | None = None
 ) -> ScenarioResult:
-    """Run the five steps against a running federation; print each; return what passed."""
+    """Run the six steps against a running federation; print each; return what passed."""
     chain = _pick_chain(world, state)
     victim, hop = chain.victim, chain.hops[0]
     caller = chain.fraud_numbers[0]
@@ -184,8 +187,12 @@ async def run_scenario(
         )
         title = f"3. Suspension of the calling number at {caller.carrier_id}"
         steps.append(("suspend", await _step(client, title, request)))
+        # 4–5: the number on the shared risk list, intercepted, the warning at the police
+        steps += await run_countermeasures(
+            client, chain, officer=officer, case=case, when=when, state=state
+        )
 
-    print("\n── 4. fedgate audit verify: every entry, signature, checkpoint and proof")
+    print("\n── 6. fedgate audit verify: every entry, signature, checkpoint and proof")
     command = [
         sys.executable,
         "-m",

@@ -40,7 +40,7 @@ from pathlib import Path
 from google.protobuf.message import Message
 
 from fedgate.actions import CITING_ACTIONS, ORDER_ACTIONS, target_kind_of
-from fedgate.client import GATEWAY_ID, FedgateClient
+from fedgate.client import FedgateClient
 from fedgate.commands._exit import (
     EXIT_CODES_EPILOG,
     ExitCode,
@@ -199,13 +199,12 @@ def add_connection_options(parser: argparse.ArgumentParser, *, timeout: float | 
 
 def _add_request_options(parser: argparse.ArgumentParser, command: ActionCommand) -> None:
     target = parser.add_argument_group("target and officer")
+    to_gateway = target_kind_of(command.action) == "gateway"
     inferred = " (default: from the card's or number's issuer)" if command.subject else ""
-    target.add_argument(
-        "--target",
-        metavar="MEMBER",
-        required=command.subject is None and target_kind_of(command.action) != "gateway",
-        help=f"agency{inferred}",
-    )
+    if not to_gateway:  # approvals and risk list changes always go to the gateway
+        target.add_argument(
+            "--target", metavar="MEMBER", required=command.subject is None, help=f"agency{inferred}"
+        )
     target.add_argument("--officer-id", help="badge number 警号 ($FEDGATE_OFFICER_ID)")
     target.add_argument("--officer-name", help="name ($FEDGATE_OFFICER_NAME)")
     target.add_argument(
@@ -349,12 +348,12 @@ def _second_officer(args: argparse.Namespace) -> common_pb2.Person | None:
 
 
 def _target(command: ActionCommand, args: argparse.Namespace) -> str:
+    kind = target_kind_of(command.action)
+    if kind == "gateway":  # approvals, risk list changes: the gateway answers them itself
+        return "gateway"
     if args.target:
         return str(args.target)
     subject = command.subject(args) if command.subject is not None else None
-    kind = target_kind_of(command.action)
-    if kind == "gateway":
-        return GATEWAY_ID
     found = None
     if subject:
         found = bank_of_card(subject) if kind == "bank" else carrier_of_mobile(subject)

@@ -259,6 +259,9 @@ _ACTIONS: dict[str, tuple[str, str]] = {
     "abnormal_event": ("异常事件", "Abnormal event"),
     "early_warning": ("预警", "Early warning"),
     "monitored_transaction": ("动态交易", "Monitored transaction"),
+    "risk_list_add": ("列入风险名单", "Add to the risk list"),
+    "risk_list_extend": ("风险名单延期", "Extend a risk list entry"),
+    "risk_list_remove": ("移出风险名单", "Remove from the risk list"),
 }
 
 _FIELDS: dict[str, tuple[str, str]] = {
@@ -673,6 +676,33 @@ _AUDIT_UI: dict[str, tuple[str, str]] = {
     "event.console_claim_refused": ("认领被拒", "Claim refused"),
     "event.console_release": ("退回查询", "Query released"),
     "event.console_answer": ("答复查询", "Query answered"),
+    "event.dissuasion_claimed": ("认领劝阻任务", "Dissuasion task claimed"),
+    "event.dissuasion_contact": ("劝阻联系结果", "Dissuasion contact"),
+    "event.interception_counts": ("拦截统计上报", "Interception counts reported"),
+    # countermeasures page (counts only)
+    "audit.nav.countermeasures": ("反制与预警", "Countermeasures"),
+    "audit.counter.title": ("技术反制与预警劝阻", "Countermeasures and early warning"),
+    "audit.counter.hint": (
+        "自 {first} 起每日数量（北京时间），仅统计数字，不含任何个人信息。",
+        "Counts per day since {first} (China time); numbers only, no personal data.",
+    ),
+    "audit.counter.intercepted": ("拦截诈骗电话和短信", "Fraud calls and SMS intercepted"),
+    "audit.counter.listed": ("列入风险名单（按类别）", "Entries listed, by category"),
+    "audit.counter.warnings": ("预警（按报送单位）", "Early warnings, by reporting member"),
+    "audit.counter.dissuasion": ("劝阻", "Dissuasion"),
+    "audit.counter.empty": ("该时间范围内没有数据。", "Nothing in this period."),
+    "kind.voice": ("电话", "Calls"),
+    "kind.sms": ("短信", "SMS"),
+    "category.phone": ("电话号码", "Phone numbers"),
+    "category.account": ("银行账户", "Bank accounts"),
+    "category.domain": ("域名", "Domains"),
+    "category.url": ("网址", "URLs"),
+    "category.ip": ("IP 地址", "IP addresses"),
+    "category.device": ("设备", "Devices"),
+    "category.app": ("应用", "Apps"),
+    "dissuasion.contacted_in_time": ("按时首次联系", "Contacted within the deadline"),
+    "dissuasion.persuaded": ("劝阻成功", "Persuaded"),
+    "dissuasion.already_paid": ("已被骗转账", "Had already paid"),
 }
 
 _AUDIT_FIELDS: dict[str, tuple[str, str]] = {

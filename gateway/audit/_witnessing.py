@@ -13,17 +13,16 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from fedgate.checkpoint import cosignatures_in, parse_checkpoint
 from fedgate.cosigned import compare_log
 from fedgate.errors import FedgateError, LogInconsistent, VerificationError
 from fedgate.merkle import MerkleProofs
 from fedgate.note import NoteSignature, add_signatures, parse_note
-from fedgate.tiles import TiledTree
 from fedgate.witness import WitnessClient, WitnessConflict
-from gateway.audit.store import AuditStore
 
-__all__ = ["Witnessing", "check_witness_views"]
+__all__ = ["CosignedStore", "Witnessing", "check_witness_views"]
 
 # The log's own logger: operators configure it by that name.
 logger = logging.getLogger("gateway.audit.log")
@@ -80,6 +79,12 @@ async def check_witness_views(
     return views
 
 
+class CosignedStore(Protocol):
+    """Where cosigned checkpoints are kept (an ``AuditStore``, or the risk list's store)."""
+
+    async def add_cosigned(self, size: int, note: str) -> None: ...
+
+
 class Witnessing:
     """The witnesses of one log, what each last cosigned, and the latest cosigned checkpoint.
 
@@ -91,9 +96,9 @@ class Witnessing:
         self,
         *,
         origin: str,
-        store: AuditStore,
+        store: CosignedStore,
         witnesses: Sequence[WitnessClient],
-        tree: Callable[[], TiledTree],
+        tree: Callable[[], MerkleProofs],
         published: str | None,
         published_size: int,
     ) -> None:

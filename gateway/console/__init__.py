@@ -2,7 +2,7 @@
 
 ``_app`` is the Starlette application and its pages; ``_search``, ``_exchange``, ``_state``,
 ``_charts`` and ``_flags`` are the pages' parts (search, one verified exchange, the log's state,
-charts, anomaly flags).
+charts, anomaly flags); ``_countermeasures`` the countermeasures page.
 """
 
 from gateway.console._app import (
@@ -13,12 +13,14 @@ from gateway.console._app import (
     RunningAuditorConsole,
     start_auditor_console,
 )
+from gateway.console._countermeasures import Countermeasures
 
 __all__ = [
     "AUDITOR_ROLE",
     "PAGE_SIZE",
     "REVEAL_FOR",
     "AuditorConsole",
+    "Countermeasures",
     "RunningAuditorConsole",
     "start_auditor_console",
 ]

@@ -57,6 +57,7 @@ from gateway.audit.log import AuditLog
 from gateway.audit.service import check_reveal_reason, export_evidence
 from gateway.console._charts import OTHER, day_chart, reason_chart
 from gateway.console._chase import chase_of, load_chase
+from gateway.console._countermeasures import Countermeasures
 from gateway.console._exchange import load_exchange
 from gateway.console._flags import (
     FOLLOW_UP,
@@ -166,8 +167,10 @@ class AuditorConsole:
         clock: Callable[[], datetime] | None = None,
         secure_cookies: bool = False,
         session_key: bytes | None = None,
+        countermeasures: Countermeasures | None = None,
     ) -> None:
         self._log = log
+        self._countermeasures = countermeasures
         self._insights = insights
         self._registry = registry
         self._clock = clock or (lambda: datetime.now(UTC))
@@ -191,6 +194,7 @@ class AuditorConsole:
                 ("/log", "audit.nav.log"),
                 ("/charts", "audit.nav.charts"),
                 ("/flags", "audit.nav.flags"),
+                *((("/countermeasures", "audit.nav.countermeasures"),) if countermeasures else ()),
             ),
             session_key=session_key,
         )
@@ -205,6 +209,7 @@ class AuditorConsole:
                 s.page_route("/log", self._log_page),
                 s.page_route("/charts", self._charts_page),
                 s.page_route("/flags", self._flags_page),
+                s.page_route("/countermeasures", self._countermeasures_page),
             ]
         )
 
@@ -427,6 +432,30 @@ class AuditorConsole:
             refusals=refusals,
         )
 
+    async def _countermeasures_page(self, request: Request, page: Page) -> Response:
+        if self._countermeasures is None:
+            raise NotFound("this gateway keeps no risk list")
+        days, first, _ = self._window(request)
+        charts = await self._countermeasures.charts(
+            first=first,
+            days=days,
+            label=lambda prefix, key: (
+                self._member_label(page, key) if prefix == "member" else _label(page, prefix, key)
+            ),
+            title=lambda day, name, count: page.t(
+                "chart.bar", day=day.isoformat(), name=name, count=count
+            ),
+        )
+        return self.shell.render(
+            page,
+            "audit_countermeasures.html",
+            title=page.t("audit.counter.title"),
+            days=days,
+            windows=WINDOWS,
+            first=first,
+            charts=charts,
+        )
+
     def _search_link(self, **values: object) -> str:
         return "/?" + urlencode({k: v for k, v in values.items() if v})
 
@@ -504,6 +533,7 @@ async def start_auditor_console(
     member_id: str = "gateway",
     secure_cookies: bool = False,
     clock: Callable[[], datetime] | None = None,
+    countermeasures: Countermeasures | None = None,
 ) -> RunningAuditorConsole:
     """Serve the auditor console of ``log`` (kept in the SQLite file or PostgreSQL shard
     ``audit_db``) on
@@ -524,6 +554,7 @@ async def start_auditor_console(
             member_id=member_id,
             clock=clock,
             secure_cookies=secure_cookies,
+            countermeasures=countermeasures,
         )
         server = EmbeddedServer(console.app, host=host, port=port)
         await server.start()

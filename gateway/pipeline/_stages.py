@@ -32,7 +32,9 @@ Contract:
   answer, is in: the log then shows the caller never got what it records).
 
 Agency reports (target: a police member) stop at stage 9: the gateway acknowledges them itself
-and streams them to the police member (``gateway.alerts``).
+and streams them to the police member (``gateway.alerts``). Risk list changes (target: the
+gateway) stop there too: appended to the risk list's log, answered by the gateway
+(``_risklist``).
 
 Stages 1–8 are here; the exchange state is in ``_exchange``, the audit legs in ``_audit_legs``,
 stages 9–12 in ``_forwarding`` and report delivery in ``_reports``.
@@ -51,7 +53,7 @@ from typing import Any
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 from opentelemetry import trace
 
-from fedgate.actions import ACTIONS, APPROVAL_ACTIONS, REPORT_ACTIONS, role_name
+from fedgate.actions import ACTIONS, APPROVAL_ACTIONS, REPORT_ACTIONS, RISKLIST_ACTIONS, role_name
 from fedgate.envelope import MAX_BODY_BYTES, Domain, Signer, decode_request, verify_envelope
 from fedgate.errors import (
     DecodeError,
@@ -76,11 +78,13 @@ from gateway.pipeline._forwarding import Forwarder
 from gateway.pipeline._officers import check_officers
 from gateway.pipeline._reconcile import Reconciler
 from gateway.pipeline._reports import Reports
+from gateway.pipeline._risklist import RiskListChanges
 from gateway.pipeline._undo import check_undo
 from gateway.pipeline.validation import validate_request
 from gateway.policy import PolicyDecider, PolicyRequest, authorize
 from gateway.quotas import Quotas
 from gateway.replay import ReplayStore
+from gateway.risklist import RiskListLog, check_lister
 from gateway.routing import NodeRouter
 from gateway.rules import BusinessRules
 from gateway.telemetry import ATTR_ACTION, ATTR_PEER, ATTR_TARGET, GatewayTelemetry
@@ -120,6 +124,7 @@ class Pipeline:
         keep_response_bodies: bool = True,
         reconcile_timeout_s: float = 5.0,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        risklist: RiskListLog | None = None,
     ) -> None:
         self._trust = trust
         self._decider = decider
@@ -173,6 +178,19 @@ class Pipeline:
             now=now,
         )
         """Writes the missing response legs of exchanges cut off by a crash (``_reconcile``)."""
+        self._risklist = (
+            None
+            if risklist is None
+            else RiskListChanges(
+                log=risklist,
+                forwarder=self._forwarder,
+                legs=self._legs,
+                signer=signer,
+                gateway_id=gateway_id,
+                telemetry=telemetry,
+                now=now,
+            )
+        )
         tickets.bind(self)
 
     @property
@@ -267,6 +285,9 @@ class Pipeline:
                 return await self._reports.deliver(x)
             if x.action in APPROVAL_ACTIONS:
                 return await self._approvals.grant(x)
+            if x.action in RISKLIST_ACTIONS:
+                assert self._risklist is not None, "refused at stage 6 without a risk list"
+                return await self._risklist.apply(x)
             return await self._forwarder.forward(x, remaining_s)
         except FedgateError:
             raise
@@ -428,6 +449,10 @@ class Pipeline:
                 self._audit, registry, request, action=x.action, why=why, now=x.received_at
             )
         x.rule = ", ".join(decision.rule) if decision.rule else decision.explanation
+        if x.action in RISKLIST_ACTIONS:
+            if self._risklist is None:  # fail closed: nowhere to log the change
+                raise PolicyDenied("this gateway keeps no risk list")
+            x.rule += f"; {check_lister(request, member)}"
 
     # stage 7
     def _check_quotas(self, x: Exchange) -> None:

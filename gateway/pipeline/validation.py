@@ -22,8 +22,26 @@ from typing import Any, Final
 
 from google.protobuf.message import Message
 
-from fedgate.actions import AGGREGATE_METRICS, CITING_ACTIONS, ORDER_ACTIONS, REPORT_ACTIONS
-from fedgate.v1 import approval_pb2, bank_pb2, carrier_pb2, common_pb2, report_pb2, request_pb2
+from fedgate.actions import (
+    AGGREGATE_METRICS,
+    CARRIER_AGGREGATE_METRICS,
+    CITING_ACTIONS,
+    ORDER_ACTIONS,
+    REPORT_ACTIONS,
+    RISKLIST_ACTIONS,
+)
+from fedgate.errors import InvalidArgument
+from fedgate.risklist import CATEGORY_NAMES, MAX_TTL, canonical_value
+from fedgate.v1 import (
+    approval_pb2,
+    bank_pb2,
+    carrier_pb2,
+    common_pb2,
+    report_pb2,
+    request_pb2,
+    risklist_pb2,
+)
+from fedgate.validate import CARRIER_PREFIXES
 from gateway.pipeline._fields import CLOCK_TOLERANCE, MAX_NAME, WINDOW_AHEAD, Fields, mask
 
 __all__ = ["CITING_ACTIONS", "mask", "subjects_of", "validate_request"]
@@ -56,6 +74,9 @@ _FREEZE_METHODS: Final = frozenset(bank_pb2.FreezeMethod.values()) - {
 
 def _header(f: Fields, request: request_pb2.Request, action: str | None) -> None:
     is_report = action in REPORT_ACTIONS
+    # A bank or carrier lists its own account or number without a police case or document;
+    # police listings need a case (stage 6, ``gateway.risklist``).
+    own_document = is_report or action in RISKLIST_ACTIONS
     f.uuid("request_id", request.request_id, version=7)
     if len(request.nonce) != 16:
         f.bad("nonce", f"must be exactly 16 random bytes, got {len(request.nonce)}")
@@ -67,13 +88,13 @@ def _header(f: Fields, request: request_pb2.Request, action: str | None) -> None
         f.person("second_officer", request.second_officer)
 
     # Agencies report before a case exists; police act only within a filed or registered case.
-    f.case_number("case.case_number", request.case.case_number, required=not is_report)
+    f.case_number("case.case_number", request.case.case_number, required=not own_document)
     f.enum("case.case_type", request.case.case_type, _CASE_TYPES, "the type of the case")
     f.text("case.reason", request.case.reason, required=False)
 
     doc = request.legal_document
     f.enum("legal_document.kind", doc.kind, _DOC_KINDS, "the kind of legal document")
-    if doc.kind == common_pb2.LEGAL_DOCUMENT_KIND_AGENCY_REPORT and not is_report:
+    if doc.kind == common_pb2.LEGAL_DOCUMENT_KIND_AGENCY_REPORT and not own_document:
         f.bad("legal_document.kind", "AGENCY_REPORT is for agency reports; cite a police document")
     f.text("legal_document.number", doc.number, limit=MAX_NAME)
     doc_issued = f.time("legal_document.issued_at", doc, "issued_at", required=False)
@@ -223,8 +244,10 @@ def _monitor_start(f: Fields, p: str, a: bank_pb2.MonitorStartOrder) -> None:
 
 
 def _aggregate_stats(f: Fields, p: str, a: bank_pb2.AggregateStatsQuery) -> None:
-    if a.metric not in AGGREGATE_METRICS:
-        f.bad(f"{p}.metric", f"must be one of {', '.join(sorted(AGGREGATE_METRICS))}")
+    # A carrier serves its interception statistics; a bank its order figures.
+    metrics = CARRIER_AGGREGATE_METRICS if f.target in CARRIER_PREFIXES else AGGREGATE_METRICS
+    if a.metric not in metrics:
+        f.bad(f"{p}.metric", f"must be one of {', '.join(sorted(metrics))}")
     f.window(f"{p}.window", a, "window")
 
 
@@ -330,6 +353,36 @@ def _monitored_transaction(f: Fields, p: str, a: report_pb2.MonitoredTransaction
     f.name(f"{t}.counterparty_account", a.transaction.counterparty_account, required=False)
 
 
+# ----------------------------------------------------------------------------- risk list
+
+
+def _risk_value(f: Fields, p: str, a: Any) -> None:
+    if a.category not in CATEGORY_NAMES:
+        f.enum(f"{p}.category", a.category, CATEGORY_NAMES, "the kind of identifier")
+        return
+    try:
+        canonical_value(a.category, a.value)
+    except InvalidArgument as exc:
+        shown = mask(a.value) if a.category in _PERSONAL_CATEGORIES else "the value"
+        f.bad(f"{p}.value", f"{shown} {exc.message}" if a.value else "required")
+    f.text(f"{p}.reason", a.reason)
+
+
+_PERSONAL_CATEGORIES: Final = frozenset(
+    {risklist_pb2.RISK_CATEGORY_PHONE_NUMBER, risklist_pb2.RISK_CATEGORY_BANK_ACCOUNT}
+)
+
+
+def _risk_expiry(f: Fields, p: str, a: Any) -> None:
+    _risk_value(f, p, a)
+    expires = f.time(f"{p}.expires_at", a, "expires_at", required=False)
+    if expires is not None:
+        if expires <= f.now:
+            f.bad(f"{p}.expires_at", "must be in the future")
+        elif expires - f.now > MAX_TTL:
+            f.bad(f"{p}.expires_at", f"at most {MAX_TTL.days} days from now; extend it later")
+
+
 _ACTION_CHECKS: Final[dict[str, Callable[[Fields, str, Any], None]]] = {
     "account_holder": _account_only,
     "transactions": _transactions,
@@ -360,6 +413,9 @@ _ACTION_CHECKS: Final[dict[str, Callable[[Fields, str, Any], None]]] = {
     "early_warning": _early_warning,
     "monitored_transaction": _monitored_transaction,
     "approval": _approval,
+    "risk_list_add": _risk_expiry,
+    "risk_list_extend": _risk_expiry,
+    "risk_list_remove": _risk_value,
 }
 
 
@@ -416,6 +472,9 @@ _SUBJECT_FIELDS: Final[dict[str, tuple[str, ...]]] = {
     "early_warning": ("subject", "flagged"),
     "monitored_transaction": ("account_number", "transaction.counterparty_account"),
     "approval": (),
+    "risk_list_add": ("value",),
+    "risk_list_extend": ("value",),
+    "risk_list_remove": ("value",),
 }
 
 

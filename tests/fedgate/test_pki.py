@@ -52,11 +52,13 @@ def _spec(member_id: str) -> MemberSpec:
 class TestDefaultMembers:
     def test_ids_ports_and_endpoints(self) -> None:
         ids = [m.id for m in DEFAULT_MEMBERS]
-        assert len(ids) == len(set(ids)) == 12
-        assert [m.port for m in DEFAULT_MEMBERS] == list(range(50051, 50063))
+        assert len(ids) == len(set(ids)) == 14
+        assert [m.port for m in DEFAULT_MEMBERS] == list(range(50051, 50065))
         assert _spec("gateway").endpoint == "127.0.0.1:50051"
         assert _spec("pboc.gz").roles == ("central_bank_analyst", "witness")
         assert _spec("audit.office").kind is MemberKind.AUDITOR
+        assert _spec("regulator.gdca").kind is MemberKind.TELECOM_REGULATOR
+        assert _spec("regulator.gdcac").kind is MemberKind.CYBERSPACE_ADMIN
 
     @pytest.mark.parametrize("bad", ["", "Bank.icbc", "bank..icbc", "../etc", "bank/icbc", "a_b"])
     def test_malformed_member_id_refused(self, bad: str) -> None:
@@ -284,11 +286,11 @@ class TestPkiCommand:
     def test_init_issue_revoke(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         d = str(tmp_path / "fed")
         assert _run(["pki", "init", "--dir", d]) == 0
-        assert "created a federation of 12 members" in capsys.readouterr().out
+        assert "created a federation of 14 members" in capsys.readouterr().out
         assert _run(["pki", "issue", "--dir", d, "--member", "bank.boc", "--kind", "bank",
                      "--name-zh", "中国银行", "--name-en", "Bank of China"]) == 0  # fmt: skip
         out = capsys.readouterr().out
-        assert "issued bank.boc (bank) at 127.0.0.1:50063" in out
+        assert "issued bank.boc (bank) at 127.0.0.1:50065" in out
         boc = Registry.load_dir(Path(d)).member(MemberId("bank.boc"))
         assert boc.roles == ("bank_staff",)
 

@@ -73,7 +73,7 @@ def _resign(directory: Path, payload: bytes) -> bytes:
 class TestRegistryLoad:
     def test_default_federation_verifies(self, federation_registry: Registry) -> None:
         assert federation_registry.serial == 1
-        assert len(federation_registry.members()) == 12
+        assert len(federation_registry.members()) == 14
         assert [m.id for m in federation_registry.members_of_kind(MemberKind.BANK)] == [
             "bank.icbc",
             "bank.ccb",
@@ -473,7 +473,7 @@ class TestRegistryCommand:
         directory = tmp_path / "d"
         assert _run(["pki", "init", "--dir", str(directory)]) == 0
         assert _run(["registry", "verify", "--dir", str(directory)]) == 0
-        assert "signature OK, serial 1, 12 members" in capsys.readouterr().out
+        assert "signature OK, serial 1, 14 members" in capsys.readouterr().out
 
         path = directory / "registry.json"
         data = path.read_bytes()
@@ -519,7 +519,7 @@ class TestRegistryCommand:
         assert _run(["registry", "show", "--dir", str(federation_dir), "--json"]) == 0
         doc = json.loads(capsys.readouterr().out)
         assert doc["serial"] == 1
-        assert len(doc["members"]) == 12
+        assert len(doc["members"]) == 14
 
     def test_show_revoked(
         self, mutable_federation: Path, capsys: pytest.CaptureFixture[str]

@@ -629,6 +629,7 @@ EXPECTED_REFUSAL_CODES: dict[type[FedgateError], ExitCode] = {
     errors.LogInconsistent: ExitCode.UNAVAILABLE,
     errors.StoreVersionError: ExitCode.UNAVAILABLE,
     errors.VerificationError: ExitCode.UNAVAILABLE,
+    errors.NotCosigned: ExitCode.UNAVAILABLE,
 }
 
 
