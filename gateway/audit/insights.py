@@ -189,7 +189,7 @@ def _statements(*, pg: bool) -> _Statements:
     officer_sums = "SELECT member, officer, day AS d, CAST(sum(n) AS BIGINT), min(first_idx)"
     officer_rollup = (
         f"{officer_sums} FROM rollup_officer"
-        f" WHERE {o}day >= ? AND day < ? AND leg = 1 AND action{listed}"
+        f" WHERE {o}day >= ? AND day < ? AND leg = 1 AND outcome = 'allowed' AND action{listed}"
     )
     statements = _Statements(
         p="?",

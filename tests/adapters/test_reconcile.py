@@ -39,6 +39,10 @@ class NoResponseLegs:
         self._inner = inner
         self.armed = True
 
+    def __getattr__(self, name: str) -> Any:
+        # Everything else of the store (tiles, searches) is the inner store's.
+        return getattr(self._inner, name)
+
     @property
     def origin(self) -> str:
         return self._inner.origin

@@ -224,7 +224,7 @@ SHENZHEN = MemberSpec(
     "Shenzhen Municipal Anti-Fraud Unit",
     MemberKind.POLICE,
     ("police_investigator", "police_duty_officer", "centre_supervisor"),
-    50063,
+    max(m.port for m in DEFAULT_MEMBERS) + 1,  # the next port after the default federation's
     MemberId("police.gd.afc"),
 )
 

@@ -192,9 +192,9 @@ class TestLiveOrder:
     def test_a_bulk_freeze_cites_a_supervisors_approval(
         self, police: Callable[..., Run], live_federation: LiveFederation
     ) -> None:
-        hop = _hops_into(live_federation, "bank.icbc")[3]
+        account, name = _accounts_at(live_federation, "bank.icbc")[3]
         freeze = (
-            *("order", "freeze", "--account", hop.to_account, "--name", hop.to_name),
+            *("order", "freeze", "--account", account, "--name", name),
             *("--method", "receive-only", "--end", "+90d", "--duty-phone", "020-83113110"),
             *("--bulk-count", "250", "--doc-kind", "case_filing"),
         )
