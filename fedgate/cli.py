@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "query",
     "order",
     "ticket",
+    "answers",
 )
 """Modules under ``fedgate.commands``; each has ``register(subparsers)``."""
 

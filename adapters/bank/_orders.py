@@ -9,6 +9,7 @@ rule that failed.
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 
 from adapters._sqlite import from_us
 from adapters.bank.backend import (
@@ -107,7 +108,18 @@ def execute_stop(
     now_us: int,
     transfer_us: int,
 ) -> StopPaymentOutcome:
-    """Match the victim's transfer and stop the account for 48 hours, or refuse saying why."""
+    """Match the victim's transfer and stop the account for 48 hours, or refuse saying why.
+
+    A repeat of a stop-payment in force (same account, case number and document number) is
+    answered with that stop-payment's state and ``repeat_of`` set; nothing is executed again.
+    """
+    if conn.execute(
+        "SELECT 1 FROM stop_payments WHERE order_ref = ?", (order.order_ref,)
+    ).fetchone():
+        raise RuleViolated("order_ref has already been executed")
+    repeated = _stop_in_force_for(conn, order, now_us)
+    if repeated is not None:
+        return repeated
     if holder_name != order.account_name:
         raise RuleViolated("account_name does not match the holder of account_number")
     if currency != order.currency:
@@ -144,11 +156,11 @@ def execute_stop(
     end_us = now_us + _STOP_US
     conn.execute(
         "INSERT INTO stop_payments(order_ref, account_number, agency, payer_account, payer_name,"
-        " payer_bank, amount, currency, transfer_ts, matched_tx, start_ts, end_ts)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " payer_bank, amount, currency, transfer_ts, matched_tx, start_ts, end_ts, case_number,"
+        " case_document) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (order.order_ref, order.account_number, order.agency, order.payer_account,
          order.payer_name, order.payer_bank, order.amount_minor, order.currency, transfer_us,
-         tx_id, now_us, end_us),
+         tx_id, now_us, end_us, order.case_number, order.case_document),
     )  # fmt: skip
     balance, _, _ = balances(conn, order.account_number, now_us)
     return StopPaymentOutcome(
@@ -162,6 +174,27 @@ def execute_stop(
         matched_transaction_id=tx_id,
         executions_on_account=executions + 1,
     )
+
+
+def _stop_in_force_for(
+    conn: sqlite3.Connection, order: StopPaymentOrder, now_us: int
+) -> StopPaymentOutcome | None:
+    """The stop-payment in force that ``order`` repeats, as its outcome; else ``None``."""
+    if not (order.case_number and order.case_document):
+        return None
+    row = conn.execute(
+        "SELECT order_ref, start_ts, end_ts, matched_tx, currency FROM stop_payments"
+        " WHERE account_number = ? AND case_number = ? AND case_document = ?"
+        " AND released_ts IS NULL AND end_ts > ? ORDER BY start_ts LIMIT 1",
+        (order.account_number, order.case_number, order.case_document, now_us),
+    ).fetchone()
+    if row is None:
+        return None
+    ref, start, end, tx, cur = row
+    outcome = _stop_outcome(
+        conn, order.account_number, ref, OrderState.ACTIVE, (start, end), tx, cur, now_us
+    )
+    return replace(outcome, repeat_of=str(ref))
 
 
 def _active_stop(
@@ -290,7 +323,22 @@ def execute_freeze(
     now_us: int,
     end_us: int,
 ) -> FreezeOutcome:
-    """Freeze a fixed amount (at most what is not frozen already) or all outflows."""
+    """Freeze a fixed amount (at most what is not frozen already) or all outflows.
+
+    A repeat of a freeze in force (same account, case number and document number) is answered
+    with that freeze's state and ``repeat_of`` set; nothing is frozen again.
+    """
+    if conn.execute("SELECT 1 FROM freezes WHERE order_ref = ?", (order.order_ref,)).fetchone():
+        raise RuleViolated("order_ref has already been executed")
+    row = conn.execute(
+        "SELECT order_ref FROM freezes WHERE account_number = ? AND case_number = ?"
+        " AND case_document = ? AND released_ts IS NULL AND end_ts > ?"
+        " ORDER BY start_ts LIMIT 1",
+        (order.account_number, order.case_number, order.case_document, now_us),
+    ).fetchone()
+    if row is not None:
+        outcome = _freeze_outcome(conn, order.account_number, row[0], OrderState.ACTIVE, now_us)
+        return replace(outcome, repeat_of=str(row[0]))
     if holder_name != order.account_name:
         raise RuleViolated("account_name does not match the holder of account_number")
     if currency != order.currency:

@@ -185,6 +185,8 @@ class StopPaymentOrder:
     currency: str
     transfer_time: datetime
     agency: str
+    case_number: str = ""
+    case_document: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +200,8 @@ class StopPaymentOutcome:
     currency: str
     matched_transaction_id: int
     executions_on_account: int
+    repeat_of: str = ""
+    """The order in force this one repeated (same account, case and document), else empty."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +251,8 @@ class FreezeOutcome:
     available_minor: int
     currency: str
     earlier_freezes: tuple[EarlierFreeze, ...]
+    repeat_of: str = ""
+    """The freeze in force this one repeated (same account, case and document), else empty."""
 
 
 @dataclass(frozen=True, slots=True)

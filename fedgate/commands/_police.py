@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import functools
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -39,8 +40,8 @@ from pathlib import Path
 
 from google.protobuf.message import Message
 
-from fedgate.actions import CITING_ACTIONS, target_kind_of
-from fedgate.client import FedgateClient
+from fedgate.actions import CITING_ACTIONS, DOCUMENT_NAMES, target_kind_of
+from fedgate.client import Answer, FedgateClient
 from fedgate.commands._exit import (
     EXIT_CODES_EPILOG,
     ExitCode,
@@ -84,6 +85,7 @@ __all__ = [
     "exit_code_for_refusal",
     "exit_code_for_status",
     "failure_outcome",
+    "keep_answer",
     "local_error",
     "money",
     "open_client",
@@ -114,13 +116,9 @@ _CASE_TYPES: dict[str, common_pb2.CaseType.ValueType] = {
     "other": common_pb2.CASE_TYPE_OTHER,
 }
 _DOC_KINDS: dict[str, common_pb2.LegalDocumentKind.ValueType] = {
-    "case_filing": common_pb2.LEGAL_DOCUMENT_KIND_CASE_FILING_DECISION,
-    "query_notice": common_pb2.LEGAL_DOCUMENT_KIND_QUERY_NOTICE,
-    "stop_payment_notice": common_pb2.LEGAL_DOCUMENT_KIND_STOP_PAYMENT_NOTICE,
-    "freeze_notice": common_pb2.LEGAL_DOCUMENT_KIND_FREEZE_NOTICE,
-    "release_notice": common_pb2.LEGAL_DOCUMENT_KIND_RELEASE_NOTICE,
-    "evidence_notice": common_pb2.LEGAL_DOCUMENT_KIND_EVIDENCE_NOTICE,
-    "countermeasure_order": common_pb2.LEGAL_DOCUMENT_KIND_COUNTERMEASURE_ORDER,
+    short: kind  # type: ignore[misc]
+    for kind, (short, _) in DOCUMENT_NAMES.items()
+    if kind != common_pb2.LEGAL_DOCUMENT_KIND_AGENCY_REPORT
 }
 _URGENCIES: dict[str, common_pb2.Urgency.ValueType] = {
     "routine": common_pb2.URGENCY_ROUTINE,
@@ -297,6 +295,15 @@ def sent_store(args: argparse.Namespace) -> SentStore:
     return SentStore(Path(chosen) if chosen else _federation(args).parent / "sent")
 
 
+def keep_answer(args: argparse.Namespace, answer: Answer) -> None:
+    """Keep a verified answer beside its request (``fedgate answers``); a disk that refuses
+    costs the copy, not the answer just received, so this warns instead of failing."""
+    try:
+        sent_store(args).save_answer(answer.response.request_id, answer.signed)
+    except OSError as exc:
+        print(f"warning: the answer was not kept on disk: {exc}", file=sys.stderr)
+
+
 def open_client(args: argparse.Namespace) -> FedgateClient:
     """A client for ``--member`` of ``--federation``; raises ``RegistryError``. Call it inside
     a running event loop (the gRPC channel binds to it)."""
@@ -402,6 +409,7 @@ async def _send(command: ActionCommand, args: argparse.Namespace) -> int:
         except (FedgateError, ValueError) as exc:
             return emit(args, failure_outcome(exc, request.request_id), client.registry)
         if submitted.answer is not None:
+            keep_answer(args, submitted.answer)
             return emit(args, answer_outcome(submitted.answer), client.registry)
         assert submitted.ticket is not None
         hint = f"follow it: fedgate ticket watch {submitted.ticket.ticket_id}"

@@ -178,8 +178,17 @@ class Forwarder:
                 action=pending.action,
                 status=response.status,
                 now=received_at,
+                repeat_of=_repeat_of(response),
             )
         return signed, status
+
+
+def _repeat_of(response: request_pb2.Response) -> str:
+    """The order in force an answer says this order repeated (nothing executed), else ''."""
+    result = response.WhichOneof("result")
+    if result in ("stop_payment", "freeze"):
+        return str(getattr(response, result).repeat_of)
+    return ""
 
 
 def _queued_deadline(

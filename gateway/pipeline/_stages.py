@@ -66,6 +66,7 @@ from gateway.audit.log import AuditLog
 from gateway.pipeline._audit_legs import AuditLegs
 from gateway.pipeline._exchange import Exchange, stage
 from gateway.pipeline._forwarding import Forwarder
+from gateway.pipeline._outcome import stored_outcome
 from gateway.pipeline._reports import Reports
 from gateway.pipeline._undo import check_undo
 from gateway.pipeline.validation import validate_request
@@ -112,6 +113,7 @@ class Pipeline:
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._trust = trust
+        self._signer = signer
         self._decider = decider
         self._replay = replay
         self._audit = audit
@@ -155,6 +157,15 @@ class Pipeline:
     def registry(self) -> Registry:
         """The registry in force now (from the process's one ``TrustHolder``)."""
         return self._trust.registry
+
+    async def stored_outcome(
+        self, request_id: str, *, caller: MemberId
+    ) -> gateway_service_pb2.GetOutcomeResponse:
+        """What became of ``caller``'s request ``request_id``, from the audit log (``GetOutcome``);
+        raises ``NotFound`` for an id the caller did not send."""
+        return await stored_outcome(
+            audit=self._audit, signer=self._signer, request_id=request_id, caller=caller
+        )
 
     # -- the Submit path ------------------------------------------------------------------
 
