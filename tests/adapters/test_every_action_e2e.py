@@ -1001,7 +1001,7 @@ class TestDailyUse:
         hop = e2e.take_hop()
         stop = e2e.stop_payment(hop)
         stop.legal_document.kind = common_pb2.LEGAL_DOCUMENT_KIND_QUERY_NOTICE
-        error, leg = await e2e.refused(stop)
+        error, _ = await e2e.refused(stop)
         assert isinstance(error, RuleViolated)
         assert "紧急止付通知书 (stop_payment_notice)" in error.message
         assert not e2e.bank(hop.to_bank).core.account_holder(hop.to_account).stopped
