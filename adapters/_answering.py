@@ -44,6 +44,7 @@ from fedgate.errors import (
 )
 from fedgate.orders import UNDOES, undo_problem
 from fedgate.registry import Registry
+from fedgate.render import format_time
 from fedgate.trust import TrustHolder
 from fedgate.types import KeyId, MemberId, RequestId
 from fedgate.v1 import agency_service_pb2, envelope_pb2, request_pb2
@@ -290,7 +291,7 @@ class AnsweringNode:
             expired = request_pb2.Response(
                 status=request_pb2.RESPONSE_STATUS_EXPIRED,
                 detail=f"{self.member_id}'s staff did not answer before the deadline "
-                f"{entry.deadline.isoformat(timespec='seconds')}",
+                f"{format_time(entry.deadline)}",
             )
             return self.sign(
                 bind_response(

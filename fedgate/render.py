@@ -18,7 +18,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import EnumDescriptor, FieldDescriptor
@@ -388,6 +388,80 @@ def _ticket_lines(ticket: ticket_pb2.Ticket, registry: Registry | None) -> list[
     return lines
 
 
+_HEADER_FLAGS: Final[dict[str, str]] = {
+    "officer.id": "--officer-id",
+    "officer.name": "--officer-name",
+    "officer.phone": "--officer-phone",
+    "officer.id_number": "--officer-id-number",
+    "officer.role": "--officer-role",
+    "second_officer": "--second-officer-id",
+    "second_officer.id": "--second-officer-id",
+    "second_officer.name": "--second-officer-name",
+    "second_officer.phone": "--second-officer-phone",
+    "case.case_number": "--case",
+    "case.case_type": "--case-type",
+    "case.reason": "--case-reason",
+    "legal_document.kind": "--doc-kind",
+    "legal_document.number": "--doc-number",
+    "legal_document.issued_at": "--doc-issued",
+    "urgency": "--urgency",
+    "purpose": "--purpose",
+    "answer_deadline": "--deadline",
+    "original_request_id": "--original",
+    "target_agency": "--target",
+}
+_ACTION_FLAGS: Final[dict[str, str]] = {
+    "account_number": "--account",
+    "account_name": "--name",
+    "phone_number": "--phone",
+    "id_number": "--id-number",
+    "amount": "--amount",
+    "amount.minor_units": "--amount",
+    "amount.currency": "--currency",
+    "payer_account": "--payer-account",
+    "payer_name": "--payer-name",
+    "payer_bank": "--payer-bank",
+    "transfer_time": "--transfer-time",
+    "victim_application": "--victim-application",
+    "window": "--from",
+    "window.start": "--from",
+    "window.end": "--to",
+    "page.page_size": "--page-size",
+    "page.page_token": "--page-token",
+    "start": "--start",
+    "end": "--end",
+    "until": "--until",
+    "at": "--at",
+    "method": "--method",
+    "duty_phone": "--duty-phone",
+    "bulk_count": "--bulk-count",
+    "approval": "--approver-id",
+    "approval.approver.id": "--approver-id",
+    "approval.approver.name": "--approver-name",
+    "approval.document_number": "--approval-doc",
+    "approval.approved_at": "--approved-at",
+    "reason": "--reason",
+    "sender": "--sender",
+    "include_sms": "--sms",
+    "metric": "--metric",
+}
+
+
+def cli_flag(path: str) -> str | None:
+    """The ``fedgate query|order`` option that sets the request field ``path``, if one does:
+    ``legal_document.number`` → ``--doc-number``, ``freeze.amount.minor_units`` → ``--amount``."""
+    if path in _HEADER_FLAGS:
+        return _HEADER_FLAGS[path]
+    _, _, rest = path.partition(".")
+    return _ACTION_FLAGS.get(rest)
+
+
+def _field_words(path: str) -> str:
+    """How a refusal names a field to a CLI user: the option, and the field in brackets."""
+    flag = cli_flag(path)
+    return path if flag is None else f"{flag} ({path})"
+
+
 def _violations(error: BaseException) -> tuple[errors.FieldViolation, ...]:
     return error.violations if isinstance(error, errors.InvalidArgument) else ()
 
@@ -409,7 +483,11 @@ def _error_lines(outcome: Outcome) -> list[str]:
         "expired": "expired",
     }.get(outcome.kind, "error")
     lines = [f"{headline}: {reason}: {message}"]
-    lines += [f"  ✗ {v.field}: {v.description}" for v in _violations(error)] if error else []
+    lines += (
+        [f"  ✗ {_field_words(v.field)}: {v.description}" for v in _violations(error)]
+        if error
+        else []
+    )
     if isinstance(error, errors.QuotaExceeded):
         lines.append(f"  retry after {error.retry_after_s:g} s")
     return lines
@@ -448,7 +526,8 @@ def _error_dict(error: BaseException) -> dict[str, Any]:
         "reason": error.reason,
         "message": error.message,
         "field_violations": [
-            {"field": v.field, "description": v.description} for v in _violations(error)
+            {"field": v.field, "flag": cli_flag(v.field), "description": v.description}
+            for v in _violations(error)
         ],
     }
     if isinstance(error, errors.QuotaExceeded):

@@ -45,6 +45,7 @@ from google.protobuf.descriptor import EnumDescriptor
 from fedgate.actions import document_problem
 from fedgate.errors import AuditUnavailable, RuleViolated
 from fedgate.logs import mask
+from fedgate.render import format_time
 from fedgate.storage import Schema, open_store
 from fedgate.v1 import common_pb2, request_pb2
 
@@ -153,9 +154,8 @@ def _us(at: datetime) -> int:
 
 
 def _iso(us: int) -> str:
-    return (
-        (_EPOCH + timedelta(microseconds=us)).isoformat(timespec="seconds").replace("+00:00", "Z")
-    )
+    """A time in a rule's message, as people at the centre read it (China time)."""
+    return format_time(_EPOCH + timedelta(microseconds=us))
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,8 @@ from adapters.bank.backend import (
     StopPaymentOutcome,
 )
 from fedgate.errors import FieldViolation, InvalidArgument, RuleViolated
+from fedgate.render import format_money
+from fedgate.v1.common_pb2 import Money
 
 __all__ = [
     "balances",
@@ -348,9 +350,8 @@ def execute_freeze(
         raise RuleViolated("order_ref has already been executed")
     _, _, freezable = balances(conn, order.account_number, now_us)
     if order.method == FreezeMethod.FIXED_AMOUNT and order.amount_minor > freezable:
-        raise RuleViolated(
-            f"amount exceeds the balance available to freeze ({freezable} minor units)"
-        )
+        available = format_money(Money(currency=order.currency, minor_units=freezable))
+        raise RuleViolated(f"amount exceeds the balance available to freeze ({available})")
     conn.execute(
         "INSERT INTO freezes(order_ref, account_number, method, amount, currency, agency,"
         " case_number, case_document, duty_phone, start_ts, end_ts)"

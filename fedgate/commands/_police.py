@@ -55,6 +55,7 @@ from fedgate.commands._exit import (
 from fedgate.commands._parse import (
     PoliceParser,
     money,
+    parse_account,
     parse_amount,
     parse_duration,
     parse_request_id,
@@ -87,8 +88,10 @@ __all__ = [
     "failure_outcome",
     "keep_answer",
     "local_error",
+    "missing_federation",
     "money",
     "open_client",
+    "parse_account",
     "parse_amount",
     "parse_duration",
     "parse_request_id",
@@ -148,7 +151,9 @@ class ActionCommand:
 
 def account_option(group: argparse._ActionsContainer) -> None:
     """``--account``, the subject of most bank actions."""
-    group.add_argument("--account", required=True, help="card or account number 账号")
+    group.add_argument(
+        "--account", type=parse_account, required=True, help="card or account number 账号"
+    )
 
 
 def phone_option(group: argparse._ActionsContainer) -> None:
@@ -213,7 +218,7 @@ def _add_request_options(parser: argparse.ArgumentParser, command: ActionCommand
     target.add_argument("--second-officer-phone", help="second officer's phone")
 
     case = parser.add_argument_group("case and legal document")
-    case.add_argument("--case", metavar="CASE_NUMBER", help="case number 案件编号")
+    case.add_argument("--case", metavar="CASE_NUMBER", help="case number 案件编号 (required)")
     case.add_argument(
         "--case-type", choices=sorted(_CASE_TYPES), default="telecom_fraud", help="(telecom_fraud)"
     )
@@ -224,7 +229,9 @@ def _add_request_options(parser: argparse.ArgumentParser, command: ActionCommand
         default=command.doc_kind,
         help=f"({command.doc_kind})",
     )
-    case.add_argument("--doc-number", metavar="TEXT", help="文书号 as printed on the document")
+    case.add_argument(
+        "--doc-number", metavar="TEXT", help="文书号 as printed on the document (required)"
+    )
     case.add_argument("--doc-issued", type=parse_time, metavar="TIME", help="when it was issued")
     case.add_argument(
         "--urgency",
@@ -295,6 +302,15 @@ def sent_store(args: argparse.Namespace) -> SentStore:
     return SentStore(Path(chosen) if chosen else _federation(args).parent / "sent")
 
 
+def missing_federation(path: Path) -> str:
+    """What to do when the federation directory is not there: which setting chooses it."""
+    return (
+        f"no federation directory at {path}: pass --federation DIR or set FEDGATE_FEDERATION "
+        f"(the development federation of `make run` is {DEFAULT_FEDERATION}, relative to the "
+        "repository)"
+    )
+
+
 def keep_answer(args: argparse.Namespace, answer: Answer) -> None:
     """Keep a verified answer beside its request (``fedgate answers``); a disk that refuses
     costs the copy, not the answer just received, so this warns instead of failing."""
@@ -308,8 +324,11 @@ def open_client(args: argparse.Namespace) -> FedgateClient:
     """A client for ``--member`` of ``--federation``; raises ``RegistryError``. Call it inside
     a running event loop (the gRPC channel binds to it)."""
     member = MemberId(args.member or os.environ.get("FEDGATE_MEMBER") or DEFAULT_MEMBER)
+    federation = _federation(args)
+    if not federation.is_dir():
+        raise RegistryError(missing_federation(federation))
     try:
-        return FedgateClient.from_federation(_federation(args), member, endpoint=args.endpoint)
+        return FedgateClient.from_federation(federation, member, endpoint=args.endpoint)
     except OSError as exc:
         raise RegistryError(f"cannot load the federation: {exc}") from exc
 
@@ -322,9 +341,23 @@ def _env(value: str | None, name: str) -> str:
 
 
 def _person(args: argparse.Namespace) -> common_pb2.Person:
+    """The officer from the options and the environment, checked before anything is signed."""
     role = _env(args.officer_role, "FEDGATE_OFFICER_ROLE") or "investigator"
     if role not in _ROLES:
-        raise InvalidArgument(f"officer role {role!r} is not one of {', '.join(sorted(_ROLES))}")
+        raise InvalidArgument(
+            f"--officer-role (or FEDGATE_OFFICER_ROLE) {role!r} is not one of "
+            f"{', '.join(sorted(_ROLES))}"
+        )
+    for option, variable in (
+        ("officer_id", "FEDGATE_OFFICER_ID"),
+        ("officer_name", "FEDGATE_OFFICER_NAME"),
+    ):
+        if not _env(getattr(args, option), variable).strip():
+            flag = "--" + option.replace("_", "-")
+            raise InvalidArgument(
+                f"{flag} is required: give it, or set {variable} for the session "
+                f"(export {variable}=…)"
+            )
     return common_pb2.Person(
         id=_env(args.officer_id, "FEDGATE_OFFICER_ID"),
         name=_env(args.officer_name, "FEDGATE_OFFICER_NAME"),

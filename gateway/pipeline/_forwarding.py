@@ -17,6 +17,7 @@ from fedgate.actions import ORDER_ACTIONS
 from fedgate.audit_entry import ResponseLeg
 from fedgate.envelope import Signer, countersign, decode_request
 from fedgate.errors import AgencyFault, AgencyUnavailable
+from fedgate.render import format_time
 from fedgate.trust import TrustHolder
 from fedgate.types import MemberId
 from fedgate.v1 import agency_service_pb2, envelope_pb2, gateway_service_pb2, request_pb2
@@ -124,7 +125,7 @@ class Forwarder:
                 status="pending",
                 response_hash=b"",
                 responder_signature=b"",
-                detail=f"queued for staff; due {pending.deadline.isoformat(timespec='seconds')}",
+                detail=f"queued for staff; due {format_time(pending.deadline)}",
             )
             await self._legs.append(leg, "response")
         ticket = self._tickets.open(pending)

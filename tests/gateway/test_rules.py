@@ -199,7 +199,10 @@ class TestStopPaymentExtend:
         original = executed(rules, "stop_payment")
         later = NOW + 48 * HOUR
         r = request("stop_payment_extend", now=later, original_request_id=original.request_id)
-        assert "expired at 2026-03-16T09:26:53Z" in refused(rules, r, self.RULE, now=later).message
+        assert (
+            "expired at 2026-03-16 17:26:53+08:00"
+            in refused(rules, r, self.RULE, now=later).message
+        )
 
     def test_extend_a_released_stop(self, rules: BusinessRules) -> None:
         original = executed(rules, "stop_payment")

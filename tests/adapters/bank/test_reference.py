@@ -590,7 +590,7 @@ class TestFreeze:
         with pytest.raises(RuleViolated, match="amount exceeds"):
             bank.freeze(_freeze_order(hop, amount_minor=balance + 1), now=NOW)
         bank.freeze(_freeze_order(hop, "f1", amount_minor=balance - 100), now=NOW)
-        with pytest.raises(RuleViolated, match=r"available to freeze \(100 "):
+        with pytest.raises(RuleViolated, match=r"available to freeze \(¥1\.00\)"):
             bank.freeze(_freeze_order(hop, "f2", amount_minor=101), now=NOW)
 
     def test_earlier_freeze_is_reported(

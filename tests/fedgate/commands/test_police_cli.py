@@ -563,7 +563,43 @@ class TestUsageErrors:
         monkeypatch.setenv("FEDGATE_OFFICER_ROLE", "chief")
         run = cli("query", "subscriber", "--phone", PHONE_CMCC)
         assert run.code == ExitCode.USAGE
-        assert "officer role 'chief'" in run.err
+        assert "--officer-role (or FEDGATE_OFFICER_ROLE) 'chief'" in run.err
+
+    @pytest.mark.parametrize(
+        ("variable", "flag"),
+        [("FEDGATE_OFFICER_ID", "--officer-id"), ("FEDGATE_OFFICER_NAME", "--officer-name")],
+    )
+    def test_a_missing_officer_is_caught_before_signing(
+        self,
+        cli: Callable[..., Run],
+        monkeypatch: pytest.MonkeyPatch,
+        sent_dir: Path,
+        variable: str,
+        flag: str,
+    ) -> None:
+        monkeypatch.delenv(variable)
+        run = cli("query", "subscriber", "--phone", PHONE_CMCC, *HEADER, "--dry-run")
+        assert run.code == ExitCode.USAGE
+        assert f"{flag} is required" in run.err
+        assert variable in run.err
+        assert run.out == ""  # nothing signed, nothing printed
+        assert not list(sent_dir.glob("*.bin")) if sent_dir.exists() else True
+
+    def test_grouped_account_digits_are_accepted(self, cli: Callable[..., Run]) -> None:
+        grouped = " ".join(CARD_ICBC[i : i + 4] for i in range(0, len(CARD_ICBC), 4))
+        run = cli("query", "account-holder", "--account", grouped, *HEADER, "--dry-run")
+        assert run.code == ExitCode.OK, run.err
+        assert json.loads(run.out)["request"]["account_holder"]["account_number"] == CARD_ICBC
+
+    def test_a_missing_federation_names_the_setting(
+        self, cli: Callable[..., Run], tmp_path: Path
+    ) -> None:
+        run = cli(
+            "query", "subscriber", "--phone", PHONE_CMCC, "--federation", str(tmp_path / "none")
+        )
+        assert run.code == ExitCode.USAGE
+        assert "FEDGATE_FEDERATION" in run.err
+        assert "--federation" in run.err
 
     def test_help_lists_exit_codes(self, cli: Callable[..., Run]) -> None:
         run = cli("order", "freeze", "--help")
@@ -771,8 +807,27 @@ class TestRender:
         )
         _, err = render_text(Outcome("refused", 3, error=error))
         assert "refused by the gateway: INVALID_ARGUMENT" in err
-        assert "✗ stop_payment.amount: must be positive" in err
-        assert "✗ purpose: required" in err
+        assert "✗ --amount (stop_payment.amount): must be positive" in err
+        assert "✗ --purpose (purpose): required" in err
+
+    @pytest.mark.parametrize(
+        ("path", "flag"),
+        [
+            ("legal_document.number", "--doc-number"),
+            ("freeze.amount.minor_units", "--amount"),
+            ("transactions.window.end", "--to"),
+            ("officer.id", "--officer-id"),
+            ("freeze.approval.approver.name", "--approver-name"),
+            ("nonce", None),
+        ],
+    )
+    def test_a_refused_field_is_named_by_its_option(self, path: str, flag: str | None) -> None:
+        error = errors.InvalidArgument.for_fields([FieldViolation(path, "is wrong")])
+        _, err = render_text(Outcome("refused", 3, error=error))
+        shown = path if flag is None else f"{flag} ({path})"
+        assert f"✗ {shown}: is wrong" in err
+        doc = json.loads(render_json(Outcome("refused", 3, error=error)))
+        assert doc["error"]["field_violations"][0]["flag"] == flag
 
     def test_quota_shows_retry(self) -> None:
         error = errors.QuotaExceeded("too many queries", retry_after_s=2.5)
@@ -884,7 +939,10 @@ class TestAgainstGateway:
                     ]
                 ),
                 ExitCode.REFUSED,
-                ["✗ stop_payment.transfer_time: must be at most 30 days ago", "✗ officer.id:"],
+                [
+                    "✗ --transfer-time (stop_payment.transfer_time): must be at most 30 days ago",
+                    "✗ --officer-id (officer.id):",
+                ],
             ),
             (
                 errors.RuleViolated("stop-payment limit: this account was stopped twice already"),
@@ -929,7 +987,9 @@ class TestAgainstGateway:
         assert run.code == ExitCode.REFUSED
         doc = run.json()
         assert doc["outcome"] == "refused"
-        assert doc["error"]["field_violations"] == [{"field": "purpose", "description": "required"}]
+        assert doc["error"]["field_violations"] == [
+            {"field": "purpose", "flag": "--purpose", "description": "required"}
+        ]
 
     def test_gateway_down(self, cli: Callable[..., Run], unused_port: int) -> None:
         run = cli(*BUILD_CASES[0][0], *HEADER, "--endpoint", f"127.0.0.1:{unused_port}")
