@@ -34,6 +34,7 @@ from fedgate.note import parse_note
 from fedgate.registry import Registry
 from fedgate.types import CHINA_TIME, MemberId
 from fedgate.v1 import common_pb2, envelope_pb2, request_pb2, ticket_pb2
+from fedgate.words import CODE_FIELDS, bilingual
 
 __all__ = [
     "CST",
@@ -190,8 +191,14 @@ def _enum_label(enum: EnumDescriptor, number: int) -> str:
     return value.name.removeprefix(_enum_prefix(enum)).lower()
 
 
-def _scalar(fd: Any, value: Any) -> str:
-    """One field value as text; ``fd`` is a ``FieldDescriptor`` (the stubs type it loosely)."""
+_MEMBER_FIELDS: Final = frozenset(
+    {"counterparty_bank", "agency", "payer_bank", "responder", "bank", "carrier"}
+)
+
+
+def _scalar(fd: Any, value: Any, registry: Registry | None = None) -> str:
+    """One field value as text; ``fd`` is a ``FieldDescriptor`` (the stubs type it loosely).
+    Codes are shown in both languages, member ids with the member's name."""
     if fd.type == FieldDescriptor.TYPE_MESSAGE:
         name = fd.message_type.full_name
         if name == _TIMESTAMP:
@@ -200,7 +207,12 @@ def _scalar(fd: Any, value: Any) -> str:
             return format_money(value)
         return json_format.MessageToJson(value, indent=None, preserving_proto_field_name=True)
     if fd.type == FieldDescriptor.TYPE_ENUM:
-        return _enum_label(fd.enum_type, value)
+        return bilingual(_enum_label(fd.enum_type, value))
+    if fd.type == FieldDescriptor.TYPE_STRING and value:
+        if fd.name in CODE_FIELDS:
+            return bilingual(value)
+        if fd.name in _MEMBER_FIELDS and registry is not None:
+            return _member_name(value, registry)
     if fd.type == FieldDescriptor.TYPE_BOOL:
         return "是 yes" if value else "否 no"
     if fd.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
@@ -237,11 +249,11 @@ def _label(name: str) -> str:
     return _LABELS.get(name, name.replace("_", " "))
 
 
-def _result_lines(result: Message) -> list[str]:
+def _result_lines(result: Message, registry: Registry | None = None) -> list[str]:
     """Scalar fields as ``label  value`` lines, then each repeated message field as a table."""
     fields: list[Any] = list(result.DESCRIPTOR.fields)
     singles = [fd for fd in fields if not fd.is_repeated]
-    pairs = [(_label(fd.name), _scalar(fd, getattr(result, fd.name))) for fd in singles]
+    pairs = [(_label(fd.name), _scalar(fd, getattr(result, fd.name), registry)) for fd in singles]
     width = max((_width(label) for label, _ in pairs), default=0)
     lines = [f"  {_pad(label, width)}  {value}" for label, value in pairs]
     for fd in fields:
@@ -256,7 +268,7 @@ def _result_lines(result: Message) -> list[str]:
             continue
         columns: list[Any] = list(fd.message_type.fields)
         headers = [_label(c.name) for c in columns]
-        rows = [[_scalar(c, getattr(item, c.name)) for c in columns] for item in items]
+        rows = [[_scalar(c, getattr(item, c.name), registry) for c in columns] for item in items]
         lines += table(headers, rows, indent="    ")
     return lines
 
@@ -362,7 +374,7 @@ def _answer_lines(answer: Answer, registry: Registry | None, gateway_id: MemberI
     result_field = response.WhichOneof("result")
     if result_field is not None:
         lines.append("")
-        lines += _result_lines(getattr(response, result_field))
+        lines += _result_lines(getattr(response, result_field), registry)
     v = verification_of(answer, registry=registry, gateway_id=gateway_id)
     lines += [
         "",

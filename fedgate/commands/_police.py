@@ -40,7 +40,7 @@ from pathlib import Path
 
 from google.protobuf.message import Message
 
-from fedgate.actions import CITING_ACTIONS, DOCUMENT_NAMES, target_kind_of
+from fedgate.actions import ACCEPTED_DOCUMENTS, CITING_ACTIONS, DOCUMENT_NAMES, target_kind_of
 from fedgate.client import Answer, FedgateClient
 from fedgate.commands._exit import (
     EXIT_CODES_EPILOG,
@@ -223,11 +223,13 @@ def _add_request_options(parser: argparse.ArgumentParser, command: ActionCommand
         "--case-type", choices=sorted(_CASE_TYPES), default="telecom_fraud", help="(telecom_fraud)"
     )
     case.add_argument("--case-reason", metavar="TEXT", help="案由, the reason of the case")
+    accepted = ", ".join(DOCUMENT_NAMES[k][0] for k in sorted(ACCEPTED_DOCUMENTS[command.action]))
     case.add_argument(
         "--doc-kind",
         choices=sorted(_DOC_KINDS),
         default=command.doc_kind,
-        help=f"({command.doc_kind})",
+        help=f"the legal document's kind ({command.doc_kind}); {command.action} accepts: "
+        f"{accepted}",
     )
     case.add_argument(
         "--doc-number", metavar="TEXT", help="文书号 as printed on the document (required)"

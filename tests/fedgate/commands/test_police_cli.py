@@ -1200,3 +1200,36 @@ class TestTickets:
         )
         assert run.code == ExitCode.QUEUED
         assert "still waiting after 0.5 s" in run.out
+
+
+class TestWords:
+    def test_codes_in_both_languages_and_members_by_name(self, federation_dir: Path) -> None:
+        from fedgate.render import _result_lines
+
+        registry = Registry.load_dir(federation_dir)
+        result = bank_pb2.TransactionsResult(
+            account_number=CARD_ICBC,
+            transactions=[
+                bank_pb2.Transaction(
+                    transaction_id="t1",
+                    direction="in",
+                    counterparty_bank="bank.ccb",
+                    channel="mobile",
+                )
+            ],
+        )
+        text = "\n".join(_result_lines(result, registry))
+        assert "转入 in" in text
+        assert "手机银行 mobile banking" in text
+        assert f"bank.ccb ({registry.member('bank.ccb').name_zh})" in text
+        freeze = bank_pb2.FreezeResult(account_number=CARD_ICBC)
+        holder = bank_pb2.AccountHolderResult(status="frozen")
+        assert "已冻结 frozen" in "\n".join(_result_lines(holder, registry))
+        assert _result_lines(freeze, registry)
+
+    def test_every_command_defaults_to_a_document_its_action_accepts(self) -> None:
+        from fedgate.actions import ACCEPTED_DOCUMENTS
+        from fedgate.commands._police import _DOC_KINDS
+
+        for command in (*order.COMMANDS, *query.COMMANDS):
+            assert _DOC_KINDS[command.doc_kind] in ACCEPTED_DOCUMENTS[command.action], command
