@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from adapters.up import (
     demo_password,
     demo_staff_id,
     prepare_state,
+    record_supervisor,
     start,
     stop,
     stop_pids,
@@ -41,6 +43,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--state", type=Path, default=Path("state"), help="state directory (default: state)"
     )
     up.add_argument("--no-scenario", action="store_true", help="just run the federation")
+    up.add_argument(
+        "--base-port",
+        type=int,
+        metavar="PORT",
+        help="for a new state directory: the gateway's port; the other members take the next"
+        " ones and each console listens 1000 above (default 20051, below Linux's ephemeral"
+        " ports)",
+    )
     up.add_argument(
         "--background",
         action="store_true",
@@ -94,11 +104,14 @@ def _print_table(federation: Federation) -> None:
 
 
 async def _bring_up(
-    state: Path, *, free_ports: bool = False
+    state: Path, *, free_ports: bool = False, base_port: int | None = None
 ) -> tuple[Federation, list[subprocess.Popen[bytes]]]:
     started = time.monotonic()
     federation = prepare_state(
-        state, progress=lambda line: print(f"  {line}"), free_ports=free_ports
+        state,
+        progress=lambda line: print(f"  {line}"),
+        free_ports=free_ports,
+        base_port=base_port,
     )
     print(f"starting {len(federation.processes)} processes …")
     children = start(federation)
@@ -124,18 +137,30 @@ async def _scenario(federation: Federation) -> bool:
 
 def _up(args: argparse.Namespace) -> int:
     state: Path = args.state.resolve()
-    federation, children = asyncio.run(_bring_up(state))
+    if args.base_port is not None and not 1024 <= args.base_port <= 65535 - 1011:
+        print("fedgate up: --base-port must be 1024 to 64524", file=sys.stderr)
+        return 2
+    try:
+        federation, children = asyncio.run(_bring_up(state, base_port=args.base_port))
+    except FedgateError as exc:
+        print(f"fedgate up: {exc.message}", file=sys.stderr)
+        return 1
     ok = True
     try:
+        if not args.background:
+            record_supervisor(state)
+            signal.signal(signal.SIGTERM, _interrupt)
+        _print_path_hint()
         if not args.no_scenario:
             ok = asyncio.run(_scenario(federation))
         if args.background:
             print(f"running in the background; stop with: fedgate down --state {args.state}")
             return 0 if ok else 1
-        print("The federation keeps running. Press Ctrl-C to stop every process.")
-        signal.signal(signal.SIGTERM, _interrupt)
-        while True:
-            time.sleep(3600)
+        print(
+            "The federation keeps running. Press Ctrl-C (or run `fedgate down` elsewhere) to"
+            " stop every process."
+        )
+        ok = _supervise(federation, children) and ok
     except KeyboardInterrupt:
         pass
     finally:
@@ -149,6 +174,31 @@ def _up(args: argparse.Namespace) -> int:
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _supervise(federation: Federation, children: list[subprocess.Popen[bytes]]) -> bool:
+    """Watch the processes until Ctrl-C, ``fedgate down`` or the end of all of them; a process
+    that ends early is reported (with its log) once. False if any ended on its own."""
+    reported: set[int] = set()
+    while True:
+        for spec, child in zip(federation.processes, children, strict=True):
+            if child.poll() is not None and child.pid not in reported:
+                reported.add(child.pid)
+                print(f"{spec.member} exited with code {child.returncode}; see {spec.log}")
+        if len(reported) == len(children):
+            print("every process has ended.")
+            return False
+        time.sleep(1.0)
+
+
+def _print_path_hint() -> None:
+    """How to call ``fedgate`` from another terminal: it lives in the virtualenv."""
+    here = Path(sys.executable).parent
+    if shutil.which("fedgate") != str(here / "fedgate"):
+        print(
+            f"To use the CLI in another terminal: export PATH={here}:$PATH"
+            f"  (or: . {here / 'activate'})"
+        )
 
 
 def _down(args: argparse.Namespace) -> int:
