@@ -55,6 +55,7 @@ CST = CHINA_TIME
 
 _LABELS: dict[str, str] = {
     "account_number": "账号 account",
+    "repeat_of": "重复命令 repeat of",
     "account_name": "户名 name",
     "account_type": "类型 type",
     "active": "监控中 active",

@@ -62,6 +62,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         dest="answers_command", required=True, metavar="COMMAND", parser_class=PoliceParser
     )
     listing = sub.add_parser("list", help="the requests kept here and their answers")
+    listing.add_argument(
+        "--last",
+        action="store_true",
+        help="print only the id of the latest request (for scripts: ID=$(fedgate answers list"
+        " --last))",
+    )
     add_connection_options(listing, timeout=None)
     listing.set_defaults(func=_list)
     for name, help_text, func in (
@@ -112,6 +118,11 @@ def _list(args: argparse.Namespace) -> int:
             )
     except (FedgateError, OSError) as exc:
         return local_error(args, exc)
+    if args.last:
+        if not rows:
+            return local_error(args, NotFound(f"no requests kept in {store.directory}"))
+        print(rows[-1]["request_id"])
+        return ExitCode.OK
     if args.json:
         print(json.dumps({"directory": str(store.directory), "requests": rows},
                          ensure_ascii=False, indent=2))  # fmt: skip
