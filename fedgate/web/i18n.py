@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from fedgate.words import VALUE_WORDS
+
 __all__ = [
     "CATALOGUE",
     "DEFAULT_LANGUAGE",
@@ -183,6 +185,13 @@ _UI: dict[str, tuple[str, str]] = {
         "Only when our system's data is missing or wrong; it is signed in your name.",
     ),
     "item.send_manual": ("按填写内容答复", "Send this answer"),
+    "item.rows_hint": (
+        "可修改系统数据的各行，或在空行中补录；空行不发送。每行须有时间、方向和金额（或号码），"
+        "检查方式与系统答复相同。",
+        "Correct our system's rows or add rows in the blank ones; blank rows are not sent. Each "
+        "row needs a time, a direction and an amount (or a number), checked as system answers "
+        "are.",
+    ),
     "item.not_found": ("查无此对象", "Not found"),
     "item.not_found_hint": ("说明（必填）", "Explain (required)"),
     "item.send_not_found": ("答复“查无”", "Answer “not found”"),
@@ -666,6 +675,7 @@ CATALOGUE: Final[dict[str, tuple[str, str]]] = {
     **{f"action.{k}": v for k, v in _ACTIONS.items()},
     **{f"field.{k}": v for k, v in _FIELDS.items()},
     **{f"field.{k}": v for k, v in _AUDIT_FIELDS.items()},
+    **{f"value.{k}": v for k, v in VALUE_WORDS.items()},
 }
 
 
