@@ -412,11 +412,28 @@ _AUDIT_UI: dict[str, tuple[str, str]] = {
     "entry.title": ("第 {index} 条记录", "Entry {index}"),
     "entry.heading": ("第 {index} 条记录", "Entry {index}"),
     "entry.same_case": ("同案记录 {case}", "Same case {case}"),
-    "entry.download": ("下载证据包", "Download evidence bundle"),
+    "entry.download": ("下载证据包（隐藏号码）", "Download evidence (masked)"),
+    "entry.download_full": ("下载完整证据包", "Download the full evidence"),
+    "entry.download_full_hint": (
+        "完整证据包含账号、证件号和电话号码，可离线验证全部签名；须说明理由，下载记入审计日志。",
+        "The full bundle holds account, ID and phone numbers and proves every signature "
+        "offline; state why you need it — the download is recorded in the audit log.",
+    ),
+    "entry.reason": ("理由", "Reason"),
+    "entry.reason_placeholder": (
+        "为何需要查看（必填，记入审计日志）",
+        "why you need it (required, audited)",
+    ),
+    "entry.reason_required": (
+        "请说明理由（至少 {low} 个字），理由将记入审计日志",
+        "state a reason (at least {low} characters); it is recorded in the audit log",
+    ),
     "entry.masked_note": (
-        "账号、证件号和电话号码默认隐藏；逐项点击“显示”查看，每次查看都记入审计日志。",
-        "Account, ID and phone numbers are masked; reveal one at a time — each reveal is"
-        " recorded in the audit log.",
+        "账号、证件号和电话号码默认隐藏；说明理由后点击“显示”查看，同一号码在本页各处一并显示，"
+        "每次查看连同理由记入审计日志。",
+        "Account, ID and phone numbers are masked; give a reason and reveal one — it then shows"
+        " wherever this page has it, and the reveal is recorded with your reason in the audit"
+        " log.",
     ),
     "entry.damaged": (
         "该记录无法解码，日志可能已损坏。请运行 fedgate audit verify 检查。",

@@ -9,18 +9,21 @@ read on every request, so a revocation ends sessions at once). Pages:
 - ``/entries/{index}`` the whole exchange of an entry: the signed request decoded, the decision
   and matched rule, the signed response, the receipt, with the signature and inclusion checks
   run on every view (``gateway.console._exchange``); identifiers masked until revealed;
-- ``POST /entries/{index}/reveal`` reveal one masked field, ``POST /entries/{index}/evidence``
-  download the evidence bundle (``gateway.audit.service.export_evidence``);
+- ``POST /entries/{index}/reveal`` reveal one masked identifier (every place the page shows it)
+  for a stated reason; ``POST /entries/{index}/evidence`` download the evidence bundle: masked
+  by default (``gateway.console._evidence``), in full (``export_evidence``) with a reason;
 - ``/log`` the latest checkpoint, witness cosignatures and the console's consistency check;
 - ``/charts`` requests per day by member and by action, refusals by reason (inline SVG);
 - ``/flags`` patterns worth a closer look (``gateway.console._flags``).
 
 Contract:
 
-- Identifier values MUST be masked on every page until the auditor reveals one field of one
-  entry with a CSRF-checked POST; the reveal MUST be appended to the audit log (which entry and
-  which field, never the value) before anything is shown, and lasts ``REVEAL_FOR`` for that
-  session only.
+- Identifier values MUST be masked on every page until the auditor reveals one with a
+  CSRF-checked POST stating a reason; the reveal MUST be appended to the audit log (which entry,
+  which fields, the reason, never the value) before anything is shown, once for all the places
+  the page shows that value, and lasts ``REVEAL_FOR`` for that session only.
+- An evidence download MUST be masked unless the auditor states a reason, which MUST be in the
+  audit log (``console_export``) before the full bundle leaves.
 - Every login, failure, lock-out, logout, reveal and evidence export MUST be in the audit log
   before it takes effect (the shell's audit hook appends ``EventEntry``s to the real log); if it
   cannot be written, nothing is done.
@@ -52,6 +55,7 @@ from fedgate.web.text import BEIJING
 from gateway.audit.insights import GROUPINGS, LogInsights, PgShard, TimeWindow, day_start_us
 from gateway.audit.log import AuditLog
 from gateway.audit.service import export_evidence
+from gateway.console._evidence import masked_bundle
 from gateway.console._charts import OTHER, day_chart, reason_chart
 from gateway.console._exchange import load_exchange
 from gateway.console._flags import (
@@ -88,6 +92,9 @@ _logger = logging.getLogger("fedgate.gateway.console")
 AUDITOR_ROLE: Final = "auditor"
 """The registry role a member needs for its auditor accounts to log in."""
 REVEAL_FOR: Final = timedelta(minutes=10)
+MIN_REASON: Final = 4
+MAX_REASON: Final = 500
+"""Bounds of the reason an auditor gives to reveal an identifier or export it in full."""
 WINDOWS: Final = (1, 7, 30, 90)
 """The time windows (days) the charts and flags offer."""
 DEFAULT_DAYS: Final = 30
@@ -303,6 +310,16 @@ class AuditorConsole:
             registry_label=lambda m: self._member_label(page, m),
         )
 
+    def _reason(self, page: Page) -> str:
+        """The reason typed for a reveal or a full export; ``InvalidArgument`` naming ``reason``
+        unless it has ``MIN_REASON`` to ``MAX_REASON`` characters."""
+        reason = page.field("reason").strip()
+        if not MIN_REASON <= len(reason) <= MAX_REASON:
+            raise InvalidArgument.for_fields(
+                [FieldViolation("reason", page.t("entry.reason_required", low=MIN_REASON))]
+            )
+        return reason
+
     async def _reveal(self, request: Request, page: Page) -> Response:
         index = int(request.path_params["index"])
         key = page.field("field")
@@ -315,6 +332,10 @@ class AuditorConsole:
             raise InvalidArgument.for_fields(
                 [FieldViolation("field", f"entry {leg_text[:20]} has no masked field {key[:60]!r}")]
             )
+        reason = self._reason(page)
+        # One identifier, one reveal: every place on the page that shows the same value opens
+        # with it, under one audited event (not one per field and leg).
+        same = sorted(view.same_value.get((leg, key), frozenset({(leg, key)})))
         session = page.session
         await self.shell.audit(
             "console_reveal",
@@ -322,9 +343,12 @@ class AuditorConsole:
             member=session.member_id,
             entry=str(leg),
             field=key,
+            places=",".join(f"{i}:{k}" for i, k in same),
+            reason=reason,
             request_id=view.request_id,
         )
-        self._grants.add(session.sid, leg, key)
+        for i, k in same:
+            self._grants.add(session.sid, i, k)
         anchor = f"f-{leg}-{key.replace('.', '-')}"
         return RedirectResponse(f"/entries/{index}?notice=revealed#{anchor}", status_code=303)
 
@@ -333,11 +357,30 @@ class AuditorConsole:
         if not 0 <= index < self._log.size:
             raise NotFound(f"no entry {index}: the log has {self._log.size} entries")
         session = page.session
-        await self.shell.audit(
-            "console_export", actor=session.user_id, member=session.member_id, entry=str(index)
-        )
-        bundle = await export_evidence(self._log, index)
-        name = f"fedgate-evidence-{index}.json"
+        full = page.field("full") == "1"
+        if full:
+            reason = self._reason(page)
+            await self.shell.audit(
+                "console_export",
+                actor=session.user_id,
+                member=session.member_id,
+                entry=str(index),
+                reason=reason,
+            )
+            bundle = await export_evidence(self._log, index)
+            name = f"fedgate-evidence-{index}.json"
+        else:
+            await self.shell.audit(
+                "console_export_masked",
+                actor=session.user_id,
+                member=session.member_id,
+                entry=str(index),
+            )
+            view = await load_exchange(
+                self._log, self._insights, self._registry(), index, t=page.t, lang=page.lang
+            )
+            bundle = masked_bundle(self._log, view)
+            name = f"fedgate-evidence-{index}-masked.json"
         return Response(
             bundle,
             media_type="application/json",
