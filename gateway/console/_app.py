@@ -55,8 +55,8 @@ from fedgate.web.text import BEIJING
 from gateway.audit.insights import GROUPINGS, LogInsights, PgShard, TimeWindow, day_start_us
 from gateway.audit.log import AuditLog
 from gateway.audit.service import export_evidence
-from gateway.console._evidence import masked_bundle
 from gateway.console._charts import OTHER, day_chart, reason_chart
+from gateway.console._evidence import masked_bundle
 from gateway.console._exchange import load_exchange
 from gateway.console._flags import (
     FOLLOW_UP,
