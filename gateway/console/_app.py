@@ -43,7 +43,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.types import ASGIApp
 
-from fedgate.actions import ACTIONS
+from fedgate.actions import ACTIONS, ORDER_ACTIONS, REPORT_ACTIONS
 from fedgate.audit_entry import EventEntry, micros_to_time
 from fedgate.errors import FieldViolation, InvalidArgument, NotFound, VerificationError
 from fedgate.registry import Registry
@@ -67,6 +67,7 @@ from gateway.console._flags import (
     WORK_START,
     find_flags,
 )
+from gateway.console._officers import OfficerMatch, OfficerNames, looks_like_badge
 from gateway.console._search import (
     EVENT_KINDS,
     MAX_TEXT,
@@ -149,6 +150,39 @@ def action_label(page: Page, action: str) -> str:
     return action or "—"
 
 
+def _action_groups(page: Page) -> list[tuple[str, list[tuple[str, str]]]]:
+    """The action filter's options: queries, orders, agency reports and console events, each
+    group sorted by its label in the page's language."""
+    groups = (
+        ("audit.search.queries", ACTIONS - ORDER_ACTIONS - REPORT_ACTIONS),
+        ("audit.search.orders", ORDER_ACTIONS),
+        ("audit.search.reports", REPORT_ACTIONS),
+        ("audit.search.events", frozenset(EVENT_KINDS)),
+    )
+    return [
+        (page.t(title), sorted(((a, action_label(page, a)) for a in names), key=lambda p: p[1]))
+        for title, names in groups
+    ]
+
+
+def _event_text(page: Page, details: tuple[tuple[str, str], ...]) -> str:
+    """An event's details as a person reads them: ``请求 01a24258… · 事项 主体查询 · 理由 …``."""
+    shown = []
+    for key, value in details:
+        if key == "action":
+            text = action_label(page, value)
+        elif key in ("request_id", "session"):
+            text = value[:8] + "…" if len(value) > 9 else value
+        elif key == "field":
+            text = _label(page, "field", value.rsplit(".", 1)[-1])
+        elif key == "places":
+            text = str(len([p for p in value.split(",") if p]))
+        else:
+            text = value
+        shown.append(f"{_label(page, 'event_detail', key)} {text}")
+    return " · ".join(shown)
+
+
 class AuditorConsole:
     """The auditor console over one audit log: ``app`` is its ASGI application.
 
@@ -175,6 +209,7 @@ class AuditorConsole:
         self._registry = registry
         self._clock = clock or (lambda: datetime.now(UTC))
         self._grants = _Grants(self._clock)
+        self._officers = OfficerNames(log)
         self._watch = LogWatch(
             log=log, insights=insights, registry=registry, state_dir=state_dir, clock=self._clock
         )
@@ -237,8 +272,8 @@ class AuditorConsole:
         registry = self._registry()
         return {
             "members": sorted((m.id, self._member_label(page, m.id)) for m in registry.entries),
-            "actions": sorted(((a, action_label(page, a)) for a in ACTIONS), key=lambda p: p[1]),
-            "events": [(e, action_label(page, e)) for e in EVENT_KINDS],
+            "action_groups": _action_groups(page),
+            "event_text": lambda details: _event_text(page, details),
             "outcomes": [(o, page.t(f"outcome.{o}")) for o in OUTCOMES],
             "kinds": [(k, page.t(f"kind.{k}")) for k in ("request", "response", "event")],
             "action_label": lambda a: action_label(page, a),
@@ -248,6 +283,34 @@ class AuditorConsole:
 
     async def _search_page(self, request: Request, page: Page) -> Response:
         params = dict(request.query_params)
+        officer = params.get("officer", "").strip()
+        matches: list[OfficerMatch] = []
+        if officer and not looks_like_badge(officer):
+            # A name: search by the badge number of the one officer of that name, or offer
+            # the choice when several officers (or none) answer to it.
+            matches = await self._officers.find(officer)
+            if len(matches) == 1:
+                params["officer"] = matches[0].officer_id
+                if not params.get("member"):
+                    params["member"] = matches[0].member
+            else:
+                return self.shell.render(
+                    page,
+                    "audit_search.html",
+                    title=page.t("audit.search.title"),
+                    form={k: str(v)[:MAX_TEXT] for k, v in params.items()},
+                    problem="",
+                    officer_name=officer,
+                    officer_matches=[
+                        (m, self._search_link(officer=m.officer_id, member=m.member))
+                        for m in matches
+                    ],
+                    rows=(),
+                    searched=True,
+                    older="",
+                    newest="",
+                    **self._search_values(page),
+                )
         try:
             form = SearchForm.parse(params)
         except InvalidArgument as exc:

@@ -322,6 +322,43 @@ class TestWhoMayLogIn:
 
 
 class TestSearch:
+    async def test_the_officer_filter_finds_officers_by_name(self, auditor: Bench) -> None:
+        first, _, request = await auditor.exchange(officer_serial=7, status=None)
+        other, _, _ = await auditor.exchange(officer_serial=27, status=None)  # same surname
+        name = request.officer.name
+        page = await auditor.client.get("/", params={"officer": name})
+        found = {int(i) for i in re.findall(r'id="entry-(\d+)"', page.text)}
+        assert first in found
+        assert other not in found
+        surname = await auditor.client.get("/", params={"officer": name[0]})
+        assert 'id="officer-matches"' in surname.text  # a surname may name several officers
+        none = await auditor.client.get("/", params={"officer": "欧阳无名"})
+        assert "没有名为“欧阳无名”的民警" in none.text
+
+    async def test_the_action_filter_is_grouped_and_sorted(self, auditor: Bench) -> None:
+        page = await auditor.client.get("/")
+        select = page.text.split('id="s-action"', 1)[1].split("</select>", 1)[0]
+        groups = re.findall(r'<optgroup label="([^"]+)">(.*?)</optgroup>', select, re.S)
+        assert [g for g, _ in groups] == ["查询", "指令", "单位报告", "控制台事件"]
+        for _, options in groups:
+            labels = re.findall(r">([^<]+)</option>", options)
+            assert labels == sorted(labels)
+        assert 'value="stop_payment"' in groups[1][1]
+        assert 'value="account_holder"' in groups[0][1]
+
+    async def test_event_rows_read_as_sentences(self, auditor: Bench) -> None:
+        target, _, _ = await auditor.exchange(status=None)
+        token = form_token((await auditor.client.get(f"/entries/{target}")).text)
+        await auditor.client.post(
+            f"/entries/{target}/reveal",
+            data={"csrf": token, "leg": str(target), "field": "action.account_number",
+                  "reason": "核查冻结依据"},
+        )  # fmt: skip
+        page = await auditor.client.get("/?kind=event")
+        assert "理由 核查冻结依据" in page.text
+        assert "request_id=" not in page.text
+        assert "字段 账号" in page.text
+
     async def test_an_empty_log_says_so(self, auditor: Bench) -> None:
         page = await auditor.client.get("/?kind=request")
         assert "没有符合条件的记录" in page.text
