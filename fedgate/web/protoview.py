@@ -124,11 +124,16 @@ def enum_name(enum: EnumDescriptor, number: int) -> str:
     return _enum_text(enum, number)
 
 
+def _words(code: str, lang: str) -> str:
+    """A code (``police_investigator``, ``in``) in the page's language, when it has words."""
+    return translate(lang, f"value.{code}") if code in VALUE_WORDS else code
+
+
 def _scalar_text(field: FieldDescriptor, value: Any, lang: str, reveal: bool) -> str:
     if field.type == FieldDescriptor.TYPE_BOOL:
         return translate(lang, "item.yes" if value else "item.no")
     if field.type == FieldDescriptor.TYPE_ENUM:
-        return _enum_text(_enum(field), int(value))
+        return _words(_enum_text(_enum(field), int(value)), lang)
     if field.type == FieldDescriptor.TYPE_BYTES:
         return bytes(value).hex()
     text = str(value)
@@ -288,7 +293,9 @@ def _form_field(field: FieldDescriptor, prefill: Message | None, lang: str, name
         return FormField(name, label, "checkbox", "on" if value else "")
     if field.type == FieldDescriptor.TYPE_ENUM:
         enum = _enum(field)
-        choices = tuple((v.name, _enum_text(enum, v.number)) for v in enum.values if v.number != 0)
+        choices = tuple(
+            (v.name, _words(_enum_text(enum, v.number), lang)) for v in enum.values if v.number != 0
+        )
         current = enum.values_by_number[int(value)].name if value else ""
         return FormField(name, label, "select", current, choices=choices)
     if field.type == FieldDescriptor.TYPE_STRING and field.name in _CODE_CHOICES:
