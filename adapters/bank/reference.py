@@ -573,4 +573,3 @@ class ReferenceBank:
         self._check_account(c, account_number, "account_number")
         self._check_ref(c, ref_field, ref)
         c.raise_if_any()
-
