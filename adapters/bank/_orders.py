@@ -158,12 +158,17 @@ def execute_stop(
     end_us = now_us + _STOP_US
     conn.execute(
         "INSERT INTO stop_payments(order_ref, account_number, agency, payer_account, payer_name,"
-        " payer_bank, amount, currency, transfer_ts, matched_tx, start_ts, end_ts, case_number,"
-        " case_document) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " payer_bank, amount, currency, transfer_ts, matched_tx, start_ts, end_ts)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (order.order_ref, order.account_number, order.agency, order.payer_account,
          order.payer_name, order.payer_bank, order.amount_minor, order.currency, transfer_us,
-         tx_id, now_us, end_us, order.case_number, order.case_document),
+         tx_id, now_us, end_us),
     )  # fmt: skip
+    conn.execute(
+        "INSERT INTO stop_payment_documents(order_ref, case_number, case_document)"
+        " VALUES (?, ?, ?)",
+        (order.order_ref, order.case_number, order.case_document),
+    )
     balance, _, _ = balances(conn, order.account_number, now_us)
     return StopPaymentOutcome(
         order_ref=order.order_ref,
@@ -185,9 +190,10 @@ def _stop_in_force_for(
     if not (order.case_number and order.case_document):
         return None
     row = conn.execute(
-        "SELECT order_ref, start_ts, end_ts, matched_tx, currency FROM stop_payments"
-        " WHERE account_number = ? AND case_number = ? AND case_document = ?"
-        " AND released_ts IS NULL AND end_ts > ? ORDER BY start_ts LIMIT 1",
+        "SELECT s.order_ref, s.start_ts, s.end_ts, s.matched_tx, s.currency FROM stop_payments s"
+        " JOIN stop_payment_documents d USING (order_ref)"
+        " WHERE s.account_number = ? AND d.case_number = ? AND d.case_document = ?"
+        " AND s.released_ts IS NULL AND s.end_ts > ? ORDER BY s.start_ts LIMIT 1",
         (order.account_number, order.case_number, order.case_document, now_us),
     ).fetchone()
     if row is None:

@@ -85,10 +85,13 @@ CREATE TABLE IF NOT EXISTS stop_payments (
     start_ts INTEGER NOT NULL,
     end_ts INTEGER NOT NULL,
     extensions INTEGER NOT NULL DEFAULT 0,
-    released_ts INTEGER,
-    case_number TEXT NOT NULL DEFAULT '',
-    case_document TEXT NOT NULL DEFAULT ''
+    released_ts INTEGER
 );
+CREATE TABLE IF NOT EXISTS stop_payment_documents (
+    order_ref TEXT PRIMARY KEY REFERENCES stop_payments(order_ref),
+    case_number TEXT NOT NULL,
+    case_document TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS freezes (
     order_ref TEXT PRIMARY KEY,
     account_number TEXT NOT NULL,
@@ -124,16 +127,7 @@ CREATE INDEX IF NOT EXISTS freezes_account ON freezes(account_number);
 """
 
 SCHEMA = Schema(
-    store="reference bank database",
-    version=2,
-    create=TABLES + INDEXES,
-    migrations={
-        # 2: stop-payments record their case and document, so a repeat is answered with the
-        # stop in force instead of stopping the account again.
-        1: "ALTER TABLE stop_payments ADD COLUMN case_number TEXT NOT NULL DEFAULT '';"
-        " ALTER TABLE stop_payments ADD COLUMN case_document TEXT NOT NULL DEFAULT '';",
-    },
-    legacy_table="accounts",
+    store="reference bank database", version=1, create=TABLES + INDEXES, legacy_table="accounts"
 )
 
 
