@@ -22,11 +22,12 @@ from gateway.audit.log import AuditLog
 __all__ = ["SCAN_PER_LOOKUP", "OfficerMatch", "OfficerNames", "looks_like_badge"]
 
 SCAN_PER_LOOKUP: Final = 5000
-_BADGE: Final = re.compile(r"[A-Za-z0-9._-]{3,32}")
+_BADGE: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def looks_like_badge(text: str) -> bool:
-    """True for a badge number or staff id (``Person.id``'s syntax), False for a name."""
+    """True for a badge number or user id (ASCII letters, digits, ``._-``), False for a name
+    (Chinese characters, spaces)."""
     return _BADGE.fullmatch(text) is not None
 
 

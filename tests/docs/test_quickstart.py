@@ -10,12 +10,13 @@ must end the foreground ``fedgate up`` and every process it started.
 from __future__ import annotations
 
 import os
+import queue
 import random
 import re
-import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -48,24 +49,42 @@ def _free_base() -> int:
     raise RuntimeError("no free base port below 32768")
 
 
-def _wait_for(process: subprocess.Popen[str], marker: str, timeout: float) -> str:
-    """Read ``process``'s output until a line contains ``marker``; all output so far."""
-    assert process.stdout is not None
-    selector = selectors.DefaultSelector()
-    selector.register(process.stdout, selectors.EVENT_READ)
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    with selector:
-        while time.monotonic() < deadline:
-            if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
+class _Output:
+    """A process's output, read line by line by a thread (a ``select`` on the pipe would miss
+    lines already taken into the text wrapper's buffer)."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        self._stream = process.stdout
+        self._lines: queue.Queue[str] = queue.Queue()
+        self.thread = threading.Thread(target=self._pump, daemon=True)
+        self.thread.start()
+
+    def _pump(self) -> None:
+        for line in self._stream:
+            self._lines.put(line)
+        self._lines.put("")
+
+    def wait_for(self, marker: str, timeout: float) -> str:
+        """Lines until one contains ``marker``; all of them."""
+        seen: list[str] = []
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._lines.get(timeout=left)
+            except queue.Empty:
                 break
-            line = process.stdout.readline()
             if not line:
                 break
             seen.append(line)
             if marker in line:
                 return "".join(seen)
-    raise AssertionError(f"no {marker!r} from fedgate up:\n" + "".join(seen)[-4000:])
+        raise AssertionError(f"no {marker!r} from fedgate up:\n" + "".join(seen)[-4000:])
+
+    def close(self) -> None:
+        """After the process ended: let the reader finish, then close the pipe."""
+        self.thread.join(timeout=30)
+        self._stream.close()
 
 
 def _leftovers(marker: str) -> list[str]:
@@ -97,8 +116,9 @@ class TestQuickstart:
              "--base-port", str(_free_base())],
             cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
+        output = _Output(up)
         try:
-            started = _wait_for(up, "keeps running", timeout=300)
+            started = output.wait_for("keeps running", timeout=300)
             assert "export PATH=" in started or ".venv/bin" in env.get("PATH", "")
             script = "set -euo pipefail\n" + "\n".join(
                 body for mark, body in found[1:] if not mark.startswith("skip")
@@ -121,5 +141,4 @@ class TestQuickstart:
                 up.send_signal(signal.SIGTERM)
                 up.wait(timeout=60)
             stop_pids(work / "state")
-            if up.stdout is not None:
-                up.stdout.close()
+            output.close()
