@@ -93,6 +93,15 @@ def _leftovers(marker: str) -> list[str]:
 
 
 class TestTheDocument:
+    def test_the_process_count_is_right(self) -> None:
+        """`fedgate up` runs the gateway, every bank and carrier node and every witness."""
+        from fedgate.federation import DEFAULT_MEMBERS, MemberKind
+
+        runs = (MemberKind.GATEWAY, MemberKind.BANK, MemberKind.CARRIER)
+        served = [m for m in DEFAULT_MEMBERS if m.kind in runs or "witness" in m.roles]
+        words = {10: "ten", 11: "eleven", 12: "twelve"}
+        assert f"starts {words[len(served)]} processes" in QUICKSTART.read_text(encoding="utf-8")
+
     def test_the_first_block_is_make_run_and_the_last_stops_the_federation(self) -> None:
         found = blocks(QUICKSTART.read_text(encoding="utf-8"))
         assert found[0][1].strip() == "make run"
