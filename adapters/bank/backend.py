@@ -316,7 +316,10 @@ class CoreBanking(Protocol):
         The bank MUST act only if the holder's name, the account, and an incoming
         transfer from ``payer_account`` of ``amount_minor`` within five minutes of
         ``transfer_time`` all match, and otherwise raise ``RuleViolated`` naming
-        what did not match. It MUST NOT stop one account more than twice, ever.
+        what did not match. It MUST NOT stop one account more than twice, ever. An order
+        that repeats a stop-payment in force (same account, ``case_number`` and
+        ``case_document``) MUST be answered with that stop-payment (``repeat_of`` set to its
+        ``order_ref``) and MUST NOT be executed again.
         """
         ...
 
@@ -336,7 +339,9 @@ class CoreBanking(Protocol):
         """Freeze until ``order.end``, at most 183 days from ``now``.
 
         A fixed amount MUST NOT exceed the balance not already frozen. The
-        outcome reports every earlier freeze still in force.
+        outcome reports every earlier freeze still in force. An order that repeats a freeze
+        in force (same account, ``case_number`` and ``case_document``) MUST be answered with
+        that freeze (``repeat_of`` set to its ``order_ref``) and MUST NOT freeze again.
         """
         ...
 
