@@ -41,7 +41,7 @@ from fedgate.commands._police import (
 from fedgate.commands._sent import SentStore
 from fedgate.envelope import decode_request
 from fedgate.errors import FedgateError, NotFound, VerificationError
-from fedgate.render import Outcome, format_time, render_json, table
+from fedgate.render import Outcome, format_time, render_json, table, verification_of
 from fedgate.types import CHINA_TIME
 from fedgate.v1 import envelope_pb2, gateway_service_pb2, request_pb2
 
@@ -198,7 +198,13 @@ async def _show_or_export(args: argparse.Namespace, *, export: bool) -> int:
                 "verification_failed", ExitCode.VERIFICATION_FAILED, args.request_id, error=error
             )
             return emit(args, outcome, client.registry)
-        outcome = answer_outcome(answer)
+        hints: tuple[str, ...] = ()
+        if not verification_of(answer, registry=client.registry).witnesses:
+            hints = (
+                "no witness had cosigned this receipt yet; fedgate answers fetch "
+                f"{args.request_id} asks the gateway for one against its latest checkpoint",
+            )
+        outcome = answer_outcome(answer, hints=hints)
         if not export:
             return emit(args, outcome, client.registry)
         doc = json.loads(render_json(outcome, registry=client.registry))

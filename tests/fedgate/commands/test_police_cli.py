@@ -39,6 +39,7 @@ from fedgate.commands._police import (
     parse_time,
 )
 from fedgate.envelope import Domain, decode_request, verify_envelope
+from fedgate.note import Note, parse_note
 from fedgate.errors import FedgateError, FieldViolation
 from fedgate.registry import Registry
 from fedgate.render import CST, Outcome, format_money, format_time, render_json, render_text
@@ -900,6 +901,53 @@ class TestAgainstGateway:
         assert doc["request_id"] == fake_gateway.received[-1].request_id
         assert doc["response"]["subscriber"]["phone_number"] == PHONE_CMCC
         assert doc["verification"]["signed_by"] == "carrier.cmcc"
+
+    def test_answers_are_kept_listed_shown_and_exported(
+        self, cli: Callable[..., Run], fake_gateway: FakeGateway, sent_dir: Path, tmp_path: Path
+    ) -> None:
+        cli(*BUILD_CASES[0][0], *HEADER, "--endpoint", fake_gateway.endpoint)
+        request_id = fake_gateway.received[-1].request_id
+        assert (sent_dir / f"{request_id}.answer.bin").exists()
+        listed = cli("answers", "list")
+        assert request_id in listed.out
+        assert "account_holder" in listed.out
+        assert cli("answers", "list", "--last").out.strip() == request_id
+        doc = json.loads(cli("answers", "list", "--json").out)
+        assert doc["requests"][-1]["issued_at"].endswith("+08:00")
+        shown = cli("answers", "show", request_id)
+        assert shown.code == ExitCode.OK, shown.err
+        assert "✓ signed by bank.icbc" in shown.out
+        assert "fedgate answers fetch" not in shown.out  # the stand-in's receipt is cosigned
+        # A copy kept before any witness cosigned: still verified, with how to get a better one.
+        path = sent_dir / f"{request_id}.answer.bin"
+        signed = envelope_pb2.SignedResponse.FromString(path.read_bytes())
+        note = parse_note(signed.receipt.checkpoint)
+        bare = Note(note.text, tuple(x for x in note.signatures if x.name != "pboc.gz"))
+        signed.receipt.checkpoint = bare.marshal()
+        path.write_bytes(signed.SerializeToString())
+        early = cli("answers", "show", request_id)
+        assert early.code == ExitCode.OK, early.err
+        assert f"fedgate answers fetch {request_id}" in early.out
+        out = tmp_path / "export.json"
+        assert cli("answers", "export", request_id, "--out", str(out)).code == ExitCode.OK
+        exported = json.loads(out.read_text(encoding="utf-8"))
+        assert exported["request"]["request_id"] == request_id
+        assert exported["signed_response_b64"]
+
+    def test_a_kept_answer_changed_on_disk_fails_verification(
+        self, cli: Callable[..., Run], fake_gateway: FakeGateway, sent_dir: Path
+    ) -> None:
+        cli(*BUILD_CASES[0][0], *HEADER, "--endpoint", fake_gateway.endpoint)
+        request_id = fake_gateway.received[-1].request_id
+        path = sent_dir / f"{request_id}.answer.bin"
+        signed = envelope_pb2.SignedResponse.FromString(path.read_bytes())
+        body = request_pb2.Response.FromString(signed.response.body)
+        body.detail = "changed afterwards"
+        signed.response.body = body.SerializeToString()
+        path.write_bytes(signed.SerializeToString())
+        shown = cli("answers", "show", request_id)
+        assert shown.code == ExitCode.VERIFICATION_FAILED
+        assert "VERIFICATION FAILED" in shown.out + shown.err
 
     def test_sent_request_is_kept(
         self, cli: Callable[..., Run], fake_gateway: FakeGateway, sent_dir: Path
