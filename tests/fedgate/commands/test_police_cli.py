@@ -39,8 +39,8 @@ from fedgate.commands._police import (
     parse_time,
 )
 from fedgate.envelope import Domain, decode_request, verify_envelope
-from fedgate.note import Note, parse_note
 from fedgate.errors import FedgateError, FieldViolation
+from fedgate.note import Note, parse_note
 from fedgate.registry import Registry
 from fedgate.render import CST, Outcome, format_money, format_time, render_json, render_text
 from fedgate.testing import card_number, case_number, mobile_number, resident_id, valid_request
