@@ -99,6 +99,11 @@ class StaffQueue(Protocol):
     @property
     def member_id(self) -> MemberId: ...
 
+    def member_name(self, member_id: str, lang: str) -> str:
+        """``广东省公安厅反诈中心（police.gd.afc）``: a member as people read it, in ``lang``
+        (``zh`` or ``en``); the id alone for a member the registry does not list."""
+        ...
+
     async def list_open(self) -> Sequence[QueueCase]:
         """Waiting and claimed queries, earliest deadline first."""
         ...
@@ -204,7 +209,7 @@ class StaffConsole:
 
     # ------------------------------------------------------------------ queue
 
-    def _row(self, case: QueueCase, user: str, now: datetime) -> QueueRow:
+    def _row(self, case: QueueCase, user: str, now: datetime, lang: str) -> QueueRow:
         request = case.request
         found = (
             subjects(getattr(request, case.action))
@@ -219,7 +224,7 @@ class StaffConsole:
             action=case.action,
             subject="，".join(mask_identifier(v) for _, v in found),
             officer=f"{request.officer.name}（{request.officer.id}）",
-            agency=request.requesting_agency,
+            agency=self._queue.member_name(request.requesting_agency, lang),
             deadline=case.deadline,
             deadline_iso=case.deadline.astimezone(UTC).isoformat(timespec="seconds"),
             left=_left(left),
@@ -233,7 +238,7 @@ class StaffConsole:
     async def _rows(self, page: Page) -> tuple[tuple[QueueRow, ...], str]:
         cases = await self._queue.list_open()
         now = self._clock()
-        rows = tuple(self._row(c, page.session.user_id, now) for c in cases)
+        rows = tuple(self._row(c, page.session.user_id, now, page.lang) for c in cases)
         digest = hashlib.sha256(
             "|".join(f"{r.request_id}:{r.state}:{r.claimed_by}" for r in rows).encode()
         ).hexdigest()[:16]
@@ -363,6 +368,7 @@ class StaffConsole:
             is_order=preview.kind == "context",
             fields=fields,
             tables=tables,
+            requesting_agency=self._queue.member_name(r.requesting_agency, page.lang),
             problem=problem,
             open_section=open_section,
             reason=(typed or {}).get("reason", ""),

@@ -318,6 +318,7 @@ class TestStaffAnswerByHand:
 
             opened = await chromium.run(open_from_history)
             assert request.case.case_number in opened
+            assert "广东省公安厅反诈中心（police.gd.afc）" in opened  # the member by its name
         finally:
             await chromium.run(lambda: page.context.close())
             await web.stop()
