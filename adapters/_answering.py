@@ -10,6 +10,9 @@ Contract (the rest of the node's is in ``adapters.node``):
 - Every answer MUST be signed with the agency's key and bound to the request by its hash;
   backend refusals (``NotFound``, ``RuleViolated``, ``InvalidArgument``) are signed answers
   (``NOT_FOUND``, ``REFUSED``, ``INVALID``), not gRPC errors.
+- A request citing a kind of legal document that cannot authorise its action
+  (``fedgate.actions.ACCEPTED_DOCUMENTS``) MUST get a signed ``REFUSED`` answer naming the kinds
+  accepted, and MUST NOT reach the backend or the staff queue.
 - Manual actions are queued for staff with a deadline (the request's, else the configured
   default) and a reminder; an item not answered by its deadline gets a signed ``EXPIRED`` answer.
 """
@@ -28,7 +31,7 @@ from adapters import telemetry
 from adapters.answers import bind_response, outcome_of_error, sign_response
 from adapters.config import ActionMode, NodeConfig
 from adapters.queue import ANSWERED, Entry, RequestStore
-from fedgate.actions import action_of
+from fedgate.actions import action_of, document_problem
 from fedgate.envelope import Domain, Signer, decode_request, request_hash, verify_envelope
 from fedgate.errors import (
     AgencyUnavailable,
@@ -42,6 +45,7 @@ from fedgate.errors import (
 from fedgate.fanout import addressed_to
 from fedgate.orders import UNDOES, undo_problem
 from fedgate.registry import Registry
+from fedgate.render import format_time
 from fedgate.trust import TrustHolder
 from fedgate.types import KeyId, MemberId, RequestId
 from fedgate.v1 import agency_service_pb2, common_pb2, envelope_pb2, request_pb2
@@ -157,7 +161,17 @@ class AnsweringNode:
                 log_origin=log_origin,
                 leaf_index=leaf_index,
             )
-            refused = await self.run_blocking(lambda: self._undo_refusal(request, action))
+            # The node checks the document kind itself (the gateway does too): a request on the
+            # wrong kind of document is refused before staff or the backend ever see it.
+            wrong_document = document_problem(action, request.legal_document.kind)
+            refused = (
+                request_pb2.Response(
+                    status=request_pb2.RESPONSE_STATUS_REFUSED,
+                    detail=f"RULE legal_document.accepted_kind: {wrong_document}",
+                )
+                if wrong_document is not None
+                else await self.run_blocking(lambda: self._undo_refusal(request, action))
+            )
             chase = bool(request.chase_id) and request.urgency == common_pb2.URGENCY_EMERGENCY
             manual = self.config.mode_of(action, chase=chase) is ActionMode.MANUAL
             if refused is None and action in self.backend.actions and manual:
@@ -279,7 +293,7 @@ class AnsweringNode:
             expired = request_pb2.Response(
                 status=request_pb2.RESPONSE_STATUS_EXPIRED,
                 detail=f"{self.member_id}'s staff did not answer before the deadline "
-                f"{entry.deadline.isoformat(timespec='seconds')}",
+                f"{format_time(entry.deadline)}",
             )
             return self.sign(
                 bind_response(

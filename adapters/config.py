@@ -5,9 +5,9 @@ A node's file looks like this (paths relative to the file's directory)::
     member = "bank.icbc"                 # the member this node speaks for
     federation = "../fed"                # federation directory (registry, credentials)
     state = "state/bank.icbc"            # the node's own durable state (answers, queue)
-    listen = "127.0.0.1:50054"           # default: the member's endpoint in the registry
+    listen = "127.0.0.1:20054"           # default: the member's endpoint in the registry
     staff = ["icbc.zhang", "icbc.li"]    # stationed staff allowed on StaffService
-    gateway_endpoint = "127.0.0.1:50051" # default: the gateway's endpoint in the registry
+    gateway_endpoint = "127.0.0.1:20051" # default: the gateway's endpoint in the registry
 
     [backend]
     kind = "reference"                   # the reference SQLite backend of the member's kind

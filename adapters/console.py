@@ -37,10 +37,13 @@ from fedgate.v1 import common_pb2, request_pb2, ticket_pb2
 from fedgate.web.app import AuditHook, Console, Page, log_audit_hook
 from fedgate.web.auth import Role, UserStore
 from fedgate.web.protoview import (
+    MAX_FORM_ROWS,
     FormField,
+    FormTable,
     describe,
     enum_name,
     form_fields,
+    form_tables,
     parse_form,
     subjects,
 )
@@ -95,6 +98,11 @@ class StaffQueue(Protocol):
 
     @property
     def member_id(self) -> MemberId: ...
+
+    def member_name(self, member_id: str, lang: str) -> str:
+        """``广东省公安厅反诈中心（police.gd.afc）``: a member as people read it, in ``lang``
+        (``zh`` or ``en``); the id alone for a member the registry does not list."""
+        ...
 
     async def list_open(self) -> Sequence[QueueCase]:
         """Waiting and claimed queries, earliest deadline first."""
@@ -201,7 +209,7 @@ class StaffConsole:
 
     # ------------------------------------------------------------------ queue
 
-    def _row(self, case: QueueCase, user: str, now: datetime) -> QueueRow:
+    def _row(self, case: QueueCase, user: str, now: datetime, lang: str) -> QueueRow:
         request = case.request
         found = (
             subjects(getattr(request, case.action))
@@ -216,7 +224,7 @@ class StaffConsole:
             action=case.action,
             subject="，".join(mask_identifier(v) for _, v in found),
             officer=f"{request.officer.name}（{request.officer.id}）",
-            agency=request.requesting_agency,
+            agency=self._queue.member_name(request.requesting_agency, lang),
             deadline=case.deadline,
             deadline_iso=case.deadline.astimezone(UTC).isoformat(timespec="seconds"),
             left=_left(left),
@@ -230,7 +238,7 @@ class StaffConsole:
     async def _rows(self, page: Page) -> tuple[tuple[QueueRow, ...], str]:
         cases = await self._queue.list_open()
         now = self._clock()
-        rows = tuple(self._row(c, page.session.user_id, now) for c in cases)
+        rows = tuple(self._row(c, page.session.user_id, now, page.lang) for c in cases)
         digest = hashlib.sha256(
             "|".join(f"{r.request_id}:{r.state}:{r.claimed_by}" for r in rows).encode()
         ).hexdigest()[:16]
@@ -303,6 +311,7 @@ class StaffConsole:
         preview = Preview("none")
         result_field = RESULT_FIELD.get(case.action, "")
         fields: tuple[FormField, ...] = ()
+        tables: tuple[FormTable, ...] = ()
         if mine:
             preview = await self._queue.preview(rid, user)
             await self.shell.audit("console_reveal", actor=user, request_id=rid, action=case.action)
@@ -317,8 +326,10 @@ class StaffConsole:
                 result_type = request_pb2.Response.DESCRIPTOR.fields_by_name[result_field]
                 assert result_type.message_type is not None
                 fields = form_fields(result_type.message_type, prefill, page.lang)
+                tables = form_tables(result_type.message_type, prefill, page.lang)
             if typed:
                 fields = tuple(_retyped(f, typed) for f in fields)
+                tables = tuple(_retyped_table(t, typed) for t in tables)
         r = case.request
         action_view = (
             describe(getattr(r, case.action), page.lang, reveal=mine)
@@ -356,6 +367,8 @@ class StaffConsole:
             preview_ok=preview_ok,
             is_order=preview.kind == "context",
             fields=fields,
+            tables=tables,
+            requesting_agency=self._queue.member_name(r.requesting_agency, page.lang),
             problem=problem,
             open_section=open_section,
             reason=(typed or {}).get("reason", ""),
@@ -431,7 +444,7 @@ class StaffConsole:
                     status=request_pb2.RESPONSE_STATUS_NOT_FOUND, detail=detail
                 )
             elif outcome == "ok":
-                answer = _manual_answer(case, page.field)
+                answer = _manual_answer(case, page.field, now=self._clock())
             else:
                 raise InvalidArgument.for_fields([FieldViolation("outcome", "ok or not_found")])
             done = await self._queue.answer(rid, user, answer)
@@ -474,14 +487,16 @@ def _status_name(status: int) -> str:
     return name.removeprefix("RESPONSE_STATUS_").lower()
 
 
-def _manual_answer(case: QueueCase, get: Callable[[str], str]) -> request_pb2.Response:
+def _manual_answer(
+    case: QueueCase, get: Callable[[str], str], *, now: datetime
+) -> request_pb2.Response:
     field = RESULT_FIELD.get(case.action)
     if field is None:
         raise InvalidArgument(f"the action {case.action} has no result to fill in")
     answer = request_pb2.Response(status=request_pb2.RESPONSE_STATUS_OK)
     result = getattr(answer, field)
     result.SetInParent()
-    parse_form(result, get)
+    parse_form(result, get, now=now)
     return answer
 
 
@@ -496,6 +511,20 @@ def _retyped(field: FormField, typed: dict[str, str]) -> FormField:
             currency=typed.get(f"{field.name}.currency", field.currency),
         )
     return replace(field, value=typed.get(field.name, ""))
+
+
+def _retyped_table(table: FormTable, typed: dict[str, str]) -> FormTable:
+    """The rows as the user typed them, as many as were sent (after a refused answer)."""
+    sent = typed.get(table.count_name, "")
+    count = min(int(sent), MAX_FORM_ROWS) if sent.isdigit() else len(table.rows)
+    if not table.rows:
+        return table
+    rows = []
+    for i in range(count):
+        base = table.rows[min(i, len(table.rows) - 1)]
+        renamed = (replace(f, name=f"r.{table.name}.{i}.{f.name.rsplit('.', 1)[1]}") for f in base)
+        rows.append(tuple(_retyped(f, typed) for f in renamed))
+    return replace(table, rows=tuple(rows))
 
 
 def _problem(exc: InvalidArgument) -> str:

@@ -111,6 +111,12 @@ class NodeStaffQueue:
     def member_id(self) -> MemberId:
         return self._host.member_id
 
+    def member_name(self, member_id: str, lang: str) -> str:
+        member = self._host.registry.find(member_id)
+        if member is None:
+            return member_id
+        return f"{member.name_en if lang == 'en' else member.name_zh}（{member_id}）"
+
     def _staff(self, staff_id: str) -> None:
         if staff_id not in self._host.staff:
             raise PermissionRefused(f"{staff_id} is not stationed staff of {self.member_id}")

@@ -12,9 +12,10 @@ import uuid
 from typing import Final
 
 from fedgate.errors import InvalidArgument
-from fedgate.v1 import request_pb2
+from fedgate.v1 import common_pb2, request_pb2
 
 __all__ = [
+    "ACCEPTED_DOCUMENTS",
     "ACTIONS",
     "AGGREGATE_METRICS",
     "APPROVAL_ACTIONS",
@@ -22,14 +23,18 @@ __all__ = [
     "CARRIER_ACTIONS",
     "CARRIER_AGGREGATE_METRICS",
     "CITING_ACTIONS",
+    "DOCUMENT_NAMES",
     "GATEWAY_ANSWERED",
     "IDEMPOTENT_READS",
     "ORDER_ACTIONS",
     "PERSONAL_DATA_ACTIONS",
+    "REPEATABLE_ORDERS",
     "REPORT_ACTIONS",
     "RESULT_FIELD",
     "RISKLIST_ACTIONS",
     "action_of",
+    "document_name",
+    "document_problem",
     "new_request_id",
     "role_name",
     "target_kind_of",
@@ -104,6 +109,90 @@ PERSONAL_DATA_ACTIONS: Final = (BANK_QUERIES - {"aggregate_stats"}) | CARRIER_QU
 IDEMPOTENT_READS: Final = BANK_QUERIES | CARRIER_QUERIES
 """Actions the gateway may retry on a transient failure (never orders)."""
 
+_K = common_pb2
+DOCUMENT_NAMES: Final[dict[int, tuple[str, str]]] = {
+    _K.LEGAL_DOCUMENT_KIND_CASE_FILING_DECISION: ("case_filing", "立案决定书"),
+    _K.LEGAL_DOCUMENT_KIND_QUERY_NOTICE: ("query_notice", "协助查询财产通知书"),
+    _K.LEGAL_DOCUMENT_KIND_STOP_PAYMENT_NOTICE: ("stop_payment_notice", "紧急止付通知书"),
+    _K.LEGAL_DOCUMENT_KIND_FREEZE_NOTICE: ("freeze_notice", "协助冻结财产通知书"),
+    _K.LEGAL_DOCUMENT_KIND_RELEASE_NOTICE: ("release_notice", "解除冻结/止付通知书"),
+    _K.LEGAL_DOCUMENT_KIND_EVIDENCE_NOTICE: ("evidence_notice", "调取证据通知书"),
+    _K.LEGAL_DOCUMENT_KIND_COUNTERMEASURE_ORDER: ("countermeasure_order", "技术反制通知"),
+    _K.LEGAL_DOCUMENT_KIND_AGENCY_REPORT: ("agency_report", "单位报告"),
+}
+"""Each document kind's short name (the CLI's ``--doc-kind`` value) and its Chinese title."""
+
+_QUERY = frozenset({_K.LEGAL_DOCUMENT_KIND_QUERY_NOTICE})
+_EVIDENCE = frozenset({_K.LEGAL_DOCUMENT_KIND_EVIDENCE_NOTICE})
+_STOP = frozenset({_K.LEGAL_DOCUMENT_KIND_STOP_PAYMENT_NOTICE})
+_CASE_FILING = frozenset({_K.LEGAL_DOCUMENT_KIND_CASE_FILING_DECISION})
+_RELEASE = frozenset({_K.LEGAL_DOCUMENT_KIND_RELEASE_NOTICE})
+_COUNTER = frozenset({_K.LEGAL_DOCUMENT_KIND_COUNTERMEASURE_ORDER})
+
+ACCEPTED_DOCUMENTS: Final[dict[str, frozenset[int]]] = {
+    # Bank queries (DOMAIN.md "Queries": 主体查询, 交易明细查询, 全户查询, device/IP/login
+    # records) are served on a notice to assist in querying property (协助查询财产通知书).
+    # Live monitoring (动态查询) is a query too; stopping it may cite the release notice.
+    **dict.fromkeys(
+        ("account_holder", "transactions", "accounts_by_id", "login_records", "monitor_start"),
+        _QUERY,
+    ),
+    "monitor_stop": _QUERY | _RELEASE,
+    # Aggregate figures for the central bank carry no personal data; a query notice covers them.
+    "aggregate_stats": _QUERY,
+    # Stop-payment (DOMAIN.md "Stop-payment (紧急止付)"): the emergency stop-payment notice;
+    # the extension is a further stop on the same notice kind; the release cites a release notice.
+    "stop_payment": _STOP,
+    "stop_payment_extend": _STOP,
+    "stop_payment_release": _RELEASE,
+    # Freeze (DOMAIN.md "Freeze (冻结)"): "only after a case has been filed; the request cites
+    # the case-filing decision (立案决定书)"; a renewal is a new freeze period, so it does too.
+    "freeze": _CASE_FILING,
+    "freeze_renew": _CASE_FILING,
+    "freeze_release": _RELEASE,
+    # Carrier queries: owner, status and SIM count on a query notice; call records and location
+    # are evidence (调取证据通知书, the proto's LegalDocumentKind comment).
+    **dict.fromkeys(("subscriber", "number_status", "sim_count"), _QUERY),
+    "call_records": _EVIDENCE,
+    "location": _EVIDENCE,
+    # Technical countermeasures (DOMAIN.md "The setting": 技术反制) suspend and block on a
+    # countermeasure order; restoring a number lifts one, on a release notice.
+    **dict.fromkeys(("number_suspend", "number_block", "sms_block"), _COUNTER),
+    "number_restore": _RELEASE | _COUNTER,
+    # Agency → police reports cite the agency's own report, never a police document.
+    **dict.fromkeys(REPORT_ACTIONS, frozenset({_K.LEGAL_DOCUMENT_KIND_AGENCY_REPORT})),
+}
+"""For each action, the legal document kinds that may authorise it (checked at the gateway,
+business rule ``legal_document.accepted_kind``, and again at the agency node)."""
+
+REPEATABLE_ORDERS: Final = frozenset({"stop_payment", "freeze"})
+"""Orders idempotent by their subject, case and document: an order that repeats one still in
+force (same account at the same bank, same case number, same document number) is answered with
+the order in force (``repeat_of`` names it) and executed no second time. Releases, extensions
+and renewals cite their original by request id and are refused when the original is closed;
+carrier orders move a number between states and are refused when it is already there."""
+
+
+def document_name(kind: int) -> str:
+    """``立案决定书 (case_filing)``: a document kind as people and ``--doc-kind`` say it."""
+    known = DOCUMENT_NAMES.get(kind)
+    if known is None:
+        return f"unknown document kind {kind}"
+    return f"{known[1]} ({known[0]})"
+
+
+def document_problem(action: str, kind: int) -> str | None:
+    """Why a ``kind`` of legal document cannot authorise ``action``, or ``None`` if it can.
+
+    The message names the kinds accepted, in Chinese and as ``--doc-kind`` values.
+    """
+    accepted = ACCEPTED_DOCUMENTS.get(action)
+    if accepted is None or kind in accepted:
+        return None
+    names = " or ".join(document_name(k) for k in sorted(accepted))
+    return f"{action} must cite {names}, not {document_name(kind)}"
+
+
 RESULT_FIELD: Final[dict[str, str]] = {
     "account_holder": "account_holder",
     "transactions": "transactions",
@@ -157,8 +246,6 @@ def target_kind_of(action: str) -> str:
 
 def role_name(role: int) -> str:
     """``ROLE_POLICE_INVESTIGATOR`` → ``police_investigator`` (the policy vocabulary)."""
-    from fedgate.v1 import common_pb2
-
     return common_pb2.Role.Name(role).removeprefix("ROLE_").lower()  # type: ignore[arg-type]
 
 

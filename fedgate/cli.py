@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "chase",
     "risk",
     "warn",
+    "answers",
 )
 """Modules under ``fedgate.commands``; each has ``register(subparsers)``."""
 

@@ -441,6 +441,25 @@ class FedgateClient:
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from exc
 
+    async def get_outcome(
+        self, request_id: str, *, request_body: bytes | None = None, timeout: float = 10.0
+    ) -> tuple[gateway_service_pb2.GetOutcomeResponse, Answer | None]:
+        """The gateway's stored outcome of one of this member's requests, and the verified
+        answer when there is one (checked against ``request_body``, else the copy this client
+        remembers). Raises ``FedgateError`` (``NotFound`` for an id the gateway does not hold
+        for this member, ``VerificationError`` when there is no copy of the request)."""
+        try:
+            reply = await self._stub.GetOutcome(
+                gateway_service_pb2.GetOutcomeRequest(request_id=request_id), timeout=timeout
+            )
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        if not reply.HasField("response"):
+            return reply, None
+        if request_body is not None:
+            self.remember(request_body)
+        return reply, self._verify_ticket_answer(reply.response)
+
     def _verify_ticket_answer(self, signed: envelope_pb2.SignedResponse) -> Answer:
         response = decode_response(signed.response.body)
         sent = self._sent.get(response.request_id)

@@ -146,14 +146,14 @@ _P, _B, _C = MemberKind.POLICE, MemberKind.BANK, MemberKind.CARRIER
 _BANK, _CARRIER = DEFAULT_ROLES[_B], DEFAULT_ROLES[_C]
 
 DEFAULT_MEMBERS: tuple[MemberSpec, ...] = (
-    _spec("gateway", "反诈联邦网关", "fedgate gateway", MemberKind.GATEWAY, ("gateway",), 50051),
+    _spec("gateway", "反诈联邦网关", "fedgate gateway", MemberKind.GATEWAY, ("gateway",), 20051),
     _spec(
         "police.gd.afc",
         "广东省公安厅反诈中心",
         "Guangdong Provincial Anti-Fraud Centre",
         _P,
         ("police_investigator", "police_duty_officer", "centre_supervisor"),
-        50052,
+        20052,
     ),
     _spec(
         "police.gz.unit",
@@ -161,23 +161,23 @@ DEFAULT_MEMBERS: tuple[MemberSpec, ...] = (
         "Guangzhou Municipal Anti-Fraud Unit",
         _P,
         ("police_investigator", "police_duty_officer"),
-        50053,
+        20053,
         parent="police.gd.afc",
     ),
-    _spec("bank.icbc", "中国工商银行", "Industrial and Commercial Bank of China", _B, _BANK, 50054),
-    _spec("bank.ccb", "中国建设银行", "China Construction Bank", _B, _BANK, 50055),
-    _spec("bank.abc", "中国农业银行", "Agricultural Bank of China", _B, _BANK, 50056),
-    _spec("bank.gzrcb", "广州农村商业银行", "Guangzhou Rural Commercial Bank", _B, _BANK, 50057),
-    _spec("carrier.cmcc", "中国移动", "China Mobile", _C, _CARRIER, 50058),
-    _spec("carrier.cucc", "中国联通", "China Unicom", _C, _CARRIER, 50059),
-    _spec("carrier.ctcc", "中国电信", "China Telecom", _C, _CARRIER, 50060),
+    _spec("bank.icbc", "中国工商银行", "Industrial and Commercial Bank of China", _B, _BANK, 20054),
+    _spec("bank.ccb", "中国建设银行", "China Construction Bank", _B, _BANK, 20055),
+    _spec("bank.abc", "中国农业银行", "Agricultural Bank of China", _B, _BANK, 20056),
+    _spec("bank.gzrcb", "广州农村商业银行", "Guangzhou Rural Commercial Bank", _B, _BANK, 20057),
+    _spec("carrier.cmcc", "中国移动", "China Mobile", _C, _CARRIER, 20058),
+    _spec("carrier.cucc", "中国联通", "China Unicom", _C, _CARRIER, 20059),
+    _spec("carrier.ctcc", "中国电信", "China Telecom", _C, _CARRIER, 20060),
     _spec(
         "pboc.gz",
         "中国人民银行广东省分行",
         "PBOC Guangdong Branch",
         MemberKind.CENTRAL_BANK,
         ("central_bank_analyst", "witness"),
-        50061,
+        20061,
     ),
     _spec(
         "audit.office",
@@ -185,7 +185,7 @@ DEFAULT_MEMBERS: tuple[MemberSpec, ...] = (
         "Audit Office",
         MemberKind.AUDITOR,
         ("auditor", "witness"),
-        50062,
+        20062,
     ),
     _spec(
         "regulator.gdca",
@@ -193,7 +193,7 @@ DEFAULT_MEMBERS: tuple[MemberSpec, ...] = (
         "Guangdong Communications Administration (telecom regulator)",
         MemberKind.TELECOM_REGULATOR,
         ("regulator_staff",),
-        50063,
+        20063,
     ),
     _spec(
         "regulator.gdcac",
@@ -201,9 +201,12 @@ DEFAULT_MEMBERS: tuple[MemberSpec, ...] = (
         "Guangdong Cyberspace Administration",
         MemberKind.CYBERSPACE_ADMIN,
         ("regulator_staff",),
-        50064,
+        20064,
     ),
 )
 """The development federation that ``fedgate pki init`` creates: one gateway, two police units,
 four banks, three carriers, the central bank's provincial branch, an audit office, the telecom
-regulator (通管局) and the cyberspace administration (网信办)."""
+regulator (通管局) and the cyberspace administration (网信办).
+
+Ports 20051–20064 (consoles 1000 above): below Linux's ephemeral range (32768–60999), where any
+outgoing connection may hold a port, so a restart never finds one taken by a stranger."""

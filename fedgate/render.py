@@ -18,7 +18,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import EnumDescriptor, FieldDescriptor
@@ -34,6 +34,7 @@ from fedgate.note import parse_note
 from fedgate.registry import Registry
 from fedgate.types import CHINA_TIME, MemberId
 from fedgate.v1 import common_pb2, envelope_pb2, request_pb2, ticket_pb2
+from fedgate.words import CODE_FIELDS, bilingual
 
 __all__ = [
     "CST",
@@ -54,6 +55,7 @@ CST = CHINA_TIME
 
 _LABELS: dict[str, str] = {
     "account_number": "账号 account",
+    "repeat_of": "重复命令 repeat of",
     "account_name": "户名 name",
     "account_type": "类型 type",
     "active": "监控中 active",
@@ -190,8 +192,14 @@ def _enum_label(enum: EnumDescriptor, number: int) -> str:
     return value.name.removeprefix(_enum_prefix(enum)).lower()
 
 
-def _scalar(fd: Any, value: Any) -> str:
-    """One field value as text; ``fd`` is a ``FieldDescriptor`` (the stubs type it loosely)."""
+_MEMBER_FIELDS: Final = frozenset(
+    {"counterparty_bank", "agency", "payer_bank", "responder", "bank", "carrier"}
+)
+
+
+def _scalar(fd: Any, value: Any, registry: Registry | None = None) -> str:
+    """One field value as text; ``fd`` is a ``FieldDescriptor`` (the stubs type it loosely).
+    Codes are shown in both languages, member ids with the member's name."""
     if fd.type == FieldDescriptor.TYPE_MESSAGE:
         name = fd.message_type.full_name
         if name == _TIMESTAMP:
@@ -200,7 +208,12 @@ def _scalar(fd: Any, value: Any) -> str:
             return format_money(value)
         return json_format.MessageToJson(value, indent=None, preserving_proto_field_name=True)
     if fd.type == FieldDescriptor.TYPE_ENUM:
-        return _enum_label(fd.enum_type, value)
+        return bilingual(_enum_label(fd.enum_type, value))
+    if fd.type == FieldDescriptor.TYPE_STRING and value:
+        if fd.name in CODE_FIELDS:
+            return bilingual(value)
+        if fd.name in _MEMBER_FIELDS and registry is not None:
+            return _member_name(value, registry)
     if fd.type == FieldDescriptor.TYPE_BOOL:
         return "是 yes" if value else "否 no"
     if fd.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
@@ -237,11 +250,11 @@ def _label(name: str) -> str:
     return _LABELS.get(name, name.replace("_", " "))
 
 
-def _result_lines(result: Message) -> list[str]:
+def _result_lines(result: Message, registry: Registry | None = None) -> list[str]:
     """Scalar fields as ``label  value`` lines, then each repeated message field as a table."""
     fields: list[Any] = list(result.DESCRIPTOR.fields)
     singles = [fd for fd in fields if not fd.is_repeated]
-    pairs = [(_label(fd.name), _scalar(fd, getattr(result, fd.name))) for fd in singles]
+    pairs = [(_label(fd.name), _scalar(fd, getattr(result, fd.name), registry)) for fd in singles]
     width = max((_width(label) for label, _ in pairs), default=0)
     lines = [f"  {_pad(label, width)}  {value}" for label, value in pairs]
     for fd in fields:
@@ -256,7 +269,7 @@ def _result_lines(result: Message) -> list[str]:
             continue
         columns: list[Any] = list(fd.message_type.fields)
         headers = [_label(c.name) for c in columns]
-        rows = [[_scalar(c, getattr(item, c.name)) for c in columns] for item in items]
+        rows = [[_scalar(c, getattr(item, c.name), registry) for c in columns] for item in items]
         lines += table(headers, rows, indent="    ")
     return lines
 
@@ -362,7 +375,7 @@ def _answer_lines(answer: Answer, registry: Registry | None, gateway_id: MemberI
     result_field = response.WhichOneof("result")
     if result_field is not None:
         lines.append("")
-        lines += _result_lines(getattr(response, result_field))
+        lines += _result_lines(getattr(response, result_field), registry)
     v = verification_of(answer, registry=registry, gateway_id=gateway_id)
     lines += [
         "",
@@ -388,6 +401,80 @@ def _ticket_lines(ticket: ticket_pb2.Ticket, registry: Registry | None) -> list[
     return lines
 
 
+_HEADER_FLAGS: Final[dict[str, str]] = {
+    "officer.id": "--officer-id",
+    "officer.name": "--officer-name",
+    "officer.phone": "--officer-phone",
+    "officer.id_number": "--officer-id-number",
+    "officer.role": "--officer-role",
+    "second_officer": "--second-officer-id",
+    "second_officer.id": "--second-officer-id",
+    "second_officer.name": "--second-officer-name",
+    "second_officer.phone": "--second-officer-phone",
+    "case.case_number": "--case",
+    "case.case_type": "--case-type",
+    "case.reason": "--case-reason",
+    "legal_document.kind": "--doc-kind",
+    "legal_document.number": "--doc-number",
+    "legal_document.issued_at": "--doc-issued",
+    "urgency": "--urgency",
+    "purpose": "--purpose",
+    "answer_deadline": "--deadline",
+    "original_request_id": "--original",
+    "target_agency": "--target",
+}
+_ACTION_FLAGS: Final[dict[str, str]] = {
+    "account_number": "--account",
+    "account_name": "--name",
+    "phone_number": "--phone",
+    "id_number": "--id-number",
+    "amount": "--amount",
+    "amount.minor_units": "--amount",
+    "amount.currency": "--currency",
+    "payer_account": "--payer-account",
+    "payer_name": "--payer-name",
+    "payer_bank": "--payer-bank",
+    "transfer_time": "--transfer-time",
+    "victim_application": "--victim-application",
+    "window": "--from",
+    "window.start": "--from",
+    "window.end": "--to",
+    "page.page_size": "--page-size",
+    "page.page_token": "--page-token",
+    "start": "--start",
+    "end": "--end",
+    "until": "--until",
+    "at": "--at",
+    "method": "--method",
+    "duty_phone": "--duty-phone",
+    "bulk_count": "--bulk-count",
+    "approval": "--approver-id",
+    "approval.approver.id": "--approver-id",
+    "approval.approver.name": "--approver-name",
+    "approval.document_number": "--approval-doc",
+    "approval.approved_at": "--approved-at",
+    "reason": "--reason",
+    "sender": "--sender",
+    "include_sms": "--sms",
+    "metric": "--metric",
+}
+
+
+def cli_flag(path: str) -> str | None:
+    """The ``fedgate query|order`` option that sets the request field ``path``, if one does:
+    ``legal_document.number`` → ``--doc-number``, ``freeze.amount.minor_units`` → ``--amount``."""
+    if path in _HEADER_FLAGS:
+        return _HEADER_FLAGS[path]
+    _, _, rest = path.partition(".")
+    return _ACTION_FLAGS.get(rest)
+
+
+def _field_words(path: str) -> str:
+    """How a refusal names a field to a CLI user: the option, and the field in brackets."""
+    flag = cli_flag(path)
+    return path if flag is None else f"{flag} ({path})"
+
+
 def _violations(error: BaseException) -> tuple[errors.FieldViolation, ...]:
     return error.violations if isinstance(error, errors.InvalidArgument) else ()
 
@@ -409,7 +496,11 @@ def _error_lines(outcome: Outcome) -> list[str]:
         "expired": "expired",
     }.get(outcome.kind, "error")
     lines = [f"{headline}: {reason}: {message}"]
-    lines += [f"  ✗ {v.field}: {v.description}" for v in _violations(error)] if error else []
+    lines += (
+        [f"  ✗ {_field_words(v.field)}: {v.description}" for v in _violations(error)]
+        if error
+        else []
+    )
     if isinstance(error, errors.QuotaExceeded):
         lines.append(f"  retry after {error.retry_after_s:g} s")
     return lines
@@ -448,7 +539,8 @@ def _error_dict(error: BaseException) -> dict[str, Any]:
         "reason": error.reason,
         "message": error.message,
         "field_violations": [
-            {"field": v.field, "description": v.description} for v in _violations(error)
+            {"field": v.field, "flag": cli_flag(v.field), "description": v.description}
+            for v in _violations(error)
         ],
     }
     if isinstance(error, errors.QuotaExceeded):

@@ -256,6 +256,7 @@ def valid_request(
     original_request_id: str | None = None,
     urgency: common_pb2.Urgency.ValueType | None = None,
     case: str | None = None,
+    document_number: str | None = None,
 ) -> request_pb2.Request:
     """A request for ``action`` that passes validation at ``now``.
 
@@ -264,7 +265,8 @@ def valid_request(
     every identifier; ``account_number`` / ``phone_number`` override the action's subject
     (default: a number of the target); ``original_request_id`` is the cited order for
     releases, extensions, renewals and monitor stops (default: a fresh id). Each call has a
-    fresh request id (UUIDv7 at ``now``) and nonce. Raises ``ValueError`` for an unknown action.
+    fresh request id (UUIDv7 at ``now``), nonce and document number (``document_number``
+    overrides it, e.g. to repeat an order). Raises ``ValueError`` for an unknown action.
     """
     if action not in ACTIONS:
         raise ValueError(f"unknown action {action!r}")
@@ -319,7 +321,11 @@ def valid_request(
         if action in ("call_records", "location"):
             request.second_officer.CopyFrom(second_officer(serial % 100))
     request.legal_document.kind = kind
-    request.legal_document.number = f"{_DOC_PREFIX[kind]}〔{now.year}〕{serial + 1:05d}号"
+    # Each call cites a document of its own, so that two calls are two orders: an order citing
+    # the same document as one in force is a repeat (``fedgate.actions.REPEATABLE_ORDERS``).
+    request.legal_document.number = document_number or (
+        f"{_DOC_PREFIX[kind]}〔{now.year}〕{serial + 1:05d}-{os.urandom(4).hex()}号"
+    )
     request.legal_document.issued_at.FromDatetime(now - timedelta(hours=2))
     if action in CITING_ACTIONS:
         request.original_request_id = original_request_id or new_request_id(now_ms - 3_600_000)

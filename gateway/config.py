@@ -60,7 +60,7 @@ ENV_PREFIX = "FEDGATE_GATEWAY__"
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServerConfig:
-    listen: str = "127.0.0.1:50051"
+    listen: str = "127.0.0.1:20051"
     max_receive_bytes: int = 4 * MAX_BODY_BYTES
     """gRPC's own cut-off. Bodies over 1 MiB but under this reach the pipeline and are refused
     there, audited; anything larger is refused by gRPC before the application sees it."""

@@ -25,6 +25,9 @@ Decisions, where the domain leaves room:
   toward asking for approval, never away from it.
 - A bulk approval MUST come from someone other than the requesting officer.
 - Freeze renewals need the case-filing decision too (a renewal is a new freeze period).
+- An order repeating one in force (``fedgate.actions.REPEATABLE_ORDERS``: same account at the
+  same bank, same case number, same document number) passes the limits: the bank answers it
+  with the order in force and executes nothing, and ``record_outcome`` does not count it.
 - ``check`` reserves nothing: two concurrent orders on one account may both pass it. The agency
   node enforces the same limits when it executes, and ``record_outcome`` is idempotent by
   request id. Reserving here would block a legitimate retry whenever a bank refused.
@@ -43,8 +46,10 @@ from typing import Final
 
 from google.protobuf.descriptor import EnumDescriptor
 
+from fedgate.actions import document_problem
 from fedgate.errors import AuditUnavailable, RuleViolated
 from fedgate.logs import mask
+from fedgate.render import format_time
 from fedgate.storage import Schema, open_store
 from fedgate.v1 import common_pb2, request_pb2
 
@@ -81,7 +86,9 @@ RULES: Final[dict[str, str]] = {
     "stop_payment_extend.cites_stop_in_force": "an extension cites a stop-payment still in force "
     "on the same account at the same bank",
     "stop_payment_extend.once_per_original": "a stop-payment may be extended once",
-    "freeze.requires_case_filing_decision": "freezes and renewals cite a case-filing decision",
+    "legal_document.accepted_kind": "every order and query cites a kind of legal document that "
+    "may authorise it (fedgate.actions.ACCEPTED_DOCUMENTS); freezes and renewals cite a "
+    "case-filing decision",
     "freeze.max_six_months": "a freeze lasts at most 183 days",
     "freeze.bulk_requires_approval": f"≥ {BULK_ORDER_THRESHOLD} accounts in one order or "
     f"≥ {BULK_CASE_THRESHOLD} in one case need a centre supervisor's approval",
@@ -126,6 +133,11 @@ CREATE TABLE IF NOT EXISTS freezes (
     released_us INTEGER
 );
 CREATE INDEX IF NOT EXISTS freezes_by_case ON freezes (case_number);
+CREATE TABLE IF NOT EXISTS order_documents (
+    request_id  TEXT PRIMARY KEY,
+    case_number TEXT NOT NULL,
+    doc_number  TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS monitors (
     request_id TEXT PRIMARY KEY,
     bank       TEXT NOT NULL,
@@ -146,9 +158,8 @@ def _us(at: datetime) -> int:
 
 
 def _iso(us: int) -> str:
-    return (
-        (_EPOCH + timedelta(microseconds=us)).isoformat(timespec="seconds").replace("+00:00", "Z")
-    )
+    """A time in a rule's message, as people at the centre read it (China time)."""
+    return format_time(_EPOCH + timedelta(microseconds=us))
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +230,9 @@ class BusinessRules:
 
         ``now`` is timezone-aware. Actions without rules return at once, without I/O.
         """
+        problem = document_problem(action, request.legal_document.kind)
+        if problem is not None:
+            raise BusinessRuleViolated("legal_document.accepted_kind", problem)
         rule_check = _CHECKS.get(action)
         if rule_check is None:
             return
@@ -260,8 +274,30 @@ class BusinessRules:
                 f"account {mask(account)} at {bank} has already been stopped twice ({counted})",
             )
 
+    def _repeats_order_in_force(
+        self, table: str, request: request_pb2.Request, account: str, now: datetime
+    ) -> bool:
+        """True when ``request`` repeats an executed order in force on ``account`` at the target,
+        with the same case and document: the agency answers it with that order and executes
+        nothing, so no limit counts it."""
+        query = _REPEAT_QUERIES[table]
+        row = self._db.execute(
+            query,
+            (
+                request.target_agency,
+                account,
+                request.case.case_number,
+                request.legal_document.number,
+                _us(now),
+            ),
+        ).fetchone()
+        return row is not None
+
     def _check_stop_payment(self, request: request_pb2.Request, now: datetime) -> None:
-        self._refuse_third_stop(request.target_agency, request.stop_payment.account_number)
+        account = request.stop_payment.account_number
+        if self._repeats_order_in_force("stop_payments", request, account, now):
+            return
+        self._refuse_third_stop(request.target_agency, account)
 
     def _check_stop_release(self, request: request_pb2.Request, now: datetime) -> None:
         rule = "stop_payment_release.cites_executed_stop"
@@ -292,18 +328,10 @@ class BusinessRules:
             )
         self._refuse_third_stop(request.target_agency, account)
 
-    def _check_case_filing(self, request: request_pb2.Request, action: str) -> None:
-        kind = request.legal_document.kind
-        if kind != common_pb2.LEGAL_DOCUMENT_KIND_CASE_FILING_DECISION:
-            raise BusinessRuleViolated(
-                "freeze.requires_case_filing_decision",
-                f"{action} must cite a case-filing decision (立案决定书), "
-                f"not {_name_of(common_pb2.LegalDocumentKind.DESCRIPTOR, kind)}",
-            )
-
     def _check_freeze(self, request: request_pb2.Request, now: datetime) -> None:
         order = request.freeze
-        self._check_case_filing(request, "freeze")
+        if self._repeats_order_in_force("freezes", request, order.account_number, now):
+            return
         # The bank freezes when it executes (now), whatever ``start`` says (validation refuses a
         # future start), so six months are counted from the later of the two.
         start = max(order.start.ToDatetime(tzinfo=UTC), now)
@@ -342,7 +370,6 @@ class BusinessRules:
         return None
 
     def _check_freeze_renew(self, request: request_pb2.Request, now: datetime) -> None:
-        self._check_case_filing(request, "freeze_renew")
         rule = "freeze_renew.cites_freeze_in_force"
         order = self._cited(rule, "freeze", request, request.freeze_renew.account_number)
         if order.closed_us is not None:
@@ -399,13 +426,16 @@ class BusinessRules:
         action: str,
         status: int,
         now: datetime,
+        repeat_of: str = "",
     ) -> None:
         """Remember an order the target executed (``status`` is ``RESPONSE_STATUS_OK``).
 
-        Other statuses and actions without state are ignored. Idempotent by request id; durable
-        when it returns. Raises ``AuditUnavailable`` when the state cannot be written.
+        Other statuses and actions without state are ignored, and so is an answer that reports
+        an order in force this one repeated (``repeat_of``: nothing was executed). Idempotent by
+        request id; durable when it returns. Raises ``AuditUnavailable`` when the state cannot be
+        written.
         """
-        if status != request_pb2.RESPONSE_STATUS_OK or action not in _RECORDERS:
+        if status != request_pb2.RESPONSE_STATUS_OK or action not in _RECORDERS or repeat_of:
             return
         try:
             with self._lock:
@@ -436,6 +466,15 @@ def _record_stop(db: sqlite3.Connection, request: request_pb2.Request, now_us: i
             now_us,
             now_us + _STOP_US,
         ),
+    )
+    _record_document(db, request)
+
+
+def _record_document(db: sqlite3.Connection, request: request_pb2.Request) -> None:
+    db.execute(
+        "INSERT OR IGNORE INTO order_documents (request_id, case_number, doc_number)"
+        " VALUES (?, ?, ?)",
+        (request.request_id, request.case.case_number, request.legal_document.number),
     )
 
 
@@ -470,6 +509,7 @@ def _record_freeze(db: sqlite3.Connection, request: request_pb2.Request, now_us:
             order.end.ToMicroseconds(),
         ),
     )
+    _record_document(db, request)
 
 
 def _record_freeze_renew(db: sqlite3.Connection, request: request_pb2.Request, now_us: int) -> None:
@@ -520,6 +560,15 @@ def _warn_if_missing(cursor: sqlite3.Cursor, request: request_pb2.Request) -> No
             request.original_request_id,
         )
 
+
+_REPEAT_QUERIES: Final[dict[str, str]] = {
+    "stop_payments": "SELECT 1 FROM stop_payments o JOIN order_documents d USING (request_id)"
+    " WHERE o.bank = ? AND o.account = ? AND d.case_number = ? AND d.doc_number = ?"
+    " AND o.released_us IS NULL AND o.end_us > ? LIMIT 1",
+    "freezes": "SELECT 1 FROM freezes o JOIN order_documents d USING (request_id)"
+    " WHERE o.bank = ? AND o.account = ? AND d.case_number = ? AND d.doc_number = ?"
+    " AND o.released_us IS NULL AND o.end_us > ? LIMIT 1",
+}
 
 _CHECKS: Final[dict[str, Callable[[BusinessRules, request_pb2.Request, datetime], None]]] = {
     "stop_payment": BusinessRules._check_stop_payment,

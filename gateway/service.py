@@ -78,7 +78,7 @@ def _remaining(context: Context) -> float | None:
 
 
 class GatewayServicer:
-    """Submit, SubmitBatch, FanOut, GetTicket and WatchTicket over one ``Pipeline``."""
+    """Submit, SubmitBatch, FanOut, GetTicket, WatchTicket and GetOutcome over one ``Pipeline``."""
 
     def __init__(self, *, pipeline: Pipeline, tickets: Tickets) -> None:
         self._pipeline = pipeline
@@ -102,6 +102,9 @@ class GatewayServicer:
                 ),
                 "WatchTicket": grpc.unary_stream_rpc_method_handler(
                     self.WatchTicket, response_serializer=ser
+                ),
+                "GetOutcome": grpc.unary_unary_rpc_method_handler(
+                    self.GetOutcome, response_serializer=ser
                 ),
             },
         )
@@ -181,6 +184,16 @@ class GatewayServicer:
         if signed is not None:
             reply.response.CopyFrom(signed)
         return reply
+
+    async def GetOutcome(
+        self, raw: bytes, context: Context
+    ) -> gateway_service_pb2.GetOutcomeResponse:
+        try:
+            member = self._pipeline.authenticate(_peer(context))
+            request = _parse(gateway_service_pb2.GetOutcomeRequest, raw)
+            return await self._pipeline.stored_outcome(request.request_id, caller=member.id)
+        except FedgateError as error:
+            await abort_with(context, error)
 
     async def WatchTicket(
         self, raw: bytes, context: Context

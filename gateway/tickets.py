@@ -33,6 +33,7 @@ from typing import Protocol
 from fedgate.audit_entry import micros_to_time, time_to_micros
 from fedgate.envelope import decode_response
 from fedgate.errors import AgencyUnavailable, AuditUnavailable, Expired, NotFound
+from fedgate.render import format_time
 from fedgate.storage import Schema, open_store
 from fedgate.types import MemberId
 from fedgate.v1 import envelope_pb2, ticket_pb2
@@ -330,7 +331,7 @@ class Tickets:
             self._store.update(answered)
             return answered
         if result.state == ticket_pb2.TICKET_STATE_EXPIRED:
-            deadline = pending.deadline.isoformat(timespec="seconds")
+            deadline = format_time(pending.deadline)
             detail = f"{pending.target} did not answer before the deadline {deadline}"
             await finisher.record_expiry(pending, detail=detail)
             self._store.update(

@@ -9,6 +9,7 @@ rule that failed.
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 
 from adapters._sqlite import from_us
 from adapters.bank.backend import (
@@ -25,6 +26,8 @@ from adapters.bank.backend import (
     StopPaymentOutcome,
 )
 from fedgate.errors import FieldViolation, InvalidArgument, RuleViolated
+from fedgate.render import format_money
+from fedgate.v1.common_pb2 import Money
 
 __all__ = [
     "balances",
@@ -107,7 +110,18 @@ def execute_stop(
     now_us: int,
     transfer_us: int,
 ) -> StopPaymentOutcome:
-    """Match the victim's transfer and stop the account for 48 hours, or refuse saying why."""
+    """Match the victim's transfer and stop the account for 48 hours, or refuse saying why.
+
+    A repeat of a stop-payment in force (same account, case number and document number) is
+    answered with that stop-payment's state and ``repeat_of`` set; nothing is executed again.
+    """
+    if conn.execute(
+        "SELECT 1 FROM stop_payments WHERE order_ref = ?", (order.order_ref,)
+    ).fetchone():
+        raise RuleViolated("order_ref has already been executed")
+    repeated = _stop_in_force_for(conn, order, now_us)
+    if repeated is not None:
+        return repeated
     if holder_name != order.account_name:
         raise RuleViolated("account_name does not match the holder of account_number")
     if currency != order.currency:
@@ -150,6 +164,11 @@ def execute_stop(
          order.payer_name, order.payer_bank, order.amount_minor, order.currency, transfer_us,
          tx_id, now_us, end_us),
     )  # fmt: skip
+    conn.execute(
+        "INSERT INTO stop_payment_documents(order_ref, case_number, case_document)"
+        " VALUES (?, ?, ?)",
+        (order.order_ref, order.case_number, order.case_document),
+    )
     balance, _, _ = balances(conn, order.account_number, now_us)
     return StopPaymentOutcome(
         order_ref=order.order_ref,
@@ -162,6 +181,28 @@ def execute_stop(
         matched_transaction_id=tx_id,
         executions_on_account=executions + 1,
     )
+
+
+def _stop_in_force_for(
+    conn: sqlite3.Connection, order: StopPaymentOrder, now_us: int
+) -> StopPaymentOutcome | None:
+    """The stop-payment in force that ``order`` repeats, as its outcome; else ``None``."""
+    if not (order.case_number and order.case_document):
+        return None
+    row = conn.execute(
+        "SELECT s.order_ref, s.start_ts, s.end_ts, s.matched_tx, s.currency FROM stop_payments s"
+        " JOIN stop_payment_documents d USING (order_ref)"
+        " WHERE s.account_number = ? AND d.case_number = ? AND d.case_document = ?"
+        " AND s.released_ts IS NULL AND s.end_ts > ? ORDER BY s.start_ts LIMIT 1",
+        (order.account_number, order.case_number, order.case_document, now_us),
+    ).fetchone()
+    if row is None:
+        return None
+    ref, start, end, tx, cur = row
+    outcome = _stop_outcome(
+        conn, order.account_number, ref, OrderState.ACTIVE, (start, end), tx, cur, now_us
+    )
+    return replace(outcome, repeat_of=str(ref))
 
 
 def _active_stop(
@@ -290,7 +331,22 @@ def execute_freeze(
     now_us: int,
     end_us: int,
 ) -> FreezeOutcome:
-    """Freeze a fixed amount (at most what is not frozen already) or all outflows."""
+    """Freeze a fixed amount (at most what is not frozen already) or all outflows.
+
+    A repeat of a freeze in force (same account, case number and document number) is answered
+    with that freeze's state and ``repeat_of`` set; nothing is frozen again.
+    """
+    if conn.execute("SELECT 1 FROM freezes WHERE order_ref = ?", (order.order_ref,)).fetchone():
+        raise RuleViolated("order_ref has already been executed")
+    row = conn.execute(
+        "SELECT order_ref FROM freezes WHERE account_number = ? AND case_number = ?"
+        " AND case_document = ? AND released_ts IS NULL AND end_ts > ?"
+        " ORDER BY start_ts LIMIT 1",
+        (order.account_number, order.case_number, order.case_document, now_us),
+    ).fetchone()
+    if row is not None:
+        outcome = _freeze_outcome(conn, order.account_number, row[0], OrderState.ACTIVE, now_us)
+        return replace(outcome, repeat_of=str(row[0]))
     if holder_name != order.account_name:
         raise RuleViolated("account_name does not match the holder of account_number")
     if currency != order.currency:
@@ -300,9 +356,8 @@ def execute_freeze(
         raise RuleViolated("order_ref has already been executed")
     _, _, freezable = balances(conn, order.account_number, now_us)
     if order.method == FreezeMethod.FIXED_AMOUNT and order.amount_minor > freezable:
-        raise RuleViolated(
-            f"amount exceeds the balance available to freeze ({freezable} minor units)"
-        )
+        available = format_money(Money(currency=order.currency, minor_units=freezable))
+        raise RuleViolated(f"amount exceeds the balance available to freeze ({available})")
     conn.execute(
         "INSERT INTO freezes(order_ref, account_number, method, amount, currency, agency,"
         " case_number, case_document, duty_phone, start_ts, end_ts)"

@@ -87,6 +87,11 @@ CREATE TABLE IF NOT EXISTS stop_payments (
     extensions INTEGER NOT NULL DEFAULT 0,
     released_ts INTEGER
 );
+CREATE TABLE IF NOT EXISTS stop_payment_documents (
+    order_ref TEXT PRIMARY KEY REFERENCES stop_payments(order_ref),
+    case_number TEXT NOT NULL,
+    case_document TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS freezes (
     order_ref TEXT PRIMARY KEY,
     account_number TEXT NOT NULL,

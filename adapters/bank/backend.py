@@ -185,6 +185,8 @@ class StopPaymentOrder:
     currency: str
     transfer_time: datetime
     agency: str
+    case_number: str = ""
+    case_document: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +200,8 @@ class StopPaymentOutcome:
     currency: str
     matched_transaction_id: int
     executions_on_account: int
+    repeat_of: str = ""
+    """The order in force this one repeated (same account, case and document), else empty."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +251,8 @@ class FreezeOutcome:
     available_minor: int
     currency: str
     earlier_freezes: tuple[EarlierFreeze, ...]
+    repeat_of: str = ""
+    """The freeze in force this one repeated (same account, case and document), else empty."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,7 +316,10 @@ class CoreBanking(Protocol):
         The bank MUST act only if the holder's name, the account, and an incoming
         transfer from ``payer_account`` of ``amount_minor`` within five minutes of
         ``transfer_time`` all match, and otherwise raise ``RuleViolated`` naming
-        what did not match. It MUST NOT stop one account more than twice, ever.
+        what did not match. It MUST NOT stop one account more than twice, ever. An order
+        that repeats a stop-payment in force (same account, ``case_number`` and
+        ``case_document``) MUST be answered with that stop-payment (``repeat_of`` set to its
+        ``order_ref``) and MUST NOT be executed again.
         """
         ...
 
@@ -330,7 +339,9 @@ class CoreBanking(Protocol):
         """Freeze until ``order.end``, at most 183 days from ``now``.
 
         A fixed amount MUST NOT exceed the balance not already frozen. The
-        outcome reports every earlier freeze still in force.
+        outcome reports every earlier freeze still in force. An order that repeats a freeze
+        in force (same account, ``case_number`` and ``case_document``) MUST be answered with
+        that freeze (``repeat_of`` set to its ``order_ref``) and MUST NOT freeze again.
         """
         ...
 

@@ -112,6 +112,7 @@ def stop_pb(outcome: StopPaymentOutcome) -> bank_pb2.StopPaymentResult:
         end=timestamp(outcome.end),
         balance=money(outcome.balance_minor, outcome.currency),
         stop_count=outcome.executions_on_account,
+        repeat_of=outcome.repeat_of,
     )
 
 
@@ -132,6 +133,7 @@ def freeze_pb(outcome: FreezeOutcome) -> bank_pb2.FreezeResult:
             )
             for f in outcome.earlier_freezes
         ],
+        repeat_of=outcome.repeat_of,
     )
 
 

@@ -169,6 +169,8 @@ class BankAgency:
                 currency=q.amount.currency,
                 transfer_time=_time(q, "transfer_time", "stop_payment.transfer_time"),
                 agency=request.requesting_agency,
+                case_number=request.case.case_number,
+                case_document=request.legal_document.number,
             ),
             now=now,
         )

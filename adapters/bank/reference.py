@@ -279,7 +279,9 @@ class ReferenceBank:
             _ACCOUNT_LIKE.fullmatch(order.payer_account) is not None,
             "must be 8..32 digits",
         )
-        c.check("amount", amount_valid(order.amount_minor), "must be 1..10^13 minor units")
+        c.check(
+            "amount", amount_valid(order.amount_minor), "must be 0.01 to 100,000,000,000.00 yuan"
+        )
         c.check("currency", currency_valid(order.currency), "not an ISO 4217 currency code")
         self._check_time(c, "transfer_time", order.transfer_time)
         c.raise_if_any()
@@ -331,7 +333,11 @@ class ReferenceBank:
         self._check_account(c, order.account_number, "account_number")
         c.check("account_name", bool(order.account_name.strip()), "must not be empty")
         if order.method == FreezeMethod.FIXED_AMOUNT:
-            c.check("amount", amount_valid(order.amount_minor), "must be 1..10^13 minor units")
+            c.check(
+                "amount",
+                amount_valid(order.amount_minor),
+                "must be 0.01 to 100,000,000,000.00 yuan",
+            )
         else:
             c.check("amount", order.amount_minor == 0, "must be 0 for a receive-only freeze")
         c.check("currency", currency_valid(order.currency), "not an ISO 4217 currency code")
@@ -521,7 +527,7 @@ class ReferenceBank:
         when = ts if ts is not None else self._clock()
         c = FieldChecker()
         self._check_account(c, account_number, "account_number")
-        c.check("amount", amount_valid(amount_minor), "must be 1..10^13 minor units")
+        c.check("amount", amount_valid(amount_minor), "must be 0.01 to 100,000,000,000.00 yuan")
         self._check_time(c, "ts", when)
         c.raise_if_any()
         ts_us = to_us(when)

@@ -32,7 +32,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -56,10 +56,12 @@ __all__ = [
     "DEMO_PASSWORD_FILE",
     "Federation",
     "ProcessSpec",
+    "check_ports",
     "console_port",
     "demo_password",
     "demo_staff_id",
     "prepare_state",
+    "record_supervisor",
     "start",
     "stop",
     "stop_pids",
@@ -86,6 +88,9 @@ WORLD_MAX_AGE = timedelta(hours=12)
 """A world older than this is reseeded: stop-payments need a recent victim transfer."""
 
 Progress = Callable[[str], None]
+
+SUPERVISOR = "fedgate up"
+"""The key of the foreground ``fedgate up`` process in ``pids.json``."""
 
 
 def console_port(endpoint: str) -> int:
@@ -255,22 +260,42 @@ def _free_ports(count: int) -> list[int]:
 
 
 def prepare_state(
-    state: Path, *, progress: Progress = print, free_ports: bool = False
+    state: Path,
+    *,
+    progress: Progress = print,
+    free_ports: bool = False,
+    base_port: int | None = None,
 ) -> Federation:
     """Create what is missing in ``state`` and return the federation it describes.
 
-    A new federation gets the default ports (50051 and up) unless ``free_ports``, which picks
-    free ones (``fedgate demo`` and tests, which must not collide with a running federation)."""
-    state.mkdir(parents=True, exist_ok=True)
+    A new federation gets the default ports (20051 and up, consoles 1000 above) unless
+    ``base_port`` (the gateway's port; the other members follow it) or ``free_ports``, which
+    picks free ones (``fedgate demo`` and tests, which must not collide with a running
+    federation). The ports MUST be free before any key or data is generated: a taken port
+    raises ``FedgateError`` naming it, and nothing is written. An existing federation keeps its
+    ports; ``base_port`` different from them raises ``FedgateError``."""
     federation_dir = state / "federation"
     if not FederationLayout(federation_dir).registry.exists():
-        progress(f"creating the federation's PKI and member registry in {federation_dir}")
         members = list(DEFAULT_MEMBERS)
         if free_ports:
             ports = _free_ports(len(members))
             members = [replace(m, port=p) for m, p in zip(members, ports, strict=True)]
+        elif base_port is not None:
+            members = [replace(m, port=base_port + i) for i, m in enumerate(members)]
+        check_ports(_addresses(m.endpoint for m in members))
+        state.mkdir(parents=True, exist_ok=True)
+        progress(f"creating the federation's PKI and member registry in {federation_dir}")
         init_federation(federation_dir, members=members)
-    registry = Registry.load_dir(federation_dir)
+        registry = Registry.load_dir(federation_dir)
+    else:
+        registry = Registry.load_dir(federation_dir)
+        gateway_port = int(registry.member(MemberId("gateway")).endpoint.rsplit(":", 1)[1])
+        if base_port is not None and base_port != gateway_port:
+            raise FedgateError(
+                f"{state} was created with base port {gateway_port}, not {base_port}: use "
+                f"--base-port {gateway_port}, or another --state for new ports"
+            )
+        check_ports(_addresses(m.endpoint for m in registry.members()))
     world_dir = state / "world"
     world = _world_usable(world_dir)
     if world is None:
@@ -348,13 +373,39 @@ def prepare_state(
 
 
 def _port_in_use(address: str) -> bool:
+    """True when a server could not listen on ``address`` now.
+
+    The probe binds as the servers do, with ``SO_REUSEADDR`` (gRPC and asyncio set it), so the
+    connections a federation stopped a moment ago leave in TIME_WAIT do not count as taken."""
     host, _, port = address.rpartition(":")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, int(port)))
+            probe.listen(1)
         except OSError:
             return True
     return False
+
+
+def _addresses(endpoints: Iterable[str]) -> list[str]:
+    """Each endpoint and its console address (1000 ports above)."""
+    out: list[str] = []
+    for endpoint in endpoints:
+        host = endpoint.rsplit(":", 1)[0]
+        out += [endpoint, f"{host}:{console_port(endpoint)}"]
+    return out
+
+
+def check_ports(addresses: Iterable[str]) -> None:
+    """Raise ``FedgateError`` naming every address a server could not listen on now."""
+    busy = [address for address in addresses if _port_in_use(address)]
+    if busy:
+        raise FedgateError(
+            f"port(s) already in use: {', '.join(busy)}. Is another federation running?"
+            " Stop it with `fedgate down --state DIR` (or Ctrl-C in its terminal), or choose"
+            " other ports for a new state directory with `fedgate up --state DIR --base-port N`."
+        )
 
 
 def start(federation: Federation) -> list[subprocess.Popen[bytes]]:
@@ -362,17 +413,12 @@ def start(federation: Federation) -> list[subprocess.Popen[bytes]]:
 
     Raises ``FedgateError`` before starting anything when a port is taken (most often by a
     federation that is still running)."""
-    busy = [
+    check_ports(
         address
         for spec in federation.processes
         for address in (spec.endpoint, spec.console)
-        if address is not None and _port_in_use(address)
-    ]
-    if busy:
-        raise FedgateError(
-            f"port(s) already in use: {', '.join(busy)}. Is another federation running?"
-            " Stop it with `fedgate down --state DIR` (or Ctrl-C in its terminal)."
-        )
+        if address is not None
+    )
     children: list[subprocess.Popen[bytes]] = []
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     try:
@@ -392,13 +438,18 @@ def start(federation: Federation) -> list[subprocess.Popen[bytes]]:
     except OSError:
         stop(children)
         raise
-    (federation.state / "pids.json").write_text(
-        json.dumps(
-            {str(s.member): c.pid for s, c in zip(federation.processes, children, strict=True)}
-        ),
-        encoding="utf-8",
-    )
+    pids = {str(s.member): c.pid for s, c in zip(federation.processes, children, strict=True)}
+    (federation.state / "pids.json").write_text(json.dumps(pids), encoding="utf-8")
     return children
+
+
+def record_supervisor(state: Path) -> None:
+    """Note this process (a foreground ``fedgate up``) in ``pids.json``, so that ``fedgate down``
+    ends it too: it then stops and reaps its children itself (no zombies), and exits."""
+    pids_file = state / "pids.json"
+    pids: dict[str, int] = json.loads(pids_file.read_text(encoding="utf-8"))
+    pids[SUPERVISOR] = os.getpid()
+    pids_file.write_text(json.dumps(pids), encoding="utf-8")
 
 
 def stop(children: Sequence[subprocess.Popen[bytes]], *, grace: float = 8.0) -> None:
@@ -421,7 +472,14 @@ def stop_pids(state: Path, *, grace: float = 8.0) -> int:
     if not pids_file.exists():
         return 0
     pids: dict[str, int] = json.loads(pids_file.read_text(encoding="utf-8"))
-    alive = []
+    supervisor = pids.pop(SUPERVISOR, None)
+    if supervisor is not None and supervisor != os.getpid():
+        # A foreground ``fedgate up``: it stops its children on SIGTERM, reaps them, and exits.
+        try:
+            os.kill(supervisor, signal.SIGTERM)
+        except ProcessLookupError:
+            supervisor = None
+    alive = [] if supervisor is None else [supervisor]
     for pid in pids.values():
         try:
             os.kill(pid, signal.SIGTERM)
@@ -437,7 +495,7 @@ def stop_pids(state: Path, *, grace: float = 8.0) -> int:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             continue
-    pids_file.unlink()
+    pids_file.unlink(missing_ok=True)
     return len(pids)
 
 
@@ -446,6 +504,11 @@ def _exists(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
+    try:  # a zombie (exited, not yet reaped by its parent) is gone for our purpose
+        if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
+            return False
+    except (OSError, IndexError):
+        pass
     try:
         waited, _ = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,12 +13,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from adapters.synth import load_world
 from adapters.up import (
     DEMO_AUDITOR,
     Federation,
     demo_password,
     demo_staff_id,
     prepare_state,
+    record_supervisor,
     start,
     stop,
     stop_pids,
@@ -25,6 +29,8 @@ from adapters.up import (
 from adapters.up.scenario import run_scenario
 from fedgate.errors import FedgateError
 from fedgate.federation import MemberKind
+from fedgate.render import format_time, table
+from fedgate.types import CHINA_TIME
 
 __all__ = ["register"]
 
@@ -42,6 +48,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     up.add_argument("--no-scenario", action="store_true", help="just run the federation")
     up.add_argument(
+        "--base-port",
+        type=int,
+        metavar="PORT",
+        help="for a new state directory: the gateway's port; the other members take the next"
+        " ones and each console listens 1000 above (default 20051, below Linux's ephemeral"
+        " ports)",
+    )
+    up.add_argument(
         "--background",
         action="store_true",
         help="leave it running and return (stop with `fedgate down`)",
@@ -55,6 +69,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--state", type=Path, default=Path("state"), help="state directory (default: state)"
     )
     down.set_defaults(func=_down)
+
+    world = subparsers.add_parser(
+        "world",
+        help="the planted fraud chains of a state directory, in yuan and China time",
+        description="What state/world/world.json holds, in the CLI's units: amounts in yuan"
+        " (world.json keeps fen, minor units) and times in China time (world.json keeps UTC)."
+        " With --shell: `export` lines for one chain, to paste into police commands.",
+    )
+    world.add_argument(
+        "--state", type=Path, default=Path("state"), help="state directory (default: state)"
+    )
+    world.add_argument(
+        "--chain",
+        type=int,
+        default=-1,
+        help="which chain (0-based; default: the last, which the demo scenario reaches last)",
+    )
+    world.add_argument("--shell", action="store_true", help="print export lines for --chain")
+    world.set_defaults(func=_world)
 
     demo = subparsers.add_parser(
         "demo",
@@ -94,11 +127,14 @@ def _print_table(federation: Federation) -> None:
 
 
 async def _bring_up(
-    state: Path, *, free_ports: bool = False
+    state: Path, *, free_ports: bool = False, base_port: int | None = None
 ) -> tuple[Federation, list[subprocess.Popen[bytes]]]:
     started = time.monotonic()
     federation = prepare_state(
-        state, progress=lambda line: print(f"  {line}"), free_ports=free_ports
+        state,
+        progress=lambda line: print(f"  {line}"),
+        free_ports=free_ports,
+        base_port=base_port,
     )
     print(f"starting {len(federation.processes)} processes …")
     children = start(federation)
@@ -124,18 +160,30 @@ async def _scenario(federation: Federation) -> bool:
 
 def _up(args: argparse.Namespace) -> int:
     state: Path = args.state.resolve()
-    federation, children = asyncio.run(_bring_up(state))
+    if args.base_port is not None and not 1024 <= args.base_port <= 65535 - 1011:
+        print("fedgate up: --base-port must be 1024 to 64524", file=sys.stderr)
+        return 2
+    try:
+        federation, children = asyncio.run(_bring_up(state, base_port=args.base_port))
+    except FedgateError as exc:
+        print(f"fedgate up: {exc.message}", file=sys.stderr)
+        return 1
     ok = True
     try:
+        if not args.background:
+            record_supervisor(state)
+            signal.signal(signal.SIGTERM, _interrupt)
+        _print_path_hint()
         if not args.no_scenario:
             ok = asyncio.run(_scenario(federation))
         if args.background:
             print(f"running in the background; stop with: fedgate down --state {args.state}")
             return 0 if ok else 1
-        print("The federation keeps running. Press Ctrl-C to stop every process.")
-        signal.signal(signal.SIGTERM, _interrupt)
-        while True:
-            time.sleep(3600)
+        print(
+            "The federation keeps running. Press Ctrl-C (or run `fedgate down` elsewhere) to"
+            " stop every process."
+        )
+        ok = _supervise(federation, children) and ok
     except KeyboardInterrupt:
         pass
     finally:
@@ -149,6 +197,31 @@ def _up(args: argparse.Namespace) -> int:
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _supervise(federation: Federation, children: list[subprocess.Popen[bytes]]) -> bool:
+    """Watch the processes until Ctrl-C, ``fedgate down`` or the end of all of them; a process
+    that ends early is reported (with its log) once. False if any ended on its own."""
+    reported: set[int] = set()
+    while True:
+        for spec, child in zip(federation.processes, children, strict=True):
+            if child.poll() is not None and child.pid not in reported:
+                reported.add(child.pid)
+                print(f"{spec.member} exited with code {child.returncode}; see {spec.log}")
+        if len(reported) == len(children):
+            print("every process has ended.")
+            return False
+        time.sleep(1.0)
+
+
+def _print_path_hint() -> None:
+    """How to call ``fedgate`` from another terminal: it lives in the virtualenv."""
+    here = Path(sys.executable).parent
+    if shutil.which("fedgate") != str(here / "fedgate"):
+        print(
+            f"To use the CLI in another terminal: export PATH={here}:$PATH"
+            f"  (or: . {here / 'activate'})"
+        )
 
 
 def _down(args: argparse.Namespace) -> int:
@@ -171,3 +244,65 @@ def _demo(args: argparse.Namespace) -> int:
             stop(children)
         print("fedgate demo:", "OK" if ok else "FAILED")
         return 0 if ok else 1
+
+
+def _yuan(minor: int) -> str:
+    return f"{minor // 100}.{minor % 100:02d}"
+
+
+def _world(args: argparse.Namespace) -> int:
+    world_dir = args.state / "world"
+    if not (world_dir / "world.json").exists():
+        print(
+            f"fedgate world: no world in {world_dir}: start a federation first (`make run`)",
+            file=sys.stderr,
+        )
+        return 2
+    world = load_world(world_dir)
+    if not -len(world.chains) <= args.chain < len(world.chains):
+        print(f"fedgate world: --chain must be 0 to {len(world.chains) - 1}", file=sys.stderr)
+        return 2
+    if args.shell:
+        chain = world.chains[args.chain]
+        hop, final = chain.hops[0], chain.hops[-1]
+        values = {
+            "VICTIM_NAME": chain.victim.name,
+            "VICTIM_PHONE": chain.victim.phone,
+            "VICTIM_ACCOUNT": chain.victim.account_number,
+            "VICTIM_BANK": chain.victim.bank_id,
+            "VICTIM_CARRIER": chain.victim.carrier_id,
+            "VICTIM_ID_NUMBER": chain.victim.id_number,
+            "FRAUD_PHONE": chain.fraud_numbers[0].number,
+            "FRAUD_CARRIER": chain.fraud_numbers[0].carrier_id,
+            "MULE_ACCOUNT": hop.to_account,
+            "MULE_NAME": hop.to_name,
+            "MULE_BANK": hop.to_bank,
+            "PAYER_ACCOUNT": hop.from_account,
+            "PAYER_NAME": hop.from_name,
+            "AMOUNT": _yuan(hop.amount_minor),
+            "TRANSFER_TIME": hop.ts.astimezone(CHINA_TIME).isoformat(timespec="seconds"),
+            "FINAL_ACCOUNT": final.to_account,
+            "FINAL_NAME": final.to_name,
+            "FINAL_BANK": final.to_bank,
+        }
+        for name, value in values.items():
+            print(f"export {name}={shlex.quote(value)}")
+        return 0
+    print(f"world of {world_dir} (seed {world.seed}, made {format_time(world.now)})")
+    print("amounts in yuan, times in China time (world.json keeps fen and UTC)\n")
+    for chain in world.chains:
+        v = chain.victim
+        numbers = ", ".join(f"{n.number} ({n.carrier_id})" for n in chain.fraud_numbers)
+        called = format_time(chain.first_contact)
+        print(
+            f"chain {chain.index}: victim {v.name} {v.phone}, account {v.account_number}"
+            f" ({v.bank_id}); called by {numbers} at {called}"
+        )
+        rows = [
+            (str(h.index), f"{h.from_account} ({h.from_bank})", f"{h.to_account} ({h.to_bank})",
+             h.to_name, f"¥{_yuan(h.amount_minor)}", format_time(h.ts))
+            for h in chain.hops
+        ]  # fmt: skip
+        print("\n".join(table(("hop", "from", "to", "holder", "amount", "time"), rows)))
+        print()
+    return 0

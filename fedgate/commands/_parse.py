@@ -20,6 +20,7 @@ from fedgate.v1 import common_pb2
 __all__ = [
     "PoliceParser",
     "money",
+    "parse_account",
     "parse_amount",
     "parse_duration",
     "parse_request_id",
@@ -33,6 +34,19 @@ _DURATION_PART = re.compile(r"(\d+)([smhdw])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _AMOUNT = re.compile(r"[0-9]+(?:\.[0-9]{1,2})?")
 _MAX_INT64 = 2**63 - 1
+_GROUPING = re.compile(r"[\s\-\u3000]")
+_ACCOUNT = re.compile(r"[0-9]{8,32}")
+
+
+def parse_account(text: str) -> str:
+    """A card or account number as people write it: digits, optionally in groups separated by
+    spaces or hyphens (``6217 0053 …``); returns the digits alone."""
+    digits = _GROUPING.sub("", text)
+    if not _ACCOUNT.fullmatch(digits):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an account number: 8 to 32 digits, in groups if you like"
+        )
+    return digits
 
 
 def parse_time(text: str, *, now: datetime | None = None) -> datetime:

@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import functools
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -39,8 +40,14 @@ from pathlib import Path
 
 from google.protobuf.message import Message
 
-from fedgate.actions import CITING_ACTIONS, ORDER_ACTIONS, target_kind_of
-from fedgate.client import FedgateClient
+from fedgate.actions import (
+    ACCEPTED_DOCUMENTS,
+    CITING_ACTIONS,
+    DOCUMENT_NAMES,
+    ORDER_ACTIONS,
+    target_kind_of,
+)
+from fedgate.client import Answer, FedgateClient
 from fedgate.commands._exit import (
     EXIT_CODES_EPILOG,
     ExitCode,
@@ -54,6 +61,7 @@ from fedgate.commands._exit import (
 from fedgate.commands._parse import (
     PoliceParser,
     money,
+    parse_account,
     parse_amount,
     parse_duration,
     parse_request_id,
@@ -84,9 +92,12 @@ __all__ = [
     "exit_code_for_refusal",
     "exit_code_for_status",
     "failure_outcome",
+    "keep_answer",
     "local_error",
+    "missing_federation",
     "money",
     "open_client",
+    "parse_account",
     "parse_amount",
     "parse_duration",
     "parse_request_id",
@@ -114,13 +125,9 @@ _CASE_TYPES: dict[str, common_pb2.CaseType.ValueType] = {
     "other": common_pb2.CASE_TYPE_OTHER,
 }
 _DOC_KINDS: dict[str, common_pb2.LegalDocumentKind.ValueType] = {
-    "case_filing": common_pb2.LEGAL_DOCUMENT_KIND_CASE_FILING_DECISION,
-    "query_notice": common_pb2.LEGAL_DOCUMENT_KIND_QUERY_NOTICE,
-    "stop_payment_notice": common_pb2.LEGAL_DOCUMENT_KIND_STOP_PAYMENT_NOTICE,
-    "freeze_notice": common_pb2.LEGAL_DOCUMENT_KIND_FREEZE_NOTICE,
-    "release_notice": common_pb2.LEGAL_DOCUMENT_KIND_RELEASE_NOTICE,
-    "evidence_notice": common_pb2.LEGAL_DOCUMENT_KIND_EVIDENCE_NOTICE,
-    "countermeasure_order": common_pb2.LEGAL_DOCUMENT_KIND_COUNTERMEASURE_ORDER,
+    short: kind  # type: ignore[misc]
+    for kind, (short, _) in DOCUMENT_NAMES.items()
+    if kind != common_pb2.LEGAL_DOCUMENT_KIND_AGENCY_REPORT
 }
 _URGENCIES: dict[str, common_pb2.Urgency.ValueType] = {
     "routine": common_pb2.URGENCY_ROUTINE,
@@ -150,7 +157,9 @@ class ActionCommand:
 
 def account_option(group: argparse._ActionsContainer) -> None:
     """``--account``, the subject of most bank actions."""
-    group.add_argument("--account", required=True, help="card or account number 账号")
+    group.add_argument(
+        "--account", type=parse_account, required=True, help="card or account number 账号"
+    )
 
 
 def phone_option(group: argparse._ActionsContainer) -> None:
@@ -217,18 +226,22 @@ def _add_request_options(parser: argparse.ArgumentParser, command: ActionCommand
     target.add_argument("--second-officer-phone", help="second officer's phone")
 
     case = parser.add_argument_group("case and legal document")
-    case.add_argument("--case", metavar="CASE_NUMBER", help="case number 案件编号")
+    case.add_argument("--case", metavar="CASE_NUMBER", help="case number 案件编号 (required)")
     case.add_argument(
         "--case-type", choices=sorted(_CASE_TYPES), default="telecom_fraud", help="(telecom_fraud)"
     )
     case.add_argument("--case-reason", metavar="TEXT", help="案由, the reason of the case")
+    accepted = ", ".join(DOCUMENT_NAMES[k][0] for k in sorted(ACCEPTED_DOCUMENTS[command.action]))
     case.add_argument(
         "--doc-kind",
         choices=sorted(_DOC_KINDS),
         default=command.doc_kind,
-        help=f"({command.doc_kind})",
+        help=f"the legal document's kind ({command.doc_kind}); {command.action} accepts: "
+        f"{accepted}",
     )
-    case.add_argument("--doc-number", metavar="TEXT", help="文书号 as printed on the document")
+    case.add_argument(
+        "--doc-number", metavar="TEXT", help="文书号 as printed on the document (required)"
+    )
     case.add_argument("--doc-issued", type=parse_time, metavar="TIME", help="when it was issued")
     case.add_argument(
         "--urgency",
@@ -306,12 +319,33 @@ def sent_store(args: argparse.Namespace) -> SentStore:
     return SentStore(Path(chosen) if chosen else _federation(args).parent / "sent")
 
 
+def missing_federation(path: Path) -> str:
+    """What to do when the federation directory is not there: which setting chooses it."""
+    return (
+        f"no federation directory at {path}: pass --federation DIR or set FEDGATE_FEDERATION "
+        f"(the development federation of `make run` is {DEFAULT_FEDERATION}, relative to the "
+        "repository)"
+    )
+
+
+def keep_answer(args: argparse.Namespace, answer: Answer) -> None:
+    """Keep a verified answer beside its request (``fedgate answers``); a disk that refuses
+    costs the copy, not the answer just received, so this warns instead of failing."""
+    try:
+        sent_store(args).save_answer(answer.response.request_id, answer.signed)
+    except OSError as exc:
+        print(f"warning: the answer was not kept on disk: {exc}", file=sys.stderr)
+
+
 def open_client(args: argparse.Namespace) -> FedgateClient:
     """A client for ``--member`` of ``--federation``; raises ``RegistryError``. Call it inside
     a running event loop (the gRPC channel binds to it)."""
     member = MemberId(args.member or os.environ.get("FEDGATE_MEMBER") or DEFAULT_MEMBER)
+    federation = _federation(args)
+    if not federation.is_dir():
+        raise RegistryError(missing_federation(federation))
     try:
-        return FedgateClient.from_federation(_federation(args), member, endpoint=args.endpoint)
+        return FedgateClient.from_federation(federation, member, endpoint=args.endpoint)
     except OSError as exc:
         raise RegistryError(f"cannot load the federation: {exc}") from exc
 
@@ -324,9 +358,23 @@ def _env(value: str | None, name: str) -> str:
 
 
 def _person(args: argparse.Namespace) -> common_pb2.Person:
+    """The officer from the options and the environment, checked before anything is signed."""
     role = _env(args.officer_role, "FEDGATE_OFFICER_ROLE") or "investigator"
     if role not in _ROLES:
-        raise InvalidArgument(f"officer role {role!r} is not one of {', '.join(sorted(_ROLES))}")
+        raise InvalidArgument(
+            f"--officer-role (or FEDGATE_OFFICER_ROLE) {role!r} is not one of "
+            f"{', '.join(sorted(_ROLES))}"
+        )
+    for option, variable in (
+        ("officer_id", "FEDGATE_OFFICER_ID"),
+        ("officer_name", "FEDGATE_OFFICER_NAME"),
+    ):
+        if not _env(getattr(args, option), variable).strip():
+            flag = "--" + option.replace("_", "-")
+            raise InvalidArgument(
+                f"{flag} is required: give it, or set {variable} for the session "
+                f"(export {variable}=…)"
+            )
     return common_pb2.Person(
         id=_env(args.officer_id, "FEDGATE_OFFICER_ID"),
         name=_env(args.officer_name, "FEDGATE_OFFICER_NAME"),
@@ -414,6 +462,7 @@ async def _send(command: ActionCommand, args: argparse.Namespace) -> int:
         except (FedgateError, ValueError) as exc:
             return emit(args, failure_outcome(exc, request.request_id), client.registry)
         if submitted.answer is not None:
+            keep_answer(args, submitted.answer)
             return emit(args, answer_outcome(submitted.answer), client.registry)
         assert submitted.ticket is not None
         hint = f"follow it: fedgate ticket watch {submitted.ticket.ticket_id}"

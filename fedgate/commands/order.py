@@ -21,6 +21,7 @@ from fedgate.commands._police import (
     account_of,
     account_option,
     money,
+    parse_account,
     parse_amount,
     parse_time,
     phone_of,
@@ -55,9 +56,13 @@ def _phone_reason(group: argparse._ActionsContainer) -> None:
 
 
 def _stop_payment_args(group: argparse._ActionsContainer) -> None:
-    group.add_argument("--account", required=True, help="receiving account to stop 收款账号")
+    group.add_argument(
+        "--account", type=parse_account, required=True, help="receiving account to stop 收款账号"
+    )
     group.add_argument("--name", required=True, help="its holder's name 收款户名")
-    group.add_argument("--payer-account", required=True, help="the victim's account 付款账号")
+    group.add_argument(
+        "--payer-account", type=parse_account, required=True, help="the victim's account 付款账号"
+    )
     group.add_argument("--payer-name", required=True, help="the victim's name 付款户名")
     group.add_argument("--payer-bank", help="the victim's bank (default: from the card number)")
     group.add_argument(
@@ -87,7 +92,9 @@ def _stop_payment(args: argparse.Namespace) -> bank_pb2.StopPaymentOrder:
 
 
 def _freeze_args(group: argparse._ActionsContainer) -> None:
-    group.add_argument("--account", required=True, help="account to freeze 账号")
+    group.add_argument(
+        "--account", type=parse_account, required=True, help="account to freeze 账号"
+    )
     group.add_argument("--name", required=True, help="its holder's name 户名")
     group.add_argument("--method", choices=sorted(_METHODS), required=True, help="冻结方式")
     group.add_argument("--amount", type=parse_amount, metavar="YUAN", help="fixed amount only")

@@ -146,7 +146,7 @@ def _issue(args: argparse.Namespace) -> int:
         port = args.port
         if port is None:
             ports = [_port(m.endpoint) for m in registry.entries]
-            port = _port(existing.endpoint) if existing else max(ports, default=50050) + 1
+            port = _port(existing.endpoint) if existing else max(ports, default=20050) + 1
         parent = (
             check_member_id(args.parent) if args.parent else (existing.parent if existing else None)
         )

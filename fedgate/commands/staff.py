@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from datetime import UTC
 from pathlib import Path
@@ -31,10 +32,10 @@ from google.protobuf import json_format
 from fedgate.actions import RESULT_FIELD
 from fedgate.commands.users import add_user_parser
 from fedgate.envelope import decode_request, decode_response
-from fedgate.errors import FedgateError, FieldViolation, InvalidArgument
+from fedgate.errors import FedgateError, FieldViolation, InvalidArgument, RegistryError
 from fedgate.federation import check_member_id
 from fedgate.registry import Registry
-from fedgate.render import table
+from fedgate.render import format_time, table
 from fedgate.status import error_from_rpc
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options
 from fedgate.types import MemberId
@@ -120,7 +121,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _common(parser: argparse.ArgumentParser, *, with_id: bool = False) -> None:
     if with_id:
         parser.add_argument("request_id", help="the query's request id")
-    parser.add_argument("--federation", type=Path, required=True, help="federation directory")
+    parser.add_argument(
+        "--federation",
+        type=Path,
+        metavar="DIR",
+        help="federation directory (default: $FEDGATE_FEDERATION or state/federation)",
+    )
     parser.add_argument("--member", required=True, help="your agency's member id")
     parser.add_argument("--staff", required=True, help="your staff id, e.g. icbc.zhang")
     parser.add_argument("--endpoint", help="the node's HOST:PORT (default: from the registry)")
@@ -131,8 +137,16 @@ class _Session:
 
     def __init__(self, args: argparse.Namespace) -> None:
         member = check_member_id(args.member)
-        registry = Registry.load_dir(args.federation)
-        credentials = MemberCredentials.load(args.federation, member)
+        federation = Path(
+            args.federation or os.environ.get("FEDGATE_FEDERATION") or "state/federation"
+        )
+        if not federation.is_dir():
+            raise RegistryError(
+                f"no federation directory at {federation}: pass --federation DIR or set "
+                "FEDGATE_FEDERATION"
+            )
+        registry = Registry.load_dir(federation)
+        credentials = MemberCredentials.load(federation, member)
         endpoint = args.endpoint or registry.member(member).endpoint
         self._channel = grpc.secure_channel(
             endpoint, channel_credentials(credentials), options=channel_options(MemberId(member))
@@ -314,8 +328,7 @@ def _page(token: str) -> common_pb2.PageRequest:
 def _when(item: staff_service_pb2.QueueItem, field: str) -> str:
     if not item.HasField(field):  # type: ignore[arg-type]
         return ""
-    stamp = getattr(item, field).ToDatetime(tzinfo=UTC)
-    return str(stamp.astimezone().isoformat(timespec="minutes"))
+    return format_time(getattr(item, field).ToDatetime(tzinfo=UTC))
 
 
 def _item_row(item: staff_service_pb2.QueueItem) -> tuple[str, ...]:
@@ -356,7 +369,7 @@ def _print_signed(signed: envelope_pb2.SignedEnvelope) -> None:
         ("status", status.lower()),
         ("responder", response.responder),
         ("answered by", response.answered_by),
-        ("answered at", response.answered_at.ToDatetime(tzinfo=UTC).isoformat()),
+        ("answered at", format_time(response.answered_at.ToDatetime(tzinfo=UTC))),
         ("result", response.WhichOneof("result") or "-"),
         ("detail", response.detail or "-"),
         ("signing key", signed.key_id),

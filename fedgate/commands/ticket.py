@@ -26,6 +26,7 @@ from fedgate.commands._police import (
     answer_outcome,
     emit,
     failure_outcome,
+    keep_answer,
     local_error,
     open_client,
     parse_request_id,
@@ -140,6 +141,7 @@ async def _get(args: argparse.Namespace) -> int:
         except (FedgateError, ValueError) as exc:
             return _failed(args, exc, client, remembered=remembered)
         if answer is not None:
+            keep_answer(args, answer)
             return emit(args, answer_outcome(answer), client.registry)
         return emit(args, _ticket_outcome(ticket), client.registry)
 
@@ -167,6 +169,7 @@ async def _watch(args: argparse.Namespace) -> int:
                 async for ticket, answer in updates:
                     if answer is not None:
                         outcome = answer_outcome(_check_bound(answer, args.ticket_id))
+                        keep_answer(args, answer)
                         return emit(args, outcome, client.registry, stream=True)
                     last = ticket
                     outcome = _ticket_outcome(ticket)

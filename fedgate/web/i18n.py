@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from fedgate.words import VALUE_WORDS
+
 __all__ = [
     "CATALOGUE",
     "DEFAULT_LANGUAGE",
@@ -183,6 +185,13 @@ _UI: dict[str, tuple[str, str]] = {
         "Only when our system's data is missing or wrong; it is signed in your name.",
     ),
     "item.send_manual": ("按填写内容答复", "Send this answer"),
+    "item.rows_hint": (
+        "可修改系统数据的各行，或在空行中补录；空行不发送。每行须有时间、方向和金额（或号码），"
+        "检查方式与系统答复相同。",
+        "Correct our system's rows or add rows in the blank ones; blank rows are not sent. Each "
+        "row needs a time, a direction and an amount (or a number), checked as system answers "
+        "are.",
+    ),
     "item.not_found": ("查无此对象", "Not found"),
     "item.not_found_hint": ("说明（必填）", "Explain (required)"),
     "item.send_not_found": ("答复“查无”", "Answer “not found”"),
@@ -353,7 +362,7 @@ _AUDIT_UI: dict[str, tuple[str, str]] = {
     "audit.search.title": ("检索审计日志", "Search the audit log"),
     "audit.search.summary": ("日志共 {size} 条记录。", "The log holds {size} entries."),
     "audit.search.case": ("案件编号", "Case number"),
-    "audit.search.officer": ("民警警号 / 账号", "Officer or user id"),
+    "audit.search.officer": ("民警姓名、警号或账号", "Officer name, badge number or user id"),
     "audit.search.subject": ("查询对象（账号、身份证号、手机号）", "Subject (account, ID, phone)"),
     "audit.search.subject_hint": ("须完整输入，精确匹配。", "Type it in full: exact match."),
     "audit.search.member": ("单位", "Member"),
@@ -361,6 +370,28 @@ _AUDIT_UI: dict[str, tuple[str, str]] = {
     "audit.search.action": ("事项", "Action"),
     "audit.search.actions": ("查询与指令", "Queries and orders"),
     "audit.search.events": ("控制台事件", "Console events"),
+    "audit.search.queries": ("查询", "Queries"),
+    "audit.search.orders": ("指令", "Orders"),
+    "audit.search.reports": ("单位报告", "Agency reports"),
+    "audit.search.officer_matches": (
+        "“{name}”对应多名民警，请选择：",
+        "Several officers are called “{name}”; choose one:",
+    ),
+    "audit.search.officer_none": (
+        "近期记录中没有名为“{name}”的民警；按警号查找也可以。",
+        "No officer called “{name}” in the recent log; a badge number works too.",
+    ),
+    "event_detail.request_id": ("请求", "request"),
+    "event_detail.action": ("事项", "action"),
+    "event_detail.entry": ("记录", "entry"),
+    "event_detail.field": ("字段", "field"),
+    "event_detail.places": ("处数", "places"),
+    "event_detail.reason": ("理由", "reason"),
+    "event_detail.case": ("案件", "case"),
+    "event_detail.status": ("结果", "status"),
+    "event_detail.how": ("方式", "how"),
+    "event_detail.user": ("用户", "user"),
+    "event_detail.session": ("会话", "session"),
     "audit.search.outcome": ("结果", "Outcome"),
     "audit.search.kind": ("记录类型", "Kind of entry"),
     "audit.search.since": ("起始时间", "From"),
@@ -429,11 +460,28 @@ _AUDIT_UI: dict[str, tuple[str, str]] = {
         "止付未生效，余额 {balance}",
         "stop-payment not in force, balance {balance}",
     ),
-    "entry.download": ("下载证据包", "Download evidence bundle"),
+    "entry.download": ("下载证据包（隐藏号码）", "Download evidence (masked)"),
+    "entry.download_full": ("下载完整证据包", "Download the full evidence"),
+    "entry.download_full_hint": (
+        "完整证据包含账号、证件号和电话号码，可离线验证全部签名；须说明理由，下载记入审计日志。",
+        "The full bundle holds account, ID and phone numbers and proves every signature "
+        "offline; state why you need it — the download is recorded in the audit log.",
+    ),
+    "entry.reason": ("理由", "Reason"),
+    "entry.reason_placeholder": (
+        "为何需要查看（必填，记入审计日志）",
+        "why you need it (required, audited)",
+    ),
+    "entry.reason_required": (
+        "请说明理由（至少 {low} 个字），理由将记入审计日志",
+        "state a reason (at least {low} characters); it is recorded in the audit log",
+    ),
     "entry.masked_note": (
-        "账号、证件号和电话号码默认隐藏；逐项点击“显示”查看，每次查看都记入审计日志。",
-        "Account, ID and phone numbers are masked; reveal one at a time — each reveal is"
-        " recorded in the audit log.",
+        "账号、证件号和电话号码默认隐藏；说明理由后点击“显示”查看，同一号码在本页各处一并显示，"
+        "每次查看连同理由记入审计日志。",
+        "Account, ID and phone numbers are masked; give a reason and reveal one — it then shows"
+        " wherever this page has it, and the reveal is recorded with your reason in the audit"
+        " log.",
     ),
     "entry.damaged": (
         "该记录无法解码，日志可能已损坏。请运行 fedgate audit verify 检查。",
@@ -720,6 +768,7 @@ CATALOGUE: Final[dict[str, tuple[str, str]]] = {
     **{f"action.{k}": v for k, v in _ACTIONS.items()},
     **{f"field.{k}": v for k, v in _FIELDS.items()},
     **{f"field.{k}": v for k, v in _AUDIT_FIELDS.items()},
+    **{f"value.{k}": v for k, v in VALUE_WORDS.items()},
 }
 
 

@@ -19,16 +19,20 @@ from google.protobuf.message import Message
 from fedgate.errors import FieldViolation, InvalidArgument
 from fedgate.web.i18n import field_label, translate
 from fedgate.web.text import BEIJING, format_money, format_time, mask_identifier, mask_text
+from fedgate.words import CODE_FIELDS, VALUE_WORDS
 
 __all__ = [
     "IDENTIFIER_FIELDS",
+    "MAX_FORM_ROWS",
     "FieldView",
     "FormField",
+    "FormTable",
     "TableView",
     "ViewItem",
     "describe",
     "enum_name",
     "form_fields",
+    "form_tables",
     "mask_tree",
     "parse_form",
     "subjects",
@@ -121,11 +125,16 @@ def enum_name(enum: EnumDescriptor, number: int) -> str:
     return _enum_text(enum, number)
 
 
+def _words(code: str, lang: str) -> str:
+    """A code (``police_investigator``, ``in``) in the page's language, when it has words."""
+    return translate(lang, f"value.{code}") if code in VALUE_WORDS else code
+
+
 def _scalar_text(field: FieldDescriptor, value: Any, lang: str, reveal: bool) -> str:
     if field.type == FieldDescriptor.TYPE_BOOL:
         return translate(lang, "item.yes" if value else "item.no")
     if field.type == FieldDescriptor.TYPE_ENUM:
-        return _enum_text(_enum(field), int(value))
+        return _words(_enum_text(_enum(field), int(value)), lang)
     if field.type == FieldDescriptor.TYPE_BYTES:
         return bytes(value).hex()
     text = str(value)
@@ -133,6 +142,8 @@ def _scalar_text(field: FieldDescriptor, value: Any, lang: str, reveal: bool) ->
         return _EMPTY
     if field.name in IDENTIFIER_FIELDS and not reveal:
         return mask_identifier(text)
+    if field.name in CODE_FIELDS and text in VALUE_WORDS:
+        return translate(lang, f"value.{text}")
     return text if reveal else mask_text(text)  # free text may hold identifiers too
 
 
@@ -250,68 +261,181 @@ def _editable(field: FieldDescriptor) -> bool:
     return field.type != FieldDescriptor.TYPE_BYTES
 
 
+_CODE_CHOICES: Final[dict[str, tuple[str, ...]]] = {
+    "direction": ("in", "out"),
+    "channel": ("mobile", "online", "atm", "counter", "pos", "third_party"),
+    "kind": ("call", "sms"),
+}
+"""String fields of result rows whose values are codes: a select in forms, checked on reading."""
+
+MAX_FORM_ROWS: Final = 200
+"""Rows a staff member may enter in one table of a manual answer."""
+_BLANK_ROWS: Final = 3
+
+
+def _form_field(field: FieldDescriptor, prefill: Message | None, lang: str, name: str) -> FormField:
+    label = field_label(lang, field.name)
+    value: Any = getattr(prefill, field.name) if prefill is not None else None
+    if field.message_type is not None and field.message_type.full_name == _MONEY:
+        amount = ""
+        currency = "CNY"
+        if prefill is not None and prefill.HasField(field.name):
+            minor = int(value.minor_units)
+            amount = f"{minor // 100}.{minor % 100:02d}" if minor >= 0 else str(minor / 100)
+            currency = str(value.currency) or "CNY"
+        return FormField(name, label, "money", amount, currency)
+    if field.message_type is not None:
+        text = ""
+        if prefill is not None and prefill.HasField(field.name):
+            at: datetime = value.ToDatetime(tzinfo=BEIJING)
+            text = at.strftime("%Y-%m-%dT%H:%M")
+        return FormField(name, label, "datetime", text)
+    if field.type == FieldDescriptor.TYPE_BOOL:
+        return FormField(name, label, "checkbox", "on" if value else "")
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        enum = _enum(field)
+        choices = tuple(
+            (v.name, _words(_enum_text(enum, v.number), lang)) for v in enum.values if v.number != 0
+        )
+        current = enum.values_by_number[int(value)].name if value else ""
+        return FormField(name, label, "select", current, choices=choices)
+    if field.type == FieldDescriptor.TYPE_STRING and field.name in _CODE_CHOICES:
+        codes = tuple((c, translate(lang, f"value.{c}")) for c in _CODE_CHOICES[field.name])
+        return FormField(name, label, "select", str(value or ""), choices=codes)
+    if field.type in _INTS:
+        return FormField(name, label, "integer", str(value) if value else "")
+    if field.type in _FLOATS:
+        return FormField(name, label, "decimal", str(value) if value else "")
+    return FormField(name, label, "text", str(value) if value else "")
+
+
 def form_fields(
     descriptor: Descriptor, prefill: Message | None, lang: str
 ) -> tuple[FormField, ...]:
     """The inputs for the editable (scalar, money, time) fields of a result message, filled
     from ``prefill`` (the backend's answer) when there is one."""
-    fields: list[FormField] = []
+    return tuple(
+        _form_field(field, prefill, lang, f"r.{field.name}")
+        for field in _fields(descriptor)
+        if _editable(field)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FormTable:
+    """A repeated message field of a result as rows of inputs: the backend's rows (to correct)
+    and blank ones (to add). Input names are ``r.<field>.<row>.<column>``; ``count_name`` is a
+    hidden input holding the number of rows."""
+
+    name: str
+    label: str
+    headers: tuple[str, ...]
+    rows: tuple[tuple[FormField, ...], ...]
+
+    @property
+    def count_name(self) -> str:
+        return f"r.{self.name}.rows"
+
+
+def _row_columns(field: FieldDescriptor) -> tuple[FieldDescriptor, ...]:
+    assert field.message_type is not None
+    return tuple(f for f in _fields(field.message_type) if _editable(f))
+
+
+def form_tables(
+    descriptor: Descriptor, prefill: Message | None, lang: str, *, blank: int = _BLANK_ROWS
+) -> tuple[FormTable, ...]:
+    """An editable table for each repeated message field of a result (transactions, call
+    records, ...), filled from ``prefill`` and followed by ``blank`` empty rows."""
+    tables: list[FormTable] = []
     for field in _fields(descriptor):
-        if not _editable(field):
+        if not (_is_repeated(field) and field.message_type is not None):
             continue
-        name = f"r.{field.name}"
-        label = field_label(lang, field.name)
-        value: Any = getattr(prefill, field.name) if prefill is not None else None
-        if field.message_type is not None and field.message_type.full_name == _MONEY:
-            has = prefill is not None and prefill.HasField(field.name)
-            amount = ""
-            currency = "CNY"
-            if has:
-                minor = int(value.minor_units)
-                amount = f"{minor // 100}.{minor % 100:02d}" if minor >= 0 else str(minor / 100)
-                currency = str(value.currency) or "CNY"
-            fields.append(FormField(name, label, "money", amount, currency))
-        elif field.message_type is not None:
-            text = ""
-            if prefill is not None and prefill.HasField(field.name):
-                at: datetime = value.ToDatetime(tzinfo=BEIJING)
-                text = at.strftime("%Y-%m-%dT%H:%M")
-            fields.append(FormField(name, label, "datetime", text))
-        elif field.type == FieldDescriptor.TYPE_BOOL:
-            fields.append(FormField(name, label, "checkbox", "on" if value else ""))
-        elif field.type == FieldDescriptor.TYPE_ENUM:
-            enum = _enum(field)
-            choices = tuple(
-                (v.name, _enum_text(enum, v.number)) for v in enum.values if v.number != 0
-            )
-            current = enum.values_by_number[int(value)].name if value else ""
-            fields.append(FormField(name, label, "select", current, choices=choices))
-        elif field.type in _INTS:
-            fields.append(FormField(name, label, "integer", str(value) if value else ""))
-        elif field.type in _FLOATS:
-            fields.append(FormField(name, label, "decimal", str(value) if value else ""))
-        else:
-            fields.append(FormField(name, label, "text", str(value) if value else ""))
-    return tuple(fields)
+        columns = _row_columns(field)
+        existing: list[Message | None] = list(getattr(prefill, field.name)) if prefill else []
+        rows = tuple(
+            tuple(_form_field(c, item, lang, f"r.{field.name}.{i}.{c.name}") for c in columns)
+            for i, item in enumerate([*existing, *([None] * blank)][:MAX_FORM_ROWS])
+        )
+        headers = tuple(field_label(lang, c.name) for c in columns)
+        tables.append(FormTable(field.name, field_label(lang, field.name), headers, rows))
+    return tuple(tables)
 
 
-def parse_form(message: Message, get: Callable[[str], str]) -> None:
-    """Fill the editable fields of ``message`` (an empty result) from form values ``get(name)``.
-    Raises ``InvalidArgument`` naming every field that cannot be read."""
+def parse_form(message: Message, get: Callable[[str], str], *, now: datetime | None = None) -> None:
+    """Fill ``message`` (an empty result) from form values ``get(name)``: its editable fields
+    and the rows of its tables (blank rows are skipped). A row is checked as the reference
+    backends' rows are made: its time, direction and amount are present, codes are from their
+    lists, times are not in the future (``now``). Raises ``InvalidArgument`` naming every field
+    that cannot be read (``transactions[2].amount`` for a row's)."""
     violations: list[FieldViolation] = []
     for field in _fields(message.DESCRIPTOR):
+        if _is_repeated(field) and field.message_type is not None:
+            violations += _parse_rows(message, field, get, now)
+            continue
         if not _editable(field):
             continue
-        name = f"r.{field.name}"
-        raw = get(name).strip()
-        try:
-            _set(message, field, raw, get)
-        except _Unreadable as exc:
-            violations.append(FieldViolation(field.name, str(exc)))
-        except (ValueError, InvalidOperation, OverflowError, TypeError):
-            violations.append(FieldViolation(field.name, f"cannot read {raw[:40]!r}"))
+        violations += _read(message, field, "r.", field.name, get)
     if violations:
         raise InvalidArgument.for_fields(violations)
+
+
+_ROW_REQUIRED: Final = frozenset({"time", "direction", "amount", "kind", "counterparty"})
+_CLOCK_SKEW: Final = 300
+
+
+def _read(
+    message: Message, field: FieldDescriptor, prefix: str, path: str, get: Callable[[str], str]
+) -> list[FieldViolation]:
+    raw = get(f"{prefix}{field.name}").strip()
+    try:
+        _set(message, field, raw, lambda name: get(prefix + name.removeprefix("r.")))
+    except _Unreadable as exc:
+        return [FieldViolation(path, str(exc))]
+    except (ValueError, InvalidOperation, OverflowError, TypeError):
+        return [FieldViolation(path, f"cannot read {raw[:40]!r}")]
+    return []
+
+
+def _parse_rows(
+    message: Message, field: FieldDescriptor, get: Callable[[str], str], now: datetime | None
+) -> list[FieldViolation]:
+    count_text = get(f"r.{field.name}.rows").strip()
+    if not count_text:
+        return []
+    if not count_text.isdigit() or int(count_text) > MAX_FORM_ROWS:
+        return [FieldViolation(field.name, f"at most {MAX_FORM_ROWS} rows")]
+    columns = _row_columns(field)
+    violations: list[FieldViolation] = []
+    rows = getattr(message, field.name)
+    for i in range(int(count_text)):
+        prefix = f"r.{field.name}.{i}."
+        if not any(get(prefix + c.name).strip() for c in columns):
+            continue  # a blank row
+        row = rows.add()
+        where = f"{field.name}[{i + 1}]"
+        for column in columns:
+            path = f"{where}.{column.name}"
+            found = _read(row, column, prefix, path, get)
+            if found:
+                violations += found
+                continue
+            raw = get(prefix + column.name).strip()
+            if column.name in _ROW_REQUIRED and not raw:
+                violations.append(FieldViolation(path, "required in every row"))
+            elif column.name in _CODE_CHOICES and raw and raw not in _CODE_CHOICES[column.name]:
+                violations.append(
+                    FieldViolation(path, f"one of {', '.join(_CODE_CHOICES[column.name])}")
+                )
+            elif (
+                now is not None
+                and column.message_type is not None
+                and column.message_type.full_name == _TIMESTAMP
+                and raw
+                and getattr(row, column.name).seconds > now.timestamp() + _CLOCK_SKEW
+            ):
+                violations.append(FieldViolation(path, "must not be in the future"))
+    return violations
 
 
 class _Unreadable(ValueError):

@@ -9,8 +9,9 @@ read on every request, so a revocation ends sessions at once). Pages:
 - ``/entries/{index}`` the whole exchange of an entry: the signed request decoded, the decision
   and matched rule, the signed response, the receipt, with the signature and inclusion checks
   run on every view (``gateway.console._exchange``); identifiers masked until revealed;
-- ``POST /entries/{index}/reveal`` reveal one masked field, ``POST /entries/{index}/evidence``
-  download the evidence bundle (``gateway.audit.service.export_evidence``);
+- ``POST /entries/{index}/reveal`` reveal one masked identifier (every place the page shows it)
+  for a stated reason; ``POST /entries/{index}/evidence`` download the evidence bundle: masked
+  by default (``gateway.console._evidence``), in full (``export_evidence``) with a reason;
 - ``/chases/{index}`` the chase the exchange at ``index`` belongs to, as the tree its workflow
   links draw (``gateway.console._chase``): each exchange, its receipt, its amounts;
 - ``/log`` the latest checkpoint, witness cosignatures and the console's consistency check;
@@ -19,11 +20,12 @@ read on every request, so a revocation ends sessions at once). Pages:
 
 Contract:
 
-- Identifier values MUST be masked on every page until the auditor reveals one field of one
-  entry with a CSRF-checked POST that says why (``reason``, at least ``MIN_REVEAL_REASON``
-  characters, else ``INVALID_ARGUMENT`` and nothing revealed); the reveal MUST be appended to
-  the audit log (which entry, which field and why, never the value) before anything is shown,
-  and lasts ``REVEAL_FOR`` for that session only.
+- Identifier values MUST be masked on every page until the auditor reveals one with a
+  CSRF-checked POST stating a reason; the reveal MUST be appended to the audit log (which entry,
+  which fields, the reason, never the value) before anything is shown, once for all the places
+  the page shows that value, and lasts ``REVEAL_FOR`` for that session only.
+- An evidence download MUST be masked unless the auditor states a reason, which MUST be in the
+  audit log (``console_export``) before the full bundle leaves.
 - Every login, failure, lock-out, logout, reveal and evidence export MUST be in the audit log
   before it takes effect (the shell's audit hook appends ``EventEntry``s to the real log); if it
   cannot be written, nothing is done.
@@ -43,7 +45,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.types import ASGIApp
 
-from fedgate.actions import ACTIONS
+from fedgate.actions import ACTIONS, ORDER_ACTIONS, REPORT_ACTIONS
 from fedgate.audit_entry import EventEntry, micros_to_time
 from fedgate.errors import FieldViolation, InvalidArgument, NotFound, VerificationError
 from fedgate.registry import Registry
@@ -54,10 +56,11 @@ from fedgate.web.session import Session
 from fedgate.web.text import BEIJING
 from gateway.audit.insights import GROUPINGS, LogInsights, PgShard, TimeWindow, day_start_us
 from gateway.audit.log import AuditLog
-from gateway.audit.service import check_reveal_reason, export_evidence
+from gateway.audit.service import export_evidence
 from gateway.console._charts import OTHER, day_chart, reason_chart
 from gateway.console._chase import chase_of, load_chase
 from gateway.console._countermeasures import Countermeasures
+from gateway.console._evidence import masked_bundle
 from gateway.console._exchange import load_exchange
 from gateway.console._flags import (
     FOLLOW_UP,
@@ -68,6 +71,7 @@ from gateway.console._flags import (
     WORK_START,
     find_flags,
 )
+from gateway.console._officers import OfficerMatch, OfficerNames, looks_like_badge
 from gateway.console._search import (
     EVENT_KINDS,
     MAX_TEXT,
@@ -93,6 +97,9 @@ _logger = logging.getLogger("fedgate.gateway.console")
 AUDITOR_ROLE: Final = "auditor"
 """The registry role a member needs for its auditor accounts to log in."""
 REVEAL_FOR: Final = timedelta(minutes=10)
+MIN_REASON: Final = 4
+MAX_REASON: Final = 500
+"""Bounds of the reason an auditor gives to reveal an identifier or export it in full."""
 WINDOWS: Final = (1, 7, 30, 90)
 """The time windows (days) the charts and flags offer."""
 DEFAULT_DAYS: Final = 30
@@ -147,6 +154,39 @@ def action_label(page: Page, action: str) -> str:
     return action or "—"
 
 
+def _action_groups(page: Page) -> list[tuple[str, list[tuple[str, str]]]]:
+    """The action filter's options: queries, orders, agency reports and console events, each
+    group sorted by its label in the page's language."""
+    groups = (
+        ("audit.search.queries", ACTIONS - ORDER_ACTIONS - REPORT_ACTIONS),
+        ("audit.search.orders", ORDER_ACTIONS),
+        ("audit.search.reports", REPORT_ACTIONS),
+        ("audit.search.events", frozenset(EVENT_KINDS)),
+    )
+    return [
+        (page.t(title), sorted(((a, action_label(page, a)) for a in names), key=lambda p: p[1]))
+        for title, names in groups
+    ]
+
+
+def _event_text(page: Page, details: tuple[tuple[str, str], ...]) -> str:
+    """An event's details as a person reads them: ``请求 01a24258… · 事项 主体查询 · 理由 …``."""
+    shown = []
+    for key, value in details:
+        if key == "action":
+            text = action_label(page, value)
+        elif key in ("request_id", "session"):
+            text = value[:8] + "…" if len(value) > 9 else value
+        elif key == "field":
+            text = _label(page, "field", value.rsplit(".", 1)[-1])
+        elif key == "places":
+            text = str(len([p for p in value.split(",") if p]))
+        else:
+            text = value
+        shown.append(f"{_label(page, 'event_detail', key)} {text}")
+    return " · ".join(shown)
+
+
 class AuditorConsole:
     """The auditor console over one audit log: ``app`` is its ASGI application.
 
@@ -175,6 +215,7 @@ class AuditorConsole:
         self._registry = registry
         self._clock = clock or (lambda: datetime.now(UTC))
         self._grants = _Grants(self._clock)
+        self._officers = OfficerNames(log)
         self._watch = LogWatch(
             log=log, insights=insights, registry=registry, state_dir=state_dir, clock=self._clock
         )
@@ -240,8 +281,8 @@ class AuditorConsole:
         registry = self._registry()
         return {
             "members": sorted((m.id, self._member_label(page, m.id)) for m in registry.entries),
-            "actions": sorted(((a, action_label(page, a)) for a in ACTIONS), key=lambda p: p[1]),
-            "events": [(e, action_label(page, e)) for e in EVENT_KINDS],
+            "action_groups": _action_groups(page),
+            "event_text": lambda details: _event_text(page, details),
             "outcomes": [(o, page.t(f"outcome.{o}")) for o in OUTCOMES],
             "kinds": [(k, page.t(f"kind.{k}")) for k in ("request", "response", "event")],
             "action_label": lambda a: action_label(page, a),
@@ -251,6 +292,34 @@ class AuditorConsole:
 
     async def _search_page(self, request: Request, page: Page) -> Response:
         params = dict(request.query_params)
+        officer = params.get("officer", "").strip()
+        matches: list[OfficerMatch] = []
+        if officer and not looks_like_badge(officer):
+            # A name: search by the badge number of the one officer of that name, or offer
+            # the choice when several officers (or none) answer to it.
+            matches = await self._officers.find(officer)
+            if len(matches) == 1:
+                params["officer"] = matches[0].officer_id
+                if not params.get("member"):
+                    params["member"] = matches[0].member
+            else:
+                return self.shell.render(
+                    page,
+                    "audit_search.html",
+                    title=page.t("audit.search.title"),
+                    form={k: str(v)[:MAX_TEXT] for k, v in params.items()},
+                    problem="",
+                    officer_name=officer,
+                    officer_matches=[
+                        (m, self._search_link(officer=m.officer_id, member=m.member))
+                        for m in matches
+                    ],
+                    rows=(),
+                    searched=True,
+                    older="",
+                    newest="",
+                    **self._search_values(page),
+                )
         try:
             form = SearchForm.parse(params)
         except InvalidArgument as exc:
@@ -330,6 +399,16 @@ class AuditorConsole:
             action_label=lambda a: action_label(page, a),
         )
 
+    def _reason(self, page: Page) -> str:
+        """The reason typed for a reveal or a full export; ``InvalidArgument`` naming ``reason``
+        unless it has ``MIN_REASON`` to ``MAX_REASON`` characters."""
+        reason = page.field("reason").strip()
+        if not MIN_REASON <= len(reason) <= MAX_REASON:
+            raise InvalidArgument.for_fields(
+                [FieldViolation("reason", page.t("entry.reason_required", low=MIN_REASON))]
+            )
+        return reason
+
     async def _reveal(self, request: Request, page: Page) -> Response:
         index = int(request.path_params["index"])
         key = page.field("field")
@@ -342,7 +421,10 @@ class AuditorConsole:
             raise InvalidArgument.for_fields(
                 [FieldViolation("field", f"entry {leg_text[:20]} has no masked field {key[:60]!r}")]
             )
-        reason = check_reveal_reason(page.field("reason"))
+        reason = self._reason(page)
+        # One identifier, one reveal: every place on the page that shows the same value opens
+        # with it, under one audited event (not one per field and leg).
+        same = sorted(view.same_value.get((leg, key), frozenset({(leg, key)})))
         session = page.session
         await self.shell.audit(
             "console_reveal",
@@ -350,10 +432,12 @@ class AuditorConsole:
             member=session.member_id,
             entry=str(leg),
             field=key,
-            request_id=view.request_id,
+            places=",".join(f"{i}:{k}" for i, k in same),
             reason=reason,
+            request_id=view.request_id,
         )
-        self._grants.add(session.sid, leg, key)
+        for i, k in same:
+            self._grants.add(session.sid, i, k)
         anchor = f"f-{leg}-{key.replace('.', '-')}"
         return RedirectResponse(f"/entries/{index}?notice=revealed#{anchor}", status_code=303)
 
@@ -362,11 +446,30 @@ class AuditorConsole:
         if not 0 <= index < self._log.size:
             raise NotFound(f"no entry {index}: the log has {self._log.size} entries")
         session = page.session
-        await self.shell.audit(
-            "console_export", actor=session.user_id, member=session.member_id, entry=str(index)
-        )
-        bundle = await export_evidence(self._log, index)
-        name = f"fedgate-evidence-{index}.json"
+        full = page.field("full") == "1"
+        if full:
+            reason = self._reason(page)
+            await self.shell.audit(
+                "console_export",
+                actor=session.user_id,
+                member=session.member_id,
+                entry=str(index),
+                reason=reason,
+            )
+            bundle = await export_evidence(self._log, index)
+            name = f"fedgate-evidence-{index}.json"
+        else:
+            await self.shell.audit(
+                "console_export_masked",
+                actor=session.user_id,
+                member=session.member_id,
+                entry=str(index),
+            )
+            view = await load_exchange(
+                self._log, self._insights, self._registry(), index, t=page.t, lang=page.lang
+            )
+            bundle = masked_bundle(self._log, view)
+            name = f"fedgate-evidence-{index}-masked.json"
         return Response(
             bundle,
             media_type="application/json",

@@ -22,8 +22,8 @@ that could be revealed, so a reveal request can be checked against it.
 from __future__ import annotations
 
 import binascii
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
 
@@ -136,6 +136,9 @@ class ExchangeView:
     checkpoint_check: Check
     witnesses: tuple[str, ...]
     revealable: frozenset[tuple[int, str]]
+    same_value: Mapping[tuple[int, str], frozenset[tuple[int, str]]] = field(default_factory=dict)
+    """For each revealable place, every place on the page showing the same value (itself
+    included): one reveal opens them all."""
 
 
 class _Builder:
@@ -146,6 +149,13 @@ class _Builder:
         self.lang = lang
         self.revealed = frozenset(revealed)
         self.revealable: set[tuple[int, str]] = set()
+        self.values: dict[tuple[int, str], str] = {}
+
+    def same_value(self) -> dict[tuple[int, str], frozenset[tuple[int, str]]]:
+        by_value: dict[str, set[tuple[int, str]]] = {}
+        for place, value in self.values.items():
+            by_value.setdefault(value, set()).add(place)
+        return {place: frozenset(by_value[value]) for place, value in self.values.items()}
 
     def items(self, index: int, section: str, message: Message) -> tuple[Shown | ShownTable, ...]:
         """``message`` described twice, masked and in the clear; a value whose two texts differ
@@ -165,6 +175,7 @@ class _Builder:
                 show = sensitive and (index, key) in self.revealed
                 if sensitive:
                     self.revealable.add((index, key))
+                    self.values[(index, key)] = repr(c.rows)
                 out.append(
                     ShownTable(
                         m.label,
@@ -190,6 +201,7 @@ class _Builder:
         if not sensitive:
             return Shown(label, clear, mono=mono)
         self.revealable.add((index, key))
+        self.values[(index, key)] = clear
         show = (index, key) in self.revealed
         return Shown(label, clear if show else masked, key, not show, show, True)
 
@@ -461,4 +473,5 @@ async def load_exchange(
         checkpoint_check=cp_check,
         witnesses=witnesses,
         revealable=frozenset(b.revealable),
+        same_value=b.same_value(),
     )

@@ -151,6 +151,18 @@ class ResultRow:
     subjects: str
     outcome: str
     reason: str
+    details: tuple[tuple[str, str], ...] = ()
+    """An event's details as ``(key, value)`` pairs (the log keeps ``k=v; k=v``)."""
+
+
+def event_details(text: str) -> tuple[tuple[str, str], ...]:
+    """``request_id=…; action=…`` as pairs, in their order; pieces without ``=`` are dropped."""
+    pairs = []
+    for piece in text.split("; "):
+        key, sep, value = piece.partition("=")
+        if sep and key:
+            pairs.append((key.strip(), value.strip()))
+    return tuple(pairs)
 
 
 def result_row(hit: IndexedRow) -> ResultRow:
@@ -170,4 +182,5 @@ def result_row(hit: IndexedRow) -> ResultRow:
         subjects="，".join(mask_identifier(s) for s in c[10]),
         outcome=c[8],
         reason=reason,
+        details=event_details(c[9]) if kind == "event" else (),
     )

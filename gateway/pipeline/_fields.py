@@ -199,7 +199,10 @@ class Fields:
         if not currency_valid(money.currency):
             self.bad(f"{path}.currency", "must be an ISO 4217 code such as CNY")
         if not amount_valid(money.minor_units):
-            self.bad(f"{path}.minor_units", "must be positive and at most 10^13 minor units")
+            self.bad(
+                f"{path}.minor_units",
+                "must be more than 0 and at most 100,000,000,000.00 yuan (10^13 fen)",
+            )
 
     def window(self, path: str, parent: Message, field: str) -> None:
         if not parent.HasField(field):

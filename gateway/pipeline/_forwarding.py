@@ -17,6 +17,7 @@ from fedgate.actions import ORDER_ACTIONS
 from fedgate.audit_entry import ResponseLeg
 from fedgate.envelope import Signer, countersign, decode_request
 from fedgate.errors import AgencyFault, AgencyUnavailable
+from fedgate.render import format_time
 from fedgate.trust import TrustHolder
 from fedgate.types import MemberId
 from fedgate.v1 import agency_service_pb2, envelope_pb2, gateway_service_pb2, request_pb2
@@ -127,7 +128,7 @@ class Forwarder:
                 status="pending",
                 response_hash=b"",
                 responder_signature=b"",
-                detail=f"queued for staff; due {pending.deadline.isoformat(timespec='seconds')}",
+                detail=f"queued for staff; due {format_time(pending.deadline)}",
             )
             await self._legs.append(leg, "response")
         ticket = self._tickets.open(pending)
@@ -185,8 +186,17 @@ class Forwarder:
                 action=pending.action,
                 status=response.status,
                 now=received_at,
+                repeat_of=_repeat_of(response),
             )
         return signed, status
+
+
+def _repeat_of(response: request_pb2.Response) -> str:
+    """The order in force an answer says this order repeated (nothing executed), else ''."""
+    result = response.WhichOneof("result")
+    if result in ("stop_payment", "freeze"):
+        return str(getattr(response, result).repeat_of)
+    return ""
 
 
 def _queued_deadline(

@@ -76,6 +76,7 @@ from gateway.pipeline._exchange import Exchange, stage
 from gateway.pipeline._fanout import run_fan_out
 from gateway.pipeline._forwarding import Forwarder
 from gateway.pipeline._officers import check_officers
+from gateway.pipeline._outcome import stored_outcome
 from gateway.pipeline._reconcile import Reconciler
 from gateway.pipeline._reports import Reports
 from gateway.pipeline._risklist import RiskListChanges
@@ -127,6 +128,7 @@ class Pipeline:
         risklist: RiskListLog | None = None,
     ) -> None:
         self._trust = trust
+        self._signer = signer
         self._decider = decider
         self._replay = replay
         self._audit = audit
@@ -202,6 +204,15 @@ class Pipeline:
     def registry(self) -> Registry:
         """The registry in force now (from the process's one ``TrustHolder``)."""
         return self._trust.registry
+
+    async def stored_outcome(
+        self, request_id: str, *, caller: MemberId
+    ) -> gateway_service_pb2.GetOutcomeResponse:
+        """What became of ``caller``'s request ``request_id``, from the audit log (``GetOutcome``);
+        raises ``NotFound`` for an id the caller did not send."""
+        return await stored_outcome(
+            audit=self._audit, signer=self._signer, request_id=request_id, caller=caller
+        )
 
     # -- the Submit path ------------------------------------------------------------------
 

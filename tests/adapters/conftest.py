@@ -4,6 +4,7 @@ loopback mTLS, and a ``Kit`` that plays the police (signing) and the gateway (ca
 from __future__ import annotations
 
 import shutil
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -174,6 +175,9 @@ class Kit:
         order.amount.currency = hop.currency
         order.amount.minor_units = hop.amount_minor
         order.transfer_time.FromDatetime(hop.ts)
+        # Each call is a new order on its own notice; a repeat of one (same account, case and
+        # document) would be answered with the order in force instead of executing again.
+        request.legal_document.number += f"-{uuid.uuid4().hex[:8]}"
         for name, value in changes.items():
             setattr(order, name, value)
         return request

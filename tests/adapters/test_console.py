@@ -36,6 +36,9 @@ class FakeQueue:
 
     member_id = MemberId("bank.icbc")
 
+    def member_name(self, member_id: str, lang: str) -> str:
+        return f"name of {member_id}"
+
     def __init__(self) -> None:
         self.cases: dict[str, QueueCase] = {}
         self.answers: dict[str, request_pb2.Response] = {}

@@ -220,3 +220,105 @@ class TestStaffConsoleInTheBrowser:
         assert glyphs["wen"]["url"] != glyphs["tofu"]["url"]
         assert glyphs["zhong"]["inked"] > 100
         assert glyphs["wen"]["inked"] > 100
+
+
+class TestStaffAnswerByHand:
+    async def test_wide_tables_rows_by_hand_and_history(
+        self, chromium: Any, bank_node: Any, kit: Any
+    ) -> None:
+        icbc = await bank_node("bank.icbc", manual={"transactions"})
+        add_staff(Path(icbc.config.state_dir), "bank.icbc", "icbc.zhang")
+        web = await start_staff_console(icbc, poll_seconds=0.3)
+        _, hop = kit.hop_into("bank.icbc")
+        request = kit.request("transactions", account_number=hop.to_account)
+        envelope = kit.sign(request)
+        link = kit.link(icbc)
+        assert (await link.handle(envelope)).HasField("queued")
+        rid = request.request_id
+        page = await chromium.run(new_page, chromium.browser)
+        url = web.url
+        try:
+
+            def claim_and_measure() -> dict[str, Any]:
+                login(page, url, "icbc.zhang")
+                page.wait_for_selector(f"#claim-{rid}", timeout=10_000)
+                page.click(f"#claim-{rid}")
+                page.wait_for_url(f"{url}/items/{rid}?notice=claimed")
+                chromium.shot(page, "staff-item-transactions-1366.png")
+                return dict(
+                    page.evaluate(
+                        """() => {
+                          const table = document.querySelector('section.answer table.data');
+                          const wrap = table.closest('.table-wrap');
+                          const cells = [...table.querySelectorAll('td, th')];
+                          const lineHeight = parseFloat(getComputedStyle(table).lineHeight) ||
+                            1.55 * parseFloat(getComputedStyle(table).fontSize);
+                          const tall = cells.filter(c => !c.matches(':last-child')).filter(
+                            c => c.getBoundingClientRect().height > 2.2 * lineHeight
+                          ).map(c => c.textContent.trim());
+                          return {
+                            columns: table.querySelectorAll('thead th').length,
+                            rows: table.querySelectorAll('tbody tr').length,
+                            tableWidth: table.scrollWidth, wrapWidth: wrap.clientWidth,
+                            tall: tall,
+                          };
+                        }"""
+                    )
+                )
+
+            measured = await chromium.run(claim_and_measure)
+            assert measured["columns"] >= 9
+            assert measured["rows"] >= 1
+            assert measured["tableWidth"] <= measured["wrapWidth"] + 1, measured  # no column hidden
+            assert measured["tall"] == [], measured  # nothing wrapped a character per line
+
+            backend_rows = measured["rows"]
+            added = backend_rows + 1  # the first blank row, 1-based as shown
+            i = backend_rows  # its 0-based input index
+
+            def add_a_row_without_direction() -> str:
+                page.click("summary:has-text('人工填写答复')")
+                page.fill(f"#f-r-transactions-{i}-transaction_id", "HAND-0001")
+                page.fill(f"#f-r-transactions-{i}-time", "2026-11-20T10:15")
+                page.fill(f"#f-r-transactions-{i}-amount", "123.45")
+                page.fill(f"#f-r-transactions-{i}-counterparty_account", "6222020000000000013")
+                page.fill(f"#f-r-transactions-{i}-counterparty_name", "李四")
+                page.click("#send-manual")
+                page.wait_for_selector("#problem")
+                chromium.shot(page, "staff-manual-row-refused.png")
+                return str(page.inner_text("#problem"))
+
+            problem = await chromium.run(add_a_row_without_direction)
+            assert f"transactions[{added}].direction" in problem
+
+            def fix_and_send() -> None:
+                # what was typed is still there; choose the direction and send
+                assert page.input_value(f"#f-r-transactions-{i}-amount") == "123.45"
+                page.select_option(f"#f-r-transactions-{i}-direction", "out")
+                page.click("#send-manual")
+                page.wait_for_url(f"{url}/?notice=answered")
+
+            await chromium.run(fix_and_send)
+            result = await link.get_result(rid)
+            response = kit.verify_signed(envelope, result.response)
+            assert response.status == request_pb2.RESPONSE_STATUS_OK
+            rows = response.transactions.transactions
+            assert len(rows) == backend_rows + 1
+            mine = rows[-1]
+            assert (mine.transaction_id, mine.direction) == ("HAND-0001", "out")
+            assert (mine.amount.currency, mine.amount.minor_units) == ("CNY", 12345)
+            assert mine.counterparty_name == "李四"
+
+            def open_from_history() -> str:
+                page.goto(f"{url}/history")
+                page.click(f"#open-{rid}")
+                page.wait_for_url(f"{url}/items/{rid}")
+                chromium.shot(page, "staff-history-opened.png")
+                return str(page.inner_text("main"))
+
+            opened = await chromium.run(open_from_history)
+            assert request.case.case_number in opened
+            assert "广东省公安厅反诈中心（police.gd.afc）" in opened  # the member by its name
+        finally:
+            await chromium.run(lambda: page.context.close())
+            await web.stop()

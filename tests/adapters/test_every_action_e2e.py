@@ -44,7 +44,7 @@ from fedgate.testing import (
     second_officer,
 )
 from fedgate.types import MemberId
-from fedgate.v1 import bank_pb2, carrier_pb2, common_pb2, request_pb2
+from fedgate.v1 import bank_pb2, carrier_pb2, common_pb2, gateway_service_pb2, request_pb2
 from gateway.config import (
     FederationConfig,
     GatewayConfig,
@@ -933,7 +933,7 @@ class TestRefusals:
         )
         error, leg = await e2e.refused(freeze)
         assert isinstance(error, RuleViolated)
-        assert leg.rule.startswith("RULE_VIOLATED: RULE freeze.requires_case_filing_decision: ")
+        assert leg.rule.startswith("RULE_VIOLATED: RULE legal_document.accepted_kind: ")
 
     async def test_call_records_without_a_second_officer(self, e2e: E2E) -> None:
         chain = e2e.world.chains[0]
@@ -970,3 +970,74 @@ class TestRefusals:
         # A refused order counts for nothing: the right order is the account's first stop.
         right = (await e2e.ok(e2e.stop_payment(hop))).stop_payment
         assert (right.in_force, right.stop_count) == (True, 1)
+
+
+class TestDailyUse:
+    """Rules a clerk could break, and reading an outcome again, through the real gateway."""
+
+    def _freeze(self, e2e: E2E, hop: Hop) -> request_pb2.Request:
+        now = now_s()
+        return e2e.request(
+            "freeze",
+            bank_pb2.FreezeOrder(
+                account_number=hop.to_account,
+                account_name=hop.to_name,
+                method=bank_pb2.FREEZE_METHOD_FIXED_AMOUNT,
+                amount=common_pb2.Money(currency="CNY", minor_units=100),
+                start=stamp(now),
+                end=stamp(now + timedelta(days=30)),
+                duty_phone=DUTY_PHONE,
+            ),
+            target=hop.to_bank,
+        )
+
+    async def test_a_repeated_freeze_is_answered_with_the_freeze_in_force(self, e2e: E2E) -> None:
+        hop = e2e.take_hop()
+        first = self._freeze(e2e, hop)
+        frozen = (await e2e.ok(first)).freeze
+        repeat = self._freeze(e2e, hop)
+        repeat.case.CopyFrom(first.case)
+        repeat.legal_document.CopyFrom(first.legal_document)
+        again = (await e2e.ok(repeat)).freeze
+        assert again.repeat_of == first.request_id
+        assert again.available_balance == frozen.available_balance  # nothing frozen twice
+        assert again.amount_frozen == frozen.amount_frozen
+
+    async def test_a_stop_payment_on_a_query_notice_never_reaches_the_bank(self, e2e: E2E) -> None:
+        hop = e2e.take_hop()
+        stop = e2e.stop_payment(hop)
+        stop.legal_document.kind = common_pb2.LEGAL_DOCUMENT_KIND_QUERY_NOTICE
+        error, _ = await e2e.refused(stop)
+        assert isinstance(error, RuleViolated)
+        assert "紧急止付通知书 (stop_payment_notice)" in error.message
+        assert not e2e.bank(hop.to_bank).core.account_holder(hop.to_account).stopped
+
+    async def test_the_stored_outcome_of_an_answer_verifies_like_the_answer(self, e2e: E2E) -> None:
+        hop = e2e.world.chains[0].hops[0]  # a query changes nothing: no need to take the hop
+        request = e2e.request(
+            "account_holder",
+            bank_pb2.AccountHolderQuery(account_number=hop.to_account),
+            target=hop.to_bank,
+        )
+        live = await e2e.police.ask(request)
+        reply, stored = await e2e.police.get_outcome(request.request_id)
+        assert reply.state == gateway_service_pb2.OUTCOME_STATE_ANSWERED
+        assert stored is not None
+        assert stored.response == live.response
+        assert stored.signed.countersignature == live.signed.countersignature
+        assert stored.receipt.leaf_index == live.receipt.leaf_index
+        # another member cannot read it, and learns nothing more than for an unknown id
+        with pytest.raises(NotFound):
+            await e2e.pboc.get_outcome(request.request_id)
+        with pytest.raises(NotFound):
+            await e2e.police.get_outcome(new_request_id())
+
+    async def test_the_stored_outcome_of_a_refusal_says_why(self, e2e: E2E) -> None:
+        hop = e2e.take_hop()
+        stop = e2e.stop_payment(hop)
+        stop.legal_document.kind = common_pb2.LEGAL_DOCUMENT_KIND_QUERY_NOTICE
+        await e2e.refused(stop)
+        reply, answer = await e2e.police.get_outcome(stop.request_id)
+        assert answer is None
+        assert reply.state == gateway_service_pb2.OUTCOME_STATE_REFUSED
+        assert "legal_document.accepted_kind" in reply.refusal

@@ -24,7 +24,7 @@ from fedgate.envelope import Domain, sign_envelope
 from fedgate.errors import AgencyUnavailable
 from fedgate.pki import revoke_member
 from fedgate.types import MemberId
-from fedgate.v1 import request_pb2
+from fedgate.v1 import common_pb2, request_pb2
 
 OK = request_pb2.RESPONSE_STATUS_OK
 
@@ -142,6 +142,40 @@ class TestIdempotency:
         again = await link.handle(kit.sign(kit.stop_request(hop)))
         assert kit.verify(envelope, first).status == OK
         assert request_pb2.Response.FromString(again.response.body).stop_payment.stop_count == 2
+
+    @pytest.mark.parametrize("action", ["stop_payment", "freeze"])
+    async def test_an_order_repeating_one_in_force_is_answered_with_it(
+        self, kit: Any, bank_node: Any, action: str
+    ) -> None:
+        """Same account, same case, same document: the order in force, not a second one."""
+        _, hop = kit.hop_into("bank.icbc")
+        node = await bank_node("bank.icbc")
+
+        def order() -> request_pb2.Request:
+            if action == "stop_payment":
+                return kit.stop_request(hop)
+            r = kit.request("freeze", account_number=hop.to_account)
+            r.freeze.account_name = hop.to_name
+            r.freeze.amount.minor_units = 100
+            return r
+
+        first_request = order()
+        first = await kit.ask(node, first_request)
+        again = order()
+        again.legal_document.number = first_request.legal_document.number
+        repeat = await kit.ask(node, again)
+        result = getattr(first, action)
+        repeated = getattr(repeat, action)
+        assert first.status == repeat.status == OK
+        assert result.repeat_of == ""
+        assert repeated.repeat_of == first_request.request_id
+        assert repeated.end == result.end
+        if action == "stop_payment":
+            assert repeated.stop_count == 1
+        else:
+            assert repeated.amount_frozen == result.amount_frozen
+            assert repeated.available_balance == result.available_balance
+            assert len(repeated.prior_freezes) == 0  # nothing was frozen a second time
 
     async def test_concurrent_deliveries_execute_once(self, kit: Any, bank_node: Any) -> None:
         _, hop = kit.hop_into("bank.icbc")
@@ -323,3 +357,22 @@ class TestUnexpectedErrors:
             assert leaked not in details
         logged = [r for r in caplog.records if match.group(1) in r.getMessage()]
         assert logged, "the error is logged with the same trace id"
+
+
+class TestDocumentKind:
+    async def test_an_order_on_the_wrong_document_is_refused_and_not_executed(
+        self, kit: Any, bank_node: Any
+    ) -> None:
+        _, hop = kit.hop_into("bank.icbc")
+        node = await bank_node("bank.icbc")
+        wrong = kit.stop_request(hop)
+        wrong.legal_document.kind = common_pb2.LEGAL_DOCUMENT_KIND_QUERY_NOTICE
+        answer = await kit.ask(node, wrong)
+        assert answer.status == request_pb2.RESPONSE_STATUS_REFUSED
+        assert answer.detail == (
+            "RULE legal_document.accepted_kind: stop_payment must cite 紧急止付通知书 "
+            "(stop_payment_notice), not 协助查询财产通知书 (query_notice)"
+        )
+        # nothing was stopped: the right order is the account's first stop-payment
+        right = await kit.ask(node, kit.stop_request(hop))
+        assert right.stop_payment.stop_count == 1

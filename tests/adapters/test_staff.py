@@ -312,3 +312,31 @@ class TestStaffCommand:
         )
         assert code == 1
         assert "--result-json" in capsys.readouterr().err
+
+
+class TestStaffCommandSettings:
+    async def test_the_federation_comes_from_fedgate_federation(
+        self,
+        kit: Any,
+        bank_node: Any,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        node = await bank_node("bank.icbc", manual={"account_holder"})
+        request, _ = await queued(kit, node)
+        monkeypatch.setenv("FEDGATE_FEDERATION", str(kit.fed_dir))
+        common = ["--member", "bank.icbc", "--staff", "icbc.zhang", "--endpoint", node.endpoint]
+        assert await _run(["staff", "queue", *common]) == 0
+        out = capsys.readouterr().out
+        assert request.request_id in out
+        assert "+08:00" in out  # deadlines in China time
+
+    async def test_a_missing_federation_names_the_setting(
+        self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+    ) -> None:
+        monkeypatch.setenv("FEDGATE_FEDERATION", str(tmp_path / "nowhere"))
+        code = await _run(["staff", "queue", "--member", "bank.icbc", "--staff", "icbc.zhang"])
+        assert code == 2
+        err = capsys.readouterr().err
+        assert "FEDGATE_FEDERATION" in err
+        assert str(tmp_path / "nowhere") in err

@@ -8,7 +8,27 @@ from pathlib import Path
 
 import pytest
 
-from adapters.up import console_port, demo_password, prepare_state
+from adapters.up import _port_in_use, check_ports, console_port, demo_password, prepare_state
+from fedgate.errors import FedgateError
+from fedgate.federation import DEFAULT_MEMBERS
+from fedgate.registry import Registry
+from fedgate.types import MemberId
+
+
+def _free_base() -> int:
+    """A base port with the twelve ports above it and their consoles free, below 32768."""
+    import random
+
+    rng = random.SystemRandom()
+    for _ in range(200):
+        base = rng.randrange(22000, 30000)
+        addresses = [f"127.0.0.1:{base + i}" for i in range(len(DEFAULT_MEMBERS))]
+        try:
+            check_ports(addresses + [f"127.0.0.1:{base + 1000 + i}" for i in range(12)])
+        except FedgateError:
+            continue
+        return base
+    raise RuntimeError("no free base port")
 
 
 def _leftovers(marker: str) -> list[str]:
@@ -44,7 +64,49 @@ class TestPrepareState:
         )
 
     def test_console_ports(self) -> None:
-        assert console_port("127.0.0.1:50054") == 51054
+        assert console_port("127.0.0.1:20054") == 21054
+
+    def test_default_ports_are_outside_the_ephemeral_range(self) -> None:
+        for member in DEFAULT_MEMBERS:
+            assert 1024 <= member.port < 32768
+            assert console_port(member.endpoint) < 32768
+
+    def test_base_port_places_every_member(self, tmp_path: Path) -> None:
+        base = _free_base()
+        federation = prepare_state(tmp_path / "state", progress=lambda _: None, base_port=base)
+        registry = Registry.load_dir(federation.federation_dir)
+        ports = sorted(int(m.endpoint.rsplit(":", 1)[1]) for m in registry.members())
+        assert ports == list(range(base, base + len(DEFAULT_MEMBERS)))
+        assert registry.member(MemberId("gateway")).endpoint == f"127.0.0.1:{base}"
+        with pytest.raises(FedgateError, match=f"created with base port {base}"):
+            prepare_state(tmp_path / "state", progress=lambda _: None, base_port=base + 100)
+
+    def test_a_taken_port_is_refused_before_keys_or_data_exist(self, tmp_path: Path) -> None:
+        import socket
+
+        base = _free_base()
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.1", base + 3))
+            holder.listen(1)
+            with pytest.raises(FedgateError, match=f"127.0.0.1:{base + 3}"):
+                prepare_state(tmp_path / "state", progress=lambda _: None, base_port=base)
+        assert not (tmp_path / "state" / "federation").exists()
+        assert not (tmp_path / "state" / "world").exists()
+
+    def test_a_port_in_time_wait_is_free_for_a_server(self) -> None:
+        """Ctrl-C then `make run` again: the old connections linger in TIME_WAIT."""
+        import socket
+
+        base = _free_base()
+        with socket.socket() as server:
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            server.bind(("127.0.0.1", base))
+            server.listen(1)
+            client = socket.create_connection(("127.0.0.1", base))
+            accepted, _ = server.accept()
+            accepted.close()  # the server side closes first: its end waits in TIME_WAIT
+            client.close()
+        assert not _port_in_use(f"127.0.0.1:{base}")
 
 
 @pytest.mark.slow

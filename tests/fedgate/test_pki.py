@@ -53,8 +53,8 @@ class TestDefaultMembers:
     def test_ids_ports_and_endpoints(self) -> None:
         ids = [m.id for m in DEFAULT_MEMBERS]
         assert len(ids) == len(set(ids)) == 14
-        assert [m.port for m in DEFAULT_MEMBERS] == list(range(50051, 50065))
-        assert _spec("gateway").endpoint == "127.0.0.1:50051"
+        assert [m.port for m in DEFAULT_MEMBERS] == list(range(20051, 20065))
+        assert _spec("gateway").endpoint == "127.0.0.1:20051"
         assert _spec("pboc.gz").roles == ("central_bank_analyst", "witness")
         assert _spec("audit.office").kind is MemberKind.AUDITOR
         assert _spec("regulator.gdca").kind is MemberKind.TELECOM_REGULATOR
@@ -225,7 +225,7 @@ class TestIssueMember:
             issue_member(mutable_federation, carrier)
 
     def test_refuses_taken_port(self, mutable_federation: Path) -> None:
-        taken = MemberSpec(BOC.id, BOC.name_zh, BOC.name_en, BOC.kind, BOC.roles, 50051)
+        taken = MemberSpec(BOC.id, BOC.name_zh, BOC.name_en, BOC.kind, BOC.roles, 20051)
         with pytest.raises(InvalidArgument, match=r"already used by gateway"):
             issue_member(mutable_federation, taken)
 
@@ -290,7 +290,7 @@ class TestPkiCommand:
         assert _run(["pki", "issue", "--dir", d, "--member", "bank.boc", "--kind", "bank",
                      "--name-zh", "中国银行", "--name-en", "Bank of China"]) == 0  # fmt: skip
         out = capsys.readouterr().out
-        assert "issued bank.boc (bank) at 127.0.0.1:50065" in out
+        assert "issued bank.boc (bank) at 127.0.0.1:20065" in out
         boc = Registry.load_dir(Path(d)).member(MemberId("bank.boc"))
         assert boc.roles == ("bank_staff",)
 

@@ -86,8 +86,8 @@ class TestRegistryLoad:
         assert afc.name_zh == "广东省公安厅反诈中心"
         assert afc.kind is MemberKind.POLICE
         assert "centre_supervisor" in afc.roles
-        assert afc.endpoint == "127.0.0.1:50052"
-        assert federation_registry.member(MemberId("gateway")).endpoint == "127.0.0.1:50051"
+        assert afc.endpoint == "127.0.0.1:20052"
+        assert federation_registry.member(MemberId("gateway")).endpoint == "127.0.0.1:20051"
         assert len(afc.signing_keys) == 1
 
     def test_payload_round_trips(self, federation_registry: Registry) -> None:

@@ -29,7 +29,7 @@ class TestGatewayConfig:
         assert config.federation.dir == tmp_path / "fed"
         assert config.pipeline.clock_skew_s == 300.0
         assert config.audit_path == tmp_path / "state" / "audit.sqlite"
-        assert config.server.listen == "127.0.0.1:50051"
+        assert config.server.listen == "127.0.0.1:20051"
         assert config.audit.keep_response_bodies is True
         assert config.audit.witnesses == ()
         assert config.pipeline.replay_synchronous == "normal"

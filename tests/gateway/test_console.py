@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import re
 import shutil
 from collections.abc import AsyncIterator
@@ -20,12 +21,13 @@ import pytest
 from fedgate.audit_entry import EventEntry, RequestLeg, ResponseLeg, decode_entry
 from fedgate.checkpoint import Checkpoint, sign_checkpoint
 from fedgate.envelope import Domain, Signer, sign_envelope
-from fedgate.evidence import verify_bundle
+from fedgate.evidence import log_verifiers, verify_bundle
 from fedgate.keys import load_private_key
 from fedgate.note import NoteSigner
 from fedgate.pki import FederationLayout, init_federation, revoke_member
 from fedgate.registry import Registry
 from fedgate.testing import card_number, officer, valid_request
+from fedgate.tlogproof import parse_tlog_proof, verify_tlog_proof_hash
 from fedgate.types import MemberId
 from fedgate.v1 import request_pb2
 from fedgate.web.auth import Role, ScryptParams, UserStore
@@ -331,6 +333,43 @@ class TestWhoMayLogIn:
 
 
 class TestSearch:
+    async def test_the_officer_filter_finds_officers_by_name(self, auditor: Bench) -> None:
+        first, _, request = await auditor.exchange(officer_serial=7, status=None)
+        other, _, _ = await auditor.exchange(officer_serial=27, status=None)  # same surname
+        name = request.officer.name
+        page = await auditor.client.get("/", params={"officer": name})
+        found = {int(i) for i in re.findall(r'id="entry-(\d+)"', page.text)}
+        assert first in found
+        assert other not in found
+        surname = await auditor.client.get("/", params={"officer": name[0]})
+        assert 'id="officer-matches"' in surname.text  # a surname may name several officers
+        none = await auditor.client.get("/", params={"officer": "欧阳无名"})
+        assert "没有名为“欧阳无名”的民警" in none.text
+
+    async def test_the_action_filter_is_grouped_and_sorted(self, auditor: Bench) -> None:
+        page = await auditor.client.get("/")
+        select = page.text.split('id="s-action"', 1)[1].split("</select>", 1)[0]
+        groups = re.findall(r'<optgroup label="([^"]+)">(.*?)</optgroup>', select, re.S)
+        assert [g for g, _ in groups] == ["查询", "指令", "单位报告", "控制台事件"]
+        for _, options in groups:
+            labels = re.findall(r">([^<]+)</option>", options)
+            assert labels == sorted(labels)
+        assert 'value="stop_payment"' in groups[1][1]
+        assert 'value="account_holder"' in groups[0][1]
+
+    async def test_event_rows_read_as_sentences(self, auditor: Bench) -> None:
+        target, _, _ = await auditor.exchange(status=None)
+        token = form_token((await auditor.client.get(f"/entries/{target}")).text)
+        await auditor.client.post(
+            f"/entries/{target}/reveal",
+            data={"csrf": token, "leg": str(target), "field": "action.account_number",
+                  "reason": "核查冻结依据"},
+        )  # fmt: skip
+        page = await auditor.client.get("/?kind=event")
+        assert "理由 核查冻结依据" in page.text
+        assert "request_id=" not in page.text
+        assert "字段 账号" in page.text
+
     async def test_an_empty_log_says_so(self, auditor: Bench) -> None:
         page = await auditor.client.get("/?kind=request")
         assert "没有符合条件的记录" in page.text
@@ -445,11 +484,7 @@ class TestEntry:
         page = await auditor.client.get(f"/entries/{target}")
         field_id = f"reveal-{target}-action-account_number"
         assert field_id in page.text
-        field = {
-            "leg": str(target),
-            "field": "action.account_number",
-            "reason": "case A4401 needs the account",
-        }
+        field = {"leg": str(target), "field": "action.account_number", "reason": "核查冻结依据"}
         response = await auditor.client.post(
             f"/entries/{target}/reveal", data={"csrf": form_token(page.text), **field}
         )
@@ -460,14 +495,16 @@ class TestEntry:
         assert (event.actor, event.member) == ("audit.wang", "audit.office")
         assert detail["entry"] == str(target)
         assert detail["field"] == "action.account_number"
-        assert detail["reason"] == "case A4401 needs the account"
+        assert detail["reason"] == "核查冻结依据"
         assert account not in repr(event)
         shown = await auditor.client.get(f"/entries/{target}?notice=revealed")
         assert account in shown.text
         assert "已显示该字段" in shown.text
-        # The response leg's copy of the number is a separate field: still masked.
+        # One reveal per identifier: the response leg's copy of the number opened with it,
+        # under the same single event.
         leg = shown.text.split(f'id="leg-{answer}"', 1)[1]
-        assert account not in leg
+        assert account in leg
+        assert f"{answer}:" in detail["places"]
         # Another session of the same auditor sees it masked.
         other = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=auditor.console.app), base_url=BASE
@@ -492,7 +529,7 @@ class TestEntry:
                 "csrf": token,
                 "leg": str(target),
                 "field": "action.account_number",
-                "reason": "checking the stop order",
+                "reason": "核查冻结依据",
             },
         )
         assert account in (await auditor.client.get(f"/entries/{target}")).text
@@ -522,7 +559,7 @@ class TestEntry:
         for leg, name in wrong:
             response = await auditor.client.post(
                 f"/entries/{target}/reveal",
-                data={"csrf": token, "leg": leg, "field": name, "reason": "a good reason here"},
+                data={"csrf": token, "leg": leg, "field": name, "reason": "核查冻结依据"},
             )
             assert response.status_code == 400
         assert await auditor.events("console_reveal") == []
@@ -552,22 +589,16 @@ class TestEntry:
         assert dict(event.detail)["field"] == "detail"
         assert written in (await auditor.client.get(f"/entries/{answer}")).text
 
-    @pytest.mark.parametrize("reason", ["", "   ", "why not"])
-    async def test_a_reveal_without_a_reason_is_refused_and_nothing_shown(
-        self, auditor: Bench, reason: str
-    ) -> None:
-        account = card_number("bank.icbc", 35)
+    @pytest.mark.parametrize("reason", ["", "   ", "看看"])
+    async def test_a_reveal_needs_a_reason(self, auditor: Bench, reason: str) -> None:
+        account = card_number("bank.icbc", 34)
         target, _, _ = await auditor.exchange(account=account, status=None)
         token = form_token((await auditor.client.get(f"/entries/{target}")).text)
         response = await auditor.client.post(
             f"/entries/{target}/reveal",
-            data={
-                "csrf": token,
-                "leg": str(target),
-                "field": "action.account_number",
-                "reason": reason,
-            },
-        )
+            data={"csrf": token, "leg": str(target), "field": "action.account_number",
+                  "reason": reason},
+        )  # fmt: skip
         assert response.status_code == 400
         assert "reason" in response.text
         assert await auditor.events("console_reveal") == []
@@ -641,7 +672,8 @@ class TestEvidence:
                 break
             await asyncio.sleep(0.01)
         token = form_token((await auditor.client.get(f"/entries/{target}")).text)
-        response = await auditor.client.post(f"/entries/{target}/evidence", data={"csrf": token})
+        full = {"csrf": token, "full": "1", "reason": "移送检察院"}
+        response = await auditor.client.post(f"/entries/{target}/evidence", data=full)
         assert response.status_code == 200
         assert response.headers["content-disposition"] == (
             f'attachment; filename="fedgate-evidence-{target}.json"'
@@ -651,7 +683,41 @@ class TestEvidence:
         assert report.index == target
         assert {i for i, _ in report.entries} == {target, answer}
         (event,) = await auditor.events("console_export")
+        assert dict(event.detail) == {"entry": str(target), "reason": "移送检察院"}
+
+    async def test_the_default_download_is_masked_and_still_proves_inclusion(
+        self, auditor: Bench
+    ) -> None:
+        account = card_number("bank.icbc", 35)
+        target, answer, _ = await auditor.exchange(account=account)
+        token = form_token((await auditor.client.get(f"/entries/{target}")).text)
+        response = await auditor.client.post(f"/entries/{target}/evidence", data={"csrf": token})
+        assert response.status_code == 200
+        assert response.headers["content-disposition"] == (
+            f'attachment; filename="fedgate-evidence-{target}-masked.json"'
+        )
+        assert account not in response.text
+        assert mask_identifier(account) in response.text
+        doc = json.loads(response.content)
+        assert doc["format"] == "fedgate-evidence-masked/v1"
+        assert {leg["index"] for leg in doc["legs"]} == {target, answer}
+        registry = Registry.load_dir(auditor.fed)
+        for leg in doc["legs"]:
+            proof = parse_tlog_proof(leg["tlog_proof"])
+            verifiers = log_verifiers(registry, doc["origin"])
+            verify_tlog_proof_hash(proof, bytes.fromhex(leg["leaf_hash"]), verifiers[-1])
+        (event,) = await auditor.events("console_export_masked")
         assert dict(event.detail) == {"entry": str(target)}
+        assert await auditor.events("console_export") == []
+
+    async def test_the_full_bundle_needs_a_reason(self, auditor: Bench) -> None:
+        target, _, _ = await auditor.exchange()
+        token = form_token((await auditor.client.get(f"/entries/{target}")).text)
+        response = await auditor.client.post(
+            f"/entries/{target}/evidence", data={"csrf": token, "full": "1", "reason": ""}
+        )
+        assert response.status_code == 400
+        assert await auditor.events("console_export") == []
 
     async def test_the_export_needs_a_post_with_the_token(self, auditor: Bench) -> None:
         target, _, _ = await auditor.exchange()

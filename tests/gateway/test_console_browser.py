@@ -159,6 +159,7 @@ class TestAuditorConsoleInTheBrowser:
         await audit.cosigned_covering(audit.size, timeout_s=10.0)
         url = centre.url
         bundle_path = tmp_path / "bundle.json"
+        masked_path = tmp_path / "masked.json"
         page = await chromium.run(new_page, chromium.browser)
 
         def log_in_and_search() -> dict[str, str]:
@@ -194,17 +195,37 @@ class TestAuditorConsoleInTheBrowser:
             page.wait_for_url(f"{url}/entries/{request_leaf}")
             chromium.shot(page, "audit-entry.png")
             before = page.inner_text("main")
-            page.fill(
-                f"#reason-{request_leaf}-action-account_number", "case file review, stop order"
+            rid = f"{request_leaf}-action-account_number"
+            page.click(f"#reveal-{rid}")  # opens the reason form
+            page.click(f"#reveal-go-{rid}")  # no reason: the browser refuses to send
+            still = page.url
+            missing = page.evaluate(
+                f"() => document.querySelector('#reason-{rid}').validity.valueMissing"
             )
-            page.click(f"#reveal-{request_leaf}-action-account_number")
+            chromium.shot(page, "audit-entry-reveal-reason.png")
+            page.fill(f"#reason-{rid}", "核查止付依据")
+            page.click(f"#reveal-go-{rid}")
             page.wait_for_url(f"{url}/entries/{request_leaf}?notice=revealed*")
             chromium.shot(page, "audit-entry-revealed.png")
             revealed = page.inner_text(f"#leg-{request_leaf}")
+            answer_leg = page.inner_text(f"#leg-{response_leaf}")
             with page.expect_download() as download:
                 page.click("#download")
+            masked_name = download.value.suggested_filename
+            download.value.save_as(str(masked_path))
+            page.click("#full-evidence summary")
+            page.fill("#export-reason", "移送检察院")
+            with page.expect_download() as download:
+                page.click("#download-full")
             download.value.save_as(str(bundle_path))
-            return {"before": before, "revealed": revealed}
+            return {
+                "before": before,
+                "revealed": revealed,
+                "answer_leg": answer_leg,
+                "still": still,
+                "missing": str(missing),
+                "masked_name": masked_name,
+            }
 
         seen = await chromium.run(open_exchange)
         before = seen["before"]
@@ -215,7 +236,14 @@ class TestAuditorConsoleInTheBrowser:
         assert "最新检查点" in before
         assert "验证失败" not in before
         assert hop.to_account not in before
+        assert seen["still"] == f"{url}/entries/{request_leaf}"  # nothing sent without a reason
+        assert seen["missing"] == "True"
         assert hop.to_account in seen["revealed"]
+        assert hop.to_account in seen["answer_leg"]  # one reveal per identifier on the page
+        assert seen["masked_name"] == f"fedgate-evidence-{request_leaf}-masked.json"
+        masked = masked_path.read_text(encoding="utf-8")
+        assert hop.to_account not in masked
+        assert mask_identifier(hop.to_account) in masked
 
         verified = await asyncio.to_thread(
             subprocess.run,
@@ -257,9 +285,12 @@ class TestAuditorConsoleInTheBrowser:
         log = centre.gateway.audit
         events = [decode_entry(await log.get_entry(i)) for i in range(log.size)]
         kinds = [(e.kind, dict(e.detail)) for e in events if isinstance(e, EventEntry)]
-        reveal = next(d for k, d in kinds if k == "console_reveal")
-        assert reveal["entry"] == str(request_leaf)
-        assert reveal["field"] == "action.account_number"
+        reveals = [d for k, d in kinds if k == "console_reveal"]
+        assert len(reveals) == 1  # once, for both legs' copies of the number
+        assert reveals[0]["entry"] == str(request_leaf)
+        assert reveals[0]["field"] == "action.account_number"
+        assert reveals[0]["reason"] == "核查止付依据"
         assert hop.to_account not in repr(kinds)
-        assert ("console_export", {"entry": str(request_leaf)}) in kinds
+        assert ("console_export_masked", {"entry": str(request_leaf)}) in kinds
+        assert ("console_export", {"entry": str(request_leaf), "reason": "移送检察院"}) in kinds
         assert any(k == "console_login" for k, _ in kinds)

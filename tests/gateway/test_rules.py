@@ -8,6 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from fedgate.actions import (
+    ACCEPTED_DOCUMENTS,
+    ACTIONS,
+    CITING_ACTIONS,
+    REPORT_ACTIONS,
+    document_name,
+)
 from fedgate.errors import AuditUnavailable, RuleViolated
 from fedgate.testing import card_number, officer, supervisor_approval, valid_request
 from fedgate.v1 import common_pb2, request_pb2
@@ -192,7 +199,10 @@ class TestStopPaymentExtend:
         original = executed(rules, "stop_payment")
         later = NOW + 48 * HOUR
         r = request("stop_payment_extend", now=later, original_request_id=original.request_id)
-        assert "expired at 2026-03-16T09:26:53Z" in refused(rules, r, self.RULE, now=later).message
+        assert (
+            "expired at 2026-03-16 17:26:53+08:00"
+            in refused(rules, r, self.RULE, now=later).message
+        )
 
     def test_extend_a_released_stop(self, rules: BusinessRules) -> None:
         original = executed(rules, "stop_payment")
@@ -244,8 +254,38 @@ class TestStopPaymentExtend:
         refused(rules, r, "stop_payment.max_two_per_account", now=NOW + 2 * HOUR)
 
 
-class TestFreezeCaseFilingDecision:
-    RULE = "freeze.requires_case_filing_decision"
+class TestLegalDocumentKind:
+    RULE = "legal_document.accepted_kind"
+
+    @pytest.mark.parametrize("action", sorted(ACTIONS - CITING_ACTIONS))
+    def test_every_action_accepts_its_kinds_and_refuses_the_others(
+        self, rules: BusinessRules, action: str
+    ) -> None:
+        accepted = ACCEPTED_DOCUMENTS[action]
+        for kind in set(common_pb2.LegalDocumentKind.values()) - {0}:
+            r = request(action) if action not in REPORT_ACTIONS else valid_request(action, now=NOW)
+            r.legal_document.kind = kind  # type: ignore[assignment]
+            if kind in accepted:
+                allowed(rules, r)
+                continue
+            error = refused(rules, r, self.RULE)
+            for ok in accepted:
+                assert document_name(ok) in error.message
+
+    @pytest.mark.parametrize(
+        ("action", "named"),
+        [("stop_payment", "紧急止付通知书 (stop_payment_notice)"),
+         ("number_suspend", "技术反制通知 (countermeasure_order)")],
+    )  # fmt: skip
+    def test_an_order_on_a_query_notice_is_refused(
+        self, rules: BusinessRules, action: str, named: str
+    ) -> None:
+        r = request(action)
+        r.legal_document.kind = common_pb2.LEGAL_DOCUMENT_KIND_QUERY_NOTICE
+        error = refused(rules, r, self.RULE)
+        assert error.message.endswith(
+            f"{action} must cite {named}, not 协助查询财产通知书 (query_notice)"
+        )
 
     def test_freeze_with_a_case_filing_decision(self, rules: BusinessRules) -> None:
         allowed(rules, request("freeze"))
@@ -501,3 +541,50 @@ class TestStateAndFailures:
         r = request("stop_payment_release")
         rules.record_outcome(r, action="stop_payment_release", status=OK, now=NOW)
         assert r.original_request_id in caplog.text
+
+
+class TestRepeatedOrders:
+    """An order repeating one in force (same account, case, document) is not counted again."""
+
+    def test_a_repeated_stop_passes_the_limit_and_is_not_counted(
+        self, rules: BusinessRules
+    ) -> None:
+        executed(rules, "stop_payment")
+        second = executed(rules, "stop_payment", now=NOW + HOUR)
+        notice = second.legal_document.number
+        repeat = request("stop_payment", now=NOW + 2 * HOUR, document_number=notice)
+        allowed(rules, repeat, now=NOW + 2 * HOUR)
+        rules.record_outcome(
+            repeat,
+            action="stop_payment",
+            status=OK,
+            now=NOW + 2 * HOUR,
+            repeat_of=second.request_id,
+        )
+        # still two stops: a new notice is refused, the repeat passes again
+        fresh = request("stop_payment", now=NOW + 3 * HOUR)
+        refused(rules, fresh, "stop_payment.max_two_per_account", now=NOW + 3 * HOUR)
+        again = request("stop_payment", now=NOW + 3 * HOUR, document_number=notice)
+        allowed(rules, again, now=NOW + 3 * HOUR)
+
+    def test_a_repeat_of_a_released_stop_is_a_new_stop(self, rules: BusinessRules) -> None:
+        executed(rules, "stop_payment")
+        second = executed(rules, "stop_payment", now=NOW + HOUR)
+        executed(
+            rules, "stop_payment_release", now=NOW + 2 * HOUR, original_request_id=second.request_id
+        )
+        repeat = request(
+            "stop_payment", now=NOW + 3 * HOUR, document_number=second.legal_document.number
+        )
+        refused(rules, repeat, "stop_payment.max_two_per_account", now=NOW + 3 * HOUR)
+
+    def test_a_repeat_in_another_case_is_a_new_stop(self, rules: BusinessRules) -> None:
+        executed(rules, "stop_payment")
+        second = executed(rules, "stop_payment", now=NOW + HOUR)
+        other = request(
+            "stop_payment",
+            now=NOW + 2 * HOUR,
+            document_number=second.legal_document.number,
+            case="A44010000000020260300043",
+        )
+        refused(rules, other, "stop_payment.max_two_per_account", now=NOW + 2 * HOUR)

@@ -305,6 +305,7 @@ class TestFreeze:
         second_request = self._freeze(kit, hop, amount=50_00)
         second_request.freeze.method = bank_pb2.FREEZE_METHOD_RECEIVE_ONLY
         second_request.freeze.ClearField("amount")
+        second_request.legal_document.number += "-2"  # a second decision, not a repeat
         second = (await ask(kit, node, second_request)).freeze
         assert [p.amount.minor_units for p in second.prior_freezes] == [100_00]
         assert second.prior_freezes[0].agency == "police.gd.afc"

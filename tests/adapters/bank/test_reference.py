@@ -31,6 +31,8 @@ from fedgate.validate import luhn_check_digit
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 CASE = "A44010000000020261100001"
+OTHER_CASE = "A44010000000020261100002"
+HOUR = timedelta(hours=1)
 
 
 class Clock:
@@ -89,6 +91,8 @@ def _stop_order(hop: Hop, ref: str = "req-stop-1", **changes: Any) -> StopPaymen
         currency="CNY",
         transfer_time=hop.ts + timedelta(minutes=2),  # a victim's memory is not exact
         agency="police.gd.afc",
+        case_number=CASE,
+        case_document=f"穗公天止字〔2026〕{ref}号",  # one notice per order unless a test says so
     )
     return replace(order, **changes)
 
@@ -104,7 +108,7 @@ def _freeze_order(hop: Hop, ref: str = "req-freeze-1", **changes: Any) -> Freeze
         end=NOW + timedelta(days=90),
         agency="police.gd.gz.tianhe",
         case_number=CASE,
-        case_document="穗公天立字〔2026〕01234号",
+        case_document=f"穗公天立字〔2026〕{ref}号",  # one decision per order unless a test says so
         duty_phone="020-83118110",
     )
     return replace(order, **changes)
@@ -473,6 +477,57 @@ class TestStopPayment:
         assert results.count(True) == 2
 
 
+class TestRepeatedOrders:
+    """Same account, case and document as an order in force: answered with it, not executed."""
+
+    def test_a_repeated_stop_payment_reports_the_stop_in_force(
+        self, world: World, open_bank: Callable[[str], ReferenceBank]
+    ) -> None:
+        hop = _first_hop(world)
+        bank = open_bank(hop.to_bank)
+        first = bank.stop_payment(_stop_order(hop, "s1"), now=NOW)
+        notice = _stop_order(hop, "s1").case_document
+        again = bank.stop_payment(_stop_order(hop, "s2", case_document=notice), now=NOW + HOUR)
+        assert again.repeat_of == "s1"
+        assert (again.end, again.executions_on_account) == (first.end, 1)
+        # a third order on the same notice is still a repeat: the account is not stopped twice
+        third = bank.stop_payment(_stop_order(hop, "s3", case_document=notice), now=NOW + HOUR)
+        assert third.repeat_of == "s1"
+        other = bank.stop_payment(_stop_order(hop, "s4"), now=NOW + HOUR)
+        assert (other.repeat_of, other.executions_on_account) == ("", 2)
+
+    def test_a_released_stop_payment_is_not_repeated(
+        self, world: World, open_bank: Callable[[str], ReferenceBank]
+    ) -> None:
+        hop = _first_hop(world)
+        bank = open_bank(hop.to_bank)
+        bank.stop_payment(_stop_order(hop, "s1"), now=NOW)
+        bank.stop_payment_release(hop.to_account, "s1", now=NOW + HOUR)
+        notice = _stop_order(hop, "s1").case_document
+        again = bank.stop_payment(_stop_order(hop, "s2", case_document=notice), now=NOW + 2 * HOUR)
+        assert (again.repeat_of, again.executions_on_account) == ("", 2)
+
+    def test_a_repeated_freeze_freezes_nothing_more(
+        self, world: World, open_bank: Callable[[str], ReferenceBank]
+    ) -> None:
+        hop = _first_hop(world)
+        bank = open_bank(hop.to_bank)
+        first = bank.freeze(_freeze_order(hop, "f1"), now=NOW)
+        decision = _freeze_order(hop, "f1").case_document
+        again = bank.freeze(_freeze_order(hop, "f2", case_document=decision), now=NOW + HOUR)
+        assert again.repeat_of == "f1"
+        assert (again.frozen_minor, again.available_minor) == (
+            first.frozen_minor,
+            first.available_minor,
+        )
+        assert again.earlier_freezes == ()
+        other_case = bank.freeze(
+            _freeze_order(hop, "f3", case_document=decision, case_number=OTHER_CASE), now=NOW
+        )
+        assert other_case.repeat_of == ""
+        assert other_case.available_minor == first.available_minor - 100_000
+
+
 class TestAggregateStats:
     def test_counts_and_totals_follow_orders(
         self, world: World, open_bank: Callable[[str], ReferenceBank]
@@ -535,7 +590,7 @@ class TestFreeze:
         with pytest.raises(RuleViolated, match="amount exceeds"):
             bank.freeze(_freeze_order(hop, amount_minor=balance + 1), now=NOW)
         bank.freeze(_freeze_order(hop, "f1", amount_minor=balance - 100), now=NOW)
-        with pytest.raises(RuleViolated, match=r"available to freeze \(100 "):
+        with pytest.raises(RuleViolated, match=r"available to freeze \(¥1\.00\)"):
             bank.freeze(_freeze_order(hop, "f2", amount_minor=101), now=NOW)
 
     def test_earlier_freeze_is_reported(

@@ -35,7 +35,7 @@ from adapters.node import AgencyNode
 from adapters.synth import World, seed_world
 from fedgate.actions import RESULT_FIELD, action_of
 from fedgate.checkpoint import Checkpoint, CosignatureSigner, sign_checkpoint
-from fedgate.commands import order, query, risk, ticket
+from fedgate.commands import answers, order, query, risk, ticket
 from fedgate.envelope import (
     Domain,
     Signer,
@@ -93,7 +93,7 @@ class Run:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedgate")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (query, order, ticket, risk):
+    for module in (query, order, ticket, risk, answers):
         module.register(sub)
     return parser
 

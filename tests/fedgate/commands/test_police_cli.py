@@ -39,6 +39,7 @@ from fedgate.commands._police import (
 )
 from fedgate.envelope import Domain, decode_request, verify_envelope
 from fedgate.errors import FedgateError, FieldViolation
+from fedgate.note import Note, parse_note
 from fedgate.registry import Registry
 from fedgate.render import CST, Outcome, format_money, format_time, render_json, render_text
 from fedgate.testing import (
@@ -590,7 +591,43 @@ class TestUsageErrors:
         monkeypatch.setenv("FEDGATE_OFFICER_ROLE", "chief")
         run = cli("query", "subscriber", "--phone", PHONE_CMCC)
         assert run.code == ExitCode.USAGE
-        assert "officer role 'chief'" in run.err
+        assert "--officer-role (or FEDGATE_OFFICER_ROLE) 'chief'" in run.err
+
+    @pytest.mark.parametrize(
+        ("variable", "flag"),
+        [("FEDGATE_OFFICER_ID", "--officer-id"), ("FEDGATE_OFFICER_NAME", "--officer-name")],
+    )
+    def test_a_missing_officer_is_caught_before_signing(
+        self,
+        cli: Callable[..., Run],
+        monkeypatch: pytest.MonkeyPatch,
+        sent_dir: Path,
+        variable: str,
+        flag: str,
+    ) -> None:
+        monkeypatch.delenv(variable)
+        run = cli("query", "subscriber", "--phone", PHONE_CMCC, *HEADER, "--dry-run")
+        assert run.code == ExitCode.USAGE
+        assert f"{flag} is required" in run.err
+        assert variable in run.err
+        assert run.out == ""  # nothing signed, nothing printed
+        assert not list(sent_dir.glob("*.bin")) if sent_dir.exists() else True
+
+    def test_grouped_account_digits_are_accepted(self, cli: Callable[..., Run]) -> None:
+        grouped = " ".join(CARD_ICBC[i : i + 4] for i in range(0, len(CARD_ICBC), 4))
+        run = cli("query", "account-holder", "--account", grouped, *HEADER, "--dry-run")
+        assert run.code == ExitCode.OK, run.err
+        assert json.loads(run.out)["request"]["account_holder"]["account_number"] == CARD_ICBC
+
+    def test_a_missing_federation_names_the_setting(
+        self, cli: Callable[..., Run], tmp_path: Path
+    ) -> None:
+        run = cli(
+            "query", "subscriber", "--phone", PHONE_CMCC, "--federation", str(tmp_path / "none")
+        )
+        assert run.code == ExitCode.USAGE
+        assert "FEDGATE_FEDERATION" in run.err
+        assert "--federation" in run.err
 
     def test_help_lists_exit_codes(self, cli: Callable[..., Run]) -> None:
         run = cli("order", "freeze", "--help")
@@ -801,8 +838,27 @@ class TestRender:
         )
         _, err = render_text(Outcome("refused", 3, error=error))
         assert "refused by the gateway: INVALID_ARGUMENT" in err
-        assert "✗ stop_payment.amount: must be positive" in err
-        assert "✗ purpose: required" in err
+        assert "✗ --amount (stop_payment.amount): must be positive" in err
+        assert "✗ --purpose (purpose): required" in err
+
+    @pytest.mark.parametrize(
+        ("path", "flag"),
+        [
+            ("legal_document.number", "--doc-number"),
+            ("freeze.amount.minor_units", "--amount"),
+            ("transactions.window.end", "--to"),
+            ("officer.id", "--officer-id"),
+            ("freeze.approval.approver.name", "--approver-name"),
+            ("nonce", None),
+        ],
+    )
+    def test_a_refused_field_is_named_by_its_option(self, path: str, flag: str | None) -> None:
+        error = errors.InvalidArgument.for_fields([FieldViolation(path, "is wrong")])
+        _, err = render_text(Outcome("refused", 3, error=error))
+        shown = path if flag is None else f"{flag} ({path})"
+        assert f"✗ {shown}: is wrong" in err
+        doc = json.loads(render_json(Outcome("refused", 3, error=error)))
+        assert doc["error"]["field_violations"][0]["flag"] == flag
 
     def test_quota_shows_retry(self) -> None:
         error = errors.QuotaExceeded("too many queries", retry_after_s=2.5)
@@ -876,6 +932,53 @@ class TestAgainstGateway:
         assert doc["response"]["subscriber"]["phone_number"] == PHONE_CMCC
         assert doc["verification"]["signed_by"] == "carrier.cmcc"
 
+    def test_answers_are_kept_listed_shown_and_exported(
+        self, cli: Callable[..., Run], fake_gateway: FakeGateway, sent_dir: Path, tmp_path: Path
+    ) -> None:
+        cli(*BUILD_CASES[0][0], *HEADER, "--endpoint", fake_gateway.endpoint)
+        request_id = fake_gateway.received[-1].request_id
+        assert (sent_dir / f"{request_id}.answer.bin").exists()
+        listed = cli("answers", "list")
+        assert request_id in listed.out
+        assert "account_holder" in listed.out
+        assert cli("answers", "list", "--last").out.strip() == request_id
+        doc = json.loads(cli("answers", "list", "--json").out)
+        assert doc["requests"][-1]["issued_at"].endswith("+08:00")
+        shown = cli("answers", "show", request_id)
+        assert shown.code == ExitCode.OK, shown.err
+        assert "✓ signed by bank.icbc" in shown.out
+        assert "fedgate answers fetch" not in shown.out  # the stand-in's receipt is cosigned
+        # A copy kept before any witness cosigned: still verified, with how to get a better one.
+        path = sent_dir / f"{request_id}.answer.bin"
+        signed = envelope_pb2.SignedResponse.FromString(path.read_bytes())
+        note = parse_note(signed.receipt.checkpoint)
+        bare = Note(note.text, tuple(x for x in note.signatures if x.name != "pboc.gz"))
+        signed.receipt.checkpoint = bare.marshal()
+        path.write_bytes(signed.SerializeToString())
+        early = cli("answers", "show", request_id)
+        assert early.code == ExitCode.OK, early.err
+        assert f"fedgate answers fetch {request_id}" in early.out
+        out = tmp_path / "export.json"
+        assert cli("answers", "export", request_id, "--out", str(out)).code == ExitCode.OK
+        exported = json.loads(out.read_text(encoding="utf-8"))
+        assert exported["request"]["request_id"] == request_id
+        assert exported["signed_response_b64"]
+
+    def test_a_kept_answer_changed_on_disk_fails_verification(
+        self, cli: Callable[..., Run], fake_gateway: FakeGateway, sent_dir: Path
+    ) -> None:
+        cli(*BUILD_CASES[0][0], *HEADER, "--endpoint", fake_gateway.endpoint)
+        request_id = fake_gateway.received[-1].request_id
+        path = sent_dir / f"{request_id}.answer.bin"
+        signed = envelope_pb2.SignedResponse.FromString(path.read_bytes())
+        body = request_pb2.Response.FromString(signed.response.body)
+        body.detail = "changed afterwards"
+        signed.response.body = body.SerializeToString()
+        path.write_bytes(signed.SerializeToString())
+        shown = cli("answers", "show", request_id)
+        assert shown.code == ExitCode.VERIFICATION_FAILED
+        assert "VERIFICATION FAILED" in shown.out + shown.err
+
     def test_sent_request_is_kept(
         self, cli: Callable[..., Run], fake_gateway: FakeGateway, sent_dir: Path
     ) -> None:
@@ -914,7 +1017,10 @@ class TestAgainstGateway:
                     ]
                 ),
                 ExitCode.REFUSED,
-                ["✗ stop_payment.transfer_time: must be at most 30 days ago", "✗ officer.id:"],
+                [
+                    "✗ --transfer-time (stop_payment.transfer_time): must be at most 30 days ago",
+                    "✗ --officer-id (officer.id):",
+                ],
             ),
             (
                 errors.RuleViolated("stop-payment limit: this account was stopped twice already"),
@@ -959,7 +1065,9 @@ class TestAgainstGateway:
         assert run.code == ExitCode.REFUSED
         doc = run.json()
         assert doc["outcome"] == "refused"
-        assert doc["error"]["field_violations"] == [{"field": "purpose", "description": "required"}]
+        assert doc["error"]["field_violations"] == [
+            {"field": "purpose", "flag": "--purpose", "description": "required"}
+        ]
 
     def test_gateway_down(self, cli: Callable[..., Run], unused_port: int) -> None:
         run = cli(*BUILD_CASES[0][0], *HEADER, "--endpoint", f"127.0.0.1:{unused_port}")
@@ -1168,3 +1276,36 @@ class TestTickets:
         )
         assert run.code == ExitCode.QUEUED
         assert "still waiting after 0.5 s" in run.out
+
+
+class TestWords:
+    def test_codes_in_both_languages_and_members_by_name(self, federation_dir: Path) -> None:
+        from fedgate.render import _result_lines
+
+        registry = Registry.load_dir(federation_dir)
+        result = bank_pb2.TransactionsResult(
+            account_number=CARD_ICBC,
+            transactions=[
+                bank_pb2.Transaction(
+                    transaction_id="t1",
+                    direction="in",
+                    counterparty_bank="bank.ccb",
+                    channel="mobile",
+                )
+            ],
+        )
+        text = "\n".join(_result_lines(result, registry))
+        assert "转入 in" in text
+        assert "手机银行 mobile banking" in text
+        assert f"bank.ccb ({registry.member('bank.ccb').name_zh})" in text
+        freeze = bank_pb2.FreezeResult(account_number=CARD_ICBC)
+        holder = bank_pb2.AccountHolderResult(status="frozen")
+        assert "已冻结 frozen" in "\n".join(_result_lines(holder, registry))
+        assert _result_lines(freeze, registry)
+
+    def test_every_command_defaults_to_a_document_its_action_accepts(self) -> None:
+        from fedgate.actions import ACCEPTED_DOCUMENTS
+        from fedgate.commands._police import _DOC_KINDS
+
+        for command in (*order.COMMANDS, *query.COMMANDS):
+            assert _DOC_KINDS[command.doc_kind] in ACCEPTED_DOCUMENTS[command.action], command

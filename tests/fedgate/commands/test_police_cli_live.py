@@ -113,13 +113,13 @@ class TestLiveQuery:
         run = police("query", "account-holder", "--account", bad)
         assert run.code == ExitCode.REFUSED
         assert "refused by the gateway: INVALID_ARGUMENT" in run.err
-        assert "✗ account_holder.account_number:" in run.err
+        assert "✗ --account (account_holder.account_number):" in run.err
 
     def test_missing_header_fields_are_listed(self, police: Callable[..., Run]) -> None:
         run = police("query", "account-holder", "--account", card_number(), header=False)
         assert run.code == ExitCode.REFUSED
-        assert "✗ case.case_number:" in run.err
-        assert "✗ purpose:" in run.err
+        assert "✗ --case (case.case_number):" in run.err
+        assert "✗ --purpose (purpose):" in run.err
 
     def test_call_records_need_a_second_officer(
         self, police: Callable[..., Run], live_federation: LiveFederation
