@@ -159,6 +159,8 @@ ACCEPTED_DOCUMENTS: Final[dict[str, frozenset[int]]] = {
     # countermeasure order; restoring a number lifts one, on a release notice.
     **dict.fromkeys(("number_suspend", "number_block", "sms_block"), _COUNTER),
     "number_restore": _RELEASE | _COUNTER,
+    # A supervisor's approval of orders in a case (trust seams): on the case-filing decision.
+    "approval": _CASE_FILING,
     # Agency → police reports cite the agency's own report, never a police document.
     **dict.fromkeys(REPORT_ACTIONS, frozenset({_K.LEGAL_DOCUMENT_KIND_AGENCY_REPORT})),
 }

@@ -95,6 +95,7 @@ LEGAL_KIND: dict[str, common_pb2.LegalDocumentKind.ValueType] = {
     "number_block": common_pb2.LEGAL_DOCUMENT_KIND_COUNTERMEASURE_ORDER,
     "number_restore": common_pb2.LEGAL_DOCUMENT_KIND_RELEASE_NOTICE,
     "sms_block": common_pb2.LEGAL_DOCUMENT_KIND_COUNTERMEASURE_ORDER,
+    "approval": common_pb2.LEGAL_DOCUMENT_KIND_CASE_FILING_DECISION,
     "risk_list_add": common_pb2.LEGAL_DOCUMENT_KIND_COUNTERMEASURE_ORDER,
     "risk_list_extend": common_pb2.LEGAL_DOCUMENT_KIND_COUNTERMEASURE_ORDER,
     "risk_list_remove": common_pb2.LEGAL_DOCUMENT_KIND_RELEASE_NOTICE,

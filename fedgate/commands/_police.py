@@ -231,7 +231,10 @@ def _add_request_options(parser: argparse.ArgumentParser, command: ActionCommand
         "--case-type", choices=sorted(_CASE_TYPES), default="telecom_fraud", help="(telecom_fraud)"
     )
     case.add_argument("--case-reason", metavar="TEXT", help="案由, the reason of the case")
-    accepted = ", ".join(DOCUMENT_NAMES[k][0] for k in sorted(ACCEPTED_DOCUMENTS[command.action]))
+    kinds = ACCEPTED_DOCUMENTS.get(command.action)
+    accepted = (
+        "any kind" if kinds is None else ", ".join(DOCUMENT_NAMES[k][0] for k in sorted(kinds))
+    )
     case.add_argument(
         "--doc-kind",
         choices=sorted(_DOC_KINDS),

@@ -133,7 +133,12 @@ class TestBusinessRules:
         assert hop.to_account in truth_holdings(chain)
         async with live_federation(fed_dir, world, tmp_path / "live") as live:
             auth = authority(40)
-            for _ in range(2):
+            for n in range(2):
+                # Two stop-payments on two notices: the same notice twice would be one order
+                # answered twice (a repeat of the order in force), not two stops.
+                document = common_pb2.LegalDocument()
+                document.CopyFrom(auth.stop_document)
+                document.number = f"{document.number}-{n}"
                 order = bank_pb2.StopPaymentOrder(
                     account_number=hop.to_account,
                     account_name=hop.to_name,
@@ -149,7 +154,7 @@ class TestBusinessRules:
                     officer=auth.officer,
                     target=hop.to_bank,
                     case=auth.case,
-                    legal_document=auth.stop_document,
+                    legal_document=document,
                     purpose="受害人报案，资金正在转移，紧急止付",
                     urgency=common_pb2.URGENCY_EMERGENCY,
                 )
