@@ -128,6 +128,7 @@ _STOP = frozenset({_K.LEGAL_DOCUMENT_KIND_STOP_PAYMENT_NOTICE})
 _CASE_FILING = frozenset({_K.LEGAL_DOCUMENT_KIND_CASE_FILING_DECISION})
 _RELEASE = frozenset({_K.LEGAL_DOCUMENT_KIND_RELEASE_NOTICE})
 _COUNTER = frozenset({_K.LEGAL_DOCUMENT_KIND_COUNTERMEASURE_ORDER})
+_AGENCY_REPORT = frozenset({_K.LEGAL_DOCUMENT_KIND_AGENCY_REPORT})
 
 ACCEPTED_DOCUMENTS: Final[dict[str, frozenset[int]]] = {
     # Bank queries (DOMAIN.md "Queries": 主体查询, 交易明细查询, 全户查询, device/IP/login
@@ -159,6 +160,12 @@ ACCEPTED_DOCUMENTS: Final[dict[str, frozenset[int]]] = {
     # countermeasure order; restoring a number lifts one, on a release notice.
     **dict.fromkeys(("number_suspend", "number_block", "sms_block"), _COUNTER),
     "number_restore": _RELEASE | _COUNTER,
+    # The shared risk list (技术反制): police list on a countermeasure order or the case-filing
+    # decision, a bank or carrier its own account or number on its own report; a removal cites a
+    # release notice (or the order / report that lifts it).
+    "risk_list_add": _COUNTER | _CASE_FILING | _AGENCY_REPORT,
+    "risk_list_extend": _COUNTER | _CASE_FILING | _AGENCY_REPORT,
+    "risk_list_remove": _RELEASE | _COUNTER | _AGENCY_REPORT,
     # A supervisor's approval of orders in a case (trust seams): on the case-filing decision.
     "approval": _CASE_FILING,
     # Agency → police reports cite the agency's own report, never a police document.

@@ -795,7 +795,7 @@ RULES = [
         ),
         SC.PERMISSION_DENIED,
         "RULE_VIOLATED",
-        rule="freeze.requires_case_filing_decision",
+        rule="legal_document.accepted_kind",
     ),
     Row(
         "rule:freeze:longer_than_six_months",
