@@ -42,7 +42,7 @@ from fedgate.errors import (
 )
 from fedgate.merkle import HASH_SIZE, leaf_hash
 from fedgate.note import NoteSigner, NoteVerifier
-from fedgate.tiles import TILE_HEIGHT, TILE_WIDTH, TiledTree, encode_bundle
+from fedgate.tiles import TILE_HEIGHT, TILE_WIDTH, TiledTree, encode_bundle, partial_width
 from fedgate.witness import WitnessClient
 from gateway.audit._receipt import Receipt
 from gateway.audit._state import StateFile, check_state_file, rebuild_tree
@@ -319,7 +319,11 @@ class AuditLog:
             if not found:
                 raise AuditUnavailable(f"tile {level}/{index} is missing from the audit store")
             return found[0][1][: width * HASH_SIZE]
-        return self._tree.tile(level, index, width) if index == full else None
+        # The tree may already hold a batch whose commit is in flight: serve only what the
+        # committed size covers.
+        if index != full or width > partial_width(level, self._size):
+            return None
+        return self._tree.tile(level, index, width)
 
     async def entry_bundle(self, index: int, width: int = TILE_WIDTH) -> bytes | None:
         """The C2SP entry bundle of entries ``[256 * index, 256 * index + width)``, if the log

@@ -23,6 +23,8 @@ from fedgate.tileclient import Fetch, TileReader, http_fetcher
 from fedgate.tiles import decode_bundle
 from fedgate.web.serve import EmbeddedServer
 from gateway.audit.log import AuditLog
+from gateway.audit.sqlite_store import open_sqlite_store
+from gateway.audit.store import AuditStore, CommitBatch
 from gateway.audit.tileserver import tile_app
 from gateway.config import (
     AuditConfig,
@@ -37,7 +39,8 @@ from gateway.server import Gateway
 if TYPE_CHECKING:
     from conftest import LogFactory
 
-from tests.gateway.audit.conftest import WITNESSES
+from tests.gateway.audit.conftest import WITNESSES, Fed
+from tests.gateway.audit.test_log import ORIGIN, _Seam
 
 
 class Served:
@@ -247,3 +250,40 @@ class TestTheGatewayServesItsTiles:
                 pipeline=PipelineConfig(state_dir=tmp_path),
                 audit=AuditConfig(tiles_listen="0.0.0.0:8090"),
             ).validate()
+
+
+class _Held(_Seam):
+    """Says when a commit reached the store (the log's tree already holds its batch)."""
+
+    def __init__(self, inner: AuditStore) -> None:
+        super().__init__(inner)
+        self.entered = asyncio.Event()
+
+    async def commit(self, batch: CommitBatch) -> None:
+        self.entered.set()
+        await super().commit(batch)
+
+
+class TestOnlyCommittedTiles:
+    async def test_a_batch_in_flight_is_not_served(self, fed: Fed, tmp_path: Path) -> None:
+        seam = _Held(await open_sqlite_store(tmp_path / "a.sqlite", origin=ORIGIN))
+        log = await AuditLog.open(store=seam, origin=ORIGIN, signer=fed.log_signer())
+        try:
+            await asyncio.gather(*(log.append(fed.request()) for _ in range(10)))
+            committed = await log.tile(0, 0, 10)
+            assert committed is not None
+            seam.gate = asyncio.Event()
+            seam.entered.clear()
+            pending = asyncio.gather(*(log.append(fed.request()) for _ in range(5)))
+            await seam.entered.wait()
+            assert log._tree.size == 15  # extended, its commit held
+            assert await log.tile(0, 0, 11) is None
+            assert await log.entry_bundle(0, 11) is None
+            assert await log.tile(0, 0, 10) == committed
+            seam.gate.set()
+            await pending
+            assert await log.tile(0, 0, 15) is not None
+        finally:
+            if seam.gate is not None:
+                seam.gate.set()
+            await log.close()
