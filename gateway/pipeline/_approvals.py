@@ -33,7 +33,6 @@ from gateway.pipeline._exchange import Exchange, stage
 from gateway.pipeline._forwarding import Forwarder
 from gateway.pipeline._undo import original_order
 from gateway.telemetry import GatewayTelemetry
-from gateway.tickets import PendingRequest
 
 __all__ = ["APPROVAL_RULE", "Approvals", "check_approval"]
 
@@ -67,16 +66,7 @@ class Approvals:
         request, receipt, envelope = x.req(), x.request_receipt, x.envelope
         assert receipt is not None
         assert envelope is not None
-        pending = PendingRequest(
-            request_id=request.request_id,
-            requester=MemberId(x.peer),
-            target=self._gateway_id,
-            action=x.action,
-            request_body=envelope.body,
-            request_leaf_index=receipt.index,
-            request_receipt=self._legs.request_receipt(x),
-            deadline=request.answer_deadline.ToDatetime(tzinfo=UTC),
-        )
+        pending = self._legs.pending(x, target=self._gateway_id)
         with stage(x, self._telemetry, "route"):
             answer = request_pb2.Response(
                 request_id=request.request_id,

@@ -11,7 +11,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 
 from fedgate import merkle
 from fedgate.audit_entry import AuditEntry, EventEntry, ResponseLeg, encode_entry
@@ -194,6 +194,24 @@ class AuditLegs:
             responder_key_id=answer.key_id,
             detail=detail,
             response_envelope=answer.SerializeToString() if self._keep_bodies else b"",
+        )
+
+    def pending(self, x: Exchange, *, target: MemberId) -> PendingRequest:
+        """The exchange ``x`` (its request leg durable) as the request an answer will finish:
+        the one shape the gateway-answered actions (reports, approvals, risk list changes) and
+        forwarded requests share."""
+        request, receipt, envelope = x.req(), x.request_receipt, x.envelope
+        assert receipt is not None
+        assert envelope is not None
+        return PendingRequest(
+            request_id=request.request_id,
+            requester=MemberId(x.peer),
+            target=target,
+            action=x.action,
+            request_body=envelope.body,
+            request_leaf_index=receipt.index,
+            request_receipt=self.request_receipt(x),
+            deadline=request.answer_deadline.ToDatetime(tzinfo=UTC),
         )
 
     def request_receipt(self, x: Exchange) -> envelope_pb2.AuditReceipt:

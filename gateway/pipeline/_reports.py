@@ -8,7 +8,7 @@ publishes the report to the police member's alert stream (``gateway.alerts``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 
 from fedgate.envelope import Domain, Signer, request_hash, sign_envelope
 from fedgate.types import MemberId
@@ -18,7 +18,6 @@ from gateway.pipeline._audit_legs import AuditLegs
 from gateway.pipeline._exchange import Exchange, stage
 from gateway.pipeline._forwarding import Forwarder
 from gateway.telemetry import GatewayTelemetry
-from gateway.tickets import PendingRequest
 
 __all__ = ["Reports"]
 
@@ -52,17 +51,7 @@ class Reports:
         request, receipt, envelope = x.req(), x.request_receipt, x.envelope
         assert receipt is not None
         assert envelope is not None
-        request_receipt = self._legs.request_receipt(x)
-        pending = PendingRequest(
-            request_id=request.request_id,
-            requester=MemberId(x.peer),
-            target=MemberId(request.target_agency),
-            action=x.action,
-            request_body=envelope.body,
-            request_leaf_index=receipt.index,
-            request_receipt=request_receipt,
-            deadline=request.answer_deadline.ToDatetime(tzinfo=UTC),
-        )
+        pending = self._legs.pending(x, target=MemberId(request.target_agency))
         with stage(x, self._telemetry, "route"):
             ack = request_pb2.Response(
                 request_id=request.request_id,
@@ -81,7 +70,7 @@ class Reports:
                 kind=x.action,
                 received_at=x.received_at,
                 report=envelope,
-                receipt=request_receipt,
+                receipt=pending.request_receipt,
             )
         )
         return gateway_service_pb2.SubmitResponse(response=signed)

@@ -9,7 +9,7 @@ why it was refused) and finishes it like any answer (response leg, countersignat
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 
 from fedgate.envelope import Domain, Signer, request_hash, sign_envelope
@@ -21,7 +21,6 @@ from gateway.pipeline._exchange import Exchange, stage
 from gateway.pipeline._forwarding import Forwarder
 from gateway.risklist import ChangeRefused, RiskListLog, build_change
 from gateway.telemetry import GatewayTelemetry
-from gateway.tickets import PendingRequest
 
 __all__ = ["RiskListChanges"]
 
@@ -53,16 +52,7 @@ class RiskListChanges:
         request, receipt, envelope = x.req(), x.request_receipt, x.envelope
         assert receipt is not None
         assert envelope is not None
-        pending = PendingRequest(
-            request_id=request.request_id,
-            requester=MemberId(x.peer),
-            target=MemberId(request.target_agency),
-            action=x.action,
-            request_body=envelope.body,
-            request_leaf_index=receipt.index,
-            request_receipt=self._legs.request_receipt(x),
-            deadline=request.answer_deadline.ToDatetime(tzinfo=UTC),
-        )
+        pending = self._legs.pending(x, target=MemberId(request.target_agency))
         digest = request_hash(envelope.body)
         answer = request_pb2.Response(
             request_id=request.request_id,
