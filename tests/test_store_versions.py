@@ -4,12 +4,10 @@ fedgate, or another store's file, is refused with a message naming the file and 
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import psycopg
 import pytest
@@ -36,6 +34,9 @@ from gateway.replay import ReplayCache
 from gateway.risklist import CentreStats, RiskListLog
 from gateway.rules import BusinessRules
 from gateway.tickets import TicketStore
+
+if TYPE_CHECKING:
+    from conftest import PgTarget
 
 
 class _Closable(Protocol):
@@ -135,24 +136,9 @@ class TestEverySqliteStore:
             open_(path)
 
 
-@pytest.fixture
-def pg_dsn() -> Iterator[str]:
-    dsn = os.environ.get("FEDGATE_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
-    try:
-        admin = psycopg.connect(dsn, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError:
-        pytest.skip("PostgreSQL not reachable at 127.0.0.1:5432 (or set FEDGATE_PG_DSN)")
-    schema = f"versions_test_{uuid.uuid4().hex[:12]}"
-    try:
-        yield f"{dsn}|{schema}"
-    finally:
-        admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
-        admin.close()
-
-
 @pytest.mark.postgres
-def test_postgres_audit_store_refuses_a_newer_version(pg_dsn: str) -> None:
-    dsn, schema = pg_dsn.split("|")
+def test_postgres_audit_store_refuses_a_newer_version(pg: PgTarget) -> None:
+    dsn, schema = pg.dsn, pg.schema
     PgDatabase(dsn, origin="test/log", schema=schema, writer=True).close()
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(

@@ -6,10 +6,9 @@ import dataclasses
 import os
 import sqlite3
 import stat
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
@@ -25,6 +24,9 @@ from fedgate.storage import (
     prepare_sqlite,
     sql_statements,
 )
+
+if TYPE_CHECKING:
+    from conftest import PgTarget
 
 V1 = Schema(
     store="widget store",
@@ -250,20 +252,13 @@ class TestSqlStatements:
 
 
 @pytest.fixture
-def pg_conn() -> Iterator[psycopg.Connection[Any]]:
-    """A connection whose search_path is a fresh schema of its own, dropped afterwards."""
-    dsn = os.environ.get("FEDGATE_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
-    try:
-        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError:
-        pytest.skip("PostgreSQL not reachable at 127.0.0.1:5432 (or set FEDGATE_PG_DSN)")
-    schema = f"storage_test_{uuid.uuid4().hex[:12]}"
-    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+def pg_conn(pg: PgTarget) -> Iterator[psycopg.Connection[Any]]:
+    """A connection whose search_path is ``pg``'s fresh schema (dropped by ``pg``)."""
+    conn = psycopg.connect(pg.dsn, autocommit=True)
+    conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(pg.schema)))
     try:
         yield conn
     finally:
-        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
         conn.close()
 
 
