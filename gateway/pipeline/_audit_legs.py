@@ -36,6 +36,9 @@ the answer was fetched from the node after the exchange that forwarded it was cu
 _log = logging.getLogger("gateway.pipeline")
 
 
+_NO_RECEIPT = envelope_pb2.AuditReceipt()
+
+
 class AuditLegs:
     """The pipeline's writer of audit legs."""
 
@@ -196,10 +199,13 @@ class AuditLegs:
             response_envelope=answer.SerializeToString() if self._keep_bodies else b"",
         )
 
-    def pending(self, x: Exchange, *, target: MemberId) -> PendingRequest:
+    def pending(
+        self, x: Exchange, *, target: MemberId, with_receipt: bool = True
+    ) -> PendingRequest:
         """The exchange ``x`` (its request leg durable) as the request an answer will finish:
         the one shape the gateway-answered actions (reports, approvals, risk list changes) and
-        forwarded requests share."""
+        forwarded requests share. ``with_receipt=False`` leaves the request leg's receipt empty
+        (the hot path: a forwarded request needs it only if it is queued for staff)."""
         request, receipt, envelope = x.req(), x.request_receipt, x.envelope
         assert receipt is not None
         assert envelope is not None
@@ -210,7 +216,7 @@ class AuditLegs:
             action=x.action,
             request_body=envelope.body,
             request_leaf_index=receipt.index,
-            request_receipt=self.request_receipt(x),
+            request_receipt=self.request_receipt(x) if with_receipt else _NO_RECEIPT,
             deadline=request.answer_deadline.ToDatetime(tzinfo=UTC),
         )
 

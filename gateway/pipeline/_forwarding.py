@@ -38,7 +38,6 @@ _STATUS_NAMES: dict[int, str] = {
     request_pb2.RESPONSE_STATUS_EXPIRED: "expired",
     request_pb2.RESPONSE_STATUS_INVALID: "invalid",
 }
-_NO_RECEIPT = envelope_pb2.AuditReceipt()
 
 
 class Forwarder:
@@ -77,16 +76,8 @@ class Forwarder:
         assert receipt is not None
         assert x.envelope is not None
         target = MemberId(request.target_agency)
-        pending = PendingRequest(
-            request_id=request.request_id,
-            requester=MemberId(x.peer),
-            target=target,
-            action=x.action,
-            request_body=x.envelope.body,
-            request_leaf_index=receipt.index,
-            request_receipt=_NO_RECEIPT,  # made only if the request is queued (see below)
-            deadline=request.answer_deadline.ToDatetime(tzinfo=UTC),
-        )
+        # The request leg's receipt is made only if the request is queued (see below).
+        pending = self._legs.pending(x, target=target, with_receipt=False)
         handle = agency_service_pb2.HandleRequest(
             envelope=x.envelope, log_origin=self._origin, leaf_index=receipt.index
         )
