@@ -327,7 +327,7 @@ class AnsweringNode:
                 request_id=entry.request_id,
                 action=entry.action,
                 claimed_by=entry.claimed_by,
-                deadline=entry.deadline.isoformat(timespec="seconds"),
+                deadline=format_time(entry.deadline),
             )
         return due
 

@@ -147,6 +147,8 @@ def verify_signed_response(
         signed.response, signed.countersignature, gateway_key, leaf_index=receipt.leaf_index
     )
     _verify_receipt(receipt, gateway_key)
+    if receipt.cosigned_checkpoint:  # an upgraded receipt: the upgrade must hold as well
+        verify_cosigned_receipt(receipt, registry)
     return Answer(response=response, signed=signed)
 
 

@@ -31,6 +31,7 @@ from fedgate.client import GATEWAY_ID, Answer
 from fedgate.errors import FedgateError, VerificationError
 from fedgate.keys import public_key_from_raw
 from fedgate.note import parse_note
+from fedgate.protojson import iso_time, message_dict
 from fedgate.registry import Registry
 from fedgate.types import CHINA_TIME, MemberId
 from fedgate.v1 import common_pb2, envelope_pb2, request_pb2, ticket_pb2
@@ -281,9 +282,11 @@ def _witnesses(
     receipt: envelope_pb2.AuditReceipt, registry: Registry | None
 ) -> tuple[Witness, ...]:
     """Cosignature lines of the checkpoint other than the log's own, checked against the
-    signing keys of registry members with the ``witness`` role named like the line."""
+    signing keys of registry members with the ``witness`` role named like the line. An
+    upgraded receipt's cosigned checkpoint (``fedgate answers upgrade``) is the one read: the
+    receipt's own checkpoint was signed before any witness saw it."""
     try:
-        note = parse_note(receipt.checkpoint)
+        note = parse_note(receipt.cosigned_checkpoint or receipt.checkpoint)
     except VerificationError:
         return ()
     seen: list[Witness] = []
@@ -526,9 +529,7 @@ def render_text(
 
 
 def _to_dict(message: Message) -> dict[str, Any]:
-    return json_format.MessageToDict(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
+    return message_dict(message, with_defaults=True)
 
 
 def _error_dict(error: BaseException) -> dict[str, Any]:
@@ -563,7 +564,17 @@ def _verification_dict(v: Verification) -> dict[str, Any]:
         "tree_size": v.tree_size,
         "root_hash": v.root_hash,
         "witnesses": [
-            {"name": w.name, "verified": w.verified, "timestamp": w.timestamp} for w in v.witnesses
+            {
+                "name": w.name,
+                "verified": w.verified,
+                "timestamp": w.timestamp,
+                "cosigned_at": (
+                    iso_time(datetime.fromtimestamp(w.timestamp, UTC))
+                    if w.timestamp is not None
+                    else None
+                ),
+            }
+            for w in v.witnesses
         ],
     }
 

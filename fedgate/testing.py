@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
 import uuid
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
+from typing import Any
 
 from fedgate.actions import (
     ACTIONS,
@@ -49,6 +51,7 @@ __all__ = [
     "card_number",
     "case_number",
     "free_port",
+    "json_times",
     "mobile_number",
     "new_nonce",
     "officer",
@@ -124,6 +127,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         s.bind((host, 0))
         port: int = s.getsockname()[1]
     return port
+
+
+_ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
+
+
+def json_times(doc: Any) -> list[str]:
+    """Every string in a decoded JSON document that is a time (``2026-11-27T10:00…``), so a
+    test can check that each carries the China offset."""
+    if isinstance(doc, dict):
+        return [t for value in doc.values() for t in json_times(value)]
+    if isinstance(doc, list):
+        return [t for value in doc for t in json_times(value)]
+    return [doc] if isinstance(doc, str) and _ISO_TIME.match(doc) else []
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 from fedgate.logs import mask
+from fedgate.protojson import iso_time
 from fedgate.v1 import common_pb2
 
 __all__ = ["Authority", "ChaseNode", "ChaseReport", "NodeKind", "Outcome", "VictimTransfer"]
@@ -97,7 +98,7 @@ class ChaseNode:
             "held_minor": self.held,
             "outcome": self.outcome.value,
             "detail": self.detail,
-            "time": self.time.isoformat() if self.time else None,
+            "time": iso_time(self.time) if self.time else None,
             "query_request_id": self.query_request_id,
             "query_leaf_index": self.query_leaf_index,
             "stop_request_id": self.stop_request_id,

@@ -1,4 +1,4 @@
-"""``fedgate answers list|show|fetch|export``: read again what the federation answered.
+"""``fedgate answers list|show|fetch|upgrade|export``: read again what the federation answered.
 
 Every request ``fedgate query``/``fedgate order`` sends is kept in the sent directory
 (``--sent-dir``, ``$FEDGATE_SENT_DIR``, default ``sent/`` next to the federation directory), and
@@ -7,6 +7,13 @@ receipt. ``show`` and ``export`` verify the kept answer again against the kept r
 printing it (a file changed on disk fails verification, exit code 5). ``fetch`` asks the
 gateway for its stored outcome of the request (``GatewayService.GetOutcome``), verifies it and
 keeps it: for a terminal that lost its copy, or a ticket answered since.
+
+Receipts come back before the federation's witnesses cosign the log (answers never wait for
+them). ``show``, ``export`` and ``fetch`` upgrade a kept receipt that no witness cosigned yet
+with the witnesses' cosigned checkpoint and a consistency proof (``AuditService.
+GetCosignedCheckpoint``), check the upgrade against the registry's witness policy and keep it
+in place of the old receipt; ``upgrade`` does the same for every kept answer (or the ids given).
+Without the gateway the kept answer is still shown, verified, with a hint.
 
 Times are China Standard Time in text and ISO 8601 with offset in ``--json``.
 """
@@ -21,8 +28,6 @@ import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-
-from google.protobuf.json_format import MessageToJson
 
 from fedgate.client import Answer, FedgateClient, verify_signed_response
 from fedgate.commands._police import (
@@ -41,6 +46,8 @@ from fedgate.commands._police import (
 from fedgate.commands._sent import SentStore
 from fedgate.envelope import decode_request
 from fedgate.errors import FedgateError, NotFound, VerificationError
+from fedgate.protojson import message_dict
+from fedgate.registry import Registry
 from fedgate.render import Outcome, format_time, render_json, table, verification_of
 from fedgate.types import CHINA_TIME
 from fedgate.v1 import envelope_pb2, gateway_service_pb2, request_pb2
@@ -53,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     formatter = argparse.RawDescriptionHelpFormatter
     group = subparsers.add_parser(
         "answers",
-        help="list, show, fetch and export the answers to requests this member sent",
+        help="list, show, fetch, upgrade and export the answers to requests this member sent",
         description=__doc__,
         epilog=EXIT_CODES_EPILOG,
         formatter_class=formatter,
@@ -70,6 +77,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add_connection_options(listing, timeout=None)
     listing.set_defaults(func=_list)
+    upgrade = sub.add_parser(
+        "upgrade",
+        help="add the witnesses' cosignatures to the kept receipts that have none yet",
+        epilog=EXIT_CODES_EPILOG,
+        formatter_class=formatter,
+    )
+    upgrade.add_argument(
+        "request_ids", type=parse_request_id, nargs="*", metavar="ID",
+        help="request ids (default: every kept answer whose receipt no witness cosigned yet)",
+    )  # fmt: skip
+    add_connection_options(upgrade, timeout=10.0)
+    upgrade.set_defaults(func=_upgrade)
     for name, help_text, func in (
         ("show", "verify the kept answer again and print it", _show),
         ("fetch", "ask the gateway for its stored outcome, verify it and keep it", _fetch),
@@ -198,12 +217,7 @@ async def _show_or_export(args: argparse.Namespace, *, export: bool) -> int:
                 "verification_failed", ExitCode.VERIFICATION_FAILED, args.request_id, error=error
             )
             return emit(args, outcome, client.registry)
-        hints: tuple[str, ...] = ()
-        if not verification_of(answer, registry=client.registry).witnesses:
-            hints = (
-                "no witness had cosigned this receipt yet; fedgate answers fetch "
-                f"{args.request_id} asks the gateway for one against its latest checkpoint",
-            )
+        answer, hints = await _with_witnesses(client, store, answer, timeout=args.timeout)
         outcome = answer_outcome(answer, hints=hints)
         if not export:
             return emit(args, outcome, client.registry)
@@ -227,7 +241,112 @@ async def _show_or_export(args: argparse.Namespace, *, export: bool) -> int:
 
 def render_json_request(body: bytes) -> str:
     """The decoded request as JSON (protobuf field names)."""
-    return MessageToJson(decode_request(body), preserving_proto_field_name=True)
+    return json.dumps(message_dict(decode_request(body)), ensure_ascii=False, indent=2)
+
+
+# ----------------------------------------------------------------------------- witnesses
+
+
+_SHOW_WAIT_S = 2.0
+"""How long the gateway may wait for its witnesses when an answer is shown: reading an answer
+should not stall on a slow witness (``upgrade`` allows the gateway's maximum)."""
+_UPGRADE_WAIT_S = 5.0
+_UPGRADE_TIMEOUT_S = 10.0
+
+
+def _witnessed(answer: Answer, registry: Registry) -> bool:
+    """Whether a witness's verified cosignature is on the receipt (an upgraded receipt's, or
+    one the gateway already returned cosigned)."""
+    return any(w.verified for w in verification_of(answer, registry=registry).witnesses)
+
+
+async def _with_witnesses(
+    client: FedgateClient,
+    store: SentStore,
+    answer: Answer,
+    *,
+    timeout: float | None,
+    wait_s: float = _SHOW_WAIT_S,
+) -> tuple[Answer, tuple[str, ...]]:
+    """``answer`` with its receipt upgraded by the witnesses' cosigned checkpoint (verified,
+    and kept in place of the old one) once they have cosigned; unchanged, with a hint saying
+    why, while they have not or the gateway cannot be reached."""
+    if _witnessed(answer, client.registry):
+        return answer, ()
+    request_id = answer.response.request_id
+    try:
+        receipt = await client.cosign_receipt(
+            answer.receipt, wait_s=wait_s, timeout=timeout or _UPGRADE_TIMEOUT_S
+        )
+    except FedgateError as exc:
+        return answer, (
+            f"no witness has cosigned this receipt yet ({exc.message}); it is upgraded the "
+            f"next time it is shown, or with: fedgate answers upgrade {request_id}",
+        )
+    signed = envelope_pb2.SignedResponse()
+    signed.CopyFrom(answer.signed)
+    signed.receipt.CopyFrom(receipt)
+    store.save_answer(request_id, signed)
+    return Answer(response=answer.response, signed=signed), ()
+
+
+def _upgrade(args: argparse.Namespace) -> int:
+    return asyncio.run(_upgrade_async(args))
+
+
+async def _upgrade_async(args: argparse.Namespace) -> int:
+    store = sent_store(args)
+    try:
+        wanted = list(args.request_ids) or [
+            rid for rid in store.request_ids() if store.load_answer(rid) is not None
+        ]
+        client = open_client(args)
+    except (FedgateError, OSError) as exc:
+        return local_error(args, exc)
+    rows: list[dict[str, Any]] = []
+    failed = False
+    async with client:
+        for request_id in wanted:
+            try:
+                body, signed = _kept(store, request_id)
+                answer = _verified(client, body, signed)
+            except (FedgateError, ValueError) as exc:
+                rows.append({"request_id": request_id, "state": "failed", "detail": str(exc)})
+                failed = True
+                continue
+            if _witnessed(answer, client.registry):
+                if args.request_ids:
+                    rows.append({"request_id": request_id, "state": "already", "detail": ""})
+                continue
+            try:
+                upgraded, hints = await _with_witnesses(
+                    client, store, answer, timeout=args.timeout, wait_s=_UPGRADE_WAIT_S
+                )
+            except OSError as exc:
+                return local_error(args, exc)
+            witnesses = [
+                w.name for w in verification_of(upgraded, registry=client.registry).witnesses
+            ]
+            rows.append(
+                {
+                    "request_id": request_id,
+                    "state": "upgraded" if not hints else "not_yet",
+                    "detail": ", ".join(witnesses) if not hints else hints[0],
+                }
+            )
+    if args.json:
+        print(json.dumps({"directory": str(store.directory), "receipts": rows},
+                         ensure_ascii=False, indent=2))  # fmt: skip
+    elif not rows:
+        print(f"every kept receipt in {store.directory} is already cosigned by the witnesses")
+    else:
+        words = {"upgraded": "cosigned by", "not_yet": "not yet:", "already": "already cosigned",
+                 "failed": "FAILED:"}  # fmt: skip
+        for row in rows:
+            print(f"{row['request_id']}  {words[row['state']]} {row['detail']}".rstrip())
+    if failed:
+        return ExitCode.VERIFICATION_FAILED
+    return ExitCode.OK if all(r["state"] != "not_yet" for r in rows) else ExitCode.UNAVAILABLE
 
 
 # ----------------------------------------------------------------------------- fetch
@@ -259,9 +378,10 @@ async def _fetch_async(args: argparse.Namespace) -> int:
         if answer is not None:
             try:
                 store.save_answer(args.request_id, answer.signed)
+                answer, hints = await _with_witnesses(client, store, answer, timeout=args.timeout)
             except OSError as exc:
                 return local_error(args, exc)
-            return emit(args, answer_outcome(answer), client.registry)
+            return emit(args, answer_outcome(answer, hints=hints), client.registry)
         return emit(args, _unanswered(reply), client.registry)
 
 

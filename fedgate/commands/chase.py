@@ -39,7 +39,7 @@ from fedgate.commands._police import (
 from fedgate.commands._police import _person as officer_of
 from fedgate.errors import FedgateError, InvalidArgument
 from fedgate.logs import mask
-from fedgate.render import format_money
+from fedgate.render import format_money, format_time
 from fedgate.v1 import common_pb2
 
 __all__ = ["LiveTree", "register", "render_node", "render_summary"]
@@ -147,7 +147,7 @@ async def _chase(args: argparse.Namespace, out: TextIO) -> int:
             print(
                 f"chase of {format_money(_money(transfer.amount_minor))} paid by "
                 f"{_account(transfer.payer_account, args.show_accounts)} at "
-                f"{transfer.time.isoformat(timespec='seconds')}",
+                f"{format_time(transfer.time)}",
                 file=out,
             )
         report = await engine.run(transfer)

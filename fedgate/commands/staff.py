@@ -34,6 +34,7 @@ from fedgate.commands.users import add_user_parser
 from fedgate.envelope import decode_request, decode_response
 from fedgate.errors import FedgateError, FieldViolation, InvalidArgument, RegistryError
 from fedgate.federation import check_member_id
+from fedgate.protojson import message_dict
 from fedgate.registry import Registry
 from fedgate.render import format_time, table
 from fedgate.status import error_from_rpc
@@ -353,11 +354,10 @@ def _enum_name(item: staff_service_pb2.QueueItem, field: str, prefix: str) -> st
 
 
 def _item_json(item: staff_service_pb2.QueueItem, *, full: bool = False) -> dict[str, Any]:
-    doc = json_format.MessageToDict(item, preserving_proto_field_name=True)
+    doc = message_dict(item)
     doc.pop("request", None)
     if full:
-        request = decode_request(item.request.body)
-        doc["request"] = json_format.MessageToDict(request, preserving_proto_field_name=True)
+        doc["request"] = message_dict(decode_request(item.request.body))
     return doc
 
 

@@ -31,6 +31,7 @@ from fedgate.dissuasion import (
 )
 from fedgate.errors import FedgateError
 from fedgate.logs import mask
+from fedgate.protojson import iso_time
 
 __all__ = ["register"]
 
@@ -97,7 +98,7 @@ def _row(task: Task, *, full: bool = False) -> dict[str, object]:
         "person": task.subject if full else mask(task.subject),
         "name": task.name if full else "",
         "flagged": mask(task.flagged),
-        "deadline": task.deadline.isoformat(timespec="seconds"),
+        "deadline": iso_time(task.deadline),
         "seconds_left": round(left),
         "officer": task.officer,
         "outcome": task.outcome,

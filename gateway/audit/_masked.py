@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from google.protobuf import json_format
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from fedgate.audit_entry import AuditEntry, EventEntry, RequestLeg, ResponseLeg
 from fedgate.envelope import decode_request, decode_response
 from fedgate.errors import FedgateError
+from fedgate.protojson import iso_time, message_dict
 from fedgate.v1 import envelope_pb2
 from fedgate.web.protoview import mask_tree
 
@@ -33,8 +33,7 @@ def _body(envelope_bytes: bytes, *, response: bool) -> dict[str, Any] | None:
         message = decode_response(envelope.body) if response else decode_request(envelope.body)
     except (ProtobufDecodeError, FedgateError):
         return None
-    doc: dict[str, Any] = json_format.MessageToDict(message, preserving_proto_field_name=True)
-    return doc
+    return message_dict(message)
 
 
 def masked_view(entry: AuditEntry) -> str:
@@ -43,7 +42,7 @@ def masked_view(entry: AuditEntry) -> str:
     if isinstance(entry, RequestLeg):
         doc = {
             "leg": "request",
-            "received_at": entry.received_at.isoformat(),
+            "received_at": iso_time(entry.received_at),
             "peer": entry.peer,
             "decision": entry.decision,
             "rule": entry.rule,
@@ -52,7 +51,7 @@ def masked_view(entry: AuditEntry) -> str:
     elif isinstance(entry, ResponseLeg):
         doc = {
             "leg": "response",
-            "received_at": entry.received_at.isoformat(),
+            "received_at": iso_time(entry.received_at),
             "request_id": entry.request_id,
             "request_leaf_index": entry.request_leaf_index,
             "responder": entry.responder,
@@ -64,7 +63,7 @@ def masked_view(entry: AuditEntry) -> str:
         assert isinstance(entry, EventEntry)
         doc = {
             "leg": "event",
-            "at": entry.at.isoformat(),
+            "at": iso_time(entry.at),
             "kind": entry.kind,
             "actor": entry.actor,
             "member": entry.member,

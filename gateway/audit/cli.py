@@ -27,7 +27,6 @@ from typing import Any, Protocol
 
 import grpc
 import grpc.aio
-from google.protobuf import json_format
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from fedgate.audit_entry import (
@@ -52,6 +51,7 @@ from fedgate.evidence import (
 )
 from fedgate.keys import public_key_from_raw
 from fedgate.note import NoteVerifier, parse_note
+from fedgate.protojson import iso_time, message_dict
 from fedgate.registry import Registry
 from fedgate.render import CST
 from fedgate.tiles import TILE_WIDTH, TiledTree
@@ -534,7 +534,7 @@ def _search(args: argparse.Namespace) -> int:
         row = {
             "index": h.index,
             "leg": _LEGS.get(EntryKind(c[0]), str(c[0])),
-            "time": micros_to_time(c[2]).astimezone(CST).isoformat(timespec="seconds"),
+            "time": iso_time(micros_to_time(c[2])),
             "request_id": c[1],
             "requesting_agency": c[3],
             "officer_id": c[4],
@@ -580,7 +580,7 @@ def _message_json(raw: bytes, what: type[Any]) -> Any:
         message.ParseFromString(raw)
     except ProtobufDecodeError:
         return None
-    return json.loads(json_format.MessageToJson(message, preserving_proto_field_name=True))
+    return message_dict(message)
 
 
 def _envelope_view(raw: bytes, body_type: type[Any]) -> dict[str, Any]:
@@ -601,7 +601,7 @@ def _entry_view(index: int, data: bytes) -> dict[str, Any]:
     view: dict[str, Any] = {"index": index, "kind": type(entry).__name__}
     if isinstance(entry, RequestLeg):
         view.update(
-            received_at=entry.received_at.isoformat(),
+            received_at=iso_time(entry.received_at),
             peer=entry.peer,
             peer_cert_sha256=entry.peer_cert_sha256,
             decision=entry.decision,
@@ -617,7 +617,7 @@ def _entry_view(index: int, data: bytes) -> dict[str, Any]:
         )
     elif isinstance(entry, ResponseLeg):
         view.update(
-            received_at=entry.received_at.isoformat(),
+            received_at=iso_time(entry.received_at),
             request_id=entry.request_id,
             request_leaf_index=entry.request_leaf_index,
             responder=entry.responder,
@@ -633,7 +633,7 @@ def _entry_view(index: int, data: bytes) -> dict[str, Any]:
             event=entry.kind,
             actor=entry.actor,
             member=entry.member,
-            at=entry.at.isoformat(),
+            at=iso_time(entry.at),
             detail=dict(entry.detail),
         )
     return view

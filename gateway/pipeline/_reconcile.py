@@ -46,6 +46,7 @@ from fedgate.audit_entry import (
 )
 from fedgate.envelope import decode_request
 from fedgate.errors import AgencyFault, AgencyUnavailable, FedgateError
+from fedgate.render import format_time
 from fedgate.tlogproof import TlogProof
 from fedgate.types import MemberId
 from fedgate.v1 import envelope_pb2, ticket_pb2
@@ -257,8 +258,7 @@ class Reconciler:
             await self._without_answer(
                 pending,
                 "pending",
-                f"queued for staff; due {due.isoformat(timespec='seconds')}; follow it by "
-                f"ticket {leg.request_id}",
+                f"queued for staff; due {format_time(due)}; follow it by ticket {leg.request_id}",
             )
             self._tickets.open(
                 PendingRequest(

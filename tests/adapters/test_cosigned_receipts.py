@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,7 +14,9 @@ from typing import Any
 import pytest
 
 from adapters.witness import WitnessNode
+from fedgate.cli import main as cli_main
 from fedgate.client import FedgateClient
+from fedgate.commands._sent import SentStore
 from fedgate.cosigned import verify_cosigned_receipt
 from fedgate.errors import InvalidArgument, VerificationError
 from fedgate.registry import Registry
@@ -132,3 +136,76 @@ class TestCosignedReceipts:
             beyond.tree_size = size
             with pytest.raises(InvalidArgument, match="tree_size must be between 1 and"):
                 await client.cosign_receipt(beyond, wait_s=0.1)
+
+
+class TestKeptReceiptsAreUpgraded:
+    """``fedgate answers``: a receipt kept before the witnesses cosigned is upgraded in place,
+    by ``answers upgrade`` and by ``answers show`` itself, and the upgrade is checked again
+    every time the kept answer is read."""
+
+    async def test_upgrade_then_show(
+        self,
+        kit: Any,
+        fed_dir: Path,
+        tmp_path: Path,
+        witnessed: tuple[Gateway, FedgateClient],
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        gateway, client = witnessed
+        store = SentStore(tmp_path / "sent")
+        kept: list[str] = []
+        for _ in range(2):
+            _, hop = kit.hop_into("bank.icbc")
+            envelope = client.sign(kit.stop_request(hop))
+            submitted = await client.submit(envelope)
+            assert submitted.answer is not None
+            assert not submitted.answer.receipt.cosigned_checkpoint
+            request_id = submitted.answer.response.request_id
+            store.save(request_id, envelope)
+            store.save_answer(request_id, submitted.answer.signed)
+            kept.append(request_id)
+        await gateway.audit.cosigned_covering(gateway.audit.size, timeout_s=5.0)
+        monkeypatch.setenv("FEDGATE_FEDERATION", str(fed_dir))
+        monkeypatch.setenv("FEDGATE_MEMBER", "police.gd.afc")
+        connection = ("--endpoint", gateway.endpoint, "--sent-dir", str(store.directory))
+
+        async def fedgate(*argv: str) -> tuple[int, str]:
+            capsys.readouterr()
+            code = await asyncio.to_thread(cli_main, list(argv))
+            return code, capsys.readouterr().out
+
+        code, out = await fedgate("answers", "upgrade", kept[0], *connection, "--json")
+        assert code == 0, out
+        assert json.loads(out)["receipts"] == [
+            {"request_id": kept[0], "state": "upgraded", "detail": "pboc.gz"}
+        ]
+        upgraded = store.load_answer(kept[0])
+        assert upgraded is not None
+        assert upgraded.receipt.cosigned_checkpoint
+        verify_cosigned_receipt(upgraded.receipt, Registry.load_dir(fed_dir))
+
+        # `show` upgrades the other one by itself, and prints the witness with China time.
+        code, out = await fedgate("answers", "show", kept[1], *connection, "--json")
+        assert code == 0, out
+        witnesses = json.loads(out)["verification"]["witnesses"]
+        assert [(w["name"], w["verified"]) for w in witnesses] == [("pboc.gz", True)]
+        assert witnesses[0]["cosigned_at"].endswith("+08:00")
+        second = store.load_answer(kept[1])
+        assert second is not None
+        assert second.receipt.cosigned_checkpoint
+        code, out = await fedgate("answers", "upgrade", *connection)
+        assert code == 0
+        assert "already cosigned" in out
+
+        # A kept upgrade changed on disk fails verification like any other change.
+        lines = second.receipt.cosigned_checkpoint.split("\n")
+        at = next(i for i, line in enumerate(lines) if line.startswith("— pboc.gz "))
+        name, encoded = lines[at].rsplit(" ", 1)
+        raw = bytearray(base64.b64decode(encoded))
+        raw[-1] ^= 1
+        lines[at] = f"{name} {base64.b64encode(bytes(raw)).decode()}"
+        second.receipt.cosigned_checkpoint = "\n".join(lines)
+        store.save_answer(kept[1], second)
+        code, out = await fedgate("answers", "show", kept[1], *connection)
+        assert code == 5

@@ -151,7 +151,7 @@ BUILD_CASES: list[tuple[tuple[str, ...], str, str, dict[str, Any]]] = [
         ("query", "location", "--phone", PHONE_CMCC, "--at", "2026-11-27T10:00:00+08:00"),
         "location",
         "carrier.cmcc",
-        {"phone_number": PHONE_CMCC, "at": "2026-11-27T02:00:00Z"},
+        {"phone_number": PHONE_CMCC, "at": "2026-11-27T10:00:00+08:00"},
     ),
     (
         _argv(
@@ -221,7 +221,7 @@ BUILD_CASES: list[tuple[tuple[str, ...], str, str, dict[str, Any]]] = [
         _argv(f"order freeze-renew --account {CARD_ICBC} --original {ORIGINAL} --end 2027-03-01"),
         "freeze_renew",
         "bank.icbc",
-        {"account_number": CARD_ICBC, "end": "2027-02-28T16:00:00Z"},
+        {"account_number": CARD_ICBC, "end": "2027-03-01T00:00:00+08:00"},
     ),
     (
         ("order", "monitor-start", "--account", CARD_CCB, "--until", "+30d"),
@@ -957,7 +957,7 @@ class TestAgainstGateway:
         path.write_bytes(signed.SerializeToString())
         early = cli("answers", "show", request_id)
         assert early.code == ExitCode.OK, early.err
-        assert f"fedgate answers fetch {request_id}" in early.out
+        assert f"fedgate answers upgrade {request_id}" in early.out
         out = tmp_path / "export.json"
         assert cli("answers", "export", request_id, "--out", str(out)).code == ExitCode.OK
         exported = json.loads(out.read_text(encoding="utf-8"))

@@ -17,7 +17,7 @@ from google.protobuf import json_format
 from adapters.synth import Hop
 from fedgate.commands import staff as staff_command
 from fedgate.commands._police import ExitCode
-from fedgate.testing import card_number, case_number, mobile_number
+from fedgate.testing import card_number, case_number, json_times, mobile_number
 from fedgate.v1 import bank_pb2
 
 if TYPE_CHECKING:
@@ -89,6 +89,9 @@ class TestLiveQuery:
         assert doc["response"]["subscriber"]["name"]
         assert doc["verification"]["signed_by"] == "carrier.cmcc"
         assert doc["verification"]["leaf_index"] > doc["verification"]["request_leaf_index"]
+        times = json_times(doc)  # answered_at at least: every time in China time
+        assert times
+        assert all(t.endswith("+08:00") for t in times), times
 
     def test_subscriber_text(
         self, police: Callable[..., Run], live_federation: LiveFederation

@@ -16,6 +16,7 @@ from fedgate.auditverify import VerifyOptions, verify_log
 from fedgate.errors import NotFound
 from fedgate.evidence import log_verifiers, witness_verifiers
 from fedgate.logs import mask
+from fedgate.testing import json_times
 from fedgate.tlogproof import parse_tlog_proof, verify_tlog_proof
 from gateway.audit.cli import register
 from gateway.audit.sqlite_store import SqliteDatabase
@@ -74,6 +75,7 @@ class TestInspecting:
         assert [r["index"] for r in rows] == [0, 1, 2, 3]
         assert rows[1]["leg"] == "response"
         assert rows[1]["case_number"] == rows[0]["case_number"]
+        assert all(r["time"].endswith("+08:00") for r in rows)
         assert rows[0]["subjects"] == [mask(entries[0].subjects[0])]  # masked on a terminal
         assert entries[0].subjects[0] not in out
 
@@ -85,6 +87,9 @@ class TestInspecting:
         view = json.loads(out)
         assert code == 0
         assert view["kind"] == "RequestLeg"
+        times = json_times(view)  # received_at and the request's issued_at
+        assert len(times) >= 2
+        assert all(t.endswith("+08:00") for t in times), times
         assert view["envelope"]["body"]["requesting_agency"] == "police.gd.afc"
         officer = view["envelope"]["body"]["officer"]
         assert "****" in officer["id_number"]
