@@ -19,10 +19,9 @@ Contract:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime
 
-from fedgate.envelope import Domain, Signer, request_hash, sign_envelope
+from fedgate.envelope import request_hash
 from fedgate.errors import RuleViolated
 from fedgate.registry import Registry, _format_time
 from fedgate.types import MemberId
@@ -47,19 +46,15 @@ class Approvals:
         *,
         forwarder: Forwarder,
         legs: AuditLegs,
-        signer: Signer,
         gateway_id: MemberId,
         origin: str,
         telemetry: GatewayTelemetry,
-        now: Callable[[], datetime],
     ) -> None:
         self._forwarder = forwarder
         self._legs = legs
-        self._signer = signer
         self._gateway_id = gateway_id
         self._origin = origin
         self._telemetry = telemetry
-        self._now = now
 
     async def grant(self, x: Exchange) -> gateway_service_pb2.SubmitResponse:
         """Put the approval in ``x`` (its request leg durable) on record and answer it."""
@@ -79,9 +74,7 @@ class Approvals:
                     reference=f"{self._origin}#{receipt.index}",
                 ),
             )
-            answer.answered_at.FromDatetime(self._now())
-            signed = sign_envelope(answer.SerializeToString(), self._signer, Domain.RESPONSE)
-        response, _ = await self._forwarder.finish(pending, signed, responder=self._gateway_id)
+        response = await self._forwarder.answer_itself(pending, answer)
         return gateway_service_pb2.SubmitResponse(response=response)
 
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 from fedgate.actions import ORDER_ACTIONS
 from fedgate.audit_entry import ResponseLeg
-from fedgate.envelope import Signer, countersign, decode_request
+from fedgate.envelope import Domain, Signer, countersign, decode_request, sign_envelope
 from fedgate.errors import AgencyFault, AgencyUnavailable
 from fedgate.render import format_time
 from fedgate.trust import TrustHolder
@@ -124,6 +124,17 @@ class Forwarder:
             await self._legs.append(leg, "response")
         ticket = self._tickets.open(pending)
         return gateway_service_pb2.SubmitResponse(ticket=ticket)
+
+    async def answer_itself(
+        self, pending: PendingRequest, answer: request_pb2.Response
+    ) -> envelope_pb2.SignedResponse:
+        """Finish an exchange the gateway answers itself (reports, approvals, risk list
+        changes): ``answer`` is stamped now, signed with the gateway's key as its responder and
+        finished like any agency's answer (checked, logged, countersigned)."""
+        answer.answered_at.FromDatetime(self._now())
+        signed = sign_envelope(answer.SerializeToString(), self._signer, Domain.RESPONSE)
+        response, _ = await self.finish(pending, signed, responder=MemberId(answer.responder))
+        return response
 
     async def finish(
         self,

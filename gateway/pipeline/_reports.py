@@ -7,10 +7,7 @@ publishes the report to the police member's alert stream (``gateway.alerts``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import datetime
-
-from fedgate.envelope import Domain, Signer, request_hash, sign_envelope
+from fedgate.envelope import request_hash
 from fedgate.types import MemberId
 from fedgate.v1 import gateway_service_pb2, report_pb2, request_pb2
 from gateway.alerts import Alert, AlertHub
@@ -31,20 +28,16 @@ class Reports:
         forwarder: Forwarder,
         alerts: AlertHub,
         legs: AuditLegs,
-        signer: Signer,
         gateway_id: MemberId,
         origin: str,
         telemetry: GatewayTelemetry,
-        now: Callable[[], datetime],
     ) -> None:
         self._forwarder = forwarder
         self._alerts = alerts
         self._legs = legs
-        self._signer = signer
         self._gateway_id = gateway_id
         self._origin = origin
         self._telemetry = telemetry
-        self._now = now
 
     async def deliver(self, x: Exchange) -> gateway_service_pb2.SubmitResponse:
         """Acknowledge, log and publish the report in ``x`` (its request leg is durable)."""
@@ -60,9 +53,7 @@ class Reports:
                 status=request_pb2.RESPONSE_STATUS_OK,
                 report_ack=report_pb2.ReportAck(reference=f"{self._origin}#{receipt.index}"),
             )
-            ack.answered_at.FromDatetime(self._now())
-            signed_ack = sign_envelope(ack.SerializeToString(), self._signer, Domain.RESPONSE)
-        signed, _ = await self._forwarder.finish(pending, signed_ack, responder=self._gateway_id)
+        signed = await self._forwarder.answer_itself(pending, ack)
         await self._alerts.publish(
             Alert(
                 target=pending.target,

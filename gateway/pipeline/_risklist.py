@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import datetime
 from functools import partial
 
-from fedgate.envelope import Domain, Signer, request_hash, sign_envelope
+from fedgate.envelope import request_hash
 from fedgate.errors import FedgateError
 from fedgate.types import MemberId
 from fedgate.v1 import gateway_service_pb2, request_pb2, risklist_pb2
@@ -34,7 +34,6 @@ class RiskListChanges:
         log: RiskListLog,
         forwarder: Forwarder,
         legs: AuditLegs,
-        signer: Signer,
         gateway_id: MemberId,
         telemetry: GatewayTelemetry,
         now: Callable[[], datetime],
@@ -42,7 +41,6 @@ class RiskListChanges:
         self._log = log
         self._forwarder = forwarder
         self._legs = legs
-        self._signer = signer
         self._gateway_id = gateway_id
         self._telemetry = telemetry
         self._now = now
@@ -78,7 +76,5 @@ class RiskListChanges:
                         list_origin=self._log.origin, list_index=index, change=change
                     )
                 )
-            answer.answered_at.FromDatetime(self._now())
-            signed = sign_envelope(answer.SerializeToString(), self._signer, Domain.RESPONSE)
-        reply, _ = await self._forwarder.finish(pending, signed, responder=self._gateway_id)
+        reply = await self._forwarder.answer_itself(pending, answer)
         return gateway_service_pb2.SubmitResponse(response=reply)

@@ -155,20 +155,16 @@ class Pipeline:
             forwarder=self._forwarder,
             alerts=alerts,
             legs=self._legs,
-            signer=signer,
             gateway_id=gateway_id,
             origin=origin,
             telemetry=telemetry,
-            now=now,
         )
         self._approvals = Approvals(
             forwarder=self._forwarder,
             legs=self._legs,
-            signer=signer,
             gateway_id=gateway_id,
             origin=origin,
             telemetry=telemetry,
-            now=now,
         )
         self.reconciler = Reconciler(
             audit=audit,
@@ -187,7 +183,6 @@ class Pipeline:
                 log=risklist,
                 forwarder=self._forwarder,
                 legs=self._legs,
-                signer=signer,
                 gateway_id=gateway_id,
                 telemetry=telemetry,
                 now=now,
