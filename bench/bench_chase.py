@@ -30,19 +30,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from adapters.config import ActionMode, NodeConfig
-from adapters.synth import FraudChain, World, seed_world
+from adapters.synth import FraudChain, World, seed_world, victim_transfer
 from adapters.up import Federation, ProcessSpec, start, stop, wait_healthy
 from bench.bench_e2e import _Background
-from fedgate.chase import Authority, ChaseEngine, ChaseReport, VictimTransfer
+from fedgate.chase import Authority, ChaseEngine, ChaseReport
 from fedgate.client import FedgateClient
 from fedgate.federation import MemberKind
 from fedgate.pki import init_federation
 from fedgate.registry import Registry
-from fedgate.testing import case_number, officer
+from fedgate.testing import chase_authority
 from fedgate.testing import free_port as _free_port
 from fedgate.testing import percentile as _percentile
 from fedgate.types import MemberId
-from fedgate.v1 import bank_pb2, carrier_pb2, common_pb2, request_pb2
+from fedgate.v1 import bank_pb2, carrier_pb2, request_pb2
 
 __all__ = ["run"]
 
@@ -136,42 +136,12 @@ def _processes(root: Path, fed: Path, world: World) -> tuple[ProcessSpec, ...]:
 
 
 def _authority(serial: int) -> Authority:
-    now = datetime.now(UTC)
-
-    def doc(kind: common_pb2.LegalDocumentKind.ValueType, word: str) -> common_pb2.LegalDocument:
-        return common_pb2.LegalDocument(
-            kind=kind, number=f"穗公(反诈){word}字〔2026〕{serial:05d}号"
-        )
-
-    return Authority(
-        officer=officer(serial % 50),
-        case=common_pb2.CaseInfo(
-            case_number=case_number(serial, when=now.date()),
-            case_type=common_pb2.CASE_TYPE_TELECOM_FRAUD,
-            reason="受害人被冒充客服诱导转账",
-        ),
-        query_document=doc(common_pb2.LEGAL_DOCUMENT_KIND_QUERY_NOTICE, "查"),
-        stop_document=doc(common_pb2.LEGAL_DOCUMENT_KIND_STOP_PAYMENT_NOTICE, "止"),
-        victim_application=f"SQ2026{serial:06d}",
-    )
-
-
-def _transfer(chain: FraudChain) -> VictimTransfer:
-    hop = chain.hops[0]
-    return VictimTransfer(
-        payer_account=hop.from_account,
-        payer_name=hop.from_name,
-        payer_bank=hop.from_bank,
-        payee_account=hop.to_account,
-        payee_name=hop.to_name,
-        amount_minor=hop.amount_minor,
-        time=hop.ts,
-    )
+    return chase_authority(serial, officer_serial=serial % 50)
 
 
 async def _chase(client: FedgateClient, chain: FraudChain, serial: int) -> ChaseReport:
     engine = ChaseEngine(client=client, authority=_authority(serial), deadline_s=30.0)
-    return await engine.run(_transfer(chain))
+    return await engine.run(victim_transfer(chain))
 
 
 def _fanout_requests(

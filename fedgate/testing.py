@@ -22,7 +22,7 @@ import re
 import socket
 import uuid
 from collections.abc import Sequence
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from fedgate.actions import (
@@ -35,6 +35,7 @@ from fedgate.actions import (
     RISKLIST_ACTIONS,
     new_request_id,
 )
+from fedgate.chase import Authority
 from fedgate.v1 import bank_pb2, carrier_pb2, common_pb2, report_pb2, request_pb2, risklist_pb2
 from fedgate.validate import (
     BANK_BINS,
@@ -50,6 +51,7 @@ __all__ = [
     "LEGAL_KIND",
     "card_number",
     "case_number",
+    "chase_authority",
     "free_port",
     "json_times",
     "mobile_number",
@@ -218,6 +220,36 @@ def officer(
         id_number=resident_id(serial, born=date(1985, 3, 9)),
         phone=mobile_number("carrier.cmcc", 100 + serial),
         role=role,
+    )
+
+
+def chase_authority(
+    serial: int = 0, *, officer_serial: int = 0, now: datetime | None = None
+) -> Authority:
+    """Under whom a test or benchmark chase runs: ``officer(officer_serial)``, a telecom-fraud
+    case and its query and stop-payment notices (numbered by ``serial``, issued an hour before
+    ``now``), and the victim's application."""
+    now = now or datetime.now(UTC)
+
+    def document(
+        kind: common_pb2.LegalDocumentKind.ValueType, word: str
+    ) -> common_pb2.LegalDocument:
+        doc = common_pb2.LegalDocument(
+            kind=kind, number=f"穗公(反诈){word}字〔2026〕{serial:05d}号"
+        )
+        doc.issued_at.FromDatetime(now - timedelta(hours=1))
+        return doc
+
+    return Authority(
+        officer=officer(officer_serial),
+        case=common_pb2.CaseInfo(
+            case_number=case_number(serial, when=now.date()),
+            case_type=common_pb2.CASE_TYPE_TELECOM_FRAUD,
+            reason="受害人被冒充客服诱导转账",
+        ),
+        query_document=document(common_pb2.LEGAL_DOCUMENT_KIND_QUERY_NOTICE, "查"),
+        stop_document=document(common_pb2.LEGAL_DOCUMENT_KIND_STOP_PAYMENT_NOTICE, "止"),
+        victim_application=f"SQ2026{serial:06d}",
     )
 
 

@@ -42,6 +42,7 @@ from adapters.synth._gen import (
     WorldRows,
     build_rows,
 )
+from fedgate.chase import VictimTransfer
 from fedgate.validate import BANK_BINS, CARRIER_PREFIXES
 
 __all__ = [
@@ -58,10 +59,26 @@ __all__ = [
     "load_world",
     "seed_bank_bulk",
     "seed_world",
+    "victim_transfer",
 ]
 
 WORLD_FILE = "world.json"
 """The ground-truth file written beside the databases."""
+
+
+def victim_transfer(chain: FraudChain) -> VictimTransfer:
+    """The transfer a victim of ``chain`` reports to the police: where a chase starts."""
+    hop = chain.hops[0]
+    return VictimTransfer(
+        payer_account=hop.from_account,
+        payer_name=hop.from_name,
+        payer_bank=hop.from_bank,
+        payee_account=hop.to_account,
+        payee_name=hop.to_name,
+        amount_minor=hop.amount_minor,
+        currency=hop.currency,
+        time=hop.ts,
+    )
 
 
 @dataclass(frozen=True, slots=True)

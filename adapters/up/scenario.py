@@ -21,9 +21,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapters.synth import FraudChain, World
+from adapters.synth import FraudChain, World, victim_transfer
 from adapters.up.countermeasures import run_countermeasures
-from fedgate.chase import Authority, ChaseEngine, VictimTransfer
+from fedgate.chase import Authority, ChaseEngine
 from fedgate.client import FedgateClient
 from fedgate.commands._exit import ExitCode, answer_outcome, failure_outcome
 from fedgate.commands.chase import LiveTree, render_summary
@@ -103,7 +103,6 @@ async def _chase(
     """Run the chase, printing the tree live and the summary; True if every account holding
     the victim's money was stopped."""
     print(f"\n── {title}")
-    victim, hop = chain.victim, chain.hops[0]
     authority = Authority(
         officer=officer,
         case=case,
@@ -115,16 +114,7 @@ async def _chase(
         ),
         victim_application=f"报案回执 {case.case_number}",
     )
-    transfer = VictimTransfer(
-        payer_account=victim.account_number,
-        payer_name=victim.name,
-        payer_bank=victim.bank_id,
-        payee_account=hop.to_account,
-        payee_name=hop.to_name,
-        amount_minor=hop.amount_minor,
-        currency=hop.currency,
-        time=hop.ts,
-    )
+    transfer = victim_transfer(chain)
     tree = LiveTree(sys.stdout, unmasked=False)
     report = await ChaseEngine(client=client, authority=authority, on_event=tree.update).run(
         transfer

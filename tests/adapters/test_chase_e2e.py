@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from adapters.config import ActionMode
-from adapters.synth import FraudChain, World, seed_world
+from adapters.synth import FraudChain, World, seed_world, victim_transfer
 from fedgate.audit_entry import RequestLeg, decode_entry
 from fedgate.chase import (
     Authority,
@@ -19,10 +19,9 @@ from fedgate.chase import (
     ChaseReport,
     NodeKind,
     Outcome,
-    VictimTransfer,
 )
 from fedgate.envelope import decode_request
-from fedgate.testing import case_number, officer
+from fedgate.testing import chase_authority
 from fedgate.v1 import bank_pb2, common_pb2, envelope_pb2, request_pb2
 from tests.adapters._live import Live, live_federation
 
@@ -32,41 +31,7 @@ SEEDS = (11, 23, 37)
 
 
 def authority(serial: int = 3) -> Authority:
-    now = datetime.now(UTC)
-
-    def document(
-        kind: common_pb2.LegalDocumentKind.ValueType, word: str
-    ) -> common_pb2.LegalDocument:
-        doc = common_pb2.LegalDocument(
-            kind=kind, number=f"穗公(反诈){word}字〔2026〕{serial:05d}号"
-        )
-        doc.issued_at.FromDatetime(now - timedelta(hours=1))
-        return doc
-
-    return Authority(
-        officer=officer(0),
-        case=common_pb2.CaseInfo(
-            case_number=case_number(serial, when=now.date()),
-            case_type=common_pb2.CASE_TYPE_TELECOM_FRAUD,
-            reason="受害人被冒充客服诱导转账",
-        ),
-        query_document=document(common_pb2.LEGAL_DOCUMENT_KIND_QUERY_NOTICE, "查"),
-        stop_document=document(common_pb2.LEGAL_DOCUMENT_KIND_STOP_PAYMENT_NOTICE, "止"),
-        victim_application=f"SQ2026{serial:06d}",
-    )
-
-
-def victim_transfer(chain: FraudChain) -> VictimTransfer:
-    hop = chain.hops[0]
-    return VictimTransfer(
-        payer_account=hop.from_account,
-        payer_name=hop.from_name,
-        payer_bank=hop.from_bank,
-        payee_account=hop.to_account,
-        payee_name=hop.to_name,
-        amount_minor=hop.amount_minor,
-        time=hop.ts,
-    )
+    return chase_authority(serial)
 
 
 async def chase(live: Live, chain: FraudChain, **options: float) -> ChaseReport:
