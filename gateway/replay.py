@@ -93,6 +93,7 @@ from fedgate.errors import (
     AuthenticationError,
     DecodeError,
     FedgateError,
+    InProgress,
     KeyNotValid,
     PeerMismatch,
     Replayed,
@@ -102,6 +103,7 @@ from fedgate.errors import (
 )
 from fedgate.storage import Schema, open_store, prepare_postgres
 from fedgate.v1 import envelope_pb2
+from gateway.retries import RETRIED
 
 __all__ = [
     "MemoryReplayCache",
@@ -150,8 +152,9 @@ _NOT_REMEMBERED: Final = frozenset(
         DecodeError,  # stage 2
         Stale,  # stage 4, before anything is remembered
         Replayed,  # stage 4: nothing of the refused request is remembered (both keys or neither)
+        InProgress,  # stage 4, a retry: its first attempt remembered the ids (and has its leg)
     )
-)
+) | {RETRIED}
 """Refusal reasons raised before stage 4 remembers a request's ids. Every reason here MUST be
 one the pipeline raises only before ``remember`` commits; a reason raised both before and after
 (``INVALID_ARGUMENT``, ``MEMBER_REFUSED``) MUST NOT be listed."""

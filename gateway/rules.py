@@ -6,7 +6,9 @@ the audit log (``gateway.rules_rebuild``): the gateway keeps it in memory
 (``BusinessRules.in_memory``) and rebuilds it from the response legs of executed orders at every
 start, so no file can be lost, locked or restored behind the log's back (a lost record of an
 executed stop-payment would let a third one through). ``BusinessRules.open`` keeps it in a
-SQLite file instead (WAL, ``synchronous=FULL``), for tools and tests.
+SQLite file instead (WAL, ``synchronous=FULL``), for tools and tests. Several instances share
+one projection in PostgreSQL (``gateway.rules_pg``, ``[shared] store = "postgres"``): an order
+one instance recorded counts at every other one.
 
 Every rule has a stable id (``RULES``); a refusal is a ``BusinessRuleViolated`` whose ``rule``
 is that id and whose message starts with ``RULE <id>:``.
@@ -42,7 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, Protocol
 
 from google.protobuf.descriptor import EnumDescriptor
 
@@ -58,9 +60,11 @@ __all__ = [
     "BULK_ORDER_THRESHOLD",
     "FREEZE_MAX",
     "RULES",
+    "SCHEMA",
     "STOP_PAYMENT_DURATION",
     "BusinessRuleViolated",
     "BusinessRules",
+    "StateConnection",
 ]
 
 _log = logging.getLogger(__name__)
@@ -149,6 +153,25 @@ CREATE TABLE IF NOT EXISTS monitors (
 _STORE = Schema(
     store="business-rules state", version=1, create=_SCHEMA, legacy_table="stop_payments"
 )
+SCHEMA: Final = _SCHEMA
+"""The tables of the state (SQLite's dialect; ``gateway.rules_pg`` reads it for PostgreSQL)."""
+
+
+class StateCursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+
+class StateConnection(Protocol):
+    """What the rules need of their database: an ``sqlite3.Connection`` or
+    ``gateway.rules_pg.PgStateConnection`` (same statements, ``?`` parameters)."""
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> StateCursor: ...
+
+    def close(self) -> None: ...
+
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -202,7 +225,7 @@ class BusinessRules:
     fails closed rather than decide without the state a rule depends on.
     """
 
-    def __init__(self, *, connection: sqlite3.Connection) -> None:
+    def __init__(self, *, connection: StateConnection) -> None:
         self._db = connection
         self._lock = threading.Lock()
 
@@ -455,7 +478,7 @@ def _name_of(enum: EnumDescriptor, value: int) -> str:
     return known.name if known is not None else f"unknown value {value}"
 
 
-def _record_stop(db: sqlite3.Connection, request: request_pb2.Request, now_us: int) -> None:
+def _record_stop(db: StateConnection, request: request_pb2.Request, now_us: int) -> None:
     db.execute(
         "INSERT OR IGNORE INTO stop_payments (request_id, bank, account, start_us, end_us)"
         " VALUES (?, ?, ?, ?, ?)",
@@ -470,7 +493,7 @@ def _record_stop(db: sqlite3.Connection, request: request_pb2.Request, now_us: i
     _record_document(db, request)
 
 
-def _record_document(db: sqlite3.Connection, request: request_pb2.Request) -> None:
+def _record_document(db: StateConnection, request: request_pb2.Request) -> None:
     db.execute(
         "INSERT OR IGNORE INTO order_documents (request_id, case_number, doc_number)"
         " VALUES (?, ?, ?)",
@@ -478,7 +501,7 @@ def _record_document(db: sqlite3.Connection, request: request_pb2.Request) -> No
     )
 
 
-def _record_stop_extend(db: sqlite3.Connection, request: request_pb2.Request, now_us: int) -> None:
+def _record_stop_extend(db: StateConnection, request: request_pb2.Request, now_us: int) -> None:
     cursor = db.execute(
         "UPDATE stop_payments SET extended_by = ?, end_us = end_us + ?"
         " WHERE request_id = ? AND extended_by IS NULL",
@@ -487,7 +510,7 @@ def _record_stop_extend(db: sqlite3.Connection, request: request_pb2.Request, no
     _warn_if_missing(cursor, request)
 
 
-def _record_stop_release(db: sqlite3.Connection, request: request_pb2.Request, now_us: int) -> None:
+def _record_stop_release(db: StateConnection, request: request_pb2.Request, now_us: int) -> None:
     cursor = db.execute(
         "UPDATE stop_payments SET released_us = ? WHERE request_id = ? AND released_us IS NULL",
         (now_us, request.original_request_id),
@@ -495,7 +518,7 @@ def _record_stop_release(db: sqlite3.Connection, request: request_pb2.Request, n
     _warn_if_missing(cursor, request)
 
 
-def _record_freeze(db: sqlite3.Connection, request: request_pb2.Request, now_us: int) -> None:
+def _record_freeze(db: StateConnection, request: request_pb2.Request, now_us: int) -> None:
     order = request.freeze
     db.execute(
         "INSERT OR IGNORE INTO freezes (request_id, bank, account, case_number, start_us, end_us)"
@@ -512,7 +535,7 @@ def _record_freeze(db: sqlite3.Connection, request: request_pb2.Request, now_us:
     _record_document(db, request)
 
 
-def _record_freeze_renew(db: sqlite3.Connection, request: request_pb2.Request, now_us: int) -> None:
+def _record_freeze_renew(db: StateConnection, request: request_pb2.Request, now_us: int) -> None:
     cursor = db.execute(
         "UPDATE freezes SET end_us = ? WHERE request_id = ? AND released_us IS NULL",
         (request.freeze_renew.end.ToMicroseconds(), request.original_request_id),
@@ -520,9 +543,7 @@ def _record_freeze_renew(db: sqlite3.Connection, request: request_pb2.Request, n
     _warn_if_missing(cursor, request)
 
 
-def _record_freeze_release(
-    db: sqlite3.Connection, request: request_pb2.Request, now_us: int
-) -> None:
+def _record_freeze_release(db: StateConnection, request: request_pb2.Request, now_us: int) -> None:
     cursor = db.execute(
         "UPDATE freezes SET released_us = ? WHERE request_id = ? AND released_us IS NULL",
         (now_us, request.original_request_id),
@@ -530,7 +551,7 @@ def _record_freeze_release(
     _warn_if_missing(cursor, request)
 
 
-def _record_monitor(db: sqlite3.Connection, request: request_pb2.Request, now_us: int) -> None:
+def _record_monitor(db: StateConnection, request: request_pb2.Request, now_us: int) -> None:
     db.execute(
         "INSERT OR IGNORE INTO monitors (request_id, bank, account, until_us) VALUES (?, ?, ?, ?)",
         (
@@ -542,7 +563,7 @@ def _record_monitor(db: sqlite3.Connection, request: request_pb2.Request, now_us
     )
 
 
-def _record_monitor_stop(db: sqlite3.Connection, request: request_pb2.Request, now_us: int) -> None:
+def _record_monitor_stop(db: StateConnection, request: request_pb2.Request, now_us: int) -> None:
     cursor = db.execute(
         "UPDATE monitors SET stopped_us = ? WHERE request_id = ? AND stopped_us IS NULL",
         (now_us, request.original_request_id),
@@ -550,7 +571,7 @@ def _record_monitor_stop(db: sqlite3.Connection, request: request_pb2.Request, n
     _warn_if_missing(cursor, request)
 
 
-def _warn_if_missing(cursor: sqlite3.Cursor, request: request_pb2.Request) -> None:
+def _warn_if_missing(cursor: StateCursor, request: request_pb2.Request) -> None:
     # Replaying an outcome changes nothing (idempotent); an unknown original means the agency
     # executed something the gateway did not check, which an operator should look at.
     if cursor.rowcount == 0:
@@ -582,7 +603,7 @@ _CHECKS: Final[dict[str, Callable[[BusinessRules, request_pb2.Request, datetime]
     "location": BusinessRules._check_second_officer,
 }
 
-_RECORDERS: Final[dict[str, Callable[[sqlite3.Connection, request_pb2.Request, int], None]]] = {
+_RECORDERS: Final[dict[str, Callable[[StateConnection, request_pb2.Request, int], None]]] = {
     "stop_payment": _record_stop,
     "stop_payment_extend": _record_stop_extend,
     "stop_payment_release": _record_stop_release,
