@@ -86,6 +86,7 @@ _RETRYABLE = frozenset({"DEADLINE_EXCEEDED", "UNAVAILABLE", InProgress.reason})
 """What ``submit`` sends again: its call timed out or reached no gateway (the gateway may or may
 not have run it), or the gateway still runs the first attempt."""
 _RETRY_BACKOFF_S = 0.1
+_RETRY_BACKOFF_MAX_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,7 +347,7 @@ class FedgateClient:
                 await asyncio.sleep(
                     error.retry_after_s
                     if isinstance(error, InProgress)
-                    else _RETRY_BACKOFF_S * 2 ** (attempt - 1)
+                    else min(_RETRY_BACKOFF_MAX_S, _RETRY_BACKOFF_S * 2 ** (attempt - 1))
                 )
         if reply.HasField("ticket"):
             return Submitted(answer=None, ticket=reply.ticket)

@@ -154,6 +154,8 @@ class QuotaStore(Protocol):
         cannot be reached: fail closed)."""
         ...
 
+    def close(self) -> None: ...
+
 
 class Quotas:
     """The quota check of the pipeline, in this process. Thread-safe; O(1) per check."""
@@ -198,6 +200,9 @@ class Quotas:
     async def take(self, *, member: str, officer_id: str, action: str, urgency: int) -> None:
         """``check`` for the pipeline (no I/O: it does not wait)."""
         self.check(member=member, officer_id=officer_id, action=action, urgency=urgency)
+
+    def close(self) -> None:
+        """Nothing to release: the buckets are in memory."""
 
     def check(
         self,

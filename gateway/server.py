@@ -364,6 +364,7 @@ async def _open_parts(
     resources.callback(rules.close)
     outcomes, quotas = await asyncio.to_thread(_open_shared_parts, config)
     resources.callback(outcomes.close)
+    resources.callback(quotas.close)
 
     def endpoint_of(target: MemberId) -> str:
         return endpoints.get(target) or identity.trust.registry.member(target).endpoint

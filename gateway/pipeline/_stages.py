@@ -299,6 +299,16 @@ class Pipeline:
             raise await self._refuse(x, internal_error(trace_id, stage=x.stage)) from exc
         if retry is not None:
             return await self._answer_retry(x, retry)
+        # From here on the exchange runs to its end even if the caller goes away: a node that
+        # executed an order must have its answer (or its silence) in the log, and a caller
+        # whose deadline passed while the request leg was written retries it (safe retries).
+        rest = asyncio.ensure_future(self._log_and_run(x, remaining_s))
+        rest.add_done_callback(_retrieve)
+        return await asyncio.shield(rest)
+
+    async def _log_and_run(
+        self, x: Exchange, remaining_s: float | None
+    ) -> gateway_service_pb2.SubmitResponse:
         try:
             with stage(x, self._telemetry, "audit_request"):
                 x.request_entry = x.request_leg(decision="allowed", rule=x.rule)
@@ -306,14 +316,7 @@ class Pipeline:
         except FedgateError as error:  # nothing was forwarded: that is the outcome
             await self._record(x, RecordedOutcome(error=error))
             raise
-        except asyncio.CancelledError:
-            self._record_later(x, AuditUnavailable("the request leg was not confirmed; not run"))
-            raise
-        # From here on the exchange runs to its end even if the caller goes away: a node that
-        # executed an order must have its answer (or its silence) in the log.
-        rest = asyncio.ensure_future(self._after_request_leg(x, remaining_s))
-        rest.add_done_callback(_retrieve)
-        return await asyncio.shield(rest)
+        return await self._after_request_leg(x, remaining_s)
 
     async def _after_request_leg(
         self, x: Exchange, remaining_s: float | None
