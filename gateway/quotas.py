@@ -333,9 +333,11 @@ class PgQuotas:
         kinds = {officer_key: self._officer, member_key: self._member}
         if emergency and self._floor is not None:
             kinds[floor_key] = self._floor
-        async with self._pool.connection() as conn, conn.transaction():
+        # Pipelined: BEGIN, the creation of missing buckets and the locking read go in one round
+        # trip; the updates and COMMIT in a second.
+        async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
             await conn.execute(
-                _PG_CREATE, (list(kinds), [kind.capacity for kind in kinds.values()])
+                _PG_CREATE, (list(kinds), [float(kind.capacity) for kind in kinds.values()])
             )
             rows = await (await conn.execute(_PG_LOCK, (list(kinds),))).fetchall()
             now = float(rows[0][3])

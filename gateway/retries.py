@@ -204,10 +204,11 @@ class PgOutcomes:
     ) -> Claim | None:
         """As ``OutcomeStore.claim``."""
         async with self._pool.connection() as conn:
-            if now_us >= self._next_prune_us:
-                self._next_prune_us = now_us + _PRUNE_EVERY_US
-                await conn.execute(_PG_PRUNE, (now_us,))
-            cursor = await conn.execute(_PG_CLAIM, (request_id, body_sha256, expires_us))
+            async with conn.pipeline():  # the prune, when due, rides along with the claim
+                if now_us >= self._next_prune_us:
+                    self._next_prune_us = now_us + _PRUNE_EVERY_US
+                    await conn.execute(_PG_PRUNE, (now_us,))
+                cursor = await conn.execute(_PG_CLAIM, (request_id, body_sha256, expires_us))
             if cursor.rowcount == 1:
                 return None
             # Another attempt's row: ON CONFLICT waited for its commit, so this read sees it

@@ -157,7 +157,9 @@ class TestSharedState:
     def test_postgres_implies_the_shared_replay_cache_and_takes_the_audit_dsn(
         self, tmp_path: Path
     ) -> None:
-        text = MINIMAL + '[audit]\nstore = "postgres"\nschema = "fg"\n[shared]\nstore = "postgres"\n'
+        text = (
+            MINIMAL + '[audit]\nstore = "postgres"\nschema = "fg"\n[shared]\nstore = "postgres"\n'
+        )
         env = {"FEDGATE_GATEWAY__AUDIT__DSN": "host=db dbname=fedgate"}
         config = GatewayConfig.load(write(tmp_path, text), env=env)
         assert config.is_shared

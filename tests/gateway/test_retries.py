@@ -351,6 +351,6 @@ class TestTwoGatewaysSharingState:
         finally:
             await client.close()
         assert submitted.answer is not None
-        assert submitted.answer.signed == gateway_service_pb2.SubmitResponse.FromString(
-            first
-        ).response
+        assert (
+            submitted.answer.signed == gateway_service_pb2.SubmitResponse.FromString(first).response
+        )
