@@ -30,9 +30,14 @@ Decisions, where the domain leaves room:
 - An order repeating one in force (``fedgate.actions.REPEATABLE_ORDERS``: same account at the
   same bank, same case number, same document number) passes the limits: the bank answers it
   with the order in force and executes nothing, and ``record_outcome`` does not count it.
-- ``check`` reserves nothing: two concurrent orders on one account may both pass it. The agency
-  node enforces the same limits when it executes, and ``record_outcome`` is idempotent by
-  request id. Reserving here would block a legitimate retry whenever a bank refused.
+- ``check`` reserves nothing in one process: two concurrent orders on one account may both
+  pass it. The agency node enforces the same limits when it executes, and ``record_outcome`` is
+  idempotent by request id. Several instances sharing the state (``Reservations``,
+  ``gateway.rules_pg``) reserve: a stop-payment or extension that passes ``check`` holds a
+  reservation on its account, taken under a lock on the account in the same transaction as the
+  count, until its outcome is recorded (whatever the answer: a bank's refusal releases it, so a
+  legitimate retry is not blocked) or the reservation lapses; so two instances cannot both allow
+  a third stop-payment.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ __all__ = [
     "STOP_PAYMENT_DURATION",
     "BusinessRuleViolated",
     "BusinessRules",
+    "Reservations",
     "StateConnection",
 ]
 
@@ -164,6 +170,23 @@ class StateCursor(Protocol):
     def fetchone(self) -> Any: ...
 
 
+class Reservations(Protocol):
+    """Stop-payments allowed but not yet answered, on a state several instances share. Every
+    method runs inside the rules' transaction on their connection."""
+
+    def lock_account(self, bank: str, account: str) -> None:
+        """Hold a lock on the account until the transaction ends (serialises two checks)."""
+        ...
+
+    def held(self, bank: str, account: str, *, other_than: str, now_us: int) -> int:
+        """Reservations in force on the account, but ``other_than``'s."""
+        ...
+
+    def reserve(self, request_id: str, bank: str, account: str, *, now_us: int) -> None: ...
+
+    def release(self, request_id: str) -> None: ...
+
+
 class StateConnection(Protocol):
     """What the rules need of their database: an ``sqlite3.Connection`` or
     ``gateway.rules_pg.PgStateConnection`` (same statements, ``?`` parameters)."""
@@ -225,9 +248,12 @@ class BusinessRules:
     fails closed rather than decide without the state a rule depends on.
     """
 
-    def __init__(self, *, connection: StateConnection) -> None:
+    def __init__(
+        self, *, connection: StateConnection, reservations: Reservations | None = None
+    ) -> None:
         self._db = connection
         self._lock = threading.Lock()
+        self._reservations = reservations
 
     @classmethod
     def in_memory(cls) -> BusinessRules:
@@ -261,9 +287,35 @@ class BusinessRules:
             return
         try:
             with self._lock:
-                rule_check(self, request, now)
+                if self._reservations is not None and action in _RESERVING:
+                    self._check_and_reserve(rule_check, request, action, now)
+                else:
+                    rule_check(self, request, now)
         except sqlite3.Error as exc:
             raise AuditUnavailable(f"business-rules state unreadable: {exc}") from exc
+
+    def _check_and_reserve(
+        self,
+        rule_check: Callable[[BusinessRules, request_pb2.Request, datetime], None],
+        request: request_pb2.Request,
+        action: str,
+        now: datetime,
+    ) -> None:
+        """``rule_check`` and, if it passes, a reservation, in one transaction under the
+        account's lock: a concurrent check on another instance waits, then counts it."""
+        assert self._reservations is not None
+        account = getattr(request, action).account_number
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._reservations.lock_account(request.target_agency, account)
+            rule_check(self, request, now)
+            self._reservations.reserve(
+                request.request_id, request.target_agency, account, now_us=_us(now)
+            )
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def _order(self, kind: str, request_id: str) -> _Order | None:
         row = self._db.execute(_ORDER_QUERIES[kind], (request_id,)).fetchone()
@@ -283,15 +335,22 @@ class BusinessRules:
             )
         return order
 
-    def _refuse_third_stop(self, bank: str, account: str) -> None:
+    def _refuse_third_stop(
+        self, bank: str, account: str, request_id: str = "", now: datetime | None = None
+    ) -> None:
         stops, extensions = self._db.execute(
             "SELECT COUNT(*), COUNT(extended_by) FROM stop_payments WHERE bank = ? AND account = ?",
             (bank, account),
         ).fetchone()
-        if stops + extensions >= _STOP_PAYMENT_MAX:
+        pending = 0
+        if self._reservations is not None and now is not None:
+            pending = self._reservations.held(bank, account, other_than=request_id, now_us=_us(now))
+        if stops + extensions + pending >= _STOP_PAYMENT_MAX:
             counted = f"{stops} stop-payment(s)"
             if extensions:
                 counted += f" and {extensions} extension(s)"
+            if pending:
+                counted += f", {pending} allowed and not yet answered"
             raise BusinessRuleViolated(
                 "stop_payment.max_two_per_account",
                 f"account {mask(account)} at {bank} has already been stopped twice ({counted})",
@@ -320,7 +379,7 @@ class BusinessRules:
         account = request.stop_payment.account_number
         if self._repeats_order_in_force("stop_payments", request, account, now):
             return
-        self._refuse_third_stop(request.target_agency, account)
+        self._refuse_third_stop(request.target_agency, account, request.request_id, now)
 
     def _check_stop_release(self, request: request_pb2.Request, now: datetime) -> None:
         rule = "stop_payment_release.cites_executed_stop"
@@ -349,7 +408,7 @@ class BusinessRules:
                 "stop_payment_extend.once_per_original",
                 f"stop-payment {order.request_id} was already extended by {order.extended_by}",
             )
-        self._refuse_third_stop(request.target_agency, account)
+        self._refuse_third_stop(request.target_agency, account, request.request_id, now)
 
     def _check_freeze(self, request: request_pb2.Request, now: datetime) -> None:
         order = request.freeze
@@ -456,15 +515,22 @@ class BusinessRules:
         Other statuses and actions without state are ignored, and so is an answer that reports
         an order in force this one repeated (``repeat_of``: nothing was executed). Idempotent by
         request id; durable when it returns. Raises ``AuditUnavailable`` when the state cannot be
-        written.
+        written. With ``Reservations``, any answer to a stop-payment or extension releases its
+        reservation (in the same transaction as the record).
         """
-        if status != request_pb2.RESPONSE_STATUS_OK or action not in _RECORDERS or repeat_of:
+        release = self._reservations is not None and action in _RESERVING
+        executed = status == request_pb2.RESPONSE_STATUS_OK and action in _RECORDERS
+        if not (release or (executed and not repeat_of)):
             return
         try:
             with self._lock:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
-                    _RECORDERS[action](self._db, request, _us(now))
+                    if executed and not repeat_of:
+                        _RECORDERS[action](self._db, request, _us(now))
+                    if release:
+                        assert self._reservations is not None
+                        self._reservations.release(request.request_id)
                 except BaseException:
                     self._db.execute("ROLLBACK")
                     raise
@@ -590,6 +656,9 @@ _REPEAT_QUERIES: Final[dict[str, str]] = {
     " WHERE o.bank = ? AND o.account = ? AND d.case_number = ? AND d.doc_number = ?"
     " AND o.released_us IS NULL AND o.end_us > ? LIMIT 1",
 }
+
+_RESERVING: Final = frozenset({"stop_payment", "stop_payment_extend"})
+"""Actions whose allowance is reserved on a shared state until their answer (``Reservations``)."""
 
 _CHECKS: Final[dict[str, Callable[[BusinessRules, request_pb2.Request, datetime], None]]] = {
     "stop_payment": BusinessRules._check_stop_payment,

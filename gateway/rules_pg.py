@@ -23,7 +23,8 @@ import contextlib
 import functools
 import re
 from collections.abc import Callable
-from typing import Any
+from datetime import timedelta
+from typing import Any, Final
 
 import psycopg
 
@@ -32,13 +33,38 @@ from fedgate.storage import Schema
 from gateway.rules import SCHEMA, BusinessRules
 from gateway.shared import PgPool
 
-__all__ = ["PgStateConnection", "open_shared_rules"]
+__all__ = ["RESERVATION_LAPSES_AFTER", "PgReservations", "PgStateConnection", "open_shared_rules"]
 
 _PG_STORE = Schema(
     store="shared business-rules state",
     version=1,
-    create=SCHEMA.replace("INTEGER", "BIGINT"),
+    create=SCHEMA.replace("INTEGER", "BIGINT")
+    + """
+CREATE TABLE IF NOT EXISTS stop_reservations (
+    request_id TEXT PRIMARY KEY,
+    bank       TEXT NOT NULL,
+    account    TEXT NOT NULL,
+    expires_us BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS stop_reservations_by_account ON stop_reservations (bank, account);
+""",
 )
+RESERVATION_LAPSES_AFTER: Final = timedelta(minutes=10)
+"""How long an allowed stop-payment without an answer counts on its account: longer than any
+node call (``[routing] timeout_s``); a request queued for a person lapses sooner than it is
+answered, and the bank's own limit then holds, as on one instance."""
+_LOCK_ACCOUNT = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+_HELD = (
+    "SELECT COUNT(*) FROM stop_reservations"
+    " WHERE bank = %s AND account = %s AND request_id <> %s AND expires_us > %s"
+)
+_RESERVE = (
+    "INSERT INTO stop_reservations (request_id, bank, account, expires_us)"
+    " VALUES (%s, %s, %s, %s)"
+    " ON CONFLICT (request_id) DO UPDATE SET expires_us = excluded.expires_us"
+)
+_RELEASE = "DELETE FROM stop_reservations WHERE request_id = %s"
+_PRUNE = "DELETE FROM stop_reservations WHERE expires_us < %s"
 _OR_IGNORE = re.compile(r"^\s*INSERT OR IGNORE INTO", re.IGNORECASE)
 
 
@@ -64,10 +90,14 @@ class PgStateConnection:
         self._conn = connect()
 
     def execute(self, sql: str, parameters: Any = (), /) -> psycopg.Cursor[Any]:
+        return self.execute_pg(_postgres(sql), parameters)
+
+    def execute_pg(self, sql: str, parameters: Any = (), /) -> psycopg.Cursor[Any]:
+        """A statement already in PostgreSQL's dialect (this module's own)."""
         try:
             if self._conn.broken or self._conn.closed:
                 self._conn = self._connect()
-            return self._conn.execute(_postgres(sql), parameters or None)
+            return self._conn.execute(sql, parameters or None)
         except psycopg.Error as exc:
             if self._conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 self._rollback()
@@ -81,8 +111,33 @@ class PgStateConnection:
         self._conn.close()
 
 
+class PgReservations:
+    """``gateway.rules.Reservations`` in the shared state, on the rules' own connection (so in
+    their transaction). The account lock is a transaction-level advisory lock on the bank and
+    account, so two instances checking one account take turns."""
+
+    def __init__(self, state: PgStateConnection) -> None:
+        self._state = state
+        self._lapse_us = RESERVATION_LAPSES_AFTER // timedelta(microseconds=1)
+
+    def lock_account(self, bank: str, account: str) -> None:
+        self._state.execute_pg(_LOCK_ACCOUNT, (f"{bank}\x1f{account}",))
+
+    def held(self, bank: str, account: str, *, other_than: str, now_us: int) -> int:
+        row = self._state.execute_pg(_HELD, (bank, account, other_than, now_us)).fetchone()
+        return int(row[0]) if row else 0
+
+    def reserve(self, request_id: str, bank: str, account: str, *, now_us: int) -> None:
+        self._state.execute_pg(_PRUNE, (now_us - self._lapse_us,))
+        self._state.execute_pg(_RESERVE, (request_id, bank, account, now_us + self._lapse_us))
+
+    def release(self, request_id: str) -> None:
+        self._state.execute_pg(_RELEASE, (request_id,))
+
+
 def open_shared_rules(*, dsn: str, schema: str) -> BusinessRules:
     """``BusinessRules`` over the shared projection in ``schema`` (created if needed). Raises
     ``AuditUnavailable``."""
     pool = PgPool(dsn=dsn, schema=schema, store=_PG_STORE, what="shared business-rules state")
-    return BusinessRules(connection=PgStateConnection(pool.connect_sync))
+    state = PgStateConnection(pool.connect_sync)
+    return BusinessRules(connection=state, reservations=PgReservations(state))

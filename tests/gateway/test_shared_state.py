@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -205,3 +207,58 @@ class TestSharedRuleState:
         finally:
             a.close()
             b.close()
+
+    def test_an_allowed_stop_is_reserved_until_its_answer(self, pg: PgTarget) -> None:
+        """Two instances cannot both allow a third stop-payment: the second check counts the
+        first's reservation; a bank's refusal releases it."""
+        a = open_shared_rules(dsn=pg.dsn, schema=pg.schema)
+        b = open_shared_rules(dsn=pg.dsn, schema=pg.schema)
+        ok, refused_status = request_pb2.RESPONSE_STATUS_OK, request_pb2.RESPONSE_STATUS_REFUSED
+        try:
+            now = datetime.now(UTC)
+            first = valid_request("stop_payment", now=now, serial=1)
+            account = first.stop_payment.account_number
+            a.check(first, action="stop_payment", now=now)
+            a.record_outcome(first, action="stop_payment", status=ok, now=now)
+            second, third = (
+                valid_request("stop_payment", now=now, serial=n, account_number=account)
+                for n in (2, 3)
+            )
+            a.check(second, action="stop_payment", now=now)
+            a.check(second, action="stop_payment", now=now)  # its own reservation: not counted
+            with pytest.raises(RuleViolated, match="1 allowed and not yet answered"):
+                b.check(third, action="stop_payment", now=now)
+            a.record_outcome(second, action="stop_payment", status=refused_status, now=now)
+            b.check(third, action="stop_payment", now=now)  # the bank refused the second
+        finally:
+            a.close()
+            b.close()
+
+    def test_concurrent_checks_on_two_instances_allow_one(self, pg: PgTarget) -> None:
+        instances = [open_shared_rules(dsn=pg.dsn, schema=pg.schema) for _ in range(4)]
+        ok = request_pb2.RESPONSE_STATUS_OK
+        try:
+            now = datetime.now(UTC)
+            first = valid_request("stop_payment", now=now, serial=1)
+            account = first.stop_payment.account_number
+            instances[0].record_outcome(first, action="stop_payment", status=ok, now=now)
+            orders = [
+                valid_request("stop_payment", now=now, serial=n, account_number=account)
+                for n in range(2, 10)
+            ]
+            barrier = threading.Barrier(len(orders))
+
+            def check(n: int) -> bool:
+                barrier.wait(timeout=10)
+                try:
+                    instances[n % 4].check(orders[n], action="stop_payment", now=now)
+                except RuleViolated:
+                    return False
+                return True
+
+            with ThreadPoolExecutor(len(orders)) as pool:
+                allowed = list(pool.map(check, range(len(orders))))
+            assert sum(allowed) == 1
+        finally:
+            for rules in instances:
+                rules.close()
