@@ -11,8 +11,10 @@
 Every answer is checked before it is returned: the agency's signature against the
 registry, the binding to the request sent (request hash, id, responder), the
 gateway's countersignature, and the receipt's inclusion proof against the log's
-signed checkpoint. ``cosign_receipt`` upgrades a receipt with a witness-cosigned checkpoint
-and a consistency proof (see ``docs/audit.md``, "Receipts").
+signed checkpoint. A call that times out is sent again, the same signed envelope: the gateway
+answers a retry with the first attempt's recorded outcome and never runs a request twice
+(``submit``; ``docs/protocol.md``, "Safe retries"). ``cosign_receipt`` upgrades a receipt with
+a witness-cosigned checkpoint and a consistency proof (see ``docs/audit.md``, "Receipts").
 """
 
 from __future__ import annotations
@@ -44,7 +46,13 @@ from fedgate.envelope import (
     verify_envelope,
     verify_response_binding,
 )
-from fedgate.errors import DecodeError, FedgateError, SignatureInvalid, VerificationError
+from fedgate.errors import (
+    DecodeError,
+    FedgateError,
+    InProgress,
+    SignatureInvalid,
+    VerificationError,
+)
 from fedgate.fanout import resolve_targets
 from fedgate.keys import raw_public_key
 from fedgate.note import NoteVerifier
@@ -73,6 +81,12 @@ from fedgate.v1 import (
 __all__ = ["GATEWAY_ID", "Answer", "FanOutItem", "FedgateClient", "verify_signed_response"]
 
 GATEWAY_ID = MemberId("gateway")
+
+_RETRYABLE = frozenset({"DEADLINE_EXCEEDED", "UNAVAILABLE", InProgress.reason})
+"""What ``submit`` sends again: its call timed out or reached no gateway (the gateway may or may
+not have run it), or the gateway still runs the first attempt."""
+_RETRY_BACKOFF_S = 0.1
+_RETRY_BACKOFF_MAX_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,16 +319,38 @@ class FedgateClient:
         return sign_envelope(body, self._signer, Domain.REQUEST)
 
     async def submit(
-        self, request: request_pb2.Request | envelope_pb2.SignedEnvelope, *, timeout: float = 15.0
+        self,
+        request: request_pb2.Request | envelope_pb2.SignedEnvelope,
+        *,
+        timeout: float = 15.0,
+        attempts: int = 3,
     ) -> Submitted:
-        """Send one request; returns the verified answer or a ticket. Raises ``FedgateError``."""
+        """Send one request; returns the verified answer or a ticket. Raises ``FedgateError``.
+
+        Safe retries: when a call times out (``DEADLINE_EXCEEDED``), reaches no gateway
+        (``UNAVAILABLE`` without a gateway's reason) or is told ``IN_PROGRESS``, the same
+        signed envelope is sent again, up to ``attempts`` calls of ``timeout`` each: the
+        gateway (this instance or another sharing its state) answers it with the first
+        attempt's recorded outcome, or ``IN_PROGRESS`` (retried after its delay), and never
+        runs it twice. The last attempt's error is raised.
+        """
+        if attempts < 1:
+            raise ValueError("attempts must be at least 1")
         envelope = self.sign(request) if isinstance(request, request_pb2.Request) else request
-        try:
-            reply = await self._stub.Submit(
-                gateway_service_pb2.SubmitRequest(envelope=envelope), timeout=timeout
-            )
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from exc
+        submit = gateway_service_pb2.SubmitRequest(envelope=envelope)
+        for attempt in range(1, attempts + 1):
+            try:
+                reply = await self._stub.Submit(submit, timeout=timeout)
+                break
+            except grpc.RpcError as exc:
+                error = error_from_rpc(exc)
+                if attempt == attempts or error.reason not in _RETRYABLE:
+                    raise error from exc
+                await asyncio.sleep(
+                    error.retry_after_s
+                    if isinstance(error, InProgress)
+                    else min(_RETRY_BACKOFF_MAX_S, _RETRY_BACKOFF_S * 2 ** (attempt - 1))
+                )
         if reply.HasField("ticket"):
             return Submitted(answer=None, ticket=reply.ticket)
         return Submitted(answer=self._verify(reply.response, envelope), ticket=None)

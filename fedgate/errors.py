@@ -20,6 +20,7 @@ string (the ``google.rpc.ErrorInfo`` reason). Handlers raise these; one place
     │   ├── PolicyDenied           no Casbin rule allows it
     │   └── RuleViolated           a business rule forbids it
     ├── Replayed                   ALREADY_EXISTS
+    ├── InProgress                 UNAVAILABLE (a retry whose first attempt is still running)
     ├── Stale                      FAILED_PRECONDITION (issued-at out of window)
     ├── QuotaExceeded              RESOURCE_EXHAUSTED
     ├── NotFound                   NOT_FOUND
@@ -49,6 +50,7 @@ __all__ = [
     "Expired",
     "FedgateError",
     "FieldViolation",
+    "InProgress",
     "InvalidArgument",
     "KeyNotValid",
     "LogInconsistent",
@@ -188,6 +190,20 @@ class RuleViolated(PermissionRefused):
 class Replayed(FedgateError):
     code = grpc.StatusCode.ALREADY_EXISTS
     reason = "REPLAYED"
+
+
+class InProgress(FedgateError):
+    """The same signed request was sent again (a retry) while the gateway still runs the first:
+    nothing was executed twice; retry again after ``retry_after_s`` to get the first's outcome."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "IN_PROGRESS"
+
+    def __init__(
+        self, message: str, *, retry_after_s: float = 0.5, reason: str | None = None
+    ) -> None:
+        super().__init__(message, reason=reason)
+        self.retry_after_s = retry_after_s
 
 
 class Stale(FedgateError):

@@ -74,7 +74,7 @@ def rpc_status_of(error: FedgateError) -> status_pb2.Status:
             ]
         )
         status.details.add().Pack(bad)
-    if isinstance(error, errors.QuotaExceeded):
+    if isinstance(error, errors.QuotaExceeded | errors.InProgress):
         delay = duration_pb2.Duration()
         delay.FromMilliseconds(max(1, int(error.retry_after_s * 1000)))
         status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
@@ -145,7 +145,7 @@ def error_from_rpc(exc: grpc.RpcError) -> FedgateError:
         error = FedgateError(message, reason=reason or code.name)
         error.code = code
         return error
-    if issubclass(cls, errors.QuotaExceeded):
+    if issubclass(cls, errors.QuotaExceeded | errors.InProgress):
         return cls(message, retry_after_s=retry_after, reason=reason)
     if issubclass(cls, errors.InvalidArgument):
         return cls(message, violations=tuple(violations), reason=reason)
@@ -268,7 +268,7 @@ def error_from_detail(detail: fedgate_status_pb2.ErrorDetail) -> FedgateError:
     if cls is None:
         error = FedgateError(detail.message, reason=detail.reason or "UNKNOWN")
         return error
-    if issubclass(cls, errors.QuotaExceeded):
+    if issubclass(cls, errors.QuotaExceeded | errors.InProgress):
         return cls(detail.message, retry_after_s=1.0, reason=detail.reason)
     if issubclass(cls, errors.InvalidArgument):
         violations = tuple(FieldViolation(v.field, v.description) for v in detail.field_errors)

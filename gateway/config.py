@@ -4,6 +4,7 @@
     [federation] dir, member_id, reload_interval_s
     [pipeline]   state_dir, clock_skew_s, replay_window_s, replay_store, replay_synchronous,
                  reconcile_interval_s
+    [shared]     store ("local" | "postgres"), dsn, schema: the state several instances share
     [audit]      origin, store ("sqlite" | "postgres"), path (SQLite), dsn and schema
                  (PostgreSQL), state_path, keep_response_bodies, witnesses
     [routing]    timeout_s, max_attempts, retry_backoff_s, breaker_failures, breaker_reset_s,
@@ -51,6 +52,7 @@ __all__ = [
     "PolicyConfig",
     "RoutingConfig",
     "ServerConfig",
+    "SharedConfig",
     "TelemetryConfig",
     "TicketsConfig",
 ]
@@ -83,11 +85,12 @@ class PipelineConfig:
     clock_skew_s: float = 300.0
     replay_window_s: float = 900.0
     """How long request ids and nonces are remembered; at least twice the skew."""
-    replay_store: str = "memory"
-    """``"memory"`` (default: no fsync or thread of its own, rebuilt from the audit log at every
-    start), ``"sqlite"`` (``replay.sqlite`` in the state directory), or ``"postgres"`` (shared
-    by every gateway instance on ``audit.dsn``, in the schema ``<audit.schema>_replay``; needs
-    ``audit.store = "postgres"``); see ``gateway.replay``."""
+    replay_store: str = ""
+    """``"memory"`` (no fsync or thread of its own, rebuilt from the audit log at every start),
+    ``"sqlite"`` (``replay.sqlite`` in the state directory), or ``"postgres"`` (shared by every
+    gateway instance, in the schema ``<shared schema>_replay``); see ``gateway.replay``. Empty
+    (the default) follows ``[shared] store``: ``"memory"`` when local, ``"postgres"`` when
+    shared (which implies it; ``"memory"`` or ``"sqlite"`` with a shared store is refused)."""
     replay_synchronous: str = "normal"
     """``"normal"`` or ``"full"``: the SQLite replay cache's ``synchronous`` setting. With
     ``"normal"`` what a power loss takes from the cache is rebuilt from the audit log at
@@ -95,6 +98,23 @@ class PipelineConfig:
     reconcile_interval_s: float = 30.0
     """How often request legs left without a response leg are reconciled with their node
     (besides once at start-up, before serving); 0 turns the periodic pass off."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SharedConfig:
+    """The one switch for the state that gateway instances must share to act as one: replay
+    protection, recorded outcomes (safe retries), business-rule state and quotas."""
+
+    store: str = "local"
+    """``"local"`` (default: this process alone, in memory and SQLite, as a single gateway
+    needs) or ``"postgres"`` (every instance on one PostgreSQL database shares the state)."""
+    dsn: str = field(default="", repr=False)
+    """PostgreSQL connection string (libpq) of the shared state; default ``audit.dsn``. It may
+    hold a password: kept out of ``repr`` and logs; prefer ``FEDGATE_GATEWAY__SHARED__DSN``."""
+    schema: str = ""
+    """Prefix of the PostgreSQL schemas of the shared stores (``<schema>_replay``,
+    ``_outcomes``, ``_rules``, ``_quotas``: a schema holds one store); default
+    ``audit.schema``."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -201,6 +221,29 @@ class GatewayConfig:
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    shared: SharedConfig = field(default_factory=SharedConfig)
+
+    @property
+    def is_shared(self) -> bool:
+        """Whether the state is shared with other instances on PostgreSQL (``[shared]``)."""
+        return self.shared.store == "postgres"
+
+    @property
+    def shared_dsn(self) -> str:
+        """The DSN of the shared state: ``shared.dsn``, else ``audit.dsn``."""
+        return self.shared.dsn or self.audit.dsn
+
+    def shared_schema(self, store: str) -> str:
+        """The PostgreSQL schema of one shared store (``"replay"``, ``"outcomes"``, ``"rules"``,
+        ``"quotas"``): ``<shared.schema or audit.schema>_<store>``."""
+        return f"{self.shared.schema or self.audit.schema}_{store}"
+
+    @property
+    def replay_kind(self) -> str:
+        """The replay cache in force: ``pipeline.replay_store``, or what ``[shared]`` implies."""
+        if self.pipeline.replay_store:
+            return self.pipeline.replay_store
+        return "postgres" if self.is_shared else "memory"
 
     @property
     def audit_path(self) -> Path:
@@ -220,9 +263,8 @@ class GatewayConfig:
 
     @property
     def replay_schema(self) -> str:
-        """The PostgreSQL schema of the shared replay cache: the audit schema's name plus
-        ``_replay`` (a schema holds one store)."""
-        return f"{self.audit.schema}_replay"
+        """The PostgreSQL schema of the shared replay cache (``shared_schema("replay")``)."""
+        return self.shared_schema("replay")
 
     @property
     def replay_path(self) -> Path:
@@ -288,16 +330,12 @@ class GatewayConfig:
                 f"twice pipeline.clock_skew_s ({self.pipeline.clock_skew_s}): a request id must "
                 "be remembered for as long as its issued-at can pass the freshness check"
             )
-        if self.pipeline.replay_store not in ("memory", "sqlite", "postgres"):
+        if self.pipeline.replay_store not in ("", "memory", "sqlite", "postgres"):
             raise ConfigError(
                 f'pipeline.replay_store must be "memory", "sqlite" or "postgres", '
                 f"got {self.pipeline.replay_store!r}"
             )
-        if self.pipeline.replay_store == "postgres" and self.audit.store != "postgres":
-            raise ConfigError(
-                'pipeline.replay_store = "postgres" shares the audit store\'s database: set '
-                'audit.store = "postgres" (and audit.dsn) as well'
-            )
+        self._validate_shared()
         if self.pipeline.replay_synchronous not in ("normal", "full"):
             raise ConfigError(
                 f'pipeline.replay_synchronous must be "normal" or "full", '
@@ -345,6 +383,37 @@ class GatewayConfig:
                 )
         if self.telemetry.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigError(f"telemetry.log_level {self.telemetry.log_level!r} is not a level")
+
+    def _validate_shared(self) -> None:
+        shared = self.shared
+        if shared.store not in ("local", "postgres"):
+            raise ConfigError(f'shared.store must be "local" or "postgres", got {shared.store!r}')
+        if shared.schema and not _SCHEMA_NAME.fullmatch(shared.schema + "_outcomes"):
+            raise ConfigError(
+                f"shared.schema must be a plain PostgreSQL name (letters, digits, _; at most 53), "
+                f"got {shared.schema!r}"
+            )
+        if shared.store == "local":
+            if shared.dsn:  # the operator believes the state is shared: say it is not
+                raise ConfigError('shared.dsn is set but shared.store is "local"')
+            if self.pipeline.replay_store == "postgres" and self.audit.store != "postgres":
+                raise ConfigError(
+                    'pipeline.replay_store = "postgres" shares the audit store\'s database: set '
+                    'audit.store = "postgres" (and audit.dsn) as well, or use [shared] '
+                    'store = "postgres" with shared.dsn'
+                )
+            return
+        if self.pipeline.replay_store in ("memory", "sqlite"):
+            raise ConfigError(
+                f'pipeline.replay_store = "{self.pipeline.replay_store}" is not shared, but '
+                'shared.store = "postgres" says the instances share their state: leave '
+                'pipeline.replay_store unset (or "postgres")'
+            )
+        if not self.shared_dsn.strip():
+            raise ConfigError(
+                'shared.dsn is required with shared.store = "postgres" (unless audit.store = '
+                '"postgres" gives audit.dsn)'
+            )
 
     def _validate_audit_store(self) -> None:
         audit = self.audit

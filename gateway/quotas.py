@@ -8,6 +8,15 @@ Emergency stop-payments (``stop_payment`` with ``URGENCY_EMERGENCY``) are never 
 ``emergency_floor_per_minute``: when the main buckets are empty they draw from a separate
 bucket per officer refilled at the floor rate (holding 10 seconds' worth, at least one).
 
+Shared (``[shared] store = "postgres"``): ``PgQuotas`` keeps the same buckets in one
+PostgreSQL table that every gateway instance uses, so that an officer's quota is one quota
+however many instances serve them. Each check is one transaction that locks the request's bucket
+rows (``SELECT … FOR UPDATE``, in key order, so two checks never deadlock) and refills them by
+the database's clock (one clock for every host). PostgreSQL rather than Redis: the gateway
+already depends on it for the audit shards and the other shared state, the check touches two or
+three rows, and ``bench/bench_shared.py`` measures its cost in the pipeline
+(``pg_shared_state_overhead``); a second server to run, secure and back up was not needed.
+
 Each check is O(1). Memory is bounded: a bucket idle long enough to have refilled completely is
 indistinguishable from a new one and is dropped; past ``max_buckets`` per kind the least
 recently used bucket is dropped as well (which can only be lenient to that one key, and the
@@ -22,14 +31,16 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Final
+from typing import Final, Protocol
 
 from fedgate.actions import PERSONAL_DATA_ACTIONS
 from fedgate.errors import QuotaExceeded
+from fedgate.storage import Schema
 from fedgate.v1 import common_pb2
 from gateway.config import ConfigError
+from gateway.shared import PgPool
 
-__all__ = ["QuotaConfig", "Quotas"]
+__all__ = ["PgQuotas", "QuotaConfig", "QuotaStore", "Quotas"]
 
 _FLOOR_SECONDS: Final = 10.0
 _DEFAULT_MAX_BUCKETS: Final = 100_000
@@ -135,8 +146,19 @@ class _Buckets:
         return len(self._buckets)
 
 
+class QuotaStore(Protocol):
+    """What the pipeline's stage 7 needs: take a token for a request, or refuse it."""
+
+    async def take(self, *, member: str, officer_id: str, action: str, urgency: int) -> None:
+        """Take a token or raise ``QuotaExceeded`` (``AuditUnavailable`` if the shared state
+        cannot be reached: fail closed)."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class Quotas:
-    """The quota check of the pipeline. Thread-safe; O(1) per check."""
+    """The quota check of the pipeline, in this process. Thread-safe; O(1) per check."""
 
     def __init__(
         self,
@@ -175,6 +197,13 @@ class Quotas:
             floor = len(self._floor) if self._floor is not None else 0
             return len(self._officers) + len(self._members) + floor
 
+    async def take(self, *, member: str, officer_id: str, action: str, urgency: int) -> None:
+        """``check`` for the pipeline (no I/O: it does not wait)."""
+        self.check(member=member, officer_id=officer_id, action=action, urgency=urgency)
+
+    def close(self) -> None:
+        """Nothing to release: the buckets are in memory."""
+
     def check(
         self,
         *,
@@ -209,13 +238,127 @@ class Quotas:
                     floor.tokens -= 1.0
                     return
                 wait = min(wait, self._floor.wait(floor))
-        kind = "personal-data query" if cfg.personal_data_only else "request"
-        if officer_empty:
-            message = (
-                f"officer {officer_id} of {member} is over the {kind} quota "
-                f"({cfg.officer_per_minute:g}/min)"
+        raise _over_quota(cfg, member, officer_id, officer_empty=officer_empty, wait=wait)
+
+
+def _over_quota(
+    cfg: QuotaConfig, member: str, officer_id: str, *, officer_empty: bool, wait: float
+) -> QuotaExceeded:
+    kind = "personal-data query" if cfg.personal_data_only else "request"
+    if officer_empty:
+        message = (
+            f"officer {officer_id} of {member} is over the {kind} quota "
+            f"({cfg.officer_per_minute:g}/min)"
+        )
+    else:
+        message = f"member {member} is over its {kind} quota ({cfg.member_per_minute:g}/min)"
+    # Rounded up to the millisecond, so that retrying after it finds a token.
+    return QuotaExceeded(message, retry_after_s=math.ceil(wait * 1000) / 1000)
+
+
+_PG_STORE = Schema(
+    store="shared quotas",
+    version=1,
+    create="""
+CREATE TABLE IF NOT EXISTS quota_buckets (
+    key     TEXT PRIMARY KEY,
+    tokens  DOUBLE PRECISION NOT NULL,
+    updated DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS quota_buckets_by_update ON quota_buckets (updated);
+""",
+)
+# New buckets start full, at the database's time (one clock for every instance).
+_PG_CREATE = (
+    "INSERT INTO quota_buckets (key, tokens, updated)"
+    " SELECT k, c, EXTRACT(EPOCH FROM clock_timestamp())"
+    " FROM unnest(%s::text[], %s::float8[]) AS t(k, c) ON CONFLICT DO NOTHING"
+)
+_PG_LOCK = (
+    "SELECT key, tokens, updated, EXTRACT(EPOCH FROM clock_timestamp())::float8"
+    " FROM quota_buckets WHERE key = ANY(%s) ORDER BY key FOR UPDATE"
+)
+_PG_SET = "UPDATE quota_buckets SET tokens = %s, updated = %s WHERE key = %s"
+_PG_PRUNE = "DELETE FROM quota_buckets WHERE updated < %s"
+_SEP: Final = "\x1f"  # unit separator: in no member or officer id, allowed in PostgreSQL text
+_PRUNE_EVERY_S: Final = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    prefix: str
+    rate: float  # tokens per second
+    capacity: float
+
+    def level(self, tokens: float, updated: float, now: float) -> float:
+        return min(self.capacity, tokens + max(0.0, now - updated) * self.rate)
+
+    def wait(self, tokens: float) -> float:
+        return max(0.0, (1.0 - tokens) / self.rate)
+
+
+class PgQuotas:
+    """The quotas of ``Quotas`` shared by every gateway instance on one PostgreSQL database.
+
+    ``take`` MUST take a token from the officer's and the member's bucket atomically across
+    instances (both or neither; row locks), so that N instances grant what one would. Buckets
+    idle long enough to be full again are deleted every 30 seconds. Database failures raise
+    ``AuditUnavailable``.
+    """
+
+    def __init__(self, config: QuotaConfig, *, dsn: str, schema: str, connections: int = 4) -> None:
+        self.config = config
+        self._pool = PgPool(
+            dsn=dsn, schema=schema, store=_PG_STORE, what="shared quotas", connections=connections
+        )
+        self._officer = _Kind("o", config.officer_per_minute / 60.0, config.officer_burst)
+        self._member = _Kind("m", config.member_per_minute / 60.0, config.member_burst)
+        floor = config.emergency_floor_per_minute
+        self._floor = (
+            _Kind("f", floor / 60.0, max(1.0, floor / 60.0 * _FLOOR_SECONDS)) if floor > 0 else None
+        )
+        kinds = [self._officer, self._member] + ([self._floor] if self._floor else [])
+        self._idle_s = max(k.capacity / k.rate for k in kinds)
+        self._next_prune = 0.0
+
+    async def take(self, *, member: str, officer_id: str, action: str, urgency: int) -> None:
+        """As ``QuotaStore.take``."""
+        cfg = self.config
+        if cfg.personal_data_only and action not in PERSONAL_DATA_ACTIONS:
+            return
+        emergency = action == "stop_payment" and urgency == common_pb2.URGENCY_EMERGENCY
+        officer_key = _SEP.join(("o", member, officer_id))
+        member_key = _SEP.join(("m", member))
+        floor_key = _SEP.join(("f", member, officer_id))
+        kinds = {officer_key: self._officer, member_key: self._member}
+        if emergency and self._floor is not None:
+            kinds[floor_key] = self._floor
+        # Pipelined: BEGIN, the creation of missing buckets and the locking read go in one round
+        # trip; the updates and COMMIT in a second.
+        async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
+            await conn.execute(
+                _PG_CREATE, (list(kinds), [float(kind.capacity) for kind in kinds.values()])
             )
-        else:
-            message = f"member {member} is over its {kind} quota ({cfg.member_per_minute:g}/min)"
-        # Rounded up to the millisecond, so that retrying after it finds a token.
-        raise QuotaExceeded(message, retry_after_s=math.ceil(wait * 1000) / 1000)
+            rows = await (await conn.execute(_PG_LOCK, (list(kinds),))).fetchall()
+            now = float(rows[0][3])
+            levels = {str(k): kinds[str(k)].level(float(t), float(u), now) for k, t, u, _ in rows}
+            take: list[str] = []
+            if levels[officer_key] >= 1.0 and levels[member_key] >= 1.0:
+                take = [officer_key, member_key]
+            elif floor_key in levels and levels[floor_key] >= 1.0:
+                take = [floor_key]
+            for key in take:
+                await conn.execute(_PG_SET, (levels[key] - 1.0, now, key))
+            if now >= self._next_prune:
+                self._next_prune = now + _PRUNE_EVERY_S
+                await conn.execute(_PG_PRUNE, (now - self._idle_s,))
+        if take:
+            return
+        officer_empty = levels[officer_key] < 1.0
+        wait = max(self._officer.wait(levels[officer_key]), self._member.wait(levels[member_key]))
+        if floor_key in levels and self._floor is not None:
+            wait = min(wait, self._floor.wait(levels[floor_key]))
+        raise _over_quota(cfg, member, officer_id, officer_empty=officer_empty, wait=wait)
+
+    def close(self) -> None:
+        self._pool.close()

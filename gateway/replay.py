@@ -80,11 +80,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final, Literal, Protocol
+from typing import Final, Literal, Protocol
 
 import psycopg
 from google.protobuf.message import DecodeError as ProtobufDecodeError
-from psycopg import sql as psql
 
 from fedgate.audit_entry import RequestLeg, decode_entry
 from fedgate.envelope import decode_request
@@ -93,6 +92,7 @@ from fedgate.errors import (
     AuthenticationError,
     DecodeError,
     FedgateError,
+    InProgress,
     KeyNotValid,
     PeerMismatch,
     Replayed,
@@ -100,8 +100,10 @@ from fedgate.errors import (
     Stale,
     UnknownKey,
 )
-from fedgate.storage import Schema, open_store, prepare_postgres
+from fedgate.storage import Schema, open_store
 from fedgate.v1 import envelope_pb2
+from gateway.retries import RETRIED
+from gateway.shared import PgPool
 
 __all__ = [
     "MemoryReplayCache",
@@ -150,8 +152,9 @@ _NOT_REMEMBERED: Final = frozenset(
         DecodeError,  # stage 2
         Stale,  # stage 4, before anything is remembered
         Replayed,  # stage 4: nothing of the refused request is remembered (both keys or neither)
+        InProgress,  # stage 4, a retry: its first attempt remembered the ids (and has its leg)
     )
-)
+) | {RETRIED}
 """Refusal reasons raised before stage 4 remembers a request's ids. Every reason here MUST be
 one the pipeline raises only before ``remember`` commits; a reason raised both before and after
 (``INVALID_ARGUMENT``, ``MEMBER_REFUSED``) MUST NOT be listed."""
@@ -621,7 +624,6 @@ _PG_SEEN = (
     "SELECT EXISTS (SELECT 1 FROM replay_requests WHERE request_key = %s),"
     " EXISTS (SELECT 1 FROM replay_requests WHERE nonce_key = %s)"
 )
-_PG_LOCK: Final = 0x66656467_72706C79  # "fedg" "rply": serialises schema set-up between openers
 
 
 class PgReplayCache:
@@ -637,43 +639,17 @@ class PgReplayCache:
     def __init__(self, *, dsn: str, schema: str, window: timedelta, connections: int = 4) -> None:
         if window <= timedelta(0):
             raise ValueError("window must be positive")
-        if connections < 1:
-            raise ValueError("connections must be at least 1")
-        self._dsn = dsn
-        self._schema = schema
         self._window = window
         self._window_us = window // timedelta(microseconds=1)
-        self._size = connections
-        self._pool: asyncio.Queue[psycopg.AsyncConnection[Any]] | None = None
-        self._opened: list[psycopg.AsyncConnection[Any]] = []
+        self._pool = PgPool(
+            dsn=dsn,
+            schema=schema,
+            store=_PG_STORE,
+            what="shared replay cache",
+            connections=connections,
+        )
         self._next_prune_us = 0
-        self._sync = self._connect_sync()
-
-    def _connect_sync(self) -> psycopg.Connection[Any]:
-        try:
-            conn = psycopg.connect(self._dsn, autocommit=True)
-            conn.execute(
-                psql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(psql.Identifier(self._schema))
-            )
-            conn.execute(psql.SQL("SET search_path TO {}").format(psql.Identifier(self._schema)))
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_LOCK,))
-                prepare_postgres(conn, _PG_STORE, where=f"PostgreSQL schema {self._schema!r}")
-        except psycopg.Error as exc:
-            raise AuditUnavailable(f"shared replay cache unavailable: {exc}") from exc
-        return conn
-
-    async def _connection(self) -> psycopg.AsyncConnection[Any]:
-        if self._pool is None:
-            self._pool = asyncio.Queue()
-        if self._pool.empty() and len(self._opened) < self._size:
-            conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
-            await conn.execute(
-                psql.SQL("SET search_path TO {}").format(psql.Identifier(self._schema))
-            )
-            self._opened.append(conn)
-            return conn
-        return await self._pool.get()
+        self._sync = self._pool.connect_sync()
 
     @property
     def window(self) -> timedelta:
@@ -682,11 +658,7 @@ class PgReplayCache:
     def close(self) -> None:
         """Close the connections; the cache is unusable afterwards."""
         self._sync.close()
-        # The async connections belong to the loop that opened them; closing their sockets
-        # from here is safe once that loop no longer uses them.
-        for conn in self._opened:
-            conn.pgconn.finish()
-        self._opened.clear()
+        self._pool.close()
 
     def check_freshness(self, issued_at: datetime, *, now: datetime, skew: timedelta) -> None:
         """As ``ReplayCache.check_freshness``."""
@@ -706,8 +678,8 @@ class PgReplayCache:
             )
         id_key = _ID_KEY + request_id.encode()
         nonce_key = _NONCE_KEY + nonce
-        conn = await self._connection()
-        try:
+        row = None
+        async with self._pool.connection() as conn:
             cursor = await conn.execute(
                 _PG_REMEMBER, (id_key, nonce_key, issued_us + self._window_us)
             )
@@ -717,16 +689,6 @@ class PgReplayCache:
             if now_us >= self._next_prune_us:
                 self._next_prune_us = now_us + _PRUNE_EVERY // timedelta(microseconds=1)
                 await conn.execute("DELETE FROM replay_requests WHERE expires_us < %s", (now_us,))
-        except psycopg.Error as exc:
-            await conn.close()
-            self._opened.remove(conn)
-            raise AuditUnavailable(f"shared replay cache unavailable: {exc}") from exc
-        except BaseException:
-            await conn.close()
-            self._opened.remove(conn)
-            raise
-        assert self._pool is not None
-        self._pool.put_nowait(conn)
         if not inserted:
             id_seen, nonce_seen = (bool(row[0]), bool(row[1])) if row else (False, False)
             raise _replayed(request_id, id_seen, nonce_seen)

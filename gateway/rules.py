@@ -6,7 +6,9 @@ the audit log (``gateway.rules_rebuild``): the gateway keeps it in memory
 (``BusinessRules.in_memory``) and rebuilds it from the response legs of executed orders at every
 start, so no file can be lost, locked or restored behind the log's back (a lost record of an
 executed stop-payment would let a third one through). ``BusinessRules.open`` keeps it in a
-SQLite file instead (WAL, ``synchronous=FULL``), for tools and tests.
+SQLite file instead (WAL, ``synchronous=FULL``), for tools and tests. Several instances share
+one projection in PostgreSQL (``gateway.rules_pg``, ``[shared] store = "postgres"``): an order
+one instance recorded counts at every other one.
 
 Every rule has a stable id (``RULES``); a refusal is a ``BusinessRuleViolated`` whose ``rule``
 is that id and whose message starts with ``RULE <id>:``.
@@ -28,9 +30,14 @@ Decisions, where the domain leaves room:
 - An order repeating one in force (``fedgate.actions.REPEATABLE_ORDERS``: same account at the
   same bank, same case number, same document number) passes the limits: the bank answers it
   with the order in force and executes nothing, and ``record_outcome`` does not count it.
-- ``check`` reserves nothing: two concurrent orders on one account may both pass it. The agency
-  node enforces the same limits when it executes, and ``record_outcome`` is idempotent by
-  request id. Reserving here would block a legitimate retry whenever a bank refused.
+- ``check`` reserves nothing in one process: two concurrent orders on one account may both
+  pass it. The agency node enforces the same limits when it executes, and ``record_outcome`` is
+  idempotent by request id. Several instances sharing the state (``Reservations``,
+  ``gateway.rules_pg``) reserve: a stop-payment or extension that passes ``check`` holds a
+  reservation on its account, taken under a lock on the account in the same transaction as the
+  count, until its outcome is recorded (whatever the answer: a bank's refusal releases it, so a
+  legitimate retry is not blocked) or the reservation lapses; so two instances cannot both allow
+  a third stop-payment.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, Protocol
 
 from google.protobuf.descriptor import EnumDescriptor
 
@@ -58,9 +65,12 @@ __all__ = [
     "BULK_ORDER_THRESHOLD",
     "FREEZE_MAX",
     "RULES",
+    "SCHEMA",
     "STOP_PAYMENT_DURATION",
     "BusinessRuleViolated",
     "BusinessRules",
+    "Reservations",
+    "StateConnection",
 ]
 
 _log = logging.getLogger(__name__)
@@ -149,6 +159,42 @@ CREATE TABLE IF NOT EXISTS monitors (
 _STORE = Schema(
     store="business-rules state", version=1, create=_SCHEMA, legacy_table="stop_payments"
 )
+SCHEMA: Final = _SCHEMA
+"""The tables of the state (SQLite's dialect; ``gateway.rules_pg`` reads it for PostgreSQL)."""
+
+
+class StateCursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+
+class Reservations(Protocol):
+    """Stop-payments allowed but not yet answered, on a state several instances share. Every
+    method runs inside the rules' transaction on their connection."""
+
+    def lock_account(self, bank: str, account: str) -> None:
+        """Hold a lock on the account until the transaction ends (serialises two checks)."""
+        ...
+
+    def held(self, bank: str, account: str, *, other_than: str, now_us: int) -> int:
+        """Reservations in force on the account, but ``other_than``'s."""
+        ...
+
+    def reserve(self, request_id: str, bank: str, account: str, *, now_us: int) -> None: ...
+
+    def release(self, request_id: str) -> None: ...
+
+
+class StateConnection(Protocol):
+    """What the rules need of their database: an ``sqlite3.Connection`` or
+    ``gateway.rules_pg.PgStateConnection`` (same statements, ``?`` parameters)."""
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> StateCursor: ...
+
+    def close(self) -> None: ...
+
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -202,9 +248,12 @@ class BusinessRules:
     fails closed rather than decide without the state a rule depends on.
     """
 
-    def __init__(self, *, connection: sqlite3.Connection) -> None:
+    def __init__(
+        self, *, connection: StateConnection, reservations: Reservations | None = None
+    ) -> None:
         self._db = connection
         self._lock = threading.Lock()
+        self._reservations = reservations
 
     @classmethod
     def in_memory(cls) -> BusinessRules:
@@ -238,9 +287,35 @@ class BusinessRules:
             return
         try:
             with self._lock:
-                rule_check(self, request, now)
+                if self._reservations is not None and action in _RESERVING:
+                    self._check_and_reserve(rule_check, request, action, now)
+                else:
+                    rule_check(self, request, now)
         except sqlite3.Error as exc:
             raise AuditUnavailable(f"business-rules state unreadable: {exc}") from exc
+
+    def _check_and_reserve(
+        self,
+        rule_check: Callable[[BusinessRules, request_pb2.Request, datetime], None],
+        request: request_pb2.Request,
+        action: str,
+        now: datetime,
+    ) -> None:
+        """``rule_check`` and, if it passes, a reservation, in one transaction under the
+        account's lock: a concurrent check on another instance waits, then counts it."""
+        assert self._reservations is not None
+        account = getattr(request, action).account_number
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._reservations.lock_account(request.target_agency, account)
+            rule_check(self, request, now)
+            self._reservations.reserve(
+                request.request_id, request.target_agency, account, now_us=_us(now)
+            )
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def _order(self, kind: str, request_id: str) -> _Order | None:
         row = self._db.execute(_ORDER_QUERIES[kind], (request_id,)).fetchone()
@@ -260,15 +335,22 @@ class BusinessRules:
             )
         return order
 
-    def _refuse_third_stop(self, bank: str, account: str) -> None:
+    def _refuse_third_stop(
+        self, bank: str, account: str, request_id: str = "", now: datetime | None = None
+    ) -> None:
         stops, extensions = self._db.execute(
             "SELECT COUNT(*), COUNT(extended_by) FROM stop_payments WHERE bank = ? AND account = ?",
             (bank, account),
         ).fetchone()
-        if stops + extensions >= _STOP_PAYMENT_MAX:
+        pending = 0
+        if self._reservations is not None and now is not None:
+            pending = self._reservations.held(bank, account, other_than=request_id, now_us=_us(now))
+        if stops + extensions + pending >= _STOP_PAYMENT_MAX:
             counted = f"{stops} stop-payment(s)"
             if extensions:
                 counted += f" and {extensions} extension(s)"
+            if pending:
+                counted += f", {pending} allowed and not yet answered"
             raise BusinessRuleViolated(
                 "stop_payment.max_two_per_account",
                 f"account {mask(account)} at {bank} has already been stopped twice ({counted})",
@@ -297,7 +379,7 @@ class BusinessRules:
         account = request.stop_payment.account_number
         if self._repeats_order_in_force("stop_payments", request, account, now):
             return
-        self._refuse_third_stop(request.target_agency, account)
+        self._refuse_third_stop(request.target_agency, account, request.request_id, now)
 
     def _check_stop_release(self, request: request_pb2.Request, now: datetime) -> None:
         rule = "stop_payment_release.cites_executed_stop"
@@ -326,7 +408,7 @@ class BusinessRules:
                 "stop_payment_extend.once_per_original",
                 f"stop-payment {order.request_id} was already extended by {order.extended_by}",
             )
-        self._refuse_third_stop(request.target_agency, account)
+        self._refuse_third_stop(request.target_agency, account, request.request_id, now)
 
     def _check_freeze(self, request: request_pb2.Request, now: datetime) -> None:
         order = request.freeze
@@ -433,15 +515,22 @@ class BusinessRules:
         Other statuses and actions without state are ignored, and so is an answer that reports
         an order in force this one repeated (``repeat_of``: nothing was executed). Idempotent by
         request id; durable when it returns. Raises ``AuditUnavailable`` when the state cannot be
-        written.
+        written. With ``Reservations``, any answer to a stop-payment or extension releases its
+        reservation (in the same transaction as the record).
         """
-        if status != request_pb2.RESPONSE_STATUS_OK or action not in _RECORDERS or repeat_of:
+        release = self._reservations is not None and action in _RESERVING
+        executed = status == request_pb2.RESPONSE_STATUS_OK and action in _RECORDERS
+        if not (release or (executed and not repeat_of)):
             return
         try:
             with self._lock:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
-                    _RECORDERS[action](self._db, request, _us(now))
+                    if executed and not repeat_of:
+                        _RECORDERS[action](self._db, request, _us(now))
+                    if release:
+                        assert self._reservations is not None
+                        self._reservations.release(request.request_id)
                 except BaseException:
                     self._db.execute("ROLLBACK")
                     raise
@@ -455,7 +544,7 @@ def _name_of(enum: EnumDescriptor, value: int) -> str:
     return known.name if known is not None else f"unknown value {value}"
 
 
-def _record_stop(db: sqlite3.Connection, request: request_pb2.Request, now_us: int) -> None:
+def _record_stop(db: StateConnection, request: request_pb2.Request, now_us: int) -> None:
     db.execute(
         "INSERT OR IGNORE INTO stop_payments (request_id, bank, account, start_us, end_us)"
         " VALUES (?, ?, ?, ?, ?)",
@@ -470,7 +559,7 @@ def _record_stop(db: sqlite3.Connection, request: request_pb2.Request, now_us: i
     _record_document(db, request)
 
 
-def _record_document(db: sqlite3.Connection, request: request_pb2.Request) -> None:
+def _record_document(db: StateConnection, request: request_pb2.Request) -> None:
     db.execute(
         "INSERT OR IGNORE INTO order_documents (request_id, case_number, doc_number)"
         " VALUES (?, ?, ?)",
@@ -478,7 +567,7 @@ def _record_document(db: sqlite3.Connection, request: request_pb2.Request) -> No
     )
 
 
-def _record_stop_extend(db: sqlite3.Connection, request: request_pb2.Request, now_us: int) -> None:
+def _record_stop_extend(db: StateConnection, request: request_pb2.Request, now_us: int) -> None:
     cursor = db.execute(
         "UPDATE stop_payments SET extended_by = ?, end_us = end_us + ?"
         " WHERE request_id = ? AND extended_by IS NULL",
@@ -487,7 +576,7 @@ def _record_stop_extend(db: sqlite3.Connection, request: request_pb2.Request, no
     _warn_if_missing(cursor, request)
 
 
-def _record_stop_release(db: sqlite3.Connection, request: request_pb2.Request, now_us: int) -> None:
+def _record_stop_release(db: StateConnection, request: request_pb2.Request, now_us: int) -> None:
     cursor = db.execute(
         "UPDATE stop_payments SET released_us = ? WHERE request_id = ? AND released_us IS NULL",
         (now_us, request.original_request_id),
@@ -495,7 +584,7 @@ def _record_stop_release(db: sqlite3.Connection, request: request_pb2.Request, n
     _warn_if_missing(cursor, request)
 
 
-def _record_freeze(db: sqlite3.Connection, request: request_pb2.Request, now_us: int) -> None:
+def _record_freeze(db: StateConnection, request: request_pb2.Request, now_us: int) -> None:
     order = request.freeze
     db.execute(
         "INSERT OR IGNORE INTO freezes (request_id, bank, account, case_number, start_us, end_us)"
@@ -512,7 +601,7 @@ def _record_freeze(db: sqlite3.Connection, request: request_pb2.Request, now_us:
     _record_document(db, request)
 
 
-def _record_freeze_renew(db: sqlite3.Connection, request: request_pb2.Request, now_us: int) -> None:
+def _record_freeze_renew(db: StateConnection, request: request_pb2.Request, now_us: int) -> None:
     cursor = db.execute(
         "UPDATE freezes SET end_us = ? WHERE request_id = ? AND released_us IS NULL",
         (request.freeze_renew.end.ToMicroseconds(), request.original_request_id),
@@ -520,9 +609,7 @@ def _record_freeze_renew(db: sqlite3.Connection, request: request_pb2.Request, n
     _warn_if_missing(cursor, request)
 
 
-def _record_freeze_release(
-    db: sqlite3.Connection, request: request_pb2.Request, now_us: int
-) -> None:
+def _record_freeze_release(db: StateConnection, request: request_pb2.Request, now_us: int) -> None:
     cursor = db.execute(
         "UPDATE freezes SET released_us = ? WHERE request_id = ? AND released_us IS NULL",
         (now_us, request.original_request_id),
@@ -530,7 +617,7 @@ def _record_freeze_release(
     _warn_if_missing(cursor, request)
 
 
-def _record_monitor(db: sqlite3.Connection, request: request_pb2.Request, now_us: int) -> None:
+def _record_monitor(db: StateConnection, request: request_pb2.Request, now_us: int) -> None:
     db.execute(
         "INSERT OR IGNORE INTO monitors (request_id, bank, account, until_us) VALUES (?, ?, ?, ?)",
         (
@@ -542,7 +629,7 @@ def _record_monitor(db: sqlite3.Connection, request: request_pb2.Request, now_us
     )
 
 
-def _record_monitor_stop(db: sqlite3.Connection, request: request_pb2.Request, now_us: int) -> None:
+def _record_monitor_stop(db: StateConnection, request: request_pb2.Request, now_us: int) -> None:
     cursor = db.execute(
         "UPDATE monitors SET stopped_us = ? WHERE request_id = ? AND stopped_us IS NULL",
         (now_us, request.original_request_id),
@@ -550,7 +637,7 @@ def _record_monitor_stop(db: sqlite3.Connection, request: request_pb2.Request, n
     _warn_if_missing(cursor, request)
 
 
-def _warn_if_missing(cursor: sqlite3.Cursor, request: request_pb2.Request) -> None:
+def _warn_if_missing(cursor: StateCursor, request: request_pb2.Request) -> None:
     # Replaying an outcome changes nothing (idempotent); an unknown original means the agency
     # executed something the gateway did not check, which an operator should look at.
     if cursor.rowcount == 0:
@@ -570,6 +657,9 @@ _REPEAT_QUERIES: Final[dict[str, str]] = {
     " AND o.released_us IS NULL AND o.end_us > ? LIMIT 1",
 }
 
+_RESERVING: Final = frozenset({"stop_payment", "stop_payment_extend"})
+"""Actions whose allowance is reserved on a shared state until their answer (``Reservations``)."""
+
 _CHECKS: Final[dict[str, Callable[[BusinessRules, request_pb2.Request, datetime], None]]] = {
     "stop_payment": BusinessRules._check_stop_payment,
     "stop_payment_release": BusinessRules._check_stop_release,
@@ -582,7 +672,7 @@ _CHECKS: Final[dict[str, Callable[[BusinessRules, request_pb2.Request, datetime]
     "location": BusinessRules._check_second_officer,
 }
 
-_RECORDERS: Final[dict[str, Callable[[sqlite3.Connection, request_pb2.Request, int], None]]] = {
+_RECORDERS: Final[dict[str, Callable[[StateConnection, request_pb2.Request, int], None]]] = {
     "stop_payment": _record_stop,
     "stop_payment_extend": _record_stop_extend,
     "stop_payment_release": _record_stop_release,

@@ -14,6 +14,11 @@ default) or in a PostgreSQL database that several gateway instances share, each 
 origin (``audit.store = "postgres"``). Either way the replay cache is rebuilt from that shard
 before the gateway serves.
 
+The state that decides requests is this process's own (``[shared] store = "local"``, the
+default) or shared with every instance on one PostgreSQL database (``"postgres"``): the replay
+cache, the recorded outcomes of safe retries (``gateway.retries``), the business-rule state
+(``gateway.rules_pg``) and the quotas (``gateway.quotas.PgQuotas``).
+
 With ``console.listen`` set, the auditor web console (``gateway.console``) is served in the same
 event loop, over the same audit log (either store); its logins, reveals and exports are entries
 of that log.
@@ -79,7 +84,7 @@ from gateway.console import Countermeasures, RunningAuditorConsole, start_audito
 from gateway.events import EventServicer
 from gateway.pipeline import Pipeline
 from gateway.policy import ReloadingDecider, load_default_decider
-from gateway.quotas import QuotaConfig, Quotas
+from gateway.quotas import PgQuotas, QuotaConfig, Quotas, QuotaStore
 from gateway.replay import (
     MemoryReplayCache,
     PgReplayCache,
@@ -88,10 +93,12 @@ from gateway.replay import (
     ReplayStore,
     rebuild_from_audit,
 )
+from gateway.retries import MemoryOutcomes, OutcomeStore, PgOutcomes
 from gateway.risklist import SERVICE_NAME as RISKLIST_SERVICE_NAME
 from gateway.risklist import CentreStats, RiskListLog, RiskListServicer
 from gateway.routing import NodeRouter
 from gateway.rules import BusinessRules
+from gateway.rules_pg import open_shared_rules
 from gateway.rules_rebuild import rebuild_rules
 from gateway.service import SERVICE_NAME, GatewayServicer
 from gateway.telemetry import GatewayTelemetry, configure_logging
@@ -135,6 +142,8 @@ class _Parts:
     audit: AuditLog
     replay: ReplayStore
     rules: BusinessRules
+    outcomes: OutcomeStore
+    quotas: QuotaStore
     tickets: Tickets
     alerts: AlertHub
     router: NodeRouter
@@ -235,12 +244,16 @@ def _shard_reader(config: GatewayConfig) -> SqliteDatabase | PgDatabase:
 
 
 def _rebuild_rules(config: GatewayConfig) -> BusinessRules:
-    """The business-rule state, rebuilt in memory from the configured shard (blocking).
+    """The business-rule state, rebuilt in memory from the configured shard (blocking); when
+    shared, the shared projection with this shard's executed orders recorded again.
 
     Never read from a file (``gateway.rules_rebuild``): the gateway MUST NOT serve with a state
     that could miss an executed order the log holds.
     """
-    rules = BusinessRules.in_memory()
+    if config.is_shared:
+        rules = open_shared_rules(dsn=config.shared_dsn, schema=config.shared_schema("rules"))
+    else:
+        rules = BusinessRules.in_memory()
     source = _shard_reader(config)
     try:
         rebuilt = rebuild_rules(rules, source, origin=config.audit.origin)
@@ -286,10 +299,10 @@ async def _open_replay_cache(
     pipeline = config.pipeline
     window = timedelta(seconds=pipeline.replay_window_s)
     replay: ReplayStore
-    if pipeline.replay_store == "memory":
+    if config.replay_kind == "memory":
         replay = MemoryReplayCache(window=window)
-    elif pipeline.replay_store == "postgres":
-        dsn, schema = config.audit.dsn, config.replay_schema
+    elif config.replay_kind == "postgres":
+        dsn, schema = config.shared_dsn, config.replay_schema
         replay = await asyncio.to_thread(
             lambda: PgReplayCache(dsn=dsn, schema=schema, window=window)
         )
@@ -349,6 +362,9 @@ async def _open_parts(
     replay = await _open_replay_cache(config, resources)
     rules = await asyncio.to_thread(_rebuild_rules, config)
     resources.callback(rules.close)
+    outcomes, quotas = await asyncio.to_thread(_open_shared_parts, config)
+    resources.callback(outcomes.close)
+    resources.callback(quotas.close)
 
     def endpoint_of(target: MemberId) -> str:
         return endpoints.get(target) or identity.trust.registry.member(target).endpoint
@@ -389,7 +405,21 @@ async def _open_parts(
         config.pipeline.state_dir / "countermeasure-stats.sqlite", member_kind=member_kind
     )
     resources.callback(stats.close)
-    return _Parts(audit, replay, rules, tickets, alerts, router, risklist, stats)
+    return _Parts(audit, replay, rules, outcomes, quotas, tickets, alerts, router, risklist, stats)
+
+
+def _open_shared_parts(config: GatewayConfig) -> tuple[OutcomeStore, QuotaStore]:
+    """The recorded outcomes and the quotas: this process's, or shared ones (blocking)."""
+    quota_config = QuotaConfig.from_mapping(config.quotas)
+    if not config.is_shared:
+        return MemoryOutcomes(), Quotas(quota_config)
+    dsn = config.shared_dsn
+    outcomes = PgOutcomes(dsn=dsn, schema=config.shared_schema("outcomes"))
+    try:
+        return outcomes, PgQuotas(quota_config, dsn=dsn, schema=config.shared_schema("quotas"))
+    except BaseException:
+        outcomes.close()
+        raise
 
 
 def _grpc_server(
@@ -586,7 +616,8 @@ class Gateway:
             decider=decider,
             replay=parts.replay,
             rules=parts.rules,
-            quotas=Quotas(QuotaConfig.from_mapping(config.quotas)),
+            quotas=parts.quotas,
+            outcomes=parts.outcomes,
             audit=parts.audit,
             router=parts.router,
             tickets=parts.tickets,

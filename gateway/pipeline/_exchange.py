@@ -39,6 +39,9 @@ class Exchange:
     request_entry: RequestLeg | None = None
     request_receipt: Receipt | None = None
     request_receipt_proto: envelope_pb2.AuditReceipt | None = None
+    body_sha256: bytes = b""
+    claimed: bool = False
+    """This attempt claimed the request id (``gateway.retries``): its outcome is to be recorded."""
 
     def request_leg(self, *, decision: str, rule: str) -> RequestLeg:
         r = self.request

@@ -153,7 +153,7 @@ async def _admit(
                 with stage(xt, telemetry, "authorization"):
                     await pipeline._authorize(xt)
                 with stage(xt, telemetry, "quotas"):
-                    pipeline._check_quotas(xt)
+                    await pipeline._check_quotas(xt)
             except FedgateError as error:
                 telemetry.record_refusal(reason=error.reason, stage=xt.stage)
                 refused.append((target, error))

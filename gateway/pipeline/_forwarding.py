@@ -178,10 +178,11 @@ class Forwarder:
                 countersignature=countersign(answer, self._signer, leaf_index=receipt.index),
                 receipt=self._legs.receipt_proto(receipt, leg, pending.request_leaf_index),
             )
-        if pending.action in ORDER_ACTIONS and response.status == request_pb2.RESPONSE_STATUS_OK:
+        if pending.action in ORDER_ACTIONS:
             # Durable (fsync) before the answer is returned: off the event loop. If it cannot be
             # written the caller gets AuditUnavailable: the gateway fails closed rather than let
-            # a later order pass a limit this one counts towards.
+            # a later order pass a limit this one counts towards. Every answer goes there: an
+            # executed order is recorded, and any answer releases a shared state's reservation.
             await asyncio.to_thread(
                 self._rules.record_outcome,
                 decode_request(pending.request_body),

@@ -4,7 +4,9 @@
      2 decode         size limit, well-formed SubmitRequest and Request, header fields present
      3 signature      key id → registry; key owned by the peer and valid at issued-at;
                       signature over the bytes as received; requesting_agency is the peer
-     4 freshness      issued-at within the skew; request id and nonce never seen (persistent)
+     4 freshness      issued-at within the skew; a retry of the same signed request gets the
+                      first attempt's recorded outcome (``gateway.retries``); request id and
+                      nonce never seen (persistent)
      5 validation     every field (BadRequest violations name them)
      6 authorization  role granted to the member in the registry; policy; business rules
      7 quotas         per officer and per member
@@ -23,6 +25,9 @@ Contract:
 - The gateway MUST NOT forward a request whose request leg is not durable, and MUST NOT return
   an answer whose response leg is not durable: a failing log means ``AuditUnavailable`` and
   nothing forwarded or returned.
+- A request that claimed its id at stage 4 MUST have its outcome recorded whatever ends it (an
+  answer, a ticket, a refusal, a failure, its caller going away): a retry of it is answered
+  from that record, never run again and never refused as a replay of itself.
 - Once the request leg is durable the exchange MUST run to its end (answer checked and logged,
   or its absence logged) even if the caller cancels: a node may have executed an order.
 - Errors are ``FedgateError`` subclasses; the service maps them with ``fedgate.status``. An
@@ -56,9 +61,12 @@ from opentelemetry import trace
 from fedgate.actions import ACTIONS, APPROVAL_ACTIONS, REPORT_ACTIONS, RISKLIST_ACTIONS, role_name
 from fedgate.envelope import MAX_BODY_BYTES, Domain, Signer, decode_request, verify_envelope
 from fedgate.errors import (
+    AuditUnavailable,
     DecodeError,
+    Expired,
     FedgateError,
     FieldViolation,
+    InProgress,
     InvalidArgument,
     PeerMismatch,
     PolicyDenied,
@@ -83,8 +91,9 @@ from gateway.pipeline._risklist import RiskListChanges
 from gateway.pipeline._undo import check_undo
 from gateway.pipeline.validation import validate_request
 from gateway.policy import PolicyDecider, PolicyRequest, authorize
-from gateway.quotas import Quotas
+from gateway.quotas import QuotaStore
 from gateway.replay import ReplayStore
+from gateway.retries import RETRIED, Claim, MemoryOutcomes, OutcomeStore, RecordedOutcome
 from gateway.risklist import RiskListLog, check_lister
 from gateway.routing import NodeRouter
 from gateway.rules import BusinessRules
@@ -112,7 +121,7 @@ class Pipeline:
         decider: PolicyDecider,
         replay: ReplayStore,
         rules: BusinessRules,
-        quotas: Quotas,
+        quotas: QuotaStore,
         audit: AuditLog,
         router: NodeRouter,
         tickets: Tickets,
@@ -126,8 +135,10 @@ class Pipeline:
         reconcile_timeout_s: float = 5.0,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         risklist: RiskListLog | None = None,
+        outcomes: OutcomeStore | None = None,
     ) -> None:
         self._trust = trust
+        self._outcomes: OutcomeStore = outcomes if outcomes is not None else MemoryOutcomes()
         self._signer = signer
         self._decider = decider
         self._replay = replay
@@ -250,6 +261,7 @@ class Pipeline:
         remaining_s: float | None,
         span: trace.Span,
     ) -> gateway_service_pb2.SubmitResponse:
+        retry: Claim | None = None
         try:
             with stage(x, self._telemetry, "transport"):
                 x.member = self.authenticate(peer, x)
@@ -259,31 +271,60 @@ class Pipeline:
             with stage(x, self._telemetry, "signature"):
                 self._verify_signature(x)
             with stage(x, self._telemetry, "freshness"):
-                await self._check_freshness(x)
-            with stage(x, self._telemetry, "validation"):
-                validate_request(x.req(), now=x.received_at)
-                span.set_attribute(ATTR_ACTION, x.action)
-                span.set_attribute(ATTR_TARGET, x.req().target_agency)
-            with stage(x, self._telemetry, "authorization"):
-                await self._authorize(x)
-            with stage(x, self._telemetry, "quotas"):
-                self._check_quotas(x)
+                retry = await self._claim(x)
+                if retry is None:
+                    await self._check_freshness(x)
+            if retry is None:
+                with stage(x, self._telemetry, "validation"):
+                    validate_request(x.req(), now=x.received_at)
+                    span.set_attribute(ATTR_ACTION, x.action)
+                    span.set_attribute(ATTR_TARGET, x.req().target_agency)
+                with stage(x, self._telemetry, "authorization"):
+                    await self._authorize(x)
+                with stage(x, self._telemetry, "quotas"):
+                    await self._check_quotas(x)
         except FedgateError as error:
-            raise await self._legs.refuse(x, error) from None
+            raise await self._refuse(x, error) from None
+        except asyncio.CancelledError:
+            self._record_later(x, Expired("its caller went away before it was logged; not run"))
+            raise
         except Exception as exc:  # a bug must still fail closed, and be logged as a refusal
             trace_id = trace_id_of()
             log_unexpected(f"pipeline stage {x.stage}", trace_id)
-            raise await self._legs.refuse(x, internal_error(trace_id, stage=x.stage)) from exc
-        with stage(x, self._telemetry, "audit_request"):
-            x.request_entry = x.request_leg(decision="allowed", rule=x.rule)
-            x.request_receipt = await self._legs.append(x.request_entry, "request")
+            raise await self._refuse(x, internal_error(trace_id, stage=x.stage)) from exc
+        if retry is not None:
+            return await self._answer_retry(x, retry)
         # From here on the exchange runs to its end even if the caller goes away: a node that
-        # executed an order must have its answer (or its silence) in the log.
-        rest = asyncio.ensure_future(self._after_request_leg(x, remaining_s))
+        # executed an order must have its answer (or its silence) in the log, and a caller
+        # whose deadline passed while the request leg was written retries it (safe retries).
+        rest = asyncio.ensure_future(self._log_and_run(x, remaining_s))
         rest.add_done_callback(_retrieve)
         return await asyncio.shield(rest)
 
+    async def _log_and_run(
+        self, x: Exchange, remaining_s: float | None
+    ) -> gateway_service_pb2.SubmitResponse:
+        try:
+            with stage(x, self._telemetry, "audit_request"):
+                x.request_entry = x.request_leg(decision="allowed", rule=x.rule)
+                x.request_receipt = await self._legs.append(x.request_entry, "request")
+        except FedgateError as error:  # nothing was forwarded: that is the outcome
+            await self._record(x, RecordedOutcome(error=error))
+            raise
+        return await self._after_request_leg(x, remaining_s)
+
     async def _after_request_leg(
+        self, x: Exchange, remaining_s: float | None
+    ) -> gateway_service_pb2.SubmitResponse:
+        try:
+            reply = await self._exchange(x, remaining_s)
+        except FedgateError as error:
+            await self._record(x, RecordedOutcome(error=error))
+            raise
+        await self._record(x, RecordedOutcome(reply=reply))
+        return reply
+
+    async def _exchange(
         self, x: Exchange, remaining_s: float | None
     ) -> gateway_service_pb2.SubmitResponse:
         try:
@@ -414,6 +455,74 @@ class Pipeline:
                 f"signed and sent by {x.peer}"
             )
 
+    # stage 4: safe retries (``gateway.retries``)
+    async def _claim(self, x: Exchange) -> Claim | None:
+        """The first attempt's claim when ``x`` is a retry of the same signed request; ``None``
+        when ``x`` claimed the request id (or another request holds it: the replay cache
+        refuses that one). Raises ``Stale`` before claiming anything."""
+        request, issued_at, envelope = x.req(), x.issued(), x.envelope
+        assert envelope is not None
+        self._replay.check_freshness(issued_at, now=x.received_at, skew=self._skew)
+        x.body_sha256 = hashlib.sha256(envelope.body).digest()
+        claim = await self._outcomes.claim(
+            request.request_id,
+            x.body_sha256,
+            expires_us=_us(issued_at + self._replay.window),
+            now_us=_us(x.received_at),
+        )
+        if claim is None:
+            x.claimed = True
+            return None
+        return claim if claim.body_sha256 == x.body_sha256 else None
+
+    async def _answer_retry(self, x: Exchange, claim: Claim) -> gateway_service_pb2.SubmitResponse:
+        """Answer a retry from its first attempt: the recorded reply or error, or ``InProgress``;
+        logged as a request leg refused to run again."""
+        request_id = x.req().request_id
+        outcome = claim.outcome
+        if outcome is None:
+            raise await self._legs.refuse(
+                x,
+                InProgress(
+                    f"request {request_id} is a retry; the gateway is still running the first "
+                    "attempt, whose outcome it will give: ask again"
+                ),
+            )
+        given = "its answer" if outcome.error is None else outcome.error.reason
+        leg = x.request_leg(
+            decision="refused",
+            rule=f"{RETRIED}: request {request_id} sent again; given the recorded outcome of "
+            f"the first attempt ({given}), nothing run again",
+        )
+        await self._legs.append(leg, "request")
+        if outcome.reply is not None:
+            return outcome.reply
+        assert outcome.error is not None
+        raise outcome.error
+
+    async def _refuse(self, x: Exchange, error: FedgateError) -> FedgateError:
+        """Log the refusal (``AuditLegs.refuse``) and record it as the request's outcome."""
+        final = await self._legs.refuse(x, error)
+        await self._record(x, RecordedOutcome(error=final))
+        return final
+
+    async def _record(self, x: Exchange, outcome: RecordedOutcome) -> None:
+        """Record ``x``'s outcome if it claimed its id. A store that fails leaves the claim in
+        progress until it expires: its retries are told ``IN_PROGRESS``, never run again."""
+        if not x.claimed:
+            return
+        x.claimed = False
+        try:
+            await self._outcomes.record(x.req().request_id, outcome)
+        except AuditUnavailable as exc:
+            _log.warning("outcome of a request not recorded for its retries: %s", exc)
+
+    def _record_later(self, x: Exchange, error: FedgateError) -> None:
+        """``_record`` for an exchange whose caller cancelled it (cannot await any more)."""
+        if x.claimed:
+            task = asyncio.ensure_future(self._record(x, RecordedOutcome(error=error)))
+            task.add_done_callback(_retrieve)
+
     # stage 4
     async def _check_freshness(self, x: Exchange) -> None:
         request, issued_at = x.req(), x.issued()
@@ -461,9 +570,9 @@ class Pipeline:
             x.rule += f"; {check_lister(request, member)}"
 
     # stage 7
-    def _check_quotas(self, x: Exchange) -> None:
+    async def _check_quotas(self, x: Exchange) -> None:
         request = x.req()
-        self._quotas.check(
+        await self._quotas.take(
             member=x.peer, officer_id=request.officer.id, action=x.action, urgency=request.urgency
         )
 
@@ -484,6 +593,13 @@ class Pipeline:
     ) -> None:
         """``AnswerFinisher.record_refused_read`` for tickets."""
         await self._legs.record_refused_ticket_read(ticket_id=ticket_id, caller=caller, owner=owner)
+
+
+def _us(at: datetime) -> int:
+    return (at - _EPOCH) // timedelta(microseconds=1)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:

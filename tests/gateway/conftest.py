@@ -59,6 +59,7 @@ from gateway.config import (
     PipelineConfig,
     RoutingConfig,
     ServerConfig,
+    SharedConfig,
     TicketsConfig,
 )
 from gateway.server import Gateway
@@ -295,11 +296,13 @@ class _StubServicer(agency_service_pb2_grpc.AgencyServiceServicer):
 
 
 class FlakyStore:
-    """An ``AuditStore`` around the real SQLite one whose commits fail while ``failing``."""
+    """An ``AuditStore`` around the real SQLite one whose commits fail while ``failing``, and
+    whose next commit waits ``stall_next_s`` first (once; a slow disk)."""
 
     def __init__(self, inner: AuditStore) -> None:
         self.inner = inner
         self.failing = False
+        self.stall_next_s = 0.0
 
     @property
     def origin(self) -> str:
@@ -315,6 +318,9 @@ class FlakyStore:
     async def commit(self, batch: CommitBatch) -> None:
         if self.failing:
             raise AuditUnavailable("the audit database is failing (test)")
+        stall, self.stall_next_s = self.stall_next_s, 0.0
+        if stall:
+            await asyncio.sleep(stall)
         await self.inner.commit(batch)
 
     async def add_cosigned(self, size: int, note: str) -> None:
@@ -366,7 +372,9 @@ class GatewayHarness:
     audit: AuditConfig = field(default_factory=AuditConfig)
     """The ``[audit]`` section: SQLite by default."""
     replay_store: str = "memory"
-    """``[pipeline] replay_store``."""
+    """``[pipeline] replay_store`` (empty: what ``shared`` implies)."""
+    shared: SharedConfig = field(default_factory=SharedConfig)
+    """The ``[shared]`` section: local by default."""
 
     def config(self, *, listen: str = "127.0.0.1:0") -> GatewayConfig:
         return GatewayConfig(
@@ -381,6 +389,7 @@ class GatewayHarness:
             ),
             quotas=self.quotas,
             tickets=TicketsConfig(poll_interval_s=0.05),
+            shared=self.shared,
         )
 
     @property
@@ -487,9 +496,11 @@ async def start_harness(
     meter_provider: Any = None,
     audit: AuditConfig | None = None,
     replay_store: str = "memory",
+    shared: SharedConfig | None = None,
 ) -> GatewayHarness:
     """A private copy of ``federation``, a stub bank node and a gateway in front of it
-    (``audit``: another ``[audit]`` section, e.g. a PostgreSQL shard)."""
+    (``audit``: another ``[audit]`` section, e.g. a PostgreSQL shard; ``shared``: another
+    ``[shared]`` section, whose ``"postgres"`` needs ``replay_store=""``)."""
     fed = tmp / "fed"
     shutil.copytree(federation, fed)
     node = StubNode(fed, tracer_provider=tracer_provider)
@@ -507,6 +518,7 @@ async def start_harness(
         meter_provider=meter_provider,
         audit=audit or AuditConfig(),
         replay_store=replay_store,
+        shared=shared or SharedConfig(),
     )
     config = harness.config()
     harness.store = await harness.open_store()

@@ -143,3 +143,63 @@ class TestAuditStoreConfig:
         )
         config = GatewayConfig.load(write(tmp_path, text), env={})
         assert (config.audit.store, config.console.listen) == ("postgres", "127.0.0.1:8080")
+
+
+class TestSharedState:
+    """``[shared]``: one switch for the state several instances share."""
+
+    def test_local_is_the_default(self, tmp_path: Path) -> None:
+        config = GatewayConfig.load(write(tmp_path, MINIMAL), env={})
+        assert config.shared.store == "local"
+        assert config.is_shared is False
+        assert config.replay_kind == "memory"
+
+    def test_postgres_implies_the_shared_replay_cache_and_takes_the_audit_dsn(
+        self, tmp_path: Path
+    ) -> None:
+        text = (
+            MINIMAL + '[audit]\nstore = "postgres"\nschema = "fg"\n[shared]\nstore = "postgres"\n'
+        )
+        env = {"FEDGATE_GATEWAY__AUDIT__DSN": "host=db dbname=fedgate"}
+        config = GatewayConfig.load(write(tmp_path, text), env=env)
+        assert config.is_shared
+        assert config.replay_kind == "postgres"
+        assert config.shared_dsn == "host=db dbname=fedgate"
+        assert config.replay_schema == "fg_replay"
+        assert config.shared_schema("quotas") == "fg_quotas"
+
+    def test_its_own_dsn_and_schema_from_the_environment(self, tmp_path: Path) -> None:
+        env = {
+            "FEDGATE_GATEWAY__SHARED__STORE": "postgres",
+            "FEDGATE_GATEWAY__SHARED__DSN": "host=shared dbname=state",
+            "FEDGATE_GATEWAY__SHARED__SCHEMA": "centre",
+        }
+        config = GatewayConfig.load(write(tmp_path, MINIMAL), env=env)
+        assert config.shared_dsn == "host=shared dbname=state"
+        assert config.shared_schema("outcomes") == "centre_outcomes"
+        assert "host=shared" not in repr(config)
+
+    def test_replay_store_postgres_alone_still_works(self, tmp_path: Path) -> None:
+        text = MINIMAL + 'replay_store = "postgres"\n[audit]\nstore = "postgres"\ndsn = "x"\n'
+        config = GatewayConfig.load(write(tmp_path, text), env={})
+        assert (config.replay_kind, config.is_shared) == ("postgres", False)
+
+    @pytest.mark.parametrize(
+        ("text", "message"),
+        [
+            ('[shared]\nstore = "redis"\n', r'shared\.store must be "local" or "postgres"'),
+            ('[shared]\ndsn = "host=db"\n', r'shared\.dsn is set but shared\.store is "local"'),
+            ('[shared]\nstore = "postgres"\n', r"shared\.dsn is required"),
+            ('[shared]\nstore = "postgres"\ndsn = "x"\nschema = "a-b"\n', r"shared\.schema must"),
+            ("[shared]\nstores = 1\n", r"shared\.stores"),
+            (
+                'replay_store = "memory"\n[shared]\nstore = "postgres"\ndsn = "x"\n',
+                r'pipeline\.replay_store = "memory" is not shared',
+            ),
+            ('replay_store = "postgres"\n', r'pipeline\.replay_store = "postgres" shares'),
+        ],
+    )
+    def test_mistakes_name_the_option(self, tmp_path: Path, text: str, message: str) -> None:
+        # ``replay_store`` lines belong to [pipeline]: MINIMAL ends in that section.
+        with pytest.raises(ConfigError, match=message):
+            GatewayConfig.load(write(tmp_path, MINIMAL + text), env={})

@@ -137,14 +137,20 @@ class TestSignature:
 
 
 class TestFreshness:
-    async def test_replayed_request_id(self, harness: GatewayHarness) -> None:
+    async def test_a_resent_request_is_not_run_again(self, harness: GatewayHarness) -> None:
+        """The same signed request again is a retry (``gateway.retries``): answered from the
+        first attempt's record, never forwarded twice (``test_retries`` has the rest)."""
         envelope = harness.sign(harness.request())
         answer = await harness.client().submit(envelope)
         assert answer.answer is not None
         seen = len(harness.node.received)
-        refusal = await harness.refusal(envelope)
-        await assert_refused(harness, refusal, SC.ALREADY_EXISTS, "REPLAYED")
+        again = await harness.client().submit(envelope)
+        assert again.answer is not None
+        assert again.answer.signed == answer.answer.signed
         assert len(harness.node.received) == seen
+        entry = await harness.last_entry()
+        assert isinstance(entry, RequestLeg)
+        assert (entry.decision, entry.rule.split(":")[0]) == ("refused", "RETRIED")
 
     @pytest.mark.parametrize("reuse", ["request_id", "nonce"])
     async def test_a_reused_request_id_or_nonce_is_replayed(

@@ -1,4 +1,5 @@
-"""Tests for gateway.rules: every business rule, allowed and refused, over a real SQLite state."""
+"""Tests for gateway.rules: every business rule, allowed and refused, over a real SQLite state
+and over the state shared in PostgreSQL (``gateway.rules_pg``)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from gateway.rules import (
     BusinessRules,
     BusinessRuleViolated,
 )
+from gateway.rules_pg import open_shared_rules
 
 NOW = datetime(2026, 3, 14, 9, 26, 53, tzinfo=UTC)
 OK = request_pb2.RESPONSE_STATUS_OK
@@ -36,9 +38,14 @@ CASE = "A44010000000020260300042"
 NEUTRAL_CARD = "9558801234567890128"
 
 
-@pytest.fixture
-def rules(tmp_path: Path) -> Iterator[BusinessRules]:
-    r = BusinessRules.open(tmp_path / "state" / "rules.sqlite")
+@pytest.fixture(params=["sqlite", "postgres"])
+def rules(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BusinessRules]:
+    """The state in SQLite, and shared in PostgreSQL (``gateway.rules_pg``): same rules."""
+    if request.param == "postgres":
+        pg = request.getfixturevalue("pg")
+        r = open_shared_rules(dsn=pg.dsn, schema=pg.schema)
+    else:
+        r = BusinessRules.open(tmp_path / "state" / "rules.sqlite")
     yield r
     r.close()
 
