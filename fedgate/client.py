@@ -13,13 +13,26 @@ registry, the binding to the request sent (request hash, id, responder), the
 gateway's countersignature, and the receipt's inclusion proof against the log's
 signed checkpoint. ``cosign_receipt`` upgrades a receipt with a witness-cosigned checkpoint
 and a consistency proof (see ``docs/audit.md``, "Receipts").
+
+Several gateway instances: give every address (``gateway_endpoint="a:1,b:2"`` or a list). The
+channel balances calls over them with gRPC's own ``round_robin`` policy and checks each
+instance's ``grpc.health.v1`` status (``healthCheckConfig``), so an instance that is down or
+draining (NOT_SERVING) is left out until it serves again (``gateway_service_config``). Reads
+(tickets, outcomes) are retried on another instance by gRPC's retry policy. ``submit`` is never
+re-signed: when the instance it went to is lost before answering, it sends the *same signed
+bytes* again, elsewhere (``SUBMIT_ATTEMPTS``); the shared replay protection makes sure that
+request runs at most once, and a gateway with safe retries answers the resend with the first
+outcome.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
+import json
 import os
+import socket
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -70,9 +83,99 @@ from fedgate.v1 import (
     ticket_pb2,
 )
 
-__all__ = ["GATEWAY_ID", "Answer", "FanOutItem", "FedgateClient", "verify_signed_response"]
+__all__ = [
+    "GATEWAY_ID",
+    "SUBMIT_ATTEMPTS",
+    "Answer",
+    "FanOutItem",
+    "FedgateClient",
+    "gateway_service_config",
+    "gateway_target",
+    "verify_signed_response",
+]
 
 GATEWAY_ID = MemberId("gateway")
+
+SUBMIT_ATTEMPTS = 3
+"""How many times ``submit`` sends one signed request when the instance it reached is lost
+(status ``UNAVAILABLE`` without a fedgate reason): always the same bytes, never re-signed."""
+
+_GATEWAY_SERVICE = "fedgate.v1.GatewayService"
+_RETRIED_READS = ("GetTicket", "GetOutcome", "WatchTicket")
+"""Reads that any instance answers alike (tickets and outcomes are shared state): gRPC retries
+them on another instance. Audit reads are not among them: each instance answers for its own
+shard."""
+
+
+def gateway_service_config() -> str:
+    """The channel's service config (JSON): ``round_robin`` over the addresses, each instance's
+    health watched through ``grpc.health.v1`` (the gateway serves it and turns NOT_SERVING when
+    it drains), and a retry policy for the reads in ``_RETRIED_READS`` on ``UNAVAILABLE``.
+
+    Submissions get no retry policy: an order MUST NOT be sent again by the transport on its
+    own (``submit`` resends the same signed bytes itself). gRPC still replays a call that never
+    left the client (its "transparent retry"), which cannot execute anything twice."""
+    return json.dumps(
+        {
+            "loadBalancingConfig": [{"round_robin": {}}],
+            "healthCheckConfig": {"serviceName": _GATEWAY_SERVICE},
+            "methodConfig": [
+                {
+                    "name": [{"service": _GATEWAY_SERVICE, "method": m} for m in _RETRIED_READS],
+                    "retryPolicy": {
+                        "maxAttempts": 3,
+                        "initialBackoff": "0.05s",
+                        "maxBackoff": "0.5s",
+                        "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"],
+                    },
+                }
+            ],
+        }
+    )
+
+
+def _split_endpoints(endpoints: str | Sequence[str]) -> list[str]:
+    items = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+    found = [part.strip() for item in items for part in item.split(",") if part.strip()]
+    if not found:
+        raise ValueError("gateway_endpoint: no address given")
+    return found
+
+
+def gateway_target(endpoints: str | Sequence[str]) -> str:
+    """The gRPC target for one gateway address or several (``"h:p"``, ``"h:p,h:p"`` or a list).
+
+    One address is used as given (a DNS name with several addresses is balanced too). Several
+    become one ``ipv4:`` (or ``ipv6:``) target listing them, host names resolved here, once;
+    raises ``ValueError`` naming an address that is malformed or does not resolve."""
+    parts = _split_endpoints(endpoints)
+    if len(parts) == 1:
+        return parts[0]
+    literal: list[tuple[int, str]] = []
+    for part in parts:
+        host, sep, port = part.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"gateway_endpoint: {part!r} is not HOST:PORT")
+        host = host.strip("[]")
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            try:
+                info = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+            except OSError as exc:
+                raise ValueError(f"gateway_endpoint: {host!r} does not resolve: {exc}") from exc
+            address = ipaddress.ip_address(str(info[0][4][0]))
+        literal.append(
+            (
+                address.version,
+                f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}",
+            )
+        )
+    versions = {v for v, _ in literal}
+    if len(versions) > 1:
+        raise ValueError("gateway_endpoint: mixes IPv4 and IPv6 addresses; use one family")
+    return f"ipv{versions.pop()}:" + ",".join(a for _, a in literal)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,18 +291,26 @@ class FedgateClient:
         *,
         credentials: MemberCredentials,
         registry: Registry | TrustHolder,
-        gateway_endpoint: str,
+        gateway_endpoint: str | Sequence[str],
         gateway_id: MemberId = GATEWAY_ID,
     ) -> None:
+        """``gateway_endpoint``: one ``HOST:PORT``, or several (comma list or sequence) of the
+        instances of one gateway, balanced as the module docstring says. Raises ``ValueError``
+        for an address that does not parse or resolve."""
         self.credentials = credentials
         # A holder (an agency node's) is read at each verification, so a reload counts at once.
         self._trust = registry if isinstance(registry, TrustHolder) else TrustHolder(registry)
         self.gateway_id = gateway_id
         self._signer = Signer.from_key(credentials.signing_key)
+        self.endpoints = tuple(_split_endpoints(gateway_endpoint))
         self._channel = grpc.aio.secure_channel(
-            gateway_endpoint,
+            gateway_target(self.endpoints),
             channel_credentials(credentials),
-            options=channel_options(gateway_id),
+            options=[
+                *channel_options(gateway_id),
+                ("grpc.service_config", gateway_service_config()),
+                ("grpc.enable_retries", 1),
+            ],
         )
         self._stub = gateway_service_pb2_grpc.GatewayServiceStub(self._channel)
         self._events = event_service_pb2_grpc.EventServiceStub(self._channel)
@@ -210,10 +321,14 @@ class FedgateClient:
 
     @classmethod
     def from_federation(
-        cls, directory: Path, member_id: MemberId, *, endpoint: str | None = None
+        cls,
+        directory: Path,
+        member_id: MemberId,
+        *,
+        endpoint: str | Sequence[str] | None = None,
     ) -> FedgateClient:
         """Credentials and registry from a federation directory; the gateway's endpoint from
-        the registry unless given."""
+        the registry unless given (one address, or several: see the class)."""
         registry = Registry.load_dir(directory)
         credentials = MemberCredentials.load(directory, member_id)
         gateway = registry.member(GATEWAY_ID)
@@ -305,14 +420,31 @@ class FedgateClient:
     async def submit(
         self, request: request_pb2.Request | envelope_pb2.SignedEnvelope, *, timeout: float = 15.0
     ) -> Submitted:
-        """Send one request; returns the verified answer or a ticket. Raises ``FedgateError``."""
+        """Send one request; returns the verified answer or a ticket. Raises ``FedgateError``.
+
+        When the instance it reached is lost before answering (``UNAVAILABLE`` from the
+        transport, no fedgate reason), the same signed envelope is sent again, up to
+        ``SUBMIT_ATTEMPTS`` times within ``timeout``: never a new signature, so the gateway's
+        replay protection lets that request run at most once whatever reaches which
+        instance."""
         envelope = self.sign(request) if isinstance(request, request_pb2.Request) else request
-        try:
-            reply = await self._stub.Submit(
-                gateway_service_pb2.SubmitRequest(envelope=envelope), timeout=timeout
-            )
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from exc
+        submit = gateway_service_pb2.SubmitRequest(envelope=envelope)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                reply = await self._stub.Submit(
+                    submit, timeout=max(0.001, deadline - loop.time()), wait_for_ready=attempt > 1
+                )
+                break
+            except grpc.RpcError as exc:
+                error = error_from_rpc(exc)
+                lost = error.code is grpc.StatusCode.UNAVAILABLE and error.reason == "UNAVAILABLE"
+                if not lost or attempt >= SUBMIT_ATTEMPTS or loop.time() >= deadline:
+                    raise error from exc
+                await asyncio.sleep(0.05 * attempt)
         if reply.HasField("ticket"):
             return Submitted(answer=None, ticket=reply.ticket)
         return Submitted(answer=self._verify(reply.response, envelope), ticket=None)
