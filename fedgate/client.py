@@ -435,9 +435,7 @@ class FedgateClient:
         while True:
             attempt += 1
             try:
-                reply = await self._stub.Submit(
-                    submit, timeout=max(0.001, deadline - loop.time()), wait_for_ready=attempt > 1
-                )
+                reply = await self._stub.Submit(submit, timeout=max(0.001, deadline - loop.time()))
                 break
             except grpc.RpcError as exc:
                 error = error_from_rpc(exc)
