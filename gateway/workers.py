@@ -214,7 +214,9 @@ def run_supervisor(config_path: Path, config: GatewayConfig, plan: WorkerPlan) -
             signal.signal(s, handler)
         _stop_all(workers, grace=config.server.grace_period_s + 10.0)
     codes = [w.proc.returncode for w in workers if w.proc is not None]
-    if status == 0 and any(code != 0 for code in codes):
+    # -SIGTERM: the worker was still starting (its handler not yet installed), so it held no
+    # exchange; every worker that served drains and exits 0.
+    if status == 0 and any(code not in (0, -signal.SIGTERM) for code in codes):
         status = 1
     return status
 
