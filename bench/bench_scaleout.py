@@ -48,7 +48,7 @@ from psycopg import sql
 
 from adapters.config import NodeConfig
 from adapters.synth import seed_world
-from adapters.up import Federation, ProcessSpec, start, stop, wait_healthy
+from adapters.up import Federation, ProcessSpec, _free_ports, start, stop, wait_healthy
 from adapters.up.instances import PgTarget, write_instance_config
 from bench.bench_e2e import _active_accounts
 from fedgate.client import FedgateClient, gateway_service_config, gateway_target
@@ -57,7 +57,7 @@ from fedgate.errors import FedgateError
 from fedgate.federation import MemberKind
 from fedgate.pki import init_federation
 from fedgate.registry import Registry
-from fedgate.testing import free_port, percentile, valid_request
+from fedgate.testing import percentile, valid_request
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options
 from fedgate.types import MemberId
 from fedgate.v1 import gateway_service_pb2, request_pb2
@@ -82,7 +82,10 @@ def _progress(message: str) -> None:
 
 
 def _processes(root: Path, fed: Path, pg: PgTarget, world_db: Path) -> list[ProcessSpec]:
-    node_endpoint = f"127.0.0.1:{free_port()}"
+    # Below the ephemeral range: no outgoing connection (to PostgreSQL, between the
+    # processes) can take one of them before its server binds it.
+    ports = iter(_free_ports(4))
+    node_endpoint = f"127.0.0.1:{next(ports)}"
     node_dir = root / "node"
     node_dir.mkdir()
     (node_dir / "node.toml").write_text(
@@ -108,7 +111,7 @@ def _processes(root: Path, fed: Path, pg: PgTarget, world_db: Path) -> list[Proc
         )
     ]
     for i in range(3):
-        endpoint = f"127.0.0.1:{free_port()}"
+        endpoint = f"127.0.0.1:{next(ports)}"
         config = write_instance_config(
             root / f"gateway-{i}" / "gateway.toml",
             listen=endpoint,
@@ -277,7 +280,12 @@ def run(quick: bool) -> dict[str, tuple[float, str]]:
         )
         children = start(federation)
         try:
-            asyncio.run(wait_healthy(federation, children, timeout=120, progress=_progress))
+            try:
+                asyncio.run(wait_healthy(federation, children, timeout=120, progress=_progress))
+            except FedgateError:
+                for spec in specs:
+                    _progress(f"{spec.key}: {spec.log.read_text(errors='replace')[-1500:]}")
+                raise
             queries = _Queries(fed, accounts)
             gateways = [s.endpoint for s in specs[1:]]
             gateway_pids = [c.pid for c in children[1:]]
