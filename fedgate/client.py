@@ -57,7 +57,13 @@ from fedgate.envelope import (
     verify_envelope,
     verify_response_binding,
 )
-from fedgate.errors import DecodeError, FedgateError, SignatureInvalid, VerificationError
+from fedgate.errors import (
+    DecodeError,
+    FedgateError,
+    NotFound,
+    SignatureInvalid,
+    VerificationError,
+)
 from fedgate.fanout import resolve_targets
 from fedgate.keys import raw_public_key
 from fedgate.note import NoteVerifier
@@ -318,6 +324,22 @@ class FedgateClient:
         self._alerts = alert_service_pb2_grpc.AlertServiceStub(self._channel)
         self._risklist = risklist_pb2_grpc.RiskListServiceStub(self._channel)
         self._sent: dict[str, tuple[bytes, str]] = {}
+        self._pinned: dict[str, grpc.aio.Channel] = {}
+
+    def _audit_stubs(self) -> list[audit_service_pb2_grpc.AuditServiceAsyncStub]:
+        """Audit reads answer for the shard of the instance that takes them: with several
+        addresses, one channel per address (opened on first use), so that a receipt's shard
+        can be asked of the instance that writes it."""
+        if len(self.endpoints) == 1:
+            return [self._audit]
+        for endpoint in self.endpoints:
+            if endpoint not in self._pinned:
+                self._pinned[endpoint] = grpc.aio.secure_channel(
+                    endpoint,
+                    channel_credentials(self.credentials),
+                    options=channel_options(self.gateway_id),
+                )
+        return [audit_service_pb2_grpc.AuditServiceStub(c) for c in self._pinned.values()]
 
     @classmethod
     def from_federation(
@@ -355,6 +377,8 @@ class FedgateClient:
         await self.close()
 
     async def close(self) -> None:
+        for channel in self._pinned.values():
+            await channel.close(None)
         await self._channel.close(None)
 
     @property
@@ -524,17 +548,35 @@ class FedgateClient:
         background, so answers never wait for them); a police system that must hold
         witnessed proof upgrades the receipts it keeps. Raises ``AuditUnavailable`` when the
         witnesses have not cosigned in time (ask again), ``VerificationError`` when the
-        upgrade does not verify.
+        upgrade does not verify. With several instances, the one whose shard holds the receipt
+        answers (``NotFound`` when none of them does).
         """
-        try:
-            reply = await self._audit.GetCosignedCheckpoint(
-                audit_service_pb2.GetCosignedCheckpointRequest(
-                    tree_size=receipt.tree_size, wait_ms=int(wait_s * 1000)
-                ),
-                timeout=timeout,
+        request = audit_service_pb2.GetCosignedCheckpointRequest(
+            tree_size=receipt.tree_size, wait_ms=int(wait_s * 1000)
+        )
+        stubs = self._audit_stubs()
+        reply: audit_service_pb2.GetCosignedCheckpointResponse | None = None
+        unavailable: FedgateError | None = None
+        for stub in stubs:
+            try:
+                found = await stub.GetCosignedCheckpoint(request, timeout=timeout)
+            except grpc.RpcError as exc:
+                error = error_from_rpc(exc)
+                if len(stubs) == 1:
+                    raise error from exc
+                if error.reason == "AUDIT_UNAVAILABLE":
+                    unavailable = error  # perhaps the shard's own witnesses are slow
+                continue  # down, or another shard shorter than this tree size: ask the next
+            if len(stubs) == 1 or found.checkpoint.split("\n", 1)[0] == receipt.log_origin:
+                reply = found
+                break
+        if reply is None:
+            if unavailable is not None:
+                raise unavailable
+            raise NotFound(
+                f"no gateway instance at {', '.join(self.endpoints)} serves the shard "
+                f"{receipt.log_origin!r} of this receipt"
             )
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from exc
         upgraded = envelope_pb2.AuditReceipt()
         upgraded.CopyFrom(receipt)
         upgraded.cosigned_checkpoint = reply.checkpoint

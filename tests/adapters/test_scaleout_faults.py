@@ -210,6 +210,15 @@ class TestKillOneOfThree:
             while any(witness.witness.latest_note(o) is None for o in cluster.origins):
                 assert loop.time() < deadline, "a shard was never cosigned"
                 await asyncio.sleep(0.1)
+            # A receipt is upgraded by the instance that writes its shard, whichever it is.
+            client = FedgateClient.from_federation(fed_dir, POLICE, endpoint=cluster.endpoints)
+            try:
+                for origin in sorted(origins):
+                    receipt = next(a.receipt for a in after if a.receipt.log_origin == origin)
+                    upgraded = await client.cosign_receipt(receipt, wait_s=5.0)
+                    assert upgraded.cosigned_checkpoint.startswith(origin + "\n")
+            finally:
+                await client.close()
         finally:
             await cluster.stop_all()
             drop_schemas(target)
