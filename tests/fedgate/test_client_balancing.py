@@ -8,6 +8,7 @@ which instance took each call.
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -20,7 +21,8 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fedgate.client import FedgateClient, gateway_service_config, gateway_target
-from fedgate.errors import FedgateError
+from fedgate.commands._police import add_connection_options, open_client
+from fedgate.errors import FedgateError, InvalidArgument
 from fedgate.pki import init_federation
 from fedgate.registry import Registry
 from fedgate.testing import free_port
@@ -202,3 +204,22 @@ class TestBalancing:
             )
         finally:
             await client.close()
+
+
+class TestCliAddresses:
+    def _args(self, fed: Path, *addresses: str) -> Any:
+        parser = argparse.ArgumentParser()
+        add_connection_options(parser, timeout=None)
+        flags = [f for a in addresses for f in ("--gateway", a)]
+        return parser.parse_args(["--federation", str(fed), *flags])
+
+    async def test_repeated_and_comma_separated(self, fed: Path) -> None:
+        client = open_client(self._args(fed, "127.0.0.1:1", "127.0.0.1:2,127.0.0.1:3"))
+        try:
+            assert client.endpoints == ("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3")
+        finally:
+            await client.close()
+
+    async def test_a_bad_address_is_named(self, fed: Path) -> None:
+        with pytest.raises(InvalidArgument, match="'nowhere' is not HOST:PORT"):
+            open_client(self._args(fed, "127.0.0.1:1", "nowhere"))
