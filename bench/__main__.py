@@ -25,6 +25,7 @@ MODULES: tuple[str, ...] = (
     "bench_chase",
     "bench_risklist",
     "bench_shared",
+    "bench_scaleout",
 )
 RESULTS = Path(__file__).with_name("results.json")
 

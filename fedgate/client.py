@@ -15,13 +15,26 @@ signed checkpoint. A call that times out is sent again, the same signed envelope
 answers a retry with the first attempt's recorded outcome and never runs a request twice
 (``submit``; ``docs/protocol.md``, "Safe retries"). ``cosign_receipt`` upgrades a receipt with
 a witness-cosigned checkpoint and a consistency proof (see ``docs/audit.md``, "Receipts").
+
+Several gateway instances: give every address (``gateway_endpoint="a:1,b:2"`` or a list). The
+channel balances calls over them with gRPC's own ``round_robin`` policy and checks each
+instance's ``grpc.health.v1`` status (``healthCheckConfig``), so an instance that is down or
+draining (NOT_SERVING) is left out until it serves again (``gateway_service_config``). Reads
+(tickets, outcomes) are retried on another instance by gRPC's retry policy. ``submit`` is never
+re-signed: when the instance it went to is lost before answering, it sends the *same signed
+bytes* again, elsewhere (``SUBMIT_ATTEMPTS``); the shared replay protection makes sure that
+request runs at most once, and a gateway with safe retries answers the resend with the first
+outcome.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
+import json
 import os
+import socket
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -50,6 +63,7 @@ from fedgate.errors import (
     DecodeError,
     FedgateError,
     InProgress,
+    NotFound,
     SignatureInvalid,
     VerificationError,
 )
@@ -78,9 +92,100 @@ from fedgate.v1 import (
     ticket_pb2,
 )
 
-__all__ = ["GATEWAY_ID", "Answer", "FanOutItem", "FedgateClient", "verify_signed_response"]
+__all__ = [
+    "GATEWAY_ID",
+    "SUBMIT_ATTEMPTS",
+    "Answer",
+    "FanOutItem",
+    "FedgateClient",
+    "gateway_service_config",
+    "gateway_target",
+    "verify_signed_response",
+]
 
 GATEWAY_ID = MemberId("gateway")
+
+SUBMIT_ATTEMPTS = 3
+"""How many calls ``submit`` makes with one signed request by default: always the same bytes,
+never re-signed."""
+
+_GATEWAY_SERVICE = "fedgate.v1.GatewayService"
+_RETRIED_READS = ("GetTicket", "GetOutcome", "WatchTicket")
+"""Reads that any instance answers alike (tickets and outcomes are shared state): gRPC retries
+them on another instance. Audit reads are not among them: each instance answers for its own
+shard."""
+
+
+def gateway_service_config() -> str:
+    """The channel's service config (JSON): ``round_robin`` over the addresses, each instance's
+    health watched through ``grpc.health.v1`` (the gateway serves it and turns NOT_SERVING when
+    it drains), and a retry policy for the reads in ``_RETRIED_READS`` on ``UNAVAILABLE``.
+
+    Submissions get no retry policy: an order MUST NOT be sent again by the transport on its
+    own (``submit`` resends the same signed bytes itself). gRPC still replays a call that never
+    left the client (its "transparent retry"), which cannot execute anything twice."""
+    return json.dumps(
+        {
+            "loadBalancingConfig": [{"round_robin": {}}],
+            "healthCheckConfig": {"serviceName": _GATEWAY_SERVICE},
+            "methodConfig": [
+                {
+                    "name": [{"service": _GATEWAY_SERVICE, "method": m} for m in _RETRIED_READS],
+                    "retryPolicy": {
+                        "maxAttempts": 3,
+                        "initialBackoff": "0.05s",
+                        "maxBackoff": "0.5s",
+                        "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"],
+                    },
+                }
+            ],
+        }
+    )
+
+
+def _split_endpoints(endpoints: str | Sequence[str]) -> list[str]:
+    items = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+    found = [part.strip() for item in items for part in item.split(",") if part.strip()]
+    if not found:
+        raise ValueError("gateway_endpoint: no address given")
+    return found
+
+
+def gateway_target(endpoints: str | Sequence[str]) -> str:
+    """The gRPC target for one gateway address or several (``"h:p"``, ``"h:p,h:p"`` or a list).
+
+    One address is used as given (a DNS name with several addresses is balanced too). Several
+    become one ``ipv4:`` (or ``ipv6:``) target listing them, host names resolved here, once;
+    raises ``ValueError`` naming an address that is malformed or does not resolve."""
+    parts = _split_endpoints(endpoints)
+    if len(parts) == 1:
+        return parts[0]
+    literal: list[tuple[int, str]] = []
+    for part in parts:
+        host, sep, port = part.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"gateway_endpoint: {part!r} is not HOST:PORT")
+        host = host.strip("[]")
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            try:
+                info = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+            except OSError as exc:
+                raise ValueError(f"gateway_endpoint: {host!r} does not resolve: {exc}") from exc
+            address = ipaddress.ip_address(str(info[0][4][0]))
+        literal.append(
+            (
+                address.version,
+                f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}",
+            )
+        )
+    versions = {v for v, _ in literal}
+    if len(versions) > 1:
+        raise ValueError("gateway_endpoint: mixes IPv4 and IPv6 addresses; use one family")
+    return f"ipv{versions.pop()}:" + ",".join(a for _, a in literal)
+
 
 _RETRYABLE = frozenset({"DEADLINE_EXCEEDED", "UNAVAILABLE", InProgress.reason})
 """What ``submit`` sends again: its call timed out or reached no gateway (the gateway may or may
@@ -204,18 +309,26 @@ class FedgateClient:
         *,
         credentials: MemberCredentials,
         registry: Registry | TrustHolder,
-        gateway_endpoint: str,
+        gateway_endpoint: str | Sequence[str],
         gateway_id: MemberId = GATEWAY_ID,
     ) -> None:
+        """``gateway_endpoint``: one ``HOST:PORT``, or several (comma list or sequence) of the
+        instances of one gateway, balanced as the module docstring says. Raises ``ValueError``
+        for an address that does not parse or resolve."""
         self.credentials = credentials
         # A holder (an agency node's) is read at each verification, so a reload counts at once.
         self._trust = registry if isinstance(registry, TrustHolder) else TrustHolder(registry)
         self.gateway_id = gateway_id
         self._signer = Signer.from_key(credentials.signing_key)
+        self.endpoints = tuple(_split_endpoints(gateway_endpoint))
         self._channel = grpc.aio.secure_channel(
-            gateway_endpoint,
+            gateway_target(self.endpoints),
             channel_credentials(credentials),
-            options=channel_options(gateway_id),
+            options=[
+                *channel_options(gateway_id),
+                ("grpc.service_config", gateway_service_config()),
+                ("grpc.enable_retries", 1),
+            ],
         )
         self._stub = gateway_service_pb2_grpc.GatewayServiceStub(self._channel)
         self._events = event_service_pb2_grpc.EventServiceStub(self._channel)
@@ -223,13 +336,33 @@ class FedgateClient:
         self._alerts = alert_service_pb2_grpc.AlertServiceStub(self._channel)
         self._risklist = risklist_pb2_grpc.RiskListServiceStub(self._channel)
         self._sent: dict[str, tuple[bytes, str]] = {}
+        self._pinned: dict[str, grpc.aio.Channel] = {}
+
+    def _audit_stubs(self) -> list[audit_service_pb2_grpc.AuditServiceAsyncStub]:
+        """Audit reads answer for the shard of the instance that takes them: with several
+        addresses, one channel per address (opened on first use), so that a receipt's shard
+        can be asked of the instance that writes it."""
+        if len(self.endpoints) == 1:
+            return [self._audit]
+        for endpoint in self.endpoints:
+            if endpoint not in self._pinned:
+                self._pinned[endpoint] = grpc.aio.secure_channel(
+                    endpoint,
+                    channel_credentials(self.credentials),
+                    options=channel_options(self.gateway_id),
+                )
+        return [audit_service_pb2_grpc.AuditServiceStub(c) for c in self._pinned.values()]
 
     @classmethod
     def from_federation(
-        cls, directory: Path, member_id: MemberId, *, endpoint: str | None = None
+        cls,
+        directory: Path,
+        member_id: MemberId,
+        *,
+        endpoint: str | Sequence[str] | None = None,
     ) -> FedgateClient:
         """Credentials and registry from a federation directory; the gateway's endpoint from
-        the registry unless given."""
+        the registry unless given (one address, or several: see the class)."""
         registry = Registry.load_dir(directory)
         credentials = MemberCredentials.load(directory, member_id)
         gateway = registry.member(GATEWAY_ID)
@@ -256,6 +389,8 @@ class FedgateClient:
         await self.close()
 
     async def close(self) -> None:
+        for channel in self._pinned.values():
+            await channel.close(None)
         await self._channel.close(None)
 
     @property
@@ -323,7 +458,7 @@ class FedgateClient:
         request: request_pb2.Request | envelope_pb2.SignedEnvelope,
         *,
         timeout: float = 15.0,
-        attempts: int = 3,
+        attempts: int = SUBMIT_ATTEMPTS,
     ) -> Submitted:
         """Send one request; returns the verified answer or a ticket. Raises ``FedgateError``.
 
@@ -432,17 +567,35 @@ class FedgateClient:
         background, so answers never wait for them); a police system that must hold
         witnessed proof upgrades the receipts it keeps. Raises ``AuditUnavailable`` when the
         witnesses have not cosigned in time (ask again), ``VerificationError`` when the
-        upgrade does not verify.
+        upgrade does not verify. With several instances, the one whose shard holds the receipt
+        answers (``NotFound`` when none of them does).
         """
-        try:
-            reply = await self._audit.GetCosignedCheckpoint(
-                audit_service_pb2.GetCosignedCheckpointRequest(
-                    tree_size=receipt.tree_size, wait_ms=int(wait_s * 1000)
-                ),
-                timeout=timeout,
+        request = audit_service_pb2.GetCosignedCheckpointRequest(
+            tree_size=receipt.tree_size, wait_ms=int(wait_s * 1000)
+        )
+        stubs = self._audit_stubs()
+        reply: audit_service_pb2.GetCosignedCheckpointResponse | None = None
+        unavailable: FedgateError | None = None
+        for stub in stubs:
+            try:
+                found = await stub.GetCosignedCheckpoint(request, timeout=timeout)
+            except grpc.RpcError as exc:
+                error = error_from_rpc(exc)
+                if len(stubs) == 1:
+                    raise error from exc
+                if error.reason == "AUDIT_UNAVAILABLE":
+                    unavailable = error  # perhaps the shard's own witnesses are slow
+                continue  # down, or another shard shorter than this tree size: ask the next
+            if len(stubs) == 1 or found.checkpoint.split("\n", 1)[0] == receipt.log_origin:
+                reply = found
+                break
+        if reply is None:
+            if unavailable is not None:
+                raise unavailable
+            raise NotFound(
+                f"no gateway instance at {', '.join(self.endpoints)} serves the shard "
+                f"{receipt.log_origin!r} of this receipt"
             )
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from exc
         upgraded = envelope_pb2.AuditReceipt()
         upgraded.CopyFrom(receipt)
         upgraded.cosigned_checkpoint = reply.checkpoint

@@ -24,6 +24,12 @@ event loop, over the same audit log (either store); its logins, reveals and expo
 of that log.
 
     python -m gateway.server --config gateway.toml
+    python -m gateway.server --config gateway.toml --workers 2     # gateway.workers
+
+On SIGTERM (or SIGINT) the gateway drains: health turns NOT_SERVING (clients that check it
+send elsewhere), new calls are refused, the calls in flight finish within
+``server.grace_period_s`` with their response legs written, the log commits what is pending and
+records its last checkpoint, and the process exits 0.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -71,6 +77,7 @@ from fedgate.v1 import (
 )
 from fedgate.web.serve import EmbeddedServer
 from fedgate.witness import GrpcWitnessClient
+from gateway import workers
 from gateway.alerts import AlertHub, AlertServicer
 from gateway.audit.insights import PgShard
 from gateway.audit.log import AuditLog
@@ -429,9 +436,15 @@ def _grpc_server(
     decider: ReloadingDecider,
     tracer_provider: trace.TracerProvider | None,
     trust: TrustHolder,
+    *,
+    share_port: bool,
 ) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
     """Step 5: the gRPC server with every service, health and reflection (not yet bound), and
-    OpenTelemetry's interceptor continuing callers' traces when tracing is on."""
+    OpenTelemetry's interceptor continuing callers' traces when tracing is on.
+
+    ``SO_REUSEPORT`` (which gRPC sets unless told otherwise) only when ``share_port``: the
+    workers of one address share it on purpose (``gateway.workers``), but a second gateway
+    started by mistake on a taken port MUST fail to bind rather than take half its calls."""
     limit = config.server.max_receive_bytes
     server = grpc.aio.server(
         # OpenTelemetry's outermost (the span is current), then the one error boundary.
@@ -439,6 +452,7 @@ def _grpc_server(
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 1 if share_port else 0),
         ],
     )
     server.add_generic_rpc_handlers(
@@ -537,8 +551,10 @@ class Gateway:
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
         audit_store: AuditStore | None = None,
+        share_port: bool = False,
     ) -> Gateway:
-        """Open every store, build the pipeline and start serving on ``server.listen``.
+        """Open every store, build the pipeline and start serving on ``server.listen``
+        (with other workers of ``gateway.workers`` when ``share_port``).
 
         ``audit_store`` replaces the store named by ``[audit]`` (tests inject failing stores
         through this seam); it MUST keep the shard the config names (the SQLite file at
@@ -559,6 +575,7 @@ class Gateway:
                 tracer_provider=tracer_provider,
                 meter_provider=meter_provider,
                 audit_store=audit_store,
+                share_port=share_port,
             )
             # Started: from now on ``stop`` owns the resources.
             gateway._resources = resources.pop_all()
@@ -584,6 +601,7 @@ class Gateway:
         tracer_provider: trace.TracerProvider | None,
         meter_provider: metrics.MeterProvider | None,
         audit_store: AuditStore | None,
+        share_port: bool,
     ) -> Gateway:
         """The steps of ``start``; each registers what it opens with ``resources``."""
         prometheus_port: int | None = None
@@ -634,7 +652,7 @@ class Gateway:
         # Before serving: nothing is in flight, so every open request leg was cut off.
         await pipeline.reconciler.run_once(grace=timedelta(0))
         server, health = _grpc_server(
-            config, pipeline, parts, decider, tracer_provider, identity.trust
+            config, pipeline, parts, decider, tracer_provider, identity.trust, share_port=share_port
         )
         try:
             port = server.add_secure_port(
@@ -755,33 +773,72 @@ class Gateway:
         await self._server.wait_for_termination()
 
 
-async def run_gateway(config: GatewayConfig) -> None:
-    """Run a gateway until SIGINT or SIGTERM, then shut down gracefully."""
-    gateway = await Gateway.start(config)
+async def run_gateway(config: GatewayConfig, *, share_port: bool = False) -> None:
+    """Run a gateway until SIGINT or SIGTERM, then drain (``Gateway.stop``) and return.
+
+    The signals are caught before the start, so a SIGTERM that arrives while the gateway is
+    still rebuilding its state stops it as soon as it serves, drained like any other."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    gateway = await Gateway.start(config, share_port=share_port)
     try:
         await stop.wait()
     finally:
-        _log.info("shutting down: draining calls in flight")
+        _log.info(
+            "shutting down: NOT_SERVING, draining calls in flight",
+            extra={"fields": {"origin": config.audit.origin}},
+        )
         await gateway.stop()
+        _log.info("drained", extra={"fields": {"origin": config.audit.origin}})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m gateway.server --config FILE``; returns the exit status."""
+    """``python -m gateway.server --config FILE [--workers N] [--listen ADDR ...]``; returns the
+    exit status (2 for a config it refuses)."""
     parser = argparse.ArgumentParser(prog="fedgate-gateway", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True, help="the gateway's TOML file")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="run N worker processes, each its own instance and audit shard (gateway.workers)",
+    )
+    parser.add_argument(
+        "--listen",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="listen here instead of server.listen; repeat for one worker per address",
+    )
+    parser.add_argument("--instance", type=int, help=argparse.SUPPRESS)  # a supervisor's worker
+    parser.add_argument("--share-port", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
         config = GatewayConfig.load(args.config)
+        if args.instance is not None:
+            config = workers.worker_config(
+                config,
+                index=args.instance,
+                listen=args.listen[0] if args.listen else config.server.listen,
+            )
+            plan = None
+        else:
+            plan = workers.plan_workers(config, workers=args.workers, listens=args.listen)
     except ConfigError as exc:
         print(f"fedgate gateway: {exc.message}", file=sys.stderr)
         return 2
     configure_logging(config.telemetry.log_level, json_logs=config.telemetry.log_json)
+    if plan is not None and len(plan.listens) > 1:
+        try:
+            return workers.run_supervisor(args.config, config, plan)
+        except ConfigError as exc:
+            print(f"fedgate gateway: {exc.message}", file=sys.stderr)
+            return 2
+    if plan is not None:
+        config = replace(config, server=replace(config.server, listen=plan.listens[0]))
     try:
-        asyncio.run(run_gateway(config))
+        asyncio.run(run_gateway(config, share_port=args.share_port))
     except FedgateError as exc:
         print(f"fedgate gateway: {exc.message}", file=sys.stderr)
         return 1

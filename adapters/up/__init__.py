@@ -14,6 +14,7 @@ State directory layout::
     world/               seeded bank and carrier databases, world.json (the planted fraud chains)
     gateway/             gateway.toml and the gateway's state (audit log, replay cache, ...,
                          the auditor console's users)
+    gateway-<i>/         with ``--gateways N``: instance i's config and state (i = 1..N-1)
     nodes/<member>/      node.toml and the node's state (answers, staff queue, console users)
     witnesses/<member>/  the log witnesses' state (pboc.gz, audit.office)
     logs/<member>.log    each process's output
@@ -41,6 +42,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from adapters.synth import World, load_world, seed_world
+from adapters.up.instances import PgTarget, write_instance_config
 from fedgate.config import dump_toml
 from fedgate.errors import FedgateError
 from fedgate.federation import DEFAULT_MEMBERS, MemberKind
@@ -54,6 +56,7 @@ from fedgate.web.auth import Role, UserStore
 __all__ = [
     "DEMO_AUDITOR",
     "DEMO_PASSWORD_FILE",
+    "EXTRA_GATEWAY_PORT_OFFSET",
     "Federation",
     "ProcessSpec",
     "check_ports",
@@ -78,6 +81,10 @@ DEMO_AUDITOR_MEMBER = MemberId("audit.office")
 LOG_ORIGIN = "fedgate.local/gateway/shard-0"
 """The origin (log name) of the development gateway's audit log shard."""
 RISKLIST_ORIGIN = risklist_origin(LOG_ORIGIN)
+
+EXTRA_GATEWAY_PORT_OFFSET = 20
+"""With ``--gateways N``, instance i (1..N-1) listens on the gateway's port + 20 + i (clear of
+the default members' ports); instance 0 on the registry's gateway endpoint."""
 """The origin of the development gateway's risk list log (witnessed like the audit log)."""
 FEED_PER_SECOND = 20.0
 FEED_MAX = 20_000
@@ -109,6 +116,13 @@ class ProcessSpec:
     endpoint: str
     console: str | None
     log: Path
+    name: str = ""
+    """The process's key in ``pids.json`` and its messages (the member id unless several
+    processes serve one member, as the gateway instances of ``--gateways N``)."""
+
+    @property
+    def key(self) -> str:
+        return self.name or self.member
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +133,8 @@ class Federation:
     registry: Registry
     world: World
     processes: tuple[ProcessSpec, ...]
+    pg: PgTarget | None = None
+    """The shared database of the gateway instances, or ``None`` for one gateway on SQLite."""
 
     @property
     def federation_dir(self) -> Path:
@@ -127,6 +143,18 @@ class Federation:
     @property
     def audit_db(self) -> Path:
         return self.state / "gateway" / "audit.sqlite"
+
+    @property
+    def gateway_endpoints(self) -> tuple[str, ...]:
+        """Every gateway instance's address, instance 0 (the registry's) first."""
+        return tuple(p.endpoint for p in self.processes if p.kind is MemberKind.GATEWAY)
+
+    @property
+    def audit_source(self) -> tuple[str, ...]:
+        """The ``fedgate audit verify`` arguments naming every shard of the federation's log."""
+        if self.pg is None:
+            return ("--db", str(self.audit_db))
+        return ("--pg", self.pg.dsn, "--schema", self.pg.schema)
 
 
 def demo_password(state: Path) -> str:
@@ -152,27 +180,81 @@ def _agency_members(registry: Registry) -> list[Member]:
     return [m for m in registry.members() if m.kind in (MemberKind.BANK, MemberKind.CARRIER)]
 
 
-def _write_gateway_config(state: Path, registry: Registry) -> Path:
-    directory = state / "gateway"
+@dataclass(frozen=True, slots=True)
+class _GatewayInstance:
+    index: int
+    endpoint: str
+    origin: str
+
+    @property
+    def directory(self) -> str:
+        return "gateway" if self.index == 0 else f"gateway-{self.index}"
+
+    @property
+    def console(self) -> str | None:
+        """Instance 0 serves the auditor console."""
+        return f"127.0.0.1:{console_port(self.endpoint)}" if self.index == 0 else None
+
+
+def _gateway_instances(registry: Registry, count: int) -> list[_GatewayInstance]:
+    endpoint = registry.member(MemberId("gateway")).endpoint
+    host, _, port = endpoint.rpartition(":")
+    instances = [_GatewayInstance(0, endpoint, LOG_ORIGIN)]
+    for i in range(1, count):
+        instances.append(
+            _GatewayInstance(
+                i,
+                f"{host}:{int(port) + EXTRA_GATEWAY_PORT_OFFSET + i}",
+                LOG_ORIGIN.removesuffix("shard-0") + f"shard-{i}",
+            )
+        )
+    return instances
+
+
+_GATEWAY_HEADER = (
+    "written by `fedgate up`; every value can be overridden by\n"
+    "FEDGATE_GATEWAY__<SECTION>__<KEY> environment variables"
+)
+
+
+def _write_gateway_config(
+    state: Path, registry: Registry, instance: _GatewayInstance, pg: PgTarget | None
+) -> Path:
+    directory = state / instance.directory
     directory.mkdir(parents=True, exist_ok=True)
-    gateway = registry.member(MemberId("gateway"))
     config = directory / "gateway.toml"
-    config.write_text(
-        dump_toml(
-            {
-                "server": {"listen": gateway.endpoint},
-                "federation": {"dir": "../federation"},
-                "pipeline": {"state_dir": "."},
-                "audit": {"origin": LOG_ORIGIN, "witnesses": [w.id for w in _witnesses(registry)]},
-                "telemetry": {"log_level": "INFO"},
-                # the auditor console
-                "console": {"listen": f"127.0.0.1:{console_port(gateway.endpoint)}"},
-            },
-            header="written by `fedgate up`; every value can be overridden by\n"
-            "FEDGATE_GATEWAY__<SECTION>__<KEY> environment variables",
-        ),
-        encoding="utf-8",
-    )
+    witnesses = [w.id for w in _witnesses(registry)]
+    extra: dict[str, dict[str, object]] = {"telemetry": {"log_level": "INFO"}}
+    if instance.console is not None:
+        extra["console"] = {"listen": instance.console}  # the auditor console
+    if pg is not None:
+        write_instance_config(
+            config,
+            header=_GATEWAY_HEADER,
+            listen=instance.endpoint,
+            federation_dir="../federation",
+            state_dir=".",
+            origin=instance.origin,
+            pg=pg,
+            witnesses=witnesses,
+            extra=extra,
+        )
+    else:
+        config.write_text(
+            dump_toml(
+                {
+                    "server": {"listen": instance.endpoint},
+                    "federation": {"dir": "../federation"},
+                    "pipeline": {"state_dir": "."},
+                    "audit": {"origin": instance.origin, "witnesses": witnesses},
+                    **extra,
+                },
+                header=_GATEWAY_HEADER,
+            ),
+            encoding="utf-8",
+        )
+    if instance.console is None:
+        return config
     users = UserStore.in_state_dir(directory)
     try:
         if users.get(DEMO_AUDITOR) is None:
@@ -265,6 +347,8 @@ def prepare_state(
     progress: Progress = print,
     free_ports: bool = False,
     base_port: int | None = None,
+    gateways: int = 1,
+    pg: PgTarget | None = None,
 ) -> Federation:
     """Create what is missing in ``state`` and return the federation it describes.
 
@@ -274,6 +358,12 @@ def prepare_state(
     federation). The ports MUST be free before any key or data is generated: a taken port
     raises ``FedgateError`` naming it, and nothing is written. An existing federation keeps its
     ports; ``base_port`` different from them raises ``FedgateError``."""
+    if gateways < 1:
+        raise FedgateError(f"--gateways must be at least 1, got {gateways}")
+    if gateways > 1 and pg is None:
+        raise FedgateError(
+            "--gateways N needs a PostgreSQL database for the instances to share (--pg DSN)"
+        )
     federation_dir = state / "federation"
     if not FederationLayout(federation_dir).registry.exists():
         members = list(DEFAULT_MEMBERS)
@@ -296,6 +386,8 @@ def prepare_state(
                 f"--base-port {gateway_port}, or another --state for new ports"
             )
         check_ports(_addresses(m.endpoint for m in registry.members()))
+    instances = _gateway_instances(registry, gateways)
+    check_ports(i.endpoint for i in instances[1:])
     world_dir = state / "world"
     world = _world_usable(world_dir)
     if world is None:
@@ -316,13 +408,19 @@ def prepare_state(
                 "-m",
                 "gateway.server",
                 "--config",
-                str(_write_gateway_config(state, registry)),
+                str(_write_gateway_config(state, registry, instance, pg)),
             ),
-            endpoint=registry.member(MemberId("gateway")).endpoint,
-            console=f"127.0.0.1:{console_port(registry.member(MemberId('gateway')).endpoint)}",
-            log=state / "logs" / "gateway.log",
+            endpoint=instance.endpoint,
+            console=instance.console,
+            log=state / "logs" / f"{instance.directory}.log",
+            name=instance.directory,
         )
+        for instance in instances
     ]
+    # Every shard and its risk list are witnessed: each witness accepts every origin.
+    origins: list[str] = []
+    for instance in instances:
+        origins += ["--origin", instance.origin, "--origin", risklist_origin(instance.origin)]
     for member in _witnesses(registry):
         processes.append(
             ProcessSpec(
@@ -338,10 +436,7 @@ def prepare_state(
                     member.id,
                     "--state",
                     str(state / "witnesses" / member.id),
-                    "--origin",
-                    LOG_ORIGIN,
-                    "--origin",
-                    RISKLIST_ORIGIN,
+                    *origins,
                 ),
                 endpoint=member.endpoint,
                 console=None,
@@ -369,7 +464,9 @@ def prepare_state(
                 log=state / "logs" / f"{member.id}.log",
             )
         )
-    return Federation(state=state, registry=registry, world=world, processes=tuple(processes))
+    return Federation(
+        state=state, registry=registry, world=world, processes=tuple(processes), pg=pg
+    )
 
 
 def _port_in_use(address: str) -> bool:
@@ -438,7 +535,7 @@ def start(federation: Federation) -> list[subprocess.Popen[bytes]]:
     except OSError:
         stop(children)
         raise
-    pids = {str(s.member): c.pid for s, c in zip(federation.processes, children, strict=True)}
+    pids = {s.key: c.pid for s, c in zip(federation.processes, children, strict=True)}
     (federation.state / "pids.json").write_text(json.dumps(pids), encoding="utf-8")
     return children
 
@@ -538,20 +635,20 @@ async def wait_healthy(
     """Wait until every process reports SERVING; raises ``FedgateError`` naming the laggard."""
     gateway_creds = MemberCredentials.load(federation.federation_dir, MemberId("gateway"))
     police_creds = MemberCredentials.load(federation.federation_dir, MemberId("police.gd.afc"))
-    pending = {spec.member: spec for spec in federation.processes}
+    pending = {spec.key: spec for spec in federation.processes}
     deadline = time.monotonic() + timeout
     while pending:
         for spec, child in zip(federation.processes, children, strict=True):
-            if spec.member in pending and child.poll() is not None:
+            if spec.key in pending and child.poll() is not None:
                 raise FedgateError(
-                    f"{spec.member} exited with status {child.returncode} while starting;"
+                    f"{spec.key} exited with status {child.returncode} while starting;"
                     f" see {spec.log}"
                 )
-        for member, spec in list(pending.items()):
+        for key, spec in list(pending.items()):
             creds = police_creds if spec.kind is MemberKind.GATEWAY else gateway_creds
-            if await _serving(spec.endpoint, member, creds):
-                progress(f"  {member:<14} serving on {spec.endpoint}")
-                del pending[member]
+            if await _serving(spec.endpoint, spec.member, creds):
+                progress(f"  {key:<14} serving on {spec.endpoint}")
+                del pending[key]
         if pending and time.monotonic() > deadline:
             names = ", ".join(sorted(pending))
             raise FedgateError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shlex
 import shutil
 import signal
@@ -26,6 +27,7 @@ from adapters.up import (
     stop_pids,
     wait_healthy,
 )
+from adapters.up.instances import PgTarget
 from adapters.up.scenario import run_scenario
 from fedgate.errors import FedgateError
 from fedgate.federation import MemberKind
@@ -54,6 +56,28 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="for a new state directory: the gateway's port; the other members take the next"
         " ones and each console listens 1000 above (default 20051, below Linux's ephemeral"
         " ports)",
+    )
+    up.add_argument(
+        "--gateways",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N gateway instances, each with its own audit shard, sharing one PostgreSQL"
+        " database (--pg); instance 0 on the registry's gateway port, instance i on that port"
+        " + 20 + i",
+    )
+    up.add_argument(
+        "--pg",
+        metavar="DSN",
+        default=os.environ.get("FEDGATE_PG_DSN"),
+        help="the PostgreSQL database of the gateway instances (default $FEDGATE_PG_DSN);"
+        " without it, one gateway on SQLite",
+    )
+    up.add_argument(
+        "--pg-schema",
+        default="fedgate_audit",
+        help="the audit schema in --pg (default fedgate_audit; the replay cache uses"
+        " <schema>_replay)",
     )
     up.add_argument(
         "--background",
@@ -100,7 +124,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _print_table(federation: Federation) -> None:
     print(f"\n{'MEMBER':<15} {'KIND':<13} {'gRPC ENDPOINT':<17} {'CONSOLE':<24} NAME")
-    consoles = {spec.member: spec.console for spec in federation.processes}
+    consoles: dict[str, str | None] = {}
+    for spec in federation.processes:
+        consoles[spec.member] = consoles.get(spec.member) or spec.console
     for member in federation.registry.members():
         console = consoles.get(member.id)
         url = f"http://{console}/" if console else ""
@@ -108,6 +134,13 @@ def _print_table(federation: Federation) -> None:
         endpoint = member.endpoint if running else "(not started)"
         name = f"{member.name_zh} / {member.name_en}"
         print(f"{member.id:<15} {member.kind.value:<13} {endpoint:<17} {url:<24} {name}")
+    gateways = federation.gateway_endpoints
+    if len(gateways) > 1:
+        print(
+            f"\n{len(gateways)} gateway instances on PostgreSQL ({federation.audit_source[3]}):"
+            f" {', '.join(gateways)}; clients take them all: fedgate --gateway"
+            f" {','.join(gateways)} ..."
+        )
     staff = [s for s in federation.processes if s.console and s.kind is not MemberKind.GATEWAY]
     if staff:
         example = staff[0]
@@ -127,7 +160,12 @@ def _print_table(federation: Federation) -> None:
 
 
 async def _bring_up(
-    state: Path, *, free_ports: bool = False, base_port: int | None = None
+    state: Path,
+    *,
+    free_ports: bool = False,
+    base_port: int | None = None,
+    gateways: int = 1,
+    pg: PgTarget | None = None,
 ) -> tuple[Federation, list[subprocess.Popen[bytes]]]:
     started = time.monotonic()
     federation = prepare_state(
@@ -135,6 +173,8 @@ async def _bring_up(
         progress=lambda line: print(f"  {line}"),
         free_ports=free_ports,
         base_port=base_port,
+        gateways=gateways,
+        pg=pg,
     )
     print(f"starting {len(federation.processes)} processes …")
     children = start(federation)
@@ -153,7 +193,7 @@ async def _scenario(federation: Federation) -> bool:
         federation_dir=federation.federation_dir,
         world=federation.world,
         state=federation.state,
-        audit_db=federation.audit_db,
+        audit_source=federation.audit_source,
     )
     return result.ok
 
@@ -163,8 +203,11 @@ def _up(args: argparse.Namespace) -> int:
     if args.base_port is not None and not 1024 <= args.base_port <= 65535 - 1011:
         print("fedgate up: --base-port must be 1024 to 64524", file=sys.stderr)
         return 2
+    pg = PgTarget(dsn=args.pg, schema=args.pg_schema) if args.pg else None
     try:
-        federation, children = asyncio.run(_bring_up(state, base_port=args.base_port))
+        federation, children = asyncio.run(
+            _bring_up(state, base_port=args.base_port, gateways=args.gateways, pg=pg)
+        )
     except FedgateError as exc:
         print(f"fedgate up: {exc.message}", file=sys.stderr)
         return 1
@@ -207,7 +250,7 @@ def _supervise(federation: Federation, children: list[subprocess.Popen[bytes]]) 
         for spec, child in zip(federation.processes, children, strict=True):
             if child.poll() is not None and child.pid not in reported:
                 reported.add(child.pid)
-                print(f"{spec.member} exited with code {child.returncode}; see {spec.log}")
+                print(f"{spec.key} exited with code {child.returncode}; see {spec.log}")
         if len(reported) == len(children):
             print("every process has ended.")
             return False

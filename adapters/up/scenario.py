@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,9 +126,16 @@ async def _chase(
 
 
 async def run_scenario(
-    *, federation_dir: Path, world: World, state: Path, audit_db: Path, endpoint: str | None = None
+    *,
+    federation_dir: Path,
+    world: World,
+    state: Path,
+    audit_source: Sequence[str],
+    endpoint: str | None = None,
 ) -> ScenarioResult:
-    """Run the six steps against a running federation; print each; return what passed."""
+    """Run the six steps against a running federation; print each; return what passed.
+    ``audit_source`` names the log for ``fedgate audit verify`` (``--db FILE``, or ``--pg DSN
+    --schema S`` for every shard of several instances)."""
     chain = _pick_chain(world, state)
     victim, hop = chain.victim, chain.hops[0]
     caller = chain.fraud_numbers[0]
@@ -189,12 +197,12 @@ async def run_scenario(
         "fedgate.cli",
         "audit",
         "verify",
-        "--db",
-        str(audit_db),
+        *audit_source,
         "--federation",
         str(federation_dir),
     ]
-    print("  $ fedgate audit verify --db", audit_db, "--federation", federation_dir)
+    shown = ["--pg", "DSN", *audit_source[2:]] if audit_source[0] == "--pg" else audit_source
+    print("  $ fedgate audit verify", *shown, "--federation", federation_dir)
     verifier = await asyncio.create_subprocess_exec(*command)
     steps.append(("audit verify", await verifier.wait() == 0))
     result = ScenarioResult(steps=tuple(steps))

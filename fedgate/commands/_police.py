@@ -190,7 +190,12 @@ def add_connection_options(parser: argparse.ArgumentParser, *, timeout: float | 
         "--member", help=f"act as this member (default: $FEDGATE_MEMBER or {DEFAULT_MEMBER})"
     )
     group.add_argument(
-        "--endpoint", metavar="HOST:PORT", help="gateway address (default: from the registry)"
+        "--endpoint",
+        "--gateway",
+        action="append",
+        metavar="HOST:PORT",
+        help="gateway address (default: from the registry); several instances of one gateway:"
+        " repeat it or give a comma list, and calls are balanced over those serving",
     )
     group.add_argument(
         "--sent-dir",
@@ -351,6 +356,8 @@ def open_client(args: argparse.Namespace) -> FedgateClient:
         return FedgateClient.from_federation(federation, member, endpoint=args.endpoint)
     except OSError as exc:
         raise RegistryError(f"cannot load the federation: {exc}") from exc
+    except ValueError as exc:  # an --endpoint that does not parse or resolve
+        raise InvalidArgument(str(exc)) from exc
 
 
 # ----------------------------------------------------------------------------- sending

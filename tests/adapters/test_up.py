@@ -5,14 +5,29 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
+from psycopg import sql
 
-from adapters.up import _port_in_use, check_ports, console_port, demo_password, prepare_state
+from adapters.up import (
+    EXTRA_GATEWAY_PORT_OFFSET,
+    _port_in_use,
+    check_ports,
+    console_port,
+    demo_password,
+    prepare_state,
+)
+from adapters.up.instances import PgTarget
 from fedgate.errors import FedgateError
 from fedgate.federation import DEFAULT_MEMBERS
 from fedgate.registry import Registry
+from fedgate.risklist import risklist_origin
 from fedgate.types import MemberId
+from gateway.audit.pg_store import list_origins
+from gateway.config import GatewayConfig
+from gateway.workers import check_shared
 
 
 def _free_base() -> int:
@@ -131,3 +146,71 @@ class TestDemo:
         assert "audit.office" in cosigned
         assert "fedgate demo: OK" in result.stdout
         assert _leftovers("fedgate-demo-") == []
+
+
+class TestSeveralGateways:
+    def test_instances_share_postgresql_and_every_origin_is_witnessed(self, tmp_path: Path) -> None:
+        base = _free_base()
+        pg = PgTarget(dsn="postgresql://postgres@127.0.0.1:5432/test", schema="up_test")
+        federation = prepare_state(
+            tmp_path / "state", progress=lambda _: None, base_port=base, gateways=3, pg=pg
+        )
+        gateways = [p for p in federation.processes if p.member == "gateway"]
+        assert [p.key for p in gateways] == ["gateway", "gateway-1", "gateway-2"]
+        assert federation.gateway_endpoints == (
+            f"127.0.0.1:{base}",
+            f"127.0.0.1:{base + EXTRA_GATEWAY_PORT_OFFSET + 1}",
+            f"127.0.0.1:{base + EXTRA_GATEWAY_PORT_OFFSET + 2}",
+        )
+        assert [p.console is not None for p in gateways] == [True, False, False]
+        origins = []
+        for spec in gateways:
+            config = GatewayConfig.load(Path(spec.argv[-1]), env={})
+            assert config.audit.store == "postgres"
+            assert config.audit.schema == "up_test"
+            assert config.pipeline.replay_store == "postgres"
+            check_shared(config)
+            origins.append(config.audit.origin)
+        assert len(set(origins)) == 3
+        witness = next(p for p in federation.processes if p.member == "pboc.gz")
+        witnessed = {witness.argv[i + 1] for i, a in enumerate(witness.argv) if a == "--origin"}
+        assert witnessed == {*origins, *(risklist_origin(o) for o in origins)}
+        assert federation.audit_source == ("--pg", pg.dsn, "--schema", "up_test")
+
+    def test_several_gateways_need_postgresql(self, tmp_path: Path) -> None:
+        with pytest.raises(FedgateError, match="needs a PostgreSQL database"):
+            prepare_state(tmp_path / "state", progress=lambda _: None, gateways=2)
+        assert not (tmp_path / "state").exists()
+
+    @pytest.mark.slow
+    def test_up_and_down_with_two_gateways(self, tmp_path: Path, pg: Any) -> None:
+        """`fedgate up --gateways 2` on PostgreSQL, then `fedgate down`: both instances drain."""
+        state = tmp_path / "state"
+        common = ["--state", str(state)]
+        try:
+            up = subprocess.run(
+                [sys.executable, "-m", "fedgate.cli", "up", *common, "--gateways", "2",
+                 "--pg", pg.dsn, "--pg-schema", pg.schema, "--base-port", str(_free_base()),
+                 "--no-scenario", "--background"],
+                capture_output=True, text=True, timeout=240, check=False,
+            )  # fmt: skip
+            assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+            assert "gateway-1      serving" in up.stdout
+            assert "2 gateway instances on PostgreSQL" in up.stdout
+        finally:
+            down = subprocess.run(
+                [sys.executable, "-m", "fedgate.cli", "down", *common],
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            with psycopg.connect(pg.dsn, autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                        sql.Identifier(f"{pg.schema}_replay")
+                    )
+                )
+        assert down.returncode == 0, down.stderr
+        for name in ("gateway", "gateway-1"):
+            log = (state / "logs" / f"{name}.log").read_text()
+            assert '"message": "drained"' in log, log[-2000:]
+        shards = list_origins(pg.dsn, schema=pg.schema)
+        assert shards == ["fedgate.local/gateway/shard-0", "fedgate.local/gateway/shard-1"]
