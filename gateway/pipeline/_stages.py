@@ -78,6 +78,7 @@ from gateway.pipeline._forwarding import Forwarder
 from gateway.pipeline._officers import check_officers
 from gateway.pipeline._outcome import stored_outcome
 from gateway.pipeline._reconcile import Reconciler
+from gateway.pipeline._refunds import check_refund
 from gateway.pipeline._reports import Reports
 from gateway.pipeline._risklist import RiskListChanges
 from gateway.pipeline._undo import check_undo
@@ -453,6 +454,8 @@ class Pipeline:
         self._rules.check(request, action=x.action, now=x.received_at)
         # Only the ordering unit (or a member above it) may undo an order, found in the log.
         await check_undo(self._audit, registry, request, x.action)
+        # A refund draws on a freeze in the log, by its ordering unit, within what it froze.
+        await check_refund(self._audit, registry, self._rules, request, x.action)
         # A bulk order cites a supervisor's approval exchange, found in the log.
         why = self._rules.approval_needed(request, action=x.action)
         if why is not None:
