@@ -239,9 +239,9 @@ class AnsweringNode:
         The amounts are the backend's to check (``CoreBanking.refund``)."""
         cited = self.store.get(RequestId(request.original_request_id))
         freeze: request_pb2.Request | None = None
-        if cited is not None and cited.signed_response is not None:
-            if _executed(cited.signed_response):
-                freeze = decode_request(cited.request_envelope.body)
+        answer = None if cited is None else cited.signed_response
+        if cited is not None and answer is not None and _executed(answer):
+            freeze = decode_request(cited.request_envelope.body)
         if freeze is None or freeze.WhichOneof("action") != "freeze":
             detail = (
                 f"RULE refund.cites_freeze_in_force: {request.original_request_id} is not a "

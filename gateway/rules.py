@@ -594,9 +594,7 @@ def _record_monitor_stop(db: sqlite3.Connection, request: request_pb2.Request, n
 def _check_refund_state(rules: BusinessRules, request: request_pb2.Request, now: datetime) -> None:
     """Refunds against the state: the freeze is in force; the victim's loss is not exceeded."""
     order = request.refund
-    freeze = rules._cited(
-        "refund.cites_freeze_in_force", "freeze", request, order.account_number
-    )
+    freeze = rules._cited("refund.cites_freeze_in_force", "freeze", request, order.account_number)
     if freeze.closed_us is not None:
         raise BusinessRuleViolated(
             "refund.cites_freeze_in_force",
@@ -604,7 +602,8 @@ def _check_refund_state(rules: BusinessRules, request: request_pb2.Request, now:
         )
     if freeze.end_us <= _us(now):
         raise BusinessRuleViolated(
-            "refund.cites_freeze_in_force", f"freeze {freeze.request_id} lapsed at {_iso(freeze.end_us)}"
+            "refund.cites_freeze_in_force",
+            f"freeze {freeze.request_id} lapsed at {_iso(freeze.end_us)}",
         )
     rows = rules._db.execute(
         "SELECT currency, amount, reported_loss FROM refunds"

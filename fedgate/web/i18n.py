@@ -271,6 +271,9 @@ _ACTIONS: dict[str, tuple[str, str]] = {
     "risk_list_add": ("列入风险名单", "Add to the risk list"),
     "risk_list_extend": ("风险名单延期", "Extend a risk list entry"),
     "risk_list_remove": ("移出风险名单", "Remove from the risk list"),
+    "refund": ("资金返还", "Refund to victim"),
+    "appeal": ("申诉", "Appeal"),
+    "appeal_decision": ("申诉核查决定", "Appeal decision"),
 }
 
 _FIELDS: dict[str, tuple[str, str]] = {

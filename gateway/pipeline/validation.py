@@ -400,9 +400,9 @@ def _refund(f: Fields, p: str, a: bank_pb2.RefundOrder) -> None:
     f.name(f"{p}.victim_bank", a.victim_bank)
     f.money(f"{p}.amount", a, "amount")
     f.money(f"{p}.reported_loss", a, "reported_loss")
-    if a.HasField("amount") and a.HasField("reported_loss"):
-        if a.amount.currency != a.reported_loss.currency:
-            f.bad(f"{p}.reported_loss.currency", "must be the currency of refund.amount")
+    both = a.HasField("amount") and a.HasField("reported_loss")
+    if both and a.amount.currency != a.reported_loss.currency:
+        f.bad(f"{p}.reported_loss.currency", "must be the currency of refund.amount")
     f.name(f"{p}.victim_application", a.victim_application)
 
 
