@@ -35,7 +35,6 @@ from typing import Final
 from fedgate.audit_entry import EntryKind, RequestLeg, decode_entry, micros_to_time
 from fedgate.envelope import decode_request
 from fedgate.errors import AuditUnavailable, FedgateError
-from fedgate.logs import mask
 from fedgate.types import CHINA_TIME
 from fedgate.v1 import appeal_pb2, envelope_pb2, request_pb2
 from gateway.audit.log import AuditLog
@@ -121,14 +120,15 @@ class Appeal:
         return decided > self.due_at
 
     def record(self, now: datetime) -> appeal_pb2.AppealRecord:
-        """The appeal as ``ListAppeals`` shows it (subject masked, appellant's name to its
-        first character)."""
+        """The appeal as ``ListAppeals`` shows it to the ordering unit and the filing agency
+        (the subject in full: the one ordered, the other holds it; the appellant's name to its
+        first character). The auditor console masks the subject."""
         filing = self.filing.appeal
         out = appeal_pb2.AppealRecord(
             appeal_id=self.appeal_id,
             order_request_id=self.order_request_id,
             order_action=(self.order.WhichOneof("action") or "") if self.order else "",
-            subject=mask(filing.subject),
+            subject=filing.subject,
             filed_by=self.filed_by,
             ordering_agency=self.ordering_agency,
             case_number=self.order.case.case_number if self.order else "",

@@ -5,6 +5,8 @@ is refused at the gateway with its rule, and logged."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -17,9 +19,10 @@ from google.protobuf import timestamp_pb2
 
 from adapters.bank.node import BankNode
 from adapters.synth import World
+from fedgate.cli import main
 from fedgate.client import FedgateClient
+from fedgate.commands._police import SentStore
 from fedgate.errors import FedgateError
-from fedgate.logs import mask
 from fedgate.testing import case_number, officer, resident_id
 from fedgate.types import MemberId
 from fedgate.v1 import appeal_pb2, bank_pb2, common_pb2, request_pb2
@@ -216,8 +219,10 @@ class TestLift:
             bank,
             False,
         )
-        assert seen.subject == mask(freeze.freeze.account_number)
-        assert freeze.freeze.account_number not in str(seen)
+        assert seen.subject == freeze.freeze.account_number
+        assert seen.appellant == freeze.freeze.account_name[0] + "*" * (
+            len(freeze.freeze.account_name) - 1
+        )
         assert seen.case_number == freeze.case.case_number
         assert [a.appeal_id for a in await appeals.client(bank).list_appeals()].count(
             filing.request_id
@@ -307,3 +312,73 @@ class TestOverdue:
         (quick,) = [a for a in await short.appeals() if a.appeal_id == filing.request_id]
         assert quick.due_at < appeal.due_at
         assert quick.overdue(later)
+
+
+class TestCommandLine:
+    async def test_list_show_and_decide_with_a_lift(
+        self, appeals: Appeals, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    ) -> None:
+        freeze = await appeals.freeze()
+        filing = appeals.appeal(freeze)
+        assert (await appeals.client(freeze.target_agency).ask(filing)).response.status == OK
+        connection = [
+            "--federation",
+            str(appeals.live.fed_dir),
+            "--endpoint",
+            appeals.live.gateway.endpoint,
+            "--sent-dir",
+            str(tmp_path / "sent"),
+            "--json",
+        ]
+        capsys.readouterr()
+        code = await asyncio.to_thread(main, ["appeal", "list", "--state", "pending", *connection])
+        listed = json.loads(capsys.readouterr().out)["appeals"]
+        assert code == 0
+        mine = next(a for a in listed if a["appeal_id"] == filing.request_id)
+        assert (mine["state"], mine["order_action"], mine["overdue"]) == (
+            "pending",
+            "freeze",
+            False,
+        )
+        assert mine["filed_at"].endswith("+08:00")
+        assert mine["due_at"].endswith("+08:00")
+        assert mine["decided_at"] is None
+
+        code = await asyncio.to_thread(
+            main,
+            [
+                "appeal",
+                "decide",
+                filing.request_id,
+                "--lift",
+                "--reason",
+                "经核查为正常货款",
+                "--doc-number",
+                "穗公(反诈)申核字〔2026〕00009号",
+                "--release-doc-number",
+                "穗公(反诈)解字〔2026〕00010号",
+                "--officer-id",
+                "440100123",
+                "--officer-name",
+                "王伟",
+                *connection,
+            ],
+        )
+        decided = json.loads(capsys.readouterr().out)
+        assert code == 0, decided
+        assert decided["state"] == "lifted"
+        assert decided["decided_at"].endswith("+08:00")
+        assert decided["lift_request_id"]
+        # The bank executed the release: its signed answer, read back through the gateway.
+        lift_id = decided["lift_request_id"]
+        body = SentStore(tmp_path / "sent").load(lift_id)
+        assert body is not None
+        _, answer = await appeals.client(GD).get_outcome(lift_id, request_body=body)
+        assert answer is not None
+        assert answer.response.responder == freeze.target_agency
+        assert answer.response.freeze.account_number == freeze.freeze.account_number
+        assert not answer.response.freeze.in_force
+
+        code = await asyncio.to_thread(main, ["appeal", "show", filing.request_id, *connection])
+        shown = json.loads(capsys.readouterr().out)
+        assert (code, shown["state"], shown["decided_by"]) == (0, "lifted", GD)
