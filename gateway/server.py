@@ -674,6 +674,7 @@ class Gateway:
                 countermeasures=Countermeasures(
                     stats=parts.stats, audit=parts.audit, risklist=parts.risklist
                 ),
+                appeals=pipeline.appeals,
             )
         return gateway
 

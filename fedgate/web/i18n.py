@@ -140,6 +140,40 @@ _UI: dict[str, tuple[str, str]] = {
         "未启用 JavaScript：倒计时和自动更新不可用，请手动刷新。",
         "JavaScript is off: countdowns and live updates are unavailable; reload by hand.",
     ),
+    # appeals (Art. 32)
+    "appeals.title": ("申诉", "Appeals"),
+    "appeals.new": ("登记申诉", "Record an appeal"),
+    "appeals.hint": (
+        "当事人对止付、冻结、停机、封停不服的，可以申诉（反电信网络诈骗法第三十二条）。"
+        "申诉经网关送达下达命令的公安机关，由其在期限内作出决定。",
+        "A person whose account or number was restricted may appeal (Anti-Telecom and Online "
+        "Fraud Law Art. 32). The appeal goes through the gateway to the police unit that gave "
+        "the order, which decides within the deadline.",
+    ),
+    "appeals.order_request_id": ("被申诉的命令编号", "Order appealed (request id)"),
+    "appeals.appellant_name": ("申诉人姓名", "Appellant's name"),
+    "appeals.appellant_id_number": ("申诉人身份证号", "Appellant's ID number"),
+    "appeals.appellant_phone": ("联系电话", "Phone"),
+    "appeals.grounds": ("申诉理由", "Grounds"),
+    "appeals.file": ("签名并送交", "Sign and send"),
+    "appeals.required": ("必填", "required"),
+    "appeals.refused": ("未能送交：{detail}", "Not sent: {detail}"),
+    "appeals.unavailable": ("暂时无法读取申诉：{detail}", "Appeals cannot be read now: {detail}"),
+    "appeals.empty": ("本机构尚未登记申诉。", "No appeal has been filed by this agency."),
+    "appeals.col.filed_at": ("登记时间", "Filed"),
+    "appeals.col.order": ("命令", "Order"),
+    "appeals.col.subject": ("对象", "Subject"),
+    "appeals.col.to": ("决定机关", "Decided by"),
+    "appeals.col.due": ("决定期限", "Due"),
+    "appeals.col.state": ("状态", "State"),
+    "appeals.state.pending": ("待决定", "Pending"),
+    "appeals.state.upheld": ("维持", "Upheld"),
+    "appeals.state.lifted": ("已解除", "Lifted"),
+    "appeals.overdue": ("已超期", "Overdue"),
+    "notice.appeal_filed": (
+        "申诉已签名并送交下达命令的公安机关。",
+        "The appeal is signed and sent to the police unit that gave the order.",
+    ),
     # history
     "history.title": ("我的答复", "My answers"),
     "history.empty": ("您还没有答复过查询。", "You have not answered any query yet."),
@@ -732,6 +766,18 @@ _AUDIT_UI: dict[str, tuple[str, str]] = {
     "event.interception_counts": ("拦截统计上报", "Interception counts reported"),
     # countermeasures page (counts only)
     "audit.nav.countermeasures": ("反制与预警", "Countermeasures"),
+    "audit.nav.appeals": ("申诉", "Appeals"),
+    "audit.appeals.title": ("申诉（反电信网络诈骗法第三十二条）", "Appeals (Art. 32)"),
+    "audit.appeals.hint": (
+        "由银行、运营商登记并经网关送交下达命令的公安机关；决定期限按工作日计算。状态取自审计日志。",
+        "Filed by banks and carriers through the gateway to the unit that gave the order; the "
+        "decision is due in working days. States are read from the audit log.",
+    ),
+    "audit.appeals.all": ("全部", "All"),
+    "audit.appeals.empty": ("没有符合条件的申诉。", "No appeal matches."),
+    "audit.appeals.col.filed_by": ("登记机构", "Filed by"),
+    "audit.appeals.col.decided": ("决定", "Decision"),
+    "audit.appeals.col.case": ("案件", "Case"),
     "audit.counter.title": ("技术反制与预警劝阻", "Countermeasures and early warning"),
     "audit.counter.hint": (
         "自 {first} 起每日数量（北京时间），仅统计数字，不含任何个人信息。",
