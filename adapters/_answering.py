@@ -212,6 +212,8 @@ class AnsweringNode:
         not cite an order this node executed, or whose sender is neither the member that gave
         the order nor one above it (``fedgate.orders``); ``None`` otherwise. The gateway checks
         the same in its log; this is the agency's own check of what it executed, and by whom."""
+        if action == "refund":
+            return self._refund_refusal(request)
         if action not in UNDOES:
             return None
         cited = self.store.get(RequestId(request.original_request_id))
@@ -230,6 +232,32 @@ class AnsweringNode:
         return request_pb2.Response(
             status=request_pb2.RESPONSE_STATUS_REFUSED, detail=f"RULE {problem.rule}: {message}"
         )
+
+    def _refund_refusal(self, request: request_pb2.Request) -> request_pb2.Response | None:
+        """A REFUSED answer for a refund whose cited freeze this node did not execute, or whose
+        sender neither gave that freeze nor is above the unit that did; ``None`` otherwise.
+        The amounts are the backend's to check (``CoreBanking.refund``)."""
+        cited = self.store.get(RequestId(request.original_request_id))
+        freeze: request_pb2.Request | None = None
+        answer = None if cited is None else cited.signed_response
+        if cited is not None and answer is not None and _executed(answer):
+            freeze = decode_request(cited.request_envelope.body)
+        if freeze is None or freeze.WhichOneof("action") != "freeze":
+            detail = (
+                f"RULE refund.cites_freeze_in_force: {request.original_request_id} is not a "
+                f"freeze {self.member_id} executed"
+            )
+        elif not self.registry.is_same_or_above(
+            request.requesting_agency, freeze.requesting_agency
+        ):
+            detail = (
+                f"RULE refund.by_ordering_unit_or_above: the freeze was ordered by "
+                f"{freeze.requesting_agency}, not {request.requesting_agency} or a unit below it"
+            )
+        else:
+            return None
+        telemetry.log_event("refund refused", logging.WARNING, action="refund")
+        return request_pb2.Response(status=request_pb2.RESPONSE_STATUS_REFUSED, detail=detail)
 
     def _automatic(
         self, request: request_pb2.Request, action: str, envelope: envelope_pb2.SignedEnvelope

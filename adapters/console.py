@@ -30,10 +30,11 @@ from starlette.responses import Response
 from starlette.types import ASGIApp
 
 from adapters.answers import MAX_REASON
+from adapters.appeals import AppealDesk, AppealForm
 from fedgate.actions import RESULT_FIELD
-from fedgate.errors import FieldViolation, InvalidArgument, RuleViolated
+from fedgate.errors import FedgateError, FieldViolation, InvalidArgument, RuleViolated
 from fedgate.types import MemberId, RequestId
-from fedgate.v1 import common_pb2, request_pb2, ticket_pb2
+from fedgate.v1 import appeal_pb2, common_pb2, request_pb2, ticket_pb2
 from fedgate.web.app import AuditHook, Console, Page, log_audit_hook
 from fedgate.web.auth import Role, UserStore
 from fedgate.web.protoview import (
@@ -176,8 +177,10 @@ class StaffConsole:
         secure_cookies: bool = False,
         poll_seconds: float = 5.0,
         session_key: bytes | None = None,
+        appeals: AppealDesk | None = None,
     ) -> None:
         self._queue = queue
+        self._appeals = appeals
         self._clock = clock or (lambda: datetime.now(UTC))
         self._poll_ms = int(poll_seconds * 1000)
         self.shell = Console(
@@ -189,7 +192,11 @@ class StaffConsole:
             audit_hook=audit_hook,
             clock=self._clock,
             secure_cookies=secure_cookies,
-            nav=(("/", "queue.title"), ("/history", "history.title")),
+            nav=(
+                ("/", "queue.title"),
+                ("/history", "history.title"),
+                *((("/appeals", "appeals.title"),) if appeals is not None else ()),
+            ),
             session_key=session_key,
         )
         s = self.shell
@@ -204,6 +211,14 @@ class StaffConsole:
                 s.action_route("/items/{rid}/confirm", self._confirm),
                 s.action_route("/items/{rid}/answer", self._answer),
                 s.action_route("/items/{rid}/reject", self._reject),
+                *(
+                    (
+                        s.page_route("/appeals", self._appeals_page),
+                        s.action_route("/appeals", self._file_appeal),
+                    )
+                    if appeals is not None
+                    else ()
+                ),
             ]
         )
 
@@ -480,6 +495,80 @@ class StaffConsole:
         except RuleViolated:
             return self.shell.redirect("/", error="conflict")
         return await self._answered(page, case, "reject")
+
+    # ------------------------------------------------------------------ appeals (Art. 32)
+
+    async def _appeals_page(
+        self,
+        request: Request,
+        page: Page,
+        *,
+        status: int = 200,
+        problem: str = "",
+        typed: dict[str, str] | None = None,
+    ) -> Response:
+        assert self._appeals is not None
+        now = self._clock()
+        try:
+            records = await self._appeals.appeals()
+            unavailable = ""
+        except FedgateError as exc:
+            records, unavailable = (), exc.message
+        rows = [
+            {
+                "appeal_id": r.appeal_id,
+                "state": appeal_pb2.AppealState.Name(r.state).removeprefix("APPEAL_STATE_").lower(),
+                "overdue": r.overdue,
+                "order_action": r.order_action,
+                "subject": mask_identifier(r.subject),
+                "ordering_agency": self._queue.member_name(r.ordering_agency, page.lang),
+                "filed_at": r.filed_at.ToDatetime(tzinfo=UTC),
+                "due_at": r.due_at.ToDatetime(tzinfo=UTC),
+                "decision_reason": r.decision_reason,
+            }
+            for r in reversed(records)
+        ]
+        return self.shell.render(
+            page,
+            "staff_appeals.html",
+            status=status,
+            title=page.t("appeals.title"),
+            rows=rows,
+            problem=problem,
+            typed=typed or {},
+            unavailable=unavailable,
+            now=now,
+        )
+
+    async def _file_appeal(self, request: Request, page: Page) -> Response:
+        assert self._appeals is not None
+        names = ("order_request_id", "appellant_name", "appellant_id_number")
+        typed = {n: page.field(n) for n in (*names, "appellant_phone", "grounds")}
+        missing = [n for n in (*names, "appellant_phone", "grounds") if not typed[n]]
+        user = page.session.user_id
+        try:
+            if missing:
+                raise InvalidArgument.for_fields(
+                    [FieldViolation(n, page.t("appeals.required")) for n in missing]
+                )
+            result = await self._appeals.file(AppealForm(**typed), user)
+        except FedgateError as exc:
+            await self.shell.audit(
+                "console_appeal_refused",
+                actor=user,
+                request_id=typed["order_request_id"][:64],
+                reason=exc.reason,
+            )
+            detail = _problem(exc) if isinstance(exc, InvalidArgument) else exc.message
+            return await self._appeals_page(request, page, status=400, problem=detail, typed=typed)
+        await self.shell.audit(
+            "console_appeal",
+            actor=user,
+            request_id=result.appeal_id,
+            order=result.order_request_id,
+            to=result.ordering_agency,
+        )
+        return self.shell.redirect("/appeals", notice="appeal_filed")
 
 
 def _status_name(status: int) -> str:

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from adapters._answering import ask_backend
 from adapters.answers import check_staff_status, refusal
+from adapters.appeals import NodeAppealDesk
 from adapters.console import Preview, QueueCase, StaffConsole
 from adapters.node import AgencyBackend, AgencyNode
 from adapters.queue import ANSWERED, OPEN_STATES, Entry
@@ -290,6 +291,7 @@ async def start_staff_console(
             clock=node.now,
             secure_cookies=secure_cookies,
             poll_seconds=poll_seconds,
+            appeals=NodeAppealDesk(node),
         )
         server = EmbeddedServer(console.app, host=host, port=port)
         await server.start()

@@ -71,6 +71,11 @@ class ReportSender:
     def client(self) -> FedgateClient:
         return self._client
 
+    @property
+    def role(self) -> common_pb2.Role.ValueType:
+        """The role the agency's people act under (bank or carrier staff)."""
+        return self._role
+
     def system_officer(self) -> common_pb2.Person:
         """The node itself as the acting person (staff id ``<member>.node``)."""
         member_id = self._client.member_id
@@ -92,16 +97,18 @@ class ReportSender:
         action_name: str | None = None,
         now: datetime | None = None,
         timeout: float = 15.0,
+        document_kind: common_pb2.LegalDocumentKind.ValueType = (
+            common_pb2.LEGAL_DOCUMENT_KIND_AGENCY_REPORT
+        ),
     ) -> Submitted:
         """Sign and submit one report; returns the gateway's verified answer or ticket.
 
-        ``reference`` is the agency's document number for the report (1 to 64 characters).
+        ``reference`` is the agency's document number for the report (1 to 64 characters);
+        ``document_kind`` its kind (an appeal files the person's written appeal, ``APPEAL``).
         Raises ``FedgateError`` (``is_transient`` tells whether to try again later).
         """
         issued = now or datetime.now(UTC)
-        document = common_pb2.LegalDocument(
-            kind=common_pb2.LEGAL_DOCUMENT_KIND_AGENCY_REPORT, number=reference[:64]
-        )
+        document = common_pb2.LegalDocument(kind=document_kind, number=reference[:64])
         document.issued_at.FromDatetime(issued)
         request = self._client.new_request(
             action=report,

@@ -18,6 +18,7 @@ __all__ = [
     "ACCEPTED_DOCUMENTS",
     "ACTIONS",
     "AGGREGATE_METRICS",
+    "APPEAL_ACTIONS",
     "APPROVAL_ACTIONS",
     "BANK_ACTIONS",
     "CARRIER_ACTIONS",
@@ -53,6 +54,7 @@ BANK_ORDERS: Final = frozenset(
         "freeze_renew",
         "monitor_start",
         "monitor_stop",
+        "refund",
     }
 )
 CARRIER_QUERIES: Final = frozenset(
@@ -88,19 +90,30 @@ CITING_ACTIONS: Final = frozenset(
         "freeze_renew",
         "monitor_stop",
         "number_restore",
+        "refund",
+        "appeal",
     }
 )
-"""Actions that MUST cite the original order in ``Request.original_request_id``."""
+"""Actions that MUST cite the original order in ``Request.original_request_id`` (a refund
+cites the freeze it draws on; an appeal the order appealed against)."""
 
 BANK_ACTIONS: Final = BANK_QUERIES | BANK_ORDERS
 CARRIER_ACTIONS: Final = CARRIER_QUERIES | CARRIER_ORDERS
 ORDER_ACTIONS: Final = BANK_ORDERS | CARRIER_ORDERS
 APPROVAL_ACTIONS: Final = frozenset({"approval"})
 """Police → gateway: a centre supervisor's approval, answered by the gateway itself."""
-GATEWAY_ANSWERED: Final = REPORT_ACTIONS | APPROVAL_ACTIONS | RISKLIST_ACTIONS
+APPEAL_ACTIONS: Final = frozenset({"appeal", "appeal_decision"})
+"""Appeals (Art. 32): a bank or carrier files one to the ordering police unit, which decides
+(``appeal_decision``, to the gateway); the gateway answers both itself (``gateway.appeals``)."""
+GATEWAY_ANSWERED: Final = REPORT_ACTIONS | APPROVAL_ACTIONS | RISKLIST_ACTIONS | APPEAL_ACTIONS
 """Actions the gateway answers (and signs the answer of) itself."""
 ACTIONS: Final = (
-    BANK_ACTIONS | CARRIER_ACTIONS | REPORT_ACTIONS | APPROVAL_ACTIONS | RISKLIST_ACTIONS
+    BANK_ACTIONS
+    | CARRIER_ACTIONS
+    | REPORT_ACTIONS
+    | APPROVAL_ACTIONS
+    | RISKLIST_ACTIONS
+    | APPEAL_ACTIONS
 )
 
 PERSONAL_DATA_ACTIONS: Final = (BANK_QUERIES - {"aggregate_stats"}) | CARRIER_QUERIES
@@ -119,6 +132,9 @@ DOCUMENT_NAMES: Final[dict[int, tuple[str, str]]] = {
     _K.LEGAL_DOCUMENT_KIND_EVIDENCE_NOTICE: ("evidence_notice", "调取证据通知书"),
     _K.LEGAL_DOCUMENT_KIND_COUNTERMEASURE_ORDER: ("countermeasure_order", "技术反制通知"),
     _K.LEGAL_DOCUMENT_KIND_AGENCY_REPORT: ("agency_report", "单位报告"),
+    _K.LEGAL_DOCUMENT_KIND_REFUND_DECISION: ("refund_decision", "资金返还决定书"),
+    _K.LEGAL_DOCUMENT_KIND_APPEAL: ("appeal", "申诉材料"),
+    _K.LEGAL_DOCUMENT_KIND_APPEAL_DECISION: ("appeal_decision", "申诉核查决定"),
 }
 """Each document kind's short name (the CLI's ``--doc-kind`` value) and its Chinese title."""
 
@@ -170,6 +186,15 @@ ACCEPTED_DOCUMENTS: Final[dict[str, frozenset[int]]] = {
     "approval": _CASE_FILING,
     # Agency → police reports cite the agency's own report, never a police document.
     **dict.fromkeys(REPORT_ACTIONS, frozenset({_K.LEGAL_DOCUMENT_KIND_AGENCY_REPORT})),
+    # Refunds (DOMAIN.md "Countermeasures, warnings, appeals and refunds": returned "on the
+    # victim's application and police's refund decision"; Anti-Telecom and Online Fraud Law
+    # Art. 20 "prompt unfreeze and refund"): the refund decision (资金返还决定书).
+    "refund": frozenset({_K.LEGAL_DOCUMENT_KIND_REFUND_DECISION}),
+    # Appeals (Art. 32: the restricted person appeals; the restriction is lifted when the
+    # appeal checks out): the agency files the person's written appeal (申诉材料), the
+    # ordering unit answers with its decision on it (申诉核查决定).
+    "appeal": frozenset({_K.LEGAL_DOCUMENT_KIND_APPEAL}),
+    "appeal_decision": frozenset({_K.LEGAL_DOCUMENT_KIND_APPEAL_DECISION}),
 }
 """For each action, the legal document kinds that may authorise it (checked at the gateway,
 business rule ``legal_document.accepted_kind``, and again at the agency node)."""
@@ -228,6 +253,8 @@ RESULT_FIELD: Final[dict[str, str]] = {
     **dict.fromkeys(REPORT_ACTIONS, "report_ack"),
     "approval": "approval",
     **dict.fromkeys(RISKLIST_ACTIONS, "risk_list_change"),
+    "refund": "refund",
+    **dict.fromkeys(APPEAL_ACTIONS, "appeal"),
 }
 """For each action, the ``Response.result`` field that answers it."""
 
@@ -246,9 +273,9 @@ def target_kind_of(action: str) -> str:
         return "bank"
     if action in CARRIER_ACTIONS:
         return "carrier"
-    if action in REPORT_ACTIONS:
+    if action in REPORT_ACTIONS or action == "appeal":
         return "police"
-    if action in APPROVAL_ACTIONS or action in RISKLIST_ACTIONS:
+    if action in APPROVAL_ACTIONS or action in RISKLIST_ACTIONS or action == "appeal_decision":
         return "gateway"
     raise InvalidArgument(f"unknown action {action!r}")
 

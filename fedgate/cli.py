@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "staff",
     "query",
     "order",
+    "appeal",
     "ticket",
     "chase",
     "risk",

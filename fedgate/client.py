@@ -78,6 +78,7 @@ from fedgate.types import KeyId, MemberId
 from fedgate.v1 import (
     alert_service_pb2,
     alert_service_pb2_grpc,
+    appeal_pb2,
     audit_service_pb2,
     audit_service_pb2_grpc,
     common_pb2,
@@ -650,6 +651,27 @@ class FedgateClient:
         if request_body is not None:
             self.remember(request_body)
         return reply, self._verify_ticket_answer(reply.response)
+
+    async def list_appeals(
+        self,
+        *,
+        appeal_id: str = "",
+        state: appeal_pb2.AppealState.ValueType = appeal_pb2.APPEAL_STATE_UNSPECIFIED,
+        overdue_only: bool = False,
+        timeout: float = 10.0,
+    ) -> list[appeal_pb2.AppealRecord]:
+        """The appeals this member may see (police: against its orders and those of the members
+        below it; a bank or carrier: those it filed), oldest first. Raises ``FedgateError``."""
+        try:
+            reply = await self._stub.ListAppeals(
+                appeal_pb2.ListAppealsRequest(
+                    appeal_id=appeal_id, state=state, overdue_only=overdue_only
+                ),
+                timeout=timeout,
+            )
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        return list(reply.appeals)
 
     def _verify_ticket_answer(self, signed: envelope_pb2.SignedResponse) -> Answer:
         response = decode_response(signed.response.body)

@@ -36,7 +36,15 @@ from fedgate.actions import (
     new_request_id,
 )
 from fedgate.chase import Authority
-from fedgate.v1 import bank_pb2, carrier_pb2, common_pb2, report_pb2, request_pb2, risklist_pb2
+from fedgate.v1 import (
+    appeal_pb2,
+    bank_pb2,
+    carrier_pb2,
+    common_pb2,
+    report_pb2,
+    request_pb2,
+    risklist_pb2,
+)
 from fedgate.validate import (
     BANK_BINS,
     CARRIER_PREFIXES,
@@ -104,6 +112,9 @@ LEGAL_KIND: dict[str, common_pb2.LegalDocumentKind.ValueType] = {
     "risk_list_add": common_pb2.LEGAL_DOCUMENT_KIND_COUNTERMEASURE_ORDER,
     "risk_list_extend": common_pb2.LEGAL_DOCUMENT_KIND_COUNTERMEASURE_ORDER,
     "risk_list_remove": common_pb2.LEGAL_DOCUMENT_KIND_RELEASE_NOTICE,
+    "refund": common_pb2.LEGAL_DOCUMENT_KIND_REFUND_DECISION,
+    "appeal": common_pb2.LEGAL_DOCUMENT_KIND_APPEAL,
+    "appeal_decision": common_pb2.LEGAL_DOCUMENT_KIND_APPEAL_DECISION,
 }
 """The legal document each action cites (a query notice for the rest)."""
 _DOC_PREFIX: dict[common_pb2.LegalDocumentKind.ValueType, str] = {
@@ -115,6 +126,9 @@ _DOC_PREFIX: dict[common_pb2.LegalDocumentKind.ValueType, str] = {
     common_pb2.LEGAL_DOCUMENT_KIND_EVIDENCE_NOTICE: "穗公(反诈)证字",
     common_pb2.LEGAL_DOCUMENT_KIND_COUNTERMEASURE_ORDER: "穗公(反诈)反制字",
     common_pb2.LEGAL_DOCUMENT_KIND_AGENCY_REPORT: "报告",
+    common_pb2.LEGAL_DOCUMENT_KIND_REFUND_DECISION: "穗公(反诈)返字",
+    common_pb2.LEGAL_DOCUMENT_KIND_APPEAL: "申诉",
+    common_pb2.LEGAL_DOCUMENT_KIND_APPEAL_DECISION: "穗公(反诈)申核字",
 }
 
 
@@ -278,7 +292,7 @@ def _default_target(action: str) -> str:
         return DEFAULT_BANK
     if action in CARRIER_ACTIONS:
         return DEFAULT_CARRIER
-    if action in RISKLIST_ACTIONS:
+    if action in RISKLIST_ACTIONS or action == "appeal_decision":
         return "gateway"
     return DEFAULT_POLICE
 
@@ -319,7 +333,7 @@ def valid_request(
     """
     if action not in ACTIONS:
         raise ValueError(f"unknown action {action!r}")
-    is_report = action in REPORT_ACTIONS
+    is_report = action in REPORT_ACTIONS or action == "appeal"
     target = target or _default_target(action)
     requester = requesting_agency or (DEFAULT_BANK if is_report else DEFAULT_POLICE)
     # A bank, carrier or regulator changing the risk list writes as its staff, without a case.
@@ -350,7 +364,7 @@ def valid_request(
         request.urgency = common_pb2.URGENCY_URGENT if urgency is None else urgency
         request.case.case_type = common_pb2.CASE_TYPE_TELECOM_FRAUD
         request.case.reason = "客户疑似遭受电信网络诈骗"
-        kind = common_pb2.LEGAL_DOCUMENT_KIND_AGENCY_REPORT
+        kind = LEGAL_KIND.get(action, common_pb2.LEGAL_DOCUMENT_KIND_AGENCY_REPORT)
         if case is not None:
             request.case.case_number = case
     else:
@@ -459,6 +473,29 @@ def _fill_action(
     elif action == "freeze_renew":
         request.freeze_renew.account_number = account
         request.freeze_renew.end.FromDatetime(now + timedelta(days=120))
+    elif action == "refund":
+        refund = request.refund
+        refund.account_number = account
+        refund.victim_account = card_number("bank.ccb", serial + 1)
+        refund.victim_name = _name(serial + 4)
+        refund.victim_bank = "bank.ccb"
+        _money(refund.amount, 1_000_000)
+        _money(refund.reported_loss, 4_980_000)
+        refund.victim_application = f"FH{now:%Y%m%d}{serial:04d}"
+    elif action == "appeal":
+        appeal = request.appeal
+        appeal.appellant_name = _name(serial + 3)
+        appeal.appellant_id_number = resident_id(serial + 10)
+        appeal.appellant_phone = mobile_number(DEFAULT_CARRIER, serial + 5)
+        appeal.subject = account
+        appeal.grounds = "本人账户用于正常经营收款，与诈骗无关，附营业执照及交易合同"
+        appeal.received_at.FromDatetime(now - timedelta(minutes=10))
+        appeal.recorded_by = "icbc-staff-007"
+    elif action == "appeal_decision":
+        decision = request.appeal_decision
+        decision.appeal_id = new_request_id(int(now.timestamp() * 1000) - 60_000)
+        decision.outcome = appeal_pb2.APPEAL_OUTCOME_UPHOLD
+        decision.reason = "经核查，该账户接收受害人转账后立即转出，维持冻结"
     elif action == "monitor_start":
         request.monitor_start.account_number = account
         request.monitor_start.until.FromDatetime(now + timedelta(days=30))

@@ -32,6 +32,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import date
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -43,6 +44,7 @@ from gateway.audit.pg_store import DEFAULT_SCHEMA
 __all__ = [
     "ENV_PREFIX",
     "AlertsConfig",
+    "AppealsConfig",
     "AuditConfig",
     "ConfigError",
     "ConsoleConfig",
@@ -187,6 +189,19 @@ class AlertsConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AppealsConfig:
+    decision_working_days: int = 3
+    """Working days the ordering unit has to decide an appeal (Art. 32; DOMAIN.md default 3)."""
+    holidays: tuple[str, ...] = ()
+    """Public holidays (ISO dates, e.g. "2026-10-01") that are not working days; Saturdays and
+    Sundays never are."""
+
+    def holiday_dates(self) -> tuple[date, ...]:
+        """``holidays`` as dates (checked by ``GatewayConfig.validate``)."""
+        return tuple(date.fromisoformat(d) for d in self.holidays)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TelemetryConfig:
     prometheus_listen: str = ""
     """``127.0.0.1:9464`` serves /metrics there; empty turns it off. Loopback only."""
@@ -221,6 +236,7 @@ class GatewayConfig:
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    appeals: AppealsConfig = field(default_factory=AppealsConfig)
     shared: SharedConfig = field(default_factory=SharedConfig)
 
     @property
@@ -323,6 +339,18 @@ class GatewayConfig:
             raise ConfigError("federation.member_id must not be empty")
         _positive(self.federation.reload_interval_s, "federation.reload_interval_s", True)
         _positive(self.pipeline.clock_skew_s, "pipeline.clock_skew_s")
+        if not 1 <= self.appeals.decision_working_days <= 30:
+            raise ConfigError(
+                "appeals.decision_working_days must be 1 to 30, got "
+                f"{self.appeals.decision_working_days}"
+            )
+        for day in self.appeals.holidays:
+            try:
+                date.fromisoformat(day)
+            except ValueError:
+                raise ConfigError(
+                    f"appeals.holidays: {day!r} is not an ISO date such as 2026-10-01"
+                ) from None
         _positive(self.pipeline.reconcile_interval_s, "pipeline.reconcile_interval_s", True)
         if self.pipeline.replay_window_s < 2 * self.pipeline.clock_skew_s:
             raise ConfigError(

@@ -56,7 +56,7 @@ from google.protobuf.descriptor import EnumDescriptor
 from fedgate.actions import document_problem
 from fedgate.errors import AuditUnavailable, RuleViolated
 from fedgate.logs import mask
-from fedgate.render import format_time
+from fedgate.render import format_money, format_time
 from fedgate.storage import Schema, open_store
 from fedgate.v1 import common_pb2, request_pb2
 
@@ -111,6 +111,20 @@ RULES: Final[dict[str, str]] = {
     "location.requires_second_officer": "location needs a second officer",
     "monitor_stop.cites_monitor_start": "a monitor stop cites a monitor_start not yet stopped, "
     "on the same account at the same bank",
+    **{
+        # Refunds (资金返还): checked here against the state, and in the pipeline against the
+        # log (``gateway.pipeline._refunds``: the cited freeze itself, who gave it, its amount).
+        "refund.cites_freeze_in_force": "a refund cites an executed freeze still in force on the "
+        "same account at the same bank, in the same case",
+        "refund.by_ordering_unit_or_above": "only the unit that froze the funds, or one above it, "
+        "may order them refunded",
+        "refund.max_frozen_amount": "refunds drawn on one fixed-amount freeze never exceed the "
+        "amount it froze",
+        "refund.max_reported_loss": "refunds to one victim in one case never exceed the victim's "
+        "reported loss",
+        "refund.same_reported_loss": "every refund to one victim in one case states the same "
+        "reported loss",
+    },
 }
 """Every rule id with a one-line statement (for docs, ``fedgate policy explain`` and audits)."""
 
@@ -155,6 +169,17 @@ CREATE TABLE IF NOT EXISTS monitors (
     until_us   INTEGER NOT NULL,
     stopped_us INTEGER
 );
+CREATE TABLE IF NOT EXISTS refunds (
+    request_id     TEXT PRIMARY KEY,
+    freeze_id      TEXT NOT NULL,
+    case_number    TEXT NOT NULL,
+    victim_account TEXT NOT NULL,
+    currency       TEXT NOT NULL,
+    amount         INTEGER NOT NULL,
+    reported_loss  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS refunds_by_freeze ON refunds (freeze_id);
+CREATE INDEX IF NOT EXISTS refunds_by_victim ON refunds (case_number, victim_account);
 """
 _STORE = Schema(
     store="business-rules state", version=1, create=_SCHEMA, legacy_table="stop_payments"
@@ -168,6 +193,8 @@ class StateCursor(Protocol):
     def rowcount(self) -> int: ...
 
     def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> Any: ...
 
 
 class Reservations(Protocol):
@@ -486,6 +513,22 @@ class BusinessRules:
                 rule, f"monitor {order.request_id} was stopped at {_iso(order.closed_us)}"
             )
 
+    def refunded_from(self, freeze_id: str) -> int:
+        """Minor units already refunded from the freeze ``freeze_id`` (executed refunds).
+        Raises ``AuditUnavailable`` when the state cannot be read."""
+        try:
+            with self._lock:
+                (total,) = self._db.execute(
+                    "SELECT COALESCE(SUM(amount), 0) FROM refunds WHERE freeze_id = ?",
+                    (freeze_id,),
+                ).fetchone()
+        except sqlite3.Error as exc:
+            raise AuditUnavailable(f"business-rules state unreadable: {exc}") from exc
+        return int(total)
+
+    def _check_refund(self, request: request_pb2.Request, now: datetime) -> None:
+        _check_refund_state(self, request, now)
+
     def _check_second_officer(self, request: request_pb2.Request, now: datetime) -> None:
         action = request.WhichOneof("action")
         second = request.second_officer
@@ -637,6 +680,66 @@ def _record_monitor_stop(db: StateConnection, request: request_pb2.Request, now_
     _warn_if_missing(cursor, request)
 
 
+def _check_refund_state(rules: BusinessRules, request: request_pb2.Request, now: datetime) -> None:
+    """Refunds against the state: the freeze is in force; the victim's loss is not exceeded."""
+    order = request.refund
+    freeze = rules._cited("refund.cites_freeze_in_force", "freeze", request, order.account_number)
+    if freeze.closed_us is not None:
+        raise BusinessRuleViolated(
+            "refund.cites_freeze_in_force",
+            f"freeze {freeze.request_id} was released at {_iso(freeze.closed_us)}",
+        )
+    if freeze.end_us <= _us(now):
+        raise BusinessRuleViolated(
+            "refund.cites_freeze_in_force",
+            f"freeze {freeze.request_id} lapsed at {_iso(freeze.end_us)}",
+        )
+    rows = rules._db.execute(
+        "SELECT currency, amount, reported_loss FROM refunds"
+        " WHERE case_number = ? AND victim_account = ?",
+        (request.case.case_number, order.victim_account),
+    ).fetchall()
+    loss = order.reported_loss
+    for currency, _, earlier_loss in rows:
+        if (currency, earlier_loss) != (loss.currency, loss.minor_units):
+            raise BusinessRuleViolated(
+                "refund.same_reported_loss",
+                f"earlier refunds to {mask(order.victim_account)} in case "
+                f"{request.case.case_number} state a reported loss of "
+                f"{_money(currency, earlier_loss)}, not {_money(loss.currency, loss.minor_units)}",
+            )
+    refunded = sum(int(amount) for _, amount, _ in rows)
+    if refunded + order.amount.minor_units > loss.minor_units:
+        raise BusinessRuleViolated(
+            "refund.max_reported_loss",
+            f"{_money(order.amount.currency, order.amount.minor_units)} would exceed the "
+            f"victim's reported loss of {_money(loss.currency, loss.minor_units)}: "
+            f"{_money(loss.currency, refunded)} already refunded, at most "
+            f"{_money(loss.currency, max(0, loss.minor_units - refunded))} remains",
+        )
+
+
+def _money(currency: str, minor: int) -> str:
+    return format_money(common_pb2.Money(currency=currency, minor_units=minor))
+
+
+def _record_refund(db: StateConnection, request: request_pb2.Request, now_us: int) -> None:
+    order = request.refund
+    db.execute(
+        "INSERT OR IGNORE INTO refunds (request_id, freeze_id, case_number, victim_account,"
+        " currency, amount, reported_loss) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            request.request_id,
+            request.original_request_id,
+            request.case.case_number,
+            order.victim_account,
+            order.amount.currency,
+            order.amount.minor_units,
+            order.reported_loss.minor_units,
+        ),
+    )
+
+
 def _warn_if_missing(cursor: StateCursor, request: request_pb2.Request) -> None:
     # Replaying an outcome changes nothing (idempotent); an unknown original means the agency
     # executed something the gateway did not check, which an operator should look at.
@@ -670,6 +773,7 @@ _CHECKS: Final[dict[str, Callable[[BusinessRules, request_pb2.Request, datetime]
     "monitor_stop": BusinessRules._check_monitor_stop,
     "call_records": BusinessRules._check_second_officer,
     "location": BusinessRules._check_second_officer,
+    "refund": BusinessRules._check_refund,
 }
 
 _RECORDERS: Final[dict[str, Callable[[StateConnection, request_pb2.Request, int], None]]] = {
@@ -681,4 +785,5 @@ _RECORDERS: Final[dict[str, Callable[[StateConnection, request_pb2.Request, int]
     "freeze_release": _record_freeze_release,
     "monitor_start": _record_monitor,
     "monitor_stop": _record_monitor_stop,
+    "refund": _record_refund,
 }

@@ -79,6 +79,7 @@ from fedgate.web.serve import EmbeddedServer
 from fedgate.witness import GrpcWitnessClient
 from gateway import workers
 from gateway.alerts import AlertHub, AlertServicer
+from gateway.appeals import AppealBook
 from gateway.audit.insights import PgShard
 from gateway.audit.log import AuditLog
 from gateway.audit.pg_store import PgDatabase, open_pg_store
@@ -648,6 +649,11 @@ class Gateway:
             keep_response_bodies=config.audit.keep_response_bodies,
             reconcile_timeout_s=config.routing.timeout_s,
             risklist=parts.risklist,
+            appeals=AppealBook(
+                log=parts.audit,
+                working_days=config.appeals.decision_working_days,
+                holidays=config.appeals.holiday_dates(),
+            ),
         )
         # Before serving: nothing is in flight, so every open request leg was cut off.
         await pipeline.reconciler.run_once(grace=timedelta(0))
@@ -717,6 +723,7 @@ class Gateway:
                 countermeasures=Countermeasures(
                     stats=parts.stats, audit=parts.audit, risklist=parts.risklist
                 ),
+                appeals=pipeline.appeals,
             )
         return gateway
 

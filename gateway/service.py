@@ -19,10 +19,11 @@ from google.protobuf.message import Message
 
 from fedgate.envelope import decode_request
 from fedgate.errors import DecodeError, FedgateError
+from fedgate.federation import MemberKind
 from fedgate.status import abort_with, error_detail, internal_error, log_unexpected, trace_id_of
 from fedgate.tls import peer_member_id
 from fedgate.types import MemberId
-from fedgate.v1 import envelope_pb2, gateway_service_pb2
+from fedgate.v1 import appeal_pb2, envelope_pb2, gateway_service_pb2
 from gateway.pipeline import PeerSource, Pipeline
 from gateway.tickets import Tickets
 
@@ -78,7 +79,8 @@ def _remaining(context: Context) -> float | None:
 
 
 class GatewayServicer:
-    """Submit, SubmitBatch, FanOut, GetTicket, WatchTicket and GetOutcome over one ``Pipeline``."""
+    """Submit, SubmitBatch, FanOut, GetTicket, WatchTicket, GetOutcome and ListAppeals over one
+    ``Pipeline``."""
 
     def __init__(self, *, pipeline: Pipeline, tickets: Tickets) -> None:
         self._pipeline = pipeline
@@ -105,6 +107,9 @@ class GatewayServicer:
                 ),
                 "GetOutcome": grpc.unary_unary_rpc_method_handler(
                     self.GetOutcome, response_serializer=ser
+                ),
+                "ListAppeals": grpc.unary_unary_rpc_method_handler(
+                    self.ListAppeals, response_serializer=ser
                 ),
             },
         )
@@ -192,6 +197,33 @@ class GatewayServicer:
             member = self._pipeline.authenticate(_peer(context))
             request = _parse(gateway_service_pb2.GetOutcomeRequest, raw)
             return await self._pipeline.stored_outcome(request.request_id, caller=member.id)
+        except FedgateError as error:
+            await abort_with(context, error)
+
+    async def ListAppeals(self, raw: bytes, context: Context) -> appeal_pb2.ListAppealsResponse:
+        """The appeals the caller may see: a police member those against its orders and those
+        of the members below it; a bank or carrier those it filed (``gateway.appeals``)."""
+        try:
+            member = self._pipeline.authenticate(_peer(context))
+            request = _parse(appeal_pb2.ListAppealsRequest, raw)
+            registry = self._pipeline.registry
+            book = self._pipeline.appeals
+            now = book.now()
+            reply = appeal_pb2.ListAppealsResponse()
+            for appeal in await book.appeals():
+                mine = (
+                    registry.is_same_or_above(member.id, appeal.ordering_agency)
+                    if member.kind is MemberKind.POLICE
+                    else appeal.filed_by == member.id
+                )
+                if not mine or (request.appeal_id and appeal.appeal_id != request.appeal_id):
+                    continue
+                if request.state and appeal.state != request.state:
+                    continue
+                if request.overdue_only and not appeal.overdue(now):
+                    continue
+                reply.appeals.append(appeal.record(now))
+            return reply
         except FedgateError as error:
             await abort_with(context, error)
 

@@ -22,6 +22,8 @@ from adapters.bank.backend import (
     FreezeOrder,
     FreezeOutcome,
     OrderState,
+    RefundOrder,
+    RefundOutcome,
     StopPaymentOrder,
     StopPaymentOutcome,
 )
@@ -32,6 +34,7 @@ from fedgate.v1.common_pb2 import Money
 __all__ = [
     "balances",
     "execute_freeze",
+    "execute_refund",
     "execute_stop",
     "extend_stop",
     "release_freeze",
@@ -404,3 +407,134 @@ def renew_freeze(
         (new_end_us, ref),
     )
     return _freeze_outcome(conn, number, ref, OrderState.ACTIVE, now_us)
+
+
+# ---------------------------------------------------------------------- refund
+
+
+def _post(
+    conn: sqlite3.Connection,
+    number: str,
+    *,
+    direction: str,
+    amount: int,
+    currency: str,
+    counterparty: tuple[str, str, str],
+    memo: str,
+    now_us: int,
+) -> int:
+    """Post one movement on ``number`` (no restriction checked: the caller decided); its id."""
+    (balance,) = conn.execute(
+        "SELECT balance FROM accounts WHERE account_number = ?", (number,)
+    ).fetchone()
+    after = int(balance) - amount if direction == "out" else int(balance) + amount
+    conn.execute("UPDATE accounts SET balance = ? WHERE account_number = ?", (after, number))
+    cur = conn.execute(
+        "INSERT INTO transactions(account_number, ts, direction, amount, currency,"
+        " counterparty_account, counterparty_name, counterparty_bank, channel,"
+        " balance_after, memo) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'counter', ?, ?)",
+        (number, now_us, direction, amount, currency, *counterparty, after, memo),
+    )
+    assert cur.lastrowid is not None
+    return cur.lastrowid
+
+
+def execute_refund(
+    conn: sqlite3.Connection, order: RefundOrder, *, bank_id: str, holder_name: str, now_us: int
+) -> RefundOutcome:
+    """Move ``order.amount_minor`` from the frozen account to the victim, within the limits."""
+    row = conn.execute(
+        "SELECT method, amount, currency, case_number, end_ts, released_ts FROM freezes"
+        " WHERE order_ref = ? AND account_number = ?",
+        (order.freeze_ref, order.account_number),
+    ).fetchone()
+    if row is None:
+        raise RuleViolated("freeze_ref: no such freeze on account_number")
+    method, held, currency, case_number, end, released = row
+    if released is not None or end <= now_us:
+        state = OrderState.RELEASED if released is not None else OrderState.EXPIRED
+        raise RuleViolated(f"freeze_ref: the freeze is {state}, not in force")
+    if case_number != order.case_number:
+        raise RuleViolated("case_number: the freeze belongs to another case")
+    if currency != order.currency:
+        raise RuleViolated(f"currency does not match: the freeze holds {currency}")
+    (balance,) = conn.execute(
+        "SELECT balance FROM accounts WHERE account_number = ?", (order.account_number,)
+    ).fetchone()
+    holds = int(balance) if method == FreezeMethod.RECEIVE_ONLY else min(int(held), int(balance))
+    if order.amount_minor > holds:
+        raise RuleViolated(
+            f"amount exceeds what the freeze holds ({_money(holds, currency)}): refund limit "
+            "is the frozen amount"
+        )
+    (refunded,) = conn.execute(
+        "SELECT COALESCE(SUM(amount), 0) FROM refunds WHERE case_number = ? AND victim_account = ?",
+        (order.case_number, order.victim_account),
+    ).fetchone()
+    if int(refunded) + order.amount_minor > order.reported_loss_minor:
+        left = max(0, order.reported_loss_minor - int(refunded))
+        raise RuleViolated(
+            f"amount exceeds the victim's reported loss less earlier refunds "
+            f"({_money(left, currency)} left): refund limit is the reported loss"
+        )
+    memo = f"资金返还 {order.case_number}"
+    movement = _post(
+        conn,
+        order.account_number,
+        direction="out",
+        amount=order.amount_minor,
+        currency=currency,
+        counterparty=(order.victim_account, order.victim_name, order.victim_bank),
+        memo=memo,
+        now_us=now_us,
+    )
+    victim_here = conn.execute(
+        "SELECT 1 FROM accounts WHERE account_number = ?", (order.victim_account,)
+    ).fetchone()
+    if victim_here is not None:
+        _post(
+            conn,
+            order.victim_account,
+            direction="in",
+            amount=order.amount_minor,
+            currency=currency,
+            counterparty=(order.account_number, holder_name, bank_id),
+            memo=memo,
+            now_us=now_us,
+        )
+    remaining = holds - order.amount_minor
+    in_force = True
+    if method == FreezeMethod.FIXED_AMOUNT:
+        in_force = remaining > 0
+        conn.execute(
+            "UPDATE freezes SET amount = ?, released_ts = ? WHERE order_ref = ?",
+            (remaining, None if in_force else now_us, order.freeze_ref),
+        )
+    conn.execute(
+        "INSERT INTO refunds(order_ref, freeze_ref, account_number, victim_account, victim_bank,"
+        " case_number, amount, reported_loss, currency, movement_id, ts)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (order.order_ref, order.freeze_ref, order.account_number, order.victim_account,
+         order.victim_bank, order.case_number, order.amount_minor, order.reported_loss_minor,
+         currency, movement, now_us),
+    )  # fmt: skip
+    (after,) = conn.execute(
+        "SELECT balance FROM accounts WHERE account_number = ?", (order.account_number,)
+    ).fetchone()
+    return RefundOutcome(
+        order_ref=order.order_ref,
+        account_number=order.account_number,
+        movement_id=str(movement),
+        amount_minor=order.amount_minor,
+        currency=currency,
+        victim_account=order.victim_account,
+        victim_bank=order.victim_bank,
+        executed_at=from_us(now_us),
+        frozen_remaining_minor=remaining,
+        balance_minor=int(after),
+        freeze_in_force=in_force,
+    )
+
+
+def _money(minor: int, currency: str) -> str:
+    return format_money(Money(currency=currency, minor_units=minor))

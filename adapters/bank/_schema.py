@@ -107,6 +107,19 @@ CREATE TABLE IF NOT EXISTS freezes (
     renewals INTEGER NOT NULL DEFAULT 0,
     released_ts INTEGER
 );
+CREATE TABLE IF NOT EXISTS refunds (
+    order_ref TEXT PRIMARY KEY,
+    freeze_ref TEXT NOT NULL REFERENCES freezes(order_ref),
+    account_number TEXT NOT NULL,
+    victim_account TEXT NOT NULL,
+    victim_bank TEXT NOT NULL,
+    case_number TEXT NOT NULL,
+    amount INTEGER NOT NULL CHECK (amount > 0),
+    reported_loss INTEGER NOT NULL,
+    currency TEXT NOT NULL,
+    movement_id INTEGER NOT NULL REFERENCES transactions(id),
+    ts INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS monitors (
     account_number TEXT PRIMARY KEY,
     since_ts INTEGER NOT NULL,

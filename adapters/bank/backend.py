@@ -40,6 +40,8 @@ __all__ = [
     "LoginRecord",
     "MonitorState",
     "OrderState",
+    "RefundOrder",
+    "RefundOutcome",
     "StopPaymentOrder",
     "StopPaymentOutcome",
     "Transaction",
@@ -256,6 +258,44 @@ class FreezeOutcome:
 
 
 @dataclass(frozen=True, slots=True)
+class RefundOrder:
+    """A refund (资金返还) of frozen funds to the victim, drawn on the freeze ``freeze_ref``.
+
+    ``reported_loss_minor`` is the victim's reported loss in ``case_number``; the refunds to one
+    victim in one case never exceed it.
+    """
+
+    order_ref: str
+    freeze_ref: str
+    account_number: str
+    victim_account: str
+    victim_name: str
+    victim_bank: str
+    amount_minor: int
+    reported_loss_minor: int
+    currency: str
+    case_number: str
+    agency: str
+
+
+@dataclass(frozen=True, slots=True)
+class RefundOutcome:
+    """The movement a refund made: the debit on the frozen account, and what the freeze keeps."""
+
+    order_ref: str
+    account_number: str
+    movement_id: str
+    amount_minor: int
+    currency: str
+    victim_account: str
+    victim_bank: str
+    executed_at: datetime
+    frozen_remaining_minor: int
+    balance_minor: int
+    freeze_in_force: bool
+
+
+@dataclass(frozen=True, slots=True)
 class MonitorState:
     """Live monitoring (动态查询) of an account; push postings with ``id > start_after_id``."""
 
@@ -355,6 +395,19 @@ class CoreBanking(Protocol):
         self, account_number: str, original_ref: str, new_end: datetime, *, now: datetime
     ) -> FreezeOutcome:
         """Renew an active freeze to ``new_end``, at most 183 days from ``now``."""
+        ...
+
+    def refund(self, order: RefundOrder, *, now: datetime) -> RefundOutcome:
+        """Return frozen funds to the victim along the original route (资金返还).
+
+        The bank MUST refuse (``RuleViolated``, naming the limit) unless ``freeze_ref`` is a
+        freeze in force on ``account_number`` in ``case_number``; the amount MUST NOT exceed
+        what the freeze still holds (a fixed amount less earlier refunds; the balance for a
+        receive-only freeze) nor the victim's reported loss less the refunds already made to
+        ``victim_account`` in the case. It debits the frozen account, reduces the freeze (a
+        fixed-amount freeze refunded in full ends) and credits the victim's account when it is
+        held here (else the funds leave for ``victim_bank``).
+        """
         ...
 
     def monitor_start(self, account_number: str, until: datetime, *, now: datetime) -> MonitorState:

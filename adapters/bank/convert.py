@@ -13,6 +13,7 @@ from adapters.bank.backend import (
     LoginRecord,
     MonitorState,
     OrderState,
+    RefundOutcome,
     StopPaymentOutcome,
     Transaction,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "login_pb",
     "money",
     "monitor_pb",
+    "refund_pb",
     "stop_pb",
     "summary_pb",
     "timestamp",
@@ -140,4 +142,18 @@ def freeze_pb(outcome: FreezeOutcome) -> bank_pb2.FreezeResult:
 def monitor_pb(state: MonitorState) -> bank_pb2.MonitorResult:
     return bank_pb2.MonitorResult(
         account_number=state.account_number, active=state.active, until=timestamp(state.until)
+    )
+
+
+def refund_pb(outcome: RefundOutcome) -> bank_pb2.RefundResult:
+    return bank_pb2.RefundResult(
+        account_number=outcome.account_number,
+        movement_id=outcome.movement_id,
+        amount=money(outcome.amount_minor, outcome.currency),
+        victim_account=outcome.victim_account,
+        victim_bank=outcome.victim_bank,
+        executed_at=timestamp(outcome.executed_at),
+        frozen_remaining=money(outcome.frozen_remaining_minor, outcome.currency),
+        balance=money(outcome.balance_minor, outcome.currency),
+        freeze_in_force=outcome.freeze_in_force,
     )

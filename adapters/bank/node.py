@@ -22,7 +22,13 @@ from google.protobuf import timestamp_pb2
 
 from adapters import telemetry
 from adapters.bank import convert
-from adapters.bank.backend import CoreBanking, FreezeMethod, FreezeOrder, StopPaymentOrder
+from adapters.bank.backend import (
+    CoreBanking,
+    FreezeMethod,
+    FreezeOrder,
+    RefundOrder,
+    StopPaymentOrder,
+)
 from adapters.bank.monitor import MONITOR_FILE, MonitorLedger, MonitorPusher
 from adapters.config import NodeConfig
 from adapters.node import AgencyNode, CoreNode, utc_now
@@ -82,6 +88,7 @@ class BankAgency:
             "freeze": self._freeze,
             "freeze_release": self._freeze_release,
             "freeze_renew": self._freeze_renew,
+            "refund": self._refund,
             "monitor_start": self._monitor_start,
             "monitor_stop": self._monitor_stop,
             "aggregate_stats": self._aggregate_stats,
@@ -232,6 +239,32 @@ class BankAgency:
             q.account_number, _cited(request), _time(q, "end", "freeze_renew.end"), now=now
         )
         return request_pb2.Response(status=OK, freeze=convert.freeze_pb(outcome))
+
+    def _refund(self, request: request_pb2.Request, now: datetime) -> request_pb2.Response:
+        q = request.refund
+        if not q.HasField("amount"):
+            raise _invalid("refund.amount", "is required")
+        if not q.HasField("reported_loss"):
+            raise _invalid("refund.reported_loss", "is required")
+        if q.reported_loss.currency != q.amount.currency:
+            raise _invalid("refund.reported_loss.currency", "must be the currency of the amount")
+        outcome = self.core.refund(
+            RefundOrder(
+                order_ref=request.request_id,
+                freeze_ref=_cited(request),
+                account_number=q.account_number,
+                victim_account=q.victim_account,
+                victim_name=q.victim_name,
+                victim_bank=q.victim_bank,
+                amount_minor=q.amount.minor_units,
+                reported_loss_minor=q.reported_loss.minor_units,
+                currency=q.amount.currency,
+                case_number=request.case.case_number,
+                agency=request.requesting_agency,
+            ),
+            now=now,
+        )
+        return request_pb2.Response(status=OK, refund=convert.refund_pb(outcome))
 
     # ------------------------------------------------------------------ monitoring
 

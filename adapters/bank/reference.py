@@ -31,6 +31,8 @@ from adapters.bank.backend import (
     FreezeOutcome,
     LoginRecord,
     MonitorState,
+    RefundOrder,
+    RefundOutcome,
     StopPaymentOrder,
     StopPaymentOutcome,
     Transaction,
@@ -381,6 +383,36 @@ class ReferenceBank:
             self._holder_row(conn, account_number)
             return _orders.renew_freeze(
                 conn, account_number, original_ref, to_us(new_end), to_us(now)
+            )
+
+    # ------------------------------------------------------------------ refund
+
+    def refund(self, order: RefundOrder, *, now: datetime) -> RefundOutcome:
+        """Return frozen funds to the victim (资金返还); see ``CoreBanking.refund``."""
+        c = FieldChecker()
+        self._check_ref(c, "order_ref", order.order_ref)
+        self._check_ref(c, "freeze_ref", order.freeze_ref)
+        self._check_account(c, order.account_number, "account_number")
+        c.check("victim_account", bool(order.victim_account.strip()), "must not be empty")
+        c.check(
+            "amount", amount_valid(order.amount_minor), "must be 0.01 to 100,000,000,000.00 yuan"
+        )
+        c.check(
+            "reported_loss",
+            amount_valid(order.reported_loss_minor),
+            "must be 0.01 to 100,000,000,000.00 yuan",
+        )
+        c.check("currency", currency_valid(order.currency), "not an ISO 4217 currency code")
+        c.check("case_number", case_number_valid(order.case_number), "not a case number")
+        c.raise_if_any()
+        with self._db.write() as conn:
+            if conn.execute(
+                "SELECT 1 FROM refunds WHERE order_ref = ?", (order.order_ref,)
+            ).fetchone():
+                raise RuleViolated("order_ref has already been executed")
+            row = self._holder_row(conn, order.account_number)
+            return _orders.execute_refund(
+                conn, order, bank_id=self.bank_id, holder_name=row[7], now_us=to_us(now)
             )
 
     # ------------------------------------------------------------------ monitoring

@@ -6,7 +6,15 @@
         --case A44010000000020261100001 --doc-number '穗公(反诈)止字〔2026〕00001号' \\
         --purpose 受害人报案，申请紧急止付
 
-Releases, extensions, renewals and monitor stops cite the original order with ``--original``.
+Releases, extensions, renewals and monitor stops cite the original order with ``--original``;
+so does a refund (资金返还), which cites the freeze it draws on:
+
+    fedgate order refund --account 6222020000000000013 --original <freeze request id> \
+        --victim-account 6217000000000000014 --victim-name 张芳 --victim-bank bank.ccb \
+        --amount 20000 --reported-loss 49800 --application FH20261104001 \
+        --officer-id 440100123 --officer-name 王伟 --case A44010000000020261100001 \
+        --doc-number '穗公(反诈)返字〔2026〕00001号' --purpose 返还受害人被骗资金
+
 Every order is signed, checked by the gateway (policy and business rules such as "at most two
 stop-payments per account"), logged, and acknowledged by the agency with a signed answer.
 Exit codes: see ``fedgate.commands._police`` or ``fedgate order --help``.
@@ -137,6 +145,46 @@ def _freeze(args: argparse.Namespace) -> bank_pb2.FreezeOrder:
     return order
 
 
+def _refund_args(group: argparse._ActionsContainer) -> None:
+    account_option(group)
+    group.add_argument(
+        "--victim-account",
+        type=parse_account,
+        required=True,
+        help="the victim's account the funds return to 受害人账号",
+    )
+    group.add_argument("--victim-name", required=True, help="the victim's name 受害人姓名")
+    group.add_argument(
+        "--victim-bank", required=True, help="the victim's bank (member id, else its name)"
+    )
+    group.add_argument(
+        "--amount", type=parse_amount, required=True, metavar="YUAN", help="amount to return"
+    )
+    group.add_argument(
+        "--reported-loss",
+        type=parse_amount,
+        required=True,
+        metavar="YUAN",
+        help="the victim's reported loss in the case 报案损失金额",
+    )
+    group.add_argument("--currency", default="CNY", help="ISO 4217 code (CNY)")
+    group.add_argument(
+        "--application", required=True, help="the victim's refund application 受害人申请编号"
+    )
+
+
+def _refund(args: argparse.Namespace) -> bank_pb2.RefundOrder:
+    return bank_pb2.RefundOrder(
+        account_number=args.account,
+        victim_account=args.victim_account,
+        victim_name=args.victim_name,
+        victim_bank=args.victim_bank,
+        amount=money(args.amount, args.currency),
+        reported_loss=money(args.reported_loss, args.currency),
+        victim_application=args.application,
+    )
+
+
 def _freeze_renew_args(group: argparse._ActionsContainer) -> None:
     account_option(group)
     group.add_argument("--end", type=parse_time, required=True, metavar="TIME", help="new end")
@@ -257,6 +305,15 @@ COMMANDS: tuple[ActionCommand, ...] = (
         lambda a: bank_pb2.FreezeRenewOrder(account_number=a.account, end=timestamp(a.end)),
         account_of,
         doc_kind="case_filing",
+    ),
+    ActionCommand(
+        "refund",
+        "refund",
+        "return frozen funds to the victim (cites the freeze) 资金返还",
+        _refund_args,
+        _refund,
+        account_of,
+        doc_kind="refund_decision",
     ),
     ActionCommand(
         "monitor-start",

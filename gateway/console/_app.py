@@ -16,7 +16,9 @@ read on every request, so a revocation ends sessions at once). Pages:
   links draw (``gateway.console._chase``): each exchange, its receipt, its amounts;
 - ``/log`` the latest checkpoint, witness cosignatures and the console's consistency check;
 - ``/charts`` requests per day by member and by action, refusals by reason (inline SVG);
-- ``/flags`` patterns worth a closer look (``gateway.console._flags``).
+- ``/flags`` patterns worth a closer look (``gateway.console._flags``);
+- ``/appeals`` appeals (Art. 32) from the log (``gateway.appeals``): pending, overdue, upheld and
+  lifted, each linked to its filing, decision and lifting order; subjects masked.
 
 Contract:
 
@@ -49,11 +51,13 @@ from fedgate.actions import ACTIONS, ORDER_ACTIONS, REPORT_ACTIONS
 from fedgate.audit_entry import EventEntry, micros_to_time
 from fedgate.errors import FieldViolation, InvalidArgument, NotFound, VerificationError
 from fedgate.registry import Registry
+from fedgate.v1 import appeal_pb2
 from fedgate.web.app import AuditHook, Console, Page
 from fedgate.web.auth import Role, UserStore
 from fedgate.web.serve import EmbeddedServer
 from fedgate.web.session import Session
-from fedgate.web.text import BEIJING
+from fedgate.web.text import BEIJING, mask_identifier
+from gateway.appeals import AppealBook
 from gateway.audit.insights import GROUPINGS, LogInsights, PgShard, TimeWindow, day_start_us
 from gateway.audit.log import AuditLog
 from gateway.audit.service import export_evidence
@@ -208,9 +212,11 @@ class AuditorConsole:
         secure_cookies: bool = False,
         session_key: bytes | None = None,
         countermeasures: Countermeasures | None = None,
+        appeals: AppealBook | None = None,
     ) -> None:
         self._log = log
         self._countermeasures = countermeasures
+        self._appeals = appeals or AppealBook(log=log, now=clock or (lambda: datetime.now(UTC)))
         self._insights = insights
         self._registry = registry
         self._clock = clock or (lambda: datetime.now(UTC))
@@ -236,6 +242,7 @@ class AuditorConsole:
                 ("/charts", "audit.nav.charts"),
                 ("/flags", "audit.nav.flags"),
                 *((("/countermeasures", "audit.nav.countermeasures"),) if countermeasures else ()),
+                ("/appeals", "audit.nav.appeals"),
             ),
             session_key=session_key,
         )
@@ -251,6 +258,7 @@ class AuditorConsole:
                 s.page_route("/charts", self._charts_page),
                 s.page_route("/flags", self._flags_page),
                 s.page_route("/countermeasures", self._countermeasures_page),
+                s.page_route("/appeals", self._appeals_page),
             ]
         )
 
@@ -596,6 +604,48 @@ class AuditorConsole:
             },
         )
 
+    async def _appeals_page(self, request: Request, page: Page) -> Response:
+        now = self._clock()
+        appeals = await self._appeals.appeals()
+        wanted = request.query_params.get("state", "")
+        rows = []
+        counts = {"pending": 0, "overdue": 0, "upheld": 0, "lifted": 0}
+        for appeal in reversed(appeals):
+            record = appeal.record(now)
+            state = appeal_pb2.AppealState.Name(record.state).removeprefix("APPEAL_STATE_").lower()
+            counts[state] += 1
+            if record.overdue:
+                counts["overdue"] += 1
+            if wanted and wanted != state and not (wanted == "overdue" and record.overdue):
+                continue
+            rows.append(
+                {
+                    "appeal_id": record.appeal_id,
+                    "state": state,
+                    "overdue": record.overdue,
+                    "order_action": record.order_action,
+                    "order_request_id": record.order_request_id,
+                    "subject": mask_identifier(record.subject),
+                    "case_number": record.case_number,
+                    "filed_by": self._member_label(page, record.filed_by),
+                    "ordering_agency": self._member_label(page, record.ordering_agency),
+                    "filed_at": appeal.filed_at,
+                    "due_at": appeal.due_at,
+                    "decided_at": appeal.decided_at,
+                    "decided_by": record.decided_by,
+                    "lift_request_id": record.lift_request_id,
+                    "case_link": self._search_link(case=record.case_number),
+                }
+            )
+        return self.shell.render(
+            page,
+            "audit_appeals.html",
+            title=page.t("audit.appeals.title"),
+            rows=rows,
+            counts=counts,
+            wanted=wanted,
+        )
+
 
 class RunningAuditorConsole:
     """An auditor console being served: its ``url``; ``stop`` it before closing the log."""
@@ -637,6 +687,7 @@ async def start_auditor_console(
     secure_cookies: bool = False,
     clock: Callable[[], datetime] | None = None,
     countermeasures: Countermeasures | None = None,
+    appeals: AppealBook | None = None,
 ) -> RunningAuditorConsole:
     """Serve the auditor console of ``log`` (kept in the SQLite file or PostgreSQL shard
     ``audit_db``) on
@@ -658,6 +709,7 @@ async def start_auditor_console(
             clock=clock,
             secure_cookies=secure_cookies,
             countermeasures=countermeasures,
+            appeals=appeals,
         )
         server = EmbeddedServer(console.app, host=host, port=port)
         await server.start()

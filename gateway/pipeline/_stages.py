@@ -36,6 +36,9 @@ Contract:
   ``gateway_fault`` response leg (also when an earlier leg, a ticket's ``pending`` or even the
   answer, is in: the log then shows the caller never got what it records).
 
+Appeals (filed to a police unit) and appeal decisions (to the gateway) stop there too: answered
+by the gateway itself (``_appeals``), read back from the log (``gateway.appeals``).
+
 Agency reports (target: a police member) stop at stage 9: the gateway acknowledges them itself
 and streams them to the police member (``gateway.alerts``). Risk list changes (target: the
 gateway) stop there too: appended to the risk list's log, answered by the gateway
@@ -58,7 +61,14 @@ from typing import Any
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 from opentelemetry import trace
 
-from fedgate.actions import ACTIONS, APPROVAL_ACTIONS, REPORT_ACTIONS, RISKLIST_ACTIONS, role_name
+from fedgate.actions import (
+    ACTIONS,
+    APPEAL_ACTIONS,
+    APPROVAL_ACTIONS,
+    REPORT_ACTIONS,
+    RISKLIST_ACTIONS,
+    role_name,
+)
 from fedgate.envelope import MAX_BODY_BYTES, Domain, Signer, decode_request, verify_envelope
 from fedgate.errors import (
     AuditUnavailable,
@@ -77,7 +87,9 @@ from fedgate.trust import TrustHolder
 from fedgate.types import KeyId, MemberId
 from fedgate.v1 import envelope_pb2, gateway_service_pb2
 from gateway.alerts import AlertHub
+from gateway.appeals import AppealBook
 from gateway.audit.log import AuditLog
+from gateway.pipeline._appeals import Appeals, check_appeal
 from gateway.pipeline._approvals import Approvals, check_approval
 from gateway.pipeline._audit_legs import AuditLegs
 from gateway.pipeline._exchange import Exchange, stage
@@ -86,6 +98,7 @@ from gateway.pipeline._forwarding import Forwarder
 from gateway.pipeline._officers import check_officers
 from gateway.pipeline._outcome import stored_outcome
 from gateway.pipeline._reconcile import Reconciler
+from gateway.pipeline._refunds import check_refund
 from gateway.pipeline._reports import Reports
 from gateway.pipeline._risklist import RiskListChanges
 from gateway.pipeline._undo import check_undo
@@ -136,6 +149,7 @@ class Pipeline:
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         risklist: RiskListLog | None = None,
         outcomes: OutcomeStore | None = None,
+        appeals: AppealBook | None = None,
     ) -> None:
         self._trust = trust
         self._outcomes: OutcomeStore = outcomes if outcomes is not None else MemoryOutcomes()
@@ -177,6 +191,16 @@ class Pipeline:
             origin=origin,
             telemetry=telemetry,
         )
+        self._appeals = Appeals(
+            book=appeals if appeals is not None else AppealBook(log=audit, now=now),
+            forwarder=self._forwarder,
+            legs=self._legs,
+            signer=signer,
+            gateway_id=gateway_id,
+            origin=origin,
+            telemetry=telemetry,
+            now=now,
+        )
         self.reconciler = Reconciler(
             audit=audit,
             router=router,
@@ -205,6 +229,11 @@ class Pipeline:
     def trust(self) -> TrustHolder:
         """The process's one holder of the current registry."""
         return self._trust
+
+    @property
+    def appeals(self) -> AppealBook:
+        """The appeals on record in this gateway's log (``gateway.appeals``)."""
+        return self._appeals.book
 
     @property
     def registry(self) -> Registry:
@@ -332,6 +361,8 @@ class Pipeline:
                 return await self._reports.deliver(x)
             if x.action in APPROVAL_ACTIONS:
                 return await self._approvals.grant(x)
+            if x.action in APPEAL_ACTIONS:
+                return await self._appeals.answer(x)
             if x.action in RISKLIST_ACTIONS:
                 assert self._risklist is not None, "refused at stage 6 without a risk list"
                 return await self._risklist.apply(x)
@@ -557,6 +588,10 @@ class Pipeline:
         self._rules.check(request, action=x.action, now=x.received_at)
         # Only the ordering unit (or a member above it) may undo an order, found in the log.
         await check_undo(self._audit, registry, request, x.action)
+        # A refund draws on a freeze in the log, by its ordering unit, within what it froze.
+        await check_refund(self._audit, registry, self._rules, request, x.action)
+        # An appeal cites its agency's own restriction; a decision is the ordering unit's.
+        await check_appeal(self._audit, self._appeals.book, registry, request, x.action)
         # A bulk order cites a supervisor's approval exchange, found in the log.
         why = self._rules.approval_needed(request, action=x.action)
         if why is not None:

@@ -33,6 +33,7 @@ from fedgate.actions import (
 from fedgate.errors import InvalidArgument
 from fedgate.risklist import CATEGORY_NAMES, MAX_TTL, canonical_value
 from fedgate.v1 import (
+    appeal_pb2,
     approval_pb2,
     bank_pb2,
     carrier_pb2,
@@ -76,7 +77,7 @@ def _header(f: Fields, request: request_pb2.Request, action: str | None) -> None
     is_report = action in REPORT_ACTIONS
     # A bank or carrier lists its own account or number without a police case or document;
     # police listings need a case (stage 6, ``gateway.risklist``).
-    own_document = is_report or action in RISKLIST_ACTIONS
+    own_document = is_report or action in RISKLIST_ACTIONS or action in _APPEAL_FILINGS
     f.uuid("request_id", request.request_id, version=7)
     if len(request.nonce) != 16:
         f.bad("nonce", f"must be exactly 16 random bytes, got {len(request.nonce)}")
@@ -134,7 +135,8 @@ def _header(f: Fields, request: request_pb2.Request, action: str | None) -> None
     elif request.original_request_id:
         f.bad(
             "original_request_id",
-            "only releases, extensions, renewals, monitor stops and restores cite one",
+            "only releases, extensions, renewals, monitor stops, restores, refunds and appeals "
+            "cite one",
         )
 
 
@@ -383,6 +385,49 @@ def _risk_expiry(f: Fields, p: str, a: Any) -> None:
             f.bad(f"{p}.expires_at", f"at most {MAX_TTL.days} days from now; extend it later")
 
 
+_APPEAL_FILINGS: Final = frozenset({"appeal"})
+_APPEAL_OUTCOMES: Final = frozenset(appeal_pb2.AppealOutcome.values()) - {
+    appeal_pb2.APPEAL_OUTCOME_UNSPECIFIED
+}
+
+
+def _refund(f: Fields, p: str, a: bank_pb2.RefundOrder) -> None:
+    f.card(f"{p}.account_number", a.account_number, at_target=True)
+    f.card(f"{p}.victim_account", a.victim_account)
+    if a.victim_account and a.victim_account == a.account_number:
+        f.bad(f"{p}.victim_account", "must differ from account_number (the frozen account)")
+    f.name(f"{p}.victim_name", a.victim_name)
+    f.name(f"{p}.victim_bank", a.victim_bank)
+    f.money(f"{p}.amount", a, "amount")
+    f.money(f"{p}.reported_loss", a, "reported_loss")
+    both = a.HasField("amount") and a.HasField("reported_loss")
+    if both and a.amount.currency != a.reported_loss.currency:
+        f.bad(f"{p}.reported_loss.currency", "must be the currency of refund.amount")
+    f.name(f"{p}.victim_application", a.victim_application)
+
+
+def _appeal(f: Fields, p: str, a: appeal_pb2.AppealFiling) -> None:
+    f.name(f"{p}.appellant_name", a.appellant_name)
+    f.resident_id(f"{p}.appellant_id_number", a.appellant_id_number)
+    f.phone(f"{p}.appellant_phone", a.appellant_phone, required=True)
+    f.subject(f"{p}.subject", a.subject)
+    f.text(f"{p}.grounds", a.grounds, limit=_MAX_FREE_TEXT)
+    f.past(f"{p}.received_at", a, "received_at")
+    f.name(f"{p}.recorded_by", a.recorded_by)
+
+
+def _appeal_decision(f: Fields, p: str, a: appeal_pb2.AppealDecision) -> None:
+    if f.target != GATEWAY_TARGET:
+        f.bad("target_agency", f"an appeal decision is sent to the gateway ({GATEWAY_TARGET!r})")
+    f.uuid(f"{p}.appeal_id", a.appeal_id, version=7)
+    f.enum(f"{p}.outcome", a.outcome, _APPEAL_OUTCOMES, "UPHOLD or LIFT")
+    f.text(f"{p}.reason", a.reason, limit=_MAX_FREE_TEXT)
+    if a.outcome == appeal_pb2.APPEAL_OUTCOME_LIFT:
+        f.uuid(f"{p}.lift_request_id", a.lift_request_id, version=7)
+    elif a.lift_request_id:
+        f.bad(f"{p}.lift_request_id", "only a LIFT cites the release or restore order")
+
+
 _ACTION_CHECKS: Final[dict[str, Callable[[Fields, str, Any], None]]] = {
     "account_holder": _account_only,
     "transactions": _transactions,
@@ -416,6 +461,9 @@ _ACTION_CHECKS: Final[dict[str, Callable[[Fields, str, Any], None]]] = {
     "risk_list_add": _risk_expiry,
     "risk_list_extend": _risk_expiry,
     "risk_list_remove": _risk_value,
+    "refund": _refund,
+    "appeal": _appeal,
+    "appeal_decision": _appeal_decision,
 }
 
 
@@ -475,6 +523,9 @@ _SUBJECT_FIELDS: Final[dict[str, tuple[str, ...]]] = {
     "risk_list_add": ("value",),
     "risk_list_extend": ("value",),
     "risk_list_remove": ("value",),
+    "refund": ("account_number", "victim_account"),
+    "appeal": ("subject",),
+    "appeal_decision": (),
 }
 
 

@@ -70,6 +70,8 @@ class Live:
                 else {"call_records": ActionMode.AUTOMATIC}
             ),
             monitor_poll_s=3600.0,
+            # Reports and appeals the node sends go to this federation's gateway.
+            gateway_endpoint=self.gateway.endpoint,
         )
 
     async def start_node(self, member: str) -> None:

@@ -714,7 +714,7 @@ class TestSubjects:
     def test_every_action_has_its_subjects_listed(self, action: str) -> None:
         subjects = subjects_of(valid_request(action, now=NOW))
         assert all(subjects)
-        assert (action in ("aggregate_stats", "approval")) == (subjects == ())
+        assert (action in ("aggregate_stats", "approval", "appeal_decision")) == (subjects == ())
 
 
 class TestFactory:

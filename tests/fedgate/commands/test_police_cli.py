@@ -224,6 +224,24 @@ BUILD_CASES: list[tuple[tuple[str, ...], str, str, dict[str, Any]]] = [
         {"account_number": CARD_ICBC, "end": "2027-03-01T00:00:00+08:00"},
     ),
     (
+        _argv(
+            f"order refund --account {CARD_ICBC} --original {ORIGINAL} --victim-account "
+            f"{CARD_CCB} --victim-name 张芳 --victim-bank bank.ccb --amount 200 "
+            "--reported-loss 49800.5 --application FH20261127"
+        ),
+        "refund",
+        "bank.icbc",
+        {
+            "account_number": CARD_ICBC,
+            "victim_account": CARD_CCB,
+            "victim_name": "张芳",
+            "victim_bank": "bank.ccb",
+            "amount": {"currency": "CNY", "minor_units": "20000"},
+            "reported_loss": {"currency": "CNY", "minor_units": "4980050"},
+            "victim_application": "FH20261127",
+        },
+    ),
+    (
         ("order", "monitor-start", "--account", CARD_CCB, "--until", "+30d"),
         "monitor_start",
         "bank.ccb",
@@ -499,7 +517,8 @@ class TestBuiltRequest:
             (BUILD_CASES[10][0], "URGENCY_EMERGENCY", "LEGAL_DOCUMENT_KIND_STOP_PAYMENT_NOTICE"),
             (BUILD_CASES[11][0], "URGENCY_ROUTINE", "LEGAL_DOCUMENT_KIND_RELEASE_NOTICE"),
             (BUILD_CASES[13][0], "URGENCY_URGENT", "LEGAL_DOCUMENT_KIND_CASE_FILING_DECISION"),
-            (BUILD_CASES[18][0], "URGENCY_URGENT", "LEGAL_DOCUMENT_KIND_COUNTERMEASURE_ORDER"),
+            (BUILD_CASES[16][0], "URGENCY_ROUTINE", "LEGAL_DOCUMENT_KIND_REFUND_DECISION"),
+            (BUILD_CASES[19][0], "URGENCY_URGENT", "LEGAL_DOCUMENT_KIND_COUNTERMEASURE_ORDER"),
         ],
     )
     def test_defaults_per_action(
