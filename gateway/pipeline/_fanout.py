@@ -151,7 +151,7 @@ async def _admit(
                 with stage(xt, telemetry, "validation"):
                     validate_request(xt.req(), now=x.received_at)
                 with stage(xt, telemetry, "authorization"):
-                    await pipeline._authorize(xt)
+                    await pipeline._authorize(xt, wide=True)
                 with stage(xt, telemetry, "quotas"):
                     pipeline._check_quotas(xt)
             except FedgateError as error:
