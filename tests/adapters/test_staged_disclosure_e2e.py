@@ -125,9 +125,7 @@ class TestBothStages:
                 assert accounts.accounts
             # the log: stage-1 legs carry the hit, stage 2 names the stage it cites
             legs = await legs_of(live, first.request_id)
-            answers = {
-                leg.responder: leg.detail for leg in legs if isinstance(leg, ResponseLeg)
-            }
+            answers = {leg.responder: leg.detail for leg in legs if isinstance(leg, ResponseLeg)}
             assert answers == {b: (NO_HIT if b in no_hit else HIT) for b in BANKS}
             (second_leg,) = [
                 leg
@@ -250,7 +248,7 @@ class TestHostile:
 
             # only that member asked: the whole stage 2 is refused and logged
             alone = details_request(live.police, first, (MemberId(no_hit),))
-            with pytest.raises(RuleViolated, match="disclosure.cites_a_hit"):
+            with pytest.raises(RuleViolated, match=r"disclosure\.cites_a_hit"):
                 await collect(live.police, alone)
             (leg,) = await legs_of(live, alone.request_id)
             assert isinstance(leg, RequestLeg)
@@ -272,7 +270,7 @@ class TestHostile:
             )
             async with other:
                 second = details_request(other, first, (MemberId(victim.bank_id),))
-                with pytest.raises(PolicyDenied, match="disclosure.same_member_and_case"):
+                with pytest.raises(PolicyDenied, match=r"disclosure\.same_member_and_case"):
                     await collect(other, second)
             (leg,) = await legs_of(live, second.request_id)
             assert isinstance(leg, RequestLeg)
@@ -292,7 +290,7 @@ class TestHostile:
             await collect(live.police, first)
             second = details_request(live.police, first, (MemberId(victim.bank_id),))
             second.case.case_number = case_number(16, when=datetime.now(UTC).date())
-            with pytest.raises(PolicyDenied, match="disclosure.same_member_and_case"):
+            with pytest.raises(PolicyDenied, match=r"disclosure\.same_member_and_case"):
                 await collect(live.police, second)
 
     async def test_stage_two_about_another_person(
@@ -308,7 +306,7 @@ class TestHostile:
             await collect(live.police, first)
             second = details_request(live.police, first, (MemberId(victim.bank_id),))
             second.accounts_by_id.id_number = other.id_number
-            with pytest.raises(RuleViolated, match="disclosure.cites_stage_one"):
+            with pytest.raises(RuleViolated, match=r"disclosure\.cites_stage_one"):
                 await collect(live.police, second)
 
     async def test_stage_two_without_document(
@@ -358,7 +356,7 @@ class TestHostile:
             )
             second = details_request(live.police, first, (MemberId(victim.bank_id),))
             second.disclosure.hits_request_id = direct.request_id
-            with pytest.raises(RuleViolated, match="disclosure.cites_stage_one"):
+            with pytest.raises(RuleViolated, match=r"disclosure\.cites_stage_one"):
                 await collect(live.police, second)
 
     async def test_a_stage_one_answer_with_details_is_an_agency_fault(
@@ -400,5 +398,5 @@ class TestHostile:
             assert leg.status == "node_fault"
             # and that fault is no hit to cite
             second = details_request(live.police, first, (MemberId(victim.bank_id),))
-            with pytest.raises(RuleViolated, match="disclosure.cites_a_hit"):
+            with pytest.raises(RuleViolated, match=r"disclosure\.cites_a_hit"):
                 await collect(live.police, second)
