@@ -138,11 +138,11 @@ _URGENCIES: dict[str, common_pb2.Urgency.ValueType] = {
 }
 
 _WIDE_FLAGS: dict[str, tuple[str, str]] = {
-    action: ("--all-banks", "every bank") if target_kind_of(action) == "bank"
-    else ("--all-carriers", "every carrier")
-    for action in HIT_ACTIONS
-}  # fmt: skip
+    "accounts_by_id": ("--all-banks", "every bank"),
+    "sim_count": ("--all-carriers", "every carrier"),
+}
 """The option that asks every member of the kind, for each action asked in stages."""
+assert set(_WIDE_FLAGS) == HIT_ACTIONS
 _WIDE_GROUPS = {
     "--all-banks": request_pb2.TARGET_GROUP_ALL_BANKS,
     "--all-carriers": request_pb2.TARGET_GROUP_ALL_CARRIERS,

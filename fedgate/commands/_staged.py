@@ -27,7 +27,7 @@ from fedgate.commands._exit import (
 )
 from fedgate.commands._sent import SentStore
 from fedgate.disclosure import hit_of
-from fedgate.errors import FedgateError
+from fedgate.errors import AgencyUnavailable, FedgateError
 from fedgate.registry import Registry
 from fedgate.render import Outcome, render_json, render_text, table
 from fedgate.staged import details_request, hit_members
@@ -63,7 +63,7 @@ def _item_outcome(item: FanOutItem, request_id: str) -> Outcome:
     if item.error is not None:
         code = exit_code_for_refusal(item.error)
         return Outcome("refused", code, request_id, error=item.error)
-    error = FedgateError(item.no_answer)
+    error = AgencyUnavailable(item.no_answer)
     return Outcome("unavailable", ExitCode.UNAVAILABLE, request_id, error=error)
 
 
@@ -77,6 +77,8 @@ def _hit_cell(item: FanOutItem) -> tuple[str, str, int]:
             return f"no hit ({status.removeprefix('RESPONSE_STATUS_')})", receipt, 0
         return ("HIT" if hit else "no hit"), receipt, 0
     outcome = _item_outcome(item, "")
+    if item.ticket is not None:  # a node that sends stage 1 to staff: not ours, but possible
+        return f"queued: ticket {item.ticket.ticket_id}", "—", outcome.exit_code
     if item.error is not None:
         return f"refused: {item.error.reason}: {item.error.message}", "—", outcome.exit_code
     return f"no answer: {item.no_answer}", "—", outcome.exit_code

@@ -207,6 +207,21 @@ class TestLiveStaged:
         assert doc["stage2"] is None
         assert all(m["hit"] is False for m in doc["stage1"]["members"])
 
+    def test_a_refused_first_stage_is_printed_with_its_reason(
+        self, police: Callable[..., Run], live_federation: LiveFederation
+    ) -> None:
+        # a duty officer may not ask for SIMs under an ID at all: stage 1 is refused as a whole
+        argv = ("query", "sim-count", "--id-number", self._person(live_federation))
+        run = police(*argv, "--all-carriers", "--officer-role", "duty_officer", "--json")
+        assert run.code == ExitCode.REFUSED, run.out + run.err
+        doc = run.json()
+        assert doc["exit_code"] == ExitCode.REFUSED
+        assert doc["stage1"]["error"]["reason"] == "POLICY_DENIED"
+        assert doc["stage2"] is None
+        text = police(*argv, "--all-carriers", "--officer-role", "duty_officer")
+        assert text.code == ExitCode.REFUSED
+        assert "refused by the gateway: POLICY_DENIED" in text.err
+
     def test_target_and_all_carriers_together_is_a_usage_error(
         self, police: Callable[..., Run], live_federation: LiveFederation
     ) -> None:
