@@ -32,6 +32,7 @@ from adapters.answers import bind_response, outcome_of_error, sign_response
 from adapters.config import ActionMode, NodeConfig
 from adapters.queue import ANSWERED, Entry, RequestStore
 from fedgate.actions import action_of, document_problem
+from fedgate.disclosure import is_hits
 from fedgate.envelope import Domain, Signer, decode_request, request_hash, verify_envelope
 from fedgate.errors import (
     AgencyUnavailable,
@@ -173,7 +174,11 @@ class AnsweringNode:
                 else await self.run_blocking(lambda: self._undo_refusal(request, action))
             )
             chase = bool(request.chase_id) and request.urgency == common_pb2.URGENCY_EMERGENCY
-            manual = self.config.mode_of(action, chase=chase) is ActionMode.MANUAL
+            # Stage 1 of a staged disclosure (hit / no hit) is answered from the agency's
+            # systems at once: there is nothing for staff to judge, and no detail to release.
+            manual = self.config.mode_of(action, chase=chase) is ActionMode.MANUAL and not is_hits(
+                request
+            )
             if refused is None and action in self.backend.actions and manual:
                 deadline = self._deadline(request, received)
                 remind = max(received, deadline - self.config.reminder)

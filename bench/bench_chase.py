@@ -155,6 +155,9 @@ def _fanout_requests(
         "case": auth.case,
         "legal_document": auth.query_document,
         "purpose": "全网核查涉案人员名下账户和号码",
+        # A wide query about a person is staged (docs/privacy.md): this is stage 1, which
+        # every member answers; the details go only to the members that hit.
+        "disclosure": request_pb2.Disclosure(stage=request_pb2.DISCLOSURE_STAGE_HITS),
     }
     banks = client.new_request(
         action=bank_pb2.AccountsByIdQuery(id_number=person),

@@ -416,12 +416,14 @@ class FedgateClient:
         targets: request_pb2.TargetSet | None = None,
         chase_id: str = "",
         parent_request_id: str = "",
+        disclosure: request_pb2.Disclosure | None = None,
     ) -> request_pb2.Request:
         """A fresh request (new UUIDv7 id, nonce, issued-at now) carrying ``action``.
 
         ``action_name`` picks the oneof field when several take the same message type.
         ``targets`` addresses a fan-out (``target`` must then be empty); ``chase_id`` and
-        ``parent_request_id`` are the workflow link."""
+        ``parent_request_id`` are the workflow link; ``disclosure`` the stage of a staged
+        disclosure (``fedgate.staged`` runs both stages)."""
         now = datetime.now(UTC)
         request = request_pb2.Request(
             request_id=new_request_id(),
@@ -444,6 +446,8 @@ class FedgateClient:
             request.second_officer.CopyFrom(second_officer)
         if targets is not None:
             request.target_set.CopyFrom(targets)
+        if disclosure is not None:
+            request.disclosure.CopyFrom(disclosure)
         field = action_name or _field_for(action)
         getattr(request, field).CopyFrom(action)
         return request

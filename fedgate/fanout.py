@@ -4,6 +4,8 @@ A fan-out request leaves ``target_agency`` empty and names its members in ``targ
 group (every bank, every carrier in good standing) or a list. The set is part of the signed
 body, so nobody can widen it in transit. The gateway resolves it against the registry when
 the request arrives; every agency node resolves it again and answers only if it is in it.
+A fan-out about a person (``accounts_by_id``, ``sim_count``) is asked in the two stages of a
+staged disclosure where the policy says so (``fedgate.disclosure``).
 
 Contract:
 

@@ -27,7 +27,14 @@ import grpc
 import grpc.aio
 
 from fedgate.actions import IDEMPOTENT_READS, RESULT_FIELD
-from fedgate.envelope import Domain, decode_response, verify_envelope, verify_response_binding
+from fedgate.disclosure import HIT_ACTIONS, is_hits
+from fedgate.envelope import (
+    Domain,
+    decode_request,
+    decode_response,
+    verify_envelope,
+    verify_response_binding,
+)
 from fedgate.errors import AgencyFault, AgencyUnavailable, FedgateError, SignatureInvalid
 from fedgate.registry import Registry
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options
@@ -279,6 +286,25 @@ def check_response(
             f"{request_pb2.ResponseStatus.Name(response.status)}, which is not an answer"
         )
     result = response.WhichOneof("result")
-    if result is not None and result != RESULT_FIELD.get(action):
+    if action in HIT_ACTIONS and is_hits(decode_request(request_body)):
+        _check_hits_answer(response, target=target, action=action)
+    elif result is not None and result != RESULT_FIELD.get(action):
         raise AgencyFault(f"{target} answered a {action} request with a {result} result")
     return response
+
+
+def _check_hits_answer(response: request_pb2.Response, *, target: MemberId, action: str) -> None:
+    """A stage-1 answer of a staged disclosure (``fedgate.disclosure``) says hit or no hit
+    and nothing else; raises ``AgencyFault`` for one that carries details."""
+    result = response.WhichOneof("result")
+    asked = f"{target} answered a stage-1 (hit / no-hit) {action} request"
+    if result not in (None, "hit"):
+        raise AgencyFault(f"{asked} with details ({result}): stage 1 discloses hit / no hit only")
+    if response.status != request_pb2.RESPONSE_STATUS_OK:
+        if result is not None:
+            raise AgencyFault(f"{asked} with a hit result on a refusal")
+        return
+    if result is None:
+        raise AgencyFault(f"{asked} OK without a hit result")
+    if response.detail:
+        raise AgencyFault(f"{asked} with a detail text: stage 1 discloses hit / no hit only")

@@ -33,7 +33,8 @@ from adapters.bank.monitor import MONITOR_FILE, MonitorLedger, MonitorPusher
 from adapters.config import NodeConfig
 from adapters.node import AgencyNode, CoreNode, utc_now
 from fedgate.actions import BANK_ACTIONS
-from fedgate.errors import FieldViolation, InvalidArgument
+from fedgate.disclosure import hit_response, is_hits
+from fedgate.errors import FieldViolation, InvalidArgument, NotFound
 from fedgate.registry import Registry
 from fedgate.tls import MemberCredentials
 from fedgate.v1 import bank_pb2, common_pb2, request_pb2
@@ -102,10 +103,23 @@ class BankAgency:
 
     def answer(self, request: request_pb2.Request, *, now: datetime) -> request_pb2.Response:
         action = request.WhichOneof("action")
+        if is_hits(request):
+            return self._hits(request, action)
         handler = self._handlers.get(action or "")
         if handler is None:
             raise _invalid("action", f"{self.core.bank_id} does not serve {action}")
         return handler(request, now)
+
+    def _hits(self, request: request_pb2.Request, action: str | None) -> request_pb2.Response:
+        """Stage 1 of a staged disclosure: whether any account is held under the ID, nothing
+        more (``fedgate.disclosure``)."""
+        if action != "accounts_by_id":
+            raise _invalid("disclosure.stage", f"{self.core.bank_id} answers stage 1 of "
+                           "accounts_by_id only")  # fmt: skip
+        try:
+            return hit_response(bool(self.core.accounts_by_id(request.accounts_by_id.id_number)))
+        except NotFound:
+            return hit_response(False)
 
     # ------------------------------------------------------------------ queries
 

@@ -28,7 +28,8 @@ from adapters.carrier.intercept import COUNTS_FILE, InterceptionStats
 from adapters.config import NodeConfig
 from adapters.node import CoreNode
 from fedgate.actions import CARRIER_ACTIONS
-from fedgate.errors import FieldViolation, InvalidArgument
+from fedgate.disclosure import hit_response, is_hits
+from fedgate.errors import FieldViolation, InvalidArgument, NotFound
 from fedgate.types import CHINA_TIME
 from fedgate.v1 import bank_pb2, carrier_pb2, request_pb2
 
@@ -101,10 +102,24 @@ class CarrierAgency:
 
     def answer(self, request: request_pb2.Request, *, now: datetime) -> request_pb2.Response:
         action = request.WhichOneof("action")
+        if is_hits(request):
+            return self._hits(request, action)
         handler = self._handlers.get(action or "")
         if handler is None:
             raise InvalidArgument(f"{self.core.carrier_id} does not serve {action}")
         return handler(request, now)
+
+    def _hits(self, request: request_pb2.Request, action: str | None) -> request_pb2.Response:
+        """Stage 1 of a staged disclosure: whether a live SIM is registered under the ID,
+        not how many (``fedgate.disclosure``)."""
+        if action != "sim_count":
+            raise InvalidArgument.for_fields(
+                [FieldViolation("disclosure.stage", "stage 1 is for sim_count only")]
+            )
+        try:
+            return hit_response(self.core.sim_count(request.sim_count.id_number) > 0)
+        except NotFound:
+            return hit_response(False)
 
     def _aggregate_stats(self, request: request_pb2.Request, now: datetime) -> request_pb2.Response:
         assert self._stats is not None

@@ -69,10 +69,12 @@ from fedgate.commands._parse import (
     timestamp,
 )
 from fedgate.commands._sent import SentStore
+from fedgate.commands._staged import run_staged_command
+from fedgate.disclosure import HIT_ACTIONS, HITS
 from fedgate.errors import FedgateError, InvalidArgument, RegistryError
 from fedgate.render import Outcome, request_document
 from fedgate.types import MemberId
-from fedgate.v1 import common_pb2
+from fedgate.v1 import common_pb2, request_pb2
 from fedgate.validate import bank_of_card, carrier_of_mobile
 
 __all__ = [
@@ -133,6 +135,17 @@ _URGENCIES: dict[str, common_pb2.Urgency.ValueType] = {
     "routine": common_pb2.URGENCY_ROUTINE,
     "urgent": common_pb2.URGENCY_URGENT,
     "emergency": common_pb2.URGENCY_EMERGENCY,
+}
+
+_WIDE_FLAGS: dict[str, tuple[str, str]] = {
+    "accounts_by_id": ("--all-banks", "every bank"),
+    "sim_count": ("--all-carriers", "every carrier"),
+}
+"""The option that asks every member of the kind, for each action asked in stages."""
+assert set(_WIDE_FLAGS) == HIT_ACTIONS
+_WIDE_GROUPS = {
+    "--all-banks": request_pb2.TARGET_GROUP_ALL_BANKS,
+    "--all-carriers": request_pb2.TARGET_GROUP_ALL_CARRIERS,
 }
 
 # ----------------------------------------------------------------------------- options
@@ -215,9 +228,22 @@ def _add_request_options(parser: argparse.ArgumentParser, command: ActionCommand
     target = parser.add_argument_group("target and officer")
     to_gateway = target_kind_of(command.action) == "gateway"
     inferred = " (default: from the card's or number's issuer)" if command.subject else ""
+    wide = _WIDE_FLAGS.get(command.action)
     if not to_gateway:  # approvals and risk list changes always go to the gateway
         target.add_argument(
-            "--target", metavar="MEMBER", required=command.subject is None, help=f"agency{inferred}"
+            "--target",
+            metavar="MEMBER",
+            required=command.subject is None and wide is None,
+            help=f"agency{inferred}",
+        )
+    if wide is not None:
+        flag, group = wide
+        target.add_argument(
+            flag,
+            dest="all_members",
+            action="store_true",
+            help=f"ask {group} in two stages (staged disclosure): hit / no hit from each, then "
+            "the details from those that hit, citing the first stage",
         )
     target.add_argument("--officer-id", help="badge number 警号 ($FEDGATE_OFFICER_ID)")
     target.add_argument("--officer-name", help="name ($FEDGATE_OFFICER_NAME)")
@@ -409,8 +435,14 @@ def _target(command: ActionCommand, args: argparse.Namespace) -> str:
     kind = target_kind_of(command.action)
     if kind == "gateway":  # approvals, risk list changes: the gateway answers them itself
         return "gateway"
+    if getattr(args, "all_members", False):
+        if args.target:
+            raise InvalidArgument(f"give --target or {_WIDE_FLAGS[command.action][0]}, not both")
+        return ""
     if args.target:
         return str(args.target)
+    if command.action in _WIDE_FLAGS:
+        raise InvalidArgument(f"--target or {_WIDE_FLAGS[command.action][0]} is required")
     subject = command.subject(args) if command.subject is not None else None
     found = None
     if subject:
@@ -440,6 +472,7 @@ async def _send(command: ActionCommand, args: argparse.Namespace) -> int:
         client = open_client(args)
     except (FedgateError, ValueError) as exc:  # protobuf refuses out-of-range integers
         return local_error(args, exc)
+    wide = getattr(args, "all_members", False)
     async with client:
         request = client.new_request(
             action=action,
@@ -458,11 +491,19 @@ async def _send(command: ActionCommand, args: argparse.Namespace) -> int:
             deadline=args.deadline,
             original_request_id=args.original or "",
             approval_request_id=getattr(args, "approval", None) or "",
+            targets=(
+                request_pb2.TargetSet(group=_WIDE_GROUPS[_WIDE_FLAGS[command.action][0]])
+                if wide
+                else None
+            ),
+            disclosure=request_pb2.Disclosure(stage=HITS) if wide else None,
         )
         envelope = client.sign(request)
         if args.dry_run:
             print(request_document(request, envelope))
             return ExitCode.OK
+        if wide:
+            return await run_staged_command(args, client, request, sent_store(args))
         try:
             sent_store(args).save(request.request_id, envelope)
         except OSError as exc:

@@ -7,6 +7,8 @@
 Each subcommand builds one action, signs the request, submits it through the gateway and prints
 the verified answer (``--json`` for scripts, ``--dry-run`` to see the signed request only).
 The target agency defaults to the bank of the card number or the carrier of the mobile number.
+``accounts-by-id --all-banks`` and ``sim-count --all-carriers`` ask every bank (carrier) in the
+two stages of a staged disclosure (``fedgate.commands._staged``, ``docs/privacy.md``).
 Exit codes: see ``fedgate.commands._police`` or ``fedgate query --help``.
 """
 
@@ -130,7 +132,8 @@ COMMANDS: tuple[ActionCommand, ...] = (
     ActionCommand(
         "accounts-by-id",
         "accounts_by_id",
-        "every account under a resident ID at one bank 全户查询",
+        "every account under a resident ID at one bank 全户查询 (--all-banks: every bank, in "
+        "two stages)",
         _id_number,
         lambda a: bank_pb2.AccountsByIdQuery(id_number=a.id_number),
     ),
@@ -168,7 +171,8 @@ COMMANDS: tuple[ActionCommand, ...] = (
     ActionCommand(
         "sim-count",
         "sim_count",
-        "how many live SIMs a resident ID has at one carrier 一证通查",
+        "how many live SIMs a resident ID has at one carrier 一证通查 (--all-carriers: every "
+        "carrier, in two stages)",
         _id_number,
         lambda a: carrier_pb2.SimCountQuery(id_number=a.id_number),
     ),

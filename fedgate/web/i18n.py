@@ -351,6 +351,7 @@ _FIELDS: dict[str, tuple[str, str]] = {
     "kind": ("类型", "Kind"),
     "latitude": ("纬度", "Latitude"),
     "live_sims": ("在用号码数", "Live SIMs"),
+    "hit": ("命中", "Hit"),
     "longitude": ("经度", "Longitude"),
     "memo": ("摘要", "Memo"),
     "method": ("冻结方式", "Method"),
@@ -495,6 +496,24 @@ _AUDIT_UI: dict[str, tuple[str, str]] = {
     "entry.title": ("第 {index} 条记录", "Entry {index}"),
     "entry.heading": ("第 {index} 条记录", "Entry {index}"),
     "entry.same_case": ("同案记录 {case}", "Same case {case}"),
+    # staged disclosure: stage 1 (hit / no hit) and stage 2 (details) linked
+    "staged.title": ("分阶段披露", "Staged disclosure"),
+    "staged.stage.hits": ("第一阶段：是否命中", "stage 1: hit / no hit"),
+    "staged.stage.details": ("第二阶段：详细信息", "stage 2: details"),
+    "staged.hits_note": (
+        "各单位只答复是否命中，不含详细信息；详细信息只能向命中的单位另行查询，并引用本请求。",
+        "Each member answered only hit or no hit, no details; the details may be asked only of "
+        "the members that hit, in a second request citing this one.",
+    ),
+    "staged.details_note": (
+        "向第一阶段命中的单位查询详细信息，引用第一阶段请求：",
+        "The details, asked of members that answered hit in stage 1, citing stage-1 request",
+    ),
+    "staged.hit": ("命中", "Hit"),
+    "staged.no_hit": ("未命中", "No hit"),
+    "staged.followed_by": ("引用本请求的第二阶段", "Stage 2 requests citing this one"),
+    "staged.none_yet": ("尚无第二阶段请求。", "No stage 2 request yet."),
+    "staged.not_in_log": ("日志中没有该请求", "not in the log"),
     # a chase (fund-flow workflow) as a tree
     "chase.open": ("资金追查链路", "Chase tree"),
     "chase.title": ("资金追查", "Fund-flow chase"),

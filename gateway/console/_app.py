@@ -64,6 +64,7 @@ from gateway.audit.service import export_evidence
 from gateway.console._charts import OTHER, day_chart, reason_chart
 from gateway.console._chase import chase_of, load_chase
 from gateway.console._countermeasures import Countermeasures
+from gateway.console._disclosure import staged_view
 from gateway.console._evidence import masked_bundle
 from gateway.console._exchange import load_exchange
 from gateway.console._flags import (
@@ -382,12 +383,14 @@ class AuditorConsole:
             _logger.error("audit entry %d does not decode: %s", index, exc.message)
             return self.shell.error_page(page, 500, page.t("entry.damaged"))
         in_chase = await chase_of(self._log, index)
+        request_leg = next((leg.index for leg in view.legs if leg.kind == "request"), -1)
         return self.shell.render(
             page,
             "audit_entry.html",
             title=page.t("entry.title", index=index),
             view=view,
             chase_url=f"/chases/{index}" if in_chase is not None else "",
+            staged=await staged_view(self._log, request_leg),
             action_name=action_label(page, view.action),
             registry_label=lambda m: self._member_label(page, m),
         )

@@ -3,7 +3,8 @@
 The request's ``target_set`` (signed with it) names the members; ``fedgate.fanout`` resolves it
 against the registry. Stages 1–4 run once (transport, decode, signature, freshness); stages 5–7
 (validation, authorization, quotas) run once per member, on a copy of the request addressed to
-that member alone, so every member-specific rule applies exactly as for a single request. One
+that member alone, so every member-specific rule applies exactly as for a single request (and,
+being a wide query, the policy's staged-disclosure rule: ``_disclosure.check_wide``). One
 request leg records the whole fan-out (the signed envelope as received) and, in its rule, the
 decision for every member. Each allowed member is then asked in parallel through the same
 stages 9–12 as a single request: its answer is checked, logged as its own response leg,
@@ -151,7 +152,7 @@ async def _admit(
                 with stage(xt, telemetry, "validation"):
                     validate_request(xt.req(), now=x.received_at)
                 with stage(xt, telemetry, "authorization"):
-                    await pipeline._authorize(xt)
+                    await pipeline._authorize(xt, wide=True)
                 with stage(xt, telemetry, "quotas"):
                     await pipeline._check_quotas(xt)
             except FedgateError as error:

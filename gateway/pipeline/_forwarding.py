@@ -15,13 +15,14 @@ from datetime import UTC, datetime
 
 from fedgate.actions import ORDER_ACTIONS
 from fedgate.audit_entry import ResponseLeg
+from fedgate.disclosure import hit_detail, hit_of
 from fedgate.envelope import Domain, Signer, countersign, decode_request, sign_envelope
 from fedgate.errors import AgencyFault, AgencyUnavailable
 from fedgate.render import format_time
 from fedgate.trust import TrustHolder
 from fedgate.types import MemberId
 from fedgate.v1 import agency_service_pb2, envelope_pb2, gateway_service_pb2, request_pb2
-from gateway.pipeline._audit_legs import AuditLegs
+from gateway.pipeline._audit_legs import RECONCILED, AuditLegs
 from gateway.pipeline._exchange import Exchange, stage
 from gateway.routing import NodeRouter, check_response
 from gateway.rules import BusinessRules
@@ -171,6 +172,10 @@ class Forwarder:
             leg = self._legs.answer_leg(
                 pending, answer, responder, received_at, status, response, reconciled=reconciled
             )
+            hit = hit_of(response)
+            if hit is not None:  # a checked stage-1 answer: the hit a stage 2 may cite
+                prefix = RECONCILED if reconciled else ""
+                leg = replace(leg, detail=prefix + hit_detail(hit))
             receipt = await self._legs.append(leg, "response")
         with self._telemetry.stage("countersign"):
             signed = envelope_pb2.SignedResponse(

@@ -69,6 +69,7 @@ from fedgate.actions import (
     RISKLIST_ACTIONS,
     role_name,
 )
+from fedgate.disclosure import HIT_ACTIONS, stage_name
 from fedgate.envelope import MAX_BODY_BYTES, Domain, Signer, decode_request, verify_envelope
 from fedgate.errors import (
     AuditUnavailable,
@@ -92,6 +93,7 @@ from gateway.audit.log import AuditLog
 from gateway.pipeline._appeals import Appeals, check_appeal
 from gateway.pipeline._approvals import Approvals, check_approval
 from gateway.pipeline._audit_legs import AuditLegs
+from gateway.pipeline._disclosure import check_details, check_wide
 from gateway.pipeline._exchange import Exchange, stage
 from gateway.pipeline._fanout import run_fan_out
 from gateway.pipeline._forwarding import Forwarder
@@ -562,7 +564,8 @@ class Pipeline:
         await self._replay.remember(request.request_id, request.nonce, issued_at, now=x.received_at)
 
     # stage 6
-    async def _authorize(self, x: Exchange) -> None:
+    async def _authorize(self, x: Exchange, *, wide: bool = False) -> None:
+        """Stage 6; ``wide`` for one member's copy of a fan-out (a wide query)."""
         request, member = x.req(), x.member
         assert member is not None
         trust = self._trust.trust  # one registry and roster snapshot for the whole decision
@@ -573,17 +576,20 @@ class Pipeline:
         # A police member's officers must be on its signed roster, with the role they assert.
         check_officers(trust, member, request, at=x.received_at)
         target = registry.find(request.target_agency)
-        decision = authorize(
-            self._decider,
-            PolicyRequest(
-                role=role,
-                member=member.id,
-                member_kind=member.kind.value,
-                action=x.action,
-                target=MemberId(request.target_agency),
-                target_kind=target.kind.value if target is not None else "",
-            ),
+        asked = PolicyRequest(
+            role=role,
+            member=member.id,
+            member_kind=member.kind.value,
+            action=x.action,
+            target=MemberId(request.target_agency),
+            target_kind=target.kind.value if target is not None else "",
         )
+        decision = authorize(self._decider, asked)
+        # Policy decides which wide queries must be staged (hits first, then details).
+        staged = request.HasField("disclosure")
+        wide_rule = None
+        if wide and x.action in HIT_ACTIONS and not staged:
+            wide_rule = check_wide(self._decider, asked).rule
         registry.member(request.target_agency)  # the target must be in good standing
         self._rules.check(request, action=x.action, now=x.received_at)
         # Only the ordering unit (or a member above it) may undo an order, found in the log.
@@ -592,6 +598,8 @@ class Pipeline:
         await check_refund(self._audit, registry, self._rules, request, x.action)
         # An appeal cites its agency's own restriction; a decision is the ordering unit's.
         await check_appeal(self._audit, self._appeals.book, registry, request, x.action)
+        # Details of a staged disclosure only from a member that answered the cited stage 1 "hit".
+        await check_details(self._audit, request, x.action)
         # A bulk order cites a supervisor's approval exchange, found in the log.
         why = self._rules.approval_needed(request, action=x.action)
         if why is not None:
@@ -599,6 +607,12 @@ class Pipeline:
                 self._audit, registry, request, action=x.action, why=why, now=x.received_at
             )
         x.rule = ", ".join(decision.rule) if decision.rule else decision.explanation
+        if wide_rule:
+            x.rule += f"; {', '.join(wide_rule)}"
+        if staged:
+            x.rule += f"; disclosure {stage_name(request.disclosure.stage)}"
+            if request.disclosure.hits_request_id:
+                x.rule += f" citing {request.disclosure.hits_request_id}"
         if x.action in RISKLIST_ACTIONS:
             if self._risklist is None:  # fail closed: nowhere to log the change
                 raise PolicyDenied("this gateway keeps no risk list")

@@ -30,6 +30,7 @@ from fedgate.actions import (
     REPORT_ACTIONS,
     RISKLIST_ACTIONS,
 )
+from fedgate.disclosure import DETAILS, HIT_ACTIONS, HITS
 from fedgate.errors import InvalidArgument
 from fedgate.risklist import CATEGORY_NAMES, MAX_TTL, canonical_value
 from fedgate.v1 import (
@@ -128,6 +129,8 @@ def _header(f: Fields, request: request_pb2.Request, action: str | None) -> None
         if not request.chase_id:
             f.bad("chase_id", "required with parent_request_id: the workflow the link is in")
 
+    _disclosure(f, request, action)
+
     if action in CITING_ACTIONS:
         f.uuid("original_request_id", request.original_request_id)
         if request.original_request_id and request.original_request_id == request.request_id:
@@ -138,6 +141,26 @@ def _header(f: Fields, request: request_pb2.Request, action: str | None) -> None
             "only releases, extensions, renewals, monitor stops, restores, refunds and appeals "
             "cite one",
         )
+
+
+def _disclosure(f: Fields, request: request_pb2.Request, action: str | None) -> None:
+    """Staged disclosure (``fedgate.disclosure``): a stage only for a hit-capable query; the
+    details stage cites its stage-1 request, nothing else does."""
+    if not request.HasField("disclosure"):
+        return
+    stage, cited = request.disclosure.stage, request.disclosure.hits_request_id
+    if stage not in (HITS, DETAILS):
+        f.bad("disclosure.stage", "HITS or DETAILS when disclosure is set")
+        return
+    if action not in HIT_ACTIONS:
+        f.bad("disclosure.stage", f"only {' and '.join(sorted(HIT_ACTIONS))} are asked in stages")
+    if stage == HITS:
+        if cited:
+            f.bad("disclosure.hits_request_id", "must be empty at stage 1 (HITS)")
+        return
+    f.uuid("disclosure.hits_request_id", cited)
+    if cited and cited == request.request_id:
+        f.bad("disclosure.hits_request_id", "must cite an earlier stage-1 request, not this one")
 
 
 # ----------------------------------------------------------------------------- bank actions

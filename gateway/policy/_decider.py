@@ -29,6 +29,7 @@ from types import MappingProxyType
 from typing import Any, Final, Protocol
 
 from fedgate import actions
+from fedgate.disclosure import WIDE_ACTIONS
 from fedgate.errors import PolicyDenied
 from fedgate.federation import DEFAULT_MEMBERS, MemberKind
 from fedgate.types import MemberId
@@ -71,11 +72,12 @@ ROLES: Final = frozenset(
 )
 """The roles of ``fedgate.v1.Role``, in the policy vocabulary (``police_investigator`` ...)."""
 PERSONAL_DATA_ACTIONS: Final = (
-    actions.PERSONAL_DATA_ACTIONS | actions.ORDER_ACTIONS | {"ticket_read"}
+    actions.PERSONAL_DATA_ACTIONS | actions.ORDER_ACTIONS | WIDE_ACTIONS | {"ticket_read"}
 )
 """Queries, orders and answers that touch a person's data."""
-ACTIONS: Final = actions.ACTIONS | {"audit_read", "audit_read_own", "ticket_read"}
-"""Every action a policy line may name: the request actions plus log and ticket reads."""
+ACTIONS: Final = actions.ACTIONS | WIDE_ACTIONS | {"audit_read", "audit_read_own", "ticket_read"}
+"""Every action a policy line may name: the request actions, direct wide queries
+(``accounts_by_id:wide``, ``fedgate.disclosure``) and log and ticket reads."""
 
 DEFAULT_MEMBER_KINDS: Final[Mapping[MemberId, str]] = MappingProxyType(
     {spec.id: spec.kind.value for spec in DEFAULT_MEMBERS}

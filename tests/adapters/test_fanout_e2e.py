@@ -1,6 +1,10 @@
 """Fan-out end to end (issue 11): one signed request to every bank or carrier through the real
 gateway and real nodes over mTLS; each answer verified by the client with its own receipt; one
-request leg in the log and one response leg per member; a silent member reported by name."""
+request leg in the log and one response leg per member; a silent member reported by name.
+
+The only queries asked of every bank or carrier are about a person (accounts_by_id, sim_count),
+which the policy makes staged: these fan-outs are stage 1 (hit / no hit); both stages and the
+refusal of a direct wide query are in test_staged_disclosure_e2e."""
 
 from __future__ import annotations
 
@@ -48,6 +52,7 @@ def fan_request(
         ),
         legal_document=document,
         purpose="全网核查嫌疑人名下账户和号码",
+        disclosure=request_pb2.Disclosure(stage=request_pb2.DISCLOSURE_STAGE_HITS),
     )
 
 

@@ -18,7 +18,7 @@ from fedgate.registry import Registry
 from fedgate.testing import valid_request
 from fedgate.tls import MemberCredentials, server_credentials
 from fedgate.types import MemberId
-from fedgate.v1 import agency_service_pb2, agency_service_pb2_grpc, request_pb2
+from fedgate.v1 import agency_service_pb2, agency_service_pb2_grpc, bank_pb2, request_pb2
 from gateway.config import RoutingConfig
 from gateway.routing import BreakerState, CircuitBreaker, NodeRouter, check_response
 
@@ -132,6 +132,110 @@ class TestCheckResponse:
         envelope = sign_envelope(response.SerializeToString(), signer, Domain.RESPONSE)
         with pytest.raises(AgencyFault, match="freeze result"):
             self._check(registry, envelope, body, request)
+
+
+class TestCheckStageOneAnswer:
+    """A stage-1 (hit / no-hit) answer of a staged disclosure carries a HitResult only; an answer
+    with details, or with anything that could carry them, is the agency's fault."""
+
+    @pytest.fixture
+    def setting(self, gw_federation: Path) -> tuple[Registry, Signer, bytes, request_pb2.Request]:
+        registry = Registry.load_dir(gw_federation)
+        bank = MemberCredentials.load(gw_federation, MemberId("bank.icbc"))
+        request = valid_request("accounts_by_id", now=datetime.now(UTC))
+        request.disclosure.stage = request_pb2.DISCLOSURE_STAGE_HITS
+        return registry, Signer.from_key(bank.signing_key), request.SerializeToString(), request
+
+    def _check(self, setting, response: request_pb2.Response) -> request_pb2.Response:  # type: ignore[no-untyped-def]
+        registry, signer, body, request = setting
+        response.request_id = request.request_id
+        response.request_hash = request_hash(body)
+        response.responder = "bank.icbc"
+        response.answered_at.FromDatetime(datetime.now(UTC))
+        envelope = sign_envelope(response.SerializeToString(), signer, Domain.RESPONSE)
+        return check_response(
+            envelope,
+            registry=registry,
+            request_body=body,
+            request_id=request.request_id,
+            target=MemberId("bank.icbc"),
+            action="accounts_by_id",
+            now=datetime.now(UTC),
+        )
+
+    @pytest.mark.parametrize("hit", [True, False])
+    def test_hit_or_no_hit(self, setting, hit: bool) -> None:  # type: ignore[no-untyped-def]
+        response = request_pb2.Response(
+            status=request_pb2.RESPONSE_STATUS_OK, hit=request_pb2.HitResult(hit=hit)
+        )
+        assert self._check(setting, response).hit.hit is hit
+
+    def test_a_refusal_without_result(self, setting) -> None:  # type: ignore[no-untyped-def]
+        response = request_pb2.Response(status=request_pb2.RESPONSE_STATUS_INVALID, detail="bad")
+        assert self._check(setting, response).status == request_pb2.RESPONSE_STATUS_INVALID
+
+    @pytest.mark.parametrize(
+        ("response", "match"),
+        [
+            (
+                request_pb2.Response(
+                    status=request_pb2.RESPONSE_STATUS_OK,
+                    accounts_by_id=bank_pb2.AccountsByIdResult(holder_name="张三"),
+                ),
+                r"with details \(accounts_by_id\)",
+            ),
+            (
+                request_pb2.Response(
+                    status=request_pb2.RESPONSE_STATUS_NOT_FOUND,
+                    accounts_by_id=bank_pb2.AccountsByIdResult(),
+                ),
+                r"with details \(accounts_by_id\)",
+            ),
+            (request_pb2.Response(status=request_pb2.RESPONSE_STATUS_OK), "without a hit result"),
+            (
+                request_pb2.Response(
+                    status=request_pb2.RESPONSE_STATUS_OK,
+                    hit=request_pb2.HitResult(hit=True),
+                    detail="6222020000000000013 张三",
+                ),
+                "with a detail text",
+            ),
+            (
+                request_pb2.Response(
+                    status=request_pb2.RESPONSE_STATUS_REFUSED, hit=request_pb2.HitResult()
+                ),
+                "hit result on a refusal",
+            ),
+        ],
+    )
+    def test_details_at_stage_one_are_faults(  # type: ignore[no-untyped-def]
+        self, setting, response: request_pb2.Response, match: str
+    ) -> None:
+        with pytest.raises(AgencyFault, match=match):
+            self._check(setting, response)
+
+    def test_a_hit_result_answers_nothing_else(self, setting) -> None:  # type: ignore[no-untyped-def]
+        registry, signer, _, _ = setting
+        request = valid_request("accounts_by_id", now=datetime.now(UTC))  # not staged
+        body = request.SerializeToString()
+        response = request_pb2.Response(
+            request_id=request.request_id,
+            request_hash=request_hash(body),
+            responder="bank.icbc",
+            status=request_pb2.RESPONSE_STATUS_OK,
+            hit=request_pb2.HitResult(hit=True),
+        )
+        envelope = sign_envelope(response.SerializeToString(), signer, Domain.RESPONSE)
+        with pytest.raises(AgencyFault, match="with a hit result"):
+            check_response(
+                envelope,
+                registry=registry,
+                request_body=body,
+                request_id=request.request_id,
+                target=MemberId("bank.icbc"),
+                action="accounts_by_id",
+                now=datetime.now(UTC),
+            )
 
 
 class _FlakyNode(agency_service_pb2_grpc.AgencyServiceServicer):

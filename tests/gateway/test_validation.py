@@ -776,3 +776,46 @@ class TestWorkflowLink:
         request = valid_request("accounts_by_id", now=NOW)
         request.target_set.group = request_pb2.TARGET_GROUP_ALL_BANKS
         assert fields_of(violations(request)) == ["target_set"]
+
+
+_HITS = request_pb2.DISCLOSURE_STAGE_HITS
+_DETAILS = request_pb2.DISCLOSURE_STAGE_DETAILS
+
+
+class TestDisclosure:
+    """``disclosure`` (staged disclosure, issue 15): a stage only on a hit-capable query;
+    stage 2 cites an earlier request, stage 1 cites nothing."""
+
+    @pytest.mark.parametrize("action", ["accounts_by_id", "sim_count"])
+    def test_both_stages_are_valid(self, action: str) -> None:
+        hits = valid_request(action, now=NOW)
+        hits.disclosure.stage = request_pb2.DISCLOSURE_STAGE_HITS
+        validate_request(hits, now=NOW)
+        details = valid_request(action, now=NOW)
+        details.disclosure.stage = request_pb2.DISCLOSURE_STAGE_DETAILS
+        details.disclosure.hits_request_id = hits.request_id
+        validate_request(details, now=NOW)
+
+    @pytest.mark.parametrize(
+        ("action", "stage", "cited", "fields"),
+        [
+            ("account_holder", _HITS, "", ["disclosure.stage"]),
+            ("stop_payment", _DETAILS, None, ["disclosure.stage"]),
+            ("accounts_by_id", request_pb2.DISCLOSURE_STAGE_UNSPECIFIED, "", ["disclosure.stage"]),
+            ("accounts_by_id", 7, "", ["disclosure.stage"]),
+            ("accounts_by_id", _HITS, None, ["disclosure.hits_request_id"]),
+            ("sim_count", _DETAILS, "", ["disclosure.hits_request_id"]),
+            ("sim_count", _DETAILS, "x", ["disclosure.hits_request_id"]),
+            ("sim_count", _DETAILS, "self", ["disclosure.hits_request_id"]),
+        ],
+    )
+    def test_malformed_stages_are_named(
+        self, action: str, stage: int, cited: str | None, fields: list[str]
+    ) -> None:
+        request = valid_request(action, now=NOW)
+        request.disclosure.stage = stage  # type: ignore[assignment]
+        if cited == "self":
+            request.disclosure.hits_request_id = request.request_id
+        else:
+            request.disclosure.hits_request_id = str(uuid.uuid4()) if cited is None else cited
+        assert fields_of(violations(request)) == fields

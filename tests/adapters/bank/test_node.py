@@ -136,6 +136,40 @@ class TestBankQueries:
         assert "metric" in response.detail
 
 
+class TestStageOne:
+    """Staged disclosure, stage 1: the bank answers from core banking whether any account is
+    held under the ID, and nothing more, automatically even where staff answer the details."""
+
+    def _hits(self, kit: Any, bank: str, id_number: str) -> request_pb2.Request:
+        request = kit.request("accounts_by_id", target=bank)
+        request.accounts_by_id.id_number = id_number
+        request.disclosure.stage = request_pb2.DISCLOSURE_STAGE_HITS
+        return request
+
+    async def test_hit_and_no_hit(self, kit: Any, bank_node: Any) -> None:
+        victim = kit.world.chains[0].victim
+        node = await bank_node(victim.bank_id, manual={"accounts_by_id"})
+        response = await ask(kit, node, self._hits(kit, victim.bank_id, victim.id_number))
+        assert response.status == OK
+        assert response.WhichOneof("result") == "hit"
+        assert response.hit.hit is True
+        assert not response.detail
+        assert not response.answered_by
+        unknown = self._hits(kit, victim.bank_id, "440106195001019976")
+        response = await ask(kit, node, unknown)
+        assert (response.status, response.hit.hit) == (OK, False)
+
+    async def test_only_accounts_by_id_has_a_stage_one(self, kit: Any, bank_node: Any) -> None:
+        victim = kit.world.chains[0].victim
+        node = await bank_node(victim.bank_id)
+        request = kit.request("account_holder", target=victim.bank_id)
+        request.disclosure.stage = request_pb2.DISCLOSURE_STAGE_HITS
+        response = await ask(kit, node, request)
+        assert response.status == INVALID
+        assert "disclosure.stage" in response.detail
+        assert response.WhichOneof("result") is None
+
+
 def _fresh(kit: Any, request: request_pb2.Request) -> request_pb2.Request:
     """The same query under a new request id (a new page is a new request)."""
     again = kit.request("transactions")

@@ -43,6 +43,20 @@ class TestCarrierQueries:
         assert count.id_number == victim.id_number
         assert count.live_sims >= 1
 
+    async def test_stage_one_says_hit_not_how_many(self, kit: Any, carrier_node: Any) -> None:
+        """Staged disclosure, stage 1: whether a live SIM is registered under the ID, not the
+        count; automatically even where staff answer the details."""
+        victim = kit.world.chains[0].victim
+        node = await carrier_node(victim.carrier_id, manual={"sim_count"})
+        for id_number, hit in ((victim.id_number, True), ("440106195001019976", False)):
+            request = kit.request("sim_count", target=victim.carrier_id)
+            request.sim_count.id_number = id_number
+            request.disclosure.stage = request_pb2.DISCLOSURE_STAGE_HITS
+            response = await kit.ask(node, request)
+            assert response.status == request_pb2.RESPONSE_STATUS_OK
+            assert response.WhichOneof("result") == "hit"
+            assert response.hit.hit is hit
+
     async def test_call_records_show_the_fraud_calls(self, kit: Any, carrier_node: Any) -> None:
         chain, fraud = fraud_number(kit)
         node = await carrier_node(fraud.carrier_id)

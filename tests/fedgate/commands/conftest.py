@@ -369,8 +369,8 @@ class _LoopThread:
 
 @dataclass
 class LiveFederation:
-    """A real gateway with bank.icbc (transactions answered by staff), carrier.cmcc and
-    carrier.cucc nodes on a seeded world, all on loopback mTLS."""
+    """A real gateway with bank.icbc (transactions answered by staff) and every carrier's node
+    on a seeded world, all on loopback mTLS."""
 
     endpoint: str
     world: World
@@ -393,6 +393,7 @@ def live_federation(
             ("bank.icbc", {"transactions"}),
             ("carrier.cmcc", set()),
             ("carrier.cucc", set()),
+            ("carrier.ctcc", set()),  # every carrier: `query sim-count --all-carriers`
         ):
             config = NodeConfig(
                 member_id=MemberId(member),

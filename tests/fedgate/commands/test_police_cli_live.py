@@ -149,6 +149,105 @@ class TestLiveQuery:
         assert "记录 records (" in run.out
 
 
+class TestLiveStaged:
+    """``query sim-count --all-carriers``: both stages of a staged disclosure in one command."""
+
+    def _person(self, live: LiveFederation) -> str:
+        return live.world.chains[0].victim.id_number
+
+    def test_text_shows_the_hits_then_the_details(
+        self, police: Callable[..., Run], live_federation: LiveFederation
+    ) -> None:
+        victim = live_federation.world.chains[0].victim
+        run = police("query", "sim-count", "--id-number", victim.id_number, "--all-carriers")
+        assert run.code == ExitCode.OK, run.out + run.err
+        lines = run.out.splitlines()
+        assert lines[0].startswith("stage 1 — hit / no hit at 3 members (request ")
+        assert lines[1].split() == ["member", "answer", "receipt"]
+        rows = {line.split()[0]: line for line in lines[2:5]}
+        assert set(rows) == {"carrier.cmcc", "carrier.cucc", "carrier.ctcc"}
+        assert "HIT" in rows[victim.carrier_id]
+        stage2 = next(i for i, line in enumerate(lines) if line.startswith("stage 2 — details"))
+        assert stage2 > 5
+        details = "\n".join(lines[stage2:])
+        assert f"— {victim.carrier_id}" in details
+        assert "answered OK automatically" in details
+        assert "live SIMs" in details
+        assert "✓ signed by" in details
+        # the details come after the hits, and only from members that hit
+        for member, row in rows.items():
+            if "no hit" in row:
+                assert f"— {member}" not in details
+
+    def test_json_links_the_stages(
+        self, police: Callable[..., Run], live_federation: LiveFederation
+    ) -> None:
+        victim = live_federation.world.chains[0].victim
+        run = police(
+            "query", "sim-count", "--id-number", victim.id_number, "--all-carriers", "--json"
+        )
+        assert run.code == ExitCode.OK, run.out + run.err
+        doc = run.json()
+        assert doc["outcome"] == "staged"
+        members = {m["member"]: m for m in doc["stage1"]["members"]}
+        assert set(members) == {"carrier.cmcc", "carrier.cucc", "carrier.ctcc"}
+        assert members[victim.carrier_id]["hit"] is True
+        hit = {m for m, row in members.items() if row["hit"]}
+        assert doc["stage2"]["hits_request_id"] == doc["stage1"]["request_id"]
+        assert {m["member"] for m in doc["stage2"]["members"]} == hit
+        for answer in doc["stage2"]["members"]:
+            assert answer["status"] == "OK"
+            assert answer["response"]["sim_count"]["id_number"] == victim.id_number
+            assert answer["verification"]["signed_by"] == answer["member"]
+
+    def test_nobody_hit_sends_no_second_stage(self, police: Callable[..., Run]) -> None:
+        from fedgate.testing import resident_id
+
+        nobody = resident_id(998, born=date(1950, 1, 1))
+        run = police("query", "sim-count", "--id-number", nobody, "--all-carriers", "--json")
+        assert run.code == ExitCode.AGENCY_DECLINED, run.out + run.err
+        doc = run.json()
+        assert doc["stage2"] is None
+        assert all(m["hit"] is False for m in doc["stage1"]["members"])
+
+    def test_a_refused_first_stage_is_printed_with_its_reason(
+        self, police: Callable[..., Run], live_federation: LiveFederation
+    ) -> None:
+        # a duty officer may not ask for SIMs under an ID at all: stage 1 is refused as a whole
+        argv = ("query", "sim-count", "--id-number", self._person(live_federation))
+        run = police(*argv, "--all-carriers", "--officer-role", "duty_officer", "--json")
+        assert run.code == ExitCode.REFUSED, run.out + run.err
+        doc = run.json()
+        assert doc["exit_code"] == ExitCode.REFUSED
+        assert doc["stage1"]["error"]["reason"] == "POLICY_DENIED"
+        assert doc["stage2"] is None
+        text = police(*argv, "--all-carriers", "--officer-role", "duty_officer")
+        assert text.code == ExitCode.REFUSED
+        assert "refused by the gateway: POLICY_DENIED" in text.err
+
+    def test_target_and_all_carriers_together_is_a_usage_error(
+        self, police: Callable[..., Run], live_federation: LiveFederation
+    ) -> None:
+        run = police(
+            "query",
+            "sim-count",
+            *("--id-number", self._person(live_federation), "--all-carriers"),
+            *("--target", "carrier.cmcc"),
+        )
+        assert run.code == ExitCode.USAGE
+        assert "not both" in run.err
+
+    def test_one_carrier_is_asked_directly(
+        self, police: Callable[..., Run], live_federation: LiveFederation
+    ) -> None:
+        victim = live_federation.world.chains[0].victim
+        run = police(
+            "query", "sim-count", "--id-number", victim.id_number, "--target", victim.carrier_id
+        )
+        assert run.code == ExitCode.OK, run.out + run.err
+        assert "live SIMs" in run.out
+
+
 class TestLiveOrder:
     def test_stop_payment(
         self, police: Callable[..., Run], live_federation: LiveFederation
