@@ -407,7 +407,8 @@ def _print_report(r: VerifyReport) -> None:
             f"  signatures   {s.requests_verified} allowed requests, {s.responses_verified} "
             f"responses verified; refused requests: {s.refused_signed} signed, "
             f"{s.refused_unverifiable} unverifiable; {s.responses_without_envelope} response "
-            f"legs without a signed response; {s.node_faults_unverifiable} node faults"
+            f"legs without a signed response; {s.node_faults_unverifiable} node faults; "
+            f"{s.sealed} legs sealed (bodies encrypted beside the log)"
         )
     for source, size in r.witnessed:
         print(f"  witnessed    size {size} cosigned by {source}: the log extends it")
