@@ -44,6 +44,7 @@ from adapters.synth import World, load_world, seed_world
 from fedgate.config import dump_toml
 from fedgate.errors import FedgateError
 from fedgate.federation import DEFAULT_MEMBERS, MemberKind
+from fedgate.kek import write_kek_file
 from fedgate.pki import FederationLayout, init_federation
 from fedgate.registry import Member, Registry
 from fedgate.risklist import risklist_origin
@@ -163,7 +164,11 @@ def _write_gateway_config(state: Path, registry: Registry) -> Path:
                 "server": {"listen": gateway.endpoint},
                 "federation": {"dir": "../federation"},
                 "pipeline": {"state_dir": "."},
-                "audit": {"origin": LOG_ORIGIN, "witnesses": [w.id for w in _witnesses(registry)]},
+                "audit": {
+                    "origin": LOG_ORIGIN,
+                    "witnesses": [w.id for w in _witnesses(registry)],
+                    "kek_path": "audit.kek",
+                },
                 "telemetry": {"log_level": "INFO"},
                 # the auditor console
                 "console": {"listen": f"127.0.0.1:{console_port(gateway.endpoint)}"},
@@ -173,6 +178,7 @@ def _write_gateway_config(state: Path, registry: Registry) -> Path:
         ),
         encoding="utf-8",
     )
+    write_kek_file(directory / "audit.kek")  # 0600, kept beside the state, never committed
     users = UserStore.in_state_dir(directory)
     try:
         if users.get(DEMO_AUDITOR) is None:

@@ -34,7 +34,7 @@ import re
 import secrets
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,6 +67,7 @@ __all__ = [
     "BodyDeleted",
     "BodyVault",
     "CaseKey",
+    "OpenedReader",
     "case_ref",
     "holds_sealed_bodies",
     "seal_entry",
@@ -530,3 +531,23 @@ def holds_sealed_bodies(connect: Callable[[], Any], *, pg: bool) -> bool:
         return con.execute("SELECT 1 FROM body_keys LIMIT 1").fetchone() is not None
     finally:
         con.close()
+
+
+class OpenedReader:
+    """A blocking shard reader (``SqliteDatabase``, ``PgDatabase``) whose leaves come back as
+    appended: sealed ones opened through ``vault``. For the gateway's start-up projections
+    (replay cache, business rules), which need the orders' fields; nothing displays them."""
+
+    def __init__(self, reader: Any, vault: BodyVault) -> None:
+        self._reader = reader
+        self._vault = vault
+
+    def search(self, query: Any) -> Any:
+        return self._reader.search(query)
+
+    def leaves(self, start: int, stop: int) -> list[bytes]:
+        return [self._vault.open_or_stored(leaf) for leaf in self._reader.leaves(start, stop)]
+
+    def request_legs_since(self, since_us: int) -> Iterator[bytes]:
+        for leaf in self._reader.request_legs_since(since_us):
+            yield self._vault.open_or_stored(leaf)

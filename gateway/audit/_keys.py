@@ -5,8 +5,8 @@ the gateway's operator holds. ``KeyWrapper`` is the seam: two methods, so an HSM
 plugs in by implementing them (``wrap`` = the HSM's ``C_WrapKey`` / KMS ``Encrypt`` with the
 context as additional authenticated data, ``unwrap`` = ``C_UnwrapKey`` / KMS ``Decrypt``); the
 key material then never leaves the device. ``FileKeyWrapper`` is the default: a 32-byte
-AES-256-GCM key in a file of mode 0600, written by ``write_kek_file`` (``fedgate`` setup and
-``gateway --init-kek``) and never committed anywhere.
+AES-256-GCM key in a file of mode 0600, written by ``fedgate.kek.write_kek_file`` (``fedgate
+up`` and ``python -m gateway.server --init-kek``) and never committed anywhere.
 
 Contract:
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import secrets
 import stat
 from pathlib import Path
@@ -30,10 +29,10 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from fedgate.errors import KeyUnavailable
+from fedgate.kek import KEK_FILE_HEADER, write_kek_file
 
 __all__ = ["KEK_FILE_HEADER", "FileKeyWrapper", "KeyWrapper", "write_kek_file"]
 
-KEK_FILE_HEADER = "fedgate-kek/v1"
 _KEY_SIZE = 32
 _NONCE_SIZE = 12
 
@@ -107,19 +106,3 @@ class FileKeyWrapper:
                 f"the key-encryption key {self._source} does not unwrap a stored key: it is "
                 "not the key the log was sealed with"
             ) from None
-
-
-def write_kek_file(path: Path) -> bool:
-    """Create a new random KEK file at ``path`` (mode 0600) unless one exists; returns whether
-    it wrote one. The file is created exclusively, so an existing key is never replaced."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w", encoding="ascii") as out:
-        key = base64.b64encode(secrets.token_bytes(_KEY_SIZE)).decode()
-        out.write(f"{KEK_FILE_HEADER} {key}\n")
-        out.flush()
-        os.fsync(out.fileno())
-    return True

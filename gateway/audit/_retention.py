@@ -21,9 +21,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from fedgate.audit_entry import EventEntry
+from fedgate.errors import FedgateError
 from gateway.audit._bodies import BodyVault
 
-__all__ = ["KEY_DESTROYED_EVENT", "RetentionPolicy", "run_retention"]
+__all__ = ["KEY_DESTROYED_EVENT", "RetentionPolicy", "retention_loop", "run_retention"]
 
 KEY_DESTROYED_EVENT = "body_key_destroyed"
 
@@ -91,3 +92,17 @@ async def run_retention(
 
 def _destroy(vault: BodyVault, ref: str, rule: str, now: datetime) -> None:
     vault.destroy(ref, rule=rule, now=now)
+
+
+async def retention_loop(
+    log: _Appender, vault: BodyVault, policy: RetentionPolicy, *, actor: str
+) -> None:
+    """Run the retention job every ``policy.interval`` until cancelled. A failed run (the log
+    or the bodies unavailable) is logged and tried again at the next interval: keys are kept
+    meanwhile, never destroyed unlogged."""
+    while True:
+        try:
+            await run_retention(log, vault, policy, actor=actor, now=datetime.now(UTC))
+        except FedgateError as exc:
+            _log.error("retention run failed, keys kept until the next run: %s", exc.message)
+        await asyncio.sleep(policy.interval.total_seconds())

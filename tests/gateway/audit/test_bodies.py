@@ -19,10 +19,11 @@ from fedgate.auditverify import VerifyOptions, verify_log
 from fedgate.envelope import decode_request
 from fedgate.errors import KeyUnavailable, NotFound
 from fedgate.evidence import log_verifiers, verify_bundle, witness_verifiers
+from fedgate.kek import write_kek_file
 from fedgate.sealed import matches
 from fedgate.v1 import envelope_pb2
 from gateway.audit._bodies import BLIND_PREFIX, BodyDeleted, BodyVault
-from gateway.audit._keys import FileKeyWrapper, write_kek_file
+from gateway.audit._keys import FileKeyWrapper
 from gateway.audit._retention import KEY_DESTROYED_EVENT, RetentionPolicy, run_retention
 from gateway.audit.log import AuditLog
 from gateway.audit.pg_store import PgDatabase
@@ -141,14 +142,14 @@ class TestSealedAtRest:
 
 class TestKeys:
     def test_a_missing_kek_file_fails_closed(self, tmp_path: Path) -> None:
-        with pytest.raises(KeyUnavailable, match="no key-encryption key at .*init-kek"):
+        with pytest.raises(KeyUnavailable, match=r"no key-encryption key at .*init-kek"):
             FileKeyWrapper.load(tmp_path / "absent")
 
     def test_a_kek_readable_by_others_is_refused(self, tmp_path: Path) -> None:
         path = tmp_path / "kek"
         write_kek_file(path)
         os.chmod(path, 0o644)
-        with pytest.raises(KeyUnavailable, match="readable by others .*chmod 600"):
+        with pytest.raises(KeyUnavailable, match=r"readable by others .*chmod 600"):
             FileKeyWrapper.load(path)
 
     def test_a_malformed_kek_file_is_refused(self, tmp_path: Path) -> None:
@@ -216,7 +217,8 @@ class TestRetention:
                 log.vault.open(stored)
             assert await log.open_entry(index) == stored  # nothing but the sealed leaf is left
         event = decode_entry(await log.get_entry(log.size - 1))
-        assert isinstance(event, EventEntry) and event.kind == KEY_DESTROYED_EVENT
+        assert isinstance(event, EventEntry)
+        assert event.kind == KEY_DESTROYED_EVENT
         assert ("case", request.case_number) in event.detail
         await logs.cosigned(log)
         await log.close()
@@ -241,7 +243,8 @@ class TestRetention:
             options=VerifyOptions(federation=fed.dir),
         )
         assert report.ok, report.failure
-        assert report.signatures is not None and report.signatures.sealed == 2
+        assert report.signatures is not None
+        assert report.signatures.sealed == 2
         checked = verify_bundle(bundle, registry)
         assert any("sealed" in line for line in checked.checks)
 
@@ -258,7 +261,8 @@ class TestRetention:
         receipt = await log.append(again)
         assert await log.open_entry(receipt.index) == encode_entry(again)
         key = log.vault.case_key(f"{first.case_number}#2")
-        assert key is not None and key.destroyed is None
+        assert key is not None
+        assert key.destroyed is None
 
     def test_negative_durations_are_refused(self) -> None:
         with pytest.raises(ValueError, match="keep_after_close must not be negative"):
