@@ -24,6 +24,7 @@ MODULES: tuple[str, ...] = (
     "bench_errors",
     "bench_chase",
     "bench_risklist",
+    "bench_privacy",
 )
 RESULTS = Path(__file__).with_name("results.json")
 

@@ -32,7 +32,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,7 @@ from gateway.audit import (
     RetentionPolicy,
     holds_sealed_bodies,
     retention_loop,
+    run_retention,
 )
 from gateway.audit.insights import PgShard
 from gateway.audit.log import AuditLog
@@ -275,6 +276,45 @@ def _retention_policy(config: GatewayConfig) -> RetentionPolicy:
         keep_after_close=timedelta(days=audit.keep_after_close_days),
         interval=timedelta(seconds=audit.retention_interval_s),
     )
+
+
+async def run_retention_once(config: GatewayConfig, *, now: datetime) -> list[str]:
+    """``fedgate audit retention``: open this instance's shard as its writer (the gateway MUST
+    be stopped: the store's lock refuses a second writer), run the retention job once as of
+    ``now``, close. Returns the case keys destroyed. Raises ``ConfigError`` without
+    ``audit.kek_path``, ``KeyUnavailable``, ``AuditUnavailable``."""
+    if config.audit.kek_path is None:
+        raise ConfigError("audit.kek_path is not set: this log keeps no sealed bodies")
+    identity = _load_identity(config)
+    store = await _open_audit_store(config)
+    try:
+        vault = await asyncio.to_thread(_open_vault, config)
+    except BaseException:
+        await store.close()
+        raise
+    assert vault is not None
+    try:
+        log = await AuditLog.open(
+            store=store,
+            origin=config.audit.origin,
+            signer=NoteSigner(
+                name=config.audit.origin, private_key=identity.credentials.signing_key
+            ),
+            state_path=config.audit_state_path,
+            vault=vault,
+        )
+    except BaseException:
+        try:
+            await store.close()
+        finally:
+            vault.close()
+        raise
+    try:
+        return await run_retention(
+            log, vault, _retention_policy(config), actor=identity.member_id, now=now
+        )
+    finally:
+        await log.close()
 
 
 def _console_source(config: GatewayConfig) -> Path | PgShard:

@@ -379,17 +379,12 @@ class BodyVault:
     def _context(self, ref: str) -> bytes:
         return f"fedgate-body-key/v1\n{self._origin}\n{ref}".encode()
 
-    def _load_or_create(self, ref: str, now: datetime, *, create: bool = True) -> bytes:
-        """The unwrapped key ``ref``, created (and durably stored) if it does not exist."""
+    def _load(self, ref: str) -> bytes | None:
+        """The unwrapped key ``ref``, ``None`` if it does not exist; ``BodyDeleted`` if it
+        was destroyed, ``KeyUnavailable`` if it was wrapped under another KEK."""
         found = self._fetch(_SELECT_KEY, ref=ref)
-        if not found and not create:
-            raise AuditUnavailable(f"the data key {ref!r} of a stored body is missing")
         if not found:
-            key = secrets.token_bytes(_KEY_SIZE)
-            wrapped = self._wrapper.wrap(key, context=self._context(ref))
-            row = {"ref": ref, "kek_id": self._wrapper.key_id, "wrapped": wrapped, "us": _us(now)}
-            self._write([(_INSERT_KEY, [row])])
-            found = self._fetch(_SELECT_KEY, ref=ref)  # another instance may have won the race
+            return None
         kek_id, wrapped, destroyed_us, rule = found[0]
         if wrapped is None:
             raise BodyDeleted(-1, micros_to_time(int(destroyed_us)), str(rule))
@@ -400,24 +395,54 @@ class BodyVault:
             )
         return self._wrapper.unwrap(bytes(wrapped), context=self._context(ref))
 
-    def _data_key(self, ref: str, now: datetime, *, create: bool = True) -> AESGCM:
+    def _new_key(self, ref: str, now: datetime) -> tuple[bytes, _Params]:
+        """A fresh key for ``ref`` and the ``body_keys`` row that stores it wrapped."""
+        key = secrets.token_bytes(_KEY_SIZE)
+        wrapped = self._wrapper.wrap(key, context=self._context(ref))
+        return key, {"ref": ref, "kek_id": self._wrapper.key_id, "wrapped": wrapped, "us": _us(now)}
+
+    def _load_or_create(self, ref: str, now: datetime) -> bytes:
+        """The unwrapped key ``ref``, created and durably stored if it does not exist."""
+        key = self._load(ref)
+        if key is None:
+            _, row = self._new_key(ref, now)
+            self._write([(_INSERT_KEY, [row])])
+            key = self._load(ref)  # another process opening the same log may have won
+            if key is None:
+                raise AuditUnavailable(f"the key {ref!r} was not stored")
+        return key
+
+    def _data_key(self, ref: str) -> AESGCM:
+        """The cached or stored key ``ref``; ``AuditUnavailable`` when there is none."""
         aead = self._keys.get(ref)
         if aead is None:
-            aead = AESGCM(self._load_or_create(ref, now, create=create))
-            self._keys[ref] = aead
+            key = self._load(ref)
+            if key is None:
+                raise AuditUnavailable(f"the data key {ref!r} of a stored body is missing")
+            aead = self._keys[ref] = AESGCM(key)
         return aead
 
-    def _live_ref(self, ref: str, now: datetime) -> tuple[str, AESGCM]:
+    def _live_ref(self, ref: str, now: datetime, created: list[_Params]) -> tuple[str, AESGCM]:
         """The key a new body of case ``ref`` is sealed under: the case's key, or after it was
         destroyed (the case came back after its retention ended) the next generation's
-        (``CASE#2``, ``CASE#3`` ...), so shredded bodies stay shredded."""
+        (``CASE#2``, ``CASE#3`` ...), so shredded bodies stay shredded. A key that does not
+        exist yet is made, and its row added to ``created`` (stored with the bodies)."""
         generation = 1
         while True:
             current = ref if generation == 1 else f"{ref}#{generation}"
+            aead = self._keys.get(current)
+            if aead is not None:
+                return current, aead
             try:
-                return current, self._data_key(current, now)
+                key = self._load(current)
             except BodyDeleted:
                 generation += 1
+                continue
+            if key is None:
+                key, row = self._new_key(current, now)
+                created.append(row)
+            aead = self._keys[current] = AESGCM(key)
+            return current, aead
 
     def blind(self, subject: str) -> str:
         """The blind index of a subject identifier (what sealed leaves and searches hold)."""
@@ -433,21 +458,29 @@ class BodyVault:
 
     def store(self, bodies: Sequence[tuple[int, bytes, str, bytes]], *, now: datetime) -> None:
         """Encrypt and durably store ``(leaf index, sealed leaf hash, key ref, clear leaf)``
-        in one transaction, recording each key's use at ``now``."""
+        in one transaction with the data keys of cases seen for the first time, recording each
+        key's use at ``now``."""
         rows: list[_Params] = []
+        created: list[_Params] = []
         touched: dict[str, int] = {}
         for index, digest, case, clear in bodies:
-            ref, aead = self._live_ref(case, now)
+            ref, aead = self._live_ref(case, now, created)
             nonce = secrets.token_bytes(_NONCE_SIZE)
             sealed = nonce + aead.encrypt(nonce, clear, self._aad(index, digest))
             rows.append({"idx": index, "leaf_hash": digest, "ref": ref, "sealed": sealed})
             touched[ref] = _us(now)
-        self._write(
-            [
-                (_INSERT_BODY, rows),
-                (_TOUCH_KEY, [{"us": us, "ref": ref} for ref, us in touched.items()]),
-            ]
-        )
+        try:
+            self._write(
+                [
+                    (_INSERT_KEY, created),
+                    (_INSERT_BODY, rows),
+                    (_TOUCH_KEY, [{"us": us, "ref": ref} for ref, us in touched.items()]),
+                ]
+            )
+        except BaseException:
+            for row in created:  # not stored: never seal with them
+                self._keys.pop(row["ref"], None)
+            raise
 
     def open(self, stored_leaf: bytes) -> bytes:
         """The clear leaf of the entry whose stored, sealed leaf is ``stored_leaf``.
@@ -463,7 +496,7 @@ class BodyVault:
         # the same indices leaves an identical twin, which decrypts the same.
         index, ref, sealed = int(found[0][0]), str(found[0][1]), bytes(found[0][2])
         try:
-            aead = self._data_key(ref, datetime.now(UTC), create=False)
+            aead = self._data_key(ref)
         except BodyDeleted as exc:
             raise BodyDeleted(index, exc.destroyed, exc.rule) from None
         try:
