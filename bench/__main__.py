@@ -26,6 +26,7 @@ MODULES: tuple[str, ...] = (
     "bench_risklist",
     "bench_shared",
     "bench_scaleout",
+    "bench_privacy",
 )
 RESULTS = Path(__file__).with_name("results.json")
 

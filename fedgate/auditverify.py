@@ -54,6 +54,7 @@ from fedgate.evidence import HistoricalKeys, check_request_leg, check_response_l
 from fedgate.merkle import HASH_SIZE, CompactRange
 from fedgate.note import NoteVerifier, verify_note
 from fedgate.registry import Registry
+from fedgate.sealed import sealed_digest
 from fedgate.tiles import TILE_HEIGHT, TILE_WIDTH, TiledTree, edge_of, tile_path
 
 __all__ = [
@@ -134,6 +135,9 @@ class SignatureCounts:
     responses_verified: int = 0
     responses_without_envelope: int = 0
     node_faults_unverifiable: int = 0
+    sealed: int = 0
+    """Legs whose envelopes are sealed (stored encrypted beside the log): the gateway checked
+    their signatures before logging them; verification without the bodies cannot."""
 
     def add(self, other: SignatureCounts) -> None:
         self.requests_verified += other.requests_verified
@@ -142,6 +146,7 @@ class SignatureCounts:
         self.responses_verified += other.responses_verified
         self.responses_without_envelope += other.responses_without_envelope
         self.node_faults_unverifiable += other.node_faults_unverifiable
+        self.sealed += other.sealed
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,6 +329,9 @@ class _Checker:
     ) -> Failure | None:
         assert self.keys is not None
         entry = decode_entry(data)
+        if isinstance(entry, RequestLeg | ResponseLeg) and _is_sealed(entry):
+            counts.sealed += 1
+            return None
         if isinstance(entry, RequestLeg):
             try:
                 check_request_leg(entry, self.keys)
@@ -356,6 +364,11 @@ class _Checker:
             else:
                 counts.responses_verified += 1
         return None
+
+
+def _is_sealed(entry: RequestLeg | ResponseLeg) -> bool:
+    field = entry.envelope if isinstance(entry, RequestLeg) else entry.response_envelope
+    return sealed_digest(field) is not None
 
 
 _worker: _Checker | None = None

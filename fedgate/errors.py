@@ -29,6 +29,7 @@ string (the ``google.rpc.ErrorInfo`` reason). Handlers raise these; one place
     ├── AgencyFault                UNAVAILABLE (node answered wrongly)
     ├── AuditUnavailable           UNAVAILABLE (log cannot be written)
     ├── LogInconsistent            FAILED_PRECONDITION (refuse to sign/cosign)
+    ├── KeyUnavailable             FAILED_PRECONDITION (key-encryption key missing or wrong)
     ├── StoreVersionError          FAILED_PRECONDITION (a store's schema version is refused)
     └── VerificationError          DATA_LOSS (audit verification failed)
         └── NotCosigned            a checkpoint lacks the witness cosignatures required (yet)
@@ -53,6 +54,7 @@ __all__ = [
     "InProgress",
     "InvalidArgument",
     "KeyNotValid",
+    "KeyUnavailable",
     "LogInconsistent",
     "MemberRefused",
     "NotCosigned",
@@ -248,6 +250,15 @@ class AuditUnavailable(FedgateError):
 class LogInconsistent(FedgateError):
     code = grpc.StatusCode.FAILED_PRECONDITION
     reason = "LOG_INCONSISTENT"
+
+
+class KeyUnavailable(FedgateError):
+    """The key-encryption key that protects stored bodies is missing, unreadable, too widely
+    readable or not the one the bodies were sealed under: the gateway refuses to start (it
+    would otherwise store bodies nobody can read, or fail to read its own)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "KEY_UNAVAILABLE"
 
 
 class VerificationError(FedgateError):

@@ -42,6 +42,7 @@ from fedgate.federation import MemberKind
 from fedgate.keys import public_key_from_raw
 from fedgate.note import NoteVerifier, b64decode_strict
 from fedgate.registry import Member, Registry
+from fedgate.sealed import sealed_digest
 from fedgate.tlogproof import TlogProof, parse_tlog_proof, verify_tlog_proof
 from fedgate.types import KeyId
 from fedgate.v1 import envelope_pb2
@@ -371,6 +372,12 @@ def _check_entry(
                 f"entry {i}: request {entry.request_id or '(undecoded)'} refused by the "
                 f"gateway: {entry.rule}"
             ]
+        if sealed_digest(entry.envelope) is not None:
+            return [
+                f"entry {i}: request {entry.request_id} allowed by {entry.rule!r}; its signed "
+                f"envelope is sealed (SHA-256 {entry.envelope[-32:].hex()}), checked by an "
+                "auditor's reveal"
+            ]
         try:
             signer = check_request_leg(entry, keys)
         except VerificationError as exc:
@@ -391,6 +398,11 @@ def _check_entry(
                 f"the request leg of {entry.request_id}"
             )
         body = request.envelope
+        if sealed_digest(entry.response_envelope) is not None or sealed_digest(body):
+            return [
+                f"entry {i}: {entry.status} from {entry.responder}; the signed envelopes are "
+                "sealed, checked by an auditor's reveal"
+            ]
         try:
             responder = check_response_leg(entry, keys, request_body=body)
         except VerificationError as exc:

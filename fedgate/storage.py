@@ -140,6 +140,9 @@ class Schema:
     migrations: Mapping[int, str] = field(default_factory=dict)
     legacy_table: str | None = None
     """A table every unversioned (pre-versioning, version 1) database of this store has."""
+    lives_in: str | None = None
+    """The store whose database this one is kept in, beside its tables (e.g. the audit bodies
+    in the audit log's file): that store's version row is expected, not a wrong file."""
 
     def __post_init__(self) -> None:
         if self.version < 1:
@@ -174,7 +177,7 @@ def _plan(
     migrations to run). Raises ``StoreVersionError`` for a database it must refuse."""
     version = found.get(schema.store)
     if version is None:
-        others = sorted(s for s in found if s != schema.store)
+        others = sorted(s for s in found if s not in (schema.store, schema.lives_in))
         if others:
             raise StoreVersionError(
                 f"{where} holds the {', '.join(others)}, not a fedgate {schema.store}; "

@@ -6,7 +6,8 @@
                  reconcile_interval_s
     [shared]     store ("local" | "postgres"), dsn, schema: the state several instances share
     [audit]      origin, store ("sqlite" | "postgres"), path (SQLite), dsn and schema
-                 (PostgreSQL), state_path, keep_response_bodies, witnesses
+                 (PostgreSQL), state_path, keep_response_bodies, witnesses, kek_path,
+                 close_after_idle_days, keep_after_close_days, retention_interval_s
     [routing]    timeout_s, max_attempts, retry_backoff_s, breaker_failures, breaker_reset_s,
                  endpoints (member id -> host:port, overriding the registry)
     [policy]     dir, reload_interval_ms
@@ -139,9 +140,21 @@ class AuditConfig:
     file of this instance. Default ``<path>.state`` beside the SQLite file, or
     ``<state_dir>/audit-<origin>.state`` (origin made file-safe) for PostgreSQL."""
     keep_response_bodies: bool = True
-    """Keep each agency's signed response envelope in its response leg, so that auditors can
-    check the agency's signature offline (``fedgate audit verify``, evidence bundles). Turn
-    off to keep only the response hash and signature."""
+    """Keep each agency's signed response envelope, so that auditors can check the agency's
+    signature (after a reveal, or offline from an unsealed log). With ``kek_path`` it is kept
+    encrypted beside the log, never in clear; turn off to keep only its hash and signature."""
+    kek_path: Path | None = None
+    """The key-encryption key file (mode 0600; ``python -m gateway.server --init-kek`` or
+    ``fedgate up`` writes one) that wraps the per-case data keys. With it, every entry holding
+    personal data is sealed (docs/privacy.md); without it, the log stores entries whole (a
+    development setup) and a log that was sealed is refused."""
+    close_after_idle_days: int = 365
+    """A case counts as closed when nothing was logged under it for this many days."""
+    keep_after_close_days: int = 1095
+    """Its data key is destroyed (its bodies crypto-shredded) this many days after it closed:
+    3 years, the PIPL Art. 56 minimum for records of processing (docs/privacy.md)."""
+    retention_interval_s: float = 3600.0
+    """How often the gateway runs the retention job (0: only ``fedgate audit retention``)."""
     witnesses: tuple[str, ...] = ()
     """Members (with the ``witness`` role) asked to cosign each new checkpoint, at their registry
     endpoint or ``[routing] endpoints``. Appends never wait for them."""
@@ -445,6 +458,9 @@ class GatewayConfig:
 
     def _validate_audit_store(self) -> None:
         audit = self.audit
+        _positive(audit.close_after_idle_days, "audit.close_after_idle_days", allow_zero=True)
+        _positive(audit.keep_after_close_days, "audit.keep_after_close_days", allow_zero=True)
+        _positive(audit.retention_interval_s, "audit.retention_interval_s", allow_zero=True)
         if audit.store not in ("sqlite", "postgres"):
             raise ConfigError(f'audit.store must be "sqlite" or "postgres", got {audit.store!r}')
         if audit.store == "sqlite":

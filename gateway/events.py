@@ -107,7 +107,7 @@ class _SeenEvents:
             for hit in hits:
                 if hit.columns[0] != EntryKind.EVENT:
                     continue
-                entry = decode_entry(await self._log.get_entry(hit.index))
+                entry = decode_entry(await self._log.open_entry(hit.index))
                 if isinstance(entry, EventEntry) and entry.member == member:
                     self._until[_event_key(entry)] = entry.at + self._skew
             if len(hits) < 500:

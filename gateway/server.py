@@ -43,19 +43,23 @@ import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import grpc.aio
+import psycopg
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry import metrics, trace
+from psycopg import sql
 
 from fedgate.checkpoint import CosignatureVerifier
 from fedgate.envelope import Signer
-from fedgate.errors import FedgateError
+from fedgate.errors import FedgateError, KeyUnavailable
+from fedgate.kek import write_kek_file
 from fedgate.keys import public_key_from_raw
 from fedgate.note import NoteSigner
 from fedgate.otel import Exporters, client_interceptors, server_interceptors
@@ -64,6 +68,7 @@ from fedgate.registry import Registry
 from fedgate.risklist import risklist_origin
 from fedgate.roster import ROSTERS_DIR
 from fedgate.status import ErrorInterceptor
+from fedgate.storage import open_sqlite
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options, server_credentials
 from fedgate.trust import TrustHolder
 from fedgate.types import MemberId
@@ -80,6 +85,15 @@ from fedgate.witness import GrpcWitnessClient
 from gateway import workers
 from gateway.alerts import AlertHub, AlertServicer
 from gateway.appeals import AppealBook
+from gateway.audit import (
+    BodyVault,
+    FileKeyWrapper,
+    OpenedReader,
+    RetentionPolicy,
+    holds_sealed_bodies,
+    retention_loop,
+    run_retention,
+)
 from gateway.audit.insights import PgShard
 from gateway.audit.log import AuditLog
 from gateway.audit.pg_store import PgDatabase, open_pg_store
@@ -235,6 +249,91 @@ async def _open_audit_store(config: GatewayConfig) -> AuditStore:
     )
 
 
+def _open_vault(config: GatewayConfig) -> BodyVault | None:
+    """The encrypted bodies of this instance's shard when ``audit.kek_path`` is set (blocking).
+
+    Without a KEK, a shard that already holds sealed bodies is refused (``KeyUnavailable``):
+    writing clear entries into it, or rebuilding state from entries it cannot open, would
+    both be wrong. Raises ``KeyUnavailable`` for a missing or wrong KEK."""
+    audit = config.audit
+    pg = audit.store == "postgres"
+    if audit.kek_path is None:
+        if pg:
+            sealed = holds_sealed_bodies(
+                lambda: _pg_schema_connection(audit.dsn, audit.schema), pg=True
+            )
+        else:
+            sealed = config.audit_path.exists() and holds_sealed_bodies(
+                lambda: open_sqlite(config.audit_path, read_only=True), pg=False
+            )
+        if sealed:
+            raise KeyUnavailable(
+                "the audit log holds sealed bodies but audit.kek_path is not set: configure "
+                "the key-encryption key they were sealed with"
+            )
+        return None
+    wrapper = FileKeyWrapper.load(audit.kek_path)
+    if pg:
+        return BodyVault.open_pg(
+            audit.dsn, schema=audit.schema, wrapper=wrapper, origin=audit.origin
+        )
+    return BodyVault.open_sqlite(config.audit_path, wrapper=wrapper, origin=audit.origin)
+
+
+def _pg_schema_connection(dsn: str, schema: str) -> psycopg.Connection[Any]:
+    conn = psycopg.connect(dsn, autocommit=True)
+    conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+    return conn
+
+
+def _retention_policy(config: GatewayConfig) -> RetentionPolicy:
+    audit = config.audit
+    return RetentionPolicy(
+        close_after_idle=timedelta(days=audit.close_after_idle_days),
+        keep_after_close=timedelta(days=audit.keep_after_close_days),
+        interval=timedelta(seconds=audit.retention_interval_s),
+    )
+
+
+async def run_retention_once(config: GatewayConfig, *, now: datetime) -> list[str]:
+    """``fedgate audit retention``: open this instance's shard as its writer (the gateway MUST
+    be stopped: the store's lock refuses a second writer), run the retention job once as of
+    ``now``, close. Returns the case keys destroyed. Raises ``ConfigError`` without
+    ``audit.kek_path``, ``KeyUnavailable``, ``AuditUnavailable``."""
+    if config.audit.kek_path is None:
+        raise ConfigError("audit.kek_path is not set: this log keeps no sealed bodies")
+    identity = _load_identity(config)
+    store = await _open_audit_store(config)
+    try:
+        vault = await asyncio.to_thread(_open_vault, config)
+    except BaseException:
+        await store.close()
+        raise
+    assert vault is not None
+    try:
+        log = await AuditLog.open(
+            store=store,
+            origin=config.audit.origin,
+            signer=NoteSigner(
+                name=config.audit.origin, private_key=identity.credentials.signing_key
+            ),
+            state_path=config.audit_state_path,
+            vault=vault,
+        )
+    except BaseException:
+        try:
+            await store.close()
+        finally:
+            vault.close()
+        raise
+    try:
+        return await run_retention(
+            log, vault, _retention_policy(config), actor=identity.member_id, now=now
+        )
+    finally:
+        await log.close()
+
+
 def _console_source(config: GatewayConfig) -> Path | PgShard:
     """Where the auditor console reads this instance's shard: the SQLite file or PostgreSQL."""
     audit = config.audit
@@ -251,7 +350,7 @@ def _shard_reader(config: GatewayConfig) -> SqliteDatabase | PgDatabase:
     return SqliteDatabase(config.audit_path, origin=audit.origin, writer=False)
 
 
-def _rebuild_rules(config: GatewayConfig) -> BusinessRules:
+def _rebuild_rules(config: GatewayConfig, vault: BodyVault | None) -> BusinessRules:
     """The business-rule state, rebuilt in memory from the configured shard (blocking); when
     shared, the shared projection with this shard's executed orders recorded again.
 
@@ -264,7 +363,8 @@ def _rebuild_rules(config: GatewayConfig) -> BusinessRules:
         rules = BusinessRules.in_memory()
     source = _shard_reader(config)
     try:
-        rebuilt = rebuild_rules(rules, source, origin=config.audit.origin)
+        opened = source if vault is None else OpenedReader(source, vault)
+        rebuilt = rebuild_rules(rules, opened, origin=config.audit.origin)
     except BaseException:
         rules.close()
         raise
@@ -279,14 +379,14 @@ def _rebuild_rules(config: GatewayConfig) -> BusinessRules:
     return rules
 
 
-def _rebuild_replay(config: GatewayConfig, replay: ReplayStore) -> Rebuilt:
+def _rebuild_replay(config: GatewayConfig, replay: ReplayStore, vault: BodyVault | None) -> Rebuilt:
     """Rebuild ``replay`` from the configured shard through a reader of its own (blocking)."""
     audit = config.audit
     source = _shard_reader(config)
     try:
         return rebuild_from_audit(
             replay,
-            source,
+            source if vault is None else OpenedReader(source, vault),
             origin=audit.origin,
             skew=timedelta(seconds=config.pipeline.clock_skew_s),
         )
@@ -295,7 +395,7 @@ def _rebuild_replay(config: GatewayConfig, replay: ReplayStore) -> Rebuilt:
 
 
 async def _open_replay_cache(
-    config: GatewayConfig, resources: contextlib.AsyncExitStack
+    config: GatewayConfig, resources: contextlib.AsyncExitStack, vault: BodyVault | None
 ) -> ReplayStore:
     """The replay cache (closed by ``resources``), rebuilt from the audit log's window before
     anything is checked.
@@ -321,7 +421,7 @@ async def _open_replay_cache(
             synchronous="FULL" if pipeline.replay_synchronous == "full" else "NORMAL",
         )
     resources.callback(replay.close)
-    rebuilt = await asyncio.to_thread(_rebuild_replay, config, replay)
+    rebuilt = await asyncio.to_thread(_rebuild_replay, config, replay, vault)
     _log.info(
         "replay cache rebuilt from the audit log: %d requests from %d request legs in %.4f s",
         rebuilt.remembered,
@@ -350,7 +450,9 @@ async def _open_parts(
     tickets and alerts stores and the router; each closed by ``resources``."""
     store = audit_store or await _open_audit_store(config)
     endpoints = dict(config.routing.endpoints)
+    vault: BodyVault | None = None
     try:
+        vault = await asyncio.to_thread(_open_vault, config)
         witnesses = _witness_clients(
             config, identity.registry, identity.credentials, endpoints, resources
         )
@@ -362,13 +464,18 @@ async def _open_parts(
             ),
             witnesses=witnesses,
             state_path=config.audit_state_path,
+            vault=vault,
         )
     except BaseException:
-        await store.close()
+        try:
+            await store.close()
+        finally:
+            if vault is not None:
+                vault.close()
         raise
     resources.push_async_callback(audit.close)
-    replay = await _open_replay_cache(config, resources)
-    rules = await asyncio.to_thread(_rebuild_rules, config)
+    replay = await _open_replay_cache(config, resources, vault)
+    rules = await asyncio.to_thread(_rebuild_rules, config, vault)
     resources.callback(rules.close)
     outcomes, quotas = await asyncio.to_thread(_open_shared_parts, config)
     resources.callback(outcomes.close)
@@ -700,6 +807,15 @@ class Gateway:
                 name="reconcile",
             )
             resources.push_async_callback(_cancel, gateway._reconcile_task)
+        vault = parts.audit.vault
+        if vault is not None and config.audit.retention_interval_s > 0:
+            retention = asyncio.create_task(
+                retention_loop(
+                    parts.audit, vault, _retention_policy(config), actor=identity.member_id
+                ),
+                name="retention",
+            )
+            resources.push_async_callback(_cancel, retention)
         if config.audit.tiles_listen:
             host, _, tiles_port = config.audit.tiles_listen.rpartition(":")
             tiles = EmbeddedServer(
@@ -820,6 +936,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--instance", type=int, help=argparse.SUPPRESS)  # a supervisor's worker
     parser.add_argument("--share-port", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--init-kek",
+        action="store_true",
+        help="write a new key-encryption key at audit.kek_path (mode 0600) if none is there, "
+        "and exit",
+    )
     args = parser.parse_args(argv)
     try:
         config = GatewayConfig.load(args.config)
@@ -835,6 +957,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"fedgate gateway: {exc.message}", file=sys.stderr)
         return 2
+    if args.init_kek:
+        if config.audit.kek_path is None:
+            print("fedgate gateway: set audit.kek_path first", file=sys.stderr)
+            return 2
+        wrote = write_kek_file(config.audit.kek_path)
+        done = "wrote" if wrote else "kept the existing"
+        print(f"{done} key-encryption key {config.audit.kek_path}")
+        return 0
     configure_logging(config.telemetry.log_level, json_logs=config.telemetry.log_json)
     if plan is not None and len(plan.listens) > 1:
         try:

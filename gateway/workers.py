@@ -18,7 +18,7 @@ so that ``fedgate audit add-user --state DIR`` serves every worker.
 
 Several instances MUST share what a single one keeps to itself, or a second instance would
 accept a replay the first refused: ``check_shared`` refuses to start workers unless the audit
-log and the replay cache are on PostgreSQL (``audit.store`` and ``pipeline.replay_store``).
+log and the shared state are on PostgreSQL (``audit.store`` and ``[shared] store``).
 """
 
 from __future__ import annotations
@@ -67,17 +67,17 @@ def _moved(address: str, by: int) -> str:
 def check_shared(config: GatewayConfig) -> None:
     """Raise ``ConfigError`` unless ``config`` may run as one of several instances.
 
-    The replay cache and the audit shards MUST be in the shared PostgreSQL database; options
+    The shared state and the audit shards MUST be in the shared PostgreSQL database; options
     that name one file for the whole gateway MUST be left to each worker's state directory."""
     if config.audit.store != "postgres":
         raise ConfigError(
             'several gateway instances need audit.store = "postgres" (one shard each in a '
             "shared database), not " + repr(config.audit.store)
         )
-    if config.pipeline.replay_store != "postgres":
+    if not config.is_shared:
         raise ConfigError(
-            'several gateway instances need pipeline.replay_store = "postgres": a replay cache '
-            "of their own would let one instance accept a request another already took"
+            'several gateway instances need shared.store = "postgres": state of their own '
+            "would let one instance accept a replay or an order another already refused"
         )
     for option, value in (
         ("audit.state_path", config.audit.state_path),

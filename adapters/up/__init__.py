@@ -46,6 +46,7 @@ from adapters.up.instances import PgTarget, write_instance_config
 from fedgate.config import dump_toml
 from fedgate.errors import FedgateError
 from fedgate.federation import DEFAULT_MEMBERS, MemberKind
+from fedgate.kek import write_kek_file
 from fedgate.pki import FederationLayout, init_federation
 from fedgate.registry import Member, Registry
 from fedgate.risklist import risklist_origin
@@ -224,7 +225,16 @@ def _write_gateway_config(
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "gateway.toml"
     witnesses = [w.id for w in _witnesses(registry)]
-    extra: dict[str, dict[str, object]] = {"telemetry": {"log_level": "INFO"}}
+    # One key-encryption key for the federation's gateway, beside instance 0's state (0600,
+    # never committed): every instance seals its shard with it, and the auditor console on
+    # instance 0 can reveal any shard's bodies.
+    kek = "audit.kek" if instance.index == 0 else "../gateway/audit.kek"
+    if instance.index == 0:
+        write_kek_file(directory / "audit.kek")
+    extra: dict[str, dict[str, object]] = {
+        "telemetry": {"log_level": "INFO"},
+        "audit": {"kek_path": kek},
+    }
     if instance.console is not None:
         extra["console"] = {"listen": instance.console}  # the auditor console
     if pg is not None:
@@ -246,8 +256,8 @@ def _write_gateway_config(
                     "server": {"listen": instance.endpoint},
                     "federation": {"dir": "../federation"},
                     "pipeline": {"state_dir": "."},
-                    "audit": {"origin": instance.origin, "witnesses": witnesses},
                     **extra,
+                    "audit": {"origin": instance.origin, "witnesses": witnesses, "kek_path": kek},
                 },
                 header=_GATEWAY_HEADER,
             ),

@@ -19,10 +19,12 @@ from fedgate.config import dump_toml
 __all__ = ["SHARED_SETTINGS", "PgTarget", "instance_settings", "write_instance_config"]
 
 SHARED_SETTINGS: Mapping[str, Mapping[str, Any]] = {
-    "pipeline": {"replay_store": "postgres"},
+    "shared": {"store": "postgres"},
 }
 """What several instances MUST share besides their audit shards, section by section: merged
-into every instance's config (the gateway refuses workers without it, ``gateway.workers``)."""
+into every instance's config (the gateway refuses workers without it, ``gateway.workers``).
+``[shared] store = "postgres"`` puts the replay cache, recorded outcomes, business-rule state
+and quotas in the database (docs/operations.md)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,6 +63,7 @@ from fedgate.web.auth import Role
 from fedgate.web.protoview import mask_tree
 from fedgate.witness import GrpcWitnessClient
 from gateway.audit._migrate import migrate
+from gateway.audit._retention_cli import add_retention_parser
 from gateway.audit.store import IndexedRow, SearchQuery
 
 __all__ = ["register"]
@@ -195,6 +196,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     check.add_argument("bundle", type=Path)
     _federation_argument(check, required=True)
     check.set_defaults(func=_verify_bundle)
+    add_retention_parser(sub)
 
 
 def _store_arguments(parser: argparse.ArgumentParser) -> None:
@@ -407,7 +409,8 @@ def _print_report(r: VerifyReport) -> None:
             f"  signatures   {s.requests_verified} allowed requests, {s.responses_verified} "
             f"responses verified; refused requests: {s.refused_signed} signed, "
             f"{s.refused_unverifiable} unverifiable; {s.responses_without_envelope} response "
-            f"legs without a signed response; {s.node_faults_unverifiable} node faults"
+            f"legs without a signed response; {s.node_faults_unverifiable} node faults; "
+            f"{s.sealed} legs sealed (bodies encrypted beside the log)"
         )
     for source, size in r.witnessed:
         print(f"  witnessed    size {size} cosigned by {source}: the log extends it")

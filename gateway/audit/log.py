@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -29,6 +31,7 @@ from fedgate.audit_entry import (
     encode_entry,
     entry_columns,
     index_columns,
+    micros_to_time,
     with_request_columns,
 )
 from fedgate.checkpoint import Checkpoint, sign_checkpoint
@@ -44,6 +47,7 @@ from fedgate.merkle import HASH_SIZE, leaf_hash
 from fedgate.note import NoteSigner, NoteVerifier
 from fedgate.tiles import TILE_HEIGHT, TILE_WIDTH, TiledTree, encode_bundle, partial_width
 from fedgate.witness import WitnessClient
+from gateway.audit._bodies import BodyVault, case_ref, seal_entry
 from gateway.audit._receipt import Receipt
 from gateway.audit._state import StateFile, check_state_file, rebuild_tree
 from gateway.audit._witnessing import Witnessing, check_witness_views
@@ -58,7 +62,9 @@ _RECENT_REQUESTS = 1 << 16
 
 T = TypeVar("T")
 _Result = tuple[int, int, str]
-_Pending = tuple[bytes, bytes, IndexColumns, "asyncio.Future[_Result]"]
+_Body = tuple[str, bytes] | None
+"""A sealed entry's case key reference and clear leaf (``_bodies``); ``None`` when unsealed."""
+_Pending = tuple[bytes, bytes, IndexColumns, "asyncio.Future[_Result]", _Body]
 
 
 def _from_tiles(compute: Callable[[], T]) -> T:
@@ -115,8 +121,10 @@ class AuditLog:
         published: str | None,
         published_size: int,
         state_interval_ms: float = 100.0,
+        vault: BodyVault | None = None,
     ) -> None:
         self._store = store
+        self._vault = vault
         self._origin = origin
         self._signer = signer
         self._verifier = signer.verifier()
@@ -155,6 +163,7 @@ class AuditLog:
         witnesses: Sequence[WitnessClient] = (),
         state_path: Path | None = None,
         state_interval_ms: float = 100.0,
+        vault: BodyVault | None = None,
     ) -> AuditLog:
         """Load the shard, check it against the state file, and start the writer.
 
@@ -195,6 +204,7 @@ class AuditLog:
             published=stored.cosigned,
             published_size=stored.cosigned_size,
             state_interval_ms=state_interval_ms,
+            vault=vault,
         )
         if stored.cosigned is not None:
             log._witnessing.seed(stored.cosigned, stored.cosigned_size)
@@ -301,8 +311,26 @@ class AuditLog:
             )
         return _from_tiles(lambda: self._tree.consistency_proof(old_size, new_size))
 
+    @property
+    def vault(self) -> BodyVault | None:
+        """The encrypted bodies beside the leaves (``None``: this log stores entries whole)."""
+        return self._vault
+
+    async def open_entry(self, index: int) -> bytes:
+        """The entry ``index`` as it was appended: for a sealed entry whose body is readable
+        its clear leaf (``_bodies``), otherwise the stored leaf. For the gateway's own
+        enforcement (undo, reconciliation, outcomes); never for display, which reveals through
+        ``AuditService.RevealEntry`` or the console's audited reveal. Raises like
+        ``get_entry``."""
+        stored = await self.get_entry(index)
+        vault = self._vault
+        if vault is None:
+            return stored
+        return await asyncio.to_thread(vault.open_or_stored, stored)
+
     async def get_entry(self, index: int) -> bytes:
-        """The canonical leaf bytes of entry ``index``; ``NotFound`` beyond the log."""
+        """The canonical leaf bytes of entry ``index`` as stored (sealed when the log has a
+        vault); ``NotFound`` beyond the log."""
         if not 0 <= index < self._size:
             raise NotFound(f"no entry {index}: the log has {self._size} entries")
         found = await self._store.leaves(index, index + 1)
@@ -341,7 +369,10 @@ class AuditLog:
         return await self._store.checkpoint(size)
 
     async def search(self, query: SearchQuery) -> list[IndexedRow]:
-        """Entries matching ``query`` by their searchable columns, oldest first."""
+        """Entries matching ``query`` by their searchable columns, oldest first (a subject is
+        looked up by its blind index when the log seals entries)."""
+        if self._vault is not None and query.subject:
+            query = replace(query, subject=self._vault.blind(query.subject))
         return await self._store.search(query)
 
     async def append(self, entry: AuditEntry) -> Receipt:
@@ -354,15 +385,27 @@ class AuditLog:
         if self._closing:
             raise AuditUnavailable("the audit log is closed")
         data = encode_entry(entry)
+        body: _Body = None
+        vault = self._vault
+        if vault is not None:
+            # Seal: the tree and the stored leaf hold no personal data; the clear leaf goes
+            # into the body, encrypted under its case's key when the batch commits.
+            sealed = seal_entry(entry, vault.blind)
+            sealed_data = encode_entry(sealed)
+            if sealed_data != data:
+                body = ("", data)
+                data, entry = sealed_data, sealed
         columns = entry_columns(entry)
         if isinstance(entry, ResponseLeg):
             columns = with_request_columns(columns, await self._request_columns(entry))
+        if body is not None:
+            body = (case_ref(columns[5], micros_to_time(columns[2])), body[1])
         future: asyncio.Future[_Result] = asyncio.get_running_loop().create_future()
         pending = self._pending
         if not pending:
             self._oldest = asyncio.get_running_loop().time()
             self._wake.set()
-        pending.append((data, leaf_hash(data), columns, future))
+        pending.append((data, leaf_hash(data), columns, future, body))
         index, size, note = await future
         if columns[0] == EntryKind.REQUEST:
             recent = self._recent
@@ -388,7 +431,11 @@ class AuditLog:
         try:
             await self._state.write(self._checkpoint)
         finally:
-            await self._store.close()
+            try:
+                await self._store.close()
+            finally:
+                if self._vault is not None:
+                    self._vault.close()
 
     # -- group commit ------------------------------------------------------------------------
 
@@ -445,6 +492,7 @@ class AuditLog:
             self._check_consistent(size)
             note = sign_checkpoint(Checkpoint(self._origin, size, root), self._signer)
             leaves = [NewLeaf(start + i, p[0], p[1], p[2]) for i, p in enumerate(batch)]
+            await self._store_bodies(start, batch)
             await self._store.commit(CommitBatch(leaves, size, note, tiles))
         except Exception as exc:
             self._broken = str(exc)
@@ -463,6 +511,16 @@ class AuditLog:
                 future.set_result((start + i, size, note))
         self._state.wake.set()
         self._witnessing.wake.set()
+
+    async def _store_bodies(self, start: int, batch: list[_Pending]) -> None:
+        """Make the batch's bodies durable before its leaves (``_bodies`` contract)."""
+        vault = self._vault
+        bodies = [
+            (start + i, p[1], p[4][0], p[4][1]) for i, p in enumerate(batch) if p[4] is not None
+        ]
+        if vault is not None and bodies:
+            now = datetime.now(UTC)
+            await asyncio.to_thread(lambda: vault.store(bodies, now=now))
 
     def _fail(self, batch: list[_Pending], exc: BaseException) -> None:
         logger.error(

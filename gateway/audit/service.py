@@ -30,6 +30,7 @@ member its own entries.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -56,6 +57,7 @@ from fedgate.status import abort_with
 from fedgate.tls import peer_member_id
 from fedgate.types import MemberId
 from fedgate.v1 import audit_service_pb2, audit_service_pb2_grpc
+from gateway.audit._bodies import BodyDeleted
 from gateway.audit._masked import masked_view
 from gateway.audit.log import AuditLog
 from gateway.audit.store import IndexedRow, SearchQuery
@@ -87,6 +89,20 @@ class Access(Enum):
     ALL = "all"
     OWN = "own"
     NONE = "none"
+
+
+async def _open_body(log: AuditLog, stored: bytes) -> tuple[bytes, str]:
+    """For a reveal (already logged): the clear entry of a sealed leaf, or why there is none
+    (``""`` for both when the log does not seal or the entry held no personal data)."""
+    vault = log.vault
+    if vault is None:
+        return b"", ""
+    try:
+        return await asyncio.to_thread(vault.open, stored), ""
+    except BodyDeleted as exc:
+        return b"", exc.message
+    except NotFound:
+        return b"", ""
 
 
 async def export_evidence(log: AuditLog, index: int) -> bytes:
@@ -305,10 +321,15 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
             )
             data = await self._log.get_entry(request.leaf_index)
             summary = self._summary(row, member, Access.OWN)
+            clear, deleted = await _open_body(self._log, data)
         except FedgateError as exc:
             await abort_with(context, exc)
         return audit_service_pb2.RevealEntryResponse(
-            entry=data, summary=summary, reveal_leaf_index=receipt.index
+            entry=data,
+            summary=summary,
+            reveal_leaf_index=receipt.index,
+            clear_entry=clear,
+            body_deleted=deleted,
         )
 
     async def SearchEntries(

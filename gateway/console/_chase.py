@@ -107,9 +107,9 @@ def _result(leg: ResponseLeg) -> tuple[str, str, dict[str, object]]:
 async def chase_of(log: AuditLog, index: int) -> tuple[str, str] | None:
     """(chase id, case number) of the exchange at ``index`` (either leg), or ``None``."""
     try:
-        entry = decode_entry(await log.get_entry(index))
+        entry = decode_entry(await log.open_entry(index))
         if isinstance(entry, ResponseLeg):
-            entry = decode_entry(await log.get_entry(entry.request_leaf_index))
+            entry = decode_entry(await log.open_entry(entry.request_leaf_index))
     except (FedgateError, IndexError):
         return None
     if not isinstance(entry, RequestLeg):
@@ -140,7 +140,7 @@ async def load_chase(log: AuditLog, insights: LogInsights, index: int) -> ChaseV
             leg = hit.columns[0]
             if leg not in (EntryKind.REQUEST, EntryKind.RESPONSE):
                 continue
-            entry = decode_entry(await log.get_entry(hit.index))
+            entry = decode_entry(await log.open_entry(hit.index))
             if isinstance(entry, RequestLeg):
                 request = _request(entry)
                 if request is None or request.chase_id != chase_id:

@@ -415,7 +415,10 @@ async def load_exchange(
     entry = decode_entry(data)
     indices = await _related(log, insights, index, entry)
     leaves = {i: (data if i == index else await log.get_entry(i)) for i in indices}
-    decoded = {i: (entry if i == index else decode_entry(leaves[i])) for i in indices}
+    # Proofs are over the stored leaves; the fields shown come from the entries as appended
+    # (sealed bodies opened in-process), every identifier masked unless revealed above.
+    decoded = {i: decode_entry(await log.open_entry(i)) for i in indices}
+    entry = decoded[index]
     note = log.latest_checkpoint()
     checkpoint, cp_check = _checkpoint(note, registry, log.origin, t)
     try:

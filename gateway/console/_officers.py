@@ -59,7 +59,7 @@ class OfficerNames:
         size = self._log.size
         start = max(self._read_upto, size - SCAN_PER_LOOKUP, 0)
         for index in range(start, size):
-            entry = decode_entry(await self._log.get_entry(index))
+            entry = decode_entry(await self._log.open_entry(index))
             if not isinstance(entry, RequestLeg) or not entry.officer_id:
                 continue
             try:

@@ -40,7 +40,7 @@ async def stored_outcome(
     requests: list[tuple[int, RequestLeg]] = []
     answers: dict[int, tuple[int, ResponseLeg]] = {}
     for row in rows:
-        entry = decode_entry(await audit.get_entry(row.index))
+        entry = decode_entry(await audit.open_entry(row.index))
         if isinstance(entry, RequestLeg) and entry.request_id == request_id:
             if entry.requesting_agency == caller:
                 requests.append((row.index, entry))

@@ -174,7 +174,7 @@ class Reconciler:
     async def _pending(self, leg: _Open) -> PendingRequest | None:
         """The pending request of ``leg`` from its request leg; ``None`` if it is unreadable."""
         try:
-            entry = decode_entry(await self._audit.get_entry(leg.index))
+            entry = decode_entry(await self._audit.open_entry(leg.index))
             if not isinstance(entry, RequestLeg):
                 return None
             envelope = envelope_pb2.SignedEnvelope.FromString(entry.envelope)

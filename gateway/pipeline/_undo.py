@@ -43,7 +43,7 @@ async def original_order(log: AuditLog, request_id: str) -> tuple[request_pb2.Re
     if not executed:
         return None, f"{request_id} was not executed (no OK answer to it in the audit log)"
     try:
-        leg = decode_entry(await log.get_entry(allowed[0]))
+        leg = decode_entry(await log.open_entry(allowed[0]))
         if not isinstance(leg, RequestLeg):
             raise AuditUnavailable(f"entry {allowed[0]} is not a request leg")
         envelope = envelope_pb2.SignedEnvelope.FromString(leg.envelope)

@@ -87,7 +87,7 @@ class CentreStats:
                 audit_at, list_at = self._cursor("audit"), self._cursor("risklist")
             while audit_at < audit.size:
                 stop = min(audit.size, audit_at + _BATCH)
-                entries = [await audit.get_entry(i) for i in range(audit_at, stop)]
+                entries = [await audit.open_entry(i) for i in range(audit_at, stop)]
                 await asyncio.to_thread(self._count_audit, entries, stop)
                 audit_at = stop
             while list_at < risklist.size:

@@ -168,7 +168,8 @@ class TestSeveralGateways:
             config = GatewayConfig.load(Path(spec.argv[-1]), env={})
             assert config.audit.store == "postgres"
             assert config.audit.schema == "up_test"
-            assert config.pipeline.replay_store == "postgres"
+            assert config.is_shared
+            assert config.replay_kind == "postgres"
             check_shared(config)
             origins.append(config.audit.origin)
         assert len(set(origins)) == 3

@@ -90,7 +90,7 @@ class TestWorkerConfig:
         ("changes", "match"),
         [
             ({"audit": {"store": "sqlite", "dsn": ""}}, 'audit.store = "postgres"'),
-            ({"pipeline": {"replay_store": "memory"}}, 'pipeline.replay_store = "postgres"'),
+            ({"shared": {"store": "local"}}, 'shared.store = "postgres"'),
             ({"tickets": {"path": "t.sqlite"}}, "tickets.path names one file"),
             ({"audit": {"state_path": "a.state"}}, "audit.state_path names one file"),
         ],
@@ -107,7 +107,7 @@ class TestWorkerConfig:
             extra=changes,
         )
         if settings["audit"]["store"] == "sqlite":
-            settings["pipeline"]["replay_store"] = "memory"
+            settings["shared"]["store"] = "local"
         config = GatewayConfig.from_mapping(settings, env={})
         with pytest.raises(ConfigError, match=match):
             check_shared(config)

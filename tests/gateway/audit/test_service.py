@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import grpc
@@ -18,13 +18,16 @@ from fedgate.checkpoint import open_checkpoint
 from fedgate.envelope import decode_request
 from fedgate.errors import InvalidArgument
 from fedgate.evidence import verify_bundle
+from fedgate.kek import write_kek_file
 from fedgate.logs import mask
 from fedgate.merkle import leaf_hash, verify_consistency, verify_inclusion
 from fedgate.registry import Registry
+from fedgate.sealed import matches
 from fedgate.status import error_from_rpc
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options, server_credentials
 from fedgate.types import MemberId
 from fedgate.v1 import audit_service_pb2, audit_service_pb2_grpc, common_pb2, envelope_pb2
+from gateway.audit import BodyVault, FileKeyWrapper, RetentionPolicy, run_retention
 from gateway.audit.log import AuditLog
 from gateway.audit.service import AuditServicer
 from gateway.policy import IndexedDecider, PolicyDecider, default_policy_dir
@@ -53,10 +56,14 @@ class Service:
 
 
 async def _serve(
-    logs: LogFactory, decider_fn: Callable[[], PolicyDecider] | None
+    logs: LogFactory, decider_fn: Callable[[], PolicyDecider] | None, *, sealed: bool = False
 ) -> AsyncIterator[Service]:
     fed = logs.fed
     log = await logs.open(witnessed=True)
+    if sealed:
+        write_kek_file(logs.tmp / "kek")
+        wrapper = FileKeyWrapper.load(logs.tmp / "kek")
+        log._vault = BodyVault.open_sqlite(logs.db, wrapper=wrapper, origin=log.origin)
     subjects = []
     for _ in range(3):
         request = fed.request()
@@ -85,6 +92,12 @@ async def _serve(
 @pytest_asyncio.fixture
 async def service(sqlite_logs: LogFactory) -> AsyncIterator[Service]:
     async for s in _serve(sqlite_logs, None):
+        yield s
+
+
+@pytest_asyncio.fixture
+async def sealed_service(sqlite_logs: LogFactory) -> AsyncIterator[Service]:
+    async for s in _serve(sqlite_logs, None, sealed=True):
         yield s
 
 
@@ -335,3 +348,39 @@ async def _response_of(service: Service, request_index: int) -> ResponseLeg:
     entry = decode_entry(await service.log.get_entry(request_index + 1))
     assert isinstance(entry, ResponseLeg)
     return entry
+
+
+class TestSealedReveal:
+    async def test_the_reveal_decrypts_the_body_and_after_shredding_says_when_and_why(
+        self, sealed_service: Service
+    ) -> None:
+        service = sealed_service
+        stub = service.stub("audit.office")
+        why = "case 2026-0042: the court asked for this exchange"
+        reply = await stub.RevealEntry(
+            audit_service_pb2.RevealEntryRequest(leaf_index=0, reason=why)
+        )
+        stored = decode_entry(reply.entry)
+        clear = decode_entry(reply.clear_entry)
+        assert isinstance(stored, RequestLeg)
+        assert isinstance(clear, RequestLeg)
+        assert matches(stored.envelope, clear.envelope)
+        assert clear.subjects == (service.subjects[0],)
+        assert reply.body_deleted == ""
+        event = decode_entry(await service.log.get_entry(reply.reveal_leaf_index))
+        assert isinstance(event, EventEntry)
+        assert event.kind == "audit_reveal"
+
+        vault = service.log.vault
+        assert vault is not None
+        later = datetime.now(UTC) + timedelta(days=5000)
+        policy = RetentionPolicy()
+        await run_retention(service.log, vault, policy, actor="gateway", now=later)
+        after = await stub.RevealEntry(
+            audit_service_pb2.RevealEntryRequest(leaf_index=0, reason=why)
+        )
+        assert after.clear_entry == b""
+        assert after.body_deleted.endswith(
+            f"deleted on {later.date().isoformat()} under retention rule {policy.rule}"
+        )
+        assert after.reveal_leaf_index > reply.reveal_leaf_index  # logged as well
