@@ -90,8 +90,9 @@ async def _drive(fed: Path, endpoint: str, seconds: float) -> int:
     return done
 
 
-def profile(seconds: float, top: int = 0) -> list[list[str]]:
-    """Run, sample, and return the table's rows (and print the ``top`` hottest frames)."""
+def profile(seconds: float, top: int = 0, keep: Path | None = None) -> list[list[str]]:
+    """Run, sample, and return the table's rows (and print the ``top`` hottest frames; copy
+    py-spy's raw stacks to ``keep``)."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(py_spy).exists():
         raise SystemExit("py-spy is not installed: run `make setup` (it is a dev dependency)")
@@ -118,6 +119,8 @@ def profile(seconds: float, top: int = 0) -> list[list[str]]:
             if not raw.exists():
                 raise SystemExit(f"py-spy recorded nothing: {errors.decode(errors='replace')}")
             counts, leaves = _read_raw(raw)
+            if keep is not None:
+                shutil.copyfile(raw, keep)
         finally:
             for process in (gateway, proxy, node):
                 if process is not None:
@@ -139,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench profile", description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0, help="load time per side")
     parser.add_argument("--top", type=int, default=0, help="also print the N hottest frames")
+    parser.add_argument("--raw", type=Path, default=None, help="keep py-spy's raw stacks here")
     args = parser.parse_args(argv)
-    rows = profile(args.seconds, args.top)
+    rows = profile(args.seconds, args.top, args.raw)
     print("\n".join(table(["component", "CPU µs per request", "share"], rows)))
     return 0
 
