@@ -8,16 +8,21 @@ breakdown in ``docs/benchmarks.md``.
 
 A sample is charged to the innermost frame that belongs to a known component (so time in the event
 loop called from the pipeline counts as event loop); C code (libsodium, SQLite, gRPC's core) is
-charged to the Python frame that called it. Threads are sampled only while active (a thread blocked
-in fsync counts as active, so the audit writer's share includes its waits for the disk: the figures
-apportion the measured CPU by samples, they are not per-function counters). gRPC's Cython core has
-no Python frames: its time is charged to the asyncio callback that runs it (``event loop``).
+charged to the Python frame that called it. gRPC's Cython core has no Python frames: its time is
+charged to the asyncio callback that runs it (``event loop``).
+
+The CPU is split first by thread, from each thread's own CPU time (``/proc/PID/task``): the event
+loop's thread (the one that limits throughput) is apportioned by its samples, the other threads'
+CPU by theirs. py-spy counts a thread blocked in ``fsync`` as active, so apportioning all CPU by
+samples would charge disk waits as CPU; this way they can only move CPU between the worker
+threads. Threads without Python frames (gRPC's pollers) appear as ``threads without Python``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import signal
 import subprocess
@@ -56,6 +61,7 @@ COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("pipeline glue (gateway)", ("gateway/",)),
 )
 OTHER = "other"
+NATIVE = "threads without Python (gRPC core)"
 
 
 def _component(stack: str) -> str:
@@ -67,16 +73,39 @@ def _component(stack: str) -> str:
     return OTHER
 
 
-def _read_raw(path: Path) -> tuple[Counter[str], Counter[str]]:
-    """Samples per component and per innermost frame from a py-spy ``--format raw`` file."""
-    counts: Counter[str] = Counter()
+def _on_main_thread(stack: str) -> bool:
+    """Whether a py-spy stack is the process's main thread (the event loop's), not a worker's."""
+    return not stack.startswith("_bootstrap (threading.py")
+
+
+def _read_raw(path: Path) -> tuple[dict[bool, Counter[str]], Counter[str]]:
+    """Samples per component (keyed by ``_on_main_thread``) and per innermost frame from a
+    py-spy ``--format raw`` file."""
+    counts: dict[bool, Counter[str]] = {True: Counter(), False: Counter()}
     leaves: Counter[str] = Counter()
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
         if stack and count.isdigit():
-            counts[_component(stack)] += int(count)
+            counts[_on_main_thread(stack)][_component(stack)] += int(count)
             leaves[stack.rsplit(";", 1)[-1]] += int(count)
     return counts, leaves
+
+
+def _thread_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds so far of the process's main thread and of all its other threads."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    main = others = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        seconds = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        if task.name == str(pid):
+            main += seconds
+        else:
+            others += seconds
+    return main, others
 
 
 async def _drive(fed: Path, endpoint: str, seconds: float) -> int:
@@ -112,7 +141,9 @@ def profile(seconds: float, top: int = 0, keep: Path | None = None) -> list[list
             command += ["--rate", "200", "--nonblocking", "--output", str(raw)]
             sampler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             before = gateway.cpu_seconds()
+            threads_before = _thread_cpu(gateway.pid)
             done = asyncio.run(_drive(fed, gateway.endpoint, seconds))
+            threads_after = _thread_cpu(gateway.pid)
             gateway_us = (gateway.cpu_seconds() - before) / done * 1e6
             sampler.send_signal(signal.SIGINT)  # py-spy writes its file when interrupted
             _, errors = sampler.communicate(timeout=30)
@@ -125,13 +156,24 @@ def profile(seconds: float, top: int = 0, keep: Path | None = None) -> list[list
             for process in (gateway, proxy, node):
                 if process is not None:
                     process.stop()
-    total = sum(counts.values()) or 1
+    total = sum(leaves.values()) or 1
     for frame, n in leaves.most_common(top):
         print(f"{100 * n / total:5.1f} %  {frame}")
+    main_us = (threads_after[0] - threads_before[0]) / done * 1e6
+    others_us = max(0.0, gateway_us - main_us)  # threads that ended count in the total only
+    us: Counter[str] = Counter()
+    for on_main, share_of in ((True, main_us), (False, others_us)):
+        samples = sum(counts[on_main].values())
+        if not samples:
+            us[NATIVE] += share_of
+            continue
+        for name, n in counts[on_main].items():
+            us[name] += share_of * n / samples
     rows = [
-        [name, f"{gateway_us * n / total:,.0f}", f"{100 * n / total:.0f} %"]
-        for name, n in counts.most_common()
+        [name, f"{value:,.0f}", f"{100 * value / gateway_us:.0f} %"]
+        for name, value in us.most_common()
     ]
+    rows.append(["  of which the event loop's thread", f"{main_us:,.0f}", ""])
     rows.append(["gateway, all components", f"{gateway_us:,.0f}", "100 %"])
     rows.append(["bare mTLS proxy, same load", f"{proxy_us:,.0f}", ""])
     rows.append(["pipeline_cpu_ratio (proxy ÷ gateway)", f"{proxy_us / gateway_us:.2f}", ""])
