@@ -11,7 +11,7 @@ loop called from the pipeline counts as event loop); C code (libsodium, SQLite, 
 charged to the Python frame that called it. gRPC's Cython core has no Python frames: its time is
 charged to the asyncio callback that runs it (``event loop``).
 
-The CPU is split first by thread, from each thread's own CPU time (``/proc/PID/task``): the event
+The CPU is split first by thread, from the main thread's own CPU time (``/proc``): the event
 loop's thread (the one that limits throughput) is apportioned by its samples, the other threads'
 CPU by theirs. py-spy counts a thread blocked in ``fsync`` as active, so apportioning all CPU by
 samples would charge disk waits as CPU; this way they can only move CPU between the worker
@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-from collections import Counter
+from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -91,23 +90,6 @@ def _read_raw(path: Path) -> tuple[dict[bool, Counter[str]], Counter[str]]:
     return counts, leaves
 
 
-def _thread_cpu(pid: int) -> tuple[float, float]:
-    """CPU seconds so far of the process's main thread and of all its other threads."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    main = others = 0.0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the thread ended meanwhile
-            continue
-        seconds = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
-        if task.name == str(pid):
-            main += seconds
-        else:
-            others += seconds
-    return main, others
-
-
 async def _drive(fed: Path, endpoint: str, seconds: float) -> int:
     envelopes = _Envelopes(fed)
     channel = _channel(fed, endpoint)
@@ -119,9 +101,42 @@ async def _drive(fed: Path, endpoint: str, seconds: float) -> int:
     return done
 
 
+class _Sampled:
+    """One process's CPU per request by component, from py-spy and its threads' CPU times."""
+
+    def __init__(self, py_spy: str, process: _Process, raw: Path) -> None:
+        self._process, self._raw = process, raw
+        command = [py_spy, "record", "--pid", str(process.pid), "--format", "raw"]
+        command += ["--rate", "200", "--nonblocking", "--output", str(raw)]
+        self._sampler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._cpu = process.cpu_seconds()
+        self._main = process.loop_cpu_seconds()
+
+    def finish(self, done: int) -> tuple[dict[str, float], float, float, Counter[str]]:
+        """Per component, the event loop's thread and the whole process (µs per request), and
+        the samples per innermost frame."""
+        main_us = (self._process.loop_cpu_seconds() - self._main) / done * 1e6
+        total_us = (self._process.cpu_seconds() - self._cpu) / done * 1e6
+        self._sampler.send_signal(signal.SIGINT)  # py-spy writes its file when interrupted
+        _, errors = self._sampler.communicate(timeout=30)
+        if not self._raw.exists():
+            raise SystemExit(f"py-spy recorded nothing: {errors.decode(errors='replace')}")
+        counts, leaves = _read_raw(self._raw)
+        others_us = max(0.0, total_us - main_us)  # threads that ended count in the total only
+        us: dict[str, float] = defaultdict(float)
+        for on_main, share_of in ((True, main_us), (False, others_us)):
+            samples = sum(counts[on_main].values())
+            if not samples:
+                us[NATIVE] += share_of
+                continue
+            for name, n in counts[on_main].items():
+                us[name] += share_of * n / samples
+        return us, main_us, total_us, leaves
+
+
 def profile(seconds: float, top: int = 0, keep: Path | None = None) -> list[list[str]]:
-    """Run, sample, and return the table's rows (and print the ``top`` hottest frames; copy
-    py-spy's raw stacks to ``keep``)."""
+    """Run, sample both processes, and return the table's rows (and print the gateway's ``top``
+    hottest frames; copy the gateway's raw py-spy stacks to ``keep``)."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(py_spy).exists():
         raise SystemExit("py-spy is not installed: run `make setup` (it is a dev dependency)")
@@ -133,50 +148,29 @@ def profile(seconds: float, top: int = 0, keep: Path | None = None) -> list[list
         try:
             proxy = _Process("proxy", fed, root / "proxy", node.endpoint)
             gateway = _Process("gateway", fed, root / "gateway", node.endpoint)
-            before = proxy.cpu_seconds()
-            proxy_done = asyncio.run(_drive(fed, proxy.endpoint, seconds))
-            proxy_us = (proxy.cpu_seconds() - before) / proxy_done * 1e6
-            raw = root / "gateway.raw"
-            command = [py_spy, "record", "--pid", str(gateway.pid), "--format", "raw"]
-            command += ["--rate", "200", "--nonblocking", "--output", str(raw)]
-            sampler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            before = gateway.cpu_seconds()
-            threads_before = _thread_cpu(gateway.pid)
-            done = asyncio.run(_drive(fed, gateway.endpoint, seconds))
-            threads_after = _thread_cpu(gateway.pid)
-            gateway_us = (gateway.cpu_seconds() - before) / done * 1e6
-            sampler.send_signal(signal.SIGINT)  # py-spy writes its file when interrupted
-            _, errors = sampler.communicate(timeout=30)
-            if not raw.exists():
-                raise SystemExit(f"py-spy recorded nothing: {errors.decode(errors='replace')}")
-            counts, leaves = _read_raw(raw)
+            sampled = _Sampled(py_spy, proxy, root / "proxy.raw")
+            of_proxy = sampled.finish(asyncio.run(_drive(fed, proxy.endpoint, seconds)))
+            sampled = _Sampled(py_spy, gateway, root / "gateway.raw")
+            of_gateway = sampled.finish(asyncio.run(_drive(fed, gateway.endpoint, seconds)))
             if keep is not None:
-                shutil.copyfile(raw, keep)
+                shutil.copyfile(root / "gateway.raw", keep)
         finally:
             for process in (gateway, proxy, node):
                 if process is not None:
                     process.stop()
+    us, main_us, gateway_us, leaves = of_gateway
+    proxy_by, proxy_main, proxy_us, _ = of_proxy
+    proxy_by = defaultdict(float, proxy_by)
     total = sum(leaves.values()) or 1
     for frame, n in leaves.most_common(top):
         print(f"{100 * n / total:5.1f} %  {frame}")
-    main_us = (threads_after[0] - threads_before[0]) / done * 1e6
-    others_us = max(0.0, gateway_us - main_us)  # threads that ended count in the total only
-    us: Counter[str] = Counter()
-    for on_main, share_of in ((True, main_us), (False, others_us)):
-        samples = sum(counts[on_main].values())
-        if not samples:
-            us[NATIVE] += share_of
-            continue
-        for name, n in counts[on_main].items():
-            us[name] += share_of * n / samples
     rows = [
-        [name, f"{value:,.0f}", f"{100 * value / gateway_us:.0f} %"]
-        for name, value in us.most_common()
+        [name, f"{us[name]:,.0f}", f"{100 * us[name] / gateway_us:.0f} %", f"{proxy_by[name]:,.0f}"]
+        for name in sorted(us, key=lambda name: -us[name])
     ]
-    rows.append(["  of which the event loop's thread", f"{main_us:,.0f}", ""])
-    rows.append(["gateway, all components", f"{gateway_us:,.0f}", "100 %"])
-    rows.append(["bare mTLS proxy, same load", f"{proxy_us:,.0f}", ""])
-    rows.append(["pipeline_cpu_ratio (proxy ÷ gateway)", f"{proxy_us / gateway_us:.2f}", ""])
+    rows.append(["all components", f"{gateway_us:,.0f}", "100 %", f"{proxy_us:,.0f}"])
+    rows.append(["  of which the event loop's thread", f"{main_us:,.0f}", "", f"{proxy_main:,.0f}"])
+    rows.append(["pipeline_cpu_ratio (proxy ÷ gateway)", f"{proxy_us / gateway_us:.2f}", "", ""])
     return rows
 
 
@@ -187,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--raw", type=Path, default=None, help="keep py-spy's raw stacks here")
     args = parser.parse_args(argv)
     rows = profile(args.seconds, args.top, args.raw)
-    print("\n".join(table(["component", "CPU µs per request", "share"], rows)))
+    header = ["component", "gateway µs/request", "share", "proxy µs/request"]
+    print("\n".join(table(header, rows)))
     return 0
 
 
