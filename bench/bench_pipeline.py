@@ -11,6 +11,11 @@ machine's state hits both alike.
 - ``pipeline_cpu_ratio``: the proxy's CPU time per request ÷ the gateway's, from the two
   processes' own CPU times over the same closed-loop phases (goal ≥ 0.6). Unlike throughput it
   does not move when something else loads the machine.
+- ``gateway_loop_cpu_us_per_request``, ``proxy_loop_cpu_us_per_request``: the same for each
+  process's main thread alone (``/proc``), where its event loop and all its Python run; one
+  core's worth of it, ``gateway_loop_bound_qps`` = 10⁶ ÷ that, is the most one gateway process
+  can serve however many cores the machine has (the GIL: its other threads only take work off
+  it that releases the GIL, such as fsync and SQLite).
 - ``pipeline_added_p50_ms``, ``pipeline_added_p99_ms``: at half the gateway's peak rate
   (open loop, requests sent on a fixed schedule), the gateway's latency percentile minus the
   proxy's (goal: p99 added ≤ 5 ms). Latency counts from each request's *scheduled* send time,
@@ -186,6 +191,13 @@ class _Process:
         self._conn.send("cpu")
         return float(self._conn.recv())
 
+    def loop_cpu_seconds(self) -> float:
+        """CPU time the process's main thread (its event loop) has used so far, from
+        ``/proc``: the one thread every request's Python runs on."""
+        fields = Path(f"/proc/{self.pid}/task/{self.pid}/stat").read_text().rsplit(")", 1)[1]
+        utime, stime = fields.split()[11:13]
+        return (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self._conn.send("stop")
         self._process.join(10)
@@ -283,15 +295,18 @@ async def _measure(
     try:
         for channel in (via_proxy, via_gateway):  # warm up connections and caches
             await _closed_loop(channel, envelopes.make(200), 0.5)
-        totals = {"gateway": [0, 0.0, 0.0], "proxy": [0, 0.0, 0.0]}
+        # calls, seconds, process CPU seconds, event-loop thread CPU seconds
+        totals = {"gateway": [0, 0.0, 0.0, 0.0], "proxy": [0, 0.0, 0.0, 0.0]}
         for _ in range(rounds):
             for name, channel in (("proxy", via_proxy), ("gateway", via_gateway)):
                 bodies = envelopes.make(per_phase)
-                cpu_before = processes[name].cpu_seconds()
+                process = processes[name]
+                cpu_before, loop_before = process.cpu_seconds(), process.loop_cpu_seconds()
                 done, took = await _closed_loop(channel, bodies, seconds)
                 totals[name][0] += done
                 totals[name][1] += took
-                totals[name][2] += processes[name].cpu_seconds() - cpu_before
+                totals[name][2] += process.cpu_seconds() - cpu_before
+                totals[name][3] += process.loop_cpu_seconds() - loop_before
         gateway_qps = totals["gateway"][0] / totals["gateway"][1]
         proxy_qps = totals["proxy"][0] / totals["proxy"][1]
         rate = gateway_qps / 2
@@ -307,11 +322,16 @@ async def _measure(
         await via_proxy.close(None)
     gateway_cpu_us = totals["gateway"][2] / totals["gateway"][0] * 1e6
     proxy_cpu_us = totals["proxy"][2] / totals["proxy"][0] * 1e6
+    gateway_loop_us = totals["gateway"][3] / totals["gateway"][0] * 1e6
+    proxy_loop_us = totals["proxy"][3] / totals["proxy"][0] * 1e6
     return {
         "pipeline_efficiency_ratio": (gateway_qps / proxy_qps, "ratio"),
         "pipeline_cpu_ratio": (proxy_cpu_us / gateway_cpu_us, "ratio"),
         "gateway_cpu_us_per_request": (gateway_cpu_us, "us"),
         "proxy_cpu_us_per_request": (proxy_cpu_us, "us"),
+        "gateway_loop_cpu_us_per_request": (gateway_loop_us, "us"),
+        "proxy_loop_cpu_us_per_request": (proxy_loop_us, "us"),
+        "gateway_loop_bound_qps": (1e6 / gateway_loop_us, "req/s"),
         "pipeline_added_p50_ms": (
             percentile(gateway_ms, 0.50) - percentile(proxy_ms, 0.50),
             "ms",

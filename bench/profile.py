@@ -8,10 +8,14 @@ breakdown in ``docs/benchmarks.md``.
 
 A sample is charged to the innermost frame that belongs to a known component (so time in the event
 loop called from the pipeline counts as event loop); C code (libsodium, SQLite, gRPC's core) is
-charged to the Python frame that called it. Threads are sampled only while active (a thread blocked
-in fsync counts as active, so the audit writer's share includes its waits for the disk: the figures
-apportion the measured CPU by samples, they are not per-function counters). gRPC's Cython core has
-no Python frames: its time is charged to the asyncio callback that runs it (``event loop``).
+charged to the Python frame that called it. gRPC's Cython core has no Python frames: its time is
+charged to the asyncio callback that runs it (``event loop``).
+
+The CPU is split first by thread, from the main thread's own CPU time (``/proc``): the event
+loop's thread (the one that limits throughput) is apportioned by its samples, the other threads'
+CPU by theirs. py-spy counts a thread blocked in ``fsync`` as active, so apportioning all CPU by
+samples would charge disk waits as CPU; this way they can only move CPU between the worker
+threads. Threads without Python frames (gRPC's pollers) appear as ``threads without Python``.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections import Counter
+from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -56,6 +60,7 @@ COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("pipeline glue (gateway)", ("gateway/",)),
 )
 OTHER = "other"
+NATIVE = "threads without Python (gRPC core)"
 
 
 def _component(stack: str) -> str:
@@ -67,14 +72,20 @@ def _component(stack: str) -> str:
     return OTHER
 
 
-def _read_raw(path: Path) -> tuple[Counter[str], Counter[str]]:
-    """Samples per component and per innermost frame from a py-spy ``--format raw`` file."""
-    counts: Counter[str] = Counter()
+def _on_main_thread(stack: str) -> bool:
+    """Whether a py-spy stack is the process's main thread (the event loop's), not a worker's."""
+    return not stack.startswith("_bootstrap (threading.py")
+
+
+def _read_raw(path: Path) -> tuple[dict[bool, Counter[str]], Counter[str]]:
+    """Samples per component (keyed by ``_on_main_thread``) and per innermost frame from a
+    py-spy ``--format raw`` file."""
+    counts: dict[bool, Counter[str]] = {True: Counter(), False: Counter()}
     leaves: Counter[str] = Counter()
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
         if stack and count.isdigit():
-            counts[_component(stack)] += int(count)
+            counts[_on_main_thread(stack)][_component(stack)] += int(count)
             leaves[stack.rsplit(";", 1)[-1]] += int(count)
     return counts, leaves
 
@@ -90,8 +101,42 @@ async def _drive(fed: Path, endpoint: str, seconds: float) -> int:
     return done
 
 
-def profile(seconds: float, top: int = 0) -> list[list[str]]:
-    """Run, sample, and return the table's rows (and print the ``top`` hottest frames)."""
+class _Sampled:
+    """One process's CPU per request by component, from py-spy and its threads' CPU times."""
+
+    def __init__(self, py_spy: str, process: _Process, raw: Path) -> None:
+        self._process, self._raw = process, raw
+        command = [py_spy, "record", "--pid", str(process.pid), "--format", "raw"]
+        command += ["--rate", "200", "--nonblocking", "--output", str(raw)]
+        self._sampler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._cpu = process.cpu_seconds()
+        self._main = process.loop_cpu_seconds()
+
+    def finish(self, done: int) -> tuple[dict[str, float], float, float, Counter[str]]:
+        """Per component, the event loop's thread and the whole process (µs per request), and
+        the samples per innermost frame."""
+        main_us = (self._process.loop_cpu_seconds() - self._main) / done * 1e6
+        total_us = (self._process.cpu_seconds() - self._cpu) / done * 1e6
+        self._sampler.send_signal(signal.SIGINT)  # py-spy writes its file when interrupted
+        _, errors = self._sampler.communicate(timeout=30)
+        if not self._raw.exists():
+            raise SystemExit(f"py-spy recorded nothing: {errors.decode(errors='replace')}")
+        counts, leaves = _read_raw(self._raw)
+        others_us = max(0.0, total_us - main_us)  # threads that ended count in the total only
+        us: dict[str, float] = defaultdict(float)
+        for on_main, share_of in ((True, main_us), (False, others_us)):
+            samples = sum(counts[on_main].values())
+            if not samples:
+                us[NATIVE] += share_of
+                continue
+            for name, n in counts[on_main].items():
+                us[name] += share_of * n / samples
+        return us, main_us, total_us, leaves
+
+
+def profile(seconds: float, top: int = 0, keep: Path | None = None) -> list[list[str]]:
+    """Run, sample both processes, and return the table's rows (and print the gateway's ``top``
+    hottest frames; copy the gateway's raw py-spy stacks to ``keep``)."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(py_spy).exists():
         raise SystemExit("py-spy is not installed: run `make setup` (it is a dev dependency)")
@@ -103,35 +148,29 @@ def profile(seconds: float, top: int = 0) -> list[list[str]]:
         try:
             proxy = _Process("proxy", fed, root / "proxy", node.endpoint)
             gateway = _Process("gateway", fed, root / "gateway", node.endpoint)
-            before = proxy.cpu_seconds()
-            proxy_done = asyncio.run(_drive(fed, proxy.endpoint, seconds))
-            proxy_us = (proxy.cpu_seconds() - before) / proxy_done * 1e6
-            raw = root / "gateway.raw"
-            command = [py_spy, "record", "--pid", str(gateway.pid), "--format", "raw"]
-            command += ["--rate", "200", "--nonblocking", "--output", str(raw)]
-            sampler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            before = gateway.cpu_seconds()
-            done = asyncio.run(_drive(fed, gateway.endpoint, seconds))
-            gateway_us = (gateway.cpu_seconds() - before) / done * 1e6
-            sampler.send_signal(signal.SIGINT)  # py-spy writes its file when interrupted
-            _, errors = sampler.communicate(timeout=30)
-            if not raw.exists():
-                raise SystemExit(f"py-spy recorded nothing: {errors.decode(errors='replace')}")
-            counts, leaves = _read_raw(raw)
+            sampled = _Sampled(py_spy, proxy, root / "proxy.raw")
+            of_proxy = sampled.finish(asyncio.run(_drive(fed, proxy.endpoint, seconds)))
+            sampled = _Sampled(py_spy, gateway, root / "gateway.raw")
+            of_gateway = sampled.finish(asyncio.run(_drive(fed, gateway.endpoint, seconds)))
+            if keep is not None:
+                shutil.copyfile(root / "gateway.raw", keep)
         finally:
             for process in (gateway, proxy, node):
                 if process is not None:
                     process.stop()
-    total = sum(counts.values()) or 1
+    us, main_us, gateway_us, leaves = of_gateway
+    proxy_by, proxy_main, proxy_us, _ = of_proxy
+    proxy_by = defaultdict(float, proxy_by)
+    total = sum(leaves.values()) or 1
     for frame, n in leaves.most_common(top):
         print(f"{100 * n / total:5.1f} %  {frame}")
     rows = [
-        [name, f"{gateway_us * n / total:,.0f}", f"{100 * n / total:.0f} %"]
-        for name, n in counts.most_common()
+        [name, f"{us[name]:,.0f}", f"{100 * us[name] / gateway_us:.0f} %", f"{proxy_by[name]:,.0f}"]
+        for name in sorted(us, key=lambda name: -us[name])
     ]
-    rows.append(["gateway, all components", f"{gateway_us:,.0f}", "100 %"])
-    rows.append(["bare mTLS proxy, same load", f"{proxy_us:,.0f}", ""])
-    rows.append(["pipeline_cpu_ratio (proxy ÷ gateway)", f"{proxy_us / gateway_us:.2f}", ""])
+    rows.append(["all components", f"{gateway_us:,.0f}", "100 %", f"{proxy_us:,.0f}"])
+    rows.append(["  of which the event loop's thread", f"{main_us:,.0f}", "", f"{proxy_main:,.0f}"])
+    rows.append(["pipeline_cpu_ratio (proxy ÷ gateway)", f"{proxy_us / gateway_us:.2f}", "", ""])
     return rows
 
 
@@ -139,9 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench profile", description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0, help="load time per side")
     parser.add_argument("--top", type=int, default=0, help="also print the N hottest frames")
+    parser.add_argument("--raw", type=Path, default=None, help="keep py-spy's raw stacks here")
     args = parser.parse_args(argv)
-    rows = profile(args.seconds, args.top)
-    print("\n".join(table(["component", "CPU µs per request", "share"], rows)))
+    rows = profile(args.seconds, args.top, args.raw)
+    header = ["component", "gateway µs/request", "share", "proxy µs/request"]
+    print("\n".join(table(header, rows)))
     return 0
 
 

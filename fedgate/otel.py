@@ -2,7 +2,9 @@
 
 - Traces: a ``TracerProvider`` (resource ``service.name``) with a batching OTLP/gRPC exporter
   when an endpoint is configured (off by default: spans are then only made for an injected
-  provider, e.g. in tests).
+  provider, e.g. in tests). Sampling is parent-based: a caller's sampled flag is followed, and
+  a trace started here is recorded with probability ``sample_ratio``; a request that is not
+  recorded gets a non-recording span, which costs next to nothing.
 - Propagation: ``opentelemetry-instrumentation-grpc``'s asyncio server interceptor and client
   interceptors (W3C ``traceparent`` in gRPC metadata), never hand-written injection.
 - Metrics: a ``MeterProvider`` always (so instruments record for real), exposed through
@@ -21,12 +23,25 @@ from typing import Any
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
 from opentelemetry.trace import TracerProvider as ApiTracerProvider
 
-__all__ = ["SECONDS_BUCKETS", "Exporters", "client_interceptors", "server_interceptors"]
+__all__ = [
+    "SECONDS_BUCKETS",
+    "Exporters",
+    "client_interceptors",
+    "sampler",
+    "server_interceptors",
+]
 
 SECONDS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5, 10)
 """Histogram bucket bounds (seconds) for every duration fedgate records."""
+
+
+def sampler(ratio: float) -> Sampler:
+    """Parent-based: follow the caller's sampled flag; record ``ratio`` of the traces started
+    here (by trace id, so every process of a trace decides alike)."""
+    return ParentBased(TraceIdRatioBased(ratio))
 
 
 @dataclass(slots=True)
@@ -41,20 +56,28 @@ class Exporters:
 
     @classmethod
     def start(
-        cls, *, service: str, otlp_endpoint: str = "", prometheus_listen: str = ""
+        cls,
+        *,
+        service: str,
+        otlp_endpoint: str = "",
+        prometheus_listen: str = "",
+        sample_ratio: float = 1.0,
     ) -> Exporters:
         """Providers for ``service`` (``fedgate-gateway``, ``fedgate-node``): OTLP traces to
         ``otlp_endpoint`` (``host:port``, plaintext gRPC to a local collector; empty: no
-        tracer provider) and Prometheus metrics on ``prometheus_listen`` (``host:port``, port
-        0 picks one; empty: metrics recorded but not served). Raises ``OSError`` if the
-        metrics port cannot be bound."""
+        tracer provider), sampled parent-based with ``sample_ratio`` (0 to 1) for the traces
+        this process starts, and Prometheus metrics on ``prometheus_listen`` (``host:port``,
+        port 0 picks one; empty: metrics recorded but not served). Raises ``ValueError`` for a
+        ratio outside 0 to 1, ``OSError`` if the metrics port cannot be bound."""
+        if not 0.0 <= sample_ratio <= 1.0:
+            raise ValueError(f"sample_ratio must be between 0 and 1, got {sample_ratio}")
         resource = Resource.create({"service.name": service})
         tracer_provider: TracerProvider | None = None
         if otlp_endpoint:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-            tracer_provider = TracerProvider(resource=resource)
+            tracer_provider = TracerProvider(resource=resource, sampler=sampler(sample_ratio))
             exporter = OTLPSpanExporter(endpoint=otlp_endpoint, insecure=True)
             tracer_provider.add_span_processor(
                 BatchSpanProcessor(exporter, schedule_delay_millis=500)

@@ -190,6 +190,9 @@ class Registry:
     _members: dict[MemberId, Member] = field(init=False, repr=False, compare=False)
     _keys: dict[KeyId, tuple[Member, SigningKey]] = field(init=False, repr=False, compare=False)
     _revoked: dict[str, Revocation] = field(init=False, repr=False, compare=False)
+    _parsed: dict[KeyId, Ed25519PublicKey] = field(init=False, repr=False, compare=False)
+    """Each signing key parsed once, on first use: a new key object per call also missed the
+    verifier cache of ``fedgate.keys`` (re-parsed and re-hashed on every verify)."""
 
     def __post_init__(self) -> None:
         if self.serial < 1:
@@ -226,6 +229,7 @@ class Registry:
         object.__setattr__(self, "_members", members)
         object.__setattr__(self, "_keys", keys)
         object.__setattr__(self, "_revoked", revoked)
+        object.__setattr__(self, "_parsed", {})
 
     # -- lookups ---------------------------------------------------------------------------
 
@@ -307,7 +311,10 @@ class Registry:
                 f"signing key {key_id} of {owner.id} is valid from {_format_time(key.not_before)} "
                 f"until {_format_time(key.not_after)}, not at {_format_time(at)}"
             )
-        return owner, public_key_from_raw(key.public_key)
+        parsed = self._parsed.get(key_id)
+        if parsed is None:  # a race parses twice, harmlessly: setdefault keeps one
+            parsed = self._parsed.setdefault(key_id, public_key_from_raw(key.public_key))
+        return owner, parsed
 
     def check_certificate(self, member_id: str, cert_der: bytes) -> Member:
         """The member, if it is in good standing and ``cert_der`` is the certificate the registry

@@ -15,7 +15,7 @@
     [tickets]    path, poll_interval_s
     [alerts]     path, keep
     [telemetry]  prometheus_listen (loopback host:port, empty = off), otlp_endpoint (host:port of
-                 an OTLP/gRPC collector, empty = off), log_level, log_json
+                 an OTLP/gRPC collector, empty = off), trace_sample_ratio, log_level, log_json
     [console]    listen (the auditor web console's host:port, empty = off), users_dir,
                  secure_cookies
 
@@ -221,6 +221,9 @@ class TelemetryConfig:
     otlp_endpoint: str = ""
     """``host:port`` of an OpenTelemetry collector (OTLP over plaintext gRPC, typically a local
     agent) that receives the gateway's spans; empty (the default) exports no traces."""
+    trace_sample_ratio: float = 0.1
+    """Of the traces the gateway starts, the share recorded and exported (0 to 1); a caller's
+    sampled flag is always followed. Unrecorded requests cost next to nothing."""
     log_level: str = "INFO"
     log_json: bool = True
 
@@ -422,6 +425,11 @@ class GatewayConfig:
                     f"audit.tiles_listen must be a loopback address (the tiles hold personal "
                     f"data and are served over plain HTTP), got {host!r}"
                 )
+        if not 0.0 <= self.telemetry.trace_sample_ratio <= 1.0:
+            raise ConfigError(
+                "telemetry.trace_sample_ratio must be between 0 and 1, got "
+                f"{self.telemetry.trace_sample_ratio}"
+            )
         if self.telemetry.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigError(f"telemetry.log_level {self.telemetry.log_level!r} is not a level")
 

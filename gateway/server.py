@@ -718,6 +718,7 @@ class Gateway:
                 service="fedgate-gateway",
                 otlp_endpoint=config.telemetry.otlp_endpoint,
                 prometheus_listen=config.telemetry.prometheus_listen,
+                sample_ratio=config.telemetry.trace_sample_ratio,
             )
             resources.callback(exporters.shutdown)  # last: flushes the spans of the drain
             tracer_provider = tracer_provider or exporters.tracer_provider

@@ -315,6 +315,13 @@ class TestSigningKey:
         signer = load_private_key(FederationLayout(federation_dir).signing_key(member.id))
         public.verify(signer.sign(b"message"), b"message")
 
+    def test_a_key_is_parsed_once_per_registry(self, federation_registry: Registry) -> None:
+        key = federation_registry.member(MemberId("bank.icbc")).signing_keys[0]
+        _, first = federation_registry.signing_key(key.key_id, at=key.not_before)
+        _, again = federation_registry.signing_key(key.key_id, at=key.not_before)
+        assert again is first  # so the verifier cache of fedgate.keys finds it
+        assert raw_public_key(first) == key.public_key
+
     def test_window_is_half_open(self) -> None:
         signer = generate_signing_key()
         t = datetime(2026, 1, 1, tzinfo=UTC)

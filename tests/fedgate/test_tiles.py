@@ -172,6 +172,30 @@ class TestTiledTree:
                     proof = tree.consistency_proof(old, size)
                     verify_consistency(old, size, proof, root_of(hashes[:old]), root)
 
+    @pytest.mark.parametrize("kept", [16_384, 8])
+    def test_roots_asked_while_growing_equal_the_in_memory_tree(
+        self, kept: int, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """As the gateway uses it: a root, the last signed root and a receipt's proof after
+        every small batch. Subtree hashes are kept between calls (and dropped when too many):
+        none may go stale as the right edge grows."""
+        monkeypatch.setattr("fedgate.tiles._ROOTS_KEPT", kept)
+        hashes = _hashes(1300, b"g")
+        store = _Store()
+        tree = TiledTree(size=0, edge=[b""], read=store.read)
+        memory = MerkleTree()
+        signed = 0
+        for start in range(0, len(hashes), 7):
+            batch = hashes[start : start + 7]
+            store.put(tree.extend(batch))
+            memory.extend(batch)
+            size = tree.size
+            assert tree.root() == memory.root()
+            assert tree.root(signed) == memory.root(signed)
+            assert tree.inclusion_proof(size - 1) == memory.inclusion_proof(size - 1)
+            assert tree.inclusion_proof(start // 2, size) == memory.inclusion_proof(start // 2)
+            signed = size
+
     def test_reopened_from_tiles_and_edge_continues_the_same_tree(self) -> None:
         hashes = _hashes(70_000)
         tree, store = _tiled(hashes[:66_000], batch=777)

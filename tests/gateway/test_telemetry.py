@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import grpc
+import grpc.aio
 import pytest
 import pytest_asyncio
 from opentelemetry.sdk.metrics import MeterProvider
@@ -22,9 +24,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from fedgate.client import FedgateClient
-from fedgate.otel import Exporters
+from fedgate.config import ConfigError
+from fedgate.otel import Exporters, sampler
+from fedgate.tls import MemberCredentials, channel_credentials, channel_options
 from fedgate.types import MemberId
-from gateway.config import PipelineConfig, TelemetryConfig
+from fedgate.v1 import gateway_service_pb2
+from gateway.config import GatewayConfig, PipelineConfig, TelemetryConfig
 from gateway.server import Gateway
 from gateway.telemetry import GatewayTelemetry, JsonLogFormatter, mask_identifiers
 
@@ -106,12 +111,16 @@ class TestTraces:
         root = by_id[submit.parent.span_id]
         assert (root.kind, root.name) == (SpanKind.SERVER, "/fedgate.v1.GatewayService/Submit")
         trace_id = root.context.trace_id
-        names = [s.name for s in spans if s.context.trace_id == trace_id]
-        for stage in STAGES:
-            assert f"gateway.stage.{stage}" in names, stage
+        # the stages are events on the one pipeline span, in order, each with its duration
+        events = [e for e in submit.events if e.name.startswith("gateway.stage.")]
+        assert [e.name for e in events] == [f"gateway.stage.{stage}" for stage in STAGES]
+        assert [e.attributes["fedgate.stage"] for e in events] == STAGES
+        assert all(e.attributes["fedgate.stage.duration_s"] >= 0 for e in events)
+        assert [e.timestamp for e in events] == sorted(e.timestamp for e in events)
+        gateway_spans = [s.name for s in spans if s.name.startswith("gateway.")]
+        assert gateway_spans == ["gateway.Submit"], "no span per stage"
         node = next(s for s in spans if s.name == "node.Handle")
         assert node.context.trace_id == trace_id
-        route = next(s for s in spans if s.name == "gateway.stage.route")
 
         def ancestors(span: Any) -> list[Any]:
             chain = []
@@ -120,14 +129,14 @@ class TestTraces:
                 chain.append(span)
             return chain
 
-        # route -> instrumented client call -> instrumented server call -> node.Handle
+        # pipeline span -> instrumented client call -> instrumented server call -> node.Handle
         kinds = [(s.kind, s.name) for s in ancestors(node)[:3]]
         assert kinds == [
             (SpanKind.SERVER, "/fedgate.v1.AgencyService/Handle"),
             (SpanKind.CLIENT, "/fedgate.v1.AgencyService/Handle"),
-            (SpanKind.INTERNAL, "gateway.stage.route"),
+            (SpanKind.INTERNAL, "gateway.Submit"),
         ]
-        assert ancestors(node)[2] is route
+        assert ancestors(node)[2] is submit
         assert h.node.metadata[-1]["traceparent"].split("-")[1] == f"{trace_id:032x}"
 
     async def test_spans_carry_no_personal_data(self, observed: Observed) -> None:
@@ -231,6 +240,84 @@ async def _get(port: int, path: str) -> tuple[int, str]:
         writer.close()
     head, _, body = reply.partition("\r\n\r\n")
     return int(head.split()[1]), body
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def unsampled(
+    gw_federation: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    harness_factory: Callable[..., Awaitable[GatewayHarness]],
+) -> AsyncIterator[Observed]:
+    """A gateway whose own traces are never sampled (ratio 0), parent-based."""
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider(sampler=sampler(0.0))
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    h = await harness_factory(
+        gw_federation,
+        tmp_path_factory.mktemp("unsampled"),
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+    )
+    try:
+        yield Observed(h, exporter, reader)
+    finally:
+        await h.close()
+        tracer_provider.shutdown()
+        meter_provider.shutdown()
+
+
+class TestSampling:
+    async def test_an_unsampled_request_records_no_span_but_its_metrics(
+        self, unsampled: Observed
+    ) -> None:
+        h = unsampled.harness
+        unsampled.spans.clear()
+        assert (await h.client().submit(h.request())).answer is not None
+        assert unsampled.spans.get_finished_spans() == ()
+        metric = _metric(unsampled.metrics, "fedgate.gateway.request.duration")
+        assert sum(p.count for p in metric.data.data_points) >= 1
+
+    async def test_a_callers_sampled_flag_is_followed(self, unsampled: Observed) -> None:
+        h = unsampled.harness
+        unsampled.spans.clear()
+        trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+        raw = gateway_service_pb2.SubmitRequest(envelope=h.sign(h.request())).SerializeToString()
+        creds = MemberCredentials.load(h.federation, MemberId("police.gd.afc"))
+        async with grpc.aio.secure_channel(
+            h.endpoint, channel_credentials(creds), options=channel_options(MemberId("gateway"))
+        ) as channel:
+            call = channel.unary_unary("/fedgate.v1.GatewayService/Submit")
+            reply = gateway_service_pb2.SubmitResponse.FromString(
+                await call(
+                    raw,
+                    timeout=10,
+                    metadata=(("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01"),),
+                )
+            )
+        assert reply.HasField("response")
+        spans = unsampled.spans.get_finished_spans()
+        submit = next(s for s in spans if s.name == "gateway.Submit")
+        assert f"{submit.context.trace_id:032x}" == trace_id
+        assert "gateway.stage.countersign" in {e.name for e in submit.events}
+        node = next(s for s in spans if s.name == "node.Handle")
+        assert node.context.trace_id == submit.context.trace_id
+
+    async def test_the_ratio_is_checked(self, unsampled: Observed) -> None:
+        config = dataclasses.replace(
+            unsampled.harness.config(), telemetry=TelemetryConfig(trace_sample_ratio=1.5)
+        )
+        with pytest.raises(ConfigError, match="telemetry.trace_sample_ratio"):
+            config.validate()
+        with pytest.raises(ValueError, match="sample_ratio"):
+            Exporters.start(service="test", sample_ratio=-0.1)
+        doc = {
+            "federation": {"dir": str(unsampled.harness.federation)},
+            "pipeline": {"state_dir": str(unsampled.harness.state_dir)},
+            "telemetry": {"trace_sample_ratio": 1},
+        }
+        assert GatewayConfig.from_mapping(doc, env={}).telemetry.trace_sample_ratio == 1
 
 
 class TestLogs:
