@@ -37,7 +37,6 @@ import psycopg
 from fedgate.errors import AuditUnavailable, InvalidArgument
 from fedgate.storage import open_sqlite, prepare_sqlite
 from gateway.audit import _search
-from gateway.audit._rows import group_subjects, indexed_row
 from gateway.audit.pg_store import DEFAULT_SCHEMA, connect_reader
 from gateway.audit.sqlite_store import AUDIT_SCHEMA
 from gateway.audit.store import IndexedRow, SearchQuery
@@ -156,7 +155,6 @@ class _Statements:
     parameter of each is the shard's origin (``where`` starts the list's filters with it)."""
 
     p: str
-    subjects: str
     checkpoint_before: str
     per_day: dict[str, str]
     refusals: str
@@ -218,10 +216,6 @@ def _statements(*, pg: bool) -> _Statements:
         # Search filters: fixed fragments chosen by which fields are set; values are parameters.
         # The ``<> ''`` terms let the stores use their partial indexes (``WHERE officer_id <>
         # ''`` ...): SQLite cannot tell that a bound parameter is not empty.
-        subjects=(
-            f"SELECT idx, subject FROM subjects WHERE {o}idx{listed}"  # noqa: S608 - constant
-            f" ORDER BY idx, subject{c}"
-        ),
         checkpoint_before=(
             f"SELECT size, note FROM checkpoints WHERE {o}size < ?"  # noqa: S608 - constant
             " ORDER BY size DESC LIMIT 1"
@@ -275,7 +269,6 @@ def _statements(*, pg: bool) -> _Statements:
         return statements
     return _Statements(
         p="%s",
-        subjects=_pg_text(statements.subjects),
         checkpoint_before=_pg_text(statements.checkpoint_before),
         per_day={k: _pg_text(v) for k, v in statements.per_day.items()},
         refusals=_pg_text(statements.refusals),
@@ -478,7 +471,7 @@ class LogInsights:
         )
         dialect = _search.PG if self._scope else _search.SQLITE
 
-        def run() -> list[tuple[Any, ...]]:
+        def run() -> list[IndexedRow]:
             reader = self._reader
             if reader is None:
                 raise AuditUnavailable("the audit log insights are closed")
@@ -486,23 +479,9 @@ class LogInsights:
             def fetch(statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
                 return reader.fetch("search", statement, params)
 
-            lo, hi = 0, None
-            if query.since_us is not None or query.until_us is not None:
-                lo, hi = _search.time_bounds(
-                    fetch, dialect, self._scope, query.since_us, query.until_us
-                )
-            statement, params = _search.search_statement(query, dialect, self._scope, lo=lo, hi=hi)
-            return fetch(statement, params)
+            return _search.search(fetch, dialect, self._scope, query)
 
-        hits = await self._run(run)
-        if not hits:
-            return []
-        found = group_subjects(
-            await self._rows(
-                "read subjects", self._sql.subjects, (self._listed([h[0] for h in hits]),)
-            )
-        )
-        return [indexed_row(h, tuple(found.get(h[0], ()))) for h in hits]
+        return await self._run(run)
 
     async def checkpoint_before(self, size: int) -> tuple[int, str] | None:
         """The signed checkpoint stored just before size ``size`` (size and note), if any."""
