@@ -550,8 +550,12 @@ class _Stream:
         notes: list[tuple[int, int, str | bytes]] = []
         signed_failure: Failure | None = None
         if checked is not None and checked.signed is not None:
-            notes += [(size, 0, root) for size, root in checked.signed]
-            signed_failure = checked.signed_failure
+            # Only up to the entries given: a chunk that failed returns the hashes before its
+            # failure, which is reported after them.
+            notes += [(size, 0, root) for size, root in checked.signed if size <= hi]
+            failed = checked.signed_failure
+            if failed is not None and (failed.size or 0) <= hi:
+                signed_failure = failed
         else:
             notes += [(s, 0, note) for s, note in self.source.checkpoints_in(lo - (lo == 0), hi)]
         notes += [(size, 2, note) for size, note in self.source.cosigned_in(lo - (lo == 0), hi)]

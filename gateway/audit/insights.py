@@ -64,6 +64,8 @@ CST_OFFSET_US: Final = 8 * US_PER_HOUR
 """China Standard Time is UTC+8 all year."""
 _EPOCH_DAY: Final = date(1970, 1, 1)
 _MAX_ROWS: Final = 500
+ROLLUP_WAIT_S: Final = 1.0
+"""How long a chart or flag waits for the rollups to cover what was committed when asked."""
 
 
 def day_of(time_us: int) -> date:
@@ -398,6 +400,8 @@ class LogInsights:
         self._pool = pool
         self._reader: _Reader | None = None
         self._closed = False
+        self.rollup_lag = 0
+        """Entries committed but not yet in the rollups when the last chart or flag was read."""
         self._scope: tuple[object, ...] = ()
         self._sql = _SQLITE
         if isinstance(source, PgShard):
@@ -498,12 +502,46 @@ class LogInsights:
             return None
         return since // US_PER_DAY, until // US_PER_DAY
 
+    async def _rollup_days(self, window: TimeWindow) -> tuple[int, int] | None:
+        """``_days``; when the rollups are to be read, first wait (at most ``ROLLUP_WAIT_S``)
+        until they cover every entry committed now, recording in ``rollup_lag`` how many they
+        still miss (the store's catch-up keeps them within its bound, ``docs/audit.md``)."""
+        days = self._days(window)
+        if days is None:
+            return None
+        dialect = _search.PG if self._scope else _search.SQLITE
+
+        def state() -> tuple[int, int]:
+            reader = self._reader
+            if reader is None:
+                raise AuditUnavailable("the audit log insights are closed")
+
+            def fetch(statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+                return reader.fetch("read the rollups' state", statement, params)
+
+            (size,) = fetch(
+                dialect.text(
+                    f"SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves WHERE {dialect.scope}1 = 1"  # noqa: S608
+                ),
+                self._scope,
+            )[0]
+            return int(size), _search.projected_to(fetch, dialect, self._scope)
+
+        loop = asyncio.get_running_loop()
+        target, covered = await self._run(state)
+        deadline = loop.time() + ROLLUP_WAIT_S
+        while covered < target and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+            covered = (await self._run(state))[1]
+        self.rollup_lag = max(0, target - covered)
+        return days
+
     async def per_day(self, window: TimeWindow, by: str) -> list[DayCount]:
         """Request legs per China-time day grouped ``by`` one of ``GROUPINGS``."""
         sql = self._sql.per_day.get(by)
         if sql is None:
             raise InvalidArgument(f"group by one of {', '.join(GROUPINGS)}, not {by!r}")
-        days = self._days(window)
+        days = await self._rollup_days(window)
         if days is not None:
             rows = await self._rows("count per day", self._sql.rollup_per_day, (by, *days))
         else:
@@ -513,7 +551,7 @@ class LogInsights:
     async def refusals(self, window: TimeWindow) -> list[ReasonCount]:
         """Refusals by stable reason: the gateway's (request legs, the code before the colon of
         the rule) and the agencies' (response legs with status ``refused``)."""
-        days = self._days(window)
+        days = await self._rollup_days(window)
         if days is not None:
             rows = await self._rows("count refusals", self._sql.rollup_refusals, days)
         else:
@@ -526,7 +564,7 @@ class LogInsights:
 
     async def officer_days(self, window: TimeWindow, actions: Collection[str]) -> list[OfficerDay]:
         """Request legs of ``actions`` per officer per day."""
-        days = self._days(window)
+        days = await self._rollup_days(window)
         listed = self._listed(sorted(actions))
         if days is not None:
             rows = await self._rows(
@@ -545,7 +583,7 @@ class LogInsights:
     ) -> list[OfficerDay]:
         """Request legs of ``actions`` before ``start_hour`` or from ``end_hour`` on (China
         time), per officer per day, latest day first."""
-        days = self._days(window)
+        days = await self._rollup_days(window)
         listed = self._listed(sorted(actions))
         if days is not None:
             rows = await self._rows(
@@ -563,7 +601,7 @@ class LogInsights:
 
     async def refusal_days(self, window: TimeWindow, *, minimum: int) -> list[OfficerDay]:
         """Officer-days with at least ``minimum`` refusals (by the gateway or the agency)."""
-        days = self._days(window)
+        days = await self._rollup_days(window)
         if days is not None:
             rows = await self._rows(
                 "count refusals per officer",
