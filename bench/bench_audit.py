@@ -25,6 +25,7 @@ import functools
 import hashlib
 import os
 import random
+import resource
 import sys
 import tempfile
 import time
@@ -35,7 +36,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bench._biglog import write_log
+from bench._biglog import bench_signer, write_log
 from fedgate.actions import new_request_id
 from fedgate.audit_entry import (
     RequestLeg,
@@ -107,9 +108,14 @@ Opener = Callable[[], Awaitable[AuditStore]]
 
 
 async def _appends(
-    open_store: Opener, signer: NoteSigner, concurrency: int, exchanges: int
+    open_store: Opener,
+    signer: NoteSigner,
+    concurrency: int,
+    exchanges: int,
+    cpu: list[float] | None = None,
 ) -> tuple[float, list[float]]:
-    """Appends per second and every append's latency (s)."""
+    """Appends per second and every append's latency (s); this process's CPU seconds over the
+    same span are appended to ``cpu`` when given."""
     store = await open_store()
     log = await AuditLog.open(store=store, origin=ORIGIN, signer=signer)
     entries = _Entries(concurrency)
@@ -124,10 +130,14 @@ async def _appends(
             await log.append(entries.response(requests[i], receipt.index))
             latencies.extend((t1 - t0, time.perf_counter() - t1))
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     await asyncio.gather(*(appender(k) for k in range(concurrency)))
-    elapsed = time.perf_counter() - started
+    # Closing is counted: it brings the search projection level (its last catch-up), so the
+    # figure includes every projection cost of the appends measured.
     await log.close()
+    elapsed = time.perf_counter() - started
+    if cpu is not None:
+        cpu.append(time.process_time() - cpu_started)
     return 2 * exchanges / elapsed, latencies
 
 
@@ -203,44 +213,91 @@ def _write_log(path: Path, signer: NoteSigner, entries: int, batch: int) -> None
     write_log(path, entries, signer=signer, batch=batch)
 
 
-def _verify_figures(quick: bool) -> dict[str, tuple[float, str]]:
-    entries = 60_000 if quick else 1_000_000
-    label = "60k-entry log (quick run)" if quick else "1M-entry log"
-    signer = NoteSigner(name=ORIGIN, private_key=Ed25519PrivateKey.generate())
+def _group_commit_log(path: Path, signer: NoteSigner, exchanges: int, appenders: int) -> int:
+    """A log written by the gateway's own group commit: ``appenders`` concurrent exchanges
+    through ``AuditLog`` (a checkpoint per commit, so one every few entries). Returns the
+    number of checkpoints it signed."""
+
+    async def opener() -> AuditStore:
+        return await open_sqlite_store(path, origin=ORIGIN)
+
+    asyncio.run(_appends(opener, signer, appenders, exchanges))
+    db = SqliteDatabase(path, origin=None, writer=False)
+    try:
+        return len(db.checkpoints_in(-1, 1 << 62))
+    finally:
+        db.close()
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process and its finished children (the verification workers)."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _verify(db: Path, signer: NoteSigner, *, check_index: bool, what: str) -> tuple[float, float]:
+    """Entries/s verified, and CPU microseconds per entry (all processes)."""
     jobs = os.cpu_count() or 1
+    cpu = _cpu_s()
+    opener: Callable[[], LogSource] = functools.partial(
+        SqliteDatabase, db, origin=None, writer=False
+    )
+    report = verify_log(
+        opener,
+        log_keys=[signer.verifier()],
+        options=VerifyOptions(jobs=jobs, chunk=20_000, check_index=check_index),
+    )
+    if not report.ok:
+        raise AssertionError(f"the benchmark log does not verify: {report.failure}")
+    cpu_us = 1e6 * (_cpu_s() - cpu) / report.entries
+    print(
+        f"  verified {report.entries:,} entries and {report.checkpoints:,} checkpoints in "
+        f"{report.seconds:.1f} s, {cpu_us:.1f} us CPU per entry ({what}, {jobs} workers)",
+        file=sys.stderr,
+    )
+    return report.entries / report.seconds, cpu_us
+
+
+def _verify_figures(quick: bool) -> dict[str, tuple[float, str]]:
+    """Verification of a log the group commit wrote (16 appenders: a checkpoint every few
+    entries, as the gateway stores them), and for comparison of one written in 5,000-entry
+    batches (the old benchmark's log, one checkpoint per 5,000 entries)."""
+    exchanges = 15_000 if quick else 100_000
+    batched = 60_000 if quick else 400_000
+    signer = NoteSigner(name=ORIGIN, private_key=Ed25519PrivateKey.generate())
+    figures: dict[str, tuple[float, str]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-audit-verify-") as tmp:
         db = Path(tmp) / "audit.sqlite"
         started = time.perf_counter()
-        _write_log(db, signer, entries, batch=5_000)
+        checkpoints = _group_commit_log(db, signer, exchanges, 16)
         print(
-            f"  wrote {entries:,} entries in {time.perf_counter() - started:.1f} s", file=sys.stderr
+            f"  group commit wrote {2 * exchanges:,} entries in {time.perf_counter() - started:.1f}"
+            f" s with {checkpoints:,} checkpoints ({2 * exchanges / checkpoints:.1f} entries per"
+            " checkpoint)",
+            file=sys.stderr,
         )
-
-        opener: Callable[[], LogSource] = functools.partial(
-            SqliteDatabase, db, origin=None, writer=False
+        figures["audit_verify_log_entries_per_checkpoint"] = (
+            2 * exchanges / checkpoints,
+            "entries",
         )
-        figures: dict[str, tuple[float, str]] = {}
-        for check_index, name, what in (
-            (False, "audit_verify_entries_per_s", "search-index check excluded"),
-            (True, "audit_verify_index_entries_per_s", "search index checked too"),
-        ):
-            report = verify_log(
-                opener,
-                log_keys=[signer.verifier()],
-                options=VerifyOptions(jobs=jobs, chunk=20_000, check_index=check_index),
-            )
-            if not report.ok:
-                raise AssertionError(f"the benchmark log does not verify: {report.failure}")
-            rate = report.entries / report.seconds
-            print(
-                f"  verified {report.entries:,} in {report.seconds:.1f} s ({label}, {jobs} workers,"
-                f" {what})",
-                file=sys.stderr,
-            )
-            figures[name] = (
-                rate,
-                "entries/s",
-            )
+        rate, cpu_us = _verify(
+            db, signer, check_index=False, what="group-commit log, index check excluded"
+        )
+        figures["audit_verify_entries_per_s"] = (rate, "entries/s")
+        figures["audit_verify_cpu_us_per_entry"] = (cpu_us, "us")
+        rate, _ = _verify(db, signer, check_index=True, what="group-commit log, index checked")
+        figures["audit_verify_index_entries_per_s"] = (rate, "entries/s")
+    with tempfile.TemporaryDirectory(prefix="bench-audit-verify-") as tmp:
+        db = Path(tmp) / "audit.sqlite"
+        _write_log(db, signer, batched, batch=5_000)
+        rate, cpu_us = _verify(
+            db, signer, check_index=False, what="5,000-entry batches, for comparison"
+        )
+        figures["audit_verify_entries_per_s_batched"] = (rate, "entries/s")
+        figures["audit_verify_cpu_us_per_entry_batched"] = (cpu_us, "us")
     return figures
 
 
@@ -462,9 +519,76 @@ def _cosigned_figures(quick: bool) -> dict[str, tuple[float, str]]:
     return {"audit_checkpoint_cosigned_p99_ms": (p99, "ms")}
 
 
+def _big_log(quick: bool) -> Path:
+    """The big log to append to: ``BENCH_AUDIT_BIG_LOG`` if set, else the scale benchmark's
+    cached log if it is there (``bench/.cache``), else one of ``BENCH_SCALE_ENTRIES`` entries
+    (default 1 M, 100 k with ``--quick``) built once with ``bench._biglog`` and cached."""
+    named = os.environ.get("BENCH_AUDIT_BIG_LOG")
+    if named:
+        return Path(named)
+    cache = Path(__file__).with_name(".cache")
+    scale = cache / ("audit-200k.sqlite" if quick else "audit-10m.sqlite")
+    if scale.exists():
+        return scale
+    entries = int(os.environ.get("BENCH_SCALE_ENTRIES", 100_000 if quick else 1_000_000))
+    cache.mkdir(exist_ok=True)
+    path = cache / f"audit-writer-{entries}.sqlite"
+    seconds = write_log(path, entries, progress=True)
+    print(f"  big log {path.name}: {entries:,} entries ({seconds:.0f} s building)", file=sys.stderr)
+    return path
+
+
+async def _big_appends(big: Path, rounds: int, exchanges: int) -> dict[str, float]:
+    """Appends/s at 256 appenders on an empty log and on ``big``, interleaved ``rounds`` times
+    in this process (load on the machine falls on both alike), with this process's CPU time."""
+    signer = bench_signer()
+
+    async def on_big() -> AuditStore:
+        return await open_sqlite_store(big, origin=ORIGIN)
+
+    totals = {"empty_s": 0.0, "big_s": 0.0, "empty_cpu": 0.0, "big_cpu": 0.0, "n": 0.0}
+    for _ in range(rounds):
+        for name in ("empty", "big"):
+            with tempfile.TemporaryDirectory(prefix="bench-audit-empty-") as tmp:
+                opener = _sqlite_opener(Path(tmp)) if name == "empty" else on_big
+                cpu: list[float] = []
+                rate, _ = await _appends(opener, signer, 256, exchanges, cpu)
+                totals[f"{name}_cpu"] += cpu[0]
+                totals[f"{name}_s"] += 2 * exchanges / rate
+        totals["n"] += 2 * exchanges
+    return totals
+
+
+def _big_log_figures(quick: bool) -> dict[str, tuple[float, str]]:
+    big = _big_log(quick)
+    reader = SqliteDatabase(big, origin=None, writer=False)
+    try:
+        size = reader.next_index()
+    finally:
+        reader.close()
+    t = asyncio.run(_big_appends(big, 1 if quick else 3, 3_000 if quick else 10_000))
+    empty, loaded = t["n"] / t["empty_s"], t["n"] / t["big_s"]
+    print(
+        f"  appends at 256 appenders: {loaded:,.0f}/s on the {size:,}-entry log, {empty:,.0f}/s"
+        f" on an empty one (CPU {1e6 * t['big_cpu'] / t['n']:.0f} vs "
+        f"{1e6 * t['empty_cpu'] / t['n']:.0f} us per append)",
+        file=sys.stderr,
+    )
+    return {
+        "audit_big_log_entries": (float(size), "entries"),
+        "audit_appends_per_s_sqlite_big": (loaded, "appends/s"),
+        "audit_appends_per_s_sqlite_empty_side": (empty, "appends/s"),
+        "audit_appends_big_ratio": (loaded / empty, "ratio"),
+        "audit_append_cpu_us_big": (1e6 * t["big_cpu"] / t["n"], "us"),
+        "audit_append_cpu_us_empty": (1e6 * t["empty_cpu"] / t["n"], "us"),
+        "audit_appends_big_cpu_ratio": (t["empty_cpu"] / t["big_cpu"], "ratio"),
+    }
+
+
 def run(quick: bool) -> dict[str, tuple[float, str]]:
     figures: dict[str, tuple[float, str]] = {}
     figures.update(_append_figures("sqlite", _sqlite_opener, quick))
+    figures.update(_big_log_figures(quick))
     figures["audit_checkpoint_p99_ms"] = (
         figures["audit_append_p99_ms_sqlite_c16"][0],
         "ms",

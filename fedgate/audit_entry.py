@@ -278,17 +278,23 @@ def _s(value: str) -> bytes:
     return _U32.pack(len(b)) + b
 
 
-def _b(value: bytes) -> bytes:
-    return _U32.pack(len(value)) + value
+_PACK_U32 = _U32.pack
 
 
-def _t(value: datetime) -> bytes:
-    return b"\x00\x00\x00\x08" + _I64.pack(time_to_micros(value))
+def _framed(head: bytes, fields: Sequence[bytes]) -> bytes:
+    """``head`` then each field with its 4-byte length, in one join (the hot path: one pass
+    over the leaf's fields, no intermediate concatenations)."""
+    parts = [head]
+    for f in fields:
+        parts += (_PACK_U32(len(f)), f)
+    return b"".join(parts)
 
 
 def _strings(values: Sequence[str]) -> bytes:
-    body = _U32.pack(len(values)) + b"".join(_s(v) for v in values)
-    return _b(body)
+    return _framed(_PACK_U32(len(values)), [v.encode("utf-8") for v in values])
+
+
+_HEADS = {kind: ENTRY_MAGIC + bytes((ENTRY_VERSION, kind)) for kind in (1, 2, 3)}
 
 
 def encode_entry(entry: AuditEntry) -> bytes:
@@ -300,23 +306,24 @@ def encode_entry(entry: AuditEntry) -> bytes:
                     f"request leg decision {entry.decision!r} is not one of {sorted(DECISIONS)}"
                 )
             _check_fingerprint(entry.peer_cert_sha256)
-            parts = [
-                ENTRY_MAGIC,
-                bytes((ENTRY_VERSION, EntryKind.REQUEST)),
-                _b(entry.envelope),
-                _s(entry.peer),
-                _s(entry.peer_cert_sha256),
-                _t(entry.received_at),
-                _s(entry.decision),
-                _s(entry.rule),
-                _s(entry.request_id),
-                _s(entry.requesting_agency),
-                _s(entry.officer_id),
-                _s(entry.case_number),
-                _s(entry.action),
-                _s(entry.target_agency),
-                _strings(entry.subjects),
-            ]
+            data = _framed(
+                _HEADS[EntryKind.REQUEST],
+                [
+                    entry.envelope,
+                    entry.peer.encode("utf-8"),
+                    entry.peer_cert_sha256.encode("utf-8"),
+                    _I64.pack(time_to_micros(entry.received_at)),
+                    entry.decision.encode("utf-8"),
+                    entry.rule.encode("utf-8"),
+                    entry.request_id.encode("utf-8"),
+                    entry.requesting_agency.encode("utf-8"),
+                    entry.officer_id.encode("utf-8"),
+                    entry.case_number.encode("utf-8"),
+                    entry.action.encode("utf-8"),
+                    entry.target_agency.encode("utf-8"),
+                    _strings(entry.subjects),
+                ],
+            )
         elif isinstance(entry, ResponseLeg):
             if entry.status not in RESPONSE_STATUSES:
                 raise InvalidArgument(
@@ -329,36 +336,37 @@ def encode_entry(entry: AuditEntry) -> bytes:
                 raise InvalidArgument("responder_signature must be empty or 64 bytes")
             if entry.request_leaf_index < 0:
                 raise InvalidArgument("request_leaf_index must not be negative")
-            parts = [
-                ENTRY_MAGIC,
-                bytes((ENTRY_VERSION, EntryKind.RESPONSE)),
-                _s(entry.request_id),
-                _b(_U64.pack(entry.request_leaf_index)),
-                _s(entry.responder),
-                _t(entry.received_at),
-                _s(entry.status),
-                _b(entry.response_hash),
-                _b(entry.responder_signature),
-                _s(entry.responder_key_id),
-                _s(entry.detail),
-                _b(entry.response_envelope),
-            ]
+            data = _framed(
+                _HEADS[EntryKind.RESPONSE],
+                [
+                    entry.request_id.encode("utf-8"),
+                    _U64.pack(entry.request_leaf_index),
+                    entry.responder.encode("utf-8"),
+                    _I64.pack(time_to_micros(entry.received_at)),
+                    entry.status.encode("utf-8"),
+                    entry.response_hash,
+                    entry.responder_signature,
+                    entry.responder_key_id.encode("utf-8"),
+                    entry.detail.encode("utf-8"),
+                    entry.response_envelope,
+                ],
+            )
         else:
             pairs = b"".join(_s(k) + _s(v) for k, v in entry.detail)
-            parts = [
-                ENTRY_MAGIC,
-                bytes((ENTRY_VERSION, EntryKind.EVENT)),
-                _s(entry.kind),
-                _s(entry.actor),
-                _s(entry.member),
-                _t(entry.at),
-                _b(_U32.pack(len(entry.detail)) + pairs),
-            ]
+            data = _framed(
+                _HEADS[EntryKind.EVENT],
+                [
+                    entry.kind.encode("utf-8"),
+                    entry.actor.encode("utf-8"),
+                    entry.member.encode("utf-8"),
+                    _I64.pack(time_to_micros(entry.at)),
+                    _U32.pack(len(entry.detail)) + pairs,
+                ],
+            )
     except UnicodeEncodeError as exc:
         raise InvalidArgument(f"audit entry text is not valid Unicode: {exc}") from exc
     except struct.error as exc:
         raise InvalidArgument(f"audit entry value out of range: {exc}") from exc
-    data = b"".join(parts)
     if len(data) > MAX_ENTRY_BYTES:
         raise InvalidArgument(f"audit entry is {len(data)} bytes; the limit is {MAX_ENTRY_BYTES}")
     return data

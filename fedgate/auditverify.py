@@ -179,17 +179,41 @@ class _ChunkResult:
     hashes: bytes
     failure: Failure | None
     counts: SignatureCounts
+    signed: tuple[tuple[int, bytes], ...] | None = None
+    """The checkpoints stored for the chunk's sizes, signature checked: (size, root)."""
+    signed_failure: Failure | None = None
+    """The first of them that failed its check (``signed`` holds those before it)."""
 
 
 class _Checker:
     """Checks chunks of entries from one source; lives in each worker process."""
 
     def __init__(
-        self, open_source: Callable[[], LogSource], federation: Path | None, check_index: bool
+        self,
+        open_source: Callable[[], LogSource],
+        federation: Path | None,
+        check_index: bool,
+        log_vkeys: Sequence[str] = (),
     ) -> None:
         self.source = open_source()
         self.keys = HistoricalKeys(Registry.load_dir(federation)) if federation else None
         self.check_index = check_index
+        self.log_keys = [NoteVerifier.from_vkey(k) for k in log_vkeys]
+
+    def run(self, start: int, stop: int) -> _ChunkResult:
+        """``check`` the entries, and check the signatures of the chunk's checkpoints (the
+        bulk of the cost when the log signs a checkpoint every few entries: it is spread over
+        the workers, and the main process compares roots only)."""
+        result = self.check(start, stop)
+        signed: list[tuple[int, bytes]] = []
+        origin = self.source.origin
+        for size, note in self.source.checkpoints_in(start - (start == 0), stop):
+            cp, failure = _open_checkpoint(size, note, origin, self.log_keys)
+            if failure is not None:
+                return replace(result, signed=tuple(signed), signed_failure=failure)
+            assert cp is not None
+            signed.append((size, cp.root_hash))
+        return replace(result, signed=tuple(signed))
 
     def _request_at(self, i: int, cols: dict[int, IndexColumns]) -> IndexColumns | None:
         found = cols.get(i)
@@ -375,27 +399,33 @@ _worker: _Checker | None = None
 
 
 def _init_worker(
-    open_source: Callable[[], LogSource], federation: Path | None, check_index: bool
+    open_source: Callable[[], LogSource],
+    federation: Path | None,
+    check_index: bool,
+    log_vkeys: Sequence[str],
 ) -> None:
     global _worker
-    _worker = _Checker(open_source, federation, check_index)
+    _worker = _Checker(open_source, federation, check_index, log_vkeys)
 
 
 def _check_in_worker(span: tuple[int, int]) -> _ChunkResult:
     assert _worker is not None
-    return _worker.check(*span)
+    return _worker.run(*span)
 
 
 def _results(
-    open_source: Callable[[], LogSource], options: VerifyOptions, spans: list[tuple[int, int]]
+    open_source: Callable[[], LogSource],
+    options: VerifyOptions,
+    spans: list[tuple[int, int]],
+    log_vkeys: Sequence[str],
 ) -> Iterator[_ChunkResult]:
     """Chunk results in order. At most ``2 * jobs`` chunks are in flight, so memory does not
     grow with the log (``pool.map`` would queue every finished chunk's hashes)."""
     if options.jobs <= 1 or len(spans) <= 1:
-        checker = _Checker(open_source, options.federation, options.check_index)
+        checker = _Checker(open_source, options.federation, options.check_index, log_vkeys)
         try:
             for span in spans:
-                yield checker.check(*span)
+                yield checker.run(*span)
         finally:
             checker.source.close()
         return
@@ -407,7 +437,7 @@ def _results(
         max_workers=options.jobs,
         mp_context=context,
         initializer=_init_worker,
-        initargs=(open_source, options.federation, options.check_index),
+        initargs=(open_source, options.federation, options.check_index, tuple(log_vkeys)),
     ) as pool:
         pending: collections.deque[concurrent.futures.Future[_ChunkResult]] = collections.deque()
         todo = iter(spans)
@@ -524,30 +554,54 @@ class _Stream:
             at[0] += 1
         return self.range.root()
 
-    def extend(self, lo: int, hashes: bytes) -> Failure | None:
-        """Entries ``[lo, lo + n)`` given by their ``n`` leaf hashes."""
+    def extend(self, lo: int, hashes: bytes, checked: _ChunkResult | None = None) -> Failure | None:
+        """Entries ``[lo, lo + n)`` given by their ``n`` leaf hashes; ``checked`` carries the
+        chunk's checkpoints whose signatures a worker checked (read and checked here without
+        it)."""
         leaf = [hashes[i : i + HASH_SIZE] for i in range(0, len(hashes), HASH_SIZE)]
         hi = lo + len(leaf)
-        notes = [(size, 0, note) for size, note in self.source.checkpoints_in(lo - (lo == 0), hi)]
-        notes += [(size, 1, note) for size, note in self.source.cosigned_in(lo - (lo == 0), hi)]
+        notes: list[tuple[int, int, str | bytes]] = []
+        signed_failure: Failure | None = None
+        if checked is not None and checked.signed is not None:
+            # Only up to the entries given: a chunk that failed returns the hashes before its
+            # failure, which is reported after them.
+            notes += [(size, 0, root) for size, root in checked.signed if size <= hi]
+            failed = checked.signed_failure
+            if failed is not None and (failed.size or 0) <= hi:
+                signed_failure = failed
+        else:
+            notes += [(s, 0, note) for s, note in self.source.checkpoints_in(lo - (lo == 0), hi)]
+        notes += [(size, 2, note) for size, note in self.source.cosigned_in(lo - (lo == 0), hi)]
+        if signed_failure is not None:
+            # Nothing past the first checkpoint that failed its check: it is the failure,
+            # unless a root before it fails first.
+            notes = [n for n in notes if n[0] < (signed_failure.size or 0)]
+            notes.append((signed_failure.size or 0, 1, ""))
         notes.sort(key=lambda n: (n[0], n[1]))
         at = [0]
-        for size, cosigned, note in notes:
+        for size, kind, value in notes:
+            if kind == 1:
+                return signed_failure
             root = self._root_at(size, leaf, at)
-            if cosigned:
+            if kind == 2:
+                assert isinstance(value, str)
                 self.cosigned += 1
                 failure = _check_cosigned(
-                    size, note, root, self.origin, self.log_keys, self.witnesses,
+                    size, value, root, self.origin, self.log_keys, self.witnesses,
                     self.witness_counts,
                 )  # fmt: skip
                 if failure is not None:
                     return failure
                 continue
-            cp, failure = _open_checkpoint(size, note, self.origin, self.log_keys)
-            if failure is not None:
-                return failure
-            assert cp is not None
-            if root != cp.root_hash:
+            if isinstance(value, str):
+                cp, failure = _open_checkpoint(size, value, self.origin, self.log_keys)
+                if failure is not None:
+                    return failure
+                assert cp is not None
+                signed_root = cp.root_hash
+            else:
+                signed_root = value
+            if root != signed_root:
                 low = self.last_signed
                 if size - low == 1:
                     what = f"entry {low} does not match"
@@ -728,8 +782,9 @@ def verify_log(
         if not spans:
             failure = stream.extend(begin, b"")
             return report(failure or stream.finish(total))
-        for result in _results(open_source, options, spans):
-            failure = stream.extend(result.start, result.hashes)
+        vkeys = [k.vkey() for k in log_keys]
+        for result in _results(open_source, options, spans, vkeys):
+            failure = stream.extend(result.start, result.hashes, result)
             if counts is not None:
                 counts.add(result.counts)
             failure = failure or result.failure

@@ -10,6 +10,7 @@ verification paths.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -19,13 +20,14 @@ from gateway.audit.store import IndexedRow, NewLeaf, StoredLog, StoredRow
 __all__ = [
     "COLUMNS",
     "LEAF_COLUMNS",
+    "PROJECTED_COLUMNS",
     "LeafValues",
     "group_subjects",
     "indexed_row",
     "leaf_values",
     "stored_log",
     "stored_rows",
-    "subject_values",
+    "subjects_json",
 ]
 
 COLUMNS = (
@@ -34,11 +36,15 @@ COLUMNS = (
 )
 """The searchable columns ``IndexColumns[0:10]``, in that order."""
 
-LEAF_COLUMNS = f"idx, leaf, leaf_hash, {COLUMNS}, request_leaf_index"
+LEAF_COLUMNS = f"idx, leaf, leaf_hash, {COLUMNS}, request_leaf_index, subjects"
 """A stored leaf's columns, in ``LeafValues`` and ``stored_rows`` order."""
 
-LeafValues = tuple[int, bytes, bytes, int, str, int, str, str, str, str, str, str, str, int]
-"""One leaf's values in ``LEAF_COLUMNS`` order (the subjects go in their own table)."""
+PROJECTED_COLUMNS = f"idx, {COLUMNS}, request_leaf_index"
+"""The columns of the search projection ``search_rows`` (the leaf's, without its bytes)."""
+
+LeafValues = tuple[int, bytes, bytes, int, str, int, str, str, str, str, str, str, str, int, str]
+"""One leaf's values in ``LEAF_COLUMNS`` order: its normalized subjects as a JSON array (the
+search projection copies them into the ``subjects`` table)."""
 
 
 def leaf_values(leaves: Sequence[NewLeaf]) -> list[LeafValues]:
@@ -59,17 +65,41 @@ def leaf_values(leaves: Sequence[NewLeaf]) -> list[LeafValues]:
             c[8],
             c[9],
             c[11],
+            subjects_json(c[10]),
         )
         for n in leaves
         for c in (n.columns,)
     ]
 
 
-def subject_values(leaves: Sequence[NewLeaf]) -> list[tuple[str, int]]:
-    """``(subject, idx)`` for every normalized subject of every leaf of a batch."""
-    return [
-        (s, n.index) for n in leaves if n.columns[10] for s in normalized_subjects(n.columns[10])
-    ]
+def subjects_json(subjects: Sequence[str]) -> str:
+    """The leaf row's ``subjects`` column: the normalized subjects as a JSON array."""
+    return json.dumps(normalized_subjects(subjects), ensure_ascii=False) if subjects else "[]"
+
+
+def stored_rows(
+    rows: Iterable[Sequence[Any]], subjects: dict[int, list[str]], projected_to: int
+) -> list[StoredRow]:
+    """``StoredRow``s of ``SELECT {LEAF_COLUMNS}`` rows. The subjects of a leaf below
+    ``projected_to`` are its ``subjects`` table rows (grouped, as the search finds them), of a
+    leaf above it the leaf row's own JSON column (the projection has not copied it yet)."""
+    out: list[StoredRow] = []
+    empty: tuple[str, ...] = ()
+    for r in rows:
+        if r[0] < projected_to:
+            s = subjects.get(r[0])
+            found = empty if s is None else tuple(s)
+        else:
+            found = tuple(json.loads(r[14])) if r[14] != "[]" else empty
+        out.append(
+            (
+                r[0],
+                r[1],
+                r[2],
+                (r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], found, r[13]),
+            )
+        )
+    return out
 
 
 def group_subjects(rows: Iterable[Sequence[Any]]) -> dict[int, list[str]]:
@@ -78,36 +108,6 @@ def group_subjects(rows: Iterable[Sequence[Any]]) -> dict[int, list[str]]:
     for idx, subject in rows:
         subjects.setdefault(idx, []).append(subject)
     return subjects
-
-
-def stored_rows(rows: Iterable[Sequence[Any]], subjects: dict[int, list[str]]) -> list[StoredRow]:
-    """``StoredRow``s of ``SELECT {LEAF_COLUMNS}`` rows, with their grouped subjects."""
-    out: list[StoredRow] = []
-    empty: tuple[str, ...] = ()
-    for r in rows:
-        s = subjects.get(r[0])
-        out.append(
-            (
-                r[0],
-                r[1],
-                r[2],
-                (
-                    r[3],
-                    r[4],
-                    r[5],
-                    r[6],
-                    r[7],
-                    r[8],
-                    r[9],
-                    r[10],
-                    r[11],
-                    r[12],
-                    empty if s is None else tuple(s),
-                    r[13],
-                ),
-            )
-        )
-    return out
 
 
 def indexed_row(r: Sequence[Any], subjects: tuple[str, ...]) -> IndexedRow:

@@ -18,23 +18,35 @@ every index; the PostgreSQL indexes end in ``idx``), so keyset paging (``idx > a
   completes), so the window is read by primary key from its first block, not from the log's
   start. The time terms stay in the statement: the range is a superset, never a cut.
 
+The searchable columns are a projection maintained behind the leaves (``search_rows``, with
+the indexes above, and ``subjects``): a leaf is durable with its columns in its own row, and
+the store's catch-up copies the columns into the projection within a bound
+(``docs/audit.md``), recording how far in ``projection_state`` (``projected_to``). ``search``
+reads the projection below ``projected_to`` and the leaf rows from there on (at most the
+catch-up bound, by primary key), so a search sees every committed entry, however far the
+projection lags.
+
 SQL text is fixed fragments chosen by which fields are set; every value is a parameter.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
-from gateway.audit.store import SearchQuery
+from gateway.audit.store import IndexedRow, SearchQuery
 
 __all__ = [
     "BLOCK",
     "HIT_COLUMNS",
     "PG",
+    "PROJECTION",
     "SQLITE",
     "Dialect",
+    "projected_to",
+    "search",
     "search_statement",
     "time_bounds",
 ]
@@ -47,6 +59,10 @@ HIT_COLUMNS: Final = (
     " target_agency, outcome, reason, request_leaf_index"
 )
 """A hit's columns: ``_rows.indexed_row`` order."""
+
+PROJECTION: Final = "search_rows"
+"""The projection's table; ``LEAVES`` is the durable record (its rows past ``projected_to``)."""
+LEAVES: Final = "leaves"
 
 Fetch = Callable[[str, tuple[Any, ...]], Sequence[Sequence[Any]]]
 """Runs one statement with its parameters and returns its rows."""
@@ -66,6 +82,26 @@ class Dialect:
     @property
     def scope(self) -> str:
         return "origin = ? AND " if self.pg else ""
+
+    def listed(self, values: Sequence[int]) -> object:
+        """A list of indices as one parameter of ``idx{in_list}``."""
+        return list(values) if self.pg else json.dumps(list(values))
+
+    @property
+    def in_list(self) -> str:
+        return " = ANY(?)" if self.pg else " IN (SELECT value FROM json_each(?))"
+
+    @property
+    def collate(self) -> str:
+        """Text ordered byte-wise, as SQLite orders it."""
+        return ' COLLATE "C"' if self.pg else ""
+
+    @property
+    def has_subject(self) -> str:
+        """The filter on a leaf row's JSON ``subjects`` column (the projection's tail)."""
+        if self.pg:
+            return "jsonb_exists(subjects::jsonb, ?)"
+        return "EXISTS (SELECT 1 FROM json_each(subjects) WHERE value = ?)"
 
 
 SQLITE: Final = Dialect(pg=False)
@@ -125,6 +161,70 @@ def time_bounds(
     return lo, 0 if rows[0][0] is None else (int(rows[0][0]) + 1) * BLOCK
 
 
+def projected_to(fetch: Fetch, dialect: Dialect, scope: tuple[Any, ...]) -> int:
+    """One past the last leaf the search projection holds (0 when it holds none)."""
+    rows = fetch(
+        dialect.text(
+            f"SELECT value FROM projection_state WHERE {dialect.scope}name = 'projected_to'"  # noqa: S608
+        ),
+        scope,
+    )
+    return int(rows[0][0]) if rows else 0
+
+
+def search(
+    fetch: Fetch, dialect: Dialect, scope: tuple[Any, ...], query: SearchQuery
+) -> list[IndexedRow]:
+    """``query``'s page: the projection's hits below ``projected_to`` and the leaf rows' hits
+    from there on, in the query's order. Raises what ``fetch`` raises."""
+    lo, hi = 0, None
+    if query.since_us is not None or query.until_us is not None:
+        lo, hi = time_bounds(fetch, dialect, scope, query.since_us, query.until_us)
+    # Read first: the projection may move on meanwhile, but every leaf below this point is in
+    # it, and every leaf from it on is in the leaves table.
+    edge = projected_to(fetch, dialect, scope)
+    head = replace(
+        query, before_index=edge if query.before_index is None else min(query.before_index, edge)
+    )
+    tail = replace(query, after_index=max(query.after_index, edge - 1))
+
+    def page(q: SearchQuery, table: str, limit: int) -> list[Sequence[Any]]:
+        if limit <= 0 or (q.before_index is not None and q.before_index <= q.after_index + 1):
+            return []
+        sql, params = search_statement(
+            replace(q, limit=limit), dialect, scope, lo=lo, hi=hi, table=table
+        )
+        return list(fetch(sql, params))
+
+    first, second = (tail, LEAVES), (head, PROJECTION)
+    if not query.newest_first:
+        first, second = second, first
+    hits = page(*first, query.limit)
+    hits += page(*second, query.limit - len(hits))
+    projected = [h[0] for h in hits if h[0] < edge]
+    found: dict[int, list[str]] = {}
+    if projected:
+        for idx, subject in fetch(
+            dialect.text(
+                f"SELECT idx, subject FROM subjects WHERE {dialect.scope}idx{dialect.in_list}"  # noqa: S608
+                f" ORDER BY idx, subject{dialect.collate}"
+            ),
+            (*scope, dialect.listed(projected)),
+        ):
+            found.setdefault(int(idx), []).append(str(subject))
+    return [
+        IndexedRow(
+            h[0],
+            (
+                h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9], h[10],
+                tuple(found.get(h[0], ())) if h[0] < edge else tuple(json.loads(h[12])),
+                h[11],
+            ),
+        )
+        for h in hits
+    ]  # fmt: skip
+
+
 def search_statement(
     query: SearchQuery,
     dialect: Dialect,
@@ -132,9 +232,17 @@ def search_statement(
     *,
     lo: int = 0,
     hi: int | None = None,
+    table: str = PROJECTION,
 ) -> tuple[str, tuple[Any, ...]]:
     """The statement and parameters of ``query``'s page, in ``dialect``, its index range narrowed
-    to ``[lo, hi)`` (from ``time_bounds``). It selects ``HIT_COLUMNS``."""
+    to ``[lo, hi)`` (from ``time_bounds``), over the projection or (``table="leaves"``) the leaf
+    rows, which read by primary key only. It selects ``HIT_COLUMNS`` (and, from the leaf rows,
+    their JSON ``subjects``)."""
+    if table not in (PROJECTION, LEAVES):
+        raise ValueError(f"search_statement: unknown table {table!r}")
+    tail = table == LEAVES
+    source = f"{table} NOT INDEXED" if tail and not dialect.pg else table
+    selected = f"{HIT_COLUMNS}, subjects" if tail else HIT_COLUMNS
     where: list[str] = []
     params: list[Any] = []
     # Always bounded below: the primary key range is then the plan of last resort, never a scan.
@@ -154,7 +262,10 @@ def search_statement(
     if query.leg:
         where.append("leg = ?")
         params.append(query.leg)
-    if query.subject:
+    if query.subject and tail:
+        where.append(dialect.has_subject)
+        params.append(query.subject)
+    elif query.subject:
         where.append(f"idx IN (SELECT idx FROM subjects WHERE {dialect.scope}subject = ?)")  # noqa: S608
         params += [*scope, query.subject]
     if query.since_us is not None:
@@ -168,7 +279,7 @@ def search_statement(
     if not ors:
         conditions = " AND ".join([*(["origin = ?"] if dialect.pg else []), *where]) or "1 = 1"
         statement = (
-            f"SELECT {HIT_COLUMNS} FROM leaves WHERE {conditions}"  # noqa: S608 - fixed fragments
+            f"SELECT {selected} FROM {source} WHERE {conditions}"  # noqa: S608 - fixed fragments
             f" ORDER BY idx {order} LIMIT ?"
         )
         return dialect.text(statement), (*scope, *params, query.limit)
@@ -179,7 +290,7 @@ def search_statement(
     # the indexes by its statistics).
     narrow = query.officer_id or query.case_number or query.request_id or query.subject
     columns_of: tuple[str, ...] = _MEMBER_COLUMNS
-    if narrow and not dialect.pg:
+    if narrow and not dialect.pg and not tail:
         columns_of = tuple(f"+{c}" for c in _MEMBER_COLUMNS)
     branches: list[tuple[str, ...]] = [()]
     for _ in ors:
@@ -189,12 +300,12 @@ def search_statement(
     for n, columns in enumerate(branches):
         terms = [*(["origin = ?"] if dialect.pg else []), *where, *columns]
         parts.append(
-            f"SELECT idx FROM (SELECT idx FROM leaves WHERE {' AND '.join(terms)}"  # noqa: S608
+            f"SELECT idx FROM (SELECT idx FROM {source} WHERE {' AND '.join(terms)}"  # noqa: S608
             f" ORDER BY idx {order} LIMIT ?) AS b{n}"
         )
         all_params += [*scope, *params, *ors, query.limit]
     statement = (
-        f"SELECT {HIT_COLUMNS} FROM leaves WHERE {dialect.scope}idx IN ("  # noqa: S608
+        f"SELECT {selected} FROM {table} WHERE {dialect.scope}idx IN ("  # noqa: S608
         f"{' UNION '.join(parts)}) ORDER BY idx {order} LIMIT ?"
     )
     return dialect.text(statement), (*scope, *all_params, query.limit)

@@ -1,10 +1,10 @@
 """Witness cosignatures for the audit log's checkpoints, gathered in the background.
 
-After each commit the log wakes ``Witnessing``; it asks every witness to cosign the latest
-checkpoint (with a consistency proof from the size that witness last cosigned), stores the
-cosigned note and publishes it. Appends never wait for it; a failing witness is logged and
-remembered in ``errors``, and a witness that already cosigned a larger size than the log's
-reveals a rollback.
+After each commit the log wakes ``Witnessing``; each witness, followed on its own, is asked to
+cosign the latest checkpoint (with a consistency proof from the size that witness last
+cosigned), and the cosigned note is published as soon as it answers, then stored. Appends never
+wait for it; a failing witness is logged and remembered in ``errors``, and a witness that
+already cosigned a larger size than the log's reveals a rollback.
 """
 
 from __future__ import annotations
@@ -85,11 +85,30 @@ class CosignedStore(Protocol):
     async def add_cosigned(self, size: int, note: str) -> None: ...
 
 
+class _Wake:
+    """``set()`` wakes every follower of a ``Witnessing`` (one event each)."""
+
+    def __init__(self) -> None:
+        self.events: list[asyncio.Event] = []
+
+    def set(self) -> None:
+        for event in self.events:
+            event.set()
+
+
 class Witnessing:
     """The witnesses of one log, what each last cosigned, and the latest cosigned checkpoint.
 
     ``tree`` returns the log's current tree (it is replaced when the log recovers from a failed
     commit); ``published`` / ``published_size`` are the newest cosigned checkpoint and its size.
+
+    Each witness is followed by its own task: when woken it asks that witness to cosign the
+    latest checkpoint, and publishes the checkpoint with every cosignature gathered for its
+    size as soon as the witness answers. A slow or failing witness therefore never delays the
+    others' cosignatures, and no round waits for the slowest witness (the latency of a
+    cosigned checkpoint is the commit plus the fastest witness, not the slowest). Cosigned
+    notes are stored by a separate task, newest first, so storing (a commit of its own) never
+    delays the next request to a witness.
     """
 
     def __init__(
@@ -107,12 +126,17 @@ class Witnessing:
         self.errors: dict[str, str] = {}
         self.published = published
         self.published_size = published_size
-        self.wake = asyncio.Event()
+        self.wake = _Wake()
         self.published_changed = asyncio.Condition()
         """Notified whenever ``published`` changes."""
         self._origin = origin
         self._store = store
         self._tree = tree
+        self._signed: dict[str, tuple[int, NoteSignature]] = {}
+        """Each witness's cosignature gathered by this process, with its size."""
+        self._published_lines = 0
+        self._unstored: tuple[int, str] | None = None
+        self._store_wake = asyncio.Event()
 
     def seed(self, cosigned: str, size: int) -> None:
         """Record ``size`` for each witness whose cosignature ``cosigned`` carries."""
@@ -122,40 +146,91 @@ class Witnessing:
                     self.sizes[w.verifier.name] = size
 
     async def run(self, latest: Callable[[], tuple[int, str]]) -> None:
-        """Ask for cosignatures of ``latest()`` (size, note) whenever woken."""
+        """Follow every witness, asking each to cosign ``latest()`` (size, note) whenever
+        woken, and store what they cosign; runs until cancelled."""
         if not self.witnesses:
             return
+        events = [asyncio.Event() for _ in self.witnesses]
+        self.wake.events[:] = events
+        for event in events:
+            event.set()  # a round at start: the latest checkpoint may not be cosigned yet
+        tasks = [
+            asyncio.create_task(self._follow(w, event, latest), name=f"witness-{w.verifier.name}")
+            for w, event in zip(self.witnesses, events, strict=True)
+        ]
+        tasks.append(asyncio.create_task(self._store_cosigned(), name="witness-store"))
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self._unstored is not None:  # at close: keep the newest cosigned note
+                size, cosigned = self._unstored
+                self._unstored = None
+                with contextlib.suppress(FedgateError):
+                    await self._store.add_cosigned(size, cosigned)
+
+    async def _follow(
+        self,
+        witness: WitnessClient,
+        event: asyncio.Event,
+        latest: Callable[[], tuple[int, str]],
+    ) -> None:
+        name = witness.verifier.name
         while True:
-            await self.wake.wait()
-            self.wake.clear()
+            await event.wait()
+            event.clear()
             size, note = latest()
-            if size == self.published_size and self.published is not None:
+            signed = self._signed.get(name)
+            if signed is not None and signed[0] >= size:
                 continue
             try:
-                await self._gather(size, note)
+                sig = await self._ask(witness, size, note)
+                if sig is not None:
+                    self._signed[name] = (size, sig)
+                    await self._publish(size, note)
             except Exception:  # keep witnessing; one bad round must not end the task
                 logger.exception(
-                    "audit log %s: witness round for size %d failed", self._origin, size
+                    "audit log %s: witness %s round for size %d failed", self._origin, name, size
                 )
 
-    async def _gather(self, size: int, note: str) -> None:
-        results = await asyncio.gather(*(self._ask(w, size, note) for w in self.witnesses))
-        lines = [sig for sig in results if sig is not None]
-        if not lines:
+    async def _publish(self, size: int, note: str) -> None:
+        """Publish ``note`` with every cosignature gathered at ``size``, if that is news: a
+        larger size, or more cosignatures for the published size."""
+        lines = [sig for s, sig in self._signed.values() if s == size]
+        if size < self.published_size or (
+            size == self.published_size and len(lines) <= self._published_lines
+        ):
             return
         cosigned = add_signatures(note, lines)
         # Published before it is stored: the cosignatures are valid whether or not the store
         # keeps them, and callers waiting for a cosigned checkpoint need not wait for an fsync.
-        if size >= self.published_size:
-            self.published, self.published_size = cosigned, size
-            async with self.published_changed:
-                self.published_changed.notify_all()
-        try:
-            await self._store.add_cosigned(size, cosigned)
-        except FedgateError as exc:
-            logger.error(
-                "audit log %s: cannot store a cosigned checkpoint: %s", self._origin, exc.message
-            )
+        self.published, self.published_size = cosigned, size
+        self._published_lines = len(lines)
+        self._unstored = (size, cosigned)
+        self._store_wake.set()
+        async with self.published_changed:
+            self.published_changed.notify_all()
+
+    async def _store_cosigned(self) -> None:
+        """Store the newest published cosigned note whenever there is one (older ones that
+        were replaced before their turn are skipped: the newest covers them)."""
+        while True:
+            await self._store_wake.wait()
+            self._store_wake.clear()
+            if self._unstored is None:
+                continue
+            size, cosigned = self._unstored
+            self._unstored = None
+            try:
+                await self._store.add_cosigned(size, cosigned)
+            except FedgateError as exc:
+                logger.error(
+                    "audit log %s: cannot store a cosigned checkpoint: %s",
+                    self._origin,
+                    exc.message,
+                )
 
     async def _ask(self, witness: WitnessClient, size: int, note: str) -> NoteSignature | None:
         name = witness.verifier.name

@@ -13,6 +13,7 @@ same origin is refused instead of interleaving leaves.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,9 @@ __all__ = [
 ]
 
 DEFAULT_SCHEMA = "fedgate_audit"
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+_CATCH_UP_CHUNK = 50_000
+"""Leaves per catch-up transaction when a writer closes far behind."""
 _DDL_LOCK = 0x66656467  # "fedg": serializes schema creation across instances
 
 _DDL = """
@@ -70,6 +73,7 @@ CREATE TABLE IF NOT EXISTS leaves (
     outcome TEXT NOT NULL,
     reason TEXT NOT NULL,
     request_leaf_index BIGINT NOT NULL,
+    subjects TEXT NOT NULL DEFAULT '[]',
     PRIMARY KEY (origin, idx)
 );
 CREATE TABLE IF NOT EXISTS subjects (
@@ -102,16 +106,6 @@ DROP INDEX IF EXISTS leaves_officer;
 DROP INDEX IF EXISTS leaves_case;
 DROP INDEX IF EXISTS leaves_requesting;
 DROP INDEX IF EXISTS leaves_target;
-CREATE INDEX IF NOT EXISTS leaves_request_id_idx ON leaves (origin, request_id, idx)
-    WHERE request_id <> '';
-CREATE INDEX IF NOT EXISTS leaves_officer_idx ON leaves (origin, officer_id, idx)
-    WHERE officer_id <> '';
-CREATE INDEX IF NOT EXISTS leaves_case_idx ON leaves (origin, case_number, idx)
-    WHERE case_number <> '';
-CREATE INDEX IF NOT EXISTS leaves_requesting_idx ON leaves (origin, requesting_agency, idx);
-CREATE INDEX IF NOT EXISTS leaves_target_idx ON leaves (origin, target_agency, idx);
-CREATE INDEX IF NOT EXISTS leaves_action_idx ON leaves (origin, action, idx);
-CREATE INDEX IF NOT EXISTS leaves_outcome_idx ON leaves (origin, outcome, idx);
 CREATE INDEX IF NOT EXISTS leaves_time ON leaves (origin, time_us);
 CREATE TABLE IF NOT EXISTS tiles (
     origin TEXT NOT NULL,
@@ -132,7 +126,16 @@ BEGIN
 END
 $$;
 """
-_TABLES = ("shards", "leaves", "subjects", "checkpoints", "cosigned", "time_blocks", "tiles")
+_TABLES = (
+    "shards",
+    "leaves",
+    "search_rows",
+    "subjects",
+    "checkpoints",
+    "cosigned",
+    "time_blocks",
+    "tiles",
+)
 # Fixed text: table names come from the constant tuple above, never from input.
 _TRIGGERS = (
     "".join(
@@ -144,24 +147,89 @@ _TRIGGERS = (
     )
     + f"REVOKE UPDATE, DELETE, TRUNCATE ON {', '.join(_TABLES)} FROM PUBLIC;\n"
 )
+# The search projection (``_search``): the searchable columns and their indexes, kept behind
+# the leaves by ``catch_up``.
+_PROJECTION = """
+CREATE TABLE IF NOT EXISTS search_rows (
+    origin TEXT NOT NULL,
+    idx BIGINT NOT NULL CHECK (idx >= 0),
+    leg SMALLINT NOT NULL,
+    request_id TEXT NOT NULL,
+    time_us BIGINT NOT NULL,
+    requesting_agency TEXT NOT NULL,
+    officer_id TEXT NOT NULL,
+    case_number TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target_agency TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    request_leaf_index BIGINT NOT NULL,
+    PRIMARY KEY (origin, idx)
+);
+CREATE INDEX IF NOT EXISTS search_request_id_idx ON search_rows (origin, request_id, idx)
+    WHERE request_id <> '';
+CREATE INDEX IF NOT EXISTS search_officer_idx ON search_rows (origin, officer_id, idx)
+    WHERE officer_id <> '';
+CREATE INDEX IF NOT EXISTS search_case_idx ON search_rows (origin, case_number, idx)
+    WHERE case_number <> '';
+CREATE INDEX IF NOT EXISTS search_requesting_idx ON search_rows (origin, requesting_agency, idx);
+CREATE INDEX IF NOT EXISTS search_target_idx ON search_rows (origin, target_agency, idx);
+CREATE INDEX IF NOT EXISTS search_action_idx ON search_rows (origin, action, idx);
+CREATE INDEX IF NOT EXISTS search_outcome_idx ON search_rows (origin, outcome, idx);
+CREATE INDEX IF NOT EXISTS search_time ON search_rows (origin, time_us);
+"""
+_COPY_ALL = (
+    f"INSERT INTO search_rows (origin, {_rows.PROJECTED_COLUMNS})"  # noqa: S608 - constant columns
+    f" SELECT origin, {_rows.PROJECTED_COLUMNS} FROM leaves ORDER BY origin, idx;"
+)
+_PROJECTION_DONE = """
+DROP INDEX IF EXISTS leaves_request_id_idx, leaves_officer_idx, leaves_case_idx,
+    leaves_requesting_idx, leaves_target_idx, leaves_action_idx, leaves_outcome_idx;
+CREATE TABLE IF NOT EXISTS projection_state (
+    origin TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value BIGINT NOT NULL,
+    PRIMARY KEY (origin, name)
+);
+INSERT INTO projection_state (origin, name, value)
+    SELECT origin, 'projected_to', MAX(idx) + 1 FROM leaves GROUP BY origin
+    ON CONFLICT (origin, name) DO NOTHING;
+"""
+# Audit schema step 1 -> 2 (issue 13): the search columns become a projection behind the leaves.
+# Leaf rows keep their columns and gain their subjects (JSON), the secondary indexes move from
+# the leaves to ``search_rows``, which starts as a copy of every existing leaf's columns.
+_STEP_SEARCH_PROJECTION = "".join(
+    (
+        "ALTER TABLE leaves ADD COLUMN IF NOT EXISTS subjects TEXT NOT NULL DEFAULT '[]';",
+        _PROJECTION,
+        _COPY_ALL,
+        _PROJECTION_DONE,
+    )
+)
 AUDIT_SCHEMA = Schema(
     store="audit log",
     version=int(SCHEMA_VERSION),
-    create=_DDL + _rollups.DDL_PG + _TRIGGERS,
+    create=_DDL + _PROJECTION + _rollups.DDL_PG + _TRIGGERS,
+    migrations={1: _STEP_SEARCH_PROJECTION},
     legacy_table="shards",
 )
 
 # The origin goes last: each row is the shared ``_rows.leaf_values`` tuple plus ``(origin,)``.
 _COPY_LEAVES = f"COPY leaves ({_rows.LEAF_COLUMNS}, origin) FROM STDIN"
-_COPY_SUBJECTS = "COPY subjects (subject, idx, origin) FROM STDIN"
 _SELECT_ROWS = (
     f"SELECT {_rows.LEAF_COLUMNS} FROM leaves"  # noqa: S608 - constant columns
     " WHERE origin = %s AND idx >= %s AND idx < %s ORDER BY idx"
 )
-# The subjects of a page of hits, in one query.
-_SELECT_HIT_SUBJECTS = (
-    "SELECT idx, subject FROM subjects WHERE origin = %s AND idx = ANY(%s)"
-    ' ORDER BY idx, subject COLLATE "C"'
+# The catch-up of the search projection over the leaves [%s, %s) (``catch_up``).
+_PROJECT_ROWS = (
+    f"INSERT INTO search_rows (origin, {_rows.PROJECTED_COLUMNS})"  # noqa: S608 - constant columns
+    f" SELECT origin, {_rows.PROJECTED_COLUMNS} FROM leaves"
+    " WHERE origin = %s AND idx >= %s AND idx < %s ORDER BY idx"
+)
+_PROJECT_SUBJECTS = (
+    "INSERT INTO subjects (origin, subject, idx) SELECT l.origin, j.value, l.idx"
+    " FROM leaves AS l, jsonb_array_elements_text(l.subjects::jsonb) AS j(value)"
+    " WHERE l.origin = %s AND l.idx >= %s AND l.idx < %s AND l.subjects <> '[]'"
 )
 # Found through ``leaves_time (origin, time_us)``: only the window's rows are read.
 _REQUEST_LEGS_SINCE = (
@@ -262,8 +330,10 @@ class PgDatabase:
                     "INSERT INTO projection_state (origin, name, value) SELECT %s, 'rollups_from',"
                     " COALESCE(MAX(idx) + 1, 0) FROM leaves WHERE origin = %s"
                     " UNION ALL SELECT %s, 'rollups_backfilled', 0"
+                    " UNION ALL SELECT %s, 'projected_to', COALESCE(MAX(idx) + 1, 0)"
+                    " FROM leaves WHERE origin = %s"
                     " ON CONFLICT (origin, name) DO NOTHING",
-                    (self._origin, self._origin, self._origin),
+                    (self._origin,) * 5,
                 )
             else:
                 prepare_postgres(conn, AUDIT_SCHEMA, where=self._where, writable=False)
@@ -318,7 +388,6 @@ class PgDatabase:
         o = self._origin
         key = (o,)
         leaves = _rows.leaf_values(batch.leaves)
-        subjects = _rows.subject_values(batch.leaves)
         start = batch.leaves[0].index if batch.leaves else batch.size
         try:
             conn = self._c()
@@ -335,14 +404,6 @@ class PgDatabase:
                     with cur.copy(_COPY_LEAVES) as copy:
                         for leaf in leaves:
                             copy.write_row(leaf + key)
-                cur.executemany(_ROLLUP_DAY, [key + r for r in _rollups.day_rows(batch.leaves)])
-                cur.executemany(
-                    _ROLLUP_OFFICER, [key + r for r in _rollups.officer_rows(batch.leaves)]
-                )
-                if subjects:
-                    with cur.copy(_COPY_SUBJECTS) as copy:
-                        for subject in subjects:
-                            copy.write_row(subject + key)
                 if batch.tiles:
                     with cur.copy("COPY tiles (origin, level, idx, data) FROM STDIN") as copy:
                         for tile in batch.tiles:
@@ -420,15 +481,16 @@ class PgDatabase:
         params = (self._origin, start, stop)
         try:
             conn = self._c()
+            projected = self._projected_to()
             subjects = _rows.group_subjects(
                 conn.execute(
                     "SELECT idx, subject FROM subjects WHERE origin = %s AND idx >= %s"
                     ' AND idx < %s ORDER BY idx, subject COLLATE "C"',
-                    params,
+                    (self._origin, start, min(stop, projected)),
                 )
             )
             # psycopg reads bytea as ``bytes``: the rows need no conversion.
-            return _rows.stored_rows(conn.execute(_SELECT_ROWS, params), subjects)
+            return _rows.stored_rows(conn.execute(_SELECT_ROWS, params), subjects, projected)
         except psycopg.Error as exc:
             raise self._error("read rows", exc) from exc
 
@@ -532,6 +594,61 @@ class PgDatabase:
         rows = self._c().execute(_ROLLUP_COLUMNS, (self._origin, span.start, span.stop))
         return [NewLeaf(r[0], b"", b"", (*r[1:], (), -1)) for r in rows]
 
+    def _projected_to(self) -> int:
+        row = (
+            self._c()
+            .execute(
+                "SELECT value FROM projection_state WHERE origin = %s AND name = 'projected_to'",
+                (self._origin,),
+            )
+            .fetchone()
+        )
+        return 0 if row is None else int(row[0])
+
+    def projection_lag(self) -> int:
+        """How many committed leaves the search projection does not hold yet."""
+        try:
+            return self.next_index() - self._projected_to()
+        except psycopg.Error as exc:
+            raise self._error("read the projection state", exc) from exc
+
+    def catch_up(self, limit: int) -> int:
+        """Copy the next at most ``limit`` committed leaves into the search projection (their
+        columns, subjects and rollups) in one transaction; returns the leaves still behind.
+
+        The transaction does not wait for its WAL flush (``synchronous_commit = off``): the
+        projection is rebuilt from the leaves, and what a crash loses of it is lost with its
+        ``projected_to``. Raises ``AuditUnavailable``.
+        """
+        o = self._origin
+        key = (o,)
+        try:
+            conn = self._c()
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute("SET LOCAL synchronous_commit = off")
+                row = cur.execute(
+                    "SELECT value FROM projection_state WHERE origin = %s"
+                    " AND name = 'projected_to' FOR UPDATE",
+                    key,
+                ).fetchone()
+                start = 0 if row is None else int(row[0])
+                end = self.next_index()
+                stop = min(end, start + limit)
+                if stop > start:
+                    cur.execute(_PROJECT_ROWS, (o, start, stop))
+                    cur.execute(_PROJECT_SUBJECTS, (o, start, stop))
+                    rows = self._rollup_leaves(range(start, stop))
+                    cur.executemany(_ROLLUP_DAY, [key + r for r in _rollups.day_rows(rows)])
+                    cur.executemany(_ROLLUP_OFFICER, [key + r for r in _rollups.officer_rows(rows)])
+                    cur.execute(
+                        "UPDATE projection_state SET value = %s"
+                        " WHERE origin = %s AND name = 'projected_to'",
+                        (stop, o),
+                    )
+        except psycopg.Error as exc:
+            raise self._error("update the search projection", exc) from exc
+        return end - stop
+
     def migration_state(self) -> tuple[int, int, int, int]:
         """``(full level-0 tiles, time blocks, rollups_from, rollups_backfilled)``: what the
         tiled layout and the projections already cover (``migrate``). Raises
@@ -597,21 +714,8 @@ class PgDatabase:
         return self._c().execute(statement.encode(), params).fetchall()
 
     def search(self, query: SearchQuery) -> list[IndexedRow]:
-        scope = (self._origin,)
         try:
-            lo, hi = 0, None
-            if query.since_us is not None or query.until_us is not None:
-                lo, hi = _search.time_bounds(
-                    self._fetch, _search.PG, scope, query.since_us, query.until_us
-                )
-            statement, params = _search.search_statement(query, _search.PG, scope, lo=lo, hi=hi)
-            hits = self._fetch(statement, params)
-            if not hits:
-                return []
-            found = _rows.group_subjects(
-                self._c().execute(_SELECT_HIT_SUBJECTS, (self._origin, [r[0] for r in hits]))
-            )
-            return [_rows.indexed_row(r, tuple(found.get(r[0], ()))) for r in hits]
+            return _search.search(self._fetch, _search.PG, (self._origin,), query)
         except psycopg.Error as exc:
             raise self._error("search", exc) from exc
 
@@ -632,6 +736,11 @@ class PgDatabase:
             raise self._error("read the recent request legs", exc) from exc
 
     def close(self) -> None:
+        """Close; a writer first brings the search projection up to date (best effort)."""
+        if self._writer and self._conn is not None and not self._conn.broken:
+            with contextlib.suppress(AuditUnavailable):
+                while self.catch_up(_CATCH_UP_CHUNK):
+                    pass
         if self._conn is not None:
             self._conn.close()
             self._conn = None

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import sqlite3
 import threading
@@ -45,7 +44,7 @@ __all__ = [
     "open_sqlite_store",
 ]
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
@@ -63,7 +62,8 @@ CREATE TABLE IF NOT EXISTS leaves (
     target_agency TEXT NOT NULL,
     outcome TEXT NOT NULL,
     reason TEXT NOT NULL,
-    request_leaf_index INTEGER NOT NULL
+    request_leaf_index INTEGER NOT NULL,
+    subjects TEXT NOT NULL DEFAULT '[]'
 ) STRICT;
 CREATE TABLE IF NOT EXISTS subjects (
     subject TEXT NOT NULL,
@@ -76,17 +76,10 @@ CREATE TABLE IF NOT EXISTS cosigned (
     size INTEGER NOT NULL,
     note TEXT NOT NULL
 ) STRICT;
-CREATE INDEX IF NOT EXISTS leaves_request_id ON leaves (request_id) WHERE request_id <> '';
-CREATE INDEX IF NOT EXISTS leaves_officer ON leaves (officer_id) WHERE officer_id <> '';
-CREATE INDEX IF NOT EXISTS leaves_case ON leaves (case_number) WHERE case_number <> '';
-CREATE INDEX IF NOT EXISTS leaves_requesting ON leaves (requesting_agency);
-CREATE INDEX IF NOT EXISTS leaves_target ON leaves (target_agency);
 CREATE INDEX IF NOT EXISTS leaves_time ON leaves (time_us);
 CREATE INDEX IF NOT EXISTS subjects_idx ON subjects (idx);
 CREATE INDEX IF NOT EXISTS cosigned_size ON cosigned (size);
-CREATE INDEX IF NOT EXISTS leaves_action ON leaves (action);
-CREATE INDEX IF NOT EXISTS leaves_outcome ON leaves (outcome);
-CREATE TABLE IF NOT EXISTS time_blocks (
+{projection}CREATE TABLE IF NOT EXISTS time_blocks (
     block INTEGER PRIMARY KEY,
     min_us INTEGER NOT NULL,
     max_us INTEGER NOT NULL
@@ -101,9 +94,67 @@ CREATE INDEX IF NOT EXISTS time_blocks_min ON time_blocks (min_us);
 CREATE INDEX IF NOT EXISTS time_blocks_max ON time_blocks (max_us);
 """
 
+# The search projection (``_search``): the searchable columns and their indexes, kept behind
+# the leaves by ``catch_up``.
+_PROJECTION = """
+CREATE TABLE IF NOT EXISTS search_rows (
+    idx INTEGER PRIMARY KEY CHECK (idx >= 0),
+    leg INTEGER NOT NULL,
+    request_id TEXT NOT NULL,
+    time_us INTEGER NOT NULL,
+    requesting_agency TEXT NOT NULL,
+    officer_id TEXT NOT NULL,
+    case_number TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target_agency TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    request_leaf_index INTEGER NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS search_request_id ON search_rows (request_id) WHERE request_id <> '';
+CREATE INDEX IF NOT EXISTS search_officer ON search_rows (officer_id) WHERE officer_id <> '';
+CREATE INDEX IF NOT EXISTS search_case ON search_rows (case_number) WHERE case_number <> '';
+CREATE INDEX IF NOT EXISTS search_requesting ON search_rows (requesting_agency);
+CREATE INDEX IF NOT EXISTS search_target ON search_rows (target_agency);
+CREATE INDEX IF NOT EXISTS search_action ON search_rows (action);
+CREATE INDEX IF NOT EXISTS search_outcome ON search_rows (outcome);
+CREATE INDEX IF NOT EXISTS search_time ON search_rows (time_us);
+"""
+_SCHEMA = _SCHEMA.format(projection=_PROJECTION)
+
+_COPY_ALL = (
+    f"INSERT INTO search_rows ({_rows.PROJECTED_COLUMNS})"  # noqa: S608 - constant columns
+    f" SELECT {_rows.PROJECTED_COLUMNS} FROM leaves ORDER BY idx;"
+)
+# Audit schema step 1 -> 2 (issue 13): the search columns become a projection behind the leaves.
+# Leaf rows keep their columns and gain their subjects (JSON), the secondary indexes move from
+# the leaves to ``search_rows``, which starts as a copy of every existing leaf's columns.
+_PROJECTION_DONE = """
+DROP INDEX IF EXISTS leaves_request_id;
+DROP INDEX IF EXISTS leaves_officer;
+DROP INDEX IF EXISTS leaves_case;
+DROP INDEX IF EXISTS leaves_requesting;
+DROP INDEX IF EXISTS leaves_target;
+DROP INDEX IF EXISTS leaves_action;
+DROP INDEX IF EXISTS leaves_outcome;
+CREATE TABLE IF NOT EXISTS projection_state (name TEXT PRIMARY KEY, value INTEGER NOT NULL) STRICT;
+INSERT INTO projection_state (name, value)
+    SELECT 'projected_to', COALESCE(MAX(idx) + 1, 0) FROM leaves WHERE 1 = 1
+    ON CONFLICT (name) DO NOTHING;
+"""
+_STEP_SEARCH_PROJECTION = "".join(
+    (
+        "ALTER TABLE leaves ADD COLUMN subjects TEXT NOT NULL DEFAULT '[]';",
+        _PROJECTION,
+        _COPY_ALL,
+        _PROJECTION_DONE,
+    )
+)
+
 _APPEND_ONLY_TABLES = (
     "meta",
     "leaves",
+    "search_rows",
     "subjects",
     "checkpoints",
     "cosigned",
@@ -121,21 +172,27 @@ AUDIT_SCHEMA = Schema(
     store="audit log",
     version=int(SCHEMA_VERSION),
     create=_SCHEMA + _rollups.DDL_SQLITE + _TRIGGERS,
+    migrations={1: _STEP_SEARCH_PROJECTION},
     legacy_table="leaves",
 )
 
 _INSERT_LEAF = (
     f"INSERT INTO leaves ({_rows.LEAF_COLUMNS})"  # noqa: S608 - constant columns
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# The catch-up of the search projection over the leaves [?, ?) (``catch_up``).
+_PROJECT_ROWS = (
+    f"INSERT INTO search_rows ({_rows.PROJECTED_COLUMNS})"  # noqa: S608 - constant columns
+    f" SELECT {_rows.PROJECTED_COLUMNS} FROM leaves WHERE idx >= ? AND idx < ? ORDER BY idx"
+)
+_PROJECT_SUBJECTS = (
+    "INSERT INTO subjects (subject, idx) SELECT j.value, l.idx"
+    " FROM leaves AS l, json_each(l.subjects) AS j"
+    " WHERE l.idx >= ? AND l.idx < ? AND l.subjects <> '[]'"
 )
 _SELECT_ROWS = (
     f"SELECT {_rows.LEAF_COLUMNS} FROM leaves"  # noqa: S608 - constant columns
     " WHERE idx >= ? AND idx < ? ORDER BY idx"
-)
-# The subjects of a page of hits, in one query (the indices go in as one JSON parameter).
-_SELECT_HIT_SUBJECTS = (
-    "SELECT idx, subject FROM subjects WHERE idx IN (SELECT value FROM json_each(?))"
-    " ORDER BY idx, subject"
 )
 # The time block of each complete block of 256 leaves (``_search.time_bounds``).
 _INSERT_TIME_BLOCK = (
@@ -160,6 +217,8 @@ _REQUEST_LEGS_SINCE = (
     "SELECT leaf FROM leaves INDEXED BY leaves_time"
     " WHERE time_us >= ? AND leg = ? AND request_id <> ''"
 )
+_CATCH_UP_CHUNK = 50_000
+"""Leaves per catch-up transaction when a bulk writer brings the projection up to date."""
 _CHECKPOINT_EVERY_BYTES = 8 << 20
 """Copy the WAL into the database (on a background thread) after about this much was written."""
 
@@ -231,8 +290,8 @@ class SqliteDatabase:
                 # Rollups cover every entry committed from now on; older ones: ``migrate``.
                 con.execute(
                     "INSERT INTO projection_state (name, value) VALUES ('rollups_from', ?),"
-                    " ('rollups_backfilled', 0) ON CONFLICT (name) DO NOTHING",
-                    (self.next_index(),),
+                    " ('rollups_backfilled', 0), ('projected_to', ?) ON CONFLICT (name) DO NOTHING",
+                    (self.next_index(), self.next_index()),
                 )
         except sqlite3.Error as exc:
             self._release()
@@ -303,7 +362,6 @@ class SqliteDatabase:
 
     def commit(self, batch: CommitBatch) -> None:
         leaves = _rows.leaf_values(batch.leaves)
-        subjects = _rows.subject_values(batch.leaves)
         con = self._con
         try:
             con.execute("BEGIN IMMEDIATE")
@@ -318,10 +376,6 @@ class SqliteDatabase:
                         f"database's next index is {next_index}; another process wrote to it"
                     )
                 con.executemany(_INSERT_LEAF, leaves)
-                con.executemany(_ROLLUP_DAY, _rollups.day_rows(batch.leaves))
-                con.executemany(_ROLLUP_OFFICER, _rollups.officer_rows(batch.leaves))
-                if subjects:
-                    con.executemany("INSERT INTO subjects (subject, idx) VALUES (?, ?)", subjects)
                 if batch.tiles:
                     con.executemany(
                         "INSERT INTO tiles (level, idx, data) VALUES (?, ?, ?)", batch.tiles
@@ -344,6 +398,57 @@ class SqliteDatabase:
         if self._unflushed >= _CHECKPOINT_EVERY_BYTES and self._checkpointer is not None:
             self._unflushed = 0
             self._checkpointer.request()
+
+    def projection_lag(self) -> int:
+        """How many committed leaves the search projection does not hold yet."""
+        try:
+            return self.next_index() - self._projected_to()
+        except sqlite3.Error as exc:
+            raise self._error("read the projection state", exc) from exc
+
+    def _projected_to(self) -> int:
+        row = self._con.execute(
+            "SELECT value FROM projection_state WHERE name = 'projected_to'"
+        ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def catch_up(self, limit: int) -> int:
+        """Copy the next at most ``limit`` committed leaves into the search projection (their
+        columns, subjects and rollups) in one transaction; returns the leaves still behind.
+
+        The transaction is not fsynced on its own (``synchronous=NORMAL``): the projection is
+        rebuilt from the leaves, and what a crash loses of it is lost with its
+        ``projected_to``, so the next catch-up does it again. Raises ``AuditUnavailable``.
+        """
+        con = self._con
+        try:
+            con.execute("PRAGMA synchronous = NORMAL")
+            try:
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    start = self._projected_to()
+                    end = self.next_index()
+                    stop = min(end, start + limit)
+                    if stop > start:
+                        con.execute(_PROJECT_ROWS, (start, stop))
+                        con.execute(_PROJECT_SUBJECTS, (start, stop))
+                        rows = self._rollup_leaves(range(start, stop))
+                        con.executemany(_ROLLUP_DAY, _rollups.day_rows(rows))
+                        con.executemany(_ROLLUP_OFFICER, _rollups.officer_rows(rows))
+                        con.execute(
+                            "UPDATE projection_state SET value = ? WHERE name = 'projected_to'",
+                            (stop,),
+                        )
+                    con.execute("COMMIT")
+                except BaseException:
+                    if con.in_transaction:
+                        con.execute("ROLLBACK")
+                    raise
+            finally:
+                con.execute("PRAGMA synchronous = FULL")
+        except sqlite3.Error as exc:
+            raise self._error("update the search projection", exc) from exc
+        return end - stop
 
     def migration_state(self) -> tuple[int, int, int, int]:
         """``(full level-0 tiles, time blocks, rollups_from, rollups_backfilled)``: what the
@@ -400,9 +505,12 @@ class SqliteDatabase:
         return [NewLeaf(r[0], b"", b"", (*r[1:], (), -1)) for r in rows]
 
     def checkpoint_wal(self) -> None:
-        """Copy the WAL into the database and truncate it, waiting for readers: bulk writers
-        (migration, imports) call it as they go so the WAL stays bounded. Raises
-        ``AuditUnavailable``."""
+        """Bring the search projection up to date, then copy the WAL into the database and
+        truncate it, waiting for readers: bulk writers (migration, imports) that commit
+        straight to the database call it as they go, so the WAL and the projection's lag stay
+        bounded. Raises ``AuditUnavailable``."""
+        while self.catch_up(_CATCH_UP_CHUNK):
+            pass
         try:
             self._con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         except sqlite3.Error as exc:
@@ -462,14 +570,16 @@ class SqliteDatabase:
     def rows(self, start: int, stop: int) -> list[StoredRow]:
         try:
             con = self._con
+            projected = self._projected_to()
             subjects = _rows.group_subjects(
                 con.execute(
                     "SELECT idx, subject FROM subjects WHERE idx >= ? AND idx < ?"
                     " ORDER BY idx, subject",
-                    (start, stop),
+                    (start, min(stop, projected)),
                 )
             )
-            return _rows.stored_rows(con.execute(_SELECT_ROWS, (start, stop)), subjects)
+            rows = con.execute(_SELECT_ROWS, (start, stop))
+            return _rows.stored_rows(rows, subjects, projected)
         except sqlite3.Error as exc:
             raise self._error("read rows", exc) from exc
 
@@ -546,20 +656,7 @@ class SqliteDatabase:
 
     def search(self, query: SearchQuery) -> list[IndexedRow]:
         try:
-            lo, hi = 0, None
-            if query.since_us is not None or query.until_us is not None:
-                lo, hi = _search.time_bounds(
-                    self._fetch, _search.SQLITE, (), query.since_us, query.until_us
-                )
-            sql, params = _search.search_statement(query, _search.SQLITE, (), lo=lo, hi=hi)
-            con = self._con
-            hits = con.execute(sql, params).fetchall()
-            if not hits:
-                return []
-            found = _rows.group_subjects(
-                con.execute(_SELECT_HIT_SUBJECTS, (json.dumps([r[0] for r in hits]),))
-            )
-            return [_rows.indexed_row(r, tuple(found.get(r[0], ()))) for r in hits]
+            return _search.search(self._fetch, _search.SQLITE, (), query)
         except sqlite3.Error as exc:
             raise self._error("search", exc) from exc
 
@@ -579,6 +676,12 @@ class SqliteDatabase:
             raise self._error("read the recent request legs", exc) from exc
 
     def close(self) -> None:
+        """Close; a writer first brings the search projection up to date (best effort: what
+        it leaves behind, the next writer's catch-up does)."""
+        if self._checkpointer is not None:
+            with contextlib.suppress(AuditUnavailable):
+                while self.catch_up(_CATCH_UP_CHUNK):
+                    pass
         self._release()
 
 

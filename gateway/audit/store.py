@@ -8,9 +8,15 @@ connection, one reader connection) so the event loop never waits on disk.
 
 Contract for every ``LogDatabase``:
 
-- ``commit`` MUST write every leaf of the batch, its columns, its subjects and the checkpoint
-  in ONE durable transaction: when it returns, all of it survives a crash; when it raises,
-  none of it is visible.
+- ``commit`` MUST write every leaf of the batch (its bytes, hash, searchable columns and
+  subjects, in the leaf's own row) and the checkpoint in ONE durable transaction: when it
+  returns, all of it survives a crash; when it raises, none of it is visible.
+- The search projection (the indexed ``search_rows``, the ``subjects`` table, the rollups) is
+  kept BEHIND the leaves by ``catch_up``, in its own transactions, which need not be durable:
+  it is derived from the leaf rows, and ``projected_to`` moves with it atomically. Searches
+  MUST still see every committed leaf (``_search.search`` reads the leaf rows past
+  ``projected_to``). ``ThreadedStore`` runs the catch-up after commits (see
+  ``CATCH_UP_ENTRIES``); bulk writers call ``checkpoint_wal``.
 - Leaves, checkpoints and cosigned checkpoints MUST be append-only in the database itself
   (triggers; on PostgreSQL also privileges), not only in this code.
 - Foreign errors are translated once, here at the boundary, into ``AuditUnavailable``.
@@ -20,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +37,8 @@ from fedgate.audit_entry import IndexColumns
 from fedgate.auditverify import StoredRow, normalized_subjects
 
 __all__ = [
+    "CATCH_UP_DELAY_S",
+    "CATCH_UP_ENTRIES",
     "AuditStore",
     "CommitBatch",
     "IndexedRow",
@@ -42,6 +52,15 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+logger = logging.getLogger("gateway.audit.log")
+
+CATCH_UP_ENTRIES = 2048
+"""A commit that leaves the projection this many leaves behind starts a catch-up at once."""
+CATCH_UP_DELAY_S = 0.1
+"""Otherwise the catch-up starts at most this long after the commit that left a lag."""
+_CATCH_UP_CHUNK = 16_384
+"""Leaves per catch-up transaction (a log opened far behind catches up in several)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +156,12 @@ class LogDatabase(Protocol):
 
     def add_cosigned(self, size: int, note: str) -> None: ...
 
+    def catch_up(self, limit: int) -> int:
+        """Project the next at most ``limit`` leaves; returns how many are still behind."""
+        ...
+
+    def projection_lag(self) -> int: ...
+
     def leaves(self, start: int, stop: int) -> list[bytes]: ...
 
     def leaf_hashes(self, start: int, stop: int) -> list[bytes]: ...
@@ -196,10 +221,16 @@ class AuditStore(Protocol):
 class ThreadedStore:
     """An ``AuditStore`` over two connections of a ``LogDatabase``, each on its own thread.
 
-    The writer connection (loads, commits, cosigned checkpoints), the reader connection
-    (entries, checkpoints, search) and the tile connection (the tiles a proof needs) are opened
-    on their threads by ``open``; reads never queue behind a commit, proofs never behind a
-    search.
+    The writer connection (loads, commits, cosigned checkpoints, the projection's catch-up),
+    the reader connection (entries, checkpoints, search) and the tile connection (the tiles a
+    proof needs) are opened on their threads by ``open``; reads never queue behind a commit,
+    proofs never behind a search.
+
+    The search projection is caught up on the writer's thread after the commits, never inside
+    one: at once when a commit leaves it ``CATCH_UP_ENTRIES`` or more leaves behind, otherwise
+    ``CATCH_UP_DELAY_S`` after the commit that left it behind. It therefore lags the log by at
+    most about ``CATCH_UP_ENTRIES`` leaves plus one batch, or ``CATCH_UP_DELAY_S`` plus one
+    catch-up when the log is quiet (searches see every committed leaf regardless).
     """
 
     def __init__(
@@ -216,6 +247,9 @@ class ThreadedStore:
         self._tiler = tiler
         self._writer_pool, self._reader_pool, self._tile_pool = pools
         self._state_path = state_path
+        self._lag = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._catching_up: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(
@@ -260,10 +294,62 @@ class ThreadedStore:
         return await asyncio.get_running_loop().run_in_executor(self._reader_pool, fn)
 
     async def load(self) -> StoredLog:
-        return await self._w(self._writer.load)
+        stored = await self._w(self._writer.load)
+        self._lag = await self._w(self._writer.projection_lag)
+        self._schedule()
+        return stored
 
     async def commit(self, batch: CommitBatch) -> None:
         await self._w(lambda: self._writer.commit(batch))
+        self._lag += len(batch.leaves)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._lag <= 0 or self._catching_up is not None:
+            return
+        if self._lag >= CATCH_UP_ENTRIES:
+            self._start_catch_up()
+        elif self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(CATCH_UP_DELAY_S, self._start_catch_up)
+
+    def _start_catch_up(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._catching_up is None:
+            self._catching_up = asyncio.get_running_loop().create_task(
+                self._catch_up(), name="audit-projection"
+            )
+
+    async def _catch_up(self) -> None:
+        """Bring the projection up to the leaves committed so far, a chunk per transaction.
+        A failure is logged and retried after the next commit: searches and the log do not
+        depend on it (only how much of the leaf rows a search reads does)."""
+        loop = asyncio.get_running_loop()
+        try:
+            behind = self._lag
+            while behind > 0:
+                behind = await loop.run_in_executor(
+                    self._writer_pool, self._writer.catch_up, min(behind, _CATCH_UP_CHUNK)
+                )
+                self._lag = behind
+        except Exception as exc:  # the log goes on; the next commit retries
+            self._catching_up = None
+            logger.warning("audit store: the search projection could not catch up: %s", exc)
+            return
+        self._catching_up = None
+        self._schedule()  # commits that landed meanwhile
+
+    async def _settle(self) -> None:
+        """Stop scheduling catch-ups and wait for the one running (at close)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        task = self._catching_up
+        if task is not None:
+            with contextlib.suppress(Exception):
+                await task
 
     async def add_cosigned(self, size: int, note: str) -> None:
         await self._w(lambda: self._writer.add_cosigned(size, note))
@@ -287,6 +373,7 @@ class ThreadedStore:
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
+        await self._settle()
         try:
             try:
                 await loop.run_in_executor(self._tile_pool, self._tiler.close)

@@ -19,7 +19,13 @@ from gateway.audit.sqlite_store import open_sqlite_store
 from gateway.audit.store import AuditStore, CommitBatch, IndexedRow, SearchQuery, StoredLog
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from conftest import Fed, LogFactory
+
+    from fedgate.checkpoint import CosignatureVerifier
+    from fedgate.note import NoteSignature
+    from fedgate.witness import Witness
 
 ORIGIN = "fedgate.test/gateway/shard-0"
 
@@ -376,6 +382,29 @@ class TestStateFile:
         await store.close()
 
 
+class _HeldWitness:
+    """A real witness whose answers wait until ``release`` is set (a slow witness)."""
+
+    def __init__(self, witness: Witness) -> None:
+        self._witness = witness
+        self.release = asyncio.Event()
+        self.calls = 0
+
+    @property
+    def verifier(self) -> CosignatureVerifier:
+        return self._witness.verifier
+
+    async def add_checkpoint(
+        self, old_size: int, proof: Sequence[bytes], note: str
+    ) -> NoteSignature:
+        self.calls += 1
+        await self.release.wait()
+        return await self._witness.add_checkpoint(old_size, proof, note)
+
+    async def latest_checkpoint(self, origin: str) -> str | None:
+        return await self._witness.latest_checkpoint(origin)
+
+
 class TestWitnessing:
     async def test_witness_cosignatures_reach_the_latest_checkpoint(self, logs: LogFactory) -> None:
         fed = logs.fed
@@ -394,6 +423,29 @@ class TestWitnessing:
         }
         assert open_checkpoint(log.latest_checkpoint(), log.verifier).size == 3
         assert log.witness_errors == {}
+
+    async def test_a_slow_witness_does_not_hold_back_the_others_cosignature(
+        self, logs: LogFactory
+    ) -> None:
+        fed = logs.fed
+        fast = fed.witness("pboc.gz", logs.tmp / "fast.json")
+        slow = _HeldWitness(fed.witness("audit.office", logs.tmp / "slow.json"))
+        log = await logs.open(witnesses=[fast, slow])
+        for _ in range(3):
+            await log.append(fed.request())
+        # The slow witness has not answered a single request: the fast one's cosignature of
+        # the latest size is published regardless.
+        note, size = await log.cosigned_covering(3, timeout_s=10.0)
+        assert size == 3
+        assert set(cosignatures_in(note, [fast.verifier, slow.verifier])) == {"pboc.gz"}
+        assert slow.calls >= 1
+        slow.release.set()
+        # Once it answers, its cosignature joins the published note of that size.
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(cosignatures_in(log.latest_checkpoint(), [fast.verifier, slow.verifier])) < 2:
+            assert asyncio.get_running_loop().time() < deadline, log.witness_errors
+            await asyncio.sleep(0.01)
+        assert open_checkpoint(log.latest_checkpoint(), log.verifier).size == 3
 
     async def test_a_witness_that_saw_more_than_the_log_reports_a_rollback(
         self, fed: Fed, tmp_path: Path

@@ -8,7 +8,6 @@ from gateway.audit._rows import (
     indexed_row,
     leaf_values,
     stored_rows,
-    subject_values,
 )
 from gateway.audit.store import IndexedRow, NewLeaf
 
@@ -27,10 +26,16 @@ class TestRowMapping:
         ]
         values = leaf_values(leaves)
         assert values[0][:3] == (4, b"leaf", b"hash")
-        subjects = group_subjects((i, s) for s, i in subject_values(leaves))
-        assert subjects == {4: ["acct:1", "acct:2"]}
-        rows = stored_rows(values, subjects)
+        assert values[0][-1] == '["acct:1", "acct:2"]'
+        assert values[1][-1] == "[]"
+        # Past the projection the subjects come from the leaf row's own column...
+        rows = stored_rows(values, {}, projected_to=4)
         assert rows == [(4, b"leaf", b"hash", COLUMNS), (5, b"l2", b"h2", NO_SUBJECTS)]
+        # ... below it from the subjects table, as the search finds them.
+        subjects = group_subjects([(4, "acct:1")])
+        rows = stored_rows(values, subjects, projected_to=6)
+        assert rows[0][3][10] == ("acct:1",)
+        assert rows[1] == (5, b"l2", b"h2", NO_SUBJECTS)
 
     def test_indexed_row_puts_the_subjects_before_the_request_index(self) -> None:
         hit = (4, *COLUMNS[:10], COLUMNS[11])

@@ -115,7 +115,8 @@ class TestSqlitePages:
         with contextlib.closing(sqlite3.connect(path)) as con:
             assert con.execute("PRAGMA page_size").fetchone()[0] == 2048
             names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-        assert {"leaves_time", "leaves_request_id", "subjects_idx"} <= names
+        assert {"leaves_time", "search_request_id", "subjects_idx"} <= names
+        assert "leaves_request_id" not in names  # the leaf table carries no search index
 
     def test_an_existing_database_keeps_its_page_size(self, tmp_path: Path) -> None:
         path = tmp_path / "old.sqlite"

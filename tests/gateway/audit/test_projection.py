@@ -1,0 +1,264 @@
+"""The search projection behind the leaves: a committed leaf is found before the projection
+holds it, the catch-up brings the projection level, and schema step 1 -> 2 migrates a log
+written with the indexes on the leaves."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from gateway.audit.pg_store import PgDatabase
+from gateway.audit.sqlite_store import SqliteDatabase
+from gateway.audit.store import CATCH_UP_ENTRIES, CommitBatch, NewLeaf, SearchQuery
+from tests.gateway.audit.test_search import ORIGIN, _leaves
+
+if TYPE_CHECKING:
+    from conftest import LogFactory, PgTarget
+
+
+def _normalized(leaf: NewLeaf) -> tuple[object, ...]:
+    c = leaf.columns
+    return (*c[:10], tuple(sorted(set(c[10]))), c[11])
+
+
+def _indices(db: SqliteDatabase | PgDatabase, q: SearchQuery) -> list[int]:
+    return [h.index for h in db.search(q)]
+
+
+def _commit(db: SqliteDatabase | PgDatabase, leaves: list[NewLeaf]) -> None:
+    start = leaves[0].index
+    db.commit(CommitBatch(leaves, start + len(leaves), f"checkpoint {start + len(leaves)}"))
+
+
+def _queries(leaf: NewLeaf) -> list[SearchQuery]:
+    """Searches of every kind that find ``leaf`` on their first page."""
+    c = leaf.columns
+    at = leaf.index - 1
+    queries = [
+        SearchQuery(member=c[3], after_index=at, limit=3),
+        SearchQuery(action=c[6], newest_first=True, before_index=leaf.index + 1, limit=3),
+        SearchQuery(since_us=c[2], until_us=c[2] + 1),
+        SearchQuery(outcome=c[8], after_index=at, limit=1),
+    ]
+    for name, value in (
+        ("officer_id", c[4]),
+        ("case_number", c[5]),
+        ("request_id", c[1]),
+        ("subject", c[10][0] if c[10] else ""),
+    ):
+        if value:
+            queries.append(SearchQuery(after_index=at, limit=3, **{name: value}))
+    return queries
+
+
+class _ProjectionCases:
+    """The same cases on both stores (``db`` is an empty writer)."""
+
+    def check_a_leaf_is_found_before_and_after_it_is_projected(
+        self, db: SqliteDatabase | PgDatabase
+    ) -> None:
+        leaves = _leaves(300)
+        _commit(db, leaves[:200])
+        assert db.catch_up(10_000) == 0
+        _commit(db, leaves[200:])
+        assert db.projection_lag() == 100
+        before = {q: _indices(db, q) for leaf in leaves[195:205] for q in _queries(leaf)}
+        for leaf in leaves[200:205]:
+            for q in _queries(leaf):
+                assert leaf.index in before[q], q
+        assert db.catch_up(10_000) == 0
+        assert db.projection_lag() == 0
+        after = {q: _indices(db, q) for q in before}
+        assert after == before
+        # The hits carry the same columns from the leaf rows as from the projection.
+        found = db.search(SearchQuery(after_index=199, limit=5))
+        assert [h.columns for h in found] == [leaf.columns for leaf in leaves[200:205]]
+
+    def check_the_catch_up_goes_a_chunk_at_a_time(self, db: SqliteDatabase | PgDatabase) -> None:
+        leaves = _leaves(300)
+        _commit(db, leaves)
+        assert db.catch_up(120) == 180
+        assert db.catch_up(120) == 60
+        assert db.catch_up(120) == 0
+        assert db.catch_up(120) == 0
+        assert _indices(db, SearchQuery(limit=1000)) == list(range(300))
+
+    def check_verify_reads_the_projected_subjects(self, db: SqliteDatabase | PgDatabase) -> None:
+        leaves = _leaves(50)
+        _commit(db, leaves[:30])
+        db.catch_up(10_000)
+        _commit(db, leaves[30:])
+        assert [r[3] for r in db.rows(0, 50)] == [_normalized(leaf) for leaf in leaves]
+
+
+class TestSqliteProjection(_ProjectionCases):
+    @pytest.fixture
+    def db(self, tmp_path: Path) -> Iterator[SqliteDatabase]:
+        db = SqliteDatabase(tmp_path / "a.sqlite", origin=ORIGIN, writer=True)
+        yield db
+        db.close()
+
+    def test_a_leaf_is_found_before_and_after_it_is_projected(self, db: SqliteDatabase) -> None:
+        self.check_a_leaf_is_found_before_and_after_it_is_projected(db)
+
+    def test_the_catch_up_goes_a_chunk_at_a_time(self, db: SqliteDatabase) -> None:
+        self.check_the_catch_up_goes_a_chunk_at_a_time(db)
+
+    def test_verify_reads_the_projected_subjects(self, db: SqliteDatabase) -> None:
+        self.check_verify_reads_the_projected_subjects(db)
+
+    def test_a_writer_closes_with_the_projection_level(self, tmp_path: Path) -> None:
+        db = SqliteDatabase(tmp_path / "a.sqlite", origin=ORIGIN, writer=True)
+        _commit(db, _leaves(40))
+        assert db.projection_lag() == 40
+        db.close()
+        reader = SqliteDatabase(tmp_path / "a.sqlite", origin=None, writer=False)
+        try:
+            assert reader.projection_lag() == 0
+        finally:
+            reader.close()
+
+    def test_the_projection_is_append_only(self, db: SqliteDatabase) -> None:
+        _commit(db, _leaves(10))
+        db.catch_up(100)
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            db._con.execute("UPDATE search_rows SET officer_id = 'x' WHERE idx = 1")
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            db._con.execute("DELETE FROM search_rows WHERE idx = 1")
+
+
+def _downgrade_sqlite(path: Path) -> None:
+    """Turn a version 2 log into what version 1 wrote: indexes on the leaves, no projection."""
+    con = sqlite3.connect(path, isolation_level=None)
+    try:
+        for statement in (
+            "DROP TABLE search_rows",
+            "DROP INDEX leaves_time",
+            "ALTER TABLE leaves DROP COLUMN subjects",
+            "CREATE INDEX leaves_time ON leaves (time_us)",
+            "CREATE INDEX leaves_officer ON leaves (officer_id) WHERE officer_id <> ''",
+            "CREATE INDEX leaves_case ON leaves (case_number) WHERE case_number <> ''",
+            "CREATE INDEX leaves_target ON leaves (target_agency)",
+            "DELETE FROM projection_state WHERE name = 'projected_to'",
+            "UPDATE fedgate_schema SET version = 1",
+        ):
+            con.execute(statement)
+    finally:
+        con.close()
+
+
+class TestSqliteMigration:
+    def test_step_1_to_2_moves_the_indexes_to_the_projection(self, tmp_path: Path) -> None:
+        path = tmp_path / "a.sqlite"
+        leaves = _leaves(400)
+        db = SqliteDatabase(path, origin=ORIGIN, writer=True)
+        _commit(db, leaves)
+        db.close()
+        expected = {q: _indices_of(path, q) for leaf in leaves[::37] for q in _queries(leaf)}
+        _downgrade_sqlite(path)
+
+        db = SqliteDatabase(path, origin=ORIGIN, writer=True)
+        try:
+            con = db._con
+            assert con.execute("SELECT version FROM fedgate_schema").fetchone() == (2,)
+            assert db.projection_lag() == 0
+            assert con.execute("SELECT count(*) FROM search_rows").fetchone() == (400,)
+            indexes = {
+                r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+            }
+            assert "leaves_officer" not in indexes
+            assert {"search_officer", "search_case", "leaves_time"} <= indexes
+            assert {q: _indices(db, q) for q in expected} == expected
+            # Legacy rows have no subjects of their own: verification (``rows``) reads theirs
+            # from the projection's table.
+            assert [r[3] for r in db.rows(0, 400)] == [_normalized(leaf) for leaf in leaves]
+        finally:
+            db.close()
+
+
+def _indices_of(path: Path, q: SearchQuery) -> list[int]:
+    reader = SqliteDatabase(path, origin=None, writer=False)
+    try:
+        return _indices(reader, q)
+    finally:
+        reader.close()
+
+
+class TestPostgresProjection(_ProjectionCases):
+    @pytest.fixture
+    def db(self, pg: PgTarget) -> Iterator[PgDatabase]:
+        db = PgDatabase(pg.dsn, origin=ORIGIN, schema=pg.schema, writer=True)
+        yield db
+        db.close()
+
+    def test_a_leaf_is_found_before_and_after_it_is_projected(self, db: PgDatabase) -> None:
+        self.check_a_leaf_is_found_before_and_after_it_is_projected(db)
+
+    def test_the_catch_up_goes_a_chunk_at_a_time(self, db: PgDatabase) -> None:
+        self.check_the_catch_up_goes_a_chunk_at_a_time(db)
+
+    def test_verify_reads_the_projected_subjects(self, db: PgDatabase) -> None:
+        self.check_verify_reads_the_projected_subjects(db)
+
+    def test_step_1_to_2_migrates(self, pg: PgTarget) -> None:
+        leaves = _leaves(300)
+        db = PgDatabase(pg.dsn, origin=ORIGIN, schema=pg.schema, writer=True)
+        _commit(db, leaves)
+        db.close()
+        reader = PgDatabase(pg.dsn, origin=ORIGIN, schema=pg.schema, writer=False)
+        expected = {q: _indices(reader, q) for leaf in leaves[::29] for q in _queries(leaf)}
+        reader.close()
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(pg.schema)))
+            for statement in (
+                "DROP TABLE search_rows",
+                "ALTER TABLE leaves DROP COLUMN subjects",
+                "CREATE INDEX leaves_officer_idx ON leaves (origin, officer_id, idx)"
+                " WHERE officer_id <> ''",
+                "DELETE FROM projection_state WHERE name = 'projected_to'",
+                "UPDATE fedgate_schema SET version = 1",
+            ):
+                conn.execute(statement.encode())
+        db = PgDatabase(pg.dsn, origin=ORIGIN, schema=pg.schema, writer=True)
+        try:
+            assert db.projection_lag() == 0
+            assert {q: _indices(db, q) for q in expected} == expected
+            with psycopg.connect(pg.dsn, autocommit=True) as conn:
+                conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(pg.schema)))
+                assert conn.execute("SELECT version FROM fedgate_schema").fetchone() == (2,)
+                found = conn.execute(
+                    "SELECT 1 FROM pg_indexes WHERE schemaname = %s AND indexname = %s",
+                    (pg.schema, "leaves_officer_idx"),
+                ).fetchone()
+                assert found is None
+        finally:
+            db.close()
+
+
+class TestThreadedCatchUp:
+    async def test_appends_are_searchable_at_once_and_projected_soon(
+        self, logs: LogFactory
+    ) -> None:
+        log = await logs.open()
+        requests = [logs.fed.request() for _ in range(CATCH_UP_ENTRIES // 64)]
+        receipts = [await log.append(r) for r in requests]
+        # Right after the append: found, whether or not the projection holds it yet.
+        for request, receipt in zip(requests[-3:], receipts[-3:], strict=True):
+            hits = await log.search(SearchQuery(request_id=request.request_id))
+            assert [h.index for h in hits] == [receipt.index]
+        # Within the bound the projection holds everything (polled, bounded).
+        store = log._store
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            lag = await store._r(store._reader.projection_lag)  # type: ignore[attr-defined]
+            if lag == 0:
+                break
+            assert asyncio.get_running_loop().time() < deadline, f"still {lag} behind"
+            await asyncio.sleep(0.02)
