@@ -308,7 +308,7 @@ class TestSampling:
         config = dataclasses.replace(
             unsampled.harness.config(), telemetry=TelemetryConfig(trace_sample_ratio=1.5)
         )
-        with pytest.raises(ConfigError, match="telemetry.trace_sample_ratio"):
+        with pytest.raises(ConfigError, match=r"telemetry\.trace_sample_ratio"):
             config.validate()
         with pytest.raises(ValueError, match="sample_ratio"):
             Exporters.start(service="test", sample_ratio=-0.1)
