@@ -16,9 +16,9 @@ rule it was destroyed) and ``bodies`` (leaf index, leaf hash, key reference, cip
 
 Contract:
 
-- Bodies MUST be durable before the leaves that refer to them are committed (the log writes
-  them first, in their own transaction; a body whose leaf never committed is never read: a
-  body is looked up by leaf index AND leaf hash).
+- Bodies MUST be committed in the same transaction as the leaves that refer to them (the log
+  passes ``prepare``'s rows to the store's commit, ``CommitBatch.beside``), so no leaf exists
+  without its body and no body without its leaf.
 - ``bodies`` MUST be append-only in the database (triggers); ``body_keys`` rows MUST NOT be
   deleted, only their wrapped key erased (``destroy``), which keeps the date and the rule.
 - ``open`` MUST return the clear leaf only when it decrypts under its case key AND seals back
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 import secrets
 import sqlite3
@@ -68,10 +69,13 @@ __all__ = [
     "BodyVault",
     "CaseKey",
     "OpenedReader",
+    "PreparedBodies",
     "case_ref",
     "holds_sealed_bodies",
     "seal_entry",
 ]
+
+_Params = dict[str, Any]
 
 BLIND_PREFIX = "blind:"
 """Subjects in a sealed leaf are ``blind:`` and 32 hex digits (HMAC-SHA-256, 128 bits)."""
@@ -145,6 +149,14 @@ class BodyDeleted(NotFound):
 
 
 @dataclass(frozen=True, slots=True)
+class PreparedBodies:
+    """Encrypted bodies and new case keys, as ``(statement, rows)`` for the log's commit."""
+
+    steps: tuple[tuple[str, Sequence[_Params]], ...]
+    new_keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class CaseKey:
     """One row of ``body_keys``: a case's key, when it was last used, whether it is destroyed."""
 
@@ -179,9 +191,6 @@ def seal_entry(entry: AuditEntry, blind: Callable[[str], str]) -> AuditEntry:
             detail=mask_identifiers(entry.detail),
         )
     return replace(entry, detail=tuple((k, mask_identifiers(v)) for k, v in entry.detail))
-
-
-_Params = dict[str, Any]
 
 
 class _Db(Protocol):
@@ -263,6 +272,12 @@ _SELECT_KEY = _both(
     "SELECT kek_id, wrapped, destroyed_us, rule FROM body_keys WHERE ref = :ref",
     "SELECT kek_id, wrapped, destroyed_us, rule FROM body_keys"
     " WHERE origin = :origin AND ref = :ref",
+)
+_SELECT_KEYS = _both(
+    "SELECT ref, kek_id, wrapped, destroyed_us, rule FROM body_keys"
+    " WHERE ref IN (SELECT value FROM json_each(:refs))",
+    "SELECT ref, kek_id, wrapped, destroyed_us, rule FROM body_keys"
+    " WHERE origin = :origin AND ref = ANY(:refs)",
 )
 _INSERT_KEY = _both(
     "INSERT INTO body_keys (ref, kek_id, wrapped, created_us, last_us)"
@@ -379,13 +394,16 @@ class BodyVault:
     def _context(self, ref: str) -> bytes:
         return f"fedgate-body-key/v1\n{self._origin}\n{ref}".encode()
 
-    def _load(self, ref: str) -> bytes | None:
-        """The unwrapped key ``ref``, ``None`` if it does not exist; ``BodyDeleted`` if it
-        was destroyed, ``KeyUnavailable`` if it was wrapped under another KEK."""
-        found = self._fetch(_SELECT_KEY, ref=ref)
-        if not found:
-            return None
-        kek_id, wrapped, destroyed_us, rule = found[0]
+    def _load(self, ref: str, row: tuple[Any, ...] | None = None) -> bytes | None:
+        """The unwrapped key ``ref`` (from its ``body_keys`` row when the caller read it),
+        ``None`` if it does not exist; ``BodyDeleted`` if it was destroyed,
+        ``KeyUnavailable`` if it was wrapped under another KEK."""
+        if row is None:
+            found = self._fetch(_SELECT_KEY, ref=ref)
+            if not found:
+                return None
+            row = found[0]
+        kek_id, wrapped, destroyed_us, rule = row
         if wrapped is None:
             raise BodyDeleted(-1, micros_to_time(int(destroyed_us)), str(rule))
         if kek_id != self._wrapper.key_id:
@@ -422,11 +440,27 @@ class BodyVault:
             aead = self._keys[ref] = AESGCM(key)
         return aead
 
-    def _live_ref(self, ref: str, now: datetime, created: list[_Params]) -> tuple[str, AESGCM]:
+    def _prefetch(self, refs: set[str]) -> dict[str, tuple[Any, ...] | None]:
+        """The ``body_keys`` rows of the uncached ``refs`` in one query (``None``: absent)."""
+        missing = sorted(r for r in refs if r not in self._keys)
+        if not missing:
+            return {}
+        wanted: Any = missing if self._pg else json.dumps(missing)
+        found = {str(r[0]): tuple(r[1:]) for r in self._fetch(_SELECT_KEYS, refs=wanted)}
+        return {ref: found.get(ref) for ref in missing}
+
+    def _live_ref(
+        self,
+        ref: str,
+        now: datetime,
+        created: list[_Params],
+        known: dict[str, tuple[Any, ...] | None],
+    ) -> tuple[str, AESGCM]:
         """The key a new body of case ``ref`` is sealed under: the case's key, or after it was
         destroyed (the case came back after its retention ended) the next generation's
         (``CASE#2``, ``CASE#3`` ...), so shredded bodies stay shredded. A key that does not
-        exist yet is made, and its row added to ``created`` (stored with the bodies)."""
+        exist yet is made, and its row added to ``created`` (stored with the bodies). ``known``
+        holds rows already read (``_prefetch``)."""
         generation = 1
         while True:
             current = ref if generation == 1 else f"{ref}#{generation}"
@@ -434,13 +468,17 @@ class BodyVault:
             if aead is not None:
                 return current, aead
             try:
-                key = self._load(current)
+                if current in known:
+                    stored = known[current]
+                    key = None if stored is None else self._load(current, stored)
+                else:
+                    key = self._load(current)
             except BodyDeleted:
                 generation += 1
                 continue
             if key is None:
-                key, row = self._new_key(current, now)
-                created.append(row)
+                key, new_row = self._new_key(current, now)
+                created.append(new_row)
             aead = self._keys[current] = AESGCM(key)
             return current, aead
 
@@ -456,31 +494,40 @@ class BodyVault:
     def _aad(self, index: int, leaf_hash: bytes) -> bytes:
         return f"fedgate-body/v1\n{self._origin}\n{index}\n".encode() + leaf_hash
 
-    def store(self, bodies: Sequence[tuple[int, bytes, str, bytes]], *, now: datetime) -> None:
-        """Encrypt and durably store ``(leaf index, sealed leaf hash, key ref, clear leaf)``
-        in one transaction with the data keys of cases seen for the first time, recording each
-        key's use at ``now``."""
+    def prepare(
+        self, bodies: Sequence[tuple[int, bytes, str, bytes]], *, now: datetime
+    ) -> PreparedBodies:
+        """Encrypt ``(leaf index, sealed leaf hash, case ref, clear leaf)`` under their cases'
+        keys (made for cases seen for the first time): the rows the log commits with the
+        leaves (``CommitBatch.beside``), recording each key's use at ``now``. If that commit
+        fails, ``discard`` the result."""
         rows: list[_Params] = []
         created: list[_Params] = []
         touched: dict[str, int] = {}
+        known = self._prefetch({b[2] for b in bodies})
         for index, digest, case, clear in bodies:
-            ref, aead = self._live_ref(case, now, created)
+            ref, aead = self._live_ref(case, now, created, known)
             nonce = secrets.token_bytes(_NONCE_SIZE)
             sealed = nonce + aead.encrypt(nonce, clear, self._aad(index, digest))
             rows.append({"idx": index, "leaf_hash": digest, "ref": ref, "sealed": sealed})
             touched[ref] = _us(now)
-        try:
-            self._write(
-                [
-                    (_INSERT_KEY, created),
-                    (_INSERT_BODY, rows),
-                    (_TOUCH_KEY, [{"us": us, "ref": ref} for ref, us in touched.items()]),
-                ]
-            )
-        except BaseException:
-            for row in created:  # not stored: never seal with them
-                self._keys.pop(row["ref"], None)
-            raise
+        for row in created:  # made now: their last use is already ``now``
+            touched.pop(str(row["ref"]), None)
+        o = {"origin": self._origin}
+        steps: list[tuple[str, Sequence[_Params]]] = [
+            (self._sql(_INSERT_KEY), [o | r for r in created]),
+            (self._sql(_INSERT_BODY), [o | r for r in rows]),
+            (self._sql(_TOUCH_KEY), [o | {"us": us, "ref": ref} for ref, us in touched.items()]),
+        ]
+        return PreparedBodies(
+            tuple(step for step in steps if step[1]), tuple(str(r["ref"]) for r in created)
+        )
+
+    def discard(self, prepared: PreparedBodies) -> None:
+        """Forget the keys ``prepared`` made: its commit failed, so they were never stored."""
+        with self._lock:
+            for ref in prepared.new_keys:
+                self._keys.pop(ref, None)
 
     def open(self, stored_leaf: bytes) -> bytes:
         """The clear leaf of the entry whose stored, sealed leaf is ``stored_leaf``.
