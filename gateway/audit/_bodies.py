@@ -595,18 +595,21 @@ class BodyVault:
         self._write([(_DESTROY_KEY, [{"us": _us(now), "rule": rule, "ref": ref}])])
 
 
-def holds_sealed_bodies(connect: Callable[[], Any], *, pg: bool) -> bool:
-    """Whether a log database already holds wrapped keys (it was sealed): a gateway without a
-    KEK must then refuse to start rather than write clear leaves into it."""
+def holds_sealed_bodies(connect: Callable[[], Any], *, origin: str, pg: bool) -> bool:
+    """Whether log shard ``origin`` already holds wrapped keys (it was sealed): a gateway
+    without a KEK must then refuse to start rather than write clear leaves into it."""
     con = connect()
     try:
-        table = (
-            "to_regclass('body_keys')"
-            if pg
-            else ("(SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'body_keys')")
-        )
-        row = con.execute(f"SELECT {table}").fetchone()
-        if row is None or row[0] is None:
+        if pg:
+            row = con.execute("SELECT to_regclass('body_keys')").fetchone()
+            if row is None or row[0] is None:
+                return False
+            found = con.execute("SELECT 1 FROM body_keys WHERE origin = %s LIMIT 1", (origin,))
+            return found.fetchone() is not None
+        row = con.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'body_keys'"
+        ).fetchone()
+        if row is None:
             return False
         return con.execute("SELECT 1 FROM body_keys LIMIT 1").fetchone() is not None
     finally:
