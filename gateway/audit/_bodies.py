@@ -9,10 +9,11 @@ of its case, the associated data binding the ciphertext to the shard, the leaf i
 sealed leaf's hash. Data keys and the index key are stored only wrapped by the KEK
 (``_keys.KeyWrapper``).
 
-Tables (one migration step, the store ``audit bodies`` version 1, beside the log's own tables
-in the same SQLite file or PostgreSQL schema): ``body_keys`` (one wrapped key per case, per
-month for entries outside a case, and the index key; its last activity; when and under which
-rule it was destroyed) and ``bodies`` (leaf index, leaf hash, key reference, ciphertext).
+Tables (``_bodies_db``: one migration step, the store ``audit bodies`` version 1, beside the
+log's own tables in the same SQLite file or PostgreSQL schema): ``body_keys`` (one wrapped key
+per case, per month for entries outside a case, and the index key; its last activity; when
+and under which rule it was destroyed) and ``bodies`` (leaf index, leaf hash, key reference,
+ciphertext).
 
 Contract:
 
@@ -31,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import re
 import secrets
 import sqlite3
 import threading
@@ -39,12 +39,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import psycopg
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from psycopg import sql
 
 from fedgate.audit_entry import (
     AuditEntry,
@@ -58,13 +57,25 @@ from fedgate.errors import AuditUnavailable, FedgateError, KeyUnavailable, NotFo
 from fedgate.logs import mask_identifiers
 from fedgate.merkle import leaf_hash
 from fedgate.sealed import seal_reference
-from fedgate.storage import Schema, open_sqlite, prepare_postgres, prepare_sqlite
+from gateway.audit._bodies_db import (
+    DESTROY_KEY,
+    DUE_KEYS,
+    INSERT_BODY,
+    INSERT_KEY,
+    SELECT_BODY,
+    SELECT_CASE_KEY,
+    SELECT_KEY,
+    SELECT_KEYS,
+    TOUCH_KEY,
+    BodiesDb,
+    Params,
+    PgBodiesDb,
+    SqliteBodiesDb,
+)
 from gateway.audit._keys import KeyWrapper
 
 __all__ = [
     "BLIND_PREFIX",
-    "BODIES_SCHEMA_PG",
-    "BODIES_SCHEMA_SQLITE",
     "BodyDeleted",
     "BodyVault",
     "CaseKey",
@@ -75,62 +86,12 @@ __all__ = [
     "seal_entry",
 ]
 
-_Params = dict[str, Any]
-
 BLIND_PREFIX = "blind:"
 """Subjects in a sealed leaf are ``blind:`` and 32 hex digits (HMAC-SHA-256, 128 bits)."""
 
 _INDEX_REF = "#blind-index"
 _KEY_SIZE = 32
 _NONCE_SIZE = 12
-
-_DDL_SQLITE = """
-CREATE TABLE IF NOT EXISTS body_keys (
-    ref TEXT PRIMARY KEY, kek_id TEXT NOT NULL, wrapped BLOB,
-    created_us INTEGER NOT NULL, last_us INTEGER NOT NULL,
-    destroyed_us INTEGER, rule TEXT NOT NULL DEFAULT ''
-) STRICT;
-CREATE TABLE IF NOT EXISTS bodies (
-    leaf_hash BLOB NOT NULL, idx INTEGER NOT NULL, ref TEXT NOT NULL, sealed BLOB NOT NULL,
-    PRIMARY KEY (leaf_hash, idx)
-) STRICT;
-CREATE INDEX IF NOT EXISTS body_keys_live ON body_keys (last_us) WHERE wrapped IS NOT NULL;
-CREATE TRIGGER IF NOT EXISTS bodies_no_update BEFORE UPDATE ON bodies BEGIN
-    SELECT RAISE(ABORT, 'audit bodies are append-only: UPDATE on bodies refused'); END;
-CREATE TRIGGER IF NOT EXISTS bodies_no_delete BEFORE DELETE ON bodies BEGIN
-    SELECT RAISE(ABORT, 'audit bodies are append-only: DELETE on bodies refused'); END;
-CREATE TRIGGER IF NOT EXISTS body_keys_no_delete BEFORE DELETE ON body_keys BEGIN
-    SELECT RAISE(ABORT, 'body keys are destroyed by erasing the key, never deleted'); END;
-"""
-
-_DDL_PG = """
-CREATE TABLE IF NOT EXISTS body_keys (
-    origin TEXT NOT NULL, ref TEXT NOT NULL, kek_id TEXT NOT NULL, wrapped BYTEA,
-    created_us BIGINT NOT NULL, last_us BIGINT NOT NULL,
-    destroyed_us BIGINT, rule TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY (origin, ref)
-);
-CREATE TABLE IF NOT EXISTS bodies (
-    origin TEXT NOT NULL, leaf_hash BYTEA NOT NULL, idx BIGINT NOT NULL, ref TEXT NOT NULL,
-    sealed BYTEA NOT NULL, PRIMARY KEY (origin, leaf_hash, idx)
-);
-CREATE INDEX IF NOT EXISTS body_keys_live ON body_keys (origin, last_us)
-    WHERE wrapped IS NOT NULL;
-CREATE OR REPLACE FUNCTION fedgate_bodies_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN RAISE EXCEPTION 'audit bodies are append-only: % on % refused', TG_OP, TG_TABLE_NAME;
-END $$;
-DROP TRIGGER IF EXISTS bodies_append_only ON bodies;
-CREATE TRIGGER bodies_append_only BEFORE UPDATE OR DELETE ON bodies
-    FOR EACH ROW EXECUTE FUNCTION fedgate_bodies_refuse();
-DROP TRIGGER IF EXISTS body_keys_no_delete ON body_keys;
-CREATE TRIGGER body_keys_no_delete BEFORE DELETE ON body_keys
-    FOR EACH ROW EXECUTE FUNCTION fedgate_bodies_refuse();
-"""
-
-BODIES_SCHEMA_SQLITE = Schema(
-    store="audit bodies", version=1, create=_DDL_SQLITE, lives_in="audit log"
-)
-BODIES_SCHEMA_PG = Schema(store="audit bodies", version=1, create=_DDL_PG, lives_in="audit log")
 
 
 class BodyDeleted(NotFound):
@@ -152,7 +113,7 @@ class BodyDeleted(NotFound):
 class PreparedBodies:
     """Encrypted bodies and new case keys, as ``(statement, rows)`` for the log's commit."""
 
-    steps: tuple[tuple[str, Sequence[_Params]], ...]
+    steps: tuple[tuple[str, Sequence[Params]], ...]
     new_keys: tuple[str, ...]
 
 
@@ -193,131 +154,6 @@ def seal_entry(entry: AuditEntry, blind: Callable[[str], str]) -> AuditEntry:
     return replace(entry, detail=tuple((k, mask_identifiers(v)) for k, v in entry.detail))
 
 
-class _Db(Protocol):
-    """The few statements the vault runs, on one connection, serialised by the vault."""
-
-    def fetch(self, statement: str, params: _Params) -> list[tuple[Any, ...]]: ...
-
-    def transaction(self, steps: Sequence[tuple[str, Sequence[_Params]]]) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class _SqliteDb:
-    def __init__(self, path: Path) -> None:
-        self._con = open_sqlite(path)
-        try:
-            prepare_sqlite(self._con, BODIES_SCHEMA_SQLITE, where=path)
-            self._con.execute("PRAGMA secure_delete = ON")  # erased keys leave no free page
-        except BaseException:
-            self._con.close()
-            raise
-
-    def fetch(self, statement: str, params: _Params) -> list[tuple[Any, ...]]:
-        return self._con.execute(statement, params).fetchall()
-
-    def transaction(self, steps: Sequence[tuple[str, Sequence[_Params]]]) -> None:
-        con = self._con
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            for statement, rows in steps:
-                con.executemany(statement, rows)
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-
-    def close(self) -> None:
-        self._con.close()
-
-
-class _PgDb:
-    """The vault's tables in the shard's PostgreSQL schema, rows keyed by ``origin``."""
-
-    _LOCK = 0x62646B73  # "bdks": serialises schema creation across instances
-
-    def __init__(self, dsn: str, *, schema: str) -> None:
-        self._conn = psycopg.connect(dsn, autocommit=True)
-        try:
-            conn = self._conn
-            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._LOCK,))
-                prepare_postgres(conn, BODIES_SCHEMA_PG, where=f"PostgreSQL schema {schema!r}")
-        except BaseException:
-            self._conn.close()
-            raise
-
-    def fetch(self, statement: str, params: _Params) -> list[tuple[Any, ...]]:
-        return self._conn.execute(statement, params).fetchall()
-
-    def transaction(self, steps: Sequence[tuple[str, Sequence[_Params]]]) -> None:
-        with self._conn.transaction(), self._conn.cursor() as cur:
-            for statement, rows in steps:
-                cur.executemany(statement, rows)
-
-    def close(self) -> None:
-        self._conn.close()
-
-
-# Each statement exists twice: for SQLite (no origin column) and PostgreSQL (rows keyed by the
-# shard's origin, like the log's own tables). Parameters are named (``:name``; PostgreSQL's
-# ``%(name)s`` is derived), and every call passes ``origin`` too.
-def _both(sqlite_sql: str, pg_sql: str) -> tuple[str, str]:
-    return sqlite_sql, re.sub(r":(\w+)", r"%(\1)s", pg_sql)
-
-
-_SELECT_KEY = _both(
-    "SELECT kek_id, wrapped, destroyed_us, rule FROM body_keys WHERE ref = :ref",
-    "SELECT kek_id, wrapped, destroyed_us, rule FROM body_keys"
-    " WHERE origin = :origin AND ref = :ref",
-)
-_SELECT_KEYS = _both(
-    "SELECT ref, kek_id, wrapped, destroyed_us, rule FROM body_keys"
-    " WHERE ref IN (SELECT value FROM json_each(:refs))",
-    "SELECT ref, kek_id, wrapped, destroyed_us, rule FROM body_keys"
-    " WHERE origin = :origin AND ref = ANY(:refs)",
-)
-_INSERT_KEY = _both(
-    "INSERT INTO body_keys (ref, kek_id, wrapped, created_us, last_us)"
-    " VALUES (:ref, :kek_id, :wrapped, :us, :us) ON CONFLICT (ref) DO NOTHING",
-    "INSERT INTO body_keys (origin, ref, kek_id, wrapped, created_us, last_us)"
-    " VALUES (:origin, :ref, :kek_id, :wrapped, :us, :us) ON CONFLICT (origin, ref) DO NOTHING",
-)
-_TOUCH_KEY = _both(
-    "UPDATE body_keys SET last_us = MAX(last_us, :us) WHERE ref = :ref",
-    "UPDATE body_keys SET last_us = GREATEST(last_us, :us) WHERE origin = :origin AND ref = :ref",
-)
-_INSERT_BODY = _both(
-    "INSERT INTO bodies (idx, leaf_hash, ref, sealed) VALUES (:idx, :leaf_hash, :ref, :sealed)"
-    " ON CONFLICT DO NOTHING",
-    "INSERT INTO bodies (origin, idx, leaf_hash, ref, sealed)"
-    " VALUES (:origin, :idx, :leaf_hash, :ref, :sealed) ON CONFLICT DO NOTHING",
-)
-_SELECT_BODY = _both(
-    "SELECT idx, ref, sealed FROM bodies WHERE leaf_hash = :leaf_hash",
-    "SELECT idx, ref, sealed FROM bodies WHERE origin = :origin AND leaf_hash = :leaf_hash",
-)
-_DUE_KEYS = _both(
-    "SELECT ref FROM body_keys WHERE wrapped IS NOT NULL AND last_us < :us AND ref <> :ref"
-    " ORDER BY last_us",
-    "SELECT ref FROM body_keys WHERE origin = :origin AND wrapped IS NOT NULL"
-    " AND last_us < :us AND ref <> :ref ORDER BY last_us",
-)
-_DESTROY_KEY = _both(
-    "UPDATE body_keys SET wrapped = NULL, destroyed_us = :us, rule = :rule"
-    " WHERE ref = :ref AND wrapped IS NOT NULL",
-    "UPDATE body_keys SET wrapped = NULL, destroyed_us = :us, rule = :rule"
-    " WHERE origin = :origin AND ref = :ref AND wrapped IS NOT NULL",
-)
-_SELECT_CASE_KEY = _both(
-    "SELECT ref, created_us, last_us, destroyed_us, rule FROM body_keys WHERE ref = :ref",
-    "SELECT ref, created_us, last_us, destroyed_us, rule FROM body_keys"
-    " WHERE origin = :origin AND ref = :ref",
-)
-
-
 def _us(at: datetime) -> int:
     return int(at.timestamp() * 1_000_000)
 
@@ -327,7 +163,7 @@ class BodyVault:
     call holds the vault's lock (the log's writer, the reveal and the retention job share it).
     Raises ``AuditUnavailable`` when the database fails, ``KeyUnavailable`` for a wrong KEK."""
 
-    def __init__(self, *, db: _Db, pg: bool, wrapper: KeyWrapper, origin: str) -> None:
+    def __init__(self, *, db: BodiesDb, pg: bool, wrapper: KeyWrapper, origin: str) -> None:
         self._db = db
         self._pg = pg
         self._wrapper = wrapper
@@ -340,7 +176,7 @@ class BodyVault:
     def open_sqlite(cls, path: Path, *, wrapper: KeyWrapper, origin: str) -> BodyVault:
         """The vault of the SQLite log at ``path`` (its tables created if needed)."""
         try:
-            db = _SqliteDb(path)
+            db = SqliteBodiesDb(path)
         except (sqlite3.Error, OSError) as exc:
             raise AuditUnavailable(f"cannot open the audit bodies in {path}: {exc}") from exc
         return cls._opened(db, pg=False, wrapper=wrapper, origin=origin)
@@ -349,13 +185,13 @@ class BodyVault:
     def open_pg(cls, dsn: str, *, schema: str, wrapper: KeyWrapper, origin: str) -> BodyVault:
         """The vault of shard ``origin`` in PostgreSQL ``schema``."""
         try:
-            db = _PgDb(dsn, schema=schema)
+            db = PgBodiesDb(dsn, schema=schema)
         except psycopg.Error as exc:
             raise AuditUnavailable(f"cannot open the audit bodies in {schema!r}: {exc}") from exc
         return cls._opened(db, pg=True, wrapper=wrapper, origin=origin)
 
     @classmethod
-    def _opened(cls, db: _Db, *, pg: bool, wrapper: KeyWrapper, origin: str) -> BodyVault:
+    def _opened(cls, db: BodiesDb, *, pg: bool, wrapper: KeyWrapper, origin: str) -> BodyVault:
         try:
             return cls(db=db, pg=pg, wrapper=wrapper, origin=origin)
         except BaseException:
@@ -374,7 +210,7 @@ class BodyVault:
         except (sqlite3.Error, psycopg.Error) as exc:
             raise AuditUnavailable(f"the audit bodies cannot be read: {exc}") from exc
 
-    def _write(self, steps: Sequence[tuple[tuple[str, str], Sequence[_Params]]]) -> None:
+    def _write(self, steps: Sequence[tuple[tuple[str, str], Sequence[Params]]]) -> None:
         o = {"origin": self._origin}
         try:
             with self._lock:
@@ -399,7 +235,7 @@ class BodyVault:
         ``None`` if it does not exist; ``BodyDeleted`` if it was destroyed,
         ``KeyUnavailable`` if it was wrapped under another KEK."""
         if row is None:
-            found = self._fetch(_SELECT_KEY, ref=ref)
+            found = self._fetch(SELECT_KEY, ref=ref)
             if not found:
                 return None
             row = found[0]
@@ -413,7 +249,7 @@ class BodyVault:
             )
         return self._wrapper.unwrap(bytes(wrapped), context=self._context(ref))
 
-    def _new_key(self, ref: str, now: datetime) -> tuple[bytes, _Params]:
+    def _new_key(self, ref: str, now: datetime) -> tuple[bytes, Params]:
         """A fresh key for ``ref`` and the ``body_keys`` row that stores it wrapped."""
         key = secrets.token_bytes(_KEY_SIZE)
         wrapped = self._wrapper.wrap(key, context=self._context(ref))
@@ -424,7 +260,7 @@ class BodyVault:
         key = self._load(ref)
         if key is None:
             _, row = self._new_key(ref, now)
-            self._write([(_INSERT_KEY, [row])])
+            self._write([(INSERT_KEY, [row])])
             key = self._load(ref)  # another process opening the same log may have won
             if key is None:
                 raise AuditUnavailable(f"the key {ref!r} was not stored")
@@ -446,14 +282,14 @@ class BodyVault:
         if not missing:
             return {}
         wanted: Any = missing if self._pg else json.dumps(missing)
-        found = {str(r[0]): tuple(r[1:]) for r in self._fetch(_SELECT_KEYS, refs=wanted)}
+        found = {str(r[0]): tuple(r[1:]) for r in self._fetch(SELECT_KEYS, refs=wanted)}
         return {ref: found.get(ref) for ref in missing}
 
     def _live_ref(
         self,
         ref: str,
         now: datetime,
-        created: list[_Params],
+        created: list[Params],
         known: dict[str, tuple[Any, ...] | None],
     ) -> tuple[str, AESGCM]:
         """The key a new body of case ``ref`` is sealed under: the case's key, or after it was
@@ -501,8 +337,8 @@ class BodyVault:
         keys (made for cases seen for the first time): the rows the log commits with the
         leaves (``CommitBatch.beside``), recording each key's use at ``now``. If that commit
         fails, ``discard`` the result."""
-        rows: list[_Params] = []
-        created: list[_Params] = []
+        rows: list[Params] = []
+        created: list[Params] = []
         touched: dict[str, int] = {}
         known = self._prefetch({b[2] for b in bodies})
         for index, digest, case, clear in bodies:
@@ -514,10 +350,10 @@ class BodyVault:
         for row in created:  # made now: their last use is already ``now``
             touched.pop(str(row["ref"]), None)
         o = {"origin": self._origin}
-        steps: list[tuple[str, Sequence[_Params]]] = [
-            (self._sql(_INSERT_KEY), [o | r for r in created]),
-            (self._sql(_INSERT_BODY), [o | r for r in rows]),
-            (self._sql(_TOUCH_KEY), [o | {"us": us, "ref": ref} for ref, us in touched.items()]),
+        steps: list[tuple[str, Sequence[Params]]] = [
+            (self._sql(INSERT_KEY), [o | r for r in created]),
+            (self._sql(INSERT_BODY), [o | r for r in rows]),
+            (self._sql(TOUCH_KEY), [o | {"us": us, "ref": ref} for ref, us in touched.items()]),
         ]
         return PreparedBodies(
             tuple(step for step in steps if step[1]), tuple(str(r["ref"]) for r in created)
@@ -536,7 +372,7 @@ class BodyVault:
         ``BodyDeleted`` when its key was destroyed, ``AuditUnavailable`` when the body does
         not decrypt or does not seal back to the stored leaf (tampering)."""
         digest = leaf_hash(stored_leaf)
-        found = self._fetch(_SELECT_BODY, leaf_hash=digest)
+        found = self._fetch(SELECT_BODY, leaf_hash=digest)
         if not found:
             raise NotFound("the entry has no sealed body")
         # Normally one row; a batch whose leaves failed to commit and were appended again at
@@ -569,11 +405,11 @@ class BodyVault:
 
     def keys_idle_since(self, before: datetime) -> list[str]:
         """The refs of live case keys last used before ``before`` (oldest first)."""
-        return [str(r[0]) for r in self._fetch(_DUE_KEYS, us=_us(before), ref=_INDEX_REF)]
+        return [str(r[0]) for r in self._fetch(DUE_KEYS, us=_us(before), ref=_INDEX_REF)]
 
     def case_key(self, ref: str) -> CaseKey | None:
         """The state of case key ``ref``, if it exists."""
-        found = self._fetch(_SELECT_CASE_KEY, ref=ref)
+        found = self._fetch(SELECT_CASE_KEY, ref=ref)
         if not found:
             return None
         r, created, last, destroyed, rule = found[0]
@@ -592,7 +428,7 @@ class BodyVault:
             raise ValueError("the blind-index key is not a case key")
         with self._lock:
             self._keys.pop(ref, None)
-        self._write([(_DESTROY_KEY, [{"us": _us(now), "rule": rule, "ref": ref}])])
+        self._write([(DESTROY_KEY, [{"us": _us(now), "rule": rule, "ref": ref}])])
 
 
 def holds_sealed_bodies(connect: Callable[[], Any], *, origin: str, pg: bool) -> bool:
