@@ -260,11 +260,15 @@ def _open_vault(config: GatewayConfig) -> BodyVault | None:
     if audit.kek_path is None:
         if pg:
             sealed = holds_sealed_bodies(
-                lambda: _pg_schema_connection(audit.dsn, audit.schema), pg=True
+                lambda: _pg_schema_connection(audit.dsn, audit.schema),
+                origin=audit.origin,
+                pg=True,
             )
         else:
             sealed = config.audit_path.exists() and holds_sealed_bodies(
-                lambda: open_sqlite(config.audit_path, read_only=True), pg=False
+                lambda: open_sqlite(config.audit_path, read_only=True),
+                origin=audit.origin,
+                pg=False,
             )
         if sealed:
             raise KeyUnavailable(

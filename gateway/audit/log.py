@@ -47,7 +47,7 @@ from fedgate.merkle import HASH_SIZE, leaf_hash
 from fedgate.note import NoteSigner, NoteVerifier
 from fedgate.tiles import TILE_HEIGHT, TILE_WIDTH, TiledTree, encode_bundle, partial_width
 from fedgate.witness import WitnessClient
-from gateway.audit._bodies import BodyVault, case_ref, seal_entry
+from gateway.audit._bodies import BodyVault, PreparedBodies, case_ref, seal_entry
 from gateway.audit._receipt import Receipt
 from gateway.audit._state import StateFile, check_state_file, rebuild_tree
 from gateway.audit._witnessing import Witnessing, check_witness_views
@@ -492,8 +492,14 @@ class AuditLog:
             self._check_consistent(size)
             note = sign_checkpoint(Checkpoint(self._origin, size, root), self._signer)
             leaves = [NewLeaf(start + i, p[0], p[1], p[2]) for i, p in enumerate(batch)]
-            await self._store_bodies(start, batch)
-            await self._store.commit(CommitBatch(leaves, size, note, tiles))
+            prepared = await self._prepare_bodies(start, batch)
+            try:
+                beside = () if prepared is None else prepared.steps
+                await self._store.commit(CommitBatch(leaves, size, note, tiles, beside))
+            except BaseException:
+                if prepared is not None and self._vault is not None:
+                    self._vault.discard(prepared)
+                raise
         except Exception as exc:
             self._broken = str(exc)
             self._fail(batch, exc)
@@ -512,15 +518,16 @@ class AuditLog:
         self._state.wake.set()
         self._witnessing.wake.set()
 
-    async def _store_bodies(self, start: int, batch: list[_Pending]) -> None:
-        """Make the batch's bodies durable before its leaves (``_bodies`` contract)."""
+    async def _prepare_bodies(self, start: int, batch: list[_Pending]) -> PreparedBodies | None:
+        """The batch's bodies encrypted, to commit with its leaves (``_bodies`` contract)."""
         vault = self._vault
         bodies = [
             (start + i, p[1], p[4][0], p[4][1]) for i, p in enumerate(batch) if p[4] is not None
         ]
-        if vault is not None and bodies:
-            now = datetime.now(UTC)
-            await asyncio.to_thread(lambda: vault.store(bodies, now=now))
+        if vault is None or not bodies:
+            return None
+        now = datetime.now(UTC)
+        return await asyncio.to_thread(lambda: vault.prepare(bodies, now=now))
 
     def _fail(self, batch: list[_Pending], exc: BaseException) -> None:
         logger.error(

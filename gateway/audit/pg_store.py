@@ -415,6 +415,8 @@ class PgDatabase:
                     "INSERT INTO checkpoints (origin, size, note) VALUES (%s, %s, %s)",
                     (o, batch.size, batch.checkpoint),
                 )
+                for statement, rows in batch.beside:  # the bodies' tables (``_bodies``)
+                    cur.executemany(statement, rows)
         except psycopg.Error as exc:
             raise self._error("commit a batch", exc) from exc
 

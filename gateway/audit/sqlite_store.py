@@ -387,6 +387,8 @@ class SqliteDatabase:
                     "INSERT INTO checkpoints (size, note) VALUES (?, ?)",
                     (batch.size, batch.checkpoint),
                 )
+                for statement, rows in batch.beside:  # the bodies' tables (``_bodies``)
+                    con.executemany(statement, rows)
                 con.execute("COMMIT")
             except BaseException:
                 if con.in_transaction:

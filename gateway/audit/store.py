@@ -9,7 +9,8 @@ connection, one reader connection) so the event loop never waits on disk.
 Contract for every ``LogDatabase``:
 
 - ``commit`` MUST write every leaf of the batch (its bytes, hash, searchable columns and
-  subjects, in the leaf's own row) and the checkpoint in ONE durable transaction: when it
+  subjects, in the leaf's own row), the checkpoint and the rows ``beside`` it (sealed bodies,
+  data keys) in ONE durable transaction: when it
   returns, all of it survives a crash; when it raises, none of it is visible.
 - The search projection (the indexed ``search_rows``, the ``subjects`` table, the rollups) is
   kept BEHIND the leaves by ``catch_up``, in its own transactions, which need not be durable:
@@ -28,10 +29,10 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from fedgate.audit_entry import IndexColumns
 from fedgate.auditverify import StoredRow, normalized_subjects
@@ -76,12 +77,17 @@ class NewLeaf:
 @dataclass(frozen=True, slots=True)
 class CommitBatch:
     """Leaves ``[start, start + len(leaves))``, the checkpoint signed for the new size, and the
-    C2SP tiles ``(level, index, 8192 bytes)`` those leaves completed."""
+    C2SP tiles ``(level, index, 8192 bytes)`` those leaves completed.
+
+    ``beside`` are rows of the tables kept beside the log (the encrypted bodies of sealed
+    entries and new case keys, ``_bodies``): ``(statement, parameter rows)`` for this database,
+    written in the same transaction so a leaf is never committed without its body."""
 
     leaves: Sequence[NewLeaf]
     size: int
     checkpoint: str
     tiles: Sequence[tuple[int, int, bytes]] = ()
+    beside: Sequence[tuple[str, Sequence[Mapping[str, Any]]]] = ()
 
 
 @dataclass(frozen=True, slots=True)

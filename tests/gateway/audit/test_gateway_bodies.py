@@ -18,7 +18,7 @@ from psycopg import sql
 from fedgate.errors import KeyUnavailable
 from fedgate.kek import write_kek_file
 from gateway.audit.cli import register
-from gateway.config import AuditConfig
+from gateway.config import AuditConfig, PipelineConfig
 from gateway.pipeline import subjects_of
 from gateway.server import Gateway, run_retention_once
 
@@ -137,3 +137,32 @@ class TestSealedGateway:
         code, out = run_audit(["verify", *source, "--federation", str(h.federation)], capsys)
         assert code == 0, out
         assert "legs sealed" in out
+
+
+class TestShardsApart:
+    async def test_a_sealed_shard_does_not_stop_an_unsealed_one_in_the_same_schema(
+        self,
+        pg: Any,
+        harness_factory: Callable[..., Any],
+        gw_federation: Path,
+        tmp_path: Path,
+    ) -> None:
+        kek = tmp_path / "audit.kek"
+        write_kek_file(kek)
+        sealed = AuditConfig(
+            origin=ORIGIN, kek_path=kek, store="postgres", dsn=pg.dsn, schema=pg.schema
+        )
+        h = await harness_factory(gw_federation, tmp_path / "a", audit=sealed)
+        try:
+            await h.client().ask(h.request("account_holder"))
+        finally:
+            await h.close()
+        plain = dataclasses.replace(sealed, origin="fedgate.test/gateway/plain", kek_path=None)
+        config = dataclasses.replace(
+            h.config(), audit=plain, pipeline=PipelineConfig(state_dir=tmp_path / "b")
+        )
+        gateway = await Gateway.start(config)
+        await gateway.stop(0)
+        unsealed = dataclasses.replace(sealed, kek_path=None)
+        with pytest.raises(KeyUnavailable, match="kek_path is not set"):
+            await Gateway.start(dataclasses.replace(config, audit=unsealed))
