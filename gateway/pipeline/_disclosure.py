@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from fedgate.actions import action_of
 from fedgate.audit_entry import EntryKind, RequestLeg, decode_entry
-from fedgate.disclosure import HIT, hits_request_id, is_details, stage_name, wide_action
+from fedgate.disclosure import HIT, hits_request_id, is_details, wide_action
 from fedgate.envelope import decode_request
 from fedgate.errors import AuditUnavailable, FedgateError, PolicyDenied, RuleViolated
 from fedgate.v1 import envelope_pb2, request_pb2
@@ -115,9 +115,10 @@ async def check_details(log: AuditLog, request: request_pb2.Request, action: str
         )
     first_action = action_of(first)
     if first_action != action or getattr(first, first_action) != getattr(request, action):
+        what = "about another subject" if first_action == action else "another action"
         raise RuleViolated(
-            f"RULE {CITES_STAGE_ONE}: stage 1 {cited} asked {first_action} about another "
-            f"subject than this {action} ({stage_name(request.disclosure.stage)} stage)"
+            f"RULE {CITES_STAGE_ONE}: stage 1 {cited} asked {first_action} {what}: stage 2 "
+            f"repeats its action and subject ({action} here)"
         )
     target = request.target_agency
     answers = await log.search(

@@ -17,7 +17,7 @@ from fedgate.staged import run_staged
 from fedgate.v1 import bank_pb2
 from fedgate.web.auth import Role, ScryptParams, UserStore
 from tests.adapters._live import Live, live_federation
-from tests.adapters.test_staged_disclosure_e2e import ALL_BANKS, wide_request
+from tests.adapters.test_staged_disclosure_e2e import ALL_BANKS, SLOW_MACHINE_S, wide_request
 
 PASSWORD = "correct horse battery"
 FAST = ScryptParams(n=2**10, r=8, p=1)
@@ -45,7 +45,9 @@ async def test_an_auditor_sees_both_stages_linked(
     )  # fmt: skip
     users.close()
     victim = world.chains[0].victim
-    async with live_federation(fed_dir, world, state, console=True) as live:
+    async with live_federation(
+        fed_dir, world, state, console=True, timeout_s=SLOW_MACHINE_S
+    ) as live:
         first = wide_request(
             live.police,
             bank_pb2.AccountsByIdQuery(id_number=victim.id_number),

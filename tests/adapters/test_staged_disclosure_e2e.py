@@ -27,6 +27,10 @@ CARRIERS = ("carrier.cmcc", "carrier.cucc", "carrier.ctcc")
 ALL_BANKS = request_pb2.TargetSet(group=request_pb2.TARGET_GROUP_ALL_BANKS)
 ALL_CARRIERS = request_pb2.TargetSet(group=request_pb2.TARGET_GROUP_ALL_CARRIERS)
 HITS = request_pb2.Disclosure(stage=request_pb2.DISCLOSURE_STAGE_HITS)
+SLOW_MACHINE_S = 15.0
+"""How long the gateway waits for a node: the tests assert who answered what, so a node slowed
+by a loaded machine must not turn into a "no answer" (the silent-member case is tested in
+test_fanout_e2e)."""
 
 
 def wide_request(
@@ -94,7 +98,9 @@ class TestBothStages:
         self, fed_dir: Path, world: World, tmp_path: Path
     ) -> None:
         victim = world.chains[0].victim
-        async with live_federation(fed_dir, world, tmp_path / "live") as live:
+        async with live_federation(
+            fed_dir, world, tmp_path / "live", timeout_s=SLOW_MACHINE_S
+        ) as live:
             first = wide_request(
                 live.police,
                 bank_pb2.AccountsByIdQuery(id_number=victim.id_number),
@@ -139,7 +145,9 @@ class TestBothStages:
         self, fed_dir: Path, world: World, tmp_path: Path
     ) -> None:
         victim = world.chains[0].victim
-        async with live_federation(fed_dir, world, tmp_path / "live") as live:
+        async with live_federation(
+            fed_dir, world, tmp_path / "live", timeout_s=SLOW_MACHINE_S
+        ) as live:
             first = wide_request(
                 live.police,
                 carrier_pb2.SimCountQuery(id_number=victim.id_number),
@@ -160,7 +168,9 @@ class TestBothStages:
         self, fed_dir: Path, world: World, tmp_path: Path
     ) -> None:
         nobody = resident_id(9_999, born=datetime(1950, 1, 1).date())
-        async with live_federation(fed_dir, world, tmp_path / "live") as live:
+        async with live_federation(
+            fed_dir, world, tmp_path / "live", timeout_s=SLOW_MACHINE_S
+        ) as live:
             first = wide_request(
                 live.police, bank_pb2.AccountsByIdQuery(id_number=nobody), targets=ALL_BANKS
             )
@@ -177,7 +187,9 @@ class TestPolicy:
         self, fed_dir: Path, world: World, tmp_path: Path
     ) -> None:
         victim = world.chains[0].victim
-        async with live_federation(fed_dir, world, tmp_path / "live") as live:
+        async with live_federation(
+            fed_dir, world, tmp_path / "live", timeout_s=SLOW_MACHINE_S
+        ) as live:
             request = wide_request(
                 live.police,
                 bank_pb2.AccountsByIdQuery(id_number=victim.id_number),
@@ -198,7 +210,9 @@ class TestPolicy:
     ) -> None:
         """The stages are for asking many members at once; one bank is asked directly."""
         victim = world.chains[0].victim
-        async with live_federation(fed_dir, world, tmp_path / "live") as live:
+        async with live_federation(
+            fed_dir, world, tmp_path / "live", timeout_s=SLOW_MACHINE_S
+        ) as live:
             request = live.police.new_request(
                 action=bank_pb2.AccountsByIdQuery(id_number=victim.id_number),
                 officer=officer(0),
@@ -221,7 +235,9 @@ class TestHostile:
         self, fed_dir: Path, world: World, tmp_path: Path
     ) -> None:
         victim = world.chains[0].victim
-        async with live_federation(fed_dir, world, tmp_path / "live") as live:
+        async with live_federation(
+            fed_dir, world, tmp_path / "live", timeout_s=SLOW_MACHINE_S
+        ) as live:
             first = wide_request(
                 live.police,
                 bank_pb2.AccountsByIdQuery(id_number=victim.id_number),
@@ -258,7 +274,9 @@ class TestHostile:
         self, fed_dir: Path, world: World, tmp_path: Path
     ) -> None:
         victim = world.chains[0].victim
-        async with live_federation(fed_dir, world, tmp_path / "live") as live:
+        async with live_federation(
+            fed_dir, world, tmp_path / "live", timeout_s=SLOW_MACHINE_S
+        ) as live:
             first = wide_request(
                 live.police,
                 bank_pb2.AccountsByIdQuery(id_number=victim.id_number),
@@ -281,7 +299,9 @@ class TestHostile:
         self, fed_dir: Path, world: World, tmp_path: Path
     ) -> None:
         victim = world.chains[0].victim
-        async with live_federation(fed_dir, world, tmp_path / "live") as live:
+        async with live_federation(
+            fed_dir, world, tmp_path / "live", timeout_s=SLOW_MACHINE_S
+        ) as live:
             first = wide_request(
                 live.police,
                 bank_pb2.AccountsByIdQuery(id_number=victim.id_number),
@@ -297,7 +317,9 @@ class TestHostile:
         self, fed_dir: Path, world: World, tmp_path: Path
     ) -> None:
         victim, other = world.chains[0].victim, world.chains[1].victim
-        async with live_federation(fed_dir, world, tmp_path / "live") as live:
+        async with live_federation(
+            fed_dir, world, tmp_path / "live", timeout_s=SLOW_MACHINE_S
+        ) as live:
             first = wide_request(
                 live.police,
                 bank_pb2.AccountsByIdQuery(id_number=victim.id_number),
@@ -309,11 +331,38 @@ class TestHostile:
             with pytest.raises(RuleViolated, match=r"disclosure\.cites_stage_one"):
                 await collect(live.police, second)
 
+    async def test_stage_two_of_another_action(
+        self, fed_dir: Path, world: World, tmp_path: Path
+    ) -> None:
+        """A hit at the banks opens no carrier: stage 2 repeats stage 1's action."""
+        victim = world.chains[0].victim
+        async with live_federation(
+            fed_dir, world, tmp_path / "live", timeout_s=SLOW_MACHINE_S
+        ) as live:
+            first = wide_request(
+                live.police,
+                bank_pb2.AccountsByIdQuery(id_number=victim.id_number),
+                targets=ALL_BANKS,
+            )
+            await collect(live.police, first)
+            second = wide_request(
+                live.police,
+                carrier_pb2.SimCountQuery(id_number=victim.id_number),
+                targets=request_pb2.TargetSet(members=[victim.carrier_id]),
+                disclosure=request_pb2.Disclosure(
+                    stage=request_pb2.DISCLOSURE_STAGE_DETAILS, hits_request_id=first.request_id
+                ),
+            )
+            with pytest.raises(RuleViolated, match="another action"):
+                await collect(live.police, second)
+
     async def test_stage_two_without_document(
         self, fed_dir: Path, world: World, tmp_path: Path
     ) -> None:
         victim = world.chains[0].victim
-        async with live_federation(fed_dir, world, tmp_path / "live") as live:
+        async with live_federation(
+            fed_dir, world, tmp_path / "live", timeout_s=SLOW_MACHINE_S
+        ) as live:
             first = wide_request(
                 live.police,
                 bank_pb2.AccountsByIdQuery(id_number=victim.id_number),
@@ -340,7 +389,9 @@ class TestHostile:
         """Citing an ordinary request (or an id never seen) is refused: only an allowed stage-1
         request opens stage 2."""
         victim = world.chains[0].victim
-        async with live_federation(fed_dir, world, tmp_path / "live") as live:
+        async with live_federation(
+            fed_dir, world, tmp_path / "live", timeout_s=SLOW_MACHINE_S
+        ) as live:
             direct = wide_request(
                 live.police,
                 bank_pb2.AccountsByIdQuery(id_number=victim.id_number),
@@ -365,7 +416,9 @@ class TestHostile:
         """A node that leaks the details at stage 1: the gateway refuses the answer, logs it as
         a node fault, and the officer never sees the details."""
         victim = world.chains[0].victim
-        async with live_federation(fed_dir, world, tmp_path / "live") as live:
+        async with live_federation(
+            fed_dir, world, tmp_path / "live", timeout_s=SLOW_MACHINE_S
+        ) as live:
             node = live.nodes[victim.bank_id]
             honest = node.backend
 
