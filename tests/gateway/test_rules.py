@@ -595,3 +595,72 @@ class TestRepeatedOrders:
             case="A44010000000020260300043",
         )
         refused(rules, other, "stop_payment.max_two_per_account", now=NOW + 2 * HOUR)
+
+
+class TestRefunds:
+    """``refund.*`` against the state: the freeze in force and the victim's reported loss (the
+    freeze's own amount and ordering unit are checked against the log: test_refund_e2e)."""
+
+    @staticmethod
+    def _refund(
+        freeze: request_pb2.Request, *, amount: int, loss: int, now: datetime = NOW
+    ) -> request_pb2.Request:
+        r = request(
+            "refund",
+            now=now,
+            original_request_id=freeze.request_id,
+            account_number=freeze.freeze.account_number,
+            case=freeze.case.case_number,
+        )
+        r.refund.amount.minor_units = amount
+        r.refund.reported_loss.minor_units = loss
+        return r
+
+    def test_limits_and_what_was_refunded(self, rules: BusinessRules) -> None:
+        freeze = executed(rules, "freeze", case=CASE)
+        first = self._refund(freeze, amount=300_00, loss=500_00)
+        allowed(rules, first)
+        rules.record_outcome(first, action="refund", status=OK, now=NOW)
+        rules.record_outcome(first, action="refund", status=OK, now=NOW)  # idempotent
+        assert rules.refunded_from(freeze.request_id) == 300_00
+        error = refused(
+            rules,
+            self._refund(freeze, amount=200_01, loss=500_00),
+            "refund.max_reported_loss",
+        )
+        assert "¥300.00 already refunded, at most ¥200.00 remains" in str(error)
+        allowed(rules, self._refund(freeze, amount=200_00, loss=500_00))
+        refused(rules, self._refund(freeze, amount=1_00, loss=900_00), "refund.same_reported_loss")
+
+    def test_a_refused_refund_is_not_counted(self, rules: BusinessRules) -> None:
+        freeze = executed(rules, "freeze", case=CASE)
+        r = self._refund(freeze, amount=100_00, loss=500_00)
+        rules.record_outcome(
+            r, action="refund", status=request_pb2.RESPONSE_STATUS_REFUSED, now=NOW
+        )
+        assert rules.refunded_from(freeze.request_id) == 0
+
+    def test_the_freeze_must_be_in_force(self, rules: BusinessRules) -> None:
+        freeze = executed(rules, "freeze", case=CASE)
+        lapsed = NOW + timedelta(days=91)
+        refused(
+            rules,
+            self._refund(freeze, amount=1_00, loss=5_00, now=lapsed),
+            "refund.cites_freeze_in_force",
+            now=lapsed,
+        )
+        executed(
+            rules,
+            "freeze_release",
+            original_request_id=freeze.request_id,
+            account_number=freeze.freeze.account_number,
+        )
+        error = refused(
+            rules, self._refund(freeze, amount=1_00, loss=5_00), "refund.cites_freeze_in_force"
+        )
+        assert "was released at" in str(error)
+        unknown = self._refund(freeze, amount=1_00, loss=5_00)
+        unknown.original_request_id = request("freeze").request_id
+        assert "is not an executed freeze" in str(
+            refused(rules, unknown, "refund.cites_freeze_in_force")
+        )

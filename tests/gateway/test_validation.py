@@ -114,6 +114,8 @@ class TestValidRequests:
 # --------------------------------------------------------------------------- the table
 
 CARD_BAD_LUHN = "6222020031415926538"  # card_number("bank.icbc", 0) with the last digit off
+_ID = resident_id(3)
+ID_BAD_CHECK = _ID[:-1] + ("1" if _ID[-1] == "0" else "0")  # a wrong GB 11643 check character
 ID_BAD_CHECK = "440106198805170105"
 MOBILE_CUCC = "13012345678"
 LONG = "案" * 501
@@ -507,6 +509,55 @@ INVALID = [
         _set("monitored_transaction.transaction.amount.minor_units", 0),
         "monitored_transaction.transaction.amount.minor_units",
     ),
+    # refunds (资金返还)
+    case(
+        "refund",
+        _set("refund.victim_account", CARD_BAD_LUHN),
+        "refund.victim_account",
+        secret=CARD_BAD_LUHN,
+    ),
+    case("refund", _set("refund.victim_name", " "), "refund.victim_name"),
+    case("refund", _set("refund.victim_bank", ""), "refund.victim_bank"),
+    case("refund", _clear("refund.amount"), "refund.amount"),
+    case("refund", _set("refund.amount.minor_units", 0), "refund.amount.minor_units"),
+    case("refund", _set("refund.amount.minor_units", -5), "refund.amount.minor_units"),
+    case("refund", _clear("refund.reported_loss"), "refund.reported_loss"),
+    case(
+        "refund",
+        _set("refund.reported_loss.currency", "USD"),
+        "refund.reported_loss.currency",
+    ),
+    case("refund", _set("refund.victim_application", ""), "refund.victim_application"),
+    case("refund", _set("original_request_id", ""), "original_request_id"),
+    # appeals (Art. 32)
+    case("appeal", _set("appeal.appellant_name", ""), "appeal.appellant_name"),
+    case(
+        "appeal",
+        _set("appeal.appellant_id_number", ID_BAD_CHECK),
+        "appeal.appellant_id_number",
+        secret=ID_BAD_CHECK,
+    ),
+    case("appeal", _set("appeal.appellant_phone", ""), "appeal.appellant_phone"),
+    case("appeal", _set("appeal.subject", "12345678901"), "appeal.subject", secret="12345678901"),
+    case("appeal", _set("appeal.grounds", "理" * 2001), "appeal.grounds"),
+    case("appeal", _time("appeal.received_at", timedelta(hours=2)), "appeal.received_at"),
+    case("appeal", _set("appeal.recorded_by", ""), "appeal.recorded_by"),
+    case("appeal", _set("original_request_id", "x"), "original_request_id"),
+    case("appeal_decision", _set("appeal_decision.appeal_id", "x"), "appeal_decision.appeal_id"),
+    case("appeal_decision", _set("appeal_decision.outcome", 0), "appeal_decision.outcome"),
+    case("appeal_decision", _set("appeal_decision.outcome", 9), "appeal_decision.outcome"),
+    case("appeal_decision", _set("appeal_decision.reason", ""), "appeal_decision.reason"),
+    case(
+        "appeal_decision",
+        _set("appeal_decision.outcome", 2),
+        "appeal_decision.lift_request_id",
+    ),
+    case(
+        "appeal_decision",
+        _set("appeal_decision.lift_request_id", str(uuid.uuid4())),
+        "appeal_decision.lift_request_id",
+    ),
+    case("appeal_decision", _set("target_agency", "police.gd.afc"), "target_agency"),
 ]
 
 
@@ -571,6 +622,20 @@ class TestInvalidFields:
         request = valid_request("monitor_stop", now=NOW)
         request.original_request_id = request.request_id
         assert fields_of(violations(request)) == ["original_request_id"]
+
+    def test_a_refund_to_the_frozen_account_itself(self) -> None:
+        request = valid_request("refund", now=NOW)
+        request.refund.victim_account = request.refund.account_number
+        (v,) = violations(request).violations
+        assert (v.field, v.description) == (
+            "refund.victim_account",
+            "must differ from account_number (the frozen account)",
+        )
+
+    def test_an_appeal_needs_no_case_number(self) -> None:
+        request = valid_request("appeal", now=NOW)
+        request.case.case_number = ""
+        validate_request(request, now=NOW)
 
     def test_a_person_without_a_resident_id_is_fine(self) -> None:
         request = valid_request("subscriber", now=NOW)
