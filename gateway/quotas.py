@@ -268,11 +268,14 @@ CREATE TABLE IF NOT EXISTS quota_buckets (
 CREATE INDEX IF NOT EXISTS quota_buckets_by_update ON quota_buckets (updated);
 """,
 )
-# New buckets start full, at the database's time (one clock for every instance).
+# New buckets start full, at the database's time (one clock for every instance). An existing
+# one is locked by the no-op update, so that a concurrent prune cannot delete it before the
+# locking read below; keys are always given in one order (officer, member, floor): no deadlock.
 _PG_CREATE = (
     "INSERT INTO quota_buckets (key, tokens, updated)"
     " SELECT k, c, EXTRACT(EPOCH FROM clock_timestamp())"
-    " FROM unnest(%s::text[], %s::float8[]) AS t(k, c) ON CONFLICT DO NOTHING"
+    " FROM unnest(%s::text[], %s::float8[]) AS t(k, c)"
+    " ON CONFLICT (key) DO UPDATE SET tokens = quota_buckets.tokens"
 )
 _PG_LOCK = (
     "SELECT key, tokens, updated, EXTRACT(EPOCH FROM clock_timestamp())::float8"

@@ -13,8 +13,14 @@ one PostgreSQL connection: each statement text is one of the rules module's cons
 into PostgreSQL's dialect by fixed rewrites (``?`` → ``%s``, ``INSERT OR IGNORE`` →
 ``ON CONFLICT DO NOTHING``, ``BEGIN IMMEDIATE`` → ``BEGIN``) and cached; values are always
 bound parameters. An outcome is recorded in one transaction. Database failures raise
-``AuditUnavailable`` (fail closed). Calls block: ``check`` runs a few milliseconds of queries
-only for the actions that have a rule (orders), ``record_outcome`` already runs off the loop.
+``AuditUnavailable`` (fail closed). Calls block: ``check`` runs a few queries only for the
+actions that have a rule (orders), ``record_outcome`` already runs off the loop.
+
+Two instances cannot both allow a third stop-payment (``PgReservations``): the check of a
+stop-payment or extension takes a transaction-level advisory lock on the bank and account,
+counts the executed stops, extensions and other requests' reservations, and reserves, all in one
+transaction; the reservation ends with the order's answer (``record_outcome``, any status) or
+lapses after ``RESERVATION_LAPSES_AFTER``.
 """
 
 from __future__ import annotations

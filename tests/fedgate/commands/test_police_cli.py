@@ -675,6 +675,7 @@ EXPECTED_REFUSAL_CODES: dict[type[FedgateError], ExitCode] = {
     errors.PolicyDenied: ExitCode.REFUSED,
     errors.RuleViolated: ExitCode.REFUSED,
     errors.Replayed: ExitCode.REFUSED,
+    errors.InProgress: ExitCode.UNAVAILABLE,  # a retry while the first attempt runs: ask again
     errors.Stale: ExitCode.REFUSED,
     errors.QuotaExceeded: ExitCode.REFUSED,
     errors.NotFound: ExitCode.REFUSED,
