@@ -649,11 +649,17 @@ class _Stream:
             total, _NO_END
         )
         if beyond:
+            # A live shard (its gateway instance still writing) signs checkpoints past the
+            # size read at the start: those are truncation only if the store does not hold
+            # their entries now. The store is append-only, so re-reading its end tells.
+            end = self.source.next_index()
+            beyond = [b for b in beyond if b[0] > end]
+        if beyond:
             size = min(b[0] for b in beyond)
             return Failure(
                 f"the log was truncated: the checkpoint of size {size} covers entries up to "
-                f"{size - 1} but the store ends at {total}",
-                index=total,
+                f"{size - 1} but the store ends at {end}",
+                index=end,
                 size=size,
             )
         if self.checkpoints == 0 and self.range.size == 0:

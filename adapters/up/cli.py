@@ -138,8 +138,8 @@ def _print_table(federation: Federation) -> None:
     if len(gateways) > 1:
         print(
             f"\n{len(gateways)} gateway instances on PostgreSQL ({federation.audit_source[3]}):"
-            f" {', '.join(gateways)}; clients take them all: fedgate --gateway"
-            f" {','.join(gateways)} ..."
+            f" {', '.join(gateways)}; give clients them all, e.g. fedgate ticket get ID"
+            f" --gateway {','.join(gateways)}"
         )
     staff = [s for s in federation.processes if s.console and s.kind is not MemberKind.GATEWAY]
     if staff:
