@@ -12,10 +12,20 @@ receipt with a signed checkpoint covering the entry, at 16 appenders on SQLite (
 full load). ``audit_checkpoint_cosigned_p99_ms`` goes on until a checkpoint covering the entry is
 cosigned by the witnesses (both of the default federation's, over mTLS gRPC, each fsyncing its
 state before it cosigns), 16 appenders on SQLite. Verification rebuilds the tree of a log
-written in large batches and checks every entry (hashes, strict decoding, response links),
-every checkpoint signature and root, and the consistency of successive checkpoints, with one
-worker process per CPU; the search-index check and the request and response signatures (on a
-log of really signed exchanges) are timed separately.
+written by the real group commit (16 appenders through ``AuditLog``: a checkpoint every few
+entries, as the gateway stores them) and checks every entry (hashes, strict decoding, response
+links), every checkpoint signature and root, and the consistency of successive checkpoints, with
+one worker process per CPU (``audit_verify_cpu_us_per_entry``: CPU of all processes per entry);
+a log written in 5,000-entry batches is verified for comparison (``_batched``); the search-index
+check and the request and response signatures (on a log of really signed exchanges) are timed
+separately.
+
+Appends on a big log: ``audit_appends_per_s_sqlite_big`` and ``_empty_side`` are 256 appenders
+on a big log (``BENCH_AUDIT_BIG_LOG``, else the scale benchmark's cached log, else one of
+``BENCH_SCALE_ENTRIES`` entries built once by ``bench._biglog`` into ``bench/.cache``) and on an
+empty one, interleaved in this process; ``audit_appends_big_ratio`` is their ratio and
+``audit_appends_big_cpu_ratio`` the ratio of this process's CPU per append (robust to other load
+on the machine). Append figures count closing the log (the search projection's last catch-up).
 """
 
 from __future__ import annotations
