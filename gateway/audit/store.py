@@ -29,6 +29,7 @@ from fedgate.audit_entry import IndexColumns
 from fedgate.auditverify import StoredRow, normalized_subjects
 
 __all__ = [
+    "CHECKPOINT_INTERVAL",
     "AuditStore",
     "CommitBatch",
     "IndexedRow",
@@ -38,10 +39,25 @@ __all__ = [
     "StoredLog",
     "StoredRow",
     "ThreadedStore",
+    "kept_checkpoint",
     "normalized_subjects",
 ]
 
 T = TypeVar("T")
+
+CHECKPOINT_INTERVAL = 256
+"""The store keeps in its history the checkpoint of each batch that reaches or crosses a
+multiple of this many entries (``kept_checkpoint``); the newest signed and the newest cosigned
+checkpoint are always kept, as the log's head."""
+
+
+def kept_checkpoint(previous_size: int, size: int) -> bool:
+    """Whether the checkpoint signed when the log grew from ``previous_size`` to ``size``
+    entries goes into the store's history: the empty tree's, and each batch's that reaches or
+    crosses a multiple of ``CHECKPOINT_INTERVAL``. At production rates a batch is a few entries,
+    so keeping every note would cost ~210 bytes per entry; this keeps under one byte per entry.
+    Receipts carry their own note, so nothing a receipt needs is lost."""
+    return size == 0 or previous_size // CHECKPOINT_INTERVAL != size // CHECKPOINT_INTERVAL
 
 
 @dataclass(frozen=True, slots=True)
