@@ -28,8 +28,9 @@ from fedgate.risklist import RiskIndex
 from fedgate.storage import VERSION_TABLE
 from fedgate.web.auth import UserStore
 from gateway.alerts import AlertHub
+from gateway.audit.pg_store import AUDIT_SCHEMA as PG_AUDIT_SCHEMA
 from gateway.audit.pg_store import PgDatabase
-from gateway.audit.sqlite_store import SqliteDatabase
+from gateway.audit.sqlite_store import AUDIT_SCHEMA, SqliteDatabase
 from gateway.replay import ReplayCache
 from gateway.risklist import CentreStats, RiskListLog
 from gateway.rules import BusinessRules
@@ -88,6 +89,10 @@ STORES: dict[str, tuple[str, Callable[[Path], _Closable]]] = {
 }
 
 
+# Stores past their first schema version (the rest are at 1).
+CURRENT = {"audit": AUDIT_SCHEMA.version}
+
+
 def _stored_version(path: Path, store: str) -> int:
     con = sqlite3.connect(path)
     try:
@@ -105,7 +110,7 @@ class TestEverySqliteStore:
         store, open_ = STORES[name]
         path = tmp_path / f"{name}.sqlite"
         open_(path).close()
-        assert _stored_version(path, store) == 1
+        assert _stored_version(path, store) == CURRENT.get(name, 1)
         open_(path).close()
 
     def test_refuses_a_newer_version_naming_file_and_versions(
@@ -121,7 +126,7 @@ class TestEverySqliteStore:
         with pytest.raises(
             StoreVersionError,
             match=rf"{path}: {store} schema version 7 is newer than this fedgate supports "
-            r"\(version 1\)",
+            rf"\(version {CURRENT.get(name, 1)}\)",
         ):
             open_(path)
         assert _stored_version(path, store) == 7
@@ -150,6 +155,6 @@ def test_postgres_audit_store_refuses_a_newer_version(pg: PgTarget) -> None:
         with pytest.raises(
             StoreVersionError,
             match=rf"PostgreSQL schema '{schema}': audit log schema version 9 is newer than "
-            r"this fedgate supports \(version 1\)",
+            rf"this fedgate supports \(version {PG_AUDIT_SCHEMA.version}\)",
         ):
             PgDatabase(dsn, origin="test/log", schema=schema, writer=writer)
