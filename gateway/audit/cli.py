@@ -64,7 +64,7 @@ from fedgate.web.protoview import mask_tree
 from fedgate.witness import GrpcWitnessClient
 from gateway.audit._migrate import migrate
 from gateway.audit._retention_cli import add_retention_parser
-from gateway.audit.store import IndexedRow, SearchQuery
+from gateway.audit.store import CHECKPOINT_INTERVAL, IndexedRow, SearchQuery
 
 __all__ = ["register"]
 
@@ -179,7 +179,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     prove = sub.add_parser("prove", help="print a C2SP tlog-proof of one entry")
     _store_arguments(prove)
     prove.add_argument("index", type=int)
-    prove.add_argument("--size", type=int, default=0, help="tree size (default: latest)")
+    prove.add_argument(
+        "--size",
+        type=int,
+        default=0,
+        help="tree size, one the log kept a checkpoint at (the latest, the cosigned ones, and "
+        "one per 256 entries); default: the latest",
+    )
     prove.set_defaults(func=_prove)
 
     export = sub.add_parser("export", help="write an evidence bundle for one exchange")
@@ -683,7 +689,12 @@ def _tree_and_checkpoint(source: _Source, size: int, covering: int) -> tuple[Til
     if size:
         note = source.checkpoint(size)
         if note is None:
-            raise NotFound(f"the log signed no checkpoint at size {size}")
+            before = source.checkpoint_at_or_before(size)
+            raise NotFound(
+                f"the log keeps no checkpoint at size {size} (it keeps the latest and one per "
+                f"{CHECKPOINT_INTERVAL} entries; the nearest below is at size "
+                f"{before[0] if before else 0}, the receipt for an entry carries its own)"
+            )
     else:
         found = source.cosigned_covering(covering) or source.checkpoint_at_or_before(total)
         if found is None:

@@ -365,8 +365,19 @@ class AuditLog:
         return encode_bundle(leaves)
 
     async def checkpoint_at(self, size: int) -> str | None:
-        """The checkpoint the log signed at exactly ``size`` entries, if one was."""
-        return await self._store.checkpoint(size)
+        """The signed checkpoint of the tree of ``size`` entries; ``None`` beyond the log.
+
+        The store keeps only some checkpoints (``kept_checkpoint``); for another size the note
+        is signed again from the stored tiles. Ed25519 signatures are deterministic, so for a
+        size a batch ended at this is byte for byte the note that batch's receipts carry.
+        """
+        if not 0 <= size <= self._size:
+            return None
+        note = await self._store.checkpoint(size)
+        if note is None:
+            root = _from_tiles(lambda: self._tree.root(size))
+            note = sign_checkpoint(Checkpoint(self._origin, size, root), self._signer)
+        return note
 
     async def search(self, query: SearchQuery) -> list[IndexedRow]:
         """Entries matching ``query`` by their searchable columns, oldest first (a subject is

@@ -4,7 +4,8 @@ All shards live in one schema (default ``fedgate_audit``) in tables keyed by ori
 auditor verifies every shard from one database. Append-only is enforced by row triggers that
 raise on UPDATE and DELETE, statement triggers that raise on TRUNCATE, and by revoking UPDATE,
 DELETE and TRUNCATE from PUBLIC. Run the gateway as a role that is not the tables' owner and
-holds only ``INSERT, SELECT`` (and ``USAGE`` on the ``cosigned`` id sequence): an owner or
+holds only ``INSERT, SELECT`` (plus ``UPDATE`` on ``heads``, whose rows a trigger lets only move
+forward, and ``USAGE`` on the ``cosigned`` id sequence): an owner or
 superuser can still disable triggers, which ``fedgate audit verify`` then catches.
 
 A writer holds a session advisory lock on its shard, so a second instance configured with the
@@ -33,11 +34,13 @@ from gateway.audit.store import (
     StoredLog,
     StoredRow,
     ThreadedStore,
+    kept_checkpoint,
 )
 
 __all__ = [
     "AUDIT_SCHEMA",
     "DEFAULT_SCHEMA",
+    "MIGRATION_3_KEPT_CHECKPOINTS",
     "SCHEMA_VERSION",
     "PgDatabase",
     "connect_reader",
@@ -46,7 +49,7 @@ __all__ = [
 ]
 
 DEFAULT_SCHEMA = "fedgate_audit"
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 _CATCH_UP_CHUNK = 50_000
 """Leaves per catch-up transaction when a writer closes far behind."""
 _DDL_LOCK = 0x66656467  # "fedg": serializes schema creation across instances
@@ -119,6 +122,29 @@ CREATE INDEX IF NOT EXISTS time_blocks_max ON time_blocks (origin, max_us);
 CREATE INDEX IF NOT EXISTS subjects_idx ON subjects (origin, idx);
 CREATE INDEX IF NOT EXISTS cosigned_origin ON cosigned (origin, id);
 CREATE INDEX IF NOT EXISTS cosigned_size ON cosigned (origin, size);
+CREATE TABLE IF NOT EXISTS heads (
+    origin TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('signed', 'cosigned')),
+    size BIGINT NOT NULL CHECK (size >= 0),
+    note TEXT NOT NULL,
+    PRIMARY KEY (origin, kind)
+);
+CREATE OR REPLACE FUNCTION fedgate_audit_head_forward() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP <> 'UPDATE' OR NEW.origin <> OLD.origin OR NEW.kind <> OLD.kind
+            OR NEW.size < OLD.size THEN
+        RAISE EXCEPTION 'the audit log head only moves forward: % on % refused',
+            TG_OP, TG_TABLE_NAME;
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE OR REPLACE TRIGGER heads_forward_only BEFORE UPDATE OR DELETE ON heads
+    FOR EACH ROW EXECUTE FUNCTION fedgate_audit_head_forward();
+CREATE OR REPLACE TRIGGER heads_no_truncate BEFORE TRUNCATE ON heads
+    FOR EACH STATEMENT EXECUTE FUNCTION fedgate_audit_head_forward();
+REVOKE DELETE, TRUNCATE ON heads FROM PUBLIC;
 CREATE OR REPLACE FUNCTION fedgate_audit_append_only() RETURNS trigger
     LANGUAGE plpgsql AS $$
 BEGIN
@@ -206,11 +232,30 @@ _STEP_SEARCH_PROJECTION = "".join(
         _PROJECTION_DONE,
     )
 )
+MIGRATION_3_KEPT_CHECKPOINTS = """
+CREATE TABLE IF NOT EXISTS heads (
+    origin TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('signed', 'cosigned')),
+    size BIGINT NOT NULL CHECK (size >= 0),
+    note TEXT NOT NULL,
+    PRIMARY KEY (origin, kind)
+);
+INSERT INTO heads (origin, kind, size, note)
+    SELECT DISTINCT ON (origin) origin, 'signed', size, note FROM checkpoints
+    ORDER BY origin, size DESC;
+INSERT INTO heads (origin, kind, size, note)
+    SELECT DISTINCT ON (origin) origin, 'cosigned', size, note FROM cosigned
+    ORDER BY origin, id DESC;
+"""
+"""Schema step 2 -> 3, checkpoints kept at an interval: each shard's newest signed and cosigned
+checkpoints become its heads; the notes already stored stay (the log is append-only), new
+commits keep only what ``kept_checkpoint`` keeps."""
+
 AUDIT_SCHEMA = Schema(
     store="audit log",
     version=int(SCHEMA_VERSION),
     create=_DDL + _PROJECTION + _rollups.DDL_PG + _TRIGGERS,
-    migrations={1: _STEP_SEARCH_PROJECTION},
+    migrations={1: _STEP_SEARCH_PROJECTION, 2: MIGRATION_3_KEPT_CHECKPOINTS},
     legacy_table="shards",
 )
 
@@ -242,6 +287,37 @@ _INSERT_TIME_BLOCK = (
     " WHERE origin = %s AND idx >= %s AND idx < %s"
 )
 
+
+# Checkpoint look-ups: the history (kept at an interval) and the head, each by its key.
+_HEAD = "SELECT size, note FROM heads WHERE origin = %s AND kind = %s"
+_SET_HEAD = (
+    "INSERT INTO heads (origin, kind, size, note) VALUES (%s, %s, %s, %s)"
+    " ON CONFLICT (origin, kind) DO UPDATE SET size = EXCLUDED.size, note = EXCLUDED.note"
+)
+_NO_END = 1 << 62
+_CHECKPOINT_AT = (
+    "SELECT size, note FROM checkpoints WHERE origin = %(o)s AND size = %(p0)s UNION"
+    " SELECT size, note FROM heads WHERE origin = %(o)s AND kind = 'signed' AND size = %(p1)s"
+    " LIMIT 1"
+)
+_CHECKPOINTS_IN = (
+    "SELECT size, note FROM checkpoints WHERE origin = %(o)s AND size > %(p0)s"
+    " AND size <= %(p1)s UNION SELECT size, note FROM heads WHERE origin = %(o)s"
+    " AND kind = 'signed' AND size > %(p2)s AND size <= %(p3)s ORDER BY size"
+)
+_CHECKPOINT_AT_OR_BEFORE = (
+    "(SELECT size, note FROM checkpoints WHERE origin = %(o)s AND size <= %(p0)s"
+    " ORDER BY size DESC LIMIT 1) UNION SELECT size, note FROM heads WHERE origin = %(o)s"
+    " AND kind = 'signed' AND size <= %(p1)s ORDER BY size DESC LIMIT 1"
+)
+_COSIGNED_IN = (
+    "SELECT size, note FROM cosigned WHERE origin = %(o)s AND size > %(p0)s"
+    " AND size <= %(p1)s UNION SELECT size, note FROM heads WHERE origin = %(o)s"
+    " AND kind = 'cosigned' AND size > %(p2)s AND size <= %(p3)s ORDER BY size"
+)
+_COSIGNED_COVERING = (
+    "SELECT size, note FROM heads WHERE origin = %(o)s AND kind = 'cosigned' AND size > %(p0)s"
+)
 
 _ROLLUP_DAY, _ROLLUP_OFFICER = _rollups.upserts(pg=True)
 _ROLLUP_COLUMNS = (
@@ -374,12 +450,8 @@ class PgDatabase:
                 "SELECT COALESCE(MAX(idx) + 1, 0) FROM tiles WHERE origin = %s AND level = 0", o
             ).fetchone()
             tile_count = 0 if row is None else int(row[0])
-            cp = conn.execute(
-                "SELECT size, note FROM checkpoints WHERE origin = %s ORDER BY size DESC LIMIT 1", o
-            ).fetchone()
-            co = conn.execute(
-                "SELECT size, note FROM cosigned WHERE origin = %s ORDER BY id DESC LIMIT 1", o
-            ).fetchone()
+            cp = conn.execute(_HEAD, (self._origin, "signed")).fetchone()
+            co = conn.execute(_HEAD, (self._origin, "cosigned")).fetchone()
         except psycopg.Error as exc:
             raise self._error("load the log", exc) from exc
         return _rows.stored_log(self._origin, hashes, tile_count, next_index, cp, co)
@@ -411,21 +483,29 @@ class PgDatabase:
                 for block in range(start // _search.BLOCK, batch.size // _search.BLOCK):
                     lo = block * _search.BLOCK
                     cur.execute(_INSERT_TIME_BLOCK, (o, block, o, lo, lo + _search.BLOCK))
-                cur.execute(
-                    "INSERT INTO checkpoints (origin, size, note) VALUES (%s, %s, %s)",
-                    (o, batch.size, batch.checkpoint),
-                )
+                if kept_checkpoint(start, batch.size):
+                    cur.execute(
+                        "INSERT INTO checkpoints (origin, size, note) VALUES (%s, %s, %s)",
+                        (o, batch.size, batch.checkpoint),
+                    )
+                cur.execute(_SET_HEAD, (o, "signed", batch.size, batch.checkpoint))
                 for statement, rows in batch.beside:  # the bodies' tables (``_bodies``)
                     cur.executemany(statement, rows)
         except psycopg.Error as exc:
             raise self._error("commit a batch", exc) from exc
 
     def add_cosigned(self, size: int, note: str) -> None:
+        o = self._origin
         try:
-            self._c().execute(
-                "INSERT INTO cosigned (origin, size, note) VALUES (%s, %s, %s)",
-                (self._origin, size, note),
-            )
+            conn = self._c()
+            with conn.transaction():
+                head = conn.execute(_HEAD + " FOR UPDATE", (o, "cosigned")).fetchone()
+                if head is None or kept_checkpoint(int(head[0]), size):
+                    conn.execute(
+                        "INSERT INTO cosigned (origin, size, note) VALUES (%s, %s, %s)",
+                        (o, size, note),
+                    )
+                conn.execute(_SET_HEAD, (o, "cosigned", size, note))
         except psycopg.Error as exc:
             raise self._error("store a cosigned checkpoint", exc) from exc
 
@@ -511,84 +591,48 @@ class PgDatabase:
         return 0 if row is None else int(row[0])
 
     def checkpoint(self, size: int) -> str | None:
-        try:
-            row = (
-                self._c()
-                .execute(
-                    "SELECT note FROM checkpoints WHERE origin = %s AND size = %s",
-                    (self._origin, size),
-                )
-                .fetchone()
-            )
-        except psycopg.Error as exc:
-            raise self._error("read a checkpoint", exc) from exc
-        return None if row is None else str(row[0])
-
-    def _notes(self, what: str, statement: str) -> list[tuple[int, str]]:
-        try:
-            return [(int(r[0]), str(r[1])) for r in self._c().execute(statement, (self._origin,))]
-        except psycopg.Error as exc:
-            raise self._error(what, exc) from exc
+        rows = self._notes_of("read a checkpoint", _CHECKPOINT_AT, (size, size))
+        return rows[0][1] if rows else None
 
     def checkpoints(self) -> list[tuple[int, str]]:
-        return self._notes(
-            "read checkpoints",
-            "SELECT size, note FROM checkpoints WHERE origin = %s ORDER BY size",
-        )
+        """Every stored signed checkpoint (history and head), by size."""
+        return self._notes_of("read checkpoints", _CHECKPOINTS_IN, (-1, _NO_END, -1, _NO_END))
 
     def cosigned_checkpoints(self) -> list[tuple[int, str]]:
-        return self._notes(
-            "read cosigned checkpoints",
-            "SELECT size, note FROM cosigned WHERE origin = %s ORDER BY id",
-        )
+        """Every stored cosigned checkpoint (history and head), by size."""
+        return self._notes_of("read cosigned checkpoints", _COSIGNED_IN, (-1, _NO_END, -1, _NO_END))
 
     def _notes_of(
         self, what: str, statement: str, params: tuple[int, ...]
     ) -> list[tuple[int, str]]:
+        """Rows ``(size, note)`` of ``statement``, whose every ``%(o)s`` is the origin."""
+        o = self._origin
+        values: dict[str, Any] = {"o": o, **{f"p{i}": v for i, v in enumerate(params)}}
         try:
-            return [
-                (int(r[0]), str(r[1]))
-                for r in self._c().execute(statement, (self._origin, *params))
-            ]
+            return [(int(r[0]), str(r[1])) for r in self._c().execute(statement, values)]
         except psycopg.Error as exc:
             raise self._error(what, exc) from exc
 
     def checkpoints_in(self, lo: int, hi: int) -> list[tuple[int, str]]:
-        """The checkpoints with ``lo < size <= hi``, by size (one primary-key range)."""
-        return self._notes_of(
-            "read checkpoints",
-            "SELECT size, note FROM checkpoints WHERE origin = %s AND size > %s AND size <= %s"
-            " ORDER BY size",
-            (lo, hi),
-        )
+        """The stored checkpoints with ``lo < size <= hi``, by size (a primary-key range and
+        the head)."""
+        return self._notes_of("read checkpoints", _CHECKPOINTS_IN, (lo, hi, lo, hi))
 
     def checkpoint_at_or_before(self, size: int) -> tuple[int, str] | None:
-        """The checkpoint with the greatest size at most ``size`` (one primary-key lookup)."""
-        rows = self._notes_of(
-            "read a checkpoint",
-            "SELECT size, note FROM checkpoints WHERE origin = %s AND size <= %s"
-            " ORDER BY size DESC LIMIT 1",
-            (size,),
-        )
+        """The stored checkpoint with the greatest size at most ``size`` (one primary-key
+        lookup and the head)."""
+        rows = self._notes_of("read a checkpoint", _CHECKPOINT_AT_OR_BEFORE, (size, size))
         return rows[0] if rows else None
 
     def cosigned_in(self, lo: int, hi: int) -> list[tuple[int, str]]:
-        """The cosigned checkpoints with ``lo < size <= hi``, by size (``cosigned_size``)."""
-        return self._notes_of(
-            "read cosigned checkpoints",
-            "SELECT size, note FROM cosigned WHERE origin = %s AND size > %s AND size <= %s"
-            " ORDER BY size, id",
-            (lo, hi),
-        )
+        """The stored cosigned checkpoints with ``lo < size <= hi``, by size (``cosigned_size``
+        and the head)."""
+        return self._notes_of("read cosigned checkpoints", _COSIGNED_IN, (lo, hi, lo, hi))
 
     def cosigned_covering(self, index: int) -> tuple[int, str] | None:
-        """The newest cosigned checkpoint whose tree holds entry ``index`` (one lookup)."""
-        rows = self._notes_of(
-            "read a cosigned checkpoint",
-            "SELECT size, note FROM cosigned WHERE origin = %s AND size > %s"
-            " ORDER BY size DESC LIMIT 1",
-            (index,),
-        )
+        """The newest cosigned checkpoint whose tree holds entry ``index``: the cosigned head,
+        if it covers it (one primary-key lookup; older cosigned ones are smaller)."""
+        rows = self._notes_of("read a cosigned checkpoint", _COSIGNED_COVERING, (index,))
         return rows[0] if rows else None
 
     def _rollup_leaves(self, span: range) -> list[NewLeaf]:

@@ -34,19 +34,50 @@ from gateway.audit.store import (
     StoredLog,
     StoredRow,
     ThreadedStore,
+    kept_checkpoint,
 )
 
 __all__ = [
     "AUDIT_SCHEMA",
+    "MIGRATION_3_KEPT_CHECKPOINTS",
     "SCHEMA_VERSION",
     "SqliteDatabase",
     "default_state_path",
     "open_sqlite_store",
 ]
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 
-_SCHEMA = """
+# The newest signed and the newest cosigned checkpoint: one row each, replaced by every commit
+# (or cosigning) and only ever forward; the history tables keep what ``kept_checkpoint`` keeps.
+_HEADS = """
+CREATE TABLE IF NOT EXISTS heads (
+    kind TEXT PRIMARY KEY CHECK (kind IN ('signed', 'cosigned')),
+    size INTEGER NOT NULL CHECK (size >= 0),
+    note TEXT NOT NULL
+) STRICT;
+CREATE TRIGGER IF NOT EXISTS heads_forward_only BEFORE UPDATE ON heads
+WHEN NEW.kind <> OLD.kind OR NEW.size < OLD.size BEGIN
+SELECT RAISE(ABORT, 'the audit log head only moves forward: UPDATE on heads refused'); END;
+CREATE TRIGGER IF NOT EXISTS heads_no_delete BEFORE DELETE ON heads BEGIN
+SELECT RAISE(ABORT, 'the audit log is append-only: DELETE on heads refused'); END;
+"""
+
+MIGRATION_3_KEPT_CHECKPOINTS = (
+    _HEADS  # noqa: S608 - constant text
+    + """
+INSERT INTO heads (kind, size, note)
+    SELECT 'signed', size, note FROM checkpoints ORDER BY size DESC LIMIT 1;
+INSERT INTO heads (kind, size, note)
+    SELECT 'cosigned', size, note FROM cosigned ORDER BY id DESC LIMIT 1;
+"""
+)
+"""Schema step 2 -> 3, checkpoints kept at an interval: the newest signed and cosigned
+checkpoints become the heads; the notes already stored stay (the log is append-only), new
+commits keep only what ``kept_checkpoint`` keeps."""
+
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
 CREATE TABLE IF NOT EXISTS leaves (
     idx INTEGER PRIMARY KEY CHECK (idx >= 0),
@@ -93,6 +124,8 @@ CREATE TABLE IF NOT EXISTS tiles (
 CREATE INDEX IF NOT EXISTS time_blocks_min ON time_blocks (min_us);
 CREATE INDEX IF NOT EXISTS time_blocks_max ON time_blocks (max_us);
 """
+    + _HEADS
+)
 
 # The search projection (``_search``): the searchable columns and their indexes, kept behind
 # the leaves by ``catch_up``.
@@ -172,7 +205,7 @@ AUDIT_SCHEMA = Schema(
     store="audit log",
     version=int(SCHEMA_VERSION),
     create=_SCHEMA + _rollups.DDL_SQLITE + _TRIGGERS,
-    migrations={1: _STEP_SEARCH_PROJECTION},
+    migrations={1: _STEP_SEARCH_PROJECTION, 2: MIGRATION_3_KEPT_CHECKPOINTS},
     legacy_table="leaves",
 )
 
@@ -206,6 +239,34 @@ _ROLLUP_COLUMNS = (
     f"SELECT idx, {_rows.COLUMNS} FROM leaves"  # noqa: S608 - constant columns
     " WHERE idx >= ? AND idx < ? ORDER BY idx"
 )
+
+# Checkpoint look-ups: the history (kept at an interval) and the head, each by its key.
+_HEAD = "SELECT size, note FROM heads WHERE kind = ?"
+_SET_HEAD = (
+    "INSERT INTO heads (kind, size, note) VALUES (?, ?, ?)"
+    " ON CONFLICT (kind) DO UPDATE SET size = excluded.size, note = excluded.note"
+)
+_NO_END = 1 << 62
+_CHECKPOINT_AT = (
+    "SELECT size, note FROM checkpoints WHERE size = ?"
+    " UNION SELECT size, note FROM heads WHERE kind = 'signed' AND size = ? LIMIT 1"
+)
+_CHECKPOINTS_IN = (
+    "SELECT size, note FROM checkpoints WHERE size > ? AND size <= ?"
+    " UNION SELECT size, note FROM heads WHERE kind = 'signed' AND size > ? AND size <= ?"
+    " ORDER BY size"
+)
+_CHECKPOINT_AT_OR_BEFORE = (
+    "SELECT * FROM (SELECT size, note FROM checkpoints WHERE size <= ? ORDER BY size DESC LIMIT 1)"
+    " UNION SELECT size, note FROM heads WHERE kind = 'signed' AND size <= ?"
+    " ORDER BY size DESC LIMIT 1"
+)
+_COSIGNED_IN = (
+    "SELECT size, note FROM cosigned WHERE size > ? AND size <= ?"
+    " UNION SELECT size, note FROM heads WHERE kind = 'cosigned' AND size > ? AND size <= ?"
+    " ORDER BY size"
+)
+_COSIGNED_COVERING = "SELECT size, note FROM heads WHERE kind = 'cosigned' AND size > ?"
 
 _PAGE_SIZE = 2048
 _CACHE_KIB = 65_536
@@ -352,10 +413,8 @@ class SqliteDatabase:
             (tile_count,) = con.execute(
                 "SELECT COALESCE(MAX(idx) + 1, 0) FROM tiles WHERE level = 0"
             ).fetchone()
-            cp = con.execute(
-                "SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1"
-            ).fetchone()
-            co = con.execute("SELECT size, note FROM cosigned ORDER BY id DESC LIMIT 1").fetchone()
+            cp = con.execute(_HEAD, ("signed",)).fetchone()
+            co = con.execute(_HEAD, ("cosigned",)).fetchone()
         except sqlite3.Error as exc:
             raise self._error("load the log", exc) from exc
         return _rows.stored_log(self._origin, hashes, int(tile_count), next_index, cp, co)
@@ -383,10 +442,12 @@ class SqliteDatabase:
                 for block in range(start // _search.BLOCK, batch.size // _search.BLOCK):
                     lo = block * _search.BLOCK
                     con.execute(_INSERT_TIME_BLOCK, (block, lo, lo + _search.BLOCK))
-                con.execute(
-                    "INSERT INTO checkpoints (size, note) VALUES (?, ?)",
-                    (batch.size, batch.checkpoint),
-                )
+                if kept_checkpoint(start, batch.size):
+                    con.execute(
+                        "INSERT INTO checkpoints (size, note) VALUES (?, ?)",
+                        (batch.size, batch.checkpoint),
+                    )
+                con.execute(_SET_HEAD, ("signed", batch.size, batch.checkpoint))
                 for statement, rows in batch.beside:  # the bodies' tables (``_bodies``)
                     con.executemany(statement, rows)
                 con.execute("COMMIT")
@@ -520,9 +581,13 @@ class SqliteDatabase:
 
     def add_cosigned(self, size: int, note: str) -> None:
         try:
-            self._con.execute("BEGIN IMMEDIATE")
-            self._con.execute("INSERT INTO cosigned (size, note) VALUES (?, ?)", (size, note))
-            self._con.execute("COMMIT")
+            con = self._con
+            con.execute("BEGIN IMMEDIATE")
+            head = con.execute(_HEAD, ("cosigned",)).fetchone()
+            if head is None or kept_checkpoint(int(head[0]), size):
+                con.execute("INSERT INTO cosigned (size, note) VALUES (?, ?)", (size, note))
+            con.execute(_SET_HEAD, ("cosigned", size, note))
+            con.execute("COMMIT")
         except sqlite3.Error as exc:
             if self._con.in_transaction:
                 self._con.execute("ROLLBACK")
@@ -593,25 +658,16 @@ class SqliteDatabase:
         return int(n)
 
     def checkpoint(self, size: int) -> str | None:
-        try:
-            row = self._con.execute(
-                "SELECT note FROM checkpoints WHERE size = ?", (size,)
-            ).fetchone()
-        except sqlite3.Error as exc:
-            raise self._error("read a checkpoint", exc) from exc
-        return None if row is None else str(row[0])
+        rows = self._notes("read a checkpoint", _CHECKPOINT_AT, (size, size))
+        return rows[0][1] if rows else None
 
     def checkpoints(self) -> list[tuple[int, str]]:
-        try:
-            return list(self._con.execute("SELECT size, note FROM checkpoints ORDER BY size"))
-        except sqlite3.Error as exc:
-            raise self._error("read checkpoints", exc) from exc
+        """Every stored signed checkpoint (history and head), by size."""
+        return self._notes("read checkpoints", _CHECKPOINTS_IN, (-1, _NO_END, -1, _NO_END))
 
     def cosigned_checkpoints(self) -> list[tuple[int, str]]:
-        try:
-            return list(self._con.execute("SELECT size, note FROM cosigned ORDER BY id"))
-        except sqlite3.Error as exc:
-            raise self._error("read cosigned checkpoints", exc) from exc
+        """Every stored cosigned checkpoint (history and head), by size."""
+        return self._notes("read cosigned checkpoints", _COSIGNED_IN, (-1, _NO_END, -1, _NO_END))
 
     def _notes(self, what: str, sql: str, params: tuple[int, ...]) -> list[tuple[int, str]]:
         try:
@@ -620,37 +676,25 @@ class SqliteDatabase:
             raise self._error(what, exc) from exc
 
     def checkpoints_in(self, lo: int, hi: int) -> list[tuple[int, str]]:
-        """The checkpoints with ``lo < size <= hi``, by size (one primary-key range)."""
-        return self._notes(
-            "read checkpoints",
-            "SELECT size, note FROM checkpoints WHERE size > ? AND size <= ? ORDER BY size",
-            (lo, hi),
-        )
+        """The stored checkpoints with ``lo < size <= hi``, by size (a primary-key range and
+        the head)."""
+        return self._notes("read checkpoints", _CHECKPOINTS_IN, (lo, hi, lo, hi))
 
     def checkpoint_at_or_before(self, size: int) -> tuple[int, str] | None:
-        """The checkpoint with the greatest size at most ``size`` (one primary-key lookup)."""
-        rows = self._notes(
-            "read a checkpoint",
-            "SELECT size, note FROM checkpoints WHERE size <= ? ORDER BY size DESC LIMIT 1",
-            (size,),
-        )
+        """The stored checkpoint with the greatest size at most ``size`` (one primary-key
+        lookup and the head)."""
+        rows = self._notes("read a checkpoint", _CHECKPOINT_AT_OR_BEFORE, (size, size))
         return rows[0] if rows else None
 
     def cosigned_in(self, lo: int, hi: int) -> list[tuple[int, str]]:
-        """The cosigned checkpoints with ``lo < size <= hi``, by size (index ``cosigned_size``)."""
-        return self._notes(
-            "read cosigned checkpoints",
-            "SELECT size, note FROM cosigned WHERE size > ? AND size <= ? ORDER BY size, id",
-            (lo, hi),
-        )
+        """The stored cosigned checkpoints with ``lo < size <= hi``, by size (index
+        ``cosigned_size`` and the head)."""
+        return self._notes("read cosigned checkpoints", _COSIGNED_IN, (lo, hi, lo, hi))
 
     def cosigned_covering(self, index: int) -> tuple[int, str] | None:
-        """The newest cosigned checkpoint whose tree holds entry ``index`` (one lookup)."""
-        rows = self._notes(
-            "read a cosigned checkpoint",
-            "SELECT size, note FROM cosigned WHERE size > ? ORDER BY size DESC LIMIT 1",
-            (index,),
-        )
+        """The newest cosigned checkpoint whose tree holds entry ``index``: the cosigned head,
+        if it covers it (one primary-key lookup; older cosigned ones are smaller)."""
+        rows = self._notes("read a cosigned checkpoint", _COSIGNED_COVERING, (index,))
         return rows[0] if rows else None
 
     def _fetch(self, statement: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:

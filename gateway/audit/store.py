@@ -40,6 +40,7 @@ from fedgate.auditverify import StoredRow, normalized_subjects
 __all__ = [
     "CATCH_UP_DELAY_S",
     "CATCH_UP_ENTRIES",
+    "CHECKPOINT_INTERVAL",
     "AuditStore",
     "CommitBatch",
     "IndexedRow",
@@ -49,6 +50,7 @@ __all__ = [
     "StoredLog",
     "StoredRow",
     "ThreadedStore",
+    "kept_checkpoint",
     "normalized_subjects",
 ]
 
@@ -62,6 +64,19 @@ CATCH_UP_DELAY_S = 0.1
 """Otherwise the catch-up starts at most this long after the commit that left a lag."""
 _CATCH_UP_CHUNK = 16_384
 """Leaves per catch-up transaction (a log opened far behind catches up in several)."""
+CHECKPOINT_INTERVAL = 256
+"""The store keeps in its history the checkpoint of each batch that reaches or crosses a
+multiple of this many entries (``kept_checkpoint``); the newest signed and the newest cosigned
+checkpoint are always kept, as the log's head."""
+
+
+def kept_checkpoint(previous_size: int, size: int) -> bool:
+    """Whether the checkpoint signed when the log grew from ``previous_size`` to ``size``
+    entries goes into the store's history: the empty tree's, and each batch's that reaches or
+    crosses a multiple of ``CHECKPOINT_INTERVAL``. At production rates a batch is a few entries,
+    so keeping every note would cost ~210 bytes per entry; this keeps under one byte per entry.
+    Receipts carry their own note, so nothing a receipt needs is lost."""
+    return size == 0 or previous_size // CHECKPOINT_INTERVAL != size // CHECKPOINT_INTERVAL
 
 
 @dataclass(frozen=True, slots=True)

@@ -113,8 +113,11 @@ class TestInspecting:
         verifier = logs.fed.log_signer().verifier()
         cp = verify_tlog_proof(parse_tlog_proof(out), leaves[2], verifier, origin=ORIGIN)
         assert cp.size == 4
-        code, out = run_audit(["prove", *logs.source_args(), "2", "--size", "3"], capsys)
-        assert verify_tlog_proof(parse_tlog_proof(out), leaves[2], verifier).size == 3
+        code, out = run_audit(["prove", *logs.source_args(), "2", "--size", "4"], capsys)
+        assert verify_tlog_proof(parse_tlog_proof(out), leaves[2], verifier).size == 4
+        # Size 3 was a batch's checkpoint: its receipt carried it, the store kept only the head.
+        with pytest.raises(NotFound, match="keeps no checkpoint at size 3"):
+            run_audit(["prove", *logs.source_args(), "2", "--size", "3"], capsys)
 
 
 class TestEvidence:

@@ -49,9 +49,10 @@ async def exchanges(logs: LogFactory, log: AuditLog, count: int) -> str:
     return await logs.cosigned(log)
 
 
-def truncated_copy(db: Path, to: Path, size: int) -> Path:
-    """A copy of the SQLite log cut exactly at its checkpoint of ``size``: a consistent, older
-    log that verifies on its own."""
+def truncated_copy(db: Path, to: Path, size: int, head: str) -> Path:
+    """A copy of the SQLite log cut exactly at size ``size``, with ``head`` (a cosigned note of
+    that size) as its newest signed and cosigned checkpoint: a consistent, older log that
+    verifies on its own."""
     to.mkdir()
     copy = to / db.name
     lite = sqlite3.connect(db)
@@ -69,6 +70,7 @@ def truncated_copy(db: Path, to: Path, size: int) -> Path:
         lite.execute(
             f"DELETE FROM {table} WHERE {column} {'>=' if column == 'idx' else '>'} ?", (size,)
         )
+    lite.execute("UPDATE heads SET size = ?, note = ?", (size, head))
     lite.close()
     return copy
 
@@ -85,7 +87,7 @@ class TestOfflineVerification:
         assert early != newest
         note = tmp_path / "newest.checkpoint"
         note.write_text(newest)
-        copy = truncated_copy(logs.db, tmp_path / "copy", 6)
+        copy = truncated_copy(logs.db, tmp_path / "copy", 6, early)
         fed = ["--federation", str(logs.fed.dir), "--quiet"]
 
         code, out = run_audit(["verify", "--db", str(copy), *fed], capsys)
@@ -125,10 +127,10 @@ class TestOfflineVerification:
     ) -> None:
         logs = sqlite_logs
         log = await logs.open(witnessed=True)
-        await exchanges(logs, log, 3)
+        early = await exchanges(logs, log, 3)
         await exchanges(logs, log, 2)
         await log.close()
-        copy = truncated_copy(logs.db, tmp_path / "copy", 6)
+        copy = truncated_copy(logs.db, tmp_path / "copy", 6, early)
         # The central bank's witness, served over mTLS from its own state file.
         witness = logs.fed.witness(PBOC, logs.tmp / "witness-pboc")
         server = grpc.aio.server()

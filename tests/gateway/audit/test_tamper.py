@@ -45,7 +45,7 @@ class Attacker:
             assert logs.pg is not None
             self.pg = psycopg.connect(logs.pg.dsn, autocommit=True)
             self.pg.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(logs.pg.schema)))
-            for table in ("leaves", "subjects", "checkpoints", "cosigned", "tiles"):
+            for table in ("leaves", "subjects", "checkpoints", "cosigned", "tiles", "heads"):
                 self.pg.execute(
                     sql.SQL("ALTER TABLE {} DISABLE TRIGGER USER").format(sql.Identifier(table))
                 )
@@ -67,8 +67,8 @@ class Attacker:
 
 
 async def build_log(logs: LogFactory) -> None:
-    """Eight exchanges and a refusal, appended one by one (one checkpoint per entry), with two
-    witnesses cosigning."""
+    """Eight exchanges and a refusal, appended one by one (one batch per entry: the store keeps
+    the empty tree's checkpoint and the head of size 17), with two witnesses cosigning."""
     fed = logs.fed
     witnesses = [fed.witness(w, logs.tmp / f"{w}.json") for w in ("pboc.gz", "audit.office")]  # type: ignore[arg-type]
     log = await logs.open(witnesses=witnesses)
@@ -122,19 +122,25 @@ def truncate(a: Attacker) -> None:
 
 
 def replace_checkpoint(a: Attacker) -> None:
-    (note,) = a.run("SELECT note FROM checkpoints WHERE size = 4")[0]
-    a.run("UPDATE checkpoints SET note = ? WHERE size = 6", (note,))
+    (note,) = a.run("SELECT note FROM checkpoints WHERE size = 0")[0]
+    a.run("UPDATE heads SET note = ? WHERE kind = 'signed'", (note,))
 
 
-def forge_checkpoint_signature(a: Attacker) -> None:
-    (note,) = a.run("SELECT note FROM checkpoints WHERE size = 6")[0]
+def forge(note: str) -> str:
     body, signature = note.split("\n\n")
     *head, last = signature.rstrip("\n").split(" ")
     forged = last[:-6] + ("AAAAAA" if last[-6:] != "AAAAAA" else "BBBBBB")
-    a.run(
-        "UPDATE checkpoints SET note = ? WHERE size = 6",
-        (f"{body}\n\n{' '.join(head)} {forged}\n",),
-    )
+    return f"{body}\n\n{' '.join(head)} {forged}\n"
+
+
+def forge_checkpoint_signature(a: Attacker) -> None:
+    (note,) = a.run("SELECT note FROM heads WHERE kind = 'signed'")[0]
+    a.run("UPDATE heads SET note = ? WHERE kind = 'signed'", (forge(note),))
+
+
+def forge_kept_checkpoint_signature(a: Attacker) -> None:
+    (note,) = a.run("SELECT note FROM checkpoints WHERE size = 0")[0]
+    a.run("UPDATE checkpoints SET note = ? WHERE size = 0", (forge(note),))
 
 
 def index_column(a: Attacker) -> None:
@@ -147,13 +153,14 @@ def delete_index_subject(a: Attacker) -> None:
 
 TAMPERING: list[tuple[Callable[[Attacker], None], str]] = [
     (leaf_byte, "entry 5 was altered"),
-    (leaf_and_hash, "entry 6 does not match the checkpoint of size 7"),
+    (leaf_and_hash, "does not match"),  # the head or the cosigned head (size 16 or 17)
     (delete_row, "entry 7 is missing"),
     (swap_rows, "entry 3"),
     (swap_entries_keep_index_rows, "entry 4"),
     (truncate, "truncated"),
-    (replace_checkpoint, "checkpoint stored at size 6 is for"),
-    (forge_checkpoint_signature, "checkpoint at size 6 is not signed by the log's key"),
+    (replace_checkpoint, "checkpoint stored at size 17 is for"),
+    (forge_checkpoint_signature, "checkpoint at size 17 is not signed by the log's key"),
+    (forge_kept_checkpoint_signature, "checkpoint at size 0 is not signed by the log's key"),
     (index_column, "entry 2: its search index row does not match the entry (officer_id)"),
     (delete_index_subject, "entry 1: its search index row does not match the entry (subjects)"),
 ]
@@ -213,6 +220,10 @@ class TestTheDatabaseRefusesEdits:
             ):
                 with pytest.raises(sqlite3.DatabaseError, match="append-only"):
                     con.execute(statement)
+            with pytest.raises(sqlite3.DatabaseError, match="only moves forward"):
+                con.execute("UPDATE heads SET size = 3, note = '' WHERE kind = 'signed'")
+            with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+                con.execute("DELETE FROM heads")
             con.close()
             return
         assert logs.pg is not None
@@ -226,6 +237,13 @@ class TestTheDatabaseRefusesEdits:
                 b"UPDATE cosigned SET note = ''",
             ):
                 with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+                    con.execute(statement)
+            for statement in (
+                b"UPDATE heads SET size = 3, note = '' WHERE kind = 'signed'",
+                b"DELETE FROM heads",
+                b"TRUNCATE heads",
+            ):
+                with pytest.raises(psycopg.errors.RaiseException, match="only moves forward"):
                     con.execute(statement)
             grants = con.execute(
                 "SELECT privilege_type FROM information_schema.role_table_grants"

@@ -17,6 +17,7 @@ from fedgate.note import parse_note
 from gateway.audit.log import AuditLog
 from gateway.audit.pg_store import PgDatabase
 from gateway.audit.sqlite_store import SqliteDatabase
+from gateway.audit.store import CHECKPOINT_INTERVAL
 from tests.gateway.audit.test_tamper import Attacker, flip, run_audit
 
 if TYPE_CHECKING:
@@ -154,7 +155,8 @@ class TestVerifyFrom:
         code, out = run_audit([*args, "--from", "600"], capsys)
         assert code == 0, out
         verified = int(out.split("entries")[1].split()[0])
-        assert 0 < verified <= 100 + 64  # from the checkpoint at or before 600 on
+        # From the newest kept checkpoint at or before 600 on (kept once per 256 entries).
+        assert 0 < verified <= SIZE - 600 + CHECKPOINT_INTERVAL
 
     async def test_from_n_fails_on_what_follows(
         self, logs: LogFactory, capsys: pytest.CaptureFixture[str]
