@@ -754,16 +754,17 @@ def _export(args: argparse.Namespace) -> int:
         tree, note, size = _tree_and_checkpoint(source, 0, max(related))
         entries = [(i, source.leaves(i, i + 1)[0]) for i in related]
         origin = source.origin
+        # The proofs read tiles through ``source``: build the bundle before closing it.
+        bundle = build_bundle(
+            origin=origin,
+            index=args.index,
+            entries=entries,
+            checkpoint=note,
+            tree_size=size,
+            inclusion_proof=tree.inclusion_proof,
+        )
     finally:
         source.close()
-    bundle = build_bundle(
-        origin=origin,
-        index=args.index,
-        entries=entries,
-        checkpoint=note,
-        tree_size=size,
-        inclusion_proof=tree.inclusion_proof,
-    )
     args.out.write_bytes(bundle)
     print(
         f"wrote {args.out}: entries {', '.join(map(str, related))} of {origin}, proved "
