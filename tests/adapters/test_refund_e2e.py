@@ -266,10 +266,12 @@ class TestRefundMovesTheMoney:
         error = await refunds.refused(again)
         assert "refund.max_frozen_amount" in error.message
         assert "at most ¥0.00 remains" in error.message
-        # The same envelope again is a replay.
-        with pytest.raises(FedgateError) as replay:
-            await refunds.live.police.submit(first)
-        assert replay.value.reason == "REPLAYED"
+        # The same signed request again is a safe retry: the first refund's recorded answer,
+        # not a second movement.
+        retried = await refunds.live.police.ask(first)
+        assert retried.response.request_id == answer.response.request_id
+        assert retried.response.refund == moved
+        assert core.account_holder(holding.account).balance_minor == before - held
 
 
 class TestRefundLimits:
