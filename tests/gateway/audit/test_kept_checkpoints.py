@@ -121,8 +121,9 @@ async def _stored_cosigned(db: SqliteDatabase | PgDatabase, size: int) -> list[t
 
 
 def _back_to_version_1(logs: LogFactory) -> None:
-    """Make the store look as a version-1 store does: every note in the history tables (here
-    the heads, which is what the migration reads), no heads table, version 1."""
+    """Make the store look as the store before kept checkpoints did (schema version 2, after
+    the search projection's step): every note in the history tables (here the heads, which is
+    what the migration reads), no heads table."""
     if logs.kind == "sqlite":
         con = sqlite3.connect(logs.db, isolation_level=None)
         try:
@@ -134,7 +135,7 @@ def _back_to_version_1(logs: LogFactory) -> None:
                 " WHERE kind = 'cosigned'"
             )
             con.execute("DROP TABLE heads")  # its triggers go with it
-            con.execute("UPDATE fedgate_schema SET version = 1 WHERE store = 'audit log'")
+            con.execute("UPDATE fedgate_schema SET version = 2 WHERE store = 'audit log'")
         finally:
             con.close()
         return
@@ -150,7 +151,7 @@ def _back_to_version_1(logs: LogFactory) -> None:
                 ("signed" if table == "checkpoints" else "cosigned",),
             )
         pgcon.execute("DROP TABLE heads")
-        pgcon.execute("UPDATE fedgate_schema SET version = 1 WHERE store = 'audit log'")
+        pgcon.execute("UPDATE fedgate_schema SET version = 2 WHERE store = 'audit log'")
 
 
 class TestMigration:

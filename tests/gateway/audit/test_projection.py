@@ -15,7 +15,7 @@ import pytest
 from psycopg import sql
 
 from gateway.audit.pg_store import PgDatabase
-from gateway.audit.sqlite_store import SqliteDatabase
+from gateway.audit.sqlite_store import AUDIT_SCHEMA, SqliteDatabase
 from gateway.audit.store import CATCH_UP_ENTRIES, CommitBatch, NewLeaf, SearchQuery
 from tests.gateway.audit.test_search import ORIGIN, _leaves
 
@@ -147,6 +147,9 @@ def _downgrade_sqlite(path: Path) -> None:
             "CREATE INDEX leaves_case ON leaves (case_number) WHERE case_number <> ''",
             "CREATE INDEX leaves_target ON leaves (target_agency)",
             "DELETE FROM projection_state WHERE name = 'projected_to'",
+            # Nor had version 1 the heads of kept checkpoints (schema step 2 -> 3).
+            "INSERT OR IGNORE INTO checkpoints SELECT size, note FROM heads WHERE kind = 'signed'",
+            "DROP TABLE heads",
             "UPDATE fedgate_schema SET version = 1",
         ):
             con.execute(statement)
@@ -167,7 +170,9 @@ class TestSqliteMigration:
         db = SqliteDatabase(path, origin=ORIGIN, writer=True)
         try:
             con = db._con
-            assert con.execute("SELECT version FROM fedgate_schema").fetchone() == (2,)
+            assert con.execute("SELECT version FROM fedgate_schema").fetchone() == (
+                AUDIT_SCHEMA.version,
+            )
             assert db.projection_lag() == 0
             assert con.execute("SELECT count(*) FROM search_rows").fetchone() == (400,)
             indexes = {
@@ -223,6 +228,10 @@ class TestPostgresProjection(_ProjectionCases):
                 "CREATE INDEX leaves_officer_idx ON leaves (origin, officer_id, idx)"
                 " WHERE officer_id <> ''",
                 "DELETE FROM projection_state WHERE name = 'projected_to'",
+                # Nor had version 1 the heads of kept checkpoints (schema step 2 -> 3).
+                "INSERT INTO checkpoints (origin, size, note) SELECT origin, size, note"
+                " FROM heads WHERE kind = 'signed' ON CONFLICT DO NOTHING",
+                "DROP TABLE heads",
                 "UPDATE fedgate_schema SET version = 1",
             ):
                 conn.execute(statement.encode())
@@ -232,7 +241,9 @@ class TestPostgresProjection(_ProjectionCases):
             assert {q: _indices(db, q) for q in expected} == expected
             with psycopg.connect(pg.dsn, autocommit=True) as conn:
                 conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(pg.schema)))
-                assert conn.execute("SELECT version FROM fedgate_schema").fetchone() == (2,)
+                assert conn.execute("SELECT version FROM fedgate_schema").fetchone() == (
+                    AUDIT_SCHEMA.version,
+                )
                 found = conn.execute(
                     "SELECT 1 FROM pg_indexes WHERE schemaname = %s AND indexname = %s",
                     (pg.schema, "leaves_officer_idx"),
