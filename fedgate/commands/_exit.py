@@ -21,6 +21,7 @@ from fedgate.errors import (
     AuditUnavailable,
     Expired,
     FedgateError,
+    KeyUnavailable,
     LogInconsistent,
     StoreVersionError,
 )
@@ -95,7 +96,12 @@ def exit_code_for_refusal(error: FedgateError) -> ExitCode:
         return ExitCode.AGENCY_DECLINED
     if isinstance(
         error,
-        AgencyUnavailable | AgencyFault | AuditUnavailable | LogInconsistent | StoreVersionError,
+        AgencyUnavailable
+        | AgencyFault
+        | AuditUnavailable
+        | KeyUnavailable
+        | LogInconsistent
+        | StoreVersionError,
     ):
         return ExitCode.UNAVAILABLE
     if error.code in _UNAVAILABLE_CODES:

@@ -683,6 +683,7 @@ EXPECTED_REFUSAL_CODES: dict[type[FedgateError], ExitCode] = {
     errors.AgencyUnavailable: ExitCode.UNAVAILABLE,
     errors.AgencyFault: ExitCode.UNAVAILABLE,
     errors.AuditUnavailable: ExitCode.UNAVAILABLE,
+    errors.KeyUnavailable: ExitCode.UNAVAILABLE,  # the gateway's own key-encryption key
     errors.LogInconsistent: ExitCode.UNAVAILABLE,
     errors.StoreVersionError: ExitCode.UNAVAILABLE,
     errors.VerificationError: ExitCode.UNAVAILABLE,
