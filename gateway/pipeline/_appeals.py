@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from fedgate.envelope import Domain, Signer, request_hash, sign_envelope
+from fedgate.envelope import request_hash
 from fedgate.errors import PolicyDenied, RuleViolated
 from fedgate.logs import mask
 from fedgate.orders import subject_of
@@ -149,7 +149,6 @@ class Appeals:
         book: AppealBook,
         forwarder: Forwarder,
         legs: AuditLegs,
-        signer: Signer,
         gateway_id: MemberId,
         origin: str,
         telemetry: GatewayTelemetry,
@@ -158,7 +157,6 @@ class Appeals:
         self.book = book
         self._forwarder = forwarder
         self._legs = legs
-        self._signer = signer
         self._gateway_id = gateway_id
         self._origin = origin
         self._telemetry = telemetry
@@ -199,7 +197,5 @@ class Appeals:
                 status=request_pb2.RESPONSE_STATUS_OK,
                 appeal=result,
             )
-            answer.answered_at.FromDatetime(now)
-            signed = sign_envelope(answer.SerializeToString(), self._signer, Domain.RESPONSE)
-        response, _ = await self._forwarder.finish(pending, signed, responder=self._gateway_id)
+        response = await self._forwarder.answer_itself(pending, answer)
         return gateway_service_pb2.SubmitResponse(response=response)

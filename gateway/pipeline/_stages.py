@@ -197,7 +197,6 @@ class Pipeline:
             book=appeals if appeals is not None else AppealBook(log=audit, now=now),
             forwarder=self._forwarder,
             legs=self._legs,
-            signer=signer,
             gateway_id=gateway_id,
             origin=origin,
             telemetry=telemetry,
