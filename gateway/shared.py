@@ -57,16 +57,17 @@ class PgPool:
 
     def _prepare(self, store: Schema) -> None:
         try:
-            with psycopg.connect(self._dsn, autocommit=True) as conn:
+            with psycopg.connect(self._dsn, autocommit=True) as conn, conn.transaction():
+                # The schema too is made under the lock: two instances starting together would
+                # otherwise both try to create it (CREATE SCHEMA IF NOT EXISTS can still race).
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
                 conn.execute(
                     psql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(psql.Identifier(self._schema))
                 )
                 conn.execute(
                     psql.SQL("SET search_path TO {}").format(psql.Identifier(self._schema))
                 )
-                with conn.transaction():
-                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
-                    prepare_postgres(conn, store, where=f"PostgreSQL schema {self._schema!r}")
+                prepare_postgres(conn, store, where=f"PostgreSQL schema {self._schema!r}")
         except psycopg.Error as exc:
             raise AuditUnavailable(f"{self._what} unavailable: {exc}") from exc
 

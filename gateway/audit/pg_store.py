@@ -329,7 +329,9 @@ _ROLLUP_COLUMNS = (
 def _connect(dsn: str, schema: str) -> psycopg.Connection[Any]:
     conn = psycopg.connect(dsn, autocommit=True)
     try:
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        with conn.transaction():  # instances starting together: one creates the schema
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_DDL_LOCK,))
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
         conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
     except BaseException:
         conn.close()

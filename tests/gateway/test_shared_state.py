@@ -262,3 +262,32 @@ class TestSharedRuleState:
         finally:
             for rules in instances:
                 rules.close()
+
+
+class TestInstancesStartingTogether:
+    """Instances started at once (``fedgate up --gateways N``) each create the shared schemas
+    and their audit schema if missing: one does, the others wait for it, none fails."""
+
+    def test_shared_and_audit_schemas_are_created_once(self, pg: PgTarget) -> None:
+        from psycopg import connect, sql
+
+        from gateway.audit.pg_store import PgDatabase
+
+        rules_schema, audit_schema = f"{pg.schema}_rules", f"{pg.schema}_log"
+        start = threading.Barrier(6)
+
+        def open_both(i: int) -> None:
+            start.wait(timeout=10)
+            open_shared_rules(dsn=pg.dsn, schema=rules_schema).close()
+            PgDatabase(pg.dsn, origin=f"together/{i}", schema=audit_schema, writer=True).close()
+
+        try:
+            with ThreadPoolExecutor(6) as pool:
+                for done in [pool.submit(open_both, i) for i in range(6)]:
+                    done.result(timeout=60)
+        finally:
+            with connect(pg.dsn, autocommit=True) as conn:
+                for schema in (rules_schema, audit_schema):
+                    conn.execute(
+                        sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
+                    )
