@@ -26,6 +26,7 @@ from fedgate.audit_entry import EntryKind
 from fedgate.errors import AuditUnavailable
 from fedgate.storage import Schema, prepare_postgres
 from gateway.audit import _rollups, _rows, _search
+from gateway.audit._notes import NoteStatements, StoredNotes
 from gateway.audit.store import (
     CommitBatch,
     IndexedRow,
@@ -294,7 +295,6 @@ _SET_HEAD = (
     "INSERT INTO heads (origin, kind, size, note) VALUES (%s, %s, %s, %s)"
     " ON CONFLICT (origin, kind) DO UPDATE SET size = EXCLUDED.size, note = EXCLUDED.note"
 )
-_NO_END = 1 << 62
 _CHECKPOINT_AT = (
     "SELECT size, note FROM checkpoints WHERE origin = %(o)s AND size = %(p0)s UNION"
     " SELECT size, note FROM heads WHERE origin = %(o)s AND kind = 'signed' AND size = %(p1)s"
@@ -317,6 +317,13 @@ _COSIGNED_IN = (
 )
 _COSIGNED_COVERING = (
     "SELECT size, note FROM heads WHERE origin = %(o)s AND kind = 'cosigned' AND size > %(p0)s"
+)
+_NOTES = NoteStatements(
+    at=_CHECKPOINT_AT,
+    signed_in=_CHECKPOINTS_IN,
+    at_or_before=_CHECKPOINT_AT_OR_BEFORE,
+    cosigned_in=_COSIGNED_IN,
+    cosigned_covering=_COSIGNED_COVERING,
 )
 
 _ROLLUP_DAY, _ROLLUP_OFFICER = _rollups.upserts(pg=True)
@@ -363,10 +370,12 @@ def _where(schema: str) -> str:
     return f"PostgreSQL schema {schema!r}"
 
 
-class PgDatabase:
+class PgDatabase(StoredNotes):
     """One shard in PostgreSQL (``LogDatabase``). Not thread-safe: one thread per instance.
     Raises ``AuditUnavailable`` for every database failure; a broken connection is reopened
     on the next call (a writer retakes its shard lock)."""
+
+    NOTES = _NOTES
 
     def __init__(
         self, dsn: str, *, origin: str, schema: str = DEFAULT_SCHEMA, writer: bool
@@ -592,21 +601,7 @@ class PgDatabase:
             raise self._error("count entries", exc) from exc
         return 0 if row is None else int(row[0])
 
-    def checkpoint(self, size: int) -> str | None:
-        rows = self._notes_of("read a checkpoint", _CHECKPOINT_AT, (size, size))
-        return rows[0][1] if rows else None
-
-    def checkpoints(self) -> list[tuple[int, str]]:
-        """Every stored signed checkpoint (history and head), by size."""
-        return self._notes_of("read checkpoints", _CHECKPOINTS_IN, (-1, _NO_END, -1, _NO_END))
-
-    def cosigned_checkpoints(self) -> list[tuple[int, str]]:
-        """Every stored cosigned checkpoint (history and head), by size."""
-        return self._notes_of("read cosigned checkpoints", _COSIGNED_IN, (-1, _NO_END, -1, _NO_END))
-
-    def _notes_of(
-        self, what: str, statement: str, params: tuple[int, ...]
-    ) -> list[tuple[int, str]]:
+    def _notes(self, what: str, statement: str, params: tuple[int, ...]) -> list[tuple[int, str]]:
         """Rows ``(size, note)`` of ``statement``, whose every ``%(o)s`` is the origin."""
         o = self._origin
         values: dict[str, Any] = {"o": o, **{f"p{i}": v for i, v in enumerate(params)}}
@@ -614,28 +609,6 @@ class PgDatabase:
             return [(int(r[0]), str(r[1])) for r in self._c().execute(statement, values)]
         except psycopg.Error as exc:
             raise self._error(what, exc) from exc
-
-    def checkpoints_in(self, lo: int, hi: int) -> list[tuple[int, str]]:
-        """The stored checkpoints with ``lo < size <= hi``, by size (a primary-key range and
-        the head)."""
-        return self._notes_of("read checkpoints", _CHECKPOINTS_IN, (lo, hi, lo, hi))
-
-    def checkpoint_at_or_before(self, size: int) -> tuple[int, str] | None:
-        """The stored checkpoint with the greatest size at most ``size`` (one primary-key
-        lookup and the head)."""
-        rows = self._notes_of("read a checkpoint", _CHECKPOINT_AT_OR_BEFORE, (size, size))
-        return rows[0] if rows else None
-
-    def cosigned_in(self, lo: int, hi: int) -> list[tuple[int, str]]:
-        """The stored cosigned checkpoints with ``lo < size <= hi``, by size (``cosigned_size``
-        and the head)."""
-        return self._notes_of("read cosigned checkpoints", _COSIGNED_IN, (lo, hi, lo, hi))
-
-    def cosigned_covering(self, index: int) -> tuple[int, str] | None:
-        """The newest cosigned checkpoint whose tree holds entry ``index``: the cosigned head,
-        if it covers it (one primary-key lookup; older cosigned ones are smaller)."""
-        rows = self._notes_of("read a cosigned checkpoint", _COSIGNED_COVERING, (index,))
-        return rows[0] if rows else None
 
     def _rollup_leaves(self, span: range) -> list[NewLeaf]:
         """The entries of ``span`` with only what the rollups read (no leaf bytes)."""

@@ -26,6 +26,7 @@ from fedgate.audit_entry import EntryKind
 from fedgate.errors import AuditUnavailable
 from fedgate.storage import Schema, open_sqlite, prepare_sqlite
 from gateway.audit import _rollups, _rows, _search
+from gateway.audit._notes import NoteStatements, StoredNotes
 from gateway.audit.store import (
     CommitBatch,
     IndexedRow,
@@ -246,7 +247,6 @@ _SET_HEAD = (
     "INSERT INTO heads (kind, size, note) VALUES (?, ?, ?)"
     " ON CONFLICT (kind) DO UPDATE SET size = excluded.size, note = excluded.note"
 )
-_NO_END = 1 << 62
 _CHECKPOINT_AT = (
     "SELECT size, note FROM checkpoints WHERE size = ?"
     " UNION SELECT size, note FROM heads WHERE kind = 'signed' AND size = ? LIMIT 1"
@@ -267,6 +267,13 @@ _COSIGNED_IN = (
     " ORDER BY size"
 )
 _COSIGNED_COVERING = "SELECT size, note FROM heads WHERE kind = 'cosigned' AND size > ?"
+_NOTES = NoteStatements(
+    at=_CHECKPOINT_AT,
+    signed_in=_CHECKPOINTS_IN,
+    at_or_before=_CHECKPOINT_AT_OR_BEFORE,
+    cosigned_in=_COSIGNED_IN,
+    cosigned_covering=_COSIGNED_COVERING,
+)
 
 _PAGE_SIZE = 2048
 _CACHE_KIB = 65_536
@@ -322,9 +329,11 @@ def default_state_path(path: Path) -> Path:
     return path.with_name(path.name + ".state")
 
 
-class SqliteDatabase:
+class SqliteDatabase(StoredNotes):
     """One shard in one SQLite file (``LogDatabase``). Not thread-safe: use it on the thread
     that opened it. Raises ``AuditUnavailable`` for every database failure."""
+
+    NOTES = _NOTES
 
     def __init__(self, path: Path, *, origin: str | None, writer: bool) -> None:
         """Open ``path``. A writer creates the file and schema if needed, takes the shard's
@@ -657,45 +666,11 @@ class SqliteDatabase:
             raise self._error("count entries", exc) from exc
         return int(n)
 
-    def checkpoint(self, size: int) -> str | None:
-        rows = self._notes("read a checkpoint", _CHECKPOINT_AT, (size, size))
-        return rows[0][1] if rows else None
-
-    def checkpoints(self) -> list[tuple[int, str]]:
-        """Every stored signed checkpoint (history and head), by size."""
-        return self._notes("read checkpoints", _CHECKPOINTS_IN, (-1, _NO_END, -1, _NO_END))
-
-    def cosigned_checkpoints(self) -> list[tuple[int, str]]:
-        """Every stored cosigned checkpoint (history and head), by size."""
-        return self._notes("read cosigned checkpoints", _COSIGNED_IN, (-1, _NO_END, -1, _NO_END))
-
     def _notes(self, what: str, sql: str, params: tuple[int, ...]) -> list[tuple[int, str]]:
         try:
             return [(int(r[0]), str(r[1])) for r in self._con.execute(sql, params)]
         except sqlite3.Error as exc:
             raise self._error(what, exc) from exc
-
-    def checkpoints_in(self, lo: int, hi: int) -> list[tuple[int, str]]:
-        """The stored checkpoints with ``lo < size <= hi``, by size (a primary-key range and
-        the head)."""
-        return self._notes("read checkpoints", _CHECKPOINTS_IN, (lo, hi, lo, hi))
-
-    def checkpoint_at_or_before(self, size: int) -> tuple[int, str] | None:
-        """The stored checkpoint with the greatest size at most ``size`` (one primary-key
-        lookup and the head)."""
-        rows = self._notes("read a checkpoint", _CHECKPOINT_AT_OR_BEFORE, (size, size))
-        return rows[0] if rows else None
-
-    def cosigned_in(self, lo: int, hi: int) -> list[tuple[int, str]]:
-        """The stored cosigned checkpoints with ``lo < size <= hi``, by size (index
-        ``cosigned_size`` and the head)."""
-        return self._notes("read cosigned checkpoints", _COSIGNED_IN, (lo, hi, lo, hi))
-
-    def cosigned_covering(self, index: int) -> tuple[int, str] | None:
-        """The newest cosigned checkpoint whose tree holds entry ``index``: the cosigned head,
-        if it covers it (one primary-key lookup; older cosigned ones are smaller)."""
-        rows = self._notes("read a cosigned checkpoint", _COSIGNED_COVERING, (index,))
-        return rows[0] if rows else None
 
     def _fetch(self, statement: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
         return self._con.execute(statement, params).fetchall()
