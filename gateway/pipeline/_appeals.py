@@ -26,20 +26,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from fedgate.envelope import request_hash
 from fedgate.errors import PolicyDenied, RuleViolated
 from fedgate.logs import mask
 from fedgate.orders import subject_of
 from fedgate.registry import Registry
-from fedgate.types import MemberId
 from fedgate.v1 import appeal_pb2, gateway_service_pb2, request_pb2
 from gateway.appeals import LIFTS, RESTRICTIONS, AppealBook
 from gateway.audit.log import AuditLog
-from gateway.pipeline._audit_legs import AuditLegs
 from gateway.pipeline._exchange import Exchange, stage
-from gateway.pipeline._forwarding import Forwarder
+from gateway.pipeline._own import OwnAnswers
 from gateway.pipeline._undo import original_order
-from gateway.telemetry import GatewayTelemetry
 
 __all__ = ["Appeals", "check_appeal"]
 
@@ -143,34 +139,18 @@ async def check_appeal(
 class Appeals:
     """Answers filings and decisions: the gateway's own signed ``AppealResult``."""
 
-    def __init__(
-        self,
-        *,
-        book: AppealBook,
-        forwarder: Forwarder,
-        legs: AuditLegs,
-        gateway_id: MemberId,
-        origin: str,
-        telemetry: GatewayTelemetry,
-        now: Callable[[], datetime],
-    ) -> None:
+    def __init__(self, own: OwnAnswers, book: AppealBook, now: Callable[[], datetime]) -> None:
+        self._own = own
         self.book = book
-        self._forwarder = forwarder
-        self._legs = legs
-        self._gateway_id = gateway_id
-        self._origin = origin
-        self._telemetry = telemetry
         self._now = now
 
     async def answer(self, x: Exchange) -> gateway_service_pb2.SubmitResponse:
         """Put the filing or decision in ``x`` (its request leg durable) on record, answer it."""
-        request, receipt, envelope = x.req(), x.request_receipt, x.envelope
-        assert receipt is not None
-        assert envelope is not None
-        pending = self._legs.pending(x, target=MemberId(request.target_agency))
-        with stage(x, self._telemetry, "route"):
+        own, request = self._own, x.req()
+        pending = own.pending(x)
+        with stage(x, own.telemetry, "route"):
             now = self._now()
-            result = appeal_pb2.AppealResult(reference=f"{self._origin}#{receipt.index}")
+            result = appeal_pb2.AppealResult(reference=own.reference(x))
             if x.action == "appeal":
                 result.appeal_id = request.request_id
                 result.order_request_id = request.original_request_id
@@ -190,12 +170,5 @@ class Appeals:
                     if decision.outcome == appeal_pb2.APPEAL_OUTCOME_LIFT
                     else appeal_pb2.APPEAL_STATE_UPHELD
                 )
-            answer = request_pb2.Response(
-                request_id=request.request_id,
-                request_hash=request_hash(envelope.body),
-                responder=self._gateway_id,
-                status=request_pb2.RESPONSE_STATUS_OK,
-                appeal=result,
-            )
-        response = await self._forwarder.answer_itself(pending, answer)
-        return gateway_service_pb2.SubmitResponse(response=response)
+            answer = own.response(x, status=request_pb2.RESPONSE_STATUS_OK, appeal=result)
+        return await own.finish(pending, answer)

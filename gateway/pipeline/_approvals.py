@@ -21,17 +21,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from fedgate.envelope import request_hash
 from fedgate.errors import RuleViolated
 from fedgate.registry import Registry, _format_time
-from fedgate.types import MemberId
 from fedgate.v1 import approval_pb2, bank_pb2, gateway_service_pb2, request_pb2
 from gateway.audit.log import AuditLog
-from gateway.pipeline._audit_legs import AuditLegs
 from gateway.pipeline._exchange import Exchange, stage
-from gateway.pipeline._forwarding import Forwarder
+from gateway.pipeline._own import OwnAnswers
 from gateway.pipeline._undo import original_order
-from gateway.telemetry import GatewayTelemetry
 
 __all__ = ["APPROVAL_RULE", "Approvals", "check_approval"]
 
@@ -41,41 +37,24 @@ APPROVAL_RULE = "freeze.bulk_requires_approval"
 class Approvals:
     """Answers approvals: the gateway's own signed acknowledgement, logged and countersigned."""
 
-    def __init__(
-        self,
-        *,
-        forwarder: Forwarder,
-        legs: AuditLegs,
-        gateway_id: MemberId,
-        origin: str,
-        telemetry: GatewayTelemetry,
-    ) -> None:
-        self._forwarder = forwarder
-        self._legs = legs
-        self._gateway_id = gateway_id
-        self._origin = origin
-        self._telemetry = telemetry
+    def __init__(self, own: OwnAnswers) -> None:
+        self._own = own
 
     async def grant(self, x: Exchange) -> gateway_service_pb2.SubmitResponse:
         """Put the approval in ``x`` (its request leg durable) on record and answer it."""
-        request, receipt, envelope = x.req(), x.request_receipt, x.envelope
-        assert receipt is not None
-        assert envelope is not None
-        pending = self._legs.pending(x, target=self._gateway_id)
-        with stage(x, self._telemetry, "route"):
-            answer = request_pb2.Response(
-                request_id=request.request_id,
-                request_hash=request_hash(envelope.body),
-                responder=self._gateway_id,
+        own, request = self._own, x.req()
+        pending = own.pending(x, target=own.gateway_id)
+        with stage(x, own.telemetry, "route"):
+            answer = own.response(
+                x,
                 status=request_pb2.RESPONSE_STATUS_OK,
                 approval=approval_pb2.ApprovalResult(
                     approval_request_id=request.request_id,
                     expires_at=request.approval.expires_at,
-                    reference=f"{self._origin}#{receipt.index}",
+                    reference=own.reference(x),
                 ),
             )
-        response = await self._forwarder.answer_itself(pending, answer)
-        return gateway_service_pb2.SubmitResponse(response=response)
+        return await own.finish(pending, answer)
 
 
 def _refuse(why: str, problem: str) -> RuleViolated:

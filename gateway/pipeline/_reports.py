@@ -7,14 +7,10 @@ publishes the report to the police member's alert stream (``gateway.alerts``).
 
 from __future__ import annotations
 
-from fedgate.envelope import request_hash
-from fedgate.types import MemberId
 from fedgate.v1 import gateway_service_pb2, report_pb2, request_pb2
 from gateway.alerts import Alert, AlertHub
-from gateway.pipeline._audit_legs import AuditLegs
 from gateway.pipeline._exchange import Exchange, stage
-from gateway.pipeline._forwarding import Forwarder
-from gateway.telemetry import GatewayTelemetry
+from gateway.pipeline._own import OwnAnswers
 
 __all__ = ["Reports"]
 
@@ -22,38 +18,22 @@ __all__ = ["Reports"]
 class Reports:
     """Delivers agency reports to the police member they are for."""
 
-    def __init__(
-        self,
-        *,
-        forwarder: Forwarder,
-        alerts: AlertHub,
-        legs: AuditLegs,
-        gateway_id: MemberId,
-        origin: str,
-        telemetry: GatewayTelemetry,
-    ) -> None:
-        self._forwarder = forwarder
+    def __init__(self, own: OwnAnswers, alerts: AlertHub) -> None:
+        self._own = own
         self._alerts = alerts
-        self._legs = legs
-        self._gateway_id = gateway_id
-        self._origin = origin
-        self._telemetry = telemetry
 
     async def deliver(self, x: Exchange) -> gateway_service_pb2.SubmitResponse:
         """Acknowledge, log and publish the report in ``x`` (its request leg is durable)."""
-        request, receipt, envelope = x.req(), x.request_receipt, x.envelope
-        assert receipt is not None
+        own, envelope = self._own, x.envelope
         assert envelope is not None
-        pending = self._legs.pending(x, target=MemberId(request.target_agency))
-        with stage(x, self._telemetry, "route"):
-            ack = request_pb2.Response(
-                request_id=request.request_id,
-                request_hash=request_hash(envelope.body),
-                responder=self._gateway_id,
+        pending = own.pending(x)
+        with stage(x, own.telemetry, "route"):
+            ack = own.response(
+                x,
                 status=request_pb2.RESPONSE_STATUS_OK,
-                report_ack=report_pb2.ReportAck(reference=f"{self._origin}#{receipt.index}"),
+                report_ack=report_pb2.ReportAck(reference=own.reference(x)),
             )
-        signed = await self._forwarder.answer_itself(pending, ack)
+        reply = await own.finish(pending, ack)
         await self._alerts.publish(
             Alert(
                 target=pending.target,
@@ -64,4 +44,4 @@ class Reports:
                 receipt=pending.request_receipt,
             )
         )
-        return gateway_service_pb2.SubmitResponse(response=signed)
+        return reply

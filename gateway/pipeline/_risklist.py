@@ -12,15 +12,11 @@ from collections.abc import Callable
 from datetime import datetime
 from functools import partial
 
-from fedgate.envelope import request_hash
 from fedgate.errors import FedgateError
-from fedgate.types import MemberId
 from fedgate.v1 import gateway_service_pb2, request_pb2, risklist_pb2
-from gateway.pipeline._audit_legs import AuditLegs
 from gateway.pipeline._exchange import Exchange, stage
-from gateway.pipeline._forwarding import Forwarder
+from gateway.pipeline._own import OwnAnswers
 from gateway.risklist import ChangeRefused, RiskListLog, build_change
-from gateway.telemetry import GatewayTelemetry
 
 __all__ = ["RiskListChanges"]
 
@@ -28,36 +24,18 @@ __all__ = ["RiskListChanges"]
 class RiskListChanges:
     """Applies risk list requests to the list's log and answers them."""
 
-    def __init__(
-        self,
-        *,
-        log: RiskListLog,
-        forwarder: Forwarder,
-        legs: AuditLegs,
-        gateway_id: MemberId,
-        telemetry: GatewayTelemetry,
-        now: Callable[[], datetime],
-    ) -> None:
+    def __init__(self, own: OwnAnswers, log: RiskListLog, now: Callable[[], datetime]) -> None:
+        self._own = own
         self._log = log
-        self._forwarder = forwarder
-        self._legs = legs
-        self._gateway_id = gateway_id
-        self._telemetry = telemetry
         self._now = now
 
     async def apply(self, x: Exchange) -> gateway_service_pb2.SubmitResponse:
         """Append the change asked for in ``x`` (its request leg is durable) and answer."""
-        request, receipt, envelope = x.req(), x.request_receipt, x.envelope
-        assert receipt is not None
-        assert envelope is not None
-        pending = self._legs.pending(x, target=MemberId(request.target_agency))
-        digest = request_hash(envelope.body)
-        answer = request_pb2.Response(
-            request_id=request.request_id,
-            request_hash=digest,
-            responder=self._gateway_id,
-        )
-        with stage(x, self._telemetry, "route"):
+        own, request = self._own, x.req()
+        pending = own.pending(x)
+        answer = own.response(x)
+        digest = answer.request_hash
+        with stage(x, own.telemetry, "route"):
             try:
                 index, change = await self._log.change(
                     partial(build_change, request, now=self._now(), request_hash=digest)
@@ -68,7 +46,7 @@ class RiskListChanges:
             except FedgateError as error:
                 # The list's log could not take the change: nothing was listed. Say so in the
                 # audit log (a response leg without an answer) and fail closed.
-                raise await self._legs.no_answer(pending, "unavailable", error, x.stage) from None
+                raise await own.legs.no_answer(pending, "unavailable", error, x.stage) from None
             else:
                 answer.status = request_pb2.RESPONSE_STATUS_OK
                 answer.risk_list_change.CopyFrom(
@@ -76,5 +54,4 @@ class RiskListChanges:
                         list_origin=self._log.origin, list_index=index, change=change
                     )
                 )
-        reply = await self._forwarder.answer_itself(pending, answer)
-        return gateway_service_pb2.SubmitResponse(response=reply)
+        return await own.finish(pending, answer)

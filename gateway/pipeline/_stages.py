@@ -99,6 +99,7 @@ from gateway.pipeline._fanout import run_fan_out
 from gateway.pipeline._forwarding import Forwarder
 from gateway.pipeline._officers import check_officers
 from gateway.pipeline._outcome import stored_outcome
+from gateway.pipeline._own import OwnAnswers
 from gateway.pipeline._reconcile import Reconciler
 from gateway.pipeline._refunds import check_refund
 from gateway.pipeline._reports import Reports
@@ -178,29 +179,17 @@ class Pipeline:
             telemetry=telemetry,
             now=now,
         )
-        self._reports = Reports(
-            forwarder=self._forwarder,
-            alerts=alerts,
-            legs=self._legs,
-            gateway_id=gateway_id,
-            origin=origin,
-            telemetry=telemetry,
-        )
-        self._approvals = Approvals(
+        own = OwnAnswers(
             forwarder=self._forwarder,
             legs=self._legs,
             gateway_id=gateway_id,
             origin=origin,
             telemetry=telemetry,
         )
+        self._reports = Reports(own, alerts)
+        self._approvals = Approvals(own)
         self._appeals = Appeals(
-            book=appeals if appeals is not None else AppealBook(log=audit, now=now),
-            forwarder=self._forwarder,
-            legs=self._legs,
-            gateway_id=gateway_id,
-            origin=origin,
-            telemetry=telemetry,
-            now=now,
+            own, appeals if appeals is not None else AppealBook(log=audit, now=now), now
         )
         self.reconciler = Reconciler(
             audit=audit,
@@ -212,18 +201,7 @@ class Pipeline:
             now=now,
         )
         """Writes the missing response legs of exchanges cut off by a crash (``_reconcile``)."""
-        self._risklist = (
-            None
-            if risklist is None
-            else RiskListChanges(
-                log=risklist,
-                forwarder=self._forwarder,
-                legs=self._legs,
-                gateway_id=gateway_id,
-                telemetry=telemetry,
-                now=now,
-            )
-        )
+        self._risklist = None if risklist is None else RiskListChanges(own, risklist, now)
         tickets.bind(self)
 
     @property
