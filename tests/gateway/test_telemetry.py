@@ -4,6 +4,7 @@ the Prometheus endpoint serves them; JSON logs mask personal identifiers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -61,21 +62,21 @@ class Observed:
     metrics: InMemoryMetricReader
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def observed(
-    gw_federation: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-    harness_factory: Callable[..., Awaitable[GatewayHarness]],
+@contextlib.asynccontextmanager
+async def _observing(
+    start_harness: Callable[..., Awaitable[GatewayHarness]],
+    federation: Path,
+    state: Path,
+    tracer_provider: TracerProvider,
 ) -> AsyncIterator[Observed]:
-    start_harness = harness_factory
+    """A gateway whose spans (through ``tracer_provider``) and metrics are kept in memory."""
     exporter = InMemorySpanExporter()
-    tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
     reader = InMemoryMetricReader()
     meter_provider = MeterProvider(metric_readers=[reader])
     h = await start_harness(
-        gw_federation,
-        tmp_path_factory.mktemp("telemetry"),
+        federation,
+        state,
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
     )
@@ -85,6 +86,17 @@ async def observed(
         await h.close()
         tracer_provider.shutdown()
         meter_provider.shutdown()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def observed(
+    gw_federation: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    harness_factory: Callable[..., Awaitable[GatewayHarness]],
+) -> AsyncIterator[Observed]:
+    state = tmp_path_factory.mktemp("telemetry")
+    async with _observing(harness_factory, gw_federation, state, TracerProvider()) as o:
+        yield o
 
 
 def _metric(reader: InMemoryMetricReader, name: str):  # type: ignore[no-untyped-def]
@@ -249,23 +261,10 @@ async def unsampled(
     harness_factory: Callable[..., Awaitable[GatewayHarness]],
 ) -> AsyncIterator[Observed]:
     """A gateway whose own traces are never sampled (ratio 0), parent-based."""
-    exporter = InMemorySpanExporter()
-    tracer_provider = TracerProvider(sampler=sampler(0.0))
-    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
-    reader = InMemoryMetricReader()
-    meter_provider = MeterProvider(metric_readers=[reader])
-    h = await harness_factory(
-        gw_federation,
-        tmp_path_factory.mktemp("unsampled"),
-        tracer_provider=tracer_provider,
-        meter_provider=meter_provider,
-    )
-    try:
-        yield Observed(h, exporter, reader)
-    finally:
-        await h.close()
-        tracer_provider.shutdown()
-        meter_provider.shutdown()
+    state = tmp_path_factory.mktemp("unsampled")
+    provider = TracerProvider(sampler=sampler(0.0))
+    async with _observing(harness_factory, gw_federation, state, provider) as o:
+        yield o
 
 
 class TestSampling:
