@@ -92,36 +92,43 @@ class AuditLegs:
     ) -> FedgateError:
         """Log a response leg ``status`` without an answer; returns the error to raise
         (``AuditUnavailable`` if even that cannot be logged)."""
-        self._telemetry.record_refusal(reason=error.reason, stage=stage)
-        leg = ResponseLeg(
-            request_id=pending.request_id,
-            request_leaf_index=pending.request_leaf_index,
-            responder=pending.target,
-            received_at=self._now(),
-            status=status,
-            response_hash=b"",
-            responder_signature=b"",
-            detail=f"{error.reason}: {error.message}",
+        return await self._unanswered(
+            pending.request_id, pending.request_leaf_index, pending.target, status, error, stage
         )
-        try:
-            await self.append(leg, "response")
-        except AuditUnavailable as exc:
-            return exc
-        return error
 
     async def gateway_fault(self, x: Exchange, error: FedgateError) -> FedgateError:
         """Log a ``gateway_fault`` response leg for ``x`` (its request leg is durable) after an
         unexpected error; returns the error to raise (``AuditUnavailable`` if even that cannot
         be logged)."""
-        self._telemetry.record_refusal(reason=error.reason, stage=x.stage)
         request, receipt = x.req(), x.request_receipt
         assert receipt is not None
+        return await self._unanswered(
+            request.request_id,
+            receipt.index,
+            MemberId(request.target_agency),
+            "gateway_fault",
+            error,
+            x.stage,
+        )
+
+    async def _unanswered(
+        self,
+        request_id: str,
+        request_leaf_index: int,
+        responder: MemberId,
+        status: str,
+        error: FedgateError,
+        stage: str,
+    ) -> FedgateError:
+        """The response leg of an exchange that ends without an answer (``status``), logged;
+        returns the error to raise (``AuditUnavailable`` if even that cannot be logged)."""
+        self._telemetry.record_refusal(reason=error.reason, stage=stage)
         leg = ResponseLeg(
-            request_id=request.request_id,
-            request_leaf_index=receipt.index,
-            responder=request.target_agency,
+            request_id=request_id,
+            request_leaf_index=request_leaf_index,
+            responder=responder,
             received_at=self._now(),
-            status="gateway_fault",
+            status=status,
             response_hash=b"",
             responder_signature=b"",
             detail=f"{error.reason}: {error.message}",
