@@ -178,28 +178,53 @@ class AppealBook:
         decisions: dict[str, tuple[request_pb2.Request, datetime]] = {}
         for decision, at in await self._answered("appeal_decision"):
             decisions.setdefault(decision.appeal_decision.appeal_id, (decision, at))
-        out = []
-        for filing, at in await self._answered("appeal"):
-            decided = decisions.get(filing.request_id)
-            out.append(
-                Appeal(
-                    appeal_id=filing.request_id,
-                    filing=filing,
-                    filed_at=at,
-                    due_at=self.due(at),
-                    order=await self._request(filing.original_request_id),
-                    decision=decided[0] if decided else None,
-                    decided_at=decided[1] if decided else None,
-                )
-            )
-        return out
+        return [
+            await self._appeal(filing, at, decisions.get(filing.request_id))
+            for filing, at in await self._answered("appeal")
+        ]
 
     async def get(self, appeal_id: str) -> Appeal | None:
-        """The appeal filed as ``appeal_id``, or ``None``."""
-        for appeal in await self.appeals():
-            if appeal.appeal_id == appeal_id:
-                return appeal
-        return None
+        """The appeal filed as ``appeal_id``, or ``None``: its filing found by request id (one
+        indexed lookup), not by reading every appeal on record."""
+        rows = await self._log.search(SearchQuery(request_id=appeal_id, limit=64))
+        answered = next(
+            (
+                row
+                for row in rows
+                if row.columns[0] == EntryKind.RESPONSE
+                and row.columns[6] == "appeal"
+                and row.columns[8] == "ok"
+            ),
+            None,
+        )
+        if answered is None:
+            return None
+        filing = await self._leg(answered.columns[11])
+        decided = next(
+            (
+                (decision, at)
+                for decision, at in await self._answered("appeal_decision")
+                if decision.appeal_decision.appeal_id == appeal_id
+            ),
+            None,
+        )
+        return await self._appeal(filing, micros_to_time(answered.columns[2]), decided)
+
+    async def _appeal(
+        self,
+        filing: request_pb2.Request,
+        filed_at: datetime,
+        decided: tuple[request_pb2.Request, datetime] | None,
+    ) -> Appeal:
+        return Appeal(
+            appeal_id=filing.request_id,
+            filing=filing,
+            filed_at=filed_at,
+            due_at=self.due(filed_at),
+            order=await self._request(filing.original_request_id),
+            decision=decided[0] if decided else None,
+            decided_at=decided[1] if decided else None,
+        )
 
     async def _answered(self, action: str) -> list[tuple[request_pb2.Request, datetime]]:
         """The requests of ``action`` answered ``ok``, with their response legs' times."""
