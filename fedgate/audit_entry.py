@@ -131,6 +131,13 @@ class ResponseLeg:
     whole signed response so that evidence bundles and ``fedgate audit verify`` can check the
     agency's signature offline. (DESIGN.md keeps response bodies only in an encrypted evidence
     mode; this first version stores the envelope in the clear, in the log's own database.)
+
+    ``request_origin`` is empty when the request leg is in this leg's own log shard (always,
+    but for one case): a ticket answer fetched by another gateway instance than the one that
+    logged the request is logged in the fetching instance's shard, and names the request leg
+    by the origin of its shard and its index there. Such a leg is encoded with one more field
+    (absent otherwise, so every other leaf keeps its bytes), and its index row carries
+    ``request_leaf_index`` -1: nothing in this shard is its request leg.
     """
 
     request_id: str
@@ -143,6 +150,7 @@ class ResponseLeg:
     responder_key_id: str = ""
     detail: str = ""
     response_envelope: bytes = b""
+    request_origin: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +229,7 @@ def searchable(entry: AuditEntry) -> SearchFields:
             outcome=entry.status,
             reason=entry.detail,
             subjects=(),
-            request_leaf_index=entry.request_leaf_index,
+            request_leaf_index=-1 if entry.request_origin else entry.request_leaf_index,
         )
     return SearchFields(
         leg=EntryKind.EVENT,
@@ -349,6 +357,7 @@ def encode_entry(entry: AuditEntry) -> bytes:
                     entry.responder_key_id.encode("utf-8"),
                     entry.detail.encode("utf-8"),
                     entry.response_envelope,
+                    *((entry.request_origin.encode("utf-8"),) if entry.request_origin else ()),
                 ],
             )
         else:
@@ -444,7 +453,20 @@ def _parse(data: bytes) -> tuple[int, tuple[Any, ...]]:
     count = _FIELD_COUNTS.get(kind)
     if count is None:
         raise VerificationError(f"audit entry kind {kind} is unknown")
-    f = _split(data, _HEADER_SIZE, count, "audit entry")
+    try:
+        f = _split(data, _HEADER_SIZE, count, "audit entry")
+    except VerificationError as error:
+        if kind != _RESPONSE:
+            raise
+        # A response leg whose request leg is in another shard has one more field.
+        try:
+            f = _split(data, _HEADER_SIZE, count + 1, "audit entry")
+        except VerificationError:
+            raise error from None
+        if not f[count]:
+            raise VerificationError(
+                "malformed audit entry: request_origin is present but empty"
+            ) from None
     try:
         if kind == _REQUEST:
             return kind, _request_values(f)
@@ -503,6 +525,7 @@ def _response_values(f: list[bytes]) -> tuple[Any, ...]:
         f[7].decode(),
         f[8].decode(),
         f[9],
+        f[10].decode() if len(f) > 10 else "",
     )
 
 
@@ -541,7 +564,7 @@ def entry_link(data: bytes) -> tuple[int, str, int]:
     if kind == _REQUEST:
         return kind, v[6], -1
     if kind == _RESPONSE:
-        return kind, v[0], v[1]
+        return kind, v[0], -1 if v[10] else v[1]
     return kind, "", -1
 
 
@@ -562,7 +585,7 @@ def index_columns(data: bytes) -> IndexColumns:
     if kind == EntryKind.REQUEST:
         return (kind, v[6], v[3], v[7], v[8], v[9], v[10], v[11], v[4], v[5], v[12], -1)
     if kind == EntryKind.RESPONSE:
-        return (kind, v[0], v[3], "", "", "", "", v[2], v[4], v[8], (), v[1])
+        return (kind, v[0], v[3], "", "", "", "", v[2], v[4], v[8], (), -1 if v[10] else v[1])
     reason = "; ".join(f"{k}={val}" for k, val in v[4])
     return (kind, "", v[3], v[2], v[1], "", v[0], "", "", reason, (), -1)
 
@@ -606,7 +629,7 @@ def entry_columns(entry: AuditEntry) -> IndexColumns:
             r.status,
             r.detail,
             (),
-            r.request_leaf_index,
+            -1 if r.request_origin else r.request_leaf_index,
         )
     return columns_of(searchable(entry))
 

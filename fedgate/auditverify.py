@@ -4,7 +4,9 @@ Nothing read from the store is trusted. The checks, which stop at the first fail
 
 - every checkpoint the log stored is signed by the log's key, for this origin and its size;
 - entries are numbered 0..n-1 without gaps, each entry's bytes hash to its stored leaf hash and
-  decode strictly, and each response leg names an earlier request leg of the same request;
+  decode strictly, and each response leg names an earlier request leg of the same request
+  (or, for a ticket answer fetched by another instance, a request leg in another shard:
+  ``cross_shard_links`` checks those where every shard is at hand);
 - the Merkle root recomputed from the entries equals every stored checkpoint's root (so
   successive checkpoints are consistent: their roots come from one sequence of entries); no
   checkpoint is beyond the entries (truncation) and no entry is outside every checkpoint;
@@ -256,7 +258,7 @@ class _Checker:
                 break
             if kind == request_kind:
                 request_ids[idx] = request_id
-            elif kind == response_kind and request_ids.get(r) != request_id:
+            elif kind == response_kind and r >= 0 and request_ids.get(r) != request_id:
                 request = self._request_at(r, {}) if r < idx else None
                 if request is None or request[0] != EntryKind.REQUEST or request[1] != request_id:
                     failure = Failure(
@@ -300,7 +302,9 @@ class _Checker:
                 cols = index_columns(data)
             except VerificationError as exc:
                 return done(Failure(f"entry {idx} does not decode: {exc.message}", idx))
-            if cols[0] == EntryKind.RESPONSE:
+            if cols[0] == EntryKind.RESPONSE and cols[11] >= 0:
+                # (-1: a ticket answer whose request leg is in another shard, named in the
+                # leg's request_origin; ``cross_shard_links`` checks those over every shard.)
                 r = cols[11]
                 request = self._request_at(r, request_cols) if r < idx else None
                 if request is None or request[0] != EntryKind.REQUEST or request[1] != cols[1]:
@@ -370,8 +374,8 @@ class _Checker:
             else:
                 counts.refused_signed += 1
         elif isinstance(entry, ResponseLeg):
-            body = envs.get(entry.request_leaf_index)
-            if body is None:
+            body = None if entry.request_origin else envs.get(entry.request_leaf_index)
+            if body is None and not entry.request_origin:
                 leaves = self.source.leaves(entry.request_leaf_index, entry.request_leaf_index + 1)
                 request = decode_entry(leaves[0]) if leaves else None
                 body = request.envelope if isinstance(request, RequestLeg) else None

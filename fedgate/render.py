@@ -399,7 +399,8 @@ def _ticket_lines(ticket: ticket_pb2.Ticket, registry: Registry | None) -> list[
     receipt = ticket.request_receipt
     if receipt.log_origin:
         lines.append(
-            f"  request logged: log {receipt.log_origin} · entry {receipt.request_leaf_index}"
+            f"  request logged: log {receipt.request_log_origin or receipt.log_origin} · entry "
+            f"{receipt.request_leaf_index}"
         )
     return lines
 

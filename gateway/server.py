@@ -83,7 +83,7 @@ from fedgate.v1 import (
 from fedgate.web.serve import EmbeddedServer
 from fedgate.witness import GrpcWitnessClient
 from gateway import workers
-from gateway.alerts import AlertHub, AlertServicer
+from gateway.alerts import AlertHub, Alerts, AlertServicer, PgAlertHub
 from gateway.appeals import AppealBook
 from gateway.audit import (
     BodyVault,
@@ -124,7 +124,7 @@ from gateway.rules_pg import open_shared_rules
 from gateway.rules_rebuild import rebuild_rules
 from gateway.service import SERVICE_NAME, GatewayServicer
 from gateway.telemetry import GatewayTelemetry, configure_logging
-from gateway.tickets import Tickets, TicketStore
+from gateway.tickets import PgTickets, SqliteTickets, Tickets, TicketStore
 
 __all__ = ["SERVICE_NAMES", "Gateway", "main", "run_gateway"]
 
@@ -167,7 +167,7 @@ class _Parts:
     outcomes: OutcomeStore
     quotas: QuotaStore
     tickets: Tickets
-    alerts: AlertHub
+    alerts: Alerts
     router: NodeRouter
     risklist: RiskListLog
     stats: CentreStats
@@ -496,7 +496,8 @@ async def _open_parts(
         interceptors=client_interceptors(tracer_provider),
     )
     resources.push_async_callback(router.close)
-    ticket_store = TicketStore.open(config.tickets_path)
+    ticket_store, alerts = await asyncio.to_thread(_open_tickets_and_alerts, config)
+    resources.push_async_callback(alerts.aclose)
     tickets = Tickets(
         store=ticket_store,
         router=router,
@@ -504,8 +505,6 @@ async def _open_parts(
         node_timeout_s=config.routing.timeout_s,
     )
     resources.callback(tickets.close)
-    alerts = AlertHub.open(config.alerts_path, keep=config.alerts.keep)
-    resources.callback(alerts.close)
     list_origin = risklist_origin(config.audit.origin)
     risklist = RiskListLog.open(
         config.risklist_path,
@@ -525,6 +524,28 @@ async def _open_parts(
     )
     resources.callback(stats.close)
     return _Parts(audit, replay, rules, outcomes, quotas, tickets, alerts, router, risklist, stats)
+
+
+def _open_tickets_and_alerts(config: GatewayConfig) -> tuple[TicketStore, Alerts]:
+    """The tickets and the alerts: this process's SQLite files, or tables every instance
+    shares (blocking)."""
+    if not config.is_shared:
+        hub = AlertHub.open(config.alerts_path, keep=config.alerts.keep)
+        try:
+            return SqliteTickets.open(config.tickets_path), hub
+        except BaseException:
+            hub.close()
+            raise
+    dsn = config.shared_dsn
+    shared = PgAlertHub(dsn=dsn, schema=config.shared_schema("alerts"), keep=config.alerts.keep)
+    try:
+        tickets = PgTickets(
+            dsn=dsn, schema=config.shared_schema("tickets"), origin=config.audit.origin
+        )
+    except BaseException:
+        shared.close()
+        raise
+    return tickets, shared
 
 
 def _open_shared_parts(config: GatewayConfig) -> tuple[OutcomeStore, QuotaStore]:

@@ -33,7 +33,7 @@ from gateway.audit.sqlite_store import AUDIT_SCHEMA, SqliteDatabase
 from gateway.replay import ReplayCache
 from gateway.risklist import CentreStats, RiskListLog
 from gateway.rules import BusinessRules
-from gateway.tickets import TicketStore
+from gateway.tickets import SqliteTickets
 
 if TYPE_CHECKING:
     from conftest import PgTarget
@@ -68,7 +68,7 @@ def _interceptor(path: Path) -> _Closable:
 STORES: dict[str, tuple[str, Callable[[Path], _Closable]]] = {
     "replay": ("replay cache", ReplayCache.open),
     "rules": ("business-rules state", BusinessRules.open),
-    "tickets": ("ticket store", TicketStore.open),
+    "tickets": ("ticket store", SqliteTickets.open),
     "alerts": ("alert store", AlertHub.open),
     "users": ("console user store", UserStore),
     "node-queue": ("node request store", RequestStore),
@@ -89,7 +89,7 @@ STORES: dict[str, tuple[str, Callable[[Path], _Closable]]] = {
 
 
 # The schema version each store writes now (1 unless a migration step was added).
-VERSIONS = {"audit": AUDIT_SCHEMA.version}
+VERSIONS = {"audit": AUDIT_SCHEMA.version, "tickets": 2}
 
 
 def _stored_version(path: Path, store: str) -> int:

@@ -407,7 +407,9 @@ class AuditLog:
                 body = ("", data)
                 data, entry = sealed_data, sealed
         columns = entry_columns(entry)
-        if isinstance(entry, ResponseLeg):
+        if isinstance(entry, ResponseLeg) and not entry.request_origin:
+            # (A leg naming a request leg in another shard keeps its own columns: see
+            # ``ResponseLeg.request_origin``.)
             columns = with_request_columns(columns, await self._request_columns(entry))
         if body is not None:
             body = (case_ref(columns[5], micros_to_time(columns[2])), body[1])

@@ -150,8 +150,15 @@ class AuditLegs:
             response_hash=b"",
             responder_signature=b"",
             detail=detail,
+            request_origin=self.request_origin(pending),
         )
         await self.append(leg, "response")
+
+    def request_origin(self, pending: PendingRequest) -> str:
+        """The shard of ``pending``'s request leg as a response leg names it: empty when it is
+        this instance's own (always, but for a ticket opened by another instance)."""
+        origin = pending.request_origin
+        return "" if not origin or origin == self._audit.origin else origin
 
     async def record_refused_ticket_read(
         self, *, ticket_id: str, caller: MemberId, owner: MemberId | None
@@ -204,6 +211,7 @@ class AuditLegs:
             responder_key_id=answer.key_id,
             detail=detail,
             response_envelope=answer.SerializeToString() if self._keep_bodies else b"",
+            request_origin=self.request_origin(pending),
         )
 
     def pending(
@@ -243,6 +251,8 @@ class AuditLegs:
     ) -> envelope_pb2.AuditReceipt:
         """``receipt`` on the wire, with the leaf hash of ``entry`` if the receipt lacks it."""
         proto = receipt.to_proto(request_leaf_index=request_leaf_index)
+        if isinstance(entry, ResponseLeg) and entry.request_origin:
+            proto.request_log_origin = entry.request_origin
         if not proto.leaf_hash:
             proto.leaf_hash = merkle.leaf_hash(encode_entry(entry))
         return proto

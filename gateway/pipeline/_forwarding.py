@@ -123,7 +123,7 @@ class Forwarder:
                 detail=f"queued for staff; due {format_time(pending.deadline)}",
             )
             await self._legs.append(leg, "response")
-        ticket = self._tickets.open(pending)
+        ticket = await self._tickets.open(pending)
         return gateway_service_pb2.SubmitResponse(ticket=ticket)
 
     async def answer_itself(

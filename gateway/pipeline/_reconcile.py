@@ -260,7 +260,7 @@ class Reconciler:
                 "pending",
                 f"queued for staff; due {format_time(due)}; follow it by ticket {leg.request_id}",
             )
-            self._tickets.open(
+            await self._tickets.open(
                 PendingRequest(
                     request_id=pending.request_id,
                     requester=pending.requester,

@@ -8,7 +8,7 @@ publishes the report to the police member's alert stream (``gateway.alerts``).
 from __future__ import annotations
 
 from fedgate.v1 import gateway_service_pb2, report_pb2, request_pb2
-from gateway.alerts import Alert, AlertHub
+from gateway.alerts import Alert, Alerts
 from gateway.pipeline._exchange import Exchange, stage
 from gateway.pipeline._own import OwnAnswers
 
@@ -18,7 +18,7 @@ __all__ = ["Reports"]
 class Reports:
     """Delivers agency reports to the police member they are for."""
 
-    def __init__(self, own: OwnAnswers, alerts: AlertHub) -> None:
+    def __init__(self, own: OwnAnswers, alerts: Alerts) -> None:
         self._own = own
         self._alerts = alerts
 

@@ -87,7 +87,7 @@ from fedgate.status import internal_error, log_unexpected, trace_id_of
 from fedgate.trust import TrustHolder
 from fedgate.types import KeyId, MemberId
 from fedgate.v1 import envelope_pb2, gateway_service_pb2
-from gateway.alerts import AlertHub
+from gateway.alerts import Alerts
 from gateway.appeals import AppealBook
 from gateway.audit.log import AuditLog
 from gateway.pipeline._appeals import Appeals, check_appeal
@@ -141,7 +141,7 @@ class Pipeline:
         audit: AuditLog,
         router: NodeRouter,
         tickets: Tickets,
-        alerts: AlertHub,
+        alerts: Alerts,
         signer: Signer,
         gateway_id: MemberId,
         origin: str,

@@ -22,6 +22,7 @@ from fedgate.audit_entry import (
     decode_entry,
     encode_entry,
     entry_columns,
+    entry_link,
     fields_of,
     index_columns,
     searchable,
@@ -251,3 +252,23 @@ class TestSearchColumns:
             "bank.icbc",
         )
         assert fields.reason == "ticket=T-1; field=身份证号"
+
+
+class TestResponseLegOfAnotherShard:
+    """A ticket answer logged by another instance than the request: one more field, its index
+    row names no request leg here (-1); every other leg keeps its bytes."""
+
+    def test_round_trips_and_names_no_local_request_leg(self) -> None:
+        foreign = ResponseLeg(**{**_fields(RESPONSE), "request_origin": "test/gateway/shard-a"})
+        data = encode_entry(foreign)
+        assert decode_entry(data) == foreign
+        assert len(data) == len(encode_entry(RESPONSE)) + 4 + len(foreign.request_origin)
+        assert index_columns(data)[11] == -1
+        assert entry_columns(foreign)[11] == -1
+        assert entry_link(data)[2] == -1
+        assert index_columns(encode_entry(RESPONSE))[11] == RESPONSE.request_leaf_index
+
+    def test_an_empty_origin_field_is_refused(self) -> None:
+        data = encode_entry(RESPONSE) + b"\x00\x00\x00\x00"
+        with pytest.raises(VerificationError, match="request_origin is present but empty"):
+            decode_entry(data)

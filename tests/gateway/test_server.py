@@ -90,7 +90,7 @@ class TestPartialStart:
                 await Gateway.start(config)
         assert _open_files_under(state) == []
 
-    @pytest.mark.parametrize("step", ["AlertHub", "TicketStore", "BusinessRules"])
+    @pytest.mark.parametrize("step", ["AlertHub", "SqliteTickets", "BusinessRules"])
     async def test_a_store_failing_to_open_closes_the_ones_before(
         self, gw_federation: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
     ) -> None:
