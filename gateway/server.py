@@ -81,6 +81,7 @@ from fedgate.v1 import (
     risklist_pb2_grpc,
 )
 from fedgate.web.serve import EmbeddedServer
+from fedgate.web.session import load_secret_key
 from fedgate.witness import GrpcWitnessClient
 from gateway import workers
 from gateway.alerts import AlertHub, Alerts, AlertServicer, PgAlertHub
@@ -123,6 +124,7 @@ from gateway.rules import BusinessRules
 from gateway.rules_pg import open_shared_rules
 from gateway.rules_rebuild import rebuild_rules
 from gateway.service import SERVICE_NAME, GatewayServicer
+from gateway.sessions import PgRevocations
 from gateway.telemetry import GatewayTelemetry, configure_logging
 from gateway.tickets import PgTickets, SqliteTickets, Tickets, TicketStore
 
@@ -548,6 +550,21 @@ def _open_tickets_and_alerts(config: GatewayConfig) -> tuple[TicketStore, Alerts
     return tickets, shared
 
 
+def _console_sessions(
+    config: GatewayConfig, resources: contextlib.AsyncExitStack
+) -> dict[str, Any]:
+    """How the auditor console keeps sessions (blocking): as one process does (the key file
+    in the state directory, logouts in memory), or, when shared, as every instance does: the
+    key file beside the console accounts (``console.users_dir``, which the instances share)
+    and the logouts in PostgreSQL (``gateway.sessions``)."""
+    if not config.is_shared:
+        return {}
+    key = load_secret_key(config.console_users_dir)
+    revocations = PgRevocations(dsn=config.shared_dsn, schema=config.shared_schema("sessions"))
+    resources.callback(revocations.close)
+    return {"session_key": key, "revocations": revocations}
+
+
 def _open_shared_parts(config: GatewayConfig) -> tuple[OutcomeStore, QuotaStore]:
     """The recorded outcomes and the quotas: this process's, or shared ones (blocking)."""
     quota_config = QuotaConfig.from_mapping(config.quotas)
@@ -866,6 +883,7 @@ class Gateway:
                     stats=parts.stats, audit=parts.audit, risklist=parts.risklist
                 ),
                 appeals=pipeline.appeals,
+                **await asyncio.to_thread(_console_sessions, config, resources),
             )
         return gateway
 

@@ -52,7 +52,7 @@ from fedgate.errors import (
 from fedgate.web.auth import Role, User, UserStore
 from fedgate.web.headers import SecurityHeadersMiddleware
 from fedgate.web.i18n import LANGUAGES, choose_language, field_label, translate
-from fedgate.web.session import Session, SessionCodec, load_secret_key
+from fedgate.web.session import Revocations, Session, SessionCodec, load_secret_key
 from fedgate.web.text import format_time, mask_identifier, mask_text
 
 __all__ = [
@@ -176,6 +176,7 @@ class Console:
         home: str = "/",
         nav: Sequence[tuple[str, str]] = (),
         session_key: bytes | None = None,
+        revocations: Revocations | None = None,
     ) -> None:
         self.title_key = title_key
         self.member_id = member_id
@@ -188,7 +189,7 @@ class Console:
         self._secure = secure_cookies
         self._any_member = any_member
         key = session_key if session_key is not None else load_secret_key(state_dir)
-        self.codec = SessionCodec(key, clock=self._clock)
+        self.codec = SessionCodec(key, clock=self._clock, revocations=revocations)
         # Cookies ignore ports: each console names its own, so consoles of several members on
         # one host do not overwrite each other's sessions. __Host- (HTTPS only) pins the origin.
         suffix = "".join(c if c.isalnum() else "_" for c in f"{member_id}_{role.value}")
@@ -208,7 +209,10 @@ class Console:
         """A GET JSON endpoint for polling: it needs a session but does not keep it alive."""
 
         async def endpoint(request: Request) -> Response:
-            session = self.codec.decode(request.cookies.get(self.cookie_name))
+            try:
+                session = await self.codec.open(request.cookies.get(self.cookie_name))
+            except AuditUnavailable as exc:
+                return JSONResponse({"error": exc.reason}, status_code=503)
             if session is None or not self._session_ok(session):
                 return JSONResponse({"error": "login_required"}, status_code=401)
             lang = self._lang(request)
@@ -348,7 +352,12 @@ class Console:
         async def endpoint(request: Request) -> Response:
             lang = self._lang(request)
             cookie = request.cookies.get(self.cookie_name)
-            decoded = self.codec.decode(cookie)
+            try:
+                decoded = await self.codec.open(cookie)
+            except AuditUnavailable:
+                # Fail closed: a session whose revocation cannot be checked is not taken.
+                page = Page(request, lang, self.codec.anonymous(), None)
+                return self.error_page(page, 503, page.t("error.audit"))
             session = decoded or self.codec.anonymous()
             page = Page(request, lang, session, None)
             if not public and not self._session_ok(session):
@@ -419,7 +428,10 @@ class Console:
         return RedirectResponse(f"/login{query}", status_code=303)
 
     async def _http_error(self, request: Request, exc: HTTPException) -> Response:
-        session = self.codec.decode(request.cookies.get(self.cookie_name))
+        try:
+            session = await self.codec.open(request.cookies.get(self.cookie_name))
+        except AuditUnavailable:
+            session = None  # the error page then shows no session
         page = Page(request, self._lang(request), session or self.codec.anonymous(), None)
         status = exc.status_code if exc.status_code in (400, 404, 405) else 500
         key = "error.not_found" if status == 404 else f"error.{status}"
@@ -484,7 +496,7 @@ class Console:
     async def _logout(self, request: Request, page: Page) -> Response:
         session = page.session
         await self.audit("console_logout", actor=session.user_id, member=session.member_id)
-        self.codec.revoke(session)
+        await self.codec.revoke(session)
         page.end_session = True
         return self.redirect("/login", notice="logged_out")
 

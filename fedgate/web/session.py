@@ -8,7 +8,11 @@ Contract:
 
 - A session MUST be refused once idle for ``idle`` (default 30 minutes) or ``absolute`` after
   login (default 12 hours), whatever the cookie says about itself beyond its signed times.
-- Logging out MUST revoke the session id in this process (a copied cookie stops working).
+- Logging out MUST revoke the session id (a copied cookie stops working) wherever the
+  revocations are kept: in this process (``MemoryRevocations``, the default), or in a store
+  every process serving the console shares (the gateway's ``PgRevocations`` with ``[shared]``),
+  so that a logout on one instance is honoured by all. A revocation is kept until the session
+  would have expired anyway. ``SessionCodec.open`` checks revocations; ``decode`` does not.
 - Every session, even before login, carries a random CSRF token; logging in issues a new session
   id and a new token (no session fixation).
 """
@@ -27,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Protocol
 
 from fedgate.errors import FedgateError
 
@@ -34,6 +39,8 @@ __all__ = [
     "ABSOLUTE_TIMEOUT",
     "IDLE_TIMEOUT",
     "SECRET_FILE",
+    "MemoryRevocations",
+    "Revocations",
     "Session",
     "SessionCodec",
     "load_secret_key",
@@ -101,6 +108,33 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+class Revocations(Protocol):
+    """Where logged-out session ids are kept until ``until`` (POSIX seconds). Implementations
+    raise ``AuditUnavailable`` when they cannot answer (the console then refuses the request:
+    fail closed)."""
+
+    async def revoke(self, sid: str, *, until: float, now: float) -> None:
+        """Refuse ``sid`` until ``until``; forget what expired before ``now``."""
+        ...
+
+    async def is_revoked(self, sid: str, *, now: float) -> bool: ...
+
+
+class MemoryRevocations:
+    """The revocations of one process, forgotten once they would have expired anyway."""
+
+    def __init__(self) -> None:
+        self._revoked: dict[str, float] = {}
+
+    async def revoke(self, sid: str, *, until: float, now: float) -> None:
+        self._revoked = {s: u for s, u in self._revoked.items() if u > now}
+        self._revoked[sid] = until
+
+    async def is_revoked(self, sid: str, *, now: float) -> bool:
+        until = self._revoked.get(sid)
+        return until is not None and until > now
+
+
 class SessionCodec:
     """Makes, signs, checks and revokes sessions for one console."""
 
@@ -111,6 +145,7 @@ class SessionCodec:
         clock: Callable[[], datetime] | None = None,
         idle: timedelta = IDLE_TIMEOUT,
         absolute: timedelta = ABSOLUTE_TIMEOUT,
+        revocations: Revocations | None = None,
     ) -> None:
         if len(key) < 16:
             raise ValueError("the session key must be at least 16 bytes")
@@ -118,7 +153,7 @@ class SessionCodec:
         self._clock = clock or (lambda: datetime.now(UTC))
         self._idle = idle.total_seconds()
         self._absolute = absolute.total_seconds()
-        self._revoked: dict[str, float] = {}
+        self._revocations = revocations or MemoryRevocations()
 
     def now(self) -> float:
         return self._clock().timestamp()
@@ -152,8 +187,17 @@ class SessionCodec:
         mac = hmac.new(self._key, body, hashlib.sha256).digest()
         return f"{_b64(body)}.{_b64(mac)}"
 
+    async def open(self, cookie: str | None) -> Session | None:
+        """The session in ``cookie``, or ``None`` when missing, forged, expired or revoked.
+        Raises ``AuditUnavailable`` when the revocations cannot be read."""
+        session = self.decode(cookie)
+        if session is None or await self._revocations.is_revoked(session.sid, now=self.now()):
+            return None
+        return session
+
     def decode(self, cookie: str | None) -> Session | None:
-        """The session in ``cookie``, or ``None`` when missing, forged, revoked or expired."""
+        """The session in ``cookie``, or ``None`` when missing, forged or expired (revocations
+        are ``open``'s)."""
         if not cookie or len(cookie) > _MAX_COOKIE or cookie.count(".") != 1:
             return None
         body_b64, mac_b64 = cookie.split(".")
@@ -169,17 +213,15 @@ class SessionCodec:
         except (ValueError, TypeError):
             return None
         now = self.now()
-        if session.sid in self._revoked:
-            return None
         if not session.issued_at <= now + 60 or now - session.issued_at > self._absolute:
             return None
         if session.authenticated and now - session.seen_at > self._idle:
             return None
         return session
 
-    def revoke(self, session: Session) -> None:
-        """Refuse this session id from now on (logout). Forgotten once it would have expired
-        anyway, so the list stays small."""
-        now = self.now()
-        self._revoked = {sid: until for sid, until in self._revoked.items() if until > now}
-        self._revoked[session.sid] = session.issued_at + self._absolute
+    async def revoke(self, session: Session) -> None:
+        """Refuse this session id from now on (logout), until it would have expired anyway.
+        Raises ``AuditUnavailable`` when the revocation cannot be stored."""
+        await self._revocations.revoke(
+            session.sid, until=session.issued_at + self._absolute, now=self.now()
+        )

@@ -55,7 +55,7 @@ from fedgate.v1 import appeal_pb2
 from fedgate.web.app import AuditHook, Console, Page
 from fedgate.web.auth import Role, UserStore
 from fedgate.web.serve import EmbeddedServer
-from fedgate.web.session import Session
+from fedgate.web.session import Revocations, Session
 from fedgate.web.text import BEIJING, mask_identifier
 from gateway.appeals import AppealBook
 from gateway.audit.insights import GROUPINGS, LogInsights, PgShard, TimeWindow, day_start_us
@@ -214,6 +214,7 @@ class AuditorConsole:
         session_key: bytes | None = None,
         countermeasures: Countermeasures | None = None,
         appeals: AppealBook | None = None,
+        revocations: Revocations | None = None,
     ) -> None:
         self._log = log
         self._countermeasures = countermeasures
@@ -246,6 +247,7 @@ class AuditorConsole:
                 ("/appeals", "audit.nav.appeals"),
             ),
             session_key=session_key,
+            revocations=revocations,
         )
         s = self.shell
         self.app: ASGIApp = s.build(
@@ -691,13 +693,17 @@ async def start_auditor_console(
     clock: Callable[[], datetime] | None = None,
     countermeasures: Countermeasures | None = None,
     appeals: AppealBook | None = None,
+    session_key: bytes | None = None,
+    revocations: Revocations | None = None,
 ) -> RunningAuditorConsole:
     """Serve the auditor console of ``log`` (kept in the SQLite file or PostgreSQL shard
     ``audit_db``) on
     ``host:port`` in the running loop (``port`` 0: any free port). Accounts come from
     ``users.sqlite`` in ``users_dir`` (default ``state_dir``, where ``fedgate audit add-user
-    --state`` writes). Raises ``AgencyUnavailable`` when the address cannot be bound,
-    ``AuditUnavailable`` when the database cannot be read."""
+    --state`` writes). Sessions are signed with ``session_key`` (default the key file in
+    ``state_dir``) and logouts kept in ``revocations`` (default this process's memory).
+    Raises ``AgencyUnavailable`` when the address cannot be bound, ``AuditUnavailable`` when
+    the database cannot be read."""
     insights = await LogInsights.open(audit_db)
     users: UserStore | None = None
     try:
@@ -713,6 +719,8 @@ async def start_auditor_console(
             secure_cookies=secure_cookies,
             countermeasures=countermeasures,
             appeals=appeals,
+            session_key=session_key,
+            revocations=revocations,
         )
         server = EmbeddedServer(console.app, host=host, port=port)
         await server.start()
