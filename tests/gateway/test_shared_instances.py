@@ -1,0 +1,400 @@
+"""Tickets, alert streams and console sessions shared by gateway instances on PostgreSQL
+(``[shared] store = "postgres"``): real gateways (each its own audit shard) over real gRPC and
+mTLS in front of one stub bank node, and the shared stores on their own."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import pytest_asyncio
+from psycopg import sql
+
+from fedgate.audit_entry import EventEntry, ResponseLeg, decode_entry
+from fedgate.cli import main as fedgate_main
+from fedgate.client import FedgateClient
+from fedgate.errors import NotFound
+from fedgate.types import MemberId
+from fedgate.v1 import envelope_pb2, ticket_pb2
+from fedgate.web.auth import Role, ScryptParams, UserStore
+from gateway.alerts import Alert, PgAlertHub
+from gateway.config import AuditConfig, ConsoleConfig, PipelineConfig, SharedConfig
+from gateway.server import Gateway
+from gateway.sessions import PgRevocations
+from gateway.tickets import PendingRequest, PgTickets, TicketRecord
+from tests.gateway.conftest import GatewayHarness, start_harness
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.postgres]
+
+POLICE = MemberId("police.gd.afc")
+SHARD_A = "fedgate.test/gateway/shard-a"
+SHARD_B = "fedgate.test/gateway/shard-b"
+SHARD_C = "fedgate.test/gateway/shard-c"
+SHARED_STORES = ("replay", "outcomes", "rules", "quotas", "tickets", "alerts", "sessions")
+PASSWORD = "correct horse battery"
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+@dataclasses.dataclass
+class Trio:
+    """Instance A (the harness: its node and signing helpers), B and C (auditor consoles on
+    one accounts directory), all sharing their state in one PostgreSQL schema."""
+
+    a: GatewayHarness
+    b: Gateway
+    c: Gateway
+    clients: list[FedgateClient]
+    ticket: ticket_pb2.Ticket = dataclasses.field(default_factory=ticket_pb2.Ticket)
+
+    async def open_ticket(self) -> tuple[str, bytes]:
+        """A ticket opened through A (the node queues the request): its id and the request
+        body, which a police client of another instance ``remember``s to check the answer."""
+        h = self.a
+        envelope = h.sign(h.request())
+        h.node.mode = "queue"
+        try:
+            submitted = await h.client().submit(envelope)
+        finally:
+            h.node.mode = "ok"
+        assert submitted.ticket is not None
+        self.ticket = submitted.ticket
+        return submitted.ticket.ticket_id, envelope.body
+
+    def police_on(self, gateway: Gateway, sent: bytes) -> FedgateClient:
+        client = self.client(gateway)
+        client.remember(sent)
+        return client
+
+    def client(self, gateway: Gateway, member: str = POLICE) -> FedgateClient:
+        client = FedgateClient.from_federation(
+            self.a.federation, MemberId(member), endpoint=gateway.endpoint
+        )
+        self.clients.append(client)
+        return client
+
+
+def drop_shared(dsn: str, schema: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        for store in SHARED_STORES:
+            admin.execute(
+                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                    sql.Identifier(f"{schema}_{store}")
+                )
+            )
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def trio(pg: Any, gw_federation: Path, tmp_path: Path) -> AsyncIterator[Trio]:
+    shared = SharedConfig(store="postgres", schema=pg.schema)
+    accounts = tmp_path / "accounts"
+    users = UserStore.in_state_dir(accounts)
+    users.add_user(
+        "audit.wang", member_id="audit.office", display_name="王审计", role=Role.AUDITOR,
+        password=PASSWORD, params=ScryptParams(n=2**10, r=8, p=1),
+    )  # fmt: skip
+    users.close()
+
+    def audit(origin: str) -> AuditConfig:
+        return AuditConfig(store="postgres", dsn=pg.dsn, schema=pg.schema, origin=origin)
+
+    a = await start_harness(
+        gw_federation, tmp_path / "a", audit=audit(SHARD_A), replay_store="", shared=shared
+    )
+    started: list[Gateway] = []
+    try:
+        for origin, state in ((SHARD_B, "b"), (SHARD_C, "c")):
+            config = dataclasses.replace(
+                a.config(),
+                audit=audit(origin),
+                pipeline=PipelineConfig(state_dir=tmp_path / state, replay_store=""),
+                console=ConsoleConfig(listen="127.0.0.1:0", users_dir=accounts),
+            )
+            started.append(await Gateway.start(config))
+        trio = Trio(a, started[0], started[1], [])
+        yield trio
+        for client in trio.clients:
+            await client.close()
+    finally:
+        for gateway in started:
+            await gateway.stop(0.5)
+        await a.close()
+        drop_shared(pg.dsn, pg.schema)
+
+
+async def entries(gateway: Gateway, start: int) -> list[Any]:
+    log = gateway.audit
+    return [decode_entry(await log.get_entry(i)) for i in range(start, log.size)]
+
+
+async def answer_legs(gateways: list[Gateway], sizes: list[int], request_id: str) -> list[Any]:
+    return [
+        (gateway.audit.origin, e)
+        for gateway, size in zip(gateways, sizes, strict=True)
+        for e in await entries(gateway, size)
+        if isinstance(e, ResponseLeg) and e.request_id == request_id
+    ]
+
+
+class TestTicketsAcrossInstances:
+    async def test_a_ticket_opened_on_a_is_answered_and_read_on_b(self, trio: Trio) -> None:
+        h, b = trio.a, trio.b
+        ticket_id, sent = await trio.open_ticket()
+        ticket = trio.ticket
+        on_b = trio.police_on(b, sent)
+        state, answer = await on_b.get_ticket(ticket_id)
+        assert (state.state, answer) == (ticket_pb2.TICKET_STATE_WAITING, None)
+        sizes = [h.gateway.audit.size, b.audit.size]
+        h.node.answer(ticket.ticket_id)
+        state, answer = await on_b.get_ticket(ticket.ticket_id)
+        assert state.state == ticket_pb2.TICKET_STATE_ANSWERED
+        assert answer is not None  # verified by the SDK
+        assert answer.response.answered_by == "staff-007"
+        # The answer is logged once, in B's shard, naming the request leg in A's shard.
+        (leg,) = await answer_legs([h.gateway, b], sizes, ticket.ticket_id)
+        origin, entry = leg
+        assert origin == SHARD_B
+        assert (entry.status, entry.request_origin) == ("ok", SHARD_A)
+        assert entry.request_leaf_index == ticket.request_receipt.leaf_index
+        receipt = answer.receipt
+        assert (receipt.log_origin, receipt.request_log_origin) == (SHARD_B, SHARD_A)
+        assert receipt.request_leaf_index == entry.request_leaf_index
+        # A reads the stored answer, the same bytes, logging nothing again.
+        sizes = [h.gateway.audit.size, b.audit.size]
+        _, again = await h.client().get_ticket(ticket.ticket_id)
+        assert again is not None
+        assert again.signed == answer.signed
+        assert [h.gateway.audit.size, b.audit.size] == sizes
+
+    async def test_another_member_gets_not_found_on_b_and_the_probe_is_logged_there(
+        self, trio: Trio
+    ) -> None:
+        b = trio.b
+        ticket_id, _ = await trio.open_ticket()
+        with pytest.raises(NotFound) as refused:
+            await trio.client(b, "police.gz.unit").get_ticket(ticket_id)
+        assert "police.gd.afc" not in refused.value.message
+        event = decode_entry(await b.audit.get_entry(b.audit.size - 1))
+        assert isinstance(event, EventEntry)
+        assert (event.kind, event.actor) == ("ticket_read_refused", "police.gz.unit")
+        assert dict(event.detail)["owner"] == "police.gd.afc"
+
+    async def test_reads_on_both_instances_at_once_finish_the_answer_once(self, trio: Trio) -> None:
+        h, b = trio.a, trio.b
+        on_a, on_b = h.client(), trio.client(b)
+        for _ in range(3):
+            ticket_id, sent = await trio.open_ticket()
+            on_b.remember(sent)
+            h.node.answer(ticket_id)
+            sizes = [h.gateway.audit.size, b.audit.size]
+            results = await asyncio.gather(
+                *(c.get_ticket(ticket_id) for c in (on_a, on_b, on_a, on_b, on_b, on_a))
+            )
+            answers = {answer.signed.SerializeToString() for _, answer in results if answer}
+            assert len(answers) == 1  # everyone got the one answer, countersigned once
+            assert all(state.state == ticket_pb2.TICKET_STATE_ANSWERED for state, _ in results)
+            legs = await answer_legs([h.gateway, b], sizes, ticket_id)
+            assert [e.status for _, e in legs] == ["ok"]
+
+    async def test_a_watch_on_b_follows_a_ticket_opened_on_a(self, trio: Trio) -> None:
+        h, b = trio.a, trio.b
+        ticket_id, sent = await trio.open_ticket()
+        states = []
+
+        async def follow() -> None:
+            async for state, answer in trio.police_on(b, sent).watch_ticket(ticket_id):
+                states.append(state.state)
+                if state.state == ticket_pb2.TICKET_STATE_WAITING:
+                    h.node.answer(ticket_id)
+                if answer is not None:
+                    return
+
+        await asyncio.wait_for(follow(), timeout=20)
+        assert states == [ticket_pb2.TICKET_STATE_WAITING, ticket_pb2.TICKET_STATE_ANSWERED]
+
+    async def test_every_shard_verifies_with_the_cross_shard_legs(self, trio: Trio) -> None:
+        """``fedgate audit verify`` over every shard: signatures, index rows, and the ticket
+        answers logged in B's shard whose request legs are in A's (none flagged missing)."""
+        h = trio.a
+        ticket_id, sent = await trio.open_ticket()
+        h.node.answer(ticket_id)
+        _, answer = await trio.police_on(trio.b, sent).get_ticket(ticket_id)
+        assert answer is not None
+        audit = h.config().audit
+        argv = ["audit", "verify", "--pg", audit.dsn, "--schema", audit.schema,
+                "--federation", str(h.federation), "--quiet"]  # fmt: skip
+        assert await asyncio.to_thread(fedgate_main, argv) == 0
+
+
+class TestAlertsAcrossInstances:
+    async def test_a_report_through_a_reaches_a_subscriber_on_b_and_resumes_on_a(
+        self, trio: Trio
+    ) -> None:
+        h, b = trio.a, trio.b
+        got: list[Any] = []
+        first = h.request("early_warning")  # bank.icbc → police.gd.afc
+        second = h.request("early_warning")
+
+        async def subscribe(client: FedgateClient, after: int, want: str) -> Any:
+            async for alert in client.alerts(kinds=["early_warning"], after=after):
+                seen = decode_request_id(alert.report)
+                if seen == want:
+                    return alert
+
+        on_b = trio.client(b)
+        waiting = asyncio.ensure_future(subscribe(on_b, 0, first.request_id))
+        await asyncio.sleep(0.2)  # subscribed before the report exists: a live delivery
+        await h.client("bank.icbc").submit(h.sign(first, "bank.icbc"))
+        alert = await asyncio.wait_for(waiting, timeout=20)
+        got.append(alert)
+        # Another report stored through B; the police system reconnects to A from the last
+        # sequence it saw and gets that report, not the first again.
+        await trio.client(b, "bank.icbc").submit(h.sign(second, "bank.icbc"))
+        on_a = h.client()
+        resumed = []
+        async for again in on_a.alerts(kinds=["early_warning"], after=alert.sequence, idle_s=2):
+            resumed.append(decode_request_id(again.report))
+            if resumed[-1] == second.request_id:
+                break
+        assert first.request_id not in resumed
+        assert resumed[-1] == second.request_id
+
+
+def decode_request_id(report: envelope_pb2.SignedEnvelope) -> str:
+    from fedgate.v1 import request_pb2
+
+    return request_pb2.Request.FromString(report.body).request_id
+
+
+class TestConsoleSessionsAcrossInstances:
+    async def test_a_login_on_b_works_on_c_and_a_logout_on_b_is_refused_on_c(
+        self, trio: Trio
+    ) -> None:
+        b_url, c_url = trio.b.console_url, trio.c.console_url
+        assert b_url is not None
+        assert c_url is not None
+        async with httpx.AsyncClient(base_url=b_url) as on_b:
+            token = CSRF.search((await on_b.get("/login")).text)
+            assert token
+            login = await on_b.post(
+                "/login", data={"csrf": token.group(1), "user": "audit.wang", "password": PASSWORD}
+            )
+            assert login.status_code == 303
+            cookies = dict(on_b.cookies)
+            async with httpx.AsyncClient(base_url=c_url, cookies=cookies) as on_c:
+                page = await on_c.get("/")
+                assert page.status_code == 200  # the same key: C takes B's cookie
+                home = (await on_b.get("/")).text
+                token = CSRF.search(home)
+                assert token
+                out = await on_b.post("/logout", data={"csrf": token.group(1)})
+                assert out.status_code == 303
+                on_c.cookies.clear()
+                for name, value in cookies.items():
+                    on_c.cookies.set(name, value)  # the copied cookie, as it was before
+                refused = await on_c.get("/")
+                assert refused.status_code == 303
+                assert refused.headers["location"].startswith("/login")
+
+
+# -- the shared stores on their own ------------------------------------------------------------
+
+
+def pending(request_id: str) -> PendingRequest:
+    return PendingRequest(
+        request_id=request_id,
+        requester=POLICE,
+        target=MemberId("bank.icbc"),
+        action="account_holder",
+        request_body=b"body",
+        request_leaf_index=7,
+        request_receipt=envelope_pb2.AuditReceipt(log_origin=SHARD_A),
+        deadline=datetime.now(UTC) + timedelta(hours=1),
+    )
+
+
+class TestPgTickets:
+    async def test_a_second_holder_waits_and_reads_what_the_first_stored(self, pg: Any) -> None:
+        a = PgTickets(dsn=pg.dsn, schema=pg.schema, origin=SHARD_A)
+        b = PgTickets(dsn=pg.dsn, schema=pg.schema, origin=SHARD_B)
+        try:
+            waiting = TicketRecord(pending=pending("t-1"), state=ticket_pb2.TICKET_STATE_WAITING)
+            await a.create(waiting)
+            order: list[str] = []
+
+            async def second() -> TicketRecord | None:
+                async with b.hold("t-1") as held:
+                    order.append("b holds")
+                    return held.record
+
+            async with a.hold("t-1") as held:
+                assert held.record is not None
+                contender = asyncio.ensure_future(second())
+                await asyncio.sleep(0.3)
+                assert order == []  # B waits for A's row lock
+                answered = dataclasses.replace(
+                    held.record, state=ticket_pb2.TICKET_STATE_ANSWERED, detail="done"
+                )
+                await held.update(answered)
+                order.append("a stored")
+            seen = await asyncio.wait_for(contender, timeout=10)
+            assert order == ["a stored", "b holds"]
+            assert seen is not None
+            assert (seen.state, seen.detail) == (ticket_pb2.TICKET_STATE_ANSWERED, "done")
+            assert seen.pending.request_origin == SHARD_A  # the shard of the request leg
+            assert await b.get("nope") is None
+        finally:
+            a.close()
+            b.close()
+
+
+class TestPgAlertHub:
+    async def test_notify_wakes_a_subscriber_of_another_instance(self, pg: Any) -> None:
+        # A fallback poll far beyond the test's bound: only the notification can deliver.
+        one = PgAlertHub(dsn=pg.dsn, schema=pg.schema, fallback_poll_s=3600)
+        two = PgAlertHub(dsn=pg.dsn, schema=pg.schema, fallback_poll_s=3600)
+        try:
+            stream = two.subscribe(POLICE)
+            first = asyncio.ensure_future(anext(aiter(stream)))
+            await asyncio.sleep(0.5)  # the subscriber has read the empty table and waits
+            alert = Alert(
+                target=POLICE,
+                source=MemberId("bank.icbc"),
+                kind="early_warning",
+                received_at=datetime.now(UTC),
+                report=envelope_pb2.SignedEnvelope(body=b"r", key_id="k"),
+                receipt=envelope_pb2.AuditReceipt(log_origin=SHARD_A),
+            )
+            sequence = await one.publish(alert)
+            got = await asyncio.wait_for(first, timeout=30)
+            assert (got.sequence, got.report.body) == (sequence, b"r")
+            later = await one.publish(alert)
+            resumed = await anext(aiter(one.subscribe(POLICE, after_sequence=sequence)))
+            assert resumed.sequence == later
+            await stream.aclose()
+        finally:
+            await one.aclose()
+            await two.aclose()
+
+
+class TestPgRevocations:
+    async def test_a_revocation_is_seen_by_every_instance_until_it_expires(self, pg: Any) -> None:
+        a = PgRevocations(dsn=pg.dsn, schema=pg.schema)
+        b = PgRevocations(dsn=pg.dsn, schema=pg.schema)
+        try:
+            assert not await b.is_revoked("sid-1", now=1000.0)
+            await a.revoke("sid-1", until=2000.0, now=1000.0)
+            assert await b.is_revoked("sid-1", now=1500.0)
+            assert not await b.is_revoked("sid-1", now=2000.0)
+            await b.revoke("sid-2", until=4000.0, now=3000.0)  # prunes sid-1
+            assert not await a.is_revoked("sid-1", now=0.0)
+        finally:
+            a.close()
+            b.close()
