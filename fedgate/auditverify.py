@@ -60,12 +60,14 @@ from fedgate.sealed import sealed_digest
 from fedgate.tiles import TILE_HEIGHT, TILE_WIDTH, TiledTree, edge_of, tile_path
 
 __all__ = [
+    "CrossShardLink",
     "Failure",
     "LogSource",
     "SignatureCounts",
     "StoredRow",
     "VerifyOptions",
     "VerifyReport",
+    "check_cross_shard_links",
     "normalized_subjects",
     "verify_log",
 ]
@@ -152,6 +154,18 @@ class SignatureCounts:
 
 
 @dataclass(frozen=True, slots=True)
+class CrossShardLink:
+    """A response leg of this shard whose request leg is in another shard (a ticket answered
+    through another gateway instance): its index here, its leaf, and what it names."""
+
+    index: int
+    request_id: str
+    request_origin: str
+    request_leaf_index: int
+    leaf: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class VerifyReport:
     origin: str
     entries: int
@@ -166,6 +180,9 @@ class VerifyReport:
     verified_entries: int = field(default=0)
     witnessed: tuple[tuple[str, int], ...] = ()
     """Each outside cosigned checkpoint the log was compared with: its source and size."""
+    links: tuple[CrossShardLink, ...] = ()
+    """The response legs naming a request leg in another shard, for ``check_cross_shard_links``
+    (verifying one shard cannot check them)."""
 
     @property
     def ok(self) -> bool:
@@ -185,6 +202,7 @@ class _ChunkResult:
     """The checkpoints stored for the chunk's sizes, signature checked: (size, root)."""
     signed_failure: Failure | None = None
     """The first of them that failed its check (``signed`` holds those before it)."""
+    links: tuple[CrossShardLink, ...] = ()
 
 
 class _Checker:
@@ -230,6 +248,12 @@ class _Checker:
             cols[i] = found
         return found
 
+    @staticmethod
+    def _link(idx: int, data: bytes) -> CrossShardLink:
+        leg = decode_entry(data)
+        assert isinstance(leg, ResponseLeg)
+        return CrossShardLink(idx, leg.request_id, leg.request_origin, leg.request_leaf_index, data)
+
     def check_structure(self, start: int, stop: int) -> _ChunkResult:
         """``check`` without the index and signature checks, lean: the bulk of a big log."""
         hashes: list[bytes] = []
@@ -240,6 +264,7 @@ class _Checker:
         request_kind, response_kind = int(EntryKind.REQUEST), int(EntryKind.RESPONSE)
         expect = start
         failure: Failure | None = None
+        links: list[CrossShardLink] = []
         for idx, data, stored_hash in self.source.leaf_rows(start, stop):
             if idx != expect:
                 failure = Failure(f"entry {expect} is missing from the store", expect)
@@ -258,7 +283,9 @@ class _Checker:
                 break
             if kind == request_kind:
                 request_ids[idx] = request_id
-            elif kind == response_kind and r >= 0 and request_ids.get(r) != request_id:
+            elif kind == response_kind and r < 0:
+                links.append(self._link(idx, data))
+            elif kind == response_kind and request_ids.get(r) != request_id:
                 request = self._request_at(r, {}) if r < idx else None
                 if request is None or request[0] != EntryKind.REQUEST or request[1] != request_id:
                     failure = Failure(
@@ -270,7 +297,7 @@ class _Checker:
             append(h)
         if failure is None and expect != stop:
             failure = Failure(f"entry {expect} is missing from the store", expect)
-        return _ChunkResult(start, b"".join(hashes), failure, SignatureCounts())
+        return _ChunkResult(start, b"".join(hashes), failure, SignatureCounts(), links=tuple(links))
 
     def check(self, start: int, stop: int) -> _ChunkResult:
         """Every check on entries ``[start, stop)``; the first failure ends the chunk."""
@@ -282,9 +309,10 @@ class _Checker:
         request_cols: dict[int, IndexColumns] = {}
         request_envs: dict[int, bytes] = {}
         expect = start
+        links: list[CrossShardLink] = []
 
         def done(failure: Failure | None) -> _ChunkResult:
-            return _ChunkResult(start, b"".join(hashes), failure, counts)
+            return _ChunkResult(start, b"".join(hashes), failure, counts, links=tuple(links))
 
         for idx, data, stored_hash, stored in self.source.rows(start, stop):
             if idx != expect:
@@ -302,9 +330,11 @@ class _Checker:
                 cols = index_columns(data)
             except VerificationError as exc:
                 return done(Failure(f"entry {idx} does not decode: {exc.message}", idx))
-            if cols[0] == EntryKind.RESPONSE and cols[11] >= 0:
-                # (-1: a ticket answer whose request leg is in another shard, named in the
-                # leg's request_origin; ``cross_shard_links`` checks those over every shard.)
+            if cols[0] == EntryKind.RESPONSE and cols[11] < 0:
+                # A ticket answer whose request leg is in another shard, named in the leg's
+                # request_origin: ``check_cross_shard_links`` checks those over every shard.
+                links.append(self._link(idx, data))
+            elif cols[0] == EntryKind.RESPONSE:
                 r = cols[11]
                 request = self._request_at(r, request_cols) if r < idx else None
                 if request is None or request[0] != EntryKind.REQUEST or request[1] != cols[1]:
@@ -788,8 +818,10 @@ def verify_log(
                 seconds=time.monotonic() - t0,
                 failure=failure,
                 verified_entries=stream.range.size - begin,
+                links=tuple(links),
             )
 
+        links: list[CrossShardLink] = []
         if failure is not None:
             return report(failure)
         if begin >= total:
@@ -803,6 +835,7 @@ def verify_log(
                 failure = stream.extend(result.start, result.hashes, result)
                 if counts is not None:
                     counts.add(result.counts)
+                links += result.links
                 failure = failure or result.failure
                 if failure is not None:
                     return report(failure)
@@ -827,6 +860,62 @@ def verify_log(
         return replace(report(failure), witnessed=tuple(compared))
     finally:
         source.close()
+
+
+def check_cross_shard_links(
+    reports: Sequence[VerifyReport],
+    open_shard: Callable[[str], LogSource],
+    *,
+    federation: Path | None = None,
+) -> Failure | None:
+    """Over every shard of one database, after each verified on its own: each response leg
+    naming a request leg in another shard (``VerifyReport.links``) MUST name a shard among
+    ``reports`` whose entry at that index is an allowed request leg of the same request; with
+    ``federation``, the answer MUST be bound to that request (``check_response_leg``). Returns
+    the first failure, naming both entries; ``open_shard(origin)`` opens a shard's source."""
+    verified = {r.origin for r in reports if r.ok}
+    keys = HistoricalKeys(Registry.load_dir(federation)) if federation is not None else None
+    opened: dict[str, LogSource] = {}
+    try:
+        for report in reports:
+            for link in report.links:
+                where = f"{report.origin} entry {link.index}"
+                named = f"{link.request_origin} entry {link.request_leaf_index}"
+                if link.request_origin not in verified:
+                    return Failure(
+                        f"{where}: its request leg is in {link.request_origin!r}, which is not "
+                        "a verified shard of this database",
+                        link.index,
+                    )
+                source = opened.get(link.request_origin)
+                if source is None:
+                    source = opened[link.request_origin] = open_shard(link.request_origin)
+                at = link.request_leaf_index
+                leaves = source.leaves(at, at + 1)
+                request = decode_entry(leaves[0]) if leaves else None
+                if (
+                    not isinstance(request, RequestLeg)
+                    or request.request_id != link.request_id
+                    or request.decision != "allowed"
+                ):
+                    return Failure(
+                        f"{where}: names {named}, which is not the allowed request leg of "
+                        f"request {link.request_id!r}",
+                        link.index,
+                    )
+                answer = decode_entry(link.leaf)
+                if keys is None or not isinstance(answer, ResponseLeg) or _is_sealed(answer):
+                    continue
+                body = None if _is_sealed(request) else request.envelope
+                try:
+                    check_response_leg(answer, keys, request_body=body)
+                except VerificationError as exc:
+                    if answer.status != "node_fault":
+                        return Failure(f"{where} (request {named}): {exc.message}", link.index)
+    finally:
+        for source in opened.values():
+            source.close()
+    return None
 
 
 def _compare_witnessed(

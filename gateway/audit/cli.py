@@ -38,7 +38,13 @@ from fedgate.audit_entry import (
     micros_to_time,
     time_to_micros,
 )
-from fedgate.auditverify import LogSource, VerifyOptions, VerifyReport, verify_log
+from fedgate.auditverify import (
+    LogSource,
+    VerifyOptions,
+    VerifyReport,
+    check_cross_shard_links,
+    verify_log,
+)
 from fedgate.checkpoint import CosignatureVerifier, parse_checkpoint
 from fedgate.commands.users import add_user_parser
 from fedgate.errors import FedgateError, InvalidArgument, NotFound, VerificationError
@@ -287,6 +293,7 @@ def _verify(args: argparse.Namespace) -> int:
     registry = Registry.load_dir(args.federation)
     witnesses = witness_verifiers(registry)
     status = 0
+    reports: list[VerifyReport] = []
     for opener in _sources(args):
         probe = opener()
         try:
@@ -318,9 +325,42 @@ def _verify(args: argparse.Namespace) -> int:
             start=args.start,
         )
         _print_report(report)
+        reports.append(report)
         if not report.ok:
             status = 1
-    return status
+    return max(status, _check_links(args, reports))
+
+
+def _check_links(args: argparse.Namespace, reports: list[VerifyReport]) -> int:
+    """The response legs naming request legs in other shards (tickets answered through
+    another instance): checked when every shard of the database was verified."""
+    links = sum(len(r.links) for r in reports)
+    if not links:
+        return 0
+    if args.db is not None or args.origin:
+        print(
+            f"  {links} response leg(s) name request legs in other shards: verify every shard "
+            "(--pg without --origin) to check them"
+        )
+        return 0
+    from gateway.audit.pg_store import PgDatabase
+
+    failure = check_cross_shard_links(
+        reports,
+        functools.partial(_open_shard, PgDatabase, args.pg, args.schema),
+        federation=None if args.no_signatures else args.federation,
+    )
+    if failure is not None:
+        print(f"FAILED: {failure.message}")
+        print(f"fedgate audit verify: {failure.message}", file=sys.stderr)
+        return 1
+    print(f"cross-shard links: {links} response leg(s) each name their request leg: OK")
+    return 0
+
+
+def _open_shard(database: Any, dsn: str, schema: str, origin: str) -> _Source:
+    source: _Source = database(dsn, origin=origin, schema=schema, writer=False)
+    return source
 
 
 def _witnessed(args: argparse.Namespace, registry: Registry, origin: str) -> list[tuple[str, str]]:

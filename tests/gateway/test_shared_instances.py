@@ -219,7 +219,9 @@ class TestTicketsAcrossInstances:
         await asyncio.wait_for(follow(), timeout=20)
         assert states == [ticket_pb2.TICKET_STATE_WAITING, ticket_pb2.TICKET_STATE_ANSWERED]
 
-    async def test_every_shard_verifies_with_the_cross_shard_legs(self, trio: Trio) -> None:
+    async def test_every_shard_verifies_with_the_cross_shard_legs(
+        self, trio: Trio, capsys: pytest.CaptureFixture[str]
+    ) -> None:
         """``fedgate audit verify`` over every shard: signatures, index rows, and the ticket
         answers logged in B's shard whose request legs are in A's (none flagged missing)."""
         h = trio.a
@@ -227,10 +229,37 @@ class TestTicketsAcrossInstances:
         h.node.answer(ticket_id)
         _, answer = await trio.police_on(trio.b, sent).get_ticket(ticket_id)
         assert answer is not None
-        audit = h.config().audit
-        argv = ["audit", "verify", "--pg", audit.dsn, "--schema", audit.schema,
-                "--federation", str(h.federation), "--quiet"]  # fmt: skip
-        assert await asyncio.to_thread(fedgate_main, argv) == 0
+        assert await verify_every_shard(trio) == 0
+        out = capsys.readouterr().out
+        assert "cross-shard links: 1 response leg(s) each name their request leg: OK" in out
+
+    async def test_a_cross_shard_leg_naming_the_wrong_request_fails_verification(
+        self, trio: Trio, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        h = trio.a
+        await h.client().submit(h.request())  # entries 0 and 1 of shard A: another request
+        await trio.b.audit.append(
+            ResponseLeg(
+                request_id="not-that-request",
+                request_leaf_index=0,
+                responder="bank.icbc",
+                received_at=datetime.now(UTC),
+                status="unavailable",
+                response_hash=b"",
+                responder_signature=b"",
+                request_origin=SHARD_A,
+            )
+        )
+        assert await verify_every_shard(trio) == 1
+        out = capsys.readouterr().out
+        assert f"names {SHARD_A} entry 0, which is not the allowed request leg" in out
+
+
+async def verify_every_shard(trio: Trio) -> int:
+    audit = trio.a.config().audit
+    argv = ["audit", "verify", "--pg", audit.dsn, "--schema", audit.schema,
+            "--federation", str(trio.a.federation), "--quiet"]  # fmt: skip
+    return int(await asyncio.to_thread(fedgate_main, argv))
 
 
 class TestAlertsAcrossInstances:
