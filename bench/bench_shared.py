@@ -37,11 +37,11 @@ from psycopg import sql
 
 from bench.bench_pipeline import BANK, _channel, _closed_loop, _Envelopes, _Process
 from fedgate.pki import init_federation
+from gateway.config import SHARED_STORES
 
 __all__ = ["run"]
 
 DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
-_STORES = ("replay", "outcomes", "rules", "quotas")
 _UNLIMITED = {
     "officer_per_minute": 1e9,
     "officer_burst": 10**9,
@@ -152,7 +152,7 @@ def run(quick: bool) -> dict[str, tuple[float, str]]:
                 if process is not None:
                     process.stop()
             with psycopg.connect(dsn, autocommit=True) as admin:
-                for store in _STORES:
+                for store in SHARED_STORES:
                     admin.execute(
                         sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
                             sql.Identifier(f"{prefix}_{store}")

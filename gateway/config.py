@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Final
 
 from fedgate.config import ConfigError, build, read_toml, with_env
 from fedgate.envelope import MAX_BODY_BYTES
@@ -44,6 +44,7 @@ from gateway.audit.pg_store import DEFAULT_SCHEMA
 
 __all__ = [
     "ENV_PREFIX",
+    "SHARED_STORES",
     "AlertsConfig",
     "AppealsConfig",
     "AuditConfig",
@@ -101,6 +102,10 @@ class PipelineConfig:
     reconcile_interval_s: float = 30.0
     """How often request legs left without a response leg are reconciled with their node
     (besides once at start-up, before serving); 0 turns the periodic pass off."""
+
+
+SHARED_STORES: Final = ("replay", "outcomes", "rules", "quotas", "tickets", "alerts", "sessions")
+"""The stores of ``[shared] store = "postgres"``, each in the schema ``shared_schema(store)``."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -266,8 +271,8 @@ class GatewayConfig:
         return self.shared.dsn or self.audit.dsn
 
     def shared_schema(self, store: str) -> str:
-        """The PostgreSQL schema of one shared store (``"replay"``, ``"outcomes"``, ``"rules"``,
-        ``"quotas"``): ``<shared.schema or audit.schema>_<store>``."""
+        """The PostgreSQL schema of one shared store (one of ``SHARED_STORES``):
+        ``<shared.schema or audit.schema>_<store>``."""
         return f"{self.shared.schema or self.audit.schema}_{store}"
 
     @property

@@ -23,8 +23,8 @@ SHARED_SETTINGS: Mapping[str, Mapping[str, Any]] = {
 }
 """What several instances MUST share besides their audit shards, section by section: merged
 into every instance's config (the gateway refuses workers without it, ``gateway.workers``).
-``[shared] store = "postgres"`` puts the replay cache, recorded outcomes, business-rule state
-and quotas in the database (docs/operations.md)."""
+``[shared] store = "postgres"`` puts the replay cache, recorded outcomes, business-rule state,
+quotas, tickets, alert streams and console logouts in the database (docs/operations.md)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from fedgate.testing import free_port
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options
 from fedgate.types import MemberId
 from gateway.audit.pg_store import PgDatabase
+from gateway.config import SHARED_STORES
 
 POLICE = MemberId("police.gd.afc")
 
@@ -162,11 +163,12 @@ def drop_schemas(pg: PgTarget) -> None:
     """Drop the stores that derive their schema from the audit schema (the fixture drops the
     audit schema itself)."""
     with psycopg.connect(pg.dsn, autocommit=True, connect_timeout=3) as conn:
-        conn.execute(
-            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
-                sql.Identifier(f"{pg.schema}_replay")
+        for store in SHARED_STORES:
+            conn.execute(
+                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                    sql.Identifier(f"{pg.schema}_{store}")
+                )
             )
-        )
 
 
 @dataclass

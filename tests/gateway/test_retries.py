@@ -27,7 +27,7 @@ from fedgate.status import error_from_rpc
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options
 from fedgate.types import MemberId
 from fedgate.v1 import envelope_pb2, gateway_service_pb2
-from gateway.config import AuditConfig, PipelineConfig, SharedConfig
+from gateway.config import SHARED_STORES, AuditConfig, PipelineConfig, SharedConfig
 from gateway.server import Gateway
 from tests.gateway.conftest import GatewayHarness, Refusal, start_harness
 
@@ -202,7 +202,6 @@ class TestOneGateway:
 
 SHARD_A = "fedgate.test/gateway/shard-a"
 SHARD_B = "fedgate.test/gateway/shard-b"
-SHARED_STORES = ("replay", "outcomes", "rules", "quotas")
 
 
 @dataclasses.dataclass

@@ -26,7 +26,13 @@ from fedgate.types import MemberId
 from fedgate.v1 import envelope_pb2, ticket_pb2
 from fedgate.web.auth import Role, ScryptParams, UserStore
 from gateway.alerts import Alert, PgAlertHub
-from gateway.config import AuditConfig, ConsoleConfig, PipelineConfig, SharedConfig
+from gateway.config import (
+    SHARED_STORES,
+    AuditConfig,
+    ConsoleConfig,
+    PipelineConfig,
+    SharedConfig,
+)
 from gateway.server import Gateway
 from gateway.sessions import PgRevocations
 from gateway.tickets import PendingRequest, PgTickets, TicketRecord
@@ -38,7 +44,6 @@ POLICE = MemberId("police.gd.afc")
 SHARD_A = "fedgate.test/gateway/shard-a"
 SHARD_B = "fedgate.test/gateway/shard-b"
 SHARD_C = "fedgate.test/gateway/shard-c"
-SHARED_STORES = ("replay", "outcomes", "rules", "quotas", "tickets", "alerts", "sessions")
 PASSWORD = "correct horse battery"
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
