@@ -396,7 +396,10 @@ class AlertServicer:
             member = self._authenticate(lambda: peer_member_id(context))
         except FedgateError as error:
             await abort_with(context, error)
-        async for alert in self._hub.subscribe(
-            member.id, kinds=tuple(request.kinds), after_sequence=request.after_sequence
-        ):
-            yield alert
+        try:
+            async for alert in self._hub.subscribe(
+                member.id, kinds=tuple(request.kinds), after_sequence=request.after_sequence
+            ):
+                yield alert
+        except FedgateError as error:  # the store failed (AuditUnavailable): say so
+            await abort_with(context, error)

@@ -43,7 +43,7 @@ import psycopg
 
 from fedgate.audit_entry import micros_to_time, time_to_micros
 from fedgate.envelope import decode_response
-from fedgate.errors import AgencyUnavailable, AuditUnavailable, Expired, NotFound
+from fedgate.errors import AgencyUnavailable, AuditUnavailable, Expired, FedgateError, NotFound
 from fedgate.render import format_time
 from fedgate.storage import Schema, open_store
 from fedgate.types import MemberId
@@ -350,10 +350,19 @@ class PgTickets:
 
     @asynccontextmanager
     async def hold(self, ticket_id: str) -> AsyncIterator[TicketHold]:
+        failure: FedgateError | None = None
         async with self._pool.connection() as conn, conn.transaction():
             cursor = await conn.execute(_SELECT_PG + " FOR UPDATE", (ticket_id,))
             row = await cursor.fetchone()
-            yield _PgHold(conn, None if row is None else _record(row))
+            try:
+                yield _PgHold(conn, None if row is None else _record(row))
+            except FedgateError as exc:
+                # The holder's own failure (the node unreachable, a bad answer): nothing is
+                # stored, and the connection, rolled back, stays usable for the next one.
+                failure = exc
+                raise psycopg.Rollback() from None
+        if failure is not None:
+            raise failure
 
     def close(self) -> None:
         self._pool.close()

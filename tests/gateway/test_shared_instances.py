@@ -21,7 +21,7 @@ from psycopg import sql
 from fedgate.audit_entry import EventEntry, ResponseLeg, decode_entry
 from fedgate.cli import main as fedgate_main
 from fedgate.client import FedgateClient
-from fedgate.errors import NotFound
+from fedgate.errors import AgencyUnavailable, NotFound
 from fedgate.types import MemberId
 from fedgate.v1 import envelope_pb2, ticket_pb2
 from fedgate.web.auth import Role, ScryptParams, UserStore
@@ -387,6 +387,31 @@ class TestPgTickets:
         finally:
             a.close()
             b.close()
+
+    async def test_a_holders_failure_stores_nothing_and_the_ticket_stays_usable(
+        self, pg: Any
+    ) -> None:
+        store = PgTickets(dsn=pg.dsn, schema=pg.schema, origin=SHARD_A, connections=1)
+        try:
+            waiting = TicketRecord(pending=pending("t-2"), state=ticket_pb2.TICKET_STATE_WAITING)
+            await store.create(waiting)
+
+            async def claim_then_fail() -> None:
+                async with store.hold("t-2") as held:
+                    assert held.record is not None
+                    claimed = dataclasses.replace(
+                        held.record, state=ticket_pb2.TICKET_STATE_CLAIMED
+                    )
+                    await held.update(claimed)
+                    raise AgencyUnavailable("node down")
+
+            with pytest.raises(AgencyUnavailable, match="node down"):
+                await claim_then_fail()
+            async with store.hold("t-2") as held:  # the one connection, rolled back, reused
+                assert held.record is not None
+                assert held.record.state == ticket_pb2.TICKET_STATE_WAITING
+        finally:
+            store.close()
 
 
 class TestPgAlertHub:
