@@ -17,7 +17,9 @@ before the gateway serves.
 The state that decides requests is this process's own (``[shared] store = "local"``, the
 default) or shared with every instance on one PostgreSQL database (``"postgres"``): the replay
 cache, the recorded outcomes of safe retries (``gateway.retries``), the business-rule state
-(``gateway.rules_pg``) and the quotas (``gateway.quotas.PgQuotas``).
+(``gateway.rules_pg``), the quotas (``gateway.quotas.PgQuotas``), the tickets
+(``gateway.tickets.PgTickets``), the alert streams (``gateway.alerts.PgAlertHub``) and the
+auditor console's logouts (``gateway.sessions``).
 
 With ``console.listen`` set, the auditor web console (``gateway.console``) is served in the same
 event loop, over the same audit log (either store); its logins, reveals and exports are entries
