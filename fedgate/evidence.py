@@ -385,6 +385,8 @@ def _check_entry(
         return [
             f"entry {i}: request {entry.request_id} signed by {signer}, allowed by {entry.rule!r}"
         ]
+    if isinstance(entry, ResponseLeg) and entry.request_origin:
+        return _foreign_response(i, entry, keys)
     if isinstance(entry, ResponseLeg):
         request = decoded.get(entry.request_leaf_index)
         if request is None:
@@ -422,3 +424,25 @@ def _check_entry(
             f"request in entry {entry.request_leaf_index}"
         ]
     return [f"entry {i}: event {entry.kind} by {entry.actor}"]
+
+
+def _foreign_response(i: int, entry: ResponseLeg, keys: HistoricalKeys) -> list[str]:
+    """A ticket answer logged in another shard than its request leg: its signature checks
+    here; its binding to the request is checked with the request's shard (``fedgate audit
+    verify`` over every shard, or that shard's bundle of the request)."""
+    where = f"entry {entry.request_leaf_index} of {entry.request_origin}"
+    if sealed_digest(entry.response_envelope) is not None:
+        return [
+            f"entry {i}: {entry.status} from {entry.responder} (sealed) for the request in {where}"
+        ]
+    try:
+        responder = check_response_leg(entry, keys, request_body=None)
+    except VerificationError as exc:
+        if entry.status == "node_fault":
+            return [f"entry {i}: node fault at {entry.responder} ({exc.message})"]
+        raise VerificationError(f"entry {i}: {exc.message}") from exc
+    signed = f"signed by {responder}" if responder else "no signed response kept"
+    return [
+        f"entry {i}: response ({entry.status}, {signed}) to the request in {where}, another "
+        "shard: its binding to that request is checked with that shard"
+    ]

@@ -776,7 +776,7 @@ def _related(source: _Source, index: int) -> list[int]:
         raise NotFound(f"no entry {index} in the log")
     c = hits[0].columns
     related = {index}
-    if c[0] == EntryKind.RESPONSE:
+    if c[0] == EntryKind.RESPONSE and c[11] >= 0:  # (-1: its request leg is in another shard)
         related.add(c[11])
     elif c[0] == EntryKind.REQUEST and c[1]:
         related |= {

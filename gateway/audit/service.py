@@ -114,7 +114,7 @@ async def export_evidence(log: AuditLog, index: int) -> bytes:
         raise NotFound(f"no entry {index}: the log has {log.size} entries")
     related = {index}
     columns = row.columns
-    if columns[0] == EntryKind.RESPONSE:
+    if columns[0] == EntryKind.RESPONSE and columns[11] >= 0:  # (-1: in another shard)
         related.add(columns[11])
     elif columns[0] == EntryKind.REQUEST and columns[1]:
         hits = await log.search(SearchQuery(request_id=columns[1], limit=MAX_PAGE_SIZE))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -26,6 +27,7 @@ from fedgate.types import MemberId
 from fedgate.v1 import envelope_pb2, ticket_pb2
 from fedgate.web.auth import Role, ScryptParams, UserStore
 from gateway.alerts import Alert, PgAlertHub
+from gateway.audit.service import export_evidence
 from gateway.config import (
     SHARED_STORES,
     AuditConfig,
@@ -177,6 +179,10 @@ class TestTicketsAcrossInstances:
         assert again is not None
         assert again.signed == answer.signed
         assert [h.gateway.audit.size, b.audit.size] == sizes
+        # B's evidence of the answer holds its own entry only: the request is A's to export.
+        bundle = json.loads(await export_evidence(b.audit, answer.receipt.leaf_index))
+        assert bundle["origin"] == SHARD_B
+        assert [e["index"] for e in bundle["entries"]] == [answer.receipt.leaf_index]
 
     async def test_another_member_gets_not_found_on_b_and_the_probe_is_logged_there(
         self, trio: Trio
