@@ -470,6 +470,12 @@ _AUDIT_UI: dict[str, tuple[str, str]] = {
         "Every request and answer exchanged through the gateway is recorded here.",
     ),
     "audit.col.time": ("时间", "Time"),
+    "audit.col.shard": ("日志分片", "Log shard"),
+    "audit.shard": ("日志分片", "Log shard"),
+    "audit.log.shards": (
+        "共 {count} 个日志分片（每个网关实例一个），逐一核验",
+        "{count} log shards (one per gateway instance), each checked",
+    ),
     "audit.col.kind": ("类型", "Kind"),
     "audit.col.members": ("请求单位 → 目标单位", "From → to"),
     "audit.col.officer": ("民警 / 账号", "Officer or user"),
