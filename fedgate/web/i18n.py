@@ -442,6 +442,7 @@ _AUDIT_UI: dict[str, tuple[str, str]] = {
     "event_detail.request_id": ("请求", "request"),
     "event_detail.action": ("事项", "action"),
     "event_detail.entry": ("记录", "entry"),
+    "event_detail.shard": ("日志分片", "shard"),
     "event_detail.field": ("字段", "field"),
     "event_detail.places": ("处数", "places"),
     "event_detail.reason": ("理由", "reason"),

@@ -20,6 +20,10 @@ read on every request, so a revocation ends sessions at once). Pages:
 - ``/appeals`` appeals (Art. 32) from the log (``gateway.appeals``): pending, overdue, upheld and
   lifted, each linked to its filing, decision and lifting order; subjects masked.
 
+On PostgreSQL the console covers every shard of the schema (``gateway.console._shards``): the
+list, charts, flags and log page span them all, and another instance's shard serves the entry,
+chase, reveal and evidence pages under ``/shards/{key}/``.
+
 Contract:
 
 - Identifier values MUST be masked on every page until the auditor reveals one with a

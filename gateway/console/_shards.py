@@ -309,6 +309,9 @@ class Shards:
         return rows[:_MAX_ROWS]
 
     async def refusal_days(self, window: TimeWindow, *, minimum: int) -> list[OfficerDay]:
+        shards = await self.every()
+        if len(shards) == 1:
+            return await shards[0].insights.refusal_days(window, minimum=minimum)
         # Summed before the threshold: two shards' refusals of one officer on one day count
         # together.
         rows = [

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 import pytest_asyncio
 
+from fedgate.audit_entry import RequestLeg
 from fedgate.checkpoint import parse_checkpoint
 from fedgate.errors import AuditUnavailable, InvalidArgument, NotFound
 from fedgate.merkle import verify_inclusion
@@ -24,7 +26,7 @@ from gateway.audit.reader import ShardReader
 from gateway.audit.store import SearchQuery
 from gateway.console._shards import Shard, Shards, shard_key
 from gateway.console._state import LogWatch
-from tests.gateway.audit.test_insights_pg import ALL, entries
+from tests.gateway.audit.test_insights_pg import ALL, T0, entries
 
 if TYPE_CHECKING:
     from conftest import Fed, PgTarget
@@ -181,3 +183,31 @@ class TestShards:
         for insights in (home, other):
             total += sum(r.count for r in await insights.refusals(ALL))
         assert sum(r.count for r in refusals) == total > 0
+
+    async def test_refusals_of_one_officer_day_count_across_shards(self, two: Two) -> None:
+        at = T0 + timedelta(days=3, hours=2)
+        for n, log in enumerate((two.home, two.other, two.home, two.other)):
+            await log.append(
+                RequestLeg(
+                    envelope=b"",
+                    peer="police.gd.afc",
+                    peer_cert_sha256="",
+                    received_at=at + timedelta(minutes=n),
+                    decision="refused",
+                    rule="POLICY_DENIED: no",
+                    request_id=f"refused-{n}",
+                    requesting_agency="police.gd.afc",
+                    officer_id="refused-often",
+                    case_number="A9",
+                    action="account_holder",
+                    target_agency="bank.icbc",
+                )
+            )
+        await two.shards.every()
+        for shard in two.shards.all:
+            alone = await shard.insights.refusal_days(ALL, minimum=3)
+            assert "refused-often" not in {r.officer_id for r in alone}
+        merged = await two.shards.refusal_days(ALL, minimum=3)
+        (flagged,) = [r for r in merged if r.officer_id == "refused-often"]
+        assert flagged.count == 4
+        assert flagged.origin in (HOME, OTHER)
