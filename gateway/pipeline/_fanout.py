@@ -227,6 +227,9 @@ async def _admit(
     except FedgateError as error:  # nothing was asked: that is the outcome
         await pipeline._record(x, RecordedOutcome(error=error))
         raise
+    except asyncio.CancelledError:  # nothing was asked either: no retry waits on it forever
+        pipeline._record_later(x, Expired("its caller went away before any member was asked"))
+        raise
     return refused, [
         replace(xt, request_entry=x.request_entry, request_receipt=x.request_receipt)
         for xt in allowed
