@@ -16,11 +16,12 @@ Contract:
   request leg is a refusal and the caller gets the first member's error.
 - Every allowed member MUST end in exactly one streamed item and one response leg: its answer,
   a ticket, an error (a faulty answer), or ``no_answer`` when it was silent or unreachable by
-  the deadline; the exchanges run to their end even if the caller goes away.
+  the deadline; once stages 1–7 have passed, the request leg and the exchanges run to their end
+  even if the caller goes away.
 - Safe retries (``gateway.retries``): the fan-out claims its request id at stage 4 like a single
   request. Once every member has ended, the items streamed (the refused members' first, then
-  in the order they were streamed) MUST be recorded as its outcome; a wholly refused fan-out
-  records its error. A retry of the same signed request (on any instance sharing the outcomes)
+  in the order they were streamed) MUST be recorded as its outcome, before the stream ends; a
+  wholly refused fan-out records its error. A retry of the same signed request (on any instance sharing the outcomes)
   gets those items, byte for byte, or ``IN_PROGRESS`` until they are recorded, and nothing is
   asked again; another request with the id stays refused (``REPLAYED``).
 """
@@ -108,13 +109,45 @@ async def run_fan_out(
         for item in first:
             yield item
         return
+    # From here on the fan-out runs to its end even if the caller goes away (as a Submit
+    # does): a member that answered must have its answer (or its silence) in the log, and the
+    # items are recorded for retries once every member has ended (until then: IN_PROGRESS).
+    results: asyncio.Queue[FanOutResponse | FedgateError] = asyncio.Queue()
+    rest = asyncio.ensure_future(_log_and_ask(pipeline, x, refused, allowed, results, remaining_s))
+    rest.add_done_callback(_retrieve)
+    for _ in range(len(refused) + len(allowed)):
+        got = await results.get()
+        if isinstance(got, FedgateError):
+            raise got
+        yield got
+    # The stream ends once the outcome is recorded: a retry sent after it gets the items.
+    await asyncio.shield(rest)
+
+
+async def _log_and_ask(
+    pipeline: Pipeline,
+    x: Exchange,
+    refused: list[tuple[MemberId, FedgateError]],
+    allowed: list[Exchange],
+    results: asyncio.Queue[FanOutResponse | FedgateError],
+    remaining_s: float | None,
+) -> None:
+    """Stage 8 (the one request leg), then every allowed member asked in parallel; each item
+    (or the error that ends the fan-out) is put in ``results``; the outcome is recorded."""
+    try:
+        with stage(x, pipeline._telemetry, "audit_request"):
+            x.request_entry = x.request_leg(decision="allowed", rule=x.rule)
+            x.request_receipt = await pipeline._legs.append(x.request_entry, "request")
+    except FedgateError as error:  # nothing was asked: that is the outcome
+        await pipeline._record(x, RecordedOutcome(error=error))
+        await results.put(error)
+        return
     request_id = x.req().request_id
     streamed: list[FanOutResponse] = []
     for target, why in refused:
         item = FanOutResponse(request_id=request_id, target_agency=target, error=error_detail(why))
         streamed.append(item)
-        yield item
-    results: asyncio.Queue[FanOutResponse] = asyncio.Queue()
+        await results.put(item)
     timeout = pipeline._forwarder.node_timeout(remaining_s)
 
     async def one(xt: Exchange) -> None:
@@ -138,18 +171,12 @@ async def run_fan_out(
         streamed.append(out)
         await results.put(out)
 
-    async def record_when_done(tasks: list[asyncio.Task[None]]) -> None:
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await pipeline._record(x, RecordedOutcome(fan_out=tuple(streamed)))
-
-    # The exchanges are not cancelled when the caller goes away: a member that answered must
-    # have its answer (or its silence) in the log, and the items are recorded for retries
-    # once every member has ended (until then a retry is told IN_PROGRESS).
-    tasks = [asyncio.ensure_future(one(xt)) for xt in allowed]
-    recording = asyncio.ensure_future(record_when_done(tasks))
-    recording.add_done_callback(_retrieve)
-    for _ in tasks:
-        yield await results.get()
+    members = [
+        replace(xt, request_entry=x.request_entry, request_receipt=x.request_receipt)
+        for xt in allowed
+    ]
+    await asyncio.gather(*(one(xt) for xt in members))
+    await pipeline._record(x, RecordedOutcome(fan_out=tuple(streamed)))
 
 
 def _retrieve(task: asyncio.Future[None]) -> None:
@@ -160,8 +187,8 @@ def _retrieve(task: asyncio.Future[None]) -> None:
 async def _admit(
     pipeline: Pipeline, x: Exchange, raw: bytes, peer: PeerSource
 ) -> tuple[list[tuple[MemberId, FedgateError]], list[Exchange]] | Claim:
-    """Stages 1–8: the members refused (with why) and an exchange per member allowed; the
-    request leg is durable on return. A retry of the same signed request stops at stage 4 and
+    """Stages 1–7: the members refused (with why) and an exchange per member allowed (the
+    request leg is ``_log_and_ask``'s). A retry of the same signed request stops at stage 4 and
     returns the first attempt's claim instead."""
     telemetry = pipeline._telemetry
     refused: list[tuple[MemberId, FedgateError]] = []
@@ -220,17 +247,4 @@ async def _admit(
         _log.exception("unexpected error at fan-out stage %s", x.stage)
         internal = FedgateError(f"internal error at stage {x.stage}")
         raise await pipeline._refuse(x, internal) from exc
-    try:
-        with stage(x, telemetry, "audit_request"):
-            x.request_entry = x.request_leg(decision="allowed", rule=x.rule)
-            x.request_receipt = await pipeline._legs.append(x.request_entry, "request")
-    except FedgateError as error:  # nothing was asked: that is the outcome
-        await pipeline._record(x, RecordedOutcome(error=error))
-        raise
-    except asyncio.CancelledError:  # nothing was asked either: no retry waits on it forever
-        pipeline._record_later(x, Expired("its caller went away before any member was asked"))
-        raise
-    return refused, [
-        replace(xt, request_entry=x.request_entry, request_receipt=x.request_receipt)
-        for xt in allowed
-    ]
+    return refused, allowed

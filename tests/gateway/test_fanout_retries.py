@@ -184,3 +184,37 @@ class TestTwoGatewaysSharingOutcomes:
             refusal = refused(await fan_out(h.federation, b, h.sign(forged)))
             assert (refusal.code, refusal.error.reason) == (SC.ALREADY_EXISTS, "REPLAYED")
         assert asked(h, first.request_id) == 1
+
+
+class TestTheSdk:
+    async def test_it_retries_a_cut_off_fan_out_and_gets_the_first_items(
+        self, harness: GatewayHarness
+    ) -> None:
+        request = fan_request(harness)
+        # The request leg's commit stalls past the caller's deadline: the call times out while
+        # the gateway still runs the fan-out. The SDK sends the same envelope again:
+        # IN_PROGRESS (or a timeout) until the first attempt's items are recorded, then those
+        # items, each yielded once.
+        harness.store.stall_next_s = 1.0
+        client = harness.client()
+        items = [i async for i in client.fan_out(request, timeout=0.4, attempts=20)]
+        by_target = {item.target: item for item in items}
+        assert len(items) == len(by_target) == 2
+        assert asked(harness, request.request_id) <= 1
+        legs = [e for e in await harness.entries() if isinstance(e, RequestLeg)]
+        mine = [leg for leg in legs if leg.request_id == request.request_id]
+        assert mine[0].decision == "allowed"
+        assert len(mine) >= 2, "the SDK did not retry"
+        assert {leg.rule.split(":")[0] for leg in mine[1:]} <= {"RETRIED", "IN_PROGRESS"}
+        assert mine[-1].rule.startswith("RETRIED: ")
+        # What the SDK yielded is the recorded outcome: a raw retry gets the same bank item.
+        again = await fan_out(harness.federation, harness.endpoint, harness.sign(request))
+        assert not isinstance(again, Refusal)
+        (bank,) = [item for item in again if item.target_agency == BANK]
+        yielded = by_target[BANK]
+        if bank.HasField("response"):
+            assert yielded.answer is not None
+            assert yielded.answer.signed == bank.response
+        else:
+            assert yielded.no_answer == bank.no_answer.detail
+            assert bank.no_answer.detail
