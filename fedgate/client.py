@@ -496,31 +496,52 @@ class FedgateClient:
         return Submitted(answer=self._verify(reply.response, envelope), ticket=None)
 
     async def fan_out(
-        self, request: request_pb2.Request, *, timeout: float = 15.0
+        self,
+        request: request_pb2.Request,
+        *,
+        timeout: float = 15.0,
+        attempts: int = SUBMIT_ATTEMPTS,
     ) -> AsyncIterator[FanOutItem]:
         """Send one request to the members of its ``target_set``; yields each member's outcome
         as it arrives, every answer verified as for ``submit`` with that member as responder,
         and ends with a ``no_answer`` for every member the gateway never reported. Raises
         ``FedgateError`` when the gateway refuses the request as a whole, and
-        ``VerificationError`` for an item naming a member outside the set or twice."""
+        ``VerificationError`` for an item naming a member outside the set or twice.
+
+        Safe retries as for ``submit``: a call cut off (``DEADLINE_EXCEEDED``, no gateway
+        reached) or told ``IN_PROGRESS`` sends the same signed envelope again, up to
+        ``attempts`` calls; the gateway streams the first attempt's items again, and those
+        already yielded are skipped (each MUST be byte for byte the one first received)."""
+        if attempts < 1:
+            raise ValueError("attempts must be at least 1")
         targets = resolve_targets(request, self.registry)
         envelope = self.sign(request)
-        seen: set[str] = set()
-        try:
-            stream = self._stub.FanOut(
-                gateway_service_pb2.FanOutRequest(envelope=envelope), timeout=timeout
-            )
-            async for item in stream:
-                target = MemberId(item.target_agency)
-                if target not in targets or target in seen:
-                    raise VerificationError(
-                        f"the gateway reported an outcome for {target!r}, which is not a member "
-                        "of the fan-out still awaited"
-                    )
-                seen.add(target)
-                yield self._fan_out_item(target, item, envelope, request.request_id)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from exc
+        fan = gateway_service_pb2.FanOutRequest(envelope=envelope)
+        seen: dict[str, bytes] = {}
+        for attempt in range(1, attempts + 1):
+            try:
+                async for item in self._stub.FanOut(fan, timeout=timeout):
+                    target = MemberId(item.target_agency)
+                    data = item.SerializeToString()
+                    if attempt > 1 and seen.get(target) == data:
+                        continue  # the first attempt's item, streamed again for the retry
+                    if target not in targets or target in seen:
+                        raise VerificationError(
+                            f"the gateway reported an outcome for {target!r}, which is not a "
+                            "member of the fan-out still awaited"
+                        )
+                    seen[target] = data
+                    yield self._fan_out_item(target, item, envelope, request.request_id)
+                break
+            except grpc.RpcError as exc:
+                error = error_from_rpc(exc)
+                if attempt == attempts or error.reason not in _RETRYABLE:
+                    raise error from exc
+                await asyncio.sleep(
+                    error.retry_after_s
+                    if isinstance(error, InProgress)
+                    else min(_RETRY_BACKOFF_MAX_S, _RETRY_BACKOFF_S * 2 ** (attempt - 1))
+                )
         for target in targets:
             if target not in seen:
                 yield FanOutItem(

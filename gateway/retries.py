@@ -7,7 +7,8 @@ retry by its request id and the SHA-256 of the signed body (the same id with ano
 different request, refused as ``REPLAYED``), and answers it without running anything again:
 
 - the first attempt finished: its recorded outcome, byte for byte (the same signed answer,
-  countersignature and receipt, the same ticket, or the same refusal);
+  countersignature and receipt, the same ticket, or the same refusal; for a fan-out every
+  member's item as first streamed, each answer with its own receipt);
 - the first attempt is still running: ``InProgress`` (``UNAVAILABLE``, reason
   ``IN_PROGRESS``, with a ``RetryInfo`` delay): ask again.
 
@@ -36,6 +37,7 @@ from the audit log.
 from __future__ import annotations
 
 import heapq
+import struct
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -61,19 +63,26 @@ RETRIED: Final = "RETRIED"
 _PRUNE_EVERY_US: Final = 30 * 1_000_000
 _ANSWER = b"A"
 _ERROR = b"E"
+_FAN_OUT = b"F"
+_ITEM_LENGTH = struct.Struct(">I")
 
 
 @dataclass(frozen=True, slots=True)
 class RecordedOutcome:
-    """What the first attempt of a request ended with: the reply the caller got, or the error."""
+    """What the first attempt of a request ended with: the reply the caller got, the items a
+    fan-out streamed (in the order it streamed them), or the error."""
 
     reply: gateway_service_pb2.SubmitResponse | None = None
     error: FedgateError | None = None
+    fan_out: tuple[gateway_service_pb2.FanOutResponse, ...] | None = None
 
     def encode(self) -> bytes:
         if self.reply is not None:
             return _ANSWER + self.reply.SerializeToString()
-        assert self.error is not None, "an outcome is a reply or an error"
+        if self.fan_out is not None:
+            items = [item.SerializeToString() for item in self.fan_out]
+            return _FAN_OUT + b"".join(_ITEM_LENGTH.pack(len(i)) + i for i in items)
+        assert self.error is not None, "an outcome is a reply, a fan-out's items or an error"
         return _ERROR + error_detail(self.error).SerializeToString()
 
     @classmethod
@@ -85,9 +94,25 @@ class RecordedOutcome:
                 return cls(reply=gateway_service_pb2.SubmitResponse.FromString(body))
             if kind == _ERROR:
                 return cls(error=error_from_detail(status_pb2.ErrorDetail.FromString(body)))
+            if kind == _FAN_OUT:
+                return cls(fan_out=_fan_out_items(body))
         except Exception as exc:  # protobuf's DecodeError and friends: unreadable record
             raise AuditUnavailable("a recorded outcome is unreadable") from exc
         raise AuditUnavailable("a recorded outcome is of an unknown kind")
+
+
+def _fan_out_items(body: bytes) -> tuple[gateway_service_pb2.FanOutResponse, ...]:
+    """The length-prefixed ``FanOutResponse`` items of a recorded fan-out."""
+    items = []
+    at = 0
+    while at < len(body):
+        (length,) = _ITEM_LENGTH.unpack_from(body, at)
+        at += _ITEM_LENGTH.size
+        if at + length > len(body):
+            raise ValueError("a recorded fan-out item is cut short")
+        items.append(gateway_service_pb2.FanOutResponse.FromString(body[at : at + length]))
+        at += length
+    return tuple(items)
 
 
 @dataclass(frozen=True, slots=True)

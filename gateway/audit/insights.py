@@ -113,6 +113,8 @@ class OfficerDay:
     day: date
     count: int
     first_index: int
+    origin: str = ""
+    """The shard ``first_index`` is in, when rows of several shards are merged."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +128,8 @@ class CaseWithoutOrder:
     first_index: int
     first_us: int
     last_us: int
+    origin: str = ""
+    """The shard ``first_index`` is in, when rows of several shards are merged."""
 
 
 GROUPINGS: Final = ("requester", "target", "action")

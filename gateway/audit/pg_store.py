@@ -423,6 +423,8 @@ class PgDatabase(StoredNotes):
                     (self._origin,) * 5,
                 )
             else:
+                # A reader never writes: the database holds it to that too.
+                conn.execute("SET default_transaction_read_only = on")
                 prepare_postgres(conn, AUDIT_SCHEMA, where=self._where, writable=False)
                 row = conn.execute(
                     "SELECT 1 FROM shards WHERE origin = %s", (self._origin,)

@@ -60,6 +60,7 @@ from fedgate.v1 import audit_service_pb2, audit_service_pb2_grpc
 from gateway.audit._bodies import BodyDeleted
 from gateway.audit._masked import masked_view
 from gateway.audit.log import AuditLog
+from gateway.audit.reader import LogView
 from gateway.audit.store import IndexedRow, SearchQuery
 from gateway.policy import PolicyDecider, PolicyRequest
 
@@ -105,7 +106,7 @@ async def _open_body(log: AuditLog, stored: bytes) -> tuple[bytes, str]:
         return b"", ""
 
 
-async def export_evidence(log: AuditLog, index: int) -> bytes:
+async def export_evidence(log: LogView, index: int) -> bytes:
     """The evidence bundle for entry ``index``: it and the other leg(s) of its exchange,
     proved against the latest cosigned checkpoint that covers them (else the latest).
     Raises ``NotFound``."""
@@ -138,7 +139,7 @@ async def export_evidence(log: AuditLog, index: int) -> bytes:
     )
 
 
-async def _row(log: AuditLog, index: int, *, visible_to: str = "") -> IndexedRow | None:
+async def _row(log: LogView, index: int, *, visible_to: str = "") -> IndexedRow | None:
     if not 0 <= index < log.size:
         return None
     hits = await log.search(SearchQuery(after_index=index - 1, limit=1, visible_to=visible_to))

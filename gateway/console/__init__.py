@@ -2,7 +2,8 @@
 
 ``_app`` is the Starlette application and its pages; ``_search``, ``_exchange``, ``_state``,
 ``_charts`` and ``_flags`` are the pages' parts (search, one verified exchange, the log's state,
-charts, anomaly flags); ``_countermeasures`` the countermeasures page.
+charts, anomaly flags); ``_countermeasures`` the countermeasures page; ``_shards`` every audit
+shard of the federation (several instances on PostgreSQL), as the pages read them.
 """
 
 from gateway.console._app import (

@@ -20,6 +20,10 @@ read on every request, so a revocation ends sessions at once). Pages:
 - ``/appeals`` appeals (Art. 32) from the log (``gateway.appeals``): pending, overdue, upheld and
   lifted, each linked to its filing, decision and lifting order; subjects masked.
 
+On PostgreSQL the console covers every shard of the schema (``gateway.console._shards``): the
+list, charts, flags and log page span them all, and another instance's shard serves the entry,
+chase, reveal and evidence pages under ``/shards/{key}/``.
+
 Contract:
 
 - Identifier values MUST be masked on every page until the auditor reveals one with a
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -66,7 +71,7 @@ from gateway.console._chase import chase_of, load_chase
 from gateway.console._countermeasures import Countermeasures
 from gateway.console._disclosure import staged_view
 from gateway.console._evidence import masked_bundle
-from gateway.console._exchange import load_exchange
+from gateway.console._exchange import ExchangeView, load_exchange
 from gateway.console._flags import (
     FOLLOW_UP,
     REFUSALS_MINIMUM,
@@ -86,6 +91,7 @@ from gateway.console._search import (
     input_time,
     result_row,
 )
+from gateway.console._shards import Shard, Shards
 from gateway.console._state import LogWatch
 
 __all__ = [
@@ -111,21 +117,25 @@ DEFAULT_DAYS: Final = 30
 
 
 class _Grants:
-    """Which masked fields each session has revealed, until when (in memory: a restart
-    masks everything again)."""
+    """Which masked fields each session has revealed in which shard, until when (in memory: a
+    restart masks everything again)."""
 
     def __init__(self, clock: Callable[[], datetime]) -> None:
         self._clock = clock
-        self._until: dict[tuple[str, int, str], float] = {}
+        self._until: dict[tuple[str, str, int, str], float] = {}
 
-    def add(self, sid: str, leg: int, key: str) -> None:
+    def add(self, sid: str, shard: str, leg: int, key: str) -> None:
         now = self._clock().timestamp()
         self._until = {k: u for k, u in self._until.items() if u > now}
-        self._until[(sid, leg, key)] = now + REVEAL_FOR.total_seconds()
+        self._until[(sid, shard, leg, key)] = now + REVEAL_FOR.total_seconds()
 
-    def of(self, sid: str) -> set[tuple[int, str]]:
+    def of(self, sid: str, shard: str) -> set[tuple[int, str]]:
         now = self._clock().timestamp()
-        return {(leg, key) for (s, leg, key), u in self._until.items() if s == sid and u > now}
+        return {
+            (leg, key)
+            for (s, origin, leg, key), u in self._until.items()
+            if s == sid and origin == shard and u > now
+        }
 
 
 class _AuditorShell(Console):
@@ -215,6 +225,7 @@ class AuditorConsole:
         countermeasures: Countermeasures | None = None,
         appeals: AppealBook | None = None,
         revocations: Revocations | None = None,
+        shared: PgShard | None = None,
     ) -> None:
         self._log = log
         self._countermeasures = countermeasures
@@ -223,9 +234,16 @@ class AuditorConsole:
         self._registry = registry
         self._clock = clock or (lambda: datetime.now(UTC))
         self._grants = _Grants(self._clock)
-        self._officers = OfficerNames(log)
-        self._watch = LogWatch(
+        self._officers: dict[str, OfficerNames] = {}
+        watch = LogWatch(
             log=log, insights=insights, registry=registry, state_dir=state_dir, clock=self._clock
+        )
+        self.shards = Shards(
+            home=Shard("", log, insights, watch),
+            source=shared,
+            registry=registry,
+            state_dir=state_dir,
+            clock=clock,
         )
         self.shell = _AuditorShell(
             allowed=self.is_auditor_member,
@@ -257,6 +275,11 @@ class AuditorConsole:
                 s.page_route("/chases/{index:int}", self._chase_page),
                 s.action_route("/entries/{index:int}/reveal", self._reveal),
                 s.action_route("/entries/{index:int}/evidence", self._evidence),
+                # Another instance's shard (PostgreSQL): the same pages under its key.
+                s.page_route("/shards/{shard}/entries/{index:int}", self._entry_page),
+                s.page_route("/shards/{shard}/chases/{index:int}", self._chase_page),
+                s.action_route("/shards/{shard}/entries/{index:int}/reveal", self._reveal),
+                s.action_route("/shards/{shard}/entries/{index:int}/evidence", self._evidence),
                 s.page_route("/log", self._log_page),
                 s.page_route("/charts", self._charts_page),
                 s.page_route("/flags", self._flags_page),
@@ -297,9 +320,19 @@ class AuditorConsole:
             "outcomes": [(o, page.t(f"outcome.{o}")) for o in OUTCOMES],
             "kinds": [(k, page.t(f"kind.{k}")) for k in ("request", "response", "event")],
             "action_label": lambda a: action_label(page, a),
-            "log_size": self._log.size,
+            "log_size": sum(shard.log.size for shard in self.shards.all),
             "page_size": PAGE_SIZE,
+            "federated": self.shards.federated,
         }
+
+    async def _officer_matches(self, text: str) -> list[OfficerMatch]:
+        """The officers of that name in every shard's request legs."""
+        found: dict[tuple[str, str], OfficerMatch] = {}
+        for shard in await self.shards.every():
+            names = self._officers.setdefault(shard.key, OfficerNames(shard.log))
+            for match in await names.find(text):
+                found.setdefault((match.member, match.officer_id), match)
+        return sorted(found.values(), key=lambda x: (x.name, x.member, x.officer_id))
 
     async def _search_page(self, request: Request, page: Page) -> Response:
         params = dict(request.query_params)
@@ -308,7 +341,7 @@ class AuditorConsole:
         if officer and not looks_like_badge(officer):
             # A name: search by the badge number of the one officer of that name, or offer
             # the choice when several officers (or none) answer to it.
-            matches = await self._officers.find(officer)
+            matches = await self._officer_matches(officer)
             if len(matches) == 1:
                 params["officer"] = matches[0].officer_id
                 if not params.get("member"):
@@ -332,6 +365,8 @@ class AuditorConsole:
                     **self._search_values(page),
                 )
         try:
+            cursor = self.shards.parse_cursor(request.query_params.getlist("before"))
+            params.pop("before", None)
             form = SearchForm.parse(params)
         except InvalidArgument as exc:
             return self.shell.render(
@@ -347,13 +382,24 @@ class AuditorConsole:
                 newest="",
                 **self._search_values(page),
             )
-        hits = await self._insights.newest(form.query, before_index=form.before, leg=form.leg)
-        rows = [result_row(h) for h in hits[:PAGE_SIZE]]
+        hits, following = await self.shards.newest(
+            form.query, cursor=cursor, leg=form.leg, page=PAGE_SIZE
+        )
+        rows = [
+            replace(
+                result_row(h.row),
+                origin=h.shard.origin,
+                url=h.shard.entry_url(h.row.index),
+                anchor=f"{h.shard.key}-{h.row.index}" if h.shard.key else str(h.row.index),
+            )
+            for h in hits
+        ]
         kept = {k: v for k, v in form.values.items() if v and k != "before"}
         older = ""
-        if len(hits) > PAGE_SIZE and rows:
-            older = "/?" + urlencode({**kept, "before": rows[-1].index})
-        newest = "/?" + urlencode(kept) if form.before is not None else ""
+        if following is not None and rows:
+            pages = [("before", v) for v in self.shards.cursor_values(following)]
+            older = "/?" + urlencode([*kept.items(), *pages])
+        newest = "/?" + urlencode(kept) if cursor else ""
         return self.shell.render(
             page,
             "audit_search.html",
@@ -361,7 +407,7 @@ class AuditorConsole:
             form=form.values,
             problem="",
             rows=rows,
-            searched=bool(kept) or form.before is not None,
+            searched=bool(kept) or bool(cursor),
             older=older,
             newest=newest,
             **self._search_values(page),
@@ -369,39 +415,61 @@ class AuditorConsole:
 
     # ------------------------------------------------------------------ one exchange
 
+    async def _shard(self, request: Request) -> Shard:
+        """The shard a page's path names (this instance's without ``/shards/{key}``), with
+        the entry it names in its view (a shard read from elsewhere is reloaded for an entry
+        newer than its view)."""
+        shard = await self.shards.shard(str(request.path_params.get("shard", "")))
+        index = int(request.path_params.get("index", 0))
+        if shard.reader is not None and index >= shard.log.size:
+            await shard.reader.refresh(force=True)
+        return shard
+
+    async def _exchange(
+        self, shard: Shard, index: int, page: Page, *, revealed: bool
+    ) -> ExchangeView:
+        return await load_exchange(
+            shard.log,
+            shard.insights,
+            self._registry(),
+            index,
+            t=page.t,
+            lang=page.lang,
+            revealed=self._grants.of(page.session.sid, shard.origin) if revealed else (),
+        )
+
     async def _entry_page(self, request: Request, page: Page) -> Response:
         index = int(request.path_params["index"])
+        shard = await self._shard(request)
         try:
-            view = await load_exchange(
-                self._log,
-                self._insights,
-                self._registry(),
-                index,
-                t=page.t,
-                lang=page.lang,
-                revealed=self._grants.of(page.session.sid),
-            )
+            view = await self._exchange(shard, index, page, revealed=True)
         except VerificationError as exc:
-            _logger.error("audit entry %d does not decode: %s", index, exc.message)
+            _logger.error(
+                "audit entry %d of %s does not decode: %s", index, shard.origin, exc.message
+            )
             return self.shell.error_page(page, 500, page.t("entry.damaged"))
-        in_chase = await chase_of(self._log, index)
+        in_chase = await chase_of(shard.log, index)
         request_leg = next((leg.index for leg in view.legs if leg.kind == "request"), -1)
         return self.shell.render(
             page,
             "audit_entry.html",
             title=page.t("entry.title", index=index),
             view=view,
-            chase_url=f"/chases/{index}" if in_chase is not None else "",
-            staged=await staged_view(self._log, request_leg),
+            chase_url=f"{shard.base}/chases/{index}" if in_chase is not None else "",
+            staged=await staged_view(shard.log, request_leg),
             action_name=action_label(page, view.action),
             registry_label=lambda m: self._member_label(page, m),
+            base=shard.base,
+            origin=shard.origin,
+            federated=self.shards.federated,
         )
 
     async def _chase_page(self, request: Request, page: Page) -> Response:
         index = int(request.path_params["index"])
-        if not 0 <= index < self._log.size:
-            raise NotFound(f"no entry {index}: the log has {self._log.size} entries")
-        chase = await load_chase(self._log, self._insights, index)
+        shard = await self._shard(request)
+        if not 0 <= index < shard.log.size:
+            raise NotFound(f"no entry {index}: the log has {shard.log.size} entries")
+        chase = await load_chase(shard.log, shard.insights, index)
         if chase is None:
             raise NotFound(f"entry {index} is not part of a chase")
         return self.shell.render(
@@ -410,6 +478,7 @@ class AuditorConsole:
             title=page.t("chase.title"),
             chase=chase,
             action_label=lambda a: action_label(page, a),
+            base=shard.base,
         )
 
     def _reason(self, page: Page) -> str:
@@ -424,11 +493,10 @@ class AuditorConsole:
 
     async def _reveal(self, request: Request, page: Page) -> Response:
         index = int(request.path_params["index"])
+        shard = await self._shard(request)
         key = page.field("field")
         leg_text = page.field("leg")
-        view = await load_exchange(
-            self._log, self._insights, self._registry(), index, t=page.t, lang=page.lang
-        )
+        view = await self._exchange(shard, index, page, revealed=False)
         leg = int(leg_text) if leg_text.isdigit() else -1
         if (leg, key) not in view.revealable:
             raise InvalidArgument.for_fields(
@@ -448,18 +516,30 @@ class AuditorConsole:
             places=",".join(f"{i}:{k}" for i, k in same),
             reason=reason,
             request_id=view.request_id,
+            **self._shard_detail(shard),
         )
         for i, k in same:
-            self._grants.add(session.sid, i, k)
+            self._grants.add(session.sid, shard.origin, i, k)
         anchor = f"f-{leg}-{key.replace('.', '-')}"
-        return RedirectResponse(f"/entries/{index}?notice=revealed#{anchor}", status_code=303)
+        return RedirectResponse(
+            f"{shard.entry_url(index)}?notice=revealed#{anchor}", status_code=303
+        )
+
+    @staticmethod
+    def _shard_detail(shard: Shard) -> dict[str, str]:
+        """The ``shard`` detail of a console event about another instance's shard (its
+        origin); none for this instance's own, whose events read as they always did."""
+        return {"shard": shard.origin} if shard.key else {}
 
     async def _evidence(self, request: Request, page: Page) -> Response:
         index = int(request.path_params["index"])
-        if not 0 <= index < self._log.size:
-            raise NotFound(f"no entry {index}: the log has {self._log.size} entries")
+        shard = await self._shard(request)
+        log = shard.log
+        if not 0 <= index < log.size:
+            raise NotFound(f"no entry {index}: the log has {log.size} entries")
         session = page.session
         full = page.field("full") == "1"
+        prefix = f"fedgate-evidence-{shard.key}-" if shard.key else "fedgate-evidence-"
         if full:
             reason = self._reason(page)
             await self.shell.audit(
@@ -468,21 +548,21 @@ class AuditorConsole:
                 member=session.member_id,
                 entry=str(index),
                 reason=reason,
+                **self._shard_detail(shard),
             )
-            bundle = await export_evidence(self._log, index)
-            name = f"fedgate-evidence-{index}.json"
+            bundle = await export_evidence(log, index)
+            name = f"{prefix}{index}.json"
         else:
             await self.shell.audit(
                 "console_export_masked",
                 actor=session.user_id,
                 member=session.member_id,
                 entry=str(index),
+                **self._shard_detail(shard),
             )
-            view = await load_exchange(
-                self._log, self._insights, self._registry(), index, t=page.t, lang=page.lang
-            )
-            bundle = masked_bundle(self._log, view)
-            name = f"fedgate-evidence-{index}-masked.json"
+            view = await self._exchange(shard, index, page, revealed=False)
+            bundle = masked_bundle(log, view)
+            name = f"{prefix}{index}-masked.json"
         return Response(
             bundle,
             media_type="application/json",
@@ -492,13 +572,15 @@ class AuditorConsole:
     # ------------------------------------------------------------------ the log
 
     async def _log_page(self, request: Request, page: Page) -> Response:
-        state = await self._watch.state()
+        states = [await shard.watch.state() for shard in await self.shards.every()]
         return self.shell.render(
             page,
             "audit_log.html",
             title=page.t("audit.log.title"),
-            state=state,
-            root=state.checkpoint.root_hash.hex() if state.checkpoint is not None else "",
+            states=states,
+            roots=[
+                s.checkpoint.root_hash.hex() if s.checkpoint is not None else "" for s in states
+            ],
         )
 
     # ------------------------------------------------------------------ charts and flags
@@ -519,21 +601,21 @@ class AuditorConsole:
             return page.t("chart.bar", day=day.isoformat(), name=name, count=count)
 
         members = day_chart(
-            await self._insights.per_day(window, by),
+            await self.shards.per_day(window, by),
             first=first,
             days=days,
             label=lambda k: self._member_label(page, k),
             title=bar_title,
         )
         actions = day_chart(
-            await self._insights.per_day(window, "action"),
+            await self.shards.per_day(window, "action"),
             first=first,
             days=days,
             label=lambda k: page.t("chart.other") if k == OTHER else action_label(page, k),
             title=bar_title,
         )
         refusals = reason_chart(
-            await self._insights.refusals(window), label=lambda k: _label(page, "reason", k)
+            await self.shards.refusals(window), label=lambda k: _label(page, "reason", k)
         )
         return self.shell.render(
             page,
@@ -587,7 +669,7 @@ class AuditorConsole:
 
     async def _flags_page(self, request: Request, page: Page) -> Response:
         days, _, window = self._window(request)
-        flags = await find_flags(self._insights, window, now=self._clock())
+        flags = await find_flags(self.shards, window, now=self._clock())
         return self.shell.render(
             page,
             "audit_flags.html",
@@ -597,6 +679,7 @@ class AuditorConsole:
             flags=flags,
             day_link=self._day_link,
             micros=micros_to_time,
+            entry_url=self.shards.entry_url,
             case_link=lambda case: self._search_link(case=case),
             member_label=lambda m: self._member_label(page, m),
             thresholds={
@@ -676,7 +759,10 @@ class RunningAuditorConsole:
             await self.server.stop()
         finally:
             self._users.close()
-            await self._insights.close()
+            try:
+                await self.console.shards.close()
+            finally:
+                await self._insights.close()
 
 
 async def start_auditor_console(
@@ -697,7 +783,7 @@ async def start_auditor_console(
     revocations: Revocations | None = None,
 ) -> RunningAuditorConsole:
     """Serve the auditor console of ``log`` (kept in the SQLite file or PostgreSQL shard
-    ``audit_db``) on
+    ``audit_db``; on PostgreSQL every other shard in its schema too, read-only) on
     ``host:port`` in the running loop (``port`` 0: any free port). Accounts come from
     ``users.sqlite`` in ``users_dir`` (default ``state_dir``, where ``fedgate audit add-user
     --state`` writes). Sessions are signed with ``session_key`` (default the key file in
@@ -721,6 +807,7 @@ async def start_auditor_console(
             appeals=appeals,
             session_key=session_key,
             revocations=revocations,
+            shared=audit_db if isinstance(audit_db, PgShard) else None,
         )
         server = EmbeddedServer(console.app, host=host, port=port)
         await server.start()

@@ -16,7 +16,7 @@ from fedgate.errors import FedgateError
 from fedgate.logs import mask
 from fedgate.v1 import common_pb2, envelope_pb2, request_pb2
 from gateway.audit.insights import LogInsights
-from gateway.audit.log import AuditLog
+from gateway.audit.reader import LogView
 from gateway.audit.store import SearchQuery
 
 __all__ = ["MAX_CHASE_ENTRIES", "ChaseStep", "ChaseView", "chase_of", "load_chase"]
@@ -104,7 +104,7 @@ def _result(leg: ResponseLeg) -> tuple[str, str, dict[str, object]]:
     return response.detail, "", {}
 
 
-async def chase_of(log: AuditLog, index: int) -> tuple[str, str] | None:
+async def chase_of(log: LogView, index: int) -> tuple[str, str] | None:
     """(chase id, case number) of the exchange at ``index`` (either leg), or ``None``."""
     try:
         entry = decode_entry(await log.open_entry(index))
@@ -120,7 +120,7 @@ async def chase_of(log: AuditLog, index: int) -> tuple[str, str] | None:
     return request.chase_id, request.case.case_number
 
 
-async def load_chase(log: AuditLog, insights: LogInsights, index: int) -> ChaseView | None:
+async def load_chase(log: LogView, insights: LogInsights, index: int) -> ChaseView | None:
     """The chase the exchange at ``index`` belongs to, or ``None`` when it belongs to none."""
     found = await chase_of(log, index)
     if found is None:

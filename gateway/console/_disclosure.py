@@ -19,7 +19,7 @@ from fedgate.disclosure import HIT, NO_HIT, stage_name
 from fedgate.envelope import decode_request
 from fedgate.errors import FedgateError
 from fedgate.v1 import envelope_pb2, request_pb2
-from gateway.audit.log import AuditLog
+from gateway.audit.reader import LogView
 from gateway.audit.store import SearchQuery
 
 __all__ = ["StageLink", "StagedView", "staged_view"]
@@ -57,12 +57,12 @@ def _request_of(leg: RequestLeg) -> request_pb2.Request | None:
         return None
 
 
-async def _request_leg_index(log: AuditLog, request_id: str) -> tuple[int, str]:
+async def _request_leg_index(log: LogView, request_id: str) -> tuple[int, str]:
     rows = await log.search(SearchQuery(request_id=request_id, leg=EntryKind.REQUEST, limit=1))
     return (rows[0].index, rows[0].columns[8]) if rows else (-1, "")
 
 
-async def staged_view(log: AuditLog, request_index: int) -> StagedView | None:
+async def staged_view(log: LogView, request_index: int) -> StagedView | None:
     """The staged-disclosure links of the exchange whose request leg is at ``request_index``;
     ``None`` when it is not part of a staged disclosure. Raises ``AuditUnavailable``."""
     if not 0 <= request_index < log.size:

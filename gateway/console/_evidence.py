@@ -14,7 +14,7 @@ import json
 from typing import Any, Final
 
 from fedgate.web.text import mask_text
-from gateway.audit.log import AuditLog
+from gateway.audit.reader import LogView
 from gateway.console._exchange import ExchangeView, Shown, ShownTable
 
 __all__ = ["MASKED_FORMAT", "masked_bundle"]
@@ -33,7 +33,7 @@ def _item(item: Shown | ShownTable) -> dict[str, Any]:
     return {"label": item.label, "text": mask_text(item.text)}
 
 
-def masked_bundle(log: AuditLog, view: ExchangeView) -> bytes:
+def masked_bundle(log: LogView, view: ExchangeView) -> bytes:
     """The exchange of ``view`` (built with nothing revealed) as a masked evidence bundle."""
     if any(s.revealed for leg in view.legs for sec in leg.sections for s in sec.items):
         raise ValueError("a masked bundle is built from a view with nothing revealed")

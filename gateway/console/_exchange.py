@@ -54,7 +54,7 @@ from fedgate.v1 import common_pb2, envelope_pb2, request_pb2
 from fedgate.web.protoview import FieldView, TableView, describe, enum_name
 from fedgate.web.text import BEIJING, mask_text
 from gateway.audit.insights import LogInsights
-from gateway.audit.log import AuditLog
+from gateway.audit.reader import LogView
 from gateway.audit.store import SearchQuery
 from gateway.console._state import verify_checkpoint
 
@@ -370,9 +370,7 @@ def _event_views(
     return tuple(facts), (Section(t("entry.details"), details),) if details else ()
 
 
-async def _related(
-    log: AuditLog, insights: LogInsights, index: int, entry: AuditEntry
-) -> list[int]:
+async def _related(log: LogView, insights: LogInsights, index: int, entry: AuditEntry) -> list[int]:
     """The leaf indices of the exchange ``entry`` (at ``index``) belongs to, in order."""
     if isinstance(entry, EventEntry):
         return [index]
@@ -398,7 +396,7 @@ def _checkpoint(
 
 
 async def load_exchange(
-    log: AuditLog,
+    log: LogView,
     insights: LogInsights,
     registry: Registry,
     index: int,

@@ -22,16 +22,16 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Final
+from typing import Final, Protocol
 
 from fedgate.actions import IDEMPOTENT_READS, ORDER_ACTIONS, PERSONAL_DATA_ACTIONS
 from fedgate.audit_entry import micros_to_time, time_to_micros
 from gateway.audit.insights import (
     US_PER_DAY,
     CaseWithoutOrder,
-    LogInsights,
     OfficerDay,
     TimeWindow,
     day_of,
@@ -71,6 +71,8 @@ class VolumeFlag:
     baseline: float
     days: int
     first_index: int
+    origin: str = ""
+    """The shard ``first_index`` is in (empty: the one read)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,13 +113,38 @@ def _volume(rows: list[OfficerDay], since: date) -> list[VolumeFlag]:
                         baseline,
                         len(others),
                         row.first_index,
+                        row.origin,
                     )
                 )
     flags.sort(key=lambda f: (f.day, f.count), reverse=True)
     return flags
 
 
-async def find_flags(insights: LogInsights, window: TimeWindow, *, now: datetime) -> Flags:
+class FlagSource(Protocol):
+    """Where the flags are counted: one shard's ``LogInsights``, or every shard's
+    (``gateway.console._shards.Shards``)."""
+
+    async def officer_days(
+        self, window: TimeWindow, actions: Collection[str]
+    ) -> list[OfficerDay]: ...
+
+    async def off_hours(
+        self, window: TimeWindow, actions: Collection[str], *, start_hour: int, end_hour: int
+    ) -> list[OfficerDay]: ...
+
+    async def without_order(
+        self,
+        window: TimeWindow,
+        *,
+        queries: Collection[str],
+        orders: Collection[str],
+        within_us: int,
+    ) -> list[CaseWithoutOrder]: ...
+
+    async def refusal_days(self, window: TimeWindow, *, minimum: int) -> list[OfficerDay]: ...
+
+
+async def find_flags(insights: FlagSource, window: TimeWindow, *, now: datetime) -> Flags:
     """The four patterns in ``window`` (see the module docstring)."""
     baseline = TimeWindow(window.since_us - BASELINE_DAYS * US_PER_DAY, window.until_us)
     history = await insights.officer_days(baseline, PERSONAL_DATA_ACTIONS)

@@ -17,7 +17,7 @@ from fedgate.audit_entry import RequestLeg, decode_entry
 from fedgate.envelope import decode_request
 from fedgate.errors import FedgateError
 from fedgate.v1 import envelope_pb2
-from gateway.audit.log import AuditLog
+from gateway.audit.reader import LogView
 
 __all__ = ["SCAN_PER_LOOKUP", "OfficerMatch", "OfficerNames", "looks_like_badge"]
 
@@ -41,7 +41,7 @@ class OfficerMatch:
 class OfficerNames:
     """Officer names seen in the log's request legs, looked up by part of a name."""
 
-    def __init__(self, log: AuditLog) -> None:
+    def __init__(self, log: LogView) -> None:
         self._log = log
         self._names: dict[tuple[str, str], str] = {}
         self._read_upto = -1  # entries below this index have been read

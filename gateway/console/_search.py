@@ -153,6 +153,12 @@ class ResultRow:
     reason: str
     details: tuple[tuple[str, str], ...] = ()
     """An event's details as ``(key, value)`` pairs (the log keeps ``k=v; k=v``)."""
+    origin: str = ""
+    """The shard the entry is in (its log's origin)."""
+    url: str = ""
+    """The entry's page."""
+    anchor: str = ""
+    """The row's element id suffix, unique across shards."""
 
 
 def event_details(text: str) -> tuple[tuple[str, str], ...]:

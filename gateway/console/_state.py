@@ -32,7 +32,7 @@ from fedgate.files import write_atomically
 from fedgate.merkle import verify_consistency
 from fedgate.registry import Registry
 from gateway.audit.insights import LogInsights
-from gateway.audit.log import AuditLog
+from gateway.audit.reader import LogView
 
 __all__ = [
     "SEEN_FILE",
@@ -97,21 +97,23 @@ class LogState:
 
 
 class LogWatch:
-    """Reads and checks the state of one log for the console (see the module docstring)."""
+    """Reads and checks the state of one log for the console (see the module docstring);
+    ``seen_file`` names its file in ``state_dir`` (one per shard the console reads)."""
 
     def __init__(
         self,
         *,
-        log: AuditLog,
+        log: LogView,
         insights: LogInsights,
         registry: Callable[[], Registry],
         state_dir: Path,
         clock: Callable[[], datetime] | None = None,
+        seen_file: str = SEEN_FILE,
     ) -> None:
         self._log = log
         self._insights = insights
         self._registry = registry
-        self._path = Path(state_dir) / SEEN_FILE
+        self._path = Path(state_dir) / seen_file
         self._clock = clock or (lambda: datetime.now(UTC))
         self._lock = asyncio.Lock()
         self._seen: Checkpoint | None = None

@@ -16,7 +16,14 @@ Contract:
   request leg is a refusal and the caller gets the first member's error.
 - Every allowed member MUST end in exactly one streamed item and one response leg: its answer,
   a ticket, an error (a faulty answer), or ``no_answer`` when it was silent or unreachable by
-  the deadline; the exchanges run to their end even if the caller goes away.
+  the deadline; once stages 1–7 have passed, the request leg and the exchanges run to their end
+  even if the caller goes away.
+- Safe retries (``gateway.retries``): the fan-out claims its request id at stage 4 like a single
+  request. Once every member has ended, the items streamed (the refused members' first, then
+  in the order they were streamed) MUST be recorded as its outcome, before the stream ends; a
+  wholly refused fan-out records its error. A retry of the same signed request (on any instance sharing the outcomes)
+  gets those items, byte for byte, or ``IN_PROGRESS`` until they are recorded, and nothing is
+  asked again; another request with the id stays refused (``REPLAYED``).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from opentelemetry import trace
 from fedgate.errors import (
     AgencyUnavailable,
     DecodeError,
+    Expired,
     FedgateError,
     FieldViolation,
     InvalidArgument,
@@ -44,6 +52,7 @@ from fedgate.types import MemberId
 from fedgate.v1 import gateway_service_pb2, request_pb2
 from gateway.pipeline._exchange import Exchange, stage
 from gateway.pipeline.validation import validate_request
+from gateway.retries import Claim, RecordedOutcome
 
 if TYPE_CHECKING:
     from gateway.pipeline._stages import PeerSource, Pipeline
@@ -69,14 +78,24 @@ async def run_fan_out(
     pipeline: Pipeline, raw: bytes, *, peer: PeerSource, remaining_s: float | None
 ) -> AsyncIterator[FanOutResponse]:
     """Run a serialized ``FanOutRequest``; yields one item per member. Raises ``FedgateError``
-    (logged as a refused request leg) when the request as a whole is refused."""
+    (logged as a refused request leg) when the request as a whole is refused. A retry of the
+    same signed request yields the first attempt's items (``gateway.retries``)."""
     x = Exchange(received_at=pipeline._now())
     telemetry = pipeline._telemetry
     started = time.perf_counter()
     outcome = "ok"
     with telemetry.span("gateway.FanOut", kind=trace.SpanKind.SERVER) as span:
         try:
-            refused, allowed = await _admit(pipeline, x, raw, peer)
+            admitted = await _admit(pipeline, x, raw, peer)
+            if isinstance(admitted, Claim):
+                recorded = await pipeline._retried_outcome(x, admitted, fan_out=True)
+                if recorded.error is not None:
+                    raise recorded.error
+                assert recorded.fan_out is not None
+                first: tuple[FanOutResponse, ...] | None = recorded.fan_out
+            else:
+                first = None
+                refused, allowed = admitted
         except FedgateError as error:
             outcome = error.reason
             span.set_status(trace.StatusCode.ERROR, error.reason)
@@ -86,10 +105,49 @@ async def run_fan_out(
                 time.perf_counter() - started, action=x.action or "unknown", target="fanout",
                 outcome=outcome,
             )  # fmt: skip
+    if first is not None:
+        for item in first:
+            yield item
+        return
+    # From here on the fan-out runs to its end even if the caller goes away (as a Submit
+    # does): a member that answered must have its answer (or its silence) in the log, and the
+    # items are recorded for retries once every member has ended (until then: IN_PROGRESS).
+    results: asyncio.Queue[FanOutResponse | FedgateError] = asyncio.Queue()
+    rest = asyncio.ensure_future(_log_and_ask(pipeline, x, refused, allowed, results, remaining_s))
+    rest.add_done_callback(_retrieve)
+    for _ in range(len(refused) + len(allowed)):
+        got = await results.get()
+        if isinstance(got, FedgateError):
+            raise got
+        yield got
+    # The stream ends once the outcome is recorded: a retry sent after it gets the items.
+    await asyncio.shield(rest)
+
+
+async def _log_and_ask(
+    pipeline: Pipeline,
+    x: Exchange,
+    refused: list[tuple[MemberId, FedgateError]],
+    allowed: list[Exchange],
+    results: asyncio.Queue[FanOutResponse | FedgateError],
+    remaining_s: float | None,
+) -> None:
+    """Stage 8 (the one request leg), then every allowed member asked in parallel; each item
+    (or the error that ends the fan-out) is put in ``results``; the outcome is recorded."""
+    try:
+        with stage(x, pipeline._telemetry, "audit_request"):
+            x.request_entry = x.request_leg(decision="allowed", rule=x.rule)
+            x.request_receipt = await pipeline._legs.append(x.request_entry, "request")
+    except FedgateError as error:  # nothing was asked: that is the outcome
+        await pipeline._record(x, RecordedOutcome(error=error))
+        await results.put(error)
+        return
     request_id = x.req().request_id
+    streamed: list[FanOutResponse] = []
     for target, why in refused:
-        yield FanOutResponse(request_id=request_id, target_agency=target, error=error_detail(why))
-    results: asyncio.Queue[FanOutResponse] = asyncio.Queue()
+        item = FanOutResponse(request_id=request_id, target_agency=target, error=error_detail(why))
+        streamed.append(item)
+        await results.put(item)
     timeout = pipeline._forwarder.node_timeout(remaining_s)
 
     async def one(xt: Exchange) -> None:
@@ -110,20 +168,28 @@ async def run_fan_out(
         except Exception:  # a bug must still end this member's item, and fail closed
             _log.exception("fan-out to %s failed", target)
             out.error.CopyFrom(error_detail(FedgateError(f"internal error asking {target}")))
+        streamed.append(out)
         await results.put(out)
 
-    # The exchanges are not cancelled when the caller goes away: a member that answered must
-    # have its answer (or its silence) in the log.
-    tasks = [asyncio.ensure_future(one(xt)) for xt in allowed]
-    for _ in tasks:
-        yield await results.get()
+    members = [
+        replace(xt, request_entry=x.request_entry, request_receipt=x.request_receipt)
+        for xt in allowed
+    ]
+    await asyncio.gather(*(one(xt) for xt in members))
+    await pipeline._record(x, RecordedOutcome(fan_out=tuple(streamed)))
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        _log.error("recording a fan-out's outcome failed: %s", task.exception())
 
 
 async def _admit(
     pipeline: Pipeline, x: Exchange, raw: bytes, peer: PeerSource
-) -> tuple[list[tuple[MemberId, FedgateError]], list[Exchange]]:
-    """Stages 1–8: the members refused (with why) and an exchange per member allowed; the
-    request leg is durable on return."""
+) -> tuple[list[tuple[MemberId, FedgateError]], list[Exchange]] | Claim:
+    """Stages 1–7: the members refused (with why) and an exchange per member allowed (the
+    request leg is ``_log_and_ask``'s). A retry of the same signed request stops at stage 4 and
+    returns the first attempt's claim instead."""
     telemetry = pipeline._telemetry
     refused: list[tuple[MemberId, FedgateError]] = []
     allowed: list[Exchange] = []
@@ -143,11 +209,16 @@ async def _admit(
         with stage(x, telemetry, "signature"):
             pipeline._verify_signature(x)
         with stage(x, telemetry, "freshness"):
+            retry = await pipeline._claim(x)
+            if retry is not None:
+                return retry
             await pipeline._check_freshness(x)
         with stage(x, telemetry, "validation"):
             targets = resolve_targets(x.req(), pipeline.registry)
         for target in targets:
-            xt = replace(x, request=_addressed(x.req(), target))
+            # Each member's copy runs stages 5-7 only; the whole fan-out's outcome is recorded
+            # once, by this exchange.
+            xt = replace(x, request=_addressed(x.req(), target), claimed=False)
             try:
                 with stage(xt, telemetry, "validation"):
                     validate_request(xt.req(), now=x.received_at)
@@ -168,15 +239,12 @@ async def _admit(
         ]
         x.rule = "fan-out; " + "; ".join(decisions)
     except FedgateError as error:
-        raise await pipeline._legs.refuse(x, error) from None
+        raise await pipeline._refuse(x, error) from None
+    except asyncio.CancelledError:
+        pipeline._record_later(x, Expired("its caller went away before it was logged; not run"))
+        raise
     except Exception as exc:  # a bug must still fail closed, and be logged as a refusal
         _log.exception("unexpected error at fan-out stage %s", x.stage)
         internal = FedgateError(f"internal error at stage {x.stage}")
-        raise await pipeline._legs.refuse(x, internal) from exc
-    with stage(x, telemetry, "audit_request"):
-        x.request_entry = x.request_leg(decision="allowed", rule=x.rule)
-        x.request_receipt = await pipeline._legs.append(x.request_entry, "request")
-    return refused, [
-        replace(xt, request_entry=x.request_entry, request_receipt=x.request_receipt)
-        for xt in allowed
-    ]
+        raise await pipeline._refuse(x, internal) from exc
+    return refused, allowed

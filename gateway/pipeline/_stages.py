@@ -81,6 +81,7 @@ from fedgate.errors import (
     InvalidArgument,
     PeerMismatch,
     PolicyDenied,
+    Replayed,
 )
 from fedgate.registry import Member, Registry, cert_fingerprint
 from fedgate.status import internal_error, log_unexpected, trace_id_of
@@ -488,6 +489,19 @@ class Pipeline:
     async def _answer_retry(self, x: Exchange, claim: Claim) -> gateway_service_pb2.SubmitResponse:
         """Answer a retry from its first attempt: the recorded reply or error, or ``InProgress``;
         logged as a request leg refused to run again."""
+        outcome = await self._retried_outcome(x, claim, fan_out=False)
+        if outcome.reply is not None:
+            return outcome.reply
+        assert outcome.error is not None
+        raise outcome.error
+
+    async def _retried_outcome(
+        self, x: Exchange, claim: Claim, *, fan_out: bool
+    ) -> RecordedOutcome:
+        """The first attempt's recorded outcome for the retry ``x`` (a ``Submit``, or a
+        ``FanOut`` with ``fan_out``), with the retry logged as a request leg refused to run
+        again. Raises (logged) ``InProgress`` while the first attempt runs, ``Replayed`` when the
+        record is of the other kind of call (the same body sent through the other RPC)."""
         request_id = x.req().request_id
         outcome = claim.outcome
         if outcome is None:
@@ -498,6 +512,14 @@ class Pipeline:
                     "attempt, whose outcome it will give: ask again"
                 ),
             )
+        if outcome.error is None and (outcome.fan_out is not None) != fan_out:
+            raise await self._legs.refuse(
+                x,
+                Replayed(
+                    f"request id {request_id} was already used by a "
+                    f"{'Submit' if fan_out else 'FanOut'} call"
+                ),
+            )
         given = "its answer" if outcome.error is None else outcome.error.reason
         leg = x.request_leg(
             decision="refused",
@@ -505,10 +527,7 @@ class Pipeline:
             f"the first attempt ({given}), nothing run again",
         )
         await self._legs.append(leg, "request")
-        if outcome.reply is not None:
-            return outcome.reply
-        assert outcome.error is not None
-        raise outcome.error
+        return outcome
 
     async def _refuse(self, x: Exchange, error: FedgateError) -> FedgateError:
         """Log the refusal (``AuditLegs.refuse``) and record it as the request's outcome."""

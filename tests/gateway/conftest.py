@@ -26,6 +26,7 @@ from opentelemetry import trace
 from fedgate.actions import RESULT_FIELD
 from fedgate.audit_entry import AuditEntry, decode_entry
 from fedgate.client import FedgateClient
+from fedgate.disclosure import is_hits
 from fedgate.envelope import Domain, Signer, decode_request, request_hash, sign_envelope
 from fedgate.errors import AuditUnavailable, FedgateError
 from fedgate.otel import server_interceptors
@@ -180,7 +181,9 @@ class StubNode:
             answered_by=answered_by,
         )
         response.answered_at.FromDatetime(datetime.now(UTC))
-        if status == request_pb2.RESPONSE_STATUS_OK and action in RESULT_FIELD:
+        if status == request_pb2.RESPONSE_STATUS_OK and is_hits(request):
+            response.hit.hit = True  # a stage-1 request is answered hit / no hit only
+        elif status == request_pb2.RESPONSE_STATUS_OK and action in RESULT_FIELD:
             getattr(response, RESULT_FIELD[action]).SetInParent()
         return sign_envelope(response.SerializeToString(), self.signer, Domain.RESPONSE)
 
