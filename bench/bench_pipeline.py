@@ -142,7 +142,7 @@ async def _child_main(kind: str, fed: Path, state: Path, node: str, conn: Any) -
         stop = lambda: server.stop(None)  # noqa: E731
     else:
         from gateway.config import GatewayConfig
-        from gateway.server import Gateway
+        from gateway.server import Gateway, settle_heap
 
         config = GatewayConfig.from_mapping(
             {
@@ -160,6 +160,7 @@ async def _child_main(kind: str, fed: Path, state: Path, node: str, conn: Any) -
             env={},
         )
         gateway = await Gateway.start(config)
+        settle_heap()  # as ``run_gateway`` does: what is measured is what production runs
         port = gateway.port
         stop = lambda: gateway.stop(1.0)  # noqa: E731
     conn.send(port)
