@@ -16,6 +16,8 @@ machine's state hits both alike.
   core's worth of it, ``gateway_loop_bound_qps`` = 10⁶ ÷ that, is the most one gateway process
   can serve however many cores the machine has (the GIL: its other threads only take work off
   it that releases the GIL, such as fsync and SQLite).
+- ``gateway_gc_cpu_us_per_request``: the gateway's CPU in garbage collections (timed by
+  ``gc.callbacks``) per request, part of its CPU per request.
 - ``pipeline_added_p50_ms``, ``pipeline_added_p99_ms``: at half the gateway's peak rate
   (open loop, requests sent on a fixed schedule), the gateway's latency percentile minus the
   proxy's (goal: p99 added ≤ 5 ms). Latency counts from each request's *scheduled* send time,
@@ -30,6 +32,7 @@ answer without further checks, so that the relay in front of it is what is measu
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -142,7 +145,7 @@ async def _child_main(kind: str, fed: Path, state: Path, node: str, conn: Any) -
         stop = lambda: server.stop(None)  # noqa: E731
     else:
         from gateway.config import GatewayConfig
-        from gateway.server import Gateway
+        from gateway.server import Gateway, settle_heap
 
         config = GatewayConfig.from_mapping(
             {
@@ -160,13 +163,31 @@ async def _child_main(kind: str, fed: Path, state: Path, node: str, conn: Any) -
             env={},
         )
         gateway = await Gateway.start(config)
+        settle_heap()  # as ``run_gateway`` does: what is measured is what production runs
         port = gateway.port
         stop = lambda: gateway.stop(1.0)  # noqa: E731
+    gc_seconds = _time_collections()
     conn.send(port)
     loop = asyncio.get_running_loop()
-    while (await loop.run_in_executor(None, conn.recv)) == "cpu":
-        conn.send(time.process_time())  # every thread of the process, gRPC's own included
+    while (asked := await loop.run_in_executor(None, conn.recv)) in ("cpu", "gc"):
+        # CPU of every thread of the process, gRPC's own included; or the collector's CPU
+        conn.send(time.process_time() if asked == "cpu" else gc_seconds[0])
     await stop()
+
+
+def _time_collections() -> list[float]:
+    """Time every garbage collection of this process from now on (CPU of the thread that runs
+    it); returns the running total, in seconds, as a one-element list."""
+    total, started = [0.0], [0.0]
+
+    def timed(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.thread_time()
+        else:
+            total[0] += time.thread_time() - started[0]
+
+    gc.callbacks.append(timed)
+    return total
 
 
 def _child(kind: str, fed: str, state: str, node: str, conn: Any) -> None:
@@ -189,6 +210,11 @@ class _Process:
     def cpu_seconds(self) -> float:
         """CPU time the process has used so far (user + system, all threads)."""
         self._conn.send("cpu")
+        return float(self._conn.recv())
+
+    def gc_seconds(self) -> float:
+        """CPU time the process has spent in garbage collections so far."""
+        self._conn.send("gc")
         return float(self._conn.recv())
 
     def loop_cpu_seconds(self) -> float:
@@ -295,14 +321,16 @@ async def _measure(
     try:
         for channel in (via_proxy, via_gateway):  # warm up connections and caches
             await _closed_loop(channel, envelopes.make(200), 0.5)
-        # calls, seconds, process CPU seconds, event-loop thread CPU seconds
-        totals = {"gateway": [0, 0.0, 0.0, 0.0], "proxy": [0, 0.0, 0.0, 0.0]}
+        # calls, seconds, process CPU seconds, event-loop thread CPU seconds, GC CPU seconds
+        totals = {"gateway": [0, 0.0, 0.0, 0.0, 0.0], "proxy": [0, 0.0, 0.0, 0.0, 0.0]}
         for _ in range(rounds):
             for name, channel in (("proxy", via_proxy), ("gateway", via_gateway)):
                 bodies = envelopes.make(per_phase)
                 process = processes[name]
                 cpu_before, loop_before = process.cpu_seconds(), process.loop_cpu_seconds()
+                gc_before = process.gc_seconds()
                 done, took = await _closed_loop(channel, bodies, seconds)
+                totals[name][4] += process.gc_seconds() - gc_before
                 totals[name][0] += done
                 totals[name][1] += took
                 totals[name][2] += process.cpu_seconds() - cpu_before
@@ -332,6 +360,7 @@ async def _measure(
         "gateway_loop_cpu_us_per_request": (gateway_loop_us, "us"),
         "proxy_loop_cpu_us_per_request": (proxy_loop_us, "us"),
         "gateway_loop_bound_qps": (1e6 / gateway_loop_us, "req/s"),
+        "gateway_gc_cpu_us_per_request": (totals["gateway"][4] / totals["gateway"][0] * 1e6, "us"),
         "pipeline_added_p50_ms": (
             percentile(gateway_ms, 0.50) - percentile(proxy_ms, 0.50),
             "ms",

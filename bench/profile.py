@@ -60,6 +60,7 @@ COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("pipeline glue (gateway)", ("gateway/",)),
 )
 OTHER = "other"
+GC = "  of which garbage collection (gc.callbacks)"
 NATIVE = "threads without Python (gRPC core)"
 
 
@@ -111,12 +112,15 @@ class _Sampled:
         self._sampler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self._cpu = process.cpu_seconds()
         self._main = process.loop_cpu_seconds()
+        self._gc = process.gc_seconds()
 
     def finish(self, done: int) -> tuple[dict[str, float], float, float, Counter[str]]:
         """Per component, the event loop's thread and the whole process (µs per request), and
-        the samples per innermost frame."""
+        the samples per innermost frame. The garbage collector's CPU (timed by the process)
+        is under ``GC``: its samples are also in the components whose allocations set it off."""
         main_us = (self._process.loop_cpu_seconds() - self._main) / done * 1e6
         total_us = (self._process.cpu_seconds() - self._cpu) / done * 1e6
+        gc_us = (self._process.gc_seconds() - self._gc) / done * 1e6
         self._sampler.send_signal(signal.SIGINT)  # py-spy writes its file when interrupted
         _, errors = self._sampler.communicate(timeout=30)
         if not self._raw.exists():
@@ -131,6 +135,7 @@ class _Sampled:
                 continue
             for name, n in counts[on_main].items():
                 us[name] += share_of * n / samples
+        us[GC] = gc_us
         return us, main_us, total_us, leaves
 
 
@@ -167,8 +172,10 @@ def profile(seconds: float, top: int = 0, keep: Path | None = None) -> list[list
     rows = [
         [name, f"{us[name]:,.0f}", f"{100 * us[name] / gateway_us:.0f} %", f"{proxy_by[name]:,.0f}"]
         for name in sorted(us, key=lambda name: -us[name])
+        if name != GC
     ]
     rows.append(["all components", f"{gateway_us:,.0f}", "100 %", f"{proxy_us:,.0f}"])
+    rows.append([GC, f"{us[GC]:,.0f}", "", f"{proxy_by[GC]:,.0f}"])
     rows.append(["  of which the event loop's thread", f"{main_us:,.0f}", "", f"{proxy_main:,.0f}"])
     rows.append(["pipeline_cpu_ratio (proxy ÷ gateway)", f"{proxy_us / gateway_us:.2f}", "", ""])
     return rows

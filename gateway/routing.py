@@ -130,7 +130,11 @@ class NodeRouter:
         self._config = config
         self._max_bytes = max_message_bytes
         self._clock = clock
-        self._channels: dict[tuple[MemberId, str], grpc.aio.Channel] = {}
+        self._channels: dict[
+            tuple[MemberId, str], tuple[grpc.aio.Channel, AgencyServiceAsyncStub]
+        ] = {}
+        """One channel per (member, endpoint), with its stub: a stub made per call cost more
+        than the rest of the routing stage."""
         self._breakers: dict[MemberId, CircuitBreaker] = {}
 
     def breaker(self, target: MemberId) -> CircuitBreaker:
@@ -146,8 +150,8 @@ class NodeRouter:
 
     def _stub(self, target: MemberId) -> AgencyServiceAsyncStub:
         endpoint = self._endpoint_of(target)
-        channel = self._channels.get((target, endpoint))
-        if channel is None:
+        found = self._channels.get((target, endpoint))
+        if found is None:
             options: list[tuple[str, str | int]] = [
                 *channel_options(target),
                 ("grpc.max_receive_message_length", self._max_bytes),
@@ -160,8 +164,9 @@ class NodeRouter:
             channel = grpc.aio.secure_channel(
                 endpoint, self._credentials, options=options, interceptors=self._interceptors
             )
-            self._channels[(target, endpoint)] = channel
-        return agency_service_pb2_grpc.AgencyServiceStub(channel)
+            found = channel, agency_service_pb2_grpc.AgencyServiceStub(channel)
+            self._channels[(target, endpoint)] = found
+        return found[1]
 
     def timeout_for(self, caller_remaining_s: float | None) -> float:
         """The deadline for a node call: the configured one, never past the caller's."""
@@ -252,7 +257,7 @@ class NodeRouter:
         raise AgencyUnavailable(f"{target} is unreachable{detail}") from last
 
     async def close(self) -> None:
-        channels, self._channels = list(self._channels.values()), {}
+        channels, self._channels = [channel for channel, _ in self._channels.values()], {}
         for channel in channels:
             await channel.close(None)
 

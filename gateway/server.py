@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -130,7 +131,7 @@ from gateway.sessions import PgRevocations
 from gateway.telemetry import GatewayTelemetry, configure_logging
 from gateway.tickets import PgTickets, SqliteTickets, Tickets, TicketStore
 
-__all__ = ["SERVICE_NAMES", "Gateway", "main", "run_gateway"]
+__all__ = ["SERVICE_NAMES", "Gateway", "main", "run_gateway", "settle_heap"]
 
 _log = logging.getLogger(__name__)
 
@@ -942,6 +943,28 @@ class Gateway:
         await self._server.wait_for_termination()
 
 
+_GC_THRESHOLDS = (10_000, 10, 10)
+"""The collector's thresholds once serving: a young collection every 10,000 allocations
+instead of 700 (a request allocates a few hundred objects, most freed by reference counting
+before a collection sees them)."""
+
+
+def settle_heap() -> None:
+    """Take what start-up built out of the cyclic garbage collector's view (``gc.freeze``) and
+    collect young objects less often. Call it once, in the serving process, after the start.
+
+    Measured on the pipeline benchmark's gateway (2026-12-05): every full collection walked the
+    55–87 k objects start-up leaves (modules, protobuf descriptors, registry, policy, gRPC) in
+    26–54 ms of CPU, a pause for every request in flight every few hundred requests, and the
+    collector cost 60–140 µs of CPU per request in all; after this call, 2 ms per full
+    collection and under 10 µs per request. Objects frozen here that later become cyclic
+    garbage are never freed, so it is not for processes that start many gateways (tests).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*_GC_THRESHOLDS)
+
+
 async def run_gateway(config: GatewayConfig, *, share_port: bool = False) -> None:
     """Run a gateway until SIGINT or SIGTERM, then drain (``Gateway.stop``) and return.
 
@@ -952,6 +975,7 @@ async def run_gateway(config: GatewayConfig, *, share_port: bool = False) -> Non
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     gateway = await Gateway.start(config, share_port=share_port)
+    settle_heap()
     try:
         await stop.wait()
     finally:

@@ -148,11 +148,13 @@ class GatewayTelemetry:
         ) as span:
             yield span
 
-    @staticmethod
-    def stage(name: str) -> contextlib.AbstractContextManager[None]:
+    def stage(self, name: str) -> contextlib.AbstractContextManager[None]:
         """One pipeline stage of the current request: the event ``gateway.stage.<name>`` on the
         request's span when that span records; nothing at all when it does not (no tracer
-        configured, or not sampled)."""
+        configured, or not sampled). Without a tracer the current span is not even looked up
+        (a dozen context look-ups per request)."""
+        if not self._tracing:
+            return _UNTIMED
         span = trace.get_current_span()
         if not span.is_recording():
             return _UNTIMED

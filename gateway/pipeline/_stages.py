@@ -156,6 +156,8 @@ class Pipeline:
         appeals: AppealBook | None = None,
     ) -> None:
         self._trust = trust
+        self._running: set[asyncio.Task[Any]] = set()
+        """The exchanges past their request leg (``_run_to_end``): a task is held until its end."""
         self._outcomes: OutcomeStore = outcomes if outcomes is not None else MemoryOutcomes()
         self._signer = signer
         self._decider = decider
@@ -306,9 +308,41 @@ class Pipeline:
         # From here on the exchange runs to its end even if the caller goes away: a node that
         # executed an order must have its answer (or its silence) in the log, and a caller
         # whose deadline passed while the request leg was written retries it (safe retries).
-        rest = asyncio.ensure_future(self._log_and_run(x, remaining_s))
-        rest.add_done_callback(_retrieve)
-        return await asyncio.shield(rest)
+        # Its own task, whose outcome comes back through ``answer``: a cancelled caller cancels
+        # only ``answer``. (Cheaper than ``shield``: one wake-up of the caller instead of four
+        # callbacks, counted on the pipeline bench.)
+        answer: asyncio.Future[gateway_service_pb2.SubmitResponse] = (
+            asyncio.get_running_loop().create_future()
+        )
+        asyncio.get_running_loop().create_task(self._run_to_end(x, remaining_s, answer))
+        return await answer
+
+    async def _run_to_end(
+        self,
+        x: Exchange,
+        remaining_s: float | None,
+        answer: asyncio.Future[gateway_service_pb2.SubmitResponse],
+    ) -> None:
+        """Stages 8–12 of ``x`` to their end, the outcome into ``answer`` unless its caller has
+        gone (then an error is only logged). Holds its own task until it ends."""
+        task = asyncio.current_task()
+        assert task is not None, "run as a task"
+        self._running.add(task)
+        try:
+            reply = await self._log_and_run(x, remaining_s)
+        except asyncio.CancelledError:  # the gateway is stopping
+            answer.cancel()
+            raise
+        except Exception as exc:
+            if answer.cancelled():
+                _log.info("exchange finished after its caller left: %s", exc)
+            else:
+                answer.set_exception(exc)
+        else:
+            if not answer.cancelled():
+                answer.set_result(reply)
+        finally:
+            self._running.discard(task)
 
     async def _log_and_run(
         self, x: Exchange, remaining_s: float | None

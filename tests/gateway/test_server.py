@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 from pathlib import Path
@@ -21,7 +22,7 @@ from gateway.config import (
     ServerConfig,
     TelemetryConfig,
 )
-from gateway.server import Gateway
+from gateway.server import Gateway, settle_heap
 
 
 def _open_files_under(directory: Path) -> list[str]:
@@ -116,3 +117,18 @@ class TestPartialStart:
         await gateway.stop(0)
         assert _open_files_under(state) == []
         _assert_free(port)
+
+
+class TestSettleHeap:
+    """``settle_heap``: what start-up built is out of the collector's view, young objects are
+    collected less often (restored after the test: the test process starts many gateways)."""
+
+    def test_freezes_the_heap_and_raises_the_young_threshold(self) -> None:
+        thresholds = gc.get_threshold()
+        try:
+            settle_heap()
+            assert gc.get_freeze_count() > 0
+            assert gc.get_threshold()[0] > thresholds[0]
+        finally:
+            gc.unfreeze()
+            gc.set_threshold(*thresholds)
