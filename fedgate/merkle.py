@@ -300,6 +300,22 @@ class CompactRange:
         hashes.append(h)
         self.size += 1
 
+    def append_subtree(self, node: bytes, height: int) -> None:
+        """Append the hash of a complete subtree of ``2**height`` leaves (unchecked, like
+        ``append``); raises ``ValueError`` unless the size is a multiple of ``2**height``."""
+        if self.size & ((1 << height) - 1):
+            raise ValueError(f"a subtree of height {height} cannot start at leaf {self.size}")
+        heights, hashes = self._heights, self._hashes
+        leaves = 1 << height
+        h = node
+        while heights and heights[-1] == height:
+            heights.pop()
+            h = _sha256(_NODE_PREFIX + hashes.pop() + h).digest()
+            height += 1
+        heights.append(height)
+        hashes.append(h)
+        self.size += leaves
+
     def root(self) -> bytes:
         """The Merkle tree hash of the leaves appended so far."""
         hashes = self._hashes
