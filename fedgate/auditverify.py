@@ -18,9 +18,11 @@ Nothing read from the store is trusted. The checks, which stop at the first fail
   Refused requests and node faults are counted, not failed: a bad signature is a reason to
   refuse a request, and an agency answer the gateway rejected is logged as a node fault.
 
-Entry checks run in worker processes over chunks of the log (``jobs``); this process folds the
-leaf hashes the workers return into a compact range and recomputed tiles, reading checkpoints
-chunk by chunk: memory stays constant however long the log.
+Entry checks run in worker processes over chunks of the log (``jobs``; chunk bounds on
+multiples of 256, so each full tile lies in one chunk); this process folds what the workers
+return (the leaf hashes and the root of each full tile) into a compact range and recomputed
+tiles, a tile at a time, reading checkpoints chunk by chunk: memory stays constant however long
+the log.
 """
 
 from __future__ import annotations

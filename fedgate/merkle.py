@@ -40,9 +40,17 @@ _NODE_PREFIX = b"\x01"
 EMPTY_ROOT: bytes = _sha256(b"").digest()
 
 
+_LEAF_HASHER = _sha256(_LEAF_PREFIX)
+"""Copied per leaf: OpenSSL 3 looks the digest up on every ``hashlib.sha256()`` call, a copy
+does not, and the leaf's bytes are not copied behind a prefix (the log hashes every entry on
+its event loop)."""
+
+
 def leaf_hash(data: bytes) -> bytes:
     """``SHA-256(0x00 || data)``."""
-    return _sha256(_LEAF_PREFIX + data).digest()
+    h = _LEAF_HASHER.copy()
+    h.update(data)
+    return h.digest()
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:
