@@ -556,10 +556,123 @@ def decode_entry(data: bytes) -> AuditEntry:
     return EventEntry(v[0], v[1], v[2], micros_to_time(v[3]), v[4])
 
 
+_UNPACK_U32 = _U32.unpack_from
+_REQUEST_HEAD = _HEADS[_REQUEST]
+_RESPONSE_HEAD = _HEADS[_RESPONSE]
+_DECISION_BYTES = frozenset(d.encode() for d in DECISIONS)
+_STATUS_BYTES = frozenset(s.encode() for s in RESPONSE_STATUSES)
+_FINGERPRINT_BYTES = re.compile(rb"[0-9a-f]{64}")
+
+
+def _request_link(d: bytes) -> tuple[int, str, int]:
+    """``entry_link`` of a well-formed request leg, unrolled (no field list, one UTF-8 check
+    for the text fields). Raises on anything unusual (the caller then runs ``_parse``)."""
+    u = _UNPACK_U32
+    o = _HEADER_SIZE
+    (n,) = u(d, o)  # envelope: any bytes
+    o += 4 + n
+    (n,) = u(d, o)
+    peer = d[o + 4 : o + 4 + n]
+    o += 4 + n
+    (n,) = u(d, o)
+    fingerprint = d[o + 4 : o + 4 + n]
+    o += 4 + n
+    (n,) = u(d, o)
+    received = d[o + 4 : o + 4 + n]
+    o += 4 + n
+    (n,) = u(d, o)
+    decision = d[o + 4 : o + 4 + n]
+    o += 4 + n
+    (n,) = u(d, o)
+    rule = d[o + 4 : o + 4 + n]
+    o += 4 + n
+    (n,) = u(d, o)
+    request_id = d[o + 4 : o + 4 + n]
+    o += 4 + n
+    texts = [peer, rule]
+    for _ in range(5):  # requesting agency, officer, case, action, target
+        (n,) = u(d, o)
+        texts.append(d[o + 4 : o + 4 + n])
+        o += 4 + n
+    (n,) = u(d, o)
+    subjects = d[o + 4 : o + 4 + n]
+    o += 4 + n
+    if o != len(d) or decision not in _DECISION_BYTES:
+        raise ValueError("not a plain request leg")
+    if fingerprint and _FINGERPRINT_BYTES.fullmatch(fingerprint) is None:
+        raise ValueError("fingerprint")
+    # ASCII separators: the joined text decodes iff every field does on its own.
+    b"\x00".join(texts).decode()
+    _micros(received)
+    _string_list(subjects, "subjects")
+    return _REQUEST, request_id.decode(), -1
+
+
+def _response_link(d: bytes) -> tuple[int, str, int]:
+    """``entry_link`` of a well-formed response leg, unrolled; raises on anything unusual."""
+    u = _UNPACK_U32
+    o = _HEADER_SIZE
+    (n,) = u(d, o)
+    request_id = d[o + 4 : o + 4 + n]
+    o += 4 + n
+    (n,) = u(d, o)
+    index = d[o + 4 : o + 4 + n]
+    o += 4 + n
+    (n,) = u(d, o)
+    responder = d[o + 4 : o + 4 + n]
+    o += 4 + n
+    (n,) = u(d, o)
+    received = d[o + 4 : o + 4 + n]
+    o += 4 + n
+    (n,) = u(d, o)
+    status = d[o + 4 : o + 4 + n]
+    o += 4 + n
+    (n,) = u(d, o)
+    hash_size = n
+    o += 4 + n
+    (n,) = u(d, o)
+    signature_size = n
+    o += 4 + n
+    (n,) = u(d, o)
+    key_id = d[o + 4 : o + 4 + n]
+    o += 4 + n
+    (n,) = u(d, o)
+    answer = d[o + 4 : o + 4 + n]
+    o += 4 + n
+    (n,) = u(d, o)  # the response envelope: any bytes
+    o += 4 + n
+    if (
+        o != len(d)
+        or len(index) != 8
+        or status not in _STATUS_BYTES
+        or hash_size not in (0, _SHA256_SIZE)
+        or signature_size not in (0, _SIGNATURE_SIZE)
+    ):
+        raise ValueError("not a plain response leg")
+    (leaf_index,) = _U64.unpack(index)
+    if leaf_index > _MAX_INDEX:
+        raise ValueError("request_leaf_index")
+    b"\x00".join((responder, key_id, answer)).decode()
+    _micros(received)
+    return _RESPONSE, request_id.decode(), leaf_index
+
+
 def entry_link(data: bytes) -> tuple[int, str, int]:
     """The kind, request id and (for a response leg, else -1) request leaf index of a leaf,
     validating it exactly as ``decode_entry`` does but building no objects (bulk verification).
-    Raises ``VerificationError``."""
+    Raises ``VerificationError``.
+
+    Request and response legs take an unrolled path (about half the time of ``_parse``); an
+    entry it does not accept in full goes through ``_parse``, which says what is wrong (so the
+    fast path can only accept what ``_parse`` accepts, never decide a failure)."""
+    if len(data) <= MAX_ENTRY_BYTES:
+        try:
+            if data.startswith(_REQUEST_HEAD):
+                return _request_link(data)
+            if data.startswith(_RESPONSE_HEAD):
+                return _response_link(data)
+        except (ValueError, struct.error, VerificationError):
+            pass  # UnicodeDecodeError is a ValueError
     kind, v = _parse(data)
     if kind == _REQUEST:
         return kind, v[6], -1

@@ -20,9 +20,11 @@ Nothing read from the store is trusted. The checks, which stop at the first fail
   Refused requests and node faults are counted, not failed: a bad signature is a reason to
   refuse a request, and an agency answer the gateway rejected is logged as a node fault.
 
-Entry checks run in worker processes over chunks of the log (``jobs``); this process folds the
-leaf hashes the workers return into a compact range and recomputed tiles, reading checkpoints
-chunk by chunk: memory stays constant however long the log.
+Entry checks run in worker processes over chunks of the log (``jobs``; chunk bounds on
+multiples of 256, so each full tile lies in one chunk); this process folds what the workers
+return (the leaf hashes and the root of each full tile) into a compact range and recomputed
+tiles, a tile at a time, reading checkpoints chunk by chunk: memory stays constant however long
+the log.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ from fedgate.merkle import HASH_SIZE, CompactRange
 from fedgate.note import NoteVerifier, verify_note
 from fedgate.registry import Registry
 from fedgate.sealed import sealed_digest
-from fedgate.tiles import TILE_HEIGHT, TILE_WIDTH, TiledTree, edge_of, tile_path
+from fedgate.tiles import TILE_HEIGHT, TILE_WIDTH, TiledTree, edge_of, tile_path, tile_root
 
 __all__ = [
     "CrossShardLink",
@@ -203,6 +205,21 @@ class _ChunkResult:
     signed_failure: Failure | None = None
     """The first of them that failed its check (``signed`` holds those before it)."""
     links: tuple[CrossShardLink, ...] = ()
+    tile_roots: bytes = b""
+    """The Merkle roots of the complete level-0 tiles (256 entries from a multiple of 256)
+    among ``hashes``, in order: the main process folds one root per tile instead of 256
+    leaf hashes."""
+
+
+def _tile_roots(start: int, hashes: bytes) -> bytes:
+    """``_ChunkResult.tile_roots`` of the leaf hashes of entries from ``start``."""
+    first = -(-start // TILE_WIDTH)
+    stop = (start + len(hashes) // HASH_SIZE) // TILE_WIDTH
+    roots: list[bytes] = []
+    for t in range(first, stop):
+        at = (t * TILE_WIDTH - start) * HASH_SIZE
+        roots.append(tile_root(hashes[at : at + _TILE_BYTES]))
+    return b"".join(roots)
 
 
 class _Checker:
@@ -225,6 +242,7 @@ class _Checker:
         bulk of the cost when the log signs a checkpoint every few entries: it is spread over
         the workers, and the main process compares roots only)."""
         result = self.check(start, stop)
+        result = replace(result, tile_roots=_tile_roots(start, result.hashes))
         signed: list[tuple[int, bytes]] = []
         origin = self.source.origin
         for size, note in self.source.checkpoints_in(start - (start == 0), stop):
@@ -258,7 +276,9 @@ class _Checker:
         """``check`` without the index and signature checks, lean: the bulk of a big log."""
         hashes: list[bytes] = []
         append = hashes.append
-        sha = hashlib.sha256
+        # A copy of a hash already fed the leaf prefix: OpenSSL 3 looks the digest up on
+        # every ``hashlib.sha256()`` call, a copy does not (~15 % of a leaf hash).
+        leaf_prefixed = hashlib.sha256(b"\x00").copy
         link = entry_link
         request_ids: dict[int, str] = {}
         request_kind, response_kind = int(EntryKind.REQUEST), int(EntryKind.RESPONSE)
@@ -270,7 +290,9 @@ class _Checker:
                 failure = Failure(f"entry {expect} is missing from the store", expect)
                 break
             expect += 1
-            h = sha(b"\x00" + data).digest()
+            hasher = leaf_prefixed()
+            hasher.update(data)
+            h = hasher.digest()
             if h != stored_hash:
                 failure = Failure(
                     f"entry {idx} was altered: its bytes do not hash to its stored leaf hash", idx
@@ -552,10 +574,20 @@ def _check_cosigned(
     return None
 
 
+_TILE_BYTES = TILE_WIDTH * HASH_SIZE
+
+
 class _Stream:
-    """The tree state while the entries stream past: a ``CompactRange`` for roots, a
-    ``TiledTree`` recomputing the tiles the entries complete (checked against the stored ones),
-    and the checkpoints and cosigned checkpoints of each chunk, read chunk by chunk."""
+    """The tree state while the entries stream past: a ``CompactRange`` for roots, the tiles
+    the entries complete (checked against the stored ones), and the checkpoints and cosigned
+    checkpoints of each chunk, read chunk by chunk.
+
+    A complete level-0 tile is the leaf hashes themselves (compared as bytes) and enters the
+    range and the upper levels as one root, computed by the worker that checked its entries:
+    this process, which every chunk passes through, does per tile what it did per entry. The
+    upper levels are a ``TiledTree`` whose leaves are those roots (its level ``L`` is the log's
+    level ``L + 1``); only the leaves around a checkpoint that is not on a tile boundary are
+    appended one by one."""
 
     def __init__(
         self,
@@ -575,25 +607,42 @@ class _Stream:
         self.log_keys = log_keys
         self.witnesses = witnesses
         self.range = CompactRange(start, frontier)
-        self.tiles = TiledTree(size=start, edge=edge, read=_no_read)
+        self.partial = bytes(edge[0])  # the leaf hashes of the open level-0 tile
+        self.upper = TiledTree(size=start // TILE_WIDTH, edge=edge[1:] or [b""], read=_no_read)
         self.checkpoints = 0
         self.cosigned = 0
         self.witness_counts: dict[str, int] = {}
         self.last_signed = start
         self.last_root = self.range.root()
 
-    def _root_at(self, size: int, hashes: list[bytes], at: list[int]) -> bytes:
-        while self.range.size < size:
-            self.range.append(hashes[at[0]])
-            at[0] += 1
+    def _advance(self, size: int, lo: int, hashes: bytes, roots: bytes, first: int) -> None:
+        """Bring the range to ``size`` entries: whole tiles by their roots (``roots``, tiles
+        ``first`` on) when on a tile boundary, else leaf by leaf from ``hashes`` (entries
+        from ``lo``)."""
+        r = self.range
+        last = first + len(roots) // HASH_SIZE
+        while r.size < size:
+            at = r.size
+            tile = at // TILE_WIDTH
+            if at % TILE_WIDTH == 0 and at + TILE_WIDTH <= size and first <= tile < last:
+                k = (tile - first) * HASH_SIZE
+                r.append_subtree(roots[k : k + HASH_SIZE], TILE_HEIGHT)
+                continue
+            k = (at - lo) * HASH_SIZE
+            r.append(hashes[k : k + HASH_SIZE])
+
+    def _root_at(self, size: int, lo: int, hashes: bytes, roots: bytes, first: int) -> bytes:
+        self._advance(size, lo, hashes, roots, first)
         return self.range.root()
 
     def extend(self, lo: int, hashes: bytes, checked: _ChunkResult | None = None) -> Failure | None:
         """Entries ``[lo, lo + n)`` given by their ``n`` leaf hashes; ``checked`` carries the
         chunk's checkpoints whose signatures a worker checked (read and checked here without
         it)."""
-        leaf = [hashes[i : i + HASH_SIZE] for i in range(0, len(hashes), HASH_SIZE)]
-        hi = lo + len(leaf)
+        hi = lo + len(hashes) // HASH_SIZE
+        roots, first = b"", 0
+        if checked is not None:
+            roots, first = checked.tile_roots, -(-lo // TILE_WIDTH)
         notes: list[tuple[int, int, str | bytes]] = []
         signed_failure: Failure | None = None
         if checked is not None and checked.signed is not None:
@@ -612,11 +661,10 @@ class _Stream:
             notes = [n for n in notes if n[0] < (signed_failure.size or 0)]
             notes.append((signed_failure.size or 0, 1, ""))
         notes.sort(key=lambda n: (n[0], n[1]))
-        at = [0]
         for size, kind, value in notes:
             if kind == 1:
                 return signed_failure
-            root = self._root_at(size, leaf, at)
+            root = self._root_at(size, lo, hashes, roots, first)
             if kind == 2:
                 assert isinstance(value, str)
                 self.cosigned += 1
@@ -652,12 +700,36 @@ class _Stream:
                 )
             self.checkpoints += 1
             self.last_signed = size
-        while at[0] < len(leaf):
-            self.range.append(leaf[at[0]])
-            at[0] += 1
+        self._advance(hi, lo, hashes, roots, first)
+        done = self._complete_tiles(lo, hashes, roots, first)
         if not self.check_tiles:
             return None
-        return self._check_tiles(self.tiles.extend(leaf))
+        return self._check_tiles(done)
+
+    def _complete_tiles(
+        self, lo: int, hashes: bytes, roots: bytes, first: int
+    ) -> list[tuple[int, int, bytes]]:
+        """The tiles of every level that entries ``[lo, lo + n)`` complete, ``(level, index,
+        data)``; the roots of the level-0 ones go into the upper levels."""
+        partial = self.partial
+        pending = partial + hashes
+        tiles = len(pending) // _TILE_BYTES
+        index0 = (lo - len(partial) // HASH_SIZE) // TILE_WIDTH
+        last = first + len(roots) // HASH_SIZE
+        done: list[tuple[int, int, bytes]] = []
+        made: list[bytes] = []
+        for t in range(tiles):
+            data = pending[t * _TILE_BYTES : (t + 1) * _TILE_BYTES]
+            index = index0 + t
+            if first <= index < last:
+                k = (index - first) * HASH_SIZE
+                made.append(roots[k : k + HASH_SIZE])
+            else:
+                made.append(tile_root(data))
+            done.append((0, index, data))
+        self.partial = pending[tiles * _TILE_BYTES :]
+        done += [(level + 1, index, data) for level, index, data in self.upper.extend(made)]
+        return done
 
     def _check_tiles(self, done: list[tuple[int, int, bytes]]) -> Failure | None:
         by_level: dict[int, list[tuple[int, bytes]]] = {}
@@ -754,6 +826,15 @@ def _start_state(
     return size, frontier, edge, None
 
 
+def _spans(start: int, stop: int, chunk: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` in chunks of about ``chunk`` entries whose bounds (but the first and
+    last) are multiples of ``chunk`` rounded to whole tiles, so that every complete tile lies
+    in one chunk (its worker computes its root)."""
+    step = max(TILE_WIDTH, chunk - chunk % TILE_WIDTH)
+    bounds = [start, *range((start // step + 1) * step, stop, step), stop]
+    return [(a, b) for a, b in itertools.pairwise(bounds) if a < b]
+
+
 _LIVE_ROUNDS = 5
 """How many times ``verify_log`` follows a live shard's growth to reach a signed checkpoint."""
 
@@ -830,7 +911,7 @@ def verify_log(
         vkeys = [k.vkey() for k in log_keys]
         done = begin
         for _ in range(_LIVE_ROUNDS):
-            spans = [(a, min(a + options.chunk, total)) for a in range(done, total, options.chunk)]
+            spans = _spans(done, total, options.chunk)
             for result in _results(open_source, options, spans, vkeys):
                 failure = stream.extend(result.start, result.hashes, result)
                 if counts is not None:

@@ -40,9 +40,17 @@ _NODE_PREFIX = b"\x01"
 EMPTY_ROOT: bytes = _sha256(b"").digest()
 
 
+_LEAF_HASHER = _sha256(_LEAF_PREFIX)
+"""Copied per leaf: OpenSSL 3 looks the digest up on every ``hashlib.sha256()`` call, a copy
+does not, and the leaf's bytes are not copied behind a prefix (the log hashes every entry on
+its event loop)."""
+
+
 def leaf_hash(data: bytes) -> bytes:
     """``SHA-256(0x00 || data)``."""
-    return _sha256(_LEAF_PREFIX + data).digest()
+    h = _LEAF_HASHER.copy()
+    h.update(data)
+    return h.digest()
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:
@@ -299,6 +307,22 @@ class CompactRange:
         heights.append(height)
         hashes.append(h)
         self.size += 1
+
+    def append_subtree(self, node: bytes, height: int) -> None:
+        """Append the hash of a complete subtree of ``2**height`` leaves (unchecked, like
+        ``append``); raises ``ValueError`` unless the size is a multiple of ``2**height``."""
+        if self.size & ((1 << height) - 1):
+            raise ValueError(f"a subtree of height {height} cannot start at leaf {self.size}")
+        heights, hashes = self._heights, self._hashes
+        leaves = 1 << height
+        h = node
+        while heights and heights[-1] == height:
+            heights.pop()
+            h = _sha256(_NODE_PREFIX + hashes.pop() + h).digest()
+            height += 1
+        heights.append(height)
+        hashes.append(h)
+        self.size += leaves
 
     def root(self) -> bytes:
         """The Merkle tree hash of the leaves appended so far."""

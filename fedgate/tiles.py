@@ -48,6 +48,9 @@ ENTRIES: Final = -1
 _MAX_LEVEL: Final = 63
 _NODE: Final = b"\x01"
 _sha256 = hashlib.sha256
+_NODE_HASH: Final = hashlib.sha256(_NODE)
+"""A hash fed the node prefix, copied per node: OpenSSL 3 looks the digest up on every
+``hashlib.sha256()`` call, a copy skips that (about 15 % of a node hash)."""
 
 TileRead = Callable[[int, int, int], list[tuple[int, bytes]]]
 """``read(level, start, stop)``: the stored full tiles ``(index, 8192 bytes)`` of ``level`` with
@@ -149,12 +152,17 @@ def tile_root(
     hashes: bytes | bytearray | memoryview, start: int = 0, count: int = TILE_WIDTH
 ) -> bytes:
     """The Merkle tree hash of ``count`` (a power of two) hashes of a tile from ``start``."""
-    level = [
-        bytes(hashes[(start + i) * HASH_SIZE : (start + i + 1) * HASH_SIZE]) for i in range(count)
-    ]
-    while len(level) > 1:
-        level = [_sha256(_NODE + level[i] + level[i + 1]).digest() for i in range(0, len(level), 2)]
-    return level[0]
+    # Each level is one bytes object: the two children of a node are 64 adjacent bytes.
+    level = bytes(hashes[start * HASH_SIZE : (start + count) * HASH_SIZE])
+    node = _NODE_HASH.copy  # no digest look-up per hash (see ``_NODE_HASH``)
+    while len(level) > HASH_SIZE:
+        parts = []
+        for i in range(0, len(level), 2 * HASH_SIZE):
+            h = node()
+            h.update(level[i : i + 2 * HASH_SIZE])
+            parts.append(h.digest())
+        level = b"".join(parts)
+    return level
 
 
 def encode_bundle(entries: Iterable[bytes]) -> bytes:

@@ -29,7 +29,15 @@ from typing import Final
 
 from gateway.audit.store import NewLeaf
 
-__all__ = ["DDL_PG", "DDL_SQLITE", "DIMENSIONS", "day_rows", "officer_rows", "upserts"]
+__all__ = [
+    "DDL_PG",
+    "DDL_SQLITE",
+    "DIMENSIONS",
+    "day_rows",
+    "officer_rows",
+    "sqlite_range_upserts",
+    "upserts",
+]
 
 _US_PER_HOUR: Final = 3_600_000_000
 _CST_US: Final = 8 * _US_PER_HOUR
@@ -110,6 +118,54 @@ def upserts(*, pg: bool) -> tuple[str, str]:
         return day.replace("?", "%s"), officer.replace("?", "%s")
     # SQLite spells the two-argument minimum MIN.
     return day, officer.replace("LEAST(", "MIN(")
+
+
+# The same counts computed by SQLite over a range of rows, ``(start, stop)`` by index, read from
+# ``{table}`` (``leaves`` or the projection's ``search_rows``): no row comes into Python. ``//``
+# and ``%`` are spelled as floor division and a non-negative remainder, as in Python.
+_FLOOR_DIV = "(({x}) - ((({x}) % {d}) + {d}) % {d}) / {d}"
+_DAY_OF = _FLOOR_DIV.format(x=f"time_us + {_CST_US}", d=24 * _US_PER_HOUR)
+_HOUR_OF = _FLOOR_DIV.format(x=f"time_us + {_CST_US}", d=_US_PER_HOUR)
+_SQLITE_DAY: Final = (
+    "INSERT INTO rollup_day (day, dim, key, n)"
+    " SELECT day, dim, key, COUNT(*) FROM ("
+    " SELECT {day} AS day, 'requester' AS dim, requesting_agency AS key FROM {table}"
+    " WHERE idx >= ?1 AND idx < ?2 AND leg = 1"
+    " UNION ALL SELECT {day}, 'target', target_agency FROM {table}"
+    " WHERE idx >= ?1 AND idx < ?2 AND leg = 1"
+    " UNION ALL SELECT {day}, 'action', action FROM {table}"
+    " WHERE idx >= ?1 AND idx < ?2 AND leg = 1"
+    " UNION ALL SELECT {day}, 'refusal', CASE WHEN leg = 2 THEN 'AGENCY_REFUSED'"
+    " ELSE COALESCE(NULLIF(substr(reason, 1, instr(reason || ':', ':') - 1), ''), 'UNKNOWN')"
+    " END FROM {table} WHERE idx >= ?1 AND idx < ?2 AND leg IN (1, 2) AND outcome = 'refused'"
+    ") WHERE 1 = 1 GROUP BY day, dim, key"
+    " ON CONFLICT (day, dim, key) DO UPDATE SET n = rollup_day.n + excluded.n"
+)
+_SQLITE_OFFICER: Final = (
+    "INSERT INTO rollup_officer (day, member, officer, hour, action, leg, outcome, n, first_idx)"
+    " SELECT {hour_day}, requesting_agency, officer_id, {hour_of_day}, action, leg, outcome,"
+    " COUNT(*), MIN(idx) FROM (SELECT {hour} AS h, * FROM {table}"
+    " WHERE idx >= ?1 AND idx < ?2 AND leg IN (1, 2) AND officer_id <> '')"
+    " WHERE 1 = 1 GROUP BY 1, 2, 3, 4, 5, 6, 7"
+    " ON CONFLICT (day, member, officer, hour, action, leg, outcome) DO UPDATE SET"
+    " n = rollup_officer.n + excluded.n,"
+    " first_idx = MIN(rollup_officer.first_idx, excluded.first_idx)"
+)
+
+
+def sqlite_range_upserts(table: str) -> tuple[str, str]:
+    """The day and officer upserts of the entries ``[?1, ?2)`` read from ``table``
+    (``leaves`` or ``search_rows``: a constant, never input), in SQLite's dialect."""
+    if table not in ("leaves", "search_rows"):
+        raise ValueError(f"rollups are counted from leaves or search_rows, not {table!r}")
+    day = _SQLITE_DAY.format(day=_DAY_OF, table=table)
+    officer = _SQLITE_OFFICER.format(
+        hour=_HOUR_OF,
+        hour_day=_FLOOR_DIV.format(x="h", d=24),
+        hour_of_day="((h % 24) + 24) % 24",
+        table=table,
+    )
+    return day, officer
 
 
 def _code(leg: int, reason: str) -> str:

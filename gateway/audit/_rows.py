@@ -72,9 +72,16 @@ def leaf_values(leaves: Sequence[NewLeaf]) -> list[LeafValues]:
     ]
 
 
+_QUOTE = json.encoder.encode_basestring  # the C quoting ``json.dumps`` uses (ensure_ascii off)
+
+
 def subjects_json(subjects: Sequence[str]) -> str:
-    """The leaf row's ``subjects`` column: the normalized subjects as a JSON array."""
-    return json.dumps(normalized_subjects(subjects), ensure_ascii=False) if subjects else "[]"
+    """The leaf row's ``subjects`` column: the normalized subjects as a JSON array, exactly as
+    ``json.dumps(..., ensure_ascii=False)`` writes it (built from the C quoting function: this
+    runs once per leaf on the commit path, where ``json.dumps`` cost ~3 us)."""
+    if not subjects:
+        return "[]"
+    return "[" + ", ".join([_QUOTE(s) for s in normalized_subjects(subjects)]) + "]"
 
 
 def stored_rows(

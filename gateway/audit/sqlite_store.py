@@ -30,7 +30,6 @@ from gateway.audit._notes import NoteStatements, StoredNotes
 from gateway.audit.store import (
     CommitBatch,
     IndexedRow,
-    NewLeaf,
     SearchQuery,
     StoredLog,
     StoredRow,
@@ -235,11 +234,10 @@ _INSERT_TIME_BLOCK = (
 )
 
 
-_ROLLUP_DAY, _ROLLUP_OFFICER = _rollups.upserts(pg=False)
-_ROLLUP_COLUMNS = (
-    f"SELECT idx, {_rows.COLUMNS} FROM leaves"  # noqa: S608 - constant columns
-    " WHERE idx >= ? AND idx < ? ORDER BY idx"
-)
+# The rollups of a range of entries, counted by SQLite: from the projection's rows the
+# catch-up has just written (narrow rows), or from the leaves (a migration's backfill).
+_ROLLUPS_PROJECTED = _rollups.sqlite_range_upserts("search_rows")
+_ROLLUPS_FROM_LEAVES = _rollups.sqlite_range_upserts("leaves")
 
 # Checkpoint look-ups: the history (kept at an interval) and the head, each by its key.
 _HEAD = "SELECT size, note FROM heads WHERE kind = ?"
@@ -504,9 +502,8 @@ class SqliteDatabase(StoredNotes):
                     if stop > start:
                         con.execute(_PROJECT_ROWS, (start, stop))
                         con.execute(_PROJECT_SUBJECTS, (start, stop))
-                        rows = self._rollup_leaves(range(start, stop))
-                        con.executemany(_ROLLUP_DAY, _rollups.day_rows(rows))
-                        con.executemany(_ROLLUP_OFFICER, _rollups.officer_rows(rows))
+                        for statement in _ROLLUPS_PROJECTED:
+                            con.execute(statement, (start, stop))
                         con.execute(
                             "UPDATE projection_state SET value = ? WHERE name = 'projected_to'",
                             (stop,),
@@ -556,9 +553,8 @@ class SqliteDatabase(StoredNotes):
                     lo = block * _search.BLOCK
                     con.execute(_INSERT_TIME_BLOCK, (block, lo, lo + _search.BLOCK))
                 if rollups:
-                    rows = self._rollup_leaves(rollups)
-                    con.executemany(_ROLLUP_DAY, _rollups.day_rows(rows))
-                    con.executemany(_ROLLUP_OFFICER, _rollups.officer_rows(rows))
+                    for statement in _ROLLUPS_FROM_LEAVES:
+                        con.execute(statement, (rollups.start, rollups.stop))
                     con.execute(
                         "UPDATE projection_state SET value = ? WHERE name = 'rollups_backfilled'",
                         (rollups.stop,),
@@ -570,11 +566,6 @@ class SqliteDatabase(StoredNotes):
                 raise
         except sqlite3.Error as exc:
             raise self._error("migrate", exc) from exc
-
-    def _rollup_leaves(self, span: range) -> list[NewLeaf]:
-        """The entries of ``span`` with only what the rollups read (no leaf bytes)."""
-        rows = self._con.execute(_ROLLUP_COLUMNS, (span.start, span.stop))
-        return [NewLeaf(r[0], b"", b"", (*r[1:], (), -1)) for r in rows]
 
     def checkpoint_wal(self) -> None:
         """Bring the search projection up to date, then copy the WAL into the database and

@@ -219,6 +219,71 @@ class TestDecodingIsStrict:
         assert encode_entry(other) == bytes(flipped)
 
 
+def _slow_link(data: bytes) -> tuple[int, str, int] | str:
+    """What ``entry_link`` must answer, from ``decode_entry``: the link, or the error."""
+    try:
+        entry = decode_entry(data)
+    except VerificationError as exc:
+        return exc.message
+    if isinstance(entry, RequestLeg):
+        return int(EntryKind.REQUEST), entry.request_id, -1
+    if isinstance(entry, ResponseLeg):
+        return int(EntryKind.RESPONSE), entry.request_id, entry.request_leaf_index
+    return int(EntryKind.EVENT), "", -1
+
+
+def _fast_link(data: bytes) -> tuple[int, str, int] | str:
+    try:
+        return entry_link(data)
+    except VerificationError as exc:
+        return exc.message
+
+
+class TestEntryLink:
+    """``entry_link`` has an unrolled path for request and response legs: it must accept
+    exactly what ``decode_entry`` accepts, and refuse with the same message."""
+
+    @given(entries, st.data())
+    @settings(max_examples=300)
+    def test_agrees_with_decode_entry_after_any_edit(
+        self, entry: AuditEntry, data: st.DataObject
+    ) -> None:
+        raw = bytearray(encode_entry(entry))
+        assert _fast_link(bytes(raw)) == _slow_link(bytes(raw))
+        for _ in range(data.draw(st.integers(1, 3))):
+            at = data.draw(st.integers(0, len(raw) - 1))
+            edit = data.draw(st.sampled_from(["set", "delete", "insert"]))
+            byte = data.draw(st.sampled_from([0, 1, 0x80, 0xC3, 0xED, 0xFF, ord("a"), ord("G")]))
+            if edit == "set":
+                raw[at] = byte
+            elif edit == "delete":
+                del raw[at]
+            else:
+                raw.insert(at, byte)
+        assert _fast_link(bytes(raw)) == _slow_link(bytes(raw))
+
+    def test_field_contents_are_checked_on_the_fast_path(self) -> None:
+        data = encode_entry(REQUEST)
+        for bad in (
+            data.replace(b"allowed", b"allowee"),
+            data.replace(b"police.gd.afc", b"police.gd.af\xff"),
+            data.replace(b"ab" * 32, b"zz" * 32),
+            data.replace(b"A44010020261100001", b"A4401002026110000\xc3"),
+            data + b"\x00",
+            data[:-1],
+        ):
+            assert isinstance(_fast_link(bad), str)
+            assert _fast_link(bad) == _slow_link(bad)
+        raw = encode_entry(RESPONSE)
+        for bad in (
+            raw.replace(b"\x00\x00\x00\x02ok", b"\x00\x00\x00\x02no"),
+            raw.replace(b"\x11" * 32, b"\x11" * 31 + b"\x00\x00\x00\x00"),
+            raw.replace(b"bank.icbc", b"bank.icb\xed"),
+        ):
+            assert isinstance(_fast_link(bad), str)
+            assert _fast_link(bad) == _slow_link(bad)
+
+
 class TestSearchColumns:
     def test_columns_of_the_leaf_equal_the_columns_of_the_entry(self) -> None:
         for entry in (REQUEST, RESPONSE, EVENT):

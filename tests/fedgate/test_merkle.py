@@ -13,6 +13,7 @@ from fedgate.errors import VerificationError
 from fedgate.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,
+    CompactRange,
     MerkleTree,
     consistency_proof_size,
     inclusion_proof_size,
@@ -566,3 +567,33 @@ class TestProperties:
         assert tree.root() == naive_root(hashes)
         for size in {0, 1, len(hashes) // 2, len(hashes)}:
             assert tree.root(size) == naive_root(hashes[:size])
+
+
+class TestCompactRangeSubtrees:
+    def test_a_subtree_appended_whole_gives_the_roots_of_its_leaves(self) -> None:
+        leaves = [leaf_hash(i.to_bytes(4, "big")) for i in range(600)]
+        tree = MerkleTree.from_leaf_hashes(leaves)
+        for height in (0, 1, 3, 8):
+            width = 1 << height
+            by_leaf, mixed = CompactRange(), CompactRange()
+            for start in range(0, 600 - width + 1, width):
+                for leaf in leaves[start : start + width]:
+                    by_leaf.append(leaf)
+                mixed.append_subtree(
+                    tree.root(start + width)
+                    if start == 0
+                    else _subtree(leaves[start : start + width]),
+                    height,
+                )
+                assert mixed.size == by_leaf.size == start + width
+                assert mixed.root() == by_leaf.root() == tree.root(start + width)
+
+    def test_a_subtree_must_start_on_its_own_boundary(self) -> None:
+        r = CompactRange()
+        r.append(leaf_hash(b"x"))
+        with pytest.raises(ValueError, match="cannot start at leaf 1"):
+            r.append_subtree(b"\x00" * HASH_SIZE, 1)
+
+
+def _subtree(leaves: Sequence[bytes]) -> bytes:
+    return MerkleTree.from_leaf_hashes(leaves).root()

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from fedgate.audit_entry import IndexColumns
 from gateway.audit._rows import (
     group_subjects,
     indexed_row,
     leaf_values,
     stored_rows,
+    subjects_json,
 )
-from gateway.audit.store import IndexedRow, NewLeaf
+from gateway.audit.store import IndexedRow, NewLeaf, normalized_subjects
 
 COLUMNS: IndexColumns = (
     1, "req-1", 1_700_000_000_000_000, "police.sh", "officer-7", "case-9", "query_account",
@@ -40,3 +46,11 @@ class TestRowMapping:
     def test_indexed_row_puts_the_subjects_before_the_request_index(self) -> None:
         hit = (4, *COLUMNS[:10], COLUMNS[11])
         assert indexed_row(hit, COLUMNS[10]) == IndexedRow(4, COLUMNS)
+
+
+@given(st.lists(st.text(max_size=8), max_size=4))
+@settings(max_examples=400)
+def test_subjects_json_is_what_json_dumps_writes(subjects: list[str]) -> None:
+    expected = json.dumps(normalized_subjects(subjects), ensure_ascii=False) if subjects else "[]"
+    assert subjects_json(subjects) == expected
+    assert json.loads(subjects_json(subjects)) == list(normalized_subjects(subjects))

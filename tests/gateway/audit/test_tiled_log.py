@@ -5,13 +5,16 @@ reopened log proves from tiles, a tampered tile is refused (at open, by ``verify
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 from typing import TYPE_CHECKING
 
 import pytest
 
+from fedgate.auditverify import VerifyOptions, VerifyReport, verify_log
 from fedgate.checkpoint import parse_checkpoint
 from fedgate.errors import LogInconsistent, VerificationError
+from fedgate.evidence import log_verifiers
 from fedgate.merkle import root_of, verify_consistency, verify_inclusion
 from fedgate.note import parse_note
 from gateway.audit.log import AuditLog
@@ -172,3 +175,43 @@ class TestVerifyFrom:
         code, out = run_audit([*args, "--from", "600"], capsys)
         assert code == 1
         assert "entry 650 was altered" in out
+
+
+class TestVerifyChunks:
+    """Workers return the roots of the tiles inside their chunk; whatever the chunk size (or
+    where ``--from`` starts), the verification reads the same tree and the same tiles."""
+
+    @staticmethod
+    def _verify(logs: LogFactory, chunk: int, jobs: int = 1, start: int = 0) -> VerifyReport:
+        registry = logs.fed.registry
+        return verify_log(
+            functools.partial(SqliteDatabase, logs.db, origin=None, writer=False),
+            log_keys=log_verifiers(registry, ORIGIN),
+            options=VerifyOptions(check_index=False, jobs=jobs, chunk=chunk),
+            start=start,
+        )
+
+    async def test_any_chunk_size_verifies_the_same_log(self, sqlite_logs: LogFactory) -> None:
+        await _fill(sqlite_logs)
+        reports = [self._verify(sqlite_logs, chunk) for chunk in (1, 255, 256, 300, 513, 10_000)]
+        reports.append(self._verify(sqlite_logs, 300, jobs=2))
+        assert all(r.ok for r in reports), [r.failure for r in reports]
+        assert {(r.entries, r.checkpoints) for r in reports} == {(SIZE, reports[0].checkpoints)}
+        for start in (1, 255, 256, 257, 600):
+            report = self._verify(sqlite_logs, 256, start=start)
+            assert report.ok, (start, report.failure)
+
+    async def test_a_tampered_tile_is_found_whatever_the_chunk(
+        self, sqlite_logs: LogFactory
+    ) -> None:
+        await _fill(sqlite_logs)
+        attacker = Attacker(sqlite_logs)
+        try:
+            data = bytes(attacker.run("SELECT data FROM tiles WHERE level = 0 AND idx = 1")[0][0])
+            attacker.run("UPDATE tiles SET data = ? WHERE level = 0 AND idx = 1", (flip(data, 33),))
+        finally:
+            attacker.close()
+        for chunk in (1, 300, 10_000):
+            report = self._verify(sqlite_logs, chunk)
+            assert report.failure is not None
+            assert "the stored tile tile/0/001 does not match the entries" in report.failure.message
