@@ -4,7 +4,6 @@ and every corruption refused."""
 from __future__ import annotations
 
 import base64
-import dataclasses
 import hashlib
 import json
 import shutil
@@ -242,7 +241,7 @@ class TestAnswerLoggedInAnotherShard:
         self, fed_dir: Path, registry: Registry
     ) -> None:
         x = exchange(fed_dir, registry, at=datetime.now(UTC), request_index=12)
-        foreign = dataclasses.replace(x, response=dataclasses.replace(
+        foreign = replace(x, response=replace(
             x.response, request_origin="fedgate.test/gateway/shard-a"
         ))  # fmt: skip
         report = verify_bundle(bundle_for(fed_dir, foreign, response_only=True), registry)
@@ -258,7 +257,7 @@ class TestAnswerLoggedInAnotherShard:
         x = exchange(
             fed_dir, registry, at=datetime.now(UTC), request_index=12, responder_key="bank.ccb"
         )
-        foreign = dataclasses.replace(x, response=dataclasses.replace(
+        foreign = replace(x, response=replace(
             x.response, request_origin="fedgate.test/gateway/shard-a"
         ))  # fmt: skip
         with pytest.raises(VerificationError, match=r"signed by bank\.ccb"):
