@@ -636,6 +636,13 @@ _AUDIT_UI: dict[str, tuple[str, str]] = {
         "已验证：答复由 {signer} 签名，并绑定到本请求（请求哈希一致）。",
         "Verified: the answer is signed by {signer} and bound to this request (hash matches).",
     ),
+    "check.response_signed_elsewhere": (
+        "已验证：答复由 {signer} 签名。其请求记录在另一分片 {origin} 第 {index} 条"
+        "（工单经另一网关实例答复），与请求的绑定由 fedgate audit verify 跨分片核验。",
+        "Verified: the answer is signed by {signer}. Its request is entry {index} of another "
+        "shard, {origin} (a ticket answered through another gateway instance); fedgate audit "
+        "verify checks the binding across shards.",
+    ),
     "check.node_fault": (
         "机构节点故障，网关已拒收其答复：{detail}",
         "Node fault: the gateway rejected the agency's answer: {detail}",

@@ -108,6 +108,8 @@ async def chase_of(log: LogView, index: int) -> tuple[str, str] | None:
     """(chase id, case number) of the exchange at ``index`` (either leg), or ``None``."""
     try:
         entry = decode_entry(await log.open_entry(index))
+        if isinstance(entry, ResponseLeg) and entry.request_origin:
+            return None  # its request leg, which would say, is in another shard
         if isinstance(entry, ResponseLeg):
             entry = decode_entry(await log.open_entry(entry.request_leaf_index))
     except (FedgateError, IndexError):

@@ -325,6 +325,14 @@ def _response_views(
         )
         if signer is None:
             checks.append(Check(None, t("check.no_response")))
+        elif leg.request_origin:
+            elsewhere = t(
+                "check.response_signed_elsewhere",
+                signer=signer,
+                origin=leg.request_origin,
+                index=leg.request_leaf_index,
+            )
+            checks.append(Check(True, elsewhere))
         else:
             checks.append(Check(True, t("check.response_signed", signer=signer)))
     except VerificationError as exc:
@@ -372,7 +380,9 @@ def _event_views(
 
 async def _related(log: LogView, insights: LogInsights, index: int, entry: AuditEntry) -> list[int]:
     """The leaf indices of the exchange ``entry`` (at ``index``) belongs to, in order."""
-    if isinstance(entry, EventEntry):
+    if isinstance(entry, EventEntry) or (
+        isinstance(entry, ResponseLeg) and entry.request_origin
+    ):  # (a ticket answer whose request leg is in another shard: none of its legs is here)
         return [index]
     request_index = index if isinstance(entry, RequestLeg) else entry.request_leaf_index
     related = {index, request_index}

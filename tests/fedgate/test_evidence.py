@@ -108,8 +108,16 @@ def exchange(
     )
 
 
-def bundle_for(fed: Path, x: Exchange, *, log_key: str = "gateway", cosign: bool = True) -> bytes:
-    """A log of 9 entries: filler, the request at 5, more filler, the response at 7."""
+def bundle_for(
+    fed: Path,
+    x: Exchange,
+    *,
+    log_key: str = "gateway",
+    cosign: bool = True,
+    response_only: bool = False,
+) -> bytes:
+    """A log of 9 entries: filler, the request at 5, more filler, the response at 7 (the
+    bundle of the response alone with ``response_only``)."""
     leaves = [f"filler {i}".encode() for i in range(9)]
     leaves[5], leaves[7] = encode_entry(x.request), encode_entry(x.response)
     tree = MerkleTree.from_leaf_hashes(leaf_hash(leaf) for leaf in leaves)
@@ -121,7 +129,7 @@ def bundle_for(fed: Path, x: Exchange, *, log_key: str = "gateway", cosign: bool
     return build_bundle(
         origin=ORIGIN,
         index=7,
-        entries=[(5, leaves[5]), (7, leaves[7])],
+        entries=[(7, leaves[7])] if response_only else [(5, leaves[5]), (7, leaves[7])],
         checkpoint=note,
         tree_size=9,
         inclusion_proof=tree.inclusion_proof,
@@ -223,6 +231,37 @@ class TestVerifyBundle:
             doc["entries"][0][field] = value
             with pytest.raises(VerificationError, match="malformed evidence bundle"):
                 verify_bundle(json.dumps(doc).encode(), registry)
+
+
+class TestAnswerLoggedInAnotherShard:
+    """A ticket answered through another gateway instance: the response leg names its request
+    leg in another shard (``request_origin``); its bundle holds it alone."""
+
+    def test_its_signature_verifies_and_the_request_shard_is_named(
+        self, fed_dir: Path, registry: Registry
+    ) -> None:
+        x = exchange(fed_dir, registry, at=datetime.now(UTC), request_index=12)
+        foreign = replace(x, response=replace(
+            x.response, request_origin="fedgate.test/gateway/shard-a"
+        ))  # fmt: skip
+        report = verify_bundle(bundle_for(fed_dir, foreign, response_only=True), registry)
+        assert any(
+            "signed by bank.icbc" in c
+            and "entry 12 of fedgate.test/gateway/shard-a, another shard" in c
+            for c in report.checks
+        ), report.checks
+
+    def test_a_foreign_answer_signed_by_someone_else_is_refused(
+        self, fed_dir: Path, registry: Registry
+    ) -> None:
+        x = exchange(
+            fed_dir, registry, at=datetime.now(UTC), request_index=12, responder_key="bank.ccb"
+        )
+        foreign = replace(x, response=replace(
+            x.response, request_origin="fedgate.test/gateway/shard-a"
+        ))  # fmt: skip
+        with pytest.raises(VerificationError, match=r"signed by bank\.ccb"):
+            verify_bundle(bundle_for(fed_dir, foreign, response_only=True), registry)
 
 
 class TestWitnessPolicy:

@@ -313,7 +313,31 @@ def decode_request_id(report: envelope_pb2.SignedEnvelope) -> str:
     return request_pb2.Request.FromString(report.body).request_id
 
 
+async def console_login(client: httpx.AsyncClient) -> None:
+    token = CSRF.search((await client.get("/login")).text)
+    assert token
+    login = await client.post(
+        "/login", data={"csrf": token.group(1), "user": "audit.wang", "password": PASSWORD}
+    )
+    assert login.status_code == 303
+
+
 class TestConsoleSessionsAcrossInstances:
+    async def test_bs_console_shows_a_ticket_answer_whose_request_is_in_a(self, trio: Trio) -> None:
+        ticket_id, sent = await trio.open_ticket()
+        trio.a.node.answer(ticket_id)
+        _, answer = await trio.police_on(trio.b, sent).get_ticket(ticket_id)
+        assert answer is not None
+        assert trio.b.console_url is not None
+        async with httpx.AsyncClient(base_url=trio.b.console_url) as on_b:
+            await console_login(on_b)
+            page = await on_b.get(f"/entries/{answer.receipt.leaf_index}")
+        assert page.status_code == 200
+        assert f"其请求记录在另一分片 {SHARD_A} 第 {answer.receipt.request_leaf_index} 条" in (
+            page.text
+        )
+        assert "并绑定到本请求" not in page.text  # the binding is not claimed from B alone
+
     async def test_a_login_on_b_works_on_c_and_a_logout_on_b_is_refused_on_c(
         self, trio: Trio
     ) -> None:
@@ -321,12 +345,7 @@ class TestConsoleSessionsAcrossInstances:
         assert b_url is not None
         assert c_url is not None
         async with httpx.AsyncClient(base_url=b_url) as on_b:
-            token = CSRF.search((await on_b.get("/login")).text)
-            assert token
-            login = await on_b.post(
-                "/login", data={"csrf": token.group(1), "user": "audit.wang", "password": PASSWORD}
-            )
-            assert login.status_code == 303
+            await console_login(on_b)
             cookies = dict(on_b.cookies)
             async with httpx.AsyncClient(base_url=c_url, cookies=cookies) as on_c:
                 page = await on_c.get("/")
