@@ -21,9 +21,10 @@ Contract:
 - Safe retries (``gateway.retries``): the fan-out claims its request id at stage 4 like a single
   request. Once every member has ended, the items streamed (the refused members' first, then
   in the order they were streamed) MUST be recorded as its outcome, before the stream ends; a
-  wholly refused fan-out records its error. A retry of the same signed request (on any instance sharing the outcomes)
-  gets those items, byte for byte, or ``IN_PROGRESS`` until they are recorded, and nothing is
-  asked again; another request with the id stays refused (``REPLAYED``).
+  wholly refused fan-out records its error. A retry of the same signed request (on any
+  instance sharing the outcomes) gets those items, byte for byte, or ``IN_PROGRESS`` until they
+  are recorded, and nothing is asked again; another request with the id stays refused
+  (``REPLAYED``).
 """
 
 from __future__ import annotations
