@@ -49,7 +49,10 @@ In memory: ``MemoryReplayCache`` keeps the same promise with no store of its own
 from the audit log at every start by the same ``rebuild_from_audit`` (the argument above does
 not depend on the cache having kept anything), so it needs no fsync, no thread and no commit per
 request. It is the gateway's default (``[pipeline] replay_store = "memory"``); the SQLite cache
-stays for a deployment that wants the cache on disk. Neither is shared between processes.
+stays for a deployment that wants the cache on disk. Neither is shared between processes. The
+in-memory cache is also the local store of recorded outcomes (``gateway.retries``): one entry
+per request id answers both "seen?" and "what did its first attempt get?", bounded by age and
+size (see the class).
 
 Shared: ``PgReplayCache`` keeps the ids in PostgreSQL, one row per request with a unique
 constraint on the request id and one on the nonce, so that several gateway processes and hosts
