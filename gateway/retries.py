@@ -28,11 +28,10 @@ Contract:
 
 Stores: ``gateway.replay.MemoryReplayCache`` (one process; the default with ``[shared] store =
 "local"``: the in-memory replay cache keeps the outcomes in the same entry as the request id,
-bounded by age and size) and ``PgOutcomes`` (every instance on one PostgreSQL database, with
-``"postgres"``). A restart of a
-local gateway forgets the outcomes; a retry of a request sent before the restart is then
-refused as ``REPLAYED`` by the rebuilt replay cache, and ``GetOutcome`` reads its outcome back
-from the audit log.
+encoded, bounded by age and size) and ``PgOutcomes`` (every instance on one PostgreSQL
+database, with ``"postgres"``). A restart of a local gateway forgets the outcomes; a retry of a
+request sent before the restart is then refused as ``REPLAYED`` by the rebuilt replay cache,
+and ``GetOutcome`` reads its outcome back from the audit log.
 """
 
 from __future__ import annotations
