@@ -159,7 +159,7 @@ def _append_figures(
     store: str, open_store: Callable[[Path], Opener], quick: bool
 ) -> dict[str, tuple[float, str]]:
     signer = NoteSigner(name=ORIGIN, private_key=Ed25519PrivateKey.generate())
-    exchanges = {1: 150, 16: 1_000, 256: 5_000} if quick else {1: 1_000, 16: 8_000, 256: 40_000}
+    exchanges = {1: 100, 16: 500, 256: 5_000} if quick else {1: 1_000, 16: 8_000, 256: 40_000}
     figures: dict[str, tuple[float, str]] = {}
     for c in CONCURRENCY:
         with tempfile.TemporaryDirectory(prefix="bench-audit-") as tmp:
@@ -275,8 +275,8 @@ def _verify_figures(quick: bool) -> dict[str, tuple[float, str]]:
     """Verification of a log the group commit wrote (16 appenders: a checkpoint every few
     entries, as the gateway stores them), and for comparison of one written in 5,000-entry
     batches (the old benchmark's log, one checkpoint per 5,000 entries)."""
-    exchanges = 15_000 if quick else 100_000
-    batched = 60_000 if quick else 400_000
+    exchanges = 5_000 if quick else 100_000
+    batched = 10_000 if quick else 400_000
     signer = NoteSigner(name=ORIGIN, private_key=Ed25519PrivateKey.generate())
     figures: dict[str, tuple[float, str]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-audit-verify-") as tmp:

@@ -79,7 +79,7 @@ def _sample_accounts(path: Path, count: int, rng: random.Random) -> list[str]:
 
 def run(quick: bool) -> dict[str, tuple[float, str]]:
     accounts, transactions = (100_000, 1_000_000) if quick else (1_000_000, 10_000_000)
-    lookups, windows = (5_000, 1_000) if quick else (20_000, 3_000)
+    lookups, windows = (2_000, 500) if quick else (20_000, 3_000)
     path, build_s = _bank(accounts, transactions)
     rng = random.Random(1)
     with ReferenceBank(path=path, bank_id=BANK, clock=lambda: NOW) as bank:

@@ -227,7 +227,7 @@ async def _measure(
                 raise RuntimeError("a 5-hop chase stopped nothing")
             five.append(report.seconds * 1000)
         _progress(f"timed {len(five)} 5-hop chases")
-        await _fanouts(client, world, 10, 0)  # warm up
+        await _fanouts(client, world, 5, 0)  # warm up
         unloaded = await _fanouts(client, world, fanouts, 100)
         seconds = 1.0 + fanouts / FANOUT_RATE + 10
         bodies = background.bodies(int(BACKGROUND_RATE * seconds))
@@ -256,9 +256,9 @@ async def _measure(
 
 
 def run(quick: bool) -> dict[str, tuple[float, str]]:
-    """Measure the figures of the module docstring (quick: 18 chains, 50 fan-out pairs a side;
-    full: 60 chains, 300 a side)."""
-    chains, fanouts = (18, 50) if quick else (60, 300)
+    """Measure the figures of the module docstring (quick: 18 chains, 20 fan-out pairs a side,
+    whose p99 is then their worst, as it already was at 50; full: 60 chains, 300 a side)."""
+    chains, fanouts = (18, 20) if quick else (60, 300)
     with tempfile.TemporaryDirectory(prefix="fedgate-bench-chase-") as tmp:
         root = Path(tmp)
         now = datetime.now(UTC)

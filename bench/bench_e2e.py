@@ -32,8 +32,8 @@ before the first order and stops after the last answer.
 - ``stop_payment_e2e_unloaded_p50_ms`` / ``_p99_ms``: the same orders with no other traffic.
 - ``background_load_achieved_per_s``: background answers received per second while loaded.
 
-Percentiles are nearest-rank (``fedgate.testing.percentile``): in quick mode (100 orders a
-side) p99 is the second slowest order.
+Percentiles are nearest-rank (``fedgate.testing.percentile``): in quick mode (60 orders a
+side) p99 is the slowest order.
 Any refused order or background query fails the run.
 """
 
@@ -370,9 +370,9 @@ async def _measure(
 
 
 def run(quick: bool) -> dict[str, tuple[float, str]]:
-    """Measure the figures of the module docstring (quick: 100 orders loaded, 100 unloaded;
+    """Measure the figures of the module docstring (quick: 60 orders loaded, 60 unloaded;
     full: 1000 of each, in four alternating phases)."""
-    per_side, phases = (100, 1) if quick else (1000, 2)
+    per_side, phases = (60, 1) if quick else (1000, 2)
     with tempfile.TemporaryDirectory(prefix="fedgate-bench-e2e-") as tmp:
         root = Path(tmp)
         now = datetime.now(UTC)

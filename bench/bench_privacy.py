@@ -66,7 +66,7 @@ async def _rate(
 
 def run(quick: bool) -> dict[str, tuple[float, str]]:
     signer = NoteSigner(name=ORIGIN, private_key=Ed25519PrivateKey.generate())
-    exchanges = 3_000 if quick else 20_000
+    exchanges = 1_500 if quick else 20_000
     best = {False: 0.0, True: 0.0}
     cpu = {False: float("inf"), True: float("inf")}
     for _ in range(2):

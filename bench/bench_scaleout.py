@@ -255,9 +255,9 @@ def _drop(pg: PgTarget) -> None:
 
 
 def run(quick: bool) -> dict[str, tuple[float, str]]:
-    """Measure the figures of the module docstring (quick: 4 s phases, one of each, 3 kills;
+    """Measure the figures of the module docstring (quick: 3 s phases, one of each, 2 kills;
     full: 10 s phases in the order 1, 2, 2, 1 and 10 kills)."""
-    phase_s, order, runs = (4.0, (1, 2), 3) if quick else (10.0, (1, 2, 2, 1), RUNS)
+    phase_s, order, runs = (3.0, (1, 2), 2) if quick else (10.0, (1, 2, 2, 1), RUNS)
     pg = PgTarget(
         dsn=os.environ.get("FEDGATE_PG_DSN", DEFAULT_PG_DSN),
         schema=f"bench_scaleout_{uuid.uuid4().hex[:10]}",

@@ -99,8 +99,8 @@ async def _measure(
     quick: bool, fed: Path, local: _Process, shared: _Process
 ) -> dict[str, tuple[float, str]]:
     envelopes = _Envelopes(fed)
-    rounds, seconds = (2, 2.0) if quick else (4, 5.0)
-    per_phase = int(seconds * 6000)
+    rounds, seconds = (1, 2.0) if quick else (4, 5.0)
+    per_phase = int(seconds * (2_000 if quick else 6_000))
     processes = {"local": local, "shared": shared}
     channels = {name: _channel(fed, p.endpoint) for name, p in processes.items()}
     totals = {name: [0, 0.0, 0.0] for name in processes}

@@ -49,7 +49,10 @@ In memory: ``MemoryReplayCache`` keeps the same promise with no store of its own
 from the audit log at every start by the same ``rebuild_from_audit`` (the argument above does
 not depend on the cache having kept anything), so it needs no fsync, no thread and no commit per
 request. It is the gateway's default (``[pipeline] replay_store = "memory"``); the SQLite cache
-stays for a deployment that wants the cache on disk. Neither is shared between processes.
+stays for a deployment that wants the cache on disk. Neither is shared between processes. The
+in-memory cache is also the local store of recorded outcomes (``gateway.retries``): one entry
+per request id answers both "seen?" and "what did its first attempt get?", bounded by age and
+size (see the class).
 
 Shared: ``PgReplayCache`` keeps the ids in PostgreSQL, one row per request with a unique
 constraint on the request id and one on the nonce, so that several gateway processes and hosts
@@ -76,6 +79,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -102,7 +106,7 @@ from fedgate.errors import (
 )
 from fedgate.storage import Schema, open_store
 from fedgate.v1 import envelope_pb2
-from gateway.retries import RETRIED
+from gateway.retries import RETRIED, Claim, RecordedOutcome
 from gateway.shared import PgPool
 
 __all__ = [
@@ -504,25 +508,66 @@ class ReplayStore(Protocol):
     def close(self) -> None: ...
 
 
-class MemoryReplayCache:
-    """Refuses any request id or nonce seen within the window; held in memory only.
+@dataclass(slots=True)
+class _Held:
+    """What ``MemoryReplayCache`` holds for one request id until ``expires_us``."""
 
-    Same contract as ``ReplayCache`` except durability: it MUST be rebuilt with
+    expires_us: int
+    body_sha256: bytes | None = None
+    """The body of the attempt that claimed the id; ``None`` when no attempt claims it (restored
+    from the log, remembered without a claim, or its outcome evicted)."""
+    nonce: bytes | None = None
+    """Set once stage 4 remembered the request: its id and nonce are then refused to others."""
+    outcome: bytes | None = None
+    """``RecordedOutcome.encode()`` of the claiming attempt, once recorded."""
+
+
+class MemoryReplayCache:
+    """One process's memory of requests for the replay window: replay protection
+    (``ReplayStore``) and the recorded outcomes of safe retries (``OutcomeStore``) in one table
+    keyed by request id, so that an id is held once for both.
+
+    Replay protection keeps ``ReplayCache``'s contract except durability: it MUST be rebuilt with
     ``rebuild_from_audit`` from the audit log the pipeline writes before its first check after
-    every start (the module docstring argues why the log holds every id that matters).
-    ``check_and_remember`` is atomic under one lock: of two identical requests exactly one
-    passes. Entries expire ``window`` after their ``issued_at`` and are pruned every 30 seconds
-    of ``now``, oldest first, so memory is bounded by the requests of one window.
+    every start (the module docstring argues why the log holds every id that matters). Outcomes
+    keep ``gateway.retries``'s contract. Atomic under one lock: of two identical requests exactly
+    one passes, of two claims of one id exactly one wins.
+
+    Bounded by age and by size:
+
+    - every entry is dropped once past ``issued_at + window`` (pruned every 30 seconds of
+      ``now``, oldest first);
+    - at most ``max_requests`` request ids are held (default 1,000,000: about 1,100 requests a
+      second sustained over the default 15-minute window, roughly 0.3 KB each without their
+      outcome). A new request beyond that is refused with ``AuditUnavailable`` (fail closed: an
+      id is never forgotten before its window ends);
+    - recorded outcomes, kept encoded, take at most ``max_outcome_bytes`` (default 64 MiB).
+      Beyond that the oldest recorded outcomes are forgotten: a retry of such a request is then
+      refused as ``REPLAYED``, as after a restart, and ``GetOutcome`` reads its outcome back
+      from the audit log.
     """
 
-    def __init__(self, *, window: timedelta) -> None:
+    def __init__(
+        self,
+        *,
+        window: timedelta,
+        max_requests: int = 1_000_000,
+        max_outcome_bytes: int = 64 << 20,
+    ) -> None:
         if window <= timedelta(0):
             raise ValueError("window must be positive")
+        if max_requests < 1 or max_outcome_bytes < 0:
+            raise ValueError("max_requests must be positive and max_outcome_bytes not negative")
         self._window = window
         self._window_us = window // timedelta(microseconds=1)
+        self._max_requests = max_requests
+        self._max_outcome_bytes = max_outcome_bytes
         self._lock = threading.Lock()
-        self._seen: dict[bytes, int] = {}  # key -> expires_us
-        self._expiries: list[tuple[int, bytes]] = []  # min-heap of (expires_us, key)
+        self._held: dict[str, _Held] = {}
+        self._nonces: dict[bytes, str] = {}  # nonce -> the request id that remembered it
+        self._expiries: list[tuple[int, str]] = []  # min-heap of (expires_us, request id)
+        self._outcomes: OrderedDict[str, int] = OrderedDict()  # recorded, oldest first -> size
+        self._outcome_bytes = 0
         self._next_prune_us = 0
 
     @property
@@ -532,8 +577,11 @@ class MemoryReplayCache:
     def close(self) -> None:
         """Forget everything (nothing to flush)."""
         with self._lock:
-            self._seen.clear()
+            self._held.clear()
+            self._nonces.clear()
             self._expiries.clear()
+            self._outcomes.clear()
+            self._outcome_bytes = 0
 
     def check_freshness(self, issued_at: datetime, *, now: datetime, skew: timedelta) -> None:
         """As ``ReplayCache.check_freshness``."""
@@ -542,9 +590,10 @@ class MemoryReplayCache:
     def check_and_remember(
         self, request_id: str, nonce: bytes, issued_at: datetime, *, now: datetime
     ) -> None:
-        """Remember ``request_id`` and ``nonce``; raise ``Replayed`` if either was seen.
+        """Remember ``request_id`` and ``nonce``; raise ``Replayed`` if either was remembered.
 
-        Nothing is remembered when ``Replayed`` or ``Stale`` is raised.
+        Nothing is remembered when ``Replayed``, ``Stale`` or ``AuditUnavailable`` (full) is
+        raised. The attempt that claimed ``request_id`` may remember it once.
         """
         now_us = _us(now)
         issued_us = _us(issued_at)
@@ -552,18 +601,17 @@ class MemoryReplayCache:
             raise Stale(
                 f"issued_at is older than the replay window ({describe_span(self._window)})"
             )
-        id_key = _ID_KEY + request_id.encode()
-        nonce_key = _NONCE_KEY + nonce
         expires_us = issued_us + self._window_us
         with self._lock:
-            id_seen = id_key in self._seen
-            nonce_seen = nonce_key in self._seen
+            self._prune_if_due(now_us)
+            held = self._held.get(request_id)
+            id_seen = held is not None and held.nonce is not None
+            nonce_seen = nonce in self._nonces
             if id_seen or nonce_seen:
                 raise _replayed(request_id, id_seen, nonce_seen)
-            self._add(id_key, expires_us)
-            self._add(nonce_key, expires_us)
-            if now_us >= self._next_prune_us:
-                self._prune(now_us)
+            if held is None:
+                held = self._new(request_id, expires_us)
+            self._remember(request_id, held, nonce, expires_us)
 
     async def remember(
         self, request_id: str, nonce: bytes, issued_at: datetime, *, now: datetime
@@ -572,7 +620,8 @@ class MemoryReplayCache:
         self.check_and_remember(request_id, nonce, issued_at, now=now)
 
     def restore(self, seen: Iterable[SeenRequest], *, now: datetime) -> int:
-        """Remember every request of ``seen`` again without refusing any (see ``ReplayCache``)."""
+        """Remember every request of ``seen`` again without refusing any (see ``ReplayCache``);
+        start-up only, so ``max_requests`` does not apply."""
         now_us = _us(now)
         count = 0
         with self._lock:
@@ -580,28 +629,92 @@ class MemoryReplayCache:
                 expires_us = _us(s.issued_at) + self._window_us
                 if expires_us < now_us or not s.request_id or not s.nonce:
                     continue
-                for key in (_ID_KEY + s.request_id.encode(), _NONCE_KEY + s.nonce):
-                    if self._seen.get(key, -1) < expires_us:
-                        self._add(key, expires_us)
+                held = self._held.get(s.request_id)
+                if held is None:
+                    held = self._held[s.request_id] = _Held(expires_us=expires_us)
+                    heapq.heappush(self._expiries, (expires_us, s.request_id))
+                self._remember(s.request_id, held, s.nonce, expires_us)
                 count += 1
         return count
 
     def stored_keys(self) -> int:
         """Request ids plus nonces held, expired ones not yet pruned included."""
         with self._lock:
-            return len(self._seen)
+            return len(self._held) + len(self._nonces)
 
-    def _add(self, key: bytes, expires_us: int) -> None:
-        self._seen[key] = expires_us
-        heapq.heappush(self._expiries, (expires_us, key))
+    def outcome_bytes(self) -> int:
+        """The encoded size of the recorded outcomes held."""
+        with self._lock:
+            return self._outcome_bytes
 
-    def _prune(self, now_us: int) -> None:
+    async def claim(
+        self, request_id: str, body_sha256: bytes, *, expires_us: int, now_us: int
+    ) -> Claim | None:
+        """As ``OutcomeStore.claim``; ``AuditUnavailable`` when ``max_requests`` are held."""
+        with self._lock:
+            self._prune_if_due(now_us)
+            held = self._held.get(request_id)
+            if held is None:
+                held = self._new(request_id, expires_us)
+            elif held.body_sha256 is not None:
+                outcome = None if held.outcome is None else RecordedOutcome.decode(held.outcome)
+                return Claim(body_sha256=held.body_sha256, outcome=outcome)
+            held.body_sha256 = body_sha256
+            return None
+
+    async def record(self, request_id: str, outcome: RecordedOutcome) -> None:
+        """As ``OutcomeStore.record``; the oldest outcomes beyond ``max_outcome_bytes`` are
+        forgotten (see the class)."""
+        data = outcome.encode()
+        with self._lock:
+            held = self._held.get(request_id)
+            if held is None or held.body_sha256 is None or held.outcome is not None:
+                return
+            held.outcome = data
+            self._outcomes[request_id] = len(data)
+            self._outcome_bytes += len(data)
+            while self._outcome_bytes > self._max_outcome_bytes:
+                oldest, size = self._outcomes.popitem(last=False)
+                self._outcome_bytes -= size
+                evicted = self._held[oldest]
+                evicted.outcome = evicted.body_sha256 = None
+
+    def _new(self, request_id: str, expires_us: int) -> _Held:
+        if len(self._held) >= self._max_requests:
+            raise AuditUnavailable(
+                f"the replay cache holds its limit of {self._max_requests} requests within the "
+                f"replay window ({describe_span(self._window)}); refused until older ones expire"
+            )
+        held = self._held[request_id] = _Held(expires_us=expires_us)
+        heapq.heappush(self._expiries, (expires_us, request_id))
+        return held
+
+    def _remember(self, request_id: str, held: _Held, nonce: bytes, expires_us: int) -> None:
+        """Mark ``held`` remembered with ``nonce``, keeping the later expiry."""
+        held.nonce = nonce
+        other = self._nonces.get(nonce)
+        if other is None or other == request_id or self._held[other].expires_us < expires_us:
+            self._nonces[nonce] = request_id
+        if held.expires_us < expires_us:
+            held.expires_us = expires_us
+            heapq.heappush(self._expiries, (expires_us, request_id))
+
+    def _prune_if_due(self, now_us: int) -> None:
+        if now_us < self._next_prune_us:
+            return
         self._next_prune_us = now_us + _PRUNE_EVERY // timedelta(microseconds=1)
         heap = self._expiries
         while heap and heap[0][0] < now_us:
-            expires_us, key = heapq.heappop(heap)
-            if self._seen.get(key) == expires_us:  # not renewed by a later restore
-                del self._seen[key]
+            expires_us, request_id = heapq.heappop(heap)
+            held = self._held.get(request_id)
+            if held is None or held.expires_us != expires_us:  # renewed by a later restore
+                continue
+            del self._held[request_id]
+            if held.nonce is not None and self._nonces.get(held.nonce) == request_id:
+                del self._nonces[held.nonce]
+            size = self._outcomes.pop(request_id, None)
+            if size is not None:
+                self._outcome_bytes -= size
 
 
 _PG_STORE = Schema(

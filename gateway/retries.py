@@ -27,16 +27,16 @@ Contract:
 - A claim is kept until ``expires_us`` (the replay window after ``issued_at``): a retry later
   than that is refused as stale before it gets here.
 
-Stores: ``MemoryOutcomes`` (one process; the default with ``[shared] store = "local"``) and
-``PgOutcomes`` (every instance on one PostgreSQL database, with ``"postgres"``). A restart of a
-local gateway forgets the outcomes; a retry of a request sent before the restart is then
-refused as ``REPLAYED`` by the rebuilt replay cache, and ``GetOutcome`` reads its outcome back
-from the audit log.
+Stores: ``gateway.replay.MemoryReplayCache`` (one process; the default with ``[shared] store =
+"local"``: the in-memory replay cache keeps the outcomes in the same entry as the request id,
+encoded, bounded by age and size) and ``PgOutcomes`` (every instance on one PostgreSQL
+database, with ``"postgres"``). A restart of a local gateway forgets the outcomes; a retry of a
+request sent before the restart is then refused as ``REPLAYED`` by the rebuilt replay cache,
+and ``GetOutcome`` reads its outcome back from the audit log.
 """
 
 from __future__ import annotations
 
-import heapq
 import struct
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -50,7 +50,6 @@ from gateway.shared import PgPool
 __all__ = [
     "RETRIED",
     "Claim",
-    "MemoryOutcomes",
     "OutcomeStore",
     "PgOutcomes",
     "RecordedOutcome",
@@ -140,51 +139,6 @@ class OutcomeStore(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-class MemoryOutcomes:
-    """Claims and outcomes of one gateway process, in memory (one event loop, no lock needed:
-    every method runs to its end without awaiting). Entries are pruned every 30 seconds of
-    ``now_us`` once past their expiry, oldest first."""
-
-    def __init__(self) -> None:
-        self._claims: dict[str, tuple[bytes, RecordedOutcome | None, int]] = {}
-        self._expiries: list[tuple[int, str]] = []
-        self._next_prune_us = 0
-
-    async def claim(
-        self, request_id: str, body_sha256: bytes, *, expires_us: int, now_us: int
-    ) -> Claim | None:
-        """As ``OutcomeStore.claim``."""
-        if now_us >= self._next_prune_us:
-            self._prune(now_us)
-        held = self._claims.get(request_id)
-        if held is not None:
-            return Claim(body_sha256=held[0], outcome=held[1])
-        self._claims[request_id] = (body_sha256, None, expires_us)
-        heapq.heappush(self._expiries, (expires_us, request_id))
-        return None
-
-    async def record(self, request_id: str, outcome: RecordedOutcome) -> None:
-        """As ``OutcomeStore.record``."""
-        held = self._claims.get(request_id)
-        if held is not None:
-            self._claims[request_id] = (held[0], outcome, held[2])
-
-    def __len__(self) -> int:
-        return len(self._claims)
-
-    def close(self) -> None:
-        self._claims.clear()
-        self._expiries.clear()
-
-    def _prune(self, now_us: int) -> None:
-        self._next_prune_us = now_us + _PRUNE_EVERY_US
-        while self._expiries and self._expiries[0][0] < now_us:
-            expires_us, request_id = heapq.heappop(self._expiries)
-            held = self._claims.get(request_id)
-            if held is not None and held[2] == expires_us:
-                del self._claims[request_id]
 
 
 _PG_STORE = Schema(

@@ -119,7 +119,7 @@ from gateway.replay import (
     ReplayStore,
     rebuild_from_audit,
 )
-from gateway.retries import MemoryOutcomes, OutcomeStore, PgOutcomes
+from gateway.retries import OutcomeStore, PgOutcomes
 from gateway.risklist import SERVICE_NAME as RISKLIST_SERVICE_NAME
 from gateway.risklist import CentreStats, RiskListLog, RiskListServicer
 from gateway.routing import NodeRouter
@@ -486,7 +486,7 @@ async def _open_parts(
     replay = await _open_replay_cache(config, resources, vault)
     rules = await asyncio.to_thread(_rebuild_rules, config, vault)
     resources.callback(rules.close)
-    outcomes, quotas = await asyncio.to_thread(_open_shared_parts, config)
+    outcomes, quotas = await asyncio.to_thread(_open_shared_parts, config, replay)
     resources.callback(outcomes.close)
     resources.callback(quotas.close)
 
@@ -568,11 +568,16 @@ def _console_sessions(
     return {"session_key": key, "revocations": revocations}
 
 
-def _open_shared_parts(config: GatewayConfig) -> tuple[OutcomeStore, QuotaStore]:
-    """The recorded outcomes and the quotas: this process's, or shared ones (blocking)."""
+def _open_shared_parts(
+    config: GatewayConfig, replay: ReplayStore
+) -> tuple[OutcomeStore, QuotaStore]:
+    """The recorded outcomes and the quotas: this process's (kept by the in-memory replay cache
+    when that is the one in force), or shared ones (blocking)."""
     quota_config = QuotaConfig.from_mapping(config.quotas)
     if not config.is_shared:
-        return MemoryOutcomes(), Quotas(quota_config)
+        if isinstance(replay, MemoryReplayCache):
+            return replay, Quotas(quota_config)
+        return MemoryReplayCache(window=replay.window), Quotas(quota_config)
     dsn = config.shared_dsn
     outcomes = PgOutcomes(dsn=dsn, schema=config.shared_schema("outcomes"))
     try:

@@ -92,6 +92,11 @@ BLIND_PREFIX = "blind:"
 _INDEX_REF = "#blind-index"
 _KEY_SIZE = 32
 _NONCE_SIZE = 12
+_KEYS_KEPT = 4_096
+"""Unwrapped case keys kept in memory (a few hundred bytes each). Past that the cache is
+emptied at the start of the next ``prepare``, when every key made before is committed or
+discarded, and keys are read back (one query per batch, ``_prefetch``) as cases come back.
+Without a bound it held a key for every case the process had ever written."""
 
 
 class BodyDeleted(NotFound):
@@ -337,6 +342,8 @@ class BodyVault:
         keys (made for cases seen for the first time): the rows the log commits with the
         leaves (``CommitBatch.beside``), recording each key's use at ``now``. If that commit
         fails, ``discard`` the result."""
+        if len(self._keys) > _KEYS_KEPT:  # the writer commits one batch at a time: all stored
+            self._keys.clear()
         rows: list[Params] = []
         created: list[Params] = []
         touched: dict[str, int] = {}

@@ -285,3 +285,49 @@ class TestMemoryCache:
                 cache.check_and_remember(rid(), os.urandom(16), at, now=at)
         # at most one window (10 min) plus one pruning interval of requests are held
         assert cache.stored_keys() <= 2 * 10 * 11
+
+    async def test_the_attempt_that_claimed_an_id_remembers_it_once(self) -> None:
+        cache = MemoryReplayCache(window=WINDOW)
+        request_id, digest = rid(), os.urandom(32)
+        expires_us = int((NOW + WINDOW).timestamp() * 1_000_000)
+        now_us = int(NOW.timestamp() * 1_000_000)
+        assert await cache.claim(request_id, digest, expires_us=expires_us, now_us=now_us) is None
+        await cache.remember(request_id, os.urandom(16), NOW, now=NOW)
+        assert cache.stored_keys() == 2  # the id is held once for both
+        with pytest.raises(Replayed, match="request id"):
+            await cache.remember(request_id, os.urandom(16), NOW, now=NOW)
+
+    def test_a_full_cache_refuses_new_requests_and_forgets_nothing(self) -> None:
+        cache = MemoryReplayCache(window=WINDOW, max_requests=3)
+        held = [(rid(), os.urandom(16)) for _ in range(3)]
+        for request_id, nonce in held:
+            cache.check_and_remember(request_id, nonce, NOW, now=NOW)
+        with pytest.raises(AuditUnavailable, match="limit of 3 requests"):
+            cache.check_and_remember(rid(), os.urandom(16), NOW, now=NOW)
+        with pytest.raises(Replayed):
+            cache.check_and_remember(*held[0], NOW, now=NOW)
+        later = NOW + WINDOW + timedelta(minutes=1)  # the window has passed: room again
+        cache.check_and_remember(rid(), os.urandom(16), later, now=later)
+
+    async def test_outcomes_beyond_their_budget_are_forgotten_oldest_first(self) -> None:
+        from fedgate.errors import PolicyDenied
+        from gateway.retries import RecordedOutcome
+
+        size = len(RecordedOutcome(error=PolicyDenied("no")).encode())
+        cache = MemoryReplayCache(window=WINDOW, max_outcome_bytes=2 * size)
+        now_us = int(NOW.timestamp() * 1_000_000)
+        expires_us = now_us + int(WINDOW.total_seconds() * 1_000_000)
+        ids = [rid() for _ in range(3)]
+        for request_id in ids:
+            await cache.claim(request_id, b"h" * 32, expires_us=expires_us, now_us=now_us)
+            await cache.remember(request_id, os.urandom(16), NOW, now=NOW)
+            await cache.record(request_id, RecordedOutcome(error=PolicyDenied("no")))
+        assert cache.outcome_bytes() == 2 * size
+        # the oldest outcome is gone: its retry claims anew and is refused as a replay
+        assert await cache.claim(ids[0], b"h" * 32, expires_us=expires_us, now_us=now_us) is None
+        with pytest.raises(Replayed):
+            await cache.remember(ids[0], os.urandom(16), NOW, now=NOW)
+        kept = await cache.claim(ids[2], b"h" * 32, expires_us=expires_us, now_us=now_us)
+        assert kept is not None
+        assert kept.outcome is not None
+        assert isinstance(kept.outcome.error, PolicyDenied)

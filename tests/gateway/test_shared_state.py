@@ -1,6 +1,6 @@
 """The stores of ``[shared] store = "postgres"``, against the real PostgreSQL: recorded outcomes
 (``gateway.retries``), quotas (``gateway.quotas.PgQuotas``), the rule state's connection
-(``gateway.rules_pg``); and ``MemoryOutcomes``, the local store of outcomes."""
+(``gateway.rules_pg``); and ``MemoryReplayCache``, the local store of outcomes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import pytest
@@ -19,7 +19,8 @@ from fedgate.errors import AuditUnavailable, PolicyDenied, QuotaExceeded, RuleVi
 from fedgate.testing import valid_request
 from fedgate.v1 import common_pb2, gateway_service_pb2, request_pb2, ticket_pb2
 from gateway.quotas import PgQuotas, QuotaConfig
-from gateway.retries import Claim, MemoryOutcomes, OutcomeStore, PgOutcomes, RecordedOutcome
+from gateway.replay import MemoryReplayCache
+from gateway.retries import Claim, OutcomeStore, PgOutcomes, RecordedOutcome
 from gateway.rules_pg import open_shared_rules
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ def reply(tag: str) -> RecordedOutcome:
 async def stores(request: pytest.FixtureRequest) -> AsyncIterator[tuple[OutcomeStore, ...]]:
     """Two instances' outcome stores: one and the same in memory, two sharing PostgreSQL."""
     if request.param == "memory":
-        one = MemoryOutcomes()
+        one = MemoryReplayCache(window=timedelta(minutes=15))
         yield one, one
         return
     pg: PgTarget = request.getfixturevalue("pg")

@@ -141,6 +141,25 @@ class TestSealedAtRest:
 
 
 class TestKeys:
+    async def test_the_key_cache_is_bounded_and_a_returning_case_keeps_its_key(
+        self, logs: LogFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr("gateway.audit._bodies._KEYS_KEPT", 2)
+        log = await sealed_log(logs, kek(tmp_path))
+        requests = [
+            dataclasses.replace(logs.fed.request(), case_number=f"case-{i}") for i in range(6)
+        ]
+        receipts = [await log.append(r) for r in requests]  # one batch each: six cases' keys
+        assert log.vault is not None
+        assert len(log.vault._keys) <= 3  # the bound, plus the batch being prepared
+        # the first case again, after its key left the cache: read back, not made anew
+        answer = await log.append(logs.fed.response(requests[0], receipts[0].index))
+        for receipt, entry in [*zip(receipts, requests, strict=True), (answer, None)]:
+            opened = await log.open_entry(receipt.index)
+            if entry is not None:
+                assert opened == encode_entry(entry)
+        await log.close()
+
     def test_a_missing_kek_file_fails_closed(self, tmp_path: Path) -> None:
         with pytest.raises(KeyUnavailable, match=r"no key-encryption key at .*init-kek"):
             FileKeyWrapper.load(tmp_path / "absent")
