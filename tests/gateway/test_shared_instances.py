@@ -19,15 +19,18 @@ import pytest
 import pytest_asyncio
 from psycopg import sql
 
-from fedgate.audit_entry import EventEntry, ResponseLeg, decode_entry
+from fedgate.audit_entry import EntryKind, EventEntry, RequestLeg, ResponseLeg, decode_entry
+from fedgate.auditverify import normalized_subjects
 from fedgate.cli import main as fedgate_main
 from fedgate.client import FedgateClient
-from fedgate.errors import AgencyUnavailable, NotFound
+from fedgate.errors import AgencyUnavailable, NotFound, RuleViolated
 from fedgate.types import MemberId
-from fedgate.v1 import envelope_pb2, ticket_pb2
+from fedgate.v1 import envelope_pb2, request_pb2, ticket_pb2
 from fedgate.web.auth import Role, ScryptParams, UserStore
 from gateway.alerts import Alert, PgAlertHub
+from gateway.audit.pg_store import PgDatabase
 from gateway.audit.service import export_evidence
+from gateway.audit.store import SearchQuery
 from gateway.config import (
     SHARED_STORES,
     AuditConfig,
@@ -35,6 +38,8 @@ from gateway.config import (
     PipelineConfig,
     SharedConfig,
 )
+from gateway.rules_pg import open_shared_rules
+from gateway.rules_rebuild import rebuild_rules
 from gateway.server import Gateway
 from gateway.sessions import PgRevocations
 from gateway.tickets import PendingRequest, PgTickets, TicketRecord
@@ -61,11 +66,12 @@ class Trio:
     clients: list[FedgateClient]
     ticket: ticket_pb2.Ticket = dataclasses.field(default_factory=ticket_pb2.Ticket)
 
-    async def open_ticket(self) -> tuple[str, bytes]:
-        """A ticket opened through A (the node queues the request): its id and the request
-        body, which a police client of another instance ``remember``s to check the answer."""
+    async def open_ticket(self, request: request_pb2.Request | None = None) -> tuple[str, bytes]:
+        """A ticket opened through A (the node queues ``request``, by default an account
+        holder query): its id and the request body, which a police client of another
+        instance ``remember``s to check the answer."""
         h = self.a
-        envelope = h.sign(h.request())
+        envelope = h.sign(h.request() if request is None else request)
         h.node.mode = "queue"
         try:
             submitted = await h.client().submit(envelope)
@@ -264,6 +270,97 @@ class TestTicketsAcrossInstances:
         assert await verify_every_shard(trio) == 1
         out = capsys.readouterr().out
         assert f"names {SHARD_A} entry 0, which is not the allowed request leg" in out
+
+
+class TestOrdersAnsweredThroughAnotherInstance:
+    """A stop-payment opened through A, queued for the bank's staff, answered through B: B's
+    response leg carries the request leg's columns (read from A's shard), so B's shard finds
+    it by officer, case, action and subject, and the start-up rebuild counts the order."""
+
+    async def answered_on_b(self, trio: Trio) -> tuple[request_pb2.Request, RequestLeg, int]:
+        h = trio.a
+        order = h.request("stop_payment")
+        ticket_id, sent = await trio.open_ticket(order)
+        h.node.answer(ticket_id)
+        _, answer = await trio.police_on(trio.b, sent).get_ticket(ticket_id)
+        assert answer is not None
+        request_leg = decode_entry(
+            await h.gateway.audit.get_entry(trio.ticket.request_receipt.leaf_index)
+        )
+        assert isinstance(request_leg, RequestLeg)
+        assert (request_leg.action, request_leg.officer_id) == ("stop_payment", order.officer.id)
+        return order, request_leg, answer.receipt.leaf_index
+
+    async def test_bs_shard_finds_the_answer_by_the_requests_columns(self, trio: Trio) -> None:
+        _, q, index = await self.answered_on_b(trio)
+        assert q.subjects
+        assert q.case_number
+        for query in (
+            SearchQuery(officer_id=q.officer_id),
+            SearchQuery(case_number=q.case_number),
+            SearchQuery(action="stop_payment", outcome="ok"),
+            SearchQuery(subject=q.subjects[0]),
+            SearchQuery(member=q.requesting_agency),
+            SearchQuery(visible_to=q.requesting_agency, leg=EntryKind.RESPONSE),
+        ):
+            (hit,) = [h for h in await trio.b.audit.search(query) if h.index == index]
+            assert hit.columns[:10] == (
+                EntryKind.RESPONSE, q.request_id, hit.columns[2], q.requesting_agency,
+                q.officer_id, q.case_number, "stop_payment", hit.columns[7], "ok",
+                hit.columns[9],
+            )  # fmt: skip
+            assert (hit.columns[10], hit.columns[11]) == (normalized_subjects(q.subjects), -1)
+
+    async def test_the_rules_rebuilt_from_bs_shard_count_the_order(
+        self, trio: Trio, pg: Any
+    ) -> None:
+        order, _, _ = await self.answered_on_b(trio)
+        account = order.stop_payment.account_number
+        # The shared rule state wiped (an empty schema: a restore older than the order),
+        # then B's shard recorded again into it, as B's start-up does.
+        wiped = f"{pg.schema}_wiped_rules"
+        rules = open_shared_rules(dsn=pg.dsn, schema=wiped)
+        reader = PgDatabase(pg.dsn, origin=SHARD_B, schema=pg.schema, writer=False)
+        try:
+            rebuilt = await asyncio.to_thread(rebuild_rules, rules, reader, origin=SHARD_B)
+        finally:
+            reader.close()
+        assert rebuilt.orders == 1
+        try:
+            now = datetime.now(UTC)
+            second = trio.a.request("stop_payment", account_number=account)
+            rules.check(second, action="stop_payment", now=now)
+            rules.record_outcome(
+                second, action="stop_payment", status=request_pb2.RESPONSE_STATUS_OK, now=now
+            )
+            third = trio.a.request("stop_payment", account_number=account)
+            with pytest.raises(RuleViolated, match=r"stop_payment\.max_two_per_account"):
+                rules.check(third, action="stop_payment", now=now)
+        finally:
+            rules.close()
+            with psycopg.connect(pg.dsn, autocommit=True) as admin:
+                admin.execute(
+                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(wiped))
+                )
+
+    async def test_an_altered_row_of_a_cross_shard_leg_fails_verification(
+        self, trio: Trio, pg: Any, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        _, _, index = await self.answered_on_b(trio)
+        assert await verify_every_shard(trio) == 0
+        with psycopg.connect(pg.dsn, autocommit=True) as attacker:  # triggers out of the way
+            leaves = sql.Identifier(pg.schema, "leaves")
+            attacker.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER USER").format(leaves))
+            attacker.execute(
+                sql.SQL(
+                    "UPDATE {} SET officer_id = 'someone.else' WHERE origin = %s AND idx = %s"
+                ).format(leaves),
+                (SHARD_B, index),
+            )
+            attacker.execute(sql.SQL("ALTER TABLE {} ENABLE TRIGGER USER").format(leaves))
+        assert await verify_every_shard(trio) == 1
+        out = capsys.readouterr().out
+        assert f"{SHARD_B} entry {index}: its search index row does not match" in out
 
 
 async def verify_every_shard(trio: Trio) -> int:
