@@ -323,10 +323,7 @@ class TestOrdersAnsweredThroughAnotherInstance:
         reader = PgDatabase(pg.dsn, origin=SHARD_B, schema=pg.schema, writer=False)
         try:
             rebuilt = await asyncio.to_thread(rebuild_rules, rules, reader, origin=SHARD_B)
-        finally:
-            reader.close()
-        assert rebuilt.orders == 1
-        try:
+            assert rebuilt.orders == 1
             now = datetime.now(UTC)
             second = trio.a.request("stop_payment", account_number=account)
             rules.check(second, action="stop_payment", now=now)
@@ -337,6 +334,7 @@ class TestOrdersAnsweredThroughAnotherInstance:
             with pytest.raises(RuleViolated, match=r"stop_payment\.max_two_per_account"):
                 rules.check(third, action="stop_payment", now=now)
         finally:
+            reader.close()
             rules.close()
             with psycopg.connect(pg.dsn, autocommit=True) as admin:
                 admin.execute(
@@ -350,6 +348,7 @@ class TestOrdersAnsweredThroughAnotherInstance:
         assert await verify_every_shard(trio) == 0
         with psycopg.connect(pg.dsn, autocommit=True) as attacker:  # triggers out of the way
             leaves = sql.Identifier(pg.schema, "leaves")
+            attacker.execute("SET lock_timeout = '10s'")  # bounded, should a reader hold it
             attacker.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER USER").format(leaves))
             attacker.execute(
                 sql.SQL(
