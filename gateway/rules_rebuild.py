@@ -29,6 +29,7 @@ from fedgate.actions import ORDER_ACTIONS
 from fedgate.audit_entry import EntryKind, RequestLeg, ResponseLeg, decode_entry, micros_to_time
 from fedgate.envelope import decode_request
 from fedgate.errors import AuditUnavailable, FedgateError
+from fedgate.sealed import sealed_digest
 from fedgate.v1 import envelope_pb2, request_pb2
 from gateway.audit.store import IndexedRow, SearchQuery
 from gateway.rules import BusinessRules
@@ -54,6 +55,10 @@ class RulesRebuilt:
 
     orders: int
     seconds: float
+    sealed_elsewhere: int = 0
+    """Orders answered here whose request leg, in another shard, is sealed with that shard's
+    bodies (this instance's vault opens its own shard's only): recorded when answered, not
+    again here (docs/operations.md)."""
 
 
 def _executed(source: OrderSource) -> list[IndexedRow]:
@@ -107,7 +112,10 @@ def _request_leaf(source: OrderSource, row: IndexedRow, origin: str) -> tuple[st
     return leg.request_origin, index, leaf
 
 
-def _request_of(source: OrderSource, row: IndexedRow, origin: str) -> request_pb2.Request:
+def _request_of(source: OrderSource, row: IndexedRow, origin: str) -> request_pb2.Request | None:
+    """The order ``row`` answers; ``None`` when its request leg is in another shard and sealed
+    there (this instance cannot open it)."""
+    own = origin
     origin, index, leaf = _request_leaf(source, row, origin)
     try:
         leg = decode_entry(leaf)
@@ -115,6 +123,8 @@ def _request_of(source: OrderSource, row: IndexedRow, origin: str) -> request_pb
             raise AuditUnavailable(
                 f"audit shard {origin!r}: entry {index} is not the request leg of {row.columns[1]}"
             )
+        if origin != own and sealed_digest(leg.envelope) is not None:
+            return None
         envelope = envelope_pb2.SignedEnvelope.FromString(leg.envelope)
         return decode_request(envelope.body)
     except (FedgateError, ProtobufDecodeError) as exc:
@@ -137,12 +147,18 @@ def rebuild_rules(rules: BusinessRules, source: OrderSource, *, origin: str) -> 
     """
     started = time.perf_counter()
     rows = _executed(source)
+    sealed = 0
     for row in rows:
         request = _request_of(source, row, origin)
+        if request is None:
+            sealed += 1
+            continue
         rules.record_outcome(
             request,
             action=row.columns[6],
             status=request_pb2.RESPONSE_STATUS_OK,
             now=micros_to_time(row.columns[2]),
         )
-    return RulesRebuilt(orders=len(rows), seconds=time.perf_counter() - started)
+    return RulesRebuilt(
+        orders=len(rows) - sealed, seconds=time.perf_counter() - started, sealed_elsewhere=sealed
+    )
