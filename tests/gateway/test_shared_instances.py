@@ -5,6 +5,7 @@ mTLS in front of one stub bank node, and the shared stores on their own."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import re
@@ -24,6 +25,7 @@ from fedgate.auditverify import normalized_subjects
 from fedgate.cli import main as fedgate_main
 from fedgate.client import FedgateClient
 from fedgate.errors import AgencyUnavailable, NotFound, RuleViolated
+from fedgate.kek import write_kek_file
 from fedgate.types import MemberId
 from fedgate.v1 import envelope_pb2, request_pb2, ticket_pb2
 from fedgate.web.auth import Role, ScryptParams, UserStore
@@ -106,6 +108,16 @@ def drop_shared(dsn: str, schema: str) -> None:
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def trio(pg: Any, gw_federation: Path, tmp_path: Path) -> AsyncIterator[Trio]:
+    async with three_instances(pg, gw_federation, tmp_path) as started:
+        yield started
+
+
+@contextlib.asynccontextmanager
+async def three_instances(
+    pg: Any, gw_federation: Path, tmp_path: Path, *, kek: Path | None = None
+) -> AsyncIterator[Trio]:
+    """A, B and C on one PostgreSQL schema; with ``kek``, every shard sealed under it (each
+    instance's vault opens its own shard's bodies only)."""
     shared = SharedConfig(store="postgres", schema=pg.schema)
     accounts = tmp_path / "accounts"
     users = UserStore.in_state_dir(accounts)
@@ -116,12 +128,15 @@ async def trio(pg: Any, gw_federation: Path, tmp_path: Path) -> AsyncIterator[Tr
     users.close()
 
     def audit(origin: str) -> AuditConfig:
-        return AuditConfig(store="postgres", dsn=pg.dsn, schema=pg.schema, origin=origin)
+        return AuditConfig(
+            store="postgres", dsn=pg.dsn, schema=pg.schema, origin=origin, kek_path=kek
+        )
 
     a = await start_harness(
         gw_federation, tmp_path / "a", audit=audit(SHARD_A), replay_store="", shared=shared
     )
     started: list[Gateway] = []
+    trio: Trio | None = None
     try:
         for origin, state in ((SHARD_B, "b"), (SHARD_C, "c")):
             config = dataclasses.replace(
@@ -136,7 +151,8 @@ async def trio(pg: Any, gw_federation: Path, tmp_path: Path) -> AsyncIterator[Tr
         for client in trio.clients:
             await client.close()
     finally:
-        for gateway in started:
+        # (A test may have restarted B or C: stop what the trio holds too; stop is idempotent.)
+        for gateway in [*started, *([] if trio is None else [trio.b, trio.c])]:
             await gateway.stop(0.5)
         await a.close()
         drop_shared(pg.dsn, pg.schema)
@@ -360,6 +376,32 @@ class TestOrdersAnsweredThroughAnotherInstance:
         assert await verify_every_shard(trio) == 1
         out = capsys.readouterr().out
         assert f"{SHARD_B} entry {index}: its search index row does not match" in out
+
+
+class TestSealedShards:
+    async def test_b_restarts_with_an_order_whose_request_leg_is_sealed_in_a(
+        self, pg: Any, gw_federation: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """B's vault cannot open A's sealed request leg: B's search still finds the answer by
+        the request's (sealed) columns, and B's start-up counts the order as not re-recorded
+        instead of refusing to start."""
+        kek = tmp_path / "keys" / "audit.kek"
+        write_kek_file(kek)
+        async with three_instances(pg, gw_federation, tmp_path, kek=kek) as trio:
+            order = trio.a.request("stop_payment")
+            ticket_id, sent = await trio.open_ticket(order)
+            trio.a.node.answer(ticket_id)
+            _, answer = await trio.police_on(trio.b, sent).get_ticket(ticket_id)
+            assert answer is not None
+            hits = await trio.b.audit.search(SearchQuery(officer_id=order.officer.id))
+            assert [(h.index, h.columns[6]) for h in hits] == [
+                (answer.receipt.leaf_index, "stop_payment")
+            ]
+            config = trio.b.config
+            await trio.b.stop(0.5)
+            with caplog.at_level("WARNING", logger="gateway.server"):
+                trio.b = await Gateway.start(config)
+            assert "1 executed orders answered here have their request leg sealed" in caplog.text
 
 
 async def verify_every_shard(trio: Trio) -> int:
