@@ -137,7 +137,9 @@ class ResponseLeg:
     logged the request is logged in the fetching instance's shard, and names the request leg
     by the origin of its shard and its index there. Such a leg is encoded with one more field
     (absent otherwise, so every other leaf keeps its bytes), and its index row carries
-    ``request_leaf_index`` -1: nothing in this shard is its request leg.
+    ``request_leaf_index`` -1: nothing in this shard is its request leg. The log completes its
+    columns with that request leg's (``with_request_columns``), read from the other shard of
+    the same database when it can (docs/audit.md).
     """
 
     request_id: str

@@ -165,6 +165,9 @@ class CrossShardLink:
     request_origin: str
     request_leaf_index: int
     leaf: bytes
+    stored: IndexColumns | None = None
+    """The leg's stored index row, when the index is checked: its request's columns come from
+    the other shard, so ``check_cross_shard_links`` checks it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,10 +270,12 @@ class _Checker:
         return found
 
     @staticmethod
-    def _link(idx: int, data: bytes) -> CrossShardLink:
+    def _link(idx: int, data: bytes, stored: IndexColumns | None = None) -> CrossShardLink:
         leg = decode_entry(data)
         assert isinstance(leg, ResponseLeg)
-        return CrossShardLink(idx, leg.request_id, leg.request_origin, leg.request_leaf_index, data)
+        return CrossShardLink(
+            idx, leg.request_id, leg.request_origin, leg.request_leaf_index, data, stored
+        )
 
     def check_structure(self, start: int, stop: int) -> _ChunkResult:
         """``check`` without the index and signature checks, lean: the bulk of a big log."""
@@ -352,10 +357,12 @@ class _Checker:
                 cols = index_columns(data)
             except VerificationError as exc:
                 return done(Failure(f"entry {idx} does not decode: {exc.message}", idx))
-            if cols[0] == EntryKind.RESPONSE and cols[11] < 0:
+            linked = cols[0] == EntryKind.RESPONSE and cols[11] < 0
+            if linked:
                 # A ticket answer whose request leg is in another shard, named in the leg's
-                # request_origin: ``check_cross_shard_links`` checks those over every shard.
-                links.append(self._link(idx, data))
+                # request_origin: ``check_cross_shard_links`` checks those over every shard,
+                # with their index rows (which carry that request leg's columns).
+                links.append(self._link(idx, data, stored if self.check_index else None))
             elif cols[0] == EntryKind.RESPONSE:
                 r = cols[11]
                 request = self._request_at(r, request_cols) if r < idx else None
@@ -370,8 +377,8 @@ class _Checker:
                 cols = with_request_columns(cols, request)
             elif cols[0] == EntryKind.REQUEST:
                 request_cols[idx] = cols
-            if self.check_index:
-                expected = (*cols[:10], normalized_subjects(cols[10]), cols[11])
+            if self.check_index and not linked:
+                expected = _expected_row(cols)
                 if expected != stored:
                     names = (
                         "leg",
@@ -943,6 +950,11 @@ def verify_log(
         source.close()
 
 
+def _expected_row(cols: IndexColumns) -> IndexColumns:
+    """The stored index row of an entry whose (completed) columns are ``cols``."""
+    return (*cols[:10], normalized_subjects(cols[10]), cols[11])
+
+
 def check_cross_shard_links(
     reports: Sequence[VerifyReport],
     open_shard: Callable[[str], LogSource],
@@ -984,6 +996,17 @@ def check_cross_shard_links(
                         f"request {link.request_id!r}",
                         link.index,
                     )
+                if link.stored is not None:
+                    own = index_columns(link.leaf)
+                    full = with_request_columns(own, index_columns(leaves[0]))
+                    # Legs logged before their rows carried the request's columns keep
+                    # their own columns only (docs/audit.md).
+                    if link.stored not in (_expected_row(full), _expected_row(own)):
+                        return Failure(
+                            f"{where}: its search index row does not match the entry and its "
+                            f"request leg {named}: the index was altered",
+                            link.index,
+                        )
                 answer = decode_entry(link.leaf)
                 if keys is None or not isinstance(answer, ResponseLeg) or _is_sealed(answer):
                     continue

@@ -10,6 +10,10 @@ stop-payment through, because there is no such file (``BusinessRules.in_memory``
 
 The response legs are found through the search index (action and outcome), and each one's
 request leg is read back for the order's fields: only orders are read, however long the log.
+A ticket answered through this instance but opened through another has its request leg in the
+other instance's shard (``ResponseLeg.request_origin``): its index row carries the request's
+columns (so the search finds it) and ``request_leaf_index`` -1, and the request leg is read
+from that shard of the same database (``shard_leaf``).
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ from typing import Final, Protocol
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from fedgate.actions import ORDER_ACTIONS
-from fedgate.audit_entry import EntryKind, RequestLeg, decode_entry, micros_to_time
+from fedgate.audit_entry import EntryKind, RequestLeg, ResponseLeg, decode_entry, micros_to_time
 from fedgate.envelope import decode_request
 from fedgate.errors import AuditUnavailable, FedgateError
+from fedgate.sealed import sealed_digest
 from fedgate.v1 import envelope_pb2, request_pb2
 from gateway.audit.store import IndexedRow, SearchQuery
 from gateway.rules import BusinessRules
@@ -41,6 +46,8 @@ class OrderSource(Protocol):
 
     def leaves(self, start: int, stop: int) -> list[bytes]: ...
 
+    def shard_leaf(self, origin: str, index: int) -> bytes | None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class RulesRebuilt:
@@ -48,6 +55,10 @@ class RulesRebuilt:
 
     orders: int
     seconds: float
+    sealed_elsewhere: int = 0
+    """Orders answered here whose request leg, in another shard, is sealed with that shard's
+    bodies (this instance's vault opens its own shard's only): recorded when answered, not
+    again here (docs/operations.md)."""
 
 
 def _executed(source: OrderSource) -> list[IndexedRow]:
@@ -67,20 +78,53 @@ def _executed(source: OrderSource) -> list[IndexedRow]:
     return rows
 
 
-def _request_of(source: OrderSource, row: IndexedRow, origin: str) -> request_pb2.Request:
+def _request_leaf(source: OrderSource, row: IndexedRow, origin: str) -> tuple[str, int, bytes]:
+    """The shard, index and leaf of ``row``'s request leg (in another shard for a ticket
+    answered through this instance but opened through another)."""
     index = row.columns[11]
-    found: Sequence[bytes] = source.leaves(index, index + 1)
-    if not found:
-        raise AuditUnavailable(
-            f"audit shard {origin!r}: entry {row.index} answers request entry {index}, "
-            "which is missing"
-        )
+    if index >= 0:
+        found: Sequence[bytes] = source.leaves(index, index + 1)
+        if not found:
+            raise AuditUnavailable(
+                f"audit shard {origin!r}: entry {row.index} answers request entry {index}, "
+                "which is missing"
+            )
+        return origin, index, found[0]
+    own = source.leaves(row.index, row.index + 1)
     try:
-        leg = decode_entry(found[0])
+        leg = decode_entry(own[0]) if own else None
+    except FedgateError as exc:
+        raise AuditUnavailable(
+            f"audit shard {origin!r}: the response leg {row.index} is unreadable: {exc}"
+        ) from exc
+    if not isinstance(leg, ResponseLeg) or not leg.request_origin:
+        raise AuditUnavailable(
+            f"audit shard {origin!r}: entry {row.index} is indexed as a response leg naming "
+            "a request leg in another shard, but it names none"
+        )
+    index = leg.request_leaf_index
+    leaf = source.shard_leaf(leg.request_origin, index)
+    if leaf is None:
+        raise AuditUnavailable(
+            f"audit shard {origin!r}: entry {row.index} answers entry {index} of audit shard "
+            f"{leg.request_origin!r}, which this database does not hold"
+        )
+    return leg.request_origin, index, leaf
+
+
+def _request_of(source: OrderSource, row: IndexedRow, origin: str) -> request_pb2.Request | None:
+    """The order ``row`` answers; ``None`` when its request leg is in another shard and sealed
+    there (this instance cannot open it)."""
+    own = origin
+    origin, index, leaf = _request_leaf(source, row, origin)
+    try:
+        leg = decode_entry(leaf)
         if not isinstance(leg, RequestLeg) or leg.request_id != row.columns[1]:
             raise AuditUnavailable(
                 f"audit shard {origin!r}: entry {index} is not the request leg of {row.columns[1]}"
             )
+        if origin != own and sealed_digest(leg.envelope) is not None:
+            return None
         envelope = envelope_pb2.SignedEnvelope.FromString(leg.envelope)
         return decode_request(envelope.body)
     except (FedgateError, ProtobufDecodeError) as exc:
@@ -103,12 +147,18 @@ def rebuild_rules(rules: BusinessRules, source: OrderSource, *, origin: str) -> 
     """
     started = time.perf_counter()
     rows = _executed(source)
+    sealed = 0
     for row in rows:
         request = _request_of(source, row, origin)
+        if request is None:
+            sealed += 1
+            continue
         rules.record_outcome(
             request,
             action=row.columns[6],
             status=request_pb2.RESPONSE_STATUS_OK,
             now=micros_to_time(row.columns[2]),
         )
-    return RulesRebuilt(orders=len(rows), seconds=time.perf_counter() - started)
+    return RulesRebuilt(
+        orders=len(rows) - sealed, seconds=time.perf_counter() - started, sealed_elsewhere=sealed
+    )

@@ -385,6 +385,13 @@ def _rebuild_rules(config: GatewayConfig, vault: BodyVault | None) -> BusinessRu
         rebuilt.seconds * 1000,
         extra={"fields": {"orders": rebuilt.orders, "ms": round(rebuilt.seconds * 1000, 1)}},
     )
+    if rebuilt.sealed_elsewhere:
+        _log.warning(
+            "%d executed orders answered here have their request leg sealed in another "
+            "instance's shard: counted when answered, not recorded again from the log",
+            rebuilt.sealed_elsewhere,
+            extra={"fields": {"sealed_elsewhere": rebuilt.sealed_elsewhere}},
+        )
     return rules
 
 

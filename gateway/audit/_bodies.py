@@ -474,6 +474,10 @@ class OpenedReader:
     def leaves(self, start: int, stop: int) -> list[bytes]:
         return [self._vault.open_or_stored(leaf) for leaf in self._reader.leaves(start, stop)]
 
+    def shard_leaf(self, origin: str, index: int) -> bytes | None:
+        leaf = self._reader.shard_leaf(origin, index)
+        return None if leaf is None else self._vault.open_or_stored(leaf)
+
     def request_legs_since(self, since_us: int) -> Iterator[bytes]:
         for leaf in self._reader.request_legs_since(since_us):
             yield self._vault.open_or_stored(leaf)

@@ -410,10 +410,14 @@ class AuditLog:
                 body = ("", data)
                 data, entry = sealed_data, sealed
         columns = entry_columns(entry)
-        if isinstance(entry, ResponseLeg) and not entry.request_origin:
-            # (A leg naming a request leg in another shard keeps its own columns: see
-            # ``ResponseLeg.request_origin``.)
-            columns = with_request_columns(columns, await self._request_columns(entry))
+        if isinstance(entry, ResponseLeg):
+            request = await (
+                self._other_shard_columns(entry)
+                if entry.request_origin
+                else self._request_columns(entry)
+            )
+            if request is not None:
+                columns = with_request_columns(columns, request)
         if body is not None:
             body = (case_ref(columns[5], micros_to_time(columns[2])), body[1])
         future: asyncio.Future[_Result] = asyncio.get_running_loop().create_future()
@@ -472,6 +476,23 @@ class AuditLog:
                 f"entry {i} is not the request leg of {leg.request_id}: response legs must "
                 "name their request's leaf index"
             )
+        return columns
+
+    async def _other_shard_columns(self, leg: ResponseLeg) -> IndexColumns | None:
+        """The columns of ``leg``'s request leg in the shard ``leg.request_origin`` names,
+        read from the same database (docs/audit.md, "A ticket answered through another
+        instance"). ``None`` when the database holds this shard only (SQLite) or the named
+        entry is not that request leg: the leg then keeps its own columns, and ``fedgate
+        audit verify`` judges the link over every shard, as it always did."""
+        data = await self._store.shard_leaf(leg.request_origin, leg.request_leaf_index)
+        if data is None:
+            return None
+        try:
+            columns = index_columns(data)
+        except VerificationError:
+            return None
+        if columns[0] != EntryKind.REQUEST or columns[1] != leg.request_id:
+            return None
         return columns
 
     async def _run_writer(self) -> None:

@@ -536,6 +536,17 @@ class PgDatabase(StoredNotes):
             stop,
         )
 
+    def shard_leaf(self, origin: str, index: int) -> bytes | None:
+        try:
+            row = (
+                self._c()
+                .execute("SELECT leaf FROM leaves WHERE origin = %s AND idx = %s", (origin, index))
+                .fetchone()
+            )
+        except psycopg.Error as exc:
+            raise self._error(f"read entry {index} of shard {origin!r}", exc) from exc
+        return None if row is None else bytes(row[0])
+
     def leaf_hashes(self, start: int, stop: int) -> list[bytes]:
         return self._blobs(
             "read leaf hashes",

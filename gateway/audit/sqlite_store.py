@@ -607,6 +607,13 @@ class SqliteDatabase(StoredNotes):
             stop,
         )
 
+    def shard_leaf(self, origin: str, index: int) -> bytes | None:
+        """One shard per file: another shard's leaves are in another database."""
+        if origin == self._origin:
+            found = self.leaves(index, index + 1)
+            return found[0] if found else None
+        return None
+
     def leaf_hashes(self, start: int, stop: int) -> list[bytes]:
         return self._blobs(
             "read leaf hashes",

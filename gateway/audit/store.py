@@ -192,6 +192,12 @@ class LogDatabase(Protocol):
 
     def leaves(self, start: int, stop: int) -> list[bytes]: ...
 
+    def shard_leaf(self, origin: str, index: int) -> bytes | None:
+        """The leaf at ``index`` of the shard ``origin`` of the same database (a ticket
+        answer's request leg, logged by another instance); ``None`` when the database holds
+        no such leaf, or holds this shard only (SQLite)."""
+        ...
+
     def leaf_hashes(self, start: int, stop: int) -> list[bytes]: ...
 
     def tiles(self, level: int, start: int, stop: int) -> list[tuple[int, bytes]]: ...
@@ -230,6 +236,10 @@ class AuditStore(Protocol):
     async def add_cosigned(self, size: int, note: str) -> None: ...
 
     async def leaves(self, start: int, stop: int) -> list[bytes]: ...
+
+    async def shard_leaf(self, origin: str, index: int) -> bytes | None:
+        """``LogDatabase.shard_leaf``."""
+        ...
 
     async def checkpoint(self, size: int) -> str | None: ...
 
@@ -384,6 +394,9 @@ class ThreadedStore:
 
     async def leaves(self, start: int, stop: int) -> list[bytes]:
         return await self._r(lambda: self._reader.leaves(start, stop))
+
+    async def shard_leaf(self, origin: str, index: int) -> bytes | None:
+        return await self._r(lambda: self._reader.shard_leaf(origin, index))
 
     async def checkpoint(self, size: int) -> str | None:
         return await self._r(lambda: self._reader.checkpoint(size))

@@ -5,6 +5,7 @@ mTLS in front of one stub bank node, and the shared stores on their own."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import re
@@ -19,15 +20,19 @@ import pytest
 import pytest_asyncio
 from psycopg import sql
 
-from fedgate.audit_entry import EventEntry, ResponseLeg, decode_entry
+from fedgate.audit_entry import EntryKind, EventEntry, RequestLeg, ResponseLeg, decode_entry
+from fedgate.auditverify import normalized_subjects
 from fedgate.cli import main as fedgate_main
 from fedgate.client import FedgateClient
-from fedgate.errors import AgencyUnavailable, NotFound
+from fedgate.errors import AgencyUnavailable, NotFound, RuleViolated
+from fedgate.kek import write_kek_file
 from fedgate.types import MemberId
-from fedgate.v1 import envelope_pb2, ticket_pb2
+from fedgate.v1 import envelope_pb2, request_pb2, ticket_pb2
 from fedgate.web.auth import Role, ScryptParams, UserStore
 from gateway.alerts import Alert, PgAlertHub
+from gateway.audit.pg_store import PgDatabase
 from gateway.audit.service import export_evidence
+from gateway.audit.store import SearchQuery
 from gateway.config import (
     SHARED_STORES,
     AuditConfig,
@@ -35,6 +40,8 @@ from gateway.config import (
     PipelineConfig,
     SharedConfig,
 )
+from gateway.rules_pg import open_shared_rules
+from gateway.rules_rebuild import rebuild_rules
 from gateway.server import Gateway
 from gateway.sessions import PgRevocations
 from gateway.tickets import PendingRequest, PgTickets, TicketRecord
@@ -61,11 +68,12 @@ class Trio:
     clients: list[FedgateClient]
     ticket: ticket_pb2.Ticket = dataclasses.field(default_factory=ticket_pb2.Ticket)
 
-    async def open_ticket(self) -> tuple[str, bytes]:
-        """A ticket opened through A (the node queues the request): its id and the request
-        body, which a police client of another instance ``remember``s to check the answer."""
+    async def open_ticket(self, request: request_pb2.Request | None = None) -> tuple[str, bytes]:
+        """A ticket opened through A (the node queues ``request``, by default an account
+        holder query): its id and the request body, which a police client of another
+        instance ``remember``s to check the answer."""
         h = self.a
-        envelope = h.sign(h.request())
+        envelope = h.sign(h.request() if request is None else request)
         h.node.mode = "queue"
         try:
             submitted = await h.client().submit(envelope)
@@ -100,6 +108,16 @@ def drop_shared(dsn: str, schema: str) -> None:
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def trio(pg: Any, gw_federation: Path, tmp_path: Path) -> AsyncIterator[Trio]:
+    async with three_instances(pg, gw_federation, tmp_path) as started:
+        yield started
+
+
+@contextlib.asynccontextmanager
+async def three_instances(
+    pg: Any, gw_federation: Path, tmp_path: Path, *, kek: Path | None = None
+) -> AsyncIterator[Trio]:
+    """A, B and C on one PostgreSQL schema; with ``kek``, every shard sealed under it (each
+    instance's vault opens its own shard's bodies only)."""
     shared = SharedConfig(store="postgres", schema=pg.schema)
     accounts = tmp_path / "accounts"
     users = UserStore.in_state_dir(accounts)
@@ -110,12 +128,15 @@ async def trio(pg: Any, gw_federation: Path, tmp_path: Path) -> AsyncIterator[Tr
     users.close()
 
     def audit(origin: str) -> AuditConfig:
-        return AuditConfig(store="postgres", dsn=pg.dsn, schema=pg.schema, origin=origin)
+        return AuditConfig(
+            store="postgres", dsn=pg.dsn, schema=pg.schema, origin=origin, kek_path=kek
+        )
 
     a = await start_harness(
         gw_federation, tmp_path / "a", audit=audit(SHARD_A), replay_store="", shared=shared
     )
     started: list[Gateway] = []
+    trio: Trio | None = None
     try:
         for origin, state in ((SHARD_B, "b"), (SHARD_C, "c")):
             config = dataclasses.replace(
@@ -130,7 +151,8 @@ async def trio(pg: Any, gw_federation: Path, tmp_path: Path) -> AsyncIterator[Tr
         for client in trio.clients:
             await client.close()
     finally:
-        for gateway in started:
+        # (A test may have restarted B or C: stop what the trio holds too; stop is idempotent.)
+        for gateway in [*started, *([] if trio is None else [trio.b, trio.c])]:
             await gateway.stop(0.5)
         await a.close()
         drop_shared(pg.dsn, pg.schema)
@@ -264,6 +286,122 @@ class TestTicketsAcrossInstances:
         assert await verify_every_shard(trio) == 1
         out = capsys.readouterr().out
         assert f"names {SHARD_A} entry 0, which is not the allowed request leg" in out
+
+
+class TestOrdersAnsweredThroughAnotherInstance:
+    """A stop-payment opened through A, queued for the bank's staff, answered through B: B's
+    response leg carries the request leg's columns (read from A's shard), so B's shard finds
+    it by officer, case, action and subject, and the start-up rebuild counts the order."""
+
+    async def answered_on_b(self, trio: Trio) -> tuple[request_pb2.Request, RequestLeg, int]:
+        h = trio.a
+        order = h.request("stop_payment")
+        ticket_id, sent = await trio.open_ticket(order)
+        h.node.answer(ticket_id)
+        _, answer = await trio.police_on(trio.b, sent).get_ticket(ticket_id)
+        assert answer is not None
+        request_leg = decode_entry(
+            await h.gateway.audit.get_entry(trio.ticket.request_receipt.leaf_index)
+        )
+        assert isinstance(request_leg, RequestLeg)
+        assert (request_leg.action, request_leg.officer_id) == ("stop_payment", order.officer.id)
+        return order, request_leg, answer.receipt.leaf_index
+
+    async def test_bs_shard_finds_the_answer_by_the_requests_columns(self, trio: Trio) -> None:
+        _, q, index = await self.answered_on_b(trio)
+        assert q.subjects
+        assert q.case_number
+        for query in (
+            SearchQuery(officer_id=q.officer_id),
+            SearchQuery(case_number=q.case_number),
+            SearchQuery(action="stop_payment", outcome="ok"),
+            SearchQuery(subject=q.subjects[0]),
+            SearchQuery(member=q.requesting_agency),
+            SearchQuery(visible_to=q.requesting_agency, leg=EntryKind.RESPONSE),
+        ):
+            (hit,) = [h for h in await trio.b.audit.search(query) if h.index == index]
+            assert hit.columns[:10] == (
+                EntryKind.RESPONSE, q.request_id, hit.columns[2], q.requesting_agency,
+                q.officer_id, q.case_number, "stop_payment", hit.columns[7], "ok",
+                hit.columns[9],
+            )  # fmt: skip
+            assert (hit.columns[10], hit.columns[11]) == (normalized_subjects(q.subjects), -1)
+
+    async def test_the_rules_rebuilt_from_bs_shard_count_the_order(
+        self, trio: Trio, pg: Any
+    ) -> None:
+        order, _, _ = await self.answered_on_b(trio)
+        account = order.stop_payment.account_number
+        # The shared rule state wiped (an empty schema: a restore older than the order),
+        # then B's shard recorded again into it, as B's start-up does.
+        wiped = f"{pg.schema}_wiped_rules"
+        rules = open_shared_rules(dsn=pg.dsn, schema=wiped)
+        reader = PgDatabase(pg.dsn, origin=SHARD_B, schema=pg.schema, writer=False)
+        try:
+            rebuilt = await asyncio.to_thread(rebuild_rules, rules, reader, origin=SHARD_B)
+            assert rebuilt.orders == 1
+            now = datetime.now(UTC)
+            second = trio.a.request("stop_payment", account_number=account)
+            rules.check(second, action="stop_payment", now=now)
+            rules.record_outcome(
+                second, action="stop_payment", status=request_pb2.RESPONSE_STATUS_OK, now=now
+            )
+            third = trio.a.request("stop_payment", account_number=account)
+            with pytest.raises(RuleViolated, match=r"stop_payment\.max_two_per_account"):
+                rules.check(third, action="stop_payment", now=now)
+        finally:
+            reader.close()
+            rules.close()
+            with psycopg.connect(pg.dsn, autocommit=True) as admin:
+                admin.execute(
+                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(wiped))
+                )
+
+    async def test_an_altered_row_of_a_cross_shard_leg_fails_verification(
+        self, trio: Trio, pg: Any, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        _, _, index = await self.answered_on_b(trio)
+        assert await verify_every_shard(trio) == 0
+        with psycopg.connect(pg.dsn, autocommit=True) as attacker:  # triggers out of the way
+            leaves = sql.Identifier(pg.schema, "leaves")
+            attacker.execute("SET lock_timeout = '10s'")  # bounded, should a reader hold it
+            attacker.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER USER").format(leaves))
+            attacker.execute(
+                sql.SQL(
+                    "UPDATE {} SET officer_id = 'someone.else' WHERE origin = %s AND idx = %s"
+                ).format(leaves),
+                (SHARD_B, index),
+            )
+            attacker.execute(sql.SQL("ALTER TABLE {} ENABLE TRIGGER USER").format(leaves))
+        assert await verify_every_shard(trio) == 1
+        out = capsys.readouterr().out
+        assert f"{SHARD_B} entry {index}: its search index row does not match" in out
+
+
+class TestSealedShards:
+    async def test_b_restarts_with_an_order_whose_request_leg_is_sealed_in_a(
+        self, pg: Any, gw_federation: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """B's vault cannot open A's sealed request leg: B's search still finds the answer by
+        the request's (sealed) columns, and B's start-up counts the order as not re-recorded
+        instead of refusing to start."""
+        kek = tmp_path / "keys" / "audit.kek"
+        write_kek_file(kek)
+        async with three_instances(pg, gw_federation, tmp_path, kek=kek) as trio:
+            order = trio.a.request("stop_payment")
+            ticket_id, sent = await trio.open_ticket(order)
+            trio.a.node.answer(ticket_id)
+            _, answer = await trio.police_on(trio.b, sent).get_ticket(ticket_id)
+            assert answer is not None
+            hits = await trio.b.audit.search(SearchQuery(officer_id=order.officer.id))
+            assert [(h.index, h.columns[6]) for h in hits] == [
+                (answer.receipt.leaf_index, "stop_payment")
+            ]
+            config = trio.b.config
+            await trio.b.stop(0.5)
+            with caplog.at_level("WARNING", logger="gateway.server"):
+                trio.b = await Gateway.start(config)
+            assert "1 executed orders answered here have their request leg sealed" in caplog.text
 
 
 async def verify_every_shard(trio: Trio) -> int:

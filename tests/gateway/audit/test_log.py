@@ -65,6 +65,9 @@ class _Seam:
     async def leaves(self, start: int, stop: int) -> list[bytes]:
         return await self.inner.leaves(start, stop)
 
+    async def shard_leaf(self, origin: str, index: int) -> bytes | None:
+        return await self.inner.shard_leaf(origin, index)
+
     async def checkpoint(self, size: int) -> str | None:
         return await self.inner.checkpoint(size)
 
