@@ -1,0 +1,120 @@
+"""The benchmarks' bulk-built log holds exactly what the gateway's store would: the same rows,
+projection, rollups, tiles, kept checkpoints and head as the same leaves committed through the
+store and caught up, and ``fedgate audit verify``'s code accepts it (index included)."""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+from bench._biglog import bench_signer, write_log
+from fedgate.auditverify import LogSource, VerifyOptions, verify_log
+from fedgate.checkpoint import Checkpoint, sign_checkpoint
+from fedgate.tiles import TILE_WIDTH, TiledTree
+from gateway.audit.sqlite_store import SqliteDatabase, default_state_path
+from gateway.audit.store import CommitBatch, NewLeaf
+
+_TABLES = {
+    "leaves": "idx",
+    "search_rows": "idx",
+    "subjects": "subject, idx",
+    "tiles": "level, idx",
+    "time_blocks": "block",
+    "checkpoints": "size",
+    "heads": "kind",
+    "rollup_day": "day, dim, key",
+    "rollup_officer": "day, member, officer, hour, action, leg, outcome",
+    "projection_state": "name",
+}
+
+
+def _through_the_store(built: Path, copy: Path) -> None:
+    """Commit ``built``'s leaves to a new log through the store, in batches of one block (the
+    checkpoints the store keeps fall on the same sizes), and let its catch-up project them."""
+    source = SqliteDatabase(built, origin=None, writer=False)
+    db = SqliteDatabase(copy, origin=source.origin, writer=True)
+    signer = bench_signer()
+    try:
+        tree = TiledTree(size=0, edge=[b""], read=db.tiles)
+        note = sign_checkpoint(Checkpoint(signer.name, 0, tree.root()), signer)
+        db.commit(CommitBatch((), 0, note))
+        size = source.next_index()
+        for lo in range(0, size, TILE_WIDTH):
+            rows = source.rows(lo, min(lo + TILE_WIDTH, size))
+            leaves = [NewLeaf(i, data, h, columns) for i, data, h, columns in rows]
+            tiles = tree.extend(n.leaf_hash for n in leaves)
+            note = sign_checkpoint(Checkpoint(signer.name, tree.size, tree.root()), signer)
+            db.commit(CommitBatch(leaves, tree.size, note, tiles))
+        db.checkpoint_wal()
+    finally:
+        db.close()
+        source.close()
+
+
+def _contents(path: Path) -> dict[str, list[tuple[object, ...]]]:
+    con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return {
+            table: con.execute(f"SELECT * FROM {table} ORDER BY {key}").fetchall()
+            for table, key in _TABLES.items()
+        }
+    finally:
+        con.close()
+
+
+def _verifies(path: Path) -> None:
+    opener: Callable[[], LogSource] = functools.partial(
+        SqliteDatabase, path, origin=None, writer=False
+    )
+    report = verify_log(
+        opener,
+        log_keys=[bench_signer().verifier()],
+        options=VerifyOptions(check_index=True, jobs=1, chunk=1_000),
+    )
+    assert report.ok, report.failure
+    assert report.entries == SqliteDatabase(path, origin=None, writer=False).next_index()
+
+
+class TestWriteLog:
+    def test_a_bulk_built_log_is_what_the_store_would_hold(self, tmp_path: Path) -> None:
+        built = tmp_path / "built.sqlite"
+        write_log(built, 3_001, batch=512, workers=2)
+        _verifies(built)
+        _through_the_store(built, tmp_path / "copy.sqlite")
+        got, want = _contents(built), _contents(tmp_path / "copy.sqlite")
+        assert len(got["leaves"]) == 3_001
+        assert len(got["subjects"]) > 2_900  # a subject a leaf
+        assert len(got["rollup_officer"]) > 0
+        for table in _TABLES:
+            assert got[table] == want[table], table
+        state = default_state_path(built).read_text(encoding="utf-8")
+        assert state == next(note for kind, _, note in got["heads"] if kind == "signed")
+
+    def test_the_bulk_load_leaves_no_staging_and_every_index(self, tmp_path: Path) -> None:
+        built = tmp_path / "built.sqlite"
+        write_log(built, 1_000, batch=256, workers=1)
+        fresh = tmp_path / "fresh.sqlite"
+        SqliteDatabase(fresh, origin=bench_signer().name, writer=True).close()
+
+        def schema(path: Path) -> set[tuple[str, str]]:
+            con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+            try:
+                return set(con.execute("SELECT type, name FROM sqlite_master").fetchall())
+            finally:
+                con.close()
+
+        assert schema(built) == schema(fresh)
+        assert built.with_name(built.name + "-wal").stat().st_size == 0
+
+    def test_an_extended_log_is_what_the_store_would_hold(self, tmp_path: Path) -> None:
+        built = tmp_path / "built.sqlite"
+        write_log(built, 1_000, batch=512, workers=1)  # ends inside a block
+        write_log(built, 2_600, batch=512, workers=1)
+        _verifies(built)
+        _through_the_store(built, tmp_path / "copy.sqlite")
+        got, want = _contents(built), _contents(tmp_path / "copy.sqlite")
+        assert len(got["leaves"]) == 2_600
+        for table in _TABLES:
+            assert got[table] == want[table], table
