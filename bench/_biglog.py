@@ -36,7 +36,9 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import hashlib
+import json
 import multiprocessing
+import os
 import random
 import sqlite3
 import sys
@@ -69,7 +71,7 @@ from gateway.audit import _rollups, _rows
 from gateway.audit.sqlite_store import SqliteDatabase, default_state_path
 from gateway.audit.store import CHECKPOINT_INTERVAL, CommitBatch, NewLeaf
 
-__all__ = ["ORIGIN", "bench_signer", "write_log"]
+__all__ = ["ORIGIN", "BuildRecord", "bench_signer", "build_record", "cached_log", "write_log"]
 
 ORIGIN = "fedgate.bench/gateway/shard-0"
 _ACTIONS = ("stop_payment", "query_account", "query_transactions", "freeze_account", "query_phone")
@@ -83,6 +85,44 @@ digits after ``_SUBJECT_PREFIX`` (every subject here has the prefix and the same
 the buckets follow string order)."""
 _KEPT_INDEXES = frozenset({"leaves_time", "search_time", "search_request_id"})
 """Secondary indexes left in place while bulk loading: their keys grow with the leaf index."""
+
+
+CACHE = Path(__file__).with_name(".cache")
+"""Where the benchmarks keep their big logs between runs (git-ignored)."""
+
+
+def cached_log(quick: bool) -> tuple[Path, int]:
+    """The benchmarks' big log and its size: 10 M entries (200 k with ``--quick``) in
+    ``bench/.cache``, or ``BENCH_SCALE_ENTRIES`` (to measure a log built part of the way).
+    ``write_log`` builds it, or finishes it, or finds it built."""
+    entries = int(os.environ.get("BENCH_SCALE_ENTRIES", 200_000 if quick else 10_000_000))
+    return CACHE / ("audit-200k.sqlite" if quick else "audit-10m.sqlite"), entries
+
+
+@dataclass(frozen=True, slots=True)
+class BuildRecord:
+    """How far a cached log's build got and the wall seconds spent on it over every run."""
+
+    entries: int
+    seconds: float
+
+
+def _record_path(path: Path) -> Path:
+    return path.with_name(path.name + ".build.json")
+
+
+def build_record(path: Path) -> BuildRecord:
+    """The build record kept beside ``path`` (zero for a log without one)."""
+    try:
+        data = json.loads(_record_path(path).read_text(encoding="utf-8"))
+        return BuildRecord(int(data["entries"]), float(data["seconds"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return BuildRecord(0, 0.0)
+
+
+def _record(path: Path, entries: int, seconds: float) -> None:
+    text = json.dumps({"entries": entries, "seconds": round(seconds, 1)})
+    write_atomically(_record_path(path), text.encode("utf-8"))
 
 
 def bench_signer(origin: str = ORIGIN) -> NoteSigner:
@@ -199,6 +239,10 @@ _INSERT_ROW = (
     f" VALUES ({', '.join('?' * len(_rows.PROJECTED_COLUMNS.split(',')))})"
 )
 _ROLLUP_DAY, _ROLLUP_OFFICER = _rollups.upserts(pg=False)
+_SET_HEAD = (
+    "INSERT INTO heads (kind, size, note) VALUES ('signed', ?, ?)"
+    " ON CONFLICT (kind) DO UPDATE SET size = excluded.size, note = excluded.note"
+)
 _STAGING = """
 CREATE TABLE IF NOT EXISTS bulk_indexes (name TEXT PRIMARY KEY, sql TEXT NOT NULL) STRICT;
 CREATE TABLE IF NOT EXISTS bulk_subjects (
@@ -250,7 +294,8 @@ def _stage(con: sqlite3.Connection) -> None:
 
 def _bulk(con: sqlite3.Connection, tree: TiledTree, made: _Made, signer: NoteSigner) -> None:
     """Write one chunk (whole blocks of 256) with its projection, tiles, time blocks, rollups
-    and the checkpoints at each multiple of ``CHECKPOINT_INTERVAL``, in one transaction."""
+    and the checkpoints at each multiple of ``CHECKPOINT_INTERVAL`` (the last one the head),
+    in one transaction."""
     rows, subjects, blocks, day_rows, officer_rows = made
     hashes = [r[2] for r in rows]
     tiles: list[tuple[int, int, bytes]] = []
@@ -267,6 +312,7 @@ def _bulk(con: sqlite3.Connection, tree: TiledTree, made: _Made, signer: NoteSig
         con.executemany("INSERT INTO tiles (level, idx, data) VALUES (?, ?, ?)", tiles)
         con.executemany("INSERT INTO time_blocks (block, min_us, max_us) VALUES (?, ?, ?)", blocks)
         con.executemany("INSERT INTO checkpoints (size, note) VALUES (?, ?)", notes)
+        con.execute(_SET_HEAD, notes[-1])
         con.executemany(_ROLLUP_DAY, day_rows)
         con.executemany(_ROLLUP_OFFICER, officer_rows)
         con.execute(
@@ -333,10 +379,12 @@ def write_log(
 ) -> float:
     """Write (or finish writing) a log of ``entries`` entries at ``path``, ``batch`` entries per
     transaction (rounded down to whole blocks of 256), the entries made by ``workers``
-    processes; returns the seconds spent. Raises what the store raises."""
+    processes; returns the seconds this call spent (``build_record`` adds up every call's).
+    Raises what the store raises."""
     signer = signer or bench_signer()
     origin = signer.name
     started = time.perf_counter()
+    spent_before = build_record(path).seconds if path.exists() else 0.0
     batch = max(TILE_WIDTH, batch - batch % TILE_WIDTH)
     first = datetime.now(UTC) - timedelta(days=days)
     step = timedelta(days=days) / max(entries, 1)
@@ -364,7 +412,9 @@ def write_log(
         if size < bulk_end:
             _stage(con)
             tree = TiledTree.open(size=size, leaf_hashes=[], read=_tile_reader(con))
-            plan = _Plan(entries, first, step, signer, workers, started if progress else None)
+            plan = _Plan(
+                path, entries, first, step, signer, workers, started, spent_before, progress
+            )
             _load(con, tree, range(size, bulk_end, batch), bulk_end, plan)
         if _has_staging(path):
             _finish_staging(con, started if progress else None)
@@ -376,25 +426,31 @@ def write_log(
         if size < entries:
             _commit(db, signer, size, entries, entries, first, step)
         db.checkpoint_wal()
-        cp = db.load().checkpoint
-        assert cp is not None
-        write_atomically(default_state_path(path), cp.encode("utf-8"))
+        stored = db.load()
+        assert stored.checkpoint is not None
+        write_atomically(default_state_path(path), stored.checkpoint.encode("utf-8"))
     finally:
         db.close()
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    _record(path, stored.next_index, spent_before + seconds)
+    return seconds
 
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
     """What a bulk load makes: ``entries`` spread from ``first`` every ``step``, signed by
-    ``signer``, made by ``workers`` processes; progress on stderr when ``started`` is given."""
+    ``signer``, made by ``workers`` processes, into ``path``; ``spent_before`` seconds went into
+    earlier runs of the build."""
 
+    path: Path
     entries: int
     first: datetime
     step: timedelta
     signer: NoteSigner
     workers: int
-    started: float | None
+    started: float
+    spent_before: float
+    progress: bool
 
 
 def _load(
@@ -416,8 +472,10 @@ def _load(
             while queued and (lo is None or len(queued) > plan.workers):
                 _bulk(con, tree, queued.popleft().result(), plan.signer)
                 con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-                if plan.started is not None:
-                    rate = (tree.size - from_size) / (time.perf_counter() - from_time)
+                now = time.perf_counter()
+                _record(plan.path, tree.size, plan.spent_before + now - plan.started)
+                if plan.progress:
+                    rate = (tree.size - from_size) / (now - from_time)
                     _progress(f"{tree.size:,} entries written", rate, plan.started)
 
 

@@ -9,7 +9,10 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from bench._biglog import bench_signer, write_log
+import pytest
+
+from bench import _biglog
+from bench._biglog import bench_signer, build_record, write_log
 from fedgate.auditverify import LogSource, VerifyOptions, verify_log
 from fedgate.checkpoint import Checkpoint, sign_checkpoint
 from fedgate.tiles import TILE_WIDTH, TiledTree
@@ -77,6 +80,38 @@ def _verifies(path: Path) -> None:
     assert report.entries == SqliteDatabase(path, origin=None, writer=False).next_index()
 
 
+class _Stop(Exception):
+    pass
+
+
+def _interrupted(monkeypatch: pytest.MonkeyPatch, path: Path, entries: int, after: int) -> int:
+    """Start building ``path`` to ``entries`` and stop it after ``after`` bulk transactions, as
+    a killed build stops; returns the size it reached."""
+    bulk = _biglog._bulk
+    done: list[int] = []
+
+    def stopping(*args: object) -> None:
+        if len(done) == after:
+            raise _Stop
+        bulk(*args)  # type: ignore[arg-type]
+        done.append(1)
+
+    with monkeypatch.context() as m:
+        m.setattr(_biglog, "_bulk", stopping)
+        with pytest.raises(_Stop):
+            write_log(path, entries, batch=256, workers=1)
+    return SqliteDatabase(path, origin=None, writer=False).next_index()
+
+
+def _same_as_the_store(tmp_path: Path, built: Path, entries: int) -> None:
+    _verifies(built)
+    _through_the_store(built, tmp_path / "copy.sqlite")
+    got, want = _contents(built), _contents(tmp_path / "copy.sqlite")
+    assert len(got["leaves"]) == entries
+    for table in _TABLES:
+        assert got[table] == want[table], table
+
+
 class TestWriteLog:
     def test_a_bulk_built_log_is_what_the_store_would_hold(self, tmp_path: Path) -> None:
         built = tmp_path / "built.sqlite"
@@ -112,9 +147,31 @@ class TestWriteLog:
         built = tmp_path / "built.sqlite"
         write_log(built, 1_000, batch=512, workers=1)  # ends inside a block
         write_log(built, 2_600, batch=512, workers=1)
-        _verifies(built)
-        _through_the_store(built, tmp_path / "copy.sqlite")
-        got, want = _contents(built), _contents(tmp_path / "copy.sqlite")
-        assert len(got["leaves"]) == 2_600
-        for table in _TABLES:
-            assert got[table] == want[table], table
+        _same_as_the_store(tmp_path, built, 2_600)
+        assert build_record(built).entries == 2_600
+        assert build_record(built).seconds > 0
+
+    def test_an_interrupted_build_resumes_where_it_stopped(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        built = tmp_path / "built.sqlite"
+        write_log(built, 700, workers=1)
+        reached = _interrupted(monkeypatch, built, 3_000, after=3)
+        assert reached == 768 + 3 * 256
+        assert build_record(built).entries == reached
+        write_log(built, 3_000, batch=512, workers=1)
+        _same_as_the_store(tmp_path, built, 3_000)
+        assert build_record(built).entries == 3_000
+
+    def test_an_interrupted_build_finishes_at_the_size_it_reached(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        built = tmp_path / "built.sqlite"
+        reached = _interrupted(monkeypatch, built, 3_000, after=4)
+        assert reached == 4 * 256
+        write_log(built, reached, workers=1)  # what ``BENCH_SCALE_ENTRIES`` does
+        _same_as_the_store(tmp_path, built, reached)
+        state = default_state_path(built).read_text(encoding="utf-8")
+        heads = _contents(built)["heads"]
+        assert state == next(note for kind, size, note in heads if kind == "signed")
+        assert ("signed", reached) in {(kind, size) for kind, size, _ in heads}
