@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import sqlite3
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,8 @@ from bench._biglog import bench_signer, build_record, write_log
 from fedgate.auditverify import LogSource, VerifyOptions, verify_log
 from fedgate.checkpoint import Checkpoint, sign_checkpoint
 from fedgate.tiles import TILE_WIDTH, TiledTree
-from gateway.audit.sqlite_store import SqliteDatabase, default_state_path
+from gateway.audit.log import AuditLog
+from gateway.audit.sqlite_store import SqliteDatabase, default_state_path, open_sqlite_store
 from gateway.audit.store import CommitBatch, NewLeaf
 
 _TABLES = {
@@ -175,3 +177,19 @@ class TestWriteLog:
         heads = _contents(built)["heads"]
         assert state == next(note for kind, size, note in heads if kind == "signed")
         assert ("signed", reached) in {(kind, size) for kind, size, _ in heads}
+
+    async def test_the_gateway_opens_a_bulk_built_log_and_appends_to_it(
+        self, tmp_path: Path
+    ) -> None:
+        built = tmp_path / "built.sqlite"
+        write_log(built, 1_500, batch=512, workers=1)
+        signer = bench_signer()
+        store = await open_sqlite_store(built, origin=signer.name)
+        log = await AuditLog.open(store=store, origin=signer.name, signer=signer)
+        assert log.size == 1_500
+        make = _biglog._Exchanges(7, datetime.now(UTC), timedelta(seconds=1))
+        request = make.request(1_500)
+        receipt = await log.append(request)
+        await log.append(make.response(request, receipt.index))
+        await log.close()
+        _same_as_the_store(tmp_path, built, 1_502)
