@@ -6,7 +6,7 @@ in ``bench/.cache/`` (git-ignored) between runs; building it is resumable.
 - ``audit_prove_ms_10m``: one inclusion plus one consistency proof at random points, read from
   the store's tiles (median; ``_p99`` too);
 - ``audit_search_p99_ms_10m``: first pages (51 rows) of searches by officer, case, request id,
-  target, action, outcome and a one-hour and a one-day time window (p99 over 140 searches);
+  target, action, outcome and a one-hour and a one-day time window (p99 over 160 searches);
 - ``console_charts_ms_10m``: the console's charts for a 30-day window (three per-day charts and
   the refusal reasons), from the rollups;
 - ``audit_appends_per_s_sqlite_10m`` and ``audit_appends_per_s_sqlite_empty``: 256 appenders
