@@ -1,25 +1,34 @@
 """Writing large audit logs for the benchmarks: realistic exchanges bulk-loaded into the store.
 
-``write_log`` produces the store layout the gateway's log writes (leaves with their columns,
-subjects, C2SP tiles, time blocks, rollups, the checkpoints the store keeps at its interval,
-the head and the state file), which ``fedgate audit verify`` accepts, without going through the
-log's commit path:
+``write_log`` produces what the gateway's log holds once its store has caught up (leaves with
+their columns, the search projection — ``search_rows``, ``subjects`` and the console rollups —,
+C2SP tiles, time blocks, the checkpoints the store keeps at its interval, the head and the state
+file), which ``fedgate audit verify`` accepts, without going through the log's commit path:
 
-- the leaves go in with the secondary indexes dropped, in transactions of ``batch`` entries
-  (a multiple of 256), and the indexes are built once at the end (a sort, not millions of
-  random b-tree inserts);
-- the tiles come out of one streaming pass of ``TiledTree.extend``; the time blocks and the
-  rollups of each transaction are computed in memory;
-- a checkpoint is signed at every multiple of ``CHECKPOINT_INTERVAL`` (as a batch ending
-  there would be), so the history holds exactly what ``kept_checkpoint`` keeps;
+- ``workers`` processes make the entries — the leaf bytes by the log's own ``encode_entry``,
+  their hashes, columns, subjects, time blocks and each chunk's rollup counts (the functions the
+  store's catch-up uses) — while this process writes them, in order, one transaction of
+  ``batch`` entries (a multiple of 256) each;
+- the tiles come out of one streaming pass of ``TiledTree.extend``, and a checkpoint is signed
+  at every multiple of ``CHECKPOINT_INTERVAL`` (as a batch ending there would be), so the
+  history holds exactly what ``kept_checkpoint`` keeps;
+- the secondary indexes whose keys arrive in random order (officer, case, member, target,
+  action, outcome, subject's leaf) are dropped while the leaves go in and built once at the end
+  (a sort, not millions of random B-tree inserts); those whose keys grow with the leaf index
+  (time, UUIDv7 request id) stay. The subjects go first to an unindexed staging table in
+  ``_BUCKETS`` ranges of subject order and are copied into ``subjects`` range by range, so that
+  copy is an append too;
+- the WAL is copied into the database after every transaction (``wal_checkpoint(TRUNCATE)``),
+  so it stays bounded however long the build;
 - the last (partial) block goes through the store's own ``commit``, which writes the head.
 
-It resumes an interrupted build from the store's last full transaction, and copies the WAL into
-the database after each transaction, so the WAL stays bounded however long the build.
+It resumes an interrupted build from its last transaction (the staging table and the list of
+dropped indexes are in the database, written in the same transactions), and extends a log
+finished at a smaller size.
 
 The exchanges are spread evenly over ``days`` days ending now (so charts and time searches have
 something to find), with 40 police members, 500 officers each, 5,000 cases, five actions, and one
-request in 20 refused by the gateway.
+request in 20 refused by the gateway; request ids are UUIDv7 of the request's time.
 """
 
 from __future__ import annotations
@@ -27,12 +36,15 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import hashlib
+import json
 import multiprocessing
+import os
 import random
 import sqlite3
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -44,27 +56,73 @@ from fedgate.audit_entry import (
     IndexColumns,
     RequestLeg,
     ResponseLeg,
-    columns_of,
     encode_entry,
-    searchable,
+    entry_columns,
     with_request_columns,
 )
+from fedgate.auditverify import normalized_subjects
 from fedgate.checkpoint import Checkpoint, sign_checkpoint
 from fedgate.files import write_atomically
 from fedgate.merkle import leaf_hash
 from fedgate.note import NoteSigner
 from fedgate.storage import open_sqlite
 from fedgate.tiles import TILE_WIDTH, TiledTree
-from gateway.audit import _rows
+from gateway.audit import _rollups, _rows
 from gateway.audit.sqlite_store import SqliteDatabase, default_state_path
 from gateway.audit.store import CHECKPOINT_INTERVAL, CommitBatch, NewLeaf
 
-__all__ = ["ORIGIN", "bench_signer", "write_log"]
+__all__ = ["ORIGIN", "BuildRecord", "bench_signer", "build_record", "cached_log", "write_log"]
 
 ORIGIN = "fedgate.bench/gateway/shard-0"
 _ACTIONS = ("stop_payment", "query_account", "query_transactions", "freeze_account", "query_phone")
 _TARGETS = ("bank.icbc", "bank.ccb", "bank.abc", "bank.gzrcb", "carrier.cm", "carrier.cu")
 _REFUSALS = ("NOT_PERMITTED: rule", "QUOTA_EXCEEDED: officer", "CASE_REQUIRED: freeze")
+_SUBJECT_PREFIX = "62220"
+_SUBJECT_DIGITS = 14
+_BUCKETS = 1_000
+"""Ranges of subject order in the staging table: ``_bucket`` is the subject's first three
+digits after ``_SUBJECT_PREFIX`` (every subject here has the prefix and the same length, so
+the buckets follow string order)."""
+_KEPT_INDEXES = frozenset({"leaves_time", "search_time", "search_request_id"})
+"""Secondary indexes left in place while bulk loading: their keys grow with the leaf index."""
+
+
+CACHE = Path(__file__).with_name(".cache")
+"""Where the benchmarks keep their big logs between runs (git-ignored)."""
+
+
+def cached_log(quick: bool) -> tuple[Path, int]:
+    """The benchmarks' big log and its size: 10 M entries (200 k with ``--quick``) in
+    ``bench/.cache``, or ``BENCH_SCALE_ENTRIES`` (to measure a log built part of the way).
+    ``write_log`` builds it, or finishes it, or finds it built."""
+    entries = int(os.environ.get("BENCH_SCALE_ENTRIES", 200_000 if quick else 10_000_000))
+    return CACHE / ("audit-200k.sqlite" if quick else "audit-10m.sqlite"), entries
+
+
+@dataclass(frozen=True, slots=True)
+class BuildRecord:
+    """How far a cached log's build got and the wall seconds spent on it over every run."""
+
+    entries: int
+    seconds: float
+
+
+def _record_path(path: Path) -> Path:
+    return path.with_name(path.name + ".build.json")
+
+
+def build_record(path: Path) -> BuildRecord:
+    """The build record kept beside ``path`` (zero for a log without one)."""
+    try:
+        data = json.loads(_record_path(path).read_text(encoding="utf-8"))
+        return BuildRecord(int(data["entries"]), float(data["seconds"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return BuildRecord(0, 0.0)
+
+
+def _record(path: Path, entries: int, seconds: float) -> None:
+    text = json.dumps({"entries": entries, "seconds": round(seconds, 1)})
+    write_atomically(_record_path(path), text.encode("utf-8"))
 
 
 def bench_signer(origin: str = ORIGIN) -> NoteSigner:
@@ -84,20 +142,21 @@ class _Exchanges:
         member = rng.randrange(40)
         refused = rng.random() < 0.05
         action = rng.choice(_ACTIONS)
+        at = self.start + self.step * index
         return RequestLeg(
             envelope=rng.randbytes(rng.randrange(300, 600)),
             peer=f"police.{member:02d}",
             peer_cert_sha256=rng.randbytes(32).hex(),
-            received_at=self.start + self.step * index,
+            received_at=at,
             decision="refused" if refused else "allowed",
             rule=rng.choice(_REFUSALS) if refused else f"p, police, {action}, allow",
-            request_id=new_request_id(),
+            request_id=new_request_id(int(at.timestamp() * 1000)),
             requesting_agency=f"police.{member:02d}",
             officer_id=f"44{member:02d}{rng.randrange(500):05d}",
             case_number=f"A4401002026110{rng.randrange(5000):04d}",
             action=action,
             target_agency=rng.choice(_TARGETS),
-            subjects=(f"62220{rng.randrange(10**14):014d}",),
+            subjects=(f"{_SUBJECT_PREFIX}{rng.randrange(10**_SUBJECT_DIGITS):014d}",),
         )
 
     def response(self, request: RequestLeg, index: int) -> ResponseLeg:
@@ -117,66 +176,195 @@ class _Exchanges:
 
 def _leaves(make: _Exchanges, start: int, stop: int, entries: int) -> Iterator[NewLeaf]:
     """The leaves ``[start, stop)`` of a log of ``entries``: request legs at even indices, each
-    followed by its response leg (``start`` is even: a multiple of 256)."""
+    followed by its response leg (``start`` is even: a multiple of 256), with the columns the
+    log gives them (``entry_columns``, the response leg's completed from its request's)."""
     for index in range(start, stop, 2):
         request = make.request(index)
-        request_columns = columns_of(searchable(request))
+        request_columns = entry_columns(request)
         pair: list[tuple[AuditEntry, IndexColumns]] = [(request, request_columns)]
         if index + 1 < entries:
             response = make.response(request, index)
-            columns = with_request_columns(columns_of(searchable(response)), request_columns)
+            columns = with_request_columns(entry_columns(response), request_columns)
             pair.append((response, columns))
         for offset, (entry, cols) in enumerate(pair):
             if index + offset < stop:
                 data = encode_entry(entry)
-                yield NewLeaf(index + offset, data, leaf_hash(data), cols)
+                yield NewLeaf(index + offset, data, leaf_hash(data), (int(cols[0]), *cols[1:]))
 
 
-def _chunk(start: int, stop: int, entries: int, first: datetime, step: timedelta) -> list[NewLeaf]:
-    """The leaves ``[start, stop)``, made in a worker process (seeded by ``start``)."""
-    return list(_leaves(_Exchanges(start, first, step), start, stop, entries))
+_Made = tuple[
+    list[_rows.LeafValues],
+    list[tuple[int, str, int]],
+    list[tuple[int, int, int]],
+    list[tuple[int, str, str, int]],
+    list[tuple[int, str, str, int, str, int, str, int, int]],
+]
+"""A chunk made by a worker: its leaf rows, staged subjects ``(rowid, subject, idx)``, time
+blocks ``(block, min_us, max_us)``, and rollup counts (``_rollups.day_rows``,
+``_rollups.officer_rows``)."""
+
+
+def _bucket(subject: str) -> int:
+    return int(subject[len(_SUBJECT_PREFIX) : len(_SUBJECT_PREFIX) + 3])
+
+
+def _chunk(start: int, stop: int, entries: int, first: datetime, step: timedelta) -> _Made:
+    """The leaves ``[start, stop)`` and what the store derives from them, made in a worker
+    process (seeded by ``start``)."""
+    leaves = list(_leaves(_Exchanges(start, first, step), start, stop, entries))
+    subjects = [
+        ((_bucket(s) << 40) + n.index, s, n.index)  # one subject a leaf: rowids are unique
+        for n in leaves
+        for s in normalized_subjects(n.columns[10])
+    ]
+    blocks = []
+    for lo in range(0, len(leaves) - len(leaves) % TILE_WIDTH, TILE_WIDTH):
+        times = [n.columns[2] for n in leaves[lo : lo + TILE_WIDTH]]
+        blocks.append((leaves[lo].index // TILE_WIDTH, min(times), max(times)))
+    return (
+        _rows.leaf_values(leaves),
+        subjects,
+        blocks,
+        _rollups.day_rows(leaves),
+        _rollups.officer_rows(leaves),
+    )
 
 
 _INSERT_LEAF = (
     f"INSERT INTO leaves ({_rows.LEAF_COLUMNS})"
     f" VALUES ({', '.join('?' * len(_rows.LEAF_COLUMNS.split(',')))})"
 )
-_SECONDARY_INDEXES = (
-    "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
-    " AND tbl_name IN ('leaves', 'subjects')"
+_INSERT_ROW = (
+    f"INSERT INTO search_rows ({_rows.PROJECTED_COLUMNS})"
+    f" VALUES ({', '.join('?' * len(_rows.PROJECTED_COLUMNS.split(',')))})"
+)
+_ROLLUP_DAY, _ROLLUP_OFFICER = _rollups.upserts(pg=False)
+_SET_HEAD = (
+    "INSERT INTO heads (kind, size, note) VALUES ('signed', ?, ?)"
+    " ON CONFLICT (kind) DO UPDATE SET size = excluded.size, note = excluded.note"
+)
+_STAGING = """
+CREATE TABLE IF NOT EXISTS bulk_indexes (name TEXT PRIMARY KEY, sql TEXT NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS bulk_subjects (
+    id INTEGER PRIMARY KEY,
+    subject TEXT NOT NULL,
+    idx INTEGER NOT NULL
+) STRICT;
+"""
+_DROPPABLE = (
+    "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+    " AND tbl_name IN ('leaves', 'subjects', 'search_rows')"
 )
 
 
-def _bulk(
-    con: sqlite3.Connection,
-    tree: TiledTree,
-    leaves: list[NewLeaf],
-    signer: NoteSigner,
-) -> None:
-    """Write ``leaves`` (whole blocks of 256) with their tiles, time blocks and the checkpoints
-    at each multiple of ``CHECKPOINT_INTERVAL``, in one transaction. The search projection
-    (columns, subjects, rollups) is the store's to fill: ``checkpoint_wal`` at the end."""
-    tiles: list[tuple[int, int, bytes]] = []
-    notes: list[tuple[int, str]] = []
-    for lo in range(0, len(leaves), CHECKPOINT_INTERVAL):
-        tiles += tree.extend(n.leaf_hash for n in leaves[lo : lo + CHECKPOINT_INTERVAL])
-        checkpoint = Checkpoint(signer.name, tree.size, tree.root())
-        notes.append((tree.size, sign_checkpoint(checkpoint, signer)))
-    blocks = []
-    for lo in range(0, len(leaves), TILE_WIDTH):
-        times = [n.columns[2] for n in leaves[lo : lo + TILE_WIDTH]]
-        blocks.append((leaves[lo].index // TILE_WIDTH, min(times), max(times)))
+def _has_staging(path: Path) -> bool:
+    """Whether ``path`` holds an unfinished bulk load (its staging tables)."""
+    if not path.exists():
+        return False
+    con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return (
+            con.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'bulk_indexes'"
+            ).fetchone()
+            is not None
+        )
+    finally:
+        con.close()
+
+
+def _stage(con: sqlite3.Connection) -> None:
+    """Create the staging tables and drop the randomly-keyed secondary indexes (remembering
+    their SQL), in one transaction."""
     con.execute("BEGIN IMMEDIATE")
     try:
-        con.executemany(_INSERT_LEAF, _rows.leaf_values(leaves))
-        con.executemany("INSERT INTO tiles (level, idx, data) VALUES (?, ?, ?)", tiles)
-        con.executemany("INSERT INTO time_blocks (block, min_us, max_us) VALUES (?, ?, ?)", blocks)
-        con.executemany("INSERT INTO checkpoints (size, note) VALUES (?, ?)", notes)
+        for statement in _STAGING.split(";"):
+            if statement.strip():
+                con.execute(statement)
+        for name, ddl in con.execute(_DROPPABLE).fetchall():
+            if name not in _KEPT_INDEXES:
+                con.execute("INSERT INTO bulk_indexes (name, sql) VALUES (?, ?)", (name, ddl))
+                con.execute(f'DROP INDEX "{name}"')  # a name read from the schema itself
         con.execute("COMMIT")
     except BaseException:
         if con.in_transaction:
             con.execute("ROLLBACK")
         raise
+
+
+def _bulk(con: sqlite3.Connection, tree: TiledTree, made: _Made, signer: NoteSigner) -> None:
+    """Write one chunk (whole blocks of 256) with its projection, tiles, time blocks, rollups
+    and the checkpoints at each multiple of ``CHECKPOINT_INTERVAL`` (the last one the head),
+    in one transaction."""
+    rows, subjects, blocks, day_rows, officer_rows = made
+    hashes = [r[2] for r in rows]
+    tiles: list[tuple[int, int, bytes]] = []
+    notes: list[tuple[int, str]] = []
+    for lo in range(0, len(hashes), CHECKPOINT_INTERVAL):
+        tiles += tree.extend(hashes[lo : lo + CHECKPOINT_INTERVAL])
+        checkpoint = Checkpoint(signer.name, tree.size, tree.root())
+        notes.append((tree.size, sign_checkpoint(checkpoint, signer)))
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        con.executemany(_INSERT_LEAF, rows)
+        con.executemany(_INSERT_ROW, [(r[0], *r[3:14]) for r in rows])
+        con.executemany("INSERT INTO bulk_subjects (id, subject, idx) VALUES (?, ?, ?)", subjects)
+        con.executemany("INSERT INTO tiles (level, idx, data) VALUES (?, ?, ?)", tiles)
+        con.executemany("INSERT INTO time_blocks (block, min_us, max_us) VALUES (?, ?, ?)", blocks)
+        con.executemany("INSERT INTO checkpoints (size, note) VALUES (?, ?)", notes)
+        con.execute(_SET_HEAD, notes[-1])
+        con.executemany(_ROLLUP_DAY, day_rows)
+        con.executemany(_ROLLUP_OFFICER, officer_rows)
+        con.execute(
+            "UPDATE projection_state SET value = ? WHERE name = 'projected_to'", (tree.size,)
+        )
+        con.execute("COMMIT")
+    except BaseException:
+        if con.in_transaction:
+            con.execute("ROLLBACK")
+        raise
+
+
+def _finish_staging(con: sqlite3.Connection, started: float | None) -> None:
+    """Copy the staged subjects into ``subjects`` range by range (each in subject order: an
+    append), rebuild the dropped indexes one by one, and drop the staging tables; the WAL is
+    truncated after each step. Each step is one transaction, so a stopped finish resumes."""
+    step = _BUCKETS // 20
+    for lo in range(0, _BUCKETS, step):
+        # Ranges already copied are gone from the staging table, so a resumed finish skips them.
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            span = (lo << 40, (lo + step) << 40)
+            con.execute(
+                "INSERT INTO subjects (subject, idx) SELECT subject, idx FROM bulk_subjects"
+                " WHERE id >= ? AND id < ? ORDER BY subject, idx",
+                span,
+            )
+            con.execute("DELETE FROM bulk_subjects WHERE id >= ? AND id < ?", span)
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    if started is not None:
+        _progress("subjects copied", None, started)
+    for name, ddl in con.execute("SELECT name, sql FROM bulk_indexes ORDER BY name").fetchall():
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            con.execute(ddl.replace("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1))
+            con.execute("DELETE FROM bulk_indexes WHERE name = ?", (name,))
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        if started is not None:
+            _progress(f"index {name} built", None, started)
+    con.execute("DROP TABLE bulk_subjects")
+    con.execute("DROP TABLE bulk_indexes")
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
 
 def write_log(
@@ -191,68 +379,104 @@ def write_log(
 ) -> float:
     """Write (or finish writing) a log of ``entries`` entries at ``path``, ``batch`` entries per
     transaction (rounded down to whole blocks of 256), the entries made by ``workers``
-    processes; returns the seconds spent. Raises what the store raises."""
+    processes; returns the seconds this call spent (``build_record`` adds up every call's).
+    Raises what the store raises."""
     signer = signer or bench_signer()
     origin = signer.name
     started = time.perf_counter()
+    spent_before = build_record(path).seconds if path.exists() else 0.0
     batch = max(TILE_WIDTH, batch - batch % TILE_WIDTH)
     first = datetime.now(UTC) - timedelta(days=days)
     step = timedelta(days=days) / max(entries, 1)
-    db = SqliteDatabase(path, origin=origin, writer=True)  # schema, origin, rollups_from = 0
-    try:
-        stored = db.load()
-        if stored.checkpoint is None:
-            _commit(db, signer, 0, 0, entries, first, step)
-        elif stored.next_index % TILE_WIDTH and stored.next_index < entries:
-            # A log finished at a smaller size: complete its last block the store's way.
-            block_end = stored.next_index - stored.next_index % TILE_WIDTH + TILE_WIDTH
-            _commit(db, signer, stored.next_index, min(block_end, entries), entries, first, step)
-        stored = db.load()
-    finally:
-        db.close()
+    if not _has_staging(path):
+        db = SqliteDatabase(path, origin=origin, writer=True)  # schema, origin, rollups_from = 0
+        try:
+            stored = db.load()
+            if stored.checkpoint is None:
+                _commit(db, signer, 0, 0, entries, first, step)
+            elif stored.next_index % TILE_WIDTH and stored.next_index < entries:
+                # A log finished at a smaller size: complete its last block the store's way.
+                block_end = stored.next_index - stored.next_index % TILE_WIDTH + TILE_WIDTH
+                _commit(
+                    db, signer, stored.next_index, min(block_end, entries), entries, first, step
+                )
+            db.checkpoint_wal()  # the projection level with the leaves before bulk loading
+        finally:
+            db.close()
     # The last block (1 to 256 entries) goes through the store's commit, which writes the head.
     bulk_end = max(0, (entries - 1) // TILE_WIDTH * TILE_WIDTH)
-    if stored.next_index < bulk_end:
-        con = open_sqlite(path, synchronous="NORMAL")
-        try:
-            con.execute("PRAGMA cache_size = -1048576")
-            # Built again at the end by the schema's own CREATE INDEX IF NOT EXISTS.
-            for (name,) in con.execute(_SECONDARY_INDEXES).fetchall():
-                con.execute(f'DROP INDEX "{name}"')
-            read = _tile_reader(con)
-            tree = TiledTree.open(size=stored.next_index, leaf_hashes=[], read=read)
-            starts = range(tree.size, bulk_end, batch)
-            # Two processes make the entries while this one writes them.
-            spawn = multiprocessing.get_context("spawn")
-            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=spawn) as pool:
-                queued: collections.deque[concurrent.futures.Future[list[NewLeaf]]] = (
-                    collections.deque()
-                )
-                for lo in [*starts, None]:
-                    if lo is not None:
-                        stop = min(lo + batch, bulk_end)
-                        queued.append(pool.submit(_chunk, lo, stop, entries, first, step))
-                        if len(queued) <= workers:  # a bounded backlog: memory stays flat
-                            continue
-                    while queued and (lo is None or len(queued) > workers):
-                        _bulk(con, tree, queued.popleft().result(), signer)
-                        con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-                        if progress:
-                            _progress(tree.size, started)
-        finally:
-            con.close()
-    db = SqliteDatabase(path, origin=origin, writer=True)  # builds the dropped indexes
+    con = open_sqlite(path, synchronous="NORMAL")
+    try:
+        con.execute("PRAGMA cache_size = -262144")
+        (size,) = con.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves").fetchone()
+        if size < bulk_end:
+            _stage(con)
+            tree = TiledTree.open(size=size, leaf_hashes=[], read=_tile_reader(con))
+            plan = _Plan(
+                path, entries, first, step, signer, workers, started, spent_before, progress
+            )
+            _load(con, tree, range(size, bulk_end, batch), bulk_end, plan)
+        if _has_staging(path):
+            _finish_staging(con, started if progress else None)
+    finally:
+        con.close()
+    db = SqliteDatabase(path, origin=origin, writer=True)
     try:
         size = db.next_index()
         if size < entries:
             _commit(db, signer, size, entries, entries, first, step)
         db.checkpoint_wal()
-        cp = db.load().checkpoint
-        assert cp is not None
-        write_atomically(default_state_path(path), cp.encode("utf-8"))
+        stored = db.load()
+        assert stored.checkpoint is not None
+        write_atomically(default_state_path(path), stored.checkpoint.encode("utf-8"))
     finally:
         db.close()
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    _record(path, stored.next_index, spent_before + seconds)
+    return seconds
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What a bulk load makes: ``entries`` spread from ``first`` every ``step``, signed by
+    ``signer``, made by ``workers`` processes, into ``path``; ``spent_before`` seconds went into
+    earlier runs of the build."""
+
+    path: Path
+    entries: int
+    first: datetime
+    step: timedelta
+    signer: NoteSigner
+    workers: int
+    started: float
+    spent_before: float
+    progress: bool
+
+
+def _load(
+    con: sqlite3.Connection, tree: TiledTree, starts: range, bulk_end: int, plan: _Plan
+) -> None:
+    """Bulk-load the chunks starting at ``starts``: ``plan.workers`` processes make them (at
+    most ``workers`` + 1 chunks ahead, so memory stays flat) while this one writes them in
+    order, truncating the WAL after each."""
+    from_size, from_time = tree.size, time.perf_counter()
+    spawn = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(plan.workers, mp_context=spawn) as pool:
+        queued: collections.deque[concurrent.futures.Future[_Made]] = collections.deque()
+        for lo in [*starts, None]:
+            if lo is not None:
+                stop = min(lo + starts.step, bulk_end)
+                queued.append(pool.submit(_chunk, lo, stop, plan.entries, plan.first, plan.step))
+                if len(queued) <= plan.workers:
+                    continue
+            while queued and (lo is None or len(queued) > plan.workers):
+                _bulk(con, tree, queued.popleft().result(), plan.signer)
+                con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                now = time.perf_counter()
+                _record(plan.path, tree.size, plan.spent_before + now - plan.started)
+                if plan.progress:
+                    rate = (tree.size - from_size) / (now - from_time)
+                    _progress(f"{tree.size:,} entries written", rate, plan.started)
 
 
 def _commit(
@@ -274,9 +498,10 @@ def _commit(
     db.commit(CommitBatch(leaves, tree.size, note, tiles))
 
 
-def _progress(size: int, started: float) -> None:
+def _progress(what: str, rate: float | None, started: float) -> None:
+    per_s = f", {rate:,.0f} entries/s" if rate is not None else ""
     print(
-        f"  {size:,} entries written ({time.perf_counter() - started:.0f} s)",
+        f"  {what} ({time.perf_counter() - started:.0f} s{per_s})",
         file=sys.stderr,
         flush=True,
     )
