@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from psycopg import sql
 from fedgate.audit_entry import EntryKind
 from fedgate.errors import AuditUnavailable
 from fedgate.storage import Schema, prepare_postgres
-from gateway.audit import _months, _rollups, _rows, _search
+from gateway.audit import _months, _partition, _rollups, _rows, _search
 from gateway.audit._notes import NoteStatements, StoredNotes
 from gateway.audit.store import (
     CommitBatch,
@@ -47,8 +47,11 @@ __all__ = [
     "SCHEMA_VERSION",
     "PgDatabase",
     "connect_reader",
+    "finish_partitioning",
     "list_origins",
     "open_pg_store",
+    "partition_pending",
+    "partition_schema",
 ]
 
 DEFAULT_SCHEMA = "fedgate_audit"
@@ -90,6 +93,15 @@ CREATE TABLE IF NOT EXISTS leaf_months (
     PRIMARY KEY (origin, month)
 );
 CREATE INDEX IF NOT EXISTS leaf_months_first ON leaf_months (origin, first_idx, month);
+CREATE TABLE IF NOT EXISTS retired_months (
+    origin TEXT NOT NULL,
+    month INT NOT NULL,
+    first_idx BIGINT NOT NULL,
+    stop_idx BIGINT NOT NULL,
+    retired_us BIGINT NOT NULL,
+    rule TEXT NOT NULL,
+    PRIMARY KEY (origin, month)
+);
 CREATE TABLE IF NOT EXISTS subjects (
     origin TEXT NOT NULL,
     subject TEXT NOT NULL,
@@ -167,6 +179,7 @@ _TABLES = (
     "shards",
     "leaves",
     "leaf_months",
+    "retired_months",
     "search_rows",
     "subjects",
     "checkpoints",
@@ -411,10 +424,11 @@ def connect_reader(
     return conn
 
 
-def _is_partitioned(conn: psycopg.Connection[Any]) -> bool:
-    """Whether ``leaves`` is partitioned by month; raises ``AuditUnavailable`` while a
-    migration into partitions is unfinished (its source table is still there)."""
-    if conn.execute("SELECT to_regclass('leaves_unpartitioned')").fetchone() not in (None, (None,)):
+def _is_partitioned(conn: psycopg.Connection[Any], *, writer: bool = True) -> bool:
+    """Whether ``leaves`` is partitioned by month; raises ``AuditUnavailable`` for a writer
+    while a migration into partitions is unfinished (its source table is still there)."""
+    moving = conn.execute("SELECT to_regclass('leaves_unpartitioned')").fetchone()
+    if writer and moving is not None and moving[0] is not None:
         raise AuditUnavailable(
             "the audit leaves are being moved into monthly partitions: finish with "
             "`fedgate audit migrate --pg DSN` (gateways stopped)"
@@ -489,7 +503,7 @@ class PgDatabase(StoredNotes):
                 )
             else:
                 prepare_postgres(conn, AUDIT_SCHEMA, where=self._where, writable=False)
-                self._partitioned = _is_partitioned(conn)
+                self._partitioned = _is_partitioned(conn, writer=False)
                 row = conn.execute(
                     "SELECT 1 FROM shards WHERE origin = %s", (self._origin,)
                 ).fetchone()
@@ -916,3 +930,50 @@ async def open_pg_store(
         name="audit-pg",
         state_path=state_path,
     )
+
+
+def partition_schema(
+    dsn: str,
+    *,
+    schema: str = DEFAULT_SCHEMA,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> _partition.PartitionReport:
+    """Move the leaves of every shard of ``schema`` into monthly partitions (``_partition``),
+    gateways stopped; a schema already partitioned is left as it is. Open each shard once
+    as its writer first (that brings the schema to this version). Raises ``AuditUnavailable``."""
+    try:
+        with _connect(dsn, schema) as conn:
+            return _partition.partition_leaves(
+                conn,
+                schema=schema,
+                create=AUDIT_SCHEMA.create,
+                ddl_lock=_DDL_LOCK,
+                progress=progress,
+            )
+    except psycopg.Error as exc:
+        raise AuditUnavailable(
+            f"cannot partition the audit leaves in {_where(schema)}: {exc}"
+        ) from exc
+
+
+def partition_pending(dsn: str, *, schema: str = DEFAULT_SCHEMA) -> tuple[bool, bool]:
+    """``(pending, resuming)``: whether the leaves of ``schema`` still need moving into monthly
+    partitions, and whether an earlier move stopped half-way. Raises ``AuditUnavailable``."""
+    try:
+        with _connect(dsn, schema) as conn:
+            old = conn.execute("SELECT to_regclass('leaves_unpartitioned')").fetchone()
+            if old is not None and old[0] is not None:
+                return True, True
+            return not _is_partitioned(conn), False
+    except psycopg.Error as exc:
+        raise AuditUnavailable(f"cannot read {_where(schema)}: {exc}") from exc
+
+
+def finish_partitioning(dsn: str, *, schema: str = DEFAULT_SCHEMA) -> bool:
+    """Drop the unpartitioned leaves once the log verified from the partitions; returns
+    whether there were any. Raises ``AuditUnavailable``."""
+    try:
+        with _connect(dsn, schema) as conn:
+            return _partition.finish(conn)
+    except psycopg.Error as exc:
+        raise AuditUnavailable(f"cannot finish partitioning in {_where(schema)}: {exc}") from exc
