@@ -9,14 +9,16 @@ month of the leaf before it), recording the range map as it goes. It resumes whe
 the writer refuses to open while ``leaves_unpartitioned`` exists. Once the log verifies from the
 partitions, ``finish`` drops the old table.
 
-**Retention** (``retire_months``): a month's partition is detached from ``leaves`` only when
+**Retention** (``due_months``, ``retire_month``): a month's partition is detached from
+``leaves`` only when
 everything in it is past the retention period: the month ended before ``cutoff`` (the last
-activity a case may have had and still be due), no data key that could seal one of its entries
-is still live (every key created before the month ended is destroyed), and no case with an entry
-in it was active at or after ``cutoff``. The detached table keeps its rows (archive it, then drop
-it), ``retired_months`` records which leaf indices left the log, and the tiles, checkpoints and
-search projection stay: proofs for later entries and ``verify --from`` the first kept entry
-still work.
+activity a case may have had and still be due), its entries are all below the log's full tiles
+(the open tile's leaves are the log's right edge, read at start-up), no data key that could seal
+one of its entries is still live (every key created before the month ended is destroyed), and no
+case with an entry in it was active at or after ``cutoff``. The detached table keeps its rows
+(archive it, then drop it), ``retired_months`` records which leaf indices left the log, and the
+tiles, checkpoints and search projection stay: proofs for later entries and ``verify --from``
+the first kept entry still work.
 """
 
 from __future__ import annotations
@@ -255,6 +257,12 @@ def _past_retention(
         if live is not None:
             return False
     for origin, first, stop in ranges:
+        tiled = conn.execute(
+            "SELECT COALESCE(MAX(idx) + 1, 0) * 256 FROM tiles WHERE origin = %s AND level = 0",
+            (origin,),
+        ).fetchone()
+        if tiled is None or stop > int(tiled[0]):
+            return False  # the right edge (the open tile) is read from the leaves: keep it
         active = conn.execute(
             "SELECT 1 FROM search_rows AS q WHERE q.origin = %(o)s AND q.idx >= %(a)s"
             " AND q.idx < %(b)s AND q.case_number <> '' AND EXISTS (SELECT 1 FROM search_rows"

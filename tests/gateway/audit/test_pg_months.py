@@ -18,10 +18,12 @@ import pytest
 import pytest_asyncio
 from psycopg import sql
 
+from fedgate.audit_entry import decode_entry
 from fedgate.merkle import leaf_hash, root_of, verify_inclusion
-from gateway.audit import _partition
+from gateway.audit import _partition, _retention
 from gateway.audit._months import month_of, month_start_us, partition_name, partitions
-from gateway.audit.pg_store import PgDatabase
+from gateway.audit._retention import LEAVES_RETIRED_EVENT, RetentionPolicy
+from gateway.audit.pg_store import PgDatabase, PgMonthRetention
 from gateway.audit.store import CommitBatch, NewLeaf, SearchQuery
 
 from ._pg_plans import assert_indexed, scans
@@ -87,6 +89,16 @@ def _conn(pg: PgTarget) -> psycopg.Connection[Any]:
     conn = psycopg.connect(pg.dsn, autocommit=True)
     conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(pg.schema)))
     return conn
+
+
+def _tiled(conn: psycopg.Connection[Any], size: int) -> None:
+    """Stand-in level-0 tiles for a store filled by ``_commit`` (which writes none): retention
+    keeps the leaves of the open tile."""
+    conn.execute(
+        "INSERT INTO tiles (origin, level, idx, data) SELECT %s, 0, g, decode(repeat('00', 8192),"
+        " 'hex') FROM generate_series(0, %s) AS g",
+        (ORIGIN, size // 256 - 1),
+    )
 
 
 def _month_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
@@ -292,12 +304,17 @@ class TestRetention:
         months = _expected_months(spread)
         _first, second = sorted(set(months))[:2]
         with _conn(pg) as conn:
+            _tiled(conn, len(spread))
             # The first month ended before the cutoff, but its cases recur in later months.
             assert _partition.due_months(conn, month_start_us(second) + HOUR) == []
             # Past every case's last activity, every month that ended is due, oldest first.
             ended = max(n.columns[2] for n in spread) + 1
             due = _partition.due_months(conn, ended)
-            assert [d.month for d in due] == sorted(set(months))[:-1]
+            # ... except those reaching into the open tile (the log's right edge).
+            stops = {m: len(months) - months[::-1].index(m) for m in set(months)}
+            want = [m for m in sorted(set(months))[:-1] if stops[m] <= len(spread) // 256 * 256]
+            assert len(want) >= 2
+            assert [d.month for d in due] == want
             assert due[0].ranges == ((ORIGIN, 0, months.index(second)),)
 
     def test_retire_detaches_records_and_keeps_the_rest(self, pg: PgTarget) -> None:
@@ -323,6 +340,7 @@ class TestRetention:
             months = _expected_months(leaves)
             m1, m2 = sorted(set(months))[:2]
             with _conn(pg) as conn:
+                _tiled(conn, len(leaves))
                 # A live data key created before month one ended holds it back.
                 conn.execute(
                     "CREATE TABLE IF NOT EXISTS body_keys (origin TEXT NOT NULL, ref TEXT NOT"
@@ -468,7 +486,7 @@ def _to_legacy(pg: PgTarget) -> None:
     with _conn(pg) as conn, conn.transaction():
         conn.execute("ALTER TABLE leaves RENAME TO leaves_monthly")
         conn.execute("ALTER INDEX leaves_pkey RENAME TO leaves_monthly_pkey")
-        conn.execute("ALTER INDEX leaves_time RENAME TO leaves_monthly_time")
+        conn.execute("ALTER INDEX leaves_time_brin RENAME TO leaves_monthly_time")
         conn.execute(
             "CREATE TABLE leaves (origin TEXT NOT NULL, idx BIGINT NOT NULL CHECK (idx >= 0),"
             " leaf BYTEA NOT NULL, leaf_hash BYTEA NOT NULL, leg SMALLINT NOT NULL,"
@@ -555,3 +573,37 @@ class TestMigration:
             assert conn.execute(
                 "SELECT relkind FROM pg_class WHERE oid = 'leaves'::regclass"
             ).fetchone() == ("r",)
+
+
+class TestRetentionJob:
+    async def test_the_job_logs_then_detaches_the_months_past_retention(
+        self, pg_logs: LogFactory, pg: PgTarget, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        jan = [datetime(2025, 1, 1, tzinfo=UTC) + timedelta(hours=h) for h in range(64)]
+        feb = [datetime(2025, 2, 1, tzinfo=UTC) + timedelta(hours=h) for h in range(100)]
+        await _exchanges(pg_logs, jan + feb)  # leaves 0..127 in January, 128..327 in February
+        log = await pg_logs.open()
+        now = datetime.now(UTC)
+        policy = RetentionPolicy(close_after_idle=timedelta(0), keep_after_close=timedelta(0))
+        months = PgMonthRetention(pg.dsn, schema=pg.schema)
+        await _retention._retire_months(log, months, policy, actor="gateway", now=now, cutoff=now)
+        # January only: February reaches into the open tile (256..), the log's right edge.
+        event = decode_entry(await log.get_entry(log.size - 1))
+        assert log.size == 329
+        assert event.kind == LEAVES_RETIRED_EVENT  # type: ignore[union-attr]
+        assert dict(event.detail)["month"] == "2025-01"  # type: ignore[union-attr]
+        assert dict(event.detail)["entries"] == f"{ORIGIN} 0..127"  # type: ignore[union-attr]
+        with _conn(pg) as conn:
+            assert conn.execute(
+                "SELECT month, first_idx, stop_idx FROM retired_months ORDER BY month"
+            ).fetchall() == [(2025 * 12, 0, 128)]
+            assert 2025 * 12 not in partitions(conn)
+            assert 2025 * 12 + 1 in partitions(conn)
+        await log.close()
+        pg_logs.opened.remove(log)
+        log = await pg_logs.open()  # the right edge still loads
+        assert log.size == 329
+        # What is left verifies from the first kept checkpoint past the retired entries.
+        fed = ["--federation", str(pg_logs.fed.dir), "--no-signatures"]
+        code, out = run_audit(["verify", *pg_logs.source_args(), *fed, "--from", "256"], capsys)
+        assert code == 0, out
