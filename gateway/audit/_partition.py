@@ -10,15 +10,14 @@ the writer refuses to open while ``leaves_unpartitioned`` exists. Once the log v
 partitions, ``finish`` drops the old table.
 
 **Retention** (``due_months``, ``retire_month``): a month's partition is detached from
-``leaves`` only when
-everything in it is past the retention period: the month ended before ``cutoff`` (the last
-activity a case may have had and still be due), its entries are all below the log's full tiles
-(the open tile's leaves are the log's right edge, read at start-up), no data key that could seal
-one of its entries is still live (every key created before the month ended is destroyed), and no
-case with an entry in it was active at or after ``cutoff``. The detached table keeps its rows
-(archive it, then drop it), ``retired_months`` records which leaf indices left the log, and the
-tiles, checkpoints and search projection stay: proofs for later entries and ``verify --from``
-the first kept entry still work.
+``leaves`` only when everything in it is past the retention period: the month ended before
+``cutoff`` (the last activity a case may have had and still be due), its entries are all below
+the log's full tiles (the open tile's leaves are the log's right edge, read at start-up), no
+data key that could seal one of its entries is still live (every key created before the month
+ended is destroyed), and no case with an entry in it was active at or after ``cutoff``. The
+detached table keeps its rows (archive it, then drop it), ``retired_months`` records which leaf
+indices left the log, and the tiles, checkpoints and search projection stay: proofs for later
+entries and ``verify --from`` the first kept entry still work.
 """
 
 from __future__ import annotations
