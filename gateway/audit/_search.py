@@ -45,6 +45,7 @@ __all__ = [
     "PROJECTION",
     "SQLITE",
     "Dialect",
+    "next_index",
     "projected_to",
     "search",
     "search_statement",
@@ -174,6 +175,22 @@ def time_bounds(
         (*scope, until_us),
     )
     return lo, 0 if rows[0][0] is None else (int(rows[0][0]) + 1) * BLOCK
+
+
+def next_index(fetch: Fetch, dialect: Dialect, scope: tuple[Any, ...]) -> int:
+    """One past the last leaf. PostgreSQL reads only the last month's partition (found in the
+    range map ``leaf_months``): the partitions' key ``(origin, month, idx)`` gives no order on
+    ``idx`` across months, and ``MAX(idx)`` over all of them reads every index entry."""
+    if dialect.pg:
+        rows = fetch(
+            "SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves WHERE origin = %s AND month ="
+            " (SELECT month FROM leaf_months WHERE origin = %s"
+            " ORDER BY first_idx DESC, month DESC LIMIT 1)",
+            (*scope, *scope),
+        )
+    else:
+        rows = fetch("SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves", ())
+    return int(rows[0][0])
 
 
 def projected_to(fetch: Fetch, dialect: Dialect, scope: tuple[Any, ...]) -> int:

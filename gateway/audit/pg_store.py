@@ -891,7 +891,8 @@ class PgDatabase(StoredNotes):
     def request_legs_since(self, since_us: int) -> Iterator[bytes]:
         """The leaves of the request legs received at or after ``since_us`` (microseconds since
         the epoch), in no particular order, streamed in chunks through a server-side cursor
-        on the ``leaves_time`` index (only the window is read, however long the log). Raises
+        on the time index, in the months from the window's on (only the window is read, however
+        long the log). Raises
         ``AuditUnavailable``."""
         month = _months.month_of(since_us) if self._partitioned else _months.LEGACY_MONTH
         params = (self._origin, month, since_us, int(EntryKind.REQUEST))

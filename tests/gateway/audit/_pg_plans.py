@@ -21,7 +21,7 @@ __all__ = ["Scan", "assert_indexed", "scans"]
 @dataclass(frozen=True, slots=True)
 class Scan:
     node: str  # "Seq Scan", "Index Scan", "Index Only Scan", "Bitmap Heap Scan", ...
-    relation: str
+    relation: str  # "" for a Bitmap Index Scan (its Bitmap Heap Scan names the table)
     index: str
 
 
@@ -36,8 +36,10 @@ def scans(
     found: list[Scan] = []
 
     def walk(node: dict[str, Any]) -> None:
-        if "Relation Name" in node:
-            found.append(Scan(node["Node Type"], node["Relation Name"], node.get("Index Name", "")))
+        if "Relation Name" in node or "Index Name" in node:
+            found.append(
+                Scan(node["Node Type"], node.get("Relation Name", ""), node.get("Index Name", ""))
+            )
         for child in node.get("Plans", ()):
             walk(child)
 
