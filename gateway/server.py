@@ -100,7 +100,7 @@ from gateway.audit import (
 )
 from gateway.audit.insights import PgShard
 from gateway.audit.log import AuditLog
-from gateway.audit.pg_store import PgDatabase, open_pg_store
+from gateway.audit.pg_store import PgDatabase, PgMonthRetention, open_pg_store
 from gateway.audit.service import AuditServicer
 from gateway.audit.sqlite_store import SqliteDatabase, open_sqlite_store
 from gateway.audit.store import AuditStore
@@ -304,6 +304,14 @@ def _retention_policy(config: GatewayConfig) -> RetentionPolicy:
     )
 
 
+def _month_retention(config: GatewayConfig) -> PgMonthRetention | None:
+    """PostgreSQL: the monthly partitions of the leaves, retired with the case keys."""
+    audit = config.audit
+    if audit.store != "postgres":
+        return None
+    return PgMonthRetention(audit.dsn, schema=audit.schema)
+
+
 async def run_retention_once(config: GatewayConfig, *, now: datetime) -> list[str]:
     """``fedgate audit retention``: open this instance's shard as its writer (the gateway MUST
     be stopped: the store's lock refuses a second writer), run the retention job once as of
@@ -337,7 +345,12 @@ async def run_retention_once(config: GatewayConfig, *, now: datetime) -> list[st
         raise
     try:
         return await run_retention(
-            log, vault, _retention_policy(config), actor=identity.member_id, now=now
+            log,
+            vault,
+            _retention_policy(config),
+            actor=identity.member_id,
+            now=now,
+            months=_month_retention(config),
         )
     finally:
         await log.close()
@@ -869,7 +882,11 @@ class Gateway:
         if vault is not None and config.audit.retention_interval_s > 0:
             retention = asyncio.create_task(
                 retention_loop(
-                    parts.audit, vault, _retention_policy(config), actor=identity.member_id
+                    parts.audit,
+                    vault,
+                    _retention_policy(config),
+                    actor=identity.member_id,
+                    months=_month_retention(config),
                 ),
                 name="retention",
             )

@@ -28,6 +28,7 @@ from fedgate.risklist import RiskIndex
 from fedgate.storage import VERSION_TABLE
 from fedgate.web.auth import UserStore
 from gateway.alerts import AlertHub
+from gateway.audit.pg_store import AUDIT_SCHEMA as PG_AUDIT_SCHEMA
 from gateway.audit.pg_store import PgDatabase
 from gateway.audit.sqlite_store import AUDIT_SCHEMA, SqliteDatabase
 from gateway.replay import ReplayCache
@@ -154,6 +155,6 @@ def test_postgres_audit_store_refuses_a_newer_version(pg: PgTarget) -> None:
         with pytest.raises(
             StoreVersionError,
             match=rf"PostgreSQL schema '{schema}': audit log schema version 9 is newer than "
-            rf"this fedgate supports \(version {AUDIT_SCHEMA.version}\)",
+            rf"this fedgate supports \(version {PG_AUDIT_SCHEMA.version}\)",
         ):
             PgDatabase(dsn, origin="test/log", schema=schema, writer=writer)

@@ -23,10 +23,19 @@ from typing import Protocol
 from fedgate.audit_entry import EventEntry
 from fedgate.errors import FedgateError
 from gateway.audit._bodies import BodyVault
+from gateway.audit._partition import RetiredMonth
 
-__all__ = ["KEY_DESTROYED_EVENT", "RetentionPolicy", "retention_loop", "run_retention"]
+__all__ = [
+    "KEY_DESTROYED_EVENT",
+    "LEAVES_RETIRED_EVENT",
+    "MonthRetirer",
+    "RetentionPolicy",
+    "retention_loop",
+    "run_retention",
+]
 
 KEY_DESTROYED_EVENT = "body_key_destroyed"
+LEAVES_RETIRED_EVENT = "leaves_retired"
 
 _log = logging.getLogger(__name__)
 
@@ -56,11 +65,27 @@ class _Appender(Protocol):
     async def append(self, entry: EventEntry) -> object: ...
 
 
+class MonthRetirer(Protocol):
+    """The months of a PostgreSQL log partitioned by month (``pg_store.PgMonthRetention``)."""
+
+    def due(self, cutoff_us: int) -> list[RetiredMonth]: ...
+
+    def retire(self, month: RetiredMonth, *, rule: str, now_us: int) -> str: ...
+
+
 async def run_retention(
-    log: _Appender, vault: BodyVault, policy: RetentionPolicy, *, actor: str, now: datetime
+    log: _Appender,
+    vault: BodyVault,
+    policy: RetentionPolicy,
+    *,
+    actor: str,
+    now: datetime,
+    months: MonthRetirer | None = None,
 ) -> list[str]:
-    """Destroy every case key whose retention ended by ``now``; returns their refs. Raises
-    ``AuditUnavailable`` when the deletion cannot be logged (that key is then kept)."""
+    """Destroy every case key whose retention ended by ``now``; returns their refs. Then, with
+    ``months``, detach each month of leaves whose every entry is past retention, logging a
+    ``leaves_retired`` event first. Raises ``AuditUnavailable`` when a deletion cannot be
+    logged (that key or month is then kept)."""
     cutoff = now - policy.close_after_idle - policy.keep_after_close
     due = await asyncio.to_thread(vault.keys_idle_since, cutoff)
     destroyed: list[str] = []
@@ -87,7 +112,38 @@ async def run_retention(
         destroyed.append(ref)
     if destroyed:
         _log.info("retention destroyed %d case keys under %s", len(destroyed), policy.rule)
+    if months is not None:
+        await _retire_months(log, months, policy, actor=actor, now=now, cutoff=cutoff)
     return destroyed
+
+
+async def _retire_months(
+    log: _Appender,
+    months: MonthRetirer,
+    policy: RetentionPolicy,
+    *,
+    actor: str,
+    now: datetime,
+    cutoff: datetime,
+) -> None:
+    now_us = (now - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    cutoff_us = (cutoff - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    for month in await asyncio.to_thread(months.due, cutoff_us):
+        await log.append(
+            EventEntry(
+                kind=LEAVES_RETIRED_EVENT,
+                actor=actor,
+                member=actor,
+                at=now,
+                detail=(
+                    ("month", month.name),
+                    ("rule", policy.rule),
+                    ("entries", "; ".join(f"{o} {a}..{b - 1}" for o, a, b in month.ranges)),
+                ),
+            )
+        )
+        table = await asyncio.to_thread(months.retire, month, rule=policy.rule, now_us=now_us)
+        _log.info("retention detached the leaves of %s (table %s)", month.name, table)
 
 
 def _destroy(vault: BodyVault, ref: str, rule: str, now: datetime) -> None:
@@ -95,14 +151,21 @@ def _destroy(vault: BodyVault, ref: str, rule: str, now: datetime) -> None:
 
 
 async def retention_loop(
-    log: _Appender, vault: BodyVault, policy: RetentionPolicy, *, actor: str
+    log: _Appender,
+    vault: BodyVault,
+    policy: RetentionPolicy,
+    *,
+    actor: str,
+    months: MonthRetirer | None = None,
 ) -> None:
     """Run the retention job every ``policy.interval`` until cancelled. A failed run (the log
     or the bodies unavailable) is logged and tried again at the next interval: keys are kept
     meanwhile, never destroyed unlogged."""
     while True:
         try:
-            await run_retention(log, vault, policy, actor=actor, now=datetime.now(UTC))
+            await run_retention(
+                log, vault, policy, actor=actor, now=datetime.now(UTC), months=months
+            )
         except FedgateError as exc:
             _log.error("retention run failed, keys kept until the next run: %s", exc.message)
         await asyncio.sleep(policy.interval.total_seconds())

@@ -45,6 +45,7 @@ __all__ = [
     "PROJECTION",
     "SQLITE",
     "Dialect",
+    "next_index",
     "projected_to",
     "search",
     "search_statement",
@@ -96,6 +97,19 @@ class Dialect:
         """Text ordered byte-wise, as SQLite orders it."""
         return ' COLLATE "C"' if self.pg else ""
 
+    def month_floor(self, fetch: Fetch, scope: tuple[Any, ...], index: int) -> tuple[Any, ...]:
+        """PostgreSQL: ``(month,)``, the month of leaf ``index`` (``leaves`` is partitioned by
+        month and months rise with indices, so ``month >= it`` reads only the partitions of
+        the leaves from ``index`` on); SQLite: ``()``."""
+        if not self.pg:
+            return ()
+        rows = fetch(
+            "SELECT month FROM leaf_months WHERE origin = %s AND first_idx <= %s"
+            " ORDER BY first_idx DESC, month DESC LIMIT 1",
+            (*scope, index),
+        )
+        return (int(rows[0][0]) if rows else 0,)
+
     @property
     def has_subject(self) -> str:
         """The filter on a leaf row's JSON ``subjects`` column (the projection's tail)."""
@@ -144,13 +158,15 @@ def time_bounds(
         lo = edge if rows[0][0] is None else int(rows[0][0]) * BLOCK
     if until_us is None:
         return lo, None
+    month = dialect.month_floor(fetch, scope, edge)
     late = fetch(
         dialect.text(
             # ``+time_us``: read the open block by primary key (at most 255 rows), never
             # the time index from the log's start.
-            f"SELECT 1 FROM leaves WHERE {s}idx >= ? AND +time_us < ? LIMIT 1"  # noqa: S608
+            f"SELECT 1 FROM leaves WHERE {s}{'month >= ? AND ' if month else ''}idx >= ?"  # noqa: S608
+            " AND +time_us < ? LIMIT 1"
         ),
-        (*scope, edge, until_us),
+        (*scope, *month, edge, until_us),
     )
     if late:
         return lo, None
@@ -159,6 +175,22 @@ def time_bounds(
         (*scope, until_us),
     )
     return lo, 0 if rows[0][0] is None else (int(rows[0][0]) + 1) * BLOCK
+
+
+def next_index(fetch: Fetch, dialect: Dialect, scope: tuple[Any, ...]) -> int:
+    """One past the last leaf. PostgreSQL reads only the last month's partition (found in the
+    range map ``leaf_months``): the partitions' key ``(origin, month, idx)`` gives no order on
+    ``idx`` across months, and ``MAX(idx)`` over all of them reads every index entry."""
+    if dialect.pg:
+        rows = fetch(
+            "SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves WHERE origin = %s AND month ="
+            " (SELECT month FROM leaf_months WHERE origin = %s"
+            " ORDER BY first_idx DESC, month DESC LIMIT 1)",
+            (*scope, *scope),
+        )
+    else:
+        rows = fetch("SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves", ())
+    return int(rows[0][0])
 
 
 def projected_to(fetch: Fetch, dialect: Dialect, scope: tuple[Any, ...]) -> int:
@@ -191,8 +223,11 @@ def search(
     def page(q: SearchQuery, table: str, limit: int) -> list[Sequence[Any]]:
         if limit <= 0 or (q.before_index is not None and q.before_index <= q.after_index + 1):
             return []
+        month = ()
+        if table == LEAVES:
+            month = dialect.month_floor(fetch, scope, max(q.after_index + 1, lo))
         sql, params = search_statement(
-            replace(q, limit=limit), dialect, scope, lo=lo, hi=hi, table=table
+            replace(q, limit=limit), dialect, scope, lo=lo, hi=hi, table=table, month=month
         )
         return list(fetch(sql, params))
 
@@ -233,11 +268,13 @@ def search_statement(
     lo: int = 0,
     hi: int | None = None,
     table: str = PROJECTION,
+    month: tuple[Any, ...] = (),
 ) -> tuple[str, tuple[Any, ...]]:
     """The statement and parameters of ``query``'s page, in ``dialect``, its index range narrowed
     to ``[lo, hi)`` (from ``time_bounds``), over the projection or (``table="leaves"``) the leaf
     rows, which read by primary key only. It selects ``HIT_COLUMNS`` (and, from the leaf rows,
-    their JSON ``subjects``)."""
+    their JSON ``subjects``). ``month`` (PostgreSQL, the leaf rows): ``(m,)`` to read only the
+    partitions from month ``m`` on (``Dialect.month_floor``)."""
     if table not in (PROJECTION, LEAVES):
         raise ValueError(f"search_statement: unknown table {table!r}")
     tail = table == LEAVES
@@ -245,6 +282,9 @@ def search_statement(
     selected = f"{HIT_COLUMNS}, subjects" if tail else HIT_COLUMNS
     where: list[str] = []
     params: list[Any] = []
+    if month and tail:
+        where.append("month >= ?")
+        params.extend(month)
     # Always bounded below: the primary key range is then the plan of last resort, never a scan.
     where.append("idx > ?")
     params.append(max(query.after_index, lo - 1))
@@ -304,8 +344,10 @@ def search_statement(
             f" ORDER BY idx {order} LIMIT ?) AS b{n}"
         )
         all_params += [*scope, *params, *ors, query.limit]
+    outer = dialect.scope + ("month >= ? AND " if month and tail else "")
     statement = (
-        f"SELECT {selected} FROM {table} WHERE {dialect.scope}idx IN ("  # noqa: S608
+        f"SELECT {selected} FROM {table} WHERE {outer}idx IN ("  # noqa: S608
         f"{' UNION '.join(parts)}) ORDER BY idx {order} LIMIT ?"
     )
-    return dialect.text(statement), (*scope, *all_params, query.limit)
+    outer_params = (*scope, *(month if tail else ()))
+    return dialect.text(statement), (*outer_params, *all_params, query.limit)

@@ -225,6 +225,12 @@ class Witnessing:
             self._unstored = None
             try:
                 await self._store.add_cosigned(size, cosigned)
+            except asyncio.CancelledError:
+                # Closing while it is stored: hand it back so the close stores it (after the
+                # interrupted write, on the same writer thread) instead of losing the newest.
+                if self._unstored is None:
+                    self._unstored = (size, cosigned)
+                raise
             except FedgateError as exc:
                 logger.error(
                     "audit log %s: cannot store a cosigned checkpoint: %s",

@@ -493,10 +493,81 @@ def _chunk_done(db: Any, quiet: bool, done: int, total: int) -> None:
         print(f"migrated {done}/{total} entries", file=sys.stderr, flush=True)
 
 
+def _partition_command(
+    args: argparse.Namespace,
+    registry: Registry,
+    witnesses: Any,
+    progress: Any,
+) -> int:
+    """PostgreSQL: verify every shard, move the schema's leaves into monthly partitions (an
+    interrupted move resumes without verifying again), verify every shard from the partitions,
+    and only then drop the old table."""
+    from gateway.audit.pg_store import (
+        finish_partitioning,
+        list_origins,
+        partition_pending,
+        partition_schema,
+    )
+
+    pending, resuming = partition_pending(args.pg, schema=args.schema)
+    if not pending:
+        return 0
+    origins = list_origins(args.pg, schema=args.schema)
+    if not resuming:
+        for origin in origins:
+            _writer(args, origin).close()  # brings the schema to this version (legacy layout)
+        for origin in origins:
+            if not _verified(args, registry, witnesses, progress, origin, "before moving"):
+                print(f"fedgate audit migrate: {origin} does not verify: nothing changed")
+                return 1
+
+    def moved(origin: str, done: int, total: int) -> None:
+        if not args.quiet:
+            print(f"partitioned {origin}: {done}/{total} entries", file=sys.stderr, flush=True)
+
+    report = partition_schema(args.pg, schema=args.schema, progress=moved)
+    print(f"moved {report.entries} entries into {report.months} monthly partitions")
+    for origin in origins:
+        if not _verified(args, registry, witnesses, progress, origin, "after moving"):
+            print(
+                f"fedgate audit migrate: {origin} does not verify from its partitions: the old "
+                "table stays (leaves_unpartitioned); run `fedgate audit verify`"
+            )
+            return 1
+    if finish_partitioning(args.pg, schema=args.schema):
+        print("every shard verified from its monthly partitions: the old leaves are dropped")
+    return 0
+
+
+def _verified(
+    args: argparse.Namespace,
+    registry: Registry,
+    witnesses: Any,
+    progress: Any,
+    origin: str,
+    when: str,
+) -> bool:
+    """Verify PostgreSQL shard ``origin`` (entries against every checkpoint) and print it."""
+    from gateway.audit.pg_store import PgDatabase
+
+    report = verify_log(
+        functools.partial(PgDatabase, args.pg, origin=origin, schema=args.schema, writer=False),
+        log_keys=_log_keys(args, registry, origin),
+        witnesses=witnesses,
+        options=VerifyOptions(check_index=False, check_tiles=False),
+        progress=progress,
+    )
+    print(f"{when} {origin} into monthly partitions:")
+    _print_report(report)
+    return report.ok
+
+
 def _migrate_command(args: argparse.Namespace) -> int:
     registry = Registry.load_dir(args.federation)
     witnesses = witness_verifiers(registry)
     progress = None if args.quiet else _progress
+    if args.pg is not None and _partition_command(args, registry, witnesses, progress):
+        return 1
     for opener in _sources(args):
         probe = opener()
         try:
@@ -758,13 +829,14 @@ def _prove(args: argparse.Namespace) -> int:
     source = _one_source(args)
     try:
         tree, note, size = _tree_and_checkpoint(source, args.size, args.index)
+        if not 0 <= args.index < size:
+            raise NotFound(f"entry {args.index} is not in the tree of size {size}")
+        # The proof reads full tiles through the source: close it only afterwards (a closed
+        # PostgreSQL source would reconnect and leave that connection open).
+        path = tuple(tree.inclusion_proof(args.index, size))
     finally:
         source.close()
-    if not 0 <= args.index < size:
-        raise NotFound(f"entry {args.index} is not in the tree of size {size}")
-    proof = TlogProof(
-        index=args.index, proof=tuple(tree.inclusion_proof(args.index, size)), checkpoint_note=note
-    )
+    proof = TlogProof(index=args.index, proof=path, checkpoint_note=note)
     sys.stdout.write(proof.marshal())
     return 0
 

@@ -523,13 +523,8 @@ class LogInsights:
             def fetch(statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
                 return reader.fetch("read the rollups' state", statement, params)
 
-            (size,) = fetch(
-                dialect.text(
-                    f"SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves WHERE {dialect.scope}1 = 1"  # noqa: S608
-                ),
-                self._scope,
-            )[0]
-            return int(size), _search.projected_to(fetch, dialect, self._scope)
+            size = _search.next_index(fetch, dialect, self._scope)
+            return size, _search.projected_to(fetch, dialect, self._scope)
 
         loop = asyncio.get_running_loop()
         target, covered = await self._run(state)

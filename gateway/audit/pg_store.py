@@ -15,7 +15,8 @@ same origin is refused instead of interleaving leaves.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from psycopg import sql
 from fedgate.audit_entry import EntryKind
 from fedgate.errors import AuditUnavailable
 from fedgate.storage import Schema, prepare_postgres
-from gateway.audit import _rollups, _rows, _search
+from gateway.audit import _months, _partition, _rollups, _rows, _search
 from gateway.audit._notes import NoteStatements, StoredNotes
 from gateway.audit.store import (
     CommitBatch,
@@ -42,15 +43,20 @@ __all__ = [
     "AUDIT_SCHEMA",
     "DEFAULT_SCHEMA",
     "MIGRATION_3_KEPT_CHECKPOINTS",
+    "MIGRATION_4_MONTHS",
     "SCHEMA_VERSION",
     "PgDatabase",
+    "PgMonthRetention",
     "connect_reader",
+    "finish_partitioning",
     "list_origins",
     "open_pg_store",
+    "partition_pending",
+    "partition_schema",
 ]
 
 DEFAULT_SCHEMA = "fedgate_audit"
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 _CATCH_UP_CHUNK = 50_000
 """Leaves per catch-up transaction when a writer closes far behind."""
 _DDL_LOCK = 0x66656467  # "fedg": serializes schema creation across instances
@@ -78,7 +84,24 @@ CREATE TABLE IF NOT EXISTS leaves (
     reason TEXT NOT NULL,
     request_leaf_index BIGINT NOT NULL,
     subjects TEXT NOT NULL DEFAULT '[]',
-    PRIMARY KEY (origin, idx)
+    month INT NOT NULL,
+    PRIMARY KEY (origin, month, idx)
+) PARTITION BY RANGE (month);
+CREATE TABLE IF NOT EXISTS leaf_months (
+    origin TEXT NOT NULL,
+    month INT NOT NULL,
+    first_idx BIGINT NOT NULL CHECK (first_idx >= 0),
+    PRIMARY KEY (origin, month)
+);
+CREATE INDEX IF NOT EXISTS leaf_months_first ON leaf_months (origin, first_idx, month);
+CREATE TABLE IF NOT EXISTS retired_months (
+    origin TEXT NOT NULL,
+    month INT NOT NULL,
+    first_idx BIGINT NOT NULL,
+    stop_idx BIGINT NOT NULL,
+    retired_us BIGINT NOT NULL,
+    rule TEXT NOT NULL,
+    PRIMARY KEY (origin, month)
 );
 CREATE TABLE IF NOT EXISTS subjects (
     origin TEXT NOT NULL,
@@ -110,7 +133,16 @@ DROP INDEX IF EXISTS leaves_officer;
 DROP INDEX IF EXISTS leaves_case;
 DROP INDEX IF EXISTS leaves_requesting;
 DROP INDEX IF EXISTS leaves_target;
-CREATE INDEX IF NOT EXISTS leaves_time ON leaves (origin, time_us);
+DO $$ BEGIN
+    -- Months: BRIN on time (measured as fast as a B-tree, 1/50 of its size: docs/audit.md).
+    -- The legacy unpartitioned table keeps its B-tree (a BRIN would be built at every open).
+    IF (SELECT relkind FROM pg_class WHERE oid = to_regclass('leaves')) = 'p' THEN
+        CREATE INDEX IF NOT EXISTS leaves_time_brin ON leaves USING brin (time_us)
+            WITH (pages_per_range = 16);
+    ELSE
+        CREATE INDEX IF NOT EXISTS leaves_time ON leaves (origin, time_us);
+    END IF;
+END $$;
 CREATE TABLE IF NOT EXISTS tiles (
     origin TEXT NOT NULL,
     level SMALLINT NOT NULL CHECK (level >= 0),
@@ -156,6 +188,8 @@ $$;
 _TABLES = (
     "shards",
     "leaves",
+    "leaf_months",
+    "retired_months",
     "search_rows",
     "subjects",
     "checkpoints",
@@ -252,40 +286,66 @@ INSERT INTO heads (origin, kind, size, note)
 checkpoints become its heads; the notes already stored stay (the log is append-only), new
 commits keep only what ``kept_checkpoint`` keeps."""
 
+MIGRATION_4_MONTHS = """
+ALTER TABLE leaves ADD COLUMN IF NOT EXISTS month INT NOT NULL DEFAULT 0;
+CREATE TABLE IF NOT EXISTS leaf_months (
+    origin TEXT NOT NULL,
+    month INT NOT NULL,
+    first_idx BIGINT NOT NULL CHECK (first_idx >= 0),
+    PRIMARY KEY (origin, month)
+);
+INSERT INTO leaf_months (origin, month, first_idx)
+    SELECT s.origin, 0, 0 FROM shards AS s
+    WHERE EXISTS (SELECT 1 FROM leaves AS l WHERE l.origin = s.origin AND l.month = 0)
+    ON CONFLICT (origin, month) DO NOTHING;
+"""
+"""Schema step 3 -> 4, leaves by month: an existing (unpartitioned) ``leaves`` gains the
+``month`` column, 0 for all its rows (a catalog change, no rewrite), and one range-map row per
+shard: the store reads and writes it as its one month (the legacy layout) until ``fedgate audit
+migrate`` copies it into monthly partitions (``_partition``)."""
+
 AUDIT_SCHEMA = Schema(
     store="audit log",
     version=int(SCHEMA_VERSION),
-    create=_DDL + _PROJECTION + _rollups.DDL_PG + _TRIGGERS,
-    migrations={1: _STEP_SEARCH_PROJECTION, 2: MIGRATION_3_KEPT_CHECKPOINTS},
+    create=_DDL + _months.MONTH_FUNCTION + _PROJECTION + _rollups.DDL_PG + _TRIGGERS,
+    migrations={
+        1: _STEP_SEARCH_PROJECTION,
+        2: MIGRATION_3_KEPT_CHECKPOINTS,
+        3: MIGRATION_4_MONTHS,
+    },
     legacy_table="shards",
 )
 
 # The origin goes last: each row is the shared ``_rows.leaf_values`` tuple plus ``(origin,)``.
-_COPY_LEAVES = f"COPY leaves ({_rows.LEAF_COLUMNS}, origin) FROM STDIN"
+_COPY_LEAVES = f"COPY leaves ({_rows.LEAF_COLUMNS}, origin, month) FROM STDIN"
+# Every read of leaves by index range names its months (``_months.SPAN``): the planner then
+# reads only those partitions. Parameters: origin, first and last month, start, stop.
+_RANGE = "origin = %s AND month >= %s AND month <= %s AND idx >= %s AND idx < %s"
 _SELECT_ROWS = (
     f"SELECT {_rows.LEAF_COLUMNS} FROM leaves"  # noqa: S608 - constant columns
-    " WHERE origin = %s AND idx >= %s AND idx < %s ORDER BY idx"
+    f" WHERE {_RANGE} ORDER BY idx"
 )
 # The catch-up of the search projection over the leaves [%s, %s) (``catch_up``).
 _PROJECT_ROWS = (
     f"INSERT INTO search_rows (origin, {_rows.PROJECTED_COLUMNS})"  # noqa: S608 - constant columns
     f" SELECT origin, {_rows.PROJECTED_COLUMNS} FROM leaves"
-    " WHERE origin = %s AND idx >= %s AND idx < %s ORDER BY idx"
+    f" WHERE {_RANGE} ORDER BY idx"
 )
 _PROJECT_SUBJECTS = (
-    "INSERT INTO subjects (origin, subject, idx) SELECT l.origin, j.value, l.idx"
-    " FROM leaves AS l, jsonb_array_elements_text(l.subjects::jsonb) AS j(value)"
-    " WHERE l.origin = %s AND l.idx >= %s AND l.idx < %s AND l.subjects <> '[]'"
+    "INSERT INTO subjects (origin, subject, idx) SELECT origin, j.value, idx"  # noqa: S608
+    " FROM leaves, jsonb_array_elements_text(subjects::jsonb) AS j(value)"
+    f" WHERE {_RANGE} AND subjects <> '[]'"
 )
-# Found through ``leaves_time (origin, time_us)``: only the window's rows are read.
+# Found through the BRIN index on time (``leaves_time_brin``) in the months from the window's on
+# (a leaf's month is never before its time's): only the window's block ranges are read.
 _REQUEST_LEGS_SINCE = (
-    "SELECT leaf FROM leaves WHERE origin = %s AND time_us >= %s AND leg = %s AND request_id <> ''"
+    "SELECT leaf FROM leaves WHERE origin = %s AND month >= %s AND time_us >= %s AND leg = %s"
+    " AND request_id <> ''"
 )
 # The time block of each complete block of 256 leaves (``_search.time_bounds``).
 _INSERT_TIME_BLOCK = (
-    "INSERT INTO time_blocks (origin, block, min_us, max_us)"
-    " SELECT %s, %s, MIN(time_us), MAX(time_us) FROM leaves"
-    " WHERE origin = %s AND idx >= %s AND idx < %s"
+    "INSERT INTO time_blocks (origin, block, min_us, max_us)"  # noqa: S608 - constant
+    f" SELECT %s, %s, MIN(time_us), MAX(time_us) FROM leaves WHERE {_RANGE}"
 )
 
 
@@ -329,8 +389,17 @@ _NOTES = NoteStatements(
 _ROLLUP_DAY, _ROLLUP_OFFICER = _rollups.upserts(pg=True)
 _ROLLUP_COLUMNS = (
     f"SELECT idx, {_rows.COLUMNS} FROM leaves"  # noqa: S608 - constant columns
-    " WHERE origin = %s AND idx >= %s AND idx < %s ORDER BY idx"
+    f" WHERE {_RANGE} ORDER BY idx"
 )
+_LEAF_BYTES = f"SELECT leaf FROM leaves WHERE {_RANGE} ORDER BY idx"  # noqa: S608 - constant
+_LEAF_HASHES = f"SELECT leaf_hash FROM leaves WHERE {_RANGE} ORDER BY idx"  # noqa: S608 - constant
+_LEAF_ROWS = f"SELECT idx, leaf, leaf_hash FROM leaves WHERE {_RANGE} ORDER BY idx"  # noqa: S608
+_LAST_MONTH = (
+    "SELECT month, first_idx FROM leaf_months WHERE origin = %s"
+    " ORDER BY first_idx DESC, month DESC LIMIT 1"
+)
+_MONTHS_AHEAD = 2
+"""Partitions created ahead when a writer opens: the current month and the next."""
 
 
 def _connect(dsn: str, schema: str) -> psycopg.Connection[Any]:
@@ -365,6 +434,19 @@ def connect_reader(
     return conn
 
 
+def _is_partitioned(conn: psycopg.Connection[Any], *, writer: bool = True) -> bool:
+    """Whether ``leaves`` is partitioned by month; raises ``AuditUnavailable`` for a writer
+    while a migration into partitions is unfinished (its source table is still there)."""
+    moving = conn.execute("SELECT to_regclass('leaves_unpartitioned')").fetchone()
+    if writer and moving is not None and moving[0] is not None:
+        raise AuditUnavailable(
+            "the audit leaves are being moved into monthly partitions: finish with "
+            "`fedgate audit migrate --pg DSN` (gateways stopped)"
+        )
+    row = conn.execute("SELECT relkind FROM pg_class WHERE oid = to_regclass('leaves')").fetchone()
+    return row is not None and row[0] == "p"
+
+
 def _where(schema: str) -> str:
     """A store's name in messages (never the DSN: it may hold a password)."""
     return f"PostgreSQL schema {schema!r}"
@@ -386,6 +468,8 @@ class PgDatabase(StoredNotes):
         self._writer = writer
         self._where = _where(schema)
         self._conn: psycopg.Connection[Any] | None = None
+        self._partitioned = True  # set by ``_open``: False for the legacy layout (month 0)
+        self._have_months: set[int] = set()  # partitions known to exist (a writer's cache)
         try:
             self._conn = self._open()
         except psycopg.Error as exc:
@@ -398,6 +482,11 @@ class PgDatabase(StoredNotes):
                 with conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_DDL_LOCK,))
                     prepare_postgres(conn, AUDIT_SCHEMA, where=self._where)
+                    self._partitioned = _is_partitioned(conn)
+                    if self._partitioned:
+                        now = _months.month_of(time.time_ns() // 1000)
+                        _months.create_partitions(conn, set(range(now, now + _MONTHS_AHEAD)))
+                        self._have_months = _months.partitions(conn)
                 key = f"{self._schema}/{self._origin}"
                 row = conn.execute(
                     "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,)
@@ -426,6 +515,7 @@ class PgDatabase(StoredNotes):
                 # A reader never writes: the database holds it to that too.
                 conn.execute("SET default_transaction_read_only = on")
                 prepare_postgres(conn, AUDIT_SCHEMA, where=self._where, writable=False)
+                self._partitioned = _is_partitioned(conn, writer=False)
                 row = conn.execute(
                     "SELECT 1 FROM shards WHERE origin = %s", (self._origin,)
                 ).fetchone()
@@ -469,6 +559,30 @@ class PgDatabase(StoredNotes):
             raise self._error("load the log", exc) from exc
         return _rows.stored_log(self._origin, hashes, tile_count, next_index, cp, co)
 
+    def _months_of(self, leaves: Sequence[_rows.LeafValues], last: int | None) -> list[int]:
+        """Each leaf's month: its time's, but never before the month of the leaf before it."""
+        if not self._partitioned:
+            return [_months.LEGACY_MONTH] * len(leaves)
+        out: list[int] = []
+        floor = -1 if last is None else last
+        for leaf in leaves:
+            floor = max(floor, _months.month_of(leaf[5]))
+            out.append(floor)
+        return out
+
+    def _ensure_months(self, months: set[int]) -> None:
+        """Create the partitions of ``months`` the writer has not seen, in a transaction of
+        their own under the schema lock: never inside a commit's, where the lock on ``leaves``
+        it takes would wait for (and make wait) the other shards' commits."""
+        missing = months - self._have_months
+        if not missing:
+            return
+        conn = self._c()
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_DDL_LOCK,))
+            _months.create_partitions(conn, missing)
+            self._have_months = _months.partitions(conn)
+
     def commit(self, batch: CommitBatch) -> None:
         o = self._origin
         key = (o,)
@@ -476,26 +590,42 @@ class PgDatabase(StoredNotes):
         start = batch.leaves[0].index if batch.leaves else batch.size
         try:
             conn = self._c()
+            last = conn.execute(_LAST_MONTH, key).fetchone()
+            months = self._months_of(leaves, None if last is None else int(last[0]))
+            if self._partitioned:
+                self._ensure_months(set(months))
             with conn.transaction(), conn.cursor() as cur:
-                cur.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves WHERE origin = %s", (o,))
-                row = cur.fetchone()
-                if row is None or row[0] != start:
+                if cur.execute(_LAST_MONTH, key).fetchone() != last:
+                    raise AuditUnavailable(f"audit shard {o!r}: another writer appended meanwhile")
+                found = self._next_index(cur, last)
+                if found != start:
                     raise AuditUnavailable(
                         f"audit shard {o!r}: the batch starts at index {start} but the "
-                        f"database's next index is {None if row is None else row[0]}"
+                        f"database's next index is {found}"
                     )
                 # COPY: about twice as fast as a pipelined executemany for a batch.
                 if leaves:
                     with cur.copy(_COPY_LEAVES) as copy:
-                        for leaf in leaves:
-                            copy.write_row(leaf + key)
+                        for leaf, month in zip(leaves, months, strict=True):
+                            copy.write_row((*leaf, o, month))
+                    firsts: dict[int, int] = {}
+                    for leaf, month in zip(leaves, months, strict=True):
+                        firsts.setdefault(month, leaf[0])
+                    cur.executemany(
+                        "INSERT INTO leaf_months (origin, month, first_idx) VALUES (%s, %s, %s)",
+                        [
+                            (o, m, first)
+                            for m, first in firsts.items()
+                            if last is None or m > int(last[0])
+                        ],
+                    )
                 if batch.tiles:
                     with cur.copy("COPY tiles (origin, level, idx, data) FROM STDIN") as copy:
                         for tile in batch.tiles:
                             copy.write_row(key + tile)
                 for block in range(start // _search.BLOCK, batch.size // _search.BLOCK):
                     lo = block * _search.BLOCK
-                    cur.execute(_INSERT_TIME_BLOCK, (o, block, o, lo, lo + _search.BLOCK))
+                    self._insert_time_block(cur, block, lo)
                 if kept_checkpoint(start, batch.size):
                     cur.execute(
                         "INSERT INTO checkpoints (origin, size, note) VALUES (%s, %s, %s)",
@@ -522,19 +652,36 @@ class PgDatabase(StoredNotes):
         except psycopg.Error as exc:
             raise self._error("store a cosigned checkpoint", exc) from exc
 
+    def _span(self, cur: Any, start: int, stop: int) -> tuple[str, int, int, int, int] | None:
+        """The ``_RANGE`` parameters of the leaves ``[start, stop)``: their months from the
+        range map. ``None`` when the shard holds none of them."""
+        if stop <= start:
+            return None
+        row = cur.execute(_months.SPAN, {"o": self._origin, "a": start, "b": stop}).fetchone()
+        if row is None or row[1] is None:
+            return None
+        first = int(row[1]) if row[0] is None else int(row[0])
+        return (self._origin, first, int(row[1]), start, stop)
+
+    def _in_range(self, statement: str, start: int, stop: int) -> list[tuple[Any, ...]]:
+        """The rows of ``statement`` (``... WHERE {_RANGE} ...``) over ``[start, stop)``."""
+        conn = self._c()
+        span = self._span(conn, start, stop)
+        return [] if span is None else conn.execute(statement, span).fetchall()
+
+    def _insert_time_block(self, cur: Any, block: int, lo: int) -> None:
+        span = self._span(cur, lo, lo + _search.BLOCK)
+        if span is not None:
+            cur.execute(_INSERT_TIME_BLOCK, (self._origin, block, *span))
+
     def _blobs(self, what: str, statement: str, start: int, stop: int) -> list[bytes]:
         try:
-            return [bytes(r[0]) for r in self._c().execute(statement, (self._origin, start, stop))]
+            return [bytes(r[0]) for r in self._in_range(statement, start, stop)]
         except psycopg.Error as exc:
             raise self._error(what, exc) from exc
 
     def leaves(self, start: int, stop: int) -> list[bytes]:
-        return self._blobs(
-            "read entries",
-            "SELECT leaf FROM leaves WHERE origin = %s AND idx >= %s AND idx < %s ORDER BY idx",
-            start,
-            stop,
-        )
+        return self._blobs("read entries", _LEAF_BYTES, start, stop)
 
     def shard_leaf(self, origin: str, index: int) -> bytes | None:
         try:
@@ -550,8 +697,7 @@ class PgDatabase(StoredNotes):
     def leaf_hashes(self, start: int, stop: int) -> list[bytes]:
         return self._blobs(
             "read leaf hashes",
-            "SELECT leaf_hash FROM leaves WHERE origin = %s AND idx >= %s AND idx < %s"
-            " ORDER BY idx",
+            _LEAF_HASHES,
             start,
             stop,
         )
@@ -574,17 +720,16 @@ class PgDatabase(StoredNotes):
         try:
             return [
                 (int(r[0]), bytes(r[1]), bytes(r[2]))
-                for r in self._c().execute(
-                    "SELECT idx, leaf, leaf_hash FROM leaves WHERE origin = %s AND idx >= %s"
-                    " AND idx < %s ORDER BY idx",
-                    (self._origin, start, stop),
+                for r in self._in_range(
+                    _LEAF_ROWS,
+                    start,
+                    stop,
                 )
             ]
         except psycopg.Error as exc:
             raise self._error("read entries", exc) from exc
 
     def rows(self, start: int, stop: int) -> list[StoredRow]:
-        params = (self._origin, start, stop)
         try:
             conn = self._c()
             projected = self._projected_to()
@@ -596,23 +741,26 @@ class PgDatabase(StoredNotes):
                 )
             )
             # psycopg reads bytea as ``bytes``: the rows need no conversion.
-            return _rows.stored_rows(conn.execute(_SELECT_ROWS, params), subjects, projected)
+            return _rows.stored_rows(self._in_range(_SELECT_ROWS, start, stop), subjects, projected)
         except psycopg.Error as exc:
             raise self._error("read rows", exc) from exc
 
+    def _next_index(self, cur: Any, last: Sequence[Any] | None) -> int:
+        """One past the greatest leaf index, read in the last month's partition only."""
+        if last is None:
+            return 0
+        row = cur.execute(
+            "SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves WHERE origin = %s AND month = %s",
+            (self._origin, int(last[0])),
+        ).fetchone()
+        return 0 if row is None else int(row[0])
+
     def next_index(self) -> int:
         try:
-            row = (
-                self._c()
-                .execute(
-                    "SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves WHERE origin = %s",
-                    (self._origin,),
-                )
-                .fetchone()
-            )
+            conn = self._c()
+            return self._next_index(conn, conn.execute(_LAST_MONTH, (self._origin,)).fetchone())
         except psycopg.Error as exc:
             raise self._error("count entries", exc) from exc
-        return 0 if row is None else int(row[0])
 
     def _notes(self, what: str, statement: str, params: tuple[int, ...]) -> list[tuple[int, str]]:
         """Rows ``(size, note)`` of ``statement``, whose every ``%(o)s`` is the origin."""
@@ -625,7 +773,7 @@ class PgDatabase(StoredNotes):
 
     def _rollup_leaves(self, span: range) -> list[NewLeaf]:
         """The entries of ``span`` with only what the rollups read (no leaf bytes)."""
-        rows = self._c().execute(_ROLLUP_COLUMNS, (self._origin, span.start, span.stop))
+        rows = self._in_range(_ROLLUP_COLUMNS, span.start, span.stop)
         return [NewLeaf(r[0], b"", b"", (*r[1:], (), -1)) for r in rows]
 
     def _projected_to(self) -> int:
@@ -668,9 +816,10 @@ class PgDatabase(StoredNotes):
                 start = 0 if row is None else int(row[0])
                 end = self.next_index()
                 stop = min(end, start + limit)
-                if stop > start:
-                    cur.execute(_PROJECT_ROWS, (o, start, stop))
-                    cur.execute(_PROJECT_SUBJECTS, (o, start, stop))
+                span = self._span(cur, start, stop)
+                if span is not None:
+                    cur.execute(_PROJECT_ROWS, span)
+                    cur.execute(_PROJECT_SUBJECTS, span)
                     rows = self._rollup_leaves(range(start, stop))
                     cur.executemany(_ROLLUP_DAY, [key + r for r in _rollups.day_rows(rows)])
                     cur.executemany(_ROLLUP_OFFICER, [key + r for r in _rollups.officer_rows(rows)])
@@ -730,8 +879,7 @@ class PgDatabase(StoredNotes):
                         for tile in tiles:
                             copy.write_row(key + tile)
                 for block in blocks:
-                    lo = block * _search.BLOCK
-                    cur.execute(_INSERT_TIME_BLOCK, (o, block, o, lo, lo + _search.BLOCK))
+                    self._insert_time_block(cur, block, block * _search.BLOCK)
                 if rollups:
                     rows = self._rollup_leaves(rollups)
                     cur.executemany(_ROLLUP_DAY, [key + r for r in _rollups.day_rows(rows)])
@@ -756,9 +904,11 @@ class PgDatabase(StoredNotes):
     def request_legs_since(self, since_us: int) -> Iterator[bytes]:
         """The leaves of the request legs received at or after ``since_us`` (microseconds since
         the epoch), in no particular order, streamed in chunks through a server-side cursor
-        on the ``leaves_time`` index (only the window is read, however long the log). Raises
+        on the time index, in the months from the window's on (only the window is read, however
+        long the log). Raises
         ``AuditUnavailable``."""
-        params = (self._origin, since_us, int(EntryKind.REQUEST))
+        month = _months.month_of(since_us) if self._partitioned else _months.LEGACY_MONTH
+        params = (self._origin, month, since_us, int(EntryKind.REQUEST))
         try:
             conn = self._c()
             with conn.transaction(), conn.cursor(name="request_legs_since") as cur:
@@ -804,3 +954,83 @@ async def open_pg_store(
         name="audit-pg",
         state_path=state_path,
     )
+
+
+def partition_schema(
+    dsn: str,
+    *,
+    schema: str = DEFAULT_SCHEMA,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> _partition.PartitionReport:
+    """Move the leaves of every shard of ``schema`` into monthly partitions (``_partition``),
+    gateways stopped; a schema already partitioned is left as it is. Open each shard once
+    as its writer first (that brings the schema to this version). Raises ``AuditUnavailable``."""
+    try:
+        with _connect(dsn, schema) as conn:
+            return _partition.partition_leaves(
+                conn,
+                schema=schema,
+                create=AUDIT_SCHEMA.create,
+                ddl_lock=_DDL_LOCK,
+                progress=progress,
+            )
+    except psycopg.Error as exc:
+        raise AuditUnavailable(
+            f"cannot partition the audit leaves in {_where(schema)}: {exc}"
+        ) from exc
+
+
+class PgMonthRetention:
+    """The months of a schema's partitioned leaves for the retention job (``MonthRetirer``):
+    which are due, and detaching one (``_partition``). Each call is one short connection.
+    Detached tables are kept (archive, then drop them) unless ``drop``."""
+
+    def __init__(self, dsn: str, *, schema: str = DEFAULT_SCHEMA, drop: bool = False) -> None:
+        self._dsn = dsn
+        self._schema = schema
+        self._drop = drop
+
+    def due(self, cutoff_us: int) -> list[_partition.RetiredMonth]:
+        try:
+            with _connect(self._dsn, self._schema) as conn:
+                if not _is_partitioned(conn, writer=False):
+                    return []
+                return _partition.due_months(conn, cutoff_us)
+        except psycopg.Error as exc:
+            raise AuditUnavailable(
+                f"cannot read the months of {_where(self._schema)}: {exc}"
+            ) from exc
+
+    def retire(self, month: _partition.RetiredMonth, *, rule: str, now_us: int) -> str:
+        try:
+            with _connect(self._dsn, self._schema) as conn:
+                return _partition.retire_month(
+                    conn, month, rule=rule, now_us=now_us, ddl_lock=_DDL_LOCK, drop=self._drop
+                )
+        except psycopg.Error as exc:
+            raise AuditUnavailable(
+                f"cannot retire {month.name} in {_where(self._schema)}: {exc}"
+            ) from exc
+
+
+def partition_pending(dsn: str, *, schema: str = DEFAULT_SCHEMA) -> tuple[bool, bool]:
+    """``(pending, resuming)``: whether the leaves of ``schema`` still need moving into monthly
+    partitions, and whether an earlier move stopped half-way. Raises ``AuditUnavailable``."""
+    try:
+        with _connect(dsn, schema) as conn:
+            old = conn.execute("SELECT to_regclass('leaves_unpartitioned')").fetchone()
+            if old is not None and old[0] is not None:
+                return True, True
+            return not _is_partitioned(conn), False
+    except psycopg.Error as exc:
+        raise AuditUnavailable(f"cannot read {_where(schema)}: {exc}") from exc
+
+
+def finish_partitioning(dsn: str, *, schema: str = DEFAULT_SCHEMA) -> bool:
+    """Drop the unpartitioned leaves once the log verified from the partitions; returns
+    whether there were any. Raises ``AuditUnavailable``."""
+    try:
+        with _connect(dsn, schema) as conn:
+            return _partition.finish(conn)
+    except psycopg.Error as exc:
+        raise AuditUnavailable(f"cannot finish partitioning in {_where(schema)}: {exc}") from exc

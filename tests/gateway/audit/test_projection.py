@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from gateway.audit.pg_store import AUDIT_SCHEMA as PG_AUDIT_SCHEMA
 from gateway.audit.pg_store import PgDatabase
 from gateway.audit.sqlite_store import AUDIT_SCHEMA, SqliteDatabase
 from gateway.audit.store import CATCH_UP_ENTRIES, CommitBatch, NewLeaf, SearchQuery
@@ -242,7 +243,7 @@ class TestPostgresProjection(_ProjectionCases):
             with psycopg.connect(pg.dsn, autocommit=True) as conn:
                 conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(pg.schema)))
                 assert conn.execute("SELECT version FROM fedgate_schema").fetchone() == (
-                    AUDIT_SCHEMA.version,
+                    PG_AUDIT_SCHEMA.version,
                 )
                 found = conn.execute(
                     "SELECT 1 FROM pg_indexes WHERE schemaname = %s AND indexname = %s",

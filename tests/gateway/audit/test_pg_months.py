@@ -1,0 +1,609 @@
+"""PostgreSQL leaves partitioned by month (``gateway.audit._months``, ``_partition``): appends
+across a month boundary, reads by index and searches that read only the partitions they need
+through an index (plans checked), proofs and ``verify`` over months, retention of a whole
+month, the migration of an unpartitioned log (verified before and after) and two writers
+creating partitions at once."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+import pytest
+import pytest_asyncio
+from psycopg import sql
+
+from fedgate.audit_entry import decode_entry
+from fedgate.merkle import leaf_hash, root_of, verify_inclusion
+from gateway.audit import _partition, _retention
+from gateway.audit._months import month_of, month_start_us, partition_name, partitions
+from gateway.audit._retention import LEAVES_RETIRED_EVENT, RetentionPolicy
+from gateway.audit.pg_store import PgDatabase, PgMonthRetention
+from gateway.audit.store import CommitBatch, NewLeaf, SearchQuery
+
+from ._pg_plans import assert_indexed, scans
+from .conftest import ORIGIN, Fed, LogFactory
+from .test_search import _expected
+from .test_tamper import run_audit
+
+if TYPE_CHECKING:
+    from conftest import PgTarget
+
+# 2026-08-01 00:00 UTC: the leaves below run over August to November.
+T0 = month_start_us(2026 * 12 + 7)
+HOUR = 3_600_000_000
+OFFICERS = 12
+MEMBERS = ("police.gd", "police.sh", "bank.icbc", "bank.ccb", "carrier.cm")
+ACTIONS = ("query_account", "freeze_account", "query_subscriber")
+OUTCOMES = ("allowed", "refused", "ok", "not_found")
+
+
+def _leaves(count: int, *, start: int = 0, t0: int = T0, step_us: int = 2 * HOUR) -> list[NewLeaf]:
+    """Leaves ``step_us`` apart with jitter; every 97th arrives six hours late, and so does
+    the second leaf of each month (so it lands in the month after its time's)."""
+    rnd = random.Random(start + 5)
+    out = []
+    previous = month_of(t0 + (start - 1) * step_us)
+    late_next = False
+    for i in range(start, start + count):
+        time_us = t0 + i * step_us + rnd.randrange(-step_us // 3, step_us // 3)
+        if i % 97 == 96:
+            time_us -= 6 * HOUR
+        if late_next:
+            time_us = month_start_us(previous) - HOUR
+        late_next = month_of(time_us) > previous
+        previous = max(previous, month_of(time_us))
+        leg = 1 + i % 2
+        columns = (
+            leg,
+            f"req-{i // 2}",
+            time_us,
+            MEMBERS[i % 2],
+            f"officer-{rnd.randrange(OFFICERS)}",
+            f"case-{rnd.randrange(40)}",
+            rnd.choice(ACTIONS),
+            rnd.choice(MEMBERS[2:]),
+            rnd.choice(OUTCOMES),
+            "",
+            (f"acct:{rnd.randrange(30)}",),
+            -1 if leg == 1 else i - 1,
+        )
+        data = f"leaf-{i}".encode()
+        out.append(NewLeaf(i, data, leaf_hash(data), columns))  # type: ignore[arg-type]
+    return out
+
+
+def _commit(db: PgDatabase, leaves: list[NewLeaf], batch: int = 100) -> None:
+    for start in range(0, len(leaves), batch):
+        part = leaves[start : start + batch]
+        size = part[-1].index + 1
+        db.commit(CommitBatch(part, size, f"checkpoint {size}"))
+
+
+def _conn(pg: PgTarget) -> psycopg.Connection[Any]:
+    conn = psycopg.connect(pg.dsn, autocommit=True)
+    conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(pg.schema)))
+    return conn
+
+
+def _tiled(conn: psycopg.Connection[Any], size: int) -> None:
+    """Stand-in level-0 tiles for a store filled by ``_commit`` (which writes none): retention
+    keeps the leaves of the open tile."""
+    conn.execute(
+        "INSERT INTO tiles (origin, level, idx, data) SELECT %s, 0, g, decode(repeat('00', 8192),"
+        " 'hex') FROM generate_series(0, %s) AS g",
+        (ORIGIN, size // 256 - 1),
+    )
+
+
+def _month_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    return {
+        str(r[0]): int(r[1])
+        for r in conn.execute(
+            "SELECT tableoid::regclass::text, count(*) FROM leaves GROUP BY 1 ORDER BY 1"
+        )
+    }
+
+
+def _expected_months(leaves: list[NewLeaf]) -> list[int]:
+    months, floor = [], -1
+    for n in leaves:
+        floor = max(floor, month_of(n.columns[2]))
+        months.append(floor)
+    return months
+
+
+@pytest.fixture(scope="module")
+def spread() -> list[NewLeaf]:
+    return _leaves(1500)  # about four months
+
+
+@pytest.fixture
+def db(pg: PgTarget, spread: list[NewLeaf]) -> Iterator[PgDatabase]:
+    d = PgDatabase(pg.dsn, origin=ORIGIN, schema=pg.schema, writer=True)
+    _commit(d, spread)
+    assert d.catch_up(1000) == 500  # the tail past the projection is read from the leaves
+    yield d
+    d.close()
+
+
+class TestAppends:
+    def test_leaves_go_to_their_month_and_never_back(
+        self, db: PgDatabase, pg: PgTarget, spread: list[NewLeaf]
+    ) -> None:
+        months = _expected_months(spread)
+        late = [n.index for n, m in zip(spread, months, strict=True) if month_of(n.columns[2]) < m]
+        assert late, "the data must hold a leaf logged after its month ended"
+        with _conn(pg) as conn:
+            counts = _month_counts(conn)
+            mapped = conn.execute(
+                "SELECT month, first_idx FROM leaf_months WHERE origin = %s ORDER BY first_idx",
+                (ORIGIN,),
+            ).fetchall()
+            stored = dict(
+                conn.execute("SELECT idx, month FROM leaves WHERE origin = %s", (ORIGIN,))
+            )
+        want: dict[str, int] = {}
+        for m in months:
+            want[partition_name(m)] = want.get(partition_name(m), 0) + 1
+        assert counts == want
+        assert len(counts) >= 4
+        assert stored == dict(enumerate(months))
+        assert mapped == [(m, months.index(m)) for m in sorted(set(months))]
+
+    def test_reads_by_index_across_the_boundary(
+        self, db: PgDatabase, spread: list[NewLeaf], pg: PgTarget
+    ) -> None:
+        months = _expected_months(spread)
+        edge = months.index(months[-1])  # first leaf of the last month
+        assert 50 <= edge <= len(spread) - 20
+        a, b = edge - 50, edge + 50
+        assert db.leaves(a, b) == [n.data for n in spread[a:b]]
+        assert db.leaf_hashes(a, b) == [n.leaf_hash for n in spread[a:b]]
+        assert [r[0] for r in db.rows(a, b)] == list(range(a, min(b, len(spread))))
+        assert db.leaves(1500, 1600) == []
+        db.close()
+        again = PgDatabase(pg.dsn, origin=ORIGIN, schema=pg.schema, writer=True)
+        try:
+            assert again.next_index() == 1500
+            _commit(again, _leaves(10, start=1500))
+            assert again.next_index() == 1510
+        finally:
+            again.close()
+
+    def test_a_batch_out_of_order_is_refused(self, db: PgDatabase) -> None:
+        with pytest.raises(Exception, match="next index is 1500"):
+            _commit(db, _leaves(5, start=1400))
+
+
+def _explain_all(
+    pg: PgTarget, db: PgDatabase, run: Any, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Any, list[tuple[str, tuple[Any, ...]]]]:
+    """Run ``run()`` recording every statement the store runs through ``_fetch``."""
+    seen: list[tuple[str, tuple[Any, ...]]] = []
+    real = db._fetch
+
+    def fetch(statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        seen.append((statement, params))
+        return real(statement, params)
+
+    monkeypatch.setattr(db, "_fetch", fetch)
+    result = run()
+    monkeypatch.undo()
+    return result, seen
+
+
+def _partitions_from(conn: psycopg.Connection[Any], index: int) -> set[str]:
+    row = conn.execute(
+        "SELECT month FROM leaf_months WHERE origin = %s AND first_idx <= %s"
+        " ORDER BY first_idx DESC LIMIT 1",
+        (ORIGIN, index),
+    ).fetchone()
+    assert row is not None
+    return {partition_name(m) for m in partitions(conn) if m >= row[0]}
+
+
+class TestPlans:
+    """Every statement a search runs reads an index, and reads of the leaf rows read only the
+    months from the projection's edge on (the leaf rows past ``projected_to``)."""
+
+    @pytest.mark.parametrize(
+        "field",
+        ["officer_id", "case_number", "request_id", "target", "action", "outcome", "time"],
+    )
+    def test_search(
+        self,
+        db: PgDatabase,
+        pg: PgTarget,
+        spread: list[NewLeaf],
+        field: str,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        probe = spread[1234]
+        values = {
+            "officer_id": probe.columns[4],
+            "case_number": probe.columns[5],
+            "request_id": probe.columns[1],
+            "target": probe.columns[7],
+            "action": probe.columns[6],
+            "outcome": probe.columns[8],
+        }
+        queries = []
+        for newest in (True, False):
+            if field == "time":
+                since = T0 + 40 * 24 * HOUR
+                kw: dict[str, Any] = {"since_us": since, "until_us": since + 3 * 24 * HOUR}
+            else:
+                kw = {field: values[field]}
+            queries.append(SearchQuery(**kw, newest_first=newest, limit=20))
+        with _conn(pg) as conn:
+            conn.execute("ANALYZE")
+            conn.execute("SET enable_seqscan = off")
+            for q in queries:
+                hits, seen = _explain_all(pg, db, lambda q=q: db.search(q), monkeypatch)
+                assert [h.index for h in hits] == _expected(q, spread), q
+                tail = _partitions_from(conn, 1000)
+                for statement, params in seen:
+                    found = scans(conn, statement, params)
+                    touches_leaves = any(s.relation.startswith("leaves_y") for s in found)
+                    assert_indexed(conn, found, partitions=tail if touches_leaves else None)
+
+    def test_reads_by_index_read_one_partition(self, db: PgDatabase, pg: PgTarget) -> None:
+        from gateway.audit import pg_store
+
+        with _conn(pg) as conn:
+            conn.execute("ANALYZE")
+            conn.execute("SET enable_seqscan = off")  # a test month is small: price scans out
+            months = sorted(partitions(conn))
+            row = conn.execute(
+                "SELECT first_idx FROM leaf_months WHERE origin = %s AND month = %s",
+                (ORIGIN, months[1]),
+            ).fetchone()
+            assert row is not None
+            start = int(row[0]) + 10
+            span = db._span(conn, start, start + 100)
+            assert span is not None
+            assert span[1] == span[2] == months[1]
+            for statement in (pg_store._LEAF_BYTES, pg_store._LEAF_HASHES, pg_store._SELECT_ROWS):
+                found = scans(conn, statement, span)
+                assert {s.relation for s in found} - {""} == {partition_name(months[1])}, found
+                assert_indexed(conn, found)
+
+    def test_request_legs_since_reads_the_months_of_the_window(
+        self, db: PgDatabase, pg: PgTarget, spread: list[NewLeaf]
+    ) -> None:
+        from fedgate.audit_entry import EntryKind
+        from gateway.audit import pg_store
+
+        since = spread[1400].columns[2]
+        with _conn(pg) as conn:
+            conn.execute("ANALYZE")
+            conn.execute("SET enable_seqscan = off")
+            found = scans(
+                conn,
+                pg_store._REQUEST_LEGS_SINCE,
+                (ORIGIN, month_of(since), since, int(EntryKind.REQUEST)),
+            )
+            assert_indexed(conn, found)
+            wanted = {partition_name(m) for m in partitions(conn) if m >= month_of(since)}
+        assert {s.relation for s in found} - {""} <= wanted
+        assert len(wanted) < len(_expected_months(spread))
+        assert len(wanted) <= 3
+
+
+class TestRetention:
+    def test_a_month_is_due_only_when_its_cases_were_not_active_after_the_cutoff(
+        self, db: PgDatabase, pg: PgTarget, spread: list[NewLeaf]
+    ) -> None:
+        db.catch_up(10_000)
+        months = _expected_months(spread)
+        _first, second = sorted(set(months))[:2]
+        with _conn(pg) as conn:
+            _tiled(conn, len(spread))
+            # The first month ended before the cutoff, but its cases recur in later months.
+            assert _partition.due_months(conn, month_start_us(second) + HOUR) == []
+            # Past every case's last activity, every month that ended is due, oldest first.
+            ended = max(n.columns[2] for n in spread) + 1
+            due = _partition.due_months(conn, ended)
+            # ... except those reaching into the open tile (the log's right edge).
+            stops = {m: len(months) - months[::-1].index(m) for m in set(months)}
+            want = [m for m in sorted(set(months))[:-1] if stops[m] <= len(spread) // 256 * 256]
+            assert len(want) >= 2
+            assert [d.month for d in due] == want
+            assert due[0].ranges == ((ORIGIN, 0, months.index(second)),)
+
+    def test_retire_detaches_records_and_keeps_the_rest(self, pg: PgTarget) -> None:
+        d = PgDatabase(pg.dsn, origin=ORIGIN, schema=pg.schema, writer=True)
+        try:
+            # Cases "old-*" only in the first 300 leaves (August and part of September),
+            # "new-*" after: August's cases were last active in September.
+            leaves = [
+                NewLeaf(
+                    n.index,
+                    n.data,
+                    n.leaf_hash,
+                    (
+                        *n.columns[:5],
+                        f"{'old' if n.index < 300 else 'new'}-{n.index % 10}",
+                        *n.columns[6:],
+                    ),  # type: ignore[arg-type]
+                )
+                for n in _leaves(900, step_us=3 * HOUR)
+            ]
+            _commit(d, leaves)
+            d.catch_up(10_000)
+            months = _expected_months(leaves)
+            m1, m2 = sorted(set(months))[:2]
+            with _conn(pg) as conn:
+                _tiled(conn, len(leaves))
+                # A live data key created before month one ended holds it back.
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS body_keys (origin TEXT NOT NULL, ref TEXT NOT"
+                    " NULL, kek_id TEXT NOT NULL, wrapped BYTEA, created_us BIGINT NOT NULL,"
+                    " last_us BIGINT NOT NULL, destroyed_us BIGINT, rule TEXT NOT NULL DEFAULT"
+                    " '', PRIMARY KEY (origin, ref))"
+                )
+                conn.execute(
+                    "INSERT INTO body_keys VALUES (%s, 'case:x', 'k', '\\x01', %s, %s, NULL, '')",
+                    (ORIGIN, T0 - 40 * 24 * HOUR, T0),
+                )
+                # After the old cases' last activity: the months that ended by then are due.
+                cutoff = max(n.columns[2] for n in leaves[:300]) + 1
+                ended = [m for m in sorted(set(months)) if month_start_us(m + 1) <= cutoff]
+                assert len(ended) >= 2
+                assert _partition.due_months(conn, cutoff) == []
+                conn.execute("UPDATE body_keys SET wrapped = NULL, destroyed_us = %s", (T0,))
+                due = _partition.due_months(conn, cutoff)
+                assert [d.month for d in due] == ended
+                stop = months.index(m2)
+                assert due[0].ranges == ((ORIGIN, 0, stop),)
+                name = _partition.retire_month(
+                    conn, due[0], rule="test", now_us=cutoff, ddl_lock=0x66656467, drop=False
+                )
+                assert name == partition_name(m1)
+                assert m1 not in partitions(conn)
+                kept = conn.execute(
+                    sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(name))
+                ).fetchone()
+                assert kept == (stop,)  # detached, not lost: archive it, then drop it
+                assert conn.execute(
+                    "SELECT origin, month, first_idx, stop_idx FROM retired_months"
+                ).fetchall() == [(ORIGIN, m1, 0, stop)]
+                # The rest of the log is still read by index, and appends go on.
+                assert d.leaves(stop, stop + 5) == [n.data for n in leaves[stop : stop + 5]]
+                assert d.leaves(0, stop) == []
+                # The next due month is now the oldest; dropping it removes its table.
+                due = _partition.due_months(conn, cutoff)
+                assert [d.month for d in due] == ended[1:]
+                _partition.retire_month(
+                    conn, due[0], rule="test", now_us=cutoff, ddl_lock=0x66656467, drop=True
+                )
+                gone = conn.execute("SELECT to_regclass(%s)", (partition_name(m2),)).fetchone()
+                assert gone == (None,)
+            _commit(d, _leaves(10, start=900, step_us=3 * HOUR))
+            assert d.next_index() == 910
+        finally:
+            d.close()
+
+
+class TestConcurrentWriters:
+    def test_two_shards_create_schema_and_months_at_once(self, pg: PgTarget) -> None:
+        """Two writers (two origins, one schema) open at once and append over the same month
+        boundaries: the schema and every partition are created once, under the lock."""
+        origins = ("fedgate.test/gateway/shard-a", "fedgate.test/gateway/shard-b")
+        barrier = threading.Barrier(2)
+        errors: list[BaseException] = []
+        data = _leaves(1200, step_us=3 * HOUR)
+
+        def write(origin: str) -> None:
+            try:
+                barrier.wait(timeout=30)
+                d = PgDatabase(pg.dsn, origin=origin, schema=pg.schema, writer=True)
+                try:
+                    _commit(d, data, batch=37)
+                finally:
+                    d.close()
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=write, args=(o,)) for o in origins]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=240)
+        assert not errors, errors
+        assert not any(t.is_alive() for t in threads)
+        months = _expected_months(data)
+        with _conn(pg) as conn:
+            for origin in origins:
+                rows = conn.execute(
+                    "SELECT idx, month, leaf_hash FROM leaves WHERE origin = %s ORDER BY idx",
+                    (origin,),
+                ).fetchall()
+                assert [(r[0], r[1]) for r in rows] == list(enumerate(months))
+                assert [bytes(r[2]) for r in rows] == [n.leaf_hash for n in data]
+            assert set(months) <= partitions(conn)
+
+
+# -- the log itself: proofs, verify, migration -------------------------------------------------
+
+
+@pytest_asyncio.fixture
+async def pg_logs(tmp_path: Path, fed: Fed, pg: PgTarget) -> AsyncIterator[LogFactory]:
+    factory = LogFactory("postgres", tmp_path, fed, pg)
+    yield factory
+    for log in factory.opened:
+        await log.close()
+
+
+NEXT_MONTH = datetime(2027, 1, 1, tzinfo=UTC)  # after the session federation's keys were issued
+
+
+async def _exchanges(logs: LogFactory, times: list[datetime]) -> None:
+    log = await logs.open()
+    for at in times:
+        logs.fed.now = at
+        request = logs.fed.request()
+        receipt = await log.append(request)
+        await log.append(logs.fed.response(request, receipt.index))
+    await log.close()
+    logs.opened.remove(log)
+
+
+class TestLog:
+    async def test_proofs_and_verify_over_a_month_boundary(
+        self, pg_logs: LogFactory, pg: PgTarget, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        times = [NEXT_MONTH + timedelta(minutes=m) for m in range(-140, 140, 2)]
+        await _exchanges(pg_logs, times)
+        with _conn(pg) as conn:
+            counts = _month_counts(conn)
+        assert set(counts) == {"leaves_y2026m12", "leaves_y2027m01"}, counts
+        log = await pg_logs.open()
+        try:
+            hashes = [log.leaf_hash(i) for i in range(log.size)]
+            root = root_of(hashes)
+            for index in (0, 139, 140, 141, log.size - 1):
+                proof = log.inclusion_proof(index, log.size)
+                verify_inclusion(hashes[index], index, log.size, proof, root)
+        finally:
+            await log.close()
+            pg_logs.opened.remove(log)
+        fed = ["--federation", str(pg_logs.fed.dir)]
+        code, out = run_audit(["verify", *pg_logs.source_args(), *fed], capsys)
+        assert code == 0, out
+        code, out = run_audit(["prove", "140", *pg_logs.source_args()], capsys)
+        assert code == 0, out
+
+
+def _to_legacy(pg: PgTarget) -> None:
+    """Turn the schema into what version 3 wrote: one unpartitioned ``leaves``."""
+    with _conn(pg) as conn, conn.transaction():
+        conn.execute("ALTER TABLE leaves RENAME TO leaves_monthly")
+        conn.execute("ALTER INDEX leaves_pkey RENAME TO leaves_monthly_pkey")
+        conn.execute("ALTER INDEX leaves_time_brin RENAME TO leaves_monthly_time")
+        conn.execute(
+            "CREATE TABLE leaves (origin TEXT NOT NULL, idx BIGINT NOT NULL CHECK (idx >= 0),"
+            " leaf BYTEA NOT NULL, leaf_hash BYTEA NOT NULL, leg SMALLINT NOT NULL,"
+            " request_id TEXT NOT NULL, time_us BIGINT NOT NULL, requesting_agency TEXT NOT NULL,"
+            " officer_id TEXT NOT NULL, case_number TEXT NOT NULL, action TEXT NOT NULL,"
+            " target_agency TEXT NOT NULL, outcome TEXT NOT NULL, reason TEXT NOT NULL,"
+            " request_leaf_index BIGINT NOT NULL, subjects TEXT NOT NULL DEFAULT '[]',"
+            " PRIMARY KEY (origin, idx))"
+        )
+        conn.execute(
+            "INSERT INTO leaves SELECT origin, idx, leaf, leaf_hash, leg, request_id, time_us,"
+            " requesting_agency, officer_id, case_number, action, target_agency, outcome,"
+            " reason, request_leaf_index, subjects FROM leaves_monthly ORDER BY idx"
+        )
+        conn.execute("DROP TABLE leaves_monthly CASCADE")
+        conn.execute("CREATE INDEX leaves_time ON leaves (origin, time_us)")
+        conn.execute("DROP TABLE leaf_months, retired_months")
+        conn.execute("UPDATE fedgate_schema SET version = 3 WHERE store = 'audit log'")
+
+
+class TestMigration:
+    async def test_an_unpartitioned_log_is_verified_moved_and_verified(
+        self, pg_logs: LogFactory, pg: PgTarget, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        times = [NEXT_MONTH + timedelta(days=d) for d in range(-25, 65, 3)]
+        await _exchanges(pg_logs, times[:20])
+        _to_legacy(pg)
+        # A gateway of this version keeps writing the legacy layout (one month, 0) ...
+        await _exchanges(pg_logs, times[20:])
+        with _conn(pg) as conn:
+            assert conn.execute("SELECT DISTINCT month FROM leaves").fetchall() == [(0,)]
+            assert conn.execute(
+                "SELECT relkind FROM pg_class WHERE oid = 'leaves'::regclass"
+            ).fetchone() == ("r",)
+        fed = ["--federation", str(pg_logs.fed.dir)]
+        source = ["--pg", pg.dsn, "--schema", pg.schema]
+        # ... until ``migrate`` verifies it, moves it into months and verifies it again.
+        code, out = run_audit(["migrate", *source, *fed], capsys)
+        assert code == 0, out
+        assert "before moving" in out, out
+        assert "moved 60 entries into" in out, out
+        assert "after migrating" in out, out
+        assert "the old leaves are dropped" in out, out
+        assert "partitioned fedgate.test/gateway/shard-0: 60/60 entries" in out
+        with _conn(pg) as conn:
+            counts = _month_counts(conn)
+            assert conn.execute("SELECT to_regclass('leaves_unpartitioned')").fetchone() == (None,)
+        want: dict[str, int] = {}
+        for at in times:
+            name = partition_name(at.year * 12 + at.month - 1)
+            want[name] = want.get(name, 0) + 2  # request and response leg
+        assert counts == want
+        await _exchanges(pg_logs, [NEXT_MONTH + timedelta(days=70)])
+        code, out = run_audit(["verify", *pg_logs.source_args(), *fed], capsys)
+        assert code == 0, out
+        code, out = run_audit(["migrate", *source, *fed], capsys)  # again: nothing to do
+        assert code == 0, out
+        assert "moved" not in out, out
+
+    async def test_a_log_that_does_not_verify_is_not_moved(
+        self, pg_logs: LogFactory, pg: PgTarget, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        await _exchanges(pg_logs, [NEXT_MONTH + timedelta(days=d) for d in range(0, 60, 6)])
+        _to_legacy(pg)
+        PgDatabase(pg.dsn, origin=ORIGIN, schema=pg.schema, writer=True).close()
+        with _conn(pg) as conn:
+            conn.execute("ALTER TABLE leaves DISABLE TRIGGER USER")
+            conn.execute("UPDATE leaves SET leaf = leaf || '\\x00'::bytea WHERE idx = 3")
+        code, out = run_audit(
+            [
+                "migrate",
+                "--pg",
+                pg.dsn,
+                "--schema",
+                pg.schema,
+                "--federation",
+                str(pg_logs.fed.dir),
+            ],
+            capsys,
+        )
+        assert code == 1, out
+        assert "does not verify: nothing changed" in out, out
+        with _conn(pg) as conn:
+            assert conn.execute(
+                "SELECT relkind FROM pg_class WHERE oid = 'leaves'::regclass"
+            ).fetchone() == ("r",)
+
+
+class TestRetentionJob:
+    async def test_the_job_logs_then_detaches_the_months_past_retention(
+        self, pg_logs: LogFactory, pg: PgTarget, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        jan = [datetime(2025, 1, 1, tzinfo=UTC) + timedelta(hours=h) for h in range(64)]
+        feb = [datetime(2025, 2, 1, tzinfo=UTC) + timedelta(hours=h) for h in range(100)]
+        await _exchanges(pg_logs, jan + feb)  # leaves 0..127 in January, 128..327 in February
+        log = await pg_logs.open()
+        now = datetime.now(UTC)
+        policy = RetentionPolicy(close_after_idle=timedelta(0), keep_after_close=timedelta(0))
+        months = PgMonthRetention(pg.dsn, schema=pg.schema)
+        await _retention._retire_months(log, months, policy, actor="gateway", now=now, cutoff=now)
+        # January only: February reaches into the open tile (256..), the log's right edge.
+        event = decode_entry(await log.get_entry(log.size - 1))
+        assert log.size == 329
+        assert event.kind == LEAVES_RETIRED_EVENT  # type: ignore[union-attr]
+        assert dict(event.detail)["month"] == "2025-01"  # type: ignore[union-attr]
+        assert dict(event.detail)["entries"] == f"{ORIGIN} 0..127"  # type: ignore[union-attr]
+        with _conn(pg) as conn:
+            assert conn.execute(
+                "SELECT month, first_idx, stop_idx FROM retired_months ORDER BY month"
+            ).fetchall() == [(2025 * 12, 0, 128)]
+            assert 2025 * 12 not in partitions(conn)
+            assert 2025 * 12 + 1 in partitions(conn)
+        await log.close()
+        pg_logs.opened.remove(log)
+        log = await pg_logs.open()  # the right edge still loads
+        assert log.size == 329
+        # What is left verifies from the first kept checkpoint past the retired entries.
+        fed = ["--federation", str(pg_logs.fed.dir), "--no-signatures"]
+        code, out = run_audit(["verify", *pg_logs.source_args(), *fed, "--from", "256"], capsys)
+        assert code == 0, out
