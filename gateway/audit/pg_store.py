@@ -652,16 +652,19 @@ class PgDatabase(StoredNotes):
         except psycopg.Error as exc:
             raise self._error("store a cosigned checkpoint", exc) from exc
 
-    def _span(self, cur: Any, start: int, stop: int) -> tuple[str, int, int, int, int] | None:
-        """The ``_RANGE`` parameters of the leaves ``[start, stop)``: their months from the
-        range map. ``None`` when the shard holds none of them."""
+    def _span(
+        self, cur: Any, start: int, stop: int, *, origin: str | None = None
+    ) -> tuple[str, int, int, int, int] | None:
+        """The ``_RANGE`` parameters of the leaves ``[start, stop)`` of this shard (or of shard
+        ``origin``): their months from the range map. ``None`` when the shard holds none."""
         if stop <= start:
             return None
-        row = cur.execute(_months.SPAN, {"o": self._origin, "a": start, "b": stop}).fetchone()
+        o = self._origin if origin is None else origin
+        row = cur.execute(_months.SPAN, {"o": o, "a": start, "b": stop}).fetchone()
         if row is None or row[1] is None:
             return None
         first = int(row[1]) if row[0] is None else int(row[0])
-        return (self._origin, first, int(row[1]), start, stop)
+        return (o, first, int(row[1]), start, stop)
 
     def _in_range(self, statement: str, start: int, stop: int) -> list[tuple[Any, ...]]:
         """The rows of ``statement`` (``... WHERE {_RANGE} ...``) over ``[start, stop)``."""
@@ -685,11 +688,9 @@ class PgDatabase(StoredNotes):
 
     def shard_leaf(self, origin: str, index: int) -> bytes | None:
         try:
-            row = (
-                self._c()
-                .execute("SELECT leaf FROM leaves WHERE origin = %s AND idx = %s", (origin, index))
-                .fetchone()
-            )
+            conn = self._c()
+            span = self._span(conn, index, index + 1, origin=origin)
+            row = None if span is None else conn.execute(_LEAF_BYTES, span).fetchone()
         except psycopg.Error as exc:
             raise self._error(f"read entry {index} of shard {origin!r}", exc) from exc
         return None if row is None else bytes(row[0])
