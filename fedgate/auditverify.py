@@ -15,6 +15,13 @@ Nothing read from the store is trusted. The checks, which stop at the first fail
 - each cosigned checkpoint matches the log and every cosignature on it verifies with a
   witness key from the registry;
 - optionally, each entry's search-index row equals what the entry says (``check_index``);
+- a store that retired its oldest months of leaves (PostgreSQL retention, ``LogSource.retired``)
+  is verified from its first kept entry on (the tree of the retired entries is read from the
+  stored tiles and checked, with the kept entries, against the first signed checkpoint past
+  them), and each retired range MUST be named exactly (shard, month, first and last entry) by a
+  ``leaves_retired`` event in the verified part of the log (``RetirementClaim``); a range no
+  such event names was deleted, not retired, and fails (``settle_retirements`` looks for the
+  event in the other shards too: any gateway instance may run the retention job);
 - optionally (given the federation directory), each allowed request's signature with a key
   valid when it was issued, each kept response's signature and its binding to the request.
   Refused requests and node faults are counted, not failed: a bad signature is a reason to
@@ -43,6 +50,7 @@ from typing import Protocol
 
 from fedgate.audit_entry import (
     EntryKind,
+    EventEntry,
     IndexColumns,
     RequestLeg,
     ResponseLeg,
@@ -62,17 +70,24 @@ from fedgate.sealed import sealed_digest
 from fedgate.tiles import TILE_HEIGHT, TILE_WIDTH, TiledTree, edge_of, tile_path, tile_root
 
 __all__ = [
+    "RETIRED_EVENT",
     "CrossShardLink",
     "Failure",
     "LogSource",
+    "RetiredRange",
+    "RetirementClaim",
     "SignatureCounts",
     "StoredRow",
     "VerifyOptions",
     "VerifyReport",
     "check_cross_shard_links",
     "normalized_subjects",
+    "settle_retirements",
     "verify_log",
 ]
+
+RETIRED_EVENT = "leaves_retired"
+"""The event the retention job logs before it detaches a month of leaves."""
 
 StoredRow = tuple[int, bytes, bytes, IndexColumns]
 """A stored leaf as read back: index, leaf bytes, stored leaf hash, stored search columns."""
@@ -107,7 +122,52 @@ class LogSource(Protocol):
 
     def cosigned_in(self, lo: int, hi: int) -> list[tuple[int, str]]: ...
 
+    def retired(self) -> list[RetiredRange]: ...
+
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RetiredRange:
+    """Entries ``first..stop-1`` of a shard the store says it retired (month ``YYYY-MM``)."""
+
+    month: str
+    first: int
+    stop: int
+
+
+@dataclass(frozen=True, slots=True)
+class RetirementClaim:
+    """A ``leaves_retired`` event found in the verified part of a log: the entry that logged
+    it, the month, and each shard's range it names (origin, first, stop)."""
+
+    index: int
+    month: str
+    ranges: tuple[tuple[str, int, int], ...]
+
+    def names(self, origin: str, retired: RetiredRange) -> bool:
+        return self.month == retired.month and (origin, retired.first, retired.stop) in self.ranges
+
+
+def _claim(index: int, data: bytes) -> RetirementClaim | None:
+    """The retirement an event entry logs, if it is a well-formed ``leaves_retired`` event
+    (a malformed one names nothing, so what it would cover fails)."""
+    entry = decode_entry(data)
+    if not isinstance(entry, EventEntry) or entry.kind != RETIRED_EVENT:
+        return None
+    detail = dict(entry.detail)
+    ranges: list[tuple[str, int, int]] = []
+    for part in detail.get("entries", "").split("; "):
+        origin, _, span = part.rpartition(" ")
+        first, sep, last = span.partition("..")
+        try:
+            a, b = int(first), int(last) + 1
+        except ValueError:
+            return None
+        if not origin or not sep or a < 0 or b < a:
+            return None
+        ranges.append((origin, a, b))
+    return RetirementClaim(index, detail.get("month", ""), tuple(ranges))
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,10 +248,27 @@ class VerifyReport:
     links: tuple[CrossShardLink, ...] = ()
     """The response legs naming a request leg in another shard, for ``check_cross_shard_links``
     (verifying one shard cannot check them)."""
+    retired: tuple[RetiredRange, ...] = ()
+    """The entries the store retired (oldest first, contiguous from 0)."""
+    claims: tuple[RetirementClaim, ...] = ()
+    """The ``leaves_retired`` events in the verified part of the log."""
+    retired_by: tuple[tuple[RetiredRange, str, int], ...] = ()
+    """Each retired range with the shard and entry of the event that names it."""
+    verified_from: int = 0
+    """The first entry verified (0: the whole log)."""
+    anchor: int = 0
+    """The size of the signed checkpoint the tree before ``verified_from`` was checked
+    against (0: none needed)."""
+
+    @property
+    def unclaimed(self) -> tuple[RetiredRange, ...]:
+        """Retired ranges no logged event names (yet: ``settle_retirements``)."""
+        named = {r for r, _, _ in self.retired_by}
+        return tuple(r for r in self.retired if r not in named)
 
     @property
     def ok(self) -> bool:
-        return self.failure is None
+        return self.failure is None and not self.unclaimed
 
 
 # -- per-chunk checks (in worker processes) -------------------------------------------------
@@ -208,6 +285,7 @@ class _ChunkResult:
     signed_failure: Failure | None = None
     """The first of them that failed its check (``signed`` holds those before it)."""
     links: tuple[CrossShardLink, ...] = ()
+    claims: tuple[RetirementClaim, ...] = ()
     tile_roots: bytes = b""
     """The Merkle roots of the complete level-0 tiles (256 entries from a multiple of 256)
     among ``hashes``, in order: the main process folds one root per tile instead of 256
@@ -287,9 +365,11 @@ class _Checker:
         link = entry_link
         request_ids: dict[int, str] = {}
         request_kind, response_kind = int(EntryKind.REQUEST), int(EntryKind.RESPONSE)
+        event_kind = int(EntryKind.EVENT)
         expect = start
         failure: Failure | None = None
         links: list[CrossShardLink] = []
+        claims: list[RetirementClaim] = []
         for idx, data, stored_hash in self.source.leaf_rows(start, stop):
             if idx != expect:
                 failure = Failure(f"entry {expect} is missing from the store", expect)
@@ -310,6 +390,10 @@ class _Checker:
                 break
             if kind == request_kind:
                 request_ids[idx] = request_id
+            elif kind == event_kind:
+                claim = _claim(idx, data)
+                if claim is not None:
+                    claims.append(claim)
             elif kind == response_kind and r < 0:
                 links.append(self._link(idx, data))
             elif kind == response_kind and request_ids.get(r) != request_id:
@@ -324,7 +408,14 @@ class _Checker:
             append(h)
         if failure is None and expect != stop:
             failure = Failure(f"entry {expect} is missing from the store", expect)
-        return _ChunkResult(start, b"".join(hashes), failure, SignatureCounts(), links=tuple(links))
+        return _ChunkResult(
+            start,
+            b"".join(hashes),
+            failure,
+            SignatureCounts(),
+            links=tuple(links),
+            claims=tuple(claims),
+        )
 
     def check(self, start: int, stop: int) -> _ChunkResult:
         """Every check on entries ``[start, stop)``; the first failure ends the chunk."""
@@ -337,9 +428,17 @@ class _Checker:
         request_envs: dict[int, bytes] = {}
         expect = start
         links: list[CrossShardLink] = []
+        claims: list[RetirementClaim] = []
 
         def done(failure: Failure | None) -> _ChunkResult:
-            return _ChunkResult(start, b"".join(hashes), failure, counts, links=tuple(links))
+            return _ChunkResult(
+                start,
+                b"".join(hashes),
+                failure,
+                counts,
+                links=tuple(links),
+                claims=tuple(claims),
+            )
 
         for idx, data, stored_hash, stored in self.source.rows(start, stop):
             if idx != expect:
@@ -377,6 +476,10 @@ class _Checker:
                 cols = with_request_columns(cols, request)
             elif cols[0] == EntryKind.REQUEST:
                 request_cols[idx] = cols
+            elif cols[0] == EntryKind.EVENT:
+                claim = _claim(idx, data)
+                if claim is not None:
+                    claims.append(claim)
             if self.check_index and not linked:
                 expected = _expected_row(cols)
                 if expected != stored:
@@ -880,9 +983,19 @@ def verify_log(
         origin = source.origin
         total = source.next_index()
         begin, frontier, edge = 0, list[bytes](), [b""]
-        failure: Failure | None = None
-        if start > 0:
+        retired = tuple(source.retired())
+        anchor = 0
+        if retired and start > retired[-1].stop:
+            retired = ()  # ``--from`` past them: what it skips is not its to check
+        failure = _retired_prefix(retired)
+        if failure is None and retired:
+            begin = retired[-1].stop
+            anchor, failure = _first_kept(source, begin)
+            if failure is None:
+                frontier, edge, failure = _retired_start(source, begin)
+        elif failure is None and start > 0:
             begin, frontier, edge, failure = _start_state(source, start, origin, log_keys)
+            anchor = begin
         stream = _Stream(
             source,
             origin=origin,
@@ -907,9 +1020,15 @@ def verify_log(
                 failure=failure,
                 verified_entries=stream.range.size - begin,
                 links=tuple(links),
+                retired=retired,
+                claims=tuple(claims),
+                retired_by=_named(origin, retired, claims),
+                verified_from=begin,
+                anchor=anchor,
             )
 
         links: list[CrossShardLink] = []
+        claims: list[RetirementClaim] = []
         if failure is not None:
             return report(failure)
         if begin >= total:
@@ -924,6 +1043,7 @@ def verify_log(
                 if counts is not None:
                     counts.add(result.counts)
                 links += result.links
+                claims += result.claims
                 failure = failure or result.failure
                 if failure is not None:
                     return report(failure)
@@ -948,6 +1068,88 @@ def verify_log(
         return replace(report(failure), witnessed=tuple(compared))
     finally:
         source.close()
+
+
+def _retired_prefix(retired: Sequence[RetiredRange]) -> Failure | None:
+    """Retired entries are always the oldest: ranges contiguous from entry 0."""
+    at = 0
+    for r in retired:
+        if r.first != at or r.stop < r.first:
+            return Failure(
+                f"the store says entries {r.first}..{r.stop - 1} (month {r.month}) were retired, "
+                f"but retention only ever retires the oldest entries, from {at} on",
+                index=min(at, r.first),
+            )
+        at = r.stop
+    return None
+
+
+def _first_kept(source: LogSource, retired_stop: int) -> tuple[int, Failure | None]:
+    """The size of the first stored checkpoint past ``retired_stop`` (the first kept entry):
+    the one that checks the tree the verification starts from."""
+    for hi in (retired_stop + 2 * TILE_WIDTH, _NO_END):
+        found = source.checkpoints_in(retired_stop, hi)
+        if found:
+            return found[0][0], None
+    return 0, Failure(
+        f"entries 0..{retired_stop - 1} are retired and the store keeps no signed checkpoint "
+        "past them: nothing after them can be verified",
+        index=retired_stop,
+    )
+
+
+def _retired_start(source: LogSource, stop: int) -> tuple[list[bytes], list[bytes], Failure | None]:
+    """The tree of the ``stop`` retired entries, read from the stored tiles (the retired
+    leaves of the last, partial, tile from the full level-0 tile that holds them: retention
+    retires only tiled entries). Nothing here is trusted: the stream checks it, with the kept
+    entries after it, against the first signed checkpoint past ``stop`` (``_first_kept``).
+    Starting at ``stop`` rather than at that checkpoint also checks the entries between the
+    two, where the retirement's own event may be."""
+    try:
+        hashes: list[bytes] = []
+        if stop % TILE_WIDTH:
+            tile = stop // TILE_WIDTH
+            got = source.tiles(0, tile, tile + 1)
+            if not got or len(got[0][1]) != _TILE_BYTES:
+                raise ValueError(f"the tile {tile_path(0, tile)} of the last retired entries")
+            data = got[0][1]
+            hashes = [data[k * HASH_SIZE : (k + 1) * HASH_SIZE] for k in range(stop % TILE_WIDTH)]
+        edge = edge_of(stop, hashes, source.tiles)
+        frontier = TiledTree(size=stop, edge=edge, read=source.tiles).frontier(stop)
+    except (ValueError, LookupError) as exc:
+        return [], [], Failure(f"cannot start past the retired entries: {exc}", index=stop)
+    return frontier, edge, None
+
+
+def _named(
+    origin: str, retired: Sequence[RetiredRange], claims: Sequence[RetirementClaim]
+) -> tuple[tuple[RetiredRange, str, int], ...]:
+    """Each retired range of ``origin`` with the first claim (of the shard ``origin``) that
+    names it exactly."""
+    out: list[tuple[RetiredRange, str, int]] = []
+    for r in retired:
+        claim = next((c for c in claims if c.names(origin, r)), None)
+        if claim is not None:
+            out.append((r, origin, claim.index))
+    return tuple(out)
+
+
+def settle_retirements(reports: Sequence[VerifyReport]) -> list[VerifyReport]:
+    """Over the shards of one database verified together: a shard's retired range may be
+    named by the ``leaves_retired`` event of another shard (the instance that ran the
+    retention job logs it in its own shard, naming every shard's range). Returns the reports
+    with such ranges credited to the verified shard and entry whose event names them."""
+    claims = [(r.origin, c) for r in reports if r.failure is None for c in r.claims]
+    settled: list[VerifyReport] = []
+    for report in reports:
+        named = list(report.retired_by)
+        for retired in report.unclaimed:
+            found = next(((o, c) for o, c in claims if c.names(report.origin, retired)), None)
+            if found is not None:
+                named.append((retired, found[0], found[1].index))
+        named.sort(key=lambda n: n[0].first)
+        settled.append(replace(report, retired_by=tuple(named)))
+    return settled
 
 
 def _expected_row(cols: IndexColumns) -> IndexColumns:

@@ -72,6 +72,11 @@ def month_start_us(month: int) -> int:
     return (start - _EPOCH) // timedelta(microseconds=1)
 
 
+def month_name(month: int) -> str:
+    """``2026-01`` for January 2026."""
+    return f"{month // 12:04d}-{month % 12 + 1:02d}"
+
+
 def partition_name(month: int) -> str:
     """``leaves_y2026m01`` for January 2026."""
     return f"leaves_y{month // 12:04d}m{month % 12 + 1:02d}"

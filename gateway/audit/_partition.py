@@ -17,7 +17,8 @@ data key that could seal one of its entries is still live (every key created bef
 ended is destroyed), and no case with an entry in it was active at or after ``cutoff``. The
 detached table keeps its rows (archive it, then drop it), ``retired_months`` records which leaf
 indices left the log, and the tiles, checkpoints and search projection stay: proofs for later
-entries and ``verify --from`` the first kept entry still work.
+entries still work, and ``fedgate audit verify`` starts past the retired entries, requiring a
+logged ``leaves_retired`` event to name each retired range (``fedgate.auditverify``).
 """
 
 from __future__ import annotations
@@ -214,7 +215,7 @@ class RetiredMonth:
 
     @property
     def name(self) -> str:
-        return f"{self.month // 12:04d}-{self.month % 12 + 1:02d}"
+        return _months.month_name(self.month)
 
 
 def _ranges(conn: psycopg.Connection[Any], month: int) -> tuple[tuple[str, int, int], ...]:

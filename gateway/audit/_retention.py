@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from fedgate.audit_entry import EventEntry
+from fedgate.auditverify import RETIRED_EVENT
 from fedgate.errors import FedgateError
 from gateway.audit._bodies import BodyVault
 from gateway.audit._partition import RetiredMonth
@@ -35,7 +36,7 @@ __all__ = [
 ]
 
 KEY_DESTROYED_EVENT = "body_key_destroyed"
-LEAVES_RETIRED_EVENT = "leaves_retired"
+LEAVES_RETIRED_EVENT = RETIRED_EVENT  # what ``fedgate audit verify`` looks for
 
 _log = logging.getLogger(__name__)
 

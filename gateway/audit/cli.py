@@ -43,6 +43,7 @@ from fedgate.auditverify import (
     VerifyOptions,
     VerifyReport,
     check_cross_shard_links,
+    settle_retirements,
     verify_log,
 )
 from fedgate.checkpoint import CosignatureVerifier, parse_checkpoint
@@ -324,8 +325,12 @@ def _verify(args: argparse.Namespace) -> int:
             witnessed=witnessed,
             start=args.start,
         )
-        _print_report(report)
         reports.append(report)
+    # A retired range may be named by the event another shard's instance logged: print once
+    # every shard is verified.
+    reports = settle_retirements(reports)
+    for report in reports:
+        _print_report(report, every_shard=args.db is not None or not args.origin)
         if not report.ok:
             status = 1
     return max(status, _check_links(args, reports))
@@ -439,8 +444,40 @@ def _progress(done: int, total: int, elapsed: float) -> None:
     )
 
 
-def _print_report(r: VerifyReport) -> None:
+def _retired_lines(r: VerifyReport, every_shard: bool) -> tuple[str | None, str | None]:
+    """What was retired and from where the log was verified, and the failure when a retired
+    range is named by no logged ``leaves_retired`` event."""
+    if not r.retired:
+        return None, None
+    stop = r.retired[-1].stop
+    named = [
+        f"month {rng.month}, logged at entry {index}"
+        + ("" if shard == r.origin else f" of {shard}")
+        for rng, shard, index in r.retired_by
+    ]
+    line = (
+        f"entries 0\u2013{stop - 1} retired ({'; '.join(named) or 'no logged retirement'}); "
+        f"verified {r.verified_entries} entries from entry {r.verified_from}, against the "
+        f"signed checkpoint at size {r.anchor} and every one after it"
+    )
+    if not r.unclaimed:
+        return line, None
+    first = r.unclaimed[0]
+    problem = (
+        f"entries {first.first}..{first.stop - 1} (month {first.month}) are missing from the "
+        "store, which says they were retired, but no leaves_retired event in the verified log "
+        "names them: they were removed without the retention job"
+    )
+    if not every_shard:
+        problem += " (or its event is in another shard: verify every shard, without --origin)"
+    return line, problem
+
+
+def _print_report(r: VerifyReport, *, every_shard: bool = True) -> None:
     print(f"audit log {r.origin}")
+    retired, unclaimed = _retired_lines(r, every_shard)
+    if retired is not None:
+        print(f"  retention    {retired}")
     rate = r.verified_entries / r.seconds if r.seconds > 0 else 0.0
     print(f"  entries      {r.verified_entries} of {r.entries} checked (hashes, decoding, links)")
     print(f"  checkpoints  {r.checkpoints} (log signature, recomputed root, consistency)")
@@ -461,6 +498,10 @@ def _print_report(r: VerifyReport) -> None:
     for source, size in r.witnessed:
         print(f"  witnessed    size {size} cosigned by {source}: the log extends it")
     print(f"  time         {r.seconds:.2f} s ({rate:,.0f} entries/s)")
+    if r.failure is None and unclaimed is not None:
+        print(f"FAILED at entry {r.unclaimed[0].first}: {unclaimed}")
+        print(f"fedgate audit verify: {r.origin}: {unclaimed}", file=sys.stderr)
+        return
     if r.failure is None:
         print("OK")
         return

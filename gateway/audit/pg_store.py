@@ -24,6 +24,7 @@ import psycopg
 from psycopg import sql
 
 from fedgate.audit_entry import EntryKind
+from fedgate.auditverify import RetiredRange
 from fedgate.errors import AuditUnavailable
 from fedgate.storage import Schema, prepare_postgres
 from gateway.audit import _months, _partition, _rollups, _rows, _search
@@ -716,6 +717,25 @@ class PgDatabase(StoredNotes):
             ]
         except psycopg.Error as exc:
             raise self._error("read tiles", exc) from exc
+
+    def retired(self) -> list[RetiredRange]:
+        """The entries of this shard the retention job retired (``retired_months``), oldest
+        first; verification starts past them and checks the log names each."""
+        try:
+            conn = self._c()
+            found = conn.execute("SELECT to_regclass('retired_months')").fetchone()
+            if found is None or found[0] is None:
+                return []
+            return [
+                RetiredRange(_months.month_name(int(m)), int(a), int(b))
+                for m, a, b in conn.execute(
+                    "SELECT month, first_idx, stop_idx FROM retired_months WHERE origin = %s"
+                    " ORDER BY first_idx, month",
+                    (self._origin,),
+                )
+            ]
+        except psycopg.Error as exc:
+            raise self._error("read the retired months", exc) from exc
 
     def leaf_rows(self, start: int, stop: int) -> list[tuple[int, bytes, bytes]]:
         try:

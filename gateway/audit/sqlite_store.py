@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from fedgate.audit_entry import EntryKind
+from fedgate.auditverify import RetiredRange
 from fedgate.errors import AuditUnavailable
 from fedgate.storage import Schema, open_sqlite, prepare_sqlite
 from gateway.audit import _rollups, _rows, _search
@@ -631,6 +632,10 @@ class SqliteDatabase(StoredNotes):
             ).fetchall()
         except sqlite3.Error as exc:
             raise self._error("read tiles", exc) from exc
+
+    def retired(self) -> list[RetiredRange]:
+        """Nothing: SQLite keeps every entry (only PostgreSQL retires months of leaves)."""
+        return []
 
     def leaf_rows(self, start: int, stop: int) -> list[tuple[int, bytes, bytes]]:
         try:

@@ -18,7 +18,15 @@ import pytest
 import pytest_asyncio
 from psycopg import sql
 
-from fedgate.audit_entry import decode_entry
+from fedgate.audit_entry import EventEntry, decode_entry, encode_entry
+from fedgate.auditverify import (
+    Failure,
+    RetiredRange,
+    RetirementClaim,
+    VerifyReport,
+    _claim,
+    settle_retirements,
+)
 from fedgate.merkle import leaf_hash, root_of, verify_inclusion
 from gateway.audit import _partition, _retention
 from gateway.audit._months import month_of, month_start_us, partition_name, partitions
@@ -607,3 +615,169 @@ class TestRetentionJob:
         fed = ["--federation", str(pg_logs.fed.dir), "--no-signatures"]
         code, out = run_audit(["verify", *pg_logs.source_args(), *fed, "--from", "256"], capsys)
         assert code == 0, out
+
+
+# -- verify after retention: from the first kept checkpoint, the retirement logged -----------
+
+JAN = [datetime(2025, 1, 1, tzinfo=UTC) + timedelta(hours=h) for h in range(64)]
+FEB = [datetime(2025, 2, 1, tzinfo=UTC) + timedelta(hours=h) for h in range(100)]
+MAR = [datetime(2025, 3, 1, tzinfo=UTC) + timedelta(hours=h) for h in range(150)]
+"""Leaves 0..127 in January, 128..327 in February, 328..627 in March."""
+
+
+async def _retire(pg_logs: LogFactory, pg: PgTarget) -> None:
+    """Run the retention job's month step now on the log (it logs, then detaches)."""
+    log = await pg_logs.open()
+    now = datetime.now(UTC)
+    policy = RetentionPolicy(close_after_idle=timedelta(0), keep_after_close=timedelta(0))
+    months = PgMonthRetention(pg.dsn, schema=pg.schema)
+    await _retention._retire_months(log, months, policy, actor="gateway", now=now, cutoff=now)
+    await log.close()
+    pg_logs.opened.remove(log)
+
+
+class TestVerifyAfterRetention:
+    async def test_the_default_verify_starts_past_the_retired_months_and_says_so(
+        self, pg_logs: LogFactory, pg: PgTarget, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        await _exchanges(pg_logs, JAN + FEB)
+        await _retire(pg_logs, pg)  # January only (February reaches into the open tile)
+        # (the session federation's keys were issued after 2025: no signature checks)
+        fed = ["--federation", str(pg_logs.fed.dir), "--no-signatures"]
+        code, out = run_audit(["verify", *pg_logs.source_args(), *fed], capsys)
+        assert code == 0, out
+        assert (
+            "entries 0\u2013127 retired (month 2025-01, logged at entry 328); verified 201 "
+            "entries from entry 128, against the signed checkpoint at size 256 and every one "
+            "after it" in out
+        ), out
+        assert "entries      201 of 329 checked" in out, out
+        code, out = run_audit(["verify", *pg_logs.source_args(), *fed, "--from", "300"], capsys)
+        assert code == 0, out  # --from past the retired entries: from its own checkpoint
+        assert "entries      73 of 329 checked" in out, out
+        assert "retired" not in out, out  # what --from skips is not its to check
+
+    async def test_a_month_retired_again_later_is_named_by_its_own_event(
+        self, pg_logs: LogFactory, pg: PgTarget, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        await _exchanges(pg_logs, JAN + FEB)
+        await _retire(pg_logs, pg)  # January, logged at 328
+        await _exchanges(pg_logs, MAR)
+        await _retire(pg_logs, pg)  # February, logged at 629
+        fed = ["--federation", str(pg_logs.fed.dir), "--no-signatures"]
+        code, out = run_audit(["verify", *pg_logs.source_args(), *fed], capsys)
+        assert code == 0, out
+        assert (
+            "entries 0\u2013327 retired (month 2025-01, logged at entry 328; month 2025-02, "
+            "logged at entry 629); verified 302 entries from entry 328, against the signed "
+            "checkpoint at size 512 and every one after it" in out
+        ), out
+        # --from past January's event (and February's range): verified from its checkpoint.
+        code, out = run_audit(["verify", *pg_logs.source_args(), *fed, "--from", "600"], capsys)
+        assert code == 0, out
+        assert "entries      118 of 630 checked" in out, out
+
+    async def test_a_month_detached_without_its_event_fails(
+        self, pg_logs: LogFactory, pg: PgTarget, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The retirement done by hand (or by a job that skipped logging): the partition
+        detached and recorded, no ``leaves_retired`` event in the log."""
+        await _exchanges(pg_logs, JAN + FEB)
+        months = PgMonthRetention(pg.dsn, schema=pg.schema)
+        now_us = month_start_us(2026 * 12)
+        due = months.due(now_us)
+        assert [m.name for m in due] == ["2025-01"]
+        months.retire(due[0], rule="by hand", now_us=now_us)
+        fed = ["--federation", str(pg_logs.fed.dir), "--no-signatures"]
+        code, out = run_audit(["verify", *pg_logs.source_args(), *fed], capsys)
+        assert code == 1, out
+        assert (
+            "FAILED at entry 0: entries 0..127 (month 2025-01) are missing from the store, "
+            "which says they were retired, but no leaves_retired event in the verified log "
+            "names them" in out
+        ), out
+
+    async def test_a_later_month_detached_beside_a_logged_one_fails(
+        self, pg_logs: LogFactory, pg: PgTarget, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """January retired by the job; February then detached and recorded by hand: the
+        January event does not cover it."""
+        await _exchanges(pg_logs, JAN + FEB)
+        await _retire(pg_logs, pg)
+        await _exchanges(pg_logs, MAR)
+        months = PgMonthRetention(pg.dsn, schema=pg.schema)
+        now_us = month_start_us(2026 * 12)
+        due = months.due(now_us)
+        assert [m.name for m in due][:1] == ["2025-02"]
+        months.retire(due[0], rule="by hand", now_us=now_us)
+        fed = ["--federation", str(pg_logs.fed.dir), "--no-signatures"]
+        code, out = run_audit(["verify", *pg_logs.source_args(), *fed], capsys)
+        assert code == 1, out
+        assert "month 2025-01, logged at entry 328" in out, out
+        assert "FAILED at entry 128: entries 128..327 (month 2025-02) are missing" in out, out
+
+    async def test_rows_deleted_from_the_oldest_month_fail(
+        self, pg_logs: LogFactory, pg: PgTarget, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A superuser deletes the oldest month's rows (no retirement recorded), or removes
+        the record of a logged retirement: the entries are missing, whatever the log says."""
+        await _exchanges(pg_logs, JAN + FEB)
+        await _retire(pg_logs, pg)
+        fed = ["--federation", str(pg_logs.fed.dir), "--no-signatures"]
+        with _conn(pg) as conn:
+            conn.execute("ALTER TABLE retired_months DISABLE TRIGGER USER")
+            conn.execute("DELETE FROM retired_months")
+        code, out = run_audit(["verify", *pg_logs.source_args(), *fed], capsys)
+        assert code == 1, out
+        assert "FAILED at entry 0: entry 0 is missing from the store" in out, out
+        with _conn(pg) as conn:
+            conn.execute("ALTER TABLE leaves DISABLE TRIGGER USER")
+            conn.execute("DELETE FROM leaves WHERE idx < 200")
+        code, out = run_audit(["verify", *pg_logs.source_args(), *fed], capsys)
+        assert code == 1, out
+        assert "FAILED at entry 0: entry 0 is missing from the store" in out, out
+        # --from still verifies what is left (the claim is the auditor's to make).
+        code, out = run_audit(["verify", *pg_logs.source_args(), *fed, "--from", "256"], capsys)
+        assert code == 0, out
+
+
+class TestRetirementClaims:
+    """The instance that runs the retention job logs the event in its own shard, naming every
+    shard's range: a shard's retired range may be named in another shard."""
+
+    @staticmethod
+    def _report(origin: str, **kwargs: Any) -> VerifyReport:
+        return VerifyReport(origin, 500, 2, 0, (), None, False, 0.1, **kwargs)
+
+    def test_another_verified_shards_event_names_a_range_exactly(self) -> None:
+        jan = RetiredRange("2025-01", 0, 128)
+        claim = RetirementClaim(400, "2025-01", (("shard-b", 0, 90), ("shard-a", 0, 128)))
+        a = self._report("shard-a", retired=(jan,))
+        b = self._report("shard-b", claims=(claim,))
+        assert not a.ok
+        assert a.unclaimed == (jan,)
+        settled = settle_retirements([a, b])
+        assert settled[0].ok
+        assert settled[0].retired_by == ((jan, "shard-b", 400),)
+        # Another month, another range, or a shard that failed its verification name nothing.
+        for other in (
+            RetirementClaim(400, "2025-02", (("shard-a", 0, 128),)),
+            RetirementClaim(400, "2025-01", (("shard-a", 0, 127),)),
+        ):
+            assert not settle_retirements([a, self._report("shard-b", claims=(other,))])[0].ok
+        failed = self._report("shard-b", claims=(claim,), failure=Failure("entry 3 was altered"))
+        assert not settle_retirements([a, failed])[0].ok
+
+    def test_the_claim_is_read_from_the_event_the_job_logs(self) -> None:
+        def event(kind: str, entries: str) -> bytes:
+            detail = (("month", "2025-01"), ("rule", "r"), ("entries", entries))
+            return encode_entry(
+                EventEntry(kind, "gw", "gw", datetime(2026, 1, 1, tzinfo=UTC), detail)
+            )
+
+        assert _claim(7, event("leaves_retired", "o/a 0..127; o/b 0..99")) == RetirementClaim(
+            7, "2025-01", (("o/a", 0, 128), ("o/b", 0, 100))
+        )
+        assert _claim(7, event("console_login_failed", "o/a 0..127")) is None
+        for malformed in ("o/a 0-127", "0..127", "o/a 5..3", "o/a -1..3"):
+            assert _claim(7, event("leaves_retired", malformed)) is None, malformed
