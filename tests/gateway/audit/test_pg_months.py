@@ -31,7 +31,8 @@ from fedgate.merkle import leaf_hash, root_of, verify_inclusion
 from gateway.audit import _partition, _retention
 from gateway.audit._months import month_of, month_start_us, partition_name, partitions
 from gateway.audit._retention import LEAVES_RETIRED_EVENT, RetentionPolicy
-from gateway.audit.pg_store import PgDatabase, PgMonthRetention
+from gateway.audit.log import AuditLog
+from gateway.audit.pg_store import PgDatabase, PgMonthRetention, open_pg_store
 from gateway.audit.store import CommitBatch, NewLeaf, SearchQuery
 
 from ._pg_plans import assert_indexed, scans
@@ -739,6 +740,42 @@ class TestVerifyAfterRetention:
         # --from still verifies what is left (the claim is the auditor's to make).
         code, out = run_audit(["verify", *pg_logs.source_args(), *fed, "--from", "256"], capsys)
         assert code == 0, out
+
+
+class TestVerifyAfterRetentionOverShards:
+    async def test_a_shards_range_is_named_by_the_event_another_instance_logged(
+        self, pg_logs: LogFactory, pg: PgTarget, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Two instances, one schema: the one that runs the job logs the event naming both
+        shards' ranges. Verifying every shard credits it; one shard alone cannot."""
+        other = "fedgate.test/gateway/shard-other"
+        store = await open_pg_store(
+            pg.dsn, origin=other, schema=pg.schema, state_path=pg_logs.tmp / "other.state"
+        )
+        log = await AuditLog.open(store=store, origin=other, signer=pg_logs.fed.log_signer(other))
+        try:
+            for at in JAN + FEB:
+                pg_logs.fed.now = at
+                request = pg_logs.fed.request()
+                receipt = await log.append(request)
+                await log.append(pg_logs.fed.response(request, receipt.index))
+        finally:
+            await log.close()
+        await _exchanges(pg_logs, JAN + FEB)
+        await _retire(pg_logs, pg)  # logged in ORIGIN's shard, at 328
+        with _conn(pg) as conn:
+            assert conn.execute(
+                "SELECT origin, first_idx, stop_idx FROM retired_months ORDER BY origin"
+            ).fetchall() == [(ORIGIN, 0, 128), (other, 0, 128)]
+        fed = ["--federation", str(pg_logs.fed.dir), "--no-signatures"]
+        every = ["--pg", pg.dsn, "--schema", pg.schema]
+        code, out = run_audit(["verify", *every, *fed], capsys)
+        assert code == 0, out
+        assert f"(month 2025-01, logged at entry 328 of {ORIGIN})" in out, out
+        code, out = run_audit(["verify", *every, "--origin", other, *fed], capsys)
+        assert code == 1, out
+        assert "FAILED at entry 0: entries 0..127 (month 2025-01) are missing" in out, out
+        assert "verify every shard, without --origin" in out, out
 
 
 class TestRetirementClaims:
