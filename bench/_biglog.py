@@ -27,8 +27,10 @@ dropped indexes are in the database, written in the same transactions), and exte
 finished at a smaller size.
 
 The exchanges are spread evenly over ``days`` days ending now (so charts and time searches have
-something to find), with 40 police members, 500 officers each, 5,000 cases, five actions, and one
-request in 20 refused by the gateway; request ids are UUIDv7 of the request's time.
+something to find; a log extended past entries later than that plan continues from its latest
+entry instead, see ``_times``), with 40 police members, 500 officers each, 5,000 cases, five
+actions, and one request in 20 refused by the gateway; request ids are UUIDv7 of the request's
+time.
 """
 
 from __future__ import annotations
@@ -386,8 +388,7 @@ def write_log(
     started = time.perf_counter()
     spent_before = build_record(path).seconds if path.exists() else 0.0
     batch = max(TILE_WIDTH, batch - batch % TILE_WIDTH)
-    first = datetime.now(UTC) - timedelta(days=days)
-    step = timedelta(days=days) / max(entries, 1)
+    first, step = _times(path, entries, days)
     if not _has_staging(path):
         db = SqliteDatabase(path, origin=origin, writer=True)  # schema, origin, rollups_from = 0
         try:
@@ -434,6 +435,49 @@ def write_log(
     seconds = time.perf_counter() - started
     _record(path, stored.next_index, spent_before + seconds)
     return seconds
+
+
+def _times(path: Path, entries: int, days: float) -> tuple[datetime, timedelta]:
+    """When the entries of a log of ``entries`` happen: entry ``i`` at ``first + step * i``.
+
+    The plan spreads them evenly over ``days`` days ending now. A log being finished or extended
+    keeps what it holds, and its next entry MUST NOT be earlier than its latest one: when that
+    one is past the plan (exchanges a measuring run appended at the real time, a log finished at
+    a smaller size over the same days), the rest are spread evenly from it to now instead, so
+    time stays in log order and no entry is in the future (the gateway's own appends, at the
+    real time, then still follow)."""
+    now = datetime.now(UTC)
+    first = now - timedelta(days=days)
+    step = timedelta(days=days) / max(entries, 1)
+    size, latest_us = _stored_span(path)
+    if latest_us is None or size >= entries:
+        return first, step
+    latest = datetime.fromtimestamp(0, UTC) + timedelta(microseconds=latest_us)
+    if latest <= first + step * size:
+        return first, step
+    # Rounded down, so the last entry is not after now.
+    step = max(now - latest, timedelta(0)) // (entries - size)
+    return latest - step * size, step
+
+
+def _stored_span(path: Path) -> tuple[int, int | None]:
+    """The number of leaves ``path`` holds and the latest time (µs) among them (``None`` for a
+    log without leaves); both read from an index."""
+    if not path.exists():
+        return 0, None
+    con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        if not con.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'leaves'"
+        ).fetchone():
+            return 0, None
+        size, latest = con.execute(
+            "SELECT (SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves),"
+            " (SELECT MAX(time_us) FROM leaves)"
+        ).fetchone()
+        return int(size), None if latest is None else int(latest)
+    finally:
+        con.close()
 
 
 @dataclass(frozen=True, slots=True)

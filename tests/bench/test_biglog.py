@@ -5,6 +5,7 @@ store and caught up, and ``fedgate audit verify``'s code accepts it (index inclu
 from __future__ import annotations
 
 import functools
+import itertools
 import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -193,3 +194,46 @@ class TestWriteLog:
         await log.append(make.response(request, receipt.index))
         await log.close()
         _same_as_the_store(tmp_path, built, 1_502)
+
+    async def test_an_extended_log_continues_after_entries_later_than_its_plan(
+        self, tmp_path: Path
+    ) -> None:
+        # The 10 M cache's fault: a measuring run appended exchanges at the real time to a log
+        # built part of the way, and the resumed build went back to its planned times.
+        built = tmp_path / "built.sqlite"
+        write_log(built, 1_000, batch=512, workers=1)
+        signer = bench_signer()
+        store = await open_sqlite_store(built, origin=signer.name)
+        log = await AuditLog.open(store=store, origin=signer.name, signer=signer)
+        step = timedelta(milliseconds=1)  # entry ``i`` at the real time: now + (i - 1_000) ms
+        make = _biglog._Exchanges(7, datetime.now(UTC) - step * 1_000, step)
+        for k in range(3):
+            request = make.request(1_000 + 2 * k)
+            receipt = await log.append(request)
+            await log.append(make.response(request, receipt.index))
+        await log.close()
+        appended = _times(built)[-1]
+        assert appended > _times(built)[999]
+        write_log(built, 4_000, batch=512, workers=2)  # bulk-loaded blocks and a store commit
+        times = _times(built)
+        assert len(times) == 4_000
+        assert all(a <= b for a, b in itertools.pairwise(times))
+        assert times[1_006] >= appended
+        assert times[-1] <= int(datetime.now(UTC).timestamp() * 1_000_000)
+        _same_as_the_store(tmp_path, built, 4_000)
+
+    def test_a_log_extended_to_a_larger_size_keeps_time_in_log_order(self, tmp_path: Path) -> None:
+        built = tmp_path / "built.sqlite"
+        write_log(built, 1_000, batch=512, workers=1)  # its last entry is now: past 2_600's plan
+        write_log(built, 2_600, batch=512, workers=1)
+        times = _times(built)
+        assert all(a <= b for a, b in itertools.pairwise(times))
+
+
+def _times(path: Path) -> list[int]:
+    """The time (µs) of every leaf, in log order."""
+    con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return [t for (t,) in con.execute("SELECT time_us FROM leaves ORDER BY idx")]
+    finally:
+        con.close()
