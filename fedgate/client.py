@@ -302,6 +302,14 @@ def _verify_receipt(receipt: envelope_pb2.AuditReceipt, gateway_key: Ed25519Publ
     )
 
 
+def _retry_pause(error: FedgateError, attempt: int) -> float:
+    """Seconds to wait before resending after ``attempt`` failed with ``error``: what the
+    gateway asked for when the request is still in progress, else a doubling back-off."""
+    if isinstance(error, InProgress):
+        return float(error.retry_after_s)
+    return min(_RETRY_BACKOFF_MAX_S, _RETRY_BACKOFF_S * 2.0 ** (attempt - 1))
+
+
 class FedgateClient:
     """A member's connection to the gateway. Use as an async context manager."""
 
@@ -486,11 +494,7 @@ class FedgateClient:
                 error = error_from_rpc(exc)
                 if attempt == attempts or error.reason not in _RETRYABLE:
                     raise error from exc
-                await asyncio.sleep(
-                    error.retry_after_s
-                    if isinstance(error, InProgress)
-                    else min(_RETRY_BACKOFF_MAX_S, _RETRY_BACKOFF_S * 2 ** (attempt - 1))
-                )
+                await asyncio.sleep(_retry_pause(error, attempt))
         if reply.HasField("ticket"):
             return Submitted(answer=None, ticket=reply.ticket)
         return Submitted(answer=self._verify(reply.response, envelope), ticket=None)
@@ -537,11 +541,7 @@ class FedgateClient:
                 error = error_from_rpc(exc)
                 if attempt == attempts or error.reason not in _RETRYABLE:
                     raise error from exc
-                await asyncio.sleep(
-                    error.retry_after_s
-                    if isinstance(error, InProgress)
-                    else min(_RETRY_BACKOFF_MAX_S, _RETRY_BACKOFF_S * 2 ** (attempt - 1))
-                )
+                await asyncio.sleep(_retry_pause(error, attempt))
         for target in targets:
             if target not in seen:
                 yield FanOutItem(
