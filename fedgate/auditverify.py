@@ -18,10 +18,13 @@ Nothing read from the store is trusted. The checks, which stop at the first fail
 - a store that retired its oldest months of leaves (PostgreSQL retention, ``LogSource.retired``)
   is verified from its first kept entry on (the tree of the retired entries is read from the
   stored tiles and checked, with the kept entries, against the first signed checkpoint past
-  them), and each retired range MUST be named exactly (shard, month, first and last entry) by a
-  ``leaves_retired`` event in the verified part of the log (``RetirementClaim``); a range no
-  such event names was deleted, not retired, and fails (``settle_retirements`` looks for the
-  event in the other shards too: any gateway instance may run the retention job);
+  them), and each retired range MUST be named by a ``leaves_retired`` event in the verified
+  part of the log (``RetirementClaim``): exactly (shard, month, first and last entry), or
+  within the shard's whole retired range so far that a newer event names (from entry 0 to the
+  end of one of the store's retired ranges: an older event may have been retired since, with
+  the month that held it); a range no such event names was deleted, not retired, and fails
+  (``settle_retirements`` looks for the event in the other shards too: any gateway instance
+  may run the retention job);
 - optionally (given the federation directory), each allowed request's signature with a key
   valid when it was issued, each kept response's signature and its binding to the request.
   Refused requests and node faults are counted, not failed: a bad signature is a reason to
@@ -139,25 +142,35 @@ class RetiredRange:
 @dataclass(frozen=True, slots=True)
 class RetirementClaim:
     """A ``leaves_retired`` event found in the verified part of a log: the entry that logged
-    it, the month, and each shard's range it names (origin, first, stop)."""
+    it, the month, each shard's range of that month it names (origin, first, stop), and each
+    shard's whole retired range after it (``through``: origin, 0, stop; empty in the events
+    written before it was logged)."""
 
     index: int
     month: str
     ranges: tuple[tuple[str, int, int], ...]
+    through: tuple[tuple[str, int, int], ...] = ()
 
-    def names(self, origin: str, retired: RetiredRange) -> bool:
-        return self.month == retired.month and (origin, retired.first, retired.stop) in self.ranges
+    def names(self, origin: str, retired: RetiredRange, shard: Sequence[RetiredRange]) -> bool:
+        """Whether the event names ``retired``, one of ``shard`` (the retired ranges of
+        ``origin``, oldest first): exactly, as that month's range, or within the retired
+        prefix it names, which must end exactly where one of the shard's ranges ends, in
+        this event's month or before (the newest event accounts for the months retired
+        before it, whose own events may have been retired since)."""
+        if self.month == retired.month and (origin, retired.first, retired.stop) in self.ranges:
+            return True
+        return any(
+            o == origin
+            and retired.stop <= stop
+            and any(r.stop == stop and r.month <= self.month for r in shard)
+            for o, _, stop in self.through
+        )
 
 
-def _claim(index: int, data: bytes) -> RetirementClaim | None:
-    """The retirement an event entry logs, if it is a well-formed ``leaves_retired`` event
-    (a malformed one names nothing, so what it would cover fails)."""
-    entry = decode_entry(data)
-    if not isinstance(entry, EventEntry) or entry.kind != RETIRED_EVENT:
-        return None
-    detail = dict(entry.detail)
+def _span_ranges(text: str) -> tuple[tuple[str, int, int], ...] | None:
+    """``origin first..last; ...`` as (origin, first, stop) ranges; None when malformed."""
     ranges: list[tuple[str, int, int]] = []
-    for part in detail.get("entries", "").split("; "):
+    for part in text.split("; "):
         origin, _, span = part.rpartition(" ")
         first, sep, last = span.partition("..")
         try:
@@ -167,7 +180,24 @@ def _claim(index: int, data: bytes) -> RetirementClaim | None:
         if not origin or not sep or a < 0 or b < a:
             return None
         ranges.append((origin, a, b))
-    return RetirementClaim(index, detail.get("month", ""), tuple(ranges))
+    return tuple(ranges)
+
+
+def _claim(index: int, data: bytes) -> RetirementClaim | None:
+    """The retirement an event entry logs, if it is a well-formed ``leaves_retired`` event
+    (a malformed one names nothing, so what it would cover fails). A whole retired range
+    (``retired``) must start at entry 0."""
+    entry = decode_entry(data)
+    if not isinstance(entry, EventEntry) or entry.kind != RETIRED_EVENT:
+        return None
+    detail = dict(entry.detail)
+    ranges = _span_ranges(detail.get("entries", ""))
+    through: tuple[tuple[str, int, int], ...] | None = ()
+    if "retired" in detail:
+        through = _span_ranges(detail["retired"])
+    if ranges is None or through is None or any(a != 0 for _, a, _ in through):
+        return None
+    return RetirementClaim(index, detail.get("month", ""), ranges, through)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1125,10 +1155,10 @@ def _named(
     origin: str, retired: Sequence[RetiredRange], claims: Sequence[RetirementClaim]
 ) -> tuple[tuple[RetiredRange, str, int], ...]:
     """Each retired range of ``origin`` with the first claim (of the shard ``origin``) that
-    names it exactly."""
+    names it (``RetirementClaim.names``)."""
     out: list[tuple[RetiredRange, str, int]] = []
     for r in retired:
-        claim = next((c for c in claims if c.names(origin, r)), None)
+        claim = next((c for c in claims if c.names(origin, r, retired)), None)
         if claim is not None:
             out.append((r, origin, claim.index))
     return tuple(out)
@@ -1144,7 +1174,10 @@ def settle_retirements(reports: Sequence[VerifyReport]) -> list[VerifyReport]:
     for report in reports:
         named = list(report.retired_by)
         for retired in report.unclaimed:
-            found = next(((o, c) for o, c in claims if c.names(report.origin, retired)), None)
+            found = next(
+                ((o, c) for o, c in claims if c.names(report.origin, retired, report.retired)),
+                None,
+            )
             if found is not None:
                 named.append((retired, found[0], found[1].index))
         named.sort(key=lambda n: n[0].first)

@@ -212,6 +212,10 @@ def finish(conn: psycopg.Connection[Any]) -> bool:
 class RetiredMonth:
     month: int
     ranges: tuple[tuple[str, int, int], ...]  # (origin, first index, stop) of each shard
+    through: tuple[tuple[str, int, int], ...] = ()
+    """Each shard's whole retired range once this month is retired: (origin, 0, stop), for
+    every shard with a retired entry (the event names it, so the newest event alone accounts
+    for every retired entry once older events are retired with their months)."""
 
     @property
     def name(self) -> str:
@@ -277,13 +281,24 @@ def _past_retention(
 
 def due_months(conn: psycopg.Connection[Any], cutoff_us: int) -> list[RetiredMonth]:
     """The oldest partitions whose every entry is past retention at ``cutoff_us``, oldest
-    first, stopping at the first that is not (the log's retired part is always a prefix)."""
+    first, stopping at the first that is not (the log's retired part is always a prefix).
+    Each carries every shard's whole retired range once it is retired (``through``: from
+    ``retired_months`` and the months due before it), for its ``leaves_retired`` event."""
+    ends = {
+        str(origin): int(stop)
+        for origin, stop in conn.execute(
+            "SELECT origin, MAX(stop_idx) FROM retired_months GROUP BY origin"
+        ).fetchall()
+    }
     due: list[RetiredMonth] = []
     for month in sorted(_months.partitions(conn)):
         ranges = _ranges(conn, month)
         if not _past_retention(conn, month, ranges, cutoff_us):
             break
-        due.append(RetiredMonth(month, ranges))
+        for origin, _, stop in ranges:
+            ends[origin] = max(ends.get(origin, 0), stop)
+        through = tuple((o, 0, ends[o]) for o in sorted(ends) if ends[o] > 0)
+        due.append(RetiredMonth(month, ranges, through))
     return due
 
 

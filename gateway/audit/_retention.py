@@ -139,12 +139,18 @@ async def _retire_months(
                 detail=(
                     ("month", month.name),
                     ("rule", policy.rule),
-                    ("entries", "; ".join(f"{o} {a}..{b - 1}" for o, a, b in month.ranges)),
+                    ("entries", _span_list(month.ranges)),
+                    ("retired", _span_list(month.through)),
                 ),
             )
         )
         table = await asyncio.to_thread(months.retire, month, rule=policy.rule, now_us=now_us)
         _log.info("retention detached the leaves of %s (table %s)", month.name, table)
+
+
+def _span_list(ranges: tuple[tuple[str, int, int], ...]) -> str:
+    """``origin first..last; ...``: the form ``fedgate audit verify`` reads back."""
+    return "; ".join(f"{o} {a}..{b - 1}" for o, a, b in ranges)
 
 
 def _destroy(vault: BodyVault, ref: str, rule: str, now: datetime) -> None:

@@ -602,6 +602,7 @@ class TestRetentionJob:
         assert event.kind == LEAVES_RETIRED_EVENT  # type: ignore[union-attr]
         assert dict(event.detail)["month"] == "2025-01"  # type: ignore[union-attr]
         assert dict(event.detail)["entries"] == f"{ORIGIN} 0..127"  # type: ignore[union-attr]
+        assert dict(event.detail)["retired"] == f"{ORIGIN} 0..127"  # type: ignore[union-attr]
         with _conn(pg) as conn:
             assert conn.execute(
                 "SELECT month, first_idx, stop_idx FROM retired_months ORDER BY month"
@@ -626,10 +627,11 @@ MAR = [datetime(2025, 3, 1, tzinfo=UTC) + timedelta(hours=h) for h in range(150)
 """Leaves 0..127 in January, 128..327 in February, 328..627 in March."""
 
 
-async def _retire(pg_logs: LogFactory, pg: PgTarget) -> None:
-    """Run the retention job's month step now on the log (it logs, then detaches)."""
+async def _retire(pg_logs: LogFactory, pg: PgTarget, now: datetime | None = None) -> None:
+    """Run the retention job's month step on the log (it logs, then detaches), at ``now``
+    (the event is logged at that time: in that month's partition)."""
     log = await pg_logs.open()
-    now = datetime.now(UTC)
+    now = now or datetime.now(UTC)
     policy = RetentionPolicy(close_after_idle=timedelta(0), keep_after_close=timedelta(0))
     months = PgMonthRetention(pg.dsn, schema=pg.schema)
     await _retention._retire_months(log, months, policy, actor="gateway", now=now, cutoff=now)
@@ -677,6 +679,64 @@ class TestVerifyAfterRetention:
         code, out = run_audit(["verify", *pg_logs.source_args(), *fed, "--from", "600"], capsys)
         assert code == 0, out
         assert "entries      118 of 630 checked" in out, out
+
+    async def test_the_newest_event_names_every_retired_month_once_older_events_are_retired(
+        self, pg_logs: LogFactory, pg: PgTarget, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """January's event is logged in February; retiring February then retires it too. The
+        February event names every entry retired so far, so the log still accounts for
+        January."""
+        await _exchanges(pg_logs, JAN + FEB)
+        await _retire(pg_logs, pg, datetime(2025, 2, 20, tzinfo=UTC))  # January, at 328
+        await _exchanges(pg_logs, MAR)
+        await _retire(pg_logs, pg, datetime(2025, 3, 25, tzinfo=UTC))  # February, at 629
+        with _conn(pg) as conn:
+            assert conn.execute(
+                "SELECT month, first_idx, stop_idx FROM retired_months ORDER BY month"
+            ).fetchall() == [(2025 * 12, 0, 128), (2025 * 12 + 1, 128, 329)]
+        log = await pg_logs.open()
+        event = decode_entry(await log.get_entry(629))
+        await log.close()
+        pg_logs.opened.remove(log)
+        assert dict(event.detail)["entries"] == f"{ORIGIN} 128..328"  # type: ignore[union-attr]
+        assert dict(event.detail)["retired"] == f"{ORIGIN} 0..328"  # type: ignore[union-attr]
+        fed = ["--federation", str(pg_logs.fed.dir), "--no-signatures"]
+        code, out = run_audit(["verify", *pg_logs.source_args(), *fed], capsys)
+        assert code == 0, out
+        assert (
+            "entries 0\u2013328 retired (month 2025-01, logged at entry 629; month 2025-02, "
+            "logged at entry 629); verified 301 entries from entry 329" in out
+        ), out
+        # Entries past the logged retirement recorded as retired by hand: named by no event.
+        with _conn(pg) as conn:
+            conn.execute("ALTER TABLE retired_months DISABLE TRIGGER USER")
+            conn.execute(
+                "INSERT INTO retired_months (origin, month, first_idx, stop_idx, retired_us,"
+                " rule) VALUES (%s, %s, 329, 512, 0, 'by hand')",
+                (ORIGIN, 2025 * 12 + 2),
+            )
+        code, out = run_audit(["verify", *pg_logs.source_args(), *fed], capsys)
+        assert code == 1, out
+        assert "FAILED at entry 329: entries 329..511 (month 2025-03) are missing" in out, out
+
+    async def test_a_month_holding_the_older_event_detached_without_its_own_fails(
+        self, pg_logs: LogFactory, pg: PgTarget, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """February (which holds January's event) detached by hand: no event in the kept log
+        names January or February."""
+        await _exchanges(pg_logs, JAN + FEB)
+        await _retire(pg_logs, pg, datetime(2025, 2, 20, tzinfo=UTC))
+        await _exchanges(pg_logs, MAR)
+        months = PgMonthRetention(pg.dsn, schema=pg.schema)
+        now_us = month_start_us(2025 * 12 + 2) + 24 * HOUR * 24
+        due = months.due(now_us)
+        assert [m.name for m in due] == ["2025-02"]
+        assert due[0].through == ((ORIGIN, 0, 329),)
+        months.retire(due[0], rule="by hand", now_us=now_us)
+        fed = ["--federation", str(pg_logs.fed.dir), "--no-signatures"]
+        code, out = run_audit(["verify", *pg_logs.source_args(), *fed], capsys)
+        assert code == 1, out
+        assert "FAILED at entry 0: entries 0..127 (month 2025-01) are missing" in out, out
 
     async def test_a_month_detached_without_its_event_fails(
         self, pg_logs: LogFactory, pg: PgTarget, capsys: pytest.CaptureFixture[str]
@@ -805,6 +865,30 @@ class TestRetirementClaims:
         failed = self._report("shard-b", claims=(claim,), failure=Failure("entry 3 was altered"))
         assert not settle_retirements([a, failed])[0].ok
 
+    def test_a_whole_retired_range_names_the_months_up_to_one_of_its_ends(self) -> None:
+        jan, feb = RetiredRange("2025-01", 0, 128), RetiredRange("2025-02", 128, 329)
+        newest = RetirementClaim(629, "2025-02", (("shard-a", 128, 329),), (("shard-a", 0, 329),))
+        a = settle_retirements([self._report("shard-a", retired=(jan, feb), claims=(newest,))])[0]
+        assert a.ok
+        assert a.retired_by == ((jan, "shard-a", 629), (feb, "shard-a", 629))
+        other = self._report("shard-b", retired=(jan, feb))
+        assert settle_retirements([other, self._report("x", claims=(newest,))])[0].unclaimed == (
+            jan,
+            feb,
+        )
+        for claim in (
+            # ends inside a retired range, names an earlier month, or another shard
+            RetirementClaim(629, "2025-02", (), (("shard-a", 0, 300),)),
+            RetirementClaim(629, "2025-01", (), (("shard-a", 0, 329),)),
+            RetirementClaim(629, "2025-02", (), (("shard-b", 0, 329),)),
+        ):
+            report = self._report("shard-a", retired=(jan, feb), claims=(claim,))
+            assert feb in settle_retirements([report])[0].unclaimed, claim
+        # Beyond the end it names: a range retired later needs its own event.
+        mar = RetiredRange("2025-03", 329, 512)
+        report = self._report("shard-a", retired=(jan, feb, mar), claims=(newest,))
+        assert settle_retirements([report])[0].unclaimed == (mar,)
+
     def test_the_claim_is_read_from_the_event_the_job_logs(self) -> None:
         def event(kind: str, entries: str) -> bytes:
             detail = (("month", "2025-01"), ("rule", "r"), ("entries", entries))
@@ -818,3 +902,15 @@ class TestRetirementClaims:
         assert _claim(7, event("console_login_failed", "o/a 0..127")) is None
         for malformed in ("o/a 0-127", "0..127", "o/a 5..3", "o/a -1..3"):
             assert _claim(7, event("leaves_retired", malformed)) is None, malformed
+
+        def whole(retired: str) -> bytes:
+            detail = (("month", "2025-02"), ("entries", "o/a 128..328"), ("retired", retired))
+            return encode_entry(
+                EventEntry("leaves_retired", "gw", "gw", datetime(2026, 1, 1, tzinfo=UTC), detail)
+            )
+
+        assert _claim(9, whole("o/a 0..328; o/b 0..99")) == RetirementClaim(
+            9, "2025-02", (("o/a", 128, 329),), (("o/a", 0, 329), ("o/b", 0, 100))
+        )
+        for malformed in ("o/a 128..328", "o/a 0..", ""):  # a whole range starts at 0
+            assert _claim(9, whole(malformed)) is None, malformed
