@@ -21,6 +21,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -557,10 +558,9 @@ def _partition_command(
     if not resuming:
         for origin in origins:
             _writer(args, origin).close()  # brings the schema to this version (legacy layout)
-        for origin in origins:
-            if not _verified(args, registry, witnesses, progress, origin, "before moving"):
-                print(f"fedgate audit migrate: {origin} does not verify: nothing changed")
-                return 1
+        if not _verified(args, registry, witnesses, progress, origins, "before moving"):
+            print("fedgate audit migrate: the log does not verify: nothing changed")
+            return 1
 
     def moved(origin: str, done: int, total: int) -> None:
         if not args.quiet:
@@ -568,13 +568,12 @@ def _partition_command(
 
     report = partition_schema(args.pg, schema=args.schema, progress=moved)
     print(f"moved {report.entries} entries into {report.months} monthly partitions")
-    for origin in origins:
-        if not _verified(args, registry, witnesses, progress, origin, "after moving"):
-            print(
-                f"fedgate audit migrate: {origin} does not verify from its partitions: the old "
-                "table stays (leaves_unpartitioned); run `fedgate audit verify`"
-            )
-            return 1
+    if not _verified(args, registry, witnesses, progress, origins, "after moving"):
+        print(
+            "fedgate audit migrate: the log does not verify from its partitions: the old "
+            "table stays (leaves_unpartitioned); run `fedgate audit verify`"
+        )
+        return 1
     if finish_partitioning(args.pg, schema=args.schema):
         print("every shard verified from its monthly partitions: the old leaves are dropped")
     return 0
@@ -585,22 +584,57 @@ def _verified(
     registry: Registry,
     witnesses: Any,
     progress: Any,
-    origin: str,
+    origins: list[str],
     when: str,
 ) -> bool:
-    """Verify PostgreSQL shard ``origin`` (entries against every checkpoint) and print it."""
+    """Verify the PostgreSQL shards ``origins`` of the schema together (entries against every
+    checkpoint; a retired range may be named by another shard's event) and print them."""
     from gateway.audit.pg_store import PgDatabase
 
-    report = verify_log(
-        functools.partial(PgDatabase, args.pg, origin=origin, schema=args.schema, writer=False),
-        log_keys=_log_keys(args, registry, origin),
-        witnesses=witnesses,
-        options=VerifyOptions(check_index=False, check_tiles=False),
-        progress=progress,
-    )
-    print(f"{when} {origin} into monthly partitions:")
-    _print_report(report)
-    return report.ok
+    openers: list[Callable[[], _Source]] = [
+        functools.partial(PgDatabase, args.pg, origin=origin, schema=args.schema, writer=False)
+        for origin in origins
+    ]
+    options = VerifyOptions(check_index=False, check_tiles=False)
+    return _all_verified(args, registry, witnesses, progress, openers, options, when)
+
+
+def _all_verified(
+    args: argparse.Namespace,
+    registry: Registry,
+    witnesses: Any,
+    progress: Any,
+    openers: list[Callable[[], _Source]],
+    options: VerifyOptions,
+    when: str,
+) -> bool:
+    """Verify every shard of ``openers`` as ``fedgate audit verify`` does over every shard
+    (``settle_retirements``: the instance that ran the retention job logged the retirement of
+    every shard's range in its own) and print each report under ``when``; whether all
+    verified."""
+    reports: list[VerifyReport] = []
+    for opener in openers:
+        probe = opener()
+        try:
+            origin, total = probe.origin, probe.next_index()
+        finally:
+            probe.close()
+        jobs = min(os.cpu_count() or 1, 8) if total >= 200_000 else 1
+        reports.append(
+            verify_log(
+                opener,
+                log_keys=_log_keys(args, registry, origin),
+                witnesses=witnesses,
+                options=replace(options, jobs=jobs),
+                progress=progress,
+            )
+        )
+    ok = True
+    for report in settle_retirements(reports):
+        print(f"{when} {report.origin}:")
+        _print_report(report)
+        ok = ok and report.ok
+    return ok
 
 
 def _migrate_command(args: argparse.Namespace) -> int:
@@ -609,26 +643,24 @@ def _migrate_command(args: argparse.Namespace) -> int:
     progress = None if args.quiet else _progress
     if args.pg is not None and _partition_command(args, registry, witnesses, progress):
         return 1
-    for opener in _sources(args):
+    openers = _sources(args)
+    if not _all_verified(
+        args,
+        registry,
+        witnesses,
+        progress,
+        openers,
+        VerifyOptions(check_index=False, check_tiles=False),
+        "before migrating",
+    ):
+        print("fedgate audit migrate: the log does not verify: nothing changed")
+        return 1
+    for opener in openers:
         probe = opener()
         try:
-            origin, total = probe.origin, probe.next_index()
+            origin = probe.origin
         finally:
             probe.close()
-        keys = _log_keys(args, registry, origin)
-        jobs = min(os.cpu_count() or 1, 8) if total >= 200_000 else 1
-        before = verify_log(
-            opener,
-            log_keys=keys,
-            witnesses=witnesses,
-            options=VerifyOptions(check_index=False, check_tiles=False, jobs=jobs),
-            progress=progress,
-        )
-        print(f"before migrating {origin}:")
-        _print_report(before)
-        if not before.ok:
-            print(f"fedgate audit migrate: {origin} does not verify: nothing changed")
-            return 1
         db = _writer(args, origin)
         try:
             result = migrate(db, after_chunk=functools.partial(_chunk_done, db, args.quiet))
@@ -639,17 +671,9 @@ def _migrate_command(args: argparse.Namespace) -> int:
             f"{result.blocks_added} time blocks, rollups of {result.rollups_backfilled} entries "
             "added"
         )
-        after = verify_log(
-            opener,
-            log_keys=keys,
-            witnesses=witnesses,
-            options=VerifyOptions(check_index=False, jobs=jobs),
-            progress=progress,
-        )
-        print(f"after migrating {origin}:")
-        _print_report(after)
-        if not after.ok:
-            return 1
+    options = VerifyOptions(check_index=False)
+    if not _all_verified(args, registry, witnesses, progress, openers, options, "after migrating"):
+        return 1
     return 0
 
 

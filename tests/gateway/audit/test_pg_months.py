@@ -838,6 +838,43 @@ class TestVerifyAfterRetentionOverShards:
         assert "verify every shard, without --origin" in out, out
 
 
+class TestMigrateOverShards:
+    async def test_migrate_verifies_every_shard_together(
+        self, pg_logs: LogFactory, pg: PgTarget, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Two instances, one schema, a month retired by one of them: ``migrate --pg``
+        credits the event another shard logged, as ``verify`` over every shard does."""
+        other = "fedgate.test/gateway/shard-other"
+        store = await open_pg_store(
+            pg.dsn, origin=other, schema=pg.schema, state_path=pg_logs.tmp / "other.state"
+        )
+        log = await AuditLog.open(store=store, origin=other, signer=pg_logs.fed.log_signer(other))
+        try:
+            for at in JAN + FEB:
+                pg_logs.fed.now = at
+                request = pg_logs.fed.request()
+                receipt = await log.append(request)
+                await log.append(pg_logs.fed.response(request, receipt.index))
+        finally:
+            await log.close()
+        await _exchanges(pg_logs, JAN + FEB)
+        await _retire(pg_logs, pg)  # logged in ORIGIN's shard, naming both
+        fed = ["--federation", str(pg_logs.fed.dir)]  # (migrate checks no signatures)
+        every = ["--pg", pg.dsn, "--schema", pg.schema]
+        code, out = run_audit(["migrate", *every, *fed], capsys)
+        assert code == 0, out
+        assert f"before migrating {other}:" in out, out
+        assert f"(month 2025-01, logged at entry 328 of {ORIGIN})" in out, out
+        assert f"after migrating {other}:" in out, out
+        # The other shard's range recorded as retired beyond what the event names: refused.
+        with _conn(pg) as conn:
+            conn.execute("ALTER TABLE retired_months DISABLE TRIGGER USER")
+            conn.execute("UPDATE retired_months SET stop_idx = 200 WHERE origin = %s", (other,))
+        code, out = run_audit(["migrate", *every, *fed], capsys)
+        assert code == 1, out
+        assert "the log does not verify: nothing changed" in out, out
+
+
 class TestRetirementClaims:
     """The instance that runs the retention job logs the event in its own shard, naming every
     shard's range: a shard's retired range may be named in another shard."""
