@@ -40,6 +40,7 @@ from typing import Any, Literal, Protocol
 from fedgate.errors import FedgateError, StoreVersionError
 
 __all__ = [
+    "DEFAULT_CACHE_KIB",
     "VERSION_TABLE",
     "Schema",
     "open_sqlite",
@@ -50,6 +51,10 @@ __all__ = [
 ]
 
 VERSION_TABLE = "fedgate_schema"
+
+DEFAULT_CACHE_KIB = 2048
+"""A connection's page cache unless its opener says otherwise (SQLite's own default is about
+the same): the small stores (tickets, alerts, rules, risk list, replay) fit in it."""
 
 _VERSION_DDL = (
     f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} ("
@@ -64,6 +69,7 @@ def open_sqlite(
     read_only: bool = False,
     busy_timeout: timedelta = timedelta(seconds=10),
     page_size: int | None = None,
+    cache_kib: int = DEFAULT_CACHE_KIB,
 ) -> sqlite3.Connection:
     """Open ``path`` the fedgate way and return the connection (usable from any thread; the
     caller serialises its use).
@@ -73,6 +79,10 @@ def open_sqlite(
     (``sqlite3.OperationalError`` otherwise) and nothing is written. Raises ``ValueError`` for
     another ``synchronous``, ``OSError`` or ``sqlite3.Error`` if the file cannot be opened or
     put in WAL mode.
+
+    The connection's page cache is bounded to ``cache_kib`` KiB and memory mapping is off
+    (``mmap_size = 0``), so the memory a connection can hold is stated by its opener: a page
+    cache fills as the file grows and is never given back while the connection is open.
     """
     if synchronous not in ("FULL", "NORMAL"):
         raise ValueError(f"synchronous must be FULL or NORMAL, got {synchronous!r}")
@@ -89,6 +99,8 @@ def open_sqlite(
     )
     try:
         con.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+        con.execute(f"PRAGMA cache_size = {-int(cache_kib)}")
+        con.execute("PRAGMA mmap_size = 0")
         con.execute("PRAGMA foreign_keys = ON")
         if not read_only:
             if page_size is not None:  # before WAL mode writes the file's first page

@@ -275,9 +275,14 @@ _NOTES = NoteStatements(
 )
 
 _PAGE_SIZE = 2048
-_CACHE_KIB = 65_536
-"""The writer's page cache: the index pages a commit touches stay in memory on a big log."""
 """Page size of databases this module creates (applies only before the first table exists)."""
+_WRITER_CACHE_KIB = 65_536
+"""The writer's page cache: the index pages a commit touches stay in memory on a big log."""
+_READER_CACHE_KIB = 8192
+"""A reader's page cache (the store's reader and tiler, the shard reader): reads go to the
+right edge of the tree and of the time and request indexes, a few thousand pages."""
+_CHECKPOINTER_CACHE_KIB = 256
+"""The WAL checkpointer's: a checkpoint copies frames from the WAL file, not through the cache."""
 
 # The time index finds the window without reading older rows (see ``request_legs_since``).
 _REQUEST_LEGS_SINCE = (
@@ -307,6 +312,7 @@ class _WalCheckpointer:
     def _run(self) -> None:
         con = sqlite3.connect(self._uri, uri=True, isolation_level=None, timeout=10.0)
         try:
+            con.execute(f"PRAGMA cache_size = {-_CHECKPOINTER_CACHE_KIB}")
             while True:
                 self._wake.wait()
                 self._wake.clear()
@@ -347,9 +353,13 @@ class SqliteDatabase(StoredNotes):
                 self._lock = _take_lock(self.path)
             elif not self.path.exists():
                 raise AuditUnavailable(f"no audit log database at {self.path}")
-            self._con = open_sqlite(self.path, read_only=not writer, page_size=_PAGE_SIZE)
+            self._con = open_sqlite(
+                self.path,
+                read_only=not writer,
+                page_size=_PAGE_SIZE,
+                cache_kib=_WRITER_CACHE_KIB if writer else _READER_CACHE_KIB,
+            )
             con = self._con
-            con.execute(f"PRAGMA cache_size = {-_CACHE_KIB if writer else -32768}")
             prepare_sqlite(con, AUDIT_SCHEMA, where=self.path, writable=writer)
             if writer:
                 con.execute("PRAGMA wal_autocheckpoint = 0")

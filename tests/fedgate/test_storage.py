@@ -16,6 +16,7 @@ from psycopg import sql
 
 from fedgate.errors import StoreVersionError
 from fedgate.storage import (
+    DEFAULT_CACHE_KIB,
     VERSION_TABLE,
     Schema,
     open_sqlite,
@@ -121,6 +122,23 @@ class TestOpenSqlite:
         try:
             with pytest.raises(sqlite3.OperationalError, match="readonly"):
                 con.execute("INSERT INTO widgets (name) VALUES ('x')")
+        finally:
+            con.close()
+
+    def test_every_connection_has_a_bounded_page_cache_and_no_mmap(self, tmp_path: Path) -> None:
+        _open(tmp_path / "a.sqlite", V1)
+        for con in (
+            open_sqlite(tmp_path / "a.sqlite"),
+            open_sqlite(tmp_path / "a.sqlite", read_only=True),
+        ):
+            try:
+                assert con.execute("PRAGMA cache_size").fetchone()[0] == -DEFAULT_CACHE_KIB
+                assert con.execute("PRAGMA mmap_size").fetchone()[0] == 0
+            finally:
+                con.close()
+        con = open_sqlite(tmp_path / "a.sqlite", read_only=True, cache_kib=512)
+        try:
+            assert con.execute("PRAGMA cache_size").fetchone()[0] == -512
         finally:
             con.close()
 

@@ -118,6 +118,18 @@ class TestSqlitePages:
         assert {"leaves_time", "search_request_id", "subjects_idx"} <= names
         assert "leaves_request_id" not in names  # the leaf table carries no search index
 
+    def test_the_writer_caches_64_mib_of_pages_and_a_reader_8(self, tmp_path: Path) -> None:
+        path = tmp_path / "log.sqlite"
+        writer = SqliteDatabase(path, origin="o", writer=True)
+        reader = SqliteDatabase(path, origin="o", writer=False)
+        try:
+            for db, kib in ((writer, 65_536), (reader, 8192)):
+                assert db._con.execute("PRAGMA cache_size").fetchone()[0] == -kib
+                assert db._con.execute("PRAGMA mmap_size").fetchone()[0] == 0
+        finally:
+            reader.close()
+            writer.close()
+
     def test_an_existing_database_keeps_its_page_size(self, tmp_path: Path) -> None:
         path = tmp_path / "old.sqlite"
         with contextlib.closing(sqlite3.connect(path)) as con:
