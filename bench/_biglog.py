@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -275,11 +276,24 @@ def _has_staging(path: Path) -> bool:
         con.close()
 
 
+@contextlib.contextmanager
+def _immediate(con: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction on ``con`` (autocommit mode): committed at the end of the block,
+    rolled back if it raises."""
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        con.execute("COMMIT")
+    except BaseException:
+        if con.in_transaction:
+            con.execute("ROLLBACK")
+        raise
+
+
 def _stage(con: sqlite3.Connection) -> None:
     """Create the staging tables and drop the randomly-keyed secondary indexes (remembering
     their SQL), in one transaction."""
-    con.execute("BEGIN IMMEDIATE")
-    try:
+    with _immediate(con):
         for statement in _STAGING.split(";"):
             if statement.strip():
                 con.execute(statement)
@@ -287,11 +301,6 @@ def _stage(con: sqlite3.Connection) -> None:
             if name not in _KEPT_INDEXES:
                 con.execute("INSERT INTO bulk_indexes (name, sql) VALUES (?, ?)", (name, ddl))
                 con.execute(f'DROP INDEX "{name}"')  # a name read from the schema itself
-        con.execute("COMMIT")
-    except BaseException:
-        if con.in_transaction:
-            con.execute("ROLLBACK")
-        raise
 
 
 def _bulk(con: sqlite3.Connection, tree: TiledTree, made: _Made, signer: NoteSigner) -> None:
@@ -306,8 +315,7 @@ def _bulk(con: sqlite3.Connection, tree: TiledTree, made: _Made, signer: NoteSig
         tiles += tree.extend(hashes[lo : lo + CHECKPOINT_INTERVAL])
         checkpoint = Checkpoint(signer.name, tree.size, tree.root())
         notes.append((tree.size, sign_checkpoint(checkpoint, signer)))
-    con.execute("BEGIN IMMEDIATE")
-    try:
+    with _immediate(con):
         con.executemany(_INSERT_LEAF, rows)
         con.executemany(_INSERT_ROW, [(r[0], *r[3:14]) for r in rows])
         con.executemany("INSERT INTO bulk_subjects (id, subject, idx) VALUES (?, ?, ?)", subjects)
@@ -320,11 +328,6 @@ def _bulk(con: sqlite3.Connection, tree: TiledTree, made: _Made, signer: NoteSig
         con.execute(
             "UPDATE projection_state SET value = ? WHERE name = 'projected_to'", (tree.size,)
         )
-        con.execute("COMMIT")
-    except BaseException:
-        if con.in_transaction:
-            con.execute("ROLLBACK")
-        raise
 
 
 def _finish_staging(con: sqlite3.Connection, started: float | None) -> None:
@@ -334,8 +337,7 @@ def _finish_staging(con: sqlite3.Connection, started: float | None) -> None:
     step = _BUCKETS // 20
     for lo in range(0, _BUCKETS, step):
         # Ranges already copied are gone from the staging table, so a resumed finish skips them.
-        con.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(con):
             span = (lo << 40, (lo + step) << 40)
             con.execute(
                 "INSERT INTO subjects (subject, idx) SELECT subject, idx FROM bulk_subjects"
@@ -343,24 +345,13 @@ def _finish_staging(con: sqlite3.Connection, started: float | None) -> None:
                 span,
             )
             con.execute("DELETE FROM bulk_subjects WHERE id >= ? AND id < ?", span)
-            con.execute("COMMIT")
-        except BaseException:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
     if started is not None:
         _progress("subjects copied", None, started)
     for name, ddl in con.execute("SELECT name, sql FROM bulk_indexes ORDER BY name").fetchall():
-        con.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(con):
             con.execute(ddl.replace("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1))
             con.execute("DELETE FROM bulk_indexes WHERE name = ?", (name,))
-            con.execute("COMMIT")
-        except BaseException:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         if started is not None:
             _progress(f"index {name} built", None, started)

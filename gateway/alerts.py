@@ -127,6 +127,18 @@ class Alert:
     receipt: envelope_pb2.AuditReceipt
 
 
+def _row(alert: Alert) -> tuple[str, str, str, int, bytes, bytes]:
+    """The stored columns of ``alert`` (target, source, kind, received_us, report, receipt)."""
+    return (
+        alert.target,
+        alert.source,
+        alert.kind,
+        time_to_micros(alert.received_at),
+        alert.report.SerializeToString(),
+        alert.receipt.SerializeToString(),
+    )
+
+
 class AlertHub:
     """Stores alerts and wakes the subscribers of their target."""
 
@@ -155,14 +167,7 @@ class AlertHub:
             cursor = self._db.execute(
                 "INSERT INTO alerts (target, source, kind, received_us, report, receipt) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    alert.target,
-                    alert.source,
-                    alert.kind,
-                    time_to_micros(alert.received_at),
-                    alert.report.SerializeToString(),
-                    alert.receipt.SerializeToString(),
-                ),
+                _row(alert),
             )
             sequence = int(cursor.lastrowid or 0)
             if sequence % 1000 == 0:
@@ -267,14 +272,7 @@ class PgAlertHub:
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_LOCK,))
             cursor = await conn.execute(
                 _PG_PUBLISH,
-                (
-                    alert.target,
-                    alert.source,
-                    alert.kind,
-                    time_to_micros(alert.received_at),
-                    alert.report.SerializeToString(),
-                    alert.receipt.SerializeToString(),
-                ),
+                _row(alert),
             )
             row = await cursor.fetchone()
             assert row is not None, "INSERT … RETURNING returns the row"

@@ -32,6 +32,7 @@ __all__ = [
     "month_start_us",
     "partition_name",
     "partitions",
+    "take_writer_lock",
 ]
 
 LEGACY_MONTH: Final = 0
@@ -116,3 +117,12 @@ def create_partitions(conn: psycopg.Connection[Any], months: set[int]) -> None:
             ).format(name)
         )
         conn.execute(sql.SQL("REVOKE UPDATE, DELETE, TRUNCATE ON {} FROM PUBLIC").format(name))
+
+
+def take_writer_lock(conn: psycopg.Connection[Any], schema: str, origin: str) -> bool:
+    """Try the session lock that one writer of shard ``origin`` holds (the gateway writing it,
+    or a migration): ``False`` when somebody else holds it."""
+    row = conn.execute(
+        "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (f"{schema}/{origin}",)
+    ).fetchone()
+    return row is not None and bool(row[0])

@@ -91,11 +91,7 @@ def _relkind(conn: psycopg.Connection[Any], table: str) -> str | None:
 def _lock_shards(conn: psycopg.Connection[Any], schema: str) -> None:
     """Take every shard's writer lock (session): no gateway may write during the move."""
     for (origin,) in conn.execute("SELECT origin FROM shards ORDER BY origin").fetchall():
-        key = f"{schema}/{origin}"
-        row = conn.execute(
-            "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,)
-        ).fetchone()
-        if row is None or not row[0]:
+        if not _months.take_writer_lock(conn, schema, origin):
             raise AuditUnavailable(
                 f"a gateway is writing the audit shard {origin!r}: stop it before migrating"
             )

@@ -488,11 +488,7 @@ class PgDatabase(StoredNotes):
                         now = _months.month_of(time.time_ns() // 1000)
                         _months.create_partitions(conn, set(range(now, now + _MONTHS_AHEAD)))
                         self._have_months = _months.partitions(conn)
-                key = f"{self._schema}/{self._origin}"
-                row = conn.execute(
-                    "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,)
-                ).fetchone()
-                if row is None or not row[0]:
+                if not _months.take_writer_lock(conn, self._schema, self._origin):
                     raise AuditUnavailable(
                         f"another gateway instance is writing the audit shard {self._origin!r}: "
                         "each instance needs its own origin"
