@@ -118,6 +118,7 @@ __all__ = [
     "RequestLegSource",
     "SeenRequest",
     "describe_span",
+    "local_outcomes",
     "rebuild_from_audit",
 ]
 
@@ -900,3 +901,12 @@ def _replayed(request_id: str, id_seen: bool, nonce_seen: bool) -> Replayed:
     if nonce_seen:
         return Replayed(f"the nonce of request {request_id} was already used by another request")
     return Replayed(f"request id {request_id} or its nonce was already used")
+
+
+def local_outcomes(replay: ReplayStore) -> MemoryReplayCache:
+    """Where one process records the outcomes of safe retries: in ``replay`` itself when it is
+    the in-memory cache (one entry per request id for both), else in a cache of its own with
+    the same window."""
+    return (
+        replay if isinstance(replay, MemoryReplayCache) else MemoryReplayCache(window=replay.window)
+    )

@@ -117,6 +117,7 @@ from gateway.replay import (
     Rebuilt,
     ReplayCache,
     ReplayStore,
+    local_outcomes,
     rebuild_from_audit,
 )
 from gateway.retries import OutcomeStore, PgOutcomes
@@ -595,9 +596,7 @@ def _open_shared_parts(
     when that is the one in force), or shared ones (blocking)."""
     quota_config = QuotaConfig.from_mapping(config.quotas)
     if not config.is_shared:
-        if isinstance(replay, MemoryReplayCache):
-            return replay, Quotas(quota_config)
-        return MemoryReplayCache(window=replay.window), Quotas(quota_config)
+        return local_outcomes(replay), Quotas(quota_config)
     dsn = config.shared_dsn
     outcomes = PgOutcomes(dsn=dsn, schema=config.shared_schema("outcomes"))
     try:

@@ -109,7 +109,7 @@ from gateway.pipeline._undo import check_undo
 from gateway.pipeline.validation import validate_request
 from gateway.policy import PolicyDecider, PolicyRequest, authorize
 from gateway.quotas import QuotaStore
-from gateway.replay import MemoryReplayCache, ReplayStore
+from gateway.replay import ReplayStore, local_outcomes
 from gateway.retries import RETRIED, Claim, OutcomeStore, RecordedOutcome
 from gateway.risklist import RiskListLog, check_lister
 from gateway.routing import NodeRouter
@@ -158,13 +158,7 @@ class Pipeline:
         self._trust = trust
         self._running: set[asyncio.Task[Any]] = set()
         """The exchanges past their request leg (``_run_to_end``): a task is held until its end."""
-        if outcomes is None:  # the in-memory replay cache keeps the outcomes too
-            outcomes = (
-                replay
-                if isinstance(replay, MemoryReplayCache)
-                else MemoryReplayCache(window=replay.window)
-            )
-        self._outcomes: OutcomeStore = outcomes
+        self._outcomes: OutcomeStore = outcomes if outcomes is not None else local_outcomes(replay)
         self._signer = signer
         self._decider = decider
         self._replay = replay
