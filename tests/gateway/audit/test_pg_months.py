@@ -464,6 +464,26 @@ async def _exchanges(logs: LogFactory, times: list[datetime]) -> None:
     logs.opened.remove(log)
 
 
+OTHER = "fedgate.test/gateway/shard-other"
+
+
+async def _other_shard(pg_logs: LogFactory, pg: PgTarget, times: list[datetime]) -> str:
+    """A second instance's shard ``OTHER`` in the same schema, with an exchange at each time."""
+    store = await open_pg_store(
+        pg.dsn, origin=OTHER, schema=pg.schema, state_path=pg_logs.tmp / "other.state"
+    )
+    log = await AuditLog.open(store=store, origin=OTHER, signer=pg_logs.fed.log_signer(OTHER))
+    try:
+        for at in times:
+            pg_logs.fed.now = at
+            request = pg_logs.fed.request()
+            receipt = await log.append(request)
+            await log.append(pg_logs.fed.response(request, receipt.index))
+    finally:
+        await log.close()
+    return OTHER
+
+
 class TestLog:
     async def test_proofs_and_verify_over_a_month_boundary(
         self, pg_logs: LogFactory, pg: PgTarget, capsys: pytest.CaptureFixture[str]
@@ -808,19 +828,7 @@ class TestVerifyAfterRetentionOverShards:
     ) -> None:
         """Two instances, one schema: the one that runs the job logs the event naming both
         shards' ranges. Verifying every shard credits it; one shard alone cannot."""
-        other = "fedgate.test/gateway/shard-other"
-        store = await open_pg_store(
-            pg.dsn, origin=other, schema=pg.schema, state_path=pg_logs.tmp / "other.state"
-        )
-        log = await AuditLog.open(store=store, origin=other, signer=pg_logs.fed.log_signer(other))
-        try:
-            for at in JAN + FEB:
-                pg_logs.fed.now = at
-                request = pg_logs.fed.request()
-                receipt = await log.append(request)
-                await log.append(pg_logs.fed.response(request, receipt.index))
-        finally:
-            await log.close()
+        other = await _other_shard(pg_logs, pg, JAN + FEB)
         await _exchanges(pg_logs, JAN + FEB)
         await _retire(pg_logs, pg)  # logged in ORIGIN's shard, at 328
         with _conn(pg) as conn:
@@ -844,19 +852,7 @@ class TestMigrateOverShards:
     ) -> None:
         """Two instances, one schema, a month retired by one of them: ``migrate --pg``
         credits the event another shard logged, as ``verify`` over every shard does."""
-        other = "fedgate.test/gateway/shard-other"
-        store = await open_pg_store(
-            pg.dsn, origin=other, schema=pg.schema, state_path=pg_logs.tmp / "other.state"
-        )
-        log = await AuditLog.open(store=store, origin=other, signer=pg_logs.fed.log_signer(other))
-        try:
-            for at in JAN + FEB:
-                pg_logs.fed.now = at
-                request = pg_logs.fed.request()
-                receipt = await log.append(request)
-                await log.append(pg_logs.fed.response(request, receipt.index))
-        finally:
-            await log.close()
+        other = await _other_shard(pg_logs, pg, JAN + FEB)
         await _exchanges(pg_logs, JAN + FEB)
         await _retire(pg_logs, pg)  # logged in ORIGIN's shard, naming both
         fed = ["--federation", str(pg_logs.fed.dir)]  # (migrate checks no signatures)
