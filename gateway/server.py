@@ -316,10 +316,16 @@ def _month_retention(config: GatewayConfig) -> PgMonthRetention | None:
 async def run_retention_once(config: GatewayConfig, *, now: datetime) -> list[str]:
     """``fedgate audit retention``: open this instance's shard as its writer (the gateway MUST
     be stopped: the store's lock refuses a second writer), run the retention job once as of
-    ``now``, close. Returns the case keys destroyed. Raises ``ConfigError`` without
-    ``audit.kek_path``, ``KeyUnavailable``, ``AuditUnavailable``."""
-    if config.audit.kek_path is None:
-        raise ConfigError("audit.kek_path is not set: this log keeps no sealed bodies")
+    ``now``, close. Returns the case keys destroyed (none without ``audit.kek_path``: a
+    PostgreSQL log then only detaches its months past retention). Raises ``ConfigError`` for a
+    SQLite log without ``audit.kek_path`` (nothing to retire), ``KeyUnavailable``,
+    ``AuditUnavailable``."""
+    months = _month_retention(config)
+    if config.audit.kek_path is None and months is None:
+        raise ConfigError(
+            "audit.kek_path is not set and the log is not on PostgreSQL: this log keeps no "
+            "sealed bodies and no months to retire"
+        )
     identity = _load_identity(config)
     store = await _open_audit_store(config)
     try:
@@ -327,7 +333,6 @@ async def run_retention_once(config: GatewayConfig, *, now: datetime) -> list[st
     except BaseException:
         await store.close()
         raise
-    assert vault is not None
     try:
         log = await AuditLog.open(
             store=store,
@@ -342,7 +347,8 @@ async def run_retention_once(config: GatewayConfig, *, now: datetime) -> list[st
         try:
             await store.close()
         finally:
-            vault.close()
+            if vault is not None:
+                vault.close()
         raise
     try:
         return await run_retention(
@@ -351,7 +357,7 @@ async def run_retention_once(config: GatewayConfig, *, now: datetime) -> list[st
             _retention_policy(config),
             actor=identity.member_id,
             now=now,
-            months=_month_retention(config),
+            months=months,
         )
     finally:
         await log.close()
@@ -877,15 +883,15 @@ class Gateway:
                 name="reconcile",
             )
             resources.push_async_callback(_cancel, gateway._reconcile_task)
-        vault = parts.audit.vault
-        if vault is not None and config.audit.retention_interval_s > 0:
+        vault, months = parts.audit.vault, _month_retention(config)
+        if (vault is not None or months is not None) and config.audit.retention_interval_s > 0:
             retention = asyncio.create_task(
                 retention_loop(
                     parts.audit,
                     vault,
                     _retention_policy(config),
                     actor=identity.member_id,
-                    months=_month_retention(config),
+                    months=months,
                 ),
                 name="retention",
             )

@@ -7,9 +7,12 @@ lapse on their own and a case can be re-opened by the next request. Its data key
 since the last activity. Entries outside any case are keyed by month and age the same way.
 
 ``run_retention`` is the one job (the gateway runs it every ``interval``; ``fedgate audit
-retention`` runs it once). For each key due it MUST first append a ``body_key_destroyed`` event
-(which case, which rule, when it closed) and only then erase the key: a deletion that could not
-be logged does not happen. A key that comes back into use before the job reaches it is skipped.
+retention`` runs it once). A sealed log (``audit.kek_path``) destroys case keys; a PostgreSQL
+log, sealed or not, also detaches whole months of leaves past retention, which is how an
+unsealed log's personal data leaves the store. For each key due it MUST first append a
+``body_key_destroyed`` event (which case, which rule, when it closed) and only then erase the
+key: a deletion that could not be logged does not happen. A key that comes back into use
+before the job reaches it is skipped.
 """
 
 from __future__ import annotations
@@ -76,21 +79,34 @@ class MonthRetirer(Protocol):
 
 async def run_retention(
     log: _Appender,
-    vault: BodyVault,
+    vault: BodyVault | None,
     policy: RetentionPolicy,
     *,
     actor: str,
     now: datetime,
     months: MonthRetirer | None = None,
 ) -> list[str]:
-    """Destroy every case key whose retention ended by ``now``; returns their refs. Then, with
-    ``months``, detach each month of leaves whose every entry is past retention, logging a
-    ``leaves_retired`` event first. Raises ``AuditUnavailable`` when a deletion cannot be
-    logged (that key or month is then kept)."""
+    """Destroy every case key of ``vault`` (none without one) whose retention ended by ``now``;
+    returns their refs. Then, with ``months``, detach each month of leaves whose every entry is
+    past retention, logging a ``leaves_retired`` event first. Raises ``AuditUnavailable`` when
+    a deletion cannot be logged (that key or month is then kept)."""
     cutoff = now - policy.close_after_idle - policy.keep_after_close
-    due = await asyncio.to_thread(vault.keys_idle_since, cutoff)
+    destroyed = [] if vault is None else await _destroy_keys(log, vault, policy, actor, now, cutoff)
+    if months is not None:
+        await _retire_months(log, months, policy, actor=actor, now=now, cutoff=cutoff)
+    return destroyed
+
+
+async def _destroy_keys(
+    log: _Appender,
+    vault: BodyVault,
+    policy: RetentionPolicy,
+    actor: str,
+    now: datetime,
+    cutoff: datetime,
+) -> list[str]:
     destroyed: list[str] = []
-    for ref in due:
+    for ref in await asyncio.to_thread(vault.keys_idle_since, cutoff):
         key = await asyncio.to_thread(vault.case_key, ref)
         if key is None or key.destroyed is not None or key.last_used >= cutoff:
             continue
@@ -113,8 +129,6 @@ async def run_retention(
         destroyed.append(ref)
     if destroyed:
         _log.info("retention destroyed %d case keys under %s", len(destroyed), policy.rule)
-    if months is not None:
-        await _retire_months(log, months, policy, actor=actor, now=now, cutoff=cutoff)
     return destroyed
 
 
@@ -159,7 +173,7 @@ def _destroy(vault: BodyVault, ref: str, rule: str, now: datetime) -> None:
 
 async def retention_loop(
     log: _Appender,
-    vault: BodyVault,
+    vault: BodyVault | None,
     policy: RetentionPolicy,
     *,
     actor: str,

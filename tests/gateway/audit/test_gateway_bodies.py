@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from fedgate.errors import KeyUnavailable
+from fedgate.errors import ConfigError, KeyUnavailable
 from fedgate.kek import write_kek_file
 from gateway.audit.cli import register
 from gateway.config import AuditConfig, PipelineConfig
@@ -166,3 +166,23 @@ class TestShardsApart:
         unsealed = dataclasses.replace(sealed, kek_path=None)
         with pytest.raises(KeyUnavailable, match="kek_path is not set"):
             await Gateway.start(dataclasses.replace(config, audit=unsealed))
+
+
+class TestRetentionWithoutKek:
+    async def test_sqlite_has_nothing_to_retire_and_postgres_runs_its_months(
+        self, pg: Any, harness_factory: Callable[..., Any], gw_federation: Path, tmp_path: Path
+    ) -> None:
+        """Without a KEK there are no case keys: a SQLite log has nothing to retire (a clear
+        error), a PostgreSQL log runs the job for its months (nothing due yet here)."""
+        plain = AuditConfig(origin=ORIGIN, store="postgres", dsn=pg.dsn, schema=pg.schema)
+        h = await harness_factory(gw_federation, tmp_path, audit=plain)
+        try:
+            await h.client().ask(h.request("account_holder"))
+        finally:
+            await h.close()
+        config = h.config()
+        later = datetime.now(UTC) + timedelta(days=5 * 365)
+        assert await run_retention_once(config, now=later) == []
+        on_sqlite = dataclasses.replace(config, audit=AuditConfig(origin=ORIGIN))
+        with pytest.raises(ConfigError, match="kek_path is not set"):
+            await run_retention_once(on_sqlite, now=later)

@@ -608,6 +608,8 @@ class TestRetentionJob:
     async def test_the_job_logs_then_detaches_the_months_past_retention(
         self, pg_logs: LogFactory, pg: PgTarget, capsys: pytest.CaptureFixture[str]
     ) -> None:
+        """The whole job on an unsealed log (no KEK, so no case keys): months still retire,
+        which is how an unsealed log's personal data leaves the store."""
         jan = [datetime(2025, 1, 1, tzinfo=UTC) + timedelta(hours=h) for h in range(64)]
         feb = [datetime(2025, 2, 1, tzinfo=UTC) + timedelta(hours=h) for h in range(100)]
         await _exchanges(pg_logs, jan + feb)  # leaves 0..127 in January, 128..327 in February
@@ -615,7 +617,10 @@ class TestRetentionJob:
         now = datetime.now(UTC)
         policy = RetentionPolicy(close_after_idle=timedelta(0), keep_after_close=timedelta(0))
         months = PgMonthRetention(pg.dsn, schema=pg.schema)
-        await _retention._retire_months(log, months, policy, actor="gateway", now=now, cutoff=now)
+        destroyed = await _retention.run_retention(
+            log, None, policy, actor="gateway", now=now, months=months
+        )
+        assert destroyed == []
         # January only: February reaches into the open tile (256..), the log's right edge.
         event = decode_entry(await log.get_entry(log.size - 1))
         assert log.size == 329
