@@ -523,7 +523,10 @@ A plain tuple of ints, bytes and ``None``, replaced whole on every change, becau
 collector stops tracking such a tuple at its first collection: the cache holds one per request
 of the window (450,000 at 500 requests a second over 15 minutes), and as objects of a class
 they made every full collection walk them all (391 ms measured at that size, on the loop)."""
-_EXPIRES, _BODY, _NONCE, _OUTCOME = range(4)
+_EXPIRES: Final = 0
+_BODY: Final = 1
+_NONCE: Final = 2
+_OUTCOME: Final = 3
 _PRUNE_STEP: Final = 32
 """At most this many expired request ids are forgotten per call: a few microseconds, and more
 than each call adds, so the cache keeps up without a periodic sweep (a sweep every 30 seconds
