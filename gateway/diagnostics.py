@@ -48,9 +48,13 @@ _LOG_EVERY_S: Final = 10.0
 @dataclass(frozen=True, slots=True)
 class Stall:
     """The event loop came back ``lag_s`` late; ``stack`` is what its thread was running while
-    it was late (innermost frame first; empty when the watcher did not catch it in time)."""
+    it was late (innermost frame first; empty when the watcher did not catch it in time).
+    ``cpu_s`` is the CPU time the loop's thread used meanwhile: near ``lag_s``, the loop was
+    busy (a long callback, a collection); far below it, the thread was not running (not
+    scheduled on a busy machine, or blocked in a system call)."""
 
     lag_s: float
+    cpu_s: float
     stack: tuple[str, ...]
 
 
@@ -135,16 +139,17 @@ class LoopWatch:
 
     async def _beat(self) -> None:
         interval, threshold = self._interval, self._threshold
+        cpu_last = time.thread_time()
         while True:
             await asyncio.sleep(interval)
-            now = time.perf_counter()
+            now, cpu = time.perf_counter(), time.thread_time()
             lag = now - self._last - interval
             if lag > threshold:
                 caught = self._caught
                 stack = caught[1] if caught is not None and caught[0] == self._seq else ()
-                self._record(Stall(lag, stack), now)
+                self._record(Stall(lag, min(lag, cpu - cpu_last), stack), now)
             self._seq += 1
-            self._last = now
+            self._last, cpu_last = now, cpu
 
     def _record(self, stall: Stall, now: float) -> None:
         self.count += 1
@@ -159,8 +164,9 @@ class LoopWatch:
         if now - self._logged_at >= _LOG_EVERY_S:
             longest, self._unlogged, self._logged_at = self._unlogged, None, now
             _log.warning(
-                "event loop stalled %.1f ms (%d stalls over %.1f ms so far)",
+                "event loop stalled %.1f ms, %.1f ms of it running (%d stalls over %.1f ms so far)",
                 longest.lag_s * 1000,
+                longest.cpu_s * 1000,
                 self.count,
                 self._threshold * 1000,
                 extra={"fields": {"stack": " < ".join(longest.stack)}},
