@@ -29,6 +29,10 @@ machine's state hits both alike.
 - ``gateway_latency_p99_ms``, ``proxy_latency_p99_ms``: the two p99s the added p99 subtracts;
   ``client_send_late_p99_ms``: how late the client itself sent (the scheduler's share: the
   load generator shares the two cores with the node, the proxy and the gateway).
+- ``disk_fdatasync_p50_ms``, ``disk_fdatasync_p99_ms``: 300 appends of 2 KiB, each followed by
+  ``fdatasync``, in the gateway's state directory just before the open-loop rounds: what one
+  durable commit costs the disk at that moment. The gateway waits for two in series per
+  request (request leg, response leg); the proxy for none.
 - During the gateway's open-loop rounds its tail diagnostics run (``Gateway.diagnose_tail``,
   2 ms: ~1 % of a core): ``gateway_loop_stalls`` event-loop stalls over 2 ms,
   ``gateway_loop_stall_max_ms`` the longest, ``gateway_loop_stall_max_running_ms`` the most
@@ -378,8 +382,26 @@ async def _open_loop(
     return latencies, late
 
 
+def _fdatasync_ms(directory: Path, count: int = 300) -> list[float]:
+    """Milliseconds of ``count`` fdatasyncs, each after a 2 KiB append to a file in
+    ``directory`` (as a WAL commit appends its frames and syncs them)."""
+    path = directory / "fdatasync-probe"
+    took = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for _ in range(count):
+            os.write(fd, b"\0" * 2048)
+            started = time.perf_counter()
+            os.fdatasync(fd)
+            took.append((time.perf_counter() - started) * 1000)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return took
+
+
 async def _measure(
-    quick: bool, fed: Path, gateway_process: _Process, proxy_process: _Process
+    quick: bool, fed: Path, state: Path, gateway_process: _Process, proxy_process: _Process
 ) -> dict[str, tuple[float, str]]:
     gateway, proxy = gateway_process.endpoint, proxy_process.endpoint
     processes = {"gateway": gateway_process, "proxy": proxy_process}
@@ -411,6 +433,7 @@ async def _measure(
         latency_s = max(latency_s, samples / (rate * latency_rounds))
         latency: dict[str, list[float]] = {"gateway": [], "proxy": []}
         late: list[float] = []
+        disk_ms = await asyncio.to_thread(_fdatasync_ms, state)
         gateway_process.diagnose()
         for _ in range(latency_rounds):
             for name, channel in (("proxy", via_proxy), ("gateway", via_gateway)):
@@ -450,6 +473,8 @@ async def _measure(
         "gateway_latency_p99_ms": (percentile(gateway_ms, 0.99), "ms"),
         "proxy_latency_p99_ms": (percentile(proxy_ms, 0.99), "ms"),
         "client_send_late_p99_ms": (percentile(late, 0.99), "ms"),
+        "disk_fdatasync_p50_ms": (percentile(disk_ms, 0.50), "ms"),
+        "disk_fdatasync_p99_ms": (percentile(disk_ms, 0.99), "ms"),
         "gateway_loop_stalls": (float(diagnosis["stalls"]), "stalls"),
         "gateway_loop_stall_max_ms": (
             diagnosis["longest"][0][0] * 1000 if diagnosis["longest"] else 0.0,
@@ -508,7 +533,7 @@ def run(quick: bool) -> dict[str, tuple[float, str]]:
         try:
             proxy = _Process("proxy", fed, root / "proxy", node.endpoint)
             gateway = _Process("gateway", fed, root / "gateway", node.endpoint)
-            return asyncio.run(_measure(quick, fed, gateway, proxy))
+            return asyncio.run(_measure(quick, fed, root / "gateway", gateway, proxy))
         finally:
             for process in (gateway, proxy, node):
                 if process is not None:
