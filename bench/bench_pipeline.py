@@ -438,8 +438,8 @@ async def _measure(
         for _ in range(latency_rounds):
             for name, channel in (("proxy", via_proxy), ("gateway", via_gateway)):
                 bodies = envelopes.make(int(rate * latency_s) + 1)
-                took, client_late = await _open_loop(channel, bodies, rate, latency_s)
-                latency[name] += took
+                latencies, client_late = await _open_loop(channel, bodies, rate, latency_s)
+                latency[name] += latencies
                 late += client_late
         diagnosis = gateway_process.diagnosis()
     finally:
