@@ -527,10 +527,11 @@ _EXPIRES: Final = 0
 _BODY: Final = 1
 _NONCE: Final = 2
 _OUTCOME: Final = 3
-_PRUNE_STEP: Final = 32
-"""At most this many expired request ids are forgotten per call: a few microseconds, and more
-than each call adds, so the cache keeps up without a periodic sweep (a sweep every 30 seconds
-held the event loop for 80 ms at 500 requests a second)."""
+_PRUNE_STEP: Final = 8
+"""At most this many expired request ids are forgotten per call (5–8 µs each, measured with
+450,000 held on the loaded machine), more than the one a call adds, so the cache keeps up
+without a periodic sweep: the sweep it replaces, every 30 seconds, forgot 15,000 ids at once at
+500 requests a second and held the event loop for 80 ms."""
 
 
 class MemoryReplayCache:
