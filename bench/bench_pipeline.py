@@ -24,7 +24,8 @@ machine's state hits both alike.
   so a client that falls behind its schedule shows up as latency instead of hiding it
   (no coordinated omission). The open-loop phases alternate proxy / gateway in rounds
   (``LATENCY_ROUNDS``) and each side's samples are pooled: ``pipeline_latency_samples`` per
-  side (~1,200 in a quick run, so its p99 is about the 12th slowest; ~4,300 in a full run).
+  side: at least 1,000 in a quick run (rounds are lengthened when half the gateway's peak is a
+  slower rate), so its p99 is about the 10th slowest; at least 4,000 in a full run.
   Every percentile here is nearest-rank (``fedgate.testing.percentile``).
 - ``gateway_latency_p99_ms``, ``proxy_latency_p99_ms``: the two p99s the added p99 subtracts;
   ``client_send_late_p99_ms``: how late the client itself sent (the scheduler's share: the
