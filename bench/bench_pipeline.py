@@ -35,7 +35,7 @@ machine's state hits both alike.
   durable commit costs the disk at that moment. The gateway waits for two in series per
   request (request leg, response leg); the proxy for none.
 - During the gateway's open-loop rounds its tail diagnostics run (``Gateway.diagnose_tail``,
-  2 ms: ~1 % of a core): ``gateway_loop_stalls`` event-loop stalls over 2 ms,
+  2 ms: 2–3 % of a core at most): ``gateway_loop_stalls`` event-loop stalls over 2 ms,
   ``gateway_loop_stall_max_ms`` the longest, ``gateway_loop_stall_max_running_ms`` the most
   CPU the loop's thread used in one of the 32 longest (a stall whose thread barely ran was the
   scheduler's, not the gateway's), and, printed to stderr, the slowest 1 % of the
