@@ -91,7 +91,8 @@ class LoopWatch:
         self._longest: list[tuple[float, int, Stall]] = []  # min-heap by lag
         self.count = 0
         self.stalled_s = 0.0
-        self.gc_pauses: list[GcPause] = []
+        self.gc_pauses: collections.deque[GcPause] = collections.deque(maxlen=keep)
+        """The last ``keep`` collections longer than the threshold."""
         self._seq = 0
         self._last = time.perf_counter()
         self._caught: tuple[int, tuple[str, ...]] | None = None
@@ -204,10 +205,11 @@ _MARKS: contextvars.ContextVar[list[tuple[str, float]] | None] = contextvars.Con
 
 class StageClock:
     """Stage start times of each request (``begin``, ``mark`` per stage, ``end``), for the last
-    ``keep`` requests. The marks live in a context variable, so the exchange's own task (stages
-    8–12, created from the request's context) marks the same request."""
+    ``keep`` requests (~1.2 KB each: 10 MB at the default). The marks live in a context
+    variable, so the exchange's own task (stages 8–12, created from the request's context) marks
+    the same request."""
 
-    def __init__(self, *, keep: int = 20_000) -> None:
+    def __init__(self, *, keep: int = 8192) -> None:
         self._done: collections.deque[tuple[float, float, list[tuple[str, float]]]] = (
             collections.deque(maxlen=keep)
         )

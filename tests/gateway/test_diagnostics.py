@@ -53,7 +53,7 @@ class TestLoopWatch:
         assert watch._on_gc not in gc.callbacks
         assert watch.count >= 1
         watch.clear()
-        assert (watch.count, watch.stalls(), watch.gc_pauses) == (0, [], [])
+        assert (watch.count, watch.stalls(), list(watch.gc_pauses)) == (0, [], [])
 
     def test_the_threshold_must_be_positive(self) -> None:
         with pytest.raises(ValueError, match="threshold_s must be positive"):
