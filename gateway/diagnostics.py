@@ -15,9 +15,8 @@ requests. Off unless ``[telemetry] diagnose_tail_ms`` is set (``Gateway.diagnose
 
 Cost while on, at 2 ms: 500 heartbeats and 500 watcher checks a second, 2–3 % of a core on an
 idle loop (each heartbeat wakes it; measured on the loaded machine), less on a loop that is
-serving anyway; a request's marks are a dozen clock reads. Off: nothing (no
-task, no thread), one attribute check per stage. Stacks name code locations only (file, line,
-function), never data.
+serving anyway; a request's marks are a dozen clock reads. Off: no timer, no thread, one
+attribute check per stage. Stacks name code locations only (file, line, function), never data.
 """
 
 from __future__ import annotations
