@@ -30,17 +30,7 @@ class TestLoopWatch:
         longest = watch.stalls()[0]
         assert longest.lag_s >= 0.2
         assert any("_hold_the_loop" in frame for frame in longest.stack)
-
-    async def test_a_loop_that_keeps_turning_records_nothing(self) -> None:
-        watch = LoopWatch(threshold_s=0.5)
-        watch.start()
-        try:
-            for _ in range(20):
-                await asyncio.sleep(0.005)
-        finally:
-            await watch.stop()
-        assert watch.count == 0
-        assert watch.stalls() == []
+        assert longest.cpu_s < longest.lag_s / 2  # it slept: held, but not running
 
     async def test_stop_removes_the_collector_hook_and_clear_forgets(self) -> None:
         watch = LoopWatch(threshold_s=0.02)
