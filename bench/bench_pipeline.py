@@ -22,7 +22,27 @@ machine's state hits both alike.
   (open loop, requests sent on a fixed schedule), the gateway's latency percentile minus the
   proxy's (goal: p99 added ≤ 5 ms). Latency counts from each request's *scheduled* send time,
   so a client that falls behind its schedule shows up as latency instead of hiding it
-  (no coordinated omission).
+  (no coordinated omission). The open-loop phases alternate proxy / gateway in rounds
+  (``LATENCY_ROUNDS``) and each side's samples are pooled: ``pipeline_latency_samples`` per
+  side: at least 1,000 in a quick run (rounds are lengthened when half the gateway's peak is a
+  slower rate), so its p99 is about the 10th slowest; at least 4,000 in a full run.
+  Every percentile here is nearest-rank (``fedgate.testing.percentile``).
+- ``gateway_latency_p99_ms``, ``proxy_latency_p99_ms``: the two p99s the added p99 subtracts;
+  ``client_send_late_p99_ms``: how late the client itself sent (the scheduler's share: the
+  load generator shares the two cores with the node, the proxy and the gateway).
+- ``disk_fdatasync_p50_ms``, ``disk_fdatasync_p99_ms``: 300 appends of 2 KiB, each followed by
+  ``fdatasync``, in the gateway's state directory just before the open-loop rounds: what one
+  durable commit costs the disk at that moment. The gateway waits for two in series per
+  request (request leg, response leg); the proxy for none.
+- During the gateway's open-loop rounds its tail diagnostics run (``Gateway.diagnose_tail``,
+  2 ms: 2–3 % of a core at most): ``gateway_loop_stalls`` event-loop stalls over 2 ms,
+  ``gateway_loop_stall_max_ms`` the longest, ``gateway_loop_stall_max_running_ms`` the most
+  CPU the loop's thread used in one of the 32 longest (a stall whose thread barely ran was the
+  scheduler's, not the gateway's), and, printed to stderr, the slowest 1 % of the
+  gateway's requests stage by stage against all of them (a stage lasts until the next starts,
+  waits included); ``gateway_slowest_1pct_audit_ms`` is those requests' mean time in the two
+  audit legs (durable group commits), ``gateway_slowest_1pct_ms`` their mean time in the
+  gateway.
 
 The proxy parses the ``SubmitRequest``, forwards the envelope as a ``HandleRequest`` and wraps
 the node's answer: the least any relay between these two services must do. The node signs an
@@ -36,6 +56,7 @@ import gc
 import multiprocessing
 import multiprocessing.connection
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -65,6 +86,10 @@ BANK = MemberId("bank.icbc")
 POLICE = MemberId("police.gd.afc")
 GATEWAY = MemberId("gateway")
 CONCURRENCY = 16
+LATENCY_ROUNDS = {True: (3, 1.5, 1_000), False: (4, 4.0, 4_000)}
+"""quick → (open-loop rounds per side, seconds per round at least, samples per side at least:
+rounds are lengthened when half the gateway's peak is too slow a rate for that many)."""
+STALL_THRESHOLD_S = 0.002
 _SUBMIT = "/fedgate.v1.GatewayService/Submit"
 _HANDLE = "/fedgate.v1.AgencyService/Handle"
 
@@ -169,10 +194,46 @@ async def _child_main(kind: str, fed: Path, state: Path, node: str, conn: Any) -
     gc_seconds = _time_collections()
     conn.send(port)
     loop = asyncio.get_running_loop()
-    while (asked := await loop.run_in_executor(None, conn.recv)) in ("cpu", "gc"):
-        # CPU of every thread of the process, gRPC's own included; or the collector's CPU
-        conn.send(time.process_time() if asked == "cpu" else gc_seconds[0])
+    while (asked := await loop.run_in_executor(None, conn.recv)) != "stop":
+        if asked == "cpu":  # CPU of every thread of the process, gRPC's own included
+            conn.send(time.process_time())
+        elif asked == "gc":  # the collector's CPU
+            conn.send(gc_seconds[0])
+        elif asked == "diagnose":
+            gateway.diagnose_tail(STALL_THRESHOLD_S)
+            conn.send(None)
+        elif asked == "diagnosis":
+            await gateway.stop_diagnosing()
+            conn.send(_diagnosis(gateway))
     await stop()
+
+
+def _diagnosis(gateway: Any) -> dict[str, Any]:
+    """What the gateway's tail diagnostics recorded, as plain values for the pipe."""
+    d = gateway.diagnostics
+    every = d.stages.all()
+    slowest = d.stages.slowest(0.01)
+    return {
+        "stalls": d.loop.count,
+        "stalled_s": d.loop.stalled_s,
+        "longest": [(s.lag_s, s.cpu_s, s.stack) for s in d.loop.stalls()[:5]],
+        "busy": sum(1 for s in d.loop.stalls()[:5] if s.cpu_s >= s.lag_s / 2),
+        "max_running_s": max((s.cpu_s for s in d.loop.stalls()), default=0.0),
+        "gc": [(p.generation, p.seconds) for p in d.loop.gc_pauses],
+        "requests": len(every),
+        "all": _stage_means(every),
+        "slowest": _stage_means(slowest),
+        "slowest_count": len(slowest),
+        "slowest_total_s": sum(t.total_s for t in slowest) / max(1, len(slowest)),
+    }
+
+
+def _stage_means(times: list[Any]) -> dict[str, float]:
+    sums: dict[str, float] = {}
+    for t in times:
+        for name, seconds in t.stages:
+            sums[name] = sums.get(name, 0.0) + seconds
+    return {name: total / max(1, len(times)) for name, total in sums.items()}
 
 
 def _time_collections() -> list[float]:
@@ -216,6 +277,16 @@ class _Process:
         """CPU time the process has spent in garbage collections so far."""
         self._conn.send("gc")
         return float(self._conn.recv())
+
+    def diagnose(self) -> None:
+        """Start the gateway's tail diagnostics (``Gateway.diagnose_tail``)."""
+        self._conn.send("diagnose")
+        self._conn.recv()
+
+    def diagnosis(self) -> dict[str, Any]:
+        """Stop them and return what they recorded (``_diagnosis``)."""
+        self._conn.send("diagnosis")
+        return dict(self._conn.recv())
 
     def loop_cpu_seconds(self) -> float:
         """CPU time the process's main thread (its event loop) has used so far, from
@@ -287,13 +358,16 @@ async def _closed_loop(
 
 async def _open_loop(
     channel: grpc.aio.Channel, bodies: list[bytes], rate: float, seconds: float
-) -> list[float]:
-    """Latencies (ms) of calls sent every 1/rate seconds for ``seconds``."""
+) -> tuple[list[float], list[float]]:
+    """Latencies (ms) of calls sent every 1/rate seconds for ``seconds``, from each call's
+    scheduled time; and how late (ms) the client sent each."""
     call = channel.unary_unary(_SUBMIT, None, None)
     latencies: list[float] = []
+    late: list[float] = []
     tasks: list[asyncio.Task[None]] = []
 
     async def one(body: bytes, scheduled: float) -> None:
+        late.append((time.perf_counter() - scheduled) * 1000)
         await call(body, timeout=10)
         latencies.append((time.perf_counter() - scheduled) * 1000)
 
@@ -306,11 +380,29 @@ async def _open_loop(
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(bodies[i], scheduled)))
     await asyncio.gather(*tasks)
-    return latencies
+    return latencies, late
+
+
+def _fdatasync_ms(directory: Path, count: int = 300) -> list[float]:
+    """Milliseconds of ``count`` fdatasyncs, each after a 2 KiB append to a file in
+    ``directory`` (as a WAL commit appends its frames and syncs them)."""
+    path = directory / "fdatasync-probe"
+    took = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for _ in range(count):
+            os.write(fd, b"\0" * 2048)
+            started = time.perf_counter()
+            os.fdatasync(fd)
+            took.append((time.perf_counter() - started) * 1000)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return took
 
 
 async def _measure(
-    quick: bool, fed: Path, gateway_process: _Process, proxy_process: _Process
+    quick: bool, fed: Path, state: Path, gateway_process: _Process, proxy_process: _Process
 ) -> dict[str, tuple[float, str]]:
     gateway, proxy = gateway_process.endpoint, proxy_process.endpoint
     processes = {"gateway": gateway_process, "proxy": proxy_process}
@@ -338,13 +430,19 @@ async def _measure(
         gateway_qps = totals["gateway"][0] / totals["gateway"][1]
         proxy_qps = totals["proxy"][0] / totals["proxy"][1]
         rate = gateway_qps / 2
-        latency_s = 3.0 if quick else 8.0
-        proxy_ms = await _open_loop(
-            via_proxy, envelopes.make(int(rate * latency_s) + 1), rate, latency_s
-        )
-        gateway_ms = await _open_loop(
-            via_gateway, envelopes.make(int(rate * latency_s) + 1), rate, latency_s
-        )
+        latency_rounds, latency_s, samples = LATENCY_ROUNDS[quick]
+        latency_s = max(latency_s, samples / (rate * latency_rounds))
+        latency: dict[str, list[float]] = {"gateway": [], "proxy": []}
+        late: list[float] = []
+        disk_ms = await asyncio.to_thread(_fdatasync_ms, state)
+        gateway_process.diagnose()
+        for _ in range(latency_rounds):
+            for name, channel in (("proxy", via_proxy), ("gateway", via_gateway)):
+                bodies = envelopes.make(int(rate * latency_s) + 1)
+                latencies, client_late = await _open_loop(channel, bodies, rate, latency_s)
+                latency[name] += latencies
+                late += client_late
+        diagnosis = gateway_process.diagnosis()
     finally:
         await via_gateway.close(None)
         await via_proxy.close(None)
@@ -352,6 +450,9 @@ async def _measure(
     proxy_cpu_us = totals["proxy"][2] / totals["proxy"][0] * 1e6
     gateway_loop_us = totals["gateway"][3] / totals["gateway"][0] * 1e6
     proxy_loop_us = totals["proxy"][3] / totals["proxy"][0] * 1e6
+    gateway_ms, proxy_ms = latency["gateway"], latency["proxy"]
+    _print_diagnosis(diagnosis)
+    slowest = diagnosis["slowest"]
     return {
         "pipeline_efficiency_ratio": (gateway_qps / proxy_qps, "ratio"),
         "pipeline_cpu_ratio": (proxy_cpu_us / gateway_cpu_us, "ratio"),
@@ -369,9 +470,58 @@ async def _measure(
             percentile(gateway_ms, 0.99) - percentile(proxy_ms, 0.99),
             "ms",
         ),
+        "pipeline_latency_samples": (float(min(len(gateway_ms), len(proxy_ms))), "requests"),
+        "gateway_latency_p99_ms": (percentile(gateway_ms, 0.99), "ms"),
+        "proxy_latency_p99_ms": (percentile(proxy_ms, 0.99), "ms"),
+        "client_send_late_p99_ms": (percentile(late, 0.99), "ms"),
+        "disk_fdatasync_p50_ms": (percentile(disk_ms, 0.50), "ms"),
+        "disk_fdatasync_p99_ms": (percentile(disk_ms, 0.99), "ms"),
+        "gateway_loop_stalls": (float(diagnosis["stalls"]), "stalls"),
+        "gateway_loop_stall_max_ms": (
+            diagnosis["longest"][0][0] * 1000 if diagnosis["longest"] else 0.0,
+            "ms",
+        ),
+        "gateway_loop_stall_max_running_ms": (
+            diagnosis["max_running_s"] * 1000,
+            "ms",
+        ),
+        "gateway_slowest_1pct_ms": (diagnosis["slowest_total_s"] * 1000, "ms"),
+        "gateway_slowest_1pct_audit_ms": (
+            (slowest.get("audit_request", 0.0) + slowest.get("audit_response", 0.0)) * 1000,
+            "ms",
+        ),
         "gateway_qps": (gateway_qps, "req/s"),
         "proxy_qps": (proxy_qps, "req/s"),
     }
+
+
+def _print_diagnosis(d: dict[str, Any]) -> None:
+    """The slowest 1 % of the gateway's requests stage by stage, and the longest loop stalls."""
+    out = sys.stderr
+    print(
+        f"# gateway tail: {d['requests']} requests timed; the slowest {d['slowest_count']}, "
+        f"mean {d['slowest_total_s'] * 1000:.1f} ms in the gateway, stage by stage (ms):",
+        file=out,
+    )
+    print(f"#   {'stage':<16}{'all':>8}{'slowest 1 %':>13}", file=out)
+    for name, mean in d["all"].items():
+        print(
+            f"#   {name:<16}{mean * 1000:>8.2f}{d['slowest'].get(name, 0.0) * 1000:>13.2f}",
+            file=out,
+        )
+    print(
+        f"# loop stalls over {STALL_THRESHOLD_S * 1000:.0f} ms: {d['stalls']} "
+        f"({d['stalled_s'] * 1000:.0f} ms in all); collections over it: {d['gc']}",
+        file=out,
+    )
+    print(
+        f"# of the {len(d['longest'])} longest shown, {d['busy']} ran the loop's thread for at "
+        "least half their length (the rest: the thread was not running)",
+        file=out,
+    )
+    for lag, cpu, stack in d["longest"]:
+        where = " < ".join(stack[:4]) or "(stack not caught)"
+        print(f"#   {lag * 1000:.1f} ms ({cpu * 1000:.1f} ms running): {where}", file=out)
 
 
 def run(quick: bool) -> dict[str, tuple[float, str]]:
@@ -384,7 +534,7 @@ def run(quick: bool) -> dict[str, tuple[float, str]]:
         try:
             proxy = _Process("proxy", fed, root / "proxy", node.endpoint)
             gateway = _Process("gateway", fed, root / "gateway", node.endpoint)
-            return asyncio.run(_measure(quick, fed, gateway, proxy))
+            return asyncio.run(_measure(quick, fed, root / "gateway", gateway, proxy))
         finally:
             for process in (gateway, proxy, node):
                 if process is not None:

@@ -15,7 +15,8 @@
     [tickets]    path, poll_interval_s
     [alerts]     path, keep
     [telemetry]  prometheus_listen (loopback host:port, empty = off), otlp_endpoint (host:port of
-                 an OTLP/gRPC collector, empty = off), trace_sample_ratio, log_level, log_json
+                 an OTLP/gRPC collector, empty = off), trace_sample_ratio, log_level, log_json,
+                 diagnose_tail_ms (0 = off)
     [console]    listen (the auditor web console's host:port, empty = off), users_dir,
                  secure_cookies
 
@@ -231,6 +232,10 @@ class TelemetryConfig:
     sampled flag is always followed. Unrecorded requests cost next to nothing."""
     log_level: str = "INFO"
     log_json: bool = True
+    diagnose_tail_ms: float = 0.0
+    """Above 0: record event-loop stalls longer than this many milliseconds (with the loop
+    thread's stack) and every request's stage times (``gateway.diagnostics``), logging the
+    longest stall at most every 10 s. 0 (the default): off, and it costs nothing."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -435,6 +440,7 @@ class GatewayConfig:
                 "telemetry.trace_sample_ratio must be between 0 and 1, got "
                 f"{self.telemetry.trace_sample_ratio}"
             )
+        _positive(self.telemetry.diagnose_tail_ms, "telemetry.diagnose_tail_ms", allow_zero=True)
         if self.telemetry.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigError(f"telemetry.log_level {self.telemetry.log_level!r} is not a level")
 

@@ -107,6 +107,7 @@ from gateway.audit.store import AuditStore
 from gateway.audit.tileserver import tile_app
 from gateway.config import ConfigError, GatewayConfig
 from gateway.console import Countermeasures, RunningAuditorConsole, start_auditor_console
+from gateway.diagnostics import TailDiagnostics
 from gateway.events import EventServicer
 from gateway.pipeline import Pipeline
 from gateway.policy import ReloadingDecider, load_default_decider
@@ -692,6 +693,7 @@ class Gateway:
         decider: ReloadingDecider,
         resources: contextlib.AsyncExitStack,
         prometheus_port: int | None,
+        telemetry: GatewayTelemetry,
     ) -> None:
         self.config = config
         self.port = port
@@ -705,8 +707,11 @@ class Gateway:
         self._reload_task: asyncio.Task[None] | None = None
         self._reconcile_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
+        self._telemetry = telemetry
         self.console: RunningAuditorConsole | None = None
         self.tiles: EmbeddedServer | None = None
+        self.diagnostics: TailDiagnostics | None = None
+        """What the slow requests wait for, while ``diagnose_tail`` runs."""
 
     @property
     def console_url(self) -> str | None:
@@ -867,7 +872,10 @@ class Gateway:
             decider=decider,
             resources=resources,
             prometheus_port=prometheus_port,
+            telemetry=telemetry,
         )
+        if config.telemetry.diagnose_tail_ms > 0:
+            gateway.diagnose_tail(config.telemetry.diagnose_tail_ms / 1000)  # ``stop`` ends it
         if config.federation.reload_interval_s > 0:
             # Stamp now, so that a change made right after start-up is not missed.
             stamp = _trust_stamp(config.federation.dir)
@@ -924,6 +932,22 @@ class Gateway:
             )
         return gateway
 
+    def diagnose_tail(self, threshold_s: float) -> TailDiagnostics:
+        """Start watching the event loop for stalls over ``threshold_s`` and timing every
+        request's stages (``gateway.diagnostics``); returns what records them. Idempotent."""
+        if self.diagnostics is None:
+            self.diagnostics = TailDiagnostics(threshold_s=threshold_s)
+            self.diagnostics.loop.start()
+            self._telemetry.clock = self.diagnostics.stages
+        return self.diagnostics
+
+    async def stop_diagnosing(self) -> None:
+        """Stop what ``diagnose_tail`` started (what it recorded stays readable)."""
+        diagnostics = self.diagnostics
+        if diagnostics is not None:
+            self._telemetry.clock = None
+            await diagnostics.loop.stop()
+
     async def _watch_registry(self, stamp: tuple[tuple[str, int, int, int], ...]) -> None:
         directory = self.config.federation.dir
         while True:
@@ -961,6 +985,7 @@ class Gateway:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        await self.stop_diagnosing()
         for task in (self._reload_task, self._reconcile_task):
             if task is not None:
                 await _cancel(task)

@@ -32,6 +32,7 @@ from opentelemetry import metrics, trace
 
 from fedgate.logs import JsonLogFormatter, configure_logging, mask_identifiers, masked_span
 from fedgate.otel import SECONDS_BUCKETS
+from gateway.diagnostics import StageClock
 
 __all__ = [
     "ATTR_ACTION",
@@ -128,6 +129,8 @@ class GatewayTelemetry:
         # Attribute sets made once each: a metric record is on every request's path.
         self._request_attributes: dict[tuple[str, str, str], dict[str, str]] = {}
         self._leg_attributes: dict[str, dict[str, str]] = {}
+        self.clock: StageClock | None = None
+        """Set while the tail is diagnosed (``gateway.diagnostics``): every stage is marked."""
 
     @contextlib.contextmanager
     def span(
@@ -153,6 +156,9 @@ class GatewayTelemetry:
         request's span when that span records; nothing at all when it does not (no tracer
         configured, or not sampled). Without a tracer the current span is not even looked up
         (a dozen context look-ups per request)."""
+        clock = self.clock
+        if clock is not None:
+            clock.mark(name)
         if not self._tracing:
             return _UNTIMED
         span = trace.get_current_span()

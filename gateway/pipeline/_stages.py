@@ -245,6 +245,8 @@ class Pipeline:
         x = Exchange(received_at=self._now())
         started = time.perf_counter()
         outcome = "ok"
+        clock = self._telemetry.clock
+        timing = clock.begin() if clock is not None else None
         # INTERNAL: the gRPC instrumentation's interceptor makes the SERVER span around it.
         with self._telemetry.span("gateway.Submit") as span:
             try:
@@ -263,6 +265,8 @@ class Pipeline:
                     target=self._metric_target(x),
                     outcome=outcome,
                 )
+                if clock is not None and timing is not None:
+                    clock.end(timing, started)
 
     async def _run(
         self,

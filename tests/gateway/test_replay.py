@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import threading
 from collections.abc import Iterator
@@ -12,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from fedgate.actions import new_request_id
-from fedgate.errors import AuditUnavailable, FedgateError, Replayed, Stale
+from fedgate.errors import AuditUnavailable, FedgateError, PolicyDenied, Replayed, Stale
 from gateway.replay import MemoryReplayCache, ReplayCache, describe_span
+from gateway.retries import RecordedOutcome
 
 NOW = datetime(2026, 3, 14, 9, 26, 53, tzinfo=UTC)
 SKEW = timedelta(minutes=5)
@@ -277,6 +279,33 @@ class TestMemoryCache:
         assert cache.restore(seen, now=NOW) == 0
         assert cache.stored_keys() == 0
 
+    def test_expired_requests_are_forgotten_a_few_per_call_without_a_sweep(self) -> None:
+        cache = MemoryReplayCache(window=WINDOW)
+        for _ in range(100):
+            cache.check_and_remember(rid(), os.urandom(16), NOW, now=NOW)
+        after = NOW + WINDOW + timedelta(seconds=1)
+        held = []
+        for _ in range(5):
+            cache.check_and_remember(rid(), os.urandom(16), after, now=after)
+            held.append(cache.stored_keys())
+        # 8 of the 100 expired requests (id and nonce each) go per call, one is added
+        assert held == [2 * 93, 2 * 86, 2 * 79, 2 * 72, 2 * 65]
+
+    async def test_held_requests_are_not_walked_by_the_garbage_collector(self) -> None:
+        """Hundreds of thousands are held at a time: as tracked objects they made every full
+        collection of the gateway walk them all."""
+        cache = MemoryReplayCache(window=WINDOW)
+        cache.check_and_remember(rid(), os.urandom(16), NOW, now=NOW)
+        claimed = rid()
+        now_us = int(NOW.timestamp() * 1_000_000)
+        expires_us = now_us + int(WINDOW.total_seconds() * 1_000_000)
+        await cache.claim(claimed, os.urandom(32), expires_us=expires_us, now_us=now_us)
+        await cache.remember(claimed, os.urandom(16), NOW, now=NOW)
+        await cache.record(claimed, RecordedOutcome(error=PolicyDenied("no")))
+        gc.collect()
+        assert len(cache._held) == 2
+        assert not any(gc.is_tracked(held) for held in cache._held.values())
+
     def test_memory_is_bounded_by_one_window(self) -> None:
         cache = MemoryReplayCache(window=WINDOW)
         for minute in range(0, 60, 1):
@@ -310,8 +339,6 @@ class TestMemoryCache:
         cache.check_and_remember(rid(), os.urandom(16), later, now=later)
 
     async def test_outcomes_beyond_their_budget_are_forgotten_oldest_first(self) -> None:
-        from fedgate.errors import PolicyDenied
-        from gateway.retries import RecordedOutcome
 
         size = len(RecordedOutcome(error=PolicyDenied("no")).encode())
         cache = MemoryReplayCache(window=WINDOW, max_outcome_bytes=2 * size)

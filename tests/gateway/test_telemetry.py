@@ -242,6 +242,37 @@ class TestPrometheus:
             await _get(port, "/metrics")
 
 
+class TestTailDiagnostics:
+    async def test_configured_gateway_times_every_stage_of_each_request(
+        self, observed: Observed, tmp_path: Path
+    ) -> None:
+        h = observed.harness
+        config = dataclasses.replace(
+            h.config(),
+            pipeline=PipelineConfig(state_dir=tmp_path / "state"),
+            telemetry=TelemetryConfig(diagnose_tail_ms=50),
+        )
+        gateway = await Gateway.start(config)
+        try:
+            diagnostics = gateway.diagnostics
+            assert diagnostics is not None
+            async with FedgateClient.from_federation(
+                h.federation, MemberId("police.gd.afc"), endpoint=gateway.endpoint
+            ) as client:
+                assert (await client.submit(h.request())).answer is not None
+        finally:
+            await gateway.stop(0.5)
+        (times,) = diagnostics.stages.slowest(1.0)
+        assert [name for name, _ in times.stages] == STAGES
+        assert sum(seconds for _, seconds in times.stages) <= times.total_s
+
+    async def test_the_threshold_is_not_negative(self, observed: Observed) -> None:
+        with pytest.raises(ConfigError, match=r"telemetry\.diagnose_tail_ms"):
+            dataclasses.replace(
+                observed.harness.config(), telemetry=TelemetryConfig(diagnose_tail_ms=-1)
+            ).validate()
+
+
 async def _get(port: int, path: str) -> tuple[int, str]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
