@@ -49,8 +49,8 @@ from gateway.audit.store import IndexedRow, SearchQuery
 
 __all__ = [
     "BLOCK",
-    "KEY_BLOCK_BITS",
     "HIT_COLUMNS",
+    "KEY_BLOCK_BITS",
     "PG",
     "PROJECTION",
     "SQLITE",
@@ -154,17 +154,18 @@ _FIELDS: Final = (
 _MEMBER_COLUMNS: Final = ("requesting_agency = ?", "target_agency = ?")
 _KEY_BLOCK: Final = f"(idx >> {KEY_BLOCK_BITS})"
 # The key blocks from the newest the projection holds (when the range has no upper bound).
-_LAST_BLOCK: Final = f"(SELECT COALESCE(MAX(idx), 0) >> {KEY_BLOCK_BITS} FROM {PROJECTION})"
+_LAST_BLOCK: Final = f"(SELECT COALESCE(MAX(idx), 0) >> {KEY_BLOCK_BITS} FROM {PROJECTION})"  # noqa: S608
 
 
 def _key_blocks(first: int, before: int | None) -> tuple[str, tuple[Any, ...]]:
     """``IN`` list text and parameters: the key blocks of the leaf indices ``[first, before)``
     (``before=None``: up to the projection's newest), from the last down."""
+    top_params: tuple[Any, ...]
     top, top_params = _LAST_BLOCK, ()
     if before is not None:
         top, top_params = "?", (max(before - 1, 0) >> KEY_BLOCK_BITS,)
     return (
-        f"(WITH RECURSIVE b(n) AS (SELECT {top} UNION ALL SELECT n - 1 FROM b WHERE n > ?)"
+        f"(WITH RECURSIVE b(n) AS (SELECT {top} UNION ALL SELECT n - 1 FROM b WHERE n > ?)"  # noqa: S608
         " SELECT n FROM b)",
         (*top_params, max(first, 0) >> KEY_BLOCK_BITS),
     )
@@ -332,6 +333,7 @@ def search_statement(
         where.append("idx < ?")
         params.append(before)
     # SQLite's officer, case and subject indexes: one seek per key block of the range.
+    blocks_params: tuple[Any, ...]
     blocks, blocks_params = "", ()
     if dialect.blocked and not tail and (query.officer_id or query.case_number or query.subject):
         blocks, blocks_params = _key_blocks(max(query.after_index + 1, lo), before)
@@ -351,7 +353,7 @@ def search_statement(
         where.append(dialect.has_subject)
         params.append(query.subject)
     elif query.subject and blocks:
-        where.append(f"idx IN (SELECT idx FROM subjects WHERE block IN {blocks} AND subject = ?)")
+        where.append(f"idx IN (SELECT idx FROM subjects WHERE block IN {blocks} AND subject = ?)")  # noqa: S608
         params += [*blocks_params, query.subject]
     elif query.subject:
         where.append(f"idx IN (SELECT idx FROM subjects WHERE {dialect.scope}subject = ?)")  # noqa: S608

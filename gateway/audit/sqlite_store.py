@@ -98,7 +98,10 @@ CREATE TABLE IF NOT EXISTS leaves (
     request_leaf_index INTEGER NOT NULL,
     subjects TEXT NOT NULL DEFAULT '[]'
 ) STRICT;
-{subjects}CREATE TABLE IF NOT EXISTS checkpoints (size INTEGER PRIMARY KEY, note TEXT NOT NULL) STRICT;
+{subjects}CREATE TABLE IF NOT EXISTS checkpoints (
+    size INTEGER PRIMARY KEY,
+    note TEXT NOT NULL
+) STRICT;
 CREATE TABLE IF NOT EXISTS cosigned (
     id INTEGER PRIMARY KEY,
     size INTEGER NOT NULL,
@@ -169,21 +172,24 @@ CREATE TABLE IF NOT EXISTS subjects (
 _PROJECTION = _PROJECTION.format(blocked_indexes=_BLOCKED_INDEXES)
 _SCHEMA = _SCHEMA.format(projection=_PROJECTION, subjects=_SUBJECTS)
 
-MIGRATION_4_KEY_BLOCKS = (
-    """
+_COPY_SUBJECTS = (
+    f"INSERT INTO subjects (block, subject, idx) SELECT {_KEY_BLOCK}, subject, idx"  # noqa: S608 - constant text
+    " FROM subjects_by_subject ORDER BY 1, 2, 3;"
+)
+MIGRATION_4_KEY_BLOCKS = "".join(
+    (
+        """
 DROP INDEX IF EXISTS search_officer;
 DROP INDEX IF EXISTS search_case;
 ALTER TABLE subjects RENAME TO subjects_by_subject;
 DROP INDEX IF EXISTS subjects_idx;
 DROP TRIGGER IF EXISTS subjects_no_update;
 DROP TRIGGER IF EXISTS subjects_no_delete;
-"""
-    + _SUBJECTS
-    + f"""
-INSERT INTO subjects (block, subject, idx)
-    SELECT {_KEY_BLOCK}, subject, idx FROM subjects_by_subject ORDER BY 1, 2, 3;
-DROP TABLE subjects_by_subject;
-"""  # noqa: S608 - constant text
+""",
+        _SUBJECTS,
+        _COPY_SUBJECTS,
+        "\nDROP TABLE subjects_by_subject;\n",
+    )
 )
 """Schema step 3 -> 4, key blocks (issue 18): the officer and case indexes and the subjects
 table are keyed by the leaf's key block first; the subjects are copied in the new key order
@@ -258,7 +264,7 @@ _PROJECT_ROWS = (
     f" SELECT {_rows.PROJECTED_COLUMNS} FROM leaves WHERE idx >= ? AND idx < ? ORDER BY idx"
 )
 _PROJECT_SUBJECTS = (
-    f"INSERT INTO subjects (block, subject, idx) SELECT l.{_KEY_BLOCK}, j.value, l.idx"
+    f"INSERT INTO subjects (block, subject, idx) SELECT l.{_KEY_BLOCK}, j.value, l.idx"  # noqa: S608 - constant text
     " FROM leaves AS l, json_each(l.subjects) AS j"
     " WHERE l.idx >= ? AND l.idx < ? AND l.subjects <> '[]'"
 )

@@ -99,7 +99,7 @@ def _expected(path: Path, q: SearchQuery) -> list[int]:
         params.append(q.since_us)
     rows = _read(
         path,
-        f"SELECT idx, subjects FROM leaves NOT INDEXED WHERE {' AND '.join(terms)}"  # noqa: S608
+        f"SELECT idx, subjects FROM leaves NOT INDEXED WHERE {' AND '.join(terms)}"
         f" ORDER BY idx {'DESC' if q.newest_first else 'ASC'}",
         tuple(params),
     )
