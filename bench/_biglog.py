@@ -256,20 +256,29 @@ _DROPPABLE = (
 )
 
 
-def _has_staging(path: Path) -> bool:
-    """Whether ``path`` holds an unfinished bulk load (its staging table)."""
+def _has_table(path: Path, name: str) -> bool:
     if not path.exists():
         return False
     con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     try:
-        return (
-            con.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'bulk_indexes'"
-            ).fetchone()
-            is not None
-        )
+        found = con.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        ).fetchone()
+        return found is not None
     finally:
         con.close()
+
+
+def _has_staging(path: Path) -> bool:
+    """Whether ``path`` holds an unfinished bulk load (its staging table). Raises
+    ``RuntimeError`` for one left by the builder before key blocks, whose subjects wait in a
+    staging table this one no longer finishes."""
+    if _has_table(path, "bulk_subjects"):
+        raise RuntimeError(
+            f"{path} is an unfinished build by an older bench._biglog (its subjects are staged "
+            "in bulk_subjects): delete it and its .state and .build.json files, and build again"
+        )
+    return _has_table(path, "bulk_indexes")
 
 
 @contextlib.contextmanager
