@@ -84,26 +84,34 @@ def db(built: Path) -> Iterator[SqliteDatabase]:
     db.close()
 
 
+_Row = tuple[int, str, str, tuple[str, ...], int]
+
+
+@functools.cache
+def _rows(path: Path) -> tuple[_Row, ...]:
+    """Every leaf row's ``(idx, officer, case, subjects, time_us)``, read once per file."""
+    return tuple(
+        (int(i), str(o), str(c), tuple(json.loads(str(s))), int(str(t)))
+        for i, o, c, s, t in _read(
+            path, "SELECT idx, officer_id, case_number, subjects, time_us FROM leaves ORDER BY idx"
+        )
+    )
+
+
 def _expected(path: Path, q: SearchQuery) -> list[int]:
     """The hits of ``q`` by a plain filter over every leaf row (no index, no key block)."""
-    terms, params = ["idx > ?"], [q.after_index]
-    if q.before_index is not None:
-        terms.append("idx < ?")
-        params.append(q.before_index)
-    for column, value in (("officer_id", q.officer_id), ("case_number", q.case_number)):
-        if value:
-            terms.append(f"{column} = ?")
-            params.append(value)
-    if q.since_us is not None:
-        terms.append("time_us >= ?")
-        params.append(q.since_us)
-    rows = _read(
-        path,
-        f"SELECT idx, subjects FROM leaves NOT INDEXED WHERE {' AND '.join(terms)}"
-        f" ORDER BY idx {'DESC' if q.newest_first else 'ASC'}",
-        tuple(params),
-    )
-    hits = [int(i) for i, s in rows if not q.subject or q.subject in json.loads(str(s))]
+    hits = [
+        i
+        for i, officer, case, subjects, time_us in _rows(path)
+        if i > q.after_index
+        and (q.before_index is None or i < q.before_index)
+        and (not q.officer_id or officer == q.officer_id)
+        and (not q.case_number or case == q.case_number)
+        and (not q.subject or q.subject in subjects)
+        and (q.since_us is None or time_us >= q.since_us)
+    ]
+    if q.newest_first:
+        hits.reverse()
     return hits[: q.limit]
 
 
