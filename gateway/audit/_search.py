@@ -15,10 +15,12 @@ every index; the PostgreSQL indexes end in ``idx``), so keyset paging (``idx > a
   key ``(block, subject, idx)``): the catch-up's inserts then land in the newest block's pages,
   which stay cached and few, instead of on a random page of an index as long as the log (the
   append rate fell with the log's size, issue 18). A search names the blocks of its index range
-  (``block IN (first..last)``, a recursive CTE) and orders by ``(block, idx)``, which is ``idx``
-  order: SQLite seeks each block in turn, in the page's order, and stops when the page is full;
-  an absent key costs one seek per block (``docs/benchmarks.md``). The request id stays keyed by
-  itself: UUIDv7 ids arrive in time order. PostgreSQL keeps its plain indexes.
+  (``block IN (first..last)``, a recursive CTE). Officer and case order by ``(block, idx)``,
+  which is ``idx`` order: SQLite seeks each block in turn, in the page's order, and stops when
+  the page is full; a subject's hits (an account or a number: few) are collected block by block
+  and read by primary key. An absent key costs one seek per block (``docs/benchmarks.md``). The
+  request id stays keyed by itself: UUIDv7 ids arrive in time order. PostgreSQL keeps its plain
+  indexes.
 - ``member`` (requesting OR target) and ``visible_to`` (the same): one branch per column, each a
   page read in index order, merged with ``UNION`` and cut to the page: an ``OR`` would make the
   database collect every hit of a large member and sort them.
