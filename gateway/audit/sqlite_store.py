@@ -98,10 +98,8 @@ CREATE TABLE IF NOT EXISTS leaves (
     request_leaf_index INTEGER NOT NULL,
     subjects TEXT NOT NULL DEFAULT '[]'
 ) STRICT;
-{subjects}CREATE TABLE IF NOT EXISTS checkpoints (
-    size INTEGER PRIMARY KEY,
-    note TEXT NOT NULL
-) STRICT;
+{subjects}
+CREATE TABLE IF NOT EXISTS checkpoints (size INTEGER PRIMARY KEY, note TEXT NOT NULL) STRICT;
 CREATE TABLE IF NOT EXISTS cosigned (
     id INTEGER PRIMARY KEY,
     size INTEGER NOT NULL,
