@@ -12,19 +12,18 @@ file), which ``fedgate audit verify`` accepts, without going through the log's c
 - the tiles come out of one streaming pass of ``TiledTree.extend``, and a checkpoint is signed
   at every multiple of ``CHECKPOINT_INTERVAL`` (as a batch ending there would be), so the
   history holds exactly what ``kept_checkpoint`` keeps;
-- the secondary indexes whose keys arrive in random order (officer, case, member, target,
-  action, outcome, subject's leaf) are dropped while the leaves go in and built once at the end
-  (a sort, not millions of random B-tree inserts); those whose keys grow with the leaf index
-  (time, UUIDv7 request id) stay. The subjects go first to an unindexed staging table in
-  ``_BUCKETS`` ranges of subject order and are copied into ``subjects`` range by range, so that
-  copy is an append too;
+- the member, target, action and outcome indexes are dropped while the leaves go in and built
+  once at the end (a sort); those whose keys grow with the leaf index stay: time, UUIDv7
+  request id, the subjects' leaf, and the officer, case and subject keys, which the store keys
+  by the leaf's key block first (``_search.KEY_BLOCK_BITS``), so each chunk's inserts land in
+  the newest block. A chunk's subjects go in in key order;
 - the WAL is copied into the database after every transaction (``wal_checkpoint(TRUNCATE)``),
   so it stays bounded however long the build;
 - the last (partial) block goes through the store's own ``commit``, which writes the head.
 
-It resumes an interrupted build from its last transaction (the staging table and the list of
-dropped indexes are in the database, written in the same transactions), and extends a log
-finished at a smaller size.
+It resumes an interrupted build from its last transaction (the list of dropped indexes is in
+the database, written in the same transaction as the drops), and extends a log finished at a
+smaller size.
 
 The exchanges are spread evenly over ``days`` days ending now (so charts and time searches have
 something to find; a log extended past entries later than that plan continues from its latest
@@ -70,7 +69,7 @@ from fedgate.merkle import leaf_hash
 from fedgate.note import NoteSigner
 from fedgate.storage import open_sqlite
 from fedgate.tiles import TILE_WIDTH, TiledTree
-from gateway.audit import _rollups, _rows
+from gateway.audit import _rollups, _rows, _search
 from gateway.audit.sqlite_store import SqliteDatabase, default_state_path
 from gateway.audit.store import CHECKPOINT_INTERVAL, CommitBatch, NewLeaf
 
@@ -82,12 +81,18 @@ _TARGETS = ("bank.icbc", "bank.ccb", "bank.abc", "bank.gzrcb", "carrier.cm", "ca
 _REFUSALS = ("NOT_PERMITTED: rule", "QUOTA_EXCEEDED: officer", "CASE_REQUIRED: freeze")
 _SUBJECT_PREFIX = "62220"
 _SUBJECT_DIGITS = 14
-_BUCKETS = 1_000
-"""Ranges of subject order in the staging table: ``_bucket`` is the subject's first three
-digits after ``_SUBJECT_PREFIX`` (every subject here has the prefix and the same length, so
-the buckets follow string order)."""
-_KEPT_INDEXES = frozenset({"leaves_time", "search_time", "search_request_id"})
-"""Secondary indexes left in place while bulk loading: their keys grow with the leaf index."""
+_KEPT_INDEXES = frozenset(
+    {
+        "leaves_time",
+        "search_time",
+        "search_request_id",
+        "search_officer",
+        "search_case",
+        "subjects_idx",
+    }
+)
+"""Secondary indexes left in place while bulk loading: their keys grow with the leaf index
+(or its key block)."""
 
 
 CACHE = Path(__file__).with_name(".cache")
@@ -202,24 +207,20 @@ _Made = tuple[
     list[tuple[int, str, str, int]],
     list[tuple[int, str, str, int, str, int, str, int, int]],
 ]
-"""A chunk made by a worker: its leaf rows, staged subjects ``(rowid, subject, idx)``, time
-blocks ``(block, min_us, max_us)``, and rollup counts (``_rollups.day_rows``,
+"""A chunk made by a worker: its leaf rows, subjects ``(block, subject, idx)`` in key order,
+time blocks ``(block, min_us, max_us)``, and rollup counts (``_rollups.day_rows``,
 ``_rollups.officer_rows``)."""
-
-
-def _bucket(subject: str) -> int:
-    return int(subject[len(_SUBJECT_PREFIX) : len(_SUBJECT_PREFIX) + 3])
 
 
 def _chunk(start: int, stop: int, entries: int, first: datetime, step: timedelta) -> _Made:
     """The leaves ``[start, stop)`` and what the store derives from them, made in a worker
     process (seeded by ``start``)."""
     leaves = list(_leaves(_Exchanges(start, first, step), start, stop, entries))
-    subjects = [
-        ((_bucket(s) << 40) + n.index, s, n.index)  # one subject a leaf: rowids are unique
+    subjects = sorted(
+        (n.index >> _search.KEY_BLOCK_BITS, s, n.index)
         for n in leaves
         for s in normalized_subjects(n.columns[10])
-    ]
+    )
     blocks = []
     for lo in range(0, len(leaves) - len(leaves) % TILE_WIDTH, TILE_WIDTH):
         times = [n.columns[2] for n in leaves[lo : lo + TILE_WIDTH]]
@@ -248,11 +249,6 @@ _SET_HEAD = (
 )
 _STAGING = """
 CREATE TABLE IF NOT EXISTS bulk_indexes (name TEXT PRIMARY KEY, sql TEXT NOT NULL) STRICT;
-CREATE TABLE IF NOT EXISTS bulk_subjects (
-    id INTEGER PRIMARY KEY,
-    subject TEXT NOT NULL,
-    idx INTEGER NOT NULL
-) STRICT;
 """
 _DROPPABLE = (
     "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
@@ -260,20 +256,29 @@ _DROPPABLE = (
 )
 
 
-def _has_staging(path: Path) -> bool:
-    """Whether ``path`` holds an unfinished bulk load (its staging tables)."""
+def _has_table(path: Path, name: str) -> bool:
     if not path.exists():
         return False
     con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     try:
-        return (
-            con.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'bulk_indexes'"
-            ).fetchone()
-            is not None
-        )
+        found = con.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        ).fetchone()
+        return found is not None
     finally:
         con.close()
+
+
+def _has_staging(path: Path) -> bool:
+    """Whether ``path`` holds an unfinished bulk load (its staging table). Raises
+    ``RuntimeError`` for one left by the builder before key blocks, whose subjects wait in a
+    staging table this one no longer finishes."""
+    if _has_table(path, "bulk_subjects"):
+        raise RuntimeError(
+            f"{path} is an unfinished build by an older bench._biglog (its subjects are staged "
+            "in bulk_subjects): delete it and its .state and .build.json files, and build again"
+        )
+    return _has_table(path, "bulk_indexes")
 
 
 @contextlib.contextmanager
@@ -291,8 +296,8 @@ def _immediate(con: sqlite3.Connection) -> Iterator[None]:
 
 
 def _stage(con: sqlite3.Connection) -> None:
-    """Create the staging tables and drop the randomly-keyed secondary indexes (remembering
-    their SQL), in one transaction."""
+    """Create the staging table and drop the secondary indexes not kept (remembering their
+    SQL), in one transaction."""
     with _immediate(con):
         for statement in _STAGING.split(";"):
             if statement.strip():
@@ -318,7 +323,7 @@ def _bulk(con: sqlite3.Connection, tree: TiledTree, made: _Made, signer: NoteSig
     with _immediate(con):
         con.executemany(_INSERT_LEAF, rows)
         con.executemany(_INSERT_ROW, [(r[0], *r[3:14]) for r in rows])
-        con.executemany("INSERT INTO bulk_subjects (id, subject, idx) VALUES (?, ?, ?)", subjects)
+        con.executemany("INSERT INTO subjects (block, subject, idx) VALUES (?, ?, ?)", subjects)
         con.executemany("INSERT INTO tiles (level, idx, data) VALUES (?, ?, ?)", tiles)
         con.executemany("INSERT INTO time_blocks (block, min_us, max_us) VALUES (?, ?, ?)", blocks)
         con.executemany("INSERT INTO checkpoints (size, note) VALUES (?, ?)", notes)
@@ -331,23 +336,8 @@ def _bulk(con: sqlite3.Connection, tree: TiledTree, made: _Made, signer: NoteSig
 
 
 def _finish_staging(con: sqlite3.Connection, started: float | None) -> None:
-    """Copy the staged subjects into ``subjects`` range by range (each in subject order: an
-    append), rebuild the dropped indexes one by one, and drop the staging tables; the WAL is
-    truncated after each step. Each step is one transaction, so a stopped finish resumes."""
-    step = _BUCKETS // 20
-    for lo in range(0, _BUCKETS, step):
-        # Ranges already copied are gone from the staging table, so a resumed finish skips them.
-        with _immediate(con):
-            span = (lo << 40, (lo + step) << 40)
-            con.execute(
-                "INSERT INTO subjects (subject, idx) SELECT subject, idx FROM bulk_subjects"
-                " WHERE id >= ? AND id < ? ORDER BY subject, idx",
-                span,
-            )
-            con.execute("DELETE FROM bulk_subjects WHERE id >= ? AND id < ?", span)
-        con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-    if started is not None:
-        _progress("subjects copied", None, started)
+    """Rebuild the dropped indexes one by one and drop the staging table; the WAL is truncated
+    after each index. Each index is one transaction, so a stopped finish resumes."""
     for name, ddl in con.execute("SELECT name, sql FROM bulk_indexes ORDER BY name").fetchall():
         with _immediate(con):
             con.execute(ddl.replace("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1))
@@ -355,7 +345,6 @@ def _finish_staging(con: sqlite3.Connection, started: float | None) -> None:
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         if started is not None:
             _progress(f"index {name} built", None, started)
-    con.execute("DROP TABLE bulk_subjects")
     con.execute("DROP TABLE bulk_indexes")
     con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 

@@ -10,6 +10,17 @@ every index; the PostgreSQL indexes end in ``idx``), so keyset paging (``idx > a
   repeats the ``col <> ''`` term: SQLite cannot tell that a bound parameter is not empty, and
   without it the partial index is not usable (the bug measured in issue 18).
 - target, action, outcome, requesting member: their indexes; a subject: the subjects table.
+- officer, case and subject on SQLite: those keys arrive in random order, so their indexes are
+  keyed by the leaf's key block first (``(idx >> KEY_BLOCK_BITS, key)``, ``subjects``' primary
+  key ``(block, subject, idx)``): the catch-up's inserts then land in the newest block's pages,
+  which stay cached and few, instead of on a random page of an index as long as the log (the
+  append rate fell with the log's size, issue 18). A search names the blocks of its index range
+  (``block IN (first..last)``, a recursive CTE). Officer and case order by ``(block, idx)``,
+  which is ``idx`` order: SQLite seeks each block in turn, in the page's order, and stops when
+  the page is full; a subject's hits (an account or a number: few) are collected block by block
+  and read by primary key. An absent key costs one seek per block (``docs/benchmarks.md``). The
+  request id stays keyed by itself: UUIDv7 ids arrive in time order. PostgreSQL keeps its plain
+  indexes.
 - ``member`` (requesting OR target) and ``visible_to`` (the same): one branch per column, each a
   page read in index order, merged with ``UNION`` and cut to the page: an ``OR`` would make the
   database collect every hit of a large member and sort them.
@@ -41,6 +52,7 @@ from gateway.audit.store import IndexedRow, SearchQuery
 __all__ = [
     "BLOCK",
     "HIT_COLUMNS",
+    "KEY_BLOCK_BITS",
     "PG",
     "PROJECTION",
     "SQLITE",
@@ -54,6 +66,12 @@ __all__ = [
 
 BLOCK: Final = 256
 """Leaves per time block: the width of a full C2SP level-0 tile."""
+
+KEY_BLOCK_BITS: Final = 16
+"""Leaf indexes per key block (``idx >> KEY_BLOCK_BITS``) of the SQLite officer, case and
+subject indexes: 65,536. Measured (``docs/benchmarks.md``): smaller blocks cost a little less
+WAL per catch-up but more seeks per search (an absent key: one per block, ~2-4 us each; 3,052
+blocks at 200 M entries with this size)."""
 
 HIT_COLUMNS: Final = (
     "idx, leg, request_id, time_us, requesting_agency, officer_id, case_number, action,"
@@ -79,6 +97,11 @@ class Dialect:
     def text(self, statement: str) -> str:
         """A constant statement written with ``?`` placeholders, in this dialect."""
         return statement.replace("%", "%%").replace("?", "%s") if self.pg else statement
+
+    @property
+    def blocked(self) -> bool:
+        """Whether the officer, case and subject indexes are keyed by key block first (SQLite)."""
+        return not self.pg
 
     @property
     def scope(self) -> str:
@@ -131,6 +154,23 @@ _FIELDS: Final = (
     ("outcome", "outcome = ?"),
 )
 _MEMBER_COLUMNS: Final = ("requesting_agency = ?", "target_agency = ?")
+_KEY_BLOCK: Final = f"(idx >> {KEY_BLOCK_BITS})"
+# The key blocks from the newest the projection holds (when the range has no upper bound).
+_LAST_BLOCK: Final = f"(SELECT COALESCE(MAX(idx), 0) >> {KEY_BLOCK_BITS} FROM {PROJECTION})"  # noqa: S608
+
+
+def _key_blocks(first: int, before: int | None) -> tuple[str, tuple[Any, ...]]:
+    """``IN`` list text and parameters: the key blocks of the leaf indices ``[first, before)``
+    (``before=None``: up to the projection's newest), from the last down."""
+    top_params: tuple[Any, ...]
+    top, top_params = _LAST_BLOCK, ()
+    if before is not None:
+        top, top_params = "?", (max(before - 1, 0) >> KEY_BLOCK_BITS,)
+    return (
+        f"(WITH RECURSIVE b(n) AS (SELECT {top} UNION ALL SELECT n - 1 FROM b WHERE n > ?)"  # noqa: S608
+        " SELECT n FROM b)",
+        (*top_params, max(first, 0) >> KEY_BLOCK_BITS),
+    )
 
 
 def time_bounds(
@@ -294,6 +334,15 @@ def search_statement(
     if before is not None:
         where.append("idx < ?")
         params.append(before)
+    # SQLite's officer, case and subject indexes: one seek per key block of the range.
+    blocks_params: tuple[Any, ...]
+    blocks, blocks_params = "", ()
+    if dialect.blocked and not tail and (query.officer_id or query.case_number or query.subject):
+        blocks, blocks_params = _key_blocks(max(query.after_index + 1, lo), before)
+    by_block = bool(blocks) and bool(query.officer_id or query.case_number)
+    if by_block:
+        where.append(f"{_KEY_BLOCK} IN {blocks}")
+        params.extend(blocks_params)
     for name, fragment in _FIELDS:
         value = getattr(query, name)
         if value:
@@ -305,6 +354,9 @@ def search_statement(
     if query.subject and tail:
         where.append(dialect.has_subject)
         params.append(query.subject)
+    elif query.subject and blocks:
+        where.append(f"idx IN (SELECT idx FROM subjects WHERE block IN {blocks} AND subject = ?)")  # noqa: S608
+        params += [*blocks_params, query.subject]
     elif query.subject:
         where.append(f"idx IN (SELECT idx FROM subjects WHERE {dialect.scope}subject = ?)")  # noqa: S608
         params += [*scope, query.subject]
@@ -315,12 +367,15 @@ def search_statement(
         where.append("time_us < ?")
         params.append(query.until_us)
     order = "DESC" if query.newest_first else "ASC"
+    # ``(block, idx)`` is ``idx`` order, and the order of a blocked index: no sort, and the read
+    # stops when the page is full.
+    order_by = f"{_KEY_BLOCK} {order}, idx {order}" if by_block else f"idx {order}"
     ors = [m for m in (query.member, query.visible_to) if m]
     if not ors:
         conditions = " AND ".join([*(["origin = ?"] if dialect.pg else []), *where]) or "1 = 1"
         statement = (
             f"SELECT {selected} FROM {source} WHERE {conditions}"  # noqa: S608 - fixed fragments
-            f" ORDER BY idx {order} LIMIT ?"
+            f" ORDER BY {order_by} LIMIT ?"
         )
         return dialect.text(statement), (*scope, *params, query.limit)
     # One branch per (column of member) x (column of visible_to): each reads its page in index
@@ -341,7 +396,7 @@ def search_statement(
         terms = [*(["origin = ?"] if dialect.pg else []), *where, *columns]
         parts.append(
             f"SELECT idx FROM (SELECT idx FROM {source} WHERE {' AND '.join(terms)}"  # noqa: S608
-            f" ORDER BY idx {order} LIMIT ?) AS b{n}"
+            f" ORDER BY {order_by} LIMIT ?) AS b{n}"
         )
         all_params += [*scope, *params, *ors, query.limit]
     outer = dialect.scope + ("month >= ? AND " if month and tail else "")

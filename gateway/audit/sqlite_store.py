@@ -41,13 +41,14 @@ from gateway.audit.store import (
 __all__ = [
     "AUDIT_SCHEMA",
     "MIGRATION_3_KEPT_CHECKPOINTS",
+    "MIGRATION_4_KEY_BLOCKS",
     "SCHEMA_VERSION",
     "SqliteDatabase",
     "default_state_path",
     "open_sqlite_store",
 ]
 
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 
 # The newest signed and the newest cosigned checkpoint: one row each, replaced by every commit
 # (or cosigning) and only ever forward; the history tables keep what ``kept_checkpoint`` keeps.
@@ -97,11 +98,7 @@ CREATE TABLE IF NOT EXISTS leaves (
     request_leaf_index INTEGER NOT NULL,
     subjects TEXT NOT NULL DEFAULT '[]'
 ) STRICT;
-CREATE TABLE IF NOT EXISTS subjects (
-    subject TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    PRIMARY KEY (subject, idx)
-) STRICT, WITHOUT ROWID;
+{subjects}
 CREATE TABLE IF NOT EXISTS checkpoints (size INTEGER PRIMARY KEY, note TEXT NOT NULL) STRICT;
 CREATE TABLE IF NOT EXISTS cosigned (
     id INTEGER PRIMARY KEY,
@@ -146,15 +143,56 @@ CREATE TABLE IF NOT EXISTS search_rows (
     request_leaf_index INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX IF NOT EXISTS search_request_id ON search_rows (request_id) WHERE request_id <> '';
-CREATE INDEX IF NOT EXISTS search_officer ON search_rows (officer_id) WHERE officer_id <> '';
-CREATE INDEX IF NOT EXISTS search_case ON search_rows (case_number) WHERE case_number <> '';
-CREATE INDEX IF NOT EXISTS search_requesting ON search_rows (requesting_agency);
+{blocked_indexes}CREATE INDEX IF NOT EXISTS search_requesting ON search_rows (requesting_agency);
 CREATE INDEX IF NOT EXISTS search_target ON search_rows (target_agency);
 CREATE INDEX IF NOT EXISTS search_action ON search_rows (action);
 CREATE INDEX IF NOT EXISTS search_outcome ON search_rows (outcome);
 CREATE INDEX IF NOT EXISTS search_time ON search_rows (time_us);
 """
-_SCHEMA = _SCHEMA.format(projection=_PROJECTION)
+# The indexes whose keys arrive in random order, keyed by the leaf's key block first
+# (``_search.KEY_BLOCK_BITS``): the catch-up's inserts land in the newest block's pages.
+_KEY_BLOCK = f"idx >> {_search.KEY_BLOCK_BITS}"
+_BLOCKED_INDEXES = f"""
+CREATE INDEX IF NOT EXISTS search_officer ON search_rows ({_KEY_BLOCK}, officer_id)
+    WHERE officer_id <> '';
+CREATE INDEX IF NOT EXISTS search_case ON search_rows ({_KEY_BLOCK}, case_number)
+    WHERE case_number <> '';
+"""
+_SUBJECTS = f"""
+CREATE TABLE IF NOT EXISTS subjects (
+    block INTEGER NOT NULL,
+    subject TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    PRIMARY KEY (block, subject, idx),
+    CHECK (block = {_KEY_BLOCK})
+) STRICT, WITHOUT ROWID;
+"""
+_PROJECTION = _PROJECTION.format(blocked_indexes=_BLOCKED_INDEXES)
+_SCHEMA = _SCHEMA.format(projection=_PROJECTION, subjects=_SUBJECTS)
+
+_COPY_SUBJECTS = (
+    f"INSERT INTO subjects (block, subject, idx) SELECT {_KEY_BLOCK}, subject, idx"  # noqa: S608 - constant text
+    " FROM subjects_by_subject ORDER BY 1, 2, 3;"
+)
+MIGRATION_4_KEY_BLOCKS = "".join(
+    (
+        """
+DROP INDEX IF EXISTS search_officer;
+DROP INDEX IF EXISTS search_case;
+ALTER TABLE subjects RENAME TO subjects_by_subject;
+DROP INDEX IF EXISTS subjects_idx;
+DROP TRIGGER IF EXISTS subjects_no_update;
+DROP TRIGGER IF EXISTS subjects_no_delete;
+""",
+        _SUBJECTS,
+        _COPY_SUBJECTS,
+        "\nDROP TABLE subjects_by_subject;\n",
+    )
+)
+"""Schema step 3 -> 4, key blocks (issue 18): the officer and case indexes and the subjects
+table are keyed by the leaf's key block first; the subjects are copied in the new key order
+and the indexes rebuilt (the schema's ``CREATE`` statements, which follow the step, make the
+indexes and the append-only triggers again). Leaf rows are not touched."""
 
 _COPY_ALL = (
     f"INSERT INTO search_rows ({_rows.PROJECTED_COLUMNS})"  # noqa: S608 - constant columns
@@ -206,7 +244,11 @@ AUDIT_SCHEMA = Schema(
     store="audit log",
     version=int(SCHEMA_VERSION),
     create=_SCHEMA + _rollups.DDL_SQLITE + _TRIGGERS,
-    migrations={1: _STEP_SEARCH_PROJECTION, 2: MIGRATION_3_KEPT_CHECKPOINTS},
+    migrations={
+        1: _STEP_SEARCH_PROJECTION,
+        2: MIGRATION_3_KEPT_CHECKPOINTS,
+        3: MIGRATION_4_KEY_BLOCKS,
+    },
     legacy_table="leaves",
 )
 
@@ -220,7 +262,7 @@ _PROJECT_ROWS = (
     f" SELECT {_rows.PROJECTED_COLUMNS} FROM leaves WHERE idx >= ? AND idx < ? ORDER BY idx"
 )
 _PROJECT_SUBJECTS = (
-    "INSERT INTO subjects (subject, idx) SELECT j.value, l.idx"
+    f"INSERT INTO subjects (block, subject, idx) SELECT l.{_KEY_BLOCK}, j.value, l.idx"  # noqa: S608 - constant text
     " FROM leaves AS l, json_each(l.subjects) AS j"
     " WHERE l.idx >= ? AND l.idx < ? AND l.subjects <> '[]'"
 )

@@ -25,7 +25,7 @@ from gateway.audit.store import CommitBatch, NewLeaf
 _TABLES = {
     "leaves": "idx",
     "search_rows": "idx",
-    "subjects": "subject, idx",
+    "subjects": "block, subject, idx",
     "tiles": "level, idx",
     "time_blocks": "block",
     "checkpoints": "size",
@@ -139,7 +139,8 @@ class TestWriteLog:
         def schema(path: Path) -> set[tuple[str, str]]:
             con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
             try:
-                return set(con.execute("SELECT type, name FROM sqlite_master").fetchall())
+                statement = "SELECT type, name, tbl_name, sql FROM sqlite_master"
+                return set(con.execute(statement).fetchall())
             finally:
                 con.close()
 

@@ -261,6 +261,50 @@ class TestSqlitePlans:
         (edge,) = [p for p in seen if "leaves" in p]
         assert "INTEGER PRIMARY KEY (rowid>?)" in edge, edge
 
+    @pytest.mark.parametrize(
+        ("query", "seek"),
+        [
+            (SearchQuery(officer_id="officer-3"), "search_officer (<expr>=? AND officer_id=?"),
+            (SearchQuery(case_number="case-4", newest_first=True), "search_case (<expr>=?"),
+            (
+                SearchQuery(case_number="case-4", since_us=T0, until_us=T0 + 10**10),
+                "search_case (<expr>=? AND case_number=?",
+            ),
+            (
+                SearchQuery(officer_id="officer-1", visible_to="police.gd", newest_first=True),
+                "search_officer (<expr>=? AND officer_id=?",
+            ),
+            (SearchQuery(subject="acct:3"), "subjects USING PRIMARY KEY (block=? AND subject=?)"),
+            (
+                SearchQuery(subject="acct:3", newest_first=True, before_index=900),
+                "subjects USING PRIMARY KEY (block=? AND subject=?)",
+            ),
+        ],
+        ids=lambda v: str(v)[:60],
+    )
+    def test_the_random_keys_seek_by_key_block_without_a_sort(
+        self, sqlite_db: SqliteDatabase, query: SearchQuery, seek: str
+    ) -> None:
+        # Officer, case and subject indexes are keyed by key block first (issue 18): the
+        # search seeks each block of its range, in the page's order (no sort of every hit).
+        con = sqlite_db._con
+        lo, hi = 0, None
+        if query.since_us is not None or query.until_us is not None:
+            lo, hi = _search.time_bounds(
+                lambda s, p: con.execute(s, p).fetchall(),
+                _search.SQLITE,
+                (),
+                query.since_us,
+                query.until_us,
+            )
+        statement, params = _search.search_statement(query, _search.SQLITE, (), lo=lo, hi=hi)
+        plan = _sqlite_plan(con, statement, params)
+        for table in ("search_rows", "leaves", "subjects"):
+            assert f"SCAN {table}" not in plan, plan
+        assert seek in plan, plan
+        if not query.visible_to:
+            assert "TEMP B-TREE" not in plan, plan
+
     def test_a_plan_that_scans_is_caught(self, sqlite_db: SqliteDatabase) -> None:
         # The check itself: the old statement (no ``<> ''`` term) scanned the log.
         plan = _sqlite_plan(

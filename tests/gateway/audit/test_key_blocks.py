@@ -1,0 +1,230 @@
+"""SQLite's officer, case and subject indexes keyed by the leaf's key block first (schema step
+3 -> 4, issue 18): searches across key blocks find what a plain filter over the leaves finds,
+page by page in both orders; a log written by the version 3 schema migrates, its leaves
+untouched, and still verifies with the index check."""
+
+from __future__ import annotations
+
+import functools
+import json
+import random
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from bench._biglog import bench_signer, write_log
+from fedgate.auditverify import LogSource, VerifyOptions, verify_log
+from gateway.audit import _search
+from gateway.audit.sqlite_store import SCHEMA_VERSION, SqliteDatabase
+from gateway.audit.store import SearchQuery
+
+BLOCK = 1 << _search.KEY_BLOCK_BITS
+ENTRIES = BLOCK + 3_000  # two key blocks, the second partly filled
+
+# What the version 3 schema had: the subjects keyed by subject, the officer and case indexes by
+# their value (``sqlite_store`` before key blocks).
+_TO_VERSION_3 = """
+DROP INDEX search_officer;
+DROP INDEX search_case;
+CREATE INDEX search_officer ON search_rows (officer_id) WHERE officer_id <> '';
+CREATE INDEX search_case ON search_rows (case_number) WHERE case_number <> '';
+ALTER TABLE subjects RENAME TO subjects_v4;
+DROP INDEX subjects_idx;
+DROP TRIGGER subjects_no_update;
+DROP TRIGGER subjects_no_delete;
+CREATE TABLE subjects (
+    subject TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    PRIMARY KEY (subject, idx)
+) STRICT, WITHOUT ROWID;
+INSERT INTO subjects (subject, idx) SELECT subject, idx FROM subjects_v4;
+DROP TABLE subjects_v4;
+CREATE INDEX subjects_idx ON subjects (idx);
+CREATE TRIGGER subjects_no_update BEFORE UPDATE ON subjects BEGIN
+SELECT RAISE(ABORT, 'the audit log is append-only: UPDATE on subjects refused'); END;
+CREATE TRIGGER subjects_no_delete BEFORE DELETE ON subjects BEGIN
+SELECT RAISE(ABORT, 'the audit log is append-only: DELETE on subjects refused'); END;
+UPDATE fedgate_schema SET version = 3 WHERE store = 'audit log';
+"""
+
+
+def _read(path: Path, statement: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return con.execute(statement, params).fetchall()
+    finally:
+        con.close()
+
+
+def _verifies(path: Path) -> None:
+    opener: Callable[[], LogSource] = functools.partial(
+        SqliteDatabase, path, origin=None, writer=False
+    )
+    report = verify_log(
+        opener,
+        log_keys=[bench_signer().verifier()],
+        options=VerifyOptions(check_index=True, jobs=1, chunk=4_096),
+    )
+    assert report.ok, report.failure
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("key-blocks") / "audit.sqlite"
+    write_log(path, ENTRIES, batch=16_384, workers=2)
+    return path
+
+
+@pytest.fixture
+def db(built: Path) -> Iterator[SqliteDatabase]:
+    db = SqliteDatabase(built, origin=None, writer=False)
+    yield db
+    db.close()
+
+
+_Row = tuple[int, str, str, tuple[str, ...], int]
+
+
+@functools.cache
+def _rows(path: Path) -> tuple[_Row, ...]:
+    """Every leaf row's ``(idx, officer, case, subjects, time_us)``, read once per file."""
+    return tuple(
+        (int(i), str(o), str(c), tuple(json.loads(str(s))), int(str(t)))
+        for i, o, c, s, t in _read(
+            path, "SELECT idx, officer_id, case_number, subjects, time_us FROM leaves ORDER BY idx"
+        )
+    )
+
+
+def _expected(path: Path, q: SearchQuery) -> list[int]:
+    """The hits of ``q`` by a plain filter over every leaf row (no index, no key block)."""
+    hits = [
+        i
+        for i, officer, case, subjects, time_us in _rows(path)
+        if i > q.after_index
+        and (q.before_index is None or i < q.before_index)
+        and (not q.officer_id or officer == q.officer_id)
+        and (not q.case_number or case == q.case_number)
+        and (not q.subject or q.subject in subjects)
+        and (q.since_us is None or time_us >= q.since_us)
+    ]
+    if q.newest_first:
+        hits.reverse()
+    return hits[: q.limit]
+
+
+def _queries(path: Path) -> Iterator[SearchQuery]:
+    """Officer, case and subject searches (with and without a time window and a member)
+    whose hits lie on both sides of the key block boundary, and an absent key."""
+    rnd = random.Random(3)
+    sample = _read(
+        path,
+        "SELECT officer_id, case_number, subjects, time_us, requesting_agency FROM leaves"
+        " WHERE idx IN (?, ?, ?, ?) AND leg = 1",
+        (BLOCK - 2, BLOCK - 1, BLOCK, BLOCK + 1),
+    )
+    for officer, case, subjects, time_us, member in sample:
+        subject = json.loads(str(subjects))[0]
+        for kw in (
+            {"officer_id": officer},
+            {"case_number": case},
+            {"subject": subject},
+            {"officer_id": officer, "case_number": case},
+            {"case_number": case, "since_us": int(str(time_us)) - 10**9},
+            {"officer_id": officer, "visible_to": member},
+            {"officer_id": "absent"},
+        ):
+            for newest_first in (False, True):
+                for limit in (1, 7, 500):
+                    yield SearchQuery(**kw, newest_first=newest_first, limit=limit)  # type: ignore[arg-type]
+                yield SearchQuery(
+                    **kw,  # type: ignore[arg-type]
+                    newest_first=newest_first,
+                    after_index=BLOCK - rnd.randrange(1, 4_000),
+                    before_index=BLOCK + rnd.randrange(1, 2_000),
+                )
+
+
+class TestAcrossKeyBlocks:
+    def test_the_log_spans_two_key_blocks(self, built: Path) -> None:
+        blocks = _read(built, "SELECT DISTINCT block FROM subjects ORDER BY block")
+        assert blocks == [(0,), (1,)]
+
+    def test_same_hits_as_a_plain_filter(self, built: Path, db: SqliteDatabase) -> None:
+        checked = 0
+        for q in _queries(built):
+            assert [h.index for h in db.search(q)] == _expected(built, q), q
+            checked += 1
+        assert checked > 100
+
+    def test_pages_follow_each_other_across_the_boundary(
+        self, built: Path, db: SqliteDatabase
+    ) -> None:
+        (case,) = _read(built, "SELECT case_number FROM leaves WHERE idx = ?", (BLOCK,))[0]
+        for newest_first in (False, True):
+            want = _expected(built, SearchQuery(case_number=str(case), limit=10**6,
+                                                newest_first=newest_first))  # fmt: skip
+            got: list[int] = []
+            while True:
+                edge = {"before_index": got[-1]} if newest_first and got else {}
+                if not newest_first and got:
+                    edge = {"after_index": got[-1]}
+                page = db.search(
+                    SearchQuery(case_number=str(case), limit=5, newest_first=newest_first, **edge)  # type: ignore[arg-type]
+                )
+                if not page:
+                    break
+                got += [h.index for h in page]
+            assert got == want
+            assert min(want) < BLOCK <= max(want)
+
+
+class TestMigrationFromVersion3:
+    def test_a_version_3_log_migrates_and_verifies(self, built: Path, tmp_path: Path) -> None:
+        path = tmp_path / "v3.sqlite"
+        for suffix in ("", ".state"):
+            Path(f"{path}{suffix}").write_bytes(Path(f"{built}{suffix}").read_bytes())
+        leaves = _read(path, "SELECT idx, leaf, leaf_hash FROM leaves ORDER BY idx")
+        subjects = _read(path, "SELECT subject, idx FROM subjects ORDER BY subject, idx")
+        con = sqlite3.connect(path, isolation_level=None)
+        try:
+            con.executescript(_TO_VERSION_3)
+        finally:
+            con.close()
+        assert _read(path, "SELECT name FROM pragma_table_info('subjects')") == [
+            ("subject",),
+            ("idx",),
+        ]
+        with pytest.raises(Exception, match="older than this fedgate"):
+            SqliteDatabase(path, origin=None, writer=False).close()  # a reader never migrates
+
+        SqliteDatabase(path, origin=None, writer=True).close()  # the writer migrates
+
+        assert _read(path, "SELECT version FROM fedgate_schema WHERE store = 'audit log'") == [
+            (int(SCHEMA_VERSION),)
+        ]
+        fresh = tmp_path / "fresh.sqlite"
+        SqliteDatabase(fresh, origin="fresh", writer=True).close()
+        schema = "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
+        assert _read(path, schema) == _read(fresh, schema)
+        assert _read(path, "SELECT idx, leaf, leaf_hash FROM leaves ORDER BY idx") == leaves
+        assert _read(path, "SELECT subject, idx FROM subjects ORDER BY subject, idx") == subjects
+        assert _read(path, "SELECT COUNT(*) FROM subjects WHERE block <> idx >> ?", (
+            _search.KEY_BLOCK_BITS,
+        )) == [(0,)]  # fmt: skip
+        _verifies(path)
+        con = sqlite3.connect(path, isolation_level=None)
+        try:
+            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+                con.execute("DELETE FROM subjects WHERE idx = 0")
+        finally:
+            con.close()
+        db = SqliteDatabase(path, origin=None, writer=False)
+        try:
+            (officer,) = _read(path, "SELECT officer_id FROM leaves WHERE idx = ?", (BLOCK,))[0]
+            q = SearchQuery(officer_id=str(officer), newest_first=True, limit=50)
+            assert [h.index for h in db.search(q)] == _expected(path, q)
+        finally:
+            db.close()
