@@ -33,6 +33,12 @@ at every carrier, over accounts and numbers that exist in the seeded world.
 The gateway's quotas and its replay window are set through its environment
 (``FEDGATE_GATEWAY__…``): the default quotas would rightly refuse a sustained load from one
 officer.
+
+Diagnostics, off unless set: ``FEDGATE_SOAK_PROBE=FILE`` appends the processes' resident sets
+by mapping and the sizes of every SQLite WAL and WAL index to ``FILE`` (``bench._soak_probe``,
+which also summarises such a file); ``FEDGATE_SOAK_TRACEMALLOC=DIR`` traces the gateway's Python
+allocations into ``DIR`` (``bench/_soak_site/sitecustomize.py``; it slows the gateway, so a
+traced run's figures are not the soak's).
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ import grpc
 import grpc.aio
 
 from adapters.up import prepare_state, start, stop, wait_healthy
+from bench._soak_probe import PROBE_EVERY_S, Probe
 from fedgate.envelope import Domain, Signer, decode_response, sign_envelope
 from fedgate.federation import MemberKind
 from fedgate.registry import Registry
@@ -163,6 +170,7 @@ async def _soak(
     rate: float,
     seconds: float,
     pids: dict[str, int],
+    probe: Probe | None,
 ) -> tuple[int, int, dict[str, list[int]]]:
     errors = 0
     sent = 0
@@ -179,6 +187,7 @@ async def _soak(
 
     begin = time.perf_counter()
     next_sample = begin
+    next_probe = begin
     batch: list[bytes] = []
     total = int(rate * seconds)
     for i in range(total):
@@ -191,6 +200,9 @@ async def _soak(
                 samples[name].append(_rss_kib(pid))
             next_sample += SAMPLE_EVERY_S
             _say(f"{now - begin:5.0f} s: {sent} sent, {errors} errors")
+        if probe is not None and now >= next_probe:
+            probe.sample(sent)
+            next_probe += PROBE_EVERY_S
         delay = begin + i / rate - now
         if delay > 0:
             await asyncio.sleep(delay)
@@ -201,6 +213,8 @@ async def _soak(
     await asyncio.gather(*tasks)
     for name, pid in pids.items():
         samples[name].append(_rss_kib(pid))
+    if probe is not None:
+        probe.sample(sent)
     return sent, errors, samples
 
 
@@ -232,6 +246,11 @@ def run(quick: bool) -> dict[str, tuple[float, str]]:
     """The soak; ``quick`` shortens it to 60 s (a smoke run, not the figure)."""
     seconds = float(os.environ.get("FEDGATE_SOAK_SECONDS", "60" if quick else "600"))
     os.environ.update(_QUOTAS)
+    if os.environ.get("FEDGATE_SOAK_TRACEMALLOC"):  # see bench/_soak_site/sitecustomize.py
+        site = str(Path(__file__).with_name("_soak_site"))
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            p for p in (site, os.environ.get("PYTHONPATH")) if p
+        )
     with tempfile.TemporaryDirectory(prefix="fedgate-bench-soak-") as tmp:
         federation = prepare_state(Path(tmp) / "state", progress=_say, free_ports=True)
         world = federation.world
@@ -258,13 +277,19 @@ def run(quick: bool) -> dict[str, tuple[float, str]]:
                 for spec, child in zip(federation.processes, children, strict=True)
                 if spec.kind in (MemberKind.GATEWAY, MemberKind.BANK, MemberKind.CARRIER)
             }
-            return asyncio.run(_measure(federation.federation_dir, targets, seconds, pids))
+            probe_to = os.environ.get("FEDGATE_SOAK_PROBE")
+            probe = Probe(Path(probe_to), Path(tmp), pids) if probe_to else None
+            return asyncio.run(_measure(federation.federation_dir, targets, seconds, pids, probe))
         finally:
             stop(children)
 
 
 async def _measure(
-    fed: Path, targets: list[tuple[str, str, list[str]]], seconds: float, pids: dict[str, int]
+    fed: Path,
+    targets: list[tuple[str, str, list[str]]],
+    seconds: float,
+    pids: dict[str, int],
+    probe: Probe | None,
 ) -> dict[str, tuple[float, str]]:
     gateway = next(iter(pids))
     creds = MemberCredentials.load(fed, POLICE)
@@ -279,7 +304,7 @@ async def _measure(
         peak = await _peak(call, requests)
         rate = SHARE_OF_PEAK * peak
         _say(f"peak {peak:.0f} req/s; soaking at {rate:.0f} req/s for {seconds:.0f} s")
-        sent, errors, samples = await _soak(call, requests, rate, seconds, pids)
+        sent, errors, samples = await _soak(call, requests, rate, seconds, pids, probe)
     finally:
         await channel.close(None)
     warmup = int(max(WARMUP_SHARE * seconds, WARMUP_AT_LEAST_S) / SAMPLE_EVERY_S)

@@ -29,6 +29,7 @@ carries no database driver.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping
@@ -91,7 +92,7 @@ def open_sqlite(
         uri = f"{path.resolve().as_uri()}?mode=ro"
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # born owner-only, WAL too
+        _create_owner_only(path)
         uri = f"{path.resolve().as_uri()}?mode=rwc"
     seconds = busy_timeout.total_seconds()
     con = sqlite3.connect(
@@ -113,6 +114,19 @@ def open_sqlite(
         con.close()
         raise
     return con
+
+
+def _create_owner_only(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 (SQLite gives its ``-wal`` and ``-shm`` the same) if
+    it does not exist yet; an existing file MUST NOT be opened here.
+
+    Closing any descriptor of a file drops every POSIX lock this process holds on it, SQLite's
+    included: opening a second connection to a database this process already uses (the audit
+    log's body vault beside its writer) would leave the first without its locks, so another
+    process closing its own connection would take itself for the last one, checkpoint and
+    delete the WAL the writer still appends to (issue 13)."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def open_store(

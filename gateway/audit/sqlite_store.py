@@ -334,12 +334,36 @@ _REQUEST_LEGS_SINCE = (
 _CATCH_UP_CHUNK = 50_000
 """Leaves per catch-up transaction when a bulk writer brings the projection up to date."""
 _CHECKPOINT_EVERY_BYTES = 8 << 20
-"""Copy the WAL into the database (on a background thread) after about this much was written."""
+"""Wake the WAL checkpointer (on a background thread) after about this much leaf data was
+committed; it also wakes every ``_CHECKPOINT_EVERY_S`` on its own."""
+_CHECKPOINT_EVERY_S = 1.0
+"""The WAL checkpointer's period: while commits arrive, the WAL is copied about this often."""
+_WAL_RESTART_BYTES = 16 << 20
+"""Start the WAL over once it holds about this much (a RESTART checkpoint, see
+``_WalCheckpointer``): what bounds the WAL file and its index."""
+_RESTART_WAIT_MS = 50
+"""How long a RESTART checkpoint waits for the writer's transaction and for readers of an older
+snapshot, holding off new commits meanwhile; busy after that, it is tried again next period."""
+_WAL_LIMIT_BYTES = 2 * _WAL_RESTART_BYTES
+"""``journal_size_limit`` of the writer: when SQLite starts the WAL over, a longer file left by
+a burst is truncated to this."""
 
 
 class _WalCheckpointer:
     """Copies the WAL into the main database on its own thread and connection, so commits never
-    pay for it (the writer's automatic checkpoints are off). PASSIVE: never blocks the writer."""
+    pay for it (the writer's automatic checkpoints are off): every ``_CHECKPOINT_EVERY_S`` and
+    when the writer asks, a PASSIVE checkpoint, which never blocks the writer.
+
+    Copying is not enough. SQLite writes the WAL from its beginning again only when a commit
+    begins with every frame copied and no reader on a snapshot that uses the WAL; under a steady
+    load a reader nearly always is, so the WAL file and its index (the ``-shm`` file, mapped
+    into memory by every connection) grew without bound (issue 13: 450 MB of WAL in 75 s). So
+    once the WAL holds ``_WAL_RESTART_BYTES``, a RESTART checkpoint follows: it waits up to
+    ``_RESTART_WAIT_MS`` for the writer's transaction and for those readers, holding off new
+    commits while it copies the few frames the PASSIVE one left, and then the next commit
+    starts the WAL over. Checkpoints never drop a committed frame (SQLite copies and syncs the
+    database before it reuses the WAL), so durability is the WAL's, as before.
+    """
 
     def __init__(self, uri: str) -> None:
         self._uri = uri
@@ -355,13 +379,16 @@ class _WalCheckpointer:
         con = sqlite3.connect(self._uri, uri=True, isolation_level=None, timeout=10.0)
         try:
             con.execute(f"PRAGMA cache_size = {-_CHECKPOINTER_CACHE_KIB}")
+            con.execute(f"PRAGMA busy_timeout = {_RESTART_WAIT_MS}")
+            (page_size,) = con.execute("PRAGMA page_size").fetchone()
+            restart_frames = _WAL_RESTART_BYTES // int(page_size)
             while True:
-                self._wake.wait()
+                self._wake.wait(_CHECKPOINT_EVERY_S)
                 self._wake.clear()
                 if self._stop:
                     return
                 with contextlib.suppress(sqlite3.Error):
-                    con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    _checkpoint_wal_round(con, restart_frames)
         finally:
             con.close()
 
@@ -369,6 +396,18 @@ class _WalCheckpointer:
         self._stop = True
         self._wake.set()
         self._thread.join()
+
+
+def _checkpoint_wal_round(con: sqlite3.Connection, restart_frames: int) -> bool:
+    """One round of the WAL checkpointer on its connection ``con``: copy the WAL (PASSIVE),
+    then, once it holds ``restart_frames`` frames or more, RESTART (see ``_WalCheckpointer``).
+    Returns whether a RESTART completed, after which the next commit starts the WAL over.
+    Raises ``sqlite3.Error``."""
+    _busy, logged, _copied = con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    if logged < restart_frames:
+        return False
+    (busy, _logged, _copied) = con.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+    return not busy
 
 
 def default_state_path(path: Path) -> Path:
@@ -405,6 +444,7 @@ class SqliteDatabase(StoredNotes):
             prepare_sqlite(con, AUDIT_SCHEMA, where=self.path, writable=writer)
             if writer:
                 con.execute("PRAGMA wal_autocheckpoint = 0")
+                con.execute(f"PRAGMA journal_size_limit = {_WAL_LIMIT_BYTES}")
                 self._checkpointer = _WalCheckpointer(f"{self.path.resolve().as_uri()}?mode=rw")
             self._origin = self._check_origin(origin, create=writer)
             if writer:

@@ -6,6 +6,8 @@ import dataclasses
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -101,6 +103,40 @@ class TestOpenSqlite:
             con.close()
         finally:
             os.umask(old)
+
+    def test_a_second_connection_keeps_the_first_ones_locks(self, tmp_path: Path) -> None:
+        """Opening a database this process already has open must not drop its POSIX locks:
+        otherwise another process closing its connection takes itself for the last one,
+        checkpoints and deletes the WAL the first connection still writes (issue 13)."""
+        path = tmp_path / "store.sqlite"
+        writer = open_sqlite(path)
+        second = None
+        try:
+            writer.execute("PRAGMA wal_autocheckpoint = 0")  # the audit writer's setting
+            writer.execute("CREATE TABLE t (x TEXT NOT NULL)")
+            writer.execute("INSERT INTO t VALUES ('before')")
+            second = open_sqlite(path)  # e.g. the audit log's body vault beside its writer
+            other = (
+                "import sqlite3, sys\n"
+                "con = sqlite3.connect(sys.argv[1])\n"
+                "con.execute('SELECT count(*) FROM t').fetchone()\n"
+                "con.close()\n"
+            )
+            subprocess.run([sys.executable, "-c", other, str(path)], check=True)
+            assert path.with_name("store.sqlite-wal").exists()
+            writer.execute("INSERT INTO t VALUES ('after')")
+        finally:
+            if second is not None:
+                second.close()
+            writer.close()
+        con = open_sqlite(path, read_only=True)
+        try:
+            assert [r[0] for r in con.execute("SELECT x FROM t ORDER BY rowid")] == [
+                "before",
+                "after",
+            ]
+        finally:
+            con.close()
 
     def test_normal_sync_on_request(self, tmp_path: Path) -> None:
         con = open_sqlite(tmp_path / "a.sqlite", synchronous="NORMAL")
