@@ -46,7 +46,7 @@ import itertools
 import multiprocessing
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -113,7 +113,10 @@ class LogSource(Protocol):
 
     def leaves(self, start: int, stop: int) -> list[bytes]: ...
 
-    def leaf_rows(self, start: int, stop: int) -> list[tuple[int, bytes, bytes]]: ...
+    def leaf_rows(self, start: int, stop: int) -> Iterable[tuple[int, bytes, bytes]]:
+        """Entries ``[start, stop)``: (index, leaf, stored leaf hash), in order; streamed where
+        the store can (verification reads each once)."""
+        ...
 
     def leaf_hashes(self, start: int, stop: int) -> list[bytes]: ...
 
@@ -975,6 +978,14 @@ def _spans(start: int, stop: int, chunk: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in itertools.pairwise(bounds) if a < b]
 
 
+def _chunk_size(count: int, options: VerifyOptions) -> int:
+    """Entries per chunk for ``count`` entries: ``options.chunk``, or less so that each of the
+    ``options.jobs`` workers has a chunk (a short log is checked on every core too), in whole
+    tiles."""
+    share = -(-count // max(1, options.jobs))
+    return min(options.chunk, -(-share // TILE_WIDTH) * TILE_WIDTH)
+
+
 _LIVE_ROUNDS = 5
 """How many times ``verify_log`` follows a live shard's growth to reach a signed checkpoint."""
 
@@ -1067,7 +1078,7 @@ def verify_log(
         vkeys = [k.vkey() for k in log_keys]
         done = begin
         for _ in range(_LIVE_ROUNDS):
-            spans = _spans(done, total, options.chunk)
+            spans = _spans(done, total, _chunk_size(total - done, options))
             for result in _results(open_source, options, spans, vkeys):
                 failure = stream.extend(result.start, result.hashes, result)
                 if counts is not None:
