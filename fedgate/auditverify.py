@@ -612,6 +612,21 @@ def _check_in_worker(span: tuple[int, int]) -> _ChunkResult:
     return _worker.run(*span)
 
 
+def _start_method(open_source: Callable[[], LogSource]) -> multiprocessing.context.BaseContext:
+    """fork starts workers in milliseconds, but is only safe in a single-threaded process (the
+    CLI); elsewhere (a server, a test runner, a process that used gRPC) a clean forkserver.
+
+    A forkserver's worker imports what it unpickles: the verifier and the store's module, about
+    0.6 s of CPU each time. The forkserver, when this process first starts it, imports them
+    once (its own start costs about that), and each pool after it starts in ~30 ms."""
+    if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("fork")
+    server = multiprocessing.get_context("forkserver")
+    opener = getattr(open_source, "func", open_source)  # a functools.partial: what it calls
+    server.set_forkserver_preload([__name__, getattr(opener, "__module__", __name__)])
+    return server
+
+
 def _results(
     open_source: Callable[[], LogSource],
     options: VerifyOptions,
@@ -628,13 +643,9 @@ def _results(
         finally:
             checker.source.close()
         return
-    # fork starts workers instantly, but is only safe in a single-threaded process (the CLI);
-    # elsewhere (a server, a test runner with threads) use a clean forkserver.
-    single = threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if single else "forkserver")
     with concurrent.futures.ProcessPoolExecutor(
         max_workers=options.jobs,
-        mp_context=context,
+        mp_context=_start_method(open_source),
         initializer=_init_worker,
         initargs=(open_source, options.federation, options.check_index, tuple(log_vkeys)),
     ) as pool:

@@ -115,7 +115,11 @@ long_texts = st.text(min_size=100, max_size=300)
 long_entries = st.one_of(
     requests.flatmap(
         lambda r: st.builds(
-            replace, st.just(r), rule=long_texts, officer_id=long_texts, subjects=st.tuples(long_texts)
+            replace,
+            st.just(r),
+            rule=long_texts,
+            officer_id=long_texts,
+            subjects=st.tuples(long_texts),
         )
     ),
     responses.flatmap(lambda r: st.builds(replace, st.just(r), detail=long_texts)),
@@ -293,7 +297,6 @@ class TestEntryLink:
             assert isinstance(_fast_link(bad), str)
             assert _fast_link(bad) == _slow_link(bad)
 
-
     @given(long_entries, st.data())
     @settings(max_examples=200)
     def test_agrees_with_decode_entry_when_lengths_are_not_ascii(
@@ -332,7 +335,13 @@ class TestEntryLink:
         raw = encode_entry(REQUEST)
         field = struct.pack(">I", 64) + b"ab" * 32
         assert raw.count(field) == 1
-        for bad in (b"AB" * 32, b"ab" * 31 + b"g0", b"ab" * 31 + b"a", b"ab" * 32 + b"a", b"\xc3\xa9" * 32):
+        for bad in (
+            b"AB" * 32,
+            b"ab" * 31 + b"g0",
+            b"ab" * 31 + b"a",
+            b"ab" * 32 + b"a",
+            b"\xc3\xa9" * 32,
+        ):
             data = raw.replace(field, struct.pack(">I", len(bad)) + bad)
             assert isinstance(_slow_link(data), str)
             assert _fast_link(data) == _slow_link(data)
