@@ -30,16 +30,15 @@ Nothing read from the store is trusted. The checks, which stop at the first fail
   Refused requests and node faults are counted, not failed: a bad signature is a reason to
   refuse a request, and an agency answer the gateway rejected is logged as a node fault.
 
-Entry checks run in worker processes over chunks of the log (``jobs``; chunk bounds on
-multiples of 256, so each full tile lies in one chunk); this process folds what the workers
-return (the leaf hashes and the root of each full tile) into a compact range and recomputed
-tiles, a tile at a time, reading checkpoints chunk by chunk: memory stays constant however long
-the log.
+Entry checks run over chunks of the log (chunk bounds on multiples of 256, so each full tile
+lies in one chunk; a short log is split so that each of the ``jobs`` has one), in this process
+and ``jobs - 1`` worker processes; this process folds what the chunks give (the leaf hashes and
+the root of each full tile) into a compact range and recomputed tiles, a tile at a time, reading
+checkpoints chunk by chunk: memory stays constant however long the log.
 """
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import hashlib
 import itertools
@@ -633,31 +632,33 @@ def _results(
     spans: list[tuple[int, int]],
     log_vkeys: Sequence[str],
 ) -> Iterator[_ChunkResult]:
-    """Chunk results in order. At most ``2 * jobs`` chunks are in flight, so memory does not
-    grow with the log (``pool.map`` would queue every finished chunk's hashes)."""
-    if options.jobs <= 1 or len(spans) <= 1:
-        checker = _Checker(open_source, options.federation, options.check_index, log_vkeys)
-        try:
+    """Chunk results in order. This process checks every ``jobs``-th chunk itself (the first
+    among them, while the workers start) and ``jobs - 1`` worker processes the others: one
+    process fewer to start and to pass results from. At most ``2 * (jobs - 1)`` chunks are in
+    the workers' hands, so memory does not grow with the log (``pool.map`` would queue every
+    finished chunk's hashes)."""
+    checker = _Checker(open_source, options.federation, options.check_index, log_vkeys)
+    try:
+        if options.jobs <= 1 or len(spans) <= 1:
             for span in spans:
                 yield checker.run(*span)
-        finally:
-            checker.source.close()
-        return
-    with concurrent.futures.ProcessPoolExecutor(
-        max_workers=options.jobs,
-        mp_context=_start_method(open_source),
-        initializer=_init_worker,
-        initargs=(open_source, options.federation, options.check_index, tuple(log_vkeys)),
-    ) as pool:
-        pending: collections.deque[concurrent.futures.Future[_ChunkResult]] = collections.deque()
-        todo = iter(spans)
-        for span in itertools.islice(todo, 2 * options.jobs):
-            pending.append(pool.submit(_check_in_worker, span))
-        while pending:
-            result = pending.popleft().result()
-            for span in itertools.islice(todo, 1):
-                pending.append(pool.submit(_check_in_worker, span))
-            yield result
+            return
+        workers = options.jobs - 1
+        with concurrent.futures.ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=_start_method(open_source),
+            initializer=_init_worker,
+            initargs=(open_source, options.federation, options.check_index, tuple(log_vkeys)),
+        ) as pool:
+            theirs = (k for k in range(len(spans)) if k % options.jobs)
+            sent: dict[int, concurrent.futures.Future[_ChunkResult]] = {}
+            for i, span in enumerate(spans):
+                while len(sent) < 2 * workers and (k := next(theirs, None)) is not None:
+                    sent[k] = pool.submit(_check_in_worker, spans[k])
+                future = sent.pop(i, None)
+                yield checker.run(*span) if future is None else future.result()
+    finally:
+        checker.source.close()
 
 
 # -- the whole log ---------------------------------------------------------------------------
