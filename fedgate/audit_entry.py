@@ -559,8 +559,13 @@ def decode_entry(data: bytes) -> AuditEntry:
 
 
 _UNPACK_U32 = _U32.unpack_from
-_UNPACK_I64 = _I64.unpack_from
-_UNPACK_U64 = _U64.unpack_from
+_FINGERPRINT_SIZE = 64
+_UNPACK_FINGERPRINT_TIME = struct.Struct(">I64sIqI").unpack_from
+"""Fingerprint length and bytes, time length and value, the next field's length."""
+_UNPACK_TIME = struct.Struct(">IIqI").unpack_from
+"""An empty fingerprint's length, then as above."""
+_UNPACK_INDEX = struct.Struct(">IQI").unpack_from
+_UNPACK_TIME_AFTER = struct.Struct(">IqI").unpack_from
 _REQUEST_HEAD = _HEADS[_REQUEST]
 _RESPONSE_HEAD = _HEADS[_RESPONSE]
 _DECISION_BYTES = frozenset(d.encode() for d in DECISIONS)
@@ -580,16 +585,19 @@ def _request_link(d: bytes) -> tuple[int, str, int]:
     (n,) = u(d, o)
     peer = d[o + 4 : o + 4 + n]
     o += 4 + n
+    # The fingerprint (empty or 64 bytes), the time and the decision's length in one call.
     (m,) = u(d, o)
-    fingerprint = d[o + 4 : o + 4 + m]
-    o += 4 + m
-    (n,) = u(d, o)
-    if n != 8:
+    if m == _FINGERPRINT_SIZE:
+        _, fingerprint, eight, us, n = _UNPACK_FINGERPRINT_TIME(d, o)
+    elif m == 0:
+        _, eight, us, n = _UNPACK_TIME(d, o)
+        fingerprint = b""
+    else:
+        raise ValueError("peer_cert_sha256")
+    if eight != 8:
         raise ValueError("received_at")
-    (us,) = _UNPACK_I64(d, o + 4)
-    o += 12
-    (n,) = u(d, o)
-    text = o + 4  # the run of text fields starts at the decision
+    o += 20 + m
+    text = o  # the run of text fields starts at the decision
     decision = d[text : text + n]
     o = text + n
     (n,) = u(d, o)  # rule
@@ -609,7 +617,7 @@ def _request_link(d: bytes) -> tuple[int, str, int]:
         end != len(d)
         or decision not in _DECISION_BYTES
         or not _MIN_US <= us <= _MAX_US
-        or (m and (m != 64 or fingerprint.translate(None, _HEX_DIGITS)))
+        or fingerprint.translate(None, _HEX_DIGITS)
     ):
         raise ValueError("not a plain request leg")
     if n >= 8 and u(d, o + 4)[0] == 1 and u(d, o + 8)[0] == n - 8:
@@ -635,22 +643,17 @@ def _response_link(d: bytes) -> tuple[int, str, int]:
     o = _HEADER_SIZE + 4
     request_id = d[o : o + n]
     o += n
-    (n,) = u(d, o)
-    if n != 8:
+    # Each 8-byte field with its length and the next field's length, in one call.
+    eight, leaf_index, n = _UNPACK_INDEX(d, o)
+    if eight != 8:
         raise ValueError("request_leaf_index")
-    (leaf_index,) = _UNPACK_U64(d, o + 4)
-    o += 12
-    (n,) = u(d, o)
-    responder = d[o + 4 : o + 4 + n]
-    o += 4 + n
-    (n,) = u(d, o)
-    if n != 8:
+    responder = d[o + 16 : o + 16 + n]
+    o += 16 + n
+    eight, us, n = _UNPACK_TIME_AFTER(d, o)
+    if eight != 8:
         raise ValueError("received_at")
-    (us,) = _UNPACK_I64(d, o + 4)
-    o += 12
-    (n,) = u(d, o)
-    status = d[o + 4 : o + 4 + n]
-    o += 4 + n
+    status = d[o + 16 : o + 16 + n]
+    o += 16 + n
     (hash_size,) = u(d, o)
     o += 4 + hash_size
     (signature_size,) = u(d, o)
