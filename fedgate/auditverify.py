@@ -616,7 +616,7 @@ def _start_method(open_source: Callable[[], LogSource]) -> multiprocessing.conte
     CLI); elsewhere (a server, a test runner, a process that used gRPC) a clean forkserver.
 
     A forkserver's worker imports what it unpickles: the verifier and the store's module, about
-    0.6 s of CPU each time. The forkserver, when this process first starts it, imports them
+    0.6 s each time. The forkserver, when this process first starts it, imports them
     once (its own start costs about that), and each pool after it starts in ~30 ms."""
     if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("fork")
@@ -992,8 +992,8 @@ def _spans(start: int, stop: int, chunk: int) -> list[tuple[int, int]]:
 
 def _chunk_size(count: int, options: VerifyOptions) -> int:
     """Entries per chunk for ``count`` entries: ``options.chunk``, or less so that each of the
-    ``options.jobs`` workers has a chunk (a short log is checked on every core too), in whole
-    tiles."""
+    ``options.jobs`` (this process and the workers) has a chunk: a short log is checked on
+    every core too. In whole tiles."""
     share = -(-count // max(1, options.jobs))
     return min(options.chunk, -(-share // TILE_WIDTH) * TILE_WIDTH)
 
