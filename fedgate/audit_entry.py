@@ -559,103 +559,126 @@ def decode_entry(data: bytes) -> AuditEntry:
 
 
 _UNPACK_U32 = _U32.unpack_from
+_FINGERPRINT_SIZE = 64
+_UNPACK_FINGERPRINT_TIME = struct.Struct(">I64sIqI").unpack_from
+"""Fingerprint length and bytes, time length and value, the next field's length."""
+_UNPACK_TIME = struct.Struct(">IIqI").unpack_from
+"""An empty fingerprint's length, then as above."""
+_UNPACK_INDEX = struct.Struct(">IQI").unpack_from
+_UNPACK_TIME_AFTER = struct.Struct(">IqI").unpack_from
 _REQUEST_HEAD = _HEADS[_REQUEST]
 _RESPONSE_HEAD = _HEADS[_RESPONSE]
 _DECISION_BYTES = frozenset(d.encode() for d in DECISIONS)
 _STATUS_BYTES = frozenset(s.encode() for s in RESPONSE_STATUSES)
-_FINGERPRINT_BYTES = re.compile(rb"[0-9a-f]{64}")
+_HEX_DIGITS = b"0123456789abcdef"
+_NOT_ASCII = 0x80808080
+"""The high bit of each byte of a u32: a length prefix without it is four ASCII bytes."""
 
 
 def _request_link(d: bytes) -> tuple[int, str, int]:
-    """``entry_link`` of a well-formed request leg, unrolled (no field list, one UTF-8 check
-    for the text fields). Raises on anything unusual (the caller then runs ``_parse``)."""
+    """``entry_link`` of a well-formed request leg, unrolled: it slices only the fields whose
+    values it checks and validates the text from the decision to the last subject as one UTF-8
+    run. Raises on anything unusual (the caller then runs ``_parse``)."""
     u = _UNPACK_U32
-    o = _HEADER_SIZE
-    (n,) = u(d, o)  # envelope: any bytes
-    o += 4 + n
+    (n,) = u(d, _HEADER_SIZE)  # envelope: any bytes
+    o = _HEADER_SIZE + 4 + n
     (n,) = u(d, o)
     peer = d[o + 4 : o + 4 + n]
     o += 4 + n
-    (n,) = u(d, o)
-    fingerprint = d[o + 4 : o + 4 + n]
+    # The fingerprint (empty or 64 bytes), the time and the decision's length in one call.
+    (m,) = u(d, o)
+    if m == _FINGERPRINT_SIZE:
+        _, fingerprint, eight, us, n = _UNPACK_FINGERPRINT_TIME(d, o)
+    elif m == 0:
+        _, eight, us, n = _UNPACK_TIME(d, o)
+        fingerprint = b""
+    else:
+        raise ValueError("peer_cert_sha256")
+    if eight != 8:
+        raise ValueError("received_at")
+    o += 20 + m
+    text = o  # the run of text fields starts at the decision
+    decision = d[text : text + n]
+    o = text + n
+    (n,) = u(d, o)  # rule
+    prefixes = n
     o += 4 + n
     (n,) = u(d, o)
-    received = d[o + 4 : o + 4 + n]
-    o += 4 + n
-    (n,) = u(d, o)
-    decision = d[o + 4 : o + 4 + n]
-    o += 4 + n
-    (n,) = u(d, o)
-    rule = d[o + 4 : o + 4 + n]
-    o += 4 + n
-    (n,) = u(d, o)
+    prefixes |= n
     request_id = d[o + 4 : o + 4 + n]
     o += 4 + n
-    texts = [peer, rule]
     for _ in range(5):  # requesting agency, officer, case, action, target
         (n,) = u(d, o)
-        texts.append(d[o + 4 : o + 4 + n])
+        prefixes |= n
         o += 4 + n
-    (n,) = u(d, o)
-    subjects = d[o + 4 : o + 4 + n]
-    o += 4 + n
-    if o != len(d) or decision not in _DECISION_BYTES:
+    (n,) = u(d, o)  # subjects
+    end = o + 4 + n
+    if (
+        end != len(d)
+        or decision not in _DECISION_BYTES
+        or not _MIN_US <= us <= _MAX_US
+        or fingerprint.translate(None, _HEX_DIGITS)
+    ):
         raise ValueError("not a plain request leg")
-    if fingerprint and _FINGERPRINT_BYTES.fullmatch(fingerprint) is None:
-        raise ValueError("fingerprint")
-    # ASCII separators: the joined text decodes iff every field does on its own.
-    b"\x00".join(texts).decode()
-    _micros(received)
-    _string_list(subjects, "subjects")
+    if n >= 8 and u(d, o + 4)[0] == 1 and u(d, o + 8)[0] == n - 8:
+        prefixes |= n | (n - 8)  # one subject (the common case): it joins the run
+        stop = end
+    else:
+        _string_list(d[o + 4 : end], "subjects")
+        stop = o
+    if prefixes & _NOT_ASCII:
+        raise ValueError("a length prefix inside the text run is not ASCII")
+    # Only ASCII bytes (length prefixes, a known decision) lie between the text fields of
+    # the run, and no UTF-8 sequence spans an ASCII byte: the run decodes iff each field does.
+    d[text:stop].decode()
+    peer.decode()
     return _REQUEST, request_id.decode(), -1
 
 
 def _response_link(d: bytes) -> tuple[int, str, int]:
-    """``entry_link`` of a well-formed response leg, unrolled; raises on anything unusual."""
+    """``entry_link`` of a well-formed response leg, unrolled (the key id and detail checked as
+    one UTF-8 run); raises on anything unusual."""
     u = _UNPACK_U32
-    o = _HEADER_SIZE
-    (n,) = u(d, o)
-    request_id = d[o + 4 : o + 4 + n]
+    (n,) = u(d, _HEADER_SIZE)
+    o = _HEADER_SIZE + 4
+    request_id = d[o : o + n]
+    o += n
+    # Each 8-byte field with its length and the next field's length, in one call.
+    eight, leaf_index, n = _UNPACK_INDEX(d, o)
+    if eight != 8:
+        raise ValueError("request_leaf_index")
+    responder = d[o + 16 : o + 16 + n]
+    o += 16 + n
+    eight, us, n = _UNPACK_TIME_AFTER(d, o)
+    if eight != 8:
+        raise ValueError("received_at")
+    status = d[o + 16 : o + 16 + n]
+    o += 16 + n
+    (hash_size,) = u(d, o)
+    o += 4 + hash_size
+    (signature_size,) = u(d, o)
+    o += 4 + signature_size
+    (n,) = u(d, o)  # key id: the text run starts here
+    text = o + 4
+    o = text + n
+    (n,) = u(d, o)  # detail
+    prefix = n
     o += 4 + n
-    (n,) = u(d, o)
-    index = d[o + 4 : o + 4 + n]
-    o += 4 + n
-    (n,) = u(d, o)
-    responder = d[o + 4 : o + 4 + n]
-    o += 4 + n
-    (n,) = u(d, o)
-    received = d[o + 4 : o + 4 + n]
-    o += 4 + n
-    (n,) = u(d, o)
-    status = d[o + 4 : o + 4 + n]
-    o += 4 + n
-    (n,) = u(d, o)
-    hash_size = n
-    o += 4 + n
-    (n,) = u(d, o)
-    signature_size = n
-    o += 4 + n
-    (n,) = u(d, o)
-    key_id = d[o + 4 : o + 4 + n]
-    o += 4 + n
-    (n,) = u(d, o)
-    answer = d[o + 4 : o + 4 + n]
-    o += 4 + n
+    stop = o
     (n,) = u(d, o)  # the response envelope: any bytes
     o += 4 + n
     if (
         o != len(d)
-        or len(index) != 8
         or status not in _STATUS_BYTES
         or hash_size not in (0, _SHA256_SIZE)
         or signature_size not in (0, _SIGNATURE_SIZE)
+        or leaf_index > _MAX_INDEX
+        or not _MIN_US <= us <= _MAX_US
+        or prefix & _NOT_ASCII
     ):
         raise ValueError("not a plain response leg")
-    (leaf_index,) = _U64.unpack(index)
-    if leaf_index > _MAX_INDEX:
-        raise ValueError("request_leaf_index")
-    b"\x00".join((responder, key_id, answer)).decode()
-    _micros(received)
+    d[text:stop].decode()
+    responder.decode()
     return _RESPONSE, request_id.decode(), leaf_index
 
 

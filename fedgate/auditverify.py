@@ -30,23 +30,22 @@ Nothing read from the store is trusted. The checks, which stop at the first fail
   Refused requests and node faults are counted, not failed: a bad signature is a reason to
   refuse a request, and an agency answer the gateway rejected is logged as a node fault.
 
-Entry checks run in worker processes over chunks of the log (``jobs``; chunk bounds on
-multiples of 256, so each full tile lies in one chunk); this process folds what the workers
-return (the leaf hashes and the root of each full tile) into a compact range and recomputed
-tiles, a tile at a time, reading checkpoints chunk by chunk: memory stays constant however long
-the log.
+Entry checks run over chunks of the log (chunk bounds on multiples of 256, so each full tile
+lies in one chunk; a short log is split so that each of the ``jobs`` has one), in this process
+and ``jobs - 1`` worker processes; this process folds what the chunks give (the leaf hashes and
+the root of each full tile) into a compact range and recomputed tiles, a tile at a time, reading
+checkpoints chunk by chunk: memory stays constant however long the log.
 """
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import hashlib
 import itertools
 import multiprocessing
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -113,7 +112,10 @@ class LogSource(Protocol):
 
     def leaves(self, start: int, stop: int) -> list[bytes]: ...
 
-    def leaf_rows(self, start: int, stop: int) -> list[tuple[int, bytes, bytes]]: ...
+    def leaf_rows(self, start: int, stop: int) -> Iterable[tuple[int, bytes, bytes]]:
+        """Entries ``[start, stop)``: (index, leaf, stored leaf hash), in order; streamed where
+        the store can (verification reads each once)."""
+        ...
 
     def leaf_hashes(self, start: int, stop: int) -> list[bytes]: ...
 
@@ -609,41 +611,54 @@ def _check_in_worker(span: tuple[int, int]) -> _ChunkResult:
     return _worker.run(*span)
 
 
+def _start_method(open_source: Callable[[], LogSource]) -> multiprocessing.context.BaseContext:
+    """fork starts workers in milliseconds, but is only safe in a single-threaded process (the
+    CLI); elsewhere (a server, a test runner, a process that used gRPC) a clean forkserver.
+
+    A forkserver's worker imports what it unpickles: the verifier and the store's module, about
+    0.6 s each time. The forkserver, when this process first starts it, imports them
+    once (its own start costs about that), and each pool after it starts in ~30 ms."""
+    if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("fork")
+    server = multiprocessing.get_context("forkserver")
+    opener = getattr(open_source, "func", open_source)  # a functools.partial: what it calls
+    server.set_forkserver_preload([__name__, getattr(opener, "__module__", __name__)])
+    return server
+
+
 def _results(
     open_source: Callable[[], LogSource],
     options: VerifyOptions,
     spans: list[tuple[int, int]],
     log_vkeys: Sequence[str],
 ) -> Iterator[_ChunkResult]:
-    """Chunk results in order. At most ``2 * jobs`` chunks are in flight, so memory does not
-    grow with the log (``pool.map`` would queue every finished chunk's hashes)."""
-    if options.jobs <= 1 or len(spans) <= 1:
-        checker = _Checker(open_source, options.federation, options.check_index, log_vkeys)
-        try:
+    """Chunk results in order. This process checks every ``jobs``-th chunk itself (the first
+    among them, while the workers start) and ``jobs - 1`` worker processes the others: one
+    process fewer to start and to pass results from. At most ``2 * (jobs - 1)`` chunks are in
+    the workers' hands, so memory does not grow with the log (``pool.map`` would queue every
+    finished chunk's hashes)."""
+    checker = _Checker(open_source, options.federation, options.check_index, log_vkeys)
+    try:
+        if options.jobs <= 1 or len(spans) <= 1:
             for span in spans:
                 yield checker.run(*span)
-        finally:
-            checker.source.close()
-        return
-    # fork starts workers instantly, but is only safe in a single-threaded process (the CLI);
-    # elsewhere (a server, a test runner with threads) use a clean forkserver.
-    single = threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if single else "forkserver")
-    with concurrent.futures.ProcessPoolExecutor(
-        max_workers=options.jobs,
-        mp_context=context,
-        initializer=_init_worker,
-        initargs=(open_source, options.federation, options.check_index, tuple(log_vkeys)),
-    ) as pool:
-        pending: collections.deque[concurrent.futures.Future[_ChunkResult]] = collections.deque()
-        todo = iter(spans)
-        for span in itertools.islice(todo, 2 * options.jobs):
-            pending.append(pool.submit(_check_in_worker, span))
-        while pending:
-            result = pending.popleft().result()
-            for span in itertools.islice(todo, 1):
-                pending.append(pool.submit(_check_in_worker, span))
-            yield result
+            return
+        workers = options.jobs - 1
+        with concurrent.futures.ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=_start_method(open_source),
+            initializer=_init_worker,
+            initargs=(open_source, options.federation, options.check_index, tuple(log_vkeys)),
+        ) as pool:
+            theirs = (k for k in range(len(spans)) if k % options.jobs)
+            sent: dict[int, concurrent.futures.Future[_ChunkResult]] = {}
+            for i, span in enumerate(spans):
+                while len(sent) < 2 * workers and (k := next(theirs, None)) is not None:
+                    sent[k] = pool.submit(_check_in_worker, spans[k])
+                future = sent.pop(i, None)
+                yield checker.run(*span) if future is None else future.result()
+    finally:
+        checker.source.close()
 
 
 # -- the whole log ---------------------------------------------------------------------------
@@ -975,6 +990,14 @@ def _spans(start: int, stop: int, chunk: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in itertools.pairwise(bounds) if a < b]
 
 
+def _chunk_size(count: int, options: VerifyOptions) -> int:
+    """Entries per chunk for ``count`` entries: ``options.chunk``, or less so that each of the
+    ``options.jobs`` (this process and the workers) has a chunk: a short log is checked on
+    every core too. In whole tiles."""
+    share = -(-count // max(1, options.jobs))
+    return min(options.chunk, -(-share // TILE_WIDTH) * TILE_WIDTH)
+
+
 _LIVE_ROUNDS = 5
 """How many times ``verify_log`` follows a live shard's growth to reach a signed checkpoint."""
 
@@ -1067,7 +1090,7 @@ def verify_log(
         vkeys = [k.vkey() for k in log_keys]
         done = begin
         for _ in range(_LIVE_ROUNDS):
-            spans = _spans(done, total, options.chunk)
+            spans = _spans(done, total, _chunk_size(total - done, options))
             for result in _results(open_source, options, spans, vkeys):
                 failure = stream.extend(result.start, result.hashes, result)
                 if counts is not None:

@@ -29,7 +29,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -202,7 +202,7 @@ class LogDatabase(Protocol):
 
     def tiles(self, level: int, start: int, stop: int) -> list[tuple[int, bytes]]: ...
 
-    def leaf_rows(self, start: int, stop: int) -> list[tuple[int, bytes, bytes]]: ...
+    def leaf_rows(self, start: int, stop: int) -> Iterable[tuple[int, bytes, bytes]]: ...
 
     def rows(self, start: int, stop: int) -> list[StoredRow]: ...
 

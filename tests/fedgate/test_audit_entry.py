@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -110,6 +111,19 @@ events = st.builds(
     detail=st.lists(st.tuples(texts, texts), max_size=4).map(tuple),
 )
 entries = st.one_of(requests, responses, events)
+long_texts = st.text(min_size=100, max_size=300)
+long_entries = st.one_of(
+    requests.flatmap(
+        lambda r: st.builds(
+            replace,
+            st.just(r),
+            rule=long_texts,
+            officer_id=long_texts,
+            subjects=st.tuples(long_texts),
+        )
+    ),
+    responses.flatmap(lambda r: st.builds(replace, st.just(r), detail=long_texts)),
+)
 
 
 class TestEncoding:
@@ -282,6 +296,55 @@ class TestEntryLink:
         ):
             assert isinstance(_fast_link(bad), str)
             assert _fast_link(bad) == _slow_link(bad)
+
+    @given(long_entries, st.data())
+    @settings(max_examples=200)
+    def test_agrees_with_decode_entry_when_lengths_are_not_ascii(
+        self, entry: AuditEntry, data: st.DataObject
+    ) -> None:
+        """Fields of 128 bytes or more have a length prefix with a byte over 0x7f, inside the
+        text run the fast path decodes at once: it must leave those to ``_parse``."""
+        raw = bytearray(encode_entry(entry))
+        assert _fast_link(bytes(raw)) == _slow_link(bytes(raw))
+        at = data.draw(st.integers(0, len(raw) - 1))
+        raw[at] = data.draw(st.sampled_from([0x80, 0xA9, 0xBF, 0xC3, 0xE2]))
+        assert _fast_link(bytes(raw)) == _slow_link(bytes(raw))
+
+    @pytest.mark.parametrize("length", [0xC3, 0xE2, 0x80C3, 0xC300])
+    def test_a_length_prefix_never_completes_a_character_of_the_next_field(
+        self, length: int
+    ) -> None:
+        """A prefix ending in a UTF-8 lead byte (0xc3: 195 bytes) followed by a field that
+        starts with a continuation byte decodes as one character when the two are read
+        together; the field alone is not UTF-8 and the entry must be refused."""
+        text = "x" * length
+        for entry, field in (
+            (replace(REQUEST, rule=text), "rule"),
+            (replace(REQUEST, officer_id=text), "officer_id"),
+            (replace(REQUEST, subjects=(text,)), "subject"),
+            (replace(RESPONSE, detail=text), "detail"),
+        ):
+            raw = encode_entry(entry)
+            at = raw.index(text.encode())
+            for byte in (0x80, 0xA9, 0xBF):
+                bad = raw[:at] + bytes([byte]) + raw[at + 1 :]
+                assert isinstance(_slow_link(bad), str), field
+                assert _fast_link(bad) == _slow_link(bad), field
+
+    def test_a_fingerprint_must_be_lowercase_hex_on_the_fast_path(self) -> None:
+        raw = encode_entry(REQUEST)
+        field = struct.pack(">I", 64) + b"ab" * 32
+        assert raw.count(field) == 1
+        for bad in (
+            b"AB" * 32,
+            b"ab" * 31 + b"g0",
+            b"ab" * 31 + b"a",
+            b"ab" * 32 + b"a",
+            b"\xc3\xa9" * 32,
+        ):
+            data = raw.replace(field, struct.pack(">I", len(bad)) + bad)
+            assert isinstance(_slow_link(data), str)
+            assert _fast_link(data) == _slow_link(data)
 
 
 class TestSearchColumns:

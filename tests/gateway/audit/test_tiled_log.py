@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import threading
 from typing import TYPE_CHECKING
 
 import pytest
 
-from fedgate.auditverify import VerifyOptions, VerifyReport, verify_log
+from fedgate.auditverify import VerifyOptions, VerifyReport, _chunk_size, _spans, verify_log
 from fedgate.checkpoint import parse_checkpoint
 from fedgate.errors import LogInconsistent, VerificationError
 from fedgate.evidence import log_verifiers
@@ -200,6 +201,44 @@ class TestVerifyChunks:
         for start in (1, 255, 256, 257, 600):
             report = self._verify(sqlite_logs, 256, start=start)
             assert report.ok, (start, report.failure)
+
+    def test_a_short_log_is_split_over_every_worker(self) -> None:
+        def spans(count: int, jobs: int, chunk: int = 20_000) -> list[tuple[int, int]]:
+            options = VerifyOptions(jobs=jobs, chunk=chunk)
+            return _spans(0, count, _chunk_size(count, options))
+
+        assert spans(10_000, 2) == [(0, 5120), (5120, 10_000)]
+        assert spans(10_000, 1) == [(0, 10_000)]
+        assert spans(700, 2) == [(0, 512), (512, 700)]
+        assert spans(100, 2) == [(0, 100)]
+        assert spans(200_000, 2) == _spans(0, 200_000, 20_000)  # long logs: the chunk asked for
+
+    @pytest.mark.parametrize("threaded", [False, True], ids=["fork", "forkserver"])
+    async def test_an_entry_altered_in_the_second_workers_chunk_is_found(
+        self, sqlite_logs: LogFactory, threaded: bool
+    ) -> None:
+        """700 entries and 2 workers: entries 512.. are the second worker's, started by fork,
+        or (another thread alive, as in a server) by the forkserver."""
+        await _fill(sqlite_logs)
+        assert self._verify(sqlite_logs, 20_000, jobs=2).ok
+        attacker = Attacker(sqlite_logs)
+        try:
+            leaf = flip(bytes(attacker.run("SELECT leaf FROM leaves WHERE idx = 650")[0][0]), 50)
+            attacker.run("UPDATE leaves SET leaf = ? WHERE idx = 650", (leaf,))
+        finally:
+            attacker.close()
+        stop = threading.Event()
+        other = threading.Thread(target=stop.wait) if threaded else None
+        if other is not None:
+            other.start()
+        try:
+            report = self._verify(sqlite_logs, 20_000, jobs=2)
+        finally:
+            stop.set()
+            if other is not None:
+                other.join()
+        assert report.failure is not None
+        assert "entry 650 was altered" in report.failure.message
 
     async def test_a_tampered_tile_is_found_whatever_the_chunk(
         self, sqlite_logs: LogFactory
