@@ -6,8 +6,9 @@ last checkpoint the log signed, signs ONE checkpoint for the batch and commits t
 searchable columns and that checkpoint in ONE transaction; then it resolves every caller with
 its receipt. When the event loop's work between commits outlasts a commit, the writer starts
 the next batch while the previous one is still committing (at most two in flight, applied by
-the store in order; ``_run_writer``). After the commit, background tasks record the last signed checkpoint in a small
-state file (rollback tripwire) and gather witness cosignatures; appends never wait for either.
+the store in order; ``_run_writer``). After the commit, background tasks record the last
+signed checkpoint in a small state file (rollback tripwire) and gather witness cosignatures;
+appends never wait for either.
 
 The state file is written at most once every ``state_interval_ms`` (and at close): writing it
 after every batch (temp file, two fsyncs, rename) cost more than the batch's own commit under
