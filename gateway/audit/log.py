@@ -519,14 +519,14 @@ class AuditLog:
         (``_finish``). At close, every commit in flight is awaited before this returns;
         cancelled, it cancels them (they then acknowledge nothing).
 
-        Pipelining: a batch is started while another is still committing only when the last
-        commit took less time than the event loop spent since it resolved its callers (serving
-        them, gathering the next batch). With ``f`` the commit's fixed part (its fsync) and
-        ``s`` the loop's time per round, two batches alternating take ``max(s, c + 2f)`` per
-        round against ``s + c + f`` in lockstep: pipelining pays when ``f < s`` (a slow disk
-        makes it cost one fsync more per round instead), and the measured rule implies it.
-        Otherwise the writer waits for the commit in flight, and the callers it resolves join
-        the next batch.
+        Pipelining: with ``c + f`` a round's commit (``f`` its fixed part, the fsync) and ``s``
+        the loop's work per round (serving the callers, gathering the next batch), all callers
+        waiting on one commit take ``s + c + f`` per round, two halves alternating take
+        ``max(s, c + 2f)``: pipelining pays when ``f < s`` and costs one fsync per round on a
+        slow disk. The writer pipelines when the last commit took less time than the loop's
+        work per round since (twice its time since the last commit resolved, when two halves
+        already alternate), which implies ``f < s``. Otherwise it waits for the commit in
+        flight, and the callers it resolves join the next batch.
         """
         loop = asyncio.get_running_loop()
         in_flight: deque[asyncio.Task[None]] = deque()
@@ -540,7 +540,10 @@ class AuditLog:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
-                pipelined = self._commit_s < loop.time() - self._resolved_at
+                # The loop's time since the last commit resolved; while two batches alternate,
+                # that is its work on one of two halves of the round.
+                serve = loop.time() - self._resolved_at
+                pipelined = self._commit_s < (2 * serve if in_flight else serve)
                 if in_flight and (
                     len(in_flight) >= _IN_FLIGHT or not pipelined or self._broken is not None
                 ):
