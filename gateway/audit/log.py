@@ -4,11 +4,8 @@ One writer task batches concurrent appends (at most ``max_batch`` entries, waiti
 ``max_wait_ms`` after the oldest), extends the in-memory tree, checks the new tree against the
 last checkpoint the log signed, signs ONE checkpoint for the batch and commits the leaves, their
 searchable columns and that checkpoint in ONE transaction; then it resolves every caller with
-its receipt. When the event loop's work between commits outlasts a commit, the writer starts
-the next batch while the previous one is still committing (at most two in flight, applied by
-the store in order; ``_run_writer``). After the commit, background tasks record the last
-signed checkpoint in a small state file (rollback tripwire) and gather witness cosignatures;
-appends never wait for either.
+its receipt. After the commit, background tasks record the last signed checkpoint in a small
+state file (rollback tripwire) and gather witness cosignatures; appends never wait for either.
 
 The state file is written at most once every ``state_interval_ms`` (and at close): writing it
 after every batch (temp file, two fsyncs, rename) cost more than the batch's own commit under
@@ -20,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -66,17 +62,6 @@ _RECENT_REQUESTS = 1 << 12
 each, so at most ~6 MiB). A response leg normally follows its request within seconds; an older
 one (a ticket answered later, a slow node) reads its request leg back from the store instead.
 At 65,536 this cache took half an hour of a 40 req/s soak to fill (~100 MiB)."""
-
-_IN_FLIGHT = 2
-"""Commits the writer keeps in flight when it pipelines (``_run_writer``): one the store is
-writing and the next queued behind it, which the store starts the moment it finishes the first,
-with no round trip through the event loop."""
-
-_SPLIT_AT = 64
-"""A batch at least this large, gathered when nothing is in flight and pipelining pays, is
-committed in two halves, so that the two halves' callers then alternate: the loop serves one
-half's callers while the store commits the other's entries, instead of all callers waiting on
-one commit and the store waiting on all callers."""
 
 T = TypeVar("T")
 _Result = tuple[int, int, str]
@@ -168,10 +153,6 @@ class AuditLog:
         self._closing = False
         self._recent: dict[int, IndexColumns] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        # How long the last commit took in the store (from its start or the end of the one
-        # before it, whichever is later) and when its callers were resolved (``_run_writer``).
-        self._commit_s = float("inf")
-        self._resolved_at = 0.0
 
     @classmethod
     async def open(
@@ -515,80 +496,33 @@ class AuditLog:
         return columns
 
     async def _run_writer(self) -> None:
-        """Gather batches and start their commits; each commit's task resolves its callers
-        (``_finish``). At close, every commit in flight is awaited before this returns;
-        cancelled, it cancels them (they then acknowledge nothing).
-
-        Pipelining: with ``c + f`` a round's commit (``f`` its fixed part, the fsync) and ``s``
-        the loop's work per round (serving the callers, gathering the next batch), all callers
-        waiting on one commit take ``s + c + f`` per round, two halves alternating take
-        ``max(s, c + 2f)``: pipelining pays when ``f < s`` and costs one fsync per round on a
-        slow disk. The writer pipelines when the last commit took less time than the loop's
-        work per round since (twice its time since the last commit resolved, when two halves
-        already alternate), which implies ``f < s``. Otherwise it waits for the commit in
-        flight, and the callers it resolves join the next batch.
-        """
         loop = asyncio.get_running_loop()
-        in_flight: deque[asyncio.Task[None]] = deque()
-        try:
-            while True:
-                while in_flight and in_flight[0].done():
-                    in_flight.popleft()
-                if not self._pending:
-                    if self._closing:
-                        break
-                    self._wake.clear()
-                    await self._wake.wait()
-                    continue
-                # The loop's time since the last commit resolved; while two batches alternate,
-                # that is its work on one of two halves of the round.
-                serve = loop.time() - self._resolved_at
-                pipelined = self._commit_s < (2 * serve if in_flight else serve)
-                if in_flight and (
-                    len(in_flight) >= _IN_FLIGHT or not pipelined or self._broken is not None
-                ):
-                    # A broken log reloads its tree only once nothing is in flight.
-                    await asyncio.wait((in_flight[0],))
-                    continue
-                # Gather more while appends keep arriving, up to max_wait after the oldest:
-                # callers just resolved re-append within a loop iteration or two, a lone caller
-                # is not kept waiting for company that is not coming.
-                deadline = self._oldest + self._max_wait
-                while len(self._pending) < self._max_batch and not self._closing:
-                    before = len(self._pending)
-                    await asyncio.sleep(0)
-                    if len(self._pending) == before or loop.time() >= deadline:
-                        break
-                take = min(len(self._pending), self._max_batch)
-                if pipelined and not in_flight and take >= _SPLIT_AT:
-                    take = (take + 1) // 2
-                batch = self._pending[:take]
-                del self._pending[:take]
-                self._oldest = loop.time()
-                finish = await self._submit(batch)
-                if finish is not None:
-                    in_flight.append(finish)
-        except BaseException:
-            for task in in_flight:
-                task.cancel()
-            await asyncio.gather(*in_flight, return_exceptions=True)
-            raise
-        await asyncio.gather(*in_flight, return_exceptions=True)
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            # Gather more while appends keep arriving, up to max_wait after the oldest: callers
+            # just resolved re-append within a loop iteration or two, a lone caller is not kept
+            # waiting for company that is not coming.
+            deadline = self._oldest + self._max_wait
+            while len(self._pending) < self._max_batch and not self._closing:
+                before = len(self._pending)
+                await asyncio.sleep(0)
+                if len(self._pending) == before or loop.time() >= deadline:
+                    break
+            batch = self._pending[: self._max_batch]
+            del self._pending[: self._max_batch]
+            self._oldest = loop.time()
+            await self._commit(batch)
 
-    async def _submit(self, batch: list[_Pending]) -> asyncio.Task[None] | None:
-        """Extend the tree by ``batch``, sign its checkpoint and start its commit; the task
-        returned resolves the batch's callers once the store has committed it (``None`` when
-        the batch failed before reaching the store: its callers already hold the error).
-
-        The store applies commits in the order they are started (``AuditStore.commit``), so a
-        batch started while the previous one is still committing lands right after it; if the
-        previous one fails, this one fails too (the store refuses a batch that does not start
-        at its next index), and nothing of either is acknowledged.
-        """
+    async def _commit(self, batch: list[_Pending]) -> None:
         try:
             if self._broken is not None:
                 await self._recover()
-            start = self._tree.size
+            start = self._size
             tiles = self._tree.extend([p[1] for p in batch])
             size = self._tree.size
             root = self._tree.root()
@@ -596,38 +530,9 @@ class AuditLog:
             note = sign_checkpoint(Checkpoint(self._origin, size, root), self._signer)
             leaves = [NewLeaf(start + i, p[0], p[1], p[2]) for i, p in enumerate(batch)]
             prepared = await self._prepare_bodies(start, batch)
-        except Exception as exc:
-            self._broken = str(exc)
-            self._fail(batch, exc)
-            return None
-        except BaseException as exc:  # cancelled before the commit: acknowledge nothing
-            self._broken = "the writer was cancelled"
-            self._fail(batch, exc)
-            raise
-        beside = () if prepared is None else prepared.steps
-        commit = CommitBatch(leaves, size, note, tiles, beside)
-        return asyncio.create_task(
-            self._finish(batch, commit, prepared, (root, note)),
-            name="audit-commit",
-        )
-
-    async def _finish(
-        self,
-        batch: list[_Pending],
-        commit: CommitBatch,
-        prepared: PreparedBodies | None,
-        signed: tuple[bytes, str],
-    ) -> None:
-        """Commit the batch (tasks start in creation order, so the store sees the commits in
-        the order they were signed), then resolve its callers with their receipts' values."""
-        root, note = signed
-        size = commit.size
-        start = size - len(batch)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        try:
             try:
-                await self._store.commit(commit)
+                beside = () if prepared is None else prepared.steps
+                await self._store.commit(CommitBatch(leaves, size, note, tiles, beside))
             except BaseException:
                 if prepared is not None and self._vault is not None:
                     self._vault.discard(prepared)
@@ -640,14 +545,9 @@ class AuditLog:
             self._broken = "the writer was cancelled"
             self._fail(batch, exc)
             raise
-        now = loop.time()
-        # Queued behind the commit before it, this one started when that one ended.
-        self._commit_s = now - max(started, self._resolved_at)
-        self._resolved_at = now
-        if size > self._size:
-            self._size = size
-            self._checkpoint = note
-            self._signed = (size, root)
+        self._size = size
+        self._checkpoint = note
+        self._signed = (size, root)
         for i, p in enumerate(batch):
             future = p[3]
             if not future.done():

@@ -39,8 +39,6 @@ class _Seam:
         self.fail_commits = False
         self.gate: asyncio.Event | None = None
         self.commits: list[int] = []
-        self.started: list[int] = []
-        self.another_started = asyncio.Event()
 
     @property
     def origin(self) -> str:
@@ -54,8 +52,6 @@ class _Seam:
         return await self.inner.load()
 
     async def commit(self, batch: CommitBatch) -> None:
-        self.started.append(len(batch.leaves))
-        self.another_started.set()
         if self.gate is not None:
             await self.gate.wait()
         if self.fail_commits:
@@ -268,84 +264,6 @@ class TestGroupCommit:
         seam.fail_commits = False
         receipt = await log.append(fed.request())
         assert (receipt.index, receipt.tree_size) == (1, 2)
-        await log.close()
-
-    async def _pipelined(self, fed: Fed, tmp_path: Path) -> tuple[AuditLog, _Seam, list[object]]:
-        """128 appends gathered while the store holds its commits, on a log that pipelines
-        (as if its last commit had been instant): two commits of 64 are started at once."""
-        log, seam = await _seam_log(fed, tmp_path)
-        log._commit_s = 0.0
-        seam.started.clear()  # the empty tree's checkpoint, committed at open
-        seam.commits.clear()
-        seam.gate = asyncio.Event()
-        entries = [fed.request() for _ in range(128)]
-        tasks = [asyncio.create_task(log.append(e)) for e in entries]
-        while len(seam.started) < 2:
-            seam.another_started.clear()
-            await seam.another_started.wait()
-        assert seam.started == [64, 64]
-        assert not any(t.done() for t in tasks)
-        assert log.size == 0
-        return log, seam, [entries, tasks]
-
-    async def test_two_pipelined_commits_both_land_in_order(self, fed: Fed, tmp_path: Path) -> None:
-        log, seam, (entries, tasks) = await self._pipelined(fed, tmp_path)
-        assert isinstance(seam.gate, asyncio.Event)
-        seam.gate.set()
-        receipts = await asyncio.gather(*tasks)  # type: ignore[arg-type]
-        assert [r.index for r in receipts] == list(range(128))
-        assert {r.tree_size for r in receipts} == {64, 128}
-        assert seam.commits == [64, 64]
-        for r, e in zip(receipts, entries, strict=True):  # type: ignore[call-overload]
-            verify_tlog_proof(parse_tlog_proof(r.tlog_proof), encode_entry(e), log.verifier)
-        await log.close()
-
-    async def test_a_failed_commit_fails_the_one_pipelined_behind_it(
-        self, fed: Fed, tmp_path: Path
-    ) -> None:
-        log, seam, (_, tasks) = await self._pipelined(fed, tmp_path)
-        checkpoint = log.latest_checkpoint()
-        seam.fail_commits = True
-        assert isinstance(seam.gate, asyncio.Event)
-        seam.gate.set()
-        results = await asyncio.gather(*tasks, return_exceptions=True)  # type: ignore[arg-type]
-        assert all(isinstance(r, AuditUnavailable) for r in results), results
-        assert log.size == 0
-        assert log.latest_checkpoint() == checkpoint
-        seam.fail_commits = False
-        receipt = await log.append(fed.request())
-        assert (receipt.index, receipt.tree_size) == (0, 1)
-        await log.close()
-
-    async def test_a_commit_refused_by_the_store_fails_the_one_behind_it(
-        self, fed: Fed, tmp_path: Path
-    ) -> None:
-        """The store itself refuses the second batch when the first did not land (it does not
-        start at the database's next index): nothing of either is acknowledged."""
-        log, seam, (_, tasks) = await self._pipelined(fed, tmp_path)
-        inner = seam.inner
-        failed = False
-
-        class _FirstFails:
-            async def commit(self, batch: CommitBatch) -> None:
-                nonlocal failed
-                if not failed:
-                    failed = True
-                    raise AuditUnavailable("disk full (injected, first batch only)")
-                await inner.commit(batch)
-
-        seam.inner = _FirstFails()  # type: ignore[assignment]
-        assert isinstance(seam.gate, asyncio.Event)
-        seam.gate.set()
-        results = await asyncio.gather(*tasks, return_exceptions=True)  # type: ignore[arg-type]
-        seam.inner = inner
-        assert all(isinstance(r, AuditUnavailable) for r in results), results
-        assert sum("first batch only" in str(r) for r in results) == 64
-        assert sum("next index" in str(r) for r in results) == 64
-        assert log.size == 0
-        assert (await seam.load()).next_index == 0
-        receipt = await log.append(fed.request())
-        assert (receipt.index, receipt.tree_size) == (0, 1)
         await log.close()
 
     async def test_appends_after_close_are_refused(self, logs: LogFactory) -> None:
