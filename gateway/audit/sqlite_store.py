@@ -252,10 +252,19 @@ AUDIT_SCHEMA = Schema(
     legacy_table="leaves",
 )
 
-_INSERT_LEAF = (
-    f"INSERT INTO leaves ({_rows.LEAF_COLUMNS})"  # noqa: S608 - constant columns
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
+_LEAF_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_LEAF_FIELDS = _LEAF_ROW.count("?")
+_LEAVES_PER_INSERT = 64
+"""Leaves per INSERT statement of a commit (a multiple of each smaller power of two)."""
+# One statement per power of two of rows up to ``_LEAVES_PER_INSERT``: a batch is inserted in
+# a few statement runs (one ``sqlite3_step``, one release of the GIL each) instead of one per
+# leaf, ~0.7 us less CPU per leaf; the texts are fixed, so they stay in the connection's
+# statement cache.
+_INSERT_LEAVES = {
+    n: f"INSERT INTO leaves ({_rows.LEAF_COLUMNS}) VALUES "  # noqa: S608 - constant text
+    + ", ".join([_LEAF_ROW] * n)
+    for n in (1 << k for k in range(_LEAVES_PER_INSERT.bit_length()))
+}
 # The catch-up of the search projection over the leaves [?, ?) (``catch_up``).
 _PROJECT_ROWS = (
     f"INSERT INTO search_rows ({_rows.PROJECTED_COLUMNS})"  # noqa: S608 - constant columns
@@ -413,6 +422,17 @@ def _checkpoint_wal_round(con: sqlite3.Connection, restart_frames: int) -> bool:
     return not busy
 
 
+def _insert_leaves(con: sqlite3.Connection, leaves: Sequence[_rows.LeafValues]) -> None:
+    """Insert the leaf rows ``leaves`` with one ``_INSERT_LEAVES`` statement per block of
+    ``_LEAVES_PER_INSERT`` leaves and per power of two of the remainder."""
+    flat = [v for row in leaves for v in row]
+    at, left = 0, len(leaves)
+    while left:
+        n = min(_LEAVES_PER_INSERT, 1 << (left.bit_length() - 1))
+        con.execute(_INSERT_LEAVES[n], flat[at * _LEAF_FIELDS : (at + n) * _LEAF_FIELDS])
+        at, left = at + n, left - n
+
+
 def default_state_path(path: Path) -> Path:
     """Where the log keeps its last-signed-checkpoint file for the database at ``path``."""
     return path.with_name(path.name + ".state")
@@ -538,7 +558,7 @@ class SqliteDatabase(StoredNotes):
                         f"audit log {self.path}: the batch starts at index {start} but the "
                         f"database's next index is {next_index}; another process wrote to it"
                     )
-                con.executemany(_INSERT_LEAF, leaves)
+                _insert_leaves(con, leaves)
                 if batch.tiles:
                     con.executemany(
                         "INSERT INTO tiles (level, idx, data) VALUES (?, ?, ?)", batch.tiles

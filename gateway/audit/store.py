@@ -361,17 +361,26 @@ class ThreadedStore:
             )
 
     async def _catch_up(self) -> None:
-        """Bring the projection up to the leaves committed so far, a chunk per transaction.
+        """Project the leaves that were behind when it started, a chunk per transaction; what
+        was committed meanwhile waits for the next catch-up (``_schedule``).
+
+        It MUST NOT chase the commits that land while it runs: under steady appends one
+        always does (its transaction runs in the writer's queue behind a commit the loop has
+        not counted yet), and chasing it turned one large catch-up into one small catch-up
+        after every commit, each paying a transaction's fixed cost (most of all on a big
+        log: the index pages it dirties) and holding the next commit back.
+
         A failure is logged and retried after the next commit: searches and the log do not
         depend on it (only how much of the leaf rows a search reads does)."""
         loop = asyncio.get_running_loop()
         try:
-            behind = self._lag
-            while behind > 0:
-                behind = await loop.run_in_executor(
-                    self._writer_pool, self._writer.catch_up, min(behind, _CATCH_UP_CHUNK)
+            target = self._lag
+            while target > 0 and self._lag > 0:
+                step = min(target, _CATCH_UP_CHUNK)
+                self._lag = await loop.run_in_executor(
+                    self._writer_pool, self._writer.catch_up, step
                 )
-                self._lag = behind
+                target -= step
         except Exception as exc:  # the log goes on; the next commit retries
             self._catching_up = None
             logger.warning("audit store: the search projection could not catch up: %s", exc)

@@ -17,7 +17,13 @@ from psycopg import sql
 from gateway.audit.pg_store import AUDIT_SCHEMA as PG_AUDIT_SCHEMA
 from gateway.audit.pg_store import PgDatabase
 from gateway.audit.sqlite_store import AUDIT_SCHEMA, SqliteDatabase
-from gateway.audit.store import CATCH_UP_ENTRIES, CommitBatch, NewLeaf, SearchQuery
+from gateway.audit.store import (
+    CATCH_UP_ENTRIES,
+    CommitBatch,
+    NewLeaf,
+    SearchQuery,
+    ThreadedStore,
+)
 from tests.gateway.audit.test_search import ORIGIN, _leaves
 
 if TYPE_CHECKING:
@@ -274,3 +280,49 @@ class TestThreadedCatchUp:
                 break
             assert asyncio.get_running_loop().time() < deadline, f"still {lag} behind"
             await asyncio.sleep(0.02)
+
+    async def test_a_catch_up_does_not_chase_the_commits_that_land_while_it_runs(
+        self, tmp_path: Path
+    ) -> None:
+        """Under steady appends a commit the loop has not counted yet always runs just before a
+        catch-up's transaction: the catch-up projects what was behind when it started, and
+        leaves the rest to the next one (it once went on with one small catch-up per commit)."""
+        path = tmp_path / "log.sqlite"
+        leaves = _leaves(CATCH_UP_ENTRIES + 3 * 64)
+        first = leaves[:CATCH_UP_ENTRIES]
+        later = [leaves[i : i + 64] for i in range(CATCH_UP_ENTRIES, len(leaves), 64)]
+        writer = _CommitsBeforeEachCatchUp(SqliteDatabase(path, origin=ORIGIN, writer=True), later)
+        store = await ThreadedStore.open(
+            lambda: writer,
+            lambda: SqliteDatabase(path, origin=ORIGIN, writer=False),
+            name="test-audit",
+            state_path=None,
+        )
+        await store.commit(CommitBatch(first, len(first), f"checkpoint {len(first)}"))
+        await store.close()  # waits for the catch-up the commit started
+        assert writer.catch_ups == [CATCH_UP_ENTRIES]
+        assert len(later) == 2  # one batch landed before it; it did not chase it
+        reader = SqliteDatabase(path, origin=ORIGIN, writer=False)
+        try:
+            assert reader.projection_lag() == 0  # closing brought it level
+        finally:
+            reader.close()
+
+
+class _CommitsBeforeEachCatchUp:
+    """A writer database (``LogDatabase``) on which a batch of ``later`` is committed just
+    before each catch-up, as the writer's queue runs them under steady appends."""
+
+    def __init__(self, db: SqliteDatabase, later: list[list[NewLeaf]]) -> None:
+        self.db = db
+        self.later = later
+        self.catch_ups: list[int] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.db, name)
+
+    def catch_up(self, limit: int) -> int:
+        if self.later:
+            _commit(self.db, self.later.pop(0))
+        self.catch_ups.append(limit)
+        return self.db.catch_up(limit)

@@ -10,16 +10,18 @@ from typing import TYPE_CHECKING
 import psycopg
 import pytest
 
-from fedgate.audit_entry import EventEntry, time_to_micros
+from fedgate.audit_entry import EventEntry, encode_entry, entry_columns, time_to_micros
 from fedgate.errors import AuditUnavailable
+from fedgate.merkle import leaf_hash
+from gateway.audit import _rows
 from gateway.audit.pg_store import PgDatabase, list_origins, open_pg_store
 from gateway.audit.sqlite_store import SqliteDatabase
-from gateway.audit.store import SearchQuery
+from gateway.audit.store import CommitBatch, NewLeaf, SearchQuery
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from conftest import LogFactory, PgTarget
+    from conftest import Fed, LogFactory, PgTarget
 
 ORIGIN = "fedgate.test/gateway/shard-0"
 
@@ -139,3 +141,32 @@ class TestSqlitePages:
         SqliteDatabase(path, origin="o", writer=True).close()
         with contextlib.closing(sqlite3.connect(path)) as con:
             assert con.execute("PRAGMA page_size").fetchone()[0] == 4096
+
+
+class TestSqliteCommit:
+    def test_every_value_of_every_leaf_lands_in_its_column_whatever_the_batch_size(
+        self, fed: Fed, tmp_path: Path
+    ) -> None:
+        """Leaves go in with one multi-row INSERT per 64 (and per power of two of the rest):
+        batches around those sizes read back exactly the values the commit was given."""
+        db = SqliteDatabase(tmp_path / "log.sqlite", origin=ORIGIN, writer=True)
+        written: list[_rows.LeafValues] = []
+        try:
+            size = 0
+            for count in (1, 63, 64, 65, 200, 3):
+                leaves = []
+                for _ in range(count):
+                    request = fed.request()
+                    entry = request if size % 2 == 0 else fed.response(request, size - 1)
+                    data = encode_entry(entry)
+                    leaves.append(NewLeaf(size, data, leaf_hash(data), entry_columns(entry)))
+                    size += 1
+                db.commit(CommitBatch(leaves, size, f"checkpoint {size}"))
+                written += _rows.leaf_values(leaves)
+            stored = db._con.execute(
+                f"SELECT {_rows.LEAF_COLUMNS} FROM leaves ORDER BY idx"
+            ).fetchall()
+        finally:
+            db.close()
+        assert stored == written
+        assert [r[0] for r in stored] == list(range(396))
