@@ -1,9 +1,11 @@
 """One fresh process measuring the gateway's log over a big cached log (``bench_scale``).
 
-``python -m bench._scale_probe DB EXCHANGES`` prints one JSON object: start-up time and peak RSS
-right after ``AuditLog.open``, proof times (inclusion + consistency at random points, read from
-the store's tiles with a cold cache), and durable appends/s at 256 appenders on the big log and,
-in the same process just before, on an empty one.
+``python -m bench._scale_probe DB EXCHANGES ROUNDS`` prints one JSON object: start-up time and
+peak RSS right after ``AuditLog.open``, proof times (inclusion + consistency at random points,
+read from the store's tiles with a cold cache), and durable appends/s at 256 appenders on an
+empty log and on the big one, interleaved ``ROUNDS`` times in this process
+(``bench_audit._big_appends``: one round each was at the mercy of a catch-up or a WAL
+checkpoint falling in one side's run), with this process's CPU time per append on each.
 """
 
 from __future__ import annotations
@@ -14,12 +16,11 @@ import random
 import resource
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from bench._biglog import ORIGIN, bench_signer
-from bench.bench_audit import _appends, _sqlite_opener
+from bench.bench_audit import _big_appends
 from gateway.audit.log import AuditLog
 from gateway.audit.sqlite_store import open_sqlite_store
 
@@ -61,24 +62,19 @@ async def _open_and_prove(db: Path) -> dict[str, float]:
     }
 
 
-async def _main(db: Path, exchanges: int) -> dict[str, float]:
+async def _main(db: Path, exchanges: int, rounds: int) -> dict[str, float]:
     figures = await _open_and_prove(db)
-    signer = bench_signer()
-    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
-        empty, _ = await _appends(_sqlite_opener(Path(tmp)), signer, 256, exchanges)
-
-    async def big() -> object:
-        return await open_sqlite_store(db, origin=ORIGIN)
-
-    loaded, _ = await _appends(big, signer, 256, exchanges)  # type: ignore[arg-type]
-    figures["appends_empty"] = empty
-    figures["appends_big"] = loaded
+    t = await _big_appends(db, rounds, exchanges)
+    figures["appends_empty"] = t["n"] / t["empty_s"]
+    figures["appends_big"] = t["n"] / t["big_s"]
+    figures["append_cpu_us_empty"] = 1e6 * t["empty_cpu"] / t["n"]
+    figures["append_cpu_us_big"] = 1e6 * t["big_cpu"] / t["n"]
     return figures
 
 
 def main() -> int:
-    db, exchanges = Path(sys.argv[1]), int(sys.argv[2])
-    print(json.dumps(asyncio.run(_main(db, exchanges))))
+    db, exchanges, rounds = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    print(json.dumps(asyncio.run(_main(db, exchanges, rounds))))
     return 0
 
 

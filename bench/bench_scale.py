@@ -10,8 +10,10 @@ in ``bench/.cache/`` (git-ignored) between runs; building it is resumable.
 - ``console_charts_ms_10m``: the console's charts for a 30-day window (three per-day charts and
   the refusal reasons), from the rollups;
 - ``audit_appends_per_s_sqlite_10m`` and ``audit_appends_per_s_sqlite_empty``: 256 appenders
-  on the big log and on an empty one in the same process, and their ratio
-  ``audit_appends_ratio_10m``. Each run appends its exchanges to the cached log.
+  on the big log and on an empty one in the same process, interleaved three times (once with
+  ``--quick``), and their ratio ``audit_appends_ratio_10m``; ``audit_append_cpu_us_10m`` /
+  ``_empty_10m`` the process's CPU per append on each and ``audit_appends_cpu_ratio_10m``
+  (empty ÷ big). Each run appends its exchanges to the cached log.
 - ``audit_disk_bytes_per_entry_10m``: the database's pages in use (indexes included) per
   entry, and ``audit_note_bytes_per_entry_10m``: the signed notes kept (history and heads)
   per entry.
@@ -143,7 +145,14 @@ def run(quick: bool) -> dict[str, tuple[float, str]]:
         file=sys.stderr,
     )
     probe = subprocess.run(
-        [sys.executable, "-m", "bench._scale_probe", str(path), "1000" if quick else "5000"],
+        [
+            sys.executable,
+            "-m",
+            "bench._scale_probe",
+            str(path),
+            "1000" if quick else "5000",
+            "1" if quick else "3",
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -162,8 +171,8 @@ def run(quick: bool) -> dict[str, tuple[float, str]]:
         f"  at {int(p['size']):,} entries: start-up {p['startup_s']:.2f} s, RSS "
         f"{p['rss_mb']:.0f} MB, proof {p['prove_ms']:.2f} ms, search p99 {search_p99:.1f} ms, "
         f"charts {charts * 1000:.0f} ms, {disk:,.0f} B/entry ({notes:.2f} B of notes), "
-        f"appends {p['appends_big']:,.0f}/s vs "
-        f"{p['appends_empty']:,.0f}/s empty",
+        f"appends {p['appends_big']:,.0f}/s vs {p['appends_empty']:,.0f}/s empty (CPU "
+        f"{p['append_cpu_us_big']:.0f} vs {p['append_cpu_us_empty']:.0f} us per append)",
         file=sys.stderr,
     )
     return {
@@ -180,6 +189,9 @@ def run(quick: bool) -> dict[str, tuple[float, str]]:
         "audit_appends_per_s_sqlite_10m": (p["appends_big"], "appends/s"),
         "audit_appends_per_s_sqlite_empty": (p["appends_empty"], "appends/s"),
         "audit_appends_ratio_10m": (p["appends_big"] / p["appends_empty"], "ratio"),
+        "audit_append_cpu_us_10m": (p["append_cpu_us_big"], "us"),
+        "audit_append_cpu_us_empty_10m": (p["append_cpu_us_empty"], "us"),
+        "audit_appends_cpu_ratio_10m": (p["append_cpu_us_empty"] / p["append_cpu_us_big"], "ratio"),
     }
 
 
