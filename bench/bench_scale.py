@@ -150,7 +150,7 @@ def run(quick: bool) -> dict[str, tuple[float, str]]:
             "-m",
             "bench._scale_probe",
             str(path),
-            "1000" if quick else "5000",
+            "1000" if quick else "10000",
             "1" if quick else "3",
         ],
         capture_output=True,
