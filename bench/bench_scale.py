@@ -14,6 +14,8 @@ in ``bench/.cache/`` (git-ignored) between runs; building it is resumable.
   ``--quick``), and their ratio ``audit_appends_ratio_10m``; ``audit_append_cpu_us_10m`` /
   ``_empty_10m`` the process's CPU per append on each and ``audit_appends_cpu_ratio_10m``
   (empty ÷ big). Each run appends its exchanges to the cached log.
+  ``audit_appends_key_block_fill_10m``: how many leaves the log's newest key block held when
+  the appends began; the catch-up's cost on the big log grows with it (docs/benchmarks.md).
 - ``audit_disk_bytes_per_entry_10m``: the database's pages in use (indexes included) per
   entry, and ``audit_note_bytes_per_entry_10m``: the signed notes kept (history and heads)
   per entry.
@@ -38,6 +40,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench._biglog import build_record, cached_log, write_log
+from bench.bench_audit import key_block_fill
 from fedgate.errors import AuditUnavailable
 from gateway.audit._migrate import migrate
 from gateway.audit.insights import LogInsights, TimeWindow, day_of, day_start_us
@@ -172,11 +175,13 @@ def run(quick: bool) -> dict[str, tuple[float, str]]:
         f"{p['rss_mb']:.0f} MB, proof {p['prove_ms']:.2f} ms, search p99 {search_p99:.1f} ms, "
         f"charts {charts * 1000:.0f} ms, {disk:,.0f} B/entry ({notes:.2f} B of notes), "
         f"appends {p['appends_big']:,.0f}/s vs {p['appends_empty']:,.0f}/s empty (CPU "
-        f"{p['append_cpu_us_big']:.0f} vs {p['append_cpu_us_empty']:.0f} us per append)",
+        f"{p['append_cpu_us_big']:.0f} vs {p['append_cpu_us_empty']:.0f} us per append, from "
+        f"{key_block_fill(int(p['size'])):,} leaves into the newest key block)",
         file=sys.stderr,
     )
     return {
         "audit_scale_log_entries": (p["size"], "entries"),
+        "audit_appends_key_block_fill_10m": (float(key_block_fill(int(p["size"]))), "entries"),
         "audit_scale_build_s": (record.seconds, "s"),
         "audit_startup_s_10m": (p["startup_s"], "s"),
         "audit_rss_mb_10m": (p["rss_mb"], "MB"),
