@@ -130,14 +130,21 @@ class Forwarder:
         return gateway_service_pb2.SubmitResponse(ticket=ticket)
 
     async def answer_itself(
-        self, pending: PendingRequest, answer: request_pb2.Response
+        self,
+        pending: PendingRequest,
+        answer: request_pb2.Response,
+        *,
+        into: envelope_pb2.SignedResponse | None = None,
     ) -> envelope_pb2.SignedResponse:
         """Finish an exchange the gateway answers itself (reports, approvals, risk list
         changes): ``answer`` is stamped now, signed with the gateway's key as its responder and
-        finished like any agency's answer (checked, logged, countersigned)."""
+        finished like any agency's answer (checked, logged, countersigned; into ``into`` when
+        given, as ``finish``)."""
         answer.answered_at.FromDatetime(self._now())
         signed = sign_envelope(answer.SerializeToString(), self._signer, Domain.RESPONSE)
-        response, _ = await self.finish(pending, signed, responder=MemberId(answer.responder))
+        response, _ = await self.finish(
+            pending, signed, responder=MemberId(answer.responder), into=into
+        )
         return response
 
     async def finish(
