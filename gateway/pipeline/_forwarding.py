@@ -101,7 +101,7 @@ class Forwarder:
         if reply.HasField("queued"):
             return await self._open_ticket(x, replace(pending, deadline=deadline))
         # Countersigned straight into the reply: ``SubmitResponse(response=signed)`` would
-        # copy the whole signed answer and its receipt once more (~10 µs a request).
+        # copy the whole signed answer and its receipt once more.
         out = gateway_service_pb2.SubmitResponse()
         await self.finish(pending, reply.response, responder=target, into=out.response)
         return out
