@@ -25,6 +25,7 @@ Contract:
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -76,8 +77,13 @@ def canonical_json(value: object) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+@functools.lru_cache(maxsize=1024)
 def cert_fingerprint(cert_der: bytes) -> str:
-    """Lowercase hex SHA-256 of a certificate's DER bytes."""
+    """Lowercase hex SHA-256 of a certificate's DER bytes.
+
+    Remembered for the last 1,024 certificates: the gateway asks twice per request (stage 1
+    and the registry's check) for the few certificates of its callers, and the DER bytes come
+    from one cached object per peer, whose hash Python keeps."""
     return hashlib.sha256(cert_der).hexdigest()
 
 

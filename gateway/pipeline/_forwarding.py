@@ -100,8 +100,11 @@ class Forwarder:
             raise await self._legs.no_answer(pending, "node_fault", error, x.stage) from None
         if reply.HasField("queued"):
             return await self._open_ticket(x, replace(pending, deadline=deadline))
-        signed, _ = await self.finish(pending, reply.response, responder=target)
-        return gateway_service_pb2.SubmitResponse(response=signed)
+        # Countersigned straight into the reply: ``SubmitResponse(response=signed)`` would
+        # copy the whole signed answer and its receipt once more.
+        out = gateway_service_pb2.SubmitResponse()
+        await self.finish(pending, reply.response, responder=target, into=out.response)
+        return out
 
     def node_timeout(self, remaining_s: float | None) -> float:
         """How long a node is waited for, given the caller's remaining time."""
@@ -127,14 +130,21 @@ class Forwarder:
         return gateway_service_pb2.SubmitResponse(ticket=ticket)
 
     async def answer_itself(
-        self, pending: PendingRequest, answer: request_pb2.Response
+        self,
+        pending: PendingRequest,
+        answer: request_pb2.Response,
+        *,
+        into: envelope_pb2.SignedResponse | None = None,
     ) -> envelope_pb2.SignedResponse:
         """Finish an exchange the gateway answers itself (reports, approvals, risk list
         changes): ``answer`` is stamped now, signed with the gateway's key as its responder and
-        finished like any agency's answer (checked, logged, countersigned)."""
+        finished like any agency's answer (checked, logged, countersigned; into ``into`` when
+        given, as ``finish``)."""
         answer.answered_at.FromDatetime(self._now())
         signed = sign_envelope(answer.SerializeToString(), self._signer, Domain.RESPONSE)
-        response, _ = await self.finish(pending, signed, responder=MemberId(answer.responder))
+        response, _ = await self.finish(
+            pending, signed, responder=MemberId(answer.responder), into=into
+        )
         return response
 
     async def finish(
@@ -144,10 +154,12 @@ class Forwarder:
         *,
         responder: MemberId,
         reconciled: bool = False,
+        into: envelope_pb2.SignedResponse | None = None,
     ) -> tuple[envelope_pb2.SignedResponse, str]:
         """Stages 10–12: check ``answer`` from ``responder``, log it, countersign it; returns it
-        with its audit status. ``reconciled`` marks the response leg as written by
-        reconciliation. Raises ``AgencyFault`` (logged) or ``AuditUnavailable``."""
+        (filled into ``into`` when given: a reply's field) with its audit status.
+        ``reconciled`` marks the response leg as written by reconciliation. Raises
+        ``AgencyFault`` (logged) or ``AuditUnavailable``."""
         received_at = self._now()
         try:
             with self._telemetry.stage("response_check"):
@@ -178,10 +190,13 @@ class Forwarder:
                 leg = replace(leg, detail=prefix + hit_detail(hit))
             receipt = await self._legs.append(leg, "response")
         with self._telemetry.stage("countersign"):
-            signed = envelope_pb2.SignedResponse(
-                response=answer,
-                countersignature=countersign(answer, self._signer, leaf_index=receipt.index),
-                receipt=self._legs.receipt_proto(receipt, leg, pending.request_leaf_index),
+            signed = envelope_pb2.SignedResponse() if into is None else into
+            signed.response.CopyFrom(answer)
+            signed.countersignature.CopyFrom(
+                countersign(answer, self._signer, leaf_index=receipt.index)
+            )
+            signed.receipt.CopyFrom(
+                self._legs.receipt_proto(receipt, leg, pending.request_leaf_index)
             )
         if pending.action in ORDER_ACTIONS:
             # Durable (fsync) before the answer is returned: off the event loop. If it cannot be

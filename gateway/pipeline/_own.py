@@ -61,5 +61,6 @@ class OwnAnswers:
         self, pending: PendingRequest, answer: request_pb2.Response
     ) -> gateway_service_pb2.SubmitResponse:
         """Stamp, sign, check, log and countersign ``answer`` (``Forwarder.answer_itself``)."""
-        reply = await self._forwarder.answer_itself(pending, answer)
-        return gateway_service_pb2.SubmitResponse(response=reply)
+        reply = gateway_service_pb2.SubmitResponse()
+        await self._forwarder.answer_itself(pending, answer, into=reply.response)
+        return reply
