@@ -70,7 +70,9 @@ def _contents(path: Path) -> dict[str, list[tuple[object, ...]]]:
         con.close()
 
 
-def _verifies(path: Path) -> None:
+def verifies(path: Path) -> None:
+    """``fedgate audit verify``'s code, index check included, accepts the built log at ``path``
+    and covers every entry in it."""
     opener: Callable[[], LogSource] = functools.partial(
         SqliteDatabase, path, origin=None, writer=False
     )
@@ -80,7 +82,11 @@ def _verifies(path: Path) -> None:
         options=VerifyOptions(check_index=True, jobs=1, chunk=1_000),
     )
     assert report.ok, report.failure
-    assert report.entries == SqliteDatabase(path, origin=None, writer=False).next_index()
+    db = opener()
+    try:
+        assert report.entries == db.next_index()
+    finally:
+        db.close()
 
 
 class _Stop(Exception):
@@ -107,7 +113,7 @@ def _interrupted(monkeypatch: pytest.MonkeyPatch, path: Path, entries: int, afte
 
 
 def _same_as_the_store(tmp_path: Path, built: Path, entries: int) -> None:
-    _verifies(built)
+    verifies(built)
     _through_the_store(built, tmp_path / "copy.sqlite")
     got, want = _contents(built), _contents(tmp_path / "copy.sqlite")
     assert len(got["leaves"]) == entries
@@ -119,7 +125,7 @@ class TestWriteLog:
     def test_a_bulk_built_log_is_what_the_store_would_hold(self, tmp_path: Path) -> None:
         built = tmp_path / "built.sqlite"
         write_log(built, 3_001, batch=512, workers=2)
-        _verifies(built)
+        verifies(built)
         _through_the_store(built, tmp_path / "copy.sqlite")
         got, want = _contents(built), _contents(tmp_path / "copy.sqlite")
         assert len(got["leaves"]) == 3_001

@@ -9,16 +9,16 @@ import functools
 import json
 import random
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from bench._biglog import bench_signer, write_log
-from fedgate.auditverify import LogSource, VerifyOptions, verify_log
+from bench._biglog import write_log
 from gateway.audit import _search
 from gateway.audit.sqlite_store import SCHEMA_VERSION, SqliteDatabase
 from gateway.audit.store import SearchQuery
+from tests.bench.test_biglog import verifies
 
 BLOCK = 1 << _search.KEY_BLOCK_BITS
 ENTRIES = BLOCK + 3_000  # two key blocks, the second partly filled
@@ -56,18 +56,6 @@ def _read(path: Path, statement: str, params: tuple[object, ...] = ()) -> list[t
         return con.execute(statement, params).fetchall()
     finally:
         con.close()
-
-
-def _verifies(path: Path) -> None:
-    opener: Callable[[], LogSource] = functools.partial(
-        SqliteDatabase, path, origin=None, writer=False
-    )
-    report = verify_log(
-        opener,
-        log_keys=[bench_signer().verifier()],
-        options=VerifyOptions(check_index=True, jobs=1, chunk=4_096),
-    )
-    assert report.ok, report.failure
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +202,7 @@ class TestMigrationFromVersion3:
         assert _read(path, "SELECT COUNT(*) FROM subjects WHERE block <> idx >> ?", (
             _search.KEY_BLOCK_BITS,
         )) == [(0,)]  # fmt: skip
-        _verifies(path)
+        verifies(path)
         con = sqlite3.connect(path, isolation_level=None)
         try:
             with pytest.raises(sqlite3.IntegrityError, match="append-only"):

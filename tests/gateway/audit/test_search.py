@@ -214,21 +214,27 @@ def _sqlite_plan(con: sqlite3.Connection, statement: str, params: tuple[Any, ...
     return "\n".join(str(r[3]) for r in rows)
 
 
+def _sqlite_bounds(con: sqlite3.Connection, query: SearchQuery) -> tuple[int, int | None]:
+    """The leaf-index range of ``query``'s time window (the whole log without one)."""
+    if query.since_us is None and query.until_us is None:
+        return 0, None
+    return _search.time_bounds(
+        lambda s, p: con.execute(s, p).fetchall(),
+        _search.SQLITE,
+        (),
+        query.since_us,
+        query.until_us,
+    )
+
+
 class TestSqlitePlans:
     @pytest.mark.parametrize(("query", "index"), PLANS, ids=lambda v: str(v)[:60])
     def test_every_search_uses_its_index(
         self, sqlite_db: SqliteDatabase, query: SearchQuery, index: str
     ) -> None:
         con = sqlite_db._con
-        lo, hi = 0, None
+        lo, hi = _sqlite_bounds(con, query)
         if query.since_us is not None or query.until_us is not None:
-            lo, hi = _search.time_bounds(
-                lambda s, p: con.execute(s, p).fetchall(),
-                _search.SQLITE,
-                (),
-                query.since_us,
-                query.until_us,
-            )
             assert (lo, hi) != (0, None)  # the window was narrowed
         statement, params = _search.search_statement(query, _search.SQLITE, (), lo=lo, hi=hi)
         plan = _sqlite_plan(con, statement, params)
@@ -288,15 +294,7 @@ class TestSqlitePlans:
         # Officer, case and subject indexes are keyed by key block first (issue 18): the
         # search seeks each block of its range, in the page's order (no sort of every hit).
         con = sqlite_db._con
-        lo, hi = 0, None
-        if query.since_us is not None or query.until_us is not None:
-            lo, hi = _search.time_bounds(
-                lambda s, p: con.execute(s, p).fetchall(),
-                _search.SQLITE,
-                (),
-                query.since_us,
-                query.until_us,
-            )
+        lo, hi = _sqlite_bounds(con, query)
         statement, params = _search.search_statement(query, _search.SQLITE, (), lo=lo, hi=hi)
         plan = _sqlite_plan(con, statement, params)
         for table in ("search_rows", "leaves", "subjects"):
