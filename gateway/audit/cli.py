@@ -77,6 +77,16 @@ from gateway.audit.store import CHECKPOINT_INTERVAL, IndexedRow, SearchQuery
 __all__ = ["register"]
 
 PROGRESS_CHUNK = 20_000
+PARALLEL_FROM = 4_096
+"""``verify`` uses every CPU (up to 8) for a shard of at least this many entries, one process
+below: a forked worker starts in about 10 ms, less than a core saves on 4,096 entries' checks
+(5–6 µs each without signatures, ~100 µs with them; ``docs/benchmarks.md``)."""
+
+
+def _verify_jobs(entries: int) -> int:
+    return min(os.cpu_count() or 1, 8) if entries >= PARALLEL_FROM else 1
+
+
 _LEGS = {EntryKind.REQUEST: "request", EntryKind.RESPONSE: "response", EntryKind.EVENT: "event"}
 
 
@@ -108,7 +118,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--jobs",
         type=int,
         default=0,
-        help="worker processes (default: 1, or every CPU for big logs)",
+        help="worker processes (default: every CPU, up to 8, from 4,096 entries; else 1)",
     )
     verify.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     verify.add_argument(
@@ -302,7 +312,7 @@ def _verify(args: argparse.Namespace) -> int:
             origin, total = probe.origin, probe.next_index()
         finally:
             probe.close()
-        jobs = args.jobs or (min(os.cpu_count() or 1, 8) if total >= 200_000 else 1)
+        jobs = args.jobs or _verify_jobs(total)
         options = VerifyOptions(
             check_index=not args.no_index,
             federation=None if args.no_signatures else args.federation,
@@ -619,7 +629,7 @@ def _all_verified(
             origin, total = probe.origin, probe.next_index()
         finally:
             probe.close()
-        jobs = min(os.cpu_count() or 1, 8) if total >= 200_000 else 1
+        jobs = _verify_jobs(total)
         reports.append(
             verify_log(
                 opener,
