@@ -448,6 +448,26 @@ def _is_partitioned(conn: psycopg.Connection[Any], *, writer: bool = True) -> bo
     return row is not None and row[0] == "p"
 
 
+_DEADLOCK_ATTEMPTS = 4
+
+
+def _again_after_deadlock(transaction: Callable[[], None]) -> None:
+    """Run ``transaction`` (one whole transaction), again when PostgreSQL aborted it to break
+    a deadlock (at most ``_DEADLOCK_ATTEMPTS`` times in all): an aborted transaction changed
+    nothing, so running it again is safe. Instances sharing a schema deadlock when one's schema
+    transaction (DDL, at start-up) and another's commit take the same tables in other orders;
+    without this the commit failed and its gateway stopped (seen with two gateways started
+    together). Raises what the last attempt raised."""
+    for attempt in range(1, _DEADLOCK_ATTEMPTS + 1):
+        try:
+            transaction()
+            return
+        except psycopg.errors.DeadlockDetected:
+            if attempt == _DEADLOCK_ATTEMPTS:
+                raise
+            time.sleep(0.01 * attempt)
+
+
 def _where(schema: str) -> str:
     """A store's name in messages (never the DSN: it may hold a password)."""
     return f"PostgreSQL schema {schema!r}"
@@ -480,14 +500,7 @@ class PgDatabase(StoredNotes):
         conn = _connect(self._dsn, self._schema)
         try:
             if self._writer:
-                with conn.transaction():
-                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_DDL_LOCK,))
-                    prepare_postgres(conn, AUDIT_SCHEMA, where=self._where)
-                    self._partitioned = _is_partitioned(conn)
-                    if self._partitioned:
-                        now = _months.month_of(time.time_ns() // 1000)
-                        _months.create_partitions(conn, set(range(now, now + _MONTHS_AHEAD)))
-                        self._have_months = _months.partitions(conn)
+                _again_after_deadlock(lambda: self._prepare(conn))
                 if not _months.take_writer_lock(conn, self._schema, self._origin):
                     raise AuditUnavailable(
                         f"another gateway instance is writing the audit shard {self._origin!r}: "
@@ -524,6 +537,21 @@ class PgDatabase(StoredNotes):
             conn.close()
             raise
         return conn
+
+    def _prepare(self, conn: psycopg.Connection[Any]) -> None:
+        """A writer's schema transaction: tables, triggers and steps, this month's partitions.
+
+        Its DDL locks the tables one by one in the schema's order while another instance's
+        commit may hold ``leaves`` and wait for ``heads``: PostgreSQL then aborts one of the
+        two, and the caller runs this again (``_again_after_deadlock``)."""
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_DDL_LOCK,))
+            prepare_postgres(conn, AUDIT_SCHEMA, where=self._where)
+            self._partitioned = _is_partitioned(conn)
+            if self._partitioned:
+                now = _months.month_of(time.time_ns() // 1000)
+                _months.create_partitions(conn, set(range(now, now + _MONTHS_AHEAD)))
+                self._have_months = _months.partitions(conn)
 
     def _c(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
@@ -585,7 +613,8 @@ class PgDatabase(StoredNotes):
         key = (o,)
         leaves = _rows.leaf_values(batch.leaves)
         start = batch.leaves[0].index if batch.leaves else batch.size
-        try:
+
+        def once() -> None:
             conn = self._c()
             last = conn.execute(_LAST_MONTH, key).fetchone()
             months = self._months_of(leaves, None if last is None else int(last[0]))
@@ -631,6 +660,9 @@ class PgDatabase(StoredNotes):
                 cur.execute(_SET_HEAD, (o, "signed", batch.size, batch.checkpoint))
                 for statement, rows in batch.beside:  # the bodies' tables (``_bodies``)
                     cur.executemany(statement, rows)
+
+        try:
+            _again_after_deadlock(once)
         except psycopg.Error as exc:
             raise self._error("commit a batch", exc) from exc
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -28,6 +29,7 @@ from gateway.audit._months import month_of
 from gateway.audit.cli import register
 from gateway.audit.pg_store import PgDatabase, list_origins
 from gateway.audit.sqlite_store import SqliteDatabase
+from gateway.audit.store import CommitBatch
 from gateway.config import AuditConfig, PipelineConfig
 from gateway.replay import RequestLegSource
 from gateway.server import Gateway
@@ -241,3 +243,84 @@ class TestRequestLegsSince:
             )
             assert_indexed(conn, found)
         assert any(s.index.endswith("time_us_idx") for s in found), found
+
+
+class TestInstancesStartingTogether:
+    def test_a_writer_opening_beside_a_commit_that_deadlocks_with_it_still_opens(
+        self, pg: Any
+    ) -> None:
+        """Another instance's commit holds ``checkpoints`` and then asks for ``heads`` while
+        this writer's schema transaction holds ``heads`` (its trigger) and waits for
+        ``checkpoints``: PostgreSQL aborts the one that waited first, the schema transaction,
+        which is run again. (Seen in CI with `fedgate up --gateways 2`.)"""
+        PgDatabase(pg.dsn, origin="fedgate.test/other", schema=pg.schema, writer=True).close()
+        opened: list[PgDatabase] = []
+        failed: list[BaseException] = []
+
+        def open_writer() -> None:
+            try:
+                opened.append(PgDatabase(pg.dsn, origin=ORIGIN, schema=pg.schema, writer=True))
+            except BaseException as exc:  # reported below
+                failed.append(exc)
+
+        with psycopg.connect(pg.dsn, autocommit=True) as commit:
+            commit.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(pg.schema)))
+            with commit.transaction():
+                # A shard's first commit (an empty batch: its checkpoint at size 0) has
+                # written ``checkpoints`` and is about to write ``heads``.
+                commit.execute("LOCK TABLE checkpoints IN ROW EXCLUSIVE MODE")
+                opener = threading.Thread(target=open_writer)
+                opener.start()
+                _wait_for_lock_wait(pg, exclude=commit.info.backend_pid)
+                commit.execute("LOCK TABLE heads IN ROW EXCLUSIVE MODE")
+            opener.join(timeout=30)
+        assert not opener.is_alive()
+        assert failed == [], failed
+        opened[0].close()
+
+    def test_a_commit_that_deadlocks_with_a_schema_transaction_is_committed_again(
+        self, pg: Any
+    ) -> None:
+        """The other way round: the commit waits first (for ``heads``, held by another
+        instance's schema transaction that then waits for ``checkpoints``), so PostgreSQL
+        aborts the commit; it is run again and lands once the schema transaction is done."""
+        db = PgDatabase(pg.dsn, origin=ORIGIN, schema=pg.schema, writer=True)
+        failed: list[BaseException] = []
+
+        def commit_first_checkpoint() -> None:
+            try:
+                db.commit(CommitBatch((), 0, "checkpoint 0"))
+            except BaseException as exc:  # reported below
+                failed.append(exc)
+
+        try:
+            with psycopg.connect(pg.dsn, autocommit=True) as ddl:
+                ddl.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(pg.schema)))
+                with ddl.transaction():
+                    ddl.execute("LOCK TABLE heads IN SHARE ROW EXCLUSIVE MODE")
+                    committer = threading.Thread(target=commit_first_checkpoint)
+                    committer.start()
+                    _wait_for_lock_wait(pg, exclude=ddl.info.backend_pid)
+                    ddl.execute("LOCK TABLE checkpoints IN SHARE ROW EXCLUSIVE MODE")
+                committer.join(timeout=30)
+            assert not committer.is_alive()
+            assert failed == [], failed
+            assert db.load().next_index == 0
+            assert db.checkpoints_in(-1, 1) == [(0, "checkpoint 0")]
+        finally:
+            db.close()
+
+
+def _wait_for_lock_wait(pg: Any, *, exclude: int) -> None:
+    """Until another session of this database waits for a lock (bounded: 10 s)."""
+    with psycopg.connect(pg.dsn, autocommit=True) as watch:
+        for _ in range(500):
+            row = watch.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND pid <> %s AND datname = current_database()",
+                (exclude,),
+            ).fetchone()
+            if row is not None and row[0] > 0:
+                return
+            time.sleep(0.02)
+    raise AssertionError("the writer never waited for a lock")
