@@ -70,6 +70,13 @@ def _contents(path: Path) -> dict[str, list[tuple[object, ...]]]:
         con.close()
 
 
+async def _gateway_log(path: Path) -> AuditLog:
+    """The built log at ``path`` opened as the gateway opens its log."""
+    signer = bench_signer()
+    store = await open_sqlite_store(path, origin=signer.name)
+    return await AuditLog.open(store=store, origin=signer.name, signer=signer)
+
+
 def verifies(path: Path) -> None:
     """``fedgate audit verify``'s code, index check included, accepts the built log at ``path``
     and covers every entry in it."""
@@ -191,9 +198,7 @@ class TestWriteLog:
     ) -> None:
         built = tmp_path / "built.sqlite"
         write_log(built, 1_500, batch=512, workers=1)
-        signer = bench_signer()
-        store = await open_sqlite_store(built, origin=signer.name)
-        log = await AuditLog.open(store=store, origin=signer.name, signer=signer)
+        log = await _gateway_log(built)
         assert log.size == 1_500
         make = _biglog._Exchanges(7, datetime.now(UTC), timedelta(seconds=1))
         request = make.request(1_500)
@@ -209,9 +214,7 @@ class TestWriteLog:
         # built part of the way, and the resumed build went back to its planned times.
         built = tmp_path / "built.sqlite"
         write_log(built, 1_000, batch=512, workers=1)
-        signer = bench_signer()
-        store = await open_sqlite_store(built, origin=signer.name)
-        log = await AuditLog.open(store=store, origin=signer.name, signer=signer)
+        log = await _gateway_log(built)
         step = timedelta(milliseconds=1)  # entry ``i`` at the real time: now + (i - 1_000) ms
         make = _biglog._Exchanges(7, datetime.now(UTC) - step * 1_000, step)
         for k in range(3):
