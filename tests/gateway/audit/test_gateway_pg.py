@@ -255,27 +255,15 @@ class TestInstancesStartingTogether:
         which is run again. (Seen in CI with `fedgate up --gateways 2`.)"""
         PgDatabase(pg.dsn, origin="fedgate.test/other", schema=pg.schema, writer=True).close()
         opened: list[PgDatabase] = []
-        failed: list[BaseException] = []
-
-        def open_writer() -> None:
-            try:
-                opened.append(PgDatabase(pg.dsn, origin=ORIGIN, schema=pg.schema, writer=True))
-            except BaseException as exc:  # reported below
-                failed.append(exc)
-
-        with psycopg.connect(pg.dsn, autocommit=True) as commit:
-            commit.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(pg.schema)))
-            with commit.transaction():
-                # A shard's first commit (an empty batch: its checkpoint at size 0) has
-                # written ``checkpoints`` and is about to write ``heads``.
-                commit.execute("LOCK TABLE checkpoints IN ROW EXCLUSIVE MODE")
-                opener = threading.Thread(target=open_writer)
-                opener.start()
-                _wait_for_lock_wait(pg, exclude=commit.info.backend_pid)
-                commit.execute("LOCK TABLE heads IN ROW EXCLUSIVE MODE")
-            opener.join(timeout=30)
-        assert not opener.is_alive()
-        assert failed == [], failed
+        # A shard's first commit (an empty batch: its checkpoint at size 0) has written
+        # ``checkpoints`` and is about to write ``heads``.
+        _deadlock(
+            pg,
+            lambda: opened.append(PgDatabase(pg.dsn, origin=ORIGIN, schema=pg.schema, writer=True)),
+            first="checkpoints",
+            then="heads",
+            mode="ROW EXCLUSIVE",
+        )
         opened[0].close()
 
     def test_a_commit_that_deadlocks_with_a_schema_transaction_is_committed_again(
@@ -285,30 +273,45 @@ class TestInstancesStartingTogether:
         instance's schema transaction that then waits for ``checkpoints``), so PostgreSQL
         aborts the commit; it is run again and lands once the schema transaction is done."""
         db = PgDatabase(pg.dsn, origin=ORIGIN, schema=pg.schema, writer=True)
-        failed: list[BaseException] = []
-
-        def commit_first_checkpoint() -> None:
-            try:
-                db.commit(CommitBatch((), 0, "checkpoint 0"))
-            except BaseException as exc:  # reported below
-                failed.append(exc)
-
         try:
-            with psycopg.connect(pg.dsn, autocommit=True) as ddl:
-                ddl.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(pg.schema)))
-                with ddl.transaction():
-                    ddl.execute("LOCK TABLE heads IN SHARE ROW EXCLUSIVE MODE")
-                    committer = threading.Thread(target=commit_first_checkpoint)
-                    committer.start()
-                    _wait_for_lock_wait(pg, exclude=ddl.info.backend_pid)
-                    ddl.execute("LOCK TABLE checkpoints IN SHARE ROW EXCLUSIVE MODE")
-                committer.join(timeout=30)
-            assert not committer.is_alive()
-            assert failed == [], failed
+            _deadlock(
+                pg,
+                lambda: db.commit(CommitBatch((), 0, "checkpoint 0")),
+                first="heads",
+                then="checkpoints",
+                mode="SHARE ROW EXCLUSIVE",
+            )
             assert db.load().next_index == 0
             assert db.checkpoints_in(-1, 1) == [(0, "checkpoint 0")]
         finally:
             db.close()
+
+
+def _deadlock(pg: Any, run: Callable[[], object], *, first: str, then: str, mode: str) -> None:
+    """Run ``run`` on a thread against another session that holds table ``first`` in
+    ``mode``, waits until ``run`` waits for a lock, then takes ``then`` in ``mode``: the two
+    deadlock, and ``run`` (which waited first) is the one PostgreSQL aborts. Fails unless
+    ``run`` completes without an error."""
+    failed: list[BaseException] = []
+
+    def running() -> None:
+        try:
+            run()
+        except BaseException as exc:  # reported below
+            failed.append(exc)
+
+    lock = "LOCK TABLE {} IN " + mode + " MODE"  # constant modes and table names
+    with psycopg.connect(pg.dsn, autocommit=True) as other:
+        other.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(pg.schema)))
+        with other.transaction():
+            other.execute(sql.SQL(lock).format(sql.Identifier(first)))
+            thread = threading.Thread(target=running)
+            thread.start()
+            _wait_for_lock_wait(pg, exclude=other.info.backend_pid)
+            other.execute(sql.SQL(lock).format(sql.Identifier(then)))
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert failed == [], failed
 
 
 def _wait_for_lock_wait(pg: Any, *, exclude: int) -> None:
