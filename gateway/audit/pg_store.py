@@ -636,15 +636,14 @@ class PgDatabase(StoredNotes):
                             copy.write_row((*leaf, o, month))
                     firsts: dict[int, int] = {}
                     for leaf, month in zip(leaves, months, strict=True):
-                        firsts.setdefault(month, leaf[0])
-                    cur.executemany(
-                        "INSERT INTO leaf_months (origin, month, first_idx) VALUES (%s, %s, %s)",
-                        [
-                            (o, m, first)
-                            for m, first in firsts.items()
-                            if last is None or m > int(last[0])
-                        ],
-                    )
+                        if last is None or month > int(last[0]):
+                            firsts.setdefault(month, leaf[0])
+                    if firsts:  # a month's first leaf only: not a round trip per commit
+                        cur.executemany(
+                            "INSERT INTO leaf_months (origin, month, first_idx)"
+                            " VALUES (%s, %s, %s)",
+                            [(o, m, first) for m, first in firsts.items()],
+                        )
                 if batch.tiles:
                     with cur.copy("COPY tiles (origin, level, idx, data) FROM STDIN") as copy:
                         for tile in batch.tiles:
