@@ -92,8 +92,10 @@ def partitions(conn: psycopg.Connection[Any]) -> set[int]:
     found: set[int] = set()
     for (name,) in rows:
         text = str(name)
-        if text.startswith("leaves_y") and len(text) == len("leaves_y2026m01"):
-            found.add(int(text[8:12]) * 12 + int(text[13:15]) - 1)
+        year, m, month = text[8:12], text[12:13], text[13:15]
+        named = text.startswith("leaves_y") and len(text) == 15 and m == "m"
+        if named and (year + month).isdigit():  # not another table that looks like one
+            found.add(int(year) * 12 + int(month) - 1)
     return found
 
 

@@ -314,11 +314,12 @@ def retire_month(
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (ddl_lock,))
         conn.execute(sql.SQL("ALTER TABLE leaves DETACH PARTITION {}").format(sql.Identifier(name)))
-        conn.cursor().executemany(
-            "INSERT INTO retired_months (origin, month, first_idx, stop_idx, retired_us, rule)"
-            " VALUES (%s, %s, %s, %s, %s, %s)",
-            [(o, month.month, a, b, now_us, rule) for o, a, b in month.ranges],
-        )
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO retired_months (origin, month, first_idx, stop_idx, retired_us, rule)"
+                " VALUES (%s, %s, %s, %s, %s, %s)",
+                [(o, month.month, a, b, now_us, rule) for o, a, b in month.ranges],
+            )
         if drop:
             conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
     return name

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from fedgate.audit_entry import EventEntry
+from fedgate.audit_entry import EventEntry, time_to_micros
 from fedgate.auditverify import RETIRED_EVENT
 from fedgate.errors import FedgateError
 from gateway.audit._bodies import BodyVault
@@ -141,8 +141,7 @@ async def _retire_months(
     now: datetime,
     cutoff: datetime,
 ) -> None:
-    now_us = (now - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
-    cutoff_us = (cutoff - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    now_us, cutoff_us = time_to_micros(now), time_to_micros(cutoff)
     for month in await asyncio.to_thread(months.due, cutoff_us):
         await log.append(
             EventEntry(
