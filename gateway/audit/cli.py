@@ -550,10 +550,11 @@ def _partition_command(
     registry: Registry,
     witnesses: Any,
     progress: Any,
-) -> int:
+) -> tuple[int, bool]:
     """PostgreSQL: verify every shard, move the schema's leaves into monthly partitions (an
     interrupted move resumes without verifying again), verify every shard from the partitions,
-    and only then drop the old table."""
+    and only then drop the old table. Returns the exit code and whether every shard was just
+    verified (then ``migrate`` need not verify them again before its own steps)."""
     from gateway.audit.pg_store import (
         finish_partitioning,
         list_origins,
@@ -563,14 +564,14 @@ def _partition_command(
 
     pending, resuming = partition_pending(args.pg, schema=args.schema)
     if not pending:
-        return 0
+        return 0, False
     origins = list_origins(args.pg, schema=args.schema)
     if not resuming:
         for origin in origins:
             _writer(args, origin).close()  # brings the schema to this version (legacy layout)
         if not _verified(args, registry, witnesses, progress, origins, "before moving"):
             print("fedgate audit migrate: the log does not verify: nothing changed")
-            return 1
+            return 1, False
 
     def moved(origin: str, done: int, total: int) -> None:
         if not args.quiet:
@@ -583,10 +584,10 @@ def _partition_command(
             "fedgate audit migrate: the log does not verify from its partitions: the old "
             "table stays (leaves_unpartitioned); run `fedgate audit verify`"
         )
-        return 1
+        return 1, False
     if finish_partitioning(args.pg, schema=args.schema):
         print("every shard verified from its monthly partitions: the old leaves are dropped")
-    return 0
+    return 0, True
 
 
 def _verified(
@@ -651,10 +652,13 @@ def _migrate_command(args: argparse.Namespace) -> int:
     registry = Registry.load_dir(args.federation)
     witnesses = witness_verifiers(registry)
     progress = None if args.quiet else _progress
-    if args.pg is not None and _partition_command(args, registry, witnesses, progress):
-        return 1
+    code, verified = 0, False  # ``verified``: every shard was just verified from partitions
+    if args.pg is not None:
+        code, verified = _partition_command(args, registry, witnesses, progress)
+    if code:
+        return code
     openers = _sources(args)
-    if not _all_verified(
+    if not verified and not _all_verified(
         args,
         registry,
         witnesses,
