@@ -53,6 +53,7 @@ __all__ = [
     "BLOCK",
     "HIT_COLUMNS",
     "KEY_BLOCK_BITS",
+    "KEY_BLOCK_EXPR",
     "PG",
     "PROJECTION",
     "SQLITE",
@@ -154,7 +155,10 @@ _FIELDS: Final = (
     ("outcome", "outcome = ?"),
 )
 _MEMBER_COLUMNS: Final = ("requesting_agency = ?", "target_agency = ?")
-_KEY_BLOCK: Final = f"(idx >> {KEY_BLOCK_BITS})"
+KEY_BLOCK_EXPR: Final = f"idx >> {KEY_BLOCK_BITS}"
+"""A leaf's key block, as the SQLite indexes keyed by it are defined (``sqlite_store``): the
+searches write the same expression, or SQLite would not use those indexes."""
+_KEY_BLOCK: Final = f"({KEY_BLOCK_EXPR})"
 # The key blocks from the newest the projection holds (when the range has no upper bound).
 _LAST_BLOCK: Final = f"(SELECT COALESCE(MAX(idx), 0) >> {KEY_BLOCK_BITS} FROM {PROJECTION})"  # noqa: S608
 

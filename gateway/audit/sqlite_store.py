@@ -151,7 +151,7 @@ CREATE INDEX IF NOT EXISTS search_time ON search_rows (time_us);
 """
 # The indexes whose keys arrive in random order, keyed by the leaf's key block first
 # (``_search.KEY_BLOCK_BITS``): the catch-up's inserts land in the newest block's pages.
-_KEY_BLOCK = f"idx >> {_search.KEY_BLOCK_BITS}"
+_KEY_BLOCK = _search.KEY_BLOCK_EXPR
 _BLOCKED_INDEXES = f"""
 CREATE INDEX IF NOT EXISTS search_officer ON search_rows ({_KEY_BLOCK}, officer_id)
     WHERE officer_id <> '';
@@ -253,7 +253,6 @@ AUDIT_SCHEMA = Schema(
 )
 
 _LEAF_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_LEAF_FIELDS = _LEAF_ROW.count("?")
 _LEAVES_PER_INSERT = 64
 """Leaves per INSERT statement of a commit (a multiple of each smaller power of two)."""
 # One statement per power of two of rows up to ``_LEAVES_PER_INSERT``: a batch is inserted in
@@ -425,11 +424,10 @@ def _checkpoint_wal_round(con: sqlite3.Connection, restart_frames: int) -> bool:
 def _insert_leaves(con: sqlite3.Connection, leaves: Sequence[_rows.LeafValues]) -> None:
     """Insert the leaf rows ``leaves`` with one ``_INSERT_LEAVES`` statement per block of
     ``_LEAVES_PER_INSERT`` leaves and per power of two of the remainder."""
-    flat = [v for row in leaves for v in row]
     at, left = 0, len(leaves)
     while left:
         n = min(_LEAVES_PER_INSERT, 1 << (left.bit_length() - 1))
-        con.execute(_INSERT_LEAVES[n], flat[at * _LEAF_FIELDS : (at + n) * _LEAF_FIELDS])
+        con.execute(_INSERT_LEAVES[n], [v for row in leaves[at : at + n] for v in row])
         at, left = at + n, left - n
 
 
