@@ -116,7 +116,11 @@ def _interrupted(monkeypatch: pytest.MonkeyPatch, path: Path, entries: int, afte
         m.setattr(_biglog, "_bulk", stopping)
         with pytest.raises(_Stop):
             write_log(path, entries, batch=256, workers=1)
-    return SqliteDatabase(path, origin=None, writer=False).next_index()
+    db = SqliteDatabase(path, origin=None, writer=False)
+    try:
+        return db.next_index()
+    finally:
+        db.close()
 
 
 def _same_as_the_store(tmp_path: Path, built: Path, entries: int) -> None:
