@@ -31,7 +31,6 @@ from gateway.audit._partition import RetiredMonth
 
 __all__ = [
     "KEY_DESTROYED_EVENT",
-    "LEAVES_RETIRED_EVENT",
     "MonthRetirer",
     "RetentionPolicy",
     "retention_loop",
@@ -39,7 +38,6 @@ __all__ = [
 ]
 
 KEY_DESTROYED_EVENT = "body_key_destroyed"
-LEAVES_RETIRED_EVENT = RETIRED_EVENT  # what ``fedgate audit verify`` looks for
 
 _log = logging.getLogger(__name__)
 
@@ -145,7 +143,7 @@ async def _retire_months(
     for month in await asyncio.to_thread(months.due, cutoff_us):
         await log.append(
             EventEntry(
-                kind=LEAVES_RETIRED_EVENT,
+                kind=RETIRED_EVENT,  # what ``fedgate audit verify`` looks for
                 actor=actor,
                 member=actor,
                 at=now,

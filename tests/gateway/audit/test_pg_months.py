@@ -20,6 +20,7 @@ from psycopg import sql
 
 from fedgate.audit_entry import EventEntry, decode_entry, encode_entry
 from fedgate.auditverify import (
+    RETIRED_EVENT,
     Failure,
     RetiredRange,
     RetirementClaim,
@@ -31,7 +32,7 @@ from fedgate.errors import AuditUnavailable
 from fedgate.merkle import leaf_hash, root_of, verify_inclusion
 from gateway.audit import _partition, _retention
 from gateway.audit._months import month_of, month_start_us, partition_name, partitions
-from gateway.audit._retention import LEAVES_RETIRED_EVENT, RetentionPolicy
+from gateway.audit._retention import RetentionPolicy
 from gateway.audit.log import AuditLog
 from gateway.audit.pg_store import PgDatabase, PgMonthRetention, open_pg_store
 from gateway.audit.store import CommitBatch, NewLeaf, SearchQuery
@@ -627,7 +628,7 @@ class TestRetentionJob:
         # January only: February reaches into the open tile (256..), the log's right edge.
         event = decode_entry(await log.get_entry(log.size - 1))
         assert log.size == 329
-        assert event.kind == LEAVES_RETIRED_EVENT  # type: ignore[union-attr]
+        assert event.kind == RETIRED_EVENT  # type: ignore[union-attr]
         assert dict(event.detail)["month"] == "2025-01"  # type: ignore[union-attr]
         assert dict(event.detail)["entries"] == f"{ORIGIN} 0..127"  # type: ignore[union-attr]
         assert dict(event.detail)["retired"] == f"{ORIGIN} 0..127"  # type: ignore[union-attr]
