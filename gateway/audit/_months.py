@@ -24,6 +24,7 @@ import psycopg
 from psycopg import sql
 
 __all__ = [
+    "LAST_MONTH",
     "LEGACY_MONTH",
     "MONTH_FUNCTION",
     "SPAN",
@@ -59,6 +60,12 @@ SPAN: Final = (
 """The months of the leaves ``a`` and ``b - 1`` of shard ``o``: every leaf of ``[a, b)`` is in
 a month between them (both ``NULL`` when the range holds no leaf). Two lookups in the
 primary key of a table of one row per month."""
+
+LAST_MONTH: Final = (
+    "SELECT month FROM leaf_months WHERE origin = %s ORDER BY first_idx DESC, month DESC LIMIT 1"
+)
+"""The month of shard ``%s``'s last leaf (no row when it has none): the only partition that
+holds its greatest index, and the earliest its next leaf may go to. A query, or a subquery."""
 
 
 def month_of(time_us: int) -> int:

@@ -144,11 +144,7 @@ def _copy_shard(
         "SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves_unpartitioned WHERE origin = %s", (origin,)
     ).fetchone()
     total = 0 if row is None else int(row[0])
-    last = conn.execute(
-        "SELECT month FROM leaf_months WHERE origin = %s ORDER BY first_idx DESC, month DESC"
-        " LIMIT 1",
-        (origin,),
-    ).fetchone()
+    last = conn.execute(_months.LAST_MONTH, (origin,)).fetchone()
     done = 0
     if last is not None:
         got = conn.execute(

@@ -47,6 +47,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
+from gateway.audit._months import LAST_MONTH
 from gateway.audit.store import IndexedRow, SearchQuery
 
 __all__ = [
@@ -227,9 +228,8 @@ def next_index(fetch: Fetch, dialect: Dialect, scope: tuple[Any, ...]) -> int:
     ``idx`` across months, and ``MAX(idx)`` over all of them reads every index entry."""
     if dialect.pg:
         rows = fetch(
-            "SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves WHERE origin = %s AND month ="
-            " (SELECT month FROM leaf_months WHERE origin = %s"
-            " ORDER BY first_idx DESC, month DESC LIMIT 1)",
+            "SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves WHERE origin = %s"  # noqa: S608
+            f" AND month = ({LAST_MONTH})",  # constant text
             (*scope, *scope),
         )
     else:

@@ -395,10 +395,6 @@ _ROLLUP_COLUMNS = (
 _LEAF_BYTES = f"SELECT leaf FROM leaves WHERE {_RANGE} ORDER BY idx"  # noqa: S608 - constant
 _LEAF_HASHES = f"SELECT leaf_hash FROM leaves WHERE {_RANGE} ORDER BY idx"  # noqa: S608 - constant
 _LEAF_ROWS = f"SELECT idx, leaf, leaf_hash FROM leaves WHERE {_RANGE} ORDER BY idx"  # noqa: S608
-_LAST_MONTH = (
-    "SELECT month, first_idx FROM leaf_months WHERE origin = %s"
-    " ORDER BY first_idx DESC, month DESC LIMIT 1"
-)
 _MONTHS_AHEAD = 2
 """Partitions created ahead when a writer opens: the current month and the next."""
 
@@ -616,12 +612,12 @@ class PgDatabase(StoredNotes):
 
         def once() -> None:
             conn = self._c()
-            last = conn.execute(_LAST_MONTH, key).fetchone()
+            last = conn.execute(_months.LAST_MONTH, key).fetchone()
             months = self._months_of(leaves, None if last is None else int(last[0]))
             if self._partitioned:
                 self._ensure_months(set(months))
             with conn.transaction(), conn.cursor() as cur:
-                if cur.execute(_LAST_MONTH, key).fetchone() != last:
+                if cur.execute(_months.LAST_MONTH, key).fetchone() != last:
                     raise AuditUnavailable(f"audit shard {o!r}: another writer appended meanwhile")
                 found = self._next_index(cur, last)
                 if found != start:
@@ -806,7 +802,9 @@ class PgDatabase(StoredNotes):
     def next_index(self) -> int:
         try:
             conn = self._c()
-            return self._next_index(conn, conn.execute(_LAST_MONTH, (self._origin,)).fetchone())
+            return self._next_index(
+                conn, conn.execute(_months.LAST_MONTH, (self._origin,)).fetchone()
+            )
         except psycopg.Error as exc:
             raise self._error("count entries", exc) from exc
 
