@@ -301,11 +301,10 @@ def retire_month(
     rule: str,
     now_us: int,
     ddl_lock: int,
-    drop: bool,
 ) -> str:
     """Detach ``month``'s partition from ``leaves`` and record its ranges in
-    ``retired_months``; drop it too when ``drop``. Returns the table's name (kept, detached,
-    unless dropped). The caller has logged the retirement first."""
+    ``retired_months``. Returns the table's name: kept, detached (archive it, then drop it).
+    The caller has logged the retirement first."""
     name = _months.partition_name(month.month)
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (ddl_lock,))
@@ -316,6 +315,4 @@ def retire_month(
                 " VALUES (%s, %s, %s, %s, %s, %s)",
                 [(o, month.month, a, b, now_us, rule) for o, a, b in month.ranges],
             )
-        if drop:
-            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
     return name

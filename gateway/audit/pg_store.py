@@ -1029,12 +1029,11 @@ def partition_schema(
 class PgMonthRetention:
     """The months of a schema's partitioned leaves for the retention job (``MonthRetirer``):
     which are due, and detaching one (``_partition``). Each call is one short connection.
-    Detached tables are kept (archive, then drop them) unless ``drop``."""
+    Detached tables are kept: archive, then drop them."""
 
-    def __init__(self, dsn: str, *, schema: str = DEFAULT_SCHEMA, drop: bool = False) -> None:
+    def __init__(self, dsn: str, *, schema: str = DEFAULT_SCHEMA) -> None:
         self._dsn = dsn
         self._schema = schema
-        self._drop = drop
 
     def due(self, cutoff_us: int) -> list[_partition.RetiredMonth]:
         try:
@@ -1051,7 +1050,7 @@ class PgMonthRetention:
         try:
             with _connect(self._dsn, self._schema) as conn:
                 return _partition.retire_month(
-                    conn, month, rule=rule, now_us=now_us, ddl_lock=_DDL_LOCK, drop=self._drop
+                    conn, month, rule=rule, now_us=now_us, ddl_lock=_DDL_LOCK
                 )
         except psycopg.Error as exc:
             raise AuditUnavailable(
