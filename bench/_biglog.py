@@ -70,7 +70,12 @@ from fedgate.note import NoteSigner
 from fedgate.storage import open_sqlite
 from fedgate.tiles import TILE_WIDTH, TiledTree
 from gateway.audit import _rollups, _rows, _search
-from gateway.audit.sqlite_store import SqliteDatabase, default_state_path
+from gateway.audit.sqlite_store import (
+    _INSERT_LEAVES,
+    _SET_HEAD,
+    SqliteDatabase,
+    default_state_path,
+)
 from gateway.audit.store import CHECKPOINT_INTERVAL, CommitBatch, NewLeaf
 
 __all__ = ["ORIGIN", "BuildRecord", "bench_signer", "build_record", "cached_log", "write_log"]
@@ -234,19 +239,11 @@ def _chunk(start: int, stop: int, entries: int, first: datetime, step: timedelta
     )
 
 
-_INSERT_LEAF = (
-    f"INSERT INTO leaves ({_rows.LEAF_COLUMNS})"
-    f" VALUES ({', '.join('?' * len(_rows.LEAF_COLUMNS.split(',')))})"
-)
 _INSERT_ROW = (
     f"INSERT INTO search_rows ({_rows.PROJECTED_COLUMNS})"
     f" VALUES ({', '.join('?' * len(_rows.PROJECTED_COLUMNS.split(',')))})"
 )
 _ROLLUP_DAY, _ROLLUP_OFFICER = _rollups.upserts(pg=False)
-_SET_HEAD = (
-    "INSERT INTO heads (kind, size, note) VALUES ('signed', ?, ?)"
-    " ON CONFLICT (kind) DO UPDATE SET size = excluded.size, note = excluded.note"
-)
 _STAGING = """
 CREATE TABLE IF NOT EXISTS bulk_indexes (name TEXT PRIMARY KEY, sql TEXT NOT NULL) STRICT;
 """
@@ -321,13 +318,13 @@ def _bulk(con: sqlite3.Connection, tree: TiledTree, made: _Made, signer: NoteSig
         checkpoint = Checkpoint(signer.name, tree.size, tree.root())
         notes.append((tree.size, sign_checkpoint(checkpoint, signer)))
     with _immediate(con):
-        con.executemany(_INSERT_LEAF, rows)
+        con.executemany(_INSERT_LEAVES[1], rows)  # the store's, one leaf a row
         con.executemany(_INSERT_ROW, [(r[0], *r[3:14]) for r in rows])
         con.executemany("INSERT INTO subjects (block, subject, idx) VALUES (?, ?, ?)", subjects)
         con.executemany("INSERT INTO tiles (level, idx, data) VALUES (?, ?, ?)", tiles)
         con.executemany("INSERT INTO time_blocks (block, min_us, max_us) VALUES (?, ?, ?)", blocks)
         con.executemany("INSERT INTO checkpoints (size, note) VALUES (?, ?)", notes)
-        con.execute(_SET_HEAD, notes[-1])
+        con.execute(_SET_HEAD, ("signed", *notes[-1]))
         con.executemany(_ROLLUP_DAY, day_rows)
         con.executemany(_ROLLUP_OFFICER, officer_rows)
         con.execute(
