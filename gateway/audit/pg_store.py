@@ -395,6 +395,14 @@ _ROLLUP_COLUMNS = (
 _LEAF_BYTES = f"SELECT leaf FROM leaves WHERE {_RANGE} ORDER BY idx"  # noqa: S608 - constant
 _LEAF_HASHES = f"SELECT leaf_hash FROM leaves WHERE {_RANGE} ORDER BY idx"  # noqa: S608 - constant
 _LEAF_ROWS = f"SELECT idx, leaf, leaf_hash FROM leaves WHERE {_RANGE} ORDER BY idx"  # noqa: S608
+_NEXT_AFTER = (
+    "SELECT (SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves WHERE origin = %(o)s AND month = %(m)s),"
+    " EXISTS (SELECT 1 FROM leaf_months WHERE origin = %(o)s AND month > %(m)s)"
+)
+"""A commit's check, given the month ``m`` of the shard's last leaf as its writer knows it (-1:
+none): one past the greatest index in that month's partition, and whether a later month has
+leaves (written by somebody else since; months rise with indices, and a month's first leaf
+comes with its ``leaf_months`` row, in one transaction)."""
 _MONTHS_AHEAD = 2
 """Partitions created ahead when a writer opens: the current month and the next."""
 
@@ -487,12 +495,17 @@ class PgDatabase(StoredNotes):
         self._conn: psycopg.Connection[Any] | None = None
         self._partitioned = True  # set by ``_open``: False for the legacy layout (month 0)
         self._have_months: set[int] = set()  # partitions known to exist (a writer's cache)
+        self._last_month: int | None = None
+        """The month of the shard's last leaf (-1: none) as this writer's last commit left it,
+        so that a commit does not read it; ``None``: unknown (opened, reconnected, or the last
+        commit failed), read by the next commit."""
         try:
             self._conn = self._open()
         except psycopg.Error as exc:
             raise self._error("open the store", exc) from exc
 
     def _open(self) -> psycopg.Connection[Any]:
+        self._last_month = None  # another writer may have written while this one was away
         conn = _connect(self._dsn, self._schema)
         try:
             if self._writer:
@@ -580,12 +593,13 @@ class PgDatabase(StoredNotes):
             raise self._error("load the log", exc) from exc
         return _rows.stored_log(self._origin, hashes, tile_count, next_index, cp, co)
 
-    def _months_of(self, leaves: Sequence[_rows.LeafValues], last: int | None) -> list[int]:
-        """Each leaf's month: its time's, but never before the month of the leaf before it."""
+    def _months_of(self, leaves: Sequence[_rows.LeafValues], last: int) -> list[int]:
+        """Each leaf's month: its time's, but never before the month of the leaf before it
+        (``last`` for the first; -1 when there is none)."""
         if not self._partitioned:
             return [_months.LEGACY_MONTH] * len(leaves)
         out: list[int] = []
-        floor = -1 if last is None else last
+        floor = last
         for leaf in leaves:
             floor = max(floor, _months.month_of(leaf[5]))
             out.append(floor)
@@ -612,14 +626,18 @@ class PgDatabase(StoredNotes):
 
         def once() -> None:
             conn = self._c()
-            last = conn.execute(_months.LAST_MONTH, key).fetchone()
-            months = self._months_of(leaves, None if last is None else int(last[0]))
+            # Taken while the commit runs: one that fails leaves it unknown, to be read again.
+            last, self._last_month = self._last_month, None
+            if last is None:
+                row = conn.execute(_months.LAST_MONTH, key).fetchone()
+                last = -1 if row is None else int(row[0])
+            months = self._months_of(leaves, last)
             if self._partitioned:
                 self._ensure_months(set(months))
             with conn.transaction(), conn.cursor() as cur:
-                if cur.execute(_months.LAST_MONTH, key).fetchone() != last:
+                found, later = cur.execute(_NEXT_AFTER, {"o": o, "m": last}).fetchone() or (0, 0)
+                if later:
                     raise AuditUnavailable(f"audit shard {o!r}: another writer appended meanwhile")
-                found = self._next_index(cur, last)
                 if found != start:
                     raise AuditUnavailable(
                         f"audit shard {o!r}: the batch starts at index {start} but the "
@@ -632,7 +650,7 @@ class PgDatabase(StoredNotes):
                             copy.write_row((*leaf, o, month))
                     firsts: dict[int, int] = {}
                     for leaf, month in zip(leaves, months, strict=True):
-                        if last is None or month > int(last[0]):
+                        if month > last:
                             firsts.setdefault(month, leaf[0])
                     if firsts:  # a month's first leaf only: not a round trip per commit
                         cur.executemany(
@@ -655,6 +673,7 @@ class PgDatabase(StoredNotes):
                 cur.execute(_SET_HEAD, (o, "signed", batch.size, batch.checkpoint))
                 for statement, rows in batch.beside:  # the bodies' tables (``_bodies``)
                     cur.executemany(statement, rows)
+            self._last_month = months[-1] if months else last  # committed
 
         try:
             _again_after_deadlock(once)

@@ -191,6 +191,41 @@ class TestAppends:
         with pytest.raises(AuditUnavailable, match="next index is 1500"):
             _commit(db, _leaves(5, start=1400))
 
+    @pytest.mark.parametrize(
+        ("ahead", "refusal"),
+        [(0, "next index is 1505"), (1, "another writer appended meanwhile")],
+        ids=["same-month", "next-month"],
+    )
+    def test_leaves_another_writer_appended_meanwhile_are_noticed(
+        self, db: PgDatabase, pg: PgTarget, spread: list[NewLeaf], ahead: int, refusal: str
+    ) -> None:
+        """The writer keeps its shard's last month between commits (it does not read it at each
+        commit): leaves another writer appended meanwhile (this one's lock lost, taken by the
+        other) are still noticed, in that month or a later one, and the commit after a refused
+        one reads the month again, so its leaves never go back to an earlier month."""
+        last = _expected_months(spread)[-1]
+
+        def starting_in(month: int, start: int) -> list[NewLeaf]:
+            return _leaves(5, start=start, t0=month_start_us(month) + HOUR - start * 2 * HOUR)
+
+        db._c().execute(
+            "SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (f"{pg.schema}/{ORIGIN}",)
+        )
+        other = PgDatabase(pg.dsn, origin=ORIGIN, schema=pg.schema, writer=True)
+        try:
+            _commit(other, starting_in(last + ahead, 1500))
+        finally:
+            other.close()
+        with pytest.raises(AuditUnavailable, match=refusal):
+            _commit(db, starting_in(last, 1500))
+        _commit(db, starting_in(last, 1505))
+        assert db.next_index() == 1510
+        with _conn(pg) as conn:
+            months = conn.execute(
+                "SELECT DISTINCT month FROM leaves WHERE origin = %s AND idx >= 1500", (ORIGIN,)
+            ).fetchall()
+        assert months == [(last + ahead,)]
+
 
 def _explain_all(
     pg: PgTarget, db: PgDatabase, run: Any, monkeypatch: pytest.MonkeyPatch
