@@ -525,6 +525,21 @@ async def _other_shard(pg_logs: LogFactory, pg: PgTarget, times: list[datetime])
     return OTHER
 
 
+def _verify(
+    pg_logs: LogFactory,
+    capsys: pytest.CaptureFixture[str],
+    *extra: str,
+    signatures: bool = False,
+    source: list[str] | None = None,
+) -> tuple[int, str]:
+    """``fedgate audit verify`` of ``pg_logs`` (or of what ``source`` names) with ``extra``
+    arguments: ``(exit code, output)``. No signature checks unless ``signatures``: the
+    session federation's keys were issued after the 2025 entries of the retention tests."""
+    fed = ["--federation", str(pg_logs.fed.dir), *([] if signatures else ["--no-signatures"])]
+    where = pg_logs.source_args() if source is None else source
+    return run_audit(["verify", *where, *fed, *extra], capsys)
+
+
 class TestLog:
     async def test_proofs_and_verify_over_a_month_boundary(
         self, pg_logs: LogFactory, pg: PgTarget, capsys: pytest.CaptureFixture[str]
@@ -544,8 +559,7 @@ class TestLog:
         finally:
             await log.close()
             pg_logs.opened.remove(log)
-        fed = ["--federation", str(pg_logs.fed.dir)]
-        code, out = run_audit(["verify", *pg_logs.source_args(), *fed], capsys)
+        code, out = _verify(pg_logs, capsys, signatures=True)
         assert code == 0, out
         code, out = run_audit(["prove", "140", *pg_logs.source_args()], capsys)
         assert code == 0, out
@@ -610,7 +624,7 @@ class TestMigration:
             want[name] = want.get(name, 0) + 2  # request and response leg
         assert counts == want
         await _exchanges(pg_logs, [NEXT_MONTH + timedelta(days=70)])
-        code, out = run_audit(["verify", *pg_logs.source_args(), *fed], capsys)
+        code, out = _verify(pg_logs, capsys, signatures=True)
         assert code == 0, out
         code, out = run_audit(["migrate", *source, *fed], capsys)  # again: nothing to do
         assert code == 0, out
@@ -680,8 +694,7 @@ class TestRetentionJob:
         log = await pg_logs.open()  # the right edge still loads
         assert log.size == 329
         # What is left verifies from the first kept checkpoint past the retired entries.
-        fed = ["--federation", str(pg_logs.fed.dir), "--no-signatures"]
-        code, out = run_audit(["verify", *pg_logs.source_args(), *fed, "--from", "256"], capsys)
+        code, out = _verify(pg_logs, capsys, "--from", "256")
         assert code == 0, out
 
 
@@ -711,9 +724,7 @@ class TestVerifyAfterRetention:
     ) -> None:
         await _exchanges(pg_logs, JAN + FEB)
         await _retire(pg_logs, pg)  # January only (February reaches into the open tile)
-        # (the session federation's keys were issued after 2025: no signature checks)
-        fed = ["--federation", str(pg_logs.fed.dir), "--no-signatures"]
-        code, out = run_audit(["verify", *pg_logs.source_args(), *fed], capsys)
+        code, out = _verify(pg_logs, capsys)
         assert code == 0, out
         assert (
             "entries 0\u2013127 retired (month 2025-01, logged at entry 328); verified 201 "
@@ -721,7 +732,7 @@ class TestVerifyAfterRetention:
             "after it" in out
         ), out
         assert "entries      201 of 329 checked" in out, out
-        code, out = run_audit(["verify", *pg_logs.source_args(), *fed, "--from", "300"], capsys)
+        code, out = _verify(pg_logs, capsys, "--from", "300")
         assert code == 0, out  # --from past the retired entries: from its own checkpoint
         assert "entries      73 of 329 checked" in out, out
         assert "retired" not in out, out  # what --from skips is not its to check
@@ -733,8 +744,7 @@ class TestVerifyAfterRetention:
         await _retire(pg_logs, pg)  # January, logged at 328
         await _exchanges(pg_logs, MAR)
         await _retire(pg_logs, pg)  # February, logged at 629
-        fed = ["--federation", str(pg_logs.fed.dir), "--no-signatures"]
-        code, out = run_audit(["verify", *pg_logs.source_args(), *fed], capsys)
+        code, out = _verify(pg_logs, capsys)
         assert code == 0, out
         assert (
             "entries 0\u2013327 retired (month 2025-01, logged at entry 328; month 2025-02, "
@@ -742,7 +752,7 @@ class TestVerifyAfterRetention:
             "checkpoint at size 512 and every one after it" in out
         ), out
         # --from past January's event (and February's range): verified from its checkpoint.
-        code, out = run_audit(["verify", *pg_logs.source_args(), *fed, "--from", "600"], capsys)
+        code, out = _verify(pg_logs, capsys, "--from", "600")
         assert code == 0, out
         assert "entries      118 of 630 checked" in out, out
 
@@ -766,8 +776,7 @@ class TestVerifyAfterRetention:
         pg_logs.opened.remove(log)
         assert dict(event.detail)["entries"] == f"{ORIGIN} 128..328"  # type: ignore[union-attr]
         assert dict(event.detail)["retired"] == f"{ORIGIN} 0..328"  # type: ignore[union-attr]
-        fed = ["--federation", str(pg_logs.fed.dir), "--no-signatures"]
-        code, out = run_audit(["verify", *pg_logs.source_args(), *fed], capsys)
+        code, out = _verify(pg_logs, capsys)
         assert code == 0, out
         assert (
             "entries 0\u2013328 retired (month 2025-01, logged at entry 629; month 2025-02, "
@@ -781,7 +790,7 @@ class TestVerifyAfterRetention:
                 " rule) VALUES (%s, %s, 329, 512, 0, 'by hand')",
                 (ORIGIN, 2025 * 12 + 2),
             )
-        code, out = run_audit(["verify", *pg_logs.source_args(), *fed], capsys)
+        code, out = _verify(pg_logs, capsys)
         assert code == 1, out
         assert "FAILED at entry 329: entries 329..511 (month 2025-03) are missing" in out, out
 
@@ -799,8 +808,7 @@ class TestVerifyAfterRetention:
         assert [m.name for m in due] == ["2025-02"]
         assert due[0].through == ((ORIGIN, 0, 329),)
         months.retire(due[0], rule="by hand", now_us=now_us)
-        fed = ["--federation", str(pg_logs.fed.dir), "--no-signatures"]
-        code, out = run_audit(["verify", *pg_logs.source_args(), *fed], capsys)
+        code, out = _verify(pg_logs, capsys)
         assert code == 1, out
         assert "FAILED at entry 0: entries 0..127 (month 2025-01) are missing" in out, out
 
@@ -815,8 +823,7 @@ class TestVerifyAfterRetention:
         due = months.due(now_us)
         assert [m.name for m in due] == ["2025-01"]
         months.retire(due[0], rule="by hand", now_us=now_us)
-        fed = ["--federation", str(pg_logs.fed.dir), "--no-signatures"]
-        code, out = run_audit(["verify", *pg_logs.source_args(), *fed], capsys)
+        code, out = _verify(pg_logs, capsys)
         assert code == 1, out
         assert (
             "FAILED at entry 0: entries 0..127 (month 2025-01) are missing from the store, "
@@ -837,8 +844,7 @@ class TestVerifyAfterRetention:
         due = months.due(now_us)
         assert [m.name for m in due][:1] == ["2025-02"]
         months.retire(due[0], rule="by hand", now_us=now_us)
-        fed = ["--federation", str(pg_logs.fed.dir), "--no-signatures"]
-        code, out = run_audit(["verify", *pg_logs.source_args(), *fed], capsys)
+        code, out = _verify(pg_logs, capsys)
         assert code == 1, out
         assert "month 2025-01, logged at entry 328" in out, out
         assert "FAILED at entry 128: entries 128..327 (month 2025-02) are missing" in out, out
@@ -850,21 +856,20 @@ class TestVerifyAfterRetention:
         the record of a logged retirement: the entries are missing, whatever the log says."""
         await _exchanges(pg_logs, JAN + FEB)
         await _retire(pg_logs, pg)
-        fed = ["--federation", str(pg_logs.fed.dir), "--no-signatures"]
         with _conn(pg) as conn:
             conn.execute("ALTER TABLE retired_months DISABLE TRIGGER USER")
             conn.execute("DELETE FROM retired_months")
-        code, out = run_audit(["verify", *pg_logs.source_args(), *fed], capsys)
+        code, out = _verify(pg_logs, capsys)
         assert code == 1, out
         assert "FAILED at entry 0: entry 0 is missing from the store" in out, out
         with _conn(pg) as conn:
             conn.execute("ALTER TABLE leaves DISABLE TRIGGER USER")
             conn.execute("DELETE FROM leaves WHERE idx < 200")
-        code, out = run_audit(["verify", *pg_logs.source_args(), *fed], capsys)
+        code, out = _verify(pg_logs, capsys)
         assert code == 1, out
         assert "FAILED at entry 0: entry 0 is missing from the store" in out, out
         # --from still verifies what is left (the claim is the auditor's to make).
-        code, out = run_audit(["verify", *pg_logs.source_args(), *fed, "--from", "256"], capsys)
+        code, out = _verify(pg_logs, capsys, "--from", "256")
         assert code == 0, out
 
 
@@ -881,12 +886,11 @@ class TestVerifyAfterRetentionOverShards:
             assert conn.execute(
                 "SELECT origin, first_idx, stop_idx FROM retired_months ORDER BY origin"
             ).fetchall() == [(ORIGIN, 0, 128), (other, 0, 128)]
-        fed = ["--federation", str(pg_logs.fed.dir), "--no-signatures"]
         every = ["--pg", pg.dsn, "--schema", pg.schema]
-        code, out = run_audit(["verify", *every, *fed], capsys)
+        code, out = _verify(pg_logs, capsys, source=every)
         assert code == 0, out
         assert f"(month 2025-01, logged at entry 328 of {ORIGIN})" in out, out
-        code, out = run_audit(["verify", *every, "--origin", other, *fed], capsys)
+        code, out = _verify(pg_logs, capsys, "--origin", other, source=every)
         assert code == 1, out
         assert "FAILED at entry 0: entries 0..127 (month 2025-01) are missing" in out, out
         assert "verify every shard, without --origin" in out, out
