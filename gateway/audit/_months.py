@@ -106,13 +106,15 @@ def partitions(conn: psycopg.Connection[Any]) -> set[int]:
     return found
 
 
-def create_partitions(conn: psycopg.Connection[Any], months: set[int]) -> None:
-    """Create the partitions of ``months`` that do not exist. The caller holds a transaction
-    and the schema lock (creating a partition locks ``leaves`` against every reader and writer
-    of every shard for a moment, so it is done ahead, and never inside a commit's transaction).
-    Each partition gets the append-only TRUNCATE trigger itself: a statement trigger on the
-    parent does not fire for a partition truncated by name (row triggers are inherited)."""
-    for month in sorted(months - partitions(conn)):
+def create_partitions(conn: psycopg.Connection[Any], months: set[int]) -> set[int]:
+    """Create the partitions of ``months`` that do not exist; returns every month that has a
+    partition then. The caller holds a transaction and the schema lock (creating a partition
+    locks ``leaves`` against every reader and writer of every shard for a moment, so it is done
+    ahead, and never inside a commit's transaction). Each partition gets the append-only
+    TRUNCATE trigger itself: a statement trigger on the parent does not fire for a partition
+    truncated by name (row triggers are inherited)."""
+    existing = partitions(conn)
+    for month in sorted(months - existing):
         name = sql.Identifier(partition_name(month))
         conn.execute(
             sql.SQL(
@@ -126,6 +128,7 @@ def create_partitions(conn: psycopg.Connection[Any], months: set[int]) -> None:
             ).format(name)
         )
         conn.execute(sql.SQL("REVOKE UPDATE, DELETE, TRUNCATE ON {} FROM PUBLIC").format(name))
+    return existing | months
 
 
 def take_writer_lock(conn: psycopg.Connection[Any], schema: str, origin: str) -> bool:

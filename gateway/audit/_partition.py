@@ -241,10 +241,14 @@ def _past_retention(
     month: int,
     ranges: tuple[tuple[str, int, int], ...],
     cutoff_us: int,
+    *,
+    keyed: bool,
 ) -> bool:
+    """Whether every entry of ``month`` is past retention at ``cutoff_us``; ``keyed``: the
+    schema has the bodies' key table (a sealed log)."""
     if _months.month_start_us(month + 1) > cutoff_us:
         return False
-    if _exists(conn, "body_keys"):
+    if keyed:
         live = conn.execute(
             "SELECT 1 FROM body_keys WHERE wrapped IS NOT NULL AND ref <> %s"
             " AND created_us < %s LIMIT 1",
@@ -283,9 +287,10 @@ def due_months(conn: psycopg.Connection[Any], cutoff_us: int) -> list[RetiredMon
         ).fetchall()
     }
     due: list[RetiredMonth] = []
+    keyed = _exists(conn, "body_keys")  # once: a key created now seals no month that ended
     for month in sorted(_months.partitions(conn)):
         ranges = _ranges(conn, month)
-        if not _past_retention(conn, month, ranges, cutoff_us):
+        if not _past_retention(conn, month, ranges, cutoff_us, keyed=keyed):
             break
         for origin, _, stop in ranges:
             ends[origin] = max(ends.get(origin, 0), stop)

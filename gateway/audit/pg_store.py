@@ -559,8 +559,8 @@ class PgDatabase(StoredNotes):
             self._partitioned = _is_partitioned(conn)
             if self._partitioned:
                 now = _months.month_of(time.time_ns() // 1000)
-                _months.create_partitions(conn, set(range(now, now + _MONTHS_AHEAD)))
-                self._have_months = _months.partitions(conn)
+                ahead = set(range(now, now + _MONTHS_AHEAD))
+                self._have_months = _months.create_partitions(conn, ahead)
 
     def _c(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
@@ -615,8 +615,7 @@ class PgDatabase(StoredNotes):
         conn = self._c()
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_DDL_LOCK,))
-            _months.create_partitions(conn, missing)
-            self._have_months = _months.partitions(conn)
+            self._have_months = _months.create_partitions(conn, missing)
 
     def commit(self, batch: CommitBatch) -> None:
         o = self._origin
