@@ -683,9 +683,9 @@ def _response_link(d: bytes) -> tuple[int, str, int]:
 
 
 def entry_link(data: bytes) -> tuple[int, str, int]:
-    """The kind, request id and (for a response leg, else -1) request leaf index of a leaf,
-    validating it exactly as ``decode_entry`` does but building no objects (bulk verification).
-    Raises ``VerificationError``.
+    """The kind, request id (an event's own kind for an event) and (for a response leg, else
+    -1) request leaf index of a leaf, validating it exactly as ``decode_entry`` does but
+    building no objects (bulk verification). Raises ``VerificationError``.
 
     Request and response legs take an unrolled path (about half the time of ``_parse``); an
     entry it does not accept in full goes through ``_parse``, which says what is wrong (so the
@@ -703,7 +703,7 @@ def entry_link(data: bytes) -> tuple[int, str, int]:
         return kind, v[6], -1
     if kind == _RESPONSE:
         return kind, v[0], -1 if v[10] else v[1]
-    return kind, "", -1
+    return kind, v[0], -1
 
 
 # -- index columns -------------------------------------------------------------------------------

@@ -188,7 +188,8 @@ def _span_ranges(text: str) -> tuple[tuple[str, int, int], ...] | None:
 def _claim(index: int, data: bytes) -> RetirementClaim | None:
     """The retirement an event entry logs, if it is a well-formed ``leaves_retired`` event
     (a malformed one names nothing, so what it would cover fails). A whole retired range
-    (``retired``) must start at entry 0."""
+    (``retired``) must start at entry 0. It decodes the entry: the checks call it only for
+    the events whose kind (read by their own parse) is ``RETIRED_EVENT``."""
     entry = decode_entry(data)
     if not isinstance(entry, EventEntry) or entry.kind != RETIRED_EVENT:
         return None
@@ -423,7 +424,7 @@ class _Checker:
             if kind == request_kind:
                 request_ids[idx] = request_id
             elif kind == event_kind:
-                claim = _claim(idx, data)
+                claim = _claim(idx, data) if request_id == RETIRED_EVENT else None
                 if claim is not None:
                     claims.append(claim)
             elif kind == response_kind and r < 0:
@@ -509,7 +510,7 @@ class _Checker:
             elif cols[0] == EntryKind.REQUEST:
                 request_cols[idx] = cols
             elif cols[0] == EntryKind.EVENT:
-                claim = _claim(idx, data)
+                claim = _claim(idx, data) if cols[6] == RETIRED_EVENT else None  # 6: its kind
                 if claim is not None:
                     claims.append(claim)
             if self.check_index and not linked:

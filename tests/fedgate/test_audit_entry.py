@@ -243,7 +243,8 @@ def _slow_link(data: bytes) -> tuple[int, str, int] | str:
         return int(EntryKind.REQUEST), entry.request_id, -1
     if isinstance(entry, ResponseLeg):
         return int(EntryKind.RESPONSE), entry.request_id, entry.request_leaf_index
-    return int(EntryKind.EVENT), "", -1
+    assert isinstance(entry, EventEntry)
+    return int(EntryKind.EVENT), entry.kind, -1
 
 
 def _fast_link(data: bytes) -> tuple[int, str, int] | str:

@@ -732,6 +732,10 @@ class TestVerifyAfterRetention:
             "after it" in out
         ), out
         assert "entries      201 of 329 checked" in out, out
+        # The lean check (no index, no signatures) finds the event through its own parse too.
+        code, out = _verify(pg_logs, capsys, "--no-index")
+        assert code == 0, out
+        assert "entries 0\u2013127 retired (month 2025-01, logged at entry 328)" in out, out
         code, out = _verify(pg_logs, capsys, "--from", "300")
         assert code == 0, out  # --from past the retired entries: from its own checkpoint
         assert "entries      73 of 329 checked" in out, out
