@@ -204,9 +204,10 @@ async def _child_main(kind: str, fed: Path, state: Path, node: str, conn: Any) -
                 census = LoopCensus(loop)
             census.on = True
             conn.send(None)
-        elif asked == "census-take" and census is not None:
-            census.on = False
-            conn.send(census.take())
+        elif asked == "census-take":
+            if census is not None:
+                census.on = False
+            conn.send(census.take() if census is not None else {})
         elif asked == "gc":  # the collector's CPU
             conn.send(gc_seconds[0])
         elif asked == "diagnose":
