@@ -67,6 +67,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from bench._loop_census import LoopCensus
 from fedgate.actions import new_request_id
 from fedgate.envelope import Domain, Signer, decode_request, request_hash, sign_envelope
 from fedgate.pki import init_federation
@@ -194,9 +195,19 @@ async def _child_main(kind: str, fed: Path, state: Path, node: str, conn: Any) -
     gc_seconds = _time_collections()
     conn.send(port)
     loop = asyncio.get_running_loop()
+    census: LoopCensus | None = None
     while (asked := await loop.run_in_executor(None, conn.recv)) != "stop":
         if asked == "cpu":  # CPU of every thread of the process, gRPC's own included
             conn.send(time.process_time())
+        elif asked == "census":  # count loop operations from now on (the counting stays)
+            if census is None:
+                census = LoopCensus(loop)
+            census.on = True
+            conn.send(None)
+        elif asked == "census-take":
+            if census is not None:
+                census.on = False
+            conn.send(census.take() if census is not None else {})
         elif asked == "gc":  # the collector's CPU
             conn.send(gc_seconds[0])
         elif asked == "diagnose":
@@ -277,6 +288,17 @@ class _Process:
         """CPU time the process has spent in garbage collections so far."""
         self._conn.send("gc")
         return float(self._conn.recv())
+
+    def census(self) -> None:
+        """Start counting the process's event-loop operations (``LoopCensus``). The counting
+        wrappers stay installed: measure no CPU in this process after this."""
+        self._conn.send("census")
+        self._conn.recv()
+
+    def census_take(self) -> dict[str, int]:
+        """Stop counting; the counts since ``census``."""
+        self._conn.send("census-take")
+        return dict(self._conn.recv())
 
     def diagnose(self) -> None:
         """Start the gateway's tail diagnostics (``Gateway.diagnose_tail``)."""

@@ -62,6 +62,8 @@ ATTR_STAGE_DURATION: Final = "fedgate.stage.duration_s"
 
 _UNTIMED: Final = contextlib.nullcontext()
 """What a stage runs in when its request's span does not record: nothing to time."""
+_NO_SPAN: Final = contextlib.nullcontext(trace.INVALID_SPAN)
+"""The span of every request when no tracer is configured (``nullcontext`` keeps no state)."""
 
 
 class _TimedStage:
@@ -132,7 +134,6 @@ class GatewayTelemetry:
         self.clock: StageClock | None = None
         """Set while the tail is diagnosed (``gateway.diagnostics``): every stage is marked."""
 
-    @contextlib.contextmanager
     def span(
         self,
         name: str,
@@ -140,12 +141,22 @@ class GatewayTelemetry:
         kind: trace.SpanKind = trace.SpanKind.INTERNAL,
         attributes: Mapping[str, str] | None = None,
         parent: otel_context.Context | None = None,
-    ) -> Iterator[trace.Span]:
+    ) -> contextlib.AbstractContextManager[trace.Span]:
         """A span that is current for the block; exceptions are recorded on it. Without a
-        tracer provider, the invalid span and nothing made current."""
+        tracer provider, the invalid span and nothing made current (one shared context
+        manager: a generator's, made per request, cost 1.2 µs against 0.2)."""
         if not self._tracing:
-            yield trace.INVALID_SPAN
-            return
+            return _NO_SPAN
+        return self._span(name, kind, attributes, parent)
+
+    @contextlib.contextmanager
+    def _span(
+        self,
+        name: str,
+        kind: trace.SpanKind,
+        attributes: Mapping[str, str] | None,
+        parent: otel_context.Context | None,
+    ) -> Iterator[trace.Span]:
         with masked_span(
             self.tracer, name, context=parent, kind=kind, attributes=dict(attributes or {})
         ) as span:

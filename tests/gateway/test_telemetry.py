@@ -17,12 +17,13 @@ import grpc
 import grpc.aio
 import pytest
 import pytest_asyncio
+from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import NoOpTracerProvider, SpanKind
 
 from fedgate.client import FedgateClient
 from fedgate.config import ConfigError
@@ -159,6 +160,40 @@ class TestTraces:
         account = request.account_holder.account_number
         for span in observed.spans.get_finished_spans():
             assert account not in json.dumps(dict(span.attributes or {}))
+
+
+class TestWithoutTracer:
+    async def test_a_span_is_the_invalid_one_made_current_nowhere_and_errors_pass_through(
+        self,
+    ) -> None:
+        telemetry = GatewayTelemetry(tracer_provider=NoOpTracerProvider())
+        before = trace.get_current_span()
+        with telemetry.span("gateway.Submit") as span:
+            assert span is trace.INVALID_SPAN
+            assert trace.get_current_span() is before
+        with pytest.raises(ValueError, match="boom"), telemetry.span("gateway.Submit"):
+            raise ValueError("boom")
+        with telemetry.span("gateway.Submit") as again:  # the shared one, reusable
+            assert again is trace.INVALID_SPAN
+
+    async def test_with_a_tracer_each_block_is_its_own_recorded_span(self) -> None:
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        telemetry = GatewayTelemetry(tracer_provider=provider)
+        seen: list[bool] = []
+
+        def fail() -> None:
+            with telemetry.span("gateway.Submit") as span:
+                seen.append(span.is_recording() and trace.get_current_span() is span)
+                raise ValueError("boom")
+
+        with pytest.raises(ValueError, match="boom"):
+            fail()
+        assert seen == [True]
+        (finished,) = exporter.get_finished_spans()
+        assert finished.name == "gateway.Submit"
+        assert not finished.status.is_ok
 
 
 class TestMetrics:

@@ -11,7 +11,7 @@ from google.protobuf.message import DecodeError as ProtoDecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedgate.actions import ACTIONS, REPORT_ACTIONS
+from fedgate.actions import ACTIONS, REPORT_ACTIONS, new_request_id
 from fedgate.errors import InvalidArgument
 from fedgate.testing import (
     card_number,
@@ -30,6 +30,7 @@ from fedgate.validate import (
     resident_id_check_digit,
     resident_id_valid,
 )
+from gateway.pipeline._fields import uuid_valid
 from gateway.pipeline.validation import CITING_ACTIONS, mask, subjects_of, validate_request
 
 NOW = datetime(2026, 3, 14, 9, 26, 53, tzinfo=UTC)
@@ -884,3 +885,53 @@ class TestDisclosure:
         else:
             request.disclosure.hits_request_id = str(uuid.uuid4()) if cited is None else cited
         assert fields_of(violations(request)) == fields
+
+
+def _uuid_valid_by_parsing(value: str, version: int | None) -> bool:
+    """The definition ``uuid_valid`` keeps: what ``uuid.UUID`` parses, printed back the same,
+    of the RFC 4122 variant and the version asked."""
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        return False
+    if str(parsed) != value or parsed.variant != uuid.RFC_4122:
+        return False
+    return version is None or parsed.version == version
+
+
+def _spellings(u: uuid.UUID) -> list[str]:
+    text = str(u)
+    return [
+        text,
+        text.upper(),
+        text.replace("-", ""),
+        "{" + text + "}",
+        "urn:uuid:" + text,
+        text[:-1],
+        text + "0",
+        text.replace("-", "_", 1),
+        " " + text,
+        text[:9] + "١" + text[10:],  # a non-ASCII digit int() would read
+    ]
+
+
+class TestUuidValid:
+    @given(
+        st.integers(min_value=0, max_value=2**128 - 1),
+        st.sampled_from([None, 0, 1, 4, 7, 8, 10, 15, 16, -1]),
+    )
+    @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+    def test_same_answers_as_parsing_with_uuid_module(self, n: int, version: int | None) -> None:
+        for value in _spellings(uuid.UUID(int=n)):
+            assert uuid_valid(value, version=version) == _uuid_valid_by_parsing(value, version)
+
+    @given(st.text(alphabet="0123456789abcdefABCDEF-{}xyz_", max_size=40))
+    def test_same_answers_on_arbitrary_text(self, value: str) -> None:
+        for version in (None, 7):
+            assert uuid_valid(value, version=version) == _uuid_valid_by_parsing(value, version)
+
+    def test_request_ids_are_version_7_of_the_rfc_variant(self) -> None:
+        request_id = new_request_id()
+        assert uuid_valid(request_id, version=7)
+        assert not uuid_valid(request_id, version=4)
+        assert not uuid_valid(request_id[:19] + "c" + request_id[20:])  # another variant
