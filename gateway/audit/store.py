@@ -16,8 +16,8 @@ Contract for every ``LogDatabase``:
   kept BEHIND the leaves by ``catch_up``, in its own transactions, which need not be durable:
   it is derived from the leaf rows, and ``projected_to`` moves with it atomically. Searches
   MUST still see every committed leaf (``_search.search`` reads the leaf rows past
-  ``projected_to``). ``ThreadedStore`` runs the catch-up after commits (see
-  ``CATCH_UP_ENTRIES``); bulk writers call ``checkpoint_wal``.
+  ``projected_to``). ``ThreadedStore`` runs the catch-up after commits (when, and
+  its bounds: its docstring); bulk writers call ``checkpoint_wal``.
 - Leaves, checkpoints and cosigned checkpoints MUST be append-only in the database itself
   (triggers; on PostgreSQL also privileges), not only in this code.
 - Foreign errors are translated once, here at the boundary, into ``AuditUnavailable``.
@@ -60,9 +60,10 @@ T = TypeVar("T")
 
 logger = logging.getLogger("gateway.audit.log")
 
-CATCH_UP_ENTRIES = 32_768
+CATCH_UP_ENTRIES = 16_384
 """A commit that leaves the projection this many leaves behind starts a catch-up at once; it
-is also the most leaves one catch-up transaction holds."""
+is also the most leaves one catch-up transaction holds. It bounds the leaf rows a search reads
+past the projection (~0.8 us of CPU each on the 10 M log: ~13 ms at this bound)."""
 CATCH_UP_DELAY_S = 0.5
 """After a quiet spell, the catch-up starts this long after the commit that left a lag."""
 CATCH_UP_SPACING_S = 2.0
@@ -71,10 +72,12 @@ CATCH_UP_SPACING_S = 2.0
 The three bounds trade a little lag (which searches do not see: they read the leaf rows past
 the projection) for fewer, larger catch-ups: an index page a catch-up dirties is written once per
 catch-up (WAL, then the database), and on a big log the officer, case and subject indexes spread
-a catch-up's rows over the pages of the newest key block, so small catch-ups wrote about a page
-per entry. At 2,048 entries or 100 ms, a 100 k-entry log cost ~35 % more CPU per append than an
-empty one; at 8,192 entries or 0.5 s the 10 M log appended at 0.80-0.92 of an empty log's rate;
-with catch-ups 2 s apart, up to 32,768 entries, ``docs/benchmarks.md``."""
+a catch-up's rows over the pages of the newest key block. At 2,048 entries or 100 ms, a 100 k-entry
+log cost ~35 % more CPU per append than an empty one. On the 10 M log a catch-up costs ~17.6 us
+of the writer's CPU per entry at 4,096 entries (what 0.5 s holds at a few thousand appends/s),
+~16.6 at 8,192, ~15.1 at 16,384 and no less at 32,768 (``docs/benchmarks.md``): hence 2 s and
+16,384, the size reached from ~8,000 appends/s on; a larger bound would only lengthen a search's
+tail."""
 _CATCH_UP_CHUNK = CATCH_UP_ENTRIES
 """Leaves per catch-up transaction (a log opened far behind catches up in several)."""
 CHECKPOINT_INTERVAL = 256
@@ -292,7 +295,7 @@ class ThreadedStore:
     The search projection is caught up on the writer's thread after the commits, never inside
     one, and never two catch-ups at once. A catch-up starts:
 
-    - at once when a commit leaves ``CATCH_UP_ENTRIES`` (32,768) or more leaves behind;
+    - at once when a commit leaves ``CATCH_UP_ENTRIES`` (16,384) or more leaves behind;
     - otherwise at ``catch_up_at``: ``CATCH_UP_DELAY_S`` (0.5 s) after the commit that left the
       lag when the log was quiet, and no sooner than ``CATCH_UP_SPACING_S`` (2 s) after the
       previous catch-up started when appends go on (fewer, larger catch-ups: each writes the

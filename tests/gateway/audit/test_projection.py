@@ -337,7 +337,7 @@ class TestCatchUpAt:
         assert catch_up_at(behind_since, last_started) == pytest.approx(at)
 
     def test_the_bounds_are_what_the_store_states(self) -> None:
-        assert (CATCH_UP_DELAY_S, CATCH_UP_SPACING_S, CATCH_UP_ENTRIES) == (0.5, 2.0, 32_768)
+        assert (CATCH_UP_DELAY_S, CATCH_UP_SPACING_S, CATCH_UP_ENTRIES) == (0.5, 2.0, 16_384)
 
     @given(
         st.floats(min_value=0, max_value=1e6, allow_nan=False),
