@@ -398,9 +398,11 @@ class LogInsights:
         pool: concurrent.futures.ThreadPoolExecutor,
         *,
         rollups: bool = True,
+        catch_up: Callable[[], None] | None = None,
     ) -> None:
         self.source = source
         self._rollups = rollups
+        self._catch_up = catch_up
         self._pool = pool
         self._reader: _Reader | None = None
         self._closed = False
@@ -412,14 +414,22 @@ class LogInsights:
             self._sql, self._scope = _PG, (source.origin,)
 
     @classmethod
-    async def open(cls, source: Path | PgShard, *, rollups: bool = True) -> LogInsights:
+    async def open(
+        cls,
+        source: Path | PgShard,
+        *,
+        rollups: bool = True,
+        catch_up: Callable[[], None] | None = None,
+    ) -> LogInsights:
         """Open the SQLite file ``source``, or the PostgreSQL shard, read-only. Charts and
         flags over whole China-time days read the rollups (``_rollups``) unless ``rollups``
-        is false; other windows aggregate the leaves. Raises ``AuditUnavailable`` when it is
-        not an audit log or cannot be reached."""
+        is false; other windows aggregate the leaves. ``catch_up``: how to ask the shard's
+        writer in this process to bring the rollups level now (``AuditLog.catch_up_soon``);
+        without it a chart waits for the writer's own catch-up. Raises ``AuditUnavailable``
+        when it is not an audit log or cannot be reached."""
         pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="audit-insights")
         path = source if isinstance(source, PgShard) else Path(source)
-        insights = cls(path, pool, rollups=rollups)
+        insights = cls(path, pool, rollups=rollups, catch_up=catch_up)
         try:
             await insights._run(insights._connect)
         except BaseException:
@@ -509,7 +519,9 @@ class LogInsights:
     async def _rollup_days(self, window: TimeWindow) -> tuple[int, int] | None:
         """``_days``; when the rollups are to be read, first wait (at most ``ROLLUP_WAIT_S``)
         until they cover every entry committed now, recording in ``rollup_lag`` how many they
-        still miss (the store's catch-up keeps them within its bound, ``docs/audit.md``)."""
+        still miss. While they lag it asks the writer for a catch-up now (``catch_up``, each
+        poll: one may have been running): a busy log's catch-ups are spaced (2 s), beyond the
+        wait; another process's shard is kept within the store's bound (``docs/audit.md``)."""
         days = self._days(window)
         if days is None:
             return None
@@ -530,6 +542,8 @@ class LogInsights:
         target, covered = await self._run(state)
         deadline = loop.time() + ROLLUP_WAIT_S
         while covered < target and loop.time() < deadline:
+            if self._catch_up is not None:
+                self._catch_up()
             await asyncio.sleep(0.02)
             covered = (await self._run(state))[1]
         self.rollup_lag = max(0, target - covered)

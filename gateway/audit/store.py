@@ -16,8 +16,8 @@ Contract for every ``LogDatabase``:
   kept BEHIND the leaves by ``catch_up``, in its own transactions, which need not be durable:
   it is derived from the leaf rows, and ``projected_to`` moves with it atomically. Searches
   MUST still see every committed leaf (``_search.search`` reads the leaf rows past
-  ``projected_to``). ``ThreadedStore`` runs the catch-up after commits (see
-  ``CATCH_UP_ENTRIES``); bulk writers call ``checkpoint_wal``.
+  ``projected_to``). ``ThreadedStore`` runs the catch-up after commits (when, and
+  its bounds: its docstring); bulk writers call ``checkpoint_wal``.
 - Leaves, checkpoints and cosigned checkpoints MUST be append-only in the database itself
   (triggers; on PostgreSQL also privileges), not only in this code.
 - Foreign errors are translated once, here at the boundary, into ``AuditUnavailable``.
@@ -40,6 +40,7 @@ from fedgate.auditverify import StoredRow, normalized_subjects
 __all__ = [
     "CATCH_UP_DELAY_S",
     "CATCH_UP_ENTRIES",
+    "CATCH_UP_SPACING_S",
     "CHECKPOINT_INTERVAL",
     "AuditStore",
     "CommitBatch",
@@ -50,6 +51,7 @@ __all__ = [
     "StoredLog",
     "StoredRow",
     "ThreadedStore",
+    "catch_up_at",
     "kept_checkpoint",
     "normalized_subjects",
 ]
@@ -58,18 +60,25 @@ T = TypeVar("T")
 
 logger = logging.getLogger("gateway.audit.log")
 
-CATCH_UP_ENTRIES = 8192
-"""A commit that leaves the projection this many leaves behind starts a catch-up at once."""
+CATCH_UP_ENTRIES = 16_384
+"""A commit that leaves the projection this many leaves behind starts a catch-up at once; it
+is also the most leaves one catch-up transaction holds. It bounds the leaf rows a search reads
+past the projection (~0.8 us of CPU each on the 10 M log: ~13 ms at this bound)."""
 CATCH_UP_DELAY_S = 0.5
-"""Otherwise the catch-up starts at most this long after the commit that left a lag.
+"""After a quiet spell, the catch-up starts this long after the commit that left a lag."""
+CATCH_UP_SPACING_S = 2.0
+"""Under sustained appends, catch-ups start at least this long apart (``catch_up_at``).
 
-Both bounds trade a little lag (which searches do not see: they read the leaf rows past the
-projection) for fewer, larger catch-ups: an index page a catch-up dirties is written once per
+The three bounds trade a little lag (which searches do not see: they read the leaf rows past
+the projection) for fewer, larger catch-ups: an index page a catch-up dirties is written once per
 catch-up (WAL, then the database), and on a big log the officer, case and subject indexes spread
-a catch-up's rows over as many pages as there are distinct keys, so small catch-ups wrote about
-a page per entry. At 2,048 entries or 100 ms, a 100 k-entry log cost ~35 % more CPU per append
-than an empty one; at these bounds the two are level within the noise (``docs/benchmarks.md``)."""
-_CATCH_UP_CHUNK = 16_384
+a catch-up's rows over the pages of the newest key block. At 2,048 entries or 100 ms, a 100 k-entry
+log cost ~35 % more CPU per append than an empty one. On the 10 M log a catch-up costs ~17.6 us
+of the writer's CPU per entry at 4,096 entries (what 0.5 s holds at a few thousand appends/s),
+~16.6 at 8,192, ~15.1 at 16,384 and no less at 32,768 (``docs/benchmarks.md``): hence 2 s and
+16,384, the size reached from ~8,000 appends/s on; a larger bound would only lengthen a search's
+tail."""
+_CATCH_UP_CHUNK = CATCH_UP_ENTRIES
 """Leaves per catch-up transaction (a log opened far behind catches up in several)."""
 CHECKPOINT_INTERVAL = 256
 """The store keeps in its history the checkpoint of each batch that reaches or crosses a
@@ -245,6 +254,11 @@ class AuditStore(Protocol):
 
     async def search(self, query: SearchQuery) -> list[IndexedRow]: ...
 
+    def catch_up_soon(self) -> None:
+        """Bring the search projection and the rollups level with the log now rather than at
+        the next scheduled catch-up (``ThreadedStore.catch_up_soon``)."""
+        ...
+
     def read_tiles(self, level: int, start: int, stop: int) -> list[tuple[int, bytes]]:
         """The stored full tiles ``(index, data)`` of ``level`` in ``[start, stop)``. Blocking:
         the log's tree calls it from the event loop for the few tiles a proof needs that its
@@ -256,6 +270,20 @@ class AuditStore(Protocol):
     async def close(self) -> None: ...
 
 
+def catch_up_at(behind_since: float, last_started: float | None) -> float:
+    """When (loop time) the next catch-up starts if fewer than ``CATCH_UP_ENTRIES`` leaves are
+    behind: ``CATCH_UP_DELAY_S`` after the first commit it will cover (at ``behind_since``),
+    and no sooner than ``CATCH_UP_SPACING_S`` after the previous catch-up started
+    (``last_started``; ``None``: none yet). A quiet log is caught up half a second after a
+    commit; under steady appends catch-ups come every ``CATCH_UP_SPACING_S``. Since the
+    previous one started before that commit, the result is never later than
+    ``behind_since + CATCH_UP_SPACING_S``."""
+    at = behind_since + CATCH_UP_DELAY_S
+    if last_started is not None:
+        at = max(at, last_started + CATCH_UP_SPACING_S)
+    return at
+
+
 class ThreadedStore:
     """An ``AuditStore`` over two connections of a ``LogDatabase``, each on its own thread.
 
@@ -265,10 +293,22 @@ class ThreadedStore:
     proofs never behind a search.
 
     The search projection is caught up on the writer's thread after the commits, never inside
-    one: at once when a commit leaves it ``CATCH_UP_ENTRIES`` or more leaves behind, otherwise
-    ``CATCH_UP_DELAY_S`` after the commit that left it behind. It therefore lags the log by at
-    most about ``CATCH_UP_ENTRIES`` leaves plus one batch, or ``CATCH_UP_DELAY_S`` plus one
-    catch-up when the log is quiet (searches see every committed leaf regardless).
+    one, and never two catch-ups at once. A catch-up starts:
+
+    - at once when a commit leaves ``CATCH_UP_ENTRIES`` (16,384) or more leaves behind;
+    - otherwise at ``catch_up_at``: ``CATCH_UP_DELAY_S`` (0.5 s) after the commit that left the
+      lag when the log was quiet, and no sooner than ``CATCH_UP_SPACING_S`` (2 s) after the
+      previous catch-up started when appends go on (fewer, larger catch-ups: each writes the
+      index pages it dirties once, see ``CATCH_UP_SPACING_S``);
+    - at once when a reader about to read the rollups asks for it (``catch_up_soon``), or as
+      soon as the running one ends.
+
+    Bounds, while the writer keeps up with the appends: a catch-up covers a leaf at most
+    ``CATCH_UP_SPACING_S`` after its commit, or when ``CATCH_UP_ENTRIES`` are behind, whichever
+    comes first, unless a catch-up is running then (it starts when that one ends); so the
+    projection lags the log by at most ``CATCH_UP_ENTRIES`` leaves plus those committed while
+    one catch-up runs, and a leaf by at most ``CATCH_UP_SPACING_S`` plus two catch-ups' time
+    (0.5 s plus one catch-up after a quiet spell). Searches see every committed leaf regardless.
     """
 
     def __init__(
@@ -286,6 +326,12 @@ class ThreadedStore:
         self._writer_pool, self._reader_pool, self._tile_pool = pools
         self._state_path = state_path
         self._lag = 0
+        self._behind_since: float | None = None
+        """Loop time of the first commit the next catch-up will cover (``None``: none yet)."""
+        self._last_started: float | None = None
+        self._soon = False
+        """A reader asked for a catch-up while one ran: start the next as soon as it ends."""
+        self._settled = False
         self._timer: asyncio.TimerHandle | None = None
         self._catching_up: asyncio.Task[None] | None = None
 
@@ -342,23 +388,43 @@ class ThreadedStore:
         self._lag += len(batch.leaves)
         self._schedule()
 
-    def _schedule(self) -> None:
-        if self._lag <= 0 or self._catching_up is not None:
+    def catch_up_soon(self) -> None:
+        """Start a catch-up now if the projection is behind, or as soon as the running one
+        ends: a reader of the rollups (the console's charts and flags) about to wait for them
+        calls it, so a chart shows what was committed when it was asked even between the
+        spaced catch-ups of a busy log. Call it from the event loop."""
+        if self._lag <= 0 or self._settled:
             return
-        if self._lag >= CATCH_UP_ENTRIES:
+        if self._catching_up is not None:
+            self._soon = True
+        else:
+            self._start_catch_up()
+
+    def _schedule(self) -> None:
+        """After a commit (or a catch-up, or the load): start or time the next catch-up."""
+        if self._lag <= 0 or self._settled:
+            return
+        loop = asyncio.get_running_loop()
+        if self._behind_since is None:
+            self._behind_since = loop.time()
+        if self._catching_up is not None:
+            return
+        if self._lag >= CATCH_UP_ENTRIES or self._soon:
             self._start_catch_up()
         elif self._timer is None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(CATCH_UP_DELAY_S, self._start_catch_up)
+            at = catch_up_at(self._behind_since, self._last_started)
+            self._timer = loop.call_at(at, self._start_catch_up)
 
     def _start_catch_up(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._catching_up is None:
-            self._catching_up = asyncio.get_running_loop().create_task(
-                self._catch_up(), name="audit-projection"
-            )
+        if self._catching_up is None and not self._settled:
+            loop = asyncio.get_running_loop()
+            self._last_started = loop.time()
+            self._behind_since = None  # the leaves behind now are this catch-up's
+            self._soon = False
+            self._catching_up = loop.create_task(self._catch_up(), name="audit-projection")
 
     async def _catch_up(self) -> None:
         """Project the leaves that were behind when it started, a chunk per transaction; what
@@ -390,6 +456,7 @@ class ThreadedStore:
 
     async def _settle(self) -> None:
         """Stop scheduling catch-ups and wait for the one running (at close)."""
+        self._settled = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -790,7 +790,7 @@ async def start_auditor_console(
     ``state_dir``) and logouts kept in ``revocations`` (default this process's memory).
     Raises ``AgencyUnavailable`` when the address cannot be bound, ``AuditUnavailable`` when
     the database cannot be read."""
-    insights = await LogInsights.open(audit_db)
+    insights = await LogInsights.open(audit_db, catch_up=log.catch_up_soon)
     users: UserStore | None = None
     try:
         users = UserStore.in_state_dir(users_dir or state_dir)

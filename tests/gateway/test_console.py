@@ -215,7 +215,7 @@ async def open_bench(fed: Path, tmp: Path) -> Bench:
         signer=log_signer,
         witnesses=[witness],
     )
-    insights = await LogInsights.open(db)
+    insights = await LogInsights.open(db, catch_up=log.catch_up_soon)
     users = UserStore.in_state_dir(tmp, clock=clock)
     for user_id, member, role in (
         ("audit.wang", "audit.office", Role.AUDITOR),

@@ -69,7 +69,7 @@ async def centre(federation: Path, tmp_path: Path) -> AsyncIterator[Centre]:
         return found.kind.value if found is not None else ""
 
     stats = CentreStats(tmp_path / "stats.sqlite", member_kind=kind)
-    insights = await LogInsights.open(db)
+    insights = await LogInsights.open(db, catch_up=log.catch_up_soon)
     users = UserStore.in_state_dir(tmp_path)
     users.add_user(
         "audit.wang",

@@ -11,6 +11,7 @@ import pytest
 from fedgate.audit_entry import EventEntry, RequestLeg, ResponseLeg, time_to_micros
 from fedgate.errors import AuditUnavailable, InvalidArgument, StoreVersionError
 from fedgate.web.text import BEIJING
+from gateway.audit import store as store_module
 from gateway.audit.insights import (
     CaseWithoutOrder,
     LogInsights,
@@ -308,7 +309,8 @@ class TestRollups:
                 logs.pg.schema,  # type: ignore[union-attr]
             )
         )
-        fast = await LogInsights.open(source)
+        # As the console opens it: asking the log for a catch-up before waiting for the rollups.
+        fast = await LogInsights.open(source, catch_up=log.catch_up_soon)
         slow = await LogInsights.open(source, rollups=False)
         try:
             first = day_of(time_to_micros(T0))
@@ -335,3 +337,41 @@ class TestRollups:
         finally:
             await fast.close()
             await slow.close()
+
+    async def test_a_chart_asks_the_writer_for_a_catch_up(
+        self, logs: LogFactory, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A busy log's catch-ups are spaced (``CATCH_UP_SPACING_S``, here made far longer
+        than ``ROLLUP_WAIT_S``): a chart that asks the log for a catch-up still counts every
+        entry committed when it was asked; one that only waits misses them."""
+        monkeypatch.setattr(store_module, "CATCH_UP_SPACING_S", 600.0)
+        log = await logs.open()
+        source = (
+            logs.db
+            if logs.kind == "sqlite"
+            else PgShard(
+                logs.pg.dsn,
+                ORIGIN_OF_LOGS,
+                logs.pg.schema,  # type: ignore[union-attr]
+            )
+        )
+        asking = await LogInsights.open(source, catch_up=log.catch_up_soon)
+        waiting = await LogInsights.open(source)
+        slow = await LogInsights.open(source, rollups=False)
+        day = day_of(time_to_micros(T0))
+        window = TimeWindow(day_start_us(day), day_start_us(day + timedelta(days=1)))
+        try:
+            await log.append(leg(T0, rid="r0"))
+            assert await asking.per_day(window, "action")  # a catch-up ran: the next is spaced
+            assert asking.rollup_lag == 0
+            for i in range(1, 6):
+                await log.append(leg(T0 + timedelta(minutes=i), rid=f"r{i}"))
+            assert await waiting.per_day(window, "action") != await slow.per_day(window, "action")
+            assert waiting.rollup_lag == 5
+            counted = await asking.per_day(window, "action")
+            assert asking.rollup_lag == 0
+            assert counted == await slow.per_day(window, "action")
+            assert sum(c.count for c in counted) == 6
+        finally:
+            for insights in (asking, waiting, slow):
+                await insights.close()

@@ -6,23 +6,30 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from psycopg import sql
 
+from gateway.audit import store as store_module
 from gateway.audit.pg_store import AUDIT_SCHEMA as PG_AUDIT_SCHEMA
 from gateway.audit.pg_store import PgDatabase
 from gateway.audit.sqlite_store import AUDIT_SCHEMA, SqliteDatabase
 from gateway.audit.store import (
+    CATCH_UP_DELAY_S,
     CATCH_UP_ENTRIES,
+    CATCH_UP_SPACING_S,
     CommitBatch,
     NewLeaf,
     SearchQuery,
     ThreadedStore,
+    catch_up_at,
 )
 from tests.gateway.audit.test_search import ORIGIN, _leaves
 
@@ -282,15 +289,17 @@ class TestThreadedCatchUp:
             await asyncio.sleep(0.02)
 
     async def test_a_catch_up_does_not_chase_the_commits_that_land_while_it_runs(
-        self, tmp_path: Path
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """Under steady appends a commit the loop has not counted yet always runs just before a
         catch-up's transaction: the catch-up projects what was behind when it started, and
         leaves the rest to the next one (it once went on with one small catch-up per commit)."""
+        bound = 2048  # the entries bound, smaller than the store's to keep the test short
+        monkeypatch.setattr(store_module, "CATCH_UP_ENTRIES", bound)
         path = tmp_path / "log.sqlite"
-        leaves = _leaves(CATCH_UP_ENTRIES + 3 * 64)
-        first = leaves[:CATCH_UP_ENTRIES]
-        later = [leaves[i : i + 64] for i in range(CATCH_UP_ENTRIES, len(leaves), 64)]
+        leaves = _leaves(bound + 3 * 64)
+        first = leaves[:bound]
+        later = [leaves[i : i + 64] for i in range(bound, len(leaves), 64)]
         writer = _CommitsBeforeEachCatchUp(SqliteDatabase(path, origin=ORIGIN, writer=True), later)
         store = await ThreadedStore.open(
             lambda: writer,
@@ -300,13 +309,185 @@ class TestThreadedCatchUp:
         )
         await store.commit(CommitBatch(first, len(first), f"checkpoint {len(first)}"))
         await store.close()  # waits for the catch-up the commit started
-        assert writer.catch_ups == [CATCH_UP_ENTRIES]
+        assert writer.catch_ups == [bound]
         assert len(later) == 2  # one batch landed before it; it did not chase it
         reader = SqliteDatabase(path, origin=ORIGIN, writer=False)
         try:
             assert reader.projection_lag() == 0  # closing brought it level
         finally:
             reader.close()
+
+
+class TestCatchUpAt:
+    """When the next catch-up starts if fewer than ``CATCH_UP_ENTRIES`` leaves are behind."""
+
+    @pytest.mark.parametrize(
+        ("behind_since", "last_started", "at"),
+        [
+            (100.0, None, 100.0 + CATCH_UP_DELAY_S),  # the first ever: the quiet delay
+            (100.0, 90.0, 100.0 + CATCH_UP_DELAY_S),  # after a quiet spell: the same
+            (100.0, 100.0 - CATCH_UP_SPACING_S + CATCH_UP_DELAY_S, 100.0 + CATCH_UP_DELAY_S),
+            (100.0, 99.0, 99.0 + CATCH_UP_SPACING_S),  # appends go on: spaced from the last
+            (100.0, 100.0, 100.0 + CATCH_UP_SPACING_S),  # committed as one started
+        ],
+    )
+    def test_quiet_then_spaced(
+        self, behind_since: float, last_started: float | None, at: float
+    ) -> None:
+        assert catch_up_at(behind_since, last_started) == pytest.approx(at)
+
+    def test_the_bounds_are_what_the_store_states(self) -> None:
+        assert (CATCH_UP_DELAY_S, CATCH_UP_SPACING_S, CATCH_UP_ENTRIES) == (0.5, 2.0, 16_384)
+
+    @given(
+        st.floats(min_value=0, max_value=1e6, allow_nan=False),
+        st.floats(min_value=0, max_value=1e6, allow_nan=False),
+    )
+    def test_never_later_than_the_spacing_after_the_commit(
+        self, last_started: float, gap: float
+    ) -> None:
+        """The previous catch-up started before the first commit the next covers."""
+        behind_since = last_started + gap
+        at = catch_up_at(behind_since, last_started)
+        assert behind_since + CATCH_UP_DELAY_S <= at <= behind_since + CATCH_UP_SPACING_S
+
+
+class TestThreadedSchedule:
+    """``ThreadedStore`` times its catch-ups by ``catch_up_at`` on a real SQLite store (the
+    deadlines it sets are read, not waited for)."""
+
+    @staticmethod
+    async def _store(path: Path, writer: _HeldCatchUp | None = None) -> ThreadedStore:
+        def open_writer() -> SqliteDatabase | _HeldCatchUp:
+            return writer or SqliteDatabase(path, origin=ORIGIN, writer=True)
+
+        return await ThreadedStore.open(
+            open_writer,
+            lambda: SqliteDatabase(path, origin=ORIGIN, writer=False),
+            name="test-audit",
+            state_path=None,
+        )
+
+    @staticmethod
+    def _batch(leaves: list[NewLeaf]) -> CommitBatch:
+        size = leaves[-1].index + 1
+        return CommitBatch(leaves, size, f"checkpoint {size}")
+
+    async def test_quiet_then_spaced_then_at_once(self, tmp_path: Path) -> None:
+        store = await self._store(tmp_path / "log.sqlite")
+        leaves = _leaves(300)
+        loop = asyncio.get_running_loop()
+        try:
+            # Quiet: the catch-up is timed half a second after the commit that left the lag.
+            before = loop.time()
+            await store.commit(self._batch(leaves[:100]))
+            timer = store._timer
+            assert timer is not None
+            assert store._catching_up is None
+            assert before + CATCH_UP_DELAY_S <= timer.when() <= loop.time() + CATCH_UP_DELAY_S
+            # Asked for (a console about to read the rollups): at once, the timer dropped.
+            store.catch_up_soon()
+            running = store._catching_up
+            assert running is not None
+            assert store._timer is None
+            started = store._last_started
+            await running
+            assert store._lag == 0
+            # Appends go on: the next one is spaced from the one that just ran.
+            await store.commit(self._batch(leaves[100:200]))
+            timer = store._timer
+            assert timer is not None
+            assert started is not None
+            assert timer.when() == pytest.approx(started + CATCH_UP_SPACING_S)
+            assert timer.when() > loop.time() + CATCH_UP_DELAY_S
+            # Nothing behind: asking does nothing.
+            store.catch_up_soon()
+            assert store._catching_up is not None
+            await store._catching_up
+            store.catch_up_soon()
+            assert store._catching_up is None
+            assert store._timer is None
+        finally:
+            await store.close()
+
+    async def test_the_entries_bound_starts_one_at_once(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(store_module, "CATCH_UP_ENTRIES", 200)
+        store = await self._store(tmp_path / "log.sqlite")
+        leaves = _leaves(400)
+        try:
+            await store.commit(self._batch(leaves[:100]))
+            assert store._catching_up is None
+            assert store._timer is not None
+            await store.commit(self._batch(leaves[100:200]))
+            running = store._catching_up
+            assert running is not None
+            assert store._timer is None
+            await running
+            # Right after it, the bound again: not spaced either.
+            await store.commit(self._batch(leaves[200:400]))
+            assert store._catching_up is not None
+        finally:
+            await store.close()
+
+    async def test_asked_while_one_runs_the_next_follows_it(self, tmp_path: Path) -> None:
+        """A reader asking while a catch-up runs (which does not cover what landed meanwhile)
+        gets the next one as soon as it ends, not after the spacing."""
+        path = tmp_path / "log.sqlite"
+        writer = _HeldCatchUp(SqliteDatabase(path, origin=ORIGIN, writer=True))
+        store = await self._store(path, writer)
+        leaves = _leaves(200)
+        try:
+            await store.commit(self._batch(leaves[:100]))
+            store.catch_up_soon()
+            first = store._catching_up
+            assert first is not None
+            await asyncio.to_thread(writer.entered.wait, 10)  # it holds the writer's thread
+            landing = asyncio.ensure_future(store.commit(self._batch(leaves[100:])))
+            await asyncio.sleep(0)
+            store.catch_up_soon()
+            writer.release.set()
+            await landing
+            await first
+            assert store._timer is None
+            assert store._catching_up is not None  # the next, at once
+            await store._catching_up
+            assert store._lag == 0
+            assert writer.catch_ups == [100, 100]
+        finally:
+            writer.release.set()
+            await store.close()
+
+    async def test_nothing_is_scheduled_after_close(self, tmp_path: Path) -> None:
+        store = await self._store(tmp_path / "log.sqlite")
+        await store.commit(self._batch(_leaves(10)))
+        assert store._timer is not None
+        await store.close()
+        assert store._timer is None
+        assert store._catching_up is None
+        store.catch_up_soon()
+        assert store._catching_up is None
+
+
+class _HeldCatchUp:
+    """A writer database whose first catch-up waits for ``release`` (``entered`` set once it
+    holds the writer's thread)."""
+
+    def __init__(self, db: SqliteDatabase) -> None:
+        self.db = db
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.catch_ups: list[int] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.db, name)
+
+    def catch_up(self, limit: int) -> int:
+        self.entered.set()
+        self.release.wait(30)
+        self.catch_ups.append(limit)
+        return self.db.catch_up(limit)
 
 
 class _CommitsBeforeEachCatchUp:
