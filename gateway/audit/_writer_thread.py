@@ -113,9 +113,8 @@ class WriterThread(concurrent.futures.Executor):
                 result = fn()
             except BaseException as exc:  # handed to the caller's future
                 error = exc
-            if future is None:
-                continue
-            # A closed loop (RuntimeError) has no one waiting any more.
-            with contextlib.suppress(RuntimeError):
-                future.get_loop().call_soon_threadsafe(_settle, future, result, error)
-            del item, fn, future, result, error
+            if future is not None:
+                # A closed loop (RuntimeError) has no one waiting any more.
+                with contextlib.suppress(RuntimeError):
+                    future.get_loop().call_soon_threadsafe(_settle, future, result, error)
+            del item, fn, future, result, error  # hold no batch while idle

@@ -41,7 +41,7 @@ class TestWriterThread:
             return i * i
 
         try:
-            futures = [writer.call(lambda i=i: step(i)) for i in range(200)]  # type: ignore[misc]
+            futures = [writer.call(lambda i=i: step(i)) for i in range(200)]
             results = await asyncio.gather(*futures)
         finally:
             writer.shutdown()
