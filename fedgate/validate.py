@@ -247,10 +247,8 @@ and ``XXX`` are left out: none of them is money a person transfers.
 """
 
 
-def amount_valid(minor_units: object) -> bool:
+def amount_valid(minor_units: int) -> bool:
     """True for an ``int`` (not ``bool``) amount in minor units with 0 < amount <= 10^13."""
-    # ``object``, not ``int``: compiled by mypyc, an ``int`` parameter would turn ``True`` into 1
-    # before the type check below could refuse it.
     return type(minor_units) is int and 0 < minor_units <= MAX_AMOUNT_MINOR
 
 

@@ -36,7 +36,7 @@ COLUMNS = (
 )
 """The searchable columns ``IndexColumns[0:10]``, in that order."""
 
-LEAF_COLUMNS: str = f"idx, leaf, leaf_hash, {COLUMNS}, request_leaf_index, subjects"
+LEAF_COLUMNS = f"idx, leaf, leaf_hash, {COLUMNS}, request_leaf_index, subjects"
 """A stored leaf's columns, in ``LeafValues`` and ``stored_rows`` order."""
 
 PROJECTED_COLUMNS = f"idx, {COLUMNS}, request_leaf_index"

@@ -134,7 +134,7 @@ class AuditLog:
         self._tree = tree
         self._size = tree.size
         self._checkpoint = checkpoint
-        self._last_signed = (tree.size, tree.root())
+        self._signed = (tree.size, tree.root())
         self._state = StateFile(state_path, origin=origin, interval_s=state_interval_ms / 1000.0)
         self._max_batch = max_batch
         self._max_wait = max_wait_ms / 1000.0
@@ -547,7 +547,7 @@ class AuditLog:
             raise
         self._size = size
         self._checkpoint = note
-        self._last_signed = (size, root)
+        self._signed = (size, root)
         for i, p in enumerate(batch):
             future = p[3]
             if not future.done():
@@ -584,7 +584,7 @@ class AuditLog:
             future.set_exception(err)
 
     def _check_consistent(self, size: int) -> None:
-        signed_size, signed_root = self._last_signed
+        signed_size, signed_root = self._signed
         if size < signed_size or self._tree.root(signed_size) != signed_root:
             raise LogInconsistent(
                 f"refusing to sign size {size}: the tree does not extend the checkpoint of size "
@@ -595,7 +595,7 @@ class AuditLog:
         """Reload the tree from the store after a failed commit; it must extend what we signed."""
         stored = await self._store.load()
         tree = await asyncio.to_thread(rebuild_tree, stored, self._origin, self._store.read_tiles)
-        signed_size, signed_root = self._last_signed
+        signed_size, signed_root = self._signed
         if tree.size < signed_size or tree.root(signed_size) != signed_root:
             raise LogInconsistent(
                 f"the audit store now holds {tree.size} entries that do not extend the "
@@ -606,5 +606,5 @@ class AuditLog:
         self._size = tree.size
         if stored.checkpoint is not None:
             self._checkpoint = stored.checkpoint
-        self._last_signed = (tree.size, tree.root())
+        self._signed = (tree.size, tree.root())
         self._broken = None
