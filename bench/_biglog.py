@@ -73,6 +73,7 @@ from gateway.audit import _rollups, _rows, _search
 from gateway.audit.sqlite_store import (
     _INSERT_LEAVES,
     _SET_HEAD,
+    AUDIT_SCHEMA,
     SqliteDatabase,
     default_state_path,
 )
@@ -266,16 +267,41 @@ def _has_table(path: Path, name: str) -> bool:
         con.close()
 
 
+def _schema_version(path: Path) -> int | None:
+    """The audit log schema version ``path`` records (``None`` without one)."""
+    if not _has_table(path, "fedgate_schema"):
+        return None
+    con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        row = con.execute(
+            "SELECT version FROM fedgate_schema WHERE store = ?", (AUDIT_SCHEMA.store,)
+        ).fetchone()
+        return None if row is None else int(row[0])
+    finally:
+        con.close()
+
+
 def _has_staging(path: Path) -> bool:
     """Whether ``path`` holds an unfinished bulk load (its staging table). Raises
-    ``RuntimeError`` for one left by the builder before key blocks, whose subjects wait in a
-    staging table this one no longer finishes."""
+    ``RuntimeError`` for one left by an older builder: before key blocks its subjects wait in a
+    staging table this one no longer finishes; of an older schema version (key blocks of
+    another size), the rows this one would add do not fit the tables there, and a finished log
+    is what the store's writer migrates. A finished log of an older version is migrated by the
+    first writer that opens it (``write_log`` opens one first)."""
     if _has_table(path, "bulk_subjects"):
         raise RuntimeError(
             f"{path} is an unfinished build by an older bench._biglog (its subjects are staged "
             "in bulk_subjects): delete it and its .state and .build.json files, and build again"
         )
-    return _has_table(path, "bulk_indexes")
+    staged = _has_table(path, "bulk_indexes")
+    version = _schema_version(path)
+    if staged and version is not None and version != AUDIT_SCHEMA.version:
+        raise RuntimeError(
+            f"{path} is an unfinished build of audit log schema version {version}, and this "
+            f"bench._biglog writes version {AUDIT_SCHEMA.version}: delete it and its .state and "
+            ".build.json files, and build again"
+        )
+    return staged
 
 
 @contextlib.contextmanager

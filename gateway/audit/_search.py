@@ -69,11 +69,22 @@ __all__ = [
 BLOCK: Final = 256
 """Leaves per time block: the width of a full C2SP level-0 tile."""
 
-KEY_BLOCK_BITS: Final = 16
+KEY_BLOCK_BITS: Final = 14
 """Leaf indexes per key block (``idx >> KEY_BLOCK_BITS``) of the SQLite officer, case and
-subject indexes: 65,536. Measured (``docs/benchmarks.md``): smaller blocks cost a little less
-WAL per catch-up but more seeks per search (an absent key: one per block, ~2-4 us each; 3,052
-blocks at 200 M entries with this size)."""
+subject indexes: 16,384 (schema version 5; 65,536 in version 4).
+
+The trade (measured in ``docs/benchmarks.md``, issue 18). A catch-up's random keys dirty about
+every page of the newest block's part of the three trees, so the pages written per append grow
+with how full that block already is: with 65,536 leaves a block, the append rate on a big log
+swung with where the log stood in its block (CPU ratio to an empty log 0.93-0.98 near a
+block's start, 0.80 near its end), while the empty log's bench rounds only ever saw a block's
+first 20,000 leaves. With 16,384 both cycle through whole blocks, and the catch-up's CPU above
+the empty log's fell from +2.4 to +1.4 us per append on 0.3 M logs, from +5.9 to +1.7 us on
+2 M logs (process CPU ratio ~0.90 -> ~0.95). The cost is on the search
+side: a search by officer, case or subject seeks each block of its range, and an absent or rare
+key seeks all of them, ~0.6 us each warm (measured at 2 M entries): 612 blocks at 10 M entries
+(153 with 65,536), ~0.4 ms for an absent key; 12,207 at 200 M, ~7.5 ms warm (merging sealed
+blocks into larger ones, or a per-block key filter, would bound it there; not built)."""
 
 HIT_COLUMNS: Final = (
     "idx, leg, request_id, time_us, requesting_agency, officer_id, case_number, action,"

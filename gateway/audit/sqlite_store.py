@@ -42,13 +42,14 @@ __all__ = [
     "AUDIT_SCHEMA",
     "MIGRATION_3_KEPT_CHECKPOINTS",
     "MIGRATION_4_KEY_BLOCKS",
+    "MIGRATION_5_SMALLER_KEY_BLOCKS",
     "SCHEMA_VERSION",
     "SqliteDatabase",
     "default_state_path",
     "open_sqlite_store",
 ]
 
-SCHEMA_VERSION = "4"
+SCHEMA_VERSION = "5"
 
 # The newest signed and the newest cosigned checkpoint: one row each, replaced by every commit
 # (or cosigning) and only ever forward; the history tables keep what ``kept_checkpoint`` keeps.
@@ -158,41 +159,66 @@ CREATE INDEX IF NOT EXISTS search_officer ON search_rows ({_KEY_BLOCK}, officer_
 CREATE INDEX IF NOT EXISTS search_case ON search_rows ({_KEY_BLOCK}, case_number)
     WHERE case_number <> '';
 """
-_SUBJECTS = f"""
+
+
+def _subjects_table(key_block: str) -> str:
+    """The subjects table keyed by the leaf's key block ``key_block`` first."""
+    return f"""
 CREATE TABLE IF NOT EXISTS subjects (
     block INTEGER NOT NULL,
     subject TEXT NOT NULL,
     idx INTEGER NOT NULL,
     PRIMARY KEY (block, subject, idx),
-    CHECK (block = {_KEY_BLOCK})
+    CHECK (block = {key_block})
 ) STRICT, WITHOUT ROWID;
 """
-_PROJECTION = _PROJECTION.format(blocked_indexes=_BLOCKED_INDEXES)
-_SCHEMA = _SCHEMA.format(projection=_PROJECTION, subjects=_SUBJECTS)
 
-_COPY_SUBJECTS = (
-    f"INSERT INTO subjects (block, subject, idx) SELECT {_KEY_BLOCK}, subject, idx"  # noqa: S608 - constant text
-    " FROM subjects_by_subject ORDER BY 1, 2, 3;"
-)
-MIGRATION_4_KEY_BLOCKS = "".join(
-    (
-        """
+
+def _rekey_subjects(old: str, key_block: str) -> str:
+    """A schema step's text: drop the officer and case indexes, move ``subjects`` aside as
+    ``old``, make it again keyed by ``key_block`` first, copy its rows in the new key order and
+    drop the old table. The schema's ``CREATE`` statements, which follow the steps, make the
+    indexes and the append-only triggers again."""
+    return "".join(
+        (
+            f"""
 DROP INDEX IF EXISTS search_officer;
 DROP INDEX IF EXISTS search_case;
-ALTER TABLE subjects RENAME TO subjects_by_subject;
+ALTER TABLE subjects RENAME TO {old};
 DROP INDEX IF EXISTS subjects_idx;
 DROP TRIGGER IF EXISTS subjects_no_update;
 DROP TRIGGER IF EXISTS subjects_no_delete;
 """,
-        _SUBJECTS,
-        _COPY_SUBJECTS,
-        "\nDROP TABLE subjects_by_subject;\n",
+            _subjects_table(key_block),
+            f"INSERT INTO subjects (block, subject, idx) SELECT {key_block}, subject, idx"  # noqa: S608 - constant text
+            f" FROM {old} ORDER BY 1, 2, 3;",
+            f"\nDROP TABLE {old};\n",
+        )
     )
-)
+
+
+_SUBJECTS = _subjects_table(_KEY_BLOCK)
+_PROJECTION = _PROJECTION.format(blocked_indexes=_BLOCKED_INDEXES)
+_SCHEMA = _SCHEMA.format(projection=_PROJECTION, subjects=_SUBJECTS)
+
+MIGRATION_4_KEY_BLOCKS = _rekey_subjects("subjects_by_subject", "idx >> 16")
 """Schema step 3 -> 4, key blocks (issue 18): the officer and case indexes and the subjects
 table are keyed by the leaf's key block first; the subjects are copied in the new key order
 and the indexes rebuilt (the schema's ``CREATE`` statements, which follow the step, make the
-indexes and the append-only triggers again). Leaf rows are not touched."""
+indexes and the append-only triggers again). Leaf rows are not touched.
+
+Its blocks are version 4's, 65,536 leaves (``idx >> 16``), written out here, not taken from
+``_search.KEY_BLOCK_BITS``: the step means what it meant when version 4 was written, and step
+4 -> 5 re-keys from there. A version 3 log thus copies its subjects twice on its way to
+version 5 (the officer and case indexes are built once, after the last step)."""
+
+MIGRATION_5_SMALLER_KEY_BLOCKS = _rekey_subjects("subjects_v4", _KEY_BLOCK)
+"""Schema step 4 -> 5, smaller key blocks (issue 18): blocks of 16,384 leaves instead of 65,536
+(``_search.KEY_BLOCK_BITS``, which says why): the subjects are copied in the new key order and
+the officer and case indexes rebuilt, as step 3 -> 4 did. Leaf rows are not touched. One
+transaction, like every step (measured: 8.7 s and a 247 MB WAL at 2 M entries, warm page cache;
+at 10 M a few minutes and ~1.2 GB of WAL, ``docs/benchmarks.md``); a chunked form for logs of
+200 M is left."""
 
 _COPY_ALL = (
     f"INSERT INTO search_rows ({_rows.PROJECTED_COLUMNS})"  # noqa: S608 - constant columns
@@ -248,6 +274,7 @@ AUDIT_SCHEMA = Schema(
         1: _STEP_SEARCH_PROJECTION,
         2: MIGRATION_3_KEPT_CHECKPOINTS,
         3: MIGRATION_4_KEY_BLOCKS,
+        4: MIGRATION_5_SMALLER_KEY_BLOCKS,
     },
     legacy_table="leaves",
 )

@@ -184,6 +184,22 @@ class TestWriteLog:
         _same_as_the_store(tmp_path, built, 3_000)
         assert build_record(built).entries == 3_000
 
+    def test_an_unfinished_build_of_an_older_schema_version_is_refused(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Its tables are laid out for other key blocks: the rows this builder adds would not
+        # fit, and only a finished log is what the store's writer migrates.
+        built = tmp_path / "built.sqlite"
+        _interrupted(monkeypatch, built, 3_000, after=2)
+        con = sqlite3.connect(built, isolation_level=None)
+        try:
+            con.execute("UPDATE fedgate_schema SET version = version - 1 WHERE store = 'audit log'")
+        finally:
+            con.close()
+        with pytest.raises(RuntimeError, match="unfinished build of audit log schema version"):
+            write_log(built, 3_000, batch=512, workers=1)
+        assert build_record(built).entries == 2 * 256
+
     def test_an_interrupted_build_finishes_at_the_size_it_reached(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:

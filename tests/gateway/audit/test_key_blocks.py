@@ -1,7 +1,8 @@
-"""SQLite's officer, case and subject indexes keyed by the leaf's key block first (schema step
-3 -> 4, issue 18): searches across key blocks find what a plain filter over the leaves finds,
-page by page in both orders; a log written by the version 3 schema migrates, its leaves
-untouched, and still verifies with the index check."""
+"""SQLite's officer, case and subject indexes keyed by the leaf's key block first (schema steps
+3 -> 4 and 4 -> 5, issue 18): searches across key blocks find what a plain filter over the
+leaves finds, page by page in both orders; a log written by the version 3 schema (no key
+blocks) or the version 4 one (key blocks of 65,536 leaves) migrates, its leaves untouched, and
+still verifies with the index check."""
 
 from __future__ import annotations
 
@@ -47,6 +48,34 @@ SELECT RAISE(ABORT, 'the audit log is append-only: UPDATE on subjects refused');
 CREATE TRIGGER subjects_no_delete BEFORE DELETE ON subjects BEGIN
 SELECT RAISE(ABORT, 'the audit log is append-only: DELETE on subjects refused'); END;
 UPDATE fedgate_schema SET version = 3 WHERE store = 'audit log';
+"""
+
+
+# What the version 4 schema had: key blocks of 65,536 leaves (``idx >> 16``).
+_TO_VERSION_4 = """
+DROP INDEX search_officer;
+DROP INDEX search_case;
+CREATE INDEX search_officer ON search_rows (idx >> 16, officer_id) WHERE officer_id <> '';
+CREATE INDEX search_case ON search_rows (idx >> 16, case_number) WHERE case_number <> '';
+ALTER TABLE subjects RENAME TO subjects_v5;
+DROP INDEX subjects_idx;
+DROP TRIGGER subjects_no_update;
+DROP TRIGGER subjects_no_delete;
+CREATE TABLE subjects (
+    block INTEGER NOT NULL,
+    subject TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    PRIMARY KEY (block, subject, idx),
+    CHECK (block = idx >> 16)
+) STRICT, WITHOUT ROWID;
+INSERT INTO subjects (block, subject, idx) SELECT idx >> 16, subject, idx FROM subjects_v5;
+DROP TABLE subjects_v5;
+CREATE INDEX subjects_idx ON subjects (idx);
+CREATE TRIGGER subjects_no_update BEFORE UPDATE ON subjects BEGIN
+SELECT RAISE(ABORT, 'the audit log is append-only: UPDATE on subjects refused'); END;
+CREATE TRIGGER subjects_no_delete BEFORE DELETE ON subjects BEGIN
+SELECT RAISE(ABORT, 'the audit log is append-only: DELETE on subjects refused'); END;
+UPDATE fedgate_schema SET version = 4 WHERE store = 'audit log';
 """
 
 
@@ -169,50 +198,88 @@ class TestAcrossKeyBlocks:
             assert min(want) < BLOCK <= max(want)
 
 
+def _older(built: Path, path: Path, script: str) -> None:
+    """A copy of ``built`` at ``path`` turned into an older version's layout by ``script``."""
+    for suffix in ("", ".state"):
+        Path(f"{path}{suffix}").write_bytes(Path(f"{built}{suffix}").read_bytes())
+    con = sqlite3.connect(path, isolation_level=None)
+    try:
+        con.executescript(script)
+    finally:
+        con.close()
+
+
+def _migrates_and_verifies(path: Path, tmp_path: Path) -> None:
+    """The writer migrates the older log at ``path`` to this version: the same schema as a new
+    log, the leaves and subjects untouched, every subject in its key block, the index check
+    passes, the subjects stay append-only, and searches find what a plain filter finds."""
+    leaves = _read(path, "SELECT idx, leaf, leaf_hash FROM leaves ORDER BY idx")
+    subjects = _read(path, "SELECT subject, idx FROM subjects ORDER BY subject, idx")
+    with pytest.raises(Exception, match="older than this fedgate"):
+        SqliteDatabase(path, origin=None, writer=False).close()  # a reader never migrates
+
+    SqliteDatabase(path, origin=None, writer=True).close()  # the writer migrates
+
+    assert _read(path, "SELECT version FROM fedgate_schema WHERE store = 'audit log'") == [
+        (int(SCHEMA_VERSION),)
+    ]
+    fresh = tmp_path / "fresh.sqlite"
+    SqliteDatabase(fresh, origin="fresh", writer=True).close()
+    schema = "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
+    assert _read(path, schema) == _read(fresh, schema)
+    assert _read(path, "SELECT idx, leaf, leaf_hash FROM leaves ORDER BY idx") == leaves
+    assert _read(path, "SELECT subject, idx FROM subjects ORDER BY subject, idx") == subjects
+    assert _read(path, "SELECT COUNT(*) FROM subjects WHERE block <> idx >> ?", (
+        _search.KEY_BLOCK_BITS,
+    )) == [(0,)]  # fmt: skip
+    assert _read(path, "SELECT DISTINCT block FROM subjects ORDER BY block") == [(0,), (1,)]
+    verifies(path)
+    con = sqlite3.connect(path, isolation_level=None)
+    try:
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            con.execute("DELETE FROM subjects WHERE idx = 0")
+    finally:
+        con.close()
+    db = SqliteDatabase(path, origin=None, writer=False)
+    try:
+        checked = 0
+        for q in _queries(path):
+            assert [h.index for h in db.search(q)] == _expected(path, q), q
+            checked += 1
+        assert checked > 100
+    finally:
+        db.close()
+
+
 class TestMigrationFromVersion3:
     def test_a_version_3_log_migrates_and_verifies(self, built: Path, tmp_path: Path) -> None:
+        # Through steps 3 -> 4 (blocks of 65,536, as version 4 wrote them) and 4 -> 5.
         path = tmp_path / "v3.sqlite"
-        for suffix in ("", ".state"):
-            Path(f"{path}{suffix}").write_bytes(Path(f"{built}{suffix}").read_bytes())
-        leaves = _read(path, "SELECT idx, leaf, leaf_hash FROM leaves ORDER BY idx")
-        subjects = _read(path, "SELECT subject, idx FROM subjects ORDER BY subject, idx")
-        con = sqlite3.connect(path, isolation_level=None)
-        try:
-            con.executescript(_TO_VERSION_3)
-        finally:
-            con.close()
+        _older(built, path, _TO_VERSION_3)
         assert _read(path, "SELECT name FROM pragma_table_info('subjects')") == [
             ("subject",),
             ("idx",),
         ]
-        with pytest.raises(Exception, match="older than this fedgate"):
-            SqliteDatabase(path, origin=None, writer=False).close()  # a reader never migrates
+        _migrates_and_verifies(path, tmp_path)
 
-        SqliteDatabase(path, origin=None, writer=True).close()  # the writer migrates
 
+class TestMigrationFromVersion4:
+    def test_a_version_4_log_migrates_and_verifies(self, built: Path, tmp_path: Path) -> None:
+        path = tmp_path / "v4.sqlite"
+        _older(built, path, _TO_VERSION_4)
+        assert _read(path, "SELECT DISTINCT block FROM subjects") == [(0,)]  # one old block
+        _migrates_and_verifies(path, tmp_path)
+
+    def test_the_builder_migrates_a_finished_version_4_log_and_extends_it(
+        self, built: Path, tmp_path: Path
+    ) -> None:
+        # ``bench_scale`` and ``bench_audit`` call ``write_log`` on the cached log first: its
+        # writer migrates a log cached with the version 4 layout before adding to it.
+        path = tmp_path / "v4.sqlite"
+        _older(built, path, _TO_VERSION_4)
+        write_log(path, ENTRIES + 700, batch=512, workers=1)
         assert _read(path, "SELECT version FROM fedgate_schema WHERE store = 'audit log'") == [
             (int(SCHEMA_VERSION),)
         ]
-        fresh = tmp_path / "fresh.sqlite"
-        SqliteDatabase(fresh, origin="fresh", writer=True).close()
-        schema = "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
-        assert _read(path, schema) == _read(fresh, schema)
-        assert _read(path, "SELECT idx, leaf, leaf_hash FROM leaves ORDER BY idx") == leaves
-        assert _read(path, "SELECT subject, idx FROM subjects ORDER BY subject, idx") == subjects
-        assert _read(path, "SELECT COUNT(*) FROM subjects WHERE block <> idx >> ?", (
-            _search.KEY_BLOCK_BITS,
-        )) == [(0,)]  # fmt: skip
+        assert _read(path, "SELECT COUNT(*) FROM leaves") == [(ENTRIES + 700,)]
         verifies(path)
-        con = sqlite3.connect(path, isolation_level=None)
-        try:
-            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-                con.execute("DELETE FROM subjects WHERE idx = 0")
-        finally:
-            con.close()
-        db = SqliteDatabase(path, origin=None, writer=False)
-        try:
-            (officer,) = _read(path, "SELECT officer_id FROM leaves WHERE idx = ?", (BLOCK,))[0]
-            q = SearchQuery(officer_id=str(officer), newest_first=True, limit=50)
-            assert [h.index for h in db.search(q)] == _expected(path, q)
-        finally:
-            db.close()
