@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
+import re
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from fedgate.audit_entry import EntryKind
 from fedgate.auditverify import RetiredRange
@@ -437,6 +439,40 @@ def _insert_leaves(con: sqlite3.Connection, leaves: Sequence[_rows.LeafValues]) 
         con.execute(_INSERT_LEAVES[len(block)], [v for row in block for v in row])
 
 
+_NAMED_PARAMETER = re.compile(r":([A-Za-z_][A-Za-z_0-9]*)")
+
+
+@functools.lru_cache(maxsize=16)
+def _numbered(statement: str) -> tuple[str, tuple[str, ...]] | None:
+    """``statement`` with its named parameters (``:name``) numbered (``?1``, ``?2``…), and the
+    names in that order; ``None`` for a text this does not read safely (quotes, comments,
+    other placeholders), which is then bound by name."""
+    if any(mark in statement for mark in ("'", '"', "--", "/*", "?", "@", "$", "[", "`")):
+        return None
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match[1] not in names:
+            names.append(match[1])
+        return f"?{names.index(match[1]) + 1}"
+
+    return _NAMED_PARAMETER.sub(number, statement), tuple(names)
+
+
+def _insert_beside(
+    con: sqlite3.Connection, statement: str, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """Run ``statement`` for each of ``rows`` (rows beside the leaves, named parameters) with
+    the parameters bound by number: ``sqlite3`` binds a mapping one name at a time, each
+    look-up a release and retake of the GIL (eight a sealed leg's rows), a tuple in one."""
+    numbered = _numbered(statement)
+    if numbered is None:
+        con.executemany(statement, rows)
+        return
+    text, names = numbered
+    con.executemany(text, [tuple(row[name] for name in names) for row in rows])
+
+
 def default_state_path(path: Path) -> Path:
     """Where the log keeps its last-signed-checkpoint file for the database at ``path``."""
     return path.with_name(path.name + ".state")
@@ -589,7 +625,7 @@ class SqliteDatabase(StoredNotes):
                         (batch.size, batch.checkpoint),
                     )
                 for statement, rows in batch.beside:  # the bodies' tables (``_bodies``)
-                    con.executemany(statement, rows)
+                    _insert_beside(con, statement, rows)
                 con.commit()
             except BaseException:
                 if con.in_transaction:

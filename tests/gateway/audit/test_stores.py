@@ -201,6 +201,7 @@ class TestSqliteCommit:
         assert len(written["tiles"]) == 2
         assert len(written["time_blocks"]) == 2
         assert written["heads"] == [("signed", batches[-1].size, batches[-1].checkpoint)]
+        assert {("k1", "vk1"), ("k2", "wk2"), ("k3:value", "x")} <= set(written["meta"])
 
     def test_a_commit_that_fails_midway_writes_nothing(self, fed: Fed, tmp_path: Path) -> None:
         """A row beside the leaves that the database refuses (after the head, leaves, tile,
@@ -212,9 +213,7 @@ class TestSqliteCommit:
             db.commit(first)
             before = _tables(db._con)
             refused = ("INSERT INTO meta (key, value) VALUES (:key, :value)", [_ORIGIN_AGAIN])
-            failing = CommitBatch(
-                second.leaves, second.size, second.checkpoint, _TILES, (refused,)
-            )
+            failing = CommitBatch(second.leaves, second.size, second.checkpoint, _TILES, (refused,))
             with pytest.raises(AuditUnavailable, match="commit a batch"):
                 db.commit(failing)
             assert not db._con.in_transaction
@@ -227,6 +226,19 @@ class TestSqliteCommit:
 
 _ORIGIN_AGAIN = {"key": "origin", "value": "another"}
 _TILES = [(0, 0, bytes(range(256)) * 32)]
+
+
+# Rows beside the leaves, bound by number (a name used twice) and by name (quoted text).
+_BESIDE = [
+    (
+        "INSERT INTO meta (key, value) VALUES (:key, :value || :key)",
+        [{"key": "k1", "value": "v"}, {"key": "k2", "value": "w", "unused": 0}],
+    ),
+    (
+        "INSERT INTO meta (key, value) VALUES (:key || ':value', :value)",
+        [{"key": "k3", "value": "x"}],
+    ),
+]
 
 
 def _batches(fed: Fed) -> list[CommitBatch]:
@@ -244,11 +256,7 @@ def _batches(fed: Fed) -> list[CommitBatch]:
             leaves.append(NewLeaf(size, data, leaf_hash(data), entry_columns(entry)))
             size += 1
         tiles = [(0, 0, bytes(32) * 256), (1, 7, bytes(range(32)) * 256)] if count == 400 else []
-        beside = (
-            [("INSERT INTO meta (key, value) VALUES (:key, :value)", [{"key": "k", "value": "v"}])]
-            if count == 1
-            else []
-        )
+        beside = _BESIDE if count == 1 else []
         batches.append(CommitBatch(leaves, size, f"checkpoint {size}", tiles, beside))
     return batches
 
@@ -260,8 +268,7 @@ def _tables(con: sqlite3.Connection) -> dict[str, list[tuple[object, ...]]]:
         for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
     ]
     return {
-        name: sorted(con.execute(f'SELECT * FROM "{name}"').fetchall(), key=repr)  # noqa: S608 - names from the schema
-        for name in names
+        name: sorted(con.execute(f'SELECT * FROM "{name}"').fetchall(), key=repr) for name in names
     }
 
 
@@ -272,7 +279,7 @@ def _commit_row_by_row(con: sqlite3.Connection, batch: CommitBatch) -> None:
     start = batch.leaves[0].index if batch.leaves else batch.size
     con.execute("BEGIN IMMEDIATE")
     for values in _rows.leaf_values(batch.leaves):
-        con.execute(f"INSERT INTO leaves ({columns}) VALUES ({row})", values)  # noqa: S608 - constant text
+        con.execute(f"INSERT INTO leaves ({columns}) VALUES ({row})", values)
     for tile in batch.tiles:
         con.execute("INSERT INTO tiles (level, idx, data) VALUES (?, ?, ?)", tile)
     for block in range(start // 256, batch.size // 256):
