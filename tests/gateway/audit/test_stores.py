@@ -174,10 +174,10 @@ class TestSqliteCommit:
     def test_the_rows_written_are_those_of_one_statement_per_row(
         self, fed: Fed, tmp_path: Path
     ) -> None:
-        """The commit folds its work into few ``sqlite3`` calls (``SqliteDatabase.commit``): for
-        the same batches (a few leaves, blocks of 64 and the rest, tiles, time blocks, kept and
+        """The commit groups its rows into few statements (``SqliteDatabase.commit``): for the
+        same batches (a few leaves, blocks of 64 and the rest, tiles, time blocks, kept and
         dropped checkpoints, rows beside the leaves) every table holds exactly what one plain
-        statement per row writes."""
+        statement per row writes, and each batch is committed when ``commit`` returns."""
         batches = _batches(fed)
         db = SqliteDatabase(tmp_path / "new.sqlite", origin=ORIGIN, writer=True)
         reader = SqliteDatabase(tmp_path / "new.sqlite", origin=None, writer=False)
@@ -228,7 +228,7 @@ _ORIGIN_AGAIN = {"key": "origin", "value": "another"}
 _TILES = [(0, 0, bytes(range(256)) * 32)]
 
 
-# Rows beside the leaves, bound by number (a name used twice) and by name (quoted text).
+# Rows beside the leaves: a parameter named twice, an unused key, quoted text with a colon.
 _BESIDE = [
     (
         "INSERT INTO meta (key, value) VALUES (:key, :value || :key)",
