@@ -16,7 +16,7 @@ from fedgate.merkle import leaf_hash
 from gateway.audit import _rows
 from gateway.audit.pg_store import PgDatabase, list_origins, open_pg_store
 from gateway.audit.sqlite_store import SqliteDatabase
-from gateway.audit.store import CommitBatch, NewLeaf, SearchQuery
+from gateway.audit.store import CommitBatch, NewLeaf, SearchQuery, kept_checkpoint
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -170,3 +170,134 @@ class TestSqliteCommit:
             db.close()
         assert stored == written
         assert [r[0] for r in stored] == list(range(396))
+
+    def test_the_rows_written_are_those_of_one_statement_per_row(
+        self, fed: Fed, tmp_path: Path
+    ) -> None:
+        """The commit groups its rows into few statements (``SqliteDatabase.commit``): for the
+        same batches (a few leaves, blocks of 64 and the rest, tiles, time blocks, kept and
+        dropped checkpoints, rows beside the leaves) every table holds exactly what one plain
+        statement per row writes, and each batch is committed when ``commit`` returns."""
+        batches = _batches(fed)
+        db = SqliteDatabase(tmp_path / "new.sqlite", origin=ORIGIN, writer=True)
+        reader = SqliteDatabase(tmp_path / "new.sqlite", origin=None, writer=False)
+        try:
+            for batch in batches:
+                db.commit(batch)
+                assert reader.next_index() == batch.size  # committed when commit returns
+            written = _tables(db._con)
+        finally:
+            reader.close()
+            db.close()
+        plain = SqliteDatabase(tmp_path / "plain.sqlite", origin=ORIGIN, writer=True)
+        try:
+            for batch in batches:
+                _commit_row_by_row(plain._con, batch)
+            expected = _tables(plain._con)
+        finally:
+            plain.close()
+        assert written == expected
+        assert len(written["leaves"]) == batches[-1].size
+        assert len(written["tiles"]) == 2
+        assert len(written["time_blocks"]) == 2
+        assert written["heads"] == [("signed", batches[-1].size, batches[-1].checkpoint)]
+        assert {("k1", "vk1"), ("k2", "wk2"), ("k3:value", "x")} <= set(written["meta"])
+
+    def test_a_commit_that_fails_midway_writes_nothing(self, fed: Fed, tmp_path: Path) -> None:
+        """A row beside the leaves that the database refuses (after the head, leaves, tile,
+        time block and checkpoint are written in the transaction) rolls all of them back; the
+        same batch without it commits after."""
+        first, second = _batches(fed)[:2]
+        db = SqliteDatabase(tmp_path / "log.sqlite", origin=ORIGIN, writer=True)
+        try:
+            db.commit(first)
+            before = _tables(db._con)
+            refused = ("INSERT INTO meta (key, value) VALUES (:key, :value)", [_ORIGIN_AGAIN])
+            failing = CommitBatch(second.leaves, second.size, second.checkpoint, _TILES, (refused,))
+            with pytest.raises(AuditUnavailable, match="commit a batch"):
+                db.commit(failing)
+            assert not db._con.in_transaction
+            assert _tables(db._con) == before
+            db.commit(second)
+            assert db.next_index() == second.size
+        finally:
+            db.close()
+
+
+_ORIGIN_AGAIN = {"key": "origin", "value": "another"}
+_TILES = [(0, 0, bytes(range(256)) * 32)]
+
+
+# Rows beside the leaves: a parameter named twice, an unused key, quoted text with a colon.
+_BESIDE = [
+    (
+        "INSERT INTO meta (key, value) VALUES (:key, :value || :key)",
+        [{"key": "k1", "value": "v"}, {"key": "k2", "value": "w", "unused": 0}],
+    ),
+    (
+        "INSERT INTO meta (key, value) VALUES (:key || ':value', :value)",
+        [{"key": "k3", "value": "x"}],
+    ),
+]
+
+
+def _batches(fed: Fed) -> list[CommitBatch]:
+    """Commit batches of the shapes a log writes: the empty tree's checkpoint, a few leaves, a
+    block of 64 and more, one crossing two time blocks with a tile of each of two levels, and
+    one with rows beside the leaves."""
+    batches = [CommitBatch((), 0, "checkpoint 0")]
+    size = 0
+    for count in (3, 5, 64, 70, 400, 1):
+        leaves = []
+        for _ in range(count):
+            request = fed.request()
+            entry = request if size % 2 == 0 else fed.response(request, size - 1)
+            data = encode_entry(entry)
+            leaves.append(NewLeaf(size, data, leaf_hash(data), entry_columns(entry)))
+            size += 1
+        tiles = [(0, 0, bytes(32) * 256), (1, 7, bytes(range(32)) * 256)] if count == 400 else []
+        beside = _BESIDE if count == 1 else []
+        batches.append(CommitBatch(leaves, size, f"checkpoint {size}", tiles, beside))
+    return batches
+
+
+def _tables(con: sqlite3.Connection) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of every table, in a fixed order."""
+    names = [
+        r[0]
+        for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+    ]
+    return {
+        name: sorted(con.execute(f'SELECT * FROM "{name}"').fetchall(), key=repr) for name in names
+    }
+
+
+def _commit_row_by_row(con: sqlite3.Connection, batch: CommitBatch) -> None:
+    """``batch`` written the plain way: one statement per row, each table in its own call."""
+    columns = _rows.LEAF_COLUMNS
+    row = ", ".join(["?"] * len(_rows.leaf_values(batch.leaves[:1])[0])) if batch.leaves else ""
+    start = batch.leaves[0].index if batch.leaves else batch.size
+    con.execute("BEGIN IMMEDIATE")
+    for values in _rows.leaf_values(batch.leaves):
+        con.execute(f"INSERT INTO leaves ({columns}) VALUES ({row})", values)
+    for tile in batch.tiles:
+        con.execute("INSERT INTO tiles (level, idx, data) VALUES (?, ?, ?)", tile)
+    for block in range(start // 256, batch.size // 256):
+        con.execute(
+            "INSERT INTO time_blocks (block, min_us, max_us)"
+            " SELECT ?, MIN(time_us), MAX(time_us) FROM leaves WHERE idx >= ? AND idx < ?",
+            (block, block * 256, block * 256 + 256),
+        )
+    if kept_checkpoint(start, batch.size):
+        con.execute(
+            "INSERT INTO checkpoints (size, note) VALUES (?, ?)", (batch.size, batch.checkpoint)
+        )
+    con.execute(
+        "INSERT INTO heads (kind, size, note) VALUES ('signed', ?, ?)"
+        " ON CONFLICT (kind) DO UPDATE SET size = excluded.size, note = excluded.note",
+        (batch.size, batch.checkpoint),
+    )
+    for statement, rows in batch.beside:
+        for params in rows:
+            con.execute(statement, params)
+    con.execute("COMMIT")
