@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import queue
 import threading
 from collections.abc import Callable
@@ -23,9 +24,17 @@ T = TypeVar("T")
 
 _Call = tuple[Callable[[], Any], "asyncio.Future[Any] | None"]
 
+logger = logging.getLogger("gateway.audit.log")
+
 
 def _settle(future: asyncio.Future[Any], result: object, error: BaseException | None) -> None:
     if future.cancelled():  # its caller left; the call itself ran
+        if error is not None:  # no one else will hear of it
+            logger.warning(
+                "audit store: a writer call whose caller was cancelled failed: %s: %s",
+                type(error).__name__,
+                error,
+            )
         return
     if error is not None:
         future.set_exception(error)
@@ -45,7 +54,10 @@ class WriterThread(concurrent.futures.Executor):
 
     - Calls MUST run in the order queued, never two at once (one connection, one thread).
     - A queued call runs even if its caller was cancelled meanwhile (its future is then left
-      alone): a commit is never half-abandoned, the log reloads after a cancelled commit.
+      alone, and an error it raises is logged as a warning): a commit is never half-abandoned,
+      the log reloads after a cancelled commit.
+    - Every call's future is resolved: a ``StopIteration`` (which an asyncio future refuses)
+      arrives as a ``RuntimeError`` caused by it.
     - ``shutdown`` runs every call queued before it, then stops the thread; calls queued after
       it raise ``RuntimeError``. ``shutdown(wait=True)`` returns once the thread has ended.
 
@@ -111,6 +123,13 @@ class WriterThread(concurrent.futures.Executor):
             error: BaseException | None = None
             try:
                 result = fn()
+            except StopIteration as exc:
+                # An asyncio future refuses a StopIteration (TypeError in ``_settle``, and the
+                # caller would wait forever): hand it over wrapped, as a coroutine would.
+                error = RuntimeError(
+                    "a call on the audit store's writer thread raised StopIteration"
+                )
+                error.__cause__ = exc
             except BaseException as exc:  # handed to the caller's future
                 error = exc
             if future is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -95,6 +96,44 @@ class TestWriterThread:
             writer.shutdown()
         assert ran == ["committed"]
         assert left.cancelled()
+
+    async def test_a_stop_iteration_arrives_as_a_runtime_error(self) -> None:
+        """An asyncio future refuses a StopIteration: unwrapped, its caller waited forever."""
+        writer = WriterThread("test-writer")
+
+        def exhausted() -> object:
+            return next(iter(()))
+
+        try:
+            with pytest.raises(RuntimeError, match="StopIteration") as raised:
+                await asyncio.wait_for(writer.call(exhausted), 30)
+            assert isinstance(raised.value.__cause__, StopIteration)
+            assert await writer.call(lambda: "still running") == "still running"
+        finally:
+            writer.shutdown()
+
+    async def test_an_error_whose_caller_left_is_logged(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        writer = WriterThread("test-writer")
+        gate = threading.Event()
+
+        def fail() -> None:
+            raise OSError("disk full (injected)")
+
+        try:
+            writer.call(gate.wait)
+            left = writer.call(fail)
+            left.cancel()
+            gate.set()
+            with caplog.at_level(logging.WARNING, logger="gateway.audit.log"):
+                await writer.call(lambda: None)
+        finally:
+            writer.shutdown()
+        assert any(
+            "caller was cancelled" in r.getMessage() and "disk full" in r.getMessage()
+            for r in caplog.records
+        ), caplog.records
 
     async def test_shutdown_drains_the_queue_then_stops_the_thread(self) -> None:
         before = len(_threads_named("test-drain"))
