@@ -28,8 +28,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -353,17 +354,22 @@ class ThreadedStore:
             concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"{name}-r"),
             concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"{name}-t"),
         )
-        opened: list[tuple[LogDatabase, concurrent.futures.Executor]] = []
+
+        def on(pool: concurrent.futures.Executor) -> Callable[[Callable[[], T]], Awaitable[T]]:
+            return lambda fn: loop.run_in_executor(pool, fn)
+
+        runs = (pools[0].call, on(pools[1]), on(pools[2]))
+        opened: list[LogDatabase] = []
         try:
-            for pool, opener in zip(pools, (open_writer, open_reader, open_reader), strict=True):
-                opened.append((await loop.run_in_executor(pool, opener), pool))
+            for run, opener in zip(runs, (open_writer, open_reader, open_reader), strict=True):
+                opened.append(await run(opener))
         except BaseException:
-            for db, pool in reversed(opened):
-                await loop.run_in_executor(pool, db.close)
+            for db, run in reversed(list(zip(opened, runs, strict=False))):
+                await run(db.close)
             for pool in pools:
                 pool.shutdown(wait=False)
             raise
-        (writer, _), (reader, _), (tiler, _) = opened
+        writer, reader, tiler = opened
         return cls(writer, reader, tiler, pools, state_path=state_path)
 
     @property
@@ -441,14 +447,11 @@ class ThreadedStore:
 
         A failure is logged and retried after the next commit: searches and the log do not
         depend on it (only how much of the leaf rows a search reads does)."""
-        loop = asyncio.get_running_loop()
         try:
             target = self._lag
             while target > 0 and self._lag > 0:
                 step = min(target, _CATCH_UP_CHUNK)
-                self._lag = await loop.run_in_executor(
-                    self._writer_pool, self._writer.catch_up, step
-                )
+                self._lag = await self._w(functools.partial(self._writer.catch_up, step))
                 target -= step
         except Exception as exc:  # the log goes on; the next commit retries
             self._catching_up = None

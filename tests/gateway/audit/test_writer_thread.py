@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from pathlib import Path
@@ -52,19 +53,6 @@ class TestWriterThread:
         assert len({t for _, t in ran}) == 1
         assert not overlapped
 
-    async def test_run_in_executor_calls_queue_with_the_others(self) -> None:
-        writer = WriterThread("test-writer")
-        ran: list[str] = []
-        loop = asyncio.get_running_loop()
-        try:
-            first = writer.call(lambda: ran.append("call"))
-            second = loop.run_in_executor(writer, ran.append, "submit")
-            third = writer.call(lambda: ran.append("call again"))
-            await asyncio.gather(first, second, third)
-        finally:
-            writer.shutdown()
-        assert ran == ["call", "submit", "call again"]
-
     async def test_a_failing_call_fails_its_own_future_only(self) -> None:
         writer = WriterThread("test-writer")
 
@@ -77,8 +65,6 @@ class TestWriterThread:
             with pytest.raises(OSError, match="disk full"):
                 await failed
             assert await after == "still running"
-            with pytest.raises(OSError, match="disk full"):
-                await asyncio.wrap_future(writer.submit(fail))
         finally:
             writer.shutdown()
 
@@ -143,15 +129,13 @@ class TestWriterThread:
         ran: list[int] = []
         writer.call(gate.wait)
         for i in range(50):
-            writer.submit(ran.append, i)
+            writer.call(functools.partial(ran.append, i))
         threading.Timer(0.05, gate.set).start()
         writer.shutdown(wait=True)
         assert ran == list(range(50))
         assert len(_threads_named("test-drain")) == before
         with pytest.raises(RuntimeError, match="shut down"):
             writer.call(lambda: None)
-        with pytest.raises(RuntimeError, match="shut down"):
-            writer.submit(lambda: None)
         writer.shutdown()  # a second shutdown is harmless
 
 
