@@ -347,7 +347,9 @@ class ThreadedStore:
         name: str,
         state_path: Path | None,
     ) -> ThreadedStore:
-        """Open the writer first (it creates the schema), then the readers."""
+        """Open the writer first (it creates the schema), then the readers. When one fails,
+        those opened are closed (their own errors ignored), every thread is stopped, and the
+        opening error is raised."""
         loop = asyncio.get_running_loop()
         pools = (
             WriterThread(f"{name}-w"),
@@ -364,10 +366,14 @@ class ThreadedStore:
             for run, opener in zip(runs, (open_writer, open_reader, open_reader), strict=True):
                 opened.append(await run(opener))
         except BaseException:
-            for db, run in reversed(list(zip(opened, runs, strict=False))):
-                await run(db.close)
-            for pool in pools:
-                pool.shutdown(wait=False)
+            # The opening error is the one to report, and no thread may outlive the store.
+            try:
+                for db, run in reversed(list(zip(opened, runs, strict=False))):
+                    with contextlib.suppress(Exception):
+                        await run(db.close)
+            finally:
+                for pool in pools:
+                    pool.shutdown(wait=False)
             raise
         writer, reader, tiler = opened
         return cls(writer, reader, tiler, pools, state_path=state_path)

@@ -171,6 +171,39 @@ async def _store(path: Path, writer: list[_FailingWriter]) -> ThreadedStore:
     )
 
 
+class _CloseFails:
+    """A real SQLite connection whose close raises after closing it."""
+
+    def __init__(self, db: SqliteDatabase) -> None:
+        self._db = db
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._db, name)
+
+    def close(self) -> None:
+        self._db.close()
+        raise OSError("close failed (injected)")
+
+
+class TestThreadedStoreOpen:
+    async def test_a_failed_open_stops_every_thread_and_raises_its_own_error(
+        self, tmp_path: Path
+    ) -> None:
+        path = tmp_path / "a.sqlite"
+
+        def open_writer() -> LogDatabase:
+            return _CloseFails(SqliteDatabase(path, origin=ORIGIN, writer=True))  # type: ignore[return-value]
+
+        def open_reader() -> LogDatabase:
+            raise OSError("reader cannot open (injected)")
+
+        with pytest.raises(OSError, match="reader cannot open"):
+            await ThreadedStore.open(open_writer, open_reader, name="test-open", state_path=None)
+        for thread in _threads_named("test-open"):
+            thread.join(30)  # shut down without waiting: they end on their own
+        assert _threads_named("test-open") == []
+
+
 class TestThreadedStoreWriter:
     async def test_commits_run_in_order_on_one_thread_and_close_leaves_none(
         self, fed: Fed, tmp_path: Path
