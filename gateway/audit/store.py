@@ -333,7 +333,8 @@ class ThreadedStore:
         """Loop time of the first commit the next catch-up will cover (``None``: none yet)."""
         self._last_started: float | None = None
         self._soon = False
-        """A reader asked for a catch-up while one ran: start the next as soon as it ends."""
+        """A reader asked for a catch-up while one ran and leaves were counted after it started:
+        start the next as soon as it ends."""
         self._settled = False
         self._timer: asyncio.TimerHandle | None = None
         self._catching_up: asyncio.Task[None] | None = None
@@ -407,17 +408,22 @@ class ThreadedStore:
         """Start a catch-up now if the projection is behind, or as soon as the running one
         ends: a reader of the rollups (the console's charts and flags) about to wait for them
         calls it, so a chart shows what was committed when it was asked even between the
-        spaced catch-ups of a busy log. Call it from the event loop."""
+        spaced catch-ups of a busy log. Call it from the event loop.
+
+        While one runs, the next follows it only if leaves were counted after it started
+        (``_behind_since``): the running one covers every leaf counted before, and a reader
+        polling while it runs must not buy a second one it does not need."""
         if self._lag <= 0 or self._settled:
             return
-        if self._catching_up is not None:
-            self._soon = True
-        else:
+        if self._catching_up is None:
             self._start_catch_up()
+        elif self._behind_since is not None:
+            self._soon = True
 
     def _schedule(self) -> None:
         """After a commit (or a catch-up, or the load): start or time the next catch-up."""
         if self._lag <= 0 or self._settled:
+            self._soon = False  # nothing behind: no request outlives it
             return
         loop = asyncio.get_running_loop()
         if self._behind_since is None:

@@ -431,9 +431,13 @@ class TestThreadedSchedule:
         finally:
             await store.close()
 
-    async def test_asked_while_one_runs_the_next_follows_it(self, tmp_path: Path) -> None:
-        """A reader asking while a catch-up runs (which does not cover what landed meanwhile)
-        gets the next one as soon as it ends, not after the spacing."""
+    async def test_asked_while_one_runs_the_next_follows_it(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A reader asking while a catch-up runs, after leaves it does not cover were counted,
+        gets the next one as soon as it ends, not after the spacing; asking before any such
+        leaf was counted buys none."""
+        monkeypatch.setattr(store_module, "_CATCH_UP_CHUNK", 50)  # two steps: one to land in
         path = tmp_path / "log.sqlite"
         writer = _HeldCatchUp(SqliteDatabase(path, origin=ORIGIN, writer=True))
         store = await self._store(path, writer)
@@ -443,20 +447,59 @@ class TestThreadedSchedule:
             store.catch_up_soon()
             first = store._catching_up
             assert first is not None
-            await asyncio.to_thread(writer.entered.wait, 10)  # it holds the writer's thread
+            assert await asyncio.to_thread(writer.entered.acquire, True, 10)  # step 1 holds it
+            store.catch_up_soon()  # nothing counted since it started: it covers all
+            assert not store._soon
+            # A commit lands between its two steps (queued behind the first on the thread).
             landing = asyncio.ensure_future(store.commit(self._batch(leaves[100:])))
-            await asyncio.sleep(0)
-            store.catch_up_soon()
-            writer.release.set()
+            writer.permits.release()
             await landing
+            assert await asyncio.to_thread(writer.entered.acquire, True, 10)  # step 2 holds it
+            assert store._catching_up is first
+            store.catch_up_soon()
+            assert store._soon
+            for _ in range(3):
+                writer.permits.release()
             await first
             assert store._timer is None
-            assert store._catching_up is not None  # the next, at once
-            await store._catching_up
+            following = store._catching_up
+            assert following is not None  # the next, at once
+            await following
             assert store._lag == 0
-            assert writer.catch_ups == [100, 100]
+            assert not store._soon
+            assert writer.catch_ups == [50, 50, 50, 50]
         finally:
-            writer.release.set()
+            for _ in range(10):
+                writer.permits.release()
+            await store.close()
+
+    async def test_asked_while_one_runs_that_covers_all_nothing_follows(
+        self, tmp_path: Path
+    ) -> None:
+        """Polled while a catch-up that covers everything runs, no request is left over: a
+        later commit is timed as usual, not caught up at once by a stale one."""
+        path = tmp_path / "log.sqlite"
+        writer = _HeldCatchUp(SqliteDatabase(path, origin=ORIGIN, writer=True))
+        store = await self._store(path, writer)
+        leaves = _leaves(110)
+        try:
+            await store.commit(self._batch(leaves[:100]))
+            store.catch_up_soon()
+            first = store._catching_up
+            assert first is not None
+            assert await asyncio.to_thread(writer.entered.acquire, True, 10)
+            store.catch_up_soon()  # a chart polling again while it runs
+            writer.permits.release()
+            await first
+            assert store._lag == 0
+            assert store._catching_up is None
+            await store.commit(self._batch(leaves[100:]))
+            assert store._catching_up is None  # timed, not at once
+            assert store._timer is not None
+            assert writer.catch_ups == [100]
+        finally:
+            for _ in range(10):
+                writer.permits.release()
             await store.close()
 
     async def test_nothing_is_scheduled_after_close(self, tmp_path: Path) -> None:
@@ -471,21 +514,22 @@ class TestThreadedSchedule:
 
 
 class _HeldCatchUp:
-    """A writer database whose first catch-up waits for ``release`` (``entered`` set once it
-    holds the writer's thread)."""
+    """A writer database each of whose catch-up steps waits for a permit (``permits``);
+    ``entered`` is released once per step that holds the writer's thread."""
 
     def __init__(self, db: SqliteDatabase) -> None:
         self.db = db
-        self.entered = threading.Event()
-        self.release = threading.Event()
+        self.entered = threading.Semaphore(0)
+        self.permits = threading.Semaphore(0)
         self.catch_ups: list[int] = []
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.db, name)
 
     def catch_up(self, limit: int) -> int:
-        self.entered.set()
-        self.release.wait(30)
+        self.entered.release()
+        if not self.permits.acquire(timeout=30):
+            raise TimeoutError("the test never let this catch-up step run")
         self.catch_ups.append(limit)
         return self.db.catch_up(limit)
 
