@@ -64,8 +64,10 @@ logger = logging.getLogger("gateway.audit.log")
 
 CATCH_UP_ENTRIES = 16_384
 """A commit that leaves the projection this many leaves behind starts a catch-up at once; it
-is also the most leaves one catch-up transaction holds. It bounds the leaf rows a search reads
-past the projection (~0.8 us of CPU each on the 10 M log: ~13 ms at this bound)."""
+is also the most leaves one of ``ThreadedStore``'s catch-up transactions holds (closing or
+migrating a log catches up in larger ones: ``_CATCH_UP_CHUNK`` of each database, 50,000). It
+bounds the leaf rows a search reads past the projection (~0.8 us of CPU each on the 10 M log:
+~13 ms at this bound)."""
 CATCH_UP_DELAY_S = 0.5
 """After a quiet spell, the catch-up starts this long after the commit that left a lag."""
 CATCH_UP_SPACING_S = 2.0
@@ -305,12 +307,16 @@ class ThreadedStore:
     - at once when a reader about to read the rollups asks for it (``catch_up_soon``), or as
       soon as the running one ends.
 
-    Bounds, while the writer keeps up with the appends: a catch-up covers a leaf at most
-    ``CATCH_UP_SPACING_S`` after its commit, or when ``CATCH_UP_ENTRIES`` are behind, whichever
-    comes first, unless a catch-up is running then (it starts when that one ends); so the
-    projection lags the log by at most ``CATCH_UP_ENTRIES`` leaves plus those committed while
-    one catch-up runs, and a leaf by at most ``CATCH_UP_SPACING_S`` plus two catch-ups' time
-    (0.5 s plus one catch-up after a quiet spell). Searches see every committed leaf regardless.
+    A catch-up that fails is logged and retried ``CATCH_UP_SPACING_S`` later.
+
+    Bounds, while the writer keeps up with the appends and the catch-ups succeed: a catch-up
+    covers a leaf at most ``CATCH_UP_SPACING_S`` after its commit, or when ``CATCH_UP_ENTRIES``
+    are behind, whichever comes first, unless a catch-up is running then (it starts when that
+    one ends); so the projection lags the log by at most ``CATCH_UP_ENTRIES`` leaves plus one
+    batch (the commit that crosses the bound: up to the log's ``max_batch``) plus those
+    committed while one catch-up runs, and a leaf by at most ``CATCH_UP_SPACING_S`` plus two
+    catch-ups' time (0.5 s plus one catch-up after a quiet spell). Searches see every committed
+    leaf regardless.
     """
 
     def __init__(
@@ -457,17 +463,22 @@ class ThreadedStore:
         after every commit, each paying a transaction's fixed cost (most of all on a big
         log: the index pages it dirties) and holding the next commit back.
 
-        A failure is logged and retried after the next commit: searches and the log do not
-        depend on it (only how much of the leaf rows a search reads does)."""
+        A failure is logged and retried ``CATCH_UP_SPACING_S`` later (sooner if the entries
+        bound is reached or a reader asks): searches and the log do not depend on it (only how
+        much of the leaf rows a search reads does)."""
         try:
             target = self._lag
             while target > 0 and self._lag > 0:
                 step = min(target, _CATCH_UP_CHUNK)
                 self._lag = await self._w(functools.partial(self._writer.catch_up, step))
                 target -= step
-        except Exception as exc:  # the log goes on; the next commit retries
+        except Exception as exc:  # the log goes on; the timer retries
             self._catching_up = None
             logger.warning("audit store: the search projection could not catch up: %s", exc)
+            if not self._settled and self._timer is None:
+                # Not left to the next commit: a log that has gone quiet would never retry.
+                loop = asyncio.get_running_loop()
+                self._timer = loop.call_later(CATCH_UP_SPACING_S, self._start_catch_up)
             return
         self._catching_up = None
         self._schedule()  # commits that landed meanwhile

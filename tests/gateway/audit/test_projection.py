@@ -357,8 +357,10 @@ class TestThreadedSchedule:
     deadlines it sets are read, not waited for)."""
 
     @staticmethod
-    async def _store(path: Path, writer: _HeldCatchUp | None = None) -> ThreadedStore:
-        def open_writer() -> SqliteDatabase | _HeldCatchUp:
+    async def _store(
+        path: Path, writer: _HeldCatchUp | _FailingCatchUp | None = None
+    ) -> ThreadedStore:
+        def open_writer() -> SqliteDatabase | _HeldCatchUp | _FailingCatchUp:
             return writer or SqliteDatabase(path, origin=ORIGIN, writer=True)
 
         return await ThreadedStore.open(
@@ -502,6 +504,33 @@ class TestThreadedSchedule:
                 writer.permits.release()
             await store.close()
 
+    async def test_a_failed_catch_up_is_retried_after_the_spacing(self, tmp_path: Path) -> None:
+        """Not left to the next commit, which a quiet log may never make."""
+        path = tmp_path / "log.sqlite"
+        writer = _FailingCatchUp(SqliteDatabase(path, origin=ORIGIN, writer=True))
+        store = await self._store(path, writer)
+        loop = asyncio.get_running_loop()
+        try:
+            await store.commit(self._batch(_leaves(10)))
+            writer.fail = True
+            store.catch_up_soon()
+            failing = store._catching_up
+            assert failing is not None
+            before = loop.time()
+            await failing
+            timer = store._timer
+            assert timer is not None  # re-armed
+            assert before + CATCH_UP_SPACING_S <= timer.when() <= loop.time() + CATCH_UP_SPACING_S
+            writer.fail = False
+            store._start_catch_up()  # what the timer calls
+            retry = store._catching_up
+            assert retry is not None
+            await retry
+            assert store._lag == 0
+            assert store._timer is None
+        finally:
+            await store.close()
+
     async def test_nothing_is_scheduled_after_close(self, tmp_path: Path) -> None:
         store = await self._store(tmp_path / "log.sqlite")
         await store.commit(self._batch(_leaves(10)))
@@ -531,6 +560,22 @@ class _HeldCatchUp:
         if not self.permits.acquire(timeout=30):
             raise TimeoutError("the test never let this catch-up step run")
         self.catch_ups.append(limit)
+        return self.db.catch_up(limit)
+
+
+class _FailingCatchUp:
+    """A writer database whose catch-ups fail while ``fail`` is set."""
+
+    def __init__(self, db: SqliteDatabase) -> None:
+        self.db = db
+        self.fail = False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.db, name)
+
+    def catch_up(self, limit: int) -> int:
+        if self.fail:
+            raise sqlite3.OperationalError("disk I/O error (injected)")
         return self.db.catch_up(limit)
 
 
