@@ -121,6 +121,27 @@ class TestWriterThread:
             for r in caplog.records
         ), caplog.records
 
+    def test_a_call_ending_after_its_loop_closed_leaves_the_thread_serving(self) -> None:
+        """A store closed with its loop, a call still running: the next loop is served."""
+        writer = WriterThread("test-writer")
+        gate = threading.Event()
+
+        async def queue_and_leave() -> None:
+            writer.call(gate.wait)
+
+        try:
+            first = asyncio.new_event_loop()
+            first.run_until_complete(queue_and_leave())
+            first.close()
+            gate.set()  # it ends now, its loop closed
+
+            async def next_call() -> int:
+                return await asyncio.wait_for(writer.call(lambda: 42), 30)
+
+            assert asyncio.run(next_call()) == 42
+        finally:
+            writer.shutdown()
+
     async def test_shutdown_drains_the_queue_then_stops_the_thread(self) -> None:
         before = len(_threads_named("test-drain"))
         writer = WriterThread("test-drain")
