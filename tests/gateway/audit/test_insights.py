@@ -11,8 +11,8 @@ import pytest
 from fedgate.audit_entry import EventEntry, RequestLeg, ResponseLeg, time_to_micros
 from fedgate.errors import AuditUnavailable, InvalidArgument, StoreVersionError
 from fedgate.web.text import BEIJING
+from gateway.audit import _catch_up as catch_up_module
 from gateway.audit import insights as insights_module
-from gateway.audit import store as store_module
 from gateway.audit.insights import (
     CaseWithoutOrder,
     LogInsights,
@@ -345,7 +345,7 @@ class TestRollups:
         """A busy log's catch-ups are spaced (``CATCH_UP_SPACING_S``, here made far longer
         than ``ROLLUP_WAIT_S``): a chart that asks the log for a catch-up still counts every
         entry committed when it was asked; one that only waits misses them."""
-        monkeypatch.setattr(store_module, "CATCH_UP_SPACING_S", 600.0)
+        monkeypatch.setattr(catch_up_module, "CATCH_UP_SPACING_S", 600.0)
         log = await logs.open()
         source = (
             logs.db
@@ -382,7 +382,7 @@ class TestRollups:
     ) -> None:
         """Another instance's shard (no ``catch_up``): nothing here can hurry its writer, so
         the chart reads the rollups once, as they are, and reports what they miss."""
-        monkeypatch.setattr(store_module, "CATCH_UP_DELAY_S", 600.0)  # the writer lags
+        monkeypatch.setattr(catch_up_module, "CATCH_UP_DELAY_S", 600.0)  # the writer lags
         log = await logs.open()
         source = (
             logs.db

@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from psycopg import sql
 
+from gateway.audit import _catch_up as catch_up_module
 from gateway.audit import store as store_module
 from gateway.audit.pg_store import AUDIT_SCHEMA as PG_AUDIT_SCHEMA
 from gateway.audit.pg_store import PgDatabase
@@ -296,7 +297,7 @@ class TestThreadedCatchUp:
         catch-up's transaction: the catch-up projects what was behind when it started, and
         leaves the rest to the next one (it once went on with one small catch-up per commit)."""
         bound = 2048  # the entries bound, smaller than the store's to keep the test short
-        monkeypatch.setattr(store_module, "CATCH_UP_ENTRIES", bound)
+        monkeypatch.setattr(catch_up_module, "CATCH_UP_ENTRIES", bound)
         path = tmp_path / "log.sqlite"
         leaves = _leaves(bound + 3 * 64)
         first = leaves[:bound]
@@ -380,7 +381,7 @@ class TestThreadedSchedule:
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         # A spacing no catch-up and commit outlast, however loaded the machine.
-        monkeypatch.setattr(store_module, "CATCH_UP_SPACING_S", 600.0)
+        monkeypatch.setattr(catch_up_module, "CATCH_UP_SPACING_S", 600.0)
         store = await self._store(tmp_path / "log.sqlite")
         leaves = _leaves(300)
         loop = asyncio.get_running_loop()
@@ -405,7 +406,7 @@ class TestThreadedSchedule:
             timer = store._timer
             assert timer is not None
             assert started is not None
-            assert timer.when() == pytest.approx(started + store_module.CATCH_UP_SPACING_S)
+            assert timer.when() == pytest.approx(started + catch_up_module.CATCH_UP_SPACING_S)
             assert timer.when() > loop.time() + CATCH_UP_DELAY_S
             # Asked for again: at once, the spaced timer dropped.
             store.catch_up_soon()
@@ -422,7 +423,7 @@ class TestThreadedSchedule:
     async def test_the_entries_bound_starts_one_at_once(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        monkeypatch.setattr(store_module, "CATCH_UP_ENTRIES", 200)
+        monkeypatch.setattr(catch_up_module, "CATCH_UP_ENTRIES", 200)
         store = await self._store(tmp_path / "log.sqlite")
         leaves = _leaves(400)
         try:
