@@ -10,8 +10,8 @@ resolving the caller's asyncio future with one ``call_soon_threadsafe``, costs l
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
+import logging
 import queue
 import threading
 from collections.abc import Callable
@@ -21,11 +21,19 @@ __all__ = ["WriterThread"]
 
 T = TypeVar("T")
 
-_Call = tuple[Callable[[], Any], "asyncio.Future[Any] | None"]
+_Call = tuple[Callable[[], Any], "asyncio.Future[Any]"]
+
+logger = logging.getLogger("gateway.audit.log")
 
 
 def _settle(future: asyncio.Future[Any], result: object, error: BaseException | None) -> None:
     if future.cancelled():  # its caller left; the call itself ran
+        if error is not None:  # no one else will hear of it
+            logger.warning(
+                "audit store: a writer call whose caller was cancelled failed: %s: %s",
+                type(error).__name__,
+                error,
+            )
         return
     if error is not None:
         future.set_exception(error)
@@ -33,19 +41,22 @@ def _settle(future: asyncio.Future[Any], result: object, error: BaseException | 
         future.set_result(result)
 
 
-class WriterThread(concurrent.futures.Executor):
+class WriterThread:
     """A thread that runs blocking calls one at a time, in the order they were queued.
 
     ``call`` is the event loop's way in: it queues ``fn`` and returns a future of the calling
     loop, which the thread resolves with ``fn``'s result or exception through ONE
-    ``call_soon_threadsafe``. ``submit`` (so ``loop.run_in_executor`` works too) is the
-    ``Executor`` way, with a ``concurrent.futures.Future``.
+    ``call_soon_threadsafe``. It is not a ``concurrent.futures.Executor``: the store's only
+    caller is the event loop.
 
     Contract:
 
     - Calls MUST run in the order queued, never two at once (one connection, one thread).
     - A queued call runs even if its caller was cancelled meanwhile (its future is then left
-      alone): a commit is never half-abandoned, the log reloads after a cancelled commit.
+      alone, and an error it raises is logged as a warning): a commit is never half-abandoned,
+      the log reloads after a cancelled commit.
+    - Every call's future is resolved: a ``StopIteration`` (which an asyncio future refuses)
+      arrives as a ``RuntimeError`` caused by it.
     - ``shutdown`` runs every call queued before it, then stops the thread; calls queued after
       it raise ``RuntimeError``. ``shutdown(wait=True)`` returns once the thread has ended.
 
@@ -68,27 +79,8 @@ class WriterThread(concurrent.futures.Executor):
         self._put((fn, future))
         return future
 
-    def submit(
-        self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
-    ) -> concurrent.futures.Future[T]:
-        done: concurrent.futures.Future[T] = concurrent.futures.Future()
-
-        def run() -> None:
-            if not done.set_running_or_notify_cancel():
-                return
-            try:
-                result = fn(*args, **kwargs)
-            except BaseException as exc:  # handed to whoever waits on ``done``
-                done.set_exception(exc)
-            else:
-                done.set_result(result)
-
-        self._put((run, None))
-        return done
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop after the calls already queued (``cancel_futures`` is not supported: every
-        queued call runs)."""
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop after the calls already queued (every one runs)."""
         with self._lock:
             if not self._stopped:
                 self._stopped = True
@@ -111,10 +103,16 @@ class WriterThread(concurrent.futures.Executor):
             error: BaseException | None = None
             try:
                 result = fn()
+            except StopIteration as exc:
+                # An asyncio future refuses a StopIteration (TypeError in ``_settle``, and the
+                # caller would wait forever): hand it over wrapped, as a coroutine would.
+                error = RuntimeError(
+                    "a call on the audit store's writer thread raised StopIteration"
+                )
+                error.__cause__ = exc
             except BaseException as exc:  # handed to the caller's future
                 error = exc
-            if future is not None:
-                # A closed loop (RuntimeError) has no one waiting any more.
-                with contextlib.suppress(RuntimeError):
-                    future.get_loop().call_soon_threadsafe(_settle, future, result, error)
+            # A closed loop (RuntimeError) has no one waiting any more.
+            with contextlib.suppress(RuntimeError):
+                future.get_loop().call_soon_threadsafe(_settle, future, result, error)
             del item, fn, future, result, error  # hold no batch while idle

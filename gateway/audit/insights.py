@@ -65,7 +65,8 @@ CST_OFFSET_US: Final = 8 * US_PER_HOUR
 _EPOCH_DAY: Final = date(1970, 1, 1)
 _MAX_ROWS: Final = 500
 ROLLUP_WAIT_S: Final = 1.0
-"""How long a chart or flag waits for the rollups to cover what was committed when asked."""
+"""How long a chart or flag waits for the rollups to cover what was committed when asked, on a
+shard whose writer is in this process (``LogInsights.open``'s ``catch_up``)."""
 
 
 def day_of(time_us: int) -> date:
@@ -425,8 +426,8 @@ class LogInsights:
         flags over whole China-time days read the rollups (``_rollups``) unless ``rollups``
         is false; other windows aggregate the leaves. ``catch_up``: how to ask the shard's
         writer in this process to bring the rollups level now (``AuditLog.catch_up_soon``);
-        without it a chart waits for the writer's own catch-up. Raises ``AuditUnavailable``
-        when it is not an audit log or cannot be reached."""
+        without it a chart reads the rollups as they are, at once (``rollup_lag``). Raises
+        ``AuditUnavailable`` when it is not an audit log or cannot be reached."""
         pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="audit-insights")
         path = source if isinstance(source, PgShard) else Path(source)
         insights = cls(path, pool, rollups=rollups, catch_up=catch_up)
@@ -517,11 +518,13 @@ class LogInsights:
         return since // US_PER_DAY, until // US_PER_DAY
 
     async def _rollup_days(self, window: TimeWindow) -> tuple[int, int] | None:
-        """``_days``; when the rollups are to be read, first wait (at most ``ROLLUP_WAIT_S``)
-        until they cover every entry committed now, recording in ``rollup_lag`` how many they
-        still miss. While they lag it asks the writer for a catch-up now (``catch_up``, each
-        poll: one may have been running): a busy log's catch-ups are spaced (2 s), beyond the
-        wait; another process's shard is kept within the store's bound (``docs/audit.md``)."""
+        """``_days``; when the rollups are to be read and the shard's writer is in this
+        process (``catch_up``), first ask it for a catch-up and wait (at most
+        ``ROLLUP_WAIT_S``) until they cover every entry committed now, asking again each poll
+        (one may have been running): a busy log's catch-ups are spaced (2 s), beyond the wait.
+        Another process's shard (no ``catch_up``) is read at once, as its writer keeps it
+        (within the store's bound, ``docs/audit.md``). Either way ``rollup_lag`` records how
+        many entries committed when asked the rollups still miss."""
         days = self._days(window)
         if days is None:
             return None
@@ -538,14 +541,16 @@ class LogInsights:
             size = _search.next_index(fetch, dialect, self._scope)
             return size, _search.projected_to(fetch, dialect, self._scope)
 
-        loop = asyncio.get_running_loop()
         target, covered = await self._run(state)
-        deadline = loop.time() + ROLLUP_WAIT_S
-        while covered < target and loop.time() < deadline:
-            if self._catch_up is not None:
+        # Without a hook (another instance's shard) nothing here can hurry its writer, whose
+        # catch-ups are spaced beyond the wait under load: waiting would only delay the page.
+        if self._catch_up is not None:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + ROLLUP_WAIT_S
+            while covered < target and loop.time() < deadline:
                 self._catch_up()
-            await asyncio.sleep(0.02)
-            covered = (await self._run(state))[1]
+                await asyncio.sleep(0.02)
+                covered = (await self._run(state))[1]
         self.rollup_lag = max(0, target - covered)
         return days
 

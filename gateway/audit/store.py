@@ -17,7 +17,7 @@ Contract for every ``LogDatabase``:
   it is derived from the leaf rows, and ``projected_to`` moves with it atomically. Searches
   MUST still see every committed leaf (``_search.search`` reads the leaf rows past
   ``projected_to``). ``ThreadedStore`` runs the catch-up after commits (when, and
-  its bounds: its docstring); bulk writers call ``checkpoint_wal``.
+  its bounds: ``gateway.audit._catch_up``); bulk writers call ``checkpoint_wal``.
 - Leaves, checkpoints and cosigned checkpoints MUST be append-only in the database itself
   (triggers; on PostgreSQL also privileges), not only in this code.
 - Foreign errors are translated once, here at the boundary, into ``AuditUnavailable``.
@@ -28,14 +28,22 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from fedgate.audit_entry import IndexColumns
 from fedgate.auditverify import StoredRow, normalized_subjects
+from gateway.audit import _catch_up
+from gateway.audit._catch_up import (
+    CATCH_UP_DELAY_S,
+    CATCH_UP_ENTRIES,
+    CATCH_UP_SPACING_S,
+    catch_up_at,
+)
 from gateway.audit._writer_thread import WriterThread
 
 __all__ = [
@@ -61,26 +69,8 @@ T = TypeVar("T")
 
 logger = logging.getLogger("gateway.audit.log")
 
-CATCH_UP_ENTRIES = 16_384
-"""A commit that leaves the projection this many leaves behind starts a catch-up at once; it
-is also the most leaves one catch-up transaction holds. It bounds the leaf rows a search reads
-past the projection (~0.8 us of CPU each on the 10 M log: ~13 ms at this bound)."""
-CATCH_UP_DELAY_S = 0.5
-"""After a quiet spell, the catch-up starts this long after the commit that left a lag."""
-CATCH_UP_SPACING_S = 2.0
-"""Under sustained appends, catch-ups start at least this long apart (``catch_up_at``).
-
-The three bounds trade a little lag (which searches do not see: they read the leaf rows past
-the projection) for fewer, larger catch-ups: an index page a catch-up dirties is written once per
-catch-up (WAL, then the database), and on a big log the officer, case and subject indexes spread
-a catch-up's rows over the pages of the newest key block. At 2,048 entries or 100 ms, a 100 k-entry
-log cost ~35 % more CPU per append than an empty one. On the 10 M log a catch-up costs ~17.6 us
-of the writer's CPU per entry at 4,096 entries (what 0.5 s holds at a few thousand appends/s),
-~16.6 at 8,192, ~15.1 at 16,384 and no less at 32,768 (``docs/benchmarks.md``): hence 2 s and
-16,384, the size reached from ~8,000 appends/s on; a larger bound would only lengthen a search's
-tail."""
 _CATCH_UP_CHUNK = CATCH_UP_ENTRIES
-"""Leaves per catch-up transaction (a log opened far behind catches up in several)."""
+"""Leaves per catch-up transaction of ``ThreadedStore`` (a log far behind takes several)."""
 CHECKPOINT_INTERVAL = 256
 """The store keeps in its history the checkpoint of each batch that reaches or crosses a
 multiple of this many entries (``kept_checkpoint``); the newest signed and the newest cosigned
@@ -271,20 +261,6 @@ class AuditStore(Protocol):
     async def close(self) -> None: ...
 
 
-def catch_up_at(behind_since: float, last_started: float | None) -> float:
-    """When (loop time) the next catch-up starts if fewer than ``CATCH_UP_ENTRIES`` leaves are
-    behind: ``CATCH_UP_DELAY_S`` after the first commit it will cover (at ``behind_since``),
-    and no sooner than ``CATCH_UP_SPACING_S`` after the previous catch-up started
-    (``last_started``; ``None``: none yet). A quiet log is caught up half a second after a
-    commit; under steady appends catch-ups come every ``CATCH_UP_SPACING_S``. Since the
-    previous one started before that commit, the result is never later than
-    ``behind_since + CATCH_UP_SPACING_S``."""
-    at = behind_since + CATCH_UP_DELAY_S
-    if last_started is not None:
-        at = max(at, last_started + CATCH_UP_SPACING_S)
-    return at
-
-
 class ThreadedStore:
     """An ``AuditStore`` over two connections of a ``LogDatabase``, each on its own thread.
 
@@ -294,22 +270,8 @@ class ThreadedStore:
     ``open``; reads never queue behind a commit, proofs never behind a search.
 
     The search projection is caught up on the writer's thread after the commits, never inside
-    one, and never two catch-ups at once. A catch-up starts:
-
-    - at once when a commit leaves ``CATCH_UP_ENTRIES`` (16,384) or more leaves behind;
-    - otherwise at ``catch_up_at``: ``CATCH_UP_DELAY_S`` (0.5 s) after the commit that left the
-      lag when the log was quiet, and no sooner than ``CATCH_UP_SPACING_S`` (2 s) after the
-      previous catch-up started when appends go on (fewer, larger catch-ups: each writes the
-      index pages it dirties once, see ``CATCH_UP_SPACING_S``);
-    - at once when a reader about to read the rollups asks for it (``catch_up_soon``), or as
-      soon as the running one ends.
-
-    Bounds, while the writer keeps up with the appends: a catch-up covers a leaf at most
-    ``CATCH_UP_SPACING_S`` after its commit, or when ``CATCH_UP_ENTRIES`` are behind, whichever
-    comes first, unless a catch-up is running then (it starts when that one ends); so the
-    projection lags the log by at most ``CATCH_UP_ENTRIES`` leaves plus those committed while
-    one catch-up runs, and a leaf by at most ``CATCH_UP_SPACING_S`` plus two catch-ups' time
-    (0.5 s plus one catch-up after a quiet spell). Searches see every committed leaf regardless.
+    one, never two catch-ups at once, when ``_catch_up`` says (its docstring: the rule and the
+    bounds). Searches see every committed leaf regardless.
     """
 
     def __init__(
@@ -332,7 +294,8 @@ class ThreadedStore:
         """Loop time of the first commit the next catch-up will cover (``None``: none yet)."""
         self._last_started: float | None = None
         self._soon = False
-        """A reader asked for a catch-up while one ran: start the next as soon as it ends."""
+        """A reader asked for a catch-up while one ran and leaves were counted after it started:
+        start the next as soon as it ends."""
         self._settled = False
         self._timer: asyncio.TimerHandle | None = None
         self._catching_up: asyncio.Task[None] | None = None
@@ -346,24 +309,35 @@ class ThreadedStore:
         name: str,
         state_path: Path | None,
     ) -> ThreadedStore:
-        """Open the writer first (it creates the schema), then the readers."""
+        """Open the writer first (it creates the schema), then the readers. When one fails,
+        those opened are closed (their own errors ignored), every thread is stopped, and the
+        opening error is raised."""
         loop = asyncio.get_running_loop()
         pools = (
             WriterThread(f"{name}-w"),
             concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"{name}-r"),
             concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"{name}-t"),
         )
-        opened: list[tuple[LogDatabase, concurrent.futures.Executor]] = []
+
+        def on(pool: concurrent.futures.Executor) -> Callable[[Callable[[], T]], Awaitable[T]]:
+            return lambda fn: loop.run_in_executor(pool, fn)
+
+        runs = (pools[0].call, on(pools[1]), on(pools[2]))
+        opened: list[LogDatabase] = []
         try:
-            for pool, opener in zip(pools, (open_writer, open_reader, open_reader), strict=True):
-                opened.append((await loop.run_in_executor(pool, opener), pool))
+            for run, opener in zip(runs, (open_writer, open_reader, open_reader), strict=True):
+                opened.append(await run(opener))
         except BaseException:
-            for db, pool in reversed(opened):
-                await loop.run_in_executor(pool, db.close)
-            for pool in pools:
-                pool.shutdown(wait=False)
+            # The opening error is the one to report, and no thread may outlive the store.
+            try:
+                for db, run in reversed(list(zip(opened, runs, strict=False))):
+                    with contextlib.suppress(Exception):
+                        await run(db.close)
+            finally:
+                for pool in pools:
+                    pool.shutdown(wait=False)
             raise
-        (writer, _), (reader, _), (tiler, _) = opened
+        writer, reader, tiler = opened
         return cls(writer, reader, tiler, pools, state_path=state_path)
 
     @property
@@ -395,27 +369,32 @@ class ThreadedStore:
         """Start a catch-up now if the projection is behind, or as soon as the running one
         ends: a reader of the rollups (the console's charts and flags) about to wait for them
         calls it, so a chart shows what was committed when it was asked even between the
-        spaced catch-ups of a busy log. Call it from the event loop."""
+        spaced catch-ups of a busy log. Call it from the event loop.
+
+        While one runs, the next follows it only if leaves were counted after it started
+        (``_behind_since``): the running one covers every leaf counted before, and a reader
+        polling while it runs must not buy a second one it does not need."""
         if self._lag <= 0 or self._settled:
             return
-        if self._catching_up is not None:
-            self._soon = True
-        else:
+        if self._catching_up is None:
             self._start_catch_up()
+        elif self._behind_since is not None:
+            self._soon = True
 
     def _schedule(self) -> None:
         """After a commit (or a catch-up, or the load): start or time the next catch-up."""
         if self._lag <= 0 or self._settled:
+            self._soon = False  # nothing behind: no request outlives it
             return
         loop = asyncio.get_running_loop()
         if self._behind_since is None:
             self._behind_since = loop.time()
         if self._catching_up is not None:
             return
-        if self._lag >= CATCH_UP_ENTRIES or self._soon:
+        if self._lag >= _catch_up.CATCH_UP_ENTRIES or self._soon:
             self._start_catch_up()
         elif self._timer is None:
-            at = catch_up_at(self._behind_since, self._last_started)
+            at = _catch_up.catch_up_at(self._behind_since, self._last_started)
             self._timer = loop.call_at(at, self._start_catch_up)
 
     def _start_catch_up(self) -> None:
@@ -439,20 +418,23 @@ class ThreadedStore:
         after every commit, each paying a transaction's fixed cost (most of all on a big
         log: the index pages it dirties) and holding the next commit back.
 
-        A failure is logged and retried after the next commit: searches and the log do not
-        depend on it (only how much of the leaf rows a search reads does)."""
-        loop = asyncio.get_running_loop()
+        A failure is logged and retried ``CATCH_UP_SPACING_S`` later (sooner if the entries
+        bound is reached or a reader asks): searches and the log do not depend on it (only how
+        much of the leaf rows a search reads does)."""
         try:
             target = self._lag
             while target > 0 and self._lag > 0:
                 step = min(target, _CATCH_UP_CHUNK)
-                self._lag = await loop.run_in_executor(
-                    self._writer_pool, self._writer.catch_up, step
-                )
+                self._lag = await self._w(functools.partial(self._writer.catch_up, step))
                 target -= step
-        except Exception as exc:  # the log goes on; the next commit retries
+        except Exception as exc:  # the log goes on; the timer retries
             self._catching_up = None
             logger.warning("audit store: the search projection could not catch up: %s", exc)
+            if not self._settled and self._timer is None:
+                # Not left to the next commit: a log that has gone quiet would never retry.
+                loop = asyncio.get_running_loop()
+                spacing = _catch_up.CATCH_UP_SPACING_S
+                self._timer = loop.call_later(spacing, self._start_catch_up)
             return
         self._catching_up = None
         self._schedule()  # commits that landed meanwhile

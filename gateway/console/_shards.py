@@ -18,7 +18,8 @@ hash of the origin for the others (``/shards/3f2a…/entries/7``).
   order, so paging neither skips nor repeats a row whatever the shards hold.
 - Charts sum the shards' daily rollups; flags merge the shards' per-officer-day counts before
   thresholds apply, and a query one shard holds counts as followed by an order another shard
-  holds in the same case.
+  holds in the same case. The shards are read concurrently; only this instance's waits for its
+  rollups (another's are read as its writer keeps them: ``LogInsights.open``'s ``catch_up``).
 
 Contract: it MUST NOT write to another instance's shard (both readers are read-only), and an
 unreachable shard MUST fail the page (``AuditUnavailable``), never silently drop its entries.
@@ -35,7 +36,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 from fedgate.errors import FieldViolation, InvalidArgument, NotFound
 from fedgate.registry import Registry
@@ -54,6 +55,8 @@ from gateway.audit.store import IndexedRow, SearchQuery
 from gateway.console._state import SEEN_FILE, LogWatch
 
 __all__ = ["DISCOVER_S", "Cursor", "Shard", "ShardHit", "Shards", "shard_key"]
+
+T = TypeVar("T")
 
 _logger = logging.getLogger("fedgate.gateway.console")
 
@@ -260,17 +263,22 @@ class Shards:
 
     async def per_day(self, window: TimeWindow, by: str) -> list[DayCount]:
         sums: dict[tuple[date, str], int] = defaultdict(int)
-        for shard in await self.every():
-            for row in await shard.insights.per_day(window, by):
+        for rows in await self._each(lambda i: i.per_day(window, by)):
+            for row in rows:
                 sums[(row.day, row.key)] += row.count
         return [DayCount(d, k, n) for (d, k), n in sorted(sums.items())]
 
     async def refusals(self, window: TimeWindow) -> list[ReasonCount]:
         sums: dict[str, int] = defaultdict(int)
-        for shard in await self.every():
-            for row in await shard.insights.refusals(window):
+        for rows in await self._each(lambda i: i.refusals(window)):
+            for row in rows:
                 sums[row.reason] += row.count
         return [ReasonCount(r, n) for r, n in sorted(sums.items(), key=lambda p: (-p[1], p[0]))]
+
+    async def _each(self, fetch: Callable[[LogInsights], Awaitable[list[T]]]) -> list[list[T]]:
+        """``fetch`` of every shard, in the order of ``all``, read at once: each shard has its
+        own reader thread, and only this instance's shard may wait for its rollups."""
+        return list(await asyncio.gather(*(fetch(s.insights) for s in await self.every())))
 
     @staticmethod
     def _sum_days(rows: list[tuple[Shard, OfficerDay]]) -> list[OfficerDay]:
@@ -287,10 +295,9 @@ class Shards:
     async def _days(
         self, fetch: Callable[[LogInsights], Awaitable[list[OfficerDay]]]
     ) -> list[tuple[Shard, OfficerDay]]:
-        found: list[tuple[Shard, OfficerDay]] = []
-        for shard in await self.every():
-            found.extend((shard, row) for row in await fetch(shard.insights))
-        return found
+        shards = await self.every()
+        fetched = await asyncio.gather(*(fetch(s.insights) for s in shards))
+        return [(s, row) for s, rows in zip(shards, fetched, strict=True) for row in rows]
 
     async def officer_days(self, window: TimeWindow, actions: Collection[str]) -> list[OfficerDay]:
         rows = self._sum_days(await self._days(lambda i: i.officer_days(window, actions)))
@@ -332,11 +339,16 @@ class Shards:
         within_us: int,
     ) -> list[CaseWithoutOrder]:
         shards = await self.every()
-        found: list[CaseWithoutOrder] = []
-        for shard in shards:
-            rows = await shard.insights.without_order(
-                window, queries=queries, orders=orders, within_us=within_us
+        fetched = await asyncio.gather(
+            *(
+                s.insights.without_order(
+                    window, queries=queries, orders=orders, within_us=within_us
+                )
+                for s in shards
             )
+        )
+        found: list[CaseWithoutOrder] = []
+        for shard, rows in zip(shards, fetched, strict=True):
             for row in rows:
                 others = [s for s in shards if s is not shard]
                 if not await _ordered_elsewhere(others, row, orders, within_us):

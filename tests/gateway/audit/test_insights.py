@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from fedgate.audit_entry import EventEntry, RequestLeg, ResponseLeg, time_to_micros
 from fedgate.errors import AuditUnavailable, InvalidArgument, StoreVersionError
 from fedgate.web.text import BEIJING
-from gateway.audit import store as store_module
+from gateway.audit import _catch_up as catch_up_module
+from gateway.audit import insights as insights_module
 from gateway.audit.insights import (
     CaseWithoutOrder,
     LogInsights,
@@ -344,7 +345,7 @@ class TestRollups:
         """A busy log's catch-ups are spaced (``CATCH_UP_SPACING_S``, here made far longer
         than ``ROLLUP_WAIT_S``): a chart that asks the log for a catch-up still counts every
         entry committed when it was asked; one that only waits misses them."""
-        monkeypatch.setattr(store_module, "CATCH_UP_SPACING_S", 600.0)
+        monkeypatch.setattr(catch_up_module, "CATCH_UP_SPACING_S", 600.0)
         log = await logs.open()
         source = (
             logs.db
@@ -375,3 +376,40 @@ class TestRollups:
         finally:
             for insights in (asking, waiting, slow):
                 await insights.close()
+
+    async def test_a_shard_without_a_hook_is_read_at_once(
+        self, logs: LogFactory, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Another instance's shard (no ``catch_up``): nothing here can hurry its writer, so
+        the chart reads the rollups once, as they are, and reports what they miss."""
+        monkeypatch.setattr(catch_up_module, "CATCH_UP_DELAY_S", 600.0)  # the writer lags
+        log = await logs.open()
+        source = (
+            logs.db
+            if logs.kind == "sqlite"
+            else PgShard(
+                logs.pg.dsn,
+                ORIGIN_OF_LOGS,
+                logs.pg.schema,  # type: ignore[union-attr]
+            )
+        )
+        other = await LogInsights.open(source)
+        day = day_of(time_to_micros(T0))
+        window = TimeWindow(day_start_us(day), day_start_us(day + timedelta(days=1)))
+        reads: list[int] = []
+        real = insights_module._search.projected_to
+
+        def counted(*args: Any) -> int:
+            reads.append(1)
+            return real(*args)
+
+        try:
+            for i in range(3):
+                await log.append(leg(T0 + timedelta(minutes=i), rid=f"r{i}"))
+            monkeypatch.setattr(insights_module._search, "projected_to", counted)
+            await other.per_day(window, "action")
+            assert len(reads) == 1  # read once: no polling for a catch-up
+            assert other.rollup_lag == 3
+        finally:
+            await other.close()
+            await log.close()

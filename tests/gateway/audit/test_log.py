@@ -74,6 +74,9 @@ class _Seam:
     async def search(self, query: SearchQuery) -> list[IndexedRow]:
         return await self.inner.search(query)
 
+    def catch_up_soon(self) -> None:
+        self.inner.catch_up_soon()
+
     def read_tiles(self, level: int, start: int, stop: int) -> list[tuple[int, bytes]]:
         return self.inner.read_tiles(level, start, stop)
 

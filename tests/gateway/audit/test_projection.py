@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from psycopg import sql
 
+from gateway.audit import _catch_up as catch_up_module
 from gateway.audit import store as store_module
 from gateway.audit.pg_store import AUDIT_SCHEMA as PG_AUDIT_SCHEMA
 from gateway.audit.pg_store import PgDatabase
@@ -278,9 +279,10 @@ class TestThreadedCatchUp:
         for request, receipt in zip(requests[-3:], receipts[-3:], strict=True):
             hits = await log.search(SearchQuery(request_id=request.request_id))
             assert [h.index for h in hits] == [receipt.index]
-        # Within the bound the projection holds everything (polled, bounded).
+        # Within the bound the projection holds everything (polled; the slack is for a
+        # loaded machine: the bound is the spacing plus two catch-ups).
         store = log._store
-        deadline = asyncio.get_running_loop().time() + 30
+        deadline = asyncio.get_running_loop().time() + CATCH_UP_SPACING_S + 8.0
         while True:
             lag = await store._r(store._reader.projection_lag)  # type: ignore[attr-defined]
             if lag == 0:
@@ -295,7 +297,7 @@ class TestThreadedCatchUp:
         catch-up's transaction: the catch-up projects what was behind when it started, and
         leaves the rest to the next one (it once went on with one small catch-up per commit)."""
         bound = 2048  # the entries bound, smaller than the store's to keep the test short
-        monkeypatch.setattr(store_module, "CATCH_UP_ENTRIES", bound)
+        monkeypatch.setattr(catch_up_module, "CATCH_UP_ENTRIES", bound)
         path = tmp_path / "log.sqlite"
         leaves = _leaves(bound + 3 * 64)
         first = leaves[:bound]
@@ -357,8 +359,10 @@ class TestThreadedSchedule:
     deadlines it sets are read, not waited for)."""
 
     @staticmethod
-    async def _store(path: Path, writer: _HeldCatchUp | None = None) -> ThreadedStore:
-        def open_writer() -> SqliteDatabase | _HeldCatchUp:
+    async def _store(
+        path: Path, writer: _HeldCatchUp | _FailingCatchUp | None = None
+    ) -> ThreadedStore:
+        def open_writer() -> SqliteDatabase | _HeldCatchUp | _FailingCatchUp:
             return writer or SqliteDatabase(path, origin=ORIGIN, writer=True)
 
         return await ThreadedStore.open(
@@ -373,7 +377,11 @@ class TestThreadedSchedule:
         size = leaves[-1].index + 1
         return CommitBatch(leaves, size, f"checkpoint {size}")
 
-    async def test_quiet_then_spaced_then_at_once(self, tmp_path: Path) -> None:
+    async def test_quiet_then_spaced_then_at_once(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # A spacing no catch-up and commit outlast, however loaded the machine.
+        monkeypatch.setattr(catch_up_module, "CATCH_UP_SPACING_S", 600.0)
         store = await self._store(tmp_path / "log.sqlite")
         leaves = _leaves(300)
         loop = asyncio.get_running_loop()
@@ -398,12 +406,14 @@ class TestThreadedSchedule:
             timer = store._timer
             assert timer is not None
             assert started is not None
-            assert timer.when() == pytest.approx(started + CATCH_UP_SPACING_S)
+            assert timer.when() == pytest.approx(started + catch_up_module.CATCH_UP_SPACING_S)
             assert timer.when() > loop.time() + CATCH_UP_DELAY_S
-            # Nothing behind: asking does nothing.
+            # Asked for again: at once, the spaced timer dropped.
             store.catch_up_soon()
             assert store._catching_up is not None
+            assert store._timer is None
             await store._catching_up
+            # Nothing behind: asking does nothing.
             store.catch_up_soon()
             assert store._catching_up is None
             assert store._timer is None
@@ -413,7 +423,7 @@ class TestThreadedSchedule:
     async def test_the_entries_bound_starts_one_at_once(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        monkeypatch.setattr(store_module, "CATCH_UP_ENTRIES", 200)
+        monkeypatch.setattr(catch_up_module, "CATCH_UP_ENTRIES", 200)
         store = await self._store(tmp_path / "log.sqlite")
         leaves = _leaves(400)
         try:
@@ -431,9 +441,13 @@ class TestThreadedSchedule:
         finally:
             await store.close()
 
-    async def test_asked_while_one_runs_the_next_follows_it(self, tmp_path: Path) -> None:
-        """A reader asking while a catch-up runs (which does not cover what landed meanwhile)
-        gets the next one as soon as it ends, not after the spacing."""
+    async def test_asked_while_one_runs_the_next_follows_it(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A reader asking while a catch-up runs, after leaves it does not cover were counted,
+        gets the next one as soon as it ends, not after the spacing; asking before any such
+        leaf was counted buys none."""
+        monkeypatch.setattr(store_module, "_CATCH_UP_CHUNK", 50)  # two steps: one to land in
         path = tmp_path / "log.sqlite"
         writer = _HeldCatchUp(SqliteDatabase(path, origin=ORIGIN, writer=True))
         store = await self._store(path, writer)
@@ -443,20 +457,86 @@ class TestThreadedSchedule:
             store.catch_up_soon()
             first = store._catching_up
             assert first is not None
-            await asyncio.to_thread(writer.entered.wait, 10)  # it holds the writer's thread
+            assert await asyncio.to_thread(writer.entered.acquire, True, 10)  # step 1 holds it
+            store.catch_up_soon()  # nothing counted since it started: it covers all
+            assert not store._soon
+            # A commit lands between its two steps (queued behind the first on the thread).
             landing = asyncio.ensure_future(store.commit(self._batch(leaves[100:])))
-            await asyncio.sleep(0)
-            store.catch_up_soon()
-            writer.release.set()
+            writer.permits.release()
             await landing
+            assert await asyncio.to_thread(writer.entered.acquire, True, 10)  # step 2 holds it
+            assert store._catching_up is first
+            store.catch_up_soon()
+            assert store._soon
+            for _ in range(3):
+                writer.permits.release()
             await first
             assert store._timer is None
-            assert store._catching_up is not None  # the next, at once
-            await store._catching_up
+            following = store._catching_up
+            assert following is not None  # the next, at once
+            await following
             assert store._lag == 0
-            assert writer.catch_ups == [100, 100]
+            assert not store._soon
+            assert writer.catch_ups == [50, 50, 50, 50]
         finally:
-            writer.release.set()
+            for _ in range(10):
+                writer.permits.release()
+            await store.close()
+
+    async def test_asked_while_one_runs_that_covers_all_nothing_follows(
+        self, tmp_path: Path
+    ) -> None:
+        """Polled while a catch-up that covers everything runs, no request is left over: a
+        later commit is timed as usual, not caught up at once by a stale one."""
+        path = tmp_path / "log.sqlite"
+        writer = _HeldCatchUp(SqliteDatabase(path, origin=ORIGIN, writer=True))
+        store = await self._store(path, writer)
+        leaves = _leaves(110)
+        try:
+            await store.commit(self._batch(leaves[:100]))
+            store.catch_up_soon()
+            first = store._catching_up
+            assert first is not None
+            assert await asyncio.to_thread(writer.entered.acquire, True, 10)
+            store.catch_up_soon()  # a chart polling again while it runs
+            writer.permits.release()
+            await first
+            assert store._lag == 0
+            assert store._catching_up is None
+            await store.commit(self._batch(leaves[100:]))
+            assert store._catching_up is None  # timed, not at once
+            assert store._timer is not None
+            assert writer.catch_ups == [100]
+        finally:
+            for _ in range(10):
+                writer.permits.release()
+            await store.close()
+
+    async def test_a_failed_catch_up_is_retried_after_the_spacing(self, tmp_path: Path) -> None:
+        """Not left to the next commit, which a quiet log may never make."""
+        path = tmp_path / "log.sqlite"
+        writer = _FailingCatchUp(SqliteDatabase(path, origin=ORIGIN, writer=True))
+        store = await self._store(path, writer)
+        loop = asyncio.get_running_loop()
+        try:
+            await store.commit(self._batch(_leaves(10)))
+            writer.fail = True
+            store.catch_up_soon()
+            failing = store._catching_up
+            assert failing is not None
+            before = loop.time()
+            await failing
+            timer = store._timer
+            assert timer is not None  # re-armed
+            assert before + CATCH_UP_SPACING_S <= timer.when() <= loop.time() + CATCH_UP_SPACING_S
+            writer.fail = False
+            store._start_catch_up()  # what the timer calls
+            retry = store._catching_up
+            assert retry is not None
+            await retry
+            assert store._lag == 0
+            assert store._timer is None
+        finally:
             await store.close()
 
     async def test_nothing_is_scheduled_after_close(self, tmp_path: Path) -> None:
@@ -468,25 +548,44 @@ class TestThreadedSchedule:
         assert store._catching_up is None
         store.catch_up_soon()
         assert store._catching_up is None
+        store._start_catch_up()  # a timer that fired as the store closed
+        assert store._catching_up is None
 
 
 class _HeldCatchUp:
-    """A writer database whose first catch-up waits for ``release`` (``entered`` set once it
-    holds the writer's thread)."""
+    """A writer database each of whose catch-up steps waits for a permit (``permits``);
+    ``entered`` is released once per step that holds the writer's thread."""
 
     def __init__(self, db: SqliteDatabase) -> None:
         self.db = db
-        self.entered = threading.Event()
-        self.release = threading.Event()
+        self.entered = threading.Semaphore(0)
+        self.permits = threading.Semaphore(0)
         self.catch_ups: list[int] = []
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.db, name)
 
     def catch_up(self, limit: int) -> int:
-        self.entered.set()
-        self.release.wait(30)
+        self.entered.release()
+        if not self.permits.acquire(timeout=30):
+            raise TimeoutError("the test never let this catch-up step run")
         self.catch_ups.append(limit)
+        return self.db.catch_up(limit)
+
+
+class _FailingCatchUp:
+    """A writer database whose catch-ups fail while ``fail`` is set."""
+
+    def __init__(self, db: SqliteDatabase) -> None:
+        self.db = db
+        self.fail = False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.db, name)
+
+    def catch_up(self, limit: int) -> int:
+        if self.fail:
+            raise sqlite3.OperationalError("disk I/O error (injected)")
         return self.db.catch_up(limit)
 
 

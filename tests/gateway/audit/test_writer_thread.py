@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,19 +53,6 @@ class TestWriterThread:
         assert len({t for _, t in ran}) == 1
         assert not overlapped
 
-    async def test_run_in_executor_calls_queue_with_the_others(self) -> None:
-        writer = WriterThread("test-writer")
-        ran: list[str] = []
-        loop = asyncio.get_running_loop()
-        try:
-            first = writer.call(lambda: ran.append("call"))
-            second = loop.run_in_executor(writer, ran.append, "submit")
-            third = writer.call(lambda: ran.append("call again"))
-            await asyncio.gather(first, second, third)
-        finally:
-            writer.shutdown()
-        assert ran == ["call", "submit", "call again"]
-
     async def test_a_failing_call_fails_its_own_future_only(self) -> None:
         writer = WriterThread("test-writer")
 
@@ -76,8 +65,6 @@ class TestWriterThread:
             with pytest.raises(OSError, match="disk full"):
                 await failed
             assert await after == "still running"
-            with pytest.raises(OSError, match="disk full"):
-                await asyncio.wrap_future(writer.submit(fail))
         finally:
             writer.shutdown()
 
@@ -96,6 +83,65 @@ class TestWriterThread:
         assert ran == ["committed"]
         assert left.cancelled()
 
+    async def test_a_stop_iteration_arrives_as_a_runtime_error(self) -> None:
+        """An asyncio future refuses a StopIteration: unwrapped, its caller waited forever."""
+        writer = WriterThread("test-writer")
+
+        def exhausted() -> object:
+            return next(iter(()))
+
+        try:
+            with pytest.raises(RuntimeError, match="StopIteration") as raised:
+                await asyncio.wait_for(writer.call(exhausted), 30)
+            assert isinstance(raised.value.__cause__, StopIteration)
+            assert await writer.call(lambda: "still running") == "still running"
+        finally:
+            writer.shutdown()
+
+    async def test_an_error_whose_caller_left_is_logged(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        writer = WriterThread("test-writer")
+        gate = threading.Event()
+
+        def fail() -> None:
+            raise OSError("disk full (injected)")
+
+        try:
+            writer.call(gate.wait)
+            left = writer.call(fail)
+            left.cancel()
+            gate.set()
+            with caplog.at_level(logging.WARNING, logger="gateway.audit.log"):
+                await writer.call(lambda: None)
+        finally:
+            writer.shutdown()
+        assert any(
+            "caller was cancelled" in r.getMessage() and "disk full" in r.getMessage()
+            for r in caplog.records
+        ), caplog.records
+
+    def test_a_call_ending_after_its_loop_closed_leaves_the_thread_serving(self) -> None:
+        """A store closed with its loop, a call still running: the next loop is served."""
+        writer = WriterThread("test-writer")
+        gate = threading.Event()
+
+        async def queue_and_leave() -> None:
+            writer.call(gate.wait)
+
+        try:
+            first = asyncio.new_event_loop()
+            first.run_until_complete(queue_and_leave())
+            first.close()
+            gate.set()  # it ends now, its loop closed
+
+            async def next_call() -> int:
+                return await asyncio.wait_for(writer.call(lambda: 42), 30)
+
+            assert asyncio.run(next_call()) == 42
+        finally:
+            writer.shutdown()
+
     async def test_shutdown_drains_the_queue_then_stops_the_thread(self) -> None:
         before = len(_threads_named("test-drain"))
         writer = WriterThread("test-drain")
@@ -104,15 +150,13 @@ class TestWriterThread:
         ran: list[int] = []
         writer.call(gate.wait)
         for i in range(50):
-            writer.submit(ran.append, i)
+            writer.call(functools.partial(ran.append, i))
         threading.Timer(0.05, gate.set).start()
         writer.shutdown(wait=True)
         assert ran == list(range(50))
         assert len(_threads_named("test-drain")) == before
         with pytest.raises(RuntimeError, match="shut down"):
             writer.call(lambda: None)
-        with pytest.raises(RuntimeError, match="shut down"):
-            writer.submit(lambda: None)
         writer.shutdown()  # a second shutdown is harmless
 
 
@@ -146,6 +190,39 @@ async def _store(path: Path, writer: list[_FailingWriter]) -> ThreadedStore:
         name="test-audit",
         state_path=path.with_suffix(".state"),
     )
+
+
+class _CloseFails:
+    """A real SQLite connection whose close raises after closing it."""
+
+    def __init__(self, db: SqliteDatabase) -> None:
+        self._db = db
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._db, name)
+
+    def close(self) -> None:
+        self._db.close()
+        raise OSError("close failed (injected)")
+
+
+class TestThreadedStoreOpen:
+    async def test_a_failed_open_stops_every_thread_and_raises_its_own_error(
+        self, tmp_path: Path
+    ) -> None:
+        path = tmp_path / "a.sqlite"
+
+        def open_writer() -> LogDatabase:
+            return _CloseFails(SqliteDatabase(path, origin=ORIGIN, writer=True))  # type: ignore[return-value]
+
+        def open_reader() -> LogDatabase:
+            raise OSError("reader cannot open (injected)")
+
+        with pytest.raises(OSError, match="reader cannot open"):
+            await ThreadedStore.open(open_writer, open_reader, name="test-open", state_path=None)
+        for thread in _threads_named("test-open"):
+            thread.join(30)  # shut down without waiting: they end on their own
+        assert _threads_named("test-open") == []
 
 
 class TestThreadedStoreWriter:
