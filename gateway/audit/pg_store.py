@@ -634,7 +634,13 @@ class PgDatabase(StoredNotes):
             if self._partitioned:
                 self._ensure_months(set(months))
             with conn.transaction(), conn.cursor() as cur:
-                found, later = cur.execute(_NEXT_AFTER, {"o": o, "m": last}).fetchone() or (0, 0)
+                row = cur.execute(_NEXT_AFTER, {"o": o, "m": last}).fetchone()
+                if row is None:  # fail closed: no answer is not "no other writer"
+                    raise AuditUnavailable(
+                        f"audit shard {o!r}: the database gave no next index to check the "
+                        "batch against"
+                    )
+                found, later = row
                 if later:
                     raise AuditUnavailable(f"audit shard {o!r}: another writer appended meanwhile")
                 if found != start:
