@@ -401,8 +401,12 @@ _NEXT_AFTER = (
 )
 """A commit's check, given the month ``m`` of the shard's last leaf as its writer knows it (-1:
 none): one past the greatest index in that month's partition, and whether a later month has
-leaves (written by somebody else since; months rise with indices, and a month's first leaf
-comes with its ``leaf_months`` row, in one transaction)."""
+leaves (months rise with indices, and a month's first leaf comes with its ``leaf_months`` row,
+in one transaction). It detects another writer's leaves written in turn, committed before this
+commit's statement ran (a writer that lost its lock and a successor that took it). It takes no
+row lock, so it does not exclude a writer committing at the same moment: the guarantee against
+concurrent writers is the session advisory writer lock (``_months.take_writer_lock``), held by
+the one writer of a shard from its open to its close."""
 _MONTHS_AHEAD = 2
 """Partitions created ahead when a writer opens: the current month and the next."""
 

@@ -200,9 +200,12 @@ class TestAppends:
         self, db: PgDatabase, pg: PgTarget, spread: list[NewLeaf], ahead: int, refusal: str
     ) -> None:
         """The writer keeps its shard's last month between commits (it does not read it at each
-        commit): leaves another writer appended meanwhile (this one's lock lost, taken by the
-        other) are still noticed, in that month or a later one, and the commit after a refused
-        one reads the month again, so its leaves never go back to an earlier month."""
+        commit): leaves another writer appended in turn (this one's lock lost, taken by the
+        other, which committed before this one's next commit) are still noticed, in that month
+        or a later one, and the commit after a refused one reads the month again, so its leaves
+        never go back to an earlier month. The check detects leaves written in turn only; the
+        session advisory writer lock (``take_writer_lock``) is what keeps a second writer from
+        committing at the same moment, and this test releases it by hand to stage the case."""
         last = _expected_months(spread)[-1]
 
         def starting_in(month: int, start: int) -> list[NewLeaf]:
