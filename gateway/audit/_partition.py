@@ -149,10 +149,7 @@ def _copy_shard(
     last = conn.execute(_months.LAST_MONTH, (origin,)).fetchone()
     done = 0
     if last is not None:
-        got = conn.execute(
-            "SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves WHERE origin = %s AND month = %s",
-            (origin, last[0]),
-        ).fetchone()
+        got = conn.execute(_months.NEXT_IN_MONTH, (origin, last[0])).fetchone()
         done = 0 if got is None else int(got[0])
     copied = 0
     floor = -1 if last is None else int(last[0])
