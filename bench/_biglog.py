@@ -71,9 +71,9 @@ from fedgate.storage import open_sqlite
 from fedgate.tiles import TILE_WIDTH, TiledTree
 from gateway.audit import _rollups, _rows, _search
 from gateway.audit.sqlite_store import (
-    _INSERT_LEAVES,
-    _SET_HEAD,
     AUDIT_SCHEMA,
+    INSERT_LEAF,
+    SET_HEAD,
     SqliteDatabase,
     default_state_path,
 )
@@ -344,13 +344,13 @@ def _bulk(con: sqlite3.Connection, tree: TiledTree, made: _Made, signer: NoteSig
         checkpoint = Checkpoint(signer.name, tree.size, tree.root())
         notes.append((tree.size, sign_checkpoint(checkpoint, signer)))
     with _immediate(con):
-        con.executemany(_INSERT_LEAVES[1], rows)  # the store's, one leaf a row
+        con.executemany(INSERT_LEAF, rows)  # the store's
         con.executemany(_INSERT_ROW, [(r[0], *r[3:14]) for r in rows])
         con.executemany("INSERT INTO subjects (block, subject, idx) VALUES (?, ?, ?)", subjects)
         con.executemany("INSERT INTO tiles (level, idx, data) VALUES (?, ?, ?)", tiles)
         con.executemany("INSERT INTO time_blocks (block, min_us, max_us) VALUES (?, ?, ?)", blocks)
         con.executemany("INSERT INTO checkpoints (size, note) VALUES (?, ?)", notes)
-        con.execute(_SET_HEAD, ("signed", *notes[-1]))
+        con.execute(SET_HEAD, ("signed", *notes[-1]))
         con.executemany(_ROLLUP_DAY, day_rows)
         con.executemany(_ROLLUP_OFFICER, officer_rows)
         con.execute(

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -100,12 +101,20 @@ def _read_raw(path: Path) -> tuple[dict[bool, Counter[str]], Counter[str]]:
     return counts, leaves
 
 
-async def _drive(fed: Path, endpoint: str, seconds: float) -> int:
+async def _drive(
+    fed: Path, endpoint: str, seconds: float, *, warmed: Callable[[], None] | None = None
+) -> int:
+    """A closed loop of ``seconds`` on one channel after a warm-up on it; the requests done.
+    ``warmed`` is called between the two (the census starts counting there), so the counted
+    load reuses the warm-up's connection, as the measured one does."""
     envelopes = _Envelopes(fed)
     channel = _channel(fed, endpoint)
     try:
         await _closed_loop(channel, envelopes.make(200), 0.5)  # warm up
-        done, _ = await _closed_loop(channel, envelopes.make(int(seconds * 4000)), seconds)
+        bodies = envelopes.make(int(seconds * 4000))
+        if warmed is not None:
+            warmed()
+        done, _ = await _closed_loop(channel, bodies, seconds)
     finally:
         await channel.close(None)
     return done
@@ -199,29 +208,20 @@ def profile(
     return rows, _census_rows(*counted) if counted else []
 
 
-async def _drive_counted(fed: Path, endpoint: str, seconds: float) -> int:
-    envelopes = _Envelopes(fed)
-    bodies = envelopes.make(int(seconds * 4000))
-    channel = _channel(fed, endpoint)
-    try:
-        done, _ = await _closed_loop(channel, bodies, seconds)
-    finally:
-        await channel.close(None)
-    return done
-
-
 def _census(fed: Path, process: _Process, seconds: float) -> dict[str, float]:
     """``process``'s loop operations per request over a closed loop of ``seconds`` (after its
     CPU was measured: the counting stays installed)."""
-    envelopes_first = asyncio.run(_drive_counted(fed, process.endpoint, 0.2))  # connect
-    del envelopes_first
-    process.census()
-    done = asyncio.run(_drive_counted(fed, process.endpoint, seconds))
+    done = asyncio.run(_drive(fed, process.endpoint, seconds, warmed=process.census))
     return {name: n / max(1, done) for name, n in process.census_take().items()}
 
 
+def _census_order(name: str) -> tuple[str, str]:
+    """Rows by name, each coroutine's row (``"  task <name>"``) under the ``tasks`` row."""
+    return ("tasks", name) if name.startswith("  task ") else (name, "")
+
+
 def _census_rows(gateway: dict[str, float], proxy: dict[str, float]) -> list[list[str]]:
-    names = sorted(set(gateway) | set(proxy), key=lambda n: (n.startswith(" "), n))
+    names = sorted(set(gateway) | set(proxy), key=_census_order)
     return [
         [name, f"{gateway.get(name, 0.0):.2f}", f"{proxy.get(name, 0.0):.2f}"]
         for name in names

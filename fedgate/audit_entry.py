@@ -683,9 +683,11 @@ def _response_link(d: bytes) -> tuple[int, str, int]:
 
 
 def entry_link(data: bytes) -> tuple[int, str, int]:
-    """The kind, request id (an event's own kind for an event) and (for a response leg, else
-    -1) request leaf index of a leaf, validating it exactly as ``decode_entry`` does but
-    building no objects (bulk verification). Raises ``VerificationError``.
+    """``(kind, key, request_index)`` of a leaf, validating it exactly as ``decode_entry``
+    does but building no objects (bulk verification). ``key`` depends on the kind: a request
+    or response leg's request id, an event's own kind (``EventEntry.kind``, such as
+    ``leaves_retired``). ``request_index`` is a response leg's request leaf index (-1 for a
+    foreign request and for every other kind). Raises ``VerificationError``.
 
     Request and response legs take an unrolled path (about half the time of ``_parse``); an
     entry it does not accept in full goes through ``_parse``, which says what is wrong (so the

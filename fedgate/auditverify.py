@@ -417,24 +417,24 @@ class _Checker:
                 )
                 break
             try:
-                kind, request_id, r = link(data)
+                kind, key, r = link(data)  # key: the request id, or an event's kind
             except VerificationError as exc:
                 failure = Failure(f"entry {idx} does not decode: {exc.message}", idx)
                 break
             if kind == request_kind:
-                request_ids[idx] = request_id
+                request_ids[idx] = key
             elif kind == event_kind:
-                claim = _claim(idx, data) if request_id == RETIRED_EVENT else None
+                claim = _claim(idx, data) if key == RETIRED_EVENT else None
                 if claim is not None:
                     claims.append(claim)
             elif kind == response_kind and r < 0:
                 links.append(self._link(idx, data))
-            elif kind == response_kind and request_ids.get(r) != request_id:
+            elif kind == response_kind and request_ids.get(r) != key:
                 request = self._request_at(r, {}) if r < idx else None
-                if request is None or request[0] != EntryKind.REQUEST or request[1] != request_id:
+                if request is None or request[0] != EntryKind.REQUEST or request[1] != key:
                     failure = Failure(
                         f"entry {idx}: response leg names entry {r}, which is not an earlier "
-                        f"request leg of request {request_id!r}",
+                        f"request leg of request {key!r}",
                         idx,
                     )
                     break

@@ -27,6 +27,8 @@ __all__ = [
     "LAST_MONTH",
     "LEGACY_MONTH",
     "MONTH_FUNCTION",
+    "NEXT_INDEX",
+    "NEXT_IN_MONTH",
     "SPAN",
     "create_partitions",
     "month_of",
@@ -66,6 +68,16 @@ LAST_MONTH: Final = (
 )
 """The month of shard ``%s``'s last leaf (no row when it has none): the only partition that
 holds its greatest index, and the earliest its next leaf may go to. A query, or a subquery."""
+
+_NEXT_IN = "SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves WHERE origin = %s AND month = "
+NEXT_IN_MONTH: Final = _NEXT_IN + "%s"
+"""One past the greatest index of shard ``%s`` in month ``%s``'s partition (0 when it has none
+there): the shard's next index when the month is its last (``LAST_MONTH``). Read in that one
+partition: the partitions' key ``(origin, month, idx)`` gives no order on ``idx`` across
+months, and ``MAX(idx)`` over all of them reads every month's index."""
+NEXT_INDEX: Final = _NEXT_IN + f"({LAST_MONTH})"
+"""Shard ``%s``'s next index (0 when it has no leaf): ``NEXT_IN_MONTH`` in its last month, in
+one statement. Parameters: the origin, twice."""
 
 
 def month_of(time_us: int) -> int:

@@ -11,10 +11,12 @@ partitions, ``finish`` drops the old table.
 
 **Retention** (``due_months``, ``retire_month``): a month's partition is detached from
 ``leaves`` only when everything in it is past the retention period: the month ended before
-``cutoff`` (the last activity a case may have had and still be due), its entries are all below
-the log's full tiles (the open tile's leaves are the log's right edge, read at start-up), no
-data key that could seal one of its entries is still live (every key created before the month
-ended is destroyed), and no case with an entry in it was active at or after ``cutoff``. The
+``cutoff`` (the last activity a case may have had and still be due), it holds no shard's
+newest leaf (a shard's next index is read in the month of its last leaf: an idle shard keeps
+that month, and the months after it wait with it), its entries are all below the log's full
+tiles (the open tile's leaves are the log's right edge, read at start-up), no data key that
+could seal one of its entries is still live (every key created before the month ended is
+destroyed), and no case with an entry in it was active at or after ``cutoff``. The
 detached table keeps its rows (archive it, then drop it), ``retired_months`` records which leaf
 indices left the log, and the tiles, checkpoints and search projection stay: proofs for later
 entries still work, and ``fedgate audit verify`` starts past the retired entries, requiring a
@@ -147,10 +149,7 @@ def _copy_shard(
     last = conn.execute(_months.LAST_MONTH, (origin,)).fetchone()
     done = 0
     if last is not None:
-        got = conn.execute(
-            "SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves WHERE origin = %s AND month = %s",
-            (origin, last[0]),
-        ).fetchone()
+        got = conn.execute(_months.NEXT_IN_MONTH, (origin, last[0])).fetchone()
         done = 0 if got is None else int(got[0])
     copied = 0
     floor = -1 if last is None else int(last[0])
@@ -257,6 +256,11 @@ def _past_retention(
         if live is not None:
             return False
     for origin, first, stop in ranges:
+        last = conn.execute(_months.LAST_MONTH, (origin,)).fetchone()
+        if last is None or int(last[0]) == month:
+            # The month of the shard's newest leaf: its next index is read there (and its
+            # writer's check), so retiring it would refuse every later commit to the shard.
+            return False
         tiled = conn.execute(
             "SELECT COALESCE(MAX(idx) + 1, 0) * 256 FROM tiles WHERE origin = %s AND level = 0",
             (origin,),

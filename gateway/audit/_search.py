@@ -47,7 +47,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
-from gateway.audit._months import LAST_MONTH
+from gateway.audit._months import NEXT_INDEX
 from gateway.audit.store import IndexedRow, SearchQuery
 
 __all__ = [
@@ -235,14 +235,9 @@ def time_bounds(
 
 def next_index(fetch: Fetch, dialect: Dialect, scope: tuple[Any, ...]) -> int:
     """One past the last leaf. PostgreSQL reads only the last month's partition (found in the
-    range map ``leaf_months``): the partitions' key ``(origin, month, idx)`` gives no order on
-    ``idx`` across months, and ``MAX(idx)`` over all of them reads every index entry."""
+    range map ``leaf_months``: ``_months.NEXT_INDEX``)."""
     if dialect.pg:
-        rows = fetch(
-            "SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves WHERE origin = %s"  # noqa: S608
-            f" AND month = ({LAST_MONTH})",  # constant text
-            (*scope, *scope),
-        )
+        rows = fetch(NEXT_INDEX, (*scope, *scope))
     else:
         rows = fetch("SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves", ())
     return int(rows[0][0])

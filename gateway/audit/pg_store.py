@@ -396,13 +396,17 @@ _LEAF_BYTES = f"SELECT leaf FROM leaves WHERE {_RANGE} ORDER BY idx"  # noqa: S6
 _LEAF_HASHES = f"SELECT leaf_hash FROM leaves WHERE {_RANGE} ORDER BY idx"  # noqa: S608 - constant
 _LEAF_ROWS = f"SELECT idx, leaf, leaf_hash FROM leaves WHERE {_RANGE} ORDER BY idx"  # noqa: S608
 _NEXT_AFTER = (
-    "SELECT (SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves WHERE origin = %(o)s AND month = %(m)s),"
-    " EXISTS (SELECT 1 FROM leaf_months WHERE origin = %(o)s AND month > %(m)s)"
+    f"SELECT ({_months.NEXT_IN_MONTH}),"  # noqa: S608 - constant text
+    " EXISTS (SELECT 1 FROM leaf_months WHERE origin = %s AND month > %s)"
 )
-"""A commit's check, given the month ``m`` of the shard's last leaf as its writer knows it (-1:
-none): one past the greatest index in that month's partition, and whether a later month has
-leaves (written by somebody else since; months rise with indices, and a month's first leaf
-comes with its ``leaf_months`` row, in one transaction)."""
+"""A commit's check, given the shard and the month of its last leaf as its writer knows it (-1:
+none), each twice: one past the greatest index in that month's partition, and whether a later
+month has leaves (months rise with indices, and a month's first leaf comes with its
+``leaf_months`` row, in one transaction). It detects another writer's leaves written in turn,
+committed before this commit's statement ran (a writer that lost its lock and a successor that
+took it). It takes no row lock, so it does not exclude a writer committing at the same moment:
+the guarantee against concurrent writers is the session advisory writer lock
+(``_months.take_writer_lock``), held by the one writer of a shard from its open to its close."""
 _MONTHS_AHEAD = 2
 """Partitions created ahead when a writer opens: the current month and the next."""
 
@@ -634,7 +638,13 @@ class PgDatabase(StoredNotes):
             if self._partitioned:
                 self._ensure_months(set(months))
             with conn.transaction(), conn.cursor() as cur:
-                found, later = cur.execute(_NEXT_AFTER, {"o": o, "m": last}).fetchone() or (0, 0)
+                row = cur.execute(_NEXT_AFTER, (o, last, o, last)).fetchone()
+                if row is None:  # fail closed: no answer is not "no other writer"
+                    raise AuditUnavailable(
+                        f"audit shard {o!r}: the database gave no next index to check the "
+                        "batch against"
+                    )
+                found, later = row
                 if later:
                     raise AuditUnavailable(f"audit shard {o!r}: another writer appended meanwhile")
                 if found != start:
@@ -807,24 +817,12 @@ class PgDatabase(StoredNotes):
         except psycopg.Error as exc:
             raise self._error("read rows", exc) from exc
 
-    def _next_index(self, cur: Any, last: Sequence[Any] | None) -> int:
-        """One past the greatest leaf index, read in the last month's partition only."""
-        if last is None:
-            return 0
-        row = cur.execute(
-            "SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves WHERE origin = %s AND month = %s",
-            (self._origin, int(last[0])),
-        ).fetchone()
-        return 0 if row is None else int(row[0])
-
     def next_index(self) -> int:
         try:
-            conn = self._c()
-            return self._next_index(
-                conn, conn.execute(_months.LAST_MONTH, (self._origin,)).fetchone()
-            )
+            row = self._c().execute(_months.NEXT_INDEX, (self._origin, self._origin)).fetchone()
         except psycopg.Error as exc:
             raise self._error("count entries", exc) from exc
+        return 0 if row is None else int(row[0])
 
     def _notes(self, what: str, statement: str, params: tuple[int, ...]) -> list[tuple[int, str]]:
         """Rows ``(size, note)`` of ``statement``, whose every ``%(o)s`` is the origin."""

@@ -40,10 +40,12 @@ from gateway.audit.store import (
 
 __all__ = [
     "AUDIT_SCHEMA",
+    "INSERT_LEAF",
     "MIGRATION_3_KEPT_CHECKPOINTS",
     "MIGRATION_4_KEY_BLOCKS",
     "MIGRATION_5_SMALLER_KEY_BLOCKS",
     "SCHEMA_VERSION",
+    "SET_HEAD",
     "SqliteDatabase",
     "default_state_path",
     "open_sqlite_store",
@@ -286,9 +288,11 @@ _LEAVES_PER_INSERT = 64
 # a few statement runs (one ``sqlite3_step``, one release of the GIL each) instead of one per
 # leaf, ~0.7 us less CPU per leaf; the texts are fixed, so they stay in the connection's
 # statement cache.
+INSERT_LEAF = f"INSERT INTO leaves ({_rows.LEAF_COLUMNS}) VALUES {_LEAF_ROW}"  # noqa: S608
+"""The INSERT of one leaf row (``_rows.LEAF_COLUMNS``): the store's statements of ``n`` rows
+extend it; a tool that writes a log the way the store does uses it (``bench/_biglog.py``)."""
 _INSERT_LEAVES = {
-    n: f"INSERT INTO leaves ({_rows.LEAF_COLUMNS}) VALUES "  # noqa: S608 - constant text
-    + ", ".join([_LEAF_ROW] * n)
+    n: INSERT_LEAF + f", {_LEAF_ROW}" * (n - 1)
     for n in (1 << k for k in range(_LEAVES_PER_INSERT.bit_length()))
 }
 # The catch-up of the search projection over the leaves [?, ?) (``catch_up``).
@@ -319,10 +323,11 @@ _ROLLUPS_FROM_LEAVES = _rollups.sqlite_range_upserts("leaves")
 
 # Checkpoint look-ups: the history (kept at an interval) and the head, each by its key.
 _HEAD = "SELECT size, note FROM heads WHERE kind = ?"
-_SET_HEAD = (
+SET_HEAD = (
     "INSERT INTO heads (kind, size, note) VALUES (?, ?, ?)"
     " ON CONFLICT (kind) DO UPDATE SET size = excluded.size, note = excluded.note"
 )
+"""The upsert of a head (``kind``, ``size``, ``note``): the store's, and a log builder's."""
 _CHECKPOINT_AT = (
     "SELECT size, note FROM checkpoints WHERE size = ?"
     " UNION SELECT size, note FROM heads WHERE kind = 'signed' AND size = ? LIMIT 1"
@@ -596,7 +601,7 @@ class SqliteDatabase(StoredNotes):
                         "INSERT INTO checkpoints (size, note) VALUES (?, ?)",
                         (batch.size, batch.checkpoint),
                     )
-                con.execute(_SET_HEAD, ("signed", batch.size, batch.checkpoint))
+                con.execute(SET_HEAD, ("signed", batch.size, batch.checkpoint))
                 for statement, rows in batch.beside:  # the bodies' tables (``_bodies``)
                     con.executemany(statement, rows)
                 con.execute("COMMIT")
@@ -728,7 +733,7 @@ class SqliteDatabase(StoredNotes):
             head = con.execute(_HEAD, ("cosigned",)).fetchone()
             if head is None or kept_checkpoint(int(head[0]), size):
                 con.execute("INSERT INTO cosigned (size, note) VALUES (?, ?)", (size, note))
-            con.execute(_SET_HEAD, ("cosigned", size, note))
+            con.execute(SET_HEAD, ("cosigned", size, note))
             con.execute("COMMIT")
         except sqlite3.Error as exc:
             if self._con.in_transaction:

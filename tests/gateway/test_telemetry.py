@@ -17,6 +17,7 @@ import grpc
 import grpc.aio
 import pytest
 import pytest_asyncio
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -167,10 +168,10 @@ class TestWithoutTracer:
         self,
     ) -> None:
         telemetry = GatewayTelemetry(tracer_provider=NoOpTracerProvider())
-        before = trace.get_current_span()
+        before = otel_context.get_current()
         with telemetry.span("gateway.Submit") as span:
             assert span is trace.INVALID_SPAN
-            assert trace.get_current_span() is before
+            assert otel_context.get_current() is before  # nothing made current
         with pytest.raises(ValueError, match="boom"), telemetry.span("gateway.Submit"):
             raise ValueError("boom")
         with telemetry.span("gateway.Submit") as again:  # the shared one, reusable
@@ -183,6 +184,9 @@ class TestWithoutTracer:
         telemetry = GatewayTelemetry(tracer_provider=provider)
         seen: list[bool] = []
 
+        with telemetry.span("gateway.Submit") as first:
+            seen.append(first.is_recording() and trace.get_current_span() is first)
+
         def fail() -> None:
             with telemetry.span("gateway.Submit") as span:
                 seen.append(span.is_recording() and trace.get_current_span() is span)
@@ -190,10 +194,14 @@ class TestWithoutTracer:
 
         with pytest.raises(ValueError, match="boom"):
             fail()
-        assert seen == [True]
-        (finished,) = exporter.get_finished_spans()
-        assert finished.name == "gateway.Submit"
-        assert not finished.status.is_ok
+        assert seen == [True, True]
+        ok, failed = exporter.get_finished_spans()
+        assert ok.name == failed.name == "gateway.Submit"
+        assert ok.context is not None
+        assert failed.context is not None
+        assert ok.context.span_id != failed.context.span_id
+        assert ok.status.is_ok
+        assert not failed.status.is_ok
 
 
 class TestMetrics:

@@ -904,11 +904,13 @@ def _spellings(u: uuid.UUID) -> list[str]:
     return [
         text,
         text.upper(),
+        "".join(c.upper() if i % 2 else c for i, c in enumerate(text)),  # mixed case
         text.replace("-", ""),
         "{" + text + "}",
         "urn:uuid:" + text,
         text[:-1],
         text + "0",
+        text + "\n",  # what ``$`` (not ``fullmatch``) would let through
         text.replace("-", "_", 1),
         " " + text,
         text[:9] + "١" + text[10:],  # a non-ASCII digit int() would read

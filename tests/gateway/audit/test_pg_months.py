@@ -200,9 +200,12 @@ class TestAppends:
         self, db: PgDatabase, pg: PgTarget, spread: list[NewLeaf], ahead: int, refusal: str
     ) -> None:
         """The writer keeps its shard's last month between commits (it does not read it at each
-        commit): leaves another writer appended meanwhile (this one's lock lost, taken by the
-        other) are still noticed, in that month or a later one, and the commit after a refused
-        one reads the month again, so its leaves never go back to an earlier month."""
+        commit): leaves another writer appended in turn (this one's lock lost, taken by the
+        other, which committed before this one's next commit) are still noticed, in that month
+        or a later one, and the commit after a refused one reads the month again, so its leaves
+        never go back to an earlier month. The check detects leaves written in turn only; the
+        session advisory writer lock (``take_writer_lock``) is what keeps a second writer from
+        committing at the same moment, and this test releases it by hand to stage the case."""
         last = _expected_months(spread)[-1]
 
         def starting_in(month: int, start: int) -> list[NewLeaf]:
@@ -439,6 +442,41 @@ class TestRetention:
             assert d.next_index() == 910
         finally:
             d.close()
+
+    def test_an_idle_shards_last_month_is_kept_and_appends_go_on(self, pg: PgTarget) -> None:
+        """A shard idle past retention whose size is a whole number of tiles: every month
+        is past retention, but the one holding its newest leaf stays (its next index is read
+        there); the months before it are retired and the shard still appends."""
+        d = PgDatabase(pg.dsn, origin=ORIGIN, schema=pg.schema, writer=True)
+        try:
+            leaves = _leaves(512, step_us=3 * HOUR)
+            _commit(d, leaves)
+            d.catch_up(10_000)
+            months = sorted(set(_expected_months(leaves)))
+            assert len(months) >= 3
+            with _conn(pg) as conn:
+                _tiled(conn, len(leaves))  # every tile complete: no open tile holds it back
+                cutoff = month_start_us(months[-1] + 1) + HOUR  # the last month ended too
+                due = _partition.due_months(conn, cutoff)
+                assert [m.month for m in due] == months[:-1]
+                for month in due:
+                    _partition.retire_month(
+                        conn, month, rule="test", now_us=cutoff, ddl_lock=0x66656467
+                    )
+                assert partitions(conn) >= {months[-1]}
+                assert _partition.due_months(conn, cutoff) == []
+            assert d.next_index() == 512
+            _commit(d, _leaves(10, start=512, t0=cutoff - 512 * 3 * HOUR, step_us=3 * HOUR))
+            assert d.next_index() == 522
+        finally:
+            d.close()
+        again = PgDatabase(pg.dsn, origin=ORIGIN, schema=pg.schema, writer=True)
+        try:
+            assert again.next_index() == 522
+            _commit(again, _leaves(5, start=522, t0=cutoff - 522 * 3 * HOUR, step_us=3 * HOUR))
+            assert again.next_index() == 527
+        finally:
+            again.close()
 
 
 class TestConcurrentWriters:
