@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import re
 import socket
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 from fedgate.actions import (
     ACTIONS,
@@ -135,14 +136,35 @@ _DOC_PREFIX: dict[common_pb2.LegalDocumentKind.ValueType, str] = {
 # ----------------------------------------------------------------------------- identifiers
 
 
+FREE_PORTS: Final = range(10_000, 20_000)
+"""Where ``free_port`` looks: below the kernel's ephemeral range (32768-60999 here, handed to
+outgoing connections) and below ``fedgate up``'s ports (20000 and up)."""
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on ``host`` that was free a moment ago (bound to port 0, then released), for a
-    child process or a config that needs a port number before anything listens. Another process
-    may take it in between: where a server can bind port 0 and report its port, prefer that."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-    return port
+    """A TCP port on ``host`` that was free a moment ago, for a child process or a config that
+    needs a port number before anything listens; where a server can bind port 0 and report its
+    port, prefer that.
+
+    The port is chosen at random in ``FREE_PORTS``, tried by binding it, and never handed out
+    twice by one process. A port bound to 0 and released (what this did before) comes from the
+    ephemeral range, where any outgoing connection made before the server binds it may take it
+    (a test failed that way: ``Address already in use`` on such a port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.choice(FREE_PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket(family) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port on {host} in {FREE_PORTS.start}-{FREE_PORTS.stop - 1}")
 
 
 _ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")

@@ -9,7 +9,6 @@ hangs); ``down`` members get an endpoint where nothing listens. ``Live.stop_node
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from adapters.config import ActionMode, NodeConfig
 from adapters.node import AgencyNode
 from adapters.synth import World
 from fedgate.client import FedgateClient
+from fedgate.testing import free_port
 from fedgate.types import MemberId
 from gateway.config import (
     ConsoleConfig,
@@ -34,13 +34,6 @@ from gateway.config import (
 from gateway.server import Gateway
 
 POLICE = MemberId("police.gd.afc")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from fedgate.commands._sent import SentStore
 from fedgate.cosigned import verify_cosigned_receipt
 from fedgate.errors import InvalidArgument, VerificationError
 from fedgate.registry import Registry
+from fedgate.testing import free_port
 from fedgate.types import MemberId
 from fedgate.v1 import envelope_pb2
 from gateway.config import (
@@ -36,9 +36,7 @@ PBOC = MemberId("pboc.gz")
 
 
 def _free() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
+    return f"127.0.0.1:{free_port()}"
 
 
 @pytest.fixture

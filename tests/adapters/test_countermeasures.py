@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 from asyncio.subprocess import PIPE, STDOUT
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -51,7 +50,7 @@ from fedgate.errors import PermissionRefused, PolicyDenied
 from fedgate.federation import MemberKind
 from fedgate.registry import Registry
 from fedgate.risklist import risklist_origin
-from fedgate.testing import valid_request
+from fedgate.testing import free_port, valid_request
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options
 from fedgate.types import MemberId
 from fedgate.v1 import (
@@ -119,20 +118,13 @@ class Centre:
         return out
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 async def centre(fed_dir: Path, tmp_path: Path) -> AsyncIterator[Centre]:
-    listen = {"carrier.cmcc": f"127.0.0.1:{_port()}"}
+    listen = {"carrier.cmcc": f"127.0.0.1:{free_port()}"}
     config = GatewayConfig(
         federation=FederationConfig(dir=fed_dir),
         pipeline=PipelineConfig(state_dir=tmp_path / "gateway"),
-        server=ServerConfig(listen=f"127.0.0.1:{_port()}", grace_period_s=1.0),
+        server=ServerConfig(listen=f"127.0.0.1:{free_port()}", grace_period_s=1.0),
         audit=AuditConfig(),
         routing=RoutingConfig(endpoints={MemberId(m): e for m, e in listen.items()}),
     )
@@ -490,7 +482,7 @@ class TestDomainBlocking:
         assert "fake-bank-refund.example CNAME ." in text
         assert "*.fake-bank-refund.example CNAME ." in text
         # a real Unbound on loopback loads it
-        port = _port()
+        port = free_port()
         conf = tmp_path / "unbound.conf"
         conf.write_text(_unbound_conf(tmp_path, port, zone))
         check = await asyncio.create_subprocess_exec(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
-import socket
 import sqlite3
 import sys
 from collections import Counter
@@ -34,6 +33,7 @@ from fedgate.cosigned import open_log_checkpoint
 from fedgate.errors import FedgateError
 from fedgate.evidence import log_verifiers
 from fedgate.registry import Registry
+from fedgate.testing import free_port
 from fedgate.tls import MemberCredentials, channel_credentials, channel_options
 from fedgate.types import MemberId
 from fedgate.v1 import envelope_pb2
@@ -48,9 +48,7 @@ PBOC = MemberId("pboc.gz")
 
 
 def _free() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
+    return f"127.0.0.1:{free_port()}"
 
 
 class Proc:

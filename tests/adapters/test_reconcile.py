@@ -3,7 +3,6 @@ off after the node executed it) is reconciled with the node when the gateway sta
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +16,7 @@ from fedgate.client import FedgateClient
 from fedgate.errors import AgencyUnavailable, AuditUnavailable, RuleViolated
 from fedgate.evidence import HistoricalKeys, check_response_leg
 from fedgate.registry import Registry
+from fedgate.testing import free_port
 from fedgate.types import MemberId
 from fedgate.v1 import request_pb2, ticket_pb2
 from gateway.audit.sqlite_store import SqliteDatabase, open_sqlite_store
@@ -85,9 +85,7 @@ Start = Callable[..., Awaitable[tuple[Gateway, FedgateClient]]]
 async def start_gateway(
     fed_dir: Path, bank_node: Any, tmp_path: Path
 ) -> AsyncIterator[tuple[Start, GatewayConfig]]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        listen = f"127.0.0.1:{s.getsockname()[1]}"
+    listen = f"127.0.0.1:{free_port()}"
     node = await bank_node("bank.icbc", manual={"transactions"}, gateway_endpoint=listen)
     config = GatewayConfig(
         federation=FederationConfig(dir=fed_dir),
@@ -190,9 +188,7 @@ class TestReconciledAtStartUp:
         self, kit: Any, fed_dir: Path, start_gateway: tuple[Start, GatewayConfig]
     ) -> None:
         start, config = start_gateway
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            nowhere = f"127.0.0.1:{s.getsockname()[1]}"
+        nowhere = f"127.0.0.1:{free_port()}"
         _, client = await start(cut_off=True, node_endpoint=nowhere)
         _, hop = kit.hop_into("bank.icbc")
         lost = kit.stop_request(hop)

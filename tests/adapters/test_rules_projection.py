@@ -4,7 +4,6 @@ a restarted gateway still refuses a third stop-payment on an account stopped twi
 from __future__ import annotations
 
 import logging
-import socket
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 
 from fedgate.client import FedgateClient
 from fedgate.errors import RuleViolated
+from fedgate.testing import free_port
 from fedgate.types import MemberId
 from fedgate.v1 import request_pb2
 from gateway.config import (
@@ -32,9 +32,7 @@ Start = Callable[[], Awaitable[tuple[Gateway, FedgateClient]]]
 async def start_gateway(
     fed_dir: Path, bank_node: Any, tmp_path: Path
 ) -> AsyncIterator[tuple[Start, GatewayConfig]]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        listen = f"127.0.0.1:{s.getsockname()[1]}"
+    listen = f"127.0.0.1:{free_port()}"
     node = await bank_node("bank.icbc", gateway_endpoint=listen)
     config = GatewayConfig(
         federation=FederationConfig(dir=fed_dir),

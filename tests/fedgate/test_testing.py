@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
-from fedgate.testing import free_port, percentile
+from fedgate.testing import FREE_PORTS, free_port, percentile
 
 
 class TestPercentile:
@@ -28,8 +29,17 @@ class TestPercentile:
             percentile([], 0.5)
 
 
+def test_free_port_is_below_the_ephemeral_range_and_never_handed_out_twice() -> None:
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == len(ports)
+    assert all(p in FREE_PORTS for p in ports)
+    # No outgoing connection can be given one of them while a test waits to bind it.
+    ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    low = int(ephemeral[0])
+    assert max(ports) < low
+
+
 def test_free_port_can_be_bound() -> None:
     port = free_port()
-    assert 0 < port < 65536
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))

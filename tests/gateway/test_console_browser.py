@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -30,7 +29,7 @@ from adapters.witness import WitnessNode
 from fedgate.audit_entry import EventEntry, decode_entry
 from fedgate.client import FedgateClient
 from fedgate.errors import FedgateError
-from fedgate.testing import valid_request
+from fedgate.testing import free_port, valid_request
 from fedgate.types import MemberId
 from fedgate.v1 import request_pb2
 from fedgate.web.auth import Role, ScryptParams, UserStore
@@ -95,9 +94,7 @@ async def centre(gw_federation: Path, tmp_path: Path) -> AsyncIterator[Centre]:
     )  # fmt: skip
     users.close()
     # The central bank's witness: evidence bundles must meet the witness policy (1 of 2).
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        witness_listen = f"127.0.0.1:{s.getsockname()[1]}"
+    witness_listen = f"127.0.0.1:{free_port()}"
     witness = WitnessNode(
         federation=fed,
         member=PBOC,
