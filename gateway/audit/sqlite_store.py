@@ -25,8 +25,8 @@ from typing import IO
 from fedgate.audit_entry import EntryKind
 from fedgate.auditverify import RetiredRange
 from fedgate.errors import AuditUnavailable
-from fedgate.storage import Schema, open_sqlite, prepare_sqlite
-from gateway.audit import _rollups, _rows, _search
+from fedgate.storage import Schema, open_sqlite, prepare_sqlite, sql_statements
+from gateway.audit import _rekey, _rollups, _rows, _search
 from gateway.audit._notes import NoteStatements, StoredNotes
 from gateway.audit.store import (
     CommitBatch,
@@ -44,6 +44,7 @@ __all__ = [
     "MIGRATION_3_KEPT_CHECKPOINTS",
     "MIGRATION_4_KEY_BLOCKS",
     "MIGRATION_5_SMALLER_KEY_BLOCKS",
+    "REKEY_SUBJECTS",
     "SCHEMA_VERSION",
     "SET_HEAD",
     "SqliteDatabase",
@@ -211,16 +212,18 @@ indexes and the append-only triggers again). Leaf rows are not touched.
 
 Its blocks are version 4's, 65,536 leaves (``idx >> 16``), written out here, not taken from
 ``_search.KEY_BLOCK_BITS``: the step means what it meant when version 4 was written, and step
-4 -> 5 re-keys from there. A version 3 log thus copies its subjects twice on its way to
-version 5 (the officer and case indexes are built once, after the last step)."""
+4 -> 5 re-keys from there. A version 1 or 2 log thus copies its subjects twice on its way to
+version 5 (the officer and case indexes are built once, after the last step); a writer takes a
+version 3 log straight to 5 in bounded transactions instead (``REKEY_SUBJECTS``)."""
 
 MIGRATION_5_SMALLER_KEY_BLOCKS = _rekey_subjects("subjects_v4", _KEY_BLOCK)
 """Schema step 4 -> 5, smaller key blocks (issue 18): blocks of 16,384 leaves instead of 65,536
 (``_search.KEY_BLOCK_BITS``, which says why): the subjects are copied in the new key order and
 the officer and case indexes rebuilt, as step 3 -> 4 did. Leaf rows are not touched. One
 transaction, like every step (measured: 8.7 s and a 247 MB WAL at 2 M entries, warm page cache;
-at 10 M a few minutes and ~1.2 GB of WAL, ``docs/benchmarks.md``); a chunked form for logs of
-200 M is left."""
+at 10 M a few minutes and ~1.2 GB of WAL, ``docs/benchmarks.md``). A writer opening a version 3
+or 4 log does not run it: ``REKEY_SUBJECTS`` (``_rekey``) makes the same change in bounded
+transactions first; a version 1 or 2 log still takes it here."""
 
 _COPY_ALL = (
     f"INSERT INTO search_rows ({_rows.PROJECTED_COLUMNS})"  # noqa: S608 - constant columns
@@ -280,6 +283,34 @@ AUDIT_SCHEMA = Schema(
     },
     legacy_table="leaves",
 )
+
+
+def _schema_statements(*prefixes: str) -> list[str]:
+    """The statements of the schema's ``create`` that start with one of ``prefixes``, in the
+    schema's order (the same text, so ``sqlite_master`` reads as a new log's)."""
+    return [s for s in sql_statements(AUDIT_SCHEMA.create) if s.startswith(prefixes)]
+
+
+_REKEYED_INDEXES = ("subjects_idx", "search_officer", "search_case")
+REKEY_SUBJECTS = _rekey.Rekey(
+    store=AUDIT_SCHEMA.store,
+    from_versions=(3, 4),
+    to_version=AUDIT_SCHEMA.version,
+    table=_subjects_table(_KEY_BLOCK).replace(" subjects (", f" {_rekey.REKEYED} (", 1),
+    key_block=_KEY_BLOCK,
+    dropped_indexes=("search_officer", "search_case"),
+    triggers=_schema_statements(
+        "CREATE TRIGGER IF NOT EXISTS subjects_no_update ",
+        "CREATE TRIGGER IF NOT EXISTS subjects_no_delete ",
+    ),
+    indexes=[
+        (name, statement)
+        for name in _REKEYED_INDEXES
+        for statement in _schema_statements(f"CREATE INDEX IF NOT EXISTS {name} ")
+    ],
+)
+"""Schema steps 3 -> 4 -> 5 in bounded transactions (``_rekey``): what a writer runs before
+``prepare_sqlite`` on a version 3 or 4 log."""
 
 _LEAF_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _LEAVES_PER_INSERT = 64
@@ -495,6 +526,8 @@ class SqliteDatabase(StoredNotes):
                 cache_kib=_WRITER_CACHE_KIB if writer else _READER_CACHE_KIB,
             )
             con = self._con
+            if writer:
+                _rekey.rekey_subjects(con, REKEY_SUBJECTS, where=self.path)
             prepare_sqlite(con, AUDIT_SCHEMA, where=self.path, writable=writer)
             if writer:
                 con.execute("PRAGMA wal_autocheckpoint = 0")

@@ -2,7 +2,8 @@
 3 -> 4 and 4 -> 5, issue 18): searches across key blocks find what a plain filter over the
 leaves finds, page by page in both orders; a log written by the version 3 schema (no key
 blocks) or the version 4 one (key blocks of 65,536 leaves) migrates, its leaves untouched, and
-still verifies with the index check."""
+still verifies with the index check; the writer's re-key in bounded transactions (``_rekey``)
+keeps the WAL bounded, resumes when interrupted and ends where the one-shot step ends."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from bench._biglog import write_log
-from gateway.audit import _search
-from gateway.audit.sqlite_store import SCHEMA_VERSION, SqliteDatabase
+from fedgate.storage import open_sqlite, prepare_sqlite
+from gateway.audit import _rekey, _search
+from gateway.audit.sqlite_store import AUDIT_SCHEMA, REKEY_SUBJECTS, SCHEMA_VERSION, SqliteDatabase
 from gateway.audit.store import SearchQuery
 from tests.bench.test_biglog import verifies
 
@@ -209,6 +211,17 @@ def _older(built: Path, path: Path, script: str) -> None:
         con.close()
 
 
+def _schema(path: Path) -> list[tuple[object, ...]]:
+    """``sqlite_master``, with the one difference a re-key in bounded transactions makes: the
+    renamed table's name is quoted (``_rekey``)."""
+    return [
+        (t, n, tbl, str(sql).replace('CREATE TABLE "subjects" (', "CREATE TABLE subjects ("))
+        for t, n, tbl, sql in _read(
+            path, "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
+        )
+    ]
+
+
 def _migrates_and_verifies(path: Path, tmp_path: Path) -> None:
     """The writer migrates the older log at ``path`` to this version: the same schema as a new
     log, the leaves and subjects untouched, every subject in its key block, the index check
@@ -225,8 +238,7 @@ def _migrates_and_verifies(path: Path, tmp_path: Path) -> None:
     ]
     fresh = tmp_path / "fresh.sqlite"
     SqliteDatabase(fresh, origin="fresh", writer=True).close()
-    schema = "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
-    assert _read(path, schema) == _read(fresh, schema)
+    assert _schema(path) == _schema(fresh)
     assert _read(path, "SELECT idx, leaf, leaf_hash FROM leaves ORDER BY idx") == leaves
     assert _read(path, "SELECT subject, idx FROM subjects ORDER BY subject, idx") == subjects
     assert _read(path, "SELECT COUNT(*) FROM subjects WHERE block <> idx >> ?", (
@@ -283,3 +295,174 @@ class TestMigrationFromVersion4:
         ]
         assert _read(path, "SELECT COUNT(*) FROM leaves") == [(ENTRIES + 700,)]
         verifies(path)
+
+
+CHUNK = BLOCK // 4  # leaves per copy transaction: the test log's subjects move in five
+
+
+def _wal(path: Path) -> int:
+    wal = Path(f"{path}-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+def _one_shot(path: Path) -> int:
+    """Migrate ``path`` the way ``prepare_sqlite`` alone does (every step in one transaction);
+    returns the WAL file's size after it, its peak (nothing truncates it meanwhile)."""
+    con = open_sqlite(path)
+    try:
+        con.execute("PRAGMA wal_autocheckpoint = 0")
+        prepare_sqlite(con, AUDIT_SCHEMA, where=path)
+        return _wal(path)
+    finally:
+        con.close()
+
+
+def _rekey_subjects(path: Path, after_chunk: object = None) -> None:
+    """``rekey_subjects`` in ``CHUNK``s on a writer's connection, as ``SqliteDatabase`` runs it."""
+    con = open_sqlite(path)
+    try:
+        _rekey.rekey_subjects(con, REKEY_SUBJECTS, where=path, chunk=CHUNK, after_chunk=after_chunk)  # type: ignore[arg-type]
+    finally:
+        con.close()
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class TestRekeyInBoundedTransactions:
+    def test_the_wal_stays_bounded_and_the_result_is_the_one_shot_migration(
+        self, built: Path, tmp_path: Path
+    ) -> None:
+        one_shot = tmp_path / "one-shot.sqlite"
+        _older(built, one_shot, _TO_VERSION_4)
+        one_shot_wal = _one_shot(one_shot)
+        path = tmp_path / "v4.sqlite"
+        _older(built, path, _TO_VERSION_4)
+        _read(path, "PRAGMA wal_checkpoint(TRUNCATE)")
+        seen: list[tuple[str, int, int]] = []
+        _rekey_subjects(path, lambda step, done, total: seen.append((step, done, _wal(path))))
+
+        steps = [s for s, _, _ in seen]
+        assert steps == ["copy"] * 5 + ["swap"] + ["index"] * 3, seen
+        assert [d for s, d, _ in seen if s == "copy"] == [
+            CHUNK,
+            2 * CHUNK,
+            3 * CHUNK,
+            4 * CHUNK,
+            ENTRIES,
+        ]
+        # Each transaction's WAL is a fraction of the one-shot's, which holds them all.
+        assert all(0 < wal < one_shot_wal / 3 for _, _, wal in seen), (seen, one_shot_wal)
+        # A chunk's WAL does not grow with the log: a chunk inside a key block rewrites that
+        # block's pages (up to a block's subjects), the next block starts small again.
+        copies = [wal for s, _, wal in seen if s == "copy"]
+        assert copies[4] < copies[3] / 2, seen
+        assert _wal(path) == 0  # checkpointed (TRUNCATE) after the last one
+
+        _migrates_and_verifies_again(path)
+        rows = "SELECT block, subject, idx FROM subjects ORDER BY block, subject, idx"
+        assert _read(path, rows) == _read(one_shot, rows)
+        assert _schema(path) == _schema(one_shot)
+
+    def test_an_interrupted_copy_keeps_the_old_version_and_resumes(
+        self, built: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        path = tmp_path / "v4.sqlite"
+        _older(built, path, _TO_VERSION_4)
+        subjects = _read(path, "SELECT block, subject, idx FROM subjects ORDER BY 1, 2, 3")
+
+        def interrupt(step: str, done: int, total: int) -> None:
+            if done == 2 * CHUNK:
+                raise _Interrupt
+
+        with pytest.raises(_Interrupt):
+            _rekey_subjects(path, interrupt)
+        # The old table is the truth, at the old version: this fedgate's reader refuses it.
+        assert _read(path, "SELECT version FROM fedgate_schema") == [(4,)]
+        assert _read(path, "SELECT block, subject, idx FROM subjects ORDER BY 1, 2, 3") == subjects
+        assert _read(path, f"SELECT MAX(idx) < ? FROM {_rekey.REKEYED}", (2 * CHUNK,)) == [(1,)]
+        with pytest.raises(Exception, match="older than this fedgate"):
+            SqliteDatabase(path, origin=None, writer=False).close()
+
+        seen: list[tuple[str, int, int]] = []
+        with caplog.at_level("INFO", logger=_rekey.__name__):
+            _rekey_subjects(path, lambda step, done, total: seen.append((step, done, total)))
+        assert "resuming the subjects' re-key at leaf" in caplog.text
+        assert [d for s, d, _ in seen if s == "copy"] == [3 * CHUNK, 4 * CHUNK, ENTRIES]
+        _migrates_and_verifies_again(path)
+
+    def test_a_writer_resumes_an_interrupted_copy_and_verifies(
+        self, built: Path, tmp_path: Path
+    ) -> None:
+        path = tmp_path / "v4.sqlite"
+        _older(built, path, _TO_VERSION_4)
+
+        def interrupt(step: str, done: int, total: int) -> None:
+            if done == 3 * CHUNK:
+                raise _Interrupt
+
+        with pytest.raises(_Interrupt):
+            _rekey_subjects(path, interrupt)
+        _migrates_and_verifies(path, tmp_path)  # the writer, with its own chunk size
+
+    def test_indexes_left_by_an_interrupted_run_are_built_by_the_next_writer(
+        self, built: Path, tmp_path: Path
+    ) -> None:
+        path = tmp_path / "v4.sqlite"
+        _older(built, path, _TO_VERSION_4)
+
+        def interrupt(step: str, done: int, total: int) -> None:
+            if step == "index":
+                raise _Interrupt
+
+        with pytest.raises(_Interrupt):
+            _rekey_subjects(path, interrupt)
+        indexes = "SELECT name FROM sqlite_master WHERE name IN ('search_officer', 'search_case')"
+        assert _read(path, indexes) == []
+        db = SqliteDatabase(path, origin=None, writer=False)  # the new version: searches answer
+        try:
+            for q in list(_queries(path))[:40]:
+                assert [h.index for h in db.search(q)] == _expected(path, q), q
+        finally:
+            db.close()
+        _migrates_and_verifies_again(path)
+        assert len(_read(path, indexes)) == 2
+
+    def test_a_copy_that_does_not_match_is_dropped_and_refused(
+        self, built: Path, tmp_path: Path
+    ) -> None:
+        path = tmp_path / "v4.sqlite"
+        _older(built, path, _TO_VERSION_4)
+
+        def interrupt(step: str, done: int, total: int) -> None:
+            raise _Interrupt
+
+        with pytest.raises(_Interrupt):
+            _rekey_subjects(path, interrupt)
+        con = sqlite3.connect(path, isolation_level=None)
+        try:  # a row the old table does not hold
+            con.execute(f"INSERT INTO {_rekey.REKEYED} VALUES (0, 'forged', 1)")
+        finally:
+            con.close()
+        with pytest.raises(Exception, match="re-keyed subjects hold"):
+            _rekey_subjects(path)
+        assert _read(path, "SELECT version FROM fedgate_schema") == [(4,)]
+        assert _read(path, f"SELECT name FROM sqlite_master WHERE name = '{_rekey.REKEYED}'") == []
+        _migrates_and_verifies_again(path)
+
+
+def _migrates_and_verifies_again(path: Path) -> None:
+    """A writer opens the log at ``path`` (finishing any re-key): the current version, every
+    subject in its key block, a new log's schema, and the index check passes."""
+    SqliteDatabase(path, origin=None, writer=True).close()
+    assert _read(path, "SELECT version FROM fedgate_schema WHERE store = 'audit log'") == [
+        (int(SCHEMA_VERSION),)
+    ]
+    assert _read(path, "SELECT COUNT(*) FROM subjects WHERE block <> idx >> ?", (
+        _search.KEY_BLOCK_BITS,
+    )) == [(0,)]  # fmt: skip
+    fresh = path.with_name(path.name + "-fresh.sqlite")
+    SqliteDatabase(fresh, origin="fresh", writer=True).close()
+    assert _schema(path) == _schema(fresh)
+    verifies(path)
