@@ -11,7 +11,11 @@ after the commits, never inside one, and never two catch-ups at once. A catch-up
 - at once when a reader about to read the rollups asks for it (``catch_up_soon``) and leaves
   are behind that no running catch-up covers, or as soon as the running one ends.
 
-A catch-up that fails is logged and retried ``CATCH_UP_SPACING_S`` later.
+A catch-up that fails is retried ``retry_after`` later: ``CATCH_UP_SPACING_S`` after the
+first failure, twice as long after each further one, at most ``CATCH_UP_RETRY_MAX_S``; until
+then neither a reader's ``catch_up_soon`` nor the entries bound starts one (a chart polling
+every 20 ms must not buy a failing writer transaction, and a warning, each time). The first
+failure is logged as a warning, the repeats at debug level; a success starts the count again.
 
 Bounds, while the writer keeps up with the appends and the catch-ups succeed: a catch-up
 covers a leaf at most ``CATCH_UP_SPACING_S`` after its commit, or when ``CATCH_UP_ENTRIES``
@@ -28,7 +32,14 @@ that changes one here changes it for the store too.
 
 from __future__ import annotations
 
-__all__ = ["CATCH_UP_DELAY_S", "CATCH_UP_ENTRIES", "CATCH_UP_SPACING_S", "catch_up_at"]
+__all__ = [
+    "CATCH_UP_DELAY_S",
+    "CATCH_UP_ENTRIES",
+    "CATCH_UP_RETRY_MAX_S",
+    "CATCH_UP_SPACING_S",
+    "catch_up_at",
+    "retry_after",
+]
 
 CATCH_UP_ENTRIES = 16_384
 """A commit that leaves the projection this many leaves behind starts a catch-up at once; it
@@ -51,6 +62,9 @@ of the writer's CPU per entry at 4,096 entries (what 0.5 s holds at a few thousa
 16,384, the size reached from ~8,000 appends/s on; a larger bound would only lengthen a search's
 tail."""
 
+CATCH_UP_RETRY_MAX_S = 60.0
+"""The longest wait before retrying a catch-up that failed (``retry_after``)."""
+
 
 def catch_up_at(behind_since: float, last_started: float | None) -> float:
     """When (loop time) the next catch-up starts if fewer than ``CATCH_UP_ENTRIES`` leaves are
@@ -64,3 +78,13 @@ def catch_up_at(behind_since: float, last_started: float | None) -> float:
     if last_started is not None:
         at = max(at, last_started + CATCH_UP_SPACING_S)
     return at
+
+
+def retry_after(failures: int) -> float:
+    """How long after the ``failures``-th failed catch-up in a row (1: the first) the next
+    starts: ``CATCH_UP_SPACING_S``, doubled for each further failure, at most
+    ``CATCH_UP_RETRY_MAX_S``."""
+    if failures < 1:
+        raise ValueError(f"failures must be at least 1, not {failures}")
+    # The exponent is capped before it is used: a writer failing for a day must not overflow.
+    return min(CATCH_UP_SPACING_S * 2.0 ** min(failures - 1, 32), CATCH_UP_RETRY_MAX_S)

@@ -297,6 +297,11 @@ class ThreadedStore:
         """A reader asked for a catch-up while one ran and leaves were counted after it started:
         start the next as soon as it ends."""
         self._settled = False
+        self._failures = 0
+        """Catch-ups failed in a row (0: the last one succeeded, or none ran yet)."""
+        self._retry_at: float | None = None
+        """After a failure: the loop time before which no catch-up starts but the retry
+        timer's (``_catch_up.retry_after``)."""
         self._timer: asyncio.TimerHandle | None = None
         self._catching_up: asyncio.Task[None] | None = None
 
@@ -373,8 +378,10 @@ class ThreadedStore:
 
         While one runs, the next follows it only if leaves were counted after it started
         (``_behind_since``): the running one covers every leaf counted before, and a reader
-        polling while it runs must not buy a second one it does not need."""
-        if self._lag <= 0 or self._settled:
+        polling while it runs must not buy a second one it does not need.
+
+        After a failure it starts none before the retry timer fires (``_retry_at``)."""
+        if self._lag <= 0 or self._settled or self._retrying():
             return
         if self._catching_up is None:
             self._start_catch_up()
@@ -389,13 +396,17 @@ class ThreadedStore:
         loop = asyncio.get_running_loop()
         if self._behind_since is None:
             self._behind_since = loop.time()
-        if self._catching_up is not None:
-            return
+        if self._catching_up is not None or self._retrying():
+            return  # the running one, or the retry timer, comes first
         if self._lag >= _catch_up.CATCH_UP_ENTRIES or self._soon:
             self._start_catch_up()
         elif self._timer is None:
             at = _catch_up.catch_up_at(self._behind_since, self._last_started)
             self._timer = loop.call_at(at, self._start_catch_up)
+
+    def _retrying(self) -> bool:
+        """Whether a failed catch-up's retry is still to come (its timer then starts it)."""
+        return self._retry_at is not None and asyncio.get_running_loop().time() < self._retry_at
 
     def _start_catch_up(self) -> None:
         if self._timer is not None:
@@ -418,9 +429,11 @@ class ThreadedStore:
         after every commit, each paying a transaction's fixed cost (most of all on a big
         log: the index pages it dirties) and holding the next commit back.
 
-        A failure is logged and retried ``CATCH_UP_SPACING_S`` later (sooner if the entries
-        bound is reached or a reader asks): searches and the log do not depend on it (only how
-        much of the leaf rows a search reads does)."""
+        A failure is retried ``_catch_up.retry_after`` later (``CATCH_UP_SPACING_S``, doubled
+        for each failure in a row, at most ``CATCH_UP_RETRY_MAX_S``), and no sooner: neither a
+        reader asking nor the entries bound starts one meanwhile. The first failure in a row is
+        logged as a warning, the repeats at debug level. Searches and the log do not depend on
+        it (only how much of the leaf rows a search reads does)."""
         try:
             target = self._lag
             while target > 0 and self._lag > 0:
@@ -429,14 +442,26 @@ class ThreadedStore:
                 target -= step
         except Exception as exc:  # the log goes on; the timer retries
             self._catching_up = None
-            logger.warning("audit store: the search projection could not catch up: %s", exc)
-            if not self._settled and self._timer is None:
+            self._soon = False  # the retry covers what a reader asked for
+            self._failures += 1
+            level = logging.WARNING if self._failures == 1 else logging.DEBUG
+            logger.log(
+                level,
+                "audit store: the search projection could not catch up (%d in a row): %s",
+                self._failures,
+                exc,
+            )
+            loop = asyncio.get_running_loop()
+            self._retry_at = loop.time() + _catch_up.retry_after(self._failures)
+            if not self._settled:
                 # Not left to the next commit: a log that has gone quiet would never retry.
-                loop = asyncio.get_running_loop()
-                spacing = _catch_up.CATCH_UP_SPACING_S
-                self._timer = loop.call_later(spacing, self._start_catch_up)
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer = loop.call_at(self._retry_at, self._start_catch_up)
             return
         self._catching_up = None
+        self._failures = 0
+        self._retry_at = None
         self._schedule()  # commits that landed meanwhile
 
     async def _settle(self) -> None:

@@ -5,6 +5,7 @@ written with the indexes on the leaves."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -539,6 +540,76 @@ class TestThreadedSchedule:
         finally:
             await store.close()
 
+    async def test_a_failing_catch_up_waits_for_its_retry_and_backs_off(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A chart polling a failing writer (``catch_up_soon`` every 20 ms) buys one attempt
+        per retry, not one per poll; the retries back off, and only the first failure warns."""
+        path = tmp_path / "log.sqlite"
+        writer = _FailingCatchUp(SqliteDatabase(path, origin=ORIGIN, writer=True))
+        store = await self._store(path, writer)
+        loop = asyncio.get_running_loop()
+        leaves = _leaves(41)
+        monkeypatch.setattr(catch_up_module, "CATCH_UP_ENTRIES", 5)  # each commit crosses it
+        caplog.set_level(logging.DEBUG, logger="gateway.audit.log")
+        try:
+            await store.commit(self._batch(leaves[:10]))
+            writer.fail = True
+            waits = []
+            for failures in range(1, 4):
+                if failures == 1:
+                    store.catch_up_soon()
+                else:
+                    timer = store._timer
+                    assert timer is not None
+                    timer.cancel()
+                    store._start_catch_up()  # what the timer calls when it fires
+                attempt = store._catching_up
+                assert attempt is not None
+                before = loop.time()
+                await attempt
+                assert writer.attempts == failures
+                timer = store._timer
+                assert timer is not None
+                waits.append((before, timer.when(), loop.time()))
+                # Polled many times, and a commit past the entries bound: no attempt before the
+                # timer's.
+                for _ in range(50):
+                    store.catch_up_soon()
+                    assert store._catching_up is None
+                    await asyncio.sleep(0)
+                await store.commit(self._batch(leaves[10 * failures : 10 * failures + 10]))
+                assert store._catching_up is None
+                assert store._timer is timer
+                assert writer.attempts == failures
+            for (before, when, after), wait in zip(waits, (2.0, 4.0, 8.0), strict=True):
+                assert before + wait <= when <= after + wait
+            levels = [r.levelno for r in caplog.records if "could not catch up" in r.getMessage()]
+            assert levels == [logging.WARNING, logging.DEBUG, logging.DEBUG]
+            # It succeeds: the count starts again, and a reader's request is served at once.
+            writer.fail = False
+            timer = store._timer
+            assert timer is not None
+            timer.cancel()
+            store._start_catch_up()
+            assert store._catching_up is not None
+            await store._catching_up
+            assert store._lag == 0
+            assert (store._failures, store._retry_at) == (0, None)
+            await store.commit(self._batch(leaves[40:]))
+            store.catch_up_soon()
+            assert store._catching_up is not None
+            await store._catching_up
+            assert writer.attempts == 5
+        finally:
+            await store.close()
+
+    @pytest.mark.parametrize(
+        ("failures", "wait"), [(1, 2.0), (2, 4.0), (3, 8.0), (5, 32.0), (6, 60.0), (10**6, 60.0)]
+    )
+    def test_retries_back_off_to_a_minute(self, failures: int, wait: float) -> None:
+        assert catch_up_module.retry_after(failures) == wait
+
     async def test_nothing_is_scheduled_after_close(self, tmp_path: Path) -> None:
         store = await self._store(tmp_path / "log.sqlite")
         await store.commit(self._batch(_leaves(10)))
@@ -579,11 +650,13 @@ class _FailingCatchUp:
     def __init__(self, db: SqliteDatabase) -> None:
         self.db = db
         self.fail = False
+        self.attempts = 0
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.db, name)
 
     def catch_up(self, limit: int) -> int:
+        self.attempts += 1
         if self.fail:
             raise sqlite3.OperationalError("disk I/O error (injected)")
         return self.db.catch_up(limit)
