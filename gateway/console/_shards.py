@@ -22,7 +22,8 @@ hash of the origin for the others (``/shards/3f2a…/entries/7``).
   rollups (another's are read as its writer keeps them: ``LogInsights.open``'s ``catch_up``).
 
 Contract: it MUST NOT write to another instance's shard (both readers are read-only), and an
-unreachable shard MUST fail the page (``AuditUnavailable``), never silently drop its entries.
+unreachable shard MUST fail the page (``AuditUnavailable``), never silently drop its entries;
+the other shards' reads for that page are then cancelled, not left running (``_all_or_none``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import hashlib
 import heapq
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from pathlib import Path
@@ -230,13 +231,11 @@ class Shards:
         """At most ``page`` hits of every shard, newest first by entry time, below ``cursor``;
         and the cursor of the next page (``None``: no older hit)."""
         shards = await self.every()
-        fetched = await asyncio.gather(
-            *(
-                s.insights.newest(
-                    replace(query, limit=page + 1), before_index=cursor.get(s.key), leg=leg
-                )
-                for s in shards
+        fetched = await _all_or_none(
+            s.insights.newest(
+                replace(query, limit=page + 1), before_index=cursor.get(s.key), leg=leg
             )
+            for s in shards
         )
         streams = [
             [(-row.columns[2], s.origin, -row.index, n) for row in rows]
@@ -277,8 +276,9 @@ class Shards:
 
     async def _each(self, fetch: Callable[[LogInsights], Awaitable[list[T]]]) -> list[list[T]]:
         """``fetch`` of every shard, in the order of ``all``, read at once: each shard has its
-        own reader thread, and only this instance's shard may wait for its rollups."""
-        return list(await asyncio.gather(*(fetch(s.insights) for s in await self.every())))
+        own reader thread, and only this instance's shard may wait for its rollups (one failing
+        fails them all: ``_all_or_none``)."""
+        return await _all_or_none(fetch(s.insights) for s in await self.every())
 
     @staticmethod
     def _sum_days(rows: list[tuple[Shard, OfficerDay]]) -> list[OfficerDay]:
@@ -296,7 +296,7 @@ class Shards:
         self, fetch: Callable[[LogInsights], Awaitable[list[OfficerDay]]]
     ) -> list[tuple[Shard, OfficerDay]]:
         shards = await self.every()
-        fetched = await asyncio.gather(*(fetch(s.insights) for s in shards))
+        fetched = await _all_or_none(fetch(s.insights) for s in shards)
         return [(s, row) for s, rows in zip(shards, fetched, strict=True) for row in rows]
 
     async def officer_days(self, window: TimeWindow, actions: Collection[str]) -> list[OfficerDay]:
@@ -339,13 +339,9 @@ class Shards:
         within_us: int,
     ) -> list[CaseWithoutOrder]:
         shards = await self.every()
-        fetched = await asyncio.gather(
-            *(
-                s.insights.without_order(
-                    window, queries=queries, orders=orders, within_us=within_us
-                )
-                for s in shards
-            )
+        fetched = await _all_or_none(
+            s.insights.without_order(window, queries=queries, orders=orders, within_us=within_us)
+            for s in shards
         )
         found: list[CaseWithoutOrder] = []
         for shard, rows in zip(shards, fetched, strict=True):
@@ -355,6 +351,27 @@ class Shards:
                     found.append(replace(row, origin=shard.origin))
         found.sort(key=lambda r: r.first_us, reverse=True)
         return found[:_MAX_ROWS]
+
+
+async def _all_or_none(reads: Iterable[Awaitable[T]]) -> list[T]:
+    """The results of ``reads``, run at once, in their order; or, as soon as one raises, that
+    error (an ``AuditUnavailable`` as itself, not in a group) once the others are cancelled and
+    have ended: a page that fails leaves no read of a sibling shard running (this instance's
+    may be polling for its rollups). Cancelled itself, it cancels them all the same."""
+    tasks = [asyncio.ensure_future(read) for read in reads]
+    if not tasks:
+        return []
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()  # a no-op on those that ended
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in tasks:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
+    return [task.result() for task in tasks]
 
 
 async def _ordered_elsewhere(

@@ -5,7 +5,8 @@ shards with a cursor per shard without skipping or repeating an entry; charts su
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -126,6 +127,57 @@ class TestShardReader:
 
 
 class TestShards:
+    @pytest.mark.parametrize(
+        ("method", "page"),
+        [
+            ("newest", lambda s: s.newest(SearchQuery(), cursor={}, leg=0, page=20)),
+            ("per_day", lambda s: s.per_day(ALL, "action")),
+            ("refusals", lambda s: s.refusals(ALL)),
+            ("officer_days", lambda s: s.officer_days(ALL, ["account_holder"])),
+            ("refusal_days", lambda s: s.refusal_days(ALL, minimum=3)),
+            (
+                "without_order",
+                lambda s: s.without_order(ALL, queries=["a"], orders=["b"], within_us=1),
+            ),
+        ],
+    )
+    async def test_a_failing_shard_fails_the_page_and_stops_its_siblings(
+        self,
+        two: Two,
+        monkeypatch: pytest.MonkeyPatch,
+        method: str,
+        page: Callable[[Shards], Awaitable[object]],
+    ) -> None:
+        """The other shard's read fails while this instance's still runs (as one waiting for
+        its rollups does): the page raises ``AuditUnavailable`` itself, and by then this
+        instance's read is cancelled and over, not left running."""
+        await two.shards.every()
+        home = two.shards.home.insights
+        other = two.shards.others[shard_key(OTHER)].insights
+        started = asyncio.Event()
+        ended: list[str] = []
+
+        async def held(*args: object, **kwargs: object) -> object:
+            started.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                ended.append("cancelled")
+                raise
+            return []
+
+        async def failing(*args: object, **kwargs: object) -> object:
+            await started.wait()
+            raise AuditUnavailable("shard-1 is unreachable (injected)")
+
+        monkeypatch.setattr(home, method, held)
+        monkeypatch.setattr(other, method, failing)
+        before = asyncio.all_tasks()
+        with pytest.raises(AuditUnavailable, match="injected"):
+            await page(two.shards)
+        assert ended == ["cancelled"]
+        assert asyncio.all_tasks() <= before
+
     async def test_every_shard_is_found(self, two: Two) -> None:
         shards = await two.shards.every()
         assert [s.origin for s in shards] == [HOME, OTHER]
