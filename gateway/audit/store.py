@@ -38,18 +38,9 @@ from typing import Any, Protocol, TypeVar
 from fedgate.audit_entry import IndexColumns
 from fedgate.auditverify import StoredRow, normalized_subjects
 from gateway.audit import _catch_up
-from gateway.audit._catch_up import (
-    CATCH_UP_DELAY_S,
-    CATCH_UP_ENTRIES,
-    CATCH_UP_SPACING_S,
-    catch_up_at,
-)
 from gateway.audit._writer_thread import WriterThread
 
 __all__ = [
-    "CATCH_UP_DELAY_S",
-    "CATCH_UP_ENTRIES",
-    "CATCH_UP_SPACING_S",
     "CHECKPOINT_INTERVAL",
     "AuditStore",
     "CommitBatch",
@@ -60,7 +51,6 @@ __all__ = [
     "StoredLog",
     "StoredRow",
     "ThreadedStore",
-    "catch_up_at",
     "kept_checkpoint",
     "normalized_subjects",
 ]
@@ -69,8 +59,6 @@ T = TypeVar("T")
 
 logger = logging.getLogger("gateway.audit.log")
 
-_CATCH_UP_CHUNK = CATCH_UP_ENTRIES
-"""Leaves per catch-up transaction of ``ThreadedStore`` (a log far behind takes several)."""
 CHECKPOINT_INTERVAL = 256
 """The store keeps in its history the checkpoint of each batch that reaches or crosses a
 multiple of this many entries (``kept_checkpoint``); the newest signed and the newest cosigned
@@ -437,7 +425,9 @@ class ThreadedStore:
         try:
             target = self._lag
             while target > 0 and self._lag > 0:
-                step = min(target, _CATCH_UP_CHUNK)
+                # At most CATCH_UP_ENTRIES per transaction (a log far behind takes several),
+                # read now: a test that changes it in ``_catch_up`` changes it here too.
+                step = min(target, _catch_up.CATCH_UP_ENTRIES)
                 self._lag = await self._w(functools.partial(self._writer.catch_up, step))
                 target -= step
         except Exception as exc:  # the log goes on; the timer retries
