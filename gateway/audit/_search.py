@@ -82,8 +82,8 @@ first 20,000 leaves. With 16,384 both cycle through whole blocks, and the catch-
 the empty log's fell from +2.4 to +1.4 us per append on 0.3 M logs, from +5.9 to +1.7 us on
 2 M logs (process CPU ratio ~0.90 -> ~0.95). The cost is on the search
 side: a search by officer, case or subject seeks each block of its range, and an absent or rare
-key seeks all of them, ~0.6 us each warm (measured at 2 M entries): 612 blocks at 10 M entries
-(153 with 65,536), ~0.4 ms for an absent key; 12,207 at 200 M, ~7.5 ms warm (merging sealed
+key seeks all of them, ~0.6 us each warm (measured at 2 M entries): 611 blocks at 10 M entries
+(153 with 65,536), ~0.4 ms for an absent key; 12,208 at 200 M, ~7.5 ms warm (merging sealed
 blocks into larger ones, or a per-block key filter, would bound it there; not built)."""
 
 HIT_COLUMNS: Final = (

@@ -219,11 +219,14 @@ version 3 log straight to 5 in bounded transactions instead (``REKEY_SUBJECTS``)
 MIGRATION_5_SMALLER_KEY_BLOCKS = _rekey_subjects("subjects_v4", _KEY_BLOCK)
 """Schema step 4 -> 5, smaller key blocks (issue 18): blocks of 16,384 leaves instead of 65,536
 (``_search.KEY_BLOCK_BITS``, which says why): the subjects are copied in the new key order and
-the officer and case indexes rebuilt, as step 3 -> 4 did. Leaf rows are not touched. One
-transaction, like every step (measured: 8.7 s and a 247 MB WAL at 2 M entries, warm page cache;
-at 10 M a few minutes and ~1.2 GB of WAL, ``docs/benchmarks.md``). A writer opening a version 3
-or 4 log does not run it: ``REKEY_SUBJECTS`` (``_rekey``) makes the same change in bounded
-transactions first; a version 1 or 2 log still takes it here."""
+the officer and case indexes rebuilt, as step 3 -> 4 did. Leaf rows are not touched.
+
+Only a version 1 or 2 log takes it, in ``prepare_sqlite``'s one transaction with its other
+steps (this step alone, measured: 8.7 s and a 247 MB WAL at 2 M entries, warm page cache; at
+10 M a few minutes and ~1.2 GB of WAL, ``docs/benchmarks.md``). A writer opening a version 3 or
+4 log never runs it: ``REKEY_SUBJECTS`` (``_rekey``) takes that log to version 5 first, in
+bounded transactions (copy chunks, the swap, one per index), so ``prepare_sqlite`` finds
+no step left to run."""
 
 _COPY_ALL = (
     f"INSERT INTO search_rows ({_rows.PROJECTED_COLUMNS})"  # noqa: S608 - constant columns
