@@ -25,6 +25,7 @@ logged ``leaves_retired`` event to name each retired range (``fedgate.auditverif
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,8 @@ CHUNK = 65_536
 """Leaves per copy transaction."""
 
 _OLD = "leaves_unpartitioned"
+
+_log = logging.getLogger(__name__)
 
 
 _COPY_CHUNK = (
@@ -260,6 +263,12 @@ def _past_retention(
         if last is None or int(last[0]) == month:
             # The month of the shard's newest leaf: its next index is read there (and its
             # writer's check), so retiring it would refuse every later commit to the shard.
+            _log.info(
+                "retention stops at month %s: it holds the newest entries of audit shard %r, "
+                "so it and every later month are kept while that shard is idle",
+                _months.month_name(month),
+                origin,
+            )
             return False
         tiled = conn.execute(
             "SELECT COALESCE(MAX(idx) + 1, 0) * 256 FROM tiles WHERE origin = %s AND level = 0",

@@ -31,7 +31,13 @@ from fedgate.auditverify import (
 from fedgate.errors import AuditUnavailable
 from fedgate.merkle import leaf_hash, root_of, verify_inclusion
 from gateway.audit import _partition, _retention
-from gateway.audit._months import month_of, month_start_us, partition_name, partitions
+from gateway.audit._months import (
+    month_name,
+    month_of,
+    month_start_us,
+    partition_name,
+    partitions,
+)
 from gateway.audit._retention import RetentionPolicy
 from gateway.audit.log import AuditLog
 from gateway.audit.pg_store import PgDatabase, PgMonthRetention, open_pg_store
@@ -102,13 +108,13 @@ def _conn(pg: PgTarget) -> psycopg.Connection[Any]:
     return conn
 
 
-def _tiled(conn: psycopg.Connection[Any], size: int) -> None:
+def _tiled(conn: psycopg.Connection[Any], size: int, origin: str = ORIGIN) -> None:
     """Stand-in level-0 tiles for a store filled by ``_commit`` (which writes none): retention
     keeps the leaves of the open tile."""
     conn.execute(
         "INSERT INTO tiles (origin, level, idx, data) SELECT %s, 0, g, decode(repeat('00', 8192),"
         " 'hex') FROM generate_series(0, %s) AS g",
-        (ORIGIN, size // 256 - 1),
+        (origin, size // 256 - 1),
     )
 
 
@@ -477,6 +483,52 @@ class TestRetention:
             assert again.next_index() == 527
         finally:
             again.close()
+
+    def test_an_idle_shards_last_month_holds_back_the_months_after_it(
+        self, pg: PgTarget, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Two shards: one idle with a whole number of tiles, all in month one; the other
+        active over months one to three. Past month two, nothing is due: month one holds the
+        idle shard's newest leaf, and months retire oldest first. The job says which shard
+        holds it back; then both shards append."""
+        idle_origin = "fedgate.test/gateway/shard-idle"
+        t0 = T0 + 24 * HOUR  # no leaf's jitter reaches back into the month before
+        idle = PgDatabase(pg.dsn, origin=idle_origin, schema=pg.schema, writer=True)
+        active = PgDatabase(pg.dsn, origin=ORIGIN, schema=pg.schema, writer=True)
+        try:
+            idle_leaves = _leaves(256, t0=t0)
+            # Cases of one entry each: no case is active after the cutoff to hold a month.
+            active_leaves = [
+                NewLeaf(
+                    n.index,
+                    n.data,
+                    n.leaf_hash,
+                    (*n.columns[:5], f"once-{n.index}", *n.columns[6:]),  # type: ignore[arg-type]
+                )
+                for n in _leaves(700, t0=t0, step_us=3 * HOUR)
+            ]
+            _commit(idle, idle_leaves)
+            _commit(active, active_leaves)
+            idle.catch_up(10_000)
+            active.catch_up(10_000)
+            m1, m2, m3 = sorted(set(_expected_months(active_leaves)))
+            assert set(_expected_months(idle_leaves)) == {m1}
+            cutoff = month_start_us(m2 + 1) + HOUR
+            with _conn(pg) as conn:
+                _tiled(conn, 256, idle_origin)  # one whole tile: no open tile holds it back
+                _tiled(conn, 700)  # months one and two below the active shard's open tile
+                with caplog.at_level("INFO", logger=_partition.__name__):
+                    assert _partition.due_months(conn, cutoff) == []
+                assert f"retention stops at month {month_name(m1)}" in caplog.text
+                assert repr(idle_origin) in caplog.text
+                assert ORIGIN not in caplog.text
+                assert partitions(conn) >= {m1, m2, m3}
+            _commit(idle, _leaves(10, start=256, t0=cutoff - 256 * 3 * HOUR, step_us=3 * HOUR))
+            _commit(active, _leaves(10, start=700, t0=t0, step_us=3 * HOUR))
+            assert (idle.next_index(), active.next_index()) == (266, 710)
+        finally:
+            idle.close()
+            active.close()
 
 
 class TestConcurrentWriters:
