@@ -69,13 +69,21 @@ LAST_MONTH: Final = (
 """The month of shard ``%s``'s last leaf (no row when it has none): the only partition that
 holds its greatest index, and the earliest its next leaf may go to. A query, or a subquery."""
 
-_NEXT_IN = "SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves WHERE origin = %s AND month = "
-NEXT_IN_MONTH: Final = _NEXT_IN + "%s"
-"""One past the greatest index of shard ``%s`` in month ``%s``'s partition (0 when it has none
-there): the shard's next index when the month is its last (``LAST_MONTH``). Read in that one
-partition: the partitions' key ``(origin, month, idx)`` gives no order on ``idx`` across
-months, and ``MAX(idx)`` over all of them reads every month's index."""
-NEXT_INDEX: Final = _NEXT_IN + f"({LAST_MONTH})"
+_NEXT_IN = (
+    "SELECT COALESCE((SELECT MAX(idx) + 1 FROM leaves WHERE origin = s.o AND month = s.m),"
+    " (SELECT stop_idx FROM retired_months AS r WHERE r.origin = s.o AND r.month = s.m), 0)"
+    " FROM (SELECT %s::text, "
+)
+NEXT_IN_MONTH: Final = _NEXT_IN + "%s::int) AS s(o, m)"
+"""One past the greatest index of shard ``%s`` in month ``%s``: the shard's next index when
+the month is its last (``LAST_MONTH``). Read in that one partition: the partitions' key
+``(origin, month, idx)`` gives no order on ``idx`` across months, and ``MAX(idx)`` over all
+of them reads every month's index. When the month's partition was retired (detached) with the
+shard's newest leaf in it, which retention did before it kept a shard's last month, it is the
+retired range's end in ``retired_months``: the shard appends on from there, never from 0. 0
+when the shard has no leaf in the month, kept or retired (a retired month without its record
+is then refused by the commit's and the log's checks against the signed head)."""
+NEXT_INDEX: Final = _NEXT_IN + f"({LAST_MONTH})) AS s(o, m)"
 """Shard ``%s``'s next index (0 when it has no leaf): ``NEXT_IN_MONTH`` in its last month, in
 one statement. Parameters: the origin, twice."""
 

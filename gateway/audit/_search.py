@@ -235,7 +235,8 @@ def time_bounds(
 
 def next_index(fetch: Fetch, dialect: Dialect, scope: tuple[Any, ...]) -> int:
     """One past the last leaf. PostgreSQL reads only the last month's partition (found in the
-    range map ``leaf_months``: ``_months.NEXT_INDEX``)."""
+    range map ``leaf_months``: ``_months.NEXT_INDEX``), or the end of that month's retired
+    range when it was retired."""
     if dialect.pg:
         rows = fetch(NEXT_INDEX, (*scope, *scope))
     else:

@@ -402,11 +402,13 @@ _NEXT_AFTER = (
 """A commit's check, given the shard and the month of its last leaf as its writer knows it (-1:
 none), each twice: one past the greatest index in that month's partition, and whether a later
 month has leaves (months rise with indices, and a month's first leaf comes with its
-``leaf_months`` row, in one transaction). It detects another writer's leaves written in turn,
-committed before this commit's statement ran (a writer that lost its lock and a successor that
-took it). It takes no row lock, so it does not exclude a writer committing at the same moment:
-the guarantee against concurrent writers is the session advisory writer lock
-(``_months.take_writer_lock``), held by the one writer of a shard from its open to its close."""
+``leaf_months`` row, in one transaction); a last month retired with the shard's newest leaf
+in it gives its retired range's end (``_months.NEXT_IN_MONTH``). It detects another writer's
+leaves written in turn, committed before this commit's statement ran (a writer that lost its
+lock and a successor that took it). It takes no row lock, so it does not exclude a writer
+committing at the same moment: the guarantee against concurrent writers is the session
+advisory writer lock (``_months.take_writer_lock``), held by the one writer of a shard from its
+open to its close."""
 _MONTHS_AHEAD = 2
 """Partitions created ahead when a writer opens: the current month and the next."""
 

@@ -28,10 +28,11 @@ from fedgate.auditverify import (
     _claim,
     settle_retirements,
 )
-from fedgate.errors import AuditUnavailable
+from fedgate.errors import AuditUnavailable, LogInconsistent
 from fedgate.merkle import leaf_hash, root_of, verify_inclusion
-from gateway.audit import _partition, _retention
+from gateway.audit import _partition, _retention, _search
 from gateway.audit._months import (
+    LAST_MONTH,
     month_name,
     month_of,
     month_start_us,
@@ -988,6 +989,105 @@ class TestVerifyAfterRetentionOverShards:
         assert code == 1, out
         assert "FAILED at entry 0: entries 0..127 (month 2025-01) are missing" in out, out
         assert "verify every shard, without --origin" in out, out
+
+
+class _RetirerBeforeTheFix:
+    """The month step of retention as it was before a shard's last month was kept: January
+    due with every shard's range in it, whatever it holds (``MonthRetirer``)."""
+
+    def __init__(self, pg: PgTarget) -> None:
+        self._pg = pg
+        self._months = PgMonthRetention(pg.dsn, schema=pg.schema)
+
+    def due(self, cutoff_us: int) -> list[_partition.RetiredMonth]:
+        with _conn(self._pg) as conn:
+            ranges = _partition._ranges(conn, 2025 * 12)
+        return [_partition.RetiredMonth(2025 * 12, ranges, ranges)]  # January: from 0 each
+
+    def retire(self, month: _partition.RetiredMonth, *, rule: str, now_us: int) -> str:
+        return self._months.retire(month, rule=rule, now_us=now_us)
+
+
+class TestShardWhoseLastMonthWasRetired:
+    @staticmethod
+    async def _stage(pg_logs: LogFactory, pg: PgTarget) -> str:
+        """An idle shard of one whole tile in January, January retired by the job as it was
+        before the fix (logged in ``ORIGIN``'s shard, then detached): returns the shard."""
+        idle = [datetime(2025, 1, 5, tzinfo=UTC) + timedelta(minutes=30 * h) for h in range(128)]
+        other = await _other_shard(pg_logs, pg, idle)  # leaves 0..255 in January
+        await _exchanges(pg_logs, JAN + FEB)
+        log = await pg_logs.open()
+        now = datetime.now(UTC)
+        policy = RetentionPolicy(close_after_idle=timedelta(0), keep_after_close=timedelta(0))
+        await _retention._retire_months(
+            log, _RetirerBeforeTheFix(pg), policy, actor="gateway", now=now, cutoff=now
+        )
+        await log.close()
+        pg_logs.opened.remove(log)
+        return other
+
+    async def test_it_appends_on_from_the_retired_end_and_verifies(
+        self, pg_logs: LogFactory, pg: PgTarget, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Before retention kept a shard's last month, an idle shard of a whole number of
+        tiles lost it: its next index read 0 in the detached month, and every commit to it
+        was refused. Its next index is now the retired range's end: it opens, appends on from
+        there, and the log verifies."""
+        other = await self._stage(pg_logs, pg)
+        jan = 2025 * 12
+        with _conn(pg) as conn:
+            assert conn.execute(
+                "SELECT origin, month, first_idx, stop_idx FROM retired_months ORDER BY origin"
+            ).fetchall() == [(ORIGIN, jan, 0, 128), (other, jan, 0, 256)]
+            assert jan not in partitions(conn)
+            assert conn.execute(LAST_MONTH, (other,)).fetchone() == (jan,)  # the broken state
+
+            def fetch(statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+                return conn.execute(statement, params).fetchall()
+
+            assert _search.next_index(fetch, _search.PG, (other,)) == 256
+        reader = PgDatabase(pg.dsn, origin=other, schema=pg.schema, writer=False)
+        try:
+            assert reader.next_index() == 256
+        finally:
+            reader.close()
+        april = [datetime(2025, 4, 1, tzinfo=UTC) + timedelta(hours=h) for h in range(3)]
+        await _other_shard(pg_logs, pg, april)  # opens (the tree checked), appends
+        with _conn(pg) as conn:
+            assert conn.execute(
+                "SELECT month, first_idx FROM leaf_months WHERE origin = %s ORDER BY month",
+                (other,),
+            ).fetchall() == [(jan, 0), (jan + 3, 256)]
+            assert conn.execute(
+                "SELECT min(idx), max(idx) FROM leaves WHERE origin = %s", (other,)
+            ).fetchone() == (256, 261)
+        every = ["--pg", pg.dsn, "--schema", pg.schema]
+        code, out = _verify(pg_logs, capsys, source=every)
+        assert code == 0, out
+        assert f"(month 2025-01, logged at entry 328 of {ORIGIN})" in out, out
+
+    @pytest.mark.parametrize(
+        "record",
+        ["UPDATE retired_months SET stop_idx = 200", "DELETE FROM retired_months"],
+        ids=["wrong-end", "no-record"],
+    )
+    async def test_a_retired_end_that_disagrees_with_the_signed_head_is_refused(
+        self, pg_logs: LogFactory, pg: PgTarget, record: str
+    ) -> None:
+        """Fail closed: the next index read from a retired record (or 0 without one) must
+        agree with the tiles and the signed checkpoint, or the shard does not open."""
+        other = await self._stage(pg_logs, pg)
+        with _conn(pg) as conn:
+            conn.execute("ALTER TABLE retired_months DISABLE TRIGGER USER")
+            conn.execute(record + " WHERE origin = %s", (other,))  # constant text in the test
+        store = await open_pg_store(
+            pg.dsn, origin=other, schema=pg.schema, state_path=pg_logs.tmp / "other.state"
+        )
+        try:
+            with pytest.raises(LogInconsistent, match="tiles and leaves disagree on its size"):
+                await AuditLog.open(store=store, origin=other, signer=pg_logs.fed.log_signer(other))
+        finally:
+            await store.close()
 
 
 class TestMigrateOverShards:
