@@ -32,6 +32,14 @@ T0 = datetime(2026, 11, 20, 4, 0, tzinfo=UTC)  # 12:00 China time
 ALL = TimeWindow(0, time_to_micros(T0 + timedelta(days=30)))
 
 
+def _source(logs: LogFactory) -> Path | PgShard:
+    """What the console opens insights over for the log ``logs`` made: its file or its shard."""
+    if logs.kind == "sqlite":
+        return logs.db
+    assert logs.pg is not None
+    return PgShard(logs.pg.dsn, ORIGIN_OF_LOGS, logs.pg.schema)
+
+
 def leg(
     at: datetime,
     *,
@@ -301,15 +309,7 @@ class TestRollups:
                         request.received_at, "refused", b"", b"", detail="no",
                     )
                 )  # fmt: skip
-        source = (
-            logs.db
-            if logs.kind == "sqlite"
-            else PgShard(
-                logs.pg.dsn,
-                ORIGIN_OF_LOGS,
-                logs.pg.schema,  # type: ignore[union-attr]
-            )
-        )
+        source = _source(logs)
         # As the console opens it: asking the log for a catch-up before waiting for the rollups.
         fast = await LogInsights.open(source, catch_up=log.catch_up_soon)
         slow = await LogInsights.open(source, rollups=False)
@@ -347,15 +347,7 @@ class TestRollups:
         entry committed when it was asked; one that only waits misses them."""
         monkeypatch.setattr(catch_up_module, "CATCH_UP_SPACING_S", 600.0)
         log = await logs.open()
-        source = (
-            logs.db
-            if logs.kind == "sqlite"
-            else PgShard(
-                logs.pg.dsn,
-                ORIGIN_OF_LOGS,
-                logs.pg.schema,  # type: ignore[union-attr]
-            )
-        )
+        source = _source(logs)
         asking = await LogInsights.open(source, catch_up=log.catch_up_soon)
         waiting = await LogInsights.open(source)
         slow = await LogInsights.open(source, rollups=False)
@@ -384,15 +376,7 @@ class TestRollups:
         the chart reads the rollups once, as they are, and reports what they miss."""
         monkeypatch.setattr(catch_up_module, "CATCH_UP_DELAY_S", 600.0)  # the writer lags
         log = await logs.open()
-        source = (
-            logs.db
-            if logs.kind == "sqlite"
-            else PgShard(
-                logs.pg.dsn,
-                ORIGIN_OF_LOGS,
-                logs.pg.schema,  # type: ignore[union-attr]
-            )
-        )
+        source = _source(logs)
         other = await LogInsights.open(source)
         day = day_of(time_to_micros(T0))
         window = TimeWindow(day_start_us(day), day_start_us(day + timedelta(days=1)))

@@ -154,13 +154,8 @@ class TestSqliteCommit:
         try:
             size = 0
             for count in (1, 63, 64, 65, 200, 3):
-                leaves = []
-                for _ in range(count):
-                    request = fed.request()
-                    entry = request if size % 2 == 0 else fed.response(request, size - 1)
-                    data = encode_entry(entry)
-                    leaves.append(NewLeaf(size, data, leaf_hash(data), entry_columns(entry)))
-                    size += 1
+                leaves = _new_leaves(fed, size, count)
+                size += count
                 db.commit(CommitBatch(leaves, size, f"checkpoint {size}"))
                 written += _rows.leaf_values(leaves)
             stored = db._con.execute(
@@ -241,6 +236,20 @@ _BESIDE = [
 ]
 
 
+def _new_leaves(fed: Fed, start: int, count: int) -> list[NewLeaf]:
+    """``count`` leaves from index ``start``: a request at each even index, at each odd one the
+    response to the request before it."""
+    leaves = []
+    request = fed.request()
+    for index in range(start, start + count):
+        entry = request if index % 2 == 0 else fed.response(request, index - 1)
+        data = encode_entry(entry)
+        leaves.append(NewLeaf(index, data, leaf_hash(data), entry_columns(entry)))
+        if index % 2 == 1:
+            request = fed.request()
+    return leaves
+
+
 def _batches(fed: Fed) -> list[CommitBatch]:
     """Commit batches of the shapes a log writes: the empty tree's checkpoint, a few leaves, a
     block of 64 and more, one crossing two time blocks with a tile of each of two levels, and
@@ -248,13 +257,8 @@ def _batches(fed: Fed) -> list[CommitBatch]:
     batches = [CommitBatch((), 0, "checkpoint 0")]
     size = 0
     for count in (3, 5, 64, 70, 400, 1):
-        leaves = []
-        for _ in range(count):
-            request = fed.request()
-            entry = request if size % 2 == 0 else fed.response(request, size - 1)
-            data = encode_entry(entry)
-            leaves.append(NewLeaf(size, data, leaf_hash(data), entry_columns(entry)))
-            size += 1
+        leaves = _new_leaves(fed, size, count)
+        size += count
         tiles = [(0, 0, bytes(32) * 256), (1, 7, bytes(range(32)) * 256)] if count == 400 else []
         beside = _BESIDE if count == 1 else []
         batches.append(CommitBatch(leaves, size, f"checkpoint {size}", tiles, beside))
