@@ -521,7 +521,8 @@ class LogInsights:
         """``_days``; when the rollups are to be read and the shard's writer is in this
         process (``catch_up``), first ask it for a catch-up and wait (at most
         ``ROLLUP_WAIT_S``) until they cover every entry committed now, asking again each poll
-        (one may have been running): a busy log's catch-ups are spaced (2 s), beyond the wait.
+        (one may have been running): a busy log's catch-ups may be spaced beyond the wait
+        (``CATCH_UP_SPACING_S``).
         Another process's shard (no ``catch_up``) is read at once, as its writer keeps it
         (within the store's bound, ``docs/audit.md``). Either way ``rollup_lag`` records how
         many entries committed when asked the rollups still miss."""

@@ -417,7 +417,7 @@ class ThreadedStore:
         after every commit, each paying a transaction's fixed cost (most of all on a big
         log: the index pages it dirties) and holding the next commit back.
 
-        A failure is retried ``_catch_up.retry_after`` later (``CATCH_UP_SPACING_S``, doubled
+        A failure is retried ``_catch_up.retry_after`` later (``CATCH_UP_RETRY_S``, doubled
         for each failure in a row, at most ``CATCH_UP_RETRY_MAX_S``), and no sooner: neither a
         reader asking nor the entries bound starts one meanwhile. The first failure in a row is
         logged as a warning, the repeats at debug level. Searches and the log do not depend on

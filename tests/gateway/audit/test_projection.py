@@ -317,26 +317,45 @@ class TestThreadedCatchUp:
             reader.close()
 
 
+SPACED = 2.0
+"""A spacing longer than the quiet delay, for the rule's tests."""
+
+
 class TestCatchUpAt:
-    """When the next catch-up starts if fewer than ``CATCH_UP_ENTRIES`` leaves are behind."""
+    """When the next catch-up starts if fewer than ``CATCH_UP_ENTRIES`` leaves are behind: the
+    rule, with a spacing longer than the quiet delay (the store sets them equal, which the rule
+    must also give)."""
 
     @pytest.mark.parametrize(
         ("behind_since", "last_started", "at"),
         [
             (100.0, None, 100.0 + CATCH_UP_DELAY_S),  # the first ever: the quiet delay
             (100.0, 90.0, 100.0 + CATCH_UP_DELAY_S),  # after a quiet spell: the same
-            (100.0, 100.0 - CATCH_UP_SPACING_S + CATCH_UP_DELAY_S, 100.0 + CATCH_UP_DELAY_S),
-            (100.0, 99.0, 99.0 + CATCH_UP_SPACING_S),  # appends go on: spaced from the last
-            (100.0, 100.0, 100.0 + CATCH_UP_SPACING_S),  # committed as one started
+            (100.0, 100.0 - SPACED + CATCH_UP_DELAY_S, 100.0 + CATCH_UP_DELAY_S),
+            (100.0, 99.0, 99.0 + SPACED),  # appends go on: spaced from the last
+            (100.0, 100.0, 100.0 + SPACED),  # committed as one started
         ],
     )
     def test_quiet_then_spaced(
-        self, behind_since: float, last_started: float | None, at: float
+        self,
+        behind_since: float,
+        last_started: float | None,
+        at: float,
+        monkeypatch: pytest.MonkeyPatch,
     ) -> None:
+        monkeypatch.setattr(catch_up_module, "CATCH_UP_SPACING_S", SPACED)
         assert catch_up_at(behind_since, last_started) == pytest.approx(at)
 
     def test_the_bounds_are_what_the_store_states(self) -> None:
-        assert (CATCH_UP_DELAY_S, CATCH_UP_SPACING_S, CATCH_UP_ENTRIES) == (0.5, 2.0, 16_384)
+        assert (CATCH_UP_DELAY_S, CATCH_UP_SPACING_S, CATCH_UP_ENTRIES) == (0.5, 0.5, 8192)
+        assert catch_up_module.CATCH_UP_RETRY_S == 2.0
+
+    def test_with_the_spacing_equal_to_the_delay_a_lag_waits_the_delay(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(catch_up_module, "CATCH_UP_SPACING_S", CATCH_UP_DELAY_S)
+        for last_started in (None, 90.0, 99.8, 100.0):
+            assert catch_up_at(100.0, last_started) == pytest.approx(100.0 + CATCH_UP_DELAY_S)
 
     @given(
         st.floats(min_value=0, max_value=1e6, allow_nan=False),
@@ -347,8 +366,10 @@ class TestCatchUpAt:
     ) -> None:
         """The previous catch-up started before the first commit the next covers."""
         behind_since = last_started + gap
-        at = catch_up_at(behind_since, last_started)
-        assert behind_since + CATCH_UP_DELAY_S <= at <= behind_since + CATCH_UP_SPACING_S
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(catch_up_module, "CATCH_UP_SPACING_S", SPACED)
+            at = catch_up_at(behind_since, last_started)
+        assert behind_since + CATCH_UP_DELAY_S <= at <= behind_since + SPACED
 
 
 class TestThreadedSchedule:
@@ -510,7 +531,7 @@ class TestThreadedSchedule:
                 writer.permits.release()
             await store.close()
 
-    async def test_a_failed_catch_up_is_retried_after_the_spacing(self, tmp_path: Path) -> None:
+    async def test_a_failed_catch_up_is_retried_after_a_wait(self, tmp_path: Path) -> None:
         """Not left to the next commit, which a quiet log may never make."""
         path = tmp_path / "log.sqlite"
         writer = _FailingCatchUp(SqliteDatabase(path, origin=ORIGIN, writer=True))
@@ -526,7 +547,8 @@ class TestThreadedSchedule:
             await failing
             timer = store._timer
             assert timer is not None  # re-armed
-            assert before + CATCH_UP_SPACING_S <= timer.when() <= loop.time() + CATCH_UP_SPACING_S
+            wait = catch_up_module.CATCH_UP_RETRY_S
+            assert before + wait <= timer.when() <= loop.time() + wait
             writer.fail = False
             store._start_catch_up()  # what the timer calls
             retry = store._catching_up
