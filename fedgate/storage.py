@@ -44,6 +44,7 @@ __all__ = [
     "DEFAULT_CACHE_KIB",
     "VERSION_TABLE",
     "Schema",
+    "immediate",
     "open_sqlite",
     "open_store",
     "prepare_postgres",
@@ -235,6 +236,21 @@ def _plan(
     return version, steps
 
 
+@contextlib.contextmanager
+def immediate(con: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction (``BEGIN IMMEDIATE``, the write lock taken at once) around the
+    block: committed when the block ends, rolled back if it raises (a statement in it may
+    already have ended the transaction, then there is nothing to roll back)."""
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        con.execute("COMMIT")
+    except BaseException:
+        if con.in_transaction:
+            con.execute("ROLLBACK")
+        raise
+
+
 def prepare_sqlite(
     con: sqlite3.Connection, schema: Schema, *, where: Path | str, writable: bool = True
 ) -> int:
@@ -258,8 +274,7 @@ def prepare_sqlite(
         legacy = schema.legacy_table is not None and schema.legacy_table in tables()
         version, _ = _plan(schema, where=str(where), found=found, legacy=legacy, writable=False)
         return schema.version if version is None else version
-    con.execute("BEGIN IMMEDIATE")
-    try:
+    with immediate(con):
         found = versions()
         legacy = schema.legacy_table is not None and schema.legacy_table in tables()
         version, steps = _plan(schema, where=str(where), found=found, legacy=legacy, writable=True)
@@ -272,11 +287,6 @@ def prepare_sqlite(
                 f"INSERT OR REPLACE INTO {VERSION_TABLE} (store, version) VALUES (?, ?)",  # noqa: S608
                 (schema.store, schema.version),
             )
-        con.execute("COMMIT")
-    except BaseException:
-        if con.in_transaction:
-            con.execute("ROLLBACK")
-        raise
     return schema.version if version is None else version
 
 

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Final
 
 from fedgate.errors import AuditUnavailable
-from fedgate.storage import VERSION_TABLE
+from fedgate.storage import VERSION_TABLE, immediate
 
 __all__ = ["CHUNK", "REKEYED", "Rekey", "rekey_subjects"]
 
@@ -111,11 +111,6 @@ def rekey_subjects(
     if version is None or version not in rekey.from_versions:
         return False
 
-    def done(step: str, n: int, total: int) -> None:
-        if after_chunk is not None:
-            after_chunk(step, n, total)
-        con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-
     con.execute(rekey.table)
     (end,) = con.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM subjects").fetchone()
     start = _copied_to(con)
@@ -129,13 +124,14 @@ def rekey_subjects(
     lo = start
     while lo < end:
         hi = min((lo // chunk + 1) * chunk, end)
-        _transaction(con, [(copy, (lo, hi))])
+        with immediate(con):
+            con.execute(copy, (lo, hi))
         _log.info("audit log %s: subjects re-keyed up to leaf %d of %d", where, hi, end)
-        done("copy", hi, end)
+        _committed(con, after_chunk, "copy", hi, end)
         lo = hi
     _swap(con, rekey, where, version)
     _log.info("audit log %s: subjects re-keyed, schema version %d", where, rekey.to_version)
-    done("swap", 1, 1)
+    _committed(con, after_chunk, "swap", 1, 1)
     _build_indexes(con, rekey, where, after_chunk)
     return True
 
@@ -162,18 +158,18 @@ def _copied_to(con: sqlite3.Connection) -> int:
     return 0 if last is None else int(last) + 1
 
 
-def _transaction(
-    con: sqlite3.Connection, statements: Sequence[tuple[str, tuple[object, ...]]]
+def _committed(
+    con: sqlite3.Connection,
+    after_chunk: Callable[[str, int, int], None] | None,
+    step: str,
+    done: int,
+    total: int,
 ) -> None:
-    con.execute("BEGIN IMMEDIATE")
-    try:
-        for statement, params in statements:
-            con.execute(statement, params)
-        con.execute("COMMIT")
-    except BaseException:
-        if con.in_transaction:
-            con.execute("ROLLBACK")
-        raise
+    """After a committed transaction: report it, then start the WAL over (it held just that
+    transaction)."""
+    if after_chunk is not None:
+        after_chunk(step, done, total)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
 
 def _swap(con: sqlite3.Connection, rekey: Rekey, where: Path, version: int) -> None:
@@ -191,8 +187,7 @@ def _swap(con: sqlite3.Connection, rekey: Rekey, where: Path, version: int) -> N
 
 
 def _replace(con: sqlite3.Connection, rekey: Rekey, where: Path, version: int) -> None:
-    con.execute("BEGIN IMMEDIATE")
-    try:
+    with immediate(con):
         if _version(con, rekey.store) != version:
             raise AuditUnavailable(f"audit log {where}: its schema version changed while re-keying")
         (old,) = con.execute("SELECT COUNT(*) FROM subjects").fetchone()
@@ -214,11 +209,6 @@ def _replace(con: sqlite3.Connection, rekey: Rekey, where: Path, version: int) -
             f"UPDATE {VERSION_TABLE} SET version = ? WHERE store = ?",  # noqa: S608
             (rekey.to_version, rekey.store),
         )
-        con.execute("COMMIT")
-    except BaseException:
-        if con.in_transaction:
-            con.execute("ROLLBACK")
-        raise
 
 
 def _build_indexes(
@@ -234,8 +224,7 @@ def _build_indexes(
             "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (name,)
         ).fetchone():
             continue
-        _transaction(con, [(statement, ())])
+        with immediate(con):
+            con.execute(statement)
         _log.info("audit log %s: index %s built", where, name)
-        if after_chunk is not None:
-            after_chunk("index", n, total)
-        con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        _committed(con, after_chunk, "index", n, total)
