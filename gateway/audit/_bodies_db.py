@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import psycopg
 from psycopg import sql
 
-from fedgate.storage import Schema, open_sqlite, prepare_postgres, prepare_sqlite
+from fedgate.storage import Schema, immediate, open_sqlite, prepare_postgres, prepare_sqlite
 
 __all__ = [
     "BODIES_SCHEMA_PG",
@@ -114,14 +114,9 @@ class SqliteBodiesDb:
 
     def transaction(self, steps: Sequence[tuple[str, Sequence[Params]]]) -> None:
         con = self._con
-        con.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(con):
             for statement, rows in steps:
                 con.executemany(statement, rows)
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
 
     def close(self) -> None:
         self._con.close()
