@@ -12,7 +12,6 @@ future, gRPC's Cython) is counted too: it looks the methods up on the instance.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 from collections import Counter
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any
@@ -31,43 +30,14 @@ class LoopCensus:
         self.on = False
         self.counts: Counter[str] = Counter()
         counts, census = self.counts, self
-        call_soon, call_at = loop.call_soon, loop.call_at
-        threadsafe, create_future = loop.call_soon_threadsafe, loop.create_future
-        run_once: Callable[[], None] = loop._run_once  # type: ignore[attr-defined]
 
-        def counted_call_soon(
-            callback: Callable[..., object], *args: Any, context: contextvars.Context | None = None
-        ) -> asyncio.Handle:
-            if census.on:
-                counts["callbacks scheduled (call_soon)"] += 1
-            return call_soon(callback, *args, context=context)
+        def counted(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+            def call(*args: Any, **kwargs: Any) -> Any:
+                if census.on:
+                    counts[label] += 1
+                return fn(*args, **kwargs)
 
-        def counted_call_at(
-            when: float,
-            callback: Callable[..., object],
-            *args: Any,
-            context: contextvars.Context | None = None,
-        ) -> asyncio.TimerHandle:
-            if census.on:
-                counts["timers (call_at / call_later)"] += 1
-            return call_at(when, callback, *args, context=context)
-
-        def counted_threadsafe(
-            callback: Callable[..., object], *args: Any, context: contextvars.Context | None = None
-        ) -> asyncio.Handle:
-            if census.on:
-                counts["wake-ups from other threads (call_soon_threadsafe)"] += 1
-            return threadsafe(callback, *args, context=context)
-
-        def counted_future() -> asyncio.Future[Any]:
-            if census.on:
-                counts["futures (loop.create_future)"] += 1
-            return create_future()
-
-        def counted_run_once() -> None:
-            if census.on:
-                counts["loop iterations"] += 1
-            run_once()
+            return call
 
         def factory(
             loop: asyncio.AbstractEventLoop,
@@ -81,11 +51,13 @@ class LoopCensus:
 
         # On the instance (its __dict__): the class, and every other loop, stay as they are.
         vars(loop).update(
-            call_soon=counted_call_soon,
-            call_at=counted_call_at,
-            call_soon_threadsafe=counted_threadsafe,
-            create_future=counted_future,
-            _run_once=counted_run_once,
+            call_soon=counted("callbacks scheduled (call_soon)", loop.call_soon),
+            call_at=counted("timers (call_at / call_later)", loop.call_at),
+            call_soon_threadsafe=counted(
+                "wake-ups from other threads (call_soon_threadsafe)", loop.call_soon_threadsafe
+            ),
+            create_future=counted("futures (loop.create_future)", loop.create_future),
+            _run_once=counted("loop iterations", loop._run_once),  # type: ignore[attr-defined]
         )
         loop.set_task_factory(factory)
 
