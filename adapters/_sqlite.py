@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fedgate.errors import AgencyUnavailable, FieldViolation, InvalidArgument
-from fedgate.storage import Schema, open_sqlite, prepare_sqlite
+from fedgate.storage import Schema, immediate, open_sqlite, prepare_sqlite
 
 __all__ = [
     "Database",
@@ -169,14 +169,8 @@ class Database:
     def write(self) -> Iterator[sqlite3.Connection]:
         """A connection inside ``BEGIN IMMEDIATE``; commits on success, rolls back on any error."""
         try:
-            with self._use() as conn:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield conn
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
+            with self._use() as conn, immediate(conn):
+                yield conn
         except sqlite3.Error as exc:
             raise AgencyUnavailable(f"backend database error: {exc}") from exc
 

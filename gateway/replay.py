@@ -104,7 +104,7 @@ from fedgate.errors import (
     Stale,
     UnknownKey,
 )
-from fedgate.storage import Schema, open_store
+from fedgate.storage import Schema, immediate, open_store
 from fedgate.v1 import envelope_pb2
 from gateway.retries import RETRIED, Claim, RecordedOutcome
 from gateway.shared import PgPool
@@ -410,14 +410,9 @@ class ReplayCache:
         db = self._db
         failure: FedgateError | None = None
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with immediate(db):
                 for entry in batch:
                     self._insert(entry)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
         except sqlite3.Error as exc:
             failure = AuditUnavailable(f"replay cache unavailable: {exc}")
             failure.__cause__ = exc
@@ -472,13 +467,8 @@ class ReplayCache:
         with self._commit_lock:
             db = self._db
             try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
+                with immediate(db):
                     db.executemany(_RESTORE, rows)
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
             except sqlite3.Error as exc:
                 raise AuditUnavailable(f"replay cache: cannot restore entries: {exc}") from exc
         return count

@@ -44,7 +44,7 @@ from fedgate.errors import (
     PermissionRefused,
 )
 from fedgate.federation import check_member_id
-from fedgate.storage import Schema, open_store
+from fedgate.storage import Schema, immediate, open_store
 from fedgate.types import MemberId
 
 __all__ = [
@@ -208,13 +208,8 @@ class UserStore:
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
+                with immediate(self._conn):
                     yield self._conn
-                except BaseException:
-                    self._conn.execute("ROLLBACK")
-                    raise
-                self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise FedgateError(
                     f"the user store {self._path} failed: {exc}", reason=_UNAVAILABLE

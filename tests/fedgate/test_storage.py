@@ -21,6 +21,7 @@ from fedgate.storage import (
     DEFAULT_CACHE_KIB,
     VERSION_TABLE,
     Schema,
+    immediate,
     open_sqlite,
     open_store,
     prepare_postgres,
@@ -366,3 +367,54 @@ class TestPostgresVersions:
         pg_conn.execute("CREATE TABLE widgets (id BIGINT PRIMARY KEY, name TEXT NOT NULL)")
         assert self._prepare(pg_conn, PG_V2) == 1
         assert self._version(pg_conn) == 2
+
+
+class TestImmediate:
+    """``immediate``: the one write-transaction envelope the SQLite stores use."""
+
+    @pytest.fixture
+    def con(self, tmp_path: Path) -> Iterator[sqlite3.Connection]:
+        con = open_sqlite(tmp_path / "t.sqlite")
+        con.execute("CREATE TABLE t (k INTEGER PRIMARY KEY ON CONFLICT ROLLBACK, v TEXT)")
+        yield con
+        con.close()
+
+    def test_commits_when_the_block_ends(self, con: sqlite3.Connection) -> None:
+        with immediate(con):
+            assert con.in_transaction
+            con.execute("INSERT INTO t VALUES (1, 'a')")
+        assert not con.in_transaction
+        assert con.execute("SELECT v FROM t").fetchall() == [("a",)]
+
+    def test_rolls_back_when_the_block_raises(self, con: sqlite3.Connection) -> None:
+        with pytest.raises(KeyError), immediate(con):
+            con.execute("INSERT INTO t VALUES (1, 'a')")
+            raise KeyError("boom")
+        assert not con.in_transaction
+        assert con.execute("SELECT COUNT(*) FROM t").fetchone() == (0,)
+
+    def test_a_statement_that_ended_the_transaction_keeps_its_own_error(
+        self, con: sqlite3.Connection
+    ) -> None:
+        # ON CONFLICT ROLLBACK ends the transaction inside the failing statement: a second
+        # ROLLBACK would raise "no transaction is active" and hide the constraint error.
+        with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"), immediate(con):
+            con.execute("INSERT INTO t VALUES (1, 'a')")
+            con.execute("INSERT INTO t VALUES (1, 'b')")
+        assert not con.in_transaction
+        assert con.execute("SELECT COUNT(*) FROM t").fetchone() == (0,)
+        with immediate(con):
+            con.execute("INSERT INTO t VALUES (2, 'c')")
+        assert con.execute("SELECT k FROM t").fetchall() == [(2,)]
+
+    def test_the_write_lock_is_taken_at_the_start(
+        self, con: sqlite3.Connection, tmp_path: Path
+    ) -> None:
+        other = open_sqlite(tmp_path / "t.sqlite")
+        other.execute("PRAGMA busy_timeout = 0")
+        try:
+            with immediate(con):
+                with pytest.raises(sqlite3.OperationalError, match="locked"):
+                    other.execute("BEGIN IMMEDIATE")
+        finally:
+            other.close()
