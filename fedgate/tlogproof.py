@@ -28,6 +28,7 @@ from fedgate.note import NoteVerifier, b64decode_strict, parse_note
 __all__ = [
     "HEADER",
     "TlogProof",
+    "marshal_tlog_proof",
     "parse_tlog_proof",
     "verify_tlog_proof",
     "verify_tlog_proof_hash",
@@ -84,13 +85,21 @@ class TlogProof:
 
     def marshal(self) -> str:
         """The ``.tlog-proof`` text."""
-        parts = [HEADER + "\n"]
-        parts.extend(f"extra {e}\n" for e in self.extra)
-        parts.append(f"index {self.index}\n")
-        parts.extend(base64.b64encode(h).decode("ascii") + "\n" for h in self.proof)
-        parts.append("\n")
-        parts.append(self.checkpoint_note)
-        return "".join(parts)
+        return marshal_tlog_proof(self.index, self.proof, self.checkpoint_note, self.extra)
+
+
+def marshal_tlog_proof(
+    index: int, proof: Sequence[bytes], checkpoint_note: str, extra: Sequence[str] = ()
+) -> str:
+    """The ``.tlog-proof`` text of values already valid (``TlogProof`` checks them; a log
+    writing the proofs of its own tree needs no check, and skips the object)."""
+    parts = [HEADER + "\n"]
+    parts.extend(f"extra {e}\n" for e in extra)
+    parts.append(f"index {index}\n")
+    parts.extend(base64.b64encode(h).decode("ascii") + "\n" for h in proof)
+    parts.append("\n")
+    parts.append(checkpoint_note)
+    return "".join(parts)
 
 
 def parse_tlog_proof(text: str) -> TlogProof:

@@ -34,7 +34,7 @@ from fedgate.audit_entry import (
     micros_to_time,
     with_request_columns,
 )
-from fedgate.checkpoint import Checkpoint, sign_checkpoint
+from fedgate.checkpoint import Checkpoint, CheckpointSigner, sign_checkpoint
 from fedgate.errors import (
     AuditUnavailable,
     FedgateError,
@@ -130,6 +130,7 @@ class AuditLog:
         self._vault = vault
         self._origin = origin
         self._signer = signer
+        self._checkpoints = CheckpointSigner(origin, signer)
         self._verifier = signer.verifier()
         self._tree = tree
         self._size = tree.size
@@ -532,7 +533,7 @@ class AuditLog:
             size = self._tree.size
             root = self._tree.root()
             self._check_consistent(size)
-            note = sign_checkpoint(Checkpoint(self._origin, size, root), self._signer)
+            note = self._checkpoints.sign(size, root)
             leaves = [NewLeaf(start + i, p[0], p[1], p[2]) for i, p in enumerate(batch)]
             prepared = await self._prepare_bodies(start, batch)
             try:

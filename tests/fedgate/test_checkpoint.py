@@ -7,10 +7,13 @@ import hashlib
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedgate.checkpoint import (
     MAX_TIMESTAMP,
     Checkpoint,
+    CheckpointSigner,
     CosignatureSigner,
     CosignatureVerifier,
     cosignature_message,
@@ -22,7 +25,7 @@ from fedgate.checkpoint import (
 )
 from fedgate.errors import VerificationError
 from fedgate.keys import raw_public_key
-from fedgate.merkle import EMPTY_ROOT, MerkleTree, leaf_hash
+from fedgate.merkle import EMPTY_ROOT, MAX_TREE_SIZE, MerkleTree, leaf_hash
 from fedgate.note import (
     NoteSignature,
     NoteSigner,
@@ -209,6 +212,45 @@ class TestSignedCheckpoint:
         note = sign_checkpoint(cp, signer)
         cosigned = add_signatures(note, [w.cosign(cp.marshal(), timestamp=1700000000)])
         assert open_checkpoint(cosigned, signer.verifier()) == cp
+
+
+class TestCheckpointSigner:
+    SIGNER = log_signer("example.com/log")
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        origin=st.text(st.characters(min_codepoint=0x20, blacklist_categories=("Cs",)), min_size=1),
+        size=st.integers(min_value=0, max_value=MAX_TREE_SIZE),
+        root=st.binary(min_size=32, max_size=32),
+    )
+    def test_byte_for_byte_sign_checkpoint(self, origin: str, size: int, root: bytes) -> None:
+        note = CheckpointSigner(origin, self.SIGNER).sign(size, root)
+        assert note == sign_checkpoint(Checkpoint(origin, size, root), self.SIGNER)
+        assert open_checkpoint(note, self.SIGNER.verifier(), origin=origin) == Checkpoint(
+            origin, size, root
+        )
+
+    def test_another_key_does_not_open_it(self) -> None:
+        note = CheckpointSigner("example.com/log", self.SIGNER).sign(7, ROOT)
+        with pytest.raises(VerificationError, match="no signature from a known key"):
+            open_checkpoint(note, log_signer().verifier())
+        with pytest.raises(VerificationError, match="invalid signature"):
+            open_checkpoint(note.replace("\n7\n", "\n8\n", 1), self.SIGNER.verifier())
+
+    @pytest.mark.parametrize(
+        ("origin", "message"),
+        [("", "must not be empty"), ("a\nb", "newlines"), ("a\tb", "control characters")],
+    )
+    def test_refuses_an_origin_a_checkpoint_cannot_carry(self, origin: str, message: str) -> None:
+        with pytest.raises(ValueError, match=message):
+            CheckpointSigner(origin, self.SIGNER)
+
+    @pytest.mark.parametrize(
+        ("size", "root"), [(-1, ROOT), (MAX_TREE_SIZE + 1, ROOT), (1, ROOT[:31]), (1, b"")]
+    )
+    def test_refuses_a_size_or_root_a_checkpoint_cannot_carry(self, size: int, root: bytes) -> None:
+        with pytest.raises(ValueError, match="no checkpoint of size"):
+            CheckpointSigner("example.com/log", self.SIGNER).sign(size, root)
 
 
 class TestCosignature:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from fedgate.audit_entry import EntryKind, encode_entry
-from fedgate.checkpoint import cosignatures_in, open_checkpoint
+from fedgate.checkpoint import Checkpoint, cosignatures_in, open_checkpoint, sign_checkpoint
 from fedgate.errors import AuditUnavailable, InvalidArgument, LogInconsistent, NotFound
 from fedgate.merkle import leaf_hash, verify_consistency, verify_inclusion
 from fedgate.tlogproof import parse_tlog_proof, verify_tlog_proof
@@ -225,6 +225,23 @@ class TestGroupCommit:
         assert sum(seam.commits) == 64
         for r, e in zip(receipts, entries, strict=True):
             verify_tlog_proof(parse_tlog_proof(r.tlog_proof), encode_entry(e), log.verifier)
+        await log.close()
+
+    async def test_each_commits_note_is_the_checkpoint_signed_again_from_the_tiles(
+        self, fed: Fed, tmp_path: Path
+    ) -> None:
+        # ``checkpoint_at`` signs a size the store did not keep again with ``sign_checkpoint``:
+        # the note a receipt carries must be those same bytes (what a witness or the CLI finds).
+        log, seam = await _seam_log(fed, tmp_path)
+        receipts = await asyncio.gather(*(log.append(fed.request()) for _ in range(40)))
+        receipts += [await log.append(fed.request()) for _ in range(3)]
+        assert len(seam.commits) >= 4
+        signer = fed.log_signer()
+        for r in receipts:
+            root = open_checkpoint(r.checkpoint, log.verifier, origin=ORIGIN).root_hash
+            assert r.checkpoint == sign_checkpoint(Checkpoint(ORIGIN, r.tree_size, root), signer)
+            assert await log.checkpoint_at(r.tree_size) == r.checkpoint
+            verify_inclusion(log.leaf_hash(r.index), r.index, r.tree_size, r.inclusion_proof, root)
         await log.close()
 
     async def test_max_batch_bounds_a_commit(self, fed: Fed, tmp_path: Path) -> None:
