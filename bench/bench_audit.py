@@ -566,6 +566,11 @@ def _big_log(quick: bool) -> Path:
     return path
 
 
+# Rounds of ``_big_appends``: an even count, so each side goes first as often as the other.
+APPEND_ROUNDS = 4
+APPEND_ROUNDS_QUICK = 2
+
+
 async def _big_appends(big: Path, rounds: int, exchanges: int) -> dict[str, float]:
     """Appends/s at 256 appenders on an empty log and on ``big``, interleaved ``rounds`` times
     in this process (load on the machine falls on both alike), with this process's CPU time.
@@ -608,7 +613,8 @@ def _big_log_figures(quick: bool) -> dict[str, tuple[float, str]]:
         size = db.next_index()
     finally:
         db.close()
-    t = asyncio.run(_big_appends(big, 1 if quick else 3, 3_000 if quick else 10_000))
+    rounds = APPEND_ROUNDS_QUICK if quick else APPEND_ROUNDS
+    t = asyncio.run(_big_appends(big, rounds, 3_000 if quick else 10_000))
     empty, loaded = t["n"] / t["empty_s"], t["n"] / t["big_s"]
     print(
         f"  appends at 256 appenders: {loaded:,.0f}/s on the {size:,}-entry log, {empty:,.0f}/s"

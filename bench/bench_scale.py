@@ -10,8 +10,9 @@ in ``bench/.cache/`` (git-ignored) between runs; building it is resumable.
 - ``console_charts_ms_10m``: the console's charts for a 30-day window (three per-day charts and
   the refusal reasons), from the rollups;
 - ``audit_appends_per_s_sqlite_10m`` and ``audit_appends_per_s_sqlite_empty``: 256 appenders
-  on the big log and on an empty one in the same process, interleaved three times (once with
-  ``--quick``), and their ratio ``audit_appends_ratio_10m``; ``audit_append_cpu_us_10m`` /
+  on the big log and on an empty one in the same process, interleaved four times (twice with
+  ``--quick``; an even count, the sides taking turns going first), and their ratio
+  ``audit_appends_ratio_10m``; ``audit_append_cpu_us_10m`` /
   ``_empty_10m`` the process's CPU per append on each and ``audit_appends_cpu_ratio_10m``
   (empty ÷ big). Each run appends its exchanges to the cached log.
   ``audit_appends_key_block_fill_10m``: how many leaves the log's newest key block held when
@@ -40,7 +41,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench._biglog import build_record, cached_log, write_log
-from bench.bench_audit import key_block_fill
+from bench.bench_audit import APPEND_ROUNDS, APPEND_ROUNDS_QUICK, key_block_fill
 from fedgate.errors import AuditUnavailable
 from gateway.audit._migrate import migrate
 from gateway.audit.insights import LogInsights, TimeWindow, day_of, day_start_us
@@ -154,7 +155,7 @@ def run(quick: bool) -> dict[str, tuple[float, str]]:
             "bench._scale_probe",
             str(path),
             "1000" if quick else "10000",
-            "1" if quick else "3",
+            str(APPEND_ROUNDS_QUICK if quick else APPEND_ROUNDS),
         ],
         capture_output=True,
         text=True,

@@ -387,9 +387,13 @@ class TestImmediate:
         assert con.execute("SELECT v FROM t").fetchall() == [("a",)]
 
     def test_rolls_back_when_the_block_raises(self, con: sqlite3.Connection) -> None:
-        with pytest.raises(KeyError), immediate(con):
-            con.execute("INSERT INTO t VALUES (1, 'a')")
-            raise KeyError("boom")
+        def insert_then_fail() -> None:
+            with immediate(con):
+                con.execute("INSERT INTO t VALUES (1, 'a')")
+                raise KeyError("boom")
+
+        with pytest.raises(KeyError):
+            insert_then_fail()
         assert not con.in_transaction
         assert con.execute("SELECT COUNT(*) FROM t").fetchone() == (0,)
 
@@ -398,9 +402,13 @@ class TestImmediate:
     ) -> None:
         # ON CONFLICT ROLLBACK ends the transaction inside the failing statement: a second
         # ROLLBACK would raise "no transaction is active" and hide the constraint error.
-        with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"), immediate(con):
-            con.execute("INSERT INTO t VALUES (1, 'a')")
-            con.execute("INSERT INTO t VALUES (1, 'b')")
+        def insert_twice() -> None:
+            with immediate(con):
+                con.execute("INSERT INTO t VALUES (1, 'a')")
+                con.execute("INSERT INTO t VALUES (1, 'b')")
+
+        with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+            insert_twice()
         assert not con.in_transaction
         assert con.execute("SELECT COUNT(*) FROM t").fetchone() == (0,)
         with immediate(con):
@@ -413,8 +421,7 @@ class TestImmediate:
         other = open_sqlite(tmp_path / "t.sqlite")
         other.execute("PRAGMA busy_timeout = 0")
         try:
-            with immediate(con):
-                with pytest.raises(sqlite3.OperationalError, match="locked"):
-                    other.execute("BEGIN IMMEDIATE")
+            with immediate(con), pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")
         finally:
             other.close()
