@@ -68,6 +68,11 @@ class Stall:
     threshold), with its wall time: ``Reconciler._scan (_reconcile.py:130) 5.4 ms``."""
     gc_s: float = 0.0
     """Time spent in garbage collections (any thread's) between the two heartbeats."""
+    callbacks: int = 0
+    callbacks_s: float = 0.0
+    """How many loop callbacks ran between the two heartbeats, and their wall time in all: a
+    stall of many short ones (a group commit waking every request it carried) is not one slow
+    one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +137,8 @@ class LoopWatch:
         """Collection time since the last heartbeat."""
         self._slowest: tuple[float, Any] = (0.0, None)
         """The longest loop callback since the last heartbeat: its wall time and callback."""
+        self._ran_n, self._ran_s = 0, 0.0
+        """Loop callbacks since the last heartbeat: how many, and their wall time."""
         self._run_handle: Any = None
         self._cpu_last = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -194,8 +201,20 @@ class LoopWatch:
             named = ""
             if took > self._threshold:
                 named = f"{_callback_name(callback)} {took * 1000:.1f} ms"
-            self._record(Stall(lag, min(lag, cpu - self._cpu_last), stack, named, self._gc_s), now)
+            self._record(
+                Stall(
+                    lag,
+                    min(lag, cpu - self._cpu_last),
+                    stack,
+                    named,
+                    self._gc_s,
+                    self._ran_n,
+                    self._ran_s,
+                ),
+                now,
+            )
         self._gc_s = 0.0
+        self._ran_n, self._ran_s = 0, 0.0
         self._slowest = (0.0, None)
         self._seq += 1
         self._last, self._cpu_last = now, cpu
@@ -245,6 +264,8 @@ class LoopWatch:
             started = clock()
             run(handle)
             took = clock() - started
+            watch._ran_n += 1
+            watch._ran_s += took
             if took > watch._slowest[0]:
                 watch._slowest = (took, handle._callback)  # type: ignore[attr-defined]
 

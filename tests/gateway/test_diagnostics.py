@@ -66,6 +66,8 @@ class TestLoopWatch:
         assert "busy_with_garbage" in longest.callback
         assert longest.callback.endswith(" ms")
         assert longest.gc_s > 0
+        assert longest.callbacks >= 1
+        assert longest.callbacks_s >= float(longest.callback.split()[-2]) / 1000
 
     async def test_stop_puts_the_loop_callbacks_back_as_they_were(self) -> None:
         run = asyncio.Handle._run
