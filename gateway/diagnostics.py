@@ -102,13 +102,15 @@ def _callback_name(callback: Any) -> str:
     """What a loop callback ran: a task's coroutine and the line it stopped at (where it awaits
     next, or returned), else the callable's qualified name."""
     task = getattr(callback, "__self__", None)
+    if task is None:  # a C task's step wrapper does not show its task; its referents do
+        task = next((r for r in gc.get_referents(callback) if isinstance(r, asyncio.Task)), None)
     if isinstance(task, asyncio.Task):
         coro = task.get_coro()
         code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
         frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
-        if code is not None:
-            line = frame.f_lineno if frame is not None else code.co_firstlineno
-            return f"{code.co_qualname} ({Path(code.co_filename).name}:{line})"
+        if code is not None and frame is not None:
+            return f"{code.co_qualname} ({Path(code.co_filename).name}:{frame.f_lineno})"
+        return str(getattr(coro, "__qualname__", type(coro).__qualname__))
     name = getattr(callback, "__qualname__", None) or type(callback).__qualname__
     return str(name)
 
