@@ -549,7 +549,7 @@ def _print_diagnosis(d: dict[str, Any]) -> None:
     )
     for lag, cpu, stack, callback, gc_s, count, ran_s in d["longest"]:
         where = " < ".join(stack[:4]) or "(stack not caught)"
-        named = f"; {count} callbacks, {ran_s * 1000:.1f} ms"
+        named = f"; {count} callbacks, {ran_s * 1000:.1f} ms" if count else ""
         named += f", the longest {callback}" if callback else ""
         collected = f"; {gc_s * 1000:.1f} ms collecting" if gc_s > 0.0005 else ""
         print(

@@ -7,11 +7,11 @@ requests. Off unless ``[telemetry] diagnose_tail_ms`` is set (``Gateway.diagnose
   and, while the heartbeat is overdue, takes the loop thread's stack (``sys._current_frames``),
   which the stall then carries: what the loop was running, not only that it was late. The
   watcher needs the GIL to look, so a stall of one long call (C code holding the GIL, a
-  collection) is often over before it gets it; two more witnesses name those: every loop
-  callback is timed (the longest since the last heartbeat, named by its task's coroutine and the
-  line it stopped at, is the stall's ``callback``), and so is every garbage collection (its time
-  within the stall is ``gc_s``; collections longer than ``threshold`` are kept, with the CPU
-  they took).
+  collection) is often over before it gets it; two more witnesses name those: every garbage
+  collection is timed (its time within the stall is ``gc_s``; collections longer than
+  ``threshold`` are kept, with the CPU they took), and, with ``time_callbacks`` (off by default:
+  it perturbs the loop it watches), every loop callback (the longest since the last heartbeat,
+  named by its task's coroutine and the line it stopped at, is the stall's ``callback``).
 - ``StageClock``: the start time of every stage of every ``Pipeline.submit``
   (``GatewayTelemetry.stage`` marks it), kept for the last ``keep`` requests; ``slowest(0.01)``
   gives the slowest 1 % with each stage's share, the waits included (a stage lasts until the next
@@ -19,12 +19,11 @@ requests. Off unless ``[telemetry] diagnose_tail_ms`` is set (``Gateway.diagnose
 
 Cost while on, at 2 ms: 500 heartbeats and 500 watcher checks a second, 2–3 % of a core on an
 idle loop (each heartbeat wakes it; measured on the loaded machine), less on a loop that is
-serving anyway; a request's marks are a dozen clock reads, its ~20 loop callbacks two clock
-reads each. A finished request is kept as one flat tuple of strings and floats, which the
-collector stops tracking at its first young collection: the 8,192 kept never lengthen the passes
-over its older generations (a list of tuples each, as before, was walked by every one).
-Off: no timer, no thread, one attribute check per stage. Stacks name code locations only
-(file, line, function), never data.
+serving anyway; a request's marks are a dozen clock reads. A finished request is kept as one
+flat tuple of strings and floats, which the collector stops tracking at its first young
+collection: the 8,192 kept never lengthen the passes over its older generations (a list of
+tuples each, as before, was walked by every one). Off: no timer, no thread, one attribute check
+per stage. Stacks name code locations only (file, line, function), never data.
 """
 
 from __future__ import annotations
@@ -120,10 +119,14 @@ class LoopWatch:
     how many and how long in all) and garbage collections longer than it. ``start`` on the
     loop, ``stop`` when done; both idempotent."""
 
-    def __init__(self, *, threshold_s: float, keep: int = 32) -> None:
+    def __init__(self, *, threshold_s: float, keep: int = 32, time_callbacks: bool = False) -> None:
         if threshold_s <= 0:
             raise ValueError(f"threshold_s must be positive, got {threshold_s}")
         self._threshold = threshold_s
+        self._time_each = time_callbacks
+        """Time every loop callback (``_time_callbacks``). Off by default: in the pipeline bench
+        (2026-12-05) it raised the gateway's added p50 from 3.8-7.5 to 8.0-9.5 ms and doubled
+        the stalls counted, far more than its ~0.5 µs a callback alone explains."""
         self._interval = threshold_s
         self._keep = keep
         self._longest: list[tuple[float, int, Stall]] = []  # min-heap by lag
@@ -163,7 +166,8 @@ class LoopWatch:
         )
         self._thread.start()
         gc.callbacks.append(self._on_gc)
-        self._time_callbacks()
+        if self._time_each:
+            self._time_callbacks()
 
     async def stop(self) -> None:
         thread, timer = self._thread, self._timer

@@ -54,7 +54,7 @@ class TestLoopWatch:
             _hold_the_loop(0.1)
             await asyncio.sleep(0)
 
-        watch = LoopWatch(threshold_s=0.02)
+        watch = LoopWatch(threshold_s=0.02, time_callbacks=True)
         watch.start()
         try:
             await asyncio.sleep(0.05)
@@ -71,7 +71,11 @@ class TestLoopWatch:
 
     async def test_stop_puts_the_loop_callbacks_back_as_they_were(self) -> None:
         run = asyncio.Handle._run
-        watch = LoopWatch(threshold_s=0.02)
+        untimed = LoopWatch(threshold_s=0.02)
+        untimed.start()
+        assert asyncio.Handle._run is run  # off unless asked for
+        await untimed.stop()
+        watch = LoopWatch(threshold_s=0.02, time_callbacks=True)
         watch.start()
         assert asyncio.Handle._run is not run
         await watch.stop()
