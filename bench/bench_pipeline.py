@@ -227,10 +227,13 @@ def _diagnosis(gateway: Any) -> dict[str, Any]:
     return {
         "stalls": d.loop.count,
         "stalled_s": d.loop.stalled_s,
-        "longest": [(s.lag_s, s.cpu_s, s.stack) for s in d.loop.stalls()[:5]],
+        "longest": [
+            (s.lag_s, s.cpu_s, s.stack, s.callback, s.gc_s, s.callbacks, s.callbacks_s)
+            for s in d.loop.stalls()[:5]
+        ],
         "busy": sum(1 for s in d.loop.stalls()[:5] if s.cpu_s >= s.lag_s / 2),
         "max_running_s": max((s.cpu_s for s in d.loop.stalls()), default=0.0),
-        "gc": [(p.generation, p.seconds) for p in d.loop.gc_pauses],
+        "gc": [(p.generation, p.seconds, p.cpu_s) for p in d.loop.gc_pauses],
         "requests": len(every),
         "all": _stage_means(every),
         "slowest": _stage_means(slowest),
@@ -531,9 +534,12 @@ def _print_diagnosis(d: dict[str, Any]) -> None:
             f"#   {name:<16}{mean * 1000:>8.2f}{d['slowest'].get(name, 0.0) * 1000:>13.2f}",
             file=out,
         )
+    collections = ", ".join(
+        f"gen {gen} {took * 1000:.1f} ms ({cpu * 1000:.1f} running)" for gen, took, cpu in d["gc"]
+    )
     print(
         f"# loop stalls over {STALL_THRESHOLD_S * 1000:.0f} ms: {d['stalls']} "
-        f"({d['stalled_s'] * 1000:.0f} ms in all); collections over it: {d['gc']}",
+        f"({d['stalled_s'] * 1000:.0f} ms in all); collections over it: {collections or 'none'}",
         file=out,
     )
     print(
@@ -541,9 +547,15 @@ def _print_diagnosis(d: dict[str, Any]) -> None:
         "least half their length (the rest: the thread was not running)",
         file=out,
     )
-    for lag, cpu, stack in d["longest"]:
+    for lag, cpu, stack, callback, gc_s, count, ran_s in d["longest"]:
         where = " < ".join(stack[:4]) or "(stack not caught)"
-        print(f"#   {lag * 1000:.1f} ms ({cpu * 1000:.1f} ms running): {where}", file=out)
+        named = f"; {count} callbacks, {ran_s * 1000:.1f} ms" if count else ""
+        named += f", the longest {callback}" if callback else ""
+        collected = f"; {gc_s * 1000:.1f} ms collecting" if gc_s > 0.0005 else ""
+        print(
+            f"#   {lag * 1000:.1f} ms ({cpu * 1000:.1f} ms running{collected}{named}): {where}",
+            file=out,
+        )
 
 
 def run(quick: bool) -> dict[str, tuple[float, str]]:

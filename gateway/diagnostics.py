@@ -5,9 +5,13 @@ requests. Off unless ``[telemetry] diagnose_tail_ms`` is set (``Gateway.diagnose
   more than ``threshold`` late the loop was held (a long callback, a garbage collection, the
   process not scheduled) and the stall is recorded. A watcher thread looks every ``threshold``
   and, while the heartbeat is overdue, takes the loop thread's stack (``sys._current_frames``),
-  which the stall then carries: what the loop was running, not only that it was late. Garbage
-  collections longer than ``threshold`` are recorded too (``gc.callbacks``): their time lands on
-  whatever frame allocated.
+  which the stall then carries: what the loop was running, not only that it was late. The
+  watcher needs the GIL to look, so a stall of one long call (C code holding the GIL, a
+  collection) is often over before it gets it; two more witnesses name those: every garbage
+  collection is timed (its time within the stall is ``gc_s``; collections longer than
+  ``threshold`` are kept, with the CPU they took), and, with ``time_callbacks`` (off by default:
+  it perturbs the loop it watches), every loop callback (the longest since the last heartbeat,
+  named by its task's coroutine and the line it stopped at, is the stall's ``callback``).
 - ``StageClock``: the start time of every stage of every ``Pipeline.submit``
   (``GatewayTelemetry.stage`` marks it), kept for the last ``keep`` requests; ``slowest(0.01)``
   gives the slowest 1 % with each stage's share, the waits included (a stage lasts until the next
@@ -15,8 +19,11 @@ requests. Off unless ``[telemetry] diagnose_tail_ms`` is set (``Gateway.diagnose
 
 Cost while on, at 2 ms: 500 heartbeats and 500 watcher checks a second, 2–3 % of a core on an
 idle loop (each heartbeat wakes it; measured on the loaded machine), less on a loop that is
-serving anyway; a request's marks are a dozen clock reads. Off: no timer, no thread, one
-attribute check per stage. Stacks name code locations only (file, line, function), never data.
+serving anyway; a request's marks are a dozen clock reads. A finished request is kept as one
+flat tuple of strings and floats, which the collector stops tracking at its first young
+collection: the 8,192 kept never lengthen the passes over its older generations (a list of
+tuples each, as before, was walked by every one). Off: no timer, no thread, one attribute check
+per stage. Stacks name code locations only (file, line, function), never data.
 """
 
 from __future__ import annotations
@@ -55,12 +62,26 @@ class Stall:
     lag_s: float
     cpu_s: float
     stack: tuple[str, ...]
+    callback: str = ""
+    """The longest loop callback that ran between the two heartbeats (``""``: none over the
+    threshold), with its wall time: ``Reconciler._scan (_reconcile.py:130) 5.4 ms``."""
+    gc_s: float = 0.0
+    """Time spent in garbage collections (any thread's) between the two heartbeats."""
+    callbacks: int = 0
+    callbacks_s: float = 0.0
+    """How many loop callbacks ran between the two heartbeats, and their wall time in all: a
+    stall of many short ones (a group commit waking every request it carried) is not one slow
+    one."""
 
 
 @dataclass(frozen=True, slots=True)
 class GcPause:
+    """A collection of ``generation`` that took ``seconds`` (wall), ``cpu_s`` of them running on
+    the thread that collected (far less: that thread was descheduled meanwhile)."""
+
     generation: int
     seconds: float
+    cpu_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,15 +97,36 @@ def _stack(frame: Any) -> tuple[str, ...]:
     return tuple(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))
 
 
+def _callback_name(callback: Any) -> str:
+    """What a loop callback ran: a task's coroutine and the line it stopped at (where it awaits
+    next, or returned), else the callable's qualified name."""
+    task = getattr(callback, "__self__", None)
+    if task is None:  # a C task's step wrapper does not show its task; its referents do
+        task = next((r for r in gc.get_referents(callback) if isinstance(r, asyncio.Task)), None)
+    if isinstance(task, asyncio.Task):
+        coro = task.get_coro()
+        code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if code is not None and frame is not None:
+            return f"{code.co_qualname} ({Path(code.co_filename).name}:{frame.f_lineno})"
+        return str(getattr(coro, "__qualname__", type(coro).__qualname__))
+    name = getattr(callback, "__qualname__", None) or type(callback).__qualname__
+    return str(name)
+
+
 class LoopWatch:
     """Records the event loop's stalls longer than ``threshold_s`` (the ``keep`` longest, and
     how many and how long in all) and garbage collections longer than it. ``start`` on the
     loop, ``stop`` when done; both idempotent."""
 
-    def __init__(self, *, threshold_s: float, keep: int = 32) -> None:
+    def __init__(self, *, threshold_s: float, keep: int = 32, time_callbacks: bool = False) -> None:
         if threshold_s <= 0:
             raise ValueError(f"threshold_s must be positive, got {threshold_s}")
         self._threshold = threshold_s
+        self._time_each = time_callbacks
+        """Time every loop callback (``_time_callbacks``). Off by default: in the pipeline bench
+        (2026-12-05) it raised the gateway's added p50 from 3.8-7.5 to 8.0-9.5 ms and doubled
+        the stalls counted, far more than its ~0.5 µs a callback alone explains."""
         self._interval = threshold_s
         self._keep = keep
         self._longest: list[tuple[float, int, Stall]] = []  # min-heap by lag
@@ -95,7 +137,14 @@ class LoopWatch:
         self._seq = 0
         self._last = time.perf_counter()
         self._caught: tuple[int, tuple[str, ...]] | None = None
-        self._gc_started = 0.0
+        self._gc_started = (0.0, 0.0)
+        self._gc_s = 0.0
+        """Collection time since the last heartbeat."""
+        self._slowest: tuple[float, Any] = (0.0, None)
+        """The longest loop callback since the last heartbeat: its wall time and callback."""
+        self._ran_n, self._ran_s = 0, 0.0
+        """Loop callbacks since the last heartbeat: how many, and their wall time."""
+        self._run_handle: Any = None
         self._cpu_last = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -117,6 +166,8 @@ class LoopWatch:
         )
         self._thread.start()
         gc.callbacks.append(self._on_gc)
+        if self._time_each:
+            self._time_callbacks()
 
     async def stop(self) -> None:
         thread, timer = self._thread, self._timer
@@ -125,6 +176,9 @@ class LoopWatch:
         self._thread = self._timer = None
         timer.cancel()
         gc.callbacks.remove(self._on_gc)
+        if self._run_handle is not None:
+            asyncio.Handle._run = self._run_handle  # type: ignore[method-assign]
+            self._run_handle = None
         self._stopping.set()
         await asyncio.to_thread(thread.join)
 
@@ -149,7 +203,25 @@ class LoopWatch:
         if lag > self._threshold:
             caught = self._caught
             stack = caught[1] if caught is not None and caught[0] == self._seq else ()
-            self._record(Stall(lag, min(lag, cpu - self._cpu_last), stack), now)
+            took, callback = self._slowest
+            named = ""
+            if took > self._threshold:
+                named = f"{_callback_name(callback)} {took * 1000:.1f} ms"
+            self._record(
+                Stall(
+                    lag,
+                    min(lag, cpu - self._cpu_last),
+                    stack,
+                    named,
+                    self._gc_s,
+                    self._ran_n,
+                    self._ran_s,
+                ),
+                now,
+            )
+        self._gc_s = 0.0
+        self._ran_n, self._ran_s = 0, 0.0
+        self._slowest = (0.0, None)
         self._seq += 1
         self._last, self._cpu_last = now, cpu
         self._timer = loop.call_later(self._interval, self._beat)
@@ -188,18 +260,38 @@ class LoopWatch:
                 self._caught = (seq, _stack(frame))
             seen = seq
 
+    def _time_callbacks(self) -> None:
+        """Time every callback of every event loop of the process (``Handle._run``, the one
+        place a loop runs one) until ``stop``; the longest since the last heartbeat is kept."""
+        run = self._run_handle = asyncio.Handle._run
+        clock, watch = time.perf_counter, self
+
+        def timed(handle: asyncio.Handle) -> None:
+            started = clock()
+            run(handle)
+            took = clock() - started
+            watch._ran_n += 1
+            watch._ran_s += took
+            if took > watch._slowest[0]:
+                watch._slowest = (took, handle._callback)  # type: ignore[attr-defined]
+
+        asyncio.Handle._run = timed  # type: ignore[method-assign,assignment]
+
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
-            self._gc_started = time.perf_counter()
+            self._gc_started = (time.perf_counter(), time.thread_time())
             return
-        took = time.perf_counter() - self._gc_started
+        started, cpu = self._gc_started
+        took = time.perf_counter() - started
+        self._gc_s += took
         if took > self._threshold:
-            self.gc_pauses.append(GcPause(info["generation"], took))
+            self.gc_pauses.append(GcPause(info["generation"], took, time.thread_time() - cpu))
 
 
-_MARKS: contextvars.ContextVar[list[tuple[str, float]] | None] = contextvars.ContextVar(
+_MARKS: contextvars.ContextVar[list[str | float] | None] = contextvars.ContextVar(
     "fedgate_stage_marks", default=None
 )
+"""The open request's stage names and start times, alternating: ``[name, time, name, ...]``."""
 
 
 class StageClock:
@@ -209,25 +301,25 @@ class StageClock:
     the same request."""
 
     def __init__(self, *, keep: int = 8192) -> None:
-        self._done: collections.deque[tuple[float, float, list[tuple[str, float]]]] = (
-            collections.deque(maxlen=keep)
-        )
+        self._done: collections.deque[tuple[str | float, ...]] = collections.deque(maxlen=keep)
+        """Per request one flat tuple of strings and floats, ``(started, ended, name, time,
+        name, time, ...)``: nothing in it the collector must follow, so it stops tracking it."""
 
-    def begin(self) -> contextvars.Token[list[tuple[str, float]] | None]:
+    def begin(self) -> contextvars.Token[list[str | float] | None]:
         return _MARKS.set([])
 
     @staticmethod
     def mark(name: str) -> None:
         marks = _MARKS.get()
         if marks is not None:
-            marks.append((name, time.perf_counter()))
+            marks += (name, time.perf_counter())
 
-    def end(self, token: contextvars.Token[list[tuple[str, float]] | None], started: float) -> None:
+    def end(self, token: contextvars.Token[list[str | float] | None], started: float) -> None:
         """Close the request ``begin`` opened (``started`` is its ``time.perf_counter()``)."""
         marks = _MARKS.get()
         _MARKS.reset(token)
         if marks is not None:
-            self._done.append((started, time.perf_counter(), marks))
+            self._done.append((started, time.perf_counter(), *marks))
 
     def clear(self) -> None:
         self._done.clear()
@@ -242,18 +334,20 @@ class StageClock:
             raise ValueError(f"share must be in (0, 1], got {share}")
         done = list(self._done)
         count = max(1, round(len(done) * share)) if done else 0
-        ranked = heapq.nlargest(count, done, key=lambda d: d[1] - d[0])
-        return [_times(*d) for d in ranked]
+        ranked = heapq.nlargest(count, done, key=lambda d: float(d[1]) - float(d[0]))
+        return [_times(d) for d in ranked]
 
     def all(self) -> list[RequestTimes]:
-        return [_times(*d) for d in self._done]
+        return [_times(d) for d in self._done]
 
 
-def _times(started: float, ended: float, marks: list[tuple[str, float]]) -> RequestTimes:
-    stages = []
-    for i, (name, at) in enumerate(marks):
-        until = marks[i + 1][1] if i + 1 < len(marks) else ended
-        stages.append((name, until - at))
+def _times(done: tuple[str | float, ...]) -> RequestTimes:
+    started, ended = float(done[0]), float(done[1])
+    names, times = done[2::2], [float(t) for t in done[3::2]]
+    stages = [
+        (str(name), (times[i + 1] if i + 1 < len(times) else ended) - at)
+        for i, (name, at) in enumerate(zip(names, times, strict=True))
+    ]
     return RequestTimes(total_s=ended - started, stages=tuple(stages))
 
 

@@ -1002,15 +1002,24 @@ class Gateway:
         await self._server.wait_for_termination()
 
 
-_GC_THRESHOLDS = (10_000, 10, 10)
-"""The collector's thresholds once serving: a young collection every 10,000 allocations
-instead of 700 (a request allocates a few hundred objects, most freed by reference counting
-before a collection sees them)."""
+_GC_THRESHOLDS = (1_000, 10, 100)
+"""The collector's thresholds once serving: a young collection every 1,000 net allocations
+(700 by default), a full one at most every 1,000 young ones (about a million allocations, as
+often as with the 10,000 before; at (1,000, 10, 10) one came every ~25,000 requests and took
+15 ms with the tail diagnostics' records in the old generation). What makes a young collection
+necessary at all is gRPC's: each call leaves a reference cycle of ~5 objects (the aio server's
+``_find_method_handler`` coroutine scope and its ``query_handlers`` closure, with the call
+details and metadata) that only the collector frees. A young collection's pause grows with the
+objects it walks: at 10,000 it was 4–8 ms of the loop's CPU (a generation-1 one 8–11 ms), the
+longest stalls the loop made itself; at 1,000 it is 0.4 ms (generation 1: 0.7–1.4 ms), for
+~3–5 µs more collector CPU per request, measured on the pipeline bench's gateway, 2026-12-05.
+Fewer would cost more: each collection also walks the requests in flight."""
 
 
 def settle_heap() -> None:
     """Take what start-up built out of the cyclic garbage collector's view (``gc.freeze``) and
-    collect young objects less often. Call it once, in the serving process, after the start.
+    set its thresholds (``_GC_THRESHOLDS``). Call it once, in the serving process, after the
+    start.
 
     Measured on the pipeline benchmark's gateway (2026-12-05): every full collection walked the
     55–87 k objects start-up leaves (modules, protobuf descriptors, registry, policy, gRPC) in

@@ -45,6 +45,42 @@ class TestLoopWatch:
         watch.clear()
         assert (watch.count, watch.stalls(), list(watch.gc_pauses)) == (0, [], [])
 
+    async def test_a_long_callback_is_named_by_its_coroutine_and_collections_are_counted(
+        self,
+    ) -> None:
+        async def busy_with_garbage() -> None:
+            await asyncio.sleep(0)
+            gc.collect()  # as a young collection does, on whatever frame allocates
+            _hold_the_loop(0.1)
+            await asyncio.sleep(0)
+
+        watch = LoopWatch(threshold_s=0.02, time_callbacks=True)
+        watch.start()
+        try:
+            await asyncio.sleep(0.05)
+            await asyncio.create_task(busy_with_garbage())
+            await asyncio.sleep(0.05)
+        finally:
+            await watch.stop()
+        longest = watch.stalls()[0]
+        assert "busy_with_garbage" in longest.callback
+        assert longest.callback.endswith(" ms")
+        assert longest.gc_s > 0
+        assert longest.callbacks >= 1
+        assert longest.callbacks_s >= float(longest.callback.split()[-2]) / 1000
+
+    async def test_stop_puts_the_loop_callbacks_back_as_they_were(self) -> None:
+        run = asyncio.Handle._run
+        untimed = LoopWatch(threshold_s=0.02)
+        untimed.start()
+        assert asyncio.Handle._run is run  # off unless asked for
+        await untimed.stop()
+        watch = LoopWatch(threshold_s=0.02, time_callbacks=True)
+        watch.start()
+        assert asyncio.Handle._run is not run
+        await watch.stop()
+        assert asyncio.Handle._run is run
+
     def test_the_threshold_must_be_positive(self) -> None:
         with pytest.raises(ValueError, match="threshold_s must be positive"):
             LoopWatch(threshold_s=0)
@@ -77,6 +113,18 @@ class TestStageClock:
         ]
         for d in done:
             assert sum(seconds for _, seconds in d.stages) <= d.total_s
+
+    async def test_a_finished_request_is_not_tracked_by_the_collector_once_it_was_seen(
+        self,
+    ) -> None:
+        clock = StageClock()
+        started = time.perf_counter()
+        token = clock.begin()
+        clock.mark("only")
+        clock.end(token, started)
+        gc.collect(0)
+        assert not gc.is_tracked(clock._done[0])  # it never lengthens an older generation's pass
+        assert [d.stages[0][0] for d in clock.all()] == ["only"]
 
     async def test_slowest_share_is_at_least_one_and_slowest_first(self) -> None:
         clock = StageClock()
