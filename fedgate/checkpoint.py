@@ -128,10 +128,14 @@ class CheckpointSigner:
     """Signs the checkpoints of one origin with one key: ``sign(size, root)`` is byte for byte
     ``sign_checkpoint(Checkpoint(origin, size, root), signer)``.
 
-    For a log that signs a checkpoint at every group commit: the origin, the key name and the
-    signature line's prefix are checked and built once here, so each checkpoint is its text,
-    one Ed25519 signature and one line (``sign_checkpoint`` re-checks them every time, ~13 µs
-    of ~38 per checkpoint). Raises ``ValueError`` for a bad origin, size or root.
+    For a log that signs a checkpoint at every group commit: the signature line's prefix is
+    built once here, and the origin checked once (the key's name was checked by the
+    ``NoteSigner``), so each checkpoint is its text, one Ed25519 signature and one line
+    (``sign_checkpoint`` re-checks them every time, ~13 µs of ~38 per checkpoint). The
+    constructor signs one checkpoint both ways and raises ``ValueError`` unless the notes are
+    the same, so a drift between the two writers fails at start-up, not in a receipt. Raises
+    ``ValueError`` (or ``VerificationError``, from ``sign_checkpoint``) for a bad origin, size
+    or root.
     """
 
     __slots__ = ("_head", "_origin", "_sign")
@@ -142,6 +146,11 @@ class CheckpointSigner:
         self._sign = signer.sign
         key_hash = signer.key_hash
         self._head = (f"{SIGNATURE_PREFIX}{signer.name} ", key_hash)
+        zero = bytes(HASH_SIZE)
+        if self.sign(0, zero) != sign_checkpoint(Checkpoint(origin, 0, zero), signer):
+            raise ValueError(
+                f"checkpoint signer for {origin!r}: its note differs from sign_checkpoint's"
+            )
 
     def sign(self, size: int, root: bytes) -> str:
         """The signed note of the checkpoint ``(origin, size, root)``."""

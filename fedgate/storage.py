@@ -44,6 +44,7 @@ __all__ = [
     "DEFAULT_CACHE_KIB",
     "VERSION_TABLE",
     "Schema",
+    "Transactional",
     "immediate",
     "open_sqlite",
     "open_store",
@@ -236,8 +237,18 @@ def _plan(
     return version, steps
 
 
+class Transactional(Protocol):
+    """What ``immediate`` needs of a connection: an ``sqlite3.Connection``, or a view of
+    another database that takes SQLite's transaction statements (``gateway.rules_pg``)."""
+
+    @property
+    def in_transaction(self) -> bool: ...
+
+    def execute(self, sql: str, /) -> object: ...
+
+
 @contextlib.contextmanager
-def immediate(con: sqlite3.Connection) -> Iterator[None]:
+def immediate(con: Transactional) -> Iterator[None]:
     """One write transaction (``BEGIN IMMEDIATE``, the write lock taken at once) around the
     block: committed when the block ends, rolled back if it raises (a statement in it may
     already have ended the transaction, then there is nothing to roll back)."""

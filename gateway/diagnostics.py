@@ -47,6 +47,8 @@ __all__ = ["GcPause", "LoopWatch", "RequestTimes", "StageClock", "Stall", "TailD
 _log = logging.getLogger(__name__)
 
 _STACK_DEPTH: Final = 8
+_HANDLE_RUN: Final = asyncio.Handle._run
+"""asyncio's own ``Handle._run``: what ``time_callbacks`` wraps, and puts back at ``stop``."""
 _LOG_EVERY_S: Final = 10.0
 """At most one warning line about stalls per this many seconds (the longest since the last)."""
 
@@ -63,15 +65,16 @@ class Stall:
     cpu_s: float
     stack: tuple[str, ...]
     callback: str = ""
-    """The longest loop callback that ran between the two heartbeats (``""``: none over the
-    threshold), with its wall time: ``Reconciler._scan (_reconcile.py:130) 5.4 ms``."""
+    """With ``time_callbacks`` only (``""`` otherwise, and when none was over the threshold):
+    the longest loop callback that ran between the two heartbeats, with its wall time:
+    ``Reconciler._scan (_reconcile.py:130) 5.4 ms``."""
     gc_s: float = 0.0
     """Time spent in garbage collections (any thread's) between the two heartbeats."""
     callbacks: int = 0
     callbacks_s: float = 0.0
-    """How many loop callbacks ran between the two heartbeats, and their wall time in all: a
-    stall of many short ones (a group commit waking every request it carried) is not one slow
-    one."""
+    """With ``time_callbacks`` only (0 otherwise): how many loop callbacks ran between the two
+    heartbeats, and their wall time in all: a stall of many short ones (a group commit waking
+    every request it carried) is not one slow one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +159,8 @@ class LoopWatch:
     def start(self) -> None:
         if self._thread is not None:
             return
+        if self._time_each and asyncio.Handle._run is not _HANDLE_RUN:
+            raise RuntimeError("another LoopWatch times the event loops' callbacks already")
         self._last, self._cpu_last = time.perf_counter(), time.thread_time()
         self._loop = asyncio.get_running_loop()
         self._timer = self._loop.call_later(self._interval, self._beat)
@@ -263,7 +268,7 @@ class LoopWatch:
     def _time_callbacks(self) -> None:
         """Time every callback of every event loop of the process (``Handle._run``, the one
         place a loop runs one) until ``stop``; the longest since the last heartbeat is kept."""
-        run = self._run_handle = asyncio.Handle._run
+        run = self._run_handle = _HANDLE_RUN
         clock, watch = time.perf_counter, self
 
         def timed(handle: asyncio.Handle) -> None:

@@ -57,7 +57,7 @@ from fedgate.actions import document_problem
 from fedgate.errors import AuditUnavailable, RuleViolated
 from fedgate.logs import mask
 from fedgate.render import format_money, format_time
-from fedgate.storage import Schema, open_store
+from fedgate.storage import Schema, immediate, open_store
 from fedgate.v1 import common_pb2, request_pb2
 
 __all__ = [
@@ -220,6 +220,9 @@ class StateConnection(Protocol):
 
     def execute(self, sql: str, parameters: Any = ..., /) -> StateCursor: ...
 
+    @property
+    def in_transaction(self) -> bool: ...
+
     def close(self) -> None: ...
 
 
@@ -332,17 +335,12 @@ class BusinessRules:
         account's lock: a concurrent check on another instance waits, then counts it."""
         assert self._reservations is not None
         account = getattr(request, action).account_number
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(self._db):
             self._reservations.lock_account(request.target_agency, account)
             rule_check(self, request, now)
             self._reservations.reserve(
                 request.request_id, request.target_agency, account, now_us=_us(now)
             )
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
 
     def _order(self, kind: str, request_id: str) -> _Order | None:
         row = self._db.execute(_ORDER_QUERIES[kind], (request_id,)).fetchone()
@@ -566,18 +564,12 @@ class BusinessRules:
         if not (release or (executed and not repeat_of)):
             return
         try:
-            with self._lock:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    if executed and not repeat_of:
-                        _RECORDERS[action](self._db, request, _us(now))
-                    if release:
-                        assert self._reservations is not None
-                        self._reservations.release(request.request_id)
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
+            with self._lock, immediate(self._db):
+                if executed and not repeat_of:
+                    _RECORDERS[action](self._db, request, _us(now))
+                if release:
+                    assert self._reservations is not None
+                    self._reservations.release(request.request_id)
         except sqlite3.Error as exc:
             raise AuditUnavailable(f"business-rules state not written: {exc}") from exc
 

@@ -109,6 +109,16 @@ class PgStateConnection:
                 self._rollback()
             raise AuditUnavailable(f"shared business-rules state unavailable: {exc}") from exc
 
+    @property
+    def in_transaction(self) -> bool:
+        """A transaction is open (or failed and not yet rolled back) on the connection."""
+        status = self._conn.info.transaction_status
+        return status in (
+            psycopg.pq.TransactionStatus.INTRANS,
+            psycopg.pq.TransactionStatus.INERROR,
+            psycopg.pq.TransactionStatus.ACTIVE,
+        )
+
     def _rollback(self) -> None:
         with contextlib.suppress(psycopg.Error):  # broken: the next statement says so again
             self._conn.execute("ROLLBACK")

@@ -1012,7 +1012,8 @@ necessary at all is gRPC's: each call leaves a reference cycle of ~5 objects (th
 details and metadata) that only the collector frees. A young collection's pause grows with the
 objects it walks: at 10,000 it was 4–8 ms of the loop's CPU (a generation-1 one 8–11 ms), the
 longest stalls the loop made itself; at 1,000 it is 0.4 ms (generation 1: 0.7–1.4 ms), for
-~3–5 µs more collector CPU per request, measured on the pipeline bench's gateway, 2026-12-05.
+1–3 µs more collector CPU per request in full runs (3.4–4.3 → 5.2–6.0 µs; 4.1 → 8.8–9.9 in
+quick ones), measured on the pipeline bench's gateway, 2026-12-05.
 Fewer would cost more: each collection also walks the requests in flight."""
 
 

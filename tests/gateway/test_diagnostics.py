@@ -81,6 +81,19 @@ class TestLoopWatch:
         await watch.stop()
         assert asyncio.Handle._run is run
 
+    async def test_a_second_watch_timing_the_callbacks_is_refused(self) -> None:
+        # Two wrappers stopped out of order would leave one in place for good.
+        run = asyncio.Handle._run
+        first = LoopWatch(threshold_s=0.02, time_callbacks=True)
+        first.start()
+        try:
+            second = LoopWatch(threshold_s=0.02, time_callbacks=True)
+            with pytest.raises(RuntimeError, match="already"):
+                second.start()
+        finally:
+            await first.stop()
+        assert asyncio.Handle._run is run
+
     def test_the_threshold_must_be_positive(self) -> None:
         with pytest.raises(ValueError, match="threshold_s must be positive"):
             LoopWatch(threshold_s=0)
