@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -67,7 +66,7 @@ from fedgate.checkpoint import Checkpoint, sign_checkpoint
 from fedgate.files import write_atomically
 from fedgate.merkle import leaf_hash
 from fedgate.note import NoteSigner
-from fedgate.storage import open_sqlite
+from fedgate.storage import immediate, open_sqlite
 from fedgate.tiles import TILE_WIDTH, TiledTree
 from gateway.audit import _rollups, _rows, _search
 from gateway.audit.sqlite_store import (
@@ -304,24 +303,10 @@ def _has_staging(path: Path) -> bool:
     return staged
 
 
-@contextlib.contextmanager
-def _immediate(con: sqlite3.Connection) -> Iterator[None]:
-    """One write transaction on ``con`` (autocommit mode): committed at the end of the block,
-    rolled back if it raises."""
-    con.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        con.execute("COMMIT")
-    except BaseException:
-        if con.in_transaction:
-            con.execute("ROLLBACK")
-        raise
-
-
 def _stage(con: sqlite3.Connection) -> None:
     """Create the staging table and drop the secondary indexes not kept (remembering their
     SQL), in one transaction."""
-    with _immediate(con):
+    with immediate(con):
         for statement in _STAGING.split(";"):
             if statement.strip():
                 con.execute(statement)
@@ -343,7 +328,7 @@ def _bulk(con: sqlite3.Connection, tree: TiledTree, made: _Made, signer: NoteSig
         tiles += tree.extend(hashes[lo : lo + CHECKPOINT_INTERVAL])
         checkpoint = Checkpoint(signer.name, tree.size, tree.root())
         notes.append((tree.size, sign_checkpoint(checkpoint, signer)))
-    with _immediate(con):
+    with immediate(con):
         con.executemany(INSERT_LEAF, rows)  # the store's
         con.executemany(_INSERT_ROW, [(r[0], *r[3:14]) for r in rows])
         con.executemany("INSERT INTO subjects (block, subject, idx) VALUES (?, ?, ?)", subjects)
@@ -362,7 +347,7 @@ def _finish_staging(con: sqlite3.Connection, started: float | None) -> None:
     """Rebuild the dropped indexes one by one and drop the staging table; the WAL is truncated
     after each index. Each index is one transaction, so a stopped finish resumes."""
     for name, ddl in con.execute("SELECT name, sql FROM bulk_indexes ORDER BY name").fetchall():
-        with _immediate(con):
+        with immediate(con):
             con.execute(ddl.replace("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1))
             con.execute("DELETE FROM bulk_indexes WHERE name = ?", (name,))
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()

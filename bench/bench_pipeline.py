@@ -227,10 +227,7 @@ def _diagnosis(gateway: Any) -> dict[str, Any]:
     return {
         "stalls": d.loop.count,
         "stalled_s": d.loop.stalled_s,
-        "longest": [
-            (s.lag_s, s.cpu_s, s.stack, s.callback, s.gc_s, s.callbacks, s.callbacks_s)
-            for s in d.loop.stalls()[:5]
-        ],
+        "longest": [(s.lag_s, s.cpu_s, s.stack, s.gc_s) for s in d.loop.stalls()[:5]],
         "busy": sum(1 for s in d.loop.stalls()[:5] if s.cpu_s >= s.lag_s / 2),
         "max_running_s": max((s.cpu_s for s in d.loop.stalls()), default=0.0),
         "gc": [(p.generation, p.seconds, p.cpu_s) for p in d.loop.gc_pauses],
@@ -547,13 +544,11 @@ def _print_diagnosis(d: dict[str, Any]) -> None:
         "least half their length (the rest: the thread was not running)",
         file=out,
     )
-    for lag, cpu, stack, callback, gc_s, count, ran_s in d["longest"]:
+    for lag, cpu, stack, gc_s in d["longest"]:
         where = " < ".join(stack[:4]) or "(stack not caught)"
-        named = f"; {count} callbacks, {ran_s * 1000:.1f} ms" if count else ""
-        named += f", the longest {callback}" if callback else ""
         collected = f"; {gc_s * 1000:.1f} ms collecting" if gc_s > 0.0005 else ""
         print(
-            f"#   {lag * 1000:.1f} ms ({cpu * 1000:.1f} ms running{collected}{named}): {where}",
+            f"#   {lag * 1000:.1f} ms ({cpu * 1000:.1f} ms running{collected}): {where}",
             file=out,
         )
 

@@ -7,11 +7,9 @@ requests. Off unless ``[telemetry] diagnose_tail_ms`` is set (``Gateway.diagnose
   and, while the heartbeat is overdue, takes the loop thread's stack (``sys._current_frames``),
   which the stall then carries: what the loop was running, not only that it was late. The
   watcher needs the GIL to look, so a stall of one long call (C code holding the GIL, a
-  collection) is often over before it gets it; two more witnesses name those: every garbage
-  collection is timed (its time within the stall is ``gc_s``; collections longer than
-  ``threshold`` are kept, with the CPU they took), and, with ``time_callbacks`` (off by default:
-  it perturbs the loop it watches), every loop callback (the longest since the last heartbeat,
-  named by its task's coroutine and the line it stopped at, is the stall's ``callback``).
+  collection) is often over before it gets it, so every garbage collection is timed too (its
+  time within the stall is ``gc_s``; collections longer than ``threshold`` are kept, with the
+  CPU they took).
 - ``StageClock``: the start time of every stage of every ``Pipeline.submit``
   (``GatewayTelemetry.stage`` marks it), kept for the last ``keep`` requests; ``slowest(0.01)``
   gives the slowest 1 % with each stage's share, the waits included (a stage lasts until the next
@@ -47,8 +45,6 @@ __all__ = ["GcPause", "LoopWatch", "RequestTimes", "StageClock", "Stall", "TailD
 _log = logging.getLogger(__name__)
 
 _STACK_DEPTH: Final = 8
-_HANDLE_RUN: Final = asyncio.Handle._run
-"""asyncio's own ``Handle._run``: what ``time_callbacks`` wraps, and puts back at ``stop``."""
 _LOG_EVERY_S: Final = 10.0
 """At most one warning line about stalls per this many seconds (the longest since the last)."""
 
@@ -64,17 +60,8 @@ class Stall:
     lag_s: float
     cpu_s: float
     stack: tuple[str, ...]
-    callback: str = ""
-    """With ``time_callbacks`` only (``""`` otherwise, and when none was over the threshold):
-    the longest loop callback that ran between the two heartbeats, with its wall time:
-    ``Reconciler._scan (_reconcile.py:130) 5.4 ms``."""
     gc_s: float = 0.0
     """Time spent in garbage collections (any thread's) between the two heartbeats."""
-    callbacks: int = 0
-    callbacks_s: float = 0.0
-    """With ``time_callbacks`` only (0 otherwise): how many loop callbacks ran between the two
-    heartbeats, and their wall time in all: a stall of many short ones (a group commit waking
-    every request it carried) is not one slow one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,36 +87,15 @@ def _stack(frame: Any) -> tuple[str, ...]:
     return tuple(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))
 
 
-def _callback_name(callback: Any) -> str:
-    """What a loop callback ran: a task's coroutine and the line it stopped at (where it awaits
-    next, or returned), else the callable's qualified name."""
-    task = getattr(callback, "__self__", None)
-    if task is None:  # a C task's step wrapper does not show its task; its referents do
-        task = next((r for r in gc.get_referents(callback) if isinstance(r, asyncio.Task)), None)
-    if isinstance(task, asyncio.Task):
-        coro = task.get_coro()
-        code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
-        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
-        if code is not None and frame is not None:
-            return f"{code.co_qualname} ({Path(code.co_filename).name}:{frame.f_lineno})"
-        return str(getattr(coro, "__qualname__", type(coro).__qualname__))
-    name = getattr(callback, "__qualname__", None) or type(callback).__qualname__
-    return str(name)
-
-
 class LoopWatch:
     """Records the event loop's stalls longer than ``threshold_s`` (the ``keep`` longest, and
     how many and how long in all) and garbage collections longer than it. ``start`` on the
     loop, ``stop`` when done; both idempotent."""
 
-    def __init__(self, *, threshold_s: float, keep: int = 32, time_callbacks: bool = False) -> None:
+    def __init__(self, *, threshold_s: float, keep: int = 32) -> None:
         if threshold_s <= 0:
             raise ValueError(f"threshold_s must be positive, got {threshold_s}")
         self._threshold = threshold_s
-        self._time_each = time_callbacks
-        """Time every loop callback (``_time_callbacks``). Off by default: in the pipeline bench
-        (2026-12-05) it raised the gateway's added p50 from 3.8-7.5 to 8.0-9.5 ms and doubled
-        the stalls counted, far more than its ~0.5 µs a callback alone explains."""
         self._interval = threshold_s
         self._keep = keep
         self._longest: list[tuple[float, int, Stall]] = []  # min-heap by lag
@@ -143,11 +109,6 @@ class LoopWatch:
         self._gc_started = (0.0, 0.0)
         self._gc_s = 0.0
         """Collection time since the last heartbeat."""
-        self._slowest: tuple[float, Any] = (0.0, None)
-        """The longest loop callback since the last heartbeat: its wall time and callback."""
-        self._ran_n, self._ran_s = 0, 0.0
-        """Loop callbacks since the last heartbeat: how many, and their wall time."""
-        self._run_handle: Any = None
         self._cpu_last = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -159,8 +120,6 @@ class LoopWatch:
     def start(self) -> None:
         if self._thread is not None:
             return
-        if self._time_each and asyncio.Handle._run is not _HANDLE_RUN:
-            raise RuntimeError("another LoopWatch times the event loops' callbacks already")
         self._last, self._cpu_last = time.perf_counter(), time.thread_time()
         self._loop = asyncio.get_running_loop()
         self._timer = self._loop.call_later(self._interval, self._beat)
@@ -171,8 +130,6 @@ class LoopWatch:
         )
         self._thread.start()
         gc.callbacks.append(self._on_gc)
-        if self._time_each:
-            self._time_callbacks()
 
     async def stop(self) -> None:
         thread, timer = self._thread, self._timer
@@ -181,9 +138,6 @@ class LoopWatch:
         self._thread = self._timer = None
         timer.cancel()
         gc.callbacks.remove(self._on_gc)
-        if self._run_handle is not None:
-            asyncio.Handle._run = self._run_handle  # type: ignore[method-assign]
-            self._run_handle = None
         self._stopping.set()
         await asyncio.to_thread(thread.join)
 
@@ -208,25 +162,8 @@ class LoopWatch:
         if lag > self._threshold:
             caught = self._caught
             stack = caught[1] if caught is not None and caught[0] == self._seq else ()
-            took, callback = self._slowest
-            named = ""
-            if took > self._threshold:
-                named = f"{_callback_name(callback)} {took * 1000:.1f} ms"
-            self._record(
-                Stall(
-                    lag,
-                    min(lag, cpu - self._cpu_last),
-                    stack,
-                    named,
-                    self._gc_s,
-                    self._ran_n,
-                    self._ran_s,
-                ),
-                now,
-            )
+            self._record(Stall(lag, min(lag, cpu - self._cpu_last), stack, self._gc_s), now)
         self._gc_s = 0.0
-        self._ran_n, self._ran_s = 0, 0.0
-        self._slowest = (0.0, None)
         self._seq += 1
         self._last, self._cpu_last = now, cpu
         self._timer = loop.call_later(self._interval, self._beat)
@@ -264,23 +201,6 @@ class LoopWatch:
             if frame is not None:
                 self._caught = (seq, _stack(frame))
             seen = seq
-
-    def _time_callbacks(self) -> None:
-        """Time every callback of every event loop of the process (``Handle._run``, the one
-        place a loop runs one) until ``stop``; the longest since the last heartbeat is kept."""
-        run = self._run_handle = _HANDLE_RUN
-        clock, watch = time.perf_counter, self
-
-        def timed(handle: asyncio.Handle) -> None:
-            started = clock()
-            run(handle)
-            took = clock() - started
-            watch._ran_n += 1
-            watch._ran_s += took
-            if took > watch._slowest[0]:
-                watch._slowest = (took, handle._callback)  # type: ignore[attr-defined]
-
-        asyncio.Handle._run = timed  # type: ignore[method-assign,assignment]
 
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":

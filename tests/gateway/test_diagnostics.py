@@ -45,54 +45,19 @@ class TestLoopWatch:
         watch.clear()
         assert (watch.count, watch.stalls(), list(watch.gc_pauses)) == (0, [], [])
 
-    async def test_a_long_callback_is_named_by_its_coroutine_and_collections_are_counted(
-        self,
-    ) -> None:
-        async def busy_with_garbage() -> None:
-            await asyncio.sleep(0)
-            gc.collect()  # as a young collection does, on whatever frame allocates
-            _hold_the_loop(0.1)
-            await asyncio.sleep(0)
-
-        watch = LoopWatch(threshold_s=0.02, time_callbacks=True)
+    async def test_a_stall_counts_the_collections_inside_it(self) -> None:
+        watch = LoopWatch(threshold_s=0.02)
         watch.start()
         try:
             await asyncio.sleep(0.05)
-            await asyncio.create_task(busy_with_garbage())
+            gc.collect()  # as a young collection does, on whatever frame allocates
+            _hold_the_loop(0.1)
             await asyncio.sleep(0.05)
         finally:
             await watch.stop()
         longest = watch.stalls()[0]
-        assert "busy_with_garbage" in longest.callback
-        assert longest.callback.endswith(" ms")
-        assert longest.gc_s > 0
-        assert longest.callbacks >= 1
-        assert longest.callbacks_s >= float(longest.callback.split()[-2]) / 1000
-
-    async def test_stop_puts_the_loop_callbacks_back_as_they_were(self) -> None:
-        run = asyncio.Handle._run
-        untimed = LoopWatch(threshold_s=0.02)
-        untimed.start()
-        assert asyncio.Handle._run is run  # off unless asked for
-        await untimed.stop()
-        watch = LoopWatch(threshold_s=0.02, time_callbacks=True)
-        watch.start()
-        assert asyncio.Handle._run is not run
-        await watch.stop()
-        assert asyncio.Handle._run is run
-
-    async def test_a_second_watch_timing_the_callbacks_is_refused(self) -> None:
-        # Two wrappers stopped out of order would leave one in place for good.
-        run = asyncio.Handle._run
-        first = LoopWatch(threshold_s=0.02, time_callbacks=True)
-        first.start()
-        try:
-            second = LoopWatch(threshold_s=0.02, time_callbacks=True)
-            with pytest.raises(RuntimeError, match="already"):
-                second.start()
-        finally:
-            await first.stop()
-        assert asyncio.Handle._run is run
+        assert longest.lag_s >= 0.1
+        assert 0 < longest.gc_s < longest.lag_s
 
     def test_the_threshold_must_be_positive(self) -> None:
         with pytest.raises(ValueError, match="threshold_s must be positive"):
