@@ -25,7 +25,7 @@ from typing import IO
 from fedgate.audit_entry import EntryKind
 from fedgate.auditverify import RetiredRange
 from fedgate.errors import AuditUnavailable
-from fedgate.storage import Schema, open_sqlite, prepare_sqlite, sql_statements
+from fedgate.storage import Schema, immediate, open_sqlite, prepare_sqlite, sql_statements
 from gateway.audit import _rekey, _rollups, _rows, _search
 from gateway.audit._notes import NoteStatements, StoredNotes
 from gateway.audit.store import (
@@ -558,12 +558,11 @@ class SqliteDatabase(StoredNotes):
         if stored is None:
             if not create or origin is None:
                 raise AuditUnavailable(f"{self.path} is not a fedgate audit log (no origin)")
-            con.execute("BEGIN IMMEDIATE")
-            con.executemany(
-                "INSERT INTO meta (key, value) VALUES (?, ?)",
-                [("origin", origin), ("schema_version", SCHEMA_VERSION)],
-            )
-            con.execute("COMMIT")
+            with immediate(con):
+                con.executemany(
+                    "INSERT INTO meta (key, value) VALUES (?, ?)",
+                    [("origin", origin), ("schema_version", SCHEMA_VERSION)],
+                )
             return origin
         if origin is not None and stored != origin:
             raise AuditUnavailable(
@@ -677,8 +676,7 @@ class SqliteDatabase(StoredNotes):
         try:
             con.execute("PRAGMA synchronous = NORMAL")
             try:
-                con.execute("BEGIN IMMEDIATE")
-                try:
+                with immediate(con):
                     start = self._projected_to()
                     end = self.next_index()
                     stop = min(end, start + limit)
@@ -691,11 +689,6 @@ class SqliteDatabase(StoredNotes):
                             "UPDATE projection_state SET value = ? WHERE name = 'projected_to'",
                             (stop,),
                         )
-                    con.execute("COMMIT")
-                except BaseException:
-                    if con.in_transaction:
-                        con.execute("ROLLBACK")
-                    raise
             finally:
                 con.execute("PRAGMA synchronous = FULL")
         except sqlite3.Error as exc:
@@ -729,8 +722,7 @@ class SqliteDatabase(StoredNotes):
         entries ``rollups`` (then recorded as backfilled up to its stop). For ``migrate``."""
         con = self._con
         try:
-            con.execute("BEGIN IMMEDIATE")
-            try:
+            with immediate(con):
                 con.executemany("INSERT INTO tiles (level, idx, data) VALUES (?, ?, ?)", tiles)
                 for block in blocks:
                     lo = block * _search.BLOCK
@@ -742,11 +734,6 @@ class SqliteDatabase(StoredNotes):
                         "UPDATE projection_state SET value = ? WHERE name = 'rollups_backfilled'",
                         (rollups.stop,),
                     )
-                con.execute("COMMIT")
-            except BaseException:
-                if con.in_transaction:
-                    con.execute("ROLLBACK")
-                raise
         except sqlite3.Error as exc:
             raise self._error("migrate", exc) from exc
 
@@ -765,15 +752,12 @@ class SqliteDatabase(StoredNotes):
     def add_cosigned(self, size: int, note: str) -> None:
         try:
             con = self._con
-            con.execute("BEGIN IMMEDIATE")
-            head = con.execute(_HEAD, ("cosigned",)).fetchone()
-            if head is None or kept_checkpoint(int(head[0]), size):
-                con.execute("INSERT INTO cosigned (size, note) VALUES (?, ?)", (size, note))
-            con.execute(SET_HEAD, ("cosigned", size, note))
-            con.execute("COMMIT")
+            with immediate(con):
+                head = con.execute(_HEAD, ("cosigned",)).fetchone()
+                if head is None or kept_checkpoint(int(head[0]), size):
+                    con.execute("INSERT INTO cosigned (size, note) VALUES (?, ?)", (size, note))
+                con.execute(SET_HEAD, ("cosigned", size, note))
         except sqlite3.Error as exc:
-            if self._con.in_transaction:
-                self._con.execute("ROLLBACK")
             raise self._error("store a cosigned checkpoint", exc) from exc
 
     def _blobs(self, what: str, sql: str, start: int, stop: int) -> list[bytes]:
