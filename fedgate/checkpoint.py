@@ -141,13 +141,13 @@ class CheckpointSigner:
     __slots__ = ("_head", "_origin", "_sign")
 
     def __init__(self, origin: str, signer: NoteSigner) -> None:
-        Checkpoint(origin, 0, bytes(HASH_SIZE))  # checks the origin
         self._origin = origin
         self._sign = signer.sign
-        key_hash = signer.key_hash
-        self._head = (f"{SIGNATURE_PREFIX}{signer.name} ", key_hash)
+        self._head = (f"{SIGNATURE_PREFIX}{signer.name} ", signer.key_hash)
         zero = bytes(HASH_SIZE)
-        if self.sign(0, zero) != sign_checkpoint(Checkpoint(origin, 0, zero), signer):
+        # ``Checkpoint`` checks the origin (before ``sign`` could encode a bad one).
+        expected = sign_checkpoint(Checkpoint(origin, 0, zero), signer)
+        if self.sign(0, zero) != expected:
             raise ValueError(
                 f"checkpoint signer for {origin!r}: its note differs from sign_checkpoint's"
             )
