@@ -72,6 +72,7 @@ from gateway.audit import _rollups, _rows, _search
 from gateway.audit.sqlite_store import (
     AUDIT_SCHEMA,
     INSERT_LEAF,
+    INSERT_TIME_BLOCK,
     SET_HEAD,
     SqliteDatabase,
     default_state_path,
@@ -208,13 +209,11 @@ def _leaves(make: _Exchanges, start: int, stop: int, entries: int) -> Iterator[N
 _Made = tuple[
     list[_rows.LeafValues],
     list[tuple[int, str, int]],
-    list[tuple[int, int, int]],
     list[tuple[int, str, str, int]],
     list[tuple[int, str, str, int, str, int, str, int, int]],
 ]
 """A chunk made by a worker: its leaf rows, subjects ``(block, subject, idx)`` in key order,
-time blocks ``(block, min_us, max_us)``, and rollup counts (``_rollups.day_rows``,
-``_rollups.officer_rows``)."""
+and rollup counts (``_rollups.day_rows``, ``_rollups.officer_rows``)."""
 
 
 def _chunk(start: int, stop: int, entries: int, first: datetime, step: timedelta) -> _Made:
@@ -226,14 +225,9 @@ def _chunk(start: int, stop: int, entries: int, first: datetime, step: timedelta
         for n in leaves
         for s in normalized_subjects(n.columns[10])
     )
-    blocks = []
-    for lo in range(0, len(leaves) - len(leaves) % TILE_WIDTH, TILE_WIDTH):
-        times = [n.columns[2] for n in leaves[lo : lo + TILE_WIDTH]]
-        blocks.append((leaves[lo].index // TILE_WIDTH, min(times), max(times)))
     return (
         _rows.leaf_values(leaves),
         subjects,
-        blocks,
         _rollups.day_rows(leaves),
         _rollups.officer_rows(leaves),
     )
@@ -320,7 +314,7 @@ def _bulk(con: sqlite3.Connection, tree: TiledTree, made: _Made, signer: NoteSig
     """Write one chunk (whole blocks of 256) with its projection, tiles, time blocks, rollups
     and the checkpoints at each multiple of ``CHECKPOINT_INTERVAL`` (the last one the head),
     in one transaction."""
-    rows, subjects, blocks, day_rows, officer_rows = made
+    rows, subjects, day_rows, officer_rows = made
     hashes = [r[2] for r in rows]
     tiles: list[tuple[int, int, bytes]] = []
     notes: list[tuple[int, str]] = []
@@ -333,7 +327,14 @@ def _bulk(con: sqlite3.Connection, tree: TiledTree, made: _Made, signer: NoteSig
         con.executemany(_INSERT_ROW, [(r[0], *r[3:14]) for r in rows])
         con.executemany("INSERT INTO subjects (block, subject, idx) VALUES (?, ?, ?)", subjects)
         con.executemany("INSERT INTO tiles (level, idx, data) VALUES (?, ?, ?)", tiles)
-        con.executemany("INSERT INTO time_blocks (block, min_us, max_us) VALUES (?, ?, ?)", blocks)
+        first = rows[0][0]  # a chunk is whole blocks: its time blocks as the store writes them
+        con.executemany(
+            INSERT_TIME_BLOCK,
+            [
+                (b, b * TILE_WIDTH, (b + 1) * TILE_WIDTH)
+                for b in range(first // TILE_WIDTH, tree.size // TILE_WIDTH)
+            ],
+        )
         con.executemany("INSERT INTO checkpoints (size, note) VALUES (?, ?)", notes)
         con.execute(SET_HEAD, ("signed", *notes[-1]))
         con.executemany(_ROLLUP_DAY, day_rows)

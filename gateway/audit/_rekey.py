@@ -6,8 +6,9 @@ subject row into a table keyed by ``(block, subject, idx)`` and rebuild the offi
 indexes in the one transaction ``prepare_sqlite`` runs, so the WAL holds the whole copy and
 the three indexes at once: 247 MB at 2 M entries, ~1.2 GB at 10 M, growing with the log. A
 writer opening a version 3 or 4 log runs :func:`rekey_subjects` first instead, which takes it
-straight to the current version in these transactions, each followed by a WAL checkpoint
-(TRUNCATE, so the file starts over):
+straight to version 5 in these transactions, each followed by a WAL checkpoint (TRUNCATE, so the
+file starts over); ``prepare_sqlite`` then runs the later steps (5 -> 6 rewrites one small
+table):
 
 1. copy: the subjects of ``chunk`` leaves at a time, in leaf order, into ``Rekey.table``
    (``subjects_rekeyed``, keyed as the current version keys ``subjects``), each chunk in the
@@ -27,8 +28,8 @@ holds (found in its last key block); rows an older writer projected meanwhile ar
 indexes above that (its catch-up appends in leaf order), so the resumed copy takes them too,
 and the swap checks that the two tables hold as many rows, or drops the copy and refuses
 (the next writer starts the copy over). After the swap, an index not yet built is built by the
-next writer (here, or by ``prepare_sqlite``'s ``CREATE INDEX IF NOT EXISTS``); searches are
-correct without it, only slower.
+next writer (here, or by ``prepare_sqlite``'s ``CREATE INDEX IF NOT EXISTS``); until a writer
+has also run the later steps, a reader of this version refuses the log as before.
 
 One visible difference from a one-shot step: SQLite's ``ALTER TABLE ... RENAME`` writes the new
 name quoted into ``sqlite_master`` (``CREATE TABLE "subjects" (...)``); the table, its

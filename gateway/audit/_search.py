@@ -25,8 +25,8 @@ every index; the PostgreSQL indexes end in ``idx``), so keyset paging (``idx > a
   page read in index order, merged with ``UNION`` and cut to the page: an ``OR`` would make the
   database collect every hit of a large member and sort them.
 - a time window: ``time_bounds`` turns it into a leaf-index range through ``time_blocks``
-  (the least and greatest time of each complete block of 256 leaves, written as the block
-  completes), so the window is read by primary key from its first block, not from the log's
+  (the times of each complete block of 256 leaves, written as the block completes) in a few
+  index seeks, so the window is read by primary key from its first block, not from the log's
   start. The time terms stay in the statement: the range is a superset, never a cut.
 
 The searchable columns are a projection maintained behind the leaves (``search_rows``, with
@@ -197,21 +197,49 @@ def time_bounds(
     until_us: int | None,
 ) -> tuple[int, int | None]:
     """``(lo, hi)``: every leaf with ``since_us <= time_us < until_us`` has ``lo <= idx`` and,
-    when ``hi`` is not ``None``, ``idx < hi``. Three or four indexed lookups in ``time_blocks``
-    and the open block's (at most 255) leaves."""
+    when ``hi`` is not ``None``, ``idx < hi``. At most four index seeks, whatever the log's
+    length: the last time block, one seek on ``reach_us`` per bound, and the open block's (at
+    most 255) leaves.
+
+    Each complete block of 256 leaves has its least and greatest time and two running bounds,
+    written as the block completes: ``reach_us``, the greatest time of it and every block
+    before it, which never falls with the block, and ``lag_us``, how far any block so far
+    began before the reach of the blocks before it (0 while times only rise; a clock set back
+    or a leg stamped late raises it for good). So:
+
+    - the first block holding a time ``>= since_us`` is the first whose reach is ``>= since_us``;
+    - a block holding a time ``< until_us`` began at most ``lag_us`` (the newest block's)
+      before the reach of the blocks before it, so it is no later than the first block whose
+      reach is ``>= until_us + lag_us``.
+
+    A time range on ``min_us`` or ``max_us`` would read every block before or after the
+    window, a few hundred pages at 10 M entries, each a read from disk when cold."""
     s = dialect.scope
     rows = fetch(
-        dialect.text(f"SELECT COALESCE(MAX(block) + 1, 0) FROM time_blocks WHERE {s}1 = 1"),  # noqa: S608
-        scope,
+        dialect.text(
+            f"SELECT block, lag_us FROM time_blocks WHERE {s}block ="  # noqa: S608
+            f" (SELECT MAX(block) FROM time_blocks WHERE {s}1 = 1)"
+        ),
+        (*scope, *scope),
     )
-    edge = int(rows[0][0]) * BLOCK  # first leaf of the open (incomplete) block
+    edge, lag = (0, 0) if not rows else ((int(rows[0][0]) + 1) * BLOCK, int(rows[0][1]))
+    # ``edge``: the first leaf of the open (incomplete) block.
+
+    def first_reaching(time_us: int) -> tuple[int, int] | None:
+        """``(block, min_us)`` of the first block whose reach is ``>= time_us`` (None: none)."""
+        found = fetch(
+            dialect.text(
+                f"SELECT block, min_us FROM time_blocks WHERE {s}reach_us >= ?"  # noqa: S608
+                " ORDER BY reach_us, block LIMIT 1"
+            ),
+            (*scope, time_us),
+        )
+        return None if not found else (int(found[0][0]), int(found[0][1]))
+
     lo = 0
     if since_us is not None:
-        rows = fetch(
-            dialect.text(f"SELECT MIN(block) FROM time_blocks WHERE {s}max_us >= ?"),  # noqa: S608
-            (*scope, since_us),
-        )
-        lo = edge if rows[0][0] is None else int(rows[0][0]) * BLOCK
+        first = first_reaching(since_us)
+        lo = edge if first is None else first[0] * BLOCK
     if until_us is None:
         return lo, None
     month = dialect.month_floor(fetch, scope, edge)
@@ -226,11 +254,13 @@ def time_bounds(
     )
     if late:
         return lo, None
-    rows = fetch(
-        dialect.text(f"SELECT MAX(block) FROM time_blocks WHERE {s}min_us < ?"),  # noqa: S608
-        (*scope, until_us),
-    )
-    return lo, 0 if rows[0][0] is None else (int(rows[0][0]) + 1) * BLOCK
+    last = first_reaching(until_us + lag)
+    if last is None:
+        return lo, edge
+    # Every block with a time before ``until_us`` is at or before ``last``; ``last`` itself
+    # only if it has one.
+    block, earliest = last
+    return lo, (block + (earliest < until_us)) * BLOCK
 
 
 def next_index(fetch: Fetch, dialect: Dialect, scope: tuple[Any, ...]) -> int:

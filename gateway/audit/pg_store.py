@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_SCHEMA",
     "MIGRATION_3_KEPT_CHECKPOINTS",
     "MIGRATION_4_MONTHS",
+    "MIGRATION_5_TIME_REACH",
     "SCHEMA_VERSION",
     "PgDatabase",
     "PgMonthRetention",
@@ -57,11 +58,24 @@ __all__ = [
 ]
 
 DEFAULT_SCHEMA = "fedgate_audit"
-SCHEMA_VERSION = "4"
+SCHEMA_VERSION = "5"
 _CATCH_UP_CHUNK = 50_000
 """Leaves per catch-up transaction when a writer closes far behind."""
 _DDL_LOCK = 0x66656467  # "fedg": serializes schema creation across instances
 
+# The time block of each complete block of 256 leaves (``_search.time_bounds``): its least and
+# greatest time, and the running bounds that make a time window two index seeks.
+_TIME_BLOCKS = """
+CREATE TABLE IF NOT EXISTS time_blocks (
+    origin TEXT NOT NULL,
+    block BIGINT NOT NULL,
+    min_us BIGINT NOT NULL,
+    max_us BIGINT NOT NULL,
+    reach_us BIGINT NOT NULL,
+    lag_us BIGINT NOT NULL CHECK (lag_us >= 0),
+    PRIMARY KEY (origin, block)
+);
+"""
 _DDL = """
 CREATE TABLE IF NOT EXISTS shards (
     origin TEXT PRIMARY KEY,
@@ -122,13 +136,6 @@ CREATE TABLE IF NOT EXISTS cosigned (
     size BIGINT NOT NULL,
     note TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS time_blocks (
-    origin TEXT NOT NULL,
-    block BIGINT NOT NULL,
-    min_us BIGINT NOT NULL,
-    max_us BIGINT NOT NULL,
-    PRIMARY KEY (origin, block)
-);
 DROP INDEX IF EXISTS leaves_request_id;
 DROP INDEX IF EXISTS leaves_officer;
 DROP INDEX IF EXISTS leaves_case;
@@ -151,8 +158,7 @@ CREATE TABLE IF NOT EXISTS tiles (
     data BYTEA NOT NULL CHECK (length(data) = 8192),
     PRIMARY KEY (origin, level, idx)
 );
-CREATE INDEX IF NOT EXISTS time_blocks_min ON time_blocks (origin, min_us);
-CREATE INDEX IF NOT EXISTS time_blocks_max ON time_blocks (origin, max_us);
+CREATE INDEX IF NOT EXISTS time_blocks_reach ON time_blocks (origin, reach_us, block);
 CREATE INDEX IF NOT EXISTS subjects_idx ON subjects (origin, idx);
 CREATE INDEX IF NOT EXISTS cosigned_origin ON cosigned (origin, id);
 CREATE INDEX IF NOT EXISTS cosigned_size ON cosigned (origin, size);
@@ -305,14 +311,44 @@ INSERT INTO leaf_months (origin, month, first_idx)
 shard: the store reads and writes it as its one month (the legacy layout) until ``fedgate audit
 migrate`` copies it into monthly partitions (``_partition``)."""
 
+_TIME_BLOCKS_ASIDE = """
+DROP INDEX IF EXISTS time_blocks_min;
+DROP INDEX IF EXISTS time_blocks_max;
+ALTER TABLE time_blocks RENAME TO time_blocks_v4;
+ALTER INDEX time_blocks_pkey RENAME TO time_blocks_v4_pkey;
+"""
+_TIME_BLOCKS_COPY = """
+INSERT INTO time_blocks (origin, block, min_us, max_us, reach_us, lag_us)
+    SELECT origin, block, min_us, max_us, reach_us,
+        MAX(late) OVER (PARTITION BY origin ORDER BY block ROWS UNBOUNDED PRECEDING)
+    FROM (
+        SELECT origin, block, min_us, max_us, reach_us,
+            GREATEST(0, COALESCE(
+                LAG(reach_us) OVER (PARTITION BY origin ORDER BY block), min_us) - min_us
+            ) AS late
+        FROM (
+            SELECT origin, block, min_us, max_us,
+                MAX(max_us) OVER (PARTITION BY origin ORDER BY block ROWS UNBOUNDED PRECEDING)
+                    AS reach_us
+            FROM time_blocks_v4
+        ) AS reached
+    ) AS lagged;
+DROP TABLE time_blocks_v4;
+"""
+MIGRATION_5_TIME_REACH = _TIME_BLOCKS_ASIDE + _TIME_BLOCKS + _TIME_BLOCKS_COPY
+"""Schema step 4 -> 5, time windows in two seeks (issue 18): each shard's time blocks gain
+their running bounds ``reach_us`` and ``lag_us`` (``_search.time_bounds``), computed for the
+existing blocks by window functions; the min and max indexes give way to one on the reach."""
+
 AUDIT_SCHEMA = Schema(
     store="audit log",
     version=int(SCHEMA_VERSION),
-    create=_DDL + _months.MONTH_FUNCTION + _PROJECTION + _rollups.DDL_PG + _TRIGGERS,
+    create=_TIME_BLOCKS + _DDL + _months.MONTH_FUNCTION + _PROJECTION + _rollups.DDL_PG + _TRIGGERS,
     migrations={
         1: _STEP_SEARCH_PROJECTION,
         2: MIGRATION_3_KEPT_CHECKPOINTS,
         3: MIGRATION_4_MONTHS,
+        4: MIGRATION_5_TIME_REACH,
     },
     legacy_table="shards",
 )
@@ -344,9 +380,13 @@ _REQUEST_LEGS_SINCE = (
     " AND request_id <> ''"
 )
 # The time block of each complete block of 256 leaves (``_search.time_bounds``).
+# Parameters: the shard and block, the ``_RANGE`` of its leaves, the shard and block again.
 _INSERT_TIME_BLOCK = (
-    "INSERT INTO time_blocks (origin, block, min_us, max_us)"  # noqa: S608 - constant
-    f" SELECT %s, %s, MIN(time_us), MAX(time_us) FROM leaves WHERE {_RANGE}"
+    "INSERT INTO time_blocks (origin, block, min_us, max_us, reach_us, lag_us)"  # noqa: S608
+    " SELECT %s, %s, t.lo, t.hi, GREATEST(t.hi, p.reach_us),"
+    " GREATEST(p.lag_us, p.reach_us - t.lo, 0)"
+    f" FROM (SELECT MIN(time_us) AS lo, MAX(time_us) AS hi FROM leaves WHERE {_RANGE}) AS t"
+    " LEFT JOIN time_blocks AS p ON p.origin = %s AND p.block = %s - 1"
 )
 
 
@@ -729,7 +769,7 @@ class PgDatabase(StoredNotes):
     def _insert_time_block(self, cur: Any, block: int, lo: int) -> None:
         span = self._span(cur, lo, lo + _search.BLOCK)
         if span is not None:
-            cur.execute(_INSERT_TIME_BLOCK, (self._origin, block, *span))
+            cur.execute(_INSERT_TIME_BLOCK, (self._origin, block, *span, self._origin, block))
 
     def _blobs(self, what: str, statement: str, start: int, stop: int) -> list[bytes]:
         try:

@@ -41,9 +41,11 @@ from gateway.audit.store import (
 __all__ = [
     "AUDIT_SCHEMA",
     "INSERT_LEAF",
+    "INSERT_TIME_BLOCK",
     "MIGRATION_3_KEPT_CHECKPOINTS",
     "MIGRATION_4_KEY_BLOCKS",
     "MIGRATION_5_SMALLER_KEY_BLOCKS",
+    "MIGRATION_6_TIME_REACH",
     "REKEY_SUBJECTS",
     "SCHEMA_VERSION",
     "SET_HEAD",
@@ -52,7 +54,7 @@ __all__ = [
     "open_sqlite_store",
 ]
 
-SCHEMA_VERSION = "5"
+SCHEMA_VERSION = "6"
 
 # The newest signed and the newest cosigned checkpoint: one row each, replaced by every commit
 # (or cosigning) and only ever forward; the history tables keep what ``kept_checkpoint`` keeps.
@@ -112,19 +114,13 @@ CREATE TABLE IF NOT EXISTS cosigned (
 CREATE INDEX IF NOT EXISTS leaves_time ON leaves (time_us);
 CREATE INDEX IF NOT EXISTS subjects_idx ON subjects (idx);
 CREATE INDEX IF NOT EXISTS cosigned_size ON cosigned (size);
-{projection}CREATE TABLE IF NOT EXISTS time_blocks (
-    block INTEGER PRIMARY KEY,
-    min_us INTEGER NOT NULL,
-    max_us INTEGER NOT NULL
-) STRICT;
-CREATE TABLE IF NOT EXISTS tiles (
+{projection}{time_blocks}CREATE TABLE IF NOT EXISTS tiles (
     level INTEGER NOT NULL CHECK (level >= 0),
     idx INTEGER NOT NULL CHECK (idx >= 0),
     data BLOB NOT NULL CHECK (length(data) = 8192),
     PRIMARY KEY (level, idx)
 ) STRICT;
-CREATE INDEX IF NOT EXISTS time_blocks_min ON time_blocks (min_us);
-CREATE INDEX IF NOT EXISTS time_blocks_max ON time_blocks (max_us);
+CREATE INDEX IF NOT EXISTS time_blocks_reach ON time_blocks (reach_us);
 """
     + _HEADS
 )
@@ -202,7 +198,18 @@ DROP TRIGGER IF EXISTS subjects_no_delete;
 
 _SUBJECTS = _subjects_table(_KEY_BLOCK)
 _PROJECTION = _PROJECTION.format(blocked_indexes=_BLOCKED_INDEXES)
-_SCHEMA = _SCHEMA.format(projection=_PROJECTION, subjects=_SUBJECTS)
+# The time block of each complete block of 256 leaves (``_search.time_bounds``): its least and
+# greatest time, and the running bounds that make a time window two index seeks.
+_TIME_BLOCKS = """
+CREATE TABLE IF NOT EXISTS time_blocks (
+    block INTEGER PRIMARY KEY,
+    min_us INTEGER NOT NULL,
+    max_us INTEGER NOT NULL,
+    reach_us INTEGER NOT NULL,
+    lag_us INTEGER NOT NULL CHECK (lag_us >= 0)
+) STRICT;
+"""
+_SCHEMA = _SCHEMA.format(projection=_PROJECTION, subjects=_SUBJECTS, time_blocks=_TIME_BLOCKS)
 
 MIGRATION_4_KEY_BLOCKS = _rekey_subjects("subjects_by_subject", "idx >> 16")
 """Schema step 3 -> 4, key blocks (issue 18): the officer and case indexes and the subjects
@@ -225,8 +232,37 @@ Only a version 1 or 2 log takes it, in ``prepare_sqlite``'s one transaction with
 steps (this step alone, measured: 8.7 s and a 247 MB WAL at 2 M entries, warm page cache; at
 10 M a few minutes and ~1.2 GB of WAL, ``docs/benchmarks.md``). A writer opening a version 3 or
 4 log never runs it: ``REKEY_SUBJECTS`` (``_rekey``) takes that log to version 5 first, in
-bounded transactions (copy chunks, the swap, one per index), so ``prepare_sqlite`` finds
-no step left to run."""
+bounded transactions (copy chunks, the swap, one per index), so ``prepare_sqlite`` runs only
+the steps after it."""
+
+_TIME_BLOCKS_ASIDE = """
+DROP INDEX IF EXISTS time_blocks_min;
+DROP INDEX IF EXISTS time_blocks_max;
+ALTER TABLE time_blocks RENAME TO time_blocks_v5;
+"""
+_TIME_BLOCKS_COPY = """
+INSERT INTO time_blocks (block, min_us, max_us, reach_us, lag_us)
+    SELECT block, min_us, max_us, reach_us,
+        MAX(late) OVER (ORDER BY block ROWS UNBOUNDED PRECEDING)
+    FROM (
+        SELECT block, min_us, max_us, reach_us,
+            MAX(0, COALESCE(LAG(reach_us) OVER (ORDER BY block), min_us) - min_us) AS late
+        FROM (
+            SELECT block, min_us, max_us,
+                MAX(max_us) OVER (ORDER BY block ROWS UNBOUNDED PRECEDING) AS reach_us
+            FROM time_blocks_v5
+        )
+    )
+    ORDER BY block;
+DROP TABLE time_blocks_v5;
+"""
+MIGRATION_6_TIME_REACH = _TIME_BLOCKS_ASIDE + _TIME_BLOCKS + _TIME_BLOCKS_COPY
+"""Schema step 5 -> 6, time windows in two seeks (issue 18): each time block gains its running
+bounds, ``reach_us`` (the greatest time of it and every block before it) and ``lag_us`` (the
+furthest any block so far began before the reach of the blocks before it), computed for the
+existing blocks by window functions; the min and max indexes give way to one on ``reach_us``
+(``_search.time_bounds`` says how a window uses them). One row per 256 leaves: ~41,000 rows at
+10 M entries, copied in the step's one transaction."""
 
 _COPY_ALL = (
     f"INSERT INTO search_rows ({_rows.PROJECTED_COLUMNS})"  # noqa: S608 - constant columns
@@ -283,6 +319,7 @@ AUDIT_SCHEMA = Schema(
         2: MIGRATION_3_KEPT_CHECKPOINTS,
         3: MIGRATION_4_KEY_BLOCKS,
         4: MIGRATION_5_SMALLER_KEY_BLOCKS,
+        5: MIGRATION_6_TIME_REACH,
     },
     legacy_table="leaves",
 )
@@ -298,7 +335,7 @@ _REKEYED_INDEXES = ("subjects_idx", "search_officer", "search_case")
 REKEY_SUBJECTS = _rekey.Rekey(
     store=AUDIT_SCHEMA.store,
     from_versions=(3, 4),
-    to_version=AUDIT_SCHEMA.version,
+    to_version=5,
     table=_subjects_table(_KEY_BLOCK).replace(" subjects (", f" {_rekey.REKEYED} (", 1),
     key_block=_KEY_BLOCK,
     dropped_indexes=("search_officer", "search_case"),
@@ -313,7 +350,8 @@ REKEY_SUBJECTS = _rekey.Rekey(
     ],
 )
 """Schema steps 3 -> 4 -> 5 in bounded transactions (``_rekey``): what a writer runs before
-``prepare_sqlite`` on a version 3 or 4 log."""
+``prepare_sqlite`` on a version 3 or 4 log; ``prepare_sqlite`` then takes it on from version 5
+(step 5 -> 6 is one small table)."""
 
 _LEAF_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _LEAVES_PER_INSERT = 64
@@ -343,11 +381,15 @@ _SELECT_ROWS = (
     f"SELECT {_rows.LEAF_COLUMNS} FROM leaves"  # noqa: S608 - constant columns
     " WHERE idx >= ? AND idx < ? ORDER BY idx"
 )
-# The time block of each complete block of 256 leaves (``_search.time_bounds``).
-_INSERT_TIME_BLOCK = (
-    "INSERT INTO time_blocks (block, min_us, max_us)"
-    " SELECT ?, MIN(time_us), MAX(time_us) FROM leaves WHERE idx >= ? AND idx < ?"
+INSERT_TIME_BLOCK = (
+    "INSERT INTO time_blocks (block, min_us, max_us, reach_us, lag_us)"
+    " SELECT ?1, t.lo, t.hi, MAX(t.hi, COALESCE(p.reach_us, t.hi)),"
+    " MAX(COALESCE(p.lag_us, 0), COALESCE(p.reach_us, t.lo) - t.lo)"
+    " FROM (SELECT MIN(time_us) AS lo, MAX(time_us) AS hi FROM leaves WHERE idx >= ?2 AND idx < ?3)"
+    " AS t LEFT JOIN time_blocks AS p ON p.block = ?1 - 1"
 )
+"""The time block of a complete block of 256 leaves (``_search.time_bounds``); parameters: the
+block, its first leaf and one past its last. The store's, and a log builder's."""
 
 
 # The rollups of a range of entries, counted by SQLite: from the projection's rows the
@@ -630,7 +672,7 @@ class SqliteDatabase(StoredNotes):
                     )
                 for block in range(start // _search.BLOCK, batch.size // _search.BLOCK):
                     lo = block * _search.BLOCK
-                    con.execute(_INSERT_TIME_BLOCK, (block, lo, lo + _search.BLOCK))
+                    con.execute(INSERT_TIME_BLOCK, (block, lo, lo + _search.BLOCK))
                 if kept_checkpoint(start, batch.size):
                     con.execute(
                         "INSERT INTO checkpoints (size, note) VALUES (?, ?)",
@@ -726,7 +768,7 @@ class SqliteDatabase(StoredNotes):
                 con.executemany("INSERT INTO tiles (level, idx, data) VALUES (?, ?, ?)", tiles)
                 for block in blocks:
                     lo = block * _search.BLOCK
-                    con.execute(_INSERT_TIME_BLOCK, (block, lo, lo + _search.BLOCK))
+                    con.execute(INSERT_TIME_BLOCK, (block, lo, lo + _search.BLOCK))
                 if rollups:
                     for statement in _ROLLUPS_FROM_LEAVES:
                         con.execute(statement, (rollups.start, rollups.stop))

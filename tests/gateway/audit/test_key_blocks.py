@@ -26,9 +26,34 @@ from tests.bench.test_biglog import verifies
 BLOCK = 1 << _search.KEY_BLOCK_BITS
 ENTRIES = BLOCK + 3_000  # two key blocks, the second partly filled
 
+# What the version 5 schema had: time blocks of their least and greatest time only, each with
+# an index (``sqlite_store`` before the running bounds).
+_TO_VERSION_5 = """
+DROP INDEX time_blocks_reach;
+ALTER TABLE time_blocks RENAME TO time_blocks_v6;
+DROP TRIGGER time_blocks_no_update;
+DROP TRIGGER time_blocks_no_delete;
+CREATE TABLE time_blocks (
+    block INTEGER PRIMARY KEY,
+    min_us INTEGER NOT NULL,
+    max_us INTEGER NOT NULL
+) STRICT;
+INSERT INTO time_blocks (block, min_us, max_us) SELECT block, min_us, max_us FROM time_blocks_v6;
+DROP TABLE time_blocks_v6;
+CREATE INDEX time_blocks_min ON time_blocks (min_us);
+CREATE INDEX time_blocks_max ON time_blocks (max_us);
+CREATE TRIGGER time_blocks_no_update BEFORE UPDATE ON time_blocks BEGIN
+SELECT RAISE(ABORT, 'the audit log is append-only: UPDATE on time_blocks refused'); END;
+CREATE TRIGGER time_blocks_no_delete BEFORE DELETE ON time_blocks BEGIN
+SELECT RAISE(ABORT, 'the audit log is append-only: DELETE on time_blocks refused'); END;
+UPDATE fedgate_schema SET version = 5 WHERE store = 'audit log';
+"""
+
 # What the version 3 schema had: the subjects keyed by subject, the officer and case indexes by
 # their value (``sqlite_store`` before key blocks).
-_TO_VERSION_3 = """
+_TO_VERSION_3 = (
+    _TO_VERSION_5
+    + """
 DROP INDEX search_officer;
 DROP INDEX search_case;
 CREATE INDEX search_officer ON search_rows (officer_id) WHERE officer_id <> '';
@@ -51,10 +76,13 @@ CREATE TRIGGER subjects_no_delete BEFORE DELETE ON subjects BEGIN
 SELECT RAISE(ABORT, 'the audit log is append-only: DELETE on subjects refused'); END;
 UPDATE fedgate_schema SET version = 3 WHERE store = 'audit log';
 """
+)
 
 
 # What the version 4 schema had: key blocks of 65,536 leaves (``idx >> 16``).
-_TO_VERSION_4 = """
+_TO_VERSION_4 = (
+    _TO_VERSION_5
+    + """
 DROP INDEX search_officer;
 DROP INDEX search_case;
 CREATE INDEX search_officer ON search_rows (idx >> 16, officer_id) WHERE officer_id <> '';
@@ -79,6 +107,7 @@ CREATE TRIGGER subjects_no_delete BEFORE DELETE ON subjects BEGIN
 SELECT RAISE(ABORT, 'the audit log is append-only: DELETE on subjects refused'); END;
 UPDATE fedgate_schema SET version = 4 WHERE store = 'audit log';
 """
+)
 
 
 def _read(path: Path, statement: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
@@ -245,6 +274,7 @@ def _migrates_and_verifies(path: Path, tmp_path: Path) -> None:
         _search.KEY_BLOCK_BITS,
     )) == [(0,)]  # fmt: skip
     assert _read(path, "SELECT DISTINCT block FROM subjects ORDER BY block") == [(0,), (1,)]
+    assert _read(path, "SELECT * FROM time_blocks ORDER BY block") == _time_blocks(path)
     verifies(path)
     con = sqlite3.connect(path, isolation_level=None)
     try:
@@ -261,6 +291,30 @@ def _migrates_and_verifies(path: Path, tmp_path: Path) -> None:
         assert checked > 100
     finally:
         db.close()
+
+
+def _time_blocks(path: Path) -> list[tuple[object, ...]]:
+    """The time blocks of the leaves at ``path``, computed here: each block's least and greatest
+    time, the greatest time so far, and the furthest a block so far began before the greatest
+    time of the blocks before it."""
+    times = [int(str(t)) for (t,) in _read(path, "SELECT time_us FROM leaves ORDER BY idx")]
+    rows: list[tuple[object, ...]] = []
+    reach, lag = None, 0
+    for block in range(len(times) // 256):
+        chunk = times[block * 256 : block * 256 + 256]
+        if reach is not None:
+            lag = max(lag, reach - min(chunk))
+        reach = max(chunk) if reach is None else max(reach, max(chunk))
+        rows.append((block, min(chunk), max(chunk), reach, lag))
+    return rows
+
+
+class TestMigrationFromVersion5:
+    def test_a_version_5_log_migrates_and_verifies(self, built: Path, tmp_path: Path) -> None:
+        path = tmp_path / "v5.sqlite"
+        _older(built, path, _TO_VERSION_5)
+        assert _read(path, "SELECT COUNT(*) FROM pragma_table_info('time_blocks')") == [(3,)]
+        _migrates_and_verifies(path, tmp_path)
 
 
 class TestMigrationFromVersion3:
@@ -420,13 +474,17 @@ class TestRekeyInBoundedTransactions:
             _rekey_subjects(path, interrupt)
         indexes = "SELECT name FROM sqlite_master WHERE name IN ('search_officer', 'search_case')"
         assert _read(path, indexes) == []
-        db = SqliteDatabase(path, origin=None, writer=False)  # the new version: searches answer
+        # Version 5, the re-key's: a reader waits for the writer's last step (5 -> 6).
+        assert _read(path, "SELECT version FROM fedgate_schema") == [(5,)]
+        with pytest.raises(Exception, match="older than this fedgate"):
+            SqliteDatabase(path, origin=None, writer=False).close()
+        _migrates_and_verifies_again(path)
+        db = SqliteDatabase(path, origin=None, writer=False)
         try:
             for q in list(_queries(path))[:40]:
                 assert [h.index for h in db.search(q)] == _expected(path, q), q
         finally:
             db.close()
-        _migrates_and_verifies_again(path)
         assert len(_read(path, indexes)) == 2
 
     def test_a_copy_that_does_not_match_is_dropped_and_refused(

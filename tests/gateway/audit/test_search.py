@@ -20,9 +20,10 @@ import pytest
 from psycopg import sql
 
 from fedgate.merkle import leaf_hash
+from fedgate.storage import sql_statements
 from gateway.audit import _search
 from gateway.audit.pg_store import PgDatabase
-from gateway.audit.sqlite_store import SqliteDatabase
+from gateway.audit.sqlite_store import MIGRATION_6_TIME_REACH, SqliteDatabase
 from gateway.audit.store import CommitBatch, IndexedRow, NewLeaf, SearchQuery
 
 if TYPE_CHECKING:
@@ -102,6 +103,21 @@ def _expected(q: SearchQuery, leaves: list[NewLeaf]) -> list[int]:
     return hits[: q.limit]
 
 
+def _time_blocks(leaves: list[NewLeaf]) -> list[tuple[int, int, int, int, int]]:
+    """What ``time_blocks`` holds for ``leaves``, computed here: each complete block's least and
+    greatest time, the greatest time so far, and the furthest a block so far began before the
+    greatest time of the blocks before it."""
+    rows = []
+    reach, lag = 0, 0
+    for block in range(len(leaves) // 256):
+        times = [n.columns[2] for n in leaves[block * 256 : block * 256 + 256]]
+        if block:
+            lag = max(lag, reach - min(times))
+        reach = max(times) if not block else max(reach, max(times))
+        rows.append((block, min(times), max(times), reach, lag))
+    return rows
+
+
 def _queries(count: int) -> Iterator[SearchQuery]:
     rnd = random.Random(11)
     fields: dict[str, Callable[[], Any]] = {
@@ -167,15 +183,91 @@ class TestSameHitsAsAPlainFilter:
         for q in _queries(150):
             assert _indices(pg_db.search(q)) == _expected(q, leaves), q
 
-    def test_time_blocks_cover_each_complete_block(self, sqlite_db: SqliteDatabase) -> None:
-        rows = sqlite_db._con.execute("SELECT block, min_us, max_us FROM time_blocks").fetchall()
-        assert [r[0] for r in rows] == [0, 1, 2, 3]
-        for block, low, high in rows:
-            times = sqlite_db._con.execute(
-                "SELECT time_us FROM leaves WHERE idx >= ? AND idx < ?",
-                (block * 256, block * 256 + 256),
+    def test_time_blocks_cover_each_complete_block(
+        self, sqlite_db: SqliteDatabase, leaves: list[NewLeaf]
+    ) -> None:
+        rows = sqlite_db._con.execute("SELECT * FROM time_blocks ORDER BY block").fetchall()
+        assert rows == _time_blocks(leaves)
+        assert rows[-1][4] > 3_600_000_000  # the leaves hours late: the lag is theirs
+
+    def test_pg_time_blocks_are_the_same(self, pg_db: PgDatabase, leaves: list[NewLeaf]) -> None:
+        with pg_db._c().cursor() as cur:
+            rows = cur.execute(
+                "SELECT block, min_us, max_us, reach_us, lag_us FROM time_blocks"
+                " WHERE origin = %s ORDER BY block",
+                (ORIGIN,),
             ).fetchall()
-            assert (low, high) == (min(times)[0], max(times)[0])
+        assert [tuple(r) for r in rows] == _time_blocks(leaves)
+
+    def test_pg_schema_step_computes_the_bounds(
+        self, pg_db: PgDatabase, pg: PgTarget, leaves: list[NewLeaf]
+    ) -> None:
+        # Step 4 -> 5 on PostgreSQL: version 4's time blocks (least and greatest time only)
+        # gain the running bounds the commits write.
+        pg_db.close()
+        with psycopg.connect(pg.dsn, autocommit=True) as conn, conn.transaction():
+            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(pg.schema)))
+            conn.execute("DROP INDEX time_blocks_reach")
+            conn.execute("ALTER TABLE time_blocks DROP COLUMN reach_us, DROP COLUMN lag_us")
+            conn.execute("CREATE INDEX time_blocks_min ON time_blocks (origin, min_us)")
+            conn.execute("CREATE INDEX time_blocks_max ON time_blocks (origin, max_us)")
+            conn.execute("UPDATE fedgate_schema SET version = 4 WHERE store = 'audit log'")
+        PgDatabase(pg.dsn, origin=ORIGIN, schema=pg.schema, writer=True).close()
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(pg.schema)))
+            rows = conn.execute(
+                "SELECT block, min_us, max_us, reach_us, lag_us FROM time_blocks"
+                " WHERE origin = %s ORDER BY block",
+                (ORIGIN,),
+            ).fetchall()
+            indexes = conn.execute(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = %s"
+                " AND tablename = 'time_blocks' ORDER BY 1",
+                (pg.schema,),
+            ).fetchall()
+            assert conn.execute("SELECT version FROM fedgate_schema").fetchall() == [(5,)]
+        assert [tuple(r) for r in rows] == _time_blocks(leaves)
+        assert [r[0] for r in indexes] == ["time_blocks_pkey", "time_blocks_reach"]
+
+    def test_a_clock_set_back_is_found(self, tmp_path: Path) -> None:
+        # 300 leaves a day early in the middle of the log (a clock set back, then right): the
+        # windows around them find them, and so does every window a plain filter answers.
+        leaves = _leaves(1500)
+        for i in range(600, 900):
+            old = leaves[i]
+            cols = (*old.columns[:2], old.columns[2] - 86_400_000_000, *old.columns[3:])
+            leaves[i] = NewLeaf(old.index, old.data, old.leaf_hash, cols)  # type: ignore[arg-type]
+        db = SqliteDatabase(tmp_path / "stepped.db", origin=ORIGIN, writer=True)
+        try:
+            _fill(db, leaves)
+            early = SearchQuery(  # leaves 600-899 are 14 to 9 hours before T0 now
+                since_us=T0 - 60_000_000_000, until_us=T0 - 20_000_000_000, limit=500
+            )
+            assert _indices(db.search(early)) == _expected(early, leaves)
+            assert len(_indices(db.search(early))) > 50
+            for q in _queries(300):
+                assert _indices(db.search(q)) == _expected(q, leaves), q
+        finally:
+            db.close()
+
+    def test_the_migration_computes_the_bounds_the_commits_write(
+        self, sqlite_db: SqliteDatabase
+    ) -> None:
+        # Schema step 5 -> 6 computes the running bounds of existing blocks with window
+        # functions; the commits write them block by block. Both agree.
+        written = sqlite_db._con.execute("SELECT * FROM time_blocks ORDER BY block").fetchall()
+        con = sqlite3.connect(":memory:", isolation_level=None)
+        try:
+            con.execute(
+                "CREATE TABLE time_blocks (block INTEGER PRIMARY KEY, min_us INTEGER NOT NULL,"
+                " max_us INTEGER NOT NULL) STRICT"
+            )
+            con.executemany("INSERT INTO time_blocks VALUES (?, ?, ?)", [r[:3] for r in written])
+            for statement in sql_statements(MIGRATION_6_TIME_REACH):
+                con.execute(statement)
+            assert con.execute("SELECT * FROM time_blocks ORDER BY block").fetchall() == written
+        finally:
+            con.close()
 
     def test_a_late_entry_in_the_open_block_is_found(self, tmp_path: Path) -> None:
         leaves = _leaves(300)
@@ -266,6 +358,44 @@ class TestSqlitePlans:
         # The open block is read by primary key: the time index would be read from the start.
         (edge,) = [p for p in seen if "leaves" in p]
         assert "INTEGER PRIMARY KEY (rowid>?)" in edge, edge
+
+    def test_a_time_window_costs_the_same_however_long_the_log(self, tmp_path: Path) -> None:
+        # The bounds are index seeks: a range on the least or greatest time instead would read
+        # every block before or after the window (issue 18: hundreds of cold pages at 10 M).
+        def steps(blocks: int) -> int:
+            db = SqliteDatabase(tmp_path / f"blocks-{blocks}.db", origin=ORIGIN, writer=True)
+            try:
+                con = db._con
+                con.executemany(
+                    "INSERT INTO time_blocks VALUES (?, ?, ?, ?, 0)",
+                    [(b, T0 + b * 10**9, T0 + b * 10**9 + 10**8, T0 + b * 10**9 + 10**8)
+                     for b in range(blocks)],
+                )  # fmt: skip
+                counted = [0]
+
+                def count() -> int:
+                    counted[0] += 1
+                    return 0
+
+                con.set_progress_handler(count, 10)
+                middle = T0 + blocks // 2 * 10**9
+                lo, hi = _search.time_bounds(
+                    lambda st, p: con.execute(st, p).fetchall(),
+                    _search.SQLITE,
+                    (),
+                    middle,
+                    middle + 5 * 10**9,
+                )
+                con.set_progress_handler(None, 0)
+                assert lo <= blocks // 2 * 256  # the window's blocks are in the range
+                assert hi is not None
+                assert hi >= (blocks // 2 + 5) * 256
+                return counted[0]
+            finally:
+                db.close()
+
+        short, long = steps(64), steps(20_000)
+        assert long <= short * 2, (short, long)
 
     @pytest.mark.parametrize(
         ("query", "seek"),

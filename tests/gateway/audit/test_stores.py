@@ -287,10 +287,20 @@ def _commit_row_by_row(con: sqlite3.Connection, batch: CommitBatch) -> None:
     for tile in batch.tiles:
         con.execute("INSERT INTO tiles (level, idx, data) VALUES (?, ?, ?)", tile)
     for block in range(start // 256, batch.size // 256):
+        low, high = con.execute(
+            "SELECT MIN(time_us), MAX(time_us) FROM leaves WHERE idx >= ? AND idx < ?",
+            (block * 256, block * 256 + 256),
+        ).fetchone()
+        before = con.execute(
+            "SELECT reach_us, lag_us FROM time_blocks WHERE block = ?", (block - 1,)
+        ).fetchone()
+        reach, lag = (high, 0) if before is None else (max(before[0], high), before[1])
+        if before is not None:
+            lag = max(lag, before[0] - low)
         con.execute(
-            "INSERT INTO time_blocks (block, min_us, max_us)"
-            " SELECT ?, MIN(time_us), MAX(time_us) FROM leaves WHERE idx >= ? AND idx < ?",
-            (block, block * 256, block * 256 + 256),
+            "INSERT INTO time_blocks (block, min_us, max_us, reach_us, lag_us)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (block, low, high, reach, lag),
         )
     if kept_checkpoint(start, batch.size):
         con.execute(
