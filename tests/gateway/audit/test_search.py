@@ -432,6 +432,11 @@ class TestSqlitePlans:
         assert seek in plan, plan
         if not query.visible_to:
             assert "TEMP B-TREE" not in plan, plan
+        # Each hit is read once, from its leaf row (no second read of ``subjects``); an index
+        # that is the only filter names the hits without reading the projection's rows.
+        assert "SEARCH leaves USING INTEGER PRIMARY KEY (rowid=?)" in plan, plan
+        if query in (SearchQuery(officer_id="officer-3"), SearchQuery(case_number="case-4")):
+            assert "USING COVERING INDEX search_" in plan, plan
 
     def test_a_plan_that_scans_is_caught(self, sqlite_db: SqliteDatabase) -> None:
         # The check itself: the old statement (no ``<> ''`` term) scanned the log.
