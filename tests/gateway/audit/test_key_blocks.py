@@ -26,87 +26,73 @@ from tests.bench.test_biglog import verifies
 BLOCK = 1 << _search.KEY_BLOCK_BITS
 ENTRIES = BLOCK + 3_000  # two key blocks, the second partly filled
 
+
+def _older_table(table: str, create: str, copy: str, after: str) -> str:
+    """Script: ``table`` made again as ``create`` (an older version's text), its rows copied by
+    ``INSERT INTO {table} {copy} FROM`` the old one, then ``after`` (its indexes) and its
+    append-only triggers, as that version's schema made them."""
+    triggers = "".join(
+        f"CREATE TRIGGER {table}_no_{op.lower()} BEFORE {op} ON {table} BEGIN\n"
+        f"SELECT RAISE(ABORT, 'the audit log is append-only: {op} on {table} refused'); END;\n"
+        for op in ("UPDATE", "DELETE")
+    )
+    return (
+        f"ALTER TABLE {table} RENAME TO {table}_newer;\n"
+        f"DROP TRIGGER {table}_no_update;\nDROP TRIGGER {table}_no_delete;\n"
+        f"{create}\nINSERT INTO {table} {copy} FROM {table}_newer;\nDROP TABLE {table}_newer;\n"
+        f"{after}{triggers}"
+    )
+
+
 # What the version 5 schema had: time blocks of their least and greatest time only, each with
 # an index (``sqlite_store`` before the running bounds).
-_TO_VERSION_5 = """
-DROP INDEX time_blocks_reach;
-ALTER TABLE time_blocks RENAME TO time_blocks_v6;
-DROP TRIGGER time_blocks_no_update;
-DROP TRIGGER time_blocks_no_delete;
-CREATE TABLE time_blocks (
-    block INTEGER PRIMARY KEY,
-    min_us INTEGER NOT NULL,
-    max_us INTEGER NOT NULL
-) STRICT;
-INSERT INTO time_blocks (block, min_us, max_us) SELECT block, min_us, max_us FROM time_blocks_v6;
-DROP TABLE time_blocks_v6;
-CREATE INDEX time_blocks_min ON time_blocks (min_us);
-CREATE INDEX time_blocks_max ON time_blocks (max_us);
-CREATE TRIGGER time_blocks_no_update BEFORE UPDATE ON time_blocks BEGIN
-SELECT RAISE(ABORT, 'the audit log is append-only: UPDATE on time_blocks refused'); END;
-CREATE TRIGGER time_blocks_no_delete BEFORE DELETE ON time_blocks BEGIN
-SELECT RAISE(ABORT, 'the audit log is append-only: DELETE on time_blocks refused'); END;
-UPDATE fedgate_schema SET version = 5 WHERE store = 'audit log';
-"""
-
-# What the version 3 schema had: the subjects keyed by subject, the officer and case indexes by
-# their value (``sqlite_store`` before key blocks).
-_TO_VERSION_3 = (
-    _TO_VERSION_5
-    + """
-DROP INDEX search_officer;
-DROP INDEX search_case;
-CREATE INDEX search_officer ON search_rows (officer_id) WHERE officer_id <> '';
-CREATE INDEX search_case ON search_rows (case_number) WHERE case_number <> '';
-ALTER TABLE subjects RENAME TO subjects_v4;
-DROP INDEX subjects_idx;
-DROP TRIGGER subjects_no_update;
-DROP TRIGGER subjects_no_delete;
-CREATE TABLE subjects (
-    subject TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    PRIMARY KEY (subject, idx)
-) STRICT, WITHOUT ROWID;
-INSERT INTO subjects (subject, idx) SELECT subject, idx FROM subjects_v4;
-DROP TABLE subjects_v4;
-CREATE INDEX subjects_idx ON subjects (idx);
-CREATE TRIGGER subjects_no_update BEFORE UPDATE ON subjects BEGIN
-SELECT RAISE(ABORT, 'the audit log is append-only: UPDATE on subjects refused'); END;
-CREATE TRIGGER subjects_no_delete BEFORE DELETE ON subjects BEGIN
-SELECT RAISE(ABORT, 'the audit log is append-only: DELETE on subjects refused'); END;
-UPDATE fedgate_schema SET version = 3 WHERE store = 'audit log';
-"""
+_TO_VERSION_5 = (
+    "DROP INDEX time_blocks_reach;\n"
+    + _older_table(
+        "time_blocks",
+        "CREATE TABLE time_blocks (block INTEGER PRIMARY KEY, min_us INTEGER NOT NULL,"
+        " max_us INTEGER NOT NULL) STRICT;",
+        "(block, min_us, max_us) SELECT block, min_us, max_us",
+        "CREATE INDEX time_blocks_min ON time_blocks (min_us);\n"
+        "CREATE INDEX time_blocks_max ON time_blocks (max_us);\n",
+    )
+    + "UPDATE fedgate_schema SET version = 5 WHERE store = 'audit log';\n"
 )
 
 
+def _older_subjects(officer_case: str, create: str, copy: str, version: int) -> str:
+    """Script: a version 5 log turned into version ``version``'s: its officer and case indexes
+    keyed by ``officer_case`` and its subjects table made again as ``create``."""
+    return (
+        _TO_VERSION_5
+        + "DROP INDEX search_officer;\nDROP INDEX search_case;\n"
+        + f"CREATE INDEX search_officer ON search_rows ({officer_case}officer_id)"
+        " WHERE officer_id <> '';\n"
+        + f"CREATE INDEX search_case ON search_rows ({officer_case}case_number)"
+        " WHERE case_number <> '';\n"
+        + "DROP INDEX subjects_idx;\n"
+        + _older_table("subjects", create, copy, "CREATE INDEX subjects_idx ON subjects (idx);\n")
+        + f"UPDATE fedgate_schema SET version = {version} WHERE store = 'audit log';\n"
+    )
+
+
+# What the version 3 schema had: the subjects keyed by subject, the officer and case indexes by
+# their value (``sqlite_store`` before key blocks).
+_TO_VERSION_3 = _older_subjects(
+    "",
+    "CREATE TABLE subjects (subject TEXT NOT NULL, idx INTEGER NOT NULL,"
+    " PRIMARY KEY (subject, idx)) STRICT, WITHOUT ROWID;",
+    "(subject, idx) SELECT subject, idx",
+    3,
+)
+
 # What the version 4 schema had: key blocks of 65,536 leaves (``idx >> 16``).
-_TO_VERSION_4 = (
-    _TO_VERSION_5
-    + """
-DROP INDEX search_officer;
-DROP INDEX search_case;
-CREATE INDEX search_officer ON search_rows (idx >> 16, officer_id) WHERE officer_id <> '';
-CREATE INDEX search_case ON search_rows (idx >> 16, case_number) WHERE case_number <> '';
-ALTER TABLE subjects RENAME TO subjects_v5;
-DROP INDEX subjects_idx;
-DROP TRIGGER subjects_no_update;
-DROP TRIGGER subjects_no_delete;
-CREATE TABLE subjects (
-    block INTEGER NOT NULL,
-    subject TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    PRIMARY KEY (block, subject, idx),
-    CHECK (block = idx >> 16)
-) STRICT, WITHOUT ROWID;
-INSERT INTO subjects (block, subject, idx) SELECT idx >> 16, subject, idx FROM subjects_v5;
-DROP TABLE subjects_v5;
-CREATE INDEX subjects_idx ON subjects (idx);
-CREATE TRIGGER subjects_no_update BEFORE UPDATE ON subjects BEGIN
-SELECT RAISE(ABORT, 'the audit log is append-only: UPDATE on subjects refused'); END;
-CREATE TRIGGER subjects_no_delete BEFORE DELETE ON subjects BEGIN
-SELECT RAISE(ABORT, 'the audit log is append-only: DELETE on subjects refused'); END;
-UPDATE fedgate_schema SET version = 4 WHERE store = 'audit log';
-"""
+_TO_VERSION_4 = _older_subjects(
+    "idx >> 16, ",
+    "CREATE TABLE subjects (block INTEGER NOT NULL, subject TEXT NOT NULL, idx INTEGER NOT NULL,"
+    " PRIMARY KEY (block, subject, idx), CHECK (block = idx >> 16)) STRICT, WITHOUT ROWID;",
+    "(block, subject, idx) SELECT idx >> 16, subject, idx",
+    4,
 )
 
 
