@@ -190,6 +190,10 @@ def _key_blocks(first: int, before: int | None) -> tuple[str, tuple[Any, ...]]:
     )
 
 
+_MAX_US: Final = (1 << 63) - 1
+"""The greatest time a bound can be (an SQL integer)."""
+
+
 def time_bounds(
     fetch: Fetch,
     dialect: Dialect,
@@ -198,9 +202,9 @@ def time_bounds(
     until_us: int | None,
 ) -> tuple[int, int | None]:
     """``(lo, hi)``: every leaf with ``since_us <= time_us < until_us`` has ``lo <= idx`` and,
-    when ``hi`` is not ``None``, ``idx < hi``. At most four index seeks, whatever the log's
-    length: the last time block, one seek on ``reach_us`` per bound, and the open block's (at
-    most 255) leaves.
+    when ``hi`` is not ``None``, ``idx < hi``. A few index seeks, whatever the log's length:
+    the last time block, one seek on ``reach_us`` per bound, and the open block's (at most 255)
+    leaves (and on PostgreSQL the month of that block).
 
     Each complete block of 256 leaves has its least and greatest time and two running bounds,
     written as the block completes: ``reach_us``, the greatest time of it and every block
@@ -214,7 +218,9 @@ def time_bounds(
       reach is ``>= until_us + lag_us``.
 
     A time range on ``min_us`` or ``max_us`` would read every block before or after the
-    window, a few hundred pages at 10 M entries, each a read from disk when cold."""
+    window, a few hundred pages at 10 M entries, each a read from disk when cold. The price: a
+    lag is kept for good, so after one leg stamped an hour early every later window's upper
+    bound reaches about an hour further (``docs/audit.md``)."""
     s = dialect.scope
     rows = fetch(
         dialect.text(
@@ -255,7 +261,7 @@ def time_bounds(
     )
     if late:
         return lo, None
-    last = first_reaching(until_us + lag)
+    last = first_reaching(min(until_us + lag, _MAX_US))
     if last is None:
         return lo, edge
     # Every block with a time before ``until_us`` is at or before ``last``; ``last`` itself
@@ -318,8 +324,11 @@ def search(
         first, second = second, first
     hits = page(*first, query.limit)
     hits += page(*second, query.limit - len(hits))
-    # A hit read from the projection has 12 columns; from a leaf row, its subjects too (JSON).
-    projected = [h[0] for h in hits if len(h) == 12]
+    # A hit read from the projection has 12 columns; from a leaf row, its subjects too (JSON),
+    # except a leaf written before leaves kept their subjects (schema 1): its row says ``[]``
+    # and its subjects are in ``subjects`` (a leaf that has none costs one look there).
+    looked_up = {h[0] for h in hits if len(h) == 12 or (h[0] < edge and h[12] == "[]")}
+    projected = sorted(looked_up)
     found: dict[int, list[str]] = {}
     if projected:
         for idx, subject in fetch(
@@ -335,7 +344,7 @@ def search(
             h[0],
             (
                 h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9], h[10],
-                tuple(found.get(h[0], ())) if len(h) == 12 else tuple(json.loads(h[12])),
+                tuple(found.get(h[0], ())) if h[0] in looked_up else tuple(json.loads(h[12])),
                 h[11],
             ),
         )

@@ -63,6 +63,28 @@ _CATCH_UP_CHUNK = 50_000
 """Leaves per catch-up transaction when a writer closes far behind."""
 _DDL_LOCK = 0x66656467  # "fedg": serializes schema creation across instances
 
+# A time block's running bounds, from the block before it, when its insert leaves them out: the
+# store's own insert does, and so does a gateway of schema version 4 still running while
+# another has taken the schema to 5 (a rolling upgrade). NOT NULL is checked after this.
+_TIME_BLOCK_BOUNDS = """
+CREATE OR REPLACE FUNCTION fedgate_audit_time_block_bounds() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+DECLARE
+    before_reach BIGINT;
+    before_lag BIGINT;
+BEGIN
+    IF NEW.reach_us IS NULL OR NEW.lag_us IS NULL THEN
+        SELECT reach_us, lag_us INTO before_reach, before_lag FROM time_blocks
+            WHERE origin = NEW.origin AND block = NEW.block - 1;
+        NEW.reach_us := GREATEST(NEW.max_us, before_reach);
+        NEW.lag_us := GREATEST(before_lag, before_reach - NEW.min_us, 0);
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE OR REPLACE TRIGGER time_blocks_bounds BEFORE INSERT ON time_blocks
+    FOR EACH ROW EXECUTE FUNCTION fedgate_audit_time_block_bounds();
+"""
 # The time block of each complete block of 256 leaves (``_search.time_bounds``): its least and
 # greatest time, and the running bounds that make a time window two index seeks.
 _TIME_BLOCKS = """
@@ -311,7 +333,15 @@ INSERT INTO leaf_months (origin, month, first_idx)
 shard: the store reads and writes it as its one month (the legacy layout) until ``fedgate audit
 migrate`` copies it into monthly partitions (``_partition``)."""
 
+# A log older than time blocks has none: the step starts from an empty table of version 4's.
 _TIME_BLOCKS_ASIDE = """
+CREATE TABLE IF NOT EXISTS time_blocks (
+    origin TEXT NOT NULL,
+    block BIGINT NOT NULL,
+    min_us BIGINT NOT NULL,
+    max_us BIGINT NOT NULL,
+    PRIMARY KEY (origin, block)
+);
 DROP INDEX IF EXISTS time_blocks_min;
 DROP INDEX IF EXISTS time_blocks_max;
 ALTER TABLE time_blocks RENAME TO time_blocks_v4;
@@ -343,7 +373,13 @@ existing blocks by window functions; the min and max indexes give way to one on 
 AUDIT_SCHEMA = Schema(
     store="audit log",
     version=int(SCHEMA_VERSION),
-    create=_TIME_BLOCKS + _DDL + _months.MONTH_FUNCTION + _PROJECTION + _rollups.DDL_PG + _TRIGGERS,
+    create=_TIME_BLOCKS
+    + _TIME_BLOCK_BOUNDS
+    + _DDL
+    + _months.MONTH_FUNCTION
+    + _PROJECTION
+    + _rollups.DDL_PG
+    + _TRIGGERS,
     migrations={
         1: _STEP_SEARCH_PROJECTION,
         2: MIGRATION_3_KEPT_CHECKPOINTS,
@@ -380,13 +416,11 @@ _REQUEST_LEGS_SINCE = (
     " AND request_id <> ''"
 )
 # The time block of each complete block of 256 leaves (``_search.time_bounds``).
-# Parameters: the shard and block, the ``_RANGE`` of its leaves, the shard and block again.
+# The time block of each complete block of 256 leaves (``_search.time_bounds``); its running
+# bounds are the trigger's (``_TIME_BLOCK_BOUNDS``).
 _INSERT_TIME_BLOCK = (
-    "INSERT INTO time_blocks (origin, block, min_us, max_us, reach_us, lag_us)"  # noqa: S608
-    " SELECT %s, %s, t.lo, t.hi, GREATEST(t.hi, p.reach_us),"
-    " GREATEST(p.lag_us, p.reach_us - t.lo, 0)"
-    f" FROM (SELECT MIN(time_us) AS lo, MAX(time_us) AS hi FROM leaves WHERE {_RANGE}) AS t"
-    " LEFT JOIN time_blocks AS p ON p.origin = %s AND p.block = %s - 1"
+    "INSERT INTO time_blocks (origin, block, min_us, max_us)"  # noqa: S608 - constant
+    f" SELECT %s, %s, MIN(time_us), MAX(time_us) FROM leaves WHERE {_RANGE}"
 )
 
 
@@ -769,7 +803,7 @@ class PgDatabase(StoredNotes):
     def _insert_time_block(self, cur: Any, block: int, lo: int) -> None:
         span = self._span(cur, lo, lo + _search.BLOCK)
         if span is not None:
-            cur.execute(_INSERT_TIME_BLOCK, (self._origin, block, *span, self._origin, block))
+            cur.execute(_INSERT_TIME_BLOCK, (self._origin, block, *span))
 
     def _blobs(self, what: str, statement: str, start: int, stop: int) -> list[bytes]:
         try:

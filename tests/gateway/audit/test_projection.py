@@ -28,7 +28,7 @@ from gateway.audit._catch_up import (
 from gateway.audit.pg_store import AUDIT_SCHEMA as PG_AUDIT_SCHEMA
 from gateway.audit.pg_store import PgDatabase
 from gateway.audit.sqlite_store import AUDIT_SCHEMA, SqliteDatabase
-from gateway.audit.store import CommitBatch, NewLeaf, SearchQuery, ThreadedStore
+from gateway.audit.store import CommitBatch, IndexedRow, NewLeaf, SearchQuery, ThreadedStore
 from tests.gateway.audit.test_search import ORIGIN, _leaves
 
 if TYPE_CHECKING:
@@ -146,10 +146,13 @@ class TestSqliteProjection(_ProjectionCases):
             db._con.execute("DELETE FROM search_rows WHERE idx = 1")
 
 
-def _downgrade_sqlite(path: Path) -> None:
-    """Turn a version 2 log into what version 1 wrote: indexes on the leaves, no projection."""
+def _downgrade_sqlite(path: Path, *, time_blocks: bool = True) -> None:
+    """Turn a version 2 log into what version 1 wrote: indexes on the leaves, no projection
+    (and, ``time_blocks=False``, no time blocks either, as before tiles)."""
     con = sqlite3.connect(path, isolation_level=None)
     try:
+        if not time_blocks:
+            con.execute("DROP TABLE time_blocks")
         for statement in (
             "DROP TABLE search_rows",
             "DROP INDEX leaves_time",
@@ -170,14 +173,17 @@ def _downgrade_sqlite(path: Path) -> None:
 
 
 class TestSqliteMigration:
-    def test_step_1_to_2_moves_the_indexes_to_the_projection(self, tmp_path: Path) -> None:
+    @pytest.mark.parametrize("time_blocks", [True, False], ids=["with-time-blocks", "before-them"])
+    def test_step_1_to_2_moves_the_indexes_to_the_projection(
+        self, tmp_path: Path, time_blocks: bool
+    ) -> None:
         path = tmp_path / "a.sqlite"
         leaves = _leaves(400)
         db = SqliteDatabase(path, origin=ORIGIN, writer=True)
         _commit(db, leaves)
         db.close()
-        expected = {q: _indices_of(path, q) for leaf in leaves[::37] for q in _queries(leaf)}
-        _downgrade_sqlite(path)
+        expected = {q: _hits_of(path, q) for leaf in leaves[::37] for q in _queries(leaf)}
+        _downgrade_sqlite(path, time_blocks=time_blocks)
 
         db = SqliteDatabase(path, origin=ORIGIN, writer=True)
         try:
@@ -192,7 +198,8 @@ class TestSqliteMigration:
             }
             assert "leaves_officer" not in indexes
             assert {"search_officer", "search_case", "leaves_time"} <= indexes
-            assert {q: _indices(db, q) for q in expected} == expected
+            # The whole hits, subjects included: a legacy leaf's are in ``subjects`` only.
+            assert {q: db.search(q) for q in expected} == expected
             # Legacy rows have no subjects of their own: verification (``rows``) reads theirs
             # from the projection's table.
             assert [r[3] for r in db.rows(0, 400)] == [_normalized(leaf) for leaf in leaves]
@@ -200,10 +207,10 @@ class TestSqliteMigration:
             db.close()
 
 
-def _indices_of(path: Path, q: SearchQuery) -> list[int]:
+def _hits_of(path: Path, q: SearchQuery) -> list[IndexedRow]:
     reader = SqliteDatabase(path, origin=None, writer=False)
     try:
-        return _indices(reader, q)
+        return reader.search(q)
     finally:
         reader.close()
 
@@ -230,12 +237,13 @@ class TestPostgresProjection(_ProjectionCases):
         _commit(db, leaves)
         db.close()
         reader = PgDatabase(pg.dsn, origin=ORIGIN, schema=pg.schema, writer=False)
-        expected = {q: _indices(reader, q) for leaf in leaves[::29] for q in _queries(leaf)}
+        expected = {q: reader.search(q) for leaf in leaves[::29] for q in _queries(leaf)}
         reader.close()
         with psycopg.connect(pg.dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(pg.schema)))
             for statement in (
                 "DROP TABLE search_rows",
+                "DROP TABLE time_blocks",  # as before tiles
                 "ALTER TABLE leaves DROP COLUMN subjects",
                 "CREATE INDEX leaves_officer_idx ON leaves (origin, officer_id, idx)"
                 " WHERE officer_id <> ''",
@@ -250,7 +258,8 @@ class TestPostgresProjection(_ProjectionCases):
         db = PgDatabase(pg.dsn, origin=ORIGIN, schema=pg.schema, writer=True)
         try:
             assert db.projection_lag() == 0
-            assert {q: _indices(db, q) for q in expected} == expected
+            # The whole hits, subjects included: a legacy leaf's are in ``subjects`` only.
+            assert {q: db.search(q) for q in expected} == expected
             with psycopg.connect(pg.dsn, autocommit=True) as conn:
                 conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(pg.schema)))
                 assert conn.execute("SELECT version FROM fedgate_schema").fetchone() == (

@@ -203,7 +203,11 @@ class TestSameHitsAsAPlainFilter:
         self, pg_db: PgDatabase, pg: PgTarget, leaves: list[NewLeaf]
     ) -> None:
         # Step 4 -> 5 on PostgreSQL: version 4's time blocks (least and greatest time only)
-        # gain the running bounds the commits write.
+        # gain the running bounds the commits write, each shard's its own.
+        other, other_leaves = "fedgate.test/gateway/shard-1", _leaves(700, seed=3)
+        second = PgDatabase(pg.dsn, origin=other, schema=pg.schema, writer=True)
+        _fill(second, other_leaves)
+        second.close()
         pg_db.close()
         with psycopg.connect(pg.dsn, autocommit=True) as conn, conn.transaction():
             conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(pg.schema)))
@@ -215,11 +219,14 @@ class TestSameHitsAsAPlainFilter:
         PgDatabase(pg.dsn, origin=ORIGIN, schema=pg.schema, writer=True).close()
         with psycopg.connect(pg.dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(pg.schema)))
-            rows = conn.execute(
-                "SELECT block, min_us, max_us, reach_us, lag_us FROM time_blocks"
-                " WHERE origin = %s ORDER BY block",
-                (ORIGIN,),
-            ).fetchall()
+            rows, other_rows = (
+                conn.execute(
+                    "SELECT block, min_us, max_us, reach_us, lag_us FROM time_blocks"
+                    " WHERE origin = %s ORDER BY block",
+                    (origin,),
+                ).fetchall()
+                for origin in (ORIGIN, other)
+            )
             indexes = conn.execute(
                 "SELECT indexname FROM pg_indexes WHERE schemaname = %s"
                 " AND tablename = 'time_blocks' ORDER BY 1",
@@ -227,7 +234,26 @@ class TestSameHitsAsAPlainFilter:
             ).fetchall()
             assert conn.execute("SELECT version FROM fedgate_schema").fetchall() == [(5,)]
         assert [tuple(r) for r in rows] == _time_blocks(leaves)
+        assert [tuple(r) for r in other_rows] == _time_blocks(other_leaves)
         assert [r[0] for r in indexes] == ["time_blocks_pkey", "time_blocks_reach"]
+
+    def test_pg_an_older_gateways_insert_gets_the_bounds(
+        self, pg_db: PgDatabase, pg: PgTarget, leaves: list[NewLeaf]
+    ) -> None:
+        # A rolling upgrade: a gateway of schema 4 still running inserts a block's least and
+        # greatest time only; the trigger adds its running bounds.
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(pg.schema)))
+            last = _time_blocks(leaves)[-1]
+            conn.execute(
+                "INSERT INTO time_blocks (origin, block, min_us, max_us) VALUES (%s, %s, %s, %s)",
+                (ORIGIN, last[0] + 1, last[3] - 10**10, last[3] - 10**9),
+            )
+            row = conn.execute(
+                "SELECT reach_us, lag_us FROM time_blocks WHERE origin = %s AND block = %s",
+                (ORIGIN, last[0] + 1),
+            ).fetchone()
+        assert row == (last[3], max(last[4], 10**10))
 
     def test_a_clock_set_back_is_found(self, tmp_path: Path) -> None:
         # 300 leaves a day early in the middle of the log (a clock set back, then right): the
