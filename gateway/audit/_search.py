@@ -423,15 +423,16 @@ def search_statement(
     # stops when the page is full.
     order_by = f"{_KEY_BLOCK} {order}, idx {order}" if by_block else f"idx {order}"
     ors = [m for m in (query.member, query.visible_to) if m]
+    hits_from = table
     if blocks:
         # A key's hits are spread over the log, a page read apiece: the index (covering when it
         # is the only filter) names the page's leaves, and each hit is read once, from its leaf
         # row (columns and subjects), instead of from the projection and again from
         # ``subjects`` (242 -> 189 cold page reads for an officer's first page at 10 M entries).
-        selected, table = f"{HIT_COLUMNS}, subjects", LEAVES
+        selected, hits_from = f"{HIT_COLUMNS}, subjects", LEAVES
         if not ors:
             statement = (
-                f"SELECT {selected} FROM {table} WHERE idx IN ("  # noqa: S608 - fixed fragments
+                f"SELECT {selected} FROM {hits_from} WHERE idx IN ("  # noqa: S608 - fixed fragments
                 f"SELECT idx FROM {source} WHERE {' AND '.join(where)} ORDER BY {order_by} LIMIT ?)"
                 f" ORDER BY idx {order} LIMIT ?"
             )
@@ -466,7 +467,7 @@ def search_statement(
         all_params += [*scope, *params, *ors, query.limit]
     outer = dialect.scope + ("month >= ? AND " if month and tail else "")
     statement = (
-        f"SELECT {selected} FROM {table} WHERE {outer}idx IN ("  # noqa: S608
+        f"SELECT {selected} FROM {hits_from} WHERE {outer}idx IN ("  # noqa: S608
         f"{' UNION '.join(parts)}) ORDER BY idx {order} LIMIT ?"
     )
     outer_params = (*scope, *(month if tail else ()))

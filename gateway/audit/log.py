@@ -380,7 +380,7 @@ class AuditLog:
         note = await self._store.checkpoint(size)
         if note is None:
             root = _from_tiles(lambda: self._tree.root(size))
-            note = sign_checkpoint(Checkpoint(self._origin, size, root), self._signer)
+            note = self._checkpoints.sign(size, root)
         return note
 
     async def search(self, query: SearchQuery) -> list[IndexedRow]:
