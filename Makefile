@@ -11,6 +11,9 @@ BUF := $(TOOLS)/node_modules/.bin/buf
 BUF_VERSION := 1.75.0
 PROTOS := $(shell find protos -name '*.proto')
 STATE ?= state
+# Test processes (pytest-xdist): most tests wait on sockets, subprocesses and disk, so two share
+# two cores well (the suite took 200 s instead of 335 s); TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
 PACKAGES := fedgate gateway adapters policies bench
 
 .PHONY: help setup browser protos run demo test lint fmt bench clean
@@ -58,7 +61,7 @@ browser: ## install chromium and a CJK font for the browser tests when missing (
 	@scripts/install-browser.sh || echo "==> without them the browser tests are skipped, each saying why"
 
 test: setup browser ## run the whole test suite
-	@$(BIN)/pytest $(PYTEST_ARGS)
+	@$(BIN)/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: setup ## ruff format --check, ruff check, mypy --strict, buf lint
 	@$(BIN)/ruff format --check .
