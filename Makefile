@@ -13,6 +13,7 @@ PROTOS := $(shell find protos -name '*.proto')
 STATE ?= state
 # Test processes (pytest-xdist): most tests wait on sockets, subprocesses and disk, so two share
 # two cores well (the suite took 200 s instead of 335 s); TEST_WORKERS=0 runs it in this process.
+# A module marked ``xdist_group`` runs on one worker (its module fixture is built once).
 TEST_WORKERS ?= 2
 PACKAGES := fedgate gateway adapters policies bench
 
@@ -61,7 +62,7 @@ browser: ## install chromium and a CJK font for the browser tests when missing (
 	@scripts/install-browser.sh || echo "==> without them the browser tests are skipped, each saying why"
 
 test: setup browser ## run the whole test suite
-	@$(BIN)/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	@$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: setup ## ruff format --check, ruff check, mypy --strict, buf lint
 	@$(BIN)/ruff format --check .

@@ -121,15 +121,15 @@ class TestEverySqliteStore:
         open_(path).close()
         con = sqlite3.connect(path)
         with con:
-            con.execute(f"UPDATE {VERSION_TABLE} SET version = 7 WHERE store = ?", (store,))
+            con.execute(f"UPDATE {VERSION_TABLE} SET version = 99 WHERE store = ?", (store,))
         con.close()
         with pytest.raises(
             StoreVersionError,
-            match=rf"{path}: {store} schema version 7 is newer than this fedgate supports "
+            match=rf"{path}: {store} schema version 99 is newer than this fedgate supports "
             rf"\(version {VERSIONS.get(name, 1)}\)",
         ):
             open_(path)
-        assert _stored_version(path, store) == 7
+        assert _stored_version(path, store) == 99
 
     def test_refuses_another_stores_file(self, tmp_path: Path, name: str) -> None:
         _store, open_ = STORES[name]

@@ -14,11 +14,13 @@ every index; the PostgreSQL indexes end in ``idx``), so keyset paging (``idx > a
   keyed by the leaf's key block first (``(idx >> KEY_BLOCK_BITS, key)``, ``subjects``' primary
   key ``(block, subject, idx)``): the catch-up's inserts then land in the newest block's pages,
   which stay cached and few, instead of on a random page of an index as long as the log (the
-  append rate fell with the log's size, issue 18). A search names the blocks of its index range
-  (``block IN (first..last)``, a recursive CTE). Officer and case order by ``(block, idx)``,
-  which is ``idx`` order: SQLite seeks each block in turn, in the page's order, and stops when
-  the page is full; a subject's hits (an account or a number: few) are collected block by block
-  and read by primary key. An absent key costs one seek per block (``docs/benchmarks.md``). A
+  append rate fell with the log's size, issue 18). A search names the blocks to seek
+  (``block IN (list)``): the key tiers (``_key_tiers``) name the blocks of its range that may
+  hold its key, a batch at a time in the page's order, and the search stops asking once the page
+  is full. Officer and case order by ``(block, idx)``, which is ``idx`` order: SQLite seeks each
+  block in turn, in the page's order, and stops when the page is full; a subject's hits (an
+  account or a number: few) are collected block by block and read by primary key. An absent key
+  costs one seek per tier and per block no tier covers (``docs/benchmarks.md``). A
   key's hits are spread over the log, so each is read from its leaf row (columns and subjects
   in one page) rather than from the projection and again from ``subjects``. The request id
   stays keyed by itself: UUIDv7 ids arrive in time order. PostgreSQL keeps its plain indexes.
@@ -48,6 +50,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
+from gateway.audit import _key_tiers
+from gateway.audit._key_tiers import KEY_BLOCK_BITS, KEY_BLOCK_EXPR
 from gateway.audit._months import NEXT_INDEX
 from gateway.audit.store import IndexedRow, SearchQuery
 
@@ -69,23 +73,6 @@ __all__ = [
 
 BLOCK: Final = 256
 """Leaves per time block: the width of a full C2SP level-0 tile."""
-
-KEY_BLOCK_BITS: Final = 14
-"""Leaf indexes per key block (``idx >> KEY_BLOCK_BITS``) of the SQLite officer, case and
-subject indexes: 16,384 (schema version 5; 65,536 in version 4).
-
-The trade (measured in ``docs/benchmarks.md``, issue 18). A catch-up's random keys dirty about
-every page of the newest block's part of the three trees, so the pages written per append grow
-with how full that block already is: with 65,536 leaves a block, the append rate on a big log
-swung with where the log stood in its block (CPU ratio to an empty log 0.93-0.98 near a
-block's start, 0.80 near its end), while the empty log's bench rounds only ever saw a block's
-first 20,000 leaves. With 16,384 both cycle through whole blocks, and the catch-up's CPU above
-the empty log's fell from +2.4 to +1.4 us per append on 0.3 M logs, from +5.9 to +1.7 us on
-2 M logs (process CPU ratio ~0.90 -> ~0.95). The cost is on the search
-side: a search by officer, case or subject seeks each block of its range, and an absent or rare
-key seeks all of them, ~0.6 us each warm (measured at 2 M entries): 611 blocks at 10 M entries
-(153 with 65,536), ~0.4 ms for an absent key; 12,208 at 200 M, ~7.5 ms warm (merging sealed
-blocks into larger ones, or a per-block key filter, would bound it there; not built)."""
 
 HIT_COLUMNS: Final = (
     "idx, leg, request_id, time_us, requesting_agency, officer_id, case_number, action,"
@@ -168,26 +155,28 @@ _FIELDS: Final = (
     ("outcome", "outcome = ?"),
 )
 _MEMBER_COLUMNS: Final = ("requesting_agency = ?", "target_agency = ?")
-KEY_BLOCK_EXPR: Final = f"idx >> {KEY_BLOCK_BITS}"
-"""A leaf's key block, as the SQLite indexes keyed by it are defined (``sqlite_store``): the
-searches write the same expression, or SQLite would not use those indexes."""
 _KEY_BLOCK: Final = f"({KEY_BLOCK_EXPR})"
-# The key blocks from the newest the projection holds (when the range has no upper bound).
-_LAST_BLOCK: Final = f"(SELECT COALESCE(MAX(idx), 0) >> {KEY_BLOCK_BITS} FROM {PROJECTION})"  # noqa: S608
 
 
-def _key_blocks(first: int, before: int | None) -> tuple[str, tuple[Any, ...]]:
-    """``IN`` list text and parameters: the key blocks of the leaf indices ``[first, before)``
-    (``before=None``: up to the projection's newest), from the last down."""
-    top_params: tuple[Any, ...]
-    top, top_params = _LAST_BLOCK, ()
-    if before is not None:
-        top, top_params = "?", (max(before - 1, 0) >> KEY_BLOCK_BITS,)
-    return (
-        f"(WITH RECURSIVE b(n) AS (SELECT {top} UNION ALL SELECT n - 1 FROM b WHERE n > ?)"  # noqa: S608
-        " SELECT n FROM b)",
-        (*top_params, max(first, 0) >> KEY_BLOCK_BITS),
-    )
+def key_field(query: SearchQuery) -> tuple[int, str] | None:
+    """``(kind, key)`` of the key that narrows ``query``'s key blocks (``_key_tiers.KINDS``):
+    the rarest it has (a subject, then a case, then an officer); None: it has none."""
+    for name in ("subject", "case_number", "officer_id"):
+        value = getattr(query, name)
+        if value:
+            return _key_tiers.KINDS[name], str(value)
+    return None
+
+
+def key_block_range(query: SearchQuery, lo: int, before: int) -> tuple[int, int]:
+    """The first and last key block of the leaves ``query`` reads below ``before``, from
+    ``lo`` (``time_bounds``) and its keyset bounds (``last < first``: none)."""
+    if query.before_index is not None:
+        before = min(before, query.before_index)
+    first = max(query.after_index + 1, lo, 0)
+    if before <= first:
+        return 0, -1
+    return first >> KEY_BLOCK_BITS, (before - 1) >> KEY_BLOCK_BITS
 
 
 _MAX_US: Final = (1 << 63) - 1
@@ -314,10 +303,27 @@ def search(
         month = ()
         if table == LEAVES:
             month = dialect.month_floor(fetch, scope, max(q.after_index + 1, lo))
-        sql, params = search_statement(
-            replace(q, limit=limit), dialect, scope, lo=lo, hi=hi, table=table, month=month
-        )
-        return list(fetch(sql, params))
+        key = key_field(q)
+        if table == LEAVES or not dialect.blocked or key is None:
+            sql, params = search_statement(
+                replace(q, limit=limit), dialect, scope, lo=lo, hi=hi, table=table, month=month
+            )
+            return list(fetch(sql, params))
+        # SQLite's key-blocked indexes: the blocks that may hold the key, a batch at a time in
+        # the page's order, until the page is full (``_key_tiers``).
+        first, last = key_block_range(q, lo, edge if hi is None else min(hi, edge))
+        found: list[Sequence[Any]] = []
+        for batch in _key_tiers.block_batches(
+            fetch, _key_tiers.built(fetch), *key, first, last, newest_first=q.newest_first
+        ):
+            sql, params = search_statement(
+                replace(q, limit=limit - len(found)), dialect, scope, lo=lo, hi=hi,
+                table=table, key_blocks=batch,
+            )  # fmt: skip
+            found += fetch(sql, params)
+            if len(found) >= limit:
+                break
+        return found
 
     first, second = (tail, LEAVES), (head, PROJECTION)
     if not query.newest_first:
@@ -361,12 +367,15 @@ def search_statement(
     hi: int | None = None,
     table: str = PROJECTION,
     month: tuple[Any, ...] = (),
+    key_blocks: Sequence[int] | None = None,
 ) -> tuple[str, tuple[Any, ...]]:
     """The statement and parameters of ``query``'s page, in ``dialect``, its index range narrowed
     to ``[lo, hi)`` (from ``time_bounds``), over the projection or (``table="leaves"``) the leaf
     rows, which read by primary key only. It selects ``HIT_COLUMNS`` (and, from the leaf rows,
     their JSON ``subjects``). ``month`` (PostgreSQL, the leaf rows): ``(m,)`` to read only the
-    partitions from month ``m`` on (``Dialect.month_floor``)."""
+    partitions from month ``m`` on (``Dialect.month_floor``). ``key_blocks`` (SQLite, the
+    projection, a search by officer, case or subject): the key blocks to seek, in the page's
+    order (``_key_tiers.block_batches``); required there."""
     if table not in (PROJECTION, LEAVES):
         raise ValueError(f"search_statement: unknown table {table!r}")
     tail = table == LEAVES
@@ -389,8 +398,10 @@ def search_statement(
     # SQLite's officer, case and subject indexes: one seek per key block of the range.
     blocks_params: tuple[Any, ...]
     blocks, blocks_params = "", ()
-    if dialect.blocked and not tail and (query.officer_id or query.case_number or query.subject):
-        blocks, blocks_params = _key_blocks(max(query.after_index + 1, lo), before)
+    if dialect.blocked and not tail and key_field(query) is not None:
+        if key_blocks is None:
+            raise ValueError("search_statement: a key search of the projection names its blocks")
+        blocks, blocks_params = "(SELECT value FROM json_each(?))", (json.dumps(list(key_blocks)),)
     by_block = bool(blocks) and bool(query.officer_id or query.case_number)
     if by_block:
         where.append(f"{_KEY_BLOCK} IN {blocks}")

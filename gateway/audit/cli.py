@@ -40,6 +40,7 @@ from fedgate.audit_entry import (
     time_to_micros,
 )
 from fedgate.auditverify import (
+    Failure,
     LogSource,
     VerifyOptions,
     VerifyReport,
@@ -341,10 +342,27 @@ def _verify(args: argparse.Namespace) -> int:
     # every shard is verified.
     reports = settle_retirements(reports)
     for report in reports:
-        _print_report(report, every_shard=args.db is not None or not args.origin)
+        tiers = None
+        if args.db is not None and not args.no_index and report.ok:
+            tiers, differs = _check_key_tiers(args.db)
+            if differs is not None:
+                report = replace(report, failure=Failure(differs))
+        _print_report(report, every_shard=args.db is not None or not args.origin, tiers=tiers)
         if not report.ok:
             status = 1
     return max(status, _check_links(args, reports))
+
+
+def _check_key_tiers(path: Path) -> tuple[int, str | None]:
+    """The SQLite log's key tiers against its search index (checked with it): how many, and
+    what differs."""
+    from gateway.audit.sqlite_store import SqliteDatabase
+
+    db = SqliteDatabase(path, origin=None, writer=False)
+    try:
+        return db.check_key_tiers()
+    finally:
+        db.close()
 
 
 def _check_links(args: argparse.Namespace, reports: list[VerifyReport]) -> int:
@@ -484,7 +502,7 @@ def _retired_lines(r: VerifyReport, every_shard: bool) -> tuple[str | None, str 
     return line, problem
 
 
-def _print_report(r: VerifyReport, *, every_shard: bool = True) -> None:
+def _print_report(r: VerifyReport, *, every_shard: bool = True, tiers: int | None = None) -> None:
     print(f"audit log {r.origin}")
     retired, unclaimed = _retired_lines(r, every_shard)
     if retired is not None:
@@ -495,6 +513,8 @@ def _print_report(r: VerifyReport, *, every_shard: bool = True) -> None:
     witnesses = ", ".join(f"{name}: {n}" for name, n in r.witnesses) or "none"
     print(f"  cosigned     {r.cosigned} (witnesses {witnesses})")
     print(f"  index        {'checked' if r.index_checked else 'not checked (--no-index)'}")
+    if tiers is not None:
+        print(f"  key tiers    {tiers} checked against the index")
     s = r.signatures
     if s is None:
         print("  signatures   not checked (--no-signatures)")

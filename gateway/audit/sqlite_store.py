@@ -26,7 +26,7 @@ from fedgate.audit_entry import EntryKind
 from fedgate.auditverify import RetiredRange
 from fedgate.errors import AuditUnavailable
 from fedgate.storage import Schema, immediate, open_sqlite, prepare_sqlite, sql_statements
-from gateway.audit import _rekey, _rollups, _rows, _search
+from gateway.audit import _key_tiers, _rekey, _rollups, _rows, _search
 from gateway.audit._notes import NoteStatements, StoredNotes
 from gateway.audit.store import (
     CommitBatch,
@@ -54,7 +54,7 @@ __all__ = [
     "open_sqlite_store",
 ]
 
-SCHEMA_VERSION = "6"
+SCHEMA_VERSION = "7"
 
 # The newest signed and the newest cosigned checkpoint: one row each, replaced by every commit
 # (or cosigning) and only ever forward; the history tables keep what ``kept_checkpoint`` keeps.
@@ -209,7 +209,10 @@ CREATE TABLE IF NOT EXISTS time_blocks (
     lag_us INTEGER NOT NULL CHECK (lag_us >= 0)
 ) STRICT;
 """
-_SCHEMA = _SCHEMA.format(projection=_PROJECTION, subjects=_SUBJECTS, time_blocks=_TIME_BLOCKS)
+_SCHEMA = (
+    _SCHEMA.format(projection=_PROJECTION, subjects=_SUBJECTS, time_blocks=_TIME_BLOCKS)
+    + _key_tiers.DDL
+)
 
 MIGRATION_4_KEY_BLOCKS = _rekey_subjects("subjects_by_subject", "idx >> 16")
 """Schema step 3 -> 4, key blocks (issue 18): the officer and case indexes and the subjects
@@ -270,6 +273,11 @@ existing blocks by window functions; the min and max indexes give way to one on 
 (``_search.time_bounds`` says how a window uses them). One row per 256 leaves: ~41,000 rows at
 10 M entries, copied in the step's one transaction."""
 
+MIGRATION_7_KEY_TIERS = _key_tiers.DDL
+"""Schema step 6 -> 7, key tiers (issue 18): the empty ``key_tiers`` table; the writer's
+``_key_tiers.Builder`` fills it behind the projection, in the background (searches seek the
+blocks no built tier covers meanwhile, as version 6 sought them all)."""
+
 _COPY_ALL = (
     f"INSERT INTO search_rows ({_rows.PROJECTED_COLUMNS})"  # noqa: S608 - constant columns
     f" SELECT {_rows.PROJECTED_COLUMNS} FROM leaves ORDER BY idx;"
@@ -308,6 +316,7 @@ _APPEND_ONLY_TABLES = (
     "cosigned",
     "time_blocks",
     "tiles",
+    "key_tiers",
 )
 # Trigger text is fixed: table names come from the constant tuple above, never from input.
 _TRIGGERS = "".join(
@@ -326,6 +335,7 @@ AUDIT_SCHEMA = Schema(
         3: MIGRATION_4_KEY_BLOCKS,
         4: MIGRATION_5_SMALLER_KEY_BLOCKS,
         5: MIGRATION_6_TIME_REACH,
+        6: MIGRATION_7_KEY_TIERS,
     },
     legacy_table="leaves",
 )
@@ -563,6 +573,7 @@ class SqliteDatabase(StoredNotes):
         self.path = Path(path)
         self._lock: IO[bytes] | None = None
         self._checkpointer: _WalCheckpointer | None = None
+        self._tiers: _key_tiers.Builder | None = None
         self._unflushed = 0
         self._mapped = False
         try:
@@ -583,7 +594,10 @@ class SqliteDatabase(StoredNotes):
             if writer:
                 con.execute("PRAGMA wal_autocheckpoint = 0")
                 con.execute(f"PRAGMA journal_size_limit = {_WAL_LIMIT_BYTES}")
-                self._checkpointer = _WalCheckpointer(f"{self.path.resolve().as_uri()}?mode=rw")
+                uri = f"{self.path.resolve().as_uri()}?mode=rw"
+                self._checkpointer = _WalCheckpointer(uri)
+                self._tiers = _key_tiers.Builder(uri)
+                self._tiers.request()  # a log of an earlier version gains its tiers
             self._origin = self._check_origin(origin, create=writer)
             if writer:
                 # Rollups cover every entry committed from now on; older ones: ``migrate``.
@@ -621,6 +635,9 @@ class SqliteDatabase(StoredNotes):
 
     def _release(self) -> None:
         writer = self._checkpointer is not None
+        if self._tiers is not None:
+            self._tiers.stop()
+            self._tiers = None
         if self._checkpointer is not None:
             self._checkpointer.stop()
             self._checkpointer = None
@@ -741,7 +758,20 @@ class SqliteDatabase(StoredNotes):
                 con.execute("PRAGMA synchronous = FULL")
         except sqlite3.Error as exc:
             raise self._error("update the search projection", exc) from exc
+        if (
+            self._tiers is not None
+            and stop >> _search.KEY_BLOCK_BITS > start >> _search.KEY_BLOCK_BITS
+        ):
+            self._tiers.request()  # a key block is complete: a tier may be
         return end - stop
+
+    def check_key_tiers(self) -> tuple[int, str | None]:
+        """Each built key tier against the search index it summarises (``_key_tiers.check``):
+        ``(tiers checked, what differs or None)``. Raises ``AuditUnavailable``."""
+        try:
+            return _key_tiers.check(self._con)
+        except sqlite3.Error as exc:
+            raise self._error("check the key tiers", exc) from exc
 
     def migration_state(self) -> tuple[int, int, int, int]:
         """``(full level-0 tiles, time blocks, rollups_from, rollups_backfilled)``: what the

@@ -345,6 +345,19 @@ def _sqlite_bounds(con: sqlite3.Connection, query: SearchQuery) -> tuple[int, in
     )
 
 
+def _sqlite_statement(
+    con: sqlite3.Connection, query: SearchQuery, lo: int, hi: int | None
+) -> tuple[str, tuple[Any, ...]]:
+    """``query``'s statement over the projection; a key search names every key block of its
+    range (as ``search`` does on a log without key tiers), in the page's order."""
+    blocks = None
+    if _search.key_field(query) is not None:
+        (end,) = con.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM search_rows").fetchone()
+        first, last = _search.key_block_range(query, lo, end if hi is None else hi)
+        blocks = list(range(first, last + 1))[:: -1 if query.newest_first else 1]
+    return _search.search_statement(query, _search.SQLITE, (), lo=lo, hi=hi, key_blocks=blocks)
+
+
 class TestSqlitePlans:
     @pytest.mark.parametrize(("query", "index"), PLANS, ids=lambda v: str(v)[:60])
     def test_every_search_uses_its_index(
@@ -354,7 +367,7 @@ class TestSqlitePlans:
         lo, hi = _sqlite_bounds(con, query)
         if query.since_us is not None or query.until_us is not None:
             assert (lo, hi) != (0, None)  # the window was narrowed
-        statement, params = _search.search_statement(query, _search.SQLITE, (), lo=lo, hi=hi)
+        statement, params = _sqlite_statement(con, query, lo, hi)
         plan = _sqlite_plan(con, statement, params)
         for table in ("search_rows", "leaves", "subjects"):
             assert f"SCAN {table}" not in plan, plan
@@ -451,7 +464,7 @@ class TestSqlitePlans:
         # search seeks each block of its range, in the page's order (no sort of every hit).
         con = sqlite_db._con
         lo, hi = _sqlite_bounds(con, query)
-        statement, params = _search.search_statement(query, _search.SQLITE, (), lo=lo, hi=hi)
+        statement, params = _sqlite_statement(con, query, lo, hi)
         plan = _sqlite_plan(con, statement, params)
         for table in ("search_rows", "leaves", "subjects"):
             assert f"SCAN {table}" not in plan, plan
