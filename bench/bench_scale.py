@@ -166,6 +166,12 @@ def run(quick: bool) -> dict[str, tuple[float, str]]:
         try:
             done = migrate(db, after_chunk=lambda _d, _t: db.checkpoint_wal())
             db.checkpoint_wal()
+            tiers_started = time.perf_counter()
+            tiers = db.settle_key_tiers()  # what the writer builds behind the projection
+            print(
+                f"  key tiers {tiers} ready in {time.perf_counter() - tiers_started:.1f} s",
+                file=sys.stderr,
+            )
         finally:
             db.close()
         prepared = time.perf_counter() - started

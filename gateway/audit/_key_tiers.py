@@ -313,27 +313,32 @@ def _resolve(
     *,
     newest_first: bool,
 ) -> Iterator[list[int]]:
-    """The blocks of ``tiers`` (of ``level``) that may hold the key: level 1 in one batch,
-    higher levels one batch per tier, each resolved through the level below."""
-    if not tiers:
-        return
-    masks = _masks(fetch, level, tiers, kind, key)
-    order = sorted(masks, reverse=newest_first)
-    if level == 1:
-        blocks = clip(
-            (tier << FANOUT_BITS) + bit
-            for tier in sorted(masks)
-            for bit in range(1 << FANOUT_BITS)
-            if masks[tier] >> bit & 1
-        )
-        if blocks:
+    """The blocks of ``tiers`` (of ``level``) that may hold the key, one batch per level-1
+    tier, in the search's order, each tier of a higher level resolved through the level below."""
+    ordered = sorted(tiers, reverse=newest_first)
+    for tier, mask in _lazily(fetch, level, ordered, kind, key):
+        parts = [(tier << FANOUT_BITS) + bit for bit in range(1 << FANOUT_BITS) if mask >> bit & 1]
+        if level > 1:
+            yield from _resolve(fetch, level - 1, parts, kind, key, clip, newest_first=newest_first)
+        elif blocks := clip(iter(parts)):
             yield blocks
-        return
-    for tier in order:
-        below = [
-            (tier << FANOUT_BITS) + bit for bit in range(1 << FANOUT_BITS) if masks[tier] >> bit & 1
-        ]
-        yield from _resolve(fetch, level - 1, below, kind, key, clip, newest_first=newest_first)
+
+
+def _lazily(
+    fetch: Fetch, level: int, tiers: Sequence[int], kind: int, key: str
+) -> Iterator[tuple[int, int]]:
+    """``(tier, mask)`` of the ``tiers`` of ``level`` that hold the key, in their order, read
+    1, 2, 4, ... tiers at a time: a key found in the first tiers (a common one, whose page
+    fills there) reads no more of them, and a rare or absent one, which needs them all, reads
+    them in a few statements (one seek per tier either way)."""
+    at, n = 0, 1
+    while at < len(tiers):
+        chunk = tiers[at : at + n]
+        masks = _masks(fetch, level, chunk, kind, key)
+        for tier in chunk:
+            if tier in masks:
+                yield tier, masks[tier]
+        at, n = at + n, n * 2
 
 
 def _masks(fetch: Fetch, level: int, tiers: Sequence[int], kind: int, key: str) -> dict[int, int]:
@@ -361,12 +366,20 @@ class Builder:
         self._con.execute("PRAGMA cache_size = -8192")
         self._con.execute("PRAGMA temp_store = FILE")
         self._wake = threading.Event()
+        self._idle = threading.Event()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="audit-key-tiers", daemon=True)
         self._thread.start()
 
     def request(self) -> None:
+        self._idle.clear()
         self._wake.set()
+
+    def settle(self, timeout: float | None = None) -> bool:
+        """Ask for a build and wait until the thread has built every tier it can (or failed);
+        returns False after ``timeout`` seconds."""
+        self.request()
+        return self._idle.wait(timeout)
 
     def _stopping(self) -> bool:
         return self._stop
@@ -381,6 +394,8 @@ class Builder:
                 with contextlib.suppress(sqlite3.Error):  # tried again at the next request
                     while not self._stop and build_next(self._con, self._stopping):
                         pass
+                if not self._wake.is_set():  # no request came meanwhile
+                    self._idle.set()
         finally:
             self._con.close()
 

@@ -163,7 +163,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="move a log written before tiles to the tiled layout (gateway stopped)",
         description="Verify the log (entries against every signed checkpoint), add the C2SP "
         "tiles, time blocks and console rollups it lacks (resumable, the SQLite WAL kept "
-        "bounded), then verify it again, tiles included. Exit 1 if either verification fails.",
+        "bounded) and, on SQLite, build its key tiers, then verify it again, tiles included. "
+        "Exit 1 if either verification fails.",
     )
     _store_arguments(migrate)
     _federation_argument(migrate, required=True)
@@ -696,14 +697,21 @@ def _migrate_command(args: argparse.Namespace) -> int:
         finally:
             probe.close()
         db = _writer(args, origin)
+        tiers = ""
         try:
             result = migrate(db, after_chunk=functools.partial(_chunk_done, db, args.quiet))
+            if args.db is not None:  # SQLite: its key tiers, built in the background otherwise
+                if not args.quiet:
+                    print("building the key tiers", file=sys.stderr, flush=True)
+                tiers = ", key tiers: " + " + ".join(
+                    f"{n} of level {level}" for level, n in enumerate(db.settle_key_tiers(), 1)
+                )
         finally:
             db.close()
         print(
             f"migrated {origin}: {result.entries} entries, {result.tiles_added} tiles, "
             f"{result.blocks_added} time blocks, rollups of {result.rollups_backfilled} entries "
-            "added"
+            f"added{tiers}"
         )
     options = VerifyOptions(check_index=False)
     if not _all_verified(args, registry, witnesses, progress, openers, options, "after migrating"):

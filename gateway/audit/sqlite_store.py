@@ -765,6 +765,18 @@ class SqliteDatabase(StoredNotes):
             self._tiers.request()  # a key block is complete: a tier may be
         return end - stop
 
+    def settle_key_tiers(self) -> tuple[int, ...]:
+        """A writer: build every key tier the projection completes (on the builder's thread,
+        waiting for it) and return how many of each level are built (``_key_tiers.built``).
+        For ``fedgate audit migrate`` and the benchmarks; the gateway never waits for them.
+        Raises ``AuditUnavailable``."""
+        if self._tiers is not None:
+            self._tiers.settle()
+        try:
+            return _key_tiers.built(self._fetch)
+        except sqlite3.Error as exc:
+            raise self._error("read the key tiers' state", exc) from exc
+
     def check_key_tiers(self) -> tuple[int, str | None]:
         """Each built key tier against the search index it summarises (``_key_tiers.check``):
         ``(tiers checked, what differs or None)``. Raises ``AuditUnavailable``."""

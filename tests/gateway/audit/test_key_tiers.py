@@ -62,7 +62,7 @@ def log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_log(path, ENTRIES, batch=16_384, workers=2)
     db = SqliteDatabase(path, origin=None, writer=True)
     try:
-        _wait_built(path, 1)
+        assert db.settle_key_tiers() == (1, 0)
     finally:
         db.close()
     return path
