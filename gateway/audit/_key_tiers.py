@@ -100,11 +100,6 @@ _STATE: Final = tuple(f"key_tiers_{level}" for level in range(1, LEVELS + 1))
 Fetch = Callable[[str, tuple[Any, ...]], Sequence[Sequence[Any]]]
 
 
-def _part(level: int) -> int:
-    """Key blocks per part of a tier of ``level`` (a level-1 tier's parts are key blocks)."""
-    return 1 << (FANOUT_BITS * (level - 1))
-
-
 def _span(level: int) -> int:
     """Key blocks per tier of ``level``."""
     return 1 << (FANOUT_BITS * level)
