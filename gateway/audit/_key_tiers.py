@@ -34,8 +34,8 @@ it; a search meanwhile seeks the blocks no built tier covers, as before.
 
 from __future__ import annotations
 
-import contextlib
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -82,6 +82,11 @@ KINDS: Final = {"officer_id": 0, "case_number": 1, "subject": 2}
 """The searched keys a tier summarises, by the ``SearchQuery`` field, and their ``kind``."""
 COPY_ROWS: Final = 20_000
 """Rows per write transaction of a tier's copy into ``key_tiers``."""
+_STOP_CHECK_STEPS: Final = 10_000
+"""The builder's statements check for a stop every this many SQLite VM steps (well under a
+millisecond), so a close never waits for a tier's grouping."""
+
+_log = logging.getLogger(__name__)
 
 DDL: Final = """
 CREATE TABLE IF NOT EXISTS key_tiers (
@@ -314,6 +319,10 @@ def _resolve(
     for tier, mask in _lazily(fetch, level, ordered, kind, key):
         parts = [(tier << FANOUT_BITS) + bit for bit in range(1 << FANOUT_BITS) if mask >> bit & 1]
         if level > 1:
+            # Only the level-1 tiers that reach into the search's range: a tier beside it
+            # would be read, then clipped to nothing.
+            span = _span(level - 1)
+            parts = [p for p in parts if clip(iter(range(p * span, (p + 1) * span)))]
             yield from _resolve(fetch, level - 1, parts, kind, key, clip, newest_first=newest_first)
         elif blocks := clip(iter(parts)):
             yield blocks
@@ -348,33 +357,48 @@ def _masks(fetch: Fetch, level: int, tiers: Sequence[int], kind: int, key: str) 
 
 class Builder:
     """Builds the tiers on its own thread and connection (``build_next``) whenever the writer
-    asks (``request``: after a catch-up, and once on open), until none is left to build. A
-    failure is retried at the next request; ``stop`` interrupts a grouping in progress and
-    waits for the thread."""
+    asks (``request``: after a catch-up, and once on open), until none is left to build.
+
+    A round that fails is logged (a warning the first time, then at debug level until one
+    succeeds) and tried again at the next request; ``failure`` says what failed last.
+    ``settle`` waits for a round that started after it was called. ``stop`` ends a grouping
+    in progress at once (SQLite's progress handler aborts it) and waits for the thread."""
 
     def __init__(self, uri: str) -> None:
-        # Made here, used by the thread alone (``stop`` only interrupts it, which SQLite allows
-        # from any thread).
+        # Made here, used by the thread alone (``stop`` only sets a flag its progress handler
+        # reads, from any thread).
         self._con = sqlite3.connect(
             uri, uri=True, isolation_level=None, timeout=10.0, check_same_thread=False
         )
         self._con.execute("PRAGMA cache_size = -8192")
         self._con.execute("PRAGMA temp_store = FILE")
-        self._wake = threading.Event()
-        self._idle = threading.Event()
+        self._con.set_progress_handler(self._stopping, _STOP_CHECK_STEPS)
+        self._cond = threading.Condition()
+        self._asked = 0  # requests made
+        self._done = 0  # the requests the last finished round covered
         self._stop = False
+        self.failure: str | None = None
         self._thread = threading.Thread(target=self._run, name="audit-key-tiers", daemon=True)
         self._thread.start()
 
     def request(self) -> None:
-        self._idle.clear()
-        self._wake.set()
+        with self._cond:
+            self._asked += 1
+            self._cond.notify_all()
 
     def settle(self, timeout: float | None = None) -> bool:
-        """Ask for a build and wait until the thread has built every tier it can (or failed);
-        returns False after ``timeout`` seconds."""
-        self.request()
-        return self._idle.wait(timeout)
+        """Ask for a round and wait until it has built every tier it can, or failed (see
+        ``failure``). False: not in ``timeout`` seconds, or the thread has ended."""
+        with self._cond:
+            self._asked += 1
+            asked = self._asked
+            self._cond.notify_all()
+            return (
+                self._cond.wait_for(
+                    lambda: self._done >= asked or not self._thread.is_alive(), timeout
+                )
+                and self._done >= asked
+            )
 
     def _stopping(self) -> bool:
         return self._stop
@@ -382,23 +406,37 @@ class Builder:
     def _run(self) -> None:
         try:
             while True:
-                self._wake.wait()
-                self._wake.clear()
-                if self._stop:
-                    return
-                with contextlib.suppress(sqlite3.Error):  # tried again at the next request
-                    while not self._stop and build_next(self._con, self._stopping):
-                        pass
-                if not self._wake.is_set():  # no request came meanwhile
-                    self._idle.set()
+                with self._cond:
+                    self._cond.wait_for(lambda: self._stop or self._asked > self._done)
+                    if self._stop:
+                        return
+                    asked = self._asked
+                failure = self._round()
+                with self._cond:
+                    self.failure = failure
+                    self._done = asked
+                    self._cond.notify_all()
         finally:
             self._con.close()
+            with self._cond:
+                self._cond.notify_all()  # a ``settle`` waiting sees the thread end
+
+    def _round(self) -> str | None:
+        """Build every tier that can be built; what failed, if anything."""
+        try:
+            while not self._stop and build_next(self._con, self._stopping):
+                pass
+        except Exception as exc:  # any failure: logged, the next request tries again
+            if self._stop:
+                return None  # the stop's abort
+            failure = f"{type(exc).__name__}: {exc}"
+            level = logging.DEBUG if self.failure is not None else logging.WARNING
+            _log.log(level, "audit key tiers: a build failed (tried again later): %s", failure)
+            return failure
+        return None
 
     def stop(self) -> None:
-        self._stop = True
-        # A grouping in progress ends with an error, which the thread suppresses; a closed
-        # connection (the thread has ended) cannot be interrupted, nor needs to be.
-        with contextlib.suppress(sqlite3.ProgrammingError):
-            self._con.interrupt()
-        self._wake.set()
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
         self._thread.join()

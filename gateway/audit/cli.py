@@ -347,7 +347,7 @@ def _verify(args: argparse.Namespace) -> int:
         if args.db is not None and not args.no_index and report.ok:
             tiers, differs = _check_key_tiers(args.db)
             if differs is not None:
-                report = replace(report, failure=Failure(differs))
+                report, tiers = replace(report, failure=Failure(differs)), None
         _print_report(report, every_shard=args.db is not None or not args.origin, tiers=tiers)
         if not report.ok:
             status = 1

@@ -769,9 +769,13 @@ class SqliteDatabase(StoredNotes):
         """A writer: build every key tier the projection completes (on the builder's thread,
         waiting for it) and return how many of each level are built (``_key_tiers.built``).
         For ``fedgate audit migrate`` and the benchmarks; the gateway never waits for them.
-        Raises ``AuditUnavailable``."""
-        if self._tiers is not None:
-            self._tiers.settle()
+        Raises ``AuditUnavailable``, also when the build failed."""
+        tiers = self._tiers
+        if tiers is not None and (not tiers.settle() or tiers.failure is not None):
+            raise AuditUnavailable(
+                f"audit log {self.path}: cannot build the key tiers: "
+                f"{tiers.failure or 'the builder has stopped'}"
+            )
         try:
             return _key_tiers.built(self._fetch)
         except sqlite3.Error as exc:

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from bench._biglog import bench_signer, write_log
+from fedgate.errors import AuditUnavailable
 from gateway.audit import _key_tiers, _search
 from gateway.audit.cli import register
 from gateway.audit.sqlite_store import SqliteDatabase
@@ -276,6 +277,33 @@ class TestOneTier:
             db.close()
         assert _tier_rows(path, 1, 0) == _expected_tier(_leaves(path))
 
+    def test_a_failed_build_is_logged_reported_and_tried_again(
+        self,
+        log: Path,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        path = _copy(log, tmp_path / "failing.sqlite")
+        real = _key_tiers.build_next
+
+        def full_disk(con: sqlite3.Connection, stopping: Any = None) -> bool:
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(_key_tiers, "build_next", full_disk)
+        db = SqliteDatabase(path, origin=None, writer=True)
+        try:
+            with pytest.raises(
+                AuditUnavailable, match=r"cannot build the key tiers: .*disk is full"
+            ):
+                db.settle_key_tiers()
+            warned = [r for r in caplog.records if "a build failed" in r.getMessage()]
+            assert [r.levelname for r in warned][:1] == ["WARNING"]
+            monkeypatch.setattr(_key_tiers, "build_next", real)
+            assert db.settle_key_tiers() == (1, 0)  # the next request builds
+        finally:
+            db.close()
+
     def test_the_tiers_are_append_only(self, log: Path, tmp_path: Path) -> None:
         path = _copy(log, tmp_path / "edit.sqlite")
         con = _connect(path)
@@ -380,6 +408,17 @@ def sparse(
             sorted(rows),
         )
         con.executemany("INSERT OR IGNORE INTO subjects VALUES (?, ?, ?)", sorted(subjects))
+        # the leaf rows a key search reads its hits from (not a log: no tree, no checkpoint)
+        by_idx: dict[int, list[str]] = {}
+        for _block, subject, idx in subjects:
+            by_idx.setdefault(idx, []).append(subject)
+        con.executemany(
+            "INSERT INTO leaves (idx, leaf, leaf_hash, leg, request_id, time_us,"
+            " requesting_agency, officer_id, case_number, action, target_agency, outcome,"
+            " reason, request_leaf_index, subjects) VALUES (?, x'00', x'00', 1, '', 0,"
+            " 'police.gd', ?, ?, 'a', 'bank.x', 'ok', '', 0, ?)",
+            [(i, o, c, json.dumps(sorted(set(by_idx[i])))) for i, o, c in sorted(rows)],
+        )
         con.execute(
             "UPDATE projection_state SET value = ? WHERE name = 'projected_to'",
             (_LEVEL_2_BLOCKS * BLOCK,),
@@ -424,6 +463,41 @@ class TestLevelTwo:
                         assert flat == (want[::-1] if newest_first else want), (kind, key)
         finally:
             con.close()
+
+    def test_searches_over_both_levels_find_what_a_plain_filter_finds(
+        self, sparse: tuple[Path, dict[tuple[int, str], set[int]]]
+    ) -> None:
+        path, _holding = sparse
+        con = _connect(path)
+        try:
+            leaves: list[_Leaf] = [
+                (int(i), str(o), str(c), tuple(json.loads(str(j))))
+                for i, o, c, j in con.execute(
+                    "SELECT idx, officer_id, case_number, subjects FROM leaves ORDER BY idx"
+                )
+            ]
+        finally:
+            con.close()
+        db = SqliteDatabase(path, origin=None, writer=False)
+        try:
+            rnd = random.Random(9)
+            for _ in range(300):
+                _idx, officer, case, subjects = rnd.choice(leaves)
+                kw = rnd.choice(
+                    [{"officer_id": officer}, {"case_number": case}, {"subject": subjects[0]},
+                     {"subject": "absent"}, {"case_number": case, "subject": subjects[0]}]
+                )  # fmt: skip
+                bounds = {}
+                if rnd.random() < 0.5:
+                    bounds = {"after_index": rnd.randrange(_LEVEL_2_BLOCKS * BLOCK)}
+                if rnd.random() < 0.5:
+                    bounds["before_index"] = rnd.randrange(_LEVEL_2_BLOCKS * BLOCK)
+                q = SearchQuery(
+                    **kw, **bounds, newest_first=rnd.random() < 0.5, limit=rnd.choice([1, 5, 60])
+                )
+                assert [h.index for h in db.search(q)] == _expected_hits(leaves, q), q
+        finally:
+            db.close()
 
     def test_a_level_2_row_is_the_union_of_its_level_1_rows(
         self, sparse: tuple[Path, dict[tuple[int, str], set[int]]]
