@@ -121,38 +121,38 @@ def built(fetch: Fetch) -> tuple[int, ...]:
     return tuple(values.get(name, 0) for name in _STATE)
 
 
-# A tier's keys, each with the mask of the parts holding it, grouped from the rows below it:
-# the projection's (level 1) or the level below's tiers (level 2 on).
-_MASK: Final = f"SUM(DISTINCT 1 << ({{part}} & {(1 << FANOUT_BITS) - 1}))"
+# A tier's keys, each with the mask of the parts holding it (each part's bit summed once per
+# key: an OR), in key order, grouped from the rows below it.
+_BIT: Final = f"1 << (part & {(1 << FANOUT_BITS) - 1})"
 
 
-def _grouping(kind: str, key: str, part: str, rows: str) -> str:
-    """The statement that groups the keys ``key`` (of kind ``kind``) of the rows ``rows``
-    (table and range terms), each with its mask of the parts ``part``. Constant text."""
-    by = key if kind.isdigit() else f"{kind}, {key}"  # a number in GROUP BY names a column
+def _level_1(kind: int, key: str, part: str, rows: str) -> str:
+    """Level 1 from the projection: the distinct ``(part, key)`` of ``rows`` (table and range
+    terms) read in its index's order (key block first: no sort), then summed per key.
+    Constant text. Grouping by the index's order first took a level-1 tier of the 10 M log from
+    0.43 to 0.26 s of CPU (``SUM(DISTINCT ...)`` over the rows sorted twice)."""
     return (
-        f"INSERT INTO temp.key_tier_rows (kind, key, mask) SELECT {kind}, {key},"  # noqa: S608
-        f" {_MASK.format(part=part)} FROM {rows} GROUP BY {by} ORDER BY {by}"
+        f"INSERT INTO temp.key_tier_rows (kind, key, mask) SELECT {kind}, key, SUM({_BIT})"  # noqa: S608
+        f" FROM (SELECT {part} AS part, {key} AS key FROM {rows} GROUP BY part, key)"
+        " GROUP BY key ORDER BY key"
     )
 
 
+_BLOCK_RANGE: Final = f"({KEY_BLOCK_EXPR}) >= ? AND ({KEY_BLOCK_EXPR}) < ?"
 _GROUP_LEVEL_1: Final = (
-    _grouping(
-        "0",
-        "officer_id",
-        KEY_BLOCK_EXPR,
-        "search_rows WHERE idx >= ? AND idx < ? AND officer_id <> ''",
+    _level_1(
+        0, "officer_id", KEY_BLOCK_EXPR, f"search_rows WHERE {_BLOCK_RANGE} AND officer_id <> ''"
     ),
-    _grouping(
-        "1",
-        "case_number",
-        KEY_BLOCK_EXPR,
-        "search_rows WHERE idx >= ? AND idx < ? AND case_number <> ''",
+    _level_1(
+        1, "case_number", KEY_BLOCK_EXPR, f"search_rows WHERE {_BLOCK_RANGE} AND case_number <> ''"
     ),
-    _grouping("2", "subject", "block", "subjects WHERE block >= ? AND block < ?"),
+    _level_1(2, "subject", "block", "subjects WHERE block >= ? AND block < ?"),
 )
-_GROUP_UPPER: Final = _grouping(
-    "kind", "key", "tier", "key_tiers WHERE level = ? AND tier >= ? AND tier < ?"
+# Level 2 on, from the level below: one row per (tier, kind, key) already.
+_GROUP_UPPER: Final = (
+    "INSERT INTO temp.key_tier_rows (kind, key, mask)"  # noqa: S608 - constant text
+    f" SELECT kind, key, SUM(1 << (tier & {(1 << FANOUT_BITS) - 1})) FROM key_tiers"
+    " WHERE level = ? AND tier >= ? AND tier < ? GROUP BY kind, key ORDER BY kind, key"
 )
 _COPY: Final = (
     "INSERT OR IGNORE INTO key_tiers (level, tier, kind, key, mask)"
@@ -195,11 +195,8 @@ def _group(con: sqlite3.Connection, level: int, tier: int) -> int:
     con.execute("CREATE TEMP TABLE key_tier_rows (kind INTEGER, key TEXT, mask INTEGER)")
     first = tier << FANOUT_BITS  # its first part, in the level below's units
     if level == 1:
-        stop = first + (1 << FANOUT_BITS)
-        leaves = (first << KEY_BLOCK_BITS, stop << KEY_BLOCK_BITS)
-        params: Iterator[tuple[int, ...]] = iter((leaves, leaves, (first, stop)))
-        for statement in _GROUP_LEVEL_1:
-            con.execute(statement, next(params))
+        for statement in _GROUP_LEVEL_1:  # each over the key blocks [first, first + 16)
+            con.execute(statement, (first, first + (1 << FANOUT_BITS)))
     else:
         con.execute(_GROUP_UPPER, (level - 1, first, first + (1 << FANOUT_BITS)))
     (rows,) = con.execute("SELECT COALESCE(MAX(rowid), 0) FROM temp.key_tier_rows").fetchone()
