@@ -136,9 +136,23 @@ _DOC_PREFIX: dict[common_pb2.LegalDocumentKind.ValueType, str] = {
 # ----------------------------------------------------------------------------- identifiers
 
 
-FREE_PORTS: Final = range(10_000, 20_000)
+def _worker_ports(ports: range) -> range:
+    """This test process's share of ``ports`` when pytest-xdist runs several (``gw0``, ``gw1``,
+    ... of ``PYTEST_XDIST_WORKER_COUNT``): disjoint shares, so two processes never pick the
+    same port between choosing it and binding it; all of ``ports`` otherwise."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.startswith("gw") or not worker[2:].isdigit() or count < 2:
+        return ports
+    share = len(ports) // count
+    start = ports.start + int(worker[2:]) % count * share
+    return range(start, start + share)
+
+
+FREE_PORTS: Final = _worker_ports(range(10_000, 20_000))
 """Where ``free_port`` looks: below the kernel's ephemeral range (32768-60999 here, handed to
-outgoing connections) and below ``fedgate up``'s ports (20000 and up)."""
+outgoing connections) and below ``fedgate up``'s ports (20000 and up); this process's share of
+it under pytest-xdist."""
 _handed_out: set[int] = set()
 
 

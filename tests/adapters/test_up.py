@@ -29,6 +29,11 @@ from gateway.audit.pg_store import list_origins
 from gateway.config import GatewayConfig
 from gateway.workers import check_shared
 
+# Whole federations on ports from 20000 up (``fedgate up``'s range, which ``free_port`` avoids):
+# every module that starts one runs on the same test process, one after the other, so two
+# never take the same ports (``make test`` runs two processes).
+pytestmark = pytest.mark.xdist_group("federations")
+
 
 def _free_base() -> int:
     """A base port with the twelve ports above it and their consoles free, below 32768."""

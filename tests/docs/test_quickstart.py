@@ -36,6 +36,12 @@ def blocks(text: str) -> list[tuple[str, str]]:
     return [(m["mark"] or "", m["body"]) for m in _BLOCK.finditer(text)]
 
 
+# Whole federations on ports from 20000 up (``fedgate up``'s range, which ``free_port`` avoids):
+# every module that starts one runs on the same test process, one after the other, so two
+# never take the same ports (``make test`` runs two processes).
+pytestmark = pytest.mark.xdist_group("federations")
+
+
 def _free_base() -> int:
     rng = random.SystemRandom()
     for _ in range(200):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fedgate.testing import FREE_PORTS, free_port, percentile
+from fedgate.testing import FREE_PORTS, _worker_ports, free_port, percentile
 
 
 class TestPercentile:
@@ -43,3 +43,27 @@ def test_free_port_can_be_bound() -> None:
     port = free_port()
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))
+
+
+class TestWorkerPorts:
+    """Under pytest-xdist each test process picks ports from its own share of ``FREE_PORTS``."""
+
+    @pytest.mark.parametrize(
+        ("worker", "count", "share"),
+        [
+            ("gw0", "2", range(10_000, 15_000)),
+            ("gw1", "2", range(15_000, 20_000)),
+            ("gw2", "4", range(15_000, 17_500)),
+            ("", "", range(10_000, 20_000)),  # not under xdist
+            ("master", "2", range(10_000, 20_000)),
+        ],
+    )
+    def test_shares_are_disjoint_and_cover_the_range(
+        self, monkeypatch: pytest.MonkeyPatch, worker: str, count: str, share: range
+    ) -> None:
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+        monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", count)
+        assert _worker_ports(range(10_000, 20_000)) == share
+
+    def test_this_process_uses_its_share(self) -> None:
+        assert _worker_ports(range(10_000, 20_000)) == FREE_PORTS
