@@ -8,14 +8,14 @@ whether the block holds the key or not. An account or a number (a subject) has a
 absent key none, so their searches sought every block: ~1,300 cold page reads at 10 M entries,
 ~24,000 at the 200 M a centre keeps for three years.
 
-A tier summarises ``FANOUT`` (16) parts for each key found in them: at level 1 a tier is 16
-key blocks (262,144 leaves), at level 2 it is 16 level-1 tiers (4,194,304 leaves). Its rows,
-in ``key_tiers``, are ``(level, tier, kind, key) -> mask``, the mask's bit ``i`` set when part
-``i`` of the tier holds the key. A search resolves the blocks of its range that may hold its
-key: a level-2 tier's row names the level-1 tiers to look at, their rows name the key blocks,
-and a block past the last built tier is taken as it is. An absent key then costs one seek per
-level-2 tier, plus at most 15 level-1 tiers and 15 blocks: ~30 seeks at 10 M entries, ~80 at
-200 M, instead of 611 and 12,208. Exact, never approximate: a mask is computed from the
+A tier summarises ``1 << FANOUT_BITS`` (16) parts for each key found in them: at level 1 a tier
+is 16 key blocks (262,144 leaves), at level 2 it is 16 level-1 tiers (4,194,304 leaves). Its
+rows, in ``key_tiers``, are ``(level, tier, kind, key) -> mask``, the mask's bit ``i`` set when
+part ``i`` of the tier holds the key. A search resolves the blocks of its range that may hold
+its key: a level-2 tier's row names the level-1 tiers to look at, their rows name the key
+blocks, and a block past the last built tier is taken as it is. An absent key then costs one
+seek per level-2 tier, plus at most 15 level-1 tiers and 15 blocks: ~30 seeks at 10 M entries,
+~80 at 200 M, instead of 611 and 12,208. Exact, never approximate: a mask is computed from the
 projection's own rows, and a block not covered by a built tier is always sought.
 
 Tiers are built behind the projection, never inside a commit or a catch-up: the ``Builder``
