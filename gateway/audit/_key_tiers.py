@@ -284,20 +284,16 @@ def block_batches(
     regions.append((0, start, last + 1))
     if newest_first:
         regions.reverse()
-
-    def clip(blocks: Iterator[int]) -> list[int]:
-        chosen = [b for b in blocks if first <= b <= last]
-        return chosen[::-1] if newest_first else chosen
-
+    wanted = range(first, last + 1)
     for level, lo, hi in regions:
         lo, hi = max(lo, first), min(hi, last + 1)
         if lo >= hi:
             continue
         if level == 0:
-            yield clip(iter(range(lo, hi)))
+            yield list(range(hi - 1, lo - 1, -1) if newest_first else range(lo, hi))
             continue
         tiers = range(lo // _span(level), (hi - 1) // _span(level) + 1)
-        yield from _resolve(fetch, level, tiers, kind, key, clip, newest_first=newest_first)
+        yield from _resolve(fetch, level, tiers, kind, key, wanted, newest_first=newest_first)
 
 
 def _resolve(
@@ -306,23 +302,26 @@ def _resolve(
     tiers: Sequence[int],
     kind: int,
     key: str,
-    clip: Callable[[Iterator[int]], list[int]],
+    wanted: range,
     *,
     newest_first: bool,
 ) -> Iterator[list[int]]:
-    """The blocks of ``tiers`` (of ``level``) that may hold the key, one batch per level-1
-    tier, in the search's order, each tier of a higher level resolved through the level below."""
+    """The blocks of ``tiers`` (of ``level``) that may hold the key and are ``wanted`` (the
+    search's blocks), one batch per level-1 tier, in the search's order, each tier of a higher
+    level resolved through the level below."""
     ordered = sorted(tiers, reverse=newest_first)
     for tier, mask in _lazily(fetch, level, ordered, kind, key):
         parts = [(tier << FANOUT_BITS) + bit for bit in range(1 << FANOUT_BITS) if mask >> bit & 1]
         if level > 1:
-            # Only the level-1 tiers that reach into the search's range: a tier beside it
-            # would be read, then clipped to nothing.
+            # Only the tiers below that reach into the wanted blocks: one beside them would be
+            # read for nothing.
             span = _span(level - 1)
-            parts = [p for p in parts if clip(iter(range(p * span, (p + 1) * span)))]
-            yield from _resolve(fetch, level - 1, parts, kind, key, clip, newest_first=newest_first)
-        elif blocks := clip(iter(parts)):
-            yield blocks
+            parts = [p for p in parts if p * span <= wanted[-1] and (p + 1) * span > wanted[0]]
+            yield from _resolve(
+                fetch, level - 1, parts, kind, key, wanted, newest_first=newest_first
+            )
+        elif blocks := [b for b in parts if b in wanted]:
+            yield blocks[::-1] if newest_first else blocks
 
 
 def _lazily(

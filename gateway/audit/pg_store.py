@@ -415,7 +415,6 @@ _REQUEST_LEGS_SINCE = (
     "SELECT leaf FROM leaves WHERE origin = %s AND month >= %s AND time_us >= %s AND leg = %s"
     " AND request_id <> ''"
 )
-# The time block of each complete block of 256 leaves (``_search.time_bounds``).
 # The time block of each complete block of 256 leaves (``_search.time_bounds``); its running
 # bounds are the trigger's (``_TIME_BLOCK_BOUNDS``).
 _INSERT_TIME_BLOCK = (
